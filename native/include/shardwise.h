@@ -1,0 +1,276 @@
+/*
+ * shardwise.h — the one C ABI of the Shardwise native core.
+ *
+ * Conventions (every function below follows them):
+ *  - Every function returns sw_status. SW_OK (0) means success. On failure a message describing the
+ *    problem (naming the argument and what was expected) is stored in a thread-local slot that
+ *    sw_last_error() returns until the next failing call on the same thread.
+ *  - No C++ exception ever crosses this boundary.
+ *  - Handles are opaque pointers. Passing NULL where a handle is required gives SW_ERR_NULL_HANDLE.
+ *    Destroying NULL is a no-op that returns SW_OK.
+ *  - Matrices are row-major with explicit leading dimensions (elements between consecutive rows).
+ *    Buffer offsets and counts are in elements of the stated dtype unless a name says "bytes".
+ *  - Work on a stream is asynchronous and in order. Errors that happen while a stream runs its work
+ *    are reported by the next sw_stream_synchronize on that stream, which then
+ *    clears them. Operations queued after a failed operation on the same stream are skipped (their
+ *    outputs are left untouched) until the error has been reported.
+ *
+ * This header compiles as C99 and as C++.
+ */
+#ifndef SHARDWISE_H
+#define SHARDWISE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  if defined(SHARDWISE_BUILDING)
+#    define SW_API __declspec(dllexport)
+#  else
+#    define SW_API __declspec(dllimport)
+#  endif
+#else
+#  define SW_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever a signature or a struct layout in this header changes. */
+#define SW_ABI_VERSION 1
+
+typedef enum sw_status {
+    SW_OK = 0,
+    SW_ERR_INVALID_ARGUMENT = 1,  /* a shape, size, offset, leading dimension, enum or rank is wrong */
+    SW_ERR_NULL_HANDLE = 2,       /* a required handle or pointer is NULL */
+    SW_ERR_OUT_OF_MEMORY = 3,     /* an allocation failed */
+    SW_ERR_UNSUPPORTED = 4,       /* valid request that this backend/build does not implement */
+    SW_ERR_TIMEOUT = 5,           /* a collective did not complete in time (a rank never joined) */
+    SW_ERR_MISMATCH = 6,          /* ranks disagreed inside a collective (operation, count, dtype, root) */
+    SW_ERR_ABORTED = 7,           /* the communicator was aborted by an earlier failure or by sw_comm_abort */
+    SW_ERR_BACKEND = 8,           /* the backend (CUDA, cuBLAS, NCCL, MPI, the OS) reported an error */
+    SW_ERR_NOT_FOUND = 9,         /* no such device, library or symbol */
+    SW_ERR_INTERNAL = 10          /* a bug in Shardwise: please report it with the message */
+} sw_status;
+
+typedef enum sw_dtype {
+    SW_DTYPE_F32 = 0,
+    SW_DTYPE_F64 = 1,
+    SW_DTYPE_F16 = 2,
+    SW_DTYPE_BF16 = 3,
+    SW_DTYPE_I32 = 4,
+    SW_DTYPE_U8 = 5
+} sw_dtype;
+
+typedef enum sw_backend {
+    SW_BACKEND_CPU = 0,
+    SW_BACKEND_CUDA = 1
+} sw_backend;
+
+typedef enum sw_op {
+    SW_OP_N = 0, /* use the matrix as stored */
+    SW_OP_T = 1  /* use its transpose */
+} sw_op;
+
+typedef enum sw_epilogue {
+    SW_EPILOGUE_NONE = 0,
+    SW_EPILOGUE_GELU = 1 /* tanh approximation, applied after alpha, beta and bias */
+} sw_epilogue;
+
+typedef enum sw_reduce_op {
+    SW_REDUCE_SUM = 0
+} sw_reduce_op;
+
+typedef struct sw_device_s* sw_device;
+typedef struct sw_buffer_s* sw_buffer;
+typedef struct sw_stream_s* sw_stream;
+typedef struct sw_event_s* sw_event;
+typedef struct sw_comm_s* sw_comm;
+
+/* ---------------------------------------------------------------- library */
+
+/* The ABI version this library was built with (SW_ABI_VERSION of its header). Never fails. */
+SW_API int32_t sw_abi_version(void);
+/* Library version as "major.minor.patch", static storage. Never fails. */
+SW_API const char* sw_version_string(void);
+/* The message of the last failing call on this thread ("" when none). Valid until the next call
+ * on this thread. Never fails. */
+SW_API const char* sw_last_error(void);
+/* A short constant name for a status ("SW_ERR_TIMEOUT"). Never fails. */
+SW_API const char* sw_status_string(sw_status status);
+/* Size in bytes of one element of dtype, or 0 for an unknown dtype. Never fails. */
+SW_API size_t sw_dtype_size(sw_dtype dtype);
+
+/* Level-1 index math, shared by every layer above (C#, C, CUDA): splits `total` items over `parts`
+ * as evenly as possible, the first total % parts parts taking one extra. Writes part `index`'s first
+ * item and count. parts >= 1, 0 <= index < parts, total >= 0. Parts may be empty when total < parts. */
+SW_API sw_status sw_shard_range(int64_t total, int32_t parts, int32_t index, int64_t* offset, int64_t* count);
+
+/* ---------------------------------------------------------------- devices */
+
+#define SW_DEVICE_NAME_MAX 128
+
+typedef struct sw_device_info {
+    int32_t backend;                 /* sw_backend */
+    int32_t ordinal;                 /* index within the backend */
+    int32_t num_threads;             /* CPU: compute threads of the device; CUDA: multiprocessors */
+    int32_t reserved0;
+    uint64_t total_memory_bytes;     /* CPU: physical memory; CUDA: device memory */
+    char name[SW_DEVICE_NAME_MAX];   /* e.g. "CPU (AMD EPYC, 2 threads)" */
+    char kernel[64];                 /* the GEMM micro-kernel chosen at run time, e.g. "avx512" */
+} sw_device_info;
+
+/* Number of devices of a backend. A backend that is not compiled in, or has no device, reports 0
+ * and SW_OK. The CPU backend always reports 1. */
+SW_API sw_status sw_device_count(sw_backend backend, int32_t* count);
+/* Opens device `ordinal` of `backend`. num_threads: CPU compute threads (0 = SHARDWISE_NUM_THREADS
+ * or the number of logical processors); ignored by CUDA. Each call returns a new handle; handles to
+ * the same CPU device do not share threads. */
+SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t num_threads, sw_device* out);
+/* Destroys a device. Fails with SW_ERR_INVALID_ARGUMENT while buffers, streams, events or
+ * communicators created on it are still alive. */
+SW_API sw_status sw_device_destroy(sw_device device);
+SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info);
+/* CPU only: names the GEMM micro-kernel to use ("auto", "avx512", "avx2", "generic").
+ * SW_ERR_UNSUPPORTED if the processor lacks it. Takes effect for work enqueued afterwards. */
+SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel);
+
+/* ---------------------------------------------------------------- buffers */
+
+/* Allocates `bytes` (> 0) of device memory, 64-byte aligned. Contents are unspecified. */
+SW_API sw_status sw_buffer_alloc(sw_device device, uint64_t bytes, sw_buffer* out);
+/* Wraps memory owned by someone else (another framework's tensor) without copying and without
+ * taking ownership: destroying the buffer never frees `ptr`. On the CPU backend `ptr` is host memory;
+ * on CUDA it is device memory of that device. The caller keeps it alive until the buffer is
+ * destroyed and all work using it has completed. */
+SW_API sw_status sw_buffer_wrap(sw_device device, void* ptr, uint64_t bytes, sw_buffer* out);
+/* Destroys the handle; frees the memory if it was allocated by sw_buffer_alloc. Work still queued
+ * that uses the buffer must have completed (synchronize first). */
+SW_API sw_status sw_buffer_destroy(sw_buffer buffer);
+SW_API sw_status sw_buffer_get_pointer(sw_buffer buffer, void** ptr);
+SW_API sw_status sw_buffer_get_size(sw_buffer buffer, uint64_t* bytes);
+SW_API sw_status sw_buffer_get_device(sw_buffer buffer, sw_device* device);
+
+/* Copies `bytes` from host memory into buffer at byte offset `offset`, in stream order. The host
+ * memory must stay valid until the stream reaches the copy (synchronize before freeing it). */
+SW_API sw_status sw_memcpy_h2d_async(sw_buffer dst, uint64_t dst_offset_bytes, const void* src,
+                                     uint64_t bytes, sw_stream stream);
+/* Copies `bytes` from buffer into host memory, in stream order. */
+SW_API sw_status sw_memcpy_d2h_async(void* dst, sw_buffer src, uint64_t src_offset_bytes,
+                                     uint64_t bytes, sw_stream stream);
+/* Copies between two buffers (same device, or peers), in stream order. */
+SW_API sw_status sw_memcpy_d2d_async(sw_buffer dst, uint64_t dst_offset_bytes, sw_buffer src,
+                                     uint64_t src_offset_bytes, uint64_t bytes, sw_stream stream);
+/* Sets `bytes` bytes to `value`, in stream order. */
+SW_API sw_status sw_memset_async(sw_buffer dst, uint64_t dst_offset_bytes, uint8_t value,
+                                 uint64_t bytes, sw_stream stream);
+
+/* ---------------------------------------------------------------- streams and events */
+
+/* A stream is an in-order asynchronous queue of work on one device. On the CPU backend it is
+ * served by a worker thread of its own; compute-heavy work (GEMM) runs on the device's threads. */
+SW_API sw_status sw_stream_create(sw_device device, sw_stream* out);
+/* Waits for queued work, then destroys the stream. */
+SW_API sw_status sw_stream_destroy(sw_stream stream);
+/* Blocks until all work queued so far has completed. Returns the first error of that work (and
+ * its message through sw_last_error), then clears it. */
+SW_API sw_status sw_stream_synchronize(sw_stream stream);
+/* Makes later work on `stream` wait until `event`'s recorded point has completed. */
+SW_API sw_status sw_stream_wait_event(sw_stream stream, sw_event event);
+
+SW_API sw_status sw_event_create(sw_device device, sw_event* out);
+SW_API sw_status sw_event_destroy(sw_event event);
+/* Records the current end of `stream` into the event (replacing an earlier record). */
+SW_API sw_status sw_event_record(sw_event event, sw_stream stream);
+/* Blocks until the recorded point has completed. An event never recorded completes at once. */
+SW_API sw_status sw_event_synchronize(sw_event event);
+/* *done = 1 when the recorded point has completed, else 0. */
+SW_API sw_status sw_event_query(sw_event event, int32_t* done);
+/* Milliseconds between two completed events (end after start). */
+SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms);
+
+/* ---------------------------------------------------------------- GEMM */
+
+/* C[m,n] = epilogue(alpha * op(A)[m,k] · op(B)[k,n] + beta * C + bias[n]), in stream order.
+ *  - op(A) is A (m×k, lda ≥ k) for SW_OP_N, or Aᵀ where A is stored k×m (lda ≥ m) for SW_OP_T;
+ *    likewise op(B) is B (k×n, ldb ≥ n) or Bᵀ with B stored n×k (ldb ≥ k). ldc ≥ n.
+ *  - Offsets are in elements from the start of each buffer; every matrix must lie inside its buffer.
+ *  - bias may be NULL; otherwise it holds n elements starting at bias_offset.
+ *  - beta == 0 never reads C (NaN in C does not propagate).
+ *  - m, n ≥ 1; k ≥ 0 (k == 0 gives beta*C + bias).
+ *  - The result of element C[i,j] does not depend on m, n, the position of (i,j) or the number
+ *    of threads: a column block computed alone equals the same block of the full product bit for bit.
+ *  - dtype: SW_DTYPE_F32 on the CPU backend.
+ */
+SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op trans_b,
+                         int64_t m, int64_t n, int64_t k, float alpha,
+                         sw_buffer a, uint64_t a_offset, int64_t lda,
+                         sw_buffer b, uint64_t b_offset, int64_t ldb,
+                         float beta,
+                         sw_buffer c, uint64_t c_offset, int64_t ldc,
+                         sw_buffer bias, uint64_t bias_offset,
+                         sw_epilogue epilogue);
+
+/* ---------------------------------------------------------------- communicators */
+
+/* An in-process communicator of world_size ranks (virtual ranks: one host thread or one stream per
+ * rank, ranks may share a device). devices[r] is rank r's device. timeout_ms > 0 bounds how long a
+ * collective waits for the other ranks; 0 means the default (SHARDWISE_TIMEOUT_MS or 600000).
+ *
+ * Collectives are called once per rank (from any host thread) and run in the order of that rank's
+ * stream. Each rank's n-th collective is matched with every other rank's n-th collective. If the
+ * ranks disagree (operation, dtype, count, root, rows) every participating rank fails with
+ * SW_ERR_MISMATCH; if some rank does not join within the timeout, the ranks that did fail with
+ * SW_ERR_TIMEOUT naming the missing ranks, the operation and its sequence number. Either failure
+ * aborts the communicator: later collectives fail at once with SW_ERR_ABORTED. The process stays
+ * usable; create a new communicator. */
+SW_API sw_status sw_comm_create_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms,
+                                      sw_comm* out);
+/* Destroys the communicator. Collectives still queued on some stream then fail with SW_ERR_ABORTED
+ * instead of waiting for their peers. */
+SW_API sw_status sw_comm_destroy(sw_comm comm);
+SW_API sw_status sw_comm_get_world_size(sw_comm comm, int32_t* world_size);
+/* Aborts: pending and later collectives fail with SW_ERR_ABORTED. Never blocks. */
+SW_API sw_status sw_comm_abort(sw_comm comm);
+/* *aborted = 1 once aborted; the reason is copied into `reason` (NUL-terminated, may be NULL). */
+SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason, uint64_t reason_capacity);
+
+/* recv[r*count .. (r+1)*count) = rank r's send[0..count) for every r. recv holds world_size*count. */
+SW_API sw_status sw_all_gather(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
+                               sw_buffer recv, uint64_t recv_offset, uint64_t count, sw_dtype dtype,
+                               sw_stream stream);
+/* Uneven all-gather: each rank passes its own count; recv receives the concatenation of all ranks'
+ * send blocks in rank order. recv_capacity (elements) must hold the total. */
+SW_API sw_status sw_all_gather_v(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
+                                 uint64_t count, sw_buffer recv, uint64_t recv_offset,
+                                 uint64_t recv_capacity, sw_dtype dtype, sw_stream stream);
+/* Column all-gather for column-parallel layers: each rank contributes a rows×cols block (row-major,
+ * leading dimension ld_send ≥ cols; cols may differ per rank, may be 0); recv is rows×N with
+ * N = Σ cols (ld_recv ≥ N), rank r's block lands at column Σ_{q<r} cols_q. rows must agree. */
+SW_API sw_status sw_all_gather_columns(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
+                                       int64_t rows, int64_t cols, int64_t ld_send,
+                                       sw_buffer recv, uint64_t recv_offset, int64_t ld_recv,
+                                       sw_dtype dtype, sw_stream stream);
+/* recv[i] = Σ_r send_r[i] for i < count, summed in rank order 0..p-1 on every rank (so every rank
+ * gets bit-identical results). send == recv (same buffer and offset) is allowed. */
+SW_API sw_status sw_all_reduce(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
+                               sw_buffer recv, uint64_t recv_offset, uint64_t count, sw_dtype dtype,
+                               sw_reduce_op op, sw_stream stream);
+/* send holds world_size*recv_count elements; recv[i] = Σ_r send_r[rank*recv_count + i]. */
+SW_API sw_status sw_reduce_scatter(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
+                                   sw_buffer recv, uint64_t recv_offset, uint64_t recv_count,
+                                   sw_dtype dtype, sw_reduce_op op, sw_stream stream);
+/* Copies root's buf[0..count) into every rank's buf. */
+SW_API sw_status sw_broadcast(sw_comm comm, int32_t rank, sw_buffer buf, uint64_t offset, uint64_t count,
+                              sw_dtype dtype, int32_t root, sw_stream stream);
+SW_API sw_status sw_barrier(sw_comm comm, int32_t rank, sw_stream stream);
+
+/* Statistics: number of collectives rank `rank` has completed successfully. */
+SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64_t* count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SHARDWISE_H */

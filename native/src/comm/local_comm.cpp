@@ -1,0 +1,619 @@
+// In-process communicator: p virtual ranks (host threads or streams of one process), possibly on one
+// device. A collective is queued on the calling rank's stream; when the stream reaches it, the rank
+// joins a rendezvous keyed by its per-rank sequence number, the ranks check that they agree, each rank
+// moves its share of the data, and a departure barrier keeps every send buffer alive and unmodified
+// until all ranks have read it. A rank that does not arrive within the timeout, or ranks that disagree,
+// abort the communicator: every waiting rank fails with the reason, later collectives fail at once.
+#include "core/index_math.h"
+#include "core/objects.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <vector>
+
+using namespace sw;
+
+namespace {
+
+enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, Broadcast, Barrier };
+
+const char* coll_name(Coll c) {
+    switch (c) {
+    case Coll::AllGather: return "sw_all_gather";
+    case Coll::AllGatherV: return "sw_all_gather_v";
+    case Coll::AllGatherColumns: return "sw_all_gather_columns";
+    case Coll::AllReduce: return "sw_all_reduce";
+    case Coll::ReduceScatter: return "sw_reduce_scatter";
+    case Coll::Broadcast: return "sw_broadcast";
+    case Coll::Barrier: return "sw_barrier";
+    }
+    return "collective";
+}
+
+const char* dtype_name(sw_dtype t) {
+    switch (t) {
+    case SW_DTYPE_F32: return "f32";
+    case SW_DTYPE_F64: return "f64";
+    case SW_DTYPE_F16: return "f16";
+    case SW_DTYPE_BF16: return "bf16";
+    case SW_DTYPE_I32: return "i32";
+    case SW_DTYPE_U8: return "u8";
+    }
+    return "?";
+}
+
+// One rank's view of one collective.
+struct Desc {
+    Coll op = Coll::Barrier;
+    sw_dtype dtype = SW_DTYPE_F32;
+    uint64_t count = 0;         // elements (all-gather: per rank; reduce-scatter: per rank's result)
+    int32_t root = 0;
+    int64_t rows = 0, cols = 0, ld_send = 0, ld_recv = 0;
+    const char* send = nullptr;
+    char* recv = nullptr;
+    uint64_t recv_capacity = 0; // elements available in recv from its offset
+    std::shared_ptr<Storage> keep_send, keep_recv;
+};
+
+std::string describe(const Desc& d) {
+    switch (d.op) {
+    case Coll::AllGatherColumns:
+        return str(coll_name(d.op), "(rows ", d.rows, ", cols ", d.cols, ", ", dtype_name(d.dtype), ")");
+    case Coll::Broadcast:
+        return str(coll_name(d.op), "(count ", d.count, ", root ", d.root, ", ", dtype_name(d.dtype), ")");
+    case Coll::Barrier: return coll_name(d.op);
+    default: return str(coll_name(d.op), "(count ", d.count, ", ", dtype_name(d.dtype), ")");
+    }
+}
+
+struct Slot {
+    std::vector<Desc> desc;
+    std::vector<char> joined;
+    int arrived = 0, departed = 0;
+    bool ready = false;
+};
+
+} // namespace
+
+namespace sw {
+struct CommState {
+    int32_t world = 0;
+    int64_t timeout_ms = 0;
+    std::vector<std::shared_ptr<DeviceImpl>> devices;
+    std::mutex mu;
+    std::condition_variable cv;
+    bool aborted = false;
+    sw_status abort_status = SW_ERR_ABORTED;
+    std::string reason;
+    std::map<uint64_t, Slot> slots;
+    std::vector<uint64_t> next_seq;  // per rank, assigned when the call is queued
+    std::vector<uint64_t> completed; // per rank
+
+    // Requires mu held. The first abort wins; its reason is what every rank reports.
+    void abort_locked(sw_status status, const std::string& why) {
+        if (!aborted) {
+            aborted = true;
+            abort_status = status;
+            reason = why;
+        }
+        cv.notify_all();
+    }
+};
+} // namespace sw
+
+struct sw_comm_s {
+    std::shared_ptr<sw::CommState> state;
+};
+
+namespace {
+
+sw_comm_s* checked_comm(sw_comm h) { return checked(h, HandleKind::Comm, "comm"); }
+
+std::string rank_list(const std::vector<int>& ranks) {
+    std::string s;
+    for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
+    return s;
+}
+
+// Checks that all ranks called the same collective with compatible arguments; returns "" or the problem.
+std::string check_agreement(const Slot& slot, int world) {
+    const Desc& d0 = slot.desc[0];
+    for (int r = 1; r < world; ++r) {
+        const Desc& d = slot.desc[r];
+        bool same = d.op == d0.op && d.dtype == d0.dtype;
+        if (same) {
+            switch (d0.op) {
+            case Coll::AllGather:
+            case Coll::AllReduce:
+            case Coll::ReduceScatter: same = d.count == d0.count; break;
+            case Coll::Broadcast: same = d.count == d0.count && d.root == d0.root; break;
+            case Coll::AllGatherColumns: same = d.rows == d0.rows; break;
+            default: break;
+            }
+        }
+        if (!same)
+            return str("ranks disagree: rank 0 called ", describe(d0), " but rank ", r, " called ", describe(d));
+    }
+    if (d0.op == Coll::AllGatherV || d0.op == Coll::AllGatherColumns) {
+        uint64_t total = 0;
+        for (int r = 0; r < world; ++r) total += d0.op == Coll::AllGatherV ? slot.desc[r].count : slot.desc[r].cols;
+        for (int r = 0; r < world; ++r) {
+            const Desc& d = slot.desc[r];
+            if (d0.op == Coll::AllGatherV && d.recv_capacity < total)
+                return str("rank ", r, "'s recv holds ", d.recv_capacity, " elements but the ranks contribute ", total);
+            if (d0.op == Coll::AllGatherColumns) {
+                if (static_cast<uint64_t>(d.ld_recv) < total)
+                    return str("rank ", r, "'s ld_recv = ", d.ld_recv, " is smaller than the ", total,
+                               " gathered columns");
+                if (d.recv_capacity < matrix_extent(d.rows, static_cast<int64_t>(total), d.ld_recv))
+                    return str("rank ", r, "'s recv holds ", d.recv_capacity, " elements but ", d.rows, " x ", total,
+                               " with ld_recv ", d.ld_recv, " needs ", matrix_extent(d.rows, static_cast<int64_t>(total), d.ld_recv));
+            }
+        }
+    }
+    return {};
+}
+
+// ---- element conversions for the reductions
+float half_to_float(uint16_t h) {
+    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { // subnormal
+            int e = -1;
+            uint32_t m = man;
+            do { ++e; m <<= 1; } while (!(m & 0x400));
+            bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (m & 0x3ff) << 13;
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
+    else bits = sign | (exp + 112) << 23 | man << 13;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+uint16_t float_to_half(float f) { // round to nearest even
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    const uint32_t abs = x & 0x7fffffffu;
+    if (abs >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
+    if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u); // overflow -> inf
+    if (abs < 0x38800000u) { // subnormal or zero
+        if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
+        const uint32_t e = abs >> 23, m = (abs & 0x7fffff) | 0x800000;
+        const uint32_t shift = 126 - e; // 14..24
+        uint32_t v = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (v & 1))) ++v;
+        return static_cast<uint16_t>(sign | v);
+    }
+    uint32_t v = ((abs >> 13) - (112u << 10));
+    const uint32_t rem = abs & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (v & 1))) ++v;
+    return static_cast<uint16_t>(sign | v);
+}
+float bf16_to_float(uint16_t h) {
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40); // quiet NaN
+    x += 0x7fff + ((x >> 16) & 1);
+    return static_cast<uint16_t>(x >> 16);
+}
+
+template <class T> struct Acc { using type = T; };
+template <> struct Acc<uint16_t> { using type = float; };
+
+template <class T, class Load, class Store>
+void reduce_block(const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t begin, uint64_t n,
+                  Load load, Store store) {
+    using A = typename Acc<T>::type;
+    constexpr uint64_t B = 1024;
+    A acc[B];
+    for (uint64_t i0 = begin; i0 < begin + n; i0 += B) {
+        const uint64_t len = std::min<uint64_t>(B, begin + n - i0);
+        const T* s0 = reinterpret_cast<const T*>(src[0]) + i0;
+        for (uint64_t i = 0; i < len; ++i) acc[i] = load(s0[i]);
+        for (size_t q = 1; q < src.size(); ++q) { // rank order 0..p-1: every rank gets the same bits
+            const T* sq = reinterpret_cast<const T*>(src[q]) + i0;
+            for (uint64_t i = 0; i < len; ++i) acc[i] += load(sq[i]);
+        }
+        for (char* d : dst) {
+            T* out = reinterpret_cast<T*>(d) + i0;
+            for (uint64_t i = 0; i < len; ++i) out[i] = store(acc[i]);
+        }
+    }
+}
+
+// Sums element range [begin, begin+n) of every src into every dst (src[q] and dst[q] may be the same).
+void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t begin,
+                uint64_t n) {
+    auto id = [](auto v) { return v; };
+    switch (t) {
+    case SW_DTYPE_F32: reduce_block<float>(src, dst, begin, n, id, id); break;
+    case SW_DTYPE_F64: reduce_block<double>(src, dst, begin, n, id, id); break;
+    case SW_DTYPE_I32: reduce_block<int32_t>(src, dst, begin, n, id, id); break;
+    case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, begin, n, half_to_float, float_to_half); break;
+    case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, begin, n, bf16_to_float, float_to_bf16); break;
+    default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", dtype_name(t), " is not supported");
+    }
+}
+
+// Rank `rank`'s share of the data movement, after every rank has arrived and agreed.
+void move_data(const Slot& slot, int world, int rank) {
+    const Desc& me = slot.desc[rank];
+    const size_t esz = sw_dtype_size(me.dtype);
+    switch (me.op) {
+    case Coll::AllGather:
+        for (int q = 0; q < world; ++q)
+            if (me.count) std::memmove(me.recv + q * me.count * esz, slot.desc[q].send, me.count * esz);
+        break;
+    case Coll::AllGatherV: {
+        uint64_t at = 0;
+        for (int q = 0; q < world; ++q) {
+            const uint64_t c = slot.desc[q].count;
+            if (c) std::memmove(me.recv + at * esz, slot.desc[q].send, c * esz);
+            at += c;
+        }
+        break;
+    }
+    case Coll::AllGatherColumns: {
+        int64_t col0 = 0;
+        for (int q = 0; q < world; ++q) {
+            const Desc& d = slot.desc[q];
+            if (d.cols > 0)
+                for (int64_t i = 0; i < me.rows; ++i)
+                    std::memmove(me.recv + (i * me.ld_recv + col0) * esz, d.send + i * d.ld_send * esz, d.cols * esz);
+            col0 += d.cols;
+        }
+        break;
+    }
+    case Coll::AllReduce: { // this rank reduces its chunk and writes it to every rank's recv
+        const uint64_t begin = static_cast<uint64_t>(shard_offset(static_cast<int64_t>(me.count), world, rank));
+        const uint64_t n = static_cast<uint64_t>(shard_count(static_cast<int64_t>(me.count), world, rank));
+        if (!n) break;
+        std::vector<const char*> src(world);
+        std::vector<char*> dst(world);
+        for (int q = 0; q < world; ++q) {
+            src[q] = slot.desc[q].send;
+            dst[q] = slot.desc[q].recv;
+        }
+        reduce_sum(me.dtype, src, dst, begin, n);
+        break;
+    }
+    case Coll::ReduceScatter: {
+        if (!me.count) break;
+        std::vector<const char*> src(world);
+        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + rank * me.count * esz;
+        std::vector<char*> dst{me.recv};
+        reduce_sum(me.dtype, src, dst, 0, me.count);
+        break;
+    }
+    case Coll::Broadcast:
+        if (rank != me.root && me.count) std::memmove(me.recv, slot.desc[me.root].send, me.count * esz);
+        break;
+    case Coll::Barrier: break;
+    }
+}
+
+// Runs on rank's stream worker thread.
+void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq, const Desc& desc,
+                    cpu::Stream* stream) {
+    const char* name = coll_name(desc.op);
+    std::unique_lock<std::mutex> lock(st->mu);
+    if (st->aborted)
+        fail(SW_ERR_ABORTED, "rank ", rank, ": ", name, " #", seq, " not run: the communicator was aborted: ", st->reason);
+    const std::string pending = stream->pending_error();
+    if (!pending.empty()) {
+        st->abort_locked(SW_ERR_ABORTED, str("rank ", rank, " could not join ", name, " #", seq,
+                                             " because of an earlier error on its stream: ", pending));
+        fail(SW_ERR_ABORTED, st->reason);
+    }
+    Slot& slot = st->slots[seq]; // std::map: the reference stays valid while other slots come and go
+    if (slot.desc.empty()) {
+        slot.desc.resize(st->world);
+        slot.joined.assign(st->world, 0);
+    }
+    slot.desc[rank] = desc;
+    slot.joined[rank] = 1;
+    ++slot.arrived;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(st->timeout_ms);
+    if (slot.arrived == st->world) {
+        const std::string problem = check_agreement(slot, st->world);
+        if (!problem.empty()) {
+            st->abort_locked(SW_ERR_MISMATCH, str("collective #", seq, ": ", problem));
+            fail(SW_ERR_MISMATCH, "rank ", rank, ": ", st->reason);
+        }
+        slot.ready = true;
+        st->cv.notify_all();
+    } else {
+        while (!slot.ready && !st->aborted) {
+            if (st->cv.wait_until(lock, deadline) == std::cv_status::timeout && !slot.ready && !st->aborted) {
+                std::vector<int> missing, present;
+                for (int q = 0; q < st->world; ++q) (slot.joined[q] ? present : missing).push_back(q);
+                st->abort_locked(SW_ERR_TIMEOUT,
+                                 str(name, " #", seq, " timed out after ", st->timeout_ms, " ms: rank(s) ",
+                                     rank_list(missing), " of ", st->world, " never joined (joined: ",
+                                     rank_list(present), "); the communicator is aborted"));
+            }
+        }
+        if (!slot.ready) fail(st->abort_status, "rank ", rank, ": ", st->reason);
+    }
+    lock.unlock();
+    move_data(slot, st->world, rank);
+    lock.lock();
+    ++slot.departed;
+    if (slot.departed == st->world) {
+        st->slots.erase(seq);
+        st->cv.notify_all();
+    } else {
+        // Every rank has arrived, so the others are only copying: wait for them without a deadline
+        // unless the communicator is aborted meanwhile.
+        st->cv.wait(lock, [&] { return st->aborted || st->slots.find(seq) == st->slots.end(); });
+    }
+    ++st->completed[rank];
+}
+
+struct Ctx {
+    sw_comm_s* comm;
+    sw_stream_s* stream;
+    size_t esz;
+};
+
+Ctx enter(sw_comm comm, int32_t rank, sw_stream stream, sw_dtype dtype, bool reducing) {
+    auto* c = checked_comm(comm);
+    auto* s = checked(stream, "stream");
+    const auto& st = c->state;
+    if (rank < 0 || rank >= st->world)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", st->world);
+    if (s->device_impl != st->devices[rank])
+        fail(SW_ERR_INVALID_ARGUMENT, "stream runs on device '", s->device_impl->name, "' but rank ", rank,
+             " of the communicator is on device '", st->devices[rank]->name, "'; expected a stream of rank ", rank,
+             "'s device");
+    const size_t esz = dtype_size_checked(dtype, "dtype");
+    if (reducing && dtype == SW_DTYPE_U8) fail(SW_ERR_UNSUPPORTED, "dtype u8 cannot be summed");
+    return {c, s, esz};
+}
+
+char* span_of(sw_buffer b, const char* name, const Ctx& ctx, int32_t rank, uint64_t offset, uint64_t count,
+              std::shared_ptr<Storage>* keep) {
+    auto* buf = checked(b, HandleKind::Buffer, name);
+    if (buf->device_impl != ctx.comm->state->devices[rank])
+        fail(SW_ERR_INVALID_ARGUMENT, name, " is not on rank ", rank, "'s device; expected a buffer of that device");
+    *keep = buf->storage;
+    return buffer_span(buf, offset, count, ctx.esz, name);
+}
+
+uint64_t capacity_from(sw_buffer b, uint64_t offset, size_t esz) {
+    auto* buf = reinterpret_cast<sw_buffer_s*>(b);
+    const uint64_t cap = buf->storage->bytes / esz;
+    return offset <= cap ? cap - offset : 0;
+}
+
+void submit(const Ctx& ctx, int32_t rank, Desc desc) {
+    const auto st = ctx.comm->state;
+    uint64_t seq;
+    {
+        std::lock_guard<std::mutex> lock(st->mu);
+        if (st->aborted)
+            fail(SW_ERR_ABORTED, "the communicator was aborted: ", st->reason, "; create a new communicator");
+        seq = st->next_seq[rank]++;
+    }
+    cpu::Stream* stream = ctx.stream->impl.get();
+    stream->enqueue([st, rank, seq, desc = std::move(desc), stream] { run_collective(st, rank, seq, desc, stream); },
+                    /*always=*/true);
+}
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_comm_create_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms, sw_comm* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        if (world_size < 1 || world_size > 4096)
+            fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
+        require(devices, "devices");
+        if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+        auto st = std::make_shared<CommState>();
+        st->world = world_size;
+        int64_t timeout = timeout_ms;
+        if (timeout == 0) {
+            timeout = 600000;
+            if (const char* env = std::getenv("SHARDWISE_TIMEOUT_MS")) {
+                const long long v = std::atoll(env);
+                if (v > 0) timeout = v;
+            }
+        }
+        st->timeout_ms = timeout;
+        for (int r = 0; r < world_size; ++r) {
+            const std::string name = str("devices[", r, "]");
+            st->devices.push_back(checked(devices[r], name.c_str())->impl);
+        }
+        st->next_seq.assign(world_size, 0);
+        st->completed.assign(world_size, 0);
+        for (auto& d : st->devices) ++d->children;
+        auto* c = new sw_comm_s{std::move(st)};
+        register_handle(c, HandleKind::Comm);
+        *out = c;
+    });
+}
+
+SW_API sw_status sw_comm_destroy(sw_comm comm) {
+    return guard(__func__, [&] {
+        if (!comm) return;
+        auto* c = checked_comm(comm);
+        unregister_handle(c);
+        {
+            // Collectives still queued on some stream fail at once instead of waiting for peers.
+            std::lock_guard<std::mutex> lock(c->state->mu);
+            c->state->abort_locked(SW_ERR_ABORTED, "the communicator was destroyed");
+        }
+        for (auto& d : c->state->devices) --d->children;
+        delete c; // queued collectives keep the state alive
+    });
+}
+
+SW_API sw_status sw_comm_get_world_size(sw_comm comm, int32_t* world_size) {
+    return guard(__func__, [&] {
+        require(world_size, "world_size");
+        *world_size = checked_comm(comm)->state->world;
+    });
+}
+
+SW_API sw_status sw_comm_abort(sw_comm comm) {
+    return guard(__func__, [&] {
+        auto* c = checked_comm(comm);
+        std::lock_guard<std::mutex> lock(c->state->mu);
+        c->state->abort_locked(SW_ERR_ABORTED, "sw_comm_abort was called");
+    });
+}
+
+SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason, uint64_t reason_capacity) {
+    return guard(__func__, [&] {
+        auto* c = checked_comm(comm);
+        require(aborted, "aborted");
+        std::lock_guard<std::mutex> lock(c->state->mu);
+        *aborted = c->state->aborted ? 1 : 0;
+        if (reason && reason_capacity > 0) {
+            const size_t n = std::min<uint64_t>(c->state->reason.size(), reason_capacity - 1);
+            std::memcpy(reason, c->state->reason.data(), n);
+            reason[n] = '\0';
+        }
+    });
+}
+
+SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64_t* count) {
+    return guard(__func__, [&] {
+        auto* c = checked_comm(comm);
+        require(count, "count");
+        if (rank < 0 || rank >= c->state->world)
+            fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", c->state->world);
+        std::lock_guard<std::mutex> lock(c->state->mu);
+        *count = c->state->completed[rank];
+    });
+}
+
+SW_API sw_status sw_all_gather(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset, sw_buffer recv,
+                               uint64_t recv_offset, uint64_t count, sw_dtype dtype, sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, dtype, false);
+        Desc d;
+        d.op = Coll::AllGather;
+        d.dtype = dtype;
+        d.count = count;
+        d.send = span_of(send, "send", ctx, rank, send_offset, count, &d.keep_send);
+        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, count * ctx.comm->state->world, &d.keep_recv);
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+SW_API sw_status sw_all_gather_v(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset, uint64_t count,
+                                 sw_buffer recv, uint64_t recv_offset, uint64_t recv_capacity, sw_dtype dtype,
+                                 sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, dtype, false);
+        Desc d;
+        d.op = Coll::AllGatherV;
+        d.dtype = dtype;
+        d.count = count;
+        d.send = span_of(send, "send", ctx, rank, send_offset, count, &d.keep_send);
+        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_capacity, &d.keep_recv);
+        d.recv_capacity = recv_capacity;
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+SW_API sw_status sw_all_gather_columns(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset, int64_t rows,
+                                       int64_t cols, int64_t ld_send, sw_buffer recv, uint64_t recv_offset,
+                                       int64_t ld_recv, sw_dtype dtype, sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, dtype, false);
+        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected rows >= 0");
+        if (cols < 0) fail(SW_ERR_INVALID_ARGUMENT, "cols = ", cols, "; expected cols >= 0");
+        if (ld_send < cols) fail(SW_ERR_INVALID_ARGUMENT, "ld_send = ", ld_send, " is smaller than cols = ", cols);
+        if (ld_recv < cols) fail(SW_ERR_INVALID_ARGUMENT, "ld_recv = ", ld_recv, " is smaller than cols = ", cols);
+        Desc d;
+        d.op = Coll::AllGatherColumns;
+        d.dtype = dtype;
+        d.rows = rows;
+        d.cols = cols;
+        d.ld_send = ld_send;
+        d.ld_recv = ld_recv;
+        d.send = cols > 0 && rows > 0
+                     ? span_of(send, "send", ctx, rank, send_offset, matrix_extent(rows, cols, ld_send), &d.keep_send)
+                     : nullptr;
+        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, matrix_extent(rows, cols, ld_recv), &d.keep_recv);
+        d.recv_capacity = capacity_from(recv, recv_offset, ctx.esz);
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+SW_API sw_status sw_all_reduce(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset, sw_buffer recv,
+                               uint64_t recv_offset, uint64_t count, sw_dtype dtype, sw_reduce_op op,
+                               sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, dtype, true);
+        if (op != SW_REDUCE_SUM) fail(SW_ERR_INVALID_ARGUMENT, "op = ", static_cast<int>(op), "; expected SW_REDUCE_SUM");
+        Desc d;
+        d.op = Coll::AllReduce;
+        d.dtype = dtype;
+        d.count = count;
+        d.send = span_of(send, "send", ctx, rank, send_offset, count, &d.keep_send);
+        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, count, &d.keep_recv);
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+SW_API sw_status sw_reduce_scatter(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset, sw_buffer recv,
+                                   uint64_t recv_offset, uint64_t recv_count, sw_dtype dtype, sw_reduce_op op,
+                                   sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, dtype, true);
+        if (op != SW_REDUCE_SUM) fail(SW_ERR_INVALID_ARGUMENT, "op = ", static_cast<int>(op), "; expected SW_REDUCE_SUM");
+        Desc d;
+        d.op = Coll::ReduceScatter;
+        d.dtype = dtype;
+        d.count = recv_count;
+        d.send = span_of(send, "send", ctx, rank, send_offset, recv_count * ctx.comm->state->world, &d.keep_send);
+        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_count, &d.keep_recv);
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+SW_API sw_status sw_broadcast(sw_comm comm, int32_t rank, sw_buffer buf, uint64_t offset, uint64_t count,
+                              sw_dtype dtype, int32_t root, sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, dtype, false);
+        if (root < 0 || root >= ctx.comm->state->world)
+            fail(SW_ERR_INVALID_ARGUMENT, "root = ", root, " is out of range; expected 0 <= root < ",
+                 ctx.comm->state->world);
+        Desc d;
+        d.op = Coll::Broadcast;
+        d.dtype = dtype;
+        d.count = count;
+        d.root = root;
+        d.recv = span_of(buf, "buf", ctx, rank, offset, count, &d.keep_recv);
+        d.send = d.recv;
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+SW_API sw_status sw_barrier(sw_comm comm, int32_t rank, sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, SW_DTYPE_U8, false);
+        Desc d;
+        d.op = Coll::Barrier;
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+} // extern "C"

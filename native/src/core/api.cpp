@@ -1,0 +1,504 @@
+// Exported C ABI: devices, buffers, streams, events, GEMM and the shard index math.
+// Every function validates its arguments (naming them in the message) before touching anything.
+#include "core/index_math.h"
+#include "core/objects.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#if defined(__linux__)
+#include <unistd.h>
+#endif
+
+using namespace sw;
+
+namespace {
+
+std::string cpu_model_name() {
+#if defined(__linux__)
+    if (FILE* f = std::fopen("/proc/cpuinfo", "r")) {
+        char line[512];
+        while (std::fgets(line, sizeof line, f)) {
+            if (std::strncmp(line, "model name", 10) == 0) {
+                const char* colon = std::strchr(line, ':');
+                std::string name = colon ? colon + 1 : line;
+                while (!name.empty() && (name.front() == ' ' || name.front() == '\t')) name.erase(0, 1);
+                while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+                std::fclose(f);
+                return name;
+            }
+        }
+        std::fclose(f);
+    }
+#endif
+    return "CPU";
+}
+
+uint64_t physical_memory_bytes() {
+#if defined(__linux__)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0) return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+#endif
+    return 0;
+}
+
+int default_threads() {
+    if (const char* env = std::getenv("SHARDWISE_NUM_THREADS")) {
+        const int n = std::atoi(env);
+        if (n > 0) return n;
+    }
+    const unsigned hc = std::thread::hardware_concurrency();
+    return hc > 0 ? static_cast<int>(hc) : 1;
+}
+
+void copy_name(char* dst, size_t cap, const std::string& src) {
+    const size_t n = src.size() < cap - 1 ? src.size() : cap - 1;
+    std::memcpy(dst, src.data(), n);
+    dst[n] = '\0';
+}
+
+
+// Validates one GEMM operand stored rows x cols with leading dimension ld at offset.
+const float* gemm_operand(sw_buffer_s* buf, uint64_t offset, int64_t rows, int64_t cols, int64_t ld,
+                          const char* name, const char* ld_name, const std::string& shape) {
+    if (ld < (cols > 1 ? cols : 1))
+        fail(SW_ERR_INVALID_ARGUMENT, ld_name, " = ", ld, " is smaller than the ", cols,
+             " columns of ", name, " as stored (", shape, "); expected ", ld_name, " >= ", (cols > 1 ? cols : 1));
+    return reinterpret_cast<const float*>(buffer_span(buf, offset, matrix_extent(rows, cols, ld), 4, name));
+}
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_shard_range(int64_t total, int32_t parts, int32_t index, int64_t* offset, int64_t* count) {
+    return guard(__func__, [&] {
+        require(offset, "offset");
+        require(count, "count");
+        if (total < 0) fail(SW_ERR_INVALID_ARGUMENT, "total = ", total, "; expected total >= 0");
+        if (parts < 1) fail(SW_ERR_INVALID_ARGUMENT, "parts = ", parts, "; expected parts >= 1");
+        if (index < 0 || index >= parts)
+            fail(SW_ERR_INVALID_ARGUMENT, "index = ", index, " is out of range; expected 0 <= index < ", parts);
+        *offset = shard_offset(total, parts, index);
+        *count = shard_count(total, parts, index);
+    });
+}
+
+// ---------------------------------------------------------------- devices
+
+SW_API sw_status sw_device_count(sw_backend backend, int32_t* count) {
+    return guard(__func__, [&] {
+        require(count, "count");
+        switch (backend) {
+        case SW_BACKEND_CPU: *count = 1; break;
+        case SW_BACKEND_CUDA: *count = 0; break; // this build has no CUDA backend
+        default: fail(SW_ERR_INVALID_ARGUMENT, "backend = ", static_cast<int>(backend), " is not a sw_backend");
+        }
+    });
+}
+
+SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t num_threads, sw_device* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        if (backend == SW_BACKEND_CUDA)
+            fail(SW_ERR_NOT_FOUND, "no CUDA device: this build of Shardwise has no CUDA backend (0 devices)");
+        if (backend != SW_BACKEND_CPU)
+            fail(SW_ERR_INVALID_ARGUMENT, "backend = ", static_cast<int>(backend), " is not a sw_backend");
+        if (ordinal != 0)
+            fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": the CPU backend has exactly one device (ordinal 0)");
+        if (num_threads < 0 || num_threads > 4096)
+            fail(SW_ERR_INVALID_ARGUMENT, "num_threads = ", num_threads, "; expected 0 (default) or 1..4096");
+        auto impl = std::make_shared<DeviceImpl>();
+        impl->backend = SW_BACKEND_CPU;
+        impl->ordinal = 0;
+        impl->num_threads = num_threads > 0 ? num_threads : default_threads();
+        impl->pool = std::make_unique<cpu::ThreadPool>(impl->num_threads);
+        impl->name = str(cpu_model_name(), ", ", impl->num_threads, impl->num_threads == 1 ? " thread" : " threads");
+        if (const char* env = std::getenv("SHARDWISE_CPU_KERNEL")) {
+            cpu::Kernel k;
+            if (cpu::parse_kernel(env, &k) && cpu::kernel_supported(k)) impl->kernel = static_cast<int>(k);
+        }
+        auto* dev = new sw_device_s{std::move(impl)};
+        register_handle(dev, HandleKind::Device);
+        *out = dev;
+    });
+}
+
+SW_API sw_status sw_device_destroy(sw_device device) {
+    return guard(__func__, [&] {
+        if (!device) return;
+        auto* dev = checked(device, "device");
+        const int64_t children = dev->impl->children.load();
+        if (children != 0)
+            fail(SW_ERR_INVALID_ARGUMENT, "device still has ", children,
+                 " live buffers, streams, events or communicators; destroy them first");
+        unregister_handle(dev);
+        delete dev;
+    });
+}
+
+SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info) {
+    return guard(__func__, [&] {
+        auto* dev = checked(device, "device");
+        require(info, "info");
+        std::memset(info, 0, sizeof *info);
+        info->backend = dev->impl->backend;
+        info->ordinal = dev->impl->ordinal;
+        info->num_threads = dev->impl->num_threads;
+        info->total_memory_bytes = physical_memory_bytes();
+        copy_name(info->name, sizeof info->name, dev->impl->name);
+        const auto k = cpu::resolve_kernel(static_cast<cpu::Kernel>(dev->impl->kernel.load()));
+        copy_name(info->kernel, sizeof info->kernel, cpu::kernel_name(k));
+    });
+}
+
+SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel) {
+    return guard(__func__, [&] {
+        auto* dev = checked(device, "device");
+        require(kernel, "kernel");
+        cpu::Kernel k;
+        if (!cpu::parse_kernel(kernel, &k))
+            fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", kernel, "'; expected auto, avx512, avx2 or generic");
+        if (!cpu::kernel_supported(k))
+            fail(SW_ERR_UNSUPPORTED, "kernel '", kernel, "' is not supported by this processor");
+        dev->impl->kernel = static_cast<int>(k);
+    });
+}
+
+// ---------------------------------------------------------------- buffers
+
+SW_API sw_status sw_buffer_alloc(sw_device device, uint64_t bytes, sw_buffer* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* dev = checked(device, "device");
+        if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes = 0; expected a positive size");
+        if (bytes > (uint64_t{1} << 50)) fail(SW_ERR_OUT_OF_MEMORY, "bytes = ", bytes, " is more than can be allocated");
+        auto storage = std::make_shared<Storage>();
+        const uint64_t rounded = (bytes + 63) / 64 * 64;
+        storage->ptr = std::aligned_alloc(64, static_cast<size_t>(rounded));
+        if (!storage->ptr) fail(SW_ERR_OUT_OF_MEMORY, "could not allocate ", bytes, " bytes on '", dev->impl->name, "'");
+        storage->bytes = bytes;
+        storage->owned = true;
+        auto* buf = new sw_buffer_s{dev, dev->impl, std::move(storage)};
+        ++dev->impl->children;
+        register_handle(buf, HandleKind::Buffer);
+        *out = buf;
+    });
+}
+
+SW_API sw_status sw_buffer_wrap(sw_device device, void* ptr, uint64_t bytes, sw_buffer* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* dev = checked(device, "device");
+        require(ptr, "ptr");
+        if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes = 0; expected the positive size of the wrapped memory");
+        auto storage = std::make_shared<Storage>();
+        storage->ptr = ptr;
+        storage->bytes = bytes;
+        storage->owned = false;
+        auto* buf = new sw_buffer_s{dev, dev->impl, std::move(storage)};
+        ++dev->impl->children;
+        register_handle(buf, HandleKind::Buffer);
+        *out = buf;
+    });
+}
+
+SW_API sw_status sw_buffer_destroy(sw_buffer buffer) {
+    return guard(__func__, [&] {
+        if (!buffer) return;
+        auto* buf = checked(buffer, "buffer");
+        unregister_handle(buf);
+        --buf->device_impl->children;
+        delete buf; // storage lives on while queued work still holds it
+    });
+}
+
+SW_API sw_status sw_buffer_get_pointer(sw_buffer buffer, void** ptr) {
+    return guard(__func__, [&] {
+        require(ptr, "ptr");
+        *ptr = checked(buffer, "buffer")->storage->ptr;
+    });
+}
+
+SW_API sw_status sw_buffer_get_size(sw_buffer buffer, uint64_t* bytes) {
+    return guard(__func__, [&] {
+        require(bytes, "bytes");
+        *bytes = checked(buffer, "buffer")->storage->bytes;
+    });
+}
+
+SW_API sw_status sw_buffer_get_device(sw_buffer buffer, sw_device* device) {
+    return guard(__func__, [&] {
+        require(device, "device");
+        *device = checked(buffer, "buffer")->device;
+    });
+}
+
+SW_API sw_status sw_memcpy_h2d_async(sw_buffer dst, uint64_t dst_offset_bytes, const void* src, uint64_t bytes,
+                                     sw_stream stream) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        auto* d = checked(dst, "dst");
+        require_same_device(d, s, "dst");
+        if (bytes == 0) return;
+        require(src, "src");
+        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
+        s->impl->enqueue([keep = d->storage, to, src, bytes] { std::memcpy(to, src, bytes); });
+    });
+}
+
+SW_API sw_status sw_memcpy_d2h_async(void* dst, sw_buffer src, uint64_t src_offset_bytes, uint64_t bytes,
+                                     sw_stream stream) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        auto* b = checked(src, "src");
+        require_same_device(b, s, "src");
+        if (bytes == 0) return;
+        require(dst, "dst");
+        const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src");
+        s->impl->enqueue([keep = b->storage, dst, from, bytes] { std::memcpy(dst, from, bytes); });
+    });
+}
+
+SW_API sw_status sw_memcpy_d2d_async(sw_buffer dst, uint64_t dst_offset_bytes, sw_buffer src,
+                                     uint64_t src_offset_bytes, uint64_t bytes, sw_stream stream) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        auto* d = checked(dst, "dst");
+        auto* b = checked(src, "src");
+        require_same_device(d, s, "dst"); // CPU: every device reads host memory, so src may be a peer
+        if (bytes == 0) return;
+        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
+        const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src");
+        s->impl->enqueue([kd = d->storage, ks = b->storage, to, from, bytes] { std::memmove(to, from, bytes); });
+    });
+}
+
+SW_API sw_status sw_memset_async(sw_buffer dst, uint64_t dst_offset_bytes, uint8_t value, uint64_t bytes,
+                                 sw_stream stream) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        auto* d = checked(dst, "dst");
+        require_same_device(d, s, "dst");
+        if (bytes == 0) return;
+        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
+        s->impl->enqueue([keep = d->storage, to, value, bytes] { std::memset(to, value, bytes); });
+    });
+}
+
+// ---------------------------------------------------------------- streams and events
+
+SW_API sw_status sw_stream_create(sw_device device, sw_stream* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* dev = checked(device, "device");
+        auto* s = new sw_stream_s{dev, dev->impl, std::make_unique<cpu::Stream>()};
+        ++dev->impl->children;
+        register_handle(s, HandleKind::Stream);
+        *out = s;
+    });
+}
+
+SW_API sw_status sw_stream_destroy(sw_stream stream) {
+    return guard(__func__, [&] {
+        if (!stream) return;
+        auto* s = checked(stream, "stream");
+        unregister_handle(s);
+        s->impl.reset(); // drains queued work, joins the worker
+        --s->device_impl->children;
+        delete s;
+    });
+}
+
+SW_API sw_status sw_stream_synchronize(sw_stream stream) {
+    sw_status status = SW_OK;
+    std::string message;
+    const sw_status call = guard(__func__, [&] { status = checked(stream, "stream")->impl->synchronize(&message); });
+    if (call != SW_OK) return call;
+    if (status != SW_OK) set_last_error(message);
+    return status;
+}
+
+SW_API sw_status sw_stream_wait_event(sw_stream stream, sw_event event) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        auto* e = checked(event, "event");
+        std::shared_ptr<EventState> st = e->state;
+        uint64_t gen;
+        {
+            std::lock_guard<std::mutex> lock(st->mu);
+            gen = st->recorded;
+        }
+        if (gen == 0) return; // never recorded: nothing to wait for
+        s->impl->enqueue(
+            [st, gen] {
+                std::unique_lock<std::mutex> lock(st->mu);
+                st->cv.wait(lock, [&] { return st->completed >= gen; });
+            },
+            /*always=*/true);
+    });
+}
+
+SW_API sw_status sw_event_create(sw_device device, sw_event* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* dev = checked(device, "device");
+        auto* e = new sw_event_s{dev, dev->impl, std::make_shared<EventState>()};
+        ++dev->impl->children;
+        register_handle(e, HandleKind::Event);
+        *out = e;
+    });
+}
+
+SW_API sw_status sw_event_destroy(sw_event event) {
+    return guard(__func__, [&] {
+        if (!event) return;
+        auto* e = checked(event, "event");
+        unregister_handle(e);
+        --e->device_impl->children;
+        delete e;
+    });
+}
+
+SW_API sw_status sw_event_record(sw_event event, sw_stream stream) {
+    return guard(__func__, [&] {
+        auto* e = checked(event, "event");
+        auto* s = checked(stream, "stream");
+        std::shared_ptr<EventState> st = e->state;
+        uint64_t gen;
+        {
+            std::lock_guard<std::mutex> lock(st->mu);
+            gen = ++st->recorded;
+        }
+        s->impl->enqueue(
+            [st, gen] {
+                const auto now = std::chrono::steady_clock::now();
+                std::lock_guard<std::mutex> lock(st->mu);
+                if (gen > st->completed) {
+                    st->completed = gen;
+                    st->time = now;
+                }
+                st->cv.notify_all();
+            },
+            /*always=*/true);
+    });
+}
+
+SW_API sw_status sw_event_synchronize(sw_event event) {
+    return guard(__func__, [&] {
+        auto* e = checked(event, "event");
+        std::unique_lock<std::mutex> lock(e->state->mu);
+        const uint64_t gen = e->state->recorded;
+        e->state->cv.wait(lock, [&] { return e->state->completed >= gen; });
+    });
+}
+
+SW_API sw_status sw_event_query(sw_event event, int32_t* done) {
+    return guard(__func__, [&] {
+        auto* e = checked(event, "event");
+        require(done, "done");
+        std::lock_guard<std::mutex> lock(e->state->mu);
+        *done = e->state->completed >= e->state->recorded ? 1 : 0;
+    });
+}
+
+SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms) {
+    return guard(__func__, [&] {
+        auto* a = checked(start, "start");
+        auto* b = checked(end, "end");
+        require(ms, "ms");
+        std::chrono::steady_clock::time_point ta, tb;
+        {
+            std::lock_guard<std::mutex> lock(a->state->mu);
+            if (a->state->recorded == 0 || a->state->completed < a->state->recorded)
+                fail(SW_ERR_INVALID_ARGUMENT, "start has not completed (record it and synchronize first)");
+            ta = a->state->time;
+        }
+        {
+            std::lock_guard<std::mutex> lock(b->state->mu);
+            if (b->state->recorded == 0 || b->state->completed < b->state->recorded)
+                fail(SW_ERR_INVALID_ARGUMENT, "end has not completed (record it and synchronize first)");
+            tb = b->state->time;
+        }
+        *ms = std::chrono::duration<double, std::milli>(tb - ta).count();
+    });
+}
+
+// ---------------------------------------------------------------- GEMM
+
+SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op trans_b, int64_t m, int64_t n,
+                         int64_t k, float alpha, sw_buffer a, uint64_t a_offset, int64_t lda, sw_buffer b,
+                         uint64_t b_offset, int64_t ldb, float beta, sw_buffer c, uint64_t c_offset, int64_t ldc,
+                         sw_buffer bias, uint64_t bias_offset, sw_epilogue epilogue) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        if (dtype != SW_DTYPE_F32) {
+            dtype_size_checked(dtype, "dtype");
+            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype),
+                 ": the CPU backend computes GEMM in float32 only (SW_DTYPE_F32)");
+        }
+        if (trans_a != SW_OP_N && trans_a != SW_OP_T)
+            fail(SW_ERR_INVALID_ARGUMENT, "trans_a = ", static_cast<int>(trans_a), "; expected SW_OP_N or SW_OP_T");
+        if (trans_b != SW_OP_N && trans_b != SW_OP_T)
+            fail(SW_ERR_INVALID_ARGUMENT, "trans_b = ", static_cast<int>(trans_b), "; expected SW_OP_N or SW_OP_T");
+        if (epilogue != SW_EPILOGUE_NONE && epilogue != SW_EPILOGUE_GELU)
+            fail(SW_ERR_INVALID_ARGUMENT, "epilogue = ", static_cast<int>(epilogue), "; expected a sw_epilogue");
+        if (m < 1) fail(SW_ERR_INVALID_ARGUMENT, "m = ", m, "; expected m >= 1");
+        if (n < 1) fail(SW_ERR_INVALID_ARGUMENT, "n = ", n, "; expected n >= 1");
+        if (k < 0) fail(SW_ERR_INVALID_ARGUMENT, "k = ", k, "; expected k >= 0");
+        if (!std::isfinite(alpha) || !std::isfinite(beta))
+            fail(SW_ERR_INVALID_ARGUMENT, "alpha = ", alpha, ", beta = ", beta, "; expected finite values");
+        auto* bc = checked(c, "c");
+        require_same_device(bc, s, "c");
+        cpu::SgemmArgs args;
+        args.trans_a = trans_a == SW_OP_T;
+        args.trans_b = trans_b == SW_OP_T;
+        args.m = m;
+        args.n = n;
+        args.k = k;
+        args.alpha = alpha;
+        args.beta = beta;
+        std::shared_ptr<Storage> keep_a, keep_b, keep_bias;
+        if (k > 0) {
+            auto* ba = checked(a, "a");
+            auto* bb = checked(b, "b");
+            require_same_device(ba, s, "a");
+            require_same_device(bb, s, "b");
+            const std::string shape_a = args.trans_a ? str("k x m = ", k, " x ", m, ", trans_a = T")
+                                                     : str("m x k = ", m, " x ", k, ", trans_a = N");
+            const std::string shape_b = args.trans_b ? str("n x k = ", n, " x ", k, ", trans_b = T")
+                                                     : str("k x n = ", k, " x ", n, ", trans_b = N");
+            args.a = gemm_operand(ba, a_offset, args.trans_a ? k : m, args.trans_a ? m : k, lda, "a", "lda", shape_a);
+            args.b = gemm_operand(bb, b_offset, args.trans_b ? n : k, args.trans_b ? k : n, ldb, "b", "ldb", shape_b);
+            args.lda = lda;
+            args.ldb = ldb;
+            keep_a = ba->storage;
+            keep_b = bb->storage;
+        }
+        if (ldc < n)
+            fail(SW_ERR_INVALID_ARGUMENT, "ldc = ", ldc, " is smaller than n = ", n, "; expected ldc >= ", n);
+        args.c = reinterpret_cast<float*>(buffer_span(bc, c_offset, matrix_extent(m, n, ldc), 4, "c"));
+        args.ldc = ldc;
+        if (bias) {
+            auto* bb = checked(bias, "bias");
+            require_same_device(bb, s, "bias");
+            args.bias = reinterpret_cast<const float*>(buffer_span(bb, bias_offset, static_cast<uint64_t>(n), 4, "bias"));
+            keep_bias = bb->storage;
+        }
+        args.gelu = epilogue == SW_EPILOGUE_GELU;
+        auto dev = s->device_impl;
+        const auto kernel = static_cast<cpu::Kernel>(dev->kernel.load());
+        s->impl->enqueue([args, kernel, dev, keep_a, keep_b, keep_c = bc->storage, keep_bias] {
+            cpu::sgemm(args, kernel, *dev->pool);
+        });
+    });
+}
+
+} // extern "C"

@@ -1,0 +1,68 @@
+#include "core/objects.h"
+
+#include <cstdlib>
+#include <unordered_map>
+
+namespace sw {
+namespace {
+std::mutex g_registry_mu;
+std::unordered_map<const void*, HandleKind>& registry() {
+    static auto* map = new std::unordered_map<const void*, HandleKind>(); // never destroyed: safe at exit
+    return *map;
+}
+} // namespace
+
+void register_handle(const void* h, HandleKind kind) {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    registry()[h] = kind;
+}
+
+void unregister_handle(const void* h) {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    registry().erase(h);
+}
+
+bool is_live_handle(const void* h, HandleKind kind) {
+    std::lock_guard<std::mutex> lock(g_registry_mu);
+    auto it = registry().find(h);
+    return it != registry().end() && it->second == kind;
+}
+
+const char* handle_kind_name(HandleKind kind) {
+    switch (kind) {
+    case HandleKind::Device: return "sw_device";
+    case HandleKind::Buffer: return "sw_buffer";
+    case HandleKind::Stream: return "sw_stream";
+    case HandleKind::Event: return "sw_event";
+    case HandleKind::Comm: return "sw_comm";
+    }
+    return "handle";
+}
+
+Storage::~Storage() {
+    if (owned && ptr) std::free(ptr);
+}
+
+char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem_size, const char* name) {
+    const uint64_t capacity = buf->storage->bytes / elem_size;
+    if (offset > capacity || count > capacity - offset)
+        fail(SW_ERR_INVALID_ARGUMENT, name, ": elements [", offset, ", ", offset + count,
+             ") do not fit in the buffer of ", buf->storage->bytes, " bytes (", capacity, " elements of ",
+             elem_size, " bytes)");
+    return static_cast<char*>(buf->storage->ptr) + offset * elem_size;
+}
+
+void require_same_device(sw_buffer_s* buf, sw_stream_s* stream, const char* buf_name) {
+    if (buf->device_impl != stream->device_impl)
+        fail(SW_ERR_INVALID_ARGUMENT, buf_name, " belongs to device '", buf->device_impl->name,
+             "' but the stream runs on device '", stream->device_impl->name,
+             "'; expected a buffer of the stream's device");
+}
+
+size_t dtype_size_checked(sw_dtype dtype, const char* name) {
+    const size_t size = sw_dtype_size(dtype);
+    if (size == 0) fail(SW_ERR_INVALID_ARGUMENT, name, " = ", static_cast<int>(dtype), " is not a sw_dtype");
+    return size;
+}
+
+} // namespace sw

@@ -1,0 +1,109 @@
+// The objects behind the opaque handles of shardwise.h, and the registry that validates handles.
+//
+// Lifetime rule: queued work holds shared_ptrs to what it touches (device threads, buffer storage,
+// communicator state), so destroying a handle while work is queued never frees memory under that work.
+#pragma once
+#include "shardwise.h"
+
+#include "core/error.h"
+#include "cpu/gemm.h"
+#include "cpu/stream.h"
+#include "cpu/thread_pool.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace sw {
+
+enum class HandleKind : uint8_t { Device = 1, Buffer, Stream, Event, Comm };
+
+// Every live handle is registered; a handle that is not (never created, destroyed, or of another kind)
+// is rejected with a clear message instead of being dereferenced.
+void register_handle(const void* h, HandleKind kind);
+void unregister_handle(const void* h);
+bool is_live_handle(const void* h, HandleKind kind);
+const char* handle_kind_name(HandleKind kind);
+
+struct DeviceImpl {
+    sw_backend backend = SW_BACKEND_CPU;
+    int32_t ordinal = 0;
+    int32_t num_threads = 1;
+    std::string name;
+    std::unique_ptr<cpu::ThreadPool> pool;
+    std::atomic<int> kernel{static_cast<int>(cpu::Kernel::Auto)};
+    std::atomic<int64_t> children{0}; // buffers, streams, events, communicator memberships
+};
+
+struct Storage {
+    void* ptr = nullptr;
+    uint64_t bytes = 0;
+    bool owned = false;
+    ~Storage();
+};
+
+} // namespace sw
+
+struct sw_device_s {
+    std::shared_ptr<sw::DeviceImpl> impl;
+};
+
+struct sw_buffer_s {
+    sw_device device = nullptr;
+    std::shared_ptr<sw::DeviceImpl> device_impl;
+    std::shared_ptr<sw::Storage> storage;
+};
+
+struct sw_stream_s {
+    sw_device device = nullptr;
+    std::shared_ptr<sw::DeviceImpl> device_impl;
+    std::unique_ptr<sw::cpu::Stream> impl;
+};
+
+namespace sw {
+struct EventState {
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t recorded = 0;  // generation of the latest record
+    uint64_t completed = 0; // generation whose marker has run
+    std::chrono::steady_clock::time_point time{};
+};
+} // namespace sw
+
+struct sw_event_s {
+    sw_device device = nullptr;
+    std::shared_ptr<sw::DeviceImpl> device_impl;
+    std::shared_ptr<sw::EventState> state;
+};
+
+namespace sw {
+
+// Looks up a handle argument: NULL -> SW_ERR_NULL_HANDLE, unknown/destroyed -> SW_ERR_INVALID_ARGUMENT.
+template <class T>
+T* checked(T* h, HandleKind kind, const char* name) {
+    if (!h) fail(SW_ERR_NULL_HANDLE, name, " is NULL; expected a live ", handle_kind_name(kind), " handle");
+    if (!is_live_handle(h, kind))
+        fail(SW_ERR_INVALID_ARGUMENT, name, " is not a live ", handle_kind_name(kind),
+             " handle (destroyed, or not a ", handle_kind_name(kind), ")");
+    return h;
+}
+inline sw_device_s* checked(sw_device h, const char* name) { return checked(h, HandleKind::Device, name); }
+inline sw_buffer_s* checked(sw_buffer h, const char* name) { return checked(h, HandleKind::Buffer, name); }
+inline sw_stream_s* checked(sw_stream h, const char* name) { return checked(h, HandleKind::Stream, name); }
+inline sw_event_s* checked(sw_event h, const char* name) { return checked(h, HandleKind::Event, name); }
+
+// Checks that [offset, offset + count) elements of `elem_size` bytes lie inside the buffer; returns the
+// byte address of the first element.
+char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem_size, const char* name);
+
+// Checks that the buffer lives on the stream's device.
+void require_same_device(sw_buffer_s* buf, sw_stream_s* stream, const char* buf_name);
+
+// Checks a dtype argument; returns its element size.
+size_t dtype_size_checked(sw_dtype dtype, const char* name);
+
+} // namespace sw

@@ -1,0 +1,49 @@
+// Hand-written fp32 GEMM of the CPU backend: cache blocking (the level-2 tiles) around SIMD
+// micro-kernels chosen at run time.
+#pragma once
+#include <cstdint>
+
+namespace sw::cpu {
+
+class ThreadPool;
+
+enum class Kernel : int { Auto = 0, Avx512 = 1, Avx2 = 2, Generic = 3 };
+
+// True when this processor (and this build) can run the kernel. Auto and Generic are always supported.
+bool kernel_supported(Kernel k);
+// Auto -> the best supported kernel; others are returned unchanged.
+Kernel resolve_kernel(Kernel k);
+// "avx512", "avx2", "generic" ("auto" for Auto).
+const char* kernel_name(Kernel k);
+// Parses a name as above; returns false for an unknown name.
+bool parse_kernel(const char* name, Kernel* out);
+
+// The level-2 tile shape used for a problem (for plans and docs): register tile MR x NR, cache blocks
+// MC x KC x NC.
+struct TileShape { int mr, nr, mc, kc, nc; };
+TileShape tile_shape(Kernel k);
+
+struct SgemmArgs {
+    bool trans_a = false;   // op(A) = A^T; A stored k x m
+    bool trans_b = false;   // op(B) = B^T; B stored n x k
+    int64_t m = 0, n = 0, k = 0;
+    float alpha = 1.0f;
+    const float* a = nullptr; int64_t lda = 0;
+    const float* b = nullptr; int64_t ldb = 0;
+    float beta = 0.0f;
+    float* c = nullptr; int64_t ldc = 0;
+    const float* bias = nullptr; // n elements or null
+    bool gelu = false;           // tanh-approximation GeLU after bias
+};
+
+// C = epilogue(alpha*op(A)op(B) + beta*C + bias). Arguments are already validated by the caller
+// (m, n >= 1, k >= 0, leading dimensions large enough, pointers non-null where used).
+// Determinism contract: C[i][j] depends only on row i of op(A), column j of op(B), k, alpha, beta,
+// C[i][j], bias[j] and the kernel — not on m, n, the position of (i, j), or the number of threads.
+// beta == 0 never reads C.
+void sgemm(const SgemmArgs& args, Kernel kernel, ThreadPool& pool);
+
+// GeLU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+float gelu_tanh(float x);
+
+} // namespace sw::cpu

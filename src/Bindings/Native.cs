@@ -1,0 +1,95 @@
+using System.Runtime.InteropServices;
+
+namespace Shardwise.Bindings;
+
+/// <summary>
+/// The C ABI of shardwise.h, one declaration per exported function, same names and argument order.
+/// Required handles are passed as <see cref="SafeHandle"/>s (the marshaller keeps them alive for the call);
+/// optional ones as raw <see cref="nint"/> (0 for none). Every function returns <see cref="SwStatus"/>;
+/// on failure <see cref="sw_last_error"/> holds the message, and
+/// <see cref="ShardwiseException.ThrowIfFailed"/> turns both into a typed exception.
+/// </summary>
+public static unsafe partial class Native
+{
+    private const string Lib = NativeLibraryLoader.LibraryName;
+
+    /// <summary>The ABI version this binding was written against (SW_ABI_VERSION).</summary>
+    public const int AbiVersion = 1;
+
+#pragma warning disable CS1591 // one-to-one with shardwise.h, documented there
+    // ---------------------------------------------------------------- library
+    [LibraryImport(Lib)] public static partial int sw_abi_version();
+    [LibraryImport(Lib)] public static partial nint sw_version_string();
+    [LibraryImport(Lib)] public static partial nint sw_last_error();
+    [LibraryImport(Lib)] public static partial nint sw_status_string(SwStatus status);
+    [LibraryImport(Lib)] public static partial nuint sw_dtype_size(SwDtype dtype);
+    [LibraryImport(Lib)] public static partial SwStatus sw_shard_range(long total, int parts, int index, out long offset, out long count);
+
+    // ---------------------------------------------------------------- devices
+    [LibraryImport(Lib)] public static partial SwStatus sw_device_count(SwBackend backend, out int count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_device_create(SwBackend backend, int ordinal, int numThreads, out DeviceHandle device);
+    [LibraryImport(Lib)] public static partial SwStatus sw_device_destroy(nint device);
+    [LibraryImport(Lib)] public static partial SwStatus sw_device_get_info(DeviceHandle device, out SwDeviceInfo info);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_device_set_kernel(DeviceHandle device, string kernel);
+
+    // ---------------------------------------------------------------- buffers
+    [LibraryImport(Lib)] public static partial SwStatus sw_buffer_alloc(DeviceHandle device, ulong bytes, out BufferHandle buffer);
+    [LibraryImport(Lib)] public static partial SwStatus sw_buffer_wrap(DeviceHandle device, nint ptr, ulong bytes, out BufferHandle buffer);
+    [LibraryImport(Lib)] public static partial SwStatus sw_buffer_destroy(nint buffer);
+    [LibraryImport(Lib)] public static partial SwStatus sw_buffer_get_pointer(BufferHandle buffer, out nint ptr);
+    [LibraryImport(Lib)] public static partial SwStatus sw_buffer_get_size(BufferHandle buffer, out ulong bytes);
+    [LibraryImport(Lib)] public static partial SwStatus sw_memcpy_h2d_async(BufferHandle dst, ulong dstOffsetBytes, void* src, ulong bytes, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_memcpy_d2h_async(void* dst, BufferHandle src, ulong srcOffsetBytes, ulong bytes, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_memcpy_d2d_async(BufferHandle dst, ulong dstOffsetBytes, BufferHandle src, ulong srcOffsetBytes, ulong bytes, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_memset_async(BufferHandle dst, ulong dstOffsetBytes, byte value, ulong bytes, StreamHandle stream);
+
+    // ---------------------------------------------------------------- streams and events
+    [LibraryImport(Lib)] public static partial SwStatus sw_stream_create(DeviceHandle device, out StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_stream_destroy(nint stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_stream_synchronize(StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_stream_wait_event(StreamHandle stream, EventHandle evt);
+    [LibraryImport(Lib)] public static partial SwStatus sw_event_create(DeviceHandle device, out EventHandle evt);
+    [LibraryImport(Lib)] public static partial SwStatus sw_event_destroy(nint evt);
+    [LibraryImport(Lib)] public static partial SwStatus sw_event_record(EventHandle evt, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_event_synchronize(EventHandle evt);
+    [LibraryImport(Lib)] public static partial SwStatus sw_event_query(EventHandle evt, out int done);
+    [LibraryImport(Lib)] public static partial SwStatus sw_event_elapsed_ms(EventHandle start, EventHandle end, out double ms);
+
+    // ---------------------------------------------------------------- GEMM
+    [LibraryImport(Lib)]
+    public static partial SwStatus sw_gemm(StreamHandle stream, SwDtype dtype, SwOp transA, SwOp transB,
+        long m, long n, long k, float alpha,
+        BufferHandle a, ulong aOffset, long lda,
+        BufferHandle b, ulong bOffset, long ldb,
+        float beta,
+        BufferHandle c, ulong cOffset, long ldc,
+        nint bias, ulong biasOffset, SwEpilogue epilogue);
+
+    // ---------------------------------------------------------------- communicators
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_local(int worldSize, nint* devices, long timeoutMs, out CommHandle comm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_destroy(nint comm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_world_size(CommHandle comm, out int worldSize);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_abort(CommHandle comm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_state(CommHandle comm, out int aborted, byte* reason, ulong reasonCapacity);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_collective_count(CommHandle comm, int rank, out ulong count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_all_gather(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, BufferHandle recv, ulong recvOffset, ulong count, SwDtype dtype, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_all_gather_v(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, ulong count, BufferHandle recv, ulong recvOffset, ulong recvCapacity, SwDtype dtype, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_all_gather_columns(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, long rows, long cols, long ldSend, BufferHandle recv, ulong recvOffset, long ldRecv, SwDtype dtype, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_all_reduce(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, BufferHandle recv, ulong recvOffset, ulong count, SwDtype dtype, SwReduceOp op, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_reduce_scatter(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, BufferHandle recv, ulong recvOffset, ulong recvCount, SwDtype dtype, SwReduceOp op, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_broadcast(CommHandle comm, int rank, BufferHandle buf, ulong offset, ulong count, SwDtype dtype, int root, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_barrier(CommHandle comm, int rank, StreamHandle stream);
+#pragma warning restore CS1591
+
+    /// <summary>The native library's version string.</summary>
+    public static string VersionString => Marshal.PtrToStringUTF8(sw_version_string()) ?? "";
+
+    /// <summary>Throws unless the loaded library speaks the ABI these bindings were written for.</summary>
+    public static void EnsureCompatible()
+    {
+        var v = sw_abi_version();
+        if (v != AbiVersion)
+            throw new ShardwiseException(SwStatus.Unsupported, nameof(sw_abi_version),
+                $"the native library '{NativeLibraryLoader.LoadedFrom}' has ABI version {v}; these bindings expect {AbiVersion}");
+    }
+}

@@ -1,0 +1,95 @@
+using System.Runtime.InteropServices;
+
+namespace Shardwise.Bindings;
+
+/// <summary>
+/// Base of every owned native handle. A child handle (buffer, stream, event, communicator) keeps its parent
+/// device handle alive, so the order in which handles are disposed or finalized never matters.
+/// <see cref="ReleaseHandle"/> never throws.
+/// </summary>
+public abstract class ShardwiseHandle : SafeHandle
+{
+    private SafeHandle[]? _parents;
+    private volatile bool _disposeRequested;
+
+    /// <summary>Creates an empty (invalid) handle; P/Invoke fills it.</summary>
+    protected ShardwiseHandle() : base(0, ownsHandle: true) { }
+
+    /// <inheritdoc />
+    public override bool IsInvalid => handle == 0;
+
+    /// <summary>Keeps <paramref name="parents"/> alive until this handle is released.</summary>
+    public void SetParents(params SafeHandle[] parents)
+    {
+        foreach (var p in parents)
+        {
+            bool added = false;
+            p.DangerousAddRef(ref added);
+        }
+        _parents = parents;
+    }
+
+    /// <summary>Destroys the native object.</summary>
+    protected abstract SwStatus Destroy(nint handle);
+
+    /// <inheritdoc />
+    protected override bool ReleaseHandle()
+    {
+        var status = Destroy(handle);
+        if (_parents is { } parents)
+            foreach (var p in parents) p.DangerousRelease();
+        return status == SwStatus.Ok;
+    }
+
+    /// <summary>True once Dispose was called, even while children still keep the native object alive.</summary>
+    public bool IsDisposeRequested => _disposeRequested || IsClosed;
+
+    /// <inheritdoc />
+    protected override void Dispose(bool disposing)
+    {
+        _disposeRequested = true;
+        base.Dispose(disposing);
+    }
+
+    /// <summary>Throws <see cref="ObjectDisposedException"/> naming <paramref name="argument"/> if disposed or invalid.</summary>
+    public void ThrowIfDisposed(string argument)
+    {
+        if (IsDisposeRequested || IsInvalid)
+            throw new ObjectDisposedException(argument, $"{argument} ({GetType().Name}) has been disposed or was never created.");
+    }
+}
+
+/// <summary>An <c>sw_device</c>.</summary>
+public sealed class DeviceHandle : ShardwiseHandle
+{
+    /// <inheritdoc />
+    protected override SwStatus Destroy(nint h) => Native.sw_device_destroy(h);
+}
+
+/// <summary>An <c>sw_buffer</c>.</summary>
+public sealed class BufferHandle : ShardwiseHandle
+{
+    /// <inheritdoc />
+    protected override SwStatus Destroy(nint h) => Native.sw_buffer_destroy(h);
+}
+
+/// <summary>An <c>sw_stream</c>.</summary>
+public sealed class StreamHandle : ShardwiseHandle
+{
+    /// <inheritdoc />
+    protected override SwStatus Destroy(nint h) => Native.sw_stream_destroy(h);
+}
+
+/// <summary>An <c>sw_event</c>.</summary>
+public sealed class EventHandle : ShardwiseHandle
+{
+    /// <inheritdoc />
+    protected override SwStatus Destroy(nint h) => Native.sw_event_destroy(h);
+}
+
+/// <summary>An <c>sw_comm</c>.</summary>
+public sealed class CommHandle : ShardwiseHandle
+{
+    /// <inheritdoc />
+    protected override SwStatus Destroy(nint h) => Native.sw_comm_destroy(h);
+}

@@ -1,0 +1,104 @@
+using Shardwise.Bindings;
+
+namespace Shardwise.Parallel;
+
+/// <summary>Compute backends.</summary>
+public enum Backend
+{
+    /// <summary>The CPU backend: always present.</summary>
+    Cpu = SwBackend.Cpu,
+    /// <summary>CUDA GPUs.</summary>
+    Cuda = SwBackend.Cuda,
+}
+
+/// <summary>
+/// A compute device: memory, streams and the threads (CPU) or the GPU that run kernels.
+/// The CPU device has the same model as a GPU: buffers, in-order asynchronous streams and events.
+/// </summary>
+public sealed class Device : IDisposable
+{
+    private readonly DeviceHandle _handle;
+
+    private Device(DeviceHandle handle, Backend backend)
+    {
+        _handle = handle;
+        Backend = backend;
+        ThrowHelper.Check(Native.sw_device_get_info(handle, out var info), nameof(Native.sw_device_get_info));
+        Name = info.NameString;
+        NumThreads = info.NumThreads;
+        TotalMemoryBytes = info.TotalMemoryBytes;
+    }
+
+    /// <summary>The native handle (for interop with the C API).</summary>
+    public DeviceHandle Handle
+    {
+        get { _handle.ThrowIfDisposed("device"); return _handle; }
+    }
+
+    /// <summary>The backend.</summary>
+    public Backend Backend { get; }
+
+    /// <summary>Human-readable name, e.g. "AMD EPYC, 2 threads".</summary>
+    public string Name { get; }
+
+    /// <summary>CPU: compute threads. CUDA: multiprocessors.</summary>
+    public int NumThreads { get; }
+
+    /// <summary>Physical memory (CPU) or device memory (CUDA), in bytes.</summary>
+    public ulong TotalMemoryBytes { get; }
+
+    /// <summary>The GEMM micro-kernel currently selected ("avx512", "avx2", "generic").</summary>
+    public string Kernel
+    {
+        get
+        {
+            ThrowHelper.Check(Native.sw_device_get_info(Handle, out var info), nameof(Native.sw_device_get_info));
+            return info.KernelString;
+        }
+    }
+
+    /// <summary>Number of devices of a backend (0 when it is not built in or has no device).</summary>
+    public static int Count(Backend backend)
+    {
+        Native.EnsureCompatible();
+        ThrowHelper.Check(Native.sw_device_count((SwBackend)backend, out int n), nameof(Native.sw_device_count));
+        return n;
+    }
+
+    /// <summary>Opens the CPU device with <paramref name="threads"/> compute threads (0: SHARDWISE_NUM_THREADS or all).</summary>
+    public static Device Cpu(int threads = 0)
+    {
+        if (threads < 0) throw new ArgumentOutOfRangeException(nameof(threads), threads, "threads must be >= 0 (0 = default).");
+        return Open(Backend.Cpu, 0, threads);
+    }
+
+    /// <summary>Opens device <paramref name="ordinal"/> of <paramref name="backend"/>.</summary>
+    public static Device Open(Backend backend, int ordinal = 0, int threads = 0)
+    {
+        Native.EnsureCompatible();
+        ThrowHelper.Check(Native.sw_device_create((SwBackend)backend, ordinal, threads, out var h), nameof(Native.sw_device_create));
+        return new Device(h, backend);
+    }
+
+    /// <summary>Selects the CPU GEMM micro-kernel ("auto", "avx512", "avx2", "generic").</summary>
+    public void SetKernel(string kernel)
+    {
+        ArgumentNullException.ThrowIfNull(kernel);
+        ThrowHelper.Check(Native.sw_device_set_kernel(Handle, kernel), nameof(Native.sw_device_set_kernel));
+    }
+
+    /// <summary>Allocates <paramref name="length"/> elements on this device (contents unspecified).</summary>
+    public DeviceBuffer<T> Allocate<T>(long length) where T : unmanaged => DeviceBuffer<T>.Allocate(this, length);
+
+    /// <summary>Wraps memory owned by someone else (another framework's tensor) without copying or taking ownership.</summary>
+    public DeviceBuffer<T> Wrap<T>(nint pointer, long length) where T : unmanaged => DeviceBuffer<T>.Wrap(this, pointer, length);
+
+    /// <summary>Creates an in-order asynchronous stream on this device.</summary>
+    public Stream CreateStream() => new(this);
+
+    /// <inheritdoc />
+    public override string ToString() => Name;
+
+    /// <summary>Releases the device once every buffer, stream and event on it has been released.</summary>
+    public void Dispose() => _handle.Dispose();
+}

@@ -1,0 +1,217 @@
+using System.Runtime.CompilerServices;
+using Shardwise.Bindings;
+
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// Typed memory on a device: owned (allocated by Shardwise) or wrapped (another framework's memory, never
+/// freed by Shardwise). Element types: float, double, int, Half, byte.
+/// </summary>
+public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
+{
+    private readonly BufferHandle _handle;
+
+    private DeviceBuffer(Device device, BufferHandle handle, long length, bool owned)
+    {
+        Device = device;
+        _handle = handle;
+        Length = length;
+        IsOwned = owned;
+        _handle.SetParents(device.Handle);
+    }
+
+    /// <summary>The element type as the C ABI names it.</summary>
+    public static SwDtype Dtype { get; } = DtypeOf();
+
+    private static SwDtype DtypeOf()
+    {
+        if (typeof(T) == typeof(float)) return SwDtype.F32;
+        if (typeof(T) == typeof(double)) return SwDtype.F64;
+        if (typeof(T) == typeof(int)) return SwDtype.I32;
+        if (typeof(T) == typeof(Half)) return SwDtype.F16;
+        if (typeof(T) == typeof(byte)) return SwDtype.U8;
+        return (SwDtype)(-1);
+    }
+
+    private static void CheckType()
+    {
+        if ((int)Dtype < 0)
+            throw new NotSupportedException($"DeviceBuffer<{typeof(T).Name}>: the element type must be float, double, int, Half or byte.");
+    }
+
+    internal static DeviceBuffer<T> Allocate(Device device, long length)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        CheckType();
+        ThrowHelper.Positive(length, nameof(length));
+        ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, checked((ulong)length * (ulong)sizeof(T)), out var h),
+            nameof(Native.sw_buffer_alloc));
+        return new DeviceBuffer<T>(device, h, length, owned: true);
+    }
+
+    internal static DeviceBuffer<T> Wrap(Device device, nint pointer, long length)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        CheckType();
+        if (pointer == 0) throw new ArgumentNullException(nameof(pointer), "pointer is null; expected the address of the memory to wrap.");
+        ThrowHelper.Positive(length, nameof(length));
+        ThrowHelper.Check(Native.sw_buffer_wrap(device.Handle, pointer, checked((ulong)length * (ulong)sizeof(T)), out var h),
+            nameof(Native.sw_buffer_wrap));
+        return new DeviceBuffer<T>(device, h, length, owned: false);
+    }
+
+    /// <summary>The device the memory lives on.</summary>
+    public Device Device { get; }
+
+    /// <summary>Number of elements.</summary>
+    public long Length { get; }
+
+    /// <summary>False for wrapped memory that belongs to someone else.</summary>
+    public bool IsOwned { get; }
+
+    /// <summary>The native handle.</summary>
+    public BufferHandle Handle
+    {
+        get { _handle.ThrowIfDisposed("buffer"); return _handle; }
+    }
+
+    /// <summary>True once disposed.</summary>
+    public bool IsDisposed => _handle.IsDisposeRequested;
+
+    /// <summary>The device address of the first element.</summary>
+    public nint Pointer
+    {
+        get
+        {
+            ThrowHelper.Check(Native.sw_buffer_get_pointer(Handle, out var p), nameof(Native.sw_buffer_get_pointer));
+            return p;
+        }
+    }
+
+    private void CheckRange(long offset, long count, string what)
+    {
+        if (offset < 0 || count < 0 || offset > Length || count > Length - offset)
+            throw new ArgumentOutOfRangeException(nameof(offset),
+                $"{what}: elements [{offset}, {offset + count}) do not fit in the buffer of {Length} elements.");
+    }
+
+    /// <summary>Copies <paramref name="source"/> into the buffer at <paramref name="offset"/> through
+    /// <paramref name="stream"/> and waits for it (the span need not outlive the call).</summary>
+    public void CopyFrom(ReadOnlySpan<T> source, Stream stream, long offset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        CheckRange(offset, source.Length, nameof(source));
+        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        fixed (T* p = source)
+        {
+            ThrowHelper.Check(Native.sw_memcpy_h2d_async(Handle, (ulong)offset * (ulong)sizeof(T), p,
+                (ulong)source.Length * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_h2d_async));
+            stream.Synchronize(); // inside `fixed`: the stream reads the span when it gets there
+        }
+    }
+
+    /// <summary>Copies from the buffer at <paramref name="offset"/> into <paramref name="destination"/> through
+    /// <paramref name="stream"/> (after the work already queued there) and waits for it.</summary>
+    public void CopyTo(Span<T> destination, Stream stream, long offset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        CheckRange(offset, destination.Length, nameof(destination));
+        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        fixed (T* p = destination)
+        {
+            ThrowHelper.Check(Native.sw_memcpy_d2h_async(p, Handle, (ulong)offset * (ulong)sizeof(T),
+                (ulong)destination.Length * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_d2h_async));
+            stream.Synchronize(); // inside `fixed`: the stream writes the span when it gets there
+        }
+    }
+
+    /// <summary>Copies the whole buffer into a new host array.</summary>
+    public T[] ToArray(Stream stream)
+    {
+        var a = new T[Length];
+        CopyTo(a, stream);
+        return a;
+    }
+
+    /// <summary>Fills <paramref name="count"/> elements from <paramref name="offset"/> with <paramref name="value"/>
+    /// (queued on <paramref name="stream"/>; through a host staging copy).</summary>
+    public void Fill(T value, Stream stream, long offset = 0, long count = -1)
+    {
+        if (count < 0) count = Length - offset;
+        CheckRange(offset, count, nameof(count));
+        var host = new T[count];
+        Array.Fill(host, value);
+        CopyFrom(host, stream, offset);
+    }
+
+    /// <summary>A row-major matrix view of this buffer (float buffers only).</summary>
+    public MatrixView AsMatrix(long rows, long cols, long ld = -1, long offset = 0)
+    {
+        if (typeof(T) != typeof(float))
+            throw new NotSupportedException($"AsMatrix: matrices are float32; this buffer holds {typeof(T).Name}.");
+        return new MatrixView(Unsafe.As<DeviceBuffer<float>>(this), rows, cols, ld < 0 ? cols : ld, offset);
+    }
+
+    /// <summary>Releases the handle (and the memory, if owned) once no queued work uses it.</summary>
+    public void Dispose() => _handle.Dispose();
+}
+
+/// <summary>
+/// A row-major float32 matrix inside a <see cref="DeviceBuffer{T}"/>: element (i, j) is at
+/// <c>Offset + i * Ld + j</c>. Cheap to copy; validated on creation.
+/// </summary>
+public readonly struct MatrixView
+{
+    /// <summary>Creates a view; throws if the matrix does not fit in the buffer.</summary>
+    public MatrixView(DeviceBuffer<float> buffer, long rows, long cols, long ld, long offset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(buffer);
+        ThrowHelper.NonNegative(rows, nameof(rows));
+        ThrowHelper.NonNegative(cols, nameof(cols));
+        ThrowHelper.NonNegative(offset, nameof(offset));
+        if (ld < Math.Max(cols, 1))
+            throw new ArgumentOutOfRangeException(nameof(ld), ld, $"ld = {ld} is smaller than cols = {cols}; expected ld >= {Math.Max(cols, 1)}.");
+        long extent = rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
+        if (offset + extent > buffer.Length)
+            throw new ArgumentException(
+                $"a {rows} x {cols} matrix with ld {ld} at offset {offset} needs {offset + extent} elements; the buffer has {buffer.Length}.",
+                nameof(buffer));
+        Buffer = buffer;
+        Rows = rows;
+        Cols = cols;
+        Ld = ld;
+        Offset = offset;
+    }
+
+    /// <summary>The buffer holding the matrix.</summary>
+    public DeviceBuffer<float> Buffer { get; }
+    /// <summary>Number of rows.</summary>
+    public long Rows { get; }
+    /// <summary>Number of columns.</summary>
+    public long Cols { get; }
+    /// <summary>Leading dimension: elements between the starts of consecutive rows.</summary>
+    public long Ld { get; }
+    /// <summary>Element offset of (0, 0) in the buffer.</summary>
+    public long Offset { get; }
+    /// <summary>True for a default (unset) view.</summary>
+    public bool IsEmpty => Buffer is null;
+
+    /// <summary>Columns [start, start + count) as a view with the same leading dimension.</summary>
+    public MatrixView Columns(long start, long count)
+    {
+        if (start < 0 || count < 0 || start + count > Cols)
+            throw new ArgumentOutOfRangeException(nameof(start), $"columns [{start}, {start + count}) are outside 0..{Cols}.");
+        return new MatrixView(Buffer, Rows, count, Ld, Offset + start);
+    }
+
+    /// <summary>Rows [start, start + count) as a view.</summary>
+    public MatrixView RowRange(long start, long count)
+    {
+        if (start < 0 || count < 0 || start + count > Rows)
+            throw new ArgumentOutOfRangeException(nameof(start), $"rows [{start}, {start + count}) are outside 0..{Rows}.");
+        return new MatrixView(Buffer, count, Cols, Ld, Offset + start * Ld);
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => $"{Rows} x {Cols} (ld {Ld}, offset {Offset})";
+}

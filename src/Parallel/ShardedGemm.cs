@@ -1,0 +1,78 @@
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// The sharded GEMM primitive, driven from one host thread: W (K × N) is split by columns over the ranks of a
+/// single-device group (virtual ranks, one stream each); every rank multiplies X by its shard concurrently and
+/// writes straight into its column block of Y (ldc = N), so the concatenation costs nothing. Y equals the
+/// unsharded GEMM of the same kernel bit for bit. Steady-state calls allocate no managed memory.
+/// For ranks on different devices use <see cref="ColumnParallelLinear"/> per rank (it all-gathers).
+/// </summary>
+public sealed class ShardedGemm : IDisposable
+{
+    private readonly ProcessGroup _group;
+    private readonly DeviceBuffer<float>?[] _shards;
+
+    /// <summary>Loads shard r of <paramref name="weight"/> (K × N) onto rank r, shard by shard.</summary>
+    public ShardedGemm(ProcessGroup group, WeightSource weight, ShardingPlan? plan = null)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(weight);
+        if (!group.IsSingleDevice)
+            throw new NotSupportedException("ShardedGemm drives virtual ranks of one device; for ranks on several devices use ColumnParallelLinear on each rank (Spmd.Run).");
+        _group = group;
+        K = weight.Rows;
+        N = weight.Cols;
+        ThrowHelper.Positive(K, "weight.Rows");
+        ThrowHelper.Positive(N, "weight.Cols");
+        Plan = plan ?? ShardingPlan.Even(N, group.WorldSize);
+        Plan.Require(N, group.WorldSize, nameof(plan));
+        _shards = new DeviceBuffer<float>?[group.WorldSize];
+        try
+        {
+            for (int r = 0; r < group.WorldSize; r++)
+                _shards[r] = weight.LoadBlock(group[r].Stream, 0, Plan.Offset(r), K, Plan.Size(r));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Inner dimension.</summary>
+    public long K { get; }
+    /// <summary>Output columns.</summary>
+    public long N { get; }
+    /// <summary>The column split.</summary>
+    public ShardingPlan Plan { get; }
+    /// <summary>Rank r's shard (K × n_r), or null if empty.</summary>
+    public DeviceBuffer<float>? Shard(int rank) => _shards[rank];
+
+    /// <summary>Y = X · W (+ bias) on every rank in parallel, then waits for all ranks. X is M × K, Y is M × N,
+    /// bias (optional) holds N elements; all on the group's device.</summary>
+    public void Forward(MatrixView x, MatrixView y, DeviceBuffer<float>? bias = null, Epilogue epilogue = Epilogue.None)
+    {
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        if (x.Cols != K) throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected M x {K}.", nameof(x));
+        ThrowHelper.Shape(y, x.Rows, N, nameof(y), "M x N");
+        if (bias is not null && bias.Length < N)
+            throw new ArgumentException($"bias has {bias.Length} elements; expected {N}.", nameof(bias));
+        var ranks = _group.Ranks;
+        for (int r = 0; r < ranks.Count; r++)
+        {
+            long n = Plan.Size(r);
+            if (n == 0) continue;
+            long off = Plan.Offset(r);
+            Gemm.Multiply(ranks[r].Stream, x, _shards[r]!.AsMatrix(K, n), y.Columns(off, n),
+                bias: bias, biasOffset: off, epilogue: epilogue);
+        }
+        _group.Synchronize();
+    }
+
+    /// <summary>Releases the shards.</summary>
+    public void Dispose()
+    {
+        foreach (var s in _shards) s?.Dispose();
+    }
+}

@@ -1,0 +1,112 @@
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// Fills <paramref name="destination"/> (row-major, <paramref name="rows"/> × <paramref name="cols"/>) with the block of
+/// the logical weight matrix that starts at (<paramref name="rowOffset"/>, <paramref name="colOffset"/>).
+/// </summary>
+public delegate void ShardLoader(long rowOffset, long colOffset, long rows, long cols, Span<float> destination);
+
+/// <summary>
+/// Where a logical weight matrix comes from. Shards are read block by block (a bounded host staging area per
+/// block), so the whole matrix is never materialised on any device, and with a loader never on the host either.
+/// </summary>
+public abstract class WeightSource
+{
+    /// <summary>Maximum elements staged on the host at once while loading a shard.</summary>
+    public const long StagingElements = 1 << 22;
+
+    /// <summary>Creates a source of <paramref name="rows"/> × <paramref name="cols"/>.</summary>
+    protected WeightSource(long rows, long cols)
+    {
+        ThrowHelper.NonNegative(rows, nameof(rows));
+        ThrowHelper.NonNegative(cols, nameof(cols));
+        Rows = rows;
+        Cols = cols;
+    }
+
+    /// <summary>Rows of the logical matrix.</summary>
+    public long Rows { get; }
+
+    /// <summary>Columns of the logical matrix.</summary>
+    public long Cols { get; }
+
+    /// <summary>Reads a block into <paramref name="destination"/> (row-major, rows × cols).</summary>
+    public abstract void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination);
+
+    /// <summary>A row-major host array (rows × cols).</summary>
+    public static WeightSource FromArray(float[] data, long rows, long cols) => new ArraySource(data, rows, cols);
+
+    /// <summary>A callback that produces any requested block (e.g. from a file or a checkpoint reader).</summary>
+    public static WeightSource FromLoader(long rows, long cols, ShardLoader loader) => new LoaderSource(rows, cols, loader);
+
+    /// <summary>Checks that this source is <paramref name="rows"/> × <paramref name="cols"/>.</summary>
+    public void Require(long rows, long cols, string argument)
+    {
+        if (Rows != rows || Cols != cols)
+            throw new ArgumentException($"{argument} is {Rows} x {Cols}; expected {rows} x {cols}.", argument);
+    }
+
+    /// <summary>Copies block (rowOffset.., colOffset..) of size rows × cols into a new buffer on <paramref name="stream"/>'s
+    /// device, through a bounded host staging area. Returns null for an empty block.</summary>
+    public DeviceBuffer<float>? LoadBlock(Stream stream, long rowOffset, long colOffset, long rows, long cols)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        if (rowOffset < 0 || colOffset < 0 || rows < 0 || cols < 0 || rowOffset + rows > Rows || colOffset + cols > Cols)
+            throw new ArgumentOutOfRangeException(nameof(rowOffset),
+                $"block [{rowOffset}, {rowOffset + rows}) x [{colOffset}, {colOffset + cols}) is outside the {Rows} x {Cols} source.");
+        if (rows == 0 || cols == 0) return null;
+        var buffer = stream.Device.Allocate<float>(rows * cols);
+        try
+        {
+            long chunkRows = Math.Max(1, Math.Min(rows, StagingElements / cols));
+            var staging = new float[chunkRows * cols];
+            for (long r0 = 0; r0 < rows; r0 += chunkRows)
+            {
+                long n = Math.Min(chunkRows, rows - r0);
+                var span = staging.AsSpan(0, checked((int)(n * cols)));
+                Read(rowOffset + r0, colOffset, n, cols, span);
+                buffer.CopyFrom(span, stream, r0 * cols);
+            }
+            return buffer;
+        }
+        catch
+        {
+            buffer.Dispose();
+            throw;
+        }
+    }
+
+    private sealed class ArraySource : WeightSource
+    {
+        private readonly float[] _data;
+
+        public ArraySource(float[] data, long rows, long cols) : base(rows, cols)
+        {
+            ArgumentNullException.ThrowIfNull(data);
+            if (data.LongLength != rows * cols)
+                throw new ArgumentException($"data has {data.LongLength} elements; expected rows x cols = {rows} x {cols} = {rows * cols}.", nameof(data));
+            _data = data;
+        }
+
+        public override void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination)
+        {
+            for (long i = 0; i < rows; i++)
+                _data.AsSpan(checked((int)((rowOffset + i) * Cols + colOffset)), (int)cols)
+                    .CopyTo(destination.Slice((int)(i * cols), (int)cols));
+        }
+    }
+
+    private sealed class LoaderSource : WeightSource
+    {
+        private readonly ShardLoader _loader;
+
+        public LoaderSource(long rows, long cols, ShardLoader loader) : base(rows, cols)
+        {
+            ArgumentNullException.ThrowIfNull(loader);
+            _loader = loader;
+        }
+
+        public override void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination) =>
+            _loader(rowOffset, colOffset, rows, cols, destination);
+    }
+}

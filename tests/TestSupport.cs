@@ -1,0 +1,136 @@
+using Shardwise.Parallel;
+
+namespace Shardwise.Tests;
+
+/// <summary>
+/// Base of every backend-parameterised suite: each suite class is declared with one [TestFixture(Backend.X)]
+/// per backend, so the same tests run on the CPU and on CUDA. A backend without a device reports the whole
+/// fixture as Ignored with the reason.
+/// </summary>
+public abstract class BackendTest(Backend backend)
+{
+    protected Backend Backend { get; } = backend;
+    protected Device Dev { get; private set; } = null!;
+    protected Shardwise.Parallel.Stream Str { get; private set; } = null!;
+
+    [OneTimeSetUp]
+    public void OpenDevice()
+    {
+        int count = Device.Count(Backend);
+        if (count == 0)
+            Assert.Ignore(Backend == Backend.Cuda
+                ? "no CUDA device: this build of Shardwise has no CUDA backend or the machine has no GPU (sw_device_count = 0)"
+                : $"no {Backend} device");
+        Dev = Device.Open(Backend);
+        Str = Dev.CreateStream();
+    }
+
+    [OneTimeTearDown]
+    public void CloseDevice()
+    {
+        Str?.Dispose();
+        Dev?.Dispose();
+    }
+
+    /// <summary>Fresh random data for every run; the seed is printed so a failure can be replayed.</summary>
+    protected Random NewRandom()
+    {
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        return new Random(seed);
+    }
+
+    protected static float[] RandomArray(Random rng, long n, float scale = 1f)
+    {
+        var a = new float[n];
+        for (long i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) * scale;
+        return a;
+    }
+
+    protected DeviceBuffer<float> Upload(float[] data, Device? device = null, Shardwise.Parallel.Stream? stream = null)
+    {
+        var b = (device ?? Dev).Allocate<float>(data.Length);
+        b.CopyFrom(data, stream ?? Str);
+        return b;
+    }
+
+    /// <summary>A buffer full of NaN: an element the code under test fails to write stays NaN and fails the check.</summary>
+    protected DeviceBuffer<float> Poisoned(long n, Device? device = null, Shardwise.Parallel.Stream? stream = null)
+    {
+        var b = (device ?? Dev).Allocate<float>(n);
+        b.Fill(float.NaN, stream ?? Str);
+        return b;
+    }
+}
+
+/// <summary>float64 references.</summary>
+public static class Reference
+{
+    /// <summary>Y = alpha·op(A)·op(B) + beta·C + bias, then GeLU; also returns Σ|terms| per element for the error bound.</summary>
+    public static (double[] Value, double[] Magnitude) Gemm(
+        float[] a, long lda, bool transA, float[] b, long ldb, bool transB, long m, long n, long k,
+        float alpha = 1f, float beta = 0f, float[]? c = null, long ldc = 0, float[]? bias = null, bool gelu = false)
+    {
+        var value = new double[m * n];
+        var mag = new double[m * n];
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < n; j++)
+            {
+                double s = 0, sa = 0;
+                for (long p = 0; p < k; p++)
+                {
+                    double x = transA ? a[p * lda + i] : a[i * lda + p];
+                    double y = transB ? b[j * ldb + p] : b[p * ldb + j];
+                    s += x * y;
+                    sa += Math.Abs(x * y);
+                }
+                double v = alpha * s, vm = Math.Abs(alpha) * sa;
+                if (beta != 0 && c is not null)
+                {
+                    v += beta * (double)c[i * ldc + j];
+                    vm += Math.Abs(beta * (double)c[i * ldc + j]);
+                }
+                if (bias is not null)
+                {
+                    v += bias[j];
+                    vm += Math.Abs(bias[j]);
+                }
+                if (gelu) v = Gelu(v);
+                value[i * n + j] = v;
+                mag[i * n + j] = vm;
+            }
+        return (value, mag);
+    }
+
+    public static double Gelu(double x) => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+
+    /// <summary>Error bound of an fp32 dot product of length k with Σ|terms| = magnitude (generous, ~8 sigma).</summary>
+    public static double Bound(double magnitude, long k) => (2 * Math.Sqrt(k + 1) + 8) * 4 * 5.96e-8 * magnitude + 1e-30;
+
+    /// <summary>Asserts |actual - expected| ≤ bound element-wise over an m × n result stored with leading dimension ld.</summary>
+    public static void AssertClose(float[] actual, long ld, double[] expected, double[] magnitude, long m, long n, long k, string what)
+    {
+        int bad = 0;
+        string first = "";
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < n; j++)
+            {
+                double got = actual[i * ld + j], want = expected[i * n + j];
+                double tol = Bound(magnitude[i * n + j], k) + 2e-7 * Math.Abs(want);
+                if (!(Math.Abs(got - want) <= tol))
+                {
+                    if (bad++ == 0) first = $"({i},{j}): got {got:R}, expected {want:R} ± {tol:E2}";
+                }
+            }
+        Assert.That(bad, Is.Zero, $"{what}: {bad} of {m * n} elements wrong; first {first}");
+    }
+
+    /// <summary>Asserts two arrays are identical bit for bit (NaN payloads included).</summary>
+    public static void AssertBitwise(float[] actual, float[] expected, string what)
+    {
+        Assert.That(actual, Has.Length.EqualTo(expected.Length), what);
+        for (int i = 0; i < actual.Length; i++)
+            if (BitConverter.SingleToInt32Bits(actual[i]) != BitConverter.SingleToInt32Bits(expected[i]))
+                Assert.Fail($"{what}: element {i} differs: {actual[i]:R} vs {expected[i]:R}");
+    }
+}
