@@ -1,0 +1,149 @@
+/* C ABI check: compiled as C99 against the shared library only (shardwise.h must stand on its own as C).
+ * Covers the error channel (NULL and destroyed handles, bad arguments, status names), a GEMM against a
+ * double reference, and a two-rank all-reduce driven from one thread through two streams. */
+#include "shardwise.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+
+#define CHECK(cond, ...)                                                                                 \
+    do {                                                                                                 \
+        if (!(cond)) {                                                                                   \
+            ++failures;                                                                                  \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                         \
+            fprintf(stderr, __VA_ARGS__);                                                                \
+            fprintf(stderr, "\n");                                                                       \
+        }                                                                                                \
+    } while (0)
+
+#define OK(call)                                                                                         \
+    do {                                                                                                 \
+        sw_status st_ = (call);                                                                          \
+        CHECK(st_ == SW_OK, "%s -> %s: %s", #call, sw_status_string(st_), sw_last_error());              \
+    } while (0)
+
+static float frand(unsigned* state) {
+    *state = *state * 1664525u + 1013904223u;
+    return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+int main(void) {
+    CHECK(sw_abi_version() == SW_ABI_VERSION, "ABI %d vs header %d", sw_abi_version(), SW_ABI_VERSION);
+    CHECK(strlen(sw_version_string()) > 0, "empty version");
+    CHECK(strcmp(sw_status_string(SW_ERR_TIMEOUT), "SW_ERR_TIMEOUT") == 0, "status name");
+    CHECK(sw_dtype_size(SW_DTYPE_BF16) == 2 && sw_dtype_size((sw_dtype)42) == 0, "dtype sizes");
+
+    /* NULL handles and pointers: a status and a message naming the argument, never a crash. */
+    CHECK(sw_stream_synchronize(NULL) == SW_ERR_NULL_HANDLE, "NULL stream");
+    CHECK(strstr(sw_last_error(), "stream") != NULL, "message names the argument: %s", sw_last_error());
+    CHECK(sw_device_count(SW_BACKEND_CPU, NULL) == SW_ERR_NULL_HANDLE, "NULL out");
+    CHECK(sw_device_create((sw_backend)9, 0, 0, NULL) == SW_ERR_NULL_HANDLE, "NULL out first");
+    CHECK(sw_buffer_destroy(NULL) == SW_OK, "destroying NULL is a no-op");
+
+    int32_t n_cpu = -1, n_cuda = -1;
+    OK(sw_device_count(SW_BACKEND_CPU, &n_cpu));
+    OK(sw_device_count(SW_BACKEND_CUDA, &n_cuda));
+    CHECK(n_cpu == 1, "one CPU device, got %d", n_cpu);
+
+    sw_device dev = NULL;
+    OK(sw_device_create(SW_BACKEND_CPU, 0, 2, &dev));
+    sw_device_info info;
+    OK(sw_device_get_info(dev, &info));
+    CHECK(info.num_threads == 2 && info.name[0] != '\0', "device info");
+    CHECK(sw_device_create(SW_BACKEND_CPU, 3, 0, &(sw_device){0}) == SW_ERR_NOT_FOUND, "ordinal 3");
+
+    sw_stream s0 = NULL, s1 = NULL;
+    OK(sw_stream_create(dev, &s0));
+    OK(sw_stream_create(dev, &s1));
+
+    /* A destroyed handle is rejected, not dereferenced. */
+    sw_buffer dead = NULL;
+    OK(sw_buffer_alloc(dev, 64, &dead));
+    OK(sw_buffer_destroy(dead));
+    uint64_t size = 0;
+    CHECK(sw_buffer_get_size(dead, &size) == SW_ERR_INVALID_ARGUMENT, "destroyed buffer");
+    CHECK(strstr(sw_last_error(), "not a live sw_buffer") != NULL, "message: %s", sw_last_error());
+    CHECK(sw_device_destroy(dev) == SW_ERR_INVALID_ARGUMENT, "device with live children");
+
+    /* GEMM: C[m,n] = A[m,k] B[k,n] + bias, checked against double. */
+    enum { M = 19, K = 33, N = 23 };
+    float a[M * K], b[K * N], bias[N], c[M * N];
+    unsigned rng = 12345u;
+    for (int i = 0; i < M * K; ++i) a[i] = frand(&rng);
+    for (int i = 0; i < K * N; ++i) b[i] = frand(&rng);
+    for (int i = 0; i < N; ++i) bias[i] = frand(&rng);
+    sw_buffer da, db, dbias, dc;
+    OK(sw_buffer_alloc(dev, sizeof a, &da));
+    OK(sw_buffer_alloc(dev, sizeof b, &db));
+    OK(sw_buffer_alloc(dev, sizeof bias, &dbias));
+    OK(sw_buffer_alloc(dev, sizeof c, &dc));
+    OK(sw_memcpy_h2d_async(da, 0, a, sizeof a, s0));
+    OK(sw_memcpy_h2d_async(db, 0, b, sizeof b, s0));
+    OK(sw_memcpy_h2d_async(dbias, 0, bias, sizeof bias, s0));
+    OK(sw_memset_async(dc, 0, 0xff, sizeof c, s0)); /* NaN poison */
+    OK(sw_gemm(s0, SW_DTYPE_F32, SW_OP_N, SW_OP_N, M, N, K, 1.0f, da, 0, K, db, 0, N, 0.0f, dc, 0, N, dbias, 0,
+               SW_EPILOGUE_NONE));
+    OK(sw_memcpy_d2h_async(c, dc, 0, sizeof c, s0));
+    OK(sw_stream_synchronize(s0));
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            double ref = bias[j], mag = fabs(bias[j]);
+            for (int p = 0; p < K; ++p) {
+                ref += (double)a[i * K + p] * b[p * N + j];
+                mag += fabs((double)a[i * K + p] * b[p * N + j]);
+            }
+            CHECK(fabs(c[i * N + j] - ref) <= 1e-5 * mag + 1e-30, "C[%d][%d] = %g, expected %g", i, j, c[i * N + j], ref);
+        }
+    /* Bad arguments are refused synchronously and the stream stays usable. */
+    CHECK(sw_gemm(s0, SW_DTYPE_F32, SW_OP_N, SW_OP_N, M, N, K, 1.0f, da, 0, K - 1, db, 0, N, 0.0f, dc, 0, N, NULL, 0,
+                  SW_EPILOGUE_NONE) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "lda") != NULL,
+          "short lda: %s", sw_last_error());
+    CHECK(sw_gemm(s0, SW_DTYPE_F32, SW_OP_N, SW_OP_N, M, N, K, 1.0f, da, 1, K, db, 0, N, 0.0f, dc, 0, N, NULL, 0,
+                  SW_EPILOGUE_NONE) == SW_ERR_INVALID_ARGUMENT, "A past its buffer");
+    CHECK(sw_gemm(s0, SW_DTYPE_F32, SW_OP_N, SW_OP_N, 0, N, K, 1.0f, da, 0, K, db, 0, N, 0.0f, dc, 0, N, NULL, 0,
+                  SW_EPILOGUE_NONE) == SW_ERR_INVALID_ARGUMENT, "m = 0");
+    OK(sw_stream_synchronize(s0));
+
+    /* Two virtual ranks on one device, driven from this one thread through two streams. */
+    sw_device devs[2] = {dev, dev};
+    sw_comm comm = NULL;
+    OK(sw_comm_create_local(2, devs, 5000, &comm));
+    float x0[5] = {1, 2, 3, 4, 5}, x1[5] = {10, 20, 30, 40, 50}, out0[5], out1[5];
+    sw_buffer r0, r1;
+    OK(sw_buffer_alloc(dev, sizeof x0, &r0));
+    OK(sw_buffer_alloc(dev, sizeof x1, &r1));
+    OK(sw_memcpy_h2d_async(r0, 0, x0, sizeof x0, s0));
+    OK(sw_memcpy_h2d_async(r1, 0, x1, sizeof x1, s1));
+    OK(sw_all_reduce(comm, 0, r0, 0, r0, 0, 5, SW_DTYPE_F32, SW_REDUCE_SUM, s0));
+    OK(sw_all_reduce(comm, 1, r1, 0, r1, 0, 5, SW_DTYPE_F32, SW_REDUCE_SUM, s1));
+    OK(sw_memcpy_d2h_async(out0, r0, 0, sizeof out0, s0));
+    OK(sw_memcpy_d2h_async(out1, r1, 0, sizeof out1, s1));
+    OK(sw_stream_synchronize(s0));
+    OK(sw_stream_synchronize(s1));
+    for (int i = 0; i < 5; ++i)
+        CHECK(out0[i] == x0[i] + x1[i] && out1[i] == out0[i], "all-reduce element %d: %g %g", i, out0[i], out1[i]);
+    CHECK(sw_all_reduce(comm, 2, r0, 0, r0, 0, 5, SW_DTYPE_F32, SW_REDUCE_SUM, s0) == SW_ERR_INVALID_ARGUMENT,
+          "rank 2 of 2");
+
+    OK(sw_comm_destroy(comm));
+    OK(sw_buffer_destroy(r0));
+    OK(sw_buffer_destroy(r1));
+    OK(sw_buffer_destroy(da));
+    OK(sw_buffer_destroy(db));
+    OK(sw_buffer_destroy(dbias));
+    OK(sw_buffer_destroy(dc));
+    OK(sw_stream_destroy(s0));
+    OK(sw_stream_destroy(s1));
+    OK(sw_device_destroy(dev));
+
+    if (failures) {
+        fprintf(stderr, "c_api_check: %d failure(s)\n", failures);
+        return 1;
+    }
+    printf("c_api_check: all checks passed\n");
+    return 0;
+}
