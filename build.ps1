@@ -1,0 +1,246 @@
+#!/usr/bin/env pwsh
+<#
+.SYNOPSIS
+    Shardwise build script for PowerShell (7+): the same commands as build.sh.
+
+.DESCRIPTION
+    ./build.ps1 [run [args...]]   deps, native build, dotnet build, then the main job (bench exe `main`)
+    ./build.ps1 test [args...]    deps, native build + ctest, dotnet build, NUnit tests; prints
+                                  "N passed, N failed, N skipped" as its last line (NUnit + ctest)
+    ./build.ps1 bench [args...]   deps, builds, then BenchmarkDotNet (bench exe `bench` + args)
+    ./build.ps1 native            deps and the native library (CMake configure + build) only
+    ./build.ps1 deps              install missing system packages only (Debian/Ubuntu; no-op elsewhere)
+    ./build.ps1 clean             remove build outputs
+    ./build.ps1 help              this list
+
+    Arguments after the command go to the test executable (test), BenchmarkDotNet (bench) or the main job
+    (run), e.g. ./build.ps1 test --filter 'FullyQualifiedName~Smoke' or ./build.ps1 bench --filter '*'.
+
+    Environment: CONFIGURATION (Release), SHARDWISE_BUILD_DIR (build/native), SHARDWISE_JOBS (cores),
+    SHARDWISE_SKIP_DEPS=1 (skip the dependency step), SHARDWISE_CTEST_TIMEOUT (900 s per native check).
+    On Windows the native library is shardwise.dll and multi-config generators are handled
+    (cmake --build --config, ctest -C).
+#>
+param(
+    [Parameter(Position = 0)]
+    [string] $Command = 'run',
+
+    [Parameter(Position = 1, ValueFromRemainingArguments = $true)]
+    [string[]] $Arguments = @()
+)
+
+Set-StrictMode -Version 3.0
+$ErrorActionPreference = 'Stop'
+# Native commands report failure through $LASTEXITCODE, checked by Invoke-Checked.
+$PSNativeCommandUseErrorActionPreference = $false
+
+# ------------------------------------------------------------------------------------------ settings
+$Root = $PSScriptRoot
+$OnWindows = [System.Runtime.InteropServices.RuntimeInformation]::IsOSPlatform([System.Runtime.InteropServices.OSPlatform]::Windows)
+$Configuration = if ($env:CONFIGURATION) { $env:CONFIGURATION } else { 'Release' }
+$BuildDir = if ($env:SHARDWISE_BUILD_DIR) { $env:SHARDWISE_BUILD_DIR } else { 'build/native' }
+if (-not [System.IO.Path]::IsPathRooted($BuildDir)) { $BuildDir = Join-Path $Root $BuildDir }
+$Jobs = if ($env:SHARDWISE_JOBS) { $env:SHARDWISE_JOBS } else { [Environment]::ProcessorCount }
+$CtestTimeout = if ($env:SHARDWISE_CTEST_TIMEOUT) { $env:SHARDWISE_CTEST_TIMEOUT } else { '900' }
+$ResultsDir = Join-Path $Root 'build/test-results'
+$Solution = Join-Path $Root 'Shardwise.slnx'
+$TestProject = Join-Path $Root 'tests/Shardwise.Tests.csproj'
+$BenchProject = Join-Path $Root 'bench/Shardwise.Bench.csproj'
+
+# Where MSBuild looks for the native library (Directory.Build.props reads this variable; it also reaches
+# the projects BenchmarkDotNet builds in child processes). Windows multi-config builds add lib/<Config>/.
+$env:SHARDWISE_NATIVE_DIR = Join-Path $BuildDir 'lib'
+$env:DOTNET_CLI_TELEMETRY_OPTOUT = '1'
+$env:DOTNET_NOLOGO = '1'
+$env:DOTNET_SKIP_FIRST_TIME_EXPERIENCE = '1'
+$env:DOTNET_CLI_UI_LANGUAGE = 'en'
+
+# System packages the build needs (Debian names), as in build.sh.
+$AptPackages = @('cmake', 'make', 'g++', 'libopenblas0-pthread', 'libopenblas-dev')
+
+function Write-Step([string] $Text) { Write-Host "==> $Text" }
+
+# Runs a native command and throws when it fails.
+function Invoke-Checked([string] $Exe, [string[]] $ArgumentList) {
+    & $Exe @ArgumentList
+    if ($LASTEXITCODE -ne 0) { throw "'$Exe $($ArgumentList -join ' ')' failed with exit code $LASTEXITCODE" }
+}
+
+function Test-Command([string] $Name) { [bool](Get-Command $Name -CommandType Application -ErrorAction SilentlyContinue) }
+
+# ------------------------------------------------------------------------------------------ deps
+# Idempotent: checks first, runs apt-get (update + install) only when something is missing.
+function Install-Deps {
+    if ($env:SHARDWISE_SKIP_DEPS -eq '1') { return }
+    Write-Step 'dependencies'
+    if (-not $OnWindows -and (Test-Command 'dpkg-query')) {
+        $missing = @($AptPackages | Where-Object {
+                (& dpkg-query -W '-f=${db:Status-Status}' $_ 2>$null) -ne 'installed'
+            })
+        if ($missing.Count -gt 0) {
+            $sudo = @()
+            if ((& id -u) -ne '0') {
+                if (-not (Test-Command 'sudo')) { throw "missing packages ($missing) and not root (no sudo)" }
+                $sudo = @('sudo')
+            }
+            Write-Step "installing $missing"
+            $apt = $sudo + @('env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get')
+            Invoke-Checked $apt[0] (@($apt | Select-Object -Skip 1) + @('update', '-qq'))
+            Invoke-Checked $apt[0] (@($apt | Select-Object -Skip 1) + @('install', '-y', '-qq', '--no-install-recommends') + $missing)
+        }
+    }
+    foreach ($tool in 'cmake', 'ctest', 'dotnet') {
+        if (-not (Test-Command $tool)) { throw "'$tool' not found (Linux: $AptPackages; .NET 10 SDK for dotnet)" }
+    }
+    $sdk = & dotnet --version 2>$null
+    if ($LASTEXITCODE -ne 0 -or [int]($sdk -split '\.')[0] -lt 10) { throw 'no .NET SDK 10.0 or later matching global.json' }
+}
+
+# ------------------------------------------------------------------------------------------ native
+function Build-Native {
+    Write-Step "native: configure ($Configuration) in $BuildDir"
+    Invoke-Checked 'cmake' @('-S', $Root, '-B', $BuildDir, "-DCMAKE_BUILD_TYPE=$Configuration")
+    Write-Step 'native: build'
+    Invoke-Checked 'cmake' @('--build', $BuildDir, '--config', $Configuration, '-j', "$Jobs")
+}
+
+$script:Ctest = @{ Passed = 0; Failed = 0; Skipped = 0; ExitCode = 0 }
+function Invoke-NativeChecks {
+    Write-Step 'native: checks (ctest)'
+    New-Item -ItemType Directory -Force -Path $ResultsDir | Out-Null
+    $junit = Join-Path $ResultsDir 'ctest-junit.xml'
+    Remove-Item -Force -ErrorAction SilentlyContinue $junit
+    & ctest --test-dir $BuildDir -C $Configuration --output-on-failure --timeout $CtestTimeout --output-junit $junit
+    $script:Ctest.ExitCode = $LASTEXITCODE
+    if (Test-Path $junit) {
+        # Per test case: run = passed, fail = failed, disabled = skipped, notrun = skipped when CTest skipped
+        # it on purpose (SKIP_RETURN_CODE / SKIP_REGULAR_EXPRESSION), failed otherwise.
+        foreach ($case in ([xml](Get-Content -Raw $junit)).SelectNodes('//testcase')) {
+            switch ($case.GetAttribute('status')) {
+                'run' { $script:Ctest.Passed++ }
+                'disabled' { $script:Ctest.Skipped++ }
+                'notrun' {
+                    $skipped = $case.SelectSingleNode('skipped')
+                    if ($skipped -and $skipped.GetAttribute('message').StartsWith('SKIP_')) { $script:Ctest.Skipped++ }
+                    else { $script:Ctest.Failed++ }
+                }
+                default { $script:Ctest.Failed++ }
+            }
+        }
+    }
+    if ($script:Ctest.ExitCode -ne 0 -and $script:Ctest.Failed -eq 0) { $script:Ctest.Failed = 1 }
+}
+
+# ------------------------------------------------------------------------------------------ dotnet
+function Build-Dotnet {
+    Write-Step "dotnet build ($Configuration)"
+    Invoke-Checked 'dotnet' @('build', $Solution, '-c', $Configuration, '-nologo', '-nodeReuse:false', '-v:minimal')
+}
+
+# Path of a project's built assembly (asks MSBuild, so a TargetFramework change is followed).
+function Get-TargetPath([string] $Project) {
+    $out = & dotnet msbuild $Project -nologo -nodeReuse:false -getProperty:TargetPath "-p:Configuration=$Configuration"
+    if ($LASTEXITCODE -ne 0) { throw "cannot evaluate $Project" }
+    $path = (@($out) | Where-Object { $_ -and $_.Trim() } | Select-Object -Last 1).Trim()
+    if (-not (Test-Path $path)) { throw "not built: $path" }
+    $path
+}
+
+$script:NUnit = @{ Passed = 0; Failed = 0; Skipped = 0; ExitCode = 0 }
+function Invoke-NUnitTests([string[]] $ExtraArgs) {
+    $testDll = Get-TargetPath $TestProject
+    # Informational options (help, listing): run them as they are, without counting.
+    if (@($ExtraArgs | Where-Object { $_ -in '-?', '-h', '--help', '--info', '--list-tests' }).Count -gt 0) {
+        & dotnet $testDll @ExtraArgs
+        exit $LASTEXITCODE
+    }
+    Write-Step 'NUnit tests (Microsoft.Testing.Platform)'
+    $trxDir = Join-Path $ResultsDir 'nunit'
+    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $trxDir
+    New-Item -ItemType Directory -Force -Path $trxDir | Out-Null
+    # The test project is a Microsoft.Testing.Platform executable: run it directly, with a TRX report.
+    & dotnet $testDll --results-directory $trxDir --report-trx --report-trx-filename 'nunit.trx' @ExtraArgs
+    $script:NUnit.ExitCode = $LASTEXITCODE
+    $trx = Join-Path $trxDir 'nunit.trx'
+    if (Test-Path $trx) {
+        # TRX counters: passed, failed (+ error, timeout, aborted), notExecuted = skipped/ignored.
+        $counters = ([xml](Get-Content -Raw $trx)).TestRun.ResultSummary.Counters
+        $n = { param($name) $v = $counters.GetAttribute($name); if ($v) { [int]$v } else { 0 } }
+        $script:NUnit.Passed = & $n 'passed'
+        $script:NUnit.Failed = (& $n 'failed') + (& $n 'error') + (& $n 'timeout') + (& $n 'aborted')
+        $script:NUnit.Skipped = & $n 'notExecuted'
+    }
+    # Exit codes: 0 ok, 2 failed tests, 8 no test ran; others: the run itself failed (counted as one).
+    $rc = $script:NUnit.ExitCode
+    if ($rc -ne 0 -and $rc -ne 8 -and $script:NUnit.Failed -eq 0) { $script:NUnit.Failed = 1 }
+    if ($rc -eq 8) { Write-Warning 'the test executable ran no test (filter matched nothing?)' }
+}
+
+# ------------------------------------------------------------------------------------------ commands
+function Show-Help {
+    # The DESCRIPTION block of the comment-based help above.
+    $text = Get-Content -Raw -LiteralPath $PSCommandPath
+    $start = $text.IndexOf('.DESCRIPTION') + '.DESCRIPTION'.Length
+    Write-Host ($text.Substring($start, $text.IndexOf('#>') - $start).Trim("`r", "`n"))
+}
+
+function Invoke-Run([string] $Job, [string[]] $ExtraArgs) {
+    Install-Deps
+    Build-Native
+    Build-Dotnet
+    $benchDll = Get-TargetPath $BenchProject
+    if ($Job -eq 'main') { Write-Step 'main job' } else { Write-Step 'benchmarks (BenchmarkDotNet)' }
+    & dotnet $benchDll $Job @ExtraArgs
+    exit $LASTEXITCODE
+}
+
+function Invoke-Test([string[]] $ExtraArgs) {
+    Install-Deps
+    Build-Native
+    Invoke-NativeChecks
+    Build-Dotnet
+    Invoke-NUnitTests $ExtraArgs
+    $c = $script:Ctest; $u = $script:NUnit
+    $passed = $u.Passed + $c.Passed
+    $failed = $u.Failed + $c.Failed
+    $skipped = $u.Skipped + $c.Skipped
+    Write-Step "summary: NUnit $($u.Passed)/$($u.Failed)/$($u.Skipped), ctest $($c.Passed)/$($c.Failed)/$($c.Skipped) (passed/failed/skipped)"
+    # The last line of output, for CI: totals over NUnit tests and native checks (one per ctest program).
+    Write-Host "$passed passed, $failed failed, $skipped skipped"
+    if ($failed -gt 0 -or $u.ExitCode -ne 0 -or $c.ExitCode -ne 0 -or ($passed + $failed) -eq 0) { exit 1 }
+    exit 0
+}
+
+function Invoke-Clean {
+    Write-Step 'clean'
+    $targets = @($BuildDir, 'build', 'artifacts', 'BenchmarkDotNet.Artifacts', 'TestResults') +
+        @('src/Bindings', 'src/Parallel', 'tests', 'bench' | ForEach-Object { "$_/bin"; "$_/obj" })
+    foreach ($t in $targets) {
+        $path = if ([System.IO.Path]::IsPathRooted($t)) { $t } else { Join-Path $Root $t }
+        if ((Resolve-Path -LiteralPath $path -ErrorAction SilentlyContinue).Path -eq (Resolve-Path $Root).Path) {
+            throw "refusing to delete $path"
+        }
+        if (Test-Path -LiteralPath $path) { Remove-Item -Recurse -Force -LiteralPath $path }
+    }
+}
+
+Push-Location -LiteralPath $Root
+try {
+    switch ($Command) {
+        'run' { Invoke-Run 'main' $Arguments }
+        'test' { Invoke-Test $Arguments }
+        'bench' { Invoke-Run 'bench' $Arguments }
+        'native' { Install-Deps; Build-Native }
+        'deps' { Install-Deps }
+        'clean' { Invoke-Clean }
+        { $_ -in 'help', '-h', '--help' } { Show-Help }
+        default { [Console]::Error.WriteLine("build.ps1: unknown command '$Command'"); Show-Help; exit 2 }
+    }
+}
+catch {
+    [Console]::Error.WriteLine("build.ps1: error: $($_.Exception.Message)")
+    exit 1
+}
+finally {
+    Pop-Location
+}

@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Shardwise build script: native core (CMake) + .NET libraries, tests, benchmarks and the main job.
+#
+#   ./build.sh [run [args...]]     deps, native build, dotnet build, then the main job (bench exe `main`)
+#   ./build.sh test [args...]      deps, native build + ctest, dotnet build, NUnit tests; prints
+#                                  "N passed, N failed, N skipped" as its last line (NUnit + ctest);
+#                                  args go to the test executable, e.g.
+#                                  --filter 'FullyQualifiedName~Smoke'|'TestCategory=Fast' (--help lists all)
+#   ./build.sh bench [args...]     deps, builds, then BenchmarkDotNet (bench exe `bench` + args),
+#                                  e.g. --filter '*Gemm*' --job short, or --list flat
+#   ./build.sh native              deps and the native library (CMake configure + build) only
+#   ./build.sh deps                install missing system packages only
+#   ./build.sh clean               remove build outputs
+#   ./build.sh help                this list
+#
+# Environment:
+#   CONFIGURATION        Release (default) or Debug: dotnet configuration and CMAKE_BUILD_TYPE
+#   SHARDWISE_BUILD_DIR  CMake build folder (default build/native); the library lands in DIR/lib
+#   SHARDWISE_JOBS       parallel native build jobs (default: number of cores)
+#   SHARDWISE_SKIP_DEPS  set to 1 to skip the dependency check/install step
+#   SHARDWISE_CTEST_TIMEOUT  per native check timeout in seconds (default 900)
+set -euo pipefail
+
+# Work from the repository root whatever the caller's cwd.
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT="$PWD"
+
+# ------------------------------------------------------------------------------------------ settings
+CONFIGURATION="${CONFIGURATION:-Release}"
+BUILD_DIR="${SHARDWISE_BUILD_DIR:-build/native}"
+case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
+JOBS="${SHARDWISE_JOBS:-$(nproc 2>/dev/null || echo 2)}"
+RESULTS_DIR="$ROOT/build/test-results"
+SOLUTION="$ROOT/Shardwise.slnx"
+TEST_PROJECT="$ROOT/tests/Shardwise.Tests.csproj"
+BENCH_PROJECT="$ROOT/bench/Shardwise.Bench.csproj"
+
+# Where MSBuild looks for libshardwise (Directory.Build.props reads this variable). Exported so that it
+# also reaches the projects BenchmarkDotNet builds in child processes.
+export SHARDWISE_NATIVE_DIR="$BUILD_DIR/lib"
+# Quiet, non-interactive .NET CLI.
+export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
+export DOTNET_CLI_UI_LANGUAGE=en
+
+# System packages the build needs (Debian names). OpenBLAS is the reference BLAS for checks/benchmarks.
+APT_PACKAGES=(cmake make g++ libopenblas0-pthread libopenblas-dev)
+
+step() { printf '==> %s\n' "$*"; }
+die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------------------------------------ deps
+# Idempotent: checks first, runs apt-get (update + install) only when something is missing.
+deps() {
+    [[ "${SHARDWISE_SKIP_DEPS:-0}" == 1 ]] && return 0
+    step "dependencies"
+    local missing=() pkg
+    if command -v dpkg-query >/dev/null 2>&1; then
+        for pkg in "${APT_PACKAGES[@]}"; do
+            if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]]; then
+                missing+=("$pkg")
+            fi
+        done
+    fi
+    if ((${#missing[@]})); then
+        local sudo=()
+        if [[ "$(id -u)" -ne 0 ]]; then
+            command -v sudo >/dev/null 2>&1 || die "missing packages (${missing[*]}) and not root (no sudo)"
+            sudo=(sudo)
+        fi
+        step "installing ${missing[*]}"
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    local tool
+    for tool in cmake ctest c++; do
+        command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (install: ${APT_PACKAGES[*]})"
+    done
+    # The .NET SDK is not in Debian's archive: it must already be on PATH (global.json asks for 10.0+).
+    command -v dotnet >/dev/null 2>&1 || die "'dotnet' not found: install the .NET 10 SDK"
+    local sdk
+    sdk="$(dotnet --version 2>/dev/null)" || die "no .NET SDK matching global.json (need 10.0 or later)"
+    [[ "${sdk%%.*}" -ge 10 ]] || die ".NET SDK $sdk is too old (need 10.0 or later)"
+}
+
+# ------------------------------------------------------------------------------------------ native
+native_build() {
+    step "native: configure ($CONFIGURATION) in ${BUILD_DIR#"$ROOT"/}"
+    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$CONFIGURATION"
+    step "native: build"
+    cmake --build "$BUILD_DIR" --config "$CONFIGURATION" -j "$JOBS"
+}
+
+# Counts "passed failed skipped" in a CTest JUnit report. Per test case: status run = passed, fail =
+# failed, disabled = skipped, notrun = skipped when CTest skipped it on purpose (SKIP_RETURN_CODE /
+# SKIP_REGULAR_EXPRESSION), failed otherwise (e.g. "Unable to find executable").
+ctest_counts() {
+    awk '
+        function flush() { if (pending) { f++; pending = 0 } }
+        /<testcase / {
+            flush()
+            st = ""
+            if (match($0, /status="[a-z]*"/)) st = substr($0, RSTART + 8, RLENGTH - 9)
+            if (st == "run") p++
+            else if (st == "fail") f++
+            else if (st == "disabled") s++
+            else pending = 1
+            next
+        }
+        pending && /<skipped / { if ($0 ~ /message="SKIP_/) s++; else f++; pending = 0 }
+        END { flush(); printf "%d %d %d\n", p, f, s }
+    ' "$1"
+}
+
+CTEST_PASSED=0 CTEST_FAILED=0 CTEST_SKIPPED=0 CTEST_RC=0
+native_checks() {
+    step "native: checks (ctest)"
+    mkdir -p "$RESULTS_DIR"
+    local junit="$RESULTS_DIR/ctest-junit.xml"
+    rm -f "$junit"
+    set +e
+    ctest --test-dir "$BUILD_DIR" -C "$CONFIGURATION" --output-on-failure \
+        --timeout "${SHARDWISE_CTEST_TIMEOUT:-900}" --output-junit "$junit"
+    CTEST_RC=$?
+    set -e
+    if [[ -f "$junit" ]]; then
+        read -r CTEST_PASSED CTEST_FAILED CTEST_SKIPPED < <(ctest_counts "$junit")
+    fi
+    # ctest failed without a report (or the report shows nothing wrong): count the run as one failure.
+    if [[ $CTEST_RC -ne 0 && $CTEST_FAILED -eq 0 ]]; then CTEST_FAILED=1; fi
+}
+
+# ------------------------------------------------------------------------------------------ dotnet
+dotnet_build() {
+    step "dotnet build ($CONFIGURATION)"
+    # -nodeReuse:false: no MSBuild worker processes outlive the build (they would hold a pipe open).
+    dotnet build "$SOLUTION" -c "$CONFIGURATION" -nologo -nodeReuse:false -v:minimal
+}
+
+# Path of a project's built assembly (asks MSBuild, so a TargetFramework change is followed).
+target_path() {
+    dotnet msbuild "$1" -nologo -nodeReuse:false -getProperty:TargetPath -p:Configuration="$CONFIGURATION"
+}
+
+# Reads one numeric attribute of the <Counters .../> element of a TRX file (0 when absent).
+trx_counter() {
+    local value
+    value="$(grep -o '<Counters [^>]*>' "$1" | head -n1 | grep -o " $2=\"[0-9]*\"" | grep -o '[0-9][0-9]*' || true)"
+    echo "${value:-0}"
+}
+
+NUNIT_PASSED=0 NUNIT_FAILED=0 NUNIT_SKIPPED=0 NUNIT_RC=0
+nunit_tests() {
+    local test_dll trx_dir="$RESULTS_DIR/nunit" trx_name="nunit.trx"
+    test_dll="$(target_path "$TEST_PROJECT")"
+    [[ -f "$test_dll" ]] || die "test assembly not found: $test_dll"
+
+    # Informational options (help, listing): run them as they are, without counting.
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            -\? | -h | --help | --info | --list-tests) dotnet "$test_dll" "$@"; exit $? ;;
+        esac
+    done
+
+    step "NUnit tests (Microsoft.Testing.Platform)"
+    rm -rf "$trx_dir"
+    mkdir -p "$trx_dir"
+    set +e
+    # The test project is a Microsoft.Testing.Platform executable: run it directly, with a TRX report.
+    dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@"
+    NUNIT_RC=$?
+    set -e
+    local trx="$trx_dir/$trx_name"
+    if [[ -f "$trx" ]]; then
+        # TRX counters: passed, failed (+ error, timeout, aborted), notExecuted = skipped/ignored.
+        NUNIT_PASSED=$(trx_counter "$trx" passed)
+        NUNIT_FAILED=$(($(trx_counter "$trx" failed) + $(trx_counter "$trx" error) +
+            $(trx_counter "$trx" timeout) + $(trx_counter "$trx" aborted)))
+        NUNIT_SKIPPED=$(trx_counter "$trx" notExecuted)
+    fi
+    # Exit codes (Microsoft.Testing.Platform): 0 ok, 2 failed tests, 8 no test ran (e.g. a filter that
+    # matches nothing), others = the run itself failed. A failure without failed tests counts as one.
+    if [[ $NUNIT_RC -ne 0 && $NUNIT_FAILED -eq 0 && $NUNIT_RC -ne 8 ]]; then NUNIT_FAILED=1; fi
+    if [[ $NUNIT_RC -eq 8 ]]; then echo "build.sh: the test executable ran no test (filter matched nothing?)" >&2; fi
+}
+
+# ------------------------------------------------------------------------------------------ commands
+cmd_help() {
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+cmd_native() {
+    deps
+    native_build
+}
+
+cmd_run() {
+    deps
+    native_build
+    dotnet_build
+    local bench_dll
+    bench_dll="$(target_path "$BENCH_PROJECT")"
+    step "main job"
+    # exec: the main job's exit code is the script's.
+    exec dotnet "$bench_dll" main "$@"
+}
+
+cmd_bench() {
+    deps
+    native_build
+    dotnet_build
+    local bench_dll
+    bench_dll="$(target_path "$BENCH_PROJECT")"
+    step "benchmarks (BenchmarkDotNet)"
+    exec dotnet "$bench_dll" bench "$@"
+}
+
+cmd_test() {
+    deps
+    native_build
+    native_checks
+    dotnet_build
+    nunit_tests "$@"
+
+    local passed=$((NUNIT_PASSED + CTEST_PASSED))
+    local failed=$((NUNIT_FAILED + CTEST_FAILED))
+    local skipped=$((NUNIT_SKIPPED + CTEST_SKIPPED))
+    step "summary: NUnit $NUNIT_PASSED/$NUNIT_FAILED/$NUNIT_SKIPPED, ctest $CTEST_PASSED/$CTEST_FAILED/$CTEST_SKIPPED (passed/failed/skipped)"
+    # The last line of output, for CI: totals over NUnit tests and native checks (one per ctest program).
+    echo "$passed passed, $failed failed, $skipped skipped"
+    if ((failed > 0 || NUNIT_RC != 0 || CTEST_RC != 0 || passed + failed == 0)); then
+        exit 1
+    fi
+}
+
+cmd_clean() {
+    step "clean"
+    [[ "$BUILD_DIR" != "$ROOT" && "$BUILD_DIR" != / ]] || die "refusing to delete $BUILD_DIR"
+    rm -rf "$BUILD_DIR" "$ROOT/build" "$ROOT/artifacts" "$ROOT/BenchmarkDotNet.Artifacts" "$ROOT/TestResults"
+    local dir
+    for dir in src/Bindings src/Parallel tests bench; do
+        rm -rf "${ROOT:?}/$dir/bin" "${ROOT:?}/$dir/obj"
+    done
+}
+
+command="${1:-run}"
+(($#)) && shift
+case "$command" in
+    run) cmd_run "$@" ;;
+    test) cmd_test "$@" ;;
+    bench) cmd_bench "$@" ;;
+    native) cmd_native ;;
+    deps) deps ;;
+    clean) cmd_clean ;;
+    help | -h | --help) cmd_help ;;
+    *) echo "build.sh: unknown command '$command'" >&2; cmd_help >&2; exit 2 ;;
+esac

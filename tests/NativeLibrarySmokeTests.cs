@@ -1,0 +1,63 @@
+using System.Runtime.InteropServices;
+
+namespace Shardwise.Tests;
+
+/// <summary>
+/// Checks that the native core was built and copied next to the tests (through the Shardwise.Bindings
+/// project reference) and that its C ABI can be reached directly, independently of the managed bindings.
+/// </summary>
+[TestFixture]
+public sealed unsafe class NativeLibrarySmokeTests
+{
+    private const int ExpectedAbiVersion = 1;
+
+    private nint _handle;
+
+    private static string NativeLibraryFileName =>
+        OperatingSystem.IsWindows() ? "shardwise.dll"
+        : OperatingSystem.IsMacOS() ? "libshardwise.dylib"
+        : "libshardwise.so";
+
+    private static string NativeLibraryPath => Path.Combine(AppContext.BaseDirectory, NativeLibraryFileName);
+
+    [OneTimeSetUp]
+    public void LoadLibrary()
+    {
+        Assert.That(File.Exists(NativeLibraryPath), Is.True,
+            $"{NativeLibraryPath} is missing: build the native library first (./build.sh native) and rebuild the tests.");
+        _handle = NativeLibrary.Load(NativeLibraryPath);
+    }
+
+    [OneTimeTearDown]
+    public void FreeLibrary()
+    {
+        if (_handle != 0)
+        {
+            NativeLibrary.Free(_handle);
+            _handle = 0;
+        }
+    }
+
+    [Test]
+    public void LibraryIsCopiedToTheTestOutputDirectory()
+    {
+        Assert.That(_handle, Is.Not.EqualTo((nint)0));
+    }
+
+    [Test]
+    public void AbiVersionIsOne()
+    {
+        // int32_t sw_abi_version(void)
+        var swAbiVersion = (delegate* unmanaged[Cdecl]<int>)NativeLibrary.GetExport(_handle, "sw_abi_version");
+
+        Assert.That(swAbiVersion(), Is.EqualTo(ExpectedAbiVersion));
+    }
+
+    [Test]
+    public void LastErrorIsExported()
+    {
+        // const char* sw_last_error(void)
+        Assert.That(NativeLibrary.TryGetExport(_handle, "sw_last_error", out nint address), Is.True);
+        Assert.That(address, Is.Not.EqualTo((nint)0));
+    }
+}
