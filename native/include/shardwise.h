@@ -132,8 +132,8 @@ SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t n
  * communicators created on it are still alive. */
 SW_API sw_status sw_device_destroy(sw_device device);
 SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info);
-/* CPU only: names the GEMM micro-kernel to use ("auto", "avx512", "avx2", "generic").
- * SW_ERR_UNSUPPORTED if the processor lacks it. Takes effect for work enqueued afterwards. */
+/* Chooses the GEMM implementation for work enqueued afterwards. CPU: the micro-kernel ("auto", "avx512",
+ * "avx2", "generic"; SW_ERR_UNSUPPORTED if the processor lacks it). CUDA: "auto", "cublaslt" or "mma". */
 SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel);
 
 /* ---------------------------------------------------------------- buffers */
@@ -171,6 +171,13 @@ SW_API sw_status sw_memset_async(sw_buffer dst, uint64_t dst_offset_bytes, uint8
 /* A stream is an in-order asynchronous queue of work on one device. On the CPU backend it is
  * served by a worker thread of its own; compute-heavy work (GEMM) runs on the device's threads. */
 SW_API sw_status sw_stream_create(sw_device device, sw_stream* out);
+/* Wraps another framework's native stream (a cudaStream_t; NULL = the device's legacy default stream)
+ * without taking ownership: work queued through Shardwise is ordered with the framework's own work on
+ * that stream. Destroying the handle never destroys the native stream. SW_ERR_UNSUPPORTED on the CPU
+ * backend, which has no native streams. */
+SW_API sw_status sw_stream_wrap(sw_device device, void* native_stream, sw_stream* out);
+/* The native stream behind a handle (cudaStream_t), or NULL on the CPU backend. */
+SW_API sw_status sw_stream_get_native(sw_stream stream, void** native_stream);
 /* Waits for queued work, then destroys the stream. */
 SW_API sw_status sw_stream_destroy(sw_stream stream);
 /* Blocks until all work queued so far has completed. Returns the first error of that work (and
@@ -201,7 +208,9 @@ SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms);
  *  - m, n ≥ 1; k ≥ 0 (k == 0 gives beta*C + bias).
  *  - The result of element C[i,j] does not depend on m, n, the position of (i,j) or the number
  *    of threads: a column block computed alone equals the same block of the full product bit for bit.
- *  - dtype: SW_DTYPE_F32 on the CPU backend.
+ *  - dtype (of A, B, C and bias): SW_DTYPE_F32 on the CPU backend; F32, F16 or BF16 on CUDA (fp32
+ *    accumulation). The CUDA algorithm is chosen per device with sw_device_set_kernel ("auto" and
+ *    "cublaslt": cuBLASLt; "mma": the hand-written tensor-core kernel, F16/BF16 only).
  */
 SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op trans_b,
                          int64_t m, int64_t n, int64_t k, float alpha,

@@ -4,6 +4,7 @@
 // moves its share of the data, and a departure barrier keeps every send buffer alive and unmodified
 // until all ranks have read it. A rank that does not arrive within the timeout, or ranks that disagree,
 // abort the communicator: every waiting rank fails with the reason, later collectives fail at once.
+#include "core/cuda_loader.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
@@ -89,6 +90,17 @@ struct CommState {
     std::map<uint64_t, Slot> slots;
     std::vector<uint64_t> next_seq;  // per rank, assigned when the call is queued
     std::vector<uint64_t> completed; // per rank
+    // CUDA: per rank, the stream on which that rank's host side moves data (created by that rank's
+    // worker on first use, so no lock is needed).
+    std::vector<void*> cuda_streams;
+
+    ~CommState() {
+        for (size_t r = 0; r < cuda_streams.size(); ++r)
+            if (cuda_streams[r]) {
+                std::string err;
+                devices[r]->cuda->stream_destroy(devices[r]->ordinal, cuda_streams[r], &err);
+            }
+    }
 
     // Requires mu held. The first abort wins; its reason is what every rank reports.
     void abort_locked(sw_status status, const std::string& why) {
@@ -246,6 +258,73 @@ void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vect
     }
 }
 
+// CUDA: rank `rank`'s share of the data movement, on that rank's communication stream, finished before
+// returning (the departure barrier follows).
+void move_data_cuda(CommState& st, const Slot& slot, int world, int rank) {
+    const Desc& me = slot.desc[rank];
+    const DeviceImpl& dev = *st.devices[rank];
+    const cuda::PluginApi* api = dev.cuda;
+    const int32_t ord = dev.ordinal;
+    std::string err;
+    void*& cs = st.cuda_streams[rank];
+    if (!cs) cuda_check(api->stream_create(ord, &cs, &err), err);
+    const size_t esz = sw_dtype_size(me.dtype);
+    switch (me.op) {
+    case Coll::AllGather:
+        for (int q = 0; q < world; ++q)
+            if (me.count)
+                cuda_check(api->memcpy_async(ord, me.recv + q * me.count * esz, slot.desc[q].send, me.count * esz, cs, &err), err);
+        break;
+    case Coll::AllGatherV: {
+        uint64_t at = 0;
+        for (int q = 0; q < world; ++q) {
+            const uint64_t c = slot.desc[q].count;
+            if (c) cuda_check(api->memcpy_async(ord, me.recv + at * esz, slot.desc[q].send, c * esz, cs, &err), err);
+            at += c;
+        }
+        break;
+    }
+    case Coll::AllGatherColumns: {
+        int64_t col0 = 0;
+        for (int q = 0; q < world; ++q) {
+            const Desc& d = slot.desc[q];
+            if (d.cols > 0 && me.rows > 0)
+                cuda_check(api->copy_2d(ord, me.recv + col0 * esz, me.ld_recv, d.send, d.ld_send, me.rows, d.cols,
+                                        static_cast<int32_t>(esz), cs, &err), err);
+            col0 += d.cols;
+        }
+        break;
+    }
+    case Coll::AllReduce: {
+        const uint64_t begin = static_cast<uint64_t>(shard_offset(static_cast<int64_t>(me.count), world, rank));
+        const uint64_t n = static_cast<uint64_t>(shard_count(static_cast<int64_t>(me.count), world, rank));
+        if (!n) break;
+        std::vector<const void*> src(world);
+        std::vector<void*> dst(world);
+        for (int q = 0; q < world; ++q) {
+            src[q] = slot.desc[q].send + begin * esz;
+            dst[q] = slot.desc[q].recv + begin * esz;
+        }
+        cuda_check(api->reduce_sum(ord, me.dtype, src.data(), world, dst.data(), world, n, cs, &err), err);
+        break;
+    }
+    case Coll::ReduceScatter: {
+        if (!me.count) break;
+        std::vector<const void*> src(world);
+        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + rank * me.count * esz;
+        void* dst = me.recv;
+        cuda_check(api->reduce_sum(ord, me.dtype, src.data(), world, &dst, 1, me.count, cs, &err), err);
+        break;
+    }
+    case Coll::Broadcast:
+        if (rank != me.root && me.count)
+            cuda_check(api->memcpy_async(ord, me.recv, slot.desc[me.root].send, me.count * esz, cs, &err), err);
+        break;
+    case Coll::Barrier: break;
+    }
+    cuda_check(api->stream_synchronize(ord, cs, &err), err);
+}
+
 // Rank `rank`'s share of the data movement, after every rank has arrived and agreed.
 void move_data(const Slot& slot, int world, int rank) {
     const Desc& me = slot.desc[rank];
@@ -347,8 +426,19 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
         if (!slot.ready) fail(st->abort_status, "rank ", rank, ": ", st->reason);
     }
     lock.unlock();
-    move_data(slot, st->world, rank);
+    std::string move_error;
+    sw_status move_status = SW_OK;
+    try {
+        if (st->devices[rank]->is_cuda()) move_data_cuda(*st, slot, st->world, rank);
+        else move_data(slot, st->world, rank);
+    } catch (const Error& e) {
+        move_status = e.status();
+        move_error = e.message();
+    }
     lock.lock();
+    if (move_status != SW_OK)
+        // The peers must not wait at the departure barrier for a rank that failed: abort, then report.
+        st->abort_locked(move_status, str("rank ", rank, " failed while moving data for ", name, " #", seq, ": ", move_error));
     ++slot.departed;
     if (slot.departed == st->world) {
         st->slots.erase(seq);
@@ -358,6 +448,10 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
         // unless the communicator is aborted meanwhile.
         st->cv.wait(lock, [&] { return st->aborted || st->slots.find(seq) == st->slots.end(); });
     }
+    if (move_status != SW_OK) fail(move_status, st->reason);
+    // An abort while the ranks were moving data (a peer failed, or sw_comm_abort): this rank's result may
+    // be incomplete, so it fails too.
+    if (st->aborted) fail(st->abort_status, "rank ", rank, ": ", st->reason);
     ++st->completed[rank];
 }
 
@@ -407,8 +501,53 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
         seq = st->next_seq[rank]++;
     }
     cpu::Stream* stream = ctx.stream->impl.get();
-    stream->enqueue([st, rank, seq, desc = std::move(desc), stream] { run_collective(st, rank, seq, desc, stream); },
-                    /*always=*/true);
+    sw_stream_s* s = ctx.stream;
+    if (!s->device_impl->is_cuda()) {
+        stream->enqueue([st, rank, seq, desc = std::move(desc), stream] { run_collective(st, rank, seq, desc, stream); },
+                        /*always=*/true);
+        return;
+    }
+    // CUDA: the host side (rendezvous + data movement) runs on the stream's worker thread once the CUDA
+    // stream's earlier work is done (event `ready`); the CUDA stream's later work waits until the worker
+    // raises the stream's flag to `target` — also when the collective fails, so the stream never hangs.
+    const cuda::PluginApi* api = s->device_impl->cuda;
+    const int32_t ord = s->device_impl->ordinal;
+    std::string err;
+    if (!s->flag_host) {
+        void* host = nullptr;
+        void* device = nullptr;
+        cuda_check(api->malloc_host(sizeof(uint32_t), &host, &device, &err), err);
+        s->flag_host = static_cast<uint32_t*>(host);
+        s->flag_device = static_cast<uint32_t*>(device);
+        __atomic_store_n(s->flag_host, 0u, __ATOMIC_RELEASE);
+        s->flag_target = 0;
+    }
+    void* ready = nullptr;
+    cuda_check(api->event_create(ord, &ready, &err), err);
+    const sw_status rec = api->event_record(ord, ready, s->cuda_stream, &err);
+    if (rec != SW_OK) {
+        std::string ignored;
+        api->event_destroy(ord, ready, &ignored);
+        cuda_check(rec, err);
+    }
+    const uint32_t target = ++s->flag_target;
+    uint32_t* flag = s->flag_host;
+    stream->enqueue(
+        [st, rank, seq, desc = std::move(desc), stream, api, ord, ready, flag, target] {
+            struct Release { // raise the flag whatever happens below
+                uint32_t* flag;
+                uint32_t target;
+                ~Release() { __atomic_store_n(flag, target, __ATOMIC_RELEASE); }
+            } release{flag, target};
+            std::string e;
+            const sw_status waited = api->event_synchronize(ord, ready, &e);
+            std::string ignored;
+            api->event_destroy(ord, ready, &ignored);
+            cuda_check(waited, e);
+            run_collective(st, rank, seq, desc, stream);
+        },
+        /*always=*/true);
+    cuda_check(api->stream_wait_flag(ord, s->flag_device, target, s->cuda_stream, &err), err);
 }
 
 } // namespace
@@ -437,7 +576,11 @@ SW_API sw_status sw_comm_create_local(int32_t world_size, const sw_device* devic
         for (int r = 0; r < world_size; ++r) {
             const std::string name = str("devices[", r, "]");
             st->devices.push_back(checked(devices[r], name.c_str())->impl);
+            if (st->devices[r]->backend != st->devices[0]->backend)
+                fail(SW_ERR_INVALID_ARGUMENT, "devices[", r, "] is '", st->devices[r]->name, "' but devices[0] is '",
+                     st->devices[0]->name, "'; an in-process communicator needs ranks of one backend");
         }
+        st->cuda_streams.assign(world_size, nullptr);
         st->next_seq.assign(world_size, 0);
         st->completed.assign(world_size, 0);
         for (auto& d : st->devices) ++d->children;

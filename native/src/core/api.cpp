@@ -1,5 +1,6 @@
 // Exported C ABI: devices, buffers, streams, events, GEMM and the shard index math.
 // Every function validates its arguments (naming them in the message) before touching anything.
+#include "core/cuda_loader.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
@@ -61,12 +62,29 @@ void copy_name(char* dst, size_t cap, const std::string& src) {
 
 
 // Validates one GEMM operand stored rows x cols with leading dimension ld at offset.
-const float* gemm_operand(sw_buffer_s* buf, uint64_t offset, int64_t rows, int64_t cols, int64_t ld,
-                          const char* name, const char* ld_name, const std::string& shape) {
+const void* gemm_operand(sw_buffer_s* buf, uint64_t offset, int64_t rows, int64_t cols, int64_t ld, size_t esz,
+                         const char* name, const char* ld_name, const std::string& shape) {
     if (ld < (cols > 1 ? cols : 1))
         fail(SW_ERR_INVALID_ARGUMENT, ld_name, " = ", ld, " is smaller than the ", cols,
              " columns of ", name, " as stored (", shape, "); expected ", ld_name, " >= ", (cols > 1 ? cols : 1));
-    return reinterpret_cast<const float*>(buffer_span(buf, offset, matrix_extent(rows, cols, ld), 4, name));
+    return buffer_span(buf, offset, matrix_extent(rows, cols, ld), esz, name);
+}
+
+const char* cuda_algo_name(int algo) {
+    switch (static_cast<cuda::GemmAlgo>(algo)) {
+    case cuda::GemmAlgo::Auto: return "auto";
+    case cuda::GemmAlgo::CublasLt: return "cublaslt";
+    case cuda::GemmAlgo::HandWritten: return "mma";
+    }
+    return "auto";
+}
+
+// The CUDA backend for a device-level call: the plugin, or SW_ERR_NOT_FOUND saying why it is missing.
+const cuda::PluginApi* require_cuda() {
+    std::string why;
+    const cuda::PluginApi* api = cuda_plugin(&why);
+    if (!api) fail(SW_ERR_NOT_FOUND, "no CUDA device: ", why);
+    return api;
 }
 
 } // namespace
@@ -93,7 +111,16 @@ SW_API sw_status sw_device_count(sw_backend backend, int32_t* count) {
         require(count, "count");
         switch (backend) {
         case SW_BACKEND_CPU: *count = 1; break;
-        case SW_BACKEND_CUDA: *count = 0; break; // this build has no CUDA backend
+        case SW_BACKEND_CUDA: {
+            // No plugin (a build without CUDA), no driver or no GPU: 0 devices, not an error.
+            const cuda::PluginApi* api = cuda_plugin(nullptr);
+            *count = 0;
+            if (api) {
+                std::string err;
+                cuda_check(api->device_count(count, &err), err);
+            }
+            break;
+        }
         default: fail(SW_ERR_INVALID_ARGUMENT, "backend = ", static_cast<int>(backend), " is not a sw_backend");
         }
     });
@@ -103,8 +130,26 @@ SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t n
     return guard(__func__, [&] {
         require(out, "out");
         *out = nullptr;
-        if (backend == SW_BACKEND_CUDA)
-            fail(SW_ERR_NOT_FOUND, "no CUDA device: this build of Shardwise has no CUDA backend (0 devices)");
+        if (backend == SW_BACKEND_CUDA) {
+            const cuda::PluginApi* api = require_cuda();
+            std::string err;
+            int32_t count = 0;
+            cuda_check(api->device_count(&count, &err), err);
+            if (ordinal < 0 || ordinal >= count)
+                fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": there are ", count, " CUDA devices");
+            sw_device_info info{};
+            cuda_check(api->device_info(ordinal, &info, &err), err);
+            auto impl = std::make_shared<DeviceImpl>();
+            impl->backend = SW_BACKEND_CUDA;
+            impl->ordinal = ordinal;
+            impl->num_threads = info.num_threads;
+            impl->name = str("cuda:", ordinal, " ", info.name);
+            impl->cuda = api;
+            auto* dev = new sw_device_s{std::move(impl)};
+            register_handle(dev, HandleKind::Device);
+            *out = dev;
+            return;
+        }
         if (backend != SW_BACKEND_CPU)
             fail(SW_ERR_INVALID_ARGUMENT, "backend = ", static_cast<int>(backend), " is not a sw_backend");
         if (ordinal != 0)
@@ -145,6 +190,13 @@ SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info) {
         auto* dev = checked(device, "device");
         require(info, "info");
         std::memset(info, 0, sizeof *info);
+        if (dev->impl->is_cuda()) {
+            std::string err;
+            cuda_check(dev->impl->cuda->device_info(dev->impl->ordinal, info, &err), err);
+            copy_name(info->name, sizeof info->name, dev->impl->name);
+            copy_name(info->kernel, sizeof info->kernel, cuda_algo_name(dev->impl->kernel.load()));
+            return;
+        }
         info->backend = dev->impl->backend;
         info->ordinal = dev->impl->ordinal;
         info->num_threads = dev->impl->num_threads;
@@ -159,6 +211,16 @@ SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel) {
     return guard(__func__, [&] {
         auto* dev = checked(device, "device");
         require(kernel, "kernel");
+        if (dev->impl->is_cuda()) {
+            const std::string name = kernel;
+            cuda::GemmAlgo algo;
+            if (name == "auto") algo = cuda::GemmAlgo::Auto;
+            else if (name == "cublaslt") algo = cuda::GemmAlgo::CublasLt;
+            else if (name == "mma") algo = cuda::GemmAlgo::HandWritten;
+            else fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", name, "'; a CUDA device takes auto, cublaslt or mma");
+            dev->impl->kernel = static_cast<int>(algo);
+            return;
+        }
         cpu::Kernel k;
         if (!cpu::parse_kernel(kernel, &k))
             fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", kernel, "'; expected auto, avx512, avx2 or generic");
@@ -178,8 +240,15 @@ SW_API sw_status sw_buffer_alloc(sw_device device, uint64_t bytes, sw_buffer* ou
         if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes = 0; expected a positive size");
         if (bytes > (uint64_t{1} << 50)) fail(SW_ERR_OUT_OF_MEMORY, "bytes = ", bytes, " is more than can be allocated");
         auto storage = std::make_shared<Storage>();
-        const uint64_t rounded = (bytes + 63) / 64 * 64;
-        storage->ptr = std::aligned_alloc(64, static_cast<size_t>(rounded));
+        if (dev->impl->is_cuda()) {
+            std::string err;
+            cuda_check(dev->impl->cuda->malloc_device(dev->impl->ordinal, bytes, &storage->ptr, &err), err);
+            storage->cuda = dev->impl->cuda;
+            storage->ordinal = dev->impl->ordinal;
+        } else {
+            const uint64_t rounded = (bytes + 63) / 64 * 64;
+            storage->ptr = std::aligned_alloc(64, static_cast<size_t>(rounded));
+        }
         if (!storage->ptr) fail(SW_ERR_OUT_OF_MEMORY, "could not allocate ", bytes, " bytes on '", dev->impl->name, "'");
         storage->bytes = bytes;
         storage->owned = true;
@@ -197,6 +266,14 @@ SW_API sw_status sw_buffer_wrap(sw_device device, void* ptr, uint64_t bytes, sw_
         auto* dev = checked(device, "device");
         require(ptr, "ptr");
         if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes = 0; expected the positive size of the wrapped memory");
+        if (dev->impl->is_cuda()) {
+            int32_t where = -1;
+            std::string err;
+            cuda_check(dev->impl->cuda->pointer_device(ptr, &where, &err), err);
+            if (where != dev->impl->ordinal)
+                fail(SW_ERR_INVALID_ARGUMENT, "ptr is not memory of CUDA device ", dev->impl->ordinal,
+                     where < 0 ? " (it is host or unknown memory)" : str(" (it belongs to device ", where, ")").c_str());
+        }
         auto storage = std::make_shared<Storage>();
         storage->ptr = ptr;
         storage->bytes = bytes;
@@ -248,6 +325,11 @@ SW_API sw_status sw_memcpy_h2d_async(sw_buffer dst, uint64_t dst_offset_bytes, c
         if (bytes == 0) return;
         require(src, "src");
         char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
+        if (s->device_impl->is_cuda()) {
+            std::string err;
+            cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, to, src, bytes, s->cuda_stream, &err), err);
+            return;
+        }
         s->impl->enqueue([keep = d->storage, to, src, bytes] { std::memcpy(to, src, bytes); });
     });
 }
@@ -261,6 +343,11 @@ SW_API sw_status sw_memcpy_d2h_async(void* dst, sw_buffer src, uint64_t src_offs
         if (bytes == 0) return;
         require(dst, "dst");
         const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src");
+        if (s->device_impl->is_cuda()) {
+            std::string err;
+            cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, dst, from, bytes, s->cuda_stream, &err), err);
+            return;
+        }
         s->impl->enqueue([keep = b->storage, dst, from, bytes] { std::memcpy(dst, from, bytes); });
     });
 }
@@ -275,6 +362,14 @@ SW_API sw_status sw_memcpy_d2d_async(sw_buffer dst, uint64_t dst_offset_bytes, s
         if (bytes == 0) return;
         char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
         const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src");
+        if (s->device_impl->is_cuda() != b->device_impl->is_cuda())
+            fail(SW_ERR_INVALID_ARGUMENT, "src is on '", b->device_impl->name, "' and dst on '", d->device_impl->name,
+                 "'; device-to-device copies need two devices of the same backend (use sw_memcpy_d2h/h2d)");
+        if (s->device_impl->is_cuda()) {
+            std::string err;
+            cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, to, from, bytes, s->cuda_stream, &err), err);
+            return;
+        }
         s->impl->enqueue([kd = d->storage, ks = b->storage, to, from, bytes] { std::memmove(to, from, bytes); });
     });
 }
@@ -287,6 +382,11 @@ SW_API sw_status sw_memset_async(sw_buffer dst, uint64_t dst_offset_bytes, uint8
         require_same_device(d, s, "dst");
         if (bytes == 0) return;
         char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
+        if (s->device_impl->is_cuda()) {
+            std::string err;
+            cuda_check(s->device_impl->cuda->memset_async(s->device_impl->ordinal, to, value, bytes, s->cuda_stream, &err), err);
+            return;
+        }
         s->impl->enqueue([keep = d->storage, to, value, bytes] { std::memset(to, value, bytes); });
     });
 }
@@ -298,10 +398,41 @@ SW_API sw_status sw_stream_create(sw_device device, sw_stream* out) {
         require(out, "out");
         *out = nullptr;
         auto* dev = checked(device, "device");
+        void* cuda_stream = nullptr;
+        if (dev->impl->is_cuda()) {
+            std::string err;
+            cuda_check(dev->impl->cuda->stream_create(dev->impl->ordinal, &cuda_stream, &err), err);
+        }
         auto* s = new sw_stream_s{dev, dev->impl, std::make_unique<cpu::Stream>()};
+        s->cuda_stream = cuda_stream;
+        s->owns_cuda_stream = cuda_stream != nullptr;
         ++dev->impl->children;
         register_handle(s, HandleKind::Stream);
         *out = s;
+    });
+}
+
+SW_API sw_status sw_stream_wrap(sw_device device, void* native_stream, sw_stream* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* dev = checked(device, "device");
+        if (!dev->impl->is_cuda())
+            fail(SW_ERR_UNSUPPORTED, "sw_stream_wrap takes a cudaStream_t; the CPU backend has no native streams to wrap");
+        // native_stream may be NULL: the legacy default stream of the device.
+        auto* s = new sw_stream_s{dev, dev->impl, std::make_unique<cpu::Stream>()};
+        s->cuda_stream = native_stream;
+        s->owns_cuda_stream = false;
+        ++dev->impl->children;
+        register_handle(s, HandleKind::Stream);
+        *out = s;
+    });
+}
+
+SW_API sw_status sw_stream_get_native(sw_stream stream, void** native_stream) {
+    return guard(__func__, [&] {
+        require(native_stream, "native_stream");
+        *native_stream = checked(stream, "stream")->cuda_stream;
     });
 }
 
@@ -310,7 +441,14 @@ SW_API sw_status sw_stream_destroy(sw_stream stream) {
         if (!stream) return;
         auto* s = checked(stream, "stream");
         unregister_handle(s);
-        s->impl.reset(); // drains queued work, joins the worker
+        s->impl.reset(); // drains queued host work (releases every collective's wait flag), joins the worker
+        if (s->device_impl->is_cuda()) {
+            std::string err;
+            const auto& api = s->device_impl->cuda;
+            api->stream_synchronize(s->device_impl->ordinal, s->cuda_stream, &err);
+            if (s->owns_cuda_stream) api->stream_destroy(s->device_impl->ordinal, s->cuda_stream, &err);
+            if (s->flag_host) api->free_host(s->flag_host, &err);
+        }
         --s->device_impl->children;
         delete s;
     });
@@ -319,7 +457,24 @@ SW_API sw_status sw_stream_destroy(sw_stream stream) {
 SW_API sw_status sw_stream_synchronize(sw_stream stream) {
     sw_status status = SW_OK;
     std::string message;
-    const sw_status call = guard(__func__, [&] { status = checked(stream, "stream")->impl->synchronize(&message); });
+    const sw_status call = guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        if (s->device_impl->is_cuda()) {
+            // The device work first (it may wait for collectives' host sides), then the host side's errors.
+            std::string err;
+            const sw_status st = s->device_impl->cuda->stream_synchronize(s->device_impl->ordinal, s->cuda_stream, &err);
+            std::string host_message;
+            const sw_status host = s->impl->synchronize(&host_message);
+            if (host != SW_OK) {
+                status = host;
+                message = host_message;
+                return;
+            }
+            cuda_check(st, err);
+            return;
+        }
+        status = s->impl->synchronize(&message);
+    });
     if (call != SW_OK) return call;
     if (status != SW_OK) set_last_error(message);
     return status;
@@ -329,6 +484,13 @@ SW_API sw_status sw_stream_wait_event(sw_stream stream, sw_event event) {
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
         auto* e = checked(event, "event");
+        if (s->device_impl->is_cuda() || e->device_impl->is_cuda()) {
+            if (!e->cuda_event || !s->device_impl->is_cuda())
+                fail(SW_ERR_INVALID_ARGUMENT, "event and stream must both be CUDA (or both CPU)");
+            std::string err;
+            cuda_check(s->device_impl->cuda->stream_wait_event(s->device_impl->ordinal, s->cuda_stream, e->cuda_event, &err), err);
+            return;
+        }
         std::shared_ptr<EventState> st = e->state;
         uint64_t gen;
         {
@@ -350,7 +512,12 @@ SW_API sw_status sw_event_create(sw_device device, sw_event* out) {
         require(out, "out");
         *out = nullptr;
         auto* dev = checked(device, "device");
-        auto* e = new sw_event_s{dev, dev->impl, std::make_shared<EventState>()};
+        void* cuda_event = nullptr;
+        if (dev->impl->is_cuda()) {
+            std::string err;
+            cuda_check(dev->impl->cuda->event_create(dev->impl->ordinal, &cuda_event, &err), err);
+        }
+        auto* e = new sw_event_s{dev, dev->impl, std::make_shared<EventState>(), cuda_event};
         ++dev->impl->children;
         register_handle(e, HandleKind::Event);
         *out = e;
@@ -362,6 +529,10 @@ SW_API sw_status sw_event_destroy(sw_event event) {
         if (!event) return;
         auto* e = checked(event, "event");
         unregister_handle(e);
+        if (e->cuda_event) {
+            std::string err;
+            e->device_impl->cuda->event_destroy(e->device_impl->ordinal, e->cuda_event, &err);
+        }
         --e->device_impl->children;
         delete e;
     });
@@ -371,6 +542,16 @@ SW_API sw_status sw_event_record(sw_event event, sw_stream stream) {
     return guard(__func__, [&] {
         auto* e = checked(event, "event");
         auto* s = checked(stream, "stream");
+        if (e->cuda_event || s->device_impl->is_cuda()) {
+            if (!e->cuda_event || s->device_impl != e->device_impl)
+                fail(SW_ERR_INVALID_ARGUMENT, "event belongs to '", e->device_impl->name, "' but stream runs on '",
+                     s->device_impl->name, "'; expected the same CUDA device");
+            std::string err;
+            cuda_check(e->device_impl->cuda->event_record(e->device_impl->ordinal, e->cuda_event, s->cuda_stream, &err), err);
+            std::lock_guard<std::mutex> lock(e->state->mu);
+            ++e->state->recorded;
+            return;
+        }
         std::shared_ptr<EventState> st = e->state;
         uint64_t gen;
         {
@@ -394,6 +575,11 @@ SW_API sw_status sw_event_record(sw_event event, sw_stream stream) {
 SW_API sw_status sw_event_synchronize(sw_event event) {
     return guard(__func__, [&] {
         auto* e = checked(event, "event");
+        if (e->cuda_event) {
+            std::string err;
+            cuda_check(e->device_impl->cuda->event_synchronize(e->device_impl->ordinal, e->cuda_event, &err), err);
+            return;
+        }
         std::unique_lock<std::mutex> lock(e->state->mu);
         const uint64_t gen = e->state->recorded;
         e->state->cv.wait(lock, [&] { return e->state->completed >= gen; });
@@ -404,6 +590,11 @@ SW_API sw_status sw_event_query(sw_event event, int32_t* done) {
     return guard(__func__, [&] {
         auto* e = checked(event, "event");
         require(done, "done");
+        if (e->cuda_event) {
+            std::string err;
+            cuda_check(e->device_impl->cuda->event_query(e->device_impl->ordinal, e->cuda_event, done, &err), err);
+            return;
+        }
         std::lock_guard<std::mutex> lock(e->state->mu);
         *done = e->state->completed >= e->state->recorded ? 1 : 0;
     });
@@ -414,6 +605,20 @@ SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms) {
         auto* a = checked(start, "start");
         auto* b = checked(end, "end");
         require(ms, "ms");
+        if (a->cuda_event || b->cuda_event) {
+            if (!a->cuda_event || !b->cuda_event || a->device_impl != b->device_impl)
+                fail(SW_ERR_INVALID_ARGUMENT, "start and end must be events of the same device");
+            for (auto* e : {a, b}) {
+                std::lock_guard<std::mutex> lock(e->state->mu);
+                if (e->state->recorded == 0)
+                    fail(SW_ERR_INVALID_ARGUMENT, e == a ? "start" : "end", " was never recorded");
+            }
+            float f = 0;
+            std::string err;
+            cuda_check(a->device_impl->cuda->event_elapsed_ms(a->device_impl->ordinal, a->cuda_event, b->cuda_event, &f, &err), err);
+            *ms = f;
+            return;
+        }
         std::chrono::steady_clock::time_point ta, tb;
         {
             std::lock_guard<std::mutex> lock(a->state->mu);
@@ -439,11 +644,13 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op 
                          sw_buffer bias, uint64_t bias_offset, sw_epilogue epilogue) {
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
-        if (dtype != SW_DTYPE_F32) {
-            dtype_size_checked(dtype, "dtype");
+        const bool on_cuda = s->device_impl->is_cuda();
+        const size_t esz = dtype_size_checked(dtype, "dtype");
+        if (!on_cuda && dtype != SW_DTYPE_F32)
             fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype),
                  ": the CPU backend computes GEMM in float32 only (SW_DTYPE_F32)");
-        }
+        if (on_cuda && dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F16 && dtype != SW_DTYPE_BF16)
+            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": CUDA GEMM takes f32, f16 or bf16");
         if (trans_a != SW_OP_N && trans_a != SW_OP_T)
             fail(SW_ERR_INVALID_ARGUMENT, "trans_a = ", static_cast<int>(trans_a), "; expected SW_OP_N or SW_OP_T");
         if (trans_b != SW_OP_N && trans_b != SW_OP_T)
@@ -457,43 +664,72 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op 
             fail(SW_ERR_INVALID_ARGUMENT, "alpha = ", alpha, ", beta = ", beta, "; expected finite values");
         auto* bc = checked(c, "c");
         require_same_device(bc, s, "c");
-        cpu::SgemmArgs args;
-        args.trans_a = trans_a == SW_OP_T;
-        args.trans_b = trans_b == SW_OP_T;
-        args.m = m;
-        args.n = n;
-        args.k = k;
-        args.alpha = alpha;
-        args.beta = beta;
+        const bool ta = trans_a == SW_OP_T, tb = trans_b == SW_OP_T;
+        const void* pa = nullptr;
+        const void* pb = nullptr;
         std::shared_ptr<Storage> keep_a, keep_b, keep_bias;
         if (k > 0) {
             auto* ba = checked(a, "a");
             auto* bb = checked(b, "b");
             require_same_device(ba, s, "a");
             require_same_device(bb, s, "b");
-            const std::string shape_a = args.trans_a ? str("k x m = ", k, " x ", m, ", trans_a = T")
-                                                     : str("m x k = ", m, " x ", k, ", trans_a = N");
-            const std::string shape_b = args.trans_b ? str("n x k = ", n, " x ", k, ", trans_b = T")
-                                                     : str("k x n = ", k, " x ", n, ", trans_b = N");
-            args.a = gemm_operand(ba, a_offset, args.trans_a ? k : m, args.trans_a ? m : k, lda, "a", "lda", shape_a);
-            args.b = gemm_operand(bb, b_offset, args.trans_b ? n : k, args.trans_b ? k : n, ldb, "b", "ldb", shape_b);
-            args.lda = lda;
-            args.ldb = ldb;
+            const std::string shape_a = ta ? str("k x m = ", k, " x ", m, ", trans_a = T") : str("m x k = ", m, " x ", k, ", trans_a = N");
+            const std::string shape_b = tb ? str("n x k = ", n, " x ", k, ", trans_b = T") : str("k x n = ", k, " x ", n, ", trans_b = N");
+            pa = gemm_operand(ba, a_offset, ta ? k : m, ta ? m : k, lda, esz, "a", "lda", shape_a);
+            pb = gemm_operand(bb, b_offset, tb ? n : k, tb ? k : n, ldb, esz, "b", "ldb", shape_b);
             keep_a = ba->storage;
             keep_b = bb->storage;
         }
-        if (ldc < n)
-            fail(SW_ERR_INVALID_ARGUMENT, "ldc = ", ldc, " is smaller than n = ", n, "; expected ldc >= ", n);
-        args.c = reinterpret_cast<float*>(buffer_span(bc, c_offset, matrix_extent(m, n, ldc), 4, "c"));
-        args.ldc = ldc;
+        if (ldc < n) fail(SW_ERR_INVALID_ARGUMENT, "ldc = ", ldc, " is smaller than n = ", n, "; expected ldc >= ", n);
+        void* pc = buffer_span(bc, c_offset, matrix_extent(m, n, ldc), esz, "c");
+        const void* pbias = nullptr;
         if (bias) {
             auto* bb = checked(bias, "bias");
             require_same_device(bb, s, "bias");
-            args.bias = reinterpret_cast<const float*>(buffer_span(bb, bias_offset, static_cast<uint64_t>(n), 4, "bias"));
+            pbias = buffer_span(bb, bias_offset, static_cast<uint64_t>(n), esz, "bias");
             keep_bias = bb->storage;
         }
-        args.gelu = epilogue == SW_EPILOGUE_GELU;
         auto dev = s->device_impl;
+        if (on_cuda) {
+            cuda::GemmDesc d;
+            d.a_type = dtype;
+            d.c_type = dtype;
+            d.trans_a = ta;
+            d.trans_b = tb;
+            d.m = m;
+            d.n = n;
+            d.k = k;
+            d.alpha = alpha;
+            d.beta = beta;
+            d.a = pa;
+            d.lda = lda;
+            d.b = pb;
+            d.ldb = ldb;
+            d.c = pc;
+            d.ldc = ldc;
+            d.bias = pbias;
+            d.epilogue = epilogue;
+            d.algo = static_cast<cuda::GemmAlgo>(dev->kernel.load());
+            std::string err;
+            cuda_check(dev->cuda->gemm(dev->ordinal, &d, s->cuda_stream, &err), err);
+            return;
+        }
+        cpu::SgemmArgs args;
+        args.trans_a = ta;
+        args.trans_b = tb;
+        args.m = m;
+        args.n = n;
+        args.k = k;
+        args.alpha = alpha;
+        args.beta = beta;
+        args.a = static_cast<const float*>(pa);
+        args.lda = lda;
+        args.b = static_cast<const float*>(pb);
+        args.ldb = ldb;
+        args.c = static_cast<float*>(pc);
+        args.ldc = ldc;
+        args.bias = static_cast<const float*>(pbias);
+        args.gelu = epilogue == SW_EPILOGUE_GELU;
         const auto kernel = static_cast<cpu::Kernel>(dev->kernel.load());
         s->impl->enqueue([args, kernel, dev, keep_a, keep_b, keep_c = bc->storage, keep_bias] {
             cpu::sgemm(args, kernel, *dev->pool);

@@ -40,7 +40,13 @@ const char* handle_kind_name(HandleKind kind) {
 }
 
 Storage::~Storage() {
-    if (owned && ptr) std::free(ptr);
+    if (!owned || !ptr) return;
+    if (cuda) {
+        std::string err;
+        cuda->free_device(ordinal, ptr, &err); // a destructor cannot report: the error is dropped
+    } else {
+        std::free(ptr);
+    }
 }
 
 char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem_size, const char* name) {

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "cpu/gemm.h"
+#include "cuda/cuda_plugin.h"
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 
@@ -34,15 +35,21 @@ struct DeviceImpl {
     int32_t ordinal = 0;
     int32_t num_threads = 1;
     std::string name;
-    std::unique_ptr<cpu::ThreadPool> pool;
-    std::atomic<int> kernel{static_cast<int>(cpu::Kernel::Auto)};
+    std::unique_ptr<cpu::ThreadPool> pool;  // CPU: the compute threads
+    const cuda::PluginApi* cuda = nullptr;  // CUDA: the loaded backend plugin
+    // CPU: a cpu::Kernel; CUDA: a cuda::GemmAlgo.
+    std::atomic<int> kernel{0};
     std::atomic<int64_t> children{0}; // buffers, streams, events, communicator memberships
+
+    bool is_cuda() const { return backend == SW_BACKEND_CUDA; }
 };
 
 struct Storage {
     void* ptr = nullptr;
     uint64_t bytes = 0;
     bool owned = false;
+    const cuda::PluginApi* cuda = nullptr; // set for CUDA device memory
+    int32_t ordinal = 0;
     ~Storage();
 };
 
@@ -61,7 +68,14 @@ struct sw_buffer_s {
 struct sw_stream_s {
     sw_device device = nullptr;
     std::shared_ptr<sw::DeviceImpl> device_impl;
+    // CPU: runs all of the stream's work. CUDA: runs the host side of collectives, in stream order.
     std::unique_ptr<sw::cpu::Stream> impl;
+    void* cuda_stream = nullptr;   // CUDA: the cudaStream_t
+    bool owns_cuda_stream = false; // false for a wrapped external stream
+    // CUDA: a mapped pinned word the host raises when a collective's host side is done (see comm).
+    uint32_t* flag_host = nullptr;
+    uint32_t* flag_device = nullptr;
+    uint32_t flag_target = 0;
 };
 
 namespace sw {
@@ -77,7 +91,8 @@ struct EventState {
 struct sw_event_s {
     sw_device device = nullptr;
     std::shared_ptr<sw::DeviceImpl> device_impl;
-    std::shared_ptr<sw::EventState> state;
+    std::shared_ptr<sw::EventState> state; // CPU
+    void* cuda_event = nullptr;            // CUDA: the cudaEvent_t
 };
 
 namespace sw {

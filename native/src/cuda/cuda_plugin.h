@@ -1,0 +1,111 @@
+// Interface between the core (libshardwise) and the CUDA backend (libshardwise_cuda), which the core loads
+// at run time with dlopen. Keeping CUDA out of the core means libshardwise loads on machines without a CUDA
+// driver or runtime, and asking for CUDA devices there gives 0 devices instead of a loader error.
+//
+// Both libraries are built from this tree in one CMake build, so the interface is C++ (same libstdc++), but
+// nothing throws across it: every function returns sw_status and, on failure, writes a message naming the
+// argument or the CUDA/cuBLAS call and its error string into *err.
+// No CUDA type appears here: streams and events are cudaStream_t / cudaEvent_t passed as void*.
+#pragma once
+#include "shardwise.h"
+
+#include <cstdint>
+#include <string>
+
+namespace sw::cuda {
+
+constexpr int32_t kPluginAbi = 1;
+
+enum class GemmAlgo : int32_t {
+    Auto = 0,        // cuBLASLt
+    CublasLt = 1,
+    HandWritten = 2, // tiled tensor-core kernel (mma.sync; wgmma on sm_90a builds); bf16/fp16 only
+};
+
+// Row-major GEMM: C[m,n] = epilogue(alpha * op(A) op(B) + beta * C + bias[n]), all pointers device memory
+// of `ordinal` (or peer-accessible). a/b/c/bias element type: a_type for A and B, c_type for C and bias.
+// Supported combinations: (F32, F32) [compute fp32, or tf32 when allow_tf32], (F16, F16), (BF16, BF16),
+// (F16, F32), (BF16, F32) — fp32 accumulation throughout.
+struct GemmDesc {
+    sw_dtype a_type = SW_DTYPE_F32;
+    sw_dtype c_type = SW_DTYPE_F32;
+    bool trans_a = false, trans_b = false;
+    int64_t m = 0, n = 0, k = 0;
+    float alpha = 1.0f, beta = 0.0f;
+    const void* a = nullptr; int64_t lda = 0;
+    const void* b = nullptr; int64_t ldb = 0;
+    void* c = nullptr; int64_t ldc = 0;
+    const void* bias = nullptr; // n elements of c_type, or null
+    sw_epilogue epilogue = SW_EPILOGUE_NONE;
+    GemmAlgo algo = GemmAlgo::Auto;
+    bool allow_tf32 = false;
+};
+
+struct PluginApi {
+    int32_t abi; // kPluginAbi
+
+    // Version strings: CUDA runtime, driver, cuBLASLt (for docs/gpu-validation.md and errors).
+    sw_status (*versions)(std::string* out, std::string* err);
+
+    // ---- devices
+    sw_status (*device_count)(int32_t* count, std::string* err); // no driver / no GPU: *count = 0, SW_OK
+    sw_status (*device_info)(int32_t ordinal, sw_device_info* info, std::string* err);
+    sw_status (*enable_peer_access)(int32_t ordinal, int32_t peer, int32_t* enabled, std::string* err);
+
+    // ---- memory
+    sw_status (*malloc_device)(int32_t ordinal, uint64_t bytes, void** ptr, std::string* err);
+    sw_status (*free_device)(int32_t ordinal, void* ptr, std::string* err);
+    // Pinned host memory, mapped into the device address space (cudaHostAllocMapped | Portable).
+    sw_status (*malloc_host)(uint64_t bytes, void** host_ptr, void** device_ptr, std::string* err);
+    sw_status (*free_host)(void* host_ptr, std::string* err);
+    // Does ptr point to memory of this device (cudaPointerGetAttributes)? For wrapping external memory.
+    sw_status (*pointer_device)(const void* ptr, int32_t* ordinal, std::string* err); // -1 if host/unknown
+
+    // ---- streams and events (cudaStream_t / cudaEvent_t as void*)
+    sw_status (*stream_create)(int32_t ordinal, void** stream, std::string* err); // non-blocking stream
+    sw_status (*stream_destroy)(int32_t ordinal, void* stream, std::string* err);
+    sw_status (*stream_synchronize)(int32_t ordinal, void* stream, std::string* err);
+    sw_status (*stream_wait_event)(int32_t ordinal, void* stream, void* event, std::string* err);
+    sw_status (*event_create)(int32_t ordinal, void** event, std::string* err); // timing enabled
+    sw_status (*event_destroy)(int32_t ordinal, void* event, std::string* err);
+    sw_status (*event_record)(int32_t ordinal, void* event, void* stream, std::string* err);
+    sw_status (*event_synchronize)(int32_t ordinal, void* event, std::string* err);
+    sw_status (*event_query)(int32_t ordinal, void* event, int32_t* done, std::string* err);
+    sw_status (*event_elapsed_ms)(int32_t ordinal, void* start, void* end, float* ms, std::string* err);
+
+    // ---- asynchronous work on a stream (all in stream order, all checked)
+    // Any direction (cudaMemcpyDefault: unified addressing); host memory should be pinned for async.
+    sw_status (*memcpy_async)(int32_t ordinal, void* dst, const void* src, uint64_t bytes, void* stream,
+                              std::string* err);
+    sw_status (*memset_async)(int32_t ordinal, void* dst, uint8_t value, uint64_t bytes, void* stream,
+                              std::string* err);
+    sw_status (*gemm)(int32_t ordinal, const GemmDesc* desc, void* stream, std::string* err);
+
+    // Layout kernel: copies a rows x cols block (elem_size bytes per element) from src (leading dimension
+    // ld_src elements) to dst (ld_dst). Used to place an all-gathered shard at its column offset.
+    sw_status (*copy_2d)(int32_t ordinal, void* dst, int64_t ld_dst, const void* src, int64_t ld_src, int64_t rows,
+                         int64_t cols, int32_t elem_size, void* stream, std::string* err);
+    // dst[d][i] = sum_{s < nsrc} src[s][i] (summed in order s = 0..nsrc-1, fp32 accumulation for f16/bf16)
+    // for i < count, written to every one of the ndst destinations. srcs/dsts are host arrays of device
+    // pointers (copied by the call). A destination may be one of the sources (in place): each element is
+    // read from every source before it is written. Used by the in-process all-reduce and reduce-scatter.
+    sw_status (*reduce_sum)(int32_t ordinal, sw_dtype dtype, const void* const* srcs, int32_t nsrc,
+                            void* const* dsts, int32_t ndst, uint64_t count, void* stream, std::string* err);
+    // dst[i] = (dst_type) src[i]; round to nearest even.
+    sw_status (*convert)(int32_t ordinal, sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst,
+                         uint64_t count, void* stream, std::string* err);
+    // y[i][j] = epilogue(y[i][j] + bias[j]) in place, rows x cols with leading dimension ld (elements of dtype).
+    sw_status (*bias_act)(int32_t ordinal, sw_dtype dtype, void* y, int64_t ld, int64_t rows, int64_t cols,
+                          const void* bias, sw_epilogue epilogue, void* stream, std::string* err);
+    // Blocks `stream` until (int32_t)(*flag - target) >= 0, i.e. the flag has reached `target` (wrap-safe).
+    // `device_flag` is the device address of a word of mapped pinned host memory (see malloc_host); the host
+    // raises the word monotonically from another thread. This is how a host-side collective rendezvous is
+    // ordered into a CUDA stream. A 1-thread kernel that polls (volatile, system scope) with a back-off.
+    sw_status (*stream_wait_flag)(int32_t ordinal, volatile uint32_t* device_flag, uint32_t target, void* stream,
+                                  std::string* err);
+};
+
+} // namespace sw::cuda
+
+// Exported by libshardwise_cuda; the core looks it up with dlsym.
+extern "C" SW_API const sw::cuda::PluginApi* sw_cuda_plugin_api(void);

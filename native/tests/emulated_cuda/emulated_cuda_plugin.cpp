@@ -1,0 +1,194 @@
+// A host-memory emulation of the CUDA backend plugin (cuda_plugin.h), for testing the core's CUDA paths —
+// device dispatch, streams and events, stream wrapping, collectives ordered into streams through the
+// wait-flag protocol — on machines without a GPU. It is a test double: it runs nothing on a GPU and
+// proves nothing about the real plugin (libshardwise_cuda), which needs a GPU machine.
+//
+// "Device memory" is host memory; a "cudaStream_t" is a sw::cpu::Stream (an in-order worker thread);
+// an "event" is a marker with a generation counter; stream_wait_flag queues a task that polls the flag.
+#include "cuda/cuda_plugin.h"
+#include "cpu/stream.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using sw::cpu::Stream;
+
+struct Event {
+    std::mutex mu;
+    std::condition_variable cv;
+    uint64_t recorded = 0, completed = 0;
+    std::chrono::steady_clock::time_point time{};
+};
+
+Stream* S(void* s) { return static_cast<Stream*>(s); }
+
+sw_status fail(std::string* err, const char* what) {
+    if (err) *err = what;
+    return SW_ERR_INVALID_ARGUMENT;
+}
+
+sw_status versions(std::string* out, std::string*) { *out = "emulated (host memory, no GPU)"; return SW_OK; }
+sw_status device_count(int32_t* n, std::string*) { *n = 1; return SW_OK; }
+sw_status device_info(int32_t ordinal, sw_device_info* info, std::string* err) {
+    if (ordinal != 0) return fail(err, "emulated: ordinal out of range");
+    std::memset(info, 0, sizeof *info);
+    info->backend = SW_BACKEND_CUDA;
+    info->num_threads = 1;
+    info->total_memory_bytes = 1ull << 30;
+    std::strcpy(info->name, "Emulated CUDA device (host memory)");
+    return SW_OK;
+}
+sw_status enable_peer(int32_t, int32_t, int32_t* enabled, std::string*) { *enabled = 1; return SW_OK; }
+sw_status malloc_device(int32_t, uint64_t bytes, void** p, std::string* err) {
+    *p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    return *p ? SW_OK : (err ? (*err = "emulated: out of memory", SW_ERR_OUT_OF_MEMORY) : SW_ERR_OUT_OF_MEMORY);
+}
+sw_status free_device(int32_t, void* p, std::string*) { std::free(p); return SW_OK; }
+sw_status malloc_host(uint64_t bytes, void** host, void** device, std::string*) {
+    *host = *device = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    return SW_OK;
+}
+sw_status free_host(void* p, std::string*) { std::free(p); return SW_OK; }
+sw_status pointer_device(const void*, int32_t* ordinal, std::string*) { *ordinal = 0; return SW_OK; }
+sw_status stream_create(int32_t, void** s, std::string*) { *s = new Stream(); return SW_OK; }
+sw_status stream_destroy(int32_t, void* s, std::string*) { delete S(s); return SW_OK; }
+sw_status stream_synchronize(int32_t, void* s, std::string* err) {
+    std::string m;
+    const sw_status st = S(s)->synchronize(&m);
+    if (st != SW_OK && err) *err = m;
+    return st;
+}
+sw_status event_create(int32_t, void** e, std::string*) { *e = new Event(); return SW_OK; }
+sw_status event_destroy(int32_t, void* e, std::string*) { delete static_cast<Event*>(e); return SW_OK; }
+sw_status event_record(int32_t, void* ev, void* s, std::string*) {
+    auto* e = static_cast<Event*>(ev);
+    uint64_t gen;
+    {
+        std::lock_guard<std::mutex> l(e->mu);
+        gen = ++e->recorded;
+    }
+    S(s)->enqueue([e, gen] {
+        std::lock_guard<std::mutex> l(e->mu);
+        e->completed = gen;
+        e->time = std::chrono::steady_clock::now();
+        e->cv.notify_all();
+    }, true);
+    return SW_OK;
+}
+sw_status event_synchronize(int32_t, void* ev, std::string*) {
+    auto* e = static_cast<Event*>(ev);
+    std::unique_lock<std::mutex> l(e->mu);
+    const uint64_t gen = e->recorded;
+    e->cv.wait(l, [&] { return e->completed >= gen; });
+    return SW_OK;
+}
+sw_status event_query(int32_t, void* ev, int32_t* done, std::string*) {
+    auto* e = static_cast<Event*>(ev);
+    std::lock_guard<std::mutex> l(e->mu);
+    *done = e->completed >= e->recorded;
+    return SW_OK;
+}
+sw_status event_elapsed(int32_t, void* a, void* b, float* ms, std::string*) {
+    *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(b)->time - static_cast<Event*>(a)->time).count();
+    return SW_OK;
+}
+sw_status stream_wait_event(int32_t, void* s, void* ev, std::string*) {
+    auto* e = static_cast<Event*>(ev);
+    uint64_t gen;
+    {
+        std::lock_guard<std::mutex> l(e->mu);
+        gen = e->recorded;
+    }
+    S(s)->enqueue([e, gen] {
+        std::unique_lock<std::mutex> l(e->mu);
+        e->cv.wait(l, [&] { return e->completed >= gen; });
+    }, true);
+    return SW_OK;
+}
+sw_status memcpy_async(int32_t, void* dst, const void* src, uint64_t bytes, void* s, std::string*) {
+    S(s)->enqueue([=] { std::memmove(dst, src, bytes); });
+    return SW_OK;
+}
+sw_status memset_async(int32_t, void* dst, uint8_t v, uint64_t bytes, void* s, std::string*) {
+    S(s)->enqueue([=] { std::memset(dst, v, bytes); });
+    return SW_OK;
+}
+sw_status gemm(int32_t, const sw::cuda::GemmDesc* d, void* s, std::string* err) {
+    if (d->a_type != SW_DTYPE_F32 || d->c_type != SW_DTYPE_F32) return fail(err, "emulated GEMM: f32 only");
+    const sw::cuda::GemmDesc g = *d;
+    S(s)->enqueue([g] {
+        auto* c = static_cast<float*>(g.c);
+        auto* a = static_cast<const float*>(g.a);
+        auto* b = static_cast<const float*>(g.b);
+        for (int64_t i = 0; i < g.m; ++i)
+            for (int64_t j = 0; j < g.n; ++j) {
+                double acc = 0;
+                for (int64_t p = 0; p < g.k; ++p)
+                    acc += double(g.trans_a ? a[p * g.lda + i] : a[i * g.lda + p]) *
+                           double(g.trans_b ? b[j * g.ldb + p] : b[p * g.ldb + j]);
+                double v = g.alpha * acc + (g.beta != 0 ? g.beta * double(c[i * g.ldc + j]) : 0.0);
+                if (g.bias) v += static_cast<const float*>(g.bias)[j];
+                if (g.epilogue == SW_EPILOGUE_GELU) v = 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+                c[i * g.ldc + j] = static_cast<float>(v);
+            }
+    });
+    return SW_OK;
+}
+sw_status copy_2d(int32_t, void* dst, int64_t ldd, const void* src, int64_t lds, int64_t rows, int64_t cols, int32_t esz,
+                  void* s, std::string*) {
+    S(s)->enqueue([=] {
+        for (int64_t i = 0; i < rows; ++i)
+            std::memmove(static_cast<char*>(dst) + i * ldd * esz, static_cast<const char*>(src) + i * lds * esz, cols * esz);
+    });
+    return SW_OK;
+}
+sw_status reduce_sum(int32_t, sw_dtype t, const void* const* srcs, int32_t nsrc, void* const* dsts, int32_t ndst,
+                     uint64_t count, void* s, std::string* err) {
+    if (t != SW_DTYPE_F32) return fail(err, "emulated reduce_sum: f32 only");
+    std::vector<const float*> src(nsrc);
+    std::vector<float*> dst(ndst);
+    for (int i = 0; i < nsrc; ++i) src[i] = static_cast<const float*>(srcs[i]);
+    for (int i = 0; i < ndst; ++i) dst[i] = static_cast<float*>(dsts[i]);
+    S(s)->enqueue([=] {
+        for (uint64_t i = 0; i < count; ++i) {
+            float acc = src[0][i];
+            for (size_t q = 1; q < src.size(); ++q) acc += src[q][i];
+            for (float* d : dst) d[i] = acc;
+        }
+    });
+    return SW_OK;
+}
+sw_status convert(int32_t, sw_dtype, const void*, sw_dtype, void*, uint64_t, void*, std::string* err) {
+    return fail(err, "emulated: convert not emulated");
+}
+sw_status bias_act(int32_t, sw_dtype, void*, int64_t, int64_t, int64_t, const void*, sw_epilogue, void*, std::string* err) {
+    return fail(err, "emulated: bias_act not emulated");
+}
+sw_status wait_flag(int32_t, volatile uint32_t* flag, uint32_t target, void* s, std::string*) {
+    uint32_t* f = const_cast<uint32_t*>(flag);
+    S(s)->enqueue([f, target] {
+        while (static_cast<int32_t>(__atomic_load_n(f, __ATOMIC_ACQUIRE) - target) < 0)
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }, true);
+    return SW_OK;
+}
+
+const sw::cuda::PluginApi kApi = {
+    sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
+    free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
+    event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
+    copy_2d, reduce_sum, convert, bias_act, wait_flag,
+};
+
+} // namespace
+
+extern "C" SW_API const sw::cuda::PluginApi* sw_cuda_plugin_api(void) { return &kApi; }
