@@ -131,6 +131,25 @@ public class DeviceTests(Backend backend) : BackendTest(backend)
     }
 
     [Test]
+    public void NativeStreamsAreWrappedOnlyWhereTheBackendHasThem()
+    {
+        if (Backend == Backend.Cpu)
+        {
+            Assert.That(Str.NativeHandle, Is.EqualTo((nint)0));
+            Assert.That(() => Shardwise.Parallel.Stream.Wrap(Dev, 0), Throws.InstanceOf<ShardwiseUnsupportedException>().With.Message.Contains("CPU"));
+            return;
+        }
+        var native = Str.NativeHandle;
+        Assert.That(native, Is.Not.EqualTo((nint)0));
+        using (var wrapped = Shardwise.Parallel.Stream.Wrap(Dev, native))
+        {
+            Assert.That(wrapped.NativeHandle, Is.EqualTo(native));
+            wrapped.Synchronize();
+        }
+        Assert.DoesNotThrow(() => Str.Synchronize(), "disposing the wrapper left the native stream alive");
+    }
+
+    [Test]
     public void AnAsyncErrorIsReportedOnceAndTheStreamRecovers()
     {
         using var group = ProcessGroup.CreateLocal(Dev, 2, TimeSpan.FromMilliseconds(100));

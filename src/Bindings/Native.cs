@@ -45,6 +45,8 @@ public static unsafe partial class Native
 
     // ---------------------------------------------------------------- streams and events
     [LibraryImport(Lib)] public static partial SwStatus sw_stream_create(DeviceHandle device, out StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_stream_wrap(DeviceHandle device, nint nativeStream, out StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_stream_get_native(StreamHandle stream, out nint nativeStream);
     [LibraryImport(Lib)] public static partial SwStatus sw_stream_destroy(nint stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_stream_synchronize(StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_stream_wait_event(StreamHandle stream, EventHandle evt);

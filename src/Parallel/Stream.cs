@@ -17,6 +17,35 @@ public sealed class Stream : IDisposable
         _handle.SetParents(device.Handle);
     }
 
+    private Stream(Device device, StreamHandle handle)
+    {
+        Device = device;
+        _handle = handle;
+        _handle.SetParents(device.Handle);
+    }
+
+    /// <summary>
+    /// Wraps another framework's native stream (a <c>cudaStream_t</c>, e.g. TorchSharp's current stream) without
+    /// taking ownership: Shardwise work queued on the result is ordered with the framework's own work.
+    /// Disposing the wrapper never destroys the native stream. Not available on the CPU backend.
+    /// </summary>
+    public static Stream Wrap(Device device, nint nativeStream)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ThrowHelper.Check(Native.sw_stream_wrap(device.Handle, nativeStream, out var h), nameof(Native.sw_stream_wrap));
+        return new Stream(device, h);
+    }
+
+    /// <summary>The native stream (<c>cudaStream_t</c>) behind this stream, or 0 on the CPU backend.</summary>
+    public nint NativeHandle
+    {
+        get
+        {
+            ThrowHelper.Check(Native.sw_stream_get_native(Handle, out var p), nameof(Native.sw_stream_get_native));
+            return p;
+        }
+    }
+
     /// <summary>The device the stream runs on.</summary>
     public Device Device { get; }
 
