@@ -17,7 +17,9 @@
     (run), e.g. ./build.ps1 test --filter 'FullyQualifiedName~Smoke' or ./build.ps1 bench --filter '*'.
 
     Environment: CONFIGURATION (Release), SHARDWISE_BUILD_DIR (build/native), SHARDWISE_JOBS (cores),
-    SHARDWISE_SKIP_DEPS=1 (skip the dependency step), SHARDWISE_CTEST_TIMEOUT (900 s per native check).
+    SHARDWISE_SKIP_DEPS=1 (skip the dependency step), SHARDWISE_CTEST_TIMEOUT (900 s per native check),
+    SHARDWISE_INSTALL_CUDA=1 (Linux: the deps step installs Debian's CUDA toolkit and clang-14 when nvcc is
+    missing, so that the CUDA plugin is compiled without a GPU; as build.sh).
     On Windows the native library is shardwise.dll and multi-config generators are handled
     (cmake --build --config, ctest -C).
 #>
@@ -89,11 +91,72 @@ function Install-Deps {
             Invoke-Checked $apt[0] (@($apt | Select-Object -Skip 1) + @('install', '-y', '-qq', '--no-install-recommends') + $missing)
         }
     }
+    Install-CudaToolkit
     foreach ($tool in 'cmake', 'ctest', 'dotnet') {
         if (-not (Test-Command $tool)) { throw "'$tool' not found (Linux: $AptPackages; .NET 10 SDK for dotnet)" }
     }
     $sdk = & dotnet --version 2>$null
     if ($LASTEXITCODE -ne 0 -or [int]($sdk -split '\.')[0] -lt 10) { throw 'no .NET SDK 10.0 or later matching global.json' }
+}
+
+# ------------------------------------------------------------------------------------------ CUDA toolkit (opt-in)
+# As build.sh's cuda_deps: SHARDWISE_INSTALL_CUDA=1 (Linux) and no nvcc (or nvcc 11 without clang-14): install
+# Debian's nvidia-cuda-toolkit (contrib/non-free; the archive source is added unless some source already has
+# both components) and clang-14, which CMakeLists.txt uses as nvcc 11.8's host compiler. Idempotent.
+$CudaAptSource = '/etc/apt/sources.list.d/shardwise-cuda.sources'
+function Install-CudaToolkit {
+    if ($env:SHARDWISE_INSTALL_CUDA -ne '1' -or $OnWindows) { return }
+    if (Test-Command 'nvcc') {
+        if (Test-Command 'clang++-14') { return }
+        $release = & nvcc --version 2>$null | Select-String -Pattern 'release (\d+)\.' | Select-Object -First 1
+        if ($release -and [int]$release.Matches[0].Groups[1].Value -ge 12) { return }
+    }
+    if (-not (Test-Command 'apt-get')) { throw 'SHARDWISE_INSTALL_CUDA=1 needs apt-get (Debian)' }
+    $sudo = @()
+    if ((& id -u) -ne '0') {
+        if (-not (Test-Command 'sudo')) { throw 'SHARDWISE_INSTALL_CUDA=1: not root (no sudo)' }
+        $sudo = @('sudo')
+    }
+    Write-Step 'CUDA toolkit (SHARDWISE_INSTALL_CUDA=1): nvidia-cuda-toolkit, clang-14'
+    $sources = @('/etc/apt/sources.list') + @(Get-ChildItem -Path '/etc/apt/sources.list.d' -File -ErrorAction SilentlyContinue |
+            Where-Object { $_.Name -match '\.(list|sources)$' } | ForEach-Object { $_.FullName })
+    $hasComponents = $false
+    foreach ($file in $sources) {
+        if (-not (Test-Path -LiteralPath $file -PathType Leaf)) { continue }
+        foreach ($line in Get-Content -LiteralPath $file) {
+            if ($line -notmatch '^\s*#' -and $line -match '(^|\s)contrib(\s|$)' -and $line -match '(^|\s)non-free(\s|$)') {
+                $hasComponents = $true
+            }
+        }
+    }
+    if (-not $hasComponents) {
+        $os = @{}
+        if (Test-Path -LiteralPath '/etc/os-release') {
+            foreach ($line in Get-Content -LiteralPath '/etc/os-release') {
+                if ($line -match '^([A-Z_]+)=(.*)$') { $os[$Matches[1]] = $Matches[2].Trim('"') }
+            }
+        }
+        # Debian only (elsewhere, e.g. Ubuntu's multiverse, the package's component is left to the system).
+        if ($os['ID'] -eq 'debian' -and $os['VERSION_CODENAME']) {
+            $codename = $os['VERSION_CODENAME']
+            $text = "Types: deb`nURIs: http://deb.debian.org/debian`nSuites: $codename $codename-updates`n" +
+                "Components: contrib non-free`nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg`n"
+            if ($sudo.Count -gt 0) {
+                $text | & sudo tee $CudaAptSource > $null
+                if ($LASTEXITCODE -ne 0) { throw "cannot write $CudaAptSource" }
+            } else {
+                [System.IO.File]::WriteAllText($CudaAptSource, $text)
+            }
+        }
+    }
+    $apt = $sudo + @('env', 'DEBIAN_FRONTEND=noninteractive', 'apt-get')
+    Invoke-Checked $apt[0] (@($apt | Select-Object -Skip 1) + @('update', '-qq'))
+    $pkgs = @('nvidia-cuda-toolkit')
+    # clang-14 only where the archive has it (newer releases ship an nvcc that accepts their g++).
+    & apt-cache show clang-14 *> $null
+    if ($LASTEXITCODE -eq 0) { $pkgs += 'clang-14' }
+    Invoke-Checked $apt[0] (@($apt | Select-Object -Skip 1) + @('install', '-y', '-qq', '--no-install-recommends') + $pkgs)
+    if (-not (Test-Command 'nvcc')) { throw "SHARDWISE_INSTALL_CUDA=1: nvcc still missing after installing $pkgs" }
 }
 
 # ------------------------------------------------------------------------------------------ native

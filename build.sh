@@ -18,6 +18,9 @@
 #   SHARDWISE_BUILD_DIR  CMake build folder (default build/native); the library lands in DIR/lib
 #   SHARDWISE_JOBS       parallel native build jobs (default: number of cores)
 #   SHARDWISE_SKIP_DEPS  set to 1 to skip the dependency check/install step
+#   SHARDWISE_INSTALL_CUDA  set to 1 to let the deps step install Debian's CUDA toolkit (nvidia-cuda-toolkit,
+#                        from contrib/non-free) and clang-14 when nvcc is missing, so that the CUDA plugin is
+#                        compiled even without a GPU (.ci/run sets it)
 #   SHARDWISE_CTEST_TIMEOUT  per native check timeout in seconds (default 900)
 set -euo pipefail
 
@@ -71,6 +74,7 @@ deps() {
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
         "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
+    cuda_deps
     local tool
     for tool in cmake ctest c++; do
         command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found (install: ${APT_PACKAGES[*]})"
@@ -80,6 +84,51 @@ deps() {
     local sdk
     sdk="$(dotnet --version 2>/dev/null)" || die "no .NET SDK matching global.json (need 10.0 or later)"
     [[ "${sdk%%.*}" -ge 10 ]] || die ".NET SDK $sdk is too old (need 10.0 or later)"
+}
+
+# ------------------------------------------------------------------------------------------ CUDA toolkit (opt-in)
+# SHARDWISE_INSTALL_CUDA=1 and no nvcc: install Debian's nvidia-cuda-toolkit (contrib/non-free; the archive
+# source is added unless some source already has both components) and clang-14, which CMakeLists.txt uses as
+# nvcc 11.8's host compiler (it rejects g++ 12). No GPU or driver is needed to compile. Idempotent.
+CUDA_APT_SOURCE=/etc/apt/sources.list.d/shardwise-cuda.sources
+cuda_deps() {
+    [[ "${SHARDWISE_INSTALL_CUDA:-0}" == 1 ]] || return 0
+    if command -v nvcc >/dev/null 2>&1; then
+        # Present. nvcc 11.x also needs clang-14 (see above); 12 and later take the system g++.
+        command -v clang++-14 >/dev/null 2>&1 && return 0
+        [[ "$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\)\..*/\1/p')" -ge 12 ]] 2>/dev/null && return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "SHARDWISE_INSTALL_CUDA=1 needs apt-get (Debian)"
+    local sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+        command -v sudo >/dev/null 2>&1 || die "SHARDWISE_INSTALL_CUDA=1: not root (no sudo)"
+        sudo=(sudo)
+    fi
+    step "CUDA toolkit (SHARDWISE_INSTALL_CUDA=1): nvidia-cuda-toolkit, clang-14"
+    local files=() f
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
+        [[ -f "$f" ]] && files+=("$f")
+    done
+    # A source line (one-line or deb822 "Components:") that names both contrib and non-free?
+    if ! ((${#files[@]})) || ! awk '!/^[ \t]*#/ && /(^|[ \t])contrib([ \t]|$)/ && /(^|[ \t])non-free([ \t]|$)/ { found = 1 }
+                                   END { exit !found }' "${files[@]}"; then
+        local id="" codename=""
+        if [[ -r /etc/os-release ]]; then
+            id="$(. /etc/os-release && echo "${ID:-}")"
+            codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+        fi
+        # Debian only (elsewhere, e.g. Ubuntu's multiverse, the package's component is left to the system).
+        if [[ "$id" == debian && -n "$codename" ]]; then
+            printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+                "$codename" "$codename" | "${sudo[@]}" tee "$CUDA_APT_SOURCE" >/dev/null
+        fi
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    local pkgs=(nvidia-cuda-toolkit)
+    # clang-14 only where the archive has it (newer releases ship an nvcc that accepts their g++).
+    if apt-cache show clang-14 >/dev/null 2>&1; then pkgs+=(clang-14); fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+    command -v nvcc >/dev/null 2>&1 || die "SHARDWISE_INSTALL_CUDA=1: nvcc still missing after installing ${pkgs[*]}"
 }
 
 # ------------------------------------------------------------------------------------------ native

@@ -1,0 +1,99 @@
+// Internal declarations shared by the translation units of the CUDA plugin (libshardwise_cuda).
+// Not part of any interface: the core only sees cuda_plugin.h.
+//
+// Error model inside the plugin: helpers throw sw::Error (core/error.h, header-only parts); every PluginApi
+// entry point (plugin.cpp) catches everything and turns it into a status plus a message. Kernel launchers in
+// the .cu files never throw: they return the cudaError_t of the launch, and their arguments have been
+// validated by the caller (plugin.cpp / gemm_cublaslt.cpp).
+#pragma once
+#include "core/error.h"
+#include "cuda/cuda_plugin.h"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+namespace sw::cuda {
+
+// ------------------------------------------------------------------------------------------ errors
+// Throws sw::Error naming `call` when status != cudaSuccess (SW_ERR_OUT_OF_MEMORY for allocation failures,
+// SW_ERR_BACKEND otherwise), after clearing the runtime's per-thread last error so that it is not reported
+// again by an unrelated later launch.
+void check_cuda(cudaError_t status, const char* call);
+// "cudaErrorMemoryAllocation (out of memory)".
+std::string cuda_error_text(cudaError_t status);
+
+// ------------------------------------------------------------------------------------------ devices
+// Number of CUDA devices, determined once. 0 (never an error) when there is no driver or no device;
+// no_device_reason() then says why.
+int32_t device_count();
+const std::string& no_device_reason();
+// Throws SW_ERR_NOT_FOUND unless 0 <= ordinal < device_count().
+void require_device(int32_t ordinal);
+// require_device + cudaSetDevice(ordinal) on the calling thread.
+void set_device(int32_t ordinal);
+// Compute capability of a device as major * 10 + minor (80 for sm_80), cached per device.
+int compute_capability(int32_t ordinal);
+
+// ------------------------------------------------------------------------------------------ helpers
+// Largest power of two (capped at `cap`) that divides the address.
+inline uint32_t pointer_alignment(const void* p, uint32_t cap = 16) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+    uint32_t a = 1;
+    while (a < cap && (v % (2u * a)) == 0) a *= 2;
+    return a;
+}
+// Bytes per element of the dtypes the plugin handles (0 otherwise).
+inline uint32_t dtype_bytes(sw_dtype t) {
+    switch (t) {
+    case SW_DTYPE_F32: return 4;
+    case SW_DTYPE_F64: return 8;
+    case SW_DTYPE_F16: return 2;
+    case SW_DTYPE_BF16: return 2;
+    case SW_DTYPE_I32: return 4;
+    case SW_DTYPE_U8: return 1;
+    }
+    return 0;
+}
+const char* dtype_name(sw_dtype t);
+
+// ------------------------------------------------------------------------------------------ kernels.cu
+// Maximum number of sources and of destinations of one reduce_sum call (pointers travel as kernel parameters).
+constexpr int32_t kMaxReducePointers = 64;
+
+// dst/src: rows x cols elements of elem_size bytes, leading dimensions in elements. Both must be accessible
+// from the current device (device memory of it, or mapped host memory). rows, cols >= 1.
+cudaError_t launch_copy_2d(void* dst, int64_t ld_dst, const void* src, int64_t ld_src, int64_t rows, int64_t cols,
+                           int32_t elem_size, cudaStream_t stream);
+// dtype one of F32, F64, I32, F16, BF16; 1 <= nsrc, ndst <= kMaxReducePointers; count >= 1.
+cudaError_t launch_reduce_sum(sw_dtype dtype, const void* const* srcs, int32_t nsrc, void* const* dsts, int32_t ndst,
+                              uint64_t count, cudaStream_t stream);
+// src_type, dst_type in F32, F64, F16, BF16 and different; count >= 1.
+cudaError_t launch_convert(sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst, uint64_t count,
+                           cudaStream_t stream);
+// y[i][j] = act(beta * y[i][j] + bias[j]) with y not read when beta == 0 (then y = act(bias[j]) or act(0)).
+// dtype in F32, F64, F16, BF16; bias may be null; rows, cols >= 1. bias_act is beta = 1, GEMM with k == 0 is
+// this with the GEMM's beta.
+cudaError_t launch_scale_bias_act(sw_dtype dtype, void* y, int64_t ld, int64_t rows, int64_t cols, float beta,
+                                  const void* bias, bool gelu, cudaStream_t stream);
+// One-thread kernel that spins (with __nanosleep back-off) until (int32_t)(*flag - target) >= 0.
+cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream);
+
+// ------------------------------------------------------------------------------------------ gemm_mma.cu
+// Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+). desc validated: a_type F16/BF16, c_type = a_type
+// or F32, m, n, k >= 1, leading dimensions valid, grid limits checked (mma_gemm_supported_shape).
+cudaError_t launch_mma_gemm(const GemmDesc& desc, cudaStream_t stream);
+// Empty string when the kernel can take this shape, else why not.
+std::string mma_gemm_shape_problem(int64_t m, int64_t n);
+
+// ------------------------------------------------------------------------------------------ gemm_cublaslt.cpp
+// cuBLASLt GEMM; desc validated by the caller, k >= 1, current device = ordinal. Throws on failure;
+// SW_ERR_UNSUPPORTED when cuBLASLt offers no algorithm for the problem.
+void cublaslt_gemm(int32_t ordinal, const GemmDesc& desc, cudaStream_t stream);
+// Frees what the GEMM path keeps per stream (the cuBLASLt workspace). The stream must be idle.
+void release_stream_resources(int32_t ordinal, cudaStream_t stream);
+// "cuBLASLt 11.11.3".
+std::string cublaslt_version();
+
+} // namespace sw::cuda

@@ -1,0 +1,406 @@
+// Element-wise and data-movement kernels of the CUDA plugin: copy_2d (layout), reduce_sum, convert,
+// scale/bias/GeLU epilogue and the stream wait-flag kernel. Launchers return the launch status; their
+// arguments were validated by the caller (see common.h).
+#include "cuda/common.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace sw::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+// Grid-stride loops: enough blocks to fill any current GPU several times over, few enough to stay cheap.
+constexpr int64_t kMaxBlocks = 4096;
+
+inline unsigned blocks_for(uint64_t work, int64_t per_block = kThreads) {
+    const uint64_t b = (work + static_cast<uint64_t>(per_block) - 1) / static_cast<uint64_t>(per_block);
+    return static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(b, kMaxBlocks)));
+}
+
+// ------------------------------------------------------------------------------------------ element access
+// 16-bit types are handled as raw bits (uint16_t) in memory and converted with the CUDA intrinsics, which
+// round to nearest even (the *_rn variants).
+struct F16 {};
+struct BF16 {};
+
+template <class T> struct Storage { using type = T; };
+template <> struct Storage<F16> { using type = uint16_t; };
+template <> struct Storage<BF16> { using type = uint16_t; };
+
+// Compute type: float for f32/f16/bf16, double for f64.
+template <class T> struct Compute { using type = float; };
+template <> struct Compute<double> { using type = double; };
+
+__device__ __forceinline__ float f16_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ uint16_t float_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t h) { return __bfloat162float(__ushort_as_bfloat16(h)); }
+__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+
+template <class T> struct Elem;
+template <> struct Elem<float> {
+    __device__ static float to_float(float v) { return v; }
+    __device__ static double to_double(float v) { return v; }
+    __device__ static float from_float(float v) { return v; }
+};
+template <> struct Elem<double> {
+    __device__ static double to_double(double v) { return v; }
+    __device__ static double from_double(double v) { return v; }
+};
+template <> struct Elem<F16> {
+    __device__ static float to_float(uint16_t v) { return f16_bits_to_float(v); }
+    __device__ static double to_double(uint16_t v) { return f16_bits_to_float(v); }
+    __device__ static uint16_t from_float(float v) { return float_to_f16_bits(v); }
+};
+template <> struct Elem<BF16> {
+    __device__ static float to_float(uint16_t v) { return bf16_bits_to_float(v); }
+    __device__ static double to_double(uint16_t v) { return bf16_bits_to_float(v); }
+    __device__ static uint16_t from_float(float v) { return float_to_bf16_bits(v); }
+};
+
+// GeLU, tanh approximation, as the CPU backend: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+__device__ __forceinline__ float gelu(float x) {
+    const float kSqrt2OverPi = 0.7978845608028654f;
+    const float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+__device__ __forceinline__ double gelu(double x) {
+    const double kSqrt2OverPi = 0.7978845608028654;
+    const double u = kSqrt2OverPi * (x + 0.044715 * x * x * x);
+    return 0.5 * x * (1.0 + tanh(u));
+}
+
+// ================================================================================================ copy_2d
+// Copies rows x width units of U (1, 2, 4, 8 or 16 bytes); pitches in units. Rows over gridDim.y, units of a
+// row over x (grid-stride in both).
+template <class U>
+__global__ void copy_2d_kernel(U* dst, int64_t dpitch, const U* src, int64_t spitch, int64_t rows, int64_t width) {
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        U* d = dst + r * dpitch;
+        const U* s = src + r * spitch;
+        for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < width;
+             c += static_cast<int64_t>(gridDim.x) * blockDim.x)
+            d[c] = s[c];
+    }
+}
+
+template <class U>
+cudaError_t copy_2d_as(void* dst, int64_t dpitch_bytes, const void* src, int64_t spitch_bytes, int64_t rows,
+                       int64_t width_bytes, cudaStream_t stream) {
+    const int64_t u = static_cast<int64_t>(sizeof(U));
+    const int64_t width = width_bytes / u;
+    const unsigned gx = blocks_for(static_cast<uint64_t>(width));
+    const unsigned gy = static_cast<unsigned>(std::min<int64_t>(rows, 65535));
+    copy_2d_kernel<U><<<dim3(gx, gy), kThreads, 0, stream>>>(static_cast<U*>(dst), dpitch_bytes / u,
+                                                              static_cast<const U*>(src), spitch_bytes / u, rows,
+                                                              width);
+    return cudaGetLastError();
+}
+
+// ================================================================================================ reduce_sum
+struct ReducePointers {
+    const void* src[kMaxReducePointers];
+    void* dst[kMaxReducePointers];
+    int32_t nsrc;
+    int32_t ndst;
+};
+
+// Accumulator of one element: the storage type for f32/f64, uint32_t for i32 (wrap-around defined), float
+// for f16/bf16. Summed in source order 0..nsrc-1.
+template <class T> struct Acc;
+template <> struct Acc<float> {
+    using S = float; using A = float;
+    __device__ static A load(S v) { return v; }
+    __device__ static S store(A v) { return v; }
+};
+template <> struct Acc<double> {
+    using S = double; using A = double;
+    __device__ static A load(S v) { return v; }
+    __device__ static S store(A v) { return v; }
+};
+template <> struct Acc<int32_t> {
+    using S = int32_t; using A = uint32_t;
+    __device__ static A load(S v) { return static_cast<uint32_t>(v); }
+    // uint32_t -> int32_t is modular (two's complement) with every CUDA compiler; no signed overflow occurs.
+    __device__ static S store(A v) { return static_cast<int32_t>(v); }
+};
+template <> struct Acc<F16> {
+    using S = uint16_t; using A = float;
+    __device__ static A load(S v) { return f16_bits_to_float(v); }
+    __device__ static S store(A v) { return float_to_f16_bits(v); }
+};
+template <> struct Acc<BF16> {
+    using S = uint16_t; using A = float;
+    __device__ static A load(S v) { return bf16_bits_to_float(v); }
+    __device__ static S store(A v) { return float_to_bf16_bits(v); }
+};
+
+// Scalar path: element i by one thread (reads every source at i, then writes every destination at i, so a
+// destination may be one of the sources).
+template <class T>
+__global__ void reduce_sum_kernel(ReducePointers p, uint64_t begin, uint64_t count) {
+    using S = typename Acc<T>::S;
+    using A = typename Acc<T>::A;
+    for (uint64_t i = begin + static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+        A acc = Acc<T>::load(static_cast<const S*>(p.src[0])[i]);
+        for (int32_t s = 1; s < p.nsrc; ++s) acc += Acc<T>::load(static_cast<const S*>(p.src[s])[i]);
+        const S out = Acc<T>::store(acc);
+        for (int32_t d = 0; d < p.ndst; ++d) static_cast<S*>(p.dst[d])[i] = out;
+    }
+}
+
+// Vector path (every pointer 16-byte aligned): 16 bytes per thread and step, same per-element arithmetic.
+// Elements [0, nvec * V) with V = 16 / sizeof(S); the caller runs the scalar kernel on the tail.
+template <class T>
+__global__ void reduce_sum_vec_kernel(ReducePointers p, uint64_t nvec) {
+    using S = typename Acc<T>::S;
+    using A = typename Acc<T>::A;
+    constexpr int V = static_cast<int>(16 / sizeof(S));
+    static_assert(V * sizeof(S) == sizeof(uint4), "16-byte packs");
+    for (uint64_t v = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < nvec;
+         v += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+        A acc[V];
+        S e[V];
+        uint4 raw = static_cast<const uint4*>(p.src[0])[v];
+        memcpy(e, &raw, sizeof raw); // register-to-register; no type punning through a union
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] = Acc<T>::load(e[j]);
+        for (int32_t s = 1; s < p.nsrc; ++s) {
+            raw = static_cast<const uint4*>(p.src[s])[v];
+            memcpy(e, &raw, sizeof raw);
+#pragma unroll
+            for (int j = 0; j < V; ++j) acc[j] += Acc<T>::load(e[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < V; ++j) e[j] = Acc<T>::store(acc[j]);
+        memcpy(&raw, e, sizeof raw);
+        for (int32_t d = 0; d < p.ndst; ++d) static_cast<uint4*>(p.dst[d])[v] = raw;
+    }
+}
+
+template <class T>
+cudaError_t reduce_sum_as(const ReducePointers& p, uint64_t count, cudaStream_t stream) {
+    using S = typename Acc<T>::S;
+    bool aligned = true;
+    for (int32_t s = 0; s < p.nsrc; ++s) aligned = aligned && pointer_alignment(p.src[s]) >= 16;
+    for (int32_t d = 0; d < p.ndst; ++d) aligned = aligned && pointer_alignment(p.dst[d]) >= 16;
+    uint64_t begin = 0;
+    if (aligned) {
+        const uint64_t per = 16 / sizeof(S);
+        const uint64_t nvec = count / per;
+        if (nvec > 0) {
+            reduce_sum_vec_kernel<T><<<blocks_for(nvec), kThreads, 0, stream>>>(p, nvec);
+            const cudaError_t st = cudaGetLastError();
+            if (st != cudaSuccess) return st;
+        }
+        begin = nvec * per;
+    }
+    if (begin < count) {
+        reduce_sum_kernel<T><<<blocks_for(count - begin), kThreads, 0, stream>>>(p, begin, count);
+        return cudaGetLastError();
+    }
+    return cudaSuccess;
+}
+
+// ================================================================================================ convert
+// Double to float rounded to odd (truncate, then set the last bit when inexact). Rounding that float once
+// more to a format with at least two fewer significand bits (f16: 11, bf16: 8 vs 24) gives the correctly
+// rounded (nearest even) result of the double: no double-rounding error. Overflow truncates to FLT_MAX (odd),
+// which then rounds to infinity as the double would; infinities and NaN pass through.
+__device__ __forceinline__ float double_to_float_round_odd(double d) {
+    float f = __double2float_rz(d);
+    if (d == d && static_cast<double>(f) != d) f = __uint_as_float(__float_as_uint(f) | 1u);
+    return f;
+}
+
+template <class Src, class Dst> struct Convert;
+// Same type: a plain copy (the launcher is only reached for different types; this keeps the dispatch total).
+template <class T> struct Convert<T, T> {
+    __device__ static typename Storage<T>::type run(typename Storage<T>::type v) { return v; }
+};
+// To float / double.
+template <> struct Convert<double, float> { __device__ static float run(double v) { return __double2float_rn(v); } };
+template <> struct Convert<F16, float> { __device__ static float run(uint16_t v) { return f16_bits_to_float(v); } };
+template <> struct Convert<BF16, float> { __device__ static float run(uint16_t v) { return bf16_bits_to_float(v); } };
+template <> struct Convert<float, double> { __device__ static double run(float v) { return v; } };
+template <> struct Convert<F16, double> { __device__ static double run(uint16_t v) { return f16_bits_to_float(v); } };
+template <> struct Convert<BF16, double> { __device__ static double run(uint16_t v) { return bf16_bits_to_float(v); } };
+// To f16 / bf16: from float directly (one rounding), from the other 16-bit type through float (exact), from
+// double through float rounded to odd.
+template <> struct Convert<float, F16> { __device__ static uint16_t run(float v) { return float_to_f16_bits(v); } };
+template <> struct Convert<BF16, F16> {
+    __device__ static uint16_t run(uint16_t v) { return float_to_f16_bits(bf16_bits_to_float(v)); }
+};
+template <> struct Convert<double, F16> {
+    __device__ static uint16_t run(double v) { return float_to_f16_bits(double_to_float_round_odd(v)); }
+};
+template <> struct Convert<float, BF16> { __device__ static uint16_t run(float v) { return float_to_bf16_bits(v); } };
+template <> struct Convert<F16, BF16> {
+    __device__ static uint16_t run(uint16_t v) { return float_to_bf16_bits(f16_bits_to_float(v)); }
+};
+template <> struct Convert<double, BF16> {
+    __device__ static uint16_t run(double v) { return float_to_bf16_bits(double_to_float_round_odd(v)); }
+};
+
+template <class Src, class Dst>
+__global__ void convert_kernel(const typename Storage<Src>::type* __restrict__ src,
+                               typename Storage<Dst>::type* __restrict__ dst, uint64_t count) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        dst[i] = Convert<Src, Dst>::run(src[i]);
+}
+
+template <class Src, class Dst>
+cudaError_t convert_as(const void* src, void* dst, uint64_t count, cudaStream_t stream) {
+    convert_kernel<Src, Dst><<<blocks_for(count), kThreads, 0, stream>>>(
+        static_cast<const typename Storage<Src>::type*>(src), static_cast<typename Storage<Dst>::type*>(dst), count);
+    return cudaGetLastError();
+}
+
+template <class Src>
+cudaError_t convert_from(const void* src, sw_dtype dst_type, void* dst, uint64_t count, cudaStream_t stream) {
+    switch (dst_type) {
+    case SW_DTYPE_F32: return convert_as<Src, float>(src, dst, count, stream);
+    case SW_DTYPE_F64: return convert_as<Src, double>(src, dst, count, stream);
+    case SW_DTYPE_F16: return convert_as<Src, F16>(src, dst, count, stream);
+    case SW_DTYPE_BF16: return convert_as<Src, BF16>(src, dst, count, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+// ================================================================================================ scale/bias/act
+// y = act(beta * y + bias[j]); y is not read when beta == 0. Computed in Compute<T> (float, or double for f64),
+// rounded once to T.
+template <class T>
+__global__ void scale_bias_act_kernel(typename Storage<T>::type* y, int64_t ld, int64_t rows, int64_t cols,
+                                      float beta, const typename Storage<T>::type* __restrict__ bias, int gelu_on) {
+    using C = typename Compute<T>::type;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        typename Storage<T>::type* row = y + r * ld;
+        for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < cols;
+             j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+            C v;
+            if constexpr (sizeof(C) == sizeof(double)) {
+                v = beta == 0.0f ? 0.0 : static_cast<double>(beta) * Elem<T>::to_double(row[j]);
+                if (bias) v += Elem<T>::to_double(bias[j]);
+                if (gelu_on) v = gelu(v);
+                row[j] = Elem<T>::from_double(v);
+            } else {
+                v = beta == 0.0f ? 0.0f : beta * Elem<T>::to_float(row[j]);
+                if (bias) v += Elem<T>::to_float(bias[j]);
+                if (gelu_on) v = gelu(v);
+                row[j] = Elem<T>::from_float(v);
+            }
+        }
+    }
+}
+
+template <class T>
+cudaError_t scale_bias_act_as(void* y, int64_t ld, int64_t rows, int64_t cols, float beta, const void* bias,
+                              bool gelu_on, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    const unsigned gx = blocks_for(static_cast<uint64_t>(cols));
+    const unsigned gy = static_cast<unsigned>(std::min<int64_t>(rows, 65535));
+    scale_bias_act_kernel<T><<<dim3(gx, gy), kThreads, 0, stream>>>(static_cast<S*>(y), ld, rows, cols, beta,
+                                                                     static_cast<const S*>(bias), gelu_on ? 1 : 0);
+    return cudaGetLastError();
+}
+
+// ================================================================================================ wait flag
+// One thread polls the flag (device-mapped pinned host memory, raised monotonically by a host thread) until
+// (int32_t)(*flag - target) >= 0, i.e. the flag has reached `target` modulo 2^32 (wrap-safe). Reads are
+// volatile with system scope (ld.volatile goes to memory each time); between reads an exponential back-off of
+// up to ~4 us, so that the poll does not flood the PCIe / NVLink-C2C link. The system-scope fence afterwards
+// orders the stream's later work after the host's writes that preceded the flag update.
+__device__ __forceinline__ bool flag_reached(uint32_t value, uint32_t target) {
+    return static_cast<int32_t>(value - target) >= 0; // unsigned difference, then two's complement: no UB
+}
+
+__global__ void wait_flag_kernel(const volatile uint32_t* flag, uint32_t target) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+    unsigned ns = 64;
+    while (!flag_reached(*flag, target)) {
+        __nanosleep(ns);
+        if (ns < 4096) ns *= 2;
+    }
+#else
+    while (!flag_reached(*flag, target)) {
+    }
+#endif
+    __threadfence_system();
+}
+
+} // namespace
+
+// ================================================================================================ launchers
+cudaError_t launch_copy_2d(void* dst, int64_t ld_dst, const void* src, int64_t ld_src, int64_t rows, int64_t cols,
+                           int32_t elem_size, cudaStream_t stream) {
+    const int64_t es = elem_size;
+    const int64_t dpitch = ld_dst * es, spitch = ld_src * es, width = cols * es;
+    // Widest unit that divides both addresses, both pitches and the row width.
+    const uintptr_t bits = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
+                           static_cast<uintptr_t>(dpitch) | static_cast<uintptr_t>(spitch) |
+                           static_cast<uintptr_t>(width);
+    (void)cudaGetLastError(); // a stale error of someone else's call must not be reported as this launch's
+    if (bits % 16 == 0) return copy_2d_as<uint4>(dst, dpitch, src, spitch, rows, width, stream);
+    if (bits % 8 == 0) return copy_2d_as<uint2>(dst, dpitch, src, spitch, rows, width, stream);
+    if (bits % 4 == 0) return copy_2d_as<uint32_t>(dst, dpitch, src, spitch, rows, width, stream);
+    if (bits % 2 == 0) return copy_2d_as<uint16_t>(dst, dpitch, src, spitch, rows, width, stream);
+    return copy_2d_as<uint8_t>(dst, dpitch, src, spitch, rows, width, stream);
+}
+
+cudaError_t launch_reduce_sum(sw_dtype dtype, const void* const* srcs, int32_t nsrc, void* const* dsts, int32_t ndst,
+                              uint64_t count, cudaStream_t stream) {
+    if (nsrc < 1 || nsrc > kMaxReducePointers || ndst < 1 || ndst > kMaxReducePointers) return cudaErrorInvalidValue;
+    ReducePointers p{};
+    for (int32_t s = 0; s < nsrc; ++s) p.src[s] = srcs[s];
+    for (int32_t d = 0; d < ndst; ++d) p.dst[d] = dsts[d];
+    p.nsrc = nsrc;
+    p.ndst = ndst;
+    (void)cudaGetLastError();
+    switch (dtype) {
+    case SW_DTYPE_F32: return reduce_sum_as<float>(p, count, stream);
+    case SW_DTYPE_F64: return reduce_sum_as<double>(p, count, stream);
+    case SW_DTYPE_I32: return reduce_sum_as<int32_t>(p, count, stream);
+    case SW_DTYPE_F16: return reduce_sum_as<F16>(p, count, stream);
+    case SW_DTYPE_BF16: return reduce_sum_as<BF16>(p, count, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_convert(sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst, uint64_t count,
+                           cudaStream_t stream) {
+    (void)cudaGetLastError();
+    switch (src_type) {
+    case SW_DTYPE_F32: return convert_from<float>(src, dst_type, dst, count, stream);
+    case SW_DTYPE_F64: return convert_from<double>(src, dst_type, dst, count, stream);
+    case SW_DTYPE_F16: return convert_from<F16>(src, dst_type, dst, count, stream);
+    case SW_DTYPE_BF16: return convert_from<BF16>(src, dst_type, dst, count, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_scale_bias_act(sw_dtype dtype, void* y, int64_t ld, int64_t rows, int64_t cols, float beta,
+                                  const void* bias, bool gelu_on, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    switch (dtype) {
+    case SW_DTYPE_F32: return scale_bias_act_as<float>(y, ld, rows, cols, beta, bias, gelu_on, stream);
+    case SW_DTYPE_F64: return scale_bias_act_as<double>(y, ld, rows, cols, beta, bias, gelu_on, stream);
+    case SW_DTYPE_F16: return scale_bias_act_as<F16>(y, ld, rows, cols, beta, bias, gelu_on, stream);
+    case SW_DTYPE_BF16: return scale_bias_act_as<BF16>(y, ld, rows, cols, beta, bias, gelu_on, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    wait_flag_kernel<<<1, 1, 0, stream>>>(flag, target);
+    return cudaGetLastError();
+}
+
+} // namespace sw::cuda

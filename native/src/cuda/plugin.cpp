@@ -1,0 +1,727 @@
+// libshardwise_cuda: the PluginApi table (cuda_plugin.h) and its host-side functions: versions, devices,
+// memory, streams, events, copies, argument checking and dispatch of the kernels and GEMMs.
+//
+// Conventions: every entry point runs its body through run(), which catches everything (nothing throws across
+// the plugin boundary) and writes "<function>: <message>" into *err. Every function that touches a device
+// first makes it current on the calling thread (set_device). Every CUDA status is checked.
+#include "core/index_math.h"
+#include "cuda/common.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <vector>
+
+namespace sw::cuda {
+
+// ================================================================================================ errors
+std::string cuda_error_text(cudaError_t status) {
+    const char* name = cudaGetErrorName(status);
+    const char* text = cudaGetErrorString(status);
+    return str(name ? name : "cudaError?", " (", text ? text : "?", ", code ", static_cast<int>(status), ")");
+}
+
+void check_cuda(cudaError_t status, const char* call) {
+    if (status == cudaSuccess) return;
+    (void)cudaGetLastError(); // clear the per-thread last error (sticky errors stay, as they must)
+    const sw_status st = status == cudaErrorMemoryAllocation ? SW_ERR_OUT_OF_MEMORY : SW_ERR_BACKEND;
+    fail(st, call, " failed: ", cuda_error_text(status));
+}
+
+const char* dtype_name(sw_dtype t) {
+    switch (t) {
+    case SW_DTYPE_F32: return "f32";
+    case SW_DTYPE_F64: return "f64";
+    case SW_DTYPE_F16: return "f16";
+    case SW_DTYPE_BF16: return "bf16";
+    case SW_DTYPE_I32: return "i32";
+    case SW_DTYPE_U8: return "u8";
+    }
+    return "unknown dtype";
+}
+
+// ================================================================================================ devices
+namespace {
+
+struct DeviceTable {
+    std::once_flag once;
+    int32_t count = 0;
+    std::string reason;          // why count is 0
+    std::vector<int> capability; // major * 10 + minor, 0 until queried
+    std::mutex mutex;            // guards capability
+};
+DeviceTable& devices() {
+    static DeviceTable* t = new DeviceTable(); // never destroyed: usable from other static destructors
+    return *t;
+}
+
+void init_devices(DeviceTable& t) {
+    int n = 0;
+    const cudaError_t st = cudaGetDeviceCount(&n);
+    if (st == cudaSuccess) {
+        t.count = std::max(n, 0);
+        if (t.count == 0) t.reason = "the CUDA runtime reports 0 devices";
+    } else {
+        (void)cudaGetLastError();
+        // No driver, no device or an unusable driver: report "no devices", never an error (cuda_plugin.h).
+        t.count = 0;
+        t.reason = str("cudaGetDeviceCount failed: ", cuda_error_text(st));
+    }
+    t.capability.assign(static_cast<size_t>(t.count), 0);
+}
+
+} // namespace
+
+int32_t device_count() {
+    DeviceTable& t = devices();
+    std::call_once(t.once, [&t] { init_devices(t); });
+    return t.count;
+}
+
+const std::string& no_device_reason() {
+    DeviceTable& t = devices();
+    std::call_once(t.once, [&t] { init_devices(t); });
+    return t.reason;
+}
+
+void require_device(int32_t ordinal) {
+    const int32_t n = device_count();
+    if (n == 0) fail(SW_ERR_NOT_FOUND, "no CUDA device (", no_device_reason(), ")");
+    if (ordinal < 0 || ordinal >= n)
+        fail(SW_ERR_NOT_FOUND, "CUDA device ordinal ", ordinal, " is out of range (", n, " device(s))");
+}
+
+void set_device(int32_t ordinal) {
+    require_device(ordinal);
+    check_cuda(cudaSetDevice(ordinal), "cudaSetDevice");
+}
+
+int compute_capability(int32_t ordinal) {
+    require_device(ordinal);
+    DeviceTable& t = devices();
+    {
+        std::lock_guard<std::mutex> lock(t.mutex);
+        if (t.capability[static_cast<size_t>(ordinal)] != 0) return t.capability[static_cast<size_t>(ordinal)];
+    }
+    int major = 0, minor = 0;
+    check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal), "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal), "cudaDeviceGetAttribute");
+    std::lock_guard<std::mutex> lock(t.mutex);
+    t.capability[static_cast<size_t>(ordinal)] = major * 10 + minor;
+    return major * 10 + minor;
+}
+
+// ================================================================================================ entry points
+namespace {
+
+void set_error(std::string* err, const char* fn, const std::string& message) noexcept {
+    if (!err) return;
+    try {
+        *err = str("cuda ", fn, ": ", message);
+    } catch (...) {
+        // Out of memory while reporting: leave *err as it is; the status still says what happened.
+    }
+}
+
+template <class Body>
+sw_status run(std::string* err, const char* fn, Body&& body) noexcept {
+    try {
+        body();
+        return SW_OK;
+    } catch (const Error& e) {
+        set_error(err, fn, e.message());
+        return e.status();
+    } catch (const std::bad_alloc&) {
+        set_error(err, fn, "out of host memory");
+        return SW_ERR_OUT_OF_MEMORY;
+    } catch (const std::exception& e) {
+        set_error(err, fn, str("internal error: ", e.what()));
+        return SW_ERR_INTERNAL;
+    } catch (...) {
+        set_error(err, fn, "internal error: unknown exception");
+        return SW_ERR_INTERNAL;
+    }
+}
+
+template <class T>
+T* need(T* p, const char* name) {
+    if (!p) fail(SW_ERR_NULL_HANDLE, name, " is NULL");
+    return p;
+}
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+cudaEvent_t as_event(void* e) { return static_cast<cudaEvent_t>(e); }
+
+void copy_name(char* dst, size_t capacity, const std::string& s) {
+    const size_t n = std::min(s.size(), capacity - 1);
+    std::memcpy(dst, s.data(), n);
+    dst[n] = '\0';
+}
+
+std::string version_text(int v) { // 11080 -> "11.8"
+    return str(v / 1000, ".", (v % 1000) / 10);
+}
+
+// Elements spanned by a rows x cols row-major matrix with leading dimension ld, or fail naming the matrix.
+// rows, cols >= 1 and ld >= 1 checked by the caller; guards against int64 overflow of (rows - 1) * ld + cols.
+uint64_t checked_extent(int64_t rows, int64_t cols, int64_t ld, uint32_t elem_bytes, const char* what) {
+    const int64_t max = std::numeric_limits<int64_t>::max();
+    if (rows - 1 > 0 && ld > (max - cols) / (rows - 1))
+        fail(SW_ERR_INVALID_ARGUMENT, what, ": ", rows, " x ", cols, " with leading dimension ", ld, " is too large");
+    const uint64_t elems = matrix_extent(rows, cols, ld);
+    if (elems > static_cast<uint64_t>(max) / elem_bytes)
+        fail(SW_ERR_INVALID_ARGUMENT, what, ": ", rows, " x ", cols, " with leading dimension ", ld, " is too large");
+    return elems;
+}
+
+// Can a kernel on `ordinal` dereference p? Device memory of that device, managed memory, or host memory mapped
+// into the device address space. Peer device memory is treated as not accessible (access may not be enabled).
+bool kernel_accessible(const void* p, int32_t ordinal) {
+    cudaPointerAttributes a;
+    std::memset(&a, 0, sizeof a);
+    const cudaError_t st = cudaPointerGetAttributes(&a, p);
+    if (st != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    switch (a.type) {
+    case cudaMemoryTypeDevice: return a.device == ordinal;
+    case cudaMemoryTypeManaged: return true;
+    case cudaMemoryTypeHost: return a.devicePointer == p; // mapped, and the device sees it at the same address
+    default: return false;                                 // unregistered (pageable) host memory
+    }
+}
+
+// ------------------------------------------------------------------------------------------ versions
+sw_status api_versions(std::string* out, std::string* err) {
+    return run(err, "versions", [&] {
+        need(out, "out");
+        // Both queries are informational: without a usable driver some runtimes fail them (reporting the
+        // initialization error), which must not make "versions" fail. Then: the runtime we were built
+        // against, and no driver version.
+        int rt = 0, drv = 0;
+        if (cudaRuntimeGetVersion(&rt) != cudaSuccess) {
+            (void)cudaGetLastError();
+            rt = CUDART_VERSION;
+        }
+        if (cudaDriverGetVersion(&drv) != cudaSuccess) {
+            (void)cudaGetLastError();
+            drv = 0;
+        }
+        std::string s = str("CUDA runtime ", version_text(rt), ", driver ", drv ? version_text(drv) : "none", ", ",
+                            cublaslt_version(), ", ", device_count(), " device(s)");
+        if (device_count() == 0) s += str(" (", no_device_reason(), ")");
+        *out = std::move(s);
+    });
+}
+
+// ------------------------------------------------------------------------------------------ devices
+sw_status api_device_count(int32_t* count, std::string* err) {
+    return run(err, "device_count", [&] { *need(count, "count") = device_count(); });
+}
+
+sw_status api_device_info(int32_t ordinal, sw_device_info* info, std::string* err) {
+    return run(err, "device_info", [&] {
+        need(info, "info");
+        require_device(ordinal);
+        cudaDeviceProp prop;
+        std::memset(&prop, 0, sizeof prop);
+        check_cuda(cudaGetDeviceProperties(&prop, ordinal), "cudaGetDeviceProperties");
+        std::memset(info, 0, sizeof *info);
+        info->backend = SW_BACKEND_CUDA;
+        info->ordinal = ordinal;
+        info->num_threads = prop.multiProcessorCount;
+        info->total_memory_bytes = static_cast<uint64_t>(prop.totalGlobalMem);
+        prop.name[sizeof prop.name - 1] = '\0';
+        copy_name(info->name, sizeof info->name,
+                  str(prop.name, " (sm_", prop.major, prop.minor, ", ", prop.multiProcessorCount, " SMs)"));
+        copy_name(info->kernel, sizeof info->kernel,
+                  str("cublaslt", prop.major >= 8 ? "+mma.sync" : "", " sm_", prop.major, prop.minor));
+    });
+}
+
+sw_status api_enable_peer_access(int32_t ordinal, int32_t peer, int32_t* enabled, std::string* err) {
+    return run(err, "enable_peer_access", [&] {
+        need(enabled, "enabled");
+        *enabled = 0;
+        require_device(ordinal);
+        require_device(peer);
+        if (ordinal == peer) {
+            *enabled = 1;
+            return;
+        }
+        int can = 0;
+        check_cuda(cudaDeviceCanAccessPeer(&can, ordinal, peer), "cudaDeviceCanAccessPeer");
+        if (!can) return;
+        set_device(ordinal);
+        const cudaError_t st = cudaDeviceEnablePeerAccess(peer, 0);
+        if (st == cudaErrorPeerAccessAlreadyEnabled) {
+            (void)cudaGetLastError(); // not an error for us; do not leave it behind
+        } else {
+            check_cuda(st, "cudaDeviceEnablePeerAccess");
+        }
+        *enabled = 1;
+    });
+}
+
+// ------------------------------------------------------------------------------------------ memory
+sw_status api_malloc_device(int32_t ordinal, uint64_t bytes, void** ptr, std::string* err) {
+    return run(err, "malloc_device", [&] {
+        need(ptr, "ptr");
+        *ptr = nullptr;
+        if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes is 0; expected > 0");
+        if (bytes > std::numeric_limits<size_t>::max()) fail(SW_ERR_INVALID_ARGUMENT, "bytes ", bytes, " is too large");
+        set_device(ordinal);
+        void* p = nullptr;
+        const cudaError_t st = cudaMalloc(&p, static_cast<size_t>(bytes));
+        if (st != cudaSuccess) {
+            (void)cudaGetLastError();
+            size_t free_b = 0, total_b = 0;
+            if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) (void)cudaGetLastError();
+            fail(st == cudaErrorMemoryAllocation ? SW_ERR_OUT_OF_MEMORY : SW_ERR_BACKEND, "cudaMalloc of ", bytes,
+                 " bytes on device ", ordinal, " failed: ", cuda_error_text(st), " (", free_b, " of ", total_b,
+                 " bytes free)");
+        }
+        *ptr = p; // cudaMalloc memory is at least 256-byte aligned
+    });
+}
+
+sw_status api_free_device(int32_t ordinal, void* ptr, std::string* err) {
+    return run(err, "free_device", [&] {
+        if (!ptr) return;
+        set_device(ordinal);
+        check_cuda(cudaFree(ptr), "cudaFree");
+    });
+}
+
+sw_status api_malloc_host(uint64_t bytes, void** host_ptr, void** device_ptr, std::string* err) {
+    return run(err, "malloc_host", [&] {
+        need(host_ptr, "host_ptr");
+        need(device_ptr, "device_ptr");
+        *host_ptr = nullptr;
+        *device_ptr = nullptr;
+        if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes is 0; expected > 0");
+        if (bytes > std::numeric_limits<size_t>::max()) fail(SW_ERR_INVALID_ARGUMENT, "bytes ", bytes, " is too large");
+        if (device_count() == 0) fail(SW_ERR_NOT_FOUND, "no CUDA device (", no_device_reason(), ")");
+        void* h = nullptr;
+        check_cuda(cudaHostAlloc(&h, static_cast<size_t>(bytes), cudaHostAllocMapped | cudaHostAllocPortable),
+                   "cudaHostAlloc");
+        void* d = nullptr;
+        const cudaError_t st = cudaHostGetDevicePointer(&d, h, 0);
+        if (st != cudaSuccess) {
+            (void)cudaGetLastError();
+            (void)cudaFreeHost(h);
+            (void)cudaGetLastError();
+            check_cuda(st, "cudaHostGetDevicePointer");
+        }
+        *host_ptr = h;
+        *device_ptr = d;
+    });
+}
+
+sw_status api_free_host(void* host_ptr, std::string* err) {
+    return run(err, "free_host", [&] {
+        if (!host_ptr) return;
+        check_cuda(cudaFreeHost(host_ptr), "cudaFreeHost");
+    });
+}
+
+sw_status api_pointer_device(const void* ptr, int32_t* ordinal, std::string* err) {
+    return run(err, "pointer_device", [&] {
+        need(ordinal, "ordinal");
+        *ordinal = -1;
+        if (!ptr || device_count() == 0) return;
+        cudaPointerAttributes a;
+        std::memset(&a, 0, sizeof a);
+        const cudaError_t st = cudaPointerGetAttributes(&a, ptr);
+        if (st == cudaErrorInvalidValue) { // not a pointer CUDA knows about
+            (void)cudaGetLastError();
+            return;
+        }
+        check_cuda(st, "cudaPointerGetAttributes");
+        if (a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged) *ordinal = a.device;
+    });
+}
+
+// ------------------------------------------------------------------------------------------ streams
+sw_status api_stream_create(int32_t ordinal, void** stream, std::string* err) {
+    return run(err, "stream_create", [&] {
+        need(stream, "stream");
+        *stream = nullptr;
+        set_device(ordinal);
+        cudaStream_t s = nullptr;
+        check_cuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+        *stream = s;
+    });
+}
+
+sw_status api_stream_destroy(int32_t ordinal, void* stream, std::string* err) {
+    return run(err, "stream_destroy", [&] {
+        if (!stream) return;
+        set_device(ordinal);
+        const cudaStream_t s = as_stream(stream);
+        // Drain first: the stream's GEMM workspace is freed below. Destroy even when the drain reports an
+        // error (from earlier work), then report the first error.
+        const cudaError_t sync = cudaStreamSynchronize(s);
+        if (sync != cudaSuccess) (void)cudaGetLastError();
+        std::string release_error;
+        try {
+            release_stream_resources(ordinal, s);
+        } catch (const Error& e) {
+            release_error = e.message();
+        }
+        const cudaError_t destroy = cudaStreamDestroy(s);
+        check_cuda(sync, "cudaStreamSynchronize (before destroying the stream)");
+        if (!release_error.empty()) fail(SW_ERR_BACKEND, release_error);
+        check_cuda(destroy, "cudaStreamDestroy");
+    });
+}
+
+sw_status api_stream_synchronize(int32_t ordinal, void* stream, std::string* err) {
+    return run(err, "stream_synchronize", [&] {
+        set_device(ordinal);
+        check_cuda(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+    });
+}
+
+sw_status api_stream_wait_event(int32_t ordinal, void* stream, void* event, std::string* err) {
+    return run(err, "stream_wait_event", [&] {
+        need(event, "event");
+        set_device(ordinal);
+        check_cuda(cudaStreamWaitEvent(as_stream(stream), as_event(event), 0), "cudaStreamWaitEvent");
+    });
+}
+
+// ------------------------------------------------------------------------------------------ events
+sw_status api_event_create(int32_t ordinal, void** event, std::string* err) {
+    return run(err, "event_create", [&] {
+        need(event, "event");
+        *event = nullptr;
+        set_device(ordinal);
+        cudaEvent_t e = nullptr;
+        check_cuda(cudaEventCreateWithFlags(&e, cudaEventDefault), "cudaEventCreateWithFlags"); // timing enabled
+        *event = e;
+    });
+}
+
+sw_status api_event_destroy(int32_t ordinal, void* event, std::string* err) {
+    return run(err, "event_destroy", [&] {
+        if (!event) return;
+        set_device(ordinal);
+        check_cuda(cudaEventDestroy(as_event(event)), "cudaEventDestroy");
+    });
+}
+
+sw_status api_event_record(int32_t ordinal, void* event, void* stream, std::string* err) {
+    return run(err, "event_record", [&] {
+        need(event, "event");
+        set_device(ordinal);
+        check_cuda(cudaEventRecord(as_event(event), as_stream(stream)), "cudaEventRecord");
+    });
+}
+
+sw_status api_event_synchronize(int32_t ordinal, void* event, std::string* err) {
+    return run(err, "event_synchronize", [&] {
+        need(event, "event");
+        set_device(ordinal);
+        check_cuda(cudaEventSynchronize(as_event(event)), "cudaEventSynchronize");
+    });
+}
+
+sw_status api_event_query(int32_t ordinal, void* event, int32_t* done, std::string* err) {
+    return run(err, "event_query", [&] {
+        need(done, "done");
+        need(event, "event");
+        *done = 0;
+        set_device(ordinal);
+        const cudaError_t st = cudaEventQuery(as_event(event));
+        if (st == cudaErrorNotReady) {
+            (void)cudaGetLastError(); // "not yet" is not an error
+            return;
+        }
+        check_cuda(st, "cudaEventQuery");
+        *done = 1;
+    });
+}
+
+sw_status api_event_elapsed_ms(int32_t ordinal, void* start, void* end, float* ms, std::string* err) {
+    return run(err, "event_elapsed_ms", [&] {
+        need(ms, "ms");
+        need(start, "start");
+        need(end, "end");
+        *ms = 0.0f;
+        set_device(ordinal);
+        check_cuda(cudaEventElapsedTime(ms, as_event(start), as_event(end)), "cudaEventElapsedTime");
+    });
+}
+
+// ------------------------------------------------------------------------------------------ copies
+sw_status api_memcpy_async(int32_t ordinal, void* dst, const void* src, uint64_t bytes, void* stream,
+                           std::string* err) {
+    return run(err, "memcpy_async", [&] {
+        if (bytes == 0) return;
+        need(dst, "dst");
+        need(src, "src");
+        if (bytes > std::numeric_limits<size_t>::max()) fail(SW_ERR_INVALID_ARGUMENT, "bytes ", bytes, " is too large");
+        set_device(ordinal);
+        check_cuda(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDefault, as_stream(stream)),
+                   "cudaMemcpyAsync");
+    });
+}
+
+sw_status api_memset_async(int32_t ordinal, void* dst, uint8_t value, uint64_t bytes, void* stream,
+                           std::string* err) {
+    return run(err, "memset_async", [&] {
+        if (bytes == 0) return;
+        need(dst, "dst");
+        if (bytes > std::numeric_limits<size_t>::max()) fail(SW_ERR_INVALID_ARGUMENT, "bytes ", bytes, " is too large");
+        set_device(ordinal);
+        check_cuda(cudaMemsetAsync(dst, value, static_cast<size_t>(bytes), as_stream(stream)), "cudaMemsetAsync");
+    });
+}
+
+sw_status api_copy_2d(int32_t ordinal, void* dst, int64_t ld_dst, const void* src, int64_t ld_src, int64_t rows,
+                      int64_t cols, int32_t elem_size, void* stream, std::string* err) {
+    return run(err, "copy_2d", [&] {
+        if (rows < 0 || cols < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows (", rows, ") and cols (", cols, ") must be >= 0");
+        if (elem_size <= 0) fail(SW_ERR_INVALID_ARGUMENT, "elem_size is ", elem_size, "; expected > 0");
+        if (rows == 0 || cols == 0) return;
+        if (ld_dst < cols) fail(SW_ERR_INVALID_ARGUMENT, "ld_dst (", ld_dst, ") is less than cols (", cols, ")");
+        if (ld_src < cols) fail(SW_ERR_INVALID_ARGUMENT, "ld_src (", ld_src, ") is less than cols (", cols, ")");
+        need(dst, "dst");
+        need(src, "src");
+        const uint32_t es = static_cast<uint32_t>(elem_size);
+        checked_extent(rows, cols, ld_dst, es, "dst");
+        checked_extent(rows, cols, ld_src, es, "src");
+        set_device(ordinal);
+        const cudaStream_t s = as_stream(stream);
+        if (dst == src && ld_dst == ld_src) return; // copying a block onto itself
+        const size_t width = static_cast<size_t>(cols) * es;
+        const size_t dpitch = static_cast<size_t>(ld_dst) * es, spitch = static_cast<size_t>(ld_src) * es;
+        if (rows == 1 || (ld_dst == cols && ld_src == cols)) { // one contiguous block
+            check_cuda(cudaMemcpyAsync(dst, src, width * static_cast<size_t>(rows), cudaMemcpyDefault, s),
+                       "cudaMemcpyAsync");
+            return;
+        }
+        if (kernel_accessible(dst, ordinal) && kernel_accessible(src, ordinal)) {
+            check_cuda(launch_copy_2d(dst, ld_dst, src, ld_src, rows, cols, elem_size, s), "copy_2d kernel launch");
+            return;
+        }
+        // Peer, pageable host or otherwise not kernel-accessible memory: the copy engines (UVA).
+        const cudaError_t st =
+            cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, static_cast<size_t>(rows), cudaMemcpyDefault, s);
+        if (st != cudaErrorInvalidPitchValue) {
+            check_cuda(st, "cudaMemcpy2DAsync");
+            return;
+        }
+        (void)cudaGetLastError();
+        for (int64_t r = 0; r < rows; ++r) // pitches beyond the copy engines' limit: row by row
+            check_cuda(cudaMemcpyAsync(static_cast<char*>(dst) + static_cast<size_t>(r) * dpitch,
+                                       static_cast<const char*>(src) + static_cast<size_t>(r) * spitch, width,
+                                       cudaMemcpyDefault, s),
+                       "cudaMemcpyAsync");
+    });
+}
+
+// ------------------------------------------------------------------------------------------ kernels
+bool float_type(sw_dtype t) {
+    return t == SW_DTYPE_F32 || t == SW_DTYPE_F64 || t == SW_DTYPE_F16 || t == SW_DTYPE_BF16;
+}
+
+sw_status api_reduce_sum(int32_t ordinal, sw_dtype dtype, const void* const* srcs, int32_t nsrc, void* const* dsts,
+                         int32_t ndst, uint64_t count, void* stream, std::string* err) {
+    return run(err, "reduce_sum", [&] {
+        if (!float_type(dtype) && dtype != SW_DTYPE_I32)
+            fail(SW_ERR_UNSUPPORTED, "sum of dtype ", dtype_name(dtype), " is not supported");
+        if (nsrc < 1 || nsrc > kMaxReducePointers)
+            fail(SW_ERR_INVALID_ARGUMENT, "nsrc is ", nsrc, "; expected 1..", kMaxReducePointers);
+        if (ndst < 1 || ndst > kMaxReducePointers)
+            fail(SW_ERR_INVALID_ARGUMENT, "ndst is ", ndst, "; expected 1..", kMaxReducePointers);
+        need(srcs, "srcs");
+        need(dsts, "dsts");
+        for (int32_t i = 0; i < nsrc; ++i)
+            if (!srcs[i]) fail(SW_ERR_NULL_HANDLE, "srcs[", i, "] is NULL");
+        for (int32_t i = 0; i < ndst; ++i)
+            if (!dsts[i]) fail(SW_ERR_NULL_HANDLE, "dsts[", i, "] is NULL");
+        const uint64_t es = dtype_bytes(dtype);
+        if (count > std::numeric_limits<uint64_t>::max() / es) fail(SW_ERR_INVALID_ARGUMENT, "count ", count, " is too large");
+        set_device(ordinal);
+        if (count == 0) return;
+        check_cuda(launch_reduce_sum(dtype, srcs, nsrc, dsts, ndst, count, as_stream(stream)), "reduce_sum kernel launch");
+    });
+}
+
+sw_status api_convert(int32_t ordinal, sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst,
+                      uint64_t count, void* stream, std::string* err) {
+    return run(err, "convert", [&] {
+        if (!float_type(src_type) || !float_type(dst_type))
+            fail(SW_ERR_UNSUPPORTED, "conversion from ", dtype_name(src_type), " to ", dtype_name(dst_type),
+                 " is not supported (f32, f64, f16, bf16)");
+        const uint64_t es = std::max(dtype_bytes(src_type), dtype_bytes(dst_type));
+        if (count > std::numeric_limits<uint64_t>::max() / es) fail(SW_ERR_INVALID_ARGUMENT, "count ", count, " is too large");
+        set_device(ordinal);
+        if (count == 0) return;
+        need(src, "src");
+        need(dst, "dst");
+        const cudaStream_t s = as_stream(stream);
+        if (src_type == dst_type) {
+            if (src != dst)
+                check_cuda(cudaMemcpyAsync(dst, src, static_cast<size_t>(count * es), cudaMemcpyDefault, s),
+                           "cudaMemcpyAsync");
+            return;
+        }
+        check_cuda(launch_convert(src_type, src, dst_type, dst, count, s), "convert kernel launch");
+    });
+}
+
+sw_status api_bias_act(int32_t ordinal, sw_dtype dtype, void* y, int64_t ld, int64_t rows, int64_t cols,
+                       const void* bias, sw_epilogue epilogue, void* stream, std::string* err) {
+    return run(err, "bias_act", [&] {
+        if (!float_type(dtype)) fail(SW_ERR_UNSUPPORTED, "bias_act of dtype ", dtype_name(dtype), " is not supported");
+        if (epilogue != SW_EPILOGUE_NONE && epilogue != SW_EPILOGUE_GELU)
+            fail(SW_ERR_INVALID_ARGUMENT, "epilogue ", static_cast<int>(epilogue), " is not a sw_epilogue");
+        if (rows < 0 || cols < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows (", rows, ") and cols (", cols, ") must be >= 0");
+        set_device(ordinal);
+        if (rows == 0 || cols == 0) return;
+        if (!bias && epilogue == SW_EPILOGUE_NONE) return; // nothing to do
+        need(y, "y");
+        if (ld < cols) fail(SW_ERR_INVALID_ARGUMENT, "ld (", ld, ") is less than cols (", cols, ")");
+        checked_extent(rows, cols, ld, dtype_bytes(dtype), "y");
+        check_cuda(launch_scale_bias_act(dtype, y, ld, rows, cols, 1.0f, bias, epilogue == SW_EPILOGUE_GELU,
+                                         as_stream(stream)),
+                   "bias_act kernel launch");
+    });
+}
+
+sw_status api_stream_wait_flag(int32_t ordinal, volatile uint32_t* device_flag, uint32_t target, void* stream,
+                               std::string* err) {
+    return run(err, "stream_wait_flag", [&] {
+        if (!device_flag) fail(SW_ERR_NULL_HANDLE, "device_flag is NULL");
+        if (reinterpret_cast<uintptr_t>(device_flag) % alignof(uint32_t) != 0)
+            fail(SW_ERR_INVALID_ARGUMENT, "device_flag is not 4-byte aligned");
+        set_device(ordinal);
+        check_cuda(launch_wait_flag(device_flag, target, as_stream(stream)), "stream_wait_flag kernel launch");
+    });
+}
+
+// ------------------------------------------------------------------------------------------ gemm
+bool supported_combination(sw_dtype a, sw_dtype c) {
+    return (a == SW_DTYPE_F32 && c == SW_DTYPE_F32) || (a == SW_DTYPE_F16 && c == SW_DTYPE_F16) ||
+           (a == SW_DTYPE_BF16 && c == SW_DTYPE_BF16) || (a == SW_DTYPE_F16 && c == SW_DTYPE_F32) ||
+           (a == SW_DTYPE_BF16 && c == SW_DTYPE_F32);
+}
+
+void validate_gemm(const GemmDesc& d) {
+    if (!supported_combination(d.a_type, d.c_type))
+        fail(SW_ERR_UNSUPPORTED, "GEMM with A/B ", dtype_name(d.a_type), " and C ", dtype_name(d.c_type),
+             " is not supported (f32/f32, f16/f16, bf16/bf16, f16/f32, bf16/f32)");
+    if (d.m < 1 || d.n < 1 || d.k < 0)
+        fail(SW_ERR_INVALID_ARGUMENT, "m (", d.m, ") and n (", d.n, ") must be >= 1 and k (", d.k, ") >= 0");
+    if (d.epilogue != SW_EPILOGUE_NONE && d.epilogue != SW_EPILOGUE_GELU)
+        fail(SW_ERR_INVALID_ARGUMENT, "epilogue ", static_cast<int>(d.epilogue), " is not a sw_epilogue");
+    if (d.algo != GemmAlgo::Auto && d.algo != GemmAlgo::CublasLt && d.algo != GemmAlgo::HandWritten)
+        fail(SW_ERR_INVALID_ARGUMENT, "algo ", static_cast<int>(d.algo), " is not a GemmAlgo");
+    if (d.algo == GemmAlgo::HandWritten && d.a_type != SW_DTYPE_F16 && d.a_type != SW_DTYPE_BF16)
+        fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM takes f16 or bf16 inputs, not ", dtype_name(d.a_type));
+    need(d.c, "c");
+    if (d.ldc < d.n) fail(SW_ERR_INVALID_ARGUMENT, "ldc (", d.ldc, ") is less than n (", d.n, ")");
+    const uint32_t ab = dtype_bytes(d.a_type), cb = dtype_bytes(d.c_type);
+    checked_extent(d.m, d.n, d.ldc, cb, "C");
+    if (d.k > 0) {
+        need(d.a, "a");
+        need(d.b, "b");
+        const int64_t a_rows = d.trans_a ? d.k : d.m, a_cols = d.trans_a ? d.m : d.k;
+        const int64_t b_rows = d.trans_b ? d.n : d.k, b_cols = d.trans_b ? d.k : d.n;
+        if (d.lda < a_cols)
+            fail(SW_ERR_INVALID_ARGUMENT, "lda (", d.lda, ") is less than ", d.trans_a ? "m (" : "k (", a_cols, ")");
+        if (d.ldb < b_cols)
+            fail(SW_ERR_INVALID_ARGUMENT, "ldb (", d.ldb, ") is less than ", d.trans_b ? "k (" : "n (", b_cols, ")");
+        checked_extent(a_rows, a_cols, d.lda, ab, "A");
+        checked_extent(b_rows, b_cols, d.ldb, ab, "B");
+    }
+    // Element alignment (pointers come from element offsets; anything else is a caller bug).
+    if (reinterpret_cast<uintptr_t>(d.c) % cb != 0 || (d.bias && reinterpret_cast<uintptr_t>(d.bias) % cb != 0) ||
+        (d.k > 0 && (reinterpret_cast<uintptr_t>(d.a) % ab != 0 || reinterpret_cast<uintptr_t>(d.b) % ab != 0)))
+        fail(SW_ERR_INVALID_ARGUMENT, "a matrix or bias pointer is not aligned to its element size");
+}
+
+void mma_gemm(int32_t ordinal, const GemmDesc& d, cudaStream_t s) {
+    if (d.a_type != SW_DTYPE_F16 && d.a_type != SW_DTYPE_BF16)
+        fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM takes f16 or bf16 inputs, not ", dtype_name(d.a_type));
+    const int cc = compute_capability(ordinal);
+    if (cc < 80)
+        fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM needs compute capability 8.0 or later; device ", ordinal,
+             " has ", cc / 10, ".", cc % 10);
+    const std::string shape = mma_gemm_shape_problem(d.m, d.n);
+    if (!shape.empty()) fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM cannot take this shape: ", shape);
+    check_cuda(launch_mma_gemm(d, s), "hand-written GEMM kernel launch");
+}
+
+sw_status api_gemm(int32_t ordinal, const GemmDesc* desc, void* stream, std::string* err) {
+    return run(err, "gemm", [&] {
+        const GemmDesc& d = *need(desc, "desc");
+        validate_gemm(d);
+        set_device(ordinal);
+        const cudaStream_t s = as_stream(stream);
+        if (d.k == 0) { // C = act(beta * C + bias): no product
+            check_cuda(launch_scale_bias_act(d.c_type, d.c, d.ldc, d.m, d.n, d.beta, d.bias,
+                                             d.epilogue == SW_EPILOGUE_GELU, s),
+                       "GEMM (k = 0) epilogue kernel launch");
+            return;
+        }
+        switch (d.algo) {
+        case GemmAlgo::HandWritten: mma_gemm(ordinal, d, s); return;
+        case GemmAlgo::CublasLt: cublaslt_gemm(ordinal, d, s); return;
+        case GemmAlgo::Auto:
+            try {
+                cublaslt_gemm(ordinal, d, s);
+            } catch (const Error& e) {
+                // No cuBLASLt algorithm: the hand-written kernel when it can take the problem.
+                if (e.status() != SW_ERR_UNSUPPORTED || (d.a_type != SW_DTYPE_F16 && d.a_type != SW_DTYPE_BF16) ||
+                    compute_capability(ordinal) < 80 || !mma_gemm_shape_problem(d.m, d.n).empty())
+                    throw;
+                mma_gemm(ordinal, d, s);
+            }
+            return;
+        }
+    });
+}
+
+const PluginApi kApi = {
+    kPluginAbi,
+    api_versions,
+    api_device_count,
+    api_device_info,
+    api_enable_peer_access,
+    api_malloc_device,
+    api_free_device,
+    api_malloc_host,
+    api_free_host,
+    api_pointer_device,
+    api_stream_create,
+    api_stream_destroy,
+    api_stream_synchronize,
+    api_stream_wait_event,
+    api_event_create,
+    api_event_destroy,
+    api_event_record,
+    api_event_synchronize,
+    api_event_query,
+    api_event_elapsed_ms,
+    api_memcpy_async,
+    api_memset_async,
+    api_gemm,
+    api_copy_2d,
+    api_reduce_sum,
+    api_convert,
+    api_bias_act,
+    api_stream_wait_flag,
+};
+
+} // namespace
+} // namespace sw::cuda
+
+extern "C" SW_API const sw::cuda::PluginApi* sw_cuda_plugin_api(void) { return &sw::cuda::kApi; }
