@@ -9,6 +9,7 @@
                                   "N passed, N failed, N skipped" as its last line (NUnit + ctest)
     ./build.ps1 bench [args...]   deps, builds, then BenchmarkDotNet (bench exe `bench` + args)
     ./build.ps1 native            deps and the native library (CMake configure + build) only
+    ./build.ps1 gpu-bundle [OUT]  self-contained test + bench bundle for a CUDA machine (Linux; see build.sh)
     ./build.ps1 deps              install missing system packages only (Debian/Ubuntu; no-op elsewhere)
     ./build.ps1 clean             remove build outputs
     ./build.ps1 help              this list
@@ -294,6 +295,12 @@ try {
         'test' { Invoke-Test $Arguments }
         'bench' { Invoke-Run 'bench' $Arguments }
         'native' { Install-Deps; Build-Native }
+        'gpu-bundle' {
+            # Linux only: the bundle targets a Linux CUDA machine.
+            Install-Deps
+            & bash (Join-Path $Root 'scripts/gpu-bundle.sh') @Arguments
+            if ($LASTEXITCODE -ne 0) { throw "gpu-bundle failed ($LASTEXITCODE)" }
+        }
         'deps' { Install-Deps }
         'clean' { Invoke-Clean }
         { $_ -in 'help', '-h', '--help' } { Show-Help }

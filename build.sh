@@ -9,6 +9,8 @@
 #   ./build.sh bench [args...]     deps, builds, then BenchmarkDotNet (bench exe `bench` + args),
 #                                  e.g. --filter '*Gemm*' --job short, or --list flat
 #   ./build.sh native              deps and the native library (CMake configure + build) only
+#   ./build.sh gpu-bundle [OUT]    self-contained test + bench bundle for a CUDA machine without .NET
+#                                  (OUT/shardwise-gpu-bundle.tar.xz + OUT/gpu-run.sh; default OUT gpu-bundle/)
 #   ./build.sh deps                install missing system packages only
 #   ./build.sh clean               remove build outputs
 #   ./build.sh help                this list
@@ -299,6 +301,7 @@ case "$command" in
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
     native) cmd_native ;;
+    gpu-bundle) deps; exec bash "$ROOT/scripts/gpu-bundle.sh" "$@" ;;
     deps) deps ;;
     clean) cmd_clean ;;
     help | -h | --help) cmd_help ;;
