@@ -1,0 +1,540 @@
+// fp32 GEMM of the CPU backend: C = epilogue(alpha * op(A) op(B) + beta * C + bias).
+//
+// ------------------------------------------------------------------------------------------------
+// Blocking (Goto / BLIS style)
+// ------------------------------------------------------------------------------------------------
+// The work is split into tasks, each owning a rectangle [i0, i1) x [j0, j1) of C (see plan_tasks).
+// A task runs on one pool thread and packs what it needs into that thread's own 64-byte aligned
+// buffers (thread_local, grown on demand and reused, so steady-state calls do not allocate):
+//
+//   for jc in [j0, j1) step NC                       B panel columns
+//     for each k block [p0, p0 + kc)                 kc <= KC, a function of k only (KBlocks)
+//       pack B panel  op(B)[p0:p0+kc, jc:jc+nc]  -> micro-panels of NR columns, kc x NR each (L3)
+//       for ic in [i0, i1) step MC
+//         pack A block op(A)[ic:ic+mc, p0:p0+kc] -> micro-panels of MR rows,    MR x kc each (L2)
+//         for jr in nc step NR                       one B micro-panel stays in L1/L2 ...
+//           for ir in mc step MR                     ... while A micro-panels stream from L2
+//             micro-kernel: MR x NR register tile, kc FMAs per element, then the epilogue into C
+//
+// Tile shapes (see the kernel files): AVX-512 MR x NR = 14 x 32, KC = 512, MC = 168, NC = 4096 (the
+// 64 KiB B micro-panel lives in L2 next to the 336 KiB A block; a long KC halves the passes over C);
+// AVX2 6 x 16, KC = 256, MC = 144; generic 4 x 8. The micro-kernels get prefetch hints for the next
+// B micro-panel and the next C tile.
+//
+// Packing handles the transposes (a contiguous copy or a transposing copy, depending on the case;
+// the AVX-512 kernel brings SIMD transposing packs), so one micro-kernel serves NN, NT, TN and TT. Packed panels are zero padded to full MR / NR; edge
+// tiles run the full micro-kernel on a small temporary tile (valid part of C copied in and out), so
+// they use exactly the arithmetic of interior tiles (tiles with at most NR/2 valid columns use a
+// half-width kernel with the same per-element arithmetic where the ISA has one). When m <= MR and op(B) = B (not transposed), the
+// full-width B micro-panels are read in place instead of packed (every element of B is used once),
+// and for very few rows (GEMV-like) a wide few-row kernel with the same per-element arithmetic
+// streams B in chunks of several micro-panels.
+//
+// ------------------------------------------------------------------------------------------------
+// Determinism contract
+// ------------------------------------------------------------------------------------------------
+// C[i][j] must depend only on row i of op(A), column j of op(B), k, alpha, beta, the old C[i][j],
+// bias[j] and the kernel choice: never on m, n, (i, j), the task split or the thread count. Rules:
+//  1. The k blocks are a function of k (and of the kernel's KC) only: k is cut into
+//     nb = ceil(k / KC) nearly equal blocks (k_blocks). Never derived from m, n or the split.
+//  2. Within a k block, each output element has its own FMA chain acc = fma(a[p], b[p], acc) over
+//     p in increasing order, starting from 0. SIMD lanes are independent, so the lane (column
+//     position) and the row within the tile do not matter.
+//  3. Epilogue per k block (the micro-kernel does it, in registers):
+//       first block, beta == 0:  C = alpha * acc             (C is never read: NaN in C is ignored)
+//       first block, beta != 0:  C = fma(alpha, acc, beta * C)
+//       later blocks:            C = fma(alpha, acc, C)
+//       after the last block:    C = C + bias[j], then GeLU if requested
+//     except that a single k block with beta == 0 and a bias gives C = fma(alpha, acc, bias[j]).
+//     The SIMD kernels write every FMA explicitly (GCC would otherwise be free to contract some
+//     multiply + add pairs and not others); the generic kernel rounds each multiply and add
+//     separately. k == 0 runs one empty block (acc = 0), then bias and GeLU.
+//  4. Edge tiles use the same micro-kernel on zero-padded panels and a temporary tile, and the
+//     in-place B path reads the same values the packed path would, so neither changes any bit.
+// ------------------------------------------------------------------------------------------------
+#include "cpu/gemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <functional>
+#include <new>
+
+#include "cpu/gemm_kernels.h"
+#include "cpu/thread_pool.h"
+
+namespace sw::cpu {
+
+using namespace gemm_detail;
+
+// ================================================================================================
+// Kernel selection
+// ================================================================================================
+
+namespace {
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const bool ok = have_x86_kernels() && __builtin_cpu_supports("avx512f") &&
+                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma");
+    return ok;
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const bool ok =
+        have_x86_kernels() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return ok;
+#else
+    return false;
+#endif
+}
+
+KernelInfo kernel_info(Kernel k) {
+    switch (resolve_kernel(k)) {
+    case Kernel::Avx512: return kernel_info_avx512();
+    case Kernel::Avx2: return kernel_info_avx2();
+    default: return kernel_info_generic();
+    }
+}
+
+} // namespace
+
+bool kernel_supported(Kernel k) {
+    switch (k) {
+    case Kernel::Auto:
+    case Kernel::Generic: return true;
+    case Kernel::Avx512: return cpu_has_avx512();
+    case Kernel::Avx2: return cpu_has_avx2();
+    }
+    return false;
+}
+
+Kernel resolve_kernel(Kernel k) {
+    if (k != Kernel::Auto) return k;
+    if (cpu_has_avx512()) return Kernel::Avx512;
+    if (cpu_has_avx2()) return Kernel::Avx2;
+    return Kernel::Generic;
+}
+
+const char* kernel_name(Kernel k) {
+    switch (k) {
+    case Kernel::Auto: return "auto";
+    case Kernel::Avx512: return "avx512";
+    case Kernel::Avx2: return "avx2";
+    case Kernel::Generic: return "generic";
+    }
+    return "unknown";
+}
+
+bool parse_kernel(const char* name, Kernel* out) {
+    if (!name || !out) return false;
+    static const Kernel all[] = {Kernel::Auto, Kernel::Avx512, Kernel::Avx2, Kernel::Generic};
+    for (Kernel k : all) {
+        if (std::strcmp(name, kernel_name(k)) == 0) {
+            *out = k;
+            return true;
+        }
+    }
+    return false;
+}
+
+TileShape tile_shape(Kernel k) {
+    const KernelInfo ki = kernel_info(k);
+    return TileShape{ki.mr, ki.nr, ki.mc, ki.kc, ki.nc};
+}
+
+float gelu_tanh(float x) {
+    const float kSqrt2OverPi = 0.7978845608028654f;
+    const float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + std::tanh(u));
+}
+
+// ================================================================================================
+// Packing
+// ================================================================================================
+
+namespace {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// dst[p*W + c] = src[p*ld + c] for p < kc, c < w; zero for w <= c < W.
+// (op(A) stored transposed, op(B) stored as is.)
+template <int W>
+void pack_copy(float* __restrict dst, const float* __restrict src, int64_t ld, int64_t kc, int w) {
+    if (w == W) {
+        for (int64_t p = 0; p < kc; ++p) {
+            const float* s = src + p * ld;
+            float* d = dst + p * W;
+            for (int c = 0; c < W; ++c) d[c] = s[c];
+        }
+        return;
+    }
+    for (int64_t p = 0; p < kc; ++p) {
+        const float* s = src + p * ld;
+        float* d = dst + p * W;
+        int c = 0;
+        for (; c < w; ++c) d[c] = s[c];
+        for (; c < W; ++c) d[c] = 0.0f;
+    }
+}
+
+// dst[p*W + c] = src[c*ld + p] for p < kc, c < w; zero for w <= c < W.
+// (op(A) stored as is, op(B) stored transposed.) Works on strips of kStrip k steps so that the rows
+// of src are read contiguously and the written block stays in L1.
+template <int W>
+void pack_trans(float* __restrict dst, const float* __restrict src, int64_t ld, int64_t kc, int w) {
+    constexpr int kStrip = 16;
+    int64_t p0 = 0;
+    for (; p0 + kStrip <= kc; p0 += kStrip) {
+        float* d = dst + p0 * W;
+        for (int c = 0; c < w; ++c) {
+            const float* s = src + c * ld + p0;
+            for (int q = 0; q < kStrip; ++q) d[q * W + c] = s[q];
+        }
+        for (int c = w; c < W; ++c)
+            for (int q = 0; q < kStrip; ++q) d[q * W + c] = 0.0f;
+    }
+    for (int64_t p = p0; p < kc; ++p) {
+        float* d = dst + p * W;
+        int c = 0;
+        for (; c < w; ++c) d[c] = src[c * ld + p];
+        for (; c < W; ++c) d[c] = 0.0f;
+    }
+}
+
+// Several full W-wide micro-panels at once from row-major storage: panel j of dst (kc x W, at
+// dst + j*kc*W) gets columns [j*W, j*W + W) of the kc source rows. Same result as pack_copy per panel,
+// but the source is read row by row (long contiguous runs) instead of panel by panel (short runs at a
+// large stride), which the hardware prefetchers handle much better.
+template <int W>
+void pack_copy_panels(float* __restrict dst, const float* __restrict src, int64_t ld, int64_t kc,
+                      int64_t panels) {
+    for (int64_t p = 0; p < kc; ++p) {
+        const float* s = src + p * ld;
+        float* d = dst + p * W;
+        for (int64_t j = 0; j < panels; ++j) {
+            for (int c = 0; c < W; ++c) d[c] = s[c];
+            s += W;
+            d += kc * W;
+        }
+    }
+}
+
+using PackPanelsFn = void (*)(float*, const float*, int64_t, int64_t, int64_t);
+
+// Runtime width -> instantiation (the widths used by the kernels, plus a few tuning candidates).
+template <int W>
+constexpr PackFn pick_pack(bool trans) { return trans ? &pack_trans<W> : &pack_copy<W>; }
+
+PackPanelsFn pack_panels_fn(int width) {
+    switch (width) {
+    case 8: return &pack_copy_panels<8>;
+    case 16: return &pack_copy_panels<16>;
+    case 32: return &pack_copy_panels<32>;
+    case 48: return &pack_copy_panels<48>;
+    case 64: return &pack_copy_panels<64>;
+    default: return nullptr;
+    }
+}
+
+PackFn pack_fn(int width, bool trans) {
+    switch (width) {
+    case 4: return pick_pack<4>(trans);
+    case 6: return pick_pack<6>(trans);
+    case 8: return pick_pack<8>(trans);
+    case 12: return pick_pack<12>(trans);
+    case 14: return pick_pack<14>(trans);
+    case 16: return pick_pack<16>(trans);
+    case 24: return pick_pack<24>(trans);
+    case 32: return pick_pack<32>(trans);
+    case 48: return pick_pack<48>(trans);
+    case 64: return pick_pack<64>(trans);
+    default: return nullptr;
+    }
+}
+
+// ================================================================================================
+// Thread-local buffers
+// ================================================================================================
+
+constexpr size_t kAlign = 64;
+
+class AlignedBuffer {
+public:
+    AlignedBuffer() = default;
+    AlignedBuffer(const AlignedBuffer&) = delete;
+    AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+    ~AlignedBuffer() { release(); }
+    // At least n floats, 64-byte aligned; grows (never shrinks) so steady state does not allocate.
+    float* get(size_t n) {
+        if (n > cap_) {
+            release();
+            const size_t want = std::max(n, cap_ + cap_ / 2);
+            ptr_ = static_cast<float*>(::operator new(want * sizeof(float), std::align_val_t(kAlign)));
+            cap_ = want;
+        }
+        return ptr_;
+    }
+
+private:
+    void release() {
+        if (ptr_) ::operator delete(ptr_, std::align_val_t(kAlign));
+        ptr_ = nullptr;
+        cap_ = 0;
+    }
+    float* ptr_ = nullptr;
+    size_t cap_ = 0;
+};
+
+struct ThreadBuffers {
+    AlignedBuffer a, b;
+    alignas(kAlign) float tile[64 * 64];  // edge tile (MR x NR <= 64 x 64)
+    alignas(kAlign) float bias[64];       // zero-padded bias of an edge tile (NR <= 64)
+};
+
+ThreadBuffers& thread_buffers() {
+    thread_local ThreadBuffers tb;
+    return tb;
+}
+
+// ================================================================================================
+// The driver
+// ================================================================================================
+
+// k blocks: nb = ceil(k / KC) blocks of nearly equal size (the first k % nb are one longer).
+// Depends on k and the kernel's KC only (determinism rule 1). k == 0 gives one empty block.
+struct KBlocks {
+    int64_t nb, base, rem;
+    KBlocks(int64_t k, int64_t kc_max) {
+        nb = k == 0 ? 1 : ceil_div(k, kc_max);
+        base = k / nb;
+        rem = k % nb;
+    }
+    int64_t start(int64_t b) const { return b * base + std::min(b, rem); }
+    int64_t size(int64_t b) const { return base + (b < rem ? 1 : 0); }
+    int64_t max_size() const { return base + (rem ? 1 : 0); }
+};
+
+struct Ctx {
+    const SgemmArgs* g;
+    KernelInfo ki;
+    PackFn pack_a, pack_b;
+    PackPanelsFn pack_b_panels;  // null if not available for NR
+    KBlocks kb;
+    int64_t mt, nt;   // task rectangle (rows, columns); tasks form a grid tm x tn
+    int64_t tm, tn;
+    bool b_inplace;   // read full-width B micro-panels in place (no packing)
+};
+
+// Edge tile: run the full micro-kernel on a temporary MR x NR tile holding the valid part of C.
+void edge_tile(const Ctx& cx, ThreadBuffers& tb, int64_t kc, const float* ap, const float* bp,
+               int64_t ldbp, float* c, int64_t ldc, int h, int w, const Epilogue& ep) {
+    const int MR = cx.ki.mr, NR = cx.ki.nr;
+    float* t = tb.tile;
+    std::fill(t, t + MR * NR, 0.0f);
+    if (ep.mode != kEpiBeta0)
+        for (int r = 0; r < h; ++r) std::memcpy(t + r * NR, c + r * ldc, sizeof(float) * w);
+    Epilogue e2 = ep;
+    if (ep.bias) {
+        std::fill(tb.bias, tb.bias + NR, 0.0f);
+        std::memcpy(tb.bias, ep.bias, sizeof(float) * w);
+        e2.bias = tb.bias;
+    }
+    // At most half the columns valid: the half-width kernel computes them with the same arithmetic.
+    const MicroKernel fn = (cx.ki.half_fn && 2 * w <= NR) ? cx.ki.half_fn : cx.ki.fn;
+    fn(kc, ap, bp, ldbp, t, NR, e2, nullptr, nullptr);
+    for (int r = 0; r < h; ++r) std::memcpy(c + r * ldc, t + r * NR, sizeof(float) * w);
+}
+
+void run_task(const Ctx& cx, int64_t task) {
+    const SgemmArgs& g = *cx.g;
+    const int MR = cx.ki.mr, NR = cx.ki.nr;
+    const int64_t MC = cx.ki.mc, NC = cx.ki.nc;
+    const int64_t ti = task / cx.tn, tj = task % cx.tn;
+    const int64_t i0 = ti * cx.mt, i1 = std::min(g.m, i0 + cx.mt);
+    const int64_t j0 = tj * cx.nt, j1 = std::min(g.n, j0 + cx.nt);
+    if (i0 >= i1 || j0 >= j1) return;
+
+    ThreadBuffers& tb = thread_buffers();
+    const int64_t kcmax = std::max<int64_t>(cx.kb.max_size(), 1);
+    float* bpack = tb.b.get(static_cast<size_t>(kcmax * round_up(std::min(NC, j1 - j0), NR)));
+    float* apack = tb.a.get(static_cast<size_t>(kcmax * round_up(std::min(MC, i1 - i0), MR)));
+
+    for (int64_t jc = j0; jc < j1; jc += NC) {
+        const int64_t nc = std::min(NC, j1 - jc);
+        for (int64_t kbi = 0; kbi < cx.kb.nb; ++kbi) {
+            const int64_t p0 = cx.kb.start(kbi), kc = cx.kb.size(kbi);
+            const bool first = kbi == 0, last = kbi == cx.kb.nb - 1;
+
+            // Pack the B panel op(B)[p0:p0+kc, jc:jc+nc] into NR-wide micro-panels (B stored as is:
+            // the full-width panels row by row, then the partial one).
+            int64_t jr_done = 0;
+            if (!g.trans_b && !cx.b_inplace && cx.pack_b_panels && kc > 0) {
+                jr_done = (nc / NR) * NR;
+                cx.pack_b_panels(bpack, g.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
+            }
+            for (int64_t jr = jr_done; jr < nc; jr += NR) {
+                const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+                if (cx.b_inplace && w == NR) continue;
+                float* dst = bpack + (jr / NR) * kc * NR;
+                if (kc == 0) continue;
+                if (g.trans_b)
+                    cx.pack_b(dst, g.b + (jc + jr) * g.ldb + p0, g.ldb, kc, w);
+                else
+                    cx.pack_b(dst, g.b + p0 * g.ldb + jc + jr, g.ldb, kc, w);
+            }
+
+            Epilogue ep;
+            ep.alpha = g.alpha;
+            ep.beta = g.beta;
+            ep.mode = !first ? kEpiAccum : (g.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
+            ep.gelu = last && g.gelu;
+
+            for (int64_t ic = i0; ic < i1; ic += MC) {
+                const int64_t mc = std::min(MC, i1 - ic);
+                // Pack the A block op(A)[ic:ic+mc, p0:p0+kc] into MR-tall micro-panels.
+                if (kc > 0) {
+                    for (int64_t ir = 0; ir < mc; ir += MR) {
+                        const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+                        float* dst = apack + (ir / MR) * kc * MR;
+                        if (g.trans_a)
+                            cx.pack_a(dst, g.a + p0 * g.lda + ic + ir, g.lda, kc, h);
+                        else
+                            cx.pack_a(dst, g.a + (ic + ir) * g.lda + p0, g.lda, kc, h);
+                    }
+                }
+                // Few rows with B in place: the wide few-row kernel where a full chunk remains.
+                const bool rows_path = cx.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max;
+                for (int64_t jr = 0; jr < nc; jr += NR) {
+                    if (rows_path && nc - jr >= cx.ki.rows_nr) {
+                        ep.bias = (last && g.bias) ? g.bias + jc + jr : nullptr;
+                        cx.ki.rows_fn(static_cast<int>(mc), kc, apack, g.b + p0 * g.ldb + jc + jr, g.ldb,
+                                      g.c + ic * g.ldc + jc + jr, g.ldc, ep);
+                        jr += cx.ki.rows_nr - NR;
+                        continue;
+                    }
+                    const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+                    const float* bp;
+                    int64_t ldbp;
+                    if (cx.b_inplace && w == NR && kc > 0) {
+                        bp = g.b + p0 * g.ldb + jc + jr;
+                        ldbp = g.ldb;
+                    } else {
+                        bp = bpack + (jr / NR) * kc * NR;
+                        ldbp = NR;
+                    }
+                    ep.bias = (last && g.bias) ? g.bias + jc + jr : nullptr;
+                    // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
+                    // the first one again for the next ic block), an eighth of it per call; and
+                    // the C tile of the next call when that is a full tile.
+                    const float* bnext = nullptr;
+                    if (ldbp == NR && kc > 0)
+                        bnext = (jr + NR < nc) ? bpack + (jr / NR + 1) * kc * NR : bpack;
+                    const int64_t pf_chunk = (kc / 4) * 16;  // floats the kernel prefetches per call
+                    for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
+                        const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+                        const float* ap = apack + (ir / MR) * kc * MR;
+                        float* cp = g.c + (ic + ir) * g.ldc + jc + jr;
+                        if (h == MR && w == NR) {
+                            const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
+                            const float* pf_c = nullptr;
+                            if (ir + 2 * MR <= mc)
+                                pf_c = cp + MR * g.ldc;                        // tile below
+                            else if (jr + 2 * NR <= nc && mc >= MR)
+                                pf_c = g.c + ic * g.ldc + jc + jr + NR;        // top of next column
+                            cx.ki.fn(kc, ap, bp, ldbp, cp, g.ldc, ep, pf_b, pf_c);
+                        } else {
+                            edge_tile(cx, tb, kc, ap, bp, ldbp, cp, g.ldc, h, w, ep);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Cost model of the split, in units of "one flop of the micro-kernel" (about 3 ps on one core).
+// (Overridable at compile time for tuning experiments only.)
+#ifndef SW_GEMM_PACK_COST
+#define SW_GEMM_PACK_COST 80.0
+#endif
+#ifndef SW_GEMM_STRAGGLER
+#define SW_GEMM_STRAGGLER 0.05
+#endif
+constexpr double kPackCost = SW_GEMM_PACK_COST;  // packing one element (read op(A)/op(B), write it)
+constexpr double kTaskOverhead = 1e6;            // one task: claiming it, waking a thread, cold caches
+constexpr double kMinTaskFlops = 1e6;            // smaller problems run as a single task
+constexpr double kStraggler = SW_GEMM_STRAGGLER; // expected lateness of the slowest thread (in tasks)
+
+// Chooses the task grid: tm x tn tasks of mt x nt (multiples of MR / NR). Minimises the estimated
+// makespan (ceil(T / P) + kStraggler) * cost(task), where a task's cost is its micro-kernel flops plus
+// the packing of its A rows and B columns (so tasks should be large and square-ish) plus a fixed
+// overhead (so tiny problems stay in one task). The straggler term favours a few more, smaller
+// tasks when they cost little extra packing: threads that share a machine do not all run at the same
+// speed. At most 4P tasks. Any split gives the same bits (determinism contract).
+void plan_tasks(Ctx& cx, int P) {
+    const SgemmArgs& g = *cx.g;
+    const int64_t MR = cx.ki.mr, NR = cx.ki.nr;
+    const double kk = static_cast<double>(std::max<int64_t>(g.k, 1));
+    const int64_t mtiles = ceil_div(g.m, MR), ntiles = ceil_div(g.n, NR);
+    const int64_t max_tasks = std::max<int64_t>(1, 4 * static_cast<int64_t>(P));
+
+    double best = -1.0;
+    for (int64_t tm = 1; tm <= std::min(mtiles, max_tasks); ++tm) {
+        const int64_t mt = ceil_div(mtiles, tm) * MR;
+        if (ceil_div(g.m, mt) != tm) continue;  // same split as a smaller tm
+        for (int64_t tn = 1; tn <= std::min(ntiles, max_tasks / tm); ++tn) {
+            const int64_t nt = ceil_div(ntiles, tn) * NR;
+            if (ceil_div(g.n, nt) != tn) continue;
+            const double T = static_cast<double>(tm * tn);
+            const double task_flops = 2.0 * static_cast<double>(mt) * static_cast<double>(nt) * kk;
+            if (T > 1 && task_flops < kMinTaskFlops) continue;  // not worth waking another thread
+            const double rows = static_cast<double>(std::min(mt, g.m));
+            const double cols = static_cast<double>(std::min(nt, g.n));
+            const double a_packs = static_cast<double>(ceil_div(std::min(nt, g.n), cx.ki.nc));
+            const double b_pack = cx.b_inplace ? 0.1 : 1.0;
+            const double cost = task_flops + kPackCost * (rows * a_packs + cols * b_pack) * kk + kTaskOverhead;
+            const double makespan = (std::ceil(T / P) + (T > 1 ? kStraggler : 0.0)) * cost;
+            // On (near) ties keep the fewer, larger tasks (less packing).
+            if (best < 0.0 || makespan < best * 0.995) {
+                best = makespan;
+                cx.mt = mt;
+                cx.nt = nt;
+                cx.tm = tm;
+                cx.tn = tn;
+            }
+        }
+    }
+}
+
+} // namespace
+
+// A kernel this CPU cannot run is replaced by the best supported one (resolve_kernel(Auto)); callers
+// are expected to have checked kernel_supported() when the choice matters.
+void sgemm(const SgemmArgs& args, Kernel kernel, ThreadPool& pool) {
+    if (args.m <= 0 || args.n <= 0) return;
+    const KernelInfo ki = kernel_info(kernel_supported(kernel) ? kernel : Kernel::Auto);
+
+    // op(A) = A and op(B) = B^T need transposing packs: the kernel's SIMD version where it has one.
+    PackFn pack_a = pack_fn(ki.mr, !args.trans_a);
+    if (!args.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
+    PackFn pack_b = pack_fn(ki.nr, args.trans_b);
+    if (args.trans_b && ki.pack_trans_nr) pack_b = ki.pack_trans_nr;
+    Ctx cx{&args, ki, pack_a, pack_b, pack_panels_fn(ki.nr), KBlocks(args.k, ki.kc), 0, 0, 1, 1, false};
+    cx.b_inplace = !args.trans_b && args.k > 0 && args.m <= ki.mr;
+    plan_tasks(cx, pool.size());
+
+    const int64_t ntasks = cx.tm * cx.tn;
+    const Ctx* pcx = &cx;
+    // The lambda captures one pointer: std::function stores it without allocating.
+    pool.parallel_for(ntasks, [pcx](int64_t t) { run_task(*pcx, t); });
+}
+
+} // namespace sw::cpu

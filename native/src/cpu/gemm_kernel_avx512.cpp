@@ -1,0 +1,403 @@
+// AVX-512 micro-kernels of the fp32 GEMM (see gemm.cpp for the blocking and the determinism rules).
+//
+// Register tile MR x NR = 14 x 32: 28 zmm accumulators (14 rows x 2 vectors of 16 floats), 2 zmm for
+// the current row of the B micro-panel, 2 for broadcast elements of A. Per k step: 2 vector loads,
+// 14 broadcasts, 28 FMAs, i.e. 14 cycles of FMA work on a core with two 512-bit FMA pipes against 16
+// loads, so the kernel is FMA bound with plenty of independent chains to hide the FMA latency
+// (about 94% of the FMA peak of a Zen 5 core with its operands in L1/L2).
+// Cache blocks: KC = 512 (the 64 KiB B micro-panel is read from L2; a long KC halves the passes over
+// C), MC = 168 (A block of 336 KiB in L2), NC = 4096.
+// Also here: a half-width 14 x 16 kernel for narrow edge tiles, a few-row kernel for m <= 6 that reads
+// B in place (GEMV-like shapes), and SIMD transposing packs. All compute each output element with
+// the same FMA chain and the same epilogue code, so they agree bit for bit.
+//
+// Compiled with a target attribute (the library is built without -march), only called after the
+// driver checked __builtin_cpu_supports.
+#include "cpu/gemm_kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+// Cache-block sizes and the few-row kernel's prefetch distance in k steps (overridable at compile
+// time for tuning experiments only).
+#ifndef SW_AVX512_MC
+#define SW_AVX512_MC 168
+#endif
+#ifndef SW_AVX512_KC
+#define SW_AVX512_KC 512
+#endif
+#ifndef SW_AVX512_NC
+#define SW_AVX512_NC 4096
+#endif
+#ifndef SW_ROWS_PF
+#define SW_ROWS_PF 8
+#endif
+
+#define SW_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
+
+namespace sw::cpu::gemm_detail {
+namespace {
+
+// GeLU (tanh approximation) for 16 lanes:
+//   0.5 x (1 + tanh(u)) == x / (1 + exp(-2u)),  u = sqrt(2/pi) (x + 0.044715 x^3).
+// exp is a Cephes-style degree-6 polynomial after range reduction (about 1 ulp), scaled with
+// vscalefps. The argument is clamped so that exp neither overflows nor becomes subnormal; NaN
+// inputs stay NaN through the final x / (...). Lane-wise, so every element gets the same arithmetic.
+SW_TARGET_AVX512 inline __m512 gelu16(__m512 x) {
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    // t = -2u = x * (-2 sqrt(2/pi) - 2 sqrt(2/pi) 0.044715 x^2)
+    __m512 t = _mm512_mul_ps(x, _mm512_fmadd_ps(x2, _mm512_set1_ps(-0.0713548162726f),
+                                                _mm512_set1_ps(-1.5957691216057f)));
+    // (Zero-masking forms with a full mask: same results, and no GCC 12 -Wmaybe-uninitialized false
+    // positive from the _mm512_undefined_ps() inside the unmasked intrinsics.)
+    const __mmask16 all = 0xFFFF;
+    t = _mm512_maskz_min_ps(all, _mm512_maskz_max_ps(all, t, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 n = _mm512_maskz_roundscale_ps(all, _mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), t);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512 e = _mm512_maskz_scalef_ps(all, p, n);
+    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+// Combines one accumulator vector with C according to the epilogue mode (C is read unless kEpiBeta0).
+SW_TARGET_AVX512 inline __m512 combine16(const float* cp, __m512 acc, int mode, __m512 valpha,
+                                         __m512 vbeta) {
+    if (mode == kEpiBeta0) return _mm512_mul_ps(valpha, acc);
+    if (mode == kEpiBeta) return _mm512_fmadd_ps(valpha, acc, _mm512_mul_ps(vbeta, _mm512_loadu_ps(cp)));
+    return _mm512_fmadd_ps(valpha, acc, _mm512_loadu_ps(cp));
+}
+
+// The whole epilogue of one vector: combine with C, + bias (if non-null), GeLU (if requested), store.
+// With beta == 0 in the only k block the bias goes into the FMA: C = fma(alpha, acc, bias). (Written
+// out on purpose: GCC contracts a multiply feeding an add into an FMA where it sees one (C++ defaults
+// to -ffp-contract=fast), and whether it does must not differ between the kernels that share this
+// code. No other multiply here feeds an add.)
+SW_TARGET_AVX512 inline void finish16(float* cp, __m512 acc, int mode, __m512 valpha, __m512 vbeta,
+                                      const float* bias, bool gelu) {
+    __m512 x;
+    if (bias && mode == kEpiBeta0) {
+        x = _mm512_fmadd_ps(valpha, acc, _mm512_loadu_ps(bias));
+    } else {
+        x = combine16(cp, acc, mode, valpha, vbeta);
+        if (bias) x = _mm512_add_ps(x, _mm512_loadu_ps(bias));
+    }
+    if (gelu) x = gelu16(x);
+    _mm512_storeu_ps(cp, x);
+}
+
+// ---- The k loop, in inline assembly ------------------------------------------------------------
+// (Compilers differ a lot on this loop: GCC 12 spills accumulators of a 14 x 32 intrinsics kernel, so
+// the loop is written out. zmm0..zmm27: accumulators, row r in zmm(2r), zmm(2r+1); zmm28, zmm29: the
+// row of B; zmm30, zmm31: broadcast elements of A (alternating, to keep more loads in flight).)
+
+// One row of the tile at k step U: broadcast a[U*MR + R], two FMAs.
+#define SW_ROW(U, R, AREG, C0, C1)                                             \
+    "vbroadcastss " #U "*56+" #R "*4(%[a]), %%zmm" #AREG "\n\t"               \
+    "vfmadd231ps %%zmm28, %%zmm" #AREG ", %%zmm" #C0 "\n\t"                   \
+    "vfmadd231ps %%zmm29, %%zmm" #AREG ", %%zmm" #C1 "\n\t"
+
+// One k step (U = 0..3 within an unrolled group of four): load the B row, 14 rows of FMAs.
+#define SW_STEP(U)                                                             \
+    "vmovups (%[b]), %%zmm28\n\t"                                             \
+    "vmovups 64(%[b]), %%zmm29\n\t"                                           \
+    "prefetcht0 " #U "*56+1024(%[a])\n\t"                                     \
+    "add %[ldb], %[b]\n\t"                                                    \
+    SW_ROW(U, 0, 30, 0, 1) SW_ROW(U, 1, 31, 2, 3) SW_ROW(U, 2, 30, 4, 5)       \
+    SW_ROW(U, 3, 31, 6, 7) SW_ROW(U, 4, 30, 8, 9) SW_ROW(U, 5, 31, 10, 11)     \
+    SW_ROW(U, 6, 30, 12, 13) SW_ROW(U, 7, 31, 14, 15) SW_ROW(U, 8, 30, 16, 17) \
+    SW_ROW(U, 9, 31, 18, 19) SW_ROW(U, 10, 30, 20, 21)                         \
+    SW_ROW(U, 11, 31, 22, 23) SW_ROW(U, 12, 30, 24, 25)                        \
+    SW_ROW(U, 13, 31, 26, 27)
+
+#define SW_ZERO2(X, Y) "vpxord %%zmm" #X ", %%zmm" #X ", %%zmm" #X "\n\t" \
+                       "vpxord %%zmm" #Y ", %%zmm" #Y ", %%zmm" #Y "\n\t"
+#define SW_STORE2(X, Y) "vmovaps %%zmm" #X ", " #X "*64(%[acc])\n\t" \
+                        "vmovaps %%zmm" #Y ", " #Y "*64(%[acc])\n\t"
+#define SW_ALL_PAIRS(M)                                                          \
+    M(0, 1) M(2, 3) M(4, 5) M(6, 7) M(8, 9) M(10, 11) M(12, 13) M(14, 15) M(16, 17) \
+    M(18, 19) M(20, 21) M(22, 23) M(24, 25) M(26, 27)
+
+// acc[r*32 + c] = sum_{p < kc} a[p*14 + r] * b[p*ldb + c], one FMA chain per element, p increasing.
+// acc: 64-byte aligned, 14 x 32 floats. Prefetches (towards L2) one line from pf_b every 4 k steps
+// (pf_b advancing by 64 bytes), and during the first 14 groups of 4 k steps the 14 rows of the C tile
+// at pf_c (row stride ldc floats).
+SW_TARGET_AVX512 void kloop_14x32(int64_t kc, const float* a, const float* b, int64_t ldb, float* acc,
+                                  const float* pf_b, const float* pf_c, int64_t ldc) {
+    int64_t k4 = kc / 4, k1 = kc % 4;
+    int64_t crows = 14;
+    const int64_t ldb_bytes = ldb * static_cast<int64_t>(sizeof(float));
+    const int64_t ldc_bytes = ldc * static_cast<int64_t>(sizeof(float));
+    __asm__ volatile(
+        SW_ALL_PAIRS(SW_ZERO2)
+        "test %[k4], %[k4]\n\t"
+        "jz 2f\n\t"
+        ".p2align 5\n"
+        "1:\n\t"
+        SW_STEP(0) SW_STEP(1)
+        "prefetcht1 (%[pfb])\n\t"
+        "add $64, %[pfb]\n\t"
+        "dec %[crows]\n\t"
+        "js 5f\n\t"
+        "prefetcht1 (%[pfc])\n\t"
+        "prefetcht1 124(%[pfc])\n\t"
+        "add %[ldc], %[pfc]\n"
+        "5:\n\t"
+        SW_STEP(2) SW_STEP(3)
+        "add $224, %[a]\n\t"
+        "dec %[k4]\n\t"
+        "jnz 1b\n"
+        "2:\n\t"
+        "test %[k1], %[k1]\n\t"
+        "jz 4f\n"
+        "3:\n\t"
+        SW_STEP(0)
+        "add $56, %[a]\n\t"
+        "dec %[k1]\n\t"
+        "jnz 3b\n"
+        "4:\n\t"
+        SW_ALL_PAIRS(SW_STORE2)
+        : [a] "+r"(a), [b] "+r"(b), [k4] "+r"(k4), [k1] "+r"(k1), [pfb] "+r"(pf_b), [pfc] "+r"(pf_c),
+          [crows] "+r"(crows)
+        : [ldb] "r"(ldb_bytes), [acc] "r"(acc), [ldc] "r"(ldc_bytes)
+        : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+          "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18",
+          "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28",
+          "xmm29", "xmm30", "xmm31");
+}
+
+#undef SW_ROW
+#undef SW_STEP
+#undef SW_ZERO2
+#undef SW_STORE2
+#undef SW_ALL_PAIRS
+
+constexpr int kMR = 14;
+constexpr int kNV = 2;
+
+SW_TARGET_AVX512 void kernel_avx512(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                    int64_t ldc, const Epilogue& ep, const float* pf_b, const float* pf_c) {
+    constexpr int MR = kMR, NV = kNV;
+    // Bring the C tile towards L1 while the k loop runs (it is read in the epilogue).
+    if (ep.mode != kEpiBeta0) {
+        for (int r = 0; r < MR; ++r) {
+            _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + 16 * NV - 1), _MM_HINT_T0);
+        }
+    }
+    alignas(64) float accbuf[MR * 16 * NV];
+    // Without hints the loop prefetches lines of accbuf (already in L1: harmless).
+    if (!pf_b) pf_b = accbuf;
+    int64_t pf_ldc = ldc;
+    if (!pf_c || ep.mode == kEpiBeta0) {
+        pf_c = accbuf;
+        pf_ldc = 0;
+    }
+    kloop_14x32(kc, a, b, ldb, accbuf, pf_b, pf_c, pf_ldc);
+    __m512 acc[MR][NV];
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_load_ps(accbuf + (r * NV + v) * 16);
+
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+    const int mode = ep.mode;
+    if (!ep.bias && !ep.gelu) {
+#pragma GCC unroll 32
+        for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+            for (int v = 0; v < NV; ++v) {
+                float* cp = c + r * ldc + 16 * v;
+                _mm512_storeu_ps(cp, combine16(cp, acc[r][v], mode, valpha, vbeta));
+            }
+        return;
+    }
+    // Last k block with bias and/or GeLU. (Fully unrolled like every loop over acc, so that the
+    // accumulators stay in registers.)
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v)
+            finish16(c + r * ldc + 16 * v, acc[r][v], mode, valpha, vbeta, ep.bias ? ep.bias + 16 * v : nullptr,
+                     ep.gelu);
+}
+
+// ---- Half-width kernel (edge tiles with at most 16 valid columns) --------------------------------
+// 14 x 16: the first accumulator vector of every row of kernel_avx512, with the same FMA chains and
+// epilogue (so the same bits), at half the work. Used for narrow edge tiles (n % 32 <= 16, small n).
+// 14 accumulators + 1 B vector + 1 broadcast: intrinsics compile well here.
+SW_TARGET_AVX512 void kernel_avx512_half(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                         int64_t ldc, const Epilogue& ep, const float*, const float*) {
+    constexpr int MR = kMR;
+    __m512 acc[MR];
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+        const __m512 bv = _mm512_loadu_ps(b);
+        _mm_prefetch(reinterpret_cast<const char*>(a + 16 * MR), _MM_HINT_T0);
+#pragma GCC unroll 32
+        for (int r = 0; r < MR; ++r) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), bv, acc[r]);
+        a += MR;
+        b += ldb;
+    }
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r)
+        finish16(c + r * ldc, acc[r], ep.mode, valpha, vbeta, ep.bias, ep.gelu);
+}
+
+// ---- Few-row kernel (small m) ---------------------------------------------------------------------
+// H rows x 128 columns with B read in place, each 64-byte segment of a B row loaded once per k step
+// and used by the H rows: for H <= 3 one pass with 8 accumulators per row, for H = 4..6 two passes of
+// 64 columns with 4 accumulators per row (at most 24 accumulators). Same FMA chains and epilogue as
+// kernel_avx512, so the bits are the same.
+constexpr int kRowsCols = 128;
+constexpr int kRowsMax = 6;
+
+template <int H, int NV>
+SW_TARGET_AVX512 void rows_pass(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                int64_t ldc, const Epilogue& ep, const float* bias) {
+    __m512 acc[H][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < H; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+        __m512 av[H];
+#pragma GCC unroll 8
+        for (int r = 0; r < H; ++r) av[r] = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v) {
+            _mm_prefetch(reinterpret_cast<const char*>(b + SW_ROWS_PF * ldb + 16 * v), _MM_HINT_T0);
+            const __m512 bv = _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 8
+            for (int r = 0; r < H; ++r) acc[r][v] = _mm512_fmadd_ps(av[r], bv, acc[r][v]);
+        }
+        a += kMR;
+        b += ldb;
+    }
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+#pragma GCC unroll 8
+    for (int r = 0; r < H; ++r)
+#pragma GCC unroll 8
+        for (int v = 0; v < NV; ++v)
+            finish16(c + r * ldc + 16 * v, acc[r][v], ep.mode, valpha, vbeta, bias ? bias + 16 * v : nullptr,
+                     ep.gelu);
+}
+
+template <int H>
+SW_TARGET_AVX512 void rows_h(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                             const Epilogue& ep) {
+    if (H <= 3) {
+        rows_pass<H, 8>(kc, a, b, ldb, c, ldc, ep, ep.bias);
+    } else {
+        rows_pass<H, 4>(kc, a, b, ldb, c, ldc, ep, ep.bias);
+        rows_pass<H, 4>(kc, a, b + 64, ldb, c + 64, ldc, ep, ep.bias ? ep.bias + 64 : nullptr);
+    }
+}
+
+SW_TARGET_AVX512 void rows_avx512(int h, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                  int64_t ldc, const Epilogue& ep) {
+    switch (h) {
+    case 1: rows_h<1>(kc, a, b, ldb, c, ldc, ep); break;
+    case 2: rows_h<2>(kc, a, b, ldb, c, ldc, ep); break;
+    case 3: rows_h<3>(kc, a, b, ldb, c, ldc, ep); break;
+    case 4: rows_h<4>(kc, a, b, ldb, c, ldc, ep); break;
+    case 5: rows_h<5>(kc, a, b, ldb, c, ldc, ep); break;
+    default: rows_h<6>(kc, a, b, ldb, c, ldc, ep); break;
+    }
+}
+
+// ---- Transposing packs ------------------------------------------------------------------------------
+// dst[p*W + c] = src[c*ld + p] (c < w, zero for w <= c < W) for the MR = 14 wide A micro-panels
+// (op(A) = A) and the NR = 32 wide B micro-panels (op(B) = B^T): 16 source rows x 16 k steps are
+// loaded, transposed in registers (4 rounds of 16 shuffles) and stored as 16 k steps of up to 16
+// lanes. Pure data movement: the packed values are the same as those of the scalar version.
+
+// In-register transpose: r[i] (16 lanes) = row i; afterwards r[q] = column q. (Zero-masking forms with
+// full masks: same results, and no GCC 12 -Wmaybe-uninitialized false positives from the
+// _mm512_undefined_ps() inside the unmasked intrinsics.)
+SW_TARGET_AVX512 inline void transpose16(__m512 r[16]) {
+    const __mmask16 m16 = 0xFFFF;
+    const __mmask8 m8 = 0xFF;
+    __m512 a[16], b[16];
+    for (int i = 0; i < 8; ++i) {
+        a[2 * i] = _mm512_maskz_unpacklo_ps(m16, r[2 * i], r[2 * i + 1]);
+        a[2 * i + 1] = _mm512_maskz_unpackhi_ps(m16, r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a0 = _mm512_castps_pd(a[4 * i]), a1 = _mm512_castps_pd(a[4 * i + 1]);
+        const __m512d a2 = _mm512_castps_pd(a[4 * i + 2]), a3 = _mm512_castps_pd(a[4 * i + 3]);
+        b[4 * i] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(m8, a0, a2));
+        b[4 * i + 1] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(m8, a0, a2));
+        b[4 * i + 2] = _mm512_castpd_ps(_mm512_maskz_unpacklo_pd(m8, a1, a3));
+        b[4 * i + 3] = _mm512_castpd_ps(_mm512_maskz_unpackhi_pd(m8, a1, a3));
+    }
+    // b[4g + j], 128-bit lane L: rows 4g..4g+3 at column 4L + j.
+    for (int j = 0; j < 4; ++j) {
+        const __m512 c0 = _mm512_maskz_shuffle_f32x4(m16, b[j], b[4 + j], 0x88);
+        const __m512 c1 = _mm512_maskz_shuffle_f32x4(m16, b[j], b[4 + j], 0xDD);
+        const __m512 c2 = _mm512_maskz_shuffle_f32x4(m16, b[8 + j], b[12 + j], 0x88);
+        const __m512 c3 = _mm512_maskz_shuffle_f32x4(m16, b[8 + j], b[12 + j], 0xDD);
+        r[j] = _mm512_maskz_shuffle_f32x4(m16, c0, c2, 0x88);
+        r[8 + j] = _mm512_maskz_shuffle_f32x4(m16, c0, c2, 0xDD);
+        r[4 + j] = _mm512_maskz_shuffle_f32x4(m16, c1, c3, 0x88);
+        r[12 + j] = _mm512_maskz_shuffle_f32x4(m16, c1, c3, 0xDD);
+    }
+}
+
+template <int W>
+SW_TARGET_AVX512 void pack_trans_avx512(float* dst, const float* src, int64_t ld, int64_t kc, int w) {
+    constexpr int G = (W + 15) / 16;  // groups of 16 rows
+    constexpr __mmask16 store_mask = static_cast<__mmask16>(W >= 16 ? 0xFFFF : (1u << W) - 1u);
+    for (int64_t p = 0; p < kc; p += 16) {
+        const int np = static_cast<int>(kc - p < 16 ? kc - p : 16);
+        const __mmask16 lmask = static_cast<__mmask16>((1u << np) - 1u);
+        for (int g = 0; g < G; ++g) {
+            __m512 r[16];
+            for (int i = 0; i < 16; ++i) {
+                const int c = g * 16 + i;
+                r[i] = c < w ? _mm512_maskz_loadu_ps(lmask, src + c * ld + p) : _mm512_setzero_ps();
+            }
+            transpose16(r);
+            for (int q = 0; q < np; ++q) _mm512_mask_storeu_ps(dst + (p + q) * W + g * 16, store_mask, r[q]);
+        }
+    }
+}
+
+} // namespace
+
+KernelInfo kernel_info_avx512() {
+    static_assert(kMR <= 16 && 16 * kNV % 16 == 0, "transposing packs assume MR <= 16");
+    KernelInfo ki{kMR, 16 * kNV, SW_AVX512_MC, SW_AVX512_KC, SW_AVX512_NC, &kernel_avx512};
+    ki.half_fn = &kernel_avx512_half;
+    ki.rows_fn = &rows_avx512;
+    ki.rows_max = kRowsMax;
+    ki.rows_nr = kRowsCols;
+    ki.pack_trans_mr = &pack_trans_avx512<kMR>;
+    ki.pack_trans_nr = &pack_trans_avx512<16 * kNV>;
+    return ki;
+}
+
+bool have_x86_kernels() { return true; }
+
+} // namespace sw::cpu::gemm_detail
+
+#else // not x86-64: the driver never selects this kernel.
+
+namespace sw::cpu::gemm_detail {
+KernelInfo kernel_info_avx512() { return kernel_info_generic(); }
+bool have_x86_kernels() { return false; }
+} // namespace sw::cpu::gemm_detail
+
+#endif
