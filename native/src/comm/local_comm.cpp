@@ -5,6 +5,7 @@
 // until all ranks have read it. A rank that does not arrive within the timeout, or ranks that disagree,
 // abort the communicator: every waiting rank fails with the reason, later collectives fail at once.
 #include "core/cuda_loader.h"
+#include "core/dtype.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
@@ -32,18 +33,6 @@ const char* coll_name(Coll c) {
     return "collective";
 }
 
-const char* dtype_name(sw_dtype t) {
-    switch (t) {
-    case SW_DTYPE_F32: return "f32";
-    case SW_DTYPE_F64: return "f64";
-    case SW_DTYPE_F16: return "f16";
-    case SW_DTYPE_BF16: return "bf16";
-    case SW_DTYPE_I32: return "i32";
-    case SW_DTYPE_U8: return "u8";
-    }
-    return "?";
-}
-
 // One rank's view of one collective.
 struct Desc {
     Coll op = Coll::Barrier;
@@ -60,11 +49,11 @@ struct Desc {
 std::string describe(const Desc& d) {
     switch (d.op) {
     case Coll::AllGatherColumns:
-        return str(coll_name(d.op), "(rows ", d.rows, ", cols ", d.cols, ", ", dtype_name(d.dtype), ")");
+        return str(coll_name(d.op), "(rows ", d.rows, ", cols ", d.cols, ", ", sw::dtype_name(d.dtype), ")");
     case Coll::Broadcast:
-        return str(coll_name(d.op), "(count ", d.count, ", root ", d.root, ", ", dtype_name(d.dtype), ")");
+        return str(coll_name(d.op), "(count ", d.count, ", root ", d.root, ", ", sw::dtype_name(d.dtype), ")");
     case Coll::Barrier: return coll_name(d.op);
-    default: return str(coll_name(d.op), "(count ", d.count, ", ", dtype_name(d.dtype), ")");
+    default: return str(coll_name(d.op), "(count ", d.count, ", ", sw::dtype_name(d.dtype), ")");
     }
 }
 
@@ -254,7 +243,7 @@ void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vect
     case SW_DTYPE_I32: reduce_block<int32_t>(src, dst, begin, n, id, id); break;
     case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, begin, n, half_to_float, float_to_half); break;
     case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, begin, n, bf16_to_float, float_to_bf16); break;
-    default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", dtype_name(t), " is not supported");
+    default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", sw::dtype_name(t), " is not supported");
     }
 }
 

@@ -1,3 +1,4 @@
+#include "core/dtype.h"
 #include "core/error.h"
 
 #include <cstdint>
@@ -41,16 +42,6 @@ SW_API const char* sw_status_string(sw_status status) {
     return "SW_ERR_UNKNOWN_STATUS";
 }
 
-SW_API size_t sw_dtype_size(sw_dtype dtype) {
-    switch (dtype) {
-    case SW_DTYPE_F32: return 4;
-    case SW_DTYPE_F64: return 8;
-    case SW_DTYPE_F16: return 2;
-    case SW_DTYPE_BF16: return 2;
-    case SW_DTYPE_I32: return 4;
-    case SW_DTYPE_U8: return 1;
-    }
-    return 0;
-}
+SW_API size_t sw_dtype_size(sw_dtype dtype) { return sw::dtype_bytes(dtype); }
 
 } // extern "C"

@@ -6,6 +6,7 @@
 // the .cu files never throw: they return the cudaError_t of the launch, and their arguments have been
 // validated by the caller (plugin.cpp / gemm_cublaslt.cpp).
 #pragma once
+#include "core/dtype.h"
 #include "core/error.h"
 #include "cuda/cuda_plugin.h"
 
@@ -44,19 +45,9 @@ inline uint32_t pointer_alignment(const void* p, uint32_t cap = 16) {
     while (a < cap && (v % (2u * a)) == 0) a *= 2;
     return a;
 }
-// Bytes per element of the dtypes the plugin handles (0 otherwise).
-inline uint32_t dtype_bytes(sw_dtype t) {
-    switch (t) {
-    case SW_DTYPE_F32: return 4;
-    case SW_DTYPE_F64: return 8;
-    case SW_DTYPE_F16: return 2;
-    case SW_DTYPE_BF16: return 2;
-    case SW_DTYPE_I32: return 4;
-    case SW_DTYPE_U8: return 1;
-    }
-    return 0;
-}
-const char* dtype_name(sw_dtype t);
+// Bytes per element (0 for an unknown dtype) and names: one definition, in core/dtype.h.
+inline uint32_t dtype_bytes(sw_dtype t) { return static_cast<uint32_t>(sw::dtype_bytes(t)); }
+using sw::dtype_name;
 
 // ------------------------------------------------------------------------------------------ kernels.cu
 // Maximum number of sources and of destinations of one reduce_sum call (pointers travel as kernel parameters).

@@ -31,18 +31,6 @@ void check_cuda(cudaError_t status, const char* call) {
     fail(st, call, " failed: ", cuda_error_text(status));
 }
 
-const char* dtype_name(sw_dtype t) {
-    switch (t) {
-    case SW_DTYPE_F32: return "f32";
-    case SW_DTYPE_F64: return "f64";
-    case SW_DTYPE_F16: return "f16";
-    case SW_DTYPE_BF16: return "bf16";
-    case SW_DTYPE_I32: return "i32";
-    case SW_DTYPE_U8: return "u8";
-    }
-    return "unknown dtype";
-}
-
 // ================================================================================================ devices
 namespace {
 

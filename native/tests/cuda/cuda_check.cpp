@@ -6,6 +6,7 @@
 // Without a CUDA device it prints why and exits 77, which CTest reports as skipped (SKIP_RETURN_CODE).
 //
 // Usage: cuda_check [device ordinal (default 0)]
+#include "core/dtype.h"
 #include "cuda/cuda_plugin.h"
 
 #include <dlfcn.h>
@@ -71,28 +72,6 @@ std::string fmt(const char* f, A... a) {
     return buf;
 }
 
-const char* dtype_name(sw_dtype t) {
-    switch (t) {
-    case SW_DTYPE_F32: return "f32";
-    case SW_DTYPE_F64: return "f64";
-    case SW_DTYPE_F16: return "f16";
-    case SW_DTYPE_BF16: return "bf16";
-    case SW_DTYPE_I32: return "i32";
-    case SW_DTYPE_U8: return "u8";
-    }
-    return "?";
-}
-size_t dtype_size(sw_dtype t) {
-    switch (t) {
-    case SW_DTYPE_F32: return 4;
-    case SW_DTYPE_F64: return 8;
-    case SW_DTYPE_F16: return 2;
-    case SW_DTYPE_BF16: return 2;
-    case SW_DTYPE_I32: return 4;
-    case SW_DTYPE_U8: return 1;
-    }
-    return 0;
-}
 
 // ================================================================================================ 16-bit formats
 // Independent references: decoding is exact; rounding picks the nearest representable value by search over
@@ -161,8 +140,8 @@ float to_float(double x) {
 struct HostArray {
     sw_dtype type;
     std::vector<uint8_t> bytes;
-    HostArray(sw_dtype t, size_t n) : type(t), bytes(n * dtype_size(t)) {}
-    size_t size() const { return bytes.size() / dtype_size(type); }
+    HostArray(sw_dtype t, size_t n) : type(t), bytes(n * sw::dtype_bytes(t)) {}
+    size_t size() const { return bytes.size() / sw::dtype_bytes(type); }
     double get(size_t i) const {
         switch (type) {
         case SW_DTYPE_F32: { float v; std::memcpy(&v, &bytes[i * 4], 4); return v; }
@@ -185,9 +164,9 @@ struct HostArray {
         case SW_DTYPE_U8: bytes[i] = static_cast<uint8_t>(x); break;
         }
     }
-    void set_bits(size_t i, const void* src) { std::memcpy(&bytes[i * dtype_size(type)], src, dtype_size(type)); }
+    void set_bits(size_t i, const void* src) { std::memcpy(&bytes[i * sw::dtype_bytes(type)], src, sw::dtype_bytes(type)); }
     bool same_bits(size_t i, const HostArray& o) const {
-        const size_t es = dtype_size(type);
+        const size_t es = sw::dtype_bytes(type);
         return std::memcmp(&bytes[i * es], &o.bytes[i * es], es) == 0;
     }
 };
@@ -476,7 +455,7 @@ void check_reduce_sum() {
             for (int off = 0; off < 2; ++off)
                 for (int inplace = 0; inplace < 2; ++inplace) {
                     const int nsrc = 3, ndst = 2;
-                    const size_t es = dtype_size(t), n = count + off;
+                    const size_t es = sw::dtype_bytes(t), n = count + off;
                     std::vector<HostArray> src(nsrc, HostArray(t, n));
                     for (auto& a : src)
                         for (size_t i = 0; i < n; ++i)
@@ -526,7 +505,7 @@ void check_reduce_sum() {
                             bad += same ? 0 : 1;
                         }
                         EXPECT(bad == 0, fmt("reduce_sum %s count %llu off %d inplace %d dst %d: %zu wrong, first at %zu",
-                                             dtype_name(t), static_cast<unsigned long long>(count), off, inplace, d, bad,
+                                             sw::dtype_name(t), static_cast<unsigned long long>(count), off, inplace, d, bad,
                                              first));
                     }
                     for (DevBuf* b : bufs) delete b;
@@ -568,7 +547,7 @@ void check_convert() {
             for (size_t i = 0; i < n; ++i) src.set(i, values[i]);
             HostArray expect(dt, n);
             for (size_t i = 0; i < n; ++i) expect.set(i, src.get(i)); // exact decode, one reference rounding
-            DevBuf dsrc(n * dtype_size(st)), ddst(n * dtype_size(dt));
+            DevBuf dsrc(n * sw::dtype_bytes(st)), ddst(n * sw::dtype_bytes(dt));
             upload(dsrc.p, src.bytes.data(), src.bytes.size(), s.s);
             CALL(convert, dev, st, dsrc.p, dt, ddst.p, n, s.s);
             HostArray out(dt, n);
@@ -580,8 +559,8 @@ void check_convert() {
                 if (!ok && !bad) first = i;
                 bad += ok ? 0 : 1;
             }
-            EXPECT(bad == 0, fmt("convert %s -> %s: %zu wrong; first: %.17g -> %.17g, expected %.17g", dtype_name(st),
-                                 dtype_name(dt), bad, src.get(first), out.get(first), expect.get(first)));
+            EXPECT(bad == 0, fmt("convert %s -> %s: %zu wrong; first: %.17g -> %.17g, expected %.17g", sw::dtype_name(st),
+                                 sw::dtype_name(dt), bad, src.get(first), out.get(first), expect.get(first)));
             ++cases;
         }
     EXPECT(STATUS(convert, dev, SW_DTYPE_I32, nullptr, SW_DTYPE_F32, nullptr, 4, s.s) == SW_ERR_UNSUPPORTED, "i32");
@@ -612,7 +591,7 @@ void check_bias_act() {
         for (int with_bias = 0; with_bias < 2; ++with_bias)
             for (sw_epilogue ep : {SW_EPILOGUE_NONE, SW_EPILOGUE_GELU}) {
                 const int64_t rows = 37, cols = 70, ld = 75;
-                const size_t es = dtype_size(t), n = static_cast<size_t>(rows * ld);
+                const size_t es = sw::dtype_bytes(t), n = static_cast<size_t>(rows * ld);
                 HostArray y(t, n), bias(t, static_cast<size_t>(cols));
                 for (size_t i = 0; i < n; ++i) y.set(i, uniform(-4, 4));
                 for (size_t j = 0; j < static_cast<size_t>(cols); ++j) bias.set(j, uniform(-1, 1));
@@ -639,7 +618,7 @@ void check_bias_act() {
                         worst = std::max(worst, err / tol);
                         bad += err <= tol ? 0 : 1;
                     }
-                EXPECT(bad == 0, fmt("bias_act %s bias %d gelu %d: %zu wrong (worst %.2f x tolerance)", dtype_name(t),
+                EXPECT(bad == 0, fmt("bias_act %s bias %d gelu %d: %zu wrong (worst %.2f x tolerance)", sw::dtype_name(t),
                                      with_bias, static_cast<int>(ep), bad, worst));
                 ++cases;
             }
@@ -666,7 +645,7 @@ const char* algo_name(GemmAlgo a) {
 
 std::string describe(const GemmCase& g) {
     return fmt("%s/%s%s %s %c%c m %lld n %lld k %lld pad %lld off %lld alpha %g beta %g bias %d gelu %d",
-               dtype_name(g.a_type), dtype_name(g.c_type), g.tf32 ? "(tf32)" : "", algo_name(g.algo), g.ta ? 'T' : 'N',
+               sw::dtype_name(g.a_type), sw::dtype_name(g.c_type), g.tf32 ? "(tf32)" : "", algo_name(g.algo), g.ta ? 'T' : 'N',
                g.tb ? 'T' : 'N', static_cast<long long>(g.m), static_cast<long long>(g.n), static_cast<long long>(g.k),
                static_cast<long long>(g.pad), static_cast<long long>(g.off), static_cast<double>(g.alpha),
                static_cast<double>(g.beta), g.bias ? 1 : 0, g.epilogue == SW_EPILOGUE_GELU ? 1 : 0);
@@ -702,7 +681,7 @@ GemmRun run_gemm(const GemmCase& g, void* stream) {
             for (int64_t c = 0; c < g.n; ++c) C0.set(static_cast<size_t>(g.off + r * ldc + c), nan);
     for (size_t i = 0; i < nbias; ++i) bias.set(i, uniform(-1, 1));
 
-    const size_t ea = dtype_size(g.a_type), ec = dtype_size(g.c_type);
+    const size_t ea = sw::dtype_bytes(g.a_type), ec = sw::dtype_bytes(g.c_type);
     DevBuf dA(na * ea), dB(nb * ea), dC(nc * ec), dbias(nbias * ec);
     upload(dA.p, A.bytes.data(), na * ea, stream);
     upload(dB.p, B.bytes.data(), nb * ea, stream);
@@ -869,7 +848,7 @@ void check_gemm() {
             for (int64_t r = 0; r < m; ++r)
                 same = same && std::memcmp(&full[static_cast<size_t>(r * n + j0)], &part[static_cast<size_t>(r * nb)],
                                            static_cast<size_t>(nb) * 4) == 0;
-            EXPECT(same, std::string("hand-written GEMM column block equals the full product's block, ") + dtype_name(t));
+            EXPECT(same, std::string("hand-written GEMM column block equals the full product's block, ") + sw::dtype_name(t));
         }
     }
 
