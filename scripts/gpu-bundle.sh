@@ -30,4 +30,5 @@ mkdir -p "$OUT"
 echo "==> gpu-bundle: compressing"
 tar -C "$STAGE" -cJf "$OUT/shardwise-gpu-bundle.tar.xz" app
 cp "$ROOT/scripts/gpu-run.sh" "$OUT/gpu-run.sh"
+cp "$STAGE/app/COMMIT" "$OUT/COMMIT"
 ls -lh "$OUT"

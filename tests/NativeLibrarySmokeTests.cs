@@ -4,7 +4,8 @@ namespace Shardwise.Tests;
 
 /// <summary>
 /// Checks that the native core was built and copied next to the tests (through the Shardwise.Bindings
-/// project reference) and that its C ABI can be reached directly, independently of the managed bindings.
+/// project reference), or is where SHARDWISE_NATIVE_PATH says, and that its C ABI can be reached directly,
+/// independently of the managed bindings.
 /// </summary>
 [TestFixture]
 public sealed unsafe class NativeLibrarySmokeTests
@@ -18,7 +19,9 @@ public sealed unsafe class NativeLibrarySmokeTests
         : OperatingSystem.IsMacOS() ? "libshardwise.dylib"
         : "libshardwise.so";
 
-    private static string NativeLibraryPath => Path.Combine(AppContext.BaseDirectory, NativeLibraryFileName);
+    // The library the bindings load: SHARDWISE_NATIVE_PATH when set (a GPU bundle points it at a native build
+    // made on that machine), else the copy beside the tests.
+    private static string NativeLibraryPath => Shardwise.Bindings.NativeLibraryLoader.Candidates()[0];
 
     [OneTimeSetUp]
     public void LoadLibrary()
