@@ -144,6 +144,31 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         CopyFrom(host, stream, offset);
     }
 
+    /// <summary>Queues setting <paramref name="count"/> elements from <paramref name="offset"/> to all-zero bits
+    /// (0 for every element type) on <paramref name="stream"/>; returns at once.</summary>
+    public void Clear(Stream stream, long offset = 0, long count = -1)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        if (count < 0) count = Length - offset;
+        CheckRange(offset, count, nameof(count));
+        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        ThrowHelper.Check(Native.sw_memset_async(Handle, (ulong)offset * (ulong)sizeof(T), 0, (ulong)count * (ulong)sizeof(T),
+            stream.Handle), nameof(Native.sw_memset_async));
+    }
+
+    /// <summary>Queues a device-to-device copy of <paramref name="count"/> elements into <paramref name="destination"/>
+    /// on <paramref name="stream"/> (the destination's device); returns at once.</summary>
+    public void CopyTo(DeviceBuffer<T> destination, Stream stream, long sourceOffset, long destinationOffset, long count)
+    {
+        ArgumentNullException.ThrowIfNull(destination);
+        ArgumentNullException.ThrowIfNull(stream);
+        CheckRange(sourceOffset, count, nameof(sourceOffset));
+        destination.CheckRange(destinationOffset, count, nameof(destinationOffset));
+        ThrowHelper.SameDevice(stream.Device, destination.Device, nameof(destination));
+        ThrowHelper.Check(Native.sw_memcpy_d2d_async(destination.Handle, (ulong)destinationOffset * (ulong)sizeof(T), Handle,
+            (ulong)sourceOffset * (ulong)sizeof(T), (ulong)count * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_d2d_async));
+    }
+
     /// <summary>A row-major matrix view of this buffer (float buffers only).</summary>
     public MatrixView AsMatrix(long rows, long cols, long ld = -1, long offset = 0)
     {

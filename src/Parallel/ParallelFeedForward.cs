@@ -1,0 +1,64 @@
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// The tensor-parallel FFN sub-layer for one rank: <c>Y = GeLU(X·W1 + b1)·W2 + b2</c> with W1 (H × F) split by
+/// columns and W2 (F × H) split by rows over the same plan of F, so each rank computes
+/// <c>GeLU(X·W1[:, f_r] + b1[f_r])·W2[f_r, :]</c> with no communication, and exactly one all-reduce combines them.
+/// Uneven splits of F (F % p ≠ 0, empty shards) are handled.
+/// </summary>
+public sealed class ParallelFeedForward : IDisposable
+{
+    private readonly RankContext _ctx;
+    private DeviceBuffer<float>? _hidden;
+
+    /// <summary>Loads this rank's shards of W1 (H × F), b1 (1 × F), W2 (F × H) and, on rank 0, b2 (1 × H).</summary>
+    public ParallelFeedForward(RankContext context, WeightSource w1, WeightSource? b1, WeightSource w2, WeightSource? b2,
+        ShardingPlan? plan = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(w1);
+        ArgumentNullException.ThrowIfNull(w2);
+        if (w2.Rows != w1.Cols || w2.Cols != w1.Rows)
+            throw new ArgumentException($"w2 is {w2.Rows} x {w2.Cols}; expected F x H = {w1.Cols} x {w1.Rows} (w1 is H x F = {w1.Rows} x {w1.Cols}).", nameof(w2));
+        _ctx = context;
+        Plan = plan ?? ShardingPlan.Even(w1.Cols, context.WorldSize);
+        Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan, epilogue: Epilogue.Gelu);
+        try { Down = new RowParallelLinear(context, w2, b2, inputIsParallel: true, plan: Plan); }
+        catch { Up.Dispose(); throw; }
+    }
+
+    /// <summary>H: model width (input and output features).</summary>
+    public long ModelFeatures => Up.InFeatures;
+    /// <summary>F: hidden width.</summary>
+    public long HiddenFeatures => Up.OutFeatures;
+    /// <summary>The split of F over the ranks.</summary>
+    public ShardingPlan Plan { get; }
+    /// <summary>The column-parallel first layer (GeLU fused, output kept sharded).</summary>
+    public ColumnParallelLinear Up { get; }
+    /// <summary>The row-parallel second layer (one all-reduce).</summary>
+    public RowParallelLinear Down { get; }
+
+    /// <summary>Queues Y = GeLU(X·W1 + b1)·W2 + b2 on the rank's stream: X is M × H, Y is M × H, on every rank.</summary>
+    public void Forward(MatrixView x, MatrixView y)
+    {
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        long m = x.Rows, fr = Up.LocalOutFeatures;
+        ThrowHelper.Positive(m, "x.Rows");
+        if (_hidden is null || _hidden.Length < Math.Max(1, m * fr))
+        {
+            _hidden?.Dispose();
+            _hidden = _ctx.Device.Allocate<float>(Math.Max(1, m * fr));
+        }
+        var h = _hidden.AsMatrix(m, fr, Math.Max(1, fr));
+        Up.Forward(x, h);
+        Down.Forward(h, y);
+    }
+
+    /// <summary>Releases both layers and the hidden activation buffer.</summary>
+    public void Dispose()
+    {
+        Up.Dispose();
+        Down.Dispose();
+        _hidden?.Dispose();
+    }
+}

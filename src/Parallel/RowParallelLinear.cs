@@ -1,0 +1,108 @@
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// Row-parallel linear layer <c>Y = X·W + b</c> for one rank (construct one per rank, e.g. inside
+/// <see cref="Spmd.Run"/>). W is K × N; rank r holds only its rows W[rows_r, :] (k_r × N), with rows_r from the
+/// <see cref="ShardingPlan"/> over K (uneven and empty shards allowed). Each rank multiplies its slice of the
+/// input, X[:, rows_r], by its shard; an all-reduce sums the partial products into Y[M, N] on every rank.
+/// The bias is added once, by rank 0's GEMM, before the sum.
+/// </summary>
+public sealed class RowParallelLinear : IDisposable
+{
+    private readonly RankContext _ctx;
+    private DeviceBuffer<float>? _scratch;
+
+    /// <summary>Loads this rank's rows of <paramref name="weight"/> (K × N) and, on rank 0, <paramref name="bias"/> (1 × N).</summary>
+    /// <param name="context">The rank.</param>
+    /// <param name="weight">The logical weight, K × N.</param>
+    /// <param name="bias">Optional bias, 1 × N.</param>
+    /// <param name="inputIsParallel">True: <see cref="Forward"/> takes this rank's M × k_r slice (e.g. the output of a
+    /// <see cref="ColumnParallelLinear"/> without gathering). False: it takes the whole M × K input and reads its
+    /// slice as a view (no copy).</param>
+    /// <param name="plan">The split of K over the ranks (default: even).</param>
+    public RowParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
+        bool inputIsParallel = false, ShardingPlan? plan = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(weight);
+        _ctx = context;
+        InFeatures = weight.Rows;
+        OutFeatures = weight.Cols;
+        ThrowHelper.Positive(InFeatures, "weight.Rows");
+        ThrowHelper.Positive(OutFeatures, "weight.Cols");
+        Plan = plan ?? ShardingPlan.Even(InFeatures, context.WorldSize);
+        Plan.Require(InFeatures, context.WorldSize, nameof(plan));
+        bias?.Require(1, OutFeatures, nameof(bias));
+        InputIsParallel = inputIsParallel;
+        Weight = weight.LoadBlock(context.Stream, LocalInOffset, 0, LocalInFeatures, OutFeatures);
+        try { Bias = context.Rank == 0 ? bias?.LoadBlock(context.Stream, 0, 0, 1, OutFeatures) : null; }
+        catch { Weight?.Dispose(); throw; }
+    }
+
+    /// <summary>K.</summary>
+    public long InFeatures { get; }
+    /// <summary>N.</summary>
+    public long OutFeatures { get; }
+    /// <summary>k_r: this rank's input features.</summary>
+    public long LocalInFeatures => Plan.Size(_ctx.Rank);
+    /// <summary>First input feature of this rank.</summary>
+    public long LocalInOffset => Plan.Offset(_ctx.Rank);
+    /// <summary>The split of K over the ranks.</summary>
+    public ShardingPlan Plan { get; }
+    /// <summary>Whether <see cref="Forward"/> takes this rank's slice of the input (true) or the whole input.</summary>
+    public bool InputIsParallel { get; }
+    /// <summary>This rank's rows of W, k_r × N (null when k_r = 0).</summary>
+    public DeviceBuffer<float>? Weight { get; }
+    /// <summary>The bias, on rank 0 only (null elsewhere or without bias).</summary>
+    public DeviceBuffer<float>? Bias { get; }
+
+    /// <summary>
+    /// Queues Y = X·W + b on the rank's stream: one GEMM and one all-reduce. <paramref name="x"/> is M × k_r when the
+    /// input is parallel, else M × K; <paramref name="y"/> is M × N on every rank. Errors surface at the rank's
+    /// <c>Synchronize</c>.
+    /// </summary>
+    public void Forward(MatrixView x, MatrixView y)
+    {
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
+        ThrowHelper.Positive(m, "x.Rows");
+        long expectedCols = InputIsParallel ? kr : InFeatures;
+        if (x.Cols != expectedCols)
+            throw new ArgumentException(
+                $"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols} ({(InputIsParallel ? "M x this rank's in-features" : "M x in-features")}).",
+                nameof(x));
+        ThrowHelper.Shape(y, m, n, nameof(y), "M x out-features");
+        var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
+        // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
+        var partial = y.Ld == n ? y : Scratch(m * n).AsMatrix(m, n);
+        if (kr > 0)
+            Gemm.Multiply(_ctx.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
+        else if (Bias is not null) // an empty shard on rank 0: its partial is just the bias (k = 0 GEMM)
+            Gemm.Multiply(_ctx.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
+        else
+            partial.Buffer.Clear(_ctx.Stream, partial.Offset, m * n); // contributes zeros to the sum
+        _ctx.AllReduce(partial.Buffer, partial.Buffer, m * n, partial.Offset, partial.Offset);
+        if (!ReferenceEquals(partial.Buffer, y.Buffer) || partial.Offset != y.Offset)
+            for (long i = 0; i < m; i++) // strided y: copy the reduced rows into place
+                partial.Buffer.CopyTo(y.Buffer, _ctx.Stream, partial.Offset + i * n, y.Offset + i * y.Ld, n);
+    }
+
+    private DeviceBuffer<float> Scratch(long elements)
+    {
+        if (_scratch is null || _scratch.Length < elements)
+        {
+            _scratch?.Dispose();
+            _scratch = _ctx.Device.Allocate<float>(elements);
+        }
+        return _scratch;
+    }
+
+    /// <summary>Releases the shard, the bias and the scratch buffer.</summary>
+    public void Dispose()
+    {
+        Weight?.Dispose();
+        Bias?.Dispose();
+        _scratch?.Dispose();
+    }
+}
