@@ -158,6 +158,53 @@ public class CollectiveTests(Backend backend) : BackendTest(backend)
         Assert.That(group.CollectiveCount(0), Is.EqualTo(3UL));
     }
 
+    [TestCaseSource(nameof(Sizes))]
+    public void UnevenReduceScatterLeavesEachRankItsBlock(int p)
+    {
+        var rng = NewRandom();
+        var counts = Enumerable.Range(0, p).Select(r => (long)((r * 5 + 2) % 4)).ToArray(); // includes zeros
+        long total = counts.Sum();
+        var data = PerRank(rng, p, total + 3); // send buffers larger than needed
+        var got = new float[p][];
+        using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30));
+        Spmd.Run(group, ctx =>
+        {
+            using var send = Upload(data[ctx.Rank], ctx.Device, ctx.Stream);
+            using var recv = Poisoned(Math.Max(1, counts[ctx.Rank]), ctx.Device, ctx.Stream);
+            ctx.ReduceScatterV(send, recv, counts[ctx.Rank]);
+            ctx.Synchronize();
+            got[ctx.Rank] = recv.ToArray(ctx.Stream)[..(int)counts[ctx.Rank]];
+        });
+        long displ = 0;
+        for (int r = 0; r < p; r++)
+        {
+            var expected = new float[counts[r]];
+            for (long i = 0; i < counts[r]; i++)
+            {
+                float s = data[0][displ + i];
+                for (int q = 1; q < p; q++) s += data[q][displ + i];
+                expected[i] = s;
+            }
+            Reference.AssertBitwise(got[r], expected, $"rank {r}");
+            displ += counts[r];
+        }
+    }
+
+    [Test]
+    public void UnevenReduceScatterWithTooSmallASendBufferIsAMismatch()
+    {
+        using var group = ProcessGroup.CreateLocal(Dev, 2, TimeSpan.FromSeconds(30));
+        var ex = Assert.Throws<SpmdException>(() => Spmd.Run(group, ctx =>
+        {
+            using var send = ctx.Device.Allocate<float>(ctx.Rank == 0 ? 8 : 5);
+            using var recv = ctx.Device.Allocate<float>(4);
+            ctx.ReduceScatterV(send, recv, 4);
+            ctx.Synchronize();
+        }));
+        Assert.That(ex!.RankErrors.Values, Is.All.InstanceOf<CollectiveMismatchException>());
+        Assert.That(ex.RankErrors[0].Message, Does.Contain("rank 1's send holds 5"));
+    }
+
     // ------------------------------------------------------------------ failures: clear errors, never hangs
 
     [Test]

@@ -116,6 +116,78 @@ public class RowParallelAndFfnTests(Backend backend) : BackendTest(backend)
             Assert.That(group.CollectiveCount(r), Is.EqualTo(1UL), $"rank {r}: collectives per FFN forward");
     }
 
+    private static IEnumerable<TestCaseData> SequenceCases()
+    {
+        foreach (var (m, h, f) in new[] { (3L, 16L, 10L), (29L, 24L, 70L) })
+            for (int p = 1; p <= 8; p++)
+                yield return new TestCaseData(m, h, f, p).SetArgDisplayNames($"M={m}", $"H={h}", $"F={f}", $"p={p}");
+    }
+
+    /// <summary>Sequence parallelism: tokens split unevenly (M &lt; p too); all-gather in, reduce-scatter out; each rank
+    /// gets exactly its rows of the float64 reference, from RowParallelLinear.ForwardScatter and the SP FFN.</summary>
+    [TestCaseSource(nameof(SequenceCases))]
+    public void SequenceParallelFeedForwardLeavesEachRankItsRows(long m, long h, long f, int p)
+    {
+        var rng = NewRandom();
+        var x = RandomArray(rng, m * h);
+        var w1 = RandomArray(rng, h * f, 0.5f);
+        var b1 = RandomArray(rng, f);
+        var w2 = RandomArray(rng, f * h, 0.5f);
+        var b2 = RandomArray(rng, h);
+        var (hid, hidMag) = Reference.Gemm(x, h, false, w1, f, false, m, f, h, bias: b1, gelu: true);
+        var tokens = ShardingPlan.Even(m, p);
+        using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30));
+        var ys = new float[p][];
+        var rowOut = new float[p][];
+        Spmd.Run(group, ctx =>
+        {
+            long mr = tokens.Size(ctx.Rank), r0 = tokens.Offset(ctx.Rank);
+            using var ffn = new ParallelFeedForward(ctx, WeightSource.FromArray(w1, h, f), WeightSource.FromArray(b1, 1, f),
+                WeightSource.FromArray(w2, f, h), WeightSource.FromArray(b2, 1, h));
+            using var xr = ctx.Device.Allocate<float>(Math.Max(1, mr * h));
+            if (mr > 0) xr.CopyFrom(x.AsSpan((int)(r0 * h), (int)(mr * h)), ctx.Stream);
+            using var yr = Poisoned(Math.Max(1, mr * (h + 2)), ctx.Device, ctx.Stream);
+            ffn.ForwardSequenceParallel(xr.AsMatrix(mr, h), yr.AsMatrix(mr, h, h + 2), tokens); // strided output
+            // The row-parallel layer alone, scattering the full input's product.
+            using var row = new RowParallelLinear(ctx, WeightSource.FromArray(w1, h, f), WeightSource.FromArray(b1, 1, f));
+            using var xf = ctx.Device.Allocate<float>(m * h);
+            xf.CopyFrom(x, ctx.Stream);
+            using var ro = Poisoned(Math.Max(1, mr * f), ctx.Device, ctx.Stream);
+            row.ForwardScatter(xf.AsMatrix(m, h), ro.AsMatrix(mr, f), tokens);
+            ctx.Synchronize();
+            var all = yr.ToArray(ctx.Stream);
+            ys[ctx.Rank] = Enumerable.Range(0, (int)mr).SelectMany(i => all.Skip(i * (int)(h + 2)).Take((int)h)).ToArray();
+            rowOut[ctx.Rank] = ro.ToArray(ctx.Stream)[..(int)(mr * f)];
+        });
+        var (lin, linMag) = Reference.Gemm(x, h, false, w1, f, false, m, f, h, bias: b1);
+        for (int r = 0; r < p; r++)
+        {
+            long mr = tokens.Size(r), r0 = tokens.Offset(r);
+            for (long i = 0; i < mr; i++)
+            {
+                for (long j = 0; j < h; j++)
+                {
+                    double want = b2[j], mag = Math.Abs(b2[j]), carried = 0;
+                    for (long q = 0; q < f; q++)
+                    {
+                        double hv = hid[(r0 + i) * f + q];
+                        want += hv * w2[q * h + j];
+                        mag += Math.Abs(hv * w2[q * h + j]);
+                        carried += 1.2 * (Reference.Bound(hidMag[(r0 + i) * f + q], h) + 2e-7 * Math.Abs(hv)) * Math.Abs(w2[q * h + j]);
+                    }
+                    double tol = Reference.Bound(mag, f) + carried + 2e-7 * Math.Abs(want);
+                    Assert.That(ys[r][i * h + j], Is.EqualTo(want).Within(tol), $"FFN rank {r} row {r0 + i} col {j}");
+                }
+                for (long j = 0; j < f; j++)
+                {
+                    double want = lin[(r0 + i) * f + j];
+                    double tol = Reference.Bound(linMag[(r0 + i) * f + j], h) + 2e-7 * Math.Abs(want);
+                    Assert.That(rowOut[r][i * f + j], Is.EqualTo(want).Within(tol), $"row-parallel rank {r} row {r0 + i} col {j}");
+                }
+            }
+        }
+    }
+
     [Test]
     public void RowParallelWithAnEmptyShardOnRankZeroStillAddsTheBiasOnce()
     {

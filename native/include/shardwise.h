@@ -270,6 +270,13 @@ SW_API sw_status sw_all_reduce(sw_comm comm, int32_t rank, sw_buffer send, uint6
 SW_API sw_status sw_reduce_scatter(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
                                    sw_buffer recv, uint64_t recv_offset, uint64_t recv_count,
                                    sw_dtype dtype, sw_reduce_op op, sw_stream stream);
+/* Uneven reduce-scatter: each rank passes the count it receives; the ranks' counts, in rank order, tile the
+ * first Σ counts elements of every send buffer (send_capacity, in elements, must hold that total), and
+ * recv[i] = Σ_q send_q[displ + i] with displ = Σ_{q<rank} count_q. Counts may be 0. Sequence parallelism
+ * uses it to leave each rank its own (possibly uneven) block of token rows. */
+SW_API sw_status sw_reduce_scatter_v(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
+                                     uint64_t send_capacity, sw_buffer recv, uint64_t recv_offset, uint64_t recv_count,
+                                     sw_dtype dtype, sw_reduce_op op, sw_stream stream);
 /* Copies root's buf[0..count) into every rank's buf. */
 SW_API sw_status sw_broadcast(sw_comm comm, int32_t rank, sw_buffer buf, uint64_t offset, uint64_t count,
                               sw_dtype dtype, int32_t root, sw_stream stream);

@@ -79,6 +79,7 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_all_gather_columns(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, long rows, long cols, long ldSend, BufferHandle recv, ulong recvOffset, long ldRecv, SwDtype dtype, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_all_reduce(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, BufferHandle recv, ulong recvOffset, ulong count, SwDtype dtype, SwReduceOp op, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_reduce_scatter(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, BufferHandle recv, ulong recvOffset, ulong recvCount, SwDtype dtype, SwReduceOp op, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_reduce_scatter_v(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, ulong sendCapacity, BufferHandle recv, ulong recvOffset, ulong recvCount, SwDtype dtype, SwReduceOp op, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_broadcast(CommHandle comm, int rank, BufferHandle buf, ulong offset, ulong count, SwDtype dtype, int root, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_barrier(CommHandle comm, int rank, StreamHandle stream);
 #pragma warning restore CS1591

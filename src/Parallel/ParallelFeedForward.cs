@@ -54,6 +54,38 @@ public sealed class ParallelFeedForward : IDisposable
         Down.Forward(h, y);
     }
 
+    /// <summary>
+    /// Sequence-parallel forward: each rank holds only its block of token rows. The rows are all-gathered into the
+    /// full M × H input, the FFN runs as in <see cref="Forward"/>, and a reduce-scatter (instead of the all-reduce)
+    /// leaves each rank its own rows of Y — still one collective for the reduction, plus the gather.
+    /// <paramref name="tokens"/> splits the M rows over the ranks (uneven allowed); <paramref name="x"/> and
+    /// <paramref name="y"/> are this rank's m_r × H blocks (row-major, contiguous x).
+    /// </summary>
+    public void ForwardSequenceParallel(MatrixView x, MatrixView y, ShardingPlan tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Parts != _ctx.WorldSize)
+            throw new ArgumentException($"tokens splits over {tokens.Parts} ranks; expected {_ctx.WorldSize}.", nameof(tokens));
+        long m = tokens.Total, mr = tokens.Size(_ctx.Rank), hdim = ModelFeatures, fr = Up.LocalOutFeatures;
+        ThrowHelper.Positive(m, "tokens.Total");
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        ThrowHelper.Shape(x, mr, hdim, nameof(x), "this rank's token rows x model features");
+        if (mr > 1 && x.Ld != hdim)
+            throw new ArgumentException($"x has ld {x.Ld}; the gather needs contiguous rows (ld = {hdim}).", nameof(x));
+        long need = m * hdim + Math.Max(1, m * fr);
+        if (_hidden is null || _hidden.Length < need)
+        {
+            _hidden?.Dispose();
+            _hidden = _ctx.Device.Allocate<float>(need);
+        }
+        // [0, m·H): the gathered input; then the hidden activation.
+        _ctx.AllGatherV(x.Buffer, mr * hdim, _hidden, x.Offset, 0);
+        var full = _hidden.AsMatrix(m, hdim);
+        var h = _hidden.AsMatrix(m, fr, Math.Max(1, fr), m * hdim);
+        Up.Forward(full, h);
+        Down.ForwardScatter(h, y, tokens);
+    }
+
     /// <summary>Releases both layers and the hidden activation buffer.</summary>
     public void Dispose()
     {

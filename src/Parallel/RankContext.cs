@@ -124,6 +124,24 @@ public sealed class RankContext
             (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle), nameof(Native.sw_reduce_scatter));
     }
 
+    /// <summary>
+    /// Uneven reduce-scatter: this rank receives <paramref name="recvCount"/> elements; the ranks' counts, in rank
+    /// order, tile the start of every rank's <paramref name="send"/>, and recv[i] = Σ over ranks of send[displ + i]
+    /// with displ = the counts of the ranks before this one.
+    /// </summary>
+    public void ReduceScatterV<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount, long sendOffset = 0, long recvOffset = 0)
+        where T : unmanaged
+    {
+        Own(send, nameof(send));
+        Own(recv, nameof(recv));
+        Fits(send, sendOffset, 0, nameof(send));
+        if (recvCount > 0) Fits(recv, recvOffset, recvCount, nameof(recv));
+        else ThrowHelper.NonNegative(recvCount, nameof(recvCount));
+        ThrowHelper.Check(Native.sw_reduce_scatter_v(Group.Comm, Rank, send.Handle, (ulong)sendOffset, (ulong)(send.Length - sendOffset),
+            recv.Handle, (ulong)recvOffset, (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle),
+            nameof(Native.sw_reduce_scatter_v));
+    }
+
     /// <summary>Copies <paramref name="root"/>'s buffer into every rank's.</summary>
     public void Broadcast<T>(DeviceBuffer<T> buffer, int root, long count = -1, long offset = 0) where T : unmanaged
     {

@@ -88,6 +88,44 @@ public sealed class RowParallelLinear : IDisposable
                 partial.Buffer.CopyTo(y.Buffer, _ctx.Stream, partial.Offset + i * n, y.Offset + i * y.Ld, n);
     }
 
+    /// <summary>
+    /// Sequence-parallel output: queues the same product but leaves each rank only its block of token rows,
+    /// combined by one reduce-scatter instead of an all-reduce. <paramref name="tokens"/> splits the M rows over the
+    /// ranks (uneven allowed); <paramref name="y"/> is this rank's m_r × N block.
+    /// </summary>
+    public void ForwardScatter(MatrixView x, MatrixView y, ShardingPlan tokens)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
+        ThrowHelper.Positive(m, "x.Rows");
+        tokens.Require(m, _ctx.WorldSize, nameof(tokens));
+        long expectedCols = InputIsParallel ? kr : InFeatures;
+        if (x.Cols != expectedCols)
+            throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols}.", nameof(x));
+        long mr = tokens.Size(_ctx.Rank);
+        ThrowHelper.Shape(y, mr, n, nameof(y), "this rank's token rows x out-features");
+        var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
+        bool direct = y.Ld == n || mr <= 1;
+        var scratch = Scratch(m * n + (direct ? 0 : mr * n));
+        var partial = scratch.AsMatrix(m, n);
+        if (kr > 0)
+            Gemm.Multiply(_ctx.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
+        else if (Bias is not null)
+            Gemm.Multiply(_ctx.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
+        else
+            scratch.Clear(_ctx.Stream, 0, m * n);
+        if (direct)
+        {
+            _ctx.ReduceScatterV(scratch, y.Buffer, mr * n, 0, y.Offset);
+            return;
+        }
+        _ctx.ReduceScatterV(scratch, scratch, mr * n, 0, m * n);
+        for (long i = 0; i < mr; i++)
+            scratch.CopyTo(y.Buffer, _ctx.Stream, m * n + i * n, y.Offset + i * y.Ld, n);
+    }
+
     private DeviceBuffer<float> Scratch(long elements)
     {
         if (_scratch is null || _scratch.Length < elements)

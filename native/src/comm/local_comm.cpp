@@ -18,7 +18,7 @@ using namespace sw;
 
 namespace {
 
-enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, Broadcast, Barrier };
+enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, ReduceScatterV, Broadcast, Barrier };
 
 const char* coll_name(Coll c) {
     switch (c) {
@@ -27,6 +27,7 @@ const char* coll_name(Coll c) {
     case Coll::AllGatherColumns: return "sw_all_gather_columns";
     case Coll::AllReduce: return "sw_all_reduce";
     case Coll::ReduceScatter: return "sw_reduce_scatter";
+    case Coll::ReduceScatterV: return "sw_reduce_scatter_v";
     case Coll::Broadcast: return "sw_broadcast";
     case Coll::Barrier: return "sw_barrier";
     }
@@ -43,6 +44,7 @@ struct Desc {
     const char* send = nullptr;
     char* recv = nullptr;
     uint64_t recv_capacity = 0; // elements available in recv from its offset
+    uint64_t send_capacity = 0; // reduce-scatter-v: elements available in send from its offset
     std::shared_ptr<Storage> keep_send, keep_recv;
 };
 
@@ -135,6 +137,13 @@ std::string check_agreement(const Slot& slot, int world) {
         }
         if (!same)
             return str("ranks disagree: rank 0 called ", describe(d0), " but rank ", r, " called ", describe(d));
+    }
+    if (d0.op == Coll::ReduceScatterV) {
+        uint64_t total = 0;
+        for (int r = 0; r < world; ++r) total += slot.desc[r].count;
+        for (int r = 0; r < world; ++r)
+            if (slot.desc[r].send_capacity < total)
+                return str("rank ", r, "'s send holds ", slot.desc[r].send_capacity, " elements but the ranks' counts add up to ", total);
     }
     if (d0.op == Coll::AllGatherV || d0.op == Coll::AllGatherColumns) {
         uint64_t total = 0;
@@ -247,6 +256,15 @@ void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vect
     }
 }
 
+// Where rank `rank`'s block starts in every send buffer of a reduce-scatter (elements).
+uint64_t scatter_displacement(const Slot& slot, int rank) {
+    const Desc& me = slot.desc[rank];
+    if (me.op == Coll::ReduceScatter) return static_cast<uint64_t>(rank) * me.count;
+    uint64_t displ = 0;
+    for (int q = 0; q < rank; ++q) displ += slot.desc[q].count;
+    return displ;
+}
+
 // CUDA: rank `rank`'s share of the data movement, on that rank's communication stream, finished before
 // returning (the departure barrier follows).
 void move_data_cuda(CommState& st, const Slot& slot, int world, int rank) {
@@ -297,10 +315,12 @@ void move_data_cuda(CommState& st, const Slot& slot, int world, int rank) {
         cuda_check(api->reduce_sum(ord, me.dtype, src.data(), world, dst.data(), world, n, cs, &err), err);
         break;
     }
-    case Coll::ReduceScatter: {
+    case Coll::ReduceScatter:
+    case Coll::ReduceScatterV: {
         if (!me.count) break;
+        const uint64_t displ = scatter_displacement(slot, rank);
         std::vector<const void*> src(world);
-        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + rank * me.count * esz;
+        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + displ * esz;
         void* dst = me.recv;
         cuda_check(api->reduce_sum(ord, me.dtype, src.data(), world, &dst, 1, me.count, cs, &err), err);
         break;
@@ -356,10 +376,12 @@ void move_data(const Slot& slot, int world, int rank) {
         reduce_sum(me.dtype, src, dst, begin, n);
         break;
     }
-    case Coll::ReduceScatter: {
+    case Coll::ReduceScatter:
+    case Coll::ReduceScatterV: {
         if (!me.count) break;
+        const uint64_t displ = scatter_displacement(slot, rank);
         std::vector<const char*> src(world);
-        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + rank * me.count * esz;
+        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + displ * esz;
         std::vector<char*> dst{me.recv};
         reduce_sum(me.dtype, src, dst, 0, me.count);
         break;
@@ -716,6 +738,23 @@ SW_API sw_status sw_reduce_scatter(sw_comm comm, int32_t rank, sw_buffer send, u
         d.dtype = dtype;
         d.count = recv_count;
         d.send = span_of(send, "send", ctx, rank, send_offset, recv_count * ctx.comm->state->world, &d.keep_send);
+        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_count, &d.keep_recv);
+        submit(ctx, rank, std::move(d));
+    });
+}
+
+SW_API sw_status sw_reduce_scatter_v(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
+                                     uint64_t send_capacity, sw_buffer recv, uint64_t recv_offset, uint64_t recv_count,
+                                     sw_dtype dtype, sw_reduce_op op, sw_stream stream) {
+    return guard(__func__, [&] {
+        const Ctx ctx = enter(comm, rank, stream, dtype, true);
+        if (op != SW_REDUCE_SUM) fail(SW_ERR_INVALID_ARGUMENT, "op = ", static_cast<int>(op), "; expected SW_REDUCE_SUM");
+        Desc d;
+        d.op = Coll::ReduceScatterV;
+        d.dtype = dtype;
+        d.count = recv_count;
+        d.send = span_of(send, "send", ctx, rank, send_offset, send_capacity, &d.keep_send);
+        d.send_capacity = send_capacity;
         d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_count, &d.keep_recv);
         submit(ctx, rank, std::move(d));
     });
