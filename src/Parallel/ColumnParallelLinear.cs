@@ -81,6 +81,44 @@ public sealed class ColumnParallelLinear : IDisposable
         _ctx.AllGatherColumns(local, y);
     }
 
+    /// <summary>
+    /// Queues the backward pass on the rank's stream, as Megatron does it: dW_r = Xᵀ·dY_r and db_r = Σ_rows dY_r
+    /// need no communication; dX = Σ_r dY_r·W_rᵀ takes one all-reduce. <paramref name="x"/> is the forward input
+    /// (M × K, kept by the caller — or recomputed); <paramref name="dy"/> is the gradient of the output, M × N when the
+    /// output was gathered (every rank passes the same) else this rank's M × n_r; <paramref name="dx"/> (M × K) receives
+    /// the input gradient on every rank. <paramref name="dWeight"/> (K × n_r) and <paramref name="dBias"/> (n_r) are
+    /// optional; with <paramref name="accumulate"/> they are added to (gradient accumulation), else overwritten.
+    /// </summary>
+    public void Backward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight = null,
+        DeviceBuffer<float>? dBias = null, bool accumulate = false)
+    {
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        if (dy.IsEmpty) throw new ArgumentException("dy is an empty (default) view.", nameof(dy));
+        if (dx.IsEmpty) throw new ArgumentException("dx is an empty (default) view.", nameof(dx));
+        if (Epilogue != Epilogue.None)
+            throw new NotSupportedException("Backward through a fused GeLU epilogue is not implemented yet (it needs the pre-activation); use a layer without epilogue.");
+        long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
+        ThrowHelper.Shape(x, m, k, nameof(x), "M x in-features, the forward input");
+        ThrowHelper.Shape(dy, m, GatherOutput ? OutFeatures : n, nameof(dy), GatherOutput ? "M x out-features" : "M x local out-features");
+        ThrowHelper.Shape(dx, m, k, nameof(dx), "M x in-features");
+        if (dx.Ld != k && m > 1)
+            throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {k}).", nameof(dx));
+        var dyr = GatherOutput ? dy.Columns(LocalOutOffset, n) : dy;
+        if (n > 0)
+        {
+            if (dWeight is not null) GradientHelpers.WeightGradient(_ctx, x, dyr, dWeight, accumulate);
+            if (dBias is not null) GradientHelpers.ColumnSums(_ctx, ref _ones, dyr, dBias, accumulate);
+            Gemm.Multiply(_ctx.Stream, dyr, Weight!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
+        }
+        else
+        {
+            dx.Buffer.Clear(_ctx.Stream, dx.Offset, m * k); // this rank contributes nothing to dX
+        }
+        _ctx.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);
+    }
+
+    private DeviceBuffer<float>? _ones;
+
     private DeviceBuffer<float> Scratch(long elements)
     {
         if (_scratch is null || _scratch.Length < elements)
@@ -98,5 +136,6 @@ public sealed class ColumnParallelLinear : IDisposable
         Weight?.Dispose();
         Bias?.Dispose();
         _scratch?.Dispose();
+        _ones?.Dispose();
     }
 }

@@ -126,6 +126,42 @@ public sealed class RowParallelLinear : IDisposable
             scratch.CopyTo(y.Buffer, _ctx.Stream, m * n + i * n, y.Offset + i * y.Ld, n);
     }
 
+    /// <summary>
+    /// Queues the backward pass on the rank's stream: dW_r = X_rᵀ·dY and dX_r = dY·W_rᵀ need no communication
+    /// (Megatron's row-parallel backward); when the forward split the whole input on entry, the ranks' dX_r column
+    /// blocks are all-gathered into the full M × K input gradient. <paramref name="x"/> is the forward input
+    /// (as passed to <see cref="Forward"/>), <paramref name="dy"/> the M × N output gradient (the same on every
+    /// rank), <paramref name="dx"/> the input gradient shaped like <paramref name="x"/>. <paramref name="dBias"/> (N,
+    /// optional, typically on rank 0 which owns the bias) receives Σ_rows dY; <paramref name="dWeight"/> (k_r × N)
+    /// is optional. With <paramref name="accumulate"/> both are added to, else overwritten.
+    /// </summary>
+    public void Backward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight = null,
+        DeviceBuffer<float>? dBias = null, bool accumulate = false)
+    {
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        if (dy.IsEmpty) throw new ArgumentException("dy is an empty (default) view.", nameof(dy));
+        if (dx.IsEmpty) throw new ArgumentException("dx is an empty (default) view.", nameof(dx));
+        long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
+        long cols = InputIsParallel ? kr : InFeatures;
+        ThrowHelper.Shape(x, m, cols, nameof(x), "the forward input");
+        ThrowHelper.Shape(dy, m, n, nameof(dy), "M x out-features");
+        ThrowHelper.Shape(dx, m, cols, nameof(dx), "shaped like the forward input");
+        var xr = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
+        if (dBias is not null) GradientHelpers.ColumnSums(_ctx, ref _ones, dy, dBias, accumulate);
+        if (kr > 0 && dWeight is not null) GradientHelpers.WeightGradient(_ctx, xr, dy, dWeight, accumulate);
+        if (InputIsParallel)
+        {
+            if (kr > 0) Gemm.Multiply(_ctx.Stream, dy, Weight!.AsMatrix(kr, n), dx, transB: true);
+            return;
+        }
+        // Split on entry: compute this rank's columns of dX, then gather every rank's block into dX.
+        var local = Scratch(Math.Max(1, m * kr)).AsMatrix(m, kr, Math.Max(1, kr));
+        if (kr > 0) Gemm.Multiply(_ctx.Stream, dy, Weight!.AsMatrix(kr, n), local, transB: true);
+        _ctx.AllGatherColumns(kr > 0 ? local : default, dx);
+    }
+
+    private DeviceBuffer<float>? _ones;
+
     private DeviceBuffer<float> Scratch(long elements)
     {
         if (_scratch is null || _scratch.Length < elements)
@@ -142,5 +178,6 @@ public sealed class RowParallelLinear : IDisposable
         Weight?.Dispose();
         Bias?.Dispose();
         _scratch?.Dispose();
+        _ones?.Dispose();
     }
 }
