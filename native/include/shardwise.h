@@ -221,6 +221,17 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op 
                          sw_buffer bias, uint64_t bias_offset,
                          sw_epilogue epilogue);
 
+/* ---------------------------------------------------------------- element-wise activations */
+
+/* y[i] = gelu(x[i]) for i < count (tanh approximation, as the GEMM epilogue), in stream order. x == y (same
+ * buffer and offset) is allowed. dtype: F32 on the CPU; F32, F64, F16, BF16 on CUDA. */
+SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer y,
+                         uint64_t y_offset, uint64_t count);
+/* dx[i] = dy[i] * gelu'(x[i]) for i < count: the backward of sw_gelu, x being its input (the pre-activation).
+ * dx may be dy (in place). */
+SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer dy,
+                                  uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, uint64_t count);
+
 /* ---------------------------------------------------------------- communicators */
 
 /* An in-process communicator of world_size ranks (virtual ranks: one host thread or one stream per

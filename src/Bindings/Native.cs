@@ -67,6 +67,10 @@ public static unsafe partial class Native
         BufferHandle c, ulong cOffset, long ldc,
         nint bias, ulong biasOffset, SwEpilogue epilogue);
 
+    // ---------------------------------------------------------------- element-wise activations
+    [LibraryImport(Lib)] public static partial SwStatus sw_gelu(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle y, ulong yOffset, ulong count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_gelu_backward(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle dy, ulong dyOffset, BufferHandle dx, ulong dxOffset, ulong count);
+
     // ---------------------------------------------------------------- communicators
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_local(int worldSize, nint* devices, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_destroy(nint comm);

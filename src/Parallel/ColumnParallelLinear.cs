@@ -96,7 +96,14 @@ public sealed class ColumnParallelLinear : IDisposable
         if (dy.IsEmpty) throw new ArgumentException("dy is an empty (default) view.", nameof(dy));
         if (dx.IsEmpty) throw new ArgumentException("dx is an empty (default) view.", nameof(dx));
         if (Epilogue != Epilogue.None)
-            throw new NotSupportedException("Backward through a fused GeLU epilogue is not implemented yet (it needs the pre-activation); use a layer without epilogue.");
+            throw new NotSupportedException("Backward through a fused GeLU epilogue needs the pre-activation: use ParallelFeedForward.ForwardTraining / Backward, or a layer without epilogue.");
+        LinearBackward(x, dy, dx, dWeight, dBias, accumulate);
+    }
+
+    /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue).</summary>
+    internal void LinearBackward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight,
+        DeviceBuffer<float>? dBias, bool accumulate)
+    {
         long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
         ThrowHelper.Shape(x, m, k, nameof(x), "M x in-features, the forward input");
         ThrowHelper.Shape(dy, m, GatherOutput ? OutFeatures : n, nameof(dy), GatherOutput ? "M x out-features" : "M x local out-features");

@@ -86,6 +86,64 @@ public sealed class ParallelFeedForward : IDisposable
         Down.ForwardScatter(h, y, tokens);
     }
 
+    /// <summary>
+    /// Training forward: like <see cref="Forward"/> (one all-reduce) but computes the pre-activation
+    /// Z = X·W1_r + b1_r and H = GeLU(Z) separately, so <see cref="Backward"/> can use them. With
+    /// <paramref name="keepActivations"/> the returned object holds Z and H (2·M·f_r floats per rank); without, it
+    /// records only M and <see cref="Backward"/> recomputes them (activation recomputation: memory for one GEMM).
+    /// </summary>
+    public FeedForwardActivations ForwardTraining(MatrixView x, MatrixView y, bool keepActivations = true)
+    {
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        ThrowHelper.Shape(x, x.Rows, ModelFeatures, nameof(x), "M x model features");
+        var saved = new FeedForwardActivations(_ctx.Device, x.Rows, Up.LocalOutFeatures);
+        try
+        {
+            ComputeHidden(x, saved);
+            Down.Forward(saved.HiddenView, y);
+            if (!keepActivations) saved.Release();
+            return saved;
+        }
+        catch
+        {
+            saved.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Backward of the FFN with one all-reduce (of dX), as Megatron: dH = dY·W2_rᵀ, dW2_r = Hᵀ·dY, db2 = Σ dY (on
+    /// rank 0, which owns b2), dZ = dH ∘ GeLU'(Z), dW1_r = Xᵀ·dZ, db1_r = Σ dZ, dX = Σ_r dZ·W1_rᵀ.
+    /// <paramref name="x"/> is the forward input (M × H), <paramref name="dy"/> the output gradient (M × H, the
+    /// same on every rank), <paramref name="dx"/> receives the input gradient. <paramref name="saved"/> comes from
+    /// <see cref="ForwardTraining"/>; when it kept no activations they are recomputed here.
+    /// </summary>
+    public void Backward(MatrixView x, MatrixView dy, MatrixView dx, FeedForwardGradients gradients, FeedForwardActivations saved,
+        bool accumulate = false)
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        ArgumentNullException.ThrowIfNull(saved);
+        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        long m = x.Rows, fr = Up.LocalOutFeatures, hdim = ModelFeatures;
+        if (saved.Rows != m || saved.HiddenFeatures != fr)
+            throw new ArgumentException($"saved activations are for {saved.Rows} x {saved.HiddenFeatures}; expected {m} x {fr}.", nameof(saved));
+        ThrowHelper.Shape(dy, m, hdim, nameof(dy), "M x model features");
+        if (!saved.IsKept) ComputeHidden(x, saved.Recreate());
+        // dH (M × f_r) = dY · W2_rᵀ, dW2_r, db2 — the row-parallel layer's backward with a parallel input.
+        var dh = saved.GradientView;
+        Down.Backward(saved.HiddenView, dy, dh, gradients.DW2, _ctx.Rank == 0 ? gradients.DB2 : null, accumulate);
+        if (fr > 0) Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, m * fr, 0, 2 * m * fr, 2 * m * fr);
+        Up.LinearBackward(x, dh, dx, gradients.DW1, gradients.DB1, accumulate);
+    }
+
+    private void ComputeHidden(MatrixView x, FeedForwardActivations saved)
+    {
+        long fr = Up.LocalOutFeatures;
+        if (fr == 0) return;
+        Gemm.Multiply(_ctx.Stream, x, Up.Weight!.AsMatrix(ModelFeatures, fr), saved.PreActivationView, bias: Up.Bias);
+        Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, x.Rows * fr, 0, x.Rows * fr);
+    }
+
     /// <summary>Releases both layers and the hidden activation buffer.</summary>
     public void Dispose()
     {

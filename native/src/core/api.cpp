@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <vector>
+#include <algorithm>
 
 #if defined(__linux__)
 #include <unistd.h>
@@ -733,6 +735,105 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op 
         const auto kernel = static_cast<cpu::Kernel>(dev->kernel.load());
         s->impl->enqueue([args, kernel, dev, keep_a, keep_b, keep_c = bc->storage, keep_bias] {
             cpu::sgemm(args, kernel, *dev->pool);
+        });
+    });
+}
+
+} // extern "C"
+
+// ---------------------------------------------------------------- element-wise activations
+
+namespace {
+// d/dx of the tanh-approximation GeLU.
+float gelu_grad(float x) {
+    const float c = 0.7978845608028654f;
+    const float t = std::tanh(c * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+// Runs fn(begin, end) over [0, count) in chunks on the device's pool, queued on the stream.
+template <class Fn>
+void enqueue_elementwise(sw_stream_s* s, uint64_t count, std::vector<std::shared_ptr<Storage>> keep, Fn fn) {
+    auto dev = s->device_impl;
+    s->impl->enqueue([dev, count, keep = std::move(keep), fn] {
+        constexpr uint64_t kChunk = 1 << 16;
+        const int64_t chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
+        dev->pool->parallel_for(chunks, [&](int64_t c) {
+            const uint64_t b = static_cast<uint64_t>(c) * kChunk;
+            fn(b, std::min<uint64_t>(count, b + kChunk));
+        });
+    });
+}
+
+void check_activation_dtype(const sw_stream_s* s, sw_dtype dtype) {
+    dtype_size_checked(dtype, "dtype");
+    if (!s->device_impl->is_cuda() && dtype != SW_DTYPE_F32)
+        fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": the CPU backend computes activations in float32 only");
+    if (s->device_impl->is_cuda() && dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F64 && dtype != SW_DTYPE_F16 &&
+        dtype != SW_DTYPE_BF16)
+        fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": CUDA activations take f32, f64, f16 or bf16");
+}
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer y,
+                         uint64_t y_offset, uint64_t count) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        check_activation_dtype(s, dtype);
+        auto* bx = checked(x, "x");
+        auto* by = checked(y, "y");
+        require_same_device(bx, s, "x");
+        require_same_device(by, s, "y");
+        const size_t esz = sw_dtype_size(dtype);
+        char* px = buffer_span(bx, x_offset, count, esz, "x");
+        char* py = buffer_span(by, y_offset, count, esz, "y");
+        if (count == 0) return;
+        if (s->device_impl->is_cuda()) {
+            const auto& api = s->device_impl->cuda;
+            const int32_t ord = s->device_impl->ordinal;
+            std::string err;
+            if (px != py) cuda_check(api->memcpy_async(ord, py, px, count * esz, s->cuda_stream, &err), err);
+            cuda_check(api->bias_act(ord, dtype, py, static_cast<int64_t>(count), 1, static_cast<int64_t>(count), nullptr,
+                                     SW_EPILOGUE_GELU, s->cuda_stream, &err), err);
+            return;
+        }
+        auto* fx = reinterpret_cast<const float*>(px);
+        auto* fy = reinterpret_cast<float*>(py);
+        enqueue_elementwise(s, count, {bx->storage, by->storage}, [fx, fy](uint64_t b, uint64_t e) {
+            for (uint64_t i = b; i < e; ++i) fy[i] = cpu::gelu_tanh(fx[i]);
+        });
+    });
+}
+
+SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer dy,
+                                  uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, uint64_t count) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        check_activation_dtype(s, dtype);
+        auto* bx = checked(x, "x");
+        auto* bdy = checked(dy, "dy");
+        auto* bdx = checked(dx, "dx");
+        require_same_device(bx, s, "x");
+        require_same_device(bdy, s, "dy");
+        require_same_device(bdx, s, "dx");
+        const size_t esz = sw_dtype_size(dtype);
+        char* px = buffer_span(bx, x_offset, count, esz, "x");
+        char* pdy = buffer_span(bdy, dy_offset, count, esz, "dy");
+        char* pdx = buffer_span(bdx, dx_offset, count, esz, "dx");
+        if (count == 0) return;
+        if (s->device_impl->is_cuda()) {
+            std::string err;
+            cuda_check(s->device_impl->cuda->gelu_backward(s->device_impl->ordinal, dtype, px, pdy, pdx, count,
+                                                           s->cuda_stream, &err), err);
+            return;
+        }
+        auto* fx = reinterpret_cast<const float*>(px);
+        auto* fdy = reinterpret_cast<const float*>(pdy);
+        auto* fdx = reinterpret_cast<float*>(pdx);
+        enqueue_elementwise(s, count, {bx->storage, bdy->storage, bdx->storage}, [fx, fdy, fdx](uint64_t b, uint64_t e) {
+            for (uint64_t i = b; i < e; ++i) fdx[i] = fdy[i] * gelu_grad(fx[i]);
         });
     });
 }

@@ -68,6 +68,9 @@ cudaError_t launch_convert(sw_dtype src_type, const void* src, sw_dtype dst_type
 // this with the GEMM's beta.
 cudaError_t launch_scale_bias_act(sw_dtype dtype, void* y, int64_t ld, int64_t rows, int64_t cols, float beta,
                                   const void* bias, bool gelu, cudaStream_t stream);
+// dx[i] = dy[i] * gelu'(x[i]); dtype in F32, F64, F16, BF16; count >= 1; dx may alias dy.
+cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
+                                 cudaStream_t stream);
 // One-thread kernel that spins (with __nanosleep back-off) until (int32_t)(*flag - target) >= 0.
 cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream);
 

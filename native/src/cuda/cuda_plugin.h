@@ -14,7 +14,7 @@
 
 namespace sw::cuda {
 
-constexpr int32_t kPluginAbi = 1;
+constexpr int32_t kPluginAbi = 2;
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -103,6 +103,10 @@ struct PluginApi {
     // ordered into a CUDA stream. A 1-thread kernel that polls (volatile, system scope) with a back-off.
     sw_status (*stream_wait_flag)(int32_t ordinal, volatile uint32_t* device_flag, uint32_t target, void* stream,
                                   std::string* err);
+    // dx[i] = dy[i] * gelu'(x[i]) (tanh approximation) for i < count; dx may equal dy. dtype F32, F64, F16, BF16.
+    // (ABI 2.)
+    sw_status (*gelu_backward)(int32_t ordinal, sw_dtype dtype, const void* x, const void* dy, void* dx,
+                               uint64_t count, void* stream, std::string* err);
 };
 
 } // namespace sw::cuda

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace sw::cuda {
 namespace {
@@ -72,6 +73,18 @@ __device__ __forceinline__ double gelu(double x) {
     const double kSqrt2OverPi = 0.7978845608028654;
     const double u = kSqrt2OverPi * (x + 0.044715 * x * x * x);
     return 0.5 * x * (1.0 + tanh(u));
+}
+
+// d/dx of the tanh-approximation GeLU: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+__device__ __forceinline__ float gelu_grad(float x) {
+    const float kSqrt2OverPi = 0.7978845608028654f;
+    const float t = tanhf(kSqrt2OverPi * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * 0.044715f * x * x);
+}
+__device__ __forceinline__ double gelu_grad(double x) {
+    const double kSqrt2OverPi = 0.7978845608028654;
+    const double t = tanh(kSqrt2OverPi * (x + 0.044715 * x * x * x));
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * kSqrt2OverPi * (1.0 + 3.0 * 0.044715 * x * x);
 }
 
 // ================================================================================================ copy_2d
@@ -311,6 +324,29 @@ cudaError_t scale_bias_act_as(void* y, int64_t ld, int64_t rows, int64_t cols, f
     return cudaGetLastError();
 }
 
+// ================================================================================================ gelu backward
+// dx[i] = dy[i] * gelu'(x[i]); each element is read before it is written, so dx may alias dy.
+template <class T>
+__global__ void gelu_backward_kernel(const typename Storage<T>::type* x, const typename Storage<T>::type* dy,
+                                     typename Storage<T>::type* dx, uint64_t count) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+        if constexpr (std::is_same<T, double>::value) {
+            dx[i] = dy[i] * gelu_grad(x[i]);
+        } else {
+            dx[i] = Elem<T>::from_float(Elem<T>::to_float(dy[i]) * gelu_grad(Elem<T>::to_float(x[i])));
+        }
+    }
+}
+
+template <class T>
+cudaError_t gelu_backward_as(const void* x, const void* dy, void* dx, uint64_t count, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    gelu_backward_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const S*>(x), static_cast<const S*>(dy),
+                                                                         static_cast<S*>(dx), count);
+    return cudaGetLastError();
+}
+
 // ================================================================================================ wait flag
 // One thread polls the flag (device-mapped pinned host memory, raised monotonically by a host thread) until
 // (int32_t)(*flag - target) >= 0, i.e. the flag has reached `target` modulo 2^32 (wrap-safe). Reads are
@@ -401,6 +437,18 @@ cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStrea
     (void)cudaGetLastError();
     wait_flag_kernel<<<1, 1, 0, stream>>>(flag, target);
     return cudaGetLastError();
+}
+
+cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
+                                 cudaStream_t stream) {
+    (void)cudaGetLastError();
+    switch (dtype) {
+    case SW_DTYPE_F32: return gelu_backward_as<float>(x, dy, dx, count, stream);
+    case SW_DTYPE_F64: return gelu_backward_as<double>(x, dy, dx, count, stream);
+    case SW_DTYPE_F16: return gelu_backward_as<F16>(x, dy, dx, count, stream);
+    case SW_DTYPE_BF16: return gelu_backward_as<BF16>(x, dy, dx, count, stream);
+    default: return cudaErrorInvalidValue;
+    }
 }
 
 } // namespace sw::cuda

@@ -595,6 +595,19 @@ sw_status api_stream_wait_flag(int32_t ordinal, volatile uint32_t* device_flag, 
     });
 }
 
+sw_status api_gelu_backward(int32_t ordinal, sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
+                            void* stream, std::string* err) {
+    return run(err, "gelu_backward", [&] {
+        if (!float_type(dtype)) fail(SW_ERR_UNSUPPORTED, "gelu_backward of dtype ", dtype_name(dtype), " is not supported");
+        set_device(ordinal);
+        if (count == 0) return;
+        need(x, "x");
+        need(dy, "dy");
+        need(dx, "dx");
+        check_cuda(launch_gelu_backward(dtype, x, dy, dx, count, as_stream(stream)), "gelu_backward kernel launch");
+    });
+}
+
 // ------------------------------------------------------------------------------------------ gemm
 bool supported_combination(sw_dtype a, sw_dtype c) {
     return (a == SW_DTYPE_F32 && c == SW_DTYPE_F32) || (a == SW_DTYPE_F16 && c == SW_DTYPE_F16) ||
@@ -707,6 +720,7 @@ const PluginApi kApi = {
     api_convert,
     api_bias_act,
     api_stream_wait_flag,
+    api_gelu_backward,
 };
 
 } // namespace

@@ -182,11 +182,16 @@ sw_status wait_flag(int32_t, volatile uint32_t* flag, uint32_t target, void* s, 
     return SW_OK;
 }
 
+sw_status gelu_backward(int32_t, sw_dtype t, const void*, const void*, void*, uint64_t, void*, std::string* err) {
+    (void)t;
+    return fail(err, "emulated: gelu_backward not emulated");
+}
+
 const sw::cuda::PluginApi kApi = {
     sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
     free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
     event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
-    copy_2d, reduce_sum, convert, bias_act, wait_flag,
+    copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward,
 };
 
 } // namespace

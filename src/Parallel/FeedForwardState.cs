@@ -1,0 +1,89 @@
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// What a training forward of <see cref="ParallelFeedForward"/> keeps for the backward pass on one rank: the
+/// pre-activation Z and the activation H = GeLU(Z) (M × f_r each), plus room for dH — or nothing but the shape,
+/// when activations are recomputed.
+/// </summary>
+public sealed class FeedForwardActivations : IDisposable
+{
+    private readonly Device _device;
+
+    internal FeedForwardActivations(Device device, long rows, long hiddenFeatures)
+    {
+        _device = device;
+        Rows = rows;
+        HiddenFeatures = hiddenFeatures;
+        Recreate();
+    }
+
+    /// <summary>M: the number of token rows of the forward.</summary>
+    public long Rows { get; }
+    /// <summary>f_r: this rank's hidden features.</summary>
+    public long HiddenFeatures { get; }
+    /// <summary>True while Z and H are held (false after a forward without keeping them).</summary>
+    public bool IsKept { get; private set; }
+
+    // Layout of Buffer: [0, M·f) Z, [M·f, 2·M·f) H, [2·M·f, 3·M·f) dH (then dZ, in place).
+    internal DeviceBuffer<float>? Buffer { get; private set; }
+    private long Span => Rows * HiddenFeatures;
+    private long Ld => Math.Max(1, HiddenFeatures);
+    internal MatrixView PreActivationView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 0);
+    internal MatrixView HiddenView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, Span);
+    internal MatrixView GradientView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 2 * Span);
+
+    internal FeedForwardActivations Recreate()
+    {
+        Buffer ??= _device.Allocate<float>(Math.Max(1, 3 * Span));
+        IsKept = true;
+        return this;
+    }
+
+    internal void Release()
+    {
+        Buffer?.Dispose();
+        Buffer = null;
+        IsKept = false;
+    }
+
+    /// <summary>Frees the kept activations.</summary>
+    public void Dispose() => Release();
+}
+
+/// <summary>One rank's gradients of a <see cref="ParallelFeedForward"/>: dW1 (H × f_r), db1 (f_r), dW2 (f_r × H), db2 (H;
+/// filled on rank 0, which owns b2).</summary>
+public sealed class FeedForwardGradients : IDisposable
+{
+    /// <summary>Allocates gradient buffers shaped like <paramref name="ffn"/>'s shards on <paramref name="device"/>.</summary>
+    public FeedForwardGradients(Device device, ParallelFeedForward ffn)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(ffn);
+        long h = ffn.ModelFeatures, fr = ffn.Up.LocalOutFeatures;
+        if (fr > 0)
+        {
+            DW1 = device.Allocate<float>(h * fr);
+            DB1 = device.Allocate<float>(fr);
+            DW2 = device.Allocate<float>(fr * h);
+        }
+        DB2 = device.Allocate<float>(h);
+    }
+
+    /// <summary>dW1, H × f_r (null when f_r = 0).</summary>
+    public DeviceBuffer<float>? DW1 { get; }
+    /// <summary>db1, f_r (null when f_r = 0).</summary>
+    public DeviceBuffer<float>? DB1 { get; }
+    /// <summary>dW2, f_r × H (null when f_r = 0).</summary>
+    public DeviceBuffer<float>? DW2 { get; }
+    /// <summary>db2, H (written on rank 0).</summary>
+    public DeviceBuffer<float> DB2 { get; }
+
+    /// <summary>Frees the buffers.</summary>
+    public void Dispose()
+    {
+        DW1?.Dispose();
+        DB1?.Dispose();
+        DW2?.Dispose();
+        DB2.Dispose();
+    }
+}
