@@ -136,6 +136,15 @@ SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info);
  * "avx2", "generic"; SW_ERR_UNSUPPORTED if the processor lacks it). CUDA: "auto", "cublaslt" or "mma". */
 SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel);
 
+/* Level 2 of the two-level tiling, for plans and docs: the GEMM tile shape the device's current kernel uses —
+ * register tile mr x nr and cache blocks mc x kc x nc. CUDA devices report zeros (cuBLASLt chooses its tiles per
+ * shape at run time). */
+typedef struct sw_tile_shape {
+    int32_t mr, nr, mc, kc, nc;
+    int32_t reserved;
+} sw_tile_shape;
+SW_API sw_status sw_device_get_tile_shape(sw_device device, sw_tile_shape* shape);
+
 /* ---------------------------------------------------------------- buffers */
 
 /* Allocates `bytes` (> 0) of device memory, 64-byte aligned. Contents are unspecified. */

@@ -80,6 +80,23 @@ public enum SwReduceOp
     Sum = 0,
 }
 
+/// <summary>GEMM tile shape (<c>sw_tile_shape</c>): register tile Mr × Nr, cache blocks Mc × Kc × Nc.</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct SwTileShape
+{
+    /// <summary>Register-tile rows.</summary>
+    public int Mr;
+    /// <summary>Register-tile columns.</summary>
+    public int Nr;
+    /// <summary>Cache-block rows of A.</summary>
+    public int Mc;
+    /// <summary>Cache-block depth.</summary>
+    public int Kc;
+    /// <summary>Cache-block columns of B.</summary>
+    public int Nc;
+    private int _reserved;
+}
+
 /// <summary>Device properties (<c>sw_device_info</c>).</summary>
 [StructLayout(LayoutKind.Sequential)]
 public unsafe struct SwDeviceInfo

@@ -31,6 +31,7 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_device_destroy(nint device);
     [LibraryImport(Lib)] public static partial SwStatus sw_device_get_info(DeviceHandle device, out SwDeviceInfo info);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_device_set_kernel(DeviceHandle device, string kernel);
+    [LibraryImport(Lib)] public static partial SwStatus sw_device_get_tile_shape(DeviceHandle device, out SwTileShape shape);
 
     // ---------------------------------------------------------------- buffers
     [LibraryImport(Lib)] public static partial SwStatus sw_buffer_alloc(DeviceHandle device, ulong bytes, out BufferHandle buffer);

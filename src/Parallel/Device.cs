@@ -57,6 +57,28 @@ public sealed class Device : IDisposable
         }
     }
 
+    /// <summary>
+    /// The memory a plan may use on this device (default: <see cref="TotalMemoryBytes"/>). Layers check their shard
+    /// against it when they are built and fail up front, naming the fewest ranks on which the layer would fit.
+    /// </summary>
+    public ulong MemoryLimitBytes
+    {
+        get => _memoryLimit == 0 ? TotalMemoryBytes : _memoryLimit;
+        set => _memoryLimit = value;
+    }
+
+    private ulong _memoryLimit;
+
+    /// <summary>Level 2 of the tiling: the GEMM tile shape of the current kernel (zeros on CUDA, where cuBLASLt picks per shape).</summary>
+    public SwTileShape TileShape
+    {
+        get
+        {
+            ThrowHelper.Check(Native.sw_device_get_tile_shape(Handle, out var t), nameof(Native.sw_device_get_tile_shape));
+            return t;
+        }
+    }
+
     /// <summary>Number of devices of a backend (0 when it is not built in or has no device).</summary>
     public static int Count(Backend backend)
     {

@@ -22,6 +22,8 @@ public sealed class ParallelFeedForward : IDisposable
             throw new ArgumentException($"w2 is {w2.Rows} x {w2.Cols}; expected F x H = {w1.Cols} x {w1.Rows} (w1 is H x F = {w1.Rows} x {w1.Cols}).", nameof(w2));
         _ctx = context;
         Plan = plan ?? ShardingPlan.Even(w1.Cols, context.WorldSize);
+        LayerPlan.FeedForward(w1.Rows, w1.Cols, context.WorldSize, split: Plan)
+            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue));
         Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan, epilogue: Epilogue.Gelu);
         try { Down = new RowParallelLinear(context, w2, b2, inputIsParallel: true, plan: Plan); }
         catch { Up.Dispose(); throw; }

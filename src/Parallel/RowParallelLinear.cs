@@ -34,6 +34,8 @@ public sealed class RowParallelLinear : IDisposable
         Plan.Require(InFeatures, context.WorldSize, nameof(plan));
         bias?.Require(1, OutFeatures, nameof(bias));
         InputIsParallel = inputIsParallel;
+        LayerPlan.RowParallel(InFeatures, OutFeatures, context.WorldSize, bias: bias is not null, inputIsParallel: inputIsParallel, split: Plan)
+            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue));
         Weight = weight.LoadBlock(context.Stream, LocalInOffset, 0, LocalInFeatures, OutFeatures);
         try { Bias = context.Rank == 0 ? bias?.LoadBlock(context.Stream, 0, 0, 1, OutFeatures) : null; }
         catch { Weight?.Dispose(); throw; }

@@ -232,6 +232,21 @@ SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel) {
     });
 }
 
+SW_API sw_status sw_device_get_tile_shape(sw_device device, sw_tile_shape* shape) {
+    return guard(__func__, [&] {
+        auto* dev = checked(device, "device");
+        require(shape, "shape");
+        std::memset(shape, 0, sizeof *shape);
+        if (dev->impl->is_cuda()) return;
+        const auto t = cpu::tile_shape(cpu::resolve_kernel(static_cast<cpu::Kernel>(dev->impl->kernel.load())));
+        shape->mr = t.mr;
+        shape->nr = t.nr;
+        shape->mc = t.mc;
+        shape->kc = t.kc;
+        shape->nc = t.nc;
+    });
+}
+
 // ---------------------------------------------------------------- buffers
 
 SW_API sw_status sw_buffer_alloc(sw_device device, uint64_t bytes, sw_buffer* out) {

@@ -1,0 +1,238 @@
+using System.Globalization;
+using System.Text;
+
+namespace Shardwise.Parallel;
+
+/// <summary>The kind of tensor-parallel layer a <see cref="LayerPlan"/> describes.</summary>
+public enum LayerKind
+{
+    /// <summary>W (K × N) split by columns; output all-gathered or kept sharded.</summary>
+    ColumnParallel,
+    /// <summary>W (K × N) split by rows; partial products all-reduced.</summary>
+    RowParallel,
+    /// <summary>FFN: W1 (H × F) by columns, GeLU, W2 (F × H) by rows, one all-reduce.</summary>
+    FeedForward,
+}
+
+/// <summary>One rank's memory in a <see cref="LayerPlan"/>, in bytes (float32 elements).</summary>
+/// <param name="Rank">The rank.</param>
+/// <param name="ShardWidth">The rank's share of the split dimension (N, K or F).</param>
+/// <param name="WeightBytes">Its weight and bias shards.</param>
+/// <param name="ActivationBytes">Inputs, outputs and hidden activations for <c>Tokens</c> rows (training: kept activations too).</param>
+/// <param name="WorkspaceBytes">Scratch (gather/reduce staging) for <c>Tokens</c> rows.</param>
+public sealed record RankMemory(int Rank, long ShardWidth, long WeightBytes, long ActivationBytes, long WorkspaceBytes)
+{
+    /// <summary>All of it.</summary>
+    public long TotalBytes => WeightBytes + ActivationBytes + WorkspaceBytes;
+}
+
+/// <summary>
+/// The two-level plan of one tensor-parallel layer. Level 1: how the weight is split over the ranks and what each
+/// device holds (weights, activations, workspaces). Level 2: the tile shape the device's GEMM kernel uses inside each
+/// shard. <see cref="FewestRanks"/> answers "on how few devices does this layer fit in this much memory each?", and
+/// the layers call <see cref="EnsureFits"/> when they are built, so a shard that cannot fit fails up front with that
+/// answer instead of running out of memory mid-run.
+/// </summary>
+public sealed class LayerPlan
+{
+    private const long F32 = sizeof(float);
+
+    private LayerPlan(LayerKind kind, long inFeatures, long outFeatures, long hiddenFeatures, long tokens, bool training,
+        ShardingPlan split, IReadOnlyList<RankMemory> ranks)
+    {
+        Kind = kind;
+        InFeatures = inFeatures;
+        OutFeatures = outFeatures;
+        HiddenFeatures = hiddenFeatures;
+        Tokens = tokens;
+        Training = training;
+        Split = split;
+        Ranks = ranks;
+    }
+
+    /// <summary>The layer kind.</summary>
+    public LayerKind Kind { get; }
+    /// <summary>K (for the FFN: the model width H).</summary>
+    public long InFeatures { get; }
+    /// <summary>N (for the FFN: H).</summary>
+    public long OutFeatures { get; }
+    /// <summary>The FFN's hidden width F (0 for linear layers).</summary>
+    public long HiddenFeatures { get; }
+    /// <summary>Token rows M the activation and workspace figures are for.</summary>
+    public long Tokens { get; }
+    /// <summary>Whether the figures include what a training step keeps for the backward pass.</summary>
+    public bool Training { get; }
+    /// <summary>Level 1: the split of N (column), K (row) or F (FFN).</summary>
+    public ShardingPlan Split { get; }
+    /// <summary>Per-rank memory.</summary>
+    public IReadOnlyList<RankMemory> Ranks { get; }
+    /// <summary>The largest per-device total.</summary>
+    public long MaxBytesPerDevice => Ranks.Max(r => r.TotalBytes);
+    /// <summary>The largest per-device weight footprint (what must fit before any token is processed).</summary>
+    public long MaxWeightBytesPerDevice => Ranks.Max(r => r.WeightBytes);
+
+    /// <summary>Plans a column-parallel layer: W is <paramref name="inFeatures"/> × <paramref name="outFeatures"/>.</summary>
+    public static LayerPlan ColumnParallel(long inFeatures, long outFeatures, int worldSize, long tokens = 0, bool bias = true,
+        bool gatherOutput = true, bool training = false, ShardingPlan? split = null)
+    {
+        Check(inFeatures, outFeatures, worldSize, tokens);
+        split ??= ShardingPlan.Even(outFeatures, worldSize);
+        split.Require(outFeatures, worldSize, nameof(split));
+        var ranks = new RankMemory[worldSize];
+        for (int r = 0; r < worldSize; r++)
+        {
+            long n = split.Size(r);
+            long weights = (inFeatures * n + (bias ? n : 0)) * F32;
+            long act = tokens * (inFeatures + (gatherOutput ? outFeatures : n)) * F32;
+            long work = gatherOutput ? tokens * n * F32 : 0;
+            if (training) { weights *= 2; act += tokens * inFeatures * F32; } // gradients; dX
+            ranks[r] = new RankMemory(r, n, weights, act, work);
+        }
+        return new LayerPlan(LayerKind.ColumnParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks);
+    }
+
+    /// <summary>Plans a row-parallel layer: W is <paramref name="inFeatures"/> × <paramref name="outFeatures"/>, split by rows.</summary>
+    public static LayerPlan RowParallel(long inFeatures, long outFeatures, int worldSize, long tokens = 0, bool bias = true,
+        bool inputIsParallel = true, bool training = false, ShardingPlan? split = null)
+    {
+        Check(inFeatures, outFeatures, worldSize, tokens);
+        split ??= ShardingPlan.Even(inFeatures, worldSize);
+        split.Require(inFeatures, worldSize, nameof(split));
+        var ranks = new RankMemory[worldSize];
+        for (int r = 0; r < worldSize; r++)
+        {
+            long k = split.Size(r);
+            long weights = (k * outFeatures + (bias && r == 0 ? outFeatures : 0)) * F32;
+            long act = tokens * ((inputIsParallel ? k : inFeatures) + outFeatures) * F32;
+            if (training) { weights *= 2; act += tokens * (inputIsParallel ? k : inFeatures) * F32; }
+            ranks[r] = new RankMemory(r, k, weights, act, 0);
+        }
+        return new LayerPlan(LayerKind.RowParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks);
+    }
+
+    /// <summary>Plans the FFN sub-layer: W1 is <paramref name="modelFeatures"/> × <paramref name="hiddenFeatures"/>, W2 its
+    /// transpose shape, both with biases. Training adds the gradients and Z, H and dH (3·M·f_r) — the backward pass's
+    /// peak, whether the activations were kept or are recomputed.</summary>
+    public static LayerPlan FeedForward(long modelFeatures, long hiddenFeatures, int worldSize, long tokens = 0, bool training = false,
+        ShardingPlan? split = null)
+    {
+        Check(modelFeatures, hiddenFeatures, worldSize, tokens);
+        split ??= ShardingPlan.Even(hiddenFeatures, worldSize);
+        split.Require(hiddenFeatures, worldSize, nameof(split));
+        var ranks = new RankMemory[worldSize];
+        for (int r = 0; r < worldSize; r++)
+        {
+            long f = split.Size(r), h = modelFeatures;
+            long weights = (2 * h * f + f + (r == 0 ? h : 0)) * F32;
+            long act = tokens * (2 * h) * F32;                                   // X, Y
+            long hidden = tokens * f * F32;
+            if (training)
+            {
+                weights *= 2;                                                   // + gradients
+                act += tokens * h * F32 * 2;                                    // dY, dX
+                hidden = 3 * tokens * f * F32;                                  // Z, H, dH (recomputed or kept)
+            }
+            ranks[r] = new RankMemory(r, f, weights, act + hidden, 0);
+        }
+        return new LayerPlan(LayerKind.FeedForward, modelFeatures, modelFeatures, hiddenFeatures, tokens, training, split, ranks);
+    }
+
+    /// <summary>
+    /// The fewest ranks (1..<paramref name="maxRanks"/>, even splits) on which every device of the plan made by
+    /// <paramref name="planFor"/> needs at most <paramref name="bytesPerDevice"/>; 0 when none does.
+    /// </summary>
+    public static int FewestRanks(Func<int, LayerPlan> planFor, long bytesPerDevice, int maxRanks = 4096)
+    {
+        ArgumentNullException.ThrowIfNull(planFor);
+        ThrowHelper.Positive(bytesPerDevice, nameof(bytesPerDevice));
+        for (int p = 1; p <= maxRanks; p++)
+            if (planFor(p).MaxBytesPerDevice <= bytesPerDevice) return p;
+        return 0;
+    }
+
+    /// <summary>The same layer planned for another number of ranks (even split).</summary>
+    public LayerPlan WithRanks(int worldSize) => Kind switch
+    {
+        LayerKind.ColumnParallel => ColumnParallel(InFeatures, OutFeatures, worldSize, Tokens, training: Training),
+        LayerKind.RowParallel => RowParallel(InFeatures, OutFeatures, worldSize, Tokens, training: Training),
+        _ => FeedForward(InFeatures, HiddenFeatures, worldSize, Tokens, Training),
+    };
+
+    /// <summary>Throws <see cref="InsufficientDeviceMemoryException"/> (naming the fewest ranks that would do) when
+    /// some rank needs more than <paramref name="bytesPerDevice"/>.</summary>
+    public void EnsureFits(long bytesPerDevice)
+    {
+        if (MaxBytesPerDevice <= bytesPerDevice) return;
+        int fewest = FewestRanks(WithRanks, bytesPerDevice, Math.Max(4096, Ranks.Count));
+        var worst = Ranks.MaxBy(r => r.TotalBytes)!;
+        throw new InsufficientDeviceMemoryException(
+            $"{Describe()} needs {Bytes(worst.TotalBytes)} on rank {worst.Rank} of {Ranks.Count} (weights {Bytes(worst.WeightBytes)}), " +
+            $"more than the {Bytes(bytesPerDevice)} available per device; " +
+            (fewest > 0 ? $"it fits on {fewest} ranks or more ({Bytes(WithRanks(fewest).MaxBytesPerDevice)} per device)."
+                        : "it does not fit on any number of ranks up to 4096 (the activations alone are too large: use fewer tokens)."),
+            fewest, worst.TotalBytes, bytesPerDevice);
+    }
+
+    /// <summary>Level 1 and level 2 in words and a table.</summary>
+    public string Explain(Device? device = null)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine($"{Describe()} on {Ranks.Count} ranks{(Tokens > 0 ? $", {Tokens} tokens" : "")}{(Training ? ", training" : "")}");
+        sb.AppendLine($"level 1: {Split}");
+        sb.AppendLine("  rank | shard | weights | activations | workspace | total");
+        foreach (var r in Ranks)
+            sb.AppendLine($"  {r.Rank,4} | {r.ShardWidth,5} | {Bytes(r.WeightBytes),7} | {Bytes(r.ActivationBytes),11} | {Bytes(r.WorkspaceBytes),9} | {Bytes(r.TotalBytes)}");
+        if (device is null)
+            sb.AppendLine("level 2: pass a device to show the GEMM tile shape its kernel uses");
+        else
+        {
+            var t = device.TileShape;
+            sb.AppendLine(t.Mr == 0
+                ? $"level 2: {device.Name}: GEMM tiles chosen per shape by cuBLASLt's heuristic (kernel '{device.Kernel}')"
+                : $"level 2: {device.Name}, kernel '{device.Kernel}': register tile {t.Mr} x {t.Nr}, cache blocks MC {t.Mc} x KC {t.Kc} x NC {t.Nc} " +
+                  $"(each shard's GEMM runs as ceil(M/{t.Mc}) x ceil(n_r/{t.Nc}) blocks of {t.Mr} x {t.Nr} micro-tiles)");
+        }
+        return sb.ToString();
+    }
+
+    private string Describe() => Kind switch
+    {
+        LayerKind.ColumnParallel => $"column-parallel {InFeatures} x {OutFeatures}",
+        LayerKind.RowParallel => $"row-parallel {InFeatures} x {OutFeatures}",
+        _ => $"feed-forward H {InFeatures}, F {HiddenFeatures}",
+    };
+
+    internal static string Bytes(long b) => b switch
+    {
+        >= 1L << 30 => (b / (double)(1L << 30)).ToString("0.##", CultureInfo.InvariantCulture) + " GiB",
+        >= 1L << 20 => (b / (double)(1L << 20)).ToString("0.##", CultureInfo.InvariantCulture) + " MiB",
+        >= 1L << 10 => (b / (double)(1L << 10)).ToString("0.##", CultureInfo.InvariantCulture) + " KiB",
+        _ => b + " B",
+    };
+
+    private static void Check(long a, long b, int worldSize, long tokens)
+    {
+        ThrowHelper.Positive(a, "inFeatures");
+        ThrowHelper.Positive(b, "outFeatures");
+        ThrowHelper.Positive(worldSize, nameof(worldSize));
+        ThrowHelper.NonNegative(tokens, nameof(tokens));
+    }
+}
+
+/// <summary>A layer's shard does not fit the device's memory limit; <see cref="FewestRanks"/> says how many ranks would do.</summary>
+public sealed class InsufficientDeviceMemoryException : InvalidOperationException
+{
+    internal InsufficientDeviceMemoryException(string message, int fewestRanks, long requiredBytes, long availableBytes) : base(message)
+    {
+        FewestRanks = fewestRanks;
+        RequiredBytes = requiredBytes;
+        AvailableBytes = availableBytes;
+    }
+
+    /// <summary>The fewest ranks on which the layer fits (0: none up to 4096).</summary>
+    public int FewestRanks { get; }
+    /// <summary>What the largest rank needs.</summary>
+    public long RequiredBytes { get; }
+    /// <summary>What each device offers.</summary>
+    public long AvailableBytes { get; }
+}

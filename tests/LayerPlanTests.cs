@@ -1,0 +1,69 @@
+using Shardwise.Parallel;
+
+namespace Shardwise.Tests;
+
+public class LayerPlanTests
+{
+    [Test]
+    public void ColumnPlanCountsEachRanksShardAndExplainsBothLevels()
+    {
+        var plan = LayerPlan.ColumnParallel(1024, 1000, 3, tokens: 64);
+        Assert.That(plan.Ranks.Select(r => r.ShardWidth), Is.EqualTo(new long[] { 334, 333, 333 }));
+        Assert.That(plan.Ranks[0].WeightBytes, Is.EqualTo((1024L * 334 + 334) * 4));
+        Assert.That(plan.Ranks[0].ActivationBytes, Is.EqualTo(64L * (1024 + 1000) * 4));
+        Assert.That(plan.Ranks[0].WorkspaceBytes, Is.EqualTo(64L * 334 * 4));
+        using var dev = Device.Cpu(2);
+        var text = plan.Explain(dev);
+        Assert.That(text, Does.Contain("level 1: 1000 over 3 ranks: [0, 334), [334, 667), [667, 1000)"));
+        var t = dev.TileShape;
+        Assert.That(t.Mr * t.Nr * t.Kc, Is.GreaterThan(0));
+        Assert.That(text, Does.Contain($"register tile {t.Mr} x {t.Nr}").And.Contain($"KC {t.Kc}"));
+    }
+
+    [Test]
+    public void FewestRanksIsTheSmallestWorldSizeThatFits()
+    {
+        // 4096 x 4096 float32 = 64 MiB of weights; with a 20 MiB budget: 64/p + bias <= 20 MiB -> p = 4.
+        Func<int, LayerPlan> plan = p => LayerPlan.ColumnParallel(4096, 4096, p, tokens: 0, bias: false);
+        Assert.That(LayerPlan.FewestRanks(plan, 20L << 20), Is.EqualTo(4));
+        Assert.That(LayerPlan.FewestRanks(plan, 16L << 20), Is.EqualTo(4));
+        Assert.That(LayerPlan.FewestRanks(plan, (16L << 20) - 1), Is.EqualTo(5));
+        Assert.That(LayerPlan.FewestRanks(plan, 64L << 20), Is.EqualTo(1));
+        // Activations that are replicated on every rank never shrink: no world size fits.
+        Assert.That(LayerPlan.FewestRanks(p => LayerPlan.ColumnParallel(16, 16, p, tokens: 1 << 20), 1 << 20, 64), Is.Zero);
+    }
+
+    [Test]
+    public void ALayerWhoseShardDoesNotFitFailsUpFrontWithTheAnswer()
+    {
+        using var dev = Device.Cpu(1);
+        dev.MemoryLimitBytes = 3000; // bytes
+        using var group = ProcessGroup.CreateLocal(dev, 2);
+        // 40 x 30 weights = 4800 B: 2400 B + bias per rank fits 3000? 20 x ... column split: 40 x 15 x 4 = 2400 + 60 = 2460 -> fits.
+        Assert.DoesNotThrow(() => Spmd.Run(group, ctx => new ColumnParallelLinear(ctx, WeightSource.FromArray(new float[40 * 30], 40, 30),
+            WeightSource.FromArray(new float[30], 1, 30)).Dispose()));
+        // 40 x 60: 40 x 30 x 4 = 4800 B per rank > 3000: fails before loading anything, naming 4 ranks (2400 + 60 B).
+        var loads = 0;
+        var source = WeightSource.FromLoader(40, 60, (_, _, _, _, dst) => { Interlocked.Increment(ref loads); dst.Clear(); });
+        var ex = Assert.Throws<SpmdException>(() => Spmd.Run(group, ctx => new ColumnParallelLinear(ctx, source, WeightSource.FromArray(new float[60], 1, 60)).Dispose()));
+        var inner = ex!.RankErrors[0] as InsufficientDeviceMemoryException;
+        Assert.That(inner, Is.Not.Null, ex.Message);
+        Assert.That(inner!.FewestRanks, Is.EqualTo(4));
+        Assert.That(inner.Message, Does.Contain("fits on 4 ranks"));
+        Assert.That(loads, Is.Zero, "nothing was loaded before the check");
+    }
+
+    [Test]
+    public void FeedForwardAndRowPlansAndBadArguments()
+    {
+        var ffn = LayerPlan.FeedForward(512, 2048, 4, tokens: 16, training: true);
+        Assert.That(ffn.Ranks[0].WeightBytes, Is.EqualTo(2 * (2L * 512 * 512 + 512 + 512) * 4));
+        Assert.That(ffn.Ranks[1].WeightBytes, Is.EqualTo(2 * (2L * 512 * 512 + 512) * 4), "b2 lives on rank 0 only");
+        var row = LayerPlan.RowParallel(10, 7, 4);
+        Assert.That(row.Ranks.Select(r => r.ShardWidth), Is.EqualTo(new long[] { 3, 3, 2, 2 }));
+        Assert.That(row.Explain(), Does.Contain("row-parallel 10 x 7").And.Contain("level 2: pass a device"));
+        Assert.That(() => LayerPlan.ColumnParallel(0, 4, 2), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(() => LayerPlan.ColumnParallel(4, 4, 2, split: ShardingPlan.Even(5, 2)), Throws.ArgumentException.With.Property("ParamName").EqualTo("split"));
+        Assert.That(() => LayerPlan.FewestRanks(p => row, 0), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+}
