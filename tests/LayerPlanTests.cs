@@ -36,9 +36,10 @@ public class LayerPlanTests
     [Test]
     public void ALayerWhoseShardDoesNotFitFailsUpFrontWithTheAnswer()
     {
-        using var dev = Device.Cpu(1);
-        dev.MemoryLimitBytes = 3000; // bytes
-        using var group = ProcessGroup.CreateLocal(dev, 2);
+        using var dev0 = Device.Cpu(1);
+        using var dev1 = Device.Cpu(1);
+        dev0.MemoryLimitBytes = dev1.MemoryLimitBytes = 3000; // bytes
+        using var group = ProcessGroup.CreateLocal([dev0, dev1]); // one rank per device
         // 40 x 30 weights = 4800 B: 2400 B + bias per rank fits 3000? 20 x ... column split: 40 x 15 x 4 = 2400 + 60 = 2460 -> fits.
         Assert.DoesNotThrow(() => Spmd.Run(group, ctx => new ColumnParallelLinear(ctx, WeightSource.FromArray(new float[40 * 30], 40, 30),
             WeightSource.FromArray(new float[30], 1, 30)).Dispose()));
@@ -51,6 +52,20 @@ public class LayerPlanTests
         Assert.That(inner!.FewestRanks, Is.EqualTo(4));
         Assert.That(inner.Message, Does.Contain("fits on 4 ranks"));
         Assert.That(loads, Is.Zero, "nothing was loaded before the check");
+    }
+
+    [Test]
+    public void VirtualRanksOnOneDeviceAddUp()
+    {
+        using var dev = Device.Cpu(1);
+        dev.MemoryLimitBytes = 3000;
+        using var group = ProcessGroup.CreateLocal(dev, 2);
+        // 20 x 30 floats = 2400 B in all: fits one device even when both virtual ranks hold their halves there.
+        Assert.DoesNotThrow(() => new ShardedGemm(group, WeightSource.FromArray(new float[20 * 30], 20, 30)).Dispose());
+        // 40 x 30 = 4800 B: each half (2400 B) would fit a device of its own, but both halves share this one.
+        var ex = Assert.Throws<InsufficientDeviceMemoryException>(() => new ShardedGemm(group, WeightSource.FromArray(new float[40 * 30], 40, 30)));
+        Assert.That(ex!.Message, Does.Contain("ranks 0, 1 share one device").And.Contain("fits on 2 devices"));
+        Assert.That(ex.FewestRanks, Is.EqualTo(2));
     }
 
     [Test]

@@ -29,7 +29,7 @@ public sealed class ColumnParallelLinear : IDisposable
         GatherOutput = gatherOutput;
         Epilogue = epilogue;
         LayerPlan.ColumnParallel(InFeatures, OutFeatures, context.WorldSize, bias: bias is not null, gatherOutput: gatherOutput, split: Plan)
-            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue));
+            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue), context.Group.DeviceOfRank);
         long off = Plan.Offset(context.Rank), n = Plan.Size(context.Rank);
         Weight = weight.LoadBlock(context.Stream, 0, off, InFeatures, n);
         try { Bias = bias?.LoadBlock(context.Stream, 0, off, 1, n); }

@@ -159,9 +159,27 @@ public sealed class LayerPlan
     };
 
     /// <summary>Throws <see cref="InsufficientDeviceMemoryException"/> (naming the fewest ranks that would do) when
-    /// some rank needs more than <paramref name="bytesPerDevice"/>.</summary>
-    public void EnsureFits(long bytesPerDevice)
+    /// some device needs more than <paramref name="bytesPerDevice"/>. <paramref name="deviceOfRank"/> (optional) says
+    /// which device each rank is on: virtual ranks sharing a device add up.</summary>
+    public void EnsureFits(long bytesPerDevice, IReadOnlyList<object>? deviceOfRank = null)
     {
+        if (deviceOfRank is not null && deviceOfRank.Count == Ranks.Count)
+        {
+            foreach (var group in Ranks.GroupBy(r => deviceOfRank[r.Rank], ReferenceEqualityComparer.Instance))
+            {
+                var members = group.ToList();
+                long sum = members.Sum(r => r.TotalBytes);
+                if (members.Count > 1 && sum > bytesPerDevice)
+                {
+                    int fewestDevices = FewestRanks(WithRanks, bytesPerDevice, Math.Max(4096, Ranks.Count));
+                    throw new InsufficientDeviceMemoryException(
+                        $"{Describe()}: ranks {string.Join(", ", members.Select(r => r.Rank))} share one device and together need " +
+                        $"{Bytes(sum)}, more than its {Bytes(bytesPerDevice)}; " +
+                        (fewestDevices > 0 ? $"with one rank per device it fits on {fewestDevices} devices." : "it does not fit on any number of devices up to 4096."),
+                        fewestDevices, sum, bytesPerDevice);
+                }
+            }
+        }
         if (MaxBytesPerDevice <= bytesPerDevice) return;
         int fewest = FewestRanks(WithRanks, bytesPerDevice, Math.Max(4096, Ranks.Count));
         var worst = Ranks.MaxBy(r => r.TotalBytes)!;

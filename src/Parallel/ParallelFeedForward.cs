@@ -23,7 +23,7 @@ public sealed class ParallelFeedForward : IDisposable
         _ctx = context;
         Plan = plan ?? ShardingPlan.Even(w1.Cols, context.WorldSize);
         LayerPlan.FeedForward(w1.Rows, w1.Cols, context.WorldSize, split: Plan)
-            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue));
+            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue), context.Group.DeviceOfRank);
         Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan, epilogue: Epilogue.Gelu);
         try { Down = new RowParallelLinear(context, w2, b2, inputIsParallel: true, plan: Plan); }
         catch { Up.Dispose(); throw; }

@@ -73,6 +73,9 @@ public sealed class ProcessGroup : IDisposable
     /// <summary>All ranks' contexts.</summary>
     public IReadOnlyList<RankContext> Ranks => _ranks;
 
+    /// <summary>Rank r's device, for memory planning (ranks sharing a device add up).</summary>
+    public IReadOnlyList<object> DeviceOfRank => _ranks.Select(r => (object)r.Device).ToArray();
+
     /// <summary>True when every rank is on the same device (virtual ranks).</summary>
     public bool IsSingleDevice => _ranks.All(r => ReferenceEquals(r.Device, _ranks[0].Device));
 

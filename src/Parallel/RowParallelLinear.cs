@@ -35,7 +35,7 @@ public sealed class RowParallelLinear : IDisposable
         bias?.Require(1, OutFeatures, nameof(bias));
         InputIsParallel = inputIsParallel;
         LayerPlan.RowParallel(InFeatures, OutFeatures, context.WorldSize, bias: bias is not null, inputIsParallel: inputIsParallel, split: Plan)
-            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue));
+            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue), context.Group.DeviceOfRank);
         Weight = weight.LoadBlock(context.Stream, LocalInOffset, 0, LocalInFeatures, OutFeatures);
         try { Bias = context.Rank == 0 ? bias?.LoadBlock(context.Stream, 0, 0, 1, OutFeatures) : null; }
         catch { Weight?.Dispose(); throw; }

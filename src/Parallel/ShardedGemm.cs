@@ -26,6 +26,9 @@ public sealed class ShardedGemm : IDisposable
         ThrowHelper.Positive(N, "weight.Cols");
         Plan = plan ?? ShardingPlan.Even(N, group.WorldSize);
         Plan.Require(N, group.WorldSize, nameof(plan));
+        // Every shard lives on the one device: they must fit together.
+        LayerPlan.ColumnParallel(K, N, group.WorldSize, bias: false, gatherOutput: false, split: Plan)
+            .EnsureFits((long)Math.Min(group[0].Device.MemoryLimitBytes, long.MaxValue), group.DeviceOfRank);
         _shards = new DeviceBuffer<float>?[group.WorldSize];
         try
         {
