@@ -144,6 +144,36 @@ public class BackwardTests(Backend backend) : BackendTest(backend)
                 Assert.That(db[r][j], Is.EqualTo(s).Within(Reference.Bound(a, m) + 1e-6), $"db rank {r} [{j}]");
             }
         }
+
+        // Finite differences of the row-parallel forward along a random direction E of W (L = Σ Y∘G is linear in W).
+        var e = RandomArray(rng, k * n);
+        const float eps = 0.5f;
+        double RowLoss(float[] wv, out double scale)
+        {
+            var y0 = new float[m * n];
+            using (var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30)))
+                Spmd.Run(group, ctx =>
+                {
+                    using var layer = new RowParallelLinear(ctx, WeightSource.FromArray(wv, k, n), inputIsParallel: false);
+                    using var xb = Upload(x, ctx.Device, ctx.Stream);
+                    using var y = Poisoned(m * n, ctx.Device, ctx.Stream);
+                    layer.Forward(xb.AsMatrix(m, k), y.AsMatrix(m, n));
+                    ctx.Synchronize();
+                    if (ctx.Rank == 0) y.ToArray(ctx.Stream).CopyTo(y0, 0);
+                });
+            scale = y0.Select((v, i) => Math.Abs((double)v * g[i])).Sum();
+            return y0.Select((v, i) => (double)v * g[i]).Sum();
+        }
+        double fd = (RowLoss(w.Select((v, i) => v + eps * e[i]).ToArray(), out double sp) -
+                     RowLoss(w.Select((v, i) => v - eps * e[i]).ToArray(), out double sm)) / (2 * eps);
+        double analytic = 0;
+        for (int r = 0; r < p; r++)
+        {
+            long off = plan.Offset(r), kr = plan.Size(r);
+            for (long i = 0; i < kr; i++)
+                for (long j = 0; j < n; j++) analytic += dw[r][i * n + j] * e[(off + i) * n + j];
+        }
+        Assert.That(fd, Is.EqualTo(analytic).Within(1e-5 * (sp + sm) / (2 * eps) + 1e-6), "finite difference vs Σ⟨dW_r, E_r⟩");
     }
 
     [Test]
