@@ -78,12 +78,7 @@ public sealed class RowParallelLinear : IDisposable
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
         var partial = y.Ld == n ? y : Scratch(m * n).AsMatrix(m, n);
-        if (kr > 0)
-            Gemm.Multiply(_ctx.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
-        else if (Bias is not null) // an empty shard on rank 0: its partial is just the bias (k = 0 GEMM)
-            Gemm.Multiply(_ctx.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
-        else
-            partial.Buffer.Clear(_ctx.Stream, partial.Offset, m * n); // contributes zeros to the sum
+        QueuePartialProduct(local, partial);
         _ctx.AllReduce(partial.Buffer, partial.Buffer, m * n, partial.Offset, partial.Offset);
         if (!ReferenceEquals(partial.Buffer, y.Buffer) || partial.Offset != y.Offset)
             for (long i = 0; i < m; i++) // strided y: copy the reduced rows into place
@@ -111,13 +106,7 @@ public sealed class RowParallelLinear : IDisposable
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         bool direct = y.Ld == n || mr <= 1;
         var scratch = Scratch(m * n + (direct ? 0 : mr * n));
-        var partial = scratch.AsMatrix(m, n);
-        if (kr > 0)
-            Gemm.Multiply(_ctx.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
-        else if (Bias is not null)
-            Gemm.Multiply(_ctx.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
-        else
-            scratch.Clear(_ctx.Stream, 0, m * n);
+        QueuePartialProduct(local, scratch.AsMatrix(m, n));
         if (direct)
         {
             _ctx.ReduceScatterV(scratch, y.Buffer, mr * n, 0, y.Offset);
@@ -163,6 +152,18 @@ public sealed class RowParallelLinear : IDisposable
     }
 
     private DeviceBuffer<float>? _ones;
+
+    // partial (M × N, contiguous) = X_r · W_r (+ b on rank 0): this rank's term of the sum.
+    private void QueuePartialProduct(MatrixView local, MatrixView partial)
+    {
+        long kr = LocalInFeatures, n = OutFeatures;
+        if (kr > 0)
+            Gemm.Multiply(_ctx.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
+        else if (Bias is not null) // an empty shard on rank 0: its term is just the bias (a k = 0 GEMM)
+            Gemm.Multiply(_ctx.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
+        else
+            partial.Buffer.Clear(_ctx.Stream, partial.Offset, partial.Rows * n); // contributes zeros to the sum
+    }
 
     private DeviceBuffer<float> Scratch(long elements)
     {
