@@ -254,6 +254,8 @@ function Invoke-Run([string] $Job, [string[]] $ExtraArgs) {
     Build-Dotnet
     $benchDll = Get-TargetPath $BenchProject
     if ($Job -eq 'main') { Write-Step 'main job' } else { Write-Step 'benchmarks (BenchmarkDotNet)' }
+    # Without arguments BenchmarkDotNet asks which benchmarks to run: run them all instead (unattended runs).
+    if ($Job -eq 'bench' -and $ExtraArgs.Count -eq 0) { $ExtraArgs = @('--filter', '*') }
     & dotnet $benchDll $Job @ExtraArgs
     exit $LASTEXITCODE
 }

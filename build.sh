@@ -263,6 +263,9 @@ cmd_bench() {
     local bench_dll
     bench_dll="$(target_path "$BENCH_PROJECT")"
     step "benchmarks (BenchmarkDotNet)"
+    # Without arguments BenchmarkDotNet asks which benchmarks to run, which would hang an unattended run:
+    # run them all instead.
+    (($#)) || set -- --filter '*'
     exec dotnet "$bench_dll" bench "$@"
 }
 

@@ -133,15 +133,29 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         return a;
     }
 
-    /// <summary>Fills <paramref name="count"/> elements from <paramref name="offset"/> with <paramref name="value"/>
-    /// (queued on <paramref name="stream"/>; through a host staging copy).</summary>
+    /// <summary>Fills <paramref name="count"/> elements from <paramref name="offset"/> with <paramref name="value"/> through
+    /// <paramref name="stream"/> and waits (all-zero bits: a device memset; otherwise a bounded host staging copy).</summary>
     public void Fill(T value, Stream stream, long offset = 0, long count = -1)
     {
+        ArgumentNullException.ThrowIfNull(stream);
         if (count < 0) count = Length - offset;
         CheckRange(offset, count, nameof(count));
-        var host = new T[count];
+        if (IsAllZeroBits(value))
+        {
+            Clear(stream, offset, count);
+            stream.Synchronize();
+            return;
+        }
+        var host = new T[Math.Min(count, 1 << 20)];
         Array.Fill(host, value);
-        CopyFrom(host, stream, offset);
+        for (long done = 0; done < count; done += host.Length)
+            CopyFrom(host.AsSpan(0, (int)Math.Min(host.Length, count - done)), stream, offset + done);
+    }
+
+    private static bool IsAllZeroBits(T value)
+    {
+        var bytes = new ReadOnlySpan<byte>(&value, sizeof(T));
+        return bytes.IndexOfAnyExcept((byte)0) < 0;
     }
 
     /// <summary>Queues setting <paramref name="count"/> elements from <paramref name="offset"/> to all-zero bits
