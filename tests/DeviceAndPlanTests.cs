@@ -34,6 +34,21 @@ public class DeviceTests(Backend backend) : BackendTest(backend)
     }
 
     [Test]
+    public void FillWritesExactlyTheRangeInChunksAndZeroesByMemset()
+    {
+        const long n = (3L << 20) + 17; // more than one staging chunk
+        using var b = Poisoned(n + 10);
+        b.Fill(2.5f, Str, offset: 5, count: n);
+        var all = b.ToArray(Str);
+        Assert.That(float.IsNaN(all[4]) && float.IsNaN(all[n + 5]), "outside the range untouched");
+        Assert.That(all.Skip(5).Take((int)n).All(v => v == 2.5f), "every element of the range filled");
+        b.Fill(0f, Str, offset: 1, count: 3);
+        all = b.ToArray(Str);
+        Assert.That(all[1] == 0f && all[3] == 0f && float.IsNaN(all[0]) && all[4] is float v4 && float.IsNaN(v4), "zero fill of [1, 4)");
+        Assert.That(() => b.Fill(1f, Str, offset: n, count: 11), Throws.InstanceOf<ArgumentOutOfRangeException>());
+    }
+
+    [Test]
     public unsafe void WrappedExternalMemoryIsUsedWithoutCopyingAndNotFreed()
     {
         if (Backend != Backend.Cpu) Assert.Ignore("external host memory is a CPU-backend pointer");
