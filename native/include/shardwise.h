@@ -51,7 +51,8 @@ typedef enum sw_status {
     SW_ERR_ABORTED = 7,           /* the communicator was aborted by an earlier failure or by sw_comm_abort */
     SW_ERR_BACKEND = 8,           /* the backend (CUDA, cuBLAS, NCCL, MPI, the OS) reported an error */
     SW_ERR_NOT_FOUND = 9,         /* no such device, library or symbol */
-    SW_ERR_INTERNAL = 10          /* a bug in Shardwise: please report it with the message */
+    SW_ERR_INTERNAL = 10,         /* a bug in Shardwise: please report it with the message */
+    SW_STATUS_MAX_ENUM = 0x7fffffff
 } sw_status;
 
 typedef enum sw_dtype {
@@ -60,26 +61,31 @@ typedef enum sw_dtype {
     SW_DTYPE_F16 = 2,
     SW_DTYPE_BF16 = 3,
     SW_DTYPE_I32 = 4,
-    SW_DTYPE_U8 = 5
+    SW_DTYPE_U8 = 5,
+    SW_DTYPE_MAX_ENUM = 0x7fffffff /* not a value: every int32 is a valid representation, so bad input is caught, not UB */
 } sw_dtype;
 
 typedef enum sw_backend {
     SW_BACKEND_CPU = 0,
-    SW_BACKEND_CUDA = 1
+    SW_BACKEND_CUDA = 1,
+    SW_BACKEND_MAX_ENUM = 0x7fffffff
 } sw_backend;
 
 typedef enum sw_op {
     SW_OP_N = 0, /* use the matrix as stored */
-    SW_OP_T = 1  /* use its transpose */
+    SW_OP_T = 1, /* use its transpose */
+    SW_OP_MAX_ENUM = 0x7fffffff
 } sw_op;
 
 typedef enum sw_epilogue {
     SW_EPILOGUE_NONE = 0,
-    SW_EPILOGUE_GELU = 1 /* tanh approximation, applied after alpha, beta and bias */
+    SW_EPILOGUE_GELU = 1, /* tanh approximation, applied after alpha, beta and bias */
+    SW_EPILOGUE_MAX_ENUM = 0x7fffffff
 } sw_epilogue;
 
 typedef enum sw_reduce_op {
-    SW_REDUCE_SUM = 0
+    SW_REDUCE_SUM = 0,
+    SW_REDUCE_MAX_ENUM = 0x7fffffff
 } sw_reduce_op;
 
 typedef struct sw_device_s* sw_device;

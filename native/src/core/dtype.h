@@ -16,6 +16,7 @@ inline size_t dtype_bytes(sw_dtype t) {
     case SW_DTYPE_BF16: return 2;
     case SW_DTYPE_I32: return 4;
     case SW_DTYPE_U8: return 1;
+    default: break;
     }
     return 0;
 }
@@ -29,6 +30,7 @@ inline const char* dtype_name(sw_dtype t) {
     case SW_DTYPE_BF16: return "bf16";
     case SW_DTYPE_I32: return "i32";
     case SW_DTYPE_U8: return "u8";
+    default: break;
     }
     return "unknown dtype";
 }

@@ -38,6 +38,7 @@ SW_API const char* sw_status_string(sw_status status) {
     case SW_ERR_BACKEND: return "SW_ERR_BACKEND";
     case SW_ERR_NOT_FOUND: return "SW_ERR_NOT_FOUND";
     case SW_ERR_INTERNAL: return "SW_ERR_INTERNAL";
+    default: break;
     }
     return "SW_ERR_UNKNOWN_STATUS";
 }

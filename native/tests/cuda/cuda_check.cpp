@@ -150,6 +150,7 @@ struct HostArray {
         case SW_DTYPE_BF16: { uint16_t v; std::memcpy(&v, &bytes[i * 2], 2); return bf16().decode(v); }
         case SW_DTYPE_I32: { int32_t v; std::memcpy(&v, &bytes[i * 4], 4); return v; }
         case SW_DTYPE_U8: return bytes[i];
+        default: break;
         }
         return 0;
     }
@@ -162,6 +163,7 @@ struct HostArray {
         case SW_DTYPE_BF16: { const uint16_t v = bf16().round(x); std::memcpy(&bytes[i * 2], &v, 2); break; }
         case SW_DTYPE_I32: { const int32_t v = static_cast<int32_t>(x); std::memcpy(&bytes[i * 4], &v, 4); break; }
         case SW_DTYPE_U8: bytes[i] = static_cast<uint8_t>(x); break;
+        default: break;
         }
     }
     void set_bits(size_t i, const void* src) { std::memcpy(&bytes[i * sw::dtype_bytes(type)], src, sw::dtype_bytes(type)); }
