@@ -768,6 +768,44 @@ GemmRun run_gemm(const GemmCase& g, void* stream) {
     return result;
 }
 
+// dx = dy * gelu'(x), out of place and in place (dx = dy), every float type.
+void check_gelu_backward() {
+    Stream s;
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_F16, SW_DTYPE_BF16};
+    int cases = 0;
+    for (sw_dtype t : types)
+        for (int in_place = 0; in_place < 2; ++in_place) {
+            const size_t n = 100003, es = sw::dtype_bytes(t);
+            HostArray x(t, n), g(t, n);
+            for (size_t i = 0; i < n; ++i) {
+                x.set(i, uniform(-5, 5));
+                g.set(i, uniform(-2, 2));
+            }
+            DevBuf dx(n * es), dg(n * es), dout(n * es);
+            upload(dx.p, x.bytes.data(), n * es, s.s);
+            upload(dg.p, g.bytes.data(), n * es, s.s);
+            void* out = in_place ? dg.p : dout.p;
+            CALL(gelu_backward, dev, t, dx.p, dg.p, out, static_cast<uint64_t>(n), s.s);
+            HostArray got(t, n);
+            download(got.bytes.data(), out, n * es, s.s);
+            size_t bad = 0;
+            double worst = 0;
+            for (size_t i = 0; i < n; ++i) {
+                const double v = x.get(i), c = 0.7978845608028654;
+                const double th = std::tanh(c * (v + 0.044715 * v * v * v));
+                const double want = g.get(i) * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * c * (1 + 3 * 0.044715 * v * v));
+                const double tol = out_eps(t) * std::fabs(want) + (t == SW_DTYPE_F64 ? 1e-13 : 4e-6) * std::fabs(g.get(i)) + 1e-30;
+                const double err = std::fabs(got.get(i) - want);
+                worst = std::max(worst, err / tol);
+                bad += err <= tol ? 0 : 1;
+            }
+            EXPECT(bad == 0, fmt("gelu_backward %s in_place %d: %zu wrong (worst %.2f x tolerance)", sw::dtype_name(t), in_place,
+                                 bad, worst));
+            ++cases;
+        }
+    std::printf("  gelu_backward: %d cases\n", cases);
+}
+
 void check_gemm() {
     Stream s;
     struct Types { sw_dtype a, c; bool tf32; };
@@ -958,7 +996,7 @@ int main(int argc, char** argv) {
                                 {"events and flags", check_events_and_flags},
                                 {"copy_2d", check_copy_2d},   {"reduce_sum", check_reduce_sum},
                                 {"convert", check_convert},   {"bias_act", check_bias_act},
-                                {"gemm", check_gemm}};
+                                {"gelu_backward", check_gelu_backward}, {"gemm", check_gemm}};
     for (const Section& sec : sections) {
         const long before = failures;
         std::printf("[%s]\n", sec.name);
