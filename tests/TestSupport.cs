@@ -102,6 +102,32 @@ public static class Reference
         return (value, mag);
     }
 
+    /// <summary>
+    /// The FFN Y = GeLU(X·W1 + b1)·W2 + b2 (X: m × h, W1: h × f, W2: f × h) in float64, with a per-element bound for an
+    /// fp32 computation that carries the first layer's bound through GeLU (|GeLU'| &lt; 1.13).
+    /// </summary>
+    public static (double[] Value, double[] Tolerance) FeedForward(float[] x, float[] w1, float[] b1, float[] w2, float[] b2, long m, long h, long f)
+    {
+        var (hid, hidMag) = Gemm(x, h, false, w1, f, false, m, f, h, bias: b1, gelu: true);
+        var want = new double[m * h];
+        var tol = new double[m * h];
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < h; j++)
+            {
+                double s = b2[j], mag = Math.Abs(b2[j]), carried = 0;
+                for (long q = 0; q < f; q++)
+                {
+                    double hv = hid[i * f + q];
+                    s += hv * w2[q * h + j];
+                    mag += Math.Abs(hv * w2[q * h + j]);
+                    carried += 1.2 * (Bound(hidMag[i * f + q], h) + 2e-7 * Math.Abs(hv)) * Math.Abs(w2[q * h + j]);
+                }
+                want[i * h + j] = s;
+                tol[i * h + j] = Bound(mag, f) + carried + 2e-7 * Math.Abs(s);
+            }
+        return (want, tol);
+    }
+
     public static double Gelu(double x) => 0.5 * x * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
 
     /// <summary>Error bound of an fp32 dot product of length k with Σ|terms| = magnitude (generous, ~8 sigma).</summary>
