@@ -164,6 +164,8 @@ public class GemmTests(Backend backend) : BackendTest(backend)
         Assert.That(() => a.AsMatrix(4, 4), Throws.ArgumentException.With.Property("ParamName").EqualTo("buffer"));
         Assert.That(() => a.AsMatrix(2, 4, ld: 3), Throws.InstanceOf<ArgumentOutOfRangeException>().With.Property("ParamName").EqualTo("ld"));
         Assert.That(() => a.AsMatrix(2, 2, offset: -1), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        // (rows-1)·ld would wrap around 2^64 to a small number: rejected, not wrapped.
+        Assert.That(() => a.AsMatrix(4, 1, ld: 6148914691236517206), Throws.InstanceOf<ArgumentOutOfRangeException>().With.Property("ParamName").EqualTo("ld"));
     }
 
     [Test]
@@ -180,6 +182,9 @@ public class GemmTests(Backend backend) : BackendTest(backend)
         // out of bounds: c too small
         status = Native.sw_gemm(Str.Handle, SwDtype.F32, SwOp.N, SwOp.N, 3, 4, 3, 1f, a.Handle, 0, 3, b.Handle, 0, 4, 0f, c.Handle, 4, 4, 0, 0, SwEpilogue.None);
         Assert.That(ShardwiseException.Create(status, "sw_gemm").Message, Does.Contain("c:"));
+        // a leading dimension whose extent wraps around 64 bits
+        status = Native.sw_gemm(Str.Handle, SwDtype.F32, SwOp.N, SwOp.N, 4, 1, 1, 1f, a.Handle, 0, 6148914691236517206, b.Handle, 0, 1, 0f, c.Handle, 0, 1, 0, 0, SwEpilogue.None);
+        Assert.That(ShardwiseException.Create(status, "sw_gemm").Message, Does.Contain("overflows"));
         // wrong dtype
         status = Native.sw_gemm(Str.Handle, SwDtype.F64, SwOp.N, SwOp.N, 2, 2, 2, 1f, a.Handle, 0, 2, b.Handle, 0, 2, 0f, c.Handle, 0, 2, 0, 0, SwEpilogue.None);
         Assert.That(ShardwiseException.Create(status, "sw_gemm"), Is.InstanceOf<ShardwiseUnsupportedException>());

@@ -106,6 +106,11 @@ int main(void) {
                   SW_EPILOGUE_NONE) == SW_ERR_INVALID_ARGUMENT, "A past its buffer");
     CHECK(sw_gemm(s0, SW_DTYPE_F32, SW_OP_N, SW_OP_N, 0, N, K, 1.0f, da, 0, K, db, 0, N, 0.0f, dc, 0, N, NULL, 0,
                   SW_EPILOGUE_NONE) == SW_ERR_INVALID_ARGUMENT, "m = 0");
+    /* (rows-1)*ld wrapping around 2^64 to a tiny extent must not pass the bounds check. */
+    CHECK(sw_gemm(s0, SW_DTYPE_F32, SW_OP_N, SW_OP_N, 4, 1, 1, 1.0f, da, 0, INT64_C(6148914691236517206), db, 0, 1,
+                  0.0f, dc, 0, 1, NULL, 0, SW_EPILOGUE_NONE) == SW_ERR_INVALID_ARGUMENT &&
+              strstr(sw_last_error(), "overflows") != NULL,
+          "wrapping lda: %s", sw_last_error());
     OK(sw_stream_synchronize(s0));
 
     /* Two virtual ranks on one device, driven from this one thread through two streams. */

@@ -210,8 +210,14 @@ public readonly struct MatrixView
         ThrowHelper.NonNegative(offset, nameof(offset));
         if (ld < Math.Max(cols, 1))
             throw new ArgumentOutOfRangeException(nameof(ld), ld, $"ld = {ld} is smaller than cols = {cols}; expected ld >= {Math.Max(cols, 1)}.");
-        long extent = rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols;
-        if (offset + extent > buffer.Length)
+        long end; // one past the last element, computed without wrapping around
+        try { end = checked(offset + (rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols)); }
+        catch (OverflowException)
+        {
+            throw new ArgumentOutOfRangeException(nameof(ld), ld, $"a {rows} x {cols} matrix with ld {ld} spans more than 2^63 elements.");
+        }
+        long extent = end - offset;
+        if (end > buffer.Length)
             throw new ArgumentException(
                 $"a {rows} x {cols} matrix with ld {ld} at offset {offset} needs {offset + extent} elements; the buffer has {buffer.Length}.",
                 nameof(buffer));

@@ -21,9 +21,14 @@ SW_HD int64_t shard_count(int64_t total, int32_t parts, int32_t index) {
     return base + (index < rem ? 1 : 0);
 }
 
-// Elements spanned by a row-major rows x cols matrix with leading dimension ld (0 when empty).
+// Elements spanned by a row-major rows x cols matrix with leading dimension ld (0 when empty). Saturates at
+// UINT64_MAX (which fits no buffer) instead of overflowing, so a huge ld can never pass a bounds check.
 SW_HD uint64_t matrix_extent(int64_t rows, int64_t cols, int64_t ld) {
-    return (rows <= 0 || cols <= 0) ? 0 : static_cast<uint64_t>((rows - 1) * ld + cols);
+    if (rows <= 0 || cols <= 0) return 0;
+    if (ld < 0) return ~uint64_t{0};
+    const uint64_t r = static_cast<uint64_t>(rows - 1), l = static_cast<uint64_t>(ld), c = static_cast<uint64_t>(cols);
+    if (r != 0 && l > (~uint64_t{0} - c) / r) return ~uint64_t{0};
+    return r * l + c;
 }
 
 } // namespace sw

@@ -51,6 +51,8 @@ Storage::~Storage() {
 
 char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem_size, const char* name) {
     const uint64_t capacity = buf->storage->bytes / elem_size;
+    if (count == ~uint64_t{0})
+        fail(SW_ERR_INVALID_ARGUMENT, name, ": the extent overflows 64 bits (a leading dimension or size is far too large)");
     if (offset > capacity || count > capacity - offset)
         fail(SW_ERR_INVALID_ARGUMENT, name, ": elements [", offset, ", ", offset + count,
              ") do not fit in the buffer of ", buf->storage->bytes, " bytes (", capacity, " elements of ",
