@@ -301,6 +301,18 @@ public class CollectiveTests(Backend backend) : BackendTest(backend)
     }
 
     [Test]
+    public void AnEffectivelyInfiniteTimeoutDoesNotOverflow()
+    {
+        using var group = ProcessGroup.CreateLocal(Dev, 2, TimeSpan.MaxValue);
+        Assert.DoesNotThrow(() => Spmd.Run(group, ctx =>
+        {
+            if (ctx.Rank == 1) Thread.Sleep(100); // rank 0 waits: its deadline must lie in the future
+            using var b = ctx.Device.Allocate<float>(4);
+            ctx.AllReduce(b);
+        }));
+    }
+
+    [Test]
     public void DisposingAGroupWithAPendingCollectiveDoesNotHang()
     {
         var group = ProcessGroup.CreateLocal(Dev, 2, TimeSpan.FromMinutes(10));

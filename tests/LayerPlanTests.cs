@@ -55,6 +55,18 @@ public class LayerPlanTests
     }
 
     [Test]
+    public void WithRanksKeepsTheLayersOptions()
+    {
+        var plan = LayerPlan.RowParallel(64, 32, 2, tokens: 10, bias: false, inputIsParallel: false);
+        var four = plan.WithRanks(4);
+        Assert.That(four.Ranks[0].WeightBytes, Is.EqualTo(16L * 32 * 4), "no bias on rank 0");
+        Assert.That(four.Ranks[0].ActivationBytes, Is.EqualTo(10L * (64 + 32) * 4), "the whole input, as planned");
+        var col = LayerPlan.ColumnParallel(8, 12, 2, tokens: 3, bias: false, gatherOutput: false).WithRanks(3);
+        Assert.That(col.Ranks[0].ActivationBytes, Is.EqualTo(3L * (8 + 4) * 4));
+        Assert.That(col.Ranks[0].WorkspaceBytes, Is.Zero);
+    }
+
+    [Test]
     public void VirtualRanksOnOneDeviceAddUp()
     {
         using var dev = Device.Cpu(1);

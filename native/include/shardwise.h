@@ -251,7 +251,8 @@ SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype, sw_buffer x,
 
 /* An in-process communicator of world_size ranks (virtual ranks: one host thread or one stream per
  * rank, ranks may share a device). devices[r] is rank r's device. timeout_ms > 0 bounds how long a
- * collective waits for the other ranks; 0 means the default (SHARDWISE_TIMEOUT_MS or 600000).
+ * collective waits for the other ranks (values above 10^12 ms are taken as 10^12); 0 means the default
+ * (SHARDWISE_TIMEOUT_MS or 600000).
  *
  * Collectives are called once per rank (from any host thread) and run in the order of that rank's
  * stream. Each rank's n-th collective is matched with every other rank's n-th collective. If the

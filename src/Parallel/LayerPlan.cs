@@ -37,6 +37,9 @@ public sealed class LayerPlan
 {
     private const long F32 = sizeof(float);
 
+    // The options the plan was made with, so that WithRanks plans the same layer for another world size.
+    private bool _bias = true, _gatherOutput = true, _inputIsParallel = true;
+
     private LayerPlan(LayerKind kind, long inFeatures, long outFeatures, long hiddenFeatures, long tokens, bool training,
         ShardingPlan split, IReadOnlyList<RankMemory> ranks)
     {
@@ -88,7 +91,8 @@ public sealed class LayerPlan
             if (training) { weights *= 2; act += tokens * inFeatures * F32; } // gradients; dX
             ranks[r] = new RankMemory(r, n, weights, act, work);
         }
-        return new LayerPlan(LayerKind.ColumnParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks);
+        return new LayerPlan(LayerKind.ColumnParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks)
+        { _bias = bias, _gatherOutput = gatherOutput };
     }
 
     /// <summary>Plans a row-parallel layer: W is <paramref name="inFeatures"/> × <paramref name="outFeatures"/>, split by rows.</summary>
@@ -107,7 +111,8 @@ public sealed class LayerPlan
             if (training) { weights *= 2; act += tokens * (inputIsParallel ? k : inFeatures) * F32; }
             ranks[r] = new RankMemory(r, k, weights, act, 0);
         }
-        return new LayerPlan(LayerKind.RowParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks);
+        return new LayerPlan(LayerKind.RowParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks)
+        { _bias = bias, _inputIsParallel = inputIsParallel };
     }
 
     /// <summary>Plans the FFN sub-layer: W1 is <paramref name="modelFeatures"/> × <paramref name="hiddenFeatures"/>, W2 its
@@ -150,11 +155,11 @@ public sealed class LayerPlan
         return 0;
     }
 
-    /// <summary>The same layer planned for another number of ranks (even split).</summary>
+    /// <summary>The same layer (same options) planned for another number of ranks, with an even split.</summary>
     public LayerPlan WithRanks(int worldSize) => Kind switch
     {
-        LayerKind.ColumnParallel => ColumnParallel(InFeatures, OutFeatures, worldSize, Tokens, training: Training),
-        LayerKind.RowParallel => RowParallel(InFeatures, OutFeatures, worldSize, Tokens, training: Training),
+        LayerKind.ColumnParallel => ColumnParallel(InFeatures, OutFeatures, worldSize, Tokens, _bias, _gatherOutput, Training),
+        LayerKind.RowParallel => RowParallel(InFeatures, OutFeatures, worldSize, Tokens, _bias, _inputIsParallel, Training),
         _ => FeedForward(InFeatures, HiddenFeatures, worldSize, Tokens, Training),
     };
 

@@ -273,8 +273,14 @@ void move_data_cuda(CommState& st, const Slot& slot, int world, int rank) {
     const cuda::PluginApi* api = dev.cuda;
     const int32_t ord = dev.ordinal;
     std::string err;
-    void*& cs = st.cuda_streams[rank];
-    if (!cs) cuda_check(api->stream_create(ord, &cs, &err), err);
+    void* cs = nullptr;
+    {
+        // One communication stream per rank, created once; a rank may queue collectives on several streams,
+        // whose workers can get here at the same time.
+        std::lock_guard<std::mutex> lock(st.mu);
+        if (!st.cuda_streams[rank]) cuda_check(api->stream_create(ord, &st.cuda_streams[rank], &err), err);
+        cs = st.cuda_streams[rank];
+    }
     const size_t esz = sw_dtype_size(me.dtype);
     switch (me.op) {
     case Coll::AllGather:
@@ -583,7 +589,8 @@ SW_API sw_status sw_comm_create_local(int32_t world_size, const sw_device* devic
                 if (v > 0) timeout = v;
             }
         }
-        st->timeout_ms = timeout;
+        // Clamp (to ~31 years) so that now + timeout cannot overflow steady_clock: "practically forever".
+        st->timeout_ms = std::min<int64_t>(timeout, int64_t{1000} * 1000 * 1000 * 1000);
         for (int r = 0; r < world_size; ++r) {
             const std::string name = str("devices[", r, "]");
             st->devices.push_back(checked(devices[r], name.c_str())->impl);
