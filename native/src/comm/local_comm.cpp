@@ -508,18 +508,20 @@ uint64_t capacity_from(sw_buffer b, uint64_t offset, size_t esz) {
     return offset <= cap ? cap - offset : 0;
 }
 
+// Takes the rank's next sequence number (the n-th collective of every rank is matched), or fails at once
+// when the communicator is aborted.
+uint64_t next_sequence(CommState& st, int32_t rank) {
+    std::lock_guard<std::mutex> lock(st.mu);
+    if (st.aborted) fail(SW_ERR_ABORTED, "the communicator was aborted: ", st.reason, "; create a new communicator");
+    return st.next_seq[rank]++;
+}
+
 void submit(const Ctx& ctx, int32_t rank, Desc desc) {
     const auto st = ctx.comm->state;
-    uint64_t seq;
-    {
-        std::lock_guard<std::mutex> lock(st->mu);
-        if (st->aborted)
-            fail(SW_ERR_ABORTED, "the communicator was aborted: ", st->reason, "; create a new communicator");
-        seq = st->next_seq[rank]++;
-    }
     cpu::Stream* stream = ctx.stream->impl.get();
     sw_stream_s* s = ctx.stream;
     if (!s->device_impl->is_cuda()) {
+        const uint64_t seq = next_sequence(*st, rank);
         stream->enqueue([st, rank, seq, desc = std::move(desc), stream] { run_collective(st, rank, seq, desc, stream); },
                         /*always=*/true);
         return;
@@ -527,9 +529,15 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
     // CUDA: the host side (rendezvous + data movement) runs on the stream's worker thread once the CUDA
     // stream's earlier work is done (event `ready`); the CUDA stream's later work waits until the worker
     // raises the stream's flag to `target` — also when the collective fails, so the stream never hangs.
+    // Everything that can fail comes before the sequence number is taken, so a failed call leaves the rank's
+    // numbering in step with its peers; after that, a failure aborts the communicator.
     const cuda::PluginApi* api = s->device_impl->cuda;
     const int32_t ord = s->device_impl->ordinal;
     std::string err;
+    {
+        std::lock_guard<std::mutex> lock(st->mu); // fail fast, before touching the stream
+        if (st->aborted) fail(SW_ERR_ABORTED, "the communicator was aborted: ", st->reason, "; create a new communicator");
+    }
     if (!s->flag_host) {
         void* host = nullptr;
         void* device = nullptr;
@@ -542,10 +550,14 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
     void* ready = nullptr;
     cuda_check(api->event_create(ord, &ready, &err), err);
     const sw_status rec = api->event_record(ord, ready, s->cuda_stream, &err);
-    if (rec != SW_OK) {
+    uint64_t seq = 0;
+    try {
+        cuda_check(rec, err);
+        seq = next_sequence(*st, rank);
+    } catch (...) {
         std::string ignored;
         api->event_destroy(ord, ready, &ignored);
-        cuda_check(rec, err);
+        throw;
     }
     const uint32_t target = ++s->flag_target;
     uint32_t* flag = s->flag_host;
@@ -560,11 +572,23 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
             const sw_status waited = api->event_synchronize(ord, ready, &e);
             std::string ignored;
             api->event_destroy(ord, ready, &ignored);
-            cuda_check(waited, e);
+            if (waited != SW_OK) { // the peers must not wait for this rank until the timeout
+                std::lock_guard<std::mutex> lock(st->mu);
+                st->abort_locked(waited, str("rank ", rank, " could not join collective #", seq,
+                                             ": waiting for its stream's earlier work failed: ", e));
+                fail(waited, st->reason);
+            }
             run_collective(st, rank, seq, desc, stream);
         },
         /*always=*/true);
-    cuda_check(api->stream_wait_flag(ord, s->flag_device, target, s->cuda_stream, &err), err);
+    const sw_status queued = api->stream_wait_flag(ord, s->flag_device, target, s->cuda_stream, &err);
+    if (queued != SW_OK) {
+        // The host side is queued and will run, but the stream would not wait for it: the ordering promise is
+        // broken, so abort the communicator rather than let the ranks go on with a half-ordered collective.
+        std::lock_guard<std::mutex> lock(st->mu);
+        st->abort_locked(queued, str("rank ", rank, ": ordering collective #", seq, " into its CUDA stream failed: ", err));
+        fail(queued, st->reason);
+    }
 }
 
 } // namespace

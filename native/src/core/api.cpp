@@ -259,9 +259,11 @@ SW_API sw_status sw_buffer_alloc(sw_device device, uint64_t bytes, sw_buffer* ou
         auto storage = std::make_shared<Storage>();
         if (dev->impl->is_cuda()) {
             std::string err;
+            dev->impl->drain_deferred_frees();
             cuda_check(dev->impl->cuda->malloc_device(dev->impl->ordinal, bytes, &storage->ptr, &err), err);
             storage->cuda = dev->impl->cuda;
             storage->ordinal = dev->impl->ordinal;
+            storage->deferred = dev->impl->deferred;
         } else {
             const uint64_t rounded = (bytes + 63) / 64 * 64;
             storage->ptr = std::aligned_alloc(64, static_cast<size_t>(rounded));
@@ -482,6 +484,7 @@ SW_API sw_status sw_stream_synchronize(sw_stream stream) {
             const sw_status st = s->device_impl->cuda->stream_synchronize(s->device_impl->ordinal, s->cuda_stream, &err);
             std::string host_message;
             const sw_status host = s->impl->synchronize(&host_message);
+            s->device_impl->drain_deferred_frees();
             if (host != SW_OK) {
                 status = host;
                 message = host_message;

@@ -42,11 +42,27 @@ const char* handle_kind_name(HandleKind kind) {
 Storage::~Storage() {
     if (!owned || !ptr) return;
     if (cuda) {
+        if (cpu::on_stream_worker() && deferred) { // see DeferredFrees
+            std::lock_guard<std::mutex> lock(deferred->mu);
+            deferred->pointers.push_back(ptr);
+            return;
+        }
         std::string err;
         cuda->free_device(ordinal, ptr, &err); // a destructor cannot report: the error is dropped
     } else {
         std::free(ptr);
     }
+}
+
+void DeviceImpl::drain_deferred_frees() {
+    if (!cuda || !deferred) return;
+    std::vector<void*> pointers;
+    {
+        std::lock_guard<std::mutex> lock(deferred->mu);
+        pointers.swap(deferred->pointers);
+    }
+    std::string err;
+    for (void* p : pointers) cuda->free_device(ordinal, p, &err);
 }
 
 char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem_size, const char* name) {

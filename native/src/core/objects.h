@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace sw {
 
@@ -30,6 +31,14 @@ void unregister_handle(const void* h);
 bool is_live_handle(const void* h, HandleKind kind);
 const char* handle_kind_name(HandleKind kind);
 
+// CUDA memory whose last owner went away on a stream worker thread. cudaFree waits for the whole device,
+// and a worker must never wait for the device: a later wait-flag kernel on its own stream may be waiting for
+// that very worker (a deadlock no timeout breaks). Such memory is freed later, from a caller's thread.
+struct DeferredFrees {
+    std::mutex mu;
+    std::vector<void*> pointers;
+};
+
 struct DeviceImpl {
     sw_backend backend = SW_BACKEND_CPU;
     int32_t ordinal = 0;
@@ -40,8 +49,12 @@ struct DeviceImpl {
     // CPU: a cpu::Kernel; CUDA: a cuda::GemmAlgo.
     std::atomic<int> kernel{0};
     std::atomic<int64_t> children{0}; // buffers, streams, events, communicator memberships
+    std::shared_ptr<DeferredFrees> deferred = std::make_shared<DeferredFrees>(); // CUDA
 
     bool is_cuda() const { return backend == SW_BACKEND_CUDA; }
+    // Frees the CUDA memory deferred by workers. Call from an API caller's thread, never from a worker.
+    void drain_deferred_frees();
+    ~DeviceImpl() { drain_deferred_frees(); }
 };
 
 struct Storage {
@@ -50,6 +63,7 @@ struct Storage {
     bool owned = false;
     const cuda::PluginApi* cuda = nullptr; // set for CUDA device memory
     int32_t ordinal = 0;
+    std::shared_ptr<DeferredFrees> deferred; // CUDA: where a worker thread leaves the memory to be freed
     ~Storage();
 };
 

@@ -4,6 +4,12 @@
 
 namespace sw::cpu {
 
+namespace {
+thread_local bool t_on_stream_worker = false;
+}
+
+bool on_stream_worker() { return t_on_stream_worker; }
+
 Stream::Stream() : worker_([this] { run(); }) {}
 
 Stream::~Stream() {
@@ -41,6 +47,7 @@ std::string Stream::pending_error() const {
 }
 
 void Stream::run() {
+    t_on_stream_worker = true;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
         cv_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });

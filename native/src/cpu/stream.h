@@ -14,6 +14,10 @@
 
 namespace sw::cpu {
 
+// True on a stream's worker thread (while it runs queued work). Code that must not block there — freeing
+// CUDA memory, which waits for the whole device — checks it.
+bool on_stream_worker();
+
 class Stream {
 public:
     Stream();

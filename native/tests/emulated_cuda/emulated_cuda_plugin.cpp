@@ -14,6 +14,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -30,6 +31,11 @@ struct Event {
 };
 
 Stream* S(void* s) { return static_cast<Stream*>(s); }
+
+// An event handle owns a reference; queued work holds others, so destroying a recorded event whose marker has
+// not run yet is safe (as cudaEventDestroy is).
+using EventRef = std::shared_ptr<Event>;
+EventRef& E(void* e) { return *static_cast<EventRef*>(e); }
 
 sw_status fail(std::string* err, const char* what) {
     if (err) *err = what;
@@ -67,10 +73,10 @@ sw_status stream_synchronize(int32_t, void* s, std::string* err) {
     if (st != SW_OK && err) *err = m;
     return st;
 }
-sw_status event_create(int32_t, void** e, std::string*) { *e = new Event(); return SW_OK; }
-sw_status event_destroy(int32_t, void* e, std::string*) { delete static_cast<Event*>(e); return SW_OK; }
+sw_status event_create(int32_t, void** e, std::string*) { *e = new EventRef(std::make_shared<Event>()); return SW_OK; }
+sw_status event_destroy(int32_t, void* e, std::string*) { delete static_cast<EventRef*>(e); return SW_OK; }
 sw_status event_record(int32_t, void* ev, void* s, std::string*) {
-    auto* e = static_cast<Event*>(ev);
+    EventRef e = E(ev);
     uint64_t gen;
     {
         std::lock_guard<std::mutex> l(e->mu);
@@ -85,24 +91,24 @@ sw_status event_record(int32_t, void* ev, void* s, std::string*) {
     return SW_OK;
 }
 sw_status event_synchronize(int32_t, void* ev, std::string*) {
-    auto* e = static_cast<Event*>(ev);
+    Event* e = E(ev).get();
     std::unique_lock<std::mutex> l(e->mu);
     const uint64_t gen = e->recorded;
     e->cv.wait(l, [&] { return e->completed >= gen; });
     return SW_OK;
 }
 sw_status event_query(int32_t, void* ev, int32_t* done, std::string*) {
-    auto* e = static_cast<Event*>(ev);
+    Event* e = E(ev).get();
     std::lock_guard<std::mutex> l(e->mu);
     *done = e->completed >= e->recorded;
     return SW_OK;
 }
 sw_status event_elapsed(int32_t, void* a, void* b, float* ms, std::string*) {
-    *ms = std::chrono::duration<float, std::milli>(static_cast<Event*>(b)->time - static_cast<Event*>(a)->time).count();
+    *ms = std::chrono::duration<float, std::milli>(E(b)->time - E(a)->time).count();
     return SW_OK;
 }
 sw_status stream_wait_event(int32_t, void* s, void* ev, std::string*) {
-    auto* e = static_cast<Event*>(ev);
+    EventRef e = E(ev);
     uint64_t gen;
     {
         std::lock_guard<std::mutex> l(e->mu);
