@@ -128,16 +128,7 @@ public sealed class ColumnParallelLinear : IDisposable
 
     private DeviceBuffer<float>? _ones;
 
-    private DeviceBuffer<float> Scratch(long elements)
-    {
-        if (_scratch is null || _scratch.Length < elements)
-        {
-            // Work already queued may still use the old scratch: the native side keeps its memory alive.
-            _scratch?.Dispose();
-            _scratch = _ctx.Device.Allocate<float>(elements);
-        }
-        return _scratch;
-    }
+    private DeviceBuffer<float> Scratch(long elements) => Parallel.Scratch.Ensure(ref _scratch, _ctx.Device, elements);
 
     /// <summary>Releases the shard and the scratch buffer.</summary>
     public void Dispose()

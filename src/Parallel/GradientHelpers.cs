@@ -6,13 +6,10 @@ internal static class GradientHelpers
     /// <summary>A buffer of at least <paramref name="length"/> ones (grown and refilled when too short), for column sums as GEMMs.</summary>
     public static DeviceBuffer<float> Ones(ref DeviceBuffer<float>? cache, RankContext ctx, long length)
     {
-        if (cache is null || cache.Length < length)
-        {
-            cache?.Dispose();
-            cache = ctx.Device.Allocate<float>(Math.Max(1, length));
-            cache.Fill(1f, ctx.Stream);
-        }
-        return cache;
+        var before = cache;
+        var ones = Scratch.Ensure(ref cache, ctx.Device, length);
+        if (!ReferenceEquals(ones, before)) ones.Fill(1f, ctx.Stream);
+        return ones;
     }
 
     /// <summary>Queues db (+)= Σ over rows of dy (n elements), as the GEMM onesᵀ[1×M] · dy[M×n].</summary>

@@ -46,12 +46,7 @@ public sealed class ParallelFeedForward : IDisposable
         if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
         long m = x.Rows, fr = Up.LocalOutFeatures;
         ThrowHelper.Positive(m, "x.Rows");
-        if (_hidden is null || _hidden.Length < Math.Max(1, m * fr))
-        {
-            _hidden?.Dispose();
-            _hidden = _ctx.Device.Allocate<float>(Math.Max(1, m * fr));
-        }
-        var h = _hidden.AsMatrix(m, fr, Math.Max(1, fr));
+        var h = Scratch.Ensure(ref _hidden, _ctx.Device, m * fr).AsMatrix(m, fr, Math.Max(1, fr));
         Up.Forward(x, h);
         Down.Forward(h, y);
     }
@@ -74,16 +69,11 @@ public sealed class ParallelFeedForward : IDisposable
         ThrowHelper.Shape(x, mr, hdim, nameof(x), "this rank's token rows x model features");
         if (mr > 1 && x.Ld != hdim)
             throw new ArgumentException($"x has ld {x.Ld}; the gather needs contiguous rows (ld = {hdim}).", nameof(x));
-        long need = m * hdim + Math.Max(1, m * fr);
-        if (_hidden is null || _hidden.Length < need)
-        {
-            _hidden?.Dispose();
-            _hidden = _ctx.Device.Allocate<float>(need);
-        }
         // [0, m·H): the gathered input; then the hidden activation.
-        _ctx.AllGatherV(x.Buffer, mr * hdim, _hidden, x.Offset, 0);
-        var full = _hidden.AsMatrix(m, hdim);
-        var h = _hidden.AsMatrix(m, fr, Math.Max(1, fr), m * hdim);
+        var buffer = Scratch.Ensure(ref _hidden, _ctx.Device, m * hdim + Math.Max(1, m * fr));
+        _ctx.AllGatherV(x.Buffer, mr * hdim, buffer, x.Offset, 0);
+        var full = buffer.AsMatrix(m, hdim);
+        var h = buffer.AsMatrix(m, fr, Math.Max(1, fr), m * hdim);
         Up.Forward(full, h);
         Down.ForwardScatter(h, y, tokens);
     }

@@ -165,15 +165,7 @@ public sealed class RowParallelLinear : IDisposable
             partial.Buffer.Clear(_ctx.Stream, partial.Offset, partial.Rows * n); // contributes zeros to the sum
     }
 
-    private DeviceBuffer<float> Scratch(long elements)
-    {
-        if (_scratch is null || _scratch.Length < elements)
-        {
-            _scratch?.Dispose();
-            _scratch = _ctx.Device.Allocate<float>(elements);
-        }
-        return _scratch;
-    }
+    private DeviceBuffer<float> Scratch(long elements) => Parallel.Scratch.Ensure(ref _scratch, _ctx.Device, elements);
 
     /// <summary>Releases the shard, the bias and the scratch buffer.</summary>
     public void Dispose()
