@@ -222,13 +222,13 @@ template <class T> struct Acc { using type = T; };
 template <> struct Acc<uint16_t> { using type = float; };
 
 template <class T, class Load, class Store>
-void reduce_block(const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t begin, uint64_t n,
+void reduce_block(const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t n,
                   Load load, Store store) {
     using A = typename Acc<T>::type;
     constexpr uint64_t B = 1024;
     A acc[B];
-    for (uint64_t i0 = begin; i0 < begin + n; i0 += B) {
-        const uint64_t len = std::min<uint64_t>(B, begin + n - i0);
+    for (uint64_t i0 = 0; i0 < n; i0 += B) {
+        const uint64_t len = std::min<uint64_t>(B, n - i0);
         const T* s0 = reinterpret_cast<const T*>(src[0]) + i0;
         for (uint64_t i = 0; i < len; ++i) acc[i] = load(s0[i]);
         for (size_t q = 1; q < src.size(); ++q) { // rank order 0..p-1: every rank gets the same bits
@@ -242,16 +242,16 @@ void reduce_block(const std::vector<const char*>& src, const std::vector<char*>&
     }
 }
 
-// Sums element range [begin, begin+n) of every src into every dst (src[q] and dst[q] may be the same).
-void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t begin,
+// Sums elements [0, n) of every src into every dst (src[q] and dst[q] may be the same).
+void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst,
                 uint64_t n) {
     auto id = [](auto v) { return v; };
     switch (t) {
-    case SW_DTYPE_F32: reduce_block<float>(src, dst, begin, n, id, id); break;
-    case SW_DTYPE_F64: reduce_block<double>(src, dst, begin, n, id, id); break;
-    case SW_DTYPE_I32: reduce_block<int32_t>(src, dst, begin, n, id, id); break;
-    case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, begin, n, half_to_float, float_to_half); break;
-    case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, begin, n, bf16_to_float, float_to_bf16); break;
+    case SW_DTYPE_F32: reduce_block<float>(src, dst, n, id, id); break;
+    case SW_DTYPE_F64: reduce_block<double>(src, dst, n, id, id); break;
+    case SW_DTYPE_I32: reduce_block<int32_t>(src, dst, n, id, id); break;
+    case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, n, half_to_float, float_to_half); break;
+    case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, n, bf16_to_float, float_to_bf16); break;
     default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", sw::dtype_name(t), " is not supported");
     }
 }
@@ -265,95 +265,73 @@ uint64_t scatter_displacement(const Slot& slot, int rank) {
     return displ;
 }
 
-// CUDA: rank `rank`'s share of the data movement, on that rank's communication stream, finished before
-// returning (the departure barrier follows).
-void move_data_cuda(CommState& st, const Slot& slot, int world, int rank) {
-    const Desc& me = slot.desc[rank];
-    const DeviceImpl& dev = *st.devices[rank];
-    const cuda::PluginApi* api = dev.cuda;
-    const int32_t ord = dev.ordinal;
-    std::string err;
-    void* cs = nullptr;
-    {
-        // One communication stream per rank, created once; a rank may queue collectives on several streams,
-        // whose workers can get here at the same time.
+// How one backend moves data for a collective; move_data says what to move. Pointers are final (offsets applied).
+struct Mover {
+    virtual ~Mover() = default;
+    virtual void copy(char* dst, const char* src, uint64_t bytes) = 0;
+    // rows x cols elements of esz bytes, leading dimensions in elements.
+    virtual void copy_2d(char* dst, int64_t ld_dst, const char* src, int64_t ld_src, int64_t rows, int64_t cols,
+                         size_t esz) = 0;
+    // Every dst[d][i] = sum over s of src[s][i] (in source order), i < count; dst may alias src element-wise.
+    virtual void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) = 0;
+    virtual void finish() {} // all moves complete when it returns
+};
+
+struct CpuMover final : Mover {
+    void copy(char* dst, const char* src, uint64_t bytes) override { std::memmove(dst, src, bytes); }
+    void copy_2d(char* dst, int64_t ld_dst, const char* src, int64_t ld_src, int64_t rows, int64_t cols,
+                 size_t esz) override {
+        for (int64_t i = 0; i < rows; ++i) std::memmove(dst + i * ld_dst * esz, src + i * ld_src * esz, cols * esz);
+    }
+    void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) override {
+        reduce_sum(t, src, dst, count);
+    }
+};
+
+// CUDA: moves on the rank's communication stream (one per rank, created once; a rank may queue collectives on
+// several streams, whose workers can get here at the same time), synchronized in finish().
+struct CudaMover final : Mover {
+    CudaMover(CommState& st, int rank) : api(st.devices[rank]->cuda), ord(st.devices[rank]->ordinal) {
         std::lock_guard<std::mutex> lock(st.mu);
         if (!st.cuda_streams[rank]) cuda_check(api->stream_create(ord, &st.cuda_streams[rank], &err), err);
         cs = st.cuda_streams[rank];
     }
-    const size_t esz = sw_dtype_size(me.dtype);
-    switch (me.op) {
-    case Coll::AllGather:
-        for (int q = 0; q < world; ++q)
-            if (me.count)
-                cuda_check(api->memcpy_async(ord, me.recv + q * me.count * esz, slot.desc[q].send, me.count * esz, cs, &err), err);
-        break;
-    case Coll::AllGatherV: {
-        uint64_t at = 0;
-        for (int q = 0; q < world; ++q) {
-            const uint64_t c = slot.desc[q].count;
-            if (c) cuda_check(api->memcpy_async(ord, me.recv + at * esz, slot.desc[q].send, c * esz, cs, &err), err);
-            at += c;
-        }
-        break;
+    void copy(char* dst, const char* src, uint64_t bytes) override {
+        cuda_check(api->memcpy_async(ord, dst, src, bytes, cs, &err), err);
     }
-    case Coll::AllGatherColumns: {
-        int64_t col0 = 0;
-        for (int q = 0; q < world; ++q) {
-            const Desc& d = slot.desc[q];
-            if (d.cols > 0 && me.rows > 0)
-                cuda_check(api->copy_2d(ord, me.recv + col0 * esz, me.ld_recv, d.send, d.ld_send, me.rows, d.cols,
-                                        static_cast<int32_t>(esz), cs, &err), err);
-            col0 += d.cols;
-        }
-        break;
+    void copy_2d(char* dst, int64_t ld_dst, const char* src, int64_t ld_src, int64_t rows, int64_t cols,
+                 size_t esz) override {
+        cuda_check(api->copy_2d(ord, dst, ld_dst, src, ld_src, rows, cols, static_cast<int32_t>(esz), cs, &err), err);
     }
-    case Coll::AllReduce: {
-        const uint64_t begin = static_cast<uint64_t>(shard_offset(static_cast<int64_t>(me.count), world, rank));
-        const uint64_t n = static_cast<uint64_t>(shard_count(static_cast<int64_t>(me.count), world, rank));
-        if (!n) break;
-        std::vector<const void*> src(world);
-        std::vector<void*> dst(world);
-        for (int q = 0; q < world; ++q) {
-            src[q] = slot.desc[q].send + begin * esz;
-            dst[q] = slot.desc[q].recv + begin * esz;
-        }
-        cuda_check(api->reduce_sum(ord, me.dtype, src.data(), world, dst.data(), world, n, cs, &err), err);
-        break;
+    void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) override {
+        std::vector<const void*> s(src.begin(), src.end());
+        std::vector<void*> d(dst.begin(), dst.end());
+        cuda_check(api->reduce_sum(ord, t, s.data(), static_cast<int32_t>(s.size()), d.data(),
+                                   static_cast<int32_t>(d.size()), count, cs, &err), err);
     }
-    case Coll::ReduceScatter:
-    case Coll::ReduceScatterV: {
-        if (!me.count) break;
-        const uint64_t displ = scatter_displacement(slot, rank);
-        std::vector<const void*> src(world);
-        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + displ * esz;
-        void* dst = me.recv;
-        cuda_check(api->reduce_sum(ord, me.dtype, src.data(), world, &dst, 1, me.count, cs, &err), err);
-        break;
-    }
-    case Coll::Broadcast:
-        if (rank != me.root && me.count)
-            cuda_check(api->memcpy_async(ord, me.recv, slot.desc[me.root].send, me.count * esz, cs, &err), err);
-        break;
-    case Coll::Barrier: break;
-    }
-    cuda_check(api->stream_synchronize(ord, cs, &err), err);
-}
+    void finish() override { cuda_check(api->stream_synchronize(ord, cs, &err), err); }
 
-// Rank `rank`'s share of the data movement, after every rank has arrived and agreed.
-void move_data(const Slot& slot, int world, int rank) {
+    const cuda::PluginApi* api;
+    int32_t ord;
+    void* cs = nullptr;
+    std::string err;
+};
+
+// Rank `rank`'s share of the data movement, after every rank has arrived and agreed (the departure barrier
+// follows, so every move is complete when this returns).
+void move_data(const Slot& slot, int world, int rank, Mover& mv) {
     const Desc& me = slot.desc[rank];
     const size_t esz = sw_dtype_size(me.dtype);
     switch (me.op) {
     case Coll::AllGather:
-        for (int q = 0; q < world; ++q)
-            if (me.count) std::memmove(me.recv + q * me.count * esz, slot.desc[q].send, me.count * esz);
+        if (me.count)
+            for (int q = 0; q < world; ++q) mv.copy(me.recv + q * me.count * esz, slot.desc[q].send, me.count * esz);
         break;
     case Coll::AllGatherV: {
         uint64_t at = 0;
         for (int q = 0; q < world; ++q) {
             const uint64_t c = slot.desc[q].count;
-            if (c) std::memmove(me.recv + at * esz, slot.desc[q].send, c * esz);
+            if (c) mv.copy(me.recv + at * esz, slot.desc[q].send, c * esz);
             at += c;
         }
         break;
@@ -362,9 +340,7 @@ void move_data(const Slot& slot, int world, int rank) {
         int64_t col0 = 0;
         for (int q = 0; q < world; ++q) {
             const Desc& d = slot.desc[q];
-            if (d.cols > 0)
-                for (int64_t i = 0; i < me.rows; ++i)
-                    std::memmove(me.recv + (i * me.ld_recv + col0) * esz, d.send + i * d.ld_send * esz, d.cols * esz);
+            if (d.cols > 0 && me.rows > 0) mv.copy_2d(me.recv + col0 * esz, me.ld_recv, d.send, d.ld_send, me.rows, d.cols, esz);
             col0 += d.cols;
         }
         break;
@@ -376,10 +352,10 @@ void move_data(const Slot& slot, int world, int rank) {
         std::vector<const char*> src(world);
         std::vector<char*> dst(world);
         for (int q = 0; q < world; ++q) {
-            src[q] = slot.desc[q].send;
-            dst[q] = slot.desc[q].recv;
+            src[q] = slot.desc[q].send + begin * esz;
+            dst[q] = slot.desc[q].recv + begin * esz;
         }
-        reduce_sum(me.dtype, src, dst, begin, n);
+        mv.reduce(me.dtype, src, dst, n);
         break;
     }
     case Coll::ReduceScatter:
@@ -388,15 +364,15 @@ void move_data(const Slot& slot, int world, int rank) {
         const uint64_t displ = scatter_displacement(slot, rank);
         std::vector<const char*> src(world);
         for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + displ * esz;
-        std::vector<char*> dst{me.recv};
-        reduce_sum(me.dtype, src, dst, 0, me.count);
+        mv.reduce(me.dtype, src, {me.recv}, me.count);
         break;
     }
     case Coll::Broadcast:
-        if (rank != me.root && me.count) std::memmove(me.recv, slot.desc[me.root].send, me.count * esz);
+        if (rank != me.root && me.count) mv.copy(me.recv, slot.desc[me.root].send, me.count * esz);
         break;
     case Coll::Barrier: break;
     }
+    mv.finish();
 }
 
 // Runs on rank's stream worker thread.
@@ -446,8 +422,13 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
     std::string move_error;
     sw_status move_status = SW_OK;
     try {
-        if (st->devices[rank]->is_cuda()) move_data_cuda(*st, slot, st->world, rank);
-        else move_data(slot, st->world, rank);
+        if (st->devices[rank]->is_cuda()) {
+            CudaMover mv(*st, rank);
+            move_data(slot, st->world, rank, mv);
+        } else {
+            CpuMover mv;
+            move_data(slot, st->world, rank, mv);
+        }
     } catch (const Error& e) {
         move_status = e.status();
         move_error = e.message();
