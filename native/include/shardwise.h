@@ -93,6 +93,7 @@ typedef struct sw_buffer_s* sw_buffer;
 typedef struct sw_stream_s* sw_stream;
 typedef struct sw_event_s* sw_event;
 typedef struct sw_comm_s* sw_comm;
+typedef struct sw_store_s* sw_store;
 
 /* ---------------------------------------------------------------- library */
 
@@ -311,6 +312,58 @@ SW_API sw_status sw_barrier(sw_comm comm, int32_t rank, sw_stream stream);
 
 /* Statistics: number of collectives rank `rank` has completed successfully. */
 SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64_t* count);
+
+/* ---------------------------------------------------------------- multi-process communicators
+ *
+ * One rank per process, on a CPU device: the collectives above, with the same semantics, between processes (on one
+ * machine or several). Every collective function takes the process's own rank (anything else is
+ * SW_ERR_INVALID_ARGUMENT). A collective runs on the rank's stream like an in-process one; the collectives of one
+ * rank run one at a time, in the order they were called. Results are bit-identical on every rank and equal to an
+ * in-process communicator of the same size (all-reduce and reduce-scatter sum in rank order 0..p-1).
+ * Faults: a rank that does not join within the timeout makes the others fail with SW_ERR_TIMEOUT naming it, the
+ * operation and its sequence number; ranks that disagree all fail with SW_ERR_MISMATCH; a rank whose process exits
+ * or is killed makes the ranks waiting for it fail at once with SW_ERR_ABORTED naming it. Any failure aborts the
+ * communicator on every rank (a rank that fails tells the others, whose pending collectives then fail at once with
+ * its reason instead of at their timeout); later collectives fail with SW_ERR_ABORTED. No call waits past its
+ * timeout. Processes of one job must share the architecture (descriptors travel in native byte order). */
+
+/* The rank of this process in a multi-process communicator, or -1 for an in-process one. */
+SW_API sw_status sw_comm_get_rank(sw_comm comm, int32_t* rank);
+/* The communicator's kind: "local", "tcp" or "mpi" (static storage). */
+SW_API sw_status sw_comm_get_backend(sw_comm comm, const char** name);
+
+/* A TCP store: the rendezvous of a job (torchrun's MASTER_ADDR:MASTER_PORT). The process with is_server != 0 (rank
+ * 0) serves it on host:port (port 0: any free port, see sw_store_get_port) until its handle is destroyed; every
+ * process (the server's too) connects as a client. Keys are strings; values are bytes (at most 64 MiB). timeout_ms
+ * bounds the connection and every sw_store_get (0: the default, SHARDWISE_TIMEOUT_MS or 10 minutes). */
+SW_API sw_status sw_store_create(const char* host, int32_t port, int32_t is_server, int64_t timeout_ms, sw_store* out);
+SW_API sw_status sw_store_destroy(sw_store store);
+SW_API sw_status sw_store_get_port(sw_store store, int32_t* port);
+SW_API sw_status sw_store_set(sw_store store, const char* key, const void* value, uint64_t bytes);
+/* Waits until `key` is set (SW_ERR_TIMEOUT after the store's timeout), then copies its value into value[0..capacity)
+ * and its length into *bytes (SW_ERR_INVALID_ARGUMENT, with *bytes set, when capacity is too small). */
+SW_API sw_status sw_store_get(sw_store store, const char* key, void* value, uint64_t capacity, uint64_t* bytes);
+
+/* A TCP communicator: rank `rank` of world_size processes; every process calls it with the same store server and
+ * prefix (distinct prefixes make distinct communicators). The processes connect to each other directly (a full
+ * mesh of TCP connections, addresses exchanged through the store). Blocks until every rank has connected or
+ * timeout_ms (0: default) passes; the timeout also bounds every collective. CPU devices only. Not available on
+ * Windows builds (SW_ERR_UNSUPPORTED). */
+SW_API sw_status sw_comm_create_tcp(sw_device device, sw_store store, const char* prefix, int32_t rank,
+                                    int32_t world_size, int64_t timeout_ms, sw_comm* out);
+
+/* MPI. The MPI plugin (libshardwise_mpi, built when CMake finds MPI) is loaded on first use from
+ * SHARDWISE_MPI_PLUGIN_PATH (file or folder), the folder of libshardwise, or the default library search path.
+ * *available = 1 when it loads; `version` receives MPI's library version, or why the plugin could not be loaded. */
+SW_API sw_status sw_mpi_get_info(int32_t* available, char* version, uint64_t version_capacity);
+/* A communicator over MPI_COMM_WORLD (duplicated) of the processes started by mpirun; this process's rank is
+ * MPI's. Initializes MPI if the application has not (then MPI is finalized at exit or by sw_mpi_finalize); an
+ * application that initializes MPI itself must ask for MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE. CPU devices
+ * only. SW_ERR_NOT_FOUND when the plugin cannot be loaded. */
+SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_comm* out);
+/* Finalizes MPI if Shardwise initialized it (otherwise a no-op). Skipped, with SW_ERR_BACKEND, when an aborted
+ * communicator left MPI requests behind: finalizing could wait forever for a dead peer. */
+SW_API sw_status sw_mpi_finalize(void);
 
 #ifdef __cplusplus
 }

@@ -14,113 +14,21 @@
 #include <map>
 #include <vector>
 
+#include "comm/comm_internal.h"
+
 using namespace sw;
 
 namespace {
-
-enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, ReduceScatterV, Broadcast, Barrier };
-
-const char* coll_name(Coll c) {
-    switch (c) {
-    case Coll::AllGather: return "sw_all_gather";
-    case Coll::AllGatherV: return "sw_all_gather_v";
-    case Coll::AllGatherColumns: return "sw_all_gather_columns";
-    case Coll::AllReduce: return "sw_all_reduce";
-    case Coll::ReduceScatter: return "sw_reduce_scatter";
-    case Coll::ReduceScatterV: return "sw_reduce_scatter_v";
-    case Coll::Broadcast: return "sw_broadcast";
-    case Coll::Barrier: return "sw_barrier";
-    }
-    return "collective";
-}
-
-// One rank's view of one collective.
-struct Desc {
-    Coll op = Coll::Barrier;
-    sw_dtype dtype = SW_DTYPE_F32;
-    uint64_t count = 0;         // elements (all-gather: per rank; reduce-scatter: per rank's result)
-    int32_t root = 0;
-    int64_t rows = 0, cols = 0, ld_send = 0, ld_recv = 0;
-    const char* send = nullptr;
-    char* recv = nullptr;
-    uint64_t recv_capacity = 0; // elements available in recv from its offset
-    uint64_t send_capacity = 0; // reduce-scatter-v: elements available in send from its offset
-    std::shared_ptr<Storage> keep_send, keep_recv;
-};
-
-std::string describe(const Desc& d) {
-    switch (d.op) {
-    case Coll::AllGatherColumns:
-        return str(coll_name(d.op), "(rows ", d.rows, ", cols ", d.cols, ", ", sw::dtype_name(d.dtype), ")");
-    case Coll::Broadcast:
-        return str(coll_name(d.op), "(count ", d.count, ", root ", d.root, ", ", sw::dtype_name(d.dtype), ")");
-    case Coll::Barrier: return coll_name(d.op);
-    default: return str(coll_name(d.op), "(count ", d.count, ", ", sw::dtype_name(d.dtype), ")");
-    }
-}
-
-struct Slot {
-    std::vector<Desc> desc;
-    std::vector<char> joined;
-    int arrived = 0, departed = 0;
-    bool ready = false;
-};
-
+sw_comm_s* checked_comm(sw_comm h) { return checked(h, HandleKind::Comm, "comm"); }
 } // namespace
 
-namespace sw {
-struct CommState {
-    int32_t world = 0;
-    int64_t timeout_ms = 0;
-    std::vector<std::shared_ptr<DeviceImpl>> devices;
-    std::mutex mu;
-    std::condition_variable cv;
-    bool aborted = false;
-    sw_status abort_status = SW_ERR_ABORTED;
-    std::string reason;
-    std::map<uint64_t, Slot> slots;
-    std::vector<uint64_t> next_seq;  // per rank, assigned when the call is queued
-    std::vector<uint64_t> completed; // per rank
-    // CUDA: per rank, the stream on which that rank's host side moves data (created by that rank's
-    // worker on first use, so no lock is needed).
-    std::vector<void*> cuda_streams;
-
-    ~CommState() {
-        for (size_t r = 0; r < cuda_streams.size(); ++r)
-            if (cuda_streams[r]) {
-                std::string err;
-                devices[r]->cuda->stream_destroy(devices[r]->ordinal, cuda_streams[r], &err);
-            }
-    }
-
-    // Requires mu held. The first abort wins; its reason is what every rank reports.
-    void abort_locked(sw_status status, const std::string& why) {
-        if (!aborted) {
-            aborted = true;
-            abort_status = status;
-            reason = why;
-        }
-        cv.notify_all();
-    }
-};
-} // namespace sw
-
-struct sw_comm_s {
-    std::shared_ptr<sw::CommState> state;
-};
-
-namespace {
-
-sw_comm_s* checked_comm(sw_comm h) { return checked(h, HandleKind::Comm, "comm"); }
-
-std::string rank_list(const std::vector<int>& ranks) {
+std::string sw::rank_list(const std::vector<int>& ranks) {
     std::string s;
     for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
     return s;
 }
 
-// Checks that all ranks called the same collective with compatible arguments; returns "" or the problem.
-std::string check_agreement(const Slot& slot, int world) {
+std::string sw::check_agreement(const Slot& slot, int world) {
     const Desc& d0 = slot.desc[0];
     for (int r = 1; r < world; ++r) {
         const Desc& d = slot.desc[r];
@@ -165,6 +73,7 @@ std::string check_agreement(const Slot& slot, int world) {
     return {};
 }
 
+namespace {
 // ---- element conversions for the reductions
 float half_to_float(uint16_t h) {
     const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
@@ -242,8 +151,9 @@ void reduce_block(const std::vector<const char*>& src, const std::vector<char*>&
     }
 }
 
-// Sums elements [0, n) of every src into every dst (src[q] and dst[q] may be the same).
-void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst,
+} // namespace
+
+void sw::reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst,
                 uint64_t n) {
     auto id = [](auto v) { return v; };
     switch (t) {
@@ -256,14 +166,15 @@ void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vect
     }
 }
 
-// Where rank `rank`'s block starts in every send buffer of a reduce-scatter (elements).
-uint64_t scatter_displacement(const Slot& slot, int rank) {
+uint64_t sw::scatter_displacement(const Slot& slot, int rank) {
     const Desc& me = slot.desc[rank];
     if (me.op == Coll::ReduceScatter) return static_cast<uint64_t>(rank) * me.count;
     uint64_t displ = 0;
     for (int q = 0; q < rank; ++q) displ += slot.desc[q].count;
     return displ;
 }
+
+namespace {
 
 // How one backend moves data for a collective; move_data says what to move. Pointers are final (offsets applied).
 struct Mover {
@@ -453,6 +364,15 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
     ++st->completed[rank];
 }
 
+// A rank argument: in range, and for a multi-process communicator this process's own rank.
+void check_rank(const CommState& st, int32_t rank) {
+    if (rank < 0 || rank >= st.world)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", st.world);
+    if (st.is_remote() && rank != st.self)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " but this process is rank ", st.self, " of the ", st.transport->name(),
+             " communicator; a multi-process communicator runs one rank per process, pass its own rank");
+}
+
 struct Ctx {
     sw_comm_s* comm;
     sw_stream_s* stream;
@@ -463,8 +383,7 @@ Ctx enter(sw_comm comm, int32_t rank, sw_stream stream, sw_dtype dtype, bool red
     auto* c = checked_comm(comm);
     auto* s = checked(stream, "stream");
     const auto& st = c->state;
-    if (rank < 0 || rank >= st->world)
-        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", st->world);
+    check_rank(*st, rank);
     if (s->device_impl != st->devices[rank])
         fail(SW_ERR_INVALID_ARGUMENT, "stream runs on device '", s->device_impl->name, "' but rank ", rank,
              " of the communicator is on device '", st->devices[rank]->name, "'; expected a stream of rank ", rank,
@@ -501,6 +420,13 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
     const auto st = ctx.comm->state;
     cpu::Stream* stream = ctx.stream->impl.get();
     sw_stream_s* s = ctx.stream;
+    if (st->is_remote()) { // CPU only (checked when the communicator was made)
+        const uint64_t seq = next_sequence(*st, rank);
+        stream->enqueue(
+            [st, rank, seq, desc = std::move(desc), stream] { run_remote_collective(st, rank, seq, desc, stream); },
+            /*always=*/true);
+        return;
+    }
     if (!s->device_impl->is_cuda()) {
         const uint64_t seq = next_sequence(*st, rank);
         stream->enqueue([st, rank, seq, desc = std::move(desc), stream] { run_collective(st, rank, seq, desc, stream); },
@@ -574,7 +500,38 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
 
 } // namespace
 
+sw_comm sw::make_remote_comm(std::shared_ptr<DeviceImpl> device, std::unique_ptr<Transport> transport, int64_t timeout_ms) {
+    auto st = std::make_shared<CommState>();
+    st->world = transport->world();
+    st->self = transport->rank();
+    st->timeout_ms = resolve_timeout(timeout_ms);
+    st->devices.assign(st->world, device);
+    st->transport = std::move(transport);
+    st->cuda_streams.assign(st->world, nullptr);
+    st->next_seq.assign(st->world, 0);
+    st->completed.assign(st->world, 0);
+    for (auto& d : st->devices) ++d->children;
+    auto* c = new sw_comm_s{std::move(st)};
+    register_handle(c, HandleKind::Comm);
+    return c;
+}
+
 extern "C" {
+
+SW_API sw_status sw_comm_get_rank(sw_comm comm, int32_t* rank) {
+    return guard(__func__, [&] {
+        require(rank, "rank");
+        *rank = checked_comm(comm)->state->self;
+    });
+}
+
+SW_API sw_status sw_comm_get_backend(sw_comm comm, const char** name) {
+    return guard(__func__, [&] {
+        require(name, "name");
+        const auto& st = checked_comm(comm)->state;
+        *name = st->transport ? st->transport->name() : "local";
+    });
+}
 
 SW_API sw_status sw_comm_create_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms, sw_comm* out) {
     return guard(__func__, [&] {
@@ -586,16 +543,7 @@ SW_API sw_status sw_comm_create_local(int32_t world_size, const sw_device* devic
         if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
         auto st = std::make_shared<CommState>();
         st->world = world_size;
-        int64_t timeout = timeout_ms;
-        if (timeout == 0) {
-            timeout = 600000;
-            if (const char* env = std::getenv("SHARDWISE_TIMEOUT_MS")) {
-                const long long v = std::atoll(env);
-                if (v > 0) timeout = v;
-            }
-        }
-        // Clamp (to ~31 years) so that now + timeout cannot overflow steady_clock: "practically forever".
-        st->timeout_ms = std::min<int64_t>(timeout, int64_t{1000} * 1000 * 1000 * 1000);
+        st->timeout_ms = resolve_timeout(timeout_ms);
         for (int r = 0; r < world_size; ++r) {
             const std::string name = str("devices[", r, "]");
             st->devices.push_back(checked(devices[r], name.c_str())->impl);
@@ -623,6 +571,8 @@ SW_API sw_status sw_comm_destroy(sw_comm comm) {
             std::lock_guard<std::mutex> lock(c->state->mu);
             c->state->abort_locked(SW_ERR_ABORTED, "the communicator was destroyed");
         }
+        // Peers in other processes learn it at once too (a peer waiting for this rank fails instead of timing out).
+        if (c->state->transport) c->state->transport->notify_abort(SW_ERR_ABORTED, str("rank ", c->state->self, " destroyed its communicator"));
         for (auto& d : c->state->devices) --d->children;
         delete c; // queued collectives keep the state alive
     });
@@ -638,8 +588,14 @@ SW_API sw_status sw_comm_get_world_size(sw_comm comm, int32_t* world_size) {
 SW_API sw_status sw_comm_abort(sw_comm comm) {
     return guard(__func__, [&] {
         auto* c = checked_comm(comm);
-        std::lock_guard<std::mutex> lock(c->state->mu);
-        c->state->abort_locked(SW_ERR_ABORTED, "sw_comm_abort was called");
+        std::string reason;
+        {
+            std::lock_guard<std::mutex> lock(c->state->mu);
+            c->state->abort_locked(SW_ERR_ABORTED, c->state->is_remote() ? str("sw_comm_abort was called on rank ", c->state->self)
+                                                                          : std::string("sw_comm_abort was called"));
+            reason = c->state->reason;
+        }
+        if (c->state->transport) c->state->transport->notify_abort(SW_ERR_ABORTED, reason);
     });
 }
 
@@ -661,8 +617,7 @@ SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64
     return guard(__func__, [&] {
         auto* c = checked_comm(comm);
         require(count, "count");
-        if (rank < 0 || rank >= c->state->world)
-            fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", c->state->world);
+        check_rank(*c->state, rank);
         std::lock_guard<std::mutex> lock(c->state->mu);
         *count = c->state->completed[rank];
     });

@@ -35,6 +35,7 @@ const char* handle_kind_name(HandleKind kind) {
     case HandleKind::Stream: return "sw_stream";
     case HandleKind::Event: return "sw_event";
     case HandleKind::Comm: return "sw_comm";
+    case HandleKind::Store: return "sw_store";
     }
     return "handle";
 }

@@ -22,7 +22,7 @@
 
 namespace sw {
 
-enum class HandleKind : uint8_t { Device = 1, Buffer, Stream, Event, Comm };
+enum class HandleKind : uint8_t { Device = 1, Buffer, Stream, Event, Comm, Store };
 
 // Every live handle is registered; a handle that is not (never created, destroyed, or of another kind)
 // is rejected with a clear message instead of being dereferenced.

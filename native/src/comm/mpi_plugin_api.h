@@ -1,0 +1,47 @@
+/* The interface between the core (mpi_transport.cpp) and the MPI plugin (libshardwise_mpi, native/src/mpi/), which
+ * is the only code compiled against mpi.h. The core loads the plugin at run time, so libshardwise never depends on
+ * an MPI library. C, so that the plugin is a plain C shim. */
+#ifndef SHARDWISE_MPI_PLUGIN_API_H
+#define SHARDWISE_MPI_PLUGIN_API_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define SW_MPI_PLUGIN_ABI 1
+
+typedef struct sw_mpi_piece {
+    int32_t peer;
+    int32_t reserved;
+    char* data;
+    uint64_t bytes;
+} sw_mpi_piece;
+
+enum {
+    SW_MPI_OK = 0,
+    SW_MPI_TIMEOUT = 1,     /* missing[] says which peers had pieces left */
+    SW_MPI_PEER_ABORT = 2,  /* err holds the peer's notice */
+    SW_MPI_LOCAL_ABORT = 3, /* stop() returned non-zero */
+    SW_MPI_ERROR = 4        /* an MPI call failed; err says which and why */
+};
+
+typedef struct sw_mpi_plugin_api {
+    int32_t abi; /* SW_MPI_PLUGIN_ABI */
+    /* MPI_Get_library_version (after init) or the compile-time MPI version. */
+    const char* (*library_version)(void);
+    /* Initializes MPI if nobody has (MPI_Init_thread asking MPI_THREAD_MULTIPLE; the plugin serializes its own calls,
+     * so MPI_THREAD_SERIALIZED is enough), then duplicates MPI_COMM_WORLD for data and for abort notices. */
+    int (*comm_create)(void** comm, int32_t* rank, int32_t* world, char* err, size_t err_cap);
+    /* Frees the communicator (leaked instead when it has requests that could not be completed). */
+    void (*comm_release)(void* comm);
+    /* Posts every receive and send (pieces of one peer matched in order), then polls until all have completed, the
+     * timeout passes, a peer's abort notice arrives or stop(stop_ctx) returns non-zero. */
+    int (*exchange)(void* comm, uint64_t seq, const sw_mpi_piece* sends, int32_t nsends, const sw_mpi_piece* recvs,
+                    int32_t nrecvs, int64_t timeout_ms, int (*stop)(const void*), const void* stop_ctx,
+                    uint8_t* missing, int32_t* peer_status, char* err, size_t err_cap);
+    /* Sends every peer an abort notice with a status (an sw_status) and a reason (fire and forget). */
+    void (*notify_abort)(void* comm, int32_t status, const char* reason);
+    /* MPI_Finalize if the plugin initialized MPI and no request was left behind (else nothing: finalizing could
+     * wait forever for a dead peer). Also registered with atexit. */
+    int (*finalize)(char* err, size_t err_cap);
+} sw_mpi_plugin_api;
+
+#endif

@@ -1,0 +1,155 @@
+// MPI communicators: the transport over the MPI plugin (libshardwise_mpi, loaded at run time; see
+// mpi_plugin_api.h), and the C functions that create them.
+#include "comm/comm_internal.h"
+#include "comm/mpi_plugin_api.h"
+#include "core/plugin_loader.h"
+
+#include <cstring>
+#include <mutex>
+
+using namespace sw;
+
+namespace {
+
+#if defined(__APPLE__)
+constexpr const char* kMpiPluginFile = "libshardwise_mpi.dylib";
+#else
+constexpr const char* kMpiPluginFile = "libshardwise_mpi.so";
+#endif
+
+struct MpiLoaded {
+    const sw_mpi_plugin_api* api = nullptr;
+    std::string why;
+};
+
+const sw_mpi_plugin_api* mpi_plugin() {
+    static const MpiLoaded loaded = [] {
+        MpiLoaded out;
+        std::string tried;
+        void* h = open_first(plugin_candidates(kMpiPluginFile, "SHARDWISE_MPI_PLUGIN_PATH", true), "sw_mpi_plugin",
+                             nullptr, &tried);
+        if (h) {
+            using Fn = const sw_mpi_plugin_api* (*)();
+            out.api = reinterpret_cast<Fn>(find_symbol(h, "sw_mpi_plugin"))();
+            if (!out.api || out.api->abi != SW_MPI_PLUGIN_ABI) {
+                tried += str("\n  ", kMpiPluginFile, ": plugin ABI ", out.api ? out.api->abi : -1, ", expected ",
+                             SW_MPI_PLUGIN_ABI);
+                out.api = nullptr;
+            }
+        }
+        if (!out.api)
+            out.why = str("the MPI plugin (", kMpiPluginFile, ") could not be loaded: this build has no MPI support "
+                          "(CMake found no MPI: install libopenmpi-dev and rebuild) or the MPI library is missing. Tried:",
+                          tried);
+        return out;
+    }();
+    if (!loaded.api) fail(SW_ERR_NOT_FOUND, loaded.why);
+    return loaded.api;
+}
+
+class MpiTransport final : public Transport {
+public:
+    MpiTransport(const sw_mpi_plugin_api* api, void* comm, int32_t rank, int32_t world)
+        : api_(api), comm_(comm), rank_(rank), world_(world) {}
+    ~MpiTransport() override { api_->comm_release(comm_); }
+    int32_t rank() const override { return rank_; }
+    int32_t world() const override { return world_; }
+    const char* name() const override { return "mpi"; }
+
+    void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs, Clock::time_point deadline,
+                  const std::atomic<bool>& local_abort, const std::string& what) override {
+        std::vector<sw_mpi_piece> s, r;
+        for (const auto& p : sends) s.push_back({p.peer, 0, p.data, p.bytes});
+        for (const auto& p : recvs) r.push_back({p.peer, 0, p.data, p.bytes});
+        std::vector<uint8_t> missing(world_, 0);
+        char err[4096] = {0};
+        int32_t peer_status = SW_ERR_ABORTED;
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        auto stop = [](const void* flag) { return static_cast<const std::atomic<bool>*>(flag)->load() ? 1 : 0; };
+        const int rc = api_->exchange(comm_, seq, s.data(), static_cast<int32_t>(s.size()), r.data(),
+                                      static_cast<int32_t>(r.size()), left > 0 ? left : 0, stop, &local_abort,
+                                      missing.data(), &peer_status, err, sizeof err);
+        switch (rc) {
+        case SW_MPI_OK: return;
+        case SW_MPI_TIMEOUT: {
+            std::vector<int> who;
+            for (int q = 0; q < world_; ++q)
+                if (missing[q]) who.push_back(q);
+            throw TimeoutError(str(what, ": timed out waiting for rank(s) ", rank_list(who)), who);
+        }
+        case SW_MPI_PEER_ABORT: {
+            const auto st = static_cast<sw_status>(peer_status);
+            const bool known = st == SW_ERR_TIMEOUT || st == SW_ERR_MISMATCH || st == SW_ERR_BACKEND;
+            fail(known ? st : SW_ERR_ABORTED, what, ": ", err);
+        }
+        case SW_MPI_LOCAL_ABORT: fail(SW_ERR_ABORTED, what, ": ", err);
+        default: fail(SW_ERR_BACKEND, what, ": MPI: ", err);
+        }
+    }
+
+    void notify_abort(sw_status status, const std::string& reason) noexcept override {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (notified_) return;
+        notified_ = true;
+        api_->notify_abort(comm_, status, reason.c_str());
+    }
+
+private:
+    const sw_mpi_plugin_api* api_;
+    void* comm_;
+    int32_t rank_, world_;
+    std::mutex mu_;
+    bool notified_ = false;
+};
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_mpi_get_info(int32_t* available, char* version, uint64_t version_capacity) {
+    return guard(__func__, [&] {
+        require(available, "available");
+        *available = 0;
+        std::string text;
+        try {
+            const sw_mpi_plugin_api* api = mpi_plugin();
+            *available = 1;
+            text = api->library_version();
+        } catch (const Error& e) {
+            text = e.message();
+        }
+        if (version && version_capacity) {
+            const size_t n = std::min<uint64_t>(text.size(), version_capacity - 1);
+            std::memcpy(version, text.data(), n);
+            version[n] = '\0';
+        }
+    });
+}
+
+SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_comm* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* dev = checked(device, "device");
+        if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+        if (dev->impl->is_cuda())
+            fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; MPI communicators carry host memory (CPU devices): use NCCL for GPUs");
+        const sw_mpi_plugin_api* api = mpi_plugin();
+        void* comm = nullptr;
+        int32_t rank = 0, world = 0;
+        char err[1024] = {0};
+        if (api->comm_create(&comm, &rank, &world, err, sizeof err) != SW_MPI_OK) fail(SW_ERR_BACKEND, "MPI: ", err);
+        auto transport = std::make_unique<MpiTransport>(api, comm, rank, world);
+        *out = make_remote_comm(dev->impl, std::move(transport), timeout_ms);
+    });
+}
+
+SW_API sw_status sw_mpi_finalize(void) {
+    return guard(__func__, [&] {
+        const sw_mpi_plugin_api* api = mpi_plugin();
+        char err[1024] = {0};
+        if (api->finalize(err, sizeof err) != SW_MPI_OK) fail(SW_ERR_BACKEND, err);
+    });
+}
+
+} // extern "C"

@@ -1,0 +1,57 @@
+// How a multi-process communicator talks to the other processes. One Transport per communicator and process;
+// remote_comm.cpp builds every collective out of exchange() calls. Implementations: TCP (tcp_transport.cpp, a
+// full mesh of sockets set up through a TCP store) and MPI (mpi_transport.cpp, through the MPI plugin).
+#pragma once
+#include "shardwise.h"
+
+#include "core/error.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace sw {
+
+// What Transport::exchange throws at its deadline: the peers whose pieces had not all arrived.
+class TimeoutError : public Error {
+public:
+    TimeoutError(std::string message, std::vector<int> missing_ranks)
+        : Error(SW_ERR_TIMEOUT, std::move(message)), missing(std::move(missing_ranks)) {}
+    std::vector<int> missing;
+};
+
+// A contiguous run of bytes to send to (or receive from) a peer.
+struct Piece {
+    int32_t peer = 0;
+    char* data = nullptr;
+    uint64_t bytes = 0;
+};
+
+using Clock = std::chrono::steady_clock;
+
+class Transport {
+public:
+    virtual ~Transport() = default;
+    virtual int32_t rank() const = 0;
+    virtual int32_t world() const = 0;
+    virtual const char* name() const = 0; // "tcp", "mpi"
+
+    // Sends every piece of `sends` to its peer and receives every piece of `recvs` from its peer; pieces of one
+    // peer are matched in the order given. Returns when all have completed. Fails (sw::Error) with
+    //  - TimeoutError (SW_ERR_TIMEOUT) at `deadline`, naming the peers whose pieces did not all arrive,
+    //  - the peer's status when a peer announced an abort (its reason is in the message),
+    //  - SW_ERR_ABORTED when a peer's connection was lost,
+    //  - SW_ERR_ABORTED when `*local_abort` becomes true (sw_comm_abort / destroy in this process),
+    //  - SW_ERR_BACKEND when the transport itself failed.
+    // `what` ("sw_all_reduce #7") prefixes messages. seq tags the messages of one collective.
+    virtual void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                          Clock::time_point deadline, const std::atomic<bool>& local_abort, const std::string& what) = 0;
+
+    // Best effort, never blocks for long: tells the peers that this communicator is aborted, with which status and
+    // why, so that their pending and later collectives fail at once (with the same status) instead of at their timeout.
+    virtual void notify_abort(sw_status status, const std::string& reason) noexcept = 0;
+};
+
+} // namespace sw

@@ -1,0 +1,22 @@
+// Finding and opening optional shared libraries at run time: Shardwise's own plugins (libshardwise_cuda,
+// libshardwise_mpi) and third-party libraries it never links (libnccl.so.2).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace sw {
+
+// Where to look for `file`, in order: the environment variable `env_var` (a file, or a folder holding `file`;
+// skipped when unset or empty), the folder of libshardwise itself (when beside_self), then `file` alone, which the
+// dynamic loader resolves through its default search (LD_LIBRARY_PATH, rpath, the system's library paths).
+std::vector<std::string> plugin_candidates(const char* file, const char* env_var, bool beside_self);
+
+// dlopen()s the candidates in order (RTLD_NOW | RTLD_LOCAL) until one loads and has `symbol` (when not null);
+// returns its handle (never closed) and sets *path, or returns null with every attempt and its error appended to
+// *tried ("\n  candidate: reason").
+void* open_first(const std::vector<std::string>& candidates, const char* symbol, std::string* path, std::string* tried);
+
+// dlsym, or null.
+void* find_symbol(void* library, const char* name);
+
+} // namespace sw

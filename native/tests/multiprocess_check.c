@@ -1,0 +1,321 @@
+/* Multi-process communicators through the C ABI only, with real processes.
+ *
+ *   multiprocess_check            forks 2- and 3-process jobs over TCP (rank 0 serves the store) and checks every
+ *                                 collective against a float64 reference, then the faults: a rank that exits, a rank
+ *                                 that is late past the timeout, ranks that disagree.
+ *   multiprocess_check --mpi      one rank of an mpirun job (mpirun -n 2|3 multiprocess_check --mpi): the same
+ *                                 collectives and the mismatch fault over MPI.
+ * Exit code 0 when every check passed; 77 (skipped) for --mpi when the MPI plugin is not available. */
+#define _POSIX_C_SOURCE 200809L
+#include "shardwise.h"
+
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int g_rank = -1;
+static int g_failures = 0;
+static int g_mpi = 0; /* the MPI run broadcasts the seed first: one more collective */
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            fprintf(stderr, "[rank %d] FAILED %s:%d: ", g_rank, __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fprintf(stderr, " (last error: %s)\n", sw_last_error());       \
+            ++g_failures;                                                  \
+        }                                                                  \
+    } while (0)
+
+#define OK(call) CHECK((call) == SW_OK, "%s", #call)
+
+/* Element i of rank r's input for test t: fresh per run (the seed comes from the parent), never zero. */
+static unsigned g_seed;
+static float value(int t, int r, long i) {
+    unsigned x = g_seed ^ (unsigned)(t * 7919 + r * 104729 + (int)i * 2654435761u);
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    return ((float)(x % 2001u) - 1000.0f) / 997.0f + 0.001f;
+}
+
+static double elapsed_s(struct timespec a) {
+    struct timespec b;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) * 1e-9;
+}
+
+static sw_buffer alloc_f32(sw_device dev, long n) {
+    sw_buffer b = NULL;
+    OK(sw_buffer_alloc(dev, (uint64_t)(n > 0 ? n : 1) * 4, &b));
+    return b;
+}
+
+static float* ptr(sw_buffer b) {
+    void* p = NULL;
+    sw_buffer_get_pointer(b, &p);
+    return (float*)p;
+}
+
+static void poison(sw_buffer b, long n) {
+    float* p = ptr(b);
+    for (long i = 0; i < n; ++i) p[i] = NAN;
+}
+
+/* The collectives on comm, checked against float64 sums in rank order. */
+static void collectives(sw_device dev, sw_stream s, sw_comm comm, int rank, int p) {
+    const long n = 1000 + 37 * p; /* not a multiple of p */
+    /* all-reduce (in place and out of place) */
+    sw_buffer x = alloc_f32(dev, n), y = alloc_f32(dev, n);
+    for (long i = 0; i < n; ++i) ptr(x)[i] = value(1, rank, i);
+    poison(y, n);
+    OK(sw_all_reduce(comm, rank, x, 0, y, 0, (uint64_t)n, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+    OK(sw_all_reduce(comm, rank, x, 0, x, 0, (uint64_t)n, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < n; ++i) {
+        double ref = 0;
+        float f = 0;
+        for (int q = 0; q < p; ++q) {
+            ref += value(1, q, i);
+            f += value(1, q, i); /* rank order, in float: the bits every rank must get */
+        }
+        CHECK(fabs(ptr(y)[i] - ref) <= 1e-5 * (1 + fabs(ref)), "all_reduce[%ld] = %g, expected %g", i, ptr(y)[i], ref);
+        CHECK(memcmp(&ptr(y)[i], &f, 4) == 0, "all_reduce[%ld] = %.9g is not the rank-order float sum %.9g", i, ptr(y)[i], f);
+        CHECK(memcmp(&ptr(x)[i], &f, 4) == 0, "in-place all_reduce[%ld] = %.9g, expected %.9g", i, ptr(x)[i], f);
+    }
+    /* uneven all-gather-v: rank q contributes q + 3 elements */
+    long total = 0;
+    for (int q = 0; q < p; ++q) total += q + 3;
+    sw_buffer g = alloc_f32(dev, total);
+    for (long i = 0; i < rank + 3; ++i) ptr(x)[i] = value(2, rank, i);
+    poison(g, total);
+    OK(sw_all_gather_v(comm, rank, x, 0, (uint64_t)(rank + 3), g, 0, (uint64_t)total, SW_DTYPE_F32, s));
+    OK(sw_stream_synchronize(s));
+    for (int q = 0, at = 0; q < p; at += q + 3, ++q)
+        for (long i = 0; i < q + 3; ++i)
+            CHECK(ptr(g)[at + i] == value(2, q, i), "all_gather_v block %d [%ld] = %g", q, i, ptr(g)[at + i]);
+    /* column all-gather: 5 rows, rank q has q + 1 columns (ld_send 9) */
+    const long rows = 5, cols = rank + 1, ncols = (long)p * (p + 1) / 2, ld_recv = ncols + 2;
+    sw_buffer cs = alloc_f32(dev, rows * 9), cr = alloc_f32(dev, rows * ld_recv);
+    for (long i = 0; i < rows * 9; ++i) ptr(cs)[i] = value(3, rank, i);
+    poison(cr, rows * ld_recv);
+    OK(sw_all_gather_columns(comm, rank, cs, 0, rows, cols, 9, cr, 0, ld_recv, SW_DTYPE_F32, s));
+    OK(sw_stream_synchronize(s));
+    for (int q = 0, c0 = 0; q < p; c0 += q + 1, ++q)
+        for (long i = 0; i < rows; ++i)
+            for (long j = 0; j <= q; ++j)
+                CHECK(ptr(cr)[i * ld_recv + c0 + j] == value(3, q, i * 9 + j), "all_gather_columns block %d (%ld,%ld)", q, i, j);
+    /* uneven reduce-scatter-v: rank q receives 2q + 1 elements */
+    long rs_total = 0, displ = 0;
+    for (int q = 0; q < p; ++q) {
+        if (q < rank) displ += 2 * q + 1;
+        rs_total += 2 * q + 1;
+    }
+    for (long i = 0; i < rs_total; ++i) ptr(x)[i] = value(4, rank, i);
+    poison(y, n);
+    OK(sw_reduce_scatter_v(comm, rank, x, 0, (uint64_t)rs_total, y, 0, (uint64_t)(2 * rank + 1), SW_DTYPE_F32,
+                           SW_REDUCE_SUM, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < 2 * rank + 1; ++i) {
+        double ref = 0;
+        for (int q = 0; q < p; ++q) ref += value(4, q, displ + i);
+        CHECK(fabs(ptr(y)[i] - ref) <= 1e-5 * (1 + fabs(ref)), "reduce_scatter_v[%ld] = %g, expected %g", i, ptr(y)[i], ref);
+    }
+    /* broadcast from the last rank, then a barrier */
+    for (long i = 0; i < 100; ++i) ptr(x)[i] = rank == p - 1 ? value(5, rank, i) : NAN;
+    OK(sw_broadcast(comm, rank, x, 0, 100, SW_DTYPE_F32, p - 1, s));
+    OK(sw_barrier(comm, rank, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < 100; ++i) CHECK(ptr(x)[i] == value(5, p - 1, i), "broadcast[%ld] = %g", i, ptr(x)[i]);
+    uint64_t done = 0;
+    OK(sw_comm_get_collective_count(comm, rank, &done));
+    CHECK(done == 7 + (uint64_t)(g_mpi ? 1 : 0), "collective count %llu, expected 7", (unsigned long long)done);
+    /* another rank's index is refused */
+    CHECK(sw_barrier(comm, (rank + 1) % p, s) == (p > 1 ? SW_ERR_INVALID_ARGUMENT : SW_OK), "foreign rank accepted");
+    if (p == 1) sw_stream_synchronize(s);
+    sw_buffer_destroy(x);
+    sw_buffer_destroy(y);
+    sw_buffer_destroy(g);
+    sw_buffer_destroy(cs);
+    sw_buffer_destroy(cr);
+}
+
+/* One rank of a TCP job; returns its exit code. */
+static int tcp_rank(int rank, int p, int port, const char* scenario) {
+    g_rank = rank;
+    sw_device dev = NULL;
+    sw_stream s = NULL;
+    sw_store store = NULL;
+    sw_comm comm = NULL;
+    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &dev));
+    OK(sw_stream_create(dev, &s));
+    const int64_t timeout = strcmp(scenario, "late") == 0 ? 1500 : 20000;
+    OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &store));
+    OK(sw_comm_create_tcp(dev, store, "job", rank, p, timeout, &comm));
+    if (g_failures) return 1;
+    int32_t r = -2;
+    const char* kind = NULL;
+    OK(sw_comm_get_rank(comm, &r));
+    OK(sw_comm_get_backend(comm, &kind));
+    CHECK(r == rank && kind && strcmp(kind, "tcp") == 0, "rank %d backend %s", r, kind ? kind : "?");
+    if (strcmp(scenario, "collectives") == 0) {
+        collectives(dev, s, comm, rank, p);
+    } else {
+        sw_buffer b = alloc_f32(dev, 64);
+        for (int i = 0; i < 64; ++i) ptr(b)[i] = value(6, rank, i);
+        OK(sw_all_reduce(comm, rank, b, 0, b, 0, 64, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+        OK(sw_stream_synchronize(s));
+        const int victim = p - 1;
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        if (rank == victim && strcmp(scenario, "exit") == 0) _exit(0); /* gone without a word */
+        if (rank == victim && strcmp(scenario, "late") == 0) sleep(4);  /* past the others' 1.5 s timeout */
+        const uint64_t count = strcmp(scenario, "mismatch") == 0 && rank == victim ? 32 : 64;
+        OK(sw_all_reduce(comm, rank, b, 0, b, 0, count, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+        const sw_status st = sw_stream_synchronize(s);
+        const char* msg = sw_last_error();
+        const double took = elapsed_s(t0);
+        if (strcmp(scenario, "exit") == 0) {
+            CHECK(st == SW_ERR_ABORTED && strstr(msg, "rank 2") && strstr(msg, "sw_all_reduce #1"),
+                  "after rank %d exited: status %d, message '%s'", victim, (int)st, msg);
+            CHECK(took < 5.0, "noticing the exit took %.1f s (timeout 20 s): expected at once", took);
+        } else if (strcmp(scenario, "late") == 0) {
+            if (rank != victim) {
+                CHECK(st == SW_ERR_TIMEOUT && strstr(msg, "rank(s) 2") && strstr(msg, "never joined") &&
+                          strstr(msg, "sw_all_reduce #1"),
+                      "late rank: status %d, message '%s'", (int)st, msg);
+                CHECK(took < 4.0, "timing out took %.1f s (timeout 1.5 s)", took);
+            } else {
+                /* told by the others: their status (timeout) and their reason, which names this rank */
+                CHECK((st == SW_ERR_TIMEOUT || st == SW_ERR_ABORTED) && strstr(msg, "aborted the communicator") &&
+                          strstr(msg, "rank(s) 2"),
+                      "the late rank: status %d, message '%s'", (int)st, msg);
+            }
+        } else if (strcmp(scenario, "mismatch") == 0) {
+            CHECK(st == SW_ERR_MISMATCH && strstr(msg, "count 32") && strstr(msg, "count 64"),
+                  "mismatch: status %d, message '%s'", (int)st, msg);
+        }
+        /* the communicator stays aborted; the process stays usable */
+        if (!(strcmp(scenario, "late") == 0 && rank == victim)) {
+            const sw_status again = sw_barrier(comm, rank, s);
+            CHECK(again == SW_ERR_ABORTED || sw_stream_synchronize(s) == SW_ERR_ABORTED, "collective after a fault not aborted");
+        }
+        sw_buffer_destroy(b);
+    }
+    sw_comm_destroy(comm);
+    sw_stream_destroy(s);
+    sw_store_destroy(store);
+    sw_device_destroy(dev);
+    return g_failures ? 1 : 0;
+}
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr*)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr*)&a, &len) != 0) return 29500;
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Forks p ranks of a TCP job; each must exit 0 (except an "exit" victim, which exits 0 anyway). */
+static int tcp_job(int p, const char* scenario) {
+    const int port = free_port();
+    pid_t pids[8];
+    for (int r = 0; r < p; ++r) {
+        pids[r] = fork();
+        if (pids[r] == 0) {
+            alarm(60); /* a hang fails the check instead of blocking ctest */
+            _exit(tcp_rank(r, p, port, scenario));
+        }
+    }
+    int bad = 0;
+    for (int r = 0; r < p; ++r) {
+        int status = 0;
+        waitpid(pids[r], &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "tcp %s p=%d: rank %d %s %d\n", scenario, p, r, WIFEXITED(status) ? "exited with" : "killed by signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+            ++bad;
+        }
+    }
+    printf("tcp %-11s p=%d: %s\n", scenario, p, bad ? "FAILED" : "ok");
+    return bad;
+}
+
+static int mpi_rank(void) {
+    int32_t available = 0;
+    char info[512];
+    sw_mpi_get_info(&available, info, sizeof info);
+    if (!available) {
+        printf("skipped: %s\n", info);
+        return 77;
+    }
+    sw_device dev = NULL;
+    sw_stream s = NULL;
+    sw_comm comm = NULL;
+    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &dev));
+    OK(sw_stream_create(dev, &s));
+    OK(sw_comm_create_mpi(dev, 20000, &comm));
+    if (g_failures) return 1;
+    int32_t rank = -1, p = 0;
+    OK(sw_comm_get_rank(comm, &rank));
+    OK(sw_comm_get_world_size(comm, &p));
+    g_rank = rank;
+    /* every rank must generate the same data: rank 0's seed for all */
+    sw_buffer seed = alloc_f32(dev, 1);
+    memcpy(ptr(seed), &g_seed, 4);
+    OK(sw_broadcast(comm, rank, seed, 0, 1, SW_DTYPE_I32, 0, s));
+    OK(sw_stream_synchronize(s));
+    memcpy(&g_seed, ptr(seed), 4);
+    sw_buffer_destroy(seed);
+    if (rank == 0) printf("seed %u\n", g_seed);
+    collectives(dev, s, comm, rank, p);
+    /* mismatch over MPI */
+    sw_buffer b = alloc_f32(dev, 64);
+    for (int i = 0; i < 64; ++i) ptr(b)[i] = value(6, rank, i);
+    OK(sw_all_reduce(comm, rank, b, 0, b, 0, rank == p - 1 ? 32 : 64, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+    const sw_status st = sw_stream_synchronize(s);
+    CHECK(p == 1 || (st == SW_ERR_MISMATCH && strstr(sw_last_error(), "count 32")), "mpi mismatch: status %d, '%s'", (int)st,
+          sw_last_error());
+    sw_buffer_destroy(b);
+    sw_comm_destroy(comm);
+    sw_stream_destroy(s);
+    sw_device_destroy(dev);
+    OK(sw_mpi_finalize());
+    printf("[rank %d] mpi p=%d (%s): %s\n", rank, p, info, g_failures ? "FAILED" : "ok");
+    return g_failures ? 1 : 0;
+}
+
+int main(int argc, char** argv) {
+    g_seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    if (argc > 1 && strcmp(argv[1], "--mpi") == 0) {
+        g_mpi = 1;
+        return mpi_rank();
+    }
+    signal(SIGPIPE, SIG_IGN);
+    printf("seed %u\n", g_seed);
+    int bad = 0;
+    for (int p = 1; p <= 3; ++p) bad += tcp_job(p, "collectives");
+    bad += tcp_job(3, "exit");
+    bad += tcp_job(3, "late");
+    bad += tcp_job(3, "mismatch");
+    /* bad arguments */
+    sw_store st = NULL;
+    sw_comm c = NULL;
+    CHECK(sw_store_create("127.0.0.1", 0, 0, 100, &st) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "port"),
+          "port 0 for a client accepted");
+    CHECK(sw_comm_create_tcp(NULL, NULL, "x", 0, 1, 0, &c) == SW_ERR_NULL_HANDLE, "NULL device accepted");
+    printf("%s\n", bad || g_failures ? "FAILED" : "all multi-process checks passed");
+    return bad || g_failures ? 1 : 0;
+}
