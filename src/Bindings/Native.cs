@@ -87,6 +87,19 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_reduce_scatter_v(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, ulong sendCapacity, BufferHandle recv, ulong recvOffset, ulong recvCount, SwDtype dtype, SwReduceOp op, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_broadcast(CommHandle comm, int rank, BufferHandle buf, ulong offset, ulong count, SwDtype dtype, int root, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_barrier(CommHandle comm, int rank, StreamHandle stream);
+
+    // ---------------------------------------------------------------- multi-process communicators
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_rank(CommHandle comm, out int rank);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_backend(CommHandle comm, out nint name);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_store_create(string host, int port, int isServer, long timeoutMs, out StoreHandle store);
+    [LibraryImport(Lib)] public static partial SwStatus sw_store_destroy(nint store);
+    [LibraryImport(Lib)] public static partial SwStatus sw_store_get_port(StoreHandle store, out int port);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_store_set(StoreHandle store, string key, byte* value, ulong bytes);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_store_get(StoreHandle store, string key, byte* value, ulong capacity, out ulong bytes);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_comm_create_tcp(DeviceHandle device, StoreHandle store, string prefix, int rank, int worldSize, long timeoutMs, out CommHandle comm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_mpi_get_info(out int available, byte* version, ulong versionCapacity);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_mpi(DeviceHandle device, long timeoutMs, out CommHandle comm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_mpi_finalize();
 #pragma warning restore CS1591
 
     /// <summary>The native library's version string.</summary>

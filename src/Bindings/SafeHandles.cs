@@ -93,3 +93,10 @@ public sealed class CommHandle : ShardwiseHandle
     /// <inheritdoc />
     protected override SwStatus Destroy(nint h) => Native.sw_comm_destroy(h);
 }
+
+/// <summary>An <c>sw_store</c> (the TCP rendezvous store of a multi-process job).</summary>
+public sealed class StoreHandle : ShardwiseHandle
+{
+    /// <inheritdoc />
+    protected override SwStatus Destroy(nint h) => Native.sw_store_destroy(h);
+}

@@ -1,23 +1,34 @@
+using System.Runtime.InteropServices;
 using Shardwise.Bindings;
 
 namespace Shardwise.Parallel;
 
 /// <summary>
-/// A group of ranks that run collectives together. <see cref="CreateLocal(Device, int, TimeSpan?)"/> makes an
-/// in-process group (virtual ranks: one stream each, possibly on one device). Collectives are queued on the
-/// rank's stream; if a rank never joins, the others fail after <see cref="Timeout"/> with a
-/// <see cref="CollectiveTimeoutException"/> naming the rank, the operation and its sequence number, and the
-/// group is aborted (later collectives throw <see cref="CommunicatorAbortedException"/>).
+/// A group of ranks that run collectives together.
+/// <list type="bullet">
+/// <item><see cref="CreateLocal(Device, int, TimeSpan?)"/>: an in-process group (virtual ranks: one stream each, possibly
+/// on one device); <see cref="Ranks"/> holds every rank.</item>
+/// <item><see cref="CreateTcp(Device, int, int, string, int, TimeSpan?)"/>, <see cref="CreateMpi"/>, <see cref="FromEnvironment"/>: a multi-process group, one rank
+/// per process (CPU devices); <see cref="Ranks"/> holds this process's rank only (<see cref="Local"/>).</item>
+/// </list>
+/// Collectives are queued on the rank's stream; if a rank never joins, the others fail after <see cref="Timeout"/> with
+/// a <see cref="CollectiveTimeoutException"/> naming the rank, the operation and its sequence number, and the group is
+/// aborted (later collectives throw <see cref="CommunicatorAbortedException"/>). In a multi-process group a rank whose
+/// process dies makes the ranks waiting for it fail at once, and a failing rank tells the others, whose pending
+/// collectives then fail with its reason instead of at their timeout.
 /// </summary>
 public sealed class ProcessGroup : IDisposable
 {
     private readonly CommHandle _comm;
-    private readonly RankContext[] _ranks;
+    private readonly RankContext[] _ranks; // in-process: every rank; multi-process: this process's rank
+    private readonly TcpStore? _ownedStore;
     private bool _disposed;
 
     private ProcessGroup(Device[] devices, TimeSpan timeout)
     {
         Timeout = timeout;
+        WorldSize = devices.Length;
+        Backend = "local";
         var raw = new nint[devices.Length];
         for (int r = 0; r < devices.Length; r++)
         {
@@ -27,13 +38,37 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             fixed (nint* p = raw)
-                ThrowHelper.Check(Native.sw_comm_create_local(devices.Length, p, (long)Math.Ceiling(timeout.TotalMilliseconds), out _comm),
+                ThrowHelper.Check(Native.sw_comm_create_local(devices.Length, p, TimeoutMs(timeout), out _comm),
                     nameof(Native.sw_comm_create_local));
         }
-        _comm.SetParents(devices.Select(d => (System.Runtime.InteropServices.SafeHandle)d.Handle).Distinct().ToArray());
+        _comm.SetParents(devices.Select(d => (SafeHandle)d.Handle).Distinct().ToArray());
         GC.KeepAlive(devices);
         _ranks = new RankContext[devices.Length];
         for (int r = 0; r < devices.Length; r++) _ranks[r] = new RankContext(this, r, devices[r]);
+    }
+
+    // A multi-process group: `comm` is made; this process is one rank of it.
+    private ProcessGroup(CommHandle comm, Device device, TimeSpan timeout, TcpStore? ownedStore)
+    {
+        _comm = comm;
+        _ownedStore = ownedStore;
+        Timeout = timeout;
+        _comm.SetParents(device.Handle);
+        ThrowHelper.Check(Native.sw_comm_get_world_size(_comm, out int world), nameof(Native.sw_comm_get_world_size));
+        ThrowHelper.Check(Native.sw_comm_get_rank(_comm, out int rank), nameof(Native.sw_comm_get_rank));
+        ThrowHelper.Check(Native.sw_comm_get_backend(_comm, out nint name), nameof(Native.sw_comm_get_backend));
+        WorldSize = world;
+        Backend = Marshal.PtrToStringUTF8(name) ?? "?";
+        _ranks = [new RankContext(this, rank, device)];
+    }
+
+    private static long TimeoutMs(TimeSpan timeout) => (long)Math.Ceiling(timeout.TotalMilliseconds);
+
+    private static TimeSpan CheckTimeout(TimeSpan? timeout)
+    {
+        var t = timeout ?? DefaultTimeout;
+        if (t <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(timeout), t, "timeout must be positive.");
+        return t;
     }
 
     /// <summary>The default collective timeout (10 minutes).</summary>
@@ -53,31 +88,155 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(devices);
         if (devices.Count < 1) throw new ArgumentException("devices is empty; expected one device per rank.", nameof(devices));
-        var t = timeout ?? DefaultTimeout;
-        if (t <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(timeout), t, "timeout must be positive.");
-        return new ProcessGroup(devices.ToArray(), t);
+        return new ProcessGroup(devices.ToArray(), CheckTimeout(timeout));
     }
 
-    /// <summary>Number of ranks.</summary>
-    public int WorldSize => _ranks.Length;
+    /// <summary>
+    /// A multi-process group over TCP: this process is rank <paramref name="rank"/> of <paramref name="worldSize"/>
+    /// processes on CPU devices. Rank 0 serves the rendezvous store on <paramref name="masterAddr"/>:<paramref name="masterPort"/>
+    /// (torchrun's MASTER_ADDR/MASTER_PORT); the ranks then connect to each other directly. Blocks until every rank has
+    /// connected, or throws <see cref="CollectiveTimeoutException"/> after <paramref name="timeout"/>.
+    /// </summary>
+    public static ProcessGroup CreateTcp(Device device, int rank, int worldSize, string masterAddr, int masterPort, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentException.ThrowIfNullOrEmpty(masterAddr);
+        if (worldSize < 1 || worldSize > 4096)
+            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
+        ThrowHelper.Rank(rank, worldSize);
+        if (masterPort < 1 || masterPort > 65535)
+            throw new ArgumentOutOfRangeException(nameof(masterPort), masterPort, "masterPort must be in [1, 65535].");
+        var t = CheckTimeout(timeout);
+        var store = TcpStore.Connect(masterAddr, masterPort, isServer: rank == 0, t);
+        try
+        {
+            return CreateTcp(device, store, "shardwise", rank, worldSize, t, ownsStore: true);
+        }
+        catch
+        {
+            store.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// A multi-process group over TCP whose ranks meet through an existing <paramref name="store"/> under
+    /// <paramref name="prefix"/> (distinct prefixes make distinct groups). The store stays the caller's.
+    /// </summary>
+    public static ProcessGroup CreateTcp(Device device, TcpStore store, string prefix, int rank, int worldSize, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentException.ThrowIfNullOrEmpty(prefix);
+        if (worldSize < 1 || worldSize > 4096)
+            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
+        ThrowHelper.Rank(rank, worldSize);
+        return CreateTcp(device, store, prefix, rank, worldSize, CheckTimeout(timeout), ownsStore: false);
+    }
+
+    private static ProcessGroup CreateTcp(Device device, TcpStore store, string prefix, int rank, int worldSize, TimeSpan t, bool ownsStore)
+    {
+        ThrowHelper.Check(Native.sw_comm_create_tcp(device.Handle, store.Handle, prefix, rank, worldSize, TimeoutMs(t), out var comm),
+            nameof(Native.sw_comm_create_tcp));
+        comm.SetParents(store.Handle);
+        return new ProcessGroup(comm, device, t, ownsStore ? store : null);
+    }
+
+    /// <summary>
+    /// A multi-process group over MPI_COMM_WORLD of the processes that <c>mpirun</c> started (this process's rank is
+    /// MPI's), on CPU devices. Initializes MPI if the application has not (Shardwise then finalizes it at exit).
+    /// Throws <see cref="ShardwiseNotFoundException"/> when this build has no MPI plugin (see <see cref="MpiInfo"/>).
+    /// </summary>
+    public static ProcessGroup CreateMpi(Device device, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        var t = CheckTimeout(timeout);
+        ThrowHelper.Check(Native.sw_comm_create_mpi(device.Handle, TimeoutMs(t), out var comm), nameof(Native.sw_comm_create_mpi));
+        return new ProcessGroup(comm, device, t, null);
+    }
+
+    /// <summary>Whether the MPI plugin loads, and MPI's library version (or why it does not load).</summary>
+    public static (bool Available, string Description) MpiInfo()
+    {
+        unsafe
+        {
+            byte* buf = stackalloc byte[2048];
+            ThrowHelper.Check(Native.sw_mpi_get_info(out int available, buf, 2048), nameof(Native.sw_mpi_get_info));
+            return (available != 0, Marshal.PtrToStringUTF8((nint)buf) ?? "");
+        }
+    }
+
+    /// <summary>
+    /// The group the launcher describes through the environment: torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
+    /// MASTER_PORT; set by <c>shardwise launch</c>) give a TCP group; without them, a process started by Open MPI's
+    /// <c>mpirun</c> (OMPI_COMM_WORLD_RANK) gets an MPI group. Throws <see cref="InvalidOperationException"/> naming
+    /// the missing or malformed variable otherwise.
+    /// </summary>
+    public static ProcessGroup FromEnvironment(Device device, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        string? rank = Environment.GetEnvironmentVariable("RANK");
+        if (rank is null && Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_RANK") is not null)
+            return CreateMpi(device, timeout);
+        int Int(string name)
+        {
+            string? v = Environment.GetEnvironmentVariable(name);
+            if (v is null)
+                throw new InvalidOperationException(
+                    $"environment variable {name} is not set; start the processes with `shardwise launch -n N -- ...`, torchrun or mpirun " +
+                    "(or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT).");
+            if (!int.TryParse(v, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int x))
+                throw new InvalidOperationException($"environment variable {name} = '{v}' is not an integer.");
+            return x;
+        }
+        int r = Int("RANK"), world = Int("WORLD_SIZE"), port = Int("MASTER_PORT");
+        string addr = Environment.GetEnvironmentVariable("MASTER_ADDR") is { Length: > 0 } a ? a
+            : throw new InvalidOperationException("environment variable MASTER_ADDR is not set (the address of rank 0's store).");
+        if (world < 1 || r < 0 || r >= world)
+            throw new InvalidOperationException($"RANK = {r} and WORLD_SIZE = {world}: expected 0 <= RANK < WORLD_SIZE.");
+        return CreateTcp(device, r, world, addr, port, timeout);
+    }
+
+    /// <summary>Number of ranks (in every process of a multi-process group).</summary>
+    public int WorldSize { get; }
+
+    /// <summary>The communicator's kind: "local" (in-process), "tcp" or "mpi".</summary>
+    public string Backend { get; }
+
+    /// <summary>True for a group whose ranks are separate processes (TCP, MPI): this process runs <see cref="Local"/> only.</summary>
+    public bool IsMultiProcess => Backend != "local";
+
+    /// <summary>This process's rank: the one rank of a multi-process group, or of a one-rank in-process group.</summary>
+    public RankContext Local => _ranks.Length == 1 ? _ranks[0]
+        : throw new InvalidOperationException($"this in-process group runs all {WorldSize} ranks in this process; use group[rank] or Ranks.");
 
     /// <summary>How long a collective waits for the other ranks.</summary>
     public TimeSpan Timeout { get; }
 
-    /// <summary>Rank <paramref name="rank"/>'s context (its device, stream and collectives).</summary>
+    /// <summary>Rank <paramref name="rank"/>'s context (its device, stream and collectives). In a multi-process group
+    /// only this process's rank is here; another rank throws <see cref="ArgumentException"/>.</summary>
     public RankContext this[int rank]
     {
-        get { ThrowHelper.Rank(rank, WorldSize); return _ranks[rank]; }
+        get
+        {
+            ThrowHelper.Rank(rank, WorldSize);
+            if (!IsMultiProcess) return _ranks[rank];
+            if (rank != _ranks[0].Rank)
+                throw new ArgumentException($"rank {rank} runs in another process; this process is rank {_ranks[0].Rank} of the {Backend} group (use group.Local).", nameof(rank));
+            return _ranks[0];
+        }
     }
 
-    /// <summary>All ranks' contexts.</summary>
+    /// <summary>The ranks this process runs: every rank of an in-process group, this process's rank of a multi-process one.</summary>
     public IReadOnlyList<RankContext> Ranks => _ranks;
 
-    /// <summary>Rank r's device, for memory planning (ranks sharing a device add up).</summary>
-    public IReadOnlyList<object> DeviceOfRank => _ranks.Select(r => (object)r.Device).ToArray();
+    /// <summary>Rank r's device, for memory planning (ranks sharing a device add up; ranks of other processes have their own).</summary>
+    public IReadOnlyList<object> DeviceOfRank => IsMultiProcess
+        ? Enumerable.Range(0, WorldSize).Select(r => r == _ranks[0].Rank ? (object)_ranks[0].Device : new object()).ToArray()
+        : _ranks.Select(r => (object)r.Device).ToArray();
 
     /// <summary>True when every rank is on the same device (virtual ranks).</summary>
-    public bool IsSingleDevice => _ranks.All(r => ReferenceEquals(r.Device, _ranks[0].Device));
+    public bool IsSingleDevice => (!IsMultiProcess || WorldSize == 1) && _ranks.All(r => ReferenceEquals(r.Device, _ranks[0].Device));
 
     /// <summary>The native communicator (for calling the C ABI directly).</summary>
     public CommHandle Handle => Comm;
@@ -101,7 +260,7 @@ public sealed class ProcessGroup : IDisposable
     {
         byte* buf = stackalloc byte[1024];
         ThrowHelper.Check(Native.sw_comm_get_state(Comm, out int aborted, buf, 1024), nameof(Native.sw_comm_get_state));
-        return aborted != 0 ? (true, System.Runtime.InteropServices.Marshal.PtrToStringUTF8((nint)buf)) : (false, null);
+        return aborted != 0 ? (true, Marshal.PtrToStringUTF8((nint)buf)) : (false, null);
     }
 
     /// <summary>Aborts the group: pending and later collectives fail at once. Never blocks.</summary>
@@ -110,7 +269,7 @@ public sealed class ProcessGroup : IDisposable
     /// <summary>Number of collectives rank <paramref name="rank"/> has completed.</summary>
     public ulong CollectiveCount(int rank)
     {
-        ThrowHelper.Rank(rank, WorldSize);
+        _ = this[rank]; // in range, and run by this process
         ThrowHelper.Check(Native.sw_comm_get_collective_count(Comm, rank, out ulong n), nameof(Native.sw_comm_get_collective_count));
         return n;
     }
@@ -136,5 +295,6 @@ public sealed class ProcessGroup : IDisposable
         _disposed = true;
         _comm.Dispose();
         foreach (var r in _ranks) r.DisposeStream();
+        _ownedStore?.Dispose();
     }
 }

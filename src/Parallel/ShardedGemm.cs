@@ -24,6 +24,10 @@ public sealed class ShardedGemm : IDisposable
         N = weight.Cols;
         ThrowHelper.Positive(K, "weight.Rows");
         ThrowHelper.Positive(N, "weight.Cols");
+        if (group.IsMultiProcess)
+            throw new NotSupportedException(
+                $"ShardedGemm drives every rank of an in-process group, but this {group.Backend} group runs one rank per process; " +
+                "use ColumnParallelLinear on group.Local in each process instead.");
         Plan = plan ?? ShardingPlan.Even(N, group.WorldSize);
         Plan.Require(N, group.WorldSize, nameof(plan));
         // Every shard lives on the one device: they must fit together.

@@ -12,13 +12,14 @@ public static class Spmd
     {
         ArgumentNullException.ThrowIfNull(group);
         ArgumentNullException.ThrowIfNull(body);
-        int p = group.WorldSize;
-        var errors = new Exception?[p];
-        var threads = new Thread[p];
-        for (int r = 0; r < p; r++)
+        // Every rank this process runs: all of an in-process group, the one of a multi-process group.
+        var ranks = group.Ranks;
+        var errors = new Exception?[group.WorldSize];
+        var threads = new Thread[ranks.Count];
+        for (int i = 0; i < ranks.Count; i++)
         {
-            var ctx = group[r];
-            threads[r] = new Thread(() =>
+            var ctx = ranks[i];
+            threads[i] = new Thread(() =>
             {
                 try
                 {
@@ -31,8 +32,8 @@ public static class Spmd
                     try { ctx.Synchronize(); } catch (Exception) { /* the first error is the one to report */ }
                 }
             })
-            { IsBackground = true, Name = $"shardwise rank {r}" };
-            threads[r].Start();
+            { IsBackground = true, Name = $"shardwise rank {ctx.Rank}" };
+            threads[i].Start();
         }
         foreach (var t in threads) t.Join();
         if (errors.Any(e => e is not null)) throw new SpmdException(errors);

@@ -1,0 +1,71 @@
+using System.Diagnostics;
+using Shardwise.Bindings;
+using Shardwise.MultiProcessWorker;
+using Shardwise.Parallel;
+
+// One rank of a multi-process job. Usage: Shardwise.MultiProcessWorker SCENARIO [OUTDIR]
+//   layers OUTDIR   the column-parallel, row-parallel and FFN layers; writes OUTDIR/{column,row,ffn}.rank{r}.bin
+//   kill            rank p-1 kills itself (SIGKILL) before the second collective; the others must fail fast
+//   late            rank p-1 joins the second collective 2.5 timeouts late; the others must time out naming it
+//   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
+// The group comes from the environment (ProcessGroup.FromEnvironment: torchrun variables, or mpirun). SW_TEST_SEED
+// seeds the data (the same on every rank), SW_TEST_TIMEOUT_MS the collective timeout (default 30000).
+// Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
+if (args.Length < 1)
+{
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch [OUTDIR]");
+    return 2;
+}
+string scenario = args[0];
+int seed = int.Parse(Environment.GetEnvironmentVariable("SW_TEST_SEED") ?? "12345", System.Globalization.CultureInfo.InvariantCulture);
+var timeout = TimeSpan.FromMilliseconds(double.Parse(Environment.GetEnvironmentVariable("SW_TEST_TIMEOUT_MS") ?? "30000",
+    System.Globalization.CultureInfo.InvariantCulture));
+
+using var device = Device.Cpu(1);
+ProcessGroup group;
+try
+{
+    group = ProcessGroup.FromEnvironment(device, timeout);
+}
+catch (Exception e)
+{
+    Console.WriteLine($"RESULT rank=? error={e.GetType().Name} ms=0 message={e.Message.ReplaceLineEndings(" ")}");
+    return 3;
+}
+using (group)
+{
+    var ctx = group.Local;
+    int rank = ctx.Rank, p = group.WorldSize;
+    Console.WriteLine($"READY rank={rank} world={p} backend={group.Backend}");
+    var clock = Stopwatch.StartNew();
+    try
+    {
+        if (scenario == "layers")
+        {
+            string outDir = args.Length > 1 ? args[1] : throw new ArgumentException("layers needs OUTDIR");
+            var (column, row, ffn) = Scenario.Run(ctx, new Scenario.Data(seed));
+            foreach (var (name, data) in new[] { ("column", column), ("row", row), ("ffn", ffn) })
+                File.WriteAllBytes(Path.Combine(outDir, $"{name}.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
+        }
+        else
+        {
+            using var b = device.Allocate<float>(64);
+            b.CopyFrom(Enumerable.Range(0, 64).Select(i => (float)(rank + 1) * (i + 1)).ToArray(), ctx.Stream);
+            ctx.AllReduce(b); // #0: everyone is here
+            ctx.Synchronize();
+            bool victim = rank == p - 1;
+            if (victim && scenario == "kill") Process.GetCurrentProcess().Kill(); // SIGKILL: no goodbye
+            if (victim && scenario == "late") Thread.Sleep(timeout * 2.5);
+            clock.Restart();
+            ctx.AllReduce(b, b, count: victim && scenario == "mismatch" ? 32 : 64); // #1
+            ctx.Synchronize();
+        }
+        Console.WriteLine($"RESULT rank={rank} ok");
+        return 0;
+    }
+    catch (Exception e)
+    {
+        Console.WriteLine($"RESULT rank={rank} error={e.GetType().Name} ms={clock.ElapsedMilliseconds} message={e.Message.ReplaceLineEndings(" ")}");
+        return 3;
+    }
+}

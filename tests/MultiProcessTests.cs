@@ -1,0 +1,319 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Shardwise.Bindings;
+using Shardwise.MultiProcessWorker;
+using Shardwise.Parallel;
+
+namespace Shardwise.Tests;
+
+/// <summary>
+/// Multi-process tensor parallelism with real processes: each rank is a Shardwise.MultiProcessWorker process, started
+/// with torchrun's environment (TCP group) or by mpirun (MPI group). The layers must equal the single-process (virtual
+/// rank) results bit for bit and the float64 reference; faults (a killed rank, a late rank, mismatched calls) must make
+/// the other ranks fail fast with the right exception naming the rank, the operation and its sequence number.
+/// </summary>
+[TestFixture, NonParallelizable]
+public sealed class MultiProcessTests
+{
+    private static readonly TimeSpan JobLimit = TimeSpan.FromSeconds(120);
+
+    private sealed record RankResult(int Rank, int ExitCode, string Output)
+    {
+        public string? Line => Output.Split('\n').Select(l => l.Trim()).LastOrDefault(l => l.StartsWith("RESULT ", StringComparison.Ordinal));
+        public bool Ok => Line is { } l && l.EndsWith(" ok", StringComparison.Ordinal);
+        public string Error => Line is { } l && l.Contains("error=") ? l[(l.IndexOf("error=", StringComparison.Ordinal) + 6)..].Split(' ')[0] : "";
+        public long Ms => Line is { } l && l.Contains(" ms=") ? long.Parse(l[(l.IndexOf(" ms=", StringComparison.Ordinal) + 4)..].Split(' ')[0]) : -1;
+        public string Message => Line is { } l && l.Contains("message=") ? l[(l.IndexOf("message=", StringComparison.Ordinal) + 8)..] : "";
+    }
+
+    private static string WorkerDll => Path.Combine(AppContext.BaseDirectory, "Shardwise.MultiProcessWorker.dll");
+
+    /// <summary>How to start the worker: its apphost when it is beside the tests, else the dotnet host running us.</summary>
+    private static (string File, string[] Prefix) WorkerCommand()
+    {
+        string apphost = Path.Combine(AppContext.BaseDirectory, "Shardwise.MultiProcessWorker" + (OperatingSystem.IsWindows() ? ".exe" : ""));
+        if (File.Exists(apphost)) return (apphost, []);
+        string host = Environment.ProcessPath is { } p && Path.GetFileNameWithoutExtension(p) == "dotnet" ? p : "dotnet";
+        return (host, [WorkerDll]);
+    }
+
+    private static int FreePort()
+    {
+        using var l = new TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        return ((IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    private static Process Start(string file, IEnumerable<string> args, IDictionary<string, string> env)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in env) psi.Environment[k] = v;
+        psi.Environment.Remove("RANK"); // only what the job sets
+        foreach (var (k, v) in env) psi.Environment[k] = v;
+        return Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
+    }
+
+    /// <summary>Waits for every process (killing all at the limit) and returns their outputs.</summary>
+    private static List<(Process P, string Out)> Collect(List<Process> procs)
+    {
+        var outs = procs.Select(p => (Out: p.StandardOutput.ReadToEndAsync(), Err: p.StandardError.ReadToEndAsync())).ToList();
+        var deadline = DateTime.UtcNow + JobLimit;
+        foreach (var p in procs)
+        {
+            var left = deadline - DateTime.UtcNow;
+            if (left < TimeSpan.Zero || !p.WaitForExit(left))
+            {
+                foreach (var q in procs) try { q.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+                Assert.Fail($"the job did not finish within {JobLimit.TotalSeconds} s: a rank hangs");
+            }
+        }
+        var result = new List<(Process, string)>();
+        for (int i = 0; i < procs.Count; i++)
+        {
+            procs[i].WaitForExit();
+            result.Add((procs[i], outs[i].Out.Result + outs[i].Err.Result));
+            TestContext.Out.WriteLine($"--- process {i} (exit {procs[i].ExitCode}):\n{result[^1].Item2}");
+        }
+        return result;
+    }
+
+    /// <summary>Runs p worker processes with torchrun's environment (a TCP group).</summary>
+    private static RankResult[] RunTcp(int p, string scenario, string? outDir = null, int seed = 0, int timeoutMs = 30000)
+    {
+        var (file, prefix) = WorkerCommand();
+        int port = FreePort();
+        var procs = new List<Process>();
+        for (int r = 0; r < p; r++)
+        {
+            var env = new Dictionary<string, string>
+            {
+                ["RANK"] = $"{r}", ["LOCAL_RANK"] = $"{r}", ["WORLD_SIZE"] = $"{p}", ["MASTER_ADDR"] = "127.0.0.1",
+                ["MASTER_PORT"] = $"{port}", ["SW_TEST_SEED"] = $"{seed}", ["SW_TEST_TIMEOUT_MS"] = $"{timeoutMs}",
+            };
+            procs.Add(Start(file, [.. prefix, scenario, .. outDir is null ? Array.Empty<string>() : [outDir]], env));
+        }
+        return Collect(procs).Select((x, r) => new RankResult(r, x.P.ExitCode, x.Out)).ToArray();
+    }
+
+    private static string? Mpirun()
+    {
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(Path.PathSeparator))
+            if (dir.Length > 0 && File.Exists(Path.Combine(dir, "mpirun"))) return Path.Combine(dir, "mpirun");
+        return null;
+    }
+
+    private static string RequireMpi()
+    {
+        string? mpirun = Mpirun();
+        if (mpirun is null) Assert.Ignore("mpirun is not on PATH (Debian: apt-get install openmpi-bin libopenmpi-dev)");
+        var (available, info) = ProcessGroup.MpiInfo();
+        if (!available) Assert.Ignore($"the MPI plugin is not available: {info}");
+        return mpirun!;
+    }
+
+    /// <summary>Runs an mpirun job of p workers; returns mpirun's exit code and output (ranks' lines are in it).</summary>
+    private static (int ExitCode, string Output, TimeSpan Took) RunMpi(int p, string scenario, string? outDir = null, int seed = 0, int timeoutMs = 30000)
+    {
+        string mpirun = RequireMpi();
+        var (file, prefix) = WorkerCommand();
+        var args = new List<string> { "--allow-run-as-root", "--oversubscribe", "-n", $"{p}",
+            "-x", $"SW_TEST_SEED={seed}", "-x", $"SW_TEST_TIMEOUT_MS={timeoutMs}", file };
+        args.AddRange(prefix);
+        args.Add(scenario);
+        if (outDir is not null) args.Add(outDir);
+        var clock = Stopwatch.StartNew();
+        var job = Collect([Start(mpirun, args, new Dictionary<string, string>())])[0];
+        return (job.P.ExitCode, job.Out, clock.Elapsed);
+    }
+
+    private static float[] ReadFloats(string path) => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(path)).ToArray();
+
+    /// <summary>The same scenario with p virtual ranks in this process.</summary>
+    private static (float[] Column, float[] Row, float[] Ffn)[] InProcess(int p, int seed)
+    {
+        using var device = Device.Cpu(1);
+        using var group = ProcessGroup.CreateLocal(device, p);
+        var data = new Scenario.Data(seed);
+        var results = new (float[], float[], float[])[p];
+        Spmd.Run(group, ctx => results[ctx.Rank] = Scenario.Run(ctx, data));
+        return results;
+    }
+
+    private static void CheckLayers(int p, int seed, Func<string, int, string> file)
+    {
+        var local = InProcess(p, seed);
+        var reference = Scenario.Reference(new Scenario.Data(seed));
+        for (int r = 0; r < p; r++)
+        {
+            var outputs = new[] { ("column", local[r].Column, reference.Column), ("row", local[r].Row, reference.Row), ("ffn", local[r].Ffn, reference.Ffn) };
+            foreach (var (name, single, expected) in outputs)
+            {
+                var multi = ReadFloats(file(name, r));
+                Assert.That(multi, Has.Length.EqualTo(expected.Length), $"{name} rank {r}: length");
+                for (int i = 0; i < expected.Length; i++)
+                {
+                    Assert.That(Math.Abs(multi[i] - expected[i]), Is.LessThanOrEqualTo(1e-4 * (1 + Math.Abs(expected[i]))),
+                        $"{name} rank {r} element {i}: {multi[i]} vs float64 {expected[i]}");
+                    Assert.That(BitConverter.SingleToInt32Bits(multi[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(single[i])),
+                        $"{name} rank {r} element {i}: multi-process {multi[i]:R} differs from single-process {single[i]:R}");
+                }
+            }
+        }
+    }
+
+    private static string NewOutDir()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"shardwise-mp-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        return dir;
+    }
+
+    [Test]
+    public void Tcp_Layers_EqualSingleProcess_BitForBit([Values(2, 3, 4)] int p)
+    {
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        string dir = NewOutDir();
+        try
+        {
+            var results = RunTcp(p, "layers", dir, seed);
+            foreach (var r in results) Assert.That(r.Ok && r.ExitCode == 0, $"rank {r.Rank}: exit {r.ExitCode}, {r.Line}");
+            Assert.That(results.All(r => r.Output.Contains($"world={p} backend=tcp")), "every rank reports the TCP group of p ranks");
+            CheckLayers(p, seed, (name, r) => Path.Combine(dir, $"{name}.rank{r}.bin"));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Test]
+    public void Mpi_Layers_EqualSingleProcess_BitForBit([Values(2, 3)] int p)
+    {
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        string dir = NewOutDir();
+        try
+        {
+            var (exit, output, _) = RunMpi(p, "layers", dir, seed);
+            Assert.That(exit, Is.EqualTo(0), output);
+            Assert.That(output.Split('\n').Count(l => l.Trim().StartsWith("RESULT rank=") && l.Trim().EndsWith(" ok")), Is.EqualTo(p), output);
+            Assert.That(output, Does.Contain($"world={p} backend=mpi"));
+            CheckLayers(p, seed, (name, r) => Path.Combine(dir, $"{name}.rank{r}.bin"));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Test]
+    public void Tcp_KilledRank_OthersFailAtOnce_NamingIt()
+    {
+        var results = RunTcp(3, "kill", timeoutMs: 60000);
+        Assert.That(results[2].ExitCode, Is.Not.EqualTo(0), "the killed rank");
+        foreach (var r in results.Take(2))
+        {
+            Assert.That(r.Error, Is.EqualTo(nameof(CommunicatorAbortedException)), $"rank {r.Rank}: {r.Line}");
+            Assert.That(r.Message, Does.Contain("rank 2").And.Contain("sw_all_reduce #1"), $"rank {r.Rank}");
+            Assert.That(r.Ms, Is.LessThan(15000), $"rank {r.Rank} took {r.Ms} ms to notice (timeout 60 s): expected at once");
+        }
+    }
+
+    [Test]
+    public void Tcp_LateRank_OthersTimeOut_NamingIt()
+    {
+        var results = RunTcp(3, "late", timeoutMs: 2000);
+        foreach (var r in results.Take(2))
+        {
+            Assert.That(r.Error, Is.EqualTo(nameof(CollectiveTimeoutException)), $"rank {r.Rank}: {r.Line}");
+            Assert.That(r.Message, Does.Contain("rank(s) 2").And.Contain("never joined").And.Contain("sw_all_reduce #1"), $"rank {r.Rank}");
+            Assert.That(r.Ms, Is.LessThan(4500), $"rank {r.Rank} took {r.Ms} ms (timeout 2 s)");
+        }
+        // The late rank learns why when it arrives, instead of waiting for its own timeout.
+        Assert.That(results[2].Error, Is.AnyOf(nameof(CollectiveTimeoutException), nameof(CommunicatorAbortedException)), results[2].Line);
+        Assert.That(results[2].Message, Does.Contain("aborted the communicator"));
+        Assert.That(results[2].Ms, Is.LessThan(1500), "the late rank is told at once");
+    }
+
+    [Test]
+    public void Tcp_MismatchedCalls_EveryRankFails()
+    {
+        var results = RunTcp(3, "mismatch");
+        foreach (var r in results)
+        {
+            Assert.That(r.Error, Is.EqualTo(nameof(CollectiveMismatchException)), $"rank {r.Rank}: {r.Line}");
+            Assert.That(r.Message, Does.Contain("count 32").And.Contain("count 64"), $"rank {r.Rank}");
+        }
+    }
+
+    [Test]
+    public void Mpi_MismatchedCalls_EveryRankFails()
+    {
+        var (exit, output, _) = RunMpi(3, "mismatch");
+        Assert.That(exit, Is.Not.EqualTo(0));
+        var lines = output.Split('\n').Where(l => l.Trim().StartsWith("RESULT rank=")).ToArray();
+        Assert.That(lines, Has.Length.EqualTo(3), output);
+        Assert.That(lines, Has.All.Contain("error=CollectiveMismatchException").And.All.Contain("count 32"));
+    }
+
+    [Test]
+    public void Mpi_LateRank_OthersTimeOut_NamingIt()
+    {
+        var (_, output, _) = RunMpi(3, "late", timeoutMs: 2000);
+        var lines = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=")).ToArray();
+        Assert.That(lines, Has.Length.EqualTo(3), output);
+        foreach (var l in lines.Where(l => !l.StartsWith("RESULT rank=2")))
+            Assert.That(l, Does.Contain("error=CollectiveTimeoutException").And.Contain("rank(s) 2").And.Contain("sw_all_reduce #1"));
+    }
+
+    [Test]
+    public void Mpi_KilledRank_JobEndsWithoutHanging()
+    {
+        // Open MPI's mpirun ends the whole job when a rank dies; what must hold is that nothing hangs.
+        var (exit, output, took) = RunMpi(3, "kill", timeoutMs: 60000);
+        Assert.That(exit, Is.Not.EqualTo(0), output);
+        Assert.That(took, Is.LessThan(TimeSpan.FromSeconds(50)), "the job ended well before the 60 s collective timeout");
+    }
+
+    [Test]
+    public void FromEnvironment_WithoutLauncher_NamesTheMissingVariable()
+    {
+        var (file, prefix) = WorkerCommand();
+        var job = Collect([Start(file, [.. prefix, "layers", Path.GetTempPath()], new Dictionary<string, string>())])[0];
+        var r = new RankResult(0, job.P.ExitCode, job.Out);
+        Assert.That(r.Error, Is.EqualTo(nameof(InvalidOperationException)), r.Line);
+        Assert.That(r.Message, Does.Contain("RANK").And.Contain("shardwise launch"));
+    }
+
+    [Test]
+    public void TcpStore_SetGet_AndMissingKeyTimesOut()
+    {
+        using var server = TcpStore.Connect("127.0.0.1", 0, isServer: true, TimeSpan.FromMilliseconds(500));
+        using var client = TcpStore.Connect("127.0.0.1", server.Port, isServer: false, TimeSpan.FromMilliseconds(500));
+        var value = new byte[1000];
+        new Random(TestContext.CurrentContext.Random.Next()).NextBytes(value);
+        server.Set("k", value);
+        Assert.That(client.Get("k"), Is.EqualTo(value));
+        client.Set("s", "héllo");
+        Assert.That(server.GetString("s"), Is.EqualTo("héllo"));
+        var e = Assert.Throws<CollectiveTimeoutException>(() => client.Get("never-set"));
+        Assert.That(e!.Message, Does.Contain("never-set"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => TcpStore.Connect("127.0.0.1", 0, isServer: false));
+    }
+
+    [Test]
+    public void MultiProcessGroup_RefusesOtherRanks_AndShardedGemm()
+    {
+        using var device = Device.Cpu(1);
+        using var group = ProcessGroup.CreateTcp(device, 0, 1, "127.0.0.1", FreePort(), TimeSpan.FromSeconds(10));
+        Assert.That(group.IsMultiProcess, Is.True);
+        Assert.That(group.Backend, Is.EqualTo("tcp"));
+        Assert.That(group.Local.Rank, Is.EqualTo(0));
+        using var w = device.Allocate<float>(4);
+        var e = Assert.Throws<NotSupportedException>(() => new ShardedGemm(group, WeightSource.FromArray([1, 2, 3, 4], 2, 2)));
+        Assert.That(e!.Message, Does.Contain("ColumnParallelLinear"));
+        // A one-rank TCP group still runs its collectives.
+        using var b = device.Allocate<float>(3);
+        b.CopyFrom([1.5f, -2f, 3f], group.Local.Stream);
+        group.Local.AllReduce(b);
+        Assert.That(b.ToArray(group.Local.Stream), Is.EqualTo(new[] { 1.5f, -2f, 3f }));
+    }
+}
