@@ -59,7 +59,7 @@ $env:DOTNET_SKIP_FIRST_TIME_EXPERIENCE = '1'
 $env:DOTNET_CLI_UI_LANGUAGE = 'en'
 
 # System packages the build needs (Debian names), as in build.sh.
-$AptPackages = @('cmake', 'make', 'g++', 'libopenblas0-pthread', 'libopenblas-dev')
+$AptPackages = @('cmake', 'make', 'g++', 'libopenblas0-pthread', 'libopenblas-dev', 'libopenmpi-dev', 'openmpi-bin')
 
 function Write-Step([string] $Text) { Write-Host "==> $Text" }
 

@@ -48,7 +48,8 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 export DOTNET_CLI_UI_LANGUAGE=en
 
 # System packages the build needs (Debian names). OpenBLAS is the reference BLAS for checks/benchmarks.
-APT_PACKAGES=(cmake make g++ libopenblas0-pthread libopenblas-dev)
+# Open MPI: the MPI plugin (libshardwise_mpi) and the multi-process tests (mpirun).
+APT_PACKAGES=(cmake make g++ libopenblas0-pthread libopenblas-dev libopenmpi-dev openmpi-bin)
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -23,7 +23,7 @@ for proj in tests/Shardwise.Tests.csproj bench/Shardwise.Bench.csproj; do
         -p:PublishSingleFile=false -p:DebugType=None -p:GenerateDocumentationFile=false -nologo -v:q
 done
 # The native library is built on the GPU machine (with CUDA); drop any CPU-only copy that came along.
-rm -f "$STAGE/app/libshardwise.so" "$STAGE/app/libshardwise_cuda.so"
+rm -f "$STAGE/app/libshardwise.so" "$STAGE/app/libshardwise_cuda.so" "$STAGE/app/libshardwise_mpi.so"
 git rev-parse HEAD > "$STAGE/app/COMMIT" 2>/dev/null || echo unknown > "$STAGE/app/COMMIT"
 
 mkdir -p "$OUT"

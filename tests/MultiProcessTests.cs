@@ -283,6 +283,52 @@ public sealed class MultiProcessTests
         Assert.That(r.Message, Does.Contain("RANK").And.Contain("shardwise launch"));
     }
 
+    private static string NcclInfoWith(string? ncclPath)
+    {
+        var (file, prefix) = WorkerCommand();
+        var env = new Dictionary<string, string>();
+        if (ncclPath is not null) env["SHARDWISE_NCCL_PATH"] = ncclPath;
+        var job = Collect([Start(file, [.. prefix, "nccl-info"], env)])[0];
+        Assert.That(job.P.ExitCode, Is.EqualTo(0), job.Out);
+        return job.Out.Split('\n').Single(l => l.StartsWith("NCCL ", StringComparison.Ordinal)).Trim();
+    }
+
+    [Test]
+    public void Nccl_MissingLibrary_NamesEveryPlaceSearched()
+    {
+        string bogus = Path.Combine(Path.GetTempPath(), $"no-nccl-{Guid.NewGuid():N}", "libnccl.so.2");
+        string line = NcclInfoWith(bogus);
+        Assert.That(line, Does.StartWith("NCCL available=0"));
+        Assert.That(line, Does.Contain(bogus).And.Contain("SHARDWISE_NCCL_PATH").And.Contain("Tried:"));
+    }
+
+    [Test]
+    public void Nccl_LibraryWithoutTheSymbols_NamesTheMissingRequiredOnes()
+    {
+        // libshardwise itself loads fine but is not NCCL.
+        string notNccl = Path.Combine(AppContext.BaseDirectory, "libshardwise.so");
+        string line = NcclInfoWith(notNccl);
+        Assert.That(line, Does.StartWith("NCCL available=0"));
+        Assert.That(line, Does.Contain("lacks required NCCL symbols").And.Contain("ncclAllReduce").And.Contain("ncclGetUniqueId"));
+    }
+
+    [Test]
+    public void Nccl_Info_IsConsistent()
+    {
+        var (available, version, description) = ProcessGroup.NcclInfo();
+        TestContext.Out.WriteLine(description);
+        if (available)
+        {
+            Assert.That(version, Is.GreaterThan(0));
+            Assert.That(description, Does.Match(@"^NCCL \d+\.\d+\.\d+ \("));
+        }
+        else
+        {
+            Assert.That(version, Is.EqualTo(0));
+            Assert.That(description, Does.Contain("libnccl.so.2"));
+        }
+    }
+
     [Test]
     public void TcpStore_SetGet_AndMissingKeyTimesOut()
     {

@@ -365,6 +365,12 @@ SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_com
  * communicator left MPI requests behind: finalizing could wait forever for a dead peer. */
 SW_API sw_status sw_mpi_finalize(void);
 
+/* NCCL, loaded at run time: libnccl.so.2 from SHARDWISE_NCCL_PATH (a file, or a folder holding it) or the default
+ * library search path; Shardwise never links it. *available = 1 when it loads and has every symbol Shardwise needs;
+ * *version_code is ncclGetVersion's (e.g. 22105 for 2.21.5; may be NULL); `text` receives "NCCL x.y.z (path)" plus
+ * the optional symbols it lacks, or what was searched and why it failed (the missing required symbols named). */
+SW_API sw_status sw_nccl_get_info(int32_t* available, int32_t* version_code, char* text, uint64_t text_capacity);
+
 #ifdef __cplusplus
 }
 #endif

@@ -100,6 +100,7 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_mpi_get_info(out int available, byte* version, ulong versionCapacity);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_mpi(DeviceHandle device, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_mpi_finalize();
+    [LibraryImport(Lib)] public static partial SwStatus sw_nccl_get_info(out int available, out int versionCode, byte* text, ulong textCapacity);
 #pragma warning restore CS1591
 
     /// <summary>The native library's version string.</summary>

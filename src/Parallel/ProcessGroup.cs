@@ -167,6 +167,21 @@ public sealed class ProcessGroup : IDisposable
     }
 
     /// <summary>
+    /// Whether NCCL (libnccl.so.2, loaded at run time; SHARDWISE_NCCL_PATH overrides where) loads with every symbol
+    /// Shardwise needs, its version code (ncclGetVersion) and a description: "NCCL x.y.z (path)", or what was searched
+    /// and why it failed.
+    /// </summary>
+    public static (bool Available, int VersionCode, string Description) NcclInfo()
+    {
+        unsafe
+        {
+            byte* buf = stackalloc byte[4096];
+            ThrowHelper.Check(Native.sw_nccl_get_info(out int available, out int version, buf, 4096), nameof(Native.sw_nccl_get_info));
+            return (available != 0, version, Marshal.PtrToStringUTF8((nint)buf) ?? "");
+        }
+    }
+
+    /// <summary>
     /// The group the launcher describes through the environment: torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
     /// MASTER_PORT; set by <c>shardwise launch</c>) give a TCP group; without them, a process started by Open MPI's
     /// <c>mpirun</c> (OMPI_COMM_WORLD_RANK) gets an MPI group. Throws <see cref="InvalidOperationException"/> naming

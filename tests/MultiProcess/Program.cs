@@ -8,6 +8,7 @@ using Shardwise.Parallel;
 //   kill            rank p-1 kills itself (SIGKILL) before the second collective; the others must fail fast
 //   late            rank p-1 joins the second collective 2.5 timeouts late; the others must time out naming it
 //   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
+//   nccl-info       prints ProcessGroup.NcclInfo() (no group)
 // The group comes from the environment (ProcessGroup.FromEnvironment: torchrun variables, or mpirun). SW_TEST_SEED
 // seeds the data (the same on every rank), SW_TEST_TIMEOUT_MS the collective timeout (default 30000).
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
@@ -20,6 +21,13 @@ string scenario = args[0];
 int seed = int.Parse(Environment.GetEnvironmentVariable("SW_TEST_SEED") ?? "12345", System.Globalization.CultureInfo.InvariantCulture);
 var timeout = TimeSpan.FromMilliseconds(double.Parse(Environment.GetEnvironmentVariable("SW_TEST_TIMEOUT_MS") ?? "30000",
     System.Globalization.CultureInfo.InvariantCulture));
+
+if (scenario == "nccl-info") // no group: reports how NCCL loads (SHARDWISE_NCCL_PATH is read once per process)
+{
+    var (available, version, description) = ProcessGroup.NcclInfo();
+    Console.WriteLine($"NCCL available={(available ? 1 : 0)} version={version} info={description.ReplaceLineEndings(" | ")}");
+    return 0;
+}
 
 using var device = Device.Cpu(1);
 ProcessGroup group;

@@ -1,0 +1,109 @@
+// NCCL, loaded at run time (libnccl.so.2; SHARDWISE_NCCL_PATH, a file or a folder, first). Shardwise never links
+// NCCL: a machine without it loads the library fine and is told, on asking, what was searched and why it failed.
+// The symbols the NCCL process group needs are required; newer ones it can use when present are optional.
+#include "core/error.h"
+#include "core/plugin_loader.h"
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+using namespace sw;
+
+namespace {
+
+constexpr const char* kNcclFile = "libnccl.so.2";
+
+// ncclResult_t is an int enum; ncclComm_t, ncclUniqueId and cudaStream_t are passed as opaque pointers/blobs.
+constexpr const char* kRequired[] = {
+    "ncclGetVersion", "ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy", "ncclCommAbort", "ncclCommGetAsyncError",
+    "ncclCommCount", "ncclCommUserRank", "ncclAllReduce", "ncclAllGather", "ncclReduceScatter", "ncclBroadcast",
+    "ncclGroupStart", "ncclGroupEnd", "ncclGetErrorString",
+};
+constexpr const char* kOptional[] = {
+    "ncclCommInitRankConfig", "ncclCommFinalize", "ncclGetLastError", "ncclCommSplit", "ncclCommInitAll",
+};
+
+struct Nccl {
+    void* lib = nullptr;
+    std::string path;
+    int version = 0;
+    std::vector<std::string> optional_missing;
+    std::string why; // set when unusable
+};
+
+const Nccl& nccl() {
+    static const Nccl loaded = [] {
+        Nccl n;
+        std::string tried;
+        n.lib = open_first(plugin_candidates(kNcclFile, "SHARDWISE_NCCL_PATH", /*beside_self=*/false), nullptr, &n.path, &tried);
+        if (!n.lib) {
+            n.why = str("NCCL (", kNcclFile, ") could not be loaded; install NCCL or point SHARDWISE_NCCL_PATH at "
+                        "libnccl.so.2 (or its folder). Tried:", tried);
+            return n;
+        }
+        std::string missing;
+        for (const char* s : kRequired)
+            if (!find_symbol(n.lib, s)) missing += str(missing.empty() ? "" : ", ", s);
+        if (!missing.empty()) {
+            n.why = str(n.path, " was loaded but lacks required NCCL symbols: ", missing, " (not NCCL, or older than 2.7?)");
+            n.lib = nullptr;
+            return n;
+        }
+        for (const char* s : kOptional)
+            if (!find_symbol(n.lib, s)) n.optional_missing.push_back(s);
+        using GetVersion = int (*)(int*);
+        const int rc = reinterpret_cast<GetVersion>(find_symbol(n.lib, "ncclGetVersion"))(&n.version);
+        if (rc != 0) {
+            n.why = str(n.path, ": ncclGetVersion failed with ncclResult_t ", rc);
+            n.lib = nullptr;
+        }
+        return n;
+    }();
+    return loaded;
+}
+
+// NCCL_VERSION_CODE: major*10000 + minor*100 + patch since 2.9, major*1000 + minor*100 + patch before.
+std::string version_text(int v) {
+    int major, minor, patch;
+    if (v >= 10000) {
+        major = v / 10000;
+        minor = (v % 10000) / 100;
+        patch = v % 100;
+    } else {
+        major = v / 1000;
+        minor = (v % 1000) / 100;
+        patch = v % 100;
+    }
+    return str(major, ".", minor, ".", patch);
+}
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_nccl_get_info(int32_t* available, int32_t* version_code, char* text, uint64_t text_capacity) {
+    return guard(__func__, [&] {
+        require(available, "available");
+        const Nccl& n = nccl();
+        *available = n.lib ? 1 : 0;
+        if (version_code) *version_code = n.version;
+        std::string t;
+        if (n.lib) {
+            t = str("NCCL ", version_text(n.version), " (", n.path, ")");
+            if (!n.optional_missing.empty()) {
+                t += "; optional symbols not present:";
+                for (const auto& s : n.optional_missing) t += " " + s;
+            }
+        } else {
+            t = n.why;
+        }
+        if (text && text_capacity) {
+            const size_t len = std::min<uint64_t>(t.size(), text_capacity - 1);
+            std::memcpy(text, t.data(), len);
+            text[len] = '\0';
+        }
+    });
+}
+
+} // extern "C"
