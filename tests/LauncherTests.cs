@@ -296,6 +296,26 @@ public partial class LauncherTests
         Assert.That(run.Err, Is.Empty);
     }
 
+    /// <summary>A rank that exits 0 but leaves a background process holding its output pipe open does not keep the
+    /// launcher waiting for that process.</summary>
+    [Test]
+    public void BackgroundProcessHoldingARanksOutputDoesNotHoldTheLauncher()
+    {
+        using var run = Launch("launch", "-n", "1", "--", "/bin/sh", "-c", "sleep 60 & echo \"background $!\"; echo bye");
+        var background = run.Out.Where(l => l.StartsWith("[rank 0] background ")).Select(l => int.Parse(l["[rank 0] background ".Length..])).ToList();
+        try
+        {
+            Assert.That(run.ExitCode, Is.Zero, run.StdErr);
+            Assert.That(run.Out, Does.Contain("[rank 0] bye"));
+            Assert.That(run.Clock.Elapsed, Is.LessThan(Limit));
+        }
+        finally
+        {
+            foreach (int pid in background)
+                try { Process.GetProcessById(pid).Kill(); } catch (ArgumentException) { } catch (InvalidOperationException) { }
+        }
+    }
+
     /// <summary>SIGTERM to the launcher stops every rank, and the launcher exits with 128 + 15.</summary>
     [Test]
     public void SigtermToTheLauncherStopsEveryRank()

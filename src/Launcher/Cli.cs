@@ -48,7 +48,8 @@ internal static class Cli
 
         Output: stdout and stderr of every rank are read line by line and written whole, with the
         prefix, to the launcher's stdout and stderr respectively; an unfinished last line is written
-        when the rank exits. Ranks share the launcher's stdin.
+        when the rank exits. Ranks share the launcher's stdin. Once every rank has exited, the launcher
+        stops reading pipes that a process left behind by a rank keeps open after 2 s without output.
 
         Failure: when a rank exits with a non-zero code (or is killed by a signal), the launcher says
         so on stderr, sends SIGTERM to every other rank and to the processes they started, waits up to

@@ -228,10 +228,13 @@ internal sealed class LaunchSession : IDisposable
     {
         var pumps = _ranks.SelectMany(r => r.Pumps).ToArray();
         var all = Task.WhenAll(pumps);
+        var since = Stopwatch.StartNew(); // every rank has exited by now
         while (!all.Wait(TimeSpan.FromMilliseconds(200)))
         {
-            // Give up on pipes that something outside the ranks keeps open, as long as nothing moves on them.
-            if (_ranks.Where(r => r.Pumps.Any(p => !p.IsCompleted)).All(r => r.Output.IsIdle(OutputIdleLimit)))
+            // Give up on pipes that something outside the ranks keeps open, once nothing has moved on them for a
+            // while (counted from the ranks' exit too, so that a rank silent for long still gets its last bytes read).
+            if (since.Elapsed >= OutputIdleLimit &&
+                _ranks.Where(r => r.Pumps.Any(p => !p.IsCompleted)).All(r => r.Output.IsIdle(OutputIdleLimit)))
                 break;
         }
         foreach (var rank in _ranks)
