@@ -280,7 +280,7 @@ function Invoke-Test([string[]] $ExtraArgs) {
 function Invoke-Clean {
     Write-Step 'clean'
     $targets = @($BuildDir, 'build', 'artifacts', 'BenchmarkDotNet.Artifacts', 'TestResults') +
-        @('src/Bindings', 'src/Parallel', 'tests', 'bench' | ForEach-Object { "$_/bin"; "$_/obj" })
+        @('src/Bindings', 'src/Parallel', 'src/Launcher', 'tests', 'bench' | ForEach-Object { "$_/bin"; "$_/obj" })
     foreach ($t in $targets) {
         $path = if ([System.IO.Path]::IsPathRooted($t)) { $t } else { Join-Path $Root $t }
         if ((Resolve-Path -LiteralPath $path -ErrorAction SilentlyContinue).Path -eq (Resolve-Path $Root).Path) {

@@ -293,7 +293,7 @@ cmd_clean() {
     [[ "$BUILD_DIR" != "$ROOT" && "$BUILD_DIR" != / ]] || die "refusing to delete $BUILD_DIR"
     rm -rf "$BUILD_DIR" "$ROOT/build" "$ROOT/artifacts" "$ROOT/BenchmarkDotNet.Artifacts" "$ROOT/TestResults"
     local dir
-    for dir in src/Bindings src/Parallel tests bench; do
+    for dir in src/Bindings src/Parallel src/Launcher tests bench; do
         rm -rf "${ROOT:?}/$dir/bin" "${ROOT:?}/$dir/obj"
     done
 }

@@ -30,13 +30,13 @@ public sealed class MultiProcessTests
 
     private static string WorkerDll => Path.Combine(AppContext.BaseDirectory, "Shardwise.MultiProcessWorker.dll");
 
-    /// <summary>How to start the worker: its apphost when it is beside the tests, else the dotnet host running us.</summary>
+    /// <summary>How to start the worker: with the dotnet host that runs these tests.</summary>
     private static (string File, string[] Prefix) WorkerCommand()
     {
-        string apphost = Path.Combine(AppContext.BaseDirectory, "Shardwise.MultiProcessWorker" + (OperatingSystem.IsWindows() ? ".exe" : ""));
-        if (File.Exists(apphost)) return (apphost, []);
-        string host = Environment.ProcessPath is { } p && Path.GetFileNameWithoutExtension(p) == "dotnet" ? p : "dotnet";
-        return (host, [WorkerDll]);
+        if (Environment.ProcessPath is not { } host || Path.GetFileNameWithoutExtension(host) != "dotnet")
+            Assert.Ignore("the worker processes are started with the dotnet host, and this test run has none " +
+                          "(a self-contained test bundle); run the tests with `dotnet Shardwise.Tests.dll`");
+        return (Environment.ProcessPath!, [WorkerDll]);
     }
 
     private static int FreePort()
@@ -183,6 +183,26 @@ public sealed class MultiProcessTests
             foreach (var r in results) Assert.That(r.Ok && r.ExitCode == 0, $"rank {r.Rank}: exit {r.ExitCode}, {r.Line}");
             Assert.That(results.All(r => r.Output.Contains($"world={p} backend=tcp")), "every rank reports the TCP group of p ranks");
             CheckLayers(p, seed, (name, r) => Path.Combine(dir, $"{name}.rank{r}.bin"));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
+    [Test]
+    public void Launcher_RunsTheLayersJob_OverTcp()
+    {
+        var (host, prefix) = WorkerCommand();
+        string launcher = Path.Combine(AppContext.BaseDirectory, "launcher", "shardwise.dll");
+        Assert.That(File.Exists(launcher), Is.True, $"launcher not built at {launcher}");
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        string dir = NewOutDir();
+        try
+        {
+            var job = Collect([Start(host, [launcher, "launch", "-n", "3", "--", host, .. prefix, "layers", dir],
+                new Dictionary<string, string> { ["SW_TEST_SEED"] = $"{seed}" })])[0];
+            Assert.That(job.P.ExitCode, Is.EqualTo(0), job.Out);
+            for (int r = 0; r < 3; r++) Assert.That(job.Out, Does.Contain($"[rank {r}] RESULT rank={r} ok"));
+            CheckLayers(3, seed, (name, r) => Path.Combine(dir, $"{name}.rank{r}.bin"));
         }
         finally { Directory.Delete(dir, true); }
     }
