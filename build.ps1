@@ -9,6 +9,13 @@
                                   "N passed, N failed, N skipped" as its last line (NUnit + ctest)
     ./build.ps1 bench [args...]   deps, builds, then BenchmarkDotNet (bench exe `bench` + args)
     ./build.ps1 native            deps and the native library (CMake configure + build) only
+    ./build.ps1 pack              deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel into
+                                  artifacts/packages (native library under runtimes/<rid>/native: linux-x64, or
+                                  win-x64 on Windows), and a check of what each package contains
+    ./build.ps1 samples           pack, then the samples (each verifies its result, non-zero exit on mismatch):
+                                  PackageSample (restores the packages from artifacts/packages), AotSample
+                                  (NativeAOT publish, zero trim/AOT warnings allowed, then runs the executable),
+                                  PInvokeSample (the C ABI through its own LibraryImport declarations)
     ./build.ps1 gpu-bundle [OUT]  self-contained test + bench bundle for a CUDA machine (Linux; see build.sh)
     ./build.ps1 deps              install missing system packages only (Debian/Ubuntu; no-op elsewhere)
     ./build.ps1 clean             remove build outputs
@@ -20,7 +27,9 @@
     Environment: CONFIGURATION (Release), SHARDWISE_BUILD_DIR (build/native), SHARDWISE_JOBS (cores),
     SHARDWISE_SKIP_DEPS=1 (skip the dependency step), SHARDWISE_CTEST_TIMEOUT (900 s per native check),
     SHARDWISE_INSTALL_CUDA=1 (Linux: the deps step installs Debian's CUDA toolkit and clang-14 when nvcc is
-    missing, so that the CUDA plugin is compiled without a GPU; as build.sh).
+    missing, so that the CUDA plugin is compiled without a GPU; as build.sh), SHARDWISE_VERSION (package version
+    for pack/samples; default: Version in Directory.Build.props), SHARDWISE_REPOSITORY_URL (repository URL written
+    into the packages; default none).
     On Windows the native library is shardwise.dll and multi-config generators are handled
     (cmake --build --config, ctest -C).
 #>
@@ -49,6 +58,12 @@ $ResultsDir = Join-Path $Root 'build/test-results'
 $Solution = Join-Path $Root 'Shardwise.slnx'
 $TestProject = Join-Path $Root 'tests/Shardwise.Tests.csproj'
 $BenchProject = Join-Path $Root 'bench/Shardwise.Bench.csproj'
+$PackagesDir = Join-Path $Root 'artifacts/packages'
+# The package sample's own global packages folder (samples/PackageSample/nuget.config): pack empties it of
+# Shardwise packages so that an earlier package of the same version can never be what the sample runs.
+$SamplePackagesDir = Join-Path $Root 'artifacts/sample-packages'
+$SamplesOut = Join-Path $Root 'artifacts/samples'
+$PackedProjects = @((Join-Path $Root 'src/Bindings/Shardwise.Bindings.csproj'), (Join-Path $Root 'src/Parallel/Shardwise.Parallel.csproj'))
 
 # Where MSBuild looks for the native library (Directory.Build.props reads this variable; it also reaches
 # the projects BenchmarkDotNet builds in child processes). Windows multi-config builds add lib/<Config>/.
@@ -58,8 +73,9 @@ $env:DOTNET_NOLOGO = '1'
 $env:DOTNET_SKIP_FIRST_TIME_EXPERIENCE = '1'
 $env:DOTNET_CLI_UI_LANGUAGE = 'en'
 
-# System packages the build needs (Debian names), as in build.sh.
-$AptPackages = @('cmake', 'make', 'g++', 'libopenblas0-pthread', 'libopenblas-dev', 'libopenmpi-dev', 'openmpi-bin')
+# System packages the build needs (Debian names), as in build.sh (gcc and binutils: the NativeAOT linker and
+# objcopy; unzip: build.sh's package check; Open MPI: the MPI plugin and the multi-process tests).
+$AptPackages = @('cmake', 'make', 'g++', 'gcc', 'binutils', 'libopenblas0-pthread', 'libopenblas-dev', 'unzip', 'libopenmpi-dev', 'openmpi-bin')
 
 function Write-Step([string] $Text) { Write-Host "==> $Text" }
 
@@ -240,6 +256,129 @@ function Invoke-NUnitTests([string[]] $ExtraArgs) {
     if ($rc -eq 8) { Write-Warning 'the test executable ran no test (filter matched nothing?)' }
 }
 
+# ------------------------------------------------------------------------------------------ packages
+$script:PackageVersion = ''
+function Invoke-Pack {
+    Write-Step "pack ($Configuration) into $PackagesDir"
+    New-Item -ItemType Directory -Force -Path $PackagesDir | Out-Null
+    Get-ChildItem -Path $PackagesDir -File -Filter 'Shardwise.*' | Where-Object { $_.Name -match '\.s?nupkg$' } | Remove-Item -Force
+    foreach ($id in 'shardwise.bindings', 'shardwise.parallel') {
+        $extracted = Join-Path $SamplePackagesDir $id
+        if (Test-Path -LiteralPath $extracted) { Remove-Item -Recurse -Force -LiteralPath $extracted }
+    }
+    $packArgs = @('-c', $Configuration, '-o', $PackagesDir, '-nologo', '-nodeReuse:false', '-v:minimal')
+    if ($env:SHARDWISE_VERSION) { $packArgs += "-p:Version=$($env:SHARDWISE_VERSION)" }
+    foreach ($project in $PackedProjects) { Invoke-Checked 'dotnet' (@('pack', $project) + $packArgs) }
+    Test-Packages
+}
+
+# Fails unless both packages hold what a consumer needs: assemblies with XML docs, the README, the licence
+# expression, the native library (and the CUDA plugin when it was built) under runtimes/<rid>/native.
+function Test-Packages {
+    Write-Step "pack: checking the packages' contents"
+    Add-Type -AssemblyName System.IO.Compression.FileSystem
+    $bindings = Get-ChildItem -Path $PackagesDir -File -Filter 'Shardwise.Bindings.*.nupkg' | Select-Object -First 1
+    $parallel = Get-ChildItem -Path $PackagesDir -File -Filter 'Shardwise.Parallel.*.nupkg' | Select-Object -First 1
+    if (-not $bindings -or -not $parallel) { throw "pack: packages missing in $PackagesDir" }
+    $script:PackageVersion = $bindings.BaseName.Substring('Shardwise.Bindings.'.Length)
+    $arch = [System.Runtime.InteropServices.RuntimeInformation]::OSArchitecture.ToString().ToLowerInvariant()
+    $rid = if ($OnWindows) { "win-$arch" } elseif ($IsMacOS) { "osx-$arch" } else { "linux-$arch" }
+    $libName = if ($OnWindows) { 'shardwise.dll' } elseif ($IsMacOS) { 'libshardwise.dylib' } else { 'libshardwise.so' }
+    $pluginName = if ($OnWindows) { 'shardwise_cuda.dll' } else { 'libshardwise_cuda.so' }
+    $native = @("runtimes/$rid/native/$libName")
+    $libDir = Join-Path $BuildDir 'lib'
+    if ((Test-Path (Join-Path $libDir $pluginName)) -or (Test-Path (Join-Path (Join-Path $libDir $Configuration) $pluginName))) {
+        $native += "runtimes/$rid/native/$pluginName"
+    }
+    Test-Package $bindings.FullName (@('README.md', 'lib/net10.0/Shardwise.Bindings.dll', 'lib/net10.0/Shardwise.Bindings.xml') + $native) | Out-Null
+    $nuspec = Test-Package $parallel.FullName @('README.md', 'lib/net10.0/Shardwise.Parallel.dll', 'lib/net10.0/Shardwise.Parallel.xml')
+    if (-not $nuspec.Contains("<dependency id=""Shardwise.Bindings"" version=""$($script:PackageVersion)""")) {
+        throw "pack: $($parallel.Name) does not depend on Shardwise.Bindings $($script:PackageVersion)"
+    }
+}
+
+# Every entry is in the package and its nuspec has the licence and the readme; returns the nuspec's text.
+function Test-Package([string] $Package, [string[]] $Entries) {
+    $zip = [System.IO.Compression.ZipFile]::OpenRead($Package)
+    try {
+        $names = @($zip.Entries | ForEach-Object { $_.FullName })
+        foreach ($entry in $Entries) {
+            if ($names -cnotcontains $entry) { throw "pack: $(Split-Path -Leaf $Package) lacks $entry" }
+        }
+        $spec = $zip.Entries | Where-Object { $_.FullName -like '*.nuspec' } | Select-Object -First 1
+        if (-not $spec) { throw "pack: no nuspec in $Package" }
+        $reader = [System.IO.StreamReader]::new($spec.Open())
+        try { $nuspec = $reader.ReadToEnd() } finally { $reader.Dispose() }
+    }
+    finally { $zip.Dispose() }
+    if (-not $nuspec.Contains('<license type="expression">MIT</license>')) { throw "pack: $(Split-Path -Leaf $Package) has no MIT licence expression" }
+    if (-not $nuspec.Contains('<readme>README.md</readme>')) { throw "pack: $(Split-Path -Leaf $Package) names no README" }
+    Write-Host "  $(Split-Path -Leaf $Package): $(($names | Where-Object { $_ -match '^(README\.md|lib/|runtimes/)' }) -join ' ')"
+    $nuspec
+}
+
+# ------------------------------------------------------------------------------------------ samples
+# Runs a sample with the native-library override removed, so that it loads the library it ships with.
+function Invoke-Sample([string] $Name, [string] $Exe, [string[]] $ArgumentList) {
+    $saved = $env:SHARDWISE_NATIVE_PATH
+    $env:SHARDWISE_NATIVE_PATH = $null
+    try {
+        & $Exe @ArgumentList
+        if ($LASTEXITCODE -ne 0) { throw "$Name failed (exit code $LASTEXITCODE)" }
+    }
+    finally { $env:SHARDWISE_NATIVE_PATH = $saved }
+}
+
+function Invoke-PackageSample {
+    $project = Join-Path $Root 'samples/PackageSample/PackageSample.csproj'
+    Write-Step "sample: PackageSample (Shardwise.Parallel $($script:PackageVersion) from $PackagesDir)"
+    # --force: resolve the packages again even if the last restore succeeded (pack has just replaced them).
+    Invoke-Checked 'dotnet' @('build', $project, '-c', $Configuration, '--force', '-nologo', '-nodeReuse:false', '-v:minimal',
+        "--property:ShardwiseVersion=$($script:PackageVersion)")
+    $out = Split-Path -Parent (Get-TargetPath $project)
+    # What the sample runs must be what was just built and packed, not a copy cached from an earlier pack.
+    $ridDir = Get-ChildItem -Path (Join-Path $out 'runtimes') -Directory -ErrorAction SilentlyContinue |
+        ForEach-Object { Join-Path $_.FullName 'native' } | Where-Object { Test-Path $_ } | Select-Object -First 1
+    if (-not $ridDir) { throw "PackageSample: no runtimes/<rid>/native folder in $out (the package's native library did not arrive)" }
+    $libName = if ($OnWindows) { 'shardwise.dll' } elseif ($IsMacOS) { 'libshardwise.dylib' } else { 'libshardwise.so' }
+    $built = @((Join-Path (Join-Path $BuildDir 'lib') $libName), (Join-Path (Join-Path (Join-Path $BuildDir 'lib') $Configuration) $libName)) |
+        Where-Object { Test-Path $_ } | Select-Object -First 1
+    if (-not $built -or (Get-FileHash $built).Hash -ne (Get-FileHash (Join-Path $ridDir $libName)).Hash) {
+        throw "PackageSample: $(Join-Path $ridDir $libName) differs from the library just built"
+    }
+    foreach ($name in 'Bindings', 'Parallel') {
+        $packed = Join-Path $Root "src/$name/bin/$Configuration/net10.0/Shardwise.$name.dll"
+        if ((Get-FileHash $packed).Hash -ne (Get-FileHash (Join-Path $out "Shardwise.$name.dll")).Hash) {
+            throw "PackageSample: Shardwise.$name.dll differs from the assembly just packed"
+        }
+    }
+    Invoke-Sample 'PackageSample' 'dotnet' @((Join-Path $out 'PackageSample.dll'))
+}
+
+function Invoke-AotSample {
+    $project = Join-Path $Root 'samples/AotSample/AotSample.csproj'
+    $out = Join-Path $SamplesOut 'AotSample'
+    Write-Step 'sample: AotSample (NativeAOT publish; trim/AOT warnings are errors)'
+    if (Test-Path -LiteralPath $out) { Remove-Item -Recurse -Force -LiteralPath $out }
+    $log = & dotnet publish $project -c $Configuration -o $out -nologo -nodeReuse:false -v:minimal 2>&1 | ForEach-Object { "$_" }
+    $rc = $LASTEXITCODE
+    $log | Write-Host
+    if ($rc -ne 0) { throw "AotSample: publish failed (exit code $rc)" }
+    $warnings = @($log | Where-Object { $_ -match 'warning [A-Z]+[0-9]+' }).Count
+    if ($warnings -ne 0) { throw "AotSample: publish reported $warnings warning(s)" }
+    $exe = Join-Path $out $(if ($OnWindows) { 'AotSample.exe' } else { 'AotSample' })
+    Write-Host "  AotSample: published with 0 warnings: $([math]::Round((Get-Item $exe).Length / 1MB, 1)) MB executable"
+    Invoke-Sample 'AotSample' $exe @()
+}
+
+function Invoke-PInvokeSample {
+    $project = Join-Path $Root 'samples/PInvokeSample/PInvokeSample.csproj'
+    Write-Step 'sample: PInvokeSample (the C ABI through its own LibraryImport declarations)'
+    Invoke-Checked 'dotnet' @('build', $project, '-c', $Configuration, '-nologo', '-nodeReuse:false', '-v:minimal')
+    $out = Split-Path -Parent (Get-TargetPath $project)
+    Invoke-Sample 'PInvokeSample' 'dotnet' @((Join-Path $out 'PInvokeSample.dll'))
+}
+
 # ------------------------------------------------------------------------------------------ commands
 function Show-Help {
     # The DESCRIPTION block of the comment-based help above.
@@ -280,7 +419,8 @@ function Invoke-Test([string[]] $ExtraArgs) {
 function Invoke-Clean {
     Write-Step 'clean'
     $targets = @($BuildDir, 'build', 'artifacts', 'BenchmarkDotNet.Artifacts', 'TestResults') +
-        @('src/Bindings', 'src/Parallel', 'src/Launcher', 'tests', 'bench' | ForEach-Object { "$_/bin"; "$_/obj" })
+        @('src/Bindings', 'src/Parallel', 'src/Launcher', 'tests', 'tests/MultiProcess', 'bench', 'samples/PackageSample', 'samples/AotSample', 'samples/PInvokeSample' |
+            ForEach-Object { "$_/bin"; "$_/obj" })
     foreach ($t in $targets) {
         $path = if ([System.IO.Path]::IsPathRooted($t)) { $t } else { Join-Path $Root $t }
         if ((Resolve-Path -LiteralPath $path -ErrorAction SilentlyContinue).Path -eq (Resolve-Path $Root).Path) {
@@ -297,6 +437,12 @@ try {
         'test' { Invoke-Test $Arguments }
         'bench' { Invoke-Run 'bench' $Arguments }
         'native' { Install-Deps; Build-Native }
+        'pack' { Install-Deps; Build-Native; Invoke-Pack }
+        'samples' {
+            Install-Deps; Build-Native; Invoke-Pack
+            Invoke-PackageSample; Invoke-AotSample; Invoke-PInvokeSample
+            Write-Step 'samples: all passed'
+        }
         'gpu-bundle' {
             # Linux only: the bundle targets a Linux CUDA machine.
             Install-Deps

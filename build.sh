@@ -9,6 +9,13 @@
 #   ./build.sh bench [args...]     deps, builds, then BenchmarkDotNet (bench exe `bench` + args),
 #                                  e.g. --filter '*Gemm*' --job short, or --list flat
 #   ./build.sh native              deps and the native library (CMake configure + build) only
+#   ./build.sh pack                deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel
+#                                  into artifacts/packages (native library under runtimes/<rid>/native), and a
+#                                  check of what each package contains
+#   ./build.sh samples             pack, then the samples (each verifies its result, non-zero exit on mismatch):
+#                                  PackageSample (restores the packages from artifacts/packages), AotSample
+#                                  (NativeAOT publish, zero trim/AOT warnings allowed, then runs the executable),
+#                                  PInvokeSample (the C ABI through its own LibraryImport declarations)
 #   ./build.sh gpu-bundle [OUT]    self-contained test + bench bundle for a CUDA machine without .NET
 #                                  (OUT/shardwise-gpu-bundle.tar.xz + OUT/gpu-run.sh; default OUT gpu-bundle/)
 #   ./build.sh deps                install missing system packages only
@@ -24,6 +31,9 @@
 #                        from contrib/non-free) and clang-14 when nvcc is missing, so that the CUDA plugin is
 #                        compiled even without a GPU (.ci/run sets it)
 #   SHARDWISE_CTEST_TIMEOUT  per native check timeout in seconds (default 900)
+#   SHARDWISE_VERSION    package version for pack/samples (default: Version in Directory.Build.props)
+#   SHARDWISE_REPOSITORY_URL  repository URL written into the packages (default: none; the project has no public
+#                        address yet)
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd.
@@ -39,6 +49,12 @@ RESULTS_DIR="$ROOT/build/test-results"
 SOLUTION="$ROOT/Shardwise.slnx"
 TEST_PROJECT="$ROOT/tests/Shardwise.Tests.csproj"
 BENCH_PROJECT="$ROOT/bench/Shardwise.Bench.csproj"
+PACKAGES_DIR="$ROOT/artifacts/packages"
+# The package sample's own global packages folder (samples/PackageSample/nuget.config): pack empties it of
+# Shardwise packages so that an earlier package of the same version can never be what the sample runs.
+SAMPLE_PACKAGES_DIR="$ROOT/artifacts/sample-packages"
+SAMPLES_OUT="$ROOT/artifacts/samples"
+PACKED_PROJECTS=("$ROOT/src/Bindings/Shardwise.Bindings.csproj" "$ROOT/src/Parallel/Shardwise.Parallel.csproj")
 
 # Where MSBuild looks for libshardwise (Directory.Build.props reads this variable). Exported so that it
 # also reaches the projects BenchmarkDotNet builds in child processes.
@@ -48,8 +64,11 @@ export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPE
 export DOTNET_CLI_UI_LANGUAGE=en
 
 # System packages the build needs (Debian names). OpenBLAS is the reference BLAS for checks/benchmarks.
+# NativeAOT (samples) links with clang or, when clang is absent, gcc (its documented alternative) and strips
+# symbols with objcopy (binutils); zlib and brotli come as static libraries in the NativeAOT runtime pack, so no
+# zlib1g-dev is needed. unzip lists the packages' contents for the pack check.
 # Open MPI: the MPI plugin (libshardwise_mpi) and the multi-process tests (mpirun).
-APT_PACKAGES=(cmake make g++ libopenblas0-pthread libopenblas-dev libopenmpi-dev openmpi-bin)
+APT_PACKAGES=(cmake make g++ gcc binutils libopenblas0-pthread libopenblas-dev unzip libopenmpi-dev openmpi-bin)
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -236,6 +255,104 @@ nunit_tests() {
     if [[ $NUNIT_RC -eq 8 ]]; then echo "build.sh: the test executable ran no test (filter matched nothing?)" >&2; fi
 }
 
+# ------------------------------------------------------------------------------------------ packages
+PACKAGE_VERSION=""
+pack_packages() {
+    step "pack ($CONFIGURATION) into ${PACKAGES_DIR#"$ROOT"/}"
+    mkdir -p "$PACKAGES_DIR"
+    rm -f "$PACKAGES_DIR"/Shardwise.*.nupkg "$PACKAGES_DIR"/Shardwise.*.snupkg
+    rm -rf "$SAMPLE_PACKAGES_DIR/shardwise.bindings" "$SAMPLE_PACKAGES_DIR/shardwise.parallel"
+    local args=(-c "$CONFIGURATION" -o "$PACKAGES_DIR" -nologo -nodeReuse:false -v:minimal) project
+    [[ -z "${SHARDWISE_VERSION:-}" ]] || args+=("-p:Version=$SHARDWISE_VERSION")
+    for project in "${PACKED_PROJECTS[@]}"; do
+        dotnet pack "$project" "${args[@]}"
+    done
+    check_packages
+}
+
+# Fails unless both packages hold what a consumer needs: assemblies with XML docs, the README, the licence
+# expression, the native library (and the CUDA plugin when it was built) under runtimes/<rid>/native.
+check_packages() {
+    step "pack: checking the packages' contents"
+    local bindings parallel rid
+    bindings="$(ls "$PACKAGES_DIR"/Shardwise.Bindings.*.nupkg 2>/dev/null | head -n1)"
+    parallel="$(ls "$PACKAGES_DIR"/Shardwise.Parallel.*.nupkg 2>/dev/null | head -n1)"
+    [[ -f "$bindings" && -f "$parallel" ]] || die "pack: packages missing in $PACKAGES_DIR"
+    PACKAGE_VERSION="$(basename "$bindings" .nupkg)"
+    PACKAGE_VERSION="${PACKAGE_VERSION#Shardwise.Bindings.}"
+    case "$(uname -m)" in x86_64 | amd64) rid=linux-x64 ;; aarch64 | arm64) rid=linux-arm64 ;; *) rid="linux-$(uname -m)" ;; esac
+    local native=("runtimes/$rid/native/libshardwise.so")
+    [[ -f "$BUILD_DIR/lib/libshardwise_cuda.so" ]] && native+=("runtimes/$rid/native/libshardwise_cuda.so")
+    check_package "$bindings" README.md lib/net10.0/Shardwise.Bindings.dll lib/net10.0/Shardwise.Bindings.xml "${native[@]}"
+    check_package "$parallel" README.md lib/net10.0/Shardwise.Parallel.dll lib/net10.0/Shardwise.Parallel.xml
+    unzip -p "$parallel" '*.nuspec' | grep -qF "<dependency id=\"Shardwise.Bindings\" version=\"$PACKAGE_VERSION\"" ||
+        die "pack: $(basename "$parallel") does not depend on Shardwise.Bindings $PACKAGE_VERSION"
+}
+
+# check_package NUPKG ENTRY...: every entry is in the package; its nuspec has the licence and the readme.
+check_package() {
+    local pkg="$1" listing nuspec entry
+    shift
+    listing="$(unzip -Z1 "$pkg")" || die "pack: cannot read $pkg"
+    nuspec="$(unzip -p "$pkg" '*.nuspec')" || die "pack: no nuspec in $pkg"
+    for entry in "$@"; do
+        grep -qxF "$entry" <<<"$listing" || die "pack: $(basename "$pkg") lacks $entry"
+    done
+    grep -qF '<license type="expression">MIT</license>' <<<"$nuspec" || die "pack: $(basename "$pkg") has no MIT licence expression"
+    grep -qF '<readme>README.md</readme>' <<<"$nuspec" || die "pack: $(basename "$pkg") names no README"
+    echo "  $(basename "$pkg"): $(grep -E '^(README.md|lib/|runtimes/)' <<<"$listing" | tr '\n' ' ')"
+}
+
+# ------------------------------------------------------------------------------------------ samples
+# Runs a command with the native-library override removed, so that each sample loads the library it ships with.
+run_sample() { env -u SHARDWISE_NATIVE_PATH "$@"; }
+
+sample_package() {
+    local project="$ROOT/samples/PackageSample/PackageSample.csproj" out
+    step "sample: PackageSample (Shardwise.Parallel $PACKAGE_VERSION from ${PACKAGES_DIR#"$ROOT"/})"
+    # --force: resolve the packages again even if the last restore succeeded (pack has just replaced them).
+    dotnet build "$project" -c "$CONFIGURATION" --force -nologo -nodeReuse:false -v:minimal "--property:ShardwiseVersion=$PACKAGE_VERSION"
+    out="$(dirname "$(target_path "$project")")"
+    # What the sample runs must be what was just built and packed, not a copy cached from an earlier pack.
+    local rid_dir
+    rid_dir="$(ls -d "$out"/runtimes/*/native 2>/dev/null | head -n1)"
+    [[ -n "$rid_dir" ]] || die "PackageSample: no runtimes/<rid>/native folder in $out (the package's native library did not arrive)"
+    cmp -s "$BUILD_DIR/lib/libshardwise.so" "$rid_dir/libshardwise.so" ||
+        die "PackageSample: $rid_dir/libshardwise.so differs from the library just built"
+    local dll
+    for dll in Shardwise.Bindings Shardwise.Parallel; do
+        cmp -s "$ROOT/src/${dll#Shardwise.}/bin/$CONFIGURATION/net10.0/$dll.dll" "$out/$dll.dll" ||
+            die "PackageSample: $dll.dll differs from the assembly just packed"
+    done
+    run_sample dotnet "$out/PackageSample.dll" || die "PackageSample failed (exit code $?)"
+}
+
+sample_aot() {
+    local project="$ROOT/samples/AotSample/AotSample.csproj" out="$SAMPLES_OUT/AotSample" log
+    step "sample: AotSample (NativeAOT publish; trim/AOT warnings are errors)"
+    rm -rf "$out"
+    log="$(mktemp)"
+    set +e
+    dotnet publish "$project" -c "$CONFIGURATION" -o "$out" -nologo -nodeReuse:false -v:minimal 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    local warnings
+    warnings="$(grep -cE 'warning [A-Z]+[0-9]+' "$log" || true)"
+    rm -f "$log"
+    ((rc == 0)) || die "AotSample: publish failed (exit code $rc)"
+    ((warnings == 0)) || die "AotSample: publish reported $warnings warning(s)"
+    echo "  AotSample: published with 0 warnings: $(du -h "$out/AotSample" | cut -f1) executable"
+    run_sample "$out/AotSample" || die "AotSample failed (exit code $?)"
+}
+
+sample_pinvoke() {
+    local project="$ROOT/samples/PInvokeSample/PInvokeSample.csproj" out
+    step "sample: PInvokeSample (the C ABI through its own LibraryImport declarations)"
+    dotnet build "$project" -c "$CONFIGURATION" -nologo -nodeReuse:false -v:minimal
+    out="$(dirname "$(target_path "$project")")"
+    run_sample dotnet "$out/PInvokeSample.dll" || die "PInvokeSample failed (exit code $?)"
+}
+
 # ------------------------------------------------------------------------------------------ commands
 cmd_help() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -288,12 +405,28 @@ cmd_test() {
     fi
 }
 
+cmd_pack() {
+    deps
+    native_build
+    pack_packages
+}
+
+cmd_samples() {
+    deps
+    native_build
+    pack_packages
+    sample_package
+    sample_aot
+    sample_pinvoke
+    step "samples: all passed"
+}
+
 cmd_clean() {
     step "clean"
     [[ "$BUILD_DIR" != "$ROOT" && "$BUILD_DIR" != / ]] || die "refusing to delete $BUILD_DIR"
     rm -rf "$BUILD_DIR" "$ROOT/build" "$ROOT/artifacts" "$ROOT/BenchmarkDotNet.Artifacts" "$ROOT/TestResults"
     local dir
-    for dir in src/Bindings src/Parallel src/Launcher tests bench; do
+    for dir in src/Bindings src/Parallel src/Launcher tests tests/MultiProcess bench samples/PackageSample samples/AotSample samples/PInvokeSample; do
         rm -rf "${ROOT:?}/$dir/bin" "${ROOT:?}/$dir/obj"
     done
 }
@@ -305,6 +438,8 @@ case "$command" in
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
     native) cmd_native ;;
+    pack) cmd_pack ;;
+    samples) cmd_samples ;;
     gpu-bundle) deps; exec bash "$ROOT/scripts/gpu-bundle.sh" "$@" ;;
     deps) deps ;;
     clean) cmd_clean ;;

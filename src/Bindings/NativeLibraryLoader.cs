@@ -1,3 +1,4 @@
+using System.Diagnostics.CodeAnalysis;
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
@@ -39,15 +40,17 @@ public static class NativeLibraryLoader
         RuntimeInformation.ProcessArchitecture.ToString().ToLowerInvariant();
 
     /// <summary>The candidate paths, in search order (for diagnostics).</summary>
+    // Assembly.Location is empty in single-file and NativeAOT apps; the code below then uses AppContext.BaseDirectory.
+    // The attribute (unlike a #pragma) also silences the warning where ILLink and ILCompiler report it again.
+    [UnconditionalSuppressMessage("SingleFile", "IL3000:Avoid accessing Assembly file path when publishing as a single file",
+        Justification = "An empty Location falls back to AppContext.BaseDirectory.")]
     public static IReadOnlyList<string> Candidates()
     {
         var list = new List<string>();
         var env = Environment.GetEnvironmentVariable(PathVariable);
         if (!string.IsNullOrEmpty(env))
             list.Add(Directory.Exists(env) ? Path.Combine(env, FileName) : env);
-#pragma warning disable IL3000 // empty in single-file apps: then AppContext.BaseDirectory below is the answer
         var here = Path.GetDirectoryName(typeof(NativeLibraryLoader).Assembly.Location);
-#pragma warning restore IL3000
         if (string.IsNullOrEmpty(here)) here = AppContext.BaseDirectory; // single-file / AOT
         list.Add(Path.Combine(here, FileName));
         list.Add(Path.Combine(here, "runtimes", Rid, "native", FileName));

@@ -26,6 +26,7 @@ typedef struct plugin_comm {
     int rank, world;
     char notice[NOTICE_BYTES];
     MPI_Request notice_req; /* a receive of any peer's abort notice, always posted */
+    char** notices;         /* per peer: its abort notice once received ("<status>|<reason>"), else NULL */
     int leaked;             /* requests given up on (freed while still active) */
 } plugin_comm;
 
@@ -133,6 +134,11 @@ static int comm_create(void** out, int32_t* rank, int32_t* world, char* err, siz
     if (mpi_failed(MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req),
                    "MPI_Irecv (abort notices)", err, cap))
         goto fail;
+    c->notices = (char**)calloc((size_t)c->world, sizeof *c->notices);
+    if (!c->notices) {
+        say(err, cap, "out of memory");
+        goto fail;
+    }
     *rank = c->rank;
     *world = c->world;
     *out = c;
@@ -164,6 +170,8 @@ static void comm_release(void* handle) {
         if (!c->leaked) {
             MPI_Comm_free(&c->data);
             MPI_Comm_free(&c->ctrl);
+            for (int q = 0; q < c->world; ++q) free(c->notices[q]);
+            free(c->notices);
             free(c);
         } /* else: requests may still reference the communicators (and c->notice); keep them */
     }
@@ -176,22 +184,36 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Checks for a peer's abort notice; mutex held. */
-static int notice_arrived(plugin_comm* c, int32_t* peer_status, char* err, size_t cap) {
-    if (c->notice_req == MPI_REQUEST_NULL) return 0;
-    int done = 0;
-    MPI_Status st;
-    if (MPI_Test(&c->notice_req, &done, &st) != MPI_SUCCESS || !done) return 0;
-    int len = 0;
-    MPI_Get_count(&st, MPI_CHAR, &len);
-    if (len < 0 || len >= NOTICE_BYTES) len = NOTICE_BYTES - 1;
-    c->notice[len] = '\0';
-    /* "<status>|<reason>" */
-    char* bar = strchr(c->notice, '|');
-    if (peer_status) *peer_status = (int32_t)atoi(c->notice);
-    say(err, cap, "rank %d aborted the communicator: %s", st.MPI_SOURCE, bar ? bar + 1 : c->notice);
-    c->notice_req = MPI_REQUEST_NULL; /* the communicator is dead: no further notices are needed */
-    return 1;
+/* Takes the abort notices that have arrived (and posts the receive again); mutex held. */
+static void take_notices(plugin_comm* c) {
+    while (c->notice_req != MPI_REQUEST_NULL) {
+        int done = 0;
+        MPI_Status st;
+        if (MPI_Test(&c->notice_req, &done, &st) != MPI_SUCCESS || !done) return;
+        int len = 0;
+        MPI_Get_count(&st, MPI_CHAR, &len);
+        if (len < 0 || len >= NOTICE_BYTES) len = NOTICE_BYTES - 1;
+        c->notice[len] = '\0';
+        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world && !c->notices[st.MPI_SOURCE])
+            c->notices[st.MPI_SOURCE] = strdup(c->notice);
+        if (MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req) != MPI_SUCCESS)
+            c->notice_req = MPI_REQUEST_NULL;
+    }
+}
+
+/* A peer that aborted matters only when this rank still needs it: fails with its notice when one of the pending
+ * requests (peer[i] for req[i] != MPI_REQUEST_NULL) is with such a peer. Mutex held. */
+static int needed_peer_aborted(plugin_comm* c, const MPI_Request* req, const int* peer, int n, int32_t* peer_status,
+                               char* err, size_t cap) {
+    for (int i = 0; i < n; ++i) {
+        if (req[i] == MPI_REQUEST_NULL || peer[i] < 0 || peer[i] >= c->world || !c->notices[peer[i]]) continue;
+        const char* text = c->notices[peer[i]]; /* "<status>|<reason>" */
+        const char* bar = strchr(text, '|');
+        if (peer_status) *peer_status = (int32_t)atoi(text);
+        say(err, cap, "rank %d aborted the communicator: %s", peer[i], bar ? bar + 1 : text);
+        return 1;
+    }
+    return 0;
 }
 
 static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32_t nsends, const sw_mpi_piece* recvs,
@@ -243,7 +265,10 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
             if (mpi_failed(MPI_Test(&req[i], &done, &st), "MPI_Test", err, cap)) rc = SW_MPI_ERROR;
             else if (!done) all = 0;
         }
-        if (rc == SW_MPI_OK && !all && notice_arrived(c, peer_status, err, cap)) rc = SW_MPI_PEER_ABORT;
+        if (rc == SW_MPI_OK && !all) {
+            take_notices(c);
+            if (needed_peer_aborted(c, req, peer, posted, peer_status, err, cap)) rc = SW_MPI_PEER_ABORT;
+        }
         pthread_mutex_unlock(&g_mu);
         if (rc != SW_MPI_OK || all) break;
         if (stop && stop(stop_ctx)) {
