@@ -113,6 +113,28 @@ public unsafe class TensorInteropTests(Backend backend) : BackendTest(backend)
     }
 
     [Test]
+    public void WrapOrCopyCopiesANonWrappableOutputBackOnDispose()
+    {
+        var rng = NewRandom();
+        const long m = 33, k = 27, n = 21;
+        var a = Tensor.Create(RandomArray(rng, m * k), [(nint)m, (nint)k]);
+        var b = Tensor.Create(RandomArray(rng, k * n), [(nint)k, (nint)n]);
+        var cBacking = new float[m * n];
+        Array.Fill(cBacking, float.NaN);
+        var c = Tensor.Create(cBacking, 0, [(nint)m, (nint)n], [1, (nint)m]); // column-major: needs a copy
+        var (want, mag) = Reference.Gemm(Flat(a), k, false, Flat(b), n, false, m, n, k);
+        using (var ha = a.WrapOrCopy(Str, copyBack: false))
+        using (var hb = b.WrapOrCopy(Str, copyBack: false))
+        using (var hc = c.WrapOrCopy(Str))
+        {
+            Assert.That(hc.IsZeroCopy, Is.False);
+            Gemm.Multiply(Str, ha.View, hb.View, hc.View);
+            Assert.That(cBacking, Has.All.NaN, "nothing reaches the tensor before Dispose copies back");
+        }
+        Reference.AssertClose(Flat(c), n, want, mag, m, n, k, "C (column-major, copied back)");
+    }
+
+    [Test]
     public void ShardedGemmOnDenseTensorsAllocatesNoStagingCopy()
     {
         if (Backend != Backend.Cpu) Assert.Ignore("zero copy of host memory is a CPU-device property; CUDA stages copies by design");
