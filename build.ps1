@@ -5,8 +5,9 @@
 
 .DESCRIPTION
     ./build.ps1 [run [args...]]   deps, native build, dotnet build, then the main job (bench exe `main`)
-    ./build.ps1 test [args...]    deps, native build + ctest, dotnet build, NUnit tests; prints
-                                  "N passed, N failed, N skipped" as its last line (NUnit + ctest)
+    ./build.ps1 test [args...]    deps, native build + ctest, dotnet build, NUnit tests, then the TorchSharp
+                                  interop tests (tests/TorchSharp, outside the solution); prints
+                                  "N passed, N failed, N skipped" as its last line (NUnit + TorchSharp + ctest)
     ./build.ps1 bench [args...]   deps, builds, then BenchmarkDotNet (bench exe `bench` + args)
     ./build.ps1 native            deps and the native library (CMake configure + build) only
     ./build.ps1 pack              deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel into
@@ -26,6 +27,7 @@
 
     Environment: CONFIGURATION (Release), SHARDWISE_BUILD_DIR (build/native), SHARDWISE_JOBS (cores),
     SHARDWISE_SKIP_DEPS=1 (skip the dependency step), SHARDWISE_CTEST_TIMEOUT (900 s per native check),
+    SHARDWISE_SKIP_TORCHSHARP=1 (leave out the TorchSharp interop tests, whose restore downloads libtorch),
     SHARDWISE_INSTALL_CUDA=1 (Linux: the deps step installs Debian's CUDA toolkit and clang-14 when nvcc is
     missing, so that the CUDA plugin is compiled without a GPU; as build.sh), SHARDWISE_VERSION (package version
     for pack/samples; default: Version in Directory.Build.props), SHARDWISE_REPOSITORY_URL (repository URL written
@@ -57,6 +59,7 @@ $CtestTimeout = if ($env:SHARDWISE_CTEST_TIMEOUT) { $env:SHARDWISE_CTEST_TIMEOUT
 $ResultsDir = Join-Path $Root 'build/test-results'
 $Solution = Join-Path $Root 'Shardwise.slnx'
 $TestProject = Join-Path $Root 'tests/Shardwise.Tests.csproj'
+$TorchTestProject = Join-Path $Root 'tests/TorchSharp/Shardwise.TorchSharp.Tests.csproj'
 $BenchProject = Join-Path $Root 'bench/Shardwise.Bench.csproj'
 $PackagesDir = Join-Path $Root 'artifacts/packages'
 # The package sample's own global packages folder (samples/PackageSample/nuget.config): pack empties it of
@@ -379,6 +382,39 @@ function Invoke-PInvokeSample {
     Invoke-Sample 'PInvokeSample' 'dotnet' @((Join-Path $out 'PInvokeSample.dll'))
 }
 
+# The TorchSharp interop tests: a separate project (not in the solution, so that the main build does not download
+# libtorch), built and run after the main suite with the same arguments; its counts join the totals. Where libtorch
+# cannot load (libstdc++ without GLIBCXX_3.4.32) its tests report Ignored. SHARDWISE_SKIP_TORCHSHARP=1 leaves them out.
+$script:Torch = @{ Passed = 0; Failed = 0; Skipped = 0; ExitCode = 0 }
+function Invoke-TorchSharpTests([string[]] $ExtraArgs) {
+    if ($env:SHARDWISE_SKIP_TORCHSHARP -eq '1') { return }
+    Write-Step 'TorchSharp interop tests: build'
+    & dotnet build $TorchTestProject -c $Configuration -nologo -nodeReuse:false -v:minimal
+    if ($LASTEXITCODE -ne 0) {
+        Write-Warning 'the TorchSharp interop tests did not build'
+        $script:Torch.Failed = 1; $script:Torch.ExitCode = 1
+        return
+    }
+    $testDll = Get-TargetPath $TorchTestProject
+    Write-Step 'TorchSharp interop tests (Microsoft.Testing.Platform)'
+    $trxDir = Join-Path $ResultsDir 'torchsharp'
+    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $trxDir
+    New-Item -ItemType Directory -Force -Path $trxDir | Out-Null
+    & dotnet $testDll --results-directory $trxDir --report-trx --report-trx-filename 'torchsharp.trx' @ExtraArgs
+    $script:Torch.ExitCode = $LASTEXITCODE
+    $trx = Join-Path $trxDir 'torchsharp.trx'
+    if (Test-Path $trx) {
+        $counters = ([xml](Get-Content -Raw $trx)).TestRun.ResultSummary.Counters
+        $n = { param($name) $v = $counters.GetAttribute($name); if ($v) { [int]$v } else { 0 } }
+        $script:Torch.Passed = & $n 'passed'
+        $script:Torch.Failed = (& $n 'failed') + (& $n 'error') + (& $n 'timeout') + (& $n 'aborted')
+        $script:Torch.Skipped = & $n 'notExecuted'
+    }
+    # 8 = no test ran (a filter meant for the main suite may match nothing here): not a failure.
+    if ($script:Torch.ExitCode -eq 8) { $script:Torch.ExitCode = 0 }
+    if ($script:Torch.ExitCode -ne 0 -and $script:Torch.Failed -eq 0) { $script:Torch.Failed = 1 }
+}
+
 # ------------------------------------------------------------------------------------------ commands
 function Show-Help {
     # The DESCRIPTION block of the comment-based help above.
@@ -405,21 +441,22 @@ function Invoke-Test([string[]] $ExtraArgs) {
     Invoke-NativeChecks
     Build-Dotnet
     Invoke-NUnitTests $ExtraArgs
-    $c = $script:Ctest; $u = $script:NUnit
-    $passed = $u.Passed + $c.Passed
-    $failed = $u.Failed + $c.Failed
-    $skipped = $u.Skipped + $c.Skipped
-    Write-Step "summary: NUnit $($u.Passed)/$($u.Failed)/$($u.Skipped), ctest $($c.Passed)/$($c.Failed)/$($c.Skipped) (passed/failed/skipped)"
+    Invoke-TorchSharpTests $ExtraArgs
+    $c = $script:Ctest; $u = $script:NUnit; $t = $script:Torch
+    $passed = $u.Passed + $t.Passed + $c.Passed
+    $failed = $u.Failed + $t.Failed + $c.Failed
+    $skipped = $u.Skipped + $t.Skipped + $c.Skipped
+    Write-Step "summary: NUnit $($u.Passed)/$($u.Failed)/$($u.Skipped), TorchSharp $($t.Passed)/$($t.Failed)/$($t.Skipped), ctest $($c.Passed)/$($c.Failed)/$($c.Skipped) (passed/failed/skipped)"
     # The last line of output, for CI: totals over NUnit tests and native checks (one per ctest program).
     Write-Host "$passed passed, $failed failed, $skipped skipped"
-    if ($failed -gt 0 -or $u.ExitCode -ne 0 -or $c.ExitCode -ne 0 -or ($passed + $failed) -eq 0) { exit 1 }
+    if ($failed -gt 0 -or $u.ExitCode -ne 0 -or $t.ExitCode -ne 0 -or $c.ExitCode -ne 0 -or ($passed + $failed) -eq 0) { exit 1 }
     exit 0
 }
 
 function Invoke-Clean {
     Write-Step 'clean'
     $targets = @($BuildDir, 'build', 'artifacts', 'BenchmarkDotNet.Artifacts', 'TestResults') +
-        @('src/Bindings', 'src/Parallel', 'src/Launcher', 'tests', 'tests/MultiProcess', 'bench', 'samples/PackageSample', 'samples/AotSample', 'samples/PInvokeSample' |
+        @('src/Bindings', 'src/Parallel', 'src/Launcher', 'tests', 'tests/MultiProcess', 'tests/TorchSharp', 'bench', 'samples/PackageSample', 'samples/AotSample', 'samples/PInvokeSample', 'samples/TorchSharpInterop' |
             ForEach-Object { "$_/bin"; "$_/obj" })
     foreach ($t in $targets) {
         $path = if ([System.IO.Path]::IsPathRooted($t)) { $t } else { Join-Path $Root $t }

@@ -2,8 +2,9 @@
 # Shardwise build script: native core (CMake) + .NET libraries, tests, benchmarks and the main job.
 #
 #   ./build.sh [run [args...]]     deps, native build, dotnet build, then the main job (bench exe `main`)
-#   ./build.sh test [args...]      deps, native build + ctest, dotnet build, NUnit tests; prints
-#                                  "N passed, N failed, N skipped" as its last line (NUnit + ctest);
+#   ./build.sh test [args...]      deps, native build + ctest, dotnet build, NUnit tests, then the TorchSharp
+#                                  interop tests (tests/TorchSharp, a project outside the solution); prints
+#                                  "N passed, N failed, N skipped" as its last line (NUnit + TorchSharp + ctest);
 #                                  args go to the test executable, e.g.
 #                                  --filter 'FullyQualifiedName~Smoke'|'TestCategory=Fast' (--help lists all)
 #   ./build.sh bench [args...]     deps, builds, then BenchmarkDotNet (bench exe `bench` + args),
@@ -34,6 +35,7 @@
 #   SHARDWISE_VERSION    package version for pack/samples (default: Version in Directory.Build.props)
 #   SHARDWISE_REPOSITORY_URL  repository URL written into the packages (default: none; the project has no public
 #                        address yet)
+#   SHARDWISE_SKIP_TORCHSHARP  set to 1 to leave out the TorchSharp interop tests (their restore downloads libtorch)
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd.
@@ -48,6 +50,7 @@ JOBS="${SHARDWISE_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 RESULTS_DIR="$ROOT/build/test-results"
 SOLUTION="$ROOT/Shardwise.slnx"
 TEST_PROJECT="$ROOT/tests/Shardwise.Tests.csproj"
+TORCH_TEST_PROJECT="$ROOT/tests/TorchSharp/Shardwise.TorchSharp.Tests.csproj"
 BENCH_PROJECT="$ROOT/bench/Shardwise.Bench.csproj"
 PACKAGES_DIR="$ROOT/artifacts/packages"
 # The package sample's own global packages folder (samples/PackageSample/nuget.config): pack empties it of
@@ -353,6 +356,39 @@ sample_pinvoke() {
     run_sample dotnet "$out/PInvokeSample.dll" || die "PInvokeSample failed (exit code $?)"
 }
 
+# The TorchSharp interop tests: a separate project (not in the solution, so that the main build does not download
+# libtorch), built and run after the main suite with the same arguments; its counts join the totals. Where libtorch
+# cannot load (libstdc++ without GLIBCXX_3.4.32) its tests report Ignored (skipped).
+TORCH_PASSED=0 TORCH_FAILED=0 TORCH_SKIPPED=0 TORCH_RC=0
+torchsharp_tests() {
+    [[ "${SHARDWISE_SKIP_TORCHSHARP:-0}" == 1 ]] && return 0
+    local trx_dir="$RESULTS_DIR/torchsharp" trx_name="torchsharp.trx" test_dll
+    step "TorchSharp interop tests: build"
+    if ! dotnet build "$TORCH_TEST_PROJECT" -c "$CONFIGURATION" -nologo -nodeReuse:false -v:minimal; then
+        echo "build.sh: the TorchSharp interop tests did not build" >&2
+        TORCH_FAILED=1 TORCH_RC=1
+        return 0
+    fi
+    test_dll="$(target_path "$TORCH_TEST_PROJECT")"
+    step "TorchSharp interop tests (Microsoft.Testing.Platform)"
+    rm -rf "$trx_dir"
+    mkdir -p "$trx_dir"
+    set +e
+    dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@"
+    TORCH_RC=$?
+    set -e
+    local trx="$trx_dir/$trx_name"
+    if [[ -f "$trx" ]]; then
+        TORCH_PASSED=$(trx_counter "$trx" passed)
+        TORCH_FAILED=$(($(trx_counter "$trx" failed) + $(trx_counter "$trx" error) +
+            $(trx_counter "$trx" timeout) + $(trx_counter "$trx" aborted)))
+        TORCH_SKIPPED=$(trx_counter "$trx" notExecuted)
+    fi
+    # As for the main suite: 8 = no test ran (a filter for the main suite may match nothing here), not a failure.
+    if [[ $TORCH_RC -eq 8 ]]; then TORCH_RC=0; fi
+    if [[ $TORCH_RC -ne 0 && $TORCH_FAILED -eq 0 ]]; then TORCH_FAILED=1; fi
+}
+
 # ------------------------------------------------------------------------------------------ commands
 cmd_help() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -393,14 +429,15 @@ cmd_test() {
     native_checks
     dotnet_build
     nunit_tests "$@"
+    torchsharp_tests "$@"
 
-    local passed=$((NUNIT_PASSED + CTEST_PASSED))
-    local failed=$((NUNIT_FAILED + CTEST_FAILED))
-    local skipped=$((NUNIT_SKIPPED + CTEST_SKIPPED))
-    step "summary: NUnit $NUNIT_PASSED/$NUNIT_FAILED/$NUNIT_SKIPPED, ctest $CTEST_PASSED/$CTEST_FAILED/$CTEST_SKIPPED (passed/failed/skipped)"
+    local passed=$((NUNIT_PASSED + TORCH_PASSED + CTEST_PASSED))
+    local failed=$((NUNIT_FAILED + TORCH_FAILED + CTEST_FAILED))
+    local skipped=$((NUNIT_SKIPPED + TORCH_SKIPPED + CTEST_SKIPPED))
+    step "summary: NUnit $NUNIT_PASSED/$NUNIT_FAILED/$NUNIT_SKIPPED, TorchSharp $TORCH_PASSED/$TORCH_FAILED/$TORCH_SKIPPED, ctest $CTEST_PASSED/$CTEST_FAILED/$CTEST_SKIPPED (passed/failed/skipped)"
     # The last line of output, for CI: totals over NUnit tests and native checks (one per ctest program).
     echo "$passed passed, $failed failed, $skipped skipped"
-    if ((failed > 0 || NUNIT_RC != 0 || CTEST_RC != 0 || passed + failed == 0)); then
+    if ((failed > 0 || NUNIT_RC != 0 || TORCH_RC != 0 || CTEST_RC != 0 || passed + failed == 0)); then
         exit 1
     fi
 }
@@ -426,7 +463,7 @@ cmd_clean() {
     [[ "$BUILD_DIR" != "$ROOT" && "$BUILD_DIR" != / ]] || die "refusing to delete $BUILD_DIR"
     rm -rf "$BUILD_DIR" "$ROOT/build" "$ROOT/artifacts" "$ROOT/BenchmarkDotNet.Artifacts" "$ROOT/TestResults"
     local dir
-    for dir in src/Bindings src/Parallel src/Launcher tests tests/MultiProcess bench samples/PackageSample samples/AotSample samples/PInvokeSample; do
+    for dir in src/Bindings src/Parallel src/Launcher tests tests/MultiProcess tests/TorchSharp bench samples/PackageSample samples/AotSample samples/PInvokeSample samples/TorchSharpInterop; do
         rm -rf "${ROOT:?}/$dir/bin" "${ROOT:?}/$dir/obj"
     done
 }

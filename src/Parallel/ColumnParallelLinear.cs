@@ -36,6 +36,9 @@ public sealed class ColumnParallelLinear : IDisposable
         catch { Weight?.Dispose(); throw; }
     }
 
+    /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
+    internal RankContext Context => _ctx;
+
     /// <summary>K.</summary>
     public long InFeatures { get; }
     /// <summary>N.</summary>

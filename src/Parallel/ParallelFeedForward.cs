@@ -29,6 +29,9 @@ public sealed class ParallelFeedForward : IDisposable
         catch { Up.Dispose(); throw; }
     }
 
+    /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
+    internal RankContext Context => _ctx;
+
     /// <summary>H: model width (input and output features).</summary>
     public long ModelFeatures => Up.InFeatures;
     /// <summary>F: hidden width.</summary>

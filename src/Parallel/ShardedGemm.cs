@@ -46,6 +46,9 @@ public sealed class ShardedGemm : IDisposable
         }
     }
 
+    /// <summary>The group whose ranks run the shards (used by the tensor interop).</summary>
+    internal ProcessGroup Group => _group;
+
     /// <summary>Inner dimension.</summary>
     public long K { get; }
     /// <summary>Output columns.</summary>
