@@ -327,9 +327,9 @@ SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64
  * its reason instead of at their timeout); later collectives fail with SW_ERR_ABORTED. No call waits past its
  * timeout. Processes of one job must share the architecture (descriptors travel in native byte order). */
 
-/* The rank of this process in a multi-process communicator, or -1 for an in-process one. */
+/* The rank of this process in a multi-process communicator, or -1 when every rank is in this process. */
 SW_API sw_status sw_comm_get_rank(sw_comm comm, int32_t* rank);
-/* The communicator's kind: "local", "tcp" or "mpi" (static storage). */
+/* The communicator's kind: "local", "tcp", "mpi" or "nccl" (static storage). */
 SW_API sw_status sw_comm_get_backend(sw_comm comm, const char** name);
 
 /* A TCP store: the rendezvous of a job (torchrun's MASTER_ADDR:MASTER_PORT). The process with is_server != 0 (rank
@@ -370,6 +370,22 @@ SW_API sw_status sw_mpi_finalize(void);
  * *version_code is ncclGetVersion's (e.g. 22105 for 2.21.5; may be NULL); `text` receives "NCCL x.y.z (path)" plus
  * the optional symbols it lacks, or what was searched and why it failed (the missing required symbols named). */
 SW_API sw_status sw_nccl_get_info(int32_t* available, int32_t* version_code, char* text, uint64_t text_capacity);
+
+/* NCCL communicators: CUDA devices, one rank per GPU. The collectives above, with the same semantics: ordered into the
+ * caller's stream; before NCCL runs, the ranks agree on the call (so mismatched calls fail with SW_ERR_MISMATCH and a
+ * rank that never comes fails the others with SW_ERR_TIMEOUT naming it, instead of NCCL hanging); while NCCL runs,
+ * ncclCommGetAsyncError, the timeout and sw_comm_abort are polled, and any of them aborts the NCCL communicator
+ * (ncclCommAbort) so that no stream hangs. Uneven collectives use grouped ncclBroadcast / ncclReduce. fp32, fp64,
+ * fp16, bf16, i32 (sums), u8 (gathers). SW_ERR_NOT_FOUND when NCCL cannot be loaded (see sw_nccl_get_info). */
+/* Writes a new ncclUniqueId (128 bytes) into id. */
+SW_API sw_status sw_nccl_get_unique_id(uint8_t* id);
+/* Single process, several GPUs: rank r on devices[r] (distinct GPUs), all created here (ncclCommInitRank inside one
+ * group). Collectives of different ranks are called from different host threads or queued on different streams. */
+SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms, sw_comm* out);
+/* One rank per process (as sw_comm_create_tcp): rank 0 makes the unique id and publishes it in the store under
+ * prefix; every rank also connects to the others over TCP for the host side (agreement, abort notices). */
+SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const char* prefix, int32_t rank,
+                                     int32_t world_size, int64_t timeout_ms, sw_comm* out);
 
 #ifdef __cplusplus
 }

@@ -90,13 +90,22 @@ struct CommState {
     std::vector<std::shared_ptr<Storage>> orphans;
     bool is_remote() const { return transport != nullptr; }
 
+    // NCCL communicators (CUDA devices): the data of every collective moves through NCCL on the rank's communication
+    // stream; the host side (descriptor exchange, agreement, timeouts) is the in-process rendezvous or the transport.
+    const struct NcclApi* nccl = nullptr;
+    std::vector<void*> nccl_comms; // per rank: its ncclComm_t (null for ranks of other processes)
+    std::string backend_name() const { return nccl ? "nccl" : transport ? transport->name() : "local"; }
+
     ~CommState() {
+        release_nccl();
         for (size_t r = 0; r < cuda_streams.size(); ++r)
             if (cuda_streams[r]) {
                 std::string err;
                 devices[r]->cuda->stream_destroy(devices[r]->ordinal, cuda_streams[r], &err);
             }
     }
+
+    void release_nccl(); // nccl_comm.cpp: ncclCommAbort (aborted) or ncclCommDestroy of every local communicator
 
     // Requires mu held. The first abort wins; its reason is what every rank reports.
     void abort_locked(sw_status status, const std::string& why) {
@@ -134,6 +143,15 @@ void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vect
 uint64_t scatter_displacement(const Slot& slot, int rank);
 // A new multi-process communicator handle over `transport` for this process's rank on `device` (local_comm.cpp).
 sw_comm make_remote_comm(std::shared_ptr<DeviceImpl> device, std::unique_ptr<Transport> transport, int64_t timeout_ms);
+// Rank `rank`'s data movement through NCCL once the ranks agree (nccl_comm.cpp); waits for NCCL to finish, polling
+// ncclCommGetAsyncError, the deadline and local aborts (then ncclCommAbort).
+void nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Clock::time_point deadline);
+// tcp.cpp: the store behind a handle, and the TCP mesh between the ranks of a job.
+struct StoreImpl* store_of(sw_store store);
+std::unique_ptr<Transport> connect_tcp_mesh(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
+                                            int64_t timeout_ms);
+std::string store_get(StoreImpl& store, const std::string& key);
+void store_set(StoreImpl& store, const std::string& key, const void* value, uint64_t bytes);
 // A multi-process collective (remote_comm.cpp); runs on the rank's stream worker.
 void run_remote_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq, const Desc& desc,
                            cpu::Stream* stream);

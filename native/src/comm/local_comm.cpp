@@ -333,7 +333,9 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
     std::string move_error;
     sw_status move_status = SW_OK;
     try {
-        if (st->devices[rank]->is_cuda()) {
+        if (st->nccl) {
+            nccl_move(*st, rank, seq, slot, Clock::now() + std::chrono::milliseconds(st->timeout_ms));
+        } else if (st->devices[rank]->is_cuda()) {
             CudaMover mv(*st, rank);
             move_data(slot, st->world, rank, mv);
         } else {
@@ -368,8 +370,8 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
 void check_rank(const CommState& st, int32_t rank) {
     if (rank < 0 || rank >= st.world)
         fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", st.world);
-    if (st.is_remote() && rank != st.self)
-        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " but this process is rank ", st.self, " of the ", st.transport->name(),
+    if (st.self >= 0 && rank != st.self)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " but this process is rank ", st.self, " of the ", st.backend_name(),
              " communicator; a multi-process communicator runs one rank per process, pass its own rank");
 }
 
@@ -420,7 +422,7 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
     const auto st = ctx.comm->state;
     cpu::Stream* stream = ctx.stream->impl.get();
     sw_stream_s* s = ctx.stream;
-    if (st->is_remote()) { // CPU only (checked when the communicator was made)
+    if (st->is_remote() && !s->device_impl->is_cuda()) { // TCP/MPI: CPU devices
         const uint64_t seq = next_sequence(*st, rank);
         stream->enqueue(
             [st, rank, seq, desc = std::move(desc), stream] { run_remote_collective(st, rank, seq, desc, stream); },
@@ -485,7 +487,8 @@ void submit(const Ctx& ctx, int32_t rank, Desc desc) {
                                              ": waiting for its stream's earlier work failed: ", e));
                 fail(waited, st->reason);
             }
-            run_collective(st, rank, seq, desc, stream);
+            if (st->is_remote()) run_remote_collective(st, rank, seq, desc, stream); // NCCL across processes
+            else run_collective(st, rank, seq, desc, stream);
         },
         /*always=*/true);
     const sw_status queued = api->stream_wait_flag(ord, s->flag_device, target, s->cuda_stream, &err);
@@ -529,7 +532,7 @@ SW_API sw_status sw_comm_get_backend(sw_comm comm, const char** name) {
     return guard(__func__, [&] {
         require(name, "name");
         const auto& st = checked_comm(comm)->state;
-        *name = st->transport ? st->transport->name() : "local";
+        *name = st->nccl ? "nccl" : st->transport ? st->transport->name() : "local";
     });
 }
 

@@ -1,10 +1,12 @@
 // NCCL, loaded at run time (libnccl.so.2; SHARDWISE_NCCL_PATH, a file or a folder, first). Shardwise never links
 // NCCL: a machine without it loads the library fine and is told, on asking, what was searched and why it failed.
 // The symbols the NCCL process group needs are required; newer ones it can use when present are optional.
+#include "comm/nccl_api.h"
 #include "core/error.h"
 #include "core/plugin_loader.h"
 
 #include <cstring>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -18,13 +20,14 @@ constexpr const char* kNcclFile = "libnccl.so.2";
 constexpr const char* kRequired[] = {
     "ncclGetVersion", "ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy", "ncclCommAbort", "ncclCommGetAsyncError",
     "ncclCommCount", "ncclCommUserRank", "ncclAllReduce", "ncclAllGather", "ncclReduceScatter", "ncclBroadcast",
-    "ncclGroupStart", "ncclGroupEnd", "ncclGetErrorString",
+    "ncclReduce", "ncclGroupStart", "ncclGroupEnd", "ncclGetErrorString",
 };
 constexpr const char* kOptional[] = {
     "ncclCommInitRankConfig", "ncclCommFinalize", "ncclGetLastError", "ncclCommSplit", "ncclCommInitAll",
 };
 
 struct Nccl {
+    NcclApi api;
     void* lib = nullptr;
     std::string path;
     int version = 0;
@@ -52,8 +55,27 @@ const Nccl& nccl() {
         }
         for (const char* s : kOptional)
             if (!find_symbol(n.lib, s)) n.optional_missing.push_back(s);
-        using GetVersion = int (*)(int*);
-        const int rc = reinterpret_cast<GetVersion>(find_symbol(n.lib, "ncclGetVersion"))(&n.version);
+        auto bind = [&](auto& fn, const char* name) { fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(find_symbol(n.lib, name)); };
+        NcclApi& a = n.api;
+        bind(a.GetVersion, "ncclGetVersion");
+        bind(a.GetUniqueId, "ncclGetUniqueId");
+        bind(a.CommInitRank, "ncclCommInitRank");
+        bind(a.CommDestroy, "ncclCommDestroy");
+        bind(a.CommAbort, "ncclCommAbort");
+        bind(a.CommGetAsyncError, "ncclCommGetAsyncError");
+        bind(a.CommCount, "ncclCommCount");
+        bind(a.CommUserRank, "ncclCommUserRank");
+        bind(a.AllReduce, "ncclAllReduce");
+        bind(a.AllGather, "ncclAllGather");
+        bind(a.ReduceScatter, "ncclReduceScatter");
+        bind(a.Broadcast, "ncclBroadcast");
+        bind(a.Reduce, "ncclReduce");
+        bind(a.GroupStart, "ncclGroupStart");
+        bind(a.GroupEnd, "ncclGroupEnd");
+        bind(a.GetErrorString, "ncclGetErrorString");
+        bind(a.GetLastError, "ncclGetLastError");
+        const int rc = a.GetVersion(&n.version);
+        a.version = n.version;
         if (rc != 0) {
             n.why = str(n.path, ": ncclGetVersion failed with ncclResult_t ", rc);
             n.lib = nullptr;
@@ -79,6 +101,12 @@ std::string version_text(int v) {
 }
 
 } // namespace
+
+const NcclApi& sw::nccl_api() {
+    const Nccl& n = nccl();
+    if (!n.lib) fail(SW_ERR_NOT_FOUND, n.why);
+    return n.api;
+}
 
 extern "C" {
 

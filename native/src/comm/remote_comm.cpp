@@ -270,7 +270,8 @@ void sw::run_remote_collective(const std::shared_ptr<CommState>& st, int rank, u
     try {
         Slot slot;
         exchange_descriptors(*st, t, seq, desc, slot, deadline, what);
-        move_remote(*st, t, seq, slot, deadline, what);
+        if (st->nccl) nccl_move(*st, rank, seq, slot, deadline);
+        else move_remote(*st, t, seq, slot, deadline, what);
     } catch (const Error& e) {
         status = e.status();
         message = e.message();

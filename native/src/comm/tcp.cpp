@@ -661,7 +661,7 @@ std::string address_of(int fd) {
 
 // Builds the mesh: rank r publishes its listening address, connects to every lower rank (sending a hello with its
 // rank) and accepts one connection from every higher rank.
-std::unique_ptr<Transport> connect_mesh(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
+std::unique_ptr<Transport> connect_mesh_impl(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
                                         int64_t timeout_ms) {
     const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
     std::vector<Fd> peers(world);
@@ -715,6 +715,16 @@ std::unique_ptr<Transport> connect_mesh(StoreImpl& store, const std::string& pre
 }
 
 } // namespace
+
+StoreImpl* sw::store_of(sw_store store) { return checked_store(store)->impl.get(); }
+std::unique_ptr<Transport> sw::connect_tcp_mesh(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
+                                                int64_t timeout_ms) {
+    return connect_mesh_impl(store, prefix, rank, world, timeout_ms);
+}
+std::string sw::store_get(StoreImpl& store, const std::string& key) {
+    return store.get(key, Clock::now() + std::chrono::milliseconds(store.timeout_ms));
+}
+void sw::store_set(StoreImpl& store, const std::string& key, const void* value, uint64_t bytes) { store.set(key, value, bytes); }
 
 extern "C" {
 
@@ -801,7 +811,7 @@ SW_API sw_status sw_comm_create_tcp(sw_device device, sw_store store, const char
         if (dev->impl->is_cuda())
             fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; TCP communicators carry host memory (CPU devices): use NCCL for GPUs");
         const int64_t t = resolve_timeout(timeout_ms);
-        auto transport = connect_mesh(*s->impl, prefix, rank, world_size, t);
+        auto transport = connect_mesh_impl(*s->impl, prefix, rank, world_size, t);
         *out = make_remote_comm(dev->impl, std::move(transport), t);
     });
 }

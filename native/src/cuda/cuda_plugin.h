@@ -14,7 +14,7 @@
 
 namespace sw::cuda {
 
-constexpr int32_t kPluginAbi = 2;
+constexpr int32_t kPluginAbi = 3;
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -107,6 +107,9 @@ struct PluginApi {
     // (ABI 2.)
     sw_status (*gelu_backward)(int32_t ordinal, sw_dtype dtype, const void* x, const void* dy, void* dx,
                                uint64_t count, void* stream, std::string* err);
+    // Makes `ordinal` the calling thread's current device (cudaSetDevice), for libraries that work on the current
+    // device (NCCL's communicator creation). (ABI 3.)
+    sw_status (*set_device)(int32_t ordinal, std::string* err);
 };
 
 } // namespace sw::cuda

@@ -595,6 +595,10 @@ sw_status api_stream_wait_flag(int32_t ordinal, volatile uint32_t* device_flag, 
     });
 }
 
+sw_status api_set_device(int32_t ordinal, std::string* err) {
+    return run(err, "set_device", [&] { set_device(ordinal); });
+}
+
 sw_status api_gelu_backward(int32_t ordinal, sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
                             void* stream, std::string* err) {
     return run(err, "gelu_backward", [&] {
@@ -721,6 +725,7 @@ const PluginApi kApi = {
     api_bias_act,
     api_stream_wait_flag,
     api_gelu_backward,
+    api_set_device,
 };
 
 } // namespace

@@ -43,9 +43,18 @@ sw_status fail(std::string* err, const char* what) {
 }
 
 sw_status versions(std::string* out, std::string*) { *out = "emulated (host memory, no GPU)"; return SW_OK; }
-sw_status device_count(int32_t* n, std::string*) { *n = 1; return SW_OK; }
+// One device, or SHARDWISE_EMULATED_CUDA_DEVICES of them (all the same host memory).
+int32_t emulated_devices() {
+    const char* env = std::getenv("SHARDWISE_EMULATED_CUDA_DEVICES");
+    const int n = env ? std::atoi(env) : 1;
+    return n >= 1 && n <= 64 ? n : 1;
+}
+sw_status device_count(int32_t* n, std::string*) { *n = emulated_devices(); return SW_OK; }
+sw_status set_device(int32_t ordinal, std::string* err) {
+    return ordinal >= 0 && ordinal < emulated_devices() ? SW_OK : fail(err, "emulated: ordinal out of range");
+}
 sw_status device_info(int32_t ordinal, sw_device_info* info, std::string* err) {
-    if (ordinal != 0) return fail(err, "emulated: ordinal out of range");
+    if (ordinal < 0 || ordinal >= emulated_devices()) return fail(err, "emulated: ordinal out of range");
     std::memset(info, 0, sizeof *info);
     info->backend = SW_BACKEND_CUDA;
     info->num_threads = 1;
@@ -197,7 +206,7 @@ const sw::cuda::PluginApi kApi = {
     sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
     free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
     event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
-    copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward,
+    copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device,
 };
 
 } // namespace

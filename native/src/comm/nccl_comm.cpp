@@ -1,0 +1,307 @@
+// NCCL communicators: CUDA devices, one rank per GPU.
+//
+// A collective is ordered into the caller's CUDA stream exactly like an in-process CUDA collective (local_comm.cpp's
+// submit: the host side runs on the stream's worker once the stream's earlier work is done, and the stream waits for
+// the host side through a mapped flag). The host side first agrees with the other ranks on what is being called —
+// through the in-process rendezvous (every rank in this process) or the TCP transport (one rank per process) — so
+// mismatched calls fail with SW_ERR_MISMATCH and a rank that never comes fails the others with SW_ERR_TIMEOUT naming
+// it, instead of NCCL hanging. Then nccl_move issues the NCCL calls on the rank's communication stream and waits for
+// them, polling ncclCommGetAsyncError, the deadline and local aborts; on any of them it calls ncclCommAbort, which
+// releases NCCL's kernels, so no stream hangs. Uneven collectives use grouped broadcasts (all-gather-v, column
+// all-gather) and grouped reduces (reduce-scatter-v) with the counts every rank learned in the descriptor exchange.
+#include "comm/comm_internal.h"
+#include "comm/nccl_api.h"
+#include "core/cuda_loader.h"
+
+#include <cstring>
+#include <thread>
+
+using namespace sw;
+
+namespace {
+
+int nccl_type(sw_dtype t) {
+    switch (t) {
+    case SW_DTYPE_F32: return kNcclFloat32;
+    case SW_DTYPE_F64: return kNcclFloat64;
+    case SW_DTYPE_F16: return kNcclFloat16;
+    case SW_DTYPE_BF16: return kNcclBfloat16;
+    case SW_DTYPE_I32: return kNcclInt32;
+    case SW_DTYPE_U8: return kNcclUint8;
+    default: fail(SW_ERR_UNSUPPORTED, "dtype ", sw::dtype_name(t), " has no NCCL type");
+    }
+}
+
+std::string nccl_error(const NcclApi& n, void* comm, int rc) {
+    std::string s = n.GetErrorString ? n.GetErrorString(rc) : "";
+    s = str("ncclResult_t ", rc, s.empty() ? "" : " (" + s + ")");
+    if (n.GetLastError && comm)
+        if (const char* last = n.GetLastError(comm); last && *last) s += str(": ", last);
+    return s;
+}
+
+// Frees device memory from a stream worker: later, from a caller's thread (see DeferredFrees).
+void free_later(DeviceImpl& dev, void* p) {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(dev.deferred->mu);
+    dev.deferred->pointers.push_back(p);
+}
+
+} // namespace
+
+void CommState::release_nccl() {
+    if (!nccl) return;
+    for (void* c : nccl_comms)
+        if (c) (aborted ? nccl->CommAbort(c) : nccl->CommDestroy(c)); // a destructor cannot report: errors dropped
+    nccl_comms.clear();
+}
+
+void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Clock::time_point deadline) {
+    const NcclApi& n = *st.nccl;
+    DeviceImpl& dev = *st.devices[rank];
+    const cuda::PluginApi* api = dev.cuda;
+    const int32_t ord = dev.ordinal;
+    void* comm = st.nccl_comms[rank];
+    const Desc& me = slot.desc[rank];
+    const int p = st.world;
+    const size_t esz = sw_dtype_size(me.dtype);
+    const std::string what = str(coll_name(me.op), " #", seq);
+    std::string err;
+    void* cs = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(st.mu);
+        if (!st.cuda_streams[rank]) cuda_check(api->stream_create(ord, &st.cuda_streams[rank], &err), err);
+        cs = st.cuda_streams[rank];
+    }
+    cuda_check(api->set_device(ord, &err), err);
+    auto call = [&](int rc, const char* name) {
+        if (rc != kNcclSuccess && rc != kNcclInProgress) {
+            n.CommAbort(comm);
+            fail(SW_ERR_BACKEND, "rank ", rank, ": ", what, ": ", name, " failed: ", nccl_error(n, comm, rc));
+        }
+    };
+    const int t = nccl_type(me.dtype);
+    void* scratch = nullptr; // column all-gather: every rank's block, packed
+    switch (me.op) {
+    case Coll::AllGather:
+        if (me.count) call(n.AllGather(me.send, me.recv, me.count, t, comm, cs), "ncclAllGather");
+        break;
+    case Coll::AllGatherV: {
+        call(n.GroupStart(), "ncclGroupStart");
+        uint64_t at = 0;
+        for (int q = 0; q < p; ++q) {
+            const uint64_t c = slot.desc[q].count;
+            if (c) call(n.Broadcast(q == rank ? me.send : me.recv + at * esz, me.recv + at * esz, c, t, q, comm, cs), "ncclBroadcast");
+            at += c;
+        }
+        call(n.GroupEnd(), "ncclGroupEnd");
+        break;
+    }
+    case Coll::AllGatherColumns: {
+        uint64_t total = 0;
+        for (int q = 0; q < p; ++q) total += static_cast<uint64_t>(me.rows * slot.desc[q].cols);
+        if (!total) break;
+        cuda_check(api->malloc_device(ord, total * esz, &scratch, &err), err);
+        std::vector<uint64_t> at(p + 1, 0);
+        for (int q = 0; q < p; ++q) at[q + 1] = at[q] + static_cast<uint64_t>(me.rows * slot.desc[q].cols);
+        char* packed = static_cast<char*>(scratch);
+        try {
+            if (me.cols > 0 && me.rows > 0)
+                cuda_check(api->copy_2d(ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send, me.rows, me.cols,
+                                        static_cast<int32_t>(esz), cs, &err), err);
+            call(n.GroupStart(), "ncclGroupStart");
+            for (int q = 0; q < p; ++q)
+                if (at[q + 1] > at[q])
+                    call(n.Broadcast(packed + at[q] * esz, packed + at[q] * esz, at[q + 1] - at[q], t, q, comm, cs), "ncclBroadcast");
+            call(n.GroupEnd(), "ncclGroupEnd");
+            int64_t col0 = 0;
+            for (int q = 0; q < p; ++q) {
+                const int64_t cols = slot.desc[q].cols;
+                if (cols > 0 && me.rows > 0)
+                    cuda_check(api->copy_2d(ord, me.recv + col0 * esz, me.ld_recv, packed + at[q] * esz, cols, me.rows, cols,
+                                            static_cast<int32_t>(esz), cs, &err), err);
+                col0 += cols;
+            }
+        } catch (...) {
+            api->stream_synchronize(ord, cs, &err);
+            free_later(dev, scratch);
+            throw;
+        }
+        break;
+    }
+    case Coll::AllReduce:
+        if (me.count) call(n.AllReduce(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclAllReduce");
+        break;
+    case Coll::ReduceScatter:
+        if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
+        break;
+    case Coll::ReduceScatterV: {
+        call(n.GroupStart(), "ncclGroupStart");
+        for (int q = 0; q < p; ++q) {
+            const uint64_t c = slot.desc[q].count;
+            if (c) call(n.Reduce(me.send + scatter_displacement(slot, q) * esz, me.recv, c, t, kNcclSum, q, // recvbuff: used at the root only
+                                 comm, cs), "ncclReduce");
+        }
+        call(n.GroupEnd(), "ncclGroupEnd");
+        break;
+    }
+    case Coll::Broadcast:
+        if (me.count) call(n.Broadcast(me.send, me.recv, me.count, t, me.root, comm, cs), "ncclBroadcast");
+        break;
+    case Coll::Barrier: break; // the host-side agreement was the barrier
+    }
+    // The watchdog of this collective: wait for NCCL, polling its asynchronous error, the deadline and local aborts.
+    void* done = nullptr;
+    cuda_check(api->event_create(ord, &done, &err), err);
+    struct Cleanup {
+        const cuda::PluginApi* api;
+        int32_t ord;
+        void* done;
+        DeviceImpl& dev;
+        void* scratch;
+        ~Cleanup() {
+            std::string e;
+            api->event_destroy(ord, done, &e);
+            free_later(dev, scratch); // freed from a caller's thread, after the stream is past it
+        }
+    } cleanup{api, ord, done, dev, scratch};
+    cuda_check(api->event_record(ord, done, cs, &err), err);
+    for (int spins = 0;; ++spins) {
+        int32_t finished = 0;
+        cuda_check(api->event_query(ord, done, &finished, &err), err);
+        if (finished) break;
+        int async = kNcclSuccess;
+        if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress) {
+            n.CommAbort(comm);
+            fail(SW_ERR_BACKEND, "rank ", rank, ": ", what, ": NCCL reported an asynchronous error: ", nccl_error(n, nullptr, async));
+        }
+        if (st.abort_flag.load()) {
+            n.CommAbort(comm);
+            fail(SW_ERR_ABORTED, "rank ", rank, ": ", what, ": the communicator was aborted while NCCL ran");
+        }
+        if (Clock::now() >= deadline) {
+            n.CommAbort(comm);
+            fail(SW_ERR_TIMEOUT, "rank ", rank, ": ", what, " did not complete in NCCL within ", st.timeout_ms,
+                 " ms; the NCCL communicator is aborted");
+        }
+        if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    cuda_check(api->stream_synchronize(ord, cs, &err), err); // the copies after the last NCCL call too
+}
+
+namespace {
+
+const NcclApi& nccl_or_fail() { return nccl_api(); }
+
+void check_nccl_device(sw_device_s* d, const char* name) {
+    if (!d->impl->is_cuda())
+        fail(SW_ERR_INVALID_ARGUMENT, name, " is '", d->impl->name, "'; NCCL communicators need CUDA devices (for CPU devices use "
+             "sw_comm_create_local, sw_comm_create_tcp or sw_comm_create_mpi)");
+}
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_nccl_get_unique_id(uint8_t* id) {
+    return guard(__func__, [&] {
+        require(id, "id");
+        const NcclApi& n = nccl_or_fail();
+        NcclUniqueId u{};
+        const int rc = n.GetUniqueId(&u);
+        if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
+        std::memcpy(id, u.internal, sizeof u.internal);
+    });
+}
+
+SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms, sw_comm* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        require(devices, "devices");
+        if (world_size < 1 || world_size > 4096) fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
+        for (int r = 0; r < world_size; ++r) {
+            const std::string name = str("devices[", r, "]");
+            auto* d = checked(devices[r], name.c_str());
+            check_nccl_device(d, name.c_str());
+            for (int q = 0; q < r; ++q)
+                if (reinterpret_cast<sw_device_s*>(devices[q])->impl->ordinal == d->impl->ordinal)
+                    fail(SW_ERR_INVALID_ARGUMENT, "devices[", q, "] and devices[", r, "] are both GPU ", d->impl->ordinal,
+                         "; NCCL allows one rank per GPU (for virtual ranks on one GPU use sw_comm_create_local)");
+        }
+        const NcclApi& n = nccl_or_fail();
+        NcclUniqueId id{};
+        int rc = n.GetUniqueId(&id);
+        if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
+        std::vector<void*> comms(world_size, nullptr);
+        // One thread creates every rank's communicator: inside a group, each with its device current.
+        rc = n.GroupStart();
+        for (int r = 0; r < world_size && rc == kNcclSuccess; ++r) {
+            auto* d = reinterpret_cast<sw_device_s*>(devices[r]);
+            std::string err;
+            cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
+            rc = n.CommInitRank(&comms[r], world_size, id, r);
+        }
+        const int end = n.GroupEnd();
+        if (rc == kNcclSuccess) rc = end;
+        if (rc != kNcclSuccess) {
+            for (void* c : comms)
+                if (c) n.CommAbort(c);
+            fail(SW_ERR_BACKEND, "ncclCommInitRank failed: ", nccl_error(n, nullptr, rc));
+        }
+        sw_comm comm = nullptr;
+        const sw_status st = sw_comm_create_local(world_size, devices, timeout_ms, &comm);
+        if (st != SW_OK) {
+            for (void* c : comms) n.CommDestroy(c);
+            fail(st, sw_last_error());
+        }
+        comm->state->nccl = &n;
+        comm->state->nccl_comms = std::move(comms);
+        *out = comm;
+    });
+}
+
+SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const char* prefix, int32_t rank, int32_t world_size,
+                                     int64_t timeout_ms, sw_comm* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* d = checked(device, "device");
+        check_nccl_device(d, "device");
+        StoreImpl* s = store_of(store);
+        require(prefix, "prefix");
+        if (world_size < 1 || world_size > 4096) fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
+        if (rank < 0 || rank >= world_size)
+            fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < world_size = ", world_size);
+        if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+        const NcclApi& n = nccl_or_fail();
+        const int64_t t = resolve_timeout(timeout_ms);
+        // Rank 0 makes the unique id; the others read it from the store. The TCP mesh is the host side's transport
+        // (descriptor exchange, abort notices), and proves every rank is alive before NCCL's blocking init.
+        NcclUniqueId id{};
+        const std::string key = str(prefix, "/nccl-unique-id");
+        if (rank == 0) {
+            const int rc = n.GetUniqueId(&id);
+            if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
+            store_set(*s, key, id.internal, sizeof id.internal);
+        } else {
+            const std::string v = store_get(*s, key);
+            if (v.size() != sizeof id.internal)
+                fail(SW_ERR_BACKEND, "the store's '", key, "' has ", v.size(), " bytes; expected an NCCL unique id of 128");
+            std::memcpy(id.internal, v.data(), sizeof id.internal);
+        }
+        auto transport = connect_tcp_mesh(*s, prefix, rank, world_size, t);
+        std::string err;
+        cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
+        void* nc = nullptr;
+        const int rc = n.CommInitRank(&nc, world_size, id, rank);
+        if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclCommInitRank (rank ", rank, " of ", world_size, ") failed: ", nccl_error(n, nc, rc));
+        sw_comm comm = make_remote_comm(d->impl, std::move(transport), t);
+        comm->state->nccl = &n;
+        comm->state->nccl_comms.assign(world_size, nullptr);
+        comm->state->nccl_comms[rank] = nc;
+        *out = comm;
+    });
+}
+
+} // extern "C"

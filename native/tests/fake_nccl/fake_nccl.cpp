@@ -1,0 +1,203 @@
+// A host-memory stand-in for NCCL (libnccl.so.2's symbols that Shardwise uses), paired with the emulated CUDA plugin:
+// a "cudaStream_t" is a sw::cpu::Stream*, "device memory" is host memory. Each collective is queued on the stream and,
+// when the stream reaches it, waits for every rank's matching call (the n-th call of each rank), then moves its
+// rank's share of the data — as an NCCL kernel would. It lets the core's NCCL paths (agreement, ordering into streams,
+// grouped uneven collectives, watchdog, abort) run in CI; it proves nothing about real NCCL, which needs GPUs.
+#include "cpu/stream.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#define FAKE_API extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+struct UniqueId {
+    char internal[128];
+};
+
+enum { kSuccess = 0, kInvalidArgument = 4, kInvalidUsage = 5 };
+enum { kInt32 = 2, kFloat32 = 7, kFloat64 = 8, kUint8 = 1 };
+
+struct Call {
+    int kind = 0; // 1 all-reduce, 2 all-gather, 3 reduce-scatter, 4 broadcast, 5 reduce
+    const char* send = nullptr;
+    char* recv = nullptr;
+    size_t count = 0;
+    int type = 0, root = 0;
+};
+
+struct Slot {
+    std::vector<Call> calls;
+    int arrived = 0, computed = 0, departed = 0, left = 0;
+};
+
+struct Group {
+    int world = 0;
+    std::mutex mu;
+    std::condition_variable cv;
+    std::map<uint64_t, Slot> slots;
+    bool aborted = false;
+};
+
+std::mutex g_mu;
+std::map<std::string, std::shared_ptr<Group>> g_groups;
+std::atomic<uint64_t> g_ids{1};
+
+struct Comm {
+    std::shared_ptr<Group> group;
+    int rank = 0;
+    uint64_t next = 0;
+};
+
+size_t type_size(int t) { return t == kFloat64 ? 8 : t == kUint8 ? 1 : 4; }
+
+template <class T>
+void sum(const Slot& s, int world, size_t offset, size_t n, char* out) {
+    for (size_t i = 0; i < n; ++i) {
+        T acc = reinterpret_cast<const T*>(s.calls[0].send)[offset + i];
+        for (int q = 1; q < world; ++q) acc += reinterpret_cast<const T*>(s.calls[q].send)[offset + i];
+        reinterpret_cast<T*>(out)[i] = acc;
+    }
+}
+
+void reduce(const Slot& s, int world, int type, size_t offset, size_t n, char* out) {
+    if (type == kFloat64) sum<double>(s, world, offset, n, out);
+    else if (type == kInt32) sum<int32_t>(s, world, offset, n, out);
+    else sum<float>(s, world, offset, n, out);
+}
+
+// Queues `call` for comm on stream; the stream runs it when every rank has queued its own.
+int enqueue(void* comm_handle, void* stream, Call call) {
+    auto* comm = static_cast<Comm*>(comm_handle);
+    if (!comm || !stream) return kInvalidArgument;
+    if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
+        return kInvalidArgument;
+    const uint64_t seq = comm->next++;
+    auto group = comm->group;
+    const int rank = comm->rank;
+    static_cast<sw::cpu::Stream*>(stream)->enqueue([group, rank, seq, call] {
+        std::unique_lock<std::mutex> lock(group->mu);
+        Slot& s = group->slots[seq];
+        if (s.calls.empty()) s.calls.resize(group->world);
+        s.calls[rank] = call;
+        ++s.arrived;
+        group->cv.notify_all();
+        // Like a kernel waiting for its peers: released by them or by ncclCommAbort.
+        group->cv.wait(lock, [&] { return s.arrived == group->world || group->aborted; });
+        if (group->aborted) return;
+        lock.unlock();
+        // Every rank computes its result into a buffer of its own first (sends and receives may alias, as NCCL allows
+        // in place), then all write, then all leave: no rank reads a send buffer that another is writing.
+        const size_t esz = type_size(call.type);
+        const int p = group->world;
+        std::vector<char> out;
+        char* dst = call.recv;
+        switch (call.kind) {
+        case 1: out.resize(call.count * esz); reduce(s, p, call.type, 0, call.count, out.data()); break;
+        case 2:
+            out.resize(p * call.count * esz);
+            for (int q = 0; q < p; ++q) std::memcpy(out.data() + q * call.count * esz, s.calls[q].send, call.count * esz);
+            break;
+        case 3: out.resize(call.count * esz); reduce(s, p, call.type, rank * call.count, call.count, out.data()); break;
+        case 4: out.assign(s.calls[call.root].send, s.calls[call.root].send + call.count * esz); break;
+        case 5:
+            if (rank == call.root) {
+                out.resize(call.count * esz);
+                reduce(s, p, call.type, 0, call.count, out.data());
+            }
+            break;
+        }
+        lock.lock();
+        ++s.computed;
+        group->cv.notify_all();
+        group->cv.wait(lock, [&] { return s.computed == group->world || group->aborted; });
+        if (group->aborted) return;
+        lock.unlock();
+        if (!out.empty()) std::memcpy(dst, out.data(), out.size());
+        lock.lock();
+        ++s.departed;
+        group->cv.notify_all();
+        group->cv.wait(lock, [&] { return s.departed == group->world || group->aborted; });
+        if (++s.left == group->world) group->slots.erase(seq); // the last one out
+    });
+    return kSuccess;
+}
+
+} // namespace
+
+FAKE_API int ncclGetVersion(int* v) {
+    *v = 21803; // 2.18.3
+    return kSuccess;
+}
+FAKE_API int ncclGetUniqueId(UniqueId* id) {
+    std::memset(id->internal, 0, sizeof id->internal);
+    const uint64_t n = g_ids++;
+    std::memcpy(id->internal, "fake-nccl", 9);
+    std::memcpy(id->internal + 16, &n, sizeof n);
+    return kSuccess;
+}
+FAKE_API int ncclCommInitRank(void** comm, int nranks, UniqueId id, int rank) {
+    if (nranks < 1 || rank < 0 || rank >= nranks) return kInvalidArgument;
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto& g = g_groups[std::string(id.internal, sizeof id.internal)];
+    if (!g) {
+        g = std::make_shared<Group>();
+        g->world = nranks;
+    }
+    if (g->world != nranks) return kInvalidUsage;
+    *comm = new Comm{g, rank, 0};
+    return kSuccess;
+}
+FAKE_API int ncclCommDestroy(void* comm) {
+    delete static_cast<Comm*>(comm);
+    return kSuccess;
+}
+FAKE_API int ncclCommAbort(void* comm) {
+    if (!comm) return kSuccess;
+    auto g = static_cast<Comm*>(comm)->group;
+    {
+        std::lock_guard<std::mutex> lock(g->mu);
+        g->aborted = true;
+        g->cv.notify_all();
+    }
+    return kSuccess;
+}
+FAKE_API int ncclCommGetAsyncError(void*, int* e) {
+    *e = kSuccess;
+    return kSuccess;
+}
+FAKE_API int ncclCommCount(void* comm, int* n) {
+    *n = static_cast<Comm*>(comm)->group->world;
+    return kSuccess;
+}
+FAKE_API int ncclCommUserRank(void* comm, int* r) {
+    *r = static_cast<Comm*>(comm)->rank;
+    return kSuccess;
+}
+FAKE_API int ncclAllReduce(const void* s, void* r, size_t n, int t, int op, void* comm, void* stream) {
+    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {1, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0});
+}
+FAKE_API int ncclAllGather(const void* s, void* r, size_t n, int t, void* comm, void* stream) {
+    return enqueue(comm, stream, {2, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0});
+}
+FAKE_API int ncclReduceScatter(const void* s, void* r, size_t n, int t, int op, void* comm, void* stream) {
+    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {3, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0});
+}
+FAKE_API int ncclBroadcast(const void* s, void* r, size_t n, int t, int root, void* comm, void* stream) {
+    return enqueue(comm, stream, {4, static_cast<const char*>(s), static_cast<char*>(r), n, t, root});
+}
+FAKE_API int ncclReduce(const void* s, void* r, size_t n, int t, int op, int root, void* comm, void* stream) {
+    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {5, static_cast<const char*>(s), static_cast<char*>(r), n, t, root});
+}
+FAKE_API int ncclGroupStart() { return kSuccess; }
+FAKE_API int ncclGroupEnd() { return kSuccess; }
+FAKE_API const char* ncclGetErrorString(int e) { return e == 0 ? "no error" : "fake NCCL error"; }

@@ -1,0 +1,215 @@
+// The core's NCCL communicators through the C ABI, against a host-memory stand-in for NCCL (native/tests/fake_nccl)
+// and the emulated CUDA plugin: every collective (uneven ones through grouped broadcasts/reduces) in both modes —
+// every rank in this process (sw_comm_create_nccl_local) and one rank per "process" over the TCP store
+// (sw_comm_create_nccl, ranks on threads here) — checked against float64 sums; then a mismatch, a rank that never
+// comes, and bad arguments. It proves the core's side only; real NCCL on GPUs is validated on a GPU machine.
+#include "shardwise.h"
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+static std::atomic<int> failures{0};
+#define CHECK(cond, ...)                                                              \
+    do {                                                                              \
+        if (!(cond)) {                                                                \
+            ++failures;                                                               \
+            std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                 \
+            std::fprintf(stderr, __VA_ARGS__);                                        \
+            std::fprintf(stderr, " (last error: %s)\n", sw_last_error());             \
+        }                                                                             \
+    } while (0)
+#define OK(call) CHECK((call) == SW_OK, "%s", #call)
+
+static unsigned g_seed;
+static float value(int t, int r, long i) {
+    std::mt19937 g(g_seed ^ static_cast<unsigned>(t * 7919 + r * 104729 + i * 31));
+    return std::uniform_real_distribution<float>(-1, 1)(g) + 1e-3f;
+}
+
+static float* host(sw_buffer b) {
+    void* p = nullptr;
+    sw_buffer_get_pointer(b, &p); // emulated CUDA memory is host memory
+    return static_cast<float*>(p);
+}
+
+static sw_buffer alloc(sw_device d, long n) {
+    sw_buffer b = nullptr;
+    OK(sw_buffer_alloc(d, static_cast<uint64_t>(n > 0 ? n : 1) * 4, &b));
+    for (long i = 0; i < n; ++i) host(b)[i] = NAN;
+    return b;
+}
+
+// Every collective on rank `rank` of comm; checked against float64 references.
+static void collectives(sw_comm comm, int rank, int p, sw_device dev) {
+    sw_stream s = nullptr;
+    OK(sw_stream_create(dev, &s));
+    const long n = 100 + 7 * p;
+    sw_buffer x = alloc(dev, n), y = alloc(dev, n);
+    for (long i = 0; i < n; ++i) host(x)[i] = value(1, rank, i);
+    OK(sw_all_reduce(comm, rank, x, 0, y, 0, n, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < n; ++i) {
+        double ref = 0;
+        for (int q = 0; q < p; ++q) ref += value(1, q, i);
+        CHECK(std::fabs(host(y)[i] - ref) <= 1e-5 * (1 + std::fabs(ref)), "rank %d all_reduce[%ld] = %g, expected %g", rank, i, host(y)[i], ref);
+    }
+    // uneven all-gather-v (rank q: q + 2 elements)
+    long total = 0;
+    for (int q = 0; q < p; ++q) total += q + 2;
+    sw_buffer g = alloc(dev, total);
+    for (long i = 0; i < rank + 2; ++i) host(x)[i] = value(2, rank, i);
+    OK(sw_all_gather_v(comm, rank, x, 0, rank + 2, g, 0, total, SW_DTYPE_F32, s));
+    OK(sw_stream_synchronize(s));
+    for (int q = 0, at = 0; q < p; at += q + 2, ++q)
+        for (long i = 0; i < q + 2; ++i) CHECK(host(g)[at + i] == value(2, q, i), "rank %d all_gather_v block %d[%ld]", rank, q, i);
+    // column all-gather: 4 rows, rank q has q + 1 columns (ld_send 7)
+    const long rows = 4, ncols = static_cast<long>(p) * (p + 1) / 2, ld = ncols + 1;
+    sw_buffer cs = alloc(dev, rows * 7), cr = alloc(dev, rows * ld);
+    for (long i = 0; i < rows * 7; ++i) host(cs)[i] = value(3, rank, i);
+    OK(sw_all_gather_columns(comm, rank, cs, 0, rows, rank + 1, 7, cr, 0, ld, SW_DTYPE_F32, s));
+    OK(sw_stream_synchronize(s));
+    for (int q = 0, c0 = 0; q < p; c0 += q + 1, ++q)
+        for (long i = 0; i < rows; ++i)
+            for (long j = 0; j <= q; ++j)
+                CHECK(host(cr)[i * ld + c0 + j] == value(3, q, i * 7 + j), "rank %d columns block %d (%ld,%ld)", rank, q, i, j);
+    // uneven reduce-scatter-v (rank q receives 2q + 1)
+    long rs_total = 0, displ = 0;
+    for (int q = 0; q < p; ++q) {
+        if (q < rank) displ += 2 * q + 1;
+        rs_total += 2 * q + 1;
+    }
+    for (long i = 0; i < rs_total; ++i) host(x)[i] = value(4, rank, i);
+    for (long i = 0; i < n; ++i) host(y)[i] = NAN;
+    OK(sw_reduce_scatter_v(comm, rank, x, 0, rs_total, y, 0, 2 * rank + 1, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < 2 * rank + 1; ++i) {
+        double ref = 0;
+        for (int q = 0; q < p; ++q) ref += value(4, q, displ + i);
+        CHECK(std::fabs(host(y)[i] - ref) <= 1e-5 * (1 + std::fabs(ref)), "rank %d reduce_scatter_v[%ld] = %g, expected %g", rank, i, host(y)[i], ref);
+    }
+    // even reduce-scatter, all-gather, broadcast, barrier
+    for (long i = 0; i < 3 * p; ++i) host(x)[i] = value(5, rank, i);
+    OK(sw_reduce_scatter(comm, rank, x, 0, y, 0, 3, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+    OK(sw_all_gather(comm, rank, y, 0, g, 0, 1, SW_DTYPE_F32, s));
+    OK(sw_stream_synchronize(s));
+    for (int q = 0; q < p; ++q) {
+        double ref = 0;
+        for (int r = 0; r < p; ++r) ref += value(5, r, 3 * q);
+        CHECK(std::fabs(host(g)[q] - ref) <= 1e-5 * (1 + std::fabs(ref)), "rank %d reduce_scatter+all_gather[%d] = %g, expected %g", rank, q, host(g)[q], ref);
+    }
+    for (long i = 0; i < 10; ++i) host(x)[i] = rank == p - 1 ? value(6, rank, i) : NAN;
+    OK(sw_broadcast(comm, rank, x, 0, 10, SW_DTYPE_F32, p - 1, s));
+    OK(sw_barrier(comm, rank, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < 10; ++i) CHECK(host(x)[i] == value(6, p - 1, i), "rank %d broadcast[%ld]", rank, i);
+    for (sw_buffer b : {x, y, g, cs, cr}) sw_buffer_destroy(b);
+    sw_stream_destroy(s);
+}
+
+// One call per rank on threads; rank `late` (if >= 0) never calls; rank `odd` passes another count.
+static std::vector<sw_status> one_all_reduce(sw_comm* comms, int p, sw_device* devs, int late, int odd, std::vector<std::string>* msgs) {
+    std::vector<sw_status> st(p, SW_OK);
+    msgs->assign(p, "");
+    std::vector<std::thread> th;
+    for (int r = 0; r < p; ++r) {
+        if (r == late) continue;
+        th.emplace_back([&, r] {
+            sw_stream s = nullptr;
+            sw_stream_create(devs[r], &s);
+            sw_buffer b = alloc(devs[r], 16);
+            for (int i = 0; i < 16; ++i) host(b)[i] = 1;
+            sw_all_reduce(comms[r], r, b, 0, b, 0, r == odd ? 8 : 16, SW_DTYPE_F32, SW_REDUCE_SUM, s);
+            st[r] = sw_stream_synchronize(s);
+            (*msgs)[r] = sw_last_error();
+            sw_buffer_destroy(b);
+            sw_stream_destroy(s);
+        });
+    }
+    for (auto& t : th) t.join();
+    return st;
+}
+
+int main() {
+    setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
+    setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "3", 1);
+    setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
+    g_seed = static_cast<unsigned>(std::random_device{}());
+    std::printf("seed %u\n", g_seed);
+    int32_t available = 0, version = 0;
+    char text[1024];
+    OK(sw_nccl_get_info(&available, &version, text, sizeof text));
+    CHECK(available == 1 && version == 21803 && std::strstr(text, "NCCL 2.18.3"), "nccl info: %d %d %s", available, version, text);
+    const int p = 3;
+    sw_device devs[p];
+    for (int r = 0; r < p; ++r) OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &devs[r]));
+
+    // Every rank in this process.
+    sw_comm comm = nullptr;
+    OK(sw_comm_create_nccl_local(p, devs, 5000, &comm));
+    const char* kind = nullptr;
+    OK(sw_comm_get_backend(comm, &kind));
+    CHECK(kind && std::strcmp(kind, "nccl") == 0, "backend %s", kind ? kind : "?");
+    {
+        std::vector<std::thread> th;
+        for (int r = 0; r < p; ++r) th.emplace_back([&, r] { collectives(comm, r, p, devs[r]); });
+        for (auto& t : th) t.join();
+    }
+    sw_comm comms[p] = {comm, comm, comm};
+    std::vector<std::string> msgs;
+    auto st = one_all_reduce(comms, p, devs, -1, 2, &msgs);
+    for (int r = 0; r < p; ++r)
+        CHECK(st[r] == SW_ERR_MISMATCH && msgs[r].find("count 8") != std::string::npos, "mismatch rank %d: %d %s", r, st[r], msgs[r].c_str());
+    OK(sw_comm_destroy(comm));
+
+    OK(sw_comm_create_nccl_local(p, devs, 500, &comm));
+    for (auto& c : comms) c = comm;
+    const auto t0 = std::chrono::steady_clock::now();
+    st = one_all_reduce(comms, p, devs, 2, -1, &msgs);
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    for (int r = 0; r < 2; ++r)
+        CHECK(st[r] == SW_ERR_TIMEOUT && msgs[r].find("rank(s) 2") != std::string::npos, "late rank: rank %d: %d %s", r, st[r], msgs[r].c_str());
+    CHECK(took < 5, "timeout took %.1f s", took);
+    OK(sw_comm_destroy(comm));
+
+    sw_device same[2] = {devs[0], devs[0]};
+    CHECK(sw_comm_create_nccl_local(2, same, 0, &comm) == SW_ERR_INVALID_ARGUMENT && std::strstr(sw_last_error(), "one rank per GPU"), "two ranks on one GPU");
+    sw_device cpu = nullptr;
+    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &cpu));
+    CHECK(sw_comm_create_nccl_local(1, &cpu, 0, &comm) == SW_ERR_INVALID_ARGUMENT && std::strstr(sw_last_error(), "CUDA"), "CPU device");
+
+    // One rank per "process": the TCP store carries the unique id, the TCP mesh the host side.
+    sw_store server = nullptr;
+    OK(sw_store_create("127.0.0.1", 0, 1, 10000, &server));
+    int32_t port = 0;
+    OK(sw_store_get_port(server, &port));
+    {
+        std::vector<std::thread> th;
+        for (int r = 0; r < p; ++r)
+            th.emplace_back([&, r] {
+                sw_store store = nullptr;
+                OK(sw_store_create("127.0.0.1", port, 0, 10000, &store));
+                sw_comm c = nullptr;
+                OK(sw_comm_create_nccl(devs[r], store, "nccl-job", r, p, 10000, &c));
+                int32_t me = -1;
+                OK(sw_comm_get_rank(c, &me));
+                CHECK(me == r, "rank %d", me);
+                if (c) collectives(c, r, p, devs[r]);
+                sw_comm_destroy(c);
+                sw_store_destroy(store);
+            });
+        for (auto& t : th) t.join();
+    }
+    sw_store_destroy(server);
+    sw_device_destroy(cpu);
+    for (auto& d : devs) sw_device_destroy(d);
+    std::printf("%s\n", failures ? "FAILED" : "all NCCL checks passed (fake NCCL, emulated CUDA)");
+    return failures ? 1 : 0;
+}
