@@ -25,6 +25,14 @@ log "native build (CUDA on)"
 cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSHARDWISE_CUDA=ON > "$OUT_DIR/cmake.log" 2>&1 &&
     cmake --build "$BUILD" -j "$(nproc)" >> "$OUT_DIR/cmake.log" 2>&1 || { tail -50 "$OUT_DIR/cmake.log"; exit 1; }
 
+# NCCL lives in the Python environment there (nvidia-nccl): point Shardwise at it unless the caller did.
+if [ -z "${SHARDWISE_NCCL_PATH:-}" ]; then
+    nccl="$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null ||
+            find / -name 'libnccl.so.2' -not -path '*/proc/*' 2>/dev/null | head -n1)"
+    [ -n "$nccl" ] && [ -e "$nccl" ] && export SHARDWISE_NCCL_PATH="$nccl"
+fi
+log "NCCL: ${SHARDWISE_NCCL_PATH:-not found}"
+
 log "native checks"
 ctest --test-dir "$BUILD" --output-on-failure > "$OUT_DIR/ctest.log" 2>&1 || rc_all=1
 tail -15 "$OUT_DIR/ctest.log" | tee -a "$OUT_DIR/summary.txt"

@@ -350,6 +350,17 @@ public sealed class MultiProcessTests
     }
 
     [Test]
+    public void Nccl_OnCpuDevices_IsRefusedNamingTheArgument()
+    {
+        using var device = Device.Cpu(1);
+        var e = Assert.Throws<ShardwiseArgumentException>(() => ProcessGroup.CreateNccl([device]));
+        Assert.That(e!.Message, Does.Contain("devices[0]").And.Contain("CUDA"));
+        e = Assert.Throws<ShardwiseArgumentException>(() => ProcessGroup.CreateNccl(device, 0, 1, "127.0.0.1", FreePort(), TimeSpan.FromSeconds(5)));
+        Assert.That(e!.Message, Does.Contain("device").And.Contain("CUDA"));
+        Assert.Throws<ArgumentException>(() => ProcessGroup.CreateNccl(Array.Empty<Device>()));
+    }
+
+    [Test]
     public void TcpStore_SetGet_AndMissingKeyTimesOut()
     {
         using var server = TcpStore.Connect("127.0.0.1", 0, isServer: true, TimeSpan.FromMilliseconds(500));

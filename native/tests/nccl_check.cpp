@@ -34,9 +34,10 @@ static float value(int t, int r, long i) {
     return std::uniform_real_distribution<float>(-1, 1)(g) + 1e-3f;
 }
 
+// Emulated CUDA memory is host memory (the --real run stages through sw_memcpy instead).
 static float* host(sw_buffer b) {
     void* p = nullptr;
-    sw_buffer_get_pointer(b, &p); // emulated CUDA memory is host memory
+    sw_buffer_get_pointer(b, &p);
     return static_cast<float*>(p);
 }
 
@@ -137,12 +138,77 @@ static std::vector<sw_status> one_all_reduce(sw_comm* comms, int p, sw_device* d
     return st;
 }
 
-int main() {
+// --real: real NCCL (libnccl.so.2 from SHARDWISE_NCCL_PATH or the library path) on the first GPU, world size 1 (NCCL
+// allows one rank per GPU), both modes; exits 77 (skipped) without a GPU or NCCL.
+static int real_gpu() {
+    int32_t count = 0, available = 0, version = 0;
+    char text[2048];
+    sw_device_count(SW_BACKEND_CUDA, &count);
+    sw_nccl_get_info(&available, &version, text, sizeof text);
+    if (count == 0 || !available) {
+        std::printf("skipped: %s\n", count == 0 ? "no CUDA device" : text);
+        return 77;
+    }
+    std::printf("%s, %d GPU(s)\n", text, count);
+    sw_device dev = nullptr;
+    OK(sw_device_create(SW_BACKEND_CUDA, 0, 0, &dev));
+    // With one rank every collective is a (strided) copy: the output must equal the input, element for element.
+    auto run = [&](sw_comm comm) {
+        sw_stream s = nullptr;
+        OK(sw_stream_create(dev, &s));
+        const long rows = 5, cols = 3, ld_send = 4, ld_recv = 6, n = rows * ld_recv;
+        std::vector<float> in(n), out(n, NAN);
+        for (long i = 0; i < n; ++i) in[i] = value(7, 0, i);
+        sw_buffer x = nullptr, y = nullptr;
+        OK(sw_buffer_alloc(dev, n * 4, &x));
+        OK(sw_buffer_alloc(dev, n * 4, &y));
+        auto round = [&](const char* what, auto&& call, long check) {
+            OK(sw_memcpy_h2d_async(x, 0, in.data(), n * 4, s));
+            OK(sw_memset_async(y, 0, 0xff, n * 4, s)); // NaN
+            OK(call());
+            OK(sw_memcpy_d2h_async(out.data(), y, 0, n * 4, s));
+            OK(sw_stream_synchronize(s));
+            for (long i = 0; i < check; ++i) CHECK(out[i] == in[i], "%s[%ld] = %g, expected %g", what, i, out[i], in[i]);
+        };
+        round("all_reduce", [&] { return sw_all_reduce(comm, 0, x, 0, y, 0, n, SW_DTYPE_F32, SW_REDUCE_SUM, s); }, n);
+        round("all_gather_v", [&] { return sw_all_gather_v(comm, 0, x, 0, n, y, 0, n, SW_DTYPE_F32, s); }, n);
+        round("reduce_scatter_v", [&] { return sw_reduce_scatter_v(comm, 0, x, 0, n, y, 0, n, SW_DTYPE_F32, SW_REDUCE_SUM, s); }, n);
+        round("broadcast", [&] { return sw_broadcast(comm, 0, x, 0, n, SW_DTYPE_F32, 0, s) == SW_OK
+                                            ? sw_memcpy_d2d_async(y, 0, x, 0, n * 4, s) : SW_ERR_INTERNAL; }, n);
+        OK(sw_memcpy_h2d_async(x, 0, in.data(), n * 4, s));
+        OK(sw_memset_async(y, 0, 0xff, n * 4, s));
+        OK(sw_all_gather_columns(comm, 0, x, 0, rows, cols, ld_send, y, 0, ld_recv, SW_DTYPE_F32, s));
+        OK(sw_memcpy_d2h_async(out.data(), y, 0, n * 4, s));
+        OK(sw_stream_synchronize(s));
+        for (long i = 0; i < rows; ++i)
+            for (long j = 0; j < cols; ++j)
+                CHECK(out[i * ld_recv + j] == in[i * ld_send + j], "all_gather_columns (%ld,%ld)", i, j);
+        sw_buffer_destroy(x);
+        sw_buffer_destroy(y);
+        sw_stream_destroy(s);
+    };
+    sw_comm comm = nullptr;
+    OK(sw_comm_create_nccl_local(1, &dev, 60000, &comm));
+    if (comm) run(comm);
+    sw_comm_destroy(comm);
+    sw_store store = nullptr;
+    OK(sw_store_create("127.0.0.1", 0, 1, 60000, &store));
+    OK(sw_comm_create_nccl(dev, store, "gpu", 0, 1, 60000, &comm));
+    if (comm) run(comm);
+    sw_comm_destroy(comm);
+    sw_store_destroy(store);
+    sw_device_destroy(dev);
+    std::printf("%s\n", failures ? "FAILED" : "NCCL on the GPU (world size 1): all checks passed");
+    return failures ? 1 : 0;
+}
+
+int main(int argc, char** argv) {
+    g_seed = static_cast<unsigned>(std::random_device{}());
+    std::printf("seed %u\n", g_seed);
+    if (argc > 1 && std::strcmp(argv[1], "--real") == 0) return real_gpu();
     setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
     setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "3", 1);
     setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
-    g_seed = static_cast<unsigned>(std::random_device{}());
-    std::printf("seed %u\n", g_seed);
     int32_t available = 0, version = 0;
     char text[1024];
     OK(sw_nccl_get_info(&available, &version, text, sizeof text));

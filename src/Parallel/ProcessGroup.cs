@@ -24,11 +24,10 @@ public sealed class ProcessGroup : IDisposable
     private readonly TcpStore? _ownedStore;
     private bool _disposed;
 
-    private ProcessGroup(Device[] devices, TimeSpan timeout)
+    private ProcessGroup(Device[] devices, TimeSpan timeout, bool nccl = false)
     {
         Timeout = timeout;
         WorldSize = devices.Length;
-        Backend = "local";
         var raw = new nint[devices.Length];
         for (int r = 0; r < devices.Length; r++)
         {
@@ -38,9 +37,16 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             fixed (nint* p = raw)
-                ThrowHelper.Check(Native.sw_comm_create_local(devices.Length, p, TimeoutMs(timeout), out _comm),
-                    nameof(Native.sw_comm_create_local));
+            {
+                if (nccl)
+                    ThrowHelper.Check(Native.sw_comm_create_nccl_local(devices.Length, p, TimeoutMs(timeout), out _comm),
+                        nameof(Native.sw_comm_create_nccl_local));
+                else
+                    ThrowHelper.Check(Native.sw_comm_create_local(devices.Length, p, TimeoutMs(timeout), out _comm),
+                        nameof(Native.sw_comm_create_local));
+            }
         }
+        Backend = BackendOf(_comm);
         _comm.SetParents(devices.Select(d => (SafeHandle)d.Handle).Distinct().ToArray());
         GC.KeepAlive(devices);
         _ranks = new RankContext[devices.Length];
@@ -56,10 +62,16 @@ public sealed class ProcessGroup : IDisposable
         _comm.SetParents(device.Handle);
         ThrowHelper.Check(Native.sw_comm_get_world_size(_comm, out int world), nameof(Native.sw_comm_get_world_size));
         ThrowHelper.Check(Native.sw_comm_get_rank(_comm, out int rank), nameof(Native.sw_comm_get_rank));
-        ThrowHelper.Check(Native.sw_comm_get_backend(_comm, out nint name), nameof(Native.sw_comm_get_backend));
         WorldSize = world;
-        Backend = Marshal.PtrToStringUTF8(name) ?? "?";
+        Backend = BackendOf(_comm);
+        IsMultiProcess = true;
         _ranks = [new RankContext(this, rank, device)];
+    }
+
+    private static string BackendOf(CommHandle comm)
+    {
+        ThrowHelper.Check(Native.sw_comm_get_backend(comm, out nint name), nameof(Native.sw_comm_get_backend));
+        return Marshal.PtrToStringUTF8(name) ?? "?";
     }
 
     private static long TimeoutMs(TimeSpan timeout) => (long)Math.Ceiling(timeout.TotalMilliseconds);
@@ -155,6 +167,50 @@ public sealed class ProcessGroup : IDisposable
         return new ProcessGroup(comm, device, t, null);
     }
 
+    /// <summary>
+    /// An NCCL group in this process: rank r on <paramref name="devices"/>[r], distinct CUDA devices (NCCL allows one rank
+    /// per GPU; for virtual ranks on one GPU use <see cref="CreateLocal(Device, int, TimeSpan?)"/>). Collectives are ordered
+    /// into the ranks' streams; the ranks agree on each call before NCCL runs, and a watchdog aborts NCCL on an
+    /// asynchronous error, a timeout or <see cref="Abort"/>. Throws <see cref="ShardwiseNotFoundException"/> when NCCL
+    /// cannot be loaded (see <see cref="NcclInfo"/>).
+    /// </summary>
+    public static ProcessGroup CreateNccl(IReadOnlyList<Device> devices, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(devices);
+        if (devices.Count < 1) throw new ArgumentException("devices is empty; expected one CUDA device per rank.", nameof(devices));
+        return new ProcessGroup(devices.ToArray(), CheckTimeout(timeout), nccl: true);
+    }
+
+    /// <summary>
+    /// An NCCL group with one rank per process (one GPU each): rank 0 makes NCCL's unique id and serves it, with the
+    /// rendezvous, from the store on <paramref name="masterAddr"/>:<paramref name="masterPort"/>; the ranks also connect
+    /// over TCP for the host side (agreement on each call, abort notices).
+    /// </summary>
+    public static ProcessGroup CreateNccl(Device device, int rank, int worldSize, string masterAddr, int masterPort, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentException.ThrowIfNullOrEmpty(masterAddr);
+        if (worldSize < 1 || worldSize > 4096)
+            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
+        ThrowHelper.Rank(rank, worldSize);
+        if (masterPort < 1 || masterPort > 65535)
+            throw new ArgumentOutOfRangeException(nameof(masterPort), masterPort, "masterPort must be in [1, 65535].");
+        var t = CheckTimeout(timeout);
+        var store = TcpStore.Connect(masterAddr, masterPort, isServer: rank == 0, t);
+        try
+        {
+            ThrowHelper.Check(Native.sw_comm_create_nccl(device.Handle, store.Handle, "shardwise", rank, worldSize, TimeoutMs(t), out var comm),
+                nameof(Native.sw_comm_create_nccl));
+            comm.SetParents(store.Handle);
+            return new ProcessGroup(comm, device, t, store);
+        }
+        catch
+        {
+            store.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Whether the MPI plugin loads, and MPI's library version (or why it does not load).</summary>
     public static (bool Available, string Description) MpiInfo()
     {
@@ -183,7 +239,8 @@ public sealed class ProcessGroup : IDisposable
 
     /// <summary>
     /// The group the launcher describes through the environment: torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
-    /// MASTER_PORT; set by <c>shardwise launch</c>) give a TCP group; without them, a process started by Open MPI's
+    /// MASTER_PORT; set by <c>shardwise launch</c>) give a TCP group on a CPU device and an NCCL group on a CUDA device
+    /// (LOCAL_RANK usually picks the GPU: <c>Device.Open(Backend.Cuda, localRank)</c>); without them, a process started by Open MPI's
     /// <c>mpirun</c> (OMPI_COMM_WORLD_RANK) gets an MPI group. Throws <see cref="InvalidOperationException"/> naming
     /// the missing or malformed variable otherwise.
     /// </summary>
@@ -205,21 +262,25 @@ public sealed class ProcessGroup : IDisposable
             return x;
         }
         int r = Int("RANK"), world = Int("WORLD_SIZE"), port = Int("MASTER_PORT");
+        // CUDA devices talk NCCL; CPU devices TCP.
         string addr = Environment.GetEnvironmentVariable("MASTER_ADDR") is { Length: > 0 } a ? a
             : throw new InvalidOperationException("environment variable MASTER_ADDR is not set (the address of rank 0's store).");
         if (world < 1 || r < 0 || r >= world)
             throw new InvalidOperationException($"RANK = {r} and WORLD_SIZE = {world}: expected 0 <= RANK < WORLD_SIZE.");
-        return CreateTcp(device, r, world, addr, port, timeout);
+        return device.Backend == Shardwise.Parallel.Backend.Cuda
+            ? CreateNccl(device, r, world, addr, port, timeout)
+            : CreateTcp(device, r, world, addr, port, timeout);
     }
 
     /// <summary>Number of ranks (in every process of a multi-process group).</summary>
     public int WorldSize { get; }
 
-    /// <summary>The communicator's kind: "local" (in-process), "tcp" or "mpi".</summary>
+    /// <summary>The communicator's kind: "local" (in-process), "tcp", "mpi" or "nccl".</summary>
     public string Backend { get; }
 
-    /// <summary>True for a group whose ranks are separate processes (TCP, MPI): this process runs <see cref="Local"/> only.</summary>
-    public bool IsMultiProcess => Backend != "local";
+    /// <summary>True for a group whose ranks are separate processes (TCP, MPI, NCCL across processes): this process runs
+    /// <see cref="Local"/> only.</summary>
+    public bool IsMultiProcess { get; }
 
     /// <summary>This process's rank: the one rank of a multi-process group, or of a one-rank in-process group.</summary>
     public RankContext Local => _ranks.Length == 1 ? _ranks[0]

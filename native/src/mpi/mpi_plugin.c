@@ -20,6 +20,7 @@
 
 #define NOTICE_BYTES 4096
 #define CHUNK_BYTES (1 << 30) /* MPI counts are int: larger pieces travel in chunks */
+#define NOTICE_GRACE_S 0.25
 
 typedef struct plugin_comm {
     MPI_Comm data, ctrl;
@@ -27,6 +28,7 @@ typedef struct plugin_comm {
     char notice[NOTICE_BYTES];
     MPI_Request notice_req; /* a receive of any peer's abort notice, always posted */
     char** notices;         /* per peer: its abort notice once received ("<status>|<reason>"), else NULL */
+    double* notice_time;    /* when it was received */
     int leaked;             /* requests given up on (freed while still active) */
 } plugin_comm;
 
@@ -135,7 +137,8 @@ static int comm_create(void** out, int32_t* rank, int32_t* world, char* err, siz
                    "MPI_Irecv (abort notices)", err, cap))
         goto fail;
     c->notices = (char**)calloc((size_t)c->world, sizeof *c->notices);
-    if (!c->notices) {
+    c->notice_time = (double*)calloc((size_t)c->world, sizeof *c->notice_time);
+    if (!c->notices || !c->notice_time) {
         say(err, cap, "out of memory");
         goto fail;
     }
@@ -172,6 +175,7 @@ static void comm_release(void* handle) {
             MPI_Comm_free(&c->ctrl);
             for (int q = 0; q < c->world; ++q) free(c->notices[q]);
             free(c->notices);
+            free(c->notice_time);
             free(c);
         } /* else: requests may still reference the communicators (and c->notice); keep them */
     }
@@ -194,19 +198,24 @@ static void take_notices(plugin_comm* c) {
         MPI_Get_count(&st, MPI_CHAR, &len);
         if (len < 0 || len >= NOTICE_BYTES) len = NOTICE_BYTES - 1;
         c->notice[len] = '\0';
-        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world && !c->notices[st.MPI_SOURCE])
+        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world && !c->notices[st.MPI_SOURCE]) {
             c->notices[st.MPI_SOURCE] = strdup(c->notice);
+            c->notice_time[st.MPI_SOURCE] = now_s();
+        }
         if (MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req) != MPI_SUCCESS)
             c->notice_req = MPI_REQUEST_NULL;
     }
 }
 
 /* A peer that aborted matters only when this rank still needs it: fails with its notice when one of the pending
- * requests (peer[i] for req[i] != MPI_REQUEST_NULL) is with such a peer. Mutex held. */
+ * requests (peer[i] for req[i] != MPI_REQUEST_NULL) is with such a peer, NOTICE_GRACE_S after the notice came. The
+ * notice travels on another communicator than the data, so it can overtake the peer's last data (a rank that
+ * finished and destroyed its communicator): the grace lets that data land. Mutex held. */
 static int needed_peer_aborted(plugin_comm* c, const MPI_Request* req, const int* peer, int n, int32_t* peer_status,
                                char* err, size_t cap) {
     for (int i = 0; i < n; ++i) {
         if (req[i] == MPI_REQUEST_NULL || peer[i] < 0 || peer[i] >= c->world || !c->notices[peer[i]]) continue;
+        if (now_s() - c->notice_time[peer[i]] < NOTICE_GRACE_S) continue;
         const char* text = c->notices[peer[i]]; /* "<status>|<reason>" */
         const char* bar = strchr(text, '|');
         if (peer_status) *peer_status = (int32_t)atoi(text);
