@@ -74,6 +74,21 @@ public sealed class ProcessGroup : IDisposable
         return Marshal.PtrToStringUTF8(name) ?? "?";
     }
 
+    // Checks a job's arguments and connects to its store (rank 0 serves it).
+    private static (TimeSpan Timeout, TcpStore Store) JoinStore(Device device, int rank, int worldSize, string masterAddr, int masterPort,
+        TimeSpan? timeout)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentException.ThrowIfNullOrEmpty(masterAddr);
+        if (worldSize < 1 || worldSize > 4096)
+            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
+        ThrowHelper.Rank(rank, worldSize);
+        if (masterPort < 1 || masterPort > 65535)
+            throw new ArgumentOutOfRangeException(nameof(masterPort), masterPort, "masterPort must be in [1, 65535].");
+        var t = CheckTimeout(timeout);
+        return (t, TcpStore.Connect(masterAddr, masterPort, isServer: rank == 0, t));
+    }
+
     private static long TimeoutMs(TimeSpan timeout) => (long)Math.Ceiling(timeout.TotalMilliseconds);
 
     private static TimeSpan CheckTimeout(TimeSpan? timeout)
@@ -111,15 +126,7 @@ public sealed class ProcessGroup : IDisposable
     /// </summary>
     public static ProcessGroup CreateTcp(Device device, int rank, int worldSize, string masterAddr, int masterPort, TimeSpan? timeout = null)
     {
-        ArgumentNullException.ThrowIfNull(device);
-        ArgumentException.ThrowIfNullOrEmpty(masterAddr);
-        if (worldSize < 1 || worldSize > 4096)
-            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
-        ThrowHelper.Rank(rank, worldSize);
-        if (masterPort < 1 || masterPort > 65535)
-            throw new ArgumentOutOfRangeException(nameof(masterPort), masterPort, "masterPort must be in [1, 65535].");
-        var t = CheckTimeout(timeout);
-        var store = TcpStore.Connect(masterAddr, masterPort, isServer: rank == 0, t);
+        var (t, store) = JoinStore(device, rank, worldSize, masterAddr, masterPort, timeout);
         try
         {
             return CreateTcp(device, store, "shardwise", rank, worldSize, t, ownsStore: true);
@@ -188,15 +195,7 @@ public sealed class ProcessGroup : IDisposable
     /// </summary>
     public static ProcessGroup CreateNccl(Device device, int rank, int worldSize, string masterAddr, int masterPort, TimeSpan? timeout = null)
     {
-        ArgumentNullException.ThrowIfNull(device);
-        ArgumentException.ThrowIfNullOrEmpty(masterAddr);
-        if (worldSize < 1 || worldSize > 4096)
-            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
-        ThrowHelper.Rank(rank, worldSize);
-        if (masterPort < 1 || masterPort > 65535)
-            throw new ArgumentOutOfRangeException(nameof(masterPort), masterPort, "masterPort must be in [1, 65535].");
-        var t = CheckTimeout(timeout);
-        var store = TcpStore.Connect(masterAddr, masterPort, isServer: rank == 0, t);
+        var (t, store) = JoinStore(device, rank, worldSize, masterAddr, masterPort, timeout);
         try
         {
             ThrowHelper.Check(Native.sw_comm_create_nccl(device.Handle, store.Handle, "shardwise", rank, worldSize, TimeoutMs(t), out var comm),

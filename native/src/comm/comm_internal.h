@@ -133,6 +133,14 @@ inline int64_t resolve_timeout(int64_t timeout_ms) {
     return std::min<int64_t>(t, int64_t{1000} * 1000 * 1000 * 1000);
 }
 
+// The arguments every multi-process communicator takes: 1 <= world_size <= 4096, 0 <= rank < world_size, timeout >= 0.
+inline void check_job(int32_t rank, int32_t world_size, int64_t timeout_ms) {
+    if (world_size < 1 || world_size > 4096) fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
+    if (rank < 0 || rank >= world_size)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < world_size = ", world_size);
+    if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+}
+
 // Comma-separated rank numbers.
 std::string rank_list(const std::vector<int>& ranks);
 // Checks that all ranks called the same collective with compatible arguments; returns "" or the problem.

@@ -270,10 +270,7 @@ SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const cha
         check_nccl_device(d, "device");
         StoreImpl* s = store_of(store);
         require(prefix, "prefix");
-        if (world_size < 1 || world_size > 4096) fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
-        if (rank < 0 || rank >= world_size)
-            fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < world_size = ", world_size);
-        if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+        check_job(rank, world_size, timeout_ms);
         const NcclApi& n = nccl_or_fail();
         const int64_t t = resolve_timeout(timeout_ms);
         // Rank 0 makes the unique id; the others read it from the store. The TCP mesh is the host side's transport

@@ -152,17 +152,18 @@ Fd listen_on(const std::string& host, int port, int* actual_port, const std::str
     fail(SW_ERR_BACKEND, what, ": cannot listen on ", host.empty() ? "*" : host, ":", port, ": ", last);
 }
 
-// Blocking-with-deadline I/O on a nonblocking socket. Returns false on EOF/error (err says which).
-bool write_all(int fd, const char* p, size_t n, Clock::time_point deadline, std::string* err) {
+// Blocking-with-deadline I/O on a nonblocking socket: all n bytes sent (writing) or received. Returns false on
+// EOF/error/deadline (err says which: "timed out", "connection closed" or the system's message).
+bool transfer_all(int fd, char* p, size_t n, bool writing, Clock::time_point deadline, std::string* err) {
     while (n) {
-        const ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
-        if (w > 0) {
-            p += w;
-            n -= static_cast<size_t>(w);
+        const ssize_t k = writing ? ::send(fd, p, n, MSG_NOSIGNAL) : ::recv(fd, p, n, 0);
+        if (k > 0) {
+            p += k;
+            n -= static_cast<size_t>(k);
             continue;
         }
-        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            pollfd pf{fd, POLLOUT, 0};
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            pollfd pf{fd, static_cast<short>(writing ? POLLOUT : POLLIN), 0};
             const int ms = remaining_ms(deadline, 1000);
             if (ms == 0) {
                 *err = "timed out";
@@ -171,34 +172,16 @@ bool write_all(int fd, const char* p, size_t n, Clock::time_point deadline, std:
             ::poll(&pf, 1, ms);
             continue;
         }
-        *err = w < 0 ? errno_text(errno) : "connection closed";
+        *err = k < 0 ? errno_text(errno) : "connection closed";
         return false;
     }
     return true;
 }
-
+bool write_all(int fd, const char* p, size_t n, Clock::time_point deadline, std::string* err) {
+    return transfer_all(fd, const_cast<char*>(p), n, true, deadline, err); // send() only reads
+}
 bool read_all(int fd, char* p, size_t n, Clock::time_point deadline, std::string* err) {
-    while (n) {
-        const ssize_t r = ::recv(fd, p, n, 0);
-        if (r > 0) {
-            p += r;
-            n -= static_cast<size_t>(r);
-            continue;
-        }
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            pollfd pf{fd, POLLIN, 0};
-            const int ms = remaining_ms(deadline, 1000);
-            if (ms == 0) {
-                *err = "timed out";
-                return false;
-            }
-            ::poll(&pf, 1, ms);
-            continue;
-        }
-        *err = r < 0 ? errno_text(errno) : "connection closed";
-        return false;
-    }
-    return true;
+    return transfer_all(fd, p, n, false, deadline, err);
 }
 
 // ------------------------------------------------------------------ store protocol
@@ -804,10 +787,7 @@ SW_API sw_status sw_comm_create_tcp(sw_device device, sw_store store, const char
         auto* dev = checked(device, "device");
         auto* s = checked_store(store);
         require(prefix, "prefix");
-        if (world_size < 1 || world_size > 4096) fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
-        if (rank < 0 || rank >= world_size)
-            fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < world_size = ", world_size);
-        if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+        check_job(rank, world_size, timeout_ms);
         if (dev->impl->is_cuda())
             fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; TCP communicators carry host memory (CPU devices): use NCCL for GPUs");
         const int64_t t = resolve_timeout(timeout_ms);
