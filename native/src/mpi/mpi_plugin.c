@@ -202,11 +202,21 @@ static void take_notices(plugin_comm* c) {
 }
 
 /* A peer that aborted matters only when this rank still needs it: fails with its notice when one of the pending
- * requests (peer[i] for req[i] != MPI_REQUEST_NULL) is with such a peer. Mutex held. */
-static int needed_peer_aborted(plugin_comm* c, const MPI_Request* req, const int* peer, int n, int32_t* peer_status,
-                               char* err, size_t cap) {
+ * requests (peer[i] for req[i] != MPI_REQUEST_NULL) is with such a peer. Mutex held.
+ * The notice travels on the control communicator and the data on the data communicator, so MPI does not order
+ * them: a peer that completed its part of this exchange and then destroyed its communicator can have its notice
+ * matched before (or in the same progress step as) its last data. So a request with a peer that sent a notice is
+ * tested once more here, and it counts only after the notice has been seen for NOTICE_GRACE_S with the request still
+ * pending (*seen_at: when a needed peer's notice was first seen, 0 before). */
+#define NOTICE_GRACE_S 0.25
+static int needed_peer_aborted(plugin_comm* c, MPI_Request* req, const int* peer, int n, double* seen_at,
+                               int32_t* peer_status, char* err, size_t cap) {
     for (int i = 0; i < n; ++i) {
         if (req[i] == MPI_REQUEST_NULL || peer[i] < 0 || peer[i] >= c->world || !c->notices[peer[i]]) continue;
+        int done = 0;
+        if (MPI_Test(&req[i], &done, MPI_STATUS_IGNORE) == MPI_SUCCESS && done) continue; /* it had arrived */
+        if (*seen_at == 0) *seen_at = now_s();
+        if (now_s() - *seen_at < NOTICE_GRACE_S) continue;
         const char* text = c->notices[peer[i]]; /* "<status>|<reason>" */
         const char* bar = strchr(text, '|');
         if (peer_status) *peer_status = (int32_t)atoi(text);
@@ -255,6 +265,7 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
     pthread_mutex_unlock(&g_mu);
     const double deadline = now_s() + (double)timeout_ms / 1000.0;
     long spins = 0;
+    double notice_seen_at = 0;
     while (rc == SW_MPI_OK) {
         int all = 1;
         pthread_mutex_lock(&g_mu);
@@ -267,7 +278,7 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
         }
         if (rc == SW_MPI_OK && !all) {
             take_notices(c);
-            if (needed_peer_aborted(c, req, peer, posted, peer_status, err, cap)) rc = SW_MPI_PEER_ABORT;
+            if (needed_peer_aborted(c, req, peer, posted, &notice_seen_at, peer_status, err, cap)) rc = SW_MPI_PEER_ABORT;
         }
         pthread_mutex_unlock(&g_mu);
         if (rc != SW_MPI_OK || all) break;
