@@ -9,6 +9,12 @@
                                   interop tests (tests/TorchSharp, outside the solution); prints
                                   "N passed, N failed, N skipped" as its last line (NUnit + TorchSharp + ctest)
     ./build.ps1 bench [args...]   deps, builds, then BenchmarkDotNet (bench exe `bench` + args)
+    ./build.ps1 bench-mp [N] [tcp|mpi]  deps, builds, then the multi-process collective bandwidth report: N ranks
+                                  (default 2), one process each, over TCP (shardwise launch, default) or MPI
+                                  (mpirun); all-reduce, all-gather, reduce-scatter, 8 B x4 up to 64 MiB (the last
+                                  size is 32 MiB, as nccl-tests -b 8 -e 64M -f 4), with nccl-tests' size, count,
+                                  time, algbw and busbw (docs/distributed.md); SW_BW_MAX_BYTES (e.g. 1M),
+                                  SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5)
     ./build.ps1 native            deps and the native library (CMake configure + build) only
     ./build.ps1 pack              deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel into
                                   artifacts/packages (native library under runtimes/<rid>/native: linux-x64, or
@@ -435,6 +441,35 @@ function Invoke-Run([string] $Job, [string[]] $ExtraArgs) {
     exit $LASTEXITCODE
 }
 
+# The bandwidth scenario of the multi-process worker, run from the test output folder (worker and launcher/ are
+# copied there). Not part of `test`: it measures, it does not check speed.
+function Invoke-BenchMp([string[]] $ExtraArgs) {
+    $usage = 'usage: ./build.ps1 bench-mp [N] [tcp|mpi]'
+    if ($ExtraArgs.Count -gt 2) { throw "bench-mp: too many arguments ($usage)" }
+    $n = if ($ExtraArgs.Count -ge 1) { $ExtraArgs[0] } else { '2' }
+    $transport = if ($ExtraArgs.Count -ge 2) { $ExtraArgs[1] } else { 'tcp' }
+    if ($n -notmatch '^[1-9][0-9]*$') { throw "bench-mp: N must be a positive rank count, got '$n' ($usage)" }
+    if ($transport -notin 'tcp', 'mpi') { throw "bench-mp: transport must be tcp or mpi, got '$transport'" }
+    Install-Deps
+    Build-Native
+    Build-Dotnet
+    $out = Split-Path -Parent (Get-TargetPath $TestProject)
+    $worker = Join-Path $out 'Shardwise.MultiProcessWorker.dll'
+    $launcher = Join-Path $out 'launcher/shardwise.dll'
+    if (-not (Test-Path $worker)) { throw "bench-mp: worker not built: $worker" }
+    Write-Step "collective bandwidth: $n ranks over $transport"
+    if ($transport -eq 'tcp') {
+        if (-not (Test-Path $launcher)) { throw "bench-mp: launcher not built: $launcher" }
+        & dotnet $launcher launch -n $n --no-prefix -- dotnet $worker bandwidth
+        exit $LASTEXITCODE
+    }
+    if (-not (Test-Command 'mpirun')) { throw 'bench-mp: mpirun not found (Debian: apt-get install openmpi-bin libopenmpi-dev)' }
+    $forward = @('SW_BW_MIN_BYTES', 'SW_BW_MAX_BYTES', 'SW_BW_ITERS', 'SW_BW_WARMUP', 'SW_TEST_TIMEOUT_MS' |
+        Where-Object { [Environment]::GetEnvironmentVariable($_) } | ForEach-Object { '-x'; $_ })
+    & mpirun --allow-run-as-root --oversubscribe -n $n @forward dotnet $worker bandwidth
+    exit $LASTEXITCODE
+}
+
 function Invoke-Test([string[]] $ExtraArgs) {
     Install-Deps
     Build-Native
@@ -473,6 +508,7 @@ try {
         'run' { Invoke-Run 'main' $Arguments }
         'test' { Invoke-Test $Arguments }
         'bench' { Invoke-Run 'bench' $Arguments }
+        'bench-mp' { Invoke-BenchMp $Arguments }
         'native' { Install-Deps; Build-Native }
         'pack' { Install-Deps; Build-Native; Invoke-Pack }
         'samples' {

@@ -9,6 +9,12 @@
 #                                  --filter 'FullyQualifiedName~Smoke'|'TestCategory=Fast' (--help lists all)
 #   ./build.sh bench [args...]     deps, builds, then BenchmarkDotNet (bench exe `bench` + args),
 #                                  e.g. --filter '*Gemm*' --job short, or --list flat
+#   ./build.sh bench-mp [N] [tcp|mpi]  deps, builds, then the multi-process collective bandwidth report: N ranks
+#                                  (default 2), one process each, over TCP (shardwise launch, default) or MPI
+#                                  (mpirun); all-reduce, all-gather, reduce-scatter, 8 B x4 up to 64 MiB (the
+#                                  last size is 32 MiB, as nccl-tests -b 8 -e 64M -f 4), with nccl-tests' size,
+#                                  count, time, algbw and busbw (docs/distributed.md);
+#                                  SW_BW_MAX_BYTES (e.g. 1M), SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5)
 #   ./build.sh native              deps and the native library (CMake configure + build) only
 #   ./build.sh pack                deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel
 #                                  into artifacts/packages (native library under runtimes/<rid>/native), and a
@@ -423,6 +429,34 @@ cmd_bench() {
     exec dotnet "$bench_dll" bench "$@"
 }
 
+# The bandwidth scenario of the multi-process worker, run from the test output folder (worker and launcher/ are
+# copied there). Not part of `test`: it measures, it does not check speed.
+cmd_bench_mp() {
+    local n="${1:-2}" transport="${2:-tcp}"
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "bench-mp: N must be a positive rank count, got '$n' (usage: ./build.sh bench-mp [N] [tcp|mpi])"
+    [[ "$transport" == tcp || "$transport" == mpi ]] || die "bench-mp: transport must be tcp or mpi, got '$transport'"
+    (($# <= 2)) || die "bench-mp: too many arguments (usage: ./build.sh bench-mp [N] [tcp|mpi])"
+    deps
+    native_build
+    dotnet_build
+    local out worker launcher
+    out="$(dirname "$(target_path "$TEST_PROJECT")")"
+    worker="$out/Shardwise.MultiProcessWorker.dll"
+    launcher="$out/launcher/shardwise.dll"
+    [[ -f "$worker" ]] || die "bench-mp: worker not built: $worker"
+    step "collective bandwidth: $n ranks over $transport"
+    if [[ "$transport" == tcp ]]; then
+        [[ -f "$launcher" ]] || die "bench-mp: launcher not built: $launcher"
+        exec dotnet "$launcher" launch -n "$n" --no-prefix -- dotnet "$worker" bandwidth
+    fi
+    command -v mpirun >/dev/null 2>&1 || die "bench-mp: mpirun not found (Debian: apt-get install openmpi-bin libopenmpi-dev)"
+    local forward=() var
+    for var in SW_BW_MIN_BYTES SW_BW_MAX_BYTES SW_BW_ITERS SW_BW_WARMUP SW_TEST_TIMEOUT_MS; do
+        [[ -n "${!var:-}" ]] && forward+=(-x "$var")
+    done
+    exec mpirun --allow-run-as-root --oversubscribe -n "$n" "${forward[@]}" dotnet "$worker" bandwidth
+}
+
 cmd_test() {
     deps
     native_build
@@ -474,6 +508,7 @@ case "$command" in
     run) cmd_run "$@" ;;
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
+    bench-mp) cmd_bench_mp "$@" ;;
     native) cmd_native ;;
     pack) cmd_pack ;;
     samples) cmd_samples ;;

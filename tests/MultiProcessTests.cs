@@ -81,7 +81,8 @@ public sealed class MultiProcessTests
     }
 
     /// <summary>Runs p worker processes with torchrun's environment (a TCP group).</summary>
-    private static RankResult[] RunTcp(int p, string scenario, string? outDir = null, int seed = 0, int timeoutMs = 30000)
+    private static RankResult[] RunTcp(int p, string scenario, string? outDir = null, int seed = 0, int timeoutMs = 30000,
+        IReadOnlyDictionary<string, string>? extraEnv = null)
     {
         var (file, prefix) = WorkerCommand();
         int port = FreePort();
@@ -93,6 +94,7 @@ public sealed class MultiProcessTests
                 ["RANK"] = $"{r}", ["LOCAL_RANK"] = $"{r}", ["WORLD_SIZE"] = $"{p}", ["MASTER_ADDR"] = "127.0.0.1",
                 ["MASTER_PORT"] = $"{port}", ["SW_TEST_SEED"] = $"{seed}", ["SW_TEST_TIMEOUT_MS"] = $"{timeoutMs}",
             };
+            foreach (var (k, v) in extraEnv ?? new Dictionary<string, string>()) env[k] = v;
             procs.Add(Start(file, [.. prefix, scenario, .. outDir is null ? Array.Empty<string>() : [outDir]], env));
         }
         return Collect(procs).Select((x, r) => new RankResult(r, x.P.ExitCode, x.Out)).ToArray();
@@ -222,6 +224,73 @@ public sealed class MultiProcessTests
             CheckLayers(p, seed, (name, r) => Path.Combine(dir, $"{name}.rank{r}.bin"));
         }
         finally { Directory.Delete(dir, true); }
+    }
+
+    /// <summary>One row of the bandwidth table: size (B), count, type, redop, time (us), algbw, busbw (GB/s), #wrong,
+    /// with the printed text of the two bandwidths (their decimals give the rounding).</summary>
+    private sealed record BandwidthRow(long Size, long Count, string Type, string Redop, double TimeUs, string AlgBw, string BusBw, int Wrong);
+
+    private static Dictionary<string, List<BandwidthRow>> ParseBandwidthTables(string output)
+    {
+        var tables = new Dictionary<string, List<BandwidthRow>>();
+        List<BandwidthRow>? current = null;
+        foreach (var raw in output.Split('\n'))
+        {
+            string line = raw.Trim();
+            if (line.StartsWith("# collective: ", StringComparison.Ordinal))
+                tables[line["# collective: ".Length..].Split(' ')[0]] = current = [];
+            else if (line.Length > 0 && char.IsAsciiDigit(line[0]))
+            {
+                Assert.That(current, Is.Not.Null, $"a row before any '# collective:' header: {line}");
+                var f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                Assert.That(f, Has.Length.EqualTo(8), $"row with 8 columns: {line}");
+                var inv = System.Globalization.CultureInfo.InvariantCulture;
+                current!.Add(new BandwidthRow(long.Parse(f[0], inv), long.Parse(f[1], inv), f[2], f[3], double.Parse(f[4], inv), f[5], f[6],
+                    int.Parse(f[7], inv)));
+            }
+        }
+        return tables;
+    }
+
+    [Test]
+    public void Tcp_Bandwidth_ReportsEverySize_InNcclTestsTerms()
+    {
+        const int p = 2;
+        var results = RunTcp(p, "bandwidth", extraEnv: new Dictionary<string, string>
+        {
+            ["SW_BW_MAX_BYTES"] = "64K", ["SW_BW_ITERS"] = "2", ["SW_BW_WARMUP"] = "1",
+        });
+        foreach (var r in results) Assert.That(r.Ok && r.ExitCode == 0, $"rank {r.Rank}: exit {r.ExitCode}, {r.Line}");
+        Assert.That(results[1].Output, Does.Not.Contain("# collective:"), "only rank 0 prints the tables");
+        var tables = ParseBandwidthTables(results[0].Output);
+        Assert.That(tables.Keys, Is.EqualTo(new[] { "all_reduce", "all_gather", "reduce_scatter" }));
+        // nccl-tests -b 8 -e 64K -f 4: 8, 32, ..., 32768 B. With 2 ranks every size is a whole number of floats per rank.
+        var sizes = new List<long>();
+        for (long size = 8; size <= 64 * 1024; size *= 4) sizes.Add(size);
+        static double Ulp(string text) => text.Contains('.') ? 0.5 * Math.Pow(10, -(text.Length - text.IndexOf('.') - 1)) : 0.5;
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        foreach (var (op, rows) in tables)
+        {
+            double factor = op == "all_reduce" ? 2.0 * (p - 1) / p : (double)(p - 1) / p;
+            Assert.That(rows.Select(r => r.Size), Is.EqualTo(sizes), $"{op}: one row per size");
+            foreach (var row in rows)
+            {
+                string where = $"{op} {row.Size} B";
+                Assert.That(row.Count * 4, Is.EqualTo(row.Size), $"{where}: count = size / sizeof(float)");
+                Assert.That(row.Type, Is.EqualTo("float"), where);
+                Assert.That(row.Redop, Is.EqualTo(op == "all_gather" ? "none" : "sum"), where);
+                Assert.That(row.Wrong, Is.Zero, where);
+                double algbw = double.Parse(row.AlgBw, inv), busbw = double.Parse(row.BusBw, inv);
+                foreach (var (name, v) in new[] { ("time", row.TimeUs), ("algbw", algbw), ("busbw", busbw) })
+                    Assert.That(double.IsFinite(v) && v > 0, Is.True, $"{where}: {name} = {v} is a positive finite number");
+                // algbw = size / time (GB/s = B/us / 1e3); the time is printed to 0.01 us.
+                double fromTime = row.Size / row.TimeUs / 1e3;
+                Assert.That(Math.Abs(algbw - fromTime), Is.LessThanOrEqualTo(Ulp(row.AlgBw) + fromTime * (0.005 / row.TimeUs) * 1.01 + 1e-12),
+                    $"{where}: algbw {row.AlgBw} vs size/time {fromTime}");
+                Assert.That(Math.Abs(busbw - algbw * factor), Is.LessThanOrEqualTo(Ulp(row.BusBw) + factor * Ulp(row.AlgBw) + 1e-12),
+                    $"{where}: busbw {row.BusBw} vs algbw {row.AlgBw} x {factor}");
+            }
+        }
     }
 
     [Test]

@@ -9,12 +9,15 @@ using Shardwise.Parallel;
 //   late            rank p-1 joins the second collective 2.5 timeouts late; the others must time out naming it
 //   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
 //   nccl-info       prints ProcessGroup.NcclInfo() (no group)
+//   bandwidth       all-reduce, all-gather and reduce-scatter bandwidth in nccl-tests' terms (size, count, type, time,
+//                   algbw, busbw): rank 0 prints the tables (see Bandwidth.cs; SW_BW_MIN_BYTES, SW_BW_MAX_BYTES,
+//                   SW_BW_ITERS, SW_BW_WARMUP). `./build.sh bench-mp N tcp|mpi` runs it.
 // The group comes from the environment (ProcessGroup.FromEnvironment: torchrun variables, or mpirun). SW_TEST_SEED
 // seeds the data (the same on every rank), SW_TEST_TIMEOUT_MS the collective timeout (default 30000).
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch [OUTDIR]");
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|bandwidth|nccl-info [OUTDIR]");
     return 2;
 }
 string scenario = args[0];
@@ -54,6 +57,10 @@ using (group)
             var (column, row, ffn) = Scenario.Run(ctx, new Scenario.Data(seed));
             foreach (var (name, data) in new[] { ("column", column), ("row", row), ("ffn", ffn) })
                 File.WriteAllBytes(Path.Combine(outDir, $"{name}.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
+        }
+        else if (scenario == "bandwidth")
+        {
+            Bandwidth.Run(ctx, Bandwidth.Settings.FromEnvironment(), Console.Out);
         }
         else
         {
