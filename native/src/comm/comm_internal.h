@@ -88,6 +88,8 @@ struct CommState {
     // Buffers a failed transport operation may still touch (an MPI request that could not be cancelled): kept
     // alive until the communicator goes.
     std::vector<std::shared_ptr<Storage>> orphans;
+    std::unique_ptr<char[]> remote_scratch; // receive scratch of the multi-process collectives (remote_comm.cpp)
+    uint64_t remote_scratch_bytes = 0;
     bool is_remote() const { return transport != nullptr; }
 
     // NCCL communicators (CUDA devices): the data of every collective moves through NCCL on the rank's communication

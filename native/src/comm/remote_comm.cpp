@@ -117,6 +117,16 @@ void to_all(std::vector<Piece>& out, int p, int self, char* data, uint64_t bytes
         if (q != self) out.push_back({q, data, bytes});
 }
 
+// The communicator's receive scratch, at least `bytes` long: kept from call to call (collectives of a multi-process
+// communicator run one at a time), so that big collectives do not map, fault in and unmap fresh pages every call.
+char* scratch(CommState& st, uint64_t bytes) {
+    if (bytes > st.remote_scratch_bytes) {
+        st.remote_scratch.reset(new char[bytes]); // not zeroed: every byte used is received first
+        st.remote_scratch_bytes = bytes;
+    }
+    return st.remote_scratch.get();
+}
+
 // Step 2 for the rank of this process.
 void move_remote(CommState& st, Transport& t, uint64_t seq, const Slot& slot, Clock::time_point deadline,
                  const std::string& what) {
@@ -148,21 +158,21 @@ void move_remote(CommState& st, Transport& t, uint64_t seq, const Slot& slot, Cl
     case Coll::AllGatherColumns: {
         // Blocks travel packed (rows x cols); each lands at its column offset.
         const int64_t rows = me.rows;
-        std::vector<char> packed(static_cast<size_t>(rows * me.cols) * esz);
+        std::vector<char*> block(p + 1); // every rank's packed block, one after the other in the scratch
+        uint64_t bytes = 0;
+        for (int q = 0; q < p; ++q) bytes += static_cast<uint64_t>(rows * slot.desc[q].cols) * esz;
+        block[0] = scratch(st, bytes);
+        for (int q = 0; q < p; ++q) block[q + 1] = block[q] + static_cast<uint64_t>(rows * slot.desc[q].cols) * esz;
         for (int64_t i = 0; i < rows && me.cols > 0; ++i)
-            std::memcpy(packed.data() + i * me.cols * esz, me.send + i * me.ld_send * esz, me.cols * esz);
-        std::vector<std::vector<char>> blocks(p);
-        for (int q = 0; q < p; ++q) {
-            if (q == self) continue;
-            blocks[q].resize(static_cast<size_t>(rows * slot.desc[q].cols) * esz);
-            if (!blocks[q].empty()) recvs.push_back({q, blocks[q].data(), blocks[q].size()});
-        }
-        to_all(sends, p, self, packed.data(), packed.size());
+            std::memcpy(block[self] + i * me.cols * esz, me.send + i * me.ld_send * esz, me.cols * esz);
+        for (int q = 0; q < p; ++q)
+            if (q != self && block[q + 1] > block[q]) recvs.push_back({q, block[q], static_cast<uint64_t>(block[q + 1] - block[q])});
+        to_all(sends, p, self, block[self], static_cast<uint64_t>(block[self + 1] - block[self]));
         run();
         int64_t col0 = 0;
         for (int q = 0; q < p; ++q) {
             const int64_t cols = slot.desc[q].cols;
-            const char* src = q == self ? packed.data() : blocks[q].data();
+            const char* src = block[q];
             for (int64_t i = 0; i < rows && cols > 0; ++i)
                 std::memcpy(me.recv + (i * me.ld_recv + col0) * esz, src + i * cols * esz, cols * esz);
             col0 += cols;
@@ -175,19 +185,16 @@ void move_remote(CommState& st, Transport& t, uint64_t seq, const Slot& slot, Cl
         auto size = [&](int q) { return static_cast<uint64_t>(shard_count(total, p, q)); };
         const uint64_t n = size(self), b = begin(self);
         // Reduce-scatter: chunk q of this rank's send goes to rank q; chunk `self` of every rank comes here.
-        std::vector<std::vector<char>> part(p);
+        char* part = scratch(st, p * n * esz); // rank q's chunk at part + q * n
         for (int q = 0; q < p; ++q) {
             if (q == self) continue;
             if (size(q)) sends.push_back({q, send + begin(q) * esz, size(q) * esz});
-            if (n) {
-                part[q].resize(n * esz);
-                recvs.push_back({q, part[q].data(), n * esz});
-            }
+            if (n) recvs.push_back({q, part + q * n * esz, n * esz});
         }
         run();
         if (n) {
             std::vector<const char*> src(p);
-            for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + b * esz : part[q].data();
+            for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + b * esz : part + q * n * esz;
             reduce_sum(me.dtype, src, {me.recv + b * esz}, n); // rank order 0..p-1
         }
         // All-gather of the reduced chunks.
@@ -201,21 +208,18 @@ void move_remote(CommState& st, Transport& t, uint64_t seq, const Slot& slot, Cl
     }
     case Coll::ReduceScatter:
     case Coll::ReduceScatterV: {
-        std::vector<std::vector<char>> part(p);
+        char* part = scratch(st, p * me.count * esz); // rank q's block at part + q * count
         for (int q = 0; q < p; ++q) {
             if (q == self) continue;
             const uint64_t cq = slot.desc[q].count;
             if (cq) sends.push_back({q, send + scatter_displacement(slot, q) * esz, cq * esz});
-            if (me.count) {
-                part[q].resize(me.count * esz);
-                recvs.push_back({q, part[q].data(), me.count * esz});
-            }
+            if (me.count) recvs.push_back({q, part + q * me.count * esz, me.count * esz});
         }
         run();
         if (me.count) {
             const uint64_t displ = scatter_displacement(slot, self);
             std::vector<const char*> src(p);
-            for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + displ * esz : part[q].data();
+            for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + displ * esz : part + q * me.count * esz;
             reduce_sum(me.dtype, src, {me.recv}, me.count);
         }
         break;
@@ -288,6 +292,9 @@ void sw::run_remote_collective(const std::shared_ptr<CommState>& st, int rank, u
     st->abort_locked(status, str("rank ", rank, ": ", message));
     st->orphans.push_back(desc.keep_send);
     st->orphans.push_back(desc.keep_recv);
+    // A receive MPI could not cancel may still land in the scratch: never free it (one buffer per aborted communicator).
+    if (st->remote_scratch) (void)st->remote_scratch.release();
+    st->remote_scratch_bytes = 0;
     const std::string reason = st->reason;
     const sw_status reported = st->abort_status;
     lock.unlock();
