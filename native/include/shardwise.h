@@ -386,6 +386,14 @@ SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* 
  * prefix; every rank also connects to the others over TCP for the host side (agreement, abort notices). */
 SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const char* prefix, int32_t rank,
                                      int32_t world_size, int64_t timeout_ms, sw_comm* out);
+/* One rank per process with a unique id the caller passed around (from sw_nccl_get_unique_id on one rank). The ranks
+ * have no other channel, so the agreement on each call travels through NCCL itself: mismatches are still caught, but
+ * a timeout cannot name the late rank and an abort is not announced to the peers (they fail at their timeout). */
+SW_API sw_status sw_comm_create_nccl_id(sw_device device, const uint8_t* unique_id, int32_t rank, int32_t world_size,
+                                        int64_t timeout_ms, sw_comm* out);
+/* One rank per process started by mpirun, MPI as the bootstrap: rank 0's unique id reaches the others over MPI, and
+ * MPI carries the host side (agreement, abort notices) as in sw_comm_create_mpi. Ranks are MPI's. */
+SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, sw_comm* out);
 
 #ifdef __cplusplus
 }

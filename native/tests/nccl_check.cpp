@@ -202,10 +202,43 @@ static int real_gpu() {
     return failures ? 1 : 0;
 }
 
+// --mpi-bootstrap (under mpirun -n 1): MPI carries the unique id and the host side. The stand-in NCCL works within
+// one process only, so one rank; the multi-rank MPI paths are covered by multiprocess_check_mpi.
+static int mpi_bootstrap() {
+    int32_t available = 0;
+    char info[512];
+    sw_mpi_get_info(&available, info, sizeof info);
+    if (!available) {
+        std::printf("skipped: %s\n", info);
+        return 77;
+    }
+    sw_device dev = nullptr;
+    OK(sw_device_create(SW_BACKEND_CUDA, 0, 0, &dev));
+    sw_comm comm = nullptr;
+    OK(sw_comm_create_nccl_mpi(dev, 10000, &comm));
+    int32_t rank = -1, world = 0;
+    const char* kind = nullptr;
+    OK(sw_comm_get_rank(comm, &rank));
+    OK(sw_comm_get_world_size(comm, &world));
+    OK(sw_comm_get_backend(comm, &kind));
+    CHECK(rank == 0 && world == 1 && kind && std::strcmp(kind, "nccl") == 0, "rank %d world %d backend %s", rank, world, kind ? kind : "?");
+    if (comm) collectives(comm, 0, 1, dev);
+    sw_comm_destroy(comm);
+    sw_device_destroy(dev);
+    OK(sw_mpi_finalize());
+    std::printf("%s\n", failures ? "FAILED" : "NCCL with MPI as the bootstrap: all checks passed");
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
     g_seed = static_cast<unsigned>(std::random_device{}());
     std::printf("seed %u\n", g_seed);
     if (argc > 1 && std::strcmp(argv[1], "--real") == 0) return real_gpu();
+    if (argc > 1 && std::strcmp(argv[1], "--mpi-bootstrap") == 0) {
+        setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
+        setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
+        return mpi_bootstrap();
+    }
     setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
     setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "3", 1);
     setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
@@ -274,6 +307,38 @@ int main(int argc, char** argv) {
         for (auto& t : th) t.join();
     }
     sw_store_destroy(server);
+
+    // One rank per "process" with a unique id passed around by the caller: the agreement travels through NCCL.
+    uint8_t id[128];
+    OK(sw_nccl_get_unique_id(id));
+    {
+        std::vector<sw_comm> byid(p, nullptr);
+        std::vector<std::thread> th;
+        for (int r = 0; r < p; ++r)
+            th.emplace_back([&, r] {
+                OK(sw_comm_create_nccl_id(devs[r], id, r, p, 2000, &byid[r]));
+                if (byid[r]) collectives(byid[r], r, p, devs[r]);
+            });
+        for (auto& t : th) t.join();
+        st = one_all_reduce(byid.data(), p, devs, -1, 1, &msgs);
+        for (int r = 0; r < p; ++r)
+            CHECK(st[r] == SW_ERR_MISMATCH && msgs[r].find("count 8") != std::string::npos, "unique id: mismatch rank %d: %d %s", r,
+                  st[r], msgs[r].c_str());
+        for (auto c : byid) sw_comm_destroy(c);
+    }
+    OK(sw_nccl_get_unique_id(id));
+    {
+        std::vector<sw_comm> byid(p, nullptr);
+        for (int r = 0; r < p; ++r) OK(sw_comm_create_nccl_id(devs[r], id, r, p, 500, &byid[r]));
+        st = one_all_reduce(byid.data(), p, devs, 2, -1, &msgs);
+        for (int r = 0; r < 2; ++r)
+            CHECK(st[r] == SW_ERR_TIMEOUT && msgs[r].find("cannot tell which") != std::string::npos, "unique id: late rank: rank %d: %d %s",
+                  r, st[r], msgs[r].c_str());
+        for (auto c : byid) sw_comm_destroy(c);
+    }
+    CHECK(sw_comm_create_nccl_id(devs[0], nullptr, 0, 1, 0, &comm) == SW_ERR_NULL_HANDLE, "NULL unique id");
+    CHECK(sw_comm_create_nccl_id(devs[0], id, 3, 3, 0, &comm) == SW_ERR_INVALID_ARGUMENT && std::strstr(sw_last_error(), "rank = 3"),
+          "rank out of range");
     sw_device_destroy(cpu);
     for (auto& d : devs) sw_device_destroy(d);
     std::printf("%s\n", failures ? "FAILED" : "all NCCL checks passed (fake NCCL, emulated CUDA)");

@@ -162,6 +162,8 @@ std::unique_ptr<Transport> connect_tcp_mesh(StoreImpl& store, const std::string&
                                             int64_t timeout_ms);
 std::string store_get(StoreImpl& store, const std::string& key);
 void store_set(StoreImpl& store, const std::string& key, const void* value, uint64_t bytes);
+// mpi_transport.cpp: a transport over MPI_COMM_WORLD (initializing MPI if needed).
+std::unique_ptr<Transport> create_mpi_transport();
 // A multi-process collective (remote_comm.cpp); runs on the rank's stream worker.
 void run_remote_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq, const Desc& desc,
                            cpu::Stream* stream);

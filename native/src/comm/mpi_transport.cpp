@@ -104,6 +104,15 @@ private:
 
 } // namespace
 
+std::unique_ptr<Transport> sw::create_mpi_transport() {
+    const sw_mpi_plugin_api* api = mpi_plugin();
+    void* comm = nullptr;
+    int32_t rank = 0, world = 0;
+    char err[1024] = {0};
+    if (api->comm_create(&comm, &rank, &world, err, sizeof err) != SW_MPI_OK) fail(SW_ERR_BACKEND, "MPI: ", err);
+    return std::make_unique<MpiTransport>(api, comm, rank, world);
+}
+
 extern "C" {
 
 SW_API sw_status sw_mpi_get_info(int32_t* available, char* version, uint64_t version_capacity) {
@@ -134,13 +143,7 @@ SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_com
         if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
         if (dev->impl->is_cuda())
             fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; MPI communicators carry host memory (CPU devices): use NCCL for GPUs");
-        const sw_mpi_plugin_api* api = mpi_plugin();
-        void* comm = nullptr;
-        int32_t rank = 0, world = 0;
-        char err[1024] = {0};
-        if (api->comm_create(&comm, &rank, &world, err, sizeof err) != SW_MPI_OK) fail(SW_ERR_BACKEND, "MPI: ", err);
-        auto transport = std::make_unique<MpiTransport>(api, comm, rank, world);
-        *out = make_remote_comm(dev->impl, std::move(transport), timeout_ms);
+        *out = make_remote_comm(dev->impl, create_mpi_transport(), timeout_ms);
     });
 }
 

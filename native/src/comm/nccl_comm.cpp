@@ -47,6 +47,9 @@ void free_later(DeviceImpl& dev, void* p) {
     dev.deferred->pointers.push_back(p);
 }
 
+void wait_nccl(const NcclApi& n, void* comm, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
+               const std::atomic<bool>& local_abort, const std::string& what); // below
+
 } // namespace
 
 void CommState::release_nccl() {
@@ -166,25 +169,15 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         }
     } cleanup{api, ord, done, dev, scratch};
     cuda_check(api->event_record(ord, done, cs, &err), err);
-    for (int spins = 0;; ++spins) {
-        int32_t finished = 0;
-        cuda_check(api->event_query(ord, done, &finished, &err), err);
-        if (finished) break;
-        int async = kNcclSuccess;
-        if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress) {
-            n.CommAbort(comm);
-            fail(SW_ERR_BACKEND, "rank ", rank, ": ", what, ": NCCL reported an asynchronous error: ", nccl_error(n, nullptr, async));
-        }
-        if (st.abort_flag.load()) {
-            n.CommAbort(comm);
-            fail(SW_ERR_ABORTED, "rank ", rank, ": ", what, ": the communicator was aborted while NCCL ran");
-        }
-        if (Clock::now() >= deadline) {
-            n.CommAbort(comm);
-            fail(SW_ERR_TIMEOUT, "rank ", rank, ": ", what, " did not complete in NCCL within ", st.timeout_ms,
-                 " ms; the NCCL communicator is aborted");
-        }
-        if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    try {
+        wait_nccl(n, comm, api, ord, done, deadline, st.abort_flag, str("rank ", rank, ": ", what));
+    } catch (const TimeoutError&) {
+        api->stream_synchronize(ord, cs, &err); // NCCL is aborted: drain the copies that use the scratch
+        fail(SW_ERR_TIMEOUT, "rank ", rank, ": ", what, " did not complete in NCCL within ", st.timeout_ms,
+             " ms; the NCCL communicator is aborted");
+    } catch (...) {
+        api->stream_synchronize(ord, cs, &err);
+        throw;
     }
     cuda_check(api->stream_synchronize(ord, cs, &err), err); // the copies after the last NCCL call too
 }
@@ -192,6 +185,130 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
 namespace {
 
 const NcclApi& nccl_or_fail() { return nccl_api(); }
+
+// Waits for `done` on the rank's device, polling NCCL's asynchronous error, local aborts and the deadline; on any of
+// them aborts the NCCL communicator (releasing its kernels) and throws. A deadline gives a TimeoutError naming nobody:
+// NCCL cannot tell which rank is late.
+void wait_nccl(const NcclApi& n, void* comm, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
+               const std::atomic<bool>& local_abort, const std::string& what) {
+    std::string err;
+    for (int spins = 0;; ++spins) {
+        int32_t finished = 0;
+        cuda_check(api->event_query(ord, done, &finished, &err), err);
+        int async = kNcclSuccess;
+        if (finished) { // completed: unless NCCL says it failed (an aborted communicator's work completes too)
+            if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress)
+                fail(SW_ERR_ABORTED, what, ": NCCL's work ended with an error: ", nccl_error(n, nullptr, async));
+            return;
+        }
+        if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress) {
+            n.CommAbort(comm);
+            fail(SW_ERR_BACKEND, what, ": NCCL reported an asynchronous error: ", nccl_error(n, nullptr, async));
+        }
+        if (local_abort.load()) {
+            n.CommAbort(comm);
+            fail(SW_ERR_ABORTED, what, ": the communicator was aborted while NCCL ran");
+        }
+        if (Clock::now() >= deadline) {
+            n.CommAbort(comm);
+            throw TimeoutError(str(what, ": NCCL did not complete in time"), {});
+        }
+        if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+}
+
+// The host side of an NCCL communicator whose ranks have no other channel (a unique id the caller passed around):
+// the descriptors travel through NCCL itself (an all-gather through a device staging buffer). It cannot tell the
+// peers about an abort, nor which rank is late.
+class NcclTransport final : public Transport {
+public:
+    NcclTransport(const NcclApi& n, void* comm, int32_t rank, int32_t world, std::shared_ptr<DeviceImpl> dev)
+        : n_(n), comm_(comm), rank_(rank), world_(world), dev_(std::move(dev)) {}
+    ~NcclTransport() override {
+        std::string e;
+        if (stream_) dev_->cuda->stream_destroy(dev_->ordinal, stream_, &e);
+        free_later(*dev_, staging_); // may run on a stream worker: freed later from a caller's thread
+    }
+    int32_t rank() const override { return rank_; }
+    int32_t world() const override { return world_; }
+    const char* name() const override { return "nccl"; }
+    void exchange(uint64_t, const std::vector<Piece>&, const std::vector<Piece>&, Clock::time_point, const std::atomic<bool>&,
+                  const std::string& what) override {
+        fail(SW_ERR_INTERNAL, what, ": point-to-point exchange is not available on an NCCL-only host side");
+    }
+    void all_gather_bytes(uint64_t, const char* mine, uint64_t bytes, char* all, Clock::time_point deadline,
+                          const std::atomic<bool>& local_abort, const std::string& what) override {
+        const cuda::PluginApi* api = dev_->cuda;
+        const int32_t ord = dev_->ordinal;
+        std::string err;
+        cuda_check(api->set_device(ord, &err), err);
+        if (!stream_) cuda_check(api->stream_create(ord, &stream_, &err), err);
+        const uint64_t need = bytes * (static_cast<uint64_t>(world_) + 1);
+        if (need > staging_bytes_) {
+            free_later(*dev_, staging_);
+            staging_ = nullptr;
+            cuda_check(api->malloc_device(ord, need, &staging_, &err), err);
+            staging_bytes_ = need;
+        }
+        char* in = static_cast<char*>(staging_);
+        char* out = in + bytes;
+        cuda_check(api->memcpy_async(ord, in, mine, bytes, stream_, &err), err);
+        const int rc = n_.AllGather(in, out, bytes, kNcclUint8, comm_, stream_);
+        if (rc != kNcclSuccess && rc != kNcclInProgress)
+            fail(SW_ERR_BACKEND, what, ": ncclAllGather (descriptors) failed: ", nccl_error(n_, comm_, rc));
+        cuda_check(api->memcpy_async(ord, all, out, bytes * world_, stream_, &err), err);
+        void* done = nullptr;
+        cuda_check(api->event_create(ord, &done, &err), err);
+        struct Destroy {
+            const cuda::PluginApi* api;
+            int32_t ord;
+            void* e;
+            ~Destroy() {
+                std::string ignored;
+                api->event_destroy(ord, e, &ignored);
+            }
+        } destroy{api, ord, done};
+        cuda_check(api->event_record(ord, done, stream_, &err), err);
+        try {
+            wait_nccl(n_, comm_, api, ord, done, deadline, local_abort, what);
+        } catch (...) {
+            // NCCL is aborted, so the stream drains: let the copy into `all` (the caller's memory) finish or fail now,
+            // not after the caller has freed it.
+            api->stream_synchronize(ord, stream_, &err);
+            throw;
+        }
+        cuda_check(api->stream_synchronize(ord, stream_, &err), err);
+    }
+    void notify_abort(sw_status, const std::string&) noexcept override {
+        n_.CommAbort(comm_); // releases this rank's NCCL kernels; the peers find out at their deadline
+    }
+
+private:
+    const NcclApi& n_;
+    void* comm_;
+    int32_t rank_, world_;
+    std::shared_ptr<DeviceImpl> dev_;
+    void* stream_ = nullptr;
+    void* staging_ = nullptr;
+    uint64_t staging_bytes_ = 0;
+};
+
+// ncclCommInitRank for this process's rank on its device.
+void* init_rank(const NcclApi& n, sw_device_s* d, const NcclUniqueId& id, int32_t rank, int32_t world) {
+    std::string err;
+    cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
+    void* nc = nullptr;
+    const int rc = n.CommInitRank(&nc, world, id, rank);
+    if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclCommInitRank (rank ", rank, " of ", world, ") failed: ", nccl_error(n, nc, rc));
+    return nc;
+}
+
+sw_comm attach_nccl(sw_comm comm, const NcclApi& n, void* nc, int32_t rank, int32_t world) {
+    comm->state->nccl = &n;
+    comm->state->nccl_comms.assign(world, nullptr);
+    comm->state->nccl_comms[rank] = nc;
+    return comm;
+}
 
 void check_nccl_device(sw_device_s* d, const char* name) {
     if (!d->impl->is_cuda())
@@ -288,16 +405,52 @@ SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const cha
             std::memcpy(id.internal, v.data(), sizeof id.internal);
         }
         auto transport = connect_tcp_mesh(*s, prefix, rank, world_size, t);
-        std::string err;
-        cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
-        void* nc = nullptr;
-        const int rc = n.CommInitRank(&nc, world_size, id, rank);
-        if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclCommInitRank (rank ", rank, " of ", world_size, ") failed: ", nccl_error(n, nc, rc));
-        sw_comm comm = make_remote_comm(d->impl, std::move(transport), t);
-        comm->state->nccl = &n;
-        comm->state->nccl_comms.assign(world_size, nullptr);
-        comm->state->nccl_comms[rank] = nc;
-        *out = comm;
+        void* nc = init_rank(n, d, id, rank, world_size);
+        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), t), n, nc, rank, world_size);
+    });
+}
+
+SW_API sw_status sw_comm_create_nccl_id(sw_device device, const uint8_t* unique_id, int32_t rank, int32_t world_size,
+                                        int64_t timeout_ms, sw_comm* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* d = checked(device, "device");
+        check_nccl_device(d, "device");
+        require(unique_id, "unique_id");
+        check_job(rank, world_size, timeout_ms);
+        const NcclApi& n = nccl_or_fail();
+        NcclUniqueId id{};
+        std::memcpy(id.internal, unique_id, sizeof id.internal);
+        void* nc = init_rank(n, d, id, rank, world_size);
+        auto transport = std::make_unique<NcclTransport>(n, nc, rank, world_size, d->impl);
+        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, nc, rank, world_size);
+    });
+}
+
+SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, sw_comm* out) {
+    return guard(__func__, [&] {
+        require(out, "out");
+        *out = nullptr;
+        auto* d = checked(device, "device");
+        check_nccl_device(d, "device");
+        if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+        const NcclApi& n = nccl_or_fail();
+        auto transport = create_mpi_transport();
+        const int32_t rank = transport->rank(), world = transport->world();
+        // Rank 0's unique id to every rank, over MPI (everyone contributes 128 bytes; rank 0's are taken).
+        NcclUniqueId mine{};
+        if (rank == 0) {
+            const int rc = n.GetUniqueId(&mine);
+            if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
+        }
+        std::vector<NcclUniqueId> ids(world);
+        const std::atomic<bool> no_abort{false};
+        transport->all_gather_bytes(0, mine.internal, sizeof mine.internal, ids[0].internal,
+                                    Clock::now() + std::chrono::milliseconds(resolve_timeout(timeout_ms)), no_abort,
+                                    "sw_comm_create_nccl_mpi (unique id)");
+        void* nc = init_rank(n, d, ids[0], rank, world);
+        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, nc, rank, world);
     });
 }
 

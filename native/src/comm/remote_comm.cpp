@@ -73,17 +73,15 @@ Desc from_wire(const Wire& w) {
 void exchange_descriptors(CommState& st, Transport& t, uint64_t seq, const Desc& me, Slot& slot,
                           Clock::time_point deadline, const std::string& what) {
     const int p = t.world(), self = t.rank();
-    Wire mine = to_wire(me, seq);
+    const Wire mine = to_wire(me, seq);
     std::vector<Wire> theirs(p);
-    std::vector<Piece> sends, recvs;
-    for (int q = 0; q < p; ++q) {
-        if (q == self) continue;
-        sends.push_back({q, reinterpret_cast<char*>(&mine), sizeof(Wire)});
-        recvs.push_back({q, reinterpret_cast<char*>(&theirs[q]), sizeof(Wire)});
-    }
     try {
-        t.exchange(seq, sends, recvs, deadline, st.abort_flag, what);
+        t.all_gather_bytes(seq, reinterpret_cast<const char*>(&mine), sizeof(Wire), reinterpret_cast<char*>(theirs.data()),
+                           deadline, st.abort_flag, what);
     } catch (const TimeoutError& e) {
+        if (e.missing.empty()) // the transport cannot tell who is late (NCCL)
+            fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: some of the ", p,
+                 " ranks never joined (this transport cannot tell which); the communicator is aborted");
         std::vector<int> present;
         for (int q = 0; q < p; ++q)
             if (std::find(e.missing.begin(), e.missing.end(), q) == e.missing.end()) present.push_back(q);

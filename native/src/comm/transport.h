@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -48,6 +49,21 @@ public:
     // `what` ("sw_all_reduce #7") prefixes messages. seq tags the messages of one collective.
     virtual void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
                           Clock::time_point deadline, const std::atomic<bool>& local_abort, const std::string& what) = 0;
+
+    // all[q * bytes ..] = rank q's `mine` for every q (all holds world * bytes; this rank's part is copied too). The
+    // default sends `mine` to every peer through exchange(); a transport may do better. Fails as exchange() does
+    // (a TimeoutError's `missing` may be empty when the transport cannot tell who is late).
+    virtual void all_gather_bytes(uint64_t seq, const char* mine, uint64_t bytes, char* all, Clock::time_point deadline,
+                                  const std::atomic<bool>& local_abort, const std::string& what) {
+        std::vector<Piece> sends, recvs;
+        for (int32_t q = 0; q < world(); ++q) {
+            if (q == rank()) continue;
+            sends.push_back({q, const_cast<char*>(mine), bytes}); // only read
+            recvs.push_back({q, all + static_cast<uint64_t>(q) * bytes, bytes});
+        }
+        exchange(seq, sends, recvs, deadline, local_abort, what);
+        std::copy(mine, mine + bytes, all + static_cast<uint64_t>(rank()) * bytes);
+    }
 
     // Best effort, never blocks for long: tells the peers that this communicator is aborted, with which status and
     // why, so that their pending and later collectives fail at once (with the same status) instead of at their timeout.

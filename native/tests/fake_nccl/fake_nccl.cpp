@@ -45,7 +45,10 @@ struct Group {
     std::mutex mu;
     std::condition_variable cv;
     std::map<uint64_t, Slot> slots;
-    bool aborted = false;
+    // Per rank, as ncclCommAbort works per communicator: an aborted rank's work returns at once; the others' work keeps
+    // waiting (never reading an aborted rank's buffers) until their own communicator is aborted, as with NCCL.
+    std::vector<char> aborted;
+    bool broken = false; // some rank aborted: no collective completes any more
 };
 
 std::mutex g_mu;
@@ -92,8 +95,8 @@ int enqueue(void* comm_handle, void* stream, Call call) {
         ++s.arrived;
         group->cv.notify_all();
         // Like a kernel waiting for its peers: released by them or by ncclCommAbort.
-        group->cv.wait(lock, [&] { return s.arrived == group->world || group->aborted; });
-        if (group->aborted) return;
+        group->cv.wait(lock, [&] { return group->aborted[rank] || (s.arrived == group->world && !group->broken); });
+        if (group->aborted[rank]) return;
         lock.unlock();
         // Every rank computes its result into a buffer of its own first (sends and receives may alias, as NCCL allows
         // in place), then all write, then all leave: no rank reads a send buffer that another is writing.
@@ -119,14 +122,15 @@ int enqueue(void* comm_handle, void* stream, Call call) {
         lock.lock();
         ++s.computed;
         group->cv.notify_all();
-        group->cv.wait(lock, [&] { return s.computed == group->world || group->aborted; });
-        if (group->aborted) return;
+        group->cv.wait(lock, [&] { return group->aborted[rank] || (s.computed == group->world && !group->broken); });
+        if (group->aborted[rank]) return;
         lock.unlock();
         if (!out.empty()) std::memcpy(dst, out.data(), out.size());
         lock.lock();
         ++s.departed;
         group->cv.notify_all();
-        group->cv.wait(lock, [&] { return s.departed == group->world || group->aborted; });
+        group->cv.wait(lock, [&] { return group->aborted[rank] || s.departed == group->world; });
+        if (group->aborted[rank]) return;
         if (++s.left == group->world) group->slots.erase(seq); // the last one out
     });
     return kSuccess;
@@ -152,6 +156,7 @@ FAKE_API int ncclCommInitRank(void** comm, int nranks, UniqueId id, int rank) {
     if (!g) {
         g = std::make_shared<Group>();
         g->world = nranks;
+        g->aborted.assign(nranks, 0);
     }
     if (g->world != nranks) return kInvalidUsage;
     *comm = new Comm{g, rank, 0};
@@ -163,16 +168,19 @@ FAKE_API int ncclCommDestroy(void* comm) {
 }
 FAKE_API int ncclCommAbort(void* comm) {
     if (!comm) return kSuccess;
-    auto g = static_cast<Comm*>(comm)->group;
+    auto* c = static_cast<Comm*>(comm);
     {
-        std::lock_guard<std::mutex> lock(g->mu);
-        g->aborted = true;
-        g->cv.notify_all();
+        std::lock_guard<std::mutex> lock(c->group->mu);
+        c->group->aborted[c->rank] = 1;
+        c->group->broken = true;
+        c->group->cv.notify_all();
     }
     return kSuccess;
 }
-FAKE_API int ncclCommGetAsyncError(void*, int* e) {
-    *e = kSuccess;
+FAKE_API int ncclCommGetAsyncError(void* comm, int* e) {
+    auto* c = static_cast<Comm*>(comm);
+    std::lock_guard<std::mutex> lock(c->group->mu);
+    *e = c->group->aborted[c->rank] ? 6 /* ncclRemoteError */ : kSuccess;
     return kSuccess;
 }
 FAKE_API int ncclCommCount(void* comm, int* n) {
