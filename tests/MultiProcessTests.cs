@@ -427,6 +427,15 @@ public sealed class MultiProcessTests
         e = Assert.Throws<ShardwiseArgumentException>(() => ProcessGroup.CreateNccl(device, 0, 1, "127.0.0.1", FreePort(), TimeSpan.FromSeconds(5)));
         Assert.That(e!.Message, Does.Contain("device").And.Contain("CUDA"));
         Assert.Throws<ArgumentException>(() => ProcessGroup.CreateNccl(Array.Empty<Device>()));
+        var bad = Assert.Throws<ArgumentException>(() => ProcessGroup.CreateNccl(device, new byte[64], 0, 2));
+        Assert.That(bad!.ParamName, Is.EqualTo("uniqueId"));
+        e = Assert.Throws<ShardwiseArgumentException>(() => ProcessGroup.CreateNccl(device, new byte[128], 0, 2));
+        Assert.That(e!.Message, Does.Contain("CUDA"));
+        if (!ProcessGroup.NcclInfo().Available)
+        {
+            var nf = Assert.Throws<ShardwiseNotFoundException>(() => ProcessGroup.NcclUniqueId());
+            Assert.That(nf!.Message, Does.Contain("libnccl.so.2"));
+        }
     }
 
     [Test]

@@ -103,6 +103,8 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_nccl_get_unique_id(byte* id);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_nccl_local(int worldSize, nint* devices, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_comm_create_nccl(DeviceHandle device, StoreHandle store, string prefix, int rank, int worldSize, long timeoutMs, out CommHandle comm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_nccl_id(DeviceHandle device, byte* uniqueId, int rank, int worldSize, long timeoutMs, out CommHandle comm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_nccl_mpi(DeviceHandle device, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_nccl_get_info(out int available, out int versionCode, byte* text, ulong textCapacity);
 #pragma warning restore CS1591
 

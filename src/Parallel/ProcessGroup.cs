@@ -210,6 +210,52 @@ public sealed class ProcessGroup : IDisposable
         }
     }
 
+    /// <summary>A new NCCL unique id (128 bytes), to pass to every rank's <see cref="CreateNccl(Device, ReadOnlySpan{byte}, int, int, TimeSpan?)"/>.</summary>
+    public static byte[] NcclUniqueId()
+    {
+        var id = new byte[128];
+        unsafe
+        {
+            fixed (byte* p = id) ThrowHelper.Check(Native.sw_nccl_get_unique_id(p), nameof(Native.sw_nccl_get_unique_id));
+        }
+        return id;
+    }
+
+    /// <summary>
+    /// An NCCL group with one rank per process and a unique id the caller passed to every rank (from
+    /// <see cref="NcclUniqueId"/> on one of them). The ranks have no other channel, so the agreement on each call travels
+    /// through NCCL: mismatches are still caught, but a timeout cannot name the late rank and an abort reaches the
+    /// peers only at their own timeout. Prefer the store-based <see cref="CreateNccl(Device, int, int, string, int, TimeSpan?)"/>.
+    /// </summary>
+    public static ProcessGroup CreateNccl(Device device, ReadOnlySpan<byte> uniqueId, int rank, int worldSize, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        if (uniqueId.Length != 128)
+            throw new ArgumentException($"uniqueId has {uniqueId.Length} bytes; expected the 128 of an NCCL unique id.", nameof(uniqueId));
+        if (worldSize < 1 || worldSize > 4096)
+            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
+        ThrowHelper.Rank(rank, worldSize);
+        var t = CheckTimeout(timeout);
+        CommHandle comm;
+        unsafe
+        {
+            fixed (byte* p = uniqueId)
+                ThrowHelper.Check(Native.sw_comm_create_nccl_id(device.Handle, p, rank, worldSize, TimeoutMs(t), out comm),
+                    nameof(Native.sw_comm_create_nccl_id));
+        }
+        return new ProcessGroup(comm, device, t, null);
+    }
+
+    /// <summary>An NCCL group of the processes <c>mpirun</c> started (ranks are MPI's), with MPI as the bootstrap: rank 0's
+    /// unique id and the host side (agreement, abort notices) go over MPI.</summary>
+    public static ProcessGroup CreateNcclMpi(Device device, TimeSpan? timeout = null)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        var t = CheckTimeout(timeout);
+        ThrowHelper.Check(Native.sw_comm_create_nccl_mpi(device.Handle, TimeoutMs(t), out var comm), nameof(Native.sw_comm_create_nccl_mpi));
+        return new ProcessGroup(comm, device, t, null);
+    }
+
     /// <summary>Whether the MPI plugin loads, and MPI's library version (or why it does not load).</summary>
     public static (bool Available, string Description) MpiInfo()
     {
@@ -240,7 +286,7 @@ public sealed class ProcessGroup : IDisposable
     /// The group the launcher describes through the environment: torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR,
     /// MASTER_PORT; set by <c>shardwise launch</c>) give a TCP group on a CPU device and an NCCL group on a CUDA device
     /// (LOCAL_RANK usually picks the GPU: <c>Device.Open(Backend.Cuda, localRank)</c>); without them, a process started by Open MPI's
-    /// <c>mpirun</c> (OMPI_COMM_WORLD_RANK) gets an MPI group. Throws <see cref="InvalidOperationException"/> naming
+    /// <c>mpirun</c> (OMPI_COMM_WORLD_RANK) gets an MPI group (NCCL with MPI as the bootstrap on a CUDA device). Throws <see cref="InvalidOperationException"/> naming
     /// the missing or malformed variable otherwise.
     /// </summary>
     public static ProcessGroup FromEnvironment(Device device, TimeSpan? timeout = null)
@@ -248,7 +294,7 @@ public sealed class ProcessGroup : IDisposable
         ArgumentNullException.ThrowIfNull(device);
         string? rank = Environment.GetEnvironmentVariable("RANK");
         if (rank is null && Environment.GetEnvironmentVariable("OMPI_COMM_WORLD_RANK") is not null)
-            return CreateMpi(device, timeout);
+            return device.Backend == Shardwise.Parallel.Backend.Cuda ? CreateNcclMpi(device, timeout) : CreateMpi(device, timeout);
         int Int(string name)
         {
             string? v = Environment.GetEnvironmentVariable(name);
