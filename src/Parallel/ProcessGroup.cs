@@ -10,6 +10,9 @@ namespace Shardwise.Parallel;
 /// on one device); <see cref="Ranks"/> holds every rank.</item>
 /// <item><see cref="CreateTcp(Device, int, int, string, int, TimeSpan?)"/>, <see cref="CreateMpi"/>, <see cref="FromEnvironment"/>: a multi-process group, one rank
 /// per process (CPU devices); <see cref="Ranks"/> holds this process's rank only (<see cref="Local"/>).</item>
+/// <item><see cref="CreateNccl(IReadOnlyList{Device}, TimeSpan?)"/> (one rank per GPU in this process),
+/// <see cref="CreateNccl(Device, int, int, string, int, TimeSpan?)"/>, <see cref="CreateNcclMpi"/> and
+/// <see cref="FromEnvironment"/> on a CUDA device: an NCCL group (NCCL loaded at run time).</item>
 /// </list>
 /// Collectives are queued on the rank's stream; if a rank never joins, the others fail after <see cref="Timeout"/> with
 /// a <see cref="CollectiveTimeoutException"/> naming the rank, the operation and its sequence number, and the group is
