@@ -228,6 +228,28 @@ trx_counter() {
     echo "${value:-0}"
 }
 
+# Runs a Microsoft.Testing.Platform test executable (DLL) with a TRX report in DIR/NAME plus the given arguments;
+# sets MTP_RC (its exit code) and MTP_PASSED / MTP_FAILED / MTP_SKIPPED from the report's counters (passed; failed +
+# error + timeout + aborted; notExecuted = skipped/ignored), 0 without a report.
+run_mtp() {
+    local test_dll="$1" trx_dir="$2" trx_name="$3"
+    shift 3
+    rm -rf "$trx_dir"
+    mkdir -p "$trx_dir"
+    set +e
+    dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@"
+    MTP_RC=$?
+    set -e
+    MTP_PASSED=0 MTP_FAILED=0 MTP_SKIPPED=0
+    local trx="$trx_dir/$trx_name"
+    if [[ -f "$trx" ]]; then
+        MTP_PASSED=$(trx_counter "$trx" passed)
+        MTP_FAILED=$(($(trx_counter "$trx" failed) + $(trx_counter "$trx" error) +
+            $(trx_counter "$trx" timeout) + $(trx_counter "$trx" aborted)))
+        MTP_SKIPPED=$(trx_counter "$trx" notExecuted)
+    fi
+}
+
 NUNIT_PASSED=0 NUNIT_FAILED=0 NUNIT_SKIPPED=0 NUNIT_RC=0
 nunit_tests() {
     local test_dll trx_dir="$RESULTS_DIR/nunit" trx_name="nunit.trx"
@@ -243,21 +265,8 @@ nunit_tests() {
     done
 
     step "NUnit tests (Microsoft.Testing.Platform)"
-    rm -rf "$trx_dir"
-    mkdir -p "$trx_dir"
-    set +e
-    # The test project is a Microsoft.Testing.Platform executable: run it directly, with a TRX report.
-    dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@"
-    NUNIT_RC=$?
-    set -e
-    local trx="$trx_dir/$trx_name"
-    if [[ -f "$trx" ]]; then
-        # TRX counters: passed, failed (+ error, timeout, aborted), notExecuted = skipped/ignored.
-        NUNIT_PASSED=$(trx_counter "$trx" passed)
-        NUNIT_FAILED=$(($(trx_counter "$trx" failed) + $(trx_counter "$trx" error) +
-            $(trx_counter "$trx" timeout) + $(trx_counter "$trx" aborted)))
-        NUNIT_SKIPPED=$(trx_counter "$trx" notExecuted)
-    fi
+    run_mtp "$test_dll" "$trx_dir" "$trx_name" "$@"
+    NUNIT_RC=$MTP_RC NUNIT_PASSED=$MTP_PASSED NUNIT_FAILED=$MTP_FAILED NUNIT_SKIPPED=$MTP_SKIPPED
     # Exit codes (Microsoft.Testing.Platform): 0 ok, 2 failed tests, 8 no test ran (e.g. a filter that
     # matches nothing), others = the run itself failed. A failure without failed tests counts as one.
     if [[ $NUNIT_RC -ne 0 && $NUNIT_FAILED -eq 0 && $NUNIT_RC -ne 8 ]]; then NUNIT_FAILED=1; fi
@@ -377,19 +386,8 @@ torchsharp_tests() {
     fi
     test_dll="$(target_path "$TORCH_TEST_PROJECT")"
     step "TorchSharp interop tests (Microsoft.Testing.Platform)"
-    rm -rf "$trx_dir"
-    mkdir -p "$trx_dir"
-    set +e
-    dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@"
-    TORCH_RC=$?
-    set -e
-    local trx="$trx_dir/$trx_name"
-    if [[ -f "$trx" ]]; then
-        TORCH_PASSED=$(trx_counter "$trx" passed)
-        TORCH_FAILED=$(($(trx_counter "$trx" failed) + $(trx_counter "$trx" error) +
-            $(trx_counter "$trx" timeout) + $(trx_counter "$trx" aborted)))
-        TORCH_SKIPPED=$(trx_counter "$trx" notExecuted)
-    fi
+    run_mtp "$test_dll" "$trx_dir" "$trx_name" "$@"
+    TORCH_RC=$MTP_RC TORCH_PASSED=$MTP_PASSED TORCH_FAILED=$MTP_FAILED TORCH_SKIPPED=$MTP_SKIPPED
     # As for the main suite: 8 = no test ran (a filter for the main suite may match nothing here), not a failure.
     if [[ $TORCH_RC -eq 8 ]]; then TORCH_RC=0; fi
     if [[ $TORCH_RC -ne 0 && $TORCH_FAILED -eq 0 ]]; then TORCH_FAILED=1; fi
