@@ -235,6 +235,26 @@ function Get-TargetPath([string] $Project) {
     $path
 }
 
+# Runs a Microsoft.Testing.Platform test executable (DLL) with a TRX report in $TrxDir/$TrxName plus the given
+# arguments; returns its exit code and the report's counters (passed; failed + error + timeout + aborted;
+# notExecuted = skipped/ignored), 0 without a report.
+function Invoke-MtpTests([string] $TestDll, [string] $TrxDir, [string] $TrxName, [string[]] $ExtraArgs) {
+    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $TrxDir
+    New-Item -ItemType Directory -Force -Path $TrxDir | Out-Null
+    # Its output goes to the host, not into this function's result.
+    & dotnet $TestDll --results-directory $TrxDir --report-trx --report-trx-filename $TrxName @ExtraArgs | Out-Host
+    $result = @{ Passed = 0; Failed = 0; Skipped = 0; ExitCode = $LASTEXITCODE }
+    $trx = Join-Path $TrxDir $TrxName
+    if (Test-Path $trx) {
+        $counters = ([xml](Get-Content -Raw $trx)).TestRun.ResultSummary.Counters
+        $n = { param($name) $v = $counters.GetAttribute($name); if ($v) { [int]$v } else { 0 } }
+        $result.Passed = & $n 'passed'
+        $result.Failed = (& $n 'failed') + (& $n 'error') + (& $n 'timeout') + (& $n 'aborted')
+        $result.Skipped = & $n 'notExecuted'
+    }
+    $result
+}
+
 $script:NUnit = @{ Passed = 0; Failed = 0; Skipped = 0; ExitCode = 0 }
 function Invoke-NUnitTests([string[]] $ExtraArgs) {
     $testDll = Get-TargetPath $TestProject
@@ -244,21 +264,7 @@ function Invoke-NUnitTests([string[]] $ExtraArgs) {
         exit $LASTEXITCODE
     }
     Write-Step 'NUnit tests (Microsoft.Testing.Platform)'
-    $trxDir = Join-Path $ResultsDir 'nunit'
-    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $trxDir
-    New-Item -ItemType Directory -Force -Path $trxDir | Out-Null
-    # The test project is a Microsoft.Testing.Platform executable: run it directly, with a TRX report.
-    & dotnet $testDll --results-directory $trxDir --report-trx --report-trx-filename 'nunit.trx' @ExtraArgs
-    $script:NUnit.ExitCode = $LASTEXITCODE
-    $trx = Join-Path $trxDir 'nunit.trx'
-    if (Test-Path $trx) {
-        # TRX counters: passed, failed (+ error, timeout, aborted), notExecuted = skipped/ignored.
-        $counters = ([xml](Get-Content -Raw $trx)).TestRun.ResultSummary.Counters
-        $n = { param($name) $v = $counters.GetAttribute($name); if ($v) { [int]$v } else { 0 } }
-        $script:NUnit.Passed = & $n 'passed'
-        $script:NUnit.Failed = (& $n 'failed') + (& $n 'error') + (& $n 'timeout') + (& $n 'aborted')
-        $script:NUnit.Skipped = & $n 'notExecuted'
-    }
+    $script:NUnit = Invoke-MtpTests $testDll (Join-Path $ResultsDir 'nunit') 'nunit.trx' $ExtraArgs
     # Exit codes: 0 ok, 2 failed tests, 8 no test ran; others: the run itself failed (counted as one).
     $rc = $script:NUnit.ExitCode
     if ($rc -ne 0 -and $rc -ne 8 -and $script:NUnit.Failed -eq 0) { $script:NUnit.Failed = 1 }
@@ -403,19 +409,7 @@ function Invoke-TorchSharpTests([string[]] $ExtraArgs) {
     }
     $testDll = Get-TargetPath $TorchTestProject
     Write-Step 'TorchSharp interop tests (Microsoft.Testing.Platform)'
-    $trxDir = Join-Path $ResultsDir 'torchsharp'
-    Remove-Item -Recurse -Force -ErrorAction SilentlyContinue $trxDir
-    New-Item -ItemType Directory -Force -Path $trxDir | Out-Null
-    & dotnet $testDll --results-directory $trxDir --report-trx --report-trx-filename 'torchsharp.trx' @ExtraArgs
-    $script:Torch.ExitCode = $LASTEXITCODE
-    $trx = Join-Path $trxDir 'torchsharp.trx'
-    if (Test-Path $trx) {
-        $counters = ([xml](Get-Content -Raw $trx)).TestRun.ResultSummary.Counters
-        $n = { param($name) $v = $counters.GetAttribute($name); if ($v) { [int]$v } else { 0 } }
-        $script:Torch.Passed = & $n 'passed'
-        $script:Torch.Failed = (& $n 'failed') + (& $n 'error') + (& $n 'timeout') + (& $n 'aborted')
-        $script:Torch.Skipped = & $n 'notExecuted'
-    }
+    $script:Torch = Invoke-MtpTests $testDll (Join-Path $ResultsDir 'torchsharp') 'torchsharp.trx' $ExtraArgs
     # 8 = no test ran (a filter meant for the main suite may match nothing here): not a failure.
     if ($script:Torch.ExitCode -eq 8) { $script:Torch.ExitCode = 0 }
     if ($script:Torch.ExitCode -ne 0 -and $script:Torch.Failed -eq 0) { $script:Torch.Failed = 1 }
