@@ -336,6 +336,22 @@ int main(int argc, char** argv) {
                   r, st[r], msgs[r].c_str());
         for (auto c : byid) sw_comm_destroy(c);
     }
+    // sw_comm_abort from another thread while the rank's worker waits in NCCL (rank 2 never comes): the worker, which
+    // is using the NCCL communicator, is the one to abort it, once (ncclCommAbort frees it); then destroy.
+    OK(sw_nccl_get_unique_id(id));
+    {
+        std::vector<sw_comm> byid(p, nullptr);
+        for (int r = 0; r < p; ++r) OK(sw_comm_create_nccl_id(devs[r], id, r, p, 3000, &byid[r]));
+        std::thread aborter([&] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            OK(sw_comm_abort(byid[0]));
+        });
+        st = one_all_reduce(byid.data(), p, devs, 2, -1, &msgs);
+        aborter.join();
+        CHECK(st[0] == SW_ERR_ABORTED, "unique id: abort while NCCL runs: rank 0: %d %s", st[0], msgs[0].c_str());
+        CHECK(st[1] == SW_ERR_TIMEOUT, "unique id: abort while NCCL runs: rank 1: %d %s", st[1], msgs[1].c_str());
+        for (auto c : byid) OK(sw_comm_destroy(c));
+    }
     CHECK(sw_comm_create_nccl_id(devs[0], nullptr, 0, 1, 0, &comm) == SW_ERR_NULL_HANDLE, "NULL unique id");
     CHECK(sw_comm_create_nccl_id(devs[0], id, 3, 3, 0, &comm) == SW_ERR_INVALID_ARGUMENT && std::strstr(sw_last_error(), "rank = 3"),
           "rank out of range");

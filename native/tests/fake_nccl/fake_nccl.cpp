@@ -9,6 +9,8 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -59,7 +61,19 @@ struct Comm {
     std::shared_ptr<Group> group;
     int rank = 0;
     uint64_t next = 0;
+    std::atomic<bool> freed{false}; // by ncclCommAbort or ncclCommDestroy (kept, never reused, so a later use is caught)
 };
+
+// As in NCCL, ncclCommAbort and ncclCommDestroy free the communicator: any later call with it is a use after free.
+// The stand-in keeps the memory and stops the process instead, naming the call.
+Comm* live(void* handle, const char* call) {
+    auto* c = static_cast<Comm*>(handle);
+    if (c && c->freed) {
+        std::fprintf(stderr, "fake NCCL: %s called on a communicator already freed by ncclCommAbort/ncclCommDestroy\n", call);
+        std::abort();
+    }
+    return c;
+}
 
 size_t type_size(int t) { return t == kFloat64 ? 8 : t == kUint8 ? 1 : 4; }
 
@@ -80,7 +94,7 @@ void reduce(const Slot& s, int world, int type, size_t offset, size_t n, char* o
 
 // Queues `call` for comm on stream; the stream runs it when every rank has queued its own.
 int enqueue(void* comm_handle, void* stream, Call call) {
-    auto* comm = static_cast<Comm*>(comm_handle);
+    auto* comm = live(comm_handle, "a collective");
     if (!comm || !stream) return kInvalidArgument;
     if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
         return kInvalidArgument;
@@ -163,14 +177,15 @@ FAKE_API int ncclCommInitRank(void** comm, int nranks, UniqueId id, int rank) {
     return kSuccess;
 }
 FAKE_API int ncclCommDestroy(void* comm) {
-    delete static_cast<Comm*>(comm);
+    if (auto* c = live(comm, "ncclCommDestroy")) c->freed = true;
     return kSuccess;
 }
 FAKE_API int ncclCommAbort(void* comm) {
     if (!comm) return kSuccess;
-    auto* c = static_cast<Comm*>(comm);
+    auto* c = live(comm, "ncclCommAbort");
     {
         std::lock_guard<std::mutex> lock(c->group->mu);
+        c->freed = true;
         c->group->aborted[c->rank] = 1;
         c->group->broken = true;
         c->group->cv.notify_all();
@@ -178,17 +193,17 @@ FAKE_API int ncclCommAbort(void* comm) {
     return kSuccess;
 }
 FAKE_API int ncclCommGetAsyncError(void* comm, int* e) {
-    auto* c = static_cast<Comm*>(comm);
+    auto* c = live(comm, "ncclCommGetAsyncError");
     std::lock_guard<std::mutex> lock(c->group->mu);
     *e = c->group->aborted[c->rank] ? 6 /* ncclRemoteError */ : kSuccess;
     return kSuccess;
 }
 FAKE_API int ncclCommCount(void* comm, int* n) {
-    *n = static_cast<Comm*>(comm)->group->world;
+    *n = live(comm, "ncclCommCount")->group->world;
     return kSuccess;
 }
 FAKE_API int ncclCommUserRank(void* comm, int* r) {
-    *r = static_cast<Comm*>(comm)->rank;
+    *r = live(comm, "ncclCommUserRank")->rank;
     return kSuccess;
 }
 FAKE_API int ncclAllReduce(const void* s, void* r, size_t n, int t, int op, void* comm, void* stream) {
