@@ -290,6 +290,19 @@ static int mpi_rank(void) {
           sw_last_error());
     sw_buffer_destroy(b);
     sw_comm_destroy(comm);
+    /* A communicator still open when MPI is finalized: using it, aborting it or destroying it afterwards gives an
+     * error or nothing, never an MPI call after MPI_Finalize (which makes Open MPI end the process). */
+    sw_comm late = NULL;
+    OK(sw_comm_create_mpi(dev, 20000, &late));
+    OK(sw_barrier(late, rank, s));
+    OK(sw_stream_synchronize(s));
+    OK(sw_mpi_finalize());
+    OK(sw_barrier(late, rank, s));
+    const sw_status after = sw_stream_synchronize(s);
+    CHECK(p == 1 || (after != SW_OK && strstr(sw_last_error(), "finalized")), "collective after sw_mpi_finalize: status %d, '%s'",
+          (int)after, sw_last_error());
+    OK(sw_comm_abort(late));
+    OK(sw_comm_destroy(late));
     sw_stream_destroy(s);
     sw_device_destroy(dev);
     OK(sw_mpi_finalize());
