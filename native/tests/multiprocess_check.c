@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -167,6 +168,49 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     CHECK(r == rank && kind && strcmp(kind, "tcp") == 0, "rank %d backend %s", r, kind ? kind : "?");
     if (strcmp(scenario, "collectives") == 0) {
         collectives(dev, s, comm, rank, p);
+    } else if (strcmp(scenario, "oom") == 0) {
+        /* The last rank cannot allocate its receive scratch (address space capped after its buffers exist): it must
+         * fail at once with SW_ERR_OUT_OF_MEMORY, tell the others (who then fail at once, not at the 20 s timeout) and
+         * leave its communicator aborted (a later collective fails at once instead of waiting for the timeout). */
+        /* 48 MiB per rank's block; the scratch of a reduce-scatter holds p blocks: more than a malloc arena's 64 MiB (already
+         * reserved, so not stopped by the cap) */
+        const long n = 12L << 20;
+        sw_buffer x = alloc_f32(dev, n * p), y = alloc_f32(dev, n);
+        for (long i = 0; i < n * p; ++i) ptr(x)[i] = 1.0f;
+        OK(sw_barrier(comm, rank, s));
+        OK(sw_stream_synchronize(s));
+        if (rank == p - 1) {
+            long pages = 0;
+            FILE* f = fopen("/proc/self/statm", "r");
+            if (f) {
+                if (fscanf(f, "%ld", &pages) != 1) pages = 0;
+                fclose(f);
+            }
+            struct rlimit lim = {(rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (8u << 20), RLIM_INFINITY};
+            if (pages <= 0 || setrlimit(RLIMIT_AS, &lim) != 0) {
+                printf("oom scenario: cannot cap the address space here; skipped\n");
+                _exit(0);
+            }
+        }
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        OK(sw_reduce_scatter(comm, rank, x, 0, y, 0, (uint64_t)n, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+        const sw_status st = sw_stream_synchronize(s);
+        const double took = elapsed_s(t0);
+        if (rank == p - 1) {
+            CHECK(st == SW_ERR_OUT_OF_MEMORY, "the rank out of memory: status %d, '%s'", (int)st, sw_last_error());
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            const sw_status again = sw_barrier(comm, rank, s);
+            const sw_status again_sync = again == SW_OK ? sw_stream_synchronize(s) : again;
+            CHECK(again_sync == SW_ERR_ABORTED && elapsed_s(t0) < 5.0, "after running out of memory: status %d after %.1f s, '%s'",
+                  (int)again_sync, elapsed_s(t0), sw_last_error());
+        } else {
+            CHECK(st == SW_ERR_ABORTED && strstr(sw_last_error(), "aborted the communicator") && strstr(sw_last_error(), "out of memory"),
+                  "a peer out of memory: status %d, '%s'", (int)st, sw_last_error());
+        }
+        CHECK(took < 5.0, "the failure took %.1f s to surface (timeout 20 s): expected at once", took);
+        sw_buffer_destroy(x);
+        sw_buffer_destroy(y);
     } else {
         sw_buffer b = alloc_f32(dev, 64);
         for (int i = 0; i < 64; ++i) ptr(b)[i] = value(6, rank, i);
@@ -323,6 +367,7 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "exit");
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
+    bad += tcp_job(2, "oom");
     /* bad arguments */
     sw_store st = NULL;
     sw_comm c = NULL;
