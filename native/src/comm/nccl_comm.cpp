@@ -89,12 +89,27 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         cs = st.cuda_streams[rank];
     }
     cuda_check(api->set_device(ord, &err), err);
+    bool in_group = false;
     auto call = [&](int rc, const char* name) {
         if (rc != kNcclSuccess && rc != kNcclInProgress) {
             const std::string why = nccl_error(n, comm, rc); // before the abort frees comm
+            // NCCL's group is per thread: left open, every later NCCL call of this worker would be deferred to a
+            // ncclGroupEnd that never comes (and "succeed" without running).
+            if (in_group) {
+                in_group = false;
+                n.GroupEnd();
+            }
             h.abort();
             fail(SW_ERR_BACKEND, "rank ", rank, ": ", what, ": ", name, " failed: ", why);
         }
+    };
+    auto group_start = [&] {
+        call(n.GroupStart(), "ncclGroupStart");
+        in_group = true;
+    };
+    auto group_end = [&] {
+        in_group = false;
+        call(n.GroupEnd(), "ncclGroupEnd");
     };
     const int t = nccl_type(me.dtype);
     void* scratch = nullptr; // column all-gather: every rank's block, packed
@@ -103,14 +118,14 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         if (me.count) call(n.AllGather(me.send, me.recv, me.count, t, comm, cs), "ncclAllGather");
         break;
     case Coll::AllGatherV: {
-        call(n.GroupStart(), "ncclGroupStart");
+        group_start();
         uint64_t at = 0;
         for (int q = 0; q < p; ++q) {
             const uint64_t c = slot.desc[q].count;
             if (c) call(n.Broadcast(q == rank ? me.send : me.recv + at * esz, me.recv + at * esz, c, t, q, comm, cs), "ncclBroadcast");
             at += c;
         }
-        call(n.GroupEnd(), "ncclGroupEnd");
+        group_end();
         break;
     }
     case Coll::AllGatherColumns: {
@@ -125,11 +140,11 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
             if (me.cols > 0 && me.rows > 0)
                 cuda_check(api->copy_2d(ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send, me.rows, me.cols,
                                         static_cast<int32_t>(esz), cs, &err), err);
-            call(n.GroupStart(), "ncclGroupStart");
+            group_start();
             for (int q = 0; q < p; ++q)
                 if (at[q + 1] > at[q])
                     call(n.Broadcast(packed + at[q] * esz, packed + at[q] * esz, at[q + 1] - at[q], t, q, comm, cs), "ncclBroadcast");
-            call(n.GroupEnd(), "ncclGroupEnd");
+            group_end();
             int64_t col0 = 0;
             for (int q = 0; q < p; ++q) {
                 const int64_t cols = slot.desc[q].cols;
@@ -152,13 +167,13 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
         break;
     case Coll::ReduceScatterV: {
-        call(n.GroupStart(), "ncclGroupStart");
+        group_start();
         for (int q = 0; q < p; ++q) {
             const uint64_t c = slot.desc[q].count;
             if (c) call(n.Reduce(me.send + scatter_displacement(slot, q) * esz, me.recv, c, t, kNcclSum, q, // recvbuff: used at the root only
                                  comm, cs), "ncclReduce");
         }
-        call(n.GroupEnd(), "ncclGroupEnd");
+        group_end();
         break;
     }
     case Coll::Broadcast:
@@ -377,17 +392,20 @@ SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* 
         std::vector<void*> comms(world_size, nullptr);
         // One thread creates every rank's communicator: inside a group, each with its device current.
         rc = n.GroupStart();
+        sw_status device_status = SW_OK;
+        std::string device_err;
         for (int r = 0; r < world_size && rc == kNcclSuccess; ++r) {
             auto* d = reinterpret_cast<sw_device_s*>(devices[r]);
-            std::string err;
-            cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
+            device_status = d->impl->cuda->set_device(d->impl->ordinal, &device_err);
+            if (device_status != SW_OK) break; // the group is closed below either way (NCCL's group state is per thread)
             rc = n.CommInitRank(&comms[r], world_size, id, r);
         }
         const int end = n.GroupEnd();
         if (rc == kNcclSuccess) rc = end;
-        if (rc != kNcclSuccess) {
+        if (rc != kNcclSuccess || device_status != SW_OK) {
             for (void* c : comms)
                 if (c) n.CommAbort(c);
+            cuda_check(device_status, device_err);
             fail(SW_ERR_BACKEND, "ncclCommInitRank failed: ", nccl_error(n, nullptr, rc));
         }
         sw_comm comm = nullptr;

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -92,12 +93,33 @@ void reduce(const Slot& s, int world, int type, size_t offset, size_t n, char* o
     else sum<float>(s, world, offset, n, out);
 }
 
-// Queues `call` for comm on stream; the stream runs it when every rank has queued its own.
+// Groups, as in NCCL: per thread, ncclGroupStart/End nest; calls made inside a group are launched by the outermost
+// ncclGroupEnd (a thread that never closes its group launches nothing any more); a call that fails inside a group
+// makes that ncclGroupEnd fail and drop the group.
+thread_local int t_depth = 0;
+thread_local int t_group_error = kSuccess;
+thread_local std::vector<std::function<void()>> t_pending;
+
+void launch(Comm* comm, void* stream, Call call);
+
+// Queues `call` for comm on stream (at the outermost ncclGroupEnd inside a group); the stream runs it when every rank
+// has queued its own.
 int enqueue(void* comm_handle, void* stream, Call call) {
     auto* comm = live(comm_handle, "a collective");
-    if (!comm || !stream) return kInvalidArgument;
-    if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
-        return kInvalidArgument;
+    int rc = kSuccess;
+    if (!comm || !stream) rc = kInvalidArgument;
+    else if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
+        rc = kInvalidArgument;
+    if (rc != kSuccess) {
+        if (t_depth > 0 && t_group_error == kSuccess) t_group_error = rc;
+        return rc;
+    }
+    if (t_depth > 0) t_pending.push_back([comm, stream, call] { launch(comm, stream, call); });
+    else launch(comm, stream, call);
+    return kSuccess;
+}
+
+void launch(Comm* comm, void* stream, Call call) {
     const uint64_t seq = comm->next++;
     auto group = comm->group;
     const int rank = comm->rank;
@@ -147,7 +169,6 @@ int enqueue(void* comm_handle, void* stream, Call call) {
         if (group->aborted[rank]) return;
         if (++s.left == group->world) group->slots.erase(seq); // the last one out
     });
-    return kSuccess;
 }
 
 } // namespace
@@ -221,6 +242,19 @@ FAKE_API int ncclBroadcast(const void* s, void* r, size_t n, int t, int root, vo
 FAKE_API int ncclReduce(const void* s, void* r, size_t n, int t, int op, int root, void* comm, void* stream) {
     return op != 0 ? kInvalidArgument : enqueue(comm, stream, {5, static_cast<const char*>(s), static_cast<char*>(r), n, t, root});
 }
-FAKE_API int ncclGroupStart() { return kSuccess; }
-FAKE_API int ncclGroupEnd() { return kSuccess; }
+FAKE_API int ncclGroupStart() {
+    ++t_depth;
+    return kSuccess;
+}
+FAKE_API int ncclGroupEnd() {
+    if (t_depth == 0) return kInvalidUsage;
+    if (--t_depth > 0) return kSuccess;
+    std::vector<std::function<void()>> calls;
+    calls.swap(t_pending);
+    const int rc = t_group_error;
+    t_group_error = kSuccess;
+    if (rc != kSuccess) return rc;
+    for (auto& c : calls) c();
+    return kSuccess;
+}
 FAKE_API const char* ncclGetErrorString(int e) { return e == 0 ? "no error" : "fake NCCL error"; }
