@@ -374,6 +374,43 @@ int main(int argc, char** argv) {
     CHECK(sw_store_create("127.0.0.1", 0, 0, 100, &st) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "port"),
           "port 0 for a client accepted");
     CHECK(sw_comm_create_tcp(NULL, NULL, "x", 0, 1, 0, &c) == SW_ERR_NULL_HANDLE, "NULL device accepted");
+    /* MASTER_PORT pointing at another service: a clear error, not a huge allocation from its first 8 bytes */
+    {
+        const int port = free_port();
+        int lfd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons((uint16_t)port);
+        const int one = 1;
+        setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (lfd >= 0 && bind(lfd, (struct sockaddr*)&a, sizeof a) == 0 && listen(lfd, 4) == 0) {
+            const pid_t other = fork();
+            if (other == 0) { /* answers anything like a web server would */
+                alarm(20);
+                const int cfd = accept(lfd, NULL, NULL);
+                char buf[256];
+                if (cfd >= 0 && read(cfd, buf, sizeof buf) > 0) {
+                    const char* reply = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+                    if (write(cfd, reply, strlen(reply)) < 0) _exit(1);
+                }
+                sleep(2);
+                _exit(0);
+            }
+            close(lfd);
+            sw_store cl = NULL;
+            OK(sw_store_create("127.0.0.1", port, 0, 3000, &cl));
+            char v[16];
+            uint64_t got = 0;
+            const sw_status gs = sw_store_get(cl, "key", v, sizeof v, &got);
+            CHECK(gs == SW_ERR_BACKEND && strstr(sw_last_error(), "malformed"), "a store that is not one: status %d", (int)gs);
+            sw_store_destroy(cl);
+            waitpid(other, NULL, 0);
+        } else if (lfd >= 0) {
+            close(lfd);
+        }
+    }
     printf("%s\n", bad || g_failures ? "FAILED" : "all multi-process checks passed");
     return bad || g_failures ? 1 : 0;
 }

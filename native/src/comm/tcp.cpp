@@ -335,8 +335,13 @@ struct StoreImpl {
         request(frame(kSet, key, value, bytes), "sw_store_set");
         char ack = 0;
         std::string err;
-        if (!read_all(fd.fd, &ack, 1, Clock::now() + std::chrono::milliseconds(timeout_ms), &err) || ack != 1)
+        if (!read_all(fd.fd, &ack, 1, Clock::now() + std::chrono::milliseconds(timeout_ms), &err))
             fail(SW_ERR_BACKEND, "sw_store_set('", key, "'): the store at ", host, ":", port, " did not acknowledge: ", err);
+        if (ack != 1) {
+            fd.reset();
+            fail(SW_ERR_BACKEND, "sw_store_set('", key, "'): the store at ", host, ":", port,
+                 " sent a malformed reply: is MASTER_ADDR:MASTER_PORT a Shardwise store of the same version?");
+        }
     }
     std::string get(const std::string& key, Clock::time_point deadline) {
         std::lock_guard<std::mutex> lock(mu);
@@ -351,6 +356,11 @@ struct StoreImpl {
                 fail(SW_ERR_TIMEOUT, "sw_store_get: key '", key, "' was not set within ", timeout_ms,
                      " ms (is every rank running, with the same MASTER_ADDR/MASTER_PORT?)");
             fail(SW_ERR_BACKEND, "sw_store_get('", key, "'): the store at ", host, ":", port, " failed: ", err);
+        }
+        if (n > kMaxValue) { // not a Shardwise store (a web server's "HTTP/1.1" read as a length, say)
+            fd.reset();
+            fail(SW_ERR_BACKEND, "sw_store_get('", key, "'): the store at ", host, ":", port, " sent a malformed reply (a value of ",
+                 n, " bytes; at most ", kMaxValue, "): is MASTER_ADDR:MASTER_PORT a Shardwise store of the same version?");
         }
         std::string v(n, '\0');
         if (n && !read_all(fd.fd, v.data(), n, Clock::now() + std::chrono::milliseconds(timeout_ms), &err))
