@@ -159,7 +159,26 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     OK(sw_stream_create(dev, &s));
     const int64_t timeout = strcmp(scenario, "late") == 0 ? 1500 : 20000;
     OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &store));
+    int stray = -1;
+    if (strcmp(scenario, "stray") == 0 && rank == 1) {
+        /* a connection to rank 0's listener that never says hello (a port scanner, a health check), before rank 1's */
+        char addr[128] = {0};
+        uint64_t n = 0;
+        OK(sw_store_get(store, "job/addr/0", addr, sizeof addr - 1, &n));
+        const char* space = strrchr(addr, ' ');
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons((uint16_t)(space ? atoi(space + 1) : 0));
+        stray = socket(AF_INET, SOCK_STREAM, 0);
+        CHECK(stray >= 0 && connect(stray, (struct sockaddr*)&a, sizeof a) == 0, "stray connection to '%s'", addr);
+    }
+    struct timespec created;
+    clock_gettime(CLOCK_MONOTONIC, &created);
     OK(sw_comm_create_tcp(dev, store, "job", rank, p, timeout, &comm));
+    if (strcmp(scenario, "stray") == 0)
+        CHECK(elapsed_s(created) < 5.0, "a silent stray connection delayed sw_comm_create_tcp by %.1f s (timeout 20 s)", elapsed_s(created));
     if (g_failures) return 1;
     int32_t r = -2;
     const char* kind = NULL;
@@ -168,6 +187,10 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     CHECK(r == rank && kind && strcmp(kind, "tcp") == 0, "rank %d backend %s", r, kind ? kind : "?");
     if (strcmp(scenario, "collectives") == 0) {
         collectives(dev, s, comm, rank, p);
+    } else if (strcmp(scenario, "stray") == 0) {
+        OK(sw_barrier(comm, rank, s));
+        OK(sw_stream_synchronize(s));
+        if (stray >= 0) close(stray);
     } else if (strcmp(scenario, "oom") == 0) {
         /* The last rank cannot allocate its receive scratch (address space capped after its buffers exist): it must
          * fail at once with SW_ERR_OUT_OF_MEMORY, tell the others (who then fail at once, not at the 20 s timeout) and
@@ -368,6 +391,7 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
     bad += tcp_job(2, "oom");
+    bad += tcp_job(2, "stray");
     /* bad arguments */
     sw_store st = NULL;
     sw_comm c = NULL;
