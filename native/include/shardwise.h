@@ -362,7 +362,8 @@ SW_API sw_status sw_mpi_get_info(int32_t* available, char* version, uint64_t ver
  * only. SW_ERR_NOT_FOUND when the plugin cannot be loaded. */
 SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_comm* out);
 /* Finalizes MPI if Shardwise initialized it (otherwise a no-op). Skipped, with SW_ERR_BACKEND, when an aborted
- * communicator left MPI requests behind: finalizing could wait forever for a dead peer. */
+ * communicator left MPI requests behind: finalizing could wait forever for a dead peer. MPI communicators still open
+ * afterwards fail their collectives with SW_ERR_BACKEND ("MPI is finalized"); aborting or destroying them is safe. */
 SW_API sw_status sw_mpi_finalize(void);
 
 /* NCCL, loaded at run time: libnccl.so.2 from SHARDWISE_NCCL_PATH (a file, or a folder holding it) or the default

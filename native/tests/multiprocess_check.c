@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -158,7 +159,26 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     OK(sw_stream_create(dev, &s));
     const int64_t timeout = strcmp(scenario, "late") == 0 ? 1500 : 20000;
     OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &store));
+    int stray = -1;
+    if (strcmp(scenario, "stray") == 0 && rank == 1) {
+        /* a connection to rank 0's listener that never says hello (a port scanner, a health check), before rank 1's */
+        char addr[128] = {0};
+        uint64_t n = 0;
+        OK(sw_store_get(store, "job/addr/0", addr, sizeof addr - 1, &n));
+        const char* space = strrchr(addr, ' ');
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons((uint16_t)(space ? atoi(space + 1) : 0));
+        stray = socket(AF_INET, SOCK_STREAM, 0);
+        CHECK(stray >= 0 && connect(stray, (struct sockaddr*)&a, sizeof a) == 0, "stray connection to '%s'", addr);
+    }
+    struct timespec created;
+    clock_gettime(CLOCK_MONOTONIC, &created);
     OK(sw_comm_create_tcp(dev, store, "job", rank, p, timeout, &comm));
+    if (strcmp(scenario, "stray") == 0)
+        CHECK(elapsed_s(created) < 5.0, "a silent stray connection delayed sw_comm_create_tcp by %.1f s (timeout 20 s)", elapsed_s(created));
     if (g_failures) return 1;
     int32_t r = -2;
     const char* kind = NULL;
@@ -167,6 +187,53 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     CHECK(r == rank && kind && strcmp(kind, "tcp") == 0, "rank %d backend %s", r, kind ? kind : "?");
     if (strcmp(scenario, "collectives") == 0) {
         collectives(dev, s, comm, rank, p);
+    } else if (strcmp(scenario, "stray") == 0) {
+        OK(sw_barrier(comm, rank, s));
+        OK(sw_stream_synchronize(s));
+        if (stray >= 0) close(stray);
+    } else if (strcmp(scenario, "oom") == 0) {
+        /* The last rank cannot allocate its receive scratch (address space capped after its buffers exist): it must
+         * fail at once with SW_ERR_OUT_OF_MEMORY, tell the others (who then fail at once, not at the 20 s timeout) and
+         * leave its communicator aborted (a later collective fails at once instead of waiting for the timeout). */
+        /* 48 MiB per rank's block; the scratch of a reduce-scatter holds p blocks: more than a malloc arena's 64 MiB (already
+         * reserved, so not stopped by the cap) */
+        const long n = 12L << 20;
+        sw_buffer x = alloc_f32(dev, n * p), y = alloc_f32(dev, n);
+        for (long i = 0; i < n * p; ++i) ptr(x)[i] = 1.0f;
+        OK(sw_barrier(comm, rank, s));
+        OK(sw_stream_synchronize(s));
+        if (rank == p - 1) {
+            long pages = 0;
+            FILE* f = fopen("/proc/self/statm", "r");
+            if (f) {
+                if (fscanf(f, "%ld", &pages) != 1) pages = 0;
+                fclose(f);
+            }
+            struct rlimit lim = {(rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + (8u << 20), RLIM_INFINITY};
+            if (pages <= 0 || setrlimit(RLIMIT_AS, &lim) != 0) {
+                printf("oom scenario: cannot cap the address space here; skipped\n");
+                _exit(0);
+            }
+        }
+        struct timespec t0;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        OK(sw_reduce_scatter(comm, rank, x, 0, y, 0, (uint64_t)n, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+        const sw_status st = sw_stream_synchronize(s);
+        const double took = elapsed_s(t0);
+        if (rank == p - 1) {
+            CHECK(st == SW_ERR_OUT_OF_MEMORY, "the rank out of memory: status %d, '%s'", (int)st, sw_last_error());
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            const sw_status again = sw_barrier(comm, rank, s);
+            const sw_status again_sync = again == SW_OK ? sw_stream_synchronize(s) : again;
+            CHECK(again_sync == SW_ERR_ABORTED && elapsed_s(t0) < 5.0, "after running out of memory: status %d after %.1f s, '%s'",
+                  (int)again_sync, elapsed_s(t0), sw_last_error());
+        } else {
+            CHECK(st == SW_ERR_ABORTED && strstr(sw_last_error(), "aborted the communicator") && strstr(sw_last_error(), "out of memory"),
+                  "a peer out of memory: status %d, '%s'", (int)st, sw_last_error());
+        }
+        CHECK(took < 5.0, "the failure took %.1f s to surface (timeout 20 s): expected at once", took);
+        sw_buffer_destroy(x);
+        sw_buffer_destroy(y);
     } else {
         sw_buffer b = alloc_f32(dev, 64);
         for (int i = 0; i < 64; ++i) ptr(b)[i] = value(6, rank, i);
@@ -290,6 +357,19 @@ static int mpi_rank(void) {
           sw_last_error());
     sw_buffer_destroy(b);
     sw_comm_destroy(comm);
+    /* A communicator still open when MPI is finalized: using it, aborting it or destroying it afterwards gives an
+     * error or nothing, never an MPI call after MPI_Finalize (which makes Open MPI end the process). */
+    sw_comm late = NULL;
+    OK(sw_comm_create_mpi(dev, 20000, &late));
+    OK(sw_barrier(late, rank, s));
+    OK(sw_stream_synchronize(s));
+    OK(sw_mpi_finalize());
+    OK(sw_barrier(late, rank, s));
+    const sw_status after = sw_stream_synchronize(s);
+    CHECK(p == 1 || (after != SW_OK && strstr(sw_last_error(), "finalized")), "collective after sw_mpi_finalize: status %d, '%s'",
+          (int)after, sw_last_error());
+    OK(sw_comm_abort(late));
+    OK(sw_comm_destroy(late));
     sw_stream_destroy(s);
     sw_device_destroy(dev);
     OK(sw_mpi_finalize());
@@ -310,12 +390,51 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "exit");
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
+    bad += tcp_job(2, "oom");
+    bad += tcp_job(2, "stray");
     /* bad arguments */
     sw_store st = NULL;
     sw_comm c = NULL;
     CHECK(sw_store_create("127.0.0.1", 0, 0, 100, &st) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "port"),
           "port 0 for a client accepted");
     CHECK(sw_comm_create_tcp(NULL, NULL, "x", 0, 1, 0, &c) == SW_ERR_NULL_HANDLE, "NULL device accepted");
+    /* MASTER_PORT pointing at another service: a clear error, not a huge allocation from its first 8 bytes */
+    {
+        const int port = free_port();
+        int lfd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a;
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        a.sin_port = htons((uint16_t)port);
+        const int one = 1;
+        setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (lfd >= 0 && bind(lfd, (struct sockaddr*)&a, sizeof a) == 0 && listen(lfd, 4) == 0) {
+            const pid_t other = fork();
+            if (other == 0) { /* answers anything like a web server would */
+                alarm(20);
+                const int cfd = accept(lfd, NULL, NULL);
+                char buf[256];
+                if (cfd >= 0 && read(cfd, buf, sizeof buf) > 0) {
+                    const char* reply = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+                    if (write(cfd, reply, strlen(reply)) < 0) _exit(1);
+                }
+                sleep(2);
+                _exit(0);
+            }
+            close(lfd);
+            sw_store cl = NULL;
+            OK(sw_store_create("127.0.0.1", port, 0, 3000, &cl));
+            char v[16];
+            uint64_t got = 0;
+            const sw_status gs = sw_store_get(cl, "key", v, sizeof v, &got);
+            CHECK(gs == SW_ERR_BACKEND && strstr(sw_last_error(), "malformed"), "a store that is not one: status %d", (int)gs);
+            sw_store_destroy(cl);
+            waitpid(other, NULL, 0);
+        } else if (lfd >= 0) {
+            close(lfd);
+        }
+    }
     printf("%s\n", bad || g_failures ? "FAILED" : "all multi-process checks passed");
     return bad || g_failures ? 1 : 0;
 }

@@ -278,6 +278,45 @@ int main(int argc, char** argv) {
     CHECK(took < 5, "timeout took %.1f s", took);
     OK(sw_comm_destroy(comm));
 
+    // A call NCCL refuses inside a group (fp16 gathers: the stand-in has no fp16) fails the collective; the group is
+    // closed all the same, so the same streams (the same worker threads) still launch NCCL work afterwards.
+    OK(sw_comm_create_nccl_local(p, devs, 2000, &comm));
+    {
+        std::vector<sw_status> bad(p, SW_OK), good(p, SW_ERR_INTERNAL);
+        std::vector<std::string> why(p);
+        std::vector<sw_stream> ss(p, nullptr);
+        for (int r = 0; r < p; ++r) OK(sw_stream_create(devs[r], &ss[r]));
+        std::vector<std::thread> th;
+        for (int r = 0; r < p; ++r)
+            th.emplace_back([&, r] {
+                sw_buffer x = alloc(devs[r], 8), g = alloc(devs[r], 8 * p);
+                sw_all_gather_v(comm, r, x, 0, 4, g, 0, 8 * p, SW_DTYPE_F16, ss[r]);
+                bad[r] = sw_stream_synchronize(ss[r]);
+                why[r] = sw_last_error();
+                sw_buffer_destroy(x);
+                sw_buffer_destroy(g);
+            });
+        for (auto& t : th) t.join();
+        for (int r = 0; r < p; ++r) CHECK(bad[r] != SW_OK, "fp16 all_gather_v in the stand-in: rank %d: %d %s", r, bad[r], why[r].c_str());
+        OK(sw_comm_destroy(comm));
+        OK(sw_comm_create_nccl_local(p, devs, 2000, &comm));
+        th.clear();
+        for (int r = 0; r < p; ++r)
+            th.emplace_back([&, r] {
+                sw_buffer b = alloc(devs[r], 16);
+                for (int i = 0; i < 16; ++i) host(b)[i] = 1;
+                sw_all_reduce(comm, r, b, 0, b, 0, 16, SW_DTYPE_F32, SW_REDUCE_SUM, ss[r]);
+                good[r] = sw_stream_synchronize(ss[r]);
+                why[r] = sw_last_error();
+                CHECK(good[r] != SW_OK || host(b)[0] == p, "rank %d: all_reduce after a failed group = %g", r, host(b)[0]);
+                sw_buffer_destroy(b);
+            });
+        for (auto& t : th) t.join();
+        for (int r = 0; r < p; ++r) CHECK(good[r] == SW_OK, "all_reduce after a failed group: rank %d: %d %s", r, good[r], why[r].c_str());
+        OK(sw_comm_destroy(comm));
+        for (auto s : ss) sw_stream_destroy(s);
+    }
+
     sw_device same[2] = {devs[0], devs[0]};
     CHECK(sw_comm_create_nccl_local(2, same, 0, &comm) == SW_ERR_INVALID_ARGUMENT && std::strstr(sw_last_error(), "one rank per GPU"), "two ranks on one GPU");
     sw_device cpu = nullptr;
@@ -335,6 +374,22 @@ int main(int argc, char** argv) {
             CHECK(st[r] == SW_ERR_TIMEOUT && msgs[r].find("cannot tell which") != std::string::npos, "unique id: late rank: rank %d: %d %s",
                   r, st[r], msgs[r].c_str());
         for (auto c : byid) sw_comm_destroy(c);
+    }
+    // sw_comm_abort from another thread while the rank's worker waits in NCCL (rank 2 never comes): the worker, which
+    // is using the NCCL communicator, is the one to abort it, once (ncclCommAbort frees it); then destroy.
+    OK(sw_nccl_get_unique_id(id));
+    {
+        std::vector<sw_comm> byid(p, nullptr);
+        for (int r = 0; r < p; ++r) OK(sw_comm_create_nccl_id(devs[r], id, r, p, 3000, &byid[r]));
+        std::thread aborter([&] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            OK(sw_comm_abort(byid[0]));
+        });
+        st = one_all_reduce(byid.data(), p, devs, 2, -1, &msgs);
+        aborter.join();
+        CHECK(st[0] == SW_ERR_ABORTED, "unique id: abort while NCCL runs: rank 0: %d %s", st[0], msgs[0].c_str());
+        CHECK(st[1] == SW_ERR_TIMEOUT, "unique id: abort while NCCL runs: rank 1: %d %s", st[1], msgs[1].c_str());
+        for (auto c : byid) OK(sw_comm_destroy(c));
     }
     CHECK(sw_comm_create_nccl_id(devs[0], nullptr, 0, 1, 0, &comm) == SW_ERR_NULL_HANDLE, "NULL unique id");
     CHECK(sw_comm_create_nccl_id(devs[0], id, 3, 3, 0, &comm) == SW_ERR_INVALID_ARGUMENT && std::strstr(sw_last_error(), "rank = 3"),

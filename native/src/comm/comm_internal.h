@@ -63,6 +63,16 @@ struct Slot {
     bool ready = false;
 };
 
+// One rank's ncclComm_t. ncclCommAbort and ncclCommDestroy free it, so at most one of them runs, once (`comm` is null
+// afterwards). Only the rank's stream worker (while a collective runs) and the communicator's end call them, never at
+// the same time: a local abort reaches NCCL through the worker's polling, not from the thread that asked for it.
+struct NcclRank {
+    const struct NcclApi* api = nullptr;
+    void* comm = nullptr;
+    void abort() noexcept;   // nccl_comm.cpp
+    void destroy() noexcept; // nccl_comm.cpp
+};
+
 struct CommState {
     int32_t world = 0;
     int64_t timeout_ms = 0;
@@ -95,7 +105,7 @@ struct CommState {
     // NCCL communicators (CUDA devices): the data of every collective moves through NCCL on the rank's communication
     // stream; the host side (descriptor exchange, agreement, timeouts) is the in-process rendezvous or the transport.
     const struct NcclApi* nccl = nullptr;
-    std::vector<void*> nccl_comms; // per rank: its ncclComm_t (null for ranks of other processes)
+    std::vector<std::shared_ptr<struct NcclRank>> nccl_comms; // per rank (null for ranks of other processes)
     std::string backend_name() const { return nccl ? "nccl" : transport ? transport->name() : "local"; }
 
     ~CommState() {

@@ -47,15 +47,25 @@ void free_later(DeviceImpl& dev, void* p) {
     dev.deferred->pointers.push_back(p);
 }
 
-void wait_nccl(const NcclApi& n, void* comm, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
+void wait_nccl(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
                const std::atomic<bool>& local_abort, const std::string& what); // below
 
 } // namespace
 
+void NcclRank::abort() noexcept {
+    if (comm) api->CommAbort(comm);
+    comm = nullptr;
+}
+
+void NcclRank::destroy() noexcept {
+    if (comm) api->CommDestroy(comm); // a destructor cannot report: errors dropped
+    comm = nullptr;
+}
+
 void CommState::release_nccl() {
     if (!nccl) return;
-    for (void* c : nccl_comms)
-        if (c) (aborted ? nccl->CommAbort(c) : nccl->CommDestroy(c)); // a destructor cannot report: errors dropped
+    for (auto& h : nccl_comms)
+        if (h) (aborted ? h->abort() : h->destroy());
     nccl_comms.clear();
 }
 
@@ -64,11 +74,13 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
     DeviceImpl& dev = *st.devices[rank];
     const cuda::PluginApi* api = dev.cuda;
     const int32_t ord = dev.ordinal;
-    void* comm = st.nccl_comms[rank];
+    NcclRank& h = *st.nccl_comms[rank];
+    void* comm = h.comm;
     const Desc& me = slot.desc[rank];
     const int p = st.world;
     const size_t esz = sw_dtype_size(me.dtype);
     const std::string what = str(coll_name(me.op), " #", seq);
+    if (!comm) fail(SW_ERR_ABORTED, "rank ", rank, ": ", what, " not run: its NCCL communicator was aborted");
     std::string err;
     void* cs = nullptr;
     {
@@ -77,11 +89,27 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         cs = st.cuda_streams[rank];
     }
     cuda_check(api->set_device(ord, &err), err);
+    bool in_group = false;
     auto call = [&](int rc, const char* name) {
         if (rc != kNcclSuccess && rc != kNcclInProgress) {
-            n.CommAbort(comm);
-            fail(SW_ERR_BACKEND, "rank ", rank, ": ", what, ": ", name, " failed: ", nccl_error(n, comm, rc));
+            const std::string why = nccl_error(n, comm, rc); // before the abort frees comm
+            // NCCL's group is per thread: left open, every later NCCL call of this worker would be deferred to a
+            // ncclGroupEnd that never comes (and "succeed" without running).
+            if (in_group) {
+                in_group = false;
+                n.GroupEnd();
+            }
+            h.abort();
+            fail(SW_ERR_BACKEND, "rank ", rank, ": ", what, ": ", name, " failed: ", why);
         }
+    };
+    auto group_start = [&] {
+        call(n.GroupStart(), "ncclGroupStart");
+        in_group = true;
+    };
+    auto group_end = [&] {
+        in_group = false;
+        call(n.GroupEnd(), "ncclGroupEnd");
     };
     const int t = nccl_type(me.dtype);
     void* scratch = nullptr; // column all-gather: every rank's block, packed
@@ -90,14 +118,14 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         if (me.count) call(n.AllGather(me.send, me.recv, me.count, t, comm, cs), "ncclAllGather");
         break;
     case Coll::AllGatherV: {
-        call(n.GroupStart(), "ncclGroupStart");
+        group_start();
         uint64_t at = 0;
         for (int q = 0; q < p; ++q) {
             const uint64_t c = slot.desc[q].count;
             if (c) call(n.Broadcast(q == rank ? me.send : me.recv + at * esz, me.recv + at * esz, c, t, q, comm, cs), "ncclBroadcast");
             at += c;
         }
-        call(n.GroupEnd(), "ncclGroupEnd");
+        group_end();
         break;
     }
     case Coll::AllGatherColumns: {
@@ -112,11 +140,11 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
             if (me.cols > 0 && me.rows > 0)
                 cuda_check(api->copy_2d(ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send, me.rows, me.cols,
                                         static_cast<int32_t>(esz), cs, &err), err);
-            call(n.GroupStart(), "ncclGroupStart");
+            group_start();
             for (int q = 0; q < p; ++q)
                 if (at[q + 1] > at[q])
                     call(n.Broadcast(packed + at[q] * esz, packed + at[q] * esz, at[q + 1] - at[q], t, q, comm, cs), "ncclBroadcast");
-            call(n.GroupEnd(), "ncclGroupEnd");
+            group_end();
             int64_t col0 = 0;
             for (int q = 0; q < p; ++q) {
                 const int64_t cols = slot.desc[q].cols;
@@ -139,13 +167,13 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
         break;
     case Coll::ReduceScatterV: {
-        call(n.GroupStart(), "ncclGroupStart");
+        group_start();
         for (int q = 0; q < p; ++q) {
             const uint64_t c = slot.desc[q].count;
             if (c) call(n.Reduce(me.send + scatter_displacement(slot, q) * esz, me.recv, c, t, kNcclSum, q, // recvbuff: used at the root only
                                  comm, cs), "ncclReduce");
         }
-        call(n.GroupEnd(), "ncclGroupEnd");
+        group_end();
         break;
     }
     case Coll::Broadcast:
@@ -170,7 +198,7 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
     } cleanup{api, ord, done, dev, scratch};
     cuda_check(api->event_record(ord, done, cs, &err), err);
     try {
-        wait_nccl(n, comm, api, ord, done, deadline, st.abort_flag, str("rank ", rank, ": ", what));
+        wait_nccl(n, h, api, ord, done, deadline, st.abort_flag, str("rank ", rank, ": ", what));
     } catch (const TimeoutError&) {
         api->stream_synchronize(ord, cs, &err); // NCCL is aborted: drain the copies that use the scratch
         fail(SW_ERR_TIMEOUT, "rank ", rank, ": ", what, " did not complete in NCCL within ", st.timeout_ms,
@@ -189,8 +217,9 @@ const NcclApi& nccl_or_fail() { return nccl_api(); }
 // Waits for `done` on the rank's device, polling NCCL's asynchronous error, local aborts and the deadline; on any of
 // them aborts the NCCL communicator (releasing its kernels) and throws. A deadline gives a TimeoutError naming nobody:
 // NCCL cannot tell which rank is late.
-void wait_nccl(const NcclApi& n, void* comm, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
+void wait_nccl(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
                const std::atomic<bool>& local_abort, const std::string& what) {
+    void* comm = h.comm;
     std::string err;
     for (int spins = 0;; ++spins) {
         int32_t finished = 0;
@@ -202,15 +231,15 @@ void wait_nccl(const NcclApi& n, void* comm, const cuda::PluginApi* api, int32_t
             return;
         }
         if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress) {
-            n.CommAbort(comm);
+            h.abort();
             fail(SW_ERR_BACKEND, what, ": NCCL reported an asynchronous error: ", nccl_error(n, nullptr, async));
         }
         if (local_abort.load()) {
-            n.CommAbort(comm);
+            h.abort();
             fail(SW_ERR_ABORTED, what, ": the communicator was aborted while NCCL ran");
         }
         if (Clock::now() >= deadline) {
-            n.CommAbort(comm);
+            h.abort();
             throw TimeoutError(str(what, ": NCCL did not complete in time"), {});
         }
         if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -222,8 +251,8 @@ void wait_nccl(const NcclApi& n, void* comm, const cuda::PluginApi* api, int32_t
 // peers about an abort, nor which rank is late.
 class NcclTransport final : public Transport {
 public:
-    NcclTransport(const NcclApi& n, void* comm, int32_t rank, int32_t world, std::shared_ptr<DeviceImpl> dev)
-        : n_(n), comm_(comm), rank_(rank), world_(world), dev_(std::move(dev)) {}
+    NcclTransport(const NcclApi& n, std::shared_ptr<NcclRank> comm, int32_t rank, int32_t world, std::shared_ptr<DeviceImpl> dev)
+        : n_(n), comm_(std::move(comm)), rank_(rank), world_(world), dev_(std::move(dev)) {}
     ~NcclTransport() override {
         std::string e;
         if (stream_) dev_->cuda->stream_destroy(dev_->ordinal, stream_, &e);
@@ -253,9 +282,10 @@ public:
         char* in = static_cast<char*>(staging_);
         char* out = in + bytes;
         cuda_check(api->memcpy_async(ord, in, mine, bytes, stream_, &err), err);
-        const int rc = n_.AllGather(in, out, bytes, kNcclUint8, comm_, stream_);
+        if (!comm_->comm) fail(SW_ERR_ABORTED, what, ": the NCCL communicator was aborted");
+        const int rc = n_.AllGather(in, out, bytes, kNcclUint8, comm_->comm, stream_);
         if (rc != kNcclSuccess && rc != kNcclInProgress)
-            fail(SW_ERR_BACKEND, what, ": ncclAllGather (descriptors) failed: ", nccl_error(n_, comm_, rc));
+            fail(SW_ERR_BACKEND, what, ": ncclAllGather (descriptors) failed: ", nccl_error(n_, comm_->comm, rc));
         cuda_check(api->memcpy_async(ord, all, out, bytes * world_, stream_, &err), err);
         void* done = nullptr;
         cuda_check(api->event_create(ord, &done, &err), err);
@@ -270,7 +300,7 @@ public:
         } destroy{api, ord, done};
         cuda_check(api->event_record(ord, done, stream_, &err), err);
         try {
-            wait_nccl(n_, comm_, api, ord, done, deadline, local_abort, what);
+            wait_nccl(n_, *comm_, api, ord, done, deadline, local_abort, what);
         } catch (...) {
             // NCCL is aborted, so the stream drains: let the copy into `all` (the caller's memory) finish or fail now,
             // not after the caller has freed it.
@@ -280,12 +310,14 @@ public:
         cuda_check(api->stream_synchronize(ord, stream_, &err), err);
     }
     void notify_abort(sw_status, const std::string&) noexcept override {
-        n_.CommAbort(comm_); // releases this rank's NCCL kernels; the peers find out at their deadline
+        // Nothing to send: the peers find out at their deadline. NCCL is not aborted from here (this may be any thread,
+        // while the worker uses the communicator): a waiting worker sees the local abort and aborts it; an idle one is
+        // aborted when the communicator goes (release_nccl).
     }
 
 private:
     const NcclApi& n_;
-    void* comm_;
+    std::shared_ptr<NcclRank> comm_;
     int32_t rank_, world_;
     std::shared_ptr<DeviceImpl> dev_;
     void* stream_ = nullptr;
@@ -303,10 +335,17 @@ void* init_rank(const NcclApi& n, sw_device_s* d, const NcclUniqueId& id, int32_
     return nc;
 }
 
-sw_comm attach_nccl(sw_comm comm, const NcclApi& n, void* nc, int32_t rank, int32_t world) {
+std::shared_ptr<NcclRank> nccl_rank(const NcclApi& n, void* nc) {
+    auto h = std::make_shared<NcclRank>();
+    h->api = &n;
+    h->comm = nc;
+    return h;
+}
+
+sw_comm attach_nccl(sw_comm comm, const NcclApi& n, std::shared_ptr<NcclRank> h, int32_t rank, int32_t world) {
     comm->state->nccl = &n;
     comm->state->nccl_comms.assign(world, nullptr);
-    comm->state->nccl_comms[rank] = nc;
+    comm->state->nccl_comms[rank] = std::move(h);
     return comm;
 }
 
@@ -353,17 +392,20 @@ SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* 
         std::vector<void*> comms(world_size, nullptr);
         // One thread creates every rank's communicator: inside a group, each with its device current.
         rc = n.GroupStart();
+        sw_status device_status = SW_OK;
+        std::string device_err;
         for (int r = 0; r < world_size && rc == kNcclSuccess; ++r) {
             auto* d = reinterpret_cast<sw_device_s*>(devices[r]);
-            std::string err;
-            cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
+            device_status = d->impl->cuda->set_device(d->impl->ordinal, &device_err);
+            if (device_status != SW_OK) break; // the group is closed below either way (NCCL's group state is per thread)
             rc = n.CommInitRank(&comms[r], world_size, id, r);
         }
         const int end = n.GroupEnd();
         if (rc == kNcclSuccess) rc = end;
-        if (rc != kNcclSuccess) {
+        if (rc != kNcclSuccess || device_status != SW_OK) {
             for (void* c : comms)
                 if (c) n.CommAbort(c);
+            cuda_check(device_status, device_err);
             fail(SW_ERR_BACKEND, "ncclCommInitRank failed: ", nccl_error(n, nullptr, rc));
         }
         sw_comm comm = nullptr;
@@ -373,7 +415,7 @@ SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* 
             fail(st, sw_last_error());
         }
         comm->state->nccl = &n;
-        comm->state->nccl_comms = std::move(comms);
+        for (void* c : comms) comm->state->nccl_comms.push_back(nccl_rank(n, c));
         *out = comm;
     });
 }
@@ -405,8 +447,8 @@ SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const cha
             std::memcpy(id.internal, v.data(), sizeof id.internal);
         }
         auto transport = connect_tcp_mesh(*s, prefix, rank, world_size, t);
-        void* nc = init_rank(n, d, id, rank, world_size);
-        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), t), n, nc, rank, world_size);
+        auto h = nccl_rank(n, init_rank(n, d, id, rank, world_size));
+        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), t), n, h, rank, world_size);
     });
 }
 
@@ -422,9 +464,9 @@ SW_API sw_status sw_comm_create_nccl_id(sw_device device, const uint8_t* unique_
         const NcclApi& n = nccl_or_fail();
         NcclUniqueId id{};
         std::memcpy(id.internal, unique_id, sizeof id.internal);
-        void* nc = init_rank(n, d, id, rank, world_size);
-        auto transport = std::make_unique<NcclTransport>(n, nc, rank, world_size, d->impl);
-        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, nc, rank, world_size);
+        auto h = nccl_rank(n, init_rank(n, d, id, rank, world_size));
+        auto transport = std::make_unique<NcclTransport>(n, h, rank, world_size, d->impl);
+        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, h, rank, world_size);
     });
 }
 
@@ -449,8 +491,8 @@ SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, s
         transport->all_gather_bytes(0, mine.internal, sizeof mine.internal, ids[0].internal,
                                     Clock::now() + std::chrono::milliseconds(resolve_timeout(timeout_ms)), no_abort,
                                     "sw_comm_create_nccl_mpi (unique id)");
-        void* nc = init_rank(n, d, ids[0], rank, world);
-        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, nc, rank, world);
+        auto h = nccl_rank(n, init_rank(n, d, ids[0], rank, world));
+        *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, h, rank, world);
     });
 }
 

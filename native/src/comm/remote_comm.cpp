@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 using namespace sw;
 
@@ -277,6 +278,12 @@ void sw::run_remote_collective(const std::shared_ptr<CommState>& st, int rank, u
     } catch (const Error& e) {
         status = e.status();
         message = e.message();
+    } catch (const std::bad_alloc&) { // the receive scratch: like any failure, abort and tell the peers
+        status = SW_ERR_OUT_OF_MEMORY;
+        message = str(what, ": out of memory");
+    } catch (const std::exception& e) {
+        status = SW_ERR_INTERNAL;
+        message = str(what, ": internal error: ", e.what());
     }
     std::unique_lock<std::mutex> lock(st->mu);
     if (st->remote_next == seq) ++st->remote_next;

@@ -335,8 +335,13 @@ struct StoreImpl {
         request(frame(kSet, key, value, bytes), "sw_store_set");
         char ack = 0;
         std::string err;
-        if (!read_all(fd.fd, &ack, 1, Clock::now() + std::chrono::milliseconds(timeout_ms), &err) || ack != 1)
+        if (!read_all(fd.fd, &ack, 1, Clock::now() + std::chrono::milliseconds(timeout_ms), &err))
             fail(SW_ERR_BACKEND, "sw_store_set('", key, "'): the store at ", host, ":", port, " did not acknowledge: ", err);
+        if (ack != 1) {
+            fd.reset();
+            fail(SW_ERR_BACKEND, "sw_store_set('", key, "'): the store at ", host, ":", port,
+                 " sent a malformed reply: is MASTER_ADDR:MASTER_PORT a Shardwise store of the same version?");
+        }
     }
     std::string get(const std::string& key, Clock::time_point deadline) {
         std::lock_guard<std::mutex> lock(mu);
@@ -351,6 +356,11 @@ struct StoreImpl {
                 fail(SW_ERR_TIMEOUT, "sw_store_get: key '", key, "' was not set within ", timeout_ms,
                      " ms (is every rank running, with the same MASTER_ADDR/MASTER_PORT?)");
             fail(SW_ERR_BACKEND, "sw_store_get('", key, "'): the store at ", host, ":", port, " failed: ", err);
+        }
+        if (n > kMaxValue) { // not a Shardwise store (a web server's "HTTP/1.1" read as a length, say)
+            fd.reset();
+            fail(SW_ERR_BACKEND, "sw_store_get('", key, "'): the store at ", host, ":", port, " sent a malformed reply (a value of ",
+                 n, " bytes; at most ", kMaxValue, "): is MASTER_ADDR:MASTER_PORT a Shardwise store of the same version?");
         }
         std::string v(n, '\0');
         if (n && !read_all(fd.fd, v.data(), n, Clock::now() + std::chrono::milliseconds(timeout_ms), &err))
@@ -670,8 +680,10 @@ std::unique_ptr<Transport> connect_mesh_impl(StoreImpl& store, const std::string
             fail(SW_ERR_BACKEND, "sw_comm_create_tcp: greeting rank ", q, " failed: ", err);
         peers[q] = std::move(s);
     }
+    // Accepted connections wait here until their hello arrives: one that says nothing (a port scanner, a health
+    // check) must not hold up the ranks behind it.
+    std::vector<Fd> pending;
     for (int accepted = 0; accepted < world - 1 - rank;) {
-        pollfd p{listener.fd, POLLIN, 0};
         const int ms = remaining_ms(deadline, 200);
         if (ms == 0) {
             std::vector<int> missing;
@@ -680,23 +692,38 @@ std::unique_ptr<Transport> connect_mesh_impl(StoreImpl& store, const std::string
             fail(SW_ERR_TIMEOUT, "sw_comm_create_tcp: rank ", rank, " timed out after ", timeout_ms,
                  " ms waiting for rank(s) ", rank_list(missing), " of ", world, " to connect");
         }
-        if (::poll(&p, 1, ms) <= 0) continue;
-        Fd s(::accept4(listener.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-        if (s.fd < 0) continue;
-        tune(s.fd);
-        Header hello{};
-        std::string err;
-        if (!read_all(s.fd, reinterpret_cast<char*>(&hello), sizeof hello, deadline, &err)) continue;
-        if (hello.magic != kFrameMagic || hello.kind != kHello) continue; // not one of ours
-        const auto q = static_cast<int64_t>(hello.seq);
-        if (static_cast<int64_t>(hello.bytes) != world)
-            fail(SW_ERR_MISMATCH, "sw_comm_create_tcp: rank ", q, " was started with world size ", hello.bytes,
-                 " but rank ", rank, " with ", world);
-        if (q <= rank || q >= world || peers[q].fd >= 0)
-            fail(SW_ERR_MISMATCH, "sw_comm_create_tcp: two processes claim rank ", q, " (or it is out of range for world size ",
-                 world, "); every process needs its own RANK");
-        peers[q] = std::move(s);
-        ++accepted;
+        std::vector<pollfd> p{{listener.fd, POLLIN, 0}};
+        for (const auto& c : pending) p.push_back({c.fd, POLLIN, 0});
+        if (::poll(p.data(), p.size(), ms) <= 0) continue;
+        if (p[0].revents & POLLIN) {
+            Fd s(::accept4(listener.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+            if (s.fd >= 0) {
+                tune(s.fd);
+                pending.push_back(std::move(s)); // polled from the next round
+            }
+        }
+        std::vector<Fd> ready;
+        for (size_t k = 1; k < p.size(); ++k)
+            if (p[k].revents) ready.push_back(std::move(pending[k - 1]));
+        pending.erase(std::remove_if(pending.begin(), pending.end(), [](const Fd& f) { return f.fd < 0; }), pending.end());
+        for (Fd& s : ready) {
+            Header hello{};
+            std::string err;
+            // The hello is 24 bytes sent right after connecting: once readable, it is all there (or the sender is not ours).
+            if (!read_all(s.fd, reinterpret_cast<char*>(&hello), sizeof hello,
+                          std::min(deadline, Clock::now() + std::chrono::milliseconds(1000)), &err))
+                continue;
+            if (hello.magic != kFrameMagic || hello.kind != kHello) continue; // not one of ours
+            const auto q = static_cast<int64_t>(hello.seq);
+            if (static_cast<int64_t>(hello.bytes) != world)
+                fail(SW_ERR_MISMATCH, "sw_comm_create_tcp: rank ", q, " was started with world size ", hello.bytes,
+                     " but rank ", rank, " with ", world);
+            if (q <= rank || q >= world || peers[q].fd >= 0)
+                fail(SW_ERR_MISMATCH, "sw_comm_create_tcp: two processes claim rank ", q, " (or it is out of range for world size ",
+                     world, "); every process needs its own RANK");
+            peers[q] = std::move(s);
+            ++accepted;
+        }
     }
     for (int q = 0; q < world; ++q)
         if (q != rank) set_nonblocking(peers[q].fd);

@@ -56,6 +56,14 @@ static int mpi_failed(int rc, const char* call, char* err, size_t cap) {
     return 1;
 }
 
+/* MPI may not be called after MPI_Finalize (Open MPI ends the process): true once it ran, by sw_mpi_finalize, at exit
+ * or by the application. Mutex held. */
+static int finalized_locked(void) {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    return g_finalized || finalized;
+}
+
 static const char* library_version(void) {
     pthread_mutex_lock(&g_mu);
     if (!g_version[0]) {
@@ -243,6 +251,11 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
     }
     int rc = SW_MPI_OK, posted = 0;
     pthread_mutex_lock(&g_mu);
+    if (finalized_locked()) {
+        say(err, cap, "MPI is finalized (sw_mpi_finalize, the application or process exit); this communicator can no longer "
+                      "be used");
+        rc = SW_MPI_ERROR;
+    }
     /* receives first, then sends */
     for (int pass = 0; pass < 2 && rc == SW_MPI_OK; ++pass) {
         const sw_mpi_piece* pieces = pass == 0 ? recvs : sends;
@@ -267,6 +280,11 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
     while (rc == SW_MPI_OK) {
         int all = 1;
         pthread_mutex_lock(&g_mu);
+        if (finalized_locked()) { /* finalized by another thread meanwhile: the requests are gone with MPI */
+            say(err, cap, "MPI was finalized while this exchange was waiting");
+            rc = SW_MPI_ERROR;
+            posted = 0;
+        }
         for (int i = 0; i < posted && rc == SW_MPI_OK; ++i) {
             if (req[i] == MPI_REQUEST_NULL) continue;
             int done = 0;
@@ -324,7 +342,7 @@ static void notify_abort(void* handle, int32_t status, const char* reason) {
     reason = text;
     size_t len = strlen(reason);
     pthread_mutex_lock(&g_mu);
-    for (int q = 0; q < c->world; ++q) {
+    for (int q = 0; q < c->world && !finalized_locked(); ++q) {
         if (q == c->rank) continue;
         char* copy = (char*)malloc(len + 1); /* owned by the fire-and-forget send: never freed */
         if (!copy) break;

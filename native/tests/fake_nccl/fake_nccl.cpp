@@ -9,7 +9,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -59,7 +62,19 @@ struct Comm {
     std::shared_ptr<Group> group;
     int rank = 0;
     uint64_t next = 0;
+    std::atomic<bool> freed{false}; // by ncclCommAbort or ncclCommDestroy (kept, never reused, so a later use is caught)
 };
+
+// As in NCCL, ncclCommAbort and ncclCommDestroy free the communicator: any later call with it is a use after free.
+// The stand-in keeps the memory and stops the process instead, naming the call.
+Comm* live(void* handle, const char* call) {
+    auto* c = static_cast<Comm*>(handle);
+    if (c && c->freed) {
+        std::fprintf(stderr, "fake NCCL: %s called on a communicator already freed by ncclCommAbort/ncclCommDestroy\n", call);
+        std::abort();
+    }
+    return c;
+}
 
 size_t type_size(int t) { return t == kFloat64 ? 8 : t == kUint8 ? 1 : 4; }
 
@@ -78,12 +93,33 @@ void reduce(const Slot& s, int world, int type, size_t offset, size_t n, char* o
     else sum<float>(s, world, offset, n, out);
 }
 
-// Queues `call` for comm on stream; the stream runs it when every rank has queued its own.
+// Groups, as in NCCL: per thread, ncclGroupStart/End nest; calls made inside a group are launched by the outermost
+// ncclGroupEnd (a thread that never closes its group launches nothing any more); a call that fails inside a group
+// makes that ncclGroupEnd fail and drop the group.
+thread_local int t_depth = 0;
+thread_local int t_group_error = kSuccess;
+thread_local std::vector<std::function<void()>> t_pending;
+
+void launch(Comm* comm, void* stream, Call call);
+
+// Queues `call` for comm on stream (at the outermost ncclGroupEnd inside a group); the stream runs it when every rank
+// has queued its own.
 int enqueue(void* comm_handle, void* stream, Call call) {
-    auto* comm = static_cast<Comm*>(comm_handle);
-    if (!comm || !stream) return kInvalidArgument;
-    if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
-        return kInvalidArgument;
+    auto* comm = live(comm_handle, "a collective");
+    int rc = kSuccess;
+    if (!comm || !stream) rc = kInvalidArgument;
+    else if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
+        rc = kInvalidArgument;
+    if (rc != kSuccess) {
+        if (t_depth > 0 && t_group_error == kSuccess) t_group_error = rc;
+        return rc;
+    }
+    if (t_depth > 0) t_pending.push_back([comm, stream, call] { launch(comm, stream, call); });
+    else launch(comm, stream, call);
+    return kSuccess;
+}
+
+void launch(Comm* comm, void* stream, Call call) {
     const uint64_t seq = comm->next++;
     auto group = comm->group;
     const int rank = comm->rank;
@@ -133,7 +169,6 @@ int enqueue(void* comm_handle, void* stream, Call call) {
         if (group->aborted[rank]) return;
         if (++s.left == group->world) group->slots.erase(seq); // the last one out
     });
-    return kSuccess;
 }
 
 } // namespace
@@ -163,14 +198,15 @@ FAKE_API int ncclCommInitRank(void** comm, int nranks, UniqueId id, int rank) {
     return kSuccess;
 }
 FAKE_API int ncclCommDestroy(void* comm) {
-    delete static_cast<Comm*>(comm);
+    if (auto* c = live(comm, "ncclCommDestroy")) c->freed = true;
     return kSuccess;
 }
 FAKE_API int ncclCommAbort(void* comm) {
     if (!comm) return kSuccess;
-    auto* c = static_cast<Comm*>(comm);
+    auto* c = live(comm, "ncclCommAbort");
     {
         std::lock_guard<std::mutex> lock(c->group->mu);
+        c->freed = true;
         c->group->aborted[c->rank] = 1;
         c->group->broken = true;
         c->group->cv.notify_all();
@@ -178,17 +214,17 @@ FAKE_API int ncclCommAbort(void* comm) {
     return kSuccess;
 }
 FAKE_API int ncclCommGetAsyncError(void* comm, int* e) {
-    auto* c = static_cast<Comm*>(comm);
+    auto* c = live(comm, "ncclCommGetAsyncError");
     std::lock_guard<std::mutex> lock(c->group->mu);
     *e = c->group->aborted[c->rank] ? 6 /* ncclRemoteError */ : kSuccess;
     return kSuccess;
 }
 FAKE_API int ncclCommCount(void* comm, int* n) {
-    *n = static_cast<Comm*>(comm)->group->world;
+    *n = live(comm, "ncclCommCount")->group->world;
     return kSuccess;
 }
 FAKE_API int ncclCommUserRank(void* comm, int* r) {
-    *r = static_cast<Comm*>(comm)->rank;
+    *r = live(comm, "ncclCommUserRank")->rank;
     return kSuccess;
 }
 FAKE_API int ncclAllReduce(const void* s, void* r, size_t n, int t, int op, void* comm, void* stream) {
@@ -206,6 +242,19 @@ FAKE_API int ncclBroadcast(const void* s, void* r, size_t n, int t, int root, vo
 FAKE_API int ncclReduce(const void* s, void* r, size_t n, int t, int op, int root, void* comm, void* stream) {
     return op != 0 ? kInvalidArgument : enqueue(comm, stream, {5, static_cast<const char*>(s), static_cast<char*>(r), n, t, root});
 }
-FAKE_API int ncclGroupStart() { return kSuccess; }
-FAKE_API int ncclGroupEnd() { return kSuccess; }
+FAKE_API int ncclGroupStart() {
+    ++t_depth;
+    return kSuccess;
+}
+FAKE_API int ncclGroupEnd() {
+    if (t_depth == 0) return kInvalidUsage;
+    if (--t_depth > 0) return kSuccess;
+    std::vector<std::function<void()>> calls;
+    calls.swap(t_pending);
+    const int rc = t_group_error;
+    t_group_error = kSuccess;
+    if (rc != kSuccess) return rc;
+    for (auto& c : calls) c();
+    return kSuccess;
+}
 FAKE_API const char* ncclGetErrorString(int e) { return e == 0 ? "no error" : "fake NCCL error"; }
