@@ -345,7 +345,8 @@ SW_API sw_status sw_store_set(sw_store store, const char* key, const void* value
 SW_API sw_status sw_store_get(sw_store store, const char* key, void* value, uint64_t capacity, uint64_t* bytes);
 
 /* A TCP communicator: rank `rank` of world_size processes; every process calls it with the same store server and
- * prefix (distinct prefixes make distinct communicators). The processes connect to each other directly (a full
+ * prefix (1..1024 characters; distinct prefixes make distinct communicators, and a prefix must not be reused on the
+ * same store: its keys would still hold the first communicator's addresses). The processes connect to each other directly (a full
  * mesh of TCP connections, addresses exchanged through the store). Blocks until every rank has connected or
  * timeout_ms (0: default) passes; the timeout also bounds every collective. CPU devices only. Not available on
  * Windows builds (SW_ERR_UNSUPPORTED). */

@@ -398,6 +398,19 @@ int main(int argc, char** argv) {
     CHECK(sw_store_create("127.0.0.1", 0, 0, 100, &st) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "port"),
           "port 0 for a client accepted");
     CHECK(sw_comm_create_tcp(NULL, NULL, "x", 0, 1, 0, &c) == SW_ERR_NULL_HANDLE, "NULL device accepted");
+    {
+        sw_device d = NULL;
+        sw_store srv = NULL;
+        static char long_prefix[2001];
+        memset(long_prefix, 'p', sizeof long_prefix - 1);
+        OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &d));
+        OK(sw_store_create("127.0.0.1", 0, 1, 2000, &srv));
+        CHECK(sw_comm_create_tcp(d, srv, long_prefix, 0, 1, 0, &c) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "prefix has 2000"),
+              "a 2000-character prefix accepted");
+        CHECK(sw_comm_create_tcp(d, srv, "", 0, 1, 0, &c) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "prefix"), "empty prefix accepted");
+        sw_store_destroy(srv);
+        sw_device_destroy(d);
+    }
     /* MASTER_PORT pointing at another service: a clear error, not a huge allocation from its first 8 bytes */
     {
         const int port = free_port();

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -151,6 +152,12 @@ inline void check_job(int32_t rank, int32_t world_size, int64_t timeout_ms) {
     if (rank < 0 || rank >= world_size)
         fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < world_size = ", world_size);
     if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+}
+
+// A communicator's key prefix in the store: 1..1024 characters (the store's keys are at most 4096).
+inline void check_prefix(const char* prefix) {
+    const size_t n = std::strlen(prefix);
+    if (n == 0 || n > 1024) fail(SW_ERR_INVALID_ARGUMENT, "prefix has ", n, " characters; expected 1..1024");
 }
 
 // Comma-separated rank numbers.

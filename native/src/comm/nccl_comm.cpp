@@ -429,6 +429,7 @@ SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const cha
         check_nccl_device(d, "device");
         StoreImpl* s = store_of(store);
         require(prefix, "prefix");
+        check_prefix(prefix);
         check_job(rank, world_size, timeout_ms);
         const NcclApi& n = nccl_or_fail();
         const int64_t t = resolve_timeout(timeout_ms);

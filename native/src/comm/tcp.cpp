@@ -4,7 +4,7 @@
 // once (its sockets close).
 #include "comm/comm_internal.h"
 
-#if defined(__linux__) || defined(__APPLE__)
+#if defined(__linux__) // accept4, SOCK_CLOEXEC, MSG_NOSIGNAL, POLLRDHUP: other systems get the stubs at the end
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -820,6 +820,7 @@ SW_API sw_status sw_comm_create_tcp(sw_device device, sw_store store, const char
         auto* dev = checked(device, "device");
         auto* s = checked_store(store);
         require(prefix, "prefix");
+        check_prefix(prefix);
         check_job(rank, world_size, timeout_ms);
         if (dev->impl->is_cuda())
             fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; TCP communicators carry host memory (CPU devices): use NCCL for GPUs");
@@ -831,7 +832,7 @@ SW_API sw_status sw_comm_create_tcp(sw_device device, sw_store store, const char
 
 } // extern "C"
 
-#else // no POSIX sockets
+#else // not Linux
 
 extern "C" {
 SW_API sw_status sw_store_create(const char*, int32_t, int32_t, int64_t, sw_store* out) {

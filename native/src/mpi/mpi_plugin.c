@@ -141,21 +141,26 @@ static int comm_create(void** out, int32_t* rank, int32_t* world, char* err, siz
     if (mpi_failed(MPI_Comm_set_errhandler(c->ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) goto fail;
     if (mpi_failed(MPI_Comm_rank(c->data, &c->rank), "MPI_Comm_rank", err, cap)) goto fail;
     if (mpi_failed(MPI_Comm_size(c->data, &c->world), "MPI_Comm_size", err, cap)) goto fail;
-    if (mpi_failed(MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req),
-                   "MPI_Irecv (abort notices)", err, cap))
-        goto fail;
+    /* allocated before the notice receive is posted: a failure after posting it would free its buffer under it */
     c->notices = (char**)calloc((size_t)c->world, sizeof *c->notices);
     c->notice_time = (double*)calloc((size_t)c->world, sizeof *c->notice_time);
     if (!c->notices || !c->notice_time) {
         say(err, cap, "out of memory");
         goto fail;
     }
+    if (mpi_failed(MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req),
+                   "MPI_Irecv (abort notices)", err, cap))
+        goto fail;
     *rank = c->rank;
     *world = c->world;
     *out = c;
     rc = SW_MPI_OK;
     goto done;
 fail:
+    if (c) {
+        free(c->notices);
+        free(c->notice_time);
+    }
     free(c);
 done:
     pthread_mutex_unlock(&g_mu);
