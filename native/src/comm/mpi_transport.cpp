@@ -26,17 +26,8 @@ const sw_mpi_plugin_api* mpi_plugin() {
     static const MpiLoaded loaded = [] {
         MpiLoaded out;
         std::string tried;
-        void* h = open_first(plugin_candidates(kMpiPluginFile, "SHARDWISE_MPI_PLUGIN_PATH", true), "sw_mpi_plugin",
-                             nullptr, &tried);
-        if (h) {
-            using Fn = const sw_mpi_plugin_api* (*)();
-            out.api = reinterpret_cast<Fn>(find_symbol(h, "sw_mpi_plugin"))();
-            if (!out.api || out.api->abi != SW_MPI_PLUGIN_ABI) {
-                tried += str("\n  ", kMpiPluginFile, ": plugin ABI ", out.api ? out.api->abi : -1, ", expected ",
-                             SW_MPI_PLUGIN_ABI);
-                out.api = nullptr;
-            }
-        }
+        out.api = load_plugin_api<sw_mpi_plugin_api>(kMpiPluginFile, "SHARDWISE_MPI_PLUGIN_PATH", "sw_mpi_plugin",
+                                                     SW_MPI_PLUGIN_ABI, &tried);
         if (!out.api)
             out.why = str("the MPI plugin (", kMpiPluginFile, ") could not be loaded: this build has no MPI support "
                           "(CMake found no MPI: install libopenmpi-dev and rebuild) or the MPI library is missing. Tried:",

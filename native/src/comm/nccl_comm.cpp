@@ -50,6 +50,33 @@ void free_later(DeviceImpl& dev, void* p) {
 void wait_nccl(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
                const std::atomic<bool>& local_abort, const std::string& what); // below
 
+// Waits for everything queued on `stream` so far (NCCL calls and the copies around them) under wait_nccl's watchdog,
+// then synchronizes the stream. On any failure NCCL is aborted, so the stream drains: it is synchronized before the
+// error propagates, so no queued copy lands in memory the caller frees after the error.
+void finish_on_stream(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* stream,
+                      Clock::time_point deadline, const std::atomic<bool>& local_abort, const std::string& what) {
+    std::string err;
+    void* done = nullptr;
+    cuda_check(api->event_create(ord, &done, &err), err);
+    struct Destroy {
+        const cuda::PluginApi* api;
+        int32_t ord;
+        void* e;
+        ~Destroy() {
+            std::string ignored;
+            api->event_destroy(ord, e, &ignored);
+        }
+    } destroy{api, ord, done};
+    cuda_check(api->event_record(ord, done, stream, &err), err);
+    try {
+        wait_nccl(n, h, api, ord, done, deadline, local_abort, what);
+    } catch (...) {
+        api->stream_synchronize(ord, stream, &err);
+        throw;
+    }
+    cuda_check(api->stream_synchronize(ord, stream, &err), err);
+}
+
 } // namespace
 
 void NcclRank::abort() noexcept {
@@ -182,32 +209,17 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
     case Coll::Barrier: break; // the host-side agreement was the barrier
     }
     // The watchdog of this collective: wait for NCCL, polling its asynchronous error, the deadline and local aborts.
-    void* done = nullptr;
-    cuda_check(api->event_create(ord, &done, &err), err);
-    struct Cleanup {
-        const cuda::PluginApi* api;
-        int32_t ord;
-        void* done;
+    struct FreeScratch {
         DeviceImpl& dev;
         void* scratch;
-        ~Cleanup() {
-            std::string e;
-            api->event_destroy(ord, done, &e);
-            free_later(dev, scratch); // freed from a caller's thread, after the stream is past it
-        }
-    } cleanup{api, ord, done, dev, scratch};
-    cuda_check(api->event_record(ord, done, cs, &err), err);
+        ~FreeScratch() { free_later(dev, scratch); } // freed from a caller's thread, after the stream is past it
+    } free_scratch{dev, scratch};
     try {
-        wait_nccl(n, h, api, ord, done, deadline, st.abort_flag, str("rank ", rank, ": ", what));
+        finish_on_stream(n, h, api, ord, cs, deadline, st.abort_flag, str("rank ", rank, ": ", what));
     } catch (const TimeoutError&) {
-        api->stream_synchronize(ord, cs, &err); // NCCL is aborted: drain the copies that use the scratch
         fail(SW_ERR_TIMEOUT, "rank ", rank, ": ", what, " did not complete in NCCL within ", st.timeout_ms,
              " ms; the NCCL communicator is aborted");
-    } catch (...) {
-        api->stream_synchronize(ord, cs, &err);
-        throw;
     }
-    cuda_check(api->stream_synchronize(ord, cs, &err), err); // the copies after the last NCCL call too
 }
 
 namespace {
@@ -287,27 +299,8 @@ public:
         if (rc != kNcclSuccess && rc != kNcclInProgress)
             fail(SW_ERR_BACKEND, what, ": ncclAllGather (descriptors) failed: ", nccl_error(n_, comm_->comm, rc));
         cuda_check(api->memcpy_async(ord, all, out, bytes * world_, stream_, &err), err);
-        void* done = nullptr;
-        cuda_check(api->event_create(ord, &done, &err), err);
-        struct Destroy {
-            const cuda::PluginApi* api;
-            int32_t ord;
-            void* e;
-            ~Destroy() {
-                std::string ignored;
-                api->event_destroy(ord, e, &ignored);
-            }
-        } destroy{api, ord, done};
-        cuda_check(api->event_record(ord, done, stream_, &err), err);
-        try {
-            wait_nccl(n_, *comm_, api, ord, done, deadline, local_abort, what);
-        } catch (...) {
-            // NCCL is aborted, so the stream drains: let the copy into `all` (the caller's memory) finish or fail now,
-            // not after the caller has freed it.
-            api->stream_synchronize(ord, stream_, &err);
-            throw;
-        }
-        cuda_check(api->stream_synchronize(ord, stream_, &err), err);
+        // The copy into `all` (the caller's memory) is finished or failed before this returns or throws.
+        finish_on_stream(n_, *comm_, api, ord, stream_, deadline, local_abort, what);
     }
     void notify_abort(sw_status, const std::string&) noexcept override {
         // Nothing to send: the peers find out at their deadline. NCCL is not aborted from here (this may be any thread,

@@ -25,21 +25,11 @@ struct Loaded {
 Loaded load() {
     Loaded out;
     std::string tried;
-    const auto candidates = plugin_candidates(kPluginFile, "SHARDWISE_CUDA_PLUGIN_PATH", /*beside_self=*/true);
-    for (const auto& c : candidates) { // one at a time: a plugin of another ABI is skipped for the next candidate
-        void* h = open_first({c}, "sw_cuda_plugin_api", nullptr, &tried);
-        if (!h) continue;
-        using Fn = const cuda::PluginApi* (*)();
-        const cuda::PluginApi* api = reinterpret_cast<Fn>(find_symbol(h, "sw_cuda_plugin_api"))();
-        if (!api || api->abi != cuda::kPluginAbi) {
-            tried += str("\n  ", c, ": plugin ABI ", api ? api->abi : -1, ", expected ", cuda::kPluginAbi);
-            continue; // left loaded: harmless
-        }
-        out.api = api; // never unloaded: devices may hold its function pointers until exit
-        return out;
-    }
-    out.why = str("the CUDA backend (", kPluginFile, ") could not be loaded; this build or installation has no "
-                  "CUDA backend. Tried:", tried);
+    out.api = load_plugin_api<cuda::PluginApi>(kPluginFile, "SHARDWISE_CUDA_PLUGIN_PATH", "sw_cuda_plugin_api",
+                                               cuda::kPluginAbi, &tried);
+    if (!out.api)
+        out.why = str("the CUDA backend (", kPluginFile, ") could not be loaded; this build or installation has no "
+                      "CUDA backend. Tried:", tried);
     return out;
 }
 

@@ -1,6 +1,7 @@
 // Finding and opening optional shared libraries at run time: Shardwise's own plugins (libshardwise_cuda,
 // libshardwise_mpi) and third-party libraries it never links (libnccl.so.2).
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -18,5 +19,21 @@ void* open_first(const std::vector<std::string>& candidates, const char* symbol,
 
 // dlsym, or null.
 void* find_symbol(void* library, const char* name);
+
+// A Shardwise plugin: its exported `entry` function (no arguments) returns a table whose first member is an int32 `abi`.
+// Tries plugin_candidates(file, env_var, beside libshardwise) one at a time and returns the table of the first that
+// loads and has ABI `abi` (a plugin of another ABI is skipped for the next candidate; libraries are never unloaded:
+// devices and communicators keep function pointers until exit); null with every attempt appended to *tried.
+template <class Api>
+const Api* load_plugin_api(const char* file, const char* env_var, const char* entry, int32_t abi, std::string* tried) {
+    for (const auto& c : plugin_candidates(file, env_var, /*beside_self=*/true)) {
+        void* h = open_first({c}, entry, nullptr, tried);
+        if (!h) continue;
+        const Api* api = reinterpret_cast<const Api* (*)()>(find_symbol(h, entry))();
+        if (api && api->abi == abi) return api;
+        *tried += "\n  " + c + ": plugin ABI " + std::to_string(api ? api->abi : -1) + ", expected " + std::to_string(abi);
+    }
+    return nullptr;
+}
 
 } // namespace sw
