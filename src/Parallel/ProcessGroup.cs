@@ -83,13 +83,19 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         ArgumentException.ThrowIfNullOrEmpty(masterAddr);
-        if (worldSize < 1 || worldSize > 4096)
-            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
-        ThrowHelper.Rank(rank, worldSize);
+        CheckJob(rank, worldSize);
         if (masterPort < 1 || masterPort > 65535)
             throw new ArgumentOutOfRangeException(nameof(masterPort), masterPort, "masterPort must be in [1, 65535].");
         var t = CheckTimeout(timeout);
         return (t, TcpStore.Connect(masterAddr, masterPort, isServer: rank == 0, t));
+    }
+
+    // A multi-process job's rank and size.
+    private static void CheckJob(int rank, int worldSize)
+    {
+        if (worldSize < 1 || worldSize > 4096)
+            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
+        ThrowHelper.Rank(rank, worldSize);
     }
 
     private static long TimeoutMs(TimeSpan timeout) => (long)Math.Ceiling(timeout.TotalMilliseconds);
@@ -150,9 +156,7 @@ public sealed class ProcessGroup : IDisposable
         ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(store);
         ArgumentException.ThrowIfNullOrEmpty(prefix);
-        if (worldSize < 1 || worldSize > 4096)
-            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
-        ThrowHelper.Rank(rank, worldSize);
+        CheckJob(rank, worldSize);
         return CreateTcp(device, store, prefix, rank, worldSize, CheckTimeout(timeout), ownsStore: false);
     }
 
@@ -235,9 +239,7 @@ public sealed class ProcessGroup : IDisposable
         ArgumentNullException.ThrowIfNull(device);
         if (uniqueId.Length != 128)
             throw new ArgumentException($"uniqueId has {uniqueId.Length} bytes; expected the 128 of an NCCL unique id.", nameof(uniqueId));
-        if (worldSize < 1 || worldSize > 4096)
-            throw new ArgumentOutOfRangeException(nameof(worldSize), worldSize, "worldSize must be in [1, 4096].");
-        ThrowHelper.Rank(rank, worldSize);
+        CheckJob(rank, worldSize);
         var t = CheckTimeout(timeout);
         CommHandle comm;
         unsafe
