@@ -1,0 +1,387 @@
+// The hand-written tensor-core GEMM for f16 / bf16 inputs with fp32 accumulation (GemmAlgo::HandWritten).
+//
+//   C[m,n] = epilogue(alpha * op(A) op(B) + beta * C + bias[n]), row-major, any m, n, k >= 1, any lda/ldb/ldc.
+//
+// Design (correctness first, reasonable speed second):
+//  - Block tile 128 x 128 x 32, 256 threads = 8 warps in a 2 (m) x 4 (n) grid, each warp owning a 64 x 32
+//    sub-tile = 4 x 4 mma.sync.aligned.m16n8k16 tiles (64 fp32 accumulators per thread).
+//  - Operand tiles live in shared memory in the layout of their global memory, so that global -> shared
+//    copies are straight 16-byte cp.async transfers whatever the transposes:
+//      "K-contiguous"  tile[outer][k]  (A not transposed, B transposed)   row stride 32 + 8 elements
+//      "MN-contiguous" tile[k][outer]  (A transposed, B not transposed)   row stride 128 + 8 elements
+//    The 8-element padding keeps 16-byte alignment of every row and spreads fragment reads over the banks.
+//    Fragments are assembled from these with 32-bit shared loads (K-contiguous: the two k-adjacent elements
+//    of a register are adjacent in memory) or two 16-bit loads (MN-contiguous).
+//  - Two shared-memory stages: tile t+1 is copied (cp.async, asynchronous) while tile t is multiplied.
+//  - Edges: cp.async with a source size below 16 bytes zero-fills the rest of the 16-byte chunk, and chunks
+//    outside the matrix copy 0 bytes, so partial tiles in m, n and k are zero padded and need no special
+//    arithmetic; the epilogue stores only elements inside C.
+//  - The vector (cp.async) path needs a 16-byte aligned base and a leading dimension that is a multiple of 8
+//    elements (then every 8-element chunk is 16-byte aligned). Otherwise that operand is loaded element by
+//    element with ordinary loads (zero padded), synchronously, into the same layout.
+//  - Each C element is one fp32 accumulation over k in increasing k-tile order, independent of its position,
+//    then the epilogue in fp32: alpha * acc (+ beta * C) (+ bias), GeLU, one rounding to the C type.
+// Requires sm_80 (mma.sync m16n8k16 with bf16, cp.async). The host side checks the device before launching.
+// wgmma (sm_90a) is not used: on Hopper this kernel runs the same mma.sync code.
+//
+// This header holds the kernel and its device helpers; gemm_mma.cu launches it. It is also compiled for the
+// host by the kernel emulation test (native/tests/cuda_emu, SW_CUDA_HOST_EMULATION defined, sw::emu declared
+// first), which runs this very code with emulated threads, shared memory, cp.async and mma.sync.
+#pragma once
+#include "cuda/cuda_plugin.h"
+
+#if !defined(SW_CUDA_HOST_EMULATION)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#endif
+
+#include <cstdint>
+
+namespace sw::cuda::mma_detail {
+
+constexpr int kBM = 128, kBN = 128, kBK = 32;
+constexpr int kThreads = 256;
+constexpr int kLdK = kBK + 8;                 // K-contiguous tile: elements per outer row
+constexpr int kLdMN = 128 + 8;                // MN-contiguous tile: elements per k row (outer extent is 128)
+constexpr int kTileElems = 128 * kLdK;        // 5120 >= kBK * kLdMN = 4352: one stage of one operand
+static_assert(kBM == 128 && kBN == 128, "the tile loaders assume an outer extent of 128");
+static_assert(kBK * kLdMN <= kTileElems, "stage size");
+static_assert((kLdK * 2) % 16 == 0 && (kLdMN * 2) % 16 == 0, "16-byte aligned shared rows for cp.async");
+
+struct Params {
+    const uint16_t* a;
+    const uint16_t* b;
+    void* c;
+    const void* bias; // c type, or null
+    int64_t m, n, k;
+    int64_t lda, ldb, ldc;
+    float alpha, beta;
+    int c_f32;  // C and bias are fp32 (else the input type)
+    int gelu;
+    int vec_a;  // operand A may use the cp.async path
+    int vec_b;
+};
+
+// ------------------------------------------------------------------------------------------ PTX helpers
+#if defined(SW_CUDA_HOST_EMULATION)
+// Host emulation (native/tests/cuda_emu): the same operations with the semantics the PTX ISA gives them,
+// run by emulated threads, so that the index math, the pipeline and the edges of this kernel are tested
+// on machines without a GPU. The emulation defines sw::emu before including this header.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return ::sw::emu::shared_address(p); }
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+    ::sw::emu::cp_async(dst, src, 16, src_bytes);
+}
+__device__ __forceinline__ void cp_async_commit() { ::sw::emu::cp_async_commit(); }
+__device__ __forceinline__ void cp_async_wait_1() { ::sw::emu::cp_async_wait(1); }
+__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) { return ::sw::emu::ld_shared<uint32_t>(addr); }
+__device__ __forceinline__ uint32_t lds_u16(uint32_t addr) { return ::sw::emu::ld_shared<uint16_t>(addr); }
+__device__ __forceinline__ void sts_u16(uint32_t addr, uint16_t v) { ::sw::emu::st_shared<uint16_t>(addr, v); }
+template <bool kBf16>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    ::sw::emu::mma_m16n8k16(kBf16, d, a, b);
+}
+template <bool kBf16> __device__ __forceinline__ float bits_to_float(uint16_t bits) {
+    return kBf16 ? ::sw::emu::bf16_to_float(bits) : ::sw::emu::f16_to_float(bits);
+}
+template <bool kBf16> __device__ __forceinline__ uint16_t float_to_bits(float v) {
+    return kBf16 ? ::sw::emu::float_to_bf16(v) : ::sw::emu::float_to_f16(v);
+}
+#else
+// All shared-memory accesses go through PTX with 32-bit shared-window addresses: no C++ type punning.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // src_bytes in [0, 16]: copies src_bytes bytes and zero-fills the remainder of the 16-byte chunk.
+    const uint64_t gsrc = static_cast<uint64_t>(__cvta_generic_to_global(src)); // .global state space address
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gsrc), "r"(src_bytes)
+                 : "memory");
+#else
+    (void)dst; (void)src; (void)src_bytes;
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most one committed group is still in flight.
+__device__ __forceinline__ void cp_async_wait_1() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
+    uint32_t v;
+    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ uint32_t lds_u16(uint32_t addr) {
+    unsigned short v;
+    asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ void sts_u16(uint32_t addr, uint16_t v) {
+    asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v)) : "memory");
+}
+
+// d += a * b for one m16n8k16 tile; a: 4 registers (8 elements), b: 2 registers (4 elements), d: 4 fp32.
+template <bool kBf16>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (kBf16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#else
+    (void)d; (void)a; (void)b;
+    __trap();
+#endif
+}
+
+// 16-bit storage <-> fp32 (round to nearest even).
+template <bool kBf16> __device__ __forceinline__ float bits_to_float(uint16_t bits) {
+    if constexpr (kBf16) return __bfloat162float(__ushort_as_bfloat16(bits));
+    else return __half2float(__ushort_as_half(bits));
+}
+template <bool kBf16> __device__ __forceinline__ uint16_t float_to_bits(float v) {
+    if constexpr (kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
+    else return __half_as_ushort(__float2half_rn(v));
+}
+#endif // SW_CUDA_HOST_EMULATION
+
+// ------------------------------------------------------------------------------------------ tile loading
+// Loads one 128 (outer) x 32 (k) operand tile starting at (outer0, k0) into the shared stage at `sm`.
+//   kKContig: global element (o, p) at g[(outer0 + o) * ld + k0 + p], shared at sm[o * kLdK + p]
+//   else:     global element (p, o) at g[(k0 + p) * ld + outer0 + o], shared at sm[p * kLdMN + o]
+// Elements outside [0, outer_ext) x [0, k_ext) are zero.
+template <bool kKContig>
+__device__ __forceinline__ void load_tile(uint32_t sm, const uint16_t* g, int64_t ld, int64_t outer0,
+                                          int64_t outer_ext, int64_t k0, int64_t k_ext, bool vec, int tid) {
+    if (vec) {
+        // 512 chunks of 8 elements (16 bytes), 2 per thread.
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int c = tid + i * kThreads;
+            int64_t go, gk;   // global outer / k index of the chunk's first element
+            int64_t run;      // elements left in the chunk's contiguous direction
+            uint32_t dst;
+            bool inside;
+            if constexpr (kKContig) {
+                const int o = c >> 2, pc = (c & 3) * 8;
+                go = outer0 + o;
+                gk = k0 + pc;
+                inside = go < outer_ext && gk < k_ext;
+                run = k_ext - gk;
+                dst = sm + static_cast<uint32_t>((o * kLdK + pc) * 2);
+            } else {
+                const int p = c >> 4, oc = (c & 15) * 8;
+                go = outer0 + oc;
+                gk = k0 + p;
+                inside = go < outer_ext && gk < k_ext;
+                run = outer_ext - go;
+                dst = sm + static_cast<uint32_t>((p * kLdMN + oc) * 2);
+            }
+            const uint16_t* src = g; // any valid, aligned address: nothing is read when 0 bytes are copied
+            int bytes = 0;
+            if (inside) {
+                src = kKContig ? g + go * ld + gk : g + gk * ld + go;
+                bytes = run >= 8 ? 16 : static_cast<int>(run) * 2;
+            }
+            cp_async_16(dst, src, bytes);
+        }
+    } else {
+        // 4096 elements, 16 per thread; consecutive threads read consecutive addresses of one row.
+#pragma unroll 4
+        for (int i = 0; i < 16; ++i) {
+            const int e = tid + i * kThreads;
+            int o, p;
+            if constexpr (kKContig) {
+                o = e >> 5;  // 32 k per outer row
+                p = e & 31;
+            } else {
+                p = e >> 7;  // 128 outer per k row
+                o = e & 127;
+            }
+            const int64_t go = outer0 + o, gk = k0 + p;
+            uint16_t v = 0;
+            if (go < outer_ext && gk < k_ext) v = kKContig ? g[go * ld + gk] : g[gk * ld + go];
+            const int off = kKContig ? o * kLdK + p : p * kLdMN + o;
+            sts_u16(sm + static_cast<uint32_t>(off * 2), v);
+        }
+    }
+}
+
+// The two elements (o, p) and (o, p + 1) of an operand tile as one .f16x2/.bf16x2 register (p even; the
+// element with the lower k in the lower half).
+template <bool kKContig>
+__device__ __forceinline__ uint32_t load_pair(uint32_t sm, int o, int p) {
+    if constexpr (kKContig) {
+        return lds_u32(sm + static_cast<uint32_t>((o * kLdK + p) * 2));
+    } else {
+        const uint32_t lo = lds_u16(sm + static_cast<uint32_t>((p * kLdMN + o) * 2));
+        const uint32_t hi = lds_u16(sm + static_cast<uint32_t>(((p + 1) * kLdMN + o) * 2));
+        return lo | (hi << 16);
+    }
+}
+
+// ------------------------------------------------------------------------------------------ epilogue
+__device__ __forceinline__ float gelu_tanh(float x) {
+    const float kSqrt2OverPi = 0.7978845608028654f;
+    const float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+
+template <bool kBf16>
+__device__ __forceinline__ float load_c(const Params& p, const void* base, int64_t idx) {
+    if (p.c_f32) return static_cast<const float*>(base)[idx];
+    return bits_to_float<kBf16>(static_cast<const uint16_t*>(base)[idx]);
+}
+
+template <bool kBf16>
+__device__ __forceinline__ void store_element(const Params& p, int64_t r, int64_t col, float acc) {
+    if (r >= p.m || col >= p.n) return;
+    const int64_t idx = r * p.ldc + col;
+    float v = p.alpha * acc;
+    if (p.beta != 0.0f) v = fmaf(p.beta, load_c<kBf16>(p, p.c, idx), v);
+    if (p.bias) v += load_c<kBf16>(p, p.bias, col);
+    if (p.gelu) v = gelu_tanh(v);
+    if (p.c_f32) {
+        static_cast<float*>(p.c)[idx] = v;
+    } else {
+        static_cast<uint16_t*>(p.c)[idx] = float_to_bits<kBf16>(v);
+    }
+}
+
+// ------------------------------------------------------------------------------------------ the kernel
+template <bool kBf16, bool kTransA, bool kTransB>
+__global__ void __launch_bounds__(kThreads) mma_gemm_kernel(const Params p) {
+    // Stage s of operand X: smX[s]. 2 x 2 x 5120 x 2 bytes = 40 KiB of static shared memory.
+    __shared__ __align__(16) uint16_t smA[2][kTileElems];
+    __shared__ __align__(16) uint16_t smB[2][kTileElems];
+
+    // A not transposed: op(A) rows are contiguous in k -> K-contiguous. B transposed (stored n x k) likewise.
+    constexpr bool kAKContig = !kTransA;
+    constexpr bool kBKContig = kTransB;
+
+    const int tid = static_cast<int>(threadIdx.x);
+    const int warp = tid >> 5, lane = tid & 31;
+    const int group = lane >> 2, tig = lane & 3; // groupID, threadID_in_group of the PTX fragment layouts
+    const int wm = (warp >> 2) * 64;             // warp's first row within the block tile
+    const int wn = (warp & 3) * 32;              // warp's first column
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+    const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+
+    const uint32_t sa[2] = {smem_addr(&smA[0][0]), smem_addr(&smA[1][0])};
+    const uint32_t sb[2] = {smem_addr(&smB[0][0]), smem_addr(&smB[1][0])};
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+    const int64_t ktiles = (p.k + kBK - 1) / kBK;
+    auto load_stage = [&](int64_t kt, int stage) {
+        const int64_t k0 = kt * kBK;
+        load_tile<kAKContig>(sa[stage], p.a, p.lda, m0, p.m, k0, p.k, p.vec_a != 0, tid);
+        load_tile<kBKContig>(sb[stage], p.b, p.ldb, n0, p.n, k0, p.k, p.vec_b != 0, tid);
+    };
+
+    load_stage(0, 0);
+    cp_async_commit();
+    for (int64_t kt = 0; kt < ktiles; ++kt) {
+        const int cur = static_cast<int>(kt & 1);
+        // The other stage was last read in iteration kt - 1, which ended with a barrier: safe to refill.
+        if (kt + 1 < ktiles) load_stage(kt + 1, cur ^ 1);
+        cp_async_commit();  // possibly empty group: keeps the group count uniform
+        cp_async_wait_1();  // this thread's copies of tile kt have landed
+        __syncthreads();    // ... and everyone else's (and the synchronous element loads)
+
+#pragma unroll
+        for (int kk = 0; kk < kBK; kk += 16) {
+            uint32_t af[4][4], bfr[4][2];
+            const int p0 = kk + tig * 2;
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi) {
+                const int r = wm + mi * 16 + group;
+                af[mi][0] = load_pair<kAKContig>(sa[cur], r, p0);         // (row g,     k 2t..2t+1)
+                af[mi][1] = load_pair<kAKContig>(sa[cur], r + 8, p0);     // (row g + 8, k 2t..2t+1)
+                af[mi][2] = load_pair<kAKContig>(sa[cur], r, p0 + 8);     // (row g,     k 2t+8..2t+9)
+                af[mi][3] = load_pair<kAKContig>(sa[cur], r + 8, p0 + 8); // (row g + 8, k 2t+8..2t+9)
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+                const int cn = wn + ni * 8 + group;
+                bfr[ni][0] = load_pair<kBKContig>(sb[cur], cn, p0);     // (k 2t..2t+1,   col g)
+                bfr[ni][1] = load_pair<kBKContig>(sb[cur], cn, p0 + 8); // (k 2t+8..2t+9, col g)
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni) mma_16816<kBf16>(acc[mi][ni], af[mi], bfr[ni]);
+        }
+        __syncthreads(); // everyone is done reading stage `cur` before it is refilled
+    }
+
+    // Accumulator fragment: c0, c1 at (row g, cols 2t, 2t+1), c2, c3 at (row g + 8, same cols).
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) {
+            const int64_t r = m0 + wm + mi * 16 + group;
+            const int64_t col = n0 + wn + ni * 8 + tig * 2;
+            store_element<kBf16>(p, r, col, acc[mi][ni][0]);
+            store_element<kBf16>(p, r, col + 1, acc[mi][ni][1]);
+            store_element<kBf16>(p, r + 8, col, acc[mi][ni][2]);
+            store_element<kBf16>(p, r + 8, col + 1, acc[mi][ni][3]);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------ host side
+// Kernel parameters from a validated descriptor (launch_mma_gemm, and the host emulation's tests).
+inline Params make_params(const GemmDesc& d) {
+    Params p{};
+    p.a = static_cast<const uint16_t*>(d.a);
+    p.b = static_cast<const uint16_t*>(d.b);
+    p.c = d.c;
+    p.bias = d.bias;
+    p.m = d.m;
+    p.n = d.n;
+    p.k = d.k;
+    p.lda = d.lda;
+    p.ldb = d.ldb;
+    p.ldc = d.ldc;
+    p.alpha = d.alpha;
+    p.beta = d.beta;
+    p.c_f32 = d.c_type == SW_DTYPE_F32 ? 1 : 0;
+    p.gelu = d.epilogue == SW_EPILOGUE_GELU ? 1 : 0;
+    // 16-byte cp.async chunks of 8 elements: base 16-byte aligned and every row start too (ld % 8 == 0).
+    p.vec_a = (reinterpret_cast<uintptr_t>(d.a) % 16 == 0 && d.lda % 8 == 0) ? 1 : 0;
+    p.vec_b = (reinterpret_cast<uintptr_t>(d.b) % 16 == 0 && d.ldb % 8 == 0) ? 1 : 0;
+    return p;
+}
+
+// One block per 128 x 128 tile of C.
+inline dim3 mma_grid(int64_t m, int64_t n) {
+    return dim3(static_cast<unsigned>((m + kBM - 1) / kBM), static_cast<unsigned>((n + kBN - 1) / kBN));
+}
+
+} // namespace sw::cuda::mma_detail

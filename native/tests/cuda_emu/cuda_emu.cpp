@@ -1,0 +1,387 @@
+// The host emulation declared in cuda_emu.h: fibers, barriers, shared-memory checks, cp.async, mma.sync.
+#include "cuda_emu.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <sstream>
+#include <unordered_map>
+
+namespace sw::emu {
+namespace {
+
+constexpr size_t kStackBytes = 128 * 1024;
+constexpr size_t kMaxFindings = 20;
+
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+
+struct Copy {
+    uint32_t dst;
+    const void* src;
+    int cp_size, src_size;
+};
+
+struct Thread {
+    ucontext_t ctx{};
+    std::unique_ptr<char[]> stack;
+    unsigned tid = 0;
+    State state = State::Runnable;
+    std::vector<Copy> open_group;              // issued, not yet committed
+    std::vector<std::vector<Copy>> committed;  // oldest first
+};
+
+// What the block knows of one shared byte.
+struct Shadow {
+    int64_t write_epoch = -1;
+    int64_t read_epoch = -1;
+    int32_t writer = -1;
+    int32_t reader = -1;     // -2: several readers in read_epoch
+    int32_t pending = -1;    // thread whose cp.async to this byte is in flight, -1 none
+};
+
+struct WarpSlot {
+    uint32_t a[32][4];
+    uint32_t b[32][2];
+    float c[32][4];
+};
+
+struct Launch {
+    dim3 grid, block, block_idx;
+    const std::function<void()>* body = nullptr;
+    std::vector<Thread> threads;
+    Thread* current = nullptr;
+    ucontext_t scheduler{};
+    int64_t epoch = 0;
+    std::unordered_map<uint32_t, Shadow> shadow;
+    std::vector<WarpSlot> warps;
+    std::vector<std::string> findings;
+    size_t dropped = 0;
+};
+
+Launch* g_launch = nullptr;
+char g_anchor;                                  // the shared window is centred on a static of this module
+std::vector<std::pair<uintptr_t, size_t>> g_globals;
+
+// Page aligned, so that the alignment of an emulated shared address is the alignment of the object.
+uintptr_t window_base() { return (reinterpret_cast<uintptr_t>(&g_anchor) - 0x80000000u) & ~uintptr_t{0xfff}; }
+
+Launch& L() {
+    if (!g_launch) {
+        std::fprintf(stderr, "cuda_emu: a device function was called outside sw::emu::launch\n");
+        std::abort();
+    }
+    return *g_launch;
+}
+Thread& me() { return *L().current; }
+
+template <class... T> void finding(T&&... parts) {
+    Launch& l = L();
+    if (l.findings.size() >= kMaxFindings) {
+        ++l.dropped;
+        return;
+    }
+    std::ostringstream os;
+    os << "block (" << l.block_idx.x << "," << l.block_idx.y << "," << l.block_idx.z << ") ";
+    (os << ... << parts);
+    l.findings.push_back(os.str());
+}
+
+void yield_to_scheduler(State s) {
+    Thread& t = me();
+    t.state = s;
+    swapcontext(&t.ctx, &L().scheduler);
+}
+
+void thread_entry() {
+    Launch& l = L();
+    (*l.body)();
+    Thread& t = *l.current;
+    for (const auto& g : t.committed)
+        if (!g.empty()) finding("thread ", t.tid, " exited with committed cp.async copies it never waited for");
+    if (!t.open_group.empty()) finding("thread ", t.tid, " exited with uncommitted cp.async copies");
+    t.state = State::Done;
+    // uc_link returns to the scheduler.
+}
+
+void land(Thread& t, const Copy& c) {
+    Launch& l = L();
+    auto* dst = static_cast<unsigned char*>(shared_pointer(c.dst));
+    if (c.src_size > 0) std::memcpy(dst, c.src, static_cast<size_t>(c.src_size));
+    std::memset(dst + c.src_size, 0, static_cast<size_t>(c.cp_size - c.src_size));
+    for (int i = 0; i < c.cp_size; ++i) {
+        Shadow& s = l.shadow[c.dst + static_cast<uint32_t>(i)];
+        s.pending = -1;
+        s.write_epoch = l.epoch;
+        s.writer = static_cast<int32_t>(t.tid);
+    }
+}
+
+bool inside_global(const void* p, size_t bytes) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    for (const auto& [base, size] : g_globals)
+        if (a >= base && a + bytes <= base + size) return true;
+    return false;
+}
+
+// Runs one block to completion (or deadlock).
+void run_block(Launch& l) {
+    const unsigned n = l.block.x * l.block.y * l.block.z;
+    l.threads.clear();
+    l.threads.resize(n);
+    l.shadow.clear();
+    l.epoch = 0;
+    l.warps.assign((n + 31) / 32, WarpSlot{});
+    for (unsigned i = 0; i < n; ++i) {
+        Thread& t = l.threads[i];
+        t.tid = i;
+        t.stack.reset(new char[kStackBytes]);
+        getcontext(&t.ctx);
+        t.ctx.uc_stack.ss_sp = t.stack.get();
+        t.ctx.uc_stack.ss_size = kStackBytes;
+        t.ctx.uc_link = &l.scheduler;
+        makecontext(&t.ctx, thread_entry, 0);
+    }
+    for (;;) {
+        bool ran = false;
+        for (Thread& t : l.threads) {
+            if (t.state != State::Runnable) continue;
+            l.current = &t;
+            swapcontext(&l.scheduler, &t.ctx);
+            l.current = nullptr;
+            ran = true;
+        }
+        if (ran) continue;
+        // Nobody can run: release a complete barrier, or stop.
+        size_t done = 0, at_block = 0;
+        for (const Thread& t : l.threads) {
+            done += t.state == State::Done;
+            at_block += t.state == State::AtBlockBarrier;
+        }
+        if (done == n) return;
+        bool released = false;
+        for (size_t w = 0; w * 32 < n; ++w) {
+            const size_t lo = w * 32, hi = std::min<size_t>(n, lo + 32);
+            bool all = true;
+            for (size_t i = lo; i < hi; ++i) all = all && l.threads[i].state == State::AtWarpBarrier;
+            if (all) {
+                for (size_t i = lo; i < hi; ++i) l.threads[i].state = State::Runnable;
+                released = true;
+            }
+        }
+        if (released) continue;
+        if (at_block == n) {
+            for (Thread& t : l.threads) t.state = State::Runnable;
+            ++l.epoch;
+            continue;
+        }
+        std::ostringstream os;
+        os << "deadlock: " << done << " threads exited, " << at_block << " wait at __syncthreads, "
+           << (n - done - at_block) << " wait at a warp-collective operation that not all lanes of their warp reached";
+        finding(os.str());
+        return; // the fibers are abandoned with their stacks
+    }
+}
+
+double decode16(uint16_t bits, int man_bits, int exp_bits) {
+    const uint32_t sign = bits >> 15, mag = bits & 0x7fffu;
+    const uint32_t exp = mag >> man_bits, man = mag & ((1u << man_bits) - 1);
+    const uint32_t emax = (1u << exp_bits) - 1;
+    const int bias = (1 << (exp_bits - 1)) - 1;
+    double v;
+    if (exp == emax) v = man ? NAN : INFINITY;
+    else if (exp == 0) v = std::ldexp(static_cast<double>(man), 1 - bias - man_bits);
+    else v = std::ldexp(static_cast<double>(man | (1u << man_bits)), static_cast<int>(exp) - bias - man_bits);
+    return sign ? -v : v;
+}
+
+} // namespace
+
+dim3 thread_idx() {
+    const Launch& l = L();
+    const unsigned t = l.current->tid;
+    return dim3(t % l.block.x, (t / l.block.x) % l.block.y, t / (l.block.x * l.block.y));
+}
+dim3 block_idx() { return L().block_idx; }
+dim3 block_dim() { return L().block; }
+dim3 grid_dim() { return L().grid; }
+
+void syncthreads() { yield_to_scheduler(State::AtBlockBarrier); }
+void warp_sync() { yield_to_scheduler(State::AtWarpBarrier); }
+
+uint32_t shared_address(const void* p) {
+    const uintptr_t d = reinterpret_cast<uintptr_t>(p) - window_base();
+    if (d > 0xffffffffu) {
+        finding("shared_address: ", p, " is outside the emulated shared window");
+        return 0;
+    }
+    return static_cast<uint32_t>(d);
+}
+void* shared_pointer(uint32_t addr) { return reinterpret_cast<void*>(window_base() + addr); }
+
+void check_shared_access(uint32_t addr, size_t bytes, bool write) {
+    Launch& l = L();
+    const auto tid = static_cast<int32_t>(me().tid);
+    if (addr % bytes != 0) finding("thread ", tid, ": misaligned ", bytes, "-byte shared ", write ? "store" : "load", " at ", addr);
+    for (size_t i = 0; i < bytes; ++i) {
+        const uint32_t a = addr + static_cast<uint32_t>(i);
+        auto it = l.shadow.find(a);
+        if (!write && it == l.shadow.end()) {
+            finding("thread ", tid, ": read of uninitialised shared memory at ", a);
+            continue;
+        }
+        Shadow& s = write ? l.shadow[a] : it->second;
+        if (s.pending >= 0) {
+            finding("thread ", tid, ": shared ", write ? "store to" : "load from", " ", a, " while thread ", s.pending,
+                    "'s cp.async to it is in flight (no cp.async.wait_group / __syncthreads before the access)");
+        }
+        if (write) {
+            if (s.write_epoch == l.epoch && s.writer != tid)
+                finding("thread ", tid, ": write-after-write race at shared ", a, " with thread ", s.writer);
+            if (s.read_epoch == l.epoch && s.reader != tid)
+                finding("thread ", tid, ": write-after-read race at shared ", a, " with thread ",
+                        s.reader == -2 ? std::string("(several)") : std::to_string(s.reader));
+            s.write_epoch = l.epoch;
+            s.writer = tid;
+        } else {
+            if (s.write_epoch == l.epoch && s.writer != tid)
+                finding("thread ", tid, ": read-after-write race at shared ", a, " with thread ", s.writer);
+            if (s.read_epoch == l.epoch && s.reader != tid) s.reader = -2;
+            else if (s.read_epoch != l.epoch) s.reader = tid;
+            s.read_epoch = l.epoch;
+        }
+    }
+}
+
+void cp_async(uint32_t dst, const void* src, int cp_size, int src_size) {
+    Launch& l = L();
+    Thread& t = me();
+    if (cp_size != 4 && cp_size != 8 && cp_size != 16) finding("thread ", t.tid, ": cp.async cp-size ", cp_size);
+    if (src_size < 0 || src_size > cp_size) {
+        finding("thread ", t.tid, ": cp.async src-size ", src_size, " outside [0, ", cp_size, "]");
+        return;
+    }
+    if (dst % static_cast<uint32_t>(cp_size) != 0) finding("thread ", t.tid, ": cp.async destination ", dst, " not aligned to ", cp_size);
+    if (reinterpret_cast<uintptr_t>(src) % static_cast<uintptr_t>(cp_size) != 0)
+        finding("thread ", t.tid, ": cp.async source ", src, " not aligned to ", cp_size);
+    if (src_size > 0 && !inside_global(src, static_cast<size_t>(src_size)))
+        finding("thread ", t.tid, ": cp.async reads ", src_size, " bytes at ", src, " outside every global buffer");
+    for (int i = 0; i < cp_size; ++i) {
+        Shadow& s = l.shadow[dst + static_cast<uint32_t>(i)];
+        if (s.pending >= 0) finding("thread ", t.tid, ": cp.async to shared ", dst + i, " while another copy to it is in flight");
+        // The copy may land at any time until the wait: it conflicts with other threads' accesses in this epoch.
+        if (s.write_epoch == l.epoch && s.writer != static_cast<int32_t>(t.tid))
+            finding("thread ", t.tid, ": cp.async write-after-write race at shared ", dst + i, " with thread ", s.writer);
+        if (s.read_epoch == l.epoch && s.reader != static_cast<int32_t>(t.tid))
+            finding("thread ", t.tid, ": cp.async write-after-read race at shared ", dst + i);
+        s.pending = static_cast<int32_t>(t.tid);
+    }
+    t.open_group.push_back({dst, src, cp_size, src_size});
+}
+
+void cp_async_commit() {
+    Thread& t = me();
+    t.committed.push_back(std::move(t.open_group));
+    t.open_group.clear();
+}
+
+void cp_async_wait(int n) {
+    Thread& t = me();
+    while (t.committed.size() > static_cast<size_t>(n)) {
+        for (const Copy& c : t.committed.front()) land(t, c);
+        t.committed.erase(t.committed.begin());
+    }
+}
+
+void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+    Launch& l = L();
+    const unsigned tid = me().tid, lane = tid % 32;
+    WarpSlot& w = l.warps[tid / 32];
+    std::memcpy(w.a[lane], a, sizeof a);
+    std::memcpy(w.b[lane], b, sizeof b);
+    std::memcpy(w.c[lane], d, sizeof d);
+    warp_sync(); // every lane's fragments are in the slot
+    auto elem = [&](uint32_t reg, int half) {
+        const auto bits = static_cast<uint16_t>(half ? reg >> 16 : reg & 0xffffu);
+        return static_cast<double>(bf16 ? bf16_to_float(bits) : f16_to_float(bits));
+    };
+    // PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type" (groupID = lane >> 2,
+    // threadID_in_group = lane % 4):
+    //   A (16 x 16): a_i, i = 0..7, in register i / 2 (low half first): row groupID (+ 8 for i in {2,3,6,7}),
+    //                col threadID_in_group * 2 + (i & 1) (+ 8 for i >= 4)
+    //   B (16 x 8):  b_i, i = 0..3, in register i / 2: row threadID_in_group * 2 + (i & 1) (+ 8 for i >= 2),
+    //                col groupID
+    //   C, D (16 x 8): c_i, i = 0..3: row groupID (+ 8 for i >= 2), col threadID_in_group * 2 + (i & 1)
+    auto A = [&](int row, int col) {
+        const int i = (col & 1) | ((row >= 8) ? 2 : 0) | ((col >= 8) ? 4 : 0);
+        const int owner = (row % 8) * 4 + (col % 8) / 2;
+        return elem(w.a[owner][i / 2], i & 1);
+    };
+    auto B = [&](int row, int col) {
+        const int i = (row & 1) | ((row >= 8) ? 2 : 0);
+        const int owner = col * 4 + (row % 8) / 2;
+        return elem(w.b[owner][i / 2], i & 1);
+    };
+    float out[4];
+    for (int i = 0; i < 4; ++i) {
+        const int row = static_cast<int>(lane >> 2) + (i >= 2 ? 8 : 0);
+        const int col = static_cast<int>(lane % 4) * 2 + (i & 1);
+        double acc = 0.0;
+        for (int k = 0; k < 16; ++k) acc += A(row, k) * B(k, col);
+        out[i] = static_cast<float>(static_cast<double>(w.c[lane][i]) + acc);
+    }
+    warp_sync(); // nobody overwrites the slot before every lane has read it
+    std::memcpy(d, out, sizeof out);
+}
+
+float bf16_to_float(uint16_t bits) { return static_cast<float>(decode16(bits, 7, 8)); }
+float f16_to_float(uint16_t bits) { return static_cast<float>(decode16(bits, 10, 5)); }
+
+uint16_t float_to_bf16(float v) {
+    uint32_t x;
+    std::memcpy(&x, &v, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u); // quiet NaN
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return static_cast<uint16_t>(x >> 16);
+}
+
+uint16_t float_to_f16(float v) {
+    uint32_t x;
+    std::memcpy(&x, &v, 4);
+    const auto sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+    if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u); // >= 65520 rounds to infinity
+    if (ax < 0x38800000u) {                                              // below 2^-14: subnormal (or zero)
+        float mag;
+        std::memcpy(&mag, &ax, 4);
+        return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(mag * 16777216.0f))); // / 2^-24
+    }
+    uint32_t h = ((((ax >> 23) - 127 + 15) << 10) | ((ax & 0x7fffffu) >> 13));
+    const uint32_t rest = ax & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h; // a carry into the exponent is still right
+    return static_cast<uint16_t>(sign | h);
+}
+
+void register_global(const void* p, size_t bytes) { g_globals.emplace_back(reinterpret_cast<uintptr_t>(p), bytes); }
+void clear_globals() { g_globals.clear(); }
+
+std::vector<std::string> launch(dim3 grid, dim3 block, const std::function<void()>& thread) {
+    Launch l;
+    l.grid = grid;
+    l.block = block;
+    l.body = &thread;
+    g_launch = &l;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                l.block_idx = dim3(x, y, z);
+                run_block(l);
+            }
+    g_launch = nullptr;
+    if (l.dropped) l.findings.push_back(std::to_string(l.dropped) + " more findings not shown");
+    return l.findings;
+}
+
+} // namespace sw::emu

@@ -1,0 +1,102 @@
+// Host emulation of the part of CUDA that the hand-written kernels use, so that their device code runs in CI
+// on machines without a GPU (native/tests/cuda_emu/mma_gemm_emu_check.cpp).
+//
+// What it is: every CUDA thread of a block is a fiber (ucontext) on one OS thread; blocks run one after the other.
+// __syncthreads is a block barrier, mma.sync a warp-collective operation (all 32 lanes exchange their fragments,
+// laid out as the PTX ISA specifies for mma.m16n8k16 .row.col with f16/bf16 inputs and f32 accumulators),
+// cp.async a per-thread queue of copies in commit groups that land as late as the PTX semantics allow (at
+// cp.async.wait_group), so that reading a tile before waiting for it reads stale data and is reported.
+//
+// What it checks while the kernel runs (each finding is an error of the launch):
+//  - shared memory: a read of bytes that no thread of the block wrote (uninitialised; shared memory starts
+//    undefined in every block), a read or write of bytes with a cp.async still in flight, read-after-write,
+//    write-after-read and write-after-write between different threads with no __syncthreads in between
+//    (a race), misaligned shared accesses;
+//  - cp.async: destination and source aligned to the copy size, source bytes inside a registered global
+//    buffer, copies still in flight when the thread exits;
+//  - __syncthreads reached by only part of the block, warp-collective operations reached by only part of a warp:
+//    reported as a deadlock instead of hanging.
+// What it does not model: timing, the memory model beyond barriers, plain global loads and stores (the test
+// puts every matrix against a guard page instead), occupancy, the tensor cores' exact rounding (the emulated mma
+// sums each 16-term product in double and rounds once to fp32).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+// ---- the CUDA C++ spellings the kernels use, for a host compiler
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+namespace sw::emu {
+
+dim3 thread_idx();
+dim3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
+
+// Block barrier (__syncthreads) and warp barrier (the warp-collective operations use it).
+void syncthreads();
+void warp_sync();
+
+// Shared memory: a 32-bit address in an emulated shared window (what __cvta_generic_to_shared gives).
+uint32_t shared_address(const void* p);
+void check_shared_access(uint32_t addr, size_t bytes, bool write);
+void* shared_pointer(uint32_t addr);
+
+template <class T> T ld_shared(uint32_t addr) {
+    check_shared_access(addr, sizeof(T), false);
+    T v;
+    std::memcpy(&v, shared_pointer(addr), sizeof(T));
+    return v;
+}
+template <class T> void st_shared(uint32_t addr, T v) {
+    check_shared_access(addr, sizeof(T), true);
+    std::memcpy(shared_pointer(addr), &v, sizeof(T));
+}
+
+// cp.async.cg.shared.global [dst], [src], cp_size, src_size: src_size bytes copied, the rest zero-filled.
+void cp_async(uint32_t dst, const void* src, int cp_size, int src_size);
+void cp_async_commit();
+// cp.async.wait_group n: all but the newest n committed groups of this thread have landed.
+void cp_async_wait(int n);
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 d, a, b, d (warp-collective).
+void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+
+// 16-bit floating-point formats (round to nearest even, as __float2bfloat16_rn / __float2half_rn).
+float bf16_to_float(uint16_t bits);
+float f16_to_float(uint16_t bits);
+uint16_t float_to_bf16(float v);
+uint16_t float_to_f16(float v);
+
+// Global buffers that cp.async may read from (the test registers its matrices).
+void register_global(const void* p, size_t bytes);
+void clear_globals();
+
+// Runs `thread` for every thread of every block. Returns the findings (empty: clean run). Never hangs: a
+// deadlock ends the block and is reported.
+std::vector<std::string> launch(dim3 grid, dim3 block, const std::function<void()>& thread);
+
+} // namespace sw::emu
+
+#define threadIdx (::sw::emu::thread_idx())
+#define blockIdx (::sw::emu::block_idx())
+#define blockDim (::sw::emu::block_dim())
+#define gridDim (::sw::emu::grid_dim())
+inline void __syncthreads() { ::sw::emu::syncthreads(); }
