@@ -983,6 +983,48 @@ void check_gemm() {
         EXPECT(h1 == h2 && h1 == h3, "concurrent GEMMs on two streams give the single-stream bits");
     }
 
+    // Split-K keeps fp32 partial sums for an f16/bf16 C. A row of A is x_0..x_{h-1} twice (x_i = 1 or 1 + 1/16) and a
+    // column of B is +1 (first half of k) then -1 (second half): every partial sum of products is exact in fp32
+    // (at most 19 significant bits), so the product is exactly 0 in any order of fp32 accumulation; partial sums
+    // rounded to 16 bits (cuBLASLt's INPLACE / OUTPUT_TYPE split-K reductions) leave errors of several units. A
+    // small m x n with a long k is the shape cuBLASLt splits.
+    for (sw_dtype t : {SW_DTYPE_F16, SW_DTYPE_BF16}) {
+        const int64_t m = 16, n = 16, k = 32768, h = k / 2;
+        HostArray A(t, static_cast<size_t>(m * k)), B(t, static_cast<size_t>(k * n));
+        for (int64_t r = 0; r < m; ++r)
+            for (int64_t i = 0; i < h; ++i) {
+                const double x = uniform(0, 1) < 0.5 ? 1.0 : 1.0625;
+                A.set(static_cast<size_t>(r * k + i), x);
+                A.set(static_cast<size_t>(r * k + h + i), x);
+            }
+        for (int64_t i = 0; i < k; ++i)
+            for (int64_t c = 0; c < n; ++c) B.set(static_cast<size_t>(i * n + c), i < h ? 1.0 : -1.0);
+        DevBuf dA(A.bytes.size()), dB(B.bytes.size()), dC(static_cast<size_t>(m * n) * 2);
+        upload(dA.p, A.bytes.data(), A.bytes.size(), s.s);
+        upload(dB.p, B.bytes.data(), B.bytes.size(), s.s);
+        GemmDesc d;
+        d.a_type = t;
+        d.c_type = t;
+        d.m = m; d.n = n; d.k = k;
+        d.a = dA.p; d.lda = k;
+        d.b = dB.p; d.ldb = n;
+        d.c = dC.p; d.ldc = n;
+        d.algo = GemmAlgo::CublasLt;
+        if (CALL(gemm, dev, &d, s.s)) {
+            HostArray C(t, static_cast<size_t>(m * n));
+            download(C.bytes.data(), dC.p, C.bytes.size(), s.s);
+            size_t nonzero = 0;
+            double worst = 0;
+            for (size_t i = 0; i < C.size(); ++i) {
+                nonzero += C.get(i) == 0.0 ? 0 : 1;
+                worst = std::max(worst, std::fabs(C.get(i)));
+            }
+            EXPECT(nonzero == 0, fmt("cuBLASLt %s GEMM, k = %lld: %zu of %zu results are not exactly 0 (largest %g): "
+                                     "partial sums were not accumulated in fp32",
+                                     sw::dtype_name(t), static_cast<long long>(k), nonzero, C.size(), worst));
+        }
+    }
+
     // Argument checks.
     GemmDesc bad;
     bad.m = 4; bad.n = 4; bad.k = 4;
