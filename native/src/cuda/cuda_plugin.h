@@ -89,6 +89,8 @@ struct PluginApi {
     // for i < count, written to every one of the ndst destinations. srcs/dsts are host arrays of device
     // pointers (copied by the call). A destination may be one of the sources (in place): each element is
     // read from every source before it is written. Used by the in-process all-reduce and reduce-scatter.
+    // Pointers into another device's memory: peer access to it is enabled by the call (SW_ERR_UNSUPPORTED when
+    // the two devices cannot reach each other).
     sw_status (*reduce_sum)(int32_t ordinal, sw_dtype dtype, const void* const* srcs, int32_t nsrc,
                             void* const* dsts, int32_t ndst, uint64_t count, void* stream, std::string* err);
     // dst[i] = (dst_type) src[i]; round to nearest even.

@@ -211,6 +211,13 @@ AlgoEntry find_algo(cublasLtHandle_t handle, const Problem& p, const AlgoKey& ke
     pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_a, "set CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES");
     pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c, "set CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES");
     pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c, "set CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES");
+    // Split-K: the INPLACE and OUTPUT_TYPE reduction schemes keep the partial sums in C's data type (cublasLt.h),
+    // which for an f16/bf16 C rounds every partial sum to 16 bits. Only NONE and COMPUTE_TYPE (fp32 partial sums)
+    // keep the accumulation in fp32 throughout; the default mask allows every scheme.
+    if (key.c_type == SW_DTYPE_F16 || key.c_type == SW_DTYPE_BF16)
+        pref.set(CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                 static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE),
+                 "set CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK");
 
     cublasLtMatmulHeuristicResult_t result;
     std::memset(&result, 0, sizeof result);

@@ -39,7 +39,8 @@ struct DeviceTable {
     int32_t count = 0;
     std::string reason;          // why count is 0
     std::vector<int> capability; // major * 10 + minor, 0 until queried
-    std::mutex mutex;            // guards capability
+    std::vector<int8_t> peer;    // [ordinal * count + peer]: 1 access enabled, -1 impossible, 0 not yet asked
+    std::mutex mutex;            // guards capability and peer
 };
 DeviceTable& devices() {
     static DeviceTable* t = new DeviceTable(); // never destroyed: usable from other static destructors
@@ -59,6 +60,7 @@ void init_devices(DeviceTable& t) {
         t.reason = str("cudaGetDeviceCount failed: ", cuda_error_text(st));
     }
     t.capability.assign(static_cast<size_t>(t.count), 0);
+    t.peer.assign(static_cast<size_t>(t.count) * static_cast<size_t>(t.count), 0);
 }
 
 } // namespace
@@ -104,6 +106,33 @@ int compute_capability(int32_t ordinal) {
 
 // ================================================================================================ entry points
 namespace {
+
+// Enables access of `ordinal` (the calling thread's current device) to the memory of `peer`, once per pair (access
+// is unidirectional and per device; nothing else enables it). False when the devices cannot reach each other.
+bool enable_peer(int32_t ordinal, int32_t peer) {
+    require_device(ordinal);
+    require_device(peer);
+    if (ordinal == peer) return true;
+    DeviceTable& t = devices();
+    const size_t slot = static_cast<size_t>(ordinal) * static_cast<size_t>(t.count) + static_cast<size_t>(peer);
+    {
+        std::lock_guard<std::mutex> lock(t.mutex);
+        if (t.peer[slot] != 0) return t.peer[slot] > 0;
+    }
+    int can = 0;
+    check_cuda(cudaDeviceCanAccessPeer(&can, ordinal, peer), "cudaDeviceCanAccessPeer");
+    if (can) {
+        const cudaError_t st = cudaDeviceEnablePeerAccess(peer, 0);
+        if (st == cudaErrorPeerAccessAlreadyEnabled) {
+            (void)cudaGetLastError(); // not an error for us; do not leave it behind
+        } else {
+            check_cuda(st, "cudaDeviceEnablePeerAccess");
+        }
+    }
+    std::lock_guard<std::mutex> lock(t.mutex);
+    t.peer[slot] = can ? 1 : -1;
+    return can != 0;
+}
 
 void set_error(std::string* err, const char* fn, const std::string& message) noexcept {
     if (!err) return;
@@ -183,6 +212,24 @@ bool kernel_accessible(const void* p, int32_t ordinal) {
     }
 }
 
+// The reduce_sum kernel dereferences every source and destination on `ordinal`, and the in-process collectives
+// pass it the buffers of the other ranks' devices. Such memory needs peer access, which nothing else enables:
+// enabled here; when the two devices cannot reach each other the call fails instead of the kernel faulting (a
+// fault poisons the device's context). Caller: current device = ordinal. Other memory is passed on unchecked.
+void require_peer_reachable(const void* p, int32_t ordinal, const char* what, int32_t index) {
+    cudaPointerAttributes a;
+    std::memset(&a, 0, sizeof a);
+    const cudaError_t st = cudaPointerGetAttributes(&a, p);
+    if (st != cudaSuccess) {
+        (void)cudaGetLastError();
+        return;
+    }
+    if (a.type != cudaMemoryTypeDevice || a.device == ordinal) return;
+    if (!enable_peer(ordinal, a.device))
+        fail(SW_ERR_UNSUPPORTED, what, "[", index, "] is memory of CUDA device ", a.device, ", which device ", ordinal,
+             " cannot access (no peer-to-peer access between them)");
+}
+
 // ------------------------------------------------------------------------------------------ versions
 sw_status api_versions(std::string* out, std::string* err) {
     return run(err, "versions", [&] {
@@ -237,21 +284,8 @@ sw_status api_enable_peer_access(int32_t ordinal, int32_t peer, int32_t* enabled
         *enabled = 0;
         require_device(ordinal);
         require_device(peer);
-        if (ordinal == peer) {
-            *enabled = 1;
-            return;
-        }
-        int can = 0;
-        check_cuda(cudaDeviceCanAccessPeer(&can, ordinal, peer), "cudaDeviceCanAccessPeer");
-        if (!can) return;
         set_device(ordinal);
-        const cudaError_t st = cudaDeviceEnablePeerAccess(peer, 0);
-        if (st == cudaErrorPeerAccessAlreadyEnabled) {
-            (void)cudaGetLastError(); // not an error for us; do not leave it behind
-        } else {
-            check_cuda(st, "cudaDeviceEnablePeerAccess");
-        }
-        *enabled = 1;
+        *enabled = enable_peer(ordinal, peer) ? 1 : 0;
     });
 }
 
@@ -538,6 +572,8 @@ sw_status api_reduce_sum(int32_t ordinal, sw_dtype dtype, const void* const* src
         if (count > std::numeric_limits<uint64_t>::max() / es) fail(SW_ERR_INVALID_ARGUMENT, "count ", count, " is too large");
         set_device(ordinal);
         if (count == 0) return;
+        for (int32_t i = 0; i < nsrc; ++i) require_peer_reachable(srcs[i], ordinal, "srcs", i);
+        for (int32_t i = 0; i < ndst; ++i) require_peer_reachable(dsts[i], ordinal, "dsts", i);
         check_cuda(launch_reduce_sum(dtype, srcs, nsrc, dsts, ndst, count, as_stream(stream)), "reduce_sum kernel launch");
     });
 }

@@ -212,6 +212,56 @@ void download(void* dst, const void* src, size_t bytes, void* stream) {
 std::mt19937_64 rng(12345);
 double uniform(double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); }
 
+// ================================================================================================ peer reduce_sum
+// The in-process all-reduce runs reduce_sum on one device over the buffers of every rank's device, and nothing
+// but reduce_sum itself enables peer access: so this runs before check_devices (which enables it for every
+// pair). Sources and destinations on another device: the right sums, or SW_ERR_UNSUPPORTED when the devices
+// cannot reach each other; never a fault (the device stays usable).
+void check_peer_reduce_sum() {
+    int32_t n = 0;
+    CALL(device_count, &n);
+    if (n < 2) {
+        std::printf("  one device: nothing to check\n");
+        return;
+    }
+    const int32_t other = dev == 0 ? 1 : 0;
+    const size_t count = 100003;
+    std::vector<float> a(count), b(count);
+    for (size_t i = 0; i < count; ++i) {
+        a[i] = static_cast<float>(uniform(-100, 100));
+        b[i] = static_cast<float>(uniform(-100, 100));
+    }
+    Stream s;
+    DevBuf mine(count * 4), mine_out(count * 4);
+    void* theirs = nullptr;
+    void* theirs_out = nullptr;
+    if (!CALL(malloc_device, other, count * 4, &theirs) || !CALL(malloc_device, other, count * 4, &theirs_out)) {
+        if (theirs) CALL(free_device, other, theirs);
+        return;
+    }
+    upload(mine.p, a.data(), count * 4, s.s);
+    upload(theirs, b.data(), count * 4, s.s); // cudaMemcpyDefault: the copy engines reach any device
+    const void* srcs[2] = {mine.p, theirs};
+    void* dsts[2] = {mine_out.p, theirs_out};
+    const sw_status st = STATUS(reduce_sum, dev, SW_DTYPE_F32, srcs, 2, dsts, 2, static_cast<uint64_t>(count), s.s);
+    EXPECT(st == SW_OK || st == SW_ERR_UNSUPPORTED, "reduce_sum over two devices: " + g_err);
+    if (st == SW_OK) {
+        CALL(stream_synchronize, dev, s.s);
+        for (void* out : dsts) {
+            std::vector<float> got(count);
+            download(got.data(), out, count * 4, s.s);
+            size_t bad = 0;
+            for (size_t i = 0; i < count; ++i) bad += got[i] == a[i] + b[i] ? 0 : 1;
+            EXPECT(bad == 0, fmt("reduce_sum over two devices: %zu wrong", bad));
+        }
+    } else {
+        std::printf("  devices %d and %d cannot reach each other: %s\n", dev, other, g_err.c_str());
+    }
+    CALL(stream_synchronize, dev, s.s); // the device is still usable
+    CALL(free_device, other, theirs);
+    CALL(free_device, other, theirs_out);
+}
+
 // ================================================================================================ devices
 void check_devices() {
     int32_t n = 0;
@@ -933,6 +983,48 @@ void check_gemm() {
         EXPECT(h1 == h2 && h1 == h3, "concurrent GEMMs on two streams give the single-stream bits");
     }
 
+    // Split-K keeps fp32 partial sums for an f16/bf16 C. A row of A is x_0..x_{h-1} twice (x_i = 1 or 1 + 1/16) and a
+    // column of B is +1 (first half of k) then -1 (second half): every partial sum of products is exact in fp32
+    // (at most 19 significant bits), so the product is exactly 0 in any order of fp32 accumulation; partial sums
+    // rounded to 16 bits (cuBLASLt's INPLACE / OUTPUT_TYPE split-K reductions) leave errors of several units. A
+    // small m x n with a long k is the shape cuBLASLt splits.
+    for (sw_dtype t : {SW_DTYPE_F16, SW_DTYPE_BF16}) {
+        const int64_t m = 16, n = 16, k = 32768, h = k / 2;
+        HostArray A(t, static_cast<size_t>(m * k)), B(t, static_cast<size_t>(k * n));
+        for (int64_t r = 0; r < m; ++r)
+            for (int64_t i = 0; i < h; ++i) {
+                const double x = uniform(0, 1) < 0.5 ? 1.0 : 1.0625;
+                A.set(static_cast<size_t>(r * k + i), x);
+                A.set(static_cast<size_t>(r * k + h + i), x);
+            }
+        for (int64_t i = 0; i < k; ++i)
+            for (int64_t c = 0; c < n; ++c) B.set(static_cast<size_t>(i * n + c), i < h ? 1.0 : -1.0);
+        DevBuf dA(A.bytes.size()), dB(B.bytes.size()), dC(static_cast<size_t>(m * n) * 2);
+        upload(dA.p, A.bytes.data(), A.bytes.size(), s.s);
+        upload(dB.p, B.bytes.data(), B.bytes.size(), s.s);
+        GemmDesc d;
+        d.a_type = t;
+        d.c_type = t;
+        d.m = m; d.n = n; d.k = k;
+        d.a = dA.p; d.lda = k;
+        d.b = dB.p; d.ldb = n;
+        d.c = dC.p; d.ldc = n;
+        d.algo = GemmAlgo::CublasLt;
+        if (CALL(gemm, dev, &d, s.s)) {
+            HostArray C(t, static_cast<size_t>(m * n));
+            download(C.bytes.data(), dC.p, C.bytes.size(), s.s);
+            size_t nonzero = 0;
+            double worst = 0;
+            for (size_t i = 0; i < C.size(); ++i) {
+                nonzero += C.get(i) == 0.0 ? 0 : 1;
+                worst = std::max(worst, std::fabs(C.get(i)));
+            }
+            EXPECT(nonzero == 0, fmt("cuBLASLt %s GEMM, k = %lld: %zu of %zu results are not exactly 0 (largest %g): "
+                                     "partial sums were not accumulated in fp32",
+                                     sw::dtype_name(t), static_cast<long long>(k), nonzero, C.size(), worst));
+        }
+    }
+
     // Argument checks.
     GemmDesc bad;
     bad.m = 4; bad.n = 4; bad.k = 4;
@@ -992,7 +1084,8 @@ int main(int argc, char** argv) {
 
     const auto t0 = std::chrono::steady_clock::now();
     struct Section { const char* name; void (*fn)(); };
-    const Section sections[] = {{"devices", check_devices},   {"memory", check_memory},
+    const Section sections[] = {{"peer reduce_sum", check_peer_reduce_sum},
+                                {"devices", check_devices},   {"memory", check_memory},
                                 {"events and flags", check_events_and_flags},
                                 {"copy_2d", check_copy_2d},   {"reduce_sum", check_reduce_sum},
                                 {"convert", check_convert},   {"bias_act", check_bias_act},
