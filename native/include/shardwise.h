@@ -189,8 +189,10 @@ SW_API sw_status sw_memset_async(sw_buffer dst, uint64_t dst_offset_bytes, uint8
 SW_API sw_status sw_stream_create(sw_device device, sw_stream* out);
 /* Wraps another framework's native stream (a cudaStream_t; NULL = the device's legacy default stream)
  * without taking ownership: work queued through Shardwise is ordered with the framework's own work on
- * that stream. Destroying the handle never destroys the native stream. SW_ERR_UNSUPPORTED on the CPU
- * backend, which has no native streams. */
+ * that stream. Destroying the handle never destroys the native stream; it waits for the stream, and when
+ * it was the last handle wrapping that native stream it frees what Shardwise kept for it (the cuBLASLt
+ * workspace), so wrapping a framework's stream per call does not accumulate device memory.
+ * SW_ERR_UNSUPPORTED on the CPU backend, which has no native streams. */
 SW_API sw_status sw_stream_wrap(sw_device device, void* native_stream, sw_stream* out);
 /* The native stream behind a handle (cudaStream_t), or NULL on the CPU backend. */
 SW_API sw_status sw_stream_get_native(sw_stream stream, void** native_stream);

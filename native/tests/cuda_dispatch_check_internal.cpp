@@ -4,6 +4,8 @@
 // interface without a GPU; the real plugin is validated only on a GPU machine.
 #include "shardwise.h"
 
+#include <dlfcn.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -76,7 +78,19 @@ int main() {
         }
     CHECK(sw_gemm(s, SW_DTYPE_F64, SW_OP_N, SW_OP_N, M, N, K, 1.f, da, 0, K, db, 0, N, 0.f, dc, 0, N, nullptr, 0,
                   SW_EPILOGUE_NONE) == SW_ERR_UNSUPPORTED, "f64 GEMM on CUDA");
+    // The plugin's resources for a wrapped stream (its GEMM workspace) go with the last wrapper, once.
+    void* plugin = dlopen(SHARDWISE_EMULATED_CUDA_PLUGIN, RTLD_NOW | RTLD_NOLOAD);
+    auto released = plugin ? reinterpret_cast<int64_t (*)()>(dlsym(plugin, "emulated_cuda_released_streams")) : nullptr;
+    CHECK(released != nullptr, "emulated plugin's release counter");
+    const int64_t released0 = released ? released() : 0;
+    sw_stream wrapped2 = nullptr;
+    OK(sw_stream_wrap(dev, native, &wrapped2));
     OK(sw_stream_destroy(wrapped)); // never destroys the native stream: s still works
+    CHECK(released && released() == released0, "release_stream while another wrapper of the stream is alive");
+    OK(sw_stream_destroy(wrapped2));
+    CHECK(released && released() == released0 + 1, "release_stream once when the last wrapper goes: %lld calls",
+          released ? static_cast<long long>(released() - released0) : -1LL);
+    if (plugin) dlclose(plugin);
     OK(sw_memset_async(dc, 0, 0, 4, s));
     OK(sw_stream_synchronize(s));
 

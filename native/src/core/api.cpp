@@ -442,6 +442,10 @@ SW_API sw_status sw_stream_wrap(sw_device device, void* native_stream, sw_stream
         auto* s = new sw_stream_s{dev, dev->impl, std::make_unique<cpu::Stream>()};
         s->cuda_stream = native_stream;
         s->owns_cuda_stream = false;
+        {
+            std::lock_guard<std::mutex> lock(dev->impl->wrapped_mutex);
+            ++dev->impl->wrapped_streams[native_stream];
+        }
         ++dev->impl->children;
         register_handle(s, HandleKind::Stream);
         *out = s;
@@ -465,7 +469,18 @@ SW_API sw_status sw_stream_destroy(sw_stream stream) {
             std::string err;
             const auto& api = s->device_impl->cuda;
             api->stream_synchronize(s->device_impl->ordinal, s->cuda_stream, &err);
-            if (s->owns_cuda_stream) api->stream_destroy(s->device_impl->ordinal, s->cuda_stream, &err);
+            if (s->owns_cuda_stream) {
+                api->stream_destroy(s->device_impl->ordinal, s->cuda_stream, &err);
+            } else {
+                // The last wrapper of an external stream frees the plugin's resources for it (its GEMM workspace).
+                std::lock_guard<std::mutex> lock(s->device_impl->wrapped_mutex);
+                auto& wrapped = s->device_impl->wrapped_streams;
+                auto it = wrapped.find(s->cuda_stream);
+                if (it != wrapped.end() && --it->second == 0) {
+                    wrapped.erase(it);
+                    api->release_stream(s->device_impl->ordinal, s->cuda_stream, &err);
+                }
+            }
             if (s->flag_host) api->free_host(s->flag_host, &err);
         }
         --s->device_impl->children;

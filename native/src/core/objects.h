@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -50,6 +51,10 @@ struct DeviceImpl {
     std::atomic<int> kernel{0};
     std::atomic<int64_t> children{0}; // buffers, streams, events, communicator memberships
     std::shared_ptr<DeferredFrees> deferred = std::make_shared<DeferredFrees>(); // CUDA
+    // CUDA: how many sw_streams wrap each external cudaStream_t; the plugin's resources for one are released
+    // (release_stream) when the last wrapper goes.
+    std::mutex wrapped_mutex;
+    std::map<void*, int64_t> wrapped_streams;
 
     bool is_cuda() const { return backend == SW_BACKEND_CUDA; }
     // Frees the CUDA memory deferred by workers. Call from an API caller's thread, never from a worker.

@@ -14,7 +14,7 @@
 
 namespace sw::cuda {
 
-constexpr int32_t kPluginAbi = 3;
+constexpr int32_t kPluginAbi = 4;
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -112,6 +112,10 @@ struct PluginApi {
     // Makes `ordinal` the calling thread's current device (cudaSetDevice), for libraries that work on the current
     // device (NCCL's communicator creation). (ABI 3.)
     sw_status (*set_device)(int32_t ordinal, std::string* err);
+    // Waits for a stream the plugin did not create (a wrapped external cudaStream_t), then frees what the plugin
+    // keeps for it (the cuBLASLt workspace). The core calls it when the last sw_stream wrapping that stream goes;
+    // streams from stream_create are released by stream_destroy. (ABI 4.)
+    sw_status (*release_stream)(int32_t ordinal, void* stream, std::string* err);
 };
 
 } // namespace sw::cuda

@@ -402,6 +402,16 @@ sw_status api_stream_destroy(int32_t ordinal, void* stream, std::string* err) {
     });
 }
 
+sw_status api_release_stream(int32_t ordinal, void* stream, std::string* err) {
+    return run(err, "release_stream", [&] {
+        set_device(ordinal);
+        const cudaStream_t s = as_stream(stream);
+        // The workspace may still be in use by work queued on the stream: wait for it first.
+        check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize (before releasing the stream's GEMM workspace)");
+        release_stream_resources(ordinal, s);
+    });
+}
+
 sw_status api_stream_synchronize(int32_t ordinal, void* stream, std::string* err) {
     return run(err, "stream_synchronize", [&] {
         set_device(ordinal);
@@ -762,6 +772,7 @@ const PluginApi kApi = {
     api_stream_wait_flag,
     api_gelu_backward,
     api_set_device,
+    api_release_stream,
 };
 
 } // namespace

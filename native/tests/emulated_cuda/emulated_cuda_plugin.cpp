@@ -202,13 +202,21 @@ sw_status gelu_backward(int32_t, sw_dtype t, const void*, const void*, void*, ui
     return fail(err, "emulated: gelu_backward not emulated");
 }
 
+// Counts release_stream calls (the test reads it through emulated_cuda_released_streams).
+std::atomic<int64_t> g_released_streams{0};
+sw_status release_stream(int32_t, void* s, std::string* err) {
+    g_released_streams.fetch_add(1);
+    return stream_synchronize(0, s, err);
+}
+
 const sw::cuda::PluginApi kApi = {
     sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
     free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
     event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
-    copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device,
+    copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device, release_stream,
 };
 
 } // namespace
 
 extern "C" SW_API const sw::cuda::PluginApi* sw_cuda_plugin_api(void) { return &kApi; }
+extern "C" SW_API int64_t emulated_cuda_released_streams(void) { return g_released_streams.load(); }
