@@ -10,7 +10,11 @@
 #include "core/error.h"
 #include "cuda/cuda_plugin.h"
 
+#if defined(SW_CUDA_HOST_EMULATION)
+#include "cuda_emu.h" // native/tests/cuda_emu: the host emulation's stand-ins for the runtime's types
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 #include <string>

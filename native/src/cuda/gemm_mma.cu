@@ -2,6 +2,7 @@
 // gemm_mma_kernel.cuh, shared with the host emulation test.
 #include "cuda/common.h"
 #include "cuda/gemm_mma_kernel.cuh"
+#include "cuda/launch.cuh"
 
 #include <cstdint>
 #include <string>
@@ -12,8 +13,7 @@ using namespace mma_detail;
 
 template <bool kBf16, bool kTransA, bool kTransB>
 cudaError_t launch_as(const Params& p, cudaStream_t stream) {
-    mma_gemm_kernel<kBf16, kTransA, kTransB><<<mma_grid(p.m, p.n), kThreads, 0, stream>>>(p);
-    return cudaGetLastError();
+    return launch_kernel(mma_gemm_kernel<kBf16, kTransA, kTransB>, mma_grid(p.m, p.n), dim3(kThreads), stream, p);
 }
 
 template <bool kBf16>

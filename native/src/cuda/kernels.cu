@@ -1,10 +1,15 @@
 // Element-wise and data-movement kernels of the CUDA plugin: copy_2d (layout), reduce_sum, convert,
 // scale/bias/GeLU epilogue and the stream wait-flag kernel. Launchers return the launch status; their
 // arguments were validated by the caller (see common.h).
+// The whole file also compiles for the host emulation test (SW_CUDA_HOST_EMULATION: native/tests/cuda_emu/
+// kernels_emu_check.cpp), which runs these launchers and kernels on emulated threads.
 #include "cuda/common.h"
+#include "cuda/launch.cuh"
 
+#if !defined(SW_CUDA_HOST_EMULATION)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -37,10 +42,17 @@ template <> struct Storage<BF16> { using type = uint16_t; };
 template <class T> struct Compute { using type = float; };
 template <> struct Compute<double> { using type = double; };
 
+#if defined(SW_CUDA_HOST_EMULATION)
+__device__ __forceinline__ float f16_bits_to_float(uint16_t h) { return ::sw::emu::f16_to_float(h); }
+__device__ __forceinline__ uint16_t float_to_f16_bits(float f) { return ::sw::emu::float_to_f16(f); }
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t h) { return ::sw::emu::bf16_to_float(h); }
+__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return ::sw::emu::float_to_bf16(f); }
+#else
 __device__ __forceinline__ float f16_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ uint16_t float_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
 __device__ __forceinline__ float bf16_bits_to_float(uint16_t h) { return __bfloat162float(__ushort_as_bfloat16(h)); }
 __device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
+#endif
 
 template <class T> struct Elem;
 template <> struct Elem<float> {
@@ -108,10 +120,8 @@ cudaError_t copy_2d_as(void* dst, int64_t dpitch_bytes, const void* src, int64_t
     const int64_t width = width_bytes / u;
     const unsigned gx = blocks_for(static_cast<uint64_t>(width));
     const unsigned gy = static_cast<unsigned>(std::min<int64_t>(rows, 65535));
-    copy_2d_kernel<U><<<dim3(gx, gy), kThreads, 0, stream>>>(static_cast<U*>(dst), dpitch_bytes / u,
-                                                              static_cast<const U*>(src), spitch_bytes / u, rows,
-                                                              width);
-    return cudaGetLastError();
+    return launch_kernel(copy_2d_kernel<U>, dim3(gx, gy), dim3(kThreads), stream, static_cast<U*>(dst), dpitch_bytes / u,
+                         static_cast<const U*>(src), spitch_bytes / u, rows, width);
 }
 
 // ================================================================================================ reduce_sum
@@ -207,15 +217,13 @@ cudaError_t reduce_sum_as(const ReducePointers& p, uint64_t count, cudaStream_t 
         const uint64_t per = 16 / sizeof(S);
         const uint64_t nvec = count / per;
         if (nvec > 0) {
-            reduce_sum_vec_kernel<T><<<blocks_for(nvec), kThreads, 0, stream>>>(p, nvec);
-            const cudaError_t st = cudaGetLastError();
+            const cudaError_t st = launch_kernel(reduce_sum_vec_kernel<T>, dim3(blocks_for(nvec)), dim3(kThreads), stream, p, nvec);
             if (st != cudaSuccess) return st;
         }
         begin = nvec * per;
     }
     if (begin < count) {
-        reduce_sum_kernel<T><<<blocks_for(count - begin), kThreads, 0, stream>>>(p, begin, count);
-        return cudaGetLastError();
+        return launch_kernel(reduce_sum_kernel<T>, dim3(blocks_for(count - begin)), dim3(kThreads), stream, p, begin, count);
     }
     return cudaSuccess;
 }
@@ -270,9 +278,9 @@ __global__ void convert_kernel(const typename Storage<Src>::type* __restrict__ s
 
 template <class Src, class Dst>
 cudaError_t convert_as(const void* src, void* dst, uint64_t count, cudaStream_t stream) {
-    convert_kernel<Src, Dst><<<blocks_for(count), kThreads, 0, stream>>>(
-        static_cast<const typename Storage<Src>::type*>(src), static_cast<typename Storage<Dst>::type*>(dst), count);
-    return cudaGetLastError();
+    return launch_kernel(convert_kernel<Src, Dst>, dim3(blocks_for(count)), dim3(kThreads), stream,
+                         static_cast<const typename Storage<Src>::type*>(src), static_cast<typename Storage<Dst>::type*>(dst),
+                         count);
 }
 
 template <class Src>
@@ -319,9 +327,8 @@ cudaError_t scale_bias_act_as(void* y, int64_t ld, int64_t rows, int64_t cols, f
     using S = typename Storage<T>::type;
     const unsigned gx = blocks_for(static_cast<uint64_t>(cols));
     const unsigned gy = static_cast<unsigned>(std::min<int64_t>(rows, 65535));
-    scale_bias_act_kernel<T><<<dim3(gx, gy), kThreads, 0, stream>>>(static_cast<S*>(y), ld, rows, cols, beta,
-                                                                     static_cast<const S*>(bias), gelu_on ? 1 : 0);
-    return cudaGetLastError();
+    return launch_kernel(scale_bias_act_kernel<T>, dim3(gx, gy), dim3(kThreads), stream, static_cast<S*>(y), ld, rows, cols,
+                         beta, static_cast<const S*>(bias), gelu_on ? 1 : 0);
 }
 
 // ================================================================================================ gelu backward
@@ -342,9 +349,8 @@ __global__ void gelu_backward_kernel(const typename Storage<T>::type* x, const t
 template <class T>
 cudaError_t gelu_backward_as(const void* x, const void* dy, void* dx, uint64_t count, cudaStream_t stream) {
     using S = typename Storage<T>::type;
-    gelu_backward_kernel<T><<<blocks_for(count), kThreads, 0, stream>>>(static_cast<const S*>(x), static_cast<const S*>(dy),
-                                                                         static_cast<S*>(dx), count);
-    return cudaGetLastError();
+    return launch_kernel(gelu_backward_kernel<T>, dim3(blocks_for(count)), dim3(kThreads), stream, static_cast<const S*>(x),
+                         static_cast<const S*>(dy), static_cast<S*>(dx), count);
 }
 
 // ================================================================================================ wait flag
@@ -435,8 +441,7 @@ cudaError_t launch_scale_bias_act(sw_dtype dtype, void* y, int64_t ld, int64_t r
 
 cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream) {
     (void)cudaGetLastError();
-    wait_flag_kernel<<<1, 1, 0, stream>>>(flag, target);
-    return cudaGetLastError();
+    return launch_kernel(wait_flag_kernel, dim3(1), dim3(1), stream, flag, target);
 }
 
 cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,

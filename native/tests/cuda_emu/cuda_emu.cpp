@@ -4,6 +4,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cstdio>
 #include <memory>
 #include <sstream>
@@ -25,7 +26,7 @@ struct Copy {
 
 struct Thread {
     ucontext_t ctx{};
-    std::unique_ptr<char[]> stack;
+    char* stack = nullptr; // from the pool below
     unsigned tid = 0;
     State state = State::Runnable;
     std::vector<Copy> open_group;              // issued, not yet committed
@@ -61,6 +62,9 @@ struct Launch {
 };
 
 Launch* g_launch = nullptr;
+// Fiber stacks, allocated once and reused by every block and launch (allocating them per block costs more than
+// running most kernels).
+std::vector<std::unique_ptr<char[]>> g_stacks;
 char g_anchor;                                  // the shared window is centred on a static of this module
 std::vector<std::pair<uintptr_t, size_t>> g_globals;
 
@@ -136,9 +140,10 @@ void run_block(Launch& l) {
     for (unsigned i = 0; i < n; ++i) {
         Thread& t = l.threads[i];
         t.tid = i;
-        t.stack.reset(new char[kStackBytes]);
+        while (g_stacks.size() <= i) g_stacks.emplace_back(new char[kStackBytes]);
+        t.stack = g_stacks[i].get();
         getcontext(&t.ctx);
-        t.ctx.uc_stack.ss_sp = t.stack.get();
+        t.ctx.uc_stack.ss_sp = t.stack;
         t.ctx.uc_stack.ss_size = kStackBytes;
         t.ctx.uc_link = &l.scheduler;
         makecontext(&t.ctx, thread_entry, 0);
@@ -364,6 +369,28 @@ uint16_t float_to_f16(float v) {
     return static_cast<uint16_t>(sign | h);
 }
 
+std::vector<std::string> g_kernel_findings;
+
+cudaError_t run_kernel(dim3 grid, dim3 block, const std::function<void()>& thread) {
+    const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
+    if (threads == 0 || threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+        grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+        g_kernel_findings.push_back("launch with an invalid configuration: grid (" + std::to_string(grid.x) + "," +
+                                    std::to_string(grid.y) + "," + std::to_string(grid.z) + "), block (" +
+                                    std::to_string(block.x) + "," + std::to_string(block.y) + "," +
+                                    std::to_string(block.z) + ")");
+        return cudaErrorInvalidConfiguration;
+    }
+    for (auto& f : launch(grid, block, thread)) g_kernel_findings.push_back(std::move(f));
+    return cudaSuccess;
+}
+
+std::vector<std::string> take_findings() {
+    std::vector<std::string> out;
+    out.swap(g_kernel_findings);
+    return out;
+}
+
 void register_global(const void* p, size_t bytes) { g_globals.emplace_back(reinterpret_cast<uintptr_t>(p), bytes); }
 void clear_globals() { g_globals.clear(); }
 
@@ -385,3 +412,11 @@ std::vector<std::string> launch(dim3 grid, dim3 block, const std::function<void(
 }
 
 } // namespace sw::emu
+
+float __double2float_rz(double d) {
+    if (std::isnan(d) || std::isinf(d)) return static_cast<float>(d);
+    if (std::fabs(d) >= static_cast<double>(FLT_MAX)) return std::copysign(FLT_MAX, static_cast<float>(d));
+    float f = static_cast<float>(d); // nearest (may be infinity past FLT_MAX)
+    if (std::fabs(static_cast<double>(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
+    return f;
+}

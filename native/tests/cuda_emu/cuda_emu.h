@@ -43,6 +43,19 @@ struct dim3 {
     constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 
+// ---- stand-ins for the runtime's types and the device functions the plugin's .cu files use
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+using cudaStream_t = struct CUstream_st*;
+inline cudaError_t cudaGetLastError() { return cudaSuccess; } // launch errors come back from run_kernel
+struct alignas(8) uint2 { unsigned x, y; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __double2float_rn(double d) { return static_cast<float>(d); } // the host rounds to nearest even
+float __double2float_rz(double d);                                          // toward zero
+inline void __nanosleep(unsigned) {}
+inline void __threadfence_system() {}
+
 namespace sw::emu {
 
 dim3 thread_idx();
@@ -92,6 +105,13 @@ void clear_globals();
 // Runs `thread` for every thread of every block. Returns the findings (empty: clean run). Never hangs: a
 // deadlock ends the block and is reported.
 std::vector<std::string> launch(dim3 grid, dim3 block, const std::function<void()>& thread);
+
+// A kernel launch as the plugin makes it (cuda/launch.cuh): checks the configuration as the runtime does
+// (cudaErrorInvalidConfiguration: 1..1024 threads a block, grid.x <= 2^31 - 1, grid.y and grid.z <= 65535), runs
+// the kernel, and keeps its findings for take_findings().
+cudaError_t run_kernel(dim3 grid, dim3 block, const std::function<void()>& thread);
+// The findings of every run_kernel since the last call (empty: all clean).
+std::vector<std::string> take_findings();
 
 } // namespace sw::emu
 

@@ -12,9 +12,7 @@
 #include "cuda_emu.h"
 
 #include "cuda/gemm_mma_kernel.cuh"
-
-#include <sys/mman.h>
-#include <unistd.h>
+#include "emu_test_util.h"
 
 #include <cmath>
 #include <cstdio>
@@ -24,6 +22,7 @@
 #include <vector>
 
 using namespace sw::cuda::mma_detail;
+using emu_test::Guarded;
 
 namespace {
 
@@ -36,39 +35,6 @@ void report(bool ok, const std::string& what, const std::vector<std::string>& de
         for (const auto& d : details) std::printf("       %s\n", d.c_str());
     }
 }
-
-// `bytes` of memory ending `slack` bytes before a PROT_NONE page (so a read or write past the end faults).
-class Guarded {
-public:
-    Guarded(size_t bytes, size_t slack) {
-        const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-        const size_t data_pages = (bytes + slack + page - 1) / page;
-        map_bytes_ = (data_pages + 1) * page;
-        map_ = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (map_ == MAP_FAILED) {
-            std::perror("mmap");
-            std::exit(1);
-        }
-        auto* end = static_cast<unsigned char*>(map_) + data_pages * page;
-        if (mprotect(end, page, PROT_NONE) != 0) {
-            std::perror("mprotect");
-            std::exit(1);
-        }
-        data_ = end - slack - bytes;
-        bytes_ = bytes;
-    }
-    ~Guarded() { munmap(map_, map_bytes_); }
-    Guarded(const Guarded&) = delete;
-    Guarded& operator=(const Guarded&) = delete;
-    template <class T> T* as() const { return reinterpret_cast<T*>(data_); }
-    size_t bytes() const { return bytes_; }
-
-private:
-    void* map_ = nullptr;
-    size_t map_bytes_ = 0;
-    unsigned char* data_ = nullptr;
-    size_t bytes_ = 0;
-};
 
 // ------------------------------------------------------------------------------------------ self-checks
 bool any_contains(const std::vector<std::string>& v, const char* what) {

@@ -1,0 +1,431 @@
+// Runs the CUDA plugin's element-wise and data-movement kernels (native/src/cuda/kernels.cu, the very source nvcc
+// compiles, launchers included) on the host emulation of cuda_emu.h, and checks every result bit for bit against
+// independent references: the layout kernel copy_2d (all five access widths it picks, padding untouched), the
+// in-process all-reduce's reduce_sum (every dtype, scalar and 16-byte vector paths with tails, several sources and
+// destinations, in place), convert (all twelve dtype pairs, correctly rounded, including the double -> f16/bf16
+// ties that a double rounding would get wrong), the GEMM epilogue scale_bias_act, gelu_backward and wait_flag.
+// Every buffer lies against a guard page; every launch must be a valid configuration with no emulator findings.
+//
+// This proves the kernels' index math, launch configurations and arithmetic on a machine without a GPU. The
+// device's own math library (tanhf) differs from the host's by an ulp or so: GeLU results are compared with a
+// tolerance, everything else exactly. It does not replace cuda_check on a GPU.
+#define SW_CUDA_HOST_EMULATION 1
+#include "cuda_emu.h"
+
+#include "cuda/kernels.cu"
+#include "emu_test_util.h"
+
+#include <cfloat>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using emu_test::Format16;
+using emu_test::Guarded;
+
+int g_failures = 0, g_checks = 0;
+const Format16 kF16(10, 5), kBF16(7, 8);
+
+void report(bool ok, const std::string& what, const std::vector<std::string>& details = {}) {
+    ++g_checks;
+    if (!ok) {
+        ++g_failures;
+        std::printf("FAIL %s\n", what.c_str());
+        for (size_t i = 0; i < details.size() && i < 8; ++i) std::printf("       %s\n", details[i].c_str());
+    } else {
+        std::printf("ok   %s\n", what.c_str());
+    }
+}
+
+// A launcher call must succeed with a clean emulator run.
+void expect_launch(cudaError_t st, std::vector<std::string>& problems) {
+    if (st != cudaSuccess) problems.push_back("launch returned cudaError " + std::to_string(static_cast<int>(st)));
+    for (auto& f : sw::emu::take_findings()) problems.push_back("emulator: " + f);
+}
+
+std::mt19937_64 g_rng(0x6b65726eu ^ static_cast<uint64_t>(std::random_device{}()));
+
+size_t dtype_size(sw_dtype t) { return sw::dtype_bytes(t); }
+const char* name(sw_dtype t) { return sw::dtype_name(t); }
+
+// Element i of a buffer of dtype t, as an exact double (NaN stays NaN).
+double get(sw_dtype t, const void* p, size_t i) {
+    switch (t) {
+    case SW_DTYPE_F32: return static_cast<const float*>(p)[i];
+    case SW_DTYPE_F64: return static_cast<const double*>(p)[i];
+    case SW_DTYPE_I32: return static_cast<const int32_t*>(p)[i];
+    case SW_DTYPE_F16: return kF16.decode(static_cast<const uint16_t*>(p)[i]);
+    case SW_DTYPE_BF16: return kBF16.decode(static_cast<const uint16_t*>(p)[i]);
+    default: return NAN;
+    }
+}
+// Stores v (representable, or rounded to nearest even) as element i.
+void put(sw_dtype t, void* p, size_t i, double v) {
+    switch (t) {
+    case SW_DTYPE_F32: static_cast<float*>(p)[i] = static_cast<float>(v); break;
+    case SW_DTYPE_F64: static_cast<double*>(p)[i] = v; break;
+    case SW_DTYPE_I32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
+    case SW_DTYPE_F16: static_cast<uint16_t*>(p)[i] = kF16.round(v); break;
+    case SW_DTYPE_BF16: static_cast<uint16_t*>(p)[i] = kBF16.round(v); break;
+    default: break;
+    }
+}
+std::string bits_of(sw_dtype t, const void* p, size_t i) {
+    const size_t es = dtype_size(t);
+    uint64_t v = 0;
+    std::memcpy(&v, static_cast<const char*>(p) + i * es, es);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "0x%0*" PRIx64 " (%.9g)", static_cast<int>(es * 2), v, get(t, p, i));
+    return buf;
+}
+
+// ------------------------------------------------------------------------------------------ conversions
+// The emulation's 16-bit conversions (used for the kernels' f16/bf16 arithmetic) against the search reference.
+void check_emulated_conversions() {
+    std::vector<std::string> problems;
+    std::vector<float> probes = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.99f, 65520.0f, 65536.0f, 1e-8f, 5.96e-8f,
+                                 2.98e-8f, 2.99e-8f, 6.1e-5f, 3.0e38f, 3.4e38f, FLT_MAX, FLT_MIN, 1e-40f, INFINITY,
+                                 -INFINITY};
+    for (const Format16* f : {&kF16, &kBF16})
+        for (uint32_t b = 0; b < 0x7c00u || (f == &kBF16 && b < 0x7f80u); ++b) { // every tie between neighbours
+            const double lo = f->decode(static_cast<uint16_t>(b)), hi = f->decode(static_cast<uint16_t>(b + 1));
+            if (std::isinf(hi)) break;
+            const auto mid = static_cast<float>((lo + hi) / 2); // exact in float for both formats
+            probes.push_back(mid);
+            probes.push_back(std::nextafter(mid, 0.0f));
+            probes.push_back(std::nextafter(mid, INFINITY));
+            if (b % 97 == 0) probes.push_back(-mid);
+        }
+    std::uniform_int_distribution<uint32_t> any;
+    for (int i = 0; i < 20000; ++i) probes.push_back(__uint_as_float(any(g_rng)));
+    for (float v : probes) {
+        const uint16_t h = sw::emu::float_to_f16(v), want_h = kF16.round(v);
+        const uint16_t b = sw::emu::float_to_bf16(v), want_b = kBF16.round(v);
+        const bool nan = std::isnan(v);
+        if (nan ? !kF16.is_nan(h) : h != want_h) problems.push_back("f16 of " + std::to_string(v));
+        if (nan ? !kBF16.is_nan(b) : b != want_b) problems.push_back("bf16 of " + std::to_string(v));
+        if (!nan && sw::emu::f16_to_float(h) != static_cast<float>(kF16.decode(h))) problems.push_back("f16 decode");
+        if (!nan && sw::emu::bf16_to_float(b) != static_cast<float>(kBF16.decode(b))) problems.push_back("bf16 decode");
+    }
+    report(problems.empty(), "emulated f16/bf16 conversions round to nearest even (" + std::to_string(probes.size()) +
+                                 " values incl. every tie)", problems);
+}
+
+// ------------------------------------------------------------------------------------------ copy_2d
+void check_copy_2d() {
+    struct C { int64_t rows, cols, ld_src, ld_dst; int32_t es; size_t src_off, dst_off; };
+    // Chosen so that the launcher's unit (the widest dividing both addresses, both pitches and the row width) is,
+    // in order: 16, 8, 4, 2 and 1 bytes; then uneven shards as the all-gather's layout step makes them.
+    const C cases[] = {{7, 12, 16, 20, 4, 0, 0}, {5, 6, 10, 8, 4, 8, 0}, {9, 33, 35, 40, 4, 4, 0},
+                       {3, 5, 7, 9, 2, 2, 6}, {4, 9, 11, 13, 1, 1, 3}, {1, 1, 1, 1, 8, 0, 0},
+                       {70, 3, 3, 10, 4, 0, 28}, {2, 1000, 1000, 2100, 2, 0, 2000}, {33, 17, 17, 51, 8, 0, 136}};
+    bool widths[17] = {};
+    for (const C& c : cases) {
+        const size_t sbytes = static_cast<size_t>(c.rows * c.ld_src * c.es) + c.src_off;
+        const size_t dbytes = static_cast<size_t>(c.rows * c.ld_dst * c.es) + c.dst_off;
+        Guarded gs(sbytes, 0), gd(dbytes, 0);
+        std::uniform_int_distribution<int> byte(0, 255);
+        for (size_t i = 0; i < sbytes; ++i) gs.as<uint8_t>()[i] = static_cast<uint8_t>(byte(g_rng));
+        for (size_t i = 0; i < dbytes; ++i) gd.as<uint8_t>()[i] = 0xA5; // poison
+        std::vector<uint8_t> before(gd.as<uint8_t>(), gd.as<uint8_t>() + dbytes);
+        uint8_t* dst = gd.as<uint8_t>() + c.dst_off;
+        const uint8_t* src = gs.as<uint8_t>() + c.src_off;
+        const uintptr_t bits = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
+                               static_cast<uintptr_t>(c.ld_dst * c.es) | static_cast<uintptr_t>(c.ld_src * c.es) |
+                               static_cast<uintptr_t>(c.cols * c.es);
+        const int unit = bits % 16 == 0 ? 16 : bits % 8 == 0 ? 8 : bits % 4 == 0 ? 4 : bits % 2 == 0 ? 2 : 1;
+        widths[unit] = true;
+        std::vector<std::string> problems;
+        expect_launch(sw::cuda::launch_copy_2d(dst, c.ld_dst, src, c.ld_src, c.rows, c.cols, c.es, nullptr), problems);
+        for (int64_t r = 0; r < c.rows; ++r)
+            for (int64_t b = 0; b < c.ld_dst * c.es; ++b) {
+                const size_t di = c.dst_off + static_cast<size_t>(r * c.ld_dst * c.es + b);
+                const uint8_t want = b < c.cols * c.es ? src[r * c.ld_src * c.es + b] : before[di];
+                if (gd.as<uint8_t>()[di] != want && problems.size() < 6)
+                    problems.push_back("row " + std::to_string(r) + " byte " + std::to_string(b) +
+                                       (b < c.cols * c.es ? " not copied" : " (padding) was written"));
+            }
+        for (size_t i = 0; i < c.dst_off; ++i)
+            if (gd.as<uint8_t>()[i] != before[i] && problems.size() < 6) problems.push_back("bytes before dst written");
+        report(problems.empty(), "copy_2d " + std::to_string(c.rows) + "x" + std::to_string(c.cols) + " es=" +
+                                     std::to_string(c.es) + " ld " + std::to_string(c.ld_src) + "->" +
+                                     std::to_string(c.ld_dst) + " (" + std::to_string(unit) + "-byte units)", problems);
+    }
+    report(widths[16] && widths[8] && widths[4] && widths[2] && widths[1], "copy_2d cases cover 16/8/4/2/1-byte units");
+}
+
+// ------------------------------------------------------------------------------------------ reduce_sum
+// The reference sums in source order in the kernel's accumulator type: float (f32, f16, bf16: one rounding at the
+// end for the 16-bit types), double, or modulo 2^32 (i32).
+double reduce_reference(sw_dtype t, const std::vector<const void*>& srcs, size_t i) {
+    if (t == SW_DTYPE_F64) {
+        double acc = get(t, srcs[0], i);
+        for (size_t s = 1; s < srcs.size(); ++s) acc += get(t, srcs[s], i);
+        return acc;
+    }
+    if (t == SW_DTYPE_I32) {
+        uint32_t acc = static_cast<uint32_t>(static_cast<const int32_t*>(srcs[0])[i]);
+        for (size_t s = 1; s < srcs.size(); ++s) acc += static_cast<uint32_t>(static_cast<const int32_t*>(srcs[s])[i]);
+        return static_cast<int32_t>(acc);
+    }
+    auto acc = static_cast<float>(get(t, srcs[0], i));
+    for (size_t s = 1; s < srcs.size(); ++s) acc += static_cast<float>(get(t, srcs[s], i));
+    return acc; // put() rounds it once to f16 / bf16
+}
+
+void check_reduce_sum() {
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_I32, SW_DTYPE_F16, SW_DTYPE_BF16};
+    const uint64_t counts[] = {1, 7, 37, 1027};
+    int variant = 0;
+    for (sw_dtype t : types)
+        for (uint64_t count : counts)
+            for (int nsrc : {1, 3, 5})
+                for (bool aligned : {true, false}) {
+                    ++variant;
+                    const int ndst = 1 + variant % 2;
+                    const bool in_place = variant % 3 == 0 && nsrc > 1; // dst[0] is src[1]
+                    const size_t es = dtype_size(t), off = aligned ? 0 : es; // one element off 16-byte alignment
+                    std::vector<std::unique_ptr<Guarded>> bufs;
+                    std::vector<const void*> srcs;
+                    std::vector<void*> dsts;
+                    std::uniform_real_distribution<double> uni(-4.0, 4.0);
+                    std::uniform_int_distribution<int32_t> big(INT32_MIN, INT32_MAX);
+                    for (int s = 0; s < nsrc; ++s) {
+                        // Guarded places the end at a page boundary: size the buffers in 16-byte multiples so that
+                        // the aligned case really is aligned.
+                        const size_t bytes = (count * es + off + 15) / 16 * 16;
+                        bufs.push_back(std::make_unique<Guarded>(bytes, 0));
+                        void* p = bufs.back()->as<char>() + off;
+                        for (uint64_t i = 0; i < count; ++i) {
+                            if (t == SW_DTYPE_I32) static_cast<int32_t*>(p)[i] = big(g_rng); // wraps on purpose
+                            else put(t, p, i, uni(g_rng));
+                        }
+                        srcs.push_back(p);
+                    }
+                    std::vector<std::vector<char>> saved; // the sources' values before an in-place run
+                    for (const void* s : srcs)
+                        saved.emplace_back(static_cast<const char*>(s), static_cast<const char*>(s) + count * es);
+                    for (int d = 0; d < ndst; ++d) {
+                        if (d == 0 && in_place) {
+                            dsts.push_back(const_cast<void*>(srcs[1]));
+                            continue;
+                        }
+                        const size_t bytes = (count * es + off + 15) / 16 * 16;
+                        bufs.push_back(std::make_unique<Guarded>(bytes, 0));
+                        std::memset(bufs.back()->as<void>(), 0xFF, bytes); // NaN / -1 poison
+                        dsts.push_back(bufs.back()->as<char>() + off);
+                    }
+                    std::vector<std::string> problems;
+                    expect_launch(sw::cuda::launch_reduce_sum(t, srcs.data(), nsrc, dsts.data(), ndst, count, nullptr),
+                                  problems);
+                    std::vector<const void*> orig;
+                    for (const auto& v : saved) orig.push_back(v.data());
+                    std::vector<char> want(es);
+                    for (uint64_t i = 0; i < count; ++i) {
+                        put(t, want.data(), 0, reduce_reference(t, orig, i));
+                        for (int d = 0; d < ndst; ++d)
+                            if (std::memcmp(static_cast<char*>(dsts[d]) + i * es, want.data(), es) != 0 && problems.size() < 6)
+                                problems.push_back("dst " + std::to_string(d) + "[" + std::to_string(i) + "] = " +
+                                                   bits_of(t, dsts[d], i) + ", expected " + bits_of(t, want.data(), 0));
+                    }
+                    char what[160];
+                    std::snprintf(what, sizeof what, "reduce_sum %s count=%llu nsrc=%d ndst=%d %s%s", name(t),
+                                  static_cast<unsigned long long>(count), nsrc, ndst,
+                                  aligned ? "16-byte aligned (vector path + tail)" : "misaligned (scalar path)",
+                                  in_place ? " in place" : "");
+                    report(problems.empty(), what, problems);
+                }
+}
+
+// ------------------------------------------------------------------------------------------ convert
+void check_convert() {
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_F16, SW_DTYPE_BF16};
+    for (sw_dtype from : types)
+        for (sw_dtype to : types) {
+            if (from == to) continue;
+            // Source values: specials, each format's extremes, random values, and (from f64) the exact ties between
+            // neighbouring f16 / bf16 values and the doubles just beside them, which a double rounding through
+            // float would round the wrong way.
+            std::vector<double> v = {0.0, -0.0, 1.0, -2.5, INFINITY, -INFINITY, NAN, 65504.0, 65520.0, 1e-7, 3e-8,
+                                     1e30, -1e-30, 3.3895313892515355e38, 1e-40};
+            std::uniform_real_distribution<double> uni(-10.0, 10.0);
+            for (int i = 0; i < 200; ++i) v.push_back(uni(g_rng) * std::ldexp(1.0, static_cast<int>(g_rng() % 40) - 20));
+            if (from == SW_DTYPE_F64)
+                for (const Format16* f : {&kF16, &kBF16})
+                    for (int i = 0; i < 300; ++i) {
+                        const auto b = static_cast<uint16_t>(g_rng() % (f == &kF16 ? 0x7bffu : 0x7f7fu));
+                        const double mid = (f->decode(b) + f->decode(static_cast<uint16_t>(b + 1))) / 2;
+                        v.push_back(mid);
+                        v.push_back(std::nextafter(mid, 0.0));
+                        v.push_back(std::nextafter(mid, INFINITY));
+                        v.push_back(mid + std::ldexp(mid, -40)); // rounds to the tie in float: the double-rounding trap
+                        v.push_back(mid - std::ldexp(mid, -40));
+                    }
+            const size_t n = v.size();
+            Guarded gs(n * dtype_size(from), 0), gd(n * dtype_size(to), 0);
+            // The source holds v rounded to `from`; the expected result is that value correctly rounded to `to`.
+            for (size_t i = 0; i < n; ++i) {
+                if (from == SW_DTYPE_F32 && std::fabs(v[i]) > FLT_MAX && !std::isinf(v[i])) v[i] = 0.5;
+                put(from, gs.as<void>(), i, v[i]);
+            }
+            std::memset(gd.as<void>(), 0x7F, n * dtype_size(to));
+            std::vector<std::string> problems;
+            expect_launch(sw::cuda::launch_convert(from, gs.as<void>(), to, gd.as<void>(), n, nullptr), problems);
+            std::vector<char> want(dtype_size(to));
+            for (size_t i = 0; i < n; ++i) {
+                const double x = get(from, gs.as<void>(), i);
+                if (std::isnan(x)) {
+                    if (!std::isnan(get(to, gd.as<void>(), i))) problems.push_back("NaN did not stay NaN");
+                    continue;
+                }
+                if (to == SW_DTYPE_F32 && std::fabs(x) > FLT_MAX && !std::isinf(x)) {
+                    // Past FLT_MAX: the nearest-even rule gives infinity from FLT_MAX + half an ulp on.
+                    const double lim = static_cast<double>(FLT_MAX) + std::ldexp(1.0, 103);
+                    const float w = std::fabs(x) >= lim ? INFINITY : FLT_MAX;
+                    *reinterpret_cast<float*>(want.data()) = std::copysign(w, static_cast<float>(x > 0 ? 1 : -1));
+                } else {
+                    put(to, want.data(), 0, x);
+                }
+                if (std::memcmp(gd.as<char>() + i * dtype_size(to), want.data(), dtype_size(to)) != 0 && problems.size() < 6) {
+                    char buf[200];
+                    std::snprintf(buf, sizeof buf, "%.17g -> %s, expected %s", x, bits_of(to, gd.as<void>(), i).c_str(),
+                                  bits_of(to, want.data(), 0).c_str());
+                    problems.push_back(buf);
+                }
+            }
+            report(problems.empty(), std::string("convert ") + name(from) + " -> " + name(to) + " (" + std::to_string(n) +
+                                         " values, correctly rounded)", problems);
+        }
+}
+
+// ------------------------------------------------------------------------------------------ epilogue, GeLU backward
+double gelu64(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+double gelu_grad64(double x) {
+    const double k = 0.7978845608028654, t = std::tanh(k * (x + 0.044715 * x * x * x));
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+}
+// Relative tolerance of a result computed in the kernel's compute type and rounded to t.
+double tolerance(sw_dtype t, double ref, double scale) {
+    const double ulp = t == SW_DTYPE_F64 ? 1e-14 : t == SW_DTYPE_F32 ? 1e-6 : t == SW_DTYPE_F16 ? 1.0 / 1024 : 1.0 / 128;
+    return ulp * (std::fabs(ref) + scale) + 1e-300;
+}
+
+void check_scale_bias_act() {
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_F16, SW_DTYPE_BF16};
+    struct S { int64_t rows, cols, ld; };
+    const S shapes[] = {{1, 1, 1}, {5, 37, 40}, {3, 300, 301}};
+    int variant = 0;
+    for (sw_dtype t : types)
+        for (const S& s : shapes)
+            for (float beta : {0.0f, 0.5f})
+                for (bool bias_on : {false, true})
+                    for (bool gelu_on : {false, true}) {
+                        ++variant;
+                        if (variant % 2 == 0 && !(s.rows == 1)) continue; // half the combinations, all of the small one
+                        const size_t es = dtype_size(t), n = static_cast<size_t>(s.rows * s.ld);
+                        Guarded gy(n * es, 0), gb(static_cast<size_t>(s.cols) * es, 0);
+                        std::uniform_real_distribution<double> uni(-3.0, 3.0);
+                        std::vector<double> y0(n), b0(static_cast<size_t>(s.cols));
+                        for (size_t i = 0; i < n; ++i) {
+                            const bool pad = static_cast<int64_t>(i % static_cast<size_t>(s.ld)) >= s.cols;
+                            put(t, gy.as<void>(), i, pad ? 7.0 : (beta == 0.0f ? NAN : uni(g_rng))); // not read if beta = 0
+                            y0[i] = get(t, gy.as<void>(), i);
+                        }
+                        for (int64_t j = 0; j < s.cols; ++j) {
+                            put(t, gb.as<void>(), static_cast<size_t>(j), uni(g_rng));
+                            b0[static_cast<size_t>(j)] = get(t, gb.as<void>(), static_cast<size_t>(j));
+                        }
+                        std::vector<std::string> problems;
+                        expect_launch(sw::cuda::launch_scale_bias_act(t, gy.as<void>(), s.ld, s.rows, s.cols, beta,
+                                                                      bias_on ? gb.as<void>() : nullptr, gelu_on, nullptr),
+                                      problems);
+                        for (int64_t r = 0; r < s.rows; ++r)
+                            for (int64_t j = 0; j < s.ld; ++j) {
+                                const size_t i = static_cast<size_t>(r * s.ld + j);
+                                const double got = get(t, gy.as<void>(), i);
+                                if (j >= s.cols) {
+                                    if (got != 7.0 && problems.size() < 6) problems.push_back("padding written");
+                                    continue;
+                                }
+                                double v = beta == 0.0f ? 0.0 : beta * y0[i];
+                                if (bias_on) v += b0[static_cast<size_t>(j)];
+                                if (gelu_on) v = gelu64(v);
+                                if (!(std::fabs(got - v) <= tolerance(t, v, gelu_on ? 1.0 : 0.0)) && problems.size() < 6) {
+                                    char buf[120];
+                                    std::snprintf(buf, sizeof buf, "y(%lld, %lld) = %.9g, expected %.9g",
+                                                  static_cast<long long>(r), static_cast<long long>(j), got, v);
+                                    problems.push_back(buf);
+                                }
+                            }
+                        char what[160];
+                        std::snprintf(what, sizeof what, "scale_bias_act %s %lldx%lld ld=%lld beta=%g%s%s", name(t),
+                                      static_cast<long long>(s.rows), static_cast<long long>(s.cols),
+                                      static_cast<long long>(s.ld), beta, bias_on ? " +bias" : "", gelu_on ? " +gelu" : "");
+                        report(problems.empty(), what, problems);
+                    }
+}
+
+void check_gelu_backward() {
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_F16, SW_DTYPE_BF16};
+    for (sw_dtype t : types)
+        for (uint64_t count : {uint64_t{1}, uint64_t{1000}})
+            for (bool in_place : {false, true}) {
+                const size_t es = dtype_size(t);
+                Guarded gx(count * es, 0), gdy(count * es, 0), gdx(count * es, 0);
+                std::uniform_real_distribution<double> uni(-4.0, 4.0);
+                std::vector<double> x(count), dy(count);
+                for (uint64_t i = 0; i < count; ++i) {
+                    put(t, gx.as<void>(), i, uni(g_rng));
+                    put(t, gdy.as<void>(), i, uni(g_rng));
+                    x[i] = get(t, gx.as<void>(), i);
+                    dy[i] = get(t, gdy.as<void>(), i);
+                }
+                std::memset(gdx.as<void>(), 0xFF, count * es);
+                void* dx = in_place ? gdy.as<void>() : gdx.as<void>();
+                std::vector<std::string> problems;
+                expect_launch(sw::cuda::launch_gelu_backward(t, gx.as<void>(), gdy.as<void>(), dx, count, nullptr), problems);
+                for (uint64_t i = 0; i < count; ++i) {
+                    const double want = dy[i] * gelu_grad64(x[i]), got = get(t, dx, i);
+                    if (!(std::fabs(got - want) <= tolerance(t, want, std::fabs(dy[i]))) && problems.size() < 6) {
+                        char buf[120];
+                        std::snprintf(buf, sizeof buf, "dx[%llu] = %.9g, expected %.9g", static_cast<unsigned long long>(i),
+                                      got, want);
+                        problems.push_back(buf);
+                    }
+                }
+                report(problems.empty(), std::string("gelu_backward ") + name(t) + " count=" + std::to_string(count) +
+                                             (in_place ? " in place (dx = dy)" : ""), problems);
+            }
+}
+
+void check_wait_flag() {
+    // Only flags that have already reached their target (an unreached one would spin: the emulation has no
+    // concurrent host thread): equal, past, and past across the 2^32 wrap.
+    std::vector<std::string> problems;
+    const uint32_t pairs[][2] = {{5, 5}, {9, 5}, {5, 0xFFFFFFF0u}};
+    for (const auto& p : pairs) {
+        volatile uint32_t flag = p[0];
+        expect_launch(sw::cuda::launch_wait_flag(&flag, p[1], nullptr), problems);
+    }
+    report(problems.empty(), "wait_flag returns for reached flags (incl. across the 2^32 wrap)", problems);
+}
+
+} // namespace
+
+int main() {
+    check_emulated_conversions();
+    check_copy_2d();
+    check_reduce_sum();
+    check_convert();
+    check_scale_bias_act();
+    check_gelu_backward();
+    check_wait_flag();
+    std::printf("kernels_emu_check: %d checks, %d failures\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+}
