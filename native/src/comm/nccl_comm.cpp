@@ -419,7 +419,8 @@ void* init_rank(const NcclApi& n, sw_device_s* d, const NcclUniqueId& id, int32_
                 const char* how) {
     std::string err;
     cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
-    // NCCL (2.14 only) keeps writing through this pointer from its init thread: it lives until init is over or aborted.
+    // NCCL's init thread may write through this pointer (2.14 to 2.19.1 keep it in the init job, job->newcomm): it
+    // lives until init is over or aborted.
     void* nc = nullptr;
     if (!n.CommInitRankConfig) {
         const int rc = n.CommInitRank(&nc, world, id, rank);
@@ -506,7 +507,7 @@ SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* 
         NcclUniqueId id{};
         int rc = n.GetUniqueId(&id);
         if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
-        // Written by NCCL (2.14's init threads write through &comms[r]): not resized until init is over or aborted.
+        // NCCL's init threads may write through &comms[r] (2.14 to 2.19.1): not resized until init is over or aborted.
         std::vector<void*> comms(world_size, nullptr);
         const bool nonblocking = n.CommInitRankConfig != nullptr;
         NcclConfigV21400 config = nccl_nonblocking_config();
