@@ -380,19 +380,32 @@ SW_API sw_status sw_nccl_get_info(int32_t* available, int32_t* version_code, cha
  * rank that never comes fails the others with SW_ERR_TIMEOUT naming it, instead of NCCL hanging); while NCCL runs,
  * ncclCommGetAsyncError, the timeout and sw_comm_abort are polled, and any of them aborts the NCCL communicator
  * (ncclCommAbort) so that no stream hangs. Uneven collectives use grouped ncclBroadcast / ncclReduce. fp32, fp64,
- * fp16, bf16, i32 (sums), u8 (gathers). SW_ERR_NOT_FOUND when NCCL cannot be loaded (see sw_nccl_get_info). */
+ * fp16, bf16, i32 (sums), u8 (gathers). SW_ERR_NOT_FOUND when NCCL cannot be loaded (see sw_nccl_get_info).
+ * Creation has a deadline where NCCL has ncclCommInitRankConfig (2.14+): the communicators are made non-blocking
+ * (ncclConfig_t blocking = 0) and NCCL's initialization is polled against timeout_ms (0: SHARDWISE_TIMEOUT_MS or 10
+ * minutes); if not every rank has called in by then, the create call fails with SW_ERR_TIMEOUT naming this rank and
+ * the world size (NCCL cannot tell which rank is missing) and its communicator is aborted; an error during NCCL's
+ * initialization gives SW_ERR_BACKEND. With an older NCCL (no ncclCommInitRankConfig; sw_nccl_get_info lists it as
+ * missing) creation calls the blocking ncclCommInitRank, which waits for every rank with no deadline; so does
+ * ncclCommInitRankConfig when NCCL_COMM_BLOCKING=1 is set (NCCL lets it override the configuration). Tested against
+ * a host-memory stand-in for NCCL only; real NCCL has not run these paths. */
 /* Writes a new ncclUniqueId (128 bytes) into id. */
 SW_API sw_status sw_nccl_get_unique_id(uint8_t* id);
-/* Single process, several GPUs: rank r on devices[r] (distinct GPUs), all created here (ncclCommInitRank inside one
- * group). Collectives of different ranks are called from different host threads or queued on different streams. */
+/* Single process, several GPUs: rank r on devices[r] (distinct GPUs), all created here (ncclCommInitRankConfig, or
+ * ncclCommInitRank, inside one group; the non-blocking communicators polled together against timeout_ms, and all
+ * aborted if any fails or is not done in time: SW_ERR_TIMEOUT names the ranks not done). Collectives of different
+ * ranks are called from different host threads or queued on different streams. */
 SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms, sw_comm* out);
 /* One rank per process (as sw_comm_create_tcp): rank 0 makes the unique id and publishes it in the store under
- * prefix; every rank also connects to the others over TCP for the host side (agreement, abort notices). */
+ * prefix; every rank also connects to the others over TCP for the host side (agreement, abort notices), which proves
+ * every rank alive before NCCL's initialization (itself under the deadline above where NCCL allows it). */
 SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const char* prefix, int32_t rank,
                                      int32_t world_size, int64_t timeout_ms, sw_comm* out);
 /* One rank per process with a unique id the caller passed around (from sw_nccl_get_unique_id on one rank). The ranks
  * have no other channel, so the agreement on each call travels through NCCL itself: mismatches are still caught, but
- * a timeout cannot name the late rank and an abort is not announced to the peers (they fail at their timeout). */
+ * a timeout cannot name the late rank and an abort is not announced to the peers (they fail at their timeout). A rank
+ * that never calls this makes the others fail here with SW_ERR_TIMEOUT after timeout_ms where NCCL has
+ * ncclCommInitRankConfig; with an older NCCL they wait for it forever. */
 SW_API sw_status sw_comm_create_nccl_id(sw_device device, const uint8_t* unique_id, int32_t rank, int32_t world_size,
                                         int64_t timeout_ms, sw_comm* out);
 /* One rank per process started by mpirun, MPI as the bootstrap: rank 0's unique id reaches the others over MPI, and

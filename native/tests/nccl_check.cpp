@@ -3,7 +3,12 @@
 // every rank in this process (sw_comm_create_nccl_local) and one rank per "process" over the TCP store
 // (sw_comm_create_nccl, ranks on threads here) — checked against float64 sums; then a mismatch, a rank that never
 // comes, and bad arguments. It proves the core's side only; real NCCL on GPUs is validated on a GPU machine.
+// Communicator creation: with the stand-in's ncclCommInitRankConfig the communicators are non-blocking (creation polled
+// against the timeout; a rank that never comes fails the others with SW_ERR_TIMEOUT), and every collective runs over
+// NCCL's ncclInProgress protocol; `--blocking` runs the same checks against the stand-in without it (an NCCL 2.13:
+// blocking ncclCommInitRank). The stand-in checks the ncclConfig_t it is given as NCCL does (size, magic, version).
 #include "shardwise.h"
+#include "comm/nccl_api.h"
 
 #include <atomic>
 #include <chrono>
@@ -11,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <dlfcn.h>
 #include <random>
 #include <string>
 #include <thread>
@@ -138,6 +144,76 @@ static std::vector<sw_status> one_all_reduce(sw_comm* comms, int p, sw_device* d
     return st;
 }
 
+// sw_comm_create_nccl_id for every rank but `missing` on threads (NCCL's initialization waits for every rank);
+// returns the statuses and messages.
+static std::vector<sw_status> create_by_id(const uint8_t* id, int p, sw_device* devs, int64_t timeout_ms, std::vector<sw_comm>* comms,
+                                           std::vector<std::string>* msgs, int missing = -1) {
+    comms->assign(p, nullptr);
+    msgs->assign(p, "");
+    std::vector<sw_status> st(p, SW_OK);
+    std::vector<std::thread> th;
+    for (int r = 0; r < p; ++r)
+        if (r != missing)
+            th.emplace_back([&, r] {
+                st[r] = sw_comm_create_nccl_id(devs[r], id, r, p, timeout_ms, &(*comms)[r]);
+                (*msgs)[r] = sw_last_error();
+            });
+    for (auto& t : th) t.join();
+    return st;
+}
+
+// The stand-in's own ncclCommInitRankConfig, called directly: it accepts the ncclConfig_t Shardwise passes (and makes
+// a non-blocking communicator: ncclInProgress until both ranks have called in) and refuses wrong ones as NCCL does, or
+// more strictly (see parse_config in fake_nccl.cpp), so that a wrong layout on our side cannot pass unnoticed.
+static void stand_in_config_checks() {
+    void* lib = dlopen(SHARDWISE_FAKE_NCCL, RTLD_NOW | RTLD_LOCAL);
+    CHECK(lib != nullptr, "dlopen %s: %s", SHARDWISE_FAKE_NCCL, dlerror());
+    if (!lib) return;
+    using InitConfig = int (*)(void**, int, sw::NcclUniqueId, int, sw::NcclConfigV21400*);
+    auto init = reinterpret_cast<InitConfig>(dlsym(lib, "ncclCommInitRankConfig"));
+    auto unique = reinterpret_cast<int (*)(sw::NcclUniqueId*)>(dlsym(lib, "ncclGetUniqueId"));
+    auto state = reinterpret_cast<int (*)(void*, int*)>(dlsym(lib, "ncclCommGetAsyncError"));
+    auto destroy = reinterpret_cast<int (*)(void*)>(dlsym(lib, "ncclCommDestroy"));
+    auto abort_comm = reinterpret_cast<int (*)(void*)>(dlsym(lib, "ncclCommAbort"));
+    CHECK(init && unique && state && destroy && abort_comm, "stand-in symbols");
+    if (!init || !unique || !state || !destroy || !abort_comm) return;
+    sw::NcclUniqueId id{};
+    unique(&id);
+    sw::NcclConfigV21400 good = sw::nccl_nonblocking_config();
+    CHECK(good.size == 24 && good.magic == 0xcafebeef && good.version == 21400 && good.blocking == 0, "our ncclConfig_t");
+    auto refused = [&](sw::NcclConfigV21400 bad, const char* what) {
+        void* c = nullptr;
+        const int rc = init(&c, 2, id, 0, &bad);
+        CHECK(rc == 4 /* ncclInvalidArgument */, "stand-in accepted a config with %s: %d", what, rc);
+        if (c) abort_comm(c);
+    };
+    auto bad = good;
+    bad.magic = 0xcafebeee;
+    refused(bad, "a wrong magic");
+    bad = good;
+    bad.version = 21300;
+    refused(bad, "version 2.13");
+    bad = good;
+    bad.version = 21700;
+    refused(bad, "version 2.17 but 2.14's size");
+    bad = good;
+    bad.size = 16;
+    refused(bad, "a size without blocking");
+    bad = good;
+    bad.blocking = 2;
+    refused(bad, "blocking = 2");
+    void* c0 = nullptr;
+    void* c1 = nullptr;
+    int s0 = -1, s1 = -1;
+    CHECK(init(&c0, 2, id, 0, &good) == sw::kNcclInProgress, "non-blocking init returns ncclInProgress");
+    CHECK(c0 && state(c0, &s0) == 0 && s0 == sw::kNcclInProgress, "rank 0 alone: state %d, expected ncclInProgress", s0);
+    CHECK(init(&c1, 2, id, 1, &good) == sw::kNcclInProgress, "non-blocking init returns ncclInProgress");
+    CHECK(c0 && c1 && state(c0, &s0) == 0 && s0 == 0 && state(c1, &s1) == 0 && s1 == 0, "both ranks in: states %d %d", s0, s1);
+    if (c0) destroy(c0);
+    if (c1) destroy(c1);
+    dlclose(lib);
+}
+
 // --real: real NCCL (libnccl.so.2 from SHARDWISE_NCCL_PATH or the library path) on the first GPU, world size 1 (NCCL
 // allows one rank per GPU), both modes; exits 77 (skipped) without a GPU or NCCL.
 static int real_gpu() {
@@ -239,13 +315,22 @@ int main(int argc, char** argv) {
         setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
         return mpi_bootstrap();
     }
+    // --blocking: the stand-in without ncclCommInitRankConfig (an NCCL 2.13), so communicators are made blocking.
+    const bool nonblocking = !(argc > 1 && std::strcmp(argv[1], "--blocking") == 0);
     setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
     setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "3", 1);
-    setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
+    setenv("SHARDWISE_NCCL_PATH", nonblocking ? SHARDWISE_FAKE_NCCL : SHARDWISE_FAKE_NCCL_NOCONFIG, 1);
     int32_t available = 0, version = 0;
     char text[1024];
     OK(sw_nccl_get_info(&available, &version, text, sizeof text));
-    CHECK(available == 1 && version == 21803 && std::strstr(text, "NCCL 2.18.3"), "nccl info: %d %d %s", available, version, text);
+    if (nonblocking)
+        CHECK(available == 1 && version == 21803 && std::strstr(text, "NCCL 2.18.3") && !std::strstr(text, "ncclCommInitRankConfig"),
+              "nccl info: %d %d %s", available, version, text);
+    else
+        CHECK(available == 1 && version == 21303 && std::strstr(text, "NCCL 2.13.3") && std::strstr(text, "ncclCommInitRankConfig"),
+              "nccl info (no ncclCommInitRankConfig): %d %d %s", available, version, text);
+    std::printf("%s: %s\n", nonblocking ? "non-blocking communicators" : "blocking communicators", text);
+    if (nonblocking) stand_in_config_checks();
     const int p = 3;
     sw_device devs[p];
     for (int r = 0; r < p; ++r) OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &devs[r]));
@@ -351,11 +436,12 @@ int main(int argc, char** argv) {
     uint8_t id[128];
     OK(sw_nccl_get_unique_id(id));
     {
-        std::vector<sw_comm> byid(p, nullptr);
+        std::vector<sw_comm> byid;
+        st = create_by_id(id, p, devs, 2000, &byid, &msgs);
+        for (int r = 0; r < p; ++r) CHECK(st[r] == SW_OK, "unique id: create rank %d: %d %s", r, st[r], msgs[r].c_str());
         std::vector<std::thread> th;
         for (int r = 0; r < p; ++r)
             th.emplace_back([&, r] {
-                OK(sw_comm_create_nccl_id(devs[r], id, r, p, 2000, &byid[r]));
                 if (byid[r]) collectives(byid[r], r, p, devs[r]);
             });
         for (auto& t : th) t.join();
@@ -367,8 +453,9 @@ int main(int argc, char** argv) {
     }
     OK(sw_nccl_get_unique_id(id));
     {
-        std::vector<sw_comm> byid(p, nullptr);
-        for (int r = 0; r < p; ++r) OK(sw_comm_create_nccl_id(devs[r], id, r, p, 500, &byid[r]));
+        std::vector<sw_comm> byid;
+        st = create_by_id(id, p, devs, 500, &byid, &msgs);
+        for (int r = 0; r < p; ++r) CHECK(st[r] == SW_OK, "unique id: create rank %d: %d %s", r, st[r], msgs[r].c_str());
         st = one_all_reduce(byid.data(), p, devs, 2, -1, &msgs);
         for (int r = 0; r < 2; ++r)
             CHECK(st[r] == SW_ERR_TIMEOUT && msgs[r].find("cannot tell which") != std::string::npos, "unique id: late rank: rank %d: %d %s",
@@ -379,8 +466,9 @@ int main(int argc, char** argv) {
     // is using the NCCL communicator, is the one to abort it, once (ncclCommAbort frees it); then destroy.
     OK(sw_nccl_get_unique_id(id));
     {
-        std::vector<sw_comm> byid(p, nullptr);
-        for (int r = 0; r < p; ++r) OK(sw_comm_create_nccl_id(devs[r], id, r, p, 3000, &byid[r]));
+        std::vector<sw_comm> byid;
+        st = create_by_id(id, p, devs, 3000, &byid, &msgs);
+        for (int r = 0; r < p; ++r) CHECK(st[r] == SW_OK, "unique id: create rank %d: %d %s", r, st[r], msgs[r].c_str());
         std::thread aborter([&] {
             std::this_thread::sleep_for(std::chrono::milliseconds(300));
             OK(sw_comm_abort(byid[0]));
@@ -391,11 +479,46 @@ int main(int argc, char** argv) {
         CHECK(st[1] == SW_ERR_TIMEOUT, "unique id: abort while NCCL runs: rank 1: %d %s", st[1], msgs[1].c_str());
         for (auto c : byid) OK(sw_comm_destroy(c));
     }
+    // Communicator creation with a deadline (non-blocking NCCL): rank 2 never calls in; ranks 0 and 1 fail with
+    // SW_ERR_TIMEOUT after their 500 ms instead of hanging in NCCL's initialization. Rank 2, arriving after they gave
+    // up, fails too (its peers are gone) instead of hanging or getting a communicator.
+    if (nonblocking) {
+        OK(sw_nccl_get_unique_id(id));
+        std::vector<sw_comm> byid;
+        const auto t0 = std::chrono::steady_clock::now();
+        st = create_by_id(id, p, devs, 500, &byid, &msgs, /*missing=*/2);
+        const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        for (int r = 0; r < 2; ++r) {
+            const std::string want = "rank " + std::to_string(r) + " of 3 timed out after 500 ms";
+            CHECK(st[r] == SW_ERR_TIMEOUT && msgs[r].find(want) != std::string::npos && msgs[r].find("ncclCommInitRankConfig") != std::string::npos &&
+                      msgs[r].find("sw_comm_create_nccl_id") != std::string::npos && !byid[r],
+                  "init deadline: rank %d: %d %s", r, st[r], msgs[r].c_str());
+        }
+        CHECK(took >= 0.45 && took < 5, "init deadline: took %.2f s (timeout 0.5 s)", took);
+        const auto t1 = std::chrono::steady_clock::now();
+        sw_comm late = nullptr;
+        const sw_status late_st = sw_comm_create_nccl_id(devs[2], id, 2, p, 500, &late);
+        const std::string late_msg = sw_last_error();
+        const double late_took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+        CHECK(late_st == SW_ERR_BACKEND && late_msg.find("rank 2 of 3 failed during NCCL's initialization") != std::string::npos && !late,
+              "init deadline: late rank 2: %d %s", late_st, late_msg.c_str());
+        CHECK(late_took < 5, "init deadline: late rank took %.2f s", late_took);
+        sw_comm_destroy(late);
+        // The same unique-id job made again, every rank present, still works afterwards.
+        OK(sw_nccl_get_unique_id(id));
+        st = create_by_id(id, p, devs, 2000, &byid, &msgs);
+        for (int r = 0; r < p; ++r) CHECK(st[r] == SW_OK, "after the init timeout: create rank %d: %d %s", r, st[r], msgs[r].c_str());
+        st = one_all_reduce(byid.data(), p, devs, -1, -1, &msgs);
+        for (int r = 0; r < p; ++r) CHECK(st[r] == SW_OK, "after the init timeout: all_reduce rank %d: %d %s", r, st[r], msgs[r].c_str());
+        for (auto c : byid) OK(sw_comm_destroy(c));
+    }
     CHECK(sw_comm_create_nccl_id(devs[0], nullptr, 0, 1, 0, &comm) == SW_ERR_NULL_HANDLE, "NULL unique id");
     CHECK(sw_comm_create_nccl_id(devs[0], id, 3, 3, 0, &comm) == SW_ERR_INVALID_ARGUMENT && std::strstr(sw_last_error(), "rank = 3"),
           "rank out of range");
     sw_device_destroy(cpu);
     for (auto& d : devs) sw_device_destroy(d);
-    std::printf("%s\n", failures ? "FAILED" : "all NCCL checks passed (fake NCCL, emulated CUDA)");
+    std::printf("%s\n", failures ? "FAILED"
+                                  : nonblocking ? "all NCCL checks passed (fake NCCL, non-blocking communicators, emulated CUDA)"
+                                                : "all NCCL checks passed (fake NCCL without ncclCommInitRankConfig: blocking communicators, emulated CUDA)");
     return failures ? 1 : 0;
 }

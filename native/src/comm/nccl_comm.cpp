@@ -9,6 +9,19 @@
 // them, polling ncclCommGetAsyncError, the deadline and local aborts; on any of them it calls ncclCommAbort, which
 // releases NCCL's kernels, so no stream hangs. Uneven collectives use grouped broadcasts (all-gather-v, column
 // all-gather) and grouped reduces (reduce-scatter-v) with the counts every rank learned in the descriptor exchange.
+//
+// Communicators are made non-blocking when NCCL has ncclCommInitRankConfig (2.14+): ncclConfig_t with blocking = 0, so
+// creation returns at once (ncclInProgress) and is polled through ncclCommGetAsyncError against the communicator's
+// timeout; a rank that never comes makes the others fail with SW_ERR_TIMEOUT (their communicators aborted) instead of
+// hanging in ncclCommInitRank. Without it (NCCL < 2.14) creation uses the blocking ncclCommInitRank: no deadline.
+// A non-blocking communicator stays non-blocking for its whole life (NCCL has no switch back), which changes what an
+// accepted NCCL call means: a collective or ncclGroupEnd may return ncclInProgress before its work is on the stream
+// (NCCL finishes the launch on a thread of its own; src/group.cc, ncclGroupEndInternal), and until
+// ncclCommGetAsyncError says ncclSuccess NCCL refuses every other call on that communicator with ncclInvalidArgument
+// (src/init.cc, ncclCommEnsureReady; 2.14 to 2.2x). So after every top-level NCCL call (a collective outside a group,
+// or ncclGroupEnd) `settle` polls until NCCL is done launching, before anything else goes on the stream (the completion
+// event, the copies around the collective) or to NCCL. On a blocking communicator that is one query that says
+// ncclSuccess at once.
 #include "comm/comm_internal.h"
 #include "comm/nccl_api.h"
 #include "core/cuda_loader.h"
@@ -45,6 +58,58 @@ void free_later(DeviceImpl& dev, void* p) {
     if (!p) return;
     std::lock_guard<std::mutex> lock(dev.deferred->mu);
     dev.deferred->pointers.push_back(p);
+}
+
+// The pause between two polls of NCCL: a few yields first (a launch usually takes microseconds), then sleeps from 20 us,
+// doubling up to 1 ms.
+class Backoff {
+public:
+    void pause() {
+        if (++polls_ <= 64) {
+            std::this_thread::yield();
+            return;
+        }
+        std::this_thread::sleep_for(nap_);
+        nap_ = std::min<std::chrono::microseconds>(nap_ * 2, std::chrono::milliseconds(1));
+    }
+
+private:
+    int polls_ = 0;
+    std::chrono::microseconds nap_{20};
+};
+
+// ncclCommGetAsyncError of `comm`; a failing query counts as that error.
+int async_state(const NcclApi& n, void* comm) {
+    int state = kNcclSuccess;
+    const int rc = n.CommGetAsyncError(comm, &state);
+    return rc != kNcclSuccess ? rc : state;
+}
+
+// After an NCCL call on h's communicator that NCCL accepted (ncclSuccess or ncclInProgress): waits while
+// ncclCommGetAsyncError says ncclInProgress, i.e. until a non-blocking communicator has really launched the call (see
+// the top of this file). On an error, a local abort or the deadline it aborts the communicator and throws; the deadline
+// gives a TimeoutError naming nobody, as wait_nccl does.
+void settle(const NcclApi& n, NcclRank& h, Clock::time_point deadline, const std::atomic<bool>& local_abort,
+            const std::string& what, const char* call) {
+    Backoff backoff;
+    for (;;) {
+        const int state = async_state(n, h.comm);
+        if (state == kNcclSuccess) return;
+        if (state != kNcclInProgress) {
+            const std::string why = nccl_error(n, h.comm, state);
+            h.abort();
+            fail(SW_ERR_BACKEND, what, ": ", call, " failed in NCCL's background launch: ", why);
+        }
+        if (local_abort.load()) {
+            h.abort();
+            fail(SW_ERR_ABORTED, what, ": the communicator was aborted while NCCL launched ", call);
+        }
+        if (Clock::now() >= deadline) {
+            h.abort();
+            throw TimeoutError(str(what, ": NCCL did not finish launching ", call, " in time"), {});
+        }
+        backoff.pause();
+    }
 }
 
 void wait_nccl(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
@@ -85,7 +150,12 @@ void NcclRank::abort() noexcept {
 }
 
 void NcclRank::destroy() noexcept {
-    if (comm) api->CommDestroy(comm); // a destructor cannot report: errors dropped
+    if (!comm) return;
+    // ncclCommDestroy refuses (and leaves allocated) a communicator whose last operation has not returned ncclSuccess
+    // (src/init.cc, ncclCommEnsureReady, 2.14+): one in progress or failed is aborted instead. Errors are dropped: a
+    // destructor cannot report them.
+    if (async_state(*api, comm) == kNcclSuccess) api->CommDestroy(comm);
+    else api->CommAbort(comm);
     comm = nullptr;
 }
 
@@ -116,7 +186,10 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
         cs = st.cuda_streams[rank];
     }
     cuda_check(api->set_device(ord, &err), err);
+    const std::string who = str("rank ", rank, ": ", what);
     bool in_group = false;
+    // An NCCL call's return code: ncclSuccess or ncclInProgress (a non-blocking communicator) mean accepted; outside a
+    // group the call is then settled (launched for certain) before anything else goes to NCCL or the stream.
     auto call = [&](int rc, const char* name) {
         if (rc != kNcclSuccess && rc != kNcclInProgress) {
             const std::string why = nccl_error(n, comm, rc); // before the abort frees comm
@@ -127,8 +200,9 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
                 n.GroupEnd();
             }
             h.abort();
-            fail(SW_ERR_BACKEND, "rank ", rank, ": ", what, ": ", name, " failed: ", why);
+            fail(SW_ERR_BACKEND, who, ": ", name, " failed: ", why);
         }
+        if (!in_group) settle(n, h, deadline, st.abort_flag, who, name);
     };
     auto group_start = [&] {
         call(n.GroupStart(), "ncclGroupStart");
@@ -136,89 +210,87 @@ void sw::nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Cloc
     };
     auto group_end = [&] {
         in_group = false;
-        call(n.GroupEnd(), "ncclGroupEnd");
+        call(n.GroupEnd(), "ncclGroupEnd"); // a non-blocking communicator's group may still be launching: settled
     };
     const int t = nccl_type(me.dtype);
     void* scratch = nullptr; // column all-gather: every rank's block, packed
-    switch (me.op) {
-    case Coll::AllGather:
-        if (me.count) call(n.AllGather(me.send, me.recv, me.count, t, comm, cs), "ncclAllGather");
-        break;
-    case Coll::AllGatherV: {
-        group_start();
-        uint64_t at = 0;
-        for (int q = 0; q < p; ++q) {
-            const uint64_t c = slot.desc[q].count;
-            if (c) call(n.Broadcast(q == rank ? me.send : me.recv + at * esz, me.recv + at * esz, c, t, q, comm, cs), "ncclBroadcast");
-            at += c;
-        }
-        group_end();
-        break;
-    }
-    case Coll::AllGatherColumns: {
-        uint64_t total = 0;
-        for (int q = 0; q < p; ++q) total += static_cast<uint64_t>(me.rows * slot.desc[q].cols);
-        if (!total) break;
-        cuda_check(api->malloc_device(ord, total * esz, &scratch, &err), err);
-        std::vector<uint64_t> at(p + 1, 0);
-        for (int q = 0; q < p; ++q) at[q + 1] = at[q] + static_cast<uint64_t>(me.rows * slot.desc[q].cols);
-        char* packed = static_cast<char*>(scratch);
-        try {
-            if (me.cols > 0 && me.rows > 0)
-                cuda_check(api->copy_2d(ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send, me.rows, me.cols,
-                                        static_cast<int32_t>(esz), cs, &err), err);
-            group_start();
-            for (int q = 0; q < p; ++q)
-                if (at[q + 1] > at[q])
-                    call(n.Broadcast(packed + at[q] * esz, packed + at[q] * esz, at[q + 1] - at[q], t, q, comm, cs), "ncclBroadcast");
-            group_end();
-            int64_t col0 = 0;
-            for (int q = 0; q < p; ++q) {
-                const int64_t cols = slot.desc[q].cols;
-                if (cols > 0 && me.rows > 0)
-                    cuda_check(api->copy_2d(ord, me.recv + col0 * esz, me.ld_recv, packed + at[q] * esz, cols, me.rows, cols,
-                                            static_cast<int32_t>(esz), cs, &err), err);
-                col0 += cols;
-            }
-        } catch (...) {
-            api->stream_synchronize(ord, cs, &err);
-            free_later(dev, scratch);
-            throw;
-        }
-        break;
-    }
-    case Coll::AllReduce:
-        if (me.count) call(n.AllReduce(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclAllReduce");
-        break;
-    case Coll::ReduceScatter:
-        if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
-        break;
-    case Coll::ReduceScatterV: {
-        group_start();
-        for (int q = 0; q < p; ++q) {
-            const uint64_t c = slot.desc[q].count;
-            if (c) call(n.Reduce(me.send + scatter_displacement(slot, q) * esz, me.recv, c, t, kNcclSum, q, // recvbuff: used at the root only
-                                 comm, cs), "ncclReduce");
-        }
-        group_end();
-        break;
-    }
-    case Coll::Broadcast:
-        if (me.count) call(n.Broadcast(me.send, me.recv, me.count, t, me.root, comm, cs), "ncclBroadcast");
-        break;
-    case Coll::Barrier: break; // the host-side agreement was the barrier
-    }
-    // The watchdog of this collective: wait for NCCL, polling its asynchronous error, the deadline and local aborts.
     struct FreeScratch {
         DeviceImpl& dev;
-        void* scratch;
+        void*& scratch;
         ~FreeScratch() { free_later(dev, scratch); } // freed from a caller's thread, after the stream is past it
     } free_scratch{dev, scratch};
     try {
-        finish_on_stream(n, h, api, ord, cs, deadline, st.abort_flag, str("rank ", rank, ": ", what));
+        switch (me.op) {
+        case Coll::AllGather:
+            if (me.count) call(n.AllGather(me.send, me.recv, me.count, t, comm, cs), "ncclAllGather");
+            break;
+        case Coll::AllGatherV: {
+            group_start();
+            uint64_t at = 0;
+            for (int q = 0; q < p; ++q) {
+                const uint64_t c = slot.desc[q].count;
+                if (c) call(n.Broadcast(q == rank ? me.send : me.recv + at * esz, me.recv + at * esz, c, t, q, comm, cs), "ncclBroadcast");
+                at += c;
+            }
+            group_end();
+            break;
+        }
+        case Coll::AllGatherColumns: {
+            uint64_t total = 0;
+            for (int q = 0; q < p; ++q) total += static_cast<uint64_t>(me.rows * slot.desc[q].cols);
+            if (!total) break;
+            cuda_check(api->malloc_device(ord, total * esz, &scratch, &err), err);
+            std::vector<uint64_t> at(p + 1, 0);
+            for (int q = 0; q < p; ++q) at[q + 1] = at[q] + static_cast<uint64_t>(me.rows * slot.desc[q].cols);
+            char* packed = static_cast<char*>(scratch);
+            try {
+                if (me.cols > 0 && me.rows > 0)
+                    cuda_check(api->copy_2d(ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send, me.rows, me.cols,
+                                            static_cast<int32_t>(esz), cs, &err), err);
+                group_start();
+                for (int q = 0; q < p; ++q)
+                    if (at[q + 1] > at[q])
+                        call(n.Broadcast(packed + at[q] * esz, packed + at[q] * esz, at[q + 1] - at[q], t, q, comm, cs), "ncclBroadcast");
+                group_end(); // settled: the unpacking copies below go on the stream after NCCL's broadcasts
+                int64_t col0 = 0;
+                for (int q = 0; q < p; ++q) {
+                    const int64_t cols = slot.desc[q].cols;
+                    if (cols > 0 && me.rows > 0)
+                        cuda_check(api->copy_2d(ord, me.recv + col0 * esz, me.ld_recv, packed + at[q] * esz, cols, me.rows, cols,
+                                                static_cast<int32_t>(esz), cs, &err), err);
+                    col0 += cols;
+                }
+            } catch (...) {
+                api->stream_synchronize(ord, cs, &err); // before free_scratch hands the scratch back
+                throw;
+            }
+            break;
+        }
+        case Coll::AllReduce:
+            if (me.count) call(n.AllReduce(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclAllReduce");
+            break;
+        case Coll::ReduceScatter:
+            if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
+            break;
+        case Coll::ReduceScatterV: {
+            group_start();
+            for (int q = 0; q < p; ++q) {
+                const uint64_t c = slot.desc[q].count;
+                if (c) call(n.Reduce(me.send + scatter_displacement(slot, q) * esz, me.recv, c, t, kNcclSum, q, // recvbuff: used at the root only
+                                     comm, cs), "ncclReduce");
+            }
+            group_end();
+            break;
+        }
+        case Coll::Broadcast:
+            if (me.count) call(n.Broadcast(me.send, me.recv, me.count, t, me.root, comm, cs), "ncclBroadcast");
+            break;
+        case Coll::Barrier: break; // the host-side agreement was the barrier
+        }
+        // The watchdog of this collective: wait for NCCL, polling its asynchronous error, the deadline and local aborts.
+        finish_on_stream(n, h, api, ord, cs, deadline, st.abort_flag, who);
     } catch (const TimeoutError&) {
-        fail(SW_ERR_TIMEOUT, "rank ", rank, ": ", what, " did not complete in NCCL within ", st.timeout_ms,
-             " ms; the NCCL communicator is aborted");
+        fail(SW_ERR_TIMEOUT, who, " did not complete in NCCL within ", st.timeout_ms, " ms; the NCCL communicator is aborted");
     }
 }
 
@@ -298,6 +370,8 @@ public:
         const int rc = n_.AllGather(in, out, bytes, kNcclUint8, comm_->comm, stream_);
         if (rc != kNcclSuccess && rc != kNcclInProgress)
             fail(SW_ERR_BACKEND, what, ": ncclAllGather (descriptors) failed: ", nccl_error(n_, comm_->comm, rc));
+        // A non-blocking communicator may still be launching the all-gather: the copy out goes on the stream after it.
+        settle(n_, *comm_, deadline, local_abort, what, "ncclAllGather (descriptors)");
         cuda_check(api->memcpy_async(ord, all, out, bytes * world_, stream_, &err), err);
         // The copy into `all` (the caller's memory) is finished or failed before this returns or throws.
         finish_on_stream(n_, *comm_, api, ord, stream_, deadline, local_abort, what);
@@ -318,14 +392,65 @@ private:
     uint64_t staging_bytes_ = 0;
 };
 
-// ncclCommInitRank for this process's rank on its device.
-void* init_rank(const NcclApi& n, sw_device_s* d, const NcclUniqueId& id, int32_t rank, int32_t world) {
+// Polls ncclCommGetAsyncError of every communicator in `comms` (null ones are skipped) while one says ncclInProgress,
+// until each says ncclSuccess, one fails, or the deadline passes. Returns every communicator's last state.
+std::vector<int> wait_created(const NcclApi& n, const std::vector<void*>& comms, Clock::time_point deadline) {
+    std::vector<int> state(comms.size(), kNcclInProgress);
+    Backoff backoff;
+    for (;;) {
+        bool pending = false;
+        for (size_t i = 0; i < comms.size(); ++i) {
+            if (!comms[i]) state[i] = kNcclSuccess;
+            if (state[i] != kNcclInProgress) continue;
+            state[i] = async_state(n, comms[i]);
+            if (state[i] == kNcclInProgress) pending = true;
+            else if (state[i] != kNcclSuccess) return state;
+        }
+        if (!pending || Clock::now() >= deadline) return state;
+        backoff.pause();
+    }
+}
+
+// This process's rank's NCCL communicator on its device. With ncclCommInitRankConfig (NCCL 2.14+) it is made
+// non-blocking and polled against the timeout: a rank that never calls in fails the others with SW_ERR_TIMEOUT (the
+// communicator aborted; NCCL cannot say which rank is missing). Without it, ncclCommInitRank blocks until every rank
+// has called it: no deadline. `how` names the bootstrap for the messages.
+void* init_rank(const NcclApi& n, sw_device_s* d, const NcclUniqueId& id, int32_t rank, int32_t world, int64_t timeout_ms,
+                const char* how) {
     std::string err;
     cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
+    // NCCL's init thread may write through this pointer (2.14 to 2.19.1 keep it in the init job, job->newcomm): it
+    // lives until init is over or aborted.
     void* nc = nullptr;
-    const int rc = n.CommInitRank(&nc, world, id, rank);
-    if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclCommInitRank (rank ", rank, " of ", world, ") failed: ", nccl_error(n, nc, rc));
-    return nc;
+    if (!n.CommInitRankConfig) {
+        const int rc = n.CommInitRank(&nc, world, id, rank);
+        if (rc != kNcclSuccess) {
+            const std::string why = nccl_error(n, nc, rc);
+            if (nc) n.CommAbort(nc);
+            fail(SW_ERR_BACKEND, how, ": ncclCommInitRank (rank ", rank, " of ", world, ") failed: ", why);
+        }
+        return nc;
+    }
+    const int64_t t = resolve_timeout(timeout_ms);
+    const Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(t);
+    NcclConfigV21400 config = nccl_nonblocking_config();
+    const int rc = n.CommInitRankConfig(&nc, world, id, rank, &config);
+    if (rc != kNcclSuccess && rc != kNcclInProgress) {
+        const std::string why = nccl_error(n, nc, rc);
+        if (nc) n.CommAbort(nc);
+        fail(SW_ERR_BACKEND, how, ": ncclCommInitRankConfig (rank ", rank, " of ", world, ", non-blocking) failed: ", why);
+    }
+    if (!nc) fail(SW_ERR_BACKEND, how, ": ncclCommInitRankConfig (rank ", rank, " of ", world, ") returned no communicator");
+    const int state = wait_created(n, {nc}, deadline)[0];
+    if (state == kNcclSuccess) return nc;
+    const std::string why = state == kNcclInProgress ? std::string() : nccl_error(n, nc, state);
+    n.CommAbort(nc); // ends NCCL's init thread (its bootstrap sockets watch the abort flag) and frees the communicator
+    if (state == kNcclInProgress)
+        fail(SW_ERR_TIMEOUT, how, ": creating the NCCL communicator of rank ", rank, " of ", world, " timed out after ", t,
+             " ms: NCCL's initialization (ncclCommInitRankConfig) waited for all ", world, " ranks of the unique id to "
+             "join and they did not (NCCL cannot tell which rank is missing); the communicator is aborted");
+    fail(SW_ERR_BACKEND, how, ": creating the NCCL communicator of rank ", rank, " of ", world,
+         " failed during NCCL's initialization: ", why, "; the communicator is aborted");
 }
 
 std::shared_ptr<NcclRank> nccl_rank(const NcclApi& n, void* nc) {
@@ -382,24 +507,60 @@ SW_API sw_status sw_comm_create_nccl_local(int32_t world_size, const sw_device* 
         NcclUniqueId id{};
         int rc = n.GetUniqueId(&id);
         if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
+        // NCCL's init threads may write through &comms[r] (2.14 to 2.19.1): not resized until init is over or aborted.
         std::vector<void*> comms(world_size, nullptr);
-        // One thread creates every rank's communicator: inside a group, each with its device current.
+        const bool nonblocking = n.CommInitRankConfig != nullptr;
+        NcclConfigV21400 config = nccl_nonblocking_config();
+        const int64_t t = resolve_timeout(timeout_ms);
+        const Clock::time_point deadline = Clock::now() + std::chrono::milliseconds(t);
+        const char* init_name = nonblocking ? "ncclCommInitRankConfig (non-blocking)" : "ncclCommInitRank";
+        // One thread creates every rank's communicator: inside a group, each with its device current. Non-blocking,
+        // ncclGroupEnd returns ncclInProgress at once and the communicators are polled against the timeout; blocking
+        // (NCCL < 2.14), ncclGroupEnd returns when all are made, with no deadline.
         rc = n.GroupStart();
         sw_status device_status = SW_OK;
         std::string device_err;
-        for (int r = 0; r < world_size && rc == kNcclSuccess; ++r) {
+        int failed_rank = -1;
+        for (int r = 0; r < world_size && (rc == kNcclSuccess || rc == kNcclInProgress); ++r) {
             auto* d = reinterpret_cast<sw_device_s*>(devices[r]);
             device_status = d->impl->cuda->set_device(d->impl->ordinal, &device_err);
             if (device_status != SW_OK) break; // the group is closed below either way (NCCL's group state is per thread)
-            rc = n.CommInitRank(&comms[r], world_size, id, r);
+            failed_rank = r;
+            rc = nonblocking ? n.CommInitRankConfig(&comms[r], world_size, id, r, &config) : n.CommInitRank(&comms[r], world_size, id, r);
         }
         const int end = n.GroupEnd();
-        if (rc == kNcclSuccess) rc = end;
-        if (rc != kNcclSuccess || device_status != SW_OK) {
+        if (rc == kNcclSuccess || rc == kNcclInProgress) {
+            rc = end;
+            failed_rank = -1;
+        }
+        auto abort_all = [&] {
             for (void* c : comms)
                 if (c) n.CommAbort(c);
+        };
+        if ((rc != kNcclSuccess && rc != kNcclInProgress) || device_status != SW_OK) {
+            const std::string why = nccl_error(n, nullptr, rc);
+            abort_all();
             cuda_check(device_status, device_err);
-            fail(SW_ERR_BACKEND, "ncclCommInitRank failed: ", nccl_error(n, nullptr, rc));
+            if (failed_rank >= 0) fail(SW_ERR_BACKEND, init_name, " (rank ", failed_rank, " of ", world_size, ") failed: ", why);
+            fail(SW_ERR_BACKEND, "ncclGroupEnd creating ", world_size, " NCCL communicators (", init_name, ") failed: ", why);
+        }
+        const std::vector<int> state = wait_created(n, comms, deadline);
+        std::vector<int> pending;
+        for (int r = 0; r < world_size; ++r) {
+            if (state[r] == kNcclSuccess) continue;
+            if (state[r] != kNcclInProgress) {
+                const std::string why = nccl_error(n, comms[r], state[r]);
+                abort_all();
+                fail(SW_ERR_BACKEND, "creating the NCCL communicators of ", world_size, " GPUs in this process: rank ", r,
+                     " failed during NCCL's initialization: ", why, "; every communicator is aborted");
+            }
+            pending.push_back(r);
+        }
+        if (!pending.empty()) {
+            abort_all();
+            fail(SW_ERR_TIMEOUT, "creating the NCCL communicators of ", world_size, " GPUs in this process timed out after ", t,
+                 " ms: NCCL's initialization (ncclCommInitRankConfig in one group) had not finished for rank(s) ",
+                 rank_list(pending), "; every communicator is aborted");
         }
         sw_comm comm = nullptr;
         const sw_status st = sw_comm_create_local(world_size, devices, timeout_ms, &comm);
@@ -427,7 +588,8 @@ SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const cha
         const NcclApi& n = nccl_or_fail();
         const int64_t t = resolve_timeout(timeout_ms);
         // Rank 0 makes the unique id; the others read it from the store. The TCP mesh is the host side's transport
-        // (descriptor exchange, abort notices), and proves every rank is alive before NCCL's blocking init.
+        // (descriptor exchange, abort notices), and proves every rank is alive before NCCL's init (which has a deadline
+        // only where NCCL has ncclCommInitRankConfig).
         NcclUniqueId id{};
         const std::string key = str(prefix, "/nccl-unique-id");
         if (rank == 0) {
@@ -441,7 +603,7 @@ SW_API sw_status sw_comm_create_nccl(sw_device device, sw_store store, const cha
             std::memcpy(id.internal, v.data(), sizeof id.internal);
         }
         auto transport = connect_tcp_mesh(*s, prefix, rank, world_size, t);
-        auto h = nccl_rank(n, init_rank(n, d, id, rank, world_size));
+        auto h = nccl_rank(n, init_rank(n, d, id, rank, world_size, t, "sw_comm_create_nccl"));
         *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), t), n, h, rank, world_size);
     });
 }
@@ -458,7 +620,7 @@ SW_API sw_status sw_comm_create_nccl_id(sw_device device, const uint8_t* unique_
         const NcclApi& n = nccl_or_fail();
         NcclUniqueId id{};
         std::memcpy(id.internal, unique_id, sizeof id.internal);
-        auto h = nccl_rank(n, init_rank(n, d, id, rank, world_size));
+        auto h = nccl_rank(n, init_rank(n, d, id, rank, world_size, timeout_ms, "sw_comm_create_nccl_id"));
         auto transport = std::make_unique<NcclTransport>(n, h, rank, world_size, d->impl);
         *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, h, rank, world_size);
     });
@@ -485,7 +647,7 @@ SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, s
         transport->all_gather_bytes(0, mine.internal, sizeof mine.internal, ids[0].internal,
                                     Clock::now() + std::chrono::milliseconds(resolve_timeout(timeout_ms)), no_abort,
                                     "sw_comm_create_nccl_mpi (unique id)");
-        auto h = nccl_rank(n, init_rank(n, d, ids[0], rank, world));
+        auto h = nccl_rank(n, init_rank(n, d, ids[0], rank, world, timeout_ms, "sw_comm_create_nccl_mpi"));
         *out = attach_nccl(make_remote_comm(d->impl, std::move(transport), timeout_ms), n, h, rank, world);
     });
 }

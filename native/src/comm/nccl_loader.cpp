@@ -60,6 +60,7 @@ const Nccl& nccl() {
         bind(a.GetVersion, "ncclGetVersion");
         bind(a.GetUniqueId, "ncclGetUniqueId");
         bind(a.CommInitRank, "ncclCommInitRank");
+        bind(a.CommInitRankConfig, "ncclCommInitRankConfig");
         bind(a.CommDestroy, "ncclCommDestroy");
         bind(a.CommAbort, "ncclCommAbort");
         bind(a.CommGetAsyncError, "ncclCommGetAsyncError");

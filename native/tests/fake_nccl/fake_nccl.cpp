@@ -3,11 +3,24 @@
 // when the stream reaches it, waits for every rank's matching call (the n-th call of each rank), then moves its
 // rank's share of the data — as an NCCL kernel would. It lets the core's NCCL paths (agreement, ordering into streams,
 // grouped uneven collectives, watchdog, abort) run in CI; it proves nothing about real NCCL, which needs GPUs.
+//
+// Communicator creation as in NCCL: ncclCommInitRank blocks until every rank of the unique id has called in (a
+// 60 s safety limit instead of NCCL's forever), inside a group until ncclGroupEnd. ncclCommInitRankConfig (NCCL 2.14+)
+// reads the caller's ncclConfig_t as NCCL 2.17+ does (size, magic, version; see parse_config) and, with blocking = 0,
+// makes a non-blocking communicator: ncclCommInitRankConfig returns ncclInProgress, and ncclCommGetAsyncError says
+// ncclInProgress until every rank has arrived. On a non-blocking communicator a collective outside a group and
+// ncclGroupEnd return ncclInProgress and launch their work a little later from a thread of their own (NCCL does so
+// when it must connect first); until that is done, the communicator refuses other calls with ncclInvalidArgument
+// (NCCL's ncclCommEnsureReady), so a caller that does not wait for ncclSuccess fails, and its later stream work would
+// run before the collective's. Built with FAKE_NCCL_NO_CONFIG it is an NCCL 2.13 without ncclCommInitRankConfig.
 #include "cpu/stream.h"
 
 #include <atomic>
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #define FAKE_API extern "C" __attribute__((visibility("default")))
@@ -27,7 +41,7 @@ struct UniqueId {
     char internal[128];
 };
 
-enum { kSuccess = 0, kInvalidArgument = 4, kInvalidUsage = 5 };
+enum { kSuccess = 0, kSystemError = 2, kInvalidArgument = 4, kInvalidUsage = 5, kRemoteError = 6, kInProgress = 7 };
 enum { kInt32 = 2, kFloat32 = 7, kFloat64 = 8, kUint8 = 1 };
 
 struct Call {
@@ -52,6 +66,21 @@ struct Group {
     // waiting (never reading an aborted rank's buffers) until their own communicator is aborted, as with NCCL.
     std::vector<char> aborted;
     bool broken = false; // some rank aborted: no collective completes any more
+    // Initialization: the ranks that have called in; done when all have. If a rank was aborted before then, the
+    // others' initialization fails (ncclRemoteError) when the last one arrives, as NCCL's bootstrap fails to reach it.
+    std::vector<char> joined;
+    int joined_count = 0;
+    bool init_failed = false;
+};
+
+// Work a non-blocking communicator finishes on a thread of its own (see start_job).
+struct Job {
+    std::mutex mu;
+    std::thread thread;
+    void join() {
+        std::lock_guard<std::mutex> lock(mu);
+        if (thread.joinable()) thread.join();
+    }
 };
 
 std::mutex g_mu;
@@ -61,8 +90,11 @@ std::atomic<uint64_t> g_ids{1};
 struct Comm {
     std::shared_ptr<Group> group;
     int rank = 0;
+    bool blocking = true;
     uint64_t next = 0;
     std::atomic<bool> freed{false}; // by ncclCommAbort or ncclCommDestroy (kept, never reused, so a later use is caught)
+    bool busy = false;              // guarded by group->mu: a Job of this communicator has not finished (ncclInProgress)
+    std::shared_ptr<Job> job;       // the latest one
 };
 
 // As in NCCL, ncclCommAbort and ncclCommDestroy free the communicator: any later call with it is a use after free.
@@ -74,6 +106,86 @@ Comm* live(void* handle, const char* call) {
         std::abort();
     }
     return c;
+}
+
+// The group of a unique id, made by its first rank; null if nranks differs from the group's.
+std::shared_ptr<Group> group_of(const UniqueId& id, int nranks) {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto& g = g_groups[std::string(id.internal, sizeof id.internal)];
+    if (!g) {
+        g = std::make_shared<Group>();
+        g->world = nranks;
+        g->aborted.assign(nranks, 0);
+        g->joined.assign(nranks, 0);
+    }
+    return g->world == nranks ? g : nullptr;
+}
+
+// Rank c joins its group's initialization.
+int join(Comm* c) {
+    Group& g = *c->group;
+    std::lock_guard<std::mutex> lock(g.mu);
+    if (g.joined[c->rank]) {
+        std::fprintf(stderr, "fake NCCL: rank %d of the unique id joined twice\n", c->rank);
+        return kInvalidUsage;
+    }
+    g.joined[c->rank] = 1;
+    if (++g.joined_count == g.world && g.broken) g.init_failed = true;
+    g.cv.notify_all();
+    return kSuccess;
+}
+
+// The state ncclCommGetAsyncError reports for c (requires c->group->mu).
+int state_locked(const Comm* c) {
+    const Group& g = *c->group;
+    if (g.aborted[c->rank]) return kRemoteError;
+    if (c->busy || g.joined_count < g.world) return kInProgress;
+    return g.init_failed ? kRemoteError : kSuccess;
+}
+
+// A blocking initialization: waits until every rank has joined.
+int wait_init(Comm* c) {
+    Group& g = *c->group;
+    std::unique_lock<std::mutex> lock(g.mu);
+    if (!g.cv.wait_for(lock, std::chrono::seconds(60), [&] { return g.joined_count == g.world; })) {
+        std::fprintf(stderr, "fake NCCL: blocking initialization of rank %d of %d: not every rank called in within 60 s "
+                             "(real NCCL would wait forever)\n", c->rank, g.world);
+        return kSystemError;
+    }
+    return state_locked(c);
+}
+
+// NCCL's ncclCommEnsureReady: a communicator whose last operation has not returned ncclSuccess refuses new work.
+int ensure_ready(Comm* c, const char* call) {
+    std::lock_guard<std::mutex> lock(c->group->mu);
+    const int state = state_locked(c);
+    if (state == kSuccess) return kSuccess;
+    std::fprintf(stderr, "fake NCCL: %s on rank %d's communicator while its last operation %s (NCCL refuses it)\n", call,
+                 c->rank, state == kInProgress ? "is still in progress" : "failed");
+    return state == kInProgress ? kInvalidArgument : state;
+}
+
+// Runs `work` for non-blocking communicators as NCCL runs a launch that must wait (for a connection, a peer) on a
+// thread of its own: the communicators report ncclInProgress until it is done. A short delay first, so that a
+// caller that goes on without waiting for ncclSuccess is caught.
+void start_job(const std::vector<Comm*>& comms, std::function<void()> work) {
+    auto job = std::make_shared<Job>();
+    for (Comm* c : comms) {
+        if (c->job) c->job->join(); // finished: the communicator was ready
+        std::lock_guard<std::mutex> lock(c->group->mu);
+        c->busy = true;
+        c->job = job;
+    }
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->thread = std::thread([comms, work = std::move(work)] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        work();
+        for (Comm* c : comms) {
+            std::lock_guard<std::mutex> l(c->group->mu);
+            c->busy = false;
+            c->group->cv.notify_all();
+        }
+    });
 }
 
 size_t type_size(int t) { return t == kFloat64 ? 8 : t == kUint8 ? 1 : 4; }
@@ -96,28 +208,123 @@ void reduce(const Slot& s, int world, int type, size_t offset, size_t n, char* o
 // Groups, as in NCCL: per thread, ncclGroupStart/End nest; calls made inside a group are launched by the outermost
 // ncclGroupEnd (a thread that never closes its group launches nothing any more); a call that fails inside a group
 // makes that ncclGroupEnd fail and drop the group.
+struct Pending {
+    Comm* comm;
+    bool init; // a communicator's initialization (else a collective's launch)
+    std::function<void()> run;
+};
 thread_local int t_depth = 0;
 thread_local int t_group_error = kSuccess;
-thread_local std::vector<std::function<void()>> t_pending;
+thread_local std::vector<Pending> t_pending;
 
 void launch(Comm* comm, void* stream, Call call);
 
-// Queues `call` for comm on stream (at the outermost ncclGroupEnd inside a group); the stream runs it when every rank
-// has queued its own.
-int enqueue(void* comm_handle, void* stream, Call call) {
-    auto* comm = live(comm_handle, "a collective");
+// Queues `call` for comm on stream (at the outermost ncclGroupEnd inside a group; a little later, from a Job, on a
+// non-blocking communicator); the stream runs it when every rank has queued its own.
+int enqueue(void* comm_handle, void* stream, Call call, const char* name) {
+    auto* comm = live(comm_handle, name);
     int rc = kSuccess;
     if (!comm || !stream) rc = kInvalidArgument;
     else if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
         rc = kInvalidArgument;
+    else rc = ensure_ready(comm, name);
     if (rc != kSuccess) {
         if (t_depth > 0 && t_group_error == kSuccess) t_group_error = rc;
         return rc;
     }
-    if (t_depth > 0) t_pending.push_back([comm, stream, call] { launch(comm, stream, call); });
-    else launch(comm, stream, call);
+    auto run = [comm, stream, call] { launch(comm, stream, call); };
+    if (t_depth > 0) {
+        t_pending.push_back({comm, false, run});
+        return kSuccess;
+    }
+    if (comm->blocking) {
+        run();
+        return kSuccess;
+    }
+    start_job({comm}, run);
+    return kInProgress;
+}
+
+// Makes a communicator: blocking, it returns when every rank has called in; non-blocking, it returns ncclInProgress.
+// Inside a group the initialization waits for ncclGroupEnd.
+int init(void** out, int nranks, const UniqueId& id, int rank, bool blocking) {
+    if (!out) return kInvalidArgument;
+    *out = nullptr;
+    if (nranks < 1 || rank < 0 || rank >= nranks) return kInvalidArgument;
+    auto g = group_of(id, nranks);
+    if (!g) return kInvalidUsage;
+    auto* c = new Comm;
+    c->group = g;
+    c->rank = rank;
+    c->blocking = blocking;
+    *out = c;
+    if (t_depth > 0) {
+        t_pending.push_back({c, true, [c] { join(c); }});
+        return kSuccess;
+    }
+    const int rc = join(c);
+    if (rc != kSuccess) return rc;
+    return blocking ? wait_init(c) : kInProgress;
+}
+
+#ifndef FAKE_NCCL_NO_CONFIG
+// ncclConfig_t as NCCL 2.18 declares it (ncclConfig_v21700 with splitShare), written here from its documented fields.
+struct Config {
+    size_t size;
+    unsigned int magic;
+    unsigned int version;
+    int blocking;
+    int cgaClusterSize;
+    int minCTAs;
+    int maxCTAs;
+    const char* netName;
+    int splitShare;
+};
+constexpr int kUndef = INT_MIN; // NCCL_CONFIG_UNDEF_INT
+
+// Reads a caller's ncclConfig_t as NCCL 2.17+ does (src/init.cc, parseCommConfig): start from the defaults, copy
+// min(config->size, sizeof(Config)) bytes over them, require magic 0xcafebeef, reset every field newer than the
+// version the caller claims, then check the values. Stricter than NCCL, so that a wrong layout fails here instead of
+// passing silently: the version must be at least 2.14 (NCCL would ignore blocking below it) and the size must cover
+// every field of the version claimed.
+int parse_config(const void* config, bool* blocking) {
+    if (!config) return kInvalidArgument; // NCCL 2.19+: PtrCheck(config)
+    const Config defaults{sizeof(Config), 0xcafebeef, 21803, kUndef, kUndef, kUndef, kUndef, nullptr, kUndef};
+    Config c = defaults;
+    size_t size = 0;
+    std::memcpy(&size, config, sizeof size);
+    std::memcpy(&c, config, std::min(size, sizeof c));
+    if (c.magic != 0xcafebeef) {
+        std::fprintf(stderr, "fake NCCL: ncclConfig_t not initialized as NCCL_CONFIG_INITIALIZER does (magic 0x%x)\n", c.magic);
+        return kInvalidArgument;
+    }
+    const size_t need = c.version >= 21800   ? offsetof(Config, splitShare) + sizeof(int)
+                        : c.version >= 21700 ? offsetof(Config, netName) + sizeof(const char*)
+                                             : offsetof(Config, blocking) + sizeof(int);
+    if (c.version < 21400 || size < need || size > 4096) {
+        std::fprintf(stderr, "fake NCCL: ncclConfig_t of version %u with size %zu: expected version >= 21400 and a size of at "
+                             "least %zu covering its fields\n", c.version, size, need);
+        return kInvalidArgument;
+    }
+    if (c.version < 21700) {
+        c.cgaClusterSize = defaults.cgaClusterSize;
+        c.minCTAs = defaults.minCTAs;
+        c.maxCTAs = defaults.maxCTAs;
+        c.netName = defaults.netName;
+    }
+    const bool ok = (c.blocking == kUndef || c.blocking == 0 || c.blocking == 1) &&
+                    (c.cgaClusterSize == kUndef || c.cgaClusterSize >= 0) &&
+                    (c.minCTAs == kUndef || c.minCTAs > 0) && (c.maxCTAs == kUndef || c.maxCTAs > 0) && c.minCTAs <= c.maxCTAs &&
+                    (c.splitShare == kUndef || c.splitShare == 0 || c.splitShare == 1);
+    if (!ok) {
+        std::fprintf(stderr, "fake NCCL: invalid ncclConfig_t values: blocking %d, cgaClusterSize %d, minCTAs %d, maxCTAs %d, "
+                             "splitShare %d\n", c.blocking, c.cgaClusterSize, c.minCTAs, c.maxCTAs, c.splitShare);
+        return kInvalidArgument;
+    }
+    *blocking = c.blocking != 0; // undefined: NCCL's default, blocking
     return kSuccess;
 }
+#endif
 
 void launch(Comm* comm, void* stream, Call call) {
     const uint64_t seq = comm->next++;
@@ -174,7 +381,11 @@ void launch(Comm* comm, void* stream, Call call) {
 } // namespace
 
 FAKE_API int ncclGetVersion(int* v) {
+#ifdef FAKE_NCCL_NO_CONFIG
+    *v = 21303; // 2.13.3: before ncclCommInitRankConfig
+#else
     *v = 21803; // 2.18.3
+#endif
     return kSuccess;
 }
 FAKE_API int ncclGetUniqueId(UniqueId* id) {
@@ -184,26 +395,35 @@ FAKE_API int ncclGetUniqueId(UniqueId* id) {
     std::memcpy(id->internal + 16, &n, sizeof n);
     return kSuccess;
 }
-FAKE_API int ncclCommInitRank(void** comm, int nranks, UniqueId id, int rank) {
-    if (nranks < 1 || rank < 0 || rank >= nranks) return kInvalidArgument;
-    std::lock_guard<std::mutex> lock(g_mu);
-    auto& g = g_groups[std::string(id.internal, sizeof id.internal)];
-    if (!g) {
-        g = std::make_shared<Group>();
-        g->world = nranks;
-        g->aborted.assign(nranks, 0);
-    }
-    if (g->world != nranks) return kInvalidUsage;
-    *comm = new Comm{g, rank, 0};
-    return kSuccess;
+FAKE_API int ncclCommInitRank(void** comm, int nranks, UniqueId id, int rank) { return init(comm, nranks, id, rank, true); }
+#ifndef FAKE_NCCL_NO_CONFIG
+FAKE_API int ncclCommInitRankConfig(void** comm, int nranks, UniqueId id, int rank, void* config) {
+    bool blocking = true;
+    if (comm) *comm = nullptr;
+    if (const int rc = parse_config(config, &blocking); rc != kSuccess) return rc;
+    return init(comm, nranks, id, rank, blocking);
 }
+#endif
 FAKE_API int ncclCommDestroy(void* comm) {
-    if (auto* c = live(comm, "ncclCommDestroy")) c->freed = true;
+    auto* c = live(comm, "ncclCommDestroy");
+    if (!c) return kSuccess;
+    {
+        std::lock_guard<std::mutex> lock(c->group->mu);
+        if (const int state = state_locked(c); state != kSuccess) {
+            // NCCL returns an error and leaves the communicator allocated: a leak the caller cannot see.
+            std::fprintf(stderr, "fake NCCL: ncclCommDestroy on rank %d's communicator whose last operation %s; NCCL refuses "
+                                 "it (use ncclCommAbort)\n", c->rank, state == kInProgress ? "is still in progress" : "failed");
+            std::abort();
+        }
+    }
+    if (c->job) c->job->join();
+    c->freed = true;
     return kSuccess;
 }
 FAKE_API int ncclCommAbort(void* comm) {
     if (!comm) return kSuccess;
     auto* c = live(comm, "ncclCommAbort");
+    if (c->job) c->job->join(); // as NCCL joins its init or launch thread before freeing the communicator
     {
         std::lock_guard<std::mutex> lock(c->group->mu);
         c->freed = true;
@@ -216,7 +436,7 @@ FAKE_API int ncclCommAbort(void* comm) {
 FAKE_API int ncclCommGetAsyncError(void* comm, int* e) {
     auto* c = live(comm, "ncclCommGetAsyncError");
     std::lock_guard<std::mutex> lock(c->group->mu);
-    *e = c->group->aborted[c->rank] ? 6 /* ncclRemoteError */ : kSuccess;
+    *e = state_locked(c);
     return kSuccess;
 }
 FAKE_API int ncclCommCount(void* comm, int* n) {
@@ -228,19 +448,19 @@ FAKE_API int ncclCommUserRank(void* comm, int* r) {
     return kSuccess;
 }
 FAKE_API int ncclAllReduce(const void* s, void* r, size_t n, int t, int op, void* comm, void* stream) {
-    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {1, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0});
+    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {1, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0}, "ncclAllReduce");
 }
 FAKE_API int ncclAllGather(const void* s, void* r, size_t n, int t, void* comm, void* stream) {
-    return enqueue(comm, stream, {2, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0});
+    return enqueue(comm, stream, {2, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0}, "ncclAllGather");
 }
 FAKE_API int ncclReduceScatter(const void* s, void* r, size_t n, int t, int op, void* comm, void* stream) {
-    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {3, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0});
+    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {3, static_cast<const char*>(s), static_cast<char*>(r), n, t, 0}, "ncclReduceScatter");
 }
 FAKE_API int ncclBroadcast(const void* s, void* r, size_t n, int t, int root, void* comm, void* stream) {
-    return enqueue(comm, stream, {4, static_cast<const char*>(s), static_cast<char*>(r), n, t, root});
+    return enqueue(comm, stream, {4, static_cast<const char*>(s), static_cast<char*>(r), n, t, root}, "ncclBroadcast");
 }
 FAKE_API int ncclReduce(const void* s, void* r, size_t n, int t, int op, int root, void* comm, void* stream) {
-    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {5, static_cast<const char*>(s), static_cast<char*>(r), n, t, root});
+    return op != 0 ? kInvalidArgument : enqueue(comm, stream, {5, static_cast<const char*>(s), static_cast<char*>(r), n, t, root}, "ncclReduce");
 }
 FAKE_API int ncclGroupStart() {
     ++t_depth;
@@ -249,12 +469,41 @@ FAKE_API int ncclGroupStart() {
 FAKE_API int ncclGroupEnd() {
     if (t_depth == 0) return kInvalidUsage;
     if (--t_depth > 0) return kSuccess;
-    std::vector<std::function<void()>> calls;
+    std::vector<Pending> calls;
     calls.swap(t_pending);
     const int rc = t_group_error;
     t_group_error = kSuccess;
     if (rc != kSuccess) return rc;
-    for (auto& c : calls) c();
-    return kSuccess;
+    if (calls.empty()) return kSuccess;
+    std::vector<Comm*> comms;
+    for (const auto& c : calls) {
+        if (c.comm->blocking != calls[0].comm->blocking) {
+            std::fprintf(stderr, "fake NCCL: blocking and non-blocking communicators in one group (NCCL refuses it)\n");
+            return kInvalidArgument;
+        }
+        if (std::find(comms.begin(), comms.end(), c.comm) == comms.end()) comms.push_back(c.comm);
+    }
+    if (!calls[0].comm->blocking) { // a non-blocking group: launched (or initialized) from a thread, ncclInProgress
+        start_job(comms, [calls] {
+            for (const auto& c : calls) c.run();
+        });
+        return kInProgress;
+    }
+    for (const auto& c : calls) c.run();
+    int result = kSuccess; // blocking initializations in the group: done when ncclGroupEnd returns
+    for (const auto& c : calls)
+        if (c.init)
+            if (const int state = wait_init(c.comm); state != kSuccess && result == kSuccess) result = state;
+    return result;
 }
-FAKE_API const char* ncclGetErrorString(int e) { return e == 0 ? "no error" : "fake NCCL error"; }
+FAKE_API const char* ncclGetErrorString(int e) {
+    switch (e) {
+    case kSuccess: return "no error";
+    case kSystemError: return "unhandled system error (fake NCCL)";
+    case kInvalidArgument: return "invalid argument (fake NCCL)";
+    case kInvalidUsage: return "invalid usage (fake NCCL)";
+    case kRemoteError: return "remote process exited or there was a network error (fake NCCL)";
+    case kInProgress: return "NCCL operation in progress (fake NCCL)";
+    default: return "fake NCCL error";
+    }
+}
