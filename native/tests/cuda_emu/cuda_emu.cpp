@@ -1,7 +1,9 @@
 // The host emulation declared in cuda_emu.h: fibers, barriers, shared-memory checks, cp.async, mma.sync.
 #include "cuda_emu.h"
 
+#if !(defined(__x86_64__) && defined(__linux__)) || defined(SW_EMU_UCONTEXT)
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <cfloat>
@@ -18,6 +20,73 @@ constexpr size_t kMaxFindings = 20;
 
 enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
 
+// ---- fibers: a context switch that saves only what the ABI asks a callee to keep (x86-64 Linux), or ucontext
+// elsewhere. (swapcontext also saves the signal mask, a system call per switch; the mma emulation switches a few
+// million times.)
+#if defined(__x86_64__) && defined(__linux__) && !defined(SW_EMU_UCONTEXT)
+extern "C" void sw_emu_switch(void** save_sp, void* load_sp);
+// Pushes the callee-saved registers, MXCSR and the x87 control word, stores rsp in *save_sp, loads load_sp and pops
+// the same from there. A new fiber's stack is laid out as if it had switched away just before its entry function.
+asm(R"(
+    .text
+    .globl sw_emu_switch
+    .type sw_emu_switch, @function
+sw_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size sw_emu_switch, .-sw_emu_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+struct Context {
+    void* sp = nullptr;
+};
+void fiber_entry();
+// A stack that "returns" into fiber_entry on the first switch to it.
+void make_context(Context& c, char* stack, size_t bytes) {
+    auto top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t{15};
+    auto* words = reinterpret_cast<uint64_t*>(top - 16 - 56);
+    const uint32_t csr[2] = {0x1F80u, 0x037Fu}; // MXCSR and x87 control word at their defaults
+    std::memcpy(&words[0], csr, 8);
+    for (int i = 1; i <= 6; ++i) words[i] = 0; // r15, r14, r13, r12, rbx, rbp
+    words[7] = reinterpret_cast<uint64_t>(&fiber_entry); // at top - 16: after `ret`, rsp = top - 8, as after a call
+    c.sp = words;
+}
+void switch_context(Context& from, Context& to) { sw_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+    ucontext_t uc{};
+};
+void fiber_entry();
+void make_context(Context& c, char* stack, size_t bytes) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = bytes;
+    c.uc.uc_link = nullptr; // fiber_entry never returns
+    makecontext(&c.uc, fiber_entry, 0);
+}
+void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 struct Copy {
     uint32_t dst;
     const void* src;
@@ -25,7 +94,7 @@ struct Copy {
 };
 
 struct Thread {
-    ucontext_t ctx{};
+    Context ctx;
     char* stack = nullptr; // from the pool below
     unsigned tid = 0;
     State state = State::Runnable;
@@ -53,7 +122,7 @@ struct Launch {
     const std::function<void()>* body = nullptr;
     std::vector<Thread> threads;
     Thread* current = nullptr;
-    ucontext_t scheduler{};
+    Context scheduler;
     int64_t epoch = 0;
     std::unordered_map<uint32_t, Shadow> shadow;
     std::vector<WarpSlot> warps;
@@ -95,10 +164,11 @@ template <class... T> void finding(T&&... parts) {
 void yield_to_scheduler(State s) {
     Thread& t = me();
     t.state = s;
-    swapcontext(&t.ctx, &L().scheduler);
+    switch_context(t.ctx, L().scheduler);
 }
 
-void thread_entry() {
+// Every emulated thread starts here, on its own stack, and ends by switching back to the scheduler for good.
+void fiber_entry() {
     Launch& l = L();
     (*l.body)();
     Thread& t = *l.current;
@@ -106,7 +176,8 @@ void thread_entry() {
         if (!g.empty()) finding("thread ", t.tid, " exited with committed cp.async copies it never waited for");
     if (!t.open_group.empty()) finding("thread ", t.tid, " exited with uncommitted cp.async copies");
     t.state = State::Done;
-    // uc_link returns to the scheduler.
+    switch_context(t.ctx, l.scheduler); // never resumed
+    std::abort();
 }
 
 void land(Thread& t, const Copy& c) {
@@ -142,18 +213,14 @@ void run_block(Launch& l) {
         t.tid = i;
         while (g_stacks.size() <= i) g_stacks.emplace_back(new char[kStackBytes]);
         t.stack = g_stacks[i].get();
-        getcontext(&t.ctx);
-        t.ctx.uc_stack.ss_sp = t.stack;
-        t.ctx.uc_stack.ss_size = kStackBytes;
-        t.ctx.uc_link = &l.scheduler;
-        makecontext(&t.ctx, thread_entry, 0);
+        make_context(t.ctx, t.stack, kStackBytes);
     }
     for (;;) {
         bool ran = false;
         for (Thread& t : l.threads) {
             if (t.state != State::Runnable) continue;
             l.current = &t;
-            swapcontext(&l.scheduler, &t.ctx);
+            switch_context(l.scheduler, t.ctx);
             l.current = nullptr;
             ran = true;
         }

@@ -1,7 +1,8 @@
 // Host emulation of the part of CUDA that the hand-written kernels use, so that their device code runs in CI
 // on machines without a GPU (native/tests/cuda_emu/mma_gemm_emu_check.cpp).
 //
-// What it is: every CUDA thread of a block is a fiber (ucontext) on one OS thread; blocks run one after the other.
+// What it is: every CUDA thread of a block is a fiber (a hand-written x86-64 context switch, else ucontext) on one
+// OS thread; blocks run one after the other.
 // __syncthreads is a block barrier, mma.sync a warp-collective operation (all 32 lanes exchange their fragments,
 // laid out as the PTX ISA specifies for mma.m16n8k16 .row.col with f16/bf16 inputs and f32 accumulators),
 // cp.async a per-thread queue of copies in commit groups that land as late as the PTX semantics allow (at
