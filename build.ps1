@@ -24,6 +24,8 @@
                                   (NativeAOT publish, zero trim/AOT warnings allowed, then runs the executable),
                                   PInvokeSample (the C ABI through its own LibraryImport declarations)
     ./build.ps1 gpu-bundle [OUT]  self-contained test + bench bundle for a CUDA machine (Linux; see build.sh)
+    ./build.ps1 cuda12-check      compile check of the CUDA plugin with CUDA 12 for sm_80/sm_90/sm_90a (Debian;
+                                  see build.sh); exit code 77 when the toolkit cannot be downloaded
     ./build.ps1 deps              install missing system packages only (Debian/Ubuntu; no-op elsewhere)
     ./build.ps1 clean             remove build outputs
     ./build.ps1 help              this list
@@ -515,6 +517,13 @@ try {
             Install-Deps
             & bash (Join-Path $Root 'scripts/gpu-bundle.sh') @Arguments
             if ($LASTEXITCODE -ne 0) { throw "gpu-bundle failed ($LASTEXITCODE)" }
+        }
+        'cuda12-check' {
+            # Debian only: the toolkit comes from Debian trixie's archive.
+            Install-Deps
+            & bash (Join-Path $Root 'scripts/cuda12-check.sh')
+            if ($LASTEXITCODE -eq 77) { Write-Step 'cuda12-check: skipped (see above)'; exit 77 }
+            if ($LASTEXITCODE -ne 0) { throw "cuda12-check failed ($LASTEXITCODE)" }
         }
         'deps' { Install-Deps }
         'clean' { Invoke-Clean }

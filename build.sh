@@ -25,6 +25,9 @@
 #                                  PInvokeSample (the C ABI through its own LibraryImport declarations)
 #   ./build.sh gpu-bundle [OUT]    self-contained test + bench bundle for a CUDA machine without .NET
 #                                  (OUT/shardwise-gpu-bundle.tar.xz + OUT/gpu-run.sh; default OUT gpu-bundle/)
+#   ./build.sh cuda12-check        compile check of the CUDA plugin with CUDA 12 (Debian trixie's packages,
+#                                  extracted into ~/.cache/shardwise/cuda12, not installed) for sm_80, sm_90 and
+#                                  sm_90a; exit 77 (skipped) when the toolkit cannot be downloaded
 #   ./build.sh deps                install missing system packages only
 #   ./build.sh clean               remove build outputs
 #   ./build.sh help                this list
@@ -511,6 +514,7 @@ case "$command" in
     pack) cmd_pack ;;
     samples) cmd_samples ;;
     gpu-bundle) deps; exec bash "$ROOT/scripts/gpu-bundle.sh" "$@" ;;
+    cuda12-check) deps; exec bash "$ROOT/scripts/cuda12-check.sh" ;;
     deps) deps ;;
     clean) cmd_clean ;;
     help | -h | --help) cmd_help ;;
