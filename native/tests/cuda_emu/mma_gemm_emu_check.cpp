@@ -279,8 +279,10 @@ int main() {
     self_checks();
 
     // Shapes: a single element; one exact tile; partial tiles everywhere (k % 8 != 0: short cp.async chunks);
-    // several row blocks; several column blocks; many k tiles.
-    const int64_t shapes[][3] = {{1, 1, 1}, {128, 128, 32}, {131, 133, 45}, {257, 20, 100}, {64, 300, 70}, {40, 50, 200}};
+    // several row blocks; several column blocks; many k tiles; k below one 16-wide mma step; a single row over
+    // several column blocks (the GEMV-like decode step); one past a tile in every dimension.
+    const int64_t shapes[][3] = {{1, 1, 1},    {128, 128, 32}, {131, 133, 45}, {257, 20, 100}, {64, 300, 70},
+                                 {40, 50, 200}, {17, 8, 9},    {1, 300, 64},   {129, 129, 33}};
     std::mt19937_64 rng(0x5eed2026u ^ static_cast<uint64_t>(std::random_device{}()));
     int cases = 0, variant = 0;
     for (int dtype = 0; dtype < 2; ++dtype)
