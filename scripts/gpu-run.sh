@@ -2,7 +2,8 @@
 # Runs on a CUDA machine without .NET or network, from the repository root (sources present), with the
 # bundle made by scripts/gpu-bundle.sh in BUNDLE_DIR (default: gpu-bundle/):
 #   1. builds the native library and the CUDA plugin with the local nvcc (SHARDWISE_CUDA=ON);
-#   2. runs the native checks (ctest), the CUDA plugin check under compute-sanitizer (memcheck, racecheck)
+#   2. runs the native checks (ctest), then cuda_bench (issue 3's performance targets: markdown tables in
+#      cuda-bench.md and summary.txt), then the CUDA plugin check under compute-sanitizer (memcheck, racecheck)
 #      when it is installed;
 #   3. runs the whole NUnit suite from the bundle against that native build (CUDA fixtures included);
 #   4. runs the main job on the GPU and a short benchmark.
@@ -36,6 +37,24 @@ log "NCCL: ${SHARDWISE_NCCL_PATH:-not found}"
 log "native checks"
 ctest --test-dir "$BUILD" --output-on-failure > "$OUT_DIR/ctest.log" 2>&1 || rc_all=1
 tail -15 "$OUT_DIR/ctest.log" | tee -a "$OUT_DIR/summary.txt"
+
+# Issue 3's targets, full shapes (about a minute). Exit 77: no CUDA device (skipped, as cuda_check); any other
+# non-zero status is an API error or a failed verification of a benchmarked result.
+log "cuda_bench (issue 3 targets; tables also in cuda-bench.md, progress in cuda-bench.stderr.log)"
+if [ -x "$BUILD/bin/cuda_bench" ]; then
+    "$BUILD/bin/cuda_bench" --out "$OUT_DIR/cuda-bench.md" 2> "$OUT_DIR/cuda-bench.stderr.log" | tee -a "$OUT_DIR/summary.txt"
+    bench_rc=${PIPESTATUS[0]}
+    if [ "$bench_rc" -eq 77 ]; then
+        log "cuda_bench skipped (no CUDA device): $(tail -1 "$OUT_DIR/cuda-bench.stderr.log")"
+    elif [ "$bench_rc" -ne 0 ]; then
+        rc_all=1
+        log "cuda_bench FAILED (exit $bench_rc):"
+        tail -5 "$OUT_DIR/cuda-bench.stderr.log" | tee -a "$OUT_DIR/summary.txt"
+    fi
+else
+    rc_all=1
+    log "cuda_bench not built ($BUILD/bin/cuda_bench missing)"
+fi
 
 if command -v compute-sanitizer >/dev/null 2>&1 && [ -x "$BUILD/bin/cuda_check" ]; then
     for tool in memcheck racecheck; do

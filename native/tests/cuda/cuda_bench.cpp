@@ -1,0 +1,1196 @@
+// cuda_bench: measures issue 3's performance targets on one CUDA device, through the public C ABI only
+// (shardwise.h), and prints one markdown table per target:
+//
+//   1. sharded GEMM (the column-parallel path: each of p virtual ranks multiplies X by its column shard of W on
+//      its own stream with sw_gemm, then sw_all_gather_columns assembles Y on every rank) >= 0.95x one unsharded
+//      cuBLASLt GEMM of the same total shape (8192^3 bf16, p = 2, 4, 8);
+//   2. the hand-written mma.sync GEMM (sw_device_set_kernel "mma") >= 0.7x cuBLASLt ("cublaslt"), 8192^3, 4096^3;
+//   3. the all-gather's layout step ([p][M][n_r] -> [M][N] on every rank, uneven shards) >= 0.85x the device-to-
+//      device copy bandwidth of sw_memcpy_d2d_async over the same number of bytes;
+//   4. wrapper overhead per sharded-GEMM call < 5 us over the kernels' own time (M = 16, K = N = 1024, p = 1, 2, 4).
+//
+// Every result is verified (outputs pre-filled with NaN bytes, compared against each other and against float64
+// references); any verification failure or API error makes the exit status non-zero. Not meeting a target is not
+// a failure: this is a measurement. Without a CUDA device it prints why and exits 77.
+//
+// Usage: cuda_bench [--quick] [--out FILE] [--emulated] [--device N] [--reps N] [--seed N]
+//                   [--inject-fault unwritten-column]
+//   --quick      smaller shapes (a few seconds on a GPU)
+//   --out FILE   also write the markdown report to FILE
+//   --emulated   harness smoke test against the emulated CUDA plugin (host memory, f32, tiny shapes); sets
+//                SHARDWISE_CUDA_PLUGIN_PATH to the emulated plugin unless it is set. Numbers are meaningless.
+//   --inject-fault unwritten-column
+//                self-test of the verification: after each verified run one column of one output is overwritten
+//                with NaN bytes (as if the gather had left it unwritten); exits 0 only if every such fault is
+//                detected and nothing else fails.
+#include "shardwise.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// ------------------------------------------------------------------------------------------ errors, output
+
+struct ApiError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+    va_list ap;
+    va_start(ap, f);
+    char buf[1024];
+    const int n = std::vsnprintf(buf, sizeof buf, f, ap);
+    va_end(ap);
+    if (n < 0) return {};
+    if (static_cast<size_t>(n) < sizeof buf) return std::string(buf, static_cast<size_t>(n));
+    std::string s(static_cast<size_t>(n) + 1, '\0');
+    va_start(ap, f);
+    std::vsnprintf(&s[0], s.size(), f, ap);
+    va_end(ap);
+    s.resize(static_cast<size_t>(n));
+    return s;
+}
+
+// Every sw_* status is checked: a failure throws with the call, the status and sw_last_error().
+void check_status(sw_status st, const char* call, int line) {
+    if (st != SW_OK)
+        throw ApiError(fmt("line %d: %s -> %s: %s", line, call, sw_status_string(st), sw_last_error()));
+}
+#define CK(call) check_status((call), #call, __LINE__)
+
+std::string g_md; // the markdown report
+void md(const std::string& s) { g_md += s; }
+void progress(const std::string& s) {
+    std::fprintf(stderr, "cuda_bench: %s\n", s.c_str());
+    std::fflush(stderr);
+}
+
+// ------------------------------------------------------------------------------------------ options
+
+struct Options {
+    bool quick = false;
+    bool emulated = false;
+    bool inject = false;
+    std::string out;
+    int32_t device = 0;
+    int reps = 0; // 0: the mode's default
+    uint64_t seed = 0;
+    bool seed_set = false;
+};
+Options opt;
+
+// ------------------------------------------------------------------------------------------ host helpers
+
+uint64_t splitmix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// Runs fn(begin, end) over [0, n) on the host's cores.
+void parallel_for(uint64_t n, const std::function<void(uint64_t, uint64_t)>& fn) {
+    const unsigned hw = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+    const uint64_t threads = std::min<uint64_t>(hw, std::max<uint64_t>(1, n / 65536));
+    if (threads <= 1) {
+        fn(0, n);
+        return;
+    }
+    std::vector<std::thread> pool;
+    const uint64_t chunk = (n + threads - 1) / threads;
+    for (uint64_t t = 0; t < threads; ++t) {
+        const uint64_t b = t * chunk, e = std::min(n, b + chunk);
+        if (b < e) pool.emplace_back(fn, b, e);
+    }
+    for (auto& th : pool) th.join();
+}
+
+uint16_t float_to_bf16(float f) { // round to nearest even; inputs here are finite
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
+float bf16_to_float(uint16_t h) {
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+struct DType {
+    sw_dtype t;
+    size_t esz;
+    const char* name;
+    double u_out; // unit roundoff of the output type
+};
+const DType kBF16{SW_DTYPE_BF16, 2, "bf16", 1.0 / 256};
+const DType kF32{SW_DTYPE_F32, 4, "f32", 1.0 / 16777216};
+
+// Relative to sum_k |x_ik||w_kj|: how far two fp32-accumulated results may drift apart through a different
+// summation order (cuBLASLt picks its algorithm, split-K and tiles per shape; the mma kernel has its own order).
+// Far above fp32's real order effects (~sqrt(K) * 2^-24), far below a wrong element (~ |y| ~ sqrt(K)/3 against a
+// scale of ~K/3, i.e. ~1/sqrt(K) >= 1e-2 for the shapes here).
+const double kAccTol = 1.0 / 4096;
+
+float round_to(const DType& d, float f) { return d.t == SW_DTYPE_BF16 ? bf16_to_float(float_to_bf16(f)) : f; }
+
+// Random values in [-1, 1), exactly representable in the dtype; counter-based, so generated in parallel.
+std::vector<float> random_matrix(const DType& d, uint64_t n, uint64_t seed) {
+    std::vector<float> v(n);
+    parallel_for(n, [&](uint64_t b, uint64_t e) {
+        for (uint64_t i = b; i < e; ++i) {
+            const double u = static_cast<double>(splitmix(seed * 0x100000001b3ull ^ i) >> 40) / double(1ull << 24);
+            v[i] = round_to(d, static_cast<float>(2 * u - 1));
+        }
+    });
+    return v;
+}
+
+std::vector<uint8_t> encode(const DType& d, const float* v, uint64_t n) {
+    std::vector<uint8_t> out(n * d.esz);
+    if (d.t == SW_DTYPE_F32) {
+        std::memcpy(out.data(), v, n * 4);
+        return out;
+    }
+    parallel_for(n, [&](uint64_t b, uint64_t e) {
+        for (uint64_t i = b; i < e; ++i) {
+            const uint16_t h = float_to_bf16(v[i]);
+            std::memcpy(&out[i * 2], &h, 2);
+        }
+    });
+    return out;
+}
+std::vector<float> decode(const DType& d, const std::vector<uint8_t>& bytes) {
+    const uint64_t n = bytes.size() / d.esz;
+    std::vector<float> v(n);
+    if (d.t == SW_DTYPE_F32) {
+        std::memcpy(v.data(), bytes.data(), n * 4);
+        return v;
+    }
+    parallel_for(n, [&](uint64_t b, uint64_t e) {
+        for (uint64_t i = b; i < e; ++i) {
+            uint16_t h;
+            std::memcpy(&h, &bytes[i * 2], 2);
+            v[i] = bf16_to_float(h);
+        }
+    });
+    return v;
+}
+
+struct Stat {
+    double median = 0, min = 0;
+};
+Stat stat_of(std::vector<double> v) {
+    Stat s;
+    if (v.empty()) return s;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    s.median = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    s.min = v.front();
+    return s;
+}
+std::string ms_cell(const Stat& s) { return fmt("%.4f (%.4f)", s.median, s.min); }
+std::string us_cell(const Stat& s) { return fmt("%.2f (%.2f)", s.median, s.min); }
+
+// ------------------------------------------------------------------------------------------ verification
+
+struct CheckRecord {
+    std::string what;
+    bool ok;
+    bool injected; // a fault was injected into this output: the check is expected to fail
+    std::string detail;
+};
+std::vector<CheckRecord> g_checks;
+
+void record_check(const std::string& what, bool ok, bool injected, const std::string& detail) {
+    g_checks.push_back({what, ok, injected, detail});
+    if (!ok) progress(fmt("%s: %s%s", injected ? "fault detected as expected" : "VERIFICATION FAILED", what.c_str(),
+                          (": " + detail).c_str()));
+}
+
+// The outcome of one comparison; several (one per rank) are recorded as one check by RankChecks.
+struct Outcome {
+    bool ok;
+    double worst; // max |diff| / tolerance (or the number of wrong elements where exactness is required)
+    std::string detail;
+};
+
+// One check over every rank's output: passes when every rank's does; `injected` when a fault was injected into one.
+struct RankChecks {
+    std::string what;
+    bool injected;
+    int ranks = 0, failed = 0;
+    Outcome worst_ok{true, -1, ""}, first_failed{true, 0, ""};
+    void add(int rank, const Outcome& o) {
+        ++ranks;
+        if (!o.ok && failed++ == 0) first_failed = {false, o.worst, fmt("rank %d: ", rank) + o.detail};
+        if (o.ok && o.worst > worst_ok.worst) worst_ok = {true, o.worst, fmt("worst rank %d: ", rank) + o.detail};
+    }
+    void record() const {
+        if (failed)
+            record_check(what, false, injected, fmt("%d of %d ranks failed; ", failed, ranks) + first_failed.detail);
+        else
+            record_check(what, true, injected, fmt("all %d ranks ok; ", ranks) + worst_ok.detail);
+    }
+};
+
+// got vs another implementation's result `ref` (both M x N, row-major), element by element:
+// |got - ref| <= u_out * (|got| + |ref|) + kAccTol * ||x_i||_2 * ||w_j||_2, the last factor being an upper bound of
+// sum_k |x_ik||w_kj| (Cauchy-Schwarz; about 4/3 of it for uniform data). A NaN (an unwritten element) always fails.
+Outcome compare_results(const DType& d, const std::vector<float>& got, const std::vector<float>& ref, int64_t M,
+                        int64_t N, const std::vector<double>& rn, const std::vector<double>& cn) {
+    struct Acc {
+        uint64_t bad = 0, nonfinite = 0;
+        double worst = 0;          // max |d| / tolerance
+        double worst_scaled = 0;   // max |d| / (||x_i|| ||w_j||)
+        int64_t bi = -1, bj = -1;
+    };
+    std::mutex mu;
+    Acc total;
+    parallel_for(static_cast<uint64_t>(M), [&](uint64_t b, uint64_t e) {
+        Acc a;
+        for (uint64_t i = b; i < e; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+                const double g = got[i * N + j], r = ref[i * N + j];
+                const double scale = rn[i] * cn[j];
+                if (!std::isfinite(g) || !std::isfinite(r)) {
+                    if (a.bad == 0) { a.bi = static_cast<int64_t>(i); a.bj = j; }
+                    ++a.bad;
+                    ++a.nonfinite;
+                    continue;
+                }
+                const double diff = std::fabs(g - r);
+                const double tol = d.u_out * (std::fabs(g) + std::fabs(r)) + kAccTol * scale;
+                if (diff > tol) {
+                    if (a.bad == 0) { a.bi = static_cast<int64_t>(i); a.bj = j; }
+                    ++a.bad;
+                }
+                if (tol > 0) a.worst = std::max(a.worst, diff / tol);
+                if (scale > 0) a.worst_scaled = std::max(a.worst_scaled, diff / scale);
+            }
+        std::lock_guard<std::mutex> l(mu);
+        if (total.bad == 0 && a.bad) { total.bi = a.bi; total.bj = a.bj; }
+        total.bad += a.bad;
+        total.nonfinite += a.nonfinite;
+        total.worst = std::max(total.worst, a.worst);
+        total.worst_scaled = std::max(total.worst_scaled, a.worst_scaled);
+    });
+    std::string detail = fmt("%lld x %lld elements, max abs(diff)/tol %.3g, max abs(diff)/(norm(x_i) norm(w_j)) %.3g",
+                             static_cast<long long>(M), static_cast<long long>(N), total.worst, total.worst_scaled);
+    if (total.bad)
+        detail += fmt("; %llu out of tolerance (%llu NaN/Inf: unwritten or wrong), first at [%lld][%lld]: %g vs %g",
+                      static_cast<unsigned long long>(total.bad), static_cast<unsigned long long>(total.nonfinite),
+                      static_cast<long long>(total.bi), static_cast<long long>(total.bj),
+                      static_cast<double>(got[total.bi * N + total.bj]), static_cast<double>(ref[total.bi * N + total.bj]));
+    return {total.bad == 0, total.worst, detail};
+}
+
+// got (M x N) vs a float64 reference of X (M x K) . W (K x N) at sampled elements (every element when the product is
+// small): |got - ref| <= u_out * |ref| + kAccTol * sum_k |x_ik||w_kj| (exact here).
+Outcome check_against_reference(const DType& d, const std::vector<float>& got, const std::vector<float>& X,
+                                const std::vector<float>& W, int64_t M, int64_t K, int64_t N, uint64_t seed) {
+    std::vector<std::pair<int64_t, int64_t>> at;
+    if (static_cast<double>(M) * N * K <= 5e7) {
+        for (int64_t i = 0; i < M; ++i)
+            for (int64_t j = 0; j < N; ++j) at.emplace_back(i, j);
+    } else {
+        at = {{0, 0}, {0, N - 1}, {M - 1, 0}, {M - 1, N - 1}};
+        for (uint64_t s = 0; s < 1024; ++s) {
+            const uint64_t h = splitmix(seed ^ (s * 0x9e37ull));
+            at.emplace_back(static_cast<int64_t>(h % static_cast<uint64_t>(M)),
+                            static_cast<int64_t>((h >> 32) % static_cast<uint64_t>(N)));
+        }
+    }
+    uint64_t bad = 0;
+    double worst = 0;
+    std::string first;
+    for (const auto& [i, j] : at) {
+        double ref = 0, scale = 0;
+        for (int64_t p = 0; p < K; ++p) {
+            const double x = X[i * K + p], w = W[p * N + j];
+            ref += x * w;
+            scale += std::fabs(x * w);
+        }
+        const double g = got[i * N + j];
+        const double tol = d.u_out * std::fabs(ref) + kAccTol * scale;
+        const bool ok = std::isfinite(g) && std::fabs(g - ref) <= tol;
+        if (std::isfinite(g) && tol > 0) worst = std::max(worst, std::fabs(g - ref) / tol);
+        if (!ok && bad++ == 0) first = fmt("first at [%lld][%lld]: %g vs %g", static_cast<long long>(i),
+                                           static_cast<long long>(j), g, ref);
+    }
+    std::string detail = fmt("%zu elements vs float64, max abs(diff)/tol %.3g", at.size(), worst);
+    if (bad) detail += fmt("; %llu out of tolerance, %s", static_cast<unsigned long long>(bad), first.c_str());
+    return {bad == 0, worst, detail};
+}
+void record(const std::string& what, const Outcome& o, bool injected = false) { record_check(what, o.ok, injected, o.detail); }
+
+void row_norms(const std::vector<float>& A, int64_t rows, int64_t cols, std::vector<double>& out) {
+    out.assign(static_cast<size_t>(rows), 0.0);
+    parallel_for(static_cast<uint64_t>(rows), [&](uint64_t b, uint64_t e) {
+        for (uint64_t i = b; i < e; ++i) {
+            double s = 0;
+            for (int64_t j = 0; j < cols; ++j) s += double(A[i * cols + j]) * A[i * cols + j];
+            out[i] = std::sqrt(s);
+        }
+    });
+}
+void col_norms(const std::vector<float>& A, int64_t rows, int64_t cols, std::vector<double>& out) {
+    out.assign(static_cast<size_t>(cols), 0.0);
+    parallel_for(static_cast<uint64_t>(cols), [&](uint64_t b, uint64_t e) {
+        for (int64_t i = 0; i < rows; ++i)
+            for (uint64_t j = b; j < e; ++j) out[j] += double(A[i * cols + j]) * A[i * cols + j];
+        for (uint64_t j = b; j < e; ++j) out[j] = std::sqrt(out[j]);
+    });
+}
+
+// ------------------------------------------------------------------------------------------ device context
+
+constexpr int kMaxRanks = 8;
+
+struct Ctx {
+    sw_device dev = nullptr;
+    std::vector<sw_stream> s; // s[r]: rank r's stream; s[kMaxRanks]: an extra one (the gate's second rank)
+    sw_event start = nullptr;
+    std::vector<sw_event> end;
+    sw_comm gate = nullptr; // 2 ranks: rank 0 on s[0] holds the device back while work is queued (see gated())
+    DType dt = kBF16;
+    int warmup = 3, reps = 20;
+};
+Ctx C;
+
+sw_buffer alloc(uint64_t bytes) {
+    sw_buffer b = nullptr;
+    CK(sw_buffer_alloc(C.dev, bytes, &b));
+    return b;
+}
+void release(sw_buffer& b) {
+    if (b) CK(sw_buffer_destroy(b));
+    b = nullptr;
+}
+void upload(sw_buffer b, uint64_t offset_bytes, const std::vector<uint8_t>& bytes) {
+    CK(sw_memcpy_h2d_async(b, offset_bytes, bytes.data(), bytes.size(), C.s[0]));
+    CK(sw_stream_synchronize(C.s[0]));
+}
+std::vector<uint8_t> download(sw_buffer b, uint64_t offset_bytes, uint64_t bytes) {
+    std::vector<uint8_t> out(bytes);
+    CK(sw_memcpy_d2h_async(out.data(), b, offset_bytes, bytes, C.s[0]));
+    CK(sw_stream_synchronize(C.s[0]));
+    return out;
+}
+// NaN bytes (0xFF..: NaN in f32, f16 and bf16), in s[0]'s order (every measured frame starts after it).
+void fill_nan(sw_buffer b, uint64_t offset_bytes, uint64_t bytes) {
+    CK(sw_memset_async(b, offset_bytes, 0xff, bytes, C.s[0]));
+}
+// The fault of --inject-fault unwritten-column: column `col` of an M x ld matrix at element offset `off` set to NaN.
+void inject_unwritten_column(sw_buffer b, uint64_t off, int64_t rows, int64_t ld, int64_t col) {
+    for (int64_t i = 0; i < rows; ++i)
+        CK(sw_memset_async(b, (off + static_cast<uint64_t>(i * ld + col)) * C.dt.esz, 0xff, C.dt.esz, C.s[0]));
+    CK(sw_stream_synchronize(C.s[0]));
+}
+
+void sync_ranks(int p) {
+    for (int r = 0; r < p; ++r) CK(sw_stream_synchronize(C.s[r])); // also reports collectives' host-side errors
+}
+
+// One measured frame over p rank streams: `start` recorded on s[0], the other streams wait for it, body() queues the
+// work, `end[r]` is recorded on every stream; returns the largest start -> end[r] time (ms) once all are done.
+double timed(int p, const std::function<void()>& body) {
+    CK(sw_event_record(C.start, C.s[0]));
+    for (int r = 1; r < p; ++r) CK(sw_stream_wait_event(C.s[r], C.start));
+    body();
+    for (int r = 0; r < p; ++r) CK(sw_event_record(C.end[r], C.s[r]));
+    double worst = 0;
+    for (int r = 0; r < p; ++r) {
+        CK(sw_event_synchronize(C.end[r]));
+        double ms = 0;
+        CK(sw_event_elapsed_ms(C.start, C.end[r], &ms));
+        worst = std::max(worst, ms);
+    }
+    sync_ranks(p);
+    return worst;
+}
+
+struct Variant {
+    std::string name;
+    int p;
+    std::function<void()> prepare; // host-side setup before the frame (not timed), may be empty
+    std::function<void()> body;
+};
+// Warm-up, then C.reps timed frames of every variant, interleaved (v0, v1, ..., v0, v1, ...) so that clock and
+// thermal drift affect them alike. Returns the times (ms) per variant.
+std::vector<std::vector<double>> measure(const std::vector<Variant>& vs) {
+    std::vector<std::vector<double>> t(vs.size());
+    for (int it = 0; it < C.warmup + C.reps; ++it)
+        for (size_t v = 0; v < vs.size(); ++v) {
+            if (vs[v].prepare) vs[v].prepare();
+            const double ms = timed(vs[v].p, vs[v].body);
+            if (it >= C.warmup) t[v].push_back(ms);
+        }
+    return t;
+}
+
+// Queues `body` on ranks' streams while the device is held back, then releases it, so the queued kernels run back to
+// back without waiting for the host: their own time. The hold is a 2-rank barrier whose rank 0 is queued on s[0] (its
+// stream spins on the collective's flag until rank 1 joins); rank 1 joins from this thread after the queueing, or from
+// a watchdog thread if the queueing itself blocks (a full launch queue), in which case the result is refused.
+double gated(int p, const std::function<void()>& body) {
+    CK(sw_barrier(C.gate, 0, C.s[0]));
+    CK(sw_event_record(C.start, C.s[0]));
+    for (int r = 1; r < p; ++r) CK(sw_stream_wait_event(C.s[r], C.start));
+    std::atomic<bool> released{false};
+    std::atomic<bool> watchdog_fired{false};
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    std::string watchdog_error;
+    std::thread watchdog([&] {
+        std::unique_lock<std::mutex> l(mu);
+        if (!cv.wait_for(l, std::chrono::seconds(20), [&] { return done; })) {
+            if (!released.exchange(true)) {
+                watchdog_fired = true;
+                const sw_status st = sw_barrier(C.gate, 1, C.s[kMaxRanks]);
+                if (st != SW_OK) watchdog_error = fmt("%s: %s", sw_status_string(st), sw_last_error());
+            }
+        }
+    });
+    std::string error;
+    try {
+        body();
+        for (int r = 0; r < p; ++r) CK(sw_event_record(C.end[r], C.s[r]));
+    } catch (const std::exception& e) {
+        error = e.what();
+    }
+    if (!released.exchange(true)) {
+        const sw_status st = sw_barrier(C.gate, 1, C.s[kMaxRanks]);
+        if (st != SW_OK && error.empty()) error = fmt("releasing the gate: %s: %s", sw_status_string(st), sw_last_error());
+    }
+    {
+        std::lock_guard<std::mutex> l(mu);
+        done = true;
+    }
+    cv.notify_all();
+    watchdog.join();
+    CK(sw_stream_synchronize(C.s[kMaxRanks]));
+    if (!error.empty()) throw ApiError(error);
+    if (!watchdog_error.empty()) throw ApiError("the gate's watchdog could not release it: " + watchdog_error);
+    double worst = 0;
+    for (int r = 0; r < p; ++r) {
+        CK(sw_event_synchronize(C.end[r]));
+        double ms = 0;
+        CK(sw_event_elapsed_ms(C.start, C.end[r], &ms));
+        worst = std::max(worst, ms);
+    }
+    sync_ranks(p);
+    if (watchdog_fired)
+        throw ApiError("queueing the gated batch blocked (launch queue full?): reduce the calls per gated batch");
+    return worst;
+}
+
+sw_comm make_comm(int p) {
+    std::vector<sw_device> devs(static_cast<size_t>(p), C.dev); // p virtual ranks of the one device
+    sw_comm comm = nullptr;
+    CK(sw_comm_create_local(p, devs.data(), 120000, &comm));
+    return comm;
+}
+
+std::string met_cell(bool met) { return opt.emulated ? "n/a (emulated)" : (met ? "**yes**" : "**no**"); }
+double tflops(double flops, double ms) { return flops / (ms * 1e-3) / 1e12; }
+
+struct Shard {
+    int64_t off, n;
+};
+std::vector<Shard> shards_of(int64_t total, int p) {
+    std::vector<Shard> v(static_cast<size_t>(p));
+    for (int r = 0; r < p; ++r) CK(sw_shard_range(total, p, r, &v[r].off, &v[r].n));
+    return v;
+}
+std::string shard_list(const std::vector<Shard>& v) {
+    std::string s;
+    for (size_t r = 0; r < v.size(); ++r) s += (r ? "+" : "") + std::to_string(v[r].n);
+    return s;
+}
+
+// ------------------------------------------------------------------------------------------ target 1
+
+void target_sharded_gemm() {
+    int64_t M = 8192, K = 8192, N = 8192;
+    if (opt.quick) M = K = N = 2048;
+    if (opt.emulated) M = 24, K = 40, N = 37;
+    const DType& d = C.dt;
+    const double flops = 2.0 * M * N * K;
+    progress(fmt("target 1: sharded GEMM %lldx%lldx%lld %s", (long long)M, (long long)K, (long long)N, d.name));
+    CK(sw_device_set_kernel(C.dev, "cublaslt"));
+
+    const uint64_t seed = opt.seed * 7 + 1;
+    const std::vector<float> X = random_matrix(d, static_cast<uint64_t>(M * K), seed);
+    const std::vector<float> W = random_matrix(d, static_cast<uint64_t>(K * N), seed + 1);
+    std::vector<double> rn, cn;
+    row_norms(X, M, K, rn);
+    col_norms(W, K, N, cn);
+    const uint64_t mn_bytes = static_cast<uint64_t>(M * N) * d.esz;
+    sw_buffer bx = alloc(static_cast<uint64_t>(M * K) * d.esz), bw = alloc(static_cast<uint64_t>(K * N) * d.esz);
+    upload(bx, 0, encode(d, X.data(), X.size()));
+    upload(bw, 0, encode(d, W.data(), W.size()));
+    sw_buffer yref = alloc(mn_bytes), ydirect = alloc(mn_bytes), yall = alloc(mn_bytes * kMaxRanks);
+
+    auto unsharded = [&] {
+        CK(sw_gemm(C.s[0], d.t, SW_OP_N, SW_OP_N, M, N, K, 1.f, bx, 0, K, bw, 0, N, 0.f, yref, 0, N, nullptr, 0,
+                   SW_EPILOGUE_NONE));
+    };
+    fill_nan(yref, 0, mn_bytes);
+    timed(1, unsharded);
+    const std::vector<float> yref_host = decode(d, download(yref, 0, mn_bytes));
+    record(fmt("T1 unsharded cuBLASLt %lldx%lldx%lld vs float64", (long long)M, (long long)K, (long long)N),
+           check_against_reference(d, yref_host, X, W, M, K, N, seed));
+
+    md("\n## 1. Sharded GEMM vs one unsharded cuBLASLt GEMM\n\n");
+    md(fmt("X (M x K) times W (K x N), %s in and out, fp32 accumulation, cuBLASLt (`sw_device_set_kernel(\"cublaslt\")`). "
+           "*unsharded*: one `sw_gemm` of M x K x N on one stream. *sharded + all-gather* (the issue's definition, the "
+           "column-parallel path): W split by columns with `sw_shard_range`, rank r's `sw_gemm` of M x K x n_r into its "
+           "own M x n_r buffer on its own stream, then `sw_all_gather_columns` on a local communicator of p virtual ranks "
+           "of this one device, so that every rank ends with all of Y (M x N); on one device that is p full copies of Y. "
+           "*sharded, direct (info)*: what `ShardedGemm` does for virtual ranks of one device: rank r's GEMM writes its "
+           "column block of one Y in place (ldc = N), no gather. Time: CUDA events, from `start` on rank 0's stream (the "
+           "others wait for it) to the last rank's `end`; median (min) of %d frames after %d warm-up frames, the variants "
+           "interleaved. Ratio = unsharded time / variant time (= throughput ratio). Target: sharded + all-gather >= 0.95x.\n\n",
+           d.name, C.reps, C.warmup));
+    md("| M x K x N | dtype | p | shards n_r | variant | time ms median (min) | TFLOP/s | ratio | target | met |\n");
+    md("|---|---|---|---|---|---|---|---|---|---|\n");
+
+    for (int p : {2, 4, 8}) {
+        const std::vector<Shard> sh = shards_of(N, p);
+        sw_comm comm = make_comm(p);
+        std::vector<sw_buffer> bshard(p), blocal(p);
+        for (int r = 0; r < p; ++r) {
+            const int64_t n = sh[r].n;
+            std::vector<float> part(static_cast<size_t>(K * n));
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t j = 0; j < n; ++j) part[k * n + j] = W[k * N + sh[r].off + j];
+            bshard[r] = alloc(static_cast<uint64_t>(K * n) * d.esz);
+            blocal[r] = alloc(static_cast<uint64_t>(M * n) * d.esz);
+            upload(bshard[r], 0, encode(d, part.data(), part.size()));
+        }
+        auto gather = [&] {
+            for (int r = 0; r < p; ++r) {
+                const int64_t n = sh[r].n;
+                CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, n, K, 1.f, bx, 0, K, bshard[r], 0, n, 0.f, blocal[r], 0, n,
+                           nullptr, 0, SW_EPILOGUE_NONE));
+                CK(sw_all_gather_columns(comm, r, blocal[r], 0, M, n, n, yall, static_cast<uint64_t>(r * M * N), N, d.t,
+                                         C.s[r]));
+            }
+        };
+        auto direct = [&] {
+            for (int r = 0; r < p; ++r) {
+                const int64_t n = sh[r].n;
+                CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, n, K, 1.f, bx, 0, K, bshard[r], 0, n, 0.f, ydirect,
+                           static_cast<uint64_t>(sh[r].off), N, nullptr, 0, SW_EPILOGUE_NONE));
+            }
+        };
+        // Verified run: outputs NaN-filled first, so a column nobody writes fails the comparison.
+        fill_nan(yall, 0, mn_bytes * p);
+        fill_nan(ydirect, 0, mn_bytes);
+        timed(p, gather);
+        timed(p, direct);
+        if (opt.inject) inject_unwritten_column(yall, static_cast<uint64_t>((p - 1) * M * N), M, N, sh[p - 1].off);
+        RankChecks rc{fmt("T1 p=%d sharded + all-gather: every rank's Y vs unsharded", p), opt.inject};
+        for (int r = 0; r < p; ++r)
+            rc.add(r, compare_results(d, decode(d, download(yall, mn_bytes * r, mn_bytes)), yref_host, M, N, rn, cn));
+        rc.record();
+        record(fmt("T1 p=%d sharded direct Y vs unsharded", p),
+               compare_results(d, decode(d, download(ydirect, 0, mn_bytes)), yref_host, M, N, rn, cn));
+
+        const auto t = measure({{"unsharded", 1, {}, unsharded}, {"gather", p, {}, gather}, {"direct", p, {}, direct}});
+        const Stat su = stat_of(t[0]), sg = stat_of(t[1]), sd = stat_of(t[2]);
+        const std::string shape = fmt("%lld x %lld x %lld", (long long)M, (long long)K, (long long)N);
+        md(fmt("| %s | %s | 1 | %lld | unsharded | %s | %.1f | 1.00 | | |\n", shape.c_str(), d.name, (long long)N,
+               ms_cell(su).c_str(), tflops(flops, su.median)));
+        md(fmt("| %s | %s | %d | %s | sharded + all-gather | %s | %.1f | %.3f | >= 0.95 | %s |\n", shape.c_str(), d.name,
+               p, shard_list(sh).c_str(), ms_cell(sg).c_str(), tflops(flops, sg.median), su.median / sg.median,
+               met_cell(su.median / sg.median >= 0.95).c_str()));
+        md(fmt("| %s | %s | %d | %s | sharded, direct (info) | %s | %.1f | %.3f | (info) | |\n", shape.c_str(), d.name,
+               p, shard_list(sh).c_str(), ms_cell(sd).c_str(), tflops(flops, sd.median), su.median / sd.median));
+
+        for (int r = 0; r < p; ++r) {
+            release(bshard[r]);
+            release(blocal[r]);
+        }
+        CK(sw_comm_destroy(comm));
+    }
+    md("\nTFLOP/s = 2·M·N·K / median time. Every variant's Y was checked element by element against the unsharded Y "
+       "(after NaN pre-fill, every rank's gathered Y), and the unsharded Y against a float64 reference at sampled "
+       "elements (see Verification).\n");
+    release(bx);
+    release(bw);
+    release(yref);
+    release(ydirect);
+    release(yall);
+}
+
+// ------------------------------------------------------------------------------------------ target 2
+
+void target_mma_vs_cublaslt() {
+    std::vector<std::array<int64_t, 3>> shapes{{8192, 8192, 8192}, {4096, 4096, 4096}};
+    if (opt.quick) shapes = {{2048, 2048, 2048}, {1024, 1024, 1024}};
+    if (opt.emulated) shapes = {{32, 48, 40}, {16, 24, 20}};
+    const DType& d = C.dt;
+    md("\n## 2. Hand-written mma.sync GEMM vs cuBLASLt\n\n");
+    md(fmt("One `sw_gemm` (M x K times K x N, %s A, B and C: the C ABI's CUDA GEMM takes one dtype for A, B and C, so "
+           "f32 C with bf16 inputs cannot be asked for; fp32 accumulation) on one stream, the device's algorithm chosen "
+           "with `sw_device_set_kernel`: \"cublaslt\" vs \"mma\" (the hand-written tensor-core kernel). CUDA events around "
+           "the call; median (min) of %d frames after %d warm-up frames, interleaved. Ratio = cuBLASLt time / mma time. "
+           "Target: >= 0.7x.%s\n\n",
+           d.name, C.reps, C.warmup,
+           opt.emulated ? " **Emulated: f32, and the emulated plugin ignores the algorithm (both rows run the same host "
+                          "loop).**"
+                        : ""));
+    md("| M x K x N | dtype | kernel | time ms median (min) | TFLOP/s | ratio | target | met |\n");
+    md("|---|---|---|---|---|---|---|---|\n");
+    for (const auto& sh : shapes) {
+        const int64_t M = sh[0], K = sh[1], N = sh[2];
+        progress(fmt("target 2: mma vs cuBLASLt %lldx%lldx%lld %s", (long long)M, (long long)K, (long long)N, d.name));
+        const double flops = 2.0 * M * N * K;
+        const uint64_t seed = opt.seed * 7 + 2 + static_cast<uint64_t>(M);
+        const std::vector<float> X = random_matrix(d, static_cast<uint64_t>(M * K), seed);
+        const std::vector<float> W = random_matrix(d, static_cast<uint64_t>(K * N), seed + 1);
+        std::vector<double> rn, cn;
+        row_norms(X, M, K, rn);
+        col_norms(W, K, N, cn);
+        const uint64_t mn_bytes = static_cast<uint64_t>(M * N) * d.esz;
+        sw_buffer bx = alloc(static_cast<uint64_t>(M * K) * d.esz), bw = alloc(static_cast<uint64_t>(K * N) * d.esz);
+        upload(bx, 0, encode(d, X.data(), X.size()));
+        upload(bw, 0, encode(d, W.data(), W.size()));
+        sw_buffer yc = alloc(mn_bytes), ym = alloc(mn_bytes);
+        auto gemm_into = [&](sw_buffer y) {
+            return [&, y] {
+                CK(sw_gemm(C.s[0], d.t, SW_OP_N, SW_OP_N, M, N, K, 1.f, bx, 0, K, bw, 0, N, 0.f, y, 0, N, nullptr, 0,
+                           SW_EPILOGUE_NONE));
+            };
+        };
+        auto use_cublaslt = [] { CK(sw_device_set_kernel(C.dev, "cublaslt")); };
+        auto use_mma = [] { CK(sw_device_set_kernel(C.dev, "mma")); };
+        fill_nan(yc, 0, mn_bytes);
+        fill_nan(ym, 0, mn_bytes);
+        use_cublaslt();
+        timed(1, gemm_into(yc));
+        use_mma();
+        timed(1, gemm_into(ym));
+        if (opt.inject) inject_unwritten_column(ym, 0, M, N, N / 2);
+        const std::vector<float> hc = decode(d, download(yc, 0, mn_bytes)), hm = decode(d, download(ym, 0, mn_bytes));
+        const std::string shape = fmt("%lld x %lld x %lld", (long long)M, (long long)K, (long long)N);
+        record("T2 cuBLASLt " + shape + " vs float64", check_against_reference(d, hc, X, W, M, K, N, seed));
+        if (!opt.inject) record("T2 mma " + shape + " vs float64", check_against_reference(d, hm, X, W, M, K, N, seed));
+        record("T2 mma " + shape + " vs cuBLASLt", compare_results(d, hm, hc, M, N, rn, cn), opt.inject);
+
+        const auto t = measure({{"cublaslt", 1, use_cublaslt, gemm_into(yc)}, {"mma", 1, use_mma, gemm_into(ym)}});
+        const Stat sc = stat_of(t[0]), sm = stat_of(t[1]);
+        md(fmt("| %s | %s | cublaslt | %s | %.1f | 1.00 | | |\n", shape.c_str(), d.name, ms_cell(sc).c_str(),
+               tflops(flops, sc.median)));
+        md(fmt("| %s | %s | mma | %s | %.1f | %.3f | >= 0.70 | %s |\n", shape.c_str(), d.name, ms_cell(sm).c_str(),
+               tflops(flops, sm.median), sc.median / sm.median, met_cell(sc.median / sm.median >= 0.70).c_str()));
+        release(bx);
+        release(bw);
+        release(yc);
+        release(ym);
+    }
+    CK(sw_device_set_kernel(C.dev, "cublaslt"));
+    md("\nBoth results were checked against a float64 reference at sampled elements and against each other element by "
+       "element (see Verification).\n");
+}
+
+// ------------------------------------------------------------------------------------------ target 3
+
+// The value every gathered element must hold: a hash of its global (row, column), never a NaN pattern.
+inline uint32_t layout_pattern(uint64_t i, uint64_t j) { return static_cast<uint32_t>(splitmix((i << 32) ^ j)); }
+
+void target_layout() {
+    struct Size {
+        int64_t M, N;
+        const char* role;
+    };
+    std::vector<Size> sizes{{8192, 8191, "uneven (target 1's Y)"}, {8192, 8192, "even (info)"},
+                            {16384, 16383, "uneven, 4x larger (amortised)"}};
+    if (opt.quick) sizes = {{2048, 2047, "uneven"}, {2048, 2048, "even (info)"}, {4096, 4095, "uneven, 4x larger"}};
+    if (opt.emulated) sizes = {{64, 301, "uneven"}, {64, 304, "even (info)"}, {128, 602, "uneven, 4x larger"}};
+    const DType& d = C.dt;
+    md("\n## 3. Layout step of the all-gather vs device-to-device copy bandwidth\n\n");
+    md(fmt("`sw_all_gather_columns` on p virtual ranks of this device (one stream each), %s: rank r contributes an "
+           "M x n_r block (n_r from `sw_shard_range`, uneven unless N divides evenly) and every rank receives the M x N "
+           "result, so one all-gather writes p·M·N elements; the layout copies run on each rank's communication stream. "
+           "Baseline: one `sw_memcpy_d2d_async` of the same number of bytes (p·M·N·%zu) on one stream. "
+           "**Convention: GB/s = bytes written / time (1 GB = 10^9 B).** Each byte is read once and written once in both "
+           "operations, so read+write traffic is 2x these figures for both and the ratio is the same under either "
+           "convention. Time: CUDA events from `start` (rank 0's stream; the other ranks wait for it) to the last rank's "
+           "`end`; it includes the in-process collective's host side (each rank's host thread waits for its stream, "
+           "rendezvous, queues its copies, synchronises them, departure barrier, then releases the stream's wait-flag "
+           "kernel), which a single memcpy does not have. Median (min) of %d frames after %d warm-up frames, "
+           "interleaved. Ratio = all-gather GB/s / memcpy GB/s; target >= 0.85x on the uneven rows.\n\n",
+           d.name, d.esz, C.reps, C.warmup));
+    md("| M x N | case | p | shards n_r | operation | bytes written | time ms median (min) | GB/s written | ratio | target | met |\n");
+    md("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    struct Marginal {
+        int p;
+        double bytes, tg, tm;
+    };
+    std::vector<std::vector<Marginal>> uneven_points; // per uneven size, per p
+    for (const Size& z : sizes) {
+        const int64_t M = z.M, N = z.N;
+        const uint64_t mn_bytes = static_cast<uint64_t>(M * N) * d.esz;
+        sw_buffer sends = alloc(mn_bytes), yall = alloc(mn_bytes * kMaxRanks), scratch = alloc(mn_bytes * kMaxRanks);
+        const bool uneven = std::strncmp(z.role, "uneven", 6) == 0;
+        if (uneven) uneven_points.emplace_back();
+        for (int p : {2, 4, 8}) {
+            progress(fmt("target 3: layout %lldx%lld p=%d", (long long)M, (long long)N, p));
+            const std::vector<Shard> sh = shards_of(N, p);
+            // Rank r's block (M x n_r, contiguous) at element M * off_r of `sends`.
+            std::vector<uint8_t> host(mn_bytes);
+            parallel_for(static_cast<uint64_t>(M), [&](uint64_t b, uint64_t e) {
+                for (int r = 0; r < p; ++r)
+                    for (uint64_t i = b; i < e; ++i)
+                        for (int64_t j = 0; j < sh[r].n; ++j) {
+                            const uint32_t v = layout_pattern(i, static_cast<uint64_t>(sh[r].off + j));
+                            const uint64_t at = (static_cast<uint64_t>(M * sh[r].off) + i * sh[r].n + j) * d.esz;
+                            if (d.esz == 2) {
+                                const uint16_t h = static_cast<uint16_t>(v & 0x3fffu);
+                                std::memcpy(&host[at], &h, 2);
+                            } else {
+                                const uint32_t f = 0x3f800000u | (v & 0x7fffffu);
+                                std::memcpy(&host[at], &f, 4);
+                            }
+                        }
+            });
+            upload(sends, 0, host);
+            sw_comm comm = make_comm(p);
+            auto gather = [&] {
+                for (int r = 0; r < p; ++r)
+                    CK(sw_all_gather_columns(comm, r, sends, static_cast<uint64_t>(M * sh[r].off), M, sh[r].n, sh[r].n, yall,
+                                             static_cast<uint64_t>(r * M * N), N, d.t, C.s[r]));
+            };
+            const uint64_t bytes = mn_bytes * p;
+            auto copy = [&] { CK(sw_memcpy_d2d_async(scratch, 0, yall, 0, bytes, C.s[0])); };
+            fill_nan(yall, 0, bytes);
+            timed(p, gather);
+            if (opt.inject) inject_unwritten_column(yall, static_cast<uint64_t>((p - 1) * M * N), M, N, sh[p - 1].off);
+            RankChecks rc{fmt("T3 %lld x %lld p=%d: every rank's gathered Y, bit for bit", (long long)M, (long long)N, p),
+                          opt.inject};
+            for (int r = 0; r < p; ++r) {
+                const std::vector<uint8_t> y = download(yall, mn_bytes * r, mn_bytes);
+                std::atomic<uint64_t> bad{0}, unwritten{0};
+                parallel_for(static_cast<uint64_t>(M), [&](uint64_t b, uint64_t e) {
+                    uint64_t nb = 0, nu = 0;
+                    for (uint64_t i = b; i < e; ++i)
+                        for (int64_t j = 0; j < N; ++j) {
+                            const uint32_t v = layout_pattern(i, static_cast<uint64_t>(j));
+                            uint32_t want, got = 0;
+                            if (d.esz == 2) {
+                                uint16_t h;
+                                std::memcpy(&h, &y[(i * N + j) * 2], 2);
+                                got = h;
+                                want = v & 0x3fffu;
+                                nu += got == 0xffffu;
+                            } else {
+                                std::memcpy(&got, &y[(i * N + j) * 4], 4);
+                                want = 0x3f800000u | (v & 0x7fffffu);
+                                nu += got == 0xffffffffu;
+                            }
+                            nb += got != want;
+                        }
+                    bad += nb;
+                    unwritten += nu;
+                });
+                rc.add(r, {bad == 0, double(bad.load()),
+                           bad ? fmt("%llu of %lld elements wrong (%llu still NaN bytes: unwritten)",
+                                     static_cast<unsigned long long>(bad.load()), static_cast<long long>(M * N),
+                                     static_cast<unsigned long long>(unwritten.load()))
+                               : fmt("%lld elements exact", static_cast<long long>(M * N))});
+            }
+            rc.record();
+            const auto t = measure({{"all-gather", p, {}, gather}, {"memcpy", 1, {}, copy}});
+            const Stat sg = stat_of(t[0]), sm = stat_of(t[1]);
+            const double gbg = bytes / (sg.median * 1e-3) / 1e9, gbm = bytes / (sm.median * 1e-3) / 1e9;
+            const std::string shape = fmt("%lld x %lld", (long long)M, (long long)N);
+            md(fmt("| %s | %s | %d | %s | all_gather_columns | %.4g | %s | %.1f | %.3f | %s | %s |\n", shape.c_str(), z.role,
+                   p, shard_list(sh).c_str(), double(bytes), ms_cell(sg).c_str(), gbg, gbg / gbm,
+                   uneven ? ">= 0.85" : "(info)", uneven ? met_cell(gbg / gbm >= 0.85).c_str() : ""));
+            md(fmt("| %s | %s | %d | | memcpy_d2d, same bytes | %.4g | %s | %.1f | 1.00 | | |\n", shape.c_str(), z.role, p,
+                   double(bytes), ms_cell(sm).c_str(), gbm));
+            if (uneven) uneven_points.back().push_back({p, double(bytes), sg.median, sm.median});
+            CK(sw_comm_destroy(comm));
+        }
+        release(sends);
+        release(yall);
+        release(scratch);
+    }
+    // The fixed cost per collective (host rendezvous etc.) cancels in the difference between the two uneven sizes.
+    if (uneven_points.size() == 2) {
+        md("\nMarginal bandwidth between the two uneven sizes, (bytes_large - bytes_small) / (t_large - t_small) from the "
+           "medians above: the fixed cost per collective cancels, leaving the copies' own rate.\n\n");
+        md("| p | all-gather GB/s (marginal) | memcpy GB/s (marginal) | ratio | target | met |\n|---|---|---|---|---|---|\n");
+        for (size_t i = 0; i < uneven_points[0].size() && i < uneven_points[1].size(); ++i) {
+            const Marginal& a = uneven_points[0][i];
+            const Marginal& b = uneven_points[1][i];
+            const double db = b.bytes - a.bytes, dg = (b.tg - a.tg) * 1e-3, dm = (b.tm - a.tm) * 1e-3;
+            if (dg <= 0 || dm <= 0) {
+                md(fmt("| %d | (time did not grow with size) | | | >= 0.85 | |\n", a.p));
+                continue;
+            }
+            const double g = db / dg / 1e9, m = db / dm / 1e9;
+            md(fmt("| %d | %.1f | %.1f | %.3f | >= 0.85 | %s |\n", a.p, g, m, g / m, met_cell(g / m >= 0.85).c_str()));
+        }
+    }
+    md("\nEvery rank's gathered Y was checked bit for bit against the expected layout after a NaN pre-fill.\n");
+}
+
+// ------------------------------------------------------------------------------------------ target 4
+
+void target_overhead() {
+    int64_t M = 16, K = 1024, N = 1024;
+    int calls = 200, batches = 10, gated_calls = 32;
+    if (opt.quick) calls = 50;
+    if (opt.emulated) M = 4, K = 32, N = 32, calls = 10, batches = 10, gated_calls = 10;
+    const DType& d = C.dt;
+    progress(fmt("target 4: wrapper overhead %lldx%lldx%lld", (long long)M, (long long)K, (long long)N));
+    CK(sw_device_set_kernel(C.dev, "cublaslt"));
+    const uint64_t seed = opt.seed * 7 + 4;
+    const std::vector<float> X = random_matrix(d, static_cast<uint64_t>(M * K), seed);
+    const std::vector<float> W = random_matrix(d, static_cast<uint64_t>(K * N), seed + 1);
+    const uint64_t mn_bytes = static_cast<uint64_t>(M * N) * d.esz;
+    sw_buffer bx = alloc(static_cast<uint64_t>(M * K) * d.esz);
+    upload(bx, 0, encode(d, X.data(), X.size()));
+    sw_buffer ydirect = alloc(mn_bytes), yall = alloc(mn_bytes * 4);
+
+    md("\n## 4. Wrapper overhead per sharded-GEMM call\n\n");
+    md(fmt("M x K x N = %lld x %lld x %lld, %s, cuBLASLt. One *call* = every rank's part of one sharded GEMM: "
+           "*all-gather path* = per rank `sw_gemm` into its M x n_r block + `sw_all_gather_columns` (the issue's "
+           "definition); *direct path (info)* = per rank `sw_gemm` straight into its columns of one Y (ldc = N). "
+           "A batch is %d calls queued back to back from one host thread (no synchronisation between calls); %d batches "
+           "after one warm-up batch; cells are median (min) over the batches, in microseconds per call.\n\n"
+           "- **(a) host enqueue** = host wall time of the API calls of a batch / calls (what the caller's thread pays).\n"
+           "- **wall** = host wall time from the first call to every stream synchronised / calls.\n"
+           "- **device (events)** = CUDA events from before the first call to after the last on every stream / calls "
+           "(includes time the GPU spent waiting for the host, e.g. on a collective's wait-flag).\n"
+           "- **(b) = wall - device**: host time not overlapped with device time (near 0 when the GPU is the "
+           "bottleneck; about (a) - kernels when the host is).\n"
+           "- **kernels' own** = the same kernels queued while the device is held back (a 2-rank barrier on rank 0's "
+           "stream, released after the queueing), so they run back to back without host gaps: %d calls of, per rank, "
+           "the GEMM plus, for the all-gather path, one `sw_memcpy_d2d_async` of M·N elements into that rank's Y as a "
+           "stand-in for its p layout copies (the layout kernel is not reachable through the C ABI without the "
+           "collective), / calls.\n"
+           "- **(c) = wall - kernels' own**: the wrapper's overhead per call over the kernels' own time. "
+           "**Target: (c) < 5 us** (verdict on the all-gather path).\n\n",
+           (long long)M, (long long)K, (long long)N, d.name, calls, batches, gated_calls));
+    md("| M x K x N | p | path | (a) host enqueue us | wall us | device us | (b) wall - device us | kernels' own us | (c) "
+       "wall - kernels us | target | met |\n");
+    md("|---|---|---|---|---|---|---|---|---|---|---|\n");
+
+    for (int p : {1, 2, 4}) {
+        const std::vector<Shard> sh = shards_of(N, p);
+        sw_comm comm = make_comm(p);
+        std::vector<sw_buffer> bshard(p), blocal(p);
+        for (int r = 0; r < p; ++r) {
+            const int64_t n = sh[r].n;
+            std::vector<float> part(static_cast<size_t>(K * n));
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t j = 0; j < n; ++j) part[k * n + j] = W[k * N + sh[r].off + j];
+            bshard[r] = alloc(static_cast<uint64_t>(K * n) * d.esz);
+            blocal[r] = alloc(static_cast<uint64_t>(M * n) * d.esz);
+            upload(bshard[r], 0, encode(d, part.data(), part.size()));
+        }
+        auto gemm_local = [&](int r) {
+            CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, sh[r].n, K, 1.f, bx, 0, K, bshard[r], 0, sh[r].n, 0.f, blocal[r], 0,
+                       sh[r].n, nullptr, 0, SW_EPILOGUE_NONE));
+        };
+        auto gather_call = [&] {
+            for (int r = 0; r < p; ++r) {
+                gemm_local(r);
+                CK(sw_all_gather_columns(comm, r, blocal[r], 0, M, sh[r].n, sh[r].n, yall, mn_bytes / d.esz * r, N, d.t,
+                                         C.s[r]));
+            }
+        };
+        auto direct_call = [&] {
+            for (int r = 0; r < p; ++r)
+                CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, sh[r].n, K, 1.f, bx, 0, K, bshard[r], 0, sh[r].n, 0.f, ydirect,
+                           static_cast<uint64_t>(sh[r].off), N, nullptr, 0, SW_EPILOGUE_NONE));
+        };
+        auto gather_kernels_call = [&] {
+            for (int r = 0; r < p; ++r) {
+                gemm_local(r);
+                CK(sw_memcpy_d2d_async(yall, mn_bytes * r, ydirect, 0, mn_bytes, C.s[r]));
+            }
+        };
+        // Verified single call of each path against a float64 reference of the whole product.
+        fill_nan(yall, 0, mn_bytes * p);
+        fill_nan(ydirect, 0, mn_bytes);
+        timed(p, gather_call);
+        timed(p, direct_call);
+        if (opt.inject) inject_unwritten_column(yall, static_cast<uint64_t>((p - 1) * M * N), M, N, sh[p - 1].off);
+        RankChecks rc{fmt("T4 p=%d all-gather path: every rank's Y vs float64", p), opt.inject};
+        for (int r = 0; r < p; ++r)
+            rc.add(r, check_against_reference(d, decode(d, download(yall, mn_bytes * r, mn_bytes)), X, W, M, K, N, seed));
+        rc.record();
+        record(fmt("T4 p=%d direct path Y vs float64", p),
+               check_against_reference(d, decode(d, download(ydirect, 0, mn_bytes)), X, W, M, K, N, seed));
+
+        struct Batch {
+            std::vector<double> enq, wall, dev, wall_minus_dev;
+        };
+        auto run_batches = [&](const std::function<void()>& call) {
+            Batch out;
+            for (int b = 0; b < batches + 1; ++b) {
+                const auto t0 = std::chrono::steady_clock::now();
+                CK(sw_event_record(C.start, C.s[0]));
+                for (int r = 1; r < p; ++r) CK(sw_stream_wait_event(C.s[r], C.start));
+                for (int i = 0; i < calls; ++i) call();
+                const auto t1 = std::chrono::steady_clock::now();
+                for (int r = 0; r < p; ++r) CK(sw_event_record(C.end[r], C.s[r]));
+                double dev_ms = 0;
+                for (int r = 0; r < p; ++r) {
+                    CK(sw_event_synchronize(C.end[r]));
+                    double ms = 0;
+                    CK(sw_event_elapsed_ms(C.start, C.end[r], &ms));
+                    dev_ms = std::max(dev_ms, ms);
+                }
+                sync_ranks(p);
+                const auto t2 = std::chrono::steady_clock::now();
+                if (b == 0) continue; // warm-up
+                const double enq = std::chrono::duration<double, std::micro>(t1 - t0).count() / calls;
+                const double wall = std::chrono::duration<double, std::micro>(t2 - t0).count() / calls;
+                const double dev = dev_ms * 1e3 / calls;
+                out.enq.push_back(enq);
+                out.wall.push_back(wall);
+                out.dev.push_back(dev);
+                out.wall_minus_dev.push_back(wall - dev);
+            }
+            return out;
+        };
+        auto run_gated = [&](const std::function<void()>& call) {
+            std::vector<double> v;
+            for (int b = 0; b < batches + 1; ++b) {
+                const double ms = gated(p, [&] {
+                    for (int i = 0; i < gated_calls; ++i) call();
+                });
+                if (b > 0) v.push_back(ms * 1e3 / gated_calls);
+            }
+            return v;
+        };
+        const Batch g = run_batches(gather_call), dr = run_batches(direct_call);
+        const Stat kg = stat_of(run_gated(gather_kernels_call)), kd = stat_of(run_gated(direct_call));
+        const std::string shape = fmt("%lld x %lld x %lld", (long long)M, (long long)K, (long long)N);
+        auto row = [&](const char* path, const Batch& b, const Stat& k, bool verdict) {
+            const Stat enq = stat_of(b.enq), wall = stat_of(b.wall), dev = stat_of(b.dev), wmd = stat_of(b.wall_minus_dev);
+            const double c = wall.median - k.median;
+            md(fmt("| %s | %d | %s | %s | %s | %s | %s | %s | %.2f | %s | %s |\n", shape.c_str(), p, path,
+                   us_cell(enq).c_str(), us_cell(wall).c_str(), us_cell(dev).c_str(), us_cell(wmd).c_str(),
+                   us_cell(k).c_str(), c, verdict ? "(c) < 5 us" : "(info)", verdict ? met_cell(c < 5.0).c_str() : ""));
+        };
+        row("all-gather", g, kg, true);
+        row("direct (info)", dr, kd, false);
+        for (int r = 0; r < p; ++r) {
+            release(bshard[r]);
+            release(blocal[r]);
+        }
+        CK(sw_comm_destroy(comm));
+    }
+    md("\n(c) uses medians: median wall - median kernels' own. A (c) well above (a) means the per-call cost is not the "
+       "enqueue itself but waiting (e.g. the collective's host rendezvous serialising the GPU); (b) near 0 with a large "
+       "(c) says the GPU was kept waiting by the host.\n");
+    release(bx);
+    release(ydirect);
+    release(yall);
+}
+
+// ------------------------------------------------------------------------------------------ main
+
+int usage(const char* why) {
+    std::fprintf(stderr,
+                 "cuda_bench: %s\nusage: cuda_bench [--quick] [--out FILE] [--emulated] [--device N] [--reps N] [--seed N] "
+                 "[--inject-fault unwritten-column]\n",
+                 why);
+    return 2;
+}
+
+bool write_out() {
+    if (opt.out.empty()) return true;
+    FILE* f = std::fopen(opt.out.c_str(), "w");
+    if (!f) {
+        std::fprintf(stderr, "cuda_bench: cannot write %s: %s\n", opt.out.c_str(), std::strerror(errno));
+        return false;
+    }
+    const bool ok = std::fwrite(g_md.data(), 1, g_md.size(), f) == g_md.size();
+    return std::fclose(f) == 0 && ok;
+}
+
+// Prints the report (stdout and --out) and returns the exit status: 0 when every check passed (with
+// --inject-fault: when exactly the injected outputs failed their checks), else 1.
+int finish(const std::string& error) {
+    md("\n## Verification\n\n| check | result | detail |\n|---|---|---|\n");
+    int failed = 0, injected = 0, detected = 0;
+    for (const auto& c : g_checks) {
+        const char* result = c.injected ? (c.ok ? "**FAULT NOT DETECTED**" : "fault detected (expected)")
+                                        : (c.ok ? "ok" : "**FAILED**");
+        md(fmt("| %s | %s | %s |\n", c.what.c_str(), result, c.detail.c_str()));
+        if (c.injected) {
+            ++injected;
+            detected += !c.ok;
+            failed += c.ok;
+        } else {
+            failed += !c.ok;
+        }
+    }
+    md(fmt("\n%zu checks, %d failed%s.\n", g_checks.size(), failed,
+           opt.inject ? fmt("; injected faults (unwritten column): %d, detected: %d", injected, detected).c_str() : ""));
+    if (!error.empty()) md("\n**ERROR: " + error + "** (the run stopped here)\n");
+    if (opt.emulated)
+        md("\n**EMULATED RUN: the numbers above are host-emulation timings and mean nothing about any GPU; this run only "
+           "proves that the harness runs and verifies.**\n");
+    std::fwrite(g_md.data(), 1, g_md.size(), stdout);
+    std::fflush(stdout);
+    const bool wrote = write_out();
+    if (!error.empty()) std::fprintf(stderr, "cuda_bench: error: %s\n", error.c_str());
+    if (opt.inject && injected == 0) ++failed;
+    if (failed) std::fprintf(stderr, "cuda_bench: %d verification check(s) failed\n", failed);
+    return error.empty() && failed == 0 && wrote ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+        if (a == "--quick") opt.quick = true;
+        else if (a == "--emulated") opt.emulated = true;
+        else if (a == "--out") {
+            const char* v = value();
+            if (!v) return usage("--out needs a file name");
+            opt.out = v;
+        } else if (a == "--device") {
+            const char* v = value();
+            if (!v) return usage("--device needs an ordinal");
+            opt.device = static_cast<int32_t>(std::atoi(v));
+        } else if (a == "--reps") {
+            const char* v = value();
+            if (!v || std::atoi(v) < 1) return usage("--reps needs a count >= 1");
+            opt.reps = std::atoi(v);
+        } else if (a == "--seed") {
+            const char* v = value();
+            if (!v) return usage("--seed needs a number");
+            opt.seed = std::strtoull(v, nullptr, 0);
+            opt.seed_set = true;
+        } else if (a == "--inject-fault") {
+            const char* v = value();
+            if (!v || std::strcmp(v, "unwritten-column") != 0) return usage("--inject-fault takes unwritten-column");
+            opt.inject = true;
+        } else if (a == "--help" || a == "-h") {
+            usage("measures issue 3's targets on a CUDA device (see the comment at the top of cuda_bench.cpp)");
+            return 0;
+        } else {
+            return usage(("unknown argument " + a).c_str());
+        }
+    }
+    if (!opt.seed_set) opt.seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+#ifdef SHARDWISE_EMULATED_CUDA_PLUGIN
+    if (opt.emulated && !std::getenv("SHARDWISE_CUDA_PLUGIN_PATH"))
+        setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
+#endif
+
+    int32_t count = 0;
+    if (sw_device_count(SW_BACKEND_CUDA, &count) != SW_OK) {
+        std::fprintf(stderr, "cuda_bench: sw_device_count: %s\n", sw_last_error());
+        return 1;
+    }
+    if (count == 0 || opt.device >= count) {
+        sw_device probe = nullptr;
+        const sw_status st = sw_device_create(SW_BACKEND_CUDA, opt.device, 0, &probe);
+        const std::string why = st != SW_OK ? sw_last_error() : "device count 0";
+        if (probe) sw_device_destroy(probe);
+        if (opt.emulated) {
+            std::fprintf(stderr, "cuda_bench: --emulated, but no emulated CUDA device: %s\n", why.c_str());
+            return 1;
+        }
+        std::printf("cuda_bench: skipped: no CUDA device %d (%d found): %s\n", opt.device, count, why.c_str());
+        std::fprintf(stderr, "cuda_bench: skipped: no CUDA device %d (%d found): %s\n", opt.device, count, why.c_str());
+        return 77;
+    }
+
+    std::string error;
+    try {
+        CK(sw_device_create(SW_BACKEND_CUDA, opt.device, 0, &C.dev));
+        sw_device_info info{};
+        CK(sw_device_get_info(C.dev, &info));
+        const bool is_emulated_device = std::strstr(info.name, "Emulated") != nullptr;
+        if (opt.emulated && !is_emulated_device) {
+            std::fprintf(stderr, "cuda_bench: --emulated, but device %d is '%s' (set SHARDWISE_CUDA_PLUGIN_PATH to the "
+                                 "emulated plugin)\n", opt.device, info.name);
+            return 2;
+        }
+        if (!opt.emulated && is_emulated_device) {
+            std::fprintf(stderr, "cuda_bench: device %d is '%s', the emulated plugin (SHARDWISE_CUDA_PLUGIN_PATH = %s): "
+                                 "its GEMM is a host loop; run with --emulated\n",
+                         opt.device, info.name, std::getenv("SHARDWISE_CUDA_PLUGIN_PATH"));
+            return 2;
+        }
+        C.dt = opt.emulated ? kF32 : kBF16;
+        C.warmup = opt.emulated ? 1 : opt.quick ? 2 : 3;
+        C.reps = opt.reps ? opt.reps : opt.quick || opt.emulated ? 10 : 20;
+        C.s.assign(kMaxRanks + 1, nullptr);
+        for (auto& s : C.s) CK(sw_stream_create(C.dev, &s));
+        CK(sw_event_create(C.dev, &C.start));
+        C.end.assign(kMaxRanks, nullptr);
+        for (auto& e : C.end) CK(sw_event_create(C.dev, &e));
+        sw_device two[2] = {C.dev, C.dev};
+        CK(sw_comm_create_local(2, two, 120000, &C.gate));
+
+        md("# cuda_bench: Shardwise issue 3 targets\n\n");
+        if (opt.emulated)
+            md("**EMULATED RUN (`--emulated`): the emulated CUDA plugin runs on host memory and host threads; every "
+               "number below is meaningless as a GPU measurement. This run only proves that the harness runs and that "
+               "its verification works.**\n\n");
+        md(fmt("- library: shardwise %s (C ABI %d)\n", sw_version_string(), sw_abi_version()));
+        md(fmt("- device %d: %s; %d multiprocessors; %.1f GiB; GEMM algorithms: %s\n", opt.device, info.name,
+               info.num_threads, info.total_memory_bytes / 1073741824.0, info.kernel));
+        md("- driver / CUDA runtime versions: not exposed by the C ABI (`sw_device_get_info` gives name, SMs and memory "
+           "only); `scripts/gpu-run.sh` logs `nvidia-smi` and `nvcc --version` in summary.txt\n");
+        md(fmt("- mode: %s%s; dtype %s; seed %llu (`--seed` to repeat)\n",
+               opt.emulated ? "emulated" : opt.quick ? "quick" : "full", opt.inject ? ", fault injection" : "", C.dt.name,
+               static_cast<unsigned long long>(opt.seed)));
+        md(fmt("- timing: CUDA events (`sw_event_elapsed_ms`), median (min) of %d timed runs after %d warm-up runs\n",
+               C.reps, C.warmup));
+
+        target_sharded_gemm();
+        target_mma_vs_cublaslt();
+        target_layout();
+        target_overhead();
+
+        CK(sw_comm_destroy(C.gate));
+        for (auto& e : C.end) CK(sw_event_destroy(e));
+        CK(sw_event_destroy(C.start));
+        for (auto& s : C.s) CK(sw_stream_destroy(s));
+        CK(sw_device_destroy(C.dev));
+    } catch (const std::exception& e) {
+        error = e.what();
+        // Handles are left as they are: work may still be queued on them; the process exits below.
+        const int rc = finish(error);
+        std::fflush(nullptr);
+        std::_Exit(rc);
+    }
+    return finish(error);
+}
