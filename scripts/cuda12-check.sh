@@ -44,16 +44,22 @@ EOF
 fi
 
 # The extracted toolkit's own paths (the packages' nvcc.profile points at /usr, where Debian 12's 11.8 lives), and
-# the include/lib64 folders CMake's FindCUDAToolkit looks for next to nvcc.
+# the include/lib64 folders CMake's FindCUDAToolkit looks for next to nvcc. The packages ship bin/nvcc.profile as a
+# symbolic link to /etc/nvcc.profile, the SYSTEM toolkit's configuration: remove the link first, so that writing
+# our profile can never change the installed CUDA 11.8 (it did once: the system profile had to be restored).
 R="$CACHE/root"
+rm -f "$TK/bin/nvcc.profile"
 cat > "$TK/bin/nvcc.profile" <<EOF
 NVVMIR_LIBRARY_DIR = $R/usr/lib/nvidia-cuda-toolkit/libdevice
 PATH += $R/usr/lib/nvidia-cuda-toolkit/bin:$R/usr/bin:
 INCLUDES += -I$R/usr/include \$(_SPACE_)
 LIBRARIES =+ \$(_SPACE_) -L$R/usr/lib/x86_64-linux-gnu/stubs -L$R/usr/lib/x86_64-linux-gnu
 EOF
-ln -sfn "$R/usr/include" "$TK/include"
-ln -sfn "$R/usr/lib/x86_64-linux-gnu" "$TK/lib64"
+rm -rf "$TK/include" "$TK/lib64"
+ln -s "$R/usr/include" "$TK/include"
+ln -s "$R/usr/lib/x86_64-linux-gnu" "$TK/lib64"
+# Nothing of the extracted tree may lead outside it where this script writes.
+[[ ! -L "$TK/bin/nvcc.profile" ]] || { say "FAILED: $TK/bin/nvcc.profile is still a link"; exit 1; }
 "$TK/bin/nvcc" --version | tail -2
 
 say "configure + build libshardwise_cuda (architectures 80;90;90a, host compiler $(command -v g++))"
