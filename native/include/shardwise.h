@@ -140,7 +140,8 @@ SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t n
 SW_API sw_status sw_device_destroy(sw_device device);
 SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info);
 /* Chooses the GEMM implementation for work enqueued afterwards. CPU: the micro-kernel ("auto", "avx512",
- * "avx2", "generic"; SW_ERR_UNSUPPORTED if the processor lacks it). CUDA: "auto", "cublaslt" or "mma". */
+ * "avx2", "generic"; SW_ERR_UNSUPPORTED if the processor lacks it). CUDA: "auto", "cublaslt", "mma" or
+ * "wgmma" (see sw_gemm). */
 SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel);
 
 /* Level 2 of the two-level tiling, for plans and docs: the GEMM tile shape the device's current kernel uses —
@@ -228,7 +229,9 @@ SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms);
  *    of threads: a column block computed alone equals the same block of the full product bit for bit.
  *  - dtype (of A, B, C and bias): SW_DTYPE_F32 on the CPU backend; F32, F16 or BF16 on CUDA (fp32
  *    accumulation). The CUDA algorithm is chosen per device with sw_device_set_kernel ("auto" and
- *    "cublaslt": cuBLASLt; "mma": the hand-written tensor-core kernel, F16/BF16 only).
+ *    "cublaslt": cuBLASLt; "mma": the hand-written tensor-core kernel (mma.sync), F16/BF16 only;
+ *    "wgmma": the hand-written Hopper kernel (wgmma.mma_async), F16/BF16 only, compute capability
+ *    9.0 with a plugin built for sm_90a, else SW_ERR_UNSUPPORTED; not yet validated on a GPU).
  */
 SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op trans_b,
                          int64_t m, int64_t n, int64_t k, float alpha,

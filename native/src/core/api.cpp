@@ -77,6 +77,7 @@ const char* cuda_algo_name(int algo) {
     case cuda::GemmAlgo::Auto: return "auto";
     case cuda::GemmAlgo::CublasLt: return "cublaslt";
     case cuda::GemmAlgo::HandWritten: return "mma";
+    case cuda::GemmAlgo::Wgmma: return "wgmma";
     }
     return "auto";
 }
@@ -219,7 +220,8 @@ SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel) {
             if (name == "auto") algo = cuda::GemmAlgo::Auto;
             else if (name == "cublaslt") algo = cuda::GemmAlgo::CublasLt;
             else if (name == "mma") algo = cuda::GemmAlgo::HandWritten;
-            else fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", name, "'; a CUDA device takes auto, cublaslt or mma");
+            else if (name == "wgmma") algo = cuda::GemmAlgo::Wgmma;
+            else fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", name, "'; a CUDA device takes auto, cublaslt, mma or wgmma");
             dev->impl->kernel = static_cast<int>(algo);
             return;
         }

@@ -79,9 +79,12 @@ cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, 
 cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ gemm_mma.cu
-// Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+). desc validated: a_type F16/BF16, c_type = a_type
-// or F32, m, n, k >= 1, leading dimensions valid, grid limits checked (mma_gemm_supported_shape).
-cudaError_t launch_mma_gemm(const GemmDesc& desc, cudaStream_t stream);
+// Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+; or, with wgmma = true, wgmma.mma_async, sm_90a code
+// only: check wgmma_available first). desc validated: a_type F16/BF16, c_type = a_type or F32, m, n, k >= 1,
+// leading dimensions valid, grid limits checked (mma_gemm_shape_problem).
+cudaError_t launch_mma_gemm(const GemmDesc& desc, bool wgmma, cudaStream_t stream);
+// One-thread kernel writing *out = 1 when the device runs code built for sm_90a (the wgmma kernel), else 0.
+cudaError_t launch_wgmma_probe(int* out, cudaStream_t stream);
 // Empty string when the kernel can take this shape, else why not.
 std::string mma_gemm_shape_problem(int64_t m, int64_t n);
 

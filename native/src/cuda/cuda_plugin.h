@@ -19,7 +19,9 @@ constexpr int32_t kPluginAbi = 4;
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
     CublasLt = 1,
-    HandWritten = 2, // tiled tensor-core kernel (mma.sync; wgmma on sm_90a builds); bf16/fp16 only
+    HandWritten = 2, // tiled tensor-core kernel (mma.sync); bf16/fp16 only
+    Wgmma = 3,       // tiled tensor-core kernel with wgmma.mma_async: compute capability 9.0 and a plugin built for
+                     // sm_90a; bf16/fp16 only; not validated on a GPU yet (docs/gpu-validation.md)
 };
 
 // Row-major GEMM: C[m,n] = epilogue(alpha * op(A) op(B) + beta * C + bias[n]), all pointers device memory

@@ -673,9 +673,11 @@ void validate_gemm(const GemmDesc& d) {
         fail(SW_ERR_INVALID_ARGUMENT, "m (", d.m, ") and n (", d.n, ") must be >= 1 and k (", d.k, ") >= 0");
     if (d.epilogue != SW_EPILOGUE_NONE && d.epilogue != SW_EPILOGUE_GELU)
         fail(SW_ERR_INVALID_ARGUMENT, "epilogue ", static_cast<int>(d.epilogue), " is not a sw_epilogue");
-    if (d.algo != GemmAlgo::Auto && d.algo != GemmAlgo::CublasLt && d.algo != GemmAlgo::HandWritten)
+    if (d.algo != GemmAlgo::Auto && d.algo != GemmAlgo::CublasLt && d.algo != GemmAlgo::HandWritten &&
+        d.algo != GemmAlgo::Wgmma)
         fail(SW_ERR_INVALID_ARGUMENT, "algo ", static_cast<int>(d.algo), " is not a GemmAlgo");
-    if (d.algo == GemmAlgo::HandWritten && d.a_type != SW_DTYPE_F16 && d.a_type != SW_DTYPE_BF16)
+    if ((d.algo == GemmAlgo::HandWritten || d.algo == GemmAlgo::Wgmma) && d.a_type != SW_DTYPE_F16 &&
+        d.a_type != SW_DTYPE_BF16)
         fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM takes f16 or bf16 inputs, not ", dtype_name(d.a_type));
     need(d.c, "c");
     if (d.ldc < d.n) fail(SW_ERR_INVALID_ARGUMENT, "ldc (", d.ldc, ") is less than n (", d.n, ")");
@@ -708,7 +710,49 @@ void mma_gemm(int32_t ordinal, const GemmDesc& d, cudaStream_t s) {
              " has ", cc / 10, ".", cc % 10);
     const std::string shape = mma_gemm_shape_problem(d.m, d.n);
     if (!shape.empty()) fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM cannot take this shape: ", shape);
-    check_cuda(launch_mma_gemm(d, s), "hand-written GEMM kernel launch");
+    check_cuda(launch_mma_gemm(d, false, s), "hand-written GEMM kernel launch");
+}
+
+// Does `ordinal` run the plugin's sm_90a code (the wgmma kernel)? Compute capability 9.0 and a plugin built with
+// architecture 90a, as the device itself reports it: a one-thread probe kernel, once per device, on a stream of its
+// own, writing into mapped pinned memory that is never freed (cudaFree/cudaFreeHost could wait for the whole device).
+// Caller: current device = ordinal.
+bool wgmma_available(int32_t ordinal) {
+    static std::mutex mutex;
+    static std::vector<int8_t> known; // 0 not asked, 1 yes, -1 no
+    std::lock_guard<std::mutex> lock(mutex);
+    known.resize(static_cast<size_t>(std::max<int32_t>(device_count(), ordinal + 1)), 0);
+    int8_t& k = known[static_cast<size_t>(ordinal)];
+    if (k != 0) return k > 0;
+    if (compute_capability(ordinal) != 90) {
+        k = -1;
+        return false;
+    }
+    int* host = nullptr;
+    int* dev = nullptr;
+    check_cuda(cudaHostAlloc(reinterpret_cast<void**>(&host), sizeof(int), cudaHostAllocMapped), "cudaHostAlloc (wgmma probe)");
+    check_cuda(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0), "cudaHostGetDevicePointer (wgmma probe)");
+    *host = -1;
+    cudaStream_t probe = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&probe, cudaStreamNonBlocking), "cudaStreamCreateWithFlags (wgmma probe)");
+    const cudaError_t launched = launch_wgmma_probe(dev, probe);
+    const cudaError_t synced = launched == cudaSuccess ? cudaStreamSynchronize(probe) : launched;
+    (void)cudaStreamDestroy(probe);
+    check_cuda(launched, "wgmma probe kernel launch");
+    check_cuda(synced, "wgmma probe kernel");
+    k = *static_cast<volatile int*>(host) == 1 ? 1 : -1;
+    return k > 0;
+}
+
+void wgmma_gemm(int32_t ordinal, const GemmDesc& d, cudaStream_t s) {
+    if (!wgmma_available(ordinal))
+        fail(SW_ERR_UNSUPPORTED, "the wgmma GEMM needs a compute capability 9.0 GPU and a plugin built for sm_90a "
+             "(CUDA 12 or later, architecture 90a); device ", ordinal, " (compute capability ",
+             compute_capability(ordinal) / 10, ".", compute_capability(ordinal) % 10, ") does not run sm_90a code "
+             "of this plugin; the \"mma\" kernel runs there");
+    const std::string shape = mma_gemm_shape_problem(d.m, d.n);
+    if (!shape.empty()) fail(SW_ERR_UNSUPPORTED, "the wgmma GEMM cannot take this shape: ", shape);
+    check_cuda(launch_mma_gemm(d, true, s), "wgmma GEMM kernel launch");
 }
 
 sw_status api_gemm(int32_t ordinal, const GemmDesc* desc, void* stream, std::string* err) {
@@ -725,6 +769,7 @@ sw_status api_gemm(int32_t ordinal, const GemmDesc* desc, void* stream, std::str
         }
         switch (d.algo) {
         case GemmAlgo::HandWritten: mma_gemm(ordinal, d, s); return;
+        case GemmAlgo::Wgmma: wgmma_gemm(ordinal, d, s); return;
         case GemmAlgo::CublasLt: cublaslt_gemm(ordinal, d, s); return;
         case GemmAlgo::Auto:
             try {

@@ -692,7 +692,7 @@ struct GemmCase {
 };
 
 const char* algo_name(GemmAlgo a) {
-    return a == GemmAlgo::Auto ? "auto" : a == GemmAlgo::CublasLt ? "cublaslt" : "mma";
+    return a == GemmAlgo::Auto ? "auto" : a == GemmAlgo::CublasLt ? "cublaslt" : a == GemmAlgo::Wgmma ? "wgmma" : "mma";
 }
 
 std::string describe(const GemmCase& g) {
@@ -879,10 +879,37 @@ void check_gemm() {
         const char* p = std::strstr(info.name, "(sm_");
         if (p) cc_major = std::atoi(p + 4) / 10;
     }
+    // The wgmma kernel: checked like the others where the device runs the plugin's sm_90a code; elsewhere it must
+    // refuse cleanly (SW_ERR_UNSUPPORTED), never launch.
+    bool wgmma = false;
+    {
+        DevBuf a(16), b(16), c(16);
+        GemmDesc d;
+        d.a_type = d.c_type = SW_DTYPE_BF16;
+        d.m = d.n = d.k = 1;
+        d.a = a.p, d.lda = 1, d.b = b.p, d.ldb = 1, d.c = c.p, d.ldc = 1;
+        d.algo = GemmAlgo::Wgmma;
+        CALL(memset_async, dev, a.p, 0, 16, s.s);
+        CALL(memset_async, dev, b.p, 0, 16, s.s);
+        const sw_status st = STATUS(gemm, dev, &d, s.s);
+        CALL(stream_synchronize, dev, s.s);
+        ++checks;
+        if (st == SW_OK) {
+            wgmma = true;
+            std::printf("  wgmma kernel: available (sm_90a code runs on this device)\n");
+        } else if (st == SW_ERR_UNSUPPORTED) {
+            std::printf("  wgmma kernel: not available here (%s)\n", g_err.c_str());
+            if (cc_major == 9 && std::getenv("SHARDWISE_EXPECT_WGMMA"))
+                report_failure(__FILE__, __LINE__, "SHARDWISE_EXPECT_WGMMA is set but the wgmma kernel is unavailable");
+        } else {
+            report_failure(__FILE__, __LINE__, "wgmma probe GEMM returned status " + std::to_string(st) + ": " + g_err);
+        }
+    }
     for (const Types& t : types) {
         std::vector<GemmAlgo> algos = {GemmAlgo::CublasLt, GemmAlgo::Auto};
         const bool is16 = t.a != SW_DTYPE_F32;
         if (is16 && cc_major >= 8) algos.push_back(GemmAlgo::HandWritten);
+        if (is16 && wgmma) algos.push_back(GemmAlgo::Wgmma);
         for (GemmAlgo algo : algos) {
             for (const auto& sh : shapes)
                 for (int tr = 0; tr < 4; ++tr) {

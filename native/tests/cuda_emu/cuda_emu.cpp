@@ -18,7 +18,7 @@ namespace {
 constexpr size_t kStackBytes = 128 * 1024;
 constexpr size_t kMaxFindings = 20;
 
-enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, AtGroupBarrier, Done };
 
 // ---- fibers: a context switch that saves only what the ABI asks a callee to keep (x86-64 Linux), or ucontext
 // elsewhere. (swapcontext also saves the signal mask, a system call per switch; the mma emulation switches a few
@@ -100,6 +100,8 @@ struct Thread {
     State state = State::Runnable;
     std::vector<Copy> open_group;              // issued, not yet committed
     std::vector<std::vector<Copy>> committed;  // oldest first
+    unsigned group_size = 0;                   // AtGroupBarrier: the size of the group waited for
+    size_t shared_calls = 0;                   // shared_alloc calls so far in this block
 };
 
 // What the block knows of one shared byte.
@@ -109,6 +111,16 @@ struct Shadow {
     int32_t writer = -1;
     int32_t reader = -1;     // -2: several readers in read_epoch
     int32_t pending = -1;    // thread whose cp.async to this byte is in flight, -1 none
+    bool unfenced = false;   // written by generic-proxy stores, no fence.proxy.async by the writer since
+    int32_t mma_reader = -1; // warpgroup whose wgmma may still read this byte (until its wait_group), -1 none
+};
+
+struct WarpgroupSlot {
+    std::vector<float> d[128];
+    bool computed = false;                // this round's product is in out[]
+    std::vector<float> out[128];
+    std::vector<uint32_t> issued;         // shared bytes read by wgmmas not yet committed
+    std::vector<std::vector<uint32_t>> groups; // committed, not waited for
 };
 
 struct WarpSlot {
@@ -126,11 +138,18 @@ struct Launch {
     int64_t epoch = 0;
     std::unordered_map<uint32_t, Shadow> shadow;
     std::vector<WarpSlot> warps;
+    std::vector<WarpgroupSlot> warpgroups;
+    std::vector<std::pair<size_t, size_t>> arena; // shared_alloc results of this block: offset, bytes
     std::vector<std::string> findings;
     size_t dropped = 0;
 };
 
 Launch* g_launch = nullptr;
+// Shared memory handed out by shared_alloc: the emulated shared window's offsets [0, kArenaBytes), like a real
+// block's (H100: up to 227 KiB), so that 14-bit descriptor addresses (wgmma) work. Static __shared__ arrays
+// (the __shared__ macro) live elsewhere and get offsets near 2^31 instead.
+constexpr size_t kArenaBytes = 228 * 1024;
+alignas(4096) char g_arena[kArenaBytes];
 // Fiber stacks, allocated once and reused by every block and launch (allocating them per block costs more than
 // running most kernels).
 std::vector<std::unique_ptr<char[]>> g_stacks;
@@ -188,6 +207,7 @@ void land(Thread& t, const Copy& c) {
     for (int i = 0; i < c.cp_size; ++i) {
         Shadow& s = l.shadow[c.dst + static_cast<uint32_t>(i)];
         s.pending = -1;
+        s.unfenced = true; // cp.async writes through the generic proxy too
         s.write_epoch = l.epoch;
         s.writer = static_cast<int32_t>(t.tid);
     }
@@ -208,6 +228,9 @@ void run_block(Launch& l) {
     l.shadow.clear();
     l.epoch = 0;
     l.warps.assign((n + 31) / 32, WarpSlot{});
+    l.arena.clear();
+    l.warpgroups.clear();
+    l.warpgroups.resize((n + 127) / 128);
     for (unsigned i = 0; i < n; ++i) {
         Thread& t = l.threads[i];
         t.tid = i;
@@ -241,6 +264,21 @@ void run_block(Launch& l) {
                 for (size_t i = lo; i < hi; ++i) l.threads[i].state = State::Runnable;
                 released = true;
             }
+        }
+        for (size_t i = 0; i < n;) { // groups: consecutive threads waiting for a group of their size
+            const unsigned size = l.threads[i].state == State::AtGroupBarrier ? l.threads[i].group_size : 0;
+            if (size == 0 || i % size != 0 || i + size > n) {
+                ++i;
+                continue;
+            }
+            bool all = true;
+            for (size_t j = i; j < i + size; ++j)
+                all = all && l.threads[j].state == State::AtGroupBarrier && l.threads[j].group_size == size;
+            if (all) {
+                for (size_t j = i; j < i + size; ++j) l.threads[j].state = State::Runnable;
+                released = true;
+            }
+            i += size;
         }
         if (released) continue;
         if (at_block == n) {
@@ -280,9 +318,34 @@ dim3 block_dim() { return L().block; }
 dim3 grid_dim() { return L().grid; }
 
 void syncthreads() { yield_to_scheduler(State::AtBlockBarrier); }
+void group_sync(unsigned size) {
+    me().group_size = size;
+    yield_to_scheduler(State::AtGroupBarrier);
+}
 void warp_sync() { yield_to_scheduler(State::AtWarpBarrier); }
 
+void* shared_alloc(size_t bytes, size_t align) {
+    Launch& l = L();
+    Thread& t = me();
+    const size_t i = t.shared_calls++;
+    if (i < l.arena.size()) { // another thread of the block made this allocation: the same memory
+        if (l.arena[i].second != bytes) finding("thread ", t.tid, ": shared_alloc #", i, " of another size than in other threads");
+        return g_arena + l.arena[i].first;
+    }
+    size_t at = l.arena.empty() ? 0 : l.arena.back().first + l.arena.back().second;
+    at = (at + align - 1) / align * align;
+    if (at + bytes > kArenaBytes) {
+        finding("thread ", t.tid, ": shared memory over ", kArenaBytes, " bytes");
+        std::abort();
+    }
+    l.arena.emplace_back(at, bytes);
+    return g_arena + at;
+}
+
 uint32_t shared_address(const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    if (a >= reinterpret_cast<uintptr_t>(g_arena) && a < reinterpret_cast<uintptr_t>(g_arena) + kArenaBytes)
+        return static_cast<uint32_t>(a - reinterpret_cast<uintptr_t>(g_arena));
     const uintptr_t d = reinterpret_cast<uintptr_t>(p) - window_base();
     if (d > 0xffffffffu) {
         finding("shared_address: ", p, " is outside the emulated shared window");
@@ -290,7 +353,10 @@ uint32_t shared_address(const void* p) {
     }
     return static_cast<uint32_t>(d);
 }
-void* shared_pointer(uint32_t addr) { return reinterpret_cast<void*>(window_base() + addr); }
+void* shared_pointer(uint32_t addr) {
+    if (addr < kArenaBytes) return g_arena + addr;
+    return reinterpret_cast<void*>(window_base() + addr);
+}
 
 void check_shared_access(uint32_t addr, size_t bytes, bool write) {
     Launch& l = L();
@@ -308,7 +374,11 @@ void check_shared_access(uint32_t addr, size_t bytes, bool write) {
             finding("thread ", tid, ": shared ", write ? "store to" : "load from", " ", a, " while thread ", s.pending,
                     "'s cp.async to it is in flight (no cp.async.wait_group / __syncthreads before the access)");
         }
+        if (write && s.mma_reader >= 0)
+            finding("thread ", tid, ": shared store to ", a, " while warpgroup ", s.mma_reader,
+                    "'s wgmma may still read it (no wgmma.wait_group before the store)");
         if (write) {
+            s.unfenced = true;
             if (s.write_epoch == l.epoch && s.writer != tid)
                 finding("thread ", tid, ": write-after-write race at shared ", a, " with thread ", s.writer);
             if (s.read_epoch == l.epoch && s.reader != tid)
@@ -347,6 +417,9 @@ void cp_async(uint32_t dst, const void* src, int cp_size, int src_size) {
             finding("thread ", t.tid, ": cp.async write-after-write race at shared ", dst + i, " with thread ", s.writer);
         if (s.read_epoch == l.epoch && s.reader != static_cast<int32_t>(t.tid))
             finding("thread ", t.tid, ": cp.async write-after-read race at shared ", dst + i);
+        if (s.mma_reader >= 0)
+            finding("thread ", t.tid, ": cp.async to shared ", dst + i, " while warpgroup ", s.mma_reader,
+                    "'s wgmma may still read it");
         s.pending = static_cast<int32_t>(t.tid);
     }
     t.open_group.push_back({dst, src, cp_size, src_size});
@@ -405,6 +478,105 @@ void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], const uint32
     }
     warp_sync(); // nobody overwrites the slot before every lane has read it
     std::memcpy(d, out, sizeof out);
+}
+
+void fence_proxy_async() {
+    Launch& l = L();
+    const auto tid = static_cast<int32_t>(me().tid);
+    for (auto& [addr, s] : l.shadow)
+        if (s.unfenced && s.writer == tid && s.pending < 0) s.unfenced = false;
+}
+
+void wgmma_fence() {} // orders register accesses around wgmma; nothing to model here
+
+void wgmma_m64nNk16(bool bf16, int n, float* d, uint64_t desc_a, uint64_t desc_b) {
+    Launch& l = L();
+    const unsigned tid = me().tid, wg = tid / 128, lane = tid % 128;
+    if (l.block.x * l.block.y * l.block.z < 128 * (wg + 1)) {
+        finding("thread ", tid, ": wgmma in a block whose last warpgroup is incomplete");
+        return;
+    }
+    WarpgroupSlot& g = l.warpgroups[wg];
+    const int per = n / 2;
+    g.d[lane].assign(d, d + per);
+    g.computed = false;
+    group_sync(128); // every thread of the warpgroup has issued the same wgmma
+    if (!g.computed) {
+        // The first thread to resume computes the whole 64 x n product, reading shared memory once.
+        auto decode = [&](uint64_t desc, uint32_t& start, uint32_t& lbo, uint32_t& sbo) {
+            start = static_cast<uint32_t>(desc & 0x3FFFu) << 4;
+            lbo = static_cast<uint32_t>((desc >> 16) & 0x3FFFu) << 4;
+            sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFFu) << 4;
+            if (((desc >> 49) & 7u) != 0 || (desc >> 62) != 0)
+                finding("thread ", tid, ": wgmma descriptor with a base offset or swizzling (not emulated)");
+        };
+        uint32_t sa, la, ssa, sb, lb, ssb;
+        decode(desc_a, sa, la, ssa);
+        decode(desc_b, sb, lb, ssb);
+        // The 14-bit start address covers the low 256 KiB of the shared window: operands of wgmma must come from
+        // shared_alloc (the arena at window offset 0), as the kernel's SW_SHARED_* declarations do in emulation.
+        auto element = [&](uint32_t base, uint32_t lbo, uint32_t sbo, int row, int k) {
+            const uint32_t addr = base + static_cast<uint32_t>(row / 8) * sbo + static_cast<uint32_t>(k / 8) * lbo +
+                                  static_cast<uint32_t>(row % 8) * 16 + static_cast<uint32_t>(k % 8) * 2;
+            auto it = l.shadow.find(addr);
+            if (it != l.shadow.end() && it->second.unfenced)
+                finding("thread ", tid, ": wgmma reads shared ", addr, " written by thread ", it->second.writer,
+                        " without a fence.proxy.async since");
+            const uint16_t bits = ld_shared<uint16_t>(addr); // checked like any shared load
+            for (uint32_t b = 0; b < 2; ++b) {
+                l.shadow[addr + b].mma_reader = static_cast<int32_t>(wg);
+                g.issued.push_back(addr + b);
+            }
+            return static_cast<double>(bf16 ? bf16_to_float(bits) : f16_to_float(bits));
+        };
+        std::vector<double> A(64 * 16), B(static_cast<size_t>(n) * 16);
+        for (int r = 0; r < 64; ++r)
+            for (int k = 0; k < 16; ++k) A[static_cast<size_t>(r * 16 + k)] = element(sa, la, ssa, r, k);
+        for (int c = 0; c < n; ++c)
+            for (int k = 0; k < 16; ++k) B[static_cast<size_t>(c * 16 + k)] = element(sb, lb, ssb, c, k);
+        for (unsigned t = 0; t < 128; ++t) {
+            const unsigned w = t / 32, ln = t % 32;
+            g.out[t].resize(static_cast<size_t>(per));
+            for (int j = 0; j < per; ++j) {
+                const int row = static_cast<int>(w * 16 + ln / 4) + 8 * ((j / 2) % 2);
+                const int col = 8 * (j / 4) + 2 * static_cast<int>(ln % 4) + (j % 2);
+                double acc = 0.0;
+                for (int k = 0; k < 16; ++k) acc += A[static_cast<size_t>(row * 16 + k)] * B[static_cast<size_t>(col * 16 + k)];
+                g.out[t][static_cast<size_t>(j)] = static_cast<float>(static_cast<double>(g.d[t][static_cast<size_t>(j)]) + acc);
+            }
+        }
+        g.computed = true;
+    }
+    group_sync(128); // nobody starts the next wgmma before every thread has its result
+    std::memcpy(d, g.out[lane].data(), sizeof(float) * static_cast<size_t>(per));
+}
+
+void wgmma_commit() {
+    Launch& l = L();
+    const unsigned tid = me().tid, wg = tid / 128;
+    WarpgroupSlot& g = l.warpgroups[wg];
+    group_sync(128);
+    if (tid % 128 == 0) {
+        g.groups.push_back(std::move(g.issued));
+        g.issued.clear();
+    }
+    group_sync(128);
+}
+
+void wgmma_wait(int n) {
+    Launch& l = L();
+    const unsigned tid = me().tid, wg = tid / 128;
+    WarpgroupSlot& g = l.warpgroups[wg];
+    group_sync(128);
+    if (tid % 128 == 0)
+        while (g.groups.size() > static_cast<size_t>(n)) {
+            for (uint32_t a : g.groups.front()) {
+                auto it = l.shadow.find(a);
+                if (it != l.shadow.end() && it->second.mma_reader == static_cast<int32_t>(wg)) it->second.mma_reader = -1;
+            }
+            g.groups.erase(g.groups.begin());
+        }
+    group_sync(128);
 }
 
 float bf16_to_float(uint16_t bits) { return static_cast<float>(decode16(bits, 7, 8)); }

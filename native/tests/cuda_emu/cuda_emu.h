@@ -68,6 +68,10 @@ dim3 grid_dim();
 void syncthreads();
 void warp_sync();
 
+// Dynamic-style shared memory for kernels whose shared addresses must be small (wgmma descriptors hold 14 bits of
+// address >> 4): the i-th call of every thread of a block returns the same block-local memory, at window offsets
+// from 0 (uninitialised at the start of each block, like real shared memory).
+void* shared_alloc(size_t bytes, size_t align);
 // Shared memory: a 32-bit address in an emulated shared window (what __cvta_generic_to_shared gives).
 uint32_t shared_address(const void* p);
 void check_shared_access(uint32_t addr, size_t bytes, bool write);
@@ -92,6 +96,22 @@ void cp_async_wait(int n);
 
 // mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 d, a, b, d (warp-collective).
 void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]);
+
+// wgmma (sm_90a), warpgroup-collective (the 128 threads of a warpgroup): d (n / 2 fp32 a thread, the m64nNk16
+// accumulator fragment) += A (64 x 16) * B (n x 16)^T, both read from shared memory through matrix descriptors in
+// the K-major no-swizzle layout (start >> 4 in bits 0-13, leading byte offset >> 4 in 16-29 = between the two
+// k-adjacent core matrices, stride byte offset >> 4 in 32-45 = between 8-row groups; other layouts are reported).
+// The reads are checked like any shared load, and the bytes stay "in use by the tensor cores" until
+// wgmma.wait_group: a store to them before that is reported.
+void wgmma_m64nNk16(bool bf16, int n, float* d, uint64_t desc_a, uint64_t desc_b);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int n);
+// fence.proxy.async.shared::cta: a thread's shared-memory writes become visible to the tensor cores. A wgmma that
+// reads bytes whose writer has not fenced since writing them is reported.
+void fence_proxy_async();
+// Barrier of the `size` consecutive threads (size divides the block) that contain the calling thread.
+void group_sync(unsigned size);
 
 // 16-bit floating-point formats (round to nearest even, as __float2bfloat16_rn / __float2half_rn).
 float bf16_to_float(uint16_t bits);

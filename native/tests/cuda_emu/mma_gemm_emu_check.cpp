@@ -12,6 +12,7 @@
 #include "cuda_emu.h"
 
 #include "cuda/gemm_mma_kernel.cuh"
+#include "cuda/gemm_wgmma_kernel.cuh"
 #include "emu_test_util.h"
 
 #include <cmath>
@@ -124,8 +125,13 @@ double gelu_ref(double x) {
     return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
 }
 
+bool g_wgmma = false; // which kernel run_kernel launches: mma.sync or wgmma
+
 template <bool kBf16, bool kTA, bool kTB> void run_kernel(const Params& p, std::vector<std::string>& findings) {
-    findings = sw::emu::launch(mma_grid(p.m, p.n), dim3(kThreads), [&p] { mma_gemm_kernel<kBf16, kTA, kTB>(p); });
+    if (g_wgmma)
+        findings = sw::emu::launch(mma_grid(p.m, p.n), dim3(kThreads), [&p] { wgmma_gemm_kernel<kBf16, kTA, kTB>(p); });
+    else
+        findings = sw::emu::launch(mma_grid(p.m, p.n), dim3(kThreads), [&p] { mma_gemm_kernel<kBf16, kTA, kTB>(p); });
 }
 
 void run_any(bool bf16, bool ta, bool tb, const Params& p, std::vector<std::string>& f) {
@@ -269,7 +275,8 @@ std::vector<uint32_t> run_case(const Case& c, bool vector_path, std::mt19937_64&
         }
     if (bad > 5) problems.push_back(std::to_string(bad - 5) + " more wrong elements");
     ok = problems.empty();
-    report(ok, describe(c) + (vector_path ? " [cp.async path]" : " [element path]"), problems);
+    report(ok, std::string(g_wgmma ? "wgmma " : "mma.sync ") + describe(c) +
+                   (vector_path ? " [cp.async path]" : " [element path]"), problems);
     return bits;
 }
 
@@ -297,6 +304,13 @@ int main() {
                 std::mt19937_64 r1(seed), r2(seed); // the same data for both paths
                 const auto vec = run_case(c, true, r1, ok_vec);
                 const auto elem = run_case(c, false, r2, ok_elem);
+                // The wgmma kernel on the same data: the emulation sums each 16-wide k step the same way, so C must
+                // equal the mma.sync kernel's bit for bit.
+                std::mt19937_64 r3(seed);
+                g_wgmma = true;
+                bool ok_wg = false;
+                const auto wg = run_case(c, true, r3, ok_wg);
+                g_wgmma = false;
                 ++cases;
                 // The same data (the paths differ only in leading dimensions / alignment): the same accumulation
                 // order, so C must be bit-identical inside m x n.
@@ -309,7 +323,15 @@ int main() {
                             break;
                         }
                 report(same, describe(c) + " cp.async and element paths agree bit for bit");
+                bool same_wg = true;
+                for (int64_t i = 0; i < c.m && same_wg; ++i)
+                    for (int64_t j = 0; j < c.n; ++j)
+                        if (vec[static_cast<size_t>(i * ldc + j)] != wg[static_cast<size_t>(i * ldc + j)]) {
+                            same_wg = false;
+                            break;
+                        }
+                report(same_wg, describe(c) + " wgmma and mma.sync kernels agree bit for bit");
             }
-    std::printf("mma_gemm_emu_check: %d GEMM cases (x2 load paths), %d failures\n", cases, g_failures);
+    std::printf("mma_gemm_emu_check: %d GEMM cases (mma.sync x2 load paths, wgmma), %d failures\n", cases, g_failures);
     return g_failures == 0 ? 0 : 1;
 }
