@@ -34,6 +34,13 @@ if [ -z "${SHARDWISE_NCCL_PATH:-}" ]; then
 fi
 log "NCCL: ${SHARDWISE_NCCL_PATH:-not found}"
 
+# On a Hopper GPU (compute capability 9.0) with an nvcc that builds sm_90a, the wgmma kernel must be available:
+# cuda_check then fails instead of reporting it unavailable.
+cc="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')"
+nvcc_major="$(nvcc --version 2>/dev/null | grep -oE 'release [0-9]+' | grep -oE '[0-9]+' | head -n1)"
+if [ "$cc" = "9.0" ] && [ "${nvcc_major:-0}" -ge 12 ]; then export SHARDWISE_EXPECT_WGMMA=1; fi
+log "compute capability ${cc:-unknown}, nvcc ${nvcc_major:-?}: SHARDWISE_EXPECT_WGMMA=${SHARDWISE_EXPECT_WGMMA:-0}"
+
 log "native checks"
 ctest --test-dir "$BUILD" --output-on-failure > "$OUT_DIR/ctest.log" 2>&1 || rc_all=1
 tail -15 "$OUT_DIR/ctest.log" | tee -a "$OUT_DIR/summary.txt"

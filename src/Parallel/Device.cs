@@ -102,7 +102,12 @@ public sealed class Device : IDisposable
         return new Device(h, backend);
     }
 
-    /// <summary>Selects the CPU GEMM micro-kernel ("auto", "avx512", "avx2", "generic").</summary>
+    /// <summary>
+    /// Selects the GEMM implementation for work enqueued afterwards: on the CPU the micro-kernel ("auto", "avx512",
+    /// "avx2", "generic"); on CUDA "auto" or "cublaslt" (cuBLASLt), "mma" (the hand-written mma.sync kernel, f16/bf16) or
+    /// "wgmma" (the hand-written Hopper kernel, f16/bf16, compute capability 9.0 with a plugin built for sm_90a; not yet
+    /// validated on a GPU). An unknown name, or one the device cannot run, throws naming why.
+    /// </summary>
     public void SetKernel(string kernel)
     {
         ArgumentNullException.ThrowIfNull(kernel);
