@@ -412,12 +412,14 @@ void sync_ranks(int p) {
     for (int r = 0; r < p; ++r) CK(sw_stream_synchronize(C.s[r])); // also reports collectives' host-side errors
 }
 
-// One measured frame over p rank streams: `start` recorded on s[0], the other streams wait for it, body() queues the
-// work, `end[r]` is recorded on every stream; returns the largest start -> end[r] time (ms) once all are done.
-double timed(int p, const std::function<void()>& body) {
+// A measured frame over p rank streams: begin_frame records `start` on s[0] and makes the other streams wait for it;
+// the caller queues the work; end_frame records `end[r]` on every stream and returns the largest start -> end[r] time
+// (ms) once all are done.
+void begin_frame(int p) {
     CK(sw_event_record(C.start, C.s[0]));
     for (int r = 1; r < p; ++r) CK(sw_stream_wait_event(C.s[r], C.start));
-    body();
+}
+double end_frame(int p) {
     for (int r = 0; r < p; ++r) CK(sw_event_record(C.end[r], C.s[r]));
     double worst = 0;
     for (int r = 0; r < p; ++r) {
@@ -428,6 +430,12 @@ double timed(int p, const std::function<void()>& body) {
     }
     sync_ranks(p);
     return worst;
+}
+// One frame of body().
+double timed(int p, const std::function<void()>& body) {
+    begin_frame(p);
+    body();
+    return end_frame(p);
 }
 
 struct Variant {
@@ -524,6 +532,73 @@ std::vector<Shard> shards_of(int64_t total, int p) {
     for (int r = 0; r < p; ++r) CK(sw_shard_range(total, p, r, &v[r].off, &v[r].n));
     return v;
 }
+
+// W's column shards on the device for p virtual ranks, their communicator, and the two sharded paths as targets 1 and
+// 4 run them: rank r multiplies X (bx, M x K) by its K x n_r shard, then either all-gathers the columns into its own
+// M x N block of `yall` (the column-parallel path), or writes its columns of one M x N `y` directly (ldc = N).
+struct Sharded {
+    const DType& d;
+    int64_t M, K, N;
+    int p;
+    sw_buffer bx;
+    std::vector<Shard> sh;
+    sw_comm comm = nullptr;
+    std::vector<sw_buffer> bshard, blocal;
+
+    Sharded(const DType& d_, int64_t M_, int64_t K_, int64_t N_, int p_, sw_buffer bx_, const std::vector<float>& W)
+        : d(d_), M(M_), K(K_), N(N_), p(p_), bx(bx_), sh(shards_of(N_, p_)), comm(make_comm(p_)), bshard(p_), blocal(p_) {
+        for (int r = 0; r < p; ++r) {
+            const int64_t n = sh[r].n;
+            std::vector<float> part(static_cast<size_t>(K * n));
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t j = 0; j < n; ++j) part[k * n + j] = W[k * N + sh[r].off + j];
+            bshard[r] = alloc(static_cast<uint64_t>(K * n) * d.esz);
+            blocal[r] = alloc(static_cast<uint64_t>(M * n) * d.esz);
+            upload(bshard[r], 0, encode(d, part.data(), part.size()));
+        }
+    }
+    ~Sharded() {
+        for (int r = 0; r < p; ++r) {
+            release(bshard[r]);
+            release(blocal[r]);
+        }
+        CK(sw_comm_destroy(comm));
+    }
+    Sharded(const Sharded&) = delete;
+    Sharded& operator=(const Sharded&) = delete;
+
+    void gemm_local(int r) const {
+        CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, sh[r].n, K, 1.f, bx, 0, K, bshard[r], 0, sh[r].n, 0.f, blocal[r], 0,
+                   sh[r].n, nullptr, 0, SW_EPILOGUE_NONE));
+    }
+    void gather(sw_buffer yall) const {
+        for (int r = 0; r < p; ++r) {
+            gemm_local(r);
+            CK(sw_all_gather_columns(comm, r, blocal[r], 0, M, sh[r].n, sh[r].n, yall, static_cast<uint64_t>(r * M * N), N,
+                                     d.t, C.s[r]));
+        }
+    }
+    void direct(sw_buffer y) const {
+        for (int r = 0; r < p; ++r)
+            CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, sh[r].n, K, 1.f, bx, 0, K, bshard[r], 0, sh[r].n, 0.f, y,
+                       static_cast<uint64_t>(sh[r].off), N, nullptr, 0, SW_EPILOGUE_NONE));
+    }
+    // One verified call of each path (outputs NaN-filled first, so a column nobody writes fails); `check` judges one
+    // rank's (or the direct) M x N result.
+    void verify(sw_buffer yall, sw_buffer ydirect, const std::string& gather_label, const std::string& direct_label,
+                const std::function<Outcome(const std::vector<float>&)>& check) const {
+        const uint64_t mn_bytes = static_cast<uint64_t>(M * N) * d.esz;
+        fill_nan(yall, 0, mn_bytes * p);
+        fill_nan(ydirect, 0, mn_bytes);
+        timed(p, [&] { gather(yall); });
+        timed(p, [&] { direct(ydirect); });
+        if (opt.inject) inject_unwritten_column(yall, static_cast<uint64_t>((p - 1) * M * N), M, N, sh[p - 1].off);
+        RankChecks rc{gather_label, opt.inject};
+        for (int r = 0; r < p; ++r) rc.add(r, check(decode(d, download(yall, mn_bytes * r, mn_bytes))));
+        rc.record();
+        record(direct_label, check(decode(d, download(ydirect, 0, mn_bytes))));
+    }
+};
 std::string shard_list(const std::vector<Shard>& v) {
     std::string s;
     for (size_t r = 0; r < v.size(); ++r) s += (r ? "+" : "") + std::to_string(v[r].n);
@@ -578,46 +653,13 @@ void target_sharded_gemm() {
     md("|---|---|---|---|---|---|---|---|---|---|\n");
 
     for (int p : {2, 4, 8}) {
-        const std::vector<Shard> sh = shards_of(N, p);
-        sw_comm comm = make_comm(p);
-        std::vector<sw_buffer> bshard(p), blocal(p);
-        for (int r = 0; r < p; ++r) {
-            const int64_t n = sh[r].n;
-            std::vector<float> part(static_cast<size_t>(K * n));
-            for (int64_t k = 0; k < K; ++k)
-                for (int64_t j = 0; j < n; ++j) part[k * n + j] = W[k * N + sh[r].off + j];
-            bshard[r] = alloc(static_cast<uint64_t>(K * n) * d.esz);
-            blocal[r] = alloc(static_cast<uint64_t>(M * n) * d.esz);
-            upload(bshard[r], 0, encode(d, part.data(), part.size()));
-        }
-        auto gather = [&] {
-            for (int r = 0; r < p; ++r) {
-                const int64_t n = sh[r].n;
-                CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, n, K, 1.f, bx, 0, K, bshard[r], 0, n, 0.f, blocal[r], 0, n,
-                           nullptr, 0, SW_EPILOGUE_NONE));
-                CK(sw_all_gather_columns(comm, r, blocal[r], 0, M, n, n, yall, static_cast<uint64_t>(r * M * N), N, d.t,
-                                         C.s[r]));
-            }
-        };
-        auto direct = [&] {
-            for (int r = 0; r < p; ++r) {
-                const int64_t n = sh[r].n;
-                CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, n, K, 1.f, bx, 0, K, bshard[r], 0, n, 0.f, ydirect,
-                           static_cast<uint64_t>(sh[r].off), N, nullptr, 0, SW_EPILOGUE_NONE));
-            }
-        };
-        // Verified run: outputs NaN-filled first, so a column nobody writes fails the comparison.
-        fill_nan(yall, 0, mn_bytes * p);
-        fill_nan(ydirect, 0, mn_bytes);
-        timed(p, gather);
-        timed(p, direct);
-        if (opt.inject) inject_unwritten_column(yall, static_cast<uint64_t>((p - 1) * M * N), M, N, sh[p - 1].off);
-        RankChecks rc{fmt("T1 p=%d sharded + all-gather: every rank's Y vs unsharded", p), opt.inject};
-        for (int r = 0; r < p; ++r)
-            rc.add(r, compare_results(d, decode(d, download(yall, mn_bytes * r, mn_bytes)), yref_host, M, N, rn, cn));
-        rc.record();
-        record(fmt("T1 p=%d sharded direct Y vs unsharded", p),
-               compare_results(d, decode(d, download(ydirect, 0, mn_bytes)), yref_host, M, N, rn, cn));
+        const Sharded S(d, M, K, N, p, bx, W);
+        const std::vector<Shard>& sh = S.sh;
+        auto gather = [&] { S.gather(yall); };
+        auto direct = [&] { S.direct(ydirect); };
+        S.verify(yall, ydirect, fmt("T1 p=%d sharded + all-gather: every rank's Y vs unsharded", p),
+                 fmt("T1 p=%d sharded direct Y vs unsharded", p),
+                 [&](const std::vector<float>& y) { return compare_results(d, y, yref_host, M, N, rn, cn); });
 
         const auto t = measure({{"unsharded", 1, {}, unsharded}, {"gather", p, {}, gather}, {"direct", p, {}, direct}});
         const Stat su = stat_of(t[0]), sg = stat_of(t[1]), sd = stat_of(t[2]);
@@ -630,11 +672,6 @@ void target_sharded_gemm() {
         md(fmt("| %s | %s | %d | %s | sharded, direct (info) | %s | %.1f | %.3f | (info) | |\n", shape.c_str(), d.name,
                p, shard_list(sh).c_str(), ms_cell(sd).c_str(), tflops(flops, sd.median), su.median / sd.median));
 
-        for (int r = 0; r < p; ++r) {
-            release(bshard[r]);
-            release(blocal[r]);
-        }
-        CK(sw_comm_destroy(comm));
     }
     md("\nTFLOP/s = 2·M·N·K / median time. Every variant's Y was checked element by element against the unsharded Y "
        "(after NaN pre-fill, every rank's gathered Y), and the unsharded Y against a float64 reference at sampled "
@@ -940,52 +977,19 @@ void target_overhead() {
     md("|---|---|---|---|---|---|---|---|---|---|---|\n");
 
     for (int p : {1, 2, 4}) {
-        const std::vector<Shard> sh = shards_of(N, p);
-        sw_comm comm = make_comm(p);
-        std::vector<sw_buffer> bshard(p), blocal(p);
-        for (int r = 0; r < p; ++r) {
-            const int64_t n = sh[r].n;
-            std::vector<float> part(static_cast<size_t>(K * n));
-            for (int64_t k = 0; k < K; ++k)
-                for (int64_t j = 0; j < n; ++j) part[k * n + j] = W[k * N + sh[r].off + j];
-            bshard[r] = alloc(static_cast<uint64_t>(K * n) * d.esz);
-            blocal[r] = alloc(static_cast<uint64_t>(M * n) * d.esz);
-            upload(bshard[r], 0, encode(d, part.data(), part.size()));
-        }
-        auto gemm_local = [&](int r) {
-            CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, sh[r].n, K, 1.f, bx, 0, K, bshard[r], 0, sh[r].n, 0.f, blocal[r], 0,
-                       sh[r].n, nullptr, 0, SW_EPILOGUE_NONE));
-        };
-        auto gather_call = [&] {
-            for (int r = 0; r < p; ++r) {
-                gemm_local(r);
-                CK(sw_all_gather_columns(comm, r, blocal[r], 0, M, sh[r].n, sh[r].n, yall, mn_bytes / d.esz * r, N, d.t,
-                                         C.s[r]));
-            }
-        };
-        auto direct_call = [&] {
-            for (int r = 0; r < p; ++r)
-                CK(sw_gemm(C.s[r], d.t, SW_OP_N, SW_OP_N, M, sh[r].n, K, 1.f, bx, 0, K, bshard[r], 0, sh[r].n, 0.f, ydirect,
-                           static_cast<uint64_t>(sh[r].off), N, nullptr, 0, SW_EPILOGUE_NONE));
-        };
+        const Sharded S(d, M, K, N, p, bx, W);
+        auto gather_call = [&] { S.gather(yall); };
+        auto direct_call = [&] { S.direct(ydirect); };
         auto gather_kernels_call = [&] {
             for (int r = 0; r < p; ++r) {
-                gemm_local(r);
+                S.gemm_local(r);
                 CK(sw_memcpy_d2d_async(yall, mn_bytes * r, ydirect, 0, mn_bytes, C.s[r]));
             }
         };
         // Verified single call of each path against a float64 reference of the whole product.
-        fill_nan(yall, 0, mn_bytes * p);
-        fill_nan(ydirect, 0, mn_bytes);
-        timed(p, gather_call);
-        timed(p, direct_call);
-        if (opt.inject) inject_unwritten_column(yall, static_cast<uint64_t>((p - 1) * M * N), M, N, sh[p - 1].off);
-        RankChecks rc{fmt("T4 p=%d all-gather path: every rank's Y vs float64", p), opt.inject};
-        for (int r = 0; r < p; ++r)
-            rc.add(r, check_against_reference(d, decode(d, download(yall, mn_bytes * r, mn_bytes)), X, W, M, K, N, seed));
-        rc.record();
-        record(fmt("T4 p=%d direct path Y vs float64", p),
-               check_against_reference(d, decode(d, download(ydirect, 0, mn_bytes)), X, W, M, K, N, seed));
+        S.verify(yall, ydirect, fmt("T4 p=%d all-gather path: every rank's Y vs float64", p),
+                 fmt("T4 p=%d direct path Y vs float64", p),
+                 [&](const std::vector<float>& y) { return check_against_reference(d, y, X, W, M, K, N, seed); });
 
         struct Batch {
             std::vector<double> enq, wall, dev, wall_minus_dev;
@@ -994,19 +998,10 @@ void target_overhead() {
             Batch out;
             for (int b = 0; b < batches + 1; ++b) {
                 const auto t0 = std::chrono::steady_clock::now();
-                CK(sw_event_record(C.start, C.s[0]));
-                for (int r = 1; r < p; ++r) CK(sw_stream_wait_event(C.s[r], C.start));
+                begin_frame(p);
                 for (int i = 0; i < calls; ++i) call();
                 const auto t1 = std::chrono::steady_clock::now();
-                for (int r = 0; r < p; ++r) CK(sw_event_record(C.end[r], C.s[r]));
-                double dev_ms = 0;
-                for (int r = 0; r < p; ++r) {
-                    CK(sw_event_synchronize(C.end[r]));
-                    double ms = 0;
-                    CK(sw_event_elapsed_ms(C.start, C.end[r], &ms));
-                    dev_ms = std::max(dev_ms, ms);
-                }
-                sync_ranks(p);
+                const double dev_ms = end_frame(p);
                 const auto t2 = std::chrono::steady_clock::now();
                 if (b == 0) continue; // warm-up
                 const double enq = std::chrono::duration<double, std::micro>(t1 - t0).count() / calls;
@@ -1041,11 +1036,6 @@ void target_overhead() {
         };
         row("all-gather", g, kg, true);
         row("direct (info)", dr, kd, false);
-        for (int r = 0; r < p; ++r) {
-            release(bshard[r]);
-            release(blocal[r]);
-        }
-        CK(sw_comm_destroy(comm));
     }
     md("\n(c) uses medians: median wall - median kernels' own. A (c) well above (a) means the per-call cost is not the "
        "enqueue itself but waiting (e.g. the collective's host rendezvous serialising the GPU); (b) near 0 with a large "
