@@ -42,8 +42,15 @@ int main() {
     sw_device_info info{};
     OK(sw_device_get_info(dev, &info));
     CHECK(std::strncmp(info.name, "cuda:0", 6) == 0 && std::strcmp(info.kernel, "auto") == 0, "info %s / %s", info.name, info.kernel);
+    OK(sw_device_set_kernel(dev, "wgmma"));
+    OK(sw_device_get_info(dev, &info));
+    CHECK(std::strcmp(info.kernel, "wgmma") == 0, "kernel after set_kernel(wgmma): %s", info.kernel);
+    OK(sw_device_set_kernel(dev, "mma"));
+    OK(sw_device_get_info(dev, &info));
+    CHECK(std::strcmp(info.kernel, "mma") == 0, "kernel after set_kernel(mma): %s", info.kernel);
     OK(sw_device_set_kernel(dev, "cublaslt"));
     CHECK(sw_device_set_kernel(dev, "avx512") == SW_ERR_INVALID_ARGUMENT, "CPU kernel name on CUDA");
+    CHECK(std::strstr(sw_last_error(), "wgmma") != nullptr, "the error lists the CUDA kernel names: %s", sw_last_error());
 
     // GEMM through the plugin, with bias and a wrapped native stream.
     const int64_t M = 13, K = 21, N = 17;
