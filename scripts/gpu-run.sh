@@ -1,35 +1,60 @@
 #!/usr/bin/env bash
 # Runs on a CUDA machine without .NET or network, from the repository root (sources present), with the
 # bundle made by scripts/gpu-bundle.sh in BUNDLE_DIR (default: gpu-bundle/):
-#   1. builds the native library and the CUDA plugin with the local nvcc (SHARDWISE_CUDA=ON);
-#   2. runs the native checks (ctest), then cuda_bench (issue 3's performance targets: markdown tables in
-#      cuda-bench.md and summary.txt), then the CUDA plugin check under compute-sanitizer (memcheck, racecheck)
-#      when it is installed;
-#   3. runs the whole NUnit suite from the bundle against that native build (CUDA fixtures included);
-#   4. runs the main job on the GPU and a short benchmark.
-# Everything it prints, and the reports, go to OUT_DIR (default: $OUT if set, else gpu-results/).
+#
+#   bash gpu-bundle/gpu-run.sh [STEP...]       default: build ctest bench sanitizer nunit main
+#
+#   build      the native library, the CUDA plugin and the checks with the local nvcc (SHARDWISE_CUDA=ON; incremental
+#              when BUILD already holds a build)
+#   ctest      the native checks (cuda_check, nccl_check_gpu, the emulation checks, ...)
+#   bench      cuda_bench: issue 3's performance targets, markdown tables (cuda-bench.md, and in summary.txt)
+#   sanitizer  cuda_check under compute-sanitizer memcheck, racecheck and synccheck (when installed)
+#   nunit      the whole NUnit suite from the bundle against this native build (CUDA fixtures included)
+#   main       the main job on the GPU
+#
+# The device tool runs one command for at most 10 minutes and keeps a machine warm for only seconds after it, so
+# every step prints its duration; when the whole list does not fit, run it in two calls (e.g. "build ctest bench"
+# then "build sanitizer nunit main": build is incremental on a machine that is still warm, a full build otherwise).
+# Steps that need the build run it first when BUILD has none.
+#
+# Output: everything goes to WORK_DIR (default /tmp/shardwise-gpu-results); at the end summary.txt and
+# cuda-bench.md are copied to OUT_DIR (default: $OUT if set, else gpu-results/) with every log packed into
+# gpu-logs.tar.xz: three files, since the device tool brings back at most 8.
+# Exit status: 0 when every step that ran passed, 1 otherwise.
 set -uo pipefail
 ROOT="$PWD"
 BUNDLE_DIR="${BUNDLE_DIR:-$ROOT/gpu-bundle}"
 OUT_DIR="${OUT_DIR:-${OUT:-$ROOT/gpu-results}}"
+WORK_DIR="${WORK_DIR:-/tmp/shardwise-gpu-results}"
 BUILD="${BUILD:-/tmp/shardwise-gpu-build}"
 APP="/tmp/shardwise-gpu-app"
-mkdir -p "$OUT_DIR"
-log() { printf '==> %s\n' "$*" | tee -a "$OUT_DIR/summary.txt"; }
+mkdir -p "$OUT_DIR" "$WORK_DIR"
+STEPS=("$@")
+((${#STEPS[@]})) || STEPS=(build ctest bench sanitizer nunit main)
+for s in "${STEPS[@]}"; do
+    case "$s" in build | ctest | bench | sanitizer | nunit | main) ;; *) echo "gpu-run.sh: unknown step '$s'" >&2; exit 2 ;; esac
+done
+log() { printf '==> %s\n' "$*" | tee -a "$WORK_DIR/summary.txt"; }
 rc_all=0
+T0=$SECONDS
+
+finish() {
+    log "done in $((SECONDS - T0)) s: steps ${STEPS[*]}, exit status $rc_all"
+    cp "$WORK_DIR/summary.txt" "$OUT_DIR/summary.txt" 2>/dev/null
+    [ -f "$WORK_DIR/cuda-bench.md" ] && cp "$WORK_DIR/cuda-bench.md" "$OUT_DIR/cuda-bench.md"
+    tar -C "$WORK_DIR" -cJf "$OUT_DIR/gpu-logs.tar.xz" . 2>/dev/null
+    exit $rc_all
+}
 
 log "machine"
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nvcc --version | tail -2;
-  cmake --version | head -1; } 2>&1 | tee -a "$OUT_DIR/summary.txt"
-
-log "native build (CUDA on)"
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSHARDWISE_CUDA=ON > "$OUT_DIR/cmake.log" 2>&1 &&
-    cmake --build "$BUILD" -j "$(nproc)" >> "$OUT_DIR/cmake.log" 2>&1 || { tail -50 "$OUT_DIR/cmake.log"; exit 1; }
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader; nvcc --version | tail -2;
+  cmake --version | head -1; } 2>&1 | tee -a "$WORK_DIR/summary.txt"
 
 # NCCL lives in the Python environment there (nvidia-nccl): point Shardwise at it unless the caller did.
 if [ -z "${SHARDWISE_NCCL_PATH:-}" ]; then
     nccl="$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib", "libnccl.so.2"))' 2>/dev/null ||
-            find / -name 'libnccl.so.2' -not -path '*/proc/*' 2>/dev/null | head -n1)"
+            find / -name 'libnccl.so.2' -not -path '/proc/*' -not -path '/tmp/*' -not -path "$ROOT/*" -not -path '*fake_nccl*' \
+                2>/dev/null | head -n1)" # never our own stand-in (build/.../fake_nccl/libnccl.so.2)
     [ -n "$nccl" ] && [ -e "$nccl" ] && export SHARDWISE_NCCL_PATH="$nccl"
 fi
 log "NCCL: ${SHARDWISE_NCCL_PATH:-not found}"
@@ -41,44 +66,81 @@ nvcc_major="$(nvcc --version 2>/dev/null | grep -oE 'release [0-9]+' | grep -oE 
 if [ "$cc" = "9.0" ] && [ "${nvcc_major:-0}" -ge 12 ]; then export SHARDWISE_EXPECT_WGMMA=1; fi
 log "compute capability ${cc:-unknown}, nvcc ${nvcc_major:-?}: SHARDWISE_EXPECT_WGMMA=${SHARDWISE_EXPECT_WGMMA:-0}"
 
-log "native checks"
-ctest --test-dir "$BUILD" --output-on-failure > "$OUT_DIR/ctest.log" 2>&1 || rc_all=1
-tail -15 "$OUT_DIR/ctest.log" | tee -a "$OUT_DIR/summary.txt"
+step_build() {
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DSHARDWISE_CUDA=ON > "$WORK_DIR/cmake.log" 2>&1 &&
+        cmake --build "$BUILD" -j "$(nproc)" >> "$WORK_DIR/cmake.log" 2>&1 ||
+        { tail -50 "$WORK_DIR/cmake.log" | tee -a "$WORK_DIR/summary.txt"; rc_all=1; finish; }
+    grep -E "Shardwise: CUDA plugin" "$WORK_DIR/cmake.log" | tee -a "$WORK_DIR/summary.txt"
+}
 
-# Issue 3's targets, full shapes (about a minute). Exit 77: no CUDA device (skipped, as cuda_check); any other
-# non-zero status is an API error or a failed verification of a benchmarked result.
-log "cuda_bench (issue 3 targets; tables also in cuda-bench.md, progress in cuda-bench.stderr.log)"
-if [ -x "$BUILD/bin/cuda_bench" ]; then
-    "$BUILD/bin/cuda_bench" --out "$OUT_DIR/cuda-bench.md" 2> "$OUT_DIR/cuda-bench.stderr.log" | tee -a "$OUT_DIR/summary.txt"
-    bench_rc=${PIPESTATUS[0]}
+step_ctest() {
+    ctest --test-dir "$BUILD" --output-on-failure > "$WORK_DIR/ctest.log" 2>&1 || rc_all=1
+    grep -E "wgmma kernel:" "$WORK_DIR/ctest.log" | head -2 | tee -a "$WORK_DIR/summary.txt"
+    tail -15 "$WORK_DIR/ctest.log" | tee -a "$WORK_DIR/summary.txt"
+}
+
+# Issue 3's targets, full shapes. Exit 77: no CUDA device (skipped, as cuda_check); any other non-zero status is an
+# API error or a failed verification of a benchmarked result.
+step_bench() {
+    if [ ! -x "$BUILD/bin/cuda_bench" ]; then
+        rc_all=1
+        log "cuda_bench not built ($BUILD/bin/cuda_bench missing)"
+        return
+    fi
+    "$BUILD/bin/cuda_bench" --out "$WORK_DIR/cuda-bench.md" 2> "$WORK_DIR/cuda-bench.stderr.log" | tee -a "$WORK_DIR/summary.txt"
+    local bench_rc=${PIPESTATUS[0]}
     if [ "$bench_rc" -eq 77 ]; then
-        log "cuda_bench skipped (no CUDA device): $(tail -1 "$OUT_DIR/cuda-bench.stderr.log")"
+        log "cuda_bench skipped (no CUDA device): $(tail -1 "$WORK_DIR/cuda-bench.stderr.log")"
     elif [ "$bench_rc" -ne 0 ]; then
         rc_all=1
         log "cuda_bench FAILED (exit $bench_rc):"
-        tail -5 "$OUT_DIR/cuda-bench.stderr.log" | tee -a "$OUT_DIR/summary.txt"
+        tail -5 "$WORK_DIR/cuda-bench.stderr.log" | tee -a "$WORK_DIR/summary.txt"
     fi
-else
-    rc_all=1
-    log "cuda_bench not built ($BUILD/bin/cuda_bench missing)"
-fi
+}
 
-if command -v compute-sanitizer >/dev/null 2>&1 && [ -x "$BUILD/bin/cuda_check" ]; then
-    for tool in memcheck racecheck; do
+step_sanitizer() {
+    if ! command -v compute-sanitizer >/dev/null 2>&1 || [ ! -x "$BUILD/bin/cuda_check" ]; then
+        log "compute-sanitizer or cuda_check missing: skipped"
+        return
+    fi
+    local tool
+    for tool in memcheck racecheck synccheck; do
         log "compute-sanitizer --tool $tool cuda_check"
-        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/bin/cuda_check" > "$OUT_DIR/sanitizer-$tool.log" 2>&1 || rc_all=1
-        tail -3 "$OUT_DIR/sanitizer-$tool.log" | tee -a "$OUT_DIR/summary.txt"
+        compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/bin/cuda_check" > "$WORK_DIR/sanitizer-$tool.log" 2>&1 || rc_all=1
+        tail -3 "$WORK_DIR/sanitizer-$tool.log" | tee -a "$WORK_DIR/summary.txt"
     done
-fi
+}
 
-log "NUnit suite (bundle $(cat "$BUNDLE_DIR/COMMIT" 2>/dev/null || true))"
-rm -rf "$APP" && mkdir -p "$APP" && tar -C "$APP" --strip-components=1 -xJf "$BUNDLE_DIR/shardwise-gpu-bundle.tar.xz"
-export SHARDWISE_NATIVE_PATH="$BUILD/lib"
-(cd "$APP" && ./Shardwise.Tests --report-trx --report-trx-filename tests.trx --results-directory "$OUT_DIR" \
-    > "$OUT_DIR/tests.log" 2>&1) || rc_all=1
-grep -E "total:|failed:|succeeded:|skipped:" "$OUT_DIR/tests.log" | tee -a "$OUT_DIR/summary.txt"
+unpack_app() {
+    [ -x "$APP/Shardwise.Tests" ] && return
+    rm -rf "$APP" && mkdir -p "$APP" && tar -C "$APP" --strip-components=1 -xJf "$BUNDLE_DIR/shardwise-gpu-bundle.tar.xz"
+}
 
-log "main job (CUDA)"
-(cd "$APP" && ./Shardwise.Bench main --backend cuda > "$OUT_DIR/main-cuda.log" 2>&1) || rc_all=1
-tail -30 "$OUT_DIR/main-cuda.log" | tee -a "$OUT_DIR/summary.txt"
-exit $rc_all
+step_nunit() {
+    log "bundle $(cat "$BUNDLE_DIR/COMMIT" 2>/dev/null || true)"
+    unpack_app
+    (cd "$APP" && SHARDWISE_NATIVE_PATH="$BUILD/lib" ./Shardwise.Tests --report-trx --report-trx-filename tests.trx \
+        --results-directory "$WORK_DIR" > "$WORK_DIR/tests.log" 2>&1) || rc_all=1
+    grep -E "total:|failed:|succeeded:|skipped:" "$WORK_DIR/tests.log" | tee -a "$WORK_DIR/summary.txt"
+}
+
+step_main() {
+    unpack_app
+    (cd "$APP" && SHARDWISE_NATIVE_PATH="$BUILD/lib" ./Shardwise.Bench main --backend cuda > "$WORK_DIR/main-cuda.log" 2>&1) ||
+        rc_all=1
+    tail -30 "$WORK_DIR/main-cuda.log" | tee -a "$WORK_DIR/summary.txt"
+}
+
+for s in "${STEPS[@]}"; do
+    if [ "$s" != build ] && [ ! -f "$BUILD/CMakeCache.txt" ]; then
+        log "step build (needed by $s)"
+        t=$SECONDS
+        step_build
+        log "step build: $((SECONDS - t)) s"
+    fi
+    log "step $s"
+    t=$SECONDS
+    "step_$s"
+    log "step $s: $((SECONDS - t)) s (total $((SECONDS - T0)) s)"
+done
+finish
