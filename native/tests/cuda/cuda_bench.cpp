@@ -536,6 +536,29 @@ std::vector<Shard> shards_of(int64_t total, int p) {
 // W's column shards on the device for p virtual ranks, their communicator, and the two sharded paths as targets 1 and
 // 4 run them: rank r multiplies X (bx, M x K) by its K x n_r shard, then either all-gathers the columns into its own
 // M x N block of `yall` (the column-parallel path), or writes its columns of one M x N `y` directly (ldc = N).
+// A GEMM problem's operands: random X (M x K) and W (K x N) in the benchmark's dtype (exactly representable), their
+// row / column norms (the comparisons' tolerance) and their device copies.
+struct Operands {
+    std::vector<float> X, W;
+    std::vector<double> rn, cn;
+    sw_buffer bx = nullptr, bw = nullptr;
+    Operands(const DType& d, int64_t M, int64_t K, int64_t N, uint64_t seed)
+        : X(random_matrix(d, static_cast<uint64_t>(M * K), seed)), W(random_matrix(d, static_cast<uint64_t>(K * N), seed + 1)) {
+        row_norms(X, M, K, rn);
+        col_norms(W, K, N, cn);
+        bx = alloc(static_cast<uint64_t>(M * K) * d.esz);
+        bw = alloc(static_cast<uint64_t>(K * N) * d.esz);
+        upload(bx, 0, encode(d, X.data(), X.size()));
+        upload(bw, 0, encode(d, W.data(), W.size()));
+    }
+    ~Operands() {
+        release(bx);
+        release(bw);
+    }
+    Operands(const Operands&) = delete;
+    Operands& operator=(const Operands&) = delete;
+};
+
 struct Sharded {
     const DType& d;
     int64_t M, K, N;
@@ -617,15 +640,11 @@ void target_sharded_gemm() {
     CK(sw_device_set_kernel(C.dev, "cublaslt"));
 
     const uint64_t seed = opt.seed * 7 + 1;
-    const std::vector<float> X = random_matrix(d, static_cast<uint64_t>(M * K), seed);
-    const std::vector<float> W = random_matrix(d, static_cast<uint64_t>(K * N), seed + 1);
-    std::vector<double> rn, cn;
-    row_norms(X, M, K, rn);
-    col_norms(W, K, N, cn);
+    const Operands ops(d, M, K, N, seed);
+    const std::vector<float>&X = ops.X, &W = ops.W;
+    const std::vector<double>&rn = ops.rn, &cn = ops.cn;
+    const sw_buffer bx = ops.bx, bw = ops.bw;
     const uint64_t mn_bytes = static_cast<uint64_t>(M * N) * d.esz;
-    sw_buffer bx = alloc(static_cast<uint64_t>(M * K) * d.esz), bw = alloc(static_cast<uint64_t>(K * N) * d.esz);
-    upload(bx, 0, encode(d, X.data(), X.size()));
-    upload(bw, 0, encode(d, W.data(), W.size()));
     sw_buffer yref = alloc(mn_bytes), ydirect = alloc(mn_bytes), yall = alloc(mn_bytes * kMaxRanks);
 
     auto unsharded = [&] {
@@ -676,8 +695,6 @@ void target_sharded_gemm() {
     md("\nTFLOP/s = 2·M·N·K / median time. Every variant's Y was checked element by element against the unsharded Y "
        "(after NaN pre-fill, every rank's gathered Y), and the unsharded Y against a float64 reference at sampled "
        "elements (see Verification).\n");
-    release(bx);
-    release(bw);
     release(yref);
     release(ydirect);
     release(yall);
@@ -726,15 +743,11 @@ void target_mma_vs_cublaslt() {
         progress(fmt("target 2: mma vs cuBLASLt %lldx%lldx%lld %s", (long long)M, (long long)K, (long long)N, d.name));
         const double flops = 2.0 * M * N * K;
         const uint64_t seed = opt.seed * 7 + 2 + static_cast<uint64_t>(M);
-        const std::vector<float> X = random_matrix(d, static_cast<uint64_t>(M * K), seed);
-        const std::vector<float> W = random_matrix(d, static_cast<uint64_t>(K * N), seed + 1);
-        std::vector<double> rn, cn;
-        row_norms(X, M, K, rn);
-        col_norms(W, K, N, cn);
+        const Operands ops(d, M, K, N, seed);
+        const std::vector<float>&X = ops.X, &W = ops.W;
+        const std::vector<double>&rn = ops.rn, &cn = ops.cn;
+        const sw_buffer bx = ops.bx, bw = ops.bw;
         const uint64_t mn_bytes = static_cast<uint64_t>(M * N) * d.esz;
-        sw_buffer bx = alloc(static_cast<uint64_t>(M * K) * d.esz), bw = alloc(static_cast<uint64_t>(K * N) * d.esz);
-        upload(bx, 0, encode(d, X.data(), X.size()));
-        upload(bw, 0, encode(d, W.data(), W.size()));
         sw_buffer yc = alloc(mn_bytes), ym = alloc(mn_bytes), yw = alloc(mn_bytes);
         auto gemm_into = [&](sw_buffer y) {
             return [&, y] {
@@ -781,8 +794,6 @@ void target_mma_vs_cublaslt() {
                    tflops(flops, sw.median), sc.median / sw.median, met_cell(sc.median / sw.median >= 0.90).c_str()));
         }
         release(yw);
-        release(bx);
-        release(bw);
         release(yc);
         release(ym);
     }
