@@ -419,8 +419,8 @@ void begin_frame(int p) {
     CK(sw_event_record(C.start, C.s[0]));
     for (int r = 1; r < p; ++r) CK(sw_stream_wait_event(C.s[r], C.start));
 }
-double end_frame(int p) {
-    for (int r = 0; r < p; ++r) CK(sw_event_record(C.end[r], C.s[r]));
+// Waits for the `end[r]` events already recorded, then returns the largest start -> end[r] time (ms).
+double frame_time(int p) {
     double worst = 0;
     for (int r = 0; r < p; ++r) {
         CK(sw_event_synchronize(C.end[r]));
@@ -430,6 +430,10 @@ double end_frame(int p) {
     }
     sync_ranks(p);
     return worst;
+}
+double end_frame(int p) {
+    for (int r = 0; r < p; ++r) CK(sw_event_record(C.end[r], C.s[r]));
+    return frame_time(p);
 }
 // One frame of body().
 double timed(int p, const std::function<void()>& body) {
@@ -501,14 +505,7 @@ double gated(int p, const std::function<void()>& body) {
     CK(sw_stream_synchronize(C.s[kMaxRanks]));
     if (!error.empty()) throw ApiError(error);
     if (!watchdog_error.empty()) throw ApiError("the gate's watchdog could not release it: " + watchdog_error);
-    double worst = 0;
-    for (int r = 0; r < p; ++r) {
-        CK(sw_event_synchronize(C.end[r]));
-        double ms = 0;
-        CK(sw_event_elapsed_ms(C.start, C.end[r], &ms));
-        worst = std::max(worst, ms);
-    }
-    sync_ranks(p);
+    const double worst = frame_time(p);
     if (watchdog_fired)
         throw ApiError("queueing the gated batch blocked (launch queue full?): reduce the calls per gated batch");
     return worst;
