@@ -165,65 +165,73 @@ template <bool kBf16> __device__ __forceinline__ uint16_t float_to_bits(float v)
 #endif // SW_CUDA_HOST_EMULATION
 
 // ------------------------------------------------------------------------------------------ tile loading
-// Loads one 128 (outer) x 32 (k) operand tile starting at (outer0, k0) into the shared stage at `sm`.
-//   kKContig: global element (o, p) at g[(outer0 + o) * ld + k0 + p], shared at sm[o * kLdK + p]
-//   else:     global element (p, o) at g[(k0 + p) * ld + outer0 + o], shared at sm[p * kLdMN + o]
-// Elements outside [0, outer_ext) x [0, k_ext) are zero.
-template <bool kKContig>
-__device__ __forceinline__ void load_tile(uint32_t sm, const uint16_t* g, int64_t ld, int64_t outer0,
-                                          int64_t outer_ext, int64_t k0, int64_t k_ext, bool vec, int tid) {
+// Copies one 128 (outer) x 32 (k) operand tile starting at (outer0, k0) into shared memory at `sm`, element (o, p)
+// (o < 128, p < 32) at byte offset layout(o, p); elements outside [0, outer_ext) x [0, k_ext) are zero.
+//   kKContig: global element (o, p) at g[(outer0 + o) * ld + k0 + p]; else at g[(k0 + p) * ld + outer0 + o].
+// vec: 16-byte cp.async chunks of 8 elements contiguous in global memory (along k when kKContig, along the outer
+// dimension otherwise); the layout must place each chunk in 16 contiguous, 16-byte aligned bytes. Else element by
+// element with ordinary loads and stores (synchronous). Shared by the mma.sync and wgmma kernels.
+template <bool kKContig, class Layout>
+__device__ __forceinline__ void copy_tile(uint32_t sm, const uint16_t* g, int64_t ld, int64_t outer0, int64_t outer_ext,
+                                          int64_t k0, int64_t k_ext, bool vec, int tid, Layout layout) {
     if (vec) {
         // 512 chunks of 8 elements (16 bytes), 2 per thread.
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int c = tid + i * kThreads;
-            int64_t go, gk;   // global outer / k index of the chunk's first element
-            int64_t run;      // elements left in the chunk's contiguous direction
-            uint32_t dst;
-            bool inside;
+            int o, p;    // the chunk's first element in the tile
+            int64_t run; // elements left in the chunk's contiguous direction
             if constexpr (kKContig) {
-                const int o = c >> 2, pc = (c & 3) * 8;
-                go = outer0 + o;
-                gk = k0 + pc;
-                inside = go < outer_ext && gk < k_ext;
-                run = k_ext - gk;
-                dst = sm + static_cast<uint32_t>((o * kLdK + pc) * 2);
+                o = c >> 2;
+                p = (c & 3) * 8;
+                run = k_ext - (k0 + p);
             } else {
-                const int p = c >> 4, oc = (c & 15) * 8;
-                go = outer0 + oc;
-                gk = k0 + p;
-                inside = go < outer_ext && gk < k_ext;
-                run = outer_ext - go;
-                dst = sm + static_cast<uint32_t>((p * kLdMN + oc) * 2);
+                p = c >> 4;
+                o = (c & 15) * 8;
+                run = outer_ext - (outer0 + o);
             }
+            const int64_t go = outer0 + o, gk = k0 + p;
             const uint16_t* src = g; // any valid, aligned address: nothing is read when 0 bytes are copied
             int bytes = 0;
-            if (inside) {
+            if (go < outer_ext && gk < k_ext) {
                 src = kKContig ? g + go * ld + gk : g + gk * ld + go;
                 bytes = run >= 8 ? 16 : static_cast<int>(run) * 2;
             }
-            cp_async_16(dst, src, bytes);
+            cp_async_16(sm + layout(o, p), src, bytes);
         }
     } else {
-        // 4096 elements, 16 per thread; consecutive threads read consecutive addresses of one row.
+        // 4096 elements, 16 per thread; consecutive threads read consecutive addresses of one global row.
 #pragma unroll 4
         for (int i = 0; i < 16; ++i) {
             const int e = tid + i * kThreads;
             int o, p;
             if constexpr (kKContig) {
-                o = e >> 5;  // 32 k per outer row
+                o = e >> 5; // 32 k per outer row
                 p = e & 31;
             } else {
-                p = e >> 7;  // 128 outer per k row
+                p = e >> 7; // 128 outer per k row
                 o = e & 127;
             }
             const int64_t go = outer0 + o, gk = k0 + p;
             uint16_t v = 0;
             if (go < outer_ext && gk < k_ext) v = kKContig ? g[go * ld + gk] : g[gk * ld + go];
-            const int off = kKContig ? o * kLdK + p : p * kLdMN + o;
-            sts_u16(sm + static_cast<uint32_t>(off * 2), v);
+            sts_u16(sm + layout(o, p), v);
         }
     }
+}
+
+// The mma.sync kernel's layout: tiles in the layout of their global memory, rows padded by 8 elements.
+//   kKContig: element (o, p) at sm[o * kLdK + p]; else at sm[p * kLdMN + o].
+template <bool kKContig> struct PaddedLayout {
+    __device__ __forceinline__ uint32_t operator()(int o, int p) const {
+        return static_cast<uint32_t>((kKContig ? o * kLdK + p : p * kLdMN + o) * 2);
+    }
+};
+
+template <bool kKContig>
+__device__ __forceinline__ void load_tile(uint32_t sm, const uint16_t* g, int64_t ld, int64_t outer0,
+                                          int64_t outer_ext, int64_t k0, int64_t k_ext, bool vec, int tid) {
+    copy_tile<kKContig>(sm, g, ld, outer0, outer_ext, k0, k_ext, vec, tid, PaddedLayout<kKContig>{});
 }
 
 // The two elements (o, p) and (o, p + 1) of an operand tile as one .f16x2/.bf16x2 register (p even; the

@@ -88,47 +88,18 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
 #undef SW_WGMMA_M64N128K16
 #endif
 
-// Loads one 128 (outer) x 32 (k) operand tile at (outer0, k0) into the K-major layout at `sm`; zero outside
-// [0, outer_ext) x [0, k_ext). kKContig: element (o, p) at g[(outer0 + o) * ld + k0 + p], else at
-// g[(k0 + p) * ld + outer0 + o].
+// The wgmma kernel's K-major layout as copy_tile takes it.
+struct KMajorLayout {
+    __device__ __forceinline__ uint32_t operator()(int o, int p) const { return wg_offset(o, p); }
+};
+
+// Loads one 128 (outer) x 32 (k) operand tile into the K-major layout (copy_tile). Only K-contiguous operands can use
+// 16-byte cp.async chunks (a chunk along the outer dimension is not contiguous in this layout): the others are
+// transposed element by element.
 template <bool kKContig>
 __device__ __forceinline__ void wg_load_tile(uint32_t sm, const uint16_t* g, int64_t ld, int64_t outer0,
                                              int64_t outer_ext, int64_t k0, int64_t k_ext, bool vec, int tid) {
-    if (kKContig && vec) {
-        // 512 chunks of 8 k-elements (one core-matrix row, 16 bytes), 2 per thread.
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int c = tid + i * kThreads;
-            const int o = c >> 2, pc = (c & 3) * 8;
-            const int64_t go = outer0 + o, gk = k0 + pc;
-            const uint16_t* src = g; // nothing is read when 0 bytes are copied
-            int bytes = 0;
-            if (go < outer_ext && gk < k_ext) {
-                src = g + go * ld + gk;
-                const int64_t run = k_ext - gk;
-                bytes = run >= 8 ? 16 : static_cast<int>(run) * 2;
-            }
-            cp_async_16(sm + wg_offset(o, pc), src, bytes);
-        }
-    } else {
-        // 4096 elements, 16 per thread; consecutive threads read consecutive addresses of one global row.
-#pragma unroll 4
-        for (int i = 0; i < 16; ++i) {
-            const int e = tid + i * kThreads;
-            int o, p;
-            if constexpr (kKContig) {
-                o = e >> 5;
-                p = e & 31;
-            } else {
-                p = e >> 7;
-                o = e & 127;
-            }
-            const int64_t go = outer0 + o, gk = k0 + p;
-            uint16_t v = 0;
-            if (go < outer_ext && gk < k_ext) v = kKContig ? g[go * ld + gk] : g[gk * ld + go];
-            sts_u16(sm + wg_offset(o, p), v);
-        }
-    }
+    copy_tile<kKContig>(sm, g, ld, outer0, outer_ext, k0, k_ext, kKContig && vec, tid, KMajorLayout{});
 }
 
 template <bool kBf16, bool kTransA, bool kTransB>
