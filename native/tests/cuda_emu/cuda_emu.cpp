@@ -102,6 +102,7 @@ struct Thread {
     std::vector<std::vector<Copy>> committed;  // oldest first
     unsigned group_size = 0;                   // AtGroupBarrier: the size of the group waited for
     size_t shared_calls = 0;                   // shared_alloc calls so far in this block
+    std::vector<uint32_t> unfenced;            // shared bytes this thread wrote since its last fence.proxy.async
 };
 
 // What the block knows of one shared byte.
@@ -208,6 +209,7 @@ void land(Thread& t, const Copy& c) {
         Shadow& s = l.shadow[c.dst + static_cast<uint32_t>(i)];
         s.pending = -1;
         s.unfenced = true; // cp.async writes through the generic proxy too
+        t.unfenced.push_back(c.dst + static_cast<uint32_t>(i));
         s.write_epoch = l.epoch;
         s.writer = static_cast<int32_t>(t.tid);
     }
@@ -379,6 +381,7 @@ void check_shared_access(uint32_t addr, size_t bytes, bool write) {
                     "'s wgmma may still read it (no wgmma.wait_group before the store)");
         if (write) {
             s.unfenced = true;
+            me().unfenced.push_back(a);
             if (s.write_epoch == l.epoch && s.writer != tid)
                 finding("thread ", tid, ": write-after-write race at shared ", a, " with thread ", s.writer);
             if (s.read_epoch == l.epoch && s.reader != tid)
@@ -482,9 +485,13 @@ void mma_m16n8k16(bool bf16, float (&d)[4], const uint32_t (&a)[4], const uint32
 
 void fence_proxy_async() {
     Launch& l = L();
-    const auto tid = static_cast<int32_t>(me().tid);
-    for (auto& [addr, s] : l.shadow)
-        if (s.unfenced && s.writer == tid && s.pending < 0) s.unfenced = false;
+    Thread& t = me();
+    const auto tid = static_cast<int32_t>(t.tid);
+    for (uint32_t a : t.unfenced) { // only this thread's own writes since its last fence
+        Shadow& s = l.shadow[a];
+        if (s.writer == tid) s.unfenced = false; // (a later write by another thread is that thread's to fence)
+    }
+    t.unfenced.clear();
 }
 
 void wgmma_fence() {} // orders register accesses around wgmma; nothing to model here
