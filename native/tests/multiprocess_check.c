@@ -24,6 +24,7 @@
 static int g_rank = -1;
 static int g_failures = 0;
 static int g_mpi = 0; /* the MPI run broadcasts the seed first: one more collective */
+static int g_ready_fd = -1; /* kill scenarios: the victim writes a byte here once its all-reduces run */
 
 #define CHECK(cond, ...)                                                   \
     do {                                                                   \
@@ -148,6 +149,129 @@ static void collectives(sw_device dev, sw_stream s, sw_comm comm, int rank, int 
     sw_buffer_destroy(cr);
 }
 
+/* ---- the outputs of a failed collective (the contract in shardwise.h): out of place, the receive region is all
+ * unchanged or all NaN, never a mix, and send is unchanged; in place, the buffer keeps its input exactly. */
+
+/* All-reduces n elements of fresh data (tag t) for the nranks ranks listed (one per stream: an in-process
+ * communicator passes all of them, a multi-process one its own), in place or not, and checks each rank: on success
+ * the rank-order float sum bit for bit, on failure the contract. The receive buffer of an out-of-place call is first
+ * filled with other fresh random values (never NaN), the "before" it may keep. status[k] gets rank ranks[k]'s
+ * status, msg (if not NULL) the last failing rank's message. Returns the number of ranks that failed. */
+static int fault_all_reduce(sw_comm comm, const sw_stream* s, sw_device dev, const int* ranks, int nranks, int p,
+                            int in_place, int t, long n, sw_status* status, char* msg, size_t msg_cap) {
+    int failed = 0;
+    sw_buffer x[8], y[8];
+    float* before_x[8];
+    float* before_y[8];
+    for (int k = 0; k < nranks; ++k) {
+        x[k] = alloc_f32(dev, n);
+        y[k] = in_place ? x[k] : alloc_f32(dev, n);
+        for (long i = 0; i < n; ++i) ptr(x[k])[i] = value(t, ranks[k], i);
+        if (!in_place)
+            for (long i = 0; i < n; ++i) ptr(y[k])[i] = value(t + 1000, ranks[k], i);
+        before_x[k] = (float*)malloc((size_t)n * 4);
+        before_y[k] = (float*)malloc((size_t)n * 4);
+        memcpy(before_x[k], ptr(x[k]), (size_t)n * 4);
+        memcpy(before_y[k], ptr(y[k]), (size_t)n * 4);
+        status[k] = sw_all_reduce(comm, ranks[k], x[k], 0, y[k], 0, (uint64_t)n, SW_DTYPE_F32, SW_REDUCE_SUM, s[k]);
+    }
+    for (int k = 0; k < nranks; ++k) {
+        if (status[k] == SW_OK) status[k] = sw_stream_synchronize(s[k]);
+        if (status[k] != SW_OK && msg) snprintf(msg, msg_cap, "%s", sw_last_error());
+    }
+    for (int k = 0; k < nranks; ++k) {
+        const int r = ranks[k];
+        const float* out = ptr(y[k]);
+        if (status[k] == SW_OK) {
+            long wrong = 0;
+            for (long i = 0; i < n; ++i) {
+                float f = 0;
+                for (int q = 0; q < p; ++q) f += value(t, q, i);
+                if (memcmp(&out[i], &f, 4) != 0) ++wrong;
+            }
+            CHECK(wrong == 0, "rank %d: all-reduce (%s) succeeded with %ld of %ld elements wrong", r,
+                  in_place ? "in place" : "out of place", wrong, n);
+            continue;
+        }
+        ++failed;
+        if (in_place) {
+            long changed = 0;
+            for (long i = 0; i < n; ++i) changed += memcmp(&out[i], &before_x[k][i], 4) != 0;
+            CHECK(changed == 0, "rank %d: a failed in-place all-reduce (status %d) changed %ld of %ld input elements", r,
+                  (int)status[k], changed, n);
+        } else {
+            long same = 0, nan = 0;
+            for (long i = 0; i < n; ++i) {
+                if (memcmp(&out[i], &before_y[k][i], 4) == 0) ++same;
+                else if (isnan(out[i])) ++nan;
+            }
+            CHECK(same == n || nan == n,
+                  "rank %d: a failed all-reduce (status %d) left recv mixed: %ld unchanged, %ld NaN, %ld other of %ld", r,
+                  (int)status[k], same, nan, n - same - nan, n);
+            CHECK(memcmp(ptr(x[k]), before_x[k], (size_t)n * 4) == 0, "rank %d: a failed all-reduce changed its send", r);
+        }
+    }
+    for (int k = 0; k < nranks; ++k) {
+        if (!in_place) sw_buffer_destroy(y[k]);
+        sw_buffer_destroy(x[k]);
+        free(before_x[k]);
+        free(before_y[k]);
+    }
+    return failed;
+}
+
+/* The fault scenarios of one rank of a TCP job (see tcp_rank), after the communicator exists. */
+static void tcp_fault(sw_device dev, sw_stream s, sw_comm comm, int rank, int p, const char* scenario) {
+    const int victim = p - 1, in_place = strstr(scenario, "inplace") != NULL;
+    sw_status st = SW_OK;
+    char msg[2048] = {0};
+    if (strncmp(scenario, "kill", 4) == 0) {
+        /* the parent kills the victim with SIGKILL at a random moment; the ranks all-reduce 4 MiB until one fails */
+        for (int it = 0; it < 100000 && st == SW_OK; ++it) {
+            fault_all_reduce(comm, &s, dev, &rank, 1, p, in_place, 100 + it % 50, (1L << 20) + 3, &st, msg, sizeof msg);
+            if (it == 0 && g_ready_fd >= 0 && write(g_ready_fd, "r", 1) != 1) CHECK(0, "cannot tell the parent");
+        }
+        CHECK(rank != victim, "the victim was not killed");
+        CHECK(st == SW_ERR_ABORTED && strstr(msg, "rank 2"), "after rank 2 was killed: status %d, '%s'", (int)st, msg);
+        return;
+    }
+    /* abort-*: the victim aborts its communicator right after its first data exchange (the reduce-scatter half of the
+     * all-reduce; SHARDWISE_TEST_FAULT=abort:1, set before the communicator was made), the others are in the
+     * all-gather half; exit-*: the victim's process ends there instead (exit:1). Every rank must fail. */
+    fault_all_reduce(comm, &s, dev, &rank, 1, p, in_place, 7, (1L << 16) + 37, &st, msg, sizeof msg);
+    CHECK(st != SW_OK, "%s: the all-reduce succeeded on rank %d", scenario, rank);
+    if (strncmp(scenario, "abort", 5) == 0) /* or a peer that failed on it already closed its connection */
+        CHECK(st == SW_ERR_ABORTED && (strstr(msg, "injected fault") || strstr(msg, "lost the connection")),
+              "%s: status %d, '%s'", scenario, (int)st, msg);
+    else
+        CHECK(st == SW_ERR_ABORTED && strstr(msg, "rank 2"), "%s: status %d, '%s'", scenario, (int)st, msg);
+}
+
+/* Ranks passing different broadcast roots: every rank fails with SW_ERR_MISMATCH naming both roots, and no rank's
+ * buffer changes (nothing was sent). rank_root gives each rank's root. */
+static void root_mismatch(sw_comm comm, const sw_stream* s, sw_device dev, const int* ranks, int nranks,
+                          int (*rank_root)(int)) {
+    sw_buffer b[8];
+    for (int k = 0; k < nranks; ++k) {
+        b[k] = alloc_f32(dev, 50);
+        for (long i = 0; i < 50; ++i) ptr(b[k])[i] = value(9, ranks[k], i);
+        OK(sw_broadcast(comm, ranks[k], b[k], 0, 50, SW_DTYPE_F32, rank_root(ranks[k]), s[k]));
+    }
+    for (int k = 0; k < nranks; ++k) {
+        const sw_status st = sw_stream_synchronize(s[k]);
+        char want[2][64];
+        snprintf(want[0], sizeof want[0], "root %d", rank_root(0));
+        snprintf(want[1], sizeof want[1], "root %d", rank_root(1));
+        CHECK(st == SW_ERR_MISMATCH && strstr(sw_last_error(), want[0]) && strstr(sw_last_error(), want[1]),
+              "rank %d: broadcast with different roots: status %d, '%s'", ranks[k], (int)st, sw_last_error());
+        long changed = 0;
+        for (long i = 0; i < 50; ++i) changed += ptr(b[k])[i] != value(9, ranks[k], i);
+        CHECK(changed == 0, "rank %d: a broadcast that failed on a mismatch changed %ld elements", ranks[k], changed);
+        sw_buffer_destroy(b[k]);
+    }
+}
+static int root_by_parity(int rank) { return rank == 0 ? 0 : 1; } /* rank 0 says 0, the others 1 */
+
 /* One rank of a TCP job; returns its exit code. */
 static int tcp_rank(int rank, int p, int port, const char* scenario) {
     g_rank = rank;
@@ -158,6 +282,10 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &dev));
     OK(sw_stream_create(dev, &s));
     const int64_t timeout = strcmp(scenario, "late") == 0 ? 1500 : 20000;
+    /* read once by the library, at the first data exchange */
+    if (rank == p - 1 && strncmp(scenario, "abort", 5) == 0) setenv("SHARDWISE_TEST_FAULT", "abort:1", 1);
+    if (rank == p - 1 && strncmp(scenario, "exit", 4) == 0 && strcmp(scenario, "exit") != 0)
+        setenv("SHARDWISE_TEST_FAULT", "exit:1", 1);
     OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &store));
     int stray = -1;
     if (strcmp(scenario, "stray") == 0 && rank == 1) {
@@ -187,6 +315,10 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     CHECK(r == rank && kind && strcmp(kind, "tcp") == 0, "rank %d backend %s", r, kind ? kind : "?");
     if (strcmp(scenario, "collectives") == 0) {
         collectives(dev, s, comm, rank, p);
+    } else if (strncmp(scenario, "abort", 5) == 0 || strncmp(scenario, "exit-", 5) == 0 || strncmp(scenario, "kill", 4) == 0) {
+        tcp_fault(dev, s, comm, rank, p, scenario);
+    } else if (strcmp(scenario, "root") == 0) {
+        root_mismatch(comm, &s, dev, &rank, 1, root_by_parity);
     } else if (strcmp(scenario, "stray") == 0) {
         OK(sw_barrier(comm, rank, s));
         OK(sw_stream_synchronize(s));
@@ -283,6 +415,62 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     return g_failures ? 1 : 0;
 }
 
+/* The in-process communicator (3 ranks on one CPU device, one stream each), in a child process because
+ * SHARDWISE_TEST_FAULT is read once per process: an abort while the ranks move data (abort:1,4: right after the first
+ * rank's move of the first and of the second communicator's all-reduce) must leave either a complete result or the
+ * contract, then every later collective fails; a rank that never joins (timeout) and an abort while the ranks wait
+ * leave the outputs untouched; different broadcast roots fail every rank with a mismatch. */
+static int local_faults(void) {
+    const pid_t child = fork();
+    if (child == 0) {
+        alarm(60);
+        g_rank = 99;
+        setenv("SHARDWISE_TEST_FAULT", "abort:1,4", 1);
+        sw_device dev = NULL;
+        OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &dev));
+        sw_device devs[3] = {dev, dev, dev};
+        sw_stream s[3] = {NULL, NULL, NULL};
+        for (int r = 0; r < 3; ++r) OK(sw_stream_create(dev, &s[r]));
+        const int all[3] = {0, 1, 2};
+        sw_status st[3];
+        char msg[2048] = {0};
+        for (int in_place = 0; in_place < 2; ++in_place) {
+            sw_comm comm = NULL;
+            OK(sw_comm_create_local(3, devs, 20000, &comm));
+            fault_all_reduce(comm, s, dev, all, 3, 3, in_place, 11 + in_place, (1L << 16) + 37, st, msg, sizeof msg);
+            int32_t aborted = 0;
+            OK(sw_comm_get_state(comm, &aborted, NULL, 0));
+            CHECK(aborted, "local, %s: the injected abort did not abort the communicator", in_place ? "in place" : "out of place");
+            const sw_status again = sw_barrier(comm, 0, s[0]);
+            CHECK(again == SW_ERR_ABORTED || sw_stream_synchronize(s[0]) == SW_ERR_ABORTED, "local: collective after an abort");
+            sw_comm_destroy(comm);
+        }
+        /* rank 2 never joins: ranks 0 and 1 time out, untouched */
+        for (int in_place = 0; in_place < 2; ++in_place) {
+            sw_comm comm = NULL;
+            OK(sw_comm_create_local(3, devs, 300, &comm));
+            const int two[2] = {0, 1};
+            const int failed = fault_all_reduce(comm, s, dev, two, 2, 3, in_place, 13, 1000, st, msg, sizeof msg);
+            CHECK(failed == 2 && st[0] == SW_ERR_TIMEOUT && strstr(msg, "rank(s) 2"), "local timeout: %d failed, status %d, '%s'",
+                  failed, (int)st[0], msg);
+            sw_comm_destroy(comm);
+        }
+        /* different broadcast roots */
+        sw_comm comm = NULL;
+        OK(sw_comm_create_local(3, devs, 20000, &comm));
+        root_mismatch(comm, s, dev, all, 3, root_by_parity);
+        sw_comm_destroy(comm);
+        for (int r = 0; r < 3; ++r) sw_stream_destroy(s[r]);
+        sw_device_destroy(dev);
+        _exit(g_failures ? 1 : 0);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    const int bad = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+    printf("local faults: %s\n", bad ? "FAILED" : "ok");
+    return bad;
+}
+
 static int free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a;
@@ -298,18 +486,37 @@ static int free_port(void) {
 /* Forks p ranks of a TCP job; each must exit 0 (except an "exit" victim, which exits 0 anyway). */
 static int tcp_job(int p, const char* scenario) {
     const int port = free_port();
+    const int kill_victim = strncmp(scenario, "kill", 4) == 0;
+    int ready[2] = {-1, -1};
+    if (kill_victim && pipe(ready) != 0) return 1;
     pid_t pids[8];
     for (int r = 0; r < p; ++r) {
         pids[r] = fork();
         if (pids[r] == 0) {
             alarm(60); /* a hang fails the check instead of blocking ctest */
+            if (kill_victim) {
+                close(ready[0]);
+                if (r == p - 1) g_ready_fd = ready[1];
+                else close(ready[1]);
+            }
             _exit(tcp_rank(r, p, port, scenario));
         }
+    }
+    if (kill_victim) { /* SIGKILL the last rank at a random moment of its all-reduce loop, once it runs */
+        close(ready[1]);
+        char c;
+        if (read(ready[0], &c, 1) == 1) {
+            struct timespec ts = {0, (long)(rand() % 200) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+        kill(pids[p - 1], SIGKILL);
+        close(ready[0]);
     }
     int bad = 0;
     for (int r = 0; r < p; ++r) {
         int status = 0;
         waitpid(pids[r], &status, 0);
+        if (kill_victim && r == p - 1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) continue;
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             fprintf(stderr, "tcp %s p=%d: rank %d %s %d\n", scenario, p, r, WIFEXITED(status) ? "exited with" : "killed by signal",
                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
@@ -357,6 +564,12 @@ static int mpi_rank(void) {
           sw_last_error());
     sw_buffer_destroy(b);
     sw_comm_destroy(comm);
+    /* different broadcast roots over MPI: every rank fails with a mismatch */
+    if (p > 1) {
+        OK(sw_comm_create_mpi(dev, 20000, &comm));
+        root_mismatch(comm, &s, dev, &rank, 1, root_by_parity);
+        sw_comm_destroy(comm);
+    }
     /* A communicator still open when MPI is finalized: using it, aborting it or destroying it afterwards gives an
      * error or nothing, never an MPI call after MPI_Finalize (which makes Open MPI end the process). */
     sw_comm late = NULL;
@@ -377,12 +590,66 @@ static int mpi_rank(void) {
     return g_failures ? 1 : 0;
 }
 
+/* One rank of an mpirun job (-n 3): the last rank aborts its communicator right after its 2nd and 3rd data exchange
+ * (SHARDWISE_TEST_FAULT=abort:2,3; the 1st is the seed's broadcast): in the middle of an out-of-place all-reduce, then
+ * (on a new communicator) of an in-place one. Every rank must fail, its outputs obeying the contract. */
+static int mpi_fault_rank(void) {
+    int32_t available = 0;
+    char info[512];
+    sw_mpi_get_info(&available, info, sizeof info);
+    if (!available) {
+        printf("skipped: %s\n", info);
+        return 77;
+    }
+    sw_device dev = NULL;
+    sw_stream s = NULL;
+    sw_comm comm = NULL;
+    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &dev));
+    OK(sw_stream_create(dev, &s));
+    OK(sw_comm_create_mpi(dev, 20000, &comm));
+    if (g_failures) return 1;
+    int32_t rank = -1, p = 0;
+    OK(sw_comm_get_rank(comm, &rank));
+    OK(sw_comm_get_world_size(comm, &p));
+    g_rank = rank;
+    if (p < 2) {
+        printf("skipped: needs 2 or more ranks\n");
+        return 77;
+    }
+    if (rank == p - 1) setenv("SHARDWISE_TEST_FAULT", "abort:2,3", 1);
+    sw_buffer seed = alloc_f32(dev, 1);
+    memcpy(ptr(seed), &g_seed, 4);
+    OK(sw_broadcast(comm, rank, seed, 0, 1, SW_DTYPE_I32, 0, s));
+    OK(sw_stream_synchronize(s));
+    memcpy(&g_seed, ptr(seed), 4);
+    sw_buffer_destroy(seed);
+    if (rank == 0) printf("seed %u\n", g_seed);
+    for (int in_place = 0; in_place < 2; ++in_place) {
+        if (in_place) OK(sw_comm_create_mpi(dev, 20000, &comm));
+        sw_status st = SW_OK;
+        char msg[2048] = {0};
+        /* chunks of ~2.7 KB go out eagerly: the survivors' sends to the aborted rank complete, so no MPI request is left
+         * pending and MPI can be finalized (a pending one makes sw_mpi_finalize skip MPI_Finalize; mpirun then fails) */
+        fault_all_reduce(comm, &s, dev, &rank, 1, p, in_place, 21 + in_place, 2037, &st, msg, sizeof msg);
+        CHECK(st == SW_ERR_ABORTED && strstr(msg, "injected fault"), "mpi fault (%s): status %d, '%s'",
+              in_place ? "in place" : "out of place", (int)st, msg);
+        sw_comm_destroy(comm);
+    }
+    sw_stream_destroy(s);
+    sw_device_destroy(dev);
+    OK(sw_mpi_finalize());
+    printf("[rank %d] mpi faults p=%d: %s\n", rank, p, g_failures ? "FAILED" : "ok");
+    return g_failures ? 1 : 0;
+}
+
 int main(int argc, char** argv) {
     g_seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    srand(g_seed);
     if (argc > 1 && strcmp(argv[1], "--mpi") == 0) {
         g_mpi = 1;
         return mpi_rank();
     }
+    if (argc > 1 && strcmp(argv[1], "--mpi-fault") == 0) return mpi_fault_rank();
     signal(SIGPIPE, SIG_IGN);
     printf("seed %u\n", g_seed);
     int bad = 0;
@@ -390,6 +657,15 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "exit");
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
+    bad += tcp_job(3, "root");
+    /* a failed all-reduce's outputs (the contract in shardwise.h) */
+    bad += tcp_job(3, "abort-oop");
+    bad += tcp_job(3, "abort-inplace");
+    bad += tcp_job(3, "exit-oop");
+    bad += tcp_job(3, "exit-inplace");
+    bad += tcp_job(3, "kill-oop");
+    bad += tcp_job(3, "kill-inplace");
+    bad += local_faults();
     bad += tcp_job(2, "oom");
     bad += tcp_job(2, "stray");
     /* bad arguments */

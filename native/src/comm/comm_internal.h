@@ -60,8 +60,9 @@ inline std::string describe(const Desc& d) {
 struct Slot {
     std::vector<Desc> desc;
     std::vector<char> joined;
-    int arrived = 0, departed = 0;
+    int arrived = 0, departed = 0, left = 0;
     bool ready = false;
+    bool failed = false; // some rank's data movement failed (in-process communicators)
 };
 
 // One rank's ncclComm_t. ncclCommAbort and ncclCommDestroy free it, so at most one of them runs, once (`comm` is null
@@ -109,8 +110,19 @@ struct CommState {
     std::vector<std::shared_ptr<struct NcclRank>> nccl_comms; // per rank (null for ranks of other processes)
     std::string backend_name() const { return nccl ? "nccl" : transport ? transport->name() : "local"; }
 
+    // CUDA devices: spare device buffers (pointer, bytes) per rank for the backup of an in-place all-reduce's input
+    // (restored when the collective fails); taken and returned under spares_mu (local_comm.cpp, InPlaceBackup), not mu:
+    // a backup goes while its collective may still hold mu.
+    std::mutex spares_mu;
+    std::vector<std::vector<std::pair<void*, uint64_t>>> cuda_spares;
+
     ~CommState() {
         release_nccl();
+        for (size_t r = 0; r < cuda_spares.size(); ++r)
+            for (auto& b : cuda_spares[r]) {
+                std::string err;
+                devices[r]->cuda->free_device(devices[r]->ordinal, b.first, &err);
+            }
         for (size_t r = 0; r < cuda_streams.size(); ++r)
             if (cuda_streams[r]) {
                 std::string err;
@@ -168,6 +180,81 @@ std::string check_agreement(const Slot& slot, int world);
 void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t n);
 // Where rank `rank`'s block starts in every send buffer of a reduce-scatter (elements).
 uint64_t scatter_displacement(const Slot& slot, int rank);
+
+// ---- the outputs of a failed collective (the contract stated in shardwise.h)
+// A failed collective leaves every element it would have written (its receive region) either untouched or poisoned,
+// all of it: every byte 0xFF, which is a quiet NaN in f32, f64, f16 and bf16, and -1 (i32) or 255 (u8) in the integer
+// dtypes; an in-place all-reduce (send == recv) keeps its input.
+constexpr uint8_t kPoisonByte = 0xFF;
+inline bool in_place_all_reduce(const Desc& d) { return d.op == Coll::AllReduce && d.send == d.recv; }
+// Calls fill(ptr, bytes) for every contiguous run of rank `rank`'s receive region (what the call writes once every
+// rank's descriptor is known): broadcast's root writes nothing, all-gather-columns writes rows x (sum of cols) at
+// ld_recv, the padding between rows untouched.
+template <class Fill> void for_each_output_run(const Slot& slot, int world, int rank, Fill fill) {
+    const Desc& me = slot.desc[rank];
+    const size_t esz = sw_dtype_size(me.dtype);
+    switch (me.op) {
+    case Coll::AllGather: fill(me.recv, me.count * world * esz); break;
+    case Coll::AllGatherV: {
+        uint64_t total = 0;
+        for (int q = 0; q < world; ++q) total += slot.desc[q].count;
+        fill(me.recv, total * esz);
+        break;
+    }
+    case Coll::AllGatherColumns: {
+        int64_t total = 0;
+        for (int q = 0; q < world; ++q) total += slot.desc[q].cols;
+        for (int64_t i = 0; i < me.rows && total > 0; ++i)
+            fill(me.recv + static_cast<uint64_t>(i * me.ld_recv) * esz, static_cast<uint64_t>(total) * esz);
+        break;
+    }
+    case Coll::AllReduce:
+    case Coll::ReduceScatter:
+    case Coll::ReduceScatterV: fill(me.recv, me.count * esz); break;
+    case Coll::Broadcast:
+        if (rank != me.root) fill(me.recv, me.count * esz);
+        break;
+    case Coll::Barrier: break;
+    }
+}
+// Host memory: poisons rank `rank`'s receive region (see above); an in-place all-reduce is left alone (its caller
+// keeps the input instead).
+inline void poison_host_output(const Slot& slot, int world, int rank) {
+    if (in_place_all_reduce(slot.desc[rank])) return;
+    for_each_output_run(slot, world, rank, [](char* p, uint64_t bytes) {
+        if (p && bytes) std::memset(p, kPoisonByte, bytes);
+    });
+}
+// The failure side of the contract for rank `rank` of a collective whose data movement may have begun: poisons the
+// receive region (host memset, or a CUDA memset on the rank's communication stream); an in-place all-reduce on a
+// CUDA device gets `backup` (taken before the ranks could write, see InPlaceBackup in local_comm.cpp) copied back.
+// Best effort on a failing CUDA device (its errors are ignored: the collective's own error is what is reported).
+void poison_or_restore(CommState& st, const Slot& slot, int rank, const void* backup = nullptr);
+// CUDA devices: a copy of an in-place all-reduce's input in device memory, taken when constructed (before the rank
+// joins, so before any peer or NCCL writes into it); restore() copies it back. Does nothing otherwise.
+class InPlaceBackup {
+public:
+    InPlaceBackup(CommState& st, int rank, const Desc& d);
+    ~InPlaceBackup();
+    InPlaceBackup(const InPlaceBackup&) = delete;
+    InPlaceBackup& operator=(const InPlaceBackup&) = delete;
+    const void* data() const { return buf_; }
+
+private:
+    CommState& st_;
+    int rank_;
+    void* buf_ = nullptr;
+    uint64_t cap_ = 0;
+};
+// The rank's communication stream on a CUDA device (created on first use).
+void* comm_stream(CommState& st, int rank);
+// Test-only fault injection (SHARDWISE_TEST_FAULT, read once per process; unset in normal use):
+//   "exit:N"  the process calls _exit(0) right after its N-th data exchange of a multi-process collective
+//             (a rank that dies between the reduce-scatter and the all-gather of an all-reduce);
+//   "abort:N[,M...]" right after the N-th (M-th, ...) data exchange (multi-process) or data movement (in-process) of the process, the
+//             communicator is aborted (SW_ERR_ABORTED, "injected fault"), as by sw_comm_abort at that moment.
+// Counted over the whole process, from 1. Returns true when the caller is to abort now (it _exits for "exit:N").
+bool test_fault_point();
 // A new multi-process communicator handle over `transport` for this process's rank on `device` (local_comm.cpp).
 sw_comm make_remote_comm(std::shared_ptr<DeviceImpl> device, std::unique_ptr<Transport> transport, int64_t timeout_ms);
 // Rank `rank`'s data movement through NCCL once the ranks agree (nccl_comm.cpp); waits for NCCL to finish, polling

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "comm/comm_internal.h"
@@ -21,6 +22,29 @@ using namespace sw;
 namespace {
 sw_comm_s* checked_comm(sw_comm h) { return checked(h, HandleKind::Comm, "comm"); }
 } // namespace
+
+bool sw::test_fault_point() {
+    struct Spec {
+        bool exit = false;
+        std::vector<uint64_t> at; // empty: no fault
+    };
+    static const Spec spec = [] {
+        Spec s;
+        const char* v = std::getenv("SHARDWISE_TEST_FAULT");
+        if (!v) return s;
+        if (std::strncmp(v, "exit:", 5) == 0) s.exit = true;
+        else if (std::strncmp(v, "abort:", 6) != 0) return s;
+        for (const char* p = std::strchr(v, ':'); p && *p; p = std::strchr(p + 1, ','))
+            if (const uint64_t n = std::strtoull(p + 1, nullptr, 10)) s.at.push_back(n);
+        return s;
+    }();
+    if (spec.at.empty()) return false;
+    static std::atomic<uint64_t> count{0};
+    const uint64_t now = count.fetch_add(1) + 1;
+    if (std::find(spec.at.begin(), spec.at.end(), now) == spec.at.end()) return false;
+    if (spec.exit) std::_Exit(0); // gone without a word, as a killed rank
+    return true;
+}
 
 std::string sw::rank_list(const std::vector<int>& ranks) {
     std::string s;
@@ -129,6 +153,10 @@ uint16_t float_to_bf16(float f) {
 
 template <class T> struct Acc { using type = T; };
 template <> struct Acc<uint16_t> { using type = float; };
+// i32 sums wrap around (two's complement, as NCCL and the CUDA plugin do) instead of overflowing: the sum runs in
+// uint32_t, whose overflow is defined, and converts back (modular since C++20, implementation-defined and modular on
+// every compiler before).
+template <> struct Acc<int32_t> { using type = uint32_t; };
 
 template <class T, class Load, class Store>
 void reduce_block(const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t n,
@@ -159,7 +187,10 @@ void sw::reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::
     switch (t) {
     case SW_DTYPE_F32: reduce_block<float>(src, dst, n, id, id); break;
     case SW_DTYPE_F64: reduce_block<double>(src, dst, n, id, id); break;
-    case SW_DTYPE_I32: reduce_block<int32_t>(src, dst, n, id, id); break;
+    case SW_DTYPE_I32:
+        reduce_block<int32_t>(src, dst, n, [](int32_t v) { return static_cast<uint32_t>(v); },
+                              [](uint32_t v) { return static_cast<int32_t>(v); });
+        break;
     case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, n, half_to_float, float_to_half); break;
     case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, n, bf16_to_float, float_to_bf16); break;
     default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", sw::dtype_name(t), " is not supported");
@@ -202,10 +233,13 @@ struct CpuMover final : Mover {
 // CUDA: moves on the rank's communication stream (one per rank, created once; a rank may queue collectives on
 // several streams, whose workers can get here at the same time), synchronized in finish().
 struct CudaMover final : Mover {
-    CudaMover(CommState& st, int rank) : api(st.devices[rank]->cuda), ord(st.devices[rank]->ordinal) {
-        std::lock_guard<std::mutex> lock(st.mu);
-        if (!st.cuda_streams[rank]) cuda_check(api->stream_create(ord, &st.cuda_streams[rank], &err), err);
-        cs = st.cuda_streams[rank];
+    CudaMover(CommState& st, int rank)
+        : api(st.devices[rank]->cuda), ord(st.devices[rank]->ordinal), cs(comm_stream(st, rank)) {}
+    // A move that failed half way may have copies in flight: drain them, so that no write into a peer's recv lands
+    // after the departure barrier (where a failed collective's outputs are poisoned).
+    ~CudaMover() {
+        std::string ignored;
+        api->stream_synchronize(ord, cs, &ignored);
     }
     void copy(char* dst, const char* src, uint64_t bytes) override {
         cuda_check(api->memcpy_async(ord, dst, src, bytes, cs, &err), err);
@@ -227,6 +261,76 @@ struct CudaMover final : Mover {
     void* cs = nullptr;
     std::string err;
 };
+
+} // namespace
+
+void* sw::comm_stream(CommState& st, int rank) {
+    std::lock_guard<std::mutex> lock(st.mu);
+    if (!st.cuda_streams[rank]) {
+        std::string err;
+        cuda_check(st.devices[rank]->cuda->stream_create(st.devices[rank]->ordinal, &st.cuda_streams[rank], &err), err);
+    }
+    return st.cuda_streams[rank];
+}
+
+sw::InPlaceBackup::InPlaceBackup(CommState& st, int rank, const Desc& d) : st_(st), rank_(rank) {
+    const auto& dev = st.devices[rank];
+    if (!dev->is_cuda() || !in_place_all_reduce(d) || !d.count) return;
+    const uint64_t bytes = d.count * sw_dtype_size(d.dtype);
+    {
+        std::lock_guard<std::mutex> lock(st.spares_mu);
+        if (st.cuda_spares.size() < st.devices.size()) st.cuda_spares.resize(st.devices.size());
+        auto& spares = st.cuda_spares[rank];
+        for (size_t i = 0; i < spares.size(); ++i)
+            if (spares[i].second >= bytes) {
+                buf_ = spares[i].first;
+                cap_ = spares[i].second;
+                spares.erase(spares.begin() + static_cast<std::ptrdiff_t>(i));
+                break;
+            }
+    }
+    std::string err;
+    if (!buf_) {
+        cuda_check(dev->cuda->malloc_device(dev->ordinal, bytes, &buf_, &err), err);
+        cap_ = bytes;
+    }
+    void* cs = comm_stream(st, rank);
+    cuda_check(dev->cuda->memcpy_async(dev->ordinal, buf_, d.recv, bytes, cs, &err), err);
+    cuda_check(dev->cuda->stream_synchronize(dev->ordinal, cs, &err), err);
+}
+
+sw::InPlaceBackup::~InPlaceBackup() {
+    if (!buf_) return;
+    std::lock_guard<std::mutex> lock(st_.spares_mu);
+    st_.cuda_spares[rank_].push_back({buf_, cap_});
+}
+
+void sw::poison_or_restore(CommState& st, const Slot& slot, int rank, const void* backup) {
+    const auto& dev = st.devices[rank];
+    if (!dev->is_cuda()) {
+        poison_host_output(slot, st.world, rank);
+        return;
+    }
+    const Desc& me = slot.desc[rank];
+    std::string ignored;
+    void* cs = nullptr;
+    try {
+        cs = comm_stream(st, rank);
+    } catch (const Error&) {
+        return; // the device cannot even create a stream
+    }
+    if (in_place_all_reduce(me)) {
+        if (backup && me.count)
+            dev->cuda->memcpy_async(dev->ordinal, me.recv, backup, me.count * sw_dtype_size(me.dtype), cs, &ignored);
+    } else {
+        for_each_output_run(slot, st.world, rank, [&](char* p, uint64_t bytes) {
+            if (p && bytes) dev->cuda->memset_async(dev->ordinal, p, kPoisonByte, bytes, cs, &ignored);
+        });
+    }
+    dev->cuda->stream_synchronize(dev->ordinal, cs, &ignored);
+}
+
+namespace {
 
 // Rank `rank`'s share of the data movement, after every rank has arrived and agreed (the departure barrier
 // follows, so every move is complete when this returns).
@@ -299,6 +403,21 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
                                              " because of an earlier error on its stream: ", pending));
         fail(SW_ERR_ABORTED, st->reason);
     }
+    // An in-place all-reduce on a CUDA device: keep a copy of the input before any peer may write into it (the
+    // CUDA moves can fail half way). Taken without the lock; the peers cannot write before this rank joins.
+    lock.unlock();
+    std::optional<InPlaceBackup> backup;
+    try {
+        backup.emplace(*st, rank, desc);
+    } catch (const Error& e) { // the peers must not wait for this rank until the timeout
+        lock.lock();
+        st->abort_locked(e.status(), str("rank ", rank, " could not join ", name, " #", seq,
+                                         ": backing up its in-place input failed: ", e.message()));
+        fail(e.status(), st->reason);
+    }
+    lock.lock();
+    if (st->aborted)
+        fail(SW_ERR_ABORTED, "rank ", rank, ": ", name, " #", seq, " not run: the communicator was aborted: ", st->reason);
     Slot& slot = st->slots[seq]; // std::map: the reference stays valid while other slots come and go
     if (slot.desc.empty()) {
         slot.desc.resize(st->world);
@@ -346,23 +465,36 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
         move_status = e.status();
         move_error = e.message();
     }
+    const bool injected = move_status == SW_OK && test_fault_point();
     lock.lock();
-    if (move_status != SW_OK)
-        // The peers must not wait at the departure barrier for a rank that failed: abort, then report.
+    if (move_status != SW_OK) {
+        // The peers must not wait for a rank that failed: abort, then report.
+        slot.failed = true;
         st->abort_locked(move_status, str("rank ", rank, " failed while moving data for ", name, " #", seq, ": ", move_error));
-    ++slot.departed;
-    if (slot.departed == st->world) {
-        st->slots.erase(seq);
-        st->cv.notify_all();
-    } else {
-        // Every rank has arrived, so the others are only copying: wait for them without a deadline
-        // unless the communicator is aborted meanwhile.
-        st->cv.wait(lock, [&] { return st->aborted || st->slots.find(seq) == st->slots.end(); });
     }
-    if (move_status != SW_OK) fail(move_status, st->reason);
-    // An abort while the ranks were moving data (a peer failed, or sw_comm_abort): this rank's result may
-    // be incomplete, so it fails too.
-    if (st->aborted) fail(st->abort_status, "rank ", rank, ": ", st->reason);
+    if (injected) // test only (SHARDWISE_TEST_FAULT=abort:N): as sw_comm_abort called at this moment
+        st->abort_locked(SW_ERR_ABORTED, str("injected fault (SHARDWISE_TEST_FAULT) after rank ", rank,
+                                             "'s data movement for ", name, " #", seq));
+    // Departure barrier: every rank has arrived, so the others are only moving data (bounded); wait for all of them,
+    // also when the communicator is aborted meanwhile, so that no peer still writes into this rank's recv (or reads
+    // its send) once this returns. A collective whose moves all succeeded is complete: an abort that comes while the
+    // ranks move data takes effect from the next collective on (the CPU moves cannot fail, so on CPU devices nothing
+    // fails after the ranks agree and a failed collective never wrote anything).
+    ++slot.departed;
+    if (slot.departed == st->world) st->cv.notify_all();
+    else st->cv.wait(lock, [&] { return slot.departed == st->world; });
+    const bool failed = slot.failed;
+    Slot outputs; // what poisoning needs once the slot is gone
+    if (failed) outputs.desc = slot.desc;
+    if (++slot.left == st->world) st->slots.erase(seq);
+    if (failed) {
+        // A peer (or this rank) failed after some ranks may have written: the whole receive region is poisoned
+        // (an in-place all-reduce keeps its input: its backup is restored).
+        lock.unlock();
+        poison_or_restore(*st, outputs, rank, backup->data());
+        lock.lock();
+        fail(move_status != SW_OK ? move_status : st->abort_status, "rank ", rank, ": ", st->reason);
+    }
     ++st->completed[rank];
 }
 

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstring>
 #include <new>
+#include <optional>
 
 using namespace sw;
 
@@ -137,6 +138,10 @@ void move_remote(CommState& st, Transport& t, uint64_t seq, const Slot& slot, Cl
         t.exchange(seq, sends, recvs, deadline, st.abort_flag, what);
         sends.clear();
         recvs.clear();
+        if (test_fault_point()) { // test only (SHARDWISE_TEST_FAULT=abort:N): as sw_comm_abort at this moment
+            st.abort_flag.store(true);
+            fail(SW_ERR_ABORTED, what, ": injected fault (SHARDWISE_TEST_FAULT) after a data exchange");
+        }
     };
     char* send = const_cast<char*>(me.send);
     switch (me.op) {
@@ -183,8 +188,12 @@ void move_remote(CommState& st, Transport& t, uint64_t seq, const Slot& slot, Cl
         auto begin = [&](int q) { return static_cast<uint64_t>(shard_offset(total, p, q)); };
         auto size = [&](int q) { return static_cast<uint64_t>(shard_count(total, p, q)); };
         const uint64_t n = size(self), b = begin(self);
+        // In place (send == recv), the result is built in the scratch and copied into recv only once nothing can
+        // fail any more, so that a failed all-reduce keeps its input (the cost: one copy of the result).
+        const bool in_place = in_place_all_reduce(me);
         // Reduce-scatter: chunk q of this rank's send goes to rank q; chunk `self` of every rank comes here.
-        char* part = scratch(st, p * n * esz); // rank q's chunk at part + q * n
+        char* part = scratch(st, (p * n + (in_place ? me.count : 0)) * esz); // rank q's chunk at part + q * n
+        char* out = in_place ? part + p * n * esz : me.recv; // where the result is gathered
         for (int q = 0; q < p; ++q) {
             if (q == self) continue;
             if (size(q)) sends.push_back({q, send + begin(q) * esz, size(q) * esz});
@@ -194,15 +203,16 @@ void move_remote(CommState& st, Transport& t, uint64_t seq, const Slot& slot, Cl
         if (n) {
             std::vector<const char*> src(p);
             for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + b * esz : part + q * n * esz;
-            reduce_sum(me.dtype, src, {me.recv + b * esz}, n); // rank order 0..p-1
+            reduce_sum(me.dtype, src, {out + b * esz}, n); // rank order 0..p-1
         }
         // All-gather of the reduced chunks.
         for (int q = 0; q < p; ++q) {
             if (q == self) continue;
-            if (n) sends.push_back({q, me.recv + b * esz, n * esz});
-            if (size(q)) recvs.push_back({q, me.recv + begin(q) * esz, size(q) * esz});
+            if (n) sends.push_back({q, out + b * esz, n * esz});
+            if (size(q)) recvs.push_back({q, out + begin(q) * esz, size(q) * esz});
         }
         run();
+        if (in_place && me.count) std::memcpy(me.recv, out, me.count * esz);
         break;
     }
     case Coll::ReduceScatter:
@@ -270,9 +280,13 @@ void sw::run_remote_collective(const std::shared_ptr<CommState>& st, int rank, u
     }
     sw_status status = SW_OK;
     std::string message;
+    Slot slot;
+    bool moving = false; // the descriptors agree: data may be written from here on
+    std::optional<InPlaceBackup> backup; // NCCL (CUDA devices), in place: the input, restored on failure
     try {
-        Slot slot;
+        backup.emplace(*st, rank, desc);
         exchange_descriptors(*st, t, seq, desc, slot, deadline, what);
+        moving = true;
         if (st->nccl) nccl_move(*st, rank, seq, slot, deadline);
         else move_remote(*st, t, seq, slot, deadline, what);
     } catch (const Error& e) {
@@ -285,6 +299,10 @@ void sw::run_remote_collective(const std::shared_ptr<CommState>& st, int rank, u
         status = SW_ERR_INTERNAL;
         message = str(what, ": internal error: ", e.what());
     }
+    // The contract for the outputs of a failed collective (shardwise.h): the whole receive region poisoned, an
+    // in-place all-reduce's input kept (on CPU devices move_remote never wrote into it; NCCL: the backup is restored).
+    // Before the descriptors agreed nothing was written. Done before the next collective may run.
+    if (status != SW_OK && moving) poison_or_restore(*st, slot, rank, backup ? backup->data() : nullptr);
     std::unique_lock<std::mutex> lock(st->mu);
     if (st->remote_next == seq) ++st->remote_next;
     st->cv.notify_all();

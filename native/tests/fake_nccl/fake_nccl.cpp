@@ -201,7 +201,7 @@ void sum(const Slot& s, int world, size_t offset, size_t n, char* out) {
 
 void reduce(const Slot& s, int world, int type, size_t offset, size_t n, char* out) {
     if (type == kFloat64) sum<double>(s, world, offset, n, out);
-    else if (type == kInt32) sum<int32_t>(s, world, offset, n, out);
+    else if (type == kInt32) sum<uint32_t>(s, world, offset, n, out); // wraps around as NCCL does (no signed overflow)
     else sum<float>(s, world, offset, n, out);
 }
 
