@@ -10,6 +10,7 @@
 #include "shardwise.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -69,6 +70,46 @@ static float* ptr(sw_buffer b) {
 static void poison(sw_buffer b, long n) {
     float* p = ptr(b);
     for (long i = 0; i < n; ++i) p[i] = NAN;
+}
+
+/* Element i of rank r's i32 input: fresh per run, large (|x| >= 2^29 typically) so that sums of 2+ ranks overflow. */
+static int32_t ivalue(int r, long i) {
+    unsigned x = g_seed ^ (unsigned)(r * 2246822519u + (unsigned)i * 3266489917u + 374761393u);
+    x ^= x >> 15;
+    x *= 0x85ebca6bu;
+    x ^= x >> 13;
+    x *= 0xc2b2ae35u;
+    x ^= x >> 16;
+    return (int32_t)(x | 0x40000000u); /* never small: the high bits set, sign random */
+}
+
+/* An i32 all-reduce whose sums overflow: defined, two's-complement wrap-around (shardwise.h), i.e. the sum computed
+ * in int64 and truncated to 32 bits. For the ranks listed (one stream each). */
+static void i32_wrap(sw_comm comm, const sw_stream* s, sw_device dev, const int* ranks, int nranks, int p) {
+    const long n = 777;
+    sw_buffer b[8];
+    for (int k = 0; k < nranks; ++k) {
+        b[k] = alloc_f32(dev, n);
+        int32_t* v = (int32_t*)ptr(b[k]);
+        for (long i = 0; i < n; ++i) v[i] = ivalue(ranks[k], i);
+        OK(sw_all_reduce(comm, ranks[k], b[k], 0, b[k], 0, (uint64_t)n, SW_DTYPE_I32, SW_REDUCE_SUM, s[k]));
+    }
+    long overflowed = 0;
+    for (int k = 0; k < nranks; ++k) {
+        OK(sw_stream_synchronize(s[k]));
+        const int32_t* v = (const int32_t*)ptr(b[k]);
+        long wrong = 0;
+        for (long i = 0; i < n; ++i) {
+            int64_t ref = 0;
+            for (int q = 0; q < p; ++q) ref += ivalue(q, i);
+            overflowed += ref > INT32_MAX || ref < INT32_MIN;
+            const int32_t want = (int32_t)(uint32_t)(uint64_t)ref;
+            wrong += v[i] != want;
+        }
+        CHECK(wrong == 0, "rank %d: i32 all-reduce: %ld of %ld sums differ from the wrapped int64 sum", ranks[k], wrong, n);
+        sw_buffer_destroy(b[k]);
+    }
+    CHECK(p < 2 || overflowed > 0, "no i32 sum overflowed: the check proves nothing");
 }
 
 /* The collectives on comm, checked against float64 sums in rank order. */
@@ -136,9 +177,10 @@ static void collectives(sw_device dev, sw_stream s, sw_comm comm, int rank, int 
     OK(sw_barrier(comm, rank, s));
     OK(sw_stream_synchronize(s));
     for (long i = 0; i < 100; ++i) CHECK(ptr(x)[i] == value(5, p - 1, i), "broadcast[%ld] = %g", i, ptr(x)[i]);
+    i32_wrap(comm, &s, dev, &rank, 1, p);
     uint64_t done = 0;
     OK(sw_comm_get_collective_count(comm, rank, &done));
-    CHECK(done == 7 + (uint64_t)(g_mpi ? 1 : 0), "collective count %llu, expected 7", (unsigned long long)done);
+    CHECK(done == 8 + (uint64_t)(g_mpi ? 1 : 0), "collective count %llu, expected 8", (unsigned long long)done);
     /* another rank's index is refused */
     CHECK(sw_barrier(comm, (rank + 1) % p, s) == (p > 1 ? SW_ERR_INVALID_ARGUMENT : SW_OK), "foreign rank accepted");
     if (p == 1) sw_stream_synchronize(s);
@@ -455,9 +497,10 @@ static int local_faults(void) {
                   failed, (int)st[0], msg);
             sw_comm_destroy(comm);
         }
-        /* different broadcast roots */
+        /* i32 sums that overflow wrap around; then different broadcast roots */
         sw_comm comm = NULL;
         OK(sw_comm_create_local(3, devs, 20000, &comm));
+        i32_wrap(comm, s, dev, all, 3, 3);
         root_mismatch(comm, s, dev, all, 3, root_by_parity);
         sw_comm_destroy(comm);
         for (int r = 0; r < 3; ++r) sw_stream_destroy(s[r]);
