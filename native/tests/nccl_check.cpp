@@ -144,6 +144,49 @@ static std::vector<sw_status> one_all_reduce(sw_comm* comms, int p, sw_device* d
     return st;
 }
 
+// The outputs of a failed all-reduce (the contract in shardwise.h): the stand-in's rank 0 writes half of its result and
+// then fails (FAKE_NCCL_PARTIAL_WRITE), the others write all of theirs before the failure reaches them. Every rank must
+// fail; out of place its recv (filled with fresh random values first) is all unchanged or all NaN, in place its buffer
+// holds its input exactly (the core restores its backup).
+static void partial_write(const sw_comm* comms, int p, sw_device* devs, bool in_place) {
+    const long n = 1000 + 3 * p;
+    std::vector<sw_status> st(p, SW_OK);
+    std::vector<std::string> msgs(p);
+    std::vector<std::thread> th;
+    setenv("FAKE_NCCL_PARTIAL_WRITE", "0", 1); // read by the stand-in's stream workers; unset once they are done
+    for (int r = 0; r < p; ++r)
+        th.emplace_back([&, r] {
+            sw_stream s = nullptr;
+            OK(sw_stream_create(devs[r], &s));
+            sw_buffer x = alloc(devs[r], n), y = in_place ? x : alloc(devs[r], n);
+            for (long i = 0; i < n; ++i) host(x)[i] = value(30, r, i);
+            if (!in_place)
+                for (long i = 0; i < n; ++i) host(y)[i] = value(31, r, i);
+            const std::vector<float> before_x(host(x), host(x) + n), before_y(host(y), host(y) + n);
+            st[r] = sw_all_reduce(comms[r], r, x, 0, y, 0, n, SW_DTYPE_F32, SW_REDUCE_SUM, s);
+            if (st[r] == SW_OK) st[r] = sw_stream_synchronize(s);
+            msgs[r] = sw_last_error();
+            long same = 0, nan = 0;
+            for (long i = 0; i < n; ++i) {
+                if (std::memcmp(&host(y)[i], &before_y[i], 4) == 0) ++same;
+                else if (std::isnan(host(y)[i])) ++nan;
+            }
+            CHECK(st[r] != SW_OK, "partial write (%s): rank %d succeeded", in_place ? "in place" : "out of place", r);
+            if (in_place)
+                CHECK(same == n, "partial write: a failed in-place all-reduce changed %ld of %ld input elements on rank %d", n - same, n, r);
+            else {
+                CHECK(same == n || nan == n, "partial write: rank %d's recv is mixed: %ld unchanged, %ld NaN, %ld other of %ld", r,
+                      same, nan, n - same - nan, n);
+                CHECK(std::memcmp(host(x), before_x.data(), n * 4) == 0, "partial write: rank %d's send changed", r);
+            }
+            if (!in_place) sw_buffer_destroy(y);
+            sw_buffer_destroy(x);
+            sw_stream_destroy(s);
+        });
+    for (auto& t : th) t.join();
+    unsetenv("FAKE_NCCL_PARTIAL_WRITE");
+}
+
 // sw_comm_create_nccl_id for every rank but `missing` on threads (NCCL's initialization waits for every rank);
 // returns the statuses and messages.
 static std::vector<sw_status> create_by_id(const uint8_t* id, int p, sw_device* devs, int64_t timeout_ms, std::vector<sw_comm>* comms,
@@ -353,6 +396,13 @@ int main(int argc, char** argv) {
         CHECK(st[r] == SW_ERR_MISMATCH && msgs[r].find("count 8") != std::string::npos, "mismatch rank %d: %d %s", r, st[r], msgs[r].c_str());
     OK(sw_comm_destroy(comm));
 
+    for (int in_place = 0; in_place < 2; ++in_place) {
+        OK(sw_comm_create_nccl_local(p, devs, 5000, &comm));
+        const sw_comm same[3] = {comm, comm, comm};
+        partial_write(same, p, devs, in_place != 0);
+        OK(sw_comm_destroy(comm));
+    }
+
     OK(sw_comm_create_nccl_local(p, devs, 500, &comm));
     for (auto& c : comms) c = comm;
     const auto t0 = std::chrono::steady_clock::now();
@@ -460,6 +510,16 @@ int main(int argc, char** argv) {
         for (int r = 0; r < 2; ++r)
             CHECK(st[r] == SW_ERR_TIMEOUT && msgs[r].find("cannot tell which") != std::string::npos, "unique id: late rank: rank %d: %d %s",
                   r, st[r], msgs[r].c_str());
+        for (auto c : byid) sw_comm_destroy(c);
+    }
+    // The outputs of a failed all-reduce with a communicator per rank (the path of multi-process NCCL).
+    for (int in_place = 0; in_place < 2; ++in_place) {
+        OK(sw_nccl_get_unique_id(id));
+        std::vector<sw_comm> byid;
+        // 1.5 s: the ranks of a unique id have no abort channel, so the failure reaches the others at their timeout
+        st = create_by_id(id, p, devs, 1500, &byid, &msgs);
+        for (int r = 0; r < p; ++r) CHECK(st[r] == SW_OK, "unique id: create rank %d: %d %s", r, st[r], msgs[r].c_str());
+        partial_write(byid.data(), p, devs, in_place != 0);
         for (auto c : byid) sw_comm_destroy(c);
     }
     // sw_comm_abort from another thread while the rank's worker waits in NCCL (rank 2 never comes): the worker, which

@@ -368,6 +368,17 @@ void launch(Comm* comm, void* stream, Call call) {
         group->cv.wait(lock, [&] { return group->aborted[rank] || (s.computed == group->world && !group->broken); });
         if (group->aborted[rank]) return;
         lock.unlock();
+        // Test only: FAKE_NCCL_PARTIAL_WRITE=r makes rank r's all-reduces write the first half of their result and then
+        // fail as a broken connection would (ncclCommGetAsyncError: ncclRemoteError); the others write all of theirs.
+        const char* partial = std::getenv("FAKE_NCCL_PARTIAL_WRITE");
+        if (partial && call.kind == 1 && std::atoi(partial) == rank) {
+            std::memcpy(dst, out.data(), out.size() / esz / 2 * esz);
+            lock.lock();
+            group->aborted[rank] = 1;
+            group->broken = true;
+            group->cv.notify_all();
+            return;
+        }
         if (!out.empty()) std::memcpy(dst, out.data(), out.size());
         lock.lock();
         ++s.departed;
