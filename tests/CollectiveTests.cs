@@ -254,6 +254,28 @@ public class CollectiveTests(Backend backend) : BackendTest(backend)
     }
 
     [Test]
+    public void RanksPassingDifferentBroadcastRootsFailEveryRankWithAMismatch()
+    {
+        // Rank 0 names root 0, the others root 1: without the root comparison rank 2 would silently receive rank 1's
+        // data and ranks 0 and 1 would both keep theirs.
+        var data = PerRank(NewRandom(), 3, 16);
+        using var group = ProcessGroup.CreateLocal(Dev, 3, TimeSpan.FromSeconds(30));
+        var ex = Assert.Throws<SpmdException>(() => Spmd.Run(group, ctx =>
+        {
+            using var b = Upload(data[ctx.Rank], ctx.Device, ctx.Stream);
+            ctx.Broadcast(b, root: ctx.Rank == 0 ? 0 : 1);
+            ctx.Synchronize();
+        }));
+        Assert.That(ex!.RankErrors.Keys, Is.EquivalentTo(new[] { 0, 1, 2 }));
+        foreach (var e in ex.RankErrors.Values)
+        {
+            Assert.That(e, Is.InstanceOf<CollectiveMismatchException>());
+            Assert.That(e.Message, Does.Contain("sw_broadcast").And.Contain("root 0").And.Contain("root 1"));
+        }
+        Assert.That(group.IsAborted, Is.True);
+    }
+
+    [Test]
     public void DifferentOperationsOrDtypesAreAMismatch()
     {
         using var group = ProcessGroup.CreateLocal(Dev, 2, TimeSpan.FromSeconds(30));

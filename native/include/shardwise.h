@@ -278,6 +278,18 @@ SW_API sw_status sw_comm_abort(sw_comm comm);
 /* *aborted = 1 once aborted; the reason is copied into `reason` (NUL-terminated, may be NULL). */
 SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason, uint64_t reason_capacity);
 
+/* The outputs of a failed collective, on every communicator kind (in-process, TCP, MPI, NCCL). When a collective
+ * fails (the call returns an error, or the error surfaces at a stream synchronize), every element it would have
+ * written on that rank (its receive region: recv; buf on a broadcast's non-root ranks; the rows x sum-of-cols block of
+ * sw_all_gather_columns, not the padding up to ld_recv) is EITHER untouched (its value before the call) OR poisoned,
+ * all of it, never a mix. Poison is every byte 0xFF: a quiet NaN in f32, f64, f16 and bf16, and -1 in i32, 255 in u8,
+ * which cannot be told apart from data: use the status. An in-place all-reduce (send == recv, same buffer and offset)
+ * keeps its input exactly. Send buffers are not written. On the in-process communicator with CPU devices nothing can
+ * fail once every rank has joined and the ranks agree, so a failed call never wrote anything there; an abort that
+ * comes while the ranks move data (sw_comm_abort, a destroy) takes effect from the next collective. Limits: on a CUDA
+ * device whose runtime fails, poisoning (a memset) or restoring the in-place input is best effort; on MPI a receive
+ * that MPI could not cancel (already matched, its data in flight) may still land after the call failed. */
+
 /* recv[r*count .. (r+1)*count) = rank r's send[0..count) for every r. recv holds world_size*count. */
 SW_API sw_status sw_all_gather(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
                                sw_buffer recv, uint64_t recv_offset, uint64_t count, sw_dtype dtype,
@@ -295,7 +307,8 @@ SW_API sw_status sw_all_gather_columns(sw_comm comm, int32_t rank, sw_buffer sen
                                        sw_buffer recv, uint64_t recv_offset, int64_t ld_recv,
                                        sw_dtype dtype, sw_stream stream);
 /* recv[i] = Σ_r send_r[i] for i < count, summed in rank order 0..p-1 on every rank (so every rank
- * gets bit-identical results). send == recv (same buffer and offset) is allowed. */
+ * gets bit-identical results). send == recv (same buffer and offset) is allowed. i32 sums wrap around (two's
+ * complement: the sum modulo 2^32, as NCCL), never undefined; f16/bf16 are summed in float. */
 SW_API sw_status sw_all_reduce(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
                                sw_buffer recv, uint64_t recv_offset, uint64_t count, sw_dtype dtype,
                                sw_reduce_op op, sw_stream stream);

@@ -18,13 +18,13 @@ namespace Shardwise.MultiProcessWorker;
 /// <c>-a 3</c>).</item>
 /// <item>algbw = size / time and busbw = algbw × 2(p−1)/p (all-reduce) or × (p−1)/p (all-gather, reduce-scatter),
 /// in GB/s with GB = 10⁹ B (nccl-tests' doc/PERFORMANCE.md).</item>
-/// <item>Out-of-place only. Before each size is timed, its result after the warm-up iterations is checked on every
+/// <item>Out-of-place (SW_BW_IN_PLACE=1: the all-reduce in place, send = recv). Before each size is timed, its result after the warm-up iterations is checked on every
 /// rank against the exact sums of small integers (receive buffer poisoned with NaN first), so a broken collective is
 /// never timed: #wrong is the number of wrong elements summed over ranks, and a non-zero count stops the run.</item>
 /// </list>
 /// Settings from the environment: SW_BW_MIN_BYTES (default 8), SW_BW_MAX_BYTES (default 64M; K, M, G suffixes are
-/// powers of 1024), SW_BW_ITERS (timed iterations, default 20), SW_BW_WARMUP (default 5). Every size gets the same
-/// number of iterations.
+/// powers of 1024), SW_BW_ITERS (timed iterations, default 20), SW_BW_WARMUP (default 5), SW_BW_IN_PLACE (1: the
+/// all-reduce in place; default 0). Every size gets the same number of iterations.
 /// </summary>
 public static class Bandwidth
 {
@@ -49,13 +49,14 @@ public static class Bandwidth
         collective == "all_reduce" ? Math.Max(nominal / 4, 1) * 4 : Math.Max(nominal / (4L * p), 1) * 4L * p;
 
     /// <summary>Run settings.</summary>
-    public sealed record Settings(long MinBytes, long MaxBytes, int Iterations, int Warmup)
+    public sealed record Settings(long MinBytes, long MaxBytes, int Iterations, int Warmup, bool InPlace = false)
     {
         public static Settings FromEnvironment() => new(
             ParseBytes(Environment.GetEnvironmentVariable("SW_BW_MIN_BYTES"), 8, "SW_BW_MIN_BYTES"),
             ParseBytes(Environment.GetEnvironmentVariable("SW_BW_MAX_BYTES"), 64L << 20, "SW_BW_MAX_BYTES"),
             ParseCount(Environment.GetEnvironmentVariable("SW_BW_ITERS"), 20, 1, "SW_BW_ITERS"),
-            ParseCount(Environment.GetEnvironmentVariable("SW_BW_WARMUP"), 5, 1, "SW_BW_WARMUP"));
+            ParseCount(Environment.GetEnvironmentVariable("SW_BW_WARMUP"), 5, 1, "SW_BW_WARMUP"),
+            Environment.GetEnvironmentVariable("SW_BW_IN_PLACE") == "1");
     }
 
     /// <summary>"65536", "64K", "64M", "1G" (powers of 1024).</summary>
@@ -99,7 +100,7 @@ public static class Bandwidth
         if (rank == 0)
         {
             output.WriteLine($"# Shardwise collective bandwidth, nccl-tests definitions: backend {ctx.Group.Backend}, {p} ranks (one process each), " +
-                             $"CPU device, float32, out-of-place");
+                             $"CPU device, float32, {(settings.InPlace ? "all-reduce in place, the others out-of-place" : "out-of-place")}");
             output.WriteLine($"# sizes {sizes[0]} B to {sizes[^1]} B (x4 steps; max {settings.MaxBytes} B); {settings.Warmup} warm-up + " +
                              $"{settings.Iterations} timed iterations per size; time = mean per iteration on the slowest rank; GB = 1e9 B");
         }
@@ -163,18 +164,23 @@ public static class Bandwidth
         for (long i = 0; i < sendCount; i++) host[i] = Value(rank, i);
         send.CopyFrom(host, s);
         recv.Fill(float.NaN, s); // also faults the pages in before anything is timed
+        // In place: recv starts as the input and is summed into itself; checked after the first warm-up iteration (the
+        // later ones multiply it by p each: the values grow, the timing does not change).
+        bool inPlace = settings.InPlace && op == "all_reduce";
+        if (inPlace) recv.CopyFrom(host, s);
 
         void Once()
         {
             switch (op)
             {
-                case "all_reduce": ctx.AllReduce(send, recv); break;
+                case "all_reduce": ctx.AllReduce(inPlace ? recv : send, recv); break;
                 case "all_gather": ctx.AllGather(send, recv); break;
                 default: ctx.ReduceScatter(send, recv); break;
             }
         }
 
-        for (int i = 0; i < settings.Warmup; i++) Once();
+        int checkedAfter = inPlace ? 1 : settings.Warmup;
+        for (int i = 0; i < checkedAfter; i++) Once();
         var got = recv.ToArray(s); // waits for the warm-up
         int wrong = 0;
         float sumOfRanks = p * (p + 1) / 2;
@@ -193,6 +199,7 @@ public static class Bandwidth
         ctx.AllReduce(wrongBuffer);
         int wrongTotal = wrongBuffer.ToArray(s)[0];
         if (wrongTotal != 0) return (double.NaN, wrongTotal);
+        for (int i = checkedAfter; i < settings.Warmup; i++) Once();
 
         Sync(ctx);
         var clock = Stopwatch.StartNew();

@@ -405,19 +405,21 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
     }
     // An in-place all-reduce on a CUDA device: keep a copy of the input before any peer may write into it (the
     // CUDA moves can fail half way). Taken without the lock; the peers cannot write before this rank joins.
-    lock.unlock();
     std::optional<InPlaceBackup> backup;
-    try {
-        backup.emplace(*st, rank, desc);
-    } catch (const Error& e) { // the peers must not wait for this rank until the timeout
+    if (st->devices[rank]->is_cuda() && in_place_all_reduce(desc)) {
+        lock.unlock();
+        try {
+            backup.emplace(*st, rank, desc);
+        } catch (const Error& e) { // the peers must not wait for this rank until the timeout
+            lock.lock();
+            st->abort_locked(e.status(), str("rank ", rank, " could not join ", name, " #", seq,
+                                             ": backing up its in-place input failed: ", e.message()));
+            fail(e.status(), st->reason);
+        }
         lock.lock();
-        st->abort_locked(e.status(), str("rank ", rank, " could not join ", name, " #", seq,
-                                         ": backing up its in-place input failed: ", e.message()));
-        fail(e.status(), st->reason);
+        if (st->aborted)
+            fail(SW_ERR_ABORTED, "rank ", rank, ": ", name, " #", seq, " not run: the communicator was aborted: ", st->reason);
     }
-    lock.lock();
-    if (st->aborted)
-        fail(SW_ERR_ABORTED, "rank ", rank, ": ", name, " #", seq, " not run: the communicator was aborted: ", st->reason);
     Slot& slot = st->slots[seq]; // std::map: the reference stays valid while other slots come and go
     if (slot.desc.empty()) {
         slot.desc.resize(st->world);
@@ -491,7 +493,7 @@ void run_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq
         // A peer (or this rank) failed after some ranks may have written: the whole receive region is poisoned
         // (an in-place all-reduce keeps its input: its backup is restored).
         lock.unlock();
-        poison_or_restore(*st, outputs, rank, backup->data());
+        poison_or_restore(*st, outputs, rank, backup ? backup->data() : nullptr);
         lock.lock();
         fail(move_status != SW_OK ? move_status : st->abort_status, "rank ", rank, ": ", st->reason);
     }
