@@ -14,7 +14,7 @@
                                   (mpirun); all-reduce, all-gather, reduce-scatter, 8 B x4 up to 64 MiB (the last
                                   size is 32 MiB, as nccl-tests -b 8 -e 64M -f 4), with nccl-tests' size, count,
                                   time, algbw and busbw (docs/distributed.md); SW_BW_MAX_BYTES (e.g. 1M),
-                                  SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5)
+                                  SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5), SW_BW_IN_PLACE (1: all-reduce in place)
     ./build.ps1 native            deps and the native library (CMake configure + build) only
     ./build.ps1 pack              deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel into
                                   artifacts/packages (native library under runtimes/<rid>/native: linux-x64, or
@@ -460,7 +460,7 @@ function Invoke-BenchMp([string[]] $ExtraArgs) {
         exit $LASTEXITCODE
     }
     if (-not (Test-Command 'mpirun')) { throw 'bench-mp: mpirun not found (Debian: apt-get install openmpi-bin libopenmpi-dev)' }
-    $forward = @('SW_BW_MIN_BYTES', 'SW_BW_MAX_BYTES', 'SW_BW_ITERS', 'SW_BW_WARMUP', 'SW_TEST_TIMEOUT_MS' |
+    $forward = @('SW_BW_MIN_BYTES', 'SW_BW_MAX_BYTES', 'SW_BW_ITERS', 'SW_BW_WARMUP', 'SW_BW_IN_PLACE', 'SW_TEST_TIMEOUT_MS' |
         Where-Object { [Environment]::GetEnvironmentVariable($_) } | ForEach-Object { '-x'; $_ })
     & mpirun --allow-run-as-root --oversubscribe -n $n @forward dotnet $worker bandwidth
     exit $LASTEXITCODE
