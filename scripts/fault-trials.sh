@@ -17,7 +17,11 @@
 # Environment: SW_FAULT_BIN (the fault_check program; default build/native/bin/fault_check),
 #   SW_FAULT_TIMEOUT_MS (the communicators' timeout, default 3000), SW_FAULT_MARGIN_S (default 10),
 #   SW_FAULT_BUDGET_S (the whole run's time bound, default 1500: trials not started by then are reported as skipped),
-#   SW_FAULT_KEEP=1 keeps each trial's folder (outputs) under /tmp.
+#   SW_FAULT_KEEP=1 keeps each trial's folder (outputs) under /tmp,
+#   SW_FAULT_MPIRUN_ARGS (default --enable-recovery: mpirun lets the survivors of a killed rank run on, so that they
+#   see the failure themselves and their outputs can be checked; set it empty for mpirun's default, which ends every
+#   process with SIGTERM: a survivor then counts as passing when its SIGTERM message, printed by Shardwise, names the
+#   victim as the rank it was waiting for, "ended by mpirun" in the table).
 # Linux only (signals, /proc). MPI trials need mpirun (Open MPI) and the MPI plugin; they are skipped otherwise.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,7 +44,8 @@ START=$SECONDS
 # Every process of a trial is killed at this bound whatever happens (setup + run + timeout + margin).
 HARD_S=$((60 + TIMEOUT_MS / 1000 + MARGIN_S))
 
-declare -A TRIALS HUNG WRONG NOVERDICT CONTRACT SKIPPED MAXMS SUMMS
+MPIRUN_ARGS="${SW_FAULT_MPIRUN_ARGS---enable-recovery}"
+declare -A TRIALS HUNG WRONG NOVERDICT CONTRACT SKIPPED MAXMS SUMMS ENDED
 now_ms() { date +%s%3N; }
 
 # run_trial KIND FAULT I: one trial; prints its line and adds to the counters.
@@ -58,7 +63,8 @@ run_trial() {
             disown $! # no "Killed" job reports from bash: the checks below say what happened
         done
     else
-        timeout -s KILL "$HARD_S" mpirun --allow-run-as-root --oversubscribe -n "$P" \
+        # shellcheck disable=SC2086 # MPIRUN_ARGS: words
+        timeout -s KILL "$HARD_S" mpirun --allow-run-as-root --oversubscribe $MPIRUN_ARGS -n "$P" \
             "$BIN" --trial mpi "$TIMEOUT_MS" "$seed" "$dir" >"$dir/out" 2>&1 &
         mpirun_pid=$!
         disown $!
@@ -106,11 +112,23 @@ run_trial() {
         kill -KILL "$p" 2>/dev/null
     done
     # the verdicts
-    local wrong=0 noverdict=0 contract=0 notes="" line out
+    local wrong=0 noverdict=0 contract=0 byterm=0 notes="" line out
     for ((r = 0; r < P; r++)); do
         ((r == victim)) && continue
         if [[ $kind == tcp ]]; then out="$dir/out.$r"; else out="$dir/out"; fi
         line=$(grep -a "^VERDICT rank=$r " "$out" | head -1)
+        if [[ -z $line ]] && grep -aq "^shardwise: rank $r (pid [0-9]*): ended by SIGTERM" "$out"; then
+            # ended by mpirun: its last words name the ranks it was waiting for (outputs died with the process)
+            byterm=$((byterm + 1))
+            line=$(grep -a -m1 "^shardwise: rank $r (pid [0-9]*): ended by SIGTERM" "$out")
+            local names=""
+            [[ $line == *"rank(s) "* ]] && names=$(sed 's/.*rank(s) //; s/, /,/g' <<<"$line")
+            if [[ $names != "$victim" ]]; then
+                wrong=$((wrong + 1))
+                notes+=" [rank $r ended by mpirun, waiting for '${names:--}']"
+            fi
+            continue
+        fi
         if [[ -z $line ]]; then
             noverdict=$((noverdict + 1))
             local why
@@ -133,6 +151,7 @@ run_trial() {
     WRONG[$key]=$((${WRONG[$key]:-0} + wrong))
     NOVERDICT[$key]=$((${NOVERDICT[$key]:-0} + noverdict))
     CONTRACT[$key]=$((${CONTRACT[$key]:-0} + contract))
+    ENDED[$key]=$((${ENDED[$key]:-0} + byterm))
     SUMMS[$key]=$((${SUMMS[$key]:-0} + took))
     ((took > ${MAXMS[$key]:-0})) && MAXMS[$key]=$took
     local ok="ok"
@@ -166,8 +185,8 @@ for kind in "${KINDS[@]}"; do
 done
 
 echo
-echo "fault trials: $P ranks, timeout $TIMEOUT_MS ms, margin $MARGIN_S s, $((SECONDS - START)) s in all"
-printf '%-5s %-7s %7s %5s %11s %11s %10s %8s %12s %12s\n' kind fault trials hung wrong-rank no-verdict contract skipped "mean ms" "max ms"
+echo "fault trials: $P ranks, timeout $TIMEOUT_MS ms, margin $MARGIN_S s, mpirun args '${MPIRUN_ARGS}', $((SECONDS - START)) s in all"
+printf '%-5s %-7s %7s %5s %11s %11s %10s %16s %8s %9s %9s\n' kind fault trials hung wrong-rank no-verdict contract "ended by mpirun" skipped "mean ms" "max ms"
 bad=0
 for kind in "${KINDS[@]}"; do
     for fault in kill freeze; do
@@ -175,8 +194,8 @@ for kind in "${KINDS[@]}"; do
         t=${TRIALS[$key]:-0}
         mean=0
         ((t)) && mean=$((${SUMMS[$key]:-0} / t))
-        printf '%-5s %-7s %7d %5d %11d %11d %10d %8d %12d %12d\n' "$kind" "$fault" "$t" "${HUNG[$key]:-0}" "${WRONG[$key]:-0}" \
-            "${NOVERDICT[$key]:-0}" "${CONTRACT[$key]:-0}" "${SKIPPED[$key]:-0}" "$mean" "${MAXMS[$key]:-0}"
+        printf '%-5s %-7s %7d %5d %11d %11d %10d %16d %8d %9d %9d\n' "$kind" "$fault" "$t" "${HUNG[$key]:-0}" "${WRONG[$key]:-0}" \
+            "${NOVERDICT[$key]:-0}" "${CONTRACT[$key]:-0}" "${ENDED[$key]:-0}" "${SKIPPED[$key]:-0}" "$mean" "${MAXMS[$key]:-0}"
         bad=$((bad + ${HUNG[$key]:-0} + ${WRONG[$key]:-0} + ${NOVERDICT[$key]:-0} + ${CONTRACT[$key]:-0}))
     done
 done

@@ -13,8 +13,9 @@
  *                                       "VERDICT rank=R iter=I op=OP status=S ms=T contract=ok|VIOLATION:... blamed=LIST msg=..."
  *                                       (blamed: the ranks the error names as missing or lost, "-" for none).
  *   fault_check --free-port | --mpi-info   a free local TCP port; whether the MPI plugin loads (exit 0, else 77)
- *   fault_check --mpi-late DELAY_S TIMEOUT_MS   (one rank of an mpirun job) the last rank calls sw_comm_create_mpi
- *                                       DELAY_S seconds late; the others must fail with SW_ERR_TIMEOUT within
+ *   fault_check --mpi-late DELAY_S TIMEOUT_MS [second]   (one rank of an mpirun job) the last rank calls
+ *                                       sw_comm_create_mpi DELAY_S seconds late (with "second": its second one, MPI
+ *                                       being initialized); the others must fail with SW_ERR_TIMEOUT within
  *                                       TIMEOUT_MS + 2 s, saying why. Exit 0 when that held.
  * Exit code 0 when every check passed; 77 (skipped) for the MPI modes when the MPI plugin is not available. */
 #define _POSIX_C_SOURCE 200809L
@@ -232,8 +233,10 @@ static int trial_mpi(int64_t timeout_ms, uint64_t seed, const char* dir) {
     return trial_loop(dev, comm, rank, p, seed, dir);
 }
 
-/* The last rank creates its MPI communicator delay_s late: the others must give up at their timeout, saying why. */
-static int mpi_late(int delay_s, int64_t timeout_ms) {
+/* The last rank creates its MPI communicator delay_s late: the others must give up at their timeout, saying why.
+ * second: every rank first creates (and destroys) a communicator, so MPI is initialized and the late one is the
+ * second communicator (MPI_Comm_idup waits, not MPI_Init). */
+static int mpi_late(int delay_s, int64_t timeout_ms, int second) {
     if (!mpi_available()) return 77;
     const char* r = getenv("OMPI_COMM_WORLD_RANK");
     const char* w = getenv("OMPI_COMM_WORLD_SIZE");
@@ -241,6 +244,14 @@ static int mpi_late(int delay_s, int64_t timeout_ms) {
     sw_device dev = NULL;
     sw_comm comm = NULL;
     if (sw_device_create(SW_BACKEND_CPU, 0, 1, &dev) != SW_OK) return 1;
+    if (second) {
+        if (sw_comm_create_mpi(dev, 30000, &comm) != SW_OK) {
+            printf("[rank %d] first sw_comm_create_mpi failed: %s -> FAILED\n", rank, sw_last_error());
+            return 1;
+        }
+        sw_comm_destroy(comm);
+        comm = NULL;
+    }
     if (rank == p - 1) {
         sleep((unsigned)delay_s);
         const sw_status st = sw_comm_create_mpi(dev, timeout_ms, &comm);
@@ -252,8 +263,8 @@ static int mpi_late(int delay_s, int64_t timeout_ms) {
     const double took = now_s() - t0;
     const char* msg = sw_last_error();
     const int ok = st == SW_ERR_TIMEOUT && took < (double)timeout_ms / 1000.0 + 2.0 && strstr(msg, "timeout") != NULL;
-    printf("[rank %d] sw_comm_create_mpi(timeout %lld ms) with rank %d %d s late: status %d after %.2f s: %s -> %s\n", rank,
-           (long long)timeout_ms, p - 1, delay_s, (int)st, took, st ? msg : "ok", ok ? "ok" : "FAILED");
+    printf("[rank %d] %ssw_comm_create_mpi(timeout %lld ms) with rank %d %d s late: status %d after %.2f s: %s -> %s\n", rank,
+           second ? "second " : "", (long long)timeout_ms, p - 1, delay_s, (int)st, took, st ? msg : "ok", ok ? "ok" : "FAILED");
     fflush(stdout);
     if (comm) sw_comm_destroy(comm);
     return ok ? 0 : 1;
@@ -336,7 +347,8 @@ int main(int argc, char** argv) {
         return trial_tcp(atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoll(argv[6]), strtoull(argv[7], NULL, 10), argv[8]);
     if (argc >= 6 && strcmp(argv[1], "--trial") == 0 && strcmp(argv[2], "mpi") == 0)
         return trial_mpi(atoll(argv[3]), strtoull(argv[4], NULL, 10), argv[5]);
-    if (argc >= 4 && strcmp(argv[1], "--mpi-late") == 0) return mpi_late(atoi(argv[2]), atoll(argv[3]));
+    if (argc >= 4 && strcmp(argv[1], "--mpi-late") == 0)
+        return mpi_late(atoi(argv[2]), atoll(argv[3]), argc >= 5 && strcmp(argv[4], "second") == 0);
     if (argc == 2 && strcmp(argv[1], "--free-port") == 0) { /* for the script */
         printf("%d\n", free_port());
         return 0;
