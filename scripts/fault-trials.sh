@@ -17,6 +17,7 @@
 # Environment: SW_FAULT_BIN (the fault_check program; default build/native/bin/fault_check),
 #   SW_FAULT_TIMEOUT_MS (the communicators' timeout, default 3000), SW_FAULT_MARGIN_S (default 10),
 #   SW_FAULT_BUDGET_S (the whole run's time bound, default 1500: trials not started by then are reported as skipped),
+#   SW_FAULT_FAULTS (default "kill freeze": which faults to try),
 #   SW_FAULT_KEEP=1 keeps each trial's folder (outputs) under /tmp,
 #   SW_FAULT_MPIRUN_ARGS (default --enable-recovery: mpirun lets the survivors of a killed rank run on, so that they
 #   see the failure themselves and their outputs can be checked; set it empty for mpirun's default, which ends every
@@ -173,7 +174,7 @@ for kind in "${KINDS[@]}"; do
             continue
         fi
     fi
-    for fault in kill freeze; do
+    for fault in ${SW_FAULT_FAULTS:-kill freeze}; do
         for ((i = 1; i <= N; i++)); do
             if ((SECONDS - START > BUDGET_S)); then
                 SKIPPED["$kind $fault"]=$((${SKIPPED["$kind $fault"]:-0} + 1))

@@ -431,7 +431,7 @@ static void take_notices(plugin_comm* c) {
     while (c->notice_req != MPI_REQUEST_NULL) {
         int done = 0;
         MPI_Status st;
-        if (MPI_Test(&c->notice_req, &done, &st) != MPI_SUCCESS || !done) return;
+        if (MPI_Test(&c->notice_req, &done, &st) != MPI_SUCCESS || !done) break;
         int len = 0;
         MPI_Get_count(&st, MPI_CHAR, &len);
         if (len < 0 || len >= NOTICE_BYTES) len = NOTICE_BYTES - 1;
