@@ -48,6 +48,12 @@ HARD_S=$((60 + TIMEOUT_MS / 1000 + MARGIN_S))
 MPIRUN_ARGS="${SW_FAULT_MPIRUN_ARGS---enable-recovery}"
 declare -A TRIALS HUNG WRONG NOVERDICT CONTRACT SKIPPED MAXMS SUMMS ENDED
 now_ms() { date +%s%3N; }
+# running PID: the process exists and is neither a zombie nor dead (a survivor is reaped by its timeout wrapper)
+running() {
+    local state
+    state=$(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null)
+    [[ -n $state && $state != Z && $state != X ]]
+}
 
 # run_trial KIND FAULT I: one trial; prints its line and adds to the counters.
 run_trial() {
@@ -93,16 +99,24 @@ run_trial() {
         local alive=0
         for p in "${survivors[@]}"; do
             # a zombie of ours counts as gone
-            if kill -0 "$p" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then alive=1; fi
+            if running "$p"; then alive=1; fi
         done
         ((alive)) || break
         sleep 0.05
     done
     local ended
     ended=$(now_ms)
+    local hung_notes=""
     for p in "${survivors[@]}"; do
-        if kill -0 "$p" 2>/dev/null && ! grep -q '^State:.*Z' "/proc/$p/status" 2>/dev/null; then
+        if running "$p"; then
             hung=$((hung + 1))
+            hung_notes+=" [pid $p hung: stacks in $dir/hung.$p]"
+            # where it hangs, for the report (gdb when there is one)
+            if command -v gdb >/dev/null; then
+                timeout 30 gdb -p "$p" -batch -ex "thread apply all bt 15" >"$dir/hung.$p" 2>&1
+            else
+                cat "/proc/$p/task/"*/stack >"$dir/hung.$p" 2>&1
+            fi
             kill -KILL "$p" 2>/dev/null
         fi
     done
@@ -113,7 +127,7 @@ run_trial() {
         kill -KILL "$p" 2>/dev/null
     done
     # the verdicts
-    local wrong=0 noverdict=0 contract=0 byterm=0 notes="" line out
+    local wrong=0 noverdict=0 contract=0 byterm=0 notes="$hung_notes" line out
     for ((r = 0; r < P; r++)); do
         ((r == victim)) && continue
         if [[ $kind == tcp ]]; then out="$dir/out.$r"; else out="$dir/out"; fi
