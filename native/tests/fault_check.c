@@ -12,6 +12,9 @@
  *                                       all NaN; in place: the input kept) and prints one line
  *                                       "VERDICT rank=R iter=I op=OP status=S ms=T contract=ok|VIOLATION:... blamed=LIST msg=..."
  *                                       (blamed: the ranks the error names as missing or lost, "-" for none).
+ *   fault_check --mpi-freeze TIMEOUT_MS (one rank of an mpirun -n 3 job) the last rank stops itself
+ *                                       (SIGSTOP) mid-job: the others must fail at their timeout naming it only, then
+ *                                       end (MPI_Finalize, which would wait for it, is skipped after a failure).
  *   fault_check --free-port | --mpi-info   a free local TCP port; whether the MPI plugin loads (exit 0, else 77)
  *   fault_check --mpi-late DELAY_S TIMEOUT_MS [second]   (one rank of an mpirun job) the last rank calls
  *                                       sw_comm_create_mpi DELAY_S seconds late (with "second": its second one, MPI
@@ -270,6 +273,52 @@ static int mpi_late(int delay_s, int64_t timeout_ms, int second) {
     return ok ? 0 : 1;
 }
 
+/* The last rank stops itself (SIGSTOP) after a few collectives: the others must fail at their timeout naming it only,
+ * and then end (no MPI_Finalize waiting for the stopped rank at exit). Run under mpirun -n 3 (which ends the stopped rank once the others ended). */
+static int mpi_freeze(int64_t timeout_ms) {
+    if (!mpi_available()) return 77;
+    sw_device dev = NULL;
+    sw_stream s = NULL;
+    sw_comm comm = NULL;
+    int32_t rank = -1, p = 0;
+    if (sw_device_create(SW_BACKEND_CPU, 0, 1, &dev) != SW_OK || sw_stream_create(dev, &s) != SW_OK ||
+        sw_comm_create_mpi(dev, 20000, &comm) != SW_OK || sw_comm_get_rank(comm, &rank) != SW_OK ||
+        sw_comm_get_world_size(comm, &p) != SW_OK) {
+        printf("setup: %s -> FAILED\n", sw_last_error());
+        return 1;
+    }
+    sw_comm_destroy(comm);
+    if (sw_comm_create_mpi(dev, timeout_ms, &comm) != SW_OK) {
+        printf("setup: %s -> FAILED\n", sw_last_error());
+        return 1;
+    }
+    sw_buffer b = NULL;
+    sw_buffer_alloc(dev, 4096 * 4, &b);
+    for (int it = 0; it < 6; ++it) {
+        if (it == 5 && rank == p - 1) raise(SIGSTOP); /* frozen until mpirun ends the job */
+        for (int i = 0; i < 4096; ++i) ptr(b)[i] = value(7, it, 1, rank, i);
+        const double t0 = now_s();
+        sw_status st = sw_all_reduce(comm, rank, b, 0, b, 0, 4096, SW_DTYPE_F32, SW_REDUCE_SUM, s);
+        if (st == SW_OK) st = sw_stream_synchronize(s);
+        if (it < 5 && st != SW_OK) {
+            printf("[rank %d] all-reduce %d before the freeze: %s -> FAILED\n", rank, it, sw_last_error());
+            return 1;
+        }
+        if (it == 5) {
+            char blamed[256], want[16];
+            blamed_ranks(sw_last_error(), blamed, sizeof blamed);
+            snprintf(want, sizeof want, "%d", p - 1);
+            const double took = now_s() - t0;
+            const int ok = st == SW_ERR_TIMEOUT && strcmp(blamed, want) == 0 && took < (double)timeout_ms / 1000.0 + 3.0;
+            printf("[rank %d] with rank %d stopped: status %d after %.2f s, blamed %s: %s -> %s\n", rank, p - 1, (int)st, took,
+                   blamed, sw_last_error(), ok ? "ok" : "FAILED");
+            fflush(stdout);
+            return ok ? 0 : 1; /* and the process must end: no MPI_Finalize waiting for the stopped rank */
+        }
+    }
+    return 1;
+}
+
 static int free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in a;
@@ -353,6 +402,7 @@ int main(int argc, char** argv) {
         printf("%d\n", free_port());
         return 0;
     }
+    if (argc == 3 && strcmp(argv[1], "--mpi-freeze") == 0) return mpi_freeze(atoll(argv[2]));
     if (argc == 2 && strcmp(argv[1], "--mpi-info") == 0) return mpi_available() ? 0 : 77;
     if (argc > 1) {
         fprintf(stderr, "usage: fault_check [--trial tcp RANK WORLD PORT TIMEOUT_MS SEED DIR | --trial mpi TIMEOUT_MS SEED DIR | "

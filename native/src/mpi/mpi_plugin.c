@@ -39,6 +39,8 @@ typedef struct plugin_comm {
     MPI_Request* status_send; /* per peer: the last status sent (a new one only once it completed) */
     long long* status_out;
     double* heard;            /* per peer: when its last status came */
+    long long serial;         /* this communicator's number: the same on every rank (created collectively, in order) */
+    int failed;               /* an exchange failed: data it sent may never be received (see comm_release) */
 } plugin_comm;
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -56,6 +58,10 @@ static int g_init_state = 0, g_init_rc = MPI_SUCCESS, g_init_provided = 0;
 static char g_wait[2][512];
 static volatile sig_atomic_t g_wait_idx = 0;
 static int g_sigterm_installed = 0;
+/* Communicators created so far. Control messages carry their communicator's number: Open MPI reuses a freed
+ * communicator's context, so a notice sent on a destroyed communicator and never received could otherwise be taken
+ * by a later one ("rank 0 destroyed its communicator" failing a new communicator's collective). */
+static long long g_comm_serial = 0;
 static char g_version[MPI_MAX_LIBRARY_VERSION_STRING + 64];
 
 static void say(char* err, size_t cap, const char* fmt, ...) {
@@ -322,6 +328,7 @@ static int comm_create(int64_t timeout_ms, void** out, int32_t* rank, int32_t* w
             pthread_mutex_lock(&g_mu);
         }
     }
+    c->serial = ++g_comm_serial;
     /* Errors come back as codes (checked), never as a job abort from inside the library. */
     if (mpi_failed(MPI_Comm_set_errhandler(c->data, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) goto fail;
     if (mpi_failed(MPI_Comm_set_errhandler(c->ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) goto fail;
@@ -405,7 +412,10 @@ static void comm_release(void* handle) {
                 ++c->leaked;
             }
         }
-        if (!c->leaked) {
+        /* After a failed exchange, sends that completed locally (small ones go out eagerly) may never have been
+         * received: freeing the communicator would let a later one reuse its context and receive them as its own
+         * data. Such a communicator is kept (a little memory per failed communicator). */
+        if (!c->leaked && !c->failed) {
             MPI_Comm_free(&c->data);
             MPI_Comm_free(&c->ctrl);
             for (int q = 0; q < c->world; ++q) free(c->notices[q]);
@@ -436,8 +446,12 @@ static void take_notices(plugin_comm* c) {
         MPI_Get_count(&st, MPI_CHAR, &len);
         if (len < 0 || len >= NOTICE_BYTES) len = NOTICE_BYTES - 1;
         c->notice[len] = '\0';
-        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world && !c->notices[st.MPI_SOURCE]) {
-            c->notices[st.MPI_SOURCE] = strdup(c->notice);
+        /* "<serial>|<status>|<reason>": a notice of another (destroyed) communicator is dropped */
+        char* rest = NULL;
+        const long long serial = strtoll(c->notice, &rest, 10);
+        if (serial == c->serial && rest && *rest == '|' && st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world &&
+            !c->notices[st.MPI_SOURCE]) {
+            c->notices[st.MPI_SOURCE] = strdup(rest + 1);
             c->notice_time[st.MPI_SOURCE] = now_s();
         }
         if (MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req) != MPI_SUCCESS)
@@ -447,7 +461,7 @@ static void take_notices(plugin_comm* c) {
         int done = 0;
         MPI_Status st;
         if (MPI_Test(&c->status_req, &done, &st) != MPI_SUCCESS || !done) return;
-        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world) c->heard[st.MPI_SOURCE] = now_s();
+        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world && c->status_in == c->serial) c->heard[st.MPI_SOURCE] = now_s();
         if (MPI_Irecv(&c->status_in, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, 1, c->ctrl, &c->status_req) != MPI_SUCCESS)
             c->status_req = MPI_REQUEST_NULL;
     }
@@ -461,7 +475,8 @@ static void send_status(plugin_comm* c, long long seq) {
             int done = 0;
             if (MPI_Test(&c->status_send[q], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || !done) continue;
         }
-        c->status_out[q] = seq;
+        (void)seq;
+        c->status_out[q] = c->serial;
         if (MPI_Isend(&c->status_out[q], 1, MPI_LONG_LONG, q, 1, c->ctrl, &c->status_send[q]) != MPI_SUCCESS)
             c->status_send[q] = MPI_REQUEST_NULL;
     }
@@ -587,6 +602,7 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
     if (rc != SW_MPI_OK) {
         /* Give up on what is left: cancel receives, free sends (their buffers are kept alive by the core). */
         pthread_mutex_lock(&g_mu);
+        c->failed = 1;
         if (rc != SW_MPI_LOCAL_ABORT) note_failure(rc == SW_MPI_TIMEOUT ? "a collective timed out" : err);
         const double t = now_s();
         for (int i = 0; i < posted; ++i) {
@@ -616,7 +632,7 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
 static void notify_abort(void* handle, int32_t status, const char* reason) {
     plugin_comm* c = (plugin_comm*)handle;
     char text[NOTICE_BYTES];
-    snprintf(text, sizeof text, "%d|%s", (int)status, reason);
+    snprintf(text, sizeof text, "%lld|%d|%s", c->serial, (int)status, reason);
     reason = text;
     size_t len = strlen(reason);
     pthread_mutex_lock(&g_mu);
