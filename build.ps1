@@ -16,6 +16,8 @@
                                   time, algbw and busbw (docs/distributed.md); SW_BW_MAX_BYTES (e.g. 1M),
                                   SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5), SW_BW_IN_PLACE (1: all-reduce in place)
     ./build.ps1 native            deps and the native library (CMake configure + build) only
+    ./build.ps1 fault-trials [N]  Linux only (signals, mpirun): runs scripts/fault-trials.sh after the native build,
+                                  as ./build.sh fault-trials (docs/testing.md)
     ./build.ps1 pack              deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel into
                                   artifacts/packages (native library under runtimes/<rid>/native: linux-x64, or
                                   win-x64 on Windows), and a check of what each package contains
@@ -506,6 +508,13 @@ try {
         'bench' { Invoke-Run 'bench' $Arguments }
         'bench-mp' { Invoke-BenchMp $Arguments }
         'native' { Install-Deps; Build-Native }
+        'fault-trials' {
+            if (-not $IsLinux) { throw 'fault-trials: Linux only (it SIGKILLs and SIGSTOPs ranks, and runs mpirun); use ./build.sh fault-trials on Linux' }
+            Install-Deps; Build-Native
+            $env:SW_FAULT_BIN = Join-Path $BuildDir 'bin/fault_check'
+            & bash (Join-Path $Root 'scripts/fault-trials.sh') @Arguments
+            if ($LASTEXITCODE -ne 0) { throw "fault-trials failed ($LASTEXITCODE)" }
+        }
         'pack' { Install-Deps; Build-Native; Invoke-Pack }
         'samples' {
             Install-Deps; Build-Native; Invoke-Pack

@@ -17,6 +17,11 @@
 #                                  SW_BW_MAX_BYTES (e.g. 1M), SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5),
 #                                  SW_BW_IN_PLACE (1: the all-reduce in place)
 #   ./build.sh native              deps and the native library (CMake configure + build) only
+#   ./build.sh fault-trials [N] [tcp|mpi...]  deps, native build, then scripts/fault-trials.sh: N (default 20)
+#                                  kill and N freeze trials per kind (TCP, MPI) of a 3-rank job running collectives,
+#                                  one rank SIGKILLed or SIGSTOPped at a random moment; checks no hang, the failed
+#                                  rank named (and no live one), the failed-collective output contract; prints a
+#                                  summary table (docs/testing.md); Linux only
 #   ./build.sh pack                deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel
 #                                  into artifacts/packages (native library under runtimes/<rid>/native), and a
 #                                  check of what each package contains
@@ -433,6 +438,13 @@ cmd_bench() {
 
 # The bandwidth scenario of the multi-process worker, run from the test output folder (worker and launcher/ are
 # copied there). Not part of `test`: it measures, it does not check speed.
+cmd_fault_trials() {
+    deps
+    native_build
+    step "fault trials"
+    SW_FAULT_BIN="$BUILD_DIR/bin/fault_check" bash "$ROOT/scripts/fault-trials.sh" "$@"
+}
+
 cmd_bench_mp() {
     local n="${1:-2}" transport="${2:-tcp}"
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "bench-mp: N must be a positive rank count, got '$n' (usage: ./build.sh bench-mp [N] [tcp|mpi])"
@@ -512,6 +524,7 @@ case "$command" in
     bench) cmd_bench "$@" ;;
     bench-mp) cmd_bench_mp "$@" ;;
     native) cmd_native ;;
+    fault-trials) cmd_fault_trials "$@" ;;
     pack) cmd_pack ;;
     samples) cmd_samples ;;
     gpu-bundle) deps; exec bash "$ROOT/scripts/gpu-bundle.sh" "$@" ;;

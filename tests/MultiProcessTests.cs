@@ -348,7 +348,9 @@ public sealed class MultiProcessTests
     {
         var (_, output, _) = RunMpi(3, "late", timeoutMs: 2000);
         var lines = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=")).ToArray();
-        Assert.That(lines, Has.Length.EqualTo(3), output);
+        // Ranks 0 and 1 time out and end without MPI_Finalize (it would wait for every process), so mpirun may end
+        // the late rank 2 before it prints its line.
+        Assert.That(lines.Count(l => l.StartsWith("RESULT rank=0") || l.StartsWith("RESULT rank=1")), Is.EqualTo(2), output);
         foreach (var l in lines.Where(l => !l.StartsWith("RESULT rank=2")))
             Assert.That(l, Does.Contain("error=CollectiveTimeoutException").And.Contain("rank(s) 2").And.Contain("sw_all_reduce #1"));
     }

@@ -378,10 +378,16 @@ SW_API sw_status sw_mpi_get_info(int32_t* available, char* version, uint64_t ver
 /* A communicator over MPI_COMM_WORLD (duplicated) of the processes started by mpirun; this process's rank is
  * MPI's. Initializes MPI if the application has not (then MPI is finalized at exit or by sw_mpi_finalize); an
  * application that initializes MPI itself must ask for MPI_THREAD_SERIALIZED or MPI_THREAD_MULTIPLE. CPU devices
- * only. SW_ERR_NOT_FOUND when the plugin cannot be loaded. */
+ * only. SW_ERR_NOT_FOUND when the plugin cannot be loaded. Bounded by timeout_ms (0: default) like every MPI wait:
+ * SW_ERR_TIMEOUT when MPI's initialization (Open MPI's MPI_Init waits for every process of the job; it goes on in
+ * the background) or the duplication did not finish in time; MPI cannot say which rank is late. When Shardwise
+ * initialized MPI and SIGTERM has its default action, a SIGTERM (mpirun ending the job after a process failed)
+ * prints what this rank was waiting for before the process ends. */
 SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_comm* out);
-/* Finalizes MPI if Shardwise initialized it (otherwise a no-op). Skipped, with SW_ERR_BACKEND, when an aborted
- * communicator left MPI requests behind: finalizing could wait forever for a dead peer. MPI communicators still open
+/* Finalizes MPI if Shardwise initialized it (otherwise a no-op). Skipped, with SW_ERR_BACKEND, once any MPI
+ * communicator of the process failed (timeout, peer abort, MPI error) or an aborted one left MPI requests behind:
+ * MPI_Finalize waits for every process of the job and could wait forever for a dead or frozen peer (at exit the
+ * same rule applies, with one line on stderr saying why). MPI communicators still open
  * afterwards fail their collectives with SW_ERR_BACKEND ("MPI is finalized"); aborting or destroying them is safe. */
 SW_API sw_status sw_mpi_finalize(void);
 

@@ -170,7 +170,9 @@ public sealed class ProcessGroup : IDisposable
 
     /// <summary>
     /// A multi-process group over MPI_COMM_WORLD of the processes that <c>mpirun</c> started (this process's rank is
-    /// MPI's), on CPU devices. Initializes MPI if the application has not (Shardwise then finalizes it at exit).
+    /// MPI's), on CPU devices. Initializes MPI if the application has not (Shardwise then finalizes it at exit, unless
+    /// a group failed: MPI_Finalize waits for every process). Creation is bounded by <paramref name="timeout"/> too:
+    /// a rank that comes late makes the others throw <see cref="CollectiveTimeoutException"/> (MPI cannot say which).
     /// Throws <see cref="ShardwiseNotFoundException"/> when this build has no MPI plugin (see <see cref="MpiInfo"/>).
     /// </summary>
     public static ProcessGroup CreateMpi(Device device, TimeSpan? timeout = null)

@@ -267,7 +267,7 @@ std::unique_ptr<Transport> connect_tcp_mesh(StoreImpl& store, const std::string&
 std::string store_get(StoreImpl& store, const std::string& key);
 void store_set(StoreImpl& store, const std::string& key, const void* value, uint64_t bytes);
 // mpi_transport.cpp: a transport over MPI_COMM_WORLD (initializing MPI if needed).
-std::unique_ptr<Transport> create_mpi_transport();
+std::unique_ptr<Transport> create_mpi_transport(int64_t timeout_ms); // bounded: SW_ERR_TIMEOUT after timeout_ms (> 0)
 // A multi-process collective (remote_comm.cpp); runs on the rank's stream worker.
 void run_remote_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq, const Desc& desc,
                            cpu::Stream* stream);

@@ -63,10 +63,11 @@ public:
         switch (rc) {
         case SW_MPI_OK: return;
         case SW_MPI_TIMEOUT: {
-            std::vector<int> who;
+            std::vector<int> who, waiting;
             for (int q = 0; q < world_; ++q)
-                if (missing[q]) who.push_back(q);
-            throw TimeoutError(str(what, ": timed out waiting for rank(s) ", rank_list(who)), who);
+                if (missing[q] == 2) waiting.push_back(q);
+                else if (missing[q]) who.push_back(q);
+            throw timeout_error(what, std::move(who), std::move(waiting));
         }
         case SW_MPI_PEER_ABORT: {
             const auto st = static_cast<sw_status>(peer_status);
@@ -95,12 +96,14 @@ private:
 
 } // namespace
 
-std::unique_ptr<Transport> sw::create_mpi_transport() {
+std::unique_ptr<Transport> sw::create_mpi_transport(int64_t timeout_ms) {
     const sw_mpi_plugin_api* api = mpi_plugin();
     void* comm = nullptr;
     int32_t rank = 0, world = 0;
     char err[1024] = {0};
-    if (api->comm_create(&comm, &rank, &world, err, sizeof err) != SW_MPI_OK) fail(SW_ERR_BACKEND, "MPI: ", err);
+    const int rc = api->comm_create(timeout_ms, &comm, &rank, &world, err, sizeof err);
+    if (rc == SW_MPI_TIMEOUT) fail(SW_ERR_TIMEOUT, "timed out after ", timeout_ms, " ms: ", err);
+    if (rc != SW_MPI_OK) fail(SW_ERR_BACKEND, "MPI: ", err);
     return std::make_unique<MpiTransport>(api, comm, rank, world);
 }
 
@@ -134,7 +137,7 @@ SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_com
         if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
         if (dev->impl->is_cuda())
             fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; MPI communicators carry host memory (CPU devices): use NCCL for GPUs");
-        *out = make_remote_comm(dev->impl, create_mpi_transport(), timeout_ms);
+        *out = make_remote_comm(dev->impl, create_mpi_transport(resolve_timeout(timeout_ms)), timeout_ms);
     });
 }
 

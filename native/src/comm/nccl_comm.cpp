@@ -634,7 +634,7 @@ SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, s
         check_nccl_device(d, "device");
         if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
         const NcclApi& n = nccl_or_fail();
-        auto transport = create_mpi_transport();
+        auto transport = create_mpi_transport(resolve_timeout(timeout_ms));
         const int32_t rank = transport->rank(), world = transport->world();
         // Rank 0's unique id to every rank, over MPI (everyone contributes 128 bytes; rank 0's are taken).
         NcclUniqueId mine{};

@@ -84,11 +84,15 @@ void exchange_descriptors(CommState& st, Transport& t, uint64_t seq, const Desc&
         if (e.missing.empty()) // the transport cannot tell who is late (NCCL)
             fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: some of the ", p,
                  " ranks never joined (this transport cannot tell which); the communicator is aborted");
-        std::vector<int> present;
+        std::vector<int> present; // the waiting ranks are alive, held up by the missing ones: neither joined nor missing
         for (int q = 0; q < p; ++q)
-            if (std::find(e.missing.begin(), e.missing.end(), q) == e.missing.end()) present.push_back(q);
+            if (std::find(e.missing.begin(), e.missing.end(), q) == e.missing.end() &&
+                std::find(e.waiting.begin(), e.waiting.end(), q) == e.waiting.end())
+                present.push_back(q);
         fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: rank(s) ", rank_list(e.missing), " of ", p,
-             " never joined (joined: ", rank_list(present), "); the communicator is aborted");
+             " never joined (joined: ", rank_list(present),
+             e.waiting.empty() ? std::string() : str("; alive, still held up in an earlier collective: rank ", rank_list(e.waiting)),
+             "); the communicator is aborted");
     }
     slot.desc.assign(p, Desc{});
     for (int q = 0; q < p; ++q) {

@@ -381,6 +381,9 @@ namespace {
 
 constexpr uint32_t kFrameMagic = 0x53574d31; // "SWM1"
 constexpr uint32_t kData = 1, kAbort = 2, kHello = 3;
+// A header-only frame "alive and waiting at collective #seq", sent between frames while an exchange waits (at most
+// every kStatusEvery); read and skipped wherever a header is expected.
+constexpr uint32_t kStatus = 4;
 
 struct Header {
     uint32_t magic;
@@ -411,7 +414,7 @@ class TcpTransport final : public Transport {
 public:
     TcpTransport(int32_t rank, int32_t world, std::vector<Fd> peers)
         : rank_(rank), world_(world), peers_(std::move(peers)), dirty_(world, 0), dead_(world, 0), notice_(world),
-          notice_status_(world, SW_ERR_ABORTED) {}
+          notice_status_(world, SW_ERR_ABORTED), heard_(world) {}
     int32_t rank() const override { return rank_; }
     int32_t world() const override { return world_; }
     const char* name() const override { return "tcp"; }
@@ -440,6 +443,7 @@ public:
             fail(SW_ERR_ABORTED, what, ": lost the connection to rank ", q, " (", why,
                  "): that process exited, was killed or closed the communicator");
         };
+        auto next_status = Clock::now() + kStatusEvery;
         while (true) {
             std::vector<pollfd> p;
             std::vector<int> who;
@@ -464,11 +468,19 @@ public:
             if (!any) return;
             if (local_abort.load()) fail(SW_ERR_ABORTED, what, ": the communicator was aborted in this process");
             const int ms = remaining_ms(deadline, 50);
-            if (ms == 0 && Clock::now() >= deadline) {
-                std::vector<int> missing;
+            const auto now = Clock::now();
+            if (ms == 0 && now >= deadline) {
+                // Missing: the peers still needed that said nothing lately; the others are alive, waiting themselves.
+                std::vector<int> missing, waiting;
                 for (int q = 0; q < world_; ++q)
-                    if (q != rank_ && (pending_in(q) || pending_out(q))) missing.push_back(q);
-                throw TimeoutError(str(what, ": timed out waiting for rank(s) ", rank_list(missing)), missing);
+                    if (q != rank_ && (pending_in(q) || pending_out(q)))
+                        (heard_[q] != Clock::time_point{} && now - heard_[q] < kAliveFor ? waiting : missing).push_back(q);
+                throw timeout_error(what, std::move(missing), std::move(waiting));
+            }
+            if (now >= next_status) { // still waiting: tell the peers this rank is alive (between frames only)
+                next_status = now + kStatusEvery;
+                for (int q = 0; q < world_; ++q)
+                    if (q != rank_ && !dead_[q] && !dirty_[q] && !pending_out(q)) send_status(q, seq);
             }
             const int n = ::poll(p.data(), p.size(), ms);
             if (n < 0) {
@@ -549,6 +561,11 @@ private:
                     if (st.got < sizeof(Header)) continue;
                     check_header(q, st.hdr, what);
                     if (st.hdr.kind == kAbort) abort_notice(q, st.hdr, what);
+                    if (st.hdr.kind == kStatus) { // q is alive (and waiting): noted, then the next header
+                        heard_[q] = Clock::now();
+                        st.got = 0;
+                        continue;
+                    }
                     const Piece& piece = st.pieces.front();
                     if (st.hdr.seq != seq || st.hdr.bytes != piece.bytes)
                         fail(SW_ERR_MISMATCH, what, ": rank ", q, " sent ", st.hdr.bytes, " bytes for its collective #",
@@ -581,8 +598,21 @@ private:
         }
     }
 
+    // A status frame to q (io_mu_ held; nothing partly sent to q). Whole or not at all in practice (24 bytes into
+    // a socket with room); a partial write is completed within 200 ms or the connection counts as lost.
+    void send_status(int q, uint64_t seq) {
+        const Header h{kFrameMagic, kStatus, seq, 0};
+        const ssize_t w = ::send(peers_[q].fd, &h, sizeof h, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w <= 0 || w == static_cast<ssize_t>(sizeof h)) return; // sent, or no room now (the next one may go)
+        std::string err;
+        if (!write_all(peers_[q].fd, reinterpret_cast<const char*>(&h) + w, sizeof h - static_cast<size_t>(w),
+                       Clock::now() + std::chrono::milliseconds(200), &err))
+            dirty_[q] = 1; // a torn frame: no abort notice may follow it (the peer sees the connection end)
+    }
+
     void check_header(int q, const Header& h, const std::string& what) {
-        if (h.magic != kFrameMagic || (h.kind != kData && h.kind != kAbort))
+        if (h.magic != kFrameMagic || (h.kind != kData && h.kind != kAbort && h.kind != kStatus) ||
+            (h.kind == kStatus && h.bytes != 0))
             fail(SW_ERR_BACKEND, what, ": rank ", q, " sent a malformed message (another program or version?)");
     }
 
@@ -616,6 +646,7 @@ private:
                 return; // reported when something is expected from q
             }
             check_header(q, h, what);
+            if (h.kind == kStatus) continue;
             if (h.kind == kAbort) { // fatal only when this rank needs q (lost() reports it then)
                 take_notice(q, h);
                 return;
@@ -640,6 +671,7 @@ private:
     std::vector<char> dead_;
     std::vector<std::string> notice_; // a dead peer's abort notice
     std::vector<sw_status> notice_status_;
+    std::vector<Clock::time_point> heard_; // when each peer's last status frame came
     std::mutex io_mu_;
     bool closed_ = false;
 };

@@ -15,13 +15,38 @@
 
 namespace sw {
 
-// What Transport::exchange throws at its deadline: the peers whose pieces had not all arrived.
+std::string rank_list(const std::vector<int>& ranks); // "0, 2" (comm_internal.h)
+
+// What Transport::exchange throws at its deadline: the peers whose pieces had not all arrived, split into those
+// that are missing (silent: dead, frozen, or not in a collective) and those that are alive but waiting themselves
+// (they sent a "still waiting" status during the last second: blocked on a missing rank, they are not the cause).
 class TimeoutError : public Error {
 public:
-    TimeoutError(std::string message, std::vector<int> missing_ranks)
-        : Error(SW_ERR_TIMEOUT, std::move(message)), missing(std::move(missing_ranks)) {}
+    TimeoutError(std::string message, std::vector<int> missing_ranks, std::vector<int> waiting_ranks = {})
+        : Error(SW_ERR_TIMEOUT, std::move(message)), missing(std::move(missing_ranks)), waiting(std::move(waiting_ranks)) {}
     std::vector<int> missing;
+    std::vector<int> waiting;
 };
+
+// While an exchange waits, each transport tells its peers every kStatusEvery that this rank is alive and waiting;
+// a peer heard from within kAliveFor counts as alive at a timeout.
+constexpr std::chrono::milliseconds kStatusEvery{200};
+constexpr std::chrono::milliseconds kAliveFor{1000};
+
+// The message of an exchange's timeout, naming the missing ranks only ("rank(s) 2"); ranks that were still needed
+// but alive and waiting themselves are mentioned apart. When every rank still needed is alive and waiting (ranks
+// waiting on each other), those are named as missing.
+inline TimeoutError timeout_error(const std::string& what, std::vector<int> missing, std::vector<int> waiting) {
+    std::string text = what + ": timed out waiting for rank(s) ";
+    if (missing.empty()) {
+        missing.swap(waiting);
+        text += rank_list(missing) + " (alive, but waiting themselves)";
+    } else {
+        text += rank_list(missing);
+        if (!waiting.empty()) text += "; also not done, but alive and waiting themselves: rank " + rank_list(waiting);
+    }
+    return TimeoutError(text, std::move(missing), std::move(waiting));
+}
 
 // A contiguous run of bytes to send to (or receive from) a peer.
 struct Piece {

@@ -6,11 +6,13 @@
 
 #include <mpi.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__GNUC__)
 #define SW_EXPORT __attribute__((visibility("default")))
@@ -21,6 +23,8 @@
 #define NOTICE_BYTES 4096
 #define CHUNK_BYTES (1 << 30) /* MPI counts are int: larger pieces travel in chunks */
 #define NOTICE_GRACE_S 0.25
+#define STATUS_EVERY_S 0.2 /* while an exchange waits, "alive and waiting" to every peer this often (tag 1 on ctrl) */
+#define ALIVE_FOR_S 1.0    /* a peer heard from this recently is alive at a timeout: not the missing one */
 
 typedef struct plugin_comm {
     MPI_Comm data, ctrl;
@@ -30,12 +34,34 @@ typedef struct plugin_comm {
     char** notices;         /* per peer: its abort notice once received ("<status>|<reason>"), else NULL */
     double* notice_time;    /* when it was received */
     int leaked;             /* requests given up on (freed while still active) */
+    MPI_Request status_req; /* a receive of any peer's "alive and waiting" status, always posted */
+    long long status_in;
+    MPI_Request* status_send; /* per peer: the last status sent (a new one only once it completed) */
+    long long* status_out;
+    double* heard;            /* per peer: when its last status came */
+    long long serial;         /* this communicator's number: the same on every rank (created collectively, in order) */
+    int failed;               /* an exchange failed: data it sent may never be received (see comm_release) */
 } plugin_comm;
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_we_initialized = 0;
 static int g_finalized = 0;
 static int g_leaked = 0;
+static int g_failed = 0; /* a communicator failed (timeout, peer abort, MPI error): MPI_Finalize could wait forever */
+static char g_failed_why[512];
+/* MPI_Init_thread runs on a thread of its own so that sw_comm_create_mpi can give up at its timeout (Open MPI's
+ * MPI_Init waits for every process of the job). 0 = not started, 1 = running, 2 = returned. */
+static pthread_mutex_t g_init_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_init_cv = PTHREAD_COND_INITIALIZER;
+static int g_init_state = 0, g_init_rc = MPI_SUCCESS, g_init_provided = 0;
+/* What this process waits for, for the SIGTERM message (two buffers: the handler reads the one not being written). */
+static char g_wait[2][512];
+static volatile sig_atomic_t g_wait_idx = 0;
+static int g_sigterm_installed = 0;
+/* Communicators created so far. Control messages carry their communicator's number: Open MPI reuses a freed
+ * communicator's context, so a notice sent on a destroyed communicator and never received could otherwise be taken
+ * by a later one ("rank 0 destroyed its communicator" failing a new communicator's collective). */
+static long long g_comm_serial = 0;
 static char g_version[MPI_MAX_LIBRARY_VERSION_STRING + 64];
 
 static void say(char* err, size_t cap, const char* fmt, ...) {
@@ -83,6 +109,11 @@ static int finalize_locked(char* err, size_t cap) {
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
     if (!g_we_initialized || g_finalized || !initialized || finalized) return SW_MPI_OK;
+    if (g_failed) {
+        say(err, cap, "MPI_Finalize skipped: a communicator failed (%s), and MPI_Finalize waits for every process of the "
+                      "job (Open MPI), so it could wait forever for a dead or frozen peer", g_failed_why);
+        return SW_MPI_ERROR;
+    }
     if (g_leaked) {
         say(err, cap, "MPI_Finalize skipped: %d MPI request(s) of an aborted communicator are still pending and "
                       "finalizing could wait for a dead peer forever", g_leaked);
@@ -94,8 +125,52 @@ static int finalize_locked(char* err, size_t cap) {
 
 static void finalize_at_exit(void) {
     pthread_mutex_lock(&g_mu);
-    finalize_locked(NULL, 0);
+    char why[1024] = {0};
+    if (finalize_locked(why, sizeof why) != SW_MPI_OK && why[0]) fprintf(stderr, "shardwise: at exit: %s\n", why);
     pthread_mutex_unlock(&g_mu);
+}
+
+/* Remembers that a communicator failed (mutex held): from now on MPI_Finalize is skipped. */
+static void note_failure(const char* why) {
+    if (g_failed) return;
+    g_failed = 1;
+    snprintf(g_failed_why, sizeof g_failed_why, "%s", why && why[0] ? why : "unknown");
+}
+
+static void sig_write(const char* text) {
+    size_t n = 0;
+    while (text[n]) ++n;
+    while (n) {
+        const ssize_t w = write(2, text, n);
+        if (w <= 0) return;
+        text += w;
+        n -= (size_t)w;
+    }
+}
+
+/* mpirun ends every process of a job with SIGTERM (then SIGKILL) when one of them fails: say so, and what this rank was
+ * waiting for, then end as SIGTERM would have. Installed only where SIGTERM had its default action. */
+static void on_sigterm(int sig) {
+    sig_write(g_wait[g_wait_idx]);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* Sets the SIGTERM message: the rank, and the exchange it waits in (seq >= 0, the peers with missing[] set) or none. */
+static void set_wait(int rank, long long seq, const int* pending_peer, int n) {
+    const int next = 1 - g_wait_idx;
+    char* w = g_wait[next];
+    int len = snprintf(w, sizeof g_wait[0], "shardwise: rank %d (pid %ld): ended by SIGTERM: mpirun ends every process of "
+                                            "the job when one of them fails (mpirun names it); ", rank, (long)getpid());
+    if (seq < 0 || n == 0) {
+        snprintf(w + len, sizeof g_wait[0] - (size_t)len, "this rank was not waiting for a peer\n");
+    } else {
+        len += snprintf(w + len, sizeof g_wait[0] - (size_t)len, "this rank was waiting in collective #%lld for rank(s) ", seq);
+        for (int i = 0; i < n && len < (int)sizeof g_wait[0] - 16; ++i)
+            len += snprintf(w + len, sizeof g_wait[0] - (size_t)len, i ? ", %d" : "%d", pending_peer[i]);
+        snprintf(w + len, sizeof g_wait[0] - (size_t)len, "\n");
+    }
+    g_wait_idx = next;
 }
 
 static int finalize(char* err, size_t cap) {
@@ -105,23 +180,104 @@ static int finalize(char* err, size_t cap) {
     return rc;
 }
 
-static int comm_create(void** out, int32_t* rank, int32_t* world, char* err, size_t cap) {
+static double now_s(void);
+
+static void* init_main(void* arg) {
+    (void)arg;
+    int provided = 0;
+    const int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided);
+    pthread_mutex_lock(&g_init_mu);
+    g_init_rc = rc;
+    g_init_provided = provided;
+    g_init_state = 2;
+    pthread_cond_broadcast(&g_init_cv);
+    pthread_mutex_unlock(&g_init_mu);
+    return NULL;
+}
+
+/* MPI initialized by us (on the init thread), waited for until the deadline; mutex g_mu NOT held. Returns SW_MPI_OK
+ * with *provided, SW_MPI_TIMEOUT or SW_MPI_ERROR. */
+static int init_mpi(double deadline, int* provided, char* err, size_t cap) {
+    pthread_mutex_lock(&g_init_mu);
+    if (g_init_state == 0) {
+        pthread_attr_t attr;
+        pthread_t thread;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int rc = pthread_create(&thread, &attr, init_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (rc != 0) {
+            pthread_mutex_unlock(&g_init_mu);
+            say(err, cap, "cannot start the thread that initializes MPI (pthread_create: %s)", strerror(rc));
+            return SW_MPI_ERROR;
+        }
+        g_init_state = 1;
+    }
+    while (g_init_state != 2) {
+        const double left = deadline - now_s();
+        if (left <= 0) break;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        const double step = left < 0.1 ? left : 0.1;
+        until.tv_nsec += (long)(step * 1e9);
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&g_init_cv, &g_init_mu, &until);
+    }
+    const int state = g_init_state, rc = g_init_rc;
+    *provided = g_init_provided;
+    pthread_mutex_unlock(&g_init_mu);
+    if (state != 2) {
+        say(err, cap, "MPI_Init_thread did not return before the timeout: Open MPI's MPI_Init waits for every process of "
+                      "the job, so some rank started late, is stuck or died before initializing MPI (MPI cannot say "
+                      "which); the initialization goes on in the background");
+        return SW_MPI_TIMEOUT;
+    }
+    if (mpi_failed(rc, "MPI_Init_thread", err, cap)) return SW_MPI_ERROR;
+    return SW_MPI_OK;
+}
+
+static int comm_create(int64_t timeout_ms, void** out, int32_t* rank, int32_t* world, char* err, size_t cap) {
     *out = NULL;
-    pthread_mutex_lock(&g_mu);
+    const double deadline = now_s() + (double)timeout_ms / 1000.0;
     int rc = SW_MPI_ERROR;
     plugin_comm* c = NULL;
-    int initialized = 0, finalized = 0, provided = 0;
-    MPI_Initialized(&initialized);
-    MPI_Finalized(&finalized);
-    if (finalized) {
-        say(err, cap, "MPI is already finalized in this process; MPI cannot be initialized twice");
-        goto done;
+    int initialized = 0, finalized = 0, provided = 0, init_state;
+    pthread_mutex_lock(&g_init_mu);
+    init_state = g_init_state;
+    pthread_mutex_unlock(&g_init_mu);
+    if (init_state == 0) { /* nobody of ours started MPI: maybe the application did */
+        pthread_mutex_lock(&g_mu);
+        MPI_Initialized(&initialized);
+        MPI_Finalized(&finalized);
+        pthread_mutex_unlock(&g_mu);
+        if (finalized) {
+            say(err, cap, "MPI is already finalized in this process; MPI cannot be initialized twice");
+            return SW_MPI_ERROR;
+        }
     }
     if (!initialized) {
-        if (mpi_failed(MPI_Init_thread(NULL, NULL, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread", err, cap)) goto done;
-        g_we_initialized = 1;
-        atexit(finalize_at_exit);
+        const int irc = init_mpi(deadline, &provided, err, cap);
+        if (irc != SW_MPI_OK) {
+            if (irc == SW_MPI_TIMEOUT) {
+                pthread_mutex_lock(&g_mu);
+                note_failure("MPI_Init_thread timed out");
+                pthread_mutex_unlock(&g_mu);
+            }
+            return irc;
+        }
+    }
+    pthread_mutex_lock(&g_mu);
+    if (!initialized) {
+        if (!g_we_initialized) {
+            g_we_initialized = 1;
+            atexit(finalize_at_exit);
+        }
     } else if (mpi_failed(MPI_Query_thread(&provided), "MPI_Query_thread", err, cap)) {
+        goto done;
+    }
+    if (finalized_locked()) {
+        say(err, cap, "MPI is already finalized in this process; MPI cannot be initialized twice");
         goto done;
     }
     if (provided < MPI_THREAD_SERIALIZED) {
@@ -134,23 +290,81 @@ static int comm_create(void** out, int32_t* rank, int32_t* world, char* err, siz
         say(err, cap, "out of memory");
         goto done;
     }
-    if (mpi_failed(MPI_Comm_dup(MPI_COMM_WORLD, &c->data), "MPI_Comm_dup", err, cap)) goto fail;
-    if (mpi_failed(MPI_Comm_dup(MPI_COMM_WORLD, &c->ctrl), "MPI_Comm_dup", err, cap)) goto fail;
+    c->notice_req = c->status_req = MPI_REQUEST_NULL;
+    /* Non-blocking duplicates polled against the deadline: MPI_Comm_dup would wait for a late rank forever. */
+    {
+        MPI_Request dup[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+        if (mpi_failed(MPI_Comm_idup(MPI_COMM_WORLD, &c->data, &dup[0]), "MPI_Comm_idup", err, cap)) goto fail;
+        if (mpi_failed(MPI_Comm_idup(MPI_COMM_WORLD, &c->ctrl, &dup[1]), "MPI_Comm_idup", err, cap)) {
+            MPI_Request* keep = (MPI_Request*)malloc(sizeof dup); /* left pending (see below) */
+            if (keep) memcpy(keep, dup, sizeof dup);
+            ++g_leaked;
+            c = NULL; /* may still be written by the duplicate: leaked */
+            goto done;
+        }
+        while (1) {
+            int all = 0;
+            if (mpi_failed(MPI_Testall(2, dup, &all, MPI_STATUSES_IGNORE), "MPI_Testall (MPI_Comm_idup)", err, cap)) {
+                c = NULL; /* the duplicates may still complete into it: leaked */
+                goto done;
+            }
+            if (all) break;
+            if (now_s() >= deadline) {
+                /* Cannot be cancelled, and Open MPI refuses MPI_Request_free on them: left pending for good (their
+                 * handles on the heap, the communicator leaked), and MPI_Finalize is skipped from now on. */
+                MPI_Request* keep = (MPI_Request*)malloc(sizeof dup);
+                if (keep) memcpy(keep, dup, sizeof dup);
+                ++g_leaked;
+                say(err, cap, "MPI_Comm_idup of MPI_COMM_WORLD did not complete before the timeout: some rank of the "
+                              "job has not called sw_comm_create_mpi (late, stuck or dead; MPI cannot say which)");
+                note_failure("sw_comm_create_mpi timed out");
+                c = NULL;
+                rc = SW_MPI_TIMEOUT;
+                goto done;
+            }
+            pthread_mutex_unlock(&g_mu); /* let other threads' exchanges run meanwhile */
+            struct timespec ts = {0, 200000};
+            nanosleep(&ts, NULL);
+            pthread_mutex_lock(&g_mu);
+        }
+    }
+    c->serial = ++g_comm_serial;
     /* Errors come back as codes (checked), never as a job abort from inside the library. */
     if (mpi_failed(MPI_Comm_set_errhandler(c->data, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) goto fail;
     if (mpi_failed(MPI_Comm_set_errhandler(c->ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) goto fail;
     if (mpi_failed(MPI_Comm_rank(c->data, &c->rank), "MPI_Comm_rank", err, cap)) goto fail;
     if (mpi_failed(MPI_Comm_size(c->data, &c->world), "MPI_Comm_size", err, cap)) goto fail;
-    /* allocated before the notice receive is posted: a failure after posting it would free its buffer under it */
+    /* allocated before the receives are posted: a failure after posting them would free their buffers under them */
     c->notices = (char**)calloc((size_t)c->world, sizeof *c->notices);
     c->notice_time = (double*)calloc((size_t)c->world, sizeof *c->notice_time);
-    if (!c->notices || !c->notice_time) {
+    c->status_send = (MPI_Request*)calloc((size_t)c->world, sizeof *c->status_send);
+    c->status_out = (long long*)calloc((size_t)c->world, sizeof *c->status_out);
+    c->heard = (double*)calloc((size_t)c->world, sizeof *c->heard);
+    if (!c->notices || !c->notice_time || !c->status_send || !c->status_out || !c->heard) {
         say(err, cap, "out of memory");
         goto fail;
+    }
+    for (int q = 0; q < c->world; ++q) {
+        c->status_send[q] = MPI_REQUEST_NULL;
+        c->heard[q] = -1e300;
     }
     if (mpi_failed(MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req),
                    "MPI_Irecv (abort notices)", err, cap))
         goto fail;
+    if (mpi_failed(MPI_Irecv(&c->status_in, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, 1, c->ctrl, &c->status_req),
+                   "MPI_Irecv (status)", err, cap)) {
+        MPI_Cancel(&c->notice_req); /* a receive can be cancelled */
+        MPI_Wait(&c->notice_req, MPI_STATUS_IGNORE);
+        goto fail;
+    }
+    if (g_we_initialized && !g_sigterm_installed) { /* only over the default action: never replace the application's */
+        struct sigaction old;
+        if (sigaction(SIGTERM, NULL, &old) == 0 && old.sa_handler == SIG_DFL && !(old.sa_flags & SA_SIGINFO)) {
+            set_wait(c->rank, -1, NULL, 0);
+            signal(SIGTERM, on_sigterm);
+        }
+        g_sigterm_installed = 1;
+    }
     *rank = c->rank;
     *world = c->world;
     *out = c;
@@ -160,6 +374,9 @@ fail:
     if (c) {
         free(c->notices);
         free(c->notice_time);
+        free(c->status_send);
+        free(c->status_out);
+        free(c->heard);
     }
     free(c);
 done:
@@ -174,23 +391,41 @@ static void comm_release(void* handle) {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) {
-        if (c->notice_req != MPI_REQUEST_NULL) {
+        MPI_Request* posted[2] = {&c->notice_req, &c->status_req};
+        for (int i = 0; i < 2; ++i) {
+            if (*posted[i] == MPI_REQUEST_NULL) continue;
             int done = 0;
-            MPI_Cancel(&c->notice_req);
-            MPI_Test(&c->notice_req, &done, MPI_STATUS_IGNORE);
+            MPI_Cancel(posted[i]);
+            MPI_Test(posted[i], &done, MPI_STATUS_IGNORE);
             if (!done) {
-                MPI_Request_free(&c->notice_req);
+                MPI_Request_free(posted[i]);
                 ++g_leaked;
+                ++c->leaked;
             }
         }
-        if (!c->leaked) {
+        for (int q = 0; q < c->world; ++q) { /* status sends: small, gone out eagerly; else freed while in flight */
+            if (c->status_send[q] == MPI_REQUEST_NULL) continue;
+            int done = 0;
+            MPI_Test(&c->status_send[q], &done, MPI_STATUS_IGNORE);
+            if (!done) {
+                MPI_Request_free(&c->status_send[q]);
+                ++c->leaked;
+            }
+        }
+        /* After a failed exchange, sends that completed locally (small ones go out eagerly) may never have been
+         * received: freeing the communicator would let a later one reuse its context and receive them as its own
+         * data. Such a communicator is kept (a little memory per failed communicator). */
+        if (!c->leaked && !c->failed) {
             MPI_Comm_free(&c->data);
             MPI_Comm_free(&c->ctrl);
             for (int q = 0; q < c->world; ++q) free(c->notices[q]);
             free(c->notices);
             free(c->notice_time);
+            free(c->status_send);
+            free(c->status_out);
+            free(c->heard);
             free(c);
-        } /* else: requests may still reference the communicators (and c->notice); keep them */
+        } /* else: requests may still reference the communicators (and c's buffers); keep them */
     }
     pthread_mutex_unlock(&g_mu);
 }
@@ -206,29 +441,57 @@ static void take_notices(plugin_comm* c) {
     while (c->notice_req != MPI_REQUEST_NULL) {
         int done = 0;
         MPI_Status st;
-        if (MPI_Test(&c->notice_req, &done, &st) != MPI_SUCCESS || !done) return;
+        if (MPI_Test(&c->notice_req, &done, &st) != MPI_SUCCESS || !done) break;
         int len = 0;
         MPI_Get_count(&st, MPI_CHAR, &len);
         if (len < 0 || len >= NOTICE_BYTES) len = NOTICE_BYTES - 1;
         c->notice[len] = '\0';
-        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world && !c->notices[st.MPI_SOURCE]) {
-            c->notices[st.MPI_SOURCE] = strdup(c->notice);
+        /* "<serial>|<status>|<reason>": a notice of another (destroyed) communicator is dropped */
+        char* rest = NULL;
+        const long long serial = strtoll(c->notice, &rest, 10);
+        if (serial == c->serial && rest && *rest == '|' && st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world &&
+            !c->notices[st.MPI_SOURCE]) {
+            c->notices[st.MPI_SOURCE] = strdup(rest + 1);
             c->notice_time[st.MPI_SOURCE] = now_s();
         }
         if (MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req) != MPI_SUCCESS)
             c->notice_req = MPI_REQUEST_NULL;
     }
+    while (c->status_req != MPI_REQUEST_NULL) { /* peers' "alive and waiting" statuses */
+        int done = 0;
+        MPI_Status st;
+        if (MPI_Test(&c->status_req, &done, &st) != MPI_SUCCESS || !done) return;
+        if (st.MPI_SOURCE >= 0 && st.MPI_SOURCE < c->world && c->status_in == c->serial) c->heard[st.MPI_SOURCE] = now_s();
+        if (MPI_Irecv(&c->status_in, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, 1, c->ctrl, &c->status_req) != MPI_SUCCESS)
+            c->status_req = MPI_REQUEST_NULL;
+    }
+}
+
+/* "Alive and waiting at collective #seq" to every other peer whose previous status has gone out; mutex held. */
+static void send_status(plugin_comm* c, long long seq) {
+    for (int q = 0; q < c->world; ++q) {
+        if (q == c->rank) continue;
+        if (c->status_send[q] != MPI_REQUEST_NULL) {
+            int done = 0;
+            if (MPI_Test(&c->status_send[q], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS || !done) continue;
+        }
+        (void)seq;
+        c->status_out[q] = c->serial;
+        if (MPI_Isend(&c->status_out[q], 1, MPI_LONG_LONG, q, 1, c->ctrl, &c->status_send[q]) != MPI_SUCCESS)
+            c->status_send[q] = MPI_REQUEST_NULL;
+    }
 }
 
 /* A peer that aborted matters only when this rank still needs it: fails with its notice when one of the pending
- * requests (peer[i] for req[i] != MPI_REQUEST_NULL) is with such a peer, NOTICE_GRACE_S after the notice came. The
+ * requests (peer[i] for req[i] != MPI_REQUEST_NULL) is with such a peer, NOTICE_GRACE_S after the notice came (at
+ * once with ignore_grace: at the deadline, the peer's reason is better than a timeout that names it). The
  * notice travels on another communicator than the data, so it can overtake the peer's last data (a rank that
  * finished and destroyed its communicator): the grace lets that data land. Mutex held. */
 static int needed_peer_aborted(plugin_comm* c, const MPI_Request* req, const int* peer, int n, int32_t* peer_status,
-                               char* err, size_t cap) {
+                               int ignore_grace, char* err, size_t cap) {
     for (int i = 0; i < n; ++i) {
         if (req[i] == MPI_REQUEST_NULL || peer[i] < 0 || peer[i] >= c->world || !c->notices[peer[i]]) continue;
-        if (now_s() - c->notice_time[peer[i]] < NOTICE_GRACE_S) continue;
+        if (!ignore_grace && now_s() - c->notice_time[peer[i]] < NOTICE_GRACE_S) continue;
         const char* text = c->notices[peer[i]]; /* "<status>|<reason>" */
         const char* bar = strchr(text, '|');
         if (peer_status) *peer_status = (int32_t)atoi(text);
@@ -255,6 +518,7 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
         return SW_MPI_ERROR;
     }
     int rc = SW_MPI_OK, posted = 0;
+    int wait_peer_scratch[64];
     pthread_mutex_lock(&g_mu);
     if (finalized_locked()) {
         say(err, cap, "MPI is finalized (sw_mpi_finalize, the application or process exit); this communicator can no longer "
@@ -280,7 +544,8 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
         }
     }
     pthread_mutex_unlock(&g_mu);
-    const double deadline = now_s() + (double)timeout_ms / 1000.0;
+    const double start = now_s(), deadline = start + (double)timeout_ms / 1000.0;
+    double next_status = start + STATUS_EVERY_S;
     long spins = 0;
     while (rc == SW_MPI_OK) {
         int all = 1;
@@ -299,7 +564,19 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
         }
         if (rc == SW_MPI_OK && !all) {
             take_notices(c);
-            if (needed_peer_aborted(c, req, peer, posted, peer_status, err, cap)) rc = SW_MPI_PEER_ABORT;
+            if (needed_peer_aborted(c, req, peer, posted, peer_status, 0, err, cap)) rc = SW_MPI_PEER_ABORT;
+        }
+        if (rc == SW_MPI_OK && !all && now_s() >= next_status) { /* still waiting: tell the peers, note for SIGTERM */
+            next_status = now_s() + STATUS_EVERY_S;
+            send_status(c, (long long)seq);
+            int n = 0;
+            for (int i = 0; i < posted; ++i) {
+                if (req[i] == MPI_REQUEST_NULL) continue;
+                int seen = 0;
+                for (int k = 0; k < n && !seen; ++k) seen = wait_peer_scratch[k] == peer[i];
+                if (!seen && n < 64) wait_peer_scratch[n++] = peer[i];
+            }
+            set_wait(c->rank, (long long)seq, wait_peer_scratch, n);
         }
         pthread_mutex_unlock(&g_mu);
         if (rc != SW_MPI_OK || all) break;
@@ -309,7 +586,11 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
             break;
         }
         if (now_s() >= deadline) {
-            rc = SW_MPI_TIMEOUT;
+            /* a needed peer that aborted (its notice still in its grace) explains this better than a timeout */
+            pthread_mutex_lock(&g_mu);
+            take_notices(c);
+            rc = needed_peer_aborted(c, req, peer, posted, peer_status, 1, err, cap) ? SW_MPI_PEER_ABORT : SW_MPI_TIMEOUT;
+            pthread_mutex_unlock(&g_mu);
             break;
         }
         /* spin briefly for latency, then back off */
@@ -321,9 +602,14 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
     if (rc != SW_MPI_OK) {
         /* Give up on what is left: cancel receives, free sends (their buffers are kept alive by the core). */
         pthread_mutex_lock(&g_mu);
+        c->failed = 1;
+        if (rc != SW_MPI_LOCAL_ABORT) note_failure(rc == SW_MPI_TIMEOUT ? "a collective timed out" : err);
+        const double t = now_s();
         for (int i = 0; i < posted; ++i) {
             if (req[i] == MPI_REQUEST_NULL) continue;
-            if (missing && peer[i] >= 0 && peer[i] < c->world) missing[peer[i]] = 1;
+            /* 1: missing; 2: still needed but alive and waiting itself (heard from lately) */
+            if (missing && peer[i] >= 0 && peer[i] < c->world)
+                missing[peer[i]] = t - c->heard[peer[i]] < ALIVE_FOR_S ? 2 : 1;
             MPI_Cancel(&req[i]);
             int done = 0;
             MPI_Test(&req[i], &done, MPI_STATUS_IGNORE);
@@ -335,6 +621,9 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
         }
         pthread_mutex_unlock(&g_mu);
     }
+    pthread_mutex_lock(&g_mu);
+    set_wait(c->rank, -1, NULL, 0);
+    pthread_mutex_unlock(&g_mu);
     free(req);
     free(peer);
     return rc;
@@ -343,7 +632,7 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
 static void notify_abort(void* handle, int32_t status, const char* reason) {
     plugin_comm* c = (plugin_comm*)handle;
     char text[NOTICE_BYTES];
-    snprintf(text, sizeof text, "%d|%s", (int)status, reason);
+    snprintf(text, sizeof text, "%lld|%d|%s", c->serial, (int)status, reason);
     reason = text;
     size_t len = strlen(reason);
     pthread_mutex_lock(&g_mu);
