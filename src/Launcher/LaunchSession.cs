@@ -124,42 +124,56 @@ internal sealed class LaunchSession : IDisposable
         return exitCode;
     }
 
+    /// <summary>
+    /// How long, after the first rank that fails, the launcher waits for other exits before it chooses the rank to
+    /// blame and stops the rest (ended early once every rank has exited or one was killed by a signal).
+    /// </summary>
+    internal static readonly TimeSpan BlameWindow = TimeSpan.FromSeconds(1);
+
     /// <summary>Waits for the ranks; on the first failure or a stop request stops the rest. Returns the exit code.</summary>
     private int Watch()
     {
         var running = new List<Rank>(_ranks);
-        Rank? failed = null;
-        int failedCode = 0;
+        var failures = new List<(Rank Rank, int Code)>(); // non-zero exits, in the order the launcher noticed them
+        Stopwatch? window = null;                           // runs from the first failure
         while (running.Count > 0 && !_stopRequested.Task.IsCompleted)
         {
+            var left = window is null ? Timeout.InfiniteTimeSpan : BlameWindow - window.Elapsed;
+            if (window is not null && left <= TimeSpan.Zero)
+                break;
             var waitOn = new Task[running.Count + 1];
             for (int i = 0; i < running.Count; i++)
                 waitOn[i] = running[i].Exited;
             waitOn[^1] = _stopRequested.Task;
-            Task.WaitAny(waitOn);
+            Task.WaitAny(waitOn, left);
             if (_stopRequested.Task.IsCompleted)
                 break;
+            // Ranks noticed at the same time are taken in rank order.
             foreach (var rank in running.Where(x => x.Exited.IsCompleted).ToList())
             {
                 running.Remove(rank);
                 int code = rank.Process.ExitCode;
-                if (code != 0 && failed is null)
-                {
-                    failed = rank;
-                    failedCode = code;
-                }
+                if (code != 0)
+                    failures.Add((rank, code));
             }
-            if (failed is not null)
-                break;
+            if (failures.Count > 0)
+            {
+                window ??= Stopwatch.StartNew();
+                if (failures.Any(f => KilledBySignal(f.Code)))
+                    break; // nothing outranks it
+            }
         }
 
-        if (failed is not null)
+        if (failures.Count > 0)
         {
+            var (blamed, code) = Blame(failures);
             int others = running.Count(x => !x.Exited.IsCompleted);
             string stopping = others switch { 0 => "", 1 => "; stopping the other rank", _ => $"; stopping the other {others} ranks" };
-            _sink.Message($"rank {failed.Index} {DescribeExit(failedCode)}{stopping}");
+            // The other failures of the window (most often consequences: peers that noticed the blamed rank's death).
+            string also = string.Concat(failures.Where(f => f.Rank != blamed).Select(f => $"; rank {f.Rank.Index} also {DescribeExit(f.Code)}"));
+            _sink.Message($"rank {blamed.Index} {DescribeExit(code)}{also}{stopping}");
             Stop(running);
-            return FailureExitCode(failedCode);
+            return FailureExitCode(code);
         }
         if (_stopRequested.Task.IsCompleted)
         {
@@ -171,6 +185,25 @@ internal sealed class LaunchSession : IDisposable
         }
         return ExitCodes.Success;
     }
+
+    /// <summary>
+    /// The rank to blame among the failures seen in the blame window, in the order they were noticed: the first rank
+    /// killed by a signal, else the first rank that exited non-zero. A rank killed by a signal is the likelier cause: its
+    /// peers notice its death (a closed connection) and may exit with an error of their own before the launcher has
+    /// noticed the killed rank, but no rank makes a peer die of a signal (the launcher sends none until it has chosen).
+    /// </summary>
+    private static (Rank Rank, int Code) Blame(List<(Rank Rank, int Code)> failures)
+    {
+        foreach (var f in failures)
+            if (KilledBySignal(f.Code))
+                return f;
+        return failures[0];
+    }
+
+    /// <summary>Whether an exit code means "killed by a signal" (.NET reports 128+S for a process killed by signal S on
+    /// Unix; a rank that exits with such a code itself is taken the same way, as shells do).</summary>
+    private static bool KilledBySignal(int code) =>
+        !OperatingSystem.IsWindows() && code > ExitCodes.SignalBase && code <= ExitCodes.SignalBase + 64;
 
     /// <summary>
     /// Stops <paramref name="ranks"/>: SIGTERM to each rank's process tree, up to the grace period for them to
@@ -338,7 +371,7 @@ internal sealed class LaunchSession : IDisposable
     /// <summary>"exited with code 3", and for codes above 128 on Unix the signal they usually mean.</summary>
     private static string DescribeExit(int code)
     {
-        if (!OperatingSystem.IsWindows() && code > ExitCodes.SignalBase && code <= ExitCodes.SignalBase + 64)
+        if (KilledBySignal(code))
         {
             int signal = code - ExitCodes.SignalBase;
             return $"exited with code {code} (128+{signal}: killed by {SignalName(signal)})";
