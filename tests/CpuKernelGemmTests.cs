@@ -43,6 +43,8 @@ public class CpuKernelGemmTests(string kernel) : BackendTest(Backend.Cpu)
             // register-tile and cache-block edges at small K
             [1, 1, 1], [1, 7, 1], [3, 1, 5], [5, 0, 4], [13, 33, 17], [17, 33, 65], [31, 129, 15], [65, 127, 129],
             [171, 96, 45],
+            // the few-row paths (m of 1 or 2 rows with B read in place)
+            [2, 77, 70], [2, 1300, 131], [3, 300, 257],
             // K across several cache blocks, odd M and N
             [33, 1300, 45], [7, 1031, 131], [171, 1300, 67], [1, 1300, 1], [15, 1300, 33],
         ];

@@ -57,9 +57,14 @@ internal static class Cli
         the launcher itself gets Ctrl+C or SIGTERM, it stops every rank the same way (a second Ctrl+C
         kills them at once).
 
-        Exit code: 0 when every rank exits with 0; otherwise the code of the first rank that failed
-        (128+S when it was killed by signal S); 2 for bad usage; 127 when the command cannot be
-        started; 128+S when the launcher was stopped by signal S (Ctrl+C: 130, SIGTERM: 143).
+        Blame: after the first rank fails, the launcher waits up to 1 s for other exits (less when all
+        have exited or one was killed by a signal), then names the first rank killed by a signal, else
+        the first rank that exited non-zero (peers of a killed rank often exit with an error of their
+        own before the launcher notices the killed rank); the other failures are mentioned.
+
+        Exit code: 0 when every rank exits with 0; otherwise the code of the blamed rank (128+S when
+        it was killed by signal S); 2 for bad usage; 127 when the command cannot be started; 128+S
+        when the launcher was stopped by signal S (Ctrl+C: 130, SIGTERM: 143).
 
         Example:
           shardwise launch -n 4 -- dotnet MyModel.dll --steps 100

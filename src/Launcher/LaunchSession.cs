@@ -46,7 +46,7 @@ internal sealed class LaunchSession : IDisposable
 
     /// <summary>Runs the launch described by <paramref name="options"/>.</summary>
     /// <param name="options">The parsed options (not help).</param>
-    /// <returns>The exit code: 0, the first failing rank's code, 127, 128+signal, or 1.</returns>
+    /// <returns>The exit code: 0, the blamed rank's code (see Watch), 127, 128+signal, or 1.</returns>
     public static int Run(LaunchOptions options)
     {
         using var session = new LaunchSession(options);
