@@ -28,4 +28,28 @@ public sealed partial class MultiProcessTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    [Test]
+    public void Mpi_SpmdBodyThrows_OthersFailAtOnce_NamingTheRankAndItsException()
+    {
+        string dir = NewOutDir();
+        try
+        {
+            var (_, output, _) = RunMpi(3, "spmd-throw", dir, timeoutMs: 60000);
+            var lines = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=")).ToArray();
+            Assert.That(lines, Has.Length.EqualTo(3), output);
+            Assert.That(lines.Single(l => l.StartsWith("RESULT rank=2 ")), Does.Contain("error=InvalidOperationException").And.Contain("boom"));
+            foreach (var l in lines.Where(l => !l.StartsWith("RESULT rank=2 ")))
+            {
+                Assert.That(l, Does.Contain("error=CommunicatorAbortedException")
+                    .And.Contain("rank 2 failed in Spmd.Run: InvalidOperationException: boom"));
+                long ms = long.Parse(l[(l.IndexOf(" ms=", StringComparison.Ordinal) + 4)..].Split(' ')[0]);
+                Assert.That(ms, Is.LessThan(20000), $"{l}: took {ms} ms to notice (timeout 60 s): expected at once");
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

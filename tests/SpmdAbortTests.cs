@@ -117,4 +117,27 @@ public class SpmdAbortTests(Backend backend) : BackendTest(backend)
         using var b = Dev.Allocate<float>(4);
         Assert.That(() => group[0].AllReduce(b), Throws.InstanceOf<CommunicatorAbortedException>().With.Message.Contains("ran dry"));
     }
+
+    [Test]
+    public void AbortWithoutAReasonOrWithAVeryLongOneThroughTheCAbi()
+    {
+        using (var group = ProcessGroup.CreateLocal(Dev, 2, LongTimeout))
+        {
+            Assert.That(Native.sw_comm_abort_with_reason(group.Handle, null), Is.EqualTo(SwStatus.Ok));
+            Assert.That(group.AbortReason, Is.EqualTo("sw_comm_abort was called"), "NULL: sw_comm_abort's own reason");
+        }
+        using (var group = ProcessGroup.CreateLocal(Dev, 2, LongTimeout))
+        {
+            string longReason = "rank 1: " + new string('x', 6000);
+            group.Abort(longReason);
+            var buffer = new byte[8192];
+            unsafe
+            {
+                fixed (byte* p = buffer)
+                    Assert.That(Native.sw_comm_get_state(group.Handle, out int aborted, p, (ulong)buffer.Length), Is.EqualTo(SwStatus.Ok));
+            }
+            string kept = System.Text.Encoding.UTF8.GetString(buffer, 0, Array.IndexOf(buffer, (byte)0));
+            Assert.That(kept, Is.EqualTo(longReason[..4000]), "the first 4000 bytes are kept");
+        }
+    }
 }
