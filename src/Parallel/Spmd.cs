@@ -60,7 +60,9 @@ public static class Spmd
         if (message.Length > 1000) message = message[..1000] + "...";
         try
         {
-            group.Abort($"rank {rank} failed in Spmd.Run: {e.GetType().Name}: {message}");
+            // Already aborted (the rank's own error is that abort, or another rank was first): the peers know.
+            if (!group.IsAborted)
+                group.Abort($"rank {rank} failed in Spmd.Run: {e.GetType().Name}: {message}");
         }
         catch (Exception)
         {
