@@ -68,4 +68,30 @@ public partial class LauncherTests
         }
         Assert.That(wrong, Is.Empty, $"{wrong.Count} of {trials} trials blamed the wrong rank:\n{string.Join("\n", wrong)}");
     }
+
+    /// <summary>SIGABRT is how .NET ends a rank on an unhandled exception, e.g. a peer's abort notice that the rank did
+    /// not catch: it is a consequence like a non-zero exit, so the rank that exited first (with 3) is blamed, not the
+    /// one that aborted after it.</summary>
+    [Test]
+    public void ARankEndedBySigabrtAfterAPeerFailedIsNotBlamed()
+    {
+        string dir = Directory.CreateTempSubdirectory("shardwise-abrt-").FullName;
+        try
+        {
+            string fifo = Path.Combine(dir, "link");
+            using (var mk = System.Diagnostics.Process.Start("mkfifo", [fifo]))
+                mk.WaitForExit();
+            string script =
+                $"case $RANK in 1) exec 3> '{fifo}'; echo failing; exit 3;; " +
+                $"2) read x < '{fifo}'; sleep 0.1; kill -ABRT $$;; esac; sleep 60; echo done";
+            using var run = Launch("launch", "-n", "3", "--", "/bin/sh", "-c", script);
+            Assert.That(run.ExitCode, Is.EqualTo(3), run.StdErr);
+            Assert.That(run.StdErr, Does.Contain("rank 1 exited with code 3; rank 2 also exited with code 134 (128+6: killed by SIGABRT); stopping the other rank"));
+            Assert.That(run.Out, Has.None.Contains("done"));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }

@@ -159,8 +159,8 @@ internal sealed class LaunchSession : IDisposable
             if (failures.Count > 0)
             {
                 window ??= Stopwatch.StartNew();
-                if (failures.Any(f => KilledBySignal(f.Code)))
-                    break; // nothing outranks it
+                if (failures.Any(f => BlameClass(f.Code) == 0))
+                    break; // nothing outranks a SIGKILL
             }
         }
 
@@ -187,18 +187,20 @@ internal sealed class LaunchSession : IDisposable
     }
 
     /// <summary>
-    /// The rank to blame among the failures seen in the blame window, in the order they were noticed: the first rank
-    /// killed by a signal, else the first rank that exited non-zero. A rank killed by a signal is the likelier cause: its
-    /// peers notice its death (a closed connection) and may exit with an error of their own before the launcher has
-    /// noticed the killed rank, but no rank makes a peer die of a signal (the launcher sends none until it has chosen).
+    /// The rank to blame among the failures seen in the blame window (in the order they were noticed; ranks noticed
+    /// together in rank order): the first killed by SIGKILL, else the first killed by another signal except SIGABRT,
+    /// else the first that exited non-zero or of SIGABRT. The reason: when a rank dies, its peers notice (a closed
+    /// connection, an abort notice) and may exit with an error of their own before the launcher has noticed the dead
+    /// rank; a peer reacting that way exits non-zero, or with SIGABRT (how .NET ends a process on an unhandled exception),
+    /// but is not killed by another signal (the launcher sends none until it has chosen), and SIGKILL is not how a
+    /// process ends on an error of its own (it comes from outside: a user, the OOM killer).
     /// </summary>
-    private static (Rank Rank, int Code) Blame(List<(Rank Rank, int Code)> failures)
-    {
-        foreach (var f in failures)
-            if (KilledBySignal(f.Code))
-                return f;
-        return failures[0];
-    }
+    private static (Rank Rank, int Code) Blame(List<(Rank Rank, int Code)> failures) =>
+        failures.OrderBy(f => BlameClass(f.Code)).First(); // stable: the order noticed within a class
+
+    /// <summary>0: killed by SIGKILL; 1: killed by another signal except SIGABRT; 2: any other non-zero exit.</summary>
+    private static int BlameClass(int code) =>
+        !KilledBySignal(code) ? 2 : (code - ExitCodes.SignalBase) switch { 9 => 0, 6 => 2, _ => 1 };
 
     /// <summary>Whether an exit code means "killed by a signal" (.NET reports 128+S for a process killed by signal S on
     /// Unix; a rank that exits with such a code itself is taken the same way, as shells do).</summary>
