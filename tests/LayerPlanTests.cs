@@ -93,4 +93,42 @@ public class LayerPlanTests
         Assert.That(() => LayerPlan.ColumnParallel(4, 4, 2, split: ShardingPlan.Even(5, 2)), Throws.ArgumentException.With.Property("ParamName").EqualTo("split"));
         Assert.That(() => LayerPlan.FewestRanks(p => row, 0), Throws.InstanceOf<ArgumentOutOfRangeException>());
     }
+
+    /// <summary>The bias of a row-parallel layer lives on rank 0 only (the others' partial products are summed into its
+    /// output): the plan counts it there and nowhere else, and says what the layer really holds on every rank.</summary>
+    [TestCase(false)]
+    [TestCase(true)]
+    public void RowParallelPlanCountsTheBiasOnRankZeroOnly(bool training)
+    {
+        const long k = 11, n = 9, tokens = 5;
+        var split = ShardingPlan.FromSizes(4, 0, 5, 2); // uneven, one empty shard
+        var plan = LayerPlan.RowParallel(k, n, 4, tokens: tokens, bias: true, training: training, split: split);
+        var noBias = LayerPlan.RowParallel(k, n, 4, tokens: tokens, bias: false, training: training, split: split);
+        long factor = training ? 2 : 1; // + gradients
+        for (int r = 0; r < 4; r++)
+        {
+            long expected = factor * (split.Size(r) * n + (r == 0 ? n : 0)) * 4;
+            Assert.That(plan.Ranks[r].WeightBytes, Is.EqualTo(expected), $"rank {r}: weight{(r == 0 ? " and bias" : "")} shard");
+            Assert.That(plan.Ranks[r].WeightBytes - noBias.Ranks[r].WeightBytes, Is.EqualTo(r == 0 ? factor * n * 4 : 0),
+                $"rank {r}: what the bias adds");
+        }
+        Assert.That(plan.MaxWeightBytesPerDevice, Is.EqualTo(factor * (5 * n) * 4), "rank 2's 5 rows, no bias, is the largest");
+        Assert.That(plan.WithRanks(4).Ranks.Select(x => x.WeightBytes).Sum() - noBias.WithRanks(4).Ranks.Select(x => x.WeightBytes).Sum(),
+            Is.EqualTo(factor * n * 4), "WithRanks keeps the bias on rank 0 only");
+
+        // What the layer really holds on each rank matches the plan (inference figures: no gradients).
+        if (training) return;
+        var rng = new Random(TestContext.CurrentContext.Random.Next());
+        var w = Enumerable.Range(0, (int)(k * n)).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
+        var b = Enumerable.Range(0, (int)n).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
+        using var dev = Device.Cpu(1);
+        using var group = ProcessGroup.CreateLocal(dev, 4);
+        var held = new long[4];
+        Spmd.Run(group, ctx =>
+        {
+            using var layer = new RowParallelLinear(ctx, WeightSource.FromArray(w, k, n), WeightSource.FromArray(b, 1, n), plan: split);
+            held[ctx.Rank] = ((layer.Weight?.Length ?? 0) + (layer.Bias?.Length ?? 0)) * 4;
+        });
+        Assert.That(held, Is.EqualTo(plan.Ranks.Select(x => x.WeightBytes).ToArray()), "bytes each rank's layer holds vs the plan");
+    }
 }

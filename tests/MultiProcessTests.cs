@@ -15,7 +15,7 @@ namespace Shardwise.Tests;
 /// the other ranks fail fast with the right exception naming the rank, the operation and its sequence number.
 /// </summary>
 [TestFixture, NonParallelizable]
-public sealed class MultiProcessTests
+public sealed partial class MultiProcessTests
 {
     private static readonly TimeSpan JobLimit = TimeSpan.FromSeconds(120);
 

@@ -275,6 +275,9 @@ SW_API sw_status sw_comm_destroy(sw_comm comm);
 SW_API sw_status sw_comm_get_world_size(sw_comm comm, int32_t* world_size);
 /* Aborts: pending and later collectives fail with SW_ERR_ABORTED. Never blocks. */
 SW_API sw_status sw_comm_abort(sw_comm comm);
+/* sw_comm_abort with the reason every rank then reports (NUL-terminated; the first 4000 bytes are kept; NULL or "":
+ * sw_comm_abort's own). The first abort's reason wins. Spmd.Run uses it to name the rank whose body threw. */
+SW_API sw_status sw_comm_abort_with_reason(sw_comm comm, const char* reason);
 /* *aborted = 1 once aborted; the reason is copied into `reason` (NUL-terminated, may be NULL). */
 SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason, uint64_t reason_capacity);
 

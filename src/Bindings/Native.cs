@@ -77,6 +77,7 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_destroy(nint comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_world_size(CommHandle comm, out int worldSize);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_abort(CommHandle comm);
+    [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_comm_abort_with_reason(CommHandle comm, string? reason);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_state(CommHandle comm, out int aborted, byte* reason, ulong reasonCapacity);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_collective_count(CommHandle comm, int rank, out ulong count);
     [LibraryImport(Lib)] public static partial SwStatus sw_all_gather(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, BufferHandle recv, ulong recvOffset, ulong count, SwDtype dtype, StreamHandle stream);

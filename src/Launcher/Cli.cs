@@ -57,9 +57,15 @@ internal static class Cli
         the launcher itself gets Ctrl+C or SIGTERM, it stops every rank the same way (a second Ctrl+C
         kills them at once).
 
-        Exit code: 0 when every rank exits with 0; otherwise the code of the first rank that failed
-        (128+S when it was killed by signal S); 2 for bad usage; 127 when the command cannot be
-        started; 128+S when the launcher was stopped by signal S (Ctrl+C: 130, SIGTERM: 143).
+        Blame: after the first rank fails, the launcher waits up to 1 s for other exits (less when all
+        have exited or one was killed by SIGKILL), then names the first rank killed by SIGKILL, else
+        the first killed by another signal except SIGABRT, else the first that exited non-zero or of
+        SIGABRT (peers of a dead rank often exit with an error of their own, or abort on an unhandled
+        exception, before the launcher notices the dead rank); the other failures are mentioned.
+
+        Exit code: 0 when every rank exits with 0; otherwise the code of the blamed rank (128+S when
+        it was killed by signal S); 2 for bad usage; 127 when the command cannot be started; 128+S
+        when the launcher was stopped by signal S (Ctrl+C: 130, SIGTERM: 143).
 
         Example:
           shardwise launch -n 4 -- dotnet MyModel.dll --steps 100

@@ -46,7 +46,7 @@ internal sealed class LaunchSession : IDisposable
 
     /// <summary>Runs the launch described by <paramref name="options"/>.</summary>
     /// <param name="options">The parsed options (not help).</param>
-    /// <returns>The exit code: 0, the first failing rank's code, 127, 128+signal, or 1.</returns>
+    /// <returns>The exit code: 0, the blamed rank's code (see Watch), 127, 128+signal, or 1.</returns>
     public static int Run(LaunchOptions options)
     {
         using var session = new LaunchSession(options);
@@ -124,42 +124,56 @@ internal sealed class LaunchSession : IDisposable
         return exitCode;
     }
 
+    /// <summary>
+    /// How long, after the first rank that fails, the launcher waits for other exits before it chooses the rank to
+    /// blame and stops the rest (ended early once every rank has exited or one was killed by a signal).
+    /// </summary>
+    internal static readonly TimeSpan BlameWindow = TimeSpan.FromSeconds(1);
+
     /// <summary>Waits for the ranks; on the first failure or a stop request stops the rest. Returns the exit code.</summary>
     private int Watch()
     {
         var running = new List<Rank>(_ranks);
-        Rank? failed = null;
-        int failedCode = 0;
+        var failures = new List<(Rank Rank, int Code)>(); // non-zero exits, in the order the launcher noticed them
+        Stopwatch? window = null;                           // runs from the first failure
         while (running.Count > 0 && !_stopRequested.Task.IsCompleted)
         {
+            var left = window is null ? Timeout.InfiniteTimeSpan : BlameWindow - window.Elapsed;
+            if (window is not null && left <= TimeSpan.Zero)
+                break;
             var waitOn = new Task[running.Count + 1];
             for (int i = 0; i < running.Count; i++)
                 waitOn[i] = running[i].Exited;
             waitOn[^1] = _stopRequested.Task;
-            Task.WaitAny(waitOn);
+            Task.WaitAny(waitOn, left);
             if (_stopRequested.Task.IsCompleted)
                 break;
+            // Ranks noticed at the same time are taken in rank order.
             foreach (var rank in running.Where(x => x.Exited.IsCompleted).ToList())
             {
                 running.Remove(rank);
                 int code = rank.Process.ExitCode;
-                if (code != 0 && failed is null)
-                {
-                    failed = rank;
-                    failedCode = code;
-                }
+                if (code != 0)
+                    failures.Add((rank, code));
             }
-            if (failed is not null)
-                break;
+            if (failures.Count > 0)
+            {
+                window ??= Stopwatch.StartNew();
+                if (failures.Any(f => BlameClass(f.Code) == 0))
+                    break; // nothing outranks a SIGKILL
+            }
         }
 
-        if (failed is not null)
+        if (failures.Count > 0)
         {
+            var (blamed, code) = Blame(failures);
             int others = running.Count(x => !x.Exited.IsCompleted);
             string stopping = others switch { 0 => "", 1 => "; stopping the other rank", _ => $"; stopping the other {others} ranks" };
-            _sink.Message($"rank {failed.Index} {DescribeExit(failedCode)}{stopping}");
+            // The other failures of the window (most often consequences: peers that noticed the blamed rank's death).
+            string also = string.Concat(failures.Where(f => f.Rank != blamed).Select(f => $"; rank {f.Rank.Index} also {DescribeExit(f.Code)}"));
+            _sink.Message($"rank {blamed.Index} {DescribeExit(code)}{also}{stopping}");
             Stop(running);
-            return FailureExitCode(failedCode);
+            return FailureExitCode(code);
         }
         if (_stopRequested.Task.IsCompleted)
         {
@@ -171,6 +185,27 @@ internal sealed class LaunchSession : IDisposable
         }
         return ExitCodes.Success;
     }
+
+    /// <summary>
+    /// The rank to blame among the failures seen in the blame window (in the order they were noticed; ranks noticed
+    /// together in rank order): the first killed by SIGKILL, else the first killed by another signal except SIGABRT,
+    /// else the first that exited non-zero or of SIGABRT. The reason: when a rank dies, its peers notice (a closed
+    /// connection, an abort notice) and may exit with an error of their own before the launcher has noticed the dead
+    /// rank; a peer reacting that way exits non-zero, or with SIGABRT (how .NET ends a process on an unhandled exception),
+    /// but is not killed by another signal (the launcher sends none until it has chosen), and SIGKILL is not how a
+    /// process ends on an error of its own (it comes from outside: a user, the OOM killer).
+    /// </summary>
+    private static (Rank Rank, int Code) Blame(List<(Rank Rank, int Code)> failures) =>
+        failures.OrderBy(f => BlameClass(f.Code)).First(); // stable: the order noticed within a class
+
+    /// <summary>0: killed by SIGKILL; 1: killed by another signal except SIGABRT; 2: any other non-zero exit.</summary>
+    private static int BlameClass(int code) =>
+        !KilledBySignal(code) ? 2 : (code - ExitCodes.SignalBase) switch { 9 => 0, 6 => 2, _ => 1 };
+
+    /// <summary>Whether an exit code means "killed by a signal" (.NET reports 128+S for a process killed by signal S on
+    /// Unix; a rank that exits with such a code itself is taken the same way, as shells do).</summary>
+    private static bool KilledBySignal(int code) =>
+        !OperatingSystem.IsWindows() && code > ExitCodes.SignalBase && code <= ExitCodes.SignalBase + 64;
 
     /// <summary>
     /// Stops <paramref name="ranks"/>: SIGTERM to each rank's process tree, up to the grace period for them to
@@ -338,7 +373,7 @@ internal sealed class LaunchSession : IDisposable
     /// <summary>"exited with code 3", and for codes above 128 on Unix the signal they usually mean.</summary>
     private static string DescribeExit(int code)
     {
-        if (!OperatingSystem.IsWindows() && code > ExitCodes.SignalBase && code <= ExitCodes.SignalBase + 64)
+        if (KilledBySignal(code))
         {
             int signal = code - ExitCodes.SignalBase;
             return $"exited with code {code} (128+{signal}: killed by {SignalName(signal)})";

@@ -187,7 +187,7 @@ public sealed class ProcessGroup : IDisposable
     /// An NCCL group in this process: rank r on <paramref name="devices"/>[r], distinct CUDA devices (NCCL allows one rank
     /// per GPU; for virtual ranks on one GPU use <see cref="CreateLocal(Device, int, TimeSpan?)"/>). Collectives are ordered
     /// into the ranks' streams; the ranks agree on each call before NCCL runs, and a watchdog aborts NCCL on an
-    /// asynchronous error, a timeout or <see cref="Abort"/>. Throws <see cref="ShardwiseNotFoundException"/> when NCCL
+    /// asynchronous error, a timeout or <see cref="Abort()"/>. Throws <see cref="ShardwiseNotFoundException"/> when NCCL
     /// cannot be loaded (see <see cref="NcclInfo"/>).
     /// </summary>
     public static ProcessGroup CreateNccl(IReadOnlyList<Device> devices, TimeSpan? timeout = null)
@@ -378,7 +378,7 @@ public sealed class ProcessGroup : IDisposable
         }
     }
 
-    /// <summary>True once a collective failed (timeout, mismatch) or <see cref="Abort"/> was called.</summary>
+    /// <summary>True once a collective failed (timeout, mismatch) or <see cref="Abort()"/> was called.</summary>
     public bool IsAborted => State().Aborted;
 
     /// <summary>Why the group was aborted, or null.</summary>
@@ -393,6 +393,14 @@ public sealed class ProcessGroup : IDisposable
 
     /// <summary>Aborts the group: pending and later collectives fail at once. Never blocks.</summary>
     public void Abort() => ThrowHelper.Check(Native.sw_comm_abort(Comm), nameof(Native.sw_comm_abort));
+
+    /// <summary>Aborts the group with <paramref name="reason"/>, which every rank's failing collectives then report (in a
+    /// multi-process group the other processes are told it too). The first abort's reason wins. Never blocks.</summary>
+    public void Abort(string reason)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(reason);
+        ThrowHelper.Check(Native.sw_comm_abort_with_reason(Comm, reason), nameof(Native.sw_comm_abort_with_reason));
+    }
 
     /// <summary>Number of collectives rank <paramref name="rank"/> has completed.</summary>
     public ulong CollectiveCount(int rank)

@@ -8,6 +8,7 @@ using Shardwise.Parallel;
 //   kill            rank p-1 kills itself (SIGKILL) before the second collective; the others must fail fast
 //   late            rank p-1 joins the second collective 2.5 timeouts late; the others must time out naming it
 //   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
+//   spmd-throw OUTDIR  rank p-1's Spmd.Run body throws before the second collective; the others must fail at once
 //   nccl-info       prints ProcessGroup.NcclInfo() (no group)
 //   bandwidth       all-reduce, all-gather and reduce-scatter bandwidth in nccl-tests' terms (size, count, type, time,
 //                   algbw, busbw): rank 0 prints the tables (see Bandwidth.cs; SW_BW_MIN_BYTES, SW_BW_MAX_BYTES,
@@ -17,7 +18,7 @@ using Shardwise.Parallel;
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|bandwidth|nccl-info [OUTDIR]");
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|bandwidth|nccl-info [OUTDIR]");
     return 2;
 }
 string scenario = args[0];
@@ -61,6 +62,42 @@ using (group)
         else if (scenario == "bandwidth")
         {
             Bandwidth.Run(ctx, Bandwidth.Settings.FromEnvironment(), Console.Out);
+        }
+        else if (scenario == "spmd-throw")
+        {
+            // Rank p-1's Spmd.Run body throws before the second collective, which the others are waiting in; they must
+            // fail at once (the abort notice), not at their timeout. The thrower keeps its group open until they are
+            // done (their OUTDIR/done.rank{r} files, or the timeout), so it is the abort that tells them, not its exit.
+            string outDir = args.Length > 1 ? args[1] : throw new ArgumentException("spmd-throw needs OUTDIR");
+            bool thrower = rank == p - 1;
+            try
+            {
+                Spmd.Run(group, r =>
+                {
+                    using var b = r.Device.Allocate<float>(64);
+                    b.CopyFrom(Enumerable.Range(0, 64).Select(i => (float)(rank + 1) * (i + 1)).ToArray(), r.Stream);
+                    r.AllReduce(b); // #0: everyone is here
+                    r.Synchronize();
+                    clock.Restart();
+                    if (thrower) { Thread.Sleep(300); throw new InvalidOperationException("boom"); }
+                    r.AllReduce(b); // #1
+                    r.Synchronize();
+                });
+            }
+            catch (SpmdException e)
+            {
+                if (thrower)
+                {
+                    var waited = Stopwatch.StartNew();
+                    while (waited.Elapsed < timeout && Enumerable.Range(0, p - 1).Any(q => !File.Exists(Path.Combine(outDir, $"done.rank{q}"))))
+                        Thread.Sleep(20);
+                }
+                else
+                {
+                    File.WriteAllText(Path.Combine(outDir, $"done.rank{rank}"), "");
+                }
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.Cause).Throw();
+            }
         }
         else
         {

@@ -722,18 +722,28 @@ SW_API sw_status sw_comm_get_world_size(sw_comm comm, int32_t* world_size) {
     });
 }
 
+// sw_comm_abort and sw_comm_abort_with_reason: the first abort's reason wins, and the peers of a multi-process
+// communicator are told it.
+static void abort_comm(sw_comm comm, const char* given) {
+    auto* c = checked_comm(comm);
+    std::string why;
+    if (given && *given) why.assign(given, strnlen(given, 4000));
+    else why = c->state->is_remote() ? str("sw_comm_abort was called on rank ", c->state->self) : std::string("sw_comm_abort was called");
+    std::string reason;
+    {
+        std::lock_guard<std::mutex> lock(c->state->mu);
+        c->state->abort_locked(SW_ERR_ABORTED, why);
+        reason = c->state->reason;
+    }
+    if (c->state->transport) c->state->transport->notify_abort(SW_ERR_ABORTED, reason);
+}
+
 SW_API sw_status sw_comm_abort(sw_comm comm) {
-    return guard(__func__, [&] {
-        auto* c = checked_comm(comm);
-        std::string reason;
-        {
-            std::lock_guard<std::mutex> lock(c->state->mu);
-            c->state->abort_locked(SW_ERR_ABORTED, c->state->is_remote() ? str("sw_comm_abort was called on rank ", c->state->self)
-                                                                          : std::string("sw_comm_abort was called"));
-            reason = c->state->reason;
-        }
-        if (c->state->transport) c->state->transport->notify_abort(SW_ERR_ABORTED, reason);
-    });
+    return guard(__func__, [&] { abort_comm(comm, nullptr); });
+}
+
+SW_API sw_status sw_comm_abort_with_reason(sw_comm comm, const char* reason) {
+    return guard(__func__, [&] { abort_comm(comm, reason); });
 }
 
 SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason, uint64_t reason_capacity) {
