@@ -390,7 +390,12 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "exit");
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
+#if defined(__SANITIZE_ADDRESS__)
+    /* ASan reserves terabytes of shadow memory and dies (instead of returning NULL) once the address space is capped. */
+    printf("tcp oom         p=2: skipped under AddressSanitizer (the address space cannot be capped)\n");
+#else
     bad += tcp_job(2, "oom");
+#endif
     bad += tcp_job(2, "stray");
     /* bad arguments */
     sw_store st = NULL;
