@@ -156,6 +156,23 @@ public unsafe class ArgumentValidationTests(Backend backend) : BackendTest(backe
     }
 
     [Test]
+    public void ElapsedTimeOfSwappedEventsIsAnErrorNotANegativeTime()
+    {
+        var rng = NewRandom();
+        using var start = new Event(Dev);
+        using var stop = new Event(Dev);
+        using var b = Upload(RandomArray(rng, 1 << 16));
+        start.Record(Str);
+        Str.Synchronize();
+        for (int i = 0; i < 8; i++) b.Clear(Str); // some work between the two records
+        stop.Record(Str);
+        Str.Synchronize();
+        Assert.That(Event.ElapsedMilliseconds(start, stop), Is.GreaterThanOrEqualTo(0));
+        var e = Assert.Throws<ShardwiseArgumentException>(() => Event.ElapsedMilliseconds(stop, start))!;
+        Assert.That(e.Message, Does.Contain("end event was recorded before the start event"));
+    }
+
+    [Test]
     public void OutOfRangeEnumsAreRefusedByTheCApi()
     {
         // Straight through the bindings, as any caller of the C ABI may pass them: -1 and one past the last value.
