@@ -530,7 +530,7 @@ try {
         }
         { $_ -in 'asan', 'fuzz' } {
             # Linux only (the sanitizer runtimes, libFuzzer and clang-14 of Debian): forwarded to build.sh.
-            if (-not $IsLinux) { throw "$Command is Linux only (ASan/UBSan runtimes$(if ($Command -eq 'fuzz') { ', clang-14 and libFuzzer' })); run it on Linux with ./build.sh $Command" }
+            if (-not $IsLinux) { throw "$Command is Linux only (gcc/clang-14 sanitizer runtimes, libFuzzer); run ./build.sh $Command on Linux" }
             & bash (Join-Path $Root 'build.sh') $Command @Arguments
             if ($LASTEXITCODE -ne 0) { throw "$Command failed ($LASTEXITCODE)" }
         }
