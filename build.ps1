@@ -28,6 +28,9 @@
     ./build.ps1 gpu-bundle [OUT]  self-contained test + bench bundle for a CUDA machine (Linux; see build.sh)
     ./build.ps1 cuda12-check      compile check of the CUDA plugin with CUDA 12 for sm_80/sm_90/sm_90a (Debian;
                                   see build.sh); exit code 77 when the toolkit cannot be downloaded
+    ./build.ps1 asan [args]       ASan+UBSan build of the native checks and the NUnit suite against it (Linux, gcc;
+                                  forwarded to build.sh asan)
+    ./build.ps1 fuzz [SECONDS]    libFuzzer over the C ABI (Linux and clang-14 only; forwarded to build.sh fuzz)
     ./build.ps1 deps              install missing system packages only (Debian/Ubuntu; no-op elsewhere)
     ./build.ps1 clean             remove build outputs
     ./build.ps1 help              this list
@@ -533,6 +536,12 @@ try {
             & bash (Join-Path $Root 'scripts/cuda12-check.sh')
             if ($LASTEXITCODE -eq 77) { Write-Step 'cuda12-check: skipped (see above)'; exit 77 }
             if ($LASTEXITCODE -ne 0) { throw "cuda12-check failed ($LASTEXITCODE)" }
+        }
+        { $_ -in 'asan', 'fuzz' } {
+            # Linux only (the sanitizer runtimes, libFuzzer and clang-14 of Debian): forwarded to build.sh.
+            if (-not $IsLinux) { throw "$Command is Linux only (gcc/clang-14 sanitizer runtimes, libFuzzer); run ./build.sh $Command on Linux" }
+            & bash (Join-Path $Root 'build.sh') $Command @Arguments
+            if ($LASTEXITCODE -ne 0) { throw "$Command failed ($LASTEXITCODE)" }
         }
         'deps' { Install-Deps }
         'clean' { Invoke-Clean }

@@ -6,10 +6,15 @@
  *    problem (naming the argument and what was expected) is stored in a thread-local slot that
  *    sw_last_error() returns until the next failing call on the same thread.
  *  - No C++ exception ever crosses this boundary.
+ *  - Enum arguments (sw_dtype, sw_backend, sw_op, sw_epilogue, sw_reduce_op) may hold any 32-bit value: the
+ *    library reads each as a plain integer and refuses a value that is not one of the enum's constants with
+ *    SW_ERR_INVALID_ARGUMENT naming the argument and its valid values (sw_dtype_size returns 0 and
+ *    sw_status_string "SW_ERR_UNKNOWN_STATUS" instead). The *_MAX_ENUM constants are not values.
  *  - Handles are opaque pointers. Passing NULL where a handle is required gives SW_ERR_NULL_HANDLE.
  *    Destroying NULL is a no-op that returns SW_OK.
  *  - Matrices are row-major with explicit leading dimensions (elements between consecutive rows).
- *    Buffer offsets and counts are in elements of the stated dtype unless a name says "bytes".
+ *    Buffer offsets and counts are in elements of the stated dtype unless a name says "bytes". An offset must lie
+ *    inside its buffer (offset <= size) even when the count is 0.
  *  - Work on a stream is asynchronous and in order. Errors that happen while a stream runs its work
  *    are reported by the next sw_stream_synchronize on that stream, which then
  *    clears them. Operations queued after a failed operation on the same stream are skipped (their
@@ -62,7 +67,7 @@ typedef enum sw_dtype {
     SW_DTYPE_BF16 = 3,
     SW_DTYPE_I32 = 4,
     SW_DTYPE_U8 = 5,
-    SW_DTYPE_MAX_ENUM = 0x7fffffff /* not a value: every int32 is a valid representation, so bad input is caught, not UB */
+    SW_DTYPE_MAX_ENUM = 0x7fffffff /* not a value: keeps the enum 32 bits wide */
 } sw_dtype;
 
 typedef enum sw_backend {
@@ -162,6 +167,7 @@ SW_API sw_status sw_buffer_alloc(sw_device device, uint64_t bytes, sw_buffer* ou
  * on CUDA it is device memory of that device. The caller keeps it alive until the buffer is
  * destroyed and all work using it has completed. */
 SW_API sw_status sw_buffer_wrap(sw_device device, void* ptr, uint64_t bytes, sw_buffer* out);
+/* (bytes: 1..2^50, and ptr + bytes must not run past the end of the address space; else SW_ERR_INVALID_ARGUMENT.) */
 /* Destroys the handle; frees the memory if it was allocated by sw_buffer_alloc. Work still queued
  * that uses the buffer must have completed (synchronize first). */
 SW_API sw_status sw_buffer_destroy(sw_buffer buffer);
@@ -213,7 +219,8 @@ SW_API sw_status sw_event_record(sw_event event, sw_stream stream);
 SW_API sw_status sw_event_synchronize(sw_event event);
 /* *done = 1 when the recorded point has completed, else 0. */
 SW_API sw_status sw_event_query(sw_event event, int32_t* done);
-/* Milliseconds between two completed events (end after start). */
+/* Milliseconds between two completed events, >= 0. SW_ERR_INVALID_ARGUMENT when either has not completed, or when
+ * end was recorded (completed) before start (swapped arguments) instead of a negative time. */
 SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms);
 
 /* ---------------------------------------------------------------- GEMM */

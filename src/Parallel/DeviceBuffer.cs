@@ -39,12 +39,24 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
             throw new NotSupportedException($"DeviceBuffer<{typeof(T).Name}>: the element type must be float, double, int, Half or byte.");
     }
 
+    // length * sizeof(T) in bytes for a length in 1..limit, else ArgumentOutOfRangeException naming the argument (never
+    // an OverflowException). Allocate: limit = the largest length whose byte size fits a long (larger sizes that fit
+    // are the native core's to refuse: ShardwiseOutOfMemoryException above 2^50 bytes). Wrap: 2^50 bytes, the core's
+    // limit for wrapped memory.
+    private static ulong ByteSize(long length, string name, long limit)
+    {
+        ThrowHelper.Positive(length, name);
+        if (length > limit)
+            throw new ArgumentOutOfRangeException(name, length,
+                $"{name} = {length} elements of {sizeof(T)} bytes is more than a buffer can hold; expected 1..{limit}.");
+        return (ulong)length * (ulong)sizeof(T);
+    }
+
     internal static DeviceBuffer<T> Allocate(Device device, long length)
     {
         ArgumentNullException.ThrowIfNull(device);
         CheckType();
-        ThrowHelper.Positive(length, nameof(length));
-        ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, checked((ulong)length * (ulong)sizeof(T)), out var h),
+        ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, ByteSize(length, nameof(length), long.MaxValue / sizeof(T)), out var h),
             nameof(Native.sw_buffer_alloc));
         return new DeviceBuffer<T>(device, h, length, owned: true);
     }
@@ -54,8 +66,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         ArgumentNullException.ThrowIfNull(device);
         CheckType();
         if (pointer == 0) throw new ArgumentNullException(nameof(pointer), "pointer is null; expected the address of the memory to wrap.");
-        ThrowHelper.Positive(length, nameof(length));
-        ThrowHelper.Check(Native.sw_buffer_wrap(device.Handle, pointer, checked((ulong)length * (ulong)sizeof(T)), out var h),
+        ThrowHelper.Check(Native.sw_buffer_wrap(device.Handle, pointer, ByteSize(length, nameof(length), (1L << 50) / sizeof(T)), out var h),
             nameof(Native.sw_buffer_wrap));
         return new DeviceBuffer<T>(device, h, length, owned: false);
     }
@@ -88,11 +99,24 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         }
     }
 
-    private void CheckRange(long offset, long count, string what)
+    // Throws naming the argument at fault: offsetName when the offset is outside [0, Length], else countName.
+    private void CheckRange(long offset, long count, string offsetName, string countName)
     {
-        if (offset < 0 || count < 0 || offset > Length || count > Length - offset)
-            throw new ArgumentOutOfRangeException(nameof(offset),
-                $"{what}: elements [{offset}, {offset + count}) do not fit in the buffer of {Length} elements.");
+        if (offset < 0 || offset > Length)
+            throw new ArgumentOutOfRangeException(offsetName, offset,
+                $"{offsetName} = {offset} is outside the buffer of {Length} elements; expected 0 <= {offsetName} <= {Length}.");
+        if (count < 0 || count > Length - offset)
+            throw new ArgumentOutOfRangeException(countName, count,
+                $"{countName} = {count} elements from offset {offset} do not fit in the buffer of {Length} elements; expected 0..{Length - offset}.");
+    }
+
+    // count for Fill/Clear: -1 means "to the end"; any other negative value is an error.
+    private long CountOrRest(long offset, long count)
+    {
+        if (count == -1) return offset >= 0 && offset <= Length ? Length - offset : 0;
+        if (count < 0)
+            throw new ArgumentOutOfRangeException(nameof(count), count, $"count = {count}; expected -1 (to the end of the buffer) or a count >= 0.");
+        return count;
     }
 
     /// <summary>Copies <paramref name="source"/> into the buffer at <paramref name="offset"/> through
@@ -100,7 +124,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     public void CopyFrom(ReadOnlySpan<T> source, Stream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(offset, source.Length, nameof(source));
+        CheckRange(offset, source.Length, nameof(offset), nameof(source));
         ThrowHelper.SameDevice(stream.Device, Device, "buffer");
         fixed (T* p = source)
         {
@@ -115,7 +139,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     public void CopyTo(Span<T> destination, Stream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(offset, destination.Length, nameof(destination));
+        CheckRange(offset, destination.Length, nameof(offset), nameof(destination));
         ThrowHelper.SameDevice(stream.Device, Device, "buffer");
         fixed (T* p = destination)
         {
@@ -138,8 +162,8 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     public void Fill(T value, Stream stream, long offset = 0, long count = -1)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (count < 0) count = Length - offset;
-        CheckRange(offset, count, nameof(count));
+        count = CountOrRest(offset, count);
+        CheckRange(offset, count, nameof(offset), nameof(count));
         if (IsAllZeroBits(value))
         {
             Clear(stream, offset, count);
@@ -163,8 +187,8 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     public void Clear(Stream stream, long offset = 0, long count = -1)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (count < 0) count = Length - offset;
-        CheckRange(offset, count, nameof(count));
+        count = CountOrRest(offset, count);
+        CheckRange(offset, count, nameof(offset), nameof(count));
         ThrowHelper.SameDevice(stream.Device, Device, "buffer");
         ThrowHelper.Check(Native.sw_memset_async(Handle, (ulong)offset * (ulong)sizeof(T), 0, (ulong)count * (ulong)sizeof(T),
             stream.Handle), nameof(Native.sw_memset_async));
@@ -176,8 +200,8 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(destination);
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(sourceOffset, count, nameof(sourceOffset));
-        destination.CheckRange(destinationOffset, count, nameof(destinationOffset));
+        CheckRange(sourceOffset, count, nameof(sourceOffset), nameof(count));
+        destination.CheckRange(destinationOffset, count, nameof(destinationOffset), nameof(count));
         ThrowHelper.SameDevice(stream.Device, destination.Device, nameof(destination));
         ThrowHelper.Check(Native.sw_memcpy_d2d_async(destination.Handle, (ulong)destinationOffset * (ulong)sizeof(T), Handle,
             (ulong)sourceOffset * (ulong)sizeof(T), (ulong)count * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_d2d_async));

@@ -56,7 +56,11 @@ public sealed class ShardedGemm : IDisposable
     /// <summary>The column split.</summary>
     public ShardingPlan Plan { get; }
     /// <summary>Rank r's shard (K × n_r), or null if empty.</summary>
-    public DeviceBuffer<float>? Shard(int rank) => _shards[rank];
+    public DeviceBuffer<float>? Shard(int rank)
+    {
+        ThrowHelper.Rank(rank, _shards.Length, nameof(rank));
+        return _shards[rank];
+    }
 
     /// <summary>Y = X · W (+ bias) on every rank in parallel, then waits for all ranks. X is M × K, Y is M × N,
     /// bias (optional) holds N elements; all on the group's device.</summary>

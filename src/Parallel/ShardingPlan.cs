@@ -70,7 +70,10 @@ public sealed class ShardingPlan
         {
             if (sizes[r] < 0) throw new ArgumentOutOfRangeException(nameof(sizes), sizes[r], $"sizes[{r}] = {sizes[r]}; expected >= 0.");
             offsets[r] = at;
-            at = checked(at + sizes[r]);
+            if (sizes[r] > long.MaxValue - at)
+                throw new ArgumentOutOfRangeException(nameof(sizes), sizes[r],
+                    $"sizes[{r}] = {sizes[r]} takes the total past long.MaxValue (the sizes before it add up to {at}); expected sizes whose sum is at most {long.MaxValue}.");
+            at += sizes[r];
         }
         return new ShardingPlan(offsets, (long[])sizes.Clone(), at);
     }

@@ -108,7 +108,9 @@ public sealed class Event : IDisposable
         }
     }
 
-    /// <summary>Milliseconds from <paramref name="start"/> to <paramref name="end"/> (both completed).</summary>
+    /// <summary>Milliseconds from <paramref name="start"/> to <paramref name="end"/> (both completed), never negative:
+    /// <see cref="ShardwiseArgumentException"/> when <paramref name="end"/> was recorded before <paramref name="start"/>
+    /// (swapped arguments) or either has not completed.</summary>
     public static double ElapsedMilliseconds(Event start, Event end)
     {
         ArgumentNullException.ThrowIfNull(start);

@@ -30,8 +30,27 @@ public abstract class WeightSource
     /// <summary>Columns of the logical matrix.</summary>
     public long Cols { get; }
 
-    /// <summary>Reads a block into <paramref name="destination"/> (row-major, rows × cols).</summary>
+    /// <summary>Reads a block into <paramref name="destination"/> (row-major, rows × cols). The built-in sources throw
+    /// <see cref="ArgumentOutOfRangeException"/> naming the argument when the block is outside the matrix or
+    /// <paramref name="destination"/> is shorter than rows × cols (see <see cref="CheckBlock"/>).</summary>
     public abstract void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination);
+
+    /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the argument at fault unless block
+    /// (<paramref name="rowOffset"/>, <paramref name="colOffset"/>) of <paramref name="rows"/> × <paramref name="cols"/>
+    /// lies inside this source and <paramref name="destinationLength"/> holds it. For <see cref="Read"/> overrides.</summary>
+    protected void CheckBlock(long rowOffset, long colOffset, long rows, long cols, long destinationLength)
+    {
+        if (rowOffset < 0 || rowOffset > Rows)
+            throw new ArgumentOutOfRangeException(nameof(rowOffset), rowOffset, $"rowOffset = {rowOffset}; expected 0 <= rowOffset <= {Rows} (the source's rows).");
+        if (colOffset < 0 || colOffset > Cols)
+            throw new ArgumentOutOfRangeException(nameof(colOffset), colOffset, $"colOffset = {colOffset}; expected 0 <= colOffset <= {Cols} (the source's columns).");
+        if (rows < 0 || rows > Rows - rowOffset)
+            throw new ArgumentOutOfRangeException(nameof(rows), rows, $"rows = {rows} from row {rowOffset}; expected 0..{Rows - rowOffset} (the source has {Rows} rows).");
+        if (cols < 0 || cols > Cols - colOffset)
+            throw new ArgumentOutOfRangeException(nameof(cols), cols, $"cols = {cols} from column {colOffset}; expected 0..{Cols - colOffset} (the source has {Cols} columns).");
+        if (destinationLength < rows * cols) // rows * cols <= Rows * Cols, which the constructor bounded
+            throw new ArgumentOutOfRangeException("destination", destinationLength, $"destination holds {destinationLength} elements; expected at least rows x cols = {rows * cols}.");
+    }
 
     /// <summary>A row-major host array (rows × cols).</summary>
     public static WeightSource FromArray(float[] data, long rows, long cols) => new ArraySource(data, rows, cols);
@@ -83,6 +102,9 @@ public abstract class WeightSource
         public ArraySource(float[] data, long rows, long cols) : base(rows, cols)
         {
             ArgumentNullException.ThrowIfNull(data);
+            // rows * cols must not wrap (2^32 x 2^32 would pass as 0 elements).
+            if (rows != 0 && cols > long.MaxValue / rows)
+                throw new ArgumentOutOfRangeException(nameof(cols), cols, $"rows x cols = {rows} x {cols} overflows a long; expected a matrix an array can hold.");
             if (data.LongLength != rows * cols)
                 throw new ArgumentException($"data has {data.LongLength} elements; expected rows x cols = {rows} x {cols} = {rows * cols}.", nameof(data));
             _data = data;
@@ -90,6 +112,7 @@ public abstract class WeightSource
 
         public override void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination)
         {
+            CheckBlock(rowOffset, colOffset, rows, cols, destination.Length);
             for (long i = 0; i < rows; i++)
                 _data.AsSpan(checked((int)((rowOffset + i) * Cols + colOffset)), (int)cols)
                     .CopyTo(destination.Slice((int)(i * cols), (int)cols));
@@ -106,7 +129,10 @@ public abstract class WeightSource
             _loader = loader;
         }
 
-        public override void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination) =>
+        public override void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination)
+        {
+            CheckBlock(rowOffset, colOffset, rows, cols, destination.Length);
             _loader(rowOffset, colOffset, rows, cols, destination);
+        }
     }
 }

@@ -6,6 +6,7 @@
 // abort the communicator: every waiting rank fails with the reason, later collectives fail at once.
 #include "core/cuda_loader.h"
 #include "core/dtype.h"
+#include "core/enum_arg.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
@@ -515,7 +516,9 @@ struct Ctx {
     size_t esz;
 };
 
-Ctx enter(sw_comm comm, int32_t rank, sw_stream stream, sw_dtype dtype, bool reducing) {
+// dtype is the export's parameter itself, by reference: dtype_size_checked reads it raw and range-checks it before
+// it is ever loaded as a sw_dtype (core/enum_arg.h), so after enter() the exports may use it as an enum.
+Ctx enter(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, bool reducing) {
     auto* c = checked_comm(comm);
     auto* s = checked(stream, "stream");
     const auto& st = c->state;
@@ -779,7 +782,8 @@ SW_API sw_status sw_all_gather(sw_comm comm, int32_t rank, sw_buffer send, uint6
         d.dtype = dtype;
         d.count = count;
         d.send = span_of(send, "send", ctx, rank, send_offset, count, &d.keep_send);
-        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, count * ctx.comm->state->world, &d.keep_recv);
+        d.recv = span_of(recv, "recv", ctx, rank, recv_offset,
+                         saturating_mul(count, static_cast<uint64_t>(ctx.comm->state->world)), &d.keep_recv);
         submit(ctx, rank, std::move(d));
     });
 }
@@ -830,7 +834,7 @@ SW_API sw_status sw_all_reduce(sw_comm comm, int32_t rank, sw_buffer send, uint6
                                sw_stream stream) {
     return guard(__func__, [&] {
         const Ctx ctx = enter(comm, rank, stream, dtype, true);
-        if (op != SW_REDUCE_SUM) fail(SW_ERR_INVALID_ARGUMENT, "op = ", static_cast<int>(op), "; expected SW_REDUCE_SUM");
+        reduce_op_arg(op, "op"); // read raw (core/enum_arg.h): any int32 may arrive
         Desc d;
         d.op = Coll::AllReduce;
         d.dtype = dtype;
@@ -846,12 +850,13 @@ SW_API sw_status sw_reduce_scatter(sw_comm comm, int32_t rank, sw_buffer send, u
                                    sw_stream stream) {
     return guard(__func__, [&] {
         const Ctx ctx = enter(comm, rank, stream, dtype, true);
-        if (op != SW_REDUCE_SUM) fail(SW_ERR_INVALID_ARGUMENT, "op = ", static_cast<int>(op), "; expected SW_REDUCE_SUM");
+        reduce_op_arg(op, "op"); // read raw (core/enum_arg.h): any int32 may arrive
         Desc d;
         d.op = Coll::ReduceScatter;
         d.dtype = dtype;
         d.count = recv_count;
-        d.send = span_of(send, "send", ctx, rank, send_offset, recv_count * ctx.comm->state->world, &d.keep_send);
+        d.send = span_of(send, "send", ctx, rank, send_offset,
+                         saturating_mul(recv_count, static_cast<uint64_t>(ctx.comm->state->world)), &d.keep_send);
         d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_count, &d.keep_recv);
         submit(ctx, rank, std::move(d));
     });
@@ -862,7 +867,7 @@ SW_API sw_status sw_reduce_scatter_v(sw_comm comm, int32_t rank, sw_buffer send,
                                      sw_dtype dtype, sw_reduce_op op, sw_stream stream) {
     return guard(__func__, [&] {
         const Ctx ctx = enter(comm, rank, stream, dtype, true);
-        if (op != SW_REDUCE_SUM) fail(SW_ERR_INVALID_ARGUMENT, "op = ", static_cast<int>(op), "; expected SW_REDUCE_SUM");
+        reduce_op_arg(op, "op"); // read raw (core/enum_arg.h): any int32 may arrive
         Desc d;
         d.op = Coll::ReduceScatterV;
         d.dtype = dtype;

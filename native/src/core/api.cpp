@@ -1,6 +1,7 @@
 // Exported C ABI: devices, buffers, streams, events, GEMM and the shard index math.
 // Every function validates its arguments (naming them in the message) before touching anything.
 #include "core/cuda_loader.h"
+#include "core/enum_arg.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
@@ -109,9 +110,10 @@ SW_API sw_status sw_shard_range(int64_t total, int32_t parts, int32_t index, int
 
 // ---------------------------------------------------------------- devices
 
-SW_API sw_status sw_device_count(sw_backend backend, int32_t* count) {
+SW_API sw_status sw_device_count(sw_backend backend_in, int32_t* count) {
     return guard(__func__, [&] {
         require(count, "count");
+        const sw_backend backend = backend_arg(backend_in, "backend");
         switch (backend) {
         case SW_BACKEND_CPU: *count = 1; break;
         case SW_BACKEND_CUDA: {
@@ -124,15 +126,16 @@ SW_API sw_status sw_device_count(sw_backend backend, int32_t* count) {
             }
             break;
         }
-        default: fail(SW_ERR_INVALID_ARGUMENT, "backend = ", static_cast<int>(backend), " is not a sw_backend");
+        default: fail(SW_ERR_INTERNAL, "backend = ", static_cast<int>(backend), " passed the check but has no case");
         }
     });
 }
 
-SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t num_threads, sw_device* out) {
+SW_API sw_status sw_device_create(sw_backend backend_in, int32_t ordinal, int32_t num_threads, sw_device* out) {
     return guard(__func__, [&] {
         require(out, "out");
         *out = nullptr;
+        const sw_backend backend = backend_arg(backend_in, "backend");
         if (backend == SW_BACKEND_CUDA) {
             const cuda::PluginApi* api = require_cuda();
             std::string err;
@@ -153,8 +156,6 @@ SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t n
             *out = dev;
             return;
         }
-        if (backend != SW_BACKEND_CPU)
-            fail(SW_ERR_INVALID_ARGUMENT, "backend = ", static_cast<int>(backend), " is not a sw_backend");
         if (ordinal != 0)
             fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": the CPU backend has exactly one device (ordinal 0)");
         if (num_threads < 0 || num_threads > 4096)
@@ -287,6 +288,14 @@ SW_API sw_status sw_buffer_wrap(sw_device device, void* ptr, uint64_t bytes, sw_
         auto* dev = checked(device, "device");
         require(ptr, "ptr");
         if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes = 0; expected the positive size of the wrapped memory");
+        // No memory is that large (sw_buffer_alloc's limit), and [ptr, ptr + bytes) must not wrap around the address
+        // space: a size like UINT64_MAX would let every later bounds check pass and any offset through.
+        if (bytes > (uint64_t{1} << 50))
+            fail(SW_ERR_INVALID_ARGUMENT, "bytes = ", bytes,
+                 " is larger than any wrapped memory can be; expected the size of the memory at ptr (at most 2^50 bytes)");
+        if (reinterpret_cast<uintptr_t>(ptr) > UINTPTR_MAX - bytes)
+            fail(SW_ERR_INVALID_ARGUMENT, "bytes = ", bytes, " at ptr = ", ptr,
+                 " runs past the end of the address space; expected the size of the memory at ptr");
         if (dev->impl->is_cuda()) {
             int32_t where = -1;
             std::string err;
@@ -343,9 +352,9 @@ SW_API sw_status sw_memcpy_h2d_async(sw_buffer dst, uint64_t dst_offset_bytes, c
         auto* s = checked(stream, "stream");
         auto* d = checked(dst, "dst");
         require_same_device(d, s, "dst");
+        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst"); // also for 0 bytes: the offset must be inside
         if (bytes == 0) return;
         require(src, "src");
-        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
         if (s->device_impl->is_cuda()) {
             std::string err;
             cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, to, src, bytes, s->cuda_stream, &err), err);
@@ -361,9 +370,9 @@ SW_API sw_status sw_memcpy_d2h_async(void* dst, sw_buffer src, uint64_t src_offs
         auto* s = checked(stream, "stream");
         auto* b = checked(src, "src");
         require_same_device(b, s, "src");
+        const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src"); // also for 0 bytes
         if (bytes == 0) return;
         require(dst, "dst");
-        const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src");
         if (s->device_impl->is_cuda()) {
             std::string err;
             cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, dst, from, bytes, s->cuda_stream, &err), err);
@@ -380,12 +389,12 @@ SW_API sw_status sw_memcpy_d2d_async(sw_buffer dst, uint64_t dst_offset_bytes, s
         auto* d = checked(dst, "dst");
         auto* b = checked(src, "src");
         require_same_device(d, s, "dst"); // CPU: every device reads host memory, so src may be a peer
-        if (bytes == 0) return;
-        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
+        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst"); // also for 0 bytes: offsets must be inside
         const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src");
         if (s->device_impl->is_cuda() != b->device_impl->is_cuda())
             fail(SW_ERR_INVALID_ARGUMENT, "src is on '", b->device_impl->name, "' and dst on '", d->device_impl->name,
                  "'; device-to-device copies need two devices of the same backend (use sw_memcpy_d2h/h2d)");
+        if (bytes == 0) return;
         if (s->device_impl->is_cuda()) {
             std::string err;
             cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, to, from, bytes, s->cuda_stream, &err), err);
@@ -401,8 +410,8 @@ SW_API sw_status sw_memset_async(sw_buffer dst, uint64_t dst_offset_bytes, uint8
         auto* s = checked(stream, "stream");
         auto* d = checked(dst, "dst");
         require_same_device(d, s, "dst");
+        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst"); // also for 0 bytes
         if (bytes == 0) return;
-        char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst");
         if (s->device_impl->is_cuda()) {
             std::string err;
             cuda_check(s->device_impl->cuda->memset_async(s->device_impl->ordinal, to, value, bytes, s->cuda_stream, &err), err);
@@ -653,6 +662,9 @@ SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms) {
             float f = 0;
             std::string err;
             cuda_check(a->device_impl->cuda->event_elapsed_ms(a->device_impl->ordinal, a->cuda_event, b->cuda_event, &f, &err), err);
+            if (f < 0)
+                fail(SW_ERR_INVALID_ARGUMENT, "the end event was recorded before the start event (end is ", -f,
+                     " ms earlier); expected start recorded first (are the arguments swapped?)");
             *ms = f;
             return;
         }
@@ -669,31 +681,34 @@ SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms) {
                 fail(SW_ERR_INVALID_ARGUMENT, "end has not completed (record it and synchronize first)");
             tb = b->state->time;
         }
+        if (tb < ta)
+            fail(SW_ERR_INVALID_ARGUMENT, "the end event was recorded before the start event (end is ",
+                 std::chrono::duration<double, std::milli>(ta - tb).count(),
+                 " ms earlier); expected start recorded first (are the arguments swapped?)");
         *ms = std::chrono::duration<double, std::milli>(tb - ta).count();
     });
 }
 
 // ---------------------------------------------------------------- GEMM
 
-SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op trans_b, int64_t m, int64_t n,
+SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype_in, sw_op trans_a_in, sw_op trans_b_in, int64_t m, int64_t n,
                          int64_t k, float alpha, sw_buffer a, uint64_t a_offset, int64_t lda, sw_buffer b,
                          uint64_t b_offset, int64_t ldb, float beta, sw_buffer c, uint64_t c_offset, int64_t ldc,
-                         sw_buffer bias, uint64_t bias_offset, sw_epilogue epilogue) {
+                         sw_buffer bias, uint64_t bias_offset, sw_epilogue epilogue_in) {
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
         const bool on_cuda = s->device_impl->is_cuda();
-        const size_t esz = dtype_size_checked(dtype, "dtype");
+        // Enum arguments: read raw and range-checked before they exist as enum values (core/enum_arg.h).
+        const sw_dtype dtype = dtype_arg(dtype_in, "dtype");
+        const sw_op trans_a = op_arg(trans_a_in, "trans_a");
+        const sw_op trans_b = op_arg(trans_b_in, "trans_b");
+        const sw_epilogue epilogue = epilogue_arg(epilogue_in, "epilogue");
+        const size_t esz = sw_dtype_size(dtype);
         if (!on_cuda && dtype != SW_DTYPE_F32)
             fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype),
                  ": the CPU backend computes GEMM in float32 only (SW_DTYPE_F32)");
         if (on_cuda && dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F16 && dtype != SW_DTYPE_BF16)
             fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": CUDA GEMM takes f32, f16 or bf16");
-        if (trans_a != SW_OP_N && trans_a != SW_OP_T)
-            fail(SW_ERR_INVALID_ARGUMENT, "trans_a = ", static_cast<int>(trans_a), "; expected SW_OP_N or SW_OP_T");
-        if (trans_b != SW_OP_N && trans_b != SW_OP_T)
-            fail(SW_ERR_INVALID_ARGUMENT, "trans_b = ", static_cast<int>(trans_b), "; expected SW_OP_N or SW_OP_T");
-        if (epilogue != SW_EPILOGUE_NONE && epilogue != SW_EPILOGUE_GELU)
-            fail(SW_ERR_INVALID_ARGUMENT, "epilogue = ", static_cast<int>(epilogue), "; expected a sw_epilogue");
         if (m < 1) fail(SW_ERR_INVALID_ARGUMENT, "m = ", m, "; expected m >= 1");
         if (n < 1) fail(SW_ERR_INVALID_ARGUMENT, "n = ", n, "; expected n >= 1");
         if (k < 0) fail(SW_ERR_INVALID_ARGUMENT, "k = ", k, "; expected k >= 0");
@@ -800,23 +815,25 @@ void enqueue_elementwise(sw_stream_s* s, uint64_t count, std::vector<std::shared
     });
 }
 
-void check_activation_dtype(const sw_stream_s* s, sw_dtype dtype) {
-    dtype_size_checked(dtype, "dtype");
+// Reads the raw dtype argument (core/enum_arg.h) and checks that the stream's backend computes it.
+sw_dtype check_activation_dtype(const sw_stream_s* s, const sw_dtype& dtype_in) {
+    const sw_dtype dtype = dtype_arg(dtype_in, "dtype");
     if (!s->device_impl->is_cuda() && dtype != SW_DTYPE_F32)
         fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": the CPU backend computes activations in float32 only");
     if (s->device_impl->is_cuda() && dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F64 && dtype != SW_DTYPE_F16 &&
         dtype != SW_DTYPE_BF16)
         fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": CUDA activations take f32, f64, f16 or bf16");
+    return dtype;
 }
 } // namespace
 
 extern "C" {
 
-SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer y,
+SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype_in, sw_buffer x, uint64_t x_offset, sw_buffer y,
                          uint64_t y_offset, uint64_t count) {
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
-        check_activation_dtype(s, dtype);
+        const sw_dtype dtype = check_activation_dtype(s, dtype_in);
         auto* bx = checked(x, "x");
         auto* by = checked(y, "y");
         require_same_device(bx, s, "x");
@@ -842,11 +859,11 @@ SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t
     });
 }
 
-SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer dy,
+SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype_in, sw_buffer x, uint64_t x_offset, sw_buffer dy,
                                   uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, uint64_t count) {
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
-        check_activation_dtype(s, dtype);
+        const sw_dtype dtype = check_activation_dtype(s, dtype_in);
         auto* bx = checked(x, "x");
         auto* bdy = checked(dy, "dy");
         auto* bdx = checked(dx, "dx");

@@ -1,4 +1,5 @@
 #include "core/dtype.h"
+#include "core/enum_arg.h"
 #include "core/error.h"
 
 #include <cstdint>
@@ -25,7 +26,9 @@ SW_API const char* sw_version_string(void) { return SHARDWISE_VERSION_STRING; }
 
 SW_API const char* sw_last_error(void) { return t_last_error.c_str(); }
 
-SW_API const char* sw_status_string(sw_status status) {
+SW_API const char* sw_status_string(sw_status status_arg) {
+    // Any int32 may arrive here: read the raw value (enum_arg.h), never load an out-of-range sw_status.
+    const int32_t status = sw::enum_raw(status_arg);
     switch (status) {
     case SW_OK: return "SW_OK";
     case SW_ERR_INVALID_ARGUMENT: return "SW_ERR_INVALID_ARGUMENT";
@@ -43,6 +46,9 @@ SW_API const char* sw_status_string(sw_status status) {
     return "SW_ERR_UNKNOWN_STATUS";
 }
 
-SW_API size_t sw_dtype_size(sw_dtype dtype) { return sw::dtype_bytes(dtype); }
+SW_API size_t sw_dtype_size(sw_dtype dtype) {
+    const int32_t v = sw::enum_raw(dtype);
+    return v >= SW_DTYPE_F32 && v <= SW_DTYPE_U8 ? sw::dtype_bytes(static_cast<sw_dtype>(v)) : 0;
+}
 
 } // extern "C"

@@ -31,4 +31,11 @@ SW_HD uint64_t matrix_extent(int64_t rows, int64_t cols, int64_t ld) {
     return r * l + c;
 }
 
+// a * b for element counts, saturating at UINT64_MAX (which fits no buffer, so buffer_span reports the overflow)
+// instead of wrapping to a small count that a bounds check would let through.
+SW_HD uint64_t saturating_mul(uint64_t a, uint64_t b) {
+    if (a != 0 && b > ~uint64_t{0} / a) return ~uint64_t{0};
+    return a * b;
+}
+
 } // namespace sw

@@ -1,5 +1,7 @@
 #include "core/objects.h"
 
+#include "core/enum_arg.h"
+
 #include <cstdlib>
 #include <unordered_map>
 
@@ -84,10 +86,8 @@ void require_same_device(sw_buffer_s* buf, sw_stream_s* stream, const char* buf_
              "'; expected a buffer of the stream's device");
 }
 
-size_t dtype_size_checked(sw_dtype dtype, const char* name) {
-    const size_t size = sw_dtype_size(dtype);
-    if (size == 0) fail(SW_ERR_INVALID_ARGUMENT, name, " = ", static_cast<int>(dtype), " is not a sw_dtype");
-    return size;
+size_t dtype_size_checked(const sw_dtype& dtype, const char* name) {
+    return sw_dtype_size(dtype_arg(dtype, name));
 }
 
 } // namespace sw

@@ -137,7 +137,7 @@ char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem
 // Checks that the buffer lives on the stream's device.
 void require_same_device(sw_buffer_s* buf, sw_stream_s* stream, const char* buf_name);
 
-// Checks a dtype argument; returns its element size.
-size_t dtype_size_checked(sw_dtype dtype, const char* name);
+// Checks a dtype argument (read raw, see core/enum_arg.h: pass the parameter itself); returns its element size.
+size_t dtype_size_checked(const sw_dtype& dtype, const char* name);
 
 } // namespace sw

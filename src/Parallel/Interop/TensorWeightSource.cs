@@ -46,11 +46,7 @@ internal sealed unsafe class TensorWeightSource : WeightSource
     /// <inheritdoc />
     public override void Read(long rowOffset, long colOffset, long rows, long cols, Span<float> destination)
     {
-        if (rowOffset < 0 || colOffset < 0 || rows < 0 || cols < 0 || rowOffset + rows > Rows || colOffset + cols > Cols)
-            throw new ArgumentOutOfRangeException(nameof(rowOffset),
-                $"block [{rowOffset}, {rowOffset + rows}) x [{colOffset}, {colOffset + cols}) is outside the {Rows} x {Cols} tensor.");
-        if (destination.Length < rows * cols)
-            throw new ArgumentException($"destination has {destination.Length} elements; expected rows x cols = {rows * cols}.", nameof(destination));
+        CheckBlock(rowOffset, colOffset, rows, cols, destination.Length);
         if (rows == 0 || cols == 0) return;
         int rank = _lengths.Length;
         var span = _tensor.AsReadOnlyTensorSpan();
