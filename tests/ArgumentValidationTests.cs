@@ -113,6 +113,11 @@ public unsafe class ArgumentValidationTests(Backend backend) : BackendTest(backe
             var got = new float[6];
             src.Read(1, 2, 2, 3, got);
             Reference.AssertBitwise(got, [w[8], w[9], w[10], w[14], w[15], w[16]], "block (1, 2) of 2 x 3");
+            // LoadBlock checks the same way, before it allocates (rowOffset + rows would overflow a long here).
+            AssertOutOfRange(() => src.LoadBlock(Str, 1, 0, long.MaxValue, 1), "rows", "expected 0..3");
+            AssertOutOfRange(() => src.LoadBlock(Str, 0, 2, 1, long.MaxValue), "cols", "expected 0..4");
+            AssertOutOfRange(() => src.LoadBlock(Str, -1, 0, 1, 1), "rowOffset", "expected 0 <= rowOffset <= 4");
+            Assert.That(loaderCalled, Is.False, "the loader is never called with a block outside the matrix");
         }
         // rows x cols that wraps around a long (2^32 x 2^32 = 0 elements) is not taken for an empty array.
         AssertOutOfRange(() => WeightSource.FromArray([], 1L << 32, 1L << 32), "cols", "overflows");

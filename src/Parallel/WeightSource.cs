@@ -70,9 +70,7 @@ public abstract class WeightSource
     public DeviceBuffer<float>? LoadBlock(Stream stream, long rowOffset, long colOffset, long rows, long cols)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (rowOffset < 0 || colOffset < 0 || rows < 0 || cols < 0 || rowOffset + rows > Rows || colOffset + cols > Cols)
-            throw new ArgumentOutOfRangeException(nameof(rowOffset),
-                $"block [{rowOffset}, {rowOffset + rows}) x [{colOffset}, {colOffset + cols}) is outside the {Rows} x {Cols} source.");
+        CheckBlock(rowOffset, colOffset, rows, cols, long.MaxValue); // no overflow: rows <= Rows - rowOffset
         if (rows == 0 || cols == 0) return null;
         var buffer = stream.Device.Allocate<float>(rows * cols);
         try

@@ -108,6 +108,9 @@ void exchange_descriptors(CommState& st, Transport& t, uint64_t seq, const Desc&
                  ") while rank ", self, " is at #", seq);
         if (w.op < 0 || w.op > static_cast<int32_t>(Coll::Barrier))
             fail(SW_ERR_BACKEND, what, ": rank ", q, " sent an unknown operation ", w.op);
+        // Checked before it becomes a sw_dtype (an out-of-range enum value is undefined behaviour; see core/enum_arg.h).
+        if (w.dtype < SW_DTYPE_F32 || w.dtype > SW_DTYPE_U8)
+            fail(SW_ERR_BACKEND, what, ": rank ", q, " sent an unknown dtype ", w.dtype);
         slot.desc[q] = from_wire(w);
     }
     const std::string problem = check_agreement(slot, p);
