@@ -113,7 +113,8 @@ public unsafe class ArgumentValidationTests(Backend backend) : BackendTest(backe
             var got = new float[6];
             src.Read(1, 2, 2, 3, got);
             Reference.AssertBitwise(got, [w[8], w[9], w[10], w[14], w[15], w[16]], "block (1, 2) of 2 x 3");
-            // LoadBlock checks the same way, before it allocates (rowOffset + rows would overflow a long here).
+            // LoadBlock checks the same way, before it allocates or reads (rowOffset + rows would overflow a long here).
+            loaderCalled = false;
             AssertOutOfRange(() => src.LoadBlock(Str, 1, 0, long.MaxValue, 1), "rows", "expected 0..3");
             AssertOutOfRange(() => src.LoadBlock(Str, 0, 2, 1, long.MaxValue), "cols", "expected 0..4");
             AssertOutOfRange(() => src.LoadBlock(Str, -1, 0, 1, 1), "rowOffset", "expected 0 <= rowOffset <= 4");

