@@ -346,7 +346,9 @@ public sealed partial class MultiProcessTests
     [Test]
     public void Mpi_LateRank_OthersTimeOut_NamingIt()
     {
-        var (_, output, _) = RunMpi(3, "late", timeoutMs: 2000);
+        // The timeout also bounds the communicator's creation, where Open MPI's MPI_Init waits for every process: it
+        // must cover the skew of three .NET processes starting on a loaded 2-core machine (under ASan, 2 s did not).
+        var (_, output, _) = RunMpi(3, "late", timeoutMs: 6000);
         var lines = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=")).ToArray();
         // Ranks 0 and 1 time out and end without MPI_Finalize (it would wait for every process), so mpirun may end
         // the late rank 2 before it prints its line.
