@@ -128,8 +128,13 @@ public sealed partial class MultiProcessTests
         if (outDir is not null) args.Add(outDir);
         var clock = Stopwatch.StartNew();
         var job = Collect([Start(mpirun, args, new Dictionary<string, string>())])[0];
-        return (job.P.ExitCode, job.Out, clock.Elapsed);
+        return (job.P.ExitCode, WithoutTerminalControls(job.Out), clock.Elapsed);
     }
+
+    // mpirun gives its ranks pseudo-terminals, so a .NET rank writes terminal controls (keypad mode: ESC [ ? 1 h ESC =)
+    // wherever its console starts up, also in front of a RESULT line; line parsers must not see them.
+    private static string WithoutTerminalControls(string output) =>
+        System.Text.RegularExpressions.Regex.Replace(output, @"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]", "");
 
     private static float[] ReadFloats(string path) => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(path)).ToArray();
 
