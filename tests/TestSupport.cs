@@ -61,6 +61,26 @@ public abstract class BackendTest(Backend backend)
         b.Fill(float.NaN, stream ?? Str);
         return b;
     }
+
+    /// <summary>The determinism contract of the GEMM: C = A·B computed by column blocks (<paramref name="colCuts"/>) and
+    /// by row blocks (<paramref name="rowCuts"/>) equals <paramref name="full"/> bit for bit (on <see cref="Str"/>).</summary>
+    protected void AssertBlocksEqualFull(DeviceBuffer<float> a, DeviceBuffer<float> b, float[] full, long m, long k, long n,
+        long[] colCuts, long[] rowCuts)
+    {
+        using var blocks = Poisoned(m * n);
+        for (int i = 0; i + 1 < colCuts.Length; i++)
+            Gemm.Multiply(Str, a.AsMatrix(m, k), b.AsMatrix(k, n).Columns(colCuts[i], colCuts[i + 1] - colCuts[i]),
+                blocks.AsMatrix(m, n).Columns(colCuts[i], colCuts[i + 1] - colCuts[i]));
+        Str.Synchronize();
+        Reference.AssertBitwise(blocks.ToArray(Str), full, "column blocks vs full");
+
+        using var rows = Poisoned(m * n);
+        for (int i = 0; i + 1 < rowCuts.Length; i++)
+            Gemm.Multiply(Str, a.AsMatrix(m, k).RowRange(rowCuts[i], rowCuts[i + 1] - rowCuts[i]), b.AsMatrix(k, n),
+                rows.AsMatrix(m, n).RowRange(rowCuts[i], rowCuts[i + 1] - rowCuts[i]));
+        Str.Synchronize();
+        Reference.AssertBitwise(rows.ToArray(Str), full, "row blocks vs full");
+    }
 }
 
 /// <summary>float64 references.</summary>
