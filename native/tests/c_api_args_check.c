@@ -12,23 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                                                 \
-    do {                                                                                                 \
-        if (!(cond)) {                                                                                   \
-            ++failures;                                                                                  \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                         \
-            fprintf(stderr, __VA_ARGS__);                                                                \
-            fprintf(stderr, "\n");                                                                       \
-        }                                                                                                \
-    } while (0)
-
-#define OK(call)                                                                                         \
-    do {                                                                                                 \
-        sw_status st_ = (call);                                                                          \
-        CHECK(st_ == SW_OK, "%s -> %s: %s", #call, sw_status_string(st_), sw_last_error());              \
-    } while (0)
+#include "check.h"
 
 /* The call must fail with SW_ERR_INVALID_ARGUMENT and a message that contains every one of the given words. */
 static void refused(const char* what, sw_status st, const char* word1, const char* word2) {

@@ -8,23 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                                                 \
-    do {                                                                                                 \
-        if (!(cond)) {                                                                                   \
-            ++failures;                                                                                  \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                         \
-            fprintf(stderr, __VA_ARGS__);                                                                \
-            fprintf(stderr, "\n");                                                                       \
-        }                                                                                                \
-    } while (0)
-
-#define OK(call)                                                                                         \
-    do {                                                                                                 \
-        sw_status st_ = (call);                                                                          \
-        CHECK(st_ == SW_OK, "%s -> %s: %s", #call, sw_status_string(st_), sw_last_error());              \
-    } while (0)
+#include "check.h"
 
 static float frand(unsigned* state) {
     *state = *state * 1664525u + 1013904223u;
