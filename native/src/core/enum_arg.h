@@ -25,43 +25,36 @@ int32_t enum_raw(const E& arg) noexcept {
     return v;
 }
 
-// sw_dtype argument `name`: the value, or SW_ERR_INVALID_ARGUMENT naming it and the valid values.
-inline sw_dtype dtype_arg(const sw_dtype& arg, const char* name) {
+// Enum argument `name` of type E whose valid values are lo..hi: the value, or SW_ERR_INVALID_ARGUMENT naming the
+// argument, its value and the valid values (`expected`, e.g. "a sw_op; expected SW_OP_N (0) or SW_OP_T (1)").
+template <class E>
+E enum_arg(const E& arg, const char* name, int32_t lo, int32_t hi, const char* expected) {
     const int32_t v = enum_raw(arg);
-    if (v < SW_DTYPE_F32 || v > SW_DTYPE_U8)
-        fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v,
-             " is not a sw_dtype; expected SW_DTYPE_F32 (0), F64 (1), F16 (2), BF16 (3), I32 (4) or U8 (5)");
-    return static_cast<sw_dtype>(v);
+    if (v < lo || v > hi) fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v, " is not ", expected);
+    return static_cast<E>(v);
+}
+
+inline sw_dtype dtype_arg(const sw_dtype& arg, const char* name) {
+    return enum_arg(arg, name, SW_DTYPE_F32, SW_DTYPE_U8,
+                    "a sw_dtype; expected SW_DTYPE_F32 (0), F64 (1), F16 (2), BF16 (3), I32 (4) or U8 (5)");
 }
 
 inline sw_backend backend_arg(const sw_backend& arg, const char* name) {
-    const int32_t v = enum_raw(arg);
-    if (v != SW_BACKEND_CPU && v != SW_BACKEND_CUDA)
-        fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v,
-             " is not a sw_backend; expected SW_BACKEND_CPU (0) or SW_BACKEND_CUDA (1)");
-    return static_cast<sw_backend>(v);
+    return enum_arg(arg, name, SW_BACKEND_CPU, SW_BACKEND_CUDA,
+                    "a sw_backend; expected SW_BACKEND_CPU (0) or SW_BACKEND_CUDA (1)");
 }
 
 inline sw_op op_arg(const sw_op& arg, const char* name) {
-    const int32_t v = enum_raw(arg);
-    if (v != SW_OP_N && v != SW_OP_T)
-        fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v, " is not a sw_op; expected SW_OP_N (0) or SW_OP_T (1)");
-    return static_cast<sw_op>(v);
+    return enum_arg(arg, name, SW_OP_N, SW_OP_T, "a sw_op; expected SW_OP_N (0) or SW_OP_T (1)");
 }
 
 inline sw_epilogue epilogue_arg(const sw_epilogue& arg, const char* name) {
-    const int32_t v = enum_raw(arg);
-    if (v != SW_EPILOGUE_NONE && v != SW_EPILOGUE_GELU)
-        fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v,
-             " is not a sw_epilogue; expected SW_EPILOGUE_NONE (0) or SW_EPILOGUE_GELU (1)");
-    return static_cast<sw_epilogue>(v);
+    return enum_arg(arg, name, SW_EPILOGUE_NONE, SW_EPILOGUE_GELU,
+                    "a sw_epilogue; expected SW_EPILOGUE_NONE (0) or SW_EPILOGUE_GELU (1)");
 }
 
 inline sw_reduce_op reduce_op_arg(const sw_reduce_op& arg, const char* name) {
-    const int32_t v = enum_raw(arg);
-    if (v != SW_REDUCE_SUM)
-        fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v, " is not a sw_reduce_op; expected SW_REDUCE_SUM (0)");
-    return static_cast<sw_reduce_op>(v);
+    return enum_arg(arg, name, SW_REDUCE_SUM, SW_REDUCE_SUM, "a sw_reduce_op; expected SW_REDUCE_SUM (0)");
 }
 
 } // namespace sw
