@@ -27,7 +27,7 @@
 #include "cpu/thread_pool.h"
 
 using sw::cpu::Kernel;
-using sw::cpu::SgemmArgs;
+using sw::GemmProblem;
 using sw::cpu::ThreadPool;
 
 namespace {
@@ -75,8 +75,8 @@ struct Problem {
     bool use_bias = false, gelu = false;
     std::vector<float> a, b, c0, bias;
 
-    SgemmArgs args(float* c) const {
-        SgemmArgs g;
+    GemmProblem args(float* c) const {
+        GemmProblem g;
         g.trans_a = ta;
         g.trans_b = tb;
         g.m = m;
@@ -91,7 +91,7 @@ struct Problem {
         g.c = c;
         g.ldc = ldc;
         g.bias = use_bias ? bias.data() : nullptr;
-        g.gelu = gelu;
+        g.epilogue = gelu ? SW_EPILOGUE_GELU : SW_EPILOGUE_NONE;
         return g;
     }
     // op(A)[i][p], op(B)[p][j]
@@ -210,10 +210,10 @@ std::string describe(const Problem& P, Kernel kern, int threads) {
 bool check_column_block(const Problem& P, const std::vector<float>& full, Kernel kern, ThreadPool& pool,
                         int64_t j0, int64_t j1) {
     std::vector<float> c = P.c0;
-    SgemmArgs g = P.args(c.data() + j0);
+    GemmProblem g = P.args(c.data() + j0);
     g.n = j1 - j0;
     g.b = P.tb ? P.b.data() + j0 * P.ldb : P.b.data() + j0;
-    if (g.bias) g.bias += j0;
+    if (g.bias) g.bias = static_cast<const float*>(g.bias) + j0;
     sw::cpu::sgemm(g, kern, pool);
     return same_bits(c.data() + j0, full.data() + j0, P.m, j1 - j0, P.ldc, P.ldc);
 }
@@ -222,7 +222,7 @@ bool check_column_block(const Problem& P, const std::vector<float>& full, Kernel
 bool check_row_block(const Problem& P, const std::vector<float>& full, Kernel kern, ThreadPool& pool,
                      int64_t i0, int64_t i1) {
     std::vector<float> c = P.c0;
-    SgemmArgs g = P.args(c.data() + i0 * P.ldc);
+    GemmProblem g = P.args(c.data() + i0 * P.ldc);
     g.m = i1 - i0;
     g.a = P.ta ? P.a.data() + i0 : P.a.data() + i0 * P.lda;
     sw::cpu::sgemm(g, kern, pool);

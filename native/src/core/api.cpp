@@ -1,94 +1,28 @@
 // Exported C ABI: devices, buffers, streams, events, GEMM and the shard index math.
-// Every function validates its arguments (naming them in the message) before touching anything.
-#include "core/cuda_loader.h"
+// Every function validates its arguments (naming them in the message) before touching anything, translates them
+// (sw_gemm: one GemmProblem, core/gemm_args.h) and dispatches through the device's backend (core/backend.h):
+// nothing here depends on which backend a device has.
+#include "core/backend.h"
 #include "core/enum_arg.h"
+#include "core/gemm_args.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
-#include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <thread>
-#include <vector>
-#include <algorithm>
-
-#if defined(__linux__)
-#include <unistd.h>
-#endif
+#include <memory>
 
 using namespace sw;
 
 namespace {
 
-std::string cpu_model_name() {
-#if defined(__linux__)
-    if (FILE* f = std::fopen("/proc/cpuinfo", "r")) {
-        char line[512];
-        while (std::fgets(line, sizeof line, f)) {
-            if (std::strncmp(line, "model name", 10) == 0) {
-                const char* colon = std::strchr(line, ':');
-                std::string name = colon ? colon + 1 : line;
-                while (!name.empty() && (name.front() == ' ' || name.front() == '\t')) name.erase(0, 1);
-                while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-                std::fclose(f);
-                return name;
-            }
-        }
-        std::fclose(f);
-    }
-#endif
-    return "CPU";
-}
-
-uint64_t physical_memory_bytes() {
-#if defined(__linux__)
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    if (pages > 0 && page > 0) return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
-#endif
-    return 0;
-}
-
-int default_threads() {
-    if (const char* env = std::getenv("SHARDWISE_NUM_THREADS")) {
-        const int n = std::atoi(env);
-        if (n > 0) return n;
-    }
-    const unsigned hc = std::thread::hardware_concurrency();
-    return hc > 0 ? static_cast<int>(hc) : 1;
-}
-
-void copy_name(char* dst, size_t cap, const std::string& src) {
-    const size_t n = src.size() < cap - 1 ? src.size() : cap - 1;
-    std::memcpy(dst, src.data(), n);
-    dst[n] = '\0';
-}
-
-
-// Validates one GEMM operand stored rows x cols with leading dimension ld at offset.
-const void* gemm_operand(sw_buffer_s* buf, uint64_t offset, int64_t rows, int64_t cols, int64_t ld, size_t esz,
-                         const char* name, const char* ld_name, const std::string& shape) {
-    if (ld < (cols > 1 ? cols : 1))
-        fail(SW_ERR_INVALID_ARGUMENT, ld_name, " = ", ld, " is smaller than the ", cols,
-             " columns of ", name, " as stored (", shape, "); expected ", ld_name, " >= ", (cols > 1 ? cols : 1));
-    return buffer_span(buf, offset, matrix_extent(rows, cols, ld), esz, name);
-}
-
-const char* cuda_algo_name(int algo) {
-    switch (static_cast<cuda::GemmAlgo>(algo)) {
-    case cuda::GemmAlgo::Auto: return "auto";
-    case cuda::GemmAlgo::CublasLt: return "cublaslt";
-    case cuda::GemmAlgo::HandWritten: return "mma";
-    case cuda::GemmAlgo::Wgmma: return "wgmma";
-    }
-    return "auto";
-}
-
-// The CUDA backend for a device-level call: the plugin, or SW_ERR_NOT_FOUND saying why it is missing.
-const cuda::PluginApi* require_cuda() {
+// The backend of a device-level call: the CPU backend, or the CUDA backend (SW_ERR_NOT_FOUND saying why it is
+// missing).
+Backend& backend_for(sw_backend kind) {
+    if (kind == SW_BACKEND_CPU) return cpu_backend();
     std::string why;
-    const cuda::PluginApi* api = cuda_plugin(&why);
-    if (!api) fail(SW_ERR_NOT_FOUND, "no CUDA device: ", why);
-    return api;
+    Backend* cuda = cuda_backend(&why);
+    if (!cuda) fail(SW_ERR_NOT_FOUND, "no CUDA device: ", why);
+    return *cuda;
 }
 
 } // namespace
@@ -114,20 +48,9 @@ SW_API sw_status sw_device_count(sw_backend backend_in, int32_t* count) {
     return guard(__func__, [&] {
         require(count, "count");
         const sw_backend backend = backend_arg(backend_in, "backend");
-        switch (backend) {
-        case SW_BACKEND_CPU: *count = 1; break;
-        case SW_BACKEND_CUDA: {
-            // No plugin (a build without CUDA), no driver or no GPU: 0 devices, not an error.
-            const cuda::PluginApi* api = cuda_plugin(nullptr);
-            *count = 0;
-            if (api) {
-                std::string err;
-                cuda_check(api->device_count(count, &err), err);
-            }
-            break;
-        }
-        default: fail(SW_ERR_INTERNAL, "backend = ", static_cast<int>(backend), " passed the check but has no case");
-        }
+        // No CUDA plugin (a build without CUDA), no driver or no GPU: 0 devices, not an error.
+        Backend* b = backend == SW_BACKEND_CPU ? &cpu_backend() : cuda_backend(nullptr);
+        *count = b ? b->device_count() : 0;
     });
 }
 
@@ -136,41 +59,7 @@ SW_API sw_status sw_device_create(sw_backend backend_in, int32_t ordinal, int32_
         require(out, "out");
         *out = nullptr;
         const sw_backend backend = backend_arg(backend_in, "backend");
-        if (backend == SW_BACKEND_CUDA) {
-            const cuda::PluginApi* api = require_cuda();
-            std::string err;
-            int32_t count = 0;
-            cuda_check(api->device_count(&count, &err), err);
-            if (ordinal < 0 || ordinal >= count)
-                fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": there are ", count, " CUDA devices");
-            sw_device_info info{};
-            cuda_check(api->device_info(ordinal, &info, &err), err);
-            auto impl = std::make_shared<DeviceImpl>();
-            impl->backend = SW_BACKEND_CUDA;
-            impl->ordinal = ordinal;
-            impl->num_threads = info.num_threads;
-            impl->name = str("cuda:", ordinal, " ", info.name);
-            impl->cuda = api;
-            auto* dev = new sw_device_s{std::move(impl)};
-            register_handle(dev, HandleKind::Device);
-            *out = dev;
-            return;
-        }
-        if (ordinal != 0)
-            fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": the CPU backend has exactly one device (ordinal 0)");
-        if (num_threads < 0 || num_threads > 4096)
-            fail(SW_ERR_INVALID_ARGUMENT, "num_threads = ", num_threads, "; expected 0 (default) or 1..4096");
-        auto impl = std::make_shared<DeviceImpl>();
-        impl->backend = SW_BACKEND_CPU;
-        impl->ordinal = 0;
-        impl->num_threads = num_threads > 0 ? num_threads : default_threads();
-        impl->pool = std::make_unique<cpu::ThreadPool>(impl->num_threads);
-        impl->name = str(cpu_model_name(), ", ", impl->num_threads, impl->num_threads == 1 ? " thread" : " threads");
-        if (const char* env = std::getenv("SHARDWISE_CPU_KERNEL")) {
-            cpu::Kernel k;
-            if (cpu::parse_kernel(env, &k) && cpu::kernel_supported(k)) impl->kernel = static_cast<int>(k);
-        }
-        auto* dev = new sw_device_s{std::move(impl)};
+        auto* dev = new sw_device_s{backend_for(backend).create_device(ordinal, num_threads)};
         register_handle(dev, HandleKind::Device);
         *out = dev;
     });
@@ -194,20 +83,7 @@ SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info) {
         auto* dev = checked(device, "device");
         require(info, "info");
         std::memset(info, 0, sizeof *info);
-        if (dev->impl->is_cuda()) {
-            std::string err;
-            cuda_check(dev->impl->cuda->device_info(dev->impl->ordinal, info, &err), err);
-            copy_name(info->name, sizeof info->name, dev->impl->name);
-            copy_name(info->kernel, sizeof info->kernel, cuda_algo_name(dev->impl->kernel.load()));
-            return;
-        }
-        info->backend = dev->impl->backend;
-        info->ordinal = dev->impl->ordinal;
-        info->num_threads = dev->impl->num_threads;
-        info->total_memory_bytes = physical_memory_bytes();
-        copy_name(info->name, sizeof info->name, dev->impl->name);
-        const auto k = cpu::resolve_kernel(static_cast<cpu::Kernel>(dev->impl->kernel.load()));
-        copy_name(info->kernel, sizeof info->kernel, cpu::kernel_name(k));
+        dev->impl->ops->device_info(*dev->impl, info);
     });
 }
 
@@ -215,23 +91,7 @@ SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel) {
     return guard(__func__, [&] {
         auto* dev = checked(device, "device");
         require(kernel, "kernel");
-        if (dev->impl->is_cuda()) {
-            const std::string name = kernel;
-            cuda::GemmAlgo algo;
-            if (name == "auto") algo = cuda::GemmAlgo::Auto;
-            else if (name == "cublaslt") algo = cuda::GemmAlgo::CublasLt;
-            else if (name == "mma") algo = cuda::GemmAlgo::HandWritten;
-            else if (name == "wgmma") algo = cuda::GemmAlgo::Wgmma;
-            else fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", name, "'; a CUDA device takes auto, cublaslt, mma or wgmma");
-            dev->impl->kernel = static_cast<int>(algo);
-            return;
-        }
-        cpu::Kernel k;
-        if (!cpu::parse_kernel(kernel, &k))
-            fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", kernel, "'; expected auto, avx512, avx2 or generic");
-        if (!cpu::kernel_supported(k))
-            fail(SW_ERR_UNSUPPORTED, "kernel '", kernel, "' is not supported by this processor");
-        dev->impl->kernel = static_cast<int>(k);
+        dev->impl->ops->set_kernel(*dev->impl, kernel);
     });
 }
 
@@ -240,13 +100,7 @@ SW_API sw_status sw_device_get_tile_shape(sw_device device, sw_tile_shape* shape
         auto* dev = checked(device, "device");
         require(shape, "shape");
         std::memset(shape, 0, sizeof *shape);
-        if (dev->impl->is_cuda()) return;
-        const auto t = cpu::tile_shape(cpu::resolve_kernel(static_cast<cpu::Kernel>(dev->impl->kernel.load())));
-        shape->mr = t.mr;
-        shape->nr = t.nr;
-        shape->mc = t.mc;
-        shape->kc = t.kc;
-        shape->nc = t.nc;
+        dev->impl->ops->tile_shape(*dev->impl, shape);
     });
 }
 
@@ -260,17 +114,7 @@ SW_API sw_status sw_buffer_alloc(sw_device device, uint64_t bytes, sw_buffer* ou
         if (bytes == 0) fail(SW_ERR_INVALID_ARGUMENT, "bytes = 0; expected a positive size");
         if (bytes > (uint64_t{1} << 50)) fail(SW_ERR_OUT_OF_MEMORY, "bytes = ", bytes, " is more than can be allocated");
         auto storage = std::make_shared<Storage>();
-        if (dev->impl->is_cuda()) {
-            std::string err;
-            dev->impl->drain_deferred_frees();
-            cuda_check(dev->impl->cuda->malloc_device(dev->impl->ordinal, bytes, &storage->ptr, &err), err);
-            storage->cuda = dev->impl->cuda;
-            storage->ordinal = dev->impl->ordinal;
-            storage->deferred = dev->impl->deferred;
-        } else {
-            const uint64_t rounded = (bytes + 63) / 64 * 64;
-            storage->ptr = std::aligned_alloc(64, static_cast<size_t>(rounded));
-        }
+        dev->impl->ops->allocate(*dev->impl, bytes, *storage);
         if (!storage->ptr) fail(SW_ERR_OUT_OF_MEMORY, "could not allocate ", bytes, " bytes on '", dev->impl->name, "'");
         storage->bytes = bytes;
         storage->owned = true;
@@ -296,14 +140,7 @@ SW_API sw_status sw_buffer_wrap(sw_device device, void* ptr, uint64_t bytes, sw_
         if (reinterpret_cast<uintptr_t>(ptr) > UINTPTR_MAX - bytes)
             fail(SW_ERR_INVALID_ARGUMENT, "bytes = ", bytes, " at ptr = ", ptr,
                  " runs past the end of the address space; expected the size of the memory at ptr");
-        if (dev->impl->is_cuda()) {
-            int32_t where = -1;
-            std::string err;
-            cuda_check(dev->impl->cuda->pointer_device(ptr, &where, &err), err);
-            if (where != dev->impl->ordinal)
-                fail(SW_ERR_INVALID_ARGUMENT, "ptr is not memory of CUDA device ", dev->impl->ordinal,
-                     where < 0 ? " (it is host or unknown memory)" : str(" (it belongs to device ", where, ")").c_str());
-        }
+        dev->impl->ops->check_wrap(*dev->impl, ptr);
         auto storage = std::make_shared<Storage>();
         storage->ptr = ptr;
         storage->bytes = bytes;
@@ -355,12 +192,7 @@ SW_API sw_status sw_memcpy_h2d_async(sw_buffer dst, uint64_t dst_offset_bytes, c
         char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst"); // also for 0 bytes: the offset must be inside
         if (bytes == 0) return;
         require(src, "src");
-        if (s->device_impl->is_cuda()) {
-            std::string err;
-            cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, to, src, bytes, s->cuda_stream, &err), err);
-            return;
-        }
-        s->impl->enqueue([keep = d->storage, to, src, bytes] { std::memcpy(to, src, bytes); });
+        s->device_impl->ops->memcpy(*s, to, src, bytes, {{d->storage}});
     });
 }
 
@@ -373,12 +205,7 @@ SW_API sw_status sw_memcpy_d2h_async(void* dst, sw_buffer src, uint64_t src_offs
         const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src"); // also for 0 bytes
         if (bytes == 0) return;
         require(dst, "dst");
-        if (s->device_impl->is_cuda()) {
-            std::string err;
-            cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, dst, from, bytes, s->cuda_stream, &err), err);
-            return;
-        }
-        s->impl->enqueue([keep = b->storage, dst, from, bytes] { std::memcpy(dst, from, bytes); });
+        s->device_impl->ops->memcpy(*s, dst, from, bytes, {{b->storage}});
     });
 }
 
@@ -388,19 +215,14 @@ SW_API sw_status sw_memcpy_d2d_async(sw_buffer dst, uint64_t dst_offset_bytes, s
         auto* s = checked(stream, "stream");
         auto* d = checked(dst, "dst");
         auto* b = checked(src, "src");
-        require_same_device(d, s, "dst"); // CPU: every device reads host memory, so src may be a peer
+        require_same_device(d, s, "dst"); // src may be a peer of the same backend
         char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst"); // also for 0 bytes: offsets must be inside
         const char* from = buffer_span(b, src_offset_bytes, bytes, 1, "src");
-        if (s->device_impl->is_cuda() != b->device_impl->is_cuda())
+        if (s->device_impl->backend != b->device_impl->backend)
             fail(SW_ERR_INVALID_ARGUMENT, "src is on '", b->device_impl->name, "' and dst on '", d->device_impl->name,
                  "'; device-to-device copies need two devices of the same backend (use sw_memcpy_d2h/h2d)");
         if (bytes == 0) return;
-        if (s->device_impl->is_cuda()) {
-            std::string err;
-            cuda_check(s->device_impl->cuda->memcpy_async(s->device_impl->ordinal, to, from, bytes, s->cuda_stream, &err), err);
-            return;
-        }
-        s->impl->enqueue([kd = d->storage, ks = b->storage, to, from, bytes] { std::memmove(to, from, bytes); });
+        s->device_impl->ops->memcpy(*s, to, from, bytes, {{d->storage, b->storage}});
     });
 }
 
@@ -412,12 +234,7 @@ SW_API sw_status sw_memset_async(sw_buffer dst, uint64_t dst_offset_bytes, uint8
         require_same_device(d, s, "dst");
         char* to = buffer_span(d, dst_offset_bytes, bytes, 1, "dst"); // also for 0 bytes
         if (bytes == 0) return;
-        if (s->device_impl->is_cuda()) {
-            std::string err;
-            cuda_check(s->device_impl->cuda->memset_async(s->device_impl->ordinal, to, value, bytes, s->cuda_stream, &err), err);
-            return;
-        }
-        s->impl->enqueue([keep = d->storage, to, value, bytes] { std::memset(to, value, bytes); });
+        s->device_impl->ops->memset(*s, to, value, bytes, {{d->storage}});
     });
 }
 
@@ -428,17 +245,12 @@ SW_API sw_status sw_stream_create(sw_device device, sw_stream* out) {
         require(out, "out");
         *out = nullptr;
         auto* dev = checked(device, "device");
-        void* cuda_stream = nullptr;
-        if (dev->impl->is_cuda()) {
-            std::string err;
-            cuda_check(dev->impl->cuda->stream_create(dev->impl->ordinal, &cuda_stream, &err), err);
-        }
-        auto* s = new sw_stream_s{dev, dev->impl, std::make_unique<cpu::Stream>()};
-        s->cuda_stream = cuda_stream;
-        s->owns_cuda_stream = cuda_stream != nullptr;
+        std::unique_ptr<sw_stream_s> s(new sw_stream_s{dev, dev->impl, nullptr});
+        dev->impl->ops->stream_create(*s);
+        s->impl = std::make_unique<cpu::Stream>();
         ++dev->impl->children;
-        register_handle(s, HandleKind::Stream);
-        *out = s;
+        register_handle(s.get(), HandleKind::Stream);
+        *out = s.release();
     });
 }
 
@@ -447,19 +259,13 @@ SW_API sw_status sw_stream_wrap(sw_device device, void* native_stream, sw_stream
         require(out, "out");
         *out = nullptr;
         auto* dev = checked(device, "device");
-        if (!dev->impl->is_cuda())
-            fail(SW_ERR_UNSUPPORTED, "sw_stream_wrap takes a cudaStream_t; the CPU backend has no native streams to wrap");
         // native_stream may be NULL: the legacy default stream of the device.
-        auto* s = new sw_stream_s{dev, dev->impl, std::make_unique<cpu::Stream>()};
-        s->cuda_stream = native_stream;
-        s->owns_cuda_stream = false;
-        {
-            std::lock_guard<std::mutex> lock(dev->impl->wrapped_mutex);
-            ++dev->impl->wrapped_streams[native_stream];
-        }
+        std::unique_ptr<sw_stream_s> s(new sw_stream_s{dev, dev->impl, nullptr});
+        dev->impl->ops->stream_wrap(*s, native_stream);
+        s->impl = std::make_unique<cpu::Stream>();
         ++dev->impl->children;
-        register_handle(s, HandleKind::Stream);
-        *out = s;
+        register_handle(s.get(), HandleKind::Stream);
+        *out = s.release();
     });
 }
 
@@ -476,24 +282,7 @@ SW_API sw_status sw_stream_destroy(sw_stream stream) {
         auto* s = checked(stream, "stream");
         unregister_handle(s);
         s->impl.reset(); // drains queued host work (releases every collective's wait flag), joins the worker
-        if (s->device_impl->is_cuda()) {
-            std::string err;
-            const auto& api = s->device_impl->cuda;
-            api->stream_synchronize(s->device_impl->ordinal, s->cuda_stream, &err);
-            if (s->owns_cuda_stream) {
-                api->stream_destroy(s->device_impl->ordinal, s->cuda_stream, &err);
-            } else {
-                // The last wrapper of an external stream frees the plugin's resources for it (its GEMM workspace).
-                std::lock_guard<std::mutex> lock(s->device_impl->wrapped_mutex);
-                auto& wrapped = s->device_impl->wrapped_streams;
-                auto it = wrapped.find(s->cuda_stream);
-                if (it != wrapped.end() && --it->second == 0) {
-                    wrapped.erase(it);
-                    api->release_stream(s->device_impl->ordinal, s->cuda_stream, &err);
-                }
-            }
-            if (s->flag_host) api->free_host(s->flag_host, &err);
-        }
+        s->device_impl->ops->stream_release(*s);
         --s->device_impl->children;
         delete s;
     });
@@ -504,22 +293,7 @@ SW_API sw_status sw_stream_synchronize(sw_stream stream) {
     std::string message;
     const sw_status call = guard(__func__, [&] {
         auto* s = checked(stream, "stream");
-        if (s->device_impl->is_cuda()) {
-            // The device work first (it may wait for collectives' host sides), then the host side's errors.
-            std::string err;
-            const sw_status st = s->device_impl->cuda->stream_synchronize(s->device_impl->ordinal, s->cuda_stream, &err);
-            std::string host_message;
-            const sw_status host = s->impl->synchronize(&host_message);
-            s->device_impl->drain_deferred_frees();
-            if (host != SW_OK) {
-                status = host;
-                message = host_message;
-                return;
-            }
-            cuda_check(st, err);
-            return;
-        }
-        status = s->impl->synchronize(&message);
+        status = s->device_impl->ops->stream_synchronize(*s, &message);
     });
     if (call != SW_OK) return call;
     if (status != SW_OK) set_last_error(message);
@@ -530,26 +304,9 @@ SW_API sw_status sw_stream_wait_event(sw_stream stream, sw_event event) {
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
         auto* e = checked(event, "event");
-        if (s->device_impl->is_cuda() || e->device_impl->is_cuda()) {
-            if (!e->cuda_event || !s->device_impl->is_cuda())
-                fail(SW_ERR_INVALID_ARGUMENT, "event and stream must both be CUDA (or both CPU)");
-            std::string err;
-            cuda_check(s->device_impl->cuda->stream_wait_event(s->device_impl->ordinal, s->cuda_stream, e->cuda_event, &err), err);
-            return;
-        }
-        std::shared_ptr<EventState> st = e->state;
-        uint64_t gen;
-        {
-            std::lock_guard<std::mutex> lock(st->mu);
-            gen = st->recorded;
-        }
-        if (gen == 0) return; // never recorded: nothing to wait for
-        s->impl->enqueue(
-            [st, gen] {
-                std::unique_lock<std::mutex> lock(st->mu);
-                st->cv.wait(lock, [&] { return st->completed >= gen; });
-            },
-            /*always=*/true);
+        if (s->device_impl->backend != e->device_impl->backend)
+            fail(SW_ERR_INVALID_ARGUMENT, "event and stream must both be CUDA (or both CPU)");
+        s->device_impl->ops->stream_wait_event(*s, *e);
     });
 }
 
@@ -558,15 +315,11 @@ SW_API sw_status sw_event_create(sw_device device, sw_event* out) {
         require(out, "out");
         *out = nullptr;
         auto* dev = checked(device, "device");
-        void* cuda_event = nullptr;
-        if (dev->impl->is_cuda()) {
-            std::string err;
-            cuda_check(dev->impl->cuda->event_create(dev->impl->ordinal, &cuda_event, &err), err);
-        }
-        auto* e = new sw_event_s{dev, dev->impl, std::make_shared<EventState>(), cuda_event};
+        std::unique_ptr<sw_event_s> e(new sw_event_s{dev, dev->impl, std::make_shared<EventState>(), nullptr});
+        dev->impl->ops->event_create(*e);
         ++dev->impl->children;
-        register_handle(e, HandleKind::Event);
-        *out = e;
+        register_handle(e.get(), HandleKind::Event);
+        *out = e.release();
     });
 }
 
@@ -575,10 +328,7 @@ SW_API sw_status sw_event_destroy(sw_event event) {
         if (!event) return;
         auto* e = checked(event, "event");
         unregister_handle(e);
-        if (e->cuda_event) {
-            std::string err;
-            e->device_impl->cuda->event_destroy(e->device_impl->ordinal, e->cuda_event, &err);
-        }
+        e->device_impl->ops->event_release(*e);
         --e->device_impl->children;
         delete e;
     });
@@ -588,47 +338,15 @@ SW_API sw_status sw_event_record(sw_event event, sw_stream stream) {
     return guard(__func__, [&] {
         auto* e = checked(event, "event");
         auto* s = checked(stream, "stream");
-        if (e->cuda_event || s->device_impl->is_cuda()) {
-            if (!e->cuda_event || s->device_impl != e->device_impl)
-                fail(SW_ERR_INVALID_ARGUMENT, "event belongs to '", e->device_impl->name, "' but stream runs on '",
-                     s->device_impl->name, "'; expected the same CUDA device");
-            std::string err;
-            cuda_check(e->device_impl->cuda->event_record(e->device_impl->ordinal, e->cuda_event, s->cuda_stream, &err), err);
-            std::lock_guard<std::mutex> lock(e->state->mu);
-            ++e->state->recorded;
-            return;
-        }
-        std::shared_ptr<EventState> st = e->state;
-        uint64_t gen;
-        {
-            std::lock_guard<std::mutex> lock(st->mu);
-            gen = ++st->recorded;
-        }
-        s->impl->enqueue(
-            [st, gen] {
-                const auto now = std::chrono::steady_clock::now();
-                std::lock_guard<std::mutex> lock(st->mu);
-                if (gen > st->completed) {
-                    st->completed = gen;
-                    st->time = now;
-                }
-                st->cv.notify_all();
-            },
-            /*always=*/true);
+        if (e->device_impl->backend != s->device_impl->backend) fail_event_stream_mismatch(*e, *s);
+        e->device_impl->ops->event_record(*e, *s);
     });
 }
 
 SW_API sw_status sw_event_synchronize(sw_event event) {
     return guard(__func__, [&] {
         auto* e = checked(event, "event");
-        if (e->cuda_event) {
-            std::string err;
-            cuda_check(e->device_impl->cuda->event_synchronize(e->device_impl->ordinal, e->cuda_event, &err), err);
-            return;
-        }
-        std::unique_lock<std::mutex> lock(e->state->mu);
-        const uint64_t gen = e->state->recorded;
-        e->state->cv.wait(lock, [&] { return e->state->completed >= gen; });
+        e->device_impl->ops->event_synchronize(*e);
     });
 }
 
@@ -636,13 +354,7 @@ SW_API sw_status sw_event_query(sw_event event, int32_t* done) {
     return guard(__func__, [&] {
         auto* e = checked(event, "event");
         require(done, "done");
-        if (e->cuda_event) {
-            std::string err;
-            cuda_check(e->device_impl->cuda->event_query(e->device_impl->ordinal, e->cuda_event, done, &err), err);
-            return;
-        }
-        std::lock_guard<std::mutex> lock(e->state->mu);
-        *done = e->state->completed >= e->state->recorded ? 1 : 0;
+        *done = e->device_impl->ops->event_query(*e);
     });
 }
 
@@ -651,41 +363,8 @@ SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms) {
         auto* a = checked(start, "start");
         auto* b = checked(end, "end");
         require(ms, "ms");
-        if (a->cuda_event || b->cuda_event) {
-            if (!a->cuda_event || !b->cuda_event || a->device_impl != b->device_impl)
-                fail(SW_ERR_INVALID_ARGUMENT, "start and end must be events of the same device");
-            for (auto* e : {a, b}) {
-                std::lock_guard<std::mutex> lock(e->state->mu);
-                if (e->state->recorded == 0)
-                    fail(SW_ERR_INVALID_ARGUMENT, e == a ? "start" : "end", " was never recorded");
-            }
-            float f = 0;
-            std::string err;
-            cuda_check(a->device_impl->cuda->event_elapsed_ms(a->device_impl->ordinal, a->cuda_event, b->cuda_event, &f, &err), err);
-            if (f < 0)
-                fail(SW_ERR_INVALID_ARGUMENT, "the end event was recorded before the start event (end is ", -f,
-                     " ms earlier); expected start recorded first (are the arguments swapped?)");
-            *ms = f;
-            return;
-        }
-        std::chrono::steady_clock::time_point ta, tb;
-        {
-            std::lock_guard<std::mutex> lock(a->state->mu);
-            if (a->state->recorded == 0 || a->state->completed < a->state->recorded)
-                fail(SW_ERR_INVALID_ARGUMENT, "start has not completed (record it and synchronize first)");
-            ta = a->state->time;
-        }
-        {
-            std::lock_guard<std::mutex> lock(b->state->mu);
-            if (b->state->recorded == 0 || b->state->completed < b->state->recorded)
-                fail(SW_ERR_INVALID_ARGUMENT, "end has not completed (record it and synchronize first)");
-            tb = b->state->time;
-        }
-        if (tb < ta)
-            fail(SW_ERR_INVALID_ARGUMENT, "the end event was recorded before the start event (end is ",
-                 std::chrono::duration<double, std::milli>(ta - tb).count(),
-                 " ms earlier); expected start recorded first (are the arguments swapped?)");
-        *ms = std::chrono::duration<double, std::milli>(tb - ta).count();
+        if (a->device_impl->backend != b->device_impl->backend) fail_event_pair_mismatch();
+        *ms = a->device_impl->ops->event_elapsed_ms(*a, *b);
     });
 }
 
@@ -697,137 +376,22 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype_in, sw_op trans_a_in, 
                          sw_buffer bias, uint64_t bias_offset, sw_epilogue epilogue_in) {
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
-        const bool on_cuda = s->device_impl->is_cuda();
-        // Enum arguments: read raw and range-checked before they exist as enum values (core/enum_arg.h).
-        const sw_dtype dtype = dtype_arg(dtype_in, "dtype");
-        const sw_op trans_a = op_arg(trans_a_in, "trans_a");
-        const sw_op trans_b = op_arg(trans_b_in, "trans_b");
-        const sw_epilogue epilogue = epilogue_arg(epilogue_in, "epilogue");
-        const size_t esz = sw_dtype_size(dtype);
-        if (!on_cuda && dtype != SW_DTYPE_F32)
-            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype),
-                 ": the CPU backend computes GEMM in float32 only (SW_DTYPE_F32)");
-        if (on_cuda && dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F16 && dtype != SW_DTYPE_BF16)
-            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": CUDA GEMM takes f32, f16 or bf16");
-        if (m < 1) fail(SW_ERR_INVALID_ARGUMENT, "m = ", m, "; expected m >= 1");
-        if (n < 1) fail(SW_ERR_INVALID_ARGUMENT, "n = ", n, "; expected n >= 1");
-        if (k < 0) fail(SW_ERR_INVALID_ARGUMENT, "k = ", k, "; expected k >= 0");
-        if (!std::isfinite(alpha) || !std::isfinite(beta))
-            fail(SW_ERR_INVALID_ARGUMENT, "alpha = ", alpha, ", beta = ", beta, "; expected finite values");
-        auto* bc = checked(c, "c");
-        require_same_device(bc, s, "c");
-        const bool ta = trans_a == SW_OP_T, tb = trans_b == SW_OP_T;
-        const void* pa = nullptr;
-        const void* pb = nullptr;
-        std::shared_ptr<Storage> keep_a, keep_b, keep_bias;
-        if (k > 0) {
-            auto* ba = checked(a, "a");
-            auto* bb = checked(b, "b");
-            require_same_device(ba, s, "a");
-            require_same_device(bb, s, "b");
-            const std::string shape_a = ta ? str("k x m = ", k, " x ", m, ", trans_a = T") : str("m x k = ", m, " x ", k, ", trans_a = N");
-            const std::string shape_b = tb ? str("n x k = ", n, " x ", k, ", trans_b = T") : str("k x n = ", k, " x ", n, ", trans_b = N");
-            pa = gemm_operand(ba, a_offset, ta ? k : m, ta ? m : k, lda, esz, "a", "lda", shape_a);
-            pb = gemm_operand(bb, b_offset, tb ? n : k, tb ? k : n, ldb, esz, "b", "ldb", shape_b);
-            keep_a = ba->storage;
-            keep_b = bb->storage;
-        }
-        if (ldc < n) fail(SW_ERR_INVALID_ARGUMENT, "ldc = ", ldc, " is smaller than n = ", n, "; expected ldc >= ", n);
-        void* pc = buffer_span(bc, c_offset, matrix_extent(m, n, ldc), esz, "c");
-        const void* pbias = nullptr;
-        if (bias) {
-            auto* bb = checked(bias, "bias");
-            require_same_device(bb, s, "bias");
-            pbias = buffer_span(bb, bias_offset, static_cast<uint64_t>(n), esz, "bias");
-            keep_bias = bb->storage;
-        }
-        auto dev = s->device_impl;
-        if (on_cuda) {
-            cuda::GemmDesc d;
-            d.a_type = dtype;
-            d.c_type = dtype;
-            d.trans_a = ta;
-            d.trans_b = tb;
-            d.m = m;
-            d.n = n;
-            d.k = k;
-            d.alpha = alpha;
-            d.beta = beta;
-            d.a = pa;
-            d.lda = lda;
-            d.b = pb;
-            d.ldb = ldb;
-            d.c = pc;
-            d.ldc = ldc;
-            d.bias = pbias;
-            d.epilogue = epilogue;
-            d.algo = static_cast<cuda::GemmAlgo>(dev->kernel.load());
-            std::string err;
-            cuda_check(dev->cuda->gemm(dev->ordinal, &d, s->cuda_stream, &err), err);
-            return;
-        }
-        cpu::SgemmArgs args;
-        args.trans_a = ta;
-        args.trans_b = tb;
-        args.m = m;
-        args.n = n;
-        args.k = k;
-        args.alpha = alpha;
-        args.beta = beta;
-        args.a = static_cast<const float*>(pa);
-        args.lda = lda;
-        args.b = static_cast<const float*>(pb);
-        args.ldb = ldb;
-        args.c = static_cast<float*>(pc);
-        args.ldc = ldc;
-        args.bias = static_cast<const float*>(pbias);
-        args.gelu = epilogue == SW_EPILOGUE_GELU;
-        const auto kernel = static_cast<cpu::Kernel>(dev->kernel.load());
-        s->impl->enqueue([args, kernel, dev, keep_a, keep_b, keep_c = bc->storage, keep_bias] {
-            cpu::sgemm(args, kernel, *dev->pool);
-        });
+        GemmCall call = gemm_call_from_args(s, dtype_in, trans_a_in, trans_b_in, m, n, k, alpha, a, a_offset, lda, b,
+                                            b_offset, ldb, beta, c, c_offset, ldc, bias, bias_offset, epilogue_in);
+        s->device_impl->ops->gemm(*s, call.problem, std::move(call.keep));
     });
 }
-
-} // extern "C"
 
 // ---------------------------------------------------------------- element-wise activations
 
 namespace {
-// d/dx of the tanh-approximation GeLU.
-float gelu_grad(float x) {
-    const float c = 0.7978845608028654f;
-    const float t = std::tanh(c * (x + 0.044715f * x * x * x));
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
-}
-
-// Runs fn(begin, end) over [0, count) in chunks on the device's pool, queued on the stream.
-template <class Fn>
-void enqueue_elementwise(sw_stream_s* s, uint64_t count, std::vector<std::shared_ptr<Storage>> keep, Fn fn) {
-    auto dev = s->device_impl;
-    s->impl->enqueue([dev, count, keep = std::move(keep), fn] {
-        constexpr uint64_t kChunk = 1 << 16;
-        const int64_t chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
-        dev->pool->parallel_for(chunks, [&](int64_t c) {
-            const uint64_t b = static_cast<uint64_t>(c) * kChunk;
-            fn(b, std::min<uint64_t>(count, b + kChunk));
-        });
-    });
-}
-
 // Reads the raw dtype argument (core/enum_arg.h) and checks that the stream's backend computes it.
 sw_dtype check_activation_dtype(const sw_stream_s* s, const sw_dtype& dtype_in) {
     const sw_dtype dtype = dtype_arg(dtype_in, "dtype");
-    if (!s->device_impl->is_cuda() && dtype != SW_DTYPE_F32)
-        fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": the CPU backend computes activations in float32 only");
-    if (s->device_impl->is_cuda() && dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F64 && dtype != SW_DTYPE_F16 &&
-        dtype != SW_DTYPE_BF16)
-        fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": CUDA activations take f32, f64, f16 or bf16");
+    s->device_impl->ops->check_activation_type(dtype);
     return dtype;
 }
 } // namespace
-
-extern "C" {
 
 SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype_in, sw_buffer x, uint64_t x_offset, sw_buffer y,
                          uint64_t y_offset, uint64_t count) {
@@ -842,20 +406,7 @@ SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype_in, sw_buffer x, uint6
         char* px = buffer_span(bx, x_offset, count, esz, "x");
         char* py = buffer_span(by, y_offset, count, esz, "y");
         if (count == 0) return;
-        if (s->device_impl->is_cuda()) {
-            const auto& api = s->device_impl->cuda;
-            const int32_t ord = s->device_impl->ordinal;
-            std::string err;
-            if (px != py) cuda_check(api->memcpy_async(ord, py, px, count * esz, s->cuda_stream, &err), err);
-            cuda_check(api->bias_act(ord, dtype, py, static_cast<int64_t>(count), 1, static_cast<int64_t>(count), nullptr,
-                                     SW_EPILOGUE_GELU, s->cuda_stream, &err), err);
-            return;
-        }
-        auto* fx = reinterpret_cast<const float*>(px);
-        auto* fy = reinterpret_cast<float*>(py);
-        enqueue_elementwise(s, count, {bx->storage, by->storage}, [fx, fy](uint64_t b, uint64_t e) {
-            for (uint64_t i = b; i < e; ++i) fy[i] = cpu::gelu_tanh(fx[i]);
-        });
+        s->device_impl->ops->gelu(*s, dtype, px, py, count, {{bx->storage, by->storage}});
     });
 }
 
@@ -875,18 +426,7 @@ SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype_in, sw_buffer
         char* pdy = buffer_span(bdy, dy_offset, count, esz, "dy");
         char* pdx = buffer_span(bdx, dx_offset, count, esz, "dx");
         if (count == 0) return;
-        if (s->device_impl->is_cuda()) {
-            std::string err;
-            cuda_check(s->device_impl->cuda->gelu_backward(s->device_impl->ordinal, dtype, px, pdy, pdx, count,
-                                                           s->cuda_stream, &err), err);
-            return;
-        }
-        auto* fx = reinterpret_cast<const float*>(px);
-        auto* fdy = reinterpret_cast<const float*>(pdy);
-        auto* fdx = reinterpret_cast<float*>(pdx);
-        enqueue_elementwise(s, count, {bx->storage, bdy->storage, bdx->storage}, [fx, fdy, fdx](uint64_t b, uint64_t e) {
-            for (uint64_t i = b; i < e; ++i) fdx[i] = fdy[i] * gelu_grad(fx[i]);
-        });
+        s->device_impl->ops->gelu_backward(*s, dtype, px, pdy, pdx, count, {{bx->storage, bdy->storage, bdx->storage}});
     });
 }
 

@@ -1,6 +1,6 @@
 // Finds and loads the CUDA backend plugin (libshardwise_cuda.so) on first use.
 #pragma once
-#include "cuda/cuda_plugin.h"
+#include "core/cuda_plugin_api.h"
 
 #include <string>
 

@@ -3,6 +3,7 @@
 #include "core/enum_arg.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <unordered_map>
 
 namespace sw {
@@ -43,18 +44,7 @@ const char* handle_kind_name(HandleKind kind) {
 }
 
 Storage::~Storage() {
-    if (!owned || !ptr) return;
-    if (cuda) {
-        if (cpu::on_stream_worker() && deferred) { // see DeferredFrees
-            std::lock_guard<std::mutex> lock(deferred->mu);
-            deferred->pointers.push_back(ptr);
-            return;
-        }
-        std::string err;
-        cuda->free_device(ordinal, ptr, &err); // a destructor cannot report: the error is dropped
-    } else {
-        std::free(ptr);
-    }
+    if (owned && ptr && ops) ops->free_storage(*this);
 }
 
 void DeviceImpl::drain_deferred_frees() {
@@ -84,6 +74,21 @@ void require_same_device(sw_buffer_s* buf, sw_stream_s* stream, const char* buf_
         fail(SW_ERR_INVALID_ARGUMENT, buf_name, " belongs to device '", buf->device_impl->name,
              "' but the stream runs on device '", stream->device_impl->name,
              "'; expected a buffer of the stream's device");
+}
+
+void fail_event_stream_mismatch(const sw_event_s& e, const sw_stream_s& s) {
+    fail(SW_ERR_INVALID_ARGUMENT, "event belongs to '", e.device_impl->name, "' but stream runs on '",
+         s.device_impl->name, "'; expected the same CUDA device");
+}
+
+void fail_event_pair_mismatch() {
+    fail(SW_ERR_INVALID_ARGUMENT, "start and end must be events of the same device");
+}
+
+void copy_name(char* dst, size_t cap, const std::string& src) {
+    const size_t n = src.size() < cap - 1 ? src.size() : cap - 1;
+    std::memcpy(dst, src.data(), n);
+    dst[n] = '\0';
 }
 
 size_t dtype_size_checked(const sw_dtype& dtype, const char* name) {

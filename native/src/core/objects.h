@@ -5,9 +5,9 @@
 #pragma once
 #include "shardwise.h"
 
+#include "core/backend.h"
+#include "core/cuda_plugin_api.h"
 #include "core/error.h"
-#include "cpu/gemm.h"
-#include "cuda/cuda_plugin.h"
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 
@@ -42,11 +42,13 @@ struct DeferredFrees {
 
 struct DeviceImpl {
     sw_backend backend = SW_BACKEND_CPU;
+    Backend* ops = nullptr; // the backend's operations (core/backend.h); every export dispatches through it
     int32_t ordinal = 0;
     int32_t num_threads = 1;
     std::string name;
     std::unique_ptr<cpu::ThreadPool> pool;  // CPU: the compute threads
-    const cuda::PluginApi* cuda = nullptr;  // CUDA: the loaded backend plugin
+    const cuda::PluginApi* cuda = nullptr;  // CUDA: the loaded backend plugin (the CUDA backend's table; comm/ uses
+                                            // it directly until it goes through `ops` too)
     // CPU: a cpu::Kernel; CUDA: a cuda::GemmAlgo.
     std::atomic<int> kernel{0};
     std::atomic<int64_t> children{0}; // buffers, streams, events, communicator memberships
@@ -66,7 +68,7 @@ struct Storage {
     void* ptr = nullptr;
     uint64_t bytes = 0;
     bool owned = false;
-    const cuda::PluginApi* cuda = nullptr; // set for CUDA device memory
+    Backend* ops = nullptr; // frees owned memory (Backend::free_storage)
     int32_t ordinal = 0;
     std::shared_ptr<DeferredFrees> deferred; // CUDA: where a worker thread leaves the memory to be freed
     ~Storage();
@@ -136,6 +138,13 @@ char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem
 
 // Checks that the buffer lives on the stream's device.
 void require_same_device(sw_buffer_s* buf, sw_stream_s* stream, const char* buf_name);
+
+// The C ABI's mismatch messages, shared by the exports and the backends that check the same rule.
+[[noreturn]] void fail_event_stream_mismatch(const sw_event_s& e, const sw_stream_s& s);
+[[noreturn]] void fail_event_pair_mismatch();
+
+// Copies src into a fixed char array of cap bytes (truncated, always terminated): sw_device_info's strings.
+void copy_name(char* dst, size_t cap, const std::string& src);
 
 // Checks a dtype argument (read raw, see core/enum_arg.h: pass the parameter itself); returns its element size.
 size_t dtype_size_checked(const sw_dtype& dtype, const char* name);

@@ -323,7 +323,7 @@ struct KBlocks {
 };
 
 struct Ctx {
-    const SgemmArgs* g;
+    const GemmProblem* g;
     KernelInfo ki;
     PackFn pack_a, pack_b;
     PackPanelsFn pack_b_panels;  // null if not available for NR
@@ -331,6 +331,11 @@ struct Ctx {
     int64_t mt, nt;   // task rectangle (rows, columns); tasks form a grid tm x tn
     int64_t tm, tn;
     bool b_inplace;   // read full-width B micro-panels in place (no packing)
+    // The operands as float (every type of the problem is F32 here).
+    const float* a = nullptr;
+    const float* b = nullptr;
+    float* c = nullptr;
+    const float* bias = nullptr;
 };
 
 // Edge tile: run the full micro-kernel on a temporary MR x NR tile holding the valid part of C.
@@ -354,7 +359,7 @@ void edge_tile(const Ctx& cx, ThreadBuffers& tb, int64_t kc, const float* ap, co
 }
 
 void run_task(const Ctx& cx, int64_t task) {
-    const SgemmArgs& g = *cx.g;
+    const GemmProblem& g = *cx.g;
     const int MR = cx.ki.mr, NR = cx.ki.nr;
     const int64_t MC = cx.ki.mc, NC = cx.ki.nc;
     const int64_t ti = task / cx.tn, tj = task % cx.tn;
@@ -378,7 +383,7 @@ void run_task(const Ctx& cx, int64_t task) {
             int64_t jr_done = 0;
             if (!g.trans_b && !cx.b_inplace && cx.pack_b_panels && kc > 0) {
                 jr_done = (nc / NR) * NR;
-                cx.pack_b_panels(bpack, g.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
+                cx.pack_b_panels(bpack, cx.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
             }
             for (int64_t jr = jr_done; jr < nc; jr += NR) {
                 const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
@@ -386,16 +391,16 @@ void run_task(const Ctx& cx, int64_t task) {
                 float* dst = bpack + (jr / NR) * kc * NR;
                 if (kc == 0) continue;
                 if (g.trans_b)
-                    cx.pack_b(dst, g.b + (jc + jr) * g.ldb + p0, g.ldb, kc, w);
+                    cx.pack_b(dst, cx.b + (jc + jr) * g.ldb + p0, g.ldb, kc, w);
                 else
-                    cx.pack_b(dst, g.b + p0 * g.ldb + jc + jr, g.ldb, kc, w);
+                    cx.pack_b(dst, cx.b + p0 * g.ldb + jc + jr, g.ldb, kc, w);
             }
 
             Epilogue ep;
             ep.alpha = g.alpha;
             ep.beta = g.beta;
             ep.mode = !first ? kEpiAccum : (g.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
-            ep.gelu = last && g.gelu;
+            ep.gelu = last && g.gelu();
 
             for (int64_t ic = i0; ic < i1; ic += MC) {
                 const int64_t mc = std::min(MC, i1 - ic);
@@ -405,18 +410,18 @@ void run_task(const Ctx& cx, int64_t task) {
                         const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
                         float* dst = apack + (ir / MR) * kc * MR;
                         if (g.trans_a)
-                            cx.pack_a(dst, g.a + p0 * g.lda + ic + ir, g.lda, kc, h);
+                            cx.pack_a(dst, cx.a + p0 * g.lda + ic + ir, g.lda, kc, h);
                         else
-                            cx.pack_a(dst, g.a + (ic + ir) * g.lda + p0, g.lda, kc, h);
+                            cx.pack_a(dst, cx.a + (ic + ir) * g.lda + p0, g.lda, kc, h);
                     }
                 }
                 // Few rows with B in place: the wide few-row kernel where a full chunk remains.
                 const bool rows_path = cx.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max;
                 for (int64_t jr = 0; jr < nc; jr += NR) {
                     if (rows_path && nc - jr >= cx.ki.rows_nr) {
-                        ep.bias = (last && g.bias) ? g.bias + jc + jr : nullptr;
-                        cx.ki.rows_fn(static_cast<int>(mc), kc, apack, g.b + p0 * g.ldb + jc + jr, g.ldb,
-                                      g.c + ic * g.ldc + jc + jr, g.ldc, ep);
+                        ep.bias = (last && cx.bias) ? cx.bias + jc + jr : nullptr;
+                        cx.ki.rows_fn(static_cast<int>(mc), kc, apack, cx.b + p0 * g.ldb + jc + jr, g.ldb,
+                                      cx.c + ic * g.ldc + jc + jr, g.ldc, ep);
                         jr += cx.ki.rows_nr - NR;
                         continue;
                     }
@@ -424,13 +429,13 @@ void run_task(const Ctx& cx, int64_t task) {
                     const float* bp;
                     int64_t ldbp;
                     if (cx.b_inplace && w == NR && kc > 0) {
-                        bp = g.b + p0 * g.ldb + jc + jr;
+                        bp = cx.b + p0 * g.ldb + jc + jr;
                         ldbp = g.ldb;
                     } else {
                         bp = bpack + (jr / NR) * kc * NR;
                         ldbp = NR;
                     }
-                    ep.bias = (last && g.bias) ? g.bias + jc + jr : nullptr;
+                    ep.bias = (last && cx.bias) ? cx.bias + jc + jr : nullptr;
                     // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
                     // the first one again for the next ic block), an eighth of it per call; and
                     // the C tile of the next call when that is a full tile.
@@ -441,14 +446,14 @@ void run_task(const Ctx& cx, int64_t task) {
                     for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
                         const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
                         const float* ap = apack + (ir / MR) * kc * MR;
-                        float* cp = g.c + (ic + ir) * g.ldc + jc + jr;
+                        float* cp = cx.c + (ic + ir) * g.ldc + jc + jr;
                         if (h == MR && w == NR) {
                             const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
                             const float* pf_c = nullptr;
                             if (ir + 2 * MR <= mc)
                                 pf_c = cp + MR * g.ldc;                        // tile below
                             else if (jr + 2 * NR <= nc && mc >= MR)
-                                pf_c = g.c + ic * g.ldc + jc + jr + NR;        // top of next column
+                                pf_c = cx.c + ic * g.ldc + jc + jr + NR;        // top of next column
                             cx.ki.fn(kc, ap, bp, ldbp, cp, g.ldc, ep, pf_b, pf_c);
                         } else {
                             edge_tile(cx, tb, kc, ap, bp, ldbp, cp, g.ldc, h, w, ep);
@@ -480,7 +485,7 @@ constexpr double kStraggler = SW_GEMM_STRAGGLER; // expected lateness of the slo
 // tasks when they cost little extra packing: threads that share a machine do not all run at the same
 // speed. At most 4P tasks. Any split gives the same bits (determinism contract).
 void plan_tasks(Ctx& cx, int P) {
-    const SgemmArgs& g = *cx.g;
+    const GemmProblem& g = *cx.g;
     const int64_t MR = cx.ki.mr, NR = cx.ki.nr;
     const double kk = static_cast<double>(std::max<int64_t>(g.k, 1));
     const int64_t mtiles = ceil_div(g.m, MR), ntiles = ceil_div(g.n, NR);
@@ -518,7 +523,7 @@ void plan_tasks(Ctx& cx, int P) {
 
 // A kernel this CPU cannot run is replaced by the best supported one (resolve_kernel(Auto)); callers
 // are expected to have checked kernel_supported() when the choice matters.
-void sgemm(const SgemmArgs& args, Kernel kernel, ThreadPool& pool) {
+void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
     if (args.m <= 0 || args.n <= 0) return;
     const KernelInfo ki = kernel_info(kernel_supported(kernel) ? kernel : Kernel::Auto);
 
@@ -529,6 +534,10 @@ void sgemm(const SgemmArgs& args, Kernel kernel, ThreadPool& pool) {
     if (args.trans_b && ki.pack_trans_nr) pack_b = ki.pack_trans_nr;
     Ctx cx{&args, ki, pack_a, pack_b, pack_panels_fn(ki.nr), KBlocks(args.k, ki.kc), 0, 0, 1, 1, false};
     cx.b_inplace = !args.trans_b && args.k > 0 && args.m <= ki.mr;
+    cx.a = static_cast<const float*>(args.a);
+    cx.b = static_cast<const float*>(args.b);
+    cx.c = static_cast<float*>(args.c);
+    cx.bias = static_cast<const float*>(args.bias);
     plan_tasks(cx, pool.size());
 
     const int64_t ntasks = cx.tm * cx.tn;

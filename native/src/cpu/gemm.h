@@ -1,6 +1,8 @@
 // Hand-written fp32 GEMM of the CPU backend: cache blocking (the level-2 tiles) around SIMD
 // micro-kernels chosen at run time.
 #pragma once
+#include "core/gemm_problem.h"
+
 #include <cstdint>
 
 namespace sw::cpu {
@@ -23,25 +25,13 @@ bool parse_kernel(const char* name, Kernel* out);
 struct TileShape { int mr, nr, mc, kc, nc; };
 TileShape tile_shape(Kernel k);
 
-struct SgemmArgs {
-    bool trans_a = false;   // op(A) = A^T; A stored k x m
-    bool trans_b = false;   // op(B) = B^T; B stored n x k
-    int64_t m = 0, n = 0, k = 0;
-    float alpha = 1.0f;
-    const float* a = nullptr; int64_t lda = 0;
-    const float* b = nullptr; int64_t ldb = 0;
-    float beta = 0.0f;
-    float* c = nullptr; int64_t ldc = 0;
-    const float* bias = nullptr; // n elements or null
-    bool gelu = false;           // tanh-approximation GeLU after bias
-};
-
-// C = epilogue(alpha*op(A)op(B) + beta*C + bias). Arguments are already validated by the caller
-// (m, n >= 1, k >= 0, leading dimensions large enough, pointers non-null where used).
+// C = epilogue(alpha*op(A)op(B) + beta*C + bias) for a problem the core has validated (core/gemm_args.cpp):
+// every type F32 (a, b, c, bias and accumulation), m, n >= 1, k >= 0, leading dimensions large enough, pointers
+// non-null where used.
 // Determinism contract: C[i][j] depends only on row i of op(A), column j of op(B), k, alpha, beta,
 // C[i][j], bias[j] and the kernel — not on m, n, the position of (i, j), or the number of threads.
 // beta == 0 never reads C.
-void sgemm(const SgemmArgs& args, Kernel kernel, ThreadPool& pool);
+void sgemm(const GemmProblem& problem, Kernel kernel, ThreadPool& pool);
 
 // GeLU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 float gelu_tanh(float x);

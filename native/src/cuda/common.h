@@ -1,5 +1,5 @@
 // Internal declarations shared by the translation units of the CUDA plugin (libshardwise_cuda).
-// Not part of any interface: the core only sees cuda_plugin.h.
+// Not part of any interface: the core only sees core/cuda_plugin_api.h.
 //
 // Error model inside the plugin: helpers throw sw::Error (core/error.h, header-only parts); every PluginApi
 // entry point (plugin.cpp) catches everything and turns it into a status plus a message. Kernel launchers in
@@ -8,7 +8,7 @@
 #pragma once
 #include "core/dtype.h"
 #include "core/error.h"
-#include "cuda/cuda_plugin.h"
+#include "core/cuda_plugin_api.h"
 
 #if defined(SW_CUDA_HOST_EMULATION)
 #include "cuda_emu.h" // native/tests/cuda_emu: the host emulation's stand-ins for the runtime's types
@@ -80,18 +80,18 @@ cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStrea
 
 // ------------------------------------------------------------------------------------------ gemm_mma.cu
 // Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+; or, with wgmma = true, wgmma.mma_async, sm_90a code
-// only: check wgmma_available first). desc validated: a_type F16/BF16, c_type = a_type or F32, m, n, k >= 1,
+// only: check wgmma_available first). problem validated: a_type = b_type F16/BF16, c_type = a_type or F32, m, n, k >= 1,
 // leading dimensions valid, grid limits checked (mma_gemm_shape_problem).
-cudaError_t launch_mma_gemm(const GemmDesc& desc, bool wgmma, cudaStream_t stream);
+cudaError_t launch_mma_gemm(const GemmProblem& problem, bool wgmma, cudaStream_t stream);
 // One-thread kernel writing *out = 1 when the device runs code built for sm_90a (the wgmma kernel), else 0.
 cudaError_t launch_wgmma_probe(int* out, cudaStream_t stream);
 // Empty string when the kernel can take this shape, else why not.
 std::string mma_gemm_shape_problem(int64_t m, int64_t n);
 
 // ------------------------------------------------------------------------------------------ gemm_cublaslt.cpp
-// cuBLASLt GEMM; desc validated by the caller, k >= 1, current device = ordinal. Throws on failure;
+// cuBLASLt GEMM; problem validated by the caller, k >= 1, current device = ordinal. Throws on failure;
 // SW_ERR_UNSUPPORTED when cuBLASLt offers no algorithm for the problem.
-void cublaslt_gemm(int32_t ordinal, const GemmDesc& desc, cudaStream_t stream);
+void cublaslt_gemm(int32_t ordinal, const GemmProblem& problem, cudaStream_t stream);
 // Frees what the GEMM path keeps per stream (the cuBLASLt workspace). The stream must be idle.
 void release_stream_resources(int32_t ordinal, cudaStream_t stream);
 // "cuBLASLt 11.11.3".

@@ -168,7 +168,7 @@ struct Problem {
     std::unique_ptr<Layout> a, b, c;
 };
 
-Problem make_problem(const GemmDesc& d, cublasComputeType_t compute, cublasLtEpilogue_t epilogue) {
+Problem make_problem(const GemmProblem& d, cublasComputeType_t compute, cublasLtEpilogue_t epilogue) {
     Problem p;
     p.epilogue = epilogue;
     p.bias = (epilogue == CUBLASLT_EPILOGUE_BIAS || epilogue == CUBLASLT_EPILOGUE_GELU_BIAS) ? d.bias : nullptr;
@@ -258,7 +258,7 @@ void release_stream_resources(int32_t ordinal, cudaStream_t stream) {
     check_cuda(cudaFree(w.ptr), "cudaFree (cuBLASLt workspace)");
 }
 
-void cublaslt_gemm(int32_t ordinal, const GemmDesc& d, cudaStream_t stream) {
+void cublaslt_gemm(int32_t ordinal, const GemmProblem& d, cudaStream_t stream) {
     if (d.m > INT32_MAX || d.n > INT32_MAX || d.k > INT32_MAX)
         fail(SW_ERR_UNSUPPORTED, "cuBLASLt takes m, n and k up to 2^31 - 1 (m = ", d.m, ", n = ", d.n, ", k = ", d.k,
              ")");

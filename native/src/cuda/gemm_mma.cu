@@ -45,7 +45,7 @@ std::string mma_gemm_shape_problem(int64_t m, int64_t n) {
     return {};
 }
 
-cudaError_t launch_mma_gemm(const GemmDesc& d, bool wgmma, cudaStream_t stream) {
+cudaError_t launch_mma_gemm(const GemmProblem& d, bool wgmma, cudaStream_t stream) {
     const Params p = make_params(d);
     (void)cudaGetLastError();
     if (d.a_type == SW_DTYPE_BF16) return launch_typed<true>(p, d.trans_a, d.trans_b, wgmma, stream);

@@ -28,7 +28,7 @@
 // host by the kernel emulation test (native/tests/cuda_emu, SW_CUDA_HOST_EMULATION defined, sw::emu declared
 // first), which runs this very code with emulated threads, shared memory, cp.async and mma.sync.
 #pragma once
-#include "cuda/cuda_plugin.h"
+#include "core/cuda_plugin_api.h"
 
 #if !defined(SW_CUDA_HOST_EMULATION)
 #include <cuda_bf16.h>
@@ -364,8 +364,8 @@ __global__ void __launch_bounds__(kThreads) mma_gemm_kernel(const Params p) {
 }
 
 // ------------------------------------------------------------------------------------------ host side
-// Kernel parameters from a validated descriptor (launch_mma_gemm, and the host emulation's tests).
-inline Params make_params(const GemmDesc& d) {
+// Kernel parameters from a validated problem (launch_mma_gemm, and the host emulation's tests).
+inline Params make_params(const GemmProblem& d) {
     Params p{};
     p.a = static_cast<const uint16_t*>(d.a);
     p.b = static_cast<const uint16_t*>(d.b);

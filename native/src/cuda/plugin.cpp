@@ -1,4 +1,4 @@
-// libshardwise_cuda: the PluginApi table (cuda_plugin.h) and its host-side functions: versions, devices,
+// libshardwise_cuda: the PluginApi table (core/cuda_plugin_api.h) and its host-side functions: versions, devices,
 // memory, streams, events, copies, argument checking and dispatch of the kernels and GEMMs.
 //
 // Conventions: every entry point runs its body through run(), which catches everything (nothing throws across
@@ -55,7 +55,7 @@ void init_devices(DeviceTable& t) {
         if (t.count == 0) t.reason = "the CUDA runtime reports 0 devices";
     } else {
         (void)cudaGetLastError();
-        // No driver, no device or an unusable driver: report "no devices", never an error (cuda_plugin.h).
+        // No driver, no device or an unusable driver: report "no devices", never an error (core/cuda_plugin_api.h).
         t.count = 0;
         t.reason = str("cudaGetDeviceCount failed: ", cuda_error_text(st));
     }
@@ -665,18 +665,19 @@ bool supported_combination(sw_dtype a, sw_dtype c) {
            (a == SW_DTYPE_BF16 && c == SW_DTYPE_F32);
 }
 
-void validate_gemm(const GemmDesc& d) {
-    if (!supported_combination(d.a_type, d.c_type))
+void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
+    if (d.b_type != d.a_type || d.bias_type != d.c_type || d.accum_type != SW_DTYPE_F32 ||
+        !supported_combination(d.a_type, d.c_type))
         fail(SW_ERR_UNSUPPORTED, "GEMM with A/B ", dtype_name(d.a_type), " and C ", dtype_name(d.c_type),
              " is not supported (f32/f32, f16/f16, bf16/bf16, f16/f32, bf16/f32)");
     if (d.m < 1 || d.n < 1 || d.k < 0)
         fail(SW_ERR_INVALID_ARGUMENT, "m (", d.m, ") and n (", d.n, ") must be >= 1 and k (", d.k, ") >= 0");
     if (d.epilogue != SW_EPILOGUE_NONE && d.epilogue != SW_EPILOGUE_GELU)
         fail(SW_ERR_INVALID_ARGUMENT, "epilogue ", static_cast<int>(d.epilogue), " is not a sw_epilogue");
-    if (d.algo != GemmAlgo::Auto && d.algo != GemmAlgo::CublasLt && d.algo != GemmAlgo::HandWritten &&
-        d.algo != GemmAlgo::Wgmma)
-        fail(SW_ERR_INVALID_ARGUMENT, "algo ", static_cast<int>(d.algo), " is not a GemmAlgo");
-    if ((d.algo == GemmAlgo::HandWritten || d.algo == GemmAlgo::Wgmma) && d.a_type != SW_DTYPE_F16 &&
+    if (algo != GemmAlgo::Auto && algo != GemmAlgo::CublasLt && algo != GemmAlgo::HandWritten &&
+        algo != GemmAlgo::Wgmma)
+        fail(SW_ERR_INVALID_ARGUMENT, "algo ", static_cast<int>(algo), " is not a GemmAlgo");
+    if ((algo == GemmAlgo::HandWritten || algo == GemmAlgo::Wgmma) && d.a_type != SW_DTYPE_F16 &&
         d.a_type != SW_DTYPE_BF16)
         fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM takes f16 or bf16 inputs, not ", dtype_name(d.a_type));
     need(d.c, "c");
@@ -701,7 +702,7 @@ void validate_gemm(const GemmDesc& d) {
         fail(SW_ERR_INVALID_ARGUMENT, "a matrix or bias pointer is not aligned to its element size");
 }
 
-void mma_gemm(int32_t ordinal, const GemmDesc& d, cudaStream_t s) {
+void mma_gemm(int32_t ordinal, const GemmProblem& d, cudaStream_t s) {
     if (d.a_type != SW_DTYPE_F16 && d.a_type != SW_DTYPE_BF16)
         fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM takes f16 or bf16 inputs, not ", dtype_name(d.a_type));
     const int cc = compute_capability(ordinal);
@@ -744,7 +745,7 @@ bool wgmma_available(int32_t ordinal) {
     return k > 0;
 }
 
-void wgmma_gemm(int32_t ordinal, const GemmDesc& d, cudaStream_t s) {
+void wgmma_gemm(int32_t ordinal, const GemmProblem& d, cudaStream_t s) {
     if (!wgmma_available(ordinal))
         fail(SW_ERR_UNSUPPORTED, "the wgmma GEMM needs a compute capability 9.0 GPU and a plugin built for sm_90a "
              "(CUDA 12 or later, architecture 90a); device ", ordinal, " (compute capability ",
@@ -755,10 +756,10 @@ void wgmma_gemm(int32_t ordinal, const GemmDesc& d, cudaStream_t s) {
     check_cuda(launch_mma_gemm(d, true, s), "wgmma GEMM kernel launch");
 }
 
-sw_status api_gemm(int32_t ordinal, const GemmDesc* desc, void* stream, std::string* err) {
+sw_status api_gemm(int32_t ordinal, const GemmProblem* problem, GemmAlgo algo, void* stream, std::string* err) {
     return run(err, "gemm", [&] {
-        const GemmDesc& d = *need(desc, "desc");
-        validate_gemm(d);
+        const GemmProblem& d = *need(problem, "problem");
+        validate_gemm(d, algo);
         set_device(ordinal);
         const cudaStream_t s = as_stream(stream);
         if (d.k == 0) { // C = act(beta * C + bias): no product
@@ -767,7 +768,7 @@ sw_status api_gemm(int32_t ordinal, const GemmDesc* desc, void* stream, std::str
                        "GEMM (k = 0) epilogue kernel launch");
             return;
         }
-        switch (d.algo) {
+        switch (algo) {
         case GemmAlgo::HandWritten: mma_gemm(ordinal, d, s); return;
         case GemmAlgo::Wgmma: wgmma_gemm(ordinal, d, s); return;
         case GemmAlgo::CublasLt: cublaslt_gemm(ordinal, d, s); return;

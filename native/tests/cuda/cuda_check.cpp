@@ -7,7 +7,7 @@
 //
 // Usage: cuda_check [device ordinal (default 0)]
 #include "core/dtype.h"
-#include "cuda/cuda_plugin.h"
+#include "core/cuda_plugin_api.h"
 
 #include <dlfcn.h>
 #include <unistd.h>
@@ -33,7 +33,16 @@
 namespace {
 
 using sw::cuda::GemmAlgo;
-using sw::cuda::GemmDesc;
+// A GEMM problem and the algorithm the plugin is asked to run it with. The cases set a_type and c_type; B and the
+// bias take the same types (problem_of).
+struct GemmDesc : sw::GemmProblem {
+    GemmAlgo algo = GemmAlgo::Auto;
+};
+const sw::GemmProblem* problem_of(GemmDesc& d) {
+    d.b_type = d.a_type;
+    d.bias_type = d.c_type;
+    return &d;
+}
 using sw::cuda::PluginApi;
 
 const PluginApi* api = nullptr;
@@ -761,7 +770,7 @@ GemmRun run_gemm(const GemmCase& g, void* stream) {
     d.algo = g.algo;
     d.allow_tf32 = g.tf32;
     GemmRun result{HostArray(g.c_type, nc), false};
-    if (!CALL(gemm, dev, &d, stream)) return result;
+    if (!CALL(gemm, dev, problem_of(d), d.algo, stream)) return result;
     download(result.c.bytes.data(), dC.p, nc * ec, stream);
 
     const double acc_eps = g.tf32 ? 4e-3 : 2e-5;
@@ -891,7 +900,7 @@ void check_gemm() {
         d.algo = GemmAlgo::Wgmma;
         CALL(memset_async, dev, a.p, 0, 16, s.s);
         CALL(memset_async, dev, b.p, 0, 16, s.s);
-        const sw_status st = STATUS(gemm, dev, &d, s.s);
+        const sw_status st = STATUS(gemm, dev, problem_of(d), d.algo, s.s);
         CALL(stream_synchronize, dev, s.s);
         ++checks;
         if (st == SW_OK) {
@@ -952,12 +961,12 @@ void check_gemm() {
             d.b = dB.p; d.ldb = n;
             d.c = dC.p; d.ldc = n;
             d.algo = GemmAlgo::HandWritten;
-            CALL(gemm, dev, &d, s.s);
+            CALL(gemm, dev, problem_of(d), d.algo, s.s);
             d.b = dB.at(static_cast<size_t>(j0) * 2); // columns [j0, j0 + nb) of B
             d.n = nb;
             d.c = dC2.p;
             d.ldc = nb;
-            CALL(gemm, dev, &d, s.s);
+            CALL(gemm, dev, problem_of(d), d.algo, s.s);
             std::vector<float> full(static_cast<size_t>(m * n)), part(static_cast<size_t>(m * nb));
             download(full.data(), dC.p, full.size() * 4, s.s);
             download(part.data(), dC2.p, part.size() * 4, s.s);
@@ -993,13 +1002,13 @@ void check_gemm() {
         d.epilogue = g.epilogue;
         d.algo = g.algo;
         d.c = c1.p;
-        CALL(gemm, dev, &d, s.s);
+        CALL(gemm, dev, problem_of(d), d.algo, s.s);
         CALL(stream_synchronize, dev, s.s);
         for (int rep = 0; rep < 4; ++rep) {
             d.c = c2.p;
-            CALL(gemm, dev, &d, s.s);
+            CALL(gemm, dev, problem_of(d), d.algo, s.s);
             d.c = c3.p;
-            CALL(gemm, dev, &d, s2.s);
+            CALL(gemm, dev, problem_of(d), d.algo, s2.s);
         }
         CALL(stream_synchronize, dev, s.s);
         CALL(stream_synchronize, dev, s2.s);
@@ -1037,7 +1046,7 @@ void check_gemm() {
         d.b = dB.p; d.ldb = n;
         d.c = dC.p; d.ldc = n;
         d.algo = GemmAlgo::CublasLt;
-        if (CALL(gemm, dev, &d, s.s)) {
+        if (CALL(gemm, dev, problem_of(d), d.algo, s.s)) {
             HostArray C(t, static_cast<size_t>(m * n));
             download(C.bytes.data(), dC.p, C.bytes.size(), s.s);
             size_t nonzero = 0;
@@ -1059,19 +1068,19 @@ void check_gemm() {
     bad.a = buf.p; bad.b = buf.p; bad.c = buf.p;
     bad.lda = 4; bad.ldb = 4; bad.ldc = 4;
     bad.algo = GemmAlgo::HandWritten;
-    EXPECT(STATUS(gemm, dev, &bad, s.s) == SW_ERR_UNSUPPORTED, "hand-written GEMM with f32: " + g_err);
+    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_UNSUPPORTED, "hand-written GEMM with f32: " + g_err);
     bad.algo = GemmAlgo::Auto;
     bad.lda = 3;
-    EXPECT(STATUS(gemm, dev, &bad, s.s) == SW_ERR_INVALID_ARGUMENT, "lda < k: " + g_err);
+    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_INVALID_ARGUMENT, "lda < k: " + g_err);
     bad.lda = 4;
     bad.c_type = SW_DTYPE_F16;
-    EXPECT(STATUS(gemm, dev, &bad, s.s) == SW_ERR_UNSUPPORTED, "f32 inputs with f16 output: " + g_err);
+    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_UNSUPPORTED, "f32 inputs with f16 output: " + g_err);
     bad.c_type = SW_DTYPE_F32;
     bad.m = 0;
-    EXPECT(STATUS(gemm, dev, &bad, s.s) == SW_ERR_INVALID_ARGUMENT, "m = 0: " + g_err);
+    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_INVALID_ARGUMENT, "m = 0: " + g_err);
     bad.m = 4;
-    EXPECT(STATUS(gemm, dev, nullptr, s.s) == SW_ERR_NULL_HANDLE, "null desc");
-    EXPECT(STATUS(gemm, dev + 1000, &bad, s.s) == SW_ERR_NOT_FOUND, "bad ordinal");
+    EXPECT(STATUS(gemm, dev, nullptr, GemmAlgo::Auto, s.s) == SW_ERR_NULL_HANDLE, "null desc");
+    EXPECT(STATUS(gemm, dev + 1000, problem_of(bad), bad.algo, s.s) == SW_ERR_NOT_FOUND, "bad ordinal");
     CALL(stream_synchronize, dev, s.s);
 }
 

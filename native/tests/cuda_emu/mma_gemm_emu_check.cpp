@@ -209,9 +209,9 @@ std::vector<uint32_t> run_case(const Case& c, bool vector_path, std::mt19937_64&
             else gbias.as<uint16_t>()[j] = to16(v), bias[static_cast<size_t>(j)] = from16(to16(v));
         }
 
-    sw::cuda::GemmDesc d;
-    d.a_type = c.bf16 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
-    d.c_type = c.c_f32 ? SW_DTYPE_F32 : d.a_type;
+    sw::GemmProblem d;
+    d.a_type = d.b_type = c.bf16 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+    d.c_type = d.bias_type = c.c_f32 ? SW_DTYPE_F32 : d.a_type;
     d.trans_a = c.ta;
     d.trans_b = c.tb;
     d.m = c.m, d.n = c.n, d.k = c.k;
@@ -221,7 +221,6 @@ std::vector<uint32_t> run_case(const Case& c, bool vector_path, std::mt19937_64&
     d.c = gc.as<void>(), d.ldc = ldc;
     d.bias = c.bias ? gbias.as<void>() : nullptr;
     d.epilogue = c.gelu ? SW_EPILOGUE_GELU : SW_EPILOGUE_NONE;
-    d.algo = sw::cuda::GemmAlgo::HandWritten;
     const Params p = make_params(d);
     std::vector<std::string> problems;
     if ((p.vec_a != 0) != vector_path || (p.vec_b != 0) != vector_path)

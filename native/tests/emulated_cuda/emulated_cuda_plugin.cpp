@@ -1,11 +1,11 @@
-// A host-memory emulation of the CUDA backend plugin (cuda_plugin.h), for testing the core's CUDA paths —
+// A host-memory emulation of the CUDA backend plugin (core/cuda_plugin_api.h), for testing the core's CUDA paths —
 // device dispatch, streams and events, stream wrapping, collectives ordered into streams through the
 // wait-flag protocol — on machines without a GPU. It is a test double: it runs nothing on a GPU and
 // proves nothing about the real plugin (libshardwise_cuda), which needs a GPU machine.
 //
 // "Device memory" is host memory; a "cudaStream_t" is a sw::cpu::Stream (an in-order worker thread);
 // an "event" is a marker with a generation counter; stream_wait_flag queues a task that polls the flag.
-#include "cuda/cuda_plugin.h"
+#include "core/cuda_plugin_api.h"
 #include "cpu/stream.h"
 
 #include <atomic>
@@ -137,9 +137,10 @@ sw_status memset_async(int32_t, void* dst, uint8_t v, uint64_t bytes, void* s, s
     S(s)->enqueue([=] { std::memset(dst, v, bytes); });
     return SW_OK;
 }
-sw_status gemm(int32_t, const sw::cuda::GemmDesc* d, void* s, std::string* err) {
-    if (d->a_type != SW_DTYPE_F32 || d->c_type != SW_DTYPE_F32) return fail(err, "emulated GEMM: f32 only");
-    const sw::cuda::GemmDesc g = *d;
+sw_status gemm(int32_t, const sw::GemmProblem* d, sw::cuda::GemmAlgo, void* s, std::string* err) {
+    if (d->a_type != SW_DTYPE_F32 || d->b_type != SW_DTYPE_F32 || d->c_type != SW_DTYPE_F32)
+        return fail(err, "emulated GEMM: f32 only");
+    const sw::GemmProblem g = *d;
     S(s)->enqueue([g] {
         auto* c = static_cast<float*>(g.c);
         auto* a = static_cast<const float*>(g.a);

@@ -1,4 +1,4 @@
-// Interface between the core (libshardwise) and the CUDA backend (libshardwise_cuda), which the core loads
+// Interface between the core (libshardwise) and the CUDA backend plugin (libshardwise_cuda), which the core loads
 // at run time with dlopen. Keeping CUDA out of the core means libshardwise loads on machines without a CUDA
 // driver or runtime, and asking for CUDA devices there gives 0 devices instead of a loader error.
 //
@@ -6,15 +6,18 @@
 // nothing throws across it: every function returns sw_status and, on failure, writes a message naming the
 // argument or the CUDA/cuBLAS call and its error string into *err.
 // No CUDA type appears here: streams and events are cudaStream_t / cudaEvent_t passed as void*.
+// The core owns this contract (it lives in core/); the plugin (native/src/cuda) includes it from here, and the core
+// reaches the table only through its CUDA backend (core/backend_cuda.cpp) and core/cuda_loader.h.
 #pragma once
 #include "shardwise.h"
+#include "core/gemm_problem.h"
 
 #include <cstdint>
 #include <string>
 
 namespace sw::cuda {
 
-constexpr int32_t kPluginAbi = 4;
+constexpr int32_t kPluginAbi = 5; // 5: gemm takes a sw::GemmProblem and the algorithm
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -24,24 +27,9 @@ enum class GemmAlgo : int32_t {
                      // sm_90a; bf16/fp16 only; not validated on a GPU yet (docs/gpu-validation.md)
 };
 
-// Row-major GEMM: C[m,n] = epilogue(alpha * op(A) op(B) + beta * C + bias[n]), all pointers device memory
-// of `ordinal` (or peer-accessible). a/b/c/bias element type: a_type for A and B, c_type for C and bias.
-// Supported combinations: (F32, F32) [compute fp32, or tf32 when allow_tf32], (F16, F16), (BF16, BF16),
-// (F16, F32), (BF16, F32) — fp32 accumulation throughout.
-struct GemmDesc {
-    sw_dtype a_type = SW_DTYPE_F32;
-    sw_dtype c_type = SW_DTYPE_F32;
-    bool trans_a = false, trans_b = false;
-    int64_t m = 0, n = 0, k = 0;
-    float alpha = 1.0f, beta = 0.0f;
-    const void* a = nullptr; int64_t lda = 0;
-    const void* b = nullptr; int64_t ldb = 0;
-    void* c = nullptr; int64_t ldc = 0;
-    const void* bias = nullptr; // n elements of c_type, or null
-    sw_epilogue epilogue = SW_EPILOGUE_NONE;
-    GemmAlgo algo = GemmAlgo::Auto;
-    bool allow_tf32 = false;
-};
+// GEMMs are described by sw::GemmProblem (core/gemm_problem.h), the one description from the C ABI to the kernels.
+// Supported combinations (a_type = b_type, bias_type = c_type, accum_type F32): (F32, F32) [compute fp32, or
+// tf32 when allow_tf32], (F16, F16), (BF16, BF16), (F16, F32), (BF16, F32).
 
 struct PluginApi {
     int32_t abi; // kPluginAbi
@@ -81,7 +69,9 @@ struct PluginApi {
                               std::string* err);
     sw_status (*memset_async)(int32_t ordinal, void* dst, uint8_t value, uint64_t bytes, void* stream,
                               std::string* err);
-    sw_status (*gemm)(int32_t ordinal, const GemmDesc* desc, void* stream, std::string* err);
+    // The problem as the core validated it (pointers are device memory of `ordinal`, or peer-accessible); the
+    // plugin checks it again against what its kernels take. (ABI 5.)
+    sw_status (*gemm)(int32_t ordinal, const GemmProblem* problem, GemmAlgo algo, void* stream, std::string* err);
 
     // Layout kernel: copies a rows x cols block (elem_size bytes per element) from src (leading dimension
     // ld_src elements) to dst (ld_dst). Used to place an all-gathered shard at its column offset.

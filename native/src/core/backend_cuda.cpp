@@ -1,0 +1,269 @@
+// The CUDA backend (core/backend.h): wraps the function table of the CUDA plugin (core/cuda_plugin_api.h), which
+// the core loads at run time (core/cuda_loader.h). Every table call goes through call(), the one place that turns
+// a failed status and the plugin's message into sw::Error. It lives in libshardwise (the plugin is dlopen'ed) and
+// includes nothing under native/src/cuda.
+//
+// Devices keep, besides the table: the kernel choice (a cuda::GemmAlgo), the memory that stream workers could not
+// free (DeferredFrees, core/objects.h) and how many sw_streams wrap each external cudaStream_t. A stream's host
+// queue (sw_stream_s::impl) runs the host sides of collectives in stream order; the flag words they raise belong to
+// the stream and are freed here when it goes.
+#include "core/backend.h"
+#include "core/cuda_loader.h"
+#include "core/objects.h"
+
+#include <mutex>
+
+namespace sw {
+namespace {
+
+const char* algo_name(int algo) {
+    switch (static_cast<cuda::GemmAlgo>(algo)) {
+    case cuda::GemmAlgo::Auto: return "auto";
+    case cuda::GemmAlgo::CublasLt: return "cublaslt";
+    case cuda::GemmAlgo::HandWritten: return "mma";
+    case cuda::GemmAlgo::Wgmma: return "wgmma";
+    }
+    return "auto";
+}
+
+class CudaBackend final : public Backend {
+public:
+    explicit CudaBackend(const cuda::PluginApi* api) : api_(api) {}
+
+    sw_backend kind() const override { return SW_BACKEND_CUDA; }
+
+    // ------------------------------------------------------------------ devices
+    int32_t device_count() override {
+        int32_t count = 0;
+        call([&](std::string* err) { return api_->device_count(&count, err); });
+        return count;
+    }
+
+    std::shared_ptr<DeviceImpl> create_device(int32_t ordinal, int32_t) override {
+        const int32_t count = device_count();
+        if (ordinal < 0 || ordinal >= count)
+            fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": there are ", count, " CUDA devices");
+        sw_device_info info{};
+        call([&](std::string* err) { return api_->device_info(ordinal, &info, err); });
+        auto impl = std::make_shared<DeviceImpl>();
+        impl->backend = SW_BACKEND_CUDA;
+        impl->ops = this;
+        impl->ordinal = ordinal;
+        impl->num_threads = info.num_threads;
+        impl->name = str("cuda:", ordinal, " ", info.name);
+        impl->cuda = api_;
+        return impl;
+    }
+
+    void device_info(DeviceImpl& dev, sw_device_info* info) override {
+        call([&](std::string* err) { return api_->device_info(dev.ordinal, info, err); });
+        copy_name(info->name, sizeof info->name, dev.name);
+        copy_name(info->kernel, sizeof info->kernel, algo_name(dev.kernel.load()));
+    }
+
+    void set_kernel(DeviceImpl& dev, const char* kernel) override {
+        const std::string name = kernel;
+        cuda::GemmAlgo algo;
+        if (name == "auto") algo = cuda::GemmAlgo::Auto;
+        else if (name == "cublaslt") algo = cuda::GemmAlgo::CublasLt;
+        else if (name == "mma") algo = cuda::GemmAlgo::HandWritten;
+        else if (name == "wgmma") algo = cuda::GemmAlgo::Wgmma;
+        else fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", name, "'; a CUDA device takes auto, cublaslt, mma or wgmma");
+        dev.kernel = static_cast<int>(algo);
+    }
+
+    void tile_shape(DeviceImpl&, sw_tile_shape*) override {} // the kernels choose their tiles per problem
+
+    // ------------------------------------------------------------------ memory
+    void allocate(DeviceImpl& dev, uint64_t bytes, Storage& storage) override {
+        dev.drain_deferred_frees();
+        call([&](std::string* err) { return api_->malloc_device(dev.ordinal, bytes, &storage.ptr, err); });
+        storage.ops = this;
+        storage.ordinal = dev.ordinal;
+        storage.deferred = dev.deferred;
+    }
+
+    void free_storage(Storage& storage) noexcept override {
+        if (cpu::on_stream_worker() && storage.deferred) { // see DeferredFrees
+            std::lock_guard<std::mutex> lock(storage.deferred->mu);
+            storage.deferred->pointers.push_back(storage.ptr);
+            return;
+        }
+        std::string err;
+        api_->free_device(storage.ordinal, storage.ptr, &err); // a destructor cannot report: the error is dropped
+    }
+
+    void check_wrap(DeviceImpl& dev, void* ptr) override {
+        int32_t where = -1;
+        call([&](std::string* err) { return api_->pointer_device(ptr, &where, err); });
+        if (where != dev.ordinal)
+            fail(SW_ERR_INVALID_ARGUMENT, "ptr is not memory of CUDA device ", dev.ordinal,
+                 where < 0 ? " (it is host or unknown memory)" : str(" (it belongs to device ", where, ")").c_str());
+    }
+
+    // ------------------------------------------------------------------ streams
+    void stream_create(sw_stream_s& s) override {
+        call([&](std::string* err) { return api_->stream_create(s.device_impl->ordinal, &s.cuda_stream, err); });
+        s.owns_cuda_stream = s.cuda_stream != nullptr;
+    }
+
+    void stream_wrap(sw_stream_s& s, void* native_stream) override {
+        s.cuda_stream = native_stream;
+        s.owns_cuda_stream = false;
+        std::lock_guard<std::mutex> lock(s.device_impl->wrapped_mutex);
+        ++s.device_impl->wrapped_streams[native_stream];
+    }
+
+    void stream_release(sw_stream_s& s) noexcept override {
+        std::string err;
+        DeviceImpl& dev = *s.device_impl;
+        api_->stream_synchronize(dev.ordinal, s.cuda_stream, &err);
+        if (s.owns_cuda_stream) {
+            api_->stream_destroy(dev.ordinal, s.cuda_stream, &err);
+        } else {
+            // The last wrapper of an external stream frees the plugin's resources for it (its GEMM workspace).
+            std::lock_guard<std::mutex> lock(dev.wrapped_mutex);
+            auto it = dev.wrapped_streams.find(s.cuda_stream);
+            if (it != dev.wrapped_streams.end() && --it->second == 0) {
+                dev.wrapped_streams.erase(it);
+                api_->release_stream(dev.ordinal, s.cuda_stream, &err);
+            }
+        }
+        if (s.flag_host) api_->free_host(s.flag_host, &err);
+    }
+
+    sw_status stream_synchronize(sw_stream_s& s, std::string* message) override {
+        // The device work first (it may wait for collectives' host sides), then the host side's errors.
+        std::string err;
+        const sw_status st = api_->stream_synchronize(s.device_impl->ordinal, s.cuda_stream, &err);
+        const sw_status host = s.impl->synchronize(message);
+        s.device_impl->drain_deferred_frees();
+        if (host != SW_OK) return host;
+        check(st, err);
+        return SW_OK;
+    }
+
+    void stream_wait_event(sw_stream_s& s, sw_event_s& e) override {
+        call([&](std::string* err) {
+            return api_->stream_wait_event(s.device_impl->ordinal, s.cuda_stream, e.cuda_event, err);
+        });
+    }
+
+    // ------------------------------------------------------------------ events
+    void event_create(sw_event_s& e) override {
+        call([&](std::string* err) { return api_->event_create(e.device_impl->ordinal, &e.cuda_event, err); });
+    }
+
+    void event_release(sw_event_s& e) noexcept override {
+        std::string err;
+        if (e.cuda_event) api_->event_destroy(e.device_impl->ordinal, e.cuda_event, &err);
+    }
+
+    void event_record(sw_event_s& e, sw_stream_s& s) override {
+        if (s.device_impl != e.device_impl) fail_event_stream_mismatch(e, s);
+        call([&](std::string* err) {
+            return api_->event_record(e.device_impl->ordinal, e.cuda_event, s.cuda_stream, err);
+        });
+        std::lock_guard<std::mutex> lock(e.state->mu);
+        ++e.state->recorded;
+    }
+
+    void event_synchronize(sw_event_s& e) override {
+        call([&](std::string* err) { return api_->event_synchronize(e.device_impl->ordinal, e.cuda_event, err); });
+    }
+
+    int32_t event_query(sw_event_s& e) override {
+        int32_t done = 0;
+        call([&](std::string* err) { return api_->event_query(e.device_impl->ordinal, e.cuda_event, &done, err); });
+        return done;
+    }
+
+    double event_elapsed_ms(sw_event_s& a, sw_event_s& b) override {
+        if (a.device_impl != b.device_impl) fail_event_pair_mismatch();
+        for (sw_event_s* e : {&a, &b}) {
+            std::lock_guard<std::mutex> lock(e->state->mu);
+            if (e->state->recorded == 0) fail(SW_ERR_INVALID_ARGUMENT, e == &a ? "start" : "end", " was never recorded");
+        }
+        float f = 0;
+        call([&](std::string* err) {
+            return api_->event_elapsed_ms(a.device_impl->ordinal, a.cuda_event, b.cuda_event, &f, err);
+        });
+        if (f < 0)
+            fail(SW_ERR_INVALID_ARGUMENT, "the end event was recorded before the start event (end is ", -f,
+                 " ms earlier); expected start recorded first (are the arguments swapped?)");
+        return f;
+    }
+
+    // ------------------------------------------------------------------ copies
+    // Stream order keeps the memory alive: a buffer's memory is freed by cudaFree, which waits for the device, or
+    // deferred when the last owner goes on a stream worker.
+    void memcpy(sw_stream_s& s, void* dst, const void* src, uint64_t bytes, KeepAlive) override {
+        call([&](std::string* err) {
+            return api_->memcpy_async(s.device_impl->ordinal, dst, src, bytes, s.cuda_stream, err);
+        });
+    }
+
+    void memset(sw_stream_s& s, void* dst, uint8_t value, uint64_t bytes, KeepAlive) override {
+        call([&](std::string* err) {
+            return api_->memset_async(s.device_impl->ordinal, dst, value, bytes, s.cuda_stream, err);
+        });
+    }
+
+    // ------------------------------------------------------------------ compute
+    void check_gemm_types(sw_dtype a_type, sw_dtype b_type, sw_dtype c_type) override {
+        for (sw_dtype t : {a_type, b_type, c_type})
+            if (t != SW_DTYPE_F32 && t != SW_DTYPE_F16 && t != SW_DTYPE_BF16)
+                fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(t), ": CUDA GEMM takes f32, f16 or bf16");
+    }
+
+    void gemm(sw_stream_s& s, const GemmProblem& problem, KeepAlive) override {
+        DeviceImpl& dev = *s.device_impl;
+        const auto algo = static_cast<cuda::GemmAlgo>(dev.kernel.load());
+        call([&](std::string* err) { return api_->gemm(dev.ordinal, &problem, algo, s.cuda_stream, err); });
+    }
+
+    void check_activation_type(sw_dtype dtype) override {
+        if (dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F64 && dtype != SW_DTYPE_F16 && dtype != SW_DTYPE_BF16)
+            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype), ": CUDA activations take f32, f64, f16 or bf16");
+    }
+
+    void gelu(sw_stream_s& s, sw_dtype dtype, const void* x, void* y, uint64_t count, KeepAlive) override {
+        const int32_t ord = s.device_impl->ordinal;
+        const uint64_t bytes = count * sw_dtype_size(dtype);
+        if (x != y) call([&](std::string* err) { return api_->memcpy_async(ord, y, x, bytes, s.cuda_stream, err); });
+        call([&](std::string* err) {
+            return api_->bias_act(ord, dtype, y, static_cast<int64_t>(count), 1, static_cast<int64_t>(count), nullptr,
+                                  SW_EPILOGUE_GELU, s.cuda_stream, err);
+        });
+    }
+
+    void gelu_backward(sw_stream_s& s, sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
+                       KeepAlive) override {
+        call([&](std::string* err) {
+            return api_->gelu_backward(s.device_impl->ordinal, dtype, x, dy, dx, count, s.cuda_stream, err);
+        });
+    }
+
+private:
+    // The one place where a plugin status becomes an exception (cuda_check: SW_OK passes, anything else throws
+    // sw::Error with the plugin's message).
+    static void check(sw_status status, const std::string& err) { cuda_check(status, err); }
+    template <class Fn>
+    static void call(Fn&& fn) {
+        std::string err;
+        check(fn(&err), err);
+    }
+
+    const cuda::PluginApi* api_;
+};
+
+} // namespace
+
+Backend* cuda_backend(std::string* why) {
+    const cuda::PluginApi* api = cuda_plugin(why);
+    if (!api) return nullptr;
+    static auto* backend = new CudaBackend(api); // never destroyed: storages may be freed during exit
+    return backend;
+}
+
+} // namespace sw

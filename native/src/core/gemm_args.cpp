@@ -1,0 +1,84 @@
+#include "core/gemm_args.h"
+
+#include "core/enum_arg.h"
+#include "core/index_math.h"
+#include "core/objects.h"
+
+#include <cmath>
+#include <string>
+
+namespace sw {
+namespace {
+
+// Validates one GEMM operand stored rows x cols with leading dimension ld at offset.
+const void* gemm_operand(sw_buffer_s* buf, uint64_t offset, int64_t rows, int64_t cols, int64_t ld, size_t esz,
+                         const char* name, const char* ld_name, const std::string& shape) {
+    if (ld < (cols > 1 ? cols : 1))
+        fail(SW_ERR_INVALID_ARGUMENT, ld_name, " = ", ld, " is smaller than the ", cols,
+             " columns of ", name, " as stored (", shape, "); expected ", ld_name, " >= ", (cols > 1 ? cols : 1));
+    return buffer_span(buf, offset, matrix_extent(rows, cols, ld), esz, name);
+}
+
+} // namespace
+
+GemmCall gemm_call_from_args(sw_stream_s* s, const sw_dtype& dtype_in, const sw_op& trans_a_in, const sw_op& trans_b_in,
+                             int64_t m, int64_t n, int64_t k, float alpha, sw_buffer a, uint64_t a_offset, int64_t lda,
+                             sw_buffer b, uint64_t b_offset, int64_t ldb, float beta, sw_buffer c, uint64_t c_offset,
+                             int64_t ldc, sw_buffer bias, uint64_t bias_offset, const sw_epilogue& epilogue_in) {
+    // Enum arguments: read raw and range-checked before they exist as enum values (core/enum_arg.h).
+    const sw_dtype dtype = dtype_arg(dtype_in, "dtype");
+    const sw_op trans_a = op_arg(trans_a_in, "trans_a");
+    const sw_op trans_b = op_arg(trans_b_in, "trans_b");
+    const sw_epilogue epilogue = epilogue_arg(epilogue_in, "epilogue");
+    // The C ABI's GEMM has one dtype for A, B, C and the bias, accumulated in f32.
+    s->device_impl->ops->check_gemm_types(dtype, dtype, dtype);
+    const size_t esz = sw_dtype_size(dtype);
+    if (m < 1) fail(SW_ERR_INVALID_ARGUMENT, "m = ", m, "; expected m >= 1");
+    if (n < 1) fail(SW_ERR_INVALID_ARGUMENT, "n = ", n, "; expected n >= 1");
+    if (k < 0) fail(SW_ERR_INVALID_ARGUMENT, "k = ", k, "; expected k >= 0");
+    if (!std::isfinite(alpha) || !std::isfinite(beta))
+        fail(SW_ERR_INVALID_ARGUMENT, "alpha = ", alpha, ", beta = ", beta, "; expected finite values");
+    auto* bc = checked(c, "c");
+    require_same_device(bc, s, "c");
+
+    GemmCall call;
+    GemmProblem& p = call.problem;
+    p.m = m;
+    p.n = n;
+    p.k = k;
+    p.trans_a = trans_a == SW_OP_T;
+    p.trans_b = trans_b == SW_OP_T;
+    p.a_type = p.b_type = p.c_type = p.bias_type = dtype;
+    p.accum_type = SW_DTYPE_F32;
+    p.alpha = alpha;
+    p.beta = beta;
+    p.epilogue = epilogue;
+    if (k > 0) {
+        auto* ba = checked(a, "a");
+        auto* bb = checked(b, "b");
+        require_same_device(ba, s, "a");
+        require_same_device(bb, s, "b");
+        const bool ta = p.trans_a, tb = p.trans_b;
+        const std::string shape_a = ta ? str("k x m = ", k, " x ", m, ", trans_a = T") : str("m x k = ", m, " x ", k, ", trans_a = N");
+        const std::string shape_b = tb ? str("n x k = ", n, " x ", k, ", trans_b = T") : str("k x n = ", k, " x ", n, ", trans_b = N");
+        p.a = gemm_operand(ba, a_offset, p.a_rows(), p.a_cols(), lda, esz, "a", "lda", shape_a);
+        p.b = gemm_operand(bb, b_offset, p.b_rows(), p.b_cols(), ldb, esz, "b", "ldb", shape_b);
+        call.keep.s[0] = ba->storage;
+        call.keep.s[1] = bb->storage;
+    }
+    p.lda = lda;
+    p.ldb = ldb;
+    if (ldc < n) fail(SW_ERR_INVALID_ARGUMENT, "ldc = ", ldc, " is smaller than n = ", n, "; expected ldc >= ", n);
+    p.c = buffer_span(bc, c_offset, matrix_extent(m, n, ldc), esz, "c");
+    p.ldc = ldc;
+    call.keep.s[2] = bc->storage;
+    if (bias) {
+        auto* bb = checked(bias, "bias");
+        require_same_device(bb, s, "bias");
+        p.bias = buffer_span(bb, bias_offset, static_cast<uint64_t>(n), esz, "bias");
+        call.keep.s[3] = bb->storage;
+    }
+    return call;
+}
+
+} // namespace sw

@@ -1,0 +1,25 @@
+// The arguments of sw_gemm, validated once, as the one GEMM description (core/gemm_problem.h) plus the storages the
+// queued work keeps alive. Every message and status is the C ABI's (the tests check them).
+#pragma once
+#include "shardwise.h"
+#include "core/backend.h"
+#include "core/gemm_problem.h"
+
+struct sw_stream_s;
+
+namespace sw {
+
+struct GemmCall {
+    GemmProblem problem;
+    KeepAlive keep; // A, B, C, bias
+};
+
+// Checks, in this order: the enum arguments, the dtype against the stream's backend (Backend::check_gemm_types),
+// m, n, k, alpha and beta, the buffers (live, on the stream's device), the leading dimensions and that every
+// operand fits its buffer at its offset. `stream` is already checked. Throws sw::Error.
+GemmCall gemm_call_from_args(sw_stream_s* stream, const sw_dtype& dtype, const sw_op& trans_a, const sw_op& trans_b,
+                             int64_t m, int64_t n, int64_t k, float alpha, sw_buffer a, uint64_t a_offset, int64_t lda,
+                             sw_buffer b, uint64_t b_offset, int64_t ldb, float beta, sw_buffer c, uint64_t c_offset,
+                             int64_t ldc, sw_buffer bias, uint64_t bias_offset, const sw_epilogue& epilogue);
+
+} // namespace sw

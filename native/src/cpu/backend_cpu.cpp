@@ -1,0 +1,287 @@
+// The CPU backend (core/backend.h): one device (ordinal 0) whose memory is host memory, streams that are in-order
+// worker queues (cpu/stream.h), events that are markers in those queues, the blocked fp32 GEMM (cpu/gemm.h) and
+// element-wise activations in chunks on the device's thread pool. CPU-only helpers live here too: the processor's
+// model name, the physical memory size, the default thread count and the GeLU derivative.
+#include "core/backend.h"
+#include "core/objects.h"
+#include "cpu/gemm.h"
+#include "cpu/stream.h"
+#include "cpu/thread_pool.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#if defined(__linux__)
+#include <unistd.h>
+#endif
+
+namespace sw::cpu {
+namespace {
+
+std::string cpu_model_name() {
+#if defined(__linux__)
+    if (FILE* f = std::fopen("/proc/cpuinfo", "r")) {
+        char line[512];
+        while (std::fgets(line, sizeof line, f)) {
+            if (std::strncmp(line, "model name", 10) == 0) {
+                const char* colon = std::strchr(line, ':');
+                std::string name = colon ? colon + 1 : line;
+                while (!name.empty() && (name.front() == ' ' || name.front() == '\t')) name.erase(0, 1);
+                while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+                std::fclose(f);
+                return name;
+            }
+        }
+        std::fclose(f);
+    }
+#endif
+    return "CPU";
+}
+
+uint64_t physical_memory_bytes() {
+#if defined(__linux__)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0) return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+#endif
+    return 0;
+}
+
+int default_threads() {
+    if (const char* env = std::getenv("SHARDWISE_NUM_THREADS")) {
+        const int n = std::atoi(env);
+        if (n > 0) return n;
+    }
+    const unsigned hc = std::thread::hardware_concurrency();
+    return hc > 0 ? static_cast<int>(hc) : 1;
+}
+
+// d/dx of the tanh-approximation GeLU.
+float gelu_grad(float x) {
+    const float c = 0.7978845608028654f;
+    const float t = std::tanh(c * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+// Runs fn(begin, end) over [0, count) in chunks on the device's pool, queued on the stream.
+template <class Fn>
+void enqueue_elementwise(sw_stream_s& s, uint64_t count, KeepAlive keep, Fn fn) {
+    auto dev = s.device_impl;
+    s.impl->enqueue([dev, count, keep = std::move(keep), fn] {
+        constexpr uint64_t kChunk = 1 << 16;
+        const int64_t chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
+        dev->pool->parallel_for(chunks, [&](int64_t c) {
+            const uint64_t b = static_cast<uint64_t>(c) * kChunk;
+            fn(b, std::min<uint64_t>(count, b + kChunk));
+        });
+    });
+}
+
+class CpuBackend final : public Backend {
+public:
+    sw_backend kind() const override { return SW_BACKEND_CPU; }
+
+    // ------------------------------------------------------------------ devices
+    int32_t device_count() override { return 1; }
+
+    std::shared_ptr<DeviceImpl> create_device(int32_t ordinal, int32_t num_threads) override {
+        if (ordinal != 0)
+            fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": the CPU backend has exactly one device (ordinal 0)");
+        if (num_threads < 0 || num_threads > 4096)
+            fail(SW_ERR_INVALID_ARGUMENT, "num_threads = ", num_threads, "; expected 0 (default) or 1..4096");
+        auto impl = std::make_shared<DeviceImpl>();
+        impl->backend = SW_BACKEND_CPU;
+        impl->ops = this;
+        impl->ordinal = 0;
+        impl->num_threads = num_threads > 0 ? num_threads : default_threads();
+        impl->pool = std::make_unique<ThreadPool>(impl->num_threads);
+        impl->name = str(cpu_model_name(), ", ", impl->num_threads, impl->num_threads == 1 ? " thread" : " threads");
+        if (const char* env = std::getenv("SHARDWISE_CPU_KERNEL")) {
+            Kernel k;
+            if (parse_kernel(env, &k) && kernel_supported(k)) impl->kernel = static_cast<int>(k);
+        }
+        return impl;
+    }
+
+    void device_info(DeviceImpl& dev, sw_device_info* info) override {
+        info->backend = dev.backend;
+        info->ordinal = dev.ordinal;
+        info->num_threads = dev.num_threads;
+        info->total_memory_bytes = physical_memory_bytes();
+        copy_name(info->name, sizeof info->name, dev.name);
+        const auto k = resolve_kernel(static_cast<Kernel>(dev.kernel.load()));
+        copy_name(info->kernel, sizeof info->kernel, kernel_name(k));
+    }
+
+    void set_kernel(DeviceImpl& dev, const char* kernel) override {
+        Kernel k;
+        if (!parse_kernel(kernel, &k))
+            fail(SW_ERR_INVALID_ARGUMENT, "kernel = '", kernel, "'; expected auto, avx512, avx2 or generic");
+        if (!kernel_supported(k)) fail(SW_ERR_UNSUPPORTED, "kernel '", kernel, "' is not supported by this processor");
+        dev.kernel = static_cast<int>(k);
+    }
+
+    void tile_shape(DeviceImpl& dev, sw_tile_shape* shape) override {
+        const auto t = cpu::tile_shape(resolve_kernel(static_cast<Kernel>(dev.kernel.load())));
+        shape->mr = t.mr;
+        shape->nr = t.nr;
+        shape->mc = t.mc;
+        shape->kc = t.kc;
+        shape->nc = t.nc;
+    }
+
+    // ------------------------------------------------------------------ memory
+    void allocate(DeviceImpl&, uint64_t bytes, Storage& storage) override {
+        const uint64_t rounded = (bytes + 63) / 64 * 64;
+        storage.ptr = std::aligned_alloc(64, static_cast<size_t>(rounded));
+        storage.ops = this;
+    }
+
+    void free_storage(Storage& storage) noexcept override { std::free(storage.ptr); }
+
+    void check_wrap(DeviceImpl&, void*) override {} // any host memory
+
+    // ------------------------------------------------------------------ streams
+    void stream_create(sw_stream_s&) override {} // the host work queue is the stream
+
+    void stream_wrap(sw_stream_s&, void*) override {
+        fail(SW_ERR_UNSUPPORTED, "sw_stream_wrap takes a cudaStream_t; the CPU backend has no native streams to wrap");
+    }
+
+    void stream_release(sw_stream_s&) noexcept override {}
+
+    sw_status stream_synchronize(sw_stream_s& s, std::string* message) override { return s.impl->synchronize(message); }
+
+    void stream_wait_event(sw_stream_s& s, sw_event_s& e) override {
+        std::shared_ptr<EventState> st = e.state;
+        uint64_t gen;
+        {
+            std::lock_guard<std::mutex> lock(st->mu);
+            gen = st->recorded;
+        }
+        if (gen == 0) return; // never recorded: nothing to wait for
+        s.impl->enqueue(
+            [st, gen] {
+                std::unique_lock<std::mutex> lock(st->mu);
+                st->cv.wait(lock, [&] { return st->completed >= gen; });
+            },
+            /*always=*/true);
+    }
+
+    // ------------------------------------------------------------------ events
+    void event_create(sw_event_s&) override {} // the EventState is the event
+    void event_release(sw_event_s&) noexcept override {}
+
+    void event_record(sw_event_s& e, sw_stream_s& s) override {
+        std::shared_ptr<EventState> st = e.state;
+        uint64_t gen;
+        {
+            std::lock_guard<std::mutex> lock(st->mu);
+            gen = ++st->recorded;
+        }
+        s.impl->enqueue(
+            [st, gen] {
+                const auto now = std::chrono::steady_clock::now();
+                std::lock_guard<std::mutex> lock(st->mu);
+                if (gen > st->completed) {
+                    st->completed = gen;
+                    st->time = now;
+                }
+                st->cv.notify_all();
+            },
+            /*always=*/true);
+    }
+
+    void event_synchronize(sw_event_s& e) override {
+        std::unique_lock<std::mutex> lock(e.state->mu);
+        const uint64_t gen = e.state->recorded;
+        e.state->cv.wait(lock, [&] { return e.state->completed >= gen; });
+    }
+
+    int32_t event_query(sw_event_s& e) override {
+        std::lock_guard<std::mutex> lock(e.state->mu);
+        return e.state->completed >= e.state->recorded ? 1 : 0;
+    }
+
+    double event_elapsed_ms(sw_event_s& a, sw_event_s& b) override {
+        std::chrono::steady_clock::time_point ta, tb;
+        {
+            std::lock_guard<std::mutex> lock(a.state->mu);
+            if (a.state->recorded == 0 || a.state->completed < a.state->recorded)
+                fail(SW_ERR_INVALID_ARGUMENT, "start has not completed (record it and synchronize first)");
+            ta = a.state->time;
+        }
+        {
+            std::lock_guard<std::mutex> lock(b.state->mu);
+            if (b.state->recorded == 0 || b.state->completed < b.state->recorded)
+                fail(SW_ERR_INVALID_ARGUMENT, "end has not completed (record it and synchronize first)");
+            tb = b.state->time;
+        }
+        if (tb < ta)
+            fail(SW_ERR_INVALID_ARGUMENT, "the end event was recorded before the start event (end is ",
+                 std::chrono::duration<double, std::milli>(ta - tb).count(),
+                 " ms earlier); expected start recorded first (are the arguments swapped?)");
+        return std::chrono::duration<double, std::milli>(tb - ta).count();
+    }
+
+    // ------------------------------------------------------------------ copies
+    void memcpy(sw_stream_s& s, void* dst, const void* src, uint64_t bytes, KeepAlive keep) override {
+        s.impl->enqueue([keep = std::move(keep), dst, src, bytes] { std::memmove(dst, src, bytes); });
+    }
+
+    void memset(sw_stream_s& s, void* dst, uint8_t value, uint64_t bytes, KeepAlive keep) override {
+        s.impl->enqueue([keep = std::move(keep), dst, value, bytes] { std::memset(dst, value, bytes); });
+    }
+
+    // ------------------------------------------------------------------ compute
+    void check_gemm_types(sw_dtype a_type, sw_dtype b_type, sw_dtype c_type) override {
+        const sw_dtype bad = a_type != SW_DTYPE_F32 ? a_type : b_type != SW_DTYPE_F32 ? b_type : c_type;
+        if (bad != SW_DTYPE_F32)
+            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(bad),
+                 ": the CPU backend computes GEMM in float32 only (SW_DTYPE_F32)");
+    }
+
+    void gemm(sw_stream_s& s, const GemmProblem& problem, KeepAlive keep) override {
+        auto dev = s.device_impl;
+        const auto kernel = static_cast<Kernel>(dev->kernel.load());
+        s.impl->enqueue([problem, kernel, dev, keep = std::move(keep)] { sgemm(problem, kernel, *dev->pool); });
+    }
+
+    void check_activation_type(sw_dtype dtype) override {
+        if (dtype != SW_DTYPE_F32)
+            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(dtype),
+                 ": the CPU backend computes activations in float32 only");
+    }
+
+    void gelu(sw_stream_s& s, sw_dtype, const void* x, void* y, uint64_t count, KeepAlive keep) override {
+        auto* fx = static_cast<const float*>(x);
+        auto* fy = static_cast<float*>(y);
+        enqueue_elementwise(s, count, std::move(keep), [fx, fy](uint64_t b, uint64_t e) {
+            for (uint64_t i = b; i < e; ++i) fy[i] = gelu_tanh(fx[i]);
+        });
+    }
+
+    void gelu_backward(sw_stream_s& s, sw_dtype, const void* x, const void* dy, void* dx, uint64_t count,
+                       KeepAlive keep) override {
+        auto* fx = static_cast<const float*>(x);
+        auto* fdy = static_cast<const float*>(dy);
+        auto* fdx = static_cast<float*>(dx);
+        enqueue_elementwise(s, count, std::move(keep), [fx, fdy, fdx](uint64_t b, uint64_t e) {
+            for (uint64_t i = b; i < e; ++i) fdx[i] = fdy[i] * gelu_grad(fx[i]);
+        });
+    }
+};
+
+} // namespace
+} // namespace sw::cpu
+
+namespace sw {
+Backend& cpu_backend() {
+    static auto* backend = new cpu::CpuBackend(); // never destroyed: storages may be freed during exit
+    return *backend;
+}
+} // namespace sw
