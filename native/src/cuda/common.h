@@ -10,11 +10,8 @@
 #include "core/error.h"
 #include "core/cuda_plugin_api.h"
 
-#if defined(SW_CUDA_HOST_EMULATION)
-#include "cuda_emu.h" // native/tests/cuda_emu: the host emulation's stand-ins for the runtime's types
-#else
+// The host emulation build (native/tests/cuda_emu) resolves this to its stand-in (see cuda/ptx.cuh).
 #include <cuda_runtime.h>
-#endif
 
 #include <cstdint>
 #include <string>

@@ -24,21 +24,19 @@
 // Requires sm_80 (mma.sync m16n8k16 with bf16, cp.async). The host side checks the device before launching.
 // wgmma (sm_90a) is not used: on Hopper this kernel runs the same mma.sync code.
 //
-// This header holds the kernel and its device helpers; gemm_mma.cu launches it. It is also compiled for the
-// host by the kernel emulation test (native/tests/cuda_emu, SW_CUDA_HOST_EMULATION defined, sw::emu declared
-// first), which runs this very code with emulated threads, shared memory, cp.async and mma.sync.
+// This header holds the kernel and its device helpers; gemm_mma.cu launches it. The PTX it needs (cp.async,
+// shared loads/stores, mma.sync) comes from cuda/ptx.cuh. It is also compiled for the host by the kernel
+// emulation test (native/tests/cuda_emu, SW_CUDA_HOST_EMULATION defined), whose include path gives it the
+// emulated ptx.cuh: this very code then runs with emulated threads, shared memory, cp.async and mma.sync.
 #pragma once
 #include "core/cuda_plugin_api.h"
-
-#if !defined(SW_CUDA_HOST_EMULATION)
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#endif
+#include "cuda/ptx.cuh"
 
 #include <cstdint>
 
 namespace sw::cuda::mma_detail {
+
+using namespace ::sw::cuda::ptx;
 
 constexpr int kBM = 128, kBN = 128, kBK = 32;
 constexpr int kThreads = 256;
@@ -63,106 +61,6 @@ struct Params {
     int vec_b;
 };
 
-// ------------------------------------------------------------------------------------------ PTX helpers
-#if defined(SW_CUDA_HOST_EMULATION)
-// Host emulation (native/tests/cuda_emu): the same operations with the semantics the PTX ISA gives them,
-// run by emulated threads, so that the index math, the pipeline and the edges of this kernel are tested
-// on machines without a GPU. The emulation defines sw::emu before including this header.
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return ::sw::emu::shared_address(p); }
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
-    ::sw::emu::cp_async(dst, src, 16, src_bytes);
-}
-__device__ __forceinline__ void cp_async_commit() { ::sw::emu::cp_async_commit(); }
-__device__ __forceinline__ void cp_async_wait_1() { ::sw::emu::cp_async_wait(1); }
-__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) { return ::sw::emu::ld_shared<uint32_t>(addr); }
-__device__ __forceinline__ uint32_t lds_u16(uint32_t addr) { return ::sw::emu::ld_shared<uint16_t>(addr); }
-__device__ __forceinline__ void sts_u16(uint32_t addr, uint16_t v) { ::sw::emu::st_shared<uint16_t>(addr, v); }
-template <bool kBf16>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    ::sw::emu::mma_m16n8k16(kBf16, d, a, b);
-}
-template <bool kBf16> __device__ __forceinline__ float bits_to_float(uint16_t bits) {
-    return kBf16 ? ::sw::emu::bf16_to_float(bits) : ::sw::emu::f16_to_float(bits);
-}
-template <bool kBf16> __device__ __forceinline__ uint16_t float_to_bits(float v) {
-    return kBf16 ? ::sw::emu::float_to_bf16(v) : ::sw::emu::float_to_f16(v);
-}
-#else
-// All shared-memory accesses go through PTX with 32-bit shared-window addresses: no C++ type punning.
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, int src_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    // src_bytes in [0, 16]: copies src_bytes bytes and zero-fills the remainder of the 16-byte chunk.
-    const uint64_t gsrc = static_cast<uint64_t>(__cvta_generic_to_global(src)); // .global state space address
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gsrc), "r"(src_bytes)
-                 : "memory");
-#else
-    (void)dst; (void)src; (void)src_bytes;
-    __trap();
-#endif
-}
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-// Waits until at most one committed group is still in flight.
-__device__ __forceinline__ void cp_async_wait_1() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
-    uint32_t v;
-    asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
-    return v;
-}
-__device__ __forceinline__ uint32_t lds_u16(uint32_t addr) {
-    unsigned short v;
-    asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");
-    return v;
-}
-__device__ __forceinline__ void sts_u16(uint32_t addr, uint16_t v) {
-    asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(static_cast<unsigned short>(v)) : "memory");
-}
-
-// d += a * b for one m16n8k16 tile; a: 4 registers (8 elements), b: 2 registers (4 elements), d: 4 fp32.
-template <bool kBf16>
-__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    if constexpr (kBf16) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-#else
-    (void)d; (void)a; (void)b;
-    __trap();
-#endif
-}
-
-// 16-bit storage <-> fp32 (round to nearest even).
-template <bool kBf16> __device__ __forceinline__ float bits_to_float(uint16_t bits) {
-    if constexpr (kBf16) return __bfloat162float(__ushort_as_bfloat16(bits));
-    else return __half2float(__ushort_as_half(bits));
-}
-template <bool kBf16> __device__ __forceinline__ uint16_t float_to_bits(float v) {
-    if constexpr (kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(v));
-    else return __half_as_ushort(__float2half_rn(v));
-}
-#endif // SW_CUDA_HOST_EMULATION
 
 // ------------------------------------------------------------------------------------------ tile loading
 // Copies one 128 (outer) x 32 (k) operand tile starting at (outer0, k0) into shared memory at `sm`, element (o, p)

@@ -27,10 +27,6 @@
 
 namespace sw::cuda::mma_detail {
 
-#if defined(SW_CUDA_HOST_EMULATION) || (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL))
-#define SW_WGMMA_CODE 1
-#endif
-
 constexpr uint32_t kWgLbo = 128;             // k-adjacent core matrices
 constexpr uint32_t kWgSbo = (kBK / 8) * 128; // 8-row groups: 512 bytes
 constexpr int kWgTileElems = 128 * kBK;      // 4096 elements, 8 KiB: one stage of one operand
@@ -47,46 +43,6 @@ __device__ __forceinline__ uint64_t wg_desc(uint32_t smem_address) {
            (static_cast<uint64_t>(kWgSbo >> 4) << 32);
 }
 
-#if defined(SW_CUDA_HOST_EMULATION)
-__device__ __forceinline__ void fence_proxy_async() { ::sw::emu::fence_proxy_async(); }
-__device__ __forceinline__ void wgmma_fence() { ::sw::emu::wgmma_fence(); }
-__device__ __forceinline__ void wgmma_commit() { ::sw::emu::wgmma_commit(); }
-__device__ __forceinline__ void wgmma_wait0() { ::sw::emu::wgmma_wait(0); }
-template <bool kBf16>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-    ::sw::emu::wgmma_m64nNk16(kBf16, 128, d, desc_a, desc_b);
-}
-#elif defined(SW_WGMMA_CODE)
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-// d += A(64 x 16, K-major, desc_a) * B(128 x 16, K-major, desc_b)^T; scale-d = 1 (accumulate), no negation or
-// transposition.
-#define SW_WGMMA_M64N128K16(TYPE) \
-    asm volatile( \
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n" \
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " " \
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n" \
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
-        : "l"(desc_a), "l"(desc_b), "r"(1));
-template <bool kBf16>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-    if constexpr (kBf16) {
-        SW_WGMMA_M64N128K16("bf16");
-    } else {
-        SW_WGMMA_M64N128K16("f16");
-    }
-}
-#undef SW_WGMMA_M64N128K16
-#endif
 
 // The wgmma kernel's K-major layout as copy_tile takes it.
 struct KMajorLayout {

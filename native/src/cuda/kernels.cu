@@ -5,11 +5,7 @@
 // kernels_emu_check.cpp), which runs these launchers and kernels on emulated threads.
 #include "cuda/common.h"
 #include "cuda/launch.cuh"
-
-#if !defined(SW_CUDA_HOST_EMULATION)
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#endif
+#include "cuda/ptx.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -42,17 +38,10 @@ template <> struct Storage<BF16> { using type = uint16_t; };
 template <class T> struct Compute { using type = float; };
 template <> struct Compute<double> { using type = double; };
 
-#if defined(SW_CUDA_HOST_EMULATION)
-__device__ __forceinline__ float f16_bits_to_float(uint16_t h) { return ::sw::emu::f16_to_float(h); }
-__device__ __forceinline__ uint16_t float_to_f16_bits(float f) { return ::sw::emu::float_to_f16(f); }
-__device__ __forceinline__ float bf16_bits_to_float(uint16_t h) { return ::sw::emu::bf16_to_float(h); }
-__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return ::sw::emu::float_to_bf16(f); }
-#else
-__device__ __forceinline__ float f16_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
-__device__ __forceinline__ uint16_t float_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
-__device__ __forceinline__ float bf16_bits_to_float(uint16_t h) { return __bfloat162float(__ushort_as_bfloat16(h)); }
-__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-#endif
+__device__ __forceinline__ float f16_bits_to_float(uint16_t h) { return ptx::bits_to_float<false>(h); }
+__device__ __forceinline__ uint16_t float_to_f16_bits(float f) { return ptx::float_to_bits<false>(f); }
+__device__ __forceinline__ float bf16_bits_to_float(uint16_t h) { return ptx::bits_to_float<true>(h); }
+__device__ __forceinline__ uint16_t float_to_bf16_bits(float f) { return ptx::float_to_bits<true>(f); }
 
 template <class T> struct Elem;
 template <> struct Elem<float> {
