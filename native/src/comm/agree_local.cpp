@@ -34,8 +34,8 @@ void LocalRendezvous::run(Communicator& c, int rank, uint64_t seq, const Desc& d
                                              " because of an earlier error on its stream: ", pending));
         fail(SW_ERR_ABORTED, st->reason);
     }
-    // An in-place all-reduce on a CUDA device: keep a copy of the input before any peer may write into it (the
-    // CUDA moves can fail half way). Taken without the lock; the peers cannot write before this rank joins.
+    // An in-place all-reduce whose moves can fail half way (CUDA copies, NCCL): keep a copy of the input before any
+    // peer may write into it. Taken without the lock; the peers cannot write before this rank joins.
     std::optional<InPlaceBackup> backup;
     if (st->mover->backs_up(desc)) {
         lock.unlock();

@@ -61,6 +61,8 @@ inline std::string describe(const Desc& d) {
     }
 }
 
+// One collective: every rank's descriptor (the transport agreement fills only `desc`; the rest is the in-process
+// rendezvous's bookkeeping).
 struct Slot {
     std::vector<Desc> desc;
     std::vector<char> joined;

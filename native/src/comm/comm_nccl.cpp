@@ -8,7 +8,7 @@
 #include "comm/comm_nccl.h"
 
 #include "comm/mover_nccl.h"
-#include "core/cuda_loader.h"
+#include "core/cuda_loader.h" // cuda_check
 
 #include <cstring>
 
@@ -41,8 +41,7 @@ std::vector<int> wait_created(const NcclApi& n, const std::vector<void*>& comms,
 // has called it: no deadline. `how` names the bootstrap for the messages.
 void* init_rank(const NcclApi& n, sw_device_s* d, const NcclUniqueId& id, int32_t rank, int32_t world, int64_t timeout_ms,
                 const char* how) {
-    std::string err;
-    cuda_check(d->impl->cuda->set_device(d->impl->ordinal, &err), err);
+    make_current(*d->impl);
     // NCCL's init thread may write through this pointer (2.14 to 2.19.1 keep it in the init job, job->newcomm): it
     // lives until init is over or aborted.
     void* nc = nullptr;
@@ -135,7 +134,7 @@ std::shared_ptr<Communicator> sw::create_nccl_local(int32_t world_size, const sw
     int failed_rank = -1;
     for (int r = 0; r < world_size && (rc == kNcclSuccess || rc == kNcclInProgress); ++r) {
         auto* d = reinterpret_cast<sw_device_s*>(devices[r]);
-        device_status = d->impl->cuda->set_device(d->impl->ordinal, &device_err);
+        device_status = set_current_device(*d->impl, &device_err);
         if (device_status != SW_OK) break; // the group is closed below either way (NCCL's group state is per thread)
         failed_rank = r;
         rc = nonblocking ? n.CommInitRankConfig(&comms[r], world_size, id, r, &config) : n.CommInitRank(&comms[r], world_size, id, r);

@@ -173,3 +173,12 @@ sw_status CudaMover::order_end(sw_stream_s* s, const OrderTicket& t, std::string
 std::unique_ptr<Mover> sw::make_cuda_mover(std::vector<std::shared_ptr<DeviceImpl>> devices) {
     return std::make_unique<CudaMover>(std::move(devices));
 }
+
+sw_status sw::set_current_device(const DeviceImpl& dev, std::string* err) noexcept {
+    return dev.cuda->set_device(dev.ordinal, err);
+}
+
+void sw::make_current(const DeviceImpl& dev) {
+    std::string err;
+    cuda_check(set_current_device(dev, &err), err);
+}

@@ -49,4 +49,9 @@ private:
     std::vector<std::vector<std::pair<void*, uint64_t>>> spares_;
 };
 
+// Makes `dev` the calling thread's current CUDA device (for the NCCL creation); the plugin's status and message.
+sw_status set_current_device(const DeviceImpl& dev, std::string* err) noexcept;
+// The same, throwing sw::Error when it fails.
+void make_current(const DeviceImpl& dev);
+
 } // namespace sw

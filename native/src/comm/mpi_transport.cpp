@@ -2,7 +2,6 @@
 // see mpi_plugin_api.h). comm_api.cpp's sw_comm_create_mpi builds a communicator over it.
 #include "comm/transport.h"
 
-#include "comm/collectives.h"
 #include "comm/mpi_plugin_api.h"
 #include "core/plugin_loader.h"
 
