@@ -7,7 +7,9 @@
 //   transport_status_check_internal         the three ranks as threads of this process over the TCP transport
 //   transport_status_check_internal --mpi   one rank of an mpirun -n 3 job over the MPI transport
 // Prints "-> ok" per checked rank; exit 0 when every check passed, 77 for --mpi without the MPI plugin.
-#include "comm/comm_internal.h"
+#include "comm/collectives.h" // rank_list
+#include "comm/store.h"
+#include "comm/transport.h"
 
 #include <atomic>
 #include <chrono>
@@ -72,7 +74,7 @@ int run_tcp() {
                 return;
             }
             try {
-                auto t = connect_tcp_mesh(*store_of(mine), "status", r, 3, 10000);
+                auto t = connect_tcp_mesh(*reinterpret_cast<sw_store_s*>(mine)->impl, "status", r, 3, 10000);
                 play(*t, r);
             } catch (const Error& e) {
                 std::printf("[rank %d] %s -> FAILED\n", r, e.what());

@@ -1,6 +1,7 @@
-// MPI communicators: the transport over the MPI plugin (libshardwise_mpi, loaded at run time; see
-// mpi_plugin_api.h), and the C functions that create them.
-#include "comm/comm_internal.h"
+// The MPI transport: exchanges over the MPI plugin (libshardwise_mpi, loaded at run time through core/plugin_loader;
+// see mpi_plugin_api.h). comm_api.cpp's sw_comm_create_mpi builds a communicator over it.
+#include "comm/transport.h"
+
 #include "comm/mpi_plugin_api.h"
 #include "core/plugin_loader.h"
 
@@ -107,46 +108,19 @@ std::unique_ptr<Transport> sw::create_mpi_transport(int64_t timeout_ms) {
     return std::make_unique<MpiTransport>(api, comm, rank, world);
 }
 
-extern "C" {
-
-SW_API sw_status sw_mpi_get_info(int32_t* available, char* version, uint64_t version_capacity) {
-    return guard(__func__, [&] {
-        require(available, "available");
-        *available = 0;
-        std::string text;
-        try {
-            const sw_mpi_plugin_api* api = mpi_plugin();
-            *available = 1;
-            text = api->library_version();
-        } catch (const Error& e) {
-            text = e.message();
-        }
-        if (version && version_capacity) {
-            const size_t n = std::min<uint64_t>(text.size(), version_capacity - 1);
-            std::memcpy(version, text.data(), n);
-            version[n] = '\0';
-        }
-    });
-}
-
-SW_API sw_status sw_comm_create_mpi(sw_device device, int64_t timeout_ms, sw_comm* out) {
-    return guard(__func__, [&] {
-        require(out, "out");
-        *out = nullptr;
-        auto* dev = checked(device, "device");
-        if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
-        if (dev->impl->is_cuda())
-            fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; MPI communicators carry host memory (CPU devices): use NCCL for GPUs");
-        *out = make_remote_comm(dev->impl, create_mpi_transport(resolve_timeout(timeout_ms)), timeout_ms);
-    });
-}
-
-SW_API sw_status sw_mpi_finalize(void) {
-    return guard(__func__, [&] {
+std::string sw::mpi_info(int32_t* available) {
+    *available = 0;
+    try {
         const sw_mpi_plugin_api* api = mpi_plugin();
-        char err[1024] = {0};
-        if (api->finalize(err, sizeof err) != SW_MPI_OK) fail(SW_ERR_BACKEND, err);
-    });
+        *available = 1;
+        return api->library_version();
+    } catch (const Error& e) {
+        return e.message();
+    }
 }
 
-} // extern "C"
+void sw::mpi_finalize() {
+    const sw_mpi_plugin_api* api = mpi_plugin();
+    char err[1024] = {0};
+    if (api->finalize(err, sizeof err) != SW_MPI_OK) fail(SW_ERR_BACKEND, err);
+}

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace sw {
 
@@ -79,5 +80,7 @@ struct NcclApi {
 
 // The loaded API, or throws sw::Error(SW_ERR_NOT_FOUND) saying what was searched and why it failed.
 const NcclApi& nccl_api();
+// sw_nccl_get_info: whether NCCL loaded (*available), its version code, and a line saying which (or why not).
+std::string nccl_info(int32_t* available, int32_t* version_code);
 
 } // namespace sw

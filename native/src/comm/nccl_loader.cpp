@@ -1,6 +1,7 @@
 // NCCL, loaded at run time (libnccl.so.2; SHARDWISE_NCCL_PATH, a file or a folder, first). Shardwise never links
 // NCCL: a machine without it loads the library fine and is told, on asking, what was searched and why it failed.
-// The symbols the NCCL process group needs are required; newer ones it can use when present are optional.
+// The symbols the NCCL process group needs are required; newer ones it can use when present are optional. The search
+// and the opening are core/plugin_loader's (load_symbol_table, the loader of Shardwise's own plugins too).
 #include "comm/nccl_api.h"
 #include "core/error.h"
 #include "core/plugin_loader.h"
@@ -17,12 +18,12 @@ namespace {
 constexpr const char* kNcclFile = "libnccl.so.2";
 
 // ncclResult_t is an int enum; ncclComm_t, ncclUniqueId and cudaStream_t are passed as opaque pointers/blobs.
-constexpr const char* kRequired[] = {
+const std::initializer_list<const char*> kRequired = {
     "ncclGetVersion", "ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy", "ncclCommAbort", "ncclCommGetAsyncError",
     "ncclCommCount", "ncclCommUserRank", "ncclAllReduce", "ncclAllGather", "ncclReduceScatter", "ncclBroadcast",
     "ncclReduce", "ncclGroupStart", "ncclGroupEnd", "ncclGetErrorString",
 };
-constexpr const char* kOptional[] = {
+const std::initializer_list<const char*> kOptional = {
     "ncclCommInitRankConfig", "ncclCommFinalize", "ncclGetLastError", "ncclCommSplit", "ncclCommInitAll",
 };
 
@@ -38,23 +39,20 @@ struct Nccl {
 const Nccl& nccl() {
     static const Nccl loaded = [] {
         Nccl n;
-        std::string tried;
-        n.lib = open_first(plugin_candidates(kNcclFile, "SHARDWISE_NCCL_PATH", /*beside_self=*/false), nullptr, &n.path, &tried);
-        if (!n.lib) {
+        std::string tried, missing;
+        SymbolTable t = load_symbol_table(kNcclFile, "SHARDWISE_NCCL_PATH", kRequired, kOptional, &tried, &missing);
+        n.path = t.path;
+        if (!missing.empty()) {
+            n.why = str(n.path, " was loaded but lacks required NCCL symbols: ", missing, " (not NCCL, or older than 2.7?)");
+            return n;
+        }
+        if (!t.library) {
             n.why = str("NCCL (", kNcclFile, ") could not be loaded; install NCCL or point SHARDWISE_NCCL_PATH at "
                         "libnccl.so.2 (or its folder). Tried:", tried);
             return n;
         }
-        std::string missing;
-        for (const char* s : kRequired)
-            if (!find_symbol(n.lib, s)) missing += str(missing.empty() ? "" : ", ", s);
-        if (!missing.empty()) {
-            n.why = str(n.path, " was loaded but lacks required NCCL symbols: ", missing, " (not NCCL, or older than 2.7?)");
-            n.lib = nullptr;
-            return n;
-        }
-        for (const char* s : kOptional)
-            if (!find_symbol(n.lib, s)) n.optional_missing.push_back(s);
+        n.lib = t.library;
+        n.optional_missing = std::move(t.optional_missing);
         auto bind = [&](auto& fn, const char* name) { fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(find_symbol(n.lib, name)); };
         NcclApi& a = n.api;
         bind(a.GetVersion, "ncclGetVersion");
@@ -109,30 +107,15 @@ const NcclApi& sw::nccl_api() {
     return n.api;
 }
 
-extern "C" {
-
-SW_API sw_status sw_nccl_get_info(int32_t* available, int32_t* version_code, char* text, uint64_t text_capacity) {
-    return guard(__func__, [&] {
-        require(available, "available");
-        const Nccl& n = nccl();
-        *available = n.lib ? 1 : 0;
-        if (version_code) *version_code = n.version;
-        std::string t;
-        if (n.lib) {
-            t = str("NCCL ", version_text(n.version), " (", n.path, ")");
-            if (!n.optional_missing.empty()) {
-                t += "; optional symbols not present:";
-                for (const auto& s : n.optional_missing) t += " " + s;
-            }
-        } else {
-            t = n.why;
-        }
-        if (text && text_capacity) {
-            const size_t len = std::min<uint64_t>(t.size(), text_capacity - 1);
-            std::memcpy(text, t.data(), len);
-            text[len] = '\0';
-        }
-    });
+std::string sw::nccl_info(int32_t* available, int32_t* version_code) {
+    const Nccl& n = nccl();
+    *available = n.lib ? 1 : 0;
+    if (version_code) *version_code = n.version;
+    if (!n.lib) return n.why;
+    std::string t = str("NCCL ", version_text(n.version), " (", n.path, ")");
+    if (!n.optional_missing.empty()) {
+        t += "; optional symbols not present:";
+        for (const auto& s : n.optional_missing) t += " " + s;
+    }
+    return t;
 }
-
-} // extern "C"

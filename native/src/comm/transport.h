@@ -1,6 +1,8 @@
-// How a multi-process communicator talks to the other processes. One Transport per communicator and process;
-// remote_comm.cpp builds every collective out of exchange() calls. Implementations: TCP (tcp_transport.cpp, a
-// full mesh of sockets set up through a TCP store) and MPI (mpi_transport.cpp, through the MPI plugin).
+// How a multi-process communicator talks to the other processes. One Transport per communicator and process: the
+// transport agreement (agree_transport.cpp) exchanges the descriptors through it and the transport mover
+// (mover_transport.cpp) builds every collective's data movement out of exchange() calls. Implementations: TCP
+// (tcp_transport.cpp, a full mesh of sockets set up through the TCP store), MPI (mpi_transport.cpp, through the MPI
+// plugin) and NCCL itself (mover_nccl.cpp: descriptors only, for NCCL communicators made from a unique id).
 #pragma once
 #include "shardwise.h"
 
@@ -10,12 +12,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace sw {
 
-std::string rank_list(const std::vector<int>& ranks); // "0, 2" (comm_internal.h)
+std::string rank_list(const std::vector<int>& ranks); // "0, 2" (collectives.cpp)
 
 // What Transport::exchange throws at its deadline: the peers whose pieces had not all arrived, split into those
 // that are missing (silent: dead, frozen, or not in a collective) and those that are alive but waiting themselves
@@ -94,5 +97,18 @@ public:
     // why, so that their pending and later collectives fail at once (with the same status) instead of at their timeout.
     virtual void notify_abort(sw_status status, const std::string& reason) noexcept = 0;
 };
+
+struct StoreImpl; // store.h
+
+// The TCP mesh between the ranks of a job, set up through the store under `prefix` (tcp_transport.cpp).
+std::unique_ptr<Transport> connect_tcp_mesh(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
+                                            int64_t timeout_ms);
+// A transport over MPI_COMM_WORLD, initializing MPI if needed (mpi_transport.cpp); bounded: SW_ERR_TIMEOUT after
+// timeout_ms (> 0).
+std::unique_ptr<Transport> create_mpi_transport(int64_t timeout_ms);
+// sw_mpi_get_info: the MPI library's version, or why the MPI plugin could not be loaded (*available 0).
+std::string mpi_info(int32_t* available);
+// sw_mpi_finalize.
+void mpi_finalize();
 
 } // namespace sw

@@ -70,4 +70,20 @@ void* open_first(const std::vector<std::string>&, const char*, std::string*, std
 void* find_symbol(void*, const char*) { return nullptr; }
 #endif
 
+SymbolTable load_symbol_table(const char* file, const char* env_var, std::initializer_list<const char*> required,
+                              std::initializer_list<const char*> optional, std::string* tried, std::string* missing_required) {
+    SymbolTable t;
+    t.library = open_first(plugin_candidates(file, env_var, /*beside_self=*/false), nullptr, &t.path, tried);
+    if (!t.library) return t;
+    for (const char* s : required)
+        if (!find_symbol(t.library, s)) *missing_required += str(missing_required->empty() ? "" : ", ", s);
+    if (!missing_required->empty()) {
+        t.library = nullptr;
+        return t;
+    }
+    for (const char* s : optional)
+        if (!find_symbol(t.library, s)) t.optional_missing.push_back(s);
+    return t;
+}
+
 } // namespace sw

@@ -1,7 +1,9 @@
-// Finding and opening optional shared libraries at run time: Shardwise's own plugins (libshardwise_cuda,
-// libshardwise_mpi) and third-party libraries it never links (libnccl.so.2).
+// The one loader of optional shared libraries at run time, with two entry points: load_plugin_api for Shardwise's own
+// plugins (libshardwise_cuda, libshardwise_mpi: one exported function returns a versioned table) and
+// load_symbol_table for third-party libraries it never links, whose functions are looked up one by one (libnccl.so.2).
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -35,5 +37,18 @@ const Api* load_plugin_api(const char* file, const char* env_var, const char* en
     }
     return nullptr;
 }
+
+// A third-party library opened by load_symbol_table: null `library` when none of the candidates loaded or the one that
+// loaded lacks a required symbol.
+struct SymbolTable {
+    void* library = nullptr;                    // look the symbols up with find_symbol
+    std::string path;                           // the candidate that loaded
+    std::vector<std::string> optional_missing;  // the optional symbols it does not have
+};
+// Tries plugin_candidates(file, env_var, not beside libshardwise) in order and opens the first that loads (every attempt
+// that failed is appended to *tried, "\n  candidate: reason"); then every name of `required` must resolve, else the
+// result has no library and *missing_required lists the absent ones ("a, b"). Libraries are never unloaded.
+SymbolTable load_symbol_table(const char* file, const char* env_var, std::initializer_list<const char*> required,
+                              std::initializer_list<const char*> optional, std::string* tried, std::string* missing_required);
 
 } // namespace sw

@@ -1,6 +1,9 @@
-// Internal to the communicators: what a collective is (Desc), the communicator state shared by the in-process
-// rendezvous (local_comm.cpp) and the multi-process transports (remote_comm.cpp: TCP, MPI), and the helpers
-// both use (agreement check, reductions in rank order).
+// The collective algorithms and helpers shared by every communicator kind (communicator.h draws the layers): what a
+// collective is (Coll, Desc), one collective's descriptors of every rank (Slot), the agreement check, the shard and
+// displacement math, the reductions (with the f16/bf16 conversions), the in-process data movement algorithm over a
+// Copier (CPU or CUDA copies), the failed-collective output contract (poisoning), the argument checks of a collective
+// call and of a communicator's creation, and the test-only fault injection. The lowest layer of comm/: it calls
+// nothing else in comm/.
 #pragma once
 #include "core/dtype.h"
 #include "core/objects.h"
@@ -9,12 +12,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace sw {
+
+class Communicator; // communicator.h
 
 enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, ReduceScatterV, Broadcast, Barrier };
 
@@ -57,91 +61,14 @@ inline std::string describe(const Desc& d) {
     }
 }
 
+// One collective: every rank's descriptor (the transport agreement fills only `desc`; the rest is the in-process
+// rendezvous's bookkeeping).
 struct Slot {
     std::vector<Desc> desc;
     std::vector<char> joined;
     int arrived = 0, departed = 0, left = 0;
     bool ready = false;
     bool failed = false; // some rank's data movement failed (in-process communicators)
-};
-
-// One rank's ncclComm_t. ncclCommAbort and ncclCommDestroy free it, so at most one of them runs, once (`comm` is null
-// afterwards). Only the rank's stream worker (while a collective runs) and the communicator's end call them, never at
-// the same time: a local abort reaches NCCL through the worker's polling, not from the thread that asked for it.
-struct NcclRank {
-    const struct NcclApi* api = nullptr;
-    void* comm = nullptr;
-    void abort() noexcept;   // nccl_comm.cpp
-    void destroy() noexcept; // nccl_comm.cpp
-};
-
-struct CommState {
-    int32_t world = 0;
-    int64_t timeout_ms = 0;
-    std::vector<std::shared_ptr<DeviceImpl>> devices;
-    std::mutex mu;
-    std::condition_variable cv;
-    bool aborted = false;
-    sw_status abort_status = SW_ERR_ABORTED;
-    std::string reason;
-    std::map<uint64_t, Slot> slots;
-    std::vector<uint64_t> next_seq;  // per rank, assigned when the call is queued
-    std::vector<uint64_t> completed; // per rank
-    // CUDA: per rank, the stream on which that rank's host side moves data (created by that rank's
-    // worker on first use, so no lock is needed).
-    std::vector<void*> cuda_streams;
-
-    // Multi-process communicators (TCP, MPI): the link to the other processes, and this process's rank (the only
-    // rank it may pass; `devices` then holds this process's device at every index). Null/-1 for in-process ones.
-    std::unique_ptr<Transport> transport;
-    int32_t self = -1;
-    std::atomic<bool> abort_flag{false}; // mirrors `aborted` for transports polling without the lock
-    uint64_t remote_next = 0;            // the sequence number whose turn it is (collectives run in order)
-    // Buffers a failed transport operation may still touch (an MPI request that could not be cancelled): kept
-    // alive until the communicator goes.
-    std::vector<std::shared_ptr<Storage>> orphans;
-    std::unique_ptr<char[]> remote_scratch; // receive scratch of the multi-process collectives (remote_comm.cpp)
-    uint64_t remote_scratch_bytes = 0;
-    bool is_remote() const { return transport != nullptr; }
-
-    // NCCL communicators (CUDA devices): the data of every collective moves through NCCL on the rank's communication
-    // stream; the host side (descriptor exchange, agreement, timeouts) is the in-process rendezvous or the transport.
-    const struct NcclApi* nccl = nullptr;
-    std::vector<std::shared_ptr<struct NcclRank>> nccl_comms; // per rank (null for ranks of other processes)
-    std::string backend_name() const { return nccl ? "nccl" : transport ? transport->name() : "local"; }
-
-    // CUDA devices: spare device buffers (pointer, bytes) per rank for the backup of an in-place all-reduce's input
-    // (restored when the collective fails); taken and returned under spares_mu (local_comm.cpp, InPlaceBackup), not mu:
-    // a backup goes while its collective may still hold mu.
-    std::mutex spares_mu;
-    std::vector<std::vector<std::pair<void*, uint64_t>>> cuda_spares;
-
-    ~CommState() {
-        release_nccl();
-        for (size_t r = 0; r < cuda_spares.size(); ++r)
-            for (auto& b : cuda_spares[r]) {
-                std::string err;
-                devices[r]->cuda->free_device(devices[r]->ordinal, b.first, &err);
-            }
-        for (size_t r = 0; r < cuda_streams.size(); ++r)
-            if (cuda_streams[r]) {
-                std::string err;
-                devices[r]->cuda->stream_destroy(devices[r]->ordinal, cuda_streams[r], &err);
-            }
-    }
-
-    void release_nccl(); // nccl_comm.cpp: ncclCommAbort (aborted) or ncclCommDestroy of every local communicator
-
-    // Requires mu held. The first abort wins; its reason is what every rank reports.
-    void abort_locked(sw_status status, const std::string& why) {
-        if (!aborted) {
-            aborted = true;
-            abort_flag.store(true);
-            abort_status = status;
-            reason = why;
-        }
-        cv.notify_all();
-    }
 };
 
 // A communicator's timeout: timeout_ms, or for 0 the default (SHARDWISE_TIMEOUT_MS or 10 minutes); clamped (to ~31
@@ -171,6 +98,10 @@ inline void check_prefix(const char* prefix) {
     const size_t n = std::strlen(prefix);
     if (n == 0 || n > 1024) fail(SW_ERR_INVALID_ARGUMENT, "prefix has ", n, " characters; expected 1..1024");
 }
+
+// The devices of an in-process communicator, one per rank (sw_comm_create_local's checks): 1 <= world_size <= 4096,
+// devices valid handles of one backend, timeout_ms >= 0.
+std::vector<std::shared_ptr<DeviceImpl>> local_devices(int32_t world_size, const sw_device* devices, int64_t timeout_ms);
 
 // Comma-separated rank numbers.
 std::string rank_list(const std::vector<int>& ranks);
@@ -225,29 +156,44 @@ inline void poison_host_output(const Slot& slot, int world, int rank) {
         if (p && bytes) std::memset(p, kPoisonByte, bytes);
     });
 }
-// The failure side of the contract for rank `rank` of a collective whose data movement may have begun: poisons the
-// receive region (host memset, or a CUDA memset on the rank's communication stream); an in-place all-reduce on a
-// CUDA device gets `backup` (taken before the ranks could write, see InPlaceBackup in local_comm.cpp) copied back.
-// Best effort on a failing CUDA device (its errors are ignored: the collective's own error is what is reported).
-void poison_or_restore(CommState& st, const Slot& slot, int rank, const void* backup = nullptr);
-// CUDA devices: a copy of an in-place all-reduce's input in device memory, taken when constructed (before the rank
-// joins, so before any peer or NCCL writes into it); restore() copies it back. Does nothing otherwise.
-class InPlaceBackup {
-public:
-    InPlaceBackup(CommState& st, int rank, const Desc& d);
-    ~InPlaceBackup();
-    InPlaceBackup(const InPlaceBackup&) = delete;
-    InPlaceBackup& operator=(const InPlaceBackup&) = delete;
-    const void* data() const { return buf_; }
 
-private:
-    CommState& st_;
-    int rank_;
-    void* buf_ = nullptr;
-    uint64_t cap_ = 0;
+// Copies and sums of one rank's in-process data movement (mover_cpu.cpp: host memory; mover_cuda.cpp: a CUDA device's
+// communication stream). Pointers are final (offsets applied).
+class Copier {
+public:
+    virtual ~Copier() = default;
+    virtual void copy(char* dst, const char* src, uint64_t bytes) = 0;
+    // rows x cols elements of esz bytes, leading dimensions in elements.
+    virtual void copy_2d(char* dst, int64_t ld_dst, const char* src, int64_t ld_src, int64_t rows, int64_t cols,
+                         size_t esz) = 0;
+    // Every dst[d][i] = sum over s of src[s][i] (in source order), i < count; dst may alias src element-wise.
+    virtual void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) = 0;
+    virtual void finish() {} // all moves complete when it returns
 };
-// The rank's communication stream on a CUDA device (created on first use).
-void* comm_stream(CommState& st, int rank);
+// The in-process algorithm: rank `rank`'s share of the data movement once every rank has arrived and agreed (all-gather:
+// every block into its own recv; all-reduce: it sums its shard of the count and writes it into every rank's recv;
+// reduce-scatter: its own block; broadcast: from the root). Every move is complete when it returns.
+void move_data(const Slot& slot, int world, int rank, Copier& copier);
+
+// ---- the argument checks of a collective call (comm_api.cpp)
+// A rank argument: in range, and for a multi-process communicator this process's own rank.
+void check_rank(const Communicator& c, int32_t rank);
+// The checks every collective call makes: comm and stream valid, rank valid, the stream on the rank's device, dtype
+// valid (and summable when `reducing`). dtype is the export's parameter itself, by reference: dtype_size_checked reads
+// it raw and range-checks it before it is ever loaded as a sw_dtype (core/enum_arg.h). Returns the element size.
+struct CallArgs {
+    struct sw_comm_s* comm;
+    sw_stream_s* stream;
+    size_t esz;
+};
+CallArgs check_call(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, bool reducing);
+// The bytes at element `offset` of buffer `b` holding `count` elements (checked), on rank `rank`'s device; *keep holds
+// the storage alive while the collective is queued.
+char* span_of(sw_buffer b, const char* name, const CallArgs& call, int32_t rank, uint64_t offset, uint64_t count,
+              std::shared_ptr<Storage>* keep);
+// Elements of `esz` bytes available in b from `offset` (0 past the end).
+uint64_t capacity_from(sw_buffer b, uint64_t offset, size_t esz);
+
 // Test-only fault injection (SHARDWISE_TEST_FAULT, read once per process; unset in normal use):
 //   "exit:N"  the process calls _exit(0) right after its N-th data exchange of a multi-process collective
 //             (a rank that dies between the reduce-scatter and the all-gather of an all-reduce);
@@ -255,25 +201,5 @@ void* comm_stream(CommState& st, int rank);
 //             communicator is aborted (SW_ERR_ABORTED, "injected fault"), as by sw_comm_abort at that moment.
 // Counted over the whole process, from 1. Returns true when the caller is to abort now (it _exits for "exit:N").
 bool test_fault_point();
-// A new multi-process communicator handle over `transport` for this process's rank on `device` (local_comm.cpp).
-sw_comm make_remote_comm(std::shared_ptr<DeviceImpl> device, std::unique_ptr<Transport> transport, int64_t timeout_ms);
-// Rank `rank`'s data movement through NCCL once the ranks agree (nccl_comm.cpp); waits for NCCL to finish, polling
-// ncclCommGetAsyncError, the deadline and local aborts (then ncclCommAbort).
-void nccl_move(CommState& st, int rank, uint64_t seq, const Slot& slot, Clock::time_point deadline);
-// tcp.cpp: the store behind a handle, and the TCP mesh between the ranks of a job.
-struct StoreImpl* store_of(sw_store store);
-std::unique_ptr<Transport> connect_tcp_mesh(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
-                                            int64_t timeout_ms);
-std::string store_get(StoreImpl& store, const std::string& key);
-void store_set(StoreImpl& store, const std::string& key, const void* value, uint64_t bytes);
-// mpi_transport.cpp: a transport over MPI_COMM_WORLD (initializing MPI if needed).
-std::unique_ptr<Transport> create_mpi_transport(int64_t timeout_ms); // bounded: SW_ERR_TIMEOUT after timeout_ms (> 0)
-// A multi-process collective (remote_comm.cpp); runs on the rank's stream worker.
-void run_remote_collective(const std::shared_ptr<CommState>& st, int rank, uint64_t seq, const Desc& desc,
-                           cpu::Stream* stream);
 
 } // namespace sw
-
-struct sw_comm_s {
-    std::shared_ptr<sw::CommState> state;
-};

@@ -1,0 +1,208 @@
+// The transport agreement (the Agreement of multi-process communicators): one rank per process, the processes linked
+// by a Transport (TCP, MPI, or NCCL itself).
+//
+// Every collective runs on the rank's stream worker, in sequence order, in two steps:
+//  1. descriptor exchange: each rank sends every other rank a small fixed-size description of its call
+//     (operation, dtype, counts, root, shapes, capacities, sequence number) and receives theirs. A rank that does
+//     not send its descriptor before the timeout is named in the timeout error; ranks that disagree all see the
+//     same descriptors and so all fail with the same SW_ERR_MISMATCH message (check_agreement, shared with the
+//     in-process rendezvous). This step is also the barrier.
+//  2. data movement: the communicator's Mover (mover_transport.cpp: the same transport's exchanges; mover_nccl.cpp).
+// Any failure aborts the communicator locally and tells the peers (Transport::notify_abort), so their pending
+// collectives fail at once with the reason instead of waiting for the timeout.
+#include "comm/communicator.h"
+
+#include <algorithm>
+#include <new>
+#include <optional>
+
+using namespace sw;
+
+namespace {
+
+constexpr uint32_t kWireMagic = 0x53574431; // "SWD1"
+
+// The descriptor as sent over the wire (processes of one job share the architecture: native byte order).
+struct Wire {
+    uint32_t magic;
+    int32_t op, dtype, root;
+    uint64_t seq, count;
+    int64_t rows, cols, ld_send, ld_recv;
+    uint64_t recv_capacity, send_capacity;
+};
+static_assert(sizeof(Wire) == 80, "Wire has no padding");
+
+Wire to_wire(const Desc& d, uint64_t seq) {
+    Wire w{};
+    w.magic = kWireMagic;
+    w.op = static_cast<int32_t>(d.op);
+    w.dtype = static_cast<int32_t>(d.dtype);
+    w.root = d.root;
+    w.seq = seq;
+    w.count = d.count;
+    w.rows = d.rows;
+    w.cols = d.cols;
+    w.ld_send = d.ld_send;
+    w.ld_recv = d.ld_recv;
+    w.recv_capacity = d.recv_capacity;
+    w.send_capacity = d.send_capacity;
+    return w;
+}
+
+Desc from_wire(const Wire& w) {
+    Desc d;
+    d.op = static_cast<Coll>(w.op);
+    d.dtype = static_cast<sw_dtype>(w.dtype);
+    d.root = w.root;
+    d.count = w.count;
+    d.rows = w.rows;
+    d.cols = w.cols;
+    d.ld_send = w.ld_send;
+    d.ld_recv = w.ld_recv;
+    d.recv_capacity = w.recv_capacity;
+    d.send_capacity = w.send_capacity;
+    return d;
+}
+
+// Step 1: every rank's descriptor into slot.desc (this rank's is `me`, with its pointers). Fails on disagreement.
+void exchange_descriptors(Communicator& st, Transport& t, uint64_t seq, const Desc& me, Slot& slot,
+                          Clock::time_point deadline, const std::string& what) {
+    const int p = t.world(), self = t.rank();
+    const Wire mine = to_wire(me, seq);
+    std::vector<Wire> theirs(p);
+    try {
+        t.all_gather_bytes(seq, reinterpret_cast<const char*>(&mine), sizeof(Wire), reinterpret_cast<char*>(theirs.data()),
+                           deadline, st.abort_flag, what);
+    } catch (const TimeoutError& e) {
+        if (e.missing.empty()) // the transport cannot tell who is late (NCCL)
+            fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: some of the ", p,
+                 " ranks never joined (this transport cannot tell which); the communicator is aborted");
+        std::vector<int> present; // the waiting ranks are alive, held up by the missing ones: neither joined nor missing
+        for (int q = 0; q < p; ++q)
+            if (std::find(e.missing.begin(), e.missing.end(), q) == e.missing.end() &&
+                std::find(e.waiting.begin(), e.waiting.end(), q) == e.waiting.end())
+                present.push_back(q);
+        fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: rank(s) ", rank_list(e.missing), " of ", p,
+             " never joined (joined: ", rank_list(present),
+             e.waiting.empty() ? std::string() : str("; alive, still held up in an earlier collective: rank ", rank_list(e.waiting)),
+             "); the communicator is aborted");
+    }
+    slot.desc.assign(p, Desc{});
+    for (int q = 0; q < p; ++q) {
+        if (q == self) {
+            slot.desc[q] = me;
+            continue;
+        }
+        const Wire& w = theirs[q];
+        if (w.magic != kWireMagic)
+            fail(SW_ERR_BACKEND, what, ": rank ", q, " sent a malformed descriptor (another program or version?)");
+        if (w.seq != seq)
+            fail(SW_ERR_MISMATCH, what, ": rank ", q, " is at its collective #", w.seq, " (", coll_name(static_cast<Coll>(w.op)),
+                 ") while rank ", self, " is at #", seq);
+        if (w.op < 0 || w.op > static_cast<int32_t>(Coll::Barrier))
+            fail(SW_ERR_BACKEND, what, ": rank ", q, " sent an unknown operation ", w.op);
+        // Checked before it becomes a sw_dtype (an out-of-range enum value is undefined behaviour; see core/enum_arg.h).
+        if (w.dtype < SW_DTYPE_F32 || w.dtype > SW_DTYPE_U8)
+            fail(SW_ERR_BACKEND, what, ": rank ", q, " sent an unknown dtype ", w.dtype);
+        slot.desc[q] = from_wire(w);
+    }
+    const std::string problem = check_agreement(slot, p);
+    if (!problem.empty()) fail(SW_ERR_MISMATCH, "collective #", seq, ": ", problem);
+}
+
+class TransportAgreement final : public Agreement {
+public:
+    explicit TransportAgreement(std::unique_ptr<Transport> t) : t_(std::move(t)) {}
+    void run(Communicator& c, int rank, uint64_t seq, const Desc& desc, cpu::Stream* stream) override;
+    void notify_abort(sw_status status, const std::string& reason) noexcept override { t_->notify_abort(status, reason); }
+    Transport& transport() { return *t_; }
+
+private:
+    std::unique_ptr<Transport> t_;
+    uint64_t next_ = 0; // the sequence number whose turn it is (collectives run in order); under the communicator's mu
+};
+
+void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc& desc, cpu::Stream* stream) {
+    Communicator* st = &c;
+    Transport& t = *t_;
+    const std::string what = str(coll_name(desc.op), " #", seq);
+    const auto deadline = Clock::now() + std::chrono::milliseconds(st->timeout_ms);
+    std::string notify; // set when this rank aborts the communicator: the peers are told outside the lock
+    {
+        std::unique_lock<std::mutex> lock(st->mu);
+        if (st->aborted)
+            fail(SW_ERR_ABORTED, "rank ", rank, ": ", what, " not run: the communicator was aborted: ", st->reason);
+        const std::string pending = stream->pending_error();
+        if (!pending.empty()) {
+            st->abort_locked(SW_ERR_ABORTED, str("rank ", rank, " could not join ", what,
+                                                 " because of an earlier error on its stream: ", pending));
+            notify = st->reason;
+        } else {
+            // One collective at a time, in sequence order (a rank may queue collectives on several streams).
+            while (next_ != seq && !st->aborted)
+                if (st->cv.wait_until(lock, deadline) == std::cv_status::timeout && next_ != seq && !st->aborted) {
+                    st->abort_locked(SW_ERR_TIMEOUT, str("rank ", rank, ": ", what, " waited ", st->timeout_ms,
+                                                         " ms for this rank's earlier collective #", next_,
+                                                         " (queued on another stream) to run"));
+                    notify = st->reason;
+                }
+            if (notify.empty() && st->aborted)
+                fail(SW_ERR_ABORTED, "rank ", rank, ": ", what, " not run: the communicator was aborted: ", st->reason);
+        }
+    }
+    if (!notify.empty()) {
+        t.notify_abort(SW_ERR_ABORTED, notify);
+        std::lock_guard<std::mutex> lock(st->mu);
+        fail(st->abort_status, st->reason);
+    }
+    sw_status status = SW_OK;
+    std::string message;
+    Slot slot;
+    bool moving = false; // the descriptors agree: data may be written from here on
+    std::optional<InPlaceBackup> backup; // NCCL (CUDA devices), in place: the input, restored on failure
+    try {
+        backup.emplace(*st->mover, rank, desc);
+        exchange_descriptors(*st, t, seq, desc, slot, deadline, what);
+        moving = true;
+        st->mover->move(*st, rank, seq, slot, deadline);
+    } catch (const Error& e) {
+        status = e.status();
+        message = e.message();
+    } catch (const std::bad_alloc&) { // the receive scratch: like any failure, abort and tell the peers
+        status = SW_ERR_OUT_OF_MEMORY;
+        message = str(what, ": out of memory");
+    } catch (const std::exception& e) {
+        status = SW_ERR_INTERNAL;
+        message = str(what, ": internal error: ", e.what());
+    }
+    // The contract for the outputs of a failed collective (shardwise.h): the whole receive region poisoned, an
+    // in-place all-reduce's input kept (on CPU devices move_remote never wrote into it; NCCL: the backup is restored).
+    // Before the descriptors agreed nothing was written. Done before the next collective may run.
+    if (status != SW_OK && moving) st->mover->poison_or_restore(slot, st->world, rank, backup ? backup->data() : nullptr);
+    std::unique_lock<std::mutex> lock(st->mu);
+    if (next_ == seq) ++next_;
+    st->cv.notify_all();
+    if (status == SW_OK) {
+        ++st->completed[rank];
+        return;
+    }
+    // The first failure wins: a peer's abort (or a local abort) is reported as it was.
+    const bool first = !st->aborted;
+    st->abort_locked(status, str("rank ", rank, ": ", message));
+    st->orphans.push_back(desc.keep_send);
+    st->orphans.push_back(desc.keep_recv);
+    // A receive MPI could not cancel may still land in the mover's scratch: never free it (one buffer per aborted
+    // communicator).
+    st->mover->forget_buffers();
+    const std::string reason = st->reason;
+    const sw_status reported = st->abort_status;
+    lock.unlock();
+    if (first) t.notify_abort(status, reason);
+    throw Error(first ? status : reported, first ? reason : str("rank ", rank, ": ", message));
+}
+
+} // namespace
+
+std::unique_ptr<Agreement> sw::make_transport_agreement(std::unique_ptr<Transport> transport) {
+    return std::make_unique<TransportAgreement>(std::move(transport));
+}

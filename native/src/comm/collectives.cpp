@@ -1,0 +1,304 @@
+// The collective algorithms and helpers shared by every communicator kind (see collectives.h).
+#include "comm/collectives.h"
+
+#include "comm/communicator.h" // the communicator's data, read by the argument checks (no calls into it)
+#include "core/enum_arg.h"
+#include "core/index_math.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+using namespace sw;
+
+bool sw::test_fault_point() {
+    struct Spec {
+        bool exit = false;
+        std::vector<uint64_t> at; // empty: no fault
+    };
+    static const Spec spec = [] {
+        Spec s;
+        const char* v = std::getenv("SHARDWISE_TEST_FAULT");
+        if (!v) return s;
+        if (std::strncmp(v, "exit:", 5) == 0) s.exit = true;
+        else if (std::strncmp(v, "abort:", 6) != 0) return s;
+        for (const char* p = std::strchr(v, ':'); p && *p; p = std::strchr(p + 1, ','))
+            if (const uint64_t n = std::strtoull(p + 1, nullptr, 10)) s.at.push_back(n);
+        return s;
+    }();
+    if (spec.at.empty()) return false;
+    static std::atomic<uint64_t> count{0};
+    const uint64_t now = count.fetch_add(1) + 1;
+    if (std::find(spec.at.begin(), spec.at.end(), now) == spec.at.end()) return false;
+    if (spec.exit) std::_Exit(0); // gone without a word, as a killed rank
+    return true;
+}
+
+std::string sw::rank_list(const std::vector<int>& ranks) {
+    std::string s;
+    for (size_t i = 0; i < ranks.size(); ++i) s += (i ? ", " : "") + std::to_string(ranks[i]);
+    return s;
+}
+
+std::string sw::check_agreement(const Slot& slot, int world) {
+    const Desc& d0 = slot.desc[0];
+    for (int r = 1; r < world; ++r) {
+        const Desc& d = slot.desc[r];
+        bool same = d.op == d0.op && d.dtype == d0.dtype;
+        if (same) {
+            switch (d0.op) {
+            case Coll::AllGather:
+            case Coll::AllReduce:
+            case Coll::ReduceScatter: same = d.count == d0.count; break;
+            case Coll::Broadcast: same = d.count == d0.count && d.root == d0.root; break;
+            case Coll::AllGatherColumns: same = d.rows == d0.rows; break;
+            default: break;
+            }
+        }
+        if (!same)
+            return str("ranks disagree: rank 0 called ", describe(d0), " but rank ", r, " called ", describe(d));
+    }
+    if (d0.op == Coll::ReduceScatterV) {
+        uint64_t total = 0;
+        for (int r = 0; r < world; ++r) total += slot.desc[r].count;
+        for (int r = 0; r < world; ++r)
+            if (slot.desc[r].send_capacity < total)
+                return str("rank ", r, "'s send holds ", slot.desc[r].send_capacity, " elements but the ranks' counts add up to ", total);
+    }
+    if (d0.op == Coll::AllGatherV || d0.op == Coll::AllGatherColumns) {
+        uint64_t total = 0;
+        for (int r = 0; r < world; ++r) total += d0.op == Coll::AllGatherV ? slot.desc[r].count : slot.desc[r].cols;
+        for (int r = 0; r < world; ++r) {
+            const Desc& d = slot.desc[r];
+            if (d0.op == Coll::AllGatherV && d.recv_capacity < total)
+                return str("rank ", r, "'s recv holds ", d.recv_capacity, " elements but the ranks contribute ", total);
+            if (d0.op == Coll::AllGatherColumns) {
+                if (static_cast<uint64_t>(d.ld_recv) < total)
+                    return str("rank ", r, "'s ld_recv = ", d.ld_recv, " is smaller than the ", total,
+                               " gathered columns");
+                if (d.recv_capacity < matrix_extent(d.rows, static_cast<int64_t>(total), d.ld_recv))
+                    return str("rank ", r, "'s recv holds ", d.recv_capacity, " elements but ", d.rows, " x ", total,
+                               " with ld_recv ", d.ld_recv, " needs ", matrix_extent(d.rows, static_cast<int64_t>(total), d.ld_recv));
+            }
+        }
+    }
+    return {};
+}
+
+namespace {
+// ---- element conversions for the reductions
+float half_to_float(uint16_t h) {
+    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { // subnormal
+            int e = -1;
+            uint32_t m = man;
+            do { ++e; m <<= 1; } while (!(m & 0x400));
+            bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (m & 0x3ff) << 13;
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
+    else bits = sign | (exp + 112) << 23 | man << 13;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+uint16_t float_to_half(float f) { // round to nearest even
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    const uint32_t abs = x & 0x7fffffffu;
+    if (abs >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
+    if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u); // overflow -> inf
+    if (abs < 0x38800000u) { // subnormal or zero
+        if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
+        const uint32_t e = abs >> 23, m = (abs & 0x7fffff) | 0x800000;
+        const uint32_t shift = 126 - e; // 14..24
+        uint32_t v = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (v & 1))) ++v;
+        return static_cast<uint16_t>(sign | v);
+    }
+    uint32_t v = ((abs >> 13) - (112u << 10));
+    const uint32_t rem = abs & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (v & 1))) ++v;
+    return static_cast<uint16_t>(sign | v);
+}
+float bf16_to_float(uint16_t h) {
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40); // quiet NaN
+    x += 0x7fff + ((x >> 16) & 1);
+    return static_cast<uint16_t>(x >> 16);
+}
+
+template <class T> struct Acc { using type = T; };
+template <> struct Acc<uint16_t> { using type = float; };
+// i32 sums wrap around (two's complement, as NCCL and the CUDA plugin do) instead of overflowing: the sum runs in
+// uint32_t, whose overflow is defined, and converts back (modular since C++20, implementation-defined and modular on
+// every compiler before).
+template <> struct Acc<int32_t> { using type = uint32_t; };
+
+template <class T, class Load, class Store>
+void reduce_block(const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t n,
+                  Load load, Store store) {
+    using A = typename Acc<T>::type;
+    constexpr uint64_t B = 1024;
+    A acc[B];
+    for (uint64_t i0 = 0; i0 < n; i0 += B) {
+        const uint64_t len = std::min<uint64_t>(B, n - i0);
+        const T* s0 = reinterpret_cast<const T*>(src[0]) + i0;
+        for (uint64_t i = 0; i < len; ++i) acc[i] = load(s0[i]);
+        for (size_t q = 1; q < src.size(); ++q) { // rank order 0..p-1: every rank gets the same bits
+            const T* sq = reinterpret_cast<const T*>(src[q]) + i0;
+            for (uint64_t i = 0; i < len; ++i) acc[i] += load(sq[i]);
+        }
+        for (char* d : dst) {
+            T* out = reinterpret_cast<T*>(d) + i0;
+            for (uint64_t i = 0; i < len; ++i) out[i] = store(acc[i]);
+        }
+    }
+}
+
+} // namespace
+
+void sw::reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst,
+                uint64_t n) {
+    auto id = [](auto v) { return v; };
+    switch (t) {
+    case SW_DTYPE_F32: reduce_block<float>(src, dst, n, id, id); break;
+    case SW_DTYPE_F64: reduce_block<double>(src, dst, n, id, id); break;
+    case SW_DTYPE_I32:
+        reduce_block<int32_t>(src, dst, n, [](int32_t v) { return static_cast<uint32_t>(v); },
+                              [](uint32_t v) { return static_cast<int32_t>(v); });
+        break;
+    case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, n, half_to_float, float_to_half); break;
+    case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, n, bf16_to_float, float_to_bf16); break;
+    default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", sw::dtype_name(t), " is not supported");
+    }
+}
+
+uint64_t sw::scatter_displacement(const Slot& slot, int rank) {
+    const Desc& me = slot.desc[rank];
+    if (me.op == Coll::ReduceScatter) return static_cast<uint64_t>(rank) * me.count;
+    uint64_t displ = 0;
+    for (int q = 0; q < rank; ++q) displ += slot.desc[q].count;
+    return displ;
+}
+
+
+void sw::move_data(const Slot& slot, int world, int rank, Copier& mv) {
+    const Desc& me = slot.desc[rank];
+    const size_t esz = sw_dtype_size(me.dtype);
+    switch (me.op) {
+    case Coll::AllGather:
+        if (me.count)
+            for (int q = 0; q < world; ++q) mv.copy(me.recv + q * me.count * esz, slot.desc[q].send, me.count * esz);
+        break;
+    case Coll::AllGatherV: {
+        uint64_t at = 0;
+        for (int q = 0; q < world; ++q) {
+            const uint64_t c = slot.desc[q].count;
+            if (c) mv.copy(me.recv + at * esz, slot.desc[q].send, c * esz);
+            at += c;
+        }
+        break;
+    }
+    case Coll::AllGatherColumns: {
+        int64_t col0 = 0;
+        for (int q = 0; q < world; ++q) {
+            const Desc& d = slot.desc[q];
+            if (d.cols > 0 && me.rows > 0) mv.copy_2d(me.recv + col0 * esz, me.ld_recv, d.send, d.ld_send, me.rows, d.cols, esz);
+            col0 += d.cols;
+        }
+        break;
+    }
+    case Coll::AllReduce: { // this rank reduces its chunk and writes it to every rank's recv
+        const uint64_t begin = static_cast<uint64_t>(shard_offset(static_cast<int64_t>(me.count), world, rank));
+        const uint64_t n = static_cast<uint64_t>(shard_count(static_cast<int64_t>(me.count), world, rank));
+        if (!n) break;
+        std::vector<const char*> src(world);
+        std::vector<char*> dst(world);
+        for (int q = 0; q < world; ++q) {
+            src[q] = slot.desc[q].send + begin * esz;
+            dst[q] = slot.desc[q].recv + begin * esz;
+        }
+        mv.reduce(me.dtype, src, dst, n);
+        break;
+    }
+    case Coll::ReduceScatter:
+    case Coll::ReduceScatterV: {
+        if (!me.count) break;
+        const uint64_t displ = scatter_displacement(slot, rank);
+        std::vector<const char*> src(world);
+        for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + displ * esz;
+        mv.reduce(me.dtype, src, {me.recv}, me.count);
+        break;
+    }
+    case Coll::Broadcast:
+        if (rank != me.root && me.count) mv.copy(me.recv, slot.desc[me.root].send, me.count * esz);
+        break;
+    case Coll::Barrier: break;
+    }
+    mv.finish();
+}
+
+void sw::check_rank(const Communicator& c, int32_t rank) {
+    if (rank < 0 || rank >= c.world)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", c.world);
+    if (c.self >= 0 && rank != c.self)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " but this process is rank ", c.self, " of the ", c.backend_name,
+             " communicator; a multi-process communicator runs one rank per process, pass its own rank");
+}
+
+CallArgs sw::check_call(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, bool reducing) {
+    auto* h = checked(comm, HandleKind::Comm, "comm");
+    auto* s = checked(stream, "stream");
+    const Communicator& c = *h->state;
+    check_rank(c, rank);
+    if (s->device_impl != c.devices[rank])
+        fail(SW_ERR_INVALID_ARGUMENT, "stream runs on device '", s->device_impl->name, "' but rank ", rank,
+             " of the communicator is on device '", c.devices[rank]->name, "'; expected a stream of rank ", rank,
+             "'s device");
+    const size_t esz = dtype_size_checked(dtype, "dtype");
+    if (reducing && dtype == SW_DTYPE_U8) fail(SW_ERR_UNSUPPORTED, "dtype u8 cannot be summed");
+    return {h, s, esz};
+}
+
+char* sw::span_of(sw_buffer b, const char* name, const CallArgs& call, int32_t rank, uint64_t offset, uint64_t count,
+                  std::shared_ptr<Storage>* keep) {
+    auto* buf = checked(b, HandleKind::Buffer, name);
+    if (buf->device_impl != call.comm->state->devices[rank])
+        fail(SW_ERR_INVALID_ARGUMENT, name, " is not on rank ", rank, "'s device; expected a buffer of that device");
+    *keep = buf->storage;
+    return buffer_span(buf, offset, count, call.esz, name);
+}
+
+uint64_t sw::capacity_from(sw_buffer b, uint64_t offset, size_t esz) {
+    auto* buf = reinterpret_cast<sw_buffer_s*>(b);
+    const uint64_t cap = buf->storage->bytes / esz;
+    return offset <= cap ? cap - offset : 0;
+}
+
+std::vector<std::shared_ptr<DeviceImpl>> sw::local_devices(int32_t world_size, const sw_device* devices, int64_t timeout_ms) {
+    if (world_size < 1 || world_size > 4096)
+        fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
+    require(devices, "devices");
+    if (timeout_ms < 0) fail(SW_ERR_INVALID_ARGUMENT, "timeout_ms = ", timeout_ms, "; expected >= 0 (0 = default)");
+    std::vector<std::shared_ptr<DeviceImpl>> out;
+    for (int r = 0; r < world_size; ++r) {
+        const std::string name = str("devices[", r, "]");
+        out.push_back(checked(devices[r], name.c_str())->impl);
+        if (out[r]->backend != out[0]->backend)
+            fail(SW_ERR_INVALID_ARGUMENT, "devices[", r, "] is '", out[r]->name, "' but devices[0] is '", out[0]->name,
+                 "'; an in-process communicator needs ranks of one backend");
+    }
+    return out;
+}

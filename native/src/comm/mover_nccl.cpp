@@ -1,0 +1,398 @@
+// NCCL moves (see mover_nccl.h): CUDA devices, one rank per GPU.
+//
+// A collective is ordered into the caller's CUDA stream exactly like an in-process CUDA collective (CudaMover's
+// ordering: the host side runs on the stream's worker once the stream's earlier work is done, and the stream waits for
+// the host side through a mapped flag). The host side first agrees with the other ranks on what is being called —
+// through the in-process rendezvous (every rank in this process) or the TCP transport (one rank per process) — so
+// mismatched calls fail with SW_ERR_MISMATCH and a rank that never comes fails the others with SW_ERR_TIMEOUT naming
+// it, instead of NCCL hanging. Then nccl_move issues the NCCL calls on the rank's communication stream and waits for
+// them, polling ncclCommGetAsyncError, the deadline and local aborts; on any of them it calls ncclCommAbort, which
+// releases NCCL's kernels, so no stream hangs. Uneven collectives use grouped broadcasts (all-gather-v, column
+// all-gather) and grouped reduces (reduce-scatter-v) with the counts every rank learned in the descriptor exchange.
+//
+// Communicators are made non-blocking when NCCL has ncclCommInitRankConfig (2.14+): ncclConfig_t with blocking = 0, so
+// creation returns at once (ncclInProgress) and is polled through ncclCommGetAsyncError against the communicator's
+// timeout; a rank that never comes makes the others fail with SW_ERR_TIMEOUT (their communicators aborted) instead of
+// hanging in ncclCommInitRank. Without it (NCCL < 2.14) creation uses the blocking ncclCommInitRank: no deadline.
+// A non-blocking communicator stays non-blocking for its whole life (NCCL has no switch back), which changes what an
+// accepted NCCL call means: a collective or ncclGroupEnd may return ncclInProgress before its work is on the stream
+// (NCCL finishes the launch on a thread of its own; src/group.cc, ncclGroupEndInternal), and until
+// ncclCommGetAsyncError says ncclSuccess NCCL refuses every other call on that communicator with ncclInvalidArgument
+// (src/init.cc, ncclCommEnsureReady; 2.14 to 2.2x). So after every top-level NCCL call (a collective outside a group,
+// or ncclGroupEnd) `settle` polls until NCCL is done launching, before anything else goes on the stream (the completion
+#include "comm/mover_nccl.h"
+
+#include "core/cuda_loader.h"
+
+#include <cstring>
+#include <thread>
+
+using namespace sw;
+
+namespace {
+
+int nccl_type(sw_dtype t) {
+    switch (t) {
+    case SW_DTYPE_F32: return kNcclFloat32;
+    case SW_DTYPE_F64: return kNcclFloat64;
+    case SW_DTYPE_F16: return kNcclFloat16;
+    case SW_DTYPE_BF16: return kNcclBfloat16;
+    case SW_DTYPE_I32: return kNcclInt32;
+    case SW_DTYPE_U8: return kNcclUint8;
+    default: fail(SW_ERR_UNSUPPORTED, "dtype ", sw::dtype_name(t), " has no NCCL type");
+    }
+}
+
+
+} // namespace
+
+std::string sw::nccl_error(const NcclApi& n, void* comm, int rc) {
+    std::string s = n.GetErrorString ? n.GetErrorString(rc) : "";
+    s = str("ncclResult_t ", rc, s.empty() ? "" : " (" + s + ")");
+    if (n.GetLastError && comm)
+        if (const char* last = n.GetLastError(comm); last && *last) s += str(": ", last);
+    return s;
+}
+
+
+namespace {
+
+// Frees device memory from a stream worker: later, from a caller's thread (see DeferredFrees).
+void free_later(DeviceImpl& dev, void* p) {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(dev.deferred->mu);
+    dev.deferred->pointers.push_back(p);
+}
+
+} // namespace
+
+void Backoff::pause() {
+    if (++polls_ <= 64) {
+        std::this_thread::yield();
+        return;
+    }
+    std::this_thread::sleep_for(nap_);
+    nap_ = std::min<std::chrono::microseconds>(nap_ * 2, std::chrono::milliseconds(1));
+}
+
+int sw::async_state(const NcclApi& n, void* comm) {
+    int state = kNcclSuccess;
+    const int rc = n.CommGetAsyncError(comm, &state);
+    return rc != kNcclSuccess ? rc : state;
+}
+
+namespace {
+
+// After an NCCL call on h's communicator that NCCL accepted (ncclSuccess or ncclInProgress): waits while
+// ncclCommGetAsyncError says ncclInProgress, i.e. until a non-blocking communicator has really launched the call (see
+// the top of this file). On an error, a local abort or the deadline it aborts the communicator and throws; the deadline
+// gives a TimeoutError naming nobody, as wait_nccl does.
+void settle(const NcclApi& n, NcclRank& h, Clock::time_point deadline, const std::atomic<bool>& local_abort,
+            const std::string& what, const char* call) {
+    Backoff backoff;
+    for (;;) {
+        const int state = async_state(n, h.comm);
+        if (state == kNcclSuccess) return;
+        if (state != kNcclInProgress) {
+            const std::string why = nccl_error(n, h.comm, state);
+            h.abort();
+            fail(SW_ERR_BACKEND, what, ": ", call, " failed in NCCL's background launch: ", why);
+        }
+        if (local_abort.load()) {
+            h.abort();
+            fail(SW_ERR_ABORTED, what, ": the communicator was aborted while NCCL launched ", call);
+        }
+        if (Clock::now() >= deadline) {
+            h.abort();
+            throw TimeoutError(str(what, ": NCCL did not finish launching ", call, " in time"), {});
+        }
+        backoff.pause();
+    }
+}
+
+void wait_nccl(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
+               const std::atomic<bool>& local_abort, const std::string& what); // below
+
+// Waits for everything queued on `stream` so far (NCCL calls and the copies around them) under wait_nccl's watchdog,
+// then synchronizes the stream. On any failure NCCL is aborted, so the stream drains: it is synchronized before the
+// error propagates, so no queued copy lands in memory the caller frees after the error.
+void finish_on_stream(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* stream,
+                      Clock::time_point deadline, const std::atomic<bool>& local_abort, const std::string& what) {
+    std::string err;
+    void* done = nullptr;
+    cuda_check(api->event_create(ord, &done, &err), err);
+    struct Destroy {
+        const cuda::PluginApi* api;
+        int32_t ord;
+        void* e;
+        ~Destroy() {
+            std::string ignored;
+            api->event_destroy(ord, e, &ignored);
+        }
+    } destroy{api, ord, done};
+    cuda_check(api->event_record(ord, done, stream, &err), err);
+    try {
+        wait_nccl(n, h, api, ord, done, deadline, local_abort, what);
+    } catch (...) {
+        api->stream_synchronize(ord, stream, &err);
+        throw;
+    }
+    cuda_check(api->stream_synchronize(ord, stream, &err), err);
+}
+
+// Waits for `done` on the rank's device, polling NCCL's asynchronous error, local aborts and the deadline; on any of
+// them aborts the NCCL communicator (releasing its kernels) and throws. A deadline gives a TimeoutError naming nobody:
+// NCCL cannot tell which rank is late.
+void wait_nccl(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
+               const std::atomic<bool>& local_abort, const std::string& what) {
+    void* comm = h.comm;
+    std::string err;
+    for (int spins = 0;; ++spins) {
+        int32_t finished = 0;
+        cuda_check(api->event_query(ord, done, &finished, &err), err);
+        int async = kNcclSuccess;
+        if (finished) { // completed: unless NCCL says it failed (an aborted communicator's work completes too)
+            if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress)
+                fail(SW_ERR_ABORTED, what, ": NCCL's work ended with an error: ", nccl_error(n, nullptr, async));
+            return;
+        }
+        if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress) {
+            h.abort();
+            fail(SW_ERR_BACKEND, what, ": NCCL reported an asynchronous error: ", nccl_error(n, nullptr, async));
+        }
+        if (local_abort.load()) {
+            h.abort();
+            fail(SW_ERR_ABORTED, what, ": the communicator was aborted while NCCL ran");
+        }
+        if (Clock::now() >= deadline) {
+            h.abort();
+            throw TimeoutError(str(what, ": NCCL did not complete in time"), {});
+        }
+        if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+}
+
+
+} // namespace
+
+
+void NcclRank::abort() noexcept {
+    if (comm) api->CommAbort(comm);
+    comm = nullptr;
+}
+
+void NcclRank::destroy() noexcept {
+    if (!comm) return;
+    // ncclCommDestroy refuses (and leaves allocated) a communicator whose last operation has not returned ncclSuccess
+    // (src/init.cc, ncclCommEnsureReady, 2.14+): one in progress or failed is aborted instead. Errors are dropped: a
+    // destructor cannot report them.
+    if (async_state(*api, comm) == kNcclSuccess) api->CommDestroy(comm);
+    else api->CommAbort(comm);
+    comm = nullptr;
+}
+
+std::shared_ptr<NcclRank> sw::nccl_rank(const NcclApi& n, void* nc) {
+    auto h = std::make_shared<NcclRank>();
+    h->api = &n;
+    h->comm = nc;
+    return h;
+}
+
+void NcclMover::close(bool aborted) noexcept {
+    for (auto& h : comms_)
+        if (h) (aborted ? h->abort() : h->destroy());
+    comms_.clear();
+}
+
+void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot, Clock::time_point deadline) {
+    const NcclApi& n = n_;
+    DeviceImpl& dev = *devices_[rank];
+    const cuda::PluginApi* api = dev.cuda;
+    const int32_t ord = dev.ordinal;
+    NcclRank& h = *comms_[rank];
+    void* comm = h.comm;
+    const Desc& me = slot.desc[rank];
+    const int p = st.world;
+    const size_t esz = sw_dtype_size(me.dtype);
+    const std::string what = str(coll_name(me.op), " #", seq);
+    if (!comm) fail(SW_ERR_ABORTED, "rank ", rank, ": ", what, " not run: its NCCL communicator was aborted");
+    std::string err;
+    void* cs = comm_stream(rank);
+    cuda_check(api->set_device(ord, &err), err);
+    const std::string who = str("rank ", rank, ": ", what);
+    bool in_group = false;
+    // An NCCL call's return code: ncclSuccess or ncclInProgress (a non-blocking communicator) mean accepted; outside a
+    // group the call is then settled (launched for certain) before anything else goes to NCCL or the stream.
+    auto call = [&](int rc, const char* name) {
+        if (rc != kNcclSuccess && rc != kNcclInProgress) {
+            const std::string why = nccl_error(n, comm, rc); // before the abort frees comm
+            // NCCL's group is per thread: left open, every later NCCL call of this worker would be deferred to a
+            // ncclGroupEnd that never comes (and "succeed" without running).
+            if (in_group) {
+                in_group = false;
+                n.GroupEnd();
+            }
+            h.abort();
+            fail(SW_ERR_BACKEND, who, ": ", name, " failed: ", why);
+        }
+        if (!in_group) settle(n, h, deadline, st.abort_flag, who, name);
+    };
+    auto group_start = [&] {
+        call(n.GroupStart(), "ncclGroupStart");
+        in_group = true;
+    };
+    auto group_end = [&] {
+        in_group = false;
+        call(n.GroupEnd(), "ncclGroupEnd"); // a non-blocking communicator's group may still be launching: settled
+    };
+    const int t = nccl_type(me.dtype);
+    void* scratch = nullptr; // column all-gather: every rank's block, packed
+    struct FreeScratch {
+        DeviceImpl& dev;
+        void*& scratch;
+        ~FreeScratch() { free_later(dev, scratch); } // freed from a caller's thread, after the stream is past it
+    } free_scratch{dev, scratch};
+    try {
+        switch (me.op) {
+        case Coll::AllGather:
+            if (me.count) call(n.AllGather(me.send, me.recv, me.count, t, comm, cs), "ncclAllGather");
+            break;
+        case Coll::AllGatherV: {
+            group_start();
+            uint64_t at = 0;
+            for (int q = 0; q < p; ++q) {
+                const uint64_t c = slot.desc[q].count;
+                if (c) call(n.Broadcast(q == rank ? me.send : me.recv + at * esz, me.recv + at * esz, c, t, q, comm, cs), "ncclBroadcast");
+                at += c;
+            }
+            group_end();
+            break;
+        }
+        case Coll::AllGatherColumns: {
+            uint64_t total = 0;
+            for (int q = 0; q < p; ++q) total += static_cast<uint64_t>(me.rows * slot.desc[q].cols);
+            if (!total) break;
+            cuda_check(api->malloc_device(ord, total * esz, &scratch, &err), err);
+            std::vector<uint64_t> at(p + 1, 0);
+            for (int q = 0; q < p; ++q) at[q + 1] = at[q] + static_cast<uint64_t>(me.rows * slot.desc[q].cols);
+            char* packed = static_cast<char*>(scratch);
+            try {
+                if (me.cols > 0 && me.rows > 0)
+                    cuda_check(api->copy_2d(ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send, me.rows, me.cols,
+                                            static_cast<int32_t>(esz), cs, &err), err);
+                group_start();
+                for (int q = 0; q < p; ++q)
+                    if (at[q + 1] > at[q])
+                        call(n.Broadcast(packed + at[q] * esz, packed + at[q] * esz, at[q + 1] - at[q], t, q, comm, cs), "ncclBroadcast");
+                group_end(); // settled: the unpacking copies below go on the stream after NCCL's broadcasts
+                int64_t col0 = 0;
+                for (int q = 0; q < p; ++q) {
+                    const int64_t cols = slot.desc[q].cols;
+                    if (cols > 0 && me.rows > 0)
+                        cuda_check(api->copy_2d(ord, me.recv + col0 * esz, me.ld_recv, packed + at[q] * esz, cols, me.rows, cols,
+                                                static_cast<int32_t>(esz), cs, &err), err);
+                    col0 += cols;
+                }
+            } catch (...) {
+                api->stream_synchronize(ord, cs, &err); // before free_scratch hands the scratch back
+                throw;
+            }
+            break;
+        }
+        case Coll::AllReduce:
+            if (me.count) call(n.AllReduce(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclAllReduce");
+            break;
+        case Coll::ReduceScatter:
+            if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
+            break;
+        case Coll::ReduceScatterV: {
+            group_start();
+            for (int q = 0; q < p; ++q) {
+                const uint64_t c = slot.desc[q].count;
+                if (c) call(n.Reduce(me.send + scatter_displacement(slot, q) * esz, me.recv, c, t, kNcclSum, q, // recvbuff: used at the root only
+                                     comm, cs), "ncclReduce");
+            }
+            group_end();
+            break;
+        }
+        case Coll::Broadcast:
+            if (me.count) call(n.Broadcast(me.send, me.recv, me.count, t, me.root, comm, cs), "ncclBroadcast");
+            break;
+        case Coll::Barrier: break; // the host-side agreement was the barrier
+        }
+        // The watchdog of this collective: wait for NCCL, polling its asynchronous error, the deadline and local aborts.
+        finish_on_stream(n, h, api, ord, cs, deadline, st.abort_flag, who);
+    } catch (const TimeoutError&) {
+        fail(SW_ERR_TIMEOUT, who, " did not complete in NCCL within ", st.timeout_ms, " ms; the NCCL communicator is aborted");
+    }
+}
+
+namespace {
+
+// The host side of an NCCL communicator whose ranks have no other channel (a unique id the caller passed around):
+// the descriptors travel through NCCL itself (an all-gather through a device staging buffer). It cannot tell the
+// peers about an abort, nor which rank is late.
+class NcclTransport final : public Transport {
+public:
+    NcclTransport(const NcclApi& n, std::shared_ptr<NcclRank> comm, int32_t rank, int32_t world, std::shared_ptr<DeviceImpl> dev)
+        : n_(n), comm_(std::move(comm)), rank_(rank), world_(world), dev_(std::move(dev)) {}
+    ~NcclTransport() override {
+        std::string e;
+        if (stream_) dev_->cuda->stream_destroy(dev_->ordinal, stream_, &e);
+        free_later(*dev_, staging_); // may run on a stream worker: freed later from a caller's thread
+    }
+    int32_t rank() const override { return rank_; }
+    int32_t world() const override { return world_; }
+    const char* name() const override { return "nccl"; }
+    void exchange(uint64_t, const std::vector<Piece>&, const std::vector<Piece>&, Clock::time_point, const std::atomic<bool>&,
+                  const std::string& what) override {
+        fail(SW_ERR_INTERNAL, what, ": point-to-point exchange is not available on an NCCL-only host side");
+    }
+    void all_gather_bytes(uint64_t, const char* mine, uint64_t bytes, char* all, Clock::time_point deadline,
+                          const std::atomic<bool>& local_abort, const std::string& what) override {
+        const cuda::PluginApi* api = dev_->cuda;
+        const int32_t ord = dev_->ordinal;
+        std::string err;
+        cuda_check(api->set_device(ord, &err), err);
+        if (!stream_) cuda_check(api->stream_create(ord, &stream_, &err), err);
+        const uint64_t need = bytes * (static_cast<uint64_t>(world_) + 1);
+        if (need > staging_bytes_) {
+            free_later(*dev_, staging_);
+            staging_ = nullptr;
+            cuda_check(api->malloc_device(ord, need, &staging_, &err), err);
+            staging_bytes_ = need;
+        }
+        char* in = static_cast<char*>(staging_);
+        char* out = in + bytes;
+        cuda_check(api->memcpy_async(ord, in, mine, bytes, stream_, &err), err);
+        if (!comm_->comm) fail(SW_ERR_ABORTED, what, ": the NCCL communicator was aborted");
+        const int rc = n_.AllGather(in, out, bytes, kNcclUint8, comm_->comm, stream_);
+        if (rc != kNcclSuccess && rc != kNcclInProgress)
+            fail(SW_ERR_BACKEND, what, ": ncclAllGather (descriptors) failed: ", nccl_error(n_, comm_->comm, rc));
+        // A non-blocking communicator may still be launching the all-gather: the copy out goes on the stream after it.
+        settle(n_, *comm_, deadline, local_abort, what, "ncclAllGather (descriptors)");
+        cuda_check(api->memcpy_async(ord, all, out, bytes * world_, stream_, &err), err);
+        // The copy into `all` (the caller's memory) is finished or failed before this returns or throws.
+        finish_on_stream(n_, *comm_, api, ord, stream_, deadline, local_abort, what);
+    }
+    void notify_abort(sw_status, const std::string&) noexcept override {
+        // Nothing to send: the peers find out at their deadline. NCCL is not aborted from here (this may be any thread,
+        // while the worker uses the communicator): a waiting worker sees the local abort and aborts it; an idle one is
+        // aborted when the communicator goes (release_nccl).
+    }
+
+private:
+    const NcclApi& n_;
+    std::shared_ptr<NcclRank> comm_;
+    int32_t rank_, world_;
+    std::shared_ptr<DeviceImpl> dev_;
+    void* stream_ = nullptr;
+    void* staging_ = nullptr;
+    uint64_t staging_bytes_ = 0;
+};
+} // namespace
+
+std::unique_ptr<Transport> sw::make_nccl_transport(const NcclApi& n, std::shared_ptr<NcclRank> comm, int32_t rank,
+                                                   int32_t world, std::shared_ptr<DeviceImpl> dev) {
+    return std::make_unique<NcclTransport>(n, std::move(comm), rank, world, std::move(dev));
+}

@@ -1,0 +1,174 @@
+// Transport moves: the data of a multi-process communicator on CPU devices (TCP, MPI) moves through the same
+// transport's point-to-point exchanges, built from Transport::exchange:
+//  - all-gather (-v, -columns): each rank sends its block to every other rank;
+//  - all-reduce: reduce-scatter then all-gather over the same chunks as the in-process communicator (chunk q =
+//    shard q of the count); chunk q is summed by rank q in rank order 0..p-1, so every rank gets the same bits,
+//    and the same bits as an in-process communicator of the same size;
+//  - reduce-scatter (-v): rank q receives block q of every rank and sums in rank order;
+//  - broadcast: the root sends to every rank.
+#include "comm/communicator.h"
+#include "core/index_math.h"
+
+#include <cstring>
+
+using namespace sw;
+
+namespace {
+
+// Pieces of `bytes` bytes at `data` for every peer (skipping empty ones).
+void to_all(std::vector<Piece>& out, int p, int self, char* data, uint64_t bytes) {
+    if (!bytes) return;
+    for (int q = 0; q < p; ++q)
+        if (q != self) out.push_back({q, data, bytes});
+}
+
+// The receive scratch of the collectives, at least `bytes` long: kept from call to call (collectives of a multi-process
+// communicator run one at a time), so that big collectives do not map, fault in and unmap fresh pages every call.
+struct Scratch {
+    std::unique_ptr<char[]> data;
+    uint64_t bytes = 0;
+    char* get(uint64_t need) {
+        if (need > bytes) {
+            data.reset(new char[need]); // not zeroed: every byte used is received first
+            bytes = need;
+        }
+        return data.get();
+    }
+};
+
+// Step 2 for the rank of this process.
+void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq, const Slot& slot, Clock::time_point deadline,
+                 const std::string& what) {
+    const int p = t.world(), self = t.rank();
+    const Desc& me = slot.desc[self];
+    const size_t esz = sw_dtype_size(me.dtype);
+    std::vector<Piece> sends, recvs;
+    auto run = [&] {
+        t.exchange(seq, sends, recvs, deadline, st.abort_flag, what);
+        sends.clear();
+        recvs.clear();
+        if (test_fault_point()) { // test only (SHARDWISE_TEST_FAULT=abort:N): as sw_comm_abort at this moment
+            st.abort_flag.store(true);
+            fail(SW_ERR_ABORTED, what, ": injected fault (SHARDWISE_TEST_FAULT) after a data exchange");
+        }
+    };
+    char* send = const_cast<char*>(me.send);
+    switch (me.op) {
+    case Coll::AllGather:
+    case Coll::AllGatherV: {
+        uint64_t at = 0, mine_at = 0;
+        for (int q = 0; q < p; ++q) {
+            const uint64_t c = slot.desc[q].count;
+            if (q == self) mine_at = at;
+            else if (c) recvs.push_back({q, me.recv + at * esz, c * esz});
+            at += c;
+        }
+        to_all(sends, p, self, send, me.count * esz);
+        run();
+        if (me.count) std::memmove(me.recv + mine_at * esz, me.send, me.count * esz);
+        break;
+    }
+    case Coll::AllGatherColumns: {
+        // Blocks travel packed (rows x cols); each lands at its column offset.
+        const int64_t rows = me.rows;
+        std::vector<char*> block(p + 1); // every rank's packed block, one after the other in the scratch
+        uint64_t bytes = 0;
+        for (int q = 0; q < p; ++q) bytes += static_cast<uint64_t>(rows * slot.desc[q].cols) * esz;
+        block[0] = scratch.get(bytes);
+        for (int q = 0; q < p; ++q) block[q + 1] = block[q] + static_cast<uint64_t>(rows * slot.desc[q].cols) * esz;
+        for (int64_t i = 0; i < rows && me.cols > 0; ++i)
+            std::memcpy(block[self] + i * me.cols * esz, me.send + i * me.ld_send * esz, me.cols * esz);
+        for (int q = 0; q < p; ++q)
+            if (q != self && block[q + 1] > block[q]) recvs.push_back({q, block[q], static_cast<uint64_t>(block[q + 1] - block[q])});
+        to_all(sends, p, self, block[self], static_cast<uint64_t>(block[self + 1] - block[self]));
+        run();
+        int64_t col0 = 0;
+        for (int q = 0; q < p; ++q) {
+            const int64_t cols = slot.desc[q].cols;
+            const char* src = block[q];
+            for (int64_t i = 0; i < rows && cols > 0; ++i)
+                std::memcpy(me.recv + (i * me.ld_recv + col0) * esz, src + i * cols * esz, cols * esz);
+            col0 += cols;
+        }
+        break;
+    }
+    case Coll::AllReduce: {
+        const int64_t total = static_cast<int64_t>(me.count);
+        auto begin = [&](int q) { return static_cast<uint64_t>(shard_offset(total, p, q)); };
+        auto size = [&](int q) { return static_cast<uint64_t>(shard_count(total, p, q)); };
+        const uint64_t n = size(self), b = begin(self);
+        // In place (send == recv), the result is built in the scratch and copied into recv only once nothing can
+        // fail any more, so that a failed all-reduce keeps its input (the cost: one copy of the result).
+        const bool in_place = in_place_all_reduce(me);
+        // Reduce-scatter: chunk q of this rank's send goes to rank q; chunk `self` of every rank comes here.
+        char* part = scratch.get((p * n + (in_place ? me.count : 0)) * esz); // rank q's chunk at part + q * n
+        char* out = in_place ? part + p * n * esz : me.recv; // where the result is gathered
+        for (int q = 0; q < p; ++q) {
+            if (q == self) continue;
+            if (size(q)) sends.push_back({q, send + begin(q) * esz, size(q) * esz});
+            if (n) recvs.push_back({q, part + q * n * esz, n * esz});
+        }
+        run();
+        if (n) {
+            std::vector<const char*> src(p);
+            for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + b * esz : part + q * n * esz;
+            reduce_sum(me.dtype, src, {out + b * esz}, n); // rank order 0..p-1
+        }
+        // All-gather of the reduced chunks.
+        for (int q = 0; q < p; ++q) {
+            if (q == self) continue;
+            if (n) sends.push_back({q, out + b * esz, n * esz});
+            if (size(q)) recvs.push_back({q, out + begin(q) * esz, size(q) * esz});
+        }
+        run();
+        if (in_place && me.count) std::memcpy(me.recv, out, me.count * esz);
+        break;
+    }
+    case Coll::ReduceScatter:
+    case Coll::ReduceScatterV: {
+        char* part = scratch.get(p * me.count * esz); // rank q's block at part + q * count
+        for (int q = 0; q < p; ++q) {
+            if (q == self) continue;
+            const uint64_t cq = slot.desc[q].count;
+            if (cq) sends.push_back({q, send + scatter_displacement(slot, q) * esz, cq * esz});
+            if (me.count) recvs.push_back({q, part + q * me.count * esz, me.count * esz});
+        }
+        run();
+        if (me.count) {
+            const uint64_t displ = scatter_displacement(slot, self);
+            std::vector<const char*> src(p);
+            for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + displ * esz : part + q * me.count * esz;
+            reduce_sum(me.dtype, src, {me.recv}, me.count);
+        }
+        break;
+    }
+    case Coll::Broadcast:
+        if (!me.count) break;
+        if (self == me.root) to_all(sends, p, self, send, me.count * esz);
+        else recvs.push_back({me.root, me.recv, me.count * esz});
+        run();
+        break;
+    case Coll::Barrier: break; // the descriptor exchange was the barrier
+    }
+}
+
+
+class TransportMover final : public Mover {
+public:
+    explicit TransportMover(Transport& t) : t_(t) {}
+    void move(Communicator& c, int, uint64_t seq, const Slot& slot, Clock::time_point deadline) override {
+        move_remote(c, scratch_, t_, seq, slot, deadline, str(coll_name(slot.desc[t_.rank()].op), " #", seq));
+    }
+    void forget_buffers() override {
+        if (scratch_.data) (void)scratch_.data.release();
+        scratch_.bytes = 0;
+    }
+
+private:
+    Transport& t_;
+    Scratch scratch_;
+};
+
+} // namespace
+
+std::unique_ptr<Mover> sw::make_transport_mover(Transport& transport) { return std::make_unique<TransportMover>(transport); }
