@@ -71,6 +71,8 @@
 #   SHARDWISE_REPOSITORY_URL  repository URL written into the packages (default: none; the project has no public
 #                        address yet)
 #   SHARDWISE_SKIP_TORCHSHARP  set to 1 to leave out the TorchSharp interop tests (their restore downloads libtorch)
+#   SHARDWISE_BASH       build.ps1 only: the bash it forwards to (default: Git for Windows' bash, then WSL, on
+#                        Windows; the bash on PATH elsewhere)
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd.
