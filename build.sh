@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Shardwise build script: native core (CMake) + .NET libraries, tests, benchmarks and the main job.
+# The one implementation of the commands below: build.ps1 (PowerShell) forwards to this script.
 #
 #   ./build.sh [run [args...]]     deps, native build, dotnet build, then the main job (bench exe `main`)
 #   ./build.sh test [args...]      deps, native build + ctest, dotnet build, NUnit tests, then the TorchSharp
-#                                  interop tests (tests/TorchSharp, a project outside the solution); prints
-#                                  "N passed, N failed, N skipped" as its last line (NUnit + TorchSharp + ctest);
+#                                  interop tests (tests/TorchSharp, a project outside the solution); prints one
+#                                  line per suite (passed/failed/skipped, time), every failure in full, one line
+#                                  counting the tests skipped for want of a GPU, and last
+#                                  "N passed, N failed, N skipped" (NUnit + TorchSharp + ctest); the builds' and
+#                                  the suites' whole output goes to build/test-results/logs/ (reports beside it);
 #                                  args go to the test executable, e.g.
 #                                  --filter 'FullyQualifiedName~Smoke'|'TestCategory=Fast' (--help lists all)
 #   ./build.sh bench [args...]     deps, builds, then BenchmarkDotNet (bench exe `bench` + args),
-#                                  e.g. --filter '*Gemm*' --job short, or --list flat
+#                                  e.g. --filter '*Gemm*' --job short, or --list flat; --help lists Shardwise's
+#                                  benchmarks and the main job's options, then BenchmarkDotNet's options
 #   ./build.sh bench-mp [N] [tcp|mpi]  deps, builds, then the multi-process collective bandwidth report: N ranks
 #                                  (default 2), one process each, over TCP (shardwise launch, default) or MPI
 #                                  (mpirun); all-reduce, all-gather, reduce-scatter, 8 B x4 up to 64 MiB (the
@@ -30,11 +35,14 @@
 #   ./build.sh fuzz [SECONDS]      libFuzzer over the C ABI (native/tests/fuzz/c_api_fuzz.c; clang-14 with
 #                                  -fsanitize=fuzzer,address,undefined) for SECONDS (default 60) into build/fuzz;
 #                                  the corpus is kept in build/fuzz/corpus, a failing input lands in build/fuzz/
-#   ./build.sh pack                deps, native build, NuGet packages Shardwise.Bindings and Shardwise.Parallel
-#                                  into artifacts/packages (native library under runtimes/<rid>/native), and a
-#                                  check of what each package contains
+#   ./build.sh pack                deps, native build, NuGet packages Shardwise.Bindings, Shardwise.Parallel and
+#                                  the launcher tool Shardwise.Launcher into artifacts/packages (native library
+#                                  under runtimes/<rid>/native; the CUDA plugin as the build folder's SHARDWISE_CUDA
+#                                  says, which pack prints), and a check of what each package contains; the version
+#                                  is a new prerelease each time (<Version>-local.<UTC yyyyMMddHHmmss>) unless
+#                                  SHARDWISE_VERSION is set
 #   ./build.sh samples             pack, then the samples (each verifies its result, non-zero exit on mismatch):
-#                                  PackageSample (restores the packages from artifacts/packages), AotSample
+#                                  PackageSample (restores exactly the version just packed), AotSample
 #                                  (NativeAOT publish, zero trim/AOT warnings allowed, then runs the executable),
 #                                  PInvokeSample (the C ABI through its own LibraryImport declarations)
 #   ./build.sh gpu-bundle [OUT]    self-contained test + bench bundle for a CUDA machine without .NET
@@ -49,16 +57,22 @@
 # Environment:
 #   CONFIGURATION        Release (default) or Debug: dotnet configuration and CMAKE_BUILD_TYPE
 #   SHARDWISE_BUILD_DIR  CMake build folder (default build/native); the library lands in DIR/lib
+#   SHARDWISE_CUDA       ON, OFF or AUTO: build the CUDA plugin (ON fails without a CUDA toolkit). Unset: the build
+#                        folder keeps the choice recorded at its first configure (a new folder: AUTO, decided then
+#                        by whether nvcc is found, and recorded as ON or OFF); no later command changes it
 #   SHARDWISE_JOBS       parallel native build jobs (default: number of cores)
 #   SHARDWISE_SKIP_DEPS  set to 1 to skip the dependency check/install step
 #   SHARDWISE_INSTALL_CUDA  set to 1 to let the deps step install Debian's CUDA toolkit (nvidia-cuda-toolkit,
 #                        from contrib/non-free) and clang-14 when nvcc is missing, so that the CUDA plugin is
 #                        compiled even without a GPU (.ci/run sets it)
 #   SHARDWISE_CTEST_TIMEOUT  per native check timeout in seconds (default 900)
-#   SHARDWISE_VERSION    package version for pack/samples (default: Version in Directory.Build.props)
+#   SHARDWISE_VERSION    package version for pack/samples (default: Version in Directory.Build.props followed by
+#                        -local.<UTC timestamp>, new at every pack)
 #   SHARDWISE_REPOSITORY_URL  repository URL written into the packages (default: none; the project has no public
 #                        address yet)
 #   SHARDWISE_SKIP_TORCHSHARP  set to 1 to leave out the TorchSharp interop tests (their restore downloads libtorch)
+#   SHARDWISE_BASH       build.ps1 only: the bash it forwards to (default: Git for Windows' bash, then WSL, on
+#                        Windows; the bash on PATH elsewhere)
 set -euo pipefail
 
 # Work from the repository root whatever the caller's cwd.
@@ -71,6 +85,7 @@ BUILD_DIR="${SHARDWISE_BUILD_DIR:-build/native}"
 case "$BUILD_DIR" in /*) ;; *) BUILD_DIR="$ROOT/$BUILD_DIR" ;; esac
 JOBS="${SHARDWISE_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 RESULTS_DIR="$ROOT/build/test-results"
+LOG_DIR="$RESULTS_DIR/logs"
 SOLUTION="$ROOT/Shardwise.slnx"
 TEST_PROJECT="$ROOT/tests/Shardwise.Tests.csproj"
 TORCH_TEST_PROJECT="$ROOT/tests/TorchSharp/Shardwise.TorchSharp.Tests.csproj"
@@ -80,7 +95,12 @@ PACKAGES_DIR="$ROOT/artifacts/packages"
 # Shardwise packages so that an earlier package of the same version can never be what the sample runs.
 SAMPLE_PACKAGES_DIR="$ROOT/artifacts/sample-packages"
 SAMPLES_OUT="$ROOT/artifacts/samples"
-PACKED_PROJECTS=("$ROOT/src/Bindings/Shardwise.Bindings.csproj" "$ROOT/src/Parallel/Shardwise.Parallel.csproj")
+PACKED_PROJECTS=("$ROOT/src/Bindings/Shardwise.Bindings.csproj" "$ROOT/src/Parallel/Shardwise.Parallel.csproj"
+    "$ROOT/src/Launcher/Shardwise.Launcher.csproj")
+case "${SHARDWISE_CUDA:-}" in
+    "" | ON | OFF | AUTO) ;;
+    *) printf "build.sh: error: SHARDWISE_CUDA must be ON, OFF or AUTO (got '%s')\n" "$SHARDWISE_CUDA" >&2; exit 2 ;;
+esac
 
 # Where MSBuild looks for libshardwise (Directory.Build.props reads this variable). Exported so that it
 # also reaches the projects BenchmarkDotNet builds in child processes.
@@ -99,6 +119,22 @@ APT_PACKAGES=(cmake make g++ gcc binutils libopenblas0-pthread libopenblas-dev u
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
 
+# Runs a command as root: directly when root, else through sudo (dies naming WHAT when there is no sudo).
+as_root() {
+    local what="$1"
+    shift
+    if [[ "$(id -u)" -eq 0 ]]; then "$@"; return; fi
+    command -v sudo >/dev/null 2>&1 || die "$what: not root (no sudo)"
+    sudo "$@"
+}
+# apt_get WHAT ARGS...: apt-get, quiet and non-interactive, as root.
+apt_get() {
+    local what="$1"
+    shift
+    command -v apt-get >/dev/null 2>&1 || die "$what needs apt-get (Debian)"
+    as_root "$what" env DEBIAN_FRONTEND=noninteractive apt-get -qq "$@"
+}
+
 # ------------------------------------------------------------------------------------------ deps
 # Idempotent: checks first, runs apt-get (update + install) only when something is missing.
 deps() {
@@ -113,14 +149,9 @@ deps() {
         done
     fi
     if ((${#missing[@]})); then
-        local sudo=()
-        if [[ "$(id -u)" -ne 0 ]]; then
-            command -v sudo >/dev/null 2>&1 || die "missing packages (${missing[*]}) and not root (no sudo)"
-            sudo=(sudo)
-        fi
         step "installing ${missing[*]}"
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        apt_get "missing packages (${missing[*]})" update
+        apt_get "missing packages (${missing[*]})" install -y --no-install-recommends "${missing[@]}"
     fi
     cuda_deps
     local tool
@@ -146,12 +177,6 @@ cuda_deps() {
         command -v clang++-14 >/dev/null 2>&1 && return 0
         [[ "$(nvcc --version 2>/dev/null | sed -n 's/.*release \([0-9][0-9]*\)\..*/\1/p')" -ge 12 ]] 2>/dev/null && return 0
     fi
-    command -v apt-get >/dev/null 2>&1 || die "SHARDWISE_INSTALL_CUDA=1 needs apt-get (Debian)"
-    local sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "SHARDWISE_INSTALL_CUDA=1: not root (no sudo)"
-        sudo=(sudo)
-    fi
     step "CUDA toolkit (SHARDWISE_INSTALL_CUDA=1): nvidia-cuda-toolkit, clang-14"
     local files=() f
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources; do
@@ -168,23 +193,49 @@ cuda_deps() {
         # Debian only (elsewhere, e.g. Ubuntu's multiverse, the package's component is left to the system).
         if [[ "$id" == debian && -n "$codename" ]]; then
             printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-                "$codename" "$codename" | "${sudo[@]}" tee "$CUDA_APT_SOURCE" >/dev/null
+                "$codename" "$codename" | as_root SHARDWISE_INSTALL_CUDA=1 tee "$CUDA_APT_SOURCE" >/dev/null
         fi
     fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_get SHARDWISE_INSTALL_CUDA=1 update
     local pkgs=(nvidia-cuda-toolkit)
     # clang-14 only where the archive has it (newer releases ship an nvcc that accepts their g++).
     if apt-cache show clang-14 >/dev/null 2>&1; then pkgs+=(clang-14); fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+    apt_get SHARDWISE_INSTALL_CUDA=1 install -y --no-install-recommends "${pkgs[@]}"
     command -v nvcc >/dev/null 2>&1 || die "SHARDWISE_INSTALL_CUDA=1: nvcc still missing after installing ${pkgs[*]}"
 }
 
 # ------------------------------------------------------------------------------------------ native
+# The CUDA plugin is built or not as the build folder recorded at its first configure (CMakeLists.txt: AUTO is decided
+# once and written back as ON or OFF); SHARDWISE_CUDA, when set, is passed on and becomes the new record.
 native_build() {
-    step "native: configure ($CONFIGURATION) in ${BUILD_DIR#"$ROOT"/}"
-    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$CONFIGURATION"
-    step "native: build"
+    local cuda=()
+    [[ -z "${SHARDWISE_CUDA:-}" ]] || cuda=("-DSHARDWISE_CUDA=$SHARDWISE_CUDA")
+    step "native: configure ($CONFIGURATION${SHARDWISE_CUDA:+, SHARDWISE_CUDA=$SHARDWISE_CUDA}) in ${BUILD_DIR#"$ROOT"/}"
+    cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$CONFIGURATION" "${cuda[@]}"
+    step "native: build (CUDA plugin: $(cuda_choice))"
     cmake --build "$BUILD_DIR" --config "$CONFIGURATION" -j "$JOBS"
+}
+
+# The build folder's recorded SHARDWISE_CUDA (ON or OFF; AUTO only if the folder predates the record).
+cuda_choice() {
+    sed -n 's/^SHARDWISE_CUDA:STRING=//p' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null | head -n1
+}
+
+# logged NAME COMMAND...: runs COMMAND (a shell function or a program) with its whole output in $LOG_DIR/NAME.log
+# instead of on the terminal (./build.sh test); on failure shows its error lines (or its last lines) and the log.
+logged() {
+    local name="$1" log="$LOG_DIR/$1.log" rc
+    shift
+    mkdir -p "$LOG_DIR"
+    set +e
+    (set -e; "$@") >"$log" 2>&1
+    rc=$?
+    set -e
+    ((rc != 0)) || return 0
+    printf 'build.sh: %s failed (exit code %d); from %s:\n' "$name" "$rc" "${log#"$ROOT"/}" >&2
+    { grep -E '(: error|error:|Error:|CMake Error|FAILED)' "$log" | head -n 60 || true; } >&2
+    grep -qE '(: error|error:|Error:|CMake Error|FAILED)' "$log" || tail -n 40 "$log" >&2
+    return "$rc"
 }
 
 # Counts "passed failed skipped" in a CTest JUnit report. Per test case: status run = passed, fail =
@@ -208,17 +259,18 @@ ctest_counts() {
     ' "$1"
 }
 
-CTEST_PASSED=0 CTEST_FAILED=0 CTEST_SKIPPED=0 CTEST_RC=0
+CTEST_PASSED=0 CTEST_FAILED=0 CTEST_SKIPPED=0 CTEST_RC=0 CTEST_SECONDS=0
 native_checks() {
-    step "native: checks (ctest)"
-    mkdir -p "$RESULTS_DIR"
-    local junit="$RESULTS_DIR/ctest-junit.xml"
+    step "native checks (ctest; output: ${LOG_DIR#"$ROOT"/}/ctest.log)"
+    mkdir -p "$LOG_DIR"
+    local junit="$RESULTS_DIR/ctest-junit.xml" start=$SECONDS
     rm -f "$junit"
     set +e
     ctest --test-dir "$BUILD_DIR" -C "$CONFIGURATION" --output-on-failure \
-        --timeout "${SHARDWISE_CTEST_TIMEOUT:-900}" --output-junit "$junit"
+        --timeout "${SHARDWISE_CTEST_TIMEOUT:-900}" --output-junit "$junit" >"$LOG_DIR/ctest.log" 2>&1
     CTEST_RC=$?
     set -e
+    CTEST_SECONDS=$((SECONDS - start))
     if [[ -f "$junit" ]]; then
         read -r CTEST_PASSED CTEST_FAILED CTEST_SKIPPED < <(ctest_counts "$junit")
     fi
@@ -246,17 +298,24 @@ trx_counter() {
 }
 
 # Runs a Microsoft.Testing.Platform test executable (DLL) with a TRX report in DIR/NAME plus the given arguments;
-# sets MTP_RC (its exit code) and MTP_PASSED / MTP_FAILED / MTP_SKIPPED from the report's counters (passed; failed +
-# error + timeout + aborted; notExecuted = skipped/ignored), 0 without a report.
+# sets MTP_RC (its exit code), MTP_SECONDS and MTP_PASSED / MTP_FAILED / MTP_SKIPPED from the report's counters
+# (passed; failed + error + timeout + aborted; notExecuted = skipped/ignored), 0 without a report. With MTP_LOG set,
+# the executable's output goes to that file instead of the terminal.
 run_mtp() {
-    local test_dll="$1" trx_dir="$2" trx_name="$3"
+    local test_dll="$1" trx_dir="$2" trx_name="$3" start=$SECONDS
     shift 3
     rm -rf "$trx_dir"
     mkdir -p "$trx_dir"
     set +e
-    dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@"
+    if [[ -n "${MTP_LOG:-}" ]]; then
+        mkdir -p "$(dirname "$MTP_LOG")"
+        dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@" >"$MTP_LOG" 2>&1
+    else
+        dotnet "$test_dll" --results-directory "$trx_dir" --report-trx --report-trx-filename "$trx_name" "$@"
+    fi
     MTP_RC=$?
     set -e
+    MTP_SECONDS=$((SECONDS - start))
     MTP_PASSED=0 MTP_FAILED=0 MTP_SKIPPED=0
     local trx="$trx_dir/$trx_name"
     if [[ -f "$trx" ]]; then
@@ -267,7 +326,7 @@ run_mtp() {
     fi
 }
 
-NUNIT_PASSED=0 NUNIT_FAILED=0 NUNIT_SKIPPED=0 NUNIT_RC=0
+NUNIT_PASSED=0 NUNIT_FAILED=0 NUNIT_SKIPPED=0 NUNIT_RC=0 NUNIT_SECONDS=0
 nunit_tests() {
     local test_dll trx_dir="$RESULTS_DIR/nunit" trx_name="nunit.trx"
     test_dll="$(target_path "$TEST_PROJECT")"
@@ -281,47 +340,86 @@ nunit_tests() {
         esac
     done
 
-    step "NUnit tests (Microsoft.Testing.Platform)"
-    run_mtp "$test_dll" "$trx_dir" "$trx_name" "$@"
-    NUNIT_RC=$MTP_RC NUNIT_PASSED=$MTP_PASSED NUNIT_FAILED=$MTP_FAILED NUNIT_SKIPPED=$MTP_SKIPPED
+    step "NUnit tests (Microsoft.Testing.Platform; output: ${LOG_DIR#"$ROOT"/}/nunit.log)"
+    MTP_LOG="$LOG_DIR/nunit.log" run_mtp "$test_dll" "$trx_dir" "$trx_name" "$@"
+    NUNIT_RC=$MTP_RC NUNIT_PASSED=$MTP_PASSED NUNIT_FAILED=$MTP_FAILED NUNIT_SKIPPED=$MTP_SKIPPED NUNIT_SECONDS=$MTP_SECONDS
     # Exit codes (Microsoft.Testing.Platform): 0 ok, 2 failed tests, 8 no test ran (e.g. a filter that
     # matches nothing), others = the run itself failed. A failure without failed tests counts as one.
     if [[ $NUNIT_RC -ne 0 && $NUNIT_FAILED -eq 0 && $NUNIT_RC -ne 8 ]]; then NUNIT_FAILED=1; fi
     if [[ $NUNIT_RC -eq 8 ]]; then echo "build.sh: the test executable ran no test (filter matched nothing?)" >&2; fi
 }
 
+# suite_line NAME PASSED FAILED SKIPPED SECONDS REPORT LOG: one line of the test report (paths under build/test-results).
+suite_line() {
+    printf '  %-20s %4d passed, %d failed, %3d skipped  %5d s  (%s, %s)\n' "$@"
+}
+
+# Every failure in full and the skipped tests grouped by reason, read from the suites' reports and logs by
+# scripts/test-report.cs (a .NET file-based program; `dotnet run` builds it once and caches it). Its trouble never
+# changes the counts or the exit code, which come from the reports above.
+test_report() {
+    local args=(--results "$RESULTS_DIR"
+        --trx "NUnit" "$RESULTS_DIR/nunit/nunit.trx" "$NUNIT_RC" "$LOG_DIR/nunit.log"
+        --junit "ctest" "$RESULTS_DIR/ctest-junit.xml" "$CTEST_RC" "$LOG_DIR/ctest.log")
+    ((TORCH_RAN == 0)) || args+=(--trx "TorchSharp" "$RESULTS_DIR/torchsharp/torchsharp.trx" "$TORCH_RC" "$LOG_DIR/torchsharp.log")
+    dotnet run --file "$ROOT/scripts/test-report.cs" -c Release -v:q -- "${args[@]}" 2>"$LOG_DIR/test-report.log" ||
+        echo "  (the failure/skip report could not be made: ${LOG_DIR#"$ROOT"/}/test-report.log; the logs above have everything)"
+}
+
 # ------------------------------------------------------------------------------------------ packages
+# Every pack has its own version (SHARDWISE_VERSION, else Version of Directory.Build.props + -local.<UTC time>), so
+# that a package of an earlier pack left in a NuGet cache can never stand in for this one.
 PACKAGE_VERSION=""
 pack_packages() {
-    step "pack ($CONFIGURATION) into ${PACKAGES_DIR#"$ROOT"/}"
+    local base
+    base="$(sed -n 's:.*<Version Condition="[^"]*">\([^<]*\)</Version>.*:\1:p' "$ROOT/Directory.Build.props" | head -n1)"
+    [[ -n "$base" ]] || die "pack: no <Version> in Directory.Build.props"
+    PACKAGE_VERSION="${SHARDWISE_VERSION:-$base-local.$(date -u +%Y%m%d%H%M%S)}"
+    local cuda
+    cuda="$(cuda_choice)"
+    step "pack ($CONFIGURATION, version $PACKAGE_VERSION, CUDA plugin: $(cuda_plugin_text "$cuda")) into ${PACKAGES_DIR#"$ROOT"/}"
     mkdir -p "$PACKAGES_DIR"
     rm -f "$PACKAGES_DIR"/Shardwise.*.nupkg "$PACKAGES_DIR"/Shardwise.*.snupkg
-    rm -rf "$SAMPLE_PACKAGES_DIR/shardwise.bindings" "$SAMPLE_PACKAGES_DIR/shardwise.parallel"
-    local args=(-c "$CONFIGURATION" -o "$PACKAGES_DIR" -nologo -nodeReuse:false -v:minimal) project
-    [[ -z "${SHARDWISE_VERSION:-}" ]] || args+=("-p:Version=$SHARDWISE_VERSION")
+    rm -rf "$SAMPLE_PACKAGES_DIR"/shardwise.*
+    local args=(-c "$CONFIGURATION" -o "$PACKAGES_DIR" -nologo -nodeReuse:false -v:minimal "-p:Version=$PACKAGE_VERSION") project
     for project in "${PACKED_PROJECTS[@]}"; do
         dotnet pack "$project" "${args[@]}"
     done
-    check_packages
+    check_packages "$cuda"
+    step "pack: Shardwise.Bindings, Shardwise.Parallel and Shardwise.Launcher $PACKAGE_VERSION; CUDA plugin $(cuda_plugin_text "$cuda")"
 }
 
-# Fails unless both packages hold what a consumer needs: assemblies with XML docs, the README, the licence
-# expression, the native library (and the CUDA plugin when it was built) under runtimes/<rid>/native.
+cuda_plugin_text() {
+    case "$1" in
+        ON) echo "included (SHARDWISE_CUDA=ON)" ;;
+        OFF) echo "not included (SHARDWISE_CUDA=OFF; SHARDWISE_CUDA=ON ./build.sh pack includes it, or fails without a CUDA toolkit)" ;;
+        *) echo "unknown (SHARDWISE_CUDA='$1' in ${BUILD_DIR#"$ROOT"/}/CMakeCache.txt)" ;;
+    esac
+}
+
+# check_packages CUDA: fails unless the packages hold what a consumer needs: assemblies with XML docs, the README, the
+# licence expression, the native library under runtimes/<rid>/native with the CUDA plugin exactly when CUDA is ON,
+# and the launcher as a .NET tool.
 check_packages() {
     step "pack: checking the packages' contents"
-    local bindings parallel rid
-    bindings="$(ls "$PACKAGES_DIR"/Shardwise.Bindings.*.nupkg 2>/dev/null | head -n1)"
-    parallel="$(ls "$PACKAGES_DIR"/Shardwise.Parallel.*.nupkg 2>/dev/null | head -n1)"
-    [[ -f "$bindings" && -f "$parallel" ]] || die "pack: packages missing in $PACKAGES_DIR"
-    PACKAGE_VERSION="$(basename "$bindings" .nupkg)"
-    PACKAGE_VERSION="${PACKAGE_VERSION#Shardwise.Bindings.}"
+    local bindings="$PACKAGES_DIR/Shardwise.Bindings.$PACKAGE_VERSION.nupkg" rid
+    local parallel="$PACKAGES_DIR/Shardwise.Parallel.$PACKAGE_VERSION.nupkg"
+    local launcher="$PACKAGES_DIR/Shardwise.Launcher.$PACKAGE_VERSION.nupkg"
+    [[ -f "$bindings" && -f "$parallel" && -f "$launcher" ]] || die "pack: packages of version $PACKAGE_VERSION missing in $PACKAGES_DIR"
     case "$(uname -m)" in x86_64 | amd64) rid=linux-x64 ;; aarch64 | arm64) rid=linux-arm64 ;; *) rid="linux-$(uname -m)" ;; esac
-    local native=("runtimes/$rid/native/libshardwise.so")
-    [[ -f "$BUILD_DIR/lib/libshardwise_cuda.so" ]] && native+=("runtimes/$rid/native/libshardwise_cuda.so")
-    check_package "$bindings" README.md lib/net10.0/Shardwise.Bindings.dll lib/net10.0/Shardwise.Bindings.xml "${native[@]}"
+    local plugin="runtimes/$rid/native/libshardwise_cuda.so"
+    check_package "$bindings" README.md lib/net10.0/Shardwise.Bindings.dll lib/net10.0/Shardwise.Bindings.xml "runtimes/$rid/native/libshardwise.so"
+    if [[ "$1" == ON ]]; then
+        check_package "$bindings" "$plugin" >/dev/null
+    elif unzip -Z1 "$bindings" | grep -qxF "$plugin"; then
+        die "pack: $(basename "$bindings") holds $plugin although the build's SHARDWISE_CUDA is '$1'"
+    fi
     check_package "$parallel" README.md lib/net10.0/Shardwise.Parallel.dll lib/net10.0/Shardwise.Parallel.xml
     unzip -p "$parallel" '*.nuspec' | grep -qF "<dependency id=\"Shardwise.Bindings\" version=\"$PACKAGE_VERSION\"" ||
         die "pack: $(basename "$parallel") does not depend on Shardwise.Bindings $PACKAGE_VERSION"
+    check_package "$launcher" README.md tools/net10.0/any/shardwise.dll tools/net10.0/any/DotnetToolSettings.xml
+    unzip -p "$launcher" '*.nuspec' | grep -qF '<packageType name="DotnetTool"' ||
+        die "pack: $(basename "$launcher") is not a .NET tool package"
 }
 
 # check_package NUPKG ENTRY...: every entry is in the package; its nuspec has the licence and the readme.
@@ -335,7 +433,7 @@ check_package() {
     done
     grep -qF '<license type="expression">MIT</license>' <<<"$nuspec" || die "pack: $(basename "$pkg") has no MIT licence expression"
     grep -qF '<readme>README.md</readme>' <<<"$nuspec" || die "pack: $(basename "$pkg") names no README"
-    echo "  $(basename "$pkg"): $(grep -E '^(README.md|lib/|runtimes/)' <<<"$listing" | tr '\n' ' ')"
+    echo "  $(basename "$pkg"): $(grep -E '^(README.md|lib/|runtimes/|tools/[^/]*/[^/]*/(shardwise.dll|DotnetToolSettings.xml))' <<<"$listing" | tr '\n' ' ')"
 }
 
 # ------------------------------------------------------------------------------------------ samples
@@ -391,20 +489,21 @@ sample_pinvoke() {
 # The TorchSharp interop tests: a separate project (not in the solution, so that the main build does not download
 # libtorch), built and run after the main suite with the same arguments; its counts join the totals. Where libtorch
 # cannot load (libstdc++ without GLIBCXX_3.4.32) its tests report Ignored (skipped).
-TORCH_PASSED=0 TORCH_FAILED=0 TORCH_SKIPPED=0 TORCH_RC=0
+TORCH_PASSED=0 TORCH_FAILED=0 TORCH_SKIPPED=0 TORCH_RC=0 TORCH_SECONDS=0 TORCH_RAN=0
 torchsharp_tests() {
     [[ "${SHARDWISE_SKIP_TORCHSHARP:-0}" == 1 ]] && return 0
+    TORCH_RAN=1
     local trx_dir="$RESULTS_DIR/torchsharp" trx_name="torchsharp.trx" test_dll
-    step "TorchSharp interop tests: build"
-    if ! dotnet build "$TORCH_TEST_PROJECT" -c "$CONFIGURATION" -nologo -nodeReuse:false -v:minimal; then
+    step "TorchSharp interop tests: build (output: ${LOG_DIR#"$ROOT"/}/torchsharp-build.log)"
+    if ! logged torchsharp-build dotnet build "$TORCH_TEST_PROJECT" -c "$CONFIGURATION" -nologo -nodeReuse:false -v:minimal; then
         echo "build.sh: the TorchSharp interop tests did not build" >&2
         TORCH_FAILED=1 TORCH_RC=1
         return 0
     fi
     test_dll="$(target_path "$TORCH_TEST_PROJECT")"
-    step "TorchSharp interop tests (Microsoft.Testing.Platform)"
-    run_mtp "$test_dll" "$trx_dir" "$trx_name" "$@"
-    TORCH_RC=$MTP_RC TORCH_PASSED=$MTP_PASSED TORCH_FAILED=$MTP_FAILED TORCH_SKIPPED=$MTP_SKIPPED
+    step "TorchSharp interop tests (Microsoft.Testing.Platform; output: ${LOG_DIR#"$ROOT"/}/torchsharp.log)"
+    MTP_LOG="$LOG_DIR/torchsharp.log" run_mtp "$test_dll" "$trx_dir" "$trx_name" "$@"
+    TORCH_RC=$MTP_RC TORCH_PASSED=$MTP_PASSED TORCH_FAILED=$MTP_FAILED TORCH_SKIPPED=$MTP_SKIPPED TORCH_SECONDS=$MTP_SECONDS
     # As for the main suite: 8 = no test ran (a filter for the main suite may match nothing here), not a failure.
     if [[ $TORCH_RC -eq 8 ]]; then TORCH_RC=0; fi
     if [[ $TORCH_RC -ne 0 && $TORCH_FAILED -eq 0 ]]; then TORCH_FAILED=1; fi
@@ -421,14 +520,9 @@ fuzz_deps() {
     rt="$(clang-14 -print-file-name=libclang_rt.fuzzer-x86_64.a 2>/dev/null || true)"
     if command -v clang-14 >/dev/null 2>&1 && [[ -f "$rt" ]]; then return 0; fi
     [[ "${SHARDWISE_SKIP_DEPS:-0}" == 1 ]] && die "fuzz needs clang-14 and libFuzzer (Debian: apt-get install clang-14 libclang-rt-14-dev)"
-    local sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "fuzz: clang-14/libclang-rt-14-dev missing and not root (no sudo)"
-        sudo=(sudo)
-    fi
     step "installing clang-14 libclang-rt-14-dev (libFuzzer, sanitizer runtimes)"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends clang-14 libclang-rt-14-dev
+    apt_get "fuzz: clang-14/libclang-rt-14-dev missing;" update
+    apt_get "fuzz: clang-14/libclang-rt-14-dev missing;" install -y --no-install-recommends clang-14 libclang-rt-14-dev
 }
 
 cmd_fuzz() {
@@ -583,18 +677,32 @@ cmd_bench_mp() {
     exec mpirun --allow-run-as-root --oversubscribe -n "$n" "${forward[@]}" dotnet "$worker" bandwidth
 }
 
+# The builds and the suites write into build/test-results/logs/; the terminal gets one line per step, then the
+# report: one line per suite, every failure in full, the skipped tests by reason (one line for those that need a
+# GPU) and, last, the totals line that CI reads.
 cmd_test() {
     deps
-    native_build
+    rm -rf "$LOG_DIR"
+    step "native build (output: ${LOG_DIR#"$ROOT"/}/native-build.log)"
+    logged native-build native_build
     native_checks
-    dotnet_build
+    step "dotnet build (output: ${LOG_DIR#"$ROOT"/}/dotnet-build.log)"
+    logged dotnet-build dotnet_build
     nunit_tests "$@"
     torchsharp_tests "$@"
 
     local passed=$((NUNIT_PASSED + TORCH_PASSED + CTEST_PASSED))
     local failed=$((NUNIT_FAILED + TORCH_FAILED + CTEST_FAILED))
     local skipped=$((NUNIT_SKIPPED + TORCH_SKIPPED + CTEST_SKIPPED))
-    step "summary: NUnit $NUNIT_PASSED/$NUNIT_FAILED/$NUNIT_SKIPPED, TorchSharp $TORCH_PASSED/$TORCH_FAILED/$TORCH_SKIPPED, ctest $CTEST_PASSED/$CTEST_FAILED/$CTEST_SKIPPED (passed/failed/skipped)"
+    step "results (reports and whole output: ${RESULTS_DIR#"$ROOT"/}/)"
+    suite_line "NUnit main suite" "$NUNIT_PASSED" "$NUNIT_FAILED" "$NUNIT_SKIPPED" "$NUNIT_SECONDS" nunit/nunit.trx logs/nunit.log
+    if ((TORCH_RAN)); then
+        suite_line "TorchSharp interop" "$TORCH_PASSED" "$TORCH_FAILED" "$TORCH_SKIPPED" "$TORCH_SECONDS" torchsharp/torchsharp.trx logs/torchsharp.log
+    else
+        printf '  %-20s left out (SHARDWISE_SKIP_TORCHSHARP=1)\n' "TorchSharp interop"
+    fi
+    suite_line "ctest native checks" "$CTEST_PASSED" "$CTEST_FAILED" "$CTEST_SKIPPED" "$CTEST_SECONDS" ctest-junit.xml logs/ctest.log
+    test_report
     # The last line of output, for CI: totals over NUnit tests and native checks (one per ctest program).
     echo "$passed passed, $failed failed, $skipped skipped"
     if ((failed > 0 || NUNIT_RC != 0 || TORCH_RC != 0 || CTEST_RC != 0 || passed + failed == 0)); then

@@ -91,16 +91,17 @@ internal static class MainJob
         }
     }
 
-    private static void PrintUsage(TextWriter w)
+    /// <summary>The main job's options, each line after <paramref name="indent"/> (also shown by <c>bench --help</c>).</summary>
+    internal static void PrintUsage(TextWriter w, string indent = "")
     {
-        w.WriteLine("usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS]");
-        w.WriteLine("  --quick         small shapes only (a few seconds)");
-        w.WriteLine("  --backend B     auto (default: CUDA device 0 when present, else the CPU), cpu or cuda");
-        w.WriteLine("  --threads N     CPU compute threads of the device (default: SHARDWISE_NUM_THREADS or all cores)");
-        w.WriteLine("  --kernel NAME   CPU GEMM micro-kernel: auto, avx512, avx2, generic (default: auto)");
-        w.WriteLine("  --shape MxKxN   a shape to run instead of the default list (repeatable)");
-        w.WriteLine("  --ranks LIST    rank counts, comma-separated (default 1,2,4,8)");
-        w.WriteLine("  --budget-ms MS  target time of the timed repetitions of one case (default 400; 3..15 runs)");
+        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS]");
+        w.WriteLine(indent + "  --quick         small shapes only (a few seconds)");
+        w.WriteLine(indent + "  --backend B     auto (default: CUDA device 0 when present, else the CPU), cpu or cuda");
+        w.WriteLine(indent + "  --threads N     CPU compute threads of the device (default: SHARDWISE_NUM_THREADS or all cores)");
+        w.WriteLine(indent + "  --kernel NAME   CPU GEMM micro-kernel: auto, avx512, avx2, generic (default: auto)");
+        w.WriteLine(indent + "  --shape MxKxN   a shape to run instead of the default list (repeatable)");
+        w.WriteLine(indent + "  --ranks LIST    rank counts, comma-separated (default 1,2,4,8)");
+        w.WriteLine(indent + "  --budget-ms MS  target time of the timed repetitions of one case (default 400; 3..15 runs)");
     }
 
     /// <summary>Parses the options; returns null for --help.</summary>

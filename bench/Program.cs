@@ -1,3 +1,5 @@
+using System.Reflection;
+using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Running;
 
 namespace Shardwise.Bench;
@@ -6,6 +8,8 @@ namespace Shardwise.Bench;
 /// Entry point. <c>main [args]</c> (the default when no command is given) runs <see cref="MainJob"/>;
 /// <c>bench [BenchmarkDotNet args]</c> runs the benchmarks in this assembly through BenchmarkDotNet
 /// (e.g. <c>bench --filter '*'</c>, <c>bench --list flat</c>, <c>bench --job short --filter '*Gemm*'</c>).
+/// <c>bench --help</c> (and <c>help</c>) list Shardwise's benchmarks and the main job's options before
+/// BenchmarkDotNet's own options.
 /// </summary>
 public static class Program
 {
@@ -18,6 +22,13 @@ public static class Program
         {
             case "main":
                 return MainJob.Run(rest);
+
+            case "bench" when rest.Any(a => a is "--help" or "-h" or "-?" or "help"):
+                PrintUsage(Console.Out);
+                Console.Out.WriteLine();
+                Console.Out.WriteLine("BenchmarkDotNet's options (after `bench`):");
+                BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(["--help"]);
+                return 0;
 
             case "bench":
                 var summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(rest).ToList();
@@ -40,8 +51,57 @@ public static class Program
 
     private static void PrintUsage(TextWriter writer)
     {
-        writer.WriteLine("usage: Shardwise.Bench [main [args...] | bench [BenchmarkDotNet args...] | help]");
-        writer.WriteLine("  main   run the main job (default)");
-        writer.WriteLine("  bench  run BenchmarkDotNet benchmarks, e.g. bench --filter '*' or bench --list flat");
+        writer.WriteLine("usage: Shardwise.Bench [main [options...] | bench [BenchmarkDotNet options...] | help]");
+        writer.WriteLine("  main   run the main job (default); its options:");
+        MainJob.PrintUsage(writer, indent: "    ");
+        writer.WriteLine("  bench  run BenchmarkDotNet benchmarks, e.g. bench --filter '*' (all), bench --filter '*Collective*',");
+        writer.WriteLine("         bench --job short --filter '*ShardedGemm*', bench --list flat (the names --filter matches)");
+        writer.WriteLine();
+        writer.WriteLine("Shardwise's benchmarks (class: methods; parameters):");
+        PrintBenchmarks(writer);
+    }
+
+    /// <summary>The benchmark classes of this assembly, read from their attributes (so the list cannot go stale).</summary>
+    private static void PrintBenchmarks(TextWriter writer)
+    {
+        const BindingFlags Members = BindingFlags.Public | BindingFlags.Instance | BindingFlags.Static;
+        var classes = typeof(Program).Assembly.GetTypes()
+            .Where(t => t.IsClass && !t.IsAbstract && t.GetMethods(Members).Any(m => m.IsDefined(typeof(BenchmarkAttribute))))
+            .OrderBy(t => t.Name, StringComparer.Ordinal);
+        foreach (Type type in classes)
+        {
+            writer.WriteLine($"  {type.Name}  (--filter '*{type.Name}*')");
+            foreach (MethodInfo method in type.GetMethods(Members).Where(m => m.IsDefined(typeof(BenchmarkAttribute))))
+            {
+                var attribute = method.GetCustomAttribute<BenchmarkAttribute>()!;
+                string description = attribute.Description is { Length: > 0 } d && d != method.Name ? $": {d}" : "";
+                string baseline = attribute.Baseline ? " (baseline)" : "";
+                writer.WriteLine($"    {method.Name}{description}{baseline}");
+            }
+            foreach (PropertyInfo property in type.GetProperties(Members))
+            {
+                if (ParameterValues(type, property) is { } values)
+                {
+                    writer.WriteLine($"    parameter {property.Name}: {values}");
+                }
+            }
+        }
+    }
+
+    private static string? ParameterValues(Type type, PropertyInfo property)
+    {
+        if (property.GetCustomAttribute<ParamsAttribute>() is { } fixedValues)
+        {
+            return string.Join(", ", fixedValues.Values.Select(v => v?.ToString()));
+        }
+        if (property.GetCustomAttribute<ParamsSourceAttribute>() is { } source)
+        {
+            const BindingFlags Static = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Static;
+            object? values = type.GetProperty(source.Name, Static)?.GetValue(null) ?? type.GetMethod(source.Name, Static, [])?.Invoke(null, null);
+            return values is System.Collections.IEnumerable list
+                ? string.Join(", ", list.Cast<object?>().Select(v => v?.ToString()))
+                : $"from {source.Name}";
+        }
+        return null;
     }
 }
