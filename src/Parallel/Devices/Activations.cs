@@ -6,7 +6,7 @@ namespace Shardwise.Parallel;
 public static class Activations
 {
     /// <summary>y[i] = GeLU(x[i]) for <paramref name="count"/> elements (x may be y).</summary>
-    public static void Gelu(Stream stream, DeviceBuffer<float> x, DeviceBuffer<float> y, long count, long xOffset = 0, long yOffset = 0)
+    public static void Gelu(DeviceStream stream, DeviceBuffer<float> x, DeviceBuffer<float> y, long count, long xOffset = 0, long yOffset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentNullException.ThrowIfNull(x);
@@ -17,7 +17,7 @@ public static class Activations
     }
 
     /// <summary>dx[i] = dy[i] · GeLU'(x[i]) for <paramref name="count"/> elements, x being GeLU's input (dx may be dy).</summary>
-    public static void GeluBackward(Stream stream, DeviceBuffer<float> x, DeviceBuffer<float> dy, DeviceBuffer<float> dx, long count,
+    public static void GeluBackward(DeviceStream stream, DeviceBuffer<float> x, DeviceBuffer<float> dy, DeviceBuffer<float> dx, long count,
         long xOffset = 0, long dyOffset = 0, long dxOffset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);

@@ -121,7 +121,7 @@ public sealed class Device : IDisposable
     public DeviceBuffer<T> Wrap<T>(nint pointer, long length) where T : unmanaged => DeviceBuffer<T>.Wrap(this, pointer, length);
 
     /// <summary>Creates an in-order asynchronous stream on this device.</summary>
-    public Stream CreateStream() => new(this);
+    public DeviceStream CreateStream() => new(this);
 
     /// <inheritdoc />
     public override string ToString() => Name;

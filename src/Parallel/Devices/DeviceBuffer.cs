@@ -121,7 +121,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Copies <paramref name="source"/> into the buffer at <paramref name="offset"/> through
     /// <paramref name="stream"/> and waits for it (the span need not outlive the call).</summary>
-    public void CopyFrom(ReadOnlySpan<T> source, Stream stream, long offset = 0)
+    public void CopyFrom(ReadOnlySpan<T> source, DeviceStream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
         CheckRange(offset, source.Length, nameof(offset), nameof(source));
@@ -136,7 +136,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Copies from the buffer at <paramref name="offset"/> into <paramref name="destination"/> through
     /// <paramref name="stream"/> (after the work already queued there) and waits for it.</summary>
-    public void CopyTo(Span<T> destination, Stream stream, long offset = 0)
+    public void CopyTo(Span<T> destination, DeviceStream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
         CheckRange(offset, destination.Length, nameof(offset), nameof(destination));
@@ -150,7 +150,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     }
 
     /// <summary>Copies the whole buffer into a new host array.</summary>
-    public T[] ToArray(Stream stream)
+    public T[] ToArray(DeviceStream stream)
     {
         var a = new T[Length];
         CopyTo(a, stream);
@@ -159,7 +159,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Fills <paramref name="count"/> elements from <paramref name="offset"/> with <paramref name="value"/> through
     /// <paramref name="stream"/> and waits (all-zero bits: a device memset; otherwise a bounded host staging copy).</summary>
-    public void Fill(T value, Stream stream, long offset = 0, long count = -1)
+    public void Fill(T value, DeviceStream stream, long offset = 0, long count = -1)
     {
         ArgumentNullException.ThrowIfNull(stream);
         count = CountOrRest(offset, count);
@@ -184,7 +184,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Queues setting <paramref name="count"/> elements from <paramref name="offset"/> to all-zero bits
     /// (0 for every element type) on <paramref name="stream"/>; returns at once.</summary>
-    public void Clear(Stream stream, long offset = 0, long count = -1)
+    public void Clear(DeviceStream stream, long offset = 0, long count = -1)
     {
         ArgumentNullException.ThrowIfNull(stream);
         count = CountOrRest(offset, count);
@@ -196,7 +196,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Queues a device-to-device copy of <paramref name="count"/> elements into <paramref name="destination"/>
     /// on <paramref name="stream"/> (the destination's device); returns at once.</summary>
-    public void CopyTo(DeviceBuffer<T> destination, Stream stream, long sourceOffset, long destinationOffset, long count)
+    public void CopyTo(DeviceBuffer<T> destination, DeviceStream stream, long sourceOffset, long destinationOffset, long count)
     {
         ArgumentNullException.ThrowIfNull(destination);
         ArgumentNullException.ThrowIfNull(stream);

@@ -22,7 +22,7 @@ public static class Gemm
     /// op(A) is m × k (A stored k × m when <paramref name="transA"/>), op(B) is k × n, C is m × n,
     /// <paramref name="bias"/> (optional) holds n elements from <paramref name="biasOffset"/>.
     /// </summary>
-    public static void Multiply(Stream stream, MatrixView a, MatrixView b, MatrixView c,
+    public static void Multiply(DeviceStream stream, MatrixView a, MatrixView b, MatrixView c,
         float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
         DeviceBuffer<float>? bias = null, long biasOffset = 0, Epilogue epilogue = Epilogue.None)
     {

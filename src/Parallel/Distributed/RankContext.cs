@@ -9,7 +9,7 @@ namespace Shardwise.Parallel;
 /// </summary>
 public sealed class RankContext
 {
-    private readonly Stream _stream;
+    private readonly DeviceStream _stream;
 
     internal RankContext(ProcessGroup group, int rank, Device device)
     {
@@ -28,7 +28,7 @@ public sealed class RankContext
     /// <summary>This rank's device.</summary>
     public Device Device { get; }
     /// <summary>This rank's stream: its GEMMs and collectives run here, in order.</summary>
-    public Stream Stream => _stream;
+    public DeviceStream Stream => _stream;
 
     internal void DisposeStream() => _stream.Dispose();
 

@@ -23,7 +23,7 @@ public static unsafe class TensorGemm
     /// <param name="epilogue">Fused epilogue.</param>
     /// <exception cref="ArgumentException">A shape does not match (the message names the argument, its shape and the
     /// expected shape), a tensor is empty, or elements of <paramref name="c"/> share memory.</exception>
-    public static void Multiply(Stream stream, ReadOnlyTensorSpan<float> a, ReadOnlyTensorSpan<float> b, TensorSpan<float> c,
+    public static void Multiply(DeviceStream stream, ReadOnlyTensorSpan<float> a, ReadOnlyTensorSpan<float> b, TensorSpan<float> c,
         float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
         ReadOnlyTensorSpan<float> bias = default, Epilogue epilogue = Epilogue.None)
     {

@@ -51,7 +51,7 @@ public static unsafe class TensorInterop
     /// <returns>The pinned, wrapped matrix.</returns>
     /// <exception cref="ArgumentException">The layout cannot be wrapped (the message names the reason and the layout
     /// expected), or <paramref name="stream"/> is not on the CPU device.</exception>
-    public static HostMatrix Wrap(this Tensor<float> tensor, Stream stream) =>
+    public static HostMatrix Wrap(this Tensor<float> tensor, DeviceStream stream) =>
         new(tensor, stream, requireZeroCopy: true, copyBack: false, nameof(tensor));
 
     /// <summary>
@@ -64,7 +64,7 @@ public static unsafe class TensorInterop
     /// <param name="copyBack">True for outputs: a staged copy is written back into the tensor on dispose.</param>
     /// <returns>The matrix; <see cref="HostMatrix.IsZeroCopy"/> says which way it was made.</returns>
     /// <exception cref="ArgumentException">The tensor is empty, or (with <paramref name="copyBack"/>) elements share memory.</exception>
-    public static HostMatrix WrapOrCopy(this Tensor<float> tensor, Stream stream, bool copyBack = true) =>
+    public static HostMatrix WrapOrCopy(this Tensor<float> tensor, DeviceStream stream, bool copyBack = true) =>
         new(tensor, stream, requireZeroCopy: false, copyBack, nameof(tensor));
 
     /// <summary>Copies a host tensor of any layout into the device matrix <paramref name="destination"/> (same rows ×
@@ -73,7 +73,7 @@ public static unsafe class TensorInterop
     /// <param name="source">The host tensor; its matrix shape (see <see cref="MatrixShape"/>) must match.</param>
     /// <param name="stream">A stream of the destination's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, or <paramref name="destination"/> is an empty view.</exception>
-    public static void CopyFrom(this MatrixView destination, ReadOnlyTensorSpan<float> source, Stream stream)
+    public static void CopyFrom(this MatrixView destination, ReadOnlyTensorSpan<float> source, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
         if (destination.IsEmpty) throw new ArgumentException("destination is an empty (default) view.", nameof(destination));
@@ -91,7 +91,7 @@ public static unsafe class TensorInterop
     /// <param name="stream">A stream of the source's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, elements of <paramref name="destination"/> share memory, or
     /// <paramref name="source"/> is an empty view.</exception>
-    public static void CopyTo(this MatrixView source, TensorSpan<float> destination, Stream stream)
+    public static void CopyTo(this MatrixView source, TensorSpan<float> destination, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
         if (source.IsEmpty) throw new ArgumentException("source is an empty (default) view.", nameof(source));
@@ -248,7 +248,7 @@ public static unsafe class TensorInterop
         }
     }
 
-    internal static void SynchronizeQuietly(Stream stream)
+    internal static void SynchronizeQuietly(DeviceStream stream)
     {
         try { stream.Synchronize(); }
         catch (Exception) { /* the original exception is the one to report */ }
