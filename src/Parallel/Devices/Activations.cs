@@ -11,9 +11,8 @@ public static class Activations
         ArgumentNullException.ThrowIfNull(stream);
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(y);
-        ThrowHelper.NonNegative(count, nameof(count));
-        ThrowHelper.Check(Native.sw_gelu(stream.Handle, SwDtype.F32, x.Handle, (ulong)xOffset, y.Handle, (ulong)yOffset, (ulong)count),
-            nameof(Native.sw_gelu));
+        ThrowHelper.NonNegative(count);
+        ThrowHelper.Check(Native.sw_gelu(stream.Handle, SwDtype.F32, x.Handle, (ulong)xOffset, y.Handle, (ulong)yOffset, (ulong)count));
     }
 
     /// <summary>dx[i] = dy[i] · GeLU'(x[i]) for <paramref name="count"/> elements, x being GeLU's input (dx may be dy).</summary>
@@ -24,8 +23,8 @@ public static class Activations
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(dy);
         ArgumentNullException.ThrowIfNull(dx);
-        ThrowHelper.NonNegative(count, nameof(count));
+        ThrowHelper.NonNegative(count);
         ThrowHelper.Check(Native.sw_gelu_backward(stream.Handle, SwDtype.F32, x.Handle, (ulong)xOffset, dy.Handle, (ulong)dyOffset,
-            dx.Handle, (ulong)dxOffset, (ulong)count), nameof(Native.sw_gelu_backward));
+            dx.Handle, (ulong)dxOffset, (ulong)count));
     }
 }

@@ -43,7 +43,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     // an OverflowException). Allocate: limit = the largest length whose byte size fits a long (larger sizes that fit
     // are the native core's to refuse: ShardwiseOutOfMemoryException above 2^50 bytes). Wrap: 2^50 bytes, the core's
     // limit for wrapped memory.
-    private static ulong ByteSize(long length, string name, long limit)
+    private static ulong ByteSize(long length, long limit, [CallerArgumentExpression(nameof(length))] string name = "")
     {
         ThrowHelper.Positive(length, name);
         if (length > limit)
@@ -56,8 +56,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(device);
         CheckType();
-        ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, ByteSize(length, nameof(length), long.MaxValue / sizeof(T)), out var h),
-            nameof(Native.sw_buffer_alloc));
+        ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, ByteSize(length, long.MaxValue / sizeof(T)), out var h));
         return new DeviceBuffer<T>(device, h, length, owned: true);
     }
 
@@ -66,8 +65,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         ArgumentNullException.ThrowIfNull(device);
         CheckType();
         if (pointer == 0) throw new ArgumentNullException(nameof(pointer), "pointer is null; expected the address of the memory to wrap.");
-        ThrowHelper.Check(Native.sw_buffer_wrap(device.Handle, pointer, ByteSize(length, nameof(length), (1L << 50) / sizeof(T)), out var h),
-            nameof(Native.sw_buffer_wrap));
+        ThrowHelper.Check(Native.sw_buffer_wrap(device.Handle, pointer, ByteSize(length, (1L << 50) / sizeof(T)), out var h));
         return new DeviceBuffer<T>(device, h, length, owned: false);
     }
 
@@ -94,13 +92,14 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         get
         {
-            ThrowHelper.Check(Native.sw_buffer_get_pointer(Handle, out var p), nameof(Native.sw_buffer_get_pointer));
+            ThrowHelper.Check(Native.sw_buffer_get_pointer(Handle, out var p));
             return p;
         }
     }
 
     // Throws naming the argument at fault: offsetName when the offset is outside [0, Length], else countName.
-    private void CheckRange(long offset, long count, string offsetName, string countName)
+    private void CheckRange(long offset, long count, [CallerArgumentExpression(nameof(offset))] string offsetName = "",
+        [CallerArgumentExpression(nameof(count))] string countName = "")
     {
         if (offset < 0 || offset > Length)
             throw new ArgumentOutOfRangeException(offsetName, offset,
@@ -124,12 +123,12 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     public void CopyFrom(ReadOnlySpan<T> source, DeviceStream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(offset, source.Length, nameof(offset), nameof(source));
-        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        CheckRange(offset, source.Length, countName: nameof(source));
+        ThrowHelper.SameDevice(stream.Device, this, "buffer");
         fixed (T* p = source)
         {
             ThrowHelper.Check(Native.sw_memcpy_h2d_async(Handle, (ulong)offset * (ulong)sizeof(T), p,
-                (ulong)source.Length * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_h2d_async));
+                (ulong)source.Length * (ulong)sizeof(T), stream.Handle));
             stream.Synchronize(); // inside `fixed`: the stream reads the span when it gets there
         }
     }
@@ -139,12 +138,12 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     public void CopyTo(Span<T> destination, DeviceStream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(offset, destination.Length, nameof(offset), nameof(destination));
-        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        CheckRange(offset, destination.Length, countName: nameof(destination));
+        ThrowHelper.SameDevice(stream.Device, this, "buffer");
         fixed (T* p = destination)
         {
             ThrowHelper.Check(Native.sw_memcpy_d2h_async(p, Handle, (ulong)offset * (ulong)sizeof(T),
-                (ulong)destination.Length * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_d2h_async));
+                (ulong)destination.Length * (ulong)sizeof(T), stream.Handle));
             stream.Synchronize(); // inside `fixed`: the stream writes the span when it gets there
         }
     }
@@ -163,7 +162,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(stream);
         count = CountOrRest(offset, count);
-        CheckRange(offset, count, nameof(offset), nameof(count));
+        CheckRange(offset, count);
         if (IsAllZeroBits(value))
         {
             Clear(stream, offset, count);
@@ -188,10 +187,10 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(stream);
         count = CountOrRest(offset, count);
-        CheckRange(offset, count, nameof(offset), nameof(count));
-        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        CheckRange(offset, count);
+        ThrowHelper.SameDevice(stream.Device, this, "buffer");
         ThrowHelper.Check(Native.sw_memset_async(Handle, (ulong)offset * (ulong)sizeof(T), 0, (ulong)count * (ulong)sizeof(T),
-            stream.Handle), nameof(Native.sw_memset_async));
+            stream.Handle));
     }
 
     /// <summary>Queues a device-to-device copy of <paramref name="count"/> elements into <paramref name="destination"/>
@@ -200,11 +199,11 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(destination);
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(sourceOffset, count, nameof(sourceOffset), nameof(count));
-        destination.CheckRange(destinationOffset, count, nameof(destinationOffset), nameof(count));
-        ThrowHelper.SameDevice(stream.Device, destination.Device, nameof(destination));
+        CheckRange(sourceOffset, count);
+        destination.CheckRange(destinationOffset, count);
+        ThrowHelper.SameDevice(stream.Device, destination);
         ThrowHelper.Check(Native.sw_memcpy_d2d_async(destination.Handle, (ulong)destinationOffset * (ulong)sizeof(T), Handle,
-            (ulong)sourceOffset * (ulong)sizeof(T), (ulong)count * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_d2d_async));
+            (ulong)sourceOffset * (ulong)sizeof(T), (ulong)count * (ulong)sizeof(T), stream.Handle));
     }
 
     /// <summary>A row-major matrix view of this buffer (float buffers only).</summary>
@@ -229,9 +228,9 @@ public readonly struct MatrixView
     public MatrixView(DeviceBuffer<float> buffer, long rows, long cols, long ld, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(buffer);
-        ThrowHelper.NonNegative(rows, nameof(rows));
-        ThrowHelper.NonNegative(cols, nameof(cols));
-        ThrowHelper.NonNegative(offset, nameof(offset));
+        ThrowHelper.NonNegative(rows);
+        ThrowHelper.NonNegative(cols);
+        ThrowHelper.NonNegative(offset);
         if (ld < Math.Max(cols, 1))
             throw new ArgumentOutOfRangeException(nameof(ld), ld, $"ld = {ld} is smaller than cols = {cols}; expected ld >= {Math.Max(cols, 1)}.");
         long end; // one past the last element, computed without wrapping around

@@ -14,7 +14,7 @@ public sealed class DeviceStream : IDisposable
     internal DeviceStream(Device device)
     {
         Device = device;
-        ThrowHelper.Check(Native.sw_stream_create(device.Handle, out _handle), nameof(Native.sw_stream_create));
+        ThrowHelper.Check(Native.sw_stream_create(device.Handle, out _handle));
         _handle.SetParents(device.Handle);
     }
 
@@ -33,7 +33,7 @@ public sealed class DeviceStream : IDisposable
     public static DeviceStream Wrap(Device device, nint nativeStream)
     {
         ArgumentNullException.ThrowIfNull(device);
-        ThrowHelper.Check(Native.sw_stream_wrap(device.Handle, nativeStream, out var h), nameof(Native.sw_stream_wrap));
+        ThrowHelper.Check(Native.sw_stream_wrap(device.Handle, nativeStream, out var h));
         return new DeviceStream(device, h);
     }
 
@@ -42,7 +42,7 @@ public sealed class DeviceStream : IDisposable
     {
         get
         {
-            ThrowHelper.Check(Native.sw_stream_get_native(Handle, out var p), nameof(Native.sw_stream_get_native));
+            ThrowHelper.Check(Native.sw_stream_get_native(Handle, out var p));
             return p;
         }
     }
@@ -57,13 +57,13 @@ public sealed class DeviceStream : IDisposable
     }
 
     /// <summary>Waits for all queued work; throws the first error it produced (then the stream is usable again).</summary>
-    public void Synchronize() => ThrowHelper.Check(Native.sw_stream_synchronize(Handle), nameof(Native.sw_stream_synchronize));
+    public void Synchronize() => ThrowHelper.Check(Native.sw_stream_synchronize(Handle));
 
     /// <summary>Makes later work on this stream wait for <paramref name="evt"/>.</summary>
     public void Wait(Event evt)
     {
         ArgumentNullException.ThrowIfNull(evt);
-        ThrowHelper.Check(Native.sw_stream_wait_event(Handle, evt.Handle), nameof(Native.sw_stream_wait_event));
+        ThrowHelper.Check(Native.sw_stream_wait_event(Handle, evt.Handle));
     }
 
     /// <summary>Waits for queued work, then releases the stream.</summary>

@@ -11,7 +11,7 @@ public sealed class Event : IDisposable
     public Event(Device device)
     {
         ArgumentNullException.ThrowIfNull(device);
-        ThrowHelper.Check(Native.sw_event_create(device.Handle, out _handle), nameof(Native.sw_event_create));
+        ThrowHelper.Check(Native.sw_event_create(device.Handle, out _handle));
         _handle.SetParents(device.Handle);
     }
 
@@ -25,18 +25,18 @@ public sealed class Event : IDisposable
     public void Record(DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        ThrowHelper.Check(Native.sw_event_record(Handle, stream.Handle), nameof(Native.sw_event_record));
+        ThrowHelper.Check(Native.sw_event_record(Handle, stream.Handle));
     }
 
     /// <summary>Blocks until the recorded point has completed.</summary>
-    public void Synchronize() => ThrowHelper.Check(Native.sw_event_synchronize(Handle), nameof(Native.sw_event_synchronize));
+    public void Synchronize() => ThrowHelper.Check(Native.sw_event_synchronize(Handle));
 
     /// <summary>True when the recorded point has completed.</summary>
     public bool IsCompleted
     {
         get
         {
-            ThrowHelper.Check(Native.sw_event_query(Handle, out int done), nameof(Native.sw_event_query));
+            ThrowHelper.Check(Native.sw_event_query(Handle, out int done));
             return done != 0;
         }
     }
@@ -48,7 +48,7 @@ public sealed class Event : IDisposable
     {
         ArgumentNullException.ThrowIfNull(start);
         ArgumentNullException.ThrowIfNull(end);
-        ThrowHelper.Check(Native.sw_event_elapsed_ms(start.Handle, end.Handle, out double ms), nameof(Native.sw_event_elapsed_ms));
+        ThrowHelper.Check(Native.sw_event_elapsed_ms(start.Handle, end.Handle, out double ms));
         return ms;
     }
 

@@ -39,12 +39,12 @@ public static class Gemm
         if (m < 1 || n < 1)
             throw new ArgumentException($"the product is {m} x {n}; expected at least 1 x 1.", nameof(c));
         var dev = stream.Device;
-        ThrowHelper.SameDevice(dev, a.Buffer.Device, nameof(a));
-        ThrowHelper.SameDevice(dev, b.Buffer.Device, nameof(b));
-        ThrowHelper.SameDevice(dev, c.Buffer.Device, nameof(c));
+        ThrowHelper.SameDevice(dev, a);
+        ThrowHelper.SameDevice(dev, b);
+        ThrowHelper.SameDevice(dev, c);
         if (bias is not null)
         {
-            ThrowHelper.SameDevice(dev, bias.Device, nameof(bias));
+            ThrowHelper.SameDevice(dev, bias);
             if (biasOffset < 0 || biasOffset + n > bias.Length)
                 throw new ArgumentException($"bias needs {n} elements from offset {biasOffset}; it has {bias.Length}.", nameof(bias));
         }
@@ -56,14 +56,13 @@ public static class Gemm
         try
         {
             biasHandle?.DangerousAddRef(ref added);
-            var status = Native.sw_gemm(stream.Handle, SwDtype.F32, transA ? SwOp.T : SwOp.N, transB ? SwOp.T : SwOp.N,
+            ThrowHelper.Check(Native.sw_gemm(stream.Handle, SwDtype.F32, transA ? SwOp.T : SwOp.N, transB ? SwOp.T : SwOp.N,
                 m, n, k, alpha,
                 a.Buffer.Handle, (ulong)a.Offset, a.Ld,
                 b.Buffer.Handle, (ulong)b.Offset, b.Ld,
                 beta,
                 c.Buffer.Handle, (ulong)c.Offset, c.Ld,
-                biasHandle?.DangerousGetHandle() ?? 0, (ulong)biasOffset, (SwEpilogue)epilogue);
-            ThrowHelper.Check(status, nameof(Native.sw_gemm));
+                biasHandle?.DangerousGetHandle() ?? 0, (ulong)biasOffset, (SwEpilogue)epilogue));
         }
         finally
         {

@@ -42,11 +42,9 @@ public sealed class ProcessGroup : IDisposable
             fixed (nint* p = raw)
             {
                 if (nccl)
-                    ThrowHelper.Check(Native.sw_comm_create_nccl_local(devices.Length, p, TimeoutMs(timeout), out _comm),
-                        nameof(Native.sw_comm_create_nccl_local));
+                    ThrowHelper.Check(Native.sw_comm_create_nccl_local(devices.Length, p, TimeoutMs(timeout), out _comm));
                 else
-                    ThrowHelper.Check(Native.sw_comm_create_local(devices.Length, p, TimeoutMs(timeout), out _comm),
-                        nameof(Native.sw_comm_create_local));
+                    ThrowHelper.Check(Native.sw_comm_create_local(devices.Length, p, TimeoutMs(timeout), out _comm));
             }
         }
         Backend = BackendOf(_comm);
@@ -63,8 +61,8 @@ public sealed class ProcessGroup : IDisposable
         _ownedStore = ownedStore;
         Timeout = timeout;
         _comm.SetParents(device.Handle);
-        ThrowHelper.Check(Native.sw_comm_get_world_size(_comm, out int world), nameof(Native.sw_comm_get_world_size));
-        ThrowHelper.Check(Native.sw_comm_get_rank(_comm, out int rank), nameof(Native.sw_comm_get_rank));
+        ThrowHelper.Check(Native.sw_comm_get_world_size(_comm, out int world));
+        ThrowHelper.Check(Native.sw_comm_get_rank(_comm, out int rank));
         WorldSize = world;
         Backend = BackendOf(_comm);
         IsMultiProcess = true;
@@ -73,7 +71,7 @@ public sealed class ProcessGroup : IDisposable
 
     private static string BackendOf(CommHandle comm)
     {
-        ThrowHelper.Check(Native.sw_comm_get_backend(comm, out nint name), nameof(Native.sw_comm_get_backend));
+        ThrowHelper.Check(Native.sw_comm_get_backend(comm, out nint name));
         return Marshal.PtrToStringUTF8(name) ?? "?";
     }
 
@@ -162,8 +160,7 @@ public sealed class ProcessGroup : IDisposable
 
     private static ProcessGroup CreateTcp(Device device, TcpStore store, string prefix, int rank, int worldSize, TimeSpan t, bool ownsStore)
     {
-        ThrowHelper.Check(Native.sw_comm_create_tcp(device.Handle, store.Handle, prefix, rank, worldSize, TimeoutMs(t), out var comm),
-            nameof(Native.sw_comm_create_tcp));
+        ThrowHelper.Check(Native.sw_comm_create_tcp(device.Handle, store.Handle, prefix, rank, worldSize, TimeoutMs(t), out var comm));
         comm.SetParents(store.Handle);
         return new ProcessGroup(comm, device, t, ownsStore ? store : null);
     }
@@ -179,7 +176,7 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         var t = CheckTimeout(timeout);
-        ThrowHelper.Check(Native.sw_comm_create_mpi(device.Handle, TimeoutMs(t), out var comm), nameof(Native.sw_comm_create_mpi));
+        ThrowHelper.Check(Native.sw_comm_create_mpi(device.Handle, TimeoutMs(t), out var comm));
         return new ProcessGroup(comm, device, t, null);
     }
 
@@ -207,8 +204,7 @@ public sealed class ProcessGroup : IDisposable
         var (t, store) = JoinStore(device, rank, worldSize, masterAddr, masterPort, timeout);
         try
         {
-            ThrowHelper.Check(Native.sw_comm_create_nccl(device.Handle, store.Handle, "shardwise", rank, worldSize, TimeoutMs(t), out var comm),
-                nameof(Native.sw_comm_create_nccl));
+            ThrowHelper.Check(Native.sw_comm_create_nccl(device.Handle, store.Handle, "shardwise", rank, worldSize, TimeoutMs(t), out var comm));
             comm.SetParents(store.Handle);
             return new ProcessGroup(comm, device, t, store);
         }
@@ -225,7 +221,7 @@ public sealed class ProcessGroup : IDisposable
         var id = new byte[128];
         unsafe
         {
-            fixed (byte* p = id) ThrowHelper.Check(Native.sw_nccl_get_unique_id(p), nameof(Native.sw_nccl_get_unique_id));
+            fixed (byte* p = id) ThrowHelper.Check(Native.sw_nccl_get_unique_id(p));
         }
         return id;
     }
@@ -247,8 +243,7 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             fixed (byte* p = uniqueId)
-                ThrowHelper.Check(Native.sw_comm_create_nccl_id(device.Handle, p, rank, worldSize, TimeoutMs(t), out comm),
-                    nameof(Native.sw_comm_create_nccl_id));
+                ThrowHelper.Check(Native.sw_comm_create_nccl_id(device.Handle, p, rank, worldSize, TimeoutMs(t), out comm));
         }
         return new ProcessGroup(comm, device, t, null);
     }
@@ -259,7 +254,7 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         var t = CheckTimeout(timeout);
-        ThrowHelper.Check(Native.sw_comm_create_nccl_mpi(device.Handle, TimeoutMs(t), out var comm), nameof(Native.sw_comm_create_nccl_mpi));
+        ThrowHelper.Check(Native.sw_comm_create_nccl_mpi(device.Handle, TimeoutMs(t), out var comm));
         return new ProcessGroup(comm, device, t, null);
     }
 
@@ -269,7 +264,7 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             byte* buf = stackalloc byte[2048];
-            ThrowHelper.Check(Native.sw_mpi_get_info(out int available, buf, 2048), nameof(Native.sw_mpi_get_info));
+            ThrowHelper.Check(Native.sw_mpi_get_info(out int available, buf, 2048));
             return (available != 0, Marshal.PtrToStringUTF8((nint)buf) ?? "");
         }
     }
@@ -284,7 +279,7 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             byte* buf = stackalloc byte[4096];
-            ThrowHelper.Check(Native.sw_nccl_get_info(out int available, out int version, buf, 4096), nameof(Native.sw_nccl_get_info));
+            ThrowHelper.Check(Native.sw_nccl_get_info(out int available, out int version, buf, 4096));
             return (available != 0, version, Marshal.PtrToStringUTF8((nint)buf) ?? "");
         }
     }
@@ -387,26 +382,26 @@ public sealed class ProcessGroup : IDisposable
     private unsafe (bool Aborted, string? Reason) State()
     {
         byte* buf = stackalloc byte[1024];
-        ThrowHelper.Check(Native.sw_comm_get_state(Comm, out int aborted, buf, 1024), nameof(Native.sw_comm_get_state));
+        ThrowHelper.Check(Native.sw_comm_get_state(Comm, out int aborted, buf, 1024));
         return aborted != 0 ? (true, Marshal.PtrToStringUTF8((nint)buf)) : (false, null);
     }
 
     /// <summary>Aborts the group: pending and later collectives fail at once. Never blocks.</summary>
-    public void Abort() => ThrowHelper.Check(Native.sw_comm_abort(Comm), nameof(Native.sw_comm_abort));
+    public void Abort() => ThrowHelper.Check(Native.sw_comm_abort(Comm));
 
     /// <summary>Aborts the group with <paramref name="reason"/>, which every rank's failing collectives then report (in a
     /// multi-process group the other processes are told it too). The first abort's reason wins. Never blocks.</summary>
     public void Abort(string reason)
     {
         ArgumentException.ThrowIfNullOrEmpty(reason);
-        ThrowHelper.Check(Native.sw_comm_abort_with_reason(Comm, reason), nameof(Native.sw_comm_abort_with_reason));
+        ThrowHelper.Check(Native.sw_comm_abort_with_reason(Comm, reason));
     }
 
     /// <summary>Number of collectives rank <paramref name="rank"/> has completed.</summary>
     public ulong CollectiveCount(int rank)
     {
         _ = this[rank]; // in range, and run by this process
-        ThrowHelper.Check(Native.sw_comm_get_collective_count(Comm, rank, out ulong n), nameof(Native.sw_comm_get_collective_count));
+        ThrowHelper.Check(Native.sw_comm_get_collective_count(Comm, rank, out ulong n));
         return n;
     }
 

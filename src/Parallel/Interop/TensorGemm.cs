@@ -28,15 +28,15 @@ public static unsafe class TensorGemm
         ReadOnlyTensorSpan<float> bias = default, Epilogue epilogue = Epilogue.None)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        var la = TensorInterop.Input(a, nameof(a));
-        var lb = TensorInterop.Input(b, nameof(b));
-        var lc = TensorInterop.Output(c, nameof(c));
+        var la = TensorInterop.Input(a);
+        var lb = TensorInterop.Input(b);
+        var lc = TensorInterop.Output(c);
         long m = transA ? la.Cols : la.Rows, k = transA ? la.Rows : la.Cols;
         long n = transB ? lb.Rows : lb.Cols;
         lb.RequireShape(transB ? n : k, transB ? k : n, nameof(b), transB ? "n x k, transposed" : "k x n, with k the columns of op(a)");
         lc.RequireShape(m, n, nameof(c), "m x n");
         bool hasBias = !bias.IsEmpty;
-        var lbias = hasBias ? TensorInterop.Input(bias, nameof(bias)) : default;
+        var lbias = hasBias ? TensorInterop.Input(bias) : default;
         if (hasBias) lbias.RequireShape(1, n, nameof(bias), "n values, 1-D or 1 x n");
         fixed (float* pa = a)
         fixed (float* pb = b)

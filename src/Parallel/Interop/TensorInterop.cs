@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 
 namespace Shardwise.Parallel.Interop;
 
@@ -131,12 +132,12 @@ public static unsafe class TensorInterop
         ReadOnlyTensorSpan<float> bias = default, Epilogue epilogue = Epilogue.None)
     {
         ArgumentNullException.ThrowIfNull(gemm);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, gemm.K, nameof(x), "M x K");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, gemm.N, nameof(y), "M x N");
         bool hasBias = !bias.IsEmpty;
-        var lb = hasBias ? Input(bias, nameof(bias)) : default;
+        var lb = hasBias ? Input(bias) : default;
         if (hasBias) lb.RequireShape(1, gemm.N, nameof(bias), "N values, 1-D or 1 x N");
         var group = gemm.Group;
         var stream = group[0].Stream;
@@ -165,9 +166,9 @@ public static unsafe class TensorInterop
     public static void Forward(this ColumnParallelLinear layer, ReadOnlyTensorSpan<float> x, TensorSpan<float> y)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, layer.InFeatures, nameof(x), "M x in-features");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, layer.GatherOutput ? layer.OutFeatures : layer.LocalOutFeatures, nameof(y),
             layer.GatherOutput ? "M x out-features, gathered" : "M x this rank's out-features");
         RunOnRank(layer.Context, x, lx, y, ly, layer.Forward);
@@ -184,10 +185,10 @@ public static unsafe class TensorInterop
     public static void Forward(this RowParallelLinear layer, ReadOnlyTensorSpan<float> x, TensorSpan<float> y)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, layer.InputIsParallel ? layer.LocalInFeatures : layer.InFeatures, nameof(x),
             layer.InputIsParallel ? "M x this rank's in-features" : "M x in-features");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, layer.OutFeatures, nameof(y), "M x out-features");
         RunOnRank(layer.Context, x, lx, y, ly, layer.Forward);
     }
@@ -203,21 +204,21 @@ public static unsafe class TensorInterop
     public static void Forward(this ParallelFeedForward layer, ReadOnlyTensorSpan<float> x, TensorSpan<float> y)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, layer.ModelFeatures, nameof(x), "M x model features");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, layer.ModelFeatures, nameof(y), "M x model features");
         RunOnRank(layer.Context, x, lx, y, ly, layer.Forward);
     }
 
-    internal static HostLayout Input(ReadOnlyTensorSpan<float> tensor, string argument)
+    internal static HostLayout Input(ReadOnlyTensorSpan<float> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
     {
         var layout = HostLayout.Of(tensor.Lengths, tensor.Strides, argument);
         layout.RequireNonEmpty(argument);
         return layout;
     }
 
-    internal static HostLayout Output(ReadOnlyTensorSpan<float> tensor, string argument)
+    internal static HostLayout Output(ReadOnlyTensorSpan<float> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
     {
         var layout = Input(tensor, argument);
         layout.RequireWritable(argument);

@@ -21,8 +21,8 @@ public sealed class ColumnParallelLinear : IDisposable
         _ctx = context;
         InFeatures = weight.Rows;
         OutFeatures = weight.Cols;
-        ThrowHelper.Positive(InFeatures, "weight.Rows");
-        ThrowHelper.Positive(OutFeatures, "weight.Cols");
+        ThrowHelper.Positive(weight.Rows);
+        ThrowHelper.Positive(weight.Cols);
         Plan = plan ?? ShardingPlan.Even(OutFeatures, context.WorldSize);
         Plan.Require(OutFeatures, context.WorldSize, nameof(plan));
         bias?.Require(1, OutFeatures, nameof(bias));
@@ -67,10 +67,10 @@ public sealed class ColumnParallelLinear : IDisposable
         if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
         if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
         long m = x.Rows, n = LocalOutFeatures;
-        ThrowHelper.Positive(m, "x.Rows");
+        ThrowHelper.Positive(x.Rows);
         if (x.Cols != InFeatures)
             throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected {m} x {InFeatures} (M x in-features).", nameof(x));
-        ThrowHelper.Shape(y, m, GatherOutput ? OutFeatures : n, nameof(y), GatherOutput ? "M x out-features, gathered" : "M x local out-features");
+        ThrowHelper.Shape(y, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features, gathered" : "M x local out-features");
         if (!GatherOutput)
         {
             if (n > 0) Gemm.Multiply(_ctx.Stream, x, Weight!.AsMatrix(InFeatures, n), y, bias: Bias, epilogue: Epilogue);
@@ -110,9 +110,9 @@ public sealed class ColumnParallelLinear : IDisposable
         DeviceBuffer<float>? dBias, bool accumulate)
     {
         long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
-        ThrowHelper.Shape(x, m, k, nameof(x), "M x in-features, the forward input");
-        ThrowHelper.Shape(dy, m, GatherOutput ? OutFeatures : n, nameof(dy), GatherOutput ? "M x out-features" : "M x local out-features");
-        ThrowHelper.Shape(dx, m, k, nameof(dx), "M x in-features");
+        ThrowHelper.Shape(x, m, k, "M x in-features, the forward input");
+        ThrowHelper.Shape(dy, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features" : "M x local out-features");
+        ThrowHelper.Shape(dx, m, k, "M x in-features");
         if (dx.Ld != k && m > 1)
             throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {k}).", nameof(dx));
         var dyr = GatherOutput ? dy.Columns(LocalOutOffset, n) : dy;

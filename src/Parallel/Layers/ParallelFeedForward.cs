@@ -48,7 +48,7 @@ public sealed class ParallelFeedForward : IDisposable
     {
         if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
         long m = x.Rows, fr = Up.LocalOutFeatures;
-        ThrowHelper.Positive(m, "x.Rows");
+        ThrowHelper.Positive(x.Rows);
         var h = Scratch.Ensure(ref _hidden, _ctx.Device, m * fr).AsMatrix(m, fr, Math.Max(1, fr));
         Up.Forward(x, h);
         Down.Forward(h, y);
@@ -67,9 +67,9 @@ public sealed class ParallelFeedForward : IDisposable
         if (tokens.Parts != _ctx.WorldSize)
             throw new ArgumentException($"tokens splits over {tokens.Parts} ranks; expected {_ctx.WorldSize}.", nameof(tokens));
         long m = tokens.Total, mr = tokens.Size(_ctx.Rank), hdim = ModelFeatures, fr = Up.LocalOutFeatures;
-        ThrowHelper.Positive(m, "tokens.Total");
+        ThrowHelper.Positive(tokens.Total);
         if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        ThrowHelper.Shape(x, mr, hdim, nameof(x), "this rank's token rows x model features");
+        ThrowHelper.Shape(x, mr, hdim, "this rank's token rows x model features");
         if (mr > 1 && x.Ld != hdim)
             throw new ArgumentException($"x has ld {x.Ld}; the gather needs contiguous rows (ld = {hdim}).", nameof(x));
         // [0, m·H): the gathered input; then the hidden activation.
@@ -90,7 +90,7 @@ public sealed class ParallelFeedForward : IDisposable
     public FeedForwardActivations ForwardTraining(MatrixView x, MatrixView y, bool keepActivations = true)
     {
         if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        ThrowHelper.Shape(x, x.Rows, ModelFeatures, nameof(x), "M x model features");
+        ThrowHelper.Shape(x, x.Rows, ModelFeatures, "M x model features");
         var saved = new FeedForwardActivations(_ctx.Device, x.Rows, Up.LocalOutFeatures);
         try
         {
@@ -122,7 +122,7 @@ public sealed class ParallelFeedForward : IDisposable
         long m = x.Rows, fr = Up.LocalOutFeatures, hdim = ModelFeatures;
         if (saved.Rows != m || saved.HiddenFeatures != fr)
             throw new ArgumentException($"saved activations are for {saved.Rows} x {saved.HiddenFeatures}; expected {m} x {fr}.", nameof(saved));
-        ThrowHelper.Shape(dy, m, hdim, nameof(dy), "M x model features");
+        ThrowHelper.Shape(dy, m, hdim, "M x model features");
         if (!saved.IsKept) ComputeHidden(x, saved.Recreate());
         // dH (M × f_r) = dY · W2_rᵀ, dW2_r, db2 — the row-parallel layer's backward with a parallel input.
         var dh = saved.GradientView;

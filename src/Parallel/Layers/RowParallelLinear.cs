@@ -28,8 +28,8 @@ public sealed class RowParallelLinear : IDisposable
         _ctx = context;
         InFeatures = weight.Rows;
         OutFeatures = weight.Cols;
-        ThrowHelper.Positive(InFeatures, "weight.Rows");
-        ThrowHelper.Positive(OutFeatures, "weight.Cols");
+        ThrowHelper.Positive(weight.Rows);
+        ThrowHelper.Positive(weight.Cols);
         Plan = plan ?? ShardingPlan.Even(InFeatures, context.WorldSize);
         Plan.Require(InFeatures, context.WorldSize, nameof(plan));
         bias?.Require(1, OutFeatures, nameof(bias));
@@ -71,13 +71,13 @@ public sealed class RowParallelLinear : IDisposable
         if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
         if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
         long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
-        ThrowHelper.Positive(m, "x.Rows");
+        ThrowHelper.Positive(x.Rows);
         long expectedCols = InputIsParallel ? kr : InFeatures;
         if (x.Cols != expectedCols)
             throw new ArgumentException(
                 $"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols} ({(InputIsParallel ? "M x this rank's in-features" : "M x in-features")}).",
                 nameof(x));
-        ThrowHelper.Shape(y, m, n, nameof(y), "M x out-features");
+        ThrowHelper.Shape(y, m, n, "M x out-features");
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
         var partial = y.Ld == n ? y : Scratch(m * n).AsMatrix(m, n);
@@ -99,13 +99,13 @@ public sealed class RowParallelLinear : IDisposable
         if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
         if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
         long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
-        ThrowHelper.Positive(m, "x.Rows");
+        ThrowHelper.Positive(x.Rows);
         tokens.Require(m, _ctx.WorldSize, nameof(tokens));
         long expectedCols = InputIsParallel ? kr : InFeatures;
         if (x.Cols != expectedCols)
             throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols}.", nameof(x));
         long mr = tokens.Size(_ctx.Rank);
-        ThrowHelper.Shape(y, mr, n, nameof(y), "this rank's token rows x out-features");
+        ThrowHelper.Shape(y, mr, n, "this rank's token rows x out-features");
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         bool direct = y.Ld == n || mr <= 1;
         var scratch = Scratch(m * n + (direct ? 0 : mr * n));
@@ -137,9 +137,9 @@ public sealed class RowParallelLinear : IDisposable
         if (dx.IsEmpty) throw new ArgumentException("dx is an empty (default) view.", nameof(dx));
         long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
         long cols = InputIsParallel ? kr : InFeatures;
-        ThrowHelper.Shape(x, m, cols, nameof(x), "the forward input");
-        ThrowHelper.Shape(dy, m, n, nameof(dy), "M x out-features");
-        ThrowHelper.Shape(dx, m, cols, nameof(dx), "shaped like the forward input");
+        ThrowHelper.Shape(x, m, cols, "the forward input");
+        ThrowHelper.Shape(dy, m, n, "M x out-features");
+        ThrowHelper.Shape(dx, m, cols, "shaped like the forward input");
         var xr = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         if (dBias is not null) GradientHelpers.ColumnSums(_ctx, ref _ones, dy, dBias, accumulate);
         if (kr > 0 && dWeight is not null) GradientHelpers.WeightGradient(_ctx, xr, dy, dWeight, accumulate);

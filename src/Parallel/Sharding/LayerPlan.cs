@@ -149,7 +149,7 @@ public sealed class LayerPlan
     public static int FewestRanks(Func<int, LayerPlan> planFor, long bytesPerDevice, int maxRanks = 4096)
     {
         ArgumentNullException.ThrowIfNull(planFor);
-        ThrowHelper.Positive(bytesPerDevice, nameof(bytesPerDevice));
+        ThrowHelper.Positive(bytesPerDevice);
         for (int p = 1; p <= maxRanks; p++)
             if (planFor(p).MaxBytesPerDevice <= bytesPerDevice) return p;
         return 0;
@@ -233,12 +233,13 @@ public sealed class LayerPlan
         _ => b + " B",
     };
 
-    private static void Check(long a, long b, int worldSize, long tokens)
+    // The feed-forward plan passes H and F here: they are reported as inFeatures and outFeatures too.
+    private static void Check(long inFeatures, long outFeatures, int worldSize, long tokens)
     {
-        ThrowHelper.Positive(a, "inFeatures");
-        ThrowHelper.Positive(b, "outFeatures");
-        ThrowHelper.Positive(worldSize, nameof(worldSize));
-        ThrowHelper.NonNegative(tokens, nameof(tokens));
+        ThrowHelper.Positive(inFeatures);
+        ThrowHelper.Positive(outFeatures);
+        ThrowHelper.Positive(worldSize);
+        ThrowHelper.NonNegative(tokens);
     }
 }
 

@@ -18,8 +18,8 @@ public abstract class WeightSource
     /// <summary>Creates a source of <paramref name="rows"/> × <paramref name="cols"/>.</summary>
     protected WeightSource(long rows, long cols)
     {
-        ThrowHelper.NonNegative(rows, nameof(rows));
-        ThrowHelper.NonNegative(cols, nameof(cols));
+        ThrowHelper.NonNegative(rows);
+        ThrowHelper.NonNegative(cols);
         Rows = rows;
         Cols = cols;
     }
