@@ -42,6 +42,12 @@ internal static class ThrowHelper
             throw new ArgumentOutOfRangeException(name, rank, $"{name} must be in [0, {worldSize}).");
     }
 
+    /// <summary>Throws unless <paramref name="view"/> is set (not a default <see cref="MatrixView"/>).</summary>
+    public static void NotEmpty(MatrixView view, [CallerArgumentExpression(nameof(view))] string name = "")
+    {
+        if (view.IsEmpty) throw new ArgumentException($"{name} is an empty (default) view.", name);
+    }
+
     /// <summary>Throws unless <paramref name="m"/> is <paramref name="rows"/> × <paramref name="cols"/>; <paramref name="what"/>
     /// says what it should be ("M x in-features").</summary>
     public static void Shape(MatrixView m, long rows, long cols, string what, [CallerArgumentExpression(nameof(m))] string name = "")

@@ -27,9 +27,9 @@ public static class Gemm
         DeviceBuffer<float>? bias = null, long biasOffset = 0, Epilogue epilogue = Epilogue.None)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (a.IsEmpty) throw new ArgumentException("a is an empty (default) view.", nameof(a));
-        if (b.IsEmpty) throw new ArgumentException("b is an empty (default) view.", nameof(b));
-        if (c.IsEmpty) throw new ArgumentException("c is an empty (default) view.", nameof(c));
+        ThrowHelper.NotEmpty(a);
+        ThrowHelper.NotEmpty(b);
+        ThrowHelper.NotEmpty(c);
         long m = transA ? a.Cols : a.Rows, k = transA ? a.Rows : a.Cols;
         long kb = transB ? b.Cols : b.Rows, n = transB ? b.Rows : b.Cols;
         if (kb != k)

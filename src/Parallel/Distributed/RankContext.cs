@@ -83,7 +83,7 @@ public sealed class RankContext
     /// </summary>
     public void AllGatherColumns(MatrixView send, MatrixView recv)
     {
-        if (recv.IsEmpty) throw new ArgumentException("recv is an empty (default) view.", nameof(recv));
+        ThrowHelper.NotEmpty(recv);
         Own(recv);
         long rows = recv.Rows, cols = send.IsEmpty ? 0 : send.Cols;
         if (!send.IsEmpty)

@@ -77,7 +77,7 @@ public static unsafe class TensorInterop
     public static void CopyFrom(this MatrixView destination, ReadOnlyTensorSpan<float> source, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (destination.IsEmpty) throw new ArgumentException("destination is an empty (default) view.", nameof(destination));
+        ThrowHelper.NotEmpty(destination);
         var layout = HostLayout.Of(source.Lengths, source.Strides, nameof(source));
         layout.RequireShape(destination.Rows, destination.Cols, nameof(source), "the destination matrix");
         if (layout.IsEmpty) return;
@@ -95,7 +95,7 @@ public static unsafe class TensorInterop
     public static void CopyTo(this MatrixView source, TensorSpan<float> destination, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (source.IsEmpty) throw new ArgumentException("source is an empty (default) view.", nameof(source));
+        ThrowHelper.NotEmpty(source);
         var layout = HostLayout.Of(destination.Lengths, destination.Strides, nameof(destination));
         layout.RequireShape(source.Rows, source.Cols, nameof(destination), "the source matrix");
         layout.RequireWritable(nameof(destination));

@@ -7,56 +7,26 @@ namespace Shardwise.Parallel;
 /// With <c>gatherOutput</c> the ranks' M × n_r results are all-gathered into Y[M, N] on every rank; without,
 /// each rank keeps its M × n_r slice (the input of a row-parallel layer).
 /// </summary>
-public sealed class ColumnParallelLinear : IDisposable
+public sealed class ColumnParallelLinear : ParallelLinear
 {
-    private readonly RankContext _ctx;
-    private DeviceBuffer<float>? _scratch;
-
     /// <summary>Loads this rank's shard of <paramref name="weight"/> (K × N) and <paramref name="bias"/> (1 × N, optional).</summary>
     public ColumnParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
         bool gatherOutput = true, ShardingPlan? plan = null, Epilogue epilogue = Epilogue.None)
+        : base(context, weight, bias, plan, splitRows: false, split =>
+            LayerPlan.ColumnParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, gatherOutput: gatherOutput, split: split))
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(weight);
-        _ctx = context;
-        InFeatures = weight.Rows;
-        OutFeatures = weight.Cols;
-        ThrowHelper.Positive(weight.Rows);
-        ThrowHelper.Positive(weight.Cols);
-        Plan = plan ?? ShardingPlan.Even(OutFeatures, context.WorldSize);
-        Plan.Require(OutFeatures, context.WorldSize, nameof(plan));
-        bias?.Require(1, OutFeatures, nameof(bias));
         GatherOutput = gatherOutput;
         Epilogue = epilogue;
-        LayerPlan.ColumnParallel(InFeatures, OutFeatures, context.WorldSize, bias: bias is not null, gatherOutput: gatherOutput, split: Plan)
-            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue), context.Group.DeviceOfRank);
-        long off = Plan.Offset(context.Rank), n = Plan.Size(context.Rank);
-        Weight = weight.LoadBlock(context.Stream, 0, off, InFeatures, n);
-        try { Bias = bias?.LoadBlock(context.Stream, 0, off, 1, n); }
-        catch { Weight?.Dispose(); throw; }
     }
 
-    /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
-    internal RankContext Context => _ctx;
-
-    /// <summary>K.</summary>
-    public long InFeatures { get; }
-    /// <summary>N.</summary>
-    public long OutFeatures { get; }
     /// <summary>n_r: this rank's output columns.</summary>
-    public long LocalOutFeatures => Plan.Size(_ctx.Rank);
+    public long LocalOutFeatures => Plan.Size(Context.Rank);
     /// <summary>First output column of this rank.</summary>
-    public long LocalOutOffset => Plan.Offset(_ctx.Rank);
-    /// <summary>The split of N over the ranks.</summary>
-    public ShardingPlan Plan { get; }
+    public long LocalOutOffset => Plan.Offset(Context.Rank);
     /// <summary>Whether <see cref="Forward"/> all-gathers Y.</summary>
     public bool GatherOutput { get; }
     /// <summary>Fused epilogue (GeLU for the first layer of an FFN).</summary>
     public Epilogue Epilogue { get; }
-    /// <summary>This rank's weight shard, K × n_r row-major (null when n_r = 0).</summary>
-    public DeviceBuffer<float>? Weight { get; }
-    /// <summary>This rank's bias shard, n_r (null without bias or when n_r = 0).</summary>
-    public DeviceBuffer<float>? Bias { get; }
 
     /// <summary>
     /// Queues Y = X·W + b on the rank's stream. <paramref name="x"/> is M × K; <paramref name="y"/> is M × N with
@@ -64,8 +34,8 @@ public sealed class ColumnParallelLinear : IDisposable
     /// </summary>
     public void Forward(MatrixView x, MatrixView y)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(y);
         long m = x.Rows, n = LocalOutFeatures;
         ThrowHelper.Positive(x.Rows);
         if (x.Cols != InFeatures)
@@ -73,17 +43,17 @@ public sealed class ColumnParallelLinear : IDisposable
         ThrowHelper.Shape(y, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features, gathered" : "M x local out-features");
         if (!GatherOutput)
         {
-            if (n > 0) Gemm.Multiply(_ctx.Stream, x, Weight!.AsMatrix(InFeatures, n), y, bias: Bias, epilogue: Epilogue);
+            if (n > 0) Gemm.Multiply(Context.Stream, x, Weight!.AsMatrix(InFeatures, n), y, bias: Bias, epilogue: Epilogue);
             return;
         }
         if (n == 0)
         {
-            _ctx.AllGatherColumns(default, y); // contributes nothing but joins the collective
+            Context.AllGatherColumns(default, y); // contributes nothing but joins the collective
             return;
         }
         var local = Scratch(m * n).AsMatrix(m, n);
-        Gemm.Multiply(_ctx.Stream, x, Weight!.AsMatrix(InFeatures, n), local, bias: Bias, epilogue: Epilogue);
-        _ctx.AllGatherColumns(local, y);
+        Gemm.Multiply(Context.Stream, x, Weight!.AsMatrix(InFeatures, n), local, bias: Bias, epilogue: Epilogue);
+        Context.AllGatherColumns(local, y);
     }
 
     /// <summary>
@@ -97,9 +67,9 @@ public sealed class ColumnParallelLinear : IDisposable
     public void Backward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight = null,
         DeviceBuffer<float>? dBias = null, bool accumulate = false)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        if (dy.IsEmpty) throw new ArgumentException("dy is an empty (default) view.", nameof(dy));
-        if (dx.IsEmpty) throw new ArgumentException("dx is an empty (default) view.", nameof(dx));
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(dy);
+        ThrowHelper.NotEmpty(dx);
         if (Epilogue != Epilogue.None)
             throw new NotSupportedException("Backward through a fused GeLU epilogue needs the pre-activation: use ParallelFeedForward.ForwardTraining / Backward, or a layer without epilogue.");
         LinearBackward(x, dy, dx, dWeight, dBias, accumulate);
@@ -118,27 +88,15 @@ public sealed class ColumnParallelLinear : IDisposable
         var dyr = GatherOutput ? dy.Columns(LocalOutOffset, n) : dy;
         if (n > 0)
         {
-            if (dWeight is not null) GradientHelpers.WeightGradient(_ctx, x, dyr, dWeight, accumulate);
-            if (dBias is not null) GradientHelpers.ColumnSums(_ctx, ref _ones, dyr, dBias, accumulate);
-            Gemm.Multiply(_ctx.Stream, dyr, Weight!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
+            if (dWeight is not null) GradientHelpers.WeightGradient(Context, x, dyr, dWeight, accumulate);
+            if (dBias is not null) GradientHelpers.ColumnSums(Context, ref _ones, dyr, dBias, accumulate);
+            Gemm.Multiply(Context.Stream, dyr, Weight!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
         }
         else
         {
-            dx.Buffer.Clear(_ctx.Stream, dx.Offset, m * k); // this rank contributes nothing to dX
+            dx.Buffer.Clear(Context.Stream, dx.Offset, m * k); // this rank contributes nothing to dX
         }
-        _ctx.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);
+        Context.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);
     }
 
-    private DeviceBuffer<float>? _ones;
-
-    private DeviceBuffer<float> Scratch(long elements) => Parallel.Scratch.Ensure(ref _scratch, _ctx.Device, elements);
-
-    /// <summary>Releases the shard and the scratch buffer.</summary>
-    public void Dispose()
-    {
-        Weight?.Dispose();
-        Bias?.Dispose();
-        _scratch?.Dispose();
-        _ones?.Dispose();
-    }
 }

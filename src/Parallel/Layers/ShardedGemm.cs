@@ -31,8 +31,7 @@ public sealed class ShardedGemm : IDisposable
         Plan = plan ?? ShardingPlan.Even(N, group.WorldSize);
         Plan.Require(N, group.WorldSize, nameof(plan));
         // Every shard lives on the one device: they must fit together.
-        LayerPlan.ColumnParallel(K, N, group.WorldSize, bias: false, gatherOutput: false, split: Plan)
-            .EnsureFits((long)Math.Min(group[0].Device.MemoryLimitBytes, long.MaxValue), group.DeviceOfRank);
+        LayerPlan.ColumnParallel(K, N, group.WorldSize, bias: false, gatherOutput: false, split: Plan).EnsureFitsOn(group[0]);
         _shards = new DeviceBuffer<float>?[group.WorldSize];
         try
         {
@@ -66,8 +65,8 @@ public sealed class ShardedGemm : IDisposable
     /// bias (optional) holds N elements; all on the group's device.</summary>
     public void Forward(MatrixView x, MatrixView y, DeviceBuffer<float>? bias = null, Epilogue epilogue = Epilogue.None)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(y);
         if (x.Cols != K) throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected M x {K}.", nameof(x));
         ThrowHelper.Shape(y, x.Rows, N, "M x N");
         if (bias is not null && bias.Length < N)
