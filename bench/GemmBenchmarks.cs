@@ -15,7 +15,7 @@ namespace Shardwise.Bench;
 public unsafe class GemmBenchmarks
 {
     private Device? _device;
-    private Shardwise.Parallel.Stream? _stream;
+    private DeviceStream? _stream;
     private DeviceBuffer<float>? _a, _b, _c;
     private MatrixView _av, _bv, _cv;
     private float* _ha, _hb, _hc;

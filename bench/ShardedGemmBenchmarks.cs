@@ -14,7 +14,7 @@ namespace Shardwise.Bench;
 public class ShardedGemmBenchmarks
 {
     private Device? _device;
-    private Shardwise.Parallel.Stream? _stream;
+    private DeviceStream? _stream;
     private ProcessGroup? _group;
     private ShardedGemm? _sharded;
     private DeviceBuffer<float>? _x, _w, _y;

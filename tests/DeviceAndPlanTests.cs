@@ -151,12 +151,12 @@ public class DeviceTests(Backend backend) : BackendTest(backend)
         if (Backend == Backend.Cpu)
         {
             Assert.That(Str.NativeHandle, Is.EqualTo((nint)0));
-            Assert.That(() => Shardwise.Parallel.Stream.Wrap(Dev, 0), Throws.InstanceOf<ShardwiseUnsupportedException>().With.Message.Contains("CPU"));
+            Assert.That(() => DeviceStream.Wrap(Dev, 0), Throws.InstanceOf<ShardwiseUnsupportedException>().With.Message.Contains("CPU"));
             return;
         }
         var native = Str.NativeHandle;
         Assert.That(native, Is.Not.EqualTo((nint)0));
-        using (var wrapped = Shardwise.Parallel.Stream.Wrap(Dev, native))
+        using (var wrapped = DeviceStream.Wrap(Dev, native))
         {
             Assert.That(wrapped.NativeHandle, Is.EqualTo(native));
             wrapped.Synchronize();

@@ -63,6 +63,43 @@ public class SpmdAbortTests(Backend backend) : BackendTest(backend)
     }
 
     [Test]
+    public void TheMessageStatesEachRanksFailureOnce()
+    {
+        // Ranks 1 and 3 fail with errors of their own; ranks 0 and 2 fail as a consequence (their all-reduce is aborted,
+        // and the abort's reason repeats the first failure). Each failure's text must appear once in the message: not
+        // again from the inner exceptions (AggregateException's Message appends every inner message) nor from the
+        // consequences' abort reasons.
+        using var group = ProcessGroup.CreateLocal(Dev, 4, LongTimeout);
+        var ex = Assert.Throws<SpmdException>(() => Spmd.Run(group, r =>
+        {
+            using var b = r.Device.Allocate<float>(8);
+            if (r.Rank == 1) throw new InvalidOperationException("the loader of rank 1 found no shard");
+            if (r.Rank == 3) throw new ArgumentException("rank 3 was given a 7 x 9 weight");
+            r.AllReduce(b);
+            r.Synchronize();
+        }));
+        TestContext.Out.WriteLine(ex!.Message);
+        Assert.That(ex.RankErrors.Keys, Is.EquivalentTo(new[] { 0, 1, 2, 3 }));
+        foreach (string text in new[] { "the loader of rank 1 found no shard", "rank 3 was given a 7 x 9 weight" })
+            Assert.That(Occurrences(ex.Message, text), Is.EqualTo(1), $"'{text}' in: {ex.Message}");
+        foreach (int rank in new[] { 0, 2 })
+        {
+            Assert.That(ex.RankErrors[rank], Is.InstanceOf<CommunicatorAbortedException>(), $"rank {rank}");
+            Assert.That(Occurrences(ex.Message, ex.RankErrors[rank].Message), Is.Zero,
+                $"rank {rank}'s abort repeats the cause; the message names it among the consequences instead");
+        }
+        Assert.That(ex.Message, Does.Match("ranks (0, 2|2, 0) failed as a consequence"), "named once, in the order they failed");
+        Assert.That(ex.ToString(), Does.Contain("the loader of rank 1 found no shard"), "the inner exceptions stay in ToString()");
+    }
+
+    private static int Occurrences(string text, string part)
+    {
+        int n = 0;
+        for (int i = text.IndexOf(part, StringComparison.Ordinal); i >= 0; i = text.IndexOf(part, i + part.Length, StringComparison.Ordinal)) n++;
+        return n;
+    }
+
+    [Test]
     public void ARankThatThrowsWhileOthersWaitInsideACollectiveReleasesThem()
     {
         // The others are already blocked in their stream's collective (queued, then Synchronize) when the rank throws.

@@ -11,7 +11,7 @@ public abstract class BackendTest(Backend backend)
 {
     protected Backend Backend { get; } = backend;
     protected Device Dev { get; private set; } = null!;
-    protected Shardwise.Parallel.Stream Str { get; private set; } = null!;
+    protected DeviceStream Str { get; private set; } = null!;
 
     [OneTimeSetUp]
     public void OpenDevice()
@@ -47,7 +47,7 @@ public abstract class BackendTest(Backend backend)
         return a;
     }
 
-    protected DeviceBuffer<float> Upload(float[] data, Device? device = null, Shardwise.Parallel.Stream? stream = null)
+    protected DeviceBuffer<float> Upload(float[] data, Device? device = null, DeviceStream? stream = null)
     {
         var b = (device ?? Dev).Allocate<float>(data.Length);
         b.CopyFrom(data, stream ?? Str);
@@ -55,7 +55,7 @@ public abstract class BackendTest(Backend backend)
     }
 
     /// <summary>A buffer full of NaN: an element the code under test fails to write stays NaN and fails the check.</summary>
-    protected DeviceBuffer<float> Poisoned(long n, Device? device = null, Shardwise.Parallel.Stream? stream = null)
+    protected DeviceBuffer<float> Poisoned(long n, Device? device = null, DeviceStream? stream = null)
     {
         var b = (device ?? Dev).Allocate<float>(n);
         b.Fill(float.NaN, stream ?? Str);

@@ -29,7 +29,7 @@ internal sealed unsafe class Binding : IDisposable
     /// <paramref name="stream"/>'s device. <paramref name="copyIn"/>: a staged copy is filled with the tensor's values
     /// (inputs, and outputs that are read as well as written).
     /// </summary>
-    public static Binding Create(Stream stream, float* first, in HostLayout layout, ReadOnlyTensorSpan<float> tensor, bool copyIn,
+    public static Binding Create(DeviceStream stream, float* first, in HostLayout layout, ReadOnlyTensorSpan<float> tensor, bool copyIn,
         bool allowZeroCopy = true)
     {
         var device = stream.Device;
@@ -54,7 +54,7 @@ internal sealed unsafe class Binding : IDisposable
     }
 
     /// <summary>Copies the tensor into the device matrix <paramref name="view"/> (same rows × cols) and waits.</summary>
-    internal static void CopyIn(ReadOnlyTensorSpan<float> tensor, float* first, in HostLayout layout, MatrixView view, Stream stream)
+    internal static void CopyIn(ReadOnlyTensorSpan<float> tensor, float* first, in HostLayout layout, MatrixView view, DeviceStream stream)
     {
         long rows = layout.Rows, cols = layout.Cols;
         if (layout.CanWrap && (layout.Ld == cols || rows == 1) && view.Ld == cols)
@@ -76,7 +76,7 @@ internal sealed unsafe class Binding : IDisposable
 
     /// <summary>Copies the device matrix <paramref name="view"/> into the tensor (same rows × cols; waits for the work
     /// queued on <paramref name="stream"/> first).</summary>
-    internal static void CopyOut(MatrixView view, TensorSpan<float> tensor, Stream stream)
+    internal static void CopyOut(MatrixView view, TensorSpan<float> tensor, DeviceStream stream)
     {
         long rows = view.Rows, cols = view.Cols;
         var host = new float[checked((int)(rows * cols))];
@@ -89,7 +89,7 @@ internal sealed unsafe class Binding : IDisposable
     }
 
     /// <summary>For a staged output: copies the result back into <paramref name="tensor"/>. Zero copy: nothing to do.</summary>
-    public void CopyBack(TensorSpan<float> tensor, Stream stream)
+    public void CopyBack(TensorSpan<float> tensor, DeviceStream stream)
     {
         if (!IsZeroCopy) CopyOut(View, tensor, stream);
     }

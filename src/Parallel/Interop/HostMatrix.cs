@@ -25,7 +25,7 @@ public sealed unsafe class HostMatrix : IDisposable
     private MemoryHandle _pin;
     private bool _disposed;
 
-    internal HostMatrix(Tensor<float> tensor, Stream stream, bool requireZeroCopy, bool copyBack, string argument)
+    internal HostMatrix(Tensor<float> tensor, DeviceStream stream, bool requireZeroCopy, bool copyBack, string argument)
     {
         ArgumentNullException.ThrowIfNull(tensor, argument);
         ArgumentNullException.ThrowIfNull(stream);
@@ -65,7 +65,7 @@ public sealed unsafe class HostMatrix : IDisposable
     public Tensor<float> Tensor { get; }
 
     /// <summary>The stream that <see cref="Dispose"/> waits for before unpinning (or copying back).</summary>
-    public Stream Stream { get; }
+    public DeviceStream Stream { get; }
 
     /// <summary>The matrix on <see cref="Stream"/>'s device: rows = the product of all dimensions but the last,
     /// columns = the last dimension; over the tensor's memory when <see cref="IsZeroCopy"/>, else over a device copy.</summary>

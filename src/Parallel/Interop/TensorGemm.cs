@@ -23,20 +23,20 @@ public static unsafe class TensorGemm
     /// <param name="epilogue">Fused epilogue.</param>
     /// <exception cref="ArgumentException">A shape does not match (the message names the argument, its shape and the
     /// expected shape), a tensor is empty, or elements of <paramref name="c"/> share memory.</exception>
-    public static void Multiply(Stream stream, ReadOnlyTensorSpan<float> a, ReadOnlyTensorSpan<float> b, TensorSpan<float> c,
+    public static void Multiply(DeviceStream stream, ReadOnlyTensorSpan<float> a, ReadOnlyTensorSpan<float> b, TensorSpan<float> c,
         float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
         ReadOnlyTensorSpan<float> bias = default, Epilogue epilogue = Epilogue.None)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        var la = TensorInterop.Input(a, nameof(a));
-        var lb = TensorInterop.Input(b, nameof(b));
-        var lc = TensorInterop.Output(c, nameof(c));
+        var la = TensorInterop.Input(a);
+        var lb = TensorInterop.Input(b);
+        var lc = TensorInterop.Output(c);
         long m = transA ? la.Cols : la.Rows, k = transA ? la.Rows : la.Cols;
         long n = transB ? lb.Rows : lb.Cols;
         lb.RequireShape(transB ? n : k, transB ? k : n, nameof(b), transB ? "n x k, transposed" : "k x n, with k the columns of op(a)");
         lc.RequireShape(m, n, nameof(c), "m x n");
         bool hasBias = !bias.IsEmpty;
-        var lbias = hasBias ? TensorInterop.Input(bias, nameof(bias)) : default;
+        var lbias = hasBias ? TensorInterop.Input(bias) : default;
         if (hasBias) lbias.RequireShape(1, n, nameof(bias), "n values, 1-D or 1 x n");
         fixed (float* pa = a)
         fixed (float* pb = b)

@@ -1,4 +1,5 @@
 using System.Numerics.Tensors;
+using System.Runtime.CompilerServices;
 
 namespace Shardwise.Parallel.Interop;
 
@@ -51,7 +52,7 @@ public static unsafe class TensorInterop
     /// <returns>The pinned, wrapped matrix.</returns>
     /// <exception cref="ArgumentException">The layout cannot be wrapped (the message names the reason and the layout
     /// expected), or <paramref name="stream"/> is not on the CPU device.</exception>
-    public static HostMatrix Wrap(this Tensor<float> tensor, Stream stream) =>
+    public static HostMatrix Wrap(this Tensor<float> tensor, DeviceStream stream) =>
         new(tensor, stream, requireZeroCopy: true, copyBack: false, nameof(tensor));
 
     /// <summary>
@@ -64,7 +65,7 @@ public static unsafe class TensorInterop
     /// <param name="copyBack">True for outputs: a staged copy is written back into the tensor on dispose.</param>
     /// <returns>The matrix; <see cref="HostMatrix.IsZeroCopy"/> says which way it was made.</returns>
     /// <exception cref="ArgumentException">The tensor is empty, or (with <paramref name="copyBack"/>) elements share memory.</exception>
-    public static HostMatrix WrapOrCopy(this Tensor<float> tensor, Stream stream, bool copyBack = true) =>
+    public static HostMatrix WrapOrCopy(this Tensor<float> tensor, DeviceStream stream, bool copyBack = true) =>
         new(tensor, stream, requireZeroCopy: false, copyBack, nameof(tensor));
 
     /// <summary>Copies a host tensor of any layout into the device matrix <paramref name="destination"/> (same rows ×
@@ -73,10 +74,10 @@ public static unsafe class TensorInterop
     /// <param name="source">The host tensor; its matrix shape (see <see cref="MatrixShape"/>) must match.</param>
     /// <param name="stream">A stream of the destination's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, or <paramref name="destination"/> is an empty view.</exception>
-    public static void CopyFrom(this MatrixView destination, ReadOnlyTensorSpan<float> source, Stream stream)
+    public static void CopyFrom(this MatrixView destination, ReadOnlyTensorSpan<float> source, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (destination.IsEmpty) throw new ArgumentException("destination is an empty (default) view.", nameof(destination));
+        ThrowHelper.NotEmpty(destination);
         var layout = HostLayout.Of(source.Lengths, source.Strides, nameof(source));
         layout.RequireShape(destination.Rows, destination.Cols, nameof(source), "the destination matrix");
         if (layout.IsEmpty) return;
@@ -91,10 +92,10 @@ public static unsafe class TensorInterop
     /// <param name="stream">A stream of the source's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, elements of <paramref name="destination"/> share memory, or
     /// <paramref name="source"/> is an empty view.</exception>
-    public static void CopyTo(this MatrixView source, TensorSpan<float> destination, Stream stream)
+    public static void CopyTo(this MatrixView source, TensorSpan<float> destination, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (source.IsEmpty) throw new ArgumentException("source is an empty (default) view.", nameof(source));
+        ThrowHelper.NotEmpty(source);
         var layout = HostLayout.Of(destination.Lengths, destination.Strides, nameof(destination));
         layout.RequireShape(source.Rows, source.Cols, nameof(destination), "the source matrix");
         layout.RequireWritable(nameof(destination));
@@ -131,12 +132,12 @@ public static unsafe class TensorInterop
         ReadOnlyTensorSpan<float> bias = default, Epilogue epilogue = Epilogue.None)
     {
         ArgumentNullException.ThrowIfNull(gemm);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, gemm.K, nameof(x), "M x K");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, gemm.N, nameof(y), "M x N");
         bool hasBias = !bias.IsEmpty;
-        var lb = hasBias ? Input(bias, nameof(bias)) : default;
+        var lb = hasBias ? Input(bias) : default;
         if (hasBias) lb.RequireShape(1, gemm.N, nameof(bias), "N values, 1-D or 1 x N");
         var group = gemm.Group;
         var stream = group[0].Stream;
@@ -165,9 +166,9 @@ public static unsafe class TensorInterop
     public static void Forward(this ColumnParallelLinear layer, ReadOnlyTensorSpan<float> x, TensorSpan<float> y)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, layer.InFeatures, nameof(x), "M x in-features");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, layer.GatherOutput ? layer.OutFeatures : layer.LocalOutFeatures, nameof(y),
             layer.GatherOutput ? "M x out-features, gathered" : "M x this rank's out-features");
         RunOnRank(layer.Context, x, lx, y, ly, layer.Forward);
@@ -184,10 +185,10 @@ public static unsafe class TensorInterop
     public static void Forward(this RowParallelLinear layer, ReadOnlyTensorSpan<float> x, TensorSpan<float> y)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, layer.InputIsParallel ? layer.LocalInFeatures : layer.InFeatures, nameof(x),
             layer.InputIsParallel ? "M x this rank's in-features" : "M x in-features");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, layer.OutFeatures, nameof(y), "M x out-features");
         RunOnRank(layer.Context, x, lx, y, ly, layer.Forward);
     }
@@ -203,21 +204,21 @@ public static unsafe class TensorInterop
     public static void Forward(this ParallelFeedForward layer, ReadOnlyTensorSpan<float> x, TensorSpan<float> y)
     {
         ArgumentNullException.ThrowIfNull(layer);
-        var lx = Input(x, nameof(x));
+        var lx = Input(x);
         lx.RequireShape(lx.Rows, layer.ModelFeatures, nameof(x), "M x model features");
-        var ly = Output(y, nameof(y));
+        var ly = Output(y);
         ly.RequireShape(lx.Rows, layer.ModelFeatures, nameof(y), "M x model features");
         RunOnRank(layer.Context, x, lx, y, ly, layer.Forward);
     }
 
-    internal static HostLayout Input(ReadOnlyTensorSpan<float> tensor, string argument)
+    internal static HostLayout Input(ReadOnlyTensorSpan<float> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
     {
         var layout = HostLayout.Of(tensor.Lengths, tensor.Strides, argument);
         layout.RequireNonEmpty(argument);
         return layout;
     }
 
-    internal static HostLayout Output(ReadOnlyTensorSpan<float> tensor, string argument)
+    internal static HostLayout Output(ReadOnlyTensorSpan<float> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
     {
         var layout = Input(tensor, argument);
         layout.RequireWritable(argument);
@@ -248,7 +249,7 @@ public static unsafe class TensorInterop
         }
     }
 
-    internal static void SynchronizeQuietly(Stream stream)
+    internal static void SynchronizeQuietly(DeviceStream stream)
     {
         try { stream.Synchronize(); }
         catch (Exception) { /* the original exception is the one to report */ }

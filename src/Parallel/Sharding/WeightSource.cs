@@ -18,8 +18,8 @@ public abstract class WeightSource
     /// <summary>Creates a source of <paramref name="rows"/> × <paramref name="cols"/>.</summary>
     protected WeightSource(long rows, long cols)
     {
-        ThrowHelper.NonNegative(rows, nameof(rows));
-        ThrowHelper.NonNegative(cols, nameof(cols));
+        ThrowHelper.NonNegative(rows);
+        ThrowHelper.NonNegative(cols);
         Rows = rows;
         Cols = cols;
     }
@@ -67,7 +67,7 @@ public abstract class WeightSource
 
     /// <summary>Copies block (rowOffset.., colOffset..) of size rows × cols into a new buffer on <paramref name="stream"/>'s
     /// device, through a bounded host staging area. Returns null for an empty block.</summary>
-    public DeviceBuffer<float>? LoadBlock(Stream stream, long rowOffset, long colOffset, long rows, long cols)
+    public DeviceBuffer<float>? LoadBlock(DeviceStream stream, long rowOffset, long colOffset, long rows, long cols)
     {
         ArgumentNullException.ThrowIfNull(stream);
         CheckBlock(rowOffset, colOffset, rows, cols, long.MaxValue); // no overflow: rows <= Rows - rowOffset

@@ -149,7 +149,7 @@ public sealed class LayerPlan
     public static int FewestRanks(Func<int, LayerPlan> planFor, long bytesPerDevice, int maxRanks = 4096)
     {
         ArgumentNullException.ThrowIfNull(planFor);
-        ThrowHelper.Positive(bytesPerDevice, nameof(bytesPerDevice));
+        ThrowHelper.Positive(bytesPerDevice);
         for (int p = 1; p <= maxRanks; p++)
             if (planFor(p).MaxBytesPerDevice <= bytesPerDevice) return p;
         return 0;
@@ -165,12 +165,14 @@ public sealed class LayerPlan
 
     /// <summary>Throws <see cref="InsufficientDeviceMemoryException"/> (naming the fewest ranks that would do) when
     /// some device needs more than <paramref name="bytesPerDevice"/>. <paramref name="deviceOfRank"/> (optional) says
-    /// which device each rank is on: virtual ranks sharing a device add up.</summary>
-    public void EnsureFits(long bytesPerDevice, IReadOnlyList<object>? deviceOfRank = null)
+    /// which device each rank is on (as <see cref="ProcessGroup.DeviceOfRank"/>): virtual ranks sharing a device add up;
+    /// a null entry is a device of its own (a rank of another process).</summary>
+    public void EnsureFits(long bytesPerDevice, IReadOnlyList<Device?>? deviceOfRank = null)
     {
         if (deviceOfRank is not null && deviceOfRank.Count == Ranks.Count)
         {
-            foreach (var group in Ranks.GroupBy(r => deviceOfRank[r.Rank], ReferenceEqualityComparer.Instance))
+            foreach (var group in Ranks.Where(r => deviceOfRank[r.Rank] is not null)
+                         .GroupBy(r => deviceOfRank[r.Rank]!, ReferenceEqualityComparer.Instance))
             {
                 var members = group.ToList();
                 long sum = members.Sum(r => r.TotalBytes);
@@ -195,6 +197,11 @@ public sealed class LayerPlan
                         : "it does not fit on any number of ranks up to 4096 (the activations alone are too large: use fewer tokens)."),
             fewest, worst.TotalBytes, bytesPerDevice);
     }
+
+    /// <summary>The layers' check before they load anything: <see cref="EnsureFits"/> against the
+    /// memory limit of <paramref name="context"/>'s device, with the devices of its group's ranks.</summary>
+    internal void EnsureFitsOn(RankContext context) =>
+        EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue), context.Group.DeviceOfRank);
 
     /// <summary>Level 1 and level 2 in words and a table.</summary>
     public string Explain(Device? device = null)
@@ -233,12 +240,13 @@ public sealed class LayerPlan
         _ => b + " B",
     };
 
-    private static void Check(long a, long b, int worldSize, long tokens)
+    // The feed-forward plan passes H and F here: they are reported as inFeatures and outFeatures too.
+    private static void Check(long inFeatures, long outFeatures, int worldSize, long tokens)
     {
-        ThrowHelper.Positive(a, "inFeatures");
-        ThrowHelper.Positive(b, "outFeatures");
-        ThrowHelper.Positive(worldSize, nameof(worldSize));
-        ThrowHelper.NonNegative(tokens, nameof(tokens));
+        ThrowHelper.Positive(inFeatures);
+        ThrowHelper.Positive(outFeatures);
+        ThrowHelper.Positive(worldSize);
+        ThrowHelper.NonNegative(tokens);
     }
 }
 

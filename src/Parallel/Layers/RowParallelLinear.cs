@@ -7,11 +7,8 @@ namespace Shardwise.Parallel;
 /// input, X[:, rows_r], by its shard; an all-reduce sums the partial products into Y[M, N] on every rank.
 /// The bias is added once, by rank 0's GEMM, before the sum.
 /// </summary>
-public sealed class RowParallelLinear : IDisposable
+public sealed class RowParallelLinear : ParallelLinear
 {
-    private readonly RankContext _ctx;
-    private DeviceBuffer<float>? _scratch;
-
     /// <summary>Loads this rank's rows of <paramref name="weight"/> (K × N) and, on rank 0, <paramref name="bias"/> (1 × N).</summary>
     /// <param name="context">The rank.</param>
     /// <param name="weight">The logical weight, K × N.</param>
@@ -22,44 +19,18 @@ public sealed class RowParallelLinear : IDisposable
     /// <param name="plan">The split of K over the ranks (default: even).</param>
     public RowParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
         bool inputIsParallel = false, ShardingPlan? plan = null)
+        : base(context, weight, bias, plan, splitRows: true, split =>
+            LayerPlan.RowParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, inputIsParallel: inputIsParallel, split: split))
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(weight);
-        _ctx = context;
-        InFeatures = weight.Rows;
-        OutFeatures = weight.Cols;
-        ThrowHelper.Positive(InFeatures, "weight.Rows");
-        ThrowHelper.Positive(OutFeatures, "weight.Cols");
-        Plan = plan ?? ShardingPlan.Even(InFeatures, context.WorldSize);
-        Plan.Require(InFeatures, context.WorldSize, nameof(plan));
-        bias?.Require(1, OutFeatures, nameof(bias));
         InputIsParallel = inputIsParallel;
-        LayerPlan.RowParallel(InFeatures, OutFeatures, context.WorldSize, bias: bias is not null, inputIsParallel: inputIsParallel, split: Plan)
-            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue), context.Group.DeviceOfRank);
-        Weight = weight.LoadBlock(context.Stream, LocalInOffset, 0, LocalInFeatures, OutFeatures);
-        try { Bias = context.Rank == 0 ? bias?.LoadBlock(context.Stream, 0, 0, 1, OutFeatures) : null; }
-        catch { Weight?.Dispose(); throw; }
     }
 
-    /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
-    internal RankContext Context => _ctx;
-
-    /// <summary>K.</summary>
-    public long InFeatures { get; }
-    /// <summary>N.</summary>
-    public long OutFeatures { get; }
     /// <summary>k_r: this rank's input features.</summary>
-    public long LocalInFeatures => Plan.Size(_ctx.Rank);
+    public long LocalInFeatures => Plan.Size(Context.Rank);
     /// <summary>First input feature of this rank.</summary>
-    public long LocalInOffset => Plan.Offset(_ctx.Rank);
-    /// <summary>The split of K over the ranks.</summary>
-    public ShardingPlan Plan { get; }
+    public long LocalInOffset => Plan.Offset(Context.Rank);
     /// <summary>Whether <see cref="Forward"/> takes this rank's slice of the input (true) or the whole input.</summary>
     public bool InputIsParallel { get; }
-    /// <summary>This rank's rows of W, k_r × N (null when k_r = 0).</summary>
-    public DeviceBuffer<float>? Weight { get; }
-    /// <summary>The bias, on rank 0 only (null elsewhere or without bias).</summary>
-    public DeviceBuffer<float>? Bias { get; }
 
     /// <summary>
     /// Queues Y = X·W + b on the rank's stream: one GEMM and one all-reduce. <paramref name="x"/> is M × k_r when the
@@ -68,24 +39,24 @@ public sealed class RowParallelLinear : IDisposable
     /// </summary>
     public void Forward(MatrixView x, MatrixView y)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(y);
         long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
-        ThrowHelper.Positive(m, "x.Rows");
+        ThrowHelper.Positive(x.Rows);
         long expectedCols = InputIsParallel ? kr : InFeatures;
         if (x.Cols != expectedCols)
             throw new ArgumentException(
                 $"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols} ({(InputIsParallel ? "M x this rank's in-features" : "M x in-features")}).",
                 nameof(x));
-        ThrowHelper.Shape(y, m, n, nameof(y), "M x out-features");
+        ThrowHelper.Shape(y, m, n, "M x out-features");
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
         var partial = y.Ld == n ? y : Scratch(m * n).AsMatrix(m, n);
         QueuePartialProduct(local, partial);
-        _ctx.AllReduce(partial.Buffer, partial.Buffer, m * n, partial.Offset, partial.Offset);
+        Context.AllReduce(partial.Buffer, partial.Buffer, m * n, partial.Offset, partial.Offset);
         if (!ReferenceEquals(partial.Buffer, y.Buffer) || partial.Offset != y.Offset)
             for (long i = 0; i < m; i++) // strided y: copy the reduced rows into place
-                partial.Buffer.CopyTo(y.Buffer, _ctx.Stream, partial.Offset + i * n, y.Offset + i * y.Ld, n);
+                partial.Buffer.CopyTo(y.Buffer, Context.Stream, partial.Offset + i * n, y.Offset + i * y.Ld, n);
     }
 
     /// <summary>
@@ -96,28 +67,28 @@ public sealed class RowParallelLinear : IDisposable
     public void ForwardScatter(MatrixView x, MatrixView y, ShardingPlan tokens)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(y);
         long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
-        ThrowHelper.Positive(m, "x.Rows");
-        tokens.Require(m, _ctx.WorldSize, nameof(tokens));
+        ThrowHelper.Positive(x.Rows);
+        tokens.Require(m, Context.WorldSize, nameof(tokens));
         long expectedCols = InputIsParallel ? kr : InFeatures;
         if (x.Cols != expectedCols)
             throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols}.", nameof(x));
-        long mr = tokens.Size(_ctx.Rank);
-        ThrowHelper.Shape(y, mr, n, nameof(y), "this rank's token rows x out-features");
+        long mr = tokens.Size(Context.Rank);
+        ThrowHelper.Shape(y, mr, n, "this rank's token rows x out-features");
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         bool direct = y.Ld == n || mr <= 1;
         var scratch = Scratch(m * n + (direct ? 0 : mr * n));
         QueuePartialProduct(local, scratch.AsMatrix(m, n));
         if (direct)
         {
-            _ctx.ReduceScatterV(scratch, y.Buffer, mr * n, 0, y.Offset);
+            Context.ReduceScatterV(scratch, y.Buffer, mr * n, 0, y.Offset);
             return;
         }
-        _ctx.ReduceScatterV(scratch, scratch, mr * n, 0, m * n);
+        Context.ReduceScatterV(scratch, scratch, mr * n, 0, m * n);
         for (long i = 0; i < mr; i++)
-            scratch.CopyTo(y.Buffer, _ctx.Stream, m * n + i * n, y.Offset + i * y.Ld, n);
+            scratch.CopyTo(y.Buffer, Context.Stream, m * n + i * n, y.Offset + i * y.Ld, n);
     }
 
     /// <summary>
@@ -132,50 +103,37 @@ public sealed class RowParallelLinear : IDisposable
     public void Backward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight = null,
         DeviceBuffer<float>? dBias = null, bool accumulate = false)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        if (dy.IsEmpty) throw new ArgumentException("dy is an empty (default) view.", nameof(dy));
-        if (dx.IsEmpty) throw new ArgumentException("dx is an empty (default) view.", nameof(dx));
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(dy);
+        ThrowHelper.NotEmpty(dx);
         long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
         long cols = InputIsParallel ? kr : InFeatures;
-        ThrowHelper.Shape(x, m, cols, nameof(x), "the forward input");
-        ThrowHelper.Shape(dy, m, n, nameof(dy), "M x out-features");
-        ThrowHelper.Shape(dx, m, cols, nameof(dx), "shaped like the forward input");
+        ThrowHelper.Shape(x, m, cols, "the forward input");
+        ThrowHelper.Shape(dy, m, n, "M x out-features");
+        ThrowHelper.Shape(dx, m, cols, "shaped like the forward input");
         var xr = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
-        if (dBias is not null) GradientHelpers.ColumnSums(_ctx, ref _ones, dy, dBias, accumulate);
-        if (kr > 0 && dWeight is not null) GradientHelpers.WeightGradient(_ctx, xr, dy, dWeight, accumulate);
+        if (dBias is not null) GradientHelpers.ColumnSums(Context, ref _ones, dy, dBias, accumulate);
+        if (kr > 0 && dWeight is not null) GradientHelpers.WeightGradient(Context, xr, dy, dWeight, accumulate);
         if (InputIsParallel)
         {
-            if (kr > 0) Gemm.Multiply(_ctx.Stream, dy, Weight!.AsMatrix(kr, n), dx, transB: true);
+            if (kr > 0) Gemm.Multiply(Context.Stream, dy, Weight!.AsMatrix(kr, n), dx, transB: true);
             return;
         }
         // Split on entry: compute this rank's columns of dX, then gather every rank's block into dX.
         var local = Scratch(Math.Max(1, m * kr)).AsMatrix(m, kr, Math.Max(1, kr));
-        if (kr > 0) Gemm.Multiply(_ctx.Stream, dy, Weight!.AsMatrix(kr, n), local, transB: true);
-        _ctx.AllGatherColumns(kr > 0 ? local : default, dx);
+        if (kr > 0) Gemm.Multiply(Context.Stream, dy, Weight!.AsMatrix(kr, n), local, transB: true);
+        Context.AllGatherColumns(kr > 0 ? local : default, dx);
     }
-
-    private DeviceBuffer<float>? _ones;
 
     // partial (M × N, contiguous) = X_r · W_r (+ b on rank 0): this rank's term of the sum.
     private void QueuePartialProduct(MatrixView local, MatrixView partial)
     {
         long kr = LocalInFeatures, n = OutFeatures;
         if (kr > 0)
-            Gemm.Multiply(_ctx.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
+            Gemm.Multiply(Context.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
         else if (Bias is not null) // an empty shard on rank 0: its term is just the bias (a k = 0 GEMM)
-            Gemm.Multiply(_ctx.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
+            Gemm.Multiply(Context.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
         else
-            partial.Buffer.Clear(_ctx.Stream, partial.Offset, partial.Rows * n); // contributes zeros to the sum
-    }
-
-    private DeviceBuffer<float> Scratch(long elements) => Parallel.Scratch.Ensure(ref _scratch, _ctx.Device, elements);
-
-    /// <summary>Releases the shard, the bias and the scratch buffer.</summary>
-    public void Dispose()
-    {
-        Weight?.Dispose();
-        Bias?.Dispose();
-        _scratch?.Dispose();
-        _ones?.Dispose();
+            partial.Buffer.Clear(Context.Stream, partial.Offset, partial.Rows * n); // contributes zeros to the sum
     }
 }

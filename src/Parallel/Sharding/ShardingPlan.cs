@@ -50,12 +50,12 @@ public sealed class ShardingPlan
     /// (the index math lives once, in the native core: <c>sw_shard_range</c>).</summary>
     public static ShardingPlan Even(long total, int parts)
     {
-        ThrowHelper.NonNegative(total, nameof(total));
-        ThrowHelper.Positive(parts, nameof(parts));
+        ThrowHelper.NonNegative(total);
+        ThrowHelper.Positive(parts);
         var offsets = new long[parts];
         var sizes = new long[parts];
         for (int r = 0; r < parts; r++)
-            ThrowHelper.Check(Native.sw_shard_range(total, parts, r, out offsets[r], out sizes[r]), nameof(Native.sw_shard_range));
+            ThrowHelper.Check(Native.sw_shard_range(total, parts, r, out offsets[r], out sizes[r]));
         return new ShardingPlan(offsets, sizes, total);
     }
 

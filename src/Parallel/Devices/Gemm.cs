@@ -22,14 +22,14 @@ public static class Gemm
     /// op(A) is m × k (A stored k × m when <paramref name="transA"/>), op(B) is k × n, C is m × n,
     /// <paramref name="bias"/> (optional) holds n elements from <paramref name="biasOffset"/>.
     /// </summary>
-    public static void Multiply(Stream stream, MatrixView a, MatrixView b, MatrixView c,
+    public static void Multiply(DeviceStream stream, MatrixView a, MatrixView b, MatrixView c,
         float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
         DeviceBuffer<float>? bias = null, long biasOffset = 0, Epilogue epilogue = Epilogue.None)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        if (a.IsEmpty) throw new ArgumentException("a is an empty (default) view.", nameof(a));
-        if (b.IsEmpty) throw new ArgumentException("b is an empty (default) view.", nameof(b));
-        if (c.IsEmpty) throw new ArgumentException("c is an empty (default) view.", nameof(c));
+        ThrowHelper.NotEmpty(a);
+        ThrowHelper.NotEmpty(b);
+        ThrowHelper.NotEmpty(c);
         long m = transA ? a.Cols : a.Rows, k = transA ? a.Rows : a.Cols;
         long kb = transB ? b.Cols : b.Rows, n = transB ? b.Rows : b.Cols;
         if (kb != k)
@@ -39,12 +39,12 @@ public static class Gemm
         if (m < 1 || n < 1)
             throw new ArgumentException($"the product is {m} x {n}; expected at least 1 x 1.", nameof(c));
         var dev = stream.Device;
-        ThrowHelper.SameDevice(dev, a.Buffer.Device, nameof(a));
-        ThrowHelper.SameDevice(dev, b.Buffer.Device, nameof(b));
-        ThrowHelper.SameDevice(dev, c.Buffer.Device, nameof(c));
+        ThrowHelper.SameDevice(dev, a);
+        ThrowHelper.SameDevice(dev, b);
+        ThrowHelper.SameDevice(dev, c);
         if (bias is not null)
         {
-            ThrowHelper.SameDevice(dev, bias.Device, nameof(bias));
+            ThrowHelper.SameDevice(dev, bias);
             if (biasOffset < 0 || biasOffset + n > bias.Length)
                 throw new ArgumentException($"bias needs {n} elements from offset {biasOffset}; it has {bias.Length}.", nameof(bias));
         }
@@ -56,14 +56,13 @@ public static class Gemm
         try
         {
             biasHandle?.DangerousAddRef(ref added);
-            var status = Native.sw_gemm(stream.Handle, SwDtype.F32, transA ? SwOp.T : SwOp.N, transB ? SwOp.T : SwOp.N,
+            ThrowHelper.Check(Native.sw_gemm(stream.Handle, SwDtype.F32, transA ? SwOp.T : SwOp.N, transB ? SwOp.T : SwOp.N,
                 m, n, k, alpha,
                 a.Buffer.Handle, (ulong)a.Offset, a.Ld,
                 b.Buffer.Handle, (ulong)b.Offset, b.Ld,
                 beta,
                 c.Buffer.Handle, (ulong)c.Offset, c.Ld,
-                biasHandle?.DangerousGetHandle() ?? 0, (ulong)biasOffset, (SwEpilogue)epilogue);
-            ThrowHelper.Check(status, nameof(Native.sw_gemm));
+                biasHandle?.DangerousGetHandle() ?? 0, (ulong)biasOffset, (SwEpilogue)epilogue));
         }
         finally
         {

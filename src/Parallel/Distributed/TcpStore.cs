@@ -14,7 +14,7 @@ public sealed class TcpStore : IDisposable
     {
         Handle = handle;
         Timeout = timeout;
-        ThrowHelper.Check(Native.sw_store_get_port(handle, out int port), nameof(Native.sw_store_get_port));
+        ThrowHelper.Check(Native.sw_store_get_port(handle, out int port));
         Port = port;
     }
 
@@ -30,8 +30,7 @@ public sealed class TcpStore : IDisposable
             throw new ArgumentOutOfRangeException(nameof(port), port, "port must be in [1, 65535] (0, any free port, only for the server).");
         var t = timeout ?? ProcessGroup.DefaultTimeout;
         if (t <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(timeout), t, "timeout must be positive.");
-        ThrowHelper.Check(Native.sw_store_create(host, port, isServer ? 1 : 0, (long)Math.Ceiling(t.TotalMilliseconds), out var h),
-            nameof(Native.sw_store_create));
+        ThrowHelper.Check(Native.sw_store_create(host, port, isServer ? 1 : 0, (long)Math.Ceiling(t.TotalMilliseconds), out var h));
         return new TcpStore(h, t);
     }
 
@@ -49,7 +48,7 @@ public sealed class TcpStore : IDisposable
     {
         ArgumentException.ThrowIfNullOrEmpty(key);
         fixed (byte* p = value)
-            ThrowHelper.Check(Native.sw_store_set(Handle, key, p, (ulong)value.Length), nameof(Native.sw_store_set));
+            ThrowHelper.Check(Native.sw_store_set(Handle, key, p, (ulong)value.Length));
     }
 
     /// <summary>Sets <paramref name="key"/> to a UTF-8 string.</summary>

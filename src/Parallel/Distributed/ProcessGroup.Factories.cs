@@ -3,80 +3,11 @@ using Shardwise.Bindings;
 
 namespace Shardwise.Parallel;
 
-/// <summary>
-/// A group of ranks that run collectives together.
-/// <list type="bullet">
-/// <item><see cref="CreateLocal(Device, int, TimeSpan?)"/>: an in-process group (virtual ranks: one stream each, possibly
-/// on one device); <see cref="Ranks"/> holds every rank.</item>
-/// <item><see cref="CreateTcp(Device, int, int, string, int, TimeSpan?)"/>, <see cref="CreateMpi"/>, <see cref="FromEnvironment"/>: a multi-process group, one rank
-/// per process (CPU devices); <see cref="Ranks"/> holds this process's rank only (<see cref="Local"/>).</item>
-/// <item><see cref="CreateNccl(IReadOnlyList{Device}, TimeSpan?)"/> (one rank per GPU in this process),
-/// <see cref="CreateNccl(Device, int, int, string, int, TimeSpan?)"/>, <see cref="CreateNcclMpi"/> and
-/// <see cref="FromEnvironment"/> on a CUDA device: an NCCL group (NCCL loaded at run time).</item>
-/// </list>
-/// Collectives are queued on the rank's stream; if a rank never joins, the others fail after <see cref="Timeout"/> with
-/// a <see cref="CollectiveTimeoutException"/> naming the rank, the operation and its sequence number, and the group is
-/// aborted (later collectives throw <see cref="CommunicatorAbortedException"/>). In a multi-process group a rank whose
-/// process dies makes the ranks waiting for it fail at once, and a failing rank tells the others, whose pending
-/// collectives then fail with its reason instead of at their timeout.
-/// </summary>
-public sealed class ProcessGroup : IDisposable
+// ProcessGroup's factories: the in-process groups (CreateLocal, CreateNccl over a list of GPUs), the multi-process ones
+// (CreateTcp, CreateMpi, CreateNccl, CreateNcclMpi, FromEnvironment), what the plugins report (MpiInfo, NcclInfo) and the
+// argument checks they share. The group itself is in ProcessGroup.cs.
+public sealed partial class ProcessGroup
 {
-    private readonly CommHandle _comm;
-    private readonly RankContext[] _ranks; // in-process: every rank; multi-process: this process's rank
-    private readonly TcpStore? _ownedStore;
-    private bool _disposed;
-
-    private ProcessGroup(Device[] devices, TimeSpan timeout, bool nccl = false)
-    {
-        Timeout = timeout;
-        WorldSize = devices.Length;
-        var raw = new nint[devices.Length];
-        for (int r = 0; r < devices.Length; r++)
-        {
-            ArgumentNullException.ThrowIfNull(devices[r], $"devices[{r}]");
-            raw[r] = devices[r].Handle.DangerousGetHandle();
-        }
-        unsafe
-        {
-            fixed (nint* p = raw)
-            {
-                if (nccl)
-                    ThrowHelper.Check(Native.sw_comm_create_nccl_local(devices.Length, p, TimeoutMs(timeout), out _comm),
-                        nameof(Native.sw_comm_create_nccl_local));
-                else
-                    ThrowHelper.Check(Native.sw_comm_create_local(devices.Length, p, TimeoutMs(timeout), out _comm),
-                        nameof(Native.sw_comm_create_local));
-            }
-        }
-        Backend = BackendOf(_comm);
-        _comm.SetParents(devices.Select(d => (SafeHandle)d.Handle).Distinct().ToArray());
-        GC.KeepAlive(devices);
-        _ranks = new RankContext[devices.Length];
-        for (int r = 0; r < devices.Length; r++) _ranks[r] = new RankContext(this, r, devices[r]);
-    }
-
-    // A multi-process group: `comm` is made; this process is one rank of it.
-    private ProcessGroup(CommHandle comm, Device device, TimeSpan timeout, TcpStore? ownedStore)
-    {
-        _comm = comm;
-        _ownedStore = ownedStore;
-        Timeout = timeout;
-        _comm.SetParents(device.Handle);
-        ThrowHelper.Check(Native.sw_comm_get_world_size(_comm, out int world), nameof(Native.sw_comm_get_world_size));
-        ThrowHelper.Check(Native.sw_comm_get_rank(_comm, out int rank), nameof(Native.sw_comm_get_rank));
-        WorldSize = world;
-        Backend = BackendOf(_comm);
-        IsMultiProcess = true;
-        _ranks = [new RankContext(this, rank, device)];
-    }
-
-    private static string BackendOf(CommHandle comm)
-    {
-        ThrowHelper.Check(Native.sw_comm_get_backend(comm, out nint name), nameof(Native.sw_comm_get_backend));
-        return Marshal.PtrToStringUTF8(name) ?? "?";
-    }
-
     // Checks a job's arguments and connects to its store (rank 0 serves it).
     private static (TimeSpan Timeout, TcpStore Store) JoinStore(Device device, int rank, int worldSize, string masterAddr, int masterPort,
         TimeSpan? timeout)
@@ -162,8 +93,7 @@ public sealed class ProcessGroup : IDisposable
 
     private static ProcessGroup CreateTcp(Device device, TcpStore store, string prefix, int rank, int worldSize, TimeSpan t, bool ownsStore)
     {
-        ThrowHelper.Check(Native.sw_comm_create_tcp(device.Handle, store.Handle, prefix, rank, worldSize, TimeoutMs(t), out var comm),
-            nameof(Native.sw_comm_create_tcp));
+        ThrowHelper.Check(Native.sw_comm_create_tcp(device.Handle, store.Handle, prefix, rank, worldSize, TimeoutMs(t), out var comm));
         comm.SetParents(store.Handle);
         return new ProcessGroup(comm, device, t, ownsStore ? store : null);
     }
@@ -179,7 +109,7 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         var t = CheckTimeout(timeout);
-        ThrowHelper.Check(Native.sw_comm_create_mpi(device.Handle, TimeoutMs(t), out var comm), nameof(Native.sw_comm_create_mpi));
+        ThrowHelper.Check(Native.sw_comm_create_mpi(device.Handle, TimeoutMs(t), out var comm));
         return new ProcessGroup(comm, device, t, null);
     }
 
@@ -207,8 +137,7 @@ public sealed class ProcessGroup : IDisposable
         var (t, store) = JoinStore(device, rank, worldSize, masterAddr, masterPort, timeout);
         try
         {
-            ThrowHelper.Check(Native.sw_comm_create_nccl(device.Handle, store.Handle, "shardwise", rank, worldSize, TimeoutMs(t), out var comm),
-                nameof(Native.sw_comm_create_nccl));
+            ThrowHelper.Check(Native.sw_comm_create_nccl(device.Handle, store.Handle, "shardwise", rank, worldSize, TimeoutMs(t), out var comm));
             comm.SetParents(store.Handle);
             return new ProcessGroup(comm, device, t, store);
         }
@@ -225,7 +154,7 @@ public sealed class ProcessGroup : IDisposable
         var id = new byte[128];
         unsafe
         {
-            fixed (byte* p = id) ThrowHelper.Check(Native.sw_nccl_get_unique_id(p), nameof(Native.sw_nccl_get_unique_id));
+            fixed (byte* p = id) ThrowHelper.Check(Native.sw_nccl_get_unique_id(p));
         }
         return id;
     }
@@ -247,8 +176,7 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             fixed (byte* p = uniqueId)
-                ThrowHelper.Check(Native.sw_comm_create_nccl_id(device.Handle, p, rank, worldSize, TimeoutMs(t), out comm),
-                    nameof(Native.sw_comm_create_nccl_id));
+                ThrowHelper.Check(Native.sw_comm_create_nccl_id(device.Handle, p, rank, worldSize, TimeoutMs(t), out comm));
         }
         return new ProcessGroup(comm, device, t, null);
     }
@@ -259,7 +187,7 @@ public sealed class ProcessGroup : IDisposable
     {
         ArgumentNullException.ThrowIfNull(device);
         var t = CheckTimeout(timeout);
-        ThrowHelper.Check(Native.sw_comm_create_nccl_mpi(device.Handle, TimeoutMs(t), out var comm), nameof(Native.sw_comm_create_nccl_mpi));
+        ThrowHelper.Check(Native.sw_comm_create_nccl_mpi(device.Handle, TimeoutMs(t), out var comm));
         return new ProcessGroup(comm, device, t, null);
     }
 
@@ -269,7 +197,7 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             byte* buf = stackalloc byte[2048];
-            ThrowHelper.Check(Native.sw_mpi_get_info(out int available, buf, 2048), nameof(Native.sw_mpi_get_info));
+            ThrowHelper.Check(Native.sw_mpi_get_info(out int available, buf, 2048));
             return (available != 0, Marshal.PtrToStringUTF8((nint)buf) ?? "");
         }
     }
@@ -284,7 +212,7 @@ public sealed class ProcessGroup : IDisposable
         unsafe
         {
             byte* buf = stackalloc byte[4096];
-            ThrowHelper.Check(Native.sw_nccl_get_info(out int available, out int version, buf, 4096), nameof(Native.sw_nccl_get_info));
+            ThrowHelper.Check(Native.sw_nccl_get_info(out int available, out int version, buf, 4096));
             return (available != 0, version, Marshal.PtrToStringUTF8((nint)buf) ?? "");
         }
     }
@@ -322,115 +250,5 @@ public sealed class ProcessGroup : IDisposable
         return device.Backend == Shardwise.Parallel.Backend.Cuda
             ? CreateNccl(device, r, world, addr, port, timeout)
             : CreateTcp(device, r, world, addr, port, timeout);
-    }
-
-    /// <summary>Number of ranks (in every process of a multi-process group).</summary>
-    public int WorldSize { get; }
-
-    /// <summary>The communicator's kind: "local" (in-process), "tcp", "mpi" or "nccl".</summary>
-    public string Backend { get; }
-
-    /// <summary>True for a group whose ranks are separate processes (TCP, MPI, NCCL across processes): this process runs
-    /// <see cref="Local"/> only.</summary>
-    public bool IsMultiProcess { get; }
-
-    /// <summary>This process's rank: the one rank of a multi-process group, or of a one-rank in-process group.</summary>
-    public RankContext Local => _ranks.Length == 1 ? _ranks[0]
-        : throw new InvalidOperationException($"this in-process group runs all {WorldSize} ranks in this process; use group[rank] or Ranks.");
-
-    /// <summary>How long a collective waits for the other ranks.</summary>
-    public TimeSpan Timeout { get; }
-
-    /// <summary>Rank <paramref name="rank"/>'s context (its device, stream and collectives). In a multi-process group
-    /// only this process's rank is here; another rank throws <see cref="ArgumentException"/>.</summary>
-    public RankContext this[int rank]
-    {
-        get
-        {
-            ThrowHelper.Rank(rank, WorldSize);
-            if (!IsMultiProcess) return _ranks[rank];
-            if (rank != _ranks[0].Rank)
-                throw new ArgumentException($"rank {rank} runs in another process; this process is rank {_ranks[0].Rank} of the {Backend} group (use group.Local).", nameof(rank));
-            return _ranks[0];
-        }
-    }
-
-    /// <summary>The ranks this process runs: every rank of an in-process group, this process's rank of a multi-process one.</summary>
-    public IReadOnlyList<RankContext> Ranks => _ranks;
-
-    /// <summary>Rank r's device, for memory planning (ranks sharing a device add up; ranks of other processes have their own).</summary>
-    public IReadOnlyList<object> DeviceOfRank => IsMultiProcess
-        ? Enumerable.Range(0, WorldSize).Select(r => r == _ranks[0].Rank ? (object)_ranks[0].Device : new object()).ToArray()
-        : _ranks.Select(r => (object)r.Device).ToArray();
-
-    /// <summary>True when every rank is on the same device (virtual ranks).</summary>
-    public bool IsSingleDevice => (!IsMultiProcess || WorldSize == 1) && _ranks.All(r => ReferenceEquals(r.Device, _ranks[0].Device));
-
-    /// <summary>The native communicator (for calling the C ABI directly).</summary>
-    public CommHandle Handle => Comm;
-
-    internal CommHandle Comm
-    {
-        get
-        {
-            ObjectDisposedException.ThrowIf(_disposed, this);
-            return _comm;
-        }
-    }
-
-    /// <summary>True once a collective failed (timeout, mismatch) or <see cref="Abort()"/> was called.</summary>
-    public bool IsAborted => State().Aborted;
-
-    /// <summary>Why the group was aborted, or null.</summary>
-    public string? AbortReason => State().Reason;
-
-    private unsafe (bool Aborted, string? Reason) State()
-    {
-        byte* buf = stackalloc byte[1024];
-        ThrowHelper.Check(Native.sw_comm_get_state(Comm, out int aborted, buf, 1024), nameof(Native.sw_comm_get_state));
-        return aborted != 0 ? (true, Marshal.PtrToStringUTF8((nint)buf)) : (false, null);
-    }
-
-    /// <summary>Aborts the group: pending and later collectives fail at once. Never blocks.</summary>
-    public void Abort() => ThrowHelper.Check(Native.sw_comm_abort(Comm), nameof(Native.sw_comm_abort));
-
-    /// <summary>Aborts the group with <paramref name="reason"/>, which every rank's failing collectives then report (in a
-    /// multi-process group the other processes are told it too). The first abort's reason wins. Never blocks.</summary>
-    public void Abort(string reason)
-    {
-        ArgumentException.ThrowIfNullOrEmpty(reason);
-        ThrowHelper.Check(Native.sw_comm_abort_with_reason(Comm, reason), nameof(Native.sw_comm_abort_with_reason));
-    }
-
-    /// <summary>Number of collectives rank <paramref name="rank"/> has completed.</summary>
-    public ulong CollectiveCount(int rank)
-    {
-        _ = this[rank]; // in range, and run by this process
-        ThrowHelper.Check(Native.sw_comm_get_collective_count(Comm, rank, out ulong n), nameof(Native.sw_comm_get_collective_count));
-        return n;
-    }
-
-    /// <summary>Waits for every rank's stream; throws the first error.</summary>
-    public void Synchronize()
-    {
-        List<Exception>? errors = null;
-        foreach (var r in _ranks)
-        {
-            try { r.Stream.Synchronize(); }
-            catch (ShardwiseException e) { (errors ??= []).Add(e); }
-        }
-        if (errors is { Count: 1 }) throw errors[0];
-        if (errors is not null) throw new AggregateException("several ranks failed", errors);
-    }
-
-    /// <summary>Releases the communicator (collectives still queued then fail at once instead of waiting for
-    /// peers), then drains and releases every rank's stream.</summary>
-    public void Dispose()
-    {
-        if (_disposed) return;
-        _disposed = true;
-        _comm.Dispose();
-        foreach (var r in _ranks) r.DisposeStream();
-        _ownedStore?.Dispose();
     }
 }

@@ -22,8 +22,8 @@ public sealed class ShardedGemm : IDisposable
         _group = group;
         K = weight.Rows;
         N = weight.Cols;
-        ThrowHelper.Positive(K, "weight.Rows");
-        ThrowHelper.Positive(N, "weight.Cols");
+        ThrowHelper.Positive(weight.Rows);
+        ThrowHelper.Positive(weight.Cols);
         if (group.IsMultiProcess)
             throw new NotSupportedException(
                 $"ShardedGemm drives every rank of an in-process group, but this {group.Backend} group runs one rank per process; " +
@@ -31,8 +31,7 @@ public sealed class ShardedGemm : IDisposable
         Plan = plan ?? ShardingPlan.Even(N, group.WorldSize);
         Plan.Require(N, group.WorldSize, nameof(plan));
         // Every shard lives on the one device: they must fit together.
-        LayerPlan.ColumnParallel(K, N, group.WorldSize, bias: false, gatherOutput: false, split: Plan)
-            .EnsureFits((long)Math.Min(group[0].Device.MemoryLimitBytes, long.MaxValue), group.DeviceOfRank);
+        LayerPlan.ColumnParallel(K, N, group.WorldSize, bias: false, gatherOutput: false, split: Plan).EnsureFitsOn(group[0]);
         _shards = new DeviceBuffer<float>?[group.WorldSize];
         try
         {
@@ -58,7 +57,7 @@ public sealed class ShardedGemm : IDisposable
     /// <summary>Rank r's shard (K × n_r), or null if empty.</summary>
     public DeviceBuffer<float>? Shard(int rank)
     {
-        ThrowHelper.Rank(rank, _shards.Length, nameof(rank));
+        ThrowHelper.Rank(rank, _shards.Length);
         return _shards[rank];
     }
 
@@ -66,10 +65,10 @@ public sealed class ShardedGemm : IDisposable
     /// bias (optional) holds N elements; all on the group's device.</summary>
     public void Forward(MatrixView x, MatrixView y, DeviceBuffer<float>? bias = null, Epilogue epilogue = Epilogue.None)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        if (y.IsEmpty) throw new ArgumentException("y is an empty (default) view.", nameof(y));
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(y);
         if (x.Cols != K) throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected M x {K}.", nameof(x));
-        ThrowHelper.Shape(y, x.Rows, N, nameof(y), "M x N");
+        ThrowHelper.Shape(y, x.Rows, N, "M x N");
         if (bias is not null && bias.Length < N)
             throw new ArgumentException($"bias has {bias.Length} elements; expected {N}.", nameof(bias));
         var ranks = _group.Ranks;

@@ -76,13 +76,17 @@ public static class Spmd
 /// first (<see cref="CauseRank"/>), which is also <see cref="Exception.InnerException"/> and the first of
 /// <see cref="AggregateException.InnerExceptions"/>; the other ranks usually failed as its consequence (their collectives
 /// were aborted: <see cref="CommunicatorAbortedException"/> naming <see cref="CauseRank"/>). <see cref="RankErrors"/> maps
-/// every failed rank to its error.
+/// every failed rank to its error. <see cref="Message"/> states each rank's failure once (the inner exceptions' full text
+/// and stack traces are in <see cref="Exception.ToString"/>).
 /// </summary>
 public sealed class SpmdException : AggregateException
 {
+    private readonly string _message;
+
     internal SpmdException(Exception?[] errors, int[] order)
         : base(Describe(errors, order, out int cause), Ordered(errors, order, cause))
     {
+        _message = Describe(errors, order, out _);
         var map = new Dictionary<int, Exception>();
         for (int r = 0; r < errors.Length; r++)
             if (errors[r] is { } e) map[r] = e;
@@ -90,6 +94,11 @@ public sealed class SpmdException : AggregateException
         CauseRank = cause;
         Cause = errors[cause]!;
     }
+
+    /// <summary>Which ranks failed, the first one's error, the other errors of their own, and the ranks that failed as a
+    /// consequence (named, not repeated: their abort reason restates the cause). Unlike <see cref="AggregateException"/>'s
+    /// message, the inner exceptions' messages are not appended a second time.</summary>
+    public override string Message => _message;
 
     /// <summary>The error of each failed rank.</summary>
     public IReadOnlyDictionary<int, Exception> RankErrors { get; }

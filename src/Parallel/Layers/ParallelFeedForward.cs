@@ -22,8 +22,7 @@ public sealed class ParallelFeedForward : IDisposable
             throw new ArgumentException($"w2 is {w2.Rows} x {w2.Cols}; expected F x H = {w1.Cols} x {w1.Rows} (w1 is H x F = {w1.Rows} x {w1.Cols}).", nameof(w2));
         _ctx = context;
         Plan = plan ?? ShardingPlan.Even(w1.Cols, context.WorldSize);
-        LayerPlan.FeedForward(w1.Rows, w1.Cols, context.WorldSize, split: Plan)
-            .EnsureFits((long)Math.Min(context.Device.MemoryLimitBytes, long.MaxValue), context.Group.DeviceOfRank);
+        LayerPlan.FeedForward(w1.Rows, w1.Cols, context.WorldSize, split: Plan).EnsureFitsOn(context);
         Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan, epilogue: Epilogue.Gelu);
         try { Down = new RowParallelLinear(context, w2, b2, inputIsParallel: true, plan: Plan); }
         catch { Up.Dispose(); throw; }
@@ -46,9 +45,9 @@ public sealed class ParallelFeedForward : IDisposable
     /// <summary>Queues Y = GeLU(X·W1 + b1)·W2 + b2 on the rank's stream: X is M × H, Y is M × H, on every rank.</summary>
     public void Forward(MatrixView x, MatrixView y)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        ThrowHelper.NotEmpty(x);
         long m = x.Rows, fr = Up.LocalOutFeatures;
-        ThrowHelper.Positive(m, "x.Rows");
+        ThrowHelper.Positive(x.Rows);
         var h = Scratch.Ensure(ref _hidden, _ctx.Device, m * fr).AsMatrix(m, fr, Math.Max(1, fr));
         Up.Forward(x, h);
         Down.Forward(h, y);
@@ -67,9 +66,9 @@ public sealed class ParallelFeedForward : IDisposable
         if (tokens.Parts != _ctx.WorldSize)
             throw new ArgumentException($"tokens splits over {tokens.Parts} ranks; expected {_ctx.WorldSize}.", nameof(tokens));
         long m = tokens.Total, mr = tokens.Size(_ctx.Rank), hdim = ModelFeatures, fr = Up.LocalOutFeatures;
-        ThrowHelper.Positive(m, "tokens.Total");
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        ThrowHelper.Shape(x, mr, hdim, nameof(x), "this rank's token rows x model features");
+        ThrowHelper.Positive(tokens.Total);
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.Shape(x, mr, hdim, "this rank's token rows x model features");
         if (mr > 1 && x.Ld != hdim)
             throw new ArgumentException($"x has ld {x.Ld}; the gather needs contiguous rows (ld = {hdim}).", nameof(x));
         // [0, m·H): the gathered input; then the hidden activation.
@@ -89,8 +88,8 @@ public sealed class ParallelFeedForward : IDisposable
     /// </summary>
     public FeedForwardActivations ForwardTraining(MatrixView x, MatrixView y, bool keepActivations = true)
     {
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
-        ThrowHelper.Shape(x, x.Rows, ModelFeatures, nameof(x), "M x model features");
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.Shape(x, x.Rows, ModelFeatures, "M x model features");
         var saved = new FeedForwardActivations(_ctx.Device, x.Rows, Up.LocalOutFeatures);
         try
         {
@@ -118,11 +117,11 @@ public sealed class ParallelFeedForward : IDisposable
     {
         ArgumentNullException.ThrowIfNull(gradients);
         ArgumentNullException.ThrowIfNull(saved);
-        if (x.IsEmpty) throw new ArgumentException("x is an empty (default) view.", nameof(x));
+        ThrowHelper.NotEmpty(x);
         long m = x.Rows, fr = Up.LocalOutFeatures, hdim = ModelFeatures;
         if (saved.Rows != m || saved.HiddenFeatures != fr)
             throw new ArgumentException($"saved activations are for {saved.Rows} x {saved.HiddenFeatures}; expected {m} x {fr}.", nameof(saved));
-        ThrowHelper.Shape(dy, m, hdim, nameof(dy), "M x model features");
+        ThrowHelper.Shape(dy, m, hdim, "M x model features");
         if (!saved.IsKept) ComputeHidden(x, saved.Recreate());
         // dH (M × f_r) = dY · W2_rᵀ, dW2_r, db2 — the row-parallel layer's backward with a parallel input.
         var dh = saved.GradientView;

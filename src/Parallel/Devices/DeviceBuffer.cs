@@ -43,7 +43,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     // an OverflowException). Allocate: limit = the largest length whose byte size fits a long (larger sizes that fit
     // are the native core's to refuse: ShardwiseOutOfMemoryException above 2^50 bytes). Wrap: 2^50 bytes, the core's
     // limit for wrapped memory.
-    private static ulong ByteSize(long length, string name, long limit)
+    private static ulong ByteSize(long length, long limit, [CallerArgumentExpression(nameof(length))] string name = "")
     {
         ThrowHelper.Positive(length, name);
         if (length > limit)
@@ -56,8 +56,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(device);
         CheckType();
-        ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, ByteSize(length, nameof(length), long.MaxValue / sizeof(T)), out var h),
-            nameof(Native.sw_buffer_alloc));
+        ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, ByteSize(length, long.MaxValue / sizeof(T)), out var h));
         return new DeviceBuffer<T>(device, h, length, owned: true);
     }
 
@@ -66,8 +65,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         ArgumentNullException.ThrowIfNull(device);
         CheckType();
         if (pointer == 0) throw new ArgumentNullException(nameof(pointer), "pointer is null; expected the address of the memory to wrap.");
-        ThrowHelper.Check(Native.sw_buffer_wrap(device.Handle, pointer, ByteSize(length, nameof(length), (1L << 50) / sizeof(T)), out var h),
-            nameof(Native.sw_buffer_wrap));
+        ThrowHelper.Check(Native.sw_buffer_wrap(device.Handle, pointer, ByteSize(length, (1L << 50) / sizeof(T)), out var h));
         return new DeviceBuffer<T>(device, h, length, owned: false);
     }
 
@@ -94,13 +92,14 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         get
         {
-            ThrowHelper.Check(Native.sw_buffer_get_pointer(Handle, out var p), nameof(Native.sw_buffer_get_pointer));
+            ThrowHelper.Check(Native.sw_buffer_get_pointer(Handle, out var p));
             return p;
         }
     }
 
     // Throws naming the argument at fault: offsetName when the offset is outside [0, Length], else countName.
-    private void CheckRange(long offset, long count, string offsetName, string countName)
+    private void CheckRange(long offset, long count, [CallerArgumentExpression(nameof(offset))] string offsetName = "",
+        [CallerArgumentExpression(nameof(count))] string countName = "")
     {
         if (offset < 0 || offset > Length)
             throw new ArgumentOutOfRangeException(offsetName, offset,
@@ -121,36 +120,36 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Copies <paramref name="source"/> into the buffer at <paramref name="offset"/> through
     /// <paramref name="stream"/> and waits for it (the span need not outlive the call).</summary>
-    public void CopyFrom(ReadOnlySpan<T> source, Stream stream, long offset = 0)
+    public void CopyFrom(ReadOnlySpan<T> source, DeviceStream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(offset, source.Length, nameof(offset), nameof(source));
-        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        CheckRange(offset, source.Length, countName: nameof(source));
+        ThrowHelper.SameDevice(stream.Device, this, "buffer");
         fixed (T* p = source)
         {
             ThrowHelper.Check(Native.sw_memcpy_h2d_async(Handle, (ulong)offset * (ulong)sizeof(T), p,
-                (ulong)source.Length * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_h2d_async));
+                (ulong)source.Length * (ulong)sizeof(T), stream.Handle));
             stream.Synchronize(); // inside `fixed`: the stream reads the span when it gets there
         }
     }
 
     /// <summary>Copies from the buffer at <paramref name="offset"/> into <paramref name="destination"/> through
     /// <paramref name="stream"/> (after the work already queued there) and waits for it.</summary>
-    public void CopyTo(Span<T> destination, Stream stream, long offset = 0)
+    public void CopyTo(Span<T> destination, DeviceStream stream, long offset = 0)
     {
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(offset, destination.Length, nameof(offset), nameof(destination));
-        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        CheckRange(offset, destination.Length, countName: nameof(destination));
+        ThrowHelper.SameDevice(stream.Device, this, "buffer");
         fixed (T* p = destination)
         {
             ThrowHelper.Check(Native.sw_memcpy_d2h_async(p, Handle, (ulong)offset * (ulong)sizeof(T),
-                (ulong)destination.Length * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_d2h_async));
+                (ulong)destination.Length * (ulong)sizeof(T), stream.Handle));
             stream.Synchronize(); // inside `fixed`: the stream writes the span when it gets there
         }
     }
 
     /// <summary>Copies the whole buffer into a new host array.</summary>
-    public T[] ToArray(Stream stream)
+    public T[] ToArray(DeviceStream stream)
     {
         var a = new T[Length];
         CopyTo(a, stream);
@@ -159,11 +158,11 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Fills <paramref name="count"/> elements from <paramref name="offset"/> with <paramref name="value"/> through
     /// <paramref name="stream"/> and waits (all-zero bits: a device memset; otherwise a bounded host staging copy).</summary>
-    public void Fill(T value, Stream stream, long offset = 0, long count = -1)
+    public void Fill(T value, DeviceStream stream, long offset = 0, long count = -1)
     {
         ArgumentNullException.ThrowIfNull(stream);
         count = CountOrRest(offset, count);
-        CheckRange(offset, count, nameof(offset), nameof(count));
+        CheckRange(offset, count);
         if (IsAllZeroBits(value))
         {
             Clear(stream, offset, count);
@@ -184,27 +183,27 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Queues setting <paramref name="count"/> elements from <paramref name="offset"/> to all-zero bits
     /// (0 for every element type) on <paramref name="stream"/>; returns at once.</summary>
-    public void Clear(Stream stream, long offset = 0, long count = -1)
+    public void Clear(DeviceStream stream, long offset = 0, long count = -1)
     {
         ArgumentNullException.ThrowIfNull(stream);
         count = CountOrRest(offset, count);
-        CheckRange(offset, count, nameof(offset), nameof(count));
-        ThrowHelper.SameDevice(stream.Device, Device, "buffer");
+        CheckRange(offset, count);
+        ThrowHelper.SameDevice(stream.Device, this, "buffer");
         ThrowHelper.Check(Native.sw_memset_async(Handle, (ulong)offset * (ulong)sizeof(T), 0, (ulong)count * (ulong)sizeof(T),
-            stream.Handle), nameof(Native.sw_memset_async));
+            stream.Handle));
     }
 
     /// <summary>Queues a device-to-device copy of <paramref name="count"/> elements into <paramref name="destination"/>
     /// on <paramref name="stream"/> (the destination's device); returns at once.</summary>
-    public void CopyTo(DeviceBuffer<T> destination, Stream stream, long sourceOffset, long destinationOffset, long count)
+    public void CopyTo(DeviceBuffer<T> destination, DeviceStream stream, long sourceOffset, long destinationOffset, long count)
     {
         ArgumentNullException.ThrowIfNull(destination);
         ArgumentNullException.ThrowIfNull(stream);
-        CheckRange(sourceOffset, count, nameof(sourceOffset), nameof(count));
-        destination.CheckRange(destinationOffset, count, nameof(destinationOffset), nameof(count));
-        ThrowHelper.SameDevice(stream.Device, destination.Device, nameof(destination));
+        CheckRange(sourceOffset, count);
+        destination.CheckRange(destinationOffset, count);
+        ThrowHelper.SameDevice(stream.Device, destination);
         ThrowHelper.Check(Native.sw_memcpy_d2d_async(destination.Handle, (ulong)destinationOffset * (ulong)sizeof(T), Handle,
-            (ulong)sourceOffset * (ulong)sizeof(T), (ulong)count * (ulong)sizeof(T), stream.Handle), nameof(Native.sw_memcpy_d2d_async));
+            (ulong)sourceOffset * (ulong)sizeof(T), (ulong)count * (ulong)sizeof(T), stream.Handle));
     }
 
     /// <summary>A row-major matrix view of this buffer (float buffers only).</summary>
@@ -217,70 +216,4 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 
     /// <summary>Releases the handle (and the memory, if owned) once no queued work uses it.</summary>
     public void Dispose() => _handle.Dispose();
-}
-
-/// <summary>
-/// A row-major float32 matrix inside a <see cref="DeviceBuffer{T}"/>: element (i, j) is at
-/// <c>Offset + i * Ld + j</c>. Cheap to copy; validated on creation.
-/// </summary>
-public readonly struct MatrixView
-{
-    /// <summary>Creates a view; throws if the matrix does not fit in the buffer.</summary>
-    public MatrixView(DeviceBuffer<float> buffer, long rows, long cols, long ld, long offset = 0)
-    {
-        ArgumentNullException.ThrowIfNull(buffer);
-        ThrowHelper.NonNegative(rows, nameof(rows));
-        ThrowHelper.NonNegative(cols, nameof(cols));
-        ThrowHelper.NonNegative(offset, nameof(offset));
-        if (ld < Math.Max(cols, 1))
-            throw new ArgumentOutOfRangeException(nameof(ld), ld, $"ld = {ld} is smaller than cols = {cols}; expected ld >= {Math.Max(cols, 1)}.");
-        long end; // one past the last element, computed without wrapping around
-        try { end = checked(offset + (rows == 0 || cols == 0 ? 0 : (rows - 1) * ld + cols)); }
-        catch (OverflowException)
-        {
-            throw new ArgumentOutOfRangeException(nameof(ld), ld, $"a {rows} x {cols} matrix with ld {ld} spans more than 2^63 elements.");
-        }
-        long extent = end - offset;
-        if (end > buffer.Length)
-            throw new ArgumentException(
-                $"a {rows} x {cols} matrix with ld {ld} at offset {offset} needs {offset + extent} elements; the buffer has {buffer.Length}.",
-                nameof(buffer));
-        Buffer = buffer;
-        Rows = rows;
-        Cols = cols;
-        Ld = ld;
-        Offset = offset;
-    }
-
-    /// <summary>The buffer holding the matrix.</summary>
-    public DeviceBuffer<float> Buffer { get; }
-    /// <summary>Number of rows.</summary>
-    public long Rows { get; }
-    /// <summary>Number of columns.</summary>
-    public long Cols { get; }
-    /// <summary>Leading dimension: elements between the starts of consecutive rows.</summary>
-    public long Ld { get; }
-    /// <summary>Element offset of (0, 0) in the buffer.</summary>
-    public long Offset { get; }
-    /// <summary>True for a default (unset) view.</summary>
-    public bool IsEmpty => Buffer is null;
-
-    /// <summary>Columns [start, start + count) as a view with the same leading dimension.</summary>
-    public MatrixView Columns(long start, long count)
-    {
-        if (start < 0 || count < 0 || start + count > Cols)
-            throw new ArgumentOutOfRangeException(nameof(start), $"columns [{start}, {start + count}) are outside 0..{Cols}.");
-        return new MatrixView(Buffer, Rows, count, Ld, Offset + start);
-    }
-
-    /// <summary>Rows [start, start + count) as a view.</summary>
-    public MatrixView RowRange(long start, long count)
-    {
-        if (start < 0 || count < 0 || start + count > Rows)
-            throw new ArgumentOutOfRangeException(nameof(start), $"rows [{start}, {start + count}) are outside 0..{Rows}.");
-        return new MatrixView(Buffer, count, Cols, Ld, Offset + start * Ld);
-    }
-
-    /// <inheritdoc />
-    public override string ToString() => $"{Rows} x {Cols} (ld {Ld}, offset {Offset})";
 }

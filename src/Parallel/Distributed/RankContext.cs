@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Shardwise.Bindings;
 
 namespace Shardwise.Parallel;
@@ -9,7 +10,7 @@ namespace Shardwise.Parallel;
 /// </summary>
 public sealed class RankContext
 {
-    private readonly Stream _stream;
+    private readonly DeviceStream _stream;
 
     internal RankContext(ProcessGroup group, int rank, Device device)
     {
@@ -28,20 +29,24 @@ public sealed class RankContext
     /// <summary>This rank's device.</summary>
     public Device Device { get; }
     /// <summary>This rank's stream: its GEMMs and collectives run here, in order.</summary>
-    public Stream Stream => _stream;
+    public DeviceStream Stream => _stream;
 
     internal void DisposeStream() => _stream.Dispose();
 
     /// <summary>Waits for this rank's queued work and throws its first error.</summary>
     public void Synchronize() => _stream.Synchronize();
 
-    private void Own<T>(DeviceBuffer<T> buffer, string name) where T : unmanaged
+    // The argument checks name the argument the caller passed (send, recv, buffer).
+    private void Own<T>(DeviceBuffer<T> buffer, [CallerArgumentExpression(nameof(buffer))] string name = "") where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(buffer, name);
-        ThrowHelper.SameDevice(Device, buffer.Device, name);
+        ThrowHelper.SameDevice(Device, buffer, name);
     }
 
-    private static void Fits<T>(DeviceBuffer<T> buffer, long offset, long count, string name) where T : unmanaged
+    private void Own(MatrixView view, [CallerArgumentExpression(nameof(view))] string name = "") => Own(view.Buffer, name);
+
+    private static void Fits<T>(DeviceBuffer<T> buffer, long offset, long count, [CallerArgumentExpression(nameof(buffer))] string name = "")
+        where T : unmanaged
     {
         if (offset < 0 || count < 0 || offset + count > buffer.Length)
             throw new ArgumentException($"{name} needs elements [{offset}, {offset + count}); it has {buffer.Length}.", name);
@@ -51,25 +56,25 @@ public sealed class RankContext
     public void AllGather<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send, nameof(send));
-        Own(recv, nameof(recv));
+        Own(send);
+        Own(recv);
         if (count < 0) count = send.Length - sendOffset;
-        Fits(send, sendOffset, count, nameof(send));
-        Fits(recv, recvOffset, count * WorldSize, nameof(recv));
+        Fits(send, sendOffset, count);
+        Fits(recv, recvOffset, count * WorldSize);
         ThrowHelper.Check(Native.sw_all_gather(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
-            (ulong)count, DeviceBuffer<T>.Dtype, _stream.Handle), nameof(Native.sw_all_gather));
+            (ulong)count, DeviceBuffer<T>.Dtype, _stream.Handle));
     }
 
     /// <summary>Uneven all-gather: recv receives every rank's <paramref name="count"/> elements concatenated in rank order.</summary>
     public void AllGatherV<T>(DeviceBuffer<T> send, long count, DeviceBuffer<T> recv, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send, nameof(send));
-        Own(recv, nameof(recv));
-        Fits(send, sendOffset, count, nameof(send));
-        Fits(recv, recvOffset, 0, nameof(recv));
+        Own(send);
+        Own(recv);
+        Fits(send, sendOffset, count);
+        Fits(recv, recvOffset, 0);
         ThrowHelper.Check(Native.sw_all_gather_v(Group.Comm, Rank, send.Handle, (ulong)sendOffset, (ulong)count, recv.Handle,
-            (ulong)recvOffset, (ulong)(recv.Length - recvOffset), DeviceBuffer<T>.Dtype, _stream.Handle), nameof(Native.sw_all_gather_v));
+            (ulong)recvOffset, (ulong)(recv.Length - recvOffset), DeviceBuffer<T>.Dtype, _stream.Handle));
     }
 
     /// <summary>
@@ -78,12 +83,12 @@ public sealed class RankContext
     /// </summary>
     public void AllGatherColumns(MatrixView send, MatrixView recv)
     {
-        if (recv.IsEmpty) throw new ArgumentException("recv is an empty (default) view.", nameof(recv));
-        Own(recv.Buffer, nameof(recv));
+        ThrowHelper.NotEmpty(recv);
+        Own(recv);
         long rows = recv.Rows, cols = send.IsEmpty ? 0 : send.Cols;
         if (!send.IsEmpty)
         {
-            Own(send.Buffer, nameof(send));
+            Own(send);
             if (send.Rows != recv.Rows)
                 throw new ArgumentException($"send has {send.Rows} rows but recv has {recv.Rows}; expected equal row counts.", nameof(send));
         }
@@ -91,21 +96,20 @@ public sealed class RankContext
             throw new ArgumentException($"send has {cols} columns, more than the {recv.Cols} of recv.", nameof(send));
         var sendBuf = send.IsEmpty || cols == 0 ? recv.Buffer : send.Buffer; // a 0-column block reads nothing
         ThrowHelper.Check(Native.sw_all_gather_columns(Group.Comm, Rank, sendBuf.Handle, (ulong)(send.IsEmpty ? 0 : send.Offset), rows, cols,
-            send.IsEmpty ? Math.Max(cols, 1) : send.Ld, recv.Buffer.Handle, (ulong)recv.Offset, recv.Ld, SwDtype.F32, _stream.Handle),
-            nameof(Native.sw_all_gather_columns));
+            send.IsEmpty ? Math.Max(cols, 1) : send.Ld, recv.Buffer.Handle, (ulong)recv.Offset, recv.Ld, SwDtype.F32, _stream.Handle));
     }
 
     /// <summary>recv[i] = Σ over ranks of send[i] (summed in rank order, identical on every rank). send may be recv.</summary>
     public void AllReduce<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send, nameof(send));
-        Own(recv, nameof(recv));
+        Own(send);
+        Own(recv);
         if (count < 0) count = send.Length - sendOffset;
-        Fits(send, sendOffset, count, nameof(send));
-        Fits(recv, recvOffset, count, nameof(recv));
+        Fits(send, sendOffset, count);
+        Fits(recv, recvOffset, count);
         ThrowHelper.Check(Native.sw_all_reduce(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
-            (ulong)count, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle), nameof(Native.sw_all_reduce));
+            (ulong)count, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
     }
 
     /// <summary>In-place all-reduce (sum).</summary>
@@ -115,13 +119,13 @@ public sealed class RankContext
     public void ReduceScatter<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount = -1, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send, nameof(send));
-        Own(recv, nameof(recv));
+        Own(send);
+        Own(recv);
         if (recvCount < 0) recvCount = (send.Length - sendOffset) / WorldSize;
-        Fits(send, sendOffset, recvCount * WorldSize, nameof(send));
-        Fits(recv, recvOffset, recvCount, nameof(recv));
+        Fits(send, sendOffset, recvCount * WorldSize);
+        Fits(recv, recvOffset, recvCount);
         ThrowHelper.Check(Native.sw_reduce_scatter(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
-            (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle), nameof(Native.sw_reduce_scatter));
+            (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
     }
 
     /// <summary>
@@ -132,29 +136,28 @@ public sealed class RankContext
     public void ReduceScatterV<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send, nameof(send));
-        Own(recv, nameof(recv));
-        Fits(send, sendOffset, 0, nameof(send));
-        if (recvCount > 0) Fits(recv, recvOffset, recvCount, nameof(recv));
-        else ThrowHelper.NonNegative(recvCount, nameof(recvCount));
+        Own(send);
+        Own(recv);
+        Fits(send, sendOffset, 0);
+        if (recvCount > 0) Fits(recv, recvOffset, recvCount);
+        else ThrowHelper.NonNegative(recvCount);
         ThrowHelper.Check(Native.sw_reduce_scatter_v(Group.Comm, Rank, send.Handle, (ulong)sendOffset, (ulong)(send.Length - sendOffset),
-            recv.Handle, (ulong)recvOffset, (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle),
-            nameof(Native.sw_reduce_scatter_v));
+            recv.Handle, (ulong)recvOffset, (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
     }
 
     /// <summary>Copies <paramref name="root"/>'s buffer into every rank's.</summary>
     public void Broadcast<T>(DeviceBuffer<T> buffer, int root, long count = -1, long offset = 0) where T : unmanaged
     {
-        Own(buffer, nameof(buffer));
-        ThrowHelper.Rank(root, WorldSize, nameof(root));
+        Own(buffer);
+        ThrowHelper.Rank(root, WorldSize);
         if (count < 0) count = buffer.Length - offset;
-        Fits(buffer, offset, count, nameof(buffer));
+        Fits(buffer, offset, count);
         ThrowHelper.Check(Native.sw_broadcast(Group.Comm, Rank, buffer.Handle, (ulong)offset, (ulong)count, DeviceBuffer<T>.Dtype,
-            root, _stream.Handle), nameof(Native.sw_broadcast));
+            root, _stream.Handle));
     }
 
     /// <summary>Queues a barrier: later work on this rank's stream starts after every rank reached it.</summary>
-    public void Barrier() => ThrowHelper.Check(Native.sw_barrier(Group.Comm, Rank, _stream.Handle), nameof(Native.sw_barrier));
+    public void Barrier() => ThrowHelper.Check(Native.sw_barrier(Group.Comm, Rank, _stream.Handle));
 
     /// <inheritdoc />
     public override string ToString() => $"rank {Rank} of {WorldSize} on {Device}";

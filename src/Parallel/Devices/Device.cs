@@ -23,7 +23,7 @@ public sealed class Device : IDisposable
     {
         _handle = handle;
         Backend = backend;
-        ThrowHelper.Check(Native.sw_device_get_info(handle, out var info), nameof(Native.sw_device_get_info));
+        ThrowHelper.Check(Native.sw_device_get_info(handle, out var info));
         Name = info.NameString;
         NumThreads = info.NumThreads;
         TotalMemoryBytes = info.TotalMemoryBytes;
@@ -52,7 +52,7 @@ public sealed class Device : IDisposable
     {
         get
         {
-            ThrowHelper.Check(Native.sw_device_get_info(Handle, out var info), nameof(Native.sw_device_get_info));
+            ThrowHelper.Check(Native.sw_device_get_info(Handle, out var info));
             return info.KernelString;
         }
     }
@@ -74,7 +74,7 @@ public sealed class Device : IDisposable
     {
         get
         {
-            ThrowHelper.Check(Native.sw_device_get_tile_shape(Handle, out var t), nameof(Native.sw_device_get_tile_shape));
+            ThrowHelper.Check(Native.sw_device_get_tile_shape(Handle, out var t));
             return t;
         }
     }
@@ -83,7 +83,7 @@ public sealed class Device : IDisposable
     public static int Count(Backend backend)
     {
         Native.EnsureCompatible();
-        ThrowHelper.Check(Native.sw_device_count((SwBackend)backend, out int n), nameof(Native.sw_device_count));
+        ThrowHelper.Check(Native.sw_device_count((SwBackend)backend, out int n));
         return n;
     }
 
@@ -98,7 +98,7 @@ public sealed class Device : IDisposable
     public static Device Open(Backend backend, int ordinal = 0, int threads = 0)
     {
         Native.EnsureCompatible();
-        ThrowHelper.Check(Native.sw_device_create((SwBackend)backend, ordinal, threads, out var h), nameof(Native.sw_device_create));
+        ThrowHelper.Check(Native.sw_device_create((SwBackend)backend, ordinal, threads, out var h));
         return new Device(h, backend);
     }
 
@@ -111,7 +111,7 @@ public sealed class Device : IDisposable
     public void SetKernel(string kernel)
     {
         ArgumentNullException.ThrowIfNull(kernel);
-        ThrowHelper.Check(Native.sw_device_set_kernel(Handle, kernel), nameof(Native.sw_device_set_kernel));
+        ThrowHelper.Check(Native.sw_device_set_kernel(Handle, kernel));
     }
 
     /// <summary>Allocates <paramref name="length"/> elements on this device (contents unspecified).</summary>
@@ -121,7 +121,7 @@ public sealed class Device : IDisposable
     public DeviceBuffer<T> Wrap<T>(nint pointer, long length) where T : unmanaged => DeviceBuffer<T>.Wrap(this, pointer, length);
 
     /// <summary>Creates an in-order asynchronous stream on this device.</summary>
-    public Stream CreateStream() => new(this);
+    public DeviceStream CreateStream() => new(this);
 
     /// <inheritdoc />
     public override string ToString() => Name;

@@ -1,0 +1,102 @@
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// Column-parallel linear layer <c>Y = X·W + b</c> for one rank (construct one per rank, e.g. inside
+/// <see cref="Spmd.Run"/>). W is K × N (in × out features); rank r holds only W[:, cols_r] (K × n_r) and b[cols_r],
+/// with cols_r from the <see cref="ShardingPlan"/> (uneven allowed, empty shards allowed).
+/// With <c>gatherOutput</c> the ranks' M × n_r results are all-gathered into Y[M, N] on every rank; without,
+/// each rank keeps its M × n_r slice (the input of a row-parallel layer).
+/// </summary>
+public sealed class ColumnParallelLinear : ParallelLinear
+{
+    /// <summary>Loads this rank's shard of <paramref name="weight"/> (K × N) and <paramref name="bias"/> (1 × N, optional).</summary>
+    public ColumnParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
+        bool gatherOutput = true, ShardingPlan? plan = null, Epilogue epilogue = Epilogue.None)
+        : base(context, weight, bias, plan, splitRows: false, split =>
+            LayerPlan.ColumnParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, gatherOutput: gatherOutput, split: split))
+    {
+        GatherOutput = gatherOutput;
+        Epilogue = epilogue;
+    }
+
+    /// <summary>n_r: this rank's output columns.</summary>
+    public long LocalOutFeatures => Plan.Size(Context.Rank);
+    /// <summary>First output column of this rank.</summary>
+    public long LocalOutOffset => Plan.Offset(Context.Rank);
+    /// <summary>Whether <see cref="Forward"/> all-gathers Y.</summary>
+    public bool GatherOutput { get; }
+    /// <summary>Fused epilogue (GeLU for the first layer of an FFN).</summary>
+    public Epilogue Epilogue { get; }
+
+    /// <summary>
+    /// Queues Y = X·W + b on the rank's stream. <paramref name="x"/> is M × K; <paramref name="y"/> is M × N with
+    /// gathering, else M × n_r. Errors of queued work surface at the rank's <c>Synchronize</c>.
+    /// </summary>
+    public void Forward(MatrixView x, MatrixView y)
+    {
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(y);
+        long m = x.Rows, n = LocalOutFeatures;
+        ThrowHelper.Positive(x.Rows);
+        if (x.Cols != InFeatures)
+            throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected {m} x {InFeatures} (M x in-features).", nameof(x));
+        ThrowHelper.Shape(y, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features, gathered" : "M x local out-features");
+        if (!GatherOutput)
+        {
+            if (n > 0) Gemm.Multiply(Context.Stream, x, Weight!.AsMatrix(InFeatures, n), y, bias: Bias, epilogue: Epilogue);
+            return;
+        }
+        if (n == 0)
+        {
+            Context.AllGatherColumns(default, y); // contributes nothing but joins the collective
+            return;
+        }
+        var local = Scratch(m * n).AsMatrix(m, n);
+        Gemm.Multiply(Context.Stream, x, Weight!.AsMatrix(InFeatures, n), local, bias: Bias, epilogue: Epilogue);
+        Context.AllGatherColumns(local, y);
+    }
+
+    /// <summary>
+    /// Queues the backward pass on the rank's stream, as Megatron does it: dW_r = Xᵀ·dY_r and db_r = Σ_rows dY_r
+    /// need no communication; dX = Σ_r dY_r·W_rᵀ takes one all-reduce. <paramref name="x"/> is the forward input
+    /// (M × K, kept by the caller — or recomputed); <paramref name="dy"/> is the gradient of the output, M × N when the
+    /// output was gathered (every rank passes the same) else this rank's M × n_r; <paramref name="dx"/> (M × K) receives
+    /// the input gradient on every rank. <paramref name="dWeight"/> (K × n_r) and <paramref name="dBias"/> (n_r) are
+    /// optional; with <paramref name="accumulate"/> they are added to (gradient accumulation), else overwritten.
+    /// </summary>
+    public void Backward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight = null,
+        DeviceBuffer<float>? dBias = null, bool accumulate = false)
+    {
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.NotEmpty(dy);
+        ThrowHelper.NotEmpty(dx);
+        if (Epilogue != Epilogue.None)
+            throw new NotSupportedException("Backward through a fused GeLU epilogue needs the pre-activation: use ParallelFeedForward.ForwardTraining / Backward, or a layer without epilogue.");
+        LinearBackward(x, dy, dx, dWeight, dBias, accumulate);
+    }
+
+    /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue).</summary>
+    internal void LinearBackward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight,
+        DeviceBuffer<float>? dBias, bool accumulate)
+    {
+        long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
+        ThrowHelper.Shape(x, m, k, "M x in-features, the forward input");
+        ThrowHelper.Shape(dy, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features" : "M x local out-features");
+        ThrowHelper.Shape(dx, m, k, "M x in-features");
+        if (dx.Ld != k && m > 1)
+            throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {k}).", nameof(dx));
+        var dyr = GatherOutput ? dy.Columns(LocalOutOffset, n) : dy;
+        if (n > 0)
+        {
+            if (dWeight is not null) GradientHelpers.WeightGradient(Context, x, dyr, dWeight, accumulate);
+            if (dBias is not null) GradientHelpers.ColumnSums(Context, ref _ones, dyr, dBias, accumulate);
+            Gemm.Multiply(Context.Stream, dyr, Weight!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
+        }
+        else
+        {
+            dx.Buffer.Clear(Context.Stream, dx.Offset, m * k); // this rank contributes nothing to dX
+        }
+        Context.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);
+    }
+
+}
