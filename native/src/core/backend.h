@@ -38,7 +38,7 @@ public:
 
     // ------------------------------------------------------------------ devices
     virtual int32_t device_count() = 0;
-    // A new device (ordinal and num_threads already range-checked against nothing: the backend checks them).
+    // A new device; the backend checks ordinal and num_threads (SW_ERR_NOT_FOUND for an ordinal it does not have).
     virtual std::shared_ptr<DeviceImpl> create_device(int32_t ordinal, int32_t num_threads) = 0;
     // Fills *info (zeroed by the caller).
     virtual void device_info(DeviceImpl& dev, sw_device_info* info) = 0;

@@ -1,6 +1,7 @@
 // The CUDA backend (core/backend.h): wraps the function table of the CUDA plugin (core/cuda_plugin_api.h), which
-// the core loads at run time (core/cuda_loader.h). Every table call goes through call(), the one place that turns
-// a failed status and the plugin's message into sw::Error. It lives in libshardwise (the plugin is dlopen'ed) and
+// the core loads at run time (core/cuda_loader.h). Every checked table call goes through call() (cuda_call), the one
+// place that turns a failed status and the plugin's message into sw::Error; only the release paths, which cannot
+// report, call the table directly and drop the error. It lives in libshardwise (the plugin is dlopen'ed) and
 // includes nothing under native/src/cuda.
 //
 // Devices keep, besides the table: the kernel choice (a cuda::GemmAlgo), the memory that stream workers could not
@@ -35,7 +36,7 @@ public:
     // ------------------------------------------------------------------ devices
     int32_t device_count() override {
         int32_t count = 0;
-        call([&](std::string* err) { return api_->device_count(&count, err); });
+        call(&cuda::PluginApi::device_count, &count);
         return count;
     }
 
@@ -44,7 +45,7 @@ public:
         if (ordinal < 0 || ordinal >= count)
             fail(SW_ERR_NOT_FOUND, "ordinal = ", ordinal, ": there are ", count, " CUDA devices");
         sw_device_info info{};
-        call([&](std::string* err) { return api_->device_info(ordinal, &info, err); });
+        call(&cuda::PluginApi::device_info, ordinal, &info);
         auto impl = std::make_shared<DeviceImpl>();
         impl->backend = SW_BACKEND_CUDA;
         impl->ops = this;
@@ -56,7 +57,7 @@ public:
     }
 
     void device_info(DeviceImpl& dev, sw_device_info* info) override {
-        call([&](std::string* err) { return api_->device_info(dev.ordinal, info, err); });
+        call(&cuda::PluginApi::device_info, dev.ordinal, info);
         copy_name(info->name, sizeof info->name, dev.name);
         copy_name(info->kernel, sizeof info->kernel, algo_name(dev.kernel.load()));
     }
@@ -77,7 +78,7 @@ public:
     // ------------------------------------------------------------------ memory
     void allocate(DeviceImpl& dev, uint64_t bytes, Storage& storage) override {
         dev.drain_deferred_frees();
-        call([&](std::string* err) { return api_->malloc_device(dev.ordinal, bytes, &storage.ptr, err); });
+        call(&cuda::PluginApi::malloc_device, dev.ordinal, bytes, &storage.ptr);
         storage.ops = this;
         storage.ordinal = dev.ordinal;
         storage.deferred = dev.deferred;
@@ -95,7 +96,7 @@ public:
 
     void check_wrap(DeviceImpl& dev, void* ptr) override {
         int32_t where = -1;
-        call([&](std::string* err) { return api_->pointer_device(ptr, &where, err); });
+        call(&cuda::PluginApi::pointer_device, ptr, &where);
         if (where != dev.ordinal)
             fail(SW_ERR_INVALID_ARGUMENT, "ptr is not memory of CUDA device ", dev.ordinal,
                  where < 0 ? " (it is host or unknown memory)" : str(" (it belongs to device ", where, ")").c_str());
@@ -103,7 +104,7 @@ public:
 
     // ------------------------------------------------------------------ streams
     void stream_create(sw_stream_s& s) override {
-        call([&](std::string* err) { return api_->stream_create(s.device_impl->ordinal, &s.cuda_stream, err); });
+        call(&cuda::PluginApi::stream_create, s.device_impl->ordinal, &s.cuda_stream);
         s.owns_cuda_stream = s.cuda_stream != nullptr;
     }
 
@@ -139,19 +140,17 @@ public:
         const sw_status host = s.impl->synchronize(message);
         s.device_impl->drain_deferred_frees();
         if (host != SW_OK) return host;
-        check(st, err);
+        cuda_check(st, err);
         return SW_OK;
     }
 
     void stream_wait_event(sw_stream_s& s, sw_event_s& e) override {
-        call([&](std::string* err) {
-            return api_->stream_wait_event(s.device_impl->ordinal, s.cuda_stream, e.cuda_event, err);
-        });
+        call(&cuda::PluginApi::stream_wait_event, s.device_impl->ordinal, s.cuda_stream, e.cuda_event);
     }
 
     // ------------------------------------------------------------------ events
     void event_create(sw_event_s& e) override {
-        call([&](std::string* err) { return api_->event_create(e.device_impl->ordinal, &e.cuda_event, err); });
+        call(&cuda::PluginApi::event_create, e.device_impl->ordinal, &e.cuda_event);
     }
 
     void event_release(sw_event_s& e) noexcept override {
@@ -161,20 +160,18 @@ public:
 
     void event_record(sw_event_s& e, sw_stream_s& s) override {
         if (s.device_impl != e.device_impl) fail_event_stream_mismatch(e, s);
-        call([&](std::string* err) {
-            return api_->event_record(e.device_impl->ordinal, e.cuda_event, s.cuda_stream, err);
-        });
+        call(&cuda::PluginApi::event_record, e.device_impl->ordinal, e.cuda_event, s.cuda_stream);
         std::lock_guard<std::mutex> lock(e.state->mu);
         ++e.state->recorded;
     }
 
     void event_synchronize(sw_event_s& e) override {
-        call([&](std::string* err) { return api_->event_synchronize(e.device_impl->ordinal, e.cuda_event, err); });
+        call(&cuda::PluginApi::event_synchronize, e.device_impl->ordinal, e.cuda_event);
     }
 
     int32_t event_query(sw_event_s& e) override {
         int32_t done = 0;
-        call([&](std::string* err) { return api_->event_query(e.device_impl->ordinal, e.cuda_event, &done, err); });
+        call(&cuda::PluginApi::event_query, e.device_impl->ordinal, e.cuda_event, &done);
         return done;
     }
 
@@ -185,9 +182,7 @@ public:
             if (e->state->recorded == 0) fail(SW_ERR_INVALID_ARGUMENT, e == &a ? "start" : "end", " was never recorded");
         }
         float f = 0;
-        call([&](std::string* err) {
-            return api_->event_elapsed_ms(a.device_impl->ordinal, a.cuda_event, b.cuda_event, &f, err);
-        });
+        call(&cuda::PluginApi::event_elapsed_ms, a.device_impl->ordinal, a.cuda_event, b.cuda_event, &f);
         if (f < 0)
             fail(SW_ERR_INVALID_ARGUMENT, "the end event was recorded before the start event (end is ", -f,
                  " ms earlier); expected start recorded first (are the arguments swapped?)");
@@ -198,15 +193,11 @@ public:
     // Stream order keeps the memory alive: a buffer's memory is freed by cudaFree, which waits for the device, or
     // deferred when the last owner goes on a stream worker.
     void memcpy(sw_stream_s& s, void* dst, const void* src, uint64_t bytes, KeepAlive) override {
-        call([&](std::string* err) {
-            return api_->memcpy_async(s.device_impl->ordinal, dst, src, bytes, s.cuda_stream, err);
-        });
+        call(&cuda::PluginApi::memcpy_async, s.device_impl->ordinal, dst, src, bytes, s.cuda_stream);
     }
 
     void memset(sw_stream_s& s, void* dst, uint8_t value, uint64_t bytes, KeepAlive) override {
-        call([&](std::string* err) {
-            return api_->memset_async(s.device_impl->ordinal, dst, value, bytes, s.cuda_stream, err);
-        });
+        call(&cuda::PluginApi::memset_async, s.device_impl->ordinal, dst, value, bytes, s.cuda_stream);
     }
 
     // ------------------------------------------------------------------ compute
@@ -219,7 +210,7 @@ public:
     void gemm(sw_stream_s& s, const GemmProblem& problem, KeepAlive) override {
         DeviceImpl& dev = *s.device_impl;
         const auto algo = static_cast<cuda::GemmAlgo>(dev.kernel.load());
-        call([&](std::string* err) { return api_->gemm(dev.ordinal, &problem, algo, s.cuda_stream, err); });
+        call(&cuda::PluginApi::gemm, dev.ordinal, &problem, algo, s.cuda_stream);
     }
 
     void check_activation_type(sw_dtype dtype) override {
@@ -230,28 +221,22 @@ public:
     void gelu(sw_stream_s& s, sw_dtype dtype, const void* x, void* y, uint64_t count, KeepAlive) override {
         const int32_t ord = s.device_impl->ordinal;
         const uint64_t bytes = count * sw_dtype_size(dtype);
-        if (x != y) call([&](std::string* err) { return api_->memcpy_async(ord, y, x, bytes, s.cuda_stream, err); });
-        call([&](std::string* err) {
-            return api_->bias_act(ord, dtype, y, static_cast<int64_t>(count), 1, static_cast<int64_t>(count), nullptr,
-                                  SW_EPILOGUE_GELU, s.cuda_stream, err);
-        });
+        if (x != y) call(&cuda::PluginApi::memcpy_async, ord, y, x, bytes, s.cuda_stream);
+        const auto n = static_cast<int64_t>(count);
+        call(&cuda::PluginApi::bias_act, ord, dtype, y, n, 1, n, nullptr, SW_EPILOGUE_GELU, s.cuda_stream);
     }
 
     void gelu_backward(sw_stream_s& s, sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
                        KeepAlive) override {
-        call([&](std::string* err) {
-            return api_->gelu_backward(s.device_impl->ordinal, dtype, x, dy, dx, count, s.cuda_stream, err);
-        });
+        call(&cuda::PluginApi::gelu_backward, s.device_impl->ordinal, dtype, x, dy, dx, count, s.cuda_stream);
     }
 
 private:
-    // The one place where a plugin status becomes an exception (cuda_check: SW_OK passes, anything else throws
-    // sw::Error with the plugin's message).
-    static void check(sw_status status, const std::string& err) { cuda_check(status, err); }
-    template <class Fn>
-    static void call(Fn&& fn) {
-        std::string err;
-        check(fn(&err), err);
+    // Every table call goes through here (cuda_call, core/cuda_loader.h): a failed status becomes sw::Error with
+    // the plugin's message.
+    template <class Fn, class... A>
+    void call(Fn fn, A&&... args) const {
+        cuda_call(api_, fn, std::forward<A>(args)...);
     }
 
     const cuda::PluginApi* api_;
