@@ -55,7 +55,7 @@ public static class Program
         writer.WriteLine("  main   run the main job (default); its options:");
         MainJob.PrintUsage(writer, indent: "    ");
         writer.WriteLine("  bench  run BenchmarkDotNet benchmarks, e.g. bench --filter '*' (all), bench --filter '*Collective*',");
-        writer.WriteLine("         bench --job short --filter '*ShardedGemm*', bench --list flat (the names --filter matches)");
+        writer.WriteLine("         bench --job short --filter '*.ShardedGemmBenchmarks.*', bench --list flat (the names --filter matches)");
         writer.WriteLine();
         writer.WriteLine("Shardwise's benchmarks (class: methods; parameters):");
         PrintBenchmarks(writer);
@@ -70,7 +70,7 @@ public static class Program
             .OrderBy(t => t.Name, StringComparer.Ordinal);
         foreach (Type type in classes)
         {
-            writer.WriteLine($"  {type.Name}  (--filter '*{type.Name}*')");
+            writer.WriteLine($"  {type.Name}  (--filter '*.{type.Name}.*')");
             foreach (MethodInfo method in type.GetMethods(Members).Where(m => m.IsDefined(typeof(BenchmarkAttribute))))
             {
                 var attribute = method.GetCustomAttribute<BenchmarkAttribute>()!;

@@ -81,11 +81,11 @@ if (gpu.Count > 0)
 {
     var reasons = gpu.GroupBy(c => FirstLine(c.Message)).OrderByDescending(g => g.Count()).ToList();
     string more = reasons.Count > 1 ? $" (and {reasons.Count - 1} other wording(s))" : "";
-    Console.WriteLine($"  skipped, no GPU: {gpu.Count} tests ({PerSuite(gpu)}): \"{reasons[0].Key}\"{more}");
+    Console.WriteLine($"  skipped, no GPU: {Tests(gpu.Count)} ({PerSuite(gpu)}): \"{reasons[0].Key}\"{more}");
 }
 foreach (var reason in other.GroupBy(c => FirstLine(c.Message)).OrderByDescending(g => g.Count()).Take(8))
 {
-    Console.WriteLine($"  skipped, other: {reason.Count()} tests ({PerSuite(reason)}): \"{reason.Key}\"");
+    Console.WriteLine($"  skipped, other: {Tests(reason.Count())} ({PerSuite(reason)}): \"{reason.Key}\"");
 }
 if (skipped.Count > 0)
 {
@@ -94,10 +94,13 @@ if (skipped.Count > 0)
     {
         text.Append(c.Suite).Append('\t').Append(c.Name).Append('\t').AppendLine(FirstLine(c.Message));
     }
+    Directory.CreateDirectory(resultsDir);
     File.WriteAllText(skippedFile, text.ToString());
     Console.WriteLine($"  every skipped test with its reason: {skippedFile}");
 }
 return 0;
+
+static string Tests(int count) => count == 1 ? "1 test" : $"{count} tests";
 
 static string PerSuite(IEnumerable<TestCase> cases) =>
     string.Join(", ", cases.GroupBy(c => c.Suite).Select(g => $"{g.Key} {g.Count()}"));
