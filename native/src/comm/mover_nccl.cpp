@@ -3,17 +3,14 @@
 // A collective is ordered into the caller's CUDA stream exactly like an in-process CUDA collective (CudaMover's
 // ordering: the host side runs on the stream's worker once the stream's earlier work is done, and the stream waits for
 // the host side through a mapped flag). The host side first agrees with the other ranks on what is being called —
-// through the in-process rendezvous (every rank in this process) or the TCP transport (one rank per process) — so
-// mismatched calls fail with SW_ERR_MISMATCH and a rank that never comes fails the others with SW_ERR_TIMEOUT naming
-// it, instead of NCCL hanging. Then nccl_move issues the NCCL calls on the rank's communication stream and waits for
+// through the in-process rendezvous (every rank in this process) or a transport (one rank per process: TCP, MPI, or
+// NCCL itself) — so mismatched calls fail with SW_ERR_MISMATCH and a rank that never comes fails the others with
+// SW_ERR_TIMEOUT naming it, instead of NCCL hanging. Then NcclMover::move issues the NCCL calls on the rank's communication stream and waits for
 // them, polling ncclCommGetAsyncError, the deadline and local aborts; on any of them it calls ncclCommAbort, which
 // releases NCCL's kernels, so no stream hangs. Uneven collectives use grouped broadcasts (all-gather-v, column
 // all-gather) and grouped reduces (reduce-scatter-v) with the counts every rank learned in the descriptor exchange.
 //
-// Communicators are made non-blocking when NCCL has ncclCommInitRankConfig (2.14+): ncclConfig_t with blocking = 0, so
-// creation returns at once (ncclInProgress) and is polled through ncclCommGetAsyncError against the communicator's
-// timeout; a rank that never comes makes the others fail with SW_ERR_TIMEOUT (their communicators aborted) instead of
-// hanging in ncclCommInitRank. Without it (NCCL < 2.14) creation uses the blocking ncclCommInitRank: no deadline.
+// Communicators are made non-blocking when NCCL has ncclCommInitRankConfig (2.14+; comm_nccl.cpp creates them).
 // A non-blocking communicator stays non-blocking for its whole life (NCCL has no switch back), which changes what an
 // accepted NCCL call means: a collective or ncclGroupEnd may return ncclInProgress before its work is on the stream
 // (NCCL finishes the launch on a thread of its own; src/group.cc, ncclGroupEndInternal), and until
@@ -378,7 +375,7 @@ public:
     void notify_abort(sw_status, const std::string&) noexcept override {
         // Nothing to send: the peers find out at their deadline. NCCL is not aborted from here (this may be any thread,
         // while the worker uses the communicator): a waiting worker sees the local abort and aborts it; an idle one is
-        // aborted when the communicator goes (release_nccl).
+        // aborted when the communicator goes (NcclMover::close).
     }
 
 private:

@@ -157,7 +157,11 @@ class TransportMover final : public Mover {
 public:
     explicit TransportMover(Transport& t) : t_(t) {}
     void move(Communicator& c, int, uint64_t seq, const Slot& slot, Clock::time_point deadline) override {
-        move_remote(c, scratch_, t_, seq, slot, deadline, str(coll_name(slot.desc[t_.rank()].op), " #", seq));
+        // "sw_all_reduce #7", the prefix of the transport's messages, built in place (no allocation once it has grown)
+        what_.assign(coll_name(slot.desc[t_.rank()].op));
+        what_ += " #";
+        what_ += std::to_string(seq);
+        move_remote(c, scratch_, t_, seq, slot, deadline, what_);
     }
     void forget_buffers() override {
         if (scratch_.data) (void)scratch_.data.release();
@@ -167,6 +171,7 @@ public:
 private:
     Transport& t_;
     Scratch scratch_;
+    std::string what_;
 };
 
 } // namespace
