@@ -6,25 +6,20 @@ namespace Shardwise.Bindings;
 /// A failure reported by the native core. Carries the status, the native message (which names the argument
 /// or the rank and the operation) and the C function that reported it.
 /// </summary>
-public class ShardwiseException : Exception
+/// <param name="status">The status the native call returned.</param>
+/// <param name="call">The C function that failed.</param>
+/// <param name="nativeMessage">The message of <c>sw_last_error()</c> right after the failure.</param>
+public class ShardwiseException(SwStatus status, string call, string nativeMessage)
+    : Exception(Format(status, call, nativeMessage))
 {
-    /// <summary>Creates an exception for a failed native call.</summary>
-    public ShardwiseException(SwStatus status, string call, string nativeMessage)
-        : base(Format(status, call, nativeMessage))
-    {
-        Status = status;
-        Call = call;
-        NativeMessage = nativeMessage;
-    }
-
     /// <summary>The status the native call returned.</summary>
-    public SwStatus Status { get; }
+    public SwStatus Status { get; } = status;
 
     /// <summary>The C function that failed, e.g. <c>sw_gemm</c>.</summary>
-    public string Call { get; }
+    public string Call { get; } = call;
 
     /// <summary>The message of <c>sw_last_error()</c> right after the failure.</summary>
-    public string NativeMessage { get; }
+    public string NativeMessage { get; } = nativeMessage;
 
     private static string Format(SwStatus status, string call, string message) =>
         string.IsNullOrEmpty(message) ? $"{call} failed with {status}" : $"{message} [{call}: {status}]";
@@ -57,29 +52,22 @@ public class ShardwiseException : Exception
 }
 
 /// <summary>The native core rejected an argument (shape, offset, leading dimension, handle, rank...).</summary>
-public sealed class ShardwiseArgumentException(SwStatus status, string call, string message)
-    : ShardwiseException(status, call, message);
+public sealed class ShardwiseArgumentException(SwStatus status, string call, string message) : ShardwiseException(status, call, message);
 
 /// <summary>A native allocation failed.</summary>
-public sealed class ShardwiseOutOfMemoryException(SwStatus status, string call, string message)
-    : ShardwiseException(status, call, message);
+public sealed class ShardwiseOutOfMemoryException(SwStatus status, string call, string message) : ShardwiseException(status, call, message);
 
 /// <summary>The request is valid but this backend or build does not implement it.</summary>
-public sealed class ShardwiseUnsupportedException(SwStatus status, string call, string message)
-    : ShardwiseException(status, call, message);
+public sealed class ShardwiseUnsupportedException(SwStatus status, string call, string message) : ShardwiseException(status, call, message);
 
 /// <summary>No such device, library or symbol.</summary>
-public sealed class ShardwiseNotFoundException(SwStatus status, string call, string message)
-    : ShardwiseException(status, call, message);
+public sealed class ShardwiseNotFoundException(SwStatus status, string call, string message) : ShardwiseException(status, call, message);
 
 /// <summary>A collective timed out: the message names the missing ranks, the operation and its sequence number.</summary>
-public sealed class CollectiveTimeoutException(SwStatus status, string call, string message)
-    : ShardwiseException(status, call, message);
+public sealed class CollectiveTimeoutException(SwStatus status, string call, string message) : ShardwiseException(status, call, message);
 
 /// <summary>Ranks disagreed inside a collective (operation, dtype, count, root).</summary>
-public sealed class CollectiveMismatchException(SwStatus status, string call, string message)
-    : ShardwiseException(status, call, message);
+public sealed class CollectiveMismatchException(SwStatus status, string call, string message) : ShardwiseException(status, call, message);
 
 /// <summary>The communicator was aborted by an earlier failure; create a new one.</summary>
-public sealed class CommunicatorAbortedException(SwStatus status, string call, string message)
-    : ShardwiseException(status, call, message);
+public sealed class CommunicatorAbortedException(SwStatus status, string call, string message) : ShardwiseException(status, call, message);
