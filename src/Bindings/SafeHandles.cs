@@ -5,15 +5,20 @@ namespace Shardwise.Bindings;
 /// <summary>
 /// Base of every owned native handle. A child handle (buffer, stream, event, communicator) keeps its parent
 /// device handle alive, so the order in which handles are disposed or finalized never matters.
-/// <see cref="ReleaseHandle"/> never throws.
+/// <see cref="ReleaseHandle"/> never throws. The kinds differ only by the native function that destroys them, which
+/// each passes to the constructor.
 /// </summary>
 public abstract class ShardwiseHandle : SafeHandle
 {
+    private readonly Func<nint, SwStatus>? _destroy;
     private SafeHandle[]? _parents;
     private volatile bool _disposeRequested;
 
-    /// <summary>Creates an empty (invalid) handle; P/Invoke fills it.</summary>
+    /// <summary>Creates an empty (invalid) handle; P/Invoke fills it. A derived class overrides <see cref="Destroy"/>.</summary>
     protected ShardwiseHandle() : base(0, ownsHandle: true) { }
+
+    /// <summary>Creates an empty (invalid) handle that <paramref name="destroy"/> (an <c>sw_*_destroy</c> function) releases.</summary>
+    protected ShardwiseHandle(Func<nint, SwStatus> destroy) : this() => _destroy = destroy;
 
     /// <inheritdoc />
     public override bool IsInvalid => handle == 0;
@@ -29,8 +34,8 @@ public abstract class ShardwiseHandle : SafeHandle
         _parents = parents;
     }
 
-    /// <summary>Destroys the native object.</summary>
-    protected abstract SwStatus Destroy(nint handle);
+    /// <summary>Destroys the native object: by default with the function given to the constructor.</summary>
+    protected virtual SwStatus Destroy(nint handle) => _destroy is { } destroy ? destroy(handle) : SwStatus.Unsupported;
 
     /// <inheritdoc />
     protected override bool ReleaseHandle()
@@ -60,43 +65,19 @@ public abstract class ShardwiseHandle : SafeHandle
 }
 
 /// <summary>An <c>sw_device</c>.</summary>
-public sealed class DeviceHandle : ShardwiseHandle
-{
-    /// <inheritdoc />
-    protected override SwStatus Destroy(nint h) => Native.sw_device_destroy(h);
-}
+public sealed class DeviceHandle() : ShardwiseHandle(Native.sw_device_destroy);
 
 /// <summary>An <c>sw_buffer</c>.</summary>
-public sealed class BufferHandle : ShardwiseHandle
-{
-    /// <inheritdoc />
-    protected override SwStatus Destroy(nint h) => Native.sw_buffer_destroy(h);
-}
+public sealed class BufferHandle() : ShardwiseHandle(Native.sw_buffer_destroy);
 
 /// <summary>An <c>sw_stream</c>.</summary>
-public sealed class StreamHandle : ShardwiseHandle
-{
-    /// <inheritdoc />
-    protected override SwStatus Destroy(nint h) => Native.sw_stream_destroy(h);
-}
+public sealed class StreamHandle() : ShardwiseHandle(Native.sw_stream_destroy);
 
 /// <summary>An <c>sw_event</c>.</summary>
-public sealed class EventHandle : ShardwiseHandle
-{
-    /// <inheritdoc />
-    protected override SwStatus Destroy(nint h) => Native.sw_event_destroy(h);
-}
+public sealed class EventHandle() : ShardwiseHandle(Native.sw_event_destroy);
 
 /// <summary>An <c>sw_comm</c>.</summary>
-public sealed class CommHandle : ShardwiseHandle
-{
-    /// <inheritdoc />
-    protected override SwStatus Destroy(nint h) => Native.sw_comm_destroy(h);
-}
+public sealed class CommHandle() : ShardwiseHandle(Native.sw_comm_destroy);
 
 /// <summary>An <c>sw_store</c> (the TCP rendezvous store of a multi-process job).</summary>
-public sealed class StoreHandle : ShardwiseHandle
-{
-    /// <inheritdoc />
-    protected override SwStatus Destroy(nint h) => Native.sw_store_destroy(h);
-}
+public sealed class StoreHandle() : ShardwiseHandle(Native.sw_store_destroy);
