@@ -52,15 +52,25 @@ public sealed class RankContext
             throw new ArgumentException($"{name} needs elements [{offset}, {offset + count}); it has {buffer.Length}.", name);
     }
 
+    // The argument prologue of the even collectives: both buffers on this rank's device, send holds
+    // count·sendPerCount elements from sendOffset and recv count·recvPerCount from recvOffset. A count < 0 means as
+    // many as send holds from sendOffset. Returns the count.
+    private long Prologue<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count, long sendOffset, long recvOffset,
+        int sendPerCount, int recvPerCount) where T : unmanaged
+    {
+        Own(send);
+        Own(recv);
+        if (count < 0) count = (send.Length - sendOffset) / sendPerCount;
+        Fits(send, sendOffset, count * sendPerCount);
+        Fits(recv, recvOffset, count * recvPerCount);
+        return count;
+    }
+
     /// <summary>recv[q·count ..] = rank q's send[0..count) for every q. <paramref name="count"/> &lt; 0: all of send.</summary>
     public void AllGather<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send);
-        Own(recv);
-        if (count < 0) count = send.Length - sendOffset;
-        Fits(send, sendOffset, count);
-        Fits(recv, recvOffset, count * WorldSize);
+        count = Prologue(send, recv, count, sendOffset, recvOffset, sendPerCount: 1, recvPerCount: WorldSize);
         ThrowHelper.Check(Native.sw_all_gather(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
             (ulong)count, DeviceBuffer<T>.Dtype, _stream.Handle));
     }
@@ -103,11 +113,7 @@ public sealed class RankContext
     public void AllReduce<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send);
-        Own(recv);
-        if (count < 0) count = send.Length - sendOffset;
-        Fits(send, sendOffset, count);
-        Fits(recv, recvOffset, count);
+        count = Prologue(send, recv, count, sendOffset, recvOffset, sendPerCount: 1, recvPerCount: 1);
         ThrowHelper.Check(Native.sw_all_reduce(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
             (ulong)count, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
     }
@@ -119,11 +125,7 @@ public sealed class RankContext
     public void ReduceScatter<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount = -1, long sendOffset = 0, long recvOffset = 0)
         where T : unmanaged
     {
-        Own(send);
-        Own(recv);
-        if (recvCount < 0) recvCount = (send.Length - sendOffset) / WorldSize;
-        Fits(send, sendOffset, recvCount * WorldSize);
-        Fits(recv, recvOffset, recvCount);
+        recvCount = Prologue(send, recv, recvCount, sendOffset, recvOffset, sendPerCount: WorldSize, recvPerCount: 1);
         ThrowHelper.Check(Native.sw_reduce_scatter(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
             (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
     }
