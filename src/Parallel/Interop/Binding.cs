@@ -7,22 +7,12 @@ namespace Shardwise.Parallel.Interop;
 /// over the tensor's own memory (zero copy; the caller keeps that memory pinned until the work using it has
 /// completed); otherwise (CUDA, or a layout that cannot be wrapped) an owned device buffer holds a compact copy.
 /// </summary>
-internal sealed unsafe class Binding : IDisposable
+internal sealed unsafe class Binding(DeviceBuffer<float> buffer, MatrixView view, bool zeroCopy, HostLayout layout) : IDisposable
 {
-    private readonly DeviceBuffer<float> _buffer;
-
-    private Binding(DeviceBuffer<float> buffer, MatrixView view, bool zeroCopy, HostLayout layout)
-    {
-        _buffer = buffer;
-        View = view;
-        IsZeroCopy = zeroCopy;
-        Layout = layout;
-    }
-
-    public MatrixView View { get; }
-    public bool IsZeroCopy { get; }
-    public HostLayout Layout { get; }
-    public DeviceBuffer<float> Buffer => _buffer;
+    public MatrixView View { get; } = view;
+    public bool IsZeroCopy { get; } = zeroCopy;
+    public HostLayout Layout { get; } = layout;
+    public DeviceBuffer<float> Buffer { get; } = buffer;
 
     /// <summary>
     /// Binds the tensor whose first element is at <paramref name="first"/> (pinned by the caller) on
@@ -95,5 +85,5 @@ internal sealed unsafe class Binding : IDisposable
     }
 
     /// <summary>Releases the wrapper (never the tensor's memory) or the staging buffer.</summary>
-    public void Dispose() => _buffer.Dispose();
+    public void Dispose() => Buffer.Dispose();
 }

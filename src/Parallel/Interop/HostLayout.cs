@@ -6,39 +6,28 @@ namespace Shardwise.Parallel.Interop;
 /// How an n-dimensional host tensor maps onto a row-major matrix: the last dimension is the columns, every leading
 /// dimension is flattened into the rows (a 1-D tensor is one row). Describes whether the memory can be wrapped as a
 /// <see cref="MatrixView"/> without copying (dense rows: unit column stride, one row stride ≥ the row length, no
-/// broadcast) and, for outputs, whether it may be written at all (no two logical elements share memory).
+/// broadcast) and, for outputs, whether it may be written at all (no two logical elements share memory). Made by
+/// <see cref="Of"/>.
 /// </summary>
-internal readonly struct HostLayout
+internal readonly struct HostLayout(long rows, long cols, long rowStride, long colStride, bool rowsCollapse, int broadcastDim,
+    bool overlaps, string shape)
 {
-    private HostLayout(long rows, long cols, long rowStride, long colStride, bool rowsCollapse, int broadcastDim,
-        bool overlaps, string shape)
-    {
-        Rows = rows;
-        Cols = cols;
-        RowStride = rowStride;
-        ColStride = colStride;
-        RowsCollapse = rowsCollapse;
-        BroadcastDim = broadcastDim;
-        Overlaps = overlaps;
-        Shape = shape;
-    }
-
     /// <summary>Rows of the matrix: the product of every dimension but the last (1 for a 1-D tensor).</summary>
-    public long Rows { get; }
+    public long Rows { get; } = rows;
     /// <summary>Columns: the length of the last dimension.</summary>
-    public long Cols { get; }
+    public long Cols { get; } = cols;
     /// <summary>Elements between consecutive rows (meaningful when <see cref="RowsCollapse"/>).</summary>
-    public long RowStride { get; }
+    public long RowStride { get; } = rowStride;
     /// <summary>Elements between consecutive columns.</summary>
-    public long ColStride { get; }
+    public long ColStride { get; } = colStride;
     /// <summary>True when the leading dimensions flatten into rows with a single stride.</summary>
-    public bool RowsCollapse { get; }
+    public bool RowsCollapse { get; } = rowsCollapse;
     /// <summary>A dimension of length &gt; 1 with stride 0 (broadcast), or -1.</summary>
-    public int BroadcastDim { get; }
+    public int BroadcastDim { get; } = broadcastDim;
     /// <summary>True when two logical elements share memory (broadcast or overlapping strides).</summary>
-    public bool Overlaps { get; }
+    public bool Overlaps { get; } = overlaps;
     /// <summary>"[2, 3] (strides [5, 1])", for messages.</summary>
-    public string Shape { get; }
+    public string Shape { get; } = shape;
 
     /// <summary>True when the tensor has no element.</summary>
     public bool IsEmpty => Rows == 0 || Cols == 0;
