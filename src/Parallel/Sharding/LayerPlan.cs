@@ -37,20 +37,22 @@ public sealed class LayerPlan
 {
     private const long F32 = sizeof(float);
 
-    // The options the plan was made with, so that WithRanks plans the same layer for another world size.
-    private bool _bias = true, _gatherOutput = true, _inputIsParallel = true;
+    // The same factory with the same options, for another world size (WithRanks).
+    private readonly Func<int, LayerPlan> _replan;
 
-    private LayerPlan(LayerKind kind, long inFeatures, long outFeatures, long hiddenFeatures, long tokens, bool training,
-        ShardingPlan split, IReadOnlyList<RankMemory> ranks)
+    // Every plan is made here: the argument checks, the split (even unless given) of the dimension splitDim, and the
+    // memory of each rank from its share of that dimension.
+    private LayerPlan(LayerKind kind, long inFeatures, long outFeatures, long hiddenFeatures, long splitDim, int worldSize,
+        long tokens, bool training, ShardingPlan? split, Func<int, LayerPlan> replan, Func<int, long, RankMemory> rankMemory)
     {
-        Kind = kind;
-        InFeatures = inFeatures;
-        OutFeatures = outFeatures;
-        HiddenFeatures = hiddenFeatures;
-        Tokens = tokens;
-        Training = training;
-        Split = split;
-        Ranks = ranks;
+        // The feed-forward plan reports H as inFeatures and F as outFeatures in the argument checks.
+        Check(inFeatures, kind == LayerKind.FeedForward ? hiddenFeatures : outFeatures, worldSize, tokens);
+        split ??= ShardingPlan.Even(splitDim, worldSize);
+        split.Require(splitDim, worldSize, nameof(split));
+        var ranks = new RankMemory[worldSize];
+        for (int r = 0; r < worldSize; r++) ranks[r] = rankMemory(r, split.Size(r));
+        (Kind, InFeatures, OutFeatures, HiddenFeatures, Tokens, Training, Split, Ranks, _replan) =
+            (kind, inFeatures, outFeatures, hiddenFeatures, tokens, training, split, ranks, replan);
     }
 
     /// <summary>The layer kind.</summary>
@@ -77,70 +79,48 @@ public sealed class LayerPlan
     /// <summary>Plans a column-parallel layer: W is <paramref name="inFeatures"/> × <paramref name="outFeatures"/>.</summary>
     public static LayerPlan ColumnParallel(long inFeatures, long outFeatures, int worldSize, long tokens = 0, bool bias = true,
         bool gatherOutput = true, bool training = false, ShardingPlan? split = null)
-    {
-        Check(inFeatures, outFeatures, worldSize, tokens);
-        split ??= ShardingPlan.Even(outFeatures, worldSize);
-        split.Require(outFeatures, worldSize, nameof(split));
-        var ranks = new RankMemory[worldSize];
-        for (int r = 0; r < worldSize; r++)
-        {
-            long n = split.Size(r);
-            long weights = (inFeatures * n + (bias ? n : 0)) * F32;
-            long act = tokens * (inFeatures + (gatherOutput ? outFeatures : n)) * F32;
-            long work = gatherOutput ? tokens * n * F32 : 0;
-            if (training) { weights *= 2; act += tokens * inFeatures * F32; } // gradients; dX
-            ranks[r] = new RankMemory(r, n, weights, act, work);
-        }
-        return new LayerPlan(LayerKind.ColumnParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks)
-        { _bias = bias, _gatherOutput = gatherOutput };
-    }
+        => new(LayerKind.ColumnParallel, inFeatures, outFeatures, 0, outFeatures, worldSize, tokens, training, split,
+            p => ColumnParallel(inFeatures, outFeatures, p, tokens, bias, gatherOutput, training), (r, n) =>
+            {
+                long weights = (inFeatures * n + (bias ? n : 0)) * F32;
+                long act = tokens * (inFeatures + (gatherOutput ? outFeatures : n)) * F32;
+                long work = gatherOutput ? tokens * n * F32 : 0;
+                if (training) { weights *= 2; act += tokens * inFeatures * F32; } // gradients; dX
+                return new RankMemory(r, n, weights, act, work);
+            });
 
     /// <summary>Plans a row-parallel layer: W is <paramref name="inFeatures"/> × <paramref name="outFeatures"/>, split by rows.</summary>
     public static LayerPlan RowParallel(long inFeatures, long outFeatures, int worldSize, long tokens = 0, bool bias = true,
         bool inputIsParallel = true, bool training = false, ShardingPlan? split = null)
-    {
-        Check(inFeatures, outFeatures, worldSize, tokens);
-        split ??= ShardingPlan.Even(inFeatures, worldSize);
-        split.Require(inFeatures, worldSize, nameof(split));
-        var ranks = new RankMemory[worldSize];
-        for (int r = 0; r < worldSize; r++)
-        {
-            long k = split.Size(r);
-            long weights = (k * outFeatures + (bias && r == 0 ? outFeatures : 0)) * F32;
-            long act = tokens * ((inputIsParallel ? k : inFeatures) + outFeatures) * F32;
-            if (training) { weights *= 2; act += tokens * (inputIsParallel ? k : inFeatures) * F32; }
-            ranks[r] = new RankMemory(r, k, weights, act, 0);
-        }
-        return new LayerPlan(LayerKind.RowParallel, inFeatures, outFeatures, 0, tokens, training, split, ranks)
-        { _bias = bias, _inputIsParallel = inputIsParallel };
-    }
+        => new(LayerKind.RowParallel, inFeatures, outFeatures, 0, inFeatures, worldSize, tokens, training, split,
+            p => RowParallel(inFeatures, outFeatures, p, tokens, bias, inputIsParallel, training), (r, k) =>
+            {
+                long weights = (k * outFeatures + (bias && r == 0 ? outFeatures : 0)) * F32;
+                long act = tokens * ((inputIsParallel ? k : inFeatures) + outFeatures) * F32;
+                if (training) { weights *= 2; act += tokens * (inputIsParallel ? k : inFeatures) * F32; }
+                return new RankMemory(r, k, weights, act, 0);
+            });
 
     /// <summary>Plans the FFN sub-layer: W1 is <paramref name="modelFeatures"/> × <paramref name="hiddenFeatures"/>, W2 its
     /// transpose shape, both with biases. Training adds the gradients and Z, H and dH (3·M·f_r) — the backward pass's
     /// peak, whether the activations were kept or are recomputed.</summary>
     public static LayerPlan FeedForward(long modelFeatures, long hiddenFeatures, int worldSize, long tokens = 0, bool training = false,
         ShardingPlan? split = null)
-    {
-        Check(modelFeatures, hiddenFeatures, worldSize, tokens);
-        split ??= ShardingPlan.Even(hiddenFeatures, worldSize);
-        split.Require(hiddenFeatures, worldSize, nameof(split));
-        var ranks = new RankMemory[worldSize];
-        for (int r = 0; r < worldSize; r++)
-        {
-            long f = split.Size(r), h = modelFeatures;
-            long weights = (2 * h * f + f + (r == 0 ? h : 0)) * F32;
-            long act = tokens * (2 * h) * F32;                                   // X, Y
-            long hidden = tokens * f * F32;
-            if (training)
+        => new(LayerKind.FeedForward, modelFeatures, modelFeatures, hiddenFeatures, hiddenFeatures, worldSize, tokens, training, split,
+            p => FeedForward(modelFeatures, hiddenFeatures, p, tokens, training), (r, f) =>
             {
-                weights *= 2;                                                   // + gradients
-                act += tokens * h * F32 * 2;                                    // dY, dX
-                hidden = 3 * tokens * f * F32;                                  // Z, H, dH (recomputed or kept)
-            }
-            ranks[r] = new RankMemory(r, f, weights, act + hidden, 0);
-        }
-        return new LayerPlan(LayerKind.FeedForward, modelFeatures, modelFeatures, hiddenFeatures, tokens, training, split, ranks);
-    }
+                long h = modelFeatures;
+                long weights = (2 * h * f + f + (r == 0 ? h : 0)) * F32;
+                long act = tokens * (2 * h) * F32;                               // X, Y
+                long hidden = tokens * f * F32;
+                if (training)
+                {
+                    weights *= 2;                                               // + gradients
+                    act += tokens * h * F32 * 2;                                // dY, dX
+                    hidden = 3 * tokens * f * F32;                              // Z, H, dH (recomputed or kept)
+                }
+                return new RankMemory(r, f, weights, act + hidden, 0);
+            });
 
     /// <summary>
     /// The fewest ranks (1..<paramref name="maxRanks"/>, even splits) on which every device of the plan made by
@@ -156,12 +136,7 @@ public sealed class LayerPlan
     }
 
     /// <summary>The same layer (same options) planned for another number of ranks, with an even split.</summary>
-    public LayerPlan WithRanks(int worldSize) => Kind switch
-    {
-        LayerKind.ColumnParallel => ColumnParallel(InFeatures, OutFeatures, worldSize, Tokens, _bias, _gatherOutput, Training),
-        LayerKind.RowParallel => RowParallel(InFeatures, OutFeatures, worldSize, Tokens, _bias, _inputIsParallel, Training),
-        _ => FeedForward(InFeatures, HiddenFeatures, worldSize, Tokens, Training),
-    };
+    public LayerPlan WithRanks(int worldSize) => _replan(worldSize);
 
     /// <summary>Throws <see cref="InsufficientDeviceMemoryException"/> (naming the fewest ranks that would do) when
     /// some device needs more than <paramref name="bytesPerDevice"/>. <paramref name="deviceOfRank"/> (optional) says
