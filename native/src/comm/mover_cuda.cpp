@@ -18,25 +18,24 @@ public:
         api->stream_synchronize(ord, cs, &ignored);
     }
     void copy(char* dst, const char* src, uint64_t bytes) override {
-        cuda_check(api->memcpy_async(ord, dst, src, bytes, cs, &err), err);
+        cuda_call(api, &cuda::PluginApi::memcpy_async, ord, dst, src, bytes, cs);
     }
     void copy_2d(char* dst, int64_t ld_dst, const char* src, int64_t ld_src, int64_t rows, int64_t cols,
                  size_t esz) override {
-        cuda_check(api->copy_2d(ord, dst, ld_dst, src, ld_src, rows, cols, static_cast<int32_t>(esz), cs, &err), err);
+        cuda_call(api, &cuda::PluginApi::copy_2d, ord, dst, ld_dst, src, ld_src, rows, cols, static_cast<int32_t>(esz), cs);
     }
     void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) override {
         std::vector<const void*> s(src.begin(), src.end());
         std::vector<void*> d(dst.begin(), dst.end());
-        cuda_check(api->reduce_sum(ord, t, s.data(), static_cast<int32_t>(s.size()), d.data(),
-                                   static_cast<int32_t>(d.size()), count, cs, &err), err);
+        cuda_call(api, &cuda::PluginApi::reduce_sum, ord, t, s.data(), static_cast<int32_t>(s.size()), d.data(),
+                                   static_cast<int32_t>(d.size()), count, cs);
     }
-    void finish() override { cuda_check(api->stream_synchronize(ord, cs, &err), err); }
+    void finish() override { cuda_call(api, &cuda::PluginApi::stream_synchronize, ord, cs); }
 
 private:
     const cuda::PluginApi* api;
     int32_t ord;
     void* cs = nullptr;
-    std::string err;
 };
 
 } // namespace
@@ -59,10 +58,8 @@ CudaMover::~CudaMover() {
 
 void* CudaMover::comm_stream(int rank) {
     std::lock_guard<std::mutex> lock(streams_mu_);
-    if (!streams_[rank]) {
-        std::string err;
-        cuda_check(devices_[rank]->cuda->stream_create(devices_[rank]->ordinal, &streams_[rank], &err), err);
-    }
+    if (!streams_[rank])
+        cuda_call(devices_[rank]->cuda, &cuda::PluginApi::stream_create, devices_[rank]->ordinal, &streams_[rank]);
     return streams_[rank];
 }
 
@@ -88,14 +85,13 @@ void* CudaMover::take_backup(int rank, const Desc& d, uint64_t* capacity) {
                 break;
             }
     }
-    std::string err;
     if (!buf) {
-        cuda_check(dev->cuda->malloc_device(dev->ordinal, bytes, &buf, &err), err);
+        cuda_call(dev->cuda, &cuda::PluginApi::malloc_device, dev->ordinal, bytes, &buf);
         *capacity = bytes;
     }
     void* cs = comm_stream(rank);
-    cuda_check(dev->cuda->memcpy_async(dev->ordinal, buf, d.recv, bytes, cs, &err), err);
-    cuda_check(dev->cuda->stream_synchronize(dev->ordinal, cs, &err), err);
+    cuda_call(dev->cuda, &cuda::PluginApi::memcpy_async, dev->ordinal, buf, d.recv, bytes, cs);
+    cuda_call(dev->cuda, &cuda::PluginApi::stream_synchronize, dev->ordinal, cs);
     return buf;
 }
 
@@ -133,14 +129,14 @@ void CudaMover::order_begin(sw_stream_s* s, OrderTicket* t) {
     if (!s->flag_host) {
         void* host = nullptr;
         void* device = nullptr;
-        cuda_check(api->malloc_host(sizeof(uint32_t), &host, &device, &err), err);
+        cuda_call(api, &cuda::PluginApi::malloc_host, sizeof(uint32_t), &host, &device);
         s->flag_host = static_cast<uint32_t*>(host);
         s->flag_device = static_cast<uint32_t*>(device);
         __atomic_store_n(s->flag_host, 0u, __ATOMIC_RELEASE);
         s->flag_target = 0;
     }
     t->device = s->device_impl.get();
-    cuda_check(api->event_create(ord, &t->ready, &err), err);
+    cuda_call(api, &cuda::PluginApi::event_create, ord, &t->ready);
     if (const sw_status rec = api->event_record(ord, t->ready, s->cuda_stream, &err); rec != SW_OK) {
         order_cancel(*t);
         cuda_check(rec, err);

@@ -117,7 +117,7 @@ void finish_on_stream(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api,
                       Clock::time_point deadline, const std::atomic<bool>& local_abort, const std::string& what) {
     std::string err;
     void* done = nullptr;
-    cuda_check(api->event_create(ord, &done, &err), err);
+    cuda_call(api, &cuda::PluginApi::event_create, ord, &done);
     struct Destroy {
         const cuda::PluginApi* api;
         int32_t ord;
@@ -127,14 +127,14 @@ void finish_on_stream(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api,
             api->event_destroy(ord, e, &ignored);
         }
     } destroy{api, ord, done};
-    cuda_check(api->event_record(ord, done, stream, &err), err);
+    cuda_call(api, &cuda::PluginApi::event_record, ord, done, stream);
     try {
         wait_nccl(n, h, api, ord, done, deadline, local_abort, what);
     } catch (...) {
         api->stream_synchronize(ord, stream, &err);
         throw;
     }
-    cuda_check(api->stream_synchronize(ord, stream, &err), err);
+    cuda_call(api, &cuda::PluginApi::stream_synchronize, ord, stream);
 }
 
 // Waits for `done` on the rank's device, polling NCCL's asynchronous error, local aborts and the deadline; on any of
@@ -143,10 +143,9 @@ void finish_on_stream(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api,
 void wait_nccl(const NcclApi& n, NcclRank& h, const cuda::PluginApi* api, int32_t ord, void* done, Clock::time_point deadline,
                const std::atomic<bool>& local_abort, const std::string& what) {
     void* comm = h.comm;
-    std::string err;
     for (int spins = 0;; ++spins) {
         int32_t finished = 0;
-        cuda_check(api->event_query(ord, done, &finished, &err), err);
+        cuda_call(api, &cuda::PluginApi::event_query, ord, done, &finished);
         int async = kNcclSuccess;
         if (finished) { // completed: unless NCCL says it failed (an aborted communicator's work completes too)
             if (n.CommGetAsyncError(comm, &async) == kNcclSuccess && async != kNcclSuccess && async != kNcclInProgress)
@@ -215,7 +214,7 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
     if (!comm) fail(SW_ERR_ABORTED, "rank ", rank, ": ", what, " not run: its NCCL communicator was aborted");
     std::string err;
     void* cs = comm_stream(rank);
-    cuda_check(api->set_device(ord, &err), err);
+    cuda_call(api, &cuda::PluginApi::set_device, ord);
     const std::string who = str("rank ", rank, ": ", what);
     bool in_group = false;
     // An NCCL call's return code: ncclSuccess or ncclInProgress (a non-blocking communicator) mean accepted; outside a
@@ -269,14 +268,14 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
             uint64_t total = 0;
             for (int q = 0; q < p; ++q) total += static_cast<uint64_t>(me.rows * slot.desc[q].cols);
             if (!total) break;
-            cuda_check(api->malloc_device(ord, total * esz, &scratch, &err), err);
+            cuda_call(api, &cuda::PluginApi::malloc_device, ord, total * esz, &scratch);
             std::vector<uint64_t> at(p + 1, 0);
             for (int q = 0; q < p; ++q) at[q + 1] = at[q] + static_cast<uint64_t>(me.rows * slot.desc[q].cols);
             char* packed = static_cast<char*>(scratch);
             try {
                 if (me.cols > 0 && me.rows > 0)
-                    cuda_check(api->copy_2d(ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send, me.rows, me.cols,
-                                            static_cast<int32_t>(esz), cs, &err), err);
+                    cuda_call(api, &cuda::PluginApi::copy_2d, ord, packed + at[rank] * esz, me.cols, me.send, me.ld_send,
+                              me.rows, me.cols, static_cast<int32_t>(esz), cs);
                 group_start();
                 for (int q = 0; q < p; ++q)
                     if (at[q + 1] > at[q])
@@ -286,8 +285,8 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
                 for (int q = 0; q < p; ++q) {
                     const int64_t cols = slot.desc[q].cols;
                     if (cols > 0 && me.rows > 0)
-                        cuda_check(api->copy_2d(ord, me.recv + col0 * esz, me.ld_recv, packed + at[q] * esz, cols, me.rows, cols,
-                                                static_cast<int32_t>(esz), cs, &err), err);
+                        cuda_call(api, &cuda::PluginApi::copy_2d, ord, me.recv + col0 * esz, me.ld_recv, packed + at[q] * esz,
+                                  cols, me.rows, cols, static_cast<int32_t>(esz), cs);
                     col0 += cols;
                 }
             } catch (...) {
@@ -349,26 +348,25 @@ public:
                           const std::atomic<bool>& local_abort, const std::string& what) override {
         const cuda::PluginApi* api = dev_->cuda;
         const int32_t ord = dev_->ordinal;
-        std::string err;
-        cuda_check(api->set_device(ord, &err), err);
-        if (!stream_) cuda_check(api->stream_create(ord, &stream_, &err), err);
+        cuda_call(api, &cuda::PluginApi::set_device, ord);
+        if (!stream_) cuda_call(api, &cuda::PluginApi::stream_create, ord, &stream_);
         const uint64_t need = bytes * (static_cast<uint64_t>(world_) + 1);
         if (need > staging_bytes_) {
             free_later(*dev_, staging_);
             staging_ = nullptr;
-            cuda_check(api->malloc_device(ord, need, &staging_, &err), err);
+            cuda_call(api, &cuda::PluginApi::malloc_device, ord, need, &staging_);
             staging_bytes_ = need;
         }
         char* in = static_cast<char*>(staging_);
         char* out = in + bytes;
-        cuda_check(api->memcpy_async(ord, in, mine, bytes, stream_, &err), err);
+        cuda_call(api, &cuda::PluginApi::memcpy_async, ord, in, mine, bytes, stream_);
         if (!comm_->comm) fail(SW_ERR_ABORTED, what, ": the NCCL communicator was aborted");
         const int rc = n_.AllGather(in, out, bytes, kNcclUint8, comm_->comm, stream_);
         if (rc != kNcclSuccess && rc != kNcclInProgress)
             fail(SW_ERR_BACKEND, what, ": ncclAllGather (descriptors) failed: ", nccl_error(n_, comm_->comm, rc));
         // A non-blocking communicator may still be launching the all-gather: the copy out goes on the stream after it.
         settle(n_, *comm_, deadline, local_abort, what, "ncclAllGather (descriptors)");
-        cuda_check(api->memcpy_async(ord, all, out, bytes * world_, stream_, &err), err);
+        cuda_call(api, &cuda::PluginApi::memcpy_async, ord, all, out, bytes * world_, stream_);
         // The copy into `all` (the caller's memory) is finished or failed before this returns or throws.
         finish_on_stream(n_, *comm_, api, ord, stream_, deadline, local_abort, what);
     }
