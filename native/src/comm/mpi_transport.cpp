@@ -12,29 +12,11 @@ using namespace sw;
 
 namespace {
 
-#if defined(__APPLE__)
-constexpr const char* kMpiPluginFile = "libshardwise_mpi.dylib";
-#else
-constexpr const char* kMpiPluginFile = "libshardwise_mpi.so";
-#endif
-
-struct MpiLoaded {
-    const sw_mpi_plugin_api* api = nullptr;
-    std::string why;
-};
-
 const sw_mpi_plugin_api* mpi_plugin() {
-    static const MpiLoaded loaded = [] {
-        MpiLoaded out;
-        std::string tried;
-        out.api = load_plugin_api<sw_mpi_plugin_api>(kMpiPluginFile, "SHARDWISE_MPI_PLUGIN_PATH", "sw_mpi_plugin",
-                                                     SW_MPI_PLUGIN_ABI, &tried);
-        if (!out.api)
-            out.why = str("the MPI plugin (", kMpiPluginFile, ") could not be loaded: this build has no MPI support "
-                          "(CMake found no MPI: install libopenmpi-dev and rebuild) or the MPI library is missing. Tried:",
-                          tried);
-        return out;
-    }();
+    static const LoadedPlugin<sw_mpi_plugin_api> loaded = load_plugin<sw_mpi_plugin_api>(
+        "shardwise_mpi", "SHARDWISE_MPI_PLUGIN_PATH", "sw_mpi_plugin", SW_MPI_PLUGIN_ABI, "the MPI plugin",
+        ": this build has no MPI support (CMake found no MPI: install libopenmpi-dev and rebuild) or the MPI library is "
+        "missing.");
     if (!loaded.api) fail(SW_ERR_NOT_FOUND, loaded.why);
     return loaded.api;
 }

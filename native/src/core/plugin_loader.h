@@ -38,6 +38,30 @@ const Api* load_plugin_api(const char* file, const char* env_var, const char* en
     return nullptr;
 }
 
+// A Shardwise plugin as a process loads it once: its table, or null and why not.
+template <class Api>
+struct LoadedPlugin {
+    const Api* api = nullptr;
+    std::string why; // "<what> (<file>) could not be loaded<reason> Tried:" and every attempt
+};
+
+// load_plugin_api for the plugin lib<stem> (.so; .dylib on macOS), with the message a caller reports when it fails.
+// Call it once (from a function-local static): the plugin is found and opened only once per process.
+template <class Api>
+LoadedPlugin<Api> load_plugin(const char* stem, const char* env_var, const char* entry, int32_t abi, const char* what,
+                              const char* reason) {
+#if defined(__APPLE__)
+    const std::string file = std::string("lib") + stem + ".dylib";
+#else
+    const std::string file = std::string("lib") + stem + ".so";
+#endif
+    LoadedPlugin<Api> out;
+    std::string tried;
+    out.api = load_plugin_api<Api>(file.c_str(), env_var, entry, abi, &tried);
+    if (!out.api) out.why = std::string(what) + " (" + file + ") could not be loaded" + reason + " Tried:" + tried;
+    return out;
+}
+
 // A third-party library opened by load_symbol_table: null `library` when none of the candidates loaded or the one that
 // loaded lacks a required symbol.
 struct SymbolTable {
