@@ -32,20 +32,26 @@ struct Wire {
 };
 static_assert(sizeof(Wire) == 80, "Wire has no padding");
 
+// The descriptor fields that travel as they are (op and dtype are enums: sent as int32), copied either way.
+template <class To, class From>
+void copy_plain_fields(To& to, const From& from) {
+    to.root = from.root;
+    to.count = from.count;
+    to.rows = from.rows;
+    to.cols = from.cols;
+    to.ld_send = from.ld_send;
+    to.ld_recv = from.ld_recv;
+    to.recv_capacity = from.recv_capacity;
+    to.send_capacity = from.send_capacity;
+}
+
 Wire to_wire(const Desc& d, uint64_t seq) {
     Wire w{};
     w.magic = kWireMagic;
+    w.seq = seq;
     w.op = static_cast<int32_t>(d.op);
     w.dtype = static_cast<int32_t>(d.dtype);
-    w.root = d.root;
-    w.seq = seq;
-    w.count = d.count;
-    w.rows = d.rows;
-    w.cols = d.cols;
-    w.ld_send = d.ld_send;
-    w.ld_recv = d.ld_recv;
-    w.recv_capacity = d.recv_capacity;
-    w.send_capacity = d.send_capacity;
+    copy_plain_fields(w, d);
     return w;
 }
 
@@ -53,14 +59,7 @@ Desc from_wire(const Wire& w) {
     Desc d;
     d.op = static_cast<Coll>(w.op);
     d.dtype = static_cast<sw_dtype>(w.dtype);
-    d.root = w.root;
-    d.count = w.count;
-    d.rows = w.rows;
-    d.cols = w.cols;
-    d.ld_send = w.ld_send;
-    d.ld_recv = w.ld_recv;
-    d.recv_capacity = w.recv_capacity;
-    d.send_capacity = w.send_capacity;
+    copy_plain_fields(d, w);
     return d;
 }
 

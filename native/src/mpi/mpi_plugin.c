@@ -237,6 +237,20 @@ static int init_mpi(double deadline, int* provided, char* err, size_t cap) {
     return SW_MPI_OK;
 }
 
+/* Frees a communicator's host memory (the MPI communicators are freed by the caller); NULL-safe, and safe on a half-built
+ * one (comm_create's failure path: arrays not allocated are NULL, notices not received are NULL). */
+static void free_comm(plugin_comm* c) {
+    if (!c) return;
+    if (c->notices)
+        for (int q = 0; q < c->world; ++q) free(c->notices[q]);
+    free(c->notices);
+    free(c->notice_time);
+    free(c->status_send);
+    free(c->status_out);
+    free(c->heard);
+    free(c);
+}
+
 static int comm_create(int64_t timeout_ms, void** out, int32_t* rank, int32_t* world, char* err, size_t cap) {
     *out = NULL;
     const double deadline = now_s() + (double)timeout_ms / 1000.0;
@@ -371,14 +385,7 @@ static int comm_create(int64_t timeout_ms, void** out, int32_t* rank, int32_t* w
     rc = SW_MPI_OK;
     goto done;
 fail:
-    if (c) {
-        free(c->notices);
-        free(c->notice_time);
-        free(c->status_send);
-        free(c->status_out);
-        free(c->heard);
-    }
-    free(c);
+    free_comm(c);
 done:
     pthread_mutex_unlock(&g_mu);
     return rc;
@@ -418,13 +425,7 @@ static void comm_release(void* handle) {
         if (!c->leaked && !c->failed) {
             MPI_Comm_free(&c->data);
             MPI_Comm_free(&c->ctrl);
-            for (int q = 0; q < c->world; ++q) free(c->notices[q]);
-            free(c->notices);
-            free(c->notice_time);
-            free(c->status_send);
-            free(c->status_out);
-            free(c->heard);
-            free(c);
+            free_comm(c);
         } /* else: requests may still reference the communicators (and c's buffers); keep them */
     }
     pthread_mutex_unlock(&g_mu);
