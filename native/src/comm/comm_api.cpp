@@ -25,6 +25,35 @@ void copy_text(const std::string& text, char* out, uint64_t capacity) {
     std::memcpy(out, text.data(), n);
     out[n] = '\0';
 }
+
+// One contiguous span of a collective's send or recv: `count` elements, times the world size when `times_world`.
+struct SpanArg {
+    sw_buffer buffer;
+    uint64_t offset;
+    uint64_t count;
+    bool times_world;
+};
+
+// The export of a collective over one send span and one recv span: checks the call (and, for a reduction, `op`, read
+// raw: pass the parameter itself), fills `d`'s dtype and spans, and queues it on the communicator.
+void submit_spans(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, const sw_reduce_op* op, Desc d,
+                  SpanArg send, SpanArg recv) {
+    const CallArgs ctx = check_call(comm, rank, stream, dtype, op != nullptr);
+    if (op) reduce_op_arg(*op, "op"); // core/enum_arg.h: any int32 may arrive
+    const auto world = static_cast<uint64_t>(ctx.comm->state->world);
+    auto elements = [&](const SpanArg& a) { return a.times_world ? saturating_mul(a.count, world) : a.count; };
+    d.dtype = dtype;
+    d.send = span_of(send.buffer, "send", ctx, rank, send.offset, elements(send), &d.keep_send);
+    d.recv = span_of(recv.buffer, "recv", ctx, rank, recv.offset, elements(recv), &d.keep_recv);
+    ctx.comm->state->submit(rank, std::move(d), ctx.stream);
+}
+
+Desc desc_of(Coll op, uint64_t count) {
+    Desc d;
+    d.op = op;
+    d.count = count;
+    return d;
+}
 } // namespace
 
 extern "C" {
@@ -93,11 +122,7 @@ SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason,
         require(aborted, "aborted");
         std::lock_guard<std::mutex> lock(c->state->mu);
         *aborted = c->state->aborted ? 1 : 0;
-        if (reason && reason_capacity > 0) {
-            const size_t n = std::min<uint64_t>(c->state->reason.size(), reason_capacity - 1);
-            std::memcpy(reason, c->state->reason.data(), n);
-            reason[n] = '\0';
-        }
+        copy_text(c->state->reason, reason, reason_capacity);
     });
 }
 
@@ -114,15 +139,8 @@ SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64
 SW_API sw_status sw_all_gather(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset, sw_buffer recv,
                                uint64_t recv_offset, uint64_t count, sw_dtype dtype, sw_stream stream) {
     return guard(__func__, [&] {
-        const CallArgs ctx = check_call(comm, rank, stream, dtype, false);
-        Desc d;
-        d.op = Coll::AllGather;
-        d.dtype = dtype;
-        d.count = count;
-        d.send = span_of(send, "send", ctx, rank, send_offset, count, &d.keep_send);
-        d.recv = span_of(recv, "recv", ctx, rank, recv_offset,
-                         saturating_mul(count, static_cast<uint64_t>(ctx.comm->state->world)), &d.keep_recv);
-        ctx.comm->state->submit(rank, std::move(d), ctx.stream);
+        submit_spans(comm, rank, stream, dtype, nullptr, desc_of(Coll::AllGather, count), {send, send_offset, count, false},
+                     {recv, recv_offset, count, true});
     });
 }
 
@@ -130,15 +148,10 @@ SW_API sw_status sw_all_gather_v(sw_comm comm, int32_t rank, sw_buffer send, uin
                                  sw_buffer recv, uint64_t recv_offset, uint64_t recv_capacity, sw_dtype dtype,
                                  sw_stream stream) {
     return guard(__func__, [&] {
-        const CallArgs ctx = check_call(comm, rank, stream, dtype, false);
-        Desc d;
-        d.op = Coll::AllGatherV;
-        d.dtype = dtype;
-        d.count = count;
-        d.send = span_of(send, "send", ctx, rank, send_offset, count, &d.keep_send);
-        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_capacity, &d.keep_recv);
+        Desc d = desc_of(Coll::AllGatherV, count);
         d.recv_capacity = recv_capacity;
-        ctx.comm->state->submit(rank, std::move(d), ctx.stream);
+        submit_spans(comm, rank, stream, dtype, nullptr, std::move(d), {send, send_offset, count, false},
+                     {recv, recv_offset, recv_capacity, false});
     });
 }
 
@@ -171,15 +184,8 @@ SW_API sw_status sw_all_reduce(sw_comm comm, int32_t rank, sw_buffer send, uint6
                                uint64_t recv_offset, uint64_t count, sw_dtype dtype, sw_reduce_op op,
                                sw_stream stream) {
     return guard(__func__, [&] {
-        const CallArgs ctx = check_call(comm, rank, stream, dtype, true);
-        reduce_op_arg(op, "op"); // read raw (core/enum_arg.h): any int32 may arrive
-        Desc d;
-        d.op = Coll::AllReduce;
-        d.dtype = dtype;
-        d.count = count;
-        d.send = span_of(send, "send", ctx, rank, send_offset, count, &d.keep_send);
-        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, count, &d.keep_recv);
-        ctx.comm->state->submit(rank, std::move(d), ctx.stream);
+        submit_spans(comm, rank, stream, dtype, &op, desc_of(Coll::AllReduce, count), {send, send_offset, count, false},
+                     {recv, recv_offset, count, false});
     });
 }
 
@@ -187,16 +193,8 @@ SW_API sw_status sw_reduce_scatter(sw_comm comm, int32_t rank, sw_buffer send, u
                                    uint64_t recv_offset, uint64_t recv_count, sw_dtype dtype, sw_reduce_op op,
                                    sw_stream stream) {
     return guard(__func__, [&] {
-        const CallArgs ctx = check_call(comm, rank, stream, dtype, true);
-        reduce_op_arg(op, "op"); // read raw (core/enum_arg.h): any int32 may arrive
-        Desc d;
-        d.op = Coll::ReduceScatter;
-        d.dtype = dtype;
-        d.count = recv_count;
-        d.send = span_of(send, "send", ctx, rank, send_offset,
-                         saturating_mul(recv_count, static_cast<uint64_t>(ctx.comm->state->world)), &d.keep_send);
-        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_count, &d.keep_recv);
-        ctx.comm->state->submit(rank, std::move(d), ctx.stream);
+        submit_spans(comm, rank, stream, dtype, &op, desc_of(Coll::ReduceScatter, recv_count),
+                     {send, send_offset, recv_count, true}, {recv, recv_offset, recv_count, false});
     });
 }
 
@@ -204,16 +202,10 @@ SW_API sw_status sw_reduce_scatter_v(sw_comm comm, int32_t rank, sw_buffer send,
                                      uint64_t send_capacity, sw_buffer recv, uint64_t recv_offset, uint64_t recv_count,
                                      sw_dtype dtype, sw_reduce_op op, sw_stream stream) {
     return guard(__func__, [&] {
-        const CallArgs ctx = check_call(comm, rank, stream, dtype, true);
-        reduce_op_arg(op, "op"); // read raw (core/enum_arg.h): any int32 may arrive
-        Desc d;
-        d.op = Coll::ReduceScatterV;
-        d.dtype = dtype;
-        d.count = recv_count;
-        d.send = span_of(send, "send", ctx, rank, send_offset, send_capacity, &d.keep_send);
+        Desc d = desc_of(Coll::ReduceScatterV, recv_count);
         d.send_capacity = send_capacity;
-        d.recv = span_of(recv, "recv", ctx, rank, recv_offset, recv_count, &d.keep_recv);
-        ctx.comm->state->submit(rank, std::move(d), ctx.stream);
+        submit_spans(comm, rank, stream, dtype, &op, std::move(d), {send, send_offset, send_capacity, false},
+                     {recv, recv_offset, recv_count, false});
     });
 }
 
