@@ -1,7 +1,6 @@
 // The collective algorithms and helpers shared by every communicator kind (see collectives.h).
 #include "comm/collectives.h"
 
-#include "comm/communicator.h" // the communicator's data, read by the argument checks (no calls into it)
 #include "core/enum_arg.h"
 #include "core/index_math.h"
 
@@ -248,43 +247,6 @@ void sw::move_data(const Slot& slot, int world, int rank, Copier& mv) {
     case Coll::Barrier: break;
     }
     mv.finish();
-}
-
-void sw::check_rank(const Communicator& c, int32_t rank) {
-    if (rank < 0 || rank >= c.world)
-        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", c.world);
-    if (c.self >= 0 && rank != c.self)
-        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " but this process is rank ", c.self, " of the ", c.backend_name,
-             " communicator; a multi-process communicator runs one rank per process, pass its own rank");
-}
-
-CallArgs sw::check_call(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, bool reducing) {
-    auto* h = checked(comm, HandleKind::Comm, "comm");
-    auto* s = checked(stream, "stream");
-    const Communicator& c = *h->state;
-    check_rank(c, rank);
-    if (s->device_impl != c.devices[rank])
-        fail(SW_ERR_INVALID_ARGUMENT, "stream runs on device '", s->device_impl->name, "' but rank ", rank,
-             " of the communicator is on device '", c.devices[rank]->name, "'; expected a stream of rank ", rank,
-             "'s device");
-    const size_t esz = dtype_size_checked(dtype, "dtype");
-    if (reducing && dtype == SW_DTYPE_U8) fail(SW_ERR_UNSUPPORTED, "dtype u8 cannot be summed");
-    return {h, s, esz};
-}
-
-char* sw::span_of(sw_buffer b, const char* name, const CallArgs& call, int32_t rank, uint64_t offset, uint64_t count,
-                  std::shared_ptr<Storage>* keep) {
-    auto* buf = checked(b, HandleKind::Buffer, name);
-    if (buf->device_impl != call.comm->state->devices[rank])
-        fail(SW_ERR_INVALID_ARGUMENT, name, " is not on rank ", rank, "'s device; expected a buffer of that device");
-    *keep = buf->storage;
-    return buffer_span(buf, offset, count, call.esz, name);
-}
-
-uint64_t sw::capacity_from(sw_buffer b, uint64_t offset, size_t esz) {
-    auto* buf = reinterpret_cast<sw_buffer_s*>(b);
-    const uint64_t cap = buf->storage->bytes / esz;
-    return offset <= cap ? cap - offset : 0;
 }
 
 std::vector<std::shared_ptr<DeviceImpl>> sw::local_devices(int32_t world_size, const sw_device* devices, int64_t timeout_ms) {

@@ -18,8 +18,6 @@
 
 namespace sw {
 
-class Communicator; // communicator.h
-
 enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, ReduceScatterV, Broadcast, Barrier };
 
 inline const char* coll_name(Coll c) {
@@ -174,25 +172,6 @@ public:
 // every block into its own recv; all-reduce: it sums its shard of the count and writes it into every rank's recv;
 // reduce-scatter: its own block; broadcast: from the root). Every move is complete when it returns.
 void move_data(const Slot& slot, int world, int rank, Copier& copier);
-
-// ---- the argument checks of a collective call (comm_api.cpp)
-// A rank argument: in range, and for a multi-process communicator this process's own rank.
-void check_rank(const Communicator& c, int32_t rank);
-// The checks every collective call makes: comm and stream valid, rank valid, the stream on the rank's device, dtype
-// valid (and summable when `reducing`). dtype is the export's parameter itself, by reference: dtype_size_checked reads
-// it raw and range-checks it before it is ever loaded as a sw_dtype (core/enum_arg.h). Returns the element size.
-struct CallArgs {
-    struct sw_comm_s* comm;
-    sw_stream_s* stream;
-    size_t esz;
-};
-CallArgs check_call(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, bool reducing);
-// The bytes at element `offset` of buffer `b` holding `count` elements (checked), on rank `rank`'s device; *keep holds
-// the storage alive while the collective is queued.
-char* span_of(sw_buffer b, const char* name, const CallArgs& call, int32_t rank, uint64_t offset, uint64_t count,
-              std::shared_ptr<Storage>* keep);
-// Elements of `esz` bytes available in b from `offset` (0 past the end).
-uint64_t capacity_from(sw_buffer b, uint64_t offset, size_t esz);
 
 // Test-only fault injection (SHARDWISE_TEST_FAULT, read once per process; unset in normal use):
 //   "exit:N"  the process calls _exit(0) right after its N-th data exchange of a multi-process collective

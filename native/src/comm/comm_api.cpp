@@ -26,6 +26,56 @@ void copy_text(const std::string& text, char* out, uint64_t capacity) {
     out[n] = '\0';
 }
 
+// ---- the argument checks of a collective call
+// A rank argument: in range, and for a multi-process communicator this process's own rank.
+void check_rank(const Communicator& c, int32_t rank) {
+    if (rank < 0 || rank >= c.world)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " is out of range; expected 0 <= rank < ", c.world);
+    if (c.self >= 0 && rank != c.self)
+        fail(SW_ERR_INVALID_ARGUMENT, "rank = ", rank, " but this process is rank ", c.self, " of the ", c.backend_name,
+             " communicator; a multi-process communicator runs one rank per process, pass its own rank");
+}
+
+// The checks every collective call makes: comm and stream valid, rank valid, the stream on the rank's device, dtype
+// valid (and summable when `reducing`). dtype is the export's parameter itself, by reference: dtype_size_checked reads
+// it raw and range-checks it before it is ever loaded as a sw_dtype (core/enum_arg.h). Returns the element size.
+struct CallArgs {
+    struct sw_comm_s* comm;
+    sw_stream_s* stream;
+    size_t esz;
+};
+CallArgs check_call(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, bool reducing) {
+    auto* h = checked(comm, HandleKind::Comm, "comm");
+    auto* s = checked(stream, "stream");
+    const Communicator& c = *h->state;
+    check_rank(c, rank);
+    if (s->device_impl != c.devices[rank])
+        fail(SW_ERR_INVALID_ARGUMENT, "stream runs on device '", s->device_impl->name, "' but rank ", rank,
+             " of the communicator is on device '", c.devices[rank]->name, "'; expected a stream of rank ", rank,
+             "'s device");
+    const size_t esz = dtype_size_checked(dtype, "dtype");
+    if (reducing && dtype == SW_DTYPE_U8) fail(SW_ERR_UNSUPPORTED, "dtype u8 cannot be summed");
+    return {h, s, esz};
+}
+
+// The bytes at element `offset` of buffer `b` holding `count` elements (checked), on rank `rank`'s device; *keep holds
+// the storage alive while the collective is queued.
+char* span_of(sw_buffer b, const char* name, const CallArgs& call, int32_t rank, uint64_t offset, uint64_t count,
+              std::shared_ptr<Storage>* keep) {
+    auto* buf = checked(b, HandleKind::Buffer, name);
+    if (buf->device_impl != call.comm->state->devices[rank])
+        fail(SW_ERR_INVALID_ARGUMENT, name, " is not on rank ", rank, "'s device; expected a buffer of that device");
+    *keep = buf->storage;
+    return buffer_span(buf, offset, count, call.esz, name);
+}
+
+// Elements of `esz` bytes available in b from `offset` (0 past the end).
+uint64_t capacity_from(sw_buffer b, uint64_t offset, size_t esz) {
+    auto* buf = reinterpret_cast<sw_buffer_s*>(b);
+    const uint64_t cap = buf->storage->bytes / esz;
+    return offset <= cap ? cap - offset : 0;
+}
+
 // One contiguous span of a collective's send or recv: `count` elements, times the world size when `times_world`.
 struct SpanArg {
     sw_buffer buffer;

@@ -21,7 +21,7 @@
 //   tcp_transport.cpp -> store.cpp -> socket.cpp, mpi_transport.cpp, nccl_loader.cpp   (Transport implementations,
 //                                                         the store, the NCCL library)
 //   collectives.cpp        shared algorithms and helpers (Desc, agreement check, reductions, shard math, poisoning,
-//                          argument checks); transport.h: the Transport interface
+//                          the in-process creation's checks); transport.h: the Transport interface
 #pragma once
 #include "comm/collectives.h"
 #include "comm/transport.h"
