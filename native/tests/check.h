@@ -1,6 +1,6 @@
-/* The check macros of the C ABI checks (c_api_check.c, c_api_args_check.c): CHECK counts and reports a failed
- * condition with its file and line, OK checks that a call returned SW_OK (naming the call, its status and
- * sw_last_error()). One translation unit per program includes it: `failures` is that program's count. */
+/* The check macros of the C ABI checks (c_api_check.c, c_api_args_check.c, cuda_dispatch_check_internal.cpp): CHECK
+ * counts and reports a failed condition with its file and line, OK checks that a call returned SW_OK (naming the call,
+ * its status and sw_last_error()). One translation unit per program includes it: `failures` is that program's count. */
 #pragma once
 #include "shardwise.h"
 

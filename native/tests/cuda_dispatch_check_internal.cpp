@@ -2,6 +2,7 @@
 // routing, and collectives ordered into streams through the wait-flag protocol — run against a host
 // emulation of the CUDA plugin (native/tests/emulated_cuda). This proves the core's side of the plugin
 // interface without a GPU; the real plugin is validated only on a GPU machine.
+#include "check.h" // CHECK, OK, failures
 #include "shardwise.h"
 
 #include <dlfcn.h>
@@ -13,22 +14,6 @@
 #include <cstring>
 #include <random>
 #include <vector>
-
-static int failures = 0;
-#define CHECK(cond, ...)                                                                 \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            ++failures;                                                                  \
-            std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                    \
-            std::fprintf(stderr, __VA_ARGS__);                                           \
-            std::fprintf(stderr, "\n");                                                  \
-        }                                                                                \
-    } while (0)
-#define OK(call)                                                                         \
-    do {                                                                                 \
-        sw_status st_ = (call);                                                          \
-        CHECK(st_ == SW_OK, "%s -> %s: %s", #call, sw_status_string(st_), sw_last_error()); \
-    } while (0)
 
 int main() {
     setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
