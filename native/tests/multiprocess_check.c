@@ -616,25 +616,34 @@ static int tcp_job(int p, const char* scenario) {
     return bad;
 }
 
-static int mpi_rank(void) {
+/* The start of an mpirun rank: a CPU device, a stream and an MPI communicator (timeout 20 s); sets g_rank and `info`
+ * (sw_mpi_get_info's text, 512 bytes). Returns 0, 77 when this build has no MPI (printing why), or 1 when a call
+ * failed. */
+static int mpi_setup(char* info, sw_device* dev, sw_stream* s, sw_comm* comm, int32_t* rank, int32_t* p) {
     int32_t available = 0;
-    char info[512];
-    sw_mpi_get_info(&available, info, sizeof info);
+    sw_mpi_get_info(&available, info, 512);
     if (!available) {
         printf("skipped: %s\n", info);
         return 77;
     }
+    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, dev));
+    OK(sw_stream_create(*dev, s));
+    OK(sw_comm_create_mpi(*dev, 20000, comm));
+    if (g_failures) return 1;
+    OK(sw_comm_get_rank(*comm, rank));
+    OK(sw_comm_get_world_size(*comm, p));
+    g_rank = *rank;
+    return 0;
+}
+
+static int mpi_rank(void) {
     sw_device dev = NULL;
     sw_stream s = NULL;
     sw_comm comm = NULL;
-    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &dev));
-    OK(sw_stream_create(dev, &s));
-    OK(sw_comm_create_mpi(dev, 20000, &comm));
-    if (g_failures) return 1;
     int32_t rank = -1, p = 0;
-    OK(sw_comm_get_rank(comm, &rank));
-    OK(sw_comm_get_world_size(comm, &p));
-    g_rank = rank;
+    char info[512];
+    const int setup = mpi_setup(info, &dev, &s, &comm, &rank, &p);
+    if (setup) return setup;
     /* every rank must generate the same data: rank 0's seed for all */
     sw_buffer seed = alloc_f32(dev, 1);
     memcpy(ptr(seed), &g_seed, 4);
@@ -683,24 +692,13 @@ static int mpi_rank(void) {
  * (SHARDWISE_TEST_FAULT=abort:2,3; the 1st is the seed's broadcast): in the middle of an out-of-place all-reduce, then
  * (on a new communicator) of an in-place one. Every rank must fail, its outputs obeying the contract. */
 static int mpi_fault_rank(void) {
-    int32_t available = 0;
-    char info[512];
-    sw_mpi_get_info(&available, info, sizeof info);
-    if (!available) {
-        printf("skipped: %s\n", info);
-        return 77;
-    }
     sw_device dev = NULL;
     sw_stream s = NULL;
     sw_comm comm = NULL;
-    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &dev));
-    OK(sw_stream_create(dev, &s));
-    OK(sw_comm_create_mpi(dev, 20000, &comm));
-    if (g_failures) return 1;
     int32_t rank = -1, p = 0;
-    OK(sw_comm_get_rank(comm, &rank));
-    OK(sw_comm_get_world_size(comm, &p));
-    g_rank = rank;
+    char info[512];
+    const int setup = mpi_setup(info, &dev, &s, &comm, &rank, &p);
+    if (setup) return setup;
     if (p < 2) {
         printf("skipped: needs 2 or more ranks\n");
         return 77;
