@@ -81,6 +81,28 @@ public abstract class BackendTest(Backend backend)
         Str.Synchronize();
         Reference.AssertBitwise(rows.ToArray(Str), full, "row blocks vs full");
     }
+
+    /// <summary>One GEMM of fresh random A and B with padded leading dimensions (lda, ldb, ldc larger than needed) into a
+    /// poisoned C, against the float64 reference; the padding of C beyond n must stay poison.</summary>
+    protected void AssertGemmMatchesReference(long m, long k, long n, bool transA, bool transB, string what)
+    {
+        var rng = NewRandom();
+        long lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 1, ldc = n + 2;
+        var a = RandomArray(rng, Math.Max(1, (transA ? k : m) * lda));
+        var b = RandomArray(rng, Math.Max(1, (transB ? n : k) * ldb));
+        using var da = Upload(a);
+        using var db = Upload(b);
+        using var dc = Poisoned(m * ldc);
+        Gemm.Multiply(Str, da.AsMatrix(transA ? k : m, transA ? m : k, lda), db.AsMatrix(transB ? n : k, transB ? k : n, ldb),
+            dc.AsMatrix(m, n, ldc), transA: transA, transB: transB);
+        Str.Synchronize();
+        var c = dc.ToArray(Str);
+        var (want, mag) = Reference.Gemm(a, lda, transA, b, ldb, transB, m, n, k);
+        Reference.AssertClose(c, ldc, want, mag, m, n, k, what);
+        for (long i = 0; i < m; i++)
+            for (long j = n; j < ldc; j++)
+                Assert.That(float.IsNaN(c[i * ldc + j]), $"padding ({i},{j}) beyond n was written");
+    }
 }
 
 /// <summary>float64 references.</summary>
