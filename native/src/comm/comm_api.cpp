@@ -9,7 +9,6 @@
 #include "core/enum_arg.h"
 #include "core/index_math.h"
 
-#include <algorithm>
 #include <cstring>
 
 using namespace sw;
@@ -17,14 +16,6 @@ using namespace sw;
 namespace {
 sw_comm_s* checked_comm(sw_comm h) { return checked(h, HandleKind::Comm, "comm"); }
 sw_store_s* checked_store(sw_store h) { return checked(h, HandleKind::Store, "store"); }
-
-// Copies `text` into a caller's buffer of `capacity` bytes (truncated, always terminated; nothing for capacity 0).
-void copy_text(const std::string& text, char* out, uint64_t capacity) {
-    if (!out || !capacity) return;
-    const size_t n = std::min<uint64_t>(text.size(), capacity - 1);
-    std::memcpy(out, text.data(), n);
-    out[n] = '\0';
-}
 
 // ---- the argument checks of a collective call
 // A rank argument: in range, and for a multi-process communicator this process's own rank.
@@ -172,7 +163,7 @@ SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason,
         require(aborted, "aborted");
         std::lock_guard<std::mutex> lock(c->state->mu);
         *aborted = c->state->aborted ? 1 : 0;
-        copy_text(c->state->reason, reason, reason_capacity);
+        copy_name(reason, reason_capacity, c->state->reason);
     });
 }
 
@@ -392,7 +383,7 @@ SW_API sw_status sw_comm_create_tcp(sw_device, sw_store, const char*, int32_t, i
 SW_API sw_status sw_mpi_get_info(int32_t* available, char* version, uint64_t version_capacity) {
     return guard(__func__, [&] {
         require(available, "available");
-        copy_text(mpi_info(available), version, version_capacity);
+        copy_name(version, version_capacity, mpi_info(available));
     });
 }
 
@@ -417,7 +408,7 @@ SW_API sw_status sw_mpi_finalize(void) {
 SW_API sw_status sw_nccl_get_info(int32_t* available, int32_t* version_code, char* text, uint64_t text_capacity) {
     return guard(__func__, [&] {
         require(available, "available");
-        copy_text(nccl_info(available, version_code), text, text_capacity);
+        copy_name(text, text_capacity, nccl_info(available, version_code));
     });
 }
 

@@ -86,6 +86,7 @@ void fail_event_pair_mismatch() {
 }
 
 void copy_name(char* dst, size_t cap, const std::string& src) {
+    if (!dst || !cap) return;
     const size_t n = src.size() < cap - 1 ? src.size() : cap - 1;
     std::memcpy(dst, src.data(), n);
     dst[n] = '\0';

@@ -143,7 +143,8 @@ void require_same_device(sw_buffer_s* buf, sw_stream_s* stream, const char* buf_
 [[noreturn]] void fail_event_stream_mismatch(const sw_event_s& e, const sw_stream_s& s);
 [[noreturn]] void fail_event_pair_mismatch();
 
-// Copies src into a fixed char array of cap bytes (truncated, always terminated): sw_device_info's strings.
+// Copies src into a caller's char buffer of cap bytes (truncated, always terminated; nothing when dst is null or cap
+// is 0): sw_device_info's strings, the communicators' reason and version texts.
 void copy_name(char* dst, size_t cap, const std::string& src);
 
 // Checks a dtype argument (read raw, see core/enum_arg.h: pass the parameter itself); returns its element size.
