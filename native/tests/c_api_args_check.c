@@ -148,11 +148,11 @@ static void check_gemm(sw_device dev, sw_stream s) {
     REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_N, GK, GN, GN, dbias, 1, SW_EPILOGUE_NONE), "bias", NULL);
     /* Leading dimensions one too small (the buffers are big enough for either reading). */
     REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_N, GK, GN, GN - 1, NULL, 0, SW_EPILOGUE_NONE), "ldc = 10", "ldc >= 11");
-    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_N, GK, GN - 1, GN, NULL, 0, SW_EPILOGUE_NONE), "ldb = 10", "ldb >= 11");
-    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_N, GK - 1, GN, GN, NULL, 0, SW_EPILOGUE_NONE), "lda = 8", "lda >= 9");
+    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_N, GK, GN - 1, GN, NULL, 0, SW_EPILOGUE_NONE), "ldb = 10", "as stored (k x n = 9 x 11, trans_b = N); expected ldb >= 11");
+    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_N, GK - 1, GN, GN, NULL, 0, SW_EPILOGUE_NONE), "lda = 8", "as stored (m x k = 7 x 9, trans_a = N); expected lda >= 9");
     /* Transposed: A stored k x m (lda >= m), B stored n x k (ldb >= k). */
-    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_T, SW_OP_N, GM - 1, GN, GN, NULL, 0, SW_EPILOGUE_NONE), "lda = 6", "lda >= 7");
-    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_T, GK, GK - 1, GN, NULL, 0, SW_EPILOGUE_NONE), "ldb = 8", "ldb >= 9");
+    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_T, SW_OP_N, GM - 1, GN, GN, NULL, 0, SW_EPILOGUE_NONE), "lda = 6", "as stored (k x m = 9 x 7, trans_a = T); expected lda >= 7");
+    REFUSED(GEMM(SW_DTYPE_F32, SW_OP_N, SW_OP_T, GK, GK - 1, GN, NULL, 0, SW_EPILOGUE_NONE), "ldb = 8", "as stored (n x k = 11 x 9, trans_b = T); expected ldb >= 9");
     /* C one element short of m x n at offset 1 (extent check, not the ldc check). */
     REFUSED(sw_gemm(s, SW_DTYPE_F32, SW_OP_N, SW_OP_N, GM, GN, GK, 1.0f, da, 0, GK, db, 0, GN, 0.0f, dc,
                     (uint64_t)(nc - GM * GN + 1), GN, NULL, 0, SW_EPILOGUE_NONE),
