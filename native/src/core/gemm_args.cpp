@@ -10,12 +10,15 @@
 namespace sw {
 namespace {
 
-// Validates one GEMM operand stored rows x cols with leading dimension ld at offset.
+// Validates one GEMM operand stored rows x cols with leading dimension ld at offset. `stored` names the stored shape
+// ("m x k", ...) and `trans` the op argument ("trans_a = N", ...); the message text is built only when the check fails
+// (nothing is formatted on the GEMM's hot path).
 const void* gemm_operand(sw_buffer_s* buf, uint64_t offset, int64_t rows, int64_t cols, int64_t ld, size_t esz,
-                         const char* name, const char* ld_name, const std::string& shape) {
+                         const char* name, const char* ld_name, const char* stored, const char* trans) {
     if (ld < (cols > 1 ? cols : 1))
-        fail(SW_ERR_INVALID_ARGUMENT, ld_name, " = ", ld, " is smaller than the ", cols,
-             " columns of ", name, " as stored (", shape, "); expected ", ld_name, " >= ", (cols > 1 ? cols : 1));
+        fail(SW_ERR_INVALID_ARGUMENT, ld_name, " = ", ld, " is smaller than the ", cols, " columns of ", name,
+             " as stored (", stored, " = ", rows, " x ", cols, ", ", trans, "); expected ", ld_name, " >= ",
+             (cols > 1 ? cols : 1));
     return buffer_span(buf, offset, matrix_extent(rows, cols, ld), esz, name);
 }
 
@@ -59,10 +62,10 @@ GemmCall gemm_call_from_args(sw_stream_s* s, const sw_dtype& dtype_in, const sw_
         require_same_device(ba, s, "a");
         require_same_device(bb, s, "b");
         const bool ta = p.trans_a, tb = p.trans_b;
-        const std::string shape_a = ta ? str("k x m = ", k, " x ", m, ", trans_a = T") : str("m x k = ", m, " x ", k, ", trans_a = N");
-        const std::string shape_b = tb ? str("n x k = ", n, " x ", k, ", trans_b = T") : str("k x n = ", k, " x ", n, ", trans_b = N");
-        p.a = gemm_operand(ba, a_offset, p.a_rows(), p.a_cols(), lda, esz, "a", "lda", shape_a);
-        p.b = gemm_operand(bb, b_offset, p.b_rows(), p.b_cols(), ldb, esz, "b", "ldb", shape_b);
+        p.a = gemm_operand(ba, a_offset, p.a_rows(), p.a_cols(), lda, esz, "a", "lda", ta ? "k x m" : "m x k",
+                           ta ? "trans_a = T" : "trans_a = N");
+        p.b = gemm_operand(bb, b_offset, p.b_rows(), p.b_cols(), ldb, esz, "b", "ldb", tb ? "n x k" : "k x n",
+                           tb ? "trans_b = T" : "trans_b = N");
         call.keep.s[0] = ba->storage;
         call.keep.s[1] = bb->storage;
     }
