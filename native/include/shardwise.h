@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SW_ABI_VERSION 1
+#define SW_ABI_VERSION 2 /* 2: sw_gemm_desc and sw_gemm_ex */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -248,6 +248,35 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op 
                          sw_buffer c, uint64_t c_offset, int64_t ldc,
                          sw_buffer bias, uint64_t bias_offset,
                          sw_epilogue epilogue);
+
+/* The one GEMM description (ABI 2): element types per operand, fp32 accumulation.
+ *   C[m,n] = epilogue(alpha * op(A) · op(B) + beta * C + bias[n])   with the same shapes, offsets, leading dimensions
+ *   and rules as sw_gemm (leading dimensions and offsets in elements of each operand's own type).
+ *  - size: sizeof(sw_gemm_desc), set by the caller (a smaller value from an older caller is refused today with
+ *    SW_ERR_INVALID_ARGUMENT; later versions append fields and accept the older sizes).
+ *  - a_type == b_type in {F32, F16, BF16}; c_type is F32 or a_type; the bias (optional) has c_type; compute_type is
+ *    F32: products are accumulated in fp32, alpha, beta, the bias and the epilogue are applied in fp32, and the
+ *    result is rounded once (round to nearest even) to c_type. A combination the backend lacks fails with
+ *    SW_ERR_UNSUPPORTED naming it ("a = bf16, b = bf16, c = f16 ...").
+ *  - CPU kernels (sw_device_set_kernel): 16-bit inputs are widened to fp32 while the panels are packed and run the
+ *    named fp32 micro-kernel, except bf16 with "avx512bf16" (the default where the processor has AVX512_BF16), which
+ *    multiplies bf16 pairs with vdpbf16ps; that instruction treats bf16 subnormal inputs as zero.
+ *  - Determinism as sw_gemm: a column block computed alone equals the same block of the full product bit for bit.
+ *  - sw_gemm(stream, dtype, ...) is sw_gemm_ex with a_type = b_type = c_type = dtype. */
+typedef struct sw_gemm_desc {
+    uint32_t size;
+    sw_op trans_a, trans_b;
+    sw_dtype a_type, b_type, c_type;
+    sw_dtype compute_type;
+    sw_epilogue epilogue;
+    int64_t m, n, k;
+    float alpha, beta;
+    sw_buffer a; uint64_t a_offset; int64_t lda;
+    sw_buffer b; uint64_t b_offset; int64_t ldb;
+    sw_buffer c; uint64_t c_offset; int64_t ldc;
+    sw_buffer bias; uint64_t bias_offset;
+} sw_gemm_desc;
+SW_API sw_status sw_gemm_ex(sw_stream stream, const sw_gemm_desc* desc);
 
 /* ---------------------------------------------------------------- element-wise activations */
 
