@@ -424,7 +424,7 @@ void check_thread_pool() {
 
 void check_kernel_names() {
     Kernel k;
-    for (Kernel x : {Kernel::Auto, Kernel::Avx512, Kernel::Avx2, Kernel::Generic}) {
+    for (Kernel x : {Kernel::Auto, Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2, Kernel::Generic}) {
         CHECK(sw::cpu::parse_kernel(sw::cpu::kernel_name(x), &k) && k == x, "parse_kernel(kernel_name(%d))",
               static_cast<int>(x));
         const sw::cpu::TileShape ts = sw::cpu::tile_shape(x);

@@ -95,10 +95,39 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool cpu_has_avx512bf16() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const bool ok =
+        cpu_has_avx512() && have_avx512bf16_kernel() && __builtin_cpu_supports("avx512bf16");
+    return ok;
+#else
+    return false;
+#endif
+}
+
+bool cpu_has_f16c() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const bool ok = __builtin_cpu_supports("f16c");
+    return ok;
+#else
+    return false;
+#endif
+}
+
+// The fp32 micro-kernel's info (Avx512Bf16 -> Avx512).
 KernelInfo kernel_info(Kernel k) {
     switch (resolve_kernel(k)) {
+    case Kernel::Avx512Bf16:
     case Kernel::Avx512: return kernel_info_avx512();
-    case Kernel::Avx2: return kernel_info_avx2();
+    case Kernel::Avx2: {
+        KernelInfo ki = kernel_info_avx2();
+        if (!cpu_has_f16c()) { // (every AVX2 processor known has F16C; the portable conversions otherwise)
+            const KernelInfo gi = kernel_info_generic();
+            ki.widen_f16 = gi.widen_f16;
+            ki.narrow_f16 = gi.narrow_f16;
+        }
+        return ki;
+    }
     default: return kernel_info_generic();
     }
 }
@@ -111,12 +140,14 @@ bool kernel_supported(Kernel k) {
     case Kernel::Generic: return true;
     case Kernel::Avx512: return cpu_has_avx512();
     case Kernel::Avx2: return cpu_has_avx2();
+    case Kernel::Avx512Bf16: return cpu_has_avx512bf16();
     }
     return false;
 }
 
 Kernel resolve_kernel(Kernel k) {
     if (k != Kernel::Auto) return k;
+    if (cpu_has_avx512bf16()) return Kernel::Avx512Bf16;
     if (cpu_has_avx512()) return Kernel::Avx512;
     if (cpu_has_avx2()) return Kernel::Avx2;
     return Kernel::Generic;
@@ -128,13 +159,14 @@ const char* kernel_name(Kernel k) {
     case Kernel::Avx512: return "avx512";
     case Kernel::Avx2: return "avx2";
     case Kernel::Generic: return "generic";
+    case Kernel::Avx512Bf16: return "avx512bf16";
     }
     return "unknown";
 }
 
 bool parse_kernel(const char* name, Kernel* out) {
     if (!name || !out) return false;
-    static const Kernel all[] = {Kernel::Auto, Kernel::Avx512, Kernel::Avx2, Kernel::Generic};
+    static const Kernel all[] = {Kernel::Auto, Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2, Kernel::Generic};
     for (Kernel k : all) {
         if (std::strcmp(name, kernel_name(k)) == 0) {
             *out = k;
@@ -145,7 +177,7 @@ bool parse_kernel(const char* name, Kernel* out) {
 }
 
 TileShape tile_shape(Kernel k) {
-    const KernelInfo ki = kernel_info(k);
+    const KernelInfo ki = resolve_kernel(k) == Kernel::Avx512Bf16 ? kernel_info_avx512bf16() : kernel_info(k);
     return TileShape{ki.mr, ki.nr, ki.mc, ki.kc, ki.nc};
 }
 
@@ -295,6 +327,9 @@ private:
 
 struct ThreadBuffers {
     AlignedBuffer a, b;
+    AlignedBuffer cw;      // fp32 workspace of a 16-bit C (the task's rows x one NC panel)
+    AlignedBuffer biasw;   // a 16-bit bias widened (the task's columns)
+    AlignedBuffer widen;   // 16-bit rows widened before a transposing pack (W x kc)
     alignas(kAlign) float tile[64 * 64];  // edge tile (MR x NR <= 64 x 64)
     alignas(kAlign) float bias[64];       // zero-padded bias of an edge tile (NR <= 64)
 };
@@ -322,20 +357,52 @@ struct KBlocks {
     int64_t max_size() const { return base + (rem ? 1 : 0); }
 };
 
+// The k blocks in k elements for a kernel whose k step covers `unit` elements (2 for the bf16 pair kernel,
+// else 1): the ceil(k / unit) steps are cut as KBlocks with KC / unit, so every block but the last covers an
+// even number of elements when unit == 2 (the last one may end with a half-filled, zero-padded pair).
+// Still a function of k and the kernel only.
+struct KSplit {
+    KBlocks kb;
+    int64_t k, unit;
+    KSplit(int64_t k_, int64_t kc_max, int64_t unit_)
+        : kb(ceil_div(k_, unit_), std::max<int64_t>(kc_max / unit_, 1)), k(k_), unit(unit_) {}
+    int64_t nb() const { return kb.nb; }
+    int64_t start(int64_t b) const { return kb.start(b) * unit; }                                  // elements
+    int64_t size(int64_t b) const { return std::min(k, (kb.start(b) + kb.size(b)) * unit) - start(b); } // elements
+    int64_t steps(int64_t b) const { return kb.size(b); }                                          // kernel steps
+    int64_t max_steps() const { return kb.max_size(); }
+};
+
+// How the operands reach the micro-kernel.
+enum class Path {
+    F32,    // fp32 operands, packed (or read in place) as they are
+    Widen,  // 16-bit A and B widened to fp32 while packing, the fp32 micro-kernel
+    Pairs,  // bf16 A and B packed as pairs for the vdpbf16ps kernel
+};
+
 struct Ctx {
     const GemmProblem* g;
     KernelInfo ki;
     PackFn pack_a, pack_b;
     PackPanelsFn pack_b_panels;  // null if not available for NR
-    KBlocks kb;
+    KSplit kb;
     int64_t mt, nt;   // task rectangle (rows, columns); tasks form a grid tm x tn
     int64_t tm, tn;
     bool b_inplace;   // read full-width B micro-panels in place (no packing)
-    // The operands as float (every type of the problem is F32 here).
+    Path path = Path::F32;
+    // fp32 operands (Path::F32) ...
     const float* a = nullptr;
     const float* b = nullptr;
-    float* c = nullptr;
+    float* c = nullptr;          // also an fp32 C of 16-bit inputs
     const float* bias = nullptr;
+    // ... 16-bit ones
+    const uint16_t* a16 = nullptr;
+    const uint16_t* b16 = nullptr;
+    uint16_t* c16 = nullptr;     // a 16-bit C (computed in the fp32 workspace, rounded once)
+    const uint16_t* bias16 = nullptr;
+    WidenFn widen_in = nullptr;  // A and B's type -> fp32 (Path::Widen)
+    WidenFn widen_c = nullptr;   // C's and the bias's 16-bit type -> fp32
+    NarrowFn narrow_c = nullptr; // fp32 -> C's 16-bit type
 };
 
 // Edge tile: run the full micro-kernel on a temporary MR x NR tile holding the valid part of C.
@@ -358,6 +425,93 @@ void edge_tile(const Ctx& cx, ThreadBuffers& tb, int64_t kc, const float* ap, co
     for (int r = 0; r < h; ++r) std::memcpy(c + r * ldc, t + r * NR, sizeof(float) * w);
 }
 
+// Packs the A micro-panel of rows [i, i + h) and k elements [p0, p0 + kc) (h <= MR) into dst.
+void pack_a_panel(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t i, int64_t p0, int64_t kc, int h) {
+    const GemmProblem& g = *cx.g;
+    const int MR = cx.ki.mr;
+    switch (cx.path) {
+    case Path::F32:
+        if (g.trans_a)
+            cx.pack_a(dst, cx.a + p0 * g.lda + i, g.lda, kc, h);
+        else
+            cx.pack_a(dst, cx.a + i * g.lda + p0, g.lda, kc, h);
+        return;
+    case Path::Widen:
+        if (g.trans_a) { // A stored k x m: each k step is a row segment of h elements
+            for (int64_t p = 0; p < kc; ++p) {
+                float* d = dst + p * MR;
+                cx.widen_in(d, cx.a16 + (p0 + p) * g.lda + i, h);
+                for (int r = h; r < MR; ++r) d[r] = 0.0f;
+            }
+        } else { // A stored m x k: widen the h rows, then the fp32 transposing pack
+            float* s = tb.widen.get(static_cast<size_t>(h * kc));
+            for (int r = 0; r < h; ++r) cx.widen_in(s + r * kc, cx.a16 + (i + r) * g.lda + p0, kc);
+            cx.pack_a(dst, s, kc, kc, h);
+        }
+        return;
+    case Path::Pairs:
+        if (g.trans_a)
+            cx.ki.pack_pairs_rows_mr(reinterpret_cast<uint32_t*>(dst), cx.a16 + p0 * g.lda + i, g.lda, kc, h);
+        else
+            cx.ki.pack_pairs_cols_mr(reinterpret_cast<uint32_t*>(dst), cx.a16 + i * g.lda + p0, g.lda, kc, h);
+        return;
+    }
+}
+
+// Packs the B panel op(B)[p0:p0+kc, jc:jc+nc] into NR-wide micro-panels of `steps` kernel k steps each (the
+// full-width panels of a B stored as is row by row, then the partial one). Micro-panels read in place are skipped.
+void pack_b_panel(const Ctx& cx, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0, int64_t kc,
+                  int64_t steps) {
+    const GemmProblem& g = *cx.g;
+    const int NR = cx.ki.nr;
+    if (kc == 0) return;
+    int64_t jr_done = 0;
+    if (cx.path == Path::F32 && !g.trans_b && !cx.b_inplace && cx.pack_b_panels) {
+        jr_done = (nc / NR) * NR;
+        cx.pack_b_panels(bpack, cx.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
+    } else if (cx.path == Path::Widen && !g.trans_b) {
+        jr_done = (nc / NR) * NR;
+        const int64_t panels = nc / NR;
+        for (int64_t p = 0; p < kc; ++p) {
+            const uint16_t* s = cx.b16 + (p0 + p) * g.ldb + jc;
+            for (int64_t j = 0; j < panels; ++j) cx.widen_in(bpack + j * kc * NR + p * NR, s + j * NR, NR);
+        }
+    }
+    for (int64_t jr = jr_done; jr < nc; jr += NR) {
+        const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+        if (cx.b_inplace && w == NR) continue;
+        float* dst = bpack + (jr / NR) * steps * NR;
+        const int64_t j = jc + jr;
+        switch (cx.path) {
+        case Path::F32:
+            if (g.trans_b)
+                cx.pack_b(dst, cx.b + j * g.ldb + p0, g.ldb, kc, w);
+            else
+                cx.pack_b(dst, cx.b + p0 * g.ldb + j, g.ldb, kc, w);
+            break;
+        case Path::Widen:
+            if (g.trans_b) { // B stored n x k: widen the w rows, then the fp32 transposing pack
+                float* s = tb.widen.get(static_cast<size_t>(w * kc));
+                for (int c = 0; c < w; ++c) cx.widen_in(s + c * kc, cx.b16 + (j + c) * g.ldb + p0, kc);
+                cx.pack_b(dst, s, kc, kc, w);
+            } else {
+                for (int64_t p = 0; p < kc; ++p) {
+                    float* d = dst + p * NR;
+                    cx.widen_in(d, cx.b16 + (p0 + p) * g.ldb + j, w);
+                    for (int c = w; c < NR; ++c) d[c] = 0.0f;
+                }
+            }
+            break;
+        case Path::Pairs:
+            if (g.trans_b)
+                cx.ki.pack_pairs_cols_nr(reinterpret_cast<uint32_t*>(dst), cx.b16 + j * g.ldb + p0, g.ldb, kc, w);
+            else
+                cx.ki.pack_pairs_rows_nr(reinterpret_cast<uint32_t*>(dst), cx.b16 + p0 * g.ldb + j, g.ldb, kc, w);
+            break;
+        }
+    }
+}
+
 void run_task(const Ctx& cx, int64_t task) {
     const GemmProblem& g = *cx.g;
     const int MR = cx.ki.mr, NR = cx.ki.nr;
@@ -368,33 +522,39 @@ void run_task(const Ctx& cx, int64_t task) {
     if (i0 >= i1 || j0 >= j1) return;
 
     ThreadBuffers& tb = thread_buffers();
-    const int64_t kcmax = std::max<int64_t>(cx.kb.max_size(), 1);
+    const int64_t kcmax = std::max<int64_t>(cx.kb.max_steps(), 1);
     float* bpack = tb.b.get(static_cast<size_t>(kcmax * round_up(std::min(NC, j1 - j0), NR)));
     float* apack = tb.a.get(static_cast<size_t>(kcmax * round_up(std::min(MC, i1 - i0), MR)));
 
+    // A 16-bit C is computed in an fp32 workspace (the task's rows x one NC panel, row stride ldw): every k block
+    // accumulates there in fp32, and the panel is rounded once after the last one. A 16-bit bias is widened once.
+    const bool c16 = cx.c16 != nullptr;
+    const int64_t ldw = c16 ? round_up(std::min(NC, j1 - j0), 16) : 0;
+    float* ws = c16 ? tb.cw.get(static_cast<size_t>((i1 - i0) * ldw)) : nullptr;
+    const float* biasf = cx.bias;  // bias of column j at biasf + j - bias0
+    int64_t bias0 = 0;
+    if (cx.bias16) {
+        float* bw = tb.biasw.get(static_cast<size_t>(j1 - j0));
+        cx.widen_c(bw, cx.bias16 + j0, j1 - j0);
+        biasf = bw;
+        bias0 = j0;
+    }
+
     for (int64_t jc = j0; jc < j1; jc += NC) {
         const int64_t nc = std::min(NC, j1 - jc);
-        for (int64_t kbi = 0; kbi < cx.kb.nb; ++kbi) {
-            const int64_t p0 = cx.kb.start(kbi), kc = cx.kb.size(kbi);
-            const bool first = kbi == 0, last = kbi == cx.kb.nb - 1;
+        // C(i, j): in C itself, or at ws + (i - i0) * ldw + (j - jc) for a 16-bit C.
+        float* cbase = c16 ? ws : cx.c;
+        const int64_t ldcw = c16 ? ldw : g.ldc;
+        const int64_t crow0 = c16 ? i0 : 0, ccol0 = c16 ? jc : 0;
+        const auto cat = [=](int64_t i, int64_t j) { return cbase + (i - crow0) * ldcw + (j - ccol0); };
+        if (c16 && g.beta != 0.0f)
+            for (int64_t i = i0; i < i1; ++i) cx.widen_c(ws + (i - i0) * ldw, cx.c16 + i * g.ldc + jc, nc);
 
-            // Pack the B panel op(B)[p0:p0+kc, jc:jc+nc] into NR-wide micro-panels (B stored as is:
-            // the full-width panels row by row, then the partial one).
-            int64_t jr_done = 0;
-            if (!g.trans_b && !cx.b_inplace && cx.pack_b_panels && kc > 0) {
-                jr_done = (nc / NR) * NR;
-                cx.pack_b_panels(bpack, cx.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
-            }
-            for (int64_t jr = jr_done; jr < nc; jr += NR) {
-                const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-                if (cx.b_inplace && w == NR) continue;
-                float* dst = bpack + (jr / NR) * kc * NR;
-                if (kc == 0) continue;
-                if (g.trans_b)
-                    cx.pack_b(dst, cx.b + (jc + jr) * g.ldb + p0, g.ldb, kc, w);
-                else
-                    cx.pack_b(dst, cx.b + p0 * g.ldb + jc + jr, g.ldb, kc, w);
-            }
+        for (int64_t kbi = 0; kbi < cx.kb.nb(); ++kbi) {
+            const int64_t p0 = cx.kb.start(kbi), kc = cx.kb.size(kbi), kk = cx.kb.steps(kbi);
+            const bool first = kbi == 0, last = kbi == cx.kb.nb() - 1;
+
+            pack_b_panel(cx, tb, bpack, jc, nc, p0, kc, kk);
 
             Epilogue ep;
             ep.alpha = g.alpha;
@@ -408,20 +568,17 @@ void run_task(const Ctx& cx, int64_t task) {
                 if (kc > 0) {
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-                        float* dst = apack + (ir / MR) * kc * MR;
-                        if (g.trans_a)
-                            cx.pack_a(dst, cx.a + p0 * g.lda + ic + ir, g.lda, kc, h);
-                        else
-                            cx.pack_a(dst, cx.a + (ic + ir) * g.lda + p0, g.lda, kc, h);
+                        pack_a_panel(cx, tb, apack + (ir / MR) * kk * MR, ic + ir, p0, kc, h);
                     }
                 }
                 // Few rows with B in place: the wide few-row kernel where a full chunk remains.
                 const bool rows_path = cx.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max;
                 for (int64_t jr = 0; jr < nc; jr += NR) {
+                    const float* bias_j = (last && biasf) ? biasf + (jc + jr - bias0) : nullptr;
                     if (rows_path && nc - jr >= cx.ki.rows_nr) {
-                        ep.bias = (last && cx.bias) ? cx.bias + jc + jr : nullptr;
+                        ep.bias = bias_j;
                         cx.ki.rows_fn(static_cast<int>(mc), kc, apack, cx.b + p0 * g.ldb + jc + jr, g.ldb,
-                                      cx.c + ic * g.ldc + jc + jr, g.ldc, ep);
+                                      cat(ic, jc + jr), ldcw, ep);
                         jr += cx.ki.rows_nr - NR;
                         continue;
                     }
@@ -432,36 +589,39 @@ void run_task(const Ctx& cx, int64_t task) {
                         bp = cx.b + p0 * g.ldb + jc + jr;
                         ldbp = g.ldb;
                     } else {
-                        bp = bpack + (jr / NR) * kc * NR;
+                        bp = bpack + (jr / NR) * kk * NR;
                         ldbp = NR;
                     }
-                    ep.bias = (last && cx.bias) ? cx.bias + jc + jr : nullptr;
+                    ep.bias = bias_j;
                     // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
                     // the first one again for the next ic block), an eighth of it per call; and
                     // the C tile of the next call when that is a full tile.
                     const float* bnext = nullptr;
-                    if (ldbp == NR && kc > 0)
-                        bnext = (jr + NR < nc) ? bpack + (jr / NR + 1) * kc * NR : bpack;
-                    const int64_t pf_chunk = (kc / 4) * 16;  // floats the kernel prefetches per call
+                    if (ldbp == NR && kk > 0)
+                        bnext = (jr + NR < nc) ? bpack + (jr / NR + 1) * kk * NR : bpack;
+                    const int64_t pf_chunk = (kk / 4) * 16;  // floats the kernel prefetches per call
                     for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
                         const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-                        const float* ap = apack + (ir / MR) * kc * MR;
-                        float* cp = cx.c + (ic + ir) * g.ldc + jc + jr;
+                        const float* ap = apack + (ir / MR) * kk * MR;
+                        float* cp = cat(ic + ir, jc + jr);
                         if (h == MR && w == NR) {
                             const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
                             const float* pf_c = nullptr;
                             if (ir + 2 * MR <= mc)
-                                pf_c = cp + MR * g.ldc;                        // tile below
+                                pf_c = cp + MR * ldcw;                   // tile below
                             else if (jr + 2 * NR <= nc && mc >= MR)
-                                pf_c = cx.c + ic * g.ldc + jc + jr + NR;        // top of next column
-                            cx.ki.fn(kc, ap, bp, ldbp, cp, g.ldc, ep, pf_b, pf_c);
+                                pf_c = cat(ic, jc + jr + NR);            // top of next column
+                            cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
                         } else {
-                            edge_tile(cx, tb, kc, ap, bp, ldbp, cp, g.ldc, h, w, ep);
+                            edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
                         }
                     }
                 }
             }
         }
+        // The 16-bit C panel: rounded once, after the last k block, bias and GeLU.
+        if (c16)
+            for (int64_t i = i0; i < i1; ++i) cx.narrow_c(cx.c16 + i * g.ldc + jc, ws + (i - i0) * ldw, nc);
     }
 }
 
@@ -532,7 +692,7 @@ void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
     if (!args.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
     PackFn pack_b = pack_fn(ki.nr, args.trans_b);
     if (args.trans_b && ki.pack_trans_nr) pack_b = ki.pack_trans_nr;
-    Ctx cx{&args, ki, pack_a, pack_b, pack_panels_fn(ki.nr), KBlocks(args.k, ki.kc), 0, 0, 1, 1, false};
+    Ctx cx{&args, ki, pack_a, pack_b, pack_panels_fn(ki.nr), KSplit(args.k, ki.kc, 1), 0, 0, 1, 1, false};
     cx.b_inplace = !args.trans_b && args.k > 0 && args.m <= ki.mr;
     cx.a = static_cast<const float*>(args.a);
     cx.b = static_cast<const float*>(args.b);
@@ -543,6 +703,43 @@ void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
     const int64_t ntasks = cx.tm * cx.tn;
     const Ctx* pcx = &cx;
     // The lambda captures one pointer: std::function stores it without allocating.
+    pool.parallel_for(ntasks, [pcx](int64_t t) { run_task(*pcx, t); });
+}
+
+void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
+    const sw_dtype in = args.a_type;
+    if (in == SW_DTYPE_F32) {
+        sgemm(args, kernel, pool);
+        return;
+    }
+    if (args.m <= 0 || args.n <= 0) return;
+    const Kernel k = resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto);
+    const bool pairs = k == Kernel::Avx512Bf16 && in == SW_DTYPE_BF16;
+    const KernelInfo ki = pairs ? kernel_info_avx512bf16() : kernel_info(k);
+
+    // Widened panels are packed from fp32 rows (copy or transposing pack, as for fp32 operands).
+    PackFn pack_a = pack_fn(ki.mr, !args.trans_a);
+    if (!args.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
+    PackFn pack_b = pack_fn(ki.nr, args.trans_b);
+    if (args.trans_b && ki.pack_trans_nr) pack_b = ki.pack_trans_nr;
+    Ctx cx{&args, ki, pack_a, pack_b, nullptr, KSplit(args.k, ki.kc, pairs ? 2 : 1), 0, 0, 1, 1, false};
+    cx.path = pairs ? Path::Pairs : Path::Widen;
+    cx.a16 = static_cast<const uint16_t*>(args.a);
+    cx.b16 = static_cast<const uint16_t*>(args.b);
+    cx.widen_in = in == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
+    if (args.c_type == SW_DTYPE_F32) {
+        cx.c = static_cast<float*>(args.c);
+        cx.bias = static_cast<const float*>(args.bias);
+    } else {
+        cx.c16 = static_cast<uint16_t*>(args.c);
+        cx.bias16 = static_cast<const uint16_t*>(args.bias);
+        cx.widen_c = args.c_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
+        cx.narrow_c = args.c_type == SW_DTYPE_BF16 ? ki.narrow_bf16 : ki.narrow_f16;
+    }
+    plan_tasks(cx, pool.size());
+
+    const int64_t ntasks = cx.tm * cx.tn;
+    const Ctx* pcx = &cx;
     pool.parallel_for(ntasks, [pcx](int64_t t) { run_task(*pcx, t); });
 }
 

@@ -12,6 +12,7 @@
 // Compiled with a target attribute (the library is built without -march), only called after the
 // driver checked __builtin_cpu_supports.
 #include "cpu/gemm_kernels.h"
+#include "cpu/gemm_convert.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -285,6 +286,37 @@ SW_TARGET_AVX2 void pack_trans_avx2(float* dst, const float* src, int64_t ld, in
     }
 }
 
+// ---- 16-bit row conversions (F16C vcvtph2ps / vcvtps2ph for fp16, integer arithmetic for bf16; tails through
+// the portable functions, which give the same bits) ----------------------------------------------------------
+#define SW_TARGET_F16C __attribute__((target("avx2,fma,f16c")))
+
+SW_TARGET_F16C void widen_f16_f16c(float* dst, const uint16_t* src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+    widen_f16_row(dst + i, src + i, n - i);
+}
+
+SW_TARGET_F16C void widen_bf16_avx2(float* dst, const uint16_t* src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_slli_epi32(w, 16));
+    }
+    widen_bf16_row(dst + i, src + i, n - i);
+}
+
+SW_TARGET_F16C void narrow_f16_f16c(uint16_t* dst, const float* src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    narrow_f16_row(dst + i, src + i, n - i);
+}
+
+// The portable rounding, compiled (and vectorised by the compiler) for AVX2.
+SW_TARGET_F16C void narrow_bf16_avx2(uint16_t* dst, const float* src, int64_t n) { narrow_bf16_row(dst, src, n); }
+
 } // namespace
 
 KernelInfo kernel_info_avx2() {
@@ -294,6 +326,10 @@ KernelInfo kernel_info_avx2() {
     ki.rows_nr = kRowsCols;
     ki.pack_trans_mr = &pack_trans_avx2<kMR>;
     ki.pack_trans_nr = &pack_trans_avx2<8 * kNV>;
+    ki.widen_f16 = &widen_f16_f16c;
+    ki.widen_bf16 = &widen_bf16_avx2;
+    ki.narrow_f16 = &narrow_f16_f16c;
+    ki.narrow_bf16 = &narrow_bf16_avx2;
     return ki;
 }
 

@@ -99,10 +99,12 @@ SW_TARGET_AVX512 inline void finish16(float* cp, __m512 acc, int mode, __m512 va
 // row of B; zmm30, zmm31: broadcast elements of A (alternating, to keep more loads in flight).)
 
 // One row of the tile at k step U: broadcast a[U*MR + R], two FMAs.
+// (SW_OP is the multiply-accumulate: vfmadd231ps for fp32, vdpbf16ps for bf16 pairs, where a k step is a pair
+// step and the 32-bit broadcast carries the two bf16 of A.)
 #define SW_ROW(U, R, AREG, C0, C1)                                             \
     "vbroadcastss " #U "*56+" #R "*4(%[a]), %%zmm" #AREG "\n\t"               \
-    "vfmadd231ps %%zmm28, %%zmm" #AREG ", %%zmm" #C0 "\n\t"                   \
-    "vfmadd231ps %%zmm29, %%zmm" #AREG ", %%zmm" #C1 "\n\t"
+    SW_OP " %%zmm28, %%zmm" #AREG ", %%zmm" #C0 "\n\t"                        \
+    SW_OP " %%zmm29, %%zmm" #AREG ", %%zmm" #C1 "\n\t"
 
 // One k step (U = 0..3 within an unrolled group of four): load the B row, 14 rows of FMAs.
 #define SW_STEP(U)                                                             \
@@ -129,6 +131,7 @@ SW_TARGET_AVX512 inline void finish16(float* cp, __m512 acc, int mode, __m512 va
 // acc: 64-byte aligned, 14 x 32 floats. Prefetches (towards L2) one line from pf_b every 4 k steps
 // (pf_b advancing by 64 bytes), and during the first 14 groups of 4 k steps the 14 rows of the C tile
 // at pf_c (row stride ldc floats).
+#define SW_OP "vfmadd231ps"
 SW_TARGET_AVX512 void kloop_14x32(int64_t kc, const float* a, const float* b, int64_t ldb, float* acc,
                                   const float* pf_b, const float* pf_c, int64_t ldc) {
     int64_t k4 = kc / 4, k1 = kc % 4;
@@ -173,6 +176,58 @@ SW_TARGET_AVX512 void kloop_14x32(int64_t kc, const float* a, const float* b, in
           "xmm29", "xmm30", "xmm31");
 }
 
+#undef SW_OP
+
+// The same loop for the bf16 pair kernel: kc pair steps, acc[r*32 + c] = a chain of vdpbf16ps over the pairs
+// (each adds the two products of a pair to the fp32 accumulator; bf16 subnormal inputs and subnormal results
+// are flushed to zero by the instruction).
+#define SW_OP "vdpbf16ps"
+SW_TARGET_AVX512 void kloop_14x32_bf16(int64_t kc, const float* a, const float* b, int64_t ldb, float* acc,
+                                  const float* pf_b, const float* pf_c, int64_t ldc) {
+    int64_t k4 = kc / 4, k1 = kc % 4;
+    int64_t crows = 14;
+    const int64_t ldb_bytes = ldb * static_cast<int64_t>(sizeof(float));
+    const int64_t ldc_bytes = ldc * static_cast<int64_t>(sizeof(float));
+    __asm__ volatile(
+        SW_ALL_PAIRS(SW_ZERO2)
+        "test %[k4], %[k4]\n\t"
+        "jz 2f\n\t"
+        ".p2align 5\n"
+        "1:\n\t"
+        SW_STEP(0) SW_STEP(1)
+        "prefetcht1 (%[pfb])\n\t"
+        "add $64, %[pfb]\n\t"
+        "dec %[crows]\n\t"
+        "js 5f\n\t"
+        "prefetcht1 (%[pfc])\n\t"
+        "prefetcht1 124(%[pfc])\n\t"
+        "add %[ldc], %[pfc]\n"
+        "5:\n\t"
+        SW_STEP(2) SW_STEP(3)
+        "add $224, %[a]\n\t"
+        "dec %[k4]\n\t"
+        "jnz 1b\n"
+        "2:\n\t"
+        "test %[k1], %[k1]\n\t"
+        "jz 4f\n"
+        "3:\n\t"
+        SW_STEP(0)
+        "add $56, %[a]\n\t"
+        "dec %[k1]\n\t"
+        "jnz 3b\n"
+        "4:\n\t"
+        SW_ALL_PAIRS(SW_STORE2)
+        : [a] "+r"(a), [b] "+r"(b), [k4] "+r"(k4), [k1] "+r"(k1), [pfb] "+r"(pf_b), [pfc] "+r"(pf_c),
+          [crows] "+r"(crows)
+        : [ldb] "r"(ldb_bytes), [acc] "r"(acc), [ldc] "r"(ldc_bytes)
+        : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+          "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18",
+          "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28",
+          "xmm29", "xmm30", "xmm31");
+}
+
+#undef SW_OP
+
 #undef SW_ROW
 #undef SW_STEP
 #undef SW_ZERO2
@@ -182,8 +237,10 @@ SW_TARGET_AVX512 void kloop_14x32(int64_t kc, const float* a, const float* b, in
 constexpr int kMR = 14;
 constexpr int kNV = 2;
 
-SW_TARGET_AVX512 void kernel_avx512(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
-                                    int64_t ldc, const Epilogue& ep, const float* pf_b, const float* pf_c) {
+// Pairs: the bf16 pair kernel (kc pair steps, vdpbf16ps), else fp32 (kc k steps, FMA). Same epilogue.
+template <bool Pairs>
+SW_TARGET_AVX512 void kernel_avx512_t(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                      int64_t ldc, const Epilogue& ep, const float* pf_b, const float* pf_c) {
     constexpr int MR = kMR, NV = kNV;
     // Bring the C tile towards L1 while the k loop runs (it is read in the epilogue).
     if (ep.mode != kEpiBeta0) {
@@ -200,7 +257,10 @@ SW_TARGET_AVX512 void kernel_avx512(int64_t kc, const float* a, const float* b, 
         pf_c = accbuf;
         pf_ldc = 0;
     }
-    kloop_14x32(kc, a, b, ldb, accbuf, pf_b, pf_c, pf_ldc);
+    if constexpr (Pairs)
+        kloop_14x32_bf16(kc, a, b, ldb, accbuf, pf_b, pf_c, pf_ldc);
+    else
+        kloop_14x32(kc, a, b, ldb, accbuf, pf_b, pf_c, pf_ldc);
     __m512 acc[MR][NV];
 #pragma GCC unroll 32
     for (int r = 0; r < MR; ++r)
@@ -228,6 +288,11 @@ SW_TARGET_AVX512 void kernel_avx512(int64_t kc, const float* a, const float* b, 
         for (int v = 0; v < NV; ++v)
             finish16(c + r * ldc + 16 * v, acc[r][v], mode, valpha, vbeta, ep.bias ? ep.bias + 16 * v : nullptr,
                      ep.gelu);
+}
+
+SW_TARGET_AVX512 void kernel_avx512(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                    int64_t ldc, const Epilogue& ep, const float* pf_b, const float* pf_c) {
+    kernel_avx512_t<false>(kc, a, b, ldb, c, ldc, ep, pf_b, pf_c);
 }
 
 // ---- Half-width kernel (edge tiles with at most 16 valid columns) --------------------------------
@@ -375,6 +440,130 @@ SW_TARGET_AVX512 void pack_trans_avx512(float* dst, const float* src, int64_t ld
     }
 }
 
+// ---- 16-bit row conversions ------------------------------------------------------------------------
+// vcvtph2ps / vcvtps2ph (AVX-512F forms of F16C; exact widening, round to nearest even narrowing, not affected
+// by MXCSR's DAZ/FTZ for these operands as used here: the library never changes MXCSR), bf16 by integer
+// arithmetic with the rounding of gemm_convert.h. Tails through masks. Same bits as the portable versions.
+
+SW_TARGET_AVX512 void widen_f16_avx512(float* dst, const uint16_t* src, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const int r = static_cast<int>(n - i < 16 ? n - i : 16);
+        const __mmask16 m = static_cast<__mmask16>((1u << r) - 1u);
+        const __m256i h = _mm256_maskz_loadu_epi16(m, src + i);
+        _mm512_mask_storeu_ps(dst + i, m, _mm512_maskz_cvtph_ps(m, h));
+    }
+}
+
+SW_TARGET_AVX512 void widen_bf16_avx512(float* dst, const uint16_t* src, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const int r = static_cast<int>(n - i < 16 ? n - i : 16);
+        const __mmask16 m = static_cast<__mmask16>((1u << r) - 1u);
+        const __m512i w = _mm512_maskz_slli_epi32(m, _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, src + i)), 16);
+        _mm512_mask_storeu_epi32(dst + i, m, w);
+    }
+}
+
+SW_TARGET_AVX512 void narrow_f16_avx512(uint16_t* dst, const float* src, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const int r = static_cast<int>(n - i < 16 ? n - i : 16);
+        const __mmask16 m = static_cast<__mmask16>((1u << r) - 1u);
+        const __m256i h = _mm512_maskz_cvtps_ph(m, _mm512_maskz_loadu_ps(m, src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_mask_storeu_epi16(dst + i, m, h);
+    }
+}
+
+SW_TARGET_AVX512 void narrow_bf16_avx512(uint16_t* dst, const float* src, int64_t n) {
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1), quiet = _mm512_set1_epi32(0x40);
+    const __mmask16 all = 0xFFFF; // (zero-masking forms: see gelu16)
+    for (int64_t i = 0; i < n; i += 16) {
+        const int r = static_cast<int>(n - i < 16 ? n - i : 16);
+        const __mmask16 m = static_cast<__mmask16>((1u << r) - 1u);
+        const __m512i u = _mm512_maskz_loadu_epi32(m, src + i);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+        const __m512i lsb = _mm512_and_si512(_mm512_maskz_srli_epi32(all, u, 16), one);
+        __m512i v = _mm512_maskz_srli_epi32(all, _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
+        v = _mm512_mask_or_epi32(v, nan, _mm512_maskz_srli_epi32(all, u, 16), quiet);
+        _mm256_mask_storeu_epi16(dst + i, m, _mm512_maskz_cvtepi32_epi16(all, v));
+    }
+}
+
+// ---- The bf16 pair kernel (vdpbf16ps) --------------------------------------------------------------
+// 14 x 32 like the fp32 kernel, kc pair steps; the packed A and B micro-panels have the fp32 layout with one
+// 32-bit word (two bf16) per element, so the loop is the fp32 loop with vdpbf16ps for the FMA: per pair step 2
+// loads, 14 broadcasts, 28 vdpbf16ps (56 k-step FMAs' worth of products).
+#define SW_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma,avx512bf16")))
+
+SW_TARGET_AVX512 void kernel_avx512bf16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                        int64_t ldc, const Epilogue& ep, const float* pf_b, const float* pf_c) {
+    kernel_avx512_t<true>(kc, a, b, ldb, c, ldc, ep, pf_b, pf_c);
+}
+
+// 14 x 16 half-width version for narrow edge tiles: the same vdpbf16ps chain and epilogue per element.
+SW_TARGET_AVX512BF16 void kernel_avx512bf16_half(int64_t kc, const float* a, const float* b, int64_t ldb,
+                                                 float* c, int64_t ldc, const Epilogue& ep, const float*,
+                                                 const float*) {
+    constexpr int MR = kMR;
+    __m512 acc[MR];
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_ps();
+    const uint32_t* aw = reinterpret_cast<const uint32_t*>(a);
+    for (int64_t p = 0; p < kc; ++p) {
+        const __m512bh bv = (__m512bh)_mm512_loadu_ps(b);
+#pragma GCC unroll 32
+        for (int r = 0; r < MR; ++r)
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(aw[r])), bv);
+        aw += MR;
+        b += ldb;
+    }
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+#pragma GCC unroll 32
+    for (int r = 0; r < MR; ++r)
+        finish16(c + r * ldc, acc[r], ep.mode, valpha, vbeta, ep.bias, ep.gelu);
+}
+
+// Pair pack, k steps along the rows of src: dst word (q, c) = src[2q][c] | src[2q+1][c] << 16.
+template <int W>
+SW_TARGET_AVX512 void pack_pairs_rows_avx512(uint32_t* dst, const uint16_t* src, int64_t ld, int64_t kc, int w) {
+    constexpr int G = (W + 15) / 16;
+    for (int64_t p = 0, q = 0; p < kc; p += 2, ++q) {
+        const uint16_t* r0 = src + p * ld;
+        const uint16_t* r1 = r0 + ld;
+        const bool has1 = p + 1 < kc;
+        uint32_t* d = dst + q * W;
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+            const int valid = w - 16 * g;
+            const __mmask16 lm = static_cast<__mmask16>(valid >= 16 ? 0xFFFFu : valid <= 0 ? 0u : (1u << valid) - 1u);
+            const int sw = W - 16 * g;
+            const __mmask16 sm = static_cast<__mmask16>(sw >= 16 ? 0xFFFFu : (1u << sw) - 1u);
+            const __m512i lo = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(lm, r0 + 16 * g));
+            const __m512i hi = has1 ? _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_maskz_loadu_epi16(lm, r1 + 16 * g)), 16)
+                                    : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(d + 16 * g, sm, _mm512_or_si512(lo, hi));
+        }
+    }
+}
+
+// Pair pack, k steps along the rows of src: dst word (q, c) = the two bf16 at src[c*ld + 2q] — a transpose of
+// 32-bit words (the fp32 transposing pack) when ld is even; the odd last k step and odd ld scalar.
+template <int W>
+SW_TARGET_AVX512 void pack_pairs_cols_avx512(uint32_t* dst, const uint16_t* src, int64_t ld, int64_t kc, int w) {
+    const int64_t full = kc / 2;
+    if (ld % 2 == 0 && full > 0) {
+        pack_trans_avx512<W>(reinterpret_cast<float*>(dst), reinterpret_cast<const float*>(src), ld / 2, full, w);
+    } else {
+        for (int64_t q = 0; q < full; ++q)
+            for (int c = 0; c < W; ++c)
+                dst[q * W + c] = c < w ? (static_cast<uint32_t>(src[c * ld + 2 * q]) |
+                                          static_cast<uint32_t>(src[c * ld + 2 * q + 1]) << 16)
+                                       : 0u;
+    }
+    if (kc % 2)
+        for (int c = 0; c < W; ++c) dst[full * W + c] = c < w ? static_cast<uint32_t>(src[c * ld + kc - 1]) : 0u;
+}
+
 } // namespace
 
 KernelInfo kernel_info_avx512() {
@@ -386,8 +575,40 @@ KernelInfo kernel_info_avx512() {
     ki.rows_nr = kRowsCols;
     ki.pack_trans_mr = &pack_trans_avx512<kMR>;
     ki.pack_trans_nr = &pack_trans_avx512<16 * kNV>;
+    ki.widen_f16 = &widen_f16_avx512;
+    ki.widen_bf16 = &widen_bf16_avx512;
+    ki.narrow_f16 = &narrow_f16_avx512;
+    ki.narrow_bf16 = &narrow_bf16_avx512;
     return ki;
 }
+
+// KC (in k elements, even) of the bf16 pair kernel: the 64 KiB B micro-panel of the fp32 kernel holds
+// SW_AVX512BF16_KC / 2 pair steps of 32 words.
+#ifndef SW_AVX512BF16_KC
+#define SW_AVX512BF16_KC 1024
+#endif
+#ifndef SW_AVX512BF16_MC
+#define SW_AVX512BF16_MC SW_AVX512_MC
+#endif
+
+KernelInfo kernel_info_avx512bf16() {
+    static_assert(SW_AVX512BF16_KC % 2 == 0, "the bf16 KC counts k elements in pairs");
+    KernelInfo ki = kernel_info_avx512();
+    ki.fn = &kernel_avx512bf16;
+    ki.half_fn = &kernel_avx512bf16_half;
+    ki.rows_fn = nullptr;
+    ki.rows_max = ki.rows_nr = 0;
+    ki.kc = SW_AVX512BF16_KC;
+    ki.mc = SW_AVX512BF16_MC;
+    ki.pairs = true;
+    ki.pack_pairs_rows_mr = &pack_pairs_rows_avx512<kMR>;
+    ki.pack_pairs_cols_mr = &pack_pairs_cols_avx512<kMR>;
+    ki.pack_pairs_rows_nr = &pack_pairs_rows_avx512<16 * kNV>;
+    ki.pack_pairs_cols_nr = &pack_pairs_cols_avx512<16 * kNV>;
+    return ki;
+}
+
+bool have_avx512bf16_kernel() { return true; }
 
 bool have_x86_kernels() { return true; }
 
@@ -397,7 +618,9 @@ bool have_x86_kernels() { return true; }
 
 namespace sw::cpu::gemm_detail {
 KernelInfo kernel_info_avx512() { return kernel_info_generic(); }
+KernelInfo kernel_info_avx512bf16() { return kernel_info_generic(); }
 bool have_x86_kernels() { return false; }
+bool have_avx512bf16_kernel() { return false; }
 } // namespace sw::cpu::gemm_detail
 
 #endif

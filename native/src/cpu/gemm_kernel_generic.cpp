@@ -5,6 +5,7 @@
 //
 // Register tile MR x NR = 4 x 8 (8 SSE registers of accumulators).
 #include "cpu/gemm.h"
+#include "cpu/gemm_convert.h"
 #include "cpu/gemm_kernels.h"
 
 namespace sw::cpu::gemm_detail {
@@ -47,6 +48,14 @@ void kernel_generic(int64_t kc, const float* a, const float* b, int64_t ldb, flo
 
 } // namespace
 
-KernelInfo kernel_info_generic() { return KernelInfo{kMR, kNR, 128, 256, 4096, &kernel_generic}; }
+KernelInfo kernel_info_generic() {
+    KernelInfo ki{kMR, kNR, 128, 256, 4096, &kernel_generic};
+    // 16-bit operands: converted in portable C++ (gemm_convert.h) while packing.
+    ki.widen_f16 = &widen_f16_row;
+    ki.widen_bf16 = &widen_bf16_row;
+    ki.narrow_f16 = &narrow_f16_row;
+    ki.narrow_bf16 = &narrow_bf16_row;
+    return ki;
+}
 
 } // namespace sw::cpu::gemm_detail

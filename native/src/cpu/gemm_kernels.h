@@ -43,6 +43,18 @@ using RowsKernel = void (*)(int h, int64_t kc, const float* a, const float* b, i
 // dst[p*W + c] = src[c*ld + p] for p < kc, c < w (w <= W), zero for w <= c < W.
 using PackFn = void (*)(float* dst, const float* src, int64_t ld, int64_t kc, int w);
 
+// Row conversions of 16-bit elements (n contiguous elements; see gemm_convert.h for the numerics, which every
+// version follows bit for bit).
+using WidenFn = void (*)(float* dst, const uint16_t* src, int64_t n);
+using NarrowFn = void (*)(uint16_t* dst, const float* src, int64_t n);
+
+// bf16 pair packs for the vdpbf16ps kernel (kernel_info_avx512bf16). A packed pair step q holds, for each of the
+// W columns c of the micro-panel, one 32-bit word: the bf16 of k = p0 + 2q in the low half, k = p0 + 2q + 1 in
+// the high half (zero when that k is past the block's kc elements), w <= c < W zero.
+//  rows: the k steps are the rows of src (src[p*ld + c]: op(A) stored transposed, op(B) stored as is);
+//  cols: the k steps run along the rows of src (src[c*ld + p]: op(A) stored as is, op(B) stored transposed).
+using PairPackFn = void (*)(uint32_t* dst, const uint16_t* src, int64_t ld, int64_t kc, int w);
+
 struct KernelInfo {
     int mr, nr;        // register tile
     int mc, kc, nc;    // cache blocks (kc is the maximum k block; see KBlocks in gemm.cpp)
@@ -52,6 +64,15 @@ struct KernelInfo {
     int rows_max = 0, rows_nr = 0;
     PackFn pack_trans_mr = nullptr;  // optional SIMD versions of the transposing packs
     PackFn pack_trans_nr = nullptr;
+    // 16-bit conversions (portable ones for the generic kernel, F16C / AVX-512 ones for the SIMD kernels).
+    WidenFn widen_f16 = nullptr, widen_bf16 = nullptr;
+    NarrowFn narrow_f16 = nullptr, narrow_bf16 = nullptr;
+    // The bf16 pair kernel (vdpbf16ps): when pairs is set, fn and half_fn take kc = the number of pair steps and
+    // a, b packed with the pair packs below (32-bit words, read through the float pointers), and kc above is the
+    // maximum k block in elements (even). rows_fn is unused.
+    bool pairs = false;
+    PairPackFn pack_pairs_rows_mr = nullptr, pack_pairs_cols_mr = nullptr; // A micro-panels (W = MR)
+    PairPackFn pack_pairs_rows_nr = nullptr, pack_pairs_cols_nr = nullptr; // B micro-panels (W = NR)
 };
 
 // Defined in the per-ISA files. The AVX-512 / AVX2 entry points must only be called when the CPU
@@ -59,6 +80,10 @@ struct KernelInfo {
 KernelInfo kernel_info_avx512();
 KernelInfo kernel_info_avx2();
 KernelInfo kernel_info_generic();
+// The bf16 pair kernel (14 x 32, vdpbf16ps); only called when the CPU has AVX512_BF16.
+KernelInfo kernel_info_avx512bf16();
+// True when the build contains the x86 SIMD kernels and the assembler knows vdpbf16ps.
+bool have_avx512bf16_kernel();
 
 // True when the build contains the x86 SIMD kernels.
 bool have_x86_kernels();
