@@ -144,9 +144,11 @@ SW_API sw_status sw_device_create(sw_backend backend, int32_t ordinal, int32_t n
  * communicators created on it are still alive. */
 SW_API sw_status sw_device_destroy(sw_device device);
 SW_API sw_status sw_device_get_info(sw_device device, sw_device_info* info);
-/* Chooses the GEMM implementation for work enqueued afterwards. CPU: the micro-kernel ("auto", "avx512",
- * "avx2", "generic"; SW_ERR_UNSUPPORTED if the processor lacks it). CUDA: "auto", "cublaslt", "mma" or
- * "wgmma" (see sw_gemm). */
+/* Chooses the GEMM implementation for work enqueued afterwards. CPU: the micro-kernel ("auto", "avx512bf16",
+ * "avx512", "avx2", "generic"; SW_ERR_UNSUPPORTED if the processor lacks it). "avx512bf16" (what "auto" picks where
+ * the processor has AVX512_BF16) runs f32 and f16 GEMMs like "avx512" and bf16 inputs on bf16 pairs with vdpbf16ps;
+ * the others widen 16-bit inputs to fp32 (see sw_gemm_desc). CUDA: "auto", "cublaslt", "mma" or "wgmma" (see
+ * sw_gemm). */
 SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel);
 
 /* Level 2 of the two-level tiling, for plans and docs: the GEMM tile shape the device's current kernel uses —
@@ -260,7 +262,8 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype, sw_op trans_a, sw_op 
  *    SW_ERR_UNSUPPORTED naming it ("a = bf16, b = bf16, c = f16 ...").
  *  - CPU kernels (sw_device_set_kernel): 16-bit inputs are widened to fp32 while the panels are packed and run the
  *    named fp32 micro-kernel, except bf16 with "avx512bf16" (the default where the processor has AVX512_BF16), which
- *    multiplies bf16 pairs with vdpbf16ps; that instruction treats bf16 subnormal inputs as zero.
+ *    multiplies bf16 pairs with vdpbf16ps; that instruction treats bf16 subnormal inputs as zero and flushes
+ *    subnormal fp32 results of its multiply-adds to zero (the widening kernels keep subnormals).
  *  - Determinism as sw_gemm: a column block computed alone equals the same block of the full product bit for bit.
  *  - sw_gemm(stream, dtype, ...) is sw_gemm_ex with a_type = b_type = c_type = dtype. */
 typedef struct sw_gemm_desc {
