@@ -4,7 +4,8 @@ using Shardwise.Parallel;
 namespace Shardwise.Tests;
 
 /// <summary>
-/// The GEMM suite once per CPU micro-kernel (<see cref="Device.SetKernel"/>: generic, avx2, avx512), not only the one
+/// The GEMM suite once per CPU micro-kernel (<see cref="Device.SetKernel"/>: generic, avx2, avx512, avx512bf16 — whose
+/// f32 GEMMs run the avx512 micro-kernel), not only the one
 /// the machine picks by default: a kernel this processor cannot run is Ignored with the reason. Shapes cover every
 /// register-tile edge (m, n not multiples of MR, NR; m above MC; n above NC) and K across several cache blocks
 /// (K = 1031 and 1300 > KC = 512 for avx512, 256 for avx2 and generic), each against a float64 reference on fresh random
@@ -13,6 +14,7 @@ namespace Shardwise.Tests;
 [TestFixture("generic")]
 [TestFixture("avx2")]
 [TestFixture("avx512")]
+[TestFixture("avx512bf16")]
 public class CpuKernelGemmTests(string kernel) : BackendTest(Backend.Cpu)
 {
     [OneTimeSetUp]

@@ -14,7 +14,7 @@ public class DeviceTests(Backend backend) : BackendTest(backend)
         Assert.That(Dev.Name, Is.Not.Empty);
         Assert.That(Dev.NumThreads, Is.GreaterThan(0));
         Assert.That(Dev.TotalMemoryBytes, Is.GreaterThan(0UL));
-        if (Backend == Backend.Cpu) Assert.That(Dev.Kernel, Is.AnyOf("avx512", "avx2", "generic"));
+        if (Backend == Backend.Cpu) Assert.That(Dev.Kernel, Is.AnyOf("avx512bf16", "avx512", "avx2", "generic"));
     }
 
     [Test]

@@ -73,7 +73,7 @@ public class GemmTests(Backend backend) : BackendTest(backend)
         var b = RandomArray(rng, k * n);
         var (want, mag) = Reference.Gemm(a, k, false, b, n, false, m, n, k);
         int tried = 0;
-        foreach (var kernel in new[] { "generic", "avx2", "avx512" })
+        foreach (var kernel in new[] { "generic", "avx2", "avx512", "avx512bf16" })
         {
             using var dev = Device.Cpu(2);
             try { dev.SetKernel(kernel); }
