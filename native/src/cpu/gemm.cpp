@@ -420,8 +420,13 @@ void edge_tile(const Ctx& cx, ThreadBuffers& tb, int64_t kc, const float* ap, co
         e2.bias = tb.bias;
     }
     // At most half the columns valid: the half-width kernel computes them with the same arithmetic.
-    const MicroKernel fn = (cx.ki.half_fn && 2 * w <= NR) ? cx.ki.half_fn : cx.ki.fn;
-    fn(kc, ap, bp, ldbp, t, NR, e2, nullptr, nullptr);
+    // Few rows: the kernel's few-row edge kernel where it has one (same arithmetic again).
+    if (cx.ki.half_fn && 2 * w <= NR)
+        cx.ki.half_fn(kc, ap, bp, ldbp, t, NR, e2, nullptr, nullptr);
+    else if (cx.ki.edge_rows_fn && h <= cx.ki.edge_rows_max)
+        cx.ki.edge_rows_fn(h, kc, ap, bp, ldbp, t, NR, e2);
+    else
+        cx.ki.fn(kc, ap, bp, ldbp, t, NR, e2, nullptr, nullptr);
     for (int r = 0; r < h; ++r) std::memcpy(c + r * ldc, t + r * NR, sizeof(float) * w);
 }
 

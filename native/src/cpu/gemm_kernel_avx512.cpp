@@ -523,6 +523,49 @@ SW_TARGET_AVX512BF16 void kernel_avx512bf16_half(int64_t kc, const float* a, con
         finish16(c + r * ldc, acc[r], ep.mode, valpha, vbeta, ep.bias, ep.gelu);
 }
 
+// Edge tiles of few rows (h <= 7 of the 14; e.g. m = 32 = 14 + 14 + 4): h x 32 with the same vdpbf16ps chain and
+// epilogue per element as kernel_avx512bf16, at h/14 of its work. (Rows h..13 of the packed A panel are not read.)
+template <int H>
+SW_TARGET_AVX512BF16 void pairs_rows(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                     const Epilogue& ep) {
+    __m512 acc[H][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < H; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const uint32_t* aw = reinterpret_cast<const uint32_t*>(a);
+    for (int64_t p = 0; p < kc; ++p) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_ps(b), b1 = (__m512bh)_mm512_loadu_ps(b + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < H; ++r) {
+            const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(aw[r]));
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+        }
+        aw += kMR;
+        b += ldb;
+    }
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+#pragma GCC unroll 8
+    for (int r = 0; r < H; ++r)
+#pragma GCC unroll 2
+        for (int v = 0; v < 2; ++v)
+            finish16(c + r * ldc + 16 * v, acc[r][v], ep.mode, valpha, vbeta, ep.bias ? ep.bias + 16 * v : nullptr,
+                     ep.gelu);
+}
+
+SW_TARGET_AVX512BF16 void pairs_edge_rows(int h, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                          int64_t ldc, const Epilogue& ep) {
+    switch (h) {
+    case 1: pairs_rows<1>(kc, a, b, ldb, c, ldc, ep); break;
+    case 2: pairs_rows<2>(kc, a, b, ldb, c, ldc, ep); break;
+    case 3: pairs_rows<3>(kc, a, b, ldb, c, ldc, ep); break;
+    case 4: pairs_rows<4>(kc, a, b, ldb, c, ldc, ep); break;
+    case 5: pairs_rows<5>(kc, a, b, ldb, c, ldc, ep); break;
+    case 6: pairs_rows<6>(kc, a, b, ldb, c, ldc, ep); break;
+    default: pairs_rows<7>(kc, a, b, ldb, c, ldc, ep); break;
+    }
+}
+
 // Pair pack, k steps along the rows of src: dst word (q, c) = src[2q][c] | src[2q+1][c] << 16.
 template <int W>
 SW_TARGET_AVX512 void pack_pairs_rows_avx512(uint32_t* dst, const uint16_t* src, int64_t ld, int64_t kc, int w) {
@@ -601,6 +644,8 @@ KernelInfo kernel_info_avx512bf16() {
     ki.kc = SW_AVX512BF16_KC;
     ki.mc = SW_AVX512BF16_MC;
     ki.pairs = true;
+    ki.edge_rows_fn = &pairs_edge_rows;
+    ki.edge_rows_max = 7;
     ki.pack_pairs_rows_mr = &pack_pairs_rows_avx512<kMR>;
     ki.pack_pairs_cols_mr = &pack_pairs_cols_avx512<kMR>;
     ki.pack_pairs_rows_nr = &pack_pairs_rows_avx512<16 * kNV>;

@@ -62,6 +62,10 @@ struct KernelInfo {
     MicroKernel half_fn = nullptr;   // optional: MR x NR/2 with the same per-element arithmetic
     RowsKernel rows_fn = nullptr;    // optional
     int rows_max = 0, rows_nr = 0;
+    // optional: edge tiles of h <= edge_rows_max rows and more than NR/2 columns: h x NR from the packed panels
+    // (a as for MicroKernel, b a packed micro-panel), the same per-element arithmetic as fn.
+    RowsKernel edge_rows_fn = nullptr;
+    int edge_rows_max = 0;
     PackFn pack_trans_mr = nullptr;  // optional SIMD versions of the transposing packs
     PackFn pack_trans_nr = nullptr;
     // 16-bit conversions (portable ones for the generic kernel, F16C / AVX-512 ones for the SIMD kernels).
