@@ -5,6 +5,7 @@
 // on the same number of threads:
 //   ours bf16   sw::cpu::gemm, A and B bf16 (the kernel named by --kernel, default auto)
 //   ours f32    sw::cpu::sgemm on the same values in fp32 (the kernel's fp32 micro-kernel)
+//   ours wide   (only when the kernel is avx512bf16) the bf16 GEMM under "avx512": widened to fp32 while packing
 //   dnnl bf16   oneDNN matmul, bf16 x bf16 -> f32
 //   dnnl sgemm  dnnl_sgemm, fp32
 // and prints per contender the median time and GFLOP/s, then the ratios computed per round (so that the machine's
@@ -116,7 +117,9 @@ void bench_shape(const Shape& s, int threads, int rounds, sw::cpu::Kernel kernel
         b16[i] = sw::cpu::gemm_detail::f32_to_bf16(rnd());
         b32[i] = sw::cpu::gemm_detail::bf16_to_f32(b16[i]);
     }
-    std::vector<float> c_bf(static_cast<size_t>(M * N)), c_f32(c_bf.size()), c_dnnl(c_bf.size()), c_sg(c_bf.size());
+    std::vector<float> c_bf(static_cast<size_t>(M * N)), c_f32(c_bf.size()), c_dnnl(c_bf.size()), c_sg(c_bf.size()),
+        c_w(c_bf.size());
+    const bool wide = sw::cpu::resolve_kernel(kernel) == sw::cpu::Kernel::Avx512Bf16;
 
     sw::GemmProblem g;
     g.m = M;
@@ -138,6 +141,14 @@ void bench_shape(const Shape& s, int threads, int rounds, sw::cpu::Kernel kernel
     DnnlMatmul dm(M, K, N, a16.data(), b16.data(), c_dnnl.data());
 
     auto t_ours = [&] { auto t0 = Clock::now(); sw::cpu::gemm(g, kernel, pool); return seconds_since(t0); };
+    sw::GemmProblem gw = g;
+    gw.c = c_w.data();
+    auto t_wide = [&] {
+        if (!wide) return 0.0;
+        auto t0 = Clock::now();
+        sw::cpu::gemm(gw, sw::cpu::Kernel::Avx512, pool);
+        return seconds_since(t0);
+    };
     auto t_f32 = [&] { auto t0 = Clock::now(); sw::cpu::sgemm(gf, kernel, pool); return seconds_since(t0); };
     auto t_dnnl = [&] { auto t0 = Clock::now(); dm.run(); return seconds_since(t0); };
     auto t_sgemm = [&] {
@@ -146,21 +157,23 @@ void bench_shape(const Shape& s, int threads, int rounds, sw::cpu::Kernel kernel
         return seconds_since(t0);
     };
     // warm up (page faults, packing buffers, oneDNN's JIT)
-    t_ours(); t_f32(); t_dnnl(); t_sgemm();
+    t_ours(); t_f32(); t_dnnl(); t_sgemm(); t_wide();
     // Same inputs: the results agree to the accumulation order (a sanity check, not the test).
     double maxdiff = 0.0, maxabs = 0.0;
     for (size_t i = 0; i < c_bf.size(); ++i) {
-        maxdiff = std::max({maxdiff, std::fabs(double(c_bf[i]) - c_dnnl[i]), std::fabs(double(c_f32[i]) - c_sg[i])});
+        maxdiff = std::max({maxdiff, std::fabs(double(c_bf[i]) - c_dnnl[i]), std::fabs(double(c_f32[i]) - c_sg[i]),
+                            wide ? std::fabs(double(c_w[i]) - c_f32[i]) : 0.0});
         maxabs = std::max(maxabs, std::fabs(double(c_dnnl[i])));
     }
 
     // Interleaved rounds; each round runs every contender enough times for >= ~0.15 s.
     const double flops = 2.0 * double(M) * double(N) * double(K);
     const int reps = std::max(1, static_cast<int>(0.15 / std::max(t_f32(), 1e-6)));
-    std::vector<double> to, tf, td, ts, r_f32, r_dnnl, r_sg;
+    std::vector<double> to, tf, td, ts, tw, r_f32, r_dnnl, r_sg, r_wf32, r_wdnnl;
     for (int r = 0; r < rounds; ++r) {
-        double a = 0, b = 0, c = 0, d = 0;
+        double a = 0, b = 0, c = 0, d = 0, w = 0;
         for (int i = 0; i < reps; ++i) {
+            w += t_wide();
             a += t_ours();
             b += t_f32();
             c += t_dnnl();
@@ -173,6 +186,11 @@ void bench_shape(const Shape& s, int threads, int rounds, sw::cpu::Kernel kernel
         r_f32.push_back(b / a);
         r_dnnl.push_back(c / a);
         r_sg.push_back(d / b);
+        if (wide) {
+            tw.push_back(w / reps);
+            r_wf32.push_back(b / w);
+            r_wdnnl.push_back(c / w);
+        }
     }
     auto gf_s = [&](const std::vector<double>& t) { return flops / median(t) * 1e-9; };
     auto span = [](const std::vector<double>& v) {
@@ -191,6 +209,11 @@ void bench_shape(const Shape& s, int threads, int rounds, sw::cpu::Kernel kernel
     std::printf("  ratio ours f32 / ours bf16   %s\n", span(r_f32).c_str());
     std::printf("  ratio dnnl bf16 / ours bf16  %s\n", span(r_dnnl).c_str());
     std::printf("  ratio dnnl sgemm / ours f32  %s\n", span(r_sg).c_str());
+    if (wide) {
+        std::printf("  ours bf16 widened (avx512) %9.3f ms  %7.1f GFLOP/s\n", median(tw) * 1e3, gf_s(tw));
+        std::printf("  ratio ours f32 / ours wide   %s\n", span(r_wf32).c_str());
+        std::printf("  ratio dnnl bf16 / ours wide  %s\n", span(r_wdnnl).c_str());
+    }
     std::fflush(stdout);
 }
 
