@@ -346,9 +346,12 @@ void check_kernel(Kernel kern, ThreadPool* pools[3]) {
             }
         }
     }
-    // Larger shapes across many tasks and both k blocks: 1, 2 and 3 threads give the same bits.
-    for (sw_dtype in : ins) {
-        Problem P = make_problem(rng, in, in, false, false, slow ? 70 : 150, slow ? 90 : 200, 1100);
+    // Larger shapes across many tasks and both k blocks, m above MC (one thread: a task of several row blocks packs
+    // whole B panels; more threads may give tasks of one row block, which pack B micro-panel by micro-panel):
+    // 1, 2 and 3 threads give the same bits.
+    for (int r = 0; r < 4; ++r) {
+        const sw_dtype in = ins[r % 2];
+        Problem P = make_problem(rng, in, r < 2 ? in : SW_DTYPE_F32, r == 1, r >= 2, slow ? 140 : 300, slow ? 90 : 200, 1100);
         const CStore c1 = run(P, kern, *pools[0]);
         const CStore c3 = run(P, kern, *pools[2]);
         CHECK(check_result(P, c1, describe(P, kern, 1)), "%s", describe(P, kern, 1).c_str());

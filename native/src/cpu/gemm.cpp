@@ -528,7 +528,13 @@ void run_task(const Ctx& cx, int64_t task) {
 
     ThreadBuffers& tb = thread_buffers();
     const int64_t kcmax = std::max<int64_t>(cx.kb.max_steps(), 1);
-    float* bpack = tb.b.get(static_cast<size_t>(kcmax * round_up(std::min(NC, j1 - j0), NR)));
+    // bf16 pairs and a task of one row block (few rows, e.g. m = 32): each B micro-panel is packed right before its
+    // row tiles use it (it stays in L1/L2) instead of packing the whole NC panel first (which goes out to memory and
+    // is read back); the pair packs read B micro-panel by micro-panel either way. (The widening packs read B row by
+    // row across the panel, which the hardware prefetchers follow better: they keep the panel.) Same packed values,
+    // same kernels: the same bits.
+    const bool stream_b = cx.path == Path::Pairs && i1 - i0 <= MC;
+    float* bpack = tb.b.get(static_cast<size_t>(kcmax * (stream_b ? NR : round_up(std::min(NC, j1 - j0), NR))));
     float* apack = tb.a.get(static_cast<size_t>(kcmax * round_up(std::min(MC, i1 - i0), MR)));
 
     // A 16-bit C is computed in an fp32 workspace (the task's rows x one NC panel, row stride ldw): every k block
@@ -559,7 +565,7 @@ void run_task(const Ctx& cx, int64_t task) {
             const int64_t p0 = cx.kb.start(kbi), kc = cx.kb.size(kbi), kk = cx.kb.steps(kbi);
             const bool first = kbi == 0, last = kbi == cx.kb.nb() - 1;
 
-            pack_b_panel(cx, tb, bpack, jc, nc, p0, kc, kk);
+            if (!stream_b) pack_b_panel(cx, tb, bpack, jc, nc, p0, kc, kk);
 
             Epilogue ep;
             ep.alpha = g.alpha;
@@ -593,6 +599,10 @@ void run_task(const Ctx& cx, int64_t task) {
                     if (cx.b_inplace && w == NR && kc > 0) {
                         bp = cx.b + p0 * g.ldb + jc + jr;
                         ldbp = g.ldb;
+                    } else if (stream_b) { // packed here, used by every row tile right away
+                        pack_b_panel(cx, tb, bpack, jc + jr, w, p0, kc, kk);
+                        bp = bpack;
+                        ldbp = NR;
                     } else {
                         bp = bpack + (jr / NR) * kk * NR;
                         ldbp = NR;
@@ -602,7 +612,7 @@ void run_task(const Ctx& cx, int64_t task) {
                     // the first one again for the next ic block), an eighth of it per call; and
                     // the C tile of the next call when that is a full tile.
                     const float* bnext = nullptr;
-                    if (ldbp == NR && kk > 0)
+                    if (ldbp == NR && kk > 0 && !stream_b)
                         bnext = (jr + NR < nc) ? bpack + (jr / NR + 1) * kk * NR : bpack;
                     const int64_t pf_chunk = (kk / 4) * 16;  // floats the kernel prefetches per call
                     for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {

@@ -575,6 +575,9 @@ SW_TARGET_AVX512 void pack_pairs_rows_avx512(uint32_t* dst, const uint16_t* src,
         const uint16_t* r1 = r0 + ld;
         const bool has1 = p + 1 < kc;
         uint32_t* d = dst + q * W;
+        // The same rows of the next micro-panel (packed next): towards L2 while this one is packed and used.
+        _mm_prefetch(reinterpret_cast<const char*>(r0 + W), _MM_HINT_T1);
+        if (has1) _mm_prefetch(reinterpret_cast<const char*>(r1 + W), _MM_HINT_T1);
 #pragma GCC unroll 4
         for (int g = 0; g < G; ++g) {
             const int valid = w - 16 * g;
