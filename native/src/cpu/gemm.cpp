@@ -1,4 +1,9 @@
-// fp32 GEMM of the CPU backend: C = epilogue(alpha * op(A) op(B) + beta * C + bias).
+// GEMM of the CPU backend: C = epilogue(alpha * op(A) op(B) + beta * C + bias), fp32 accumulation; A and B in
+// fp32 (sgemm) or both in bf16 / fp16 (gemm), C in fp32 or the inputs' 16-bit type.
+//
+// 16-bit operands take one of two paths through the same blocking (see "Operand paths" below and
+// docs/cpu-gemm16.md): widened to fp32 while packing, then the fp32 micro-kernel (every kernel; fp16 always),
+// or, for bf16 under the avx512bf16 kernel, packed as bf16 pairs for the vdpbf16ps micro-kernel.
 //
 // ------------------------------------------------------------------------------------------------
 // Blocking (Goto / BLIS style)
@@ -31,6 +36,21 @@
 // streams B in chunks of several micro-panels.
 //
 // ------------------------------------------------------------------------------------------------
+// Operand paths (Ctx::path)
+// ------------------------------------------------------------------------------------------------
+//  F32:   the packs above (B read in place for m <= MR).
+//  Widen: pack_a_panel / pack_b_panel convert 16-bit rows to fp32 with the kernel's WidenFn (F16C / AVX-512 /
+//         portable, all exact) straight into the panel when the k steps are the rows of the source, else into a
+//         per-thread buffer that the fp32 transposing pack then reads. The micro-kernel is the fp32 one.
+//  Pairs: the k blocks are cut in pair steps (KSplit, unit 2); the packs write one 32-bit word per element and
+//         pair step (k even in the low half, k odd in the high half, an odd last k zero padded); the vdpbf16ps
+//         micro-kernel has the fp32 one's 14 x 32 tile and epilogue. A task of one row block packs each B
+//         micro-panel just before use.
+//  A 16-bit C: the task computes into a per-thread fp32 workspace (its rows x one NC panel; beta reads C widened
+//  into it), every k block accumulates there, bias and GeLU are applied by the last one in fp32, and the panel is
+//  rounded once (NarrowFn: nearest even, overflow to inf, NaN kept) into C. A 16-bit bias is widened once per task.
+//
+// ------------------------------------------------------------------------------------------------
 // Determinism contract
 // ------------------------------------------------------------------------------------------------
 // C[i][j] must depend only on row i of op(A), column j of op(B), k, alpha, beta, the old C[i][j],
@@ -51,6 +71,10 @@
 //     separately. k == 0 runs one empty block (acc = 0), then bias and GeLU.
 //  4. Edge tiles use the same micro-kernel on zero-padded panels and a temporary tile, and the
 //     in-place B path reads the same values the packed path would, so neither changes any bit.
+//  5. 16-bit operands: the conversions are exact (widening) or pure data movement (pairs), so the packed values,
+//     the k blocks and each element's chain are functions of the element's own row, column and k as above; the
+//     one rounding of a 16-bit C happens after the last k block. The bf16 pair kernel's chains (vdpbf16ps, with
+//     its DAZ/FTZ) differ from the fp32 kernel's, so its results may differ from avx512's in the last bits.
 // ------------------------------------------------------------------------------------------------
 #include "cpu/gemm.h"
 
