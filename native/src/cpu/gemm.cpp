@@ -78,6 +78,10 @@
 // ------------------------------------------------------------------------------------------------
 #include "cpu/gemm.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -131,7 +135,11 @@ bool cpu_has_avx512bf16() {
 
 bool cpu_has_f16c() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    static const bool ok = __builtin_cpu_supports("f16c");
+    // (CPUID leaf 1, ECX bit 29; not every compiler's __builtin_cpu_supports knows "f16c")
+    static const bool ok = [] {
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
+    }();
     return ok;
 #else
     return false;
