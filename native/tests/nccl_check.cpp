@@ -137,6 +137,23 @@ static uint16_t value16(int bf16, int t, int r, long i) {
     const int e = std::uniform_int_distribution<int>(-span, span)(g);
     return sw_ref_round16(bf16, std::ldexp(u, e));
 }
+// Element i of rank r's input to a 16-bit sum of p ranks (test t): every third element is a cancellation — rank i % p
+// holds a big value B, rank (i + 1) % p holds -B, the others small values (f16: |B| ~ 2^14, small ~ 2^-12; bf16: 2^40
+// and 2^0) — so that the order of the fp32 additions decides how much of the small values survives: a sum in another
+// order than 0..p-1 differs after the final rounding. The other elements are value16's.
+static uint16_t input16(int bf16, int t, int r, long i, int p) {
+    if (i % 3 != 0 || p < 3) return value16(bf16, t, r, i);
+    const int big_at = static_cast<int>(i % p), neg_at = (big_at + 1) % p;
+    std::mt19937 g(g_seed ^ static_cast<unsigned>(t * 7919 + i * 31 + 99));
+    std::uniform_real_distribution<float> u(1, 2);
+    const float big = std::ldexp(u(g), bf16 ? 40 : 14);
+    if (r == big_at || r == neg_at) return sw_ref_round16(bf16, r == big_at ? big : -big);
+    std::mt19937 h(g_seed ^ static_cast<unsigned>(t * 7919 + r * 104729 + i * 31 + 5));
+    return sw_ref_round16(bf16, std::ldexp(u(h), bf16 ? 0 : -12));
+}
+// Sums (all-reduce, reduce-scatter-v outputs) whose fp32 sum in reverse rank order, rounded once, differs from the
+// reference: proof that the checks see the order.
+static std::atomic<long> g_order_telling{0};
 static uint16_t* host16(sw_buffer b) { return reinterpret_cast<uint16_t*>(host(b)); }
 static sw_buffer alloc16(sw_device d, long n) {
     sw_buffer b = nullptr;
@@ -147,7 +164,7 @@ static sw_buffer alloc16(sw_device d, long n) {
 // The rank-order fp32 sum, rounded once, of element `i` of test t over p ranks (offset `at` into each rank's input).
 static uint16_t ref_sum16(int bf16, int t, int p, long at) {
     std::vector<uint16_t> v(p);
-    for (int q = 0; q < p; ++q) v[q] = value16(bf16, t, q, at);
+    for (int q = 0; q < p; ++q) v[q] = input16(bf16, t, q, at, p);
     return sw_ref_sum16(bf16, v.data(), p);
 }
 
@@ -162,14 +179,19 @@ static long collectives16(sw_comm comm, int rank, int p, sw_device dev) {
         const sw_dtype dt = bf16 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
         const char* name = bf16 ? "bf16" : "f16";
         auto stepwise = [&](int t, long at) { // the every-step-rounded sum
-            uint16_t acc = value16(bf16, t, 0, at);
-            for (int q = 1; q < p; ++q) acc = sw_ref_round16(bf16, sw_ref_to_float16(bf16, acc) + sw_ref_to_float16(bf16, value16(bf16, t, q, at)));
+            uint16_t acc = input16(bf16, t, 0, at, p);
+            for (int q = 1; q < p; ++q) acc = sw_ref_round16(bf16, sw_ref_to_float16(bf16, acc) + sw_ref_to_float16(bf16, input16(bf16, t, q, at, p)));
             return acc;
+        };
+        auto reversed = [&](int t, long at) { // the fp32 sum in rank order p-1..0, rounded once
+            float acc = sw_ref_to_float16(bf16, input16(bf16, t, p - 1, at, p));
+            for (int q = p - 2; q >= 0; --q) acc += sw_ref_to_float16(bf16, input16(bf16, t, q, at, p));
+            return sw_ref_round16(bf16, acc);
         };
         // all-reduce, out of place and in place; n not a multiple of p (uneven chunks)
         const long n = 100 + 7 * p + 3;
         sw_buffer x = alloc16(dev, n), y = alloc16(dev, n), z = alloc16(dev, n);
-        for (long i = 0; i < n; ++i) host16(x)[i] = host16(z)[i] = value16(bf16, 40, rank, i);
+        for (long i = 0; i < n; ++i) host16(x)[i] = host16(z)[i] = input16(bf16, 40, rank, i, p);
         OK(sw_all_reduce(comm, rank, x, 0, y, 0, n, dt, SW_REDUCE_SUM, s));
         OK(sw_all_reduce(comm, rank, z, 0, z, 0, n, dt, SW_REDUCE_SUM, s));
         OK(sw_stream_synchronize(s));
@@ -178,8 +200,9 @@ static long collectives16(sw_comm comm, int rank, int p, sw_device dev) {
             const uint16_t want = ref_sum16(bf16, 40, p, i);
             bad += host16(y)[i] != want;
             bad_in_place += host16(z)[i] != want;
-            sent_changed += host16(x)[i] != value16(bf16, 40, rank, i);
+            sent_changed += host16(x)[i] != input16(bf16, 40, rank, i, p);
             telling += stepwise(40, i) != want;
+            g_order_telling += reversed(40, i) != want;
         }
         CHECK(bad == 0 && bad_in_place == 0 && sent_changed == 0,
               "rank %d of %d: %s all_reduce: %ld (out of place) and %ld (in place) of %ld elements differ from the rank-order fp32 "
@@ -191,18 +214,19 @@ static long collectives16(sw_comm comm, int rank, int p, sw_device dev) {
             rs_total += 2 * q + 1;
         }
         sw_buffer v = alloc16(dev, std::max<long>(rs_total, 5 * p)), w = alloc16(dev, 2 * p + 5);
-        for (long i = 0; i < rs_total; ++i) host16(v)[i] = value16(bf16, 41, rank, i);
+        for (long i = 0; i < rs_total; ++i) host16(v)[i] = input16(bf16, 41, rank, i, p);
         OK(sw_reduce_scatter_v(comm, rank, v, 0, rs_total, w, 0, 2 * rank + 1, dt, SW_REDUCE_SUM, s));
         OK(sw_stream_synchronize(s));
         bad = 0;
         for (long i = 0; i < 2 * rank + 1; ++i) {
             bad += host16(w)[i] != ref_sum16(bf16, 41, p, displ + i);
             telling += stepwise(41, displ + i) != ref_sum16(bf16, 41, p, displ + i);
+            g_order_telling += reversed(41, displ + i) != ref_sum16(bf16, 41, p, displ + i);
         }
         CHECK(bad == 0 && host16(w)[2 * rank + 1] == 0x7fff, "rank %d of %d: %s reduce_scatter_v: %ld of %d elements differ (or it wrote past its count)",
               rank, p, name, bad, 2 * rank + 1);
         // even reduce-scatter (5 each), then all-gather of the results: every rank sees every block
-        for (long i = 0; i < 5 * p; ++i) host16(v)[i] = value16(bf16, 42, rank, i);
+        for (long i = 0; i < 5 * p; ++i) host16(v)[i] = input16(bf16, 42, rank, i, p);
         sw_buffer g = alloc16(dev, 5 * p);
         for (long i = 0; i < 5; ++i) host16(w)[i] = 0x7fff;
         OK(sw_reduce_scatter(comm, rank, v, 0, w, 0, 5, dt, SW_REDUCE_SUM, s));
@@ -519,7 +543,9 @@ int main(int argc, char** argv) {
             sw_comm_destroy(c);
         }
         CHECK(telling > 0, "no 16-bit sum of the data differs when rounded at every step: the bit-for-bit checks prove nothing");
-        std::printf("16-bit collectives over NCCL, p = 1..8: checked (%ld sums would differ if rounded at every step)\n", telling);
+        CHECK(g_order_telling > 0, "no 16-bit sum of the data differs when summed in reverse rank order: the order is not checked");
+        std::printf("16-bit collectives over NCCL, p = 1..8: checked (%ld sums would differ if rounded at every step, %ld if "
+                    "summed in reverse rank order)\n", telling, g_order_telling.load());
         for (int q : {3, 8}) {
             sw_comm c = nullptr;
             OK(sw_comm_create_local(q, dev8, 20000, &c));
