@@ -1301,6 +1301,19 @@ void target_mixed_precision() {
     expect_unsupported(SW_DTYPE_BF16, SW_DTYPE_BF16, SW_DTYPE_F16, "auto");
     expect_unsupported(SW_DTYPE_F32, SW_DTYPE_F32, SW_DTYPE_BF16, "auto");
     if (!opt.emulated) expect_unsupported(SW_DTYPE_F32, SW_DTYPE_F32, SW_DTYPE_F32, "mma"); // mma: 16-bit inputs only
+    {
+        // sw_gemm's one dtype reaches the CUDA backend's own check (sw_gemm_ex's undefined combinations stop in the core):
+        // f64 is refused there, naming the combination.
+        sw_buffer t = alloc(256);
+        const sw_status st = sw_gemm(C.s[0], SW_DTYPE_F64, SW_OP_N, SW_OP_N, 1, 1, 1, 1.f, t, 0, 1, t, 4, 1, 0.f, t, 8, 1,
+                                     nullptr, 0, SW_EPILOGUE_NONE);
+        const std::string msg = sw_last_error();
+        CK(sw_stream_synchronize(C.s[0]));
+        release(t);
+        record_check("T5 sw_gemm with f64 is refused by the CUDA backend",
+                     st == SW_ERR_UNSUPPORTED && msg.find("a = f64, b = f64, c = f64") != std::string::npos, false,
+                     fmt("status %d, message '%s'", static_cast<int>(st), msg.c_str()));
+    }
     md("\nCombinations the CUDA GEMM lacks (a = f16, b = bf16; bf16 inputs with f16 C; f32 inputs with bf16 C) are refused "
        "with SW_ERR_UNSUPPORTED naming them (see Verification).\n");
 }
