@@ -454,6 +454,26 @@ static int real_gpu() {
         for (long i = 0; i < rows; ++i)
             for (long j = 0; j < cols; ++j)
                 CHECK(out[i * ld_recv + j] == in[i * ld_send + j], "all_gather_columns (%ld,%ld)", i, j);
+        // f16 / bf16: the sums run through the 16-bit path (the plugin's reduce_sum over one source), the gathers move
+        // the bits: every output equals its input bit for bit.
+        for (int bf16 = 0; bf16 < 2; ++bf16) {
+            const sw_dtype dt = bf16 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+            std::vector<uint16_t> in16(n), out16(n);
+            for (long i = 0; i < n; ++i) in16[i] = sw_ref_round16(bf16, in[i]);
+            auto round16 = [&](const char* what, auto&& call) {
+                OK(sw_memcpy_h2d_async(x, 0, in16.data(), n * 2, s));
+                OK(sw_memset_async(y, 0, 0xff, n * 2, s));
+                OK(call());
+                OK(sw_memcpy_d2h_async(out16.data(), y, 0, n * 2, s));
+                OK(sw_stream_synchronize(s));
+                long bad = 0;
+                for (long i = 0; i < n; ++i) bad += out16[i] != in16[i];
+                CHECK(bad == 0, "%s %s: %ld of %ld elements differ", bf16 ? "bf16" : "f16", what, bad, n);
+            };
+            round16("all_reduce", [&] { return sw_all_reduce(comm, 0, x, 0, y, 0, n, dt, SW_REDUCE_SUM, s); });
+            round16("reduce_scatter_v", [&] { return sw_reduce_scatter_v(comm, 0, x, 0, n, y, 0, n, dt, SW_REDUCE_SUM, s); });
+            round16("all_gather_v", [&] { return sw_all_gather_v(comm, 0, x, 0, n, y, 0, n, dt, s); });
+        }
         sw_buffer_destroy(x);
         sw_buffer_destroy(y);
         sw_stream_destroy(s);
