@@ -37,6 +37,7 @@
 #include "cpu/gemm_convert.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/thread_pool.h"
+#include "float16_ref.h"
 
 using sw::GemmProblem;
 using sw::cpu::Kernel;
@@ -76,11 +77,14 @@ struct Rng {
 
 const char* tname(sw_dtype t) { return t == SW_DTYPE_F32 ? "f32" : t == SW_DTYPE_BF16 ? "bf16" : "f16"; }
 
-// Value of a stored element (16-bit types decoded exactly).
-double decode(sw_dtype t, uint16_t h) { return t == SW_DTYPE_BF16 ? gd::bf16_to_f32(h) : gd::f16_to_f32(h); }
-// The same as a float (no trip through double, which would quieten a signalling NaN).
+// Value of a stored element (16-bit types decoded exactly) and rounding to a 16-bit type: the checks' independent
+// references (float16_ref.h), not the library's conversions (gemm_convert.h, checked against them below).
+double decode(sw_dtype t, uint16_t h) { return sw_ref_to_float16(t == SW_DTYPE_BF16, h); }
+// The library's portable conversions (the SIMD ones are compared with them), as a float (no trip through double,
+// which would quieten a signalling NaN).
 float decode_f(sw_dtype t, uint16_t h) { return t == SW_DTYPE_BF16 ? gd::bf16_to_f32(h) : gd::f16_to_f32(h); }
-uint16_t encode(sw_dtype t, float f) { return t == SW_DTYPE_BF16 ? gd::f32_to_bf16(f) : gd::f32_to_f16(f); }
+uint16_t encode_lib(sw_dtype t, float f) { return t == SW_DTYPE_BF16 ? gd::f32_to_bf16(f) : gd::f32_to_f16(f); }
+uint16_t encode(sw_dtype t, float f) { return sw_ref_round16(t == SW_DTYPE_BF16, f); }
 uint32_t fbits(float f) {
     uint32_t u;
     std::memcpy(&u, &f, 4);
@@ -411,19 +415,28 @@ void check_conversions() {
     for (int i = 0; i < 20000; ++i) xs.push_back(rng.uniform(-70000.0f, 70000.0f));
     for (int i = 0; i < 20000; ++i) xs.push_back(std::ldexp(rng.uniform(-1.0f, 1.0f), -static_cast<int>(rng.range(10, 30))));
 
-    // the portable conversions against float64
+    // the library's portable conversions against float64 and against the checks' references (float16_ref.h)
     int bad = 0;
     for (sw_dtype t : {SW_DTYPE_BF16, SW_DTYPE_F16})
-        for (float x : xs)
-            if (!narrow_ok(t, x, encode(t, x)) && bad++ < 5)
-                std::printf("  narrow %s(%a = 0x%08x) = 0x%04x wrong\n", tname(t), x, fbits(x), encode(t, x));
+        for (float x : xs) {
+            const uint16_t h = encode_lib(t, x);
+            // (NaN: narrow_ok wants a NaN of the same sign; the payloads may differ — the library keeps its top bits,
+            // as vcvtps2ph does, the reference returns the canonical quiet NaN)
+            if ((!narrow_ok(t, x, h) || (!std::isnan(x) && h != encode(t, x))) && bad++ < 5)
+                std::printf("  narrow %s(%a = 0x%08x) = 0x%04x wrong (reference 0x%04x)\n", tname(t), x, fbits(x), h,
+                            encode(t, x));
+        }
     for (int i = 0; i < 65536; ++i) { // widening is exact: narrowing back gives the same bits (NaN: quiet)
         const uint16_t h = static_cast<uint16_t>(i);
         for (sw_dtype t : {SW_DTYPE_BF16, SW_DTYPE_F16}) {
             const float f = decode_f(t, h);
             const bool nan = t == SW_DTYPE_BF16 ? ((h & 0x7fff) > 0x7f80) : ((h & 0x7fff) > 0x7c00);
             const uint16_t q = t == SW_DTYPE_BF16 ? 0x40 : 0x200;
-            if (encode(t, f) != (nan ? (h | q) : h) && bad++ < 5) std::printf("  %s round trip of 0x%04x\n", tname(t), h);
+            if (encode_lib(t, f) != (nan ? (h | q) : h) && bad++ < 5) std::printf("  %s round trip of 0x%04x\n", tname(t), h);
+            // = the reference's value (NaN: a NaN of the same sign; the library quietens an fp16 signalling NaN)
+            const float r = sw_ref_to_float16(t == SW_DTYPE_BF16, h);
+            if ((nan ? !(std::isnan(f) && std::signbit(f) == std::signbit(r)) : fbits(f) != fbits(r)) && bad++ < 5)
+                std::printf("  %s widen 0x%04x = 0x%08x, reference 0x%08x\n", tname(t), h, fbits(f), fbits(r));
         }
     }
     CHECK(bad == 0, "portable conversions: %d wrong", bad);
@@ -445,9 +458,9 @@ void check_conversions() {
             nf(h.data(), xs.data(), static_cast<int64_t>(xs.size()) - 3);
             int nbad = 0;
             for (size_t i = 0; i + 3 < xs.size(); ++i)
-                if (h[i] != encode(t, xs[i]) && nbad++ < 3)
+                if (h[i] != encode_lib(t, xs[i]) && nbad++ < 3)
                     std::printf("  %s narrow %s(0x%08x) = 0x%04x, portable 0x%04x\n", sw::cpu::kernel_name(k), tname(t),
-                                fbits(xs[i]), h[i], encode(t, xs[i]));
+                                fbits(xs[i]), h[i], encode_lib(t, xs[i]));
             CHECK(nbad == 0 && h[xs.size() - 3] == 0xABCD, "%s narrow %s: %d wrong or wrote past the end", sw::cpu::kernel_name(k), tname(t), nbad);
         }
     }
