@@ -42,7 +42,7 @@ internal static unsafe class PrecisionComparison
         if (dnnl) OneDnn.SetThreads(t);
 
         Console.WriteLine("Side by side (one run, interleaved rounds): bf16 GEMM (bf16 A, B; f32 C; fp32 accumulation) and fp32 GEMM");
-        Console.WriteLine($"  Shardwise : {device.Name}, kernel {device.Kernel}, {t} threads");
+        Console.WriteLine($"  Shardwise : {device.Name}, kernel {device.Kernel}");
         Console.WriteLine($"  oneDNN    : {(dnnl ? OneDnn.Describe() + $", {t} threads" : "not found (libdnnl.so.2; ./build.sh deps installs libdnnl-dev): its columns are left empty")}");
         Console.WriteLine($"  OpenBLAS  : {OpenBlas.Describe()}");
         Console.WriteLine($"  timing    : {rounds} rounds; per round each contender once (repeated to ~{budgetMs / 8:0} ms when faster), the order rotating");
