@@ -231,6 +231,24 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
         Reference.AssertBitwise(blocks.ToArray(Str), want, "column blocks vs full");
     }
 
+    [Test]
+    public void TheTypedGemmAllocatesNothingManaged()
+    {
+        // Hot paths allocate nothing managed: the description lives on the stack, the handles are ref-counted in place.
+        using var a = PoisonedT<BFloat16>(64);
+        using var c = PoisonedT<float>(64);
+        using var bias = PoisonedT<float>(8);
+        a.Fill(BFloat16.One, Str);
+        var (av, cv) = (a.AsMatrix(8, 8), c.AsMatrix(8, 8));
+        for (int i = 0; i < 3; i++) Gemm.Multiply(Str, av, av, cv, bias: bias, epilogue: Epilogue.Gelu); // warm-up (JIT, tiers)
+        Str.Synchronize();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 20; i++) Gemm.Multiply(Str, av, av, cv, 0.5f, 0f, true, false, bias, 0, Epilogue.Gelu);
+        long after = GC.GetAllocatedBytesForCurrentThread();
+        Str.Synchronize();
+        Assert.That(after - before, Is.Zero, "managed bytes allocated by 20 typed GEMM calls");
+    }
+
     // ------------------------------------------------------------------ edge values
 
     [Test]
