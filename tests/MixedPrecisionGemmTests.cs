@@ -133,7 +133,9 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
 
     private static IEnumerable<TestCaseData> ShapeCases()
     {
-        long[][] shapes = [[1, 1, 1], [1, 9, 3], [3, 17, 5], [37, 70, 45], [65, 129, 33], [7, 1031, 131], [19, 300, 257]];
+        // tile edges at small K; K across several cache blocks (1031, 1300 > KC); m above MC (171); n above NC (4111)
+        long[][] shapes = [[1, 1, 1], [1, 9, 3], [3, 17, 5], [37, 70, 45], [65, 129, 33], [7, 1031, 131], [19, 300, 257],
+            [171, 1300, 67], [3, 1031, 4111]];
         foreach (var (tin, tout) in Combinations)
             foreach (var s in shapes)
                 foreach (var (ta, tb) in new[] { (false, false), (true, false), (false, true), (true, true) })
