@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "check.h"
@@ -13,6 +14,90 @@
 static float frand(unsigned* state) {
     *state = *state * 1664525u + 1013904223u;
     return (float)((*state >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/* bf16 <-> float for the sw_gemm_ex checks: round to nearest even (finite inputs only here). */
+static uint16_t to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+static float from_bf16(uint16_t h) {
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+/* sw_gemm_ex with A, B in bf16 (stored transposed when ta/tb), C in f32 or bf16, bias in C's type, beta = 0.5 over a
+ * C read from its own type, against double computed from the rounded inputs. Tolerance: fp32 accumulation over K
+ * terms (K * 2^-24 * sum|a b|) plus, for a bf16 C, one final rounding (2^-8 |ref|). */
+static void check_gemm_ex_bf16(sw_device dev, sw_stream s, int ta, int tb, sw_dtype c_type) {
+    enum { M = 13, K = 37, N = 21 };
+    uint16_t a[M * K], b[K * N];
+    float c0[M * N], bias[N];
+    unsigned rng = 777u + (unsigned)(ta * 2 + tb) + 10u * (unsigned)c_type;
+    for (int i = 0; i < M * K; ++i) a[i] = to_bf16(frand(&rng));
+    for (int i = 0; i < K * N; ++i) b[i] = to_bf16(frand(&rng));
+    for (int i = 0; i < M * N; ++i) c0[i] = frand(&rng);
+    for (int j = 0; j < N; ++j) bias[j] = frand(&rng);
+    const int bf16_c = c_type == SW_DTYPE_BF16;
+    const size_t csz = bf16_c ? 2 : 4;
+    uint16_t c16[M * N], bias16[N];
+    for (int i = 0; i < M * N; ++i) { c16[i] = to_bf16(c0[i]); if (bf16_c) c0[i] = from_bf16(c16[i]); }
+    for (int j = 0; j < N; ++j) { bias16[j] = to_bf16(bias[j]); if (bf16_c) bias[j] = from_bf16(bias16[j]); }
+    sw_buffer da, db, dc, dbias;
+    OK(sw_buffer_alloc(dev, sizeof a, &da));
+    OK(sw_buffer_alloc(dev, sizeof b, &db));
+    OK(sw_buffer_alloc(dev, M * N * csz, &dc));
+    OK(sw_buffer_alloc(dev, N * csz, &dbias));
+    OK(sw_memcpy_h2d_async(da, 0, a, sizeof a, s));
+    OK(sw_memcpy_h2d_async(db, 0, b, sizeof b, s));
+    OK(sw_memcpy_h2d_async(dc, 0, bf16_c ? (const void*)c16 : (const void*)c0, M * N * csz, s));
+    OK(sw_memcpy_h2d_async(dbias, 0, bf16_c ? (const void*)bias16 : (const void*)bias, N * csz, s));
+    sw_gemm_desc d;
+    memset(&d, 0, sizeof d);
+    d.size = sizeof d;
+    d.trans_a = ta ? SW_OP_T : SW_OP_N;
+    d.trans_b = tb ? SW_OP_T : SW_OP_N;
+    d.a_type = d.b_type = SW_DTYPE_BF16;
+    d.c_type = c_type;
+    d.compute_type = SW_DTYPE_F32;
+    d.epilogue = SW_EPILOGUE_NONE;
+    d.m = M; d.n = N; d.k = K;
+    d.alpha = 1.5f; d.beta = 0.5f;
+    /* A stored m x k (lda = k) or k x m (lda = m); B k x n (ldb = n) or n x k (ldb = k) */
+    d.a = da; d.lda = ta ? M : K;
+    d.b = db; d.ldb = tb ? K : N;
+    d.c = dc; d.ldc = N;
+    d.bias = dbias;
+    OK(sw_gemm_ex(s, &d));
+    float out[M * N];
+    uint16_t out16[M * N];
+    OK(sw_memcpy_d2h_async(bf16_c ? (void*)out16 : (void*)out, dc, 0, M * N * csz, s));
+    OK(sw_stream_synchronize(s));
+    if (bf16_c)
+        for (int i = 0; i < M * N; ++i) out[i] = from_bf16(out16[i]);
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            double ref = 0, mag = 0;
+            for (int p = 0; p < K; ++p) {
+                const double x = from_bf16(ta ? a[p * M + i] : a[i * K + p]);
+                const double y = from_bf16(tb ? b[j * K + p] : b[p * N + j]);
+                ref += x * y;
+                mag += fabs(x * y);
+            }
+            ref = 1.5 * ref + 0.5 * c0[i * N + j] + bias[j];
+            mag = 1.5 * mag + fabs(0.5 * c0[i * N + j]) + fabs(bias[j]);
+            const double tol = 2.0 * K * 0x1p-24 * mag + (bf16_c ? 0x1p-8 * fabs(ref) : 0.0) + 1e-30;
+            CHECK(fabs(out[i * N + j] - ref) <= tol, "gemm_ex bf16 ta=%d tb=%d c=%s C[%d][%d] = %.9g, expected %.9g",
+                  ta, tb, bf16_c ? "bf16" : "f32", i, j, out[i * N + j], ref);
+        }
+    OK(sw_buffer_destroy(da));
+    OK(sw_buffer_destroy(db));
+    OK(sw_buffer_destroy(dc));
+    OK(sw_buffer_destroy(dbias));
 }
 
 int main(void) {
@@ -95,6 +180,46 @@ int main(void) {
                   0.0f, dc, 0, 1, NULL, 0, SW_EPILOGUE_NONE) == SW_ERR_INVALID_ARGUMENT &&
               strstr(sw_last_error(), "overflows") != NULL,
           "wrapping lda: %s", sw_last_error());
+
+    /* sw_gemm_ex: bf16 inputs, f32 and bf16 outputs, every transpose. */
+    for (int t = 0; t < 4; ++t) {
+        check_gemm_ex_bf16(dev, s0, t & 1, t >> 1, SW_DTYPE_F32);
+        check_gemm_ex_bf16(dev, s0, t & 1, t >> 1, SW_DTYPE_BF16);
+    }
+    {
+        sw_gemm_desc d;
+        memset(&d, 0, sizeof d);
+        d.size = sizeof d;
+        d.a_type = SW_DTYPE_BF16; d.b_type = SW_DTYPE_F16; d.c_type = SW_DTYPE_F32; d.compute_type = SW_DTYPE_F32;
+        d.m = 2; d.n = 2; d.k = 2; d.alpha = 1.0f;
+        d.a = da; d.lda = 2; d.b = db; d.ldb = 2; d.c = dc; d.ldc = 2;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_UNSUPPORTED && strstr(sw_last_error(), "a = bf16, b = f16, c = f32") != NULL,
+              "mixed a/b types: %s", sw_last_error());
+        d.b_type = SW_DTYPE_BF16; d.c_type = SW_DTYPE_F16;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_UNSUPPORTED && strstr(sw_last_error(), "c = f16") != NULL,
+              "bf16 inputs into f16: %s", sw_last_error());
+        d.c_type = SW_DTYPE_F32; d.compute_type = SW_DTYPE_F16;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_UNSUPPORTED && strstr(sw_last_error(), "compute = f16") != NULL,
+              "f16 compute: %s", sw_last_error());
+        d.compute_type = (sw_dtype)77;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "compute_type") != NULL,
+              "bad compute_type: %s", sw_last_error());
+        d.compute_type = SW_DTYPE_F32; d.size = sizeof d - 8;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "desc->size") != NULL,
+              "short size: %s", sw_last_error());
+        CHECK(sw_gemm_ex(s0, NULL) == SW_ERR_NULL_HANDLE && strstr(sw_last_error(), "desc") != NULL,
+              "NULL desc: %s", sw_last_error());
+        d.size = sizeof d; d.lda = 1;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "lda") != NULL,
+              "short lda: %s", sw_last_error());
+        /* sizes are in elements of each operand's type: a 2 x 2 bf16 A needs 8 bytes, so 2 x 3 at offset 3 of a
+         * 19 x 33 f32 buffer fits, while one at offset 2*M*K - 5 (elements) does not. */
+        d.lda = 2; d.a_offset = (uint64_t)(2 * M * K - 3);
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT, "A past its buffer in bf16 elements");
+        d.a_offset = (uint64_t)(2 * M * K - 4);
+        OK(sw_gemm_ex(s0, &d));
+        OK(sw_stream_synchronize(s0));
+    }
     OK(sw_stream_synchronize(s0));
 
     /* Two virtual ranks on one device, driven from this one thread through two streams. */

@@ -85,59 +85,6 @@ std::string sw::check_agreement(const Slot& slot, int world) {
 }
 
 namespace {
-// ---- element conversions for the reductions
-float half_to_float(uint16_t h) {
-    const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-    uint32_t bits;
-    if (exp == 0) {
-        if (man == 0) bits = sign;
-        else { // subnormal
-            int e = -1;
-            uint32_t m = man;
-            do { ++e; m <<= 1; } while (!(m & 0x400));
-            bits = sign | static_cast<uint32_t>(127 - 15 - e) << 23 | (m & 0x3ff) << 13;
-        }
-    } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
-    else bits = sign | (exp + 112) << 23 | man << 13;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-uint16_t float_to_half(float f) { // round to nearest even
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint32_t sign = (x >> 16) & 0x8000u;
-    const uint32_t abs = x & 0x7fffffffu;
-    if (abs >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
-    if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u); // overflow -> inf
-    if (abs < 0x38800000u) { // subnormal or zero
-        if (abs < 0x33000000u) return static_cast<uint16_t>(sign);
-        const uint32_t e = abs >> 23, m = (abs & 0x7fffff) | 0x800000;
-        const uint32_t shift = 126 - e; // 14..24
-        uint32_t v = m >> shift;
-        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (v & 1))) ++v;
-        return static_cast<uint16_t>(sign | v);
-    }
-    uint32_t v = ((abs >> 13) - (112u << 10));
-    const uint32_t rem = abs & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (v & 1))) ++v;
-    return static_cast<uint16_t>(sign | v);
-}
-float bf16_to_float(uint16_t h) {
-    const uint32_t bits = static_cast<uint32_t>(h) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-uint16_t float_to_bf16(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40); // quiet NaN
-    x += 0x7fff + ((x >> 16) & 1);
-    return static_cast<uint16_t>(x >> 16);
-}
-
 template <class T> struct Acc { using type = T; };
 template <> struct Acc<uint16_t> { using type = float; };
 // i32 sums wrap around (two's complement, as NCCL and the CUDA plugin do) instead of overflowing: the sum runs in

@@ -382,6 +382,14 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype_in, sw_op trans_a_in, 
     });
 }
 
+SW_API sw_status sw_gemm_ex(sw_stream stream, const sw_gemm_desc* desc) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        GemmCall call = gemm_call_from_desc(s, desc);
+        s->device_impl->ops->gemm(*s, call.problem, std::move(call.keep));
+    });
+}
+
 // ---------------------------------------------------------------- element-wise activations
 
 namespace {

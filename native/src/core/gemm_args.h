@@ -1,4 +1,4 @@
-// The arguments of sw_gemm, validated once, as the one GEMM description (core/gemm_problem.h) plus the storages the
+// The arguments of sw_gemm and sw_gemm_ex, validated once, as the one GEMM description (core/gemm_problem.h) plus the storages the
 // queued work keeps alive. Every message and status is the C ABI's (the tests check them).
 #pragma once
 #include "shardwise.h"
@@ -21,5 +21,10 @@ GemmCall gemm_call_from_args(sw_stream_s* stream, const sw_dtype& dtype, const s
                              int64_t m, int64_t n, int64_t k, float alpha, sw_buffer a, uint64_t a_offset, int64_t lda,
                              sw_buffer b, uint64_t b_offset, int64_t ldb, float beta, sw_buffer c, uint64_t c_offset,
                              int64_t ldc, sw_buffer bias, uint64_t bias_offset, const sw_epilogue& epilogue);
+
+// sw_gemm_ex: desc non-null with size == sizeof(sw_gemm_desc); the enum fields read raw; a combination outside the
+// C ABI's (a = b in {f32, f16, bf16}, c = f32 or a's type, compute f32) or outside the backend's gives
+// SW_ERR_UNSUPPORTED naming it; then the checks of gemm_call_from_args. Throws sw::Error.
+GemmCall gemm_call_from_desc(sw_stream_s* stream, const sw_gemm_desc* desc);
 
 } // namespace sw

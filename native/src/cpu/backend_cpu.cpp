@@ -3,6 +3,7 @@
 // element-wise activations in chunks on the device's thread pool. CPU-only helpers live here too: the processor's
 // model name, the physical memory size, the default thread count and the GeLU derivative.
 #include "core/backend.h"
+#include "core/dtype.h"
 #include "core/objects.h"
 #include "cpu/gemm.h"
 #include "cpu/stream.h"
@@ -242,16 +243,18 @@ public:
 
     // ------------------------------------------------------------------ compute
     void check_gemm_types(sw_dtype a_type, sw_dtype b_type, sw_dtype c_type) override {
-        const sw_dtype bad = a_type != SW_DTYPE_F32 ? a_type : b_type != SW_DTYPE_F32 ? b_type : c_type;
-        if (bad != SW_DTYPE_F32)
-            fail(SW_ERR_UNSUPPORTED, "dtype = ", static_cast<int>(bad),
-                 ": the CPU backend computes GEMM in float32 only (SW_DTYPE_F32)");
+        // Every combination of the C ABI (cpu::gemm): a = b in {f32, f16, bf16}, c = f32 or a's type.
+        const auto input = [](sw_dtype t) { return t == SW_DTYPE_F32 || t == SW_DTYPE_F16 || t == SW_DTYPE_BF16; };
+        if (!input(a_type) || b_type != a_type || (c_type != SW_DTYPE_F32 && c_type != a_type))
+            fail(SW_ERR_UNSUPPORTED, "a = ", dtype_name(a_type), ", b = ", dtype_name(b_type), ", c = ",
+                 dtype_name(c_type), ": the CPU backend computes GEMM with a = b in {f32, f16, bf16} and c = f32 or ",
+                 "a's type");
     }
 
     void gemm(sw_stream_s& s, const GemmProblem& problem, KeepAlive keep) override {
         auto dev = s.device_impl;
         const auto kernel = static_cast<Kernel>(dev->kernel.load());
-        s.impl->enqueue([problem, kernel, dev, keep = std::move(keep)] { sgemm(problem, kernel, *dev->pool); });
+        s.impl->enqueue([problem, kernel, dev, keep = std::move(keep)] { cpu::gemm(problem, kernel, *dev->pool); });
     }
 
     void check_activation_type(sw_dtype dtype) override {

@@ -33,6 +33,11 @@ TileShape tile_shape(Kernel k);
 // beta == 0 never reads C.
 void sgemm(const GemmProblem& problem, Kernel kernel, ThreadPool& pool);
 
+// Any combination of sw_gemm_ex (gemm_mixed.cpp): a_type == b_type in {F32, F16, BF16}, c_type F32 or a_type,
+// bias_type == c_type, fp32 accumulation; bias and epilogue in fp32, a 16-bit C rounded once (nearest even). All-f32
+// problems run sgemm; the determinism contract of sgemm holds for every combination.
+void gemm(const GemmProblem& problem, Kernel kernel, ThreadPool& pool);
+
 // GeLU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 float gelu_tanh(float x);
 
