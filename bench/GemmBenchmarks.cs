@@ -17,7 +17,7 @@ public unsafe class GemmBenchmarks
     private Device? _device;
     private DeviceStream? _stream;
     private DeviceBuffer<float>? _a, _b, _c;
-    private MatrixView _av, _bv, _cv;
+    private MatrixView<float> _av, _bv, _cv;
     private float* _ha, _hb, _hc;
 
     /// <summary>Square 256..2048, a rank's shard of a 2048-wide layer over 4 ranks, and a GEMV-like decode step.</summary>

@@ -18,7 +18,7 @@ public class ShardedGemmBenchmarks
     private ProcessGroup? _group;
     private ShardedGemm? _sharded;
     private DeviceBuffer<float>? _x, _w, _y;
-    private MatrixView _xv, _wv, _yv;
+    private MatrixView<float> _xv, _wv, _yv;
 
     /// <summary>A mid-size layer, a large square, an uneven N (1000), and the GEMV-like decode step.</summary>
     public static IEnumerable<GemmShape> Shapes =>

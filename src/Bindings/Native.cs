@@ -67,6 +67,7 @@ public static unsafe partial class Native
         float beta,
         BufferHandle c, ulong cOffset, long ldc,
         nint bias, ulong biasOffset, SwEpilogue epilogue);
+    [LibraryImport(Lib)] public static partial SwStatus sw_gemm_ex(StreamHandle stream, SwGemmDesc* desc);
 
     // ---------------------------------------------------------------- element-wise activations
     [LibraryImport(Lib)] public static partial SwStatus sw_gelu(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle y, ulong yOffset, ulong count);

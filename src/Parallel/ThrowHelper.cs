@@ -42,15 +42,16 @@ internal static class ThrowHelper
             throw new ArgumentOutOfRangeException(name, rank, $"{name} must be in [0, {worldSize}).");
     }
 
-    /// <summary>Throws unless <paramref name="view"/> is set (not a default <see cref="MatrixView"/>).</summary>
-    public static void NotEmpty(MatrixView view, [CallerArgumentExpression(nameof(view))] string name = "")
+    /// <summary>Throws unless <paramref name="view"/> is set (not a default <see cref="MatrixView{T}"/>).</summary>
+    public static void NotEmpty<T>(MatrixView<T> view, [CallerArgumentExpression(nameof(view))] string name = "") where T : unmanaged
     {
         if (view.IsEmpty) throw new ArgumentException($"{name} is an empty (default) view.", name);
     }
 
     /// <summary>Throws unless <paramref name="m"/> is <paramref name="rows"/> × <paramref name="cols"/>; <paramref name="what"/>
     /// says what it should be ("M x in-features").</summary>
-    public static void Shape(MatrixView m, long rows, long cols, string what, [CallerArgumentExpression(nameof(m))] string name = "")
+    public static void Shape<T>(MatrixView<T> m, long rows, long cols, string what, [CallerArgumentExpression(nameof(m))] string name = "")
+        where T : unmanaged
     {
         if (m.Rows != rows || m.Cols != cols)
             throw new ArgumentException($"{name} is {m.Rows} x {m.Cols}; expected {rows} x {cols} ({what}).", name);
@@ -65,6 +66,7 @@ internal static class ThrowHelper
     }
 
     /// <summary>Throws unless the buffer of <paramref name="view"/> lives on <paramref name="expected"/>.</summary>
-    public static void SameDevice(Device expected, MatrixView view, [CallerArgumentExpression(nameof(view))] string name = "") =>
+    public static void SameDevice<T>(Device expected, MatrixView<T> view, [CallerArgumentExpression(nameof(view))] string name = "")
+        where T : unmanaged =>
         SameDevice(expected, view.Buffer, name);
 }

@@ -103,7 +103,7 @@ internal static class TorchMemory
 
     /// <summary>Wraps a float32 CPU tensor's memory as a matrix on the CPU <paramref name="device"/> without copying.
     /// The tensor must stay alive (and not be resized) until the work using the buffer has completed.</summary>
-    public static MatrixView Wrap(Device device, torch.Tensor t, out DeviceBuffer<float> buffer)
+    public static MatrixView<float> Wrap(Device device, torch.Tensor t, out DeviceBuffer<float> buffer)
     {
         var (rows, cols, ld) = MatrixLayout(t);
         buffer = device.Wrap<float>(DataPointer(t), (rows - 1) * ld + cols);

@@ -5,7 +5,7 @@ namespace Shardwise.Parallel;
 
 /// <summary>
 /// Typed memory on a device: owned (allocated by Shardwise) or wrapped (another framework's memory, never
-/// freed by Shardwise). Element types: float, double, int, Half, byte.
+/// freed by Shardwise). Element types: float, double, int, Half, BFloat16 (Shardwise.BFloat16), byte.
 /// </summary>
 public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
 {
@@ -29,6 +29,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         if (typeof(T) == typeof(double)) return SwDtype.F64;
         if (typeof(T) == typeof(int)) return SwDtype.I32;
         if (typeof(T) == typeof(Half)) return SwDtype.F16;
+        if (typeof(T) == typeof(BFloat16)) return SwDtype.BF16;
         if (typeof(T) == typeof(byte)) return SwDtype.U8;
         return (SwDtype)(-1);
     }
@@ -36,7 +37,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     private static void CheckType()
     {
         if ((int)Dtype < 0)
-            throw new NotSupportedException($"DeviceBuffer<{typeof(T).Name}>: the element type must be float, double, int, Half or byte.");
+            throw new NotSupportedException($"DeviceBuffer<{typeof(T).Name}>: the element type must be float, double, int, Half, BFloat16 or byte.");
     }
 
     // length * sizeof(T) in bytes for a length in 1..limit, else ArgumentOutOfRangeException naming the argument (never
@@ -206,13 +207,10 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
             (ulong)sourceOffset * (ulong)sizeof(T), (ulong)count * (ulong)sizeof(T), stream.Handle));
     }
 
-    /// <summary>A row-major matrix view of this buffer (float buffers only).</summary>
-    public MatrixView AsMatrix(long rows, long cols, long ld = -1, long offset = 0)
-    {
-        if (typeof(T) != typeof(float))
-            throw new NotSupportedException($"AsMatrix: matrices are float32; this buffer holds {typeof(T).Name}.");
-        return new MatrixView(Unsafe.As<DeviceBuffer<float>>(this), rows, cols, ld < 0 ? cols : ld, offset);
-    }
+    /// <summary>A row-major matrix view of this buffer (<c>ld</c> -1: <paramref name="cols"/>). Matrices hold float, Half
+    /// or BFloat16: a buffer of another type throws <see cref="NotSupportedException"/> naming them.</summary>
+    public MatrixView<T> AsMatrix(long rows, long cols, long ld = -1, long offset = 0) =>
+        new(this, rows, cols, ld < 0 ? cols : ld, offset);
 
     /// <summary>Releases the handle (and the memory, if owned) once no queued work uses it.</summary>
     public void Dispose() => _handle.Dispose();

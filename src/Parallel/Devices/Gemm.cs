@@ -18,13 +18,128 @@ public enum Epilogue
 public static class Gemm
 {
     /// <summary>
-    /// Queues <c>C = epilogue(alpha·op(A)·op(B) + beta·C + bias)</c> on <paramref name="stream"/>.
-    /// op(A) is m × k (A stored k × m when <paramref name="transA"/>), op(B) is k × n, C is m × n,
+    /// Queues <c>C = epilogue(alpha·op(A)·op(B) + beta·C + bias)</c> on <paramref name="stream"/> in float32
+    /// (<c>sw_gemm</c>). op(A) is m × k (A stored k × m when <paramref name="transA"/>), op(B) is k × n, C is m × n,
     /// <paramref name="bias"/> (optional) holds n elements from <paramref name="biasOffset"/>.
     /// </summary>
-    public static void Multiply(DeviceStream stream, MatrixView a, MatrixView b, MatrixView c,
+    public static void Multiply(DeviceStream stream, MatrixView<float> a, MatrixView<float> b, MatrixView<float> c,
         float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
         DeviceBuffer<float>? bias = null, long biasOffset = 0, Epilogue epilogue = Epilogue.None)
+    {
+        var (m, n, k) = Validate(stream, a, b, c, alpha, beta, transA, transB, bias, biasOffset);
+        bool added = false;
+        var biasHandle = bias?.Handle;
+        try
+        {
+            biasHandle?.DangerousAddRef(ref added);
+            ThrowHelper.Check(Native.sw_gemm(stream.Handle, SwDtype.F32, transA ? SwOp.T : SwOp.N, transB ? SwOp.T : SwOp.N,
+                m, n, k, alpha,
+                a.Buffer.Handle, (ulong)a.Offset, a.Ld,
+                b.Buffer.Handle, (ulong)b.Offset, b.Ld,
+                beta,
+                c.Buffer.Handle, (ulong)c.Offset, c.Ld,
+                biasHandle?.DangerousGetHandle() ?? 0, (ulong)biasOffset, (SwEpilogue)epilogue));
+        }
+        finally
+        {
+            if (added) biasHandle!.DangerousRelease();
+        }
+    }
+
+    /// <summary>
+    /// Queues the mixed-precision <c>C = epilogue(alpha·op(A)·op(B) + beta·C + bias)</c> on <paramref name="stream"/>
+    /// (<c>sw_gemm_ex</c>): A and B hold <typeparamref name="TIn"/> (float, <see cref="Half"/> or
+    /// <see cref="BFloat16"/>), C and the bias <typeparamref name="TOut"/> (float or <typeparamref name="TIn"/>). Products
+    /// are accumulated in fp32; alpha, beta, the bias and the epilogue are applied in fp32 and the result is rounded
+    /// once (to nearest even) to <typeparamref name="TOut"/>. Shapes as <see cref="Multiply(DeviceStream, MatrixView{float},
+    /// MatrixView{float}, MatrixView{float}, float, float, bool, bool, DeviceBuffer{float}?, long, Epilogue)"/>.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The combination of types (e.g. "a = bf16, b = bf16, c = f16") is not
+    /// one of the above, or the device's backend lacks it (the native message is the inner exception).</exception>
+    public static unsafe void Multiply<TIn, TOut>(DeviceStream stream, MatrixView<TIn> a, MatrixView<TIn> b, MatrixView<TOut> c,
+        float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
+        DeviceBuffer<TOut>? bias = null, long biasOffset = 0, Epilogue epilogue = Epilogue.None)
+        where TIn : unmanaged where TOut : unmanaged
+    {
+        var (m, n, k) = Validate(stream, a, b, c, alpha, beta, transA, transB, bias, biasOffset);
+        SwDtype inType = DeviceBuffer<TIn>.Dtype, outType = DeviceBuffer<TOut>.Dtype;
+        if (outType != SwDtype.F32 && outType != inType)
+            throw new NotSupportedException(
+                $"Gemm.Multiply: {Combination(inType, outType)} is not supported; c (and the bias) must be f32 or the input type {DtypeName(inType)}.");
+
+        var desc = new SwGemmDesc
+        {
+            Size = SwGemmDesc.CurrentSize,
+            TransA = transA ? SwOp.T : SwOp.N,
+            TransB = transB ? SwOp.T : SwOp.N,
+            AType = inType,
+            BType = inType,
+            CType = outType,
+            ComputeType = SwDtype.F32,
+            Epilogue = (SwEpilogue)epilogue,
+            M = m,
+            N = n,
+            K = k,
+            Alpha = alpha,
+            Beta = beta,
+            AOffset = (ulong)a.Offset,
+            Lda = a.Ld,
+            BOffset = (ulong)b.Offset,
+            Ldb = b.Ld,
+            COffset = (ulong)c.Offset,
+            Ldc = c.Ld,
+            BiasOffset = (ulong)biasOffset,
+        };
+        BufferHandle ha = a.Buffer.Handle, hb = b.Buffer.Handle, hc = c.Buffer.Handle;
+        BufferHandle? hbias = bias?.Handle;
+        bool ra = false, rb = false, rc = false, rbias = false;
+        try
+        {
+            ha.DangerousAddRef(ref ra);
+            hb.DangerousAddRef(ref rb);
+            hc.DangerousAddRef(ref rc);
+            hbias?.DangerousAddRef(ref rbias);
+            desc.A = ha.DangerousGetHandle();
+            desc.B = hb.DangerousGetHandle();
+            desc.C = hc.DangerousGetHandle();
+            desc.Bias = hbias?.DangerousGetHandle() ?? 0;
+            var status = Native.sw_gemm_ex(stream.Handle, &desc);
+            if (status == SwStatus.Unsupported)
+            {
+                var inner = ShardwiseException.Create(status, nameof(Native.sw_gemm_ex));
+                throw new NotSupportedException(
+                    $"Gemm.Multiply: {Combination(inType, outType)} is not supported on device '{stream.Device}': {inner.NativeMessage}", inner);
+            }
+            ThrowHelper.Check(status, nameof(Native.sw_gemm_ex));
+        }
+        finally
+        {
+            if (rbias) hbias!.DangerousRelease();
+            if (rc) hc.DangerousRelease();
+            if (rb) hb.DangerousRelease();
+            if (ra) ha.DangerousRelease();
+        }
+    }
+
+    /// <summary>The C ABI's short name of an element type ("f32", "f16", "bf16").</summary>
+    internal static string DtypeName(SwDtype dtype) => dtype switch
+    {
+        SwDtype.F32 => "f32",
+        SwDtype.F64 => "f64",
+        SwDtype.F16 => "f16",
+        SwDtype.BF16 => "bf16",
+        SwDtype.I32 => "i32",
+        SwDtype.U8 => "u8",
+        _ => dtype.ToString(),
+    };
+
+    private static string Combination(SwDtype inType, SwDtype outType) =>
+        $"a = {DtypeName(inType)}, b = {DtypeName(inType)}, c = {DtypeName(outType)}";
+
+    // The managed checks shared by both overloads (the native core checks again); returns m, n, k.
+    private static (long M, long N, long K) Validate<TIn, TOut>(DeviceStream stream, MatrixView<TIn> a, MatrixView<TIn> b,
+        MatrixView<TOut> c, float alpha, float beta, bool transA, bool transB, DeviceBuffer<TOut>? bias, long biasOffset)
+        where TIn : unmanaged where TOut : unmanaged
     {
         ArgumentNullException.ThrowIfNull(stream);
         ThrowHelper.NotEmpty(a);
@@ -50,23 +165,6 @@ public static class Gemm
         }
         if (!float.IsFinite(alpha)) throw new ArgumentOutOfRangeException(nameof(alpha), alpha, "alpha must be finite.");
         if (!float.IsFinite(beta)) throw new ArgumentOutOfRangeException(nameof(beta), beta, "beta must be finite.");
-
-        bool added = false;
-        var biasHandle = bias?.Handle;
-        try
-        {
-            biasHandle?.DangerousAddRef(ref added);
-            ThrowHelper.Check(Native.sw_gemm(stream.Handle, SwDtype.F32, transA ? SwOp.T : SwOp.N, transB ? SwOp.T : SwOp.N,
-                m, n, k, alpha,
-                a.Buffer.Handle, (ulong)a.Offset, a.Ld,
-                b.Buffer.Handle, (ulong)b.Offset, b.Ld,
-                beta,
-                c.Buffer.Handle, (ulong)c.Offset, c.Ld,
-                biasHandle?.DangerousGetHandle() ?? 0, (ulong)biasOffset, (SwEpilogue)epilogue));
-        }
-        finally
-        {
-            if (added) biasHandle!.DangerousRelease();
-        }
+        return (m, n, k);
     }
 }

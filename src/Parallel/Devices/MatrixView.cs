@@ -1,14 +1,18 @@
 namespace Shardwise.Parallel;
 
 /// <summary>
-/// A row-major float32 matrix inside a <see cref="DeviceBuffer{T}"/>: element (i, j) is at
-/// <c>Offset + i * Ld + j</c>. Cheap to copy; validated on creation.
+/// A row-major matrix of <typeparamref name="T"/> inside a <see cref="DeviceBuffer{T}"/>: element (i, j) is at
+/// <c>Offset + i * Ld + j</c>. Cheap to copy; validated on creation. Element types: <see cref="float"/>,
+/// <see cref="Half"/> and <see cref="BFloat16"/> (the GEMM's operand types); a view of any other type is refused with
+/// <see cref="NotSupportedException"/>.
 /// </summary>
-public readonly struct MatrixView
+public readonly struct MatrixView<T> where T : unmanaged
 {
-    /// <summary>Creates a view; throws if the matrix does not fit in the buffer.</summary>
-    public MatrixView(DeviceBuffer<float> buffer, long rows, long cols, long ld, long offset = 0)
+    /// <summary>Creates a view; throws if the matrix does not fit in the buffer, or <see cref="NotSupportedException"/>
+    /// when <typeparamref name="T"/> is not float, Half or BFloat16.</summary>
+    public MatrixView(DeviceBuffer<T> buffer, long rows, long cols, long ld, long offset = 0)
     {
+        CheckElementType();
         ArgumentNullException.ThrowIfNull(buffer);
         ThrowHelper.NonNegative(rows);
         ThrowHelper.NonNegative(cols);
@@ -33,8 +37,18 @@ public readonly struct MatrixView
         Offset = offset;
     }
 
+    /// <summary>True when <typeparamref name="T"/> is an element type of matrices (float, Half, BFloat16).</summary>
+    public static bool IsSupported => typeof(T) == typeof(float) || typeof(T) == typeof(Half) || typeof(T) == typeof(BFloat16);
+
+    private static void CheckElementType()
+    {
+        if (!IsSupported)
+            throw new NotSupportedException(
+                $"MatrixView<{typeof(T).Name}>: the element type {typeof(T).FullName} is not a matrix type; expected float (System.Single), System.Half or Shardwise.BFloat16.");
+    }
+
     /// <summary>The buffer holding the matrix.</summary>
-    public DeviceBuffer<float> Buffer { get; }
+    public DeviceBuffer<T> Buffer { get; }
     /// <summary>Number of rows.</summary>
     public long Rows { get; }
     /// <summary>Number of columns.</summary>
@@ -47,21 +61,21 @@ public readonly struct MatrixView
     public bool IsEmpty => Buffer is null;
 
     /// <summary>Columns [start, start + count) as a view with the same leading dimension.</summary>
-    public MatrixView Columns(long start, long count)
+    public MatrixView<T> Columns(long start, long count)
     {
         if (start < 0 || count < 0 || start + count > Cols)
             throw new ArgumentOutOfRangeException(nameof(start), $"columns [{start}, {start + count}) are outside 0..{Cols}.");
-        return new MatrixView(Buffer, Rows, count, Ld, Offset + start);
+        return new MatrixView<T>(Buffer, Rows, count, Ld, Offset + start);
     }
 
     /// <summary>Rows [start, start + count) as a view.</summary>
-    public MatrixView RowRange(long start, long count)
+    public MatrixView<T> RowRange(long start, long count)
     {
         if (start < 0 || count < 0 || start + count > Rows)
             throw new ArgumentOutOfRangeException(nameof(start), $"rows [{start}, {start + count}) are outside 0..{Rows}.");
-        return new MatrixView(Buffer, count, Cols, Ld, Offset + start * Ld);
+        return new MatrixView<T>(Buffer, count, Cols, Ld, Offset + start * Ld);
     }
 
     /// <inheritdoc />
-    public override string ToString() => $"{Rows} x {Cols} (ld {Ld}, offset {Offset})";
+    public override string ToString() => $"{Rows} x {Cols} {typeof(T).Name} (ld {Ld}, offset {Offset})";
 }

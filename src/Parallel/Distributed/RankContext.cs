@@ -43,7 +43,7 @@ public sealed class RankContext
         ThrowHelper.SameDevice(Device, buffer, name);
     }
 
-    private void Own(MatrixView view, [CallerArgumentExpression(nameof(view))] string name = "") => Own(view.Buffer, name);
+    private void Own(MatrixView<float> view, [CallerArgumentExpression(nameof(view))] string name = "") => Own(view.Buffer, name);
 
     private static void Fits<T>(DeviceBuffer<T> buffer, long offset, long count, [CallerArgumentExpression(nameof(buffer))] string name = "")
         where T : unmanaged
@@ -91,7 +91,7 @@ public sealed class RankContext
     /// Column all-gather: this rank's rows × cols block (<paramref name="send"/>) lands in <paramref name="recv"/>
     /// (rows × Σcols) at column Σ_{q&lt;rank} cols_q. Blocks may differ in width (uneven shards, even 0).
     /// </summary>
-    public void AllGatherColumns(MatrixView send, MatrixView recv)
+    public void AllGatherColumns(MatrixView<float> send, MatrixView<float> recv)
     {
         ThrowHelper.NotEmpty(recv);
         Own(recv);

@@ -7,9 +7,9 @@ namespace Shardwise.Parallel.Interop;
 /// over the tensor's own memory (zero copy; the caller keeps that memory pinned until the work using it has
 /// completed); otherwise (CUDA, or a layout that cannot be wrapped) an owned device buffer holds a compact copy.
 /// </summary>
-internal sealed unsafe class Binding(DeviceBuffer<float> buffer, MatrixView view, bool zeroCopy, HostLayout layout) : IDisposable
+internal sealed unsafe class Binding(DeviceBuffer<float> buffer, MatrixView<float> view, bool zeroCopy, HostLayout layout) : IDisposable
 {
-    public MatrixView View { get; } = view;
+    public MatrixView<float> View { get; } = view;
     public bool IsZeroCopy { get; } = zeroCopy;
     public HostLayout Layout { get; } = layout;
     public DeviceBuffer<float> Buffer { get; } = buffer;
@@ -44,7 +44,7 @@ internal sealed unsafe class Binding(DeviceBuffer<float> buffer, MatrixView view
     }
 
     /// <summary>Copies the tensor into the device matrix <paramref name="view"/> (same rows × cols) and waits.</summary>
-    internal static void CopyIn(ReadOnlyTensorSpan<float> tensor, float* first, in HostLayout layout, MatrixView view, DeviceStream stream)
+    internal static void CopyIn(ReadOnlyTensorSpan<float> tensor, float* first, in HostLayout layout, MatrixView<float> view, DeviceStream stream)
     {
         long rows = layout.Rows, cols = layout.Cols;
         if (layout.CanWrap && (layout.Ld == cols || rows == 1) && view.Ld == cols)
@@ -66,7 +66,7 @@ internal sealed unsafe class Binding(DeviceBuffer<float> buffer, MatrixView view
 
     /// <summary>Copies the device matrix <paramref name="view"/> into the tensor (same rows × cols; waits for the work
     /// queued on <paramref name="stream"/> first).</summary>
-    internal static void CopyOut(MatrixView view, TensorSpan<float> tensor, DeviceStream stream)
+    internal static void CopyOut(MatrixView<float> view, TensorSpan<float> tensor, DeviceStream stream)
     {
         long rows = view.Rows, cols = view.Cols;
         var host = new float[checked((int)(rows * cols))];

@@ -5,7 +5,7 @@ namespace Shardwise.Parallel.Interop;
 /// <summary>
 /// How an n-dimensional host tensor maps onto a row-major matrix: the last dimension is the columns, every leading
 /// dimension is flattened into the rows (a 1-D tensor is one row). Describes whether the memory can be wrapped as a
-/// <see cref="MatrixView"/> without copying (dense rows: unit column stride, one row stride ≥ the row length, no
+/// <see cref="MatrixView{T}"/> without copying (dense rows: unit column stride, one row stride ≥ the row length, no
 /// broadcast) and, for outputs, whether it may be written at all (no two logical elements share memory). Made by
 /// <see cref="Of"/>.
 /// </summary>

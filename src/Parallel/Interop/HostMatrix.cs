@@ -4,7 +4,7 @@ using System.Numerics.Tensors;
 namespace Shardwise.Parallel.Interop;
 
 /// <summary>
-/// A host <see cref="Tensor{T}"/> seen as a <see cref="MatrixView"/> on a device, for as long as this object lives.
+/// A host <see cref="Tensor{T}"/> seen as a <see cref="MatrixView{T}"/> on a device, for as long as this object lives.
 /// Created by <see cref="TensorInterop.Wrap"/> (zero copy, or an exception) or <see cref="TensorInterop.WrapOrCopy"/>
 /// (zero copy where the device and layout allow it, else a device copy).
 /// <para>
@@ -69,7 +69,7 @@ public sealed unsafe class HostMatrix : IDisposable
 
     /// <summary>The matrix on <see cref="Stream"/>'s device: rows = the product of all dimensions but the last,
     /// columns = the last dimension; over the tensor's memory when <see cref="IsZeroCopy"/>, else over a device copy.</summary>
-    public MatrixView View
+    public MatrixView<float> View
     {
         get
         {

@@ -74,7 +74,7 @@ public static unsafe class TensorInterop
     /// <param name="source">The host tensor; its matrix shape (see <see cref="MatrixShape"/>) must match.</param>
     /// <param name="stream">A stream of the destination's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, or <paramref name="destination"/> is an empty view.</exception>
-    public static void CopyFrom(this MatrixView destination, ReadOnlyTensorSpan<float> source, DeviceStream stream)
+    public static void CopyFrom(this MatrixView<float> destination, ReadOnlyTensorSpan<float> source, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ThrowHelper.NotEmpty(destination);
@@ -92,7 +92,7 @@ public static unsafe class TensorInterop
     /// <param name="stream">A stream of the source's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, elements of <paramref name="destination"/> share memory, or
     /// <paramref name="source"/> is an empty view.</exception>
-    public static void CopyTo(this MatrixView source, TensorSpan<float> destination, DeviceStream stream)
+    public static void CopyTo(this MatrixView<float> source, TensorSpan<float> destination, DeviceStream stream)
     {
         ArgumentNullException.ThrowIfNull(stream);
         ThrowHelper.NotEmpty(source);
@@ -226,7 +226,7 @@ public static unsafe class TensorInterop
     }
 
     private static void RunOnRank(RankContext ctx, ReadOnlyTensorSpan<float> x, in HostLayout lx, TensorSpan<float> y,
-        in HostLayout ly, Action<MatrixView, MatrixView> forward)
+        in HostLayout ly, Action<MatrixView<float>, MatrixView<float>> forward)
     {
         var stream = ctx.Stream;
         fixed (float* px = x)

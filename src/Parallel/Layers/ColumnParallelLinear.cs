@@ -32,7 +32,7 @@ public sealed class ColumnParallelLinear : ParallelLinear
     /// Queues Y = X·W + b on the rank's stream. <paramref name="x"/> is M × K; <paramref name="y"/> is M × N with
     /// gathering, else M × n_r. Errors of queued work surface at the rank's <c>Synchronize</c>.
     /// </summary>
-    public void Forward(MatrixView x, MatrixView y)
+    public void Forward(MatrixView<float> x, MatrixView<float> y)
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(y);
@@ -64,7 +64,7 @@ public sealed class ColumnParallelLinear : ParallelLinear
     /// the input gradient on every rank. <paramref name="dWeight"/> (K × n_r) and <paramref name="dBias"/> (n_r) are
     /// optional; with <paramref name="accumulate"/> they are added to (gradient accumulation), else overwritten.
     /// </summary>
-    public void Backward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight = null,
+    public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, DeviceBuffer<float>? dWeight = null,
         DeviceBuffer<float>? dBias = null, bool accumulate = false)
     {
         ThrowHelper.NotEmpty(x);
@@ -76,7 +76,7 @@ public sealed class ColumnParallelLinear : ParallelLinear
     }
 
     /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue).</summary>
-    internal void LinearBackward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight,
+    internal void LinearBackward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, DeviceBuffer<float>? dWeight,
         DeviceBuffer<float>? dBias, bool accumulate)
     {
         long m = x.Rows, k = InFeatures, n = LocalOutFeatures;

@@ -28,9 +28,9 @@ public sealed class FeedForwardActivations : IDisposable
     internal DeviceBuffer<float>? Buffer { get; private set; }
     private long Span => Rows * HiddenFeatures;
     private long Ld => Math.Max(1, HiddenFeatures);
-    internal MatrixView PreActivationView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 0);
-    internal MatrixView HiddenView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, Span);
-    internal MatrixView GradientView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 2 * Span);
+    internal MatrixView<float> PreActivationView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 0);
+    internal MatrixView<float> HiddenView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, Span);
+    internal MatrixView<float> GradientView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 2 * Span);
 
     internal FeedForwardActivations Recreate()
     {

@@ -13,7 +13,7 @@ internal static class GradientHelpers
     }
 
     /// <summary>Queues db (+)= Σ over rows of dy (n elements), as the GEMM onesᵀ[1×M] · dy[M×n].</summary>
-    public static void ColumnSums(RankContext ctx, ref DeviceBuffer<float>? ones, MatrixView dy, DeviceBuffer<float> db, bool accumulate)
+    public static void ColumnSums(RankContext ctx, ref DeviceBuffer<float>? ones, MatrixView<float> dy, DeviceBuffer<float> db, bool accumulate)
     {
         if (db.Length < dy.Cols)
             throw new ArgumentException($"the bias gradient has {db.Length} elements; expected {dy.Cols}.", "dBias");
@@ -22,7 +22,7 @@ internal static class GradientHelpers
     }
 
     /// <summary>Queues dW (+)= Xᵀ · dy for a k × n weight (x is M × k, dy is M × n).</summary>
-    public static void WeightGradient(RankContext ctx, MatrixView x, MatrixView dy, DeviceBuffer<float> dw, bool accumulate)
+    public static void WeightGradient(RankContext ctx, MatrixView<float> x, MatrixView<float> dy, DeviceBuffer<float> dw, bool accumulate)
     {
         long k = x.Cols, n = dy.Cols;
         if (dw.Length < k * n)

@@ -43,7 +43,7 @@ public sealed class ParallelFeedForward : IDisposable
     public RowParallelLinear Down { get; }
 
     /// <summary>Queues Y = GeLU(X·W1 + b1)·W2 + b2 on the rank's stream: X is M × H, Y is M × H, on every rank.</summary>
-    public void Forward(MatrixView x, MatrixView y)
+    public void Forward(MatrixView<float> x, MatrixView<float> y)
     {
         ThrowHelper.NotEmpty(x);
         long m = x.Rows, fr = Up.LocalOutFeatures;
@@ -60,7 +60,7 @@ public sealed class ParallelFeedForward : IDisposable
     /// <paramref name="tokens"/> splits the M rows over the ranks (uneven allowed); <paramref name="x"/> and
     /// <paramref name="y"/> are this rank's m_r × H blocks (row-major, contiguous x).
     /// </summary>
-    public void ForwardSequenceParallel(MatrixView x, MatrixView y, ShardingPlan tokens)
+    public void ForwardSequenceParallel(MatrixView<float> x, MatrixView<float> y, ShardingPlan tokens)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         if (tokens.Parts != _ctx.WorldSize)
@@ -86,7 +86,7 @@ public sealed class ParallelFeedForward : IDisposable
     /// <paramref name="keepActivations"/> the returned object holds Z and H (2·M·f_r floats per rank); without, it
     /// records only M and <see cref="Backward"/> recomputes them (activation recomputation: memory for one GEMM).
     /// </summary>
-    public FeedForwardActivations ForwardTraining(MatrixView x, MatrixView y, bool keepActivations = true)
+    public FeedForwardActivations ForwardTraining(MatrixView<float> x, MatrixView<float> y, bool keepActivations = true)
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.Shape(x, x.Rows, ModelFeatures, "M x model features");
@@ -112,7 +112,7 @@ public sealed class ParallelFeedForward : IDisposable
     /// same on every rank), <paramref name="dx"/> receives the input gradient. <paramref name="saved"/> comes from
     /// <see cref="ForwardTraining"/>; when it kept no activations they are recomputed here.
     /// </summary>
-    public void Backward(MatrixView x, MatrixView dy, MatrixView dx, FeedForwardGradients gradients, FeedForwardActivations saved,
+    public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, FeedForwardGradients gradients, FeedForwardActivations saved,
         bool accumulate = false)
     {
         ArgumentNullException.ThrowIfNull(gradients);
@@ -130,7 +130,7 @@ public sealed class ParallelFeedForward : IDisposable
         Up.LinearBackward(x, dh, dx, gradients.DW1, gradients.DB1, accumulate);
     }
 
-    private void ComputeHidden(MatrixView x, FeedForwardActivations saved)
+    private void ComputeHidden(MatrixView<float> x, FeedForwardActivations saved)
     {
         long fr = Up.LocalOutFeatures;
         if (fr == 0) return;

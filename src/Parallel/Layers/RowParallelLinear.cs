@@ -37,7 +37,7 @@ public sealed class RowParallelLinear : ParallelLinear
     /// input is parallel, else M × K; <paramref name="y"/> is M × N on every rank. Errors surface at the rank's
     /// <c>Synchronize</c>.
     /// </summary>
-    public void Forward(MatrixView x, MatrixView y)
+    public void Forward(MatrixView<float> x, MatrixView<float> y)
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(y);
@@ -64,7 +64,7 @@ public sealed class RowParallelLinear : ParallelLinear
     /// combined by one reduce-scatter instead of an all-reduce. <paramref name="tokens"/> splits the M rows over the
     /// ranks (uneven allowed); <paramref name="y"/> is this rank's m_r × N block.
     /// </summary>
-    public void ForwardScatter(MatrixView x, MatrixView y, ShardingPlan tokens)
+    public void ForwardScatter(MatrixView<float> x, MatrixView<float> y, ShardingPlan tokens)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         ThrowHelper.NotEmpty(x);
@@ -100,7 +100,7 @@ public sealed class RowParallelLinear : ParallelLinear
     /// optional, typically on rank 0 which owns the bias) receives Σ_rows dY; <paramref name="dWeight"/> (k_r × N)
     /// is optional. With <paramref name="accumulate"/> both are added to, else overwritten.
     /// </summary>
-    public void Backward(MatrixView x, MatrixView dy, MatrixView dx, DeviceBuffer<float>? dWeight = null,
+    public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, DeviceBuffer<float>? dWeight = null,
         DeviceBuffer<float>? dBias = null, bool accumulate = false)
     {
         ThrowHelper.NotEmpty(x);
@@ -126,7 +126,7 @@ public sealed class RowParallelLinear : ParallelLinear
     }
 
     // partial (M × N, contiguous) = X_r · W_r (+ b on rank 0): this rank's term of the sum.
-    private void QueuePartialProduct(MatrixView local, MatrixView partial)
+    private void QueuePartialProduct(MatrixView<float> local, MatrixView<float> partial)
     {
         long kr = LocalInFeatures, n = OutFeatures;
         if (kr > 0)

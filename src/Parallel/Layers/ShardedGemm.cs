@@ -63,7 +63,7 @@ public sealed class ShardedGemm : IDisposable
 
     /// <summary>Y = X · W (+ bias) on every rank in parallel, then waits for all ranks. X is M × K, Y is M × N,
     /// bias (optional) holds N elements; all on the group's device.</summary>
-    public void Forward(MatrixView x, MatrixView y, DeviceBuffer<float>? bias = null, Epilogue epilogue = Epilogue.None)
+    public void Forward(MatrixView<float> x, MatrixView<float> y, DeviceBuffer<float>? bias = null, Epilogue epilogue = Epilogue.None)
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(y);
