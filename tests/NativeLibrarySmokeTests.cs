@@ -10,7 +10,7 @@ namespace Shardwise.Tests;
 [TestFixture]
 public sealed unsafe class NativeLibrarySmokeTests
 {
-    private const int ExpectedAbiVersion = 1;
+    private const int ExpectedAbiVersion = 2; // SW_ABI_VERSION of native/include/shardwise.h (2: sw_gemm_ex)
 
     private nint _handle;
 
@@ -48,7 +48,7 @@ public sealed unsafe class NativeLibrarySmokeTests
     }
 
     [Test]
-    public void AbiVersionIsOne()
+    public void AbiVersionIsTheHeaders()
     {
         // int32_t sw_abi_version(void)
         var swAbiVersion = (delegate* unmanaged[Cdecl]<int>)NativeLibrary.GetExport(_handle, "sw_abi_version");

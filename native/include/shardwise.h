@@ -234,8 +234,8 @@ SW_API sw_status sw_event_elapsed_ms(sw_event start, sw_event end, double* ms);
  *  - m, n ≥ 1; k ≥ 0 (k == 0 gives beta*C + bias).
  *  - The result of element C[i,j] does not depend on m, n, the position of (i,j) or the number
  *    of threads: a column block computed alone equals the same block of the full product bit for bit.
- *  - dtype (of A, B, C and bias): SW_DTYPE_F32 on the CPU backend; F32, F16 or BF16 on CUDA (fp32
- *    accumulation). The CUDA algorithm is chosen per device with sw_device_set_kernel ("auto" and
+ *  - dtype (of A, B, C and bias): F32, F16 or BF16 (fp32 accumulation; a 16-bit C rounded once, as sw_gemm_ex
+ *    describes; F16/BF16 on the CPU since ABI 2). The CUDA algorithm is chosen per device with sw_device_set_kernel ("auto" and
  *    "cublaslt": cuBLASLt; "mma": the hand-written tensor-core kernel (mma.sync), F16/BF16 only;
  *    "wgmma": the hand-written Hopper kernel (wgmma.mma_async), F16/BF16 only, compute capability
  *    9.0 with a plugin built for sm_90a, else SW_ERR_UNSUPPORTED; not yet validated on a GPU).

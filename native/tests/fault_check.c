@@ -313,6 +313,9 @@ static int mpi_freeze(int64_t timeout_ms) {
             printf("[rank %d] with rank %d stopped: status %d after %.2f s, blamed %s: %s -> %s\n", rank, p - 1, (int)st, took,
                    blamed, sw_last_error(), ok ? "ok" : "FAILED");
             fflush(stdout);
+            /* mpirun ends the whole job as soon as one rank exits without MPI_Finalize: linger, so that a rank that
+             * reached the collective later (a loaded machine) still times out and prints its verdict. */
+            sleep(2);
             return ok ? 0 : 1; /* and the process must end: no MPI_Finalize waiting for the stopped rank */
         }
     }
