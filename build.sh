@@ -114,7 +114,9 @@ export DOTNET_CLI_UI_LANGUAGE=en
 # symbols with objcopy (binutils); zlib and brotli come as static libraries in the NativeAOT runtime pack, so no
 # zlib1g-dev is needed. unzip lists the packages' contents for the pack check.
 # Open MPI: the MPI plugin (libshardwise_mpi) and the multi-process tests (mpirun).
-APT_PACKAGES=(cmake make g++ gcc binutils libopenblas0-pthread libopenblas-dev unzip libopenmpi-dev openmpi-bin)
+# oneDNN (libdnnl-dev: libdnnl.so.2): the baseline of the bf16 GEMM benchmarks (and of fp32 beside OpenBLAS), loaded by
+# the benchmarks at run time only; nothing links against it.
+APT_PACKAGES=(cmake make g++ gcc binutils libopenblas0-pthread libopenblas-dev unzip libopenmpi-dev openmpi-bin libdnnl-dev)
 
 step() { printf '==> %s\n' "$*"; }
 die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }

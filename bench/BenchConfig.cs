@@ -16,8 +16,8 @@ namespace Shardwise.Bench;
 public static class BenchSettings
 {
     /// <summary>
-    /// Compute threads of the Shardwise CPU device and of OpenBLAS: <c>SHARDWISE_BENCH_THREADS</c>, else 2. The job sets
-    /// <c>SHARDWISE_NUM_THREADS</c> and <c>OPENBLAS_NUM_THREADS</c> to this value in the benchmark processes, and the
+    /// Compute threads of the Shardwise CPU device, of OpenBLAS and of oneDNN: <c>SHARDWISE_BENCH_THREADS</c>, else 2. The
+    /// job sets <c>SHARDWISE_NUM_THREADS</c>, <c>OPENBLAS_NUM_THREADS</c> and <c>OMP_NUM_THREADS</c> to this value in the benchmark processes, and the
     /// benchmarks also pass it explicitly (<c>Device.Cpu(Threads)</c>, <c>openblas_set_num_threads(Threads)</c>).
     /// </summary>
     public static int Threads { get; } =
@@ -47,6 +47,7 @@ public class BenchConfig : ManualConfig
             .WithEnvironmentVariables(
                 new EnvironmentVariable("SHARDWISE_NUM_THREADS", threads),
                 new EnvironmentVariable("OPENBLAS_NUM_THREADS", threads),
+                new EnvironmentVariable("OMP_NUM_THREADS", threads), // oneDNN (Debian's build runs on OpenMP)
                 new EnvironmentVariable("SHARDWISE_BENCH_THREADS", threads)));
         AddDiagnoser(MemoryDiagnoser.Default);
         AddColumn(StatisticColumn.Median);

@@ -8,7 +8,8 @@ namespace Shardwise.Bench;
 /// <summary>
 /// CPU GEMM sweep: one unsharded <c>C = A·B</c> per operation, Shardwise's micro-kernels (avx512, avx2 where the
 /// processor has them) against OpenBLAS sgemm on the same data and thread count (the baseline: Ratio = Shardwise
-/// time / OpenBLAS time, so below 1 is faster than OpenBLAS).
+/// time / OpenBLAS time, so below 1 is faster than OpenBLAS), and oneDNN's <c>dnnl_sgemm</c> beside it (skipped with a
+/// message when libdnnl.so.2 is absent).
 /// Shardwise's call includes the stream synchronize, so both sides are synchronous.
 /// </summary>
 [Config(typeof(GemmBenchConfig))]
@@ -42,6 +43,16 @@ public unsafe class GemmBenchmarks
         OpenBlas.openblas_set_num_threads(BenchSettings.Threads);
         Console.WriteLine($"// OpenBLAS: {OpenBlas.Describe()}");
         OpenBlasSgemm(); // first call: OpenBLAS's thread start-up and the page faults of C, outside the measurement
+    }
+
+    [GlobalSetup(Target = nameof(OneDnnSgemm))]
+    public void SetupOneDnn()
+    {
+        if (!OneDnn.IsAvailable) throw new InvalidOperationException("oneDNN (libdnnl.so.2) is not installed: ./build.sh deps installs libdnnl-dev.");
+        Setup(kernel: null);
+        OneDnn.SetThreads(BenchSettings.Threads);
+        Console.WriteLine($"// {OneDnn.Describe()}, {BenchSettings.Threads} threads");
+        OneDnnSgemm();
     }
 
     [GlobalSetup(Target = nameof(ShardwiseAvx512))]
@@ -104,6 +115,9 @@ public unsafe class GemmBenchmarks
 
     [Benchmark(Baseline = true, Description = "OpenBLAS sgemm")]
     public void OpenBlasSgemm() => OpenBlas.Sgemm(Shape.M, Shape.N, Shape.K, _ha, _hb, _hc);
+
+    [Benchmark(Description = "oneDNN sgemm")]
+    public void OneDnnSgemm() => OneDnn.Sgemm(Shape.M, Shape.N, Shape.K, _ha, _hb, _hc);
 
     [Benchmark(Description = "Shardwise avx512"), CpuKernel("avx512")]
     public void ShardwiseAvx512()

@@ -54,6 +54,7 @@ internal static class MainJob
         public int[] Ranks = DefaultRanks;
         public double BudgetMs = 400;              // timed runs per case: about this long, within [MinReps, MaxReps]
         public int MinReps = 3, MaxReps = 15;
+        public int PrecisionRounds = 5;            // rounds of the side-by-side bf16/fp32 comparison (0: skip it)
     }
 
     public static int Run(string[] args)
@@ -94,7 +95,7 @@ internal static class MainJob
     /// <summary>The main job's options, each line after <paramref name="indent"/> (also shown by <c>bench --help</c>).</summary>
     internal static void PrintUsage(TextWriter w, string indent = "")
     {
-        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS]");
+        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS] [--precision-rounds N]");
         w.WriteLine(indent + "  --quick         small shapes only (a few seconds)");
         w.WriteLine(indent + "  --backend B     auto (default: CUDA device 0 when present, else the CPU), cpu or cuda");
         w.WriteLine(indent + "  --threads N     CPU compute threads of the device (default: SHARDWISE_NUM_THREADS or all cores)");
@@ -102,6 +103,8 @@ internal static class MainJob
         w.WriteLine(indent + "  --shape MxKxN   a shape to run instead of the default list (repeatable)");
         w.WriteLine(indent + "  --ranks LIST    rank counts, comma-separated (default 1,2,4,8)");
         w.WriteLine(indent + "  --budget-ms MS  target time of the timed repetitions of one case (default 400; 3..15 runs)");
+        w.WriteLine(indent + "  --precision-rounds N  rounds of the side-by-side CPU comparison: Shardwise bf16 vs oneDNN bf16 matmul and vs");
+        w.WriteLine(indent + "                  Shardwise fp32, fp32 vs dnnl_sgemm and OpenBLAS (default 5, --quick 3; 0 skips it)");
     }
 
     /// <summary>Parses the options; returns null for --help.</summary>
@@ -133,12 +136,17 @@ internal static class MainJob
                     if (!double.TryParse(Value(), CultureInfo.InvariantCulture, out o.BudgetMs) || o.BudgetMs <= 0)
                         throw new ArgumentException("--budget-ms expects a positive number.");
                     break;
+                case "--precision-rounds":
+                    if (!int.TryParse(Value(), out o.PrecisionRounds) || o.PrecisionRounds < 0)
+                        throw new ArgumentException("--precision-rounds expects an integer >= 0.");
+                    break;
                 case "--help" or "-h": return null;
                 default: throw new ArgumentException($"unknown option '{args[i]}'.");
             }
         }
         if (o.Shapes.Count == 0) o.Shapes.AddRange(o.Quick ? QuickShapes : FullShapes);
         if (o.Quick) o.BudgetMs = Math.Min(o.BudgetMs, 100);
+        if (o.Quick) o.PrecisionRounds = Math.Min(o.PrecisionRounds, 3);
         return o;
     }
 
@@ -193,6 +201,12 @@ internal static class MainJob
         Console.WriteLine();
 
         RunColumnParallelLinear(device, o, failures);
+
+        if (o.PrecisionRounds > 0)
+        {
+            Console.WriteLine();
+            PrecisionComparison.Run(o.Quick, o.Threads, device.Backend == Backend.Cpu ? o.Kernel : null, o.PrecisionRounds, o.BudgetMs, failures);
+        }
 
         Console.WriteLine();
         Console.WriteLine($"total time {total.Elapsed.TotalSeconds:0.0} s");

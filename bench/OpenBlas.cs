@@ -1,4 +1,3 @@
-using System.Reflection;
 using System.Runtime.InteropServices;
 
 namespace Shardwise.Bench;
@@ -10,30 +9,15 @@ namespace Shardwise.Bench;
 /// </summary>
 internal static unsafe partial class OpenBlas
 {
-    private const string Lib = "openblas";
+    internal const string Lib = "openblas";
 
     // CBLAS enums (cblas.h).
     public const int RowMajor = 101;
     public const int NoTrans = 111;
     public const int Trans = 112;
 
-    static OpenBlas()
-    {
-        // The first use of any member (every P/Invoke below is one) runs this, so the resolver is in place in time.
-        // One resolver per assembly: this is the only P/Invoke of the bench assembly.
-        NativeLibrary.SetDllImportResolver(typeof(OpenBlas).Assembly, Resolve);
-    }
-
-    private static nint Resolve(string name, Assembly assembly, DllImportSearchPath? searchPath)
-    {
-        if (name != Lib) return 0;
-        var custom = Environment.GetEnvironmentVariable("SHARDWISE_OPENBLAS_PATH");
-        if (!string.IsNullOrEmpty(custom) && NativeLibrary.TryLoad(custom, out var h)) return h;
-        foreach (var candidate in new[] { "libopenblas.so.0", "openblas" })
-            if (NativeLibrary.TryLoad(candidate, assembly, searchPath, out h)) return h;
-        throw new DllNotFoundException(
-            "OpenBLAS was not found (tried SHARDWISE_OPENBLAS_PATH, libopenblas.so.0, openblas); install libopenblas0-pthread (./build.sh deps).");
-    }
+    // The first use of any member (every P/Invoke below is one) runs this, so the resolver is in place in time.
+    static OpenBlas() => NativeLibraries.Install();
 
     /// <summary>C = alpha·op(A)·op(B) + beta·C (cblas_sgemm).</summary>
     [LibraryImport(Lib)]

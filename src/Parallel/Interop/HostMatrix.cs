@@ -4,7 +4,8 @@ using System.Numerics.Tensors;
 namespace Shardwise.Parallel.Interop;
 
 /// <summary>
-/// A host <see cref="Tensor{T}"/> seen as a <see cref="MatrixView{T}"/> on a device, for as long as this object lives.
+/// A host <see cref="Tensor{T}"/> of float, <see cref="Half"/> or <see cref="BFloat16"/> seen as a
+/// <see cref="MatrixView{T}"/> on a device, for as long as this object lives.
 /// Created by <see cref="TensorInterop.Wrap"/> (zero copy, or an exception) or <see cref="TensorInterop.WrapOrCopy"/>
 /// (zero copy where the device and layout allow it, else a device copy).
 /// <para>
@@ -18,16 +19,19 @@ namespace Shardwise.Parallel.Interop;
 /// Not thread-safe; dispose exactly once from the thread that owns it. Forgetting to dispose leaks the pin (the
 /// tensor's memory then never moves nor is freed), never a dangling pointer.
 /// </summary>
-public sealed unsafe class HostMatrix : IDisposable
+public unsafe class HostMatrix<T> : IDisposable where T : unmanaged
 {
-    private readonly Binding _binding;
+    private readonly Binding<T> _binding;
     private readonly bool _copyBack;
     private MemoryHandle _pin;
     private bool _disposed;
 
-    internal HostMatrix(Tensor<float> tensor, DeviceStream stream, bool requireZeroCopy, bool copyBack, string argument)
+    internal HostMatrix(Tensor<T> tensor, DeviceStream stream, bool requireZeroCopy, bool copyBack, string argument)
     {
         ArgumentNullException.ThrowIfNull(tensor, argument);
+        if (!MatrixView<T>.IsSupported)
+            throw new NotSupportedException(
+                $"{argument} is a Tensor<{typeof(T).Name}>: matrices hold float (System.Single), System.Half or Shardwise.BFloat16.");
         ArgumentNullException.ThrowIfNull(stream);
         var layout = HostLayout.Of(tensor.Lengths, tensor.Strides, argument);
         layout.RequireNonEmpty(argument);
@@ -51,8 +55,8 @@ public sealed unsafe class HostMatrix : IDisposable
             // Tensor<T>.GetPinnableReference / GetPinnedHandle().Pointer point at the backing array's start, not at a
             // view's first element (System.Numerics.Tensors 10.0); the tensor span's reference is the first element.
             var span = tensor.AsReadOnlyTensorSpan();
-            fixed (float* first = span) // already pinned when zero copy; pinned here for the staged copy-in
-                _binding = Binding.Create(stream, first, layout, span, copyIn: true, allowZeroCopy: zeroCopy);
+            fixed (T* first = span) // already pinned when zero copy; pinned here for the staged copy-in
+                _binding = Binding<T>.Create(stream, first, layout, span, copyIn: true, allowZeroCopy: zeroCopy);
         }
         catch
         {
@@ -62,14 +66,14 @@ public sealed unsafe class HostMatrix : IDisposable
     }
 
     /// <summary>The tensor this matrix shows.</summary>
-    public Tensor<float> Tensor { get; }
+    public Tensor<T> Tensor { get; }
 
     /// <summary>The stream that <see cref="Dispose"/> waits for before unpinning (or copying back).</summary>
     public DeviceStream Stream { get; }
 
     /// <summary>The matrix on <see cref="Stream"/>'s device: rows = the product of all dimensions but the last,
     /// columns = the last dimension; over the tensor's memory when <see cref="IsZeroCopy"/>, else over a device copy.</summary>
-    public MatrixView<float> View
+    public MatrixView<T> View
     {
         get
         {
@@ -100,5 +104,15 @@ public sealed unsafe class HostMatrix : IDisposable
             _binding.Dispose();
             _pin.Dispose();
         }
+    }
+}
+
+/// <summary>A float32 <see cref="HostMatrix{T}"/> (what <see cref="TensorInterop.Wrap(Tensor{float}, DeviceStream)"/> and
+/// <see cref="TensorInterop.WrapOrCopy(Tensor{float}, DeviceStream, bool)"/> return).</summary>
+public sealed class HostMatrix : HostMatrix<float>
+{
+    internal HostMatrix(Tensor<float> tensor, DeviceStream stream, bool requireZeroCopy, bool copyBack, string argument)
+        : base(tensor, stream, requireZeroCopy, copyBack, argument)
+    {
     }
 }

@@ -5,7 +5,9 @@ namespace Shardwise.Parallel.Interop;
 
 /// <summary>
 /// Host tensors of System.Numerics.Tensors (<see cref="Tensor{T}"/>, <see cref="TensorSpan{T}"/>,
-/// <see cref="ReadOnlyTensorSpan{T}"/>, float32) in and out of Shardwise, without copies where the layout allows.
+/// <see cref="ReadOnlyTensorSpan{T}"/>) in and out of Shardwise, without copies where the layout allows. Element types: float
+/// everywhere; <see cref="Half"/> and <see cref="BFloat16"/> for the matrix-level entry points (Wrap, WrapOrCopy, CopyFrom,
+/// CopyTo, <see cref="TensorGemm.Multiply{TIn, TOut}"/>); the layers' Forward overloads and ToWeightSource take float.
 /// <para>
 /// A tensor is read as a row-major matrix: the last dimension is the columns, all leading dimensions flatten into the
 /// rows (a 1-D tensor is one row; a [batch, tokens, features] activation is a (batch·tokens) × features matrix).
@@ -29,14 +31,26 @@ public static unsafe class TensorInterop
     /// no broadcast (zero) stride.</summary>
     /// <param name="tensor">The tensor to inspect.</param>
     /// <returns>Whether <see cref="Wrap"/> would accept the layout.</returns>
-    public static bool CanWrap(ReadOnlyTensorSpan<float> tensor) => HostLayout.Of(tensor.Lengths, tensor.Strides, nameof(tensor)).CanWrap;
+    public static bool CanWrap(ReadOnlyTensorSpan<float> tensor) => CanWrap<float>(tensor);
+
+    /// <summary><see cref="CanWrap(ReadOnlyTensorSpan{float})"/> for any element type (Half, BFloat16: pass the type or a
+    /// tensor span, e.g. <c>CanWrap(tensor.AsReadOnlyTensorSpan())</c>).</summary>
+    /// <param name="tensor">The tensor to inspect.</param>
+    /// <returns>Whether Wrap would accept the layout.</returns>
+    public static bool CanWrap<T>(ReadOnlyTensorSpan<T> tensor) => HostLayout.Of(tensor.Lengths, tensor.Strides, nameof(tensor)).CanWrap;
 
     /// <summary>The matrix shape under which Shardwise reads <paramref name="tensor"/>: rows = the product of all dimensions
     /// but the last, columns = the last dimension.</summary>
     /// <param name="tensor">The tensor (at least one dimension).</param>
     /// <returns>(rows, columns).</returns>
     /// <exception cref="ArgumentException">The tensor has no dimension.</exception>
-    public static (long Rows, long Cols) MatrixShape(ReadOnlyTensorSpan<float> tensor)
+    public static (long Rows, long Cols) MatrixShape(ReadOnlyTensorSpan<float> tensor) => MatrixShape<float>(tensor);
+
+    /// <summary><see cref="MatrixShape(ReadOnlyTensorSpan{float})"/> for any element type.</summary>
+    /// <param name="tensor">The tensor (at least one dimension).</param>
+    /// <returns>(rows, columns).</returns>
+    /// <exception cref="ArgumentException">The tensor has no dimension.</exception>
+    public static (long Rows, long Cols) MatrixShape<T>(ReadOnlyTensorSpan<T> tensor)
     {
         var layout = HostLayout.Of(tensor.Lengths, tensor.Strides, nameof(tensor));
         return (layout.Rows, layout.Cols);
@@ -45,7 +59,7 @@ public static unsafe class TensorInterop
     /// <summary>
     /// Wraps <paramref name="tensor"/>'s memory as a matrix on <paramref name="stream"/>'s device without copying: the
     /// memory is pinned until the returned object is disposed (which waits for <paramref name="stream"/> first).
-    /// Writes through <see cref="HostMatrix.View"/> land in the tensor.
+    /// Writes through <see cref="HostMatrix{T}.View"/> land in the tensor.
     /// </summary>
     /// <param name="tensor">A non-empty tensor with dense rows (see <see cref="CanWrap"/>).</param>
     /// <param name="stream">The stream the work using the matrix is queued on; it must be on the CPU device.</param>
@@ -53,6 +67,16 @@ public static unsafe class TensorInterop
     /// <exception cref="ArgumentException">The layout cannot be wrapped (the message names the reason and the layout
     /// expected), or <paramref name="stream"/> is not on the CPU device.</exception>
     public static HostMatrix Wrap(this Tensor<float> tensor, DeviceStream stream) =>
+        new(tensor, stream, requireZeroCopy: true, copyBack: false, nameof(tensor));
+
+    /// <summary><see cref="Wrap(Tensor{float}, DeviceStream)"/> for a tensor of <see cref="Half"/> or
+    /// <see cref="BFloat16"/> (or float): the same rules, a typed matrix.</summary>
+    /// <param name="tensor">A non-empty tensor with dense rows (see <see cref="CanWrap"/>).</param>
+    /// <param name="stream">The stream the work using the matrix is queued on; it must be on the CPU device.</param>
+    /// <returns>The pinned, wrapped matrix.</returns>
+    /// <exception cref="ArgumentException">The layout cannot be wrapped, or <paramref name="stream"/> is not on the CPU device.</exception>
+    /// <exception cref="NotSupportedException">T is not float, Half or BFloat16.</exception>
+    public static HostMatrix<T> Wrap<T>(this Tensor<T> tensor, DeviceStream stream) where T : unmanaged =>
         new(tensor, stream, requireZeroCopy: true, copyBack: false, nameof(tensor));
 
     /// <summary>
@@ -63,9 +87,20 @@ public static unsafe class TensorInterop
     /// element has its own memory).</param>
     /// <param name="stream">The stream the work using the matrix is queued on (any device).</param>
     /// <param name="copyBack">True for outputs: a staged copy is written back into the tensor on dispose.</param>
-    /// <returns>The matrix; <see cref="HostMatrix.IsZeroCopy"/> says which way it was made.</returns>
+    /// <returns>The matrix; <see cref="HostMatrix{T}.IsZeroCopy"/> says which way it was made.</returns>
     /// <exception cref="ArgumentException">The tensor is empty, or (with <paramref name="copyBack"/>) elements share memory.</exception>
     public static HostMatrix WrapOrCopy(this Tensor<float> tensor, DeviceStream stream, bool copyBack = true) =>
+        new(tensor, stream, requireZeroCopy: false, copyBack, nameof(tensor));
+
+    /// <summary><see cref="WrapOrCopy(Tensor{float}, DeviceStream, bool)"/> for a tensor of <see cref="Half"/> or
+    /// <see cref="BFloat16"/> (or float).</summary>
+    /// <param name="tensor">A non-empty tensor of any layout.</param>
+    /// <param name="stream">The stream the work using the matrix is queued on (any device).</param>
+    /// <param name="copyBack">True for outputs: a staged copy is written back into the tensor on dispose.</param>
+    /// <returns>The matrix.</returns>
+    /// <exception cref="ArgumentException">The tensor is empty, or (with <paramref name="copyBack"/>) elements share memory.</exception>
+    /// <exception cref="NotSupportedException">T is not float, Half or BFloat16.</exception>
+    public static HostMatrix<T> WrapOrCopy<T>(this Tensor<T> tensor, DeviceStream stream, bool copyBack = true) where T : unmanaged =>
         new(tensor, stream, requireZeroCopy: false, copyBack, nameof(tensor));
 
     /// <summary>Copies a host tensor of any layout into the device matrix <paramref name="destination"/> (same rows ×
@@ -74,15 +109,15 @@ public static unsafe class TensorInterop
     /// <param name="source">The host tensor; its matrix shape (see <see cref="MatrixShape"/>) must match.</param>
     /// <param name="stream">A stream of the destination's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, or <paramref name="destination"/> is an empty view.</exception>
-    public static void CopyFrom(this MatrixView<float> destination, ReadOnlyTensorSpan<float> source, DeviceStream stream)
+    public static void CopyFrom<T>(this MatrixView<T> destination, ReadOnlyTensorSpan<T> source, DeviceStream stream) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(stream);
         ThrowHelper.NotEmpty(destination);
         var layout = HostLayout.Of(source.Lengths, source.Strides, nameof(source));
         layout.RequireShape(destination.Rows, destination.Cols, nameof(source), "the destination matrix");
         if (layout.IsEmpty) return;
-        fixed (float* p = source)
-            Binding.CopyIn(source, p, layout, destination, stream);
+        fixed (T* p = source)
+            Binding<T>.CopyIn(source, p, layout, destination, stream);
     }
 
     /// <summary>Copies the device matrix <paramref name="source"/> into a host tensor of any layout in which every
@@ -92,7 +127,7 @@ public static unsafe class TensorInterop
     /// <param name="stream">A stream of the source's device.</param>
     /// <exception cref="ArgumentException">The shapes differ, elements of <paramref name="destination"/> share memory, or
     /// <paramref name="source"/> is an empty view.</exception>
-    public static void CopyTo(this MatrixView<float> source, TensorSpan<float> destination, DeviceStream stream)
+    public static void CopyTo<T>(this MatrixView<T> source, TensorSpan<T> destination, DeviceStream stream) where T : unmanaged
     {
         ArgumentNullException.ThrowIfNull(stream);
         ThrowHelper.NotEmpty(source);
@@ -100,7 +135,7 @@ public static unsafe class TensorInterop
         layout.RequireShape(source.Rows, source.Cols, nameof(destination), "the source matrix");
         layout.RequireWritable(nameof(destination));
         if (layout.IsEmpty) return;
-        Binding.CopyOut(source, destination, stream);
+        Binding<T>.CopyOut(source, destination, stream);
     }
 
     /// <summary>
@@ -145,9 +180,9 @@ public static unsafe class TensorInterop
         fixed (float* py = y)
         fixed (float* pb = bias)
         {
-            using var bx = Binding.Create(stream, px, lx, x, copyIn: true);
-            using var by = Binding.Create(stream, py, ly, y, copyIn: false);
-            using var bb = hasBias ? Binding.Create(stream, pb, lb, bias, copyIn: true) : null;
+            using var bx = Binding<float>.Create(stream, px, lx, x, copyIn: true);
+            using var by = Binding<float>.Create(stream, py, ly, y, copyIn: false);
+            using var bb = hasBias ? Binding<float>.Create(stream, pb, lb, bias, copyIn: true) : null;
             try { gemm.Forward(bx.View, by.View, bb?.Buffer, epilogue); } // waits for every rank
             catch { SynchronizeQuietly(group); throw; }
             by.CopyBack(y, stream);
@@ -211,16 +246,16 @@ public static unsafe class TensorInterop
         RunOnRank(layer.Context, x, lx, y, ly, layer.Forward);
     }
 
-    internal static HostLayout Input(ReadOnlyTensorSpan<float> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
+    internal static HostLayout Input<T>(ReadOnlyTensorSpan<T> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
     {
         var layout = HostLayout.Of(tensor.Lengths, tensor.Strides, argument);
         layout.RequireNonEmpty(argument);
         return layout;
     }
 
-    internal static HostLayout Output(ReadOnlyTensorSpan<float> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
+    internal static HostLayout Output<T>(TensorSpan<T> tensor, [CallerArgumentExpression(nameof(tensor))] string argument = "")
     {
-        var layout = Input(tensor, argument);
+        var layout = Input((ReadOnlyTensorSpan<T>)tensor, argument);
         layout.RequireWritable(argument);
         return layout;
     }
@@ -232,8 +267,8 @@ public static unsafe class TensorInterop
         fixed (float* px = x)
         fixed (float* py = y)
         {
-            using var bx = Binding.Create(stream, px, lx, x, copyIn: true);
-            using var by = Binding.Create(stream, py, ly, y, copyIn: false);
+            using var bx = Binding<float>.Create(stream, px, lx, x, copyIn: true);
+            using var by = Binding<float>.Create(stream, py, ly, y, copyIn: false);
             try
             {
                 forward(bx.View, by.View);
