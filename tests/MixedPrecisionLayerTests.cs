@@ -91,7 +91,33 @@ public class MixedPrecisionLayerTests(Backend backend) : BackendTest(backend)
         else Column<Half, Half>(p, gather, Policy(t, f32Out));
     }
 
-    private void Column<T, TOut>(int p, bool gather, Precision precision) where T : unmanaged where TOut : unmanaged
+    /// <summary>Gradients accumulated in the compute type (bf16, fp16) instead of fp32.</summary>
+    [TestCase(1, SwDtype.BF16)]
+    [TestCase(4, SwDtype.BF16)]
+    [TestCase(3, SwDtype.F16)]
+    public void GradientsInTheComputeType(int p, SwDtype t)
+    {
+        var precision = new Precision(t, t, t, t);
+        if (t == SwDtype.BF16) Column<BFloat16, BFloat16, BFloat16>(p, gather: false, precision);
+        else Column<Half, Half, Half>(p, gather: true, precision);
+    }
+
+    /// <summary>fp32 weights multiplied as bf16 (the shard converted on each call, round to nearest even): the same
+    /// references as bf16 weights.</summary>
+    [TestCase(1)]
+    [TestCase(3)]
+    [TestCase(8)]
+    public void Fp32WeightsMultipliedAsBf16(int p)
+    {
+        var precision = new Precision(SwDtype.F32, SwDtype.BF16, SwDtype.F32, SwDtype.F32);
+        Column<BFloat16, float>(p, gather: true, precision);
+        Row<BFloat16, float>(p, inputIsParallel: false, precision);
+    }
+
+    private void Column<T, TOut>(int p, bool gather, Precision precision) where T : unmanaged where TOut : unmanaged =>
+        Column<T, TOut, float>(p, gather, precision);
+
+    private void Column<T, TOut, TG>(int p, bool gather, Precision precision) where T : unmanaged where TOut : unmanaged where TG : unmanaged
     {
         var rng = NewRandom();
         const long m = 6, k = 37, n = 23; // n % p != 0 for most p; p = 8 leaves short shards
@@ -101,7 +127,7 @@ public class MixedPrecisionLayerTests(Backend backend) : BackendTest(backend)
         var dy = Rounded<TOut>(RandomArray(rng, m * n));
         var dy2 = Rounded<TOut>(RandomArray(rng, m * n));
         var wr = Rounded<T>(w);
-        var br = Rounded<T>(b);
+        var br = precision.Parameter == SwDtype.F32 ? b : Rounded<T>(b); // the bias as held (added in fp32)
         double uOut = Unit(precision.Output), uC = Unit(precision.Compute);
         var plan = ShardingPlan.Even(n, p);
         var ys = new float[p][];
@@ -125,16 +151,14 @@ public class MixedPrecisionLayerTests(Backend backend) : BackendTest(backend)
             using var g1 = UploadAs<TOut>(mine, ctx.Device, ctx.Stream);
             using var g2 = UploadAs<TOut>(mine2, ctx.Device, ctx.Stream);
             using var dxOut = PoisonedAs<T>(m * k, ctx.Device, ctx.Stream);
-            using var dW = ctx.Device.Allocate<float>(Math.Max(1, k * nr));
-            using var dB = ctx.Device.Allocate<float>(Math.Max(1, nr));
-            dW.Fill(float.NaN, ctx.Stream);
-            dB.Fill(float.NaN, ctx.Stream);
+            using var dW = PoisonedAs<TG>(k * nr, ctx.Device, ctx.Stream);
+            using var dB = PoisonedAs<TG>(nr, ctx.Device, ctx.Stream);
             layer.Backward(dx.AsMatrix(m, k), g1.AsMatrix(m, yCols, Math.Max(1, yCols)), dxOut.AsMatrix(m, k), dW, dB);
             layer.Backward(dx.AsMatrix(m, k), g2.AsMatrix(m, yCols, Math.Max(1, yCols)), dxOut.AsMatrix(m, k), dW, dB, accumulate: true);
             ctx.Synchronize();
             dxs[ctx.Rank] = Read(dxOut, ctx.Stream);
-            dws[ctx.Rank] = dW.ToArray(ctx.Stream);
-            dbs[ctx.Rank] = dB.ToArray(ctx.Stream);
+            dws[ctx.Rank] = Read(dW, ctx.Stream);
+            dbs[ctx.Rank] = Read(dB, ctx.Stream);
         });
 
         var (want, mag) = Reference.Gemm(x, k, false, wr, n, false, m, n, k, bias: br);
@@ -160,9 +184,12 @@ public class MixedPrecisionLayerTests(Backend backend) : BackendTest(backend)
             else if (nr > 0) AssertWithin(ys[r], nr, 0, want, mag, m, n, off, nr, k, uOut, false, $"rank {r} Y_r");
             AssertWithin(dxs[r], k, 0, dxWant, dxMag, m, k, 0, k, n, uC, true, $"rank {r} dX");
             if (nr == 0) continue;
-            // Two fp32 GEMMs, the second adding to the first's rounded result: the bound of each plus one more rounding.
-            AssertWithin(dws[r], nr, 0, dwWant, dwMag, k, n, off, nr, m + 1, UAcc, false, $"rank {r} dW_r (accumulated)");
-            AssertWithin(dbs[r], nr, 0, dbWant, dbMag, 1, n, off, nr, m + 1, UAcc, false, $"rank {r} db_r (accumulated)");
+            // Two GEMMs, the second adding (beta = 1, in fp32) to the first's result rounded to the gradient type: the
+            // bound of each plus the first rounding (≤ u_grad·Σ|terms| of the first, within the u_grad·mag term).
+            double uG = Unit(precision.GradientAccumulation);
+            bool rounded = precision.GradientAccumulation != SwDtype.F32;
+            AssertWithin(dws[r], nr, 0, dwWant, dwMag, k, n, off, nr, m + 1, uG, rounded, $"rank {r} dW_r (accumulated)");
+            AssertWithin(dbs[r], nr, 0, dbWant, dbMag, 1, n, off, nr, m + 1, uG, rounded, $"rank {r} db_r (accumulated)");
         }
     }
 
@@ -195,7 +222,7 @@ public class MixedPrecisionLayerTests(Backend backend) : BackendTest(backend)
         var b = RandomArray(rng, n);
         var dy = Rounded<TOut>(RandomArray(rng, m * n));
         var wr = Rounded<T>(w);
-        var br = Rounded<T>(b);
+        var br = precision.Parameter == SwDtype.F32 ? b : Rounded<T>(b); // the bias as held (added in fp32)
         double uOut = Unit(precision.Output), uC = Unit(precision.Compute);
         var plan = ShardingPlan.Even(k, p);
         var ys = new float[p][];
