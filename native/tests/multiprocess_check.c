@@ -5,9 +5,13 @@
  *                                 that is late past the timeout, ranks that disagree.
  *   multiprocess_check --mpi      one rank of an mpirun job (mpirun -n 2|3 multiprocess_check --mpi): the same
  *                                 collectives and the mismatch fault over MPI.
+ * The f16/bf16 collectives (collectives16, TCP p = 1..4 and MPI): every sum bit-identical to the rank-order fp32 sum
+ * rounded once (float16_ref.h), on inputs whose sums change when added in another order or rounded at every step;
+ * gathers and broadcasts move the 16-bit bits unchanged.
  * Exit code 0 when every check passed; 77 (skipped) for --mpi when the MPI plugin is not available. */
 #define _POSIX_C_SOURCE 200809L
 #include "shardwise.h"
+#include "float16_ref.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -189,6 +193,138 @@ static void collectives(sw_device dev, sw_stream s, sw_comm comm, int rank, int 
     sw_buffer_destroy(g);
     sw_buffer_destroy(cs);
     sw_buffer_destroy(cr);
+}
+
+/* ---- 16-bit collectives */
+
+static uint32_t hash32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+/* A float in [1, 2) from (tag, rank, i, salt), fresh per run. */
+static float unit16(int t, int r, long i, unsigned salt) {
+    const uint32_t x = hash32(g_seed ^ hash32((unsigned)t * 7919u + (unsigned)r * 104729u + (unsigned)i * 2654435761u + salt));
+    return 1.0f + (float)(x >> 8) / 16777216.0f;
+}
+
+/* Element i of rank r's 16-bit input (test t, p ranks). Every third element (p >= 3) is a cancellation: rank i % p holds
+ * a big B, rank (i + 1) % p holds -B, the others small values (f16: B ~ 2^14, small ~ 2^-12; bf16: 2^40 and 1), so the
+ * order of the fp32 additions decides what survives the final rounding. The others: a random sign and significand
+ * times 2^e, e in [-10, 10] (f16) or [-30, 30] (bf16). */
+static uint16_t value16(int bf16, int t, int r, long i, int p) {
+    if (i % 3 == 0 && p >= 3) {
+        const int big_at = (int)(i % p), neg_at = (big_at + 1) % p;
+        if (r == big_at || r == neg_at) {
+            const float big = ldexpf(unit16(t, 0, i, 11u), bf16 ? 40 : 14);
+            return sw_ref_round16(bf16, r == big_at ? big : -big);
+        }
+        return sw_ref_round16(bf16, ldexpf(unit16(t, r, i, 12u), bf16 ? 0 : -12));
+    }
+    const int span = bf16 ? 30 : 10;
+    const uint32_t h = hash32(g_seed ^ (unsigned)(t * 31 + r * 7 + (int)i * 131 + 13));
+    const float v = ldexpf(unit16(t, r, i, 13u), (int)(h % (uint32_t)(2 * span + 1)) - span);
+    return sw_ref_round16(bf16, (h >> 16) & 1u ? -v : v);
+}
+
+static uint16_t* ptr16(sw_buffer b) { return (uint16_t*)ptr(b); }
+
+static void poison16(sw_buffer b, long n) {
+    for (long i = 0; i < n; ++i) ptr16(b)[i] = 0x7fff; /* NaN in both formats */
+}
+
+/* The rank-order fp32 sum rounded once of element `at` of test t; *order_telling / *step_telling count the sums that
+ * would differ if added in reverse rank order / rounded at every step. */
+static uint16_t ref_sum16(int bf16, int t, int p, long at, long* order_telling, long* step_telling) {
+    uint16_t v[64] = {0};
+    if (p > 64) p = 64; /* never: the jobs here have at most 8 ranks */
+    for (int q = 0; q < p; ++q) v[q] = value16(bf16, t, q, at, p);
+    const uint16_t want = sw_ref_sum16(bf16, v, p);
+    float rev = sw_ref_to_float16(bf16, v[p - 1]);
+    for (int q = p - 2; q >= 0; --q) rev += sw_ref_to_float16(bf16, v[q]);
+    uint16_t step = v[0];
+    for (int q = 1; q < p; ++q) step = sw_ref_round16(bf16, sw_ref_to_float16(bf16, step) + sw_ref_to_float16(bf16, v[q]));
+    *order_telling += sw_ref_round16(bf16, rev) != want;
+    *step_telling += step != want;
+    return want;
+}
+
+/* f16 and bf16 all-reduce (out of place, in place), reduce-scatter-v (uneven), reduce-scatter, all-gather-v,
+ * broadcast on comm, checked bit for bit. */
+static void collectives16(sw_device dev, sw_stream s, sw_comm comm, int rank, int p) {
+    long order_telling = 0, step_telling = 0;
+    for (int bf16 = 0; bf16 < 2; ++bf16) {
+        const sw_dtype dt = bf16 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+        const char* name = bf16 ? "bf16" : "f16";
+        const long n = 500 + 37 * p; /* not a multiple of p: uneven chunks */
+        sw_buffer x = alloc_f32(dev, n), y = alloc_f32(dev, n), z = alloc_f32(dev, n); /* 4 bytes an element: room */
+        for (long i = 0; i < n; ++i) ptr16(x)[i] = ptr16(z)[i] = value16(bf16, 50, rank, i, p);
+        poison16(y, n);
+        OK(sw_all_reduce(comm, rank, x, 0, y, 0, (uint64_t)n, dt, SW_REDUCE_SUM, s));
+        OK(sw_all_reduce(comm, rank, z, 0, z, 0, (uint64_t)n, dt, SW_REDUCE_SUM, s));
+        OK(sw_stream_synchronize(s));
+        long bad = 0, bad_in_place = 0, changed = 0;
+        for (long i = 0; i < n; ++i) {
+            const uint16_t want = ref_sum16(bf16, 50, p, i, &order_telling, &step_telling);
+            bad += ptr16(y)[i] != want;
+            bad_in_place += ptr16(z)[i] != want;
+            changed += ptr16(x)[i] != value16(bf16, 50, rank, i, p);
+        }
+        CHECK(bad == 0 && bad_in_place == 0 && changed == 0,
+              "%s all_reduce p=%d: %ld (out of place) and %ld (in place) of %ld sums differ from the rank-order fp32 sum "
+              "rounded once; %ld send elements changed", name, p, bad, bad_in_place, n, changed);
+        /* uneven reduce-scatter-v: rank q receives 3q + 2 */
+        long total = 0, displ = 0;
+        for (int q = 0; q < p; ++q) {
+            if (q < rank) displ += 3 * q + 2;
+            total += 3 * q + 2;
+        }
+        sw_buffer v = alloc_f32(dev, total + 8 * p);
+        for (long i = 0; i < total; ++i) ptr16(v)[i] = value16(bf16, 51, rank, i, p);
+        poison16(y, n);
+        OK(sw_reduce_scatter_v(comm, rank, v, 0, (uint64_t)total, y, 0, (uint64_t)(3 * rank + 2), dt, SW_REDUCE_SUM, s));
+        OK(sw_stream_synchronize(s));
+        bad = 0;
+        for (long i = 0; i < 3 * rank + 2; ++i) bad += ptr16(y)[i] != ref_sum16(bf16, 51, p, displ + i, &order_telling, &step_telling);
+        CHECK(bad == 0 && ptr16(y)[3 * rank + 2] == 0x7fff, "%s reduce_scatter_v p=%d: %ld of %d sums differ (or written past the count)",
+              name, p, bad, 3 * rank + 2);
+        /* even reduce-scatter (7 each) */
+        for (long i = 0; i < 7L * p; ++i) ptr16(v)[i] = value16(bf16, 52, rank, i, p);
+        poison16(y, n);
+        OK(sw_reduce_scatter(comm, rank, v, 0, y, 0, 7, dt, SW_REDUCE_SUM, s));
+        OK(sw_stream_synchronize(s));
+        bad = 0;
+        for (long i = 0; i < 7; ++i) bad += ptr16(y)[i] != ref_sum16(bf16, 52, p, 7L * rank + i, &order_telling, &step_telling);
+        CHECK(bad == 0, "%s reduce_scatter p=%d: %ld of 7 sums differ", name, p, bad);
+        /* uneven all-gather-v (q + 3 elements) and a broadcast from the last rank: the bits unchanged */
+        long gtotal = 0;
+        for (int q = 0; q < p; ++q) gtotal += q + 3;
+        sw_buffer g = alloc_f32(dev, gtotal);
+        poison16(g, gtotal);
+        for (long i = 0; i < rank + 3; ++i) ptr16(x)[i] = value16(bf16, 53, rank, i, 1);
+        OK(sw_all_gather_v(comm, rank, x, 0, (uint64_t)(rank + 3), g, 0, (uint64_t)gtotal, dt, s));
+        for (long i = 0; i < 21; ++i) ptr16(z)[i] = rank == p - 1 ? value16(bf16, 54, rank, i, 1) : 0x7fff;
+        OK(sw_broadcast(comm, rank, z, 0, 21, dt, p - 1, s));
+        OK(sw_stream_synchronize(s));
+        bad = 0;
+        for (int q = 0, at = 0; q < p; at += q + 3, ++q)
+            for (long i = 0; i < q + 3; ++i) bad += ptr16(g)[at + i] != value16(bf16, 53, q, i, 1);
+        for (long i = 0; i < 21; ++i) bad += ptr16(z)[i] != value16(bf16, 54, p - 1, i, 1);
+        CHECK(bad == 0, "%s all_gather_v/broadcast p=%d: %ld elements differ", name, p, bad);
+        sw_buffer_destroy(x);
+        sw_buffer_destroy(y);
+        sw_buffer_destroy(z);
+        sw_buffer_destroy(v);
+        sw_buffer_destroy(g);
+    }
+    /* With 3+ ranks the data must be able to tell a wrong order or a rounding at every step from the right sum. */
+    CHECK(p < 3 || (order_telling > 0 && step_telling > 0),
+          "16-bit sums p=%d: %ld would differ in reverse order, %ld if rounded at every step: the checks prove nothing", p,
+          order_telling, step_telling);
 }
 
 /* ---- the outputs of a failed collective (the contract in shardwise.h): out of place, the receive region is all
@@ -403,6 +539,9 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     CHECK(r == rank && kind && strcmp(kind, "tcp") == 0, "rank %d backend %s", r, kind ? kind : "?");
     if (strcmp(scenario, "collectives") == 0) {
         collectives(dev, s, comm, rank, p);
+        collectives16(dev, s, comm, rank, p);
+    } else if (strcmp(scenario, "collectives16") == 0) {
+        collectives16(dev, s, comm, rank, p);
     } else if (strncmp(scenario, "abort", 5) == 0 || strncmp(scenario, "exit-", 5) == 0 || strncmp(scenario, "kill", 4) == 0) {
         tcp_fault(dev, s, comm, rank, p, scenario);
     } else if (strcmp(scenario, "root") == 0) {
@@ -653,6 +792,7 @@ static int mpi_rank(void) {
     sw_buffer_destroy(seed);
     if (rank == 0) printf("seed %u\n", g_seed);
     collectives(dev, s, comm, rank, p);
+    collectives16(dev, s, comm, rank, p);
     /* mismatch over MPI */
     sw_buffer b = alloc_f32(dev, 64);
     for (int i = 0; i < 64; ++i) ptr(b)[i] = value(6, rank, i);
@@ -755,6 +895,7 @@ int main(int argc, char** argv) {
     printf("seed %u\n", g_seed);
     int bad = 0;
     for (int p = 1; p <= 3; ++p) bad += tcp_job(p, "collectives");
+    bad += tcp_job(4, "collectives16");
     bad += tcp_job(3, "exit");
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");

@@ -7,9 +7,15 @@
 // against the timeout; a rank that never comes fails the others with SW_ERR_TIMEOUT), and every collective runs over
 // NCCL's ncclInProgress protocol; `--blocking` runs the same checks against the stand-in without it (an NCCL 2.13:
 // blocking ncclCommInitRank). The stand-in checks the ncclConfig_t it is given as NCCL does (size, magic, version).
+// 16-bit collectives (collectives16): f16 and bf16 sums must equal, bit for bit, the rank-order fp32 sum rounded once
+// (float16_ref.h) — the in-process communicators' result — for p = 1..8, uneven chunks and -v counts, in place and
+// not; the stand-in's own 16-bit sums round every partial sum, so using them would fail. Gathers and broadcasts move
+// the 16-bit bits unchanged.
 #include "shardwise.h"
 #include "comm/nccl_api.h"
+#include "float16_ref.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -119,6 +125,152 @@ static void collectives(sw_comm comm, int rank, int p, sw_device dev) {
     for (long i = 0; i < 10; ++i) CHECK(host(x)[i] == value(6, p - 1, i), "rank %d broadcast[%ld]", rank, i);
     for (sw_buffer b : {x, y, g, cs, cr}) sw_buffer_destroy(b);
     sw_stream_destroy(s);
+}
+
+// ---- 16-bit collectives
+// Element i of rank r's 16-bit input for test t: a random significand scaled by 2^e, e in [-10, 10] for f16 (sums of 8
+// stay finite) and [-30, 30] for bf16, so that fp32 partial sums are inexact and their order and rounding matter.
+static uint16_t value16(int bf16, int t, int r, long i) {
+    std::mt19937 g(g_seed ^ static_cast<unsigned>(t * 7919 + r * 104729 + i * 31 + 17));
+    const float u = std::uniform_real_distribution<float>(-1, 1)(g);
+    const int span = bf16 ? 30 : 10;
+    const int e = std::uniform_int_distribution<int>(-span, span)(g);
+    return sw_ref_round16(bf16, std::ldexp(u, e));
+}
+// Element i of rank r's input to a 16-bit sum of p ranks (test t): every third element is a cancellation — rank i % p
+// holds a big value B, rank (i + 1) % p holds -B, the others small values (f16: |B| ~ 2^14, small ~ 2^-12; bf16: 2^40
+// and 2^0) — so that the order of the fp32 additions decides how much of the small values survives: a sum in another
+// order than 0..p-1 differs after the final rounding. The other elements are value16's.
+static uint16_t input16(int bf16, int t, int r, long i, int p) {
+    if (i % 3 != 0 || p < 3) return value16(bf16, t, r, i);
+    const int big_at = static_cast<int>(i % p), neg_at = (big_at + 1) % p;
+    std::mt19937 g(g_seed ^ static_cast<unsigned>(t * 7919 + i * 31 + 99));
+    std::uniform_real_distribution<float> u(1, 2);
+    const float big = std::ldexp(u(g), bf16 ? 40 : 14);
+    if (r == big_at || r == neg_at) return sw_ref_round16(bf16, r == big_at ? big : -big);
+    std::mt19937 h(g_seed ^ static_cast<unsigned>(t * 7919 + r * 104729 + i * 31 + 5));
+    return sw_ref_round16(bf16, std::ldexp(u(h), bf16 ? 0 : -12));
+}
+// Sums (all-reduce, reduce-scatter-v outputs) whose fp32 sum in reverse rank order, rounded once, differs from the
+// reference: proof that the checks see the order.
+static std::atomic<long> g_order_telling{0};
+static uint16_t* host16(sw_buffer b) { return reinterpret_cast<uint16_t*>(host(b)); }
+static sw_buffer alloc16(sw_device d, long n) {
+    sw_buffer b = nullptr;
+    OK(sw_buffer_alloc(d, static_cast<uint64_t>(n > 0 ? n : 1) * 2, &b));
+    for (long i = 0; i < n; ++i) host16(b)[i] = 0x7fff; // NaN in both formats: an unwritten element fails
+    return b;
+}
+// The rank-order fp32 sum, rounded once, of element `i` of test t over p ranks (offset `at` into each rank's input).
+static uint16_t ref_sum16(int bf16, int t, int p, long at) {
+    std::vector<uint16_t> v(p);
+    for (int q = 0; q < p; ++q) v[q] = input16(bf16, t, q, at, p);
+    return sw_ref_sum16(bf16, v.data(), p);
+}
+
+// The 16-bit collectives on rank `rank` of comm (any kind), in f16 then bf16, checked bit for bit. Returns the number
+// of elements (all-reduce and reduce-scatter outputs) whose every-step-rounded sum (what NCCL's own 16-bit reductions
+// may give) differs from the reference: the caller checks that the data could tell the two apart.
+static long collectives16(sw_comm comm, int rank, int p, sw_device dev) {
+    sw_stream s = nullptr;
+    OK(sw_stream_create(dev, &s));
+    long telling = 0;
+    for (int bf16 = 0; bf16 < 2; ++bf16) {
+        const sw_dtype dt = bf16 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+        const char* name = bf16 ? "bf16" : "f16";
+        auto stepwise = [&](int t, long at) { // the every-step-rounded sum
+            uint16_t acc = input16(bf16, t, 0, at, p);
+            for (int q = 1; q < p; ++q) acc = sw_ref_round16(bf16, sw_ref_to_float16(bf16, acc) + sw_ref_to_float16(bf16, input16(bf16, t, q, at, p)));
+            return acc;
+        };
+        auto reversed = [&](int t, long at) { // the fp32 sum in rank order p-1..0, rounded once
+            float acc = sw_ref_to_float16(bf16, input16(bf16, t, p - 1, at, p));
+            for (int q = p - 2; q >= 0; --q) acc += sw_ref_to_float16(bf16, input16(bf16, t, q, at, p));
+            return sw_ref_round16(bf16, acc);
+        };
+        // all-reduce, out of place and in place; n not a multiple of p (uneven chunks)
+        const long n = 100 + 7 * p + 3;
+        sw_buffer x = alloc16(dev, n), y = alloc16(dev, n), z = alloc16(dev, n);
+        for (long i = 0; i < n; ++i) host16(x)[i] = host16(z)[i] = input16(bf16, 40, rank, i, p);
+        OK(sw_all_reduce(comm, rank, x, 0, y, 0, n, dt, SW_REDUCE_SUM, s));
+        OK(sw_all_reduce(comm, rank, z, 0, z, 0, n, dt, SW_REDUCE_SUM, s));
+        OK(sw_stream_synchronize(s));
+        long bad = 0, bad_in_place = 0, sent_changed = 0;
+        for (long i = 0; i < n; ++i) {
+            const uint16_t want = ref_sum16(bf16, 40, p, i);
+            bad += host16(y)[i] != want;
+            bad_in_place += host16(z)[i] != want;
+            sent_changed += host16(x)[i] != input16(bf16, 40, rank, i, p);
+            telling += stepwise(40, i) != want;
+            g_order_telling += reversed(40, i) != want;
+        }
+        CHECK(bad == 0 && bad_in_place == 0 && sent_changed == 0,
+              "rank %d of %d: %s all_reduce: %ld (out of place) and %ld (in place) of %ld elements differ from the rank-order fp32 "
+              "sum rounded once; %ld send elements changed", rank, p, name, bad, bad_in_place, n, sent_changed);
+        // uneven reduce-scatter-v: rank q receives 2q + 1
+        long rs_total = 0, displ = 0;
+        for (int q = 0; q < p; ++q) {
+            if (q < rank) displ += 2 * q + 1;
+            rs_total += 2 * q + 1;
+        }
+        sw_buffer v = alloc16(dev, std::max<long>(rs_total, 5 * p)), w = alloc16(dev, 2 * p + 5);
+        for (long i = 0; i < rs_total; ++i) host16(v)[i] = input16(bf16, 41, rank, i, p);
+        OK(sw_reduce_scatter_v(comm, rank, v, 0, rs_total, w, 0, 2 * rank + 1, dt, SW_REDUCE_SUM, s));
+        OK(sw_stream_synchronize(s));
+        bad = 0;
+        for (long i = 0; i < 2 * rank + 1; ++i) {
+            bad += host16(w)[i] != ref_sum16(bf16, 41, p, displ + i);
+            telling += stepwise(41, displ + i) != ref_sum16(bf16, 41, p, displ + i);
+            g_order_telling += reversed(41, displ + i) != ref_sum16(bf16, 41, p, displ + i);
+        }
+        CHECK(bad == 0 && host16(w)[2 * rank + 1] == 0x7fff, "rank %d of %d: %s reduce_scatter_v: %ld of %d elements differ (or it wrote past its count)",
+              rank, p, name, bad, 2 * rank + 1);
+        // even reduce-scatter (5 each), then all-gather of the results: every rank sees every block
+        for (long i = 0; i < 5 * p; ++i) host16(v)[i] = input16(bf16, 42, rank, i, p);
+        sw_buffer g = alloc16(dev, 5 * p);
+        for (long i = 0; i < 5; ++i) host16(w)[i] = 0x7fff;
+        OK(sw_reduce_scatter(comm, rank, v, 0, w, 0, 5, dt, SW_REDUCE_SUM, s));
+        OK(sw_all_gather(comm, rank, w, 0, g, 0, 5, dt, s));
+        OK(sw_stream_synchronize(s));
+        bad = 0;
+        for (long i = 0; i < 5 * p; ++i) bad += host16(g)[i] != ref_sum16(bf16, 42, p, i);
+        CHECK(bad == 0, "rank %d of %d: %s reduce_scatter + all_gather: %ld of %ld elements differ", rank, p, name, bad, 5 * p);
+        // uneven all-gather-v (q + 1 elements), column all-gather (3 rows, q + 1 columns), broadcast: bits unchanged
+        long total = 0;
+        for (int q = 0; q < p; ++q) total += q + 1;
+        sw_buffer gv = alloc16(dev, total);
+        for (long i = 0; i <= rank; ++i) host16(x)[i] = value16(bf16, 43, rank, i);
+        OK(sw_all_gather_v(comm, rank, x, 0, rank + 1, gv, 0, total, dt, s));
+        const long rows = 3, ld = total + 1;
+        sw_buffer cs = alloc16(dev, rows * 9), cr = alloc16(dev, rows * ld);
+        for (long i = 0; i < rows * 9; ++i) host16(cs)[i] = value16(bf16, 44, rank, i);
+        OK(sw_all_gather_columns(comm, rank, cs, 0, rows, rank + 1, 9, cr, 0, ld, dt, s));
+        for (long i = 0; i < 11; ++i) host16(y)[i] = rank == p - 1 ? value16(bf16, 45, rank, i) : 0x7fff;
+        OK(sw_broadcast(comm, rank, y, 0, 11, dt, p - 1, s));
+        OK(sw_stream_synchronize(s));
+        bad = 0;
+        for (int q = 0, at = 0; q < p; at += q + 1, ++q)
+            for (long i = 0; i <= q; ++i) bad += host16(gv)[at + i] != value16(bf16, 43, q, i);
+        for (int q = 0, c0 = 0; q < p; c0 += q + 1, ++q)
+            for (long i = 0; i < rows; ++i)
+                for (long j = 0; j <= q; ++j) bad += host16(cr)[i * ld + c0 + j] != value16(bf16, 44, q, i * 9 + j);
+        for (long i = 0; i < 11; ++i) bad += host16(y)[i] != value16(bf16, 45, p - 1, i);
+        CHECK(bad == 0, "rank %d of %d: %s gathers/broadcast: %ld elements differ", rank, p, name, bad);
+        for (sw_buffer b : {x, y, z, v, w, g, gv, cs, cr}) sw_buffer_destroy(b);
+    }
+    sw_stream_destroy(s);
+    return telling;
+}
+
+// collectives16 on every rank of an in-process communicator (one thread per rank); returns the telling elements.
+static long collectives16_all(sw_comm comm, int p, sw_device* devs) {
+    std::vector<long> telling(p, 0);
+    std::vector<std::thread> th;
+    for (int r = 0; r < p; ++r) th.emplace_back([&, r] { telling[r] = collectives16(comm, r, p, devs[r]); });
+    for (auto& t : th) t.join();
+    long sum = 0;
+    for (long v : telling) sum += v;
+    return sum;
 }
 
 // One call per rank on threads; rank `late` (if >= 0) never calls; rank `odd` passes another count.
@@ -302,6 +454,26 @@ static int real_gpu() {
         for (long i = 0; i < rows; ++i)
             for (long j = 0; j < cols; ++j)
                 CHECK(out[i * ld_recv + j] == in[i * ld_send + j], "all_gather_columns (%ld,%ld)", i, j);
+        // f16 / bf16: the sums run through the 16-bit path (the plugin's reduce_sum over one source), the gathers move
+        // the bits: every output equals its input bit for bit.
+        for (int bf16 = 0; bf16 < 2; ++bf16) {
+            const sw_dtype dt = bf16 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+            std::vector<uint16_t> in16(n), out16(n);
+            for (long i = 0; i < n; ++i) in16[i] = sw_ref_round16(bf16, in[i]);
+            auto round16 = [&](const char* what, auto&& call) {
+                OK(sw_memcpy_h2d_async(x, 0, in16.data(), n * 2, s));
+                OK(sw_memset_async(y, 0, 0xff, n * 2, s));
+                OK(call());
+                OK(sw_memcpy_d2h_async(out16.data(), y, 0, n * 2, s));
+                OK(sw_stream_synchronize(s));
+                long bad = 0;
+                for (long i = 0; i < n; ++i) bad += out16[i] != in16[i];
+                CHECK(bad == 0, "%s %s: %ld of %ld elements differ", bf16 ? "bf16" : "f16", what, bad, n);
+            };
+            round16("all_reduce", [&] { return sw_all_reduce(comm, 0, x, 0, y, 0, n, dt, SW_REDUCE_SUM, s); });
+            round16("reduce_scatter_v", [&] { return sw_reduce_scatter_v(comm, 0, x, 0, n, y, 0, n, dt, SW_REDUCE_SUM, s); });
+            round16("all_gather_v", [&] { return sw_all_gather_v(comm, 0, x, 0, n, y, 0, n, dt, s); });
+        }
         sw_buffer_destroy(x);
         sw_buffer_destroy(y);
         sw_stream_destroy(s);
@@ -361,7 +533,7 @@ int main(int argc, char** argv) {
     // --blocking: the stand-in without ncclCommInitRankConfig (an NCCL 2.13), so communicators are made blocking.
     const bool nonblocking = !(argc > 1 && std::strcmp(argv[1], "--blocking") == 0);
     setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
-    setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "3", 1);
+    setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "8", 1); // 3 for most checks, 8 for the 16-bit ones
     setenv("SHARDWISE_NCCL_PATH", nonblocking ? SHARDWISE_FAKE_NCCL : SHARDWISE_FAKE_NCCL_NOCONFIG, 1);
     int32_t available = 0, version = 0;
     char text[1024];
@@ -377,6 +549,38 @@ int main(int argc, char** argv) {
     const int p = 3;
     sw_device devs[p];
     for (int r = 0; r < p; ++r) OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &devs[r]));
+
+    // 16-bit collectives, p = 1..8, every rank in this process: NCCL, then the in-process communicator on the same
+    // (emulated) CUDA devices and on CPU devices, all checked against the same reference bits.
+    {
+        sw_device dev8[8];
+        for (int r = 0; r < 8; ++r) OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &dev8[r]));
+        long telling = 0;
+        for (int q = 1; q <= 8; ++q) {
+            sw_comm c = nullptr;
+            OK(sw_comm_create_nccl_local(q, dev8, 20000, &c));
+            if (c) telling += collectives16_all(c, q, dev8);
+            sw_comm_destroy(c);
+        }
+        CHECK(telling > 0, "no 16-bit sum of the data differs when rounded at every step: the bit-for-bit checks prove nothing");
+        CHECK(g_order_telling > 0, "no 16-bit sum of the data differs when summed in reverse rank order: the order is not checked");
+        std::printf("16-bit collectives over NCCL, p = 1..8: checked (%ld sums would differ if rounded at every step, %ld if "
+                    "summed in reverse rank order)\n", telling, g_order_telling.load());
+        for (int q : {3, 8}) {
+            sw_comm c = nullptr;
+            OK(sw_comm_create_local(q, dev8, 20000, &c));
+            if (c) collectives16_all(c, q, dev8);
+            sw_comm_destroy(c);
+        }
+        sw_device cpus[8];
+        for (int r = 0; r < 8; ++r) OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &cpus[r]));
+        sw_comm c = nullptr;
+        OK(sw_comm_create_local(8, cpus, 20000, &c));
+        if (c) collectives16_all(c, 8, cpus);
+        sw_comm_destroy(c);
+        for (auto d : cpus) sw_device_destroy(d);
+        for (auto d : dev8) sw_device_destroy(d);
+    }
 
     // Every rank in this process.
     sw_comm comm = nullptr;
@@ -413,8 +617,10 @@ int main(int argc, char** argv) {
     CHECK(took < 5, "timeout took %.1f s", took);
     OK(sw_comm_destroy(comm));
 
-    // A call NCCL refuses inside a group (fp16 gathers: the stand-in has no fp16) fails the collective; the group is
-    // closed all the same, so the same streams (the same worker threads) still launch NCCL work afterwards.
+    // A call NCCL refuses inside a group (fp16 gathers: the stand-in refuses fp16 under FAKE_NCCL_REFUSE_F16) fails the
+    // collective; the group is closed all the same, so the same streams (the same worker threads) still launch NCCL
+    // work afterwards.
+    setenv("FAKE_NCCL_REFUSE_F16", "1", 1);
     OK(sw_comm_create_nccl_local(p, devs, 2000, &comm));
     {
         std::vector<sw_status> bad(p, SW_OK), good(p, SW_ERR_INTERNAL);
@@ -433,6 +639,7 @@ int main(int argc, char** argv) {
             });
         for (auto& t : th) t.join();
         for (int r = 0; r < p; ++r) CHECK(bad[r] != SW_OK, "fp16 all_gather_v in the stand-in: rank %d: %d %s", r, bad[r], why[r].c_str());
+        unsetenv("FAKE_NCCL_REFUSE_F16");
         OK(sw_comm_destroy(comm));
         OK(sw_comm_create_nccl_local(p, devs, 2000, &comm));
         th.clear();
@@ -475,6 +682,7 @@ int main(int argc, char** argv) {
                 OK(sw_comm_get_rank(c, &me));
                 CHECK(me == r, "rank %d", me);
                 if (c) collectives(c, r, p, devs[r]);
+                if (c) collectives16(c, r, p, devs[r]);
                 sw_comm_destroy(c);
                 sw_store_destroy(store);
             });
@@ -493,6 +701,7 @@ int main(int argc, char** argv) {
         for (int r = 0; r < p; ++r)
             th.emplace_back([&, r] {
                 if (byid[r]) collectives(byid[r], r, p, devs[r]);
+                if (byid[r]) collectives16(byid[r], r, p, devs[r]);
             });
         for (auto& t : th) t.join();
         st = one_all_reduce(byid.data(), p, devs, -1, 1, &msgs);

@@ -10,6 +10,13 @@
 // releases NCCL's kernels, so no stream hangs. Uneven collectives use grouped broadcasts (all-gather-v, column
 // all-gather) and grouped reduces (reduce-scatter-v) with the counts every rank learned in the descriptor exchange.
 //
+// 16-bit sums (f16, bf16: all-reduce, reduce-scatter, reduce-scatter-v) do not use NCCL's own reductions, whose
+// order and intermediate rounding NCCL does not promise (a ring rounds every partial sum to 16 bits). They are built
+// as the transport mover (mover_transport.cpp) builds them, over the same chunks: grouped ncclSend/ncclRecv bring
+// chunk `rank` of every rank into a device scratch, the CUDA plugin's reduce_sum kernel sums it in fp32 in rank order
+// 0..p-1 and rounds once, and (all-reduce) grouped ncclSend/ncclRecv of the reduced chunks gather the result: the wire
+// volume of a ring, and every rank gets the bits of the in-process and transport communicators.
+//
 // Communicators are made non-blocking when NCCL has ncclCommInitRankConfig (2.14+; comm_nccl.cpp creates them).
 // A non-blocking communicator stays non-blocking for its whole life (NCCL has no switch back), which changes what an
 // accepted NCCL call means: a collective or ncclGroupEnd may return ncclInProgress before its work is on the stream
@@ -20,6 +27,7 @@
 #include "comm/mover_nccl.h"
 
 #include "core/cuda_loader.h"
+#include "core/index_math.h"
 
 #include <cstring>
 #include <thread>
@@ -27,6 +35,10 @@
 using namespace sw;
 
 namespace {
+
+// The most ranks of a 16-bit sum on NCCL: the sources of one reduce_sum call of the CUDA plugin
+// (kMaxReducePointers in cuda/common.h, which the core cannot include).
+constexpr int kMaxSum16Ranks = 64;
 
 int nccl_type(sw_dtype t) {
     switch (t) {
@@ -242,12 +254,92 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
         call(n.GroupEnd(), "ncclGroupEnd"); // a non-blocking communicator's group may still be launching: settled
     };
     const int t = nccl_type(me.dtype);
-    void* scratch = nullptr; // column all-gather: every rank's block, packed
+    void* scratch = nullptr; // column all-gather: every rank's block, packed; 16-bit sums: every rank's chunk
     struct FreeScratch {
         DeviceImpl& dev;
         void*& scratch;
         ~FreeScratch() { free_later(dev, scratch); } // freed from a caller's thread, after the stream is past it
     } free_scratch{dev, scratch};
+    // 16-bit sums: NCCL moves the chunks, the plugin's reduce_sum kernel adds them (see the top of this file).
+    const bool sum16 = me.dtype == SW_DTYPE_F16 || me.dtype == SW_DTYPE_BF16;
+    if (sum16 && p > kMaxSum16Ranks &&
+        (me.op == Coll::AllReduce || me.op == Coll::ReduceScatter || me.op == Coll::ReduceScatterV))
+        fail(SW_ERR_UNSUPPORTED, who, ": ", sw::dtype_name(me.dtype), " sums on NCCL take up to ", kMaxSum16Ranks,
+             " ranks (the reduction kernel's sources); this communicator has ", p);
+    // Sums chunk pieces srcs[0..p-1] (rank order) into dst on the communication stream, in fp32, rounded once.
+    auto sum_chunks = [&](const std::vector<const void*>& srcs, void* dst, uint64_t count) {
+        void* dsts[1] = {dst};
+        cuda_call(api, &cuda::PluginApi::reduce_sum, ord, me.dtype, srcs.data(), static_cast<int32_t>(srcs.size()), dsts, 1,
+                  count, cs);
+    };
+    // One group of point-to-point moves: with[q] = what goes to and comes from peer q (pointers, elements); empty moves
+    // and self are skipped.
+    struct P2p {
+        const char* send = nullptr;
+        uint64_t send_count = 0;
+        char* recv = nullptr;
+        uint64_t recv_count = 0;
+    };
+    auto exchange = [&](const std::vector<P2p>& with) {
+        bool any = false;
+        for (int q = 0; q < p; ++q)
+            if (q != rank && (with[q].send_count || with[q].recv_count)) any = true;
+        if (!any) return;
+        group_start();
+        for (int q = 0; q < p; ++q) {
+            if (q == rank) continue;
+            if (with[q].send_count) call(n.Send(with[q].send, with[q].send_count, t, q, comm, cs), "ncclSend");
+            if (with[q].recv_count) call(n.Recv(with[q].recv, with[q].recv_count, t, q, comm, cs), "ncclRecv");
+        }
+        group_end(); // settled: the reduction kernel goes on the stream after NCCL's moves
+    };
+    // 16-bit all-reduce: reduce-scatter by point-to-point chunks, reduce_sum, all-gather of the reduced chunks.
+    auto all_reduce16 = [&] {
+        if (!me.count) return;
+        // Chunk q = shard q of the count (the transport and in-process communicators' chunks).
+        const int64_t total = static_cast<int64_t>(me.count);
+        auto begin = [&](int q) { return static_cast<uint64_t>(shard_offset(total, p, q)); };
+        auto size = [&](int q) { return static_cast<uint64_t>(shard_count(total, p, q)); };
+        const uint64_t mine = size(rank), b = begin(rank);
+        if (p > 1 && mine) cuda_call(api, &cuda::PluginApi::malloc_device, ord, p * mine * esz, &scratch);
+        char* part = static_cast<char*>(scratch); // rank q's copy of chunk `rank` at part + q * mine
+        std::vector<P2p> with(p);
+        for (int q = 0; q < p; ++q)
+            with[q] = {me.send + begin(q) * esz, size(q), part + q * mine * esz, mine};
+        exchange(with); // reduce-scatter: chunk q of this rank's send to rank q, chunk `rank` of every rank here
+        if (mine) {
+            std::vector<const void*> srcs(p);
+            for (int q = 0; q < p; ++q) srcs[q] = q == rank ? me.send + b * esz : part + q * mine * esz;
+            sum_chunks(srcs, me.recv + b * esz, mine); // in place: each element read before it is written
+        }
+        for (int q = 0; q < p; ++q) with[q] = {me.recv + b * esz, mine, me.recv + begin(q) * esz, size(q)};
+        exchange(with); // all-gather of the reduced chunks
+    };
+    // 16-bit reduce-scatter (-v): block q of every rank's send goes to rank q (-v: the counts of the descriptor exchange).
+    auto reduce_scatter16 = [&] {
+        const uint64_t mine = me.count;
+        if (p > 1 && mine) cuda_call(api, &cuda::PluginApi::malloc_device, ord, p * mine * esz, &scratch);
+        char* part = static_cast<char*>(scratch);
+        std::vector<P2p> with(p);
+        for (int q = 0; q < p; ++q)
+            with[q] = {me.send + scatter_displacement(slot, q) * esz, slot.desc[q].count, part + q * mine * esz, mine};
+        exchange(with);
+        if (mine) {
+            const uint64_t displ = scatter_displacement(slot, rank);
+            std::vector<const void*> srcs(p);
+            for (int q = 0; q < p; ++q) srcs[q] = q == rank ? me.send + displ * esz : part + q * mine * esz;
+            sum_chunks(srcs, me.recv, mine);
+        }
+    };
+    // Runs a 16-bit sum; on a failure the stream is drained before free_scratch hands the scratch back.
+    auto run16 = [&](auto&& body) {
+        try {
+            body();
+        } catch (...) {
+            api->stream_synchronize(ord, cs, &err);
+            throw;
+        }
+    };
     try {
         switch (me.op) {
         case Coll::AllGather:
@@ -296,12 +388,18 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
             break;
         }
         case Coll::AllReduce:
-            if (me.count) call(n.AllReduce(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclAllReduce");
+            if (sum16) run16(all_reduce16);
+            else if (me.count) call(n.AllReduce(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclAllReduce");
             break;
         case Coll::ReduceScatter:
-            if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
+            if (sum16) run16(reduce_scatter16);
+            else if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
             break;
         case Coll::ReduceScatterV: {
+            if (sum16) {
+                run16(reduce_scatter16);
+                break;
+            }
             group_start();
             for (int q = 0; q < p; ++q) {
                 const uint64_t c = slot.desc[q].count;

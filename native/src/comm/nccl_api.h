@@ -72,6 +72,10 @@ struct NcclApi {
     int (*ReduceScatter)(const void*, void*, size_t, int, int, NcclComm, void*);
     int (*Broadcast)(const void*, void*, size_t, int, int, NcclComm, void*);
     int (*Reduce)(const void*, void*, size_t, int, int, int, NcclComm, void*);
+    // Point to point (NCCL 2.7+): ncclSend(sendbuff, count, datatype, peer, comm, stream), ncclRecv(recvbuff, ...).
+    // The 16-bit sums (mover_nccl.cpp) move their chunks with them inside a group.
+    int (*Send)(const void*, size_t, int, int, NcclComm, void*);
+    int (*Recv)(void*, size_t, int, int, NcclComm, void*);
     int (*GroupStart)();
     int (*GroupEnd)();
     const char* (*GetErrorString)(int);

@@ -21,7 +21,7 @@ constexpr const char* kNcclFile = "libnccl.so.2";
 const std::initializer_list<const char*> kRequired = {
     "ncclGetVersion", "ncclGetUniqueId", "ncclCommInitRank", "ncclCommDestroy", "ncclCommAbort", "ncclCommGetAsyncError",
     "ncclCommCount", "ncclCommUserRank", "ncclAllReduce", "ncclAllGather", "ncclReduceScatter", "ncclBroadcast",
-    "ncclReduce", "ncclGroupStart", "ncclGroupEnd", "ncclGetErrorString",
+    "ncclReduce", "ncclSend", "ncclRecv", "ncclGroupStart", "ncclGroupEnd", "ncclGetErrorString",
 };
 const std::initializer_list<const char*> kOptional = {
     "ncclCommInitRankConfig", "ncclCommFinalize", "ncclGetLastError", "ncclCommSplit", "ncclCommInitAll",
@@ -69,6 +69,8 @@ const Nccl& nccl() {
         bind(a.ReduceScatter, "ncclReduceScatter");
         bind(a.Broadcast, "ncclBroadcast");
         bind(a.Reduce, "ncclReduce");
+        bind(a.Send, "ncclSend");
+        bind(a.Recv, "ncclRecv");
         bind(a.GroupStart, "ncclGroupStart");
         bind(a.GroupEnd, "ncclGroupEnd");
         bind(a.GetErrorString, "ncclGetErrorString");

@@ -9,6 +9,10 @@
 //   cuBLASLt C = D = our C:    column-major n x m, ld = ldc
 // cuBLASLt's bias vector has one entry per row of D, i.e. per column j of our C: exactly bias[n].
 //
+// Types: A and B in f32, f16 or bf16, C = D in f32 or A's type, the bias in C's type, alpha/beta f32
+// (CUDA_R_32F scale type) and CUBLAS_COMPUTE_32F accumulation (CUBLAS_COMPUTE_32F_FAST_TF32 only for f32 inputs with
+// allow_tf32): A/B CUDA_R_16BF or CUDA_R_16F with C/D CUDA_R_32F is one of cublasLtMatmul's documented combinations.
+//
 // Epilogues: BIAS, GELU, GELU_BIAS (cuBLASLt's GELU is the tanh approximation, as ours) are fused when
 // cuBLASLt offers an algorithm for them and the bias is 16-byte aligned (misaligned bias vectors are not
 // reliably supported by the fused epilogues). Otherwise the GEMM runs with the default epilogue and the
@@ -179,8 +183,11 @@ Problem make_problem(const GemmProblem& d, cublasComputeType_t compute, cublasLt
     p.desc->set(CUBLASLT_MATMUL_DESC_TRANSB, static_cast<int32_t>(op_b), "set CUBLASLT_MATMUL_DESC_TRANSB");
     p.desc->set(CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(epilogue), "set CUBLASLT_MATMUL_DESC_EPILOGUE");
     if (p.bias) {
-        // The bias type is left at its default, D's type, which is our c_type for every supported
-        // combination (the default's exceptions concern int8 and fp8 kernels only).
+        // The bias has C's type (f32 for 16-bit inputs with an f32 C). cublasLt.h: the default
+        // (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = -1) is D's type except for int8 and fp8 kernels; set explicitly all
+        // the same, so that the bias type never depends on which kernel family cuBLASLt picks.
+        p.desc->set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<int32_t>(cuda_type(d.c_type)),
+                    "set CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE");
         // The heuristic reads the bias pointer's value for its alignment, and its answer is cached for every
         // bias that is 16-byte aligned: so it sees a canonical address aligned to exactly 16 bytes, and the
         // real pointer is set right before cublasLtMatmul.

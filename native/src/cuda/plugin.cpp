@@ -701,8 +701,9 @@ bool supported_combination(sw_dtype a, sw_dtype c) {
 void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
     if (d.b_type != d.a_type || d.bias_type != d.c_type || d.accum_type != SW_DTYPE_F32 ||
         !supported_combination(d.a_type, d.c_type))
-        fail(SW_ERR_UNSUPPORTED, "GEMM with A/B ", dtype_name(d.a_type), " and C ", dtype_name(d.c_type),
-             " is not supported (f32/f32, f16/f16, bf16/bf16, f16/f32, bf16/f32)");
+        fail(SW_ERR_UNSUPPORTED, "a = ", dtype_name(d.a_type), ", b = ", dtype_name(d.b_type), ", c = ",
+             dtype_name(d.c_type), ", bias = ", dtype_name(d.bias_type), ", accumulation = ", dtype_name(d.accum_type),
+             " is not supported (a = b, bias = c, fp32 accumulation; a/c: f32/f32, f16/f16, bf16/bf16, f16/f32, bf16/f32)");
     if (d.m < 1 || d.n < 1 || d.k < 0)
         fail(SW_ERR_INVALID_ARGUMENT, "m (", d.m, ") and n (", d.n, ") must be >= 1 and k (", d.k, ") >= 0");
     if (d.epilogue != SW_EPILOGUE_NONE && d.epilogue != SW_EPILOGUE_GELU)
@@ -712,7 +713,9 @@ void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
         fail(SW_ERR_INVALID_ARGUMENT, "algo ", static_cast<int>(algo), " is not a GemmAlgo");
     if ((algo == GemmAlgo::HandWritten || algo == GemmAlgo::Wgmma) && d.a_type != SW_DTYPE_F16 &&
         d.a_type != SW_DTYPE_BF16)
-        fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM takes f16 or bf16 inputs, not ", dtype_name(d.a_type));
+        fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM (\"", algo == GemmAlgo::Wgmma ? "wgmma" : "mma",
+             "\") takes f16 or bf16 inputs: a = ", dtype_name(d.a_type), ", b = ", dtype_name(d.b_type), ", c = ",
+             dtype_name(d.c_type), " runs on \"cublaslt\" (or \"auto\")");
     need(d.c, "c");
     if (d.ldc < d.n) fail(SW_ERR_INVALID_ARGUMENT, "ldc (", d.ldc, ") is less than n (", d.n, ")");
     const uint32_t ab = dtype_bytes(d.a_type), cb = dtype_bytes(d.c_type);

@@ -8,7 +8,9 @@
 //      and, where the device runs the plugin's sm_90a code, the wgmma kernel ("wgmma") >= 0.9x cuBLASLt;
 //   3. the all-gather's layout step ([p][M][n_r] -> [M][N] on every rank, uneven shards) >= 0.85x the device-to-
 //      device copy bandwidth of sw_memcpy_d2d_async over the same number of bytes;
-//   4. wrapper overhead per sharded-GEMM call < 5 us over the kernels' own time (M = 16, K = N = 1024, p = 1, 2, 4).
+//   4. wrapper overhead per sharded-GEMM call < 5 us over the kernels' own time (M = 16, K = N = 1024, p = 1, 2, 4);
+//   5. (issue 13, correctness only) sw_gemm_ex with f16/bf16 inputs and f32 or 16-bit C through each kernel, every
+//      transpose, ragged shapes, bias, GeLU, against float64 references of the rounded inputs; refused combinations.
 //
 // Every result is verified (outputs pre-filled with NaN bytes, compared against each other and against float64
 // references); any verification failure or API error makes the exit status non-zero. Not meeting a target is not
@@ -25,6 +27,7 @@
 //                with NaN bytes (as if the gather had left it unwritten); exits 0 only if every such fault is
 //                detected and nothing else fails.
 #include "shardwise.h"
+#include "../float16_ref.h"
 
 #include <algorithm>
 #include <array>
@@ -705,8 +708,8 @@ void target_mma_vs_cublaslt() {
     if (opt.emulated) shapes = {{32, 48, 40}, {16, 24, 20}};
     const DType& d = C.dt;
     md("\n## 2. Hand-written mma.sync GEMM vs cuBLASLt\n\n");
-    md(fmt("One `sw_gemm` (M x K times K x N, %s A, B and C: the C ABI's CUDA GEMM takes one dtype for A, B and C, so "
-           "f32 C with bf16 inputs cannot be asked for; fp32 accumulation) on one stream, the device's algorithm chosen "
+    md(fmt("One `sw_gemm` (M x K times K x N, %s A, B and C, fp32 accumulation; 16-bit inputs with an f32 C, through "
+           "`sw_gemm_ex`, are checked in section 5) on one stream, the device's algorithm chosen "
            "with `sw_device_set_kernel`: \"cublaslt\" vs \"mma\" (the hand-written tensor-core kernel). CUDA events around "
            "the call; median (min) of %d frames after %d warm-up frames, interleaved. Ratio = cuBLASLt time / mma time. "
            "Target: >= 0.7x.%s\n\n",
@@ -1053,6 +1056,268 @@ void target_overhead() {
     release(yall);
 }
 
+// ------------------------------------------------------------------------------------------ mixed precision
+
+// sw_gemm_ex with 16-bit A and B (f16 or bf16) and C in f32 or the input type, fp32 accumulation, through every kernel
+// of the device (on the emulated plugin the algorithm is ignored). Each output element against a float64 reference
+// computed from the ROUNDED 16-bit inputs (and C, bias in C's type), with
+//   |got - ref| <= 2 * e + u_out * |ref| (+ 2^-25 for f16 C: half its smallest subnormal), where
+//   e = (k + 2) * u_acc * S,  S = |alpha| sum_k |a_ik b_kj| + |beta c_ij| + |bias_j|,  u_acc = 2^-24 (fp32 accumulation
+//   and epilogue), and with GeLU e = 1.2 * e + 4 * u_acc * |pre-activation| (gelu' <= 1.13; fp32 tanh);
+//   u_out = 2^-24 (f32), 2^-11 (f16), 2^-8 (bf16): the one final rounding.
+// Outputs are NaN bytes before each run (an unwritten element fails), and the padding columns of C must stay so.
+// Combinations the CUDA GEMM lacks must fail with SW_ERR_UNSUPPORTED naming them.
+const char* dtype_name(sw_dtype t) {
+    return t == SW_DTYPE_F32 ? "f32" : t == SW_DTYPE_F16 ? "f16" : t == SW_DTYPE_BF16 ? "bf16" : "?";
+}
+double unit_roundoff(sw_dtype t) {
+    return t == SW_DTYPE_F16 ? 1.0 / 2048 : t == SW_DTYPE_BF16 ? 1.0 / 256 : 1.0 / 16777216;
+}
+float round_type(sw_dtype t, float f) {
+    if (t == SW_DTYPE_F16) return sw_ref_f16_to_float(sw_ref_float_to_f16(f));
+    if (t == SW_DTYPE_BF16) return sw_ref_bf16_to_float(sw_ref_float_to_bf16(f));
+    return f;
+}
+std::vector<uint8_t> encode_type(sw_dtype t, const std::vector<float>& v) {
+    const size_t es = t == SW_DTYPE_F32 ? 4 : 2;
+    std::vector<uint8_t> out(v.size() * es);
+    for (size_t i = 0; i < v.size(); ++i) {
+        if (t == SW_DTYPE_F32) {
+            std::memcpy(&out[i * 4], &v[i], 4);
+            continue;
+        }
+        const uint16_t h = t == SW_DTYPE_F16 ? sw_ref_float_to_f16(v[i]) : sw_ref_float_to_bf16(v[i]);
+        std::memcpy(&out[i * 2], &h, 2);
+    }
+    return out;
+}
+float decode_at(sw_dtype t, const std::vector<uint8_t>& b, size_t i) {
+    if (t == SW_DTYPE_F32) {
+        float f;
+        std::memcpy(&f, &b[i * 4], 4);
+        return f;
+    }
+    uint16_t h;
+    std::memcpy(&h, &b[i * 2], 2);
+    return t == SW_DTYPE_F16 ? sw_ref_f16_to_float(h) : sw_ref_bf16_to_float(h);
+}
+
+struct MixedCase {
+    sw_dtype ab, c;
+    bool ta, tb;
+    int64_t m, n, k;
+    bool bias, gelu;
+    float alpha, beta;
+};
+
+std::string mixed_name(const MixedCase& c, const char* kernel) {
+    return fmt("T5 %s: a = b = %s, c = %s, %c%c, %lld x %lld x %lld%s%s, alpha %g, beta %g", kernel, dtype_name(c.ab),
+               dtype_name(c.c), c.ta ? 'T' : 'N', c.tb ? 'T' : 'N', static_cast<long long>(c.m), static_cast<long long>(c.n),
+               static_cast<long long>(c.k), c.bias ? ", bias" : "", c.gelu ? ", GeLU" : "", c.alpha, c.beta);
+}
+
+// Runs one case on s[0]; returns the outcome (worst = max |err| / tol).
+Outcome run_mixed(const MixedCase& c, uint64_t seed) {
+    const int64_t a_rows = c.ta ? c.k : c.m, a_cols = c.ta ? c.m : c.k;
+    const int64_t b_rows = c.tb ? c.n : c.k, b_cols = c.tb ? c.k : c.n;
+    const int64_t lda = a_cols + 3, ldb = b_cols + 1, ldc = c.n + 2; // padded: the padding must stay untouched
+    auto random = [&](sw_dtype t, size_t n, uint64_t salt) {
+        std::vector<float> v(n);
+        for (size_t i = 0; i < n; ++i) {
+            const double u = static_cast<double>(splitmix((seed + salt) * 0x100000001b3ull ^ i) >> 40) / double(1ull << 24);
+            v[i] = round_type(t, static_cast<float>(2 * u - 1));
+        }
+        return v;
+    };
+    const std::vector<float> A = random(c.ab, static_cast<size_t>(a_rows * lda), 1),
+                             B = random(c.ab, static_cast<size_t>(b_rows * ldb), 2),
+                             C0 = random(c.c, static_cast<size_t>(c.m * ldc), 3), bias = random(c.c, static_cast<size_t>(c.n), 4);
+    const size_t es_ab = c.ab == SW_DTYPE_F32 ? 4 : 2, es_c = c.c == SW_DTYPE_F32 ? 4 : 2;
+    const uint64_t a_bytes = static_cast<uint64_t>(a_rows * lda) * es_ab, b_bytes = static_cast<uint64_t>(b_rows * ldb) * es_ab;
+    const uint64_t c_bytes = static_cast<uint64_t>(c.m * ldc) * es_c, bias_bytes = static_cast<uint64_t>(c.n) * es_c;
+    sw_buffer ba = alloc(a_bytes), bb = alloc(b_bytes), bc = alloc(c_bytes), bbias = alloc(bias_bytes);
+    upload(ba, 0, encode_type(c.ab, A));
+    upload(bb, 0, encode_type(c.ab, B));
+    upload(bbias, 0, encode_type(c.c, bias));
+    // C: NaN bytes everywhere (beta = 0), or C0 in its m x n elements and NaN bytes in the padding columns.
+    std::vector<uint8_t> c_init(c_bytes, 0xff);
+    if (c.beta != 0) {
+        const std::vector<uint8_t> enc = encode_type(c.c, C0);
+        for (int64_t i = 0; i < c.m; ++i)
+            std::memcpy(&c_init[static_cast<size_t>(i * ldc) * es_c], &enc[static_cast<size_t>(i * ldc) * es_c],
+                        static_cast<size_t>(c.n) * es_c);
+    }
+    upload(bc, 0, c_init);
+    sw_gemm_desc d{};
+    d.size = sizeof d;
+    d.trans_a = c.ta ? SW_OP_T : SW_OP_N;
+    d.trans_b = c.tb ? SW_OP_T : SW_OP_N;
+    d.a_type = d.b_type = c.ab;
+    d.c_type = c.c;
+    d.compute_type = SW_DTYPE_F32;
+    d.epilogue = c.gelu ? SW_EPILOGUE_GELU : SW_EPILOGUE_NONE;
+    d.m = c.m;
+    d.n = c.n;
+    d.k = c.k;
+    d.alpha = c.alpha;
+    d.beta = c.beta;
+    d.a = ba;
+    d.lda = lda;
+    d.b = bb;
+    d.ldb = ldb;
+    d.c = bc;
+    d.ldc = ldc;
+    d.bias = c.bias ? bbias : nullptr;
+    CK(sw_gemm_ex(C.s[0], &d));
+    CK(sw_stream_synchronize(C.s[0]));
+    const std::vector<uint8_t> got = download(bc, 0, c_bytes);
+    const double u_acc = 1.0 / 16777216, u_out = unit_roundoff(c.c);
+    uint64_t bad = 0, padding = 0;
+    double worst = 0;
+    std::string first;
+    for (int64_t i = 0; i < c.m; ++i) {
+        for (int64_t j = c.n; j < ldc; ++j) { // padding: still NaN bytes
+            bool poison = true;
+            for (size_t b = 0; b < es_c; ++b) poison &= got[static_cast<size_t>(i * ldc + j) * es_c + b] == 0xff;
+            padding += !poison;
+        }
+        for (int64_t j = 0; j < c.n; ++j) {
+            double acc = 0, sabs = 0;
+            for (int64_t p = 0; p < c.k; ++p) {
+                const double a = A[c.ta ? p * lda + i : i * lda + p], b = B[c.tb ? j * ldb + p : p * ldb + j];
+                acc += a * b;
+                sabs += std::fabs(a * b);
+            }
+            const double c0 = c.beta != 0 ? C0[i * ldc + j] : 0.0, bj = c.bias ? bias[j] : 0.0;
+            const double v = c.alpha * acc + c.beta * c0 + bj;
+            const double ref = c.gelu ? 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))) : v;
+            double e = (c.k + 2) * u_acc * (std::fabs(c.alpha) * sabs + std::fabs(c.beta * c0) + std::fabs(bj));
+            if (c.gelu) e = 1.2 * e + 4 * u_acc * std::fabs(v);
+            const double tol = 2 * e + u_out * std::fabs(ref) + (c.c == SW_DTYPE_F16 ? std::ldexp(1.0, -25) : 0.0);
+            const double g = decode_at(c.c, got, static_cast<size_t>(i * ldc + j));
+            const bool ok = std::isfinite(g) && std::fabs(g - ref) <= tol;
+            if (std::isfinite(g)) worst = std::max(worst, std::fabs(g - ref) / tol);
+            if (!ok && bad++ == 0)
+                first = fmt("first at [%lld][%lld]: %.9g vs %.9g (tol %.3g)", static_cast<long long>(i),
+                            static_cast<long long>(j), g, ref, tol);
+        }
+    }
+    for (sw_buffer* b : {&ba, &bb, &bc, &bbias}) release(*b);
+    std::string detail = fmt("%lld elements vs float64 of the rounded inputs, max abs(err)/tol %.3g",
+                             static_cast<long long>(c.m * c.n), worst);
+    if (bad) detail += fmt("; %llu out of tolerance, %s", static_cast<unsigned long long>(bad), first.c_str());
+    if (padding) detail += fmt("; %llu padding elements of C written", static_cast<unsigned long long>(padding));
+    return {bad == 0 && padding == 0, worst, detail};
+}
+
+// A combination the CUDA GEMM lacks: SW_ERR_UNSUPPORTED naming it ("a = f16, b = bf16, c = f32").
+void expect_unsupported(sw_dtype a, sw_dtype b, sw_dtype c, const char* kernel) {
+    sw_buffer t = alloc(256);
+    fill_nan(t, 0, 256);
+    CK(sw_device_set_kernel(C.dev, kernel));
+    sw_gemm_desc d{};
+    d.size = sizeof d;
+    d.trans_a = d.trans_b = SW_OP_N;
+    d.a_type = a;
+    d.b_type = b;
+    d.c_type = c;
+    d.compute_type = SW_DTYPE_F32;
+    d.epilogue = SW_EPILOGUE_NONE;
+    d.m = d.n = d.k = 1;
+    d.alpha = 1;
+    d.beta = 0;
+    d.a = d.b = d.c = t;
+    d.b_offset = 8;
+    d.c_offset = 16;
+    d.lda = d.ldb = d.ldc = 1;
+    sw_status st = sw_gemm_ex(C.s[0], &d);
+    std::string msg = sw_last_error();
+    if (st == SW_OK) { // an error found on the stream (the plugin's own check)
+        st = sw_stream_synchronize(C.s[0]);
+        msg = sw_last_error();
+    }
+    CK(sw_stream_synchronize(C.s[0]));
+    CK(sw_device_set_kernel(C.dev, "auto"));
+    release(t);
+    const std::string want = fmt("a = %s, b = %s, c = %s", dtype_name(a), dtype_name(b), dtype_name(c));
+    record_check(fmt("T5 %s: a = %s, b = %s, c = %s is refused", kernel, dtype_name(a), dtype_name(b), dtype_name(c)),
+                 st == SW_ERR_UNSUPPORTED && msg.find(want) != std::string::npos, false,
+                 fmt("status %d, message '%s' (expected SW_ERR_UNSUPPORTED naming '%s')", static_cast<int>(st), msg.c_str(),
+                     want.c_str()));
+}
+
+void target_mixed_precision() {
+    md("\n## 5. Mixed precision: `sw_gemm_ex` with 16-bit inputs (correctness)\n\n");
+    md("A = B in f16 or bf16, C (and the bias) in f32 or the input type, fp32 accumulation, every transpose, ragged "
+       "shapes, padded leading dimensions, bias, GeLU, beta; each kernel of the device. Every element is checked against "
+       "a float64 reference of the rounded inputs with |err| <= 2 e + u_out |ref|, e = (k + 2) 2^-24 (|alpha| "
+       "sum|a||b| + |beta c| + |bias|) (GeLU: 1.2 e + 2^-22 |pre-activation|), u_out = 2^-24 / 2^-11 / 2^-8 for f32 / "
+       "f16 / bf16 C (see Verification). Not timed.");
+    md(opt.emulated ? " **Emulated: the emulated plugin's host GEMM, whatever the kernel name.**\n\n" : "\n\n");
+    std::vector<std::array<int64_t, 3>> shapes{{130, 77, 200}, {257, 129, 1000}};
+    if (opt.emulated) shapes = {{7, 13, 9}, {33, 17, 40}};
+    std::vector<const char*> kernels{"cublaslt", "mma"};
+    if (opt.emulated) kernels = {"auto"};
+    md("| kernel | a = b | c | cases | worst abs(err)/tol | result |\n|---|---|---|---|---|---|\n");
+    int variant = 0;
+    for (const char* kernel : kernels) {
+        for (sw_dtype ab : {SW_DTYPE_F16, SW_DTYPE_BF16})
+            for (sw_dtype c : {SW_DTYPE_F32, ab}) {
+                int cases = 0, failed = 0;
+                double worst = 0;
+                std::string skipped;
+                for (const auto& sh : shapes)
+                    for (int t = 0; t < 4 && skipped.empty(); ++t) {
+                        const int v = variant++;
+                        const MixedCase mc{ab, c, (t & 1) != 0, (t & 2) != 0, sh[0], sh[1], sh[2], v % 3 != 0, v % 4 == 1,
+                                           v % 2 ? 1.0f : 0.75f, v % 5 == 2 ? 0.5f : 0.0f};
+                        progress(mixed_name(mc, kernel));
+                        CK(sw_device_set_kernel(C.dev, kernel));
+                        Outcome o;
+                        try {
+                            o = run_mixed(mc, opt.seed * 13 + static_cast<uint64_t>(v));
+                        } catch (const ApiError& e) {
+                            // The hand-written kernel needs compute capability 8.0: that is a skip, nothing else is.
+                            if (std::strcmp(kernel, "mma") != 0 || !std::strstr(e.what(), "compute capability")) throw;
+                            skipped = e.what();
+                            break;
+                        }
+                        CK(sw_device_set_kernel(C.dev, "auto"));
+                        record(mixed_name(mc, kernel), o);
+                        ++cases;
+                        failed += !o.ok;
+                        worst = std::max(worst, o.worst);
+                    }
+                if (!skipped.empty()) {
+                    CK(sw_device_set_kernel(C.dev, "auto"));
+                    md(fmt("| %s | %s | %s | 0 | | skipped: %s |\n", kernel, dtype_name(ab), dtype_name(c), skipped.c_str()));
+                    continue;
+                }
+                md(fmt("| %s | %s | %s | %d | %.3g | %s |\n", kernel, dtype_name(ab), dtype_name(c), cases, worst,
+                       failed ? "**FAILED**" : "ok"));
+            }
+    }
+    expect_unsupported(SW_DTYPE_F16, SW_DTYPE_BF16, SW_DTYPE_F32, "auto");
+    expect_unsupported(SW_DTYPE_BF16, SW_DTYPE_BF16, SW_DTYPE_F16, "auto");
+    expect_unsupported(SW_DTYPE_F32, SW_DTYPE_F32, SW_DTYPE_BF16, "auto");
+    if (!opt.emulated) expect_unsupported(SW_DTYPE_F32, SW_DTYPE_F32, SW_DTYPE_F32, "mma"); // mma: 16-bit inputs only
+    {
+        // sw_gemm's one dtype reaches the CUDA backend's own check (sw_gemm_ex's undefined combinations stop in the core):
+        // f64 is refused there, naming the combination.
+        sw_buffer t = alloc(256);
+        const sw_status st = sw_gemm(C.s[0], SW_DTYPE_F64, SW_OP_N, SW_OP_N, 1, 1, 1, 1.f, t, 0, 1, t, 4, 1, 0.f, t, 8, 1,
+                                     nullptr, 0, SW_EPILOGUE_NONE);
+        const std::string msg = sw_last_error();
+        CK(sw_stream_synchronize(C.s[0]));
+        release(t);
+        record_check("T5 sw_gemm with f64 is refused by the CUDA backend",
+                     st == SW_ERR_UNSUPPORTED && msg.find("a = f64, b = f64, c = f64") != std::string::npos, false,
+                     fmt("status %d, message '%s'", static_cast<int>(st), msg.c_str()));
+    }
+    md("\nCombinations the CUDA GEMM lacks (a = f16, b = bf16; bf16 inputs with f16 C; f32 inputs with bf16 C) are refused "
+       "with SW_ERR_UNSUPPORTED naming them (see Verification).\n");
+}
+
 // ------------------------------------------------------------------------------------------ main
 
 int usage(const char* why) {
@@ -1215,6 +1480,7 @@ int main(int argc, char** argv) {
         target_mma_vs_cublaslt();
         target_layout();
         target_overhead();
+        target_mixed_precision();
 
         CK(sw_comm_destroy(C.gate));
         for (auto& e : C.end) CK(sw_event_destroy(e));

@@ -1068,13 +1068,27 @@ void check_gemm() {
     bad.a = buf.p; bad.b = buf.p; bad.c = buf.p;
     bad.lda = 4; bad.ldb = 4; bad.ldc = 4;
     bad.algo = GemmAlgo::HandWritten;
-    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_UNSUPPORTED, "hand-written GEMM with f32: " + g_err);
+    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_UNSUPPORTED &&
+               g_err.find("a = f32, b = f32, c = f32") != std::string::npos,
+           "hand-written GEMM with f32 (must name the combination): " + g_err);
     bad.algo = GemmAlgo::Auto;
     bad.lda = 3;
     EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_INVALID_ARGUMENT, "lda < k: " + g_err);
     bad.lda = 4;
     bad.c_type = SW_DTYPE_F16;
-    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_UNSUPPORTED, "f32 inputs with f16 output: " + g_err);
+    EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_UNSUPPORTED &&
+               g_err.find("a = f32, b = f32, c = f16") != std::string::npos,
+           "f32 inputs with f16 output (must name the combination): " + g_err);
+    {
+        // A and B of different 16-bit types: refused, naming all three (problem_of would make B A's type).
+        sw::GemmProblem mixed = *problem_of(bad);
+        mixed.a_type = SW_DTYPE_F16;
+        mixed.b_type = SW_DTYPE_BF16;
+        mixed.c_type = mixed.bias_type = SW_DTYPE_F32;
+        EXPECT(STATUS(gemm, dev, &mixed, GemmAlgo::Auto, s.s) == SW_ERR_UNSUPPORTED &&
+                   g_err.find("a = f16, b = bf16, c = f32") != std::string::npos,
+               "a = f16 with b = bf16 (must name the combination): " + g_err);
+    }
     bad.c_type = SW_DTYPE_F32;
     bad.m = 0;
     EXPECT(STATUS(gemm, dev, problem_of(bad), bad.algo, s.s) == SW_ERR_INVALID_ARGUMENT, "m = 0: " + g_err);

@@ -296,7 +296,8 @@ int main() {
             for (const auto& s : shapes) {
                 ++variant;
                 Case c{dtype == 0, (tr & 1) != 0, (tr & 2) != 0, s[0], s[1], s[2],
-                       /*c_f32=*/variant % 2 == 0, /*bias=*/variant % 3 != 0, /*gelu=*/variant % 4 == 1,
+                       // GeLU on variants 1 and 2 mod 4: with either C type (c_f32 alternates with the parity)
+                       /*c_f32=*/variant % 2 == 0, /*bias=*/variant % 3 != 0, /*gelu=*/variant % 4 == 1 || variant % 4 == 2,
                        /*alpha=*/variant % 5 == 0 ? -0.75f : 1.0f, /*beta=*/variant % 3 == 2 ? 0.5f : 0.0f};
                 bool ok_vec = false, ok_elem = false;
                 const uint64_t seed = rng();

@@ -5,8 +5,14 @@
 //
 // "Device memory" is host memory; a "cudaStream_t" is a sw::cpu::Stream (an in-order worker thread);
 // an "event" is a marker with a generation counter; stream_wait_flag queues a task that polls the flag.
+// Its GEMM takes what the real plugin takes (A = B in f32, f16 or bf16; C in f32 or A's type; bias in C's type): the
+// inputs widened exactly, products summed in double (more exact than the kernels' fp32: a check's tolerance for fp32
+// accumulation covers both), alpha, beta, bias and GeLU in double, rounded to float and then to C's type; other combinations fail with SW_ERR_UNSUPPORTED naming them, as the real plugin does. Its reduce_sum
+// sums f32, f16 and bf16 in fp32 in source order and rounds once (the real kernel's arithmetic).
 #include "core/cuda_plugin_api.h"
+#include "core/dtype.h"
 #include "cpu/stream.h"
+#include "../float16_ref.h"
 
 #include <atomic>
 #include <chrono>
@@ -16,6 +22,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -137,24 +144,43 @@ sw_status memset_async(int32_t, void* dst, uint8_t v, uint64_t bytes, void* s, s
     S(s)->enqueue([=] { std::memset(dst, v, bytes); });
     return SW_OK;
 }
+// Element i of a matrix of type t as float (16-bit values widened exactly), and a float rounded once to type t.
+float load(sw_dtype t, const void* p, int64_t i) {
+    switch (t) {
+    case SW_DTYPE_F16: return sw_ref_f16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case SW_DTYPE_BF16: return sw_ref_bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    default: return static_cast<const float*>(p)[i];
+    }
+}
+void store(sw_dtype t, void* p, int64_t i, float v) {
+    switch (t) {
+    case SW_DTYPE_F16: static_cast<uint16_t*>(p)[i] = sw_ref_float_to_f16(v); break;
+    case SW_DTYPE_BF16: static_cast<uint16_t*>(p)[i] = sw_ref_float_to_bf16(v); break;
+    default: static_cast<float*>(p)[i] = v; break;
+    }
+}
+bool gemm_type(sw_dtype t) { return t == SW_DTYPE_F32 || t == SW_DTYPE_F16 || t == SW_DTYPE_BF16; }
+
 sw_status gemm(int32_t, const sw::GemmProblem* d, sw::cuda::GemmAlgo, void* s, std::string* err) {
-    if (d->a_type != SW_DTYPE_F32 || d->b_type != SW_DTYPE_F32 || d->c_type != SW_DTYPE_F32)
-        return fail(err, "emulated GEMM: f32 only");
+    if (!gemm_type(d->a_type) || d->b_type != d->a_type || (d->c_type != SW_DTYPE_F32 && d->c_type != d->a_type) ||
+        d->bias_type != d->c_type || d->accum_type != SW_DTYPE_F32) {
+        if (err)
+            *err = std::string("emulated GEMM: a = ") + sw::dtype_name(d->a_type) + ", b = " + sw::dtype_name(d->b_type) +
+                   ", c = " + sw::dtype_name(d->c_type) + " is not supported";
+        return SW_ERR_UNSUPPORTED;
+    }
     const sw::GemmProblem g = *d;
     S(s)->enqueue([g] {
-        auto* c = static_cast<float*>(g.c);
-        auto* a = static_cast<const float*>(g.a);
-        auto* b = static_cast<const float*>(g.b);
         for (int64_t i = 0; i < g.m; ++i)
             for (int64_t j = 0; j < g.n; ++j) {
                 double acc = 0;
                 for (int64_t p = 0; p < g.k; ++p)
-                    acc += double(g.trans_a ? a[p * g.lda + i] : a[i * g.lda + p]) *
-                           double(g.trans_b ? b[j * g.ldb + p] : b[p * g.ldb + j]);
-                double v = g.alpha * acc + (g.beta != 0 ? g.beta * double(c[i * g.ldc + j]) : 0.0);
-                if (g.bias) v += static_cast<const float*>(g.bias)[j];
+                    acc += double(load(g.a_type, g.a, g.trans_a ? p * g.lda + i : i * g.lda + p)) *
+                           double(load(g.b_type, g.b, g.trans_b ? j * g.ldb + p : p * g.ldb + j));
+                double v = g.alpha * acc + (g.beta != 0 ? g.beta * double(load(g.c_type, g.c, i * g.ldc + j)) : 0.0);
+                if (g.bias) v += load(g.c_type, g.bias, j);
                 if (g.epilogue == SW_EPILOGUE_GELU) v = 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
-                c[i * g.ldc + j] = static_cast<float>(v);
+                store(g.c_type, g.c, i * g.ldc + j, static_cast<float>(v));
             }
     });
     return SW_OK;
@@ -169,16 +195,15 @@ sw_status copy_2d(int32_t, void* dst, int64_t ldd, const void* src, int64_t lds,
 }
 sw_status reduce_sum(int32_t, sw_dtype t, const void* const* srcs, int32_t nsrc, void* const* dsts, int32_t ndst,
                      uint64_t count, void* s, std::string* err) {
-    if (t != SW_DTYPE_F32) return fail(err, "emulated reduce_sum: f32 only");
-    std::vector<const float*> src(nsrc);
-    std::vector<float*> dst(ndst);
-    for (int i = 0; i < nsrc; ++i) src[i] = static_cast<const float*>(srcs[i]);
-    for (int i = 0; i < ndst; ++i) dst[i] = static_cast<float*>(dsts[i]);
+    if (t != SW_DTYPE_F32 && t != SW_DTYPE_F16 && t != SW_DTYPE_BF16) return fail(err, "emulated reduce_sum: f32, f16, bf16 only");
+    std::vector<const void*> src(srcs, srcs + nsrc);
+    std::vector<void*> dst(dsts, dsts + ndst);
     S(s)->enqueue([=] {
         for (uint64_t i = 0; i < count; ++i) {
-            float acc = src[0][i];
-            for (size_t q = 1; q < src.size(); ++q) acc += src[q][i];
-            for (float* d : dst) d[i] = acc;
+            const auto e = static_cast<int64_t>(i);
+            float acc = load(t, src[0], e); // fp32, sources in order, one rounding at the end
+            for (size_t q = 1; q < src.size(); ++q) acc += load(t, src[q], e);
+            for (void* d : dst) store(t, d, e, acc);
         }
     });
     return SW_OK;

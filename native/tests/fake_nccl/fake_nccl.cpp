@@ -13,7 +13,16 @@
 // when it must connect first); until that is done, the communicator refuses other calls with ncclInvalidArgument
 // (NCCL's ncclCommEnsureReady), so a caller that does not wait for ncclSuccess fails, and its later stream work would
 // run before the collective's. Built with FAKE_NCCL_NO_CONFIG it is an NCCL 2.13 without ncclCommInitRankConfig.
+//
+// Element types: f32, f64, i32, u8 (gathers and broadcasts only), f16 and bf16. Its f16/bf16 sums round every partial
+// sum to 16 bits, as NCCL's ring may: they are NOT the rank-order fp32 sum rounded once that Shardwise promises, so a
+// Shardwise that used NCCL's own 16-bit reductions would fail nccl_check's bit-for-bit comparisons. ncclSend/ncclRecv
+// (NCCL 2.7+): a group's point-to-point calls on one communicator run as one unit on the stream (posts all its sends,
+// then takes its receives, then waits until its sends were taken), so grouped exchanges in both directions cannot
+// deadlock; the n-th send from a to b matches the n-th receive of b from a, and the sizes must agree.
+// FAKE_NCCL_REFUSE_F16 (set, test only): every f16 call is refused with ncclInvalidArgument (a call NCCL refuses).
 #include "cpu/stream.h"
+#include "../float16_ref.h"
 
 #include <atomic>
 #include <algorithm>
@@ -31,6 +40,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #define FAKE_API extern "C" __attribute__((visibility("default")))
@@ -42,7 +52,7 @@ struct UniqueId {
 };
 
 enum { kSuccess = 0, kSystemError = 2, kInvalidArgument = 4, kInvalidUsage = 5, kRemoteError = 6, kInProgress = 7 };
-enum { kInt32 = 2, kFloat32 = 7, kFloat64 = 8, kUint8 = 1 };
+enum { kInt32 = 2, kFloat32 = 7, kFloat64 = 8, kUint8 = 1, kFloat16 = 6, kBfloat16 = 9 };
 
 struct Call {
     int kind = 0; // 1 all-reduce, 2 all-gather, 3 reduce-scatter, 4 broadcast, 5 reduce
@@ -57,11 +67,19 @@ struct Slot {
     int arrived = 0, computed = 0, departed = 0, left = 0;
 };
 
+// A posted send: the n-th ncclSend from one rank to another, waiting for the matching ncclRecv to take it.
+struct Post {
+    const char* data = nullptr;
+    size_t bytes = 0;
+    bool taken = false;
+};
+
 struct Group {
     int world = 0;
     std::mutex mu;
     std::condition_variable cv;
     std::map<uint64_t, Slot> slots;
+    std::map<std::tuple<int, int, uint64_t>, Post> posts; // (from, to, n)
     // Per rank, as ncclCommAbort works per communicator: an aborted rank's work returns at once; the others' work keeps
     // waiting (never reading an aborted rank's buffers) until their own communicator is aborted, as with NCCL.
     std::vector<char> aborted;
@@ -95,6 +113,7 @@ struct Comm {
     std::atomic<bool> freed{false}; // by ncclCommAbort or ncclCommDestroy (kept, never reused, so a later use is caught)
     bool busy = false;              // guarded by group->mu: a Job of this communicator has not finished (ncclInProgress)
     std::shared_ptr<Job> job;       // the latest one
+    std::vector<uint64_t> sent, received; // per peer: point-to-point calls launched so far (their sequence numbers)
 };
 
 // As in NCCL, ncclCommAbort and ncclCommDestroy free the communicator: any later call with it is a use after free.
@@ -188,7 +207,18 @@ void start_job(const std::vector<Comm*>& comms, std::function<void()> work) {
     });
 }
 
-size_t type_size(int t) { return t == kFloat64 ? 8 : t == kUint8 ? 1 : 4; }
+size_t type_size(int t) { return t == kFloat64 ? 8 : t == kUint8 ? 1 : t == kFloat16 || t == kBfloat16 ? 2 : 4; }
+
+// 16-bit sums as a ring may compute them: every partial sum rounded to 16 bits (not Shardwise's promise; see the top).
+void sum16(const Slot& s, int world, bool bf16, size_t offset, size_t n, char* out) {
+    for (size_t i = 0; i < n; ++i) {
+        uint16_t acc = reinterpret_cast<const uint16_t*>(s.calls[0].send)[offset + i];
+        for (int q = 1; q < world; ++q)
+            acc = sw_ref_round16(bf16, sw_ref_to_float16(bf16, acc) +
+                                           sw_ref_to_float16(bf16, reinterpret_cast<const uint16_t*>(s.calls[q].send)[offset + i]));
+        reinterpret_cast<uint16_t*>(out)[i] = acc;
+    }
+}
 
 template <class T>
 void sum(const Slot& s, int world, size_t offset, size_t n, char* out) {
@@ -202,22 +232,40 @@ void sum(const Slot& s, int world, size_t offset, size_t n, char* out) {
 void reduce(const Slot& s, int world, int type, size_t offset, size_t n, char* out) {
     if (type == kFloat64) sum<double>(s, world, offset, n, out);
     else if (type == kInt32) sum<uint32_t>(s, world, offset, n, out); // wraps around as NCCL does (no signed overflow)
+    else if (type == kFloat16 || type == kBfloat16) sum16(s, world, type == kBfloat16, offset, n, out);
     else sum<float>(s, world, offset, n, out);
 }
 
 // Groups, as in NCCL: per thread, ncclGroupStart/End nest; calls made inside a group are launched by the outermost
 // ncclGroupEnd (a thread that never closes its group launches nothing any more); a call that fails inside a group
 // makes that ncclGroupEnd fail and drop the group.
+struct P2pOp {
+    bool send = false;
+    int peer = 0;
+    const char* sbuf = nullptr;
+    char* rbuf = nullptr;
+    size_t bytes = 0;
+};
 struct Pending {
     Comm* comm;
     bool init; // a communicator's initialization (else a collective's launch)
     std::function<void()> run;
+    // Point-to-point calls of this group on (comm, stream): launched together as one unit (launch_p2p).
+    std::shared_ptr<std::vector<P2pOp>> p2p = nullptr;
+    void* stream = nullptr;
 };
 thread_local int t_depth = 0;
 thread_local int t_group_error = kSuccess;
 thread_local std::vector<Pending> t_pending;
 
 void launch(Comm* comm, void* stream, Call call);
+void launch_p2p(Comm* comm, void* stream, const std::vector<P2pOp>& ops);
+
+bool type_ok(int type, int kind) {
+    if (type == kFloat16 && std::getenv("FAKE_NCCL_REFUSE_F16")) return false; // test only: a call NCCL refuses
+    return type == kFloat32 || type == kFloat64 || type == kInt32 || type == kFloat16 || type == kBfloat16 ||
+           (type == kUint8 && (kind == 2 || kind == 4));
+}
 
 // Queues `call` for comm on stream (at the outermost ncclGroupEnd inside a group; a little later, from a Job, on a
 // non-blocking communicator); the stream runs it when every rank has queued its own.
@@ -225,7 +273,7 @@ int enqueue(void* comm_handle, void* stream, Call call, const char* name) {
     auto* comm = live(comm_handle, name);
     int rc = kSuccess;
     if (!comm || !stream) rc = kInvalidArgument;
-    else if (call.type != kFloat32 && call.type != kFloat64 && call.type != kInt32 && !(call.type == kUint8 && (call.kind == 2 || call.kind == 4)))
+    else if (!type_ok(call.type, call.kind))
         rc = kInvalidArgument;
     else rc = ensure_ready(comm, name);
     if (rc != kSuccess) {
@@ -245,6 +293,37 @@ int enqueue(void* comm_handle, void* stream, Call call, const char* name) {
     return kInProgress;
 }
 
+// ncclSend / ncclRecv: inside a group, added to the group's unit for (comm, stream); outside, a unit of one.
+int enqueue_p2p(void* comm_handle, void* stream, P2pOp op, int type, size_t count, const char* name) {
+    auto* comm = live(comm_handle, name);
+    int rc = kSuccess;
+    if (!comm || !stream || op.peer < 0 || (comm && op.peer >= comm->group->world) || (comm && op.peer == comm->rank)) rc = kInvalidArgument;
+    else if (!type_ok(type, 4)) rc = kInvalidArgument;
+    else rc = ensure_ready(comm, name);
+    if (rc != kSuccess) {
+        if (t_depth > 0 && t_group_error == kSuccess) t_group_error = rc;
+        return rc;
+    }
+    op.bytes = count * type_size(type);
+    if (t_depth > 0) {
+        for (auto& pending : t_pending)
+            if (pending.p2p && pending.comm == comm && pending.stream == stream) {
+                pending.p2p->push_back(op);
+                return kSuccess;
+            }
+        auto ops = std::make_shared<std::vector<P2pOp>>(1, op);
+        t_pending.push_back({comm, false, [comm, stream, ops] { launch_p2p(comm, stream, *ops); }, ops, stream});
+        return kSuccess;
+    }
+    const std::vector<P2pOp> ops(1, op);
+    if (comm->blocking) {
+        launch_p2p(comm, stream, ops);
+        return kSuccess;
+    }
+    start_job({comm}, [comm, stream, ops] { launch_p2p(comm, stream, ops); });
+    return kInProgress;
+}
+
 // Makes a communicator: blocking, it returns when every rank has called in; non-blocking, it returns ncclInProgress.
 // Inside a group the initialization waits for ncclGroupEnd.
 int init(void** out, int nranks, const UniqueId& id, int rank, bool blocking) {
@@ -256,6 +335,8 @@ int init(void** out, int nranks, const UniqueId& id, int rank, bool blocking) {
     auto* c = new Comm;
     c->group = g;
     c->rank = rank;
+    c->sent.assign(nranks, 0);
+    c->received.assign(nranks, 0);
     c->blocking = blocking;
     *out = c;
     if (t_depth > 0) {
@@ -389,6 +470,47 @@ void launch(Comm* comm, void* stream, Call call) {
     });
 }
 
+// One unit of point-to-point calls of a rank: numbered now (program order), run when the stream gets there.
+void launch_p2p(Comm* comm, void* stream, const std::vector<P2pOp>& ops) {
+    struct Numbered {
+        P2pOp op;
+        uint64_t n;
+    };
+    std::vector<Numbered> work;
+    for (const P2pOp& op : ops) work.push_back({op, op.send ? comm->sent[op.peer]++ : comm->received[op.peer]++});
+    auto group = comm->group;
+    const int rank = comm->rank;
+    static_cast<sw::cpu::Stream*>(stream)->enqueue([group, rank, work] {
+        std::unique_lock<std::mutex> lock(group->mu);
+        for (const Numbered& w : work)
+            if (w.op.send) group->posts[{rank, w.op.peer, w.n}] = Post{w.op.sbuf, w.op.bytes, false};
+        group->cv.notify_all();
+        // Like NCCL's kernels: a receive waits for its send (a broken group keeps waiting until this rank is aborted).
+        for (const Numbered& w : work) {
+            if (w.op.send) continue;
+            const auto key = std::make_tuple(w.op.peer, rank, w.n);
+            group->cv.wait(lock, [&] { return group->aborted[rank] || (group->posts.count(key) && !group->broken); });
+            if (group->aborted[rank]) return;
+            Post& post = group->posts[key];
+            if (post.bytes != w.op.bytes) {
+                std::fprintf(stderr, "fake NCCL: rank %d's ncclRecv #%llu from rank %d takes %zu bytes but the ncclSend sends %zu\n",
+                             rank, static_cast<unsigned long long>(w.n), w.op.peer, w.op.bytes, post.bytes);
+                std::abort();
+            }
+            std::memcpy(w.op.rbuf, post.data, w.op.bytes);
+            post.taken = true;
+            group->cv.notify_all();
+        }
+        for (const Numbered& w : work) {
+            if (!w.op.send) continue;
+            const auto key = std::make_tuple(rank, w.op.peer, w.n);
+            group->cv.wait(lock, [&] { return group->aborted[rank] || group->posts[key].taken; });
+            if (group->aborted[rank]) return;
+            group->posts.erase(key);
+        }
+    });
+}
+
 } // namespace
 
 FAKE_API int ncclGetVersion(int* v) {
@@ -472,6 +594,19 @@ FAKE_API int ncclBroadcast(const void* s, void* r, size_t n, int t, int root, vo
 }
 FAKE_API int ncclReduce(const void* s, void* r, size_t n, int t, int op, int root, void* comm, void* stream) {
     return op != 0 ? kInvalidArgument : enqueue(comm, stream, {5, static_cast<const char*>(s), static_cast<char*>(r), n, t, root}, "ncclReduce");
+}
+FAKE_API int ncclSend(const void* s, size_t n, int t, int peer, void* comm, void* stream) {
+    P2pOp op;
+    op.send = true;
+    op.peer = peer;
+    op.sbuf = static_cast<const char*>(s);
+    return enqueue_p2p(comm, stream, op, t, n, "ncclSend");
+}
+FAKE_API int ncclRecv(void* r, size_t n, int t, int peer, void* comm, void* stream) {
+    P2pOp op;
+    op.peer = peer;
+    op.rbuf = static_cast<char*>(r);
+    return enqueue_p2p(comm, stream, op, t, n, "ncclRecv");
 }
 FAKE_API int ncclGroupStart() {
     ++t_depth;
