@@ -133,7 +133,9 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
 
     private static IEnumerable<TestCaseData> ShapeCases()
     {
-        long[][] shapes = [[1, 1, 1], [1, 9, 3], [3, 17, 5], [37, 70, 45], [65, 129, 33], [7, 1031, 131], [19, 300, 257]];
+        // tile edges at small K; K across several cache blocks (1031, 1300 > KC); m above MC (171); n above NC (4111)
+        long[][] shapes = [[1, 1, 1], [1, 9, 3], [3, 17, 5], [37, 70, 45], [65, 129, 33], [7, 1031, 131], [19, 300, 257],
+            [171, 1300, 67], [3, 1031, 4111]];
         foreach (var (tin, tout) in Combinations)
             foreach (var s in shapes)
                 foreach (var (ta, tb) in new[] { (false, false), (true, false), (false, true), (true, true) })
@@ -229,6 +231,24 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
                 blocks.AsMatrix(m, n).Columns(cuts[i], cuts[i + 1] - cuts[i]));
         Str.Synchronize();
         Reference.AssertBitwise(blocks.ToArray(Str), want, "column blocks vs full");
+    }
+
+    [Test]
+    public void TheTypedGemmAllocatesNothingManaged()
+    {
+        // Hot paths allocate nothing managed: the description lives on the stack, the handles are ref-counted in place.
+        using var a = PoisonedT<BFloat16>(64);
+        using var c = PoisonedT<float>(64);
+        using var bias = PoisonedT<float>(8);
+        a.Fill(BFloat16.One, Str);
+        var (av, cv) = (a.AsMatrix(8, 8), c.AsMatrix(8, 8));
+        for (int i = 0; i < 3; i++) Gemm.Multiply(Str, av, av, cv, bias: bias, epilogue: Epilogue.Gelu); // warm-up (JIT, tiers)
+        Str.Synchronize();
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 20; i++) Gemm.Multiply(Str, av, av, cv, 0.5f, 0f, true, false, bias, 0, Epilogue.Gelu);
+        long after = GC.GetAllocatedBytesForCurrentThread();
+        Str.Synchronize();
+        Assert.That(after - before, Is.Zero, "managed bytes allocated by 20 typed GEMM calls");
     }
 
     // ------------------------------------------------------------------ edge values
