@@ -357,6 +357,32 @@ public class MixedPrecisionLayerTests(Backend backend) : BackendTest(backend)
             }
     }
 
+    // ------------------------------------------------------------------ allocation
+
+    [Test]
+    public void A16BitLayerStepAllocatesNothingManagedOnceWarm()
+    {
+        const long m = 4, h = 8, f = 12;
+        var w1 = new float[h * f];
+        var w2 = new float[f * h];
+        long allocated = -1;
+        using var group = ProcessGroup.CreateLocal(Dev, 1);
+        Spmd.Run(group, ctx =>
+        {
+            using var ffn = new ParallelFeedForward(ctx, WeightSource.FromArray(w1, h, f), null, WeightSource.FromArray(w2, f, h), null,
+                precision: new Precision(SwDtype.F32, SwDtype.BF16, SwDtype.F32, SwDtype.F32)); // converts on each call too
+            using var x = ctx.Device.Allocate<BFloat16>(m * h);
+            using var y = ctx.Device.Allocate<float>(m * h);
+            x.Clear(ctx.Stream);
+            for (int i = 0; i < 3; i++) ffn.Forward(x.AsMatrix(m, h), y.AsMatrix(m, h)); // warm: scratch buffers grown
+            ctx.Synchronize();
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 20; i++) ffn.Forward(x.AsMatrix(m, h), y.AsMatrix(m, h));
+            allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+        });
+        Assert.That(allocated, Is.Zero, "bytes allocated by 20 forwards of a bf16 FFN (weights converted, one all-reduce each)");
+    }
+
     // ------------------------------------------------------------------ bad input
 
     [Test]
