@@ -30,15 +30,16 @@ public sealed class FeedForwardActivations : IDisposable
     public bool IsKept { get; private set; }
 
     // Layout of Buffer (fp32): [0, M·f) Z, [M·f, 2·M·f) H, [2·M·f, 3·M·f) dH (then dZ, in place). With a 16-bit compute
-    // type, H and dH of Buffer are fp32 work areas (GeLU, its backward) and Low holds H and dH in the compute type:
-    // [0, M·f) H, [M·f, 2·M·f) dH (then dZ).
+    // type, Buffer holds Z and one fp32 work area [M·f, 2·M·f) (H before it is rounded, later dH and dZ for GeLU'), and
+    // Low holds H and dH (then dZ) in the compute type: [0, M·f) H, [M·f, 2·M·f) dH. 12 bytes per element either way,
+    // as LayerPlan counts them.
     internal DeviceBuffer<float>? Buffer { get; private set; }
     internal object? Low { get; private set; }
     private long Span => Rows * HiddenFeatures;
     private long Ld => Math.Max(1, HiddenFeatures);
     internal MatrixView<float> PreActivationView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 0);
     internal MatrixView<float> HiddenView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, Span);
-    internal MatrixView<float> GradientView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 2 * Span);
+    internal MatrixView<float> GradientView => Buffer!.AsMatrix(Rows, HiddenFeatures, Ld, 2 * Span); // fp32 compute only
     // H and dH in the compute type TC (the fp32 views above when TC is float).
     internal MatrixView<TC> HiddenAs<TC>() where TC : unmanaged =>
         typeof(TC) == typeof(float) ? (MatrixView<TC>)(object)HiddenView : ((DeviceBuffer<TC>)Low!).AsMatrix(Rows, HiddenFeatures, Ld, 0);
@@ -47,7 +48,7 @@ public sealed class FeedForwardActivations : IDisposable
 
     internal FeedForwardActivations Recreate()
     {
-        Buffer ??= _device.Allocate<float>(Math.Max(1, 3 * Span));
+        Buffer ??= _device.Allocate<float>(Math.Max(1, (_compute == SwDtype.F32 ? 3 : 2) * Span));
         if (_compute != SwDtype.F32) Low ??= AnyBuffer.Allocate(_device, _compute, Math.Max(1, 2 * Span));
         IsKept = true;
         return this;

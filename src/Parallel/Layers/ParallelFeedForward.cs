@@ -172,12 +172,12 @@ public sealed class ParallelFeedForward : IDisposable
             {
                 Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, 2 * span, 2 * span);
             }
-            else // dH widened to fp32, GeLU' in fp32 against the fp32 Z, dZ rounded once to the compute type
+            else // dH widened to fp32 (the work area), GeLU' in fp32 against the fp32 Z, dZ rounded once to the compute type
             {
                 var low = (DeviceBuffer<TIn>)saved.Low!;
-                ElementwiseOps.Convert(_ctx.Stream, low, saved.Buffer!, span, span, 2 * span);
-                Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, 2 * span, 2 * span);
-                ElementwiseOps.Convert(_ctx.Stream, saved.Buffer!, low, span, 2 * span, span);
+                ElementwiseOps.Convert(_ctx.Stream, low, saved.Buffer!, span, span, span);
+                Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, span, span);
+                ElementwiseOps.Convert(_ctx.Stream, saved.Buffer!, low, span, span, span);
             }
         }
         Up.LinearBackward(x, dh, dx, gradients.DW1, gradients.DB1, accumulate);
