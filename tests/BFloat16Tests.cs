@@ -304,4 +304,44 @@ public class BFloat16Tests
         Assert.That(Bits(GenericLargest<BFloat16>()), Is.EqualTo(0x7F7F));
         Assert.That(System.Runtime.CompilerServices.Unsafe.SizeOf<BFloat16>(), Is.EqualTo(2));
     }
+
+    private static T GenericConvert<T, TFrom>(TFrom x) where T : INumberBase<T> where TFrom : INumberBase<TFrom> => T.CreateChecked(x);
+
+    [Test]
+    public void NumberInterfacesConvertThroughOneRounding()
+    {
+        double tieAbove = 1 + Math.Pow(2, -8) + Math.Pow(2, -40);
+        Assert.That(Bits(BFloat16.CreateChecked(tieAbove)), Is.EqualTo(0x3F81), "double -> bf16 generically: one rounding");
+        Assert.That(Bits(GenericConvert<BFloat16, double>(1e300)), Is.EqualTo(0x7F80));
+        Assert.That(Bits(BFloat16.CreateChecked(3)), Is.EqualTo(Bits((BFloat16)3f)), "from int");
+        Assert.That(Bits(BFloat16.CreateSaturating((Half)0.5f)), Is.EqualTo(Bits((BFloat16)0.5f)), "from Half");
+        Assert.That(Bits(BFloat16.CreateTruncating(257L)), Is.EqualTo(Bits((BFloat16)256f)), "257 is a tie between 256 and 258: to even (256)");
+        Assert.That(double.CreateChecked((BFloat16)1.5f), Is.EqualTo(1.5));
+        Assert.That(int.CreateTruncating((BFloat16)(-2.5f)), Is.EqualTo(-2));
+        Assert.That(int.CreateSaturating(BFloat16.PositiveInfinity), Is.EqualTo(int.MaxValue));
+        Assert.That(() => int.CreateChecked(BFloat16.MaxValue), Throws.InstanceOf<OverflowException>());
+        Assert.That(GenericConvert<Half, BFloat16>((BFloat16)65536f), Is.EqualTo(Half.PositiveInfinity));
+        Assert.That(BFloat16.IsInteger((BFloat16)4f) && BFloat16.IsEvenInteger((BFloat16)4f) && BFloat16.IsOddInteger((BFloat16)3f));
+        Assert.That(Bits(BFloat16.CopySign((BFloat16)2f, BFloat16.NegativeZero)), Is.EqualTo(Bits((BFloat16)(-2f))));
+        Assert.That(BFloat16.Sign((BFloat16)(-0.5f)), Is.EqualTo(-1));
+        Assert.That((float)BFloat16.Clamp((BFloat16)5f, BFloat16.Zero, BFloat16.One), Is.EqualTo(1f));
+        var x = BFloat16.One;
+        x++;
+        Assert.That((float)x, Is.EqualTo(2f));
+        Assert.That(Bits(BFloat16.Parse("1.00390625".AsSpan(), NumberStyles.Float, CultureInfo.InvariantCulture)), Is.EqualTo(0x3F80), "1 + 2^-8: a tie, to even");
+        Assert.That(BFloat16.TryParse("1e39", NumberStyles.Float, CultureInfo.InvariantCulture, out var big) && BFloat16.IsPositiveInfinity(big));
+    }
+
+    [Test]
+    public void TensorPrimitivesAcceptBFloat16WhereTheyNeedOnlyNumberInterfaces()
+    {
+        // the generic TensorPrimitives constrained on INumberBase/INumber (sums, min/max) run on BFloat16; the results are
+        // rounded to bf16 at every step (TensorPrimitives computes in T)
+        BFloat16[] xs = [(BFloat16)1f, (BFloat16)2f, (BFloat16)(-4f), (BFloat16)0.5f];
+        Assert.That((float)System.Numerics.Tensors.TensorPrimitives.Sum<BFloat16>(xs), Is.EqualTo(-0.5f));
+        Assert.That((float)System.Numerics.Tensors.TensorPrimitives.Max<BFloat16>(xs), Is.EqualTo(2f));
+        var dst = new BFloat16[4];
+        System.Numerics.Tensors.TensorPrimitives.Multiply<BFloat16>(xs, xs, dst);
+        Assert.That(dst.Select(v => (float)v), Is.EqualTo(new[] { 1f, 4f, 16f, 0.25f }));
+    }
 }

@@ -166,9 +166,9 @@ public unsafe class HalfTensorInteropTests(Backend backend) : BackendTest(backen
     }
 
     /// <summary>What of System.Numerics.Tensors works with a user-defined element type: tensors are created, sliced,
-    /// filled, flattened, copied and pinned for any T; the element-wise math (Tensor.Add, TensorPrimitives.Sum...) needs
-    /// generic-math interfaces: BFloat16's operator interfaces are enough for Tensor.Add, while anything constrained on
-    /// INumberBase/IFloatingPoint (TensorPrimitives.Sum, Exp...) is out of reach (BFloat16 does not implement them).</summary>
+    /// filled, flattened, copied and pinned for any T; the element-wise math needs generic-math interfaces: BFloat16
+    /// implements INumber (Tensor.Add, TensorPrimitives.Sum/Max/Multiply run, see BFloat16Tests), not IFloatingPoint
+    /// nor the function interfaces (TensorPrimitives.Exp, Log... do not accept it).</summary>
     [Test]
     public void TheTensorsPackageWorksWithBFloat16ForLayoutAndCopies()
     {

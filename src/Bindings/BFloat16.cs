@@ -20,11 +20,14 @@ namespace Shardwise;
 /// ×, ÷ that is the correctly rounded bf16 result, since float's 24 bits are more than 2 × 8 + 2 (double rounding
 /// through such a format is harmless). Equality follows float: <c>NaN != NaN</c> with the operators, but
 /// <see cref="Equals(BFloat16)"/> holds for two NaNs and +0 equals -0, as <see cref="float.Equals(float)"/>.</para>
-/// <para>Generic math: the operator interfaces (comparison, equality, + - × ÷ %, unary ±), the identities and
-/// <see cref="IMinMaxValue{TSelf}"/>, so generic code constrained on them (sums, dot products) accepts BFloat16.
-/// Not <see cref="INumberBase{TSelf}"/> / <see cref="IFloatingPoint{TSelf}"/>: those add some sixty members
-/// (generic conversions from and to every numeric type, NumberStyles parsing, rounding modes) that this library does
-/// not use; <see cref="Parse(string, IFormatProvider?)"/> and the static predicates below cover the common part.</para>
+/// <para>Generic math: <see cref="INumber{TSelf}"/> and <see cref="ISignedNumber{TSelf}"/>, hence
+/// <see cref="INumberBase{TSelf}"/> (classification, generic conversions from and to every number type, parsing with
+/// <see cref="NumberStyles"/>) and the operator, identity and min/max interfaces, so generic code constrained on them
+/// (System.Numerics.Tensors' TensorPrimitives.Sum, Max, Multiply...) accepts BFloat16. Conversions from float, double
+/// and Half round once; other types go through double (integers beyond 2^53 and decimals may round twice). Not
+/// <see cref="IFloatingPoint{TSelf}"/>, <see cref="IFloatingPointIeee754{TSelf}"/> or the function interfaces (Exp,
+/// Log, trigonometry, rounding modes, exponent and significand access): each is a few dozen more members this library
+/// does not use; convert to float for those.</para>
 /// </remarks>
 public readonly struct BFloat16 :
     IComparable, IComparable<BFloat16>, IEquatable<BFloat16>, ISpanFormattable,
@@ -39,7 +42,9 @@ public readonly struct BFloat16 :
     IUnaryPlusOperators<BFloat16, BFloat16>,
     IAdditiveIdentity<BFloat16, BFloat16>,
     IMultiplicativeIdentity<BFloat16, BFloat16>,
-    IMinMaxValue<BFloat16>
+    IMinMaxValue<BFloat16>,
+    INumber<BFloat16>,
+    ISignedNumber<BFloat16>
 {
     private const ushort SignMask = 0x8000;
     private const ushort ExponentMask = 0x7F80;
@@ -224,6 +229,123 @@ public readonly struct BFloat16 :
     /// <summary>|value| (clears the sign bit).</summary>
     public static BFloat16 Abs(BFloat16 value) => new((ushort)(value._bits & 0x7FFF));
 
+    // ------------------------------------------------------------ INumberBase / INumber (through float; conversions round once)
+
+    static int INumberBase<BFloat16>.Radix => 2;
+    static bool INumberBase<BFloat16>.IsCanonical(BFloat16 value) => true;
+    static bool INumberBase<BFloat16>.IsComplexNumber(BFloat16 value) => false;
+    static bool INumberBase<BFloat16>.IsImaginaryNumber(BFloat16 value) => false;
+    static bool INumberBase<BFloat16>.IsRealNumber(BFloat16 value) => !IsNaN(value);
+    /// <summary>True for an integer value (as <see cref="float.IsInteger"/>).</summary>
+    public static bool IsInteger(BFloat16 value) => float.IsInteger(value);
+    /// <summary>True for an even integer.</summary>
+    public static bool IsEvenInteger(BFloat16 value) => float.IsEvenInteger(value);
+    /// <summary>True for an odd integer.</summary>
+    public static bool IsOddInteger(BFloat16 value) => float.IsOddInteger(value);
+    /// <summary>True when the sign bit is clear (also for +0 and positive NaNs).</summary>
+    public static bool IsPositive(BFloat16 value) => (value._bits & SignMask) == 0;
+    /// <summary>As <see cref="float.MaxMagnitude"/>.</summary>
+    public static BFloat16 MaxMagnitude(BFloat16 x, BFloat16 y) => (BFloat16)float.MaxMagnitude(x, y);
+    /// <summary>As <see cref="float.MaxMagnitudeNumber"/>.</summary>
+    public static BFloat16 MaxMagnitudeNumber(BFloat16 x, BFloat16 y) => (BFloat16)float.MaxMagnitudeNumber(x, y);
+    /// <summary>As <see cref="float.MinMagnitude"/>.</summary>
+    public static BFloat16 MinMagnitude(BFloat16 x, BFloat16 y) => (BFloat16)float.MinMagnitude(x, y);
+    /// <summary>As <see cref="float.MinMagnitudeNumber"/>.</summary>
+    public static BFloat16 MinMagnitudeNumber(BFloat16 x, BFloat16 y) => (BFloat16)float.MinMagnitudeNumber(x, y);
+    /// <summary>As <see cref="float.MaxNumber"/>.</summary>
+    public static BFloat16 MaxNumber(BFloat16 x, BFloat16 y) => (BFloat16)float.MaxNumber(x, y);
+    /// <summary>As <see cref="float.MinNumber"/>.</summary>
+    public static BFloat16 MinNumber(BFloat16 x, BFloat16 y) => (BFloat16)float.MinNumber(x, y);
+    /// <summary>As <see cref="float.Clamp"/>.</summary>
+    public static BFloat16 Clamp(BFloat16 value, BFloat16 min, BFloat16 max) => (BFloat16)float.Clamp(value, min, max);
+    /// <summary>As <see cref="float.CopySign"/>.</summary>
+    public static BFloat16 CopySign(BFloat16 value, BFloat16 sign) => new((ushort)((value._bits & 0x7FFF) | (sign._bits & SignMask)));
+    /// <summary>As <see cref="float.Sign"/> (throws <see cref="ArithmeticException"/> for NaN).</summary>
+    public static int Sign(BFloat16 value) => float.Sign(value);
+
+    /// <summary>value + 1, rounded.</summary>
+    public static BFloat16 operator ++(BFloat16 value) => (BFloat16)((float)value + 1f);
+    /// <summary>value - 1, rounded.</summary>
+    public static BFloat16 operator --(BFloat16 value) => (BFloat16)((float)value - 1f);
+
+    // Conversions from another number type: exact types and double directly (one rounding); the rest through double,
+    // which the BCL converts them to (integers beyond 2^53 and decimals may then round twice).
+    private static bool TryConvertFrom<TOther>(TOther value, out BFloat16 result) where TOther : INumberBase<TOther>
+    {
+        if (typeof(TOther) == typeof(BFloat16)) { result = (BFloat16)(object)value; return true; }
+        if (typeof(TOther) == typeof(float)) { result = (BFloat16)(float)(object)value; return true; }
+        if (typeof(TOther) == typeof(double)) { result = (BFloat16)(double)(object)value; return true; }
+        if (typeof(TOther) == typeof(Half)) { result = (BFloat16)(Half)(object)value; return true; }
+        try
+        {
+            result = (BFloat16)double.CreateSaturating(value);
+            return true;
+        }
+        catch (NotSupportedException)
+        {
+            result = default;
+            return false;
+        }
+    }
+
+    /// <summary>Converts any number type (one rounding from float, double, Half; others through double).</summary>
+    public static BFloat16 CreateChecked<TOther>(TOther value) where TOther : INumberBase<TOther> => Create(value);
+    /// <summary>As <see cref="CreateChecked{TOther}"/> (floating point saturates to ±∞ in every mode).</summary>
+    public static BFloat16 CreateSaturating<TOther>(TOther value) where TOther : INumberBase<TOther> => Create(value);
+    /// <summary>As <see cref="CreateChecked{TOther}"/> (a floating-point target rounds; nothing to truncate).</summary>
+    public static BFloat16 CreateTruncating<TOther>(TOther value) where TOther : INumberBase<TOther> => Create(value);
+
+    private static BFloat16 Create<TOther>(TOther value) where TOther : INumberBase<TOther> =>
+        TryConvertFrom(value, out var result) ? result : throw new NotSupportedException($"no conversion from {typeof(TOther).Name} to BFloat16");
+
+    static bool INumberBase<BFloat16>.TryConvertFromChecked<TOther>(TOther value, out BFloat16 result) => TryConvertFrom(value, out result);
+    static bool INumberBase<BFloat16>.TryConvertFromSaturating<TOther>(TOther value, out BFloat16 result) => TryConvertFrom(value, out result);
+    static bool INumberBase<BFloat16>.TryConvertFromTruncating<TOther>(TOther value, out BFloat16 result) => TryConvertFrom(value, out result);
+
+    // Conversions to another number type: through float (exact), with the target's checked/saturating/truncating rule.
+    static bool INumberBase<BFloat16>.TryConvertToChecked<TOther>(BFloat16 value, [MaybeNullWhen(false)] out TOther result)
+    {
+        result = TOther.CreateChecked((float)value);
+        return true;
+    }
+
+    static bool INumberBase<BFloat16>.TryConvertToSaturating<TOther>(BFloat16 value, [MaybeNullWhen(false)] out TOther result)
+    {
+        result = TOther.CreateSaturating((float)value);
+        return true;
+    }
+
+    static bool INumberBase<BFloat16>.TryConvertToTruncating<TOther>(BFloat16 value, [MaybeNullWhen(false)] out TOther result)
+    {
+        result = TOther.CreateTruncating((float)value);
+        return true;
+    }
+
+    /// <summary>Parses as double with <paramref name="style"/> and rounds once.</summary>
+    public static BFloat16 Parse(ReadOnlySpan<char> s, NumberStyles style = NumberStyles.Float | NumberStyles.AllowThousands, IFormatProvider? provider = null) =>
+        (BFloat16)double.Parse(s, style, provider);
+    /// <summary>Parses as double with <paramref name="style"/> and rounds once.</summary>
+    public static BFloat16 Parse(string s, NumberStyles style, IFormatProvider? provider) => (BFloat16)double.Parse(s, style, provider);
+    /// <summary>Parses as double and rounds once.</summary>
+    public static BFloat16 Parse(ReadOnlySpan<char> s, IFormatProvider? provider) => (BFloat16)double.Parse(s, provider);
+    /// <summary>Parses as double with <paramref name="style"/> and rounds once; false when the text is not a number.</summary>
+    public static bool TryParse(ReadOnlySpan<char> s, NumberStyles style, IFormatProvider? provider, out BFloat16 result)
+    {
+        bool ok = double.TryParse(s, style, provider, out double d);
+        result = ok ? (BFloat16)d : default;
+        return ok;
+    }
+    /// <summary>Parses as double with <paramref name="style"/> and rounds once; false when the text is not a number.</summary>
+    public static bool TryParse([NotNullWhen(true)] string? s, NumberStyles style, IFormatProvider? provider, out BFloat16 result)
+    {
+        bool ok = double.TryParse(s, style, provider, out double d);
+        result = ok ? (BFloat16)d : default;
+        return ok;
+    }
+    /// <summary>Parses as double and rounds once; false when the text is not a number.</summary>
+    public static bool TryParse(ReadOnlySpan<char> s, IFormatProvider? provider, out BFloat16 result) =>
+        TryParse(s, NumberStyles.Float | NumberStyles.AllowThousands, provider, out result);
+
     // ------------------------------------------------------------ text
 
     /// <summary>The value as float formats it (the shortest text that round-trips the float, hence the bf16).</summary>
@@ -238,11 +360,7 @@ public readonly struct BFloat16 :
     public static BFloat16 Parse(string s, IFormatProvider? provider = null) => (BFloat16)double.Parse(s, provider);
 
     /// <summary>Parses a number as double and rounds it once to bf16; false when the text is not a number.</summary>
-    public static bool TryParse([NotNullWhen(true)] string? s, IFormatProvider? provider, out BFloat16 result)
-    {
-        bool ok = double.TryParse(s, NumberStyles.Float | NumberStyles.AllowThousands, provider, out double d);
-        result = ok ? (BFloat16)d : default;
-        return ok;
-    }
+    public static bool TryParse([NotNullWhen(true)] string? s, IFormatProvider? provider, out BFloat16 result) =>
+        TryParse(s, NumberStyles.Float | NumberStyles.AllowThousands, provider, out result);
 
 }
