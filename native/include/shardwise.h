@@ -476,6 +476,31 @@ SW_API sw_status sw_comm_create_nccl_id(sw_device device, const uint8_t* unique_
  * MPI carries the host side (agreement, abort notices) as in sw_comm_create_mpi. Ranks are MPI's. */
 SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, sw_comm* out);
 
+/* ---------------------------------------------------------------- mixed-precision training (element-wise) */
+
+/* The element-wise operations of mixed-precision training (fp32 master weights, 16-bit working copies, dynamic loss
+ * scaling), queued on `stream` like every other operation. Buffers are on the stream's device; offsets and counts
+ * are in elements of each buffer's stated type; count == 0 does nothing (the offsets are still checked).
+ * dtypes: F32, F16 and BF16 on every backend (CUDA also takes F64 in sw_convert). */
+
+/* dst[i] = (dst_type) src[i] for i < count: widening is exact; narrowing rounds to nearest even, keeps the sign of
+ * zeros, subnormals, infinities and NaN (quiet), and gives infinity when a value is beyond the largest finite
+ * value of dst_type after rounding (fp16: |x| >= 65520). src_type == dst_type copies. The two ranges must not
+ * overlap, except that src and dst may be the very same range when src_type == dst_type (a no-op). */
+SW_API sw_status sw_convert(sw_stream stream, sw_dtype src_type, sw_buffer src, uint64_t src_offset, sw_dtype dst_type,
+                            sw_buffer dst, uint64_t dst_offset, uint64_t count);
+/* Gradient unscaling with an overflow check, in place: buf[i] = (dtype)(float(buf[i]) * (1 / scale)) for i < count
+ * (the product in fp32, rounded once). When any buf[i] was an infinity or NaN before the multiplication, the fp32
+ * element flag[flag_offset] is set to 1.0f; otherwise the flag is left as it was, so that one flag, cleared by the
+ * caller, collects the check of several buffers (and, summed by an all-reduce, of every rank). scale: finite and
+ * > 0. flag is an F32 buffer and must not overlap the checked range. */
+SW_API sw_status sw_unscale_check(sw_stream stream, sw_dtype dtype, sw_buffer buf, uint64_t offset, uint64_t count,
+                                  float scale, sw_buffer flag, uint64_t flag_offset);
+/* y[i] = fmaf(alpha, float(x[i]), y[i]) for i < count: y is F32 (fp32 master weights), x is F32, F16 or BF16 (a
+ * gradient); alpha finite. x and y must not overlap unless they are the same F32 range. */
+SW_API sw_status sw_axpy(sw_stream stream, sw_dtype x_type, float alpha, sw_buffer x, uint64_t x_offset, sw_buffer y,
+                         uint64_t y_offset, uint64_t count);
+
 #ifdef __cplusplus
 }
 #endif

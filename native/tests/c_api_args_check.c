@@ -303,6 +303,121 @@ static void check_collectives(sw_device dev, sw_stream s0, sw_stream s1) {
     OK(sw_buffer_destroy(b1));
 }
 
+/* ------------------------------------------------------------------ mixed-precision training ops
+ * sw_convert, sw_unscale_check, sw_axpy: each bad argument refused naming it, outputs untouched; a dtype the backend
+ * lacks is SW_ERR_UNSUPPORTED naming it; then the operations themselves on edge values. */
+
+static void unsupported(const char* what, sw_status st, const char* word1, const char* word2) {
+    const char* msg = sw_last_error();
+    if (st != SW_ERR_UNSUPPORTED || (word1 && !strstr(msg, word1)) || (word2 && !strstr(msg, word2))) {
+        ++failures;
+        fprintf(stderr, "FAIL %s: returned %s (expected SW_ERR_UNSUPPORTED naming '%s' and '%s'); message: %s\n", what,
+                sw_status_string(st), word1 ? word1 : "", word2 ? word2 : "", st == SW_OK ? "(none)" : msg);
+    }
+}
+#define UNSUPPORTED(call, w1, w2) unsupported(#call, (call), (w1), (w2))
+
+static void check_training_ops(sw_device dev, sw_stream s) {
+    enum { N = 8 };
+    float xs[N], ys[N], flag0[2] = {0.0f, 0.0f};
+    for (int i = 0; i < N; ++i) { xs[i] = frand(); ys[i] = frand(); }
+    sw_buffer x = upload(dev, s, xs, N), y = upload(dev, s, ys, N), flag = upload(dev, s, flag0, 2);
+
+    /* sw_convert */
+    REFUSED(sw_convert(s, (sw_dtype)-1, x, 0, SW_DTYPE_BF16, y, 0, 4), "src_type = -1", "SW_DTYPE_F32");
+    REFUSED(sw_convert(s, SW_DTYPE_F32, x, 0, (sw_dtype)6, y, 0, 4), "dst_type = 6", NULL);
+    REFUSED(sw_convert(s, SW_DTYPE_F32, x, 5, SW_DTYPE_BF16, y, 0, 4), "src", "9"); /* 5 + 4 > 8 floats */
+    REFUSED(sw_convert(s, SW_DTYPE_F32, x, 0, SW_DTYPE_BF16, y, 13, 4), "dst", NULL); /* 13 + 4 > 16 bf16 */
+    REFUSED(sw_convert(s, SW_DTYPE_F32, x, 0, SW_DTYPE_BF16, x, 2, 4), "overlap", NULL);
+    REFUSED(sw_convert(s, SW_DTYPE_F32, x, 1, SW_DTYPE_F32, x, 0, 4), "overlap", NULL);
+    UNSUPPORTED(sw_convert(s, SW_DTYPE_I32, x, 0, SW_DTYPE_F32, y, 0, 4), "src_type = i32", "sw_convert");
+    UNSUPPORTED(sw_convert(s, SW_DTYPE_F32, x, 0, SW_DTYPE_F64, y, 0, 2), "dst_type = f64", NULL);
+    CHECK(sw_convert(NULL, SW_DTYPE_F32, x, 0, SW_DTYPE_BF16, y, 0, 4) == SW_ERR_NULL_HANDLE, "sw_convert(NULL stream)");
+    OK(sw_convert(s, SW_DTYPE_F32, x, 8, SW_DTYPE_BF16, y, 16, 0)); /* count 0 at the very end: nothing to do */
+    OK(sw_convert(s, SW_DTYPE_F32, x, 0, SW_DTYPE_F32, x, 0, 8));   /* the same range, same type: a no-op */
+    OK(sw_stream_synchronize(s));
+    CHECK(unchanged(x, s, xs, N) && unchanged(y, s, ys, N), "a refused sw_convert wrote its output");
+
+    /* sw_unscale_check */
+    REFUSED(sw_unscale_check(s, (sw_dtype)7, x, 0, 4, 2.0f, flag, 0), "dtype = 7", NULL);
+    REFUSED(sw_unscale_check(s, SW_DTYPE_F32, x, 0, 4, 0.0f, flag, 0), "scale", "> 0");
+    REFUSED(sw_unscale_check(s, SW_DTYPE_F32, x, 0, 4, -1.0f, flag, 0), "scale", NULL);
+    REFUSED(sw_unscale_check(s, SW_DTYPE_F32, x, 0, 4, INFINITY, flag, 0), "scale", "finite");
+    REFUSED(sw_unscale_check(s, SW_DTYPE_F32, x, 0, 4, NAN, flag, 0), "scale", NULL);
+    REFUSED(sw_unscale_check(s, SW_DTYPE_F32, x, 0, 9, 2.0f, flag, 0), "buf", NULL);
+    REFUSED(sw_unscale_check(s, SW_DTYPE_F32, x, 0, 4, 2.0f, flag, 2), "flag", NULL); /* 2 + 1 > 2 floats */
+    REFUSED(sw_unscale_check(s, SW_DTYPE_F32, x, 0, 4, 2.0f, x, 3), "flag", "inside");
+    UNSUPPORTED(sw_unscale_check(s, SW_DTYPE_F64, x, 0, 2, 2.0f, flag, 0), "dtype = f64", "sw_unscale_check");
+    OK(sw_stream_synchronize(s));
+    CHECK(unchanged(x, s, xs, N) && unchanged(flag, s, flag0, 2), "a refused sw_unscale_check wrote its output");
+
+    /* sw_axpy */
+    REFUSED(sw_axpy(s, (sw_dtype)-5, 1.0f, x, 0, y, 0, 4), "x_type = -5", NULL);
+    REFUSED(sw_axpy(s, SW_DTYPE_F32, INFINITY, x, 0, y, 0, 4), "alpha", "finite");
+    REFUSED(sw_axpy(s, SW_DTYPE_F32, 1.0f, x, 0, y, 5, 4), "y", NULL);
+    REFUSED(sw_axpy(s, SW_DTYPE_BF16, 1.0f, x, 0, x, 1, 4), "overlap", NULL);
+    UNSUPPORTED(sw_axpy(s, SW_DTYPE_U8, 1.0f, x, 0, y, 0, 4), "x_type = u8", "sw_axpy");
+    OK(sw_stream_synchronize(s));
+    CHECK(unchanged(x, s, xs, N) && unchanged(y, s, ys, N), "a refused sw_axpy wrote its output");
+
+    /* The operations: f32 -> bf16 -> f32 and f32 -> f16 -> f32 on edge values (bit patterns written out by hand). */
+    {
+        const float in[N] = {1.0f + 1.0f / 256.0f, /* a tie: bf16 rounds to even, 1.0 */
+                             1.0f + 3.0f / 256.0f, /* a tie: rounds up to 1 + 2/128 */
+                             -0.0f, INFINITY, 65520.0f /* fp16: rounds to inf */, 65519.0f /* fp16: 65504 */,
+                             5.9604645e-08f /* 2^-24: smallest fp16 subnormal */, NAN};
+        const float bf[N] = {1.0f, 1.0f + 2.0f / 128.0f, -0.0f, INFINITY, 65536.0f, 65536.0f, 5.9604645e-08f, NAN};
+        const float hf[N] = {1.0f + 1.0f / 256.0f, 1.0f + 3.0f / 256.0f, -0.0f, INFINITY, INFINITY, 65504.0f,
+                             5.9604645e-08f, NAN};
+        float got[N];
+        sw_buffer in_b = upload(dev, s, in, N), mid = NULL, out = upload(dev, s, ys, N);
+        OK(sw_buffer_alloc(dev, N * 2, &mid));
+        for (int pass = 0; pass < 2; ++pass) {
+            const sw_dtype t = pass == 0 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+            const float* want = pass == 0 ? bf : hf;
+            OK(sw_convert(s, SW_DTYPE_F32, in_b, 0, t, mid, 0, N));
+            OK(sw_convert(s, t, mid, 0, SW_DTYPE_F32, out, 0, N));
+            OK(sw_memcpy_d2h_async(got, out, 0, sizeof got, s));
+            OK(sw_stream_synchronize(s));
+            for (int i = 0; i < N; ++i)
+                CHECK(isnan(want[i]) ? isnan(got[i]) : (got[i] == want[i] && signbit(got[i]) == signbit(want[i])),
+                      "sw_convert through %s: element %d = %.9g became %.9g; expected %.9g", pass ? "f16" : "bf16", i,
+                      (double)in[i], (double)got[i], (double)want[i]);
+        }
+        /* unscale: finite values divided by 4 exactly; the flag stays 0 ... */
+        const float g[4] = {8.0f, -2.0f, 0.5f, 1e-3f};
+        sw_buffer gb = upload(dev, s, g, 4);
+        OK(sw_unscale_check(s, SW_DTYPE_F32, gb, 0, 4, 4.0f, flag, 1));
+        OK(sw_memcpy_d2h_async(got, gb, 0, 4 * sizeof(float), s));
+        OK(sw_memcpy_d2h_async(got + 4, flag, 0, 2 * sizeof(float), s));
+        OK(sw_stream_synchronize(s));
+        for (int i = 0; i < 4; ++i) CHECK(got[i] == g[i] * 0.25f, "unscale element %d: %g", i, (double)got[i]);
+        CHECK(got[4] == 0.0f && got[5] == 0.0f, "the flag was set by finite gradients: %g %g", (double)got[4], (double)got[5]);
+        /* ... one infinity in bf16 sets flag[1] and only it */
+        OK(sw_convert(s, SW_DTYPE_F32, in_b, 0, SW_DTYPE_BF16, mid, 0, N)); /* element 3 is inf, 7 NaN */
+        OK(sw_unscale_check(s, SW_DTYPE_BF16, mid, 2, 2, 2.0f, flag, 1));   /* -0 and inf */
+        OK(sw_memcpy_d2h_async(got + 4, flag, 0, 2 * sizeof(float), s));
+        OK(sw_stream_synchronize(s));
+        CHECK(got[4] == 0.0f && got[5] == 1.0f, "an inf did not set flag[1] alone: %g %g", (double)got[4], (double)got[5]);
+        /* axpy: y = y + alpha * x with x in bf16 (element 0 = 1.0, 1 = 1 + 2/128) */
+        const float y0[2] = {0.25f, -1.0f};
+        sw_buffer yb = upload(dev, s, y0, 2);
+        OK(sw_axpy(s, SW_DTYPE_BF16, -0.5f, mid, 0, yb, 0, 2));
+        OK(sw_memcpy_d2h_async(got, yb, 0, 2 * sizeof(float), s));
+        OK(sw_stream_synchronize(s));
+        CHECK(got[0] == -0.25f && got[1] == -1.0f - 0.5f * (1.0f + 2.0f / 128.0f), "axpy: %g %g", (double)got[0],
+              (double)got[1]);
+        OK(sw_buffer_destroy(in_b));
+        OK(sw_buffer_destroy(mid));
+        OK(sw_buffer_destroy(out));
+        OK(sw_buffer_destroy(gb));
+        OK(sw_buffer_destroy(yb));
+    }
+    OK(sw_buffer_destroy(x));
+    OK(sw_buffer_destroy(y));
+    OK(sw_buffer_destroy(flag));
+}
+
 int main(void) {
     sw_device dev = NULL;
     sw_stream s0 = NULL, s1 = NULL;
@@ -316,6 +431,7 @@ int main(void) {
     check_shard_range();
     check_buffers(dev, s0);
     check_collectives(dev, s0, s1);
+    check_training_ops(dev, s0);
 
     OK(sw_stream_destroy(s0));
     OK(sw_stream_destroy(s1));

@@ -121,4 +121,11 @@ public static unsafe partial class Native
             throw new ShardwiseException(SwStatus.Unsupported, nameof(sw_abi_version),
                 $"the native library '{NativeLibraryLoader.LoadedFrom}' has ABI version {v}; these bindings expect {AbiVersion}");
     }
+
+    // ---------------------------------------------------------------- mixed-precision training (element-wise)
+#pragma warning disable CS1591
+    [LibraryImport(Lib)] public static partial SwStatus sw_convert(StreamHandle stream, SwDtype srcType, BufferHandle src, ulong srcOffset, SwDtype dstType, BufferHandle dst, ulong dstOffset, ulong count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_unscale_check(StreamHandle stream, SwDtype dtype, BufferHandle buf, ulong offset, ulong count, float scale, BufferHandle flag, ulong flagOffset);
+    [LibraryImport(Lib)] public static partial SwStatus sw_axpy(StreamHandle stream, SwDtype xType, float alpha, BufferHandle x, ulong xOffset, BufferHandle y, ulong yOffset, ulong count);
+#pragma warning restore CS1591
 }

@@ -439,3 +439,95 @@ SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype_in, sw_buffer
 }
 
 } // extern "C"
+
+// ---------------------------------------------------------------- mixed-precision training (element-wise)
+// sw_convert, sw_unscale_check, sw_axpy: the checks every backend shares (handles, devices, dtype values, spans,
+// overlaps, scalars); the backend checks which dtypes it computes (check_training_type) and queues the work.
+#include "core/dtype.h"
+
+#include <cmath>
+
+namespace {
+// Do the byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte?
+bool ranges_overlap(const char* a, uint64_t a_bytes, const char* b, uint64_t b_bytes) {
+    if (a_bytes == 0 || b_bytes == 0) return false;
+    const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+    return pa < pb + b_bytes && pb < pa + a_bytes;
+}
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_convert(sw_stream stream, sw_dtype src_type_in, sw_buffer src, uint64_t src_offset,
+                            sw_dtype dst_type_in, sw_buffer dst, uint64_t dst_offset, uint64_t count) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_dtype src_type = dtype_arg(src_type_in, "src_type");
+        const sw_dtype dst_type = dtype_arg(dst_type_in, "dst_type");
+        s->device_impl->ops->check_training_type(src_type, "src_type", "sw_convert");
+        s->device_impl->ops->check_training_type(dst_type, "dst_type", "sw_convert");
+        auto* bs = checked(src, "src");
+        auto* bd = checked(dst, "dst");
+        require_same_device(bs, s, "src");
+        require_same_device(bd, s, "dst");
+        const size_t ss = sw_dtype_size(src_type), ds = sw_dtype_size(dst_type);
+        char* ps = buffer_span(bs, src_offset, count, ss, "src");
+        char* pd = buffer_span(bd, dst_offset, count, ds, "dst");
+        if (count == 0) return;
+        if (ps == pd && src_type == dst_type) return; // the same range: nothing to convert
+        if (ranges_overlap(ps, count * ss, pd, count * ds))
+            fail(SW_ERR_INVALID_ARGUMENT, "src (offset ", src_offset, ", ", count, " x ", dtype_name(src_type),
+                 ") and dst (offset ", dst_offset, ", ", count, " x ", dtype_name(dst_type),
+                 ") overlap; expected separate ranges, or the same range with src_type == dst_type");
+        s->device_impl->ops->convert(*s, src_type, ps, dst_type, pd, count, {{bs->storage, bd->storage}});
+    });
+}
+
+SW_API sw_status sw_unscale_check(sw_stream stream, sw_dtype dtype_in, sw_buffer buf, uint64_t offset, uint64_t count,
+                                  float scale, sw_buffer flag, uint64_t flag_offset) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_dtype dtype = dtype_arg(dtype_in, "dtype");
+        s->device_impl->ops->check_training_type(dtype, "dtype", "sw_unscale_check");
+        auto* bb = checked(buf, "buf");
+        auto* bf = checked(flag, "flag");
+        require_same_device(bb, s, "buf");
+        require_same_device(bf, s, "flag");
+        if (!(scale > 0.0f) || !std::isfinite(scale))
+            fail(SW_ERR_INVALID_ARGUMENT, "scale = ", scale, "; expected a finite loss scale > 0");
+        const size_t es = sw_dtype_size(dtype);
+        char* pb = buffer_span(bb, offset, count, es, "buf");
+        char* pf = buffer_span(bf, flag_offset, 1, sizeof(float), "flag");
+        if (ranges_overlap(pb, count * es, pf, sizeof(float)))
+            fail(SW_ERR_INVALID_ARGUMENT, "flag (offset ", flag_offset, ") lies inside the checked range of buf (offset ",
+                 offset, ", ", count, " x ", dtype_name(dtype), "); expected a separate fp32 element");
+        if (count == 0) return;
+        s->device_impl->ops->unscale_check(*s, dtype, pb, count, 1.0f / scale, reinterpret_cast<float*>(pf),
+                                           {{bb->storage, bf->storage}});
+    });
+}
+
+SW_API sw_status sw_axpy(sw_stream stream, sw_dtype x_type_in, float alpha, sw_buffer x, uint64_t x_offset, sw_buffer y,
+                         uint64_t y_offset, uint64_t count) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_dtype x_type = dtype_arg(x_type_in, "x_type");
+        s->device_impl->ops->check_training_type(x_type, "x_type", "sw_axpy");
+        auto* bx = checked(x, "x");
+        auto* by = checked(y, "y");
+        require_same_device(bx, s, "x");
+        require_same_device(by, s, "y");
+        if (!std::isfinite(alpha)) fail(SW_ERR_INVALID_ARGUMENT, "alpha = ", alpha, "; expected a finite value");
+        const size_t xs = sw_dtype_size(x_type);
+        char* px = buffer_span(bx, x_offset, count, xs, "x");
+        char* py = buffer_span(by, y_offset, count, sizeof(float), "y");
+        if (count == 0) return;
+        if (!(px == py && x_type == SW_DTYPE_F32) && ranges_overlap(px, count * xs, py, count * sizeof(float)))
+            fail(SW_ERR_INVALID_ARGUMENT, "x (offset ", x_offset, ", ", count, " x ", dtype_name(x_type), ") and y (offset ",
+                 y_offset, ", ", count, " x f32) overlap; expected separate ranges, or the same f32 range");
+        s->device_impl->ops->axpy(*s, x_type, alpha, px, reinterpret_cast<float*>(py), count,
+                                  {{bx->storage, by->storage}});
+    });
+}
+
+} // extern "C"

@@ -97,6 +97,20 @@ public:
     // dx[i] = dy[i] * gelu'(x[i]), count > 0; dx may equal dy.
     virtual void gelu_backward(sw_stream_s& s, sw_dtype dtype, const void* x, const void* dy, void* dx,
                                uint64_t count, KeepAlive keep) = 0;
+
+    // ------------------------------------------------------------------ mixed-precision training (element-wise)
+    // Throws SW_ERR_UNSUPPORTED naming `arg` (the C argument), the dtype and `op` when the backend's training
+    // operations (sw_convert, sw_unscale_check, sw_axpy) do not take this dtype.
+    virtual void check_training_type(sw_dtype dtype, const char* arg, const char* op) = 0;
+    // dst[i] = (dst_type) src[i], round to nearest even, count > 0; src and dst do not overlap.
+    virtual void convert(sw_stream_s& s, sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst,
+                         uint64_t count, KeepAlive keep) = 0;
+    // buf[i] = (dtype)(float(buf[i]) * inv_scale), count > 0; *flag = 1.0f when some buf[i] was inf or NaN before.
+    virtual void unscale_check(sw_stream_s& s, sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
+                               KeepAlive keep) = 0;
+    // y[i] = fmaf(alpha, float(x[i]), y[i]) with y fp32, count > 0.
+    virtual void axpy(sw_stream_s& s, sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count,
+                      KeepAlive keep) = 0;
 };
 
 // The CPU backend (cpu/backend_cpu.cpp).

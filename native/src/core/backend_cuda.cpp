@@ -13,6 +13,7 @@
 #include "core/dtype.h"
 #include "core/objects.h"
 
+#include <cstring>
 #include <mutex>
 
 namespace sw {
@@ -234,6 +235,28 @@ public:
     void gelu_backward(sw_stream_s& s, sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
                        KeepAlive) override {
         call(&cuda::PluginApi::gelu_backward, s.device_impl->ordinal, dtype, x, dy, dx, count, s.cuda_stream);
+    }
+
+    // ------------------------------------------------------------------ mixed-precision training
+    void check_training_type(sw_dtype dtype, const char* arg, const char* op) override {
+        if (dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F16 && dtype != SW_DTYPE_BF16 &&
+            !(dtype == SW_DTYPE_F64 && std::strcmp(op, "sw_convert") == 0))
+            fail(SW_ERR_UNSUPPORTED, arg, " = ", dtype_name(dtype), ": CUDA's ", op, " takes f32, f16 or bf16",
+                 std::strcmp(op, "sw_convert") == 0 ? " (and f64)" : "");
+    }
+
+    void convert(sw_stream_s& s, sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst, uint64_t count,
+                 KeepAlive) override {
+        call(&cuda::PluginApi::convert, s.device_impl->ordinal, src_type, src, dst_type, dst, count, s.cuda_stream);
+    }
+
+    void unscale_check(sw_stream_s& s, sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
+                       KeepAlive) override {
+        call(&cuda::PluginApi::unscale_check, s.device_impl->ordinal, dtype, buf, count, inv_scale, flag, s.cuda_stream);
+    }
+
+    void axpy(sw_stream_s& s, sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count, KeepAlive) override {
+        call(&cuda::PluginApi::axpy, s.device_impl->ordinal, x_type, alpha, x, y, count, s.cuda_stream);
     }
 
 private:

@@ -17,7 +17,7 @@
 
 namespace sw::cuda {
 
-constexpr int32_t kPluginAbi = 5; // 5: gemm takes a sw::GemmProblem and the algorithm
+constexpr int32_t kPluginAbi = 6; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -108,6 +108,15 @@ struct PluginApi {
     // keeps for it (the cuBLASLt workspace). The core calls it when the last sw_stream wrapping that stream goes;
     // streams from stream_create are released by stream_destroy. (ABI 4.)
     sw_status (*release_stream)(int32_t ordinal, void* stream, std::string* err);
+
+    // ---- mixed-precision training (sw_unscale_check, sw_axpy; sw_convert uses convert above). (ABI 6.)
+    // buf[i] = (dtype)(float(buf[i]) * inv_scale) for i < count; *flag = 1.0f (device memory, fp32) when some buf[i]
+    // was an infinity or NaN before, else *flag untouched. dtype F32, F16, BF16.
+    sw_status (*unscale_check)(int32_t ordinal, sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
+                               void* stream, std::string* err);
+    // y[i] = fmaf(alpha, float(x[i]), y[i]) for i < count; y fp32, x_type F32, F16, BF16.
+    sw_status (*axpy)(int32_t ordinal, sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count,
+                      void* stream, std::string* err);
 };
 
 } // namespace sw::cuda

@@ -8,8 +8,11 @@
 #include "cpu/gemm.h"
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
+#include "cpu/training_ops.h"
+#include "core/dtype.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -275,6 +278,43 @@ public:
         auto* fdx = static_cast<float*>(dx);
         enqueue_elementwise(s, count, std::move(keep), [fx, fdy, fdx](uint64_t b, uint64_t e) {
             for (uint64_t i = b; i < e; ++i) fdx[i] = fdy[i] * gelu_grad(fx[i]);
+        });
+    }
+
+    // ------------------------------------------------------------------ mixed-precision training (cpu/training_ops.h)
+    void check_training_type(sw_dtype dtype, const char* arg, const char* op) override {
+        if (dtype != SW_DTYPE_F32 && dtype != SW_DTYPE_F16 && dtype != SW_DTYPE_BF16)
+            fail(SW_ERR_UNSUPPORTED, arg, " = ", dtype_name(dtype), ": the CPU backend's ", op,
+                 " takes f32, f16 or bf16 (SW_DTYPE_F32, SW_DTYPE_F16, SW_DTYPE_BF16)");
+    }
+
+    void convert(sw_stream_s& s, sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst, uint64_t count,
+                 KeepAlive keep) override {
+        enqueue_elementwise(s, count, std::move(keep), [=](uint64_t b, uint64_t e) {
+            convert_range(src_type, src, dst_type, dst, b, e);
+        });
+    }
+
+    void unscale_check(sw_stream_s& s, sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
+                       KeepAlive keep) override {
+        auto dev = s.device_impl;
+        s.impl->enqueue([dev, dtype, buf, count, inv_scale, flag, keep = std::move(keep)] {
+            constexpr uint64_t kChunk = 1 << 16;
+            const int64_t chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
+            std::atomic<bool> bad{false};
+            dev->pool->parallel_for(chunks, [&](int64_t c) {
+                const uint64_t b = static_cast<uint64_t>(c) * kChunk;
+                if (unscale_range(dtype, buf, inv_scale, b, std::min<uint64_t>(count, b + kChunk)))
+                    bad.store(true, std::memory_order_relaxed);
+            });
+            if (bad.load()) *flag = 1.0f;
+        });
+    }
+
+    void axpy(sw_stream_s& s, sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count,
+              KeepAlive keep) override {
+        enqueue_elementwise(s, count, std::move(keep), [=](uint64_t b, uint64_t e) {
+            axpy_range(x_type, alpha, x, y, b, e);
         });
     }
 };

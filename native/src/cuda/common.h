@@ -74,6 +74,12 @@ cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, 
                                  cudaStream_t stream);
 // One-thread kernel that spins (with __nanosleep back-off) until (int32_t)(*flag - target) >= 0.
 cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream);
+// Mixed-precision training (ABI 6). buf[i] = (dtype)(float(buf[i]) * inv_scale); *flag = 1.0f when some buf[i] was
+// inf or NaN before (flag untouched otherwise). dtype in F32, F16, BF16; count >= 1.
+cudaError_t launch_unscale_check(sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
+                                 cudaStream_t stream);
+// y[i] = fmaf(alpha, float(x[i]), y[i]); y fp32; x_type in F32, F16, BF16; count >= 1.
+cudaError_t launch_axpy(sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ gemm_mma.cu
 // Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+; or, with wgmma = true, wgmma.mma_async, sm_90a code

@@ -445,4 +445,66 @@ cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, 
     }
 }
 
+// ================================================================================================ training
+// Mixed-precision training (ABI 6): gradient unscaling with an overflow flag, and the fp32 master-weight update.
+// Separate from the kernels above; the launchers follow the same pattern (grid-stride loops, checked launches).
+namespace {
+
+template <class T>
+__global__ void unscale_check_kernel(typename Storage<T>::type* buf, uint64_t count, float inv_scale, float* flag) {
+    bool bad = false;
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+        const float v = Elem<T>::to_float(buf[i]);
+        bad = bad || !(fabsf(v) <= 3.402823466e+38f); // inf or NaN (NaN compares false)
+        buf[i] = Elem<T>::from_float(v * inv_scale);
+    }
+    if (bad) *flag = 1.0f; // every writer writes the same value: no atomics needed
+}
+
+template <class T>
+cudaError_t unscale_check_as(void* buf, uint64_t count, float inv_scale, float* flag, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    return launch_kernel(unscale_check_kernel<T>, dim3(blocks_for(count)), dim3(kThreads), stream, static_cast<S*>(buf),
+                         count, inv_scale, flag);
+}
+
+template <class T>
+__global__ void axpy_kernel(float alpha, const typename Storage<T>::type* __restrict__ x, float* __restrict__ y,
+                            uint64_t count) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        y[i] = fmaf(alpha, Elem<T>::to_float(x[i]), y[i]);
+}
+
+template <class T>
+cudaError_t axpy_as(float alpha, const void* x, float* y, uint64_t count, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    return launch_kernel(axpy_kernel<T>, dim3(blocks_for(count)), dim3(kThreads), stream, alpha, static_cast<const S*>(x),
+                         y, count);
+}
+
+} // namespace
+
+cudaError_t launch_unscale_check(sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
+                                 cudaStream_t stream) {
+    (void)cudaGetLastError();
+    switch (dtype) {
+    case SW_DTYPE_F32: return unscale_check_as<float>(buf, count, inv_scale, flag, stream);
+    case SW_DTYPE_F16: return unscale_check_as<F16>(buf, count, inv_scale, flag, stream);
+    case SW_DTYPE_BF16: return unscale_check_as<BF16>(buf, count, inv_scale, flag, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_axpy(sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    switch (x_type) {
+    case SW_DTYPE_F32: return axpy_as<float>(alpha, x, y, count, stream);
+    case SW_DTYPE_F16: return axpy_as<F16>(alpha, x, y, count, stream);
+    case SW_DTYPE_BF16: return axpy_as<BF16>(alpha, x, y, count, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
 } // namespace sw::cuda

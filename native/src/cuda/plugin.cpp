@@ -8,6 +8,7 @@
 #include "cuda/common.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -658,6 +659,38 @@ sw_status api_gelu_backward(int32_t ordinal, sw_dtype dtype, const void* x, cons
     });
 }
 
+// ------------------------------------------------------------------------------------------ training (ABI 6)
+bool training_type(sw_dtype t) { return t == SW_DTYPE_F32 || t == SW_DTYPE_F16 || t == SW_DTYPE_BF16; }
+
+sw_status api_unscale_check(int32_t ordinal, sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
+                            void* stream, std::string* err) {
+    return run(err, "unscale_check", [&] {
+        if (!training_type(dtype))
+            fail(SW_ERR_UNSUPPORTED, "unscale_check of dtype ", dtype_name(dtype), " is not supported (f32, f16, bf16)");
+        if (!std::isfinite(inv_scale) || !(inv_scale > 0.0f))
+            fail(SW_ERR_INVALID_ARGUMENT, "inv_scale (", inv_scale, ") must be finite and > 0");
+        set_device(ordinal);
+        if (count == 0) return;
+        need(buf, "buf");
+        need(flag, "flag");
+        check_cuda(launch_unscale_check(dtype, buf, count, inv_scale, flag, as_stream(stream)), "unscale_check kernel launch");
+    });
+}
+
+sw_status api_axpy(int32_t ordinal, sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count, void* stream,
+                   std::string* err) {
+    return run(err, "axpy", [&] {
+        if (!training_type(x_type))
+            fail(SW_ERR_UNSUPPORTED, "axpy with x of dtype ", dtype_name(x_type), " is not supported (f32, f16, bf16)");
+        if (!std::isfinite(alpha)) fail(SW_ERR_INVALID_ARGUMENT, "alpha (", alpha, ") must be finite");
+        set_device(ordinal);
+        if (count == 0) return;
+        need(x, "x");
+        need(y, "y");
+        check_cuda(launch_axpy(x_type, alpha, x, y, count, as_stream(stream)), "axpy kernel launch");
+    });
+}
+
 // ------------------------------------------------------------------------------------------ gemm
 bool supported_combination(sw_dtype a, sw_dtype c) {
     return (a == SW_DTYPE_F32 && c == SW_DTYPE_F32) || (a == SW_DTYPE_F16 && c == SW_DTYPE_F16) ||
@@ -822,6 +855,8 @@ const PluginApi kApi = {
     api_gelu_backward,
     api_set_device,
     api_release_stream,
+    api_unscale_check,
+    api_axpy,
 };
 
 } // namespace

@@ -3,7 +3,7 @@
 // independent references: the layout kernel copy_2d (all five access widths it picks, padding untouched), the
 // in-process all-reduce's reduce_sum (every dtype, scalar and 16-byte vector paths with tails, several sources and
 // destinations, in place), convert (all twelve dtype pairs, correctly rounded, including the double -> f16/bf16
-// ties that a double rounding would get wrong), the GEMM epilogue scale_bias_act, gelu_backward and wait_flag.
+// ties that a double rounding would get wrong), the GEMM epilogue scale_bias_act, gelu_backward, wait_flag, and the training kernels unscale_check and axpy.
 // Every buffer lies against a guard page; every launch must be a valid configuration with no emulator findings.
 //
 // This proves the kernels' index math, launch configurations and arithmetic on a machine without a GPU. The
@@ -416,6 +416,63 @@ void check_wait_flag() {
     report(problems.empty(), "wait_flag returns for reached flags (incl. across the 2^32 wrap)", problems);
 }
 
+// ------------------------------------------------------------------------------------------ training (ABI 6)
+// unscale_check: buf[i] = round(float(buf[i]) * inv_scale) exactly (one fp32 product, rounded once to the type), the
+// flag set to 1 by an inf or NaN anywhere (also in the last, partial block) and left alone otherwise; axpy:
+// y[i] = fmaf(alpha, float(x[i]), y[i]) exactly.
+void check_training_kernels() {
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F16, SW_DTYPE_BF16};
+    for (sw_dtype t : types)
+        for (uint64_t count : {uint64_t{1}, uint64_t{1000}})
+            for (int bad : {-1, 0, 1}) { // -1: all finite; 0: an inf at the last element; 1: a NaN at element 0
+                const size_t es = dtype_size(t);
+                Guarded gb(count * es, 0), gflag(2 * sizeof(float), 0);
+                std::uniform_real_distribution<double> uni(-300.0, 300.0);
+                std::vector<float> in(count);
+                for (uint64_t i = 0; i < count; ++i) {
+                    put(t, gb.as<void>(), i, uni(g_rng));
+                    in[i] = static_cast<float>(get(t, gb.as<void>(), i));
+                }
+                if (bad == 0) { put(t, gb.as<void>(), count - 1, INFINITY); in[count - 1] = INFINITY; }
+                if (bad == 1) { put(t, gb.as<void>(), 0, NAN); in[0] = NAN; }
+                float* flag = gflag.as<float>();
+                flag[0] = 0.0f;
+                flag[1] = 7.0f; // a neighbour that must stay
+                const float inv = 1.0f / 64.0f;
+                std::vector<std::string> problems;
+                expect_launch(sw::cuda::launch_unscale_check(t, gb.as<void>(), count, inv, flag, nullptr), problems);
+                for (uint64_t i = 0; i < count && problems.size() < 6; ++i) {
+                    if (std::isnan(in[i])) { // NaN stays NaN (its payload is the conversion's)
+                        if (!std::isnan(get(t, gb.as<void>(), i))) problems.push_back("buf[" + std::to_string(i) + "] lost its NaN");
+                        continue;
+                    }
+                    Guarded want(es, 0);
+                    put(t, want.as<void>(), 0, static_cast<double>(in[i] * inv));
+                    if (std::memcmp(want.as<char>(), gb.as<char>() + i * es, es) != 0)
+                        problems.push_back("buf[" + std::to_string(i) + "] = " + bits_of(t, gb.as<void>(), i) + ", expected " +
+                                           bits_of(t, want.as<void>(), 0));
+                }
+                if (flag[0] != (bad >= 0 ? 1.0f : 0.0f)) problems.push_back("flag = " + std::to_string(flag[0]));
+                if (flag[1] != 7.0f) problems.push_back("the element after the flag was written");
+                report(problems.empty(), std::string("unscale_check ") + name(t) + " count=" + std::to_string(count) +
+                                             (bad < 0 ? " finite" : bad == 0 ? " inf last" : " NaN first"), problems);
+
+                if (bad >= 0) continue;
+                Guarded gy(count * sizeof(float), 0);
+                std::vector<float> y0(count);
+                for (uint64_t i = 0; i < count; ++i) gy.as<float>()[i] = y0[i] = static_cast<float>(uni(g_rng));
+                std::vector<std::string> p2;
+                expect_launch(sw::cuda::launch_axpy(t, -0.375f, gb.as<void>(), gy.as<float>(), count, nullptr), p2);
+                for (uint64_t i = 0; i < count && p2.size() < 6; ++i) {
+                    const float want = std::fma(-0.375f, static_cast<float>(get(t, gb.as<void>(), i)), y0[i]);
+                    if (std::memcmp(&want, gy.as<float>() + i, 4) != 0)
+                        p2.push_back("y[" + std::to_string(i) + "] = " + std::to_string(gy.as<float>()[i]) + ", expected " +
+                                     std::to_string(want));
+                }
+                report(p2.empty(), std::string("axpy x ") + name(t) + " count=" + std::to_string(count), p2);
+            }
+}
+
 } // namespace
 
 int main() {
@@ -426,6 +483,7 @@ int main() {
     check_scale_bias_act();
     check_gelu_backward();
     check_wait_flag();
+    check_training_kernels();
     std::printf("kernels_emu_check: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

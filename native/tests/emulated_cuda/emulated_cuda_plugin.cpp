@@ -235,11 +235,18 @@ sw_status release_stream(int32_t, void* s, std::string* err) {
     return stream_synchronize(0, s, err);
 }
 
+sw_status unscale_check(int32_t, sw_dtype, void*, uint64_t, float, float*, void*, std::string* err) {
+    return fail(err, "emulated: unscale_check not emulated");
+}
+sw_status axpy(int32_t, sw_dtype, float, const void*, float*, uint64_t, void*, std::string* err) {
+    return fail(err, "emulated: axpy not emulated");
+}
+
 const sw::cuda::PluginApi kApi = {
     sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
     free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
     event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
-    copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device, release_stream,
+    copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device, release_stream, unscale_check, axpy,
 };
 
 } // namespace

@@ -43,7 +43,7 @@ public sealed class RankContext
         ThrowHelper.SameDevice(Device, buffer, name);
     }
 
-    private void Own(MatrixView<float> view, [CallerArgumentExpression(nameof(view))] string name = "") => Own(view.Buffer, name);
+    private void Own<T>(MatrixView<T> view, [CallerArgumentExpression(nameof(view))] string name = "") where T : unmanaged => Own(view.Buffer, name);
 
     private static void Fits<T>(DeviceBuffer<T> buffer, long offset, long count, [CallerArgumentExpression(nameof(buffer))] string name = "")
         where T : unmanaged
@@ -89,9 +89,10 @@ public sealed class RankContext
 
     /// <summary>
     /// Column all-gather: this rank's rows × cols block (<paramref name="send"/>) lands in <paramref name="recv"/>
-    /// (rows × Σcols) at column Σ_{q&lt;rank} cols_q. Blocks may differ in width (uneven shards, even 0).
+    /// (rows × Σcols) at column Σ_{q&lt;rank} cols_q. Blocks may differ in width (uneven shards, even 0). Any matrix
+    /// element type (float, Half, BFloat16): the data moves as it is.
     /// </summary>
-    public void AllGatherColumns(MatrixView<float> send, MatrixView<float> recv)
+    public void AllGatherColumns<T>(MatrixView<T> send, MatrixView<T> recv) where T : unmanaged
     {
         ThrowHelper.NotEmpty(recv);
         Own(recv);
@@ -106,7 +107,7 @@ public sealed class RankContext
             throw new ArgumentException($"send has {cols} columns, more than the {recv.Cols} of recv.", nameof(send));
         var sendBuf = send.IsEmpty || cols == 0 ? recv.Buffer : send.Buffer; // a 0-column block reads nothing
         ThrowHelper.Check(Native.sw_all_gather_columns(Group.Comm, Rank, sendBuf.Handle, (ulong)(send.IsEmpty ? 0 : send.Offset), rows, cols,
-            send.IsEmpty ? Math.Max(cols, 1) : send.Ld, recv.Buffer.Handle, (ulong)recv.Offset, recv.Ld, SwDtype.F32, _stream.Handle));
+            send.IsEmpty ? Math.Max(cols, 1) : send.Ld, recv.Buffer.Handle, (ulong)recv.Offset, recv.Ld, DeviceBuffer<T>.Dtype, _stream.Handle));
     }
 
     /// <summary>recv[i] = Σ over ranks of send[i] (summed in rank order, identical on every rank). send may be recv.</summary>

@@ -5,15 +5,18 @@ namespace Shardwise.Parallel;
 /// <see cref="Spmd.Run"/>). W is K × N (in × out features); rank r holds only W[:, cols_r] (K × n_r) and b[cols_r],
 /// with cols_r from the <see cref="ShardingPlan"/> (uneven allowed, empty shards allowed).
 /// With <c>gatherOutput</c> the ranks' M × n_r results are all-gathered into Y[M, N] on every rank; without,
-/// each rank keeps its M × n_r slice (the input of a row-parallel layer).
+/// each rank keeps its M × n_r slice (the input of a row-parallel layer). Any <see cref="Precision"/>: X in the
+/// compute type, Y in the output type (the gather moves the output type as it is).
 /// </summary>
 public sealed class ColumnParallelLinear : ParallelLinear
 {
-    /// <summary>Loads this rank's shard of <paramref name="weight"/> (K × N) and <paramref name="bias"/> (1 × N, optional).</summary>
+    /// <summary>Loads this rank's shard of <paramref name="weight"/> (K × N) and <paramref name="bias"/> (1 × N, optional)
+    /// in the parameter type of <paramref name="precision"/> (null: fp32).</summary>
     public ColumnParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
-        bool gatherOutput = true, ShardingPlan? plan = null, Epilogue epilogue = Epilogue.None)
+        bool gatherOutput = true, ShardingPlan? plan = null, Epilogue epilogue = Epilogue.None, Precision? precision = null)
         : base(context, weight, bias, plan, splitRows: false, split =>
-            LayerPlan.ColumnParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, gatherOutput: gatherOutput, split: split))
+            LayerPlan.ColumnParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, gatherOutput: gatherOutput, split: split),
+            precision)
     {
         GatherOutput = gatherOutput;
         Epilogue = epilogue;
@@ -23,16 +26,21 @@ public sealed class ColumnParallelLinear : ParallelLinear
     public long LocalOutFeatures => Plan.Size(Context.Rank);
     /// <summary>First output column of this rank.</summary>
     public long LocalOutOffset => Plan.Offset(Context.Rank);
-    /// <summary>Whether <see cref="Forward"/> all-gathers Y.</summary>
+    /// <summary>Whether <see cref="Forward(MatrixView{float}, MatrixView{float})"/> all-gathers Y.</summary>
     public bool GatherOutput { get; }
-    /// <summary>Fused epilogue (GeLU for the first layer of an FFN).</summary>
+    /// <summary>Fused epilogue (GeLU for the first layer of an FFN), applied in fp32 before the output is rounded.</summary>
     public Epilogue Epilogue { get; }
 
     /// <summary>
-    /// Queues Y = X·W + b on the rank's stream. <paramref name="x"/> is M × K; <paramref name="y"/> is M × N with
-    /// gathering, else M × n_r. Errors of queued work surface at the rank's <c>Synchronize</c>.
+    /// Queues Y = X·W + b on the rank's stream (fp32 layer). <paramref name="x"/> is M × K; <paramref name="y"/> is M × N
+    /// with gathering, else M × n_r. Errors of queued work surface at the rank's <c>Synchronize</c>.
     /// </summary>
-    public void Forward(MatrixView<float> x, MatrixView<float> y)
+    public void Forward(MatrixView<float> x, MatrixView<float> y) => Forward<float, float>(x, y);
+
+    /// <summary>Queues Y = X·W + b in the layer's precision: <paramref name="x"/> holds the compute type,
+    /// <paramref name="y"/> the output type (else <see cref="ArgumentException"/> naming the expected type); fp32
+    /// accumulation, bias and epilogue in fp32, one rounding to the output type.</summary>
+    public void Forward<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> y) where TIn : unmanaged where TOut : unmanaged
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(y);
@@ -41,9 +49,10 @@ public sealed class ColumnParallelLinear : ParallelLinear
         if (x.Cols != InFeatures)
             throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected {m} x {InFeatures} (M x in-features).", nameof(x));
         ThrowHelper.Shape(y, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features, gathered" : "M x local out-features");
+        RequireTypes<TIn, TOut>(nameof(x), nameof(y));
         if (!GatherOutput)
         {
-            if (n > 0) Gemm.Multiply(Context.Stream, x, Weight!.AsMatrix(InFeatures, n), y, bias: Bias, epilogue: Epilogue);
+            if (n > 0) Gemm.Multiply(Context.Stream, x, ComputeWeight<TIn>()!.AsMatrix(InFeatures, n), y, bias: GemmBias<TOut>(), epilogue: Epilogue);
             return;
         }
         if (n == 0)
@@ -51,8 +60,8 @@ public sealed class ColumnParallelLinear : ParallelLinear
             Context.AllGatherColumns(default, y); // contributes nothing but joins the collective
             return;
         }
-        var local = Scratch(m * n).AsMatrix(m, n);
-        Gemm.Multiply(Context.Stream, x, Weight!.AsMatrix(InFeatures, n), local, bias: Bias, epilogue: Epilogue);
+        var local = _scratch.Get<TOut>(SlotOutput, Context.Device, m * n).AsMatrix(m, n);
+        Gemm.Multiply(Context.Stream, x, ComputeWeight<TIn>()!.AsMatrix(InFeatures, n), local, bias: GemmBias<TOut>(), epilogue: Epilogue);
         Context.AllGatherColumns(local, y);
     }
 
@@ -65,32 +74,44 @@ public sealed class ColumnParallelLinear : ParallelLinear
     /// optional; with <paramref name="accumulate"/> they are added to (gradient accumulation), else overwritten.
     /// </summary>
     public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, DeviceBuffer<float>? dWeight = null,
-        DeviceBuffer<float>? dBias = null, bool accumulate = false)
+        DeviceBuffer<float>? dBias = null, bool accumulate = false) =>
+        Backward<float, float, float>(x, dy, dx, dWeight, dBias, accumulate);
+
+    /// <summary>The backward pass in the layer's precision: <paramref name="x"/> and <paramref name="dx"/> in the compute
+    /// type, <paramref name="dy"/> in the output type (converted once to the compute type when they differ), the gradients
+    /// in the gradient accumulation type (written by GEMMs with fp32 accumulation; with <paramref name="accumulate"/>
+    /// beta = 1 adds to them, e.g. fp32 gradients over bf16 micro-batches). The all-reduce of dX sums in fp32 in rank
+    /// order and rounds once.</summary>
+    public void Backward<TIn, TOut, TGrad>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, DeviceBuffer<TGrad>? dWeight = null,
+        DeviceBuffer<TGrad>? dBias = null, bool accumulate = false) where TIn : unmanaged where TOut : unmanaged where TGrad : unmanaged
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(dy);
         ThrowHelper.NotEmpty(dx);
         if (Epilogue != Epilogue.None)
             throw new NotSupportedException("Backward through a fused GeLU epilogue needs the pre-activation: use ParallelFeedForward.ForwardTraining / Backward, or a layer without epilogue.");
+        RequireTypes<TIn, TOut>(nameof(x), nameof(dy));
         LinearBackward(x, dy, dx, dWeight, dBias, accumulate);
     }
 
     /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue).</summary>
-    internal void LinearBackward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, DeviceBuffer<float>? dWeight,
-        DeviceBuffer<float>? dBias, bool accumulate)
+    internal void LinearBackward<TIn, TOut, TGrad>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, DeviceBuffer<TGrad>? dWeight,
+        DeviceBuffer<TGrad>? dBias, bool accumulate) where TIn : unmanaged where TOut : unmanaged where TGrad : unmanaged
     {
         long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
         ThrowHelper.Shape(x, m, k, "M x in-features, the forward input");
         ThrowHelper.Shape(dy, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features" : "M x local out-features");
         ThrowHelper.Shape(dx, m, k, "M x in-features");
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(dx));
+        RequireGradientType<TGrad>(dWeight is not null || dBias is not null);
         if (dx.Ld != k && m > 1)
             throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {k}).", nameof(dx));
-        var dyr = GatherOutput ? dy.Columns(LocalOutOffset, n) : dy;
         if (n > 0)
         {
+            var dyr = AsCompute<TIn, TOut>(GatherOutput ? dy.Columns(LocalOutOffset, n) : dy);
             if (dWeight is not null) GradientHelpers.WeightGradient(Context, x, dyr, dWeight, accumulate);
-            if (dBias is not null) GradientHelpers.ColumnSums(Context, ref _ones, dyr, dBias, accumulate);
-            Gemm.Multiply(Context.Stream, dyr, Weight!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
+            if (dBias is not null) GradientHelpers.ColumnSums(Context, _scratch, SlotOnes, dyr, dBias, accumulate);
+            Gemm.Multiply(Context.Stream, dyr, ComputeWeight<TIn>()!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
         }
         else
         {
@@ -98,5 +119,4 @@ public sealed class ColumnParallelLinear : ParallelLinear
         }
         Context.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);
     }
-
 }

@@ -1,28 +1,41 @@
 namespace Shardwise.Parallel;
 
-/// <summary>Building blocks shared by the layers' backward passes.</summary>
+/// <summary>Building blocks shared by the layers' backward passes, for any precision: activations and their gradients
+/// in the compute type (TIn) as GEMM inputs, weight and bias gradients written in <c>TGrad</c> (fp32 accumulation
+/// in every GEMM; with <c>accumulate</c>, beta = 1 adds to the gradient in its own type).</summary>
 internal static class GradientHelpers
 {
-    /// <summary>A buffer of at least <paramref name="length"/> ones (grown and refilled when too short), for column sums as GEMMs.</summary>
-    public static DeviceBuffer<float> Ones(ref DeviceBuffer<float>? cache, RankContext ctx, long length)
+    /// <summary>The value 1 as <typeparamref name="T"/> (float, Half, BFloat16).</summary>
+    public static T One<T>() where T : unmanaged
     {
-        var before = cache;
-        var ones = Scratch.Ensure(ref cache, ctx.Device, length);
-        if (!ReferenceEquals(ones, before)) ones.Fill(1f, ctx.Stream);
+        if (typeof(T) == typeof(float)) return (T)(object)1f;
+        if (typeof(T) == typeof(Half)) return (T)(object)(Half)1f;
+        if (typeof(T) == typeof(BFloat16)) return (T)(object)(BFloat16)1f;
+        throw new NotSupportedException($"no one of type {typeof(T).Name}");
+    }
+
+    /// <summary>A buffer of at least <paramref name="length"/> ones in the scratch slot (grown and refilled when too short),
+    /// for column sums as GEMMs.</summary>
+    public static DeviceBuffer<T> Ones<T>(TypedScratch scratch, int slot, RankContext ctx, long length) where T : unmanaged
+    {
+        var ones = scratch.Get<T>(slot, ctx.Device, length, out bool fresh);
+        if (fresh) ones.Fill(One<T>(), ctx.Stream);
         return ones;
     }
 
     /// <summary>Queues db (+)= Σ over rows of dy (n elements), as the GEMM onesᵀ[1×M] · dy[M×n].</summary>
-    public static void ColumnSums(RankContext ctx, ref DeviceBuffer<float>? ones, MatrixView<float> dy, DeviceBuffer<float> db, bool accumulate)
+    public static void ColumnSums<TIn, TGrad>(RankContext ctx, TypedScratch scratch, int onesSlot, MatrixView<TIn> dy,
+        DeviceBuffer<TGrad> db, bool accumulate) where TIn : unmanaged where TGrad : unmanaged
     {
         if (db.Length < dy.Cols)
             throw new ArgumentException($"the bias gradient has {db.Length} elements; expected {dy.Cols}.", "dBias");
-        var o = Ones(ref ones, ctx, dy.Rows);
+        var o = Ones<TIn>(scratch, onesSlot, ctx, dy.Rows);
         Gemm.Multiply(ctx.Stream, o.AsMatrix(1, dy.Rows), dy, db.AsMatrix(1, dy.Cols), beta: accumulate ? 1f : 0f);
     }
 
     /// <summary>Queues dW (+)= Xᵀ · dy for a k × n weight (x is M × k, dy is M × n).</summary>
-    public static void WeightGradient(RankContext ctx, MatrixView<float> x, MatrixView<float> dy, DeviceBuffer<float> dw, bool accumulate)
+    public static void WeightGradient<TIn, TGrad>(RankContext ctx, MatrixView<TIn> x, MatrixView<TIn> dy, DeviceBuffer<TGrad> dw,
+        bool accumulate) where TIn : unmanaged where TGrad : unmanaged
     {
         long k = x.Cols, n = dy.Cols;
         if (dw.Length < k * n)

@@ -1,36 +1,49 @@
+using Shardwise.Bindings;
+
 namespace Shardwise.Parallel;
 
 /// <summary>
 /// The tensor-parallel FFN sub-layer for one rank: <c>Y = GeLU(X·W1 + b1)·W2 + b2</c> with W1 (H × F) split by
 /// columns and W2 (F × H) split by rows over the same plan of F, so each rank computes
 /// <c>GeLU(X·W1[:, f_r] + b1[f_r])·W2[f_r, :]</c> with no communication, and exactly one all-reduce combines them.
-/// Uneven splits of F (F % p ≠ 0, empty shards) are handled.
+/// Uneven splits of F (F % p ≠ 0, empty shards) are handled. Any <see cref="Precision"/> whose gradient accumulation
+/// type is f32: GeLU runs in fp32 (the first GEMM's epilogue, or on the fp32 pre-activation in training) and the hidden
+/// activation is stored in the compute type; the output has the output type.
 /// </summary>
 public sealed class ParallelFeedForward : IDisposable
 {
     private readonly RankContext _ctx;
-    private DeviceBuffer<float>? _hidden;
+    private readonly TypedScratch _hidden = new(1);
 
-    /// <summary>Loads this rank's shards of W1 (H × F), b1 (1 × F), W2 (F × H) and, on rank 0, b2 (1 × H).</summary>
+    /// <summary>Loads this rank's shards of W1 (H × F), b1 (1 × F), W2 (F × H) and, on rank 0, b2 (1 × H), in the
+    /// parameter type of <paramref name="precision"/> (null: fp32; its gradient accumulation type must be f32).</summary>
     public ParallelFeedForward(RankContext context, WeightSource w1, WeightSource? b1, WeightSource w2, WeightSource? b2,
-        ShardingPlan? plan = null)
+        ShardingPlan? plan = null, Precision? precision = null)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(w1);
         ArgumentNullException.ThrowIfNull(w2);
         if (w2.Rows != w1.Cols || w2.Cols != w1.Rows)
             throw new ArgumentException($"w2 is {w2.Rows} x {w2.Cols}; expected F x H = {w1.Cols} x {w1.Rows} (w1 is H x F = {w1.Rows} x {w1.Cols}).", nameof(w2));
+        var p = precision ?? Precision.Fp32;
+        if (p.GradientAccumulation != SwDtype.F32)
+            throw new NotSupportedException($"ParallelFeedForward accumulates its gradients in f32 (FeedForwardGradients); the precision {p} asks for {Gemm.DtypeName(p.GradientAccumulation)}.");
+        Precision = p;
         _ctx = context;
         Plan = plan ?? ShardingPlan.Even(w1.Cols, context.WorldSize);
         LayerPlan.FeedForward(w1.Rows, w1.Cols, context.WorldSize, split: Plan).EnsureFitsOn(context);
-        Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan, epilogue: Epilogue.Gelu);
-        try { Down = new RowParallelLinear(context, w2, b2, inputIsParallel: true, plan: Plan); }
+        // The hidden activation is stored in the compute type: the first layer's output type is the compute type.
+        var up = new Precision(p.Parameter, p.Compute, p.Compute, SwDtype.F32);
+        Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan, epilogue: Epilogue.Gelu, precision: up);
+        try { Down = new RowParallelLinear(context, w2, b2, inputIsParallel: true, plan: Plan, precision: p); }
         catch { Up.Dispose(); throw; }
     }
 
     /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
     internal RankContext Context => _ctx;
 
+    /// <summary>The precision policy (the first layer's output type is its compute type).</summary>
+    public Precision Precision { get; }
     /// <summary>H: model width (input and output features).</summary>
     public long ModelFeatures => Up.InFeatures;
     /// <summary>F: hidden width.</summary>
@@ -43,24 +56,33 @@ public sealed class ParallelFeedForward : IDisposable
     public RowParallelLinear Down { get; }
 
     /// <summary>Queues Y = GeLU(X·W1 + b1)·W2 + b2 on the rank's stream: X is M × H, Y is M × H, on every rank.</summary>
-    public void Forward(MatrixView<float> x, MatrixView<float> y)
+    public void Forward(MatrixView<float> x, MatrixView<float> y) => Forward<float, float>(x, y);
+
+    /// <summary>The forward in the layer's precision: <paramref name="x"/> in the compute type, <paramref name="y"/> in the
+    /// output type.</summary>
+    public void Forward<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> y) where TIn : unmanaged where TOut : unmanaged
     {
         ThrowHelper.NotEmpty(x);
         long m = x.Rows, fr = Up.LocalOutFeatures;
         ThrowHelper.Positive(x.Rows);
-        var h = Scratch.Ensure(ref _hidden, _ctx.Device, m * fr).AsMatrix(m, fr, Math.Max(1, fr));
+        var h = _hidden.Get<TIn>(0, _ctx.Device, m * fr).AsMatrix(m, fr, Math.Max(1, fr));
         Up.Forward(x, h);
         Down.Forward(h, y);
     }
 
     /// <summary>
     /// Sequence-parallel forward: each rank holds only its block of token rows. The rows are all-gathered into the
-    /// full M × H input, the FFN runs as in <see cref="Forward"/>, and a reduce-scatter (instead of the all-reduce)
-    /// leaves each rank its own rows of Y — still one collective for the reduction, plus the gather.
-    /// <paramref name="tokens"/> splits the M rows over the ranks (uneven allowed); <paramref name="x"/> and
-    /// <paramref name="y"/> are this rank's m_r × H blocks (row-major, contiguous x).
+    /// full M × H input, the FFN runs as in <see cref="Forward(MatrixView{float}, MatrixView{float})"/>, and a
+    /// reduce-scatter (instead of the all-reduce) leaves each rank its own rows of Y — still one collective for the
+    /// reduction, plus the gather. <paramref name="tokens"/> splits the M rows over the ranks (uneven allowed);
+    /// <paramref name="x"/> and <paramref name="y"/> are this rank's m_r × H blocks (row-major, contiguous x).
     /// </summary>
-    public void ForwardSequenceParallel(MatrixView<float> x, MatrixView<float> y, ShardingPlan tokens)
+    public void ForwardSequenceParallel(MatrixView<float> x, MatrixView<float> y, ShardingPlan tokens) =>
+        ForwardSequenceParallel<float, float>(x, y, tokens);
+
+    /// <summary>The sequence-parallel forward in the layer's precision (x: compute type, y: output type).</summary>
+    public void ForwardSequenceParallel<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> y, ShardingPlan tokens)
+        where TIn : unmanaged where TOut : unmanaged
     {
         ArgumentNullException.ThrowIfNull(tokens);
         if (tokens.Parts != _ctx.WorldSize)
@@ -71,8 +93,9 @@ public sealed class ParallelFeedForward : IDisposable
         ThrowHelper.Shape(x, mr, hdim, "this rank's token rows x model features");
         if (mr > 1 && x.Ld != hdim)
             throw new ArgumentException($"x has ld {x.Ld}; the gather needs contiguous rows (ld = {hdim}).", nameof(x));
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(x));
         // [0, m·H): the gathered input; then the hidden activation.
-        var buffer = Scratch.Ensure(ref _hidden, _ctx.Device, m * hdim + Math.Max(1, m * fr));
+        var buffer = _hidden.Get<TIn>(0, _ctx.Device, m * hdim + Math.Max(1, m * fr));
         _ctx.AllGatherV(x.Buffer, mr * hdim, buffer, x.Offset, 0);
         var full = buffer.AsMatrix(m, hdim);
         var h = buffer.AsMatrix(m, fr, Math.Max(1, fr), m * hdim);
@@ -81,20 +104,29 @@ public sealed class ParallelFeedForward : IDisposable
     }
 
     /// <summary>
-    /// Training forward: like <see cref="Forward"/> (one all-reduce) but computes the pre-activation
-    /// Z = X·W1_r + b1_r and H = GeLU(Z) separately, so <see cref="Backward"/> can use them. With
+    /// Training forward: like <see cref="Forward(MatrixView{float}, MatrixView{float})"/> (one all-reduce) but computes the
+    /// pre-activation Z = X·W1_r + b1_r and H = GeLU(Z) separately, so <see cref="Backward(MatrixView{float},
+    /// MatrixView{float}, MatrixView{float}, FeedForwardGradients, FeedForwardActivations, bool)"/> can use them. With
     /// <paramref name="keepActivations"/> the returned object holds Z and H (2·M·f_r floats per rank); without, it
-    /// records only M and <see cref="Backward"/> recomputes them (activation recomputation: memory for one GEMM).
+    /// records only M and the backward recomputes them (activation recomputation: memory for one GEMM).
     /// </summary>
-    public FeedForwardActivations ForwardTraining(MatrixView<float> x, MatrixView<float> y, bool keepActivations = true)
+    public FeedForwardActivations ForwardTraining(MatrixView<float> x, MatrixView<float> y, bool keepActivations = true) =>
+        ForwardTraining<float, float>(x, y, keepActivations);
+
+    /// <summary>The training forward in the layer's precision: Z is kept in fp32 (the GEMM writes fp32, fp32 bias), GeLU
+    /// runs in fp32 and H is rounded once to the compute type.</summary>
+    public FeedForwardActivations ForwardTraining<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> y, bool keepActivations = true)
+        where TIn : unmanaged where TOut : unmanaged
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.Shape(x, x.Rows, ModelFeatures, "M x model features");
-        var saved = new FeedForwardActivations(_ctx.Device, x.Rows, Up.LocalOutFeatures);
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(x));
+        Precision.Require<TOut>(Precision.Output, "output", nameof(y));
+        var saved = new FeedForwardActivations(_ctx.Device, x.Rows, Up.LocalOutFeatures, Precision.Compute);
         try
         {
             ComputeHidden(x, saved);
-            Down.Forward(saved.HiddenView, y);
+            Down.Forward(saved.HiddenAs<TIn>(), y);
             if (!keepActivations) saved.Release();
             return saved;
         }
@@ -110,10 +142,16 @@ public sealed class ParallelFeedForward : IDisposable
     /// rank 0, which owns b2), dZ = dH ∘ GeLU'(Z), dW1_r = Xᵀ·dZ, db1_r = Σ dZ, dX = Σ_r dZ·W1_rᵀ.
     /// <paramref name="x"/> is the forward input (M × H), <paramref name="dy"/> the output gradient (M × H, the
     /// same on every rank), <paramref name="dx"/> receives the input gradient. <paramref name="saved"/> comes from
-    /// <see cref="ForwardTraining"/>; when it kept no activations they are recomputed here.
+    /// the training forward; when it kept no activations they are recomputed here.
     /// </summary>
     public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, FeedForwardGradients gradients, FeedForwardActivations saved,
-        bool accumulate = false)
+        bool accumulate = false) => Backward<float, float>(x, dy, dx, gradients, saved, accumulate);
+
+    /// <summary>The backward in the layer's precision: x and dx in the compute type, dy in the output type, fp32
+    /// gradients (GEMMs with fp32 output; <paramref name="accumulate"/>: beta = 1). dH is rounded to the compute type,
+    /// widened for GeLU's derivative in fp32 against the fp32 Z, and dZ rounded once to the compute type.</summary>
+    public void Backward<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, FeedForwardGradients gradients,
+        FeedForwardActivations saved, bool accumulate = false) where TIn : unmanaged where TOut : unmanaged
     {
         ArgumentNullException.ThrowIfNull(gradients);
         ArgumentNullException.ThrowIfNull(saved);
@@ -122,20 +160,41 @@ public sealed class ParallelFeedForward : IDisposable
         if (saved.Rows != m || saved.HiddenFeatures != fr)
             throw new ArgumentException($"saved activations are for {saved.Rows} x {saved.HiddenFeatures}; expected {m} x {fr}.", nameof(saved));
         ThrowHelper.Shape(dy, m, hdim, "M x model features");
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(x));
         if (!saved.IsKept) ComputeHidden(x, saved.Recreate());
         // dH (M × f_r) = dY · W2_rᵀ, dW2_r, db2 — the row-parallel layer's backward with a parallel input.
-        var dh = saved.GradientView;
-        Down.Backward(saved.HiddenView, dy, dh, gradients.DW2, _ctx.Rank == 0 ? gradients.DB2 : null, accumulate);
-        if (fr > 0) Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, m * fr, 0, 2 * m * fr, 2 * m * fr);
+        var dh = saved.GradientAs<TIn>();
+        Down.Backward(saved.HiddenAs<TIn>(), dy, dh, gradients.DW2, _ctx.Rank == 0 ? gradients.DB2 : null, accumulate);
+        if (fr > 0)
+        {
+            long span = m * fr;
+            if (typeof(TIn) == typeof(float))
+            {
+                Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, 2 * span, 2 * span);
+            }
+            else // dH widened to fp32 (the work area), GeLU' in fp32 against the fp32 Z, dZ rounded once to the compute type
+            {
+                var low = (DeviceBuffer<TIn>)saved.Low!;
+                ElementwiseOps.Convert(_ctx.Stream, low, saved.Buffer!, span, span, span);
+                Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, span, span);
+                ElementwiseOps.Convert(_ctx.Stream, saved.Buffer!, low, span, span, span);
+            }
+        }
         Up.LinearBackward(x, dh, dx, gradients.DW1, gradients.DB1, accumulate);
     }
 
-    private void ComputeHidden(MatrixView<float> x, FeedForwardActivations saved)
+    private void ComputeHidden<TC>(MatrixView<TC> x, FeedForwardActivations saved) where TC : unmanaged
     {
-        long fr = Up.LocalOutFeatures;
+        long fr = Up.LocalOutFeatures, span = x.Rows * fr;
         if (fr == 0) return;
-        Gemm.Multiply(_ctx.Stream, x, Up.Weight!.AsMatrix(ModelFeatures, fr), saved.PreActivationView, bias: Up.Bias);
-        Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, x.Rows * fr, 0, x.Rows * fr);
+        Gemm.Multiply(_ctx.Stream, x, Up.ComputeWeight<TC>()!.AsMatrix(ModelFeatures, fr), saved.PreActivationView, bias: Up.GemmBias<float>());
+        if (typeof(TC) == typeof(float))
+        {
+            Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, span, 0, span);
+            return;
+        }
+        Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, span, 0, span); // fp32 H in the work area
+        ElementwiseOps.Convert(_ctx.Stream, saved.Buffer!, (DeviceBuffer<TC>)saved.Low!, span, span, 0);
     }
 
     /// <summary>Releases both layers and the hidden activation buffer.</summary>
@@ -143,6 +202,6 @@ public sealed class ParallelFeedForward : IDisposable
     {
         Up.Dispose();
         Down.Dispose();
-        _hidden?.Dispose();
+        _hidden.Dispose();
     }
 }

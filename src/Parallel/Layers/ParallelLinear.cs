@@ -1,3 +1,5 @@
+using Shardwise.Bindings;
+
 namespace Shardwise.Parallel;
 
 /// <summary>
@@ -5,13 +7,24 @@ namespace Shardwise.Parallel;
 /// with W K × N (in × out features) of which this rank holds one shard, cut by <see cref="Plan"/> (over N for a
 /// column-parallel layer, over K for a row-parallel one; uneven and empty shards allowed). Construction checks the
 /// arguments, checks that the rank's shard fits its device (<see cref="Device.MemoryLimitBytes"/>, ranks sharing a
-/// device added up) before anything is loaded, then loads the rank's block of W and of b; <see cref="Dispose"/>
-/// releases them and the layer's scratch buffers. Only Shardwise's layers derive from it.
+/// device added up) before anything is loaded, then loads the rank's block of W and of b in the
+/// <see cref="Precision"/>'s parameter type; <see cref="Dispose"/> releases them and the layer's scratch buffers. Only
+/// Shardwise's layers derive from it.
 /// </summary>
+/// <remarks>
+/// Precision is a run-time value, not a type parameter: one layer type serves every policy (the four element types of
+/// a policy would make four type parameters, and a policy read from a configuration file would need reflection to
+/// build the type). The typed entry points are generic methods (<c>Forward&lt;TIn, TOut&gt;</c>) whose element types
+/// are checked against the policy on each call, with an <see cref="ArgumentException"/> naming the argument, its type
+/// and the expected one; the float overloads of the fp32 API are kept as they were.
+/// </remarks>
 public abstract class ParallelLinear : IDisposable
 {
-    private DeviceBuffer<float>? _scratch;
-    private protected DeviceBuffer<float>? _ones; // the ones vector of the bias gradient (GradientHelpers.ColumnSums)
+    // Scratch slots (TypedScratch): the element type of each follows the policy.
+    private protected const int SlotOutput = 0, SlotWeight = 1, SlotBias = 2, SlotGradient = 3, SlotOnes = 4, SlotEmpty = 5;
+    private protected readonly TypedScratch _scratch = new(6);
+    private readonly object? _weight; // DeviceBuffer<parameter type>
+    private readonly object? _bias;
 
     /// <summary>Checks the arguments and the memory, then loads this rank's shard of <paramref name="weight"/> (K × N)
     /// and of <paramref name="bias"/> (1 × N, optional).</summary>
@@ -23,12 +36,14 @@ public abstract class ParallelLinear : IDisposable
     /// True: row-parallel, the plan splits K, every rank loads W[rows_r, :] and rank 0 alone the whole b (added once,
     /// before the sum).</param>
     /// <param name="memoryPlan">The layer's memory plan for a given split (checked against the device).</param>
+    /// <param name="precision">The precision policy (null: <see cref="Precision.Fp32"/>).</param>
     private protected ParallelLinear(RankContext context, WeightSource weight, WeightSource? bias, ShardingPlan? plan,
-        bool splitRows, Func<ShardingPlan, LayerPlan> memoryPlan)
+        bool splitRows, Func<ShardingPlan, LayerPlan> memoryPlan, Precision? precision)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(weight);
         Context = context;
+        Precision = precision ?? Precision.Fp32;
         InFeatures = weight.Rows;
         OutFeatures = weight.Cols;
         ThrowHelper.Positive(weight.Rows);
@@ -40,18 +55,19 @@ public abstract class ParallelLinear : IDisposable
         memoryPlan(Plan).EnsureFitsOn(context);
         long off = Plan.Offset(context.Rank), size = Plan.Size(context.Rank);
         var stream = context.Stream;
-        Weight = splitRows
-            ? weight.LoadBlock(stream, off, 0, size, OutFeatures)
-            : weight.LoadBlock(stream, 0, off, InFeatures, size);
+        var p = Precision.Parameter;
+        _weight = splitRows
+            ? AnyBuffer.Load(weight, p, stream, off, 0, size, OutFeatures)
+            : AnyBuffer.Load(weight, p, stream, 0, off, InFeatures, size);
         try
         {
-            Bias = splitRows
-                ? (context.Rank == 0 ? bias?.LoadBlock(stream, 0, 0, 1, OutFeatures) : null)
-                : bias?.LoadBlock(stream, 0, off, 1, size);
+            _bias = splitRows
+                ? (context.Rank == 0 && bias is not null ? AnyBuffer.Load(bias, p, stream, 0, 0, 1, OutFeatures) : null)
+                : (bias is null ? null : AnyBuffer.Load(bias, p, stream, 0, off, 1, size));
         }
         catch
         {
-            Weight?.Dispose();
+            (_weight as IDisposable)?.Dispose();
             throw;
         }
     }
@@ -59,6 +75,8 @@ public abstract class ParallelLinear : IDisposable
     /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
     internal RankContext Context { get; }
 
+    /// <summary>The precision policy: the element types of the weights, the GEMM inputs, the output and the gradients.</summary>
+    public Precision Precision { get; }
     /// <summary>K: input features.</summary>
     public long InFeatures { get; }
     /// <summary>N: output features.</summary>
@@ -66,22 +84,99 @@ public abstract class ParallelLinear : IDisposable
     /// <summary>The split over the ranks: of N (output features) for a column-parallel layer, of K (input features) for a
     /// row-parallel one.</summary>
     public ShardingPlan Plan { get; }
-    /// <summary>This rank's shard of W, row-major: K × n_r (column-parallel) or k_r × N (row-parallel); null when the shard
-    /// is empty.</summary>
-    public DeviceBuffer<float>? Weight { get; }
-    /// <summary>This rank's bias: its n_r elements (column-parallel), or the whole N on rank 0 only (row-parallel); null
-    /// without bias, for an empty column shard, and on the other ranks of a row-parallel layer.</summary>
-    public DeviceBuffer<float>? Bias { get; }
 
-    /// <summary>A scratch buffer of at least <paramref name="elements"/> floats on the rank's device, kept and grown by the layer.</summary>
-    private protected DeviceBuffer<float> Scratch(long elements) => Parallel.Scratch.Ensure(ref _scratch, Context.Device, elements);
+    /// <summary>This rank's shard of W, row-major: K × n_r (column-parallel) or k_r × N (row-parallel); null when the shard
+    /// is empty. For a layer whose parameter type is not f32 use <see cref="WeightAs{T}"/>
+    /// (<see cref="NotSupportedException"/> here).</summary>
+    public DeviceBuffer<float>? Weight => WeightAs<float>();
+    /// <summary>This rank's bias: its n_r elements (column-parallel), or the whole N on rank 0 only (row-parallel); null
+    /// without bias, for an empty column shard, and on the other ranks of a row-parallel layer. f32 layers only (see
+    /// <see cref="BiasAs{T}"/>).</summary>
+    public DeviceBuffer<float>? Bias => BiasAs<float>();
+
+    /// <summary>The weight shard as held, in the parameter type <typeparamref name="T"/> (the working copy a
+    /// mixed-precision trainer refreshes).</summary>
+    public DeviceBuffer<T>? WeightAs<T>() where T : unmanaged => Held<T>(_weight, "weight");
+    /// <summary>The bias as held, in the parameter type <typeparamref name="T"/>.</summary>
+    public DeviceBuffer<T>? BiasAs<T>() where T : unmanaged => Held<T>(_bias, "bias");
+
+    private DeviceBuffer<T>? Held<T>(object? buffer, string what) where T : unmanaged
+    {
+        if (Precision.Of<T>() != Precision.Parameter)
+            throw new NotSupportedException(
+                $"this layer holds its {what} as {Gemm.DtypeName(Precision.Parameter)} ({Precision.TypeName(Precision.Parameter)}), not {typeof(T).Name}; " +
+                $"use {(what == "weight" ? "WeightAs" : "BiasAs")}<{Precision.TypeName(Precision.Parameter)}>() (precision: {Precision}).");
+        return (DeviceBuffer<T>?)buffer;
+    }
+
+    /// <summary>The weight shard as the GEMMs read it (<typeparamref name="TC"/> = the compute type): the held buffer, or a
+    /// copy converted on the rank's stream (each call: the held weights may have been updated since).</summary>
+    internal DeviceBuffer<TC>? ComputeWeight<TC>() where TC : unmanaged
+    {
+        if (_weight is null) return null;
+        if (Precision.Of<TC>() == Precision.Parameter) return (DeviceBuffer<TC>)_weight;
+        long count = ShardElements;
+        var copy = _scratch.Get<TC>(SlotWeight, Context.Device, count);
+        AnyBuffer.ConvertTo(Context.Stream, _weight, Precision.Parameter, copy, count);
+        return copy;
+    }
+
+    /// <summary>The bias in a GEMM's output type <typeparamref name="TO"/> (bias has C's type): the held one, or a
+    /// converted copy; null without bias on this rank.</summary>
+    internal DeviceBuffer<TO>? GemmBias<TO>() where TO : unmanaged
+    {
+        if (_bias is null) return null;
+        if (Precision.Of<TO>() == Precision.Parameter) return (DeviceBuffer<TO>)_bias;
+        long count = BiasElements;
+        var copy = _scratch.Get<TO>(SlotBias, Context.Device, count);
+        AnyBuffer.ConvertTo(Context.Stream, _bias, Precision.Parameter, copy, count);
+        return copy;
+    }
+
+    private long ShardElements => _weight switch
+    {
+        DeviceBuffer<float> f => f.Length,
+        DeviceBuffer<Half> h => h.Length,
+        DeviceBuffer<BFloat16> b => b.Length,
+        _ => 0,
+    };
+
+    private long BiasElements => _bias switch
+    {
+        DeviceBuffer<float> f => f.Length,
+        DeviceBuffer<Half> h => h.Length,
+        DeviceBuffer<BFloat16> b => b.Length,
+        _ => 0,
+    };
+
+    /// <summary>Checks the element types of a call against the policy: activations (x, dx) in the compute type, y / dy in
+    /// the output type.</summary>
+    private protected void RequireTypes<TIn, TOut>(string inName, string outName) where TIn : unmanaged where TOut : unmanaged
+    {
+        Precision.Require<TIn>(Precision.Compute, "compute", inName);
+        Precision.Require<TOut>(Precision.Output, "output", outName);
+    }
+
+    /// <summary>Checks the gradient buffers' element type against the policy's gradient accumulation type.</summary>
+    private protected void RequireGradientType<TGrad>(bool any) where TGrad : unmanaged
+    {
+        if (any) Precision.Require<TGrad>(Precision.GradientAccumulation, "gradient accumulation", "dWeight");
+    }
+
+    /// <summary>dy as a GEMM input (the compute type): dy itself, or a converted contiguous copy in a scratch slot.</summary>
+    private protected MatrixView<TIn> AsCompute<TIn, TOut>(MatrixView<TOut> dy) where TIn : unmanaged where TOut : unmanaged
+    {
+        if (typeof(TIn) == typeof(TOut)) return (MatrixView<TIn>)(object)dy;
+        var copy = _scratch.Get<TIn>(SlotGradient, Context.Device, dy.Rows * dy.Cols).AsMatrix(dy.Rows, dy.Cols, Math.Max(1, dy.Cols));
+        if (dy.Rows * dy.Cols > 0) ElementwiseOps.Convert(Context.Stream, dy, copy);
+        return copy;
+    }
 
     /// <summary>Releases the shard, the bias and the scratch buffers.</summary>
     public void Dispose()
     {
-        Weight?.Dispose();
-        Bias?.Dispose();
-        _scratch?.Dispose();
-        _ones?.Dispose();
+        (_weight as IDisposable)?.Dispose();
+        (_bias as IDisposable)?.Dispose();
+        _scratch.Dispose();
     }
 }

@@ -5,7 +5,8 @@ namespace Shardwise.Parallel;
 /// <see cref="Spmd.Run"/>). W is K × N; rank r holds only its rows W[rows_r, :] (k_r × N), with rows_r from the
 /// <see cref="ShardingPlan"/> over K (uneven and empty shards allowed). Each rank multiplies its slice of the
 /// input, X[:, rows_r], by its shard; an all-reduce sums the partial products into Y[M, N] on every rank.
-/// The bias is added once, by rank 0's GEMM, before the sum.
+/// The bias is added once, by rank 0's GEMM, before the sum. Any <see cref="Precision"/>: each partial product is
+/// rounded to the output type, and a 16-bit all-reduce sums in fp32 in rank order and rounds once.
 /// </summary>
 public sealed class RowParallelLinear : ParallelLinear
 {
@@ -13,14 +14,16 @@ public sealed class RowParallelLinear : ParallelLinear
     /// <param name="context">The rank.</param>
     /// <param name="weight">The logical weight, K × N.</param>
     /// <param name="bias">Optional bias, 1 × N.</param>
-    /// <param name="inputIsParallel">True: <see cref="Forward"/> takes this rank's M × k_r slice (e.g. the output of a
-    /// <see cref="ColumnParallelLinear"/> without gathering). False: it takes the whole M × K input and reads its
-    /// slice as a view (no copy).</param>
+    /// <param name="inputIsParallel">True: <see cref="Forward(MatrixView{float}, MatrixView{float})"/> takes this rank's
+    /// M × k_r slice (e.g. the output of a <see cref="ColumnParallelLinear"/> without gathering). False: it takes the whole
+    /// M × K input and reads its slice as a view (no copy).</param>
     /// <param name="plan">The split of K over the ranks (default: even).</param>
+    /// <param name="precision">The precision policy (null: fp32).</param>
     public RowParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
-        bool inputIsParallel = false, ShardingPlan? plan = null)
+        bool inputIsParallel = false, ShardingPlan? plan = null, Precision? precision = null)
         : base(context, weight, bias, plan, splitRows: true, split =>
-            LayerPlan.RowParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, inputIsParallel: inputIsParallel, split: split))
+            LayerPlan.RowParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, inputIsParallel: inputIsParallel, split: split),
+            precision)
     {
         InputIsParallel = inputIsParallel;
     }
@@ -29,7 +32,7 @@ public sealed class RowParallelLinear : ParallelLinear
     public long LocalInFeatures => Plan.Size(Context.Rank);
     /// <summary>First input feature of this rank.</summary>
     public long LocalInOffset => Plan.Offset(Context.Rank);
-    /// <summary>Whether <see cref="Forward"/> takes this rank's slice of the input (true) or the whole input.</summary>
+    /// <summary>Whether the forward takes this rank's slice of the input (true) or the whole input.</summary>
     public bool InputIsParallel { get; }
 
     /// <summary>
@@ -37,7 +40,11 @@ public sealed class RowParallelLinear : ParallelLinear
     /// input is parallel, else M × K; <paramref name="y"/> is M × N on every rank. Errors surface at the rank's
     /// <c>Synchronize</c>.
     /// </summary>
-    public void Forward(MatrixView<float> x, MatrixView<float> y)
+    public void Forward(MatrixView<float> x, MatrixView<float> y) => Forward<float, float>(x, y);
+
+    /// <summary>The forward in the layer's precision: <paramref name="x"/> in the compute type, <paramref name="y"/> in
+    /// the output type.</summary>
+    public void Forward<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> y) where TIn : unmanaged where TOut : unmanaged
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(y);
@@ -49,9 +56,10 @@ public sealed class RowParallelLinear : ParallelLinear
                 $"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols} ({(InputIsParallel ? "M x this rank's in-features" : "M x in-features")}).",
                 nameof(x));
         ThrowHelper.Shape(y, m, n, "M x out-features");
+        RequireTypes<TIn, TOut>(nameof(x), nameof(y));
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
-        var partial = y.Ld == n ? y : Scratch(m * n).AsMatrix(m, n);
+        var partial = y.Ld == n ? y : _scratch.Get<TOut>(SlotOutput, Context.Device, m * n).AsMatrix(m, n);
         QueuePartialProduct(local, partial);
         Context.AllReduce(partial.Buffer, partial.Buffer, m * n, partial.Offset, partial.Offset);
         if (!ReferenceEquals(partial.Buffer, y.Buffer) || partial.Offset != y.Offset)
@@ -64,7 +72,10 @@ public sealed class RowParallelLinear : ParallelLinear
     /// combined by one reduce-scatter instead of an all-reduce. <paramref name="tokens"/> splits the M rows over the
     /// ranks (uneven allowed); <paramref name="y"/> is this rank's m_r × N block.
     /// </summary>
-    public void ForwardScatter(MatrixView<float> x, MatrixView<float> y, ShardingPlan tokens)
+    public void ForwardScatter(MatrixView<float> x, MatrixView<float> y, ShardingPlan tokens) => ForwardScatter<float, float>(x, y, tokens);
+
+    /// <summary>The sequence-parallel forward in the layer's precision (x: compute type, y: output type).</summary>
+    public void ForwardScatter<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> y, ShardingPlan tokens) where TIn : unmanaged where TOut : unmanaged
     {
         ArgumentNullException.ThrowIfNull(tokens);
         ThrowHelper.NotEmpty(x);
@@ -77,9 +88,10 @@ public sealed class RowParallelLinear : ParallelLinear
             throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected {m} x {expectedCols}.", nameof(x));
         long mr = tokens.Size(Context.Rank);
         ThrowHelper.Shape(y, mr, n, "this rank's token rows x out-features");
+        RequireTypes<TIn, TOut>(nameof(x), nameof(y));
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         bool direct = y.Ld == n || mr <= 1;
-        var scratch = Scratch(m * n + (direct ? 0 : mr * n));
+        var scratch = _scratch.Get<TOut>(SlotOutput, Context.Device, m * n + (direct ? 0 : mr * n));
         QueuePartialProduct(local, scratch.AsMatrix(m, n));
         if (direct)
         {
@@ -95,13 +107,20 @@ public sealed class RowParallelLinear : ParallelLinear
     /// Queues the backward pass on the rank's stream: dW_r = X_rᵀ·dY and dX_r = dY·W_rᵀ need no communication
     /// (Megatron's row-parallel backward); when the forward split the whole input on entry, the ranks' dX_r column
     /// blocks are all-gathered into the full M × K input gradient. <paramref name="x"/> is the forward input
-    /// (as passed to <see cref="Forward"/>), <paramref name="dy"/> the M × N output gradient (the same on every
+    /// (as passed to the forward), <paramref name="dy"/> the M × N output gradient (the same on every
     /// rank), <paramref name="dx"/> the input gradient shaped like <paramref name="x"/>. <paramref name="dBias"/> (N,
     /// optional, typically on rank 0 which owns the bias) receives Σ_rows dY; <paramref name="dWeight"/> (k_r × N)
     /// is optional. With <paramref name="accumulate"/> both are added to, else overwritten.
     /// </summary>
     public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, DeviceBuffer<float>? dWeight = null,
-        DeviceBuffer<float>? dBias = null, bool accumulate = false)
+        DeviceBuffer<float>? dBias = null, bool accumulate = false) =>
+        Backward<float, float, float>(x, dy, dx, dWeight, dBias, accumulate);
+
+    /// <summary>The backward pass in the layer's precision: x and dx in the compute type, dy in the output type (converted
+    /// once to the compute type when they differ), the gradients in the gradient accumulation type (fp32 accumulation in
+    /// every GEMM; <paramref name="accumulate"/>: beta = 1).</summary>
+    public void Backward<TIn, TOut, TGrad>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, DeviceBuffer<TGrad>? dWeight = null,
+        DeviceBuffer<TGrad>? dBias = null, bool accumulate = false) where TIn : unmanaged where TOut : unmanaged where TGrad : unmanaged
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(dy);
@@ -111,28 +130,33 @@ public sealed class RowParallelLinear : ParallelLinear
         ThrowHelper.Shape(x, m, cols, "the forward input");
         ThrowHelper.Shape(dy, m, n, "M x out-features");
         ThrowHelper.Shape(dx, m, cols, "shaped like the forward input");
+        RequireTypes<TIn, TOut>(nameof(x), nameof(dy));
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(dx));
+        RequireGradientType<TGrad>(dWeight is not null || dBias is not null);
         var xr = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
-        if (dBias is not null) GradientHelpers.ColumnSums(Context, ref _ones, dy, dBias, accumulate);
-        if (kr > 0 && dWeight is not null) GradientHelpers.WeightGradient(Context, xr, dy, dWeight, accumulate);
+        var dyc = AsCompute<TIn, TOut>(dy);
+        if (dBias is not null) GradientHelpers.ColumnSums(Context, _scratch, SlotOnes, dyc, dBias, accumulate);
+        if (kr > 0 && dWeight is not null) GradientHelpers.WeightGradient(Context, xr, dyc, dWeight, accumulate);
         if (InputIsParallel)
         {
-            if (kr > 0) Gemm.Multiply(Context.Stream, dy, Weight!.AsMatrix(kr, n), dx, transB: true);
+            if (kr > 0) Gemm.Multiply(Context.Stream, dyc, ComputeWeight<TIn>()!.AsMatrix(kr, n), dx, transB: true);
             return;
         }
         // Split on entry: compute this rank's columns of dX, then gather every rank's block into dX.
-        var local = Scratch(Math.Max(1, m * kr)).AsMatrix(m, kr, Math.Max(1, kr));
-        if (kr > 0) Gemm.Multiply(Context.Stream, dy, Weight!.AsMatrix(kr, n), local, transB: true);
+        var local = _scratch.Get<TIn>(SlotOutput, Context.Device, Math.Max(1, m * kr)).AsMatrix(m, kr, Math.Max(1, kr));
+        if (kr > 0) Gemm.Multiply(Context.Stream, dyc, ComputeWeight<TIn>()!.AsMatrix(kr, n), local, transB: true);
         Context.AllGatherColumns(kr > 0 ? local : default, dx);
     }
 
     // partial (M × N, contiguous) = X_r · W_r (+ b on rank 0): this rank's term of the sum.
-    private void QueuePartialProduct(MatrixView<float> local, MatrixView<float> partial)
+    private void QueuePartialProduct<TIn, TOut>(MatrixView<TIn> local, MatrixView<TOut> partial) where TIn : unmanaged where TOut : unmanaged
     {
         long kr = LocalInFeatures, n = OutFeatures;
+        var bias = GemmBias<TOut>();
         if (kr > 0)
-            Gemm.Multiply(Context.Stream, local, Weight!.AsMatrix(kr, n), partial, bias: Bias);
-        else if (Bias is not null) // an empty shard on rank 0: its term is just the bias (a k = 0 GEMM)
-            Gemm.Multiply(Context.Stream, local, Bias.AsMatrix(0, n, n), partial, bias: Bias);
+            Gemm.Multiply(Context.Stream, local, ComputeWeight<TIn>()!.AsMatrix(kr, n), partial, bias: bias);
+        else if (bias is not null) // an empty shard on rank 0: its term is just the bias (a k = 0 GEMM)
+            Gemm.Multiply(Context.Stream, local, _scratch.Get<TIn>(SlotEmpty, Context.Device, 1).AsMatrix(0, n, n), partial, bias: bias);
         else
             partial.Buffer.Clear(Context.Stream, partial.Offset, partial.Rows * n); // contributes zeros to the sum
     }

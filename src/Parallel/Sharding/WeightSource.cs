@@ -93,6 +93,49 @@ public abstract class WeightSource
         }
     }
 
+    /// <summary>As <see cref="LoadBlock"/>, into a buffer of <typeparamref name="T"/> (float, <see cref="Half"/> or
+    /// <see cref="BFloat16"/>): each staged chunk of floats is rounded to nearest even on the host before it is copied, so
+    /// the device never holds a float32 copy of a 16-bit block.</summary>
+    public DeviceBuffer<T>? LoadBlock<T>(DeviceStream stream, long rowOffset, long colOffset, long rows, long cols) where T : unmanaged
+    {
+        if (typeof(T) == typeof(float)) return (DeviceBuffer<T>?)(object?)LoadBlock(stream, rowOffset, colOffset, rows, cols);
+        if (typeof(T) != typeof(Half) && typeof(T) != typeof(BFloat16))
+            throw new NotSupportedException($"LoadBlock<{typeof(T).Name}>: weights load as float, System.Half or Shardwise.BFloat16.");
+        ArgumentNullException.ThrowIfNull(stream);
+        CheckBlock(rowOffset, colOffset, rows, cols, long.MaxValue);
+        if (rows == 0 || cols == 0) return null;
+        var buffer = stream.Device.Allocate<T>(rows * cols);
+        try
+        {
+            long chunkRows = Math.Max(1, Math.Min(rows, StagingElements / cols));
+            var staging = new float[chunkRows * cols];
+            var narrow = new T[chunkRows * cols];
+            for (long r0 = 0; r0 < rows; r0 += chunkRows)
+            {
+                long n = Math.Min(chunkRows, rows - r0);
+                int count = checked((int)(n * cols));
+                Read(rowOffset + r0, colOffset, n, cols, staging.AsSpan(0, count));
+                if (typeof(T) == typeof(Half))
+                {
+                    var h = (Half[])(object)narrow;
+                    for (int i = 0; i < count; i++) h[i] = (Half)staging[i];
+                }
+                else
+                {
+                    var b = (BFloat16[])(object)narrow;
+                    for (int i = 0; i < count; i++) b[i] = (BFloat16)staging[i];
+                }
+                buffer.CopyFrom(narrow.AsSpan(0, count), stream, r0 * cols);
+            }
+            return buffer;
+        }
+        catch
+        {
+            buffer.Dispose();
+            throw;
+        }
+    }
+
     private sealed class ArraySource : WeightSource
     {
         private readonly float[] _data;
