@@ -363,7 +363,8 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
         using var csmall = PoisonedT<BFloat16>(1);
         Gemm.Multiply(Str, dsmall.AsMatrix(1, 1), dsmall.AsMatrix(1, 1), csmall.AsMatrix(1, 1));
         Str.Synchronize();
-        Assert.That((double)csmall.ToArray(Str)[0], Is.EqualTo(Math.Pow(2, -132)));
+        // vdpbf16ps also flushes subnormal results to zero (FTZ, shardwise.h): the avx512bf16 kernel gives 0 here.
+        Assert.That((double)csmall.ToArray(Str)[0], Is.EqualTo(FlushesBf16SubnormalInputs ? 0.0 : Math.Pow(2, -132)));
     }
 
     // ------------------------------------------------------------------ refusals
