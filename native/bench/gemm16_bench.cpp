@@ -110,12 +110,12 @@ void bench_shape(const Shape& s, int threads, int rounds, sw::cpu::Kernel kernel
         return static_cast<float>((st >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
     };
     for (size_t i = 0; i < a16.size(); ++i) {
-        a16[i] = sw::cpu::gemm_detail::f32_to_bf16(rnd());
-        a32[i] = sw::cpu::gemm_detail::bf16_to_f32(a16[i]);
+        a16[i] = sw::float_to_bf16(rnd());
+        a32[i] = sw::bf16_to_float(a16[i]);
     }
     for (size_t i = 0; i < b16.size(); ++i) {
-        b16[i] = sw::cpu::gemm_detail::f32_to_bf16(rnd());
-        b32[i] = sw::cpu::gemm_detail::bf16_to_f32(b16[i]);
+        b16[i] = sw::float_to_bf16(rnd());
+        b32[i] = sw::bf16_to_float(b16[i]);
     }
     std::vector<float> c_bf(static_cast<size_t>(M * N)), c_f32(c_bf.size()), c_dnnl(c_bf.size()), c_sg(c_bf.size()),
         c_w(c_bf.size());

@@ -82,8 +82,8 @@ const char* tname(sw_dtype t) { return t == SW_DTYPE_F32 ? "f32" : t == SW_DTYPE
 double decode(sw_dtype t, uint16_t h) { return sw_ref_to_float16(t == SW_DTYPE_BF16, h); }
 // The library's portable conversions (the SIMD ones are compared with them), as a float (no trip through double,
 // which would quieten a signalling NaN).
-float decode_f(sw_dtype t, uint16_t h) { return t == SW_DTYPE_BF16 ? gd::bf16_to_f32(h) : gd::f16_to_f32(h); }
-uint16_t encode_lib(sw_dtype t, float f) { return t == SW_DTYPE_BF16 ? gd::f32_to_bf16(f) : gd::f32_to_f16(f); }
+float decode_f(sw_dtype t, uint16_t h) { return t == SW_DTYPE_BF16 ? sw::bf16_to_float(h) : sw::half_to_float(h); }
+uint16_t encode_lib(sw_dtype t, float f) { return t == SW_DTYPE_BF16 ? sw::float_to_bf16(f) : sw::float_to_half(f); }
 uint16_t encode(sw_dtype t, float f) { return sw_ref_round16(t == SW_DTYPE_BF16, f); }
 uint32_t fbits(float f) {
     uint32_t u;
