@@ -3,11 +3,13 @@
 // (sw_gemm: one GemmProblem, core/gemm_args.h) and dispatches through the device's backend (core/backend.h):
 // nothing here depends on which backend a device has.
 #include "core/backend.h"
+#include "core/dtype.h"
 #include "core/enum_arg.h"
 #include "core/gemm_args.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
+#include <cmath>
 #include <cstring>
 #include <memory>
 
@@ -23,6 +25,13 @@ Backend& backend_for(sw_backend kind) {
     Backend* cuda = cuda_backend(&why);
     if (!cuda) fail(SW_ERR_NOT_FOUND, "no CUDA device: ", why);
     return *cuda;
+}
+
+// Do the byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte?
+bool ranges_overlap(const char* a, uint64_t a_bytes, const char* b, uint64_t b_bytes) {
+    if (a_bytes == 0 || b_bytes == 0) return false;
+    const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+    return pa < pb + b_bytes && pb < pa + a_bytes;
 }
 
 } // namespace
@@ -438,25 +447,9 @@ SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype_in, sw_buffer
     });
 }
 
-} // extern "C"
-
 // ---------------------------------------------------------------- mixed-precision training (element-wise)
 // sw_convert, sw_unscale_check, sw_axpy: the checks every backend shares (handles, devices, dtype values, spans,
 // overlaps, scalars); the backend checks which dtypes it computes (check_training_type) and queues the work.
-#include "core/dtype.h"
-
-#include <cmath>
-
-namespace {
-// Do the byte ranges [a, a + a_bytes) and [b, b + b_bytes) share a byte?
-bool ranges_overlap(const char* a, uint64_t a_bytes, const char* b, uint64_t b_bytes) {
-    if (a_bytes == 0 || b_bytes == 0) return false;
-    const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-    return pa < pb + b_bytes && pb < pa + a_bytes;
-}
-} // namespace
-
-extern "C" {
 
 SW_API sw_status sw_convert(sw_stream stream, sw_dtype src_type_in, sw_buffer src, uint64_t src_offset,
                             sw_dtype dst_type_in, sw_buffer dst, uint64_t dst_offset, uint64_t count) {

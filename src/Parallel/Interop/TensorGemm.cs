@@ -27,40 +27,7 @@ public static unsafe class TensorGemm
     public static void Multiply(DeviceStream stream, ReadOnlyTensorSpan<float> a, ReadOnlyTensorSpan<float> b, TensorSpan<float> c,
         float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
         ReadOnlyTensorSpan<float> bias = default, Epilogue epilogue = Epilogue.None)
-    {
-        ArgumentNullException.ThrowIfNull(stream);
-        var la = TensorInterop.Input(a);
-        var lb = TensorInterop.Input(b);
-        var lc = TensorInterop.Output(c);
-        long m = transA ? la.Cols : la.Rows, k = transA ? la.Rows : la.Cols;
-        long n = transB ? lb.Rows : lb.Cols;
-        lb.RequireShape(transB ? n : k, transB ? k : n, nameof(b), transB ? "n x k, transposed" : "k x n, with k the columns of op(a)");
-        lc.RequireShape(m, n, nameof(c), "m x n");
-        bool hasBias = !bias.IsEmpty;
-        var lbias = hasBias ? TensorInterop.Input(bias) : default;
-        if (hasBias) lbias.RequireShape(1, n, nameof(bias), "n values, 1-D or 1 x n");
-        fixed (float* pa = a)
-        fixed (float* pb = b)
-        fixed (float* pc = c)
-        fixed (float* pbias = bias)
-        {
-            using var ba = Binding<float>.Create(stream, pa, la, a, copyIn: true);
-            using var bb = Binding<float>.Create(stream, pb, lb, b, copyIn: true);
-            using var bc = Binding<float>.Create(stream, pc, lc, c, copyIn: beta != 0);
-            using var bbias = hasBias ? Binding<float>.Create(stream, pbias, lbias, bias, copyIn: true) : null;
-            try
-            {
-                Gemm.Multiply(stream, ba.View, bb.View, bc.View, alpha, beta, transA, transB, bbias?.Buffer, 0, epilogue);
-                stream.Synchronize();
-            }
-            catch
-            {
-                TensorInterop.SynchronizeQuietly(stream);
-                throw;
-            }
-            bc.CopyBack(c, stream);
-        }
-    }
+        => Multiply<float, float>(stream, a, b, c, alpha, beta, transA, transB, bias, epilogue);
 
     /// <summary>
     /// The mixed-precision <see cref="Gemm.Multiply{TIn, TOut}"/> on host tensors: A and B of <typeparamref name="TIn"/>
