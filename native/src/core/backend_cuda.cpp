@@ -206,8 +206,7 @@ public:
     // Exactly the combinations the plugin computes (core/cuda_plugin_api.h): A and B of one type in f32, f16 or bf16,
     // C in f32 or A's type (the bias has C's type; fp32 accumulation always).
     void check_gemm_types(sw_dtype a_type, sw_dtype b_type, sw_dtype c_type) override {
-        const bool input_ok = a_type == SW_DTYPE_F32 || a_type == SW_DTYPE_F16 || a_type == SW_DTYPE_BF16;
-        if (!input_ok || b_type != a_type || (c_type != SW_DTYPE_F32 && c_type != a_type))
+        if (!gemm_types_defined(a_type, b_type, c_type))
             fail(SW_ERR_UNSUPPORTED, "a = ", dtype_name(a_type), ", b = ", dtype_name(b_type), ", c = ", dtype_name(c_type),
                  ": the CUDA GEMM takes a = b in f32, f16 or bf16 and c in f32 or a's type (f32/f32, f16/f16, bf16/bf16, "
                  "f16/f32, bf16/f32)");

@@ -84,8 +84,6 @@ GemmCall build_call(sw_stream_s* s, sw_dtype a_type, sw_dtype b_type, sw_dtype c
     return call;
 }
 
-bool gemm_input_type(sw_dtype t) { return t == SW_DTYPE_F32 || t == SW_DTYPE_F16 || t == SW_DTYPE_BF16; }
-
 } // namespace
 
 GemmCall gemm_call_from_args(sw_stream_s* s, const sw_dtype& dtype_in, const sw_op& trans_a_in, const sw_op& trans_b_in,
@@ -116,9 +114,7 @@ GemmCall gemm_call_from_desc(sw_stream_s* s, const sw_gemm_desc* d) {
     const sw_op trans_b = op_arg(d->trans_b, "trans_b");
     const sw_epilogue epilogue = epilogue_arg(d->epilogue, "epilogue");
     // The combinations the C ABI defines (a backend may compute fewer: check_gemm_types).
-    const bool defined = gemm_input_type(a_type) && b_type == a_type && (c_type == SW_DTYPE_F32 || c_type == a_type) &&
-                         compute_type == SW_DTYPE_F32;
-    if (!defined)
+    if (!gemm_types_defined(a_type, b_type, c_type) || compute_type != SW_DTYPE_F32)
         fail(SW_ERR_UNSUPPORTED, "a = ", dtype_name(a_type), ", b = ", dtype_name(b_type), ", c = ", dtype_name(c_type),
              ", compute = ", dtype_name(compute_type),
              ": sw_gemm_ex computes a = b in {f32, f16, bf16}, c = f32 or a's type, compute = f32");

@@ -50,4 +50,11 @@ struct GemmProblem {
     int64_t b_cols() const { return trans_b ? k : n; }
 };
 
+// The element-type combinations the C ABI defines (sw_gemm_desc): a = b in {f32, f16, bf16}, c = f32 or a's type (the
+// bias has c's type, accumulation is f32). Both backends compute exactly these; check_gemm_types names a refused one.
+inline bool gemm_types_defined(sw_dtype a_type, sw_dtype b_type, sw_dtype c_type) {
+    const bool input = a_type == SW_DTYPE_F32 || a_type == SW_DTYPE_F16 || a_type == SW_DTYPE_BF16;
+    return input && b_type == a_type && (c_type == SW_DTYPE_F32 || c_type == a_type);
+}
+
 } // namespace sw

@@ -9,7 +9,6 @@
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 #include "cpu/training_ops.h"
-#include "core/dtype.h"
 
 #include <algorithm>
 #include <atomic>
@@ -244,8 +243,7 @@ public:
     // ------------------------------------------------------------------ compute
     void check_gemm_types(sw_dtype a_type, sw_dtype b_type, sw_dtype c_type) override {
         // Every combination of the C ABI (cpu::gemm): a = b in {f32, f16, bf16}, c = f32 or a's type.
-        const auto input = [](sw_dtype t) { return t == SW_DTYPE_F32 || t == SW_DTYPE_F16 || t == SW_DTYPE_BF16; };
-        if (!input(a_type) || b_type != a_type || (c_type != SW_DTYPE_F32 && c_type != a_type))
+        if (!gemm_types_defined(a_type, b_type, c_type))
             fail(SW_ERR_UNSUPPORTED, "a = ", dtype_name(a_type), ", b = ", dtype_name(b_type), ", c = ",
                  dtype_name(c_type), ": the CPU backend computes GEMM with a = b in {f32, f16, bf16} and c = f32 or ",
                  "a's type");

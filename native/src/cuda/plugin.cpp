@@ -692,15 +692,8 @@ sw_status api_axpy(int32_t ordinal, sw_dtype x_type, float alpha, const void* x,
 }
 
 // ------------------------------------------------------------------------------------------ gemm
-bool supported_combination(sw_dtype a, sw_dtype c) {
-    return (a == SW_DTYPE_F32 && c == SW_DTYPE_F32) || (a == SW_DTYPE_F16 && c == SW_DTYPE_F16) ||
-           (a == SW_DTYPE_BF16 && c == SW_DTYPE_BF16) || (a == SW_DTYPE_F16 && c == SW_DTYPE_F32) ||
-           (a == SW_DTYPE_BF16 && c == SW_DTYPE_F32);
-}
-
 void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
-    if (d.b_type != d.a_type || d.bias_type != d.c_type || d.accum_type != SW_DTYPE_F32 ||
-        !supported_combination(d.a_type, d.c_type))
+    if (!gemm_types_defined(d.a_type, d.b_type, d.c_type) || d.bias_type != d.c_type || d.accum_type != SW_DTYPE_F32)
         fail(SW_ERR_UNSUPPORTED, "a = ", dtype_name(d.a_type), ", b = ", dtype_name(d.b_type), ", c = ",
              dtype_name(d.c_type), ", bias = ", dtype_name(d.bias_type), ", accumulation = ", dtype_name(d.accum_type),
              " is not supported (a = b, bias = c, fp32 accumulation; a/c: f32/f32, f16/f16, bf16/bf16, f16/f32, bf16/f32)");
