@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SW_ABI_VERSION 2 /* 2: sw_gemm_desc and sw_gemm_ex */
+#define SW_ABI_VERSION 3 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -475,6 +475,66 @@ SW_API sw_status sw_comm_create_nccl_id(sw_device device, const uint8_t* unique_
 /* One rank per process started by mpirun, MPI as the bootstrap: rank 0's unique id reaches the others over MPI, and
  * MPI carries the host side (agreement, abort notices) as in sw_comm_create_mpi. Ranks are MPI's. */
 SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, sw_comm* out);
+
+/* ---------------------------------------------------------------- sub-communicators (hybrid parallelism)
+ *
+ * Splitting (MPI_Comm_split / ncclCommSplit semantics): the ranks of a communicator that pass the same color form a
+ * new communicator of the same kind (in-process CPU or CUDA, NCCL in-process, TCP, MPI, NCCL per process) on the same
+ * devices, with the parent's timeout; inside it they are numbered by (key, parent rank) ascending, so keys may reorder
+ * them. color SW_SPLIT_NO_COLOR opts a rank out (no communicator for it); any other color must be >= 0.
+ *
+ * Family fate: a communicator made by a create function, and every communicator split from it (recursively), form a
+ * family. When any member fails (timeout, mismatch, lost peer) or is aborted (sw_comm_abort*), every member of the
+ * family is aborted with the first failure's reason: in this process at once, and in the other processes of the job
+ * as soon as the notice reaches them (no rank waits for its own timeout to learn that another group failed). A
+ * timeout inside a sub-communicator names the missing ranks by their rank in it and in its parent
+ * ("rank(s) 1 (parent rank 3)"). Destroying a communicator is not a failure: it aborts nothing else, and the
+ * communicators split from it stay usable (each handle is destroyed on its own, in any order). */
+#define SW_SPLIT_NO_COLOR (-1)
+/* In-process communicators (sw_comm_create_local, sw_comm_create_nccl_local): one call splits every rank. colors[r]
+ * and keys[r] (world_size entries each; keys NULL: parent order) are rank r's. out (world_size entries) receives, for
+ * every rank r, the handle of rank r's sub-communicator: the SAME handle for every rank of one color (destroy each
+ * distinct handle once), NULL for a rank that opted out. Rank r's rank inside it: sw_comm_get_parent_rank maps back.
+ * Host call; it does not wait for queued collectives. SW_ERR_INVALID_ARGUMENT on a multi-process communicator. */
+SW_API sw_status sw_comm_split_local(sw_comm comm, const int32_t* colors, const int32_t* keys, sw_comm* out);
+/* Multi-process communicators (TCP, MPI, NCCL per process): every process calls it with its own rank, color and key;
+ * a collective of the parent, matched with the other ranks' n-th collective, that waits for this rank's earlier
+ * collectives on the parent and blocks until the sub-communicator is made (bounded by the parent's timeout: a rank
+ * that never calls makes the others fail with SW_ERR_TIMEOUT naming it; a rank calling another collective instead
+ * makes them fail with SW_ERR_MISMATCH; either aborts the parent's family). *out is NULL for SW_SPLIT_NO_COLOR.
+ * The sub-communicator's transport: TCP its own mesh of connections (addresses exchanged over the parent), MPI
+ * MPI_Comm_split, NCCL ncclCommSplit where NCCL has it (2.18+), else ncclCommInitRank with a unique id sent over the
+ * parent. SW_ERR_INVALID_ARGUMENT on an in-process communicator (use sw_comm_split_local). */
+SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_t key, sw_comm* out);
+/* Rank `rank` of a communicator is rank *parent_rank of the communicator it was split from (for a communicator that
+ * was not split: *parent_rank = rank). In-process: any rank; multi-process: this process's rank. */
+SW_API sw_status sw_comm_get_parent_rank(sw_comm comm, int32_t rank, int32_t* parent_rank);
+
+/* ---------------------------------------------------------------- point-to-point
+ *
+ * sw_send: rank `rank` sends buf[offset .. offset+count) (dtype) to rank `peer`; sw_recv: rank `rank` receives count
+ * elements from `peer` into buf[offset ..). Every communicator kind, every dtype, count 0 allowed; queued on the rank's
+ * stream like a collective (a CUDA stream's later work waits for the transfer). Matching: the n-th send from a to b
+ * pairs with the n-th receive at b from a (a sw_sendrecv counts as one send and one receive). Both sides agree on
+ * count and dtype before data moves: a disagreement fails both with SW_ERR_MISMATCH naming both ranks and both
+ * calls. A transfer is a rendezvous: a send completes once its receive has the data (never rely on buffering); a
+ * send (receive) whose peer does not post the matching receive (send) within the timeout fails with SW_ERR_TIMEOUT
+ * naming both ranks. So a rank that must send to and receive from peers in one step (a ring step, a pipeline stage
+ * sending activations forward while receiving gradients back) uses sw_sendrecv, whose halves progress together.
+ * peer == rank only in sw_sendrecv with send_peer == recv_peer == rank (a copy). Failures follow the collectives'
+ * rules: the communicator (and its family) is aborted, and a failed receive leaves its region untouched or poisoned.
+ * Transfers do not count in sw_comm_get_collective_count. On multi-process communicators a rank's collectives and its
+ * transfers with a peer must be called in an order the peer matches (as with NCCL); a violation fails with an error,
+ * never a hang past the timeout. */
+SW_API sw_status sw_send(sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset, uint64_t count,
+                         sw_dtype dtype, sw_stream stream);
+SW_API sw_status sw_recv(sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset, uint64_t count,
+                         sw_dtype dtype, sw_stream stream);
+/* One send (send_count elements to send_peer) and one receive (recv_count elements from recv_peer) of one dtype,
+ * progressing together; either peer may be -1 (no send, or no receive). */
+SW_API sw_status sw_sendrecv(sw_comm comm, int32_t rank, int32_t send_peer, sw_buffer send, uint64_t send_offset,
+                             uint64_t send_count, int32_t recv_peer, sw_buffer recv, uint64_t recv_offset,
+                             uint64_t recv_count, sw_dtype dtype, sw_stream stream);
 
 /* ---------------------------------------------------------------- mixed-precision training (element-wise) */
 

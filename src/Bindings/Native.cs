@@ -14,7 +14,7 @@ public static unsafe partial class Native
     private const string Lib = NativeLibraryLoader.LibraryName;
 
     /// <summary>The ABI version this binding was written against (SW_ABI_VERSION).</summary>
-    public const int AbiVersion = 2;
+    public const int AbiVersion = 3;
 
 #pragma warning disable CS1591 // one-to-one with shardwise.h, documented there
     // ---------------------------------------------------------------- library
@@ -108,6 +108,16 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_nccl_id(DeviceHandle device, byte* uniqueId, int rank, int worldSize, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_nccl_mpi(DeviceHandle device, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_nccl_get_info(out int available, out int versionCode, byte* text, ulong textCapacity);
+
+    // ---------------------------------------------------------------- sub-communicators and point-to-point
+    // Split results are raw handles: NULL for a rank that opted out, and sw_comm_split_local gives ranks of one color
+    // the same handle (the caller wraps each distinct one once).
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_split_local(CommHandle comm, int* colors, int* keys, nint* comms);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_split(CommHandle comm, int rank, int color, int key, out nint subComm);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_parent_rank(CommHandle comm, int rank, out int parentRank);
+    [LibraryImport(Lib)] public static partial SwStatus sw_send(CommHandle comm, int rank, int peer, BufferHandle buf, ulong offset, ulong count, SwDtype dtype, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_recv(CommHandle comm, int rank, int peer, BufferHandle buf, ulong offset, ulong count, SwDtype dtype, StreamHandle stream);
+    [LibraryImport(Lib)] public static partial SwStatus sw_sendrecv(CommHandle comm, int rank, int sendPeer, BufferHandle send, ulong sendOffset, ulong sendCount, int recvPeer, BufferHandle recv, ulong recvOffset, ulong recvCount, SwDtype dtype, StreamHandle stream);
 #pragma warning restore CS1591
 
     /// <summary>The native library's version string.</summary>
