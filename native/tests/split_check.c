@@ -408,6 +408,291 @@ static void local_bad_arguments(void) {
     printf("in-process bad arguments: %s\n", g_failures ? "FAILED" : "ok");
 }
 
+
+/* ---------------------------------------------------------------- multi-process (TCP: forked processes; MPI: mpirun) */
+
+static int g_ready_fd = -1; /* fault scenarios: each rank writes a byte here once its splits are made */
+
+/* The process's device and stream for a multi-process rank. */
+typedef struct Proc {
+    sw_device dev;
+    sw_stream s;
+    sw_comm root;
+    int rank, p;
+} Proc;
+
+/* This rank's split of `parent` (whose ranks are root ranks top[], p of them) by the job-wide colors/keys: checks its
+ * rank, world size and parent rank, and runs the group's collectives. Returns the handle (NULL when it opted out). */
+static sw_comm mp_split(Proc* x, sw_comm parent, int p, const int* top, int my, const int32_t* colors, const int32_t* keys, int t) {
+    sw_comm c = NULL;
+    OK(sw_comm_split(parent, my, colors[my], keys[my], &c));
+    if (colors[my] == SW_SPLIT_NO_COLOR) {
+        CHECK(c == NULL, "rank %d opted out but got a communicator", my);
+        return NULL;
+    }
+    if (!c) return NULL;
+    int members[MAXR], tops[MAXR];
+    const int n = group_of(p, colors, keys, colors[my], members);
+    int32_t sub = -1, up = -1;
+    OK(sw_comm_get_rank(c, &sub));
+    CHECK(sub >= 0 && sub < n && members[sub] == my, "rank %d is rank %d of its group; expected %d", my, (int)sub,
+          (int)(sub >= 0 && sub < n ? members[sub] : -1));
+    OK(sw_comm_get_parent_rank(c, sub, &up));
+    CHECK(up == my, "group rank %d's parent rank is %d, expected %d", (int)sub, (int)up, my);
+    for (int k = 0; k < n; ++k) tops[k] = top[members[k]];
+    const char* kind = NULL;
+    OK(sw_comm_get_backend(c, &kind));
+    const char* pkind = NULL;
+    OK(sw_comm_get_backend(parent, &pkind));
+    CHECK(kind && pkind && strcmp(kind, pkind) == 0, "a split of a %s communicator is a %s one", pkind, kind);
+    int s1 = (int)sub;
+    group_collectives(c, 1, &s1, &x->s, &x->dev, n, tops, t + colors[my]);
+    return c;
+}
+
+/* Several colors, keys that reorder (with a tie), an opt-out, a nested split; then destroys: the nested one first
+ * (its parent still works), then the root (its child still works), then the child. */
+static void mp_splits(Proc* x) {
+    const int p = x->p, r = x->rank;
+    int top[MAXR];
+    for (int q = 0; q < p; ++q) top[q] = q;
+    int32_t colors[MAXR], keys[MAXR];
+    for (int q = 0; q < p; ++q) {
+        colors[q] = q == 1 ? SW_SPLIT_NO_COLOR : (q % 2 == 0 ? 3 : 5); /* rank 1 out */
+        keys[q] = (q * 7) % 3;                                         /* reorders; ties in parent order */
+    }
+    /* bad arguments first (no collective is taken by them) */
+    sw_comm bad = NULL, outs[MAXR];
+    CHECK(sw_comm_split(x->root, r, -2, 0, &bad) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "color = -2"),
+          "color -2 accepted");
+    CHECK(sw_comm_split(x->root, (r + 1) % p, 0, 0, &bad) == SW_ERR_INVALID_ARGUMENT || p == 1, "another process's rank accepted");
+    CHECK(sw_comm_split(x->root, r, 0, 0, NULL) == SW_ERR_NULL_HANDLE, "NULL out accepted");
+    CHECK(sw_comm_split_local(x->root, colors, keys, outs) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "sw_comm_split,"),
+          "sw_comm_split_local on a multi-process communicator: '%s'", sw_last_error());
+    sw_comm c = mp_split(x, x->root, p, top, r, colors, keys, 100);
+    if (c) { /* nested: the group split again, its ranks in reverse order, its rank 0 out */
+        int members[MAXR] = {0}, sub_top[MAXR] = {0};
+        const int n = group_of(p, colors, keys, colors[r], members);
+        int32_t c2[MAXR] = {0}, k2[MAXR] = {0}, me = -1;
+        for (int k = 0; k < n; ++k) {
+            c2[k] = k == 0 ? SW_SPLIT_NO_COLOR : 1;
+            k2[k] = -k;
+            sub_top[k] = members[k];
+            if (members[k] == r) me = k;
+        }
+        sw_comm g = mp_split(x, c, n, sub_top, me, c2, k2, 200);
+        if (g) OK(sw_comm_destroy(g));
+        int s1 = me;
+        int tops[MAXR];
+        for (int k = 0; k < n; ++k) tops[k] = members[k];
+        group_collectives(c, 1, &s1, &x->s, &x->dev, n, tops, 300); /* the nested one destroyed: its parent works */
+    }
+    /* the root still works, then goes first */
+    int rr = r;
+    group_collectives(x->root, 1, &rr, &x->s, &x->dev, p, top, 400);
+    OK(sw_comm_destroy(x->root));
+    x->root = NULL;
+    if (c) {
+        int members[MAXR], tops[MAXR];
+        const int n = group_of(p, colors, keys, colors[r], members);
+        int32_t sub = 0;
+        OK(sw_comm_get_rank(c, &sub));
+        for (int k = 0; k < n; ++k) tops[k] = members[k];
+        int s1 = (int)sub;
+        /* a moment for every root's destroy notice to arrive: the family's watcher must not take it for a failure */
+        struct timespec ts = {0, 300000000L};
+        nanosleep(&ts, NULL);
+        group_collectives(c, 1, &s1, &x->s, &x->dev, n, tops, 500);
+        char reason[512];
+        int32_t aborted = 0;
+        OK(sw_comm_get_state(c, &aborted, reason, sizeof reason));
+        CHECK(!aborted, "the root's destroy aborted its child: '%s'", reason);
+        OK(sw_comm_destroy(c));
+    }
+}
+
+/* tp groups {0, 1} and {2, 3} (ranks > 3 opt out of tp), rank 1 killed by the parent process while idle: rank 0
+ * (waiting for it in tp) and rank 2 (waiting in its own tp for rank 3, which is merely slow) fail promptly naming
+ * rank 1; rank 3, once it calls, fails at once. */
+static int names_rank1(const char* why) { /* rank 1 of the root named as lost, found by any member */
+    return strstr(why, "to rank 1 (parent rank 1)") || strstr(why, "rank 1 of a tcp communicator of world size 4") ||
+           strstr(why, "(parent rank 1) of a tcp communicator");
+}
+
+static void mp_kill(Proc* x) {
+    const int r = x->rank;
+    sw_comm tp = NULL;
+    OK(sw_comm_split(x->root, r, r < 4 ? r / 2 : SW_SPLIT_NO_COLOR, 0, &tp));
+    sw_comm dp = NULL;
+    OK(sw_comm_split(x->root, r, r % 2, 0, &dp));
+    if (g_failures) return;
+    sw_buffer b = NULL;
+    OK(sw_buffer_alloc(x->dev, 4 * 256, &b));
+    OK(sw_memset_async(b, 0, 0x3F, 4 * 256, x->s));
+    OK(sw_all_reduce(dp, 0 + (r >= 2), b, 0, b, 0, 256, SW_DTYPE_F32, SW_REDUCE_SUM, x->s)); /* everything works */
+    OK(sw_stream_synchronize(x->s));
+    char c = 'r';
+    if (write(g_ready_fd, &c, 1) != 1) ++g_failures;
+    if (r == 1) {
+        for (;;) pause(); /* killed */
+    }
+    if (r == 3) sleep(3);
+    const double t0 = now_s();
+    sw_status st = SW_OK;
+    if (tp) {
+        int32_t sub = 0;
+        sw_comm_get_rank(tp, &sub);
+        st = sw_all_reduce(tp, sub, b, 0, b, 0, 256, SW_DTYPE_F32, SW_REDUCE_SUM, x->s);
+        if (st == SW_OK) st = sw_stream_synchronize(x->s);
+    }
+    const double dt = now_s() - t0;
+    const char* why = sw_last_error();
+    if (r < 4)
+        CHECK(st == SW_ERR_ABORTED && names_rank1(why) &&
+                  (r == 3 ? dt < 0.5 : dt < 2.0),
+              "rank %d: tp all-reduce after rank 1 was killed: status %d after %.3f s (timeout 20 s), '%s'", r, (int)st, dt, why);
+    char reason[1024] = {0};
+    const double da = wait_aborted(dp, 1.0, reason, sizeof reason);
+    CHECK(da < 1.0 && names_rank1(reason),
+          "rank %d: dp not aborted with rank 1's name: '%s'", r, reason);
+    sw_buffer_destroy(b);
+    if (tp) sw_comm_destroy(tp);
+    sw_comm_destroy(dp);
+}
+
+/* Groups {2, 0} and {3, 1} (keys reverse the ranks), timeout 1.5 s: group 1's rank 0 (parent rank 3) is late, so
+ * rank 1 times out naming "rank(s) 0 (parent rank 3)"; group 0 waits in its own all-reduce for rank 0, which is
+ * merely slow: rank 2 joined 0.7 s after rank 1 (its own timeout would come at 2.2 s) and must fail at group 1's
+ * timeout with its reason. */
+static void mp_late(Proc* x) {
+    const int r = x->rank;
+    sw_comm g = NULL;
+    OK(sw_comm_split(x->root, r, r % 2, -r, &g));
+    sw_buffer b = NULL;
+    OK(sw_buffer_alloc(x->dev, 4 * 256, &b));
+    OK(sw_memset_async(b, 0, 0x3F, 4 * 256, x->s));
+    OK(sw_barrier(x->root, r, x->s)); /* a common start */
+    OK(sw_stream_synchronize(x->s));
+    if (g_failures || !g) return;
+    const double delay[4] = {3.0, 0.0, 0.7, 4.0};
+    struct timespec ts = {(time_t)delay[r], (long)((delay[r] - (int)delay[r]) * 1e9)};
+    nanosleep(&ts, NULL);
+    int32_t sub = 0;
+    sw_comm_get_rank(g, &sub);
+    const double t0 = now_s();
+    sw_status st = sw_all_reduce(g, sub, b, 0, b, 0, 256, SW_DTYPE_F32, SW_REDUCE_SUM, x->s);
+    if (st == SW_OK) st = sw_stream_synchronize(x->s);
+    const double dt = now_s() - t0;
+    const char* why = sw_last_error();
+    if (r == 1)
+        CHECK(st == SW_ERR_TIMEOUT && strstr(why, "rank(s) 0 (parent rank 3) of 2 never joined"),
+              "rank 1: the late rank's timeout: status %d, '%s'", (int)st, why);
+    if (r == 2)
+        CHECK(st == SW_ERR_ABORTED && strstr(why, "(parent rank 3)") && dt < 1.3,
+              "rank 2: not aborted promptly by the other group's timeout: status %d after %.3f s (its own timeout at 1.5 s), '%s'",
+              (int)st, dt, why);
+    if (r == 0 || r == 3)
+        CHECK(st == SW_ERR_ABORTED && strstr(why, "(parent rank 3)") && dt < 0.5,
+              "rank %d: a call after the family failed: status %d after %.3f s, '%s'", r, (int)st, dt, why);
+    sw_buffer_destroy(b);
+    sw_comm_destroy(g);
+}
+
+/* Rank 2 calls a barrier where the others split: every rank fails with SW_ERR_MISMATCH. */
+static void mp_mismatch(Proc* x) {
+    const int r = x->rank;
+    sw_status st;
+    sw_comm c = NULL;
+    const double t0 = now_s();
+    if (r == 2) {
+        st = sw_barrier(x->root, r, x->s);
+        if (st == SW_OK) st = sw_stream_synchronize(x->s);
+    } else {
+        st = sw_comm_split(x->root, r, 0, 0, &c);
+    }
+    CHECK(st == SW_ERR_MISMATCH && strstr(sw_last_error(), "sw_comm_split") && now_s() - t0 < 5.0 && c == NULL,
+          "rank %d: mismatched split: status %d after %.3f s, '%s'", r, (int)st, now_s() - t0, sw_last_error());
+}
+
+static int tcp_rank(int rank, int p, int port, const char* scenario) {
+    g_rank = rank;
+    Proc x;
+    memset(&x, 0, sizeof x);
+    x.rank = rank;
+    x.p = p;
+    sw_store store = NULL;
+    OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &x.dev));
+    OK(sw_stream_create(x.dev, &x.s));
+    OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &store));
+    OK(sw_comm_create_tcp(x.dev, store, "job", rank, p, strcmp(scenario, "late") == 0 ? 1500 : 20000, &x.root));
+    if (g_failures) return 1;
+    if (strcmp(scenario, "splits") == 0) mp_splits(&x);
+    else if (strcmp(scenario, "kill") == 0) mp_kill(&x);
+    else if (strcmp(scenario, "late") == 0) mp_late(&x);
+    else if (strcmp(scenario, "mismatch") == 0) mp_mismatch(&x);
+    if (x.root) sw_comm_destroy(x.root);
+    sw_stream_destroy(x.s);
+    sw_device_destroy(x.dev);
+    sw_store_destroy(store);
+    return g_failures ? 1 : 0;
+}
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr*)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr*)&a, &len) != 0) return 29500;
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Forks p ranks of a TCP job; each must exit 0 (the killed one excepted). "kill": once every rank has made its
+ * splits, rank 1 is killed (SIGKILL) 0.3 s later. */
+static int tcp_job(int p, const char* scenario) {
+    const int port = free_port();
+    const int kill_victim = strcmp(scenario, "kill") == 0;
+    int ready[2] = {-1, -1};
+    if (kill_victim && pipe(ready) != 0) return 1;
+    pid_t pids[MAXR];
+    for (int r = 0; r < p; ++r) {
+        pids[r] = fork();
+        if (pids[r] == 0) {
+            alarm(30); /* a hang fails the check instead of blocking ctest */
+            if (kill_victim) {
+                close(ready[0]);
+                g_ready_fd = ready[1];
+            }
+            _exit(tcp_rank(r, p, port, scenario));
+        }
+    }
+    if (kill_victim) {
+        close(ready[1]);
+        char c;
+        int got = 0;
+        while (got < p && read(ready[0], &c, 1) == 1) ++got;
+        struct timespec ts = {0, 300000000L};
+        nanosleep(&ts, NULL);
+        kill(pids[1], SIGKILL);
+        close(ready[0]);
+    }
+    int bad = 0;
+    for (int r = 0; r < p; ++r) {
+        int status = 0;
+        waitpid(pids[r], &status, 0);
+        if (kill_victim && r == 1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) continue;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            fprintf(stderr, "tcp %s p=%d: rank %d %s %d\n", scenario, p, r, WIFEXITED(status) ? "exited with" : "killed by signal",
+                    WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+            ++bad;
+        }
+    }
+    printf("tcp %-8s p=%d: %s\n", scenario, p, bad ? "FAILED" : "ok");
+    return bad;
+}
+
 int main(int argc, char** argv) {
     g_seed = (unsigned)time(NULL) ^ (unsigned)getpid();
     if (argc > 1 && strcmp(argv[1], "--mpi") == 0) {
@@ -425,6 +710,12 @@ int main(int argc, char** argv) {
     local_splits(SW_BACKEND_CUDA, "cuda (emulated)");
     local_family(SW_BACKEND_CUDA, "cuda (emulated)");
 #endif
-    printf("%s\n", g_failures ? "FAILED" : "all split checks passed");
-    return g_failures ? 1 : 0;
+    int bad = 0;
+    bad += tcp_job(4, "splits");
+    bad += tcp_job(5, "splits");
+    bad += tcp_job(4, "kill");
+    bad += tcp_job(4, "late");
+    bad += tcp_job(3, "mismatch");
+    printf("%s\n", bad || g_failures ? "FAILED" : "all split checks passed");
+    return bad || g_failures ? 1 : 0;
 }

@@ -198,6 +198,10 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
     const sw_status reported = st->abort_status;
     lock.unlock();
     if (first) t.notify_abort(status, reason);
+    // A wait that ended because this process aborted the communicator (sw_comm_abort, or its family's failure,
+    // split.cpp) reports why it was aborted.
+    if (!first && message.find("the communicator was aborted in this process") != std::string::npos)
+        message = str(what, ": the communicator was aborted: ", reason);
     throw Error(first ? status : reported, first ? reason : str("rank ", rank, ": ", message));
 }
 

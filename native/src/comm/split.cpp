@@ -86,7 +86,7 @@ void spread_failure(const std::vector<std::shared_ptr<Communicator>>& ms, const 
     }
 }
 
-// Between collectives: a lost or failed peer of a multi-process member aborts that member (and so the family).
+// Between collectives: the first lost or failed peer of a multi-process member aborts that member (and so the family).
 void poll_members(const std::vector<std::shared_ptr<Communicator>>& ms) {
     for (const auto& m : ms) {
         if (!m->is_remote() || m->abort_flag.load()) continue;
@@ -100,6 +100,7 @@ void poll_members(const std::vector<std::shared_ptr<Communicator>>& ms) {
         if (m->destroyed) continue;
         m->abort_locked(status, str("rank ", m->rank_names({q}), " of a ", m->backend_name, " communicator of world size ",
                                     m->world, " (this process is its rank ", m->self, ") ", why));
+        return; // the family failed: the watcher spreads this reason to every other member
     }
 }
 
@@ -311,6 +312,7 @@ SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_
         parent->agreement->run(*parent, rank, seq, d, &stream);
         if (color == SW_SPLIT_NO_COLOR) return;
         if (!made->transport) fail(SW_ERR_INTERNAL, "sw_comm_split: the transport made no sub-communicator");
+        made->transport->set_parent_ranks(made->members);
         auto child = make_remote_comm(parent->devices[0], std::move(made->transport), parent->timeout_ms);
         child->parent_ranks = made->members;
         join(fam, child);

@@ -16,7 +16,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
 #include <deque>
+#include <functional>
 #include <mutex>
 
 #ifndef POLLRDHUP
@@ -62,7 +64,7 @@ class TcpTransport final : public Transport {
 public:
     TcpTransport(int32_t rank, int32_t world, std::vector<Fd> peers)
         : rank_(rank), world_(world), peers_(std::move(peers)), dirty_(world, 0), dead_(world, 0), notice_(world),
-          notice_status_(world, SW_ERR_ABORTED), heard_(world) {}
+          notice_status_(world, SW_ERR_ABORTED), heard_(world), closed_by_peer_(world, 0) {}
     int32_t rank() const override { return rank_; }
     int32_t world() const override { return world_; }
     const char* name() const override { return "tcp"; }
@@ -87,8 +89,8 @@ public:
             // A peer that aborted sent a notice before closing: it explains the loss better (and carries the status).
             if (!in[q].in_payload && in[q].got == 0) drain_unexpected(q, what);
             dead_[q] = 1;
-            if (!notice_[q].empty()) fail(notice_status_[q], what, ": rank ", q, " aborted the communicator: ", notice_[q]);
-            fail(SW_ERR_ABORTED, what, ": lost the connection to rank ", q, " (", why,
+            if (!notice_[q].empty()) fail(notice_status_[q], what, ": ", who(q), " aborted the communicator: ", notice_[q]);
+            fail(SW_ERR_ABORTED, what, ": lost the connection to ", who(q), " (", why,
                  "): that process exited, was killed or closed the communicator");
         };
         auto next_status = Clock::now() + kStatusEvery;
@@ -102,8 +104,8 @@ public:
                 any |= o || i;
                 if (dead_[q]) {
                     if (o || i) {
-                        if (!notice_[q].empty()) fail(notice_status_[q], what, ": rank ", q, " aborted the communicator: ", notice_[q]);
-                        fail(SW_ERR_ABORTED, what, ": lost the connection to rank ", q,
+                        if (!notice_[q].empty()) fail(notice_status_[q], what, ": ", this->who(q), " aborted the communicator: ", notice_[q]);
+                        fail(SW_ERR_ABORTED, what, ": lost the connection to ", this->who(q),
                              " (closed earlier): that process exited, was killed or closed the communicator");
                     }
                     continue;
@@ -171,6 +173,12 @@ public:
             }
         }
     }
+
+    std::unique_ptr<Transport> split(uint64_t seq, const std::vector<int32_t>& colors, const std::vector<int32_t>& members,
+                                     Clock::time_point deadline, const std::atomic<bool>& local_abort,
+                                     const std::string& what) override;
+
+    int poll_idle(sw_status* status, std::string* why) noexcept override;
 
     void notify_abort(sw_status status, const std::string& reason) noexcept override {
         // A running exchange sees the local abort within its 50 ms poll and lets go. (A plain mutex polled with
@@ -271,6 +279,7 @@ private:
         read_all(peers_[q].fd, reason.data(), reason.size(), Clock::now() + std::chrono::milliseconds(500), &err);
         dead_[q] = 1;
         const auto status = static_cast<sw_status>(h.seq);
+        closed_by_peer_[q] = status == SW_OK; // a destroy notice (transport.h): no failure for poll_idle
         const bool known = status == SW_ERR_TIMEOUT || status == SW_ERR_MISMATCH || status == SW_ERR_BACKEND;
         notice_status_[q] = known ? status : SW_ERR_ABORTED;
         notice_[q] = reason.empty() ? std::string("(no reason given)") : reason;
@@ -278,7 +287,7 @@ private:
 
     [[noreturn]] void abort_notice(int q, const Header& h, const std::string& what) {
         take_notice(q, h);
-        fail(notice_status_[q], what, ": rank ", q, " aborted the communicator: ", notice_[q]);
+        fail(notice_status_[q], what, ": ", who(q), " aborted the communicator: ", notice_[q]);
     }
 
     // Peer q closed while this rank needs nothing from it: read what is left until an abort notice or the end. q is
@@ -322,40 +331,54 @@ private:
     std::vector<Clock::time_point> heard_; // when each peer's last status frame came
     std::mutex io_mu_;
     bool closed_ = false;
+    // ---- sub-communicators (split, poll_idle)
+    std::vector<char> closed_by_peer_; // the peer destroyed its communicator (its notice had status SW_OK)
 };
 
-// Builds the mesh: rank r publishes its listening address, connects to every lower rank (sending a hello with its
-// rank) and accepts one connection from every higher rank.
-std::unique_ptr<Transport> connect_mesh_impl(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
-                                        int64_t timeout_ms) {
-    const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+// Connects to host:port until the deadline; with `abort`, gives up (SW_ERR_ABORTED) within 0.5 s of it becoming true.
+Fd connect_until(const std::string& host, int port, Clock::time_point deadline, const std::atomic<bool>* abort,
+                 const std::string& what) {
+    for (;;) {
+        if (abort && abort->load()) fail(SW_ERR_ABORTED, what, ": the communicator was aborted in this process");
+        const auto step = abort ? std::min(deadline, Clock::now() + std::chrono::milliseconds(500)) : deadline;
+        try {
+            return connect_to(host, port, step, what);
+        } catch (const Error& e) {
+            if (e.status() != SW_ERR_TIMEOUT || Clock::now() >= deadline) throw;
+        }
+    }
+}
+
+// Builds the mesh: rank r listens on `listener`, connects to every lower rank q (at address_of(q): "host port"),
+// sending a hello with its rank, and accepts one connection from every higher rank. `what` prefixes the messages;
+// `abort` (may be null) ends the wait early (a split's family was aborted meanwhile).
+std::unique_ptr<Transport> build_mesh(Fd listener, const std::function<std::string(int)>& address_of_rank, int32_t rank,
+                                      int32_t world, Clock::time_point deadline, int64_t timeout_ms,
+                                      const std::atomic<bool>* abort, const std::string& what) {
     std::vector<Fd> peers(world);
-    int port = 0;
-    Fd listener = listen_on("", 0, &port, "sw_comm_create_tcp");
-    const std::string me = store_local_address(store) + " " + std::to_string(port);
-    store_set(store, str(prefix, "/addr/", rank), me.data(), me.size());
     for (int q = 0; q < rank; ++q) {
-        const std::string addr = store_get(store, str(prefix, "/addr/", q), deadline);
+        const std::string addr = address_of_rank(q);
         const auto space = addr.rfind(' ');
-        if (space == std::string::npos) fail(SW_ERR_BACKEND, "sw_comm_create_tcp: rank ", q, " published a bad address '", addr, "'");
-        Fd s = connect_to(addr.substr(0, space), std::atoi(addr.c_str() + space + 1), deadline,
-                          str("sw_comm_create_tcp: rank ", rank, " connecting to rank ", q));
+        if (space == std::string::npos) fail(SW_ERR_BACKEND, what, ": rank ", q, " published a bad address '", addr, "'");
+        Fd s = connect_until(addr.substr(0, space), std::atoi(addr.c_str() + space + 1), deadline, abort,
+                             str(what, ": rank ", rank, " connecting to rank ", q));
         Header hello{kFrameMagic, kHello, static_cast<uint64_t>(rank), static_cast<uint64_t>(world)};
         std::string err;
         if (!write_all(s.fd, reinterpret_cast<const char*>(&hello), sizeof hello, deadline, &err))
-            fail(SW_ERR_BACKEND, "sw_comm_create_tcp: greeting rank ", q, " failed: ", err);
+            fail(SW_ERR_BACKEND, what, ": greeting rank ", q, " failed: ", err);
         peers[q] = std::move(s);
     }
     // Accepted connections wait here until their hello arrives: one that says nothing (a port scanner, a health
     // check) must not hold up the ranks behind it.
     std::vector<Fd> pending;
     for (int accepted = 0; accepted < world - 1 - rank;) {
+        if (abort && abort->load()) fail(SW_ERR_ABORTED, what, ": the communicator was aborted in this process");
         const int ms = remaining_ms(deadline, 200);
         if (ms == 0) {
             std::vector<int> missing;
             for (int q = rank + 1; q < world; ++q)
                 if (peers[q].fd < 0) missing.push_back(q);
-            fail(SW_ERR_TIMEOUT, "sw_comm_create_tcp: rank ", rank, " timed out after ", timeout_ms,
+            fail(SW_ERR_TIMEOUT, what, ": rank ", rank, " timed out after ", timeout_ms,
                  " ms waiting for rank(s) ", rank_list(missing), " of ", world, " to connect");
         }
         std::vector<pollfd> p{{listener.fd, POLLIN, 0}};
@@ -382,10 +405,10 @@ std::unique_ptr<Transport> connect_mesh_impl(StoreImpl& store, const std::string
             if (hello.magic != kFrameMagic || hello.kind != kHello) continue; // not one of ours
             const auto q = static_cast<int64_t>(hello.seq);
             if (static_cast<int64_t>(hello.bytes) != world)
-                fail(SW_ERR_MISMATCH, "sw_comm_create_tcp: rank ", q, " was started with world size ", hello.bytes,
+                fail(SW_ERR_MISMATCH, what, ": rank ", q, " was started with world size ", hello.bytes,
                      " but rank ", rank, " with ", world);
             if (q <= rank || q >= world || peers[q].fd >= 0)
-                fail(SW_ERR_MISMATCH, "sw_comm_create_tcp: two processes claim rank ", q, " (or it is out of range for world size ",
+                fail(SW_ERR_MISMATCH, what, ": two processes claim rank ", q, " (or it is out of range for world size ",
                      world, "); every process needs its own RANK");
             peers[q] = std::move(s);
             ++accepted;
@@ -394,6 +417,116 @@ std::unique_ptr<Transport> connect_mesh_impl(StoreImpl& store, const std::string
     for (int q = 0; q < world; ++q)
         if (q != rank) set_nonblocking(peers[q].fd);
     return std::make_unique<TcpTransport>(rank, world, std::move(peers));
+}
+
+// The mesh of a job: rank r publishes its listening address in the store under `prefix`, the others read it there.
+std::unique_ptr<Transport> connect_mesh_impl(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
+                                             int64_t timeout_ms) {
+    const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+    int port = 0;
+    Fd listener = listen_on("", 0, &port, "sw_comm_create_tcp");
+    const std::string me = store_local_address(store) + " " + std::to_string(port);
+    store_set(store, str(prefix, "/addr/", rank), me.data(), me.size());
+    return build_mesh(
+        std::move(listener), [&](int q) { return store_get(store, str(prefix, "/addr/", q), deadline); }, rank, world,
+        deadline, timeout_ms, nullptr, "sw_comm_create_tcp");
+}
+
+// A sub-communicator's mesh (split.cpp): the members' listening addresses travel over this (the parent's)
+// connections, in the split's collective #seq; then the members connect to each other as at creation.
+std::unique_ptr<Transport> TcpTransport::split(uint64_t seq, const std::vector<int32_t>&, const std::vector<int32_t>& members,
+                                               Clock::time_point deadline, const std::atomic<bool>& local_abort,
+                                               const std::string& what) {
+    if (members.empty()) return nullptr;
+    const int n = static_cast<int>(members.size());
+    const int me = static_cast<int>(std::find(members.begin(), members.end(), rank_) - members.begin());
+    if (me == n) fail(SW_ERR_INTERNAL, what, ": rank ", rank_, " is not among its group's members");
+    int port = 0;
+    Fd listener = listen_on("", 0, &port, what);
+    // This process's address as the group's peers reach it: this end of a connection to one of them (the parent's
+    // connections run over the network the job uses).
+    std::string host = "127.0.0.1";
+    for (int32_t q : members)
+        if (q != rank_ && peers_[q].fd >= 0) {
+            host = address_of(peers_[q].fd);
+            break;
+        }
+    constexpr size_t kAddr = 128; // "host port": an IPv6 address is at most 45 characters
+    std::vector<char> addrs(static_cast<size_t>(n) * kAddr, 0);
+    std::snprintf(addrs.data() + static_cast<size_t>(me) * kAddr, kAddr, "%s %d", host.c_str(), port);
+    std::vector<Piece> sends, recvs;
+    for (int i = 0; i < n; ++i) {
+        if (i == me) continue;
+        sends.push_back({members[i], addrs.data() + static_cast<size_t>(me) * kAddr, kAddr});
+        recvs.push_back({members[i], addrs.data() + static_cast<size_t>(i) * kAddr, kAddr});
+    }
+    exchange(seq, sends, recvs, deadline, local_abort, what);
+    auto address = [&](int i) {
+        std::string a(addrs.data() + static_cast<size_t>(i) * kAddr, kAddr);
+        return a.substr(0, a.find('\0'));
+    };
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    return build_mesh(std::move(listener), address, me, n, deadline, left > 0 ? left : 0, &local_abort, what);
+}
+
+// Between collectives: peeks at every peer's connection without blocking. A status frame is consumed, an abort
+// notice taken (a destroy notice is no failure), data of a later collective left alone; a connection closed with
+// nothing pending, and no destroy notice before it, is a lost peer.
+int TcpTransport::poll_idle(sw_status* status, std::string* why) noexcept {
+    std::unique_lock<std::mutex> lock(io_mu_, std::try_to_lock);
+    if (!lock.owns_lock() || closed_) return -1; // an exchange runs (it watches the peers itself), or aborted
+    try {
+        std::vector<pollfd> p;
+        std::vector<int> who;
+        for (int q = 0; q < world_; ++q) {
+            if (q == rank_ || dead_[q] || peers_[q].fd < 0) continue;
+            p.push_back({peers_[q].fd, static_cast<short>(POLLIN | POLLRDHUP), 0});
+            who.push_back(q);
+        }
+        if (p.empty() || ::poll(p.data(), p.size(), 0) <= 0) return -1;
+        for (size_t k = 0; k < p.size(); ++k) {
+            if (!p[k].revents) continue;
+            const int q = who[k];
+            const int fd = peers_[q].fd;
+            for (;;) {
+                Header h{};
+                const ssize_t r = ::recv(fd, &h, sizeof h, MSG_PEEK | MSG_DONTWAIT);
+                if (r == static_cast<ssize_t>(sizeof h)) {
+                    if (h.magic != kFrameMagic) break; // not ours to judge here: the next exchange reports it
+                    if (h.kind == kStatus) {
+                        ::recv(fd, &h, sizeof h, MSG_DONTWAIT); // whole (peeked): consumed
+                        heard_[q] = Clock::now();
+                        continue;
+                    }
+                    if (h.kind == kAbort) {
+                        ::recv(fd, &h, sizeof h, MSG_DONTWAIT);
+                        take_notice(q, h);
+                        if (closed_by_peer_[q]) break; // destroyed: no failure
+                        *status = notice_status_[q];
+                        *why = str("aborted it: ", notice_[q]);
+                        return q;
+                    }
+                    break; // data of a later collective: the next exchange reads it
+                }
+                if (r == 0) { // closed with nothing pending
+                    dead_[q] = 1;
+                    if (closed_by_peer_[q]) break;
+                    *status = SW_ERR_ABORTED;
+                    *why = "was lost: its connection closed without a notice (that process exited or was killed)";
+                    return q;
+                }
+                if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                    dead_[q] = 1;
+                    *status = SW_ERR_ABORTED;
+                    *why = str("was lost: its connection failed (", errno_text(errno), ")");
+                    return q;
+                }
+                break; // nothing (or part of a frame) yet
+            }
+        }
+    } catch (...) {
+    }
+    return -1;
 }
 
 } // namespace

@@ -111,6 +111,18 @@ public:
     // lost (connection closed without a destroy notice) or that announced a failure: returns it, with the status to
     // abort with and why ("... lost: ..."); else -1.
     virtual int poll_idle(sw_status* /*status*/, std::string* /*why*/) noexcept { return -1; }
+    // A sub-communicator's transport names its peers in messages with their rank in the parent too.
+    void set_parent_ranks(std::vector<int32_t> ranks) { parent_ranks_ = std::move(ranks); }
+    // "rank 1", or "rank 1 (parent rank 3)" for a sub-communicator's transport.
+    std::string who(int q) const {
+        std::string s = "rank " + std::to_string(q);
+        if (q >= 0 && q < static_cast<int>(parent_ranks_.size()))
+            s += " (parent rank " + std::to_string(parent_ranks_[q]) + ")";
+        return s;
+    }
+
+private:
+    std::vector<int32_t> parent_ranks_;
 };
 
 struct StoreImpl; // store.h
