@@ -6,7 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SW_MPI_PLUGIN_ABI 2 /* 2: comm_create takes a timeout; missing[] tells alive-but-waiting peers apart */
+#define SW_MPI_PLUGIN_ABI 3 /* 2: comm_create takes a timeout; missing[] tells alive-but-waiting peers apart;
+                               3: comm_split and poll_idle (sub-communicators) */
 
 typedef struct sw_mpi_piece {
     int32_t peer;
@@ -47,6 +48,16 @@ typedef struct sw_mpi_plugin_api {
      * nothing, with an error saying why: Open MPI's MPI_Finalize waits for every process of the job, so it could
      * wait forever for a dead or frozen peer). Also registered with atexit (which prints why it skipped). */
     int (*finalize)(char* err, size_t err_cap);
+    /* ---- sub-communicators (ABI 3)
+     * MPI_Comm_split of a communicator (its data and control communicators), called by every rank of it: color < 0
+     * opts out (*out = NULL), ranks of one color are ordered by key. The child's notices carry a serial derived from
+     * the parent's (the same on every rank). Blocking: call it once every rank is known to be calling it. */
+    int (*comm_split)(void* comm, int32_t color, int32_t key, void** out, int32_t* rank, int32_t* world, char* err,
+                      size_t err_cap);
+    /* Between exchanges: takes the abort notices that arrived; returns the first peer whose notice reports a failure
+     * (status != 0; a notice with status 0 is a destroy, not a failure), with its status and "aborted it: reason"
+     * in err, or -1. Never blocks. */
+    int (*poll_idle)(void* comm, int32_t* peer_status, char* err, size_t err_cap);
 } sw_mpi_plugin_api;
 
 #endif

@@ -5,6 +5,7 @@
 #include "comm/mpi_plugin_api.h"
 #include "core/plugin_loader.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -60,6 +61,35 @@ public:
         case SW_MPI_LOCAL_ABORT: fail(SW_ERR_ABORTED, what, ": ", err);
         default: fail(SW_ERR_BACKEND, what, ": MPI: ", err);
         }
+    }
+
+    std::unique_ptr<Transport> split(uint64_t, const std::vector<int32_t>& colors, const std::vector<int32_t>& members,
+                                     Clock::time_point, const std::atomic<bool>&, const std::string& what) override {
+        // Every rank is in this split (their descriptors agreed): MPI_Comm_split, ordered by the rank's place in its
+        // group. (MPI_Comm_split blocks: no deadline; a rank that dies now ends the job under mpirun anyway.)
+        const int32_t key = static_cast<int32_t>(std::find(members.begin(), members.end(), rank_) - members.begin());
+        void* out = nullptr;
+        int32_t r = 0, w = 0;
+        char err[1024] = {0};
+        const int rc = api_->comm_split(comm_, members.empty() ? -1 : colors[rank_], key, &out, &r, &w, err, sizeof err);
+        if (rc != SW_MPI_OK) fail(SW_ERR_BACKEND, what, ": MPI: ", err);
+        if (!out) return nullptr;
+        auto t = std::make_unique<MpiTransport>(api_, out, r, w);
+        if (r != key || w != static_cast<int32_t>(members.size()))
+            fail(SW_ERR_INTERNAL, what, ": MPI_Comm_split made rank ", r, " of ", w, " where rank ", key, " of ",
+                 members.size(), " was expected");
+        return t;
+    }
+
+    int poll_idle(sw_status* status, std::string* why) noexcept override {
+        char err[4096] = {0};
+        int32_t peer_status = SW_ERR_ABORTED;
+        const int q = api_->poll_idle(comm_, &peer_status, err, sizeof err);
+        if (q < 0) return -1;
+        const auto st = static_cast<sw_status>(peer_status);
+        *status = st == SW_ERR_TIMEOUT || st == SW_ERR_MISMATCH || st == SW_ERR_BACKEND ? st : SW_ERR_ABORTED;
+        *why = err;
+        return q;
     }
 
     void notify_abort(sw_status status, const std::string& reason) noexcept override {

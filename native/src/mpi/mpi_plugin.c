@@ -40,6 +40,7 @@ typedef struct plugin_comm {
     long long* status_out;
     double* heard;            /* per peer: when its last status came */
     long long serial;         /* this communicator's number: the same on every rank (created collectively, in order) */
+    long long splits;         /* comm_split calls so far (collective: the same on every rank) */
     int failed;               /* an exchange failed: data it sent may never be received (see comm_release) */
 } plugin_comm;
 
@@ -251,6 +252,8 @@ static void free_comm(plugin_comm* c) {
     free(c);
 }
 
+static int finish_comm(plugin_comm* c, char* err, size_t cap);
+
 static int comm_create(int64_t timeout_ms, void** out, int32_t* rank, int32_t* world, char* err, size_t cap) {
     *out = NULL;
     const double deadline = now_s() + (double)timeout_ms / 1000.0;
@@ -343,42 +346,7 @@ static int comm_create(int64_t timeout_ms, void** out, int32_t* rank, int32_t* w
         }
     }
     c->serial = ++g_comm_serial;
-    /* Errors come back as codes (checked), never as a job abort from inside the library. */
-    if (mpi_failed(MPI_Comm_set_errhandler(c->data, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) goto fail;
-    if (mpi_failed(MPI_Comm_set_errhandler(c->ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) goto fail;
-    if (mpi_failed(MPI_Comm_rank(c->data, &c->rank), "MPI_Comm_rank", err, cap)) goto fail;
-    if (mpi_failed(MPI_Comm_size(c->data, &c->world), "MPI_Comm_size", err, cap)) goto fail;
-    /* allocated before the receives are posted: a failure after posting them would free their buffers under them */
-    c->notices = (char**)calloc((size_t)c->world, sizeof *c->notices);
-    c->notice_time = (double*)calloc((size_t)c->world, sizeof *c->notice_time);
-    c->status_send = (MPI_Request*)calloc((size_t)c->world, sizeof *c->status_send);
-    c->status_out = (long long*)calloc((size_t)c->world, sizeof *c->status_out);
-    c->heard = (double*)calloc((size_t)c->world, sizeof *c->heard);
-    if (!c->notices || !c->notice_time || !c->status_send || !c->status_out || !c->heard) {
-        say(err, cap, "out of memory");
-        goto fail;
-    }
-    for (int q = 0; q < c->world; ++q) {
-        c->status_send[q] = MPI_REQUEST_NULL;
-        c->heard[q] = -1e300;
-    }
-    if (mpi_failed(MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req),
-                   "MPI_Irecv (abort notices)", err, cap))
-        goto fail;
-    if (mpi_failed(MPI_Irecv(&c->status_in, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, 1, c->ctrl, &c->status_req),
-                   "MPI_Irecv (status)", err, cap)) {
-        MPI_Cancel(&c->notice_req); /* a receive can be cancelled */
-        MPI_Wait(&c->notice_req, MPI_STATUS_IGNORE);
-        goto fail;
-    }
-    if (g_we_initialized && !g_sigterm_installed) { /* only over the default action: never replace the application's */
-        struct sigaction old;
-        if (sigaction(SIGTERM, NULL, &old) == 0 && old.sa_handler == SIG_DFL && !(old.sa_flags & SA_SIGINFO)) {
-            set_wait(c->rank, -1, NULL, 0);
-            signal(SIGTERM, on_sigterm);
-        }
-        g_sigterm_installed = 1;
-    }
+    if (finish_comm(c, err, cap) != SW_MPI_OK) goto fail;
     *rank = c->rank;
     *world = c->world;
     *out = c;
@@ -389,6 +357,49 @@ fail:
 done:
     pthread_mutex_unlock(&g_mu);
     return rc;
+}
+
+/* The rest of a communicator's setup once c->data, c->ctrl and c->serial are set (mutex held): error handlers, rank and
+ * size, the per-peer arrays, the always-posted receives, the SIGTERM message. SW_MPI_OK or SW_MPI_ERROR (then the
+ * caller frees c's host memory; its MPI communicators are the caller's). */
+static int finish_comm(plugin_comm* c, char* err, size_t cap) {
+    /* Errors come back as codes (checked), never as a job abort from inside the library. */
+    if (mpi_failed(MPI_Comm_set_errhandler(c->data, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) return SW_MPI_ERROR;
+    if (mpi_failed(MPI_Comm_set_errhandler(c->ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler", err, cap)) return SW_MPI_ERROR;
+    if (mpi_failed(MPI_Comm_rank(c->data, &c->rank), "MPI_Comm_rank", err, cap)) return SW_MPI_ERROR;
+    if (mpi_failed(MPI_Comm_size(c->data, &c->world), "MPI_Comm_size", err, cap)) return SW_MPI_ERROR;
+    /* allocated before the receives are posted: a failure after posting them would free their buffers under them */
+    c->notices = (char**)calloc((size_t)c->world, sizeof *c->notices);
+    c->notice_time = (double*)calloc((size_t)c->world, sizeof *c->notice_time);
+    c->status_send = (MPI_Request*)calloc((size_t)c->world, sizeof *c->status_send);
+    c->status_out = (long long*)calloc((size_t)c->world, sizeof *c->status_out);
+    c->heard = (double*)calloc((size_t)c->world, sizeof *c->heard);
+    if (!c->notices || !c->notice_time || !c->status_send || !c->status_out || !c->heard) {
+        say(err, cap, "out of memory");
+        return SW_MPI_ERROR;
+    }
+    for (int q = 0; q < c->world; ++q) {
+        c->status_send[q] = MPI_REQUEST_NULL;
+        c->heard[q] = -1e300;
+    }
+    if (mpi_failed(MPI_Irecv(c->notice, NOTICE_BYTES - 1, MPI_CHAR, MPI_ANY_SOURCE, 0, c->ctrl, &c->notice_req),
+                   "MPI_Irecv (abort notices)", err, cap))
+        return SW_MPI_ERROR;
+    if (mpi_failed(MPI_Irecv(&c->status_in, 1, MPI_LONG_LONG, MPI_ANY_SOURCE, 1, c->ctrl, &c->status_req),
+                   "MPI_Irecv (status)", err, cap)) {
+        MPI_Cancel(&c->notice_req); /* a receive can be cancelled */
+        MPI_Wait(&c->notice_req, MPI_STATUS_IGNORE);
+        return SW_MPI_ERROR;
+    }
+    if (g_we_initialized && !g_sigterm_installed) { /* only over the default action: never replace the application's */
+        struct sigaction old;
+        if (sigaction(SIGTERM, NULL, &old) == 0 && old.sa_handler == SIG_DFL && !(old.sa_flags & SA_SIGINFO)) {
+            set_wait(c->rank, -1, NULL, 0);
+            signal(SIGTERM, on_sigterm);
+        }
+        g_sigterm_installed = 1;
+    }
+    return SW_MPI_OK;
 }
 
 static void comm_release(void* handle) {
@@ -653,8 +664,83 @@ static void notify_abort(void* handle, int32_t status, const char* reason) {
     pthread_mutex_unlock(&g_mu);
 }
 
+/* A serial for a communicator split from one with serial `parent` (its n-th split): mixed (splitmix64), bit 62 set so
+ * that it never equals a serial of comm_create's counter. The same on every rank of the parent. */
+static long long split_serial(long long parent, long long n) {
+    unsigned long long z = (unsigned long long)parent * 0x9E3779B97F4A7C15ull + (unsigned long long)n;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return (long long)((z & ~(3ull << 62)) | (1ull << 62));
+}
+
+static int comm_split(void* handle, int32_t color, int32_t key, void** out, int32_t* rank, int32_t* world, char* err,
+                      size_t cap) {
+    plugin_comm* parent = (plugin_comm*)handle;
+    *out = NULL;
+    int rc = SW_MPI_ERROR;
+    pthread_mutex_lock(&g_mu);
+    if (finalized_locked()) {
+        say(err, cap, "MPI is finalized; this communicator can no longer be split");
+        pthread_mutex_unlock(&g_mu);
+        return SW_MPI_ERROR;
+    }
+    const long long serial = split_serial(parent->serial, ++parent->splits);
+    const int mcolor = color < 0 ? MPI_UNDEFINED : color;
+    MPI_Comm data = MPI_COMM_NULL, ctrl = MPI_COMM_NULL;
+    plugin_comm* c = NULL;
+    if (mpi_failed(MPI_Comm_split(parent->data, mcolor, key, &data), "MPI_Comm_split", err, cap)) goto done;
+    if (mpi_failed(MPI_Comm_split(parent->ctrl, mcolor, key, &ctrl), "MPI_Comm_split (control)", err, cap)) goto done;
+    if (color < 0) {
+        rc = SW_MPI_OK;
+        goto done;
+    }
+    c = (plugin_comm*)calloc(1, sizeof *c);
+    if (!c) {
+        say(err, cap, "out of memory");
+        goto done;
+    }
+    c->notice_req = c->status_req = MPI_REQUEST_NULL;
+    c->data = data;
+    c->ctrl = ctrl;
+    c->serial = serial;
+    if (finish_comm(c, err, cap) != SW_MPI_OK) {
+        free_comm(c);
+        goto done;
+    }
+    data = ctrl = MPI_COMM_NULL; /* c's now */
+    *rank = c->rank;
+    *world = c->world;
+    *out = c;
+    rc = SW_MPI_OK;
+done:
+    if (data != MPI_COMM_NULL) MPI_Comm_free(&data);
+    if (ctrl != MPI_COMM_NULL) MPI_Comm_free(&ctrl);
+    pthread_mutex_unlock(&g_mu);
+    return rc;
+}
+
+static int poll_idle(void* handle, int32_t* peer_status, char* err, size_t cap) {
+    plugin_comm* c = (plugin_comm*)handle;
+    int who = -1;
+    pthread_mutex_lock(&g_mu);
+    if (!finalized_locked()) {
+        take_notices(c);
+        for (int q = 0; q < c->world && who < 0; ++q) {
+            const char* text = c->notices[q]; /* "<status>|<reason>" */
+            if (!text || atoi(text) == 0) continue;
+            const char* bar = strchr(text, '|');
+            *peer_status = (int32_t)atoi(text);
+            say(err, cap, "aborted it: %s", bar ? bar + 1 : text);
+            who = q;
+        }
+    }
+    pthread_mutex_unlock(&g_mu);
+    return who;
+}
+
 static const sw_mpi_plugin_api g_api = {
-    SW_MPI_PLUGIN_ABI, library_version, comm_create, comm_release, exchange, notify_abort, finalize,
+    SW_MPI_PLUGIN_ABI, library_version, comm_create, comm_release, exchange, notify_abort, finalize, comm_split, poll_idle,
 };
 
 SW_EXPORT const sw_mpi_plugin_api* sw_mpi_plugin(void) { return &g_api; }
