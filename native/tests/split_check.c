@@ -9,7 +9,8 @@
  *                        fate (an abort or a timeout in one group aborts the parent and the other groups promptly, a
  *                        destroy aborts nothing), destroy orders and bad arguments; then forked TCP jobs (real
  *                        processes): the same splits, a rank killed, a rank late, a mismatched split.
- *   split_check --mpi    one rank of an mpirun job (mpirun -n 4 split_check --mpi): the splits over MPI.
+ *   split_check --mpi    one rank of an mpirun job (mpirun -n 4 split_check --mpi): the splits over MPI;
+ *   split_check --mpi-late  the same job, a rank of one group late: the other group is aborted at once.
  * Exit code 0 when every check passed; 77 (skipped) for --mpi when the MPI plugin is not available. */
 #define _POSIX_C_SOURCE 200809L
 #include "shardwise.h"
@@ -586,7 +587,7 @@ static void mp_late(Proc* x) {
     OK(sw_barrier(x->root, r, x->s)); /* a common start */
     OK(sw_stream_synchronize(x->s));
     if (g_failures || !g) return;
-    const double delay[4] = {3.0, 0.0, 0.7, 4.0};
+    const double delay[4] = {2.0, 0.0, 0.7, 2.2}; /* group 1's timeout comes at 1.5 s */
     struct timespec ts = {(time_t)delay[r], (long)((delay[r] - (int)delay[r]) * 1e9)};
     nanosleep(&ts, NULL);
     int32_t sub = 0;
@@ -708,7 +709,7 @@ static int tcp_job(int p, const char* scenario) {
 
 /* One rank of an mpirun job: the splits of mp_splits over MPI (every rank must generate the same data: rank 0's seed
  * is broadcast first). */
-static int mpi_rank(void) {
+static int mpi_rank(int late) {
     char info[512] = {0};
     int32_t available = 0;
     sw_mpi_get_info(&available, info, sizeof info);
@@ -720,7 +721,7 @@ static int mpi_rank(void) {
     memset(&x, 0, sizeof x);
     OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &x.dev));
     OK(sw_stream_create(x.dev, &x.s));
-    OK(sw_comm_create_mpi(x.dev, 20000, &x.root));
+    OK(sw_comm_create_mpi(x.dev, late ? 1500 : 20000, &x.root));
     if (g_failures) return 1;
     int32_t rank = -1, p = 0;
     OK(sw_comm_get_rank(x.root, &rank));
@@ -738,6 +739,19 @@ static int mpi_rank(void) {
     OK(sw_memcpy_d2h_async(&g_seed, seed, 0, 4, x.s));
     OK(sw_stream_synchronize(x.s));
     sw_buffer_destroy(seed);
+    if (late) {
+        if (p != 4) {
+            printf("skipped: needs 4 ranks\n");
+            return 77;
+        }
+        mp_late(&x);
+        /* The verdict first: after a failed communicator MPI_Finalize is skipped, and mpirun may end the job as soon
+         * as one rank exits; ctest judges this run by the ranks' output. */
+        printf("[rank %d] mpi late p=%d: %s\n", rank, (int)p, g_failures ? "FAILED" : "ok");
+        fflush(stdout);
+        sleep(2); /* the others print theirs */
+        return g_failures ? 1 : 0;
+    }
     mp_splits(&x);
     /* everyone done before any rank finalizes */
     sw_comm last = NULL;
@@ -754,7 +768,8 @@ static int mpi_rank(void) {
 
 int main(int argc, char** argv) {
     g_seed = (unsigned)time(NULL) ^ (unsigned)getpid();
-    if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return mpi_rank();
+    if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return mpi_rank(0);
+    if (argc > 1 && strcmp(argv[1], "--mpi-late") == 0) return mpi_rank(1);
     signal(SIGPIPE, SIG_IGN);
     printf("seed %u\n", g_seed);
     local_splits(SW_BACKEND_CPU, "cpu");
