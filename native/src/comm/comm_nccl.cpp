@@ -102,19 +102,12 @@ void sw::nccl_unique_id(uint8_t* id) {
     std::memcpy(id, u.internal, sizeof u.internal);
 }
 
-std::shared_ptr<Communicator> sw::create_nccl_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms) {
-    require(devices, "devices");
-    if (world_size < 1 || world_size > 4096) fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
-    for (int r = 0; r < world_size; ++r) {
-        const std::string name = str("devices[", r, "]");
-        auto* d = checked(devices[r], name.c_str());
-        check_nccl_device(d, name.c_str());
-        for (int q = 0; q < r; ++q)
-            if (reinterpret_cast<sw_device_s*>(devices[q])->impl->ordinal == d->impl->ordinal)
-                fail(SW_ERR_INVALID_ARGUMENT, "devices[", q, "] and devices[", r, "] are both GPU ", d->impl->ordinal,
-                     "; NCCL allows one rank per GPU (for virtual ranks on one GPU use sw_comm_create_local)");
-    }
-    const NcclApi& n = nccl_api();
+namespace {
+
+// The NCCL communicators of `impls.size()` ranks of this process, rank r on impls[r] (distinct GPUs), made in one group
+// on this thread (see sw_comm_create_nccl_local; an in-process split makes its groups' communicators so too).
+std::vector<void*> init_local_group(const NcclApi& n, const std::vector<std::shared_ptr<DeviceImpl>>& impls, int64_t timeout_ms) {
+    const int32_t world_size = static_cast<int32_t>(impls.size());
     NcclUniqueId id{};
     int rc = n.GetUniqueId(&id);
     if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
@@ -133,8 +126,7 @@ std::shared_ptr<Communicator> sw::create_nccl_local(int32_t world_size, const sw
     std::string device_err;
     int failed_rank = -1;
     for (int r = 0; r < world_size && (rc == kNcclSuccess || rc == kNcclInProgress); ++r) {
-        auto* d = reinterpret_cast<sw_device_s*>(devices[r]);
-        device_status = set_current_device(*d->impl, &device_err);
+        device_status = set_current_device(*impls[r], &device_err);
         if (device_status != SW_OK) break; // the group is closed below either way (NCCL's group state is per thread)
         failed_rank = r;
         rc = nonblocking ? n.CommInitRankConfig(&comms[r], world_size, id, r, &config) : n.CommInitRank(&comms[r], world_size, id, r);
@@ -173,7 +165,27 @@ std::shared_ptr<Communicator> sw::create_nccl_local(int32_t world_size, const sw
              " ms: NCCL's initialization (ncclCommInitRankConfig in one group) had not finished for rank(s) ",
              rank_list(pending), "; every communicator is aborted");
     }
+    return comms;
+}
+
+} // namespace
+
+std::shared_ptr<Communicator> sw::create_nccl_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms) {
+    require(devices, "devices");
+    if (world_size < 1 || world_size > 4096) fail(SW_ERR_INVALID_ARGUMENT, "world_size = ", world_size, "; expected 1..4096");
+    for (int r = 0; r < world_size; ++r) {
+        const std::string name = str("devices[", r, "]");
+        auto* d = checked(devices[r], name.c_str());
+        check_nccl_device(d, name.c_str());
+        for (int q = 0; q < r; ++q)
+            if (reinterpret_cast<sw_device_s*>(devices[q])->impl->ordinal == d->impl->ordinal)
+                fail(SW_ERR_INVALID_ARGUMENT, "devices[", q, "] and devices[", r, "] are both GPU ", d->impl->ordinal,
+                     "; NCCL allows one rank per GPU (for virtual ranks on one GPU use sw_comm_create_local)");
+    }
     std::vector<std::shared_ptr<DeviceImpl>> impls;
+    for (int r = 0; r < world_size; ++r) impls.push_back(reinterpret_cast<sw_device_s*>(devices[r])->impl);
+    const NcclApi& n = nccl_api();
+    std::vector<void*> comms = init_local_group(n, impls, timeout_ms);
     try {
         impls = local_devices(world_size, devices, timeout_ms); // the checks of sw_comm_create_local
     } catch (const Error& e) {
@@ -242,4 +254,70 @@ std::shared_ptr<Communicator> sw::create_nccl_mpi(sw_device_s* d, int64_t timeou
                                 "sw_comm_create_nccl_mpi (unique id)");
     auto h = nccl_rank(n, init_rank(n, d, ids[0], rank, world, timeout_ms, "sw_comm_create_nccl_mpi"));
     return nccl_comm_over(d->impl, std::move(transport), timeout_ms, n, std::move(h), rank, world);
+}
+
+// ---- sub-communicators (split.cpp)
+
+std::shared_ptr<Communicator> sw::nccl_split_local(std::vector<std::shared_ptr<DeviceImpl>> devices, int64_t timeout_ms) {
+    for (size_t r = 0; r < devices.size(); ++r)
+        for (size_t q = 0; q < r; ++q)
+            if (devices[q]->ordinal == devices[r]->ordinal)
+                fail(SW_ERR_INVALID_ARGUMENT, "ranks ", q, " and ", r, " of the new group are both on GPU ", devices[r]->ordinal,
+                     "; NCCL allows one rank per GPU");
+    const NcclApi& n = nccl_api();
+    std::vector<void*> comms = init_local_group(n, devices, timeout_ms);
+    std::vector<std::shared_ptr<NcclRank>> ranks;
+    for (void* c : comms) ranks.push_back(nccl_rank(n, c));
+    auto mover = std::make_unique<NcclMover>(devices, n, std::move(ranks));
+    return make_local_comm(std::move(devices), timeout_ms, std::move(mover), "nccl");
+}
+
+std::shared_ptr<NcclRank> sw::nccl_split_rank(Communicator& parent, Transport* sub, int32_t color, int32_t key,
+                                              Clock::time_point deadline, const std::string& what) {
+    const NcclApi& n = nccl_api();
+    auto* mover = dynamic_cast<NcclMover*>(parent.mover.get());
+    const std::shared_ptr<NcclRank>& pr = mover ? mover->rank_comm(parent.self) : nullptr;
+    if (!pr || !pr->comm) fail(SW_ERR_ABORTED, what, ": the parent's NCCL communicator is gone (aborted)");
+    make_current(*parent.devices[parent.self]);
+    void* nc = nullptr;
+    if (n.CommSplit) { // every rank of the parent calls it, the ones that opt out with NCCL_SPLIT_NOCOLOR
+        NcclConfigV21400 config = nccl_nonblocking_config();
+        const bool nonblocking = n.CommInitRankConfig != nullptr; // the parent is non-blocking too: one group of kinds
+        const int rc = n.CommSplit(pr->comm, color < 0 ? kNcclSplitNoColor : color, key, &nc, nonblocking ? &config : nullptr);
+        if (rc != kNcclSuccess && rc != kNcclInProgress) {
+            const std::string why = nccl_error(n, pr->comm, rc);
+            if (nc) n.CommAbort(nc);
+            fail(SW_ERR_BACKEND, what, ": ncclCommSplit failed: ", why);
+        }
+        if (color < 0) return nullptr;
+        if (!nc) fail(SW_ERR_BACKEND, what, ": ncclCommSplit returned no communicator");
+        const int state = wait_created(n, {nc}, deadline)[0];
+        if (state != kNcclSuccess) {
+            const std::string why = state == kNcclInProgress ? std::string("not done before the timeout") : nccl_error(n, nc, state);
+            n.CommAbort(nc);
+            fail(state == kNcclInProgress ? SW_ERR_TIMEOUT : SW_ERR_BACKEND, what, ": ncclCommSplit: ", why);
+        }
+        return nccl_rank(n, nc);
+    }
+    if (color < 0) return nullptr;
+    // Without ncclCommSplit (NCCL < 2.18): the group's rank 0 makes a unique id, sent to the members over the group's
+    // new transport; then ncclCommInitRank(Config) as at creation.
+    std::vector<NcclUniqueId> ids(sub->world());
+    NcclUniqueId mine{};
+    if (sub->rank() == 0) {
+        const int rc = n.GetUniqueId(&mine);
+        if (rc != kNcclSuccess) fail(SW_ERR_BACKEND, "ncclGetUniqueId failed: ", nccl_error(n, nullptr, rc));
+    }
+    sub->all_gather_bytes(0, mine.internal, sizeof mine.internal, ids[0].internal, deadline, parent.abort_flag,
+                          str(what, " (unique id)"));
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    sw_device_s handle{}; // init_rank takes the device's handle only for its impl
+    handle.impl = parent.devices[parent.self];
+    return nccl_rank(n, init_rank(n, &handle, ids[0], sub->rank(), sub->world(), left > 0 ? left : 1, what.c_str()));
+}
+
+std::shared_ptr<Communicator> sw::nccl_split_comm(std::shared_ptr<DeviceImpl> dev, std::unique_ptr<Transport> transport,
+                                                  int64_t timeout_ms, std::shared_ptr<NcclRank> h) {
+    const int32_t rank = transport->rank(), world = transport->world();
+    return nccl_comm_over(std::move(dev), std::move(transport), timeout_ms, nccl_api(), std::move(h), rank, world);
 }

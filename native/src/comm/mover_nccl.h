@@ -49,6 +49,8 @@ public:
     void move(Communicator& c, int rank, uint64_t seq, const Slot& slot, Clock::time_point deadline) override;
     // ncclCommAbort (aborted) or ncclCommDestroy of every local communicator.
     void close(bool aborted) noexcept override;
+    // sub-communicators (comm_nccl.cpp): rank `rank`'s NCCL communicator (null when not in this process).
+    const std::shared_ptr<NcclRank>& rank_comm(int rank) const { return comms_[rank]; }
 
 private:
     const NcclApi& n_;

@@ -80,7 +80,10 @@ struct NcclApi {
     int (*GroupEnd)();
     const char* (*GetErrorString)(int);
     const char* (*GetLastError)(NcclComm); // optional (2.13+): may be null
+    // optional (2.18+): may be null; then a split makes its communicators with ncclCommInitRank(Config) (split.cpp)
+    int (*CommSplit)(NcclComm, int color, int key, NcclComm*, NcclConfigV21400*);
 };
+constexpr int kNcclSplitNoColor = -1; // NCCL_SPLIT_NOCOLOR
 
 // The loaded API, or throws sw::Error(SW_ERR_NOT_FOUND) saying what was searched and why it failed.
 const NcclApi& nccl_api();

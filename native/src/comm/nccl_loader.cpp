@@ -75,6 +75,7 @@ const Nccl& nccl() {
         bind(a.GroupEnd, "ncclGroupEnd");
         bind(a.GetErrorString, "ncclGetErrorString");
         bind(a.GetLastError, "ncclGetLastError");
+        bind(a.CommSplit, "ncclCommSplit");
         const int rc = a.GetVersion(&n.version);
         a.version = n.version;
         if (rc != 0) {

@@ -35,6 +35,7 @@
 //  family is not told), and its peers get a notice with status SW_OK ("closed"), which poll_idle does not count as a
 //  failure. Consequence: a process that exits without destroying its communicators while the others still use the
 //  family counts as lost.
+#include "comm/comm_nccl.h"
 #include "comm/communicator.h"
 
 #include "cpu/stream.h"
@@ -230,8 +231,6 @@ SW_API sw_status sw_comm_split_local(sw_comm comm, const int32_t* colors, const 
                  parent->self, "); split it with sw_comm_split, called by every process with its own rank");
         const int32_t p = parent->world;
         for (int32_t r = 0; r < p; ++r) out[r] = nullptr;
-        if (std::string(parent->backend_name) == "nccl")
-            fail(SW_ERR_UNSUPPORTED, "sw_comm_split_local of an in-process NCCL communicator is not implemented yet");
         std::vector<int32_t> c(colors, colors + p), k(p, 0);
         for (int32_t r = 0; r < p; ++r) {
             const std::string name = str("colors[", r, "]");
@@ -247,7 +246,9 @@ SW_API sw_status sw_comm_split_local(sw_comm comm, const int32_t* colors, const 
         for (const auto& [color, members] : groups) {
             std::vector<std::shared_ptr<DeviceImpl>> devs;
             for (int32_t r : members) devs.push_back(parent->devices[r]);
-            auto child = make_local_comm(std::move(devs), parent->timeout_ms, nullptr, parent->backend_name);
+            auto child = std::string(parent->backend_name) == "nccl"
+                             ? nccl_split_local(std::move(devs), parent->timeout_ms) // new NCCL communicators, one group
+                             : make_local_comm(std::move(devs), parent->timeout_ms, nullptr, parent->backend_name);
             child->parent_ranks = members;
             children.push_back(std::move(child));
         }
@@ -277,8 +278,8 @@ SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_
                  parent->backend_name, " communicator; pass its own rank");
         check_color(color, "color");
         Transport* t = parent->agreement->transport();
-        if (!t || std::string(parent->backend_name) == "nccl")
-            fail(SW_ERR_UNSUPPORTED, "sw_comm_split of a ", parent->backend_name, " communicator is not implemented yet");
+        if (!t) fail(SW_ERR_UNSUPPORTED, "sw_comm_split: this ", parent->backend_name, " communicator has no transport to split");
+        const bool nccl = std::string(parent->backend_name) == "nccl";
         auto fam = family_of(parent, "sw_comm_split");
         uint64_t seq = 0;
         {
@@ -290,6 +291,7 @@ SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_
         struct Made {
             std::vector<int32_t> members; // parent ranks, in the new order
             std::unique_ptr<Transport> transport;
+            std::shared_ptr<NcclRank> nccl; // NCCL: the group's NCCL communicator
         };
         auto made = std::make_shared<Made>();
         Communicator* pc = parent.get();
@@ -298,7 +300,7 @@ SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_
         d.dtype = SW_DTYPE_U8;
         d.root = color;
         d.rows = key;
-        d.host = [made, pc, seq, color](Transport& tr, const Slot& slot, Clock::time_point deadline) {
+        d.host = [made, pc, seq, color, nccl](Transport& tr, const Slot& slot, Clock::time_point deadline) {
             const int p = tr.world();
             std::vector<int32_t> colors(p), keys(p);
             for (int q = 0; q < p; ++q) {
@@ -306,14 +308,20 @@ SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_
                 keys[q] = static_cast<int32_t>(slot.desc[q].rows);
             }
             if (color != SW_SPLIT_NO_COLOR) made->members = group_of(colors, keys, color);
-            made->transport = tr.split(seq, colors, made->members, deadline, pc->abort_flag, str("sw_comm_split #", seq));
+            const std::string what = str("sw_comm_split #", seq);
+            made->transport = tr.split(seq, colors, made->members, deadline, pc->abort_flag, what);
+            if (nccl) { // every rank of the parent: ncclCommSplit is collective over all of them
+                const auto at = std::find(made->members.begin(), made->members.end(), pc->self) - made->members.begin();
+                made->nccl = nccl_split_rank(*pc, made->transport.get(), color, static_cast<int32_t>(at), deadline, what);
+            }
         };
         cpu::Stream stream; // the agreement asks it for earlier errors: it has none
         parent->agreement->run(*parent, rank, seq, d, &stream);
         if (color == SW_SPLIT_NO_COLOR) return;
         if (!made->transport) fail(SW_ERR_INTERNAL, "sw_comm_split: the transport made no sub-communicator");
         made->transport->set_parent_ranks(made->members);
-        auto child = make_remote_comm(parent->devices[0], std::move(made->transport), parent->timeout_ms);
+        auto child = nccl ? nccl_split_comm(parent->devices[0], std::move(made->transport), parent->timeout_ms, made->nccl)
+                          : make_remote_comm(parent->devices[0], std::move(made->transport), parent->timeout_ms);
         child->parent_ranks = made->members;
         join(fam, child);
         *out = register_comm(child);

@@ -20,6 +20,7 @@
 // (NCCL 2.7+): a group's point-to-point calls on one communicator run as one unit on the stream (posts all its sends,
 // then takes its receives, then waits until its sends were taken), so grouped exchanges in both directions cannot
 // deadlock; the n-th send from a to b matches the n-th receive of b from a, and the sizes must agree.
+// ncclCommSplit (2.18+; not in the FAKE_NCCL_NO_CONFIG build): collective over the parent's ranks, new groups per color.
 // FAKE_NCCL_REFUSE_F16 (set, test only): every f16 call is refused with ncclInvalidArgument (a call NCCL refuses).
 #include "cpu/stream.h"
 #include "../float16_ref.h"
@@ -89,6 +90,14 @@ struct Group {
     std::vector<char> joined;
     int joined_count = 0;
     bool init_failed = false;
+    // ncclCommSplit: the n-th split of the group, collective over every rank: each rank's (color, key), and the new
+    // groups once every rank has called (per color; a rank's place in its new group).
+    struct Split {
+        std::map<int, std::pair<int, int>> calls; // rank -> (color, key)
+        std::map<int, std::shared_ptr<Group>> made;
+        std::map<int, int> place;
+    };
+    std::map<uint64_t, Split> splits;
 };
 
 // Work a non-blocking communicator finishes on a thread of its own (see start_job).
@@ -114,6 +123,7 @@ struct Comm {
     bool busy = false;              // guarded by group->mu: a Job of this communicator has not finished (ncclInProgress)
     std::shared_ptr<Job> job;       // the latest one
     std::vector<uint64_t> sent, received; // per peer: point-to-point calls launched so far (their sequence numbers)
+    uint64_t splits = 0;                  // ncclCommSplit calls so far
 };
 
 // As in NCCL, ncclCommAbort and ncclCommDestroy free the communicator: any later call with it is a use after free.
@@ -536,7 +546,56 @@ FAKE_API int ncclCommInitRankConfig(void** comm, int nranks, UniqueId id, int ra
     if (const int rc = parse_config(config, &blocking); rc != kSuccess) return rc;
     return init(comm, nranks, id, rank, blocking);
 }
+// ncclCommSplit (NCCL 2.18+): collective over every rank of comm's group (a rank that opts out passes
+// NCCL_SPLIT_NOCOLOR = -1 and gets NULL); the ranks of one color form a new communicator, ordered by (key, rank). The
+// new one is non-blocking when config says so (else as comm). Blocks until every rank has called (60 s limit).
+FAKE_API int ncclCommSplit(void* comm, int color, int key, void** newcomm, void* config) {
+    auto* c = live(comm, "ncclCommSplit");
+    if (!newcomm || color < -1) return kInvalidArgument;
+    *newcomm = nullptr;
+    bool blocking = c->blocking;
+    if (config)
+        if (const int rc = parse_config(config, &blocking); rc != kSuccess) return rc;
+    if (const int rc = ensure_ready(c, "ncclCommSplit"); rc != kSuccess) return rc;
+    Group& g = *c->group;
+    std::unique_lock<std::mutex> lock(g.mu);
+    Group::Split& sp = g.splits[c->splits++];
+    sp.calls[c->rank] = {color, key};
+    g.cv.notify_all();
+    if (!g.cv.wait_for(lock, std::chrono::seconds(60),
+                       [&] { return static_cast<int>(sp.calls.size()) == g.world || g.aborted[c->rank] || g.broken; })) {
+        std::fprintf(stderr, "fake NCCL: ncclCommSplit of rank %d: not every rank called in within 60 s\n", c->rank);
+        return kSystemError;
+    }
+    if (g.aborted[c->rank] || g.broken) return kRemoteError;
+    if (sp.made.empty()) { // the last to arrive sees the same calls as the others: whoever comes first builds
+        std::map<int, std::vector<std::pair<int, int>>> by_color; // color -> (key, rank)
+        for (const auto& [r, ck] : sp.calls)
+            if (ck.first >= 0) by_color[ck.first].push_back({ck.second, r});
+        for (auto& [col, v] : by_color) {
+            std::sort(v.begin(), v.end());
+            auto ng = std::make_shared<Group>();
+            ng->world = static_cast<int>(v.size());
+            ng->aborted.assign(v.size(), 0);
+            ng->joined.assign(v.size(), 1);
+            ng->joined_count = ng->world;
+            sp.made[col] = ng;
+            for (size_t i = 0; i < v.size(); ++i) sp.place[v[i].second] = static_cast<int>(i);
+        }
+        if (sp.made.empty()) sp.made[-1] = nullptr; // everyone opted out: mark it built
+    }
+    if (color < 0) return kSuccess;
+    auto* nc = new Comm;
+    nc->group = sp.made[color];
+    nc->rank = sp.place[c->rank];
+    nc->sent.assign(nc->group->world, 0);
+    nc->received.assign(nc->group->world, 0);
+    nc->blocking = blocking;
+    *newcomm = nc;
+    return kSuccess;
+}
 #endif
+
 FAKE_API int ncclCommDestroy(void* comm) {
     auto* c = live(comm, "ncclCommDestroy");
     if (!c) return kSuccess;
