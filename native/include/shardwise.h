@@ -489,7 +489,8 @@ SW_API sw_status sw_comm_create_nccl_mpi(sw_device device, int64_t timeout_ms, s
  * as soon as the notice reaches them (no rank waits for its own timeout to learn that another group failed). A
  * timeout inside a sub-communicator names the missing ranks by their rank in it and in its parent
  * ("rank(s) 1 (parent rank 3)"). Destroying a communicator is not a failure: it aborts nothing else, and the
- * communicators split from it stay usable (each handle is destroyed on its own, in any order). */
+ * communicators split from it stay usable (each handle is destroyed on its own, in any order). A process that exits
+ * (or is killed) without destroying its communicators counts as lost for the processes still using the family. */
 #define SW_SPLIT_NO_COLOR (-1)
 /* In-process communicators (sw_comm_create_local, sw_comm_create_nccl_local): one call splits every rank. colors[r]
  * and keys[r] (world_size entries each; keys NULL: parent order) are rank r's. out (world_size entries) receives, for
@@ -504,7 +505,7 @@ SW_API sw_status sw_comm_split_local(sw_comm comm, const int32_t* colors, const 
  * makes them fail with SW_ERR_MISMATCH; either aborts the parent's family). *out is NULL for SW_SPLIT_NO_COLOR.
  * The sub-communicator's transport: TCP its own mesh of connections (addresses exchanged over the parent), MPI
  * MPI_Comm_split, NCCL ncclCommSplit where NCCL has it (2.18+), else ncclCommInitRank with a unique id sent over the
- * parent. SW_ERR_INVALID_ARGUMENT on an in-process communicator (use sw_comm_split_local). */
+ * group's new transport. SW_ERR_INVALID_ARGUMENT on an in-process communicator (use sw_comm_split_local). */
 SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_t key, sw_comm* out);
 /* Rank `rank` of a communicator is rank *parent_rank of the communicator it was split from (for a communicator that
  * was not split: *parent_rank = rank). In-process: any rank; multi-process: this process's rank. */

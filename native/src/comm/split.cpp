@@ -9,9 +9,13 @@
 //    the parent's transport agreement, so it takes its place in the parent's sequence: it waits for the rank's earlier
 //    collectives, its descriptor (color in `root`, key in `rows`) is exchanged and checked like any collective's (a
 //    rank calling another collective instead gives SW_ERR_MISMATCH, a rank that never calls a timeout naming it),
-//    and then, instead of a Mover, Desc::host makes the sub-group's transport with Transport::split (a transport
-//    that has none fails with SW_ERR_UNSUPPORTED). The child agrees and moves data over that transport like any
-//    multi-process communicator.
+//    and then, instead of a Mover, Desc::host makes the sub-group's transport with Transport::split: TCP a new mesh
+//    among the group's members (listening addresses exchanged over the parent's connections), MPI MPI_Comm_split in
+//    the plugin; an NCCL communicator splits its host transport so, then makes the group's NCCL communicator
+//    (comm_nccl.cpp: ncclCommSplit, or ncclCommInitRank with a unique id sent over the new transport). The child
+//    agrees and moves data over that transport like any multi-process communicator. The split counts as one of the
+//    parent's collectives (sw_comm_get_collective_count).
+//  - in-process NCCL: new NCCL communicators for each group, made in one group (comm_nccl.cpp, nccl_split_local).
 //  Every sub-communicator remembers its ranks' ranks in its parent (parent_ranks): sw_comm_get_parent_rank, and the
 //  timeouts' "rank(s) 1 (parent rank 3)".
 //
