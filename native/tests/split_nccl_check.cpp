@@ -221,6 +221,37 @@ void per_process() {
     std::printf("per-process NCCL split: %s\n", g_failures ? "FAILED" : "ok");
 }
 
+// An NCCL communicator made from a unique id has no channel but NCCL: sw_comm_split refuses it (SW_ERR_UNSUPPORTED)
+// before taking a collective, so the communicator stays usable.
+void by_unique_id() {
+    const int p = 2;
+    uint8_t id[128];
+    OK(sw_nccl_get_unique_id(id));
+    std::vector<std::thread> th;
+    for (int r = 0; r < p; ++r)
+        th.emplace_back([&, r] {
+            sw_device dev = nullptr;
+            sw_stream s = nullptr;
+            sw_comm comm = nullptr, child = nullptr;
+            OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &dev));
+            OK(sw_stream_create(dev, &s));
+            OK(sw_comm_create_nccl_id(dev, id, r, p, 20000, &comm));
+            if (!comm) return;
+            const sw_status st = sw_comm_split(comm, r, 0, 0, &child);
+            CHECK(st == SW_ERR_UNSUPPORTED && child == nullptr && std::strstr(sw_last_error(), "cannot be split"),
+                  "rank %d: split of an NCCL communicator made from a unique id: status %d", r, (int)st);
+            RankRun run;
+            const std::vector<int> top = {0, 1};
+            queue_rank(comm, r, s, dev, top, 40, &run);
+            check_rank(r, s, top, 40, &run);
+            OK(sw_comm_destroy(comm));
+            sw_stream_destroy(s);
+            sw_device_destroy(dev);
+        });
+    for (auto& t : th) t.join();
+    std::printf("NCCL from a unique id: split refused: %s\n", g_failures ? "FAILED" : "ok");
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -232,6 +263,7 @@ int main(int argc, char** argv) {
     std::printf("seed %u (%s)\n", g_seed, blocking ? "NCCL 2.13 stand-in: no ncclCommSplit" : "NCCL 2.18 stand-in: ncclCommSplit");
     in_process();
     per_process();
+    by_unique_id();
     std::printf("%s\n", g_failures ? "FAILED" : "all NCCL split checks passed");
     return g_failures ? 1 : 0;
 }

@@ -63,6 +63,7 @@ public:
         }
     }
 
+    bool can_split() const override { return true; }
     std::unique_ptr<Transport> split(uint64_t, const std::vector<int32_t>& colors, const std::vector<int32_t>& members,
                                      Clock::time_point, const std::atomic<bool>&, const std::string& what) override {
         // Every rank is in this split (their descriptors agreed): MPI_Comm_split, ordered by the rank's place in its

@@ -282,7 +282,10 @@ SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_
                  parent->backend_name, " communicator; pass its own rank");
         check_color(color, "color");
         Transport* t = parent->agreement->transport();
-        if (!t) fail(SW_ERR_UNSUPPORTED, "sw_comm_split: this ", parent->backend_name, " communicator has no transport to split");
+        if (!t || !t->can_split())
+            fail(SW_ERR_UNSUPPORTED, "comm is a ", parent->backend_name, " communicator whose ranks talk through ",
+                 t ? t->name() : "nothing", ", which cannot be split (an NCCL communicator made from a unique id has no "
+                 "other channel; make it with sw_comm_create_nccl or sw_comm_create_nccl_mpi to split it)");
         const bool nccl = std::string(parent->backend_name) == "nccl";
         auto fam = family_of(parent, "sw_comm_split");
         uint64_t seq = 0;

@@ -174,6 +174,7 @@ public:
         }
     }
 
+    bool can_split() const override { return true; }
     std::unique_ptr<Transport> split(uint64_t seq, const std::vector<int32_t>& colors, const std::vector<int32_t>& members,
                                      Clock::time_point deadline, const std::atomic<bool>& local_abort,
                                      const std::string& what) override;

@@ -103,7 +103,9 @@ public:
     // Called by every rank of this transport inside the same collective #seq, once the ranks agreed on the split:
     // colors[q] is rank q's color (SW_SPLIT_NO_COLOR: out); `members` this rank's group (its ranks here, in the new
     // rank order; empty when this rank opted out). Returns the transport among `members` (null when opted out).
-    // Fails as exchange() does. Default: SW_ERR_UNSUPPORTED.
+    // Fails as exchange() does. Default: SW_ERR_UNSUPPORTED (`can_split` false: sw_comm_split refuses before the
+    // parent's collective, which then stays usable).
+    virtual bool can_split() const { return false; }
     virtual std::unique_ptr<Transport> split(uint64_t seq, const std::vector<int32_t>& colors,
                                              const std::vector<int32_t>& members, Clock::time_point deadline,
                                              const std::atomic<bool>& local_abort, const std::string& what);
