@@ -37,6 +37,7 @@
 namespace sw {
 
 class Communicator;
+struct P2PState; // point-to-point transfers (p2p.h)
 
 // What a Mover on a device with its own queue (CUDA) keeps between the steps that order a collective into a stream.
 struct OrderTicket {
@@ -84,6 +85,19 @@ public:
     virtual void order_release(const OrderTicket&) noexcept {}
     // After queueing the host side: makes the device stream wait for it.
     virtual sw_status order_end(sw_stream_s*, const OrderTicket&, std::string* /*err*/) noexcept { return SW_OK; }
+
+    // ---- point-to-point transfers (p2p.h, p2p.cpp)
+    // In-process: rank `rank` copies `bytes` from its peer's send region into its own receive region (CPU: memmove;
+    // CUDA: its communication stream), complete when it returns; also a rank's copy to itself. Throws sw::Error.
+    virtual void p2p_copy(int /*rank*/, char* dst, const char* src, uint64_t bytes);
+    // Multi-process: the data of one transfer call once its peers agreed (sends to and receives from the peers, one
+    // step, progressing together), complete when it returns. Throws sw::Error; the default says the kind has none.
+    virtual void p2p_move(Communicator& c, int rank, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                          Clock::time_point deadline, const std::string& what);
+    // A failed transfer's receive region poisoned (kPoisonByte), best effort.
+    virtual void p2p_poison(int /*rank*/, char* p, uint64_t bytes) noexcept {
+        if (p && bytes) std::memset(p, kPoisonByte, bytes);
+    }
 };
 
 // How the ranks agree on a call, and the whole host side of one collective around the Mover.
@@ -119,6 +133,10 @@ public:
 
     std::unique_ptr<Agreement> agreement;
     std::unique_ptr<Mover> mover;
+
+    // ---- point-to-point transfers (p2p.h): the pair counters and the in-process meeting points; made by the first
+    // transfer, under mu.
+    std::shared_ptr<P2PState> p2p;
 
     ~Communicator();
 
