@@ -11,6 +11,7 @@
 // Any failure aborts the communicator locally and tells the peers (Transport::notify_abort), so their pending
 // collectives fail at once with the reason instead of waiting for the timeout.
 #include "comm/communicator.h"
+#include "comm/p2p.h"
 
 #include <algorithm>
 #include <new>
@@ -206,6 +207,9 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
 }
 
 } // namespace
+
+// Point-to-point transfers (p2p_transport.cpp) run over the same transport.
+Transport* sw::agreement_transport(Agreement& a) { return a.transport(); }
 
 std::unique_ptr<Agreement> sw::make_transport_agreement(std::unique_ptr<Transport> transport) {
     return std::make_unique<TransportAgreement>(std::move(transport));

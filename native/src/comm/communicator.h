@@ -41,6 +41,7 @@ struct Family; // split.cpp: the communicators split from one another (family fa
 // split.cpp: c (mu held) was just aborted; the family's other members are aborted too, by the family's watcher thread
 // (never under c's lock). A no-op once the family has failed.
 void family_failed(Communicator& c) noexcept;
+struct P2PState; // point-to-point transfers (p2p.h)
 
 // What a Mover on a device with its own queue (CUDA) keeps between the steps that order a collective into a stream.
 struct OrderTicket {
@@ -88,6 +89,19 @@ public:
     virtual void order_release(const OrderTicket&) noexcept {}
     // After queueing the host side: makes the device stream wait for it.
     virtual sw_status order_end(sw_stream_s*, const OrderTicket&, std::string* /*err*/) noexcept { return SW_OK; }
+
+    // ---- point-to-point transfers (p2p.h, p2p.cpp)
+    // In-process: rank `rank` copies `bytes` from its peer's send region into its own receive region (CPU: memmove;
+    // CUDA: its communication stream), complete when it returns; also a rank's copy to itself. Throws sw::Error.
+    virtual void p2p_copy(int /*rank*/, char* dst, const char* src, uint64_t bytes);
+    // Multi-process: the data of one transfer call once its peers agreed (sends to and receives from the peers, one
+    // step, progressing together), complete when it returns. Throws sw::Error; the default says the kind has none.
+    virtual void p2p_move(Communicator& c, int rank, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                          Clock::time_point deadline, const std::string& what);
+    // A failed transfer's receive region poisoned (kPoisonByte), best effort.
+    virtual void p2p_poison(int /*rank*/, char* p, uint64_t bytes) noexcept {
+        if (p && bytes) std::memset(p, kPoisonByte, bytes);
+    }
 };
 
 // How the ranks agree on a call, and the whole host side of one collective around the Mover.
@@ -133,6 +147,9 @@ public:
     bool destroyed = false;            // sw_comm_destroy (under mu): its abort is no failure of the family
     // "1 (parent rank 3)", "1, 2 (parent ranks 3, 5)"; a communicator that was not split: "1", "1, 2".
     std::string rank_names(const std::vector<int>& ranks) const;
+    // ---- point-to-point transfers (p2p.h): the pair counters and the in-process meeting points; made by the first
+    // transfer, under mu.
+    std::shared_ptr<P2PState> p2p;
 
     ~Communicator();
 
