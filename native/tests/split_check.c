@@ -8,7 +8,8 @@
  *                        a float64 reference) and an all-gather (exact: it checks the rank order). Then the family
  *                        fate (an abort or a timeout in one group aborts the parent and the other groups promptly, a
  *                        destroy aborts nothing), destroy orders and bad arguments; then forked TCP jobs (real
- *                        processes): the same splits, a rank killed, a rank late, a mismatched split.
+ *                        processes): the same splits, a rank killed, a rank late, a rank stopped, a mismatched
+ *                        split.
  *   split_check --mpi    one rank of an mpirun job (mpirun -n 4 split_check --mpi): the splits over MPI;
  *   split_check --mpi-late  the same job, a rank of one group late: the other group is aborted at once.
  * Exit code 0 when every check passed; 77 (skipped) for --mpi when the MPI plugin is not available. */
@@ -575,8 +576,8 @@ static void mp_kill(Proc* x) {
 
 /* Groups {2, 0} and {3, 1} (keys reverse the ranks), timeout 1.5 s: group 1's rank 0 (parent rank 3) is late, so
  * rank 1 times out naming "rank(s) 0 (parent rank 3)"; group 0 waits in its own all-reduce for rank 0, which is
- * merely slow: rank 2 joined 0.7 s after rank 1 (its own timeout would come at 2.2 s) and must fail at group 1's
- * timeout with its reason. */
+ * merely slow: rank 2 joined 1 s after rank 1 (its own timeout would come at 2.5 s) and must fail soon after group
+ * 1's timeout (1.5 s), before its own, with its reason. */
 static void mp_late(Proc* x) {
     const int r = x->rank;
     sw_comm g = NULL;
@@ -587,7 +588,7 @@ static void mp_late(Proc* x) {
     OK(sw_barrier(x->root, r, x->s)); /* a common start */
     OK(sw_stream_synchronize(x->s));
     if (g_failures || !g) return;
-    const double delay[4] = {2.0, 0.0, 0.7, 2.2}; /* group 1's timeout comes at 1.5 s */
+    const double delay[4] = {3.0, 0.0, 1.0, 3.2}; /* group 1's timeout comes at 1.5 s, group 0's own at 2.5 s */
     struct timespec ts = {(time_t)delay[r], (long)((delay[r] - (int)delay[r]) * 1e9)};
     nanosleep(&ts, NULL);
     int32_t sub = 0;
@@ -601,12 +602,50 @@ static void mp_late(Proc* x) {
         CHECK(st == SW_ERR_TIMEOUT && strstr(why, "rank(s) 0 (parent rank 3) of 2 never joined"),
               "rank 1: the late rank's timeout: status %d, '%s'", (int)st, why);
     if (r == 2)
-        CHECK(st == SW_ERR_ABORTED && strstr(why, "(parent rank 3)") && dt < 1.3,
+        CHECK(st == SW_ERR_ABORTED && strstr(why, "(parent rank 3)") && dt < 1.45,
               "rank 2: not aborted promptly by the other group's timeout: status %d after %.3f s (its own timeout at 1.5 s), '%s'",
               (int)st, dt, why);
     if (r == 0 || r == 3)
         CHECK(st == SW_ERR_ABORTED && strstr(why, "(parent rank 3)") && dt < 0.5,
               "rank %d: a call after the family failed: status %d after %.3f s, '%s'", r, (int)st, dt, why);
+    sw_buffer_destroy(b);
+    sw_comm_destroy(g);
+}
+
+/* Groups {1, 0} and {3, 2} (keys reverse the ranks), timeout 1.5 s, every rank running back-to-back 4 MB
+ * all-reduces in its group: rank 0 (group 0's rank 1) is stopped (SIGSTOP) by the parent process, most likely in the
+ * middle of moving data. Rank 1 times out naming "rank(s) 1 (parent rank 0)"; group 1 is aborted with that reason. */
+static void mp_freeze(Proc* x) {
+    const int r = x->rank;
+    sw_comm g = NULL;
+    OK(sw_comm_split(x->root, r, r / 2, -r, &g));
+    const long n = 1L << 20;
+    sw_buffer a = NULL, b = NULL;
+    OK(sw_buffer_alloc(x->dev, 4 * n, &a));
+    OK(sw_buffer_alloc(x->dev, 4 * n, &b));
+    OK(sw_memset_async(a, 0, 0x3F, 4 * n, x->s));
+    OK(sw_stream_synchronize(x->s));
+    if (g_failures || !g) return;
+    int32_t sub = 0;
+    sw_comm_get_rank(g, &sub);
+    char c = 'r';
+    if (write(g_ready_fd, &c, 1) != 1) ++g_failures;
+    sw_status st = SW_OK;
+    const double t0 = now_s();
+    for (int i = 0; i < 2000 && st == SW_OK && now_s() - t0 < 20; ++i) {
+        st = sw_all_reduce(g, sub, a, 0, b, 0, (uint64_t)n, SW_DTYPE_F32, SW_REDUCE_SUM, x->s);
+        if (st == SW_OK && i % 4 == 3) st = sw_stream_synchronize(x->s);
+    }
+    if (st == SW_OK) st = sw_stream_synchronize(x->s);
+    const char* why = sw_last_error();
+    if (r == 1)
+        CHECK(st == SW_ERR_TIMEOUT && strstr(why, "rank(s) 1 (parent rank 0)"),
+              "rank 1: the stopped rank's timeout: status %d, '%s'", (int)st, why);
+    if (r >= 2)
+        CHECK(st == SW_ERR_ABORTED && strstr(why, "rank(s) 1 (parent rank 0)"),
+              "rank %d: the other group was not aborted with the stopped rank's name: status %d, '%s'", r, (int)st, why);
+    if (r == 1 && getenv("SPLIT_CHECK_VERBOSE")) fprintf(stderr, "rank 1: %s\n", why);
+    sw_buffer_destroy(a);
     sw_buffer_destroy(b);
     sw_comm_destroy(g);
 }
@@ -637,12 +676,14 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &x.dev));
     OK(sw_stream_create(x.dev, &x.s));
     OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &store));
-    OK(sw_comm_create_tcp(x.dev, store, "job", rank, p, strcmp(scenario, "late") == 0 ? 1500 : 20000, &x.root));
+    const int short_timeout = strcmp(scenario, "late") == 0 || strcmp(scenario, "freeze") == 0;
+    OK(sw_comm_create_tcp(x.dev, store, "job", rank, p, short_timeout ? 1500 : 20000, &x.root));
     if (g_failures) return 1;
     if (strcmp(scenario, "splits") == 0) mp_splits(&x);
     else if (strcmp(scenario, "kill") == 0) mp_kill(&x);
     else if (strcmp(scenario, "late") == 0) mp_late(&x);
     else if (strcmp(scenario, "mismatch") == 0) mp_mismatch(&x);
+    else if (strcmp(scenario, "freeze") == 0) mp_freeze(&x);
     if (x.root) sw_comm_destroy(x.root);
     sw_stream_destroy(x.s);
     sw_device_destroy(x.dev);
@@ -666,41 +707,47 @@ static int free_port(void) {
  * splits, rank 1 is killed (SIGKILL) 0.3 s later. */
 static int tcp_job(int p, const char* scenario) {
     const int port = free_port();
-    const int kill_victim = strcmp(scenario, "kill") == 0;
+    const int kill_victim = strcmp(scenario, "kill") == 0, freeze = strcmp(scenario, "freeze") == 0;
+    const int victim = freeze ? 0 : 1;
     int ready[2] = {-1, -1};
-    if (kill_victim && pipe(ready) != 0) return 1;
+    if ((kill_victim || freeze) && pipe(ready) != 0) return 1;
     pid_t pids[MAXR];
     for (int r = 0; r < p; ++r) {
         pids[r] = fork();
         if (pids[r] == 0) {
             alarm(30); /* a hang fails the check instead of blocking ctest */
-            if (kill_victim) {
+            if (kill_victim || freeze) {
                 close(ready[0]);
                 g_ready_fd = ready[1];
             }
             _exit(tcp_rank(r, p, port, scenario));
         }
     }
-    if (kill_victim) {
+    if (kill_victim || freeze) {
         close(ready[1]);
         char c;
         int got = 0;
         while (got < p && read(ready[0], &c, 1) == 1) ++got;
         struct timespec ts = {0, 300000000L};
         nanosleep(&ts, NULL);
-        kill(pids[1], SIGKILL);
+        kill(pids[victim], kill_victim ? SIGKILL : SIGSTOP);
         close(ready[0]);
     }
     int bad = 0;
     for (int r = 0; r < p; ++r) {
+        if (freeze && r == victim) continue;
         int status = 0;
         waitpid(pids[r], &status, 0);
-        if (kill_victim && r == 1 && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) continue;
+        if (kill_victim && r == victim && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) continue;
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
             fprintf(stderr, "tcp %s p=%d: rank %d %s %d\n", scenario, p, r, WIFEXITED(status) ? "exited with" : "killed by signal",
                     WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
             ++bad;
         }
+    }
+    if (freeze) { /* the others are done: end the stopped one */
+        kill(pids[victim], SIGKILL);
+        waitpid(pids[victim], NULL, 0);
     }
     printf("tcp %-8s p=%d: %s\n", scenario, p, bad ? "FAILED" : "ok");
     return bad;
@@ -749,7 +796,7 @@ static int mpi_rank(int late) {
          * as one rank exits; ctest judges this run by the ranks' output. */
         printf("[rank %d] mpi late p=%d: %s\n", rank, (int)p, g_failures ? "FAILED" : "ok");
         fflush(stdout);
-        sleep(2); /* the others print theirs */
+        sleep(3); /* the others print theirs */
         return g_failures ? 1 : 0;
     }
     mp_splits(&x);
@@ -787,6 +834,7 @@ int main(int argc, char** argv) {
     bad += tcp_job(4, "kill");
     bad += tcp_job(4, "late");
     bad += tcp_job(3, "mismatch");
+    bad += tcp_job(4, "freeze");
     printf("%s\n", bad || g_failures ? "FAILED" : "all split checks passed");
     return bad || g_failures ? 1 : 0;
 }

@@ -201,7 +201,8 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
     if (first) t.notify_abort(status, reason);
     // A wait that ended because this process aborted the communicator (sw_comm_abort, or its family's failure,
     // split.cpp) reports why it was aborted.
-    if (!first && message.find("the communicator was aborted in this process") != std::string::npos)
+    if (!first && (message.find("the communicator was aborted in this process") != std::string::npos ||
+                   message.find("the communicator's connections are closed") != std::string::npos))
         message = str(what, ": the communicator was aborted: ", reason);
     throw Error(first ? status : reported, first ? reason : str("rank ", rank, ": ", message));
 }

@@ -91,15 +91,27 @@ void Communicator::abort(const std::string& why) {
 }
 
 void Communicator::shut_down() {
+    sw_status notice = SW_OK;
+    std::string why = str("rank ", self, " destroyed its communicator");
     {
         // Collectives still queued on some stream fail at once instead of waiting for peers.
         std::lock_guard<std::mutex> lock(mu);
-        destroyed = true; // not a failure: the family (split.cpp) is not aborted
+        // A member of a family that failed (split.cpp) tells its peers the failure, not a close: the process may be
+        // ending right after the failure, before the family's watcher sent the notices.
+        std::string failure;
+        if (aborted) {
+            notice = abort_status;
+            why = reason;
+        } else if (family && family_failure(*this, &failure)) {
+            notice = SW_ERR_ABORTED;
+            why = failure;
+        }
+        destroyed = true; // not a failure: the family is not aborted
         abort_locked(SW_ERR_ABORTED, "the communicator was destroyed");
     }
     // Peers in other processes learn it at once too (a peer waiting for this rank fails instead of timing out). Status
     // SW_OK: a close, not a failure (a family's watcher in the peer's process does not abort its family for it).
-    if (is_remote()) agreement->notify_abort(SW_OK, str("rank ", self, " destroyed its communicator"));
+    if (is_remote()) agreement->notify_abort(notice, why);
 }
 
 std::shared_ptr<Communicator> sw::make_local_comm(std::vector<std::shared_ptr<DeviceImpl>> devices, int64_t timeout_ms,

@@ -41,6 +41,8 @@ struct Family; // split.cpp: the communicators split from one another (family fa
 // split.cpp: c (mu held) was just aborted; the family's other members are aborted too, by the family's watcher thread
 // (never under c's lock). A no-op once the family has failed.
 void family_failed(Communicator& c) noexcept;
+// split.cpp: whether c's family (c.mu held, c.family set) has failed, and the first failure's reason.
+bool family_failure(Communicator& c, std::string* reason);
 struct P2PState; // point-to-point transfers (p2p.h)
 
 // What a Mover on a device with its own queue (CUDA) keeps between the steps that order a collective into a stream.

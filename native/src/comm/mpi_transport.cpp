@@ -51,7 +51,7 @@ public:
             for (int q = 0; q < world_; ++q)
                 if (missing[q] == 2) waiting.push_back(q);
                 else if (missing[q]) who.push_back(q);
-            throw timeout_error(what, std::move(who), std::move(waiting));
+            throw timeout_error(what, std::move(who), std::move(waiting), &parent_ranks());
         }
         case SW_MPI_PEER_ABORT: {
             const auto st = static_cast<sw_status>(peer_status);

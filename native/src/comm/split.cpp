@@ -37,8 +37,9 @@
 //  abort flag every 50 ms) and fail with the first failure's reason.
 //  Destroying a member (sw_comm_destroy) is no failure: it marks the member destroyed before aborting it (so the
 //  family is not told), and its peers get a notice with status SW_OK ("closed"), which poll_idle does not count as a
-//  failure. Consequence: a process that exits without destroying its communicators while the others still use the
-//  family counts as lost.
+//  failure — unless the member or its family has already failed: then the notice carries the failure (a process
+//  that ends right after a failure, before its watcher sent the notices, still tells its peers). Consequence: a
+//  process that exits without destroying its communicators while the others still use the family counts as lost.
 #include "comm/comm_nccl.h"
 #include "comm/communicator.h"
 
@@ -158,6 +159,13 @@ void sw::family_failed(Communicator& c) noexcept {
     f.origin = &c;
     f.reason = c.reason;
     f.cv.notify_all();
+}
+
+bool sw::family_failure(Communicator& c, std::string* reason) {
+    FamilyState& f = *c.family->state;
+    std::lock_guard<std::mutex> lock(f.mu);
+    if (f.failed) *reason = f.reason;
+    return f.failed;
 }
 
 namespace {

@@ -125,7 +125,7 @@ public:
                 for (int q = 0; q < world_; ++q)
                     if (q != rank_ && (pending_in(q) || pending_out(q)))
                         (heard_[q] != Clock::time_point{} && now - heard_[q] < kAliveFor ? waiting : missing).push_back(q);
-                throw timeout_error(what, std::move(missing), std::move(waiting));
+                throw timeout_error(what, std::move(missing), std::move(waiting), &parent_ranks());
             }
             if (now >= next_status) { // still waiting: tell the peers this rank is alive (between frames only)
                 next_status = now + kStatusEvery;

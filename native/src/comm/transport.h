@@ -39,14 +39,23 @@ constexpr std::chrono::milliseconds kAliveFor{1000};
 // The message of an exchange's timeout, naming the missing ranks only ("rank(s) 2"); ranks that were still needed
 // but alive and waiting themselves are mentioned apart. When every rank still needed is alive and waiting (ranks
 // waiting on each other), those are named as missing.
-inline TimeoutError timeout_error(const std::string& what, std::vector<int> missing, std::vector<int> waiting) {
+// `names` (a sub-communicator's ranks in its parent, see Transport::set_parent_ranks) adds the parent ranks.
+inline TimeoutError timeout_error(const std::string& what, std::vector<int> missing, std::vector<int> waiting,
+                                  const std::vector<int32_t>* names = nullptr) {
+    auto list = [&](const std::vector<int>& ranks) {
+        std::string s = rank_list(ranks);
+        if (!names || names->empty() || ranks.empty()) return s;
+        std::vector<int> up;
+        for (int r : ranks) up.push_back(r >= 0 && r < static_cast<int>(names->size()) ? (*names)[r] : -1);
+        return s + " (parent rank" + (ranks.size() > 1 ? "s " : " ") + rank_list(up) + ")";
+    };
     std::string text = what + ": timed out waiting for rank(s) ";
     if (missing.empty()) {
         missing.swap(waiting);
-        text += rank_list(missing) + " (alive, but waiting themselves)";
+        text += list(missing) + " (alive, but waiting themselves)";
     } else {
-        text += rank_list(missing);
-        if (!waiting.empty()) text += "; also not done, but alive and waiting themselves: rank " + rank_list(waiting);
+        text += list(missing);
+        if (!waiting.empty()) text += "; also not done, but alive and waiting themselves: rank " + list(waiting);
     }
     return TimeoutError(text, std::move(missing), std::move(waiting));
 }
@@ -115,6 +124,7 @@ public:
     virtual int poll_idle(sw_status* /*status*/, std::string* /*why*/) noexcept { return -1; }
     // A sub-communicator's transport names its peers in messages with their rank in the parent too.
     void set_parent_ranks(std::vector<int32_t> ranks) { parent_ranks_ = std::move(ranks); }
+    const std::vector<int32_t>& parent_ranks() const { return parent_ranks_; }
     // "rank 1", or "rank 1 (parent rank 3)" for a sub-communicator's transport.
     std::string who(int q) const {
         std::string s = "rank " + std::to_string(q);
