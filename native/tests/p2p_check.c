@@ -648,7 +648,7 @@ static int mpi_main(void) {
     int32_t available = 0;
     sw_mpi_get_info(&available, info, sizeof info);
     if (!available) {
-        printf("skipped: %s\n", info);
+        printf("p2p_check skipped, no MPI: %s\n", info);
         return 77;
     }
     Ctx c;
