@@ -2,6 +2,8 @@
  *
  *   p2p_check            the in-process communicator on CPU devices (p = 1..5)
  *   p2p_check --tcp      TCP jobs of 2 and 3 forked processes
+ *   p2p_check --cuda-emulated   CUDA devices of the emulated plugin (no GPU): in-process CUDA and NCCL communicators
+ *                        (p = 1..4) and NCCL per process over TCP (p = 2, 3; ranks as threads), with the fake NCCL
  *   p2p_check --mpi      one rank of an mpirun job (mpirun -n 3 p2p_check --mpi)
  *
  * The same scenarios run on every kind (a Ctx says which ranks this process drives): every dtype, zero-length and
@@ -38,7 +40,7 @@ static int g_failures = 0;
             fprintf(stderr, "[rank %d] FAILED %s:%d: ", g_rank, __FILE__, __LINE__);       \
             fprintf(stderr, __VA_ARGS__);                                                  \
             fprintf(stderr, " (last error: %s)\n", sw_last_error());                       \
-            ++g_failures;                                                                  \
+            __sync_fetch_and_add(&g_failures, 1);                                          \
         }                                                                                  \
     } while (0)
 
@@ -68,10 +70,12 @@ static double now_s(void) {
 
 typedef struct Ctx Ctx;
 struct Ctx {
-    const char* kind; /* "local", "tcp", "mpi" */
+    const char* kind; /* "local" (CPU or CUDA devices), "nccl_local", "tcp", "mpi", "nccl" (store) */
+    int inproc;       /* every rank in this process (one communicator handle) */
     int p;
     int lo, hi;          /* the ranks this process drives: [lo, hi) */
-    sw_device dev;       /* every rank's device (one per process) */
+    sw_device dev;       /* the process's device (CPU kinds: every rank's) */
+    sw_device devs[MAXP]; /* per rank */
     sw_stream s[MAXP];   /* per rank */
     sw_stream s2[MAXP];  /* a second stream per rank (in-process) */
     sw_store store;      /* TCP */
@@ -82,7 +86,7 @@ struct Ctx {
 /* Multi-process: every rank of the job gets here before any goes on (a store barrier over TCP, a barrier on a
  * communicator of its own over MPI), so that a communicator with a short timeout is created by all ranks in time. */
 static void sync_all(Ctx* c) {
-    if (strcmp(c->kind, "tcp") == 0) {
+    if (c->store) {
         char key[64];
         const int n = c->comms_made;
         snprintf(key, sizeof key, "sync/%d/%d", n, c->lo);
@@ -104,13 +108,14 @@ static sw_comm make_comm(Ctx* c, int64_t timeout_ms) {
     sw_comm comm = NULL;
     sync_all(c);
     if (strcmp(c->kind, "local") == 0) {
-        sw_device devs[MAXP];
-        for (int r = 0; r < c->p; ++r) devs[r] = c->dev;
-        OK(sw_comm_create_local(c->p, devs, timeout_ms, &comm));
-    } else if (strcmp(c->kind, "tcp") == 0) {
+        OK(sw_comm_create_local(c->p, c->devs, timeout_ms, &comm));
+    } else if (strcmp(c->kind, "nccl_local") == 0) {
+        OK(sw_comm_create_nccl_local(c->p, c->devs, timeout_ms, &comm));
+    } else if (strcmp(c->kind, "tcp") == 0 || strcmp(c->kind, "nccl") == 0) {
         char prefix[64];
         snprintf(prefix, sizeof prefix, "p2p/%d", c->comms_made++);
-        OK(sw_comm_create_tcp(c->dev, c->store, prefix, c->lo, c->p, timeout_ms, &comm));
+        if (strcmp(c->kind, "tcp") == 0) OK(sw_comm_create_tcp(c->dev, c->store, prefix, c->lo, c->p, timeout_ms, &comm));
+        else OK(sw_comm_create_nccl(c->devs[c->lo], c->store, prefix, c->lo, c->p, timeout_ms, &comm));
     } else {
         OK(sw_comm_create_mpi(c->dev, timeout_ms, &comm));
     }
@@ -123,10 +128,10 @@ static size_t esz_of(sw_dtype t) { return sw_dtype_size(t); }
 
 /* A buffer of `bytes` on the rank's device holding the bytes of transfer (tag, from, n) (count elements), the rest
  * poisoned; or, for a receive, all poisoned. Written in stream order on s. */
-static sw_buffer make_buf(Ctx* c, sw_stream s, uint64_t bytes, int fill, int tag, int from, int n, uint64_t fill_bytes,
+static sw_buffer make_buf(sw_device dev, sw_stream s, uint64_t bytes, int fill, int tag, int from, int n, uint64_t fill_bytes,
                           uint8_t** host) {
     sw_buffer b = NULL;
-    OK(sw_buffer_alloc(c->dev, bytes ? bytes : 1, &b));
+    OK(sw_buffer_alloc(dev, bytes ? bytes : 1, &b));
     uint8_t* h = (uint8_t*)malloc(bytes ? bytes : 1);
     memset(h, POISON, bytes ? bytes : 1);
     if (fill)
@@ -182,8 +187,8 @@ static void plain_pairs(Ctx* c, sw_comm comm) {
             const int to = (r + 1) % p, from = (r + p - 1) % p;
             for (int k = 0; k < K; ++k) {
                 const uint64_t ns = count_of(di, r, k), nr = count_of(di, from, k);
-                sb[r][k] = make_buf(c, c->s[r], (ns + 1) * esz, 1, di, r, k, ns * esz, &hs[r][k]);
-                rb[r][k] = make_buf(c, c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
+                sb[r][k] = make_buf(c->devs[r], c->s[r], (ns + 1) * esz, 1, di, r, k, ns * esz, &hs[r][k]);
+                rb[r][k] = make_buf(c->devs[r], c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
             }
             for (int half = 0; half < 2; ++half) {
                 const int sending = (r % 2 == 0) == (half == 0);
@@ -225,8 +230,8 @@ static void ring(Ctx* c, sw_comm comm) {
             const sw_dtype t = kDtypes[(k + 1) % 6];
             const size_t esz = esz_of(t);
             const uint64_t ns = count_of(10 + k, r, 1), nr = count_of(10 + k, from, 1);
-            sb[r][k] = make_buf(c, c->s[r], (ns + 1) * esz, 1, 10 + k, r, k, ns * esz, &hs[r][k]);
-            rb[r][k] = make_buf(c, c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
+            sb[r][k] = make_buf(c->devs[r], c->s[r], (ns + 1) * esz, 1, 10 + k, r, k, ns * esz, &hs[r][k]);
+            rb[r][k] = make_buf(c->devs[r], c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
             OK(sw_sendrecv(comm, r, to, sb[r][k], 0, ns, from, rb[r][k], 0, nr, t, c->s[r]));
         }
     }
@@ -248,25 +253,25 @@ static void ring(Ctx* c, sw_comm comm) {
     }
 }
 
-/* Collectives and transfers interleaved in the same order on every rank: an all-reduce (i32, exact), a sendrecv ring,
+/* Collectives and transfers interleaved in the same order on every rank: an all-reduce (f32 of small integers: exact), a sendrecv ring,
  * a broadcast, a pair transfer 0 -> p-1; every result checked; the transfers leave the collective count alone. */
 static void interleaved(Ctx* c, sw_comm comm) {
     const int p = c->p;
     enum { N = 257 };
     sw_buffer ar[MAXP], sb[MAXP], rb[MAXP], bc[MAXP], pb[MAXP];
     uint8_t *hs[MAXP], *hr[MAXP], *hb[MAXP], *hp[MAXP];
-    int32_t in[MAXP][N];
+    float in[MAXP][N]; /* small integers: their f32 sums are exact in any order */
     for (int r = c->lo; r < c->hi; ++r) {
-        for (int i = 0; i < N; ++i) in[r][i] = (int32_t)byte_of(20, r, 0, i) - 100 + r;
-        OK(sw_buffer_alloc(c->dev, N * 4, &ar[r]));
+        for (int i = 0; i < N; ++i) in[r][i] = (float)((int)byte_of(20, r, 0, i) - 100 + r);
+        OK(sw_buffer_alloc(c->devs[r], N * 4, &ar[r]));
         OK(sw_memcpy_h2d_async(ar[r], 0, in[r], N * 4, c->s[r]));
-        sb[r] = make_buf(c, c->s[r], (N + 1) * 2, 1, 21, r, 0, N * 2, &hs[r]);
-        rb[r] = make_buf(c, c->s[r], (N + 1) * 2, 0, 0, 0, 0, 0, &hr[r]);
-        bc[r] = make_buf(c, c->s[r], N, r == 0, 22, 0, 0, N, &hb[r]);
-        pb[r] = make_buf(c, c->s[r], 8 * 9, r == 0, 23, 0, 0, 8 * 8, &hp[r]);
+        sb[r] = make_buf(c->devs[r], c->s[r], (N + 1) * 2, 1, 21, r, 0, N * 2, &hs[r]);
+        rb[r] = make_buf(c->devs[r], c->s[r], (N + 1) * 2, 0, 0, 0, 0, 0, &hr[r]);
+        bc[r] = make_buf(c->devs[r], c->s[r], N, r == 0, 22, 0, 0, N, &hb[r]);
+        pb[r] = make_buf(c->devs[r], c->s[r], 8 * 9, r == 0, 23, 0, 0, 8 * 8, &hp[r]);
     }
     for (int r = c->lo; r < c->hi; ++r) {
-        OK(sw_all_reduce(comm, r, ar[r], 0, ar[r], 0, N, SW_DTYPE_I32, SW_REDUCE_SUM, c->s[r]));
+        OK(sw_all_reduce(comm, r, ar[r], 0, ar[r], 0, N, SW_DTYPE_F32, SW_REDUCE_SUM, c->s[r]));
         OK(sw_sendrecv(comm, r, (r + 1) % p, sb[r], 0, N, (r + p - 1) % p, rb[r], 0, N, SW_DTYPE_BF16, c->s[r]));
         OK(sw_broadcast(comm, r, bc[r], 0, N, SW_DTYPE_U8, 0, c->s[r]));
         if (p > 1 && r == 0) OK(sw_send(comm, r, p - 1, pb[r], 0, 8, SW_DTYPE_F64, c->s[r]));
@@ -276,13 +281,13 @@ static void interleaved(Ctx* c, sw_comm comm) {
     for (int r = c->lo; r < c->hi; ++r) {
         const sw_status st = sw_stream_synchronize(c->s[r]);
         CHECK(st == SW_OK, "%s interleaved p=%d rank %d: %s", c->kind, p, r, sw_status_string(st));
-        int32_t out[N];
+        float out[N];
         OK(sw_memcpy_d2h_async(out, ar[r], 0, N * 4, c->s[r]));
         OK(sw_stream_synchronize(c->s[r]));
         int bad = -1;
         for (int i = 0; i < N && bad < 0; ++i) {
-            int32_t want = 0;
-            for (int q = 0; q < p; ++q) want += (int32_t)byte_of(20, q, 0, i) - 100 + q;
+            float want = 0;
+            for (int q = 0; q < p; ++q) want += (float)((int)byte_of(20, q, 0, i) - 100 + q);
             if (out[i] != want) bad = i;
         }
         CHECK(bad < 0, "%s interleaved p=%d rank %d: all-reduce element %d wrong", c->kind, p, r, bad);
@@ -320,7 +325,7 @@ static void mismatch(Ctx* c, int what) {
     uint8_t* h[2] = {NULL, NULL};
     for (int r = 0; r < 2; ++r) {
         if (!mine(c, r)) continue;
-        b[r] = make_buf(c, c->s[r], 64, r == 0, 30, 0, 0, 64, &h[r]);
+        b[r] = make_buf(c->devs[r], c->s[r], 64, r == 0, 30, 0, 0, 64, &h[r]);
         OK(sw_stream_synchronize(c->s[r]));
         if (r == 0) OK(sw_send(comm, 0, 1, b[r], 0, 5, SW_DTYPE_F32, c->s[r]));
         else OK(sw_recv(comm, 1, 0, b[r], 0, what == 0 ? 6 : 5, what == 0 ? SW_DTYPE_F32 : SW_DTYPE_I32, c->s[r]));
@@ -355,7 +360,7 @@ static void missing_peer(Ctx* c, int sending) {
     sw_comm comm = make_comm(c, 500);
     if (mine(c, 0)) {
         uint8_t* h = NULL;
-        sw_buffer b = make_buf(c, c->s[0], 40, sending, 31, 0, 0, 40, &h);
+        sw_buffer b = make_buf(c->devs[0], c->s[0], 40, sending, 31, 0, 0, 40, &h);
         OK(sw_stream_synchronize(c->s[0]));
         const double t0 = now_s();
         if (sending) OK(sw_send(comm, 0, 1, b, 0, 10, SW_DTYPE_F32, c->s[0]));
@@ -372,7 +377,7 @@ static void missing_peer(Ctx* c, int sending) {
         sw_buffer_destroy(b);
         free(h);
     }
-    if (mine(c, 1) && strcmp(c->kind, "local") != 0) {
+    if (mine(c, 1) && !c->inproc) {
         /* rank 1 calls nothing while rank 0 waits; then its next call fails with rank 0's reason (the notice) */
         struct timespec ts = {1, 200 * 1000000L};
         nanosleep(&ts, NULL);
@@ -394,7 +399,7 @@ static void interleaved_wrong(Ctx* c) {
     uint8_t* h[MAXP];
     sw_status first_error[MAXP];
     for (int r = c->lo; r < c->hi; ++r) {
-        b[r] = make_buf(c, c->s[r], 64, 1, 32, r, 0, 64, &h[r]);
+        b[r] = make_buf(c->devs[r], c->s[r], 64, 1, 32, r, 0, 64, &h[r]);
         OK(sw_stream_synchronize(c->s[r]));
         /* a call may already fail when it is made (the communicator aborted by the first failure): then the error is
          * the call's */
@@ -449,8 +454,8 @@ static void* thread_rank(void* arg) {
     uint8_t *hs[R], *hr[R];
     for (int k = 0; k < R; ++k) {
         const uint64_t ns = count_of(40 + k, r, 2), nr = count_of(40 + k, from, 2);
-        sb[k] = make_buf(c, c->s[r], ns * 4 + 4, 1, 40 + k, r, k, ns * 4, &hs[k]);
-        rb[k] = make_buf(c, c->s2[r], nr * 4 + 4, 0, 0, 0, 0, 0, &hr[k]);
+        sb[k] = make_buf(c->devs[r], c->s[r], ns * 4 + 4, 1, 40 + k, r, k, ns * 4, &hs[k]);
+        rb[k] = make_buf(c->devs[r], c->s2[r], nr * 4 + 4, 0, 0, 0, 0, 0, &hr[k]);
     }
     OK(sw_stream_synchronize(c->s[r]));
     OK(sw_stream_synchronize(c->s2[r]));
@@ -489,7 +494,7 @@ static void threads_and_streams(Ctx* c) {
 static void bad_arguments(Ctx* c) {
     sw_comm comm = make_comm(c, 20000);
     sw_buffer b = NULL;
-    OK(sw_buffer_alloc(c->dev, 64, &b));
+    OK(sw_buffer_alloc(c->devs[0], 64, &b));
     sw_status st;
 #define BAD(call, code, text)                                                                                   \
     do {                                                                                                        \
@@ -530,11 +535,13 @@ static int local_runs(void) {
         Ctx c;
         memset(&c, 0, sizeof c);
         c.kind = "local";
+        c.inproc = 1;
         c.p = p;
         c.lo = 0;
         c.hi = p;
         OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &c.dev));
         for (int r = 0; r < p; ++r) {
+            c.devs[r] = c.dev;
             OK(sw_stream_create(c.dev, &c.s[r]));
             OK(sw_stream_create(c.dev, &c.s2[r]));
         }
@@ -583,7 +590,7 @@ static void killed_peer(Ctx* c) {
     }
     if (mine(c, 0)) {
         uint8_t* h = NULL;
-        sw_buffer b = make_buf(c, c->s[0], 64, 0, 0, 0, 0, 0, &h);
+        sw_buffer b = make_buf(c->devs[0], c->s[0], 64, 0, 0, 0, 0, 0, &h);
         OK(sw_stream_synchronize(c->s[0]));
         const double t0 = now_s();
         OK(sw_recv(comm, 0, 1, b, 0, 16, SW_DTYPE_F32, c->s[0]));
@@ -607,6 +614,7 @@ static int tcp_rank(int rank, int p, int port) {
     c.lo = rank;
     c.hi = rank + 1;
     OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &c.dev));
+    c.devs[rank] = c.dev;
     OK(sw_stream_create(c.dev, &c.s[rank]));
     OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &c.store));
     run_scenarios(&c);
@@ -663,6 +671,7 @@ static int mpi_main(void) {
     c.p = p;
     c.lo = rank;
     c.hi = rank + 1;
+    c.devs[rank] = c.dev;
     OK(sw_stream_create(c.dev, &c.s[rank]));
     /* the seed: rank 0's, broadcast */
     sw_buffer sb = NULL;
@@ -683,6 +692,91 @@ static int mpi_main(void) {
     return g_failures ? 1 : 0;
 }
 
+/* ---------------------------------------------------------------- CUDA devices (the emulated plugin, fake NCCL) */
+
+#if defined(SHARDWISE_EMULATED_CUDA_PLUGIN) && defined(SHARDWISE_FAKE_NCCL)
+typedef struct {
+    int rank, p, port;
+} NcclArg;
+
+/* One rank of an NCCL job (one rank per "process": a thread here, its own store client and device). */
+static void* nccl_rank(void* arg) {
+    NcclArg* a = (NcclArg*)arg;
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    c.kind = "nccl";
+    c.p = a->p;
+    c.lo = a->rank;
+    c.hi = a->rank + 1;
+    OK(sw_device_create(SW_BACKEND_CUDA, a->rank, 0, &c.devs[a->rank]));
+    OK(sw_stream_create(c.devs[a->rank], &c.s[a->rank]));
+    OK(sw_store_create("127.0.0.1", a->port, 0, 20000, &c.store));
+    run_scenarios(&c);
+    sw_stream_destroy(c.s[a->rank]);
+    sw_store_destroy(c.store);
+    sw_device_destroy(c.devs[a->rank]);
+    return NULL;
+}
+
+static int cuda_runs(void) {
+    setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
+    setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "8", 1);
+    setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
+    int bad = 0;
+    const char* kinds[2] = {"local", "nccl_local"};
+    for (int k = 0; k < 2; ++k)
+        for (int p = 1; p <= 4; ++p) {
+            const int before = g_failures;
+            const double t0 = now_s();
+            Ctx c;
+            memset(&c, 0, sizeof c);
+            c.kind = kinds[k];
+            c.inproc = 1;
+            c.p = p;
+            c.lo = 0;
+            c.hi = p;
+            for (int r = 0; r < p; ++r) {
+                OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &c.devs[r]));
+                OK(sw_stream_create(c.devs[r], &c.s[r]));
+                OK(sw_stream_create(c.devs[r], &c.s2[r]));
+            }
+            run_scenarios(&c);
+            threads_and_streams(&c);
+            for (int r = 0; r < p; ++r) {
+                sw_stream_destroy(c.s[r]);
+                sw_stream_destroy(c.s2[r]);
+                OK(sw_device_destroy(c.devs[r]));
+            }
+            printf("cuda (emulated) %s p=%d: %s (%.1f s)\n", kinds[k], p, g_failures == before ? "ok" : "FAILED", now_s() - t0);
+            bad |= g_failures != before;
+        }
+    for (int p = 2; p <= 3; ++p) { /* NCCL per process (threads here), the host side over TCP */
+        const int before = g_failures;
+        const double t0 = now_s();
+        sw_store server = NULL;
+        OK(sw_store_create("127.0.0.1", 0, 1, 20000, &server));
+        int32_t port = 0;
+        OK(sw_store_get_port(server, &port));
+        pthread_t th[MAXP];
+        NcclArg args[MAXP];
+        for (int r = 0; r < p; ++r) {
+            args[r] = (NcclArg){r, p, port};
+            pthread_create(&th[r], NULL, nccl_rank, &args[r]);
+        }
+        for (int r = 0; r < p; ++r) pthread_join(th[r], NULL);
+        sw_store_destroy(server);
+        printf("cuda (emulated) nccl p=%d: %s (%.1f s)\n", p, g_failures == before ? "ok" : "FAILED", now_s() - t0);
+        bad |= g_failures != before;
+    }
+    return bad;
+}
+#else
+static int cuda_runs(void) {
+    printf("p2p_check skipped: built without the emulated CUDA plugin\n");
+    return 0;
+}
+#endif
+
 int main(int argc, char** argv) {
     g_seed = (unsigned)time(NULL) ^ (unsigned)getpid() * 2654435761u;
     if (argc > 1 && strcmp(argv[1], "--mpi") == 0) return mpi_main();
@@ -690,6 +784,8 @@ int main(int argc, char** argv) {
     int bad = 0;
     if (argc > 1 && strcmp(argv[1], "--tcp") == 0)
         for (int p = 2; p <= 3; ++p) bad |= tcp_job(p);
+    else if (argc > 1 && strcmp(argv[1], "--cuda-emulated") == 0)
+        bad = cuda_runs();
     else
         bad = local_runs();
     printf("%s\n", bad ? "FAILED" : "ok");
