@@ -3,7 +3,8 @@
  *   p2p_check            the in-process communicator on CPU devices (p = 1..5)
  *   p2p_check --tcp      TCP jobs of 2 and 3 forked processes
  *   p2p_check --cuda-emulated   CUDA devices of the emulated plugin (no GPU): in-process CUDA and NCCL communicators
- *                        (p = 1..4) and NCCL per process over TCP (p = 2, 3; ranks as threads), with the fake NCCL
+ *                        (p = 1..4), NCCL per process over TCP (p = 2, 3; ranks as threads) and with a unique id (the
+ *                        host side over NCCL itself, p = 2), with the fake NCCL
  *   p2p_check --mpi      one rank of an mpirun job (mpirun -n 3 p2p_check --mpi)
  *
  * The same scenarios run on every kind (a Ctx says which ranks this process drives): every dtype, zero-length and
@@ -111,6 +112,17 @@ static sw_comm make_comm(Ctx* c, int64_t timeout_ms) {
         OK(sw_comm_create_local(c->p, c->devs, timeout_ms, &comm));
     } else if (strcmp(c->kind, "nccl_local") == 0) {
         OK(sw_comm_create_nccl_local(c->p, c->devs, timeout_ms, &comm));
+    } else if (strcmp(c->kind, "nccl_id") == 0) { /* the unique id: rank 0's, passed around through the store */
+        char key[64];
+        uint8_t id[128];
+        uint64_t got = 0;
+        snprintf(key, sizeof key, "id/%d", c->comms_made++);
+        if (c->lo == 0) {
+            OK(sw_nccl_get_unique_id(id));
+            OK(sw_store_set(c->store, key, id, sizeof id));
+        }
+        OK(sw_store_get(c->store, key, id, sizeof id, &got));
+        OK(sw_comm_create_nccl_id(c->devs[c->lo], id, c->lo, c->p, timeout_ms, &comm));
     } else if (strcmp(c->kind, "tcp") == 0 || strcmp(c->kind, "nccl") == 0) {
         char prefix[64];
         snprintf(prefix, sizeof prefix, "p2p/%d", c->comms_made++);
@@ -377,7 +389,7 @@ static void missing_peer(Ctx* c, int sending) {
         sw_buffer_destroy(b);
         free(h);
     }
-    if (mine(c, 1) && !c->inproc) {
+    if (mine(c, 1) && !c->inproc && strcmp(c->kind, "nccl_id") != 0) { /* (an NCCL-only host side tells nobody) */
         /* rank 1 calls nothing while rank 0 waits; then its next call fails with rank 0's reason (the notice) */
         struct timespec ts = {1, 200 * 1000000L};
         nanosleep(&ts, NULL);
@@ -697,6 +709,7 @@ static int mpi_main(void) {
 #if defined(SHARDWISE_EMULATED_CUDA_PLUGIN) && defined(SHARDWISE_FAKE_NCCL)
 typedef struct {
     int rank, p, port;
+    const char* kind; /* "nccl" (host side over TCP) or "nccl_id" (over NCCL itself) */
 } NcclArg;
 
 /* One rank of an NCCL job (one rank per "process": a thread here, its own store client and device). */
@@ -704,7 +717,7 @@ static void* nccl_rank(void* arg) {
     NcclArg* a = (NcclArg*)arg;
     Ctx c;
     memset(&c, 0, sizeof c);
-    c.kind = "nccl";
+    c.kind = a->kind;
     c.p = a->p;
     c.lo = a->rank;
     c.hi = a->rank + 1;
@@ -750,7 +763,13 @@ static int cuda_runs(void) {
             printf("cuda (emulated) %s p=%d: %s (%.1f s)\n", kinds[k], p, g_failures == before ? "ok" : "FAILED", now_s() - t0);
             bad |= g_failures != before;
         }
-    for (int p = 2; p <= 3; ++p) { /* NCCL per process (threads here), the host side over TCP */
+    /* NCCL per process (threads here): the host side over TCP (p = 2, 3), then over NCCL itself (unique id; p = 2
+     * only: the stand-in lets one rank's ncclCommAbort, which destroying a communicator calls, stall the others'
+     * transfers, so a third rank that takes no part in a fault scenario and leaves early would hold up the two
+     * that do) */
+    for (int job = 0; job < 3; ++job) {
+        const int p = job == 1 ? 3 : 2;
+        const char* kind = job < 2 ? "nccl" : "nccl_id";
         const int before = g_failures;
         const double t0 = now_s();
         sw_store server = NULL;
@@ -760,12 +779,12 @@ static int cuda_runs(void) {
         pthread_t th[MAXP];
         NcclArg args[MAXP];
         for (int r = 0; r < p; ++r) {
-            args[r] = (NcclArg){r, p, port};
+            args[r] = (NcclArg){r, p, port, kind};
             pthread_create(&th[r], NULL, nccl_rank, &args[r]);
         }
         for (int r = 0; r < p; ++r) pthread_join(th[r], NULL);
         sw_store_destroy(server);
-        printf("cuda (emulated) nccl p=%d: %s (%.1f s)\n", p, g_failures == before ? "ok" : "FAILED", now_s() - t0);
+        printf("cuda (emulated) %s p=%d: %s (%.1f s)\n", kind, p, g_failures == before ? "ok" : "FAILED", now_s() - t0);
         bad |= g_failures != before;
     }
     return bad;
