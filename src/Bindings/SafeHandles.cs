@@ -77,7 +77,18 @@ public sealed class StreamHandle() : ShardwiseHandle(Native.sw_stream_destroy);
 public sealed class EventHandle() : ShardwiseHandle(Native.sw_event_destroy);
 
 /// <summary>An <c>sw_comm</c>.</summary>
-public sealed class CommHandle() : ShardwiseHandle(Native.sw_comm_destroy);
+public sealed class CommHandle() : ShardwiseHandle(Native.sw_comm_destroy)
+{
+    /// <summary>Takes ownership of a raw <c>sw_comm</c> (one from <c>sw_comm_split</c> / <c>sw_comm_split_local</c>,
+    /// which return raw handles); it is destroyed when the returned handle is released.</summary>
+    public static CommHandle Adopt(nint comm)
+    {
+        if (comm == 0) throw new ArgumentException("comm is NULL; expected a communicator handle.", nameof(comm));
+        var h = new CommHandle();
+        h.SetHandle(comm);
+        return h;
+    }
+}
 
 /// <summary>An <c>sw_store</c> (the TCP rendezvous store of a multi-process job).</summary>
 public sealed class StoreHandle() : ShardwiseHandle(Native.sw_store_destroy);

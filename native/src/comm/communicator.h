@@ -37,6 +37,10 @@
 namespace sw {
 
 class Communicator;
+struct Family; // split.cpp: the communicators split from one another (family fate)
+// split.cpp: c (mu held) was just aborted; the family's other members are aborted too, by the family's watcher thread
+// (never under c's lock). A no-op once the family has failed.
+void family_failed(Communicator& c) noexcept;
 struct P2PState; // point-to-point transfers (p2p.h)
 
 // What a Mover on a device with its own queue (CUDA) keeps between the steps that order a collective into a stream.
@@ -109,6 +113,9 @@ public:
     virtual void run(Communicator& c, int rank, uint64_t seq, const Desc& desc, cpu::Stream* stream) = 0;
     // Best effort: tells the other processes that the communicator is aborted (multi-process agreements).
     virtual void notify_abort(sw_status, const std::string&) noexcept {}
+    // ---- sub-communicators (split.cpp)
+    // The transport of a multi-process agreement (null in-process): a split makes its sub-transport from it.
+    virtual Transport* transport() noexcept { return nullptr; }
 };
 
 class Communicator : public std::enable_shared_from_this<Communicator> {
@@ -134,6 +141,12 @@ public:
     std::unique_ptr<Agreement> agreement;
     std::unique_ptr<Mover> mover;
 
+    // ---- sub-communicators and family fate (split.cpp; shardwise.h "sub-communicators")
+    std::shared_ptr<Family> family;   // set (under mu) at the first split from or into this communicator; else null
+    std::vector<int32_t> parent_ranks; // per rank: its rank in the communicator it was split from; empty: not split
+    bool destroyed = false;            // sw_comm_destroy (under mu): its abort is no failure of the family
+    // "1 (parent rank 3)", "1, 2 (parent ranks 3, 5)"; a communicator that was not split: "1", "1, 2".
+    std::string rank_names(const std::vector<int>& ranks) const;
     // ---- point-to-point transfers (p2p.h): the pair counters and the in-process meeting points; made by the first
     // transfer, under mu.
     std::shared_ptr<P2PState> p2p;
@@ -147,6 +160,7 @@ public:
             abort_flag.store(true);
             abort_status = status;
             reason = why;
+            if (family && !destroyed) family_failed(*this); // every other member of the family is aborted too
         }
         cv.notify_all();
     }

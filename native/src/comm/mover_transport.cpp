@@ -149,6 +149,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
         else recvs.push_back({me.root, me.recv, me.count * esz});
         run();
         break;
+    case Coll::Split: // a host collective: never reaches a mover (split.cpp)
     case Coll::Barrier: break; // the descriptor exchange was the barrier
     }
 }

@@ -11,6 +11,7 @@ namespace Shardwise.Parallel;
 public sealed class RankContext
 {
     private readonly DeviceStream _stream;
+    private readonly bool _ownsStream;
 
     internal RankContext(ProcessGroup group, int rank, Device device)
     {
@@ -18,7 +19,22 @@ public sealed class RankContext
         Rank = rank;
         Device = device;
         _stream = device.CreateStream();
+        _ownsStream = true;
     }
+
+    // A rank of a sub-group (ProcessGroup.Split): it runs on its parent rank's stream, so that its collectives and
+    // transfers stay in order with the parent's (and the other sub-groups') work of the same rank.
+    internal RankContext(ProcessGroup group, int rank, RankContext parent)
+    {
+        Group = group;
+        Rank = rank;
+        Device = parent.Device;
+        _stream = parent._stream;
+        Parent = parent;
+    }
+
+    /// <summary>This rank's context in the group this group was split from (<see cref="ProcessGroup.Split"/>), or null.</summary>
+    public RankContext? Parent { get; }
 
     /// <summary>The group.</summary>
     public ProcessGroup Group { get; }
@@ -31,7 +47,10 @@ public sealed class RankContext
     /// <summary>This rank's stream: its GEMMs and collectives run here, in order.</summary>
     public DeviceStream Stream => _stream;
 
-    internal void DisposeStream() => _stream.Dispose();
+    internal void DisposeStream()
+    {
+        if (_ownsStream) _stream.Dispose();
+    }
 
     /// <summary>Waits for this rank's queued work and throws its first error.</summary>
     public void Synchronize() => _stream.Synchronize();
@@ -161,6 +180,75 @@ public sealed class RankContext
 
     /// <summary>Queues a barrier: later work on this rank's stream starts after every rank reached it.</summary>
     public void Barrier() => ThrowHelper.Check(Native.sw_barrier(Group.Comm, Rank, _stream.Handle));
+
+    // ---------------------------------------------------------------- point-to-point
+    // The n-th send from rank a to rank b pairs with the n-th receive at b from a; both must agree on count and element
+    // type. A transfer is a rendezvous (a send completes once the receive has the data): a rank that sends to and
+    // receives from peers in one step uses SendRecv, whose halves progress together.
+
+    /// <summary>Sends <paramref name="count"/> elements of <paramref name="buffer"/> from <paramref name="offset"/> to
+    /// rank <paramref name="peer"/> (count &lt; 0: the rest of the buffer). Queued on <see cref="Stream"/>.</summary>
+    public void Send<T>(DeviceBuffer<T> buffer, int peer, long count = -1, long offset = 0) where T : unmanaged
+    {
+        Own(buffer);
+        Peer(peer);
+        if (count < 0) count = buffer.Length - offset;
+        Fits(buffer, offset, count);
+        ThrowHelper.Check(Native.sw_send(Group.Comm, Rank, peer, buffer.Handle, (ulong)offset, (ulong)count, DeviceBuffer<T>.Dtype,
+            _stream.Handle));
+    }
+
+    /// <summary>Receives <paramref name="count"/> elements from rank <paramref name="peer"/> into <paramref name="buffer"/>
+    /// from <paramref name="offset"/> (count &lt; 0: the rest of the buffer). Queued on <see cref="Stream"/>.</summary>
+    public void Recv<T>(DeviceBuffer<T> buffer, int peer, long count = -1, long offset = 0) where T : unmanaged
+    {
+        Own(buffer);
+        Peer(peer);
+        if (count < 0) count = buffer.Length - offset;
+        Fits(buffer, offset, count);
+        ThrowHelper.Check(Native.sw_recv(Group.Comm, Rank, peer, buffer.Handle, (ulong)offset, (ulong)count, DeviceBuffer<T>.Dtype,
+            _stream.Handle));
+    }
+
+    /// <summary>
+    /// One send (<paramref name="sendCount"/> elements of <paramref name="send"/> to <paramref name="sendPeer"/>) and one
+    /// receive (<paramref name="recvCount"/> elements from <paramref name="recvPeer"/> into <paramref name="recv"/>),
+    /// progressing together: a ring step, or a pipeline stage sending forward while receiving from its neighbour. Either
+    /// half may be left out with a null buffer (its peer is then ignored). Counts &lt; 0: the rest of the buffer.
+    /// </summary>
+    public void SendRecv<T>(DeviceBuffer<T>? send, int sendPeer, DeviceBuffer<T>? recv, int recvPeer, long sendCount = -1,
+        long recvCount = -1, long sendOffset = 0, long recvOffset = 0) where T : unmanaged
+    {
+        if (send is null && recv is null)
+            throw new ArgumentException("send and recv are both null; expected at least one of them.", nameof(send));
+        if (send is not null)
+        {
+            Own(send);
+            ThrowHelper.Rank(sendPeer, WorldSize); // peer == Rank only as a copy with both halves to itself (checked natively)
+            if (sendCount < 0) sendCount = send.Length - sendOffset;
+            Fits(send, sendOffset, sendCount);
+        }
+        if (recv is not null)
+        {
+            Own(recv);
+            ThrowHelper.Rank(recvPeer, WorldSize);
+            if (recvCount < 0) recvCount = recv.Length - recvOffset;
+            Fits(recv, recvOffset, recvCount);
+        }
+        // A left-out half passes the other half's buffer with peer -1 (the native call ignores it).
+        var sendHandle = (send ?? recv)!.Handle;
+        var recvHandle = (recv ?? send)!.Handle;
+        ThrowHelper.Check(Native.sw_sendrecv(Group.Comm, Rank, send is null ? -1 : sendPeer, sendHandle,
+            send is null ? 0 : (ulong)sendOffset, send is null ? 0 : (ulong)sendCount, recv is null ? -1 : recvPeer, recvHandle,
+            recv is null ? 0 : (ulong)recvOffset, recv is null ? 0 : (ulong)recvCount, DeviceBuffer<T>.Dtype, _stream.Handle));
+    }
+
+    private void Peer(int peer, [CallerArgumentExpression(nameof(peer))] string name = "")
+    {
+        ThrowHelper.Rank(peer, WorldSize, name);
+        if (peer == Rank)
+            throw new ArgumentException($"{name} = {peer} is this rank; expected another rank (a copy to itself is not a transfer).", name);
+    }
 
     /// <inheritdoc />
     public override string ToString() => $"rank {Rank} of {WorldSize} on {Device}";
