@@ -12,7 +12,8 @@
  * transfers interleaved consistently (results checked) and inconsistently (every side fails, never past the timeout);
  * mismatched count and dtype (both sides fail with SW_ERR_MISMATCH naming both ranks and both calls); a send without
  * a receive and a receive without a send (SW_ERR_TIMEOUT naming both ranks). In-process only: transfers on several
- * streams and host threads at once, the argument checks. Multi-process only: a peer killed (SIGKILL) while the other
+ * streams and host threads at once, the argument checks, transfers inside sub-communicators (sw_comm_split_local) and
+ * a transfer's timeout there aborting the family. Multi-process only: a peer killed (SIGKILL) while the other
  * side waits in a receive fails that side promptly, naming it.
  * Data is only moved: every received byte must equal the sent byte (fresh random bytes per run); receive regions are
  * poisoned first and the element after every region must keep its poison. Exit code 0 when every check passed; 77
@@ -539,6 +540,78 @@ static void bad_arguments(Ctx* c) {
     sw_comm_destroy(comm);
 }
 
+/* Transfers inside sub-communicators (sw_comm_split_local): 4 ranks split by parity, keys reversing the order; a
+ * sendrecv ring inside each (data checked), then a send without a receive in the even group: it times out naming
+ * both ranks by their rank in the group and in the parent, and family fate aborts the parent and the odd group. */
+static void split_groups(Ctx* c) {
+    if (c->p != 4) return;
+    sw_comm parent = make_comm(c, 500);
+    const int32_t colors[4] = {0, 1, 0, 1}, keys[4] = {0, 0, -1, -1};
+    sw_comm sub[4] = {NULL, NULL, NULL, NULL};
+    OK(sw_comm_split_local(parent, colors, keys, sub));
+    if (!sub[0] || !sub[1]) {
+        CHECK(0, "split failed");
+        return;
+    }
+    /* group g (= parity): sub rank k is parent rank of[g][k]; keys reverse: sub rank 0 is parent rank 2 (or 3) */
+    int of[2][2];
+    for (int g = 0; g < 2; ++g)
+        for (int k = 0; k < 2; ++k) {
+            int32_t pr = -1;
+            OK(sw_comm_get_parent_rank(sub[g], k, &pr));
+            of[g][k] = pr;
+        }
+    CHECK(of[0][0] == 2 && of[0][1] == 0 && of[1][0] == 3 && of[1][1] == 1, "split order %d %d %d %d", of[0][0], of[0][1],
+          of[1][0], of[1][1]);
+    sw_buffer sb[4], rb[4];
+    uint8_t *hs[4], *hr[4];
+    for (int r = 0; r < 4; ++r) {
+        sb[r] = make_buf(c->devs[r], c->s[r], 4 * 31 + 4, 1, 50, r, 0, 4 * (uint64_t)(20 + r), &hs[r]);
+        rb[r] = make_buf(c->devs[r], c->s[r], 4 * 31 + 4, 0, 0, 0, 0, 0, &hr[r]);
+    }
+    for (int g = 0; g < 2; ++g)
+        for (int k = 0; k < 2; ++k) { /* in a group of 2 the ring sends to and receives from the other rank */
+            const int r = of[g][k], other = of[g][1 - k];
+            OK(sw_sendrecv(sub[g], k, 1 - k, sb[r], 0, (uint64_t)(20 + r), 1 - k, rb[r], 0, (uint64_t)(20 + other),
+                           SW_DTYPE_F32, c->s[r]));
+        }
+    for (int g = 0; g < 2; ++g)
+        for (int k = 0; k < 2; ++k) {
+            const int r = of[g][k], other = of[g][1 - k];
+            OK(sw_stream_synchronize(c->s[r]));
+            check_received(c, c->s[r], rb[r], 4 * 31 + 4, 4 * (uint64_t)(20 + other), 50, other, 0, "split group ring");
+        }
+    /* the even group's sub rank 0 (parent rank 2) sends to sub rank 1 (parent rank 0), which never receives */
+    OK(sw_send(sub[0], 0, 1, sb[2], 0, 4, SW_DTYPE_F32, c->s[2]));
+    const sw_status st = sw_stream_synchronize(c->s[2]);
+    const char* want = "sw_send from rank 0 (parent rank 2) to rank 1 (parent rank 0) (#1): timed out after 500 ms waiting "
+                       "for rank 1 (parent rank 0)'s matching receive";
+    CHECK(st == SW_ERR_TIMEOUT && strstr(sw_last_error(), want), "split send without a receive: %s '%s'",
+          sw_status_string(st), sw_last_error());
+    /* family fate: the parent and the odd group are aborted too (by the family's watcher: allow it a moment) */
+    int32_t aborted_parent = 0, aborted_odd = 0;
+    for (int i = 0; i < 200 && !(aborted_parent && aborted_odd); ++i) {
+        OK(sw_comm_get_state(parent, &aborted_parent, NULL, 0));
+        OK(sw_comm_get_state(sub[1], &aborted_odd, NULL, 0));
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(aborted_parent && aborted_odd, "family fate after a transfer's timeout: parent %d, odd group %d", aborted_parent,
+          aborted_odd);
+    const sw_status later = sw_send(sub[1], 0, 1, sb[3], 0, 1, SW_DTYPE_F32, c->s[3]);
+    CHECK(later == SW_ERR_ABORTED || sw_stream_synchronize(c->s[3]) == SW_ERR_ABORTED, "transfer in the odd group after the abort");
+    for (int r = 0; r < 4; ++r) {
+        sw_stream_synchronize(c->s[r]);
+        sw_buffer_destroy(sb[r]);
+        sw_buffer_destroy(rb[r]);
+        free(hs[r]);
+        free(hr[r]);
+    }
+    sw_comm_destroy(sub[0]);
+    sw_comm_destroy(sub[1]);
+    sw_comm_destroy(parent);
+}
+
 static int local_runs(void) {
     int bad = 0;
     for (int p = 1; p <= 5; ++p) {
@@ -559,6 +632,7 @@ static int local_runs(void) {
         }
         run_scenarios(&c);
         threads_and_streams(&c);
+        split_groups(&c);
         if (p >= 2) bad_arguments(&c);
         for (int r = 0; r < p; ++r) {
             sw_stream_destroy(c.s[r]);

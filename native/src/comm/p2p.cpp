@@ -52,12 +52,13 @@ std::string sw::check_pair(const char* send_call, int32_t from, uint64_t send_n,
                describe_side(recv_call, to, false, from, recv_n, recv_count, recv_dtype));
 }
 
-std::string sw::timeout_text(const Transfer& t, bool sending, int64_t timeout_ms) {
+std::string sw::timeout_text(const Communicator& c, const Transfer& t, bool sending) {
+    auto name = [&](int32_t r) { return c.rank_names({r}); }; // "1", or "1 (parent rank 3)" in a split communicator
     if (sending)
-        return str(t.call, " from rank ", t.rank, " to rank ", t.send.peer, " (#", t.send.n, "): timed out after ",
-                   timeout_ms, " ms waiting for rank ", t.send.peer, "'s matching receive");
-    return str(t.call, " at rank ", t.rank, " from rank ", t.recv.peer, " (#", t.recv.n, "): timed out after ", timeout_ms,
-               " ms waiting for rank ", t.recv.peer, "'s matching send");
+        return str(t.call, " from rank ", name(t.rank), " to rank ", name(t.send.peer), " (#", t.send.n, "): timed out after ",
+                   c.timeout_ms, " ms waiting for rank ", name(t.send.peer), "'s matching receive");
+    return str(t.call, " at rank ", name(t.rank), " from rank ", name(t.recv.peer), " (#", t.recv.n, "): timed out after ",
+               c.timeout_ms, " ms waiting for rank ", name(t.recv.peer), "'s matching send");
 }
 
 namespace {

@@ -43,8 +43,9 @@ std::string describe_side(const char* call, int32_t side_rank, bool sending, int
 std::string check_pair(const char* send_call, int32_t from, uint64_t send_n, uint64_t send_count, sw_dtype send_dtype,
                        const char* recv_call, int32_t to, uint64_t recv_n, uint64_t recv_count, sw_dtype recv_dtype);
 // "sw_send from rank 0 to rank 1 (#3): timed out after 2000 ms waiting for rank 1's matching receive" (sending) or
-// "sw_recv at rank 1 from rank 0 (#3): ... waiting for rank 0's matching send".
-std::string timeout_text(const Transfer& t, bool sending, int64_t timeout_ms);
+// "sw_recv at rank 1 from rank 0 (#3): ... waiting for rank 0's matching send"; in a split communicator every rank also
+// by its parent rank ("rank 1 (parent rank 3)").
+std::string timeout_text(const Communicator& c, const Transfer& t, bool sending);
 
 struct P2PState {
     // Next pair numbers: sends[{a, b}] counts a's sends to b, recvs[{a, b}] b's receives from a.

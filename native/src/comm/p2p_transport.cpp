@@ -135,9 +135,9 @@ void transfer(Communicator& c, Transport& tp, const Transfer& t, Clock::time_poi
         std::vector<int> late = e.missing;
         late.insert(late.end(), e.waiting.begin(), e.waiting.end());
         std::string why;
-        if (t.send.peer >= 0 && (late.empty() || contains(late, t.send.peer))) why = timeout_text(t, true, c.timeout_ms);
+        if (t.send.peer >= 0 && (late.empty() || contains(late, t.send.peer))) why = timeout_text(c, t, true);
         if (t.recv.peer >= 0 && (late.empty() || contains(late, t.recv.peer)))
-            why += (why.empty() ? "" : "; ") + timeout_text(t, false, c.timeout_ms);
+            why += (why.empty() ? "" : "; ") + timeout_text(c, t, false);
         fail(SW_ERR_TIMEOUT, why, "; the communicator is aborted");
     }
     for (size_t k = 0; k < peers.size(); ++k) {
