@@ -434,11 +434,56 @@ static void interleaved_wrong(Ctx* c) {
     sw_comm_destroy(comm);
 }
 
+/* Multi-process: call order, not stream order, decides. Rank 0 queues a send to rank 1 on its first stream behind a
+ * long copy, then an all-reduce on its second stream; rank 1 a receive from rank 0, then the all-reduce. The
+ * all-reduce of rank 0 must wait for its earlier transfer (else it would reach rank 1, still in its receive, first). */
+static void call_order(Ctx* c, sw_comm comm) {
+    if (c->inproc || c->p < 2 || !c->s2[c->lo]) return;
+    const int r = c->lo;
+    enum { N = 64, BIG = 32 << 20 };
+    float in[N], out[N];
+    for (int i = 0; i < N; ++i) in[i] = (float)(i % 7 + r);
+    sw_buffer ar = NULL, big = NULL, pb = NULL;
+    OK(sw_buffer_alloc(c->devs[r], N * 4, &ar));
+    OK(sw_buffer_alloc(c->devs[r], BIG, &big));
+    uint8_t* hp = NULL;
+    pb = make_buf(c->devs[r], c->s[r], 400 + 4, r == 0, 60, 0, 0, 400, &hp);
+    uint8_t* hbig = (uint8_t*)calloc(BIG, 1);
+    OK(sw_memcpy_h2d_async(ar, 0, in, N * 4, c->s2[r]));
+    OK(sw_stream_synchronize(c->s[r]));
+    OK(sw_stream_synchronize(c->s2[r]));
+    if (r == 0) {
+        OK(sw_memcpy_h2d_async(big, 0, hbig, BIG, c->s[r])); /* holds the first stream up */
+        OK(sw_send(comm, 0, 1, pb, 0, 100, SW_DTYPE_F32, c->s[r]));
+    }
+    if (r == 1) OK(sw_recv(comm, 1, 0, pb, 0, 100, SW_DTYPE_F32, c->s2[r]));
+    OK(sw_all_reduce(comm, r, ar, 0, ar, 0, N, SW_DTYPE_F32, SW_REDUCE_SUM, c->s2[r]));
+    OK(sw_stream_synchronize(c->s[r]));
+    const sw_status st = sw_stream_synchronize(c->s2[r]);
+    CHECK(st == SW_OK, "%s call order, rank %d: %s", c->kind, r, sw_status_string(st));
+    OK(sw_memcpy_d2h_async(out, ar, 0, N * 4, c->s2[r]));
+    OK(sw_stream_synchronize(c->s2[r]));
+    int bad = -1;
+    for (int i = 0; i < N && bad < 0; ++i) {
+        float want = 0;
+        for (int q = 0; q < c->p; ++q) want += (float)(i % 7 + q);
+        if (out[i] != want) bad = i;
+    }
+    CHECK(bad < 0, "%s call order, rank %d: all-reduce element %d wrong", c->kind, r, bad);
+    if (r == 1) check_received(c, c->s[r], pb, 404, 400, 60, 0, 0, "call order: the transfer");
+    sw_buffer_destroy(ar);
+    sw_buffer_destroy(big);
+    sw_buffer_destroy(pb);
+    free(hp);
+    free(hbig);
+}
+
 static void run_scenarios(Ctx* c) {
     sw_comm comm = make_comm(c, 20000);
     plain_pairs(c, comm);
     ring(c, comm);
     interleaved(c, comm);
+    call_order(c, comm);
     sw_comm_destroy(comm);
     mismatch(c, 0);
     mismatch(c, 1);
@@ -702,10 +747,12 @@ static int tcp_rank(int rank, int p, int port) {
     OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &c.dev));
     c.devs[rank] = c.dev;
     OK(sw_stream_create(c.dev, &c.s[rank]));
+    OK(sw_stream_create(c.dev, &c.s2[rank]));
     OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &c.store));
     run_scenarios(&c);
     killed_peer(&c); /* rank 1 dies here */
     sw_stream_destroy(c.s[rank]);
+    sw_stream_destroy(c.s2[rank]);
     sw_store_destroy(c.store);
     sw_device_destroy(c.dev);
     return g_failures ? 1 : 0;
@@ -759,6 +806,7 @@ static int mpi_main(void) {
     c.hi = rank + 1;
     c.devs[rank] = c.dev;
     OK(sw_stream_create(c.dev, &c.s[rank]));
+    OK(sw_stream_create(c.dev, &c.s2[rank]));
     /* the seed: rank 0's, broadcast */
     sw_buffer sb = NULL;
     OK(sw_buffer_alloc(c.dev, 4, &sb));
@@ -774,6 +822,7 @@ static int mpi_main(void) {
     printf("mpi p=%d rank %d: %s (%.1f s)\n", p, rank, g_failures ? "FAILED" : "ok", now_s() - t0);
     fflush(stdout);
     sw_stream_destroy(c.s[rank]);
+    sw_stream_destroy(c.s2[rank]);
     sw_device_destroy(c.dev);
     return g_failures ? 1 : 0;
 }
@@ -797,9 +846,11 @@ static void* nccl_rank(void* arg) {
     c.hi = a->rank + 1;
     OK(sw_device_create(SW_BACKEND_CUDA, a->rank, 0, &c.devs[a->rank]));
     OK(sw_stream_create(c.devs[a->rank], &c.s[a->rank]));
+    OK(sw_stream_create(c.devs[a->rank], &c.s2[a->rank]));
     OK(sw_store_create("127.0.0.1", a->port, 0, 20000, &c.store));
     run_scenarios(&c);
     sw_stream_destroy(c.s[a->rank]);
+    sw_stream_destroy(c.s2[a->rank]);
     sw_store_destroy(c.store);
     sw_device_destroy(c.devs[a->rank]);
     return NULL;

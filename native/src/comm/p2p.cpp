@@ -108,6 +108,7 @@ void number(Communicator& c, Transfer& t) {
     if (t.recv.peer >= 0) t.recv.n = p.recvs[{t.recv.peer, t.rank}]++;
     t.ticket = p.issued++;
     t.after = c.next_seq[t.rank];
+    if (c.is_remote()) p.afters.push_back(t.after); // the collectives called after it wait for it
 }
 
 void run(Communicator& c, const Transfer& t, cpu::Stream* stream) {

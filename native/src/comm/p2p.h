@@ -7,6 +7,7 @@
 #pragma once
 #include "comm/communicator.h"
 
+#include <deque>
 #include <map>
 #include <string>
 #include <tuple>
@@ -62,13 +63,20 @@ struct P2PState {
     };
     std::map<std::tuple<int32_t, int32_t, uint64_t>, Meet> meets;
 
-    // Multi-process: transfers run one at a time in call order (ticket), each after the collectives called before it.
+    // Multi-process: transfers run one at a time in call order (ticket), each after the collectives called before it,
+    // and each collective after the transfers called before it: afters[t - done_base] is ticket t's `after` (not
+    // decreasing), for the tickets from done_base on.
     uint64_t issued = 0, next = 0;
+    std::deque<uint64_t> afters;
+    uint64_t done_base = 0;
 };
 
 // Runs a transfer on its rank's stream worker; throws sw::Error after aborting the communicator (and its peers).
 void run_local_transfer(Communicator& c, const Transfer& t, cpu::Stream* stream);  // p2p_local.cpp
 void run_remote_transfer(Communicator& c, const Transfer& t, cpu::Stream* stream); // p2p_transport.cpp
+// Multi-process, c.mu held: whether every transfer called before collective #seq has run (agree_transport.cpp waits for
+// it; p2p_transport.cpp).
+bool transfers_done_before(Communicator& c, uint64_t seq);
 // The transport a multi-process communicator agrees over (agree_transport.cpp); null for an in-process one.
 Transport* agreement_transport(Agreement& a);
 

@@ -159,6 +159,17 @@ void transfer(Communicator& c, Transport& tp, const Transfer& t, Clock::time_poi
 
 } // namespace
 
+bool sw::transfers_done_before(Communicator& c, uint64_t seq) {
+    if (!c.p2p) return true;
+    P2PState& p = *c.p2p;
+    // Tickets below p.next have run: forget them. The rest are in call order, their `after` not decreasing.
+    while (p.done_base < p.next && !p.afters.empty()) {
+        p.afters.pop_front();
+        ++p.done_base;
+    }
+    return p.afters.empty() || p.afters.front() > seq; // the first transfer not run was called after collective #seq
+}
+
 void sw::run_remote_transfer(Communicator& c, const Transfer& t, cpu::Stream* stream) {
     const int32_t r = t.rank;
     Transport* tp = agreement_transport(*c.agreement);
