@@ -525,8 +525,9 @@ SW_API sw_status sw_comm_get_parent_rank(sw_comm comm, int32_t rank, int32_t* pa
  * rules: the communicator (and its family) is aborted, and a failed receive leaves its region untouched or poisoned.
  * Transfers do not count in sw_comm_get_collective_count. On multi-process communicators a rank's collectives and its
  * transfers with a peer must be called in an order the peer matches (as with NCCL); a violation fails with an error,
- * never a hang past the timeout. There a process's transfers run one at a time in call order, each after the
- * collectives called before it, and a call pairs with ONE call of each of its peers: what it does with peer q (send,
+ * never a hang past the timeout. There a process's transfers and collectives run in call order (a transfer after the
+ * collectives called before it, a collective after the transfers), whatever streams they are queued on, and a call
+ * pairs with ONE call of each of its peers: what it does with peer q (send,
  * receive or both) must be mirrored by q's matching call (a sw_sendrecv that sends to and receives from q pairs with
  * a sw_sendrecv of q, not with a sw_send followed by a sw_recv). */
 SW_API sw_status sw_send(sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset, uint64_t count,

@@ -10,7 +10,8 @@
 //    stream) while the sender waits for the copy to end (a send completes once its receive has the data);
 //    sw_sendrecv posts both halves first and then waits for both, so rings and pipeline exchanges progress;
 //  - multi-process (p2p_transport.cpp): the process's transfers run one at a time in call order, each after the
-//    collectives called before it; a descriptor per peer (the call, its halves with that peer: pair number, count,
+//    collectives called before it (and each collective after the transfers called before it: the transport
+//    agreement asks transfers_done_before); a descriptor per peer (the call, its halves with that peer: pair number, count,
 //    dtype) goes both ways in one Transport::exchange under the transfers' own tag (kP2PTag), then the data in a
 //    second exchange (Mover::p2p_move: the transport's exchange, or NCCL's grouped send/receive), the halves of a
 //    sw_sendrecv in ONE exchange so they progress together.
