@@ -13,9 +13,11 @@ public sealed partial class MultiProcessTests
     // (dp, tp) = (w / 2, w % 2): dp groups {w % 2, w % 2 + 2}, tp groups {2·(w / 2), 2·(w / 2) + 1}.
     private static void CheckMeshOutput(IReadOnlyList<string> outputs)
     {
-        var lines = outputs.SelectMany(o => o.Split('\n')).Select(l => l.Trim()).Where(l => l.StartsWith("GROUP ", StringComparison.Ordinal)
-            || l.StartsWith("SPLIT ", StringComparison.Ordinal)).Select(l => l.Contains("] ") ? l[(l.IndexOf("] ", StringComparison.Ordinal) + 2)..] : l)
-            .ToHashSet();
+        // the launcher prefixes each line with "[rank R] "
+        var lines = outputs.SelectMany(o => o.Split('\n')).Select(l => l.Trim())
+            .Select(l => l.StartsWith('[') && l.Contains("] ") ? l[(l.IndexOf("] ", StringComparison.Ordinal) + 2)..] : l)
+            .Where(l => l.StartsWith("GROUP ", StringComparison.Ordinal) || l.StartsWith("SPLIT ", StringComparison.Ordinal)).ToHashSet();
+        Assert.That(lines, Has.Count.EqualTo(16), "3 GROUP lines and 1 SPLIT line from each of the 4 ranks");
         for (int w = 0; w < 4; w++)
         {
             int dp = w / 2, tp = w % 2;

@@ -180,6 +180,9 @@ public static class MeshScenario
         var got = theirs.ToArray(ctx.Stream);
         Expect(got, Data(seed + 2, prev, Len(prev)).Select(x => (BFloat16)x).ToArray(), $"rank {w}: ring block from {prev}");
         if (!BFloat16.IsNaN(got[Len(prev)])) throw new InvalidOperationException($"rank {w}: the ring wrote past its block");
+        // Nobody destroys its communicators while another rank still transfers (a rank done early would otherwise close
+        // its connections under a ring step of two other ranks).
+        ctx.Barrier();
         ctx.Synchronize();
     }
 }
