@@ -64,4 +64,40 @@ public sealed partial class MultiProcessTests
         Assert.That(output, Does.Contain("world=4 backend=mpi"));
         CheckMeshOutput([output]);
     }
+
+    // The "split-late" scenario: rank 3 late in sub-group {1, 3}; rank 1 times out naming it (sub rank 1, parent rank 3);
+    // ranks 0 and 2, busy in the healthy sub-group {0, 2}, are aborted with the family, long before their own timeout.
+    private static void CheckSplitLate(IReadOnlyList<RankResult> results, int timeoutMs)
+    {
+        Assert.That(results.Select(r => r.Rank), Is.EquivalentTo(new[] { 0, 1, 2, 3 }));
+        var one = results.Single(r => r.Rank == 1);
+        Assert.That(one.Error, Is.EqualTo("CollectiveTimeoutException"), one.Line);
+        Assert.That(one.Message, Does.Contain("rank(s) 1 (parent rank 3)"), one.Line);
+        foreach (var r in results.Where(r => r.Rank % 2 == 0))
+        {
+            Assert.That(r.Error, Is.EqualTo("CommunicatorAbortedException"), $"rank {r.Rank}: {r.Line}");
+            Assert.That(r.Message, Does.Contain("parent rank 3"), $"rank {r.Rank}: {r.Line}");
+            Assert.That(r.Ms, Is.LessThan(2 * timeoutMs), $"rank {r.Rank} is aborted with the family, not at a timeout of its own");
+        }
+        Assert.That(results.Single(r => r.Rank == 3).Ok, Is.False, "the late rank finds its group aborted");
+    }
+
+    [Test, Ignore(MeshPending)]
+    public void Tcp_ALateRankInOneSubGroupAbortsTheOther()
+    {
+        const int timeoutMs = 1500;
+        var results = RunTcp(4, "split-late", timeoutMs: timeoutMs);
+        CheckSplitLate(results, timeoutMs);
+    }
+
+    [Test, Ignore(MeshPending)]
+    public void Mpi_ALateRankInOneSubGroupAbortsTheOther()
+    {
+        const int timeoutMs = 1500;
+        var (_, output, took) = RunMpi(4, "split-late", timeoutMs: timeoutMs);
+        var results = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=", StringComparison.Ordinal))
+            .Select(l => new RankResult(int.Parse(l["RESULT rank=".Length..].Split(' ')[0]), 0, l)).ToList();
+        CheckSplitLate(results, timeoutMs);
+        Assert.That(took, Is.LessThan(TimeSpan.FromSeconds(60)));
+    }
 }

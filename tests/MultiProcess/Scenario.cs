@@ -186,3 +186,41 @@ public static class MeshScenario
         ctx.Synchronize();
     }
 }
+
+/// <summary>
+/// The fault scenario "split-late" (4 ranks): the world is split by rank % 2 ({0, 2} and {1, 3}); after a first all-reduce
+/// in every sub-group, rank 3 sleeps 2.5 timeouts. Rank 1, waiting for it in their sub-group's all-reduce, must time out
+/// naming it by its sub rank and parent rank; ranks 0 and 2 keep all-reducing in their own, healthy sub-group and must be
+/// stopped by the family's abort (well before 2.5 timeouts), naming rank 3 too. Throws what each rank's collective threw
+/// (or, for 0 and 2, an InvalidOperationException when no abort came).
+/// </summary>
+public static class SplitFaultScenario
+{
+    public static void Run(ProcessGroup world, TimeSpan timeout, System.Diagnostics.Stopwatch clock)
+    {
+        if (world.WorldSize != 4) throw new ArgumentException($"the split-late scenario needs 4 ranks, not {world.WorldSize}");
+        var ctx = world.Local;
+        int w = ctx.Rank;
+        using var split = world.Split(r => r % 2);
+        var sub = split[w]!;
+        using var b = ctx.Device.Allocate<float>(16);
+        b.Fill(w + 1f, ctx.Stream);
+        sub.AllReduce(b); // #0: everyone is here
+        ctx.Synchronize();
+        clock.Restart();
+        if (w == 3) Thread.Sleep(timeout * 2.5);
+        if (w % 2 == 1)
+        {
+            sub.AllReduce(b);
+            ctx.Synchronize();
+            return;
+        }
+        while (clock.Elapsed < timeout * 2.5)
+        {
+            sub.AllReduce(b);
+            ctx.Synchronize();
+            Thread.Sleep(5);
+        }
+        throw new InvalidOperationException($"rank {w}: its sub-group was not aborted within 2.5 timeouts");
+    }
+}
