@@ -67,9 +67,10 @@ public sealed partial class MultiProcessTests
 
     // The "split-late" scenario: rank 3 late in sub-group {1, 3}; rank 1 times out naming it (sub rank 1, parent rank 3);
     // ranks 0 and 2, busy in the healthy sub-group {0, 2}, are aborted with the family, long before their own timeout.
-    private static void CheckSplitLate(IReadOnlyList<RankResult> results, int timeoutMs)
+    // mpirun ends the job (killing the still sleeping rank 3) once a rank exits with an error: then rank 3 reports nothing.
+    private static void CheckSplitLate(IReadOnlyList<RankResult> results, int timeoutMs, bool lateRankMayBeKilled = false)
     {
-        Assert.That(results.Select(r => r.Rank), Is.EquivalentTo(new[] { 0, 1, 2, 3 }));
+        Assert.That(results.Select(r => r.Rank).Where(r => !lateRankMayBeKilled || r != 3), Is.EquivalentTo(new[] { 0, 1, 2, 3 }.Take(lateRankMayBeKilled ? 3 : 4)));
         var one = results.Single(r => r.Rank == 1);
         Assert.That(one.Error, Is.EqualTo("CollectiveTimeoutException"), one.Line);
         Assert.That(one.Message, Does.Contain("rank(s) 1 (parent rank 3)"), one.Line);
@@ -79,7 +80,7 @@ public sealed partial class MultiProcessTests
             Assert.That(r.Message, Does.Contain("parent rank 3"), $"rank {r.Rank}: {r.Line}");
             Assert.That(r.Ms, Is.LessThan(2 * timeoutMs), $"rank {r.Rank} is aborted with the family, not at a timeout of its own");
         }
-        Assert.That(results.Single(r => r.Rank == 3).Ok, Is.False, "the late rank finds its group aborted");
+        Assert.That(results.Where(r => r.Rank == 3).All(r => !r.Ok), Is.True, "the late rank finds its group aborted");
     }
 
     [Test, Ignore(MeshPending)]
@@ -97,7 +98,7 @@ public sealed partial class MultiProcessTests
         var (_, output, took) = RunMpi(4, "split-late", timeoutMs: timeoutMs);
         var results = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=", StringComparison.Ordinal))
             .Select(l => new RankResult(int.Parse(l["RESULT rank=".Length..].Split(' ')[0]), 0, l)).ToList();
-        CheckSplitLate(results, timeoutMs);
+        CheckSplitLate(results, timeoutMs, lateRankMayBeKilled: true);
         Assert.That(took, Is.LessThan(TimeSpan.FromSeconds(60)));
     }
 }
