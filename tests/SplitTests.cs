@@ -173,4 +173,27 @@ public class SplitTests(Backend backend) : BackendTest(backend)
         Assert.That(Assert.Catch<ArgumentException>(() => _ = split[3])!.ParamName, Is.EqualTo("rank"));
         Assert.That(group.ParentRank(2), Is.EqualTo(2), "a group that was not split is its own parent");
     }
+
+    [Test]
+    public void AbortingTheParentAbortsItsSubGroupsAndDisposingASplitAbortsNothing()
+    {
+        using var group = ProcessGroup.CreateLocal(Dev, 4, TimeSpan.FromSeconds(30));
+        using (var first = group.Split(r => r % 2))
+        {
+            Assert.That(first.Groups.Any(g => g.IsAborted), Is.False);
+        } // disposed: a close, not a failure
+        Assert.That(group.IsAborted, Is.False, "disposing a split aborts nothing");
+        Assert.DoesNotThrow(() => Spmd.Run(group, ctx => { using var b = ctx.Device.Allocate<float>(4); b.Fill(1f, ctx.Stream); ctx.AllReduce(b); }));
+        using var split = group.Split(r => r / 2);
+        using var nested = split.Groups[0].Split(_ => 0);
+        group.Abort("stop for the test");
+        // the family's watcher spreads the abort (asynchronously, at once): wait for it, boundedly
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        while (DateTime.UtcNow < deadline && !split.Groups.Concat(nested.Groups).All(g => g.IsAborted)) Thread.Sleep(10);
+        foreach (var g in split.Groups.Concat(nested.Groups))
+        {
+            Assert.That(g.IsAborted, Is.True, "every member of the family is aborted");
+            Assert.That(g.AbortReason, Does.Contain("stop for the test"));
+        }
+    }
 }
