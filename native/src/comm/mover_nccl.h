@@ -51,6 +51,10 @@ public:
     void close(bool aborted) noexcept override;
     // sub-communicators (comm_nccl.cpp): rank `rank`'s NCCL communicator (null when not in this process).
     const std::shared_ptr<NcclRank>& rank_comm(int rank) const { return comms_[rank]; }
+    // Point-to-point (p2p_transport.cpp, once the host side agreed): the call's sends and receives as one group of
+    // ncclSend / ncclRecv (bytes) on the communication stream, under the collectives' watchdog.
+    void p2p_move(Communicator& c, int rank, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                  Clock::time_point deadline, const std::string& what) override;
 
 private:
     const NcclApi& n_;
