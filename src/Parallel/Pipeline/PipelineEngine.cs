@@ -63,8 +63,10 @@ public sealed class PipelineStepReport
     public PipelineSchedule Schedule { get; }
     /// <summary>The most micro-batches whose activations the stage held at once (forwarded, not yet backwarded).</summary>
     public int PeakMicroBatches { get; }
-    /// <summary>The most bytes of activations the stage held at once for backwards to come (the stage's saved
-    /// activations, the received inputs and, on the last stage, the outputs the loss needs).</summary>
+    /// <summary>The most bytes of activations the stage held at once for backwards to come: per held micro-batch the
+    /// stage's saved activations and its input (on the first stage the caller's rows, which must stay alive too) — what
+    /// <see cref="MeshPlan"/> calls the stash — and, on the last stage, its output until the loss (rows × output
+    /// features, which MeshPlan counts among the working buffers).</summary>
     public long PeakActivationBytes { get; }
     /// <summary>Every action with its start and end (empty unless <see cref="PipelineOptions.RecordTimeline"/>).</summary>
     public IReadOnlyList<PipelineTimelineEntry> Timeline { get; }
@@ -184,7 +186,7 @@ public sealed class PipelineEngine
                     case PipelineActionKind.Forward:
                         outputs[i] = New(i, hout);
                         saved[i] = _stage.Forward(X(i), Rows(outputs[i]!, i, hout));
-                        heldBytes[i] = saved[i]!.Bytes + (first ? 0 : split.Size(i) * hin * sizeof(float)) + (last ? split.Size(i) * hout * sizeof(float) : 0);
+                        heldBytes[i] = saved[i]!.Bytes + split.Size(i) * hin * sizeof(float) + (last ? split.Size(i) * hout * sizeof(float) : 0);
                         liveBytes += heldBytes[i];
                         peakBytes = Math.Max(peakBytes, liveBytes);
                         peak = Math.Max(peak, ++live);
