@@ -1,0 +1,101 @@
+using Shardwise.Parallel;
+
+namespace Shardwise.MultiProcessWorker;
+
+/// <summary>
+/// The end-to-end example of combined parallelisms: a stack of <see cref="Layers"/> residual feed-forward blocks trained
+/// for <see cref="Steps"/> SGD steps (fp32) on a pp × dp × tp mesh (world rank = (pp·dp_size + dp)·tp_size + tp, tp
+/// fastest). Each rank holds the blocks of its pipeline stage, tensor-parallel over its tp group; the dp replicas take
+/// halves of each step's batch and average their gradients. The data comes from a seed shared by every rank. Run in one
+/// process (virtual ranks) by the tests and as one process per rank by the worker (scenario "hybrid").
+/// </summary>
+public static class HybridScenario
+{
+    public const int Layers = 4, Steps = 3, MicroBatches = 4;
+    public const long H = 8, F = 12, Rows = 16; // Rows: the global batch of a step
+    public const float LearningRate = 0.1f;
+
+    /// <summary>The stack's initial weights and every step's batch, the same for every rank (uniform, never zero).</summary>
+    public sealed class Data
+    {
+        public Data(int seed)
+        {
+            var rng = new Random(seed);
+            float[] R(long n, float scale) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = ((float)(rng.NextDouble() * 2 - 1) + 1e-3f) * scale; return a; }
+            W1 = Enumerable.Range(0, Layers).Select(_ => R(H * F, 0.4f)).ToArray();
+            B1 = Enumerable.Range(0, Layers).Select(_ => R(F, 0.2f)).ToArray();
+            W2 = Enumerable.Range(0, Layers).Select(_ => R(F * H, 0.4f)).ToArray();
+            B2 = Enumerable.Range(0, Layers).Select(_ => R(H, 0.2f)).ToArray();
+            X = Enumerable.Range(0, Steps).Select(_ => R(Rows * H, 1f)).ToArray();
+            T = Enumerable.Range(0, Steps).Select(_ => R(Rows * H, 1f)).ToArray();
+        }
+        public float[][] W1, B1, W2, B2, X, T;
+
+        public FeedForwardBlockWeights[] Stack => Enumerable.Range(0, Layers).Select(l => new FeedForwardBlockWeights(
+            WeightSource.FromArray(W1[l], H, F), WeightSource.FromArray(B1[l], 1, F), WeightSource.FromArray(W2[l], F, H),
+            WeightSource.FromArray(B2[l], 1, H))).ToArray();
+    }
+
+    /// <summary>The mesh's three splits of <paramref name="world"/> (pp × dp × tp ranks): each rank's pipeline group (same
+    /// dp and tp, ordered by pp), data-parallel group (same pp and tp) and tensor-parallel group (same pp and dp).</summary>
+    public static (ProcessGroupSplit Pp, ProcessGroupSplit Dp, ProcessGroupSplit Tp) Split(ProcessGroup world, int pp, int dp, int tp)
+    {
+        if (world.WorldSize != pp * dp * tp) throw new ArgumentException($"world has {world.WorldSize} ranks; expected {pp} x {dp} x {tp}.", nameof(world));
+        var tpSplit = world.Split(r => r / tp, r => r % tp);
+        var dpSplit = world.Split(r => r / (dp * tp) * tp + r % tp, r => r / tp % dp);
+        var ppSplit = world.Split(r => r % (dp * tp), r => r / (dp * tp));
+        return (ppSplit, dpSplit, tpSplit);
+    }
+
+    /// <summary>Trains on one rank; returns its shards after the last step: per block of its stage (stack index, W1
+    /// columns, b1 part, W2 rows, b2 or empty) and the losses the last stage computed (else empty).</summary>
+    public static (int Layer, float[] W1, float[] B1, float[] W2, float[] B2)[] Train(RankContext pipeline, RankContext dataParallel,
+        RankContext tensorParallel, Data d, out double[] losses, Action<PipelineStepReport, FeedForwardStackTrainer>? observe = null)
+    {
+        var dev = tensorParallel.Device;
+        var s = tensorParallel.Stream;
+        long rows = Rows / dataParallel.WorldSize, offset = dataParallel.Rank * rows * H;
+        using var trainer = new FeedForwardStackTrainer(pipeline, dataParallel, tensorParallel, d.Stack,
+            new PipelineOptions { Schedule = PipelineSchedule.OneForwardOneBackward, MicroBatches = MicroBatches, ComputeLoss = true });
+        using var x = dev.Allocate<float>(rows * H);
+        using var t = dev.Allocate<float>(rows * H);
+        losses = new double[Steps];
+        for (int step = 0; step < Steps; step++)
+        {
+            x.CopyFrom(d.X[step].AsSpan((int)offset, (int)(rows * H)), s);
+            t.CopyFrom(d.T[step].AsSpan((int)offset, (int)(rows * H)), s);
+            var report = trainer.Step(rows, x.AsMatrix(rows, H), t.AsMatrix(rows, H), LearningRate);
+            losses[step] = report.Loss ?? double.NaN;
+            observe?.Invoke(report, trainer);
+        }
+        tensorParallel.Synchronize();
+        var stage = trainer.Stage;
+        return Enumerable.Range(0, stage.Layers).Select(l =>
+        {
+            var b = stage.Blocks[l];
+            return (stage.FirstLayer + l, b.Up.Weight?.ToArray(s) ?? [], b.Up.Bias?.ToArray(s) ?? [], b.Down.Weight?.ToArray(s) ?? [],
+                b.Down.Bias?.ToArray(s) ?? []);
+        }).ToArray();
+    }
+
+    /// <summary>Puts the shards of one data-parallel replica together: full W1 (H × F), b1, W2 (F × H), b2 per layer.
+    /// <paramref name="shards"/>[worldRank] is what <see cref="Train"/> returned on that rank.</summary>
+    public static float[][][] Assemble(IReadOnlyList<(int Layer, float[] W1, float[] B1, float[] W2, float[] B2)[]> shards, int pp, int dp, int tp, int replica)
+    {
+        var full = Enumerable.Range(0, Layers).Select(_ => new[] { new float[H * F], new float[F], new float[F * H], new float[H] }).ToArray();
+        foreach (var a in full) foreach (var v in a) Array.Fill(v, float.NaN);
+        var plan = ShardingPlan.Even(F, tp);
+        for (int p = 0; p < pp; p++)
+            for (int r = 0; r < tp; r++)
+                foreach (var (layer, w1, b1, w2, b2) in shards[(p * dp + replica) * tp + r])
+                {
+                    long off = plan.Offset(r), fr = plan.Size(r);
+                    for (long c = 0; c < H; c++)
+                        for (long q = 0; q < fr; q++) full[layer][0][c * F + off + q] = w1[c * fr + q];
+                    for (long q = 0; q < fr; q++) full[layer][1][off + q] = b1[q];
+                    Array.Copy(w2, 0, full[layer][2], off * H, fr * H);
+                    if (r == 0) Array.Copy(b2, full[layer][3], H);
+                }
+        return full;
+    }
+}
