@@ -99,3 +99,53 @@ public static class HybridScenario
         return full;
     }
 }
+
+/// <summary>The worker's side of the example (scenario "hybrid"): one rank of a 2 × 2 × 2 mesh per process.</summary>
+public static class HybridWorker
+{
+    public const int Pp = 2, Dp = 2, Tp = 2;
+
+    /// <summary>Splits <paramref name="world"/> (8 processes), trains this process's rank and writes its shards to
+    /// OUTDIR/hybrid.rank{r}.bin (per block: layer, then W1, b1, W2, b2 as a count and floats).</summary>
+    public static void Run(ProcessGroup world, string outDir, int seed)
+    {
+        var d = new HybridScenario.Data(seed);
+        var (pp, dp, tp) = HybridScenario.Split(world, Pp, Dp, Tp);
+        using (pp) using (dp) using (tp)
+        {
+            int r = world.Local.Rank;
+            var shards = HybridScenario.Train(pp[r]!, dp[r]!, tp[r]!, d, out _);
+            using var w = new BinaryWriter(File.Create(Path.Combine(outDir, $"hybrid.rank{r}.bin")));
+            w.Write(shards.Length);
+            foreach (var (layer, w1, b1, w2, b2) in shards)
+            {
+                w.Write(layer);
+                foreach (var a in new[] { w1, b1, w2, b2 })
+                {
+                    w.Write(a.Length);
+                    foreach (var v in a) w.Write(v);
+                }
+            }
+        }
+    }
+
+    /// <summary>Reads what <see cref="Run"/> wrote for rank <paramref name="rank"/>.</summary>
+    public static (int Layer, float[] W1, float[] B1, float[] W2, float[] B2)[] Read(string outDir, int rank)
+    {
+        using var rd = new BinaryReader(File.OpenRead(Path.Combine(outDir, $"hybrid.rank{rank}.bin")));
+        int n = rd.ReadInt32();
+        var result = new (int, float[], float[], float[], float[])[n];
+        for (int i = 0; i < n; i++)
+        {
+            int layer = rd.ReadInt32();
+            var a = new float[4][];
+            for (int k = 0; k < 4; k++)
+            {
+                a[k] = new float[rd.ReadInt32()];
+                for (int e = 0; e < a[k].Length; e++) a[k][e] = rd.ReadSingle();
+            }
+            result[i] = (layer, a[0], a[1], a[2], a[3]);
+        }
+        return result;
+    }
+}

@@ -9,6 +9,7 @@ using Shardwise.Parallel;
 //   late            rank p-1 joins the second collective 2.5 timeouts late; the others must time out naming it
 //   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
 //   spmd-throw OUTDIR  rank p-1's Spmd.Run body throws before the second collective; the others must fail at once
+//   hybrid OUTDIR   the end-to-end example on a 2 x 2 x 2 mesh (8 ranks, HybridScenario): writes OUTDIR/hybrid.rank{r}.bin
 //   nccl-info       prints ProcessGroup.NcclInfo() (no group)
 //   bandwidth       all-reduce, all-gather and reduce-scatter bandwidth in nccl-tests' terms (size, count, type, time,
 //                   algbw, busbw): rank 0 prints the tables (see Bandwidth.cs; SW_BW_MIN_BYTES, SW_BW_MAX_BYTES,
@@ -58,6 +59,10 @@ using (group)
             var (column, row, ffn) = Scenario.Run(ctx, new Scenario.Data(seed));
             foreach (var (name, data) in new[] { ("column", column), ("row", row), ("ffn", ffn) })
                 File.WriteAllBytes(Path.Combine(outDir, $"{name}.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
+        }
+        else if (scenario == "hybrid")
+        {
+            HybridWorker.Run(group, args.Length > 1 ? args[1] : throw new ArgumentException("hybrid needs OUTDIR"), seed);
         }
         else if (scenario == "bandwidth")
         {
