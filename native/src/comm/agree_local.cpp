@@ -75,7 +75,7 @@ void LocalRendezvous::run(Communicator& c, int rank, uint64_t seq, const Desc& d
                 for (int q = 0; q < st->world; ++q) (slot.joined[q] ? present : missing).push_back(q);
                 st->abort_locked(SW_ERR_TIMEOUT,
                                  str(name, " #", seq, " timed out after ", st->timeout_ms, " ms: rank(s) ",
-                                     rank_list(missing), " of ", st->world, " never joined (joined: ",
+                                     st->rank_names(missing), " of ", st->world, " never joined (joined: ",
                                      rank_list(present), "); the communicator is aborted"));
             }
         }

@@ -11,6 +11,7 @@
 // Any failure aborts the communicator locally and tells the peers (Transport::notify_abort), so their pending
 // collectives fail at once with the reason instead of waiting for the timeout.
 #include "comm/communicator.h"
+#include "comm/p2p.h"
 
 #include <algorithm>
 #include <new>
@@ -81,7 +82,7 @@ void exchange_descriptors(Communicator& st, Transport& t, uint64_t seq, const De
             if (std::find(e.missing.begin(), e.missing.end(), q) == e.missing.end() &&
                 std::find(e.waiting.begin(), e.waiting.end(), q) == e.waiting.end())
                 present.push_back(q);
-        fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: rank(s) ", rank_list(e.missing), " of ", p,
+        fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: rank(s) ", st.rank_names(e.missing), " of ", p,
              " never joined (joined: ", rank_list(present),
              e.waiting.empty() ? std::string() : str("; alive, still held up in an earlier collective: rank ", rank_list(e.waiting)),
              "); the communicator is aborted");
@@ -98,7 +99,7 @@ void exchange_descriptors(Communicator& st, Transport& t, uint64_t seq, const De
         if (w.seq != seq)
             fail(SW_ERR_MISMATCH, what, ": rank ", q, " is at its collective #", w.seq, " (", coll_name(static_cast<Coll>(w.op)),
                  ") while rank ", self, " is at #", seq);
-        if (w.op < 0 || w.op > static_cast<int32_t>(Coll::Barrier))
+        if (w.op < 0 || w.op > static_cast<int32_t>(Coll::Split))
             fail(SW_ERR_BACKEND, what, ": rank ", q, " sent an unknown operation ", w.op);
         // Checked before it becomes a sw_dtype (an out-of-range enum value is undefined behaviour; see core/enum_arg.h).
         if (w.dtype < SW_DTYPE_F32 || w.dtype > SW_DTYPE_U8)
@@ -114,7 +115,7 @@ public:
     explicit TransportAgreement(std::unique_ptr<Transport> t) : t_(std::move(t)) {}
     void run(Communicator& c, int rank, uint64_t seq, const Desc& desc, cpu::Stream* stream) override;
     void notify_abort(sw_status status, const std::string& reason) noexcept override { t_->notify_abort(status, reason); }
-    Transport& transport() { return *t_; }
+    Transport* transport() noexcept override { return t_.get(); }
 
 private:
     std::unique_ptr<Transport> t_;
@@ -163,7 +164,8 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
         backup.emplace(*st->mover, rank, desc);
         exchange_descriptors(*st, t, seq, desc, slot, deadline, what);
         moving = true;
-        st->mover->move(*st, rank, seq, slot, deadline);
+        if (desc.host) desc.host(t, slot, deadline); // a host collective (sw_comm_split): no data of the mover's
+        else st->mover->move(*st, rank, seq, slot, deadline);
     } catch (const Error& e) {
         status = e.status();
         message = e.message();
@@ -201,6 +203,12 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
 }
 
 } // namespace
+
+// Point-to-point transfers (p2p_transport.cpp) run over the same transport.
+Transport* sw::agreement_transport(Agreement& a) {
+    auto* t = dynamic_cast<TransportAgreement*>(&a);
+    return t ? &t->transport() : nullptr;
+}
 
 std::unique_ptr<Agreement> sw::make_transport_agreement(std::unique_ptr<Transport> transport) {
     return std::make_unique<TransportAgreement>(std::move(transport));

@@ -191,7 +191,8 @@ void sw::move_data(const Slot& slot, int world, int rank, Copier& mv) {
     case Coll::Broadcast:
         if (rank != me.root && me.count) mv.copy(me.recv, slot.desc[me.root].send, me.count * esz);
         break;
-    case Coll::Barrier: break;
+    case Coll::Barrier:
+    case Coll::Split: break;
     }
     mv.finish();
 }

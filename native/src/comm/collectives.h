@@ -12,13 +12,17 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace sw {
 
-enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, ReduceScatterV, Broadcast, Barrier };
+struct Slot;
+
+enum class Coll : int { AllGather, AllGatherV, AllGatherColumns, AllReduce, ReduceScatter, ReduceScatterV, Broadcast, Barrier,
+                        Split /* sw_comm_split (split.cpp): a host collective of the parent, multi-process only */ };
 
 inline const char* coll_name(Coll c) {
     switch (c) {
@@ -30,6 +34,7 @@ inline const char* coll_name(Coll c) {
     case Coll::ReduceScatterV: return "sw_reduce_scatter_v";
     case Coll::Broadcast: return "sw_broadcast";
     case Coll::Barrier: return "sw_barrier";
+    case Coll::Split: return "sw_comm_split";
     }
     return "collective";
 }
@@ -46,6 +51,9 @@ struct Desc {
     uint64_t recv_capacity = 0; // elements available in recv from its offset
     uint64_t send_capacity = 0; // reduce-scatter-v: elements available in send from its offset
     std::shared_ptr<Storage> keep_send, keep_recv;
+    // A host collective (Coll::Split: root = color, rows = key): run by the transport agreement once every rank's
+    // descriptor agrees, instead of the Mover. Throws sw::Error.
+    std::function<void(Transport&, const Slot&, Clock::time_point)> host;
 };
 
 inline std::string describe(const Desc& d) {
@@ -54,7 +62,8 @@ inline std::string describe(const Desc& d) {
         return str(coll_name(d.op), "(rows ", d.rows, ", cols ", d.cols, ", ", sw::dtype_name(d.dtype), ")");
     case Coll::Broadcast:
         return str(coll_name(d.op), "(count ", d.count, ", root ", d.root, ", ", sw::dtype_name(d.dtype), ")");
-    case Coll::Barrier: return coll_name(d.op);
+    case Coll::Barrier:
+    case Coll::Split: return coll_name(d.op);
     default: return str(coll_name(d.op), "(count ", d.count, ", ", sw::dtype_name(d.dtype), ")");
     }
 }
@@ -143,7 +152,8 @@ template <class Fill> void for_each_output_run(const Slot& slot, int world, int 
     case Coll::Broadcast:
         if (rank != me.root) fill(me.recv, me.count * esz);
         break;
-    case Coll::Barrier: break;
+    case Coll::Barrier:
+    case Coll::Split: break;
     }
 }
 // Host memory: poisons rank `rank`'s receive region (see above); an in-place all-reduce is left alone (its caller

@@ -94,10 +94,12 @@ void Communicator::shut_down() {
     {
         // Collectives still queued on some stream fail at once instead of waiting for peers.
         std::lock_guard<std::mutex> lock(mu);
+        destroyed = true; // not a failure: the family (split.cpp) is not aborted
         abort_locked(SW_ERR_ABORTED, "the communicator was destroyed");
     }
-    // Peers in other processes learn it at once too (a peer waiting for this rank fails instead of timing out).
-    if (is_remote()) agreement->notify_abort(SW_ERR_ABORTED, str("rank ", self, " destroyed its communicator"));
+    // Peers in other processes learn it at once too (a peer waiting for this rank fails instead of timing out). Status
+    // SW_OK: a close, not a failure (a family's watcher in the peer's process does not abort its family for it).
+    if (is_remote()) agreement->notify_abort(SW_OK, str("rank ", self, " destroyed its communicator"));
 }
 
 std::shared_ptr<Communicator> sw::make_local_comm(std::vector<std::shared_ptr<DeviceImpl>> devices, int64_t timeout_ms,

@@ -37,6 +37,11 @@
 namespace sw {
 
 class Communicator;
+struct Family; // split.cpp: the communicators split from one another (family fate)
+// split.cpp: c (mu held) was just aborted; the family's other members are aborted too, by the family's watcher thread
+// (never under c's lock). A no-op once the family has failed.
+void family_failed(Communicator& c) noexcept;
+struct P2PState; // point-to-point transfers (p2p.h)
 
 // What a Mover on a device with its own queue (CUDA) keeps between the steps that order a collective into a stream.
 struct OrderTicket {
@@ -84,6 +89,19 @@ public:
     virtual void order_release(const OrderTicket&) noexcept {}
     // After queueing the host side: makes the device stream wait for it.
     virtual sw_status order_end(sw_stream_s*, const OrderTicket&, std::string* /*err*/) noexcept { return SW_OK; }
+
+    // ---- point-to-point transfers (p2p.h, p2p.cpp)
+    // In-process: rank `rank` copies `bytes` from its peer's send region into its own receive region (CPU: memmove;
+    // CUDA: its communication stream), complete when it returns; also a rank's copy to itself. Throws sw::Error.
+    virtual void p2p_copy(int /*rank*/, char* dst, const char* src, uint64_t bytes);
+    // Multi-process: the data of one transfer call once its peers agreed (sends to and receives from the peers, one
+    // step, progressing together), complete when it returns. Throws sw::Error; the default says the kind has none.
+    virtual void p2p_move(Communicator& c, int rank, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                          Clock::time_point deadline, const std::string& what);
+    // A failed transfer's receive region poisoned (kPoisonByte), best effort.
+    virtual void p2p_poison(int /*rank*/, char* p, uint64_t bytes) noexcept {
+        if (p && bytes) std::memset(p, kPoisonByte, bytes);
+    }
 };
 
 // How the ranks agree on a call, and the whole host side of one collective around the Mover.
@@ -95,6 +113,9 @@ public:
     virtual void run(Communicator& c, int rank, uint64_t seq, const Desc& desc, cpu::Stream* stream) = 0;
     // Best effort: tells the other processes that the communicator is aborted (multi-process agreements).
     virtual void notify_abort(sw_status, const std::string&) noexcept {}
+    // ---- sub-communicators (split.cpp)
+    // The transport of a multi-process agreement (null in-process): a split makes its sub-transport from it.
+    virtual Transport* transport() noexcept { return nullptr; }
 };
 
 class Communicator : public std::enable_shared_from_this<Communicator> {
@@ -120,6 +141,16 @@ public:
     std::unique_ptr<Agreement> agreement;
     std::unique_ptr<Mover> mover;
 
+    // ---- sub-communicators and family fate (split.cpp; shardwise.h "sub-communicators")
+    std::shared_ptr<Family> family;   // set (under mu) at the first split from or into this communicator; else null
+    std::vector<int32_t> parent_ranks; // per rank: its rank in the communicator it was split from; empty: not split
+    bool destroyed = false;            // sw_comm_destroy (under mu): its abort is no failure of the family
+    // "1 (parent rank 3)", "1, 2 (parent ranks 3, 5)"; a communicator that was not split: "1", "1, 2".
+    std::string rank_names(const std::vector<int>& ranks) const;
+    // ---- point-to-point transfers (p2p.h): the pair counters and the in-process meeting points; made by the first
+    // transfer, under mu.
+    std::shared_ptr<P2PState> p2p;
+
     ~Communicator();
 
     // Requires mu held. The first abort wins; its reason is what every rank reports.
@@ -129,6 +160,7 @@ public:
             abort_flag.store(true);
             abort_status = status;
             reason = why;
+            if (family && !destroyed) family_failed(*this); // every other member of the family is aborted too
         }
         cv.notify_all();
     }

@@ -68,6 +68,25 @@ void CudaMover::move(Communicator& c, int rank, uint64_t, const Slot& slot, Cloc
     move_data(slot, c.world, rank, copier);
 }
 
+void CudaMover::p2p_copy(int rank, char* dst, const char* src, uint64_t bytes) {
+    if (!bytes) return;
+    CudaCopier copier(*devices_[rank], comm_stream(rank)); // drains its copies even when one fails
+    copier.copy(dst, src, bytes);
+    copier.finish();
+}
+
+void CudaMover::p2p_poison(int rank, char* p, uint64_t bytes) noexcept {
+    if (!p || !bytes) return;
+    const auto& dev = devices_[rank];
+    std::string ignored;
+    try {
+        void* cs = comm_stream(rank);
+        dev->cuda->memset_async(dev->ordinal, p, kPoisonByte, bytes, cs, &ignored);
+        dev->cuda->stream_synchronize(dev->ordinal, cs, &ignored);
+    } catch (const Error&) { // best effort: the transfer's own error is what is reported
+    }
+}
+
 // Taken before the rank joins, so before any peer or NCCL writes into the input.
 void* CudaMover::take_backup(int rank, const Desc& d, uint64_t* capacity) {
     const auto& dev = devices_[rank];

@@ -33,6 +33,11 @@ public:
     void order_release(const OrderTicket& t) noexcept override;
     sw_status order_end(sw_stream_s* s, const OrderTicket& t, std::string* err) noexcept override;
 
+    // Point-to-point (p2p.h): a copy on the rank's communication stream (from any device of the process), and the
+    // poisoning of a failed receive with a device memset.
+    void p2p_copy(int rank, char* dst, const char* src, uint64_t bytes) override;
+    void p2p_poison(int rank, char* p, uint64_t bytes) noexcept override;
+
     // The rank's communication stream (created on first use; a rank may queue collectives on several streams, whose
     // workers can get here at the same time).
     void* comm_stream(int rank);

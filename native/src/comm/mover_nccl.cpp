@@ -412,6 +412,7 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
         case Coll::Broadcast:
             if (me.count) call(n.Broadcast(me.send, me.recv, me.count, t, me.root, comm, cs), "ncclBroadcast");
             break;
+        case Coll::Split: // a host collective: never reaches a mover (split.cpp)
         case Coll::Barrier: break; // the host-side agreement was the barrier
         }
         // The watchdog of this collective: wait for NCCL, polling its asynchronous error, the deadline and local aborts.

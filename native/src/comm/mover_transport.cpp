@@ -7,6 +7,7 @@
 //  - reduce-scatter (-v): rank q receives block q of every rank and sums in rank order;
 //  - broadcast: the root sends to every rank.
 #include "comm/communicator.h"
+#include "comm/p2p.h"
 #include "core/index_math.h"
 
 #include <cstring>
@@ -148,6 +149,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
         else recvs.push_back({me.root, me.recv, me.count * esz});
         run();
         break;
+    case Coll::Split: // a host collective: never reaches a mover (split.cpp)
     case Coll::Barrier: break; // the descriptor exchange was the barrier
     }
 }
@@ -162,6 +164,11 @@ public:
         what_ += " #";
         what_ += std::to_string(seq);
         move_remote(c, scratch_, t_, seq, slot, deadline, what_);
+    }
+    // Point-to-point (p2p_transport.cpp): the data of one transfer call in one exchange under the transfers' tag.
+    void p2p_move(Communicator& c, int, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                  Clock::time_point deadline, const std::string& what) override {
+        t_.exchange(kP2PTag, sends, recvs, deadline, c.abort_flag, what);
     }
     void forget_buffers() override {
         if (scratch_.data) (void)scratch_.data.release();

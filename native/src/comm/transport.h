@@ -95,7 +95,22 @@ public:
 
     // Best effort, never blocks for long: tells the peers that this communicator is aborted, with which status and
     // why, so that their pending and later collectives fail at once (with the same status) instead of at their timeout.
+    // status SW_OK: the communicator was destroyed (a close, not a failure: a peer that needs this rank reports
+    // SW_ERR_ABORTED; poll_idle does not count it as a failure).
     virtual void notify_abort(sw_status status, const std::string& reason) noexcept = 0;
+
+    // ---- sub-communicators (split.cpp)
+    // Called by every rank of this transport inside the same collective #seq, once the ranks agreed on the split:
+    // colors[q] is rank q's color (SW_SPLIT_NO_COLOR: out); `members` this rank's group (its ranks here, in the new
+    // rank order; empty when this rank opted out). Returns the transport among `members` (null when opted out).
+    // Fails as exchange() does. Default: SW_ERR_UNSUPPORTED.
+    virtual std::unique_ptr<Transport> split(uint64_t seq, const std::vector<int32_t>& colors,
+                                             const std::vector<int32_t>& members, Clock::time_point deadline,
+                                             const std::atomic<bool>& local_abort, const std::string& what);
+    // Between collectives (the family's watcher, split.cpp): never blocks, does nothing while an exchange runs. A peer
+    // lost (connection closed without a destroy notice) or that announced a failure: returns it, with the status to
+    // abort with and why ("... lost: ..."); else -1.
+    virtual int poll_idle(sw_status* /*status*/, std::string* /*why*/) noexcept { return -1; }
 };
 
 struct StoreImpl; // store.h

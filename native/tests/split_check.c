@@ -1,0 +1,430 @@
+/* Sub-communicators through the C ABI only: sw_comm_split_local, sw_comm_split, sw_comm_get_parent_rank and the
+ * family fate (shardwise.h, "sub-communicators").
+ *
+ *   split_check          in-process CPU communicators (and CUDA ones on the emulated CUDA plugin when the build
+ *                        names it): several colors, keys that reorder ranks (ties kept in parent order), ranks that
+ *                        opt out, a nested split; every sub-communicator runs an all-reduce of fresh random data
+ *                        (bit-identical to the float sum in the group's rank order, and within the float32 bound of
+ *                        a float64 reference) and an all-gather (exact: it checks the rank order). Then the family
+ *                        fate (an abort or a timeout in one group aborts the parent and the other groups promptly, a
+ *                        destroy aborts nothing), destroy orders and bad arguments; then forked TCP jobs (real
+ *                        processes): the same splits, a rank killed, a rank late, a mismatched split.
+ *   split_check --mpi    one rank of an mpirun job (mpirun -n 4 split_check --mpi): the splits over MPI.
+ * Exit code 0 when every check passed; 77 (skipped) for --mpi when the MPI plugin is not available. */
+#define _POSIX_C_SOURCE 200809L
+#include "shardwise.h"
+
+#include <math.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static int g_rank = -1; /* the process's rank in a multi-process job (-1 in-process) */
+static int g_failures = 0;
+static unsigned g_seed;
+
+#define CHECK(cond, ...)                                                                  \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
+            fprintf(stderr, "[rank %d] FAILED %s:%d: ", g_rank, __FILE__, __LINE__);      \
+            fprintf(stderr, __VA_ARGS__);                                                 \
+            fprintf(stderr, " (last error: %s)\n", sw_last_error());                      \
+            ++g_failures;                                                                 \
+        }                                                                                 \
+    } while (0)
+#define OK(call) CHECK((call) == SW_OK, "%s", #call)
+
+#define MAXR 8
+
+/* Element i of the rank whose root rank is r, for test t: fresh per run (seed), never zero. */
+static float value(int t, int r, long i) {
+    unsigned x = g_seed ^ (unsigned)(t * 7919 + r * 104729 + (int)i * 2654435761u);
+    x ^= x >> 13;
+    x *= 0x5bd1e995u;
+    x ^= x >> 15;
+    return ((float)(x % 2001u) - 1000.0f) / 997.0f + 0.001f;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* The members of color `color`'s group in its rank order: the ranks with that color sorted by (key, rank). Returns
+ * the group's size; members[] gets the (parent) ranks. */
+static int group_of(int p, const int32_t* colors, const int32_t* keys, int32_t color, int* members) {
+    int n = 0;
+    for (int r = 0; r < p; ++r)
+        if (colors[r] == color) {
+            int at = n++;
+            while (at > 0 && (keys ? keys[members[at - 1]] : 0) > (keys ? keys[r] : 0)) { /* stable insertion */
+                members[at] = members[at - 1];
+                --at;
+            }
+            members[at] = r;
+        }
+    return n;
+}
+
+/* One group's collectives. The calling process holds `nlocal` of its ranks: sub_rank[k] on streams[k], buffers of
+ * devices[k]. top[j] (j < world) is the root rank of the group's rank j: the data's identity. t: the test number.
+ * all-reduce: every rank gets the float sum in the group's rank order (bits), within the float32 bound of the
+ * float64 sum: |y - ref| <= (world - 1) * 2^-24 * sum |x| (each of the world - 1 additions rounds once by at most
+ * 2^-24 of a partial sum, every partial sum bounded by sum |x|). all-gather: block j is rank j's data, exactly. */
+static void group_collectives(sw_comm c, int nlocal, const int* sub_rank, const sw_stream* streams, const sw_device* devices,
+                              int world, const int* top, int t) {
+    const long n = 301 + 13 * world + t; /* not a multiple of the group size */
+    sw_buffer x[MAXR], y[MAXR], g[MAXR];
+    float* host = (float*)malloc(sizeof(float) * (size_t)n * (size_t)world);
+    int32_t w = 0;
+    OK(sw_comm_get_world_size(c, &w));
+    CHECK(w == world, "group world size %d, expected %d", (int)w, world);
+    for (int k = 0; k < nlocal; ++k) {
+        const int me = top[sub_rank[k]];
+        OK(sw_buffer_alloc(devices[k], (uint64_t)n * 4, &x[k]));
+        OK(sw_buffer_alloc(devices[k], (uint64_t)n * 4, &y[k]));
+        OK(sw_buffer_alloc(devices[k], (uint64_t)n * 4 * (uint64_t)world, &g[k]));
+        for (long i = 0; i < n; ++i) host[i] = value(t, me, i);
+        OK(sw_memcpy_h2d_async(x[k], 0, host, (uint64_t)n * 4, streams[k]));
+        OK(sw_memset_async(y[k], 0, 0xFF, (uint64_t)n * 4, streams[k]));                     /* poisoned: NaN */
+        OK(sw_memset_async(g[k], 0, 0xFF, (uint64_t)n * 4 * (uint64_t)world, streams[k]));
+        OK(sw_stream_synchronize(streams[k]));
+    }
+    for (int k = 0; k < nlocal; ++k) {
+        OK(sw_all_reduce(c, sub_rank[k], x[k], 0, y[k], 0, (uint64_t)n, SW_DTYPE_F32, SW_REDUCE_SUM, streams[k]));
+        OK(sw_all_gather(c, sub_rank[k], x[k], 0, g[k], 0, (uint64_t)n, SW_DTYPE_F32, streams[k]));
+    }
+    for (int k = 0; k < nlocal; ++k) {
+        OK(sw_stream_synchronize(streams[k]));
+        OK(sw_memcpy_d2h_async(host, y[k], 0, (uint64_t)n * 4, streams[k]));
+        OK(sw_stream_synchronize(streams[k]));
+        long bad_bits = 0, bad_ref = 0;
+        for (long i = 0; i < n; ++i) {
+            double ref = 0, mag = 0;
+            float f = 0;
+            for (int j = 0; j < world; ++j) {
+                const float v = value(t, top[j], i);
+                ref += v;
+                mag += fabs(v);
+                f = j ? f + v : v; /* the group's rank order, in float */
+            }
+            bad_bits += memcmp(&host[i], &f, 4) != 0;
+            bad_ref += !(fabs(host[i] - ref) <= (world - 1) * ldexp(1.0, -24) * mag);
+        }
+        CHECK(bad_bits == 0 && bad_ref == 0,
+              "group rank %d (test %d): all-reduce: %ld of %ld sums differ from the float sum in the group's rank order, "
+              "%ld beyond the bound of the float64 sum", sub_rank[k], t, bad_bits, n, bad_ref);
+        OK(sw_memcpy_d2h_async(host, g[k], 0, (uint64_t)n * 4 * (uint64_t)world, streams[k]));
+        OK(sw_stream_synchronize(streams[k]));
+        long bad = 0;
+        for (int j = 0; j < world; ++j)
+            for (long i = 0; i < n; ++i) {
+                const float v = value(t, top[j], i);
+                bad += memcmp(&host[j * n + i], &v, 4) != 0;
+            }
+        CHECK(bad == 0, "group rank %d (test %d): all-gather: %ld of %ld elements are not the group's ranks' data in its rank order",
+              sub_rank[k], t, bad, n * world);
+        sw_buffer_destroy(x[k]);
+        sw_buffer_destroy(y[k]);
+        sw_buffer_destroy(g[k]);
+    }
+    free(host);
+}
+
+/* ---------------------------------------------------------------- in-process */
+
+typedef struct Job {
+    int p;
+    sw_device dev[MAXR];
+    sw_stream s[MAXR];
+    sw_comm comm;
+} Job;
+
+static int job_open(Job* j, int p, sw_backend backend, int64_t timeout_ms) {
+    memset(j, 0, sizeof *j);
+    j->p = p;
+    for (int r = 0; r < p; ++r) {
+        if (sw_device_create(backend, backend == SW_BACKEND_CPU ? 0 : r, backend == SW_BACKEND_CPU ? 1 : 0, &j->dev[r]) != SW_OK)
+            return 0;
+        OK(sw_stream_create(j->dev[r], &j->s[r]));
+    }
+    OK(sw_comm_create_local(p, j->dev, timeout_ms, &j->comm));
+    return 1;
+}
+
+static void job_close(Job* j) {
+    for (int r = 0; r < j->p; ++r) {
+        if (j->s[r]) sw_stream_synchronize(j->s[r]);
+        sw_stream_destroy(j->s[r]);
+    }
+    sw_comm_destroy(j->comm);
+    for (int r = 0; r < j->p; ++r) sw_device_destroy(j->dev[r]);
+}
+
+/* Splits `parent` (whose rank r is root rank top[r], on j's devices dev_of[r]) by colors/keys and checks the result:
+ * the handles (one per color, NULL for opt-outs), the parent ranks, and every group's collectives. out[] receives the
+ * handles. */
+static void split_and_check(Job* j, sw_comm parent, int p, const int* top, const int* dev_of, const int32_t* colors,
+                            const int32_t* keys, sw_comm* out, int t) {
+    OK(sw_comm_split_local(parent, colors, keys, out));
+    for (int r = 0; r < p; ++r) {
+        if (colors[r] == SW_SPLIT_NO_COLOR) {
+            CHECK(out[r] == NULL, "rank %d opted out but got a communicator", r);
+            continue;
+        }
+        CHECK(out[r] != NULL, "rank %d (color %d) got no communicator", r, (int)colors[r]);
+        for (int q = 0; q < p; ++q)
+            if (colors[q] != SW_SPLIT_NO_COLOR)
+                CHECK((out[q] == out[r]) == (colors[q] == colors[r]), "ranks %d and %d (colors %d, %d): handles %s", r, q,
+                      (int)colors[r], (int)colors[q], out[q] == out[r] ? "shared" : "differ");
+    }
+    for (int r = 0; r < p; ++r) {
+        if (colors[r] == SW_SPLIT_NO_COLOR) continue;
+        int first = 1; /* one check per group: at its lowest parent rank */
+        for (int q = 0; q < r; ++q) first &= colors[q] != colors[r];
+        if (!first) continue;
+        int members[MAXR], sub[MAXR], tops[MAXR];
+        sw_stream ss[MAXR];
+        sw_device dd[MAXR];
+        const int n = group_of(p, colors, keys, colors[r], members);
+        for (int k = 0; k < n; ++k) {
+            int32_t up = -1;
+            OK(sw_comm_get_parent_rank(out[r], k, &up));
+            CHECK(up == members[k], "color %d: rank %d's parent rank is %d, expected %d", (int)colors[r], k, (int)up, members[k]);
+            sub[k] = k;
+            tops[k] = top[members[k]];
+            ss[k] = j->s[dev_of[members[k]]];
+            dd[k] = j->dev[dev_of[members[k]]];
+        }
+        group_collectives(out[r], n, sub, ss, dd, n, tops, t + colors[r]);
+    }
+}
+
+static int32_t state_of(sw_comm c, char* reason, uint64_t cap) {
+    int32_t aborted = 0;
+    OK(sw_comm_get_state(c, &aborted, reason, cap));
+    return aborted;
+}
+
+/* Waits up to `s` seconds for c to be aborted; returns the time it took (or a large number). */
+static double wait_aborted(sw_comm c, double s, char* reason, uint64_t cap) {
+    const double t0 = now_s();
+    while (now_s() - t0 < s) {
+        if (state_of(c, reason, cap)) return now_s() - t0;
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+    }
+    return 1e9;
+}
+
+static int identity[MAXR] = {0, 1, 2, 3, 4, 5, 6, 7};
+
+/* Splits with several colors, reordering keys (with a tie), an opt-out, then a nested split; the parent still works. */
+static void local_splits(sw_backend backend, const char* what) {
+    Job j;
+    if (!job_open(&j, 6, backend, 20000)) {
+        printf("in-process %s: skipped (no device)\n", what);
+        return;
+    }
+    const int32_t colors[6] = {1, 0, 1, SW_SPLIT_NO_COLOR, 0, 1};
+    const int32_t keys[6] = {5, 2, 1, 0, 2, 3}; /* color 1: ranks 2, 5, 0; color 0: 1, 4 (a tie: parent order) */
+    sw_comm out[6];
+    split_and_check(&j, j.comm, 6, identity, identity, colors, keys, out, 10);
+    /* nested: color 1's group (parent ranks 2, 5, 0) split again: its ranks 0 and 2 in reverse order */
+    {
+        const int32_t c2[3] = {7, SW_SPLIT_NO_COLOR, 7}, k2[3] = {1, 0, 0};
+        const int top2[3] = {2, 5, 0}, dev2[3] = {2, 5, 0};
+        sw_comm out2[3];
+        split_and_check(&j, out[0], 3, top2, dev2, c2, k2, out2, 20);
+        int32_t up = -1;
+        OK(sw_comm_get_parent_rank(out2[0], 0, &up)); /* nested rank 0 = color-1 rank 2 = root rank 0 */
+        CHECK(up == 2, "nested rank 0's parent rank is %d, expected 2", (int)up);
+        OK(sw_comm_destroy(out2[0]));
+    }
+    /* keys NULL: parent order; every rank one color */
+    {
+        const int32_t c3[6] = {0, 0, 0, 0, 0, 0};
+        sw_comm out3[6];
+        split_and_check(&j, j.comm, 6, identity, identity, c3, NULL, out3, 30);
+        OK(sw_comm_destroy(out3[0]));
+    }
+    /* the parent itself still works (its sequence is its own) */
+    {
+        int sub[6] = {0, 1, 2, 3, 4, 5};
+        group_collectives(j.comm, 6, sub, j.s, j.dev, 6, identity, 40);
+    }
+    OK(sw_comm_destroy(out[0]));
+    OK(sw_comm_destroy(out[1]));
+    job_close(&j);
+    printf("in-process %s splits: %s\n", what, g_failures ? "FAILED" : "ok");
+}
+
+/* Family fate in-process: an abort of one group aborts the parent and the other group; a timeout in one group aborts
+ * the other promptly, naming the missing rank by its group rank and its parent rank. */
+static void local_family(sw_backend backend, const char* what) {
+    const int before = g_failures;
+    char reason[1024];
+    /* (1) sw_comm_abort_with_reason on a child */
+    {
+        Job j;
+        if (!job_open(&j, 4, backend, 20000)) return;
+        const int32_t colors[4] = {0, 1, 0, 1};
+        sw_comm out[4], nested[2];
+        OK(sw_comm_split_local(j.comm, colors, NULL, out));
+        const int32_t c2[2] = {0, 0};
+        OK(sw_comm_split_local(out[1], c2, NULL, nested)); /* a grandchild: (1, 3) */
+        OK(sw_comm_abort_with_reason(out[0], "planted abort of group 0"));
+        sw_comm all[3] = {j.comm, out[1], nested[0]};
+        for (int k = 0; k < 3; ++k) {
+            const double dt = wait_aborted(all[k], 2.0, reason, sizeof reason);
+            CHECK(dt < 1.0 && strstr(reason, "planted abort of group 0"), "%s: member %d not aborted by its sibling's abort "
+                  "(after %.3f s, reason '%s')", what, k, dt, reason);
+        }
+        /* a collective on an aborted member fails at once */
+        sw_buffer b = NULL;
+        OK(sw_buffer_alloc(j.dev[1], 64, &b));
+        sw_status st = sw_all_reduce(out[1], 0, b, 0, b, 0, 4, SW_DTYPE_F32, SW_REDUCE_SUM, j.s[1]);
+        if (st == SW_OK) st = sw_stream_synchronize(j.s[1]);
+        CHECK(st == SW_ERR_ABORTED, "%s: a collective of an aborted family member: status %d", what, (int)st);
+        sw_buffer_destroy(b);
+        /* splitting an aborted communicator fails */
+        sw_comm o2[4];
+        CHECK(sw_comm_split_local(j.comm, colors, NULL, o2) == SW_ERR_ABORTED, "%s: split of an aborted communicator", what);
+        OK(sw_comm_destroy(nested[0]));
+        OK(sw_comm_destroy(out[0]));
+        OK(sw_comm_destroy(out[1]));
+        job_close(&j);
+    }
+    /* (2) a late rank in group A: A times out naming it (group rank and parent rank); group B, waiting in its own
+     * all-reduce for a rank that is merely slow, is aborted at A's timeout, not at its own. */
+    {
+        Job j;
+        if (!job_open(&j, 6, backend, 600)) return;
+        const int32_t colors[6] = {0, 0, 1, 0, 1, 1};
+        const int32_t keys[6] = {2, 0, 0, 1, 1, 2}; /* A = parent ranks 1, 3, 0; B = 2, 4, 5 */
+        sw_comm out[6];
+        OK(sw_comm_split_local(j.comm, colors, keys, out));
+        sw_buffer b[6];
+        for (int r = 0; r < 6; ++r) {
+            OK(sw_buffer_alloc(j.dev[r], 4 * 64, &b[r]));
+            OK(sw_memset_async(b[r], 0, 0x3F, 4 * 64, j.s[r]));
+        }
+        /* A: ranks 0 and 1 (parent 1 and 3) join, rank 2 (parent 0) never does */
+        const double t0 = now_s();
+        OK(sw_all_reduce(out[1], 0, b[1], 0, b[1], 0, 64, SW_DTYPE_F32, SW_REDUCE_SUM, j.s[1]));
+        OK(sw_all_reduce(out[3], 1, b[3], 0, b[3], 0, 64, SW_DTYPE_F32, SW_REDUCE_SUM, j.s[3]));
+        /* B: 0.3 s later ranks 0 and 1 (parent 2 and 4) join; rank 2 (parent 5) is slow: B's own timeout would come at
+         * 0.9 s, A's comes at 0.6 s */
+        struct timespec ts = {0, 300000000L};
+        nanosleep(&ts, NULL);
+        OK(sw_all_reduce(out[2], 0, b[2], 0, b[2], 0, 64, SW_DTYPE_F32, SW_REDUCE_SUM, j.s[2]));
+        OK(sw_all_reduce(out[4], 1, b[4], 0, b[4], 0, 64, SW_DTYPE_F32, SW_REDUCE_SUM, j.s[4]));
+        const sw_status sa = sw_stream_synchronize(j.s[1]);
+        snprintf(reason, sizeof reason, "%s", sw_last_error());
+        const double ta = now_s() - t0;
+        CHECK(sa == SW_ERR_TIMEOUT && strstr(reason, "rank(s) 2 (parent rank 0) of 3 never joined"),
+              "%s: group A's timeout: status %d, '%s'", what, (int)sa, reason);
+        const sw_status sb = sw_stream_synchronize(j.s[2]);
+        snprintf(reason, sizeof reason, "%s", sw_last_error());
+        const double tb = now_s() - t0;
+        CHECK(sb == SW_ERR_ABORTED && strstr(reason, "rank(s) 2 (parent rank 0)") && tb < 0.85,
+              "%s: group B was not aborted promptly by group A's timeout: status %d after %.3f s (A failed after %.3f s; "
+              "B's own timeout at 0.9 s), '%s'", what, (int)sb, tb, ta, reason);
+        CHECK(state_of(j.comm, reason, sizeof reason) && strstr(reason, "(parent rank 0)"),
+              "%s: the parent was not aborted by its child's timeout: '%s'", what, reason);
+        for (int r = 0; r < 6; ++r) {
+            sw_stream_synchronize(j.s[r]);
+            sw_buffer_destroy(b[r]);
+        }
+        OK(sw_comm_destroy(out[0]));
+        OK(sw_comm_destroy(out[2]));
+        job_close(&j);
+    }
+    /* (3) destroy is no failure, in either order: children destroyed first, the parent destroyed first */
+    for (int parent_first = 0; parent_first < 2; ++parent_first) {
+        Job j;
+        if (!job_open(&j, 4, backend, 20000)) return;
+        const int32_t colors[4] = {0, 1, 1, 0};
+        sw_comm out[4];
+        OK(sw_comm_split_local(j.comm, colors, NULL, out));
+        if (parent_first) {
+            OK(sw_comm_destroy(j.comm));
+            j.comm = NULL;
+        } else {
+            OK(sw_comm_destroy(out[1]));
+        }
+        CHECK(!state_of(out[0], reason, sizeof reason), "%s: destroying %s aborted a child: '%s'", what,
+              parent_first ? "the parent" : "a sibling", reason);
+        const int top0[2] = {0, 3}, sub[2] = {0, 1};
+        sw_stream s0[2] = {j.s[0], j.s[3]};
+        sw_device d0[2] = {j.dev[0], j.dev[3]};
+        group_collectives(out[0], 2, sub, s0, d0, 2, top0, 50 + parent_first);
+        if (!parent_first) {
+            CHECK(!state_of(j.comm, reason, sizeof reason), "%s: destroying a child aborted the parent: '%s'", what, reason);
+            group_collectives(j.comm, 4, identity, j.s, j.dev, 4, identity, 52);
+        } else {
+            const int top1[2] = {1, 2};
+            sw_stream s1[2] = {j.s[1], j.s[2]};
+            sw_device d1[2] = {j.dev[1], j.dev[2]};
+            group_collectives(out[1], 2, sub, s1, d1, 2, top1, 53);
+            OK(sw_comm_destroy(out[1]));
+        }
+        OK(sw_comm_destroy(out[0]));
+        job_close(&j);
+    }
+    printf("in-process %s family fate: %s\n", what, g_failures != before ? "FAILED" : "ok");
+}
+
+static void local_bad_arguments(void) {
+    Job j;
+    job_open(&j, 3, SW_BACKEND_CPU, 20000);
+    sw_comm out[3] = {NULL, NULL, NULL};
+    const int32_t bad[3] = {0, -2, 1}, good[3] = {0, 0, 1};
+    CHECK(sw_comm_split_local(j.comm, bad, NULL, out) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "colors[1] = -2"),
+          "a color < -1 accepted");
+    CHECK(out[0] == NULL && out[2] == NULL, "a failed split left handles behind");
+    CHECK(sw_comm_split_local(j.comm, NULL, NULL, out) == SW_ERR_NULL_HANDLE, "NULL colors accepted");
+    CHECK(strstr(sw_last_error(), "colors") != NULL, "NULL colors: '%s' does not name it", sw_last_error());
+    CHECK(sw_comm_split_local(j.comm, good, NULL, NULL) == SW_ERR_NULL_HANDLE && strstr(sw_last_error(), "out"), "NULL out accepted");
+    CHECK(sw_comm_split_local(NULL, good, NULL, out) == SW_ERR_NULL_HANDLE, "NULL comm accepted");
+    sw_comm one = NULL;
+    CHECK(sw_comm_split(j.comm, 0, 0, 0, &one) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "sw_comm_split_local"),
+          "sw_comm_split on an in-process communicator: '%s'", sw_last_error());
+    int32_t up = 0;
+    CHECK(sw_comm_get_parent_rank(j.comm, 3, &up) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "rank = 3"),
+          "parent rank of rank 3 of 3 accepted");
+    CHECK(sw_comm_get_parent_rank(j.comm, 0, NULL) == SW_ERR_NULL_HANDLE && strstr(sw_last_error(), "parent_rank"), "NULL parent_rank accepted");
+    OK(sw_comm_get_parent_rank(j.comm, 2, &up));
+    CHECK(up == 2, "a communicator that was not split: parent rank %d of rank 2", (int)up);
+    job_close(&j);
+    printf("in-process bad arguments: %s\n", g_failures ? "FAILED" : "ok");
+}
+
+int main(int argc, char** argv) {
+    g_seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    if (argc > 1 && strcmp(argv[1], "--mpi") == 0) {
+        printf("skipped: the MPI half is not written yet\n");
+        return 77;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    printf("seed %u\n", g_seed);
+    local_splits(SW_BACKEND_CPU, "cpu");
+    local_family(SW_BACKEND_CPU, "cpu");
+    local_bad_arguments();
+#ifdef SHARDWISE_EMULATED_CUDA_PLUGIN
+    setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
+    setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "8", 1);
+    local_splits(SW_BACKEND_CUDA, "cuda (emulated)");
+    local_family(SW_BACKEND_CUDA, "cuda (emulated)");
+#endif
+    printf("%s\n", g_failures ? "FAILED" : "all split checks passed");
+    return g_failures ? 1 : 0;
+}
