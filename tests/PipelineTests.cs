@@ -39,10 +39,12 @@ public class PipelineTests(Backend backend) : BackendTest(backend)
         var grads = new float[Layers][][];
         var reports = new PipelineStepReport[stages];
         using var group = ProcessGroup.CreateLocal(Dev, stages, TimeSpan.FromSeconds(20));
+        // Tensor parallelism 1: each stage's layers run over a group of its own rank alone (on the rank's stream).
+        using var alone = group.Split(r => r);
         Spmd.Run(group, ctx =>
         {
             var (first, count) = FeedForwardStage.LayerRange(Layers, stages, ctx.Rank);
-            using var stage = new FeedForwardStage(ctx, stack.Sources, first, count);
+            using var stage = new FeedForwardStage(alone[ctx.Rank]!, stack.Sources, first, count);
             using var input = Upload(x, ctx.Device, ctx.Stream);
             using var target = Upload(t, ctx.Device, ctx.Stream);
             // Poison the gradients: the step's first backward must overwrite them all.
