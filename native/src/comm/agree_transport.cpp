@@ -205,10 +205,7 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
 } // namespace
 
 // Point-to-point transfers (p2p_transport.cpp) run over the same transport.
-Transport* sw::agreement_transport(Agreement& a) {
-    auto* t = dynamic_cast<TransportAgreement*>(&a);
-    return t ? &t->transport() : nullptr;
-}
+Transport* sw::agreement_transport(Agreement& a) { return a.transport(); }
 
 std::unique_ptr<Agreement> sw::make_transport_agreement(std::unique_ptr<Transport> transport) {
     return std::make_unique<TransportAgreement>(std::move(transport));
