@@ -525,13 +525,18 @@ SW_API sw_status sw_comm_get_parent_rank(sw_comm comm, int32_t rank, int32_t* pa
  * rules: the communicator (and its family) is aborted, and a failed receive leaves its region untouched or poisoned.
  * Transfers do not count in sw_comm_get_collective_count. On multi-process communicators a rank's collectives and its
  * transfers with a peer must be called in an order the peer matches (as with NCCL); a violation fails with an error,
- * never a hang past the timeout. */
+ * never a hang past the timeout. There a process's transfers and collectives run in call order (a transfer after the
+ * collectives called before it, a collective after the transfers), whatever streams they are queued on, and a call
+ * pairs with ONE call of each of its peers: what it does with peer q (send,
+ * receive or both) must be mirrored by q's matching call (a sw_sendrecv that sends to and receives from q pairs with
+ * a sw_sendrecv of q, not with a sw_send followed by a sw_recv). */
 SW_API sw_status sw_send(sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset, uint64_t count,
                          sw_dtype dtype, sw_stream stream);
 SW_API sw_status sw_recv(sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset, uint64_t count,
                          sw_dtype dtype, sw_stream stream);
 /* One send (send_count elements to send_peer) and one receive (recv_count elements from recv_peer) of one dtype,
- * progressing together; either peer may be -1 (no send, or no receive). */
+ * progressing together; either peer may be -1 (no send, or no receive: that half's buffer is not looked at; both -1:
+ * nothing is queued). */
 SW_API sw_status sw_sendrecv(sw_comm comm, int32_t rank, int32_t send_peer, sw_buffer send, uint64_t send_offset,
                              uint64_t send_count, int32_t recv_peer, sw_buffer recv, uint64_t recv_offset,
                              uint64_t recv_count, sw_dtype dtype, sw_stream stream);

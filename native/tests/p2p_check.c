@@ -2,6 +2,9 @@
  *
  *   p2p_check            the in-process communicator on CPU devices (p = 1..5)
  *   p2p_check --tcp      TCP jobs of 2 and 3 forked processes
+ *   p2p_check --cuda-emulated   CUDA devices of the emulated plugin (no GPU): in-process CUDA and NCCL communicators
+ *                        (p = 1..4), NCCL per process over TCP (p = 2, 3; ranks as threads) and with a unique id (the
+ *                        host side over NCCL itself, p = 2), with the fake NCCL
  *   p2p_check --mpi      one rank of an mpirun job (mpirun -n 3 p2p_check --mpi)
  *
  * The same scenarios run on every kind (a Ctx says which ranks this process drives): every dtype, zero-length and
@@ -9,7 +12,8 @@
  * transfers interleaved consistently (results checked) and inconsistently (every side fails, never past the timeout);
  * mismatched count and dtype (both sides fail with SW_ERR_MISMATCH naming both ranks and both calls); a send without
  * a receive and a receive without a send (SW_ERR_TIMEOUT naming both ranks). In-process only: transfers on several
- * streams and host threads at once, the argument checks. Multi-process only: a peer killed (SIGKILL) while the other
+ * streams and host threads at once, the argument checks, transfers inside sub-communicators (sw_comm_split_local) and
+ * a transfer's timeout there aborting the family. Multi-process only: a peer killed (SIGKILL) while the other
  * side waits in a receive fails that side promptly, naming it.
  * Data is only moved: every received byte must equal the sent byte (fresh random bytes per run); receive regions are
  * poisoned first and the element after every region must keep its poison. Exit code 0 when every check passed; 77
@@ -38,7 +42,7 @@ static int g_failures = 0;
             fprintf(stderr, "[rank %d] FAILED %s:%d: ", g_rank, __FILE__, __LINE__);       \
             fprintf(stderr, __VA_ARGS__);                                                  \
             fprintf(stderr, " (last error: %s)\n", sw_last_error());                       \
-            ++g_failures;                                                                  \
+            __sync_fetch_and_add(&g_failures, 1);                                          \
         }                                                                                  \
     } while (0)
 
@@ -68,34 +72,68 @@ static double now_s(void) {
 
 typedef struct Ctx Ctx;
 struct Ctx {
-    const char* kind; /* "local", "tcp", "mpi" */
+    const char* kind; /* "local" (CPU or CUDA devices), "nccl_local", "tcp", "mpi", "nccl" (store) */
+    int inproc;       /* every rank in this process (one communicator handle) */
     int p;
     int lo, hi;          /* the ranks this process drives: [lo, hi) */
-    sw_device dev;       /* every rank's device (one per process) */
+    sw_device dev;       /* the process's device (CPU kinds: every rank's) */
+    sw_device devs[MAXP]; /* per rank */
     sw_stream s[MAXP];   /* per rank */
     sw_stream s2[MAXP];  /* a second stream per rank (in-process) */
     sw_store store;      /* TCP */
     int comms_made;      /* TCP: distinct prefixes */
+    sw_comm sync;        /* MPI: for sync_all */
 };
+
+/* Multi-process: every rank of the job gets here before any goes on (a store barrier over TCP, a barrier on a
+ * communicator of its own over MPI), so that a communicator with a short timeout is created by all ranks in time. */
+static void sync_all(Ctx* c) {
+    if (c->store) {
+        char key[64];
+        const int n = c->comms_made;
+        snprintf(key, sizeof key, "sync/%d/%d", n, c->lo);
+        OK(sw_store_set(c->store, key, "1", 1));
+        for (int q = 0; q < c->p; ++q) {
+            char v[4];
+            uint64_t got = 0;
+            snprintf(key, sizeof key, "sync/%d/%d", n, q);
+            OK(sw_store_get(c->store, key, v, sizeof v, &got));
+        }
+    } else if (strcmp(c->kind, "mpi") == 0 && c->sync) {
+        OK(sw_barrier(c->sync, c->lo, c->s[c->lo]));
+        OK(sw_stream_synchronize(c->s[c->lo]));
+    }
+}
 
 /* A new communicator of ctx's kind with timeout_ms. */
 static sw_comm make_comm(Ctx* c, int64_t timeout_ms) {
     sw_comm comm = NULL;
+    sync_all(c);
     if (strcmp(c->kind, "local") == 0) {
-        sw_device devs[MAXP];
-        for (int r = 0; r < c->p; ++r) devs[r] = c->dev;
-        OK(sw_comm_create_local(c->p, devs, timeout_ms, &comm));
-    } else if (strcmp(c->kind, "tcp") == 0) {
+        OK(sw_comm_create_local(c->p, c->devs, timeout_ms, &comm));
+    } else if (strcmp(c->kind, "nccl_local") == 0) {
+        OK(sw_comm_create_nccl_local(c->p, c->devs, timeout_ms, &comm));
+    } else if (strcmp(c->kind, "nccl_id") == 0) { /* the unique id: rank 0's, passed around through the store */
+        char key[64];
+        uint8_t id[128];
+        uint64_t got = 0;
+        snprintf(key, sizeof key, "id/%d", c->comms_made++);
+        if (c->lo == 0) {
+            OK(sw_nccl_get_unique_id(id));
+            OK(sw_store_set(c->store, key, id, sizeof id));
+        }
+        OK(sw_store_get(c->store, key, id, sizeof id, &got));
+        OK(sw_comm_create_nccl_id(c->devs[c->lo], id, c->lo, c->p, timeout_ms, &comm));
+    } else if (strcmp(c->kind, "tcp") == 0 || strcmp(c->kind, "nccl") == 0) {
         char prefix[64];
         snprintf(prefix, sizeof prefix, "p2p/%d", c->comms_made++);
-        OK(sw_comm_create_tcp(c->dev, c->store, prefix, c->lo, c->p, timeout_ms, &comm));
+        if (strcmp(c->kind, "tcp") == 0) OK(sw_comm_create_tcp(c->dev, c->store, prefix, c->lo, c->p, timeout_ms, &comm));
+        else OK(sw_comm_create_nccl(c->devs[c->lo], c->store, prefix, c->lo, c->p, timeout_ms, &comm));
     } else {
         OK(sw_comm_create_mpi(c->dev, timeout_ms, &comm));
     }
     return comm;
 }
-
-static void bystander_wait(Ctx* c);
 
 static int mine(const Ctx* c, int r) { return r >= c->lo && r < c->hi; }
 
@@ -103,10 +141,10 @@ static size_t esz_of(sw_dtype t) { return sw_dtype_size(t); }
 
 /* A buffer of `bytes` on the rank's device holding the bytes of transfer (tag, from, n) (count elements), the rest
  * poisoned; or, for a receive, all poisoned. Written in stream order on s. */
-static sw_buffer make_buf(Ctx* c, sw_stream s, uint64_t bytes, int fill, int tag, int from, int n, uint64_t fill_bytes,
+static sw_buffer make_buf(sw_device dev, sw_stream s, uint64_t bytes, int fill, int tag, int from, int n, uint64_t fill_bytes,
                           uint8_t** host) {
     sw_buffer b = NULL;
-    OK(sw_buffer_alloc(c->dev, bytes ? bytes : 1, &b));
+    OK(sw_buffer_alloc(dev, bytes ? bytes : 1, &b));
     uint8_t* h = (uint8_t*)malloc(bytes ? bytes : 1);
     memset(h, POISON, bytes ? bytes : 1);
     if (fill)
@@ -162,8 +200,8 @@ static void plain_pairs(Ctx* c, sw_comm comm) {
             const int to = (r + 1) % p, from = (r + p - 1) % p;
             for (int k = 0; k < K; ++k) {
                 const uint64_t ns = count_of(di, r, k), nr = count_of(di, from, k);
-                sb[r][k] = make_buf(c, c->s[r], (ns + 1) * esz, 1, di, r, k, ns * esz, &hs[r][k]);
-                rb[r][k] = make_buf(c, c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
+                sb[r][k] = make_buf(c->devs[r], c->s[r], (ns + 1) * esz, 1, di, r, k, ns * esz, &hs[r][k]);
+                rb[r][k] = make_buf(c->devs[r], c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
             }
             for (int half = 0; half < 2; ++half) {
                 const int sending = (r % 2 == 0) == (half == 0);
@@ -205,8 +243,8 @@ static void ring(Ctx* c, sw_comm comm) {
             const sw_dtype t = kDtypes[(k + 1) % 6];
             const size_t esz = esz_of(t);
             const uint64_t ns = count_of(10 + k, r, 1), nr = count_of(10 + k, from, 1);
-            sb[r][k] = make_buf(c, c->s[r], (ns + 1) * esz, 1, 10 + k, r, k, ns * esz, &hs[r][k]);
-            rb[r][k] = make_buf(c, c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
+            sb[r][k] = make_buf(c->devs[r], c->s[r], (ns + 1) * esz, 1, 10 + k, r, k, ns * esz, &hs[r][k]);
+            rb[r][k] = make_buf(c->devs[r], c->s[r], (nr + 1) * esz, 0, 0, 0, 0, 0, &hr[r][k]);
             OK(sw_sendrecv(comm, r, to, sb[r][k], 0, ns, from, rb[r][k], 0, nr, t, c->s[r]));
         }
     }
@@ -228,25 +266,25 @@ static void ring(Ctx* c, sw_comm comm) {
     }
 }
 
-/* Collectives and transfers interleaved in the same order on every rank: an all-reduce (i32, exact), a sendrecv ring,
+/* Collectives and transfers interleaved in the same order on every rank: an all-reduce (f32 of small integers: exact), a sendrecv ring,
  * a broadcast, a pair transfer 0 -> p-1; every result checked; the transfers leave the collective count alone. */
 static void interleaved(Ctx* c, sw_comm comm) {
     const int p = c->p;
     enum { N = 257 };
     sw_buffer ar[MAXP], sb[MAXP], rb[MAXP], bc[MAXP], pb[MAXP];
     uint8_t *hs[MAXP], *hr[MAXP], *hb[MAXP], *hp[MAXP];
-    int32_t in[MAXP][N];
+    float in[MAXP][N]; /* small integers: their f32 sums are exact in any order */
     for (int r = c->lo; r < c->hi; ++r) {
-        for (int i = 0; i < N; ++i) in[r][i] = (int32_t)byte_of(20, r, 0, i) - 100 + r;
-        OK(sw_buffer_alloc(c->dev, N * 4, &ar[r]));
+        for (int i = 0; i < N; ++i) in[r][i] = (float)((int)byte_of(20, r, 0, i) - 100 + r);
+        OK(sw_buffer_alloc(c->devs[r], N * 4, &ar[r]));
         OK(sw_memcpy_h2d_async(ar[r], 0, in[r], N * 4, c->s[r]));
-        sb[r] = make_buf(c, c->s[r], (N + 1) * 2, 1, 21, r, 0, N * 2, &hs[r]);
-        rb[r] = make_buf(c, c->s[r], (N + 1) * 2, 0, 0, 0, 0, 0, &hr[r]);
-        bc[r] = make_buf(c, c->s[r], N, r == 0, 22, 0, 0, N, &hb[r]);
-        pb[r] = make_buf(c, c->s[r], 8 * 9, r == 0, 23, 0, 0, 8 * 8, &hp[r]);
+        sb[r] = make_buf(c->devs[r], c->s[r], (N + 1) * 2, 1, 21, r, 0, N * 2, &hs[r]);
+        rb[r] = make_buf(c->devs[r], c->s[r], (N + 1) * 2, 0, 0, 0, 0, 0, &hr[r]);
+        bc[r] = make_buf(c->devs[r], c->s[r], N, r == 0, 22, 0, 0, N, &hb[r]);
+        pb[r] = make_buf(c->devs[r], c->s[r], 8 * 9, r == 0, 23, 0, 0, 8 * 8, &hp[r]);
     }
     for (int r = c->lo; r < c->hi; ++r) {
-        OK(sw_all_reduce(comm, r, ar[r], 0, ar[r], 0, N, SW_DTYPE_I32, SW_REDUCE_SUM, c->s[r]));
+        OK(sw_all_reduce(comm, r, ar[r], 0, ar[r], 0, N, SW_DTYPE_F32, SW_REDUCE_SUM, c->s[r]));
         OK(sw_sendrecv(comm, r, (r + 1) % p, sb[r], 0, N, (r + p - 1) % p, rb[r], 0, N, SW_DTYPE_BF16, c->s[r]));
         OK(sw_broadcast(comm, r, bc[r], 0, N, SW_DTYPE_U8, 0, c->s[r]));
         if (p > 1 && r == 0) OK(sw_send(comm, r, p - 1, pb[r], 0, 8, SW_DTYPE_F64, c->s[r]));
@@ -256,13 +294,13 @@ static void interleaved(Ctx* c, sw_comm comm) {
     for (int r = c->lo; r < c->hi; ++r) {
         const sw_status st = sw_stream_synchronize(c->s[r]);
         CHECK(st == SW_OK, "%s interleaved p=%d rank %d: %s", c->kind, p, r, sw_status_string(st));
-        int32_t out[N];
+        float out[N];
         OK(sw_memcpy_d2h_async(out, ar[r], 0, N * 4, c->s[r]));
         OK(sw_stream_synchronize(c->s[r]));
         int bad = -1;
         for (int i = 0; i < N && bad < 0; ++i) {
-            int32_t want = 0;
-            for (int q = 0; q < p; ++q) want += (int32_t)byte_of(20, q, 0, i) - 100 + q;
+            float want = 0;
+            for (int q = 0; q < p; ++q) want += (float)((int)byte_of(20, q, 0, i) - 100 + q);
             if (out[i] != want) bad = i;
         }
         CHECK(bad < 0, "%s interleaved p=%d rank %d: all-reduce element %d wrong", c->kind, p, r, bad);
@@ -300,7 +338,7 @@ static void mismatch(Ctx* c, int what) {
     uint8_t* h[2] = {NULL, NULL};
     for (int r = 0; r < 2; ++r) {
         if (!mine(c, r)) continue;
-        b[r] = make_buf(c, c->s[r], 64, r == 0, 30, 0, 0, 64, &h[r]);
+        b[r] = make_buf(c->devs[r], c->s[r], 64, r == 0, 30, 0, 0, 64, &h[r]);
         OK(sw_stream_synchronize(c->s[r]));
         if (r == 0) OK(sw_send(comm, 0, 1, b[r], 0, 5, SW_DTYPE_F32, c->s[r]));
         else OK(sw_recv(comm, 1, 0, b[r], 0, what == 0 ? 6 : 5, what == 0 ? SW_DTYPE_F32 : SW_DTYPE_I32, c->s[r]));
@@ -324,7 +362,6 @@ static void mismatch(Ctx* c, int what) {
         sw_buffer_destroy(b[r]);
         free(h[r]);
     }
-    bystander_wait(c);
     sw_comm_destroy(comm);
 }
 
@@ -336,7 +373,7 @@ static void missing_peer(Ctx* c, int sending) {
     sw_comm comm = make_comm(c, 500);
     if (mine(c, 0)) {
         uint8_t* h = NULL;
-        sw_buffer b = make_buf(c, c->s[0], 40, sending, 31, 0, 0, 40, &h);
+        sw_buffer b = make_buf(c->devs[0], c->s[0], 40, sending, 31, 0, 0, 40, &h);
         OK(sw_stream_synchronize(c->s[0]));
         const double t0 = now_s();
         if (sending) OK(sw_send(comm, 0, 1, b, 0, 10, SW_DTYPE_F32, c->s[0]));
@@ -353,18 +390,16 @@ static void missing_peer(Ctx* c, int sending) {
         sw_buffer_destroy(b);
         free(h);
     }
-    if (mine(c, 1) && strcmp(c->kind, "local") != 0) { /* rank 1 hears of the abort (the notice) within a few seconds */
-        int32_t aborted = 0;
-        const double t0 = now_s();
-        while (!aborted && now_s() - t0 < 5) {
-            /* a barrier polls the connection: it fails with rank 0's reason */
-            const sw_status st = sw_barrier(comm, 1, c->s[1]);
-            if (st == SW_OK) sw_stream_synchronize(c->s[1]);
-            OK(sw_comm_get_state(comm, &aborted, NULL, 0));
-        }
-        CHECK(aborted, "%s missing peer: rank 1 never learnt that rank 0 aborted", c->kind);
+    if (mine(c, 1) && !c->inproc && strcmp(c->kind, "nccl_id") != 0) { /* (an NCCL-only host side tells nobody) */
+        /* rank 1 calls nothing while rank 0 waits; then its next call fails with rank 0's reason (the notice) */
+        struct timespec ts = {1, 200 * 1000000L};
+        nanosleep(&ts, NULL);
+        const sw_status st = sw_barrier(comm, 1, c->s[1]);
+        const sw_status st2 = st == SW_OK ? sw_stream_synchronize(c->s[1]) : st;
+        CHECK(st2 == SW_ERR_TIMEOUT && strstr(sw_last_error(), "rank 0") && strstr(sw_last_error(), "matching"),
+              "%s missing peer: rank 1's next call: %s '%s' (expected rank 0's timeout)", c->kind, sw_status_string(st2),
+              sw_last_error());
     }
-    bystander_wait(c);
     sw_comm_destroy(comm);
 }
 
@@ -375,16 +410,22 @@ static void interleaved_wrong(Ctx* c) {
     sw_comm comm = make_comm(c, 1000);
     sw_buffer b[MAXP];
     uint8_t* h[MAXP];
+    sw_status first_error[MAXP];
     for (int r = c->lo; r < c->hi; ++r) {
-        b[r] = make_buf(c, c->s[r], 64, 1, 32, r, 0, 64, &h[r]);
+        b[r] = make_buf(c->devs[r], c->s[r], 64, 1, 32, r, 0, 64, &h[r]);
         OK(sw_stream_synchronize(c->s[r]));
-        if (r == 1) OK(sw_recv(comm, 1, 0, b[r], 8, 4, SW_DTYPE_F32, c->s[r]));
-        OK(sw_all_reduce(comm, r, b[r], 0, b[r], 0, 2, SW_DTYPE_F32, SW_REDUCE_SUM, c->s[r]));
-        if (r == 0) OK(sw_send(comm, 0, 1, b[r], 8, 4, SW_DTYPE_F32, c->s[r]));
+        /* a call may already fail when it is made (the communicator aborted by the first failure): then the error is
+         * the call's */
+        sw_status called = SW_OK;
+        if (r == 1) called = sw_recv(comm, 1, 0, b[r], 8, 4, SW_DTYPE_F32, c->s[r]);
+        if (called == SW_OK) called = sw_all_reduce(comm, r, b[r], 0, b[r], 0, 2, SW_DTYPE_F32, SW_REDUCE_SUM, c->s[r]);
+        if (r == 0 && called == SW_OK) called = sw_send(comm, 0, 1, b[r], 8, 4, SW_DTYPE_F32, c->s[r]);
+        first_error[r] = called;
     }
     for (int r = c->lo; r < c->hi; ++r) {
         const double t0 = now_s();
-        const sw_status st = sw_stream_synchronize(c->s[r]);
+        sw_status st = sw_stream_synchronize(c->s[r]);
+        if (first_error[r] != SW_OK) st = first_error[r];
         CHECK(st != SW_OK && now_s() - t0 < 6, "%s inconsistent order, rank %d: %s after %.1f s", c->kind, r,
               sw_status_string(st), now_s() - t0);
         sw_buffer_destroy(b[r]);
@@ -393,12 +434,48 @@ static void interleaved_wrong(Ctx* c) {
     sw_comm_destroy(comm);
 }
 
-/* Multi-process fault scenarios: ranks >= 2 take no part; they stay a while before destroying their communicator
- * (which tells the peers), so that the parties fail with their own reason. */
-static void bystander_wait(Ctx* c) {
-    if (strcmp(c->kind, "local") == 0 || c->lo < 2) return;
-    struct timespec ts = {1, 500 * 1000000L};
-    nanosleep(&ts, NULL);
+/* Multi-process: call order, not stream order, decides. Rank 0 queues a send to rank 1 on its first stream behind a
+ * long copy, then an all-reduce on its second stream; rank 1 a receive from rank 0, then the all-reduce. The
+ * all-reduce of rank 0 must wait for its earlier transfer (else it would reach rank 1, still in its receive, first). */
+static void call_order(Ctx* c, sw_comm comm) {
+    if (c->inproc || c->p < 2 || !c->s2[c->lo]) return;
+    const int r = c->lo;
+    enum { N = 64, BIG = 32 << 20 };
+    float in[N], out[N];
+    for (int i = 0; i < N; ++i) in[i] = (float)(i % 7 + r);
+    sw_buffer ar = NULL, big = NULL, pb = NULL;
+    OK(sw_buffer_alloc(c->devs[r], N * 4, &ar));
+    OK(sw_buffer_alloc(c->devs[r], BIG, &big));
+    uint8_t* hp = NULL;
+    pb = make_buf(c->devs[r], c->s[r], 400 + 4, r == 0, 60, 0, 0, 400, &hp);
+    uint8_t* hbig = (uint8_t*)calloc(BIG, 1);
+    OK(sw_memcpy_h2d_async(ar, 0, in, N * 4, c->s2[r]));
+    OK(sw_stream_synchronize(c->s[r]));
+    OK(sw_stream_synchronize(c->s2[r]));
+    if (r == 0) {
+        OK(sw_memcpy_h2d_async(big, 0, hbig, BIG, c->s[r])); /* holds the first stream up */
+        OK(sw_send(comm, 0, 1, pb, 0, 100, SW_DTYPE_F32, c->s[r]));
+    }
+    if (r == 1) OK(sw_recv(comm, 1, 0, pb, 0, 100, SW_DTYPE_F32, c->s2[r]));
+    OK(sw_all_reduce(comm, r, ar, 0, ar, 0, N, SW_DTYPE_F32, SW_REDUCE_SUM, c->s2[r]));
+    OK(sw_stream_synchronize(c->s[r]));
+    const sw_status st = sw_stream_synchronize(c->s2[r]);
+    CHECK(st == SW_OK, "%s call order, rank %d: %s", c->kind, r, sw_status_string(st));
+    OK(sw_memcpy_d2h_async(out, ar, 0, N * 4, c->s2[r]));
+    OK(sw_stream_synchronize(c->s2[r]));
+    int bad = -1;
+    for (int i = 0; i < N && bad < 0; ++i) {
+        float want = 0;
+        for (int q = 0; q < c->p; ++q) want += (float)(i % 7 + q);
+        if (out[i] != want) bad = i;
+    }
+    CHECK(bad < 0, "%s call order, rank %d: all-reduce element %d wrong", c->kind, r, bad);
+    if (r == 1) check_received(c, c->s[r], pb, 404, 400, 60, 0, 0, "call order: the transfer");
+    sw_buffer_destroy(ar);
+    sw_buffer_destroy(big);
+    sw_buffer_destroy(pb);
+    free(hp);
+    free(hbig);
 }
 
 static void run_scenarios(Ctx* c) {
@@ -406,6 +483,7 @@ static void run_scenarios(Ctx* c) {
     plain_pairs(c, comm);
     ring(c, comm);
     interleaved(c, comm);
+    call_order(c, comm);
     sw_comm_destroy(comm);
     mismatch(c, 0);
     mismatch(c, 1);
@@ -434,8 +512,8 @@ static void* thread_rank(void* arg) {
     uint8_t *hs[R], *hr[R];
     for (int k = 0; k < R; ++k) {
         const uint64_t ns = count_of(40 + k, r, 2), nr = count_of(40 + k, from, 2);
-        sb[k] = make_buf(c, c->s[r], ns * 4 + 4, 1, 40 + k, r, k, ns * 4, &hs[k]);
-        rb[k] = make_buf(c, c->s2[r], nr * 4 + 4, 0, 0, 0, 0, 0, &hr[k]);
+        sb[k] = make_buf(c->devs[r], c->s[r], ns * 4 + 4, 1, 40 + k, r, k, ns * 4, &hs[k]);
+        rb[k] = make_buf(c->devs[r], c->s2[r], nr * 4 + 4, 0, 0, 0, 0, 0, &hr[k]);
     }
     OK(sw_stream_synchronize(c->s[r]));
     OK(sw_stream_synchronize(c->s2[r]));
@@ -474,7 +552,7 @@ static void threads_and_streams(Ctx* c) {
 static void bad_arguments(Ctx* c) {
     sw_comm comm = make_comm(c, 20000);
     sw_buffer b = NULL;
-    OK(sw_buffer_alloc(c->dev, 64, &b));
+    OK(sw_buffer_alloc(c->devs[0], 64, &b));
     sw_status st;
 #define BAD(call, code, text)                                                                                   \
     do {                                                                                                        \
@@ -507,6 +585,78 @@ static void bad_arguments(Ctx* c) {
     sw_comm_destroy(comm);
 }
 
+/* Transfers inside sub-communicators (sw_comm_split_local): 4 ranks split by parity, keys reversing the order; a
+ * sendrecv ring inside each (data checked), then a send without a receive in the even group: it times out naming
+ * both ranks by their rank in the group and in the parent, and family fate aborts the parent and the odd group. */
+static void split_groups(Ctx* c) {
+    if (c->p != 4) return;
+    sw_comm parent = make_comm(c, 500);
+    const int32_t colors[4] = {0, 1, 0, 1}, keys[4] = {0, 0, -1, -1};
+    sw_comm sub[4] = {NULL, NULL, NULL, NULL};
+    OK(sw_comm_split_local(parent, colors, keys, sub));
+    if (!sub[0] || !sub[1]) {
+        CHECK(0, "split failed");
+        return;
+    }
+    /* group g (= parity): sub rank k is parent rank of[g][k]; keys reverse: sub rank 0 is parent rank 2 (or 3) */
+    int of[2][2];
+    for (int g = 0; g < 2; ++g)
+        for (int k = 0; k < 2; ++k) {
+            int32_t pr = -1;
+            OK(sw_comm_get_parent_rank(sub[g], k, &pr));
+            of[g][k] = pr;
+        }
+    CHECK(of[0][0] == 2 && of[0][1] == 0 && of[1][0] == 3 && of[1][1] == 1, "split order %d %d %d %d", of[0][0], of[0][1],
+          of[1][0], of[1][1]);
+    sw_buffer sb[4], rb[4];
+    uint8_t *hs[4], *hr[4];
+    for (int r = 0; r < 4; ++r) {
+        sb[r] = make_buf(c->devs[r], c->s[r], 4 * 31 + 4, 1, 50, r, 0, 4 * (uint64_t)(20 + r), &hs[r]);
+        rb[r] = make_buf(c->devs[r], c->s[r], 4 * 31 + 4, 0, 0, 0, 0, 0, &hr[r]);
+    }
+    for (int g = 0; g < 2; ++g)
+        for (int k = 0; k < 2; ++k) { /* in a group of 2 the ring sends to and receives from the other rank */
+            const int r = of[g][k], other = of[g][1 - k];
+            OK(sw_sendrecv(sub[g], k, 1 - k, sb[r], 0, (uint64_t)(20 + r), 1 - k, rb[r], 0, (uint64_t)(20 + other),
+                           SW_DTYPE_F32, c->s[r]));
+        }
+    for (int g = 0; g < 2; ++g)
+        for (int k = 0; k < 2; ++k) {
+            const int r = of[g][k], other = of[g][1 - k];
+            OK(sw_stream_synchronize(c->s[r]));
+            check_received(c, c->s[r], rb[r], 4 * 31 + 4, 4 * (uint64_t)(20 + other), 50, other, 0, "split group ring");
+        }
+    /* the even group's sub rank 0 (parent rank 2) sends to sub rank 1 (parent rank 0), which never receives */
+    OK(sw_send(sub[0], 0, 1, sb[2], 0, 4, SW_DTYPE_F32, c->s[2]));
+    const sw_status st = sw_stream_synchronize(c->s[2]);
+    const char* want = "sw_send from rank 0 (parent rank 2) to rank 1 (parent rank 0) (#1): timed out after 500 ms waiting "
+                       "for rank 1 (parent rank 0)'s matching receive";
+    CHECK(st == SW_ERR_TIMEOUT && strstr(sw_last_error(), want), "split send without a receive: %s '%s'",
+          sw_status_string(st), sw_last_error());
+    /* family fate: the parent and the odd group are aborted too (by the family's watcher: allow it a moment) */
+    int32_t aborted_parent = 0, aborted_odd = 0;
+    for (int i = 0; i < 200 && !(aborted_parent && aborted_odd); ++i) {
+        OK(sw_comm_get_state(parent, &aborted_parent, NULL, 0));
+        OK(sw_comm_get_state(sub[1], &aborted_odd, NULL, 0));
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(aborted_parent && aborted_odd, "family fate after a transfer's timeout: parent %d, odd group %d", aborted_parent,
+          aborted_odd);
+    const sw_status later = sw_send(sub[1], 0, 1, sb[3], 0, 1, SW_DTYPE_F32, c->s[3]);
+    CHECK(later == SW_ERR_ABORTED || sw_stream_synchronize(c->s[3]) == SW_ERR_ABORTED, "transfer in the odd group after the abort");
+    for (int r = 0; r < 4; ++r) {
+        sw_stream_synchronize(c->s[r]);
+        sw_buffer_destroy(sb[r]);
+        sw_buffer_destroy(rb[r]);
+        free(hs[r]);
+        free(hr[r]);
+    }
+    sw_comm_destroy(sub[0]);
+    sw_comm_destroy(sub[1]);
+    sw_comm_destroy(parent);
+}
+
 static int local_runs(void) {
     int bad = 0;
     for (int p = 1; p <= 5; ++p) {
@@ -515,16 +665,19 @@ static int local_runs(void) {
         Ctx c;
         memset(&c, 0, sizeof c);
         c.kind = "local";
+        c.inproc = 1;
         c.p = p;
         c.lo = 0;
         c.hi = p;
         OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &c.dev));
         for (int r = 0; r < p; ++r) {
+            c.devs[r] = c.dev;
             OK(sw_stream_create(c.dev, &c.s[r]));
             OK(sw_stream_create(c.dev, &c.s2[r]));
         }
         run_scenarios(&c);
         threads_and_streams(&c);
+        split_groups(&c);
         if (p >= 2) bad_arguments(&c);
         for (int r = 0; r < p; ++r) {
             sw_stream_destroy(c.s[r]);
@@ -563,11 +716,12 @@ static void killed_peer(Ctx* c) {
     if (mine(c, 1)) {
         struct timespec ts = {0, 300 * 1000000L}; /* rank 0 is waiting in its receive by then */
         nanosleep(&ts, NULL);
+        if (g_failures) _exit(1); /* its failures must show: a killed rank's exit status is not looked at */
         raise(SIGKILL);
     }
     if (mine(c, 0)) {
         uint8_t* h = NULL;
-        sw_buffer b = make_buf(c, c->s[0], 64, 0, 0, 0, 0, 0, &h);
+        sw_buffer b = make_buf(c->devs[0], c->s[0], 64, 0, 0, 0, 0, 0, &h);
         OK(sw_stream_synchronize(c->s[0]));
         const double t0 = now_s();
         OK(sw_recv(comm, 0, 1, b, 0, 16, SW_DTYPE_F32, c->s[0]));
@@ -591,11 +745,14 @@ static int tcp_rank(int rank, int p, int port) {
     c.lo = rank;
     c.hi = rank + 1;
     OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &c.dev));
+    c.devs[rank] = c.dev;
     OK(sw_stream_create(c.dev, &c.s[rank]));
+    OK(sw_stream_create(c.dev, &c.s2[rank]));
     OK(sw_store_create("127.0.0.1", port, rank == 0, 20000, &c.store));
     run_scenarios(&c);
     killed_peer(&c); /* rank 1 dies here */
     sw_stream_destroy(c.s[rank]);
+    sw_stream_destroy(c.s2[rank]);
     sw_store_destroy(c.store);
     sw_device_destroy(c.dev);
     return g_failures ? 1 : 0;
@@ -632,7 +789,7 @@ static int mpi_main(void) {
     int32_t available = 0;
     sw_mpi_get_info(&available, info, sizeof info);
     if (!available) {
-        printf("skipped: %s\n", info);
+        printf("p2p_check skipped, no MPI: %s\n", info);
         return 77;
     }
     Ctx c;
@@ -647,7 +804,9 @@ static int mpi_main(void) {
     c.p = p;
     c.lo = rank;
     c.hi = rank + 1;
+    c.devs[rank] = c.dev;
     OK(sw_stream_create(c.dev, &c.s[rank]));
+    OK(sw_stream_create(c.dev, &c.s2[rank]));
     /* the seed: rank 0's, broadcast */
     sw_buffer sb = NULL;
     OK(sw_buffer_alloc(c.dev, 4, &sb));
@@ -656,15 +815,111 @@ static int mpi_main(void) {
     OK(sw_memcpy_d2h_async(&g_seed, sb, 0, 4, c.s[rank]));
     OK(sw_stream_synchronize(c.s[rank]));
     sw_buffer_destroy(sb);
-    sw_comm_destroy(first);
+    c.sync = first;
     const double t0 = now_s();
     run_scenarios(&c);
+    sw_comm_destroy(c.sync);
     printf("mpi p=%d rank %d: %s (%.1f s)\n", p, rank, g_failures ? "FAILED" : "ok", now_s() - t0);
     fflush(stdout);
     sw_stream_destroy(c.s[rank]);
+    sw_stream_destroy(c.s2[rank]);
     sw_device_destroy(c.dev);
     return g_failures ? 1 : 0;
 }
+
+/* ---------------------------------------------------------------- CUDA devices (the emulated plugin, fake NCCL) */
+
+#if defined(SHARDWISE_EMULATED_CUDA_PLUGIN) && defined(SHARDWISE_FAKE_NCCL)
+typedef struct {
+    int rank, p, port;
+    const char* kind; /* "nccl" (host side over TCP) or "nccl_id" (over NCCL itself) */
+} NcclArg;
+
+/* One rank of an NCCL job (one rank per "process": a thread here, its own store client and device). */
+static void* nccl_rank(void* arg) {
+    NcclArg* a = (NcclArg*)arg;
+    Ctx c;
+    memset(&c, 0, sizeof c);
+    c.kind = a->kind;
+    c.p = a->p;
+    c.lo = a->rank;
+    c.hi = a->rank + 1;
+    OK(sw_device_create(SW_BACKEND_CUDA, a->rank, 0, &c.devs[a->rank]));
+    OK(sw_stream_create(c.devs[a->rank], &c.s[a->rank]));
+    OK(sw_stream_create(c.devs[a->rank], &c.s2[a->rank]));
+    OK(sw_store_create("127.0.0.1", a->port, 0, 20000, &c.store));
+    run_scenarios(&c);
+    sw_stream_destroy(c.s[a->rank]);
+    sw_stream_destroy(c.s2[a->rank]);
+    sw_store_destroy(c.store);
+    sw_device_destroy(c.devs[a->rank]);
+    return NULL;
+}
+
+static int cuda_runs(void) {
+    setenv("SHARDWISE_CUDA_PLUGIN_PATH", SHARDWISE_EMULATED_CUDA_PLUGIN, 1);
+    setenv("SHARDWISE_EMULATED_CUDA_DEVICES", "8", 1);
+    setenv("SHARDWISE_NCCL_PATH", SHARDWISE_FAKE_NCCL, 1);
+    int bad = 0;
+    const char* kinds[2] = {"local", "nccl_local"};
+    for (int k = 0; k < 2; ++k)
+        for (int p = 1; p <= 4; ++p) {
+            const int before = g_failures;
+            const double t0 = now_s();
+            Ctx c;
+            memset(&c, 0, sizeof c);
+            c.kind = kinds[k];
+            c.inproc = 1;
+            c.p = p;
+            c.lo = 0;
+            c.hi = p;
+            for (int r = 0; r < p; ++r) {
+                OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &c.devs[r]));
+                OK(sw_stream_create(c.devs[r], &c.s[r]));
+                OK(sw_stream_create(c.devs[r], &c.s2[r]));
+            }
+            run_scenarios(&c);
+            threads_and_streams(&c);
+            for (int r = 0; r < p; ++r) {
+                sw_stream_destroy(c.s[r]);
+                sw_stream_destroy(c.s2[r]);
+                OK(sw_device_destroy(c.devs[r]));
+            }
+            printf("cuda (emulated) %s p=%d: %s (%.1f s)\n", kinds[k], p, g_failures == before ? "ok" : "FAILED", now_s() - t0);
+            bad |= g_failures != before;
+        }
+    /* NCCL per process (threads here): the host side over TCP (p = 2, 3), then over NCCL itself (unique id; p = 2
+     * only: the stand-in lets one rank's ncclCommAbort, which destroying a communicator calls, stall the others'
+     * transfers, so a third rank that takes no part in a fault scenario and leaves early would hold up the two
+     * that do) */
+    for (int job = 0; job < 3; ++job) {
+        const int p = job == 1 ? 3 : 2;
+        const char* kind = job < 2 ? "nccl" : "nccl_id";
+        const int before = g_failures;
+        const double t0 = now_s();
+        sw_store server = NULL;
+        OK(sw_store_create("127.0.0.1", 0, 1, 20000, &server));
+        int32_t port = 0;
+        OK(sw_store_get_port(server, &port));
+        pthread_t th[MAXP];
+        NcclArg args[MAXP];
+        for (int r = 0; r < p; ++r) {
+            args[r] = (NcclArg){r, p, port, kind};
+            pthread_create(&th[r], NULL, nccl_rank, &args[r]);
+        }
+        for (int r = 0; r < p; ++r) pthread_join(th[r], NULL);
+        sw_store_destroy(server);
+        printf("cuda (emulated) %s p=%d: %s (%.1f s)\n", kind, p, g_failures == before ? "ok" : "FAILED", now_s() - t0);
+        bad |= g_failures != before;
+    }
+    return bad;
+}
+#else
+static int cuda_runs(void) {
+    printf("p2p_check skipped: built without the emulated CUDA plugin\n");
+    return 0;
+}
+#endif
 
 int main(int argc, char** argv) {
     g_seed = (unsigned)time(NULL) ^ (unsigned)getpid() * 2654435761u;
@@ -673,6 +928,8 @@ int main(int argc, char** argv) {
     int bad = 0;
     if (argc > 1 && strcmp(argv[1], "--tcp") == 0)
         for (int p = 2; p <= 3; ++p) bad |= tcp_job(p);
+    else if (argc > 1 && strcmp(argv[1], "--cuda-emulated") == 0)
+        bad = cuda_runs();
     else
         bad = local_runs();
     printf("%s\n", bad ? "FAILED" : "ok");

@@ -10,6 +10,10 @@ using Shardwise.Parallel;
 //   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
 //   spmd-throw OUTDIR  rank p-1's Spmd.Run body throws before the second collective; the others must fail at once
 //   hybrid OUTDIR   the end-to-end example on a 2 x 2 x 2 mesh (8 ranks, HybridScenario): writes OUTDIR/hybrid.rank{r}.bin
+//   mesh            (4 ranks) a 2 x 2 DeviceMesh's groups, a dp all-reduce, a split with send / recv and a ring of
+//                   SendRecv steps (see MeshScenario in Scenario.cs); prints GROUP and SPLIT lines
+//   split-late      (4 ranks) rank 3 is late in its sub-group: rank 1 must time out naming it, 0 and 2 (the other
+//                   sub-group) must be aborted with it (SplitFaultScenario in Scenario.cs)
 //   nccl-info       prints ProcessGroup.NcclInfo() (no group)
 //   bandwidth       all-reduce, all-gather and reduce-scatter bandwidth in nccl-tests' terms (size, count, type, time,
 //                   algbw, busbw): rank 0 prints the tables (see Bandwidth.cs; SW_BW_MIN_BYTES, SW_BW_MAX_BYTES,
@@ -19,7 +23,7 @@ using Shardwise.Parallel;
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|bandwidth|nccl-info [OUTDIR]");
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|bandwidth|nccl-info [OUTDIR]");
     return 2;
 }
 string scenario = args[0];
@@ -63,6 +67,14 @@ using (group)
         else if (scenario == "hybrid")
         {
             HybridWorker.Run(group, args.Length > 1 ? args[1] : throw new ArgumentException("hybrid needs OUTDIR"), seed);
+        }
+        else if (scenario == "split-late")
+        {
+            SplitFaultScenario.Run(group, timeout, clock);
+        }
+        else if (scenario == "mesh")
+        {
+            MeshScenario.Run(group, seed, Console.Out);
         }
         else if (scenario == "bandwidth")
         {

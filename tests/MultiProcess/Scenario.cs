@@ -88,3 +88,139 @@ public static class Scenario
         return (Linear(d.X, d.Wc, d.Bc, M, K, N), Linear(d.X, d.Wr, d.Br, M, K, N), ffn);
     }
 }
+
+/// <summary>
+/// The hybrid-parallel scenario "mesh" (4 ranks): a 2 × 2 <see cref="DeviceMesh"/> ("dp", "tp") over the world; every rank
+/// all-gathers its world rank over each of its groups and prints them ("GROUP rank=W dims=D sub=K members=A,B"), then
+/// all-reduces its data over "dp" (checked bit for bit against the fp32 sum in rank order of the data it regenerates for
+/// its partner from the seed); then a split with colour rank % 2 and key -rank ("SPLIT rank=W sub=K of N"), in which sub
+/// rank 0 sends floats to sub rank 1 and gets Halves back, and a ring of SendRecv steps over the world with BFloat16
+/// blocks of uneven lengths (one empty); every received element checked bit for bit. Throws on a wrong element.
+/// </summary>
+public static class MeshScenario
+{
+    private static float[] Data(int seed, int rank, int n)
+    {
+        var rng = new Random(seed * 31 + rank);
+        var a = new float[n];
+        for (int i = 0; i < n; i++) a[i] = (float)(rng.NextDouble() * 2 - 1) + 1e-3f;
+        return a;
+    }
+
+    private static void Expect<T>(T[] got, T[] want, string what) where T : unmanaged
+    {
+        for (int i = 0; i < want.Length; i++)
+            if (!System.Runtime.InteropServices.MemoryMarshal.AsBytes(got.AsSpan(i, 1)).SequenceEqual(
+                    System.Runtime.InteropServices.MemoryMarshal.AsBytes(want.AsSpan(i, 1))))
+                throw new InvalidOperationException($"{what}: element {i} is {got[i]}, expected {want[i]}");
+    }
+
+    public static void Run(ProcessGroup world, int seed, TextWriter log)
+    {
+        if (world.WorldSize != 4) throw new ArgumentException($"the mesh scenario needs 4 ranks, not {world.WorldSize}");
+        var ctx = world.Local;
+        int w = ctx.Rank;
+        var dev = ctx.Device;
+        using (var mesh = DeviceMesh.Create(world, ("dp", 2), ("tp", 2)))
+        {
+            var me = mesh[w];
+            using var send = dev.Allocate<float>(1);
+            send.CopyFrom([w], ctx.Stream);
+            foreach (var dims in new[] { new[] { "dp" }, new[] { "tp" }, new[] { "dp", "tp" } })
+            {
+                var g = me.Group(dims);
+                using var recv = dev.Allocate<float>(g.WorldSize);
+                recv.Fill(float.NaN, ctx.Stream);
+                g.AllGather(send, recv);
+                log.WriteLine($"GROUP rank={w} dims={string.Join(",", dims)} sub={g.Rank} members={string.Join(",", recv.ToArray(ctx.Stream))}");
+            }
+            const int n = 50;
+            var dp = me.Group("dp");
+            using var b = dev.Allocate<float>(n);
+            b.CopyFrom(Data(seed, w, n), ctx.Stream);
+            dp.AllReduce(b);
+            int partner = w ^ 2; // dp is the outer dimension: stride 2
+            var lo = Data(seed, Math.Min(w, partner), n);
+            var hi = Data(seed, Math.Max(w, partner), n);
+            Expect(b.ToArray(ctx.Stream), lo.Select((x, i) => x + hi[i]).ToArray(), $"rank {w}: dp all-reduce");
+        }
+
+        using var split = world.Split(r => r % 2, r => -r); // {2, 0} and {3, 1}
+        var sub = split[w]!;
+        log.WriteLine($"SPLIT rank={w} sub={sub.Rank} of {sub.WorldSize}");
+        const int m = 37;
+        using var f = dev.Allocate<float>(m);
+        using var h = dev.Allocate<Half>(m);
+        int subPeerWorld = w ^ 2;
+        if (sub.Rank == 0)
+        {
+            f.CopyFrom(Data(seed, w, m), ctx.Stream);
+            sub.Send(f, 1);
+            h.Fill((Half)float.NaN, ctx.Stream);
+            sub.Recv(h, 1);
+            Expect(h.ToArray(ctx.Stream), Data(seed + 1, subPeerWorld, m).Select(x => (Half)x).ToArray(), $"rank {w}: Half from the sub-group");
+        }
+        else
+        {
+            f.Fill(float.NaN, ctx.Stream);
+            sub.Recv(f, 0);
+            h.CopyFrom(Data(seed + 1, w, m).Select(x => (Half)x).ToArray(), ctx.Stream);
+            sub.Send(h, 0);
+            Expect(f.ToArray(ctx.Stream), Data(seed, subPeerWorld, m), $"rank {w}: floats from the sub-group");
+        }
+
+        // A ring over the world: rank r sends a block of len(r) BFloat16 to r+1 (len(1) = 0).
+        static int Len(int r) => r == 1 ? 0 : 5 + 3 * r;
+        int next = (w + 1) % 4, prev = (w + 3) % 4;
+        using var mine = dev.Allocate<BFloat16>(Math.Max(1, Len(w)));
+        if (Len(w) > 0) mine.CopyFrom(Data(seed + 2, w, Len(w)).Select(x => (BFloat16)x).ToArray(), ctx.Stream);
+        using var theirs = dev.Allocate<BFloat16>(Math.Max(1, Len(prev)) + 1);
+        theirs.Fill((BFloat16)float.NaN, ctx.Stream);
+        ctx.SendRecv(mine, next, theirs, prev, sendCount: Len(w), recvCount: Len(prev));
+        var got = theirs.ToArray(ctx.Stream);
+        Expect(got, Data(seed + 2, prev, Len(prev)).Select(x => (BFloat16)x).ToArray(), $"rank {w}: ring block from {prev}");
+        if (!BFloat16.IsNaN(got[Len(prev)])) throw new InvalidOperationException($"rank {w}: the ring wrote past its block");
+        // Nobody destroys its communicators while another rank still transfers (a rank done early would otherwise close
+        // its connections under a ring step of two other ranks).
+        ctx.Barrier();
+        ctx.Synchronize();
+    }
+}
+
+/// <summary>
+/// The fault scenario "split-late" (4 ranks): the world is split by rank % 2 ({0, 2} and {1, 3}); after a first all-reduce
+/// in every sub-group, rank 3 sleeps 2.5 timeouts. Rank 1, waiting for it in their sub-group's all-reduce, must time out
+/// naming it by its sub rank and parent rank; ranks 0 and 2 keep all-reducing in their own, healthy sub-group and must be
+/// stopped by the family's abort (well before 2.5 timeouts), naming rank 3 too. Throws what each rank's collective threw
+/// (or, for 0 and 2, an InvalidOperationException when no abort came).
+/// </summary>
+public static class SplitFaultScenario
+{
+    public static void Run(ProcessGroup world, TimeSpan timeout, System.Diagnostics.Stopwatch clock)
+    {
+        if (world.WorldSize != 4) throw new ArgumentException($"the split-late scenario needs 4 ranks, not {world.WorldSize}");
+        var ctx = world.Local;
+        int w = ctx.Rank;
+        using var split = world.Split(r => r % 2);
+        var sub = split[w]!;
+        using var b = ctx.Device.Allocate<float>(16);
+        b.Fill(w + 1f, ctx.Stream);
+        sub.AllReduce(b); // #0: everyone is here
+        ctx.Synchronize();
+        clock.Restart();
+        if (w == 3) Thread.Sleep(timeout * 2.5);
+        if (w % 2 == 1)
+        {
+            sub.AllReduce(b);
+            ctx.Synchronize();
+            return;
+        }
+        while (clock.Elapsed < timeout * 2.5)
+        {
+            sub.AllReduce(b);
+            ctx.Synchronize();
+            Thread.Sleep(5);
+        }
+        throw new InvalidOperationException($"rank {w}: its sub-group was not aborted within 2.5 timeouts");
+    }
+}

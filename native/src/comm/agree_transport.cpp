@@ -138,11 +138,14 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
                                                  " because of an earlier error on its stream: ", pending));
             notify = st->reason;
         } else {
-            // One collective at a time, in sequence order (a rank may queue collectives on several streams).
-            while (next_ != seq && !st->aborted)
-                if (st->cv.wait_until(lock, deadline) == std::cv_status::timeout && next_ != seq && !st->aborted) {
+            // One collective at a time, in sequence order (a rank may queue collectives on several streams), after the
+            // point-to-point transfers called before it (p2p_transport.cpp).
+            auto turn = [&] { return next_ == seq && transfers_done_before(*st, seq); };
+            while (!turn() && !st->aborted)
+                if (st->cv.wait_until(lock, deadline) == std::cv_status::timeout && !turn() && !st->aborted) {
                     st->abort_locked(SW_ERR_TIMEOUT, str("rank ", rank, ": ", what, " waited ", st->timeout_ms,
-                                                         " ms for this rank's earlier collective #", next_,
+                                                         " ms for this rank's earlier ",
+                                                         next_ != seq ? str("collective #", next_) : std::string("transfers"),
                                                          " (queued on another stream) to run"));
                     notify = st->reason;
                 }

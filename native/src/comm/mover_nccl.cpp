@@ -25,6 +25,7 @@
 // (src/init.cc, ncclCommEnsureReady; 2.14 to 2.2x). So after every top-level NCCL call (a collective outside a group,
 // or ncclGroupEnd) `settle` polls until NCCL is done launching, before anything else goes on the stream (the completion
 #include "comm/mover_nccl.h"
+#include "comm/p2p.h"
 
 #include "core/cuda_loader.h"
 #include "core/index_math.h"
@@ -422,6 +423,44 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
     }
 }
 
+void NcclMover::p2p_move(Communicator& st, int rank, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                         Clock::time_point deadline, const std::string& what) {
+    const NcclApi& n = n_;
+    DeviceImpl& dev = *devices_[rank];
+    const cuda::PluginApi* api = dev.cuda;
+    const int32_t ord = dev.ordinal;
+    NcclRank& h = *comms_[rank];
+    void* comm = h.comm;
+    const std::string who = str("rank ", rank, ": ", what);
+    if (!comm) fail(SW_ERR_ABORTED, who, " not run: its NCCL communicator was aborted");
+    void* cs = comm_stream(rank);
+    cuda_call(api, &cuda::PluginApi::set_device, ord);
+    const int u8 = nccl_type(SW_DTYPE_U8);
+    bool in_group = false;
+    auto call = [&](int rc, const char* name) {
+        if (rc == kNcclSuccess || rc == kNcclInProgress) return;
+        const std::string why = nccl_error(n, comm, rc);
+        if (in_group) { // NCCL's group is per thread: never left open
+            in_group = false;
+            n.GroupEnd();
+        }
+        h.abort();
+        fail(SW_ERR_BACKEND, who, ": ", name, " failed: ", why);
+    };
+    try {
+        call(n.GroupStart(), "ncclGroupStart");
+        in_group = true;
+        for (const Piece& s : sends) call(n.Send(s.data, s.bytes, u8, s.peer, comm, cs), "ncclSend");
+        for (const Piece& r : recvs) call(n.Recv(r.data, r.bytes, u8, r.peer, comm, cs), "ncclRecv");
+        in_group = false;
+        call(n.GroupEnd(), "ncclGroupEnd");
+        settle(n, h, deadline, st.abort_flag, who, "ncclGroupEnd");
+        finish_on_stream(n, h, api, ord, cs, deadline, st.abort_flag, who);
+    } catch (const TimeoutError&) {
+        fail(SW_ERR_TIMEOUT, who, " did not complete in NCCL within ", st.timeout_ms, " ms; the NCCL communicator is aborted");
+    }
+}
+
 namespace {
 
 // The host side of an NCCL communicator whose ranks have no other channel (a unique id the caller passed around):
@@ -439,9 +478,59 @@ public:
     int32_t rank() const override { return rank_; }
     int32_t world() const override { return world_; }
     const char* name() const override { return "nccl"; }
-    void exchange(uint64_t, const std::vector<Piece>&, const std::vector<Piece>&, Clock::time_point, const std::atomic<bool>&,
-                  const std::string& what) override {
+    void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs, Clock::time_point deadline,
+                  const std::atomic<bool>& local_abort, const std::string& what) override {
+        if (seq == kP2PTag) return exchange_p2p(sends, recvs, deadline, local_abort, what);
         fail(SW_ERR_INTERNAL, what, ": point-to-point exchange is not available on an NCCL-only host side");
+    }
+    // Point-to-point transfers' descriptors (p2p_transport.cpp; the tag is not needed: NCCL matches sends and receives
+    // of a pair in order): the host pieces staged through device memory, one group of ncclSend / ncclRecv.
+    void exchange_p2p(const std::vector<Piece>& sends, const std::vector<Piece>& recvs, Clock::time_point deadline,
+                      const std::atomic<bool>& local_abort, const std::string& what) {
+        const cuda::PluginApi* api = dev_->cuda;
+        const int32_t ord = dev_->ordinal;
+        cuda_call(api, &cuda::PluginApi::set_device, ord);
+        if (!stream_) cuda_call(api, &cuda::PluginApi::stream_create, ord, &stream_);
+        uint64_t need = 0;
+        for (const auto* v : {&sends, &recvs})
+            for (const Piece& x : *v) need += x.bytes;
+        if (need > staging_bytes_) {
+            free_later(*dev_, staging_);
+            staging_ = nullptr;
+            cuda_call(api, &cuda::PluginApi::malloc_device, ord, need, &staging_);
+            staging_bytes_ = need;
+        }
+        if (!comm_->comm) fail(SW_ERR_ABORTED, what, ": the NCCL communicator was aborted");
+        char* at = static_cast<char*>(staging_);
+        for (const Piece& x : sends) {
+            cuda_call(api, &cuda::PluginApi::memcpy_async, ord, at, x.data, x.bytes, stream_);
+            at += x.bytes;
+        }
+        char* recv_at = at;
+        auto call = [&](int rc, const char* name) {
+            if (rc == kNcclSuccess || rc == kNcclInProgress) return;
+            n_.GroupEnd(); // NCCL's group is per thread: never left open
+            fail(SW_ERR_BACKEND, what, ": ", name, " (descriptors) failed: ", nccl_error(n_, comm_->comm, rc));
+        };
+        call(n_.GroupStart(), "ncclGroupStart");
+        at = static_cast<char*>(staging_);
+        for (const Piece& x : sends) {
+            call(n_.Send(at, x.bytes, kNcclUint8, x.peer, comm_->comm, stream_), "ncclSend");
+            at += x.bytes;
+        }
+        for (const Piece& x : recvs) {
+            call(n_.Recv(at, x.bytes, kNcclUint8, x.peer, comm_->comm, stream_), "ncclRecv");
+            at += x.bytes;
+        }
+        const int rc = n_.GroupEnd();
+        if (rc != kNcclSuccess && rc != kNcclInProgress)
+            fail(SW_ERR_BACKEND, what, ": ncclGroupEnd (descriptors) failed: ", nccl_error(n_, comm_->comm, rc));
+        settle(n_, *comm_, deadline, local_abort, what, "ncclGroupEnd (descriptors)");
+        for (const Piece& x : recvs) {
+            cuda_call(api, &cuda::PluginApi::memcpy_async, ord, x.data, recv_at, x.bytes, stream_);
+            recv_at += x.bytes;
+        }
+        finish_on_stream(n_, *comm_, api, ord, stream_, deadline, local_abort, what);
     }
     void all_gather_bytes(uint64_t, const char* mine, uint64_t bytes, char* all, Clock::time_point deadline,
                           const std::atomic<bool>& local_abort, const std::string& what) override {

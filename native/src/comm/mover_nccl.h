@@ -49,6 +49,10 @@ public:
     void move(Communicator& c, int rank, uint64_t seq, const Slot& slot, Clock::time_point deadline) override;
     // ncclCommAbort (aborted) or ncclCommDestroy of every local communicator.
     void close(bool aborted) noexcept override;
+    // Point-to-point (p2p_transport.cpp, once the host side agreed): the call's sends and receives as one group of
+    // ncclSend / ncclRecv (bytes) on the communication stream, under the collectives' watchdog.
+    void p2p_move(Communicator& c, int rank, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
+                  Clock::time_point deadline, const std::string& what) override;
 
 private:
     const NcclApi& n_;

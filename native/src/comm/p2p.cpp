@@ -10,7 +10,8 @@
 //    stream) while the sender waits for the copy to end (a send completes once its receive has the data);
 //    sw_sendrecv posts both halves first and then waits for both, so rings and pipeline exchanges progress;
 //  - multi-process (p2p_transport.cpp): the process's transfers run one at a time in call order, each after the
-//    collectives called before it; a descriptor per peer (the call, its halves with that peer: pair number, count,
+//    collectives called before it (and each collective after the transfers called before it: the transport
+//    agreement asks transfers_done_before); a descriptor per peer (the call, its halves with that peer: pair number, count,
 //    dtype) goes both ways in one Transport::exchange under the transfers' own tag (kP2PTag), then the data in a
 //    second exchange (Mover::p2p_move: the transport's exchange, or NCCL's grouped send/receive), the halves of a
 //    sw_sendrecv in ONE exchange so they progress together.
@@ -52,12 +53,13 @@ std::string sw::check_pair(const char* send_call, int32_t from, uint64_t send_n,
                describe_side(recv_call, to, false, from, recv_n, recv_count, recv_dtype));
 }
 
-std::string sw::timeout_text(const Transfer& t, bool sending, int64_t timeout_ms) {
+std::string sw::timeout_text(const Communicator& c, const Transfer& t, bool sending) {
+    auto name = [&](int32_t r) { return c.rank_names({r}); }; // "1", or "1 (parent rank 3)" in a split communicator
     if (sending)
-        return str(t.call, " from rank ", t.rank, " to rank ", t.send.peer, " (#", t.send.n, "): timed out after ",
-                   timeout_ms, " ms waiting for rank ", t.send.peer, "'s matching receive");
-    return str(t.call, " at rank ", t.rank, " from rank ", t.recv.peer, " (#", t.recv.n, "): timed out after ", timeout_ms,
-               " ms waiting for rank ", t.recv.peer, "'s matching send");
+        return str(t.call, " from rank ", name(t.rank), " to rank ", name(t.send.peer), " (#", t.send.n, "): timed out after ",
+                   c.timeout_ms, " ms waiting for rank ", name(t.send.peer), "'s matching receive");
+    return str(t.call, " at rank ", name(t.rank), " from rank ", name(t.recv.peer), " (#", t.recv.n, "): timed out after ",
+               c.timeout_ms, " ms waiting for rank ", name(t.recv.peer), "'s matching send");
 }
 
 namespace {
@@ -107,6 +109,7 @@ void number(Communicator& c, Transfer& t) {
     if (t.recv.peer >= 0) t.recv.n = p.recvs[{t.recv.peer, t.rank}]++;
     t.ticket = p.issued++;
     t.after = c.next_seq[t.rank];
+    if (c.is_remote()) p.afters.push_back(t.after); // the collectives called after it wait for it
 }
 
 void run(Communicator& c, const Transfer& t, cpu::Stream* stream) {

@@ -7,6 +7,7 @@
 #pragma once
 #include "comm/communicator.h"
 
+#include <deque>
 #include <map>
 #include <string>
 #include <tuple>
@@ -43,8 +44,9 @@ std::string describe_side(const char* call, int32_t side_rank, bool sending, int
 std::string check_pair(const char* send_call, int32_t from, uint64_t send_n, uint64_t send_count, sw_dtype send_dtype,
                        const char* recv_call, int32_t to, uint64_t recv_n, uint64_t recv_count, sw_dtype recv_dtype);
 // "sw_send from rank 0 to rank 1 (#3): timed out after 2000 ms waiting for rank 1's matching receive" (sending) or
-// "sw_recv at rank 1 from rank 0 (#3): ... waiting for rank 0's matching send".
-std::string timeout_text(const Transfer& t, bool sending, int64_t timeout_ms);
+// "sw_recv at rank 1 from rank 0 (#3): ... waiting for rank 0's matching send"; in a split communicator every rank also
+// by its parent rank ("rank 1 (parent rank 3)").
+std::string timeout_text(const Communicator& c, const Transfer& t, bool sending);
 
 struct P2PState {
     // Next pair numbers: sends[{a, b}] counts a's sends to b, recvs[{a, b}] b's receives from a.
@@ -61,13 +63,20 @@ struct P2PState {
     };
     std::map<std::tuple<int32_t, int32_t, uint64_t>, Meet> meets;
 
-    // Multi-process: transfers run one at a time in call order (ticket), each after the collectives called before it.
+    // Multi-process: transfers run one at a time in call order (ticket), each after the collectives called before it,
+    // and each collective after the transfers called before it: afters[t - done_base] is ticket t's `after` (not
+    // decreasing), for the tickets from done_base on.
     uint64_t issued = 0, next = 0;
+    std::deque<uint64_t> afters;
+    uint64_t done_base = 0;
 };
 
 // Runs a transfer on its rank's stream worker; throws sw::Error after aborting the communicator (and its peers).
 void run_local_transfer(Communicator& c, const Transfer& t, cpu::Stream* stream);  // p2p_local.cpp
 void run_remote_transfer(Communicator& c, const Transfer& t, cpu::Stream* stream); // p2p_transport.cpp
+// Multi-process, c.mu held: whether every transfer called before collective #seq has run (agree_transport.cpp waits for
+// it; p2p_transport.cpp).
+bool transfers_done_before(Communicator& c, uint64_t seq);
 // The transport a multi-process communicator agrees over (agree_transport.cpp); null for an in-process one.
 Transport* agreement_transport(Agreement& a);
 

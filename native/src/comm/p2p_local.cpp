@@ -63,8 +63,8 @@ void sw::run_local_transfer(Communicator& c, const Transfer& t, cpu::Stream* str
         if ((!ms || ms->copied) && (!mr || mr->copied)) break;
         if (c.cv.wait_until(lock, deadline) == std::cv_status::timeout && !c.aborted) {
             std::string why;
-            if (ms && !ms->copied && !ms->receiver) why = timeout_text(t, true, c.timeout_ms);
-            if (mr && !mr->copied && !mr->sender) why += (why.empty() ? "" : "; ") + timeout_text(t, false, c.timeout_ms);
+            if (ms && !ms->copied && !ms->receiver) why = timeout_text(c, t, true);
+            if (mr && !mr->copied && !mr->sender) why += (why.empty() ? "" : "; ") + timeout_text(c, t, false);
             if (why.empty()) why = str(t.call, " at rank ", r, ": timed out after ", c.timeout_ms, " ms");
             c.abort_locked(SW_ERR_TIMEOUT, why + "; the communicator is aborted");
         }

@@ -135,9 +135,9 @@ void transfer(Communicator& c, Transport& tp, const Transfer& t, Clock::time_poi
         std::vector<int> late = e.missing;
         late.insert(late.end(), e.waiting.begin(), e.waiting.end());
         std::string why;
-        if (t.send.peer >= 0 && (late.empty() || contains(late, t.send.peer))) why = timeout_text(t, true, c.timeout_ms);
+        if (t.send.peer >= 0 && (late.empty() || contains(late, t.send.peer))) why = timeout_text(c, t, true);
         if (t.recv.peer >= 0 && (late.empty() || contains(late, t.recv.peer)))
-            why += (why.empty() ? "" : "; ") + timeout_text(t, false, c.timeout_ms);
+            why += (why.empty() ? "" : "; ") + timeout_text(c, t, false);
         fail(SW_ERR_TIMEOUT, why, "; the communicator is aborted");
     }
     for (size_t k = 0; k < peers.size(); ++k) {
@@ -158,6 +158,17 @@ void transfer(Communicator& c, Transport& tp, const Transfer& t, Clock::time_poi
 }
 
 } // namespace
+
+bool sw::transfers_done_before(Communicator& c, uint64_t seq) {
+    if (!c.p2p) return true;
+    P2PState& p = *c.p2p;
+    // Tickets below p.next have run: forget them. The rest are in call order, their `after` not decreasing.
+    while (p.done_base < p.next && !p.afters.empty()) {
+        p.afters.pop_front();
+        ++p.done_base;
+    }
+    return p.afters.empty() || p.afters.front() > seq; // the first transfer not run was called after collective #seq
+}
 
 void sw::run_remote_transfer(Communicator& c, const Transfer& t, cpu::Stream* stream) {
     const int32_t r = t.rank;

@@ -215,9 +215,12 @@ private:
                         continue;
                     }
                     const Piece& piece = st.pieces.front();
-                    if (st.hdr.seq != seq || st.hdr.bytes != piece.bytes)
-                        fail(SW_ERR_MISMATCH, what, ": rank ", q, " sent ", st.hdr.bytes, " bytes for its collective #",
-                             st.hdr.seq, " where ", piece.bytes, " bytes of #", seq, " were expected");
+                    if (st.hdr.seq != seq || st.hdr.bytes != piece.bytes) {
+                        // seq with the top bit: a point-to-point transfer (p2p.h's kP2PTag)
+                        auto call = [](uint64_t s) { return s >> 63 ? std::string("a point-to-point transfer") : str("collective #", s); };
+                        fail(SW_ERR_MISMATCH, what, ": rank ", q, " sent ", st.hdr.bytes, " bytes for ", call(st.hdr.seq),
+                             " where ", piece.bytes, " bytes of ", call(seq), " were expected (calls in an order the ranks do not match?)");
+                    }
                     st.in_payload = true;
                     st.got = 0;
                     if (piece.bytes == 0) {

@@ -506,7 +506,9 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
                     int32_t nrecvs, int64_t timeout_ms, int (*stop)(const void*), const void* stop_ctx, uint8_t* missing,
                     int32_t* peer_status, char* err, size_t cap) {
     plugin_comm* c = (plugin_comm*)handle;
-    const int tag = 1 + (int)(seq % 30000u); /* >= 1: tag 0 is the abort notice; MPI_TAG_UB is at least 32767 */
+    /* >= 1: tag 0 is the abort notice; MPI_TAG_UB is at least 32767. seq with the top bit set: a point-to-point
+     * transfer (the core's kP2PTag), on a tag of its own so that it never matches a collective's message. */
+    const int tag = (seq >> 63) ? 30001 : 1 + (int)(seq % 30000u);
     int nreq = 0;
     for (int i = 0; i < nsends; ++i) nreq += (int)((sends[i].bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);
     for (int i = 0; i < nrecvs; ++i) nreq += (int)((recvs[i].bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);

@@ -1,0 +1,120 @@
+namespace Shardwise.Tests;
+
+// Hybrid parallelism across real processes: the "mesh" scenario of the worker (MeshScenario in MultiProcess/Scenario.cs):
+// a 2 x 2 DeviceMesh built from a TCP group of 4 processes (torchrun's environment, and `shardwise launch`) and from
+// mpirun; each group's members, as every rank all-gathered them, checked here against the row-major layout; the dp
+// all-reduce, a split with send / recv of float and Half and a ring of BFloat16 SendRecv steps are checked bit for bit
+// inside the workers (each regenerates its peers' data from the seed).
+public sealed partial class MultiProcessTests
+{
+    private const string MeshPending =
+        "needs the native multi-process split (sw_comm_split over TCP / MPI) and point-to-point, not in this build yet";
+
+    // Until the native multi-process split and transfers are in the build, the ranks report the stubs'
+    // ShardwiseUnsupportedException ("... is not implemented"): the test is then skipped with that line, and runs by
+    // itself once they are in. Any other failure fails the test.
+    private static void IgnoreIfNotImplemented(IEnumerable<string> outputs)
+    {
+        string? stub = outputs.SelectMany(o => o.Split('\n')).Select(l => l.Trim())
+            .FirstOrDefault(l => l.Contains("RESULT rank=", StringComparison.Ordinal) && l.Contains("error=ShardwiseUnsupportedException", StringComparison.Ordinal)
+                                 && l.Contains("not implemented", StringComparison.Ordinal));
+        if (stub is not null) Assert.Ignore($"{MeshPending}: {stub}");
+    }
+
+    // (dp, tp) = (w / 2, w % 2): dp groups {w % 2, w % 2 + 2}, tp groups {2·(w / 2), 2·(w / 2) + 1}.
+    private static void CheckMeshOutput(IReadOnlyList<string> outputs)
+    {
+        // the launcher prefixes each line with "[rank R] "
+        var lines = outputs.SelectMany(o => o.Split('\n')).Select(l => l.Trim())
+            .Select(l => l.StartsWith('[') && l.Contains("] ") ? l[(l.IndexOf("] ", StringComparison.Ordinal) + 2)..] : l)
+            .Where(l => l.StartsWith("GROUP ", StringComparison.Ordinal) || l.StartsWith("SPLIT ", StringComparison.Ordinal)).ToHashSet();
+        Assert.That(lines, Has.Count.EqualTo(16), "3 GROUP lines and 1 SPLIT line from each of the 4 ranks");
+        for (int w = 0; w < 4; w++)
+        {
+            int dp = w / 2, tp = w % 2;
+            Assert.That(lines, Does.Contain($"GROUP rank={w} dims=dp sub={dp} members={tp},{tp + 2}"));
+            Assert.That(lines, Does.Contain($"GROUP rank={w} dims=tp sub={tp} members={2 * dp},{2 * dp + 1}"));
+            Assert.That(lines, Does.Contain($"GROUP rank={w} dims=dp,tp sub={w} members=0,1,2,3"));
+            Assert.That(lines, Does.Contain($"SPLIT rank={w} sub={(w < 2 ? 1 : 0)} of 2"), "colour rank % 2, key -rank");
+        }
+    }
+
+    [Test]
+    public void Tcp_MeshSplitAndPointToPoint()
+    {
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        var results = RunTcp(4, "mesh", seed: seed, timeoutMs: 20000);
+        IgnoreIfNotImplemented(results.Select(r => r.Output));
+        foreach (var r in results) Assert.That(r.Ok && r.ExitCode == 0, $"rank {r.Rank}: exit {r.ExitCode}, {r.Line}");
+        CheckMeshOutput(results.Select(r => r.Output).ToList());
+    }
+
+    [Test]
+    public void Launcher_MeshSplitAndPointToPoint()
+    {
+        var (host, prefix) = WorkerCommand();
+        string launcher = Path.Combine(AppContext.BaseDirectory, "launcher", "shardwise.dll");
+        Assert.That(File.Exists(launcher), Is.True, $"launcher not built at {launcher}");
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        var job = Collect([Start(host, [launcher, "launch", "-n", "4", "--", host, .. prefix, "mesh"],
+            new Dictionary<string, string> { ["SW_TEST_SEED"] = $"{seed}", ["SW_TEST_TIMEOUT_MS"] = "20000" })])[0];
+        IgnoreIfNotImplemented([job.Out]);
+        Assert.That(job.P.ExitCode, Is.EqualTo(0), job.Out);
+        for (int r = 0; r < 4; r++) Assert.That(job.Out, Does.Contain($"[rank {r}] RESULT rank={r} ok"));
+        CheckMeshOutput([job.Out]);
+    }
+
+    [Test]
+    public void Mpi_MeshSplitAndPointToPoint()
+    {
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        var (exit, output, _) = RunMpi(4, "mesh", seed: seed, timeoutMs: 20000);
+        IgnoreIfNotImplemented([output]);
+        Assert.That(exit, Is.EqualTo(0), output);
+        Assert.That(output.Split('\n').Count(l => l.Trim().StartsWith("RESULT rank=") && l.Trim().EndsWith(" ok")), Is.EqualTo(4), output);
+        Assert.That(output, Does.Contain("world=4 backend=mpi"));
+        CheckMeshOutput([output]);
+    }
+
+    // The "split-late" scenario: rank 3 late in sub-group {1, 3}; rank 1 times out naming it (sub rank 1, parent rank 3);
+    // ranks 0 and 2, busy in the healthy sub-group {0, 2}, are aborted with the family, long before their own timeout.
+    // mpirun ends the job (killing the still sleeping rank 3) once a rank exits with an error: then rank 3 reports nothing.
+    private static void CheckSplitLate(IReadOnlyList<RankResult> results, int timeoutMs, bool lateRankMayBeKilled = false)
+    {
+        Assert.That(results.Select(r => r.Rank).Where(r => !lateRankMayBeKilled || r != 3), Is.EquivalentTo(new[] { 0, 1, 2, 3 }.Take(lateRankMayBeKilled ? 3 : 4)));
+        var one = results.Single(r => r.Rank == 1);
+        Assert.That(one.Error, Is.EqualTo("CollectiveTimeoutException"), one.Line);
+        Assert.That(one.Message, Does.Contain("rank(s) 1 (parent rank 3)"), one.Line);
+        foreach (var r in results.Where(r => r.Rank % 2 == 0))
+        {
+            Assert.That(r.Error, Is.EqualTo("CommunicatorAbortedException"), $"rank {r.Rank}: {r.Line}");
+            Assert.That(r.Message, Does.Contain("parent rank 3"), $"rank {r.Rank}: {r.Line}");
+            Assert.That(r.Ms, Is.LessThan(2 * timeoutMs), $"rank {r.Rank} is aborted with the family, not at a timeout of its own");
+        }
+        Assert.That(results.Where(r => r.Rank == 3).All(r => !r.Ok), Is.True, "the late rank finds its group aborted");
+    }
+
+    [Test]
+    public void Tcp_ALateRankInOneSubGroupAbortsTheOther()
+    {
+        const int timeoutMs = 1500;
+        var results = RunTcp(4, "split-late", timeoutMs: timeoutMs);
+        IgnoreIfNotImplemented(results.Select(r => r.Output));
+        CheckSplitLate(results, timeoutMs);
+    }
+
+    [Test]
+    public void Mpi_ALateRankInOneSubGroupAbortsTheOther()
+    {
+        const int timeoutMs = 1500;
+        var (_, output, took) = RunMpi(4, "split-late", timeoutMs: timeoutMs);
+        IgnoreIfNotImplemented([output]);
+        var results = output.Split('\n').Select(l => l.Trim()).Where(l => l.StartsWith("RESULT rank=", StringComparison.Ordinal))
+            .Select(l => new RankResult(int.Parse(l["RESULT rank=".Length..].Split(' ')[0]), 0, l)).ToList();
+        CheckSplitLate(results, timeoutMs, lateRankMayBeKilled: true);
+        Assert.That(took, Is.LessThan(TimeSpan.FromSeconds(60)));
+    }
+}
