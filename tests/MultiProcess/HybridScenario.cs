@@ -14,6 +14,7 @@ public static class HybridScenario
     public const int Layers = 4, Steps = 3, MicroBatches = 4;
     public const long H = 8, F = 12, Rows = 16; // Rows: the global batch of a step
     public const float LearningRate = 0.1f;
+    public const long BucketBytes = 512; // small buckets: a stage's gradients (2 blocks of 3·96 + 8 floats) make several
 
     /// <summary>The stack's initial weights and every step's batch, the same for every rank (uniform, never zero).</summary>
     public sealed class Data
@@ -56,7 +57,8 @@ public static class HybridScenario
         var s = tensorParallel.Stream;
         long rows = Rows / dataParallel.WorldSize, offset = dataParallel.Rank * rows * H;
         using var trainer = new FeedForwardStackTrainer(pipeline, dataParallel, tensorParallel, d.Stack,
-            new PipelineOptions { Schedule = PipelineSchedule.OneForwardOneBackward, MicroBatches = MicroBatches, ComputeLoss = true });
+            new PipelineOptions { Schedule = PipelineSchedule.OneForwardOneBackward, MicroBatches = MicroBatches, ComputeLoss = true },
+            bucketBytes: BucketBytes);
         using var x = dev.Allocate<float>(rows * H);
         using var t = dev.Allocate<float>(rows * H);
         losses = new double[Steps];
