@@ -70,9 +70,7 @@ internal static class HybridBenchmarks
             long replicaRows = rows / dp;
             int mb = pp == 1 ? 1 : (int)Math.Min(m, replicaRows); // no pipeline to fill: the replica's rows at once
             using var world = ProcessGroup.CreateLocal(device, 8, TimeSpan.FromSeconds(120));
-            using var tpSplit = world.Split(r => r / tp, r => r % tp);
-            using var dpSplit = world.Split(r => r / (dp * tp) * tp + r % tp, r => r / tp % dp);
-            using var ppSplit = world.Split(r => r % (dp * tp), r => r / (dp * tp));
+            using var mesh = DeviceMesh.Create(world, ("pp", pp), ("dp", dp), ("tp", tp));
             var stepMs = new double[steps];
             var ppMs = new double[8];
             var dpMs = new double[8];
@@ -83,7 +81,7 @@ internal static class HybridBenchmarks
             Spmd.Run(world, ctx =>
             {
                 int r = ctx.Rank;
-                var ppc = ppSplit[r]!; var dpc = dpSplit[r]!; var tpc = tpSplit[r]!;
+                var ppc = mesh[r].Group("pp"); var dpc = mesh[r].Group("dp"); var tpc = mesh[r].Group("tp");
                 using var trainer = new FeedForwardStackTrainer(ppc, dpc, tpc, stack, new PipelineOptions { MicroBatches = mb });
                 using var xb = ctx.Device.Allocate<float>(replicaRows * h);
                 using var tb = ctx.Device.Allocate<float>(replicaRows * h);

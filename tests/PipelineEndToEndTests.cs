@@ -5,7 +5,7 @@ namespace Shardwise.Tests;
 
 /// <summary>
 /// The end-to-end example (HybridScenario): a stack of 4 residual feed-forward blocks trained for 3 SGD steps on a
-/// pp 2 × dp 2 × tp 2 mesh of 8 virtual ranks in one process, against the same training on one rank (no pipeline, no
+/// pp 2 × dp 2 × tp 2 mesh (DeviceMesh) of 8 virtual ranks in one process, against the same training on one rank (no pipeline, no
 /// replicas, no tensor parallelism, the whole batch at once).
 /// </summary>
 [TestFixture(Backend.Cpu)]
@@ -93,11 +93,8 @@ public class PipelineEndToEndTests(Backend backend) : BackendTest(backend)
         var shards = new (int, float[], float[], float[], float[])[Pp * Dp * Tp][];
         var losses = new double[Pp * Dp * Tp][];
         using var world = ProcessGroup.CreateLocal(Dev, Pp * Dp * Tp, TimeSpan.FromSeconds(20));
-        var (pp, dp, tp) = HybridScenario.Split(world, Pp, Dp, Tp);
-        using (pp) using (dp) using (tp)
-        {
-            Spmd.Run(world, ctx => shards[ctx.Rank] = HybridScenario.Train(pp[ctx.Rank]!, dp[ctx.Rank]!, tp[ctx.Rank]!, d, out losses[ctx.Rank]));
-        }
+        using (var mesh = HybridScenario.Mesh(world, Pp, Dp, Tp))
+            Spmd.Run(world, ctx => shards[ctx.Rank] = HybridScenario.Train(mesh[ctx.Rank], d, out losses[ctx.Rank]));
         var replica0 = HybridScenario.Assemble(shards, Pp, Dp, Tp, 0);
         var replica1 = HybridScenario.Assemble(shards, Pp, Dp, Tp, 1);
         // The replicas apply the same averaged gradients: bit-identical weights.

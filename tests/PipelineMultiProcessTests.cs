@@ -18,9 +18,8 @@ public sealed partial class MultiProcessTests
         using (var device = Device.Cpu(1))
         using (var world = ProcessGroup.CreateLocal(device, 8, TimeSpan.FromSeconds(20)))
         {
-            var (pp, dp, tp) = HybridScenario.Split(world, HybridWorker.Pp, HybridWorker.Dp, HybridWorker.Tp);
-            using (pp) using (dp) using (tp)
-                Spmd.Run(world, ctx => local[ctx.Rank] = HybridScenario.Train(pp[ctx.Rank]!, dp[ctx.Rank]!, tp[ctx.Rank]!, d, out _));
+            using (var mesh = HybridScenario.Mesh(world, HybridWorker.Pp, HybridWorker.Dp, HybridWorker.Tp))
+                Spmd.Run(world, ctx => local[ctx.Rank] = HybridScenario.Train(mesh[ctx.Rank], d, out _));
             for (int replica = 0; replica < HybridWorker.Dp; replica++)
             {
                 var multi = HybridScenario.Assemble(fromFiles, HybridWorker.Pp, HybridWorker.Dp, HybridWorker.Tp, replica);

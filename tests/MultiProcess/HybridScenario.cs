@@ -37,16 +37,14 @@ public static class HybridScenario
             WeightSource.FromArray(B2[l], 1, H))).ToArray();
     }
 
-    /// <summary>The mesh's three splits of <paramref name="world"/> (pp × dp × tp ranks): each rank's pipeline group (same
-    /// dp and tp, ordered by pp), data-parallel group (same pp and tp) and tensor-parallel group (same pp and dp).</summary>
-    public static (ProcessGroupSplit Pp, ProcessGroupSplit Dp, ProcessGroupSplit Tp) Split(ProcessGroup world, int pp, int dp, int tp)
-    {
-        if (world.WorldSize != pp * dp * tp) throw new ArgumentException($"world has {world.WorldSize} ranks; expected {pp} x {dp} x {tp}.", nameof(world));
-        var tpSplit = world.Split(r => r / tp, r => r % tp);
-        var dpSplit = world.Split(r => r / (dp * tp) * tp + r % tp, r => r / tp % dp);
-        var ppSplit = world.Split(r => r % (dp * tp), r => r / (dp * tp));
-        return (ppSplit, dpSplit, tpSplit);
-    }
+    /// <summary>The pp × dp × tp mesh of <paramref name="world"/> (world rank = (pp·dp_size + dp)·tp_size + tp): each rank's
+    /// pipeline group (<c>Group("pp")</c>: same dp and tp), data-parallel group (same pp and tp) and tensor-parallel group
+    /// (same pp and dp).</summary>
+    public static DeviceMesh Mesh(ProcessGroup world, int pp, int dp, int tp) => DeviceMesh.Create(world, ("pp", pp), ("dp", dp), ("tp", tp));
+
+    /// <summary>Trains mesh rank <paramref name="rank"/> (see the other overload).</summary>
+    public static (int Layer, float[] W1, float[] B1, float[] W2, float[] B2)[] Train(MeshRank rank, Data d, out double[] losses) =>
+        Train(rank.Group("pp"), rank.Group("dp"), rank.Group("tp"), d, out losses);
 
     /// <summary>Trains on one rank; returns its shards after the last step: per block of its stage (stack index, W1
     /// columns, b1 part, W2 rows, b2 or empty) and the losses the last stage computed (else empty).</summary>
@@ -112,11 +110,10 @@ public static class HybridWorker
     public static void Run(ProcessGroup world, string outDir, int seed)
     {
         var d = new HybridScenario.Data(seed);
-        var (pp, dp, tp) = HybridScenario.Split(world, Pp, Dp, Tp);
-        using (pp) using (dp) using (tp)
+        using var mesh = HybridScenario.Mesh(world, Pp, Dp, Tp);
         {
             int r = world.Local.Rank;
-            var shards = HybridScenario.Train(pp[r]!, dp[r]!, tp[r]!, d, out _);
+            var shards = HybridScenario.Train(mesh[r], d, out _);
             using var w = new BinaryWriter(File.Create(Path.Combine(outDir, $"hybrid.rank{r}.bin")));
             w.Write(shards.Length);
             foreach (var (layer, w1, b1, w2, b2) in shards)
