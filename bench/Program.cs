@@ -23,6 +23,9 @@ public static class Program
             case "main":
                 return MainJob.Run(rest);
 
+            case "hybrid":
+                return HybridBenchmarks.Run(rest);
+
             case "bench" when rest.Any(a => a is "--help" or "-h" or "-?" or "help"):
                 PrintUsage(Console.Out);
                 Console.Out.WriteLine();
@@ -51,9 +54,11 @@ public static class Program
 
     private static void PrintUsage(TextWriter writer)
     {
-        writer.WriteLine("usage: Shardwise.Bench [main [options...] | bench [BenchmarkDotNet options...] | help]");
+        writer.WriteLine("usage: Shardwise.Bench [main [options...] | hybrid [options...] | bench [BenchmarkDotNet options...] | help]");
         writer.WriteLine("  main   run the main job (default); its options:");
         MainJob.PrintUsage(writer, indent: "    ");
+        writer.WriteLine("  hybrid [--quick] [--shapes PPxDPxTP,...] [--threads N]  the end-to-end example's step time per mesh shape");
+        writer.WriteLine("         (8 virtual ranks), with the communication time per dimension (tp, pp, dp): HybridBenchmarks.cs");
         writer.WriteLine("  bench  run BenchmarkDotNet benchmarks, e.g. bench --filter '*' (all), bench --filter '*Collective*',");
         writer.WriteLine("         bench --job short --filter '*.ShardedGemmBenchmarks.*', bench --list flat (the names --filter matches)");
         writer.WriteLine();

@@ -9,6 +9,7 @@ using Shardwise.Parallel;
 //   late            rank p-1 joins the second collective 2.5 timeouts late; the others must time out naming it
 //   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
 //   spmd-throw OUTDIR  rank p-1's Spmd.Run body throws before the second collective; the others must fail at once
+//   hybrid OUTDIR   the end-to-end example on a 2 x 2 x 2 mesh (8 ranks, HybridScenario): writes OUTDIR/hybrid.rank{r}.bin
 //   mesh            (4 ranks) a 2 x 2 DeviceMesh's groups, a dp all-reduce, a split with send / recv and a ring of
 //                   SendRecv steps (see MeshScenario in Scenario.cs); prints GROUP and SPLIT lines
 //   split-late      (4 ranks) rank 3 is late in its sub-group: rank 1 must time out naming it, 0 and 2 (the other
@@ -22,7 +23,7 @@ using Shardwise.Parallel;
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|bandwidth|nccl-info [OUTDIR]");
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|bandwidth|nccl-info [OUTDIR]");
     return 2;
 }
 string scenario = args[0];
@@ -62,6 +63,10 @@ using (group)
             var (column, row, ffn) = Scenario.Run(ctx, new Scenario.Data(seed));
             foreach (var (name, data) in new[] { ("column", column), ("row", row), ("ffn", ffn) })
                 File.WriteAllBytes(Path.Combine(outDir, $"{name}.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
+        }
+        else if (scenario == "hybrid")
+        {
+            HybridWorker.Run(group, args.Length > 1 ? args[1] : throw new ArgumentException("hybrid needs OUTDIR"), seed);
         }
         else if (scenario == "split-late")
         {
