@@ -818,9 +818,12 @@ static int mpi_main(void) {
     c.sync = first;
     const double t0 = now_s();
     run_scenarios(&c);
-    sw_comm_destroy(c.sync);
+    /* The verdict first, then a barrier: a process whose MPI communicators failed (the fault scenarios) exits without
+     * MPI_Finalize, and mpirun then ends the others; after the barrier every rank has printed its line. */
     printf("mpi p=%d rank %d: %s (%.1f s)\n", p, rank, g_failures ? "FAILED" : "ok", now_s() - t0);
     fflush(stdout);
+    if (sw_barrier(c.sync, rank, c.s[rank]) == SW_OK) sw_stream_synchronize(c.s[rank]);
+    sw_comm_destroy(c.sync);
     sw_stream_destroy(c.s[rank]);
     sw_stream_destroy(c.s2[rank]);
     sw_device_destroy(c.dev);
