@@ -33,13 +33,6 @@ public sealed partial class MultiProcessTests
         }
     }
 
-    // Until the native multi-process split and point-to-point exist, the job fails with Unsupported: skipped, saying so.
-    private static void IgnoreIfNotImplemented(string output)
-    {
-        if (output.Contains("ShardwiseUnsupportedException") && (output.Contains("sw_comm_split") || output.Contains("sw_send") || output.Contains("sw_recv")))
-            Assert.Ignore("the native multi-process communicator split / point-to-point (sw_comm_split, sw_send, sw_recv over TCP and MPI) is not implemented in this build yet");
-    }
-
     [Test]
     public void Launcher_HybridMesh2x2x2_EqualsVirtualRanksAndOneRank()
     {
@@ -53,7 +46,6 @@ public sealed partial class MultiProcessTests
         {
             var job = Collect([Start(host, [launcher, "launch", "-n", "8", "--", host, .. prefix, "hybrid", dir],
                 new Dictionary<string, string> { ["SW_TEST_SEED"] = $"{seed}", ["SW_TEST_TIMEOUT_MS"] = "20000" })])[0];
-            IgnoreIfNotImplemented(job.Out);
             Assert.That(job.P.ExitCode, Is.EqualTo(0), job.Out);
             for (int r = 0; r < 8; r++) Assert.That(job.Out, Does.Contain($"[rank {r}] RESULT rank={r} ok"));
             CheckHybrid(dir, seed, job.Out);
@@ -70,7 +62,6 @@ public sealed partial class MultiProcessTests
         try
         {
             var (exit, output, _) = RunMpi(8, "hybrid", dir, seed, timeoutMs: 20000);
-            IgnoreIfNotImplemented(output);
             Assert.That(exit, Is.EqualTo(0), output);
             Assert.That(output.Split('\n').Count(l => l.Trim().StartsWith("RESULT rank=") && l.Trim().EndsWith(" ok")), Is.EqualTo(8), output);
             CheckHybrid(dir, seed, output);
