@@ -195,42 +195,36 @@ Args common(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype)
     return {h->state.get(), s, esz};
 }
 
+// sw_send / sw_recv: one half of a transfer (the send half when `sending`), checked and queued.
+void one_way(const char* call, bool sending, sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset,
+             uint64_t count, const sw_dtype& dtype, sw_stream stream) {
+    const Args a = common(comm, rank, stream, dtype);
+    check_peer(*a.comm, peer, "peer", false);
+    if (peer == rank)
+        fail(SW_ERR_INVALID_ARGUMENT, "peer = rank = ", rank, "; a rank ", sending ? "sends to" : "receives from",
+             " itself only with sw_sendrecv (send_peer = recv_peer = rank)");
+    Transfer t;
+    t.call = call;
+    t.rank = rank;
+    t.dtype = dtype;
+    auto& half = sending ? t.send : t.recv;
+    half.peer = peer;
+    region(half, buf, "buf", *a.comm, rank, offset, count, a.esz);
+    submit(*a.comm, std::move(t), a.stream);
+}
+
 } // namespace
 
 extern "C" {
 
 SW_API sw_status sw_send(sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset, uint64_t count,
                          sw_dtype dtype, sw_stream stream) {
-    return guard(__func__, [&] {
-        const Args a = common(comm, rank, stream, dtype);
-        check_peer(*a.comm, peer, "peer", false);
-        if (peer == rank)
-            fail(SW_ERR_INVALID_ARGUMENT, "peer = rank = ", rank, "; a rank sends to itself only with sw_sendrecv (send_peer = recv_peer = rank)");
-        Transfer t;
-        t.call = "sw_send";
-        t.rank = rank;
-        t.dtype = dtype;
-        t.send.peer = peer;
-        region(t.send, buf, "buf", *a.comm, rank, offset, count, a.esz);
-        submit(*a.comm, std::move(t), a.stream);
-    });
+    return guard(__func__, [&] { one_way("sw_send", true, comm, rank, peer, buf, offset, count, dtype, stream); });
 }
 
 SW_API sw_status sw_recv(sw_comm comm, int32_t rank, int32_t peer, sw_buffer buf, uint64_t offset, uint64_t count,
                          sw_dtype dtype, sw_stream stream) {
-    return guard(__func__, [&] {
-        const Args a = common(comm, rank, stream, dtype);
-        check_peer(*a.comm, peer, "peer", false);
-        if (peer == rank)
-            fail(SW_ERR_INVALID_ARGUMENT, "peer = rank = ", rank, "; a rank receives from itself only with sw_sendrecv (send_peer = recv_peer = rank)");
-        Transfer t;
-        t.call = "sw_recv";
-        t.rank = rank;
-        t.dtype = dtype;
-        t.recv.peer = peer;
-        region(t.recv, buf, "buf", *a.comm, rank, offset, count, a.esz);
-        submit(*a.comm, std::move(t), a.stream);
-    });
+    return guard(__func__, [&] { one_way("sw_recv", false, comm, rank, peer, buf, offset, count, dtype, stream); });
 }
 
 SW_API sw_status sw_sendrecv(sw_comm comm, int32_t rank, int32_t send_peer, sw_buffer send, uint64_t send_offset,
