@@ -23,6 +23,7 @@
  * Exit code 0 when every check passed; 77 (skipped) for the MPI modes when the MPI plugin is not available. */
 #define _POSIX_C_SOURCE 200809L
 #include "shardwise.h"
+#include "free_port.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -320,18 +321,6 @@ static int mpi_freeze(int64_t timeout_ms) {
         }
     }
     return 1;
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr*)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr*)&a, &len) != 0) return 29600;
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 /* One forked 3-rank TCP trial: rank `victim` is SIGKILLed or SIGSTOPped once the job runs. */

@@ -11,6 +11,7 @@
  * Exit code 0 when every check passed; 77 (skipped) for --mpi when the MPI plugin is not available. */
 #define _POSIX_C_SOURCE 200809L
 #include "shardwise.h"
+#include "free_port.h"
 #include "float16_ref.h"
 
 #include <math.h>
@@ -701,18 +702,6 @@ static int local_faults(void) {
     const int bad = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
     printf("local faults: %s\n", bad ? "FAILED" : "ok");
     return bad;
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr*)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr*)&a, &len) != 0) return 29500;
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 /* Forks p ranks of a TCP job; each must exit 0 (except an "exit" victim, which exits 0 anyway). */

@@ -20,6 +20,7 @@
  * for --mpi when the MPI plugin is not available. */
 #define _POSIX_C_SOURCE 200809L
 #include "shardwise.h"
+#include "free_port.h"
 
 #include <netinet/in.h>
 #include <pthread.h>
@@ -691,18 +692,6 @@ static int local_runs(void) {
 }
 
 /* ---------------------------------------------------------------- multi-process */
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr*)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr*)&a, &len) != 0) return 29500;
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 /* Rank 1 is killed (SIGKILL, by itself) while rank 0 waits in a receive from it with a 20 s timeout: rank 0 fails
  * within a few seconds naming rank 1. Ranks >= 2 wait for nothing. Last: the victim is gone afterwards. */

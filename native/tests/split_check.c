@@ -15,6 +15,7 @@
  * Exit code 0 when every check passed; 77 (skipped) for --mpi when the MPI plugin is not available. */
 #define _POSIX_C_SOURCE 200809L
 #include "shardwise.h"
+#include "free_port.h"
 
 #include <math.h>
 #include <netinet/in.h>
@@ -689,18 +690,6 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     sw_device_destroy(x.dev);
     sw_store_destroy(store);
     return g_failures ? 1 : 0;
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr*)&a, sizeof a) != 0 || getsockname(fd, (struct sockaddr*)&a, &len) != 0) return 29500;
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 /* Forks p ranks of a TCP job; each must exit 0 (the killed one excepted). "kill": once every rank has made its
