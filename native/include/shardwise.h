@@ -43,7 +43,8 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SW_ABI_VERSION 3 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv */
+#define SW_ABI_VERSION 4 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
+                            4: sw_gemm_grouped */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -280,6 +281,23 @@ typedef struct sw_gemm_desc {
     sw_buffer bias; uint64_t bias_offset;
 } sw_gemm_desc;
 SW_API sw_status sw_gemm_ex(sw_stream stream, const sw_gemm_desc* desc);
+
+/* Grouped GEMM (ABI 4): count independent GEMMs, member i being sw_gemm_ex(streams[i], &descs[i]), submitted as one
+ * call so that the backend can share work between them — the sharded GEMM of virtual ranks on one device, where
+ * every rank multiplies the same X by its own shard of W: the CPU backend packs op(A) once for all members that
+ * share it (same buffer, offset, lda, trans_a, a_type, m and k) instead of once per member.
+ *  - count >= 1; streams[i] and descs[i] for i < count; every stream on the same device (SW_ERR_INVALID_ARGUMENT
+ *    naming streams[i] otherwise); a stream may appear more than once. Each descs[i] is checked as sw_gemm_ex checks
+ *    its desc, and a failure names the member ("descs[2]: ldb = ...").
+ *  - Outputs: no member's C may overlap another member's C or any member's A, B or bias (SW_ERR_INVALID_ARGUMENT).
+ *  - Ordering: member i is ordered in streams[i] as if sw_gemm_ex had been called there; the whole group starts
+ *    after every listed stream's earlier work and every listed stream's later work starts after the group.
+ *    Nothing is queued when any check fails.
+ *  - Errors: a member whose stream has a pending (unreported) error is skipped like any work on that stream; the
+ *    other members still run. A failure while computing is reported by every listed stream's next synchronize.
+ *  - Results: member i's C equals what sw_gemm_ex(streams[i], &descs[i]) writes, bit for bit (the determinism
+ *    contract of sw_gemm), on every backend. Backends without a grouped path run the members one by one. */
+SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const sw_gemm_desc* descs);
 
 /* ---------------------------------------------------------------- element-wise activations */
 

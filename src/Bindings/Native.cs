@@ -14,7 +14,7 @@ public static unsafe partial class Native
     private const string Lib = NativeLibraryLoader.LibraryName;
 
     /// <summary>The ABI version this binding was written against (SW_ABI_VERSION).</summary>
-    public const int AbiVersion = 3;
+    public const int AbiVersion = 4;
 
 #pragma warning disable CS1591 // one-to-one with shardwise.h, documented there
     // ---------------------------------------------------------------- library
@@ -68,6 +68,8 @@ public static unsafe partial class Native
         BufferHandle c, ulong cOffset, long ldc,
         nint bias, ulong biasOffset, SwEpilogue epilogue);
     [LibraryImport(Lib)] public static partial SwStatus sw_gemm_ex(StreamHandle stream, SwGemmDesc* desc);
+    /// <summary>sw_gemm_grouped (ABI 4): streams holds count raw stream handles (kept alive by the caller).</summary>
+    [LibraryImport(Lib)] public static partial SwStatus sw_gemm_grouped(int count, IntPtr* streams, SwGemmDesc* descs);
 
     // ---------------------------------------------------------------- element-wise activations
     [LibraryImport(Lib)] public static partial SwStatus sw_gelu(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle y, ulong yOffset, ulong count);

@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <string>
+#include <vector>
 
 using namespace sw;
 
@@ -396,6 +398,34 @@ SW_API sw_status sw_gemm_ex(sw_stream stream, const sw_gemm_desc* desc) {
         auto* s = checked(stream, "stream");
         GemmCall call = gemm_call_from_desc(s, desc);
         s->device_impl->ops->gemm(*s, call.problem, std::move(call.keep));
+    });
+}
+
+SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const sw_gemm_desc* descs) {
+    return guard(__func__, [&] {
+        if (count < 1 || count > (1 << 20))
+            fail(SW_ERR_INVALID_ARGUMENT, "count = ", count, "; expected 1..1048576 members");
+        if (!streams) fail(SW_ERR_INVALID_ARGUMENT, "streams is NULL; expected count = ", count, " stream handles");
+        if (!descs) fail(SW_ERR_INVALID_ARGUMENT, "descs is NULL; expected count = ", count, " sw_gemm_desc");
+        std::vector<sw_stream_s*> ss(static_cast<size_t>(count));
+        std::vector<GemmProblem> problems(static_cast<size_t>(count));
+        std::vector<KeepAlive> keeps(static_cast<size_t>(count));
+        for (int32_t i = 0; i < count; ++i) {
+            const std::string name = str("streams[", i, "]");
+            ss[i] = checked(streams[i], name.c_str());
+            if (ss[i]->device_impl != ss[0]->device_impl)
+                fail(SW_ERR_INVALID_ARGUMENT, "streams[", i, "] is on another device than streams[0]; expected every ",
+                     "member's stream on one device");
+            try {
+                GemmCall call = gemm_call_from_desc(ss[i], &descs[i]);
+                problems[i] = call.problem;
+                keeps[i] = std::move(call.keep);
+            } catch (const Error& e) {
+                fail(e.status(), "descs[", i, "]: ", e.message());
+            }
+        }
+        // TODO(issue 15, part C): outputs must not overlap each other or any member's inputs.
+        ss[0]->device_impl->ops->gemm_grouped(ss.data(), problems.data(), keeps.data(), count);
     });
 }
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 struct sw_stream_s;
 struct sw_event_s;
@@ -90,6 +91,13 @@ public:
     // A validated problem, on the stream's device (one virtual call per GEMM; nothing allocated here but the queued
     // work itself).
     virtual void gemm(sw_stream_s& s, const GemmProblem& problem, KeepAlive keep) = 0;
+    // sw_gemm_grouped: count >= 1 validated problems, member i ordered on *streams[i] (every stream on one device,
+    // outputs checked not to overlap). The default runs the members one by one through gemm(); a backend with a
+    // grouped path overrides it (the CPU backend shares the packing of a common op(A)).
+    virtual void gemm_grouped(sw_stream_s* const* streams, const GemmProblem* problems, KeepAlive* keeps,
+                              int32_t count) {
+        for (int32_t i = 0; i < count; ++i) gemm(*streams[i], problems[i], std::move(keeps[i]));
+    }
     // Throws SW_ERR_UNSUPPORTED naming the dtype when the backend's element-wise activations do not take it.
     virtual void check_activation_type(sw_dtype dtype) = 0;
     // y[i] = gelu(x[i]) (tanh approximation), count > 0; y may equal x.

@@ -790,4 +790,9 @@ void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
     pool.parallel_for(ntasks, [pcx](int64_t t) { run_task(*pcx, t); });
 }
 
+// Contract stub (issue 15): the members one by one. Part B replaces it with the shared-packing driver.
+void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, ThreadPool& pool) {
+    for (int32_t i = 0; i < count; ++i) gemm(problems[i], kernel, pool);
+}
+
 } // namespace sw::cpu

@@ -44,6 +44,11 @@ void sgemm(const GemmProblem& problem, Kernel kernel, ThreadPool& pool);
 // The determinism contract of sgemm holds for every type and kernel.
 void gemm(const GemmProblem& problem, Kernel kernel, ThreadPool& pool);
 
+// count >= 1 problems, each as gemm() takes it, run as one job on the pool: member i's C equals gemm(problems[i])
+// bit for bit. Members that share op(A) (same pointer, a_type, trans_a, lda, m and k) have each block of op(A) packed
+// once for all of them. The outputs do not overlap each other or any member's inputs (checked by the caller).
+void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, ThreadPool& pool);
+
 // GeLU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 float gelu_tanh(float x);
 

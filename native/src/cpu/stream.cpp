@@ -46,6 +46,9 @@ std::string Stream::pending_error() const {
     return error_ == SW_OK ? std::string() : error_message_;
 }
 
+// Contract stub (issue 15): never inline yet. Part A implements it.
+bool Stream::run_inline_if_idle(Stream* const*, int, const std::function<void()>&) { return false; }
+
 void Stream::run() {
     t_on_stream_worker = true;
     std::unique_lock<std::mutex> lock(mu_);

@@ -34,6 +34,14 @@ public:
     // report (SW_OK if none) with its message, and clears it.
     sw_status synchronize(std::string* message);
 
+    // Runs fn on the calling thread, now, when every stream in streams[0..count) is idle (nothing queued or running;
+    // a stream may be listed twice), and returns true; otherwise runs nothing and returns false (the caller then
+    // queues the work as usual). While fn runs the listed streams count as busy: work queued on them meanwhile waits
+    // behind it and synchronize waits for it. fn is ordinary work: an exception it throws is recorded as the pending
+    // error of every listed stream (reported by their next synchronize), exactly as if it had run queued. Streams
+    // with a pending error are not idle (false: the queued path applies the skip rule). Never from a stream worker.
+    static bool run_inline_if_idle(Stream* const* streams, int count, const std::function<void()>& fn);
+
     // Called from an operation running on this stream: the pending error's message, or empty.
     std::string pending_error() const;
 
