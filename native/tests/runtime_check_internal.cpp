@@ -7,7 +7,10 @@
 //    a stream with a pending error or queued work is not inlined, and the skip rule still holds;
 //  - concurrent inline calls over overlapping stream lists in opposite orders finish (address-ordered locking);
 //  - stress: several threads mixing inline and queued work on their own and shared streams (~1 s), order checked;
-//  - destruction while idle, from a stream worker (refused), the round-trip measurement.
+//  - destruction while idle, from a stream worker (refused), the round-trip measurement;
+//  - the pool: 4 concurrent callers making many rapid small calls never run more than N tasks at once (N = 1, 2, 3;
+//    counted with atomics), every index once; the caller runs tasks (all of them on a pool of 1, a single task on
+//    any pool); exceptions of caller-run and pool-run tasks; nested calls from a caller-run task; destruction.
 // Every wait is bounded: a hang is reported as a failure and ends the program (exit 1) within seconds.
 // Prints every failure; exits non-zero if any.
 #include <algorithm>
@@ -338,6 +341,103 @@ void check_destruction_and_round_trip() {
     std::printf("stream round trip (median of 5): %.1f us\n", ns / 1000);
 }
 
+
+// p concurrent callers on one pool of budget N, many rapid calls of 1..9 short tasks each: never more than N tasks
+// running at once (counted with atomics), every index of every call exactly once. About 0.3 s per pool size.
+void check_pool_budget() {
+    for (int nt : {1, 2, 3}) {
+        ThreadPool pool(nt);
+        std::atomic<int> running{0}, peak{0}, bad{0};
+        std::atomic<int64_t> calls{0};
+        bounded("pool budget", 20, [&] {
+            std::vector<std::thread> th;
+            for (int c = 0; c < 4; ++c)
+                th.emplace_back([&, c] {
+                    uint32_t rng = 777u + static_cast<uint32_t>(c);
+                    std::vector<std::atomic<int>> hits(9);
+                    const auto until = Clock::now() + std::chrono::milliseconds(300);
+                    while (Clock::now() < until) {
+                        rng = rng * 1664525u + 1013904223u;
+                        const int64_t n = 1 + static_cast<int64_t>(rng >> 28) % 9;
+                        for (auto& h : hits) h.store(0);
+                        pool.parallel_for(n, [&](int64_t i) {
+                            const int now = running.fetch_add(1) + 1;
+                            int p = peak.load();
+                            while (now > p && !peak.compare_exchange_weak(p, now)) {
+                            }
+                            hits[static_cast<size_t>(i)].fetch_add(1);
+                            const auto t0 = Clock::now();
+                            while (Clock::now() - t0 < std::chrono::microseconds(i % 3 == 0 ? 20 : 2)) {
+                            }
+                            running.fetch_sub(1);
+                        });
+                        for (int64_t i = 0; i < 9; ++i)
+                            if (hits[static_cast<size_t>(i)].load() != (i < n ? 1 : 0)) bad++;
+                        calls++;
+                    }
+                });
+            for (auto& t : th) t.join();
+        });
+        CHECK(peak.load() <= nt, "pool of %d: %d tasks ran at once", nt, peak.load());
+        CHECK(bad.load() == 0, "pool of %d: %d indexes not run exactly once", nt, bad.load());
+        std::printf("pool of %d: %lld calls from 4 threads, peak %d tasks at once\n", nt,
+                    static_cast<long long>(calls.load()), peak.load());
+    }
+}
+
+// The caller takes part: on a pool of 1 every task runs on the caller's thread; a single task runs there on any
+// pool. Exceptions of caller-run and pool-run tasks are rethrown after all tasks; nested calls from a caller-run task
+// run inline; the pool works afterwards.
+void check_pool_caller() {
+    {
+        ThreadPool pool(1);
+        const auto me = std::this_thread::get_id();
+        std::atomic<int> elsewhere{0};
+        pool.parallel_for(7, [&](int64_t) {
+            if (std::this_thread::get_id() != me) elsewhere++;
+        });
+        CHECK(elsewhere.load() == 0, "pool of 1: %d tasks ran off the caller's thread", elsewhere.load());
+    }
+    for (int nt : {1, 2, 3}) {
+        ThreadPool pool(nt);
+        std::thread::id ran_on;
+        pool.parallel_for(1, [&](int64_t) { ran_on = std::this_thread::get_id(); });
+        CHECK(ran_on == std::this_thread::get_id(), "pool of %d: a single task did not run on the caller", nt);
+        bool caught = false;
+        try {
+            pool.parallel_for(1, [](int64_t) { throw std::runtime_error("single"); });
+        } catch (const std::runtime_error& e) {
+            caught = std::strcmp(e.what(), "single") == 0;
+        }
+        CHECK(caught, "pool of %d: exception of a single task not rethrown", nt);
+        for (int rep = 0; rep < 50; ++rep) {
+            std::atomic<int> ran{0};
+            caught = false;
+            try {
+                pool.parallel_for(6, [&](int64_t i) {
+                    ran++;
+                    if (i == rep % 6) throw std::runtime_error("task");
+                });
+            } catch (const std::runtime_error&) {
+                caught = true;
+            }
+            CHECK(caught && ran.load() == 6, "pool of %d: exception lost or tasks skipped (%d ran)", nt, ran.load());
+        }
+        std::atomic<int64_t> sum{0};
+        bounded("nested", 5, [&] {
+            pool.parallel_for(3, [&](int64_t i) { pool.parallel_for(3, [&](int64_t j) { sum += i * 3 + j; }); });
+        });
+        CHECK(sum.load() == 36, "pool of %d: nested sum %lld", nt, static_cast<long long>(sum.load()));
+    }
+    // Destruction right after use and while idle.
+    bounded("pool destruction", 5, [] {
+        for (int i = 0; i < 20; ++i) {
+            ThreadPool pool(1 + i % 3);
+            if (i & 1) pool.parallel_for(5, [](int64_t) {});
+        }
+    });
+}
+
 } // namespace
 
 int main() {
@@ -347,6 +447,8 @@ int main() {
     check_inline_lock_order();
     check_inline_stress();
     check_destruction_and_round_trip();
+    check_pool_budget();
+    check_pool_caller();
     std::printf("%d checks, %d failures\n", g_checks, g_failures);
     return g_failures ? 1 : 0;
 }
