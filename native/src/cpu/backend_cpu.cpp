@@ -8,6 +8,7 @@
 #include "core/objects.h"
 #include "cpu/call_path.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_grouped_submit.h"
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 #include "cpu/training_ops.h"
@@ -361,6 +362,12 @@ public:
         };
         submit(s, rate_index, estimate, std::move(keep),
                [problem, kernel, dev] { cpu::gemm(problem, kernel, *dev->pool); });
+    }
+
+    // One job for the whole group (cpu/gemm_grouped_submit.h): a shared op(A) is packed once for every member.
+    void gemm_grouped(sw_stream_s* const* streams, const GemmProblem* problems, KeepAlive* keeps,
+                      int32_t count) override {
+        submit_gemm_grouped(streams, problems, keeps, count);
     }
 
     void check_activation_type(sw_dtype dtype) override {
