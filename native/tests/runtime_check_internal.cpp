@@ -8,6 +8,10 @@
 //  - concurrent inline calls over overlapping stream lists in opposite orders finish (address-ordered locking);
 //  - stress: several threads mixing inline and queued work on their own and shared streams (~1 s), order checked;
 //  - destruction while idle, from a stream worker (refused), the round-trip measurement;
+//  - through the C ABI: sw_gemm and sw_gelu give the same bits whether they run inline (policy always), queued
+//    (never) or by the measured rule (auto), and match a float64 reference (fresh random data, NaN-poisoned outputs);
+//    under auto a 1 x 64 x 64 GEMM is finished when sw_gemm returns (inline), a 1024^3 one is estimated above the
+//    threshold (queued), and the costs were measured;
 //  - the pool: 4 concurrent callers making many rapid small calls never run more than N tasks at once (N = 1, 2, 3;
 //    counted with atomics), every index once; the caller runs tasks (all of them on a pool of 1, a single task on
 //    any pool); exceptions of caller-run and pool-run tasks; nested calls from a caller-run task; destruction.
@@ -15,6 +19,7 @@
 // Prints every failure; exits non-zero if any.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -29,6 +34,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "cpu/call_path.h"
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 
@@ -438,6 +444,127 @@ void check_pool_caller() {
     });
 }
 
+
+#define OKC(call)                                                                                        \
+    do {                                                                                                 \
+        const sw_status st_ = (call);                                                                    \
+        CHECK(st_ == SW_OK, "%s -> %s: %s", #call, sw_status_string(st_), sw_last_error());             \
+    } while (0)
+
+std::vector<float> random_floats(size_t n, uint32_t seed) {
+    std::vector<float> v(n);
+    for (float& x : v) {
+        seed = seed * 1664525u + 1013904223u;
+        x = static_cast<float>(seed >> 8) / 16777216.0f - 0.5f;
+    }
+    return v;
+}
+
+// sw_gemm and sw_gelu through the C ABI under each policy: identical bits, float64 reference.
+void check_api_paths() {
+    using sw::cpu::InlinePolicy;
+    sw_device dev = nullptr;
+    sw_stream st = nullptr;
+    OKC(sw_device_create(SW_BACKEND_CPU, 0, 2, &dev));
+    OKC(sw_stream_create(dev, &st));
+    if (!dev || !st) return;
+    struct Shape { int64_t m, n, k; };
+    const Shape shapes[] = {{1, 64, 64}, {64, 64, 64}, {128, 128, 128}, {37, 70, 129}, {3, 300, 5}};
+    uint32_t seed = 99u;
+    for (const Shape& sh : shapes) {
+        const auto a = random_floats(static_cast<size_t>(sh.m * sh.k), seed++);
+        const auto b = random_floats(static_cast<size_t>(sh.k * sh.n), seed++);
+        const auto bias = random_floats(static_cast<size_t>(sh.n), seed++);
+        std::vector<float> c(static_cast<size_t>(sh.m * sh.n));
+        sw_buffer ba = nullptr, bb = nullptr, bc = nullptr, bbias = nullptr;
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(a.data()), a.size() * 4, &ba));
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(b.data()), b.size() * 4, &bb));
+        OKC(sw_buffer_wrap(dev, c.data(), c.size() * 4, &bc));
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(bias.data()), bias.size() * 4, &bbias));
+        std::vector<float> results[3];
+        const InlinePolicy policies[3] = {InlinePolicy::Never, InlinePolicy::Always, InlinePolicy::Auto};
+        for (int pi = 0; pi < 3; ++pi) {
+            sw::cpu::set_inline_policy(policies[pi]);
+            std::fill(c.begin(), c.end(), std::nanf(""));
+            OKC(sw_gemm(st, SW_DTYPE_F32, SW_OP_N, SW_OP_N, sh.m, sh.n, sh.k, 1.0f, ba, 0, sh.k, bb, 0, sh.n, 0.0f, bc, 0,
+                        sh.n, bbias, 0, SW_EPILOGUE_NONE));
+            if (policies[pi] == InlinePolicy::Always || (policies[pi] == InlinePolicy::Auto && sh.m == 1)) {
+                // Inline: finished when sw_gemm returns (read before synchronize).
+                bool written = true;
+                for (float x : c) written = written && !std::isnan(x);
+                CHECK(written, "%lld x %lld x %lld under policy %d: C not written when sw_gemm returned (not inline)",
+                      static_cast<long long>(sh.m), static_cast<long long>(sh.n), static_cast<long long>(sh.k), pi);
+            }
+            OKC(sw_stream_synchronize(st));
+            results[pi] = c;
+        }
+        // float64 reference; |error| <= 2 k u sum|a||b| + |bias| u (u = 2^-24) for any fp32 FMA order.
+        int bad = 0;
+        for (int64_t i = 0; i < sh.m; ++i)
+            for (int64_t j = 0; j < sh.n; ++j) {
+                double ref = bias[static_cast<size_t>(j)], mag = std::fabs(ref);
+                for (int64_t l = 0; l < sh.k; ++l) {
+                    const double p = static_cast<double>(a[static_cast<size_t>(i * sh.k + l)]) *
+                                     static_cast<double>(b[static_cast<size_t>(l * sh.n + j)]);
+                    ref += p;
+                    mag += std::fabs(p);
+                }
+                const double tol = 2.0 * static_cast<double>(sh.k + 1) * std::ldexp(mag, -24) + 1e-30;
+                if (!(std::fabs(results[0][static_cast<size_t>(i * sh.n + j)] - ref) <= tol)) ++bad;
+            }
+        CHECK(bad == 0, "%lld x %lld x %lld: %d elements off the float64 reference", static_cast<long long>(sh.m),
+              static_cast<long long>(sh.n), static_cast<long long>(sh.k), bad);
+        CHECK(std::memcmp(results[0].data(), results[1].data(), c.size() * 4) == 0 &&
+                  std::memcmp(results[0].data(), results[2].data(), c.size() * 4) == 0,
+              "%lld x %lld x %lld: inline and queued results differ", static_cast<long long>(sh.m),
+              static_cast<long long>(sh.n), static_cast<long long>(sh.k));
+        for (sw_buffer x : {ba, bb, bc, bbias}) sw_buffer_destroy(x);
+    }
+    // The measured costs and the rule's verdicts at both ends.
+    sw::cpu::set_inline_policy(InlinePolicy::Auto);
+    const auto costs = sw::cpu::inline_costs(sw::cpu::Kernel::Auto);
+    CHECK(costs.handoff_ns > 0 && costs.gemm_flops_per_ns > 0 && costs.elementwise_ns > 0,
+          "costs not measured: hand-off %g ns, %g flops/ns, %g ns/element", costs.handoff_ns, costs.gemm_flops_per_ns,
+          costs.elementwise_ns);
+    const double limit = sw::cpu::kInlineFactor * costs.handoff_ns;
+    CHECK(sw::cpu::gemm_estimate_ns(1, 64, 64, sw::cpu::Kernel::Auto) < limit, "1x64x64 would be queued");
+    CHECK(sw::cpu::gemm_estimate_ns(1024, 1024, 1024, sw::cpu::Kernel::Auto) > limit, "1024^3 would run inline");
+    std::printf("measured: hand-off %.1f us, GEMM %.1f GFLOP/s (one thread), GeLU %.2f ns/element; inline below "
+                "%.0f us of work\n",
+                costs.handoff_ns / 1000, costs.gemm_flops_per_ns, costs.elementwise_ns, limit / 1000);
+
+    // GeLU: inline (small) and queued give the same bits as a scalar loop of the same function.
+    for (uint64_t count : {uint64_t(100), uint64_t(70000)}) {
+        const auto x = random_floats(static_cast<size_t>(count), seed++);
+        std::vector<float> y(static_cast<size_t>(count)), first;
+        sw_buffer bx = nullptr, by = nullptr;
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(x.data()), count * 4, &bx));
+        OKC(sw_buffer_wrap(dev, y.data(), count * 4, &by));
+        for (InlinePolicy pol : {InlinePolicy::Never, InlinePolicy::Always, InlinePolicy::Auto}) {
+            sw::cpu::set_inline_policy(pol);
+            std::fill(y.begin(), y.end(), std::nanf(""));
+            OKC(sw_gelu(st, SW_DTYPE_F32, bx, 0, by, 0, count));
+            OKC(sw_stream_synchronize(st));
+            if (first.empty()) first = y;
+            CHECK(std::memcmp(first.data(), y.data(), count * 4) == 0, "gelu(%llu): policies differ",
+                  static_cast<unsigned long long>(count));
+        }
+        int bad = 0;
+        for (size_t i = 0; i < x.size(); ++i) {
+            const double v = x[i];
+            const double ref = 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+            if (!(std::fabs(first[i] - ref) <= 1e-6)) ++bad;
+        }
+        CHECK(bad == 0, "gelu(%llu): %d elements off the float64 reference (1e-6)",
+              static_cast<unsigned long long>(count), bad);
+        sw_buffer_destroy(bx);
+        sw_buffer_destroy(by);
+    }
+    sw::cpu::set_inline_policy(InlinePolicy::Auto);
+    OKC(sw_stream_destroy(st));
+    OKC(sw_device_destroy(dev));
+}
+
 } // namespace
 
 int main() {
@@ -447,6 +574,7 @@ int main() {
     check_inline_lock_order();
     check_inline_stress();
     check_destruction_and_round_trip();
+    check_api_paths();
     check_pool_budget();
     check_pool_caller();
     std::printf("%d checks, %d failures\n", g_checks, g_failures);

@@ -150,6 +150,13 @@ void ensure_measured(sw_stream_s& s, int kernel) {
                                   std::memory_order_release);
 }
 
+double gemm_estimate(int64_t m, int64_t n, int64_t k, int rate_index) {
+    const double flops =
+        2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(std::max<int64_t>(k, 1));
+    const double rate = g_gemm_rate[rate_index].load(std::memory_order_relaxed);
+    return rate > 0.0 ? flops / rate : 0.0;
+}
+
 // Runs body on the caller when the stream is idle and est_ns (from the measured costs; kernel < 0: element-wise)
 // is below the threshold; otherwise (or if the stream turned busy meanwhile) queues it holding keep.
 template <class Estimate, class Body>
@@ -355,11 +362,7 @@ public:
         auto dev = s.device_impl;
         const auto kernel = static_cast<Kernel>(dev->kernel.load());
         const int rate_index = static_cast<int>(resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto));
-        auto estimate = [&problem, rate_index] {
-            const double flops = 2.0 * static_cast<double>(problem.m) * static_cast<double>(problem.n) *
-                                 static_cast<double>(std::max<int64_t>(problem.k, 1));
-            return flops / g_gemm_rate[rate_index].load(std::memory_order_relaxed);
-        };
+        auto estimate = [&problem, rate_index] { return gemm_estimate(problem.m, problem.n, problem.k, rate_index); };
         submit(s, rate_index, estimate, std::move(keep),
                [problem, kernel, dev] { cpu::gemm(problem, kernel, *dev->pool); });
     }
@@ -443,6 +446,9 @@ InlinePolicy inline_policy() { return static_cast<InlinePolicy>(g_policy.load())
 InlineCosts inline_costs(Kernel kernel) {
     const int k = static_cast<int>(resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto));
     return {g_handoff_ns.load(), g_gemm_rate[k].load(), g_elementwise_ns.load()};
+}
+double gemm_estimate_ns(int64_t m, int64_t n, int64_t k, Kernel kernel) {
+    return gemm_estimate(m, n, k, static_cast<int>(resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto)));
 }
 } // namespace sw::cpu
 

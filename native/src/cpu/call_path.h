@@ -32,4 +32,8 @@ struct InlineCosts {
 };
 InlineCosts inline_costs(Kernel kernel);
 
+// The estimated single-thread time (ns) of an m x n x k GEMM with the kernel (0 until its rate is measured): what the
+// rule compares with kInlineFactor x handoff_ns.
+double gemm_estimate_ns(int64_t m, int64_t n, int64_t k, Kernel kernel);
+
 } // namespace sw::cpu
