@@ -560,6 +560,23 @@ void check_api_paths() {
         sw_buffer_destroy(bx);
         sw_buffer_destroy(by);
     }
+    // An event recorded on an idle stream is complete at once (its marker ran inline); waiting for it queues nothing
+    // that could block; under policy never the marker is queued and completes by synchronize.
+    sw::cpu::set_inline_policy(InlinePolicy::Auto);
+    sw_event ev = nullptr;
+    OKC(sw_event_create(dev, &ev));
+    OKC(sw_event_record(ev, st));
+    int32_t done = -1;
+    OKC(sw_event_query(ev, &done));
+    CHECK(done == 1, "event recorded on an idle stream not complete at once (%d)", done);
+    OKC(sw_stream_wait_event(st, ev));
+    OKC(sw_stream_synchronize(st));
+    sw::cpu::set_inline_policy(InlinePolicy::Never);
+    OKC(sw_event_record(ev, st));
+    OKC(sw_stream_synchronize(st));
+    OKC(sw_event_query(ev, &done));
+    CHECK(done == 1, "queued event not complete after synchronize (%d)", done);
+    OKC(sw_event_destroy(ev));
     sw::cpu::set_inline_policy(InlinePolicy::Auto);
     OKC(sw_stream_destroy(st));
     OKC(sw_device_destroy(dev));

@@ -274,8 +274,9 @@ public:
         {
             std::lock_guard<std::mutex> lock(st->mu);
             gen = st->recorded;
+            // Never recorded, or its marker already ran: nothing to wait for (no operation queued).
+            if (gen == 0 || st->completed >= gen) return;
         }
-        if (gen == 0) return; // never recorded: nothing to wait for
         s.impl->enqueue(
             [st, gen] {
                 std::unique_lock<std::mutex> lock(st->mu);
@@ -295,17 +296,23 @@ public:
             std::lock_guard<std::mutex> lock(st->mu);
             gen = ++st->recorded;
         }
-        s.impl->enqueue(
-            [st, gen] {
-                const auto now = std::chrono::steady_clock::now();
-                std::lock_guard<std::mutex> lock(st->mu);
-                if (gen > st->completed) {
-                    st->completed = gen;
-                    st->time = now;
-                }
-                st->cv.notify_all();
-            },
-            /*always=*/true);
+        auto marker = [st, gen] {
+            const auto now = std::chrono::steady_clock::now();
+            std::lock_guard<std::mutex> lock(st->mu);
+            if (gen > st->completed) {
+                st->completed = gen;
+                st->time = now;
+            }
+            st->cv.notify_all();
+        };
+        // On an idle stream everything before the marker has run: it completes now, on the caller (no hand-off).
+        // A stream with a pending error is not idle: the marker is queued as `always` work as before.
+        Stream* one = s.impl.get();
+        const auto* pm = &marker;
+        if (static_cast<InlinePolicy>(g_policy.load(std::memory_order_relaxed)) != InlinePolicy::Never &&
+            s.impl->idle() && Stream::run_inline_if_idle(&one, 1, [pm] { (*pm)(); }))
+            return;
+        s.impl->enqueue(std::move(marker), /*always=*/true);
     }
 
     void event_synchronize(sw_event_s& e) override {
