@@ -135,19 +135,23 @@ double measure_elementwise_ns() {
     return std::max(best, 1.0) / kCount;
 }
 
-// The hand-off cost (measured on this idle stream the first time) and, when kernel >= 0, the kernel's GEMM rate.
-void ensure_measured(sw_stream_s& s, int kernel) {
+// The hand-off cost and, when kernel >= 0, the kernel's GEMM rate: true when known. The first caller measures (on a
+// private stream, so that no user's queue is involved); a concurrent caller does not wait for it (false: it queues).
+bool ensure_measured(sw_stream_s& s, int kernel) {
     if (g_handoff_ns.load(std::memory_order_acquire) > 0.0 &&
         (kernel < 0 || g_gemm_rate[kernel].load(std::memory_order_acquire) > 0.0))
-        return;
-    std::lock_guard<std::mutex> g(g_measure_mu);
+        return true;
+    std::unique_lock<std::mutex> lock(g_measure_mu, std::try_to_lock);
+    if (!lock.owns_lock()) return false;
     if (g_handoff_ns.load() == 0.0) {
         g_elementwise_ns.store(measure_elementwise_ns());
-        g_handoff_ns.store(s.impl->measure_round_trip_ns(5), std::memory_order_release);
+        Stream probe; // its worker starts asleep, as an idle stream's is
+        g_handoff_ns.store(probe.measure_round_trip_ns(5), std::memory_order_release);
     }
     if (kernel >= 0 && g_gemm_rate[kernel].load() == 0.0)
         g_gemm_rate[kernel].store(measure_gemm_rate(static_cast<Kernel>(kernel), *s.device_impl->pool),
                                   std::memory_order_release);
+    return true;
 }
 
 double gemm_estimate(int64_t m, int64_t n, int64_t k, int rate_index) {
@@ -164,10 +168,8 @@ void submit(sw_stream_s& s, int kernel, Estimate&& est_ns, KeepAlive keep, Body&
     const auto policy = static_cast<InlinePolicy>(g_policy.load(std::memory_order_relaxed));
     if (policy != InlinePolicy::Never && s.impl->idle()) {
         bool go = policy == InlinePolicy::Always;
-        if (!go) {
-            ensure_measured(s, kernel);
+        if (!go && ensure_measured(s, kernel))
             go = est_ns() <= kInlineFactor * g_handoff_ns.load(std::memory_order_relaxed);
-        }
         if (go) {
             Stream* one = s.impl.get();
             const auto* pb = &body; // one pointer: std::function stores it without allocating

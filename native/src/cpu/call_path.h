@@ -4,8 +4,9 @@
 // hand-offs: a hand-off is the measured round trip caller -> stream worker -> caller (Stream::measure_round_trip_ns),
 // the estimate is the problem's flops over the measured single-thread GEMM rate of the device's kernel (or elements
 // times the measured cost of one GeLU element). Both are measured once per process, lazily, by the first call that
-// could inline (about 0.1 ms): they are properties of the machine (thread wake-up latency, one core's speed), not of
-// a device's thread count. Larger work is queued and the call stays asynchronous.
+// could inline (about 0.1-0.3 ms, on a private probe stream; calls made meanwhile from other threads queue): they are
+// properties of the machine (thread wake-up latency, one core's speed), not of a device's thread count. Larger work
+// is queued and the call stays asynchronous.
 #pragma once
 #include "cpu/gemm.h"
 
