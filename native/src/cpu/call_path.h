@@ -18,7 +18,7 @@ namespace sw::cpu {
 // it at the next synchronize anyway.
 constexpr double kInlineFactor = 10.0;
 
-// Auto: the rule above. Never: always queue (the path before issue 15; for measurement). Always: inline whenever the
+// Auto: the rule above. Never: always queue (the hand-off path; for measurement). Always: inline whenever the
 // stream is idle (for tests of the inline path). Default Auto; the environment variable SHARDWISE_CPU_INLINE
 // (auto, never, always) sets the initial value.
 enum class InlinePolicy : int { Auto = 0, Never = 1, Always = 2 };
