@@ -11,7 +11,8 @@
 //  - through the C ABI: sw_gemm and sw_gelu give the same bits whether they run inline (policy always), queued
 //    (never) or by the measured rule (auto), and match a float64 reference (fresh random data, NaN-poisoned outputs);
 //    under auto a 1 x 64 x 64 GEMM is finished when sw_gemm returns (inline), a 1024^3 one is estimated above the
-//    threshold (queued), and the costs were measured;
+//    threshold (queued), and the costs were measured; copies and fills likewise; an event recorded on an idle stream
+//    is complete at once;
 //  - the pool: 4 concurrent callers making many rapid small calls never run more than N tasks at once (N = 1, 2, 3;
 //    counted with atomics), every index once; the caller runs tasks (all of them on a pool of 1, a single task on
 //    any pool); exceptions of caller-run and pool-run tasks; nested calls from a caller-run task; destruction.
@@ -560,6 +561,36 @@ void check_api_paths() {
         sw_buffer_destroy(bx);
         sw_buffer_destroy(by);
     }
+    // Copies and fills: the same bytes under every policy; a small copy on an idle stream under auto is done when the
+    // call returns (inline).
+    for (uint64_t bytes : {uint64_t(256), uint64_t(1) << 20}) {
+        const auto src = random_floats(static_cast<size_t>(bytes / 4), seed++);
+        std::vector<float> dev_mem(static_cast<size_t>(bytes / 4)), back(static_cast<size_t>(bytes / 4));
+        sw_buffer bd = nullptr;
+        OKC(sw_buffer_wrap(dev, dev_mem.data(), bytes, &bd));
+        for (InlinePolicy pol : {InlinePolicy::Never, InlinePolicy::Always, InlinePolicy::Auto}) {
+            sw::cpu::set_inline_policy(pol);
+            std::fill(dev_mem.begin(), dev_mem.end(), std::nanf(""));
+            std::fill(back.begin(), back.end(), std::nanf(""));
+            OKC(sw_memcpy_h2d_async(bd, 0, src.data(), bytes, st));
+            if (pol == InlinePolicy::Always || (pol == InlinePolicy::Auto && bytes == 256))
+                CHECK(std::memcmp(dev_mem.data(), src.data(), bytes) == 0, "h2d of %llu bytes not done at return",
+                      static_cast<unsigned long long>(bytes));
+            OKC(sw_memcpy_d2h_async(back.data(), bd, 0, bytes, st));
+            OKC(sw_stream_synchronize(st));
+            CHECK(std::memcmp(back.data(), src.data(), bytes) == 0, "round trip of %llu bytes differs (policy %d)",
+                  static_cast<unsigned long long>(bytes), static_cast<int>(pol));
+            OKC(sw_memset_async(bd, 4, 0x7f, bytes - 8, st));
+            OKC(sw_stream_synchronize(st));
+            const auto* raw = reinterpret_cast<const unsigned char*>(dev_mem.data());
+            bool ok = std::memcmp(raw, src.data(), 4) == 0 && std::memcmp(raw + bytes - 4, &src[src.size() - 1], 4) == 0;
+            for (uint64_t i = 4; i < bytes - 4; ++i) ok = ok && raw[i] == 0x7f;
+            CHECK(ok, "memset of %llu bytes wrong (policy %d)", static_cast<unsigned long long>(bytes),
+                  static_cast<int>(pol));
+        }
+        sw_buffer_destroy(bd);
+    }
+
     // An event recorded on an idle stream is complete at once (its marker ran inline); waiting for it queues nothing
     // that could block; under policy never the marker is queued and completes by synchronize.
     sw::cpu::set_inline_policy(InlinePolicy::Auto);
