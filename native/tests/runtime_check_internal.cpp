@@ -7,11 +7,20 @@
 //    a stream with a pending error or queued work is not inlined, and the skip rule still holds;
 //  - concurrent inline calls over overlapping stream lists in opposite orders finish (address-ordered locking);
 //  - stress: several threads mixing inline and queued work on their own and shared streams (~1 s), order checked;
-//  - destruction while idle, from a stream worker (refused), the round-trip measurement.
+//  - destruction while idle, from a stream worker (refused), the round-trip measurement;
+//  - through the C ABI: sw_gemm and sw_gelu give the same bits whether they run inline (policy always), queued
+//    (never) or by the measured rule (auto), and match a float64 reference (fresh random data, NaN-poisoned outputs);
+//    under auto a 1 x 64 x 64 GEMM is finished when sw_gemm returns (inline), a 1024^3 one is estimated above the
+//    threshold (queued), and the costs were measured; copies and fills likewise; an event recorded on an idle stream
+//    is complete at once;
+//  - the pool: 4 concurrent callers making many rapid small calls never run more than N tasks at once (N = 1, 2, 3;
+//    counted with atomics), every index once; the caller runs tasks (all of them on a pool of 1, a single task on
+//    any pool); exceptions of caller-run and pool-run tasks; nested calls from a caller-run task; destruction.
 // Every wait is bounded: a hang is reported as a failure and ends the program (exit 1) within seconds.
 // Prints every failure; exits non-zero if any.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -26,6 +35,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "cpu/call_path.h"
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 
@@ -338,6 +348,271 @@ void check_destruction_and_round_trip() {
     std::printf("stream round trip (median of 5): %.1f us\n", ns / 1000);
 }
 
+
+// p concurrent callers on one pool of budget N, many rapid calls of 1..9 short tasks each: never more than N tasks
+// running at once (counted with atomics), every index of every call exactly once. About 0.3 s per pool size.
+void check_pool_budget() {
+    for (int nt : {1, 2, 3}) {
+        ThreadPool pool(nt);
+        std::atomic<int> running{0}, peak{0}, bad{0};
+        std::atomic<int64_t> calls{0};
+        bounded("pool budget", 20, [&] {
+            std::vector<std::thread> th;
+            for (int c = 0; c < 4; ++c)
+                th.emplace_back([&, c] {
+                    uint32_t rng = 777u + static_cast<uint32_t>(c);
+                    std::vector<std::atomic<int>> hits(9);
+                    const auto until = Clock::now() + std::chrono::milliseconds(300);
+                    while (Clock::now() < until) {
+                        rng = rng * 1664525u + 1013904223u;
+                        const int64_t n = 1 + static_cast<int64_t>(rng >> 28) % 9;
+                        for (auto& h : hits) h.store(0);
+                        pool.parallel_for(n, [&](int64_t i) {
+                            const int now = running.fetch_add(1) + 1;
+                            int p = peak.load();
+                            while (now > p && !peak.compare_exchange_weak(p, now)) {
+                            }
+                            hits[static_cast<size_t>(i)].fetch_add(1);
+                            const auto t0 = Clock::now();
+                            while (Clock::now() - t0 < std::chrono::microseconds(i % 3 == 0 ? 20 : 2)) {
+                            }
+                            running.fetch_sub(1);
+                        });
+                        for (int64_t i = 0; i < 9; ++i)
+                            if (hits[static_cast<size_t>(i)].load() != (i < n ? 1 : 0)) bad++;
+                        calls++;
+                    }
+                });
+            for (auto& t : th) t.join();
+        });
+        CHECK(peak.load() <= nt, "pool of %d: %d tasks ran at once", nt, peak.load());
+        CHECK(bad.load() == 0, "pool of %d: %d indexes not run exactly once", nt, bad.load());
+        std::printf("pool of %d: %lld calls from 4 threads, peak %d tasks at once\n", nt,
+                    static_cast<long long>(calls.load()), peak.load());
+    }
+}
+
+// The caller takes part: on a pool of 1 every task runs on the caller's thread; a single task runs there on any
+// pool. Exceptions of caller-run and pool-run tasks are rethrown after all tasks; nested calls from a caller-run task
+// run inline; the pool works afterwards.
+void check_pool_caller() {
+    {
+        ThreadPool pool(1);
+        const auto me = std::this_thread::get_id();
+        std::atomic<int> elsewhere{0};
+        pool.parallel_for(7, [&](int64_t) {
+            if (std::this_thread::get_id() != me) elsewhere++;
+        });
+        CHECK(elsewhere.load() == 0, "pool of 1: %d tasks ran off the caller's thread", elsewhere.load());
+    }
+    for (int nt : {1, 2, 3}) {
+        ThreadPool pool(nt);
+        std::thread::id ran_on;
+        pool.parallel_for(1, [&](int64_t) { ran_on = std::this_thread::get_id(); });
+        CHECK(ran_on == std::this_thread::get_id(), "pool of %d: a single task did not run on the caller", nt);
+        bool caught = false;
+        try {
+            pool.parallel_for(1, [](int64_t) { throw std::runtime_error("single"); });
+        } catch (const std::runtime_error& e) {
+            caught = std::strcmp(e.what(), "single") == 0;
+        }
+        CHECK(caught, "pool of %d: exception of a single task not rethrown", nt);
+        for (int rep = 0; rep < 50; ++rep) {
+            std::atomic<int> ran{0};
+            caught = false;
+            try {
+                pool.parallel_for(6, [&](int64_t i) {
+                    ran++;
+                    if (i == rep % 6) throw std::runtime_error("task");
+                });
+            } catch (const std::runtime_error&) {
+                caught = true;
+            }
+            CHECK(caught && ran.load() == 6, "pool of %d: exception lost or tasks skipped (%d ran)", nt, ran.load());
+        }
+        std::atomic<int64_t> sum{0};
+        bounded("nested", 5, [&] {
+            pool.parallel_for(3, [&](int64_t i) { pool.parallel_for(3, [&](int64_t j) { sum += i * 3 + j; }); });
+        });
+        CHECK(sum.load() == 36, "pool of %d: nested sum %lld", nt, static_cast<long long>(sum.load()));
+    }
+    // Destruction right after use and while idle.
+    bounded("pool destruction", 5, [] {
+        for (int i = 0; i < 20; ++i) {
+            ThreadPool pool(1 + i % 3);
+            if (i & 1) pool.parallel_for(5, [](int64_t) {});
+        }
+    });
+}
+
+
+#define OKC(call)                                                                                        \
+    do {                                                                                                 \
+        const sw_status st_ = (call);                                                                    \
+        CHECK(st_ == SW_OK, "%s -> %s: %s", #call, sw_status_string(st_), sw_last_error());             \
+    } while (0)
+
+std::vector<float> random_floats(size_t n, uint32_t seed) {
+    std::vector<float> v(n);
+    for (float& x : v) {
+        seed = seed * 1664525u + 1013904223u;
+        x = static_cast<float>(seed >> 8) / 16777216.0f - 0.5f;
+    }
+    return v;
+}
+
+// sw_gemm and sw_gelu through the C ABI under each policy: identical bits, float64 reference.
+void check_api_paths() {
+    using sw::cpu::InlinePolicy;
+    sw_device dev = nullptr;
+    sw_stream st = nullptr;
+    OKC(sw_device_create(SW_BACKEND_CPU, 0, 2, &dev));
+    OKC(sw_stream_create(dev, &st));
+    if (!dev || !st) return;
+    struct Shape { int64_t m, n, k; };
+    const Shape shapes[] = {{1, 64, 64}, {64, 64, 64}, {128, 128, 128}, {37, 70, 129}, {3, 300, 5}};
+    uint32_t seed = 99u;
+    for (const Shape& sh : shapes) {
+        const auto a = random_floats(static_cast<size_t>(sh.m * sh.k), seed++);
+        const auto b = random_floats(static_cast<size_t>(sh.k * sh.n), seed++);
+        const auto bias = random_floats(static_cast<size_t>(sh.n), seed++);
+        std::vector<float> c(static_cast<size_t>(sh.m * sh.n));
+        sw_buffer ba = nullptr, bb = nullptr, bc = nullptr, bbias = nullptr;
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(a.data()), a.size() * 4, &ba));
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(b.data()), b.size() * 4, &bb));
+        OKC(sw_buffer_wrap(dev, c.data(), c.size() * 4, &bc));
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(bias.data()), bias.size() * 4, &bbias));
+        std::vector<float> results[3];
+        const InlinePolicy policies[3] = {InlinePolicy::Never, InlinePolicy::Always, InlinePolicy::Auto};
+        for (int pi = 0; pi < 3; ++pi) {
+            sw::cpu::set_inline_policy(policies[pi]);
+            std::fill(c.begin(), c.end(), std::nanf(""));
+            OKC(sw_gemm(st, SW_DTYPE_F32, SW_OP_N, SW_OP_N, sh.m, sh.n, sh.k, 1.0f, ba, 0, sh.k, bb, 0, sh.n, 0.0f, bc, 0,
+                        sh.n, bbias, 0, SW_EPILOGUE_NONE));
+            if (policies[pi] == InlinePolicy::Always || (policies[pi] == InlinePolicy::Auto && sh.m == 1)) {
+                // Inline: finished when sw_gemm returns (read before synchronize).
+                bool written = true;
+                for (float x : c) written = written && !std::isnan(x);
+                CHECK(written, "%lld x %lld x %lld under policy %d: C not written when sw_gemm returned (not inline)",
+                      static_cast<long long>(sh.m), static_cast<long long>(sh.n), static_cast<long long>(sh.k), pi);
+            }
+            OKC(sw_stream_synchronize(st));
+            results[pi] = c;
+        }
+        // float64 reference; |error| <= 2 k u sum|a||b| + |bias| u (u = 2^-24) for any fp32 FMA order.
+        int bad = 0;
+        for (int64_t i = 0; i < sh.m; ++i)
+            for (int64_t j = 0; j < sh.n; ++j) {
+                double ref = bias[static_cast<size_t>(j)], mag = std::fabs(ref);
+                for (int64_t l = 0; l < sh.k; ++l) {
+                    const double p = static_cast<double>(a[static_cast<size_t>(i * sh.k + l)]) *
+                                     static_cast<double>(b[static_cast<size_t>(l * sh.n + j)]);
+                    ref += p;
+                    mag += std::fabs(p);
+                }
+                const double tol = 2.0 * static_cast<double>(sh.k + 1) * std::ldexp(mag, -24) + 1e-30;
+                if (!(std::fabs(results[0][static_cast<size_t>(i * sh.n + j)] - ref) <= tol)) ++bad;
+            }
+        CHECK(bad == 0, "%lld x %lld x %lld: %d elements off the float64 reference", static_cast<long long>(sh.m),
+              static_cast<long long>(sh.n), static_cast<long long>(sh.k), bad);
+        CHECK(std::memcmp(results[0].data(), results[1].data(), c.size() * 4) == 0 &&
+                  std::memcmp(results[0].data(), results[2].data(), c.size() * 4) == 0,
+              "%lld x %lld x %lld: inline and queued results differ", static_cast<long long>(sh.m),
+              static_cast<long long>(sh.n), static_cast<long long>(sh.k));
+        for (sw_buffer x : {ba, bb, bc, bbias}) sw_buffer_destroy(x);
+    }
+    // The measured costs and the rule's verdicts at both ends.
+    sw::cpu::set_inline_policy(InlinePolicy::Auto);
+    const auto costs = sw::cpu::inline_costs(sw::cpu::Kernel::Auto);
+    CHECK(costs.handoff_ns > 0 && costs.gemm_flops_per_ns > 0 && costs.elementwise_ns > 0,
+          "costs not measured: hand-off %g ns, %g flops/ns, %g ns/element", costs.handoff_ns, costs.gemm_flops_per_ns,
+          costs.elementwise_ns);
+    const double limit = sw::cpu::kInlineFactor * costs.handoff_ns;
+    CHECK(sw::cpu::gemm_estimate_ns(1, 64, 64, sw::cpu::Kernel::Auto) < limit, "1x64x64 would be queued");
+    CHECK(sw::cpu::gemm_estimate_ns(1024, 1024, 1024, sw::cpu::Kernel::Auto) > limit, "1024^3 would run inline");
+    std::printf("measured: hand-off %.1f us, GEMM %.1f GFLOP/s (one thread), GeLU %.2f ns/element; inline below "
+                "%.0f us of work\n",
+                costs.handoff_ns / 1000, costs.gemm_flops_per_ns, costs.elementwise_ns, limit / 1000);
+
+    // GeLU: inline (small) and queued give the same bits as a scalar loop of the same function.
+    for (uint64_t count : {uint64_t(100), uint64_t(70000)}) {
+        const auto x = random_floats(static_cast<size_t>(count), seed++);
+        std::vector<float> y(static_cast<size_t>(count)), first;
+        sw_buffer bx = nullptr, by = nullptr;
+        OKC(sw_buffer_wrap(dev, const_cast<float*>(x.data()), count * 4, &bx));
+        OKC(sw_buffer_wrap(dev, y.data(), count * 4, &by));
+        for (InlinePolicy pol : {InlinePolicy::Never, InlinePolicy::Always, InlinePolicy::Auto}) {
+            sw::cpu::set_inline_policy(pol);
+            std::fill(y.begin(), y.end(), std::nanf(""));
+            OKC(sw_gelu(st, SW_DTYPE_F32, bx, 0, by, 0, count));
+            OKC(sw_stream_synchronize(st));
+            if (first.empty()) first = y;
+            CHECK(std::memcmp(first.data(), y.data(), count * 4) == 0, "gelu(%llu): policies differ",
+                  static_cast<unsigned long long>(count));
+        }
+        int bad = 0;
+        for (size_t i = 0; i < x.size(); ++i) {
+            const double v = x[i];
+            const double ref = 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+            if (!(std::fabs(first[i] - ref) <= 1e-6)) ++bad;
+        }
+        CHECK(bad == 0, "gelu(%llu): %d elements off the float64 reference (1e-6)",
+              static_cast<unsigned long long>(count), bad);
+        sw_buffer_destroy(bx);
+        sw_buffer_destroy(by);
+    }
+    // Copies and fills: the same bytes under every policy; a small copy on an idle stream under auto is done when the
+    // call returns (inline).
+    for (uint64_t bytes : {uint64_t(256), uint64_t(1) << 20}) {
+        const auto src = random_floats(static_cast<size_t>(bytes / 4), seed++);
+        std::vector<float> dev_mem(static_cast<size_t>(bytes / 4)), back(static_cast<size_t>(bytes / 4));
+        sw_buffer bd = nullptr;
+        OKC(sw_buffer_wrap(dev, dev_mem.data(), bytes, &bd));
+        for (InlinePolicy pol : {InlinePolicy::Never, InlinePolicy::Always, InlinePolicy::Auto}) {
+            sw::cpu::set_inline_policy(pol);
+            std::fill(dev_mem.begin(), dev_mem.end(), std::nanf(""));
+            std::fill(back.begin(), back.end(), std::nanf(""));
+            OKC(sw_memcpy_h2d_async(bd, 0, src.data(), bytes, st));
+            if (pol == InlinePolicy::Always || (pol == InlinePolicy::Auto && bytes == 256))
+                CHECK(std::memcmp(dev_mem.data(), src.data(), bytes) == 0, "h2d of %llu bytes not done at return",
+                      static_cast<unsigned long long>(bytes));
+            OKC(sw_memcpy_d2h_async(back.data(), bd, 0, bytes, st));
+            OKC(sw_stream_synchronize(st));
+            CHECK(std::memcmp(back.data(), src.data(), bytes) == 0, "round trip of %llu bytes differs (policy %d)",
+                  static_cast<unsigned long long>(bytes), static_cast<int>(pol));
+            OKC(sw_memset_async(bd, 4, 0x7f, bytes - 8, st));
+            OKC(sw_stream_synchronize(st));
+            const auto* raw = reinterpret_cast<const unsigned char*>(dev_mem.data());
+            bool ok = std::memcmp(raw, src.data(), 4) == 0 && std::memcmp(raw + bytes - 4, &src[src.size() - 1], 4) == 0;
+            for (uint64_t i = 4; i < bytes - 4; ++i) ok = ok && raw[i] == 0x7f;
+            CHECK(ok, "memset of %llu bytes wrong (policy %d)", static_cast<unsigned long long>(bytes),
+                  static_cast<int>(pol));
+        }
+        sw_buffer_destroy(bd);
+    }
+
+    // An event recorded on an idle stream is complete at once (its marker ran inline); waiting for it queues nothing
+    // that could block; under policy never the marker is queued and completes by synchronize.
+    sw::cpu::set_inline_policy(InlinePolicy::Auto);
+    sw_event ev = nullptr;
+    OKC(sw_event_create(dev, &ev));
+    OKC(sw_event_record(ev, st));
+    int32_t done = -1;
+    OKC(sw_event_query(ev, &done));
+    CHECK(done == 1, "event recorded on an idle stream not complete at once (%d)", done);
+    OKC(sw_stream_wait_event(st, ev));
+    OKC(sw_stream_synchronize(st));
+    sw::cpu::set_inline_policy(InlinePolicy::Never);
+    OKC(sw_event_record(ev, st));
+    OKC(sw_stream_synchronize(st));
+    OKC(sw_event_query(ev, &done));
+    CHECK(done == 1, "queued event not complete after synchronize (%d)", done);
+    OKC(sw_event_destroy(ev));
+    sw::cpu::set_inline_policy(InlinePolicy::Auto);
+    OKC(sw_stream_destroy(st));
+    OKC(sw_device_destroy(dev));
+}
+
 } // namespace
 
 int main() {
@@ -347,6 +622,9 @@ int main() {
     check_inline_lock_order();
     check_inline_stress();
     check_destruction_and_round_trip();
+    check_api_paths();
+    check_pool_budget();
+    check_pool_caller();
     std::printf("%d checks, %d failures\n", g_checks, g_failures);
     return g_failures ? 1 : 0;
 }

@@ -1,10 +1,12 @@
 // The CPU backend (core/backend.h): one device (ordinal 0) whose memory is host memory, streams that are in-order
 // worker queues (cpu/stream.h), events that are markers in those queues, the blocked fp32 GEMM (cpu/gemm.h) and
-// element-wise activations in chunks on the device's thread pool. CPU-only helpers live here too: the processor's
-// model name, the physical memory size, the default thread count and the GeLU derivative.
+// element-wise activations in chunks on the device's thread pool. Small GEMMs and element-wise operations on an idle
+// stream run on the caller instead (cpu/call_path.h: the measured rule). CPU-only helpers live here too: the
+// processor's model name, the physical memory size, the default thread count and the GeLU derivative.
 #include "core/backend.h"
 #include "core/dtype.h"
 #include "core/objects.h"
+#include "cpu/call_path.h"
 #include "cpu/gemm.h"
 #include "cpu/gemm_grouped_submit.h"
 #include "cpu/stream.h"
@@ -17,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -71,18 +74,125 @@ float gelu_grad(float x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
 }
 
-// Runs fn(begin, end) over [0, count) in chunks on the device's pool, queued on the stream.
+// ---------------------------------------------------------------- queue or inline (cpu/call_path.h)
+InlinePolicy initial_policy() {
+    const char* env = std::getenv("SHARDWISE_CPU_INLINE");
+    if (env && std::strcmp(env, "never") == 0) return InlinePolicy::Never;
+    if (env && std::strcmp(env, "always") == 0) return InlinePolicy::Always;
+    return InlinePolicy::Auto;
+}
+std::atomic<int> g_policy{static_cast<int>(initial_policy())};
+
+// Measured once per process (see call_path.h); 0 = not yet. Kernel values index the rates.
+std::mutex g_measure_mu;
+std::atomic<double> g_handoff_ns{0.0};
+std::atomic<double> g_elementwise_ns{0.0};
+std::atomic<double> g_gemm_rate[8] = {};
+
+double measure_gemm_rate(Kernel kernel, ThreadPool& pool) {
+    constexpr int64_t n = 64;
+    static std::vector<float> a, b, c; // once per process (under g_measure_mu)
+    if (a.empty()) {
+        a.resize(n * n);
+        b.resize(n * n);
+        c.resize(n * n);
+        uint32_t r = 12345u;
+        for (auto* v : {&a, &b})
+            for (float& x : *v) {
+                r = r * 1664525u + 1013904223u;
+                x = static_cast<float>(r >> 8) / 16777216.0f - 0.5f;
+            }
+    }
+    GemmProblem g;
+    g.m = g.n = g.k = n;
+    g.a = a.data();
+    g.b = b.data();
+    g.c = c.data();
+    g.lda = g.ldb = g.ldc = n;
+    g.alpha = 1.0f;
+    g.beta = 0.0f;
+    double best = 0.0;
+    for (int rep = 0; rep < 4; ++rep) { // the first one warms caches and code
+        const auto t0 = std::chrono::steady_clock::now();
+        cpu::gemm(g, kernel, pool);
+        const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+        if (rep > 0 && (best == 0.0 || ns < best)) best = ns;
+    }
+    return 2.0 * n * n * n / std::max(best, 1.0);
+}
+
+double measure_elementwise_ns() {
+    constexpr int kCount = 2048;
+    static float buf[kCount];
+    for (int i = 0; i < kCount; ++i) buf[i] = static_cast<float>(i - kCount / 2) / 256.0f;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < kCount; ++i) buf[i] = gelu_tanh(buf[i]);
+        const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+        if (best == 0.0 || ns < best) best = ns;
+    }
+    return std::max(best, 1.0) / kCount;
+}
+
+// The hand-off cost and, when kernel >= 0, the kernel's GEMM rate: true when known. The first caller measures (on a
+// private stream, so that no user's queue is involved); a concurrent caller does not wait for it (false: it queues).
+bool ensure_measured(sw_stream_s& s, int kernel) {
+    if (g_handoff_ns.load(std::memory_order_acquire) > 0.0 &&
+        (kernel < 0 || g_gemm_rate[kernel].load(std::memory_order_acquire) > 0.0))
+        return true;
+    std::unique_lock<std::mutex> lock(g_measure_mu, std::try_to_lock);
+    if (!lock.owns_lock()) return false;
+    if (g_handoff_ns.load() == 0.0) {
+        g_elementwise_ns.store(measure_elementwise_ns());
+        Stream probe; // its worker starts asleep, as an idle stream's is
+        g_handoff_ns.store(probe.measure_round_trip_ns(5), std::memory_order_release);
+    }
+    if (kernel >= 0 && g_gemm_rate[kernel].load() == 0.0)
+        g_gemm_rate[kernel].store(measure_gemm_rate(static_cast<Kernel>(kernel), *s.device_impl->pool),
+                                  std::memory_order_release);
+    return true;
+}
+
+double gemm_estimate(int64_t m, int64_t n, int64_t k, int rate_index) {
+    const double flops =
+        2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(std::max<int64_t>(k, 1));
+    const double rate = g_gemm_rate[rate_index].load(std::memory_order_relaxed);
+    return rate > 0.0 ? flops / rate : 0.0;
+}
+
+// Runs body on the caller when the stream is idle and est_ns (from the measured costs; kernel < 0: element-wise)
+// is below the threshold; otherwise (or if the stream turned busy meanwhile) queues it holding keep.
+template <class Estimate, class Body>
+void submit(sw_stream_s& s, int kernel, Estimate&& est_ns, KeepAlive keep, Body&& body) {
+    const auto policy = static_cast<InlinePolicy>(g_policy.load(std::memory_order_relaxed));
+    if (policy != InlinePolicy::Never && s.impl->idle()) {
+        bool go = policy == InlinePolicy::Always;
+        if (!go && ensure_measured(s, kernel))
+            go = est_ns() <= kInlineFactor * g_handoff_ns.load(std::memory_order_relaxed);
+        if (go) {
+            Stream* one = s.impl.get();
+            const auto* pb = &body; // one pointer: std::function stores it without allocating
+            if (Stream::run_inline_if_idle(&one, 1, [pb] { (*pb)(); })) return;
+        }
+    }
+    s.impl->enqueue([body = std::forward<Body>(body), keep = std::move(keep)] { body(); });
+}
+
+// Runs fn(begin, end) over [0, count) in chunks on the device's pool: inline when small (submit), else queued.
 template <class Fn>
 void enqueue_elementwise(sw_stream_s& s, uint64_t count, KeepAlive keep, Fn fn) {
     auto dev = s.device_impl;
-    s.impl->enqueue([dev, count, keep = std::move(keep), fn] {
-        constexpr uint64_t kChunk = 1 << 16;
-        const int64_t chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
-        dev->pool->parallel_for(chunks, [&](int64_t c) {
-            const uint64_t b = static_cast<uint64_t>(c) * kChunk;
-            fn(b, std::min<uint64_t>(count, b + kChunk));
+    submit(
+        s, -1, [count] { return static_cast<double>(count) * g_elementwise_ns.load(std::memory_order_relaxed); },
+        std::move(keep), [dev, count, fn] {
+            constexpr uint64_t kChunk = 1 << 16;
+            const int64_t chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
+            dev->pool->parallel_for(chunks, [&](int64_t c) {
+                const uint64_t b = static_cast<uint64_t>(c) * kChunk;
+                fn(b, std::min<uint64_t>(count, b + kChunk));
+            });
         });
-    });
 }
 
 class CpuBackend final : public Backend {
@@ -166,8 +276,9 @@ public:
         {
             std::lock_guard<std::mutex> lock(st->mu);
             gen = st->recorded;
+            // Never recorded, or its marker already ran: nothing to wait for (no operation queued).
+            if (gen == 0 || st->completed >= gen) return;
         }
-        if (gen == 0) return; // never recorded: nothing to wait for
         s.impl->enqueue(
             [st, gen] {
                 std::unique_lock<std::mutex> lock(st->mu);
@@ -187,17 +298,23 @@ public:
             std::lock_guard<std::mutex> lock(st->mu);
             gen = ++st->recorded;
         }
-        s.impl->enqueue(
-            [st, gen] {
-                const auto now = std::chrono::steady_clock::now();
-                std::lock_guard<std::mutex> lock(st->mu);
-                if (gen > st->completed) {
-                    st->completed = gen;
-                    st->time = now;
-                }
-                st->cv.notify_all();
-            },
-            /*always=*/true);
+        auto marker = [st, gen] {
+            const auto now = std::chrono::steady_clock::now();
+            std::lock_guard<std::mutex> lock(st->mu);
+            if (gen > st->completed) {
+                st->completed = gen;
+                st->time = now;
+            }
+            st->cv.notify_all();
+        };
+        // On an idle stream everything before the marker has run: it completes now, on the caller (no hand-off).
+        // A stream with a pending error is not idle: the marker is queued as `always` work as before.
+        Stream* one = s.impl.get();
+        const auto* pm = &marker;
+        if (static_cast<InlinePolicy>(g_policy.load(std::memory_order_relaxed)) != InlinePolicy::Never &&
+            s.impl->idle() && Stream::run_inline_if_idle(&one, 1, [pm] { (*pm)(); }))
+            return;
+        s.impl->enqueue(std::move(marker), /*always=*/true);
     }
 
     void event_synchronize(sw_event_s& e) override {
@@ -233,12 +350,16 @@ public:
     }
 
     // ------------------------------------------------------------------ copies
+    // Copies and fills: inline on an idle stream when small. The estimate charges every 4 bytes one GeLU element's
+    // measured cost, far more than a copy costs, so only copies well below the threshold run inline.
     void memcpy(sw_stream_s& s, void* dst, const void* src, uint64_t bytes, KeepAlive keep) override {
-        s.impl->enqueue([keep = std::move(keep), dst, src, bytes] { std::memmove(dst, src, bytes); });
+        submit(s, -1, [bytes] { return static_cast<double>(bytes / 4) * g_elementwise_ns.load(std::memory_order_relaxed); },
+               std::move(keep), [dst, src, bytes] { std::memmove(dst, src, bytes); });
     }
 
     void memset(sw_stream_s& s, void* dst, uint8_t value, uint64_t bytes, KeepAlive keep) override {
-        s.impl->enqueue([keep = std::move(keep), dst, value, bytes] { std::memset(dst, value, bytes); });
+        submit(s, -1, [bytes] { return static_cast<double>(bytes / 4) * g_elementwise_ns.load(std::memory_order_relaxed); },
+               std::move(keep), [dst, value, bytes] { std::memset(dst, value, bytes); });
     }
 
     // ------------------------------------------------------------------ compute
@@ -253,7 +374,10 @@ public:
     void gemm(sw_stream_s& s, const GemmProblem& problem, KeepAlive keep) override {
         auto dev = s.device_impl;
         const auto kernel = static_cast<Kernel>(dev->kernel.load());
-        s.impl->enqueue([problem, kernel, dev, keep = std::move(keep)] { cpu::gemm(problem, kernel, *dev->pool); });
+        const int rate_index = static_cast<int>(resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto));
+        auto estimate = [&problem, rate_index] { return gemm_estimate(problem.m, problem.n, problem.k, rate_index); };
+        submit(s, rate_index, estimate, std::move(keep),
+               [problem, kernel, dev] { cpu::gemm(problem, kernel, *dev->pool); });
     }
 
     // One job for the whole group (cpu/gemm_grouped_submit.h): a shared op(A) is packed once for every member.
@@ -303,7 +427,9 @@ public:
     void unscale_check(sw_stream_s& s, sw_dtype dtype, void* buf, uint64_t count, float inv_scale, float* flag,
                        KeepAlive keep) override {
         auto dev = s.device_impl;
-        s.impl->enqueue([dev, dtype, buf, count, inv_scale, flag, keep = std::move(keep)] {
+        submit(
+            s, -1, [count] { return static_cast<double>(count) * g_elementwise_ns.load(std::memory_order_relaxed); },
+            std::move(keep), [dev, dtype, buf, count, inv_scale, flag] {
             constexpr uint64_t kChunk = 1 << 16;
             const int64_t chunks = static_cast<int64_t>((count + kChunk - 1) / kChunk);
             std::atomic<bool> bad{false};
@@ -325,6 +451,18 @@ public:
 };
 
 } // namespace
+} // namespace sw::cpu
+
+namespace sw::cpu {
+void set_inline_policy(InlinePolicy policy) { g_policy.store(static_cast<int>(policy)); }
+InlinePolicy inline_policy() { return static_cast<InlinePolicy>(g_policy.load()); }
+InlineCosts inline_costs(Kernel kernel) {
+    const int k = static_cast<int>(resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto));
+    return {g_handoff_ns.load(), g_gemm_rate[k].load(), g_elementwise_ns.load()};
+}
+double gemm_estimate_ns(int64_t m, int64_t n, int64_t k, Kernel kernel) {
+    return gemm_estimate(m, n, k, static_cast<int>(resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto)));
+}
 } // namespace sw::cpu
 
 namespace sw {
