@@ -12,6 +12,7 @@
 //    a tall GEMM computed with the same B (the general path), and float64-checked; a row block of it alone likewise.
 // Prints every failure; exits non-zero if any.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -577,14 +578,27 @@ void compare(const char* title, std::vector<Variant>& vs, int rounds, double tar
 
 int bench_main(int argc, char** argv) {
     int threads = 2, rounds = 15;
-    std::string only;
+    std::string only;  // comma-separated parts of the case titles to run
+    bool no_blas = false;
     for (int i = 2; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!std::strcmp(argv[i], "--no-openblas")) no_blas = true;
     }
     ThreadPool pool(threads);
     Baselines bl(threads);
+    if (no_blas) bl.blas = nullptr;
+    const auto skip = [&](const std::string& title) {
+        if (only.empty()) return false;
+        size_t b = 0;
+        while (b <= only.size()) {
+            const size_t e = std::min(only.find(',', b), only.size());
+            if (title.find(only.substr(b, e - b)) != std::string::npos) return false;
+            b = e + 1;
+        }
+        return true;
+    };
     std::printf("threads %d; oneDNN %s; OpenBLAS %s (core %s)\n", threads, bl.dnnl ? "loaded" : "absent",
                 bl.blas ? "loaded" : "absent", bl.blas_core);
     Rng rng(5);
@@ -602,7 +616,7 @@ int bench_main(int argc, char** argv) {
         char title[160];
         std::snprintf(title, sizeof title, "%lldx%lldx%lld %s (m x k x n)", static_cast<long long>(s.m),
                       static_cast<long long>(s.k), static_cast<long long>(s.n), s.tb ? "NT" : "NN");
-        if (!only.empty() && std::string(title).find(only) == std::string::npos) continue;
+        if (skip(title)) continue;
         const std::vector<float> a = rnd(s.m * s.k), b = rnd(s.k * s.n);
         std::vector<float> c(static_cast<size_t>(s.m * s.n));
         GemmProblem g;
@@ -641,7 +655,7 @@ int bench_main(int argc, char** argv) {
             char title[160];
             std::snprintf(title, sizeof title, "sharded %lldx%lldx%lld p=%d", static_cast<long long>(s.m),
                           static_cast<long long>(s.k), static_cast<long long>(s.n), p);
-            if (!only.empty() && std::string(title).find(only) == std::string::npos) continue;
+            if (skip(title)) continue;
             const std::vector<float> x = rnd(s.m * s.k), w = rnd(s.k * s.n);
             std::vector<float> y(static_cast<size_t>(s.m * s.n));
             std::vector<std::vector<float>> shards;
@@ -688,10 +702,69 @@ int bench_main(int argc, char** argv) {
     return 0;
 }
 
+#ifdef SW_GEMM_TUNING
+// --tune (a build of this file and the driver with -DSW_GEMM_TUNING, by hand): driver settings compared interleaved
+// on the skinny shapes, oneDNN beside them. Each variant is "panels/inplace" (g_tune_*).
+}  // namespace
+namespace sw::cpu {
+extern int g_tune_stream_panels, g_tune_inplace_rows;
+}
+namespace {
+int tune_main(int argc, char** argv) {
+    int threads = 2, rounds = 11;
+    std::vector<std::pair<int, int>> settings;
+    std::vector<std::array<int64_t, 4>> shapes;  // m, k, n, tb
+    for (int i = 2; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--set") && i + 1 < argc) {
+            int a = 0, b = 0;
+            std::sscanf(argv[++i], "%d/%d", &a, &b);
+            settings.push_back({a, b});
+        } else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
+            long long m = 0, k = 0, n = 0;
+            char t = 'N';
+            std::sscanf(argv[++i], "%lldx%lldx%lld%c", &m, &k, &n, &t);
+            shapes.push_back({m, k, n, t == 'T' ? 1 : 0});
+        }
+    }
+    ThreadPool pool(threads);
+    Baselines bl(threads);
+    Rng rng(9);
+    for (const auto& sh : shapes) {
+        const int64_t m = sh[0], k = sh[1], n = sh[2];
+        const bool tb = sh[3] != 0;
+        std::vector<float> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(k * n)), c(static_cast<size_t>(m * n));
+        for (auto& x : a) x = rng.uniform(-1, 1);
+        for (auto& x : b) x = rng.uniform(-1, 1);
+        GemmProblem g;
+        g.m = m; g.n = n; g.k = k; g.trans_b = tb;
+        g.a = a.data(); g.lda = k; g.b = b.data(); g.ldb = tb ? k : n; g.c = c.data(); g.ldc = n;
+        std::vector<Variant> vs;
+        if (bl.dnnl)
+            vs.push_back({"onednn", [&] { bl.dnnl('N', tb ? 'T' : 'N', m, n, k, 1.0f, a.data(), k, b.data(), g.ldb, 0.0f, c.data(), n); }});
+        for (auto st : settings) {
+            vs.push_back({std::to_string(st.first) + "/" + std::to_string(st.second), [&, st] {
+                              sw::cpu::g_tune_stream_panels = st.first;
+                              sw::cpu::g_tune_inplace_rows = st.second;
+                              sw::cpu::gemm(g, Kernel::Auto, pool);
+                          }});
+        }
+        char title[96];
+        std::snprintf(title, sizeof title, "%lldx%lldx%lld %s", static_cast<long long>(m), static_cast<long long>(k),
+                      static_cast<long long>(n), tb ? "NT" : "NN");
+        compare(title, vs, rounds, 30.0);
+    }
+    return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench_main(argc, argv);
+#ifdef SW_GEMM_TUNING
+    if (argc > 1 && std::strcmp(argv[1], "--tune") == 0) return tune_main(argc, argv);
+#endif
     std::unique_ptr<ThreadPool> p1(new ThreadPool(1)), p2(new ThreadPool(2)), p3(new ThreadPool(3));
     ThreadPool* pools[3] = {p1.get(), p2.get(), p3.get()};
     check_grouped(pools);

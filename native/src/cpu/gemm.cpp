@@ -277,13 +277,15 @@ void pack_trans(float* __restrict dst, const float* __restrict src, int64_t ld, 
 // Several full W-wide micro-panels at once from row-major storage: panel j of dst (kc x W, at
 // dst + j*kc*W) gets columns [j*W, j*W + W) of the kc source rows. Same result as pack_copy per panel,
 // but the source is read row by row (long contiguous runs) instead of panel by panel (short runs at a
-// large stride), which the hardware prefetchers handle much better.
+// large stride), which the hardware prefetchers handle much better. pf > 0: the pf floats that follow the
+// packed columns in each source row (the next chunk of a streamed panel) are prefetched towards L2 meanwhile.
 template <int W>
 void pack_copy_panels(float* __restrict dst, const float* __restrict src, int64_t ld, int64_t kc,
-                      int64_t panels) {
+                      int64_t panels, int64_t pf) {
     for (int64_t p = 0; p < kc; ++p) {
         const float* s = src + p * ld;
         float* d = dst + p * W;
+        for (int64_t q = 0; q < pf; q += 16) __builtin_prefetch(s + panels * W + q, 0, 2);
         for (int64_t j = 0; j < panels; ++j) {
             for (int c = 0; c < W; ++c) d[c] = s[c];
             s += W;
@@ -291,8 +293,6 @@ void pack_copy_panels(float* __restrict dst, const float* __restrict src, int64_
         }
     }
 }
-
-using PackPanelsFn = void (*)(float*, const float*, int64_t, int64_t, int64_t);
 
 // Runtime width -> instantiation (the widths used by the kernels, plus a few tuning candidates).
 template <int W>
@@ -375,6 +375,29 @@ ThreadBuffers& thread_buffers() {
 // ================================================================================================
 // The driver
 // ================================================================================================
+
+// Micro-panels of op(B) per streamed chunk (a task of one row block; see run_task): 4 x 32 columns x KC = 512 of
+// fp32 is 256 KiB, which stays in L2 next to the A block (4 measured best of 2..16 on 32 x 4096 x 11008 and
+// 8 x 4096 x 4096). inplace_rows: rows up to which an fp32 B stored as is (op(B) = B) is read in place, not packed:
+// those the few-row kernel takes (rows_fn) where the kernel also has a few-row edge kernel for packed panels (the
+// streamed, packed chunks run m = 7..14 faster than the in-place reads at a large stride: 8 x 4096 x 4096 about
+// 1.4x), else up to MR. (A build with SW_GEMM_TUNING reads both from variables that a tuning tool sets between
+// calls, 0 panels meaning no streaming except for pairs; never the library.)
+inline int64_t default_inplace_rows(const KernelInfo& ki) {
+    return ki.rows_fn && ki.edge_rows_fn ? ki.rows_max : ki.mr;
+}
+#ifdef SW_GEMM_TUNING
+} // namespace
+int g_tune_stream_panels = 4, g_tune_inplace_rows = -1;
+namespace {
+inline int64_t stream_panels() { return g_tune_stream_panels; }
+inline int64_t inplace_rows(const KernelInfo& ki) {
+    return g_tune_inplace_rows < 0 ? default_inplace_rows(ki) : g_tune_inplace_rows;
+}
+#else
+inline int64_t stream_panels() { return 4; }
+inline int64_t inplace_rows(const KernelInfo& ki) { return default_inplace_rows(ki); }
+#endif
 
 // k blocks: nb = ceil(k / KC) blocks of nearly equal size (the first k % nb are one longer).
 // Depends on k and the kernel's KC only (determinism rule 1). k == 0 gives one empty block.
@@ -525,20 +548,22 @@ void pack_a_panel(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t i, int64
 
 // Packs op(B)[p0:p0+kc, j:j+nc] of one segment (member columns j.. of its own B) into NR-wide micro-panels of
 // `steps` kernel k steps each at bpack (the full-width panels of a B stored as is row by row, then the partial
-// one). Micro-panels read in place are skipped.
+// one). Micro-panels read in place are skipped. pf > 0: the next pf columns of the member (the next streamed chunk)
+// are prefetched towards L2 meanwhile, where the pack reads B row by row.
 void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0,
-                int64_t kc, int64_t steps) {
+                int64_t kc, int64_t steps, int64_t pf) {
     const GemmProblem& g = *s.g;
     const int NR = cx.ki.nr;
     int64_t jr_done = 0;
     if (cx.path == Path::F32 && !g.trans_b && !s.b_inplace && cx.pack_b_panels) {
         jr_done = (nc / NR) * NR;
-        cx.pack_b_panels(bpack, s.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
+        cx.pack_b_panels(bpack, s.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR, nc % NR == 0 ? pf : 0);
     } else if (cx.path == Path::Widen && !g.trans_b) {
         jr_done = (nc / NR) * NR;
         const int64_t panels = nc / NR;
         for (int64_t p = 0; p < kc; ++p) {
             const uint16_t* src = s.b16 + (p0 + p) * g.ldb + jc;
+            for (int64_t q = 0; q < pf; q += 32) __builtin_prefetch(src + nc + q, 0, 2);
             for (int64_t j = 0; j < panels; ++j) cx.widen_in(bpack + j * kc * NR + p * NR, src + j * NR, NR);
         }
     }
@@ -578,16 +603,18 @@ void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, in
 }
 
 // Packs the B panel of virtual columns [jc, jc + nc) (jc a multiple of NR) and k elements [p0, p0 + kc): each
-// segment's part from its own B (micro-panel (vj - jc) / NR at bpack + that * steps * NR).
+// segment's part from its own B (micro-panel (vj - jc) / NR at bpack + that * steps * NR). pf > 0: prefetch up
+// to pf columns past the panel (see pack_b_seg).
 void pack_b_panel(const Ctx& cx, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0, int64_t kc,
-                  int64_t steps) {
+                  int64_t steps, int64_t pf = 0) {
     if (kc == 0) return;
     const int NR = cx.ki.nr;
     for (int64_t vj = jc; vj < jc + nc;) {
         const Seg& s = cx.seg_at(vj);
         const int64_t e = std::min(jc + nc, s.end());
         if (vj < e)
-            pack_b_seg(cx, s, tb, bpack + ((vj - jc) / NR) * steps * NR, vj - s.v0, e - vj, p0, kc, steps);
+            pack_b_seg(cx, s, tb, bpack + ((vj - jc) / NR) * steps * NR, vj - s.v0, e - vj, p0, kc, steps,
+                       e == jc + nc ? std::min(pf, s.end() - e) : 0);
         vj = s.end() + (NR - s.n % NR) % NR;  // the next segment's v0
     }
 }
@@ -603,13 +630,13 @@ void run_task(const Ctx& cx, int64_t task) {
 
     ThreadBuffers& tb = thread_buffers();
     const int64_t kcmax = std::max<int64_t>(cx.kb.max_steps(), 1);
-    // bf16 pairs and a task of one row block (few rows, e.g. m = 32): each B micro-panel is packed right before its
-    // row tiles use it (it stays in L1/L2) instead of packing the whole NC panel first (which goes out to memory and
-    // is read back); the pair packs read B micro-panel by micro-panel either way. (The widening packs read B row by
-    // row across the panel, which the hardware prefetchers follow better: they keep the panel.) Same packed values,
-    // same kernels: the same bits.
-    const bool stream_b = cx.path == Path::Pairs && i1 - i0 <= MC;
-    float* bpack = tb.b.get(static_cast<size_t>(kcmax * (stream_b ? NR : round_up(std::min(NC, j1 - j0), NR))));
+    // A task of one row block (skinny M: m <= MC) streams op(B): the NC panel is packed in chunks of a few
+    // micro-panels (kStreamPanels; one for bf16 pairs) right before every row tile uses them, so the packed chunk
+    // stays in L2 instead of the whole panel going out to memory and being read back once per k block; a pack that
+    // reads B row by row prefetches the next chunk's rows meanwhile. Same packed values, same kernels: the same bits.
+    const bool stream_b = i1 - i0 <= MC && (cx.path == Path::Pairs || stream_panels() > 0);
+    const int64_t chunk = !stream_b ? NC : NR * (cx.path == Path::Pairs ? 1 : stream_panels());
+    float* bpack = tb.b.get(static_cast<size_t>(kcmax * round_up(std::min({NC, chunk, j1 - j0}), NR)));
     float* apack = tb.a.get(static_cast<size_t>(kcmax * round_up(std::min(MC, i1 - i0), MR)));
 
     // A 16-bit C is computed in an fp32 workspace (the task's rows x one NC panel of virtual columns, row stride
@@ -665,7 +692,12 @@ void run_task(const Ctx& cx, int64_t task) {
                         pack_a_panel(cx, tb, apack + (ir / MR) * kk * MR, ic + ir, p0, kc, h);
                     }
                 }
-                for (int64_t jr = 0; jr < nc; jr += NR) {
+                for (int64_t jq = 0; jq < nc; jq += chunk) {
+                const int64_t qn = std::min(chunk, nc - jq);  // this chunk: panel columns [jq, jq + qn)
+                // Streamed: pack the chunk (prefetching the next one of the task's columns).
+                if (stream_b) pack_b_panel(cx, tb, bpack, jc + jq, qn, p0, kc, kk, std::min(chunk, j1 - (jc + jq + qn)));
+                const int64_t jb = stream_b ? jq : 0;  // panel column of bpack's first micro-panel
+                for (int64_t jr = jq; jr < jq + qn; jr += NR) {
                     const int64_t vj = jc + jr;
                     const Seg& s = cx.seg_at(vj);
                     const GemmProblem& sg = *s.g;
@@ -682,7 +714,7 @@ void run_task(const Ctx& cx, int64_t task) {
                     const int64_t bj = vj - s.v0;  // the member's own column
                     // Few rows with B in place: the wide few-row kernel where a full chunk remains.
                     if (s.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max &&
-                        std::min(nc - jr, seg_left) >= cx.ki.rows_nr) {
+                        std::min({jq + qn - jr, seg_left}) >= cx.ki.rows_nr) {
                         ep.bias = bias_j;
                         cx.ki.rows_fn(static_cast<int>(mc), kc, apack, s.b + p0 * sg.ldb + bj, sg.ldb,
                                       cat(s, ic, vj), ldcw, ep);
@@ -695,12 +727,8 @@ void run_task(const Ctx& cx, int64_t task) {
                     if (s.b_inplace && w == NR && kc > 0) {
                         bp = s.b + p0 * sg.ldb + bj;
                         ldbp = sg.ldb;
-                    } else if (stream_b) { // packed here, used by every row tile right away
-                        pack_b_panel(cx, tb, bpack, vj, w, p0, kc, kk);
-                        bp = bpack;
-                        ldbp = NR;
                     } else {
-                        bp = bpack + (jr / NR) * kk * NR;
+                        bp = bpack + ((jr - jb) / NR) * kk * NR;
                         ldbp = NR;
                     }
                     ep.bias = bias_j;
@@ -708,8 +736,8 @@ void run_task(const Ctx& cx, int64_t task) {
                     // the first one again for the next ic block), an eighth of it per call; and
                     // the C tile of the next call when that is a full tile (of the same segment).
                     const float* bnext = nullptr;
-                    if (ldbp == NR && kk > 0 && !stream_b)
-                        bnext = (jr + NR < nc) ? bpack + (jr / NR + 1) * kk * NR : bpack;
+                    if (ldbp == NR && kk > 0)
+                        bnext = (jr + NR < jq + qn) ? bp + kk * NR : (stream_b ? nullptr : bpack);
                     const int64_t pf_chunk = (kk / 4) * 16;  // floats the kernel prefetches per call
                     for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
                         const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
@@ -723,10 +751,14 @@ void run_task(const Ctx& cx, int64_t task) {
                             else if (jr + 2 * NR <= nc && seg_left >= 2 * NR && mc >= MR)
                                 pf_c = cat(s, ic, vj + NR);              // top of next column
                             cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
+                        } else if (w == NR && cx.ki.edge_rows_fn && h <= cx.ki.edge_rows_max) {
+                            ep.bias = bias_j;  // few rows of a full-width tile: straight into C
+                            cx.ki.edge_rows_fn(h, kk, ap, bp, ldbp, cp, ldcw, ep);
                         } else {
                             edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
                         }
                     }
+                }
                 }
             }
         }
@@ -822,7 +854,7 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
     // panels are packed from fp32 rows, copy or transposing pack, as for fp32 operands.)
     PackFn pack_a = pack_fn(ki.mr, !a.trans_a);
     if (!a.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
-    Ctx cx{&a, ki, pack_a, ch.path == Path::F32 ? pack_panels_fn(ki.nr) : nullptr,
+    Ctx cx{&a, ki, pack_a, ch.path != Path::F32 ? nullptr : ki.pack_panels_nr ? ki.pack_panels_nr : pack_panels_fn(ki.nr),
            KSplit(a.k, ki.kc, ch.path == Path::Pairs ? 2 : 1)};
     cx.path = ch.path;
     cx.a = static_cast<const float*>(a.a);
@@ -842,7 +874,7 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
         v0 += round_up(p.n, ki.nr);
         s.pack_b = pack_fn(ki.nr, p.trans_b);
         if (p.trans_b && ki.pack_trans_nr) s.pack_b = ki.pack_trans_nr;
-        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= ki.mr;
+        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= inplace_rows(ki);
         cx.all_inplace = cx.all_inplace && s.b_inplace;
         if (ch.path == Path::F32) s.b = static_cast<const float*>(p.b);
         else s.b16 = static_cast<const uint16_t*>(p.b);
