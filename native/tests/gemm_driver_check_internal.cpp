@@ -237,8 +237,14 @@ Group make_group(Rng& rng, sw_dtype in, int64_t m, int64_t k, const std::vector<
         G.cs.push_back(std::move(Y));
     }
     int64_t col = 0;
-    // One epilogue for the whole sharded Y's beta (a rank's block of a column-parallel layer), else per member.
+    // Sharded: one epilogue for the whole Y (the ranks' blocks of one column-parallel layer: the driver fuses such
+    // adjacent members, micro-panels straddling their boundaries), except that one member in three groups differs
+    // (alpha; the fused runs break there). Else per member.
     const int ep_all = static_cast<int>(rng.range(0, 3));
+    const float alpha_all = ep_all % 2 ? rng.uniform(-2.0f, 2.0f) : 1.0f;
+    const float beta_all = ep_all == 3 ? rng.uniform(-1.5f, 1.5f) : ep_all == 2 ? 1.0f : 0.0f;
+    const bool bias_all = rng.range(0, 1) == 1, gelu_all = rng.range(0, 2) == 0;
+    const int64_t odd_one = rng.range(0, 2) == 0 ? rng.range(0, static_cast<int64_t>(ns.size()) - 1) : -1;
     for (size_t i = 0; i < ns.size(); ++i) {
         Member mb;
         mb.a_idx = static_cast<int>(i % static_cast<size_t>(nA));
@@ -258,6 +264,10 @@ Group make_group(Rng& rng, sw_dtype in, int64_t m, int64_t k, const std::vector<
         mb.bias = rng.range(0, 1) == 1;
         mb.gelu = rng.range(0, 2) == 0;
         if (sharded) {
+            mb.alpha = static_cast<int64_t>(i) == odd_one ? alpha_all * 0.5f : alpha_all;
+            mb.beta = beta_all;
+            mb.bias = bias_all;
+            mb.gelu = gelu_all;
             mb.c_type = shared_c;
             mb.c_idx = 0;
             mb.c_col = col;
@@ -649,7 +659,8 @@ int bench_main(int argc, char** argv) {
     // C = column blocks of one Y (ldc = N): one gemm_grouped call, the p gemm calls one after the other, and the
     // unsharded GEMM.
     struct Sh { int64_t m, k, n; };
-    const Sh shs[] = {{2048, 4096, 1000}, {256, 1024, 1030}, {512, 1024, 1024}, {64, 4096, 4096}};
+    const Sh shs[] = {{512, 1024, 1024}, {1024, 2048, 2048}, {2048, 2048, 2048}, {2048, 4096, 1000},
+                      {256, 1024, 1030}, {1, 4096, 4096}};
     for (const Sh& s : shs) {
         for (int p : {2, 4, 8}) {
             char title[160];

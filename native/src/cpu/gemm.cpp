@@ -90,6 +90,7 @@
 #include <new>
 #include <vector>
 
+#include "core/dtype.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -361,7 +362,7 @@ private:
 struct ThreadBuffers {
     AlignedBuffer a, b;
     AlignedBuffer cw;      // fp32 workspace of a 16-bit C (the task's rows x one NC panel)
-    AlignedBuffer biasw;   // a 16-bit bias widened (the task's columns)
+    AlignedBuffer biasw;   // the task's bias in virtual columns (a 16-bit one widened; fused segments' gathered)
     AlignedBuffer widen;   // 16-bit rows widened before a transposing pack (W x kc)
     alignas(kAlign) float tile[64 * 64];  // edge tile (MR x NR <= 64 x 64)
     alignas(kAlign) float bias[64];       // zero-padded bias of an edge tile (NR <= 64)
@@ -438,11 +439,19 @@ enum class Path {
 
 // One member's columns (a column segment) of a driver run: everything that belongs to op(B) and C. gemm() runs one
 // segment; gemm_grouped() runs the members that share op(A) as the segments of one run, over concatenated
-// ("virtual") columns: segment s owns virtual columns [v0, v0 + n), and v0 is a multiple of NR (each segment is
-// padded to NR on its own), so no micro-panel ever holds columns of two segments.
+// ("virtual") columns: segment s owns virtual columns [v0, v0 + n). Segments are padded to NR on their own (v0 a
+// multiple of NR, no micro-panel holds columns of two of them) except where a member's C continues the previous
+// member's C in memory with the same ldc, type, alpha, beta, epilogue and bias presence (the column blocks of one Y
+// in the sharded GEMM of virtual ranks): such segments are fused, v0 = the previous end, and a micro-panel that
+// straddles the boundary is packed from both members' B (pack_b_straddle) and written by one kernel call into
+// both members' C, with the bias gathered. Each element still gets the kernel's arithmetic on its own row, column
+// and k: the same bits.
 struct Seg {
     const GemmProblem* g;   // the member (op(B), C, alpha, beta, bias, epilogue)
     int64_t v0 = 0, n = 0;  // virtual columns [v0, v0 + n)
+    int64_t run_end = 0;    // end of the fused run of segments this one belongs to (its own end when not fused)
+    int64_t next = 0;       // the next segment's v0 (end() padded to NR, or end() when fused)
+    bool fused = false;     // continues the previous segment (v0 == its end())
     PackFn pack_b = nullptr;
     bool b_inplace = false; // read full-width B micro-panels in place (no packing)
     // fp32 operands ...
@@ -475,6 +484,7 @@ struct Ctx {
     int nsegs = 0;
     int64_t nv = 0;              // virtual columns: segs[nsegs - 1].end()
     bool any_c16 = false, all_inplace = false;
+    bool bias_virtual = false;   // tasks gather every bias into virtual columns (16-bit or fused segments' bias)
 
     // The segment holding virtual column vj (vj < nv).
     const Seg& seg_at(int64_t vj) const {
@@ -602,20 +612,65 @@ void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, in
     }
 }
 
-// Packs the B panel of virtual columns [jc, jc + nc) (jc a multiple of NR) and k elements [p0, p0 + kc): each
-// segment's part from its own B (micro-panel (vj - jc) / NR at bpack + that * steps * NR). pf > 0: prefetch up
-// to pf columns past the panel (see pack_b_seg).
+// Packs the micro-panel of virtual columns [vj, vj + w) that straddles fused segments: column by column from each
+// member's B (scalar; one such micro-panel per segment boundary), zero for w <= c < NR. The values are those the
+// segment packs write (exact widening, the same pair words).
+void pack_b_straddle(const Ctx& cx, float* dst, int64_t vj, int w, int64_t p0, int64_t kc, int64_t steps) {
+    const int NR = cx.ki.nr;
+    std::fill(dst, dst + steps * NR, 0.0f);
+    uint32_t* dw = reinterpret_cast<uint32_t*>(dst);
+    const bool bf16 = cx.g->a_type == SW_DTYPE_BF16;
+    for (int c = 0; c < w; ++c) {
+        const Seg& s = cx.seg_at(vj + c);
+        const GemmProblem& g = *s.g;
+        const int64_t j = vj + c - s.v0;
+        // Element k = p0 + p of column j: at stride es from e0.
+        const int64_t e0 = g.trans_b ? j * g.ldb + p0 : p0 * g.ldb + j, es = g.trans_b ? 1 : g.ldb;
+        switch (cx.path) {
+        case Path::F32:
+            for (int64_t p = 0; p < kc; ++p) dst[p * NR + c] = s.b[e0 + p * es];
+            break;
+        case Path::Widen:
+            for (int64_t p = 0; p < kc; ++p) {
+                const uint16_t h = s.b16[e0 + p * es];
+                dst[p * NR + c] = bf16 ? bf16_to_float(h) : half_to_float(h);
+            }
+            break;
+        case Path::Pairs:
+            for (int64_t p = 0; p < kc; p += 2) {
+                const uint32_t lo = s.b16[e0 + p * es];
+                const uint32_t hi = p + 1 < kc ? s.b16[e0 + (p + 1) * es] : 0u;
+                dw[(p / 2) * NR + c] = lo | hi << 16;
+            }
+            break;
+        }
+    }
+}
+
+// Packs the B panel of virtual columns [jc, jc + nc) (jc a multiple of NR) and k elements [p0, p0 + kc): the
+// micro-panels within one segment from its own B (pack_b_seg, several at once), those that straddle fused segments
+// by pack_b_straddle (micro-panel jr / NR at bpack + that * steps * NR). pf > 0: prefetch up to pf columns past the
+// panel (see pack_b_seg).
 void pack_b_panel(const Ctx& cx, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0, int64_t kc,
                   int64_t steps, int64_t pf = 0) {
     if (kc == 0) return;
     const int NR = cx.ki.nr;
-    for (int64_t vj = jc; vj < jc + nc;) {
+    for (int64_t jr = 0; jr < nc;) {
+        const int64_t vj = jc + jr;
         const Seg& s = cx.seg_at(vj);
+        const int64_t w = std::min<int64_t>({NR, s.run_end - vj, nc - jr});
+        float* dst = bpack + (jr / NR) * steps * NR;
+        if (vj + w > s.end()) {  // straddles into the next fused segment
+            pack_b_straddle(cx, dst, vj, static_cast<int>(w), p0, kc, steps);
+            jr += NR;
+            continue;
+        }
+        // The micro-panels from vj that lie within s: whole ones, and a last partial one where s ends its run or
+        // the panel ends.
         const int64_t e = std::min(jc + nc, s.end());
-        if (vj < e)
-            pack_b_seg(cx, s, tb, bpack + ((vj - jc) / NR) * steps * NR, vj - s.v0, e - vj, p0, kc, steps,
-                       e == jc + nc ? std::min(pf, s.end() - e) : 0);
-        vj = s.end() + (NR - s.n % NR) % NR;  // the next segment's v0
+        const int64_t len = (e == s.run_end || e == jc + nc) ? e - vj : ((e - vj) / NR) * NR;
+        pack_b_seg(cx, s, tb, dst, vj - s.v0, len, p0, kc, steps, vj + len == jc + nc ? std::min(pf, s.end() - e) : 0);
+        jr += round_up(len, NR);
     }
 }
 
@@ -644,15 +699,18 @@ void run_task(const Ctx& cx, int64_t task) {
     // bias is widened once (into the task's virtual columns).
     const int64_t ldw = cx.any_c16 ? round_up(std::min(NC, j1 - j0), 16) : 0;
     float* ws = cx.any_c16 ? tb.cw.get(static_cast<size_t>((i1 - i0) * ldw)) : nullptr;
-    float* biasw = nullptr;  // bias of virtual column vj at biasw + vj - j0
-    for (int64_t vj = j0; vj < j1;) {
+    float* biasw = nullptr;  // bias of virtual column vj at biasw + vj - j0 (cx.bias_virtual)
+    for (int64_t vj = j0; cx.bias_virtual && vj < j1;) {
         const Seg& s = cx.seg_at(vj);
         const int64_t e = std::min(j1, s.end());
-        if (s.bias16 && vj < e) {
+        if ((s.bias16 || s.bias) && vj < e) {
             if (!biasw) biasw = tb.biasw.get(static_cast<size_t>(j1 - j0));
-            s.widen_c(biasw + (vj - j0), s.bias16 + (vj - s.v0), e - vj);
+            if (s.bias16)
+                s.widen_c(biasw + (vj - j0), s.bias16 + (vj - s.v0), e - vj);
+            else
+                std::memcpy(biasw + (vj - j0), s.bias + (vj - s.v0), sizeof(float) * static_cast<size_t>(e - vj));
         }
-        vj = s.end() + (NR - s.n % NR) % NR;
+        vj = s.next;
     }
     // The same for every segment piece [vj, e) of the virtual columns [jc, jc + nc).
     const auto for_pieces = [&](int64_t jc, int64_t nc, auto&& fn) {
@@ -660,7 +718,7 @@ void run_task(const Ctx& cx, int64_t task) {
             const Seg& s = cx.seg_at(vj);
             const int64_t e = std::min(jc + nc, s.end());
             if (vj < e) fn(s, vj, e);
-            vj = s.end() + (NR - s.n % NR) % NR;
+            vj = s.next;
         }
     };
 
@@ -702,6 +760,7 @@ void run_task(const Ctx& cx, int64_t task) {
                     const Seg& s = cx.seg_at(vj);
                     const GemmProblem& sg = *s.g;
                     const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
+                    const int64_t run_left = s.run_end - vj; // columns of this micro-panel and after, fused ones too
                     const int64_t ldcw = s.c16 ? ldw : sg.ldc;
                     Epilogue ep;
                     ep.alpha = sg.alpha;
@@ -709,8 +768,7 @@ void run_task(const Ctx& cx, int64_t task) {
                     ep.mode = !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
                     ep.gelu = last && sg.gelu();
                     const float* bias_j = nullptr;
-                    if (last && s.bias16) bias_j = biasw + (vj - j0);
-                    else if (last && s.bias) bias_j = s.bias + (vj - s.v0);
+                    if (last && (s.bias16 || s.bias)) bias_j = cx.bias_virtual ? biasw + (vj - j0) : s.bias + (vj - s.v0);
                     const int64_t bj = vj - s.v0;  // the member's own column
                     // Few rows with B in place: the wide few-row kernel where a full chunk remains.
                     if (s.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max &&
@@ -721,10 +779,10 @@ void run_task(const Ctx& cx, int64_t task) {
                         jr += cx.ki.rows_nr - NR;
                         continue;
                     }
-                    const int w = static_cast<int>(std::min<int64_t>(NR, seg_left));
+                    const int w = static_cast<int>(std::min<int64_t>(NR, run_left));
                     const float* bp;
                     int64_t ldbp;
-                    if (s.b_inplace && w == NR && kc > 0) {
+                    if (s.b_inplace && w == NR && seg_left >= NR && kc > 0) {
                         bp = s.b + p0 * sg.ldb + bj;
                         ldbp = sg.ldb;
                     } else {
@@ -748,7 +806,7 @@ void run_task(const Ctx& cx, int64_t task) {
                             const float* pf_c = nullptr;
                             if (ir + 2 * MR <= mc)
                                 pf_c = cp + MR * ldcw;                   // tile below
-                            else if (jr + 2 * NR <= nc && seg_left >= 2 * NR && mc >= MR)
+                            else if (jr + 2 * NR <= nc && run_left >= 2 * NR && mc >= MR)
                                 pf_c = cat(s, ic, vj + NR);              // top of next column
                             cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
                         } else if (w == NR && cx.ki.edge_rows_fn && h <= cx.ki.edge_rows_max) {
@@ -864,14 +922,28 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
     cx.nsegs = count;
     cx.all_inplace = true;
     int64_t v0 = 0;
+    // Member p continues member q's columns (see Seg): fused.
+    const auto continues = [](const GemmProblem& q, const GemmProblem& p) {
+        const size_t es = q.c_type == SW_DTYPE_F32 ? 4 : 2;
+        return p.c_type == q.c_type && p.ldc == q.ldc && p.alpha == q.alpha && p.beta == q.beta &&
+               p.epilogue == q.epilogue && (p.bias == nullptr) == (q.bias == nullptr) &&
+               static_cast<const char*>(p.c) == static_cast<const char*>(q.c) + static_cast<size_t>(q.n) * es;
+    };
     for (int i = 0; i < count; ++i) {
         const GemmProblem& p = *members[i];
         Seg& s = segs[i];
         s = Seg{};
         s.g = &p;
+        s.fused = i > 0 && continues(*members[i - 1], p);
+        if (s.fused) {
+            v0 = segs[i - 1].end();
+            segs[i - 1].next = v0;
+            cx.bias_virtual = cx.bias_virtual || p.bias != nullptr;
+        }
         s.v0 = v0;
         s.n = p.n;
-        v0 += round_up(p.n, ki.nr);
+        s.next = round_up(s.v0 + p.n, ki.nr);  // (a fused run starts at a multiple of NR)
+        v0 = s.next;
         s.pack_b = pack_fn(ki.nr, p.trans_b);
         if (p.trans_b && ki.pack_trans_nr) s.pack_b = ki.pack_trans_nr;
         s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= inplace_rows(ki);
@@ -884,11 +956,14 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
         } else {
             s.c16 = static_cast<uint16_t*>(p.c);
             s.bias16 = static_cast<const uint16_t*>(p.bias);
+            cx.bias_virtual = cx.bias_virtual || p.bias != nullptr;
             s.widen_c = p.c_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
             s.narrow_c = p.c_type == SW_DTYPE_BF16 ? ki.narrow_bf16 : ki.narrow_f16;
             cx.any_c16 = true;
         }
     }
+    for (int i = count - 1; i >= 0; --i)
+        segs[i].run_end = i + 1 < count && segs[i + 1].fused ? segs[i + 1].run_end : segs[i].end();
     cx.nv = segs[count - 1].end();
     return cx;
 }
