@@ -364,6 +364,7 @@ struct ThreadBuffers {
     AlignedBuffer cw;      // fp32 workspace of a 16-bit C (the task's rows x one NC panel)
     AlignedBuffer biasw;   // the task's bias in virtual columns (a 16-bit one widened; fused segments' gathered)
     AlignedBuffer widen;   // 16-bit rows widened before a transposing pack (W x kc)
+    AlignedBuffer straddle; // one segment's part of a micro-panel straddling fused segments (kc x NR)
     alignas(kAlign) float tile[64 * 64];  // edge tile (MR x NR <= 64 x 64)
     alignas(kAlign) float bias[64];       // zero-padded bias of an edge tile (NR <= 64)
 };
@@ -612,38 +613,22 @@ void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, in
     }
 }
 
-// Packs the micro-panel of virtual columns [vj, vj + w) that straddles fused segments: column by column from each
-// member's B (scalar; one such micro-panel per segment boundary), zero for w <= c < NR. The values are those the
-// segment packs write (exact widening, the same pair words).
-void pack_b_straddle(const Ctx& cx, float* dst, int64_t vj, int w, int64_t p0, int64_t kc, int64_t steps) {
+// Packs the micro-panel of virtual columns [vj, vj + w) that straddles fused segments: each segment's columns of it
+// packed as a partial micro-panel by pack_b_seg into a scratch panel (the same values as when the segment is packed
+// alone), then copied into their columns; zero for w <= c < NR.
+void pack_b_straddle(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t vj, int w, int64_t p0, int64_t kc,
+                     int64_t steps) {
     const int NR = cx.ki.nr;
-    std::fill(dst, dst + steps * NR, 0.0f);
-    uint32_t* dw = reinterpret_cast<uint32_t*>(dst);
-    const bool bf16 = cx.g->a_type == SW_DTYPE_BF16;
-    for (int c = 0; c < w; ++c) {
-        const Seg& s = cx.seg_at(vj + c);
-        const GemmProblem& g = *s.g;
-        const int64_t j = vj + c - s.v0;
-        // Element k = p0 + p of column j: at stride es from e0.
-        const int64_t e0 = g.trans_b ? j * g.ldb + p0 : p0 * g.ldb + j, es = g.trans_b ? 1 : g.ldb;
-        switch (cx.path) {
-        case Path::F32:
-            for (int64_t p = 0; p < kc; ++p) dst[p * NR + c] = s.b[e0 + p * es];
-            break;
-        case Path::Widen:
-            for (int64_t p = 0; p < kc; ++p) {
-                const uint16_t h = s.b16[e0 + p * es];
-                dst[p * NR + c] = bf16 ? bf16_to_float(h) : half_to_float(h);
-            }
-            break;
-        case Path::Pairs:
-            for (int64_t p = 0; p < kc; p += 2) {
-                const uint32_t lo = s.b16[e0 + p * es];
-                const uint32_t hi = p + 1 < kc ? s.b16[e0 + (p + 1) * es] : 0u;
-                dw[(p / 2) * NR + c] = lo | hi << 16;
-            }
-            break;
-        }
+    float* t = tb.straddle.get(static_cast<size_t>(steps * NR));
+    if (w < NR)
+        for (int64_t q = 0; q < steps; ++q) std::fill(dst + q * NR + w, dst + q * NR + NR, 0.0f);
+    for (int c0 = 0; c0 < w;) {
+        const Seg& s = cx.seg_at(vj + c0);
+        const int c1 = static_cast<int>(std::min<int64_t>(w, s.end() - vj));
+        pack_b_seg(cx, s, tb, t, vj + c0 - s.v0, c1 - c0, p0, kc, steps, 0);
+        for (int64_t q = 0; q < steps; ++q)
+            std::memcpy(dst + q * NR + c0, t + q * NR, sizeof(float) * static_cast<size_t>(c1 - c0));
+        c0 = c1;
     }
 }
 
@@ -661,7 +646,7 @@ void pack_b_panel(const Ctx& cx, ThreadBuffers& tb, float* bpack, int64_t jc, in
         const int64_t w = std::min<int64_t>({NR, s.run_end - vj, nc - jr});
         float* dst = bpack + (jr / NR) * steps * NR;
         if (vj + w > s.end()) {  // straddles into the next fused segment
-            pack_b_straddle(cx, dst, vj, static_cast<int>(w), p0, kc, steps);
+            pack_b_straddle(cx, tb, dst, vj, static_cast<int>(w), p0, kc, steps);
             jr += NR;
             continue;
         }
