@@ -724,7 +724,7 @@ namespace {
 int tune_main(int argc, char** argv) {
     int threads = 2, rounds = 11;
     std::vector<std::pair<int, int>> settings;
-    std::vector<std::array<int64_t, 4>> shapes;  // m, k, n, tb
+    std::vector<std::array<int64_t, 5>> shapes;  // m, k, n, tb, input type (0 f32, 1 bf16, 2 f16)
     for (int i = 2; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--set") && i + 1 < argc) {
@@ -733,9 +733,9 @@ int tune_main(int argc, char** argv) {
             settings.push_back({a, b});
         } else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
             long long m = 0, k = 0, n = 0;
-            char t = 'N';
-            std::sscanf(argv[++i], "%lldx%lldx%lld%c", &m, &k, &n, &t);
-            shapes.push_back({m, k, n, t == 'T' ? 1 : 0});
+            char t = 'N', ty[8] = "f32";
+            std::sscanf(argv[++i], "%lldx%lldx%lld%c:%7s", &m, &k, &n, &t, ty);
+            shapes.push_back({m, k, n, t == 'T' ? 1 : 0, !std::strcmp(ty, "bf16") ? 1 : !std::strcmp(ty, "f16") ? 2 : 0});
         }
     }
     ThreadPool pool(threads);
@@ -750,6 +750,14 @@ int tune_main(int argc, char** argv) {
         GemmProblem g;
         g.m = m; g.n = n; g.k = k; g.trans_b = tb;
         g.a = a.data(); g.lda = k; g.b = b.data(); g.ldb = tb ? k : n; g.c = c.data(); g.ldc = n;
+        std::vector<uint16_t> a16(a.size()), b16(b.size());
+        if (sh[4] != 0) {  // 16-bit inputs (the same values rounded), C in f32
+            for (size_t q = 0; q < a.size(); ++q) a16[q] = sw_ref_round16(sh[4] == 1, a[q]);
+            for (size_t q = 0; q < b.size(); ++q) b16[q] = sw_ref_round16(sh[4] == 1, b[q]);
+            g.a = a16.data();
+            g.b = b16.data();
+            g.a_type = g.b_type = sh[4] == 1 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+        }
         std::vector<Variant> vs;
         if (bl.dnnl)
             vs.push_back({"onednn", [&] { bl.dnnl('N', tb ? 'T' : 'N', m, n, k, 1.0f, a.data(), k, b.data(), g.ldb, 0.0f, c.data(), n); }});
@@ -761,8 +769,9 @@ int tune_main(int argc, char** argv) {
                           }});
         }
         char title[96];
-        std::snprintf(title, sizeof title, "%lldx%lldx%lld %s", static_cast<long long>(m), static_cast<long long>(k),
-                      static_cast<long long>(n), tb ? "NT" : "NN");
+        std::snprintf(title, sizeof title, "%lldx%lldx%lld %s %s (oneDNN: f32 sgemm)", static_cast<long long>(m),
+                      static_cast<long long>(k), static_cast<long long>(n), tb ? "NT" : "NN",
+                      sh[4] == 0 ? "f32" : sh[4] == 1 ? "bf16" : "f16");
         compare(title, vs, rounds, 30.0);
     }
     return 0;

@@ -30,22 +30,32 @@
 // the AVX-512 kernel brings SIMD transposing packs), so one micro-kernel serves NN, NT, TN and TT. Packed panels are zero padded to full MR / NR; edge
 // tiles run the full micro-kernel on a small temporary tile (valid part of C copied in and out), so
 // they use exactly the arithmetic of interior tiles (tiles with at most NR/2 valid columns use a
-// half-width kernel with the same per-element arithmetic where the ISA has one). When m <= MR and op(B) = B (not transposed), the
-// full-width B micro-panels are read in place instead of packed (every element of B is used once),
-// and for very few rows (GEMV-like) a wide few-row kernel with the same per-element arithmetic
-// streams B in chunks of several micro-panels.
+// half-width kernel with the same per-element arithmetic where the ISA has one; tiles of fewer than MR rows a
+// few-row kernel, written straight into C when all NR columns are valid).
+//
+// Skinny M (a task of one row block, m <= MC): op(B) is streamed. The NC panel is not packed as a whole (it
+// would go out to memory and be read back); instead chunks of a few micro-panels (kStreamPanels, 256 KiB of L2 at
+// KC = 512; one micro-panel for bf16 pairs) are packed right before every row tile uses them, the row-by-row pack
+// prefetching the next chunk. For very few rows and op(B) = B (m <= rows_max under AVX-512, m <= MR elsewhere)
+// the full-width B micro-panels are read in place instead (every element of B is used once), by a wide
+// few-row kernel with the same per-element arithmetic where it has one.
+//
+// Grouped (gemm_grouped): the members that share op(A) are one run over concatenated ("virtual") columns, each
+// member a segment with its own B, C, bias, alpha, beta, epilogue and C type (see Seg); each A block is packed once
+// per task for all of them, and every group's tasks are one pool job.
 //
 // ------------------------------------------------------------------------------------------------
 // Operand paths (Ctx::path)
 // ------------------------------------------------------------------------------------------------
-//  F32:   the packs above (B read in place for m <= MR).
+//  F32:   the packs above (B read in place for very few rows, see "Skinny M").
 //  Widen: pack_a_panel / pack_b_panel convert 16-bit rows to fp32 with the kernel's WidenFn (F16C / AVX-512 /
 //         portable, all exact) straight into the panel when the k steps are the rows of the source, else into a
 //         per-thread buffer that the fp32 transposing pack then reads. The micro-kernel is the fp32 one.
 //  Pairs: the k blocks are cut in pair steps (KSplit, unit 2); the packs write one 32-bit word per element and
 //         pair step (k even in the low half, k odd in the high half, an odd last k zero padded); the vdpbf16ps
 //         micro-kernel has the fp32 one's 14 x 32 tile and epilogue. A task of one row block packs each B
-//         micro-panel just before use.
+//         micro-panel just before use (the streamed chunk is one micro-panel: the pair packs read B micro-panel
+//         by micro-panel and prefetch the next one themselves).
 //  A 16-bit C: the task computes into a per-thread fp32 workspace (its rows x one NC panel; beta reads C widened
 //  into it), every k block accumulates there, bias and GeLU are applied by the last one in fp32, and the panel is
 //  rounded once (NarrowFn: nearest even, overflow to inf, NaN kept) into C. A 16-bit bias is widened once per task.
@@ -69,8 +79,11 @@
 //     The SIMD kernels write every FMA explicitly (GCC would otherwise be free to contract some
 //     multiply + add pairs and not others); the generic kernel rounds each multiply and add
 //     separately. k == 0 runs one empty block (acc = 0), then bias and GeLU.
-//  4. Edge tiles use the same micro-kernel on zero-padded panels and a temporary tile, and the
-//     in-place B path reads the same values the packed path would, so neither changes any bit.
+//  4. Edge tiles use the same micro-kernel on zero-padded panels and a temporary tile (or the few-row and
+//     half-width kernels, which compute each element with the full kernel's chain and epilogue), the in-place B
+//     path and the streamed chunks read the same values the packed path would, and a grouped member's columns
+//     (even in a micro-panel shared with a fused neighbour) see the same packed values, k blocks and epilogue as
+//     the member alone, so none of them changes any bit.
 //  5. 16-bit operands: the conversions are exact (widening) or pure data movement (pairs), so the packed values,
 //     the k blocks and each element's chain are functions of the element's own row, column and k as above; the
 //     one rounding of a 16-bit C happens after the last k block. The bf16 pair kernel's chains (vdpbf16ps, with
