@@ -987,43 +987,54 @@ void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
 // gemm() would give them (same kernel, path, k blocks, packed values and epilogue: determinism contract), so its C
 // is bit for bit gemm(problems[i])'s.
 void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, ThreadPool& pool) {
-    std::vector<const GemmProblem*> order;  // members grouped by op(A), each group in member order
-    std::vector<int> starts;                // group g: order[starts[g] .. starts[g + 1])
-    order.reserve(static_cast<size_t>(count));
-    std::vector<char> taken(static_cast<size_t>(count), 0);
+    // Per-thread scratch, reused: steady-state calls do not allocate. (The pool threads read it through the
+    // pointers below while this thread waits in parallel_for.)
+    struct Scratch {
+        std::vector<const GemmProblem*> order;  // members grouped by op(A), each group in member order
+        std::vector<int> starts;                // group g: order[starts[g] .. starts[g + 1])
+        std::vector<char> taken;
+        std::vector<Seg> segs;
+        std::vector<Ctx> runs;
+        std::vector<int64_t> first_task;        // run g's tasks: [first_task[g], first_task[g + 1])
+    };
+    thread_local Scratch sc;
+    sc.order.clear();
+    sc.starts.clear();
+    sc.taken.assign(static_cast<size_t>(count), 0);
     const auto same_a = [](const GemmProblem& x, const GemmProblem& y) {
         return x.a == y.a && x.a_type == y.a_type && x.trans_a == y.trans_a && x.lda == y.lda && x.m == y.m &&
                x.k == y.k;
     };
     for (int32_t i = 0; i < count; ++i) {
-        if (taken[static_cast<size_t>(i)] || problems[i].m <= 0 || problems[i].n <= 0) continue;
-        starts.push_back(static_cast<int>(order.size()));
+        if (sc.taken[static_cast<size_t>(i)] || problems[i].m <= 0 || problems[i].n <= 0) continue;
+        sc.starts.push_back(static_cast<int>(sc.order.size()));
         for (int32_t j = i; j < count; ++j) {
-            if (taken[static_cast<size_t>(j)] || problems[j].n <= 0 || !same_a(problems[i], problems[j])) continue;
-            taken[static_cast<size_t>(j)] = 1;
-            order.push_back(&problems[j]);
+            if (sc.taken[static_cast<size_t>(j)] || problems[j].n <= 0 || !same_a(problems[i], problems[j])) continue;
+            sc.taken[static_cast<size_t>(j)] = 1;
+            sc.order.push_back(&problems[j]);
         }
     }
-    const int ngroups = static_cast<int>(starts.size());
+    const int ngroups = static_cast<int>(sc.starts.size());
     if (ngroups == 0) return;
-    starts.push_back(static_cast<int>(order.size()));
+    sc.starts.push_back(static_cast<int>(sc.order.size()));
 
-    std::vector<Seg> segs(order.size());
-    std::vector<Ctx> runs;
-    std::vector<int64_t> first_task(static_cast<size_t>(ngroups) + 1, 0);
-    runs.reserve(static_cast<size_t>(ngroups));
+    sc.segs.resize(sc.order.size());
+    sc.runs.clear();
+    sc.first_task.assign(static_cast<size_t>(ngroups) + 1, 0);
     for (int gi = 0; gi < ngroups; ++gi) {
-        const int b = starts[static_cast<size_t>(gi)], e = starts[static_cast<size_t>(gi) + 1];
-        runs.push_back(make_ctx(order.data() + b, e - b, segs.data() + b, choose(*order[static_cast<size_t>(b)], kernel)));
-        plan_tasks(runs.back(), pool.size());
-        first_task[static_cast<size_t>(gi) + 1] = first_task[static_cast<size_t>(gi)] + runs.back().tm * runs.back().tn;
+        const int b = sc.starts[static_cast<size_t>(gi)], e = sc.starts[static_cast<size_t>(gi) + 1];
+        sc.runs.push_back(make_ctx(sc.order.data() + b, e - b, sc.segs.data() + b,
+                                   choose(*sc.order[static_cast<size_t>(b)], kernel)));
+        plan_tasks(sc.runs.back(), pool.size());
+        sc.first_task[static_cast<size_t>(gi) + 1] =
+            sc.first_task[static_cast<size_t>(gi)] + sc.runs.back().tm * sc.runs.back().tn;
     }
-    const std::vector<Ctx>* pruns = &runs;
-    const std::vector<int64_t>* pfirst = &first_task;
-    pool.parallel_for(first_task.back(), [pruns, pfirst](int64_t t) {
-        const auto it = std::upper_bound(pfirst->begin(), pfirst->end(), t);
-        const size_t gi = static_cast<size_t>(it - pfirst->begin()) - 1;
-        run_task((*pruns)[gi], t - (*pfirst)[gi]);
+    const Scratch* psc = &sc;
+    // The lambda captures one pointer: std::function stores it without allocating.
+    pool.parallel_for(sc.first_task.back(), [psc](int64_t t) {
+        const auto it = std::upper_bound(psc->first_task.begin(), psc->first_task.end(), t);
+        const size_t gi = static_cast<size_t>(it - psc->first_task.begin()) - 1;
+        run_task(psc->runs[gi], t - psc->first_task[gi]);
     });
 }
 
