@@ -627,8 +627,9 @@ void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, in
 }
 
 // Packs the micro-panel of virtual columns [vj, vj + w) that straddles fused segments: each segment's columns of it
-// packed as a partial micro-panel by pack_b_seg into a scratch panel (the same values as when the segment is packed
-// alone), then copied into their columns; zero for w <= c < NR.
+// copied (widened) row by row straight into their columns where the k steps run along B's rows, else packed as a
+// partial micro-panel by pack_b_seg into a scratch panel and copied into their columns (the same values as when the
+// segment is packed alone either way); zero for w <= c < NR.
 void pack_b_straddle(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t vj, int w, int64_t p0, int64_t kc,
                      int64_t steps) {
     const int NR = cx.ki.nr;
@@ -638,7 +639,19 @@ void pack_b_straddle(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t vj, i
     for (int c0 = 0; c0 < w;) {
         const Seg& s = cx.seg_at(vj + c0);
         const int c1 = static_cast<int>(std::min<int64_t>(w, s.end() - vj));
-        pack_b_seg(cx, s, tb, t, vj + c0 - s.v0, c1 - c0, p0, kc, steps, 0);
+        const GemmProblem& g = *s.g;
+        const int64_t j = vj + c0 - s.v0;
+        if (cx.path != Path::Pairs && !g.trans_b) {  // k steps along B's rows: straight into the columns
+            for (int64_t p = 0; p < kc; ++p) {
+                if (cx.path == Path::F32)
+                    std::memcpy(dst + p * NR + c0, s.b + (p0 + p) * g.ldb + j, sizeof(float) * static_cast<size_t>(c1 - c0));
+                else
+                    cx.widen_in(dst + p * NR + c0, s.b16 + (p0 + p) * g.ldb + j, c1 - c0);
+            }
+            c0 = c1;
+            continue;
+        }
+        pack_b_seg(cx, s, tb, t, j, c1 - c0, p0, kc, steps, 0);
         for (int64_t q = 0; q < steps; ++q)
             std::memcpy(dst + q * NR + c0, t + q * NR, sizeof(float) * static_cast<size_t>(c1 - c0));
         c0 = c1;
