@@ -34,11 +34,12 @@
 // few-row kernel, written straight into C when all NR columns are valid).
 //
 // Skinny M (a task of one row block, m <= MC): op(B) is streamed. The NC panel is not packed as a whole (it
-// would go out to memory and be read back); instead chunks of a few micro-panels (kStreamPanels, 256 KiB of L2 at
-// KC = 512; one micro-panel for bf16 pairs) are packed right before every row tile uses them, the row-by-row pack
-// prefetching the next chunk. For very few rows and op(B) = B (m <= rows_max under AVX-512, m <= MR elsewhere)
-// the full-width B micro-panels are read in place instead (every element of B is used once), by a wide
-// few-row kernel with the same per-element arithmetic where it has one.
+// would go out to memory and be read back); instead chunks of a few micro-panels (stream_panels(): 4, 256 KiB
+// of L2 at KC = 512; for bf16 pairs 4 x 32 words x 512 pair steps) are packed right before every row tile uses
+// them, the row-by-row packs prefetching the next chunk (the pair packs the next micro-panel). For very few rows
+// and op(B) = B (m <= rows_max under AVX-512, m <= MR elsewhere) the full-width B micro-panels are read in place
+// instead (every element of B is used once), by a wide few-row kernel with the same per-element arithmetic where
+// it has one.
 //
 // Grouped (gemm_grouped): the members that share op(A) are one run over concatenated ("virtual") columns, each
 // member a segment with its own B, C, bias, alpha, beta, epilogue and C type (see Seg); each A block is packed once
@@ -54,7 +55,7 @@
 //  Pairs: the k blocks are cut in pair steps (KSplit, unit 2); the packs write one 32-bit word per element and
 //         pair step (k even in the low half, k odd in the high half, an odd last k zero padded); the vdpbf16ps
 //         micro-kernel has the fp32 one's 14 x 32 tile and epilogue. A task of one row block packs each B
-//         micro-panel just before use (the streamed chunk is one micro-panel: the pair packs read B micro-panel
+//         micro-panel just before use (streamed in chunks like the fp32 path; the pair packs read B micro-panel
 //         by micro-panel and prefetch the next one themselves).
 //  A 16-bit C: the task computes into a per-thread fp32 workspace (its rows x one NC panel; beta reads C widened
 //  into it), every k block accumulates there, bias and GeLU are applied by the last one in fp32, and the panel is
@@ -397,7 +398,7 @@ ThreadBuffers& thread_buffers() {
 // those the few-row kernel takes (rows_fn) where the kernel also has a few-row edge kernel for packed panels (the
 // streamed, packed chunks run m = 7..14 faster than the in-place reads at a large stride: 8 x 4096 x 4096 about
 // 1.4x), else up to MR. (A build with SW_GEMM_TUNING reads both from variables that a tuning tool sets between
-// calls, 0 panels meaning no streaming except for pairs; never the library.)
+// calls, 0 panels meaning no streaming; never the library.)
 inline int64_t default_inplace_rows(const KernelInfo& ki) {
     return ki.rows_fn && ki.edge_rows_fn ? ki.rows_max : ki.mr;
 }
@@ -697,11 +698,11 @@ void run_task(const Ctx& cx, int64_t task) {
     ThreadBuffers& tb = thread_buffers();
     const int64_t kcmax = std::max<int64_t>(cx.kb.max_steps(), 1);
     // A task of one row block (skinny M: m <= MC) streams op(B): the NC panel is packed in chunks of a few
-    // micro-panels (kStreamPanels; one for bf16 pairs) right before every row tile uses them, so the packed chunk
+    // micro-panels (stream_panels()) right before every row tile uses them, so the packed chunk
     // stays in L2 instead of the whole panel going out to memory and being read back once per k block; a pack that
     // reads B row by row prefetches the next chunk's rows meanwhile. Same packed values, same kernels: the same bits.
-    const bool stream_b = i1 - i0 <= MC && (cx.path == Path::Pairs || stream_panels() > 0);
-    const int64_t chunk = !stream_b ? NC : NR * (cx.path == Path::Pairs ? 1 : stream_panels());
+    const bool stream_b = i1 - i0 <= MC && stream_panels() > 0;
+    const int64_t chunk = !stream_b ? NC : NR * stream_panels();
     float* bpack = tb.b.get(static_cast<size_t>(kcmax * round_up(std::min({NC, chunk, j1 - j0}), NR)));
     float* apack = tb.a.get(static_cast<size_t>(kcmax * round_up(std::min(MC, i1 - i0), MR)));
 
