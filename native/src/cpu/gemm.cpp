@@ -645,7 +645,8 @@ void pack_b_straddle(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t vj, i
         if (cx.path != Path::Pairs && !g.trans_b) {  // k steps along B's rows: straight into the columns
             for (int64_t p = 0; p < kc; ++p) {
                 if (cx.path == Path::F32)
-                    std::memcpy(dst + p * NR + c0, s.b + (p0 + p) * g.ldb + j, sizeof(float) * static_cast<size_t>(c1 - c0));
+                    std::memcpy(dst + p * NR + c0, s.b + (p0 + p) * g.ldb + j,
+                                sizeof(float) * static_cast<size_t>(c1 - c0));
                 else
                     cx.widen_in(dst + p * NR + c0, s.b16 + (p0 + p) * g.ldb + j, c1 - c0);
             }
@@ -763,72 +764,74 @@ void run_task(const Ctx& cx, int64_t task) {
                     }
                 }
                 for (int64_t jq = 0; jq < nc; jq += chunk) {
-                const int64_t qn = std::min(chunk, nc - jq);  // this chunk: panel columns [jq, jq + qn)
-                // Streamed: pack the chunk (prefetching the next one of the task's columns).
-                if (stream_b) pack_b_panel(cx, tb, bpack, jc + jq, qn, p0, kc, kk, std::min(chunk, j1 - (jc + jq + qn)));
-                const int64_t jb = stream_b ? jq : 0;  // panel column of bpack's first micro-panel
-                for (int64_t jr = jq; jr < jq + qn; jr += NR) {
-                    const int64_t vj = jc + jr;
-                    const Seg& s = cx.seg_at(vj);
-                    const GemmProblem& sg = *s.g;
-                    const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
-                    const int64_t run_left = s.run_end - vj; // columns of this micro-panel and after, fused ones too
-                    const int64_t ldcw = s.c16 ? ldw : sg.ldc;
-                    Epilogue ep;
-                    ep.alpha = sg.alpha;
-                    ep.beta = sg.beta;
-                    ep.mode = !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
-                    ep.gelu = last && sg.gelu();
-                    const float* bias_j = nullptr;
-                    if (last && (s.bias16 || s.bias)) bias_j = cx.bias_virtual ? biasw + (vj - j0) : s.bias + (vj - s.v0);
-                    const int64_t bj = vj - s.v0;  // the member's own column
-                    // Few rows with B in place: the wide few-row kernel where a full chunk remains.
-                    if (s.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max &&
-                        std::min({jq + qn - jr, seg_left}) >= cx.ki.rows_nr) {
-                        ep.bias = bias_j;
-                        cx.ki.rows_fn(static_cast<int>(mc), kc, apack, s.b + p0 * sg.ldb + bj, sg.ldb,
-                                      cat(s, ic, vj), ldcw, ep);
-                        jr += cx.ki.rows_nr - NR;
-                        continue;
-                    }
-                    const int w = static_cast<int>(std::min<int64_t>(NR, run_left));
-                    const float* bp;
-                    int64_t ldbp;
-                    if (s.b_inplace && w == NR && seg_left >= NR && kc > 0) {
-                        bp = s.b + p0 * sg.ldb + bj;
-                        ldbp = sg.ldb;
-                    } else {
-                        bp = bpack + ((jr - jb) / NR) * kk * NR;
-                        ldbp = NR;
-                    }
-                    ep.bias = bias_j;
-                    // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
-                    // the first one again for the next ic block), an eighth of it per call; and
-                    // the C tile of the next call when that is a full tile (of the same segment).
-                    const float* bnext = nullptr;
-                    if (ldbp == NR && kk > 0)
-                        bnext = (jr + NR < jq + qn) ? bp + kk * NR : (stream_b ? nullptr : bpack);
-                    const int64_t pf_chunk = (kk / 4) * 16;  // floats the kernel prefetches per call
-                    for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
-                        const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-                        const float* ap = apack + (ir / MR) * kk * MR;
-                        float* cp = cat(s, ic + ir, vj);
-                        if (h == MR && w == NR) {
-                            const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
-                            const float* pf_c = nullptr;
-                            if (ir + 2 * MR <= mc)
-                                pf_c = cp + MR * ldcw;                   // tile below
-                            else if (jr + 2 * NR <= nc && run_left >= 2 * NR && mc >= MR)
-                                pf_c = cat(s, ic, vj + NR);              // top of next column
-                            cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
-                        } else if (w == NR && cx.ki.edge_rows_fn && h <= cx.ki.edge_rows_max) {
-                            ep.bias = bias_j;  // few rows of a full-width tile: straight into C
-                            cx.ki.edge_rows_fn(h, kk, ap, bp, ldbp, cp, ldcw, ep);
+                    const int64_t qn = std::min(chunk, nc - jq);  // this chunk: panel columns [jq, jq + qn)
+                    // Streamed: pack the chunk (prefetching the next one of the task's columns).
+                    if (stream_b)
+                        pack_b_panel(cx, tb, bpack, jc + jq, qn, p0, kc, kk, std::min(chunk, j1 - (jc + jq + qn)));
+                    const int64_t jb = stream_b ? jq : 0;  // panel column of bpack's first micro-panel
+                    for (int64_t jr = jq; jr < jq + qn; jr += NR) {
+                        const int64_t vj = jc + jr;
+                        const Seg& s = cx.seg_at(vj);
+                        const GemmProblem& sg = *s.g;
+                        const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
+                        const int64_t run_left = s.run_end - vj; // this micro-panel's columns on (fused ones too)
+                        const int64_t ldcw = s.c16 ? ldw : sg.ldc;
+                        Epilogue ep;
+                        ep.alpha = sg.alpha;
+                        ep.beta = sg.beta;
+                        ep.mode = !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
+                        ep.gelu = last && sg.gelu();
+                        const float* bias_j = nullptr;
+                        if (last && (s.bias16 || s.bias))
+                            bias_j = cx.bias_virtual ? biasw + (vj - j0) : s.bias + (vj - s.v0);
+                        const int64_t bj = vj - s.v0;  // the member's own column
+                        // Few rows with B in place: the wide few-row kernel where a full chunk remains.
+                        if (s.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max &&
+                            std::min({jq + qn - jr, seg_left}) >= cx.ki.rows_nr) {
+                            ep.bias = bias_j;
+                            cx.ki.rows_fn(static_cast<int>(mc), kc, apack, s.b + p0 * sg.ldb + bj, sg.ldb,
+                                          cat(s, ic, vj), ldcw, ep);
+                            jr += cx.ki.rows_nr - NR;
+                            continue;
+                        }
+                        const int w = static_cast<int>(std::min<int64_t>(NR, run_left));
+                        const float* bp;
+                        int64_t ldbp;
+                        if (s.b_inplace && w == NR && seg_left >= NR && kc > 0) {
+                            bp = s.b + p0 * sg.ldb + bj;
+                            ldbp = sg.ldb;
                         } else {
-                            edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
+                            bp = bpack + ((jr - jb) / NR) * kk * NR;
+                            ldbp = NR;
+                        }
+                        ep.bias = bias_j;
+                        // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
+                        // the first one again for the next ic block), an eighth of it per call; and
+                        // the C tile of the next call when that is a full tile (of the same segment).
+                        const float* bnext = nullptr;
+                        if (ldbp == NR && kk > 0)
+                            bnext = (jr + NR < jq + qn) ? bp + kk * NR : (stream_b ? nullptr : bpack);
+                        const int64_t pf_chunk = (kk / 4) * 16;  // floats the kernel prefetches per call
+                        for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
+                            const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+                            const float* ap = apack + (ir / MR) * kk * MR;
+                            float* cp = cat(s, ic + ir, vj);
+                            if (h == MR && w == NR) {
+                                const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
+                                const float* pf_c = nullptr;
+                                if (ir + 2 * MR <= mc)
+                                    pf_c = cp + MR * ldcw;                   // tile below
+                                else if (jr + 2 * NR <= nc && run_left >= 2 * NR && mc >= MR)
+                                    pf_c = cat(s, ic, vj + NR);              // top of next column
+                                cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
+                            } else if (w == NR && cx.ki.edge_rows_fn && h <= cx.ki.edge_rows_max) {
+                                ep.bias = bias_j;  // few rows of a full-width tile: straight into C
+                                cx.ki.edge_rows_fn(h, kk, ap, bp, ldbp, cp, ldcw, ep);
+                            } else {
+                                edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
+                            }
                         }
                     }
-                }
                 }
             }
         }
@@ -924,7 +927,8 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
     // panels are packed from fp32 rows, copy or transposing pack, as for fp32 operands.)
     PackFn pack_a = pack_fn(ki.mr, !a.trans_a);
     if (!a.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
-    Ctx cx{&a, ki, pack_a, ch.path != Path::F32 ? nullptr : ki.pack_panels_nr ? ki.pack_panels_nr : pack_panels_fn(ki.nr),
+    const PackPanelsFn panels = ki.pack_panels_nr ? ki.pack_panels_nr : pack_panels_fn(ki.nr);
+    Ctx cx{&a, ki, pack_a, ch.path != Path::F32 ? nullptr : panels,
            KSplit(a.k, ki.kc, ch.path == Path::Pairs ? 2 : 1)};
     cx.path = ch.path;
     cx.a = static_cast<const float*>(a.a);

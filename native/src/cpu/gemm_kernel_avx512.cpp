@@ -499,7 +499,8 @@ SW_TARGET_AVX512 void pack_panels_avx512(float* dst, const float* src, int64_t l
     for (int64_t p = 0; p < kc; ++p) {
         const float* s = src + p * ld;
         float* d = dst + p * W;
-        for (int64_t q = 0; q < pf; q += 16) _mm_prefetch(reinterpret_cast<const char*>(s + panels * W + q), _MM_HINT_T1);
+        for (int64_t q = 0; q < pf; q += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(s + panels * W + q), _MM_HINT_T1);
         for (int64_t j = 0; j < panels; ++j) {
             _mm512_storeu_ps(d, _mm512_loadu_ps(s));
             _mm512_storeu_ps(d + 16, _mm512_loadu_ps(s + 16));
