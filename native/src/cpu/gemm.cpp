@@ -34,8 +34,8 @@
 // few-row kernel, written straight into C when all NR columns are valid).
 //
 // Skinny M (a task of one row block, m <= MC): op(B) is streamed. The NC panel is not packed as a whole (it
-// would go out to memory and be read back); instead chunks of a few micro-panels (stream_panels(): 4, 256 KiB
-// of L2 at KC = 512; for bf16 pairs 4 x 32 words x 512 pair steps) are packed right before every row tile uses
+// would go out to memory and be read back); instead chunks of a few micro-panels (stream_panels(): 8, 512 KiB
+// of L2 at KC = 512; for bf16 pairs 8 x 32 words x 512 pair steps) are packed right before every row tile uses
 // them, the row-by-row packs prefetching the next chunk (the pair packs the next micro-panel). For very few rows
 // and op(B) = B (m <= rows_max under AVX-512, m <= MR elsewhere) the full-width B micro-panels are read in place
 // instead (every element of B is used once), by a wide few-row kernel with the same per-element arithmetic where
@@ -392,9 +392,9 @@ ThreadBuffers& thread_buffers() {
 // The driver
 // ================================================================================================
 
-// Micro-panels of op(B) per streamed chunk (a task of one row block; see run_task): 4 x 32 columns x KC = 512 of
-// fp32 is 256 KiB, which stays in L2 next to the A block (4 measured best of 2..16 on 32 x 4096 x 11008 and
-// 8 x 4096 x 4096). inplace_rows: rows up to which an fp32 B stored as is (op(B) = B) is read in place, not packed:
+// Micro-panels of op(B) per streamed chunk (a task of one row block; see run_task): 8 x 32 columns x KC = 512 of
+// fp32 is 512 KiB, which stays in L2 next to the A block (of 2..32 panels, 4 and 8 measured best on 32 x 4096 x
+// 11008, 8 x 4096 x 4096 (f32 and bf16) and 32 x 4096 x 11008 NT; 8 by a few % on the quieter machine). inplace_rows: rows up to which an fp32 B stored as is (op(B) = B) is read in place, not packed:
 // those the few-row kernel takes (rows_fn) where the kernel also has a few-row edge kernel for packed panels (the
 // streamed, packed chunks run m = 7..14 faster than the in-place reads at a large stride: 8 x 4096 x 4096 about
 // 1.4x), else up to MR. (A build with SW_GEMM_TUNING reads both from variables that a tuning tool sets between
@@ -404,14 +404,14 @@ inline int64_t default_inplace_rows(const KernelInfo& ki) {
 }
 #ifdef SW_GEMM_TUNING
 } // namespace
-int g_tune_stream_panels = 4, g_tune_inplace_rows = -1;
+int g_tune_stream_panels = 8, g_tune_inplace_rows = -1;
 namespace {
 inline int64_t stream_panels() { return g_tune_stream_panels; }
 inline int64_t inplace_rows(const KernelInfo& ki) {
     return g_tune_inplace_rows < 0 ? default_inplace_rows(ki) : g_tune_inplace_rows;
 }
 #else
-inline int64_t stream_panels() { return 4; }
+inline int64_t stream_panels() { return 8; }
 inline int64_t inplace_rows(const KernelInfo& ki) { return default_inplace_rows(ki); }
 #endif
 
