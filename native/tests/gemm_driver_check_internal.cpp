@@ -12,6 +12,7 @@
 //    a tall GEMM computed with the same B (the general path), and float64-checked; a row block of it alone likewise.
 // Prints every failure; exits non-zero if any.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -236,8 +237,14 @@ Group make_group(Rng& rng, sw_dtype in, int64_t m, int64_t k, const std::vector<
         G.cs.push_back(std::move(Y));
     }
     int64_t col = 0;
-    // One epilogue for the whole sharded Y's beta (a rank's block of a column-parallel layer), else per member.
+    // Sharded: one epilogue for the whole Y (the ranks' blocks of one column-parallel layer: the driver fuses such
+    // adjacent members, micro-panels straddling their boundaries), except that one member in three groups differs
+    // (alpha; the fused runs break there). Else per member.
     const int ep_all = static_cast<int>(rng.range(0, 3));
+    const float alpha_all = ep_all % 2 ? rng.uniform(-2.0f, 2.0f) : 1.0f;
+    const float beta_all = ep_all == 3 ? rng.uniform(-1.5f, 1.5f) : ep_all == 2 ? 1.0f : 0.0f;
+    const bool bias_all = rng.range(0, 1) == 1, gelu_all = rng.range(0, 2) == 0;
+    const int64_t odd_one = rng.range(0, 2) == 0 ? rng.range(0, static_cast<int64_t>(ns.size()) - 1) : -1;
     for (size_t i = 0; i < ns.size(); ++i) {
         Member mb;
         mb.a_idx = static_cast<int>(i % static_cast<size_t>(nA));
@@ -257,6 +264,10 @@ Group make_group(Rng& rng, sw_dtype in, int64_t m, int64_t k, const std::vector<
         mb.bias = rng.range(0, 1) == 1;
         mb.gelu = rng.range(0, 2) == 0;
         if (sharded) {
+            mb.alpha = static_cast<int64_t>(i) == odd_one ? alpha_all * 0.5f : alpha_all;
+            mb.beta = beta_all;
+            mb.bias = bias_all;
+            mb.gelu = gelu_all;
             mb.c_type = shared_c;
             mb.c_idx = 0;
             mb.c_col = col;
@@ -374,7 +385,7 @@ void check_grouped(ThreadPool* pools[3]) {
         const int before = g_failures;
         const bool slow = kern == Kernel::Generic;
         for (sw_dtype in : {SW_DTYPE_F32, SW_DTYPE_BF16, SW_DTYPE_F16}) {
-            const int cases = slow ? 6 : (in == SW_DTYPE_F32 ? 26 : 14);
+            const int cases = slow ? 5 : (in == SW_DTYPE_F32 ? 22 : 12);
             for (int c = 0; c < cases; ++c, ++idx) {
                 const int p = 1 + c % 8;
                 std::vector<int64_t> ns;
@@ -440,7 +451,7 @@ void check_skinny(ThreadPool* pools[3]) {
         if (kern == Kernel::Generic) continue;
         const int before = g_failures;
         for (sw_dtype in : {SW_DTYPE_F32, SW_DTYPE_BF16}) {
-            for (int c = 0; c < 24; ++c) {
+            for (int c = 0; c < 18; ++c) {
                 const int64_t tall = 200;
                 const int64_t m = c < 16 ? 1 + rng.range(0, 63) : rng.range(1, 120);
                 const int64_t r0 = rng.range(0, tall - m);
@@ -577,14 +588,27 @@ void compare(const char* title, std::vector<Variant>& vs, int rounds, double tar
 
 int bench_main(int argc, char** argv) {
     int threads = 2, rounds = 15;
-    std::string only;
+    std::string only;  // comma-separated parts of the case titles to run
+    bool no_blas = false;
     for (int i = 2; i < argc; ++i) {
         if (!std::strcmp(argv[i], "--threads") && i + 1 < argc) threads = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = std::atoi(argv[++i]);
         else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!std::strcmp(argv[i], "--no-openblas")) no_blas = true;
     }
     ThreadPool pool(threads);
     Baselines bl(threads);
+    if (no_blas) bl.blas = nullptr;
+    const auto skip = [&](const std::string& title) {
+        if (only.empty()) return false;
+        size_t b = 0;
+        while (b <= only.size()) {
+            const size_t e = std::min(only.find(',', b), only.size());
+            if (title.find(only.substr(b, e - b)) != std::string::npos) return false;
+            b = e + 1;
+        }
+        return true;
+    };
     std::printf("threads %d; oneDNN %s; OpenBLAS %s (core %s)\n", threads, bl.dnnl ? "loaded" : "absent",
                 bl.blas ? "loaded" : "absent", bl.blas_core);
     Rng rng(5);
@@ -602,7 +626,7 @@ int bench_main(int argc, char** argv) {
         char title[160];
         std::snprintf(title, sizeof title, "%lldx%lldx%lld %s (m x k x n)", static_cast<long long>(s.m),
                       static_cast<long long>(s.k), static_cast<long long>(s.n), s.tb ? "NT" : "NN");
-        if (!only.empty() && std::string(title).find(only) == std::string::npos) continue;
+        if (skip(title)) continue;
         const std::vector<float> a = rnd(s.m * s.k), b = rnd(s.k * s.n);
         std::vector<float> c(static_cast<size_t>(s.m * s.n));
         GemmProblem g;
@@ -635,13 +659,14 @@ int bench_main(int argc, char** argv) {
     // C = column blocks of one Y (ldc = N): one gemm_grouped call, the p gemm calls one after the other, and the
     // unsharded GEMM.
     struct Sh { int64_t m, k, n; };
-    const Sh shs[] = {{2048, 4096, 1000}, {256, 1024, 1030}, {512, 1024, 1024}, {64, 4096, 4096}};
+    const Sh shs[] = {{512, 1024, 1024}, {1024, 2048, 2048}, {2048, 2048, 2048}, {2048, 4096, 1000},
+                      {256, 1024, 1030}, {1, 4096, 4096}};
     for (const Sh& s : shs) {
         for (int p : {2, 4, 8}) {
             char title[160];
             std::snprintf(title, sizeof title, "sharded %lldx%lldx%lld p=%d", static_cast<long long>(s.m),
                           static_cast<long long>(s.k), static_cast<long long>(s.n), p);
-            if (!only.empty() && std::string(title).find(only) == std::string::npos) continue;
+            if (skip(title)) continue;
             const std::vector<float> x = rnd(s.m * s.k), w = rnd(s.k * s.n);
             std::vector<float> y(static_cast<size_t>(s.m * s.n));
             std::vector<std::vector<float>> shards;
@@ -688,10 +713,78 @@ int bench_main(int argc, char** argv) {
     return 0;
 }
 
+#ifdef SW_GEMM_TUNING
+// --tune (a build of this file and the driver with -DSW_GEMM_TUNING, by hand): driver settings compared interleaved
+// on the skinny shapes, oneDNN beside them. Each variant is "panels/inplace" (g_tune_*).
+}  // namespace
+namespace sw::cpu {
+extern int g_tune_stream_panels, g_tune_inplace_rows;
+}
+namespace {
+int tune_main(int argc, char** argv) {
+    int threads = 2, rounds = 11;
+    std::vector<std::pair<int, int>> settings;
+    std::vector<std::array<int64_t, 5>> shapes;  // m, k, n, tb, input type (0 f32, 1 bf16, 2 f16)
+    for (int i = 2; i < argc; ++i) {
+        if (!std::strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = std::atoi(argv[++i]);
+        else if (!std::strcmp(argv[i], "--set") && i + 1 < argc) {
+            int a = 0, b = 0;
+            std::sscanf(argv[++i], "%d/%d", &a, &b);
+            settings.push_back({a, b});
+        } else if (!std::strcmp(argv[i], "--shape") && i + 1 < argc) {
+            long long m = 0, k = 0, n = 0;
+            char t = 'N', ty[8] = "f32";
+            std::sscanf(argv[++i], "%lldx%lldx%lld%c:%7s", &m, &k, &n, &t, ty);
+            shapes.push_back({m, k, n, t == 'T' ? 1 : 0, !std::strcmp(ty, "bf16") ? 1 : !std::strcmp(ty, "f16") ? 2 : 0});
+        }
+    }
+    ThreadPool pool(threads);
+    Baselines bl(threads);
+    Rng rng(9);
+    for (const auto& sh : shapes) {
+        const int64_t m = sh[0], k = sh[1], n = sh[2];
+        const bool tb = sh[3] != 0;
+        std::vector<float> a(static_cast<size_t>(m * k)), b(static_cast<size_t>(k * n)), c(static_cast<size_t>(m * n));
+        for (auto& x : a) x = rng.uniform(-1, 1);
+        for (auto& x : b) x = rng.uniform(-1, 1);
+        GemmProblem g;
+        g.m = m; g.n = n; g.k = k; g.trans_b = tb;
+        g.a = a.data(); g.lda = k; g.b = b.data(); g.ldb = tb ? k : n; g.c = c.data(); g.ldc = n;
+        std::vector<uint16_t> a16(a.size()), b16(b.size());
+        if (sh[4] != 0) {  // 16-bit inputs (the same values rounded), C in f32
+            for (size_t q = 0; q < a.size(); ++q) a16[q] = sw_ref_round16(sh[4] == 1, a[q]);
+            for (size_t q = 0; q < b.size(); ++q) b16[q] = sw_ref_round16(sh[4] == 1, b[q]);
+            g.a = a16.data();
+            g.b = b16.data();
+            g.a_type = g.b_type = sh[4] == 1 ? SW_DTYPE_BF16 : SW_DTYPE_F16;
+        }
+        std::vector<Variant> vs;
+        if (bl.dnnl)
+            vs.push_back({"onednn", [&] { bl.dnnl('N', tb ? 'T' : 'N', m, n, k, 1.0f, a.data(), k, b.data(), g.ldb, 0.0f, c.data(), n); }});
+        for (auto st : settings) {
+            vs.push_back({std::to_string(st.first) + "/" + std::to_string(st.second), [&, st] {
+                              sw::cpu::g_tune_stream_panels = st.first;
+                              sw::cpu::g_tune_inplace_rows = st.second;
+                              sw::cpu::gemm(g, Kernel::Auto, pool);
+                          }});
+        }
+        char title[96];
+        std::snprintf(title, sizeof title, "%lldx%lldx%lld %s %s (oneDNN: f32 sgemm)", static_cast<long long>(m),
+                      static_cast<long long>(k), static_cast<long long>(n), tb ? "NT" : "NN",
+                      sh[4] == 0 ? "f32" : sh[4] == 1 ? "bf16" : "f16");
+        compare(title, vs, rounds, 30.0);
+    }
+    return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::strcmp(argv[1], "--bench") == 0) return bench_main(argc, argv);
+#ifdef SW_GEMM_TUNING
+    if (argc > 1 && std::strcmp(argv[1], "--tune") == 0) return tune_main(argc, argv);
+#endif
     std::unique_ptr<ThreadPool> p1(new ThreadPool(1)), p2(new ThreadPool(2)), p3(new ThreadPool(3));
     ThreadPool* pools[3] = {p1.get(), p2.get(), p3.get()};
     check_grouped(pools);

@@ -30,22 +30,33 @@
 // the AVX-512 kernel brings SIMD transposing packs), so one micro-kernel serves NN, NT, TN and TT. Packed panels are zero padded to full MR / NR; edge
 // tiles run the full micro-kernel on a small temporary tile (valid part of C copied in and out), so
 // they use exactly the arithmetic of interior tiles (tiles with at most NR/2 valid columns use a
-// half-width kernel with the same per-element arithmetic where the ISA has one). When m <= MR and op(B) = B (not transposed), the
-// full-width B micro-panels are read in place instead of packed (every element of B is used once),
-// and for very few rows (GEMV-like) a wide few-row kernel with the same per-element arithmetic
-// streams B in chunks of several micro-panels.
+// half-width kernel with the same per-element arithmetic where the ISA has one; tiles of fewer than MR rows a
+// few-row kernel, written straight into C when all NR columns are valid).
+//
+// Skinny M (a task of one row block, m <= MC): op(B) is streamed. The NC panel is not packed as a whole (it
+// would go out to memory and be read back); instead chunks of a few micro-panels (stream_panels(): 8, 512 KiB
+// of L2 at KC = 512; for bf16 pairs 8 x 32 words x 512 pair steps) are packed right before every row tile uses
+// them, the row-by-row packs prefetching the next chunk (the pair packs the next micro-panel). For very few rows
+// and op(B) = B (m <= rows_max under AVX-512, m <= MR elsewhere) the full-width B micro-panels are read in place
+// instead (every element of B is used once), by a wide few-row kernel with the same per-element arithmetic where
+// it has one.
+//
+// Grouped (gemm_grouped): the members that share op(A) are one run over concatenated ("virtual") columns, each
+// member a segment with its own B, C, bias, alpha, beta, epilogue and C type (see Seg); each A block is packed once
+// per task for all of them, and every group's tasks are one pool job.
 //
 // ------------------------------------------------------------------------------------------------
 // Operand paths (Ctx::path)
 // ------------------------------------------------------------------------------------------------
-//  F32:   the packs above (B read in place for m <= MR).
+//  F32:   the packs above (B read in place for very few rows, see "Skinny M").
 //  Widen: pack_a_panel / pack_b_panel convert 16-bit rows to fp32 with the kernel's WidenFn (F16C / AVX-512 /
 //         portable, all exact) straight into the panel when the k steps are the rows of the source, else into a
 //         per-thread buffer that the fp32 transposing pack then reads. The micro-kernel is the fp32 one.
 //  Pairs: the k blocks are cut in pair steps (KSplit, unit 2); the packs write one 32-bit word per element and
 //         pair step (k even in the low half, k odd in the high half, an odd last k zero padded); the vdpbf16ps
 //         micro-kernel has the fp32 one's 14 x 32 tile and epilogue. A task of one row block packs each B
-//         micro-panel just before use.
+//         micro-panel just before use (streamed in chunks like the fp32 path; the pair packs read B micro-panel
+//         by micro-panel and prefetch the next one themselves).
 //  A 16-bit C: the task computes into a per-thread fp32 workspace (its rows x one NC panel; beta reads C widened
 //  into it), every k block accumulates there, bias and GeLU are applied by the last one in fp32, and the panel is
 //  rounded once (NarrowFn: nearest even, overflow to inf, NaN kept) into C. A 16-bit bias is widened once per task.
@@ -69,8 +80,11 @@
 //     The SIMD kernels write every FMA explicitly (GCC would otherwise be free to contract some
 //     multiply + add pairs and not others); the generic kernel rounds each multiply and add
 //     separately. k == 0 runs one empty block (acc = 0), then bias and GeLU.
-//  4. Edge tiles use the same micro-kernel on zero-padded panels and a temporary tile, and the
-//     in-place B path reads the same values the packed path would, so neither changes any bit.
+//  4. Edge tiles use the same micro-kernel on zero-padded panels and a temporary tile (or the few-row and
+//     half-width kernels, which compute each element with the full kernel's chain and epilogue), the in-place B
+//     path and the streamed chunks read the same values the packed path would, and a grouped member's columns
+//     (even in a micro-panel shared with a fused neighbour) see the same packed values, k blocks and epilogue as
+//     the member alone, so none of them changes any bit.
 //  5. 16-bit operands: the conversions are exact (widening) or pure data movement (pairs), so the packed values,
 //     the k blocks and each element's chain are functions of the element's own row, column and k as above; the
 //     one rounding of a 16-bit C happens after the last k block. The bf16 pair kernel's chains (vdpbf16ps, with
@@ -90,6 +104,7 @@
 #include <new>
 #include <vector>
 
+#include "core/dtype.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -277,13 +292,15 @@ void pack_trans(float* __restrict dst, const float* __restrict src, int64_t ld, 
 // Several full W-wide micro-panels at once from row-major storage: panel j of dst (kc x W, at
 // dst + j*kc*W) gets columns [j*W, j*W + W) of the kc source rows. Same result as pack_copy per panel,
 // but the source is read row by row (long contiguous runs) instead of panel by panel (short runs at a
-// large stride), which the hardware prefetchers handle much better.
+// large stride), which the hardware prefetchers handle much better. pf > 0: the pf floats that follow the
+// packed columns in each source row (the next chunk of a streamed panel) are prefetched towards L2 meanwhile.
 template <int W>
 void pack_copy_panels(float* __restrict dst, const float* __restrict src, int64_t ld, int64_t kc,
-                      int64_t panels) {
+                      int64_t panels, int64_t pf) {
     for (int64_t p = 0; p < kc; ++p) {
         const float* s = src + p * ld;
         float* d = dst + p * W;
+        for (int64_t q = 0; q < pf; q += 16) __builtin_prefetch(s + panels * W + q, 0, 2);
         for (int64_t j = 0; j < panels; ++j) {
             for (int c = 0; c < W; ++c) d[c] = s[c];
             s += W;
@@ -291,8 +308,6 @@ void pack_copy_panels(float* __restrict dst, const float* __restrict src, int64_
         }
     }
 }
-
-using PackPanelsFn = void (*)(float*, const float*, int64_t, int64_t, int64_t);
 
 // Runtime width -> instantiation (the widths used by the kernels, plus a few tuning candidates).
 template <int W>
@@ -361,8 +376,9 @@ private:
 struct ThreadBuffers {
     AlignedBuffer a, b;
     AlignedBuffer cw;      // fp32 workspace of a 16-bit C (the task's rows x one NC panel)
-    AlignedBuffer biasw;   // a 16-bit bias widened (the task's columns)
+    AlignedBuffer biasw;   // the task's bias in virtual columns (a 16-bit one widened; fused segments' gathered)
     AlignedBuffer widen;   // 16-bit rows widened before a transposing pack (W x kc)
+    AlignedBuffer straddle; // one segment's part of a micro-panel straddling fused segments (kc x NR)
     alignas(kAlign) float tile[64 * 64];  // edge tile (MR x NR <= 64 x 64)
     alignas(kAlign) float bias[64];       // zero-padded bias of an edge tile (NR <= 64)
 };
@@ -375,6 +391,29 @@ ThreadBuffers& thread_buffers() {
 // ================================================================================================
 // The driver
 // ================================================================================================
+
+// Micro-panels of op(B) per streamed chunk (a task of one row block; see run_task): 8 x 32 columns x KC = 512 of
+// fp32 is 512 KiB, which stays in L2 next to the A block (of 2..32 panels, 4 and 8 measured best on 32 x 4096 x
+// 11008, 8 x 4096 x 4096 (f32 and bf16) and 32 x 4096 x 11008 NT; 8 by a few % on the quieter machine). inplace_rows: rows up to which an fp32 B stored as is (op(B) = B) is read in place, not packed:
+// those the few-row kernel takes (rows_fn) where the kernel also has a few-row edge kernel for packed panels (the
+// streamed, packed chunks run m = 7..14 faster than the in-place reads at a large stride: 8 x 4096 x 4096 about
+// 1.4x), else up to MR. (A build with SW_GEMM_TUNING reads both from variables that a tuning tool sets between
+// calls, 0 panels meaning no streaming; never the library.)
+inline int64_t default_inplace_rows(const KernelInfo& ki) {
+    return ki.rows_fn && ki.edge_rows_fn ? ki.rows_max : ki.mr;
+}
+#ifdef SW_GEMM_TUNING
+} // namespace
+int g_tune_stream_panels = 8, g_tune_inplace_rows = -1;
+namespace {
+inline int64_t stream_panels() { return g_tune_stream_panels; }
+inline int64_t inplace_rows(const KernelInfo& ki) {
+    return g_tune_inplace_rows < 0 ? default_inplace_rows(ki) : g_tune_inplace_rows;
+}
+#else
+inline int64_t stream_panels() { return 8; }
+inline int64_t inplace_rows(const KernelInfo& ki) { return default_inplace_rows(ki); }
+#endif
 
 // k blocks: nb = ceil(k / KC) blocks of nearly equal size (the first k % nb are one longer).
 // Depends on k and the kernel's KC only (determinism rule 1). k == 0 gives one empty block.
@@ -415,11 +454,19 @@ enum class Path {
 
 // One member's columns (a column segment) of a driver run: everything that belongs to op(B) and C. gemm() runs one
 // segment; gemm_grouped() runs the members that share op(A) as the segments of one run, over concatenated
-// ("virtual") columns: segment s owns virtual columns [v0, v0 + n), and v0 is a multiple of NR (each segment is
-// padded to NR on its own), so no micro-panel ever holds columns of two segments.
+// ("virtual") columns: segment s owns virtual columns [v0, v0 + n). Segments are padded to NR on their own (v0 a
+// multiple of NR, no micro-panel holds columns of two of them) except where a member's C continues the previous
+// member's C in memory with the same ldc, type, alpha, beta, epilogue and bias presence (the column blocks of one Y
+// in the sharded GEMM of virtual ranks): such segments are fused, v0 = the previous end, and a micro-panel that
+// straddles the boundary is packed from both members' B (pack_b_straddle) and written by one kernel call into
+// both members' C, with the bias gathered. Each element still gets the kernel's arithmetic on its own row, column
+// and k: the same bits.
 struct Seg {
     const GemmProblem* g;   // the member (op(B), C, alpha, beta, bias, epilogue)
     int64_t v0 = 0, n = 0;  // virtual columns [v0, v0 + n)
+    int64_t run_end = 0;    // end of the fused run of segments this one belongs to (its own end when not fused)
+    int64_t next = 0;       // the next segment's v0 (end() padded to NR, or end() when fused)
+    bool fused = false;     // continues the previous segment (v0 == its end())
     PackFn pack_b = nullptr;
     bool b_inplace = false; // read full-width B micro-panels in place (no packing)
     // fp32 operands ...
@@ -452,6 +499,7 @@ struct Ctx {
     int nsegs = 0;
     int64_t nv = 0;              // virtual columns: segs[nsegs - 1].end()
     bool any_c16 = false, all_inplace = false;
+    bool bias_virtual = false;   // tasks gather every bias into virtual columns (16-bit or fused segments' bias)
 
     // The segment holding virtual column vj (vj < nv).
     const Seg& seg_at(int64_t vj) const {
@@ -525,20 +573,22 @@ void pack_a_panel(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t i, int64
 
 // Packs op(B)[p0:p0+kc, j:j+nc] of one segment (member columns j.. of its own B) into NR-wide micro-panels of
 // `steps` kernel k steps each at bpack (the full-width panels of a B stored as is row by row, then the partial
-// one). Micro-panels read in place are skipped.
+// one). Micro-panels read in place are skipped. pf > 0: the next pf columns of the member (the next streamed chunk)
+// are prefetched towards L2 meanwhile, where the pack reads B row by row.
 void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0,
-                int64_t kc, int64_t steps) {
+                int64_t kc, int64_t steps, int64_t pf) {
     const GemmProblem& g = *s.g;
     const int NR = cx.ki.nr;
     int64_t jr_done = 0;
     if (cx.path == Path::F32 && !g.trans_b && !s.b_inplace && cx.pack_b_panels) {
         jr_done = (nc / NR) * NR;
-        cx.pack_b_panels(bpack, s.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
+        cx.pack_b_panels(bpack, s.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR, nc % NR == 0 ? pf : 0);
     } else if (cx.path == Path::Widen && !g.trans_b) {
         jr_done = (nc / NR) * NR;
         const int64_t panels = nc / NR;
         for (int64_t p = 0; p < kc; ++p) {
             const uint16_t* src = s.b16 + (p0 + p) * g.ldb + jc;
+            for (int64_t q = 0; q < pf; q += 32) __builtin_prefetch(src + nc + q, 0, 2);
             for (int64_t j = 0; j < panels; ++j) cx.widen_in(bpack + j * kc * NR + p * NR, src + j * NR, NR);
         }
     }
@@ -577,18 +627,63 @@ void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, in
     }
 }
 
-// Packs the B panel of virtual columns [jc, jc + nc) (jc a multiple of NR) and k elements [p0, p0 + kc): each
-// segment's part from its own B (micro-panel (vj - jc) / NR at bpack + that * steps * NR).
+// Packs the micro-panel of virtual columns [vj, vj + w) that straddles fused segments: each segment's columns of it
+// copied (widened) row by row straight into their columns where the k steps run along B's rows, else packed as a
+// partial micro-panel by pack_b_seg into a scratch panel and copied into their columns (the same values as when the
+// segment is packed alone either way); zero for w <= c < NR.
+void pack_b_straddle(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t vj, int w, int64_t p0, int64_t kc,
+                     int64_t steps) {
+    const int NR = cx.ki.nr;
+    float* t = tb.straddle.get(static_cast<size_t>(steps * NR));
+    if (w < NR)
+        for (int64_t q = 0; q < steps; ++q) std::fill(dst + q * NR + w, dst + q * NR + NR, 0.0f);
+    for (int c0 = 0; c0 < w;) {
+        const Seg& s = cx.seg_at(vj + c0);
+        const int c1 = static_cast<int>(std::min<int64_t>(w, s.end() - vj));
+        const GemmProblem& g = *s.g;
+        const int64_t j = vj + c0 - s.v0;
+        if (cx.path != Path::Pairs && !g.trans_b) {  // k steps along B's rows: straight into the columns
+            for (int64_t p = 0; p < kc; ++p) {
+                if (cx.path == Path::F32)
+                    std::memcpy(dst + p * NR + c0, s.b + (p0 + p) * g.ldb + j,
+                                sizeof(float) * static_cast<size_t>(c1 - c0));
+                else
+                    cx.widen_in(dst + p * NR + c0, s.b16 + (p0 + p) * g.ldb + j, c1 - c0);
+            }
+            c0 = c1;
+            continue;
+        }
+        pack_b_seg(cx, s, tb, t, j, c1 - c0, p0, kc, steps, 0);
+        for (int64_t q = 0; q < steps; ++q)
+            std::memcpy(dst + q * NR + c0, t + q * NR, sizeof(float) * static_cast<size_t>(c1 - c0));
+        c0 = c1;
+    }
+}
+
+// Packs the B panel of virtual columns [jc, jc + nc) (jc a multiple of NR) and k elements [p0, p0 + kc): the
+// micro-panels within one segment from its own B (pack_b_seg, several at once), those that straddle fused segments
+// by pack_b_straddle (micro-panel jr / NR at bpack + that * steps * NR). pf > 0: prefetch up to pf columns past the
+// panel (see pack_b_seg).
 void pack_b_panel(const Ctx& cx, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0, int64_t kc,
-                  int64_t steps) {
+                  int64_t steps, int64_t pf = 0) {
     if (kc == 0) return;
     const int NR = cx.ki.nr;
-    for (int64_t vj = jc; vj < jc + nc;) {
+    for (int64_t jr = 0; jr < nc;) {
+        const int64_t vj = jc + jr;
         const Seg& s = cx.seg_at(vj);
+        const int64_t w = std::min<int64_t>({NR, s.run_end - vj, nc - jr});
+        float* dst = bpack + (jr / NR) * steps * NR;
+        if (vj + w > s.end()) {  // straddles into the next fused segment
+            pack_b_straddle(cx, tb, dst, vj, static_cast<int>(w), p0, kc, steps);
+            jr += NR;
+            continue;
+        }
+        // The micro-panels from vj that lie within s: whole ones, and a last partial one where s ends its run or
+        // the panel ends.
         const int64_t e = std::min(jc + nc, s.end());
-        if (vj < e)
-            pack_b_seg(cx, s, tb, bpack + ((vj - jc) / NR) * steps * NR, vj - s.v0, e - vj, p0, kc, steps);
-        vj = s.end() + (NR - s.n % NR) % NR;  // the next segment's v0
+        const int64_t len = (e == s.run_end || e == jc + nc) ? e - vj : ((e - vj) / NR) * NR;
+        pack_b_seg(cx, s, tb, dst, vj - s.v0, len, p0, kc, steps, vj + len == jc + nc ? std::min(pf, s.end() - e) : 0);
+        jr += round_up(len, NR);
     }
 }
 
@@ -603,13 +698,13 @@ void run_task(const Ctx& cx, int64_t task) {
 
     ThreadBuffers& tb = thread_buffers();
     const int64_t kcmax = std::max<int64_t>(cx.kb.max_steps(), 1);
-    // bf16 pairs and a task of one row block (few rows, e.g. m = 32): each B micro-panel is packed right before its
-    // row tiles use it (it stays in L1/L2) instead of packing the whole NC panel first (which goes out to memory and
-    // is read back); the pair packs read B micro-panel by micro-panel either way. (The widening packs read B row by
-    // row across the panel, which the hardware prefetchers follow better: they keep the panel.) Same packed values,
-    // same kernels: the same bits.
-    const bool stream_b = cx.path == Path::Pairs && i1 - i0 <= MC;
-    float* bpack = tb.b.get(static_cast<size_t>(kcmax * (stream_b ? NR : round_up(std::min(NC, j1 - j0), NR))));
+    // A task of one row block (skinny M: m <= MC) streams op(B): the NC panel is packed in chunks of a few
+    // micro-panels (stream_panels()) right before every row tile uses them, so the packed chunk
+    // stays in L2 instead of the whole panel going out to memory and being read back once per k block; a pack that
+    // reads B row by row prefetches the next chunk's rows meanwhile. Same packed values, same kernels: the same bits.
+    const bool stream_b = i1 - i0 <= MC && stream_panels() > 0;
+    const int64_t chunk = !stream_b ? NC : NR * stream_panels();
+    float* bpack = tb.b.get(static_cast<size_t>(kcmax * round_up(std::min({NC, chunk, j1 - j0}), NR)));
     float* apack = tb.a.get(static_cast<size_t>(kcmax * round_up(std::min(MC, i1 - i0), MR)));
 
     // A 16-bit C is computed in an fp32 workspace (the task's rows x one NC panel of virtual columns, row stride
@@ -617,15 +712,18 @@ void run_task(const Ctx& cx, int64_t task) {
     // bias is widened once (into the task's virtual columns).
     const int64_t ldw = cx.any_c16 ? round_up(std::min(NC, j1 - j0), 16) : 0;
     float* ws = cx.any_c16 ? tb.cw.get(static_cast<size_t>((i1 - i0) * ldw)) : nullptr;
-    float* biasw = nullptr;  // bias of virtual column vj at biasw + vj - j0
-    for (int64_t vj = j0; vj < j1;) {
+    float* biasw = nullptr;  // bias of virtual column vj at biasw + vj - j0 (cx.bias_virtual)
+    for (int64_t vj = j0; cx.bias_virtual && vj < j1;) {
         const Seg& s = cx.seg_at(vj);
         const int64_t e = std::min(j1, s.end());
-        if (s.bias16 && vj < e) {
+        if ((s.bias16 || s.bias) && vj < e) {
             if (!biasw) biasw = tb.biasw.get(static_cast<size_t>(j1 - j0));
-            s.widen_c(biasw + (vj - j0), s.bias16 + (vj - s.v0), e - vj);
+            if (s.bias16)
+                s.widen_c(biasw + (vj - j0), s.bias16 + (vj - s.v0), e - vj);
+            else
+                std::memcpy(biasw + (vj - j0), s.bias + (vj - s.v0), sizeof(float) * static_cast<size_t>(e - vj));
         }
-        vj = s.end() + (NR - s.n % NR) % NR;
+        vj = s.next;
     }
     // The same for every segment piece [vj, e) of the virtual columns [jc, jc + nc).
     const auto for_pieces = [&](int64_t jc, int64_t nc, auto&& fn) {
@@ -633,7 +731,7 @@ void run_task(const Ctx& cx, int64_t task) {
             const Seg& s = cx.seg_at(vj);
             const int64_t e = std::min(jc + nc, s.end());
             if (vj < e) fn(s, vj, e);
-            vj = s.end() + (NR - s.n % NR) % NR;
+            vj = s.next;
         }
     };
 
@@ -665,66 +763,73 @@ void run_task(const Ctx& cx, int64_t task) {
                         pack_a_panel(cx, tb, apack + (ir / MR) * kk * MR, ic + ir, p0, kc, h);
                     }
                 }
-                for (int64_t jr = 0; jr < nc; jr += NR) {
-                    const int64_t vj = jc + jr;
-                    const Seg& s = cx.seg_at(vj);
-                    const GemmProblem& sg = *s.g;
-                    const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
-                    const int64_t ldcw = s.c16 ? ldw : sg.ldc;
-                    Epilogue ep;
-                    ep.alpha = sg.alpha;
-                    ep.beta = sg.beta;
-                    ep.mode = !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
-                    ep.gelu = last && sg.gelu();
-                    const float* bias_j = nullptr;
-                    if (last && s.bias16) bias_j = biasw + (vj - j0);
-                    else if (last && s.bias) bias_j = s.bias + (vj - s.v0);
-                    const int64_t bj = vj - s.v0;  // the member's own column
-                    // Few rows with B in place: the wide few-row kernel where a full chunk remains.
-                    if (s.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max &&
-                        std::min(nc - jr, seg_left) >= cx.ki.rows_nr) {
-                        ep.bias = bias_j;
-                        cx.ki.rows_fn(static_cast<int>(mc), kc, apack, s.b + p0 * sg.ldb + bj, sg.ldb,
-                                      cat(s, ic, vj), ldcw, ep);
-                        jr += cx.ki.rows_nr - NR;
-                        continue;
-                    }
-                    const int w = static_cast<int>(std::min<int64_t>(NR, seg_left));
-                    const float* bp;
-                    int64_t ldbp;
-                    if (s.b_inplace && w == NR && kc > 0) {
-                        bp = s.b + p0 * sg.ldb + bj;
-                        ldbp = sg.ldb;
-                    } else if (stream_b) { // packed here, used by every row tile right away
-                        pack_b_panel(cx, tb, bpack, vj, w, p0, kc, kk);
-                        bp = bpack;
-                        ldbp = NR;
-                    } else {
-                        bp = bpack + (jr / NR) * kk * NR;
-                        ldbp = NR;
-                    }
-                    ep.bias = bias_j;
-                    // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
-                    // the first one again for the next ic block), an eighth of it per call; and
-                    // the C tile of the next call when that is a full tile (of the same segment).
-                    const float* bnext = nullptr;
-                    if (ldbp == NR && kk > 0 && !stream_b)
-                        bnext = (jr + NR < nc) ? bpack + (jr / NR + 1) * kk * NR : bpack;
-                    const int64_t pf_chunk = (kk / 4) * 16;  // floats the kernel prefetches per call
-                    for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
-                        const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
-                        const float* ap = apack + (ir / MR) * kk * MR;
-                        float* cp = cat(s, ic + ir, vj);
-                        if (h == MR && w == NR) {
-                            const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
-                            const float* pf_c = nullptr;
-                            if (ir + 2 * MR <= mc)
-                                pf_c = cp + MR * ldcw;                   // tile below
-                            else if (jr + 2 * NR <= nc && seg_left >= 2 * NR && mc >= MR)
-                                pf_c = cat(s, ic, vj + NR);              // top of next column
-                            cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
+                for (int64_t jq = 0; jq < nc; jq += chunk) {
+                    const int64_t qn = std::min(chunk, nc - jq);  // this chunk: panel columns [jq, jq + qn)
+                    // Streamed: pack the chunk (prefetching the next one of the task's columns).
+                    if (stream_b)
+                        pack_b_panel(cx, tb, bpack, jc + jq, qn, p0, kc, kk, std::min(chunk, j1 - (jc + jq + qn)));
+                    const int64_t jb = stream_b ? jq : 0;  // panel column of bpack's first micro-panel
+                    for (int64_t jr = jq; jr < jq + qn; jr += NR) {
+                        const int64_t vj = jc + jr;
+                        const Seg& s = cx.seg_at(vj);
+                        const GemmProblem& sg = *s.g;
+                        const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
+                        const int64_t run_left = s.run_end - vj; // this micro-panel's columns on (fused ones too)
+                        const int64_t ldcw = s.c16 ? ldw : sg.ldc;
+                        Epilogue ep;
+                        ep.alpha = sg.alpha;
+                        ep.beta = sg.beta;
+                        ep.mode = !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
+                        ep.gelu = last && sg.gelu();
+                        const float* bias_j = nullptr;
+                        if (last && (s.bias16 || s.bias))
+                            bias_j = cx.bias_virtual ? biasw + (vj - j0) : s.bias + (vj - s.v0);
+                        const int64_t bj = vj - s.v0;  // the member's own column
+                        // Few rows with B in place: the wide few-row kernel where a full chunk remains.
+                        if (s.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max &&
+                            std::min({jq + qn - jr, seg_left}) >= cx.ki.rows_nr) {
+                            ep.bias = bias_j;
+                            cx.ki.rows_fn(static_cast<int>(mc), kc, apack, s.b + p0 * sg.ldb + bj, sg.ldb,
+                                          cat(s, ic, vj), ldcw, ep);
+                            jr += cx.ki.rows_nr - NR;
+                            continue;
+                        }
+                        const int w = static_cast<int>(std::min<int64_t>(NR, run_left));
+                        const float* bp;
+                        int64_t ldbp;
+                        if (s.b_inplace && w == NR && seg_left >= NR && kc > 0) {
+                            bp = s.b + p0 * sg.ldb + bj;
+                            ldbp = sg.ldb;
                         } else {
-                            edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
+                            bp = bpack + ((jr - jb) / NR) * kk * NR;
+                            ldbp = NR;
+                        }
+                        ep.bias = bias_j;
+                        // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
+                        // the first one again for the next ic block), an eighth of it per call; and
+                        // the C tile of the next call when that is a full tile (of the same segment).
+                        const float* bnext = nullptr;
+                        if (ldbp == NR && kk > 0)
+                            bnext = (jr + NR < jq + qn) ? bp + kk * NR : (stream_b ? nullptr : bpack);
+                        const int64_t pf_chunk = (kk / 4) * 16;  // floats the kernel prefetches per call
+                        for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
+                            const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
+                            const float* ap = apack + (ir / MR) * kk * MR;
+                            float* cp = cat(s, ic + ir, vj);
+                            if (h == MR && w == NR) {
+                                const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
+                                const float* pf_c = nullptr;
+                                if (ir + 2 * MR <= mc)
+                                    pf_c = cp + MR * ldcw;                   // tile below
+                                else if (jr + 2 * NR <= nc && run_left >= 2 * NR && mc >= MR)
+                                    pf_c = cat(s, ic, vj + NR);              // top of next column
+                                cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
+                            } else if (w == NR && cx.ki.edge_rows_fn && h <= cx.ki.edge_rows_max) {
+                                ep.bias = bias_j;  // few rows of a full-width tile: straight into C
+                                cx.ki.edge_rows_fn(h, kk, ap, bp, ldbp, cp, ldcw, ep);
+                            } else {
+                                edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
+                            }
                         }
                     }
                 }
@@ -822,7 +927,8 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
     // panels are packed from fp32 rows, copy or transposing pack, as for fp32 operands.)
     PackFn pack_a = pack_fn(ki.mr, !a.trans_a);
     if (!a.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
-    Ctx cx{&a, ki, pack_a, ch.path == Path::F32 ? pack_panels_fn(ki.nr) : nullptr,
+    const PackPanelsFn panels = ki.pack_panels_nr ? ki.pack_panels_nr : pack_panels_fn(ki.nr);
+    Ctx cx{&a, ki, pack_a, ch.path != Path::F32 ? nullptr : panels,
            KSplit(a.k, ki.kc, ch.path == Path::Pairs ? 2 : 1)};
     cx.path = ch.path;
     cx.a = static_cast<const float*>(a.a);
@@ -832,17 +938,31 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
     cx.nsegs = count;
     cx.all_inplace = true;
     int64_t v0 = 0;
+    // Member p continues member q's columns (see Seg): fused.
+    const auto continues = [](const GemmProblem& q, const GemmProblem& p) {
+        const size_t es = q.c_type == SW_DTYPE_F32 ? 4 : 2;
+        return p.c_type == q.c_type && p.ldc == q.ldc && p.alpha == q.alpha && p.beta == q.beta &&
+               p.epilogue == q.epilogue && (p.bias == nullptr) == (q.bias == nullptr) &&
+               static_cast<const char*>(p.c) == static_cast<const char*>(q.c) + static_cast<size_t>(q.n) * es;
+    };
     for (int i = 0; i < count; ++i) {
         const GemmProblem& p = *members[i];
         Seg& s = segs[i];
         s = Seg{};
         s.g = &p;
+        s.fused = i > 0 && continues(*members[i - 1], p);
+        if (s.fused) {
+            v0 = segs[i - 1].end();
+            segs[i - 1].next = v0;
+            cx.bias_virtual = cx.bias_virtual || p.bias != nullptr;
+        }
         s.v0 = v0;
         s.n = p.n;
-        v0 += round_up(p.n, ki.nr);
+        s.next = round_up(s.v0 + p.n, ki.nr);  // (a fused run starts at a multiple of NR)
+        v0 = s.next;
         s.pack_b = pack_fn(ki.nr, p.trans_b);
         if (p.trans_b && ki.pack_trans_nr) s.pack_b = ki.pack_trans_nr;
-        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= ki.mr;
+        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= inplace_rows(ki);
         cx.all_inplace = cx.all_inplace && s.b_inplace;
         if (ch.path == Path::F32) s.b = static_cast<const float*>(p.b);
         else s.b16 = static_cast<const uint16_t*>(p.b);
@@ -852,11 +972,14 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
         } else {
             s.c16 = static_cast<uint16_t*>(p.c);
             s.bias16 = static_cast<const uint16_t*>(p.bias);
+            cx.bias_virtual = cx.bias_virtual || p.bias != nullptr;
             s.widen_c = p.c_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
             s.narrow_c = p.c_type == SW_DTYPE_BF16 ? ki.narrow_bf16 : ki.narrow_f16;
             cx.any_c16 = true;
         }
     }
+    for (int i = count - 1; i >= 0; --i)
+        segs[i].run_end = i + 1 < count && segs[i + 1].fused ? segs[i + 1].run_end : segs[i].end();
     cx.nv = segs[count - 1].end();
     return cx;
 }
@@ -882,43 +1005,54 @@ void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
 // gemm() would give them (same kernel, path, k blocks, packed values and epilogue: determinism contract), so its C
 // is bit for bit gemm(problems[i])'s.
 void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, ThreadPool& pool) {
-    std::vector<const GemmProblem*> order;  // members grouped by op(A), each group in member order
-    std::vector<int> starts;                // group g: order[starts[g] .. starts[g + 1])
-    order.reserve(static_cast<size_t>(count));
-    std::vector<char> taken(static_cast<size_t>(count), 0);
+    // Per-thread scratch, reused: steady-state calls do not allocate. (The pool threads read it through the
+    // pointers below while this thread waits in parallel_for.)
+    struct Scratch {
+        std::vector<const GemmProblem*> order;  // members grouped by op(A), each group in member order
+        std::vector<int> starts;                // group g: order[starts[g] .. starts[g + 1])
+        std::vector<char> taken;
+        std::vector<Seg> segs;
+        std::vector<Ctx> runs;
+        std::vector<int64_t> first_task;        // run g's tasks: [first_task[g], first_task[g + 1])
+    };
+    thread_local Scratch sc;
+    sc.order.clear();
+    sc.starts.clear();
+    sc.taken.assign(static_cast<size_t>(count), 0);
     const auto same_a = [](const GemmProblem& x, const GemmProblem& y) {
         return x.a == y.a && x.a_type == y.a_type && x.trans_a == y.trans_a && x.lda == y.lda && x.m == y.m &&
                x.k == y.k;
     };
     for (int32_t i = 0; i < count; ++i) {
-        if (taken[static_cast<size_t>(i)] || problems[i].m <= 0 || problems[i].n <= 0) continue;
-        starts.push_back(static_cast<int>(order.size()));
+        if (sc.taken[static_cast<size_t>(i)] || problems[i].m <= 0 || problems[i].n <= 0) continue;
+        sc.starts.push_back(static_cast<int>(sc.order.size()));
         for (int32_t j = i; j < count; ++j) {
-            if (taken[static_cast<size_t>(j)] || problems[j].n <= 0 || !same_a(problems[i], problems[j])) continue;
-            taken[static_cast<size_t>(j)] = 1;
-            order.push_back(&problems[j]);
+            if (sc.taken[static_cast<size_t>(j)] || problems[j].n <= 0 || !same_a(problems[i], problems[j])) continue;
+            sc.taken[static_cast<size_t>(j)] = 1;
+            sc.order.push_back(&problems[j]);
         }
     }
-    const int ngroups = static_cast<int>(starts.size());
+    const int ngroups = static_cast<int>(sc.starts.size());
     if (ngroups == 0) return;
-    starts.push_back(static_cast<int>(order.size()));
+    sc.starts.push_back(static_cast<int>(sc.order.size()));
 
-    std::vector<Seg> segs(order.size());
-    std::vector<Ctx> runs;
-    std::vector<int64_t> first_task(static_cast<size_t>(ngroups) + 1, 0);
-    runs.reserve(static_cast<size_t>(ngroups));
+    sc.segs.resize(sc.order.size());
+    sc.runs.clear();
+    sc.first_task.assign(static_cast<size_t>(ngroups) + 1, 0);
     for (int gi = 0; gi < ngroups; ++gi) {
-        const int b = starts[static_cast<size_t>(gi)], e = starts[static_cast<size_t>(gi) + 1];
-        runs.push_back(make_ctx(order.data() + b, e - b, segs.data() + b, choose(*order[static_cast<size_t>(b)], kernel)));
-        plan_tasks(runs.back(), pool.size());
-        first_task[static_cast<size_t>(gi) + 1] = first_task[static_cast<size_t>(gi)] + runs.back().tm * runs.back().tn;
+        const int b = sc.starts[static_cast<size_t>(gi)], e = sc.starts[static_cast<size_t>(gi) + 1];
+        sc.runs.push_back(make_ctx(sc.order.data() + b, e - b, sc.segs.data() + b,
+                                   choose(*sc.order[static_cast<size_t>(b)], kernel)));
+        plan_tasks(sc.runs.back(), pool.size());
+        sc.first_task[static_cast<size_t>(gi) + 1] =
+            sc.first_task[static_cast<size_t>(gi)] + sc.runs.back().tm * sc.runs.back().tn;
     }
-    const std::vector<Ctx>* pruns = &runs;
-    const std::vector<int64_t>* pfirst = &first_task;
-    pool.parallel_for(first_task.back(), [pruns, pfirst](int64_t t) {
-        const auto it = std::upper_bound(pfirst->begin(), pfirst->end(), t);
-        const size_t gi = static_cast<size_t>(it - pfirst->begin()) - 1;
-        run_task((*pruns)[gi], t - (*pfirst)[gi]);
+    const Scratch* psc = &sc;
+    // The lambda captures one pointer: std::function stores it without allocating.
+    pool.parallel_for(sc.first_task.back(), [psc](int64_t t) {
+        const auto it = std::upper_bound(psc->first_task.begin(), psc->first_task.end(), t);
+        const size_t gi = static_cast<size_t>(it - psc->first_task.begin()) - 1;
+        run_task(psc->runs[gi], t - psc->first_task[gi]);
     });
 }
 

@@ -46,7 +46,10 @@ void gemm(const GemmProblem& problem, Kernel kernel, ThreadPool& pool);
 
 // count >= 1 problems, each as gemm() takes it, run as one job on the pool: member i's C equals gemm(problems[i])
 // bit for bit. Members that share op(A) (same pointer, a_type, trans_a, lda, m and k) have each block of op(A) packed
-// once for all of them. The outputs do not overlap each other or any member's inputs (checked by the caller).
+// once for all of them; among those, a member whose C continues the previous member's C (the column blocks of one Y:
+// same ldc, C type, alpha, beta, epilogue and bias presence) shares micro-panels with it (no padding to NR between
+// them). Members with m or n = 0 are skipped. The outputs do not overlap each other or any member's inputs (checked
+// by the caller).
 void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, ThreadPool& pool);
 
 // GeLU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).

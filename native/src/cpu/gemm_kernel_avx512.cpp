@@ -383,6 +383,57 @@ SW_TARGET_AVX512 void rows_avx512(int h, int64_t kc, const float* a, const float
     }
 }
 
+// ---- Few-row edge kernel (fp32) ---------------------------------------------------------------------
+// h x 32 (h <= 13: a row tile of fewer than MR rows, e.g. the last 4 rows of m = 32, or all 8 of m = 8) from a packed
+// A micro-panel (MR floats per k step, rows h..13 not read) and a B micro-panel (ldb floats per k step): the FMA
+// chain and epilogue of kernel_avx512 per element, so the same bits, at h/14 of its work, written straight into C.
+// (At most 26 accumulators, 2 B vectors and a broadcast: intrinsics compile without spills here.)
+template <int H>
+SW_TARGET_AVX512 void edge_rows_t(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                                  const Epilogue& ep) {
+    __m512 acc[H][2];
+#pragma GCC unroll 16
+    for (int r = 0; r < H; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+#pragma GCC unroll 16
+        for (int r = 0; r < H; ++r) {
+            const __m512 av = _mm512_set1_ps(a[r]);
+            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+        }
+        a += kMR;
+        b += ldb;
+    }
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+#pragma GCC unroll 16
+    for (int r = 0; r < H; ++r)
+#pragma GCC unroll 2
+        for (int v = 0; v < 2; ++v)
+            finish16(c + r * ldc + 16 * v, acc[r][v], ep.mode, valpha, vbeta, ep.bias ? ep.bias + 16 * v : nullptr,
+                     ep.gelu);
+}
+
+SW_TARGET_AVX512 void edge_rows_avx512(int h, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                       int64_t ldc, const Epilogue& ep) {
+    switch (h) {
+    case 1: edge_rows_t<1>(kc, a, b, ldb, c, ldc, ep); break;
+    case 2: edge_rows_t<2>(kc, a, b, ldb, c, ldc, ep); break;
+    case 3: edge_rows_t<3>(kc, a, b, ldb, c, ldc, ep); break;
+    case 4: edge_rows_t<4>(kc, a, b, ldb, c, ldc, ep); break;
+    case 5: edge_rows_t<5>(kc, a, b, ldb, c, ldc, ep); break;
+    case 6: edge_rows_t<6>(kc, a, b, ldb, c, ldc, ep); break;
+    case 7: edge_rows_t<7>(kc, a, b, ldb, c, ldc, ep); break;
+    case 8: edge_rows_t<8>(kc, a, b, ldb, c, ldc, ep); break;
+    case 9: edge_rows_t<9>(kc, a, b, ldb, c, ldc, ep); break;
+    case 10: edge_rows_t<10>(kc, a, b, ldb, c, ldc, ep); break;
+    case 11: edge_rows_t<11>(kc, a, b, ldb, c, ldc, ep); break;
+    case 12: edge_rows_t<12>(kc, a, b, ldb, c, ldc, ep); break;
+    default: edge_rows_t<13>(kc, a, b, ldb, c, ldc, ep); break;
+    }
+}
+
 // ---- Transposing packs ------------------------------------------------------------------------------
 // dst[p*W + c] = src[c*ld + p] (c < w, zero for w <= c < W) for the MR = 14 wide A micro-panels
 // (op(A) = A) and the NR = 32 wide B micro-panels (op(B) = B^T): 16 source rows x 16 k steps are
@@ -436,6 +487,25 @@ SW_TARGET_AVX512 void pack_trans_avx512(float* dst, const float* src, int64_t ld
             }
             transpose16(r);
             for (int q = 0; q < np; ++q) _mm512_mask_storeu_ps(dst + (p + q) * W + g * 16, store_mask, r[q]);
+        }
+    }
+}
+
+// Row-by-row copy of full 32-wide B micro-panels (see PackPanelsFn): two vector loads and stores per panel and row,
+// and the prefetch of the next streamed chunk's part of the row. Pure data movement.
+SW_TARGET_AVX512 void pack_panels_avx512(float* dst, const float* src, int64_t ld, int64_t kc, int64_t panels,
+                                         int64_t pf) {
+    constexpr int W = 16 * kNV;
+    for (int64_t p = 0; p < kc; ++p) {
+        const float* s = src + p * ld;
+        float* d = dst + p * W;
+        for (int64_t q = 0; q < pf; q += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(s + panels * W + q), _MM_HINT_T1);
+        for (int64_t j = 0; j < panels; ++j) {
+            _mm512_storeu_ps(d, _mm512_loadu_ps(s));
+            _mm512_storeu_ps(d + 16, _mm512_loadu_ps(s + 16));
+            s += W;
+            d += kc * W;
         }
     }
 }
@@ -619,8 +689,11 @@ KernelInfo kernel_info_avx512() {
     ki.rows_fn = &rows_avx512;
     ki.rows_max = kRowsMax;
     ki.rows_nr = kRowsCols;
+    ki.edge_rows_fn = &edge_rows_avx512;
+    ki.edge_rows_max = kMR - 1;
     ki.pack_trans_mr = &pack_trans_avx512<kMR>;
     ki.pack_trans_nr = &pack_trans_avx512<16 * kNV>;
+    ki.pack_panels_nr = &pack_panels_avx512;
     ki.widen_f16 = &widen_f16_avx512;
     ki.widen_bf16 = &widen_bf16_avx512;
     ki.narrow_f16 = &narrow_f16_avx512;

@@ -43,6 +43,11 @@ using RowsKernel = void (*)(int h, int64_t kc, const float* a, const float* b, i
 // dst[p*W + c] = src[c*ld + p] for p < kc, c < w (w <= W), zero for w <= c < W.
 using PackFn = void (*)(float* dst, const float* src, int64_t ld, int64_t kc, int w);
 
+// Several full W-wide micro-panels (W = NR) from row-major storage (op(B) = B): panel j of dst (kc x W at
+// dst + j*kc*W) gets columns [j*W, j*W + W) of the kc source rows (src[p*ld + c]), read row by row; pf > 0: the pf
+// floats after the packed columns of each source row are prefetched towards L2 meanwhile (the next streamed chunk).
+using PackPanelsFn = void (*)(float* dst, const float* src, int64_t ld, int64_t kc, int64_t panels, int64_t pf);
+
 // Row conversions of 16-bit elements (n contiguous elements; see gemm_convert.h for the numerics, which every
 // version follows bit for bit).
 using WidenFn = void (*)(float* dst, const uint16_t* src, int64_t n);
@@ -68,6 +73,7 @@ struct KernelInfo {
     int edge_rows_max = 0;
     PackFn pack_trans_mr = nullptr;  // optional SIMD versions of the transposing packs
     PackFn pack_trans_nr = nullptr;
+    PackPanelsFn pack_panels_nr = nullptr;  // optional SIMD version of the driver's row-by-row panel copy
     // 16-bit conversions (portable ones for the generic kernel, F16C / AVX-512 ones for the SIMD kernels).
     WidenFn widen_f16 = nullptr, widen_bf16 = nullptr;
     NarrowFn narrow_f16 = nullptr, narrow_bf16 = nullptr;
