@@ -15,6 +15,7 @@
 #include "shardwise.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -587,6 +588,63 @@ static void keep_alive(sw_device dev, sw_stream* streams) {
     printf("cpu: the group keeps its storages alive\n");
 }
 
+/* Two host threads queue groups on the same streams listed in opposite orders, many times: no deadlock (the alarm
+ * ends a hung run), and every group's result is right. */
+typedef struct {
+    sharded* g;
+    int reversed;
+    int rounds;
+    sw_buffer y;
+    sw_status status;
+} submitter;
+
+static void* submit_many(void* arg) {
+    submitter* t = (submitter*)arg;
+    sw_stream list[NSTREAMS];
+    sw_gemm_desc d[NSTREAMS];
+    int r, i;
+    for (i = 0; i < NSTREAMS; ++i) {
+        const int j = t->reversed ? NSTREAMS - 1 - i : i;
+        list[i] = t->g->s[j];
+        d[i] = t->g->d[j];
+        d[i].c = t->y;
+    }
+    t->status = SW_OK;
+    for (r = 0; r < t->rounds && t->status == SW_OK; ++r) t->status = sw_gemm_grouped(NSTREAMS, list, d);
+    return NULL;
+}
+
+static void concurrent_groups(sw_device dev, sw_stream* streams) {
+    sharded g;
+    sharded_setup(&g, dev, streams);
+    float* want = sharded_expected(&g, dev, g.hx);
+    const size_t ybytes = (size_t)(g.M * g.N) * 4;
+    submitter t[2];
+    pthread_t th[2];
+    int i;
+    alarm(30); /* a deadlock ends the run (SIGALRM) instead of hanging it */
+    for (i = 0; i < 2; ++i) {
+        t[i].g = &g, t[i].reversed = i, t[i].rounds = 300;
+        OK(sw_buffer_alloc(dev, ybytes, &t[i].y));
+        OK(sw_memset_async(t[i].y, 0, 0xFF, ybytes, streams[0]));
+    }
+    OK(sw_stream_synchronize(streams[0]));
+    for (i = 0; i < 2; ++i) CHECK(pthread_create(&th[i], NULL, submit_many, &t[i]) == 0, "pthread_create");
+    for (i = 0; i < 2; ++i) pthread_join(th[i], NULL);
+    sync_all(streams, NSTREAMS);
+    alarm(0);
+    for (i = 0; i < 2; ++i) {
+        CHECK(t[i].status == SW_OK, "thread %d: %s: %s", i, sw_status_string(t[i].status), sw_last_error());
+        float* got = (float*)download(t[i].y, streams[0], ybytes);
+        CHECK(memcmp(got, want, ybytes) == 0, "thread %d: the result of its groups", i);
+        free(got);
+        OK(sw_buffer_destroy(t[i].y));
+    }
+    free(want);
+    sharded_free(&g);
+    printf("cpu: concurrent groups on shared streams in opposite orders\n");
+}
+
 static void run_backend(const char* be, sw_backend backend, int quick) {
     sw_device dev = NULL;
     sw_stream streams[NSTREAMS];
@@ -599,6 +657,7 @@ static void run_backend(const char* be, sw_backend backend, int quick) {
         pending_error(dev, streams);
         ordering(dev, streams);
         keep_alive(dev, streams);
+        concurrent_groups(dev, streams);
     }
     for (i = 0; i < NSTREAMS; ++i) OK(sw_stream_destroy(streams[i]));
     OK(sw_device_destroy(dev));

@@ -9,6 +9,7 @@
 #include "core/gemm_overlap.h"
 #include "core/index_math.h"
 #include "core/objects.h"
+#include "core/small_array.h"
 
 #include <cmath>
 #include <cstring>
@@ -408,9 +409,11 @@ SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const 
             fail(SW_ERR_INVALID_ARGUMENT, "count = ", count, "; expected 1..1048576 members");
         if (!streams) fail(SW_ERR_INVALID_ARGUMENT, "streams is NULL; expected count = ", count, " stream handles");
         if (!descs) fail(SW_ERR_INVALID_ARGUMENT, "descs is NULL; expected count = ", count, " sw_gemm_desc");
-        std::vector<sw_stream_s*> ss(static_cast<size_t>(count));
-        std::vector<GemmProblem> problems(static_cast<size_t>(count));
-        std::vector<KeepAlive> keeps(static_cast<size_t>(count));
+        // On the stack for up to 16 members (core/small_array.h): a small group allocates nothing here.
+        const auto n = static_cast<size_t>(count);
+        SmallArray<sw_stream_s*, 16> ss(n);
+        SmallArray<GemmProblem, 16> problems(n);
+        SmallArray<KeepAlive, 16> keeps(n);
         for (int32_t i = 0; i < count; ++i) {
             ss[i] = streams[i];
             if (!ss[i] || !is_live_handle(ss[i], HandleKind::Stream)) // the name is formatted only on failure

@@ -92,8 +92,9 @@ public:
     // work itself).
     virtual void gemm(sw_stream_s& s, const GemmProblem& problem, KeepAlive keep) = 0;
     // sw_gemm_grouped: count >= 1 validated problems, member i ordered on *streams[i] (every stream on one device,
-    // outputs checked not to overlap). The default runs the members one by one through gemm(); a backend with a
-    // grouped path overrides it (the CPU backend shares the packing of a common op(A)).
+    // outputs checked not to overlap). The default runs the members one by one through gemm(), each ordered on its own
+    // stream only; overrides: the CPU backend's one job (cpu/gemm_grouped_submit.h, one packing of a common op(A)), the
+    // CUDA backend's default between two joins of the listed streams (the group's ordering across streams).
     virtual void gemm_grouped(sw_stream_s* const* streams, const GemmProblem* problems, KeepAlive* keeps,
                               int32_t count) {
         for (int32_t i = 0; i < count; ++i) gemm(*streams[i], problems[i], std::move(keeps[i]));

@@ -13,8 +13,10 @@
 #include "core/dtype.h"
 #include "core/objects.h"
 
+#include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 namespace sw {
 namespace {
@@ -216,6 +218,51 @@ public:
         DeviceImpl& dev = *s.device_impl;
         const auto algo = static_cast<cuda::GemmAlgo>(dev.kernel.load());
         call(&cuda::PluginApi::gemm, dev.ordinal, &problem, algo, s.cuda_stream);
+    }
+
+    // sw_gemm_grouped: the members one by one, each on its own stream, between two joins of the listed streams (an
+    // event per record: the first listed stream waits for every other, then every other waits for it), so that the
+    // group starts after every listed stream's earlier work and every listed stream's later work waits for every
+    // member, as the C ABI orders a group.
+    void gemm_grouped(sw_stream_s* const* streams, const GemmProblem* problems, KeepAlive* keeps,
+                      int32_t count) override {
+        const int32_t ord = streams[0]->device_impl->ordinal;
+        std::vector<void*> distinct;
+        for (int32_t i = 0; i < count; ++i)
+            if (std::find(distinct.begin(), distinct.end(), streams[i]->cuda_stream) == distinct.end())
+                distinct.push_back(streams[i]->cuda_stream);
+        if (distinct.size() == 1) {
+            Backend::gemm_grouped(streams, problems, keeps, count);
+            return;
+        }
+        struct Events {
+            const cuda::PluginApi* api;
+            int32_t ord;
+            std::vector<void*> ev;
+            ~Events() {
+                std::string err;
+                for (void* e : ev) api->event_destroy(ord, e, &err); // CUDA defers the destruction of a pending event
+            }
+        } events{api_, ord, {}};
+        events.ev.reserve(2 * distinct.size());
+        const auto signal = [&](void* from, void* to) { // `to` waits for everything queued on `from` so far
+            void* e = nullptr;
+            call(&cuda::PluginApi::event_create, ord, &e);
+            events.ev.push_back(e);
+            call(&cuda::PluginApi::event_record, ord, e, from);
+            call(&cuda::PluginApi::stream_wait_event, ord, to, e);
+        };
+        const auto join = [&] {
+            for (size_t j = 1; j < distinct.size(); ++j) signal(distinct[j], distinct[0]);
+            void* e = nullptr;
+            call(&cuda::PluginApi::event_create, ord, &e);
+            events.ev.push_back(e);
+            call(&cuda::PluginApi::event_record, ord, e, distinct[0]);
+            for (size_t j = 1; j < distinct.size(); ++j) call(&cuda::PluginApi::stream_wait_event, ord, distinct[j], e);
+        };
+        join();
+        Backend::gemm_grouped(streams, problems, keeps, count);
+        join();
     }
 
     void check_activation_type(sw_dtype dtype) override {

@@ -2,9 +2,9 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/small_array.h"
 
 #include <algorithm>
-#include <vector>
 
 namespace sw {
 namespace {
@@ -60,8 +60,8 @@ namespace {
 
 struct Region {
     StridedBytes bytes;
-    int32_t member;
-    char operand; // 'c', 'a', 'b', 'z' (bias)
+    int32_t member = 0;
+    char operand = 'c'; // 'c', 'a', 'b', 'z' (bias)
     bool output() const { return operand == 'c'; }
 };
 
@@ -88,35 +88,34 @@ StridedBytes matrix_bytes(const void* p, int64_t rows, int64_t cols, int64_t ld,
 void check_grouped_outputs(const GemmProblem* problems, int32_t count) {
     // Every C and every distinct input block (members sharing X list it once, under the first member that has it),
     // sorted by start; a pair is tested exactly only when its spans meet, and only when one of the two is a C.
-    std::vector<Region> regions;
-    regions.reserve(static_cast<size_t>(count) * 4);
+    SmallArray<Region, 64> regions(static_cast<size_t>(count) * 4); // on the stack for up to 16 members
+    size_t used = 0;
     for (int32_t i = 0; i < count; ++i) {
         const GemmProblem& p = problems[i];
-        regions.push_back(Region{matrix_bytes(p.c, p.m, p.n, p.ldc, p.c_type), i, 'c'});
+        regions[used++] = Region{matrix_bytes(p.c, p.m, p.n, p.ldc, p.c_type), i, 'c'};
         if (p.k > 0) {
-            regions.push_back(Region{matrix_bytes(p.a, p.a_rows(), p.a_cols(), p.lda, p.a_type), i, 'a'});
-            regions.push_back(Region{matrix_bytes(p.b, p.b_rows(), p.b_cols(), p.ldb, p.b_type), i, 'b'});
+            regions[used++] = Region{matrix_bytes(p.a, p.a_rows(), p.a_cols(), p.lda, p.a_type), i, 'a'};
+            regions[used++] = Region{matrix_bytes(p.b, p.b_rows(), p.b_cols(), p.ldb, p.b_type), i, 'b'};
         }
-        if (p.bias) regions.push_back(Region{matrix_bytes(p.bias, 1, p.n, p.n, p.bias_type), i, 'z'});
+        if (p.bias) regions[used++] = Region{matrix_bytes(p.bias, 1, p.n, p.n, p.bias_type), i, 'z'};
     }
-    std::sort(regions.begin(), regions.end(), [](const Region& x, const Region& y) {
+    std::sort(regions.data(), regions.data() + used, [](const Region& x, const Region& y) {
         if (x.bytes.start != y.bytes.start) return x.bytes.start < y.bytes.start;
         return x.member != y.member ? x.member < y.member : x.operand < y.operand;
     });
     // Identical input blocks: keep the first (lowest member); identical blocks sort next to each other unless a C or
     // another block starts at the same byte, which the pairwise test below then covers anyway.
     size_t kept = 0;
-    for (size_t r = 0; r < regions.size(); ++r) {
+    for (size_t r = 0; r < used; ++r) {
         if (kept > 0 && !regions[r].output() && !regions[kept - 1].output() &&
             same_bytes(regions[r].bytes, regions[kept - 1].bytes))
             continue;
         regions[kept++] = regions[r];
     }
-    regions.resize(kept);
-    for (size_t r = 0; r < regions.size(); ++r) {
+    for (size_t r = 0; r < kept; ++r) {
         const Region& x = regions[r];
         const uintptr_t end = x.bytes.start + static_cast<uintptr_t>(span_end(x.bytes));
-        for (size_t q = r + 1; q < regions.size() && regions[q].bytes.start < end; ++q) {
+        for (size_t q = r + 1; q < kept && regions[q].bytes.start < end; ++q) {
             const Region& y = regions[q];
             if (!x.output() && !y.output()) continue;
             if (!strided_overlap(x.bytes, y.bytes)) continue;

@@ -152,6 +152,10 @@ void submit_gemm_grouped(sw_stream_s* const* streams, const GemmProblem* problem
         Stream* s = distinct[j];
         ops.emplace_back([job, j = static_cast<int32_t>(j), s] { job->arrive(j, *s); });
     }
+    // Groups are queued one at a time: two groups sharing streams then meet them in the same order on every stream
+    // (two threads queueing groups on {s0, s1} and {s1, s0} could otherwise each hold one stream waiting for the other).
+    static std::mutex submit_mutex;
+    std::lock_guard<std::mutex> submitting(submit_mutex);
     size_t queued = 0;
     try {
         for (; queued < distinct.size(); ++queued) distinct[queued]->enqueue(std::move(ops[queued]), /*always=*/true);

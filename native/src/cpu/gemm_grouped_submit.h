@@ -14,8 +14,9 @@ namespace sw::cpu {
 // stream's later work waits for it (a stream may be listed more than once). When every listed stream is idle the job
 // runs at once on the calling thread (cpu::Stream::run_inline_if_idle); otherwise one `always` operation per distinct
 // stream meets the others at a barrier, the last to arrive computes the members whose streams have no pending error
-// and releases the others. A failure while computing becomes the pending error of every listed stream. keeps[i]
-// (moved from) hold member i's storages until the job has run.
+// and releases the others; groups are queued one at a time, so groups sharing streams meet them in one order (no
+// cycle between two groups listed in opposite orders from two threads). A failure while computing becomes the
+// pending error of every listed stream. keeps[i] (moved from) hold member i's storages until the job has run.
 void submit_gemm_grouped(sw_stream_s* const* streams, const GemmProblem* problems, KeepAlive* keeps, int32_t count);
 
 } // namespace sw::cpu

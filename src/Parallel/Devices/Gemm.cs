@@ -15,7 +15,7 @@ public enum Epilogue
 /// One GEMM on one device: <c>C = epilogue(alpha · op(A) · op(B) + beta · C + bias)</c>, queued on a stream.
 /// This is the per-shard kernel (level-2 tiling happens inside it).
 /// </summary>
-public static class Gemm
+public static partial class Gemm
 {
     /// <summary>
     /// Queues <c>C = epilogue(alpha·op(A)·op(B) + beta·C + bias)</c> on <paramref name="stream"/> in float32
@@ -67,29 +67,7 @@ public static class Gemm
             throw new NotSupportedException(
                 $"Gemm.Multiply: {Combination(inType, outType)} is not supported; c (and the bias) must be f32 or the input type {DtypeName(inType)}.");
 
-        var desc = new SwGemmDesc
-        {
-            Size = SwGemmDesc.CurrentSize,
-            TransA = transA ? SwOp.T : SwOp.N,
-            TransB = transB ? SwOp.T : SwOp.N,
-            AType = inType,
-            BType = inType,
-            CType = outType,
-            ComputeType = SwDtype.F32,
-            Epilogue = (SwEpilogue)epilogue,
-            M = m,
-            N = n,
-            K = k,
-            Alpha = alpha,
-            Beta = beta,
-            AOffset = (ulong)a.Offset,
-            Lda = a.Ld,
-            BOffset = (ulong)b.Offset,
-            Ldb = b.Ld,
-            COffset = (ulong)c.Offset,
-            Ldc = c.Ld,
-            BiasOffset = (ulong)biasOffset,
-        };
+        var desc = Describe(inType, outType, m, n, k, a, b, c, alpha, beta, transA, transB, biasOffset, epilogue);
         BufferHandle ha = a.Buffer.Handle, hb = b.Buffer.Handle, hc = c.Buffer.Handle;
         BufferHandle? hbias = bias?.Handle;
         bool ra = false, rb = false, rc = false, rbias = false;

@@ -1,10 +1,13 @@
+using System.Buffers;
+
 namespace Shardwise.Parallel;
 
 /// <summary>
 /// The sharded GEMM primitive, driven from one host thread: W (K × N) is split by columns over the ranks of a
 /// single-device group (virtual ranks, one stream each); every rank multiplies X by its shard concurrently and
-/// writes straight into its column block of Y (ldc = N), so the concatenation costs nothing. Y equals the
-/// unsharded GEMM of the same kernel bit for bit. Steady-state calls allocate no managed memory.
+/// writes straight into its column block of Y (ldc = N), so the concatenation costs nothing. The ranks' GEMMs are
+/// submitted as one group (<see cref="Gemm.MultiplyGrouped{TIn, TOut}"/>), so X is packed once for every shard. Y equals
+/// the unsharded GEMM of the same kernel bit for bit. Steady-state calls allocate no managed memory.
 /// For ranks on different devices use <see cref="ColumnParallelLinear"/> per rank (it all-gathers).
 /// </summary>
 public sealed class ShardedGemm : IDisposable
@@ -71,14 +74,27 @@ public sealed class ShardedGemm : IDisposable
         ThrowHelper.Shape(y, x.Rows, N, "M x N");
         if (bias is not null && bias.Length < N)
             throw new ArgumentException($"bias has {bias.Length} elements; expected {N}.", nameof(bias));
+        // One grouped call for every rank (Gemm.MultiplyGrouped): member r on rank r's stream writes its column block
+        // of Y, and the CPU backend packs X once for all of them. The member array is pooled: no allocation per call.
         var ranks = _group.Ranks;
-        for (int r = 0; r < ranks.Count; r++)
+        var members = ArrayPool<GemmGroupMember<float, float>>.Shared.Rent(ranks.Count);
+        int count = 0;
+        try
         {
-            long n = Plan.Size(r);
-            if (n == 0) continue;
-            long off = Plan.Offset(r);
-            Gemm.Multiply(ranks[r].Stream, x, _shards[r]!.AsMatrix(K, n), y.Columns(off, n),
-                bias: bias, biasOffset: off, epilogue: epilogue);
+            for (int r = 0; r < ranks.Count; r++)
+            {
+                long n = Plan.Size(r);
+                if (n == 0) continue;
+                long off = Plan.Offset(r);
+                members[count++] = new GemmGroupMember<float, float>(ranks[r].Stream, x, _shards[r]!.AsMatrix(K, n),
+                    y.Columns(off, n), bias: bias, biasOffset: off, epilogue: epilogue);
+            }
+            Gemm.MultiplyGrouped<float, float>(members.AsSpan(0, count));
+        }
+        finally
+        {
+            members.AsSpan(0, count).Clear(); // the pool holds no buffers or streams
+            ArrayPool<GemmGroupMember<float, float>>.Shared.Return(members);
         }
         _group.Synchronize();
     }
