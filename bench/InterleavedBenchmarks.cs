@@ -148,7 +148,10 @@ public abstract class InterleavedSuite
     /// <summary>Installs the variants of this case, warms them up and calibrates their repetitions.</summary>
     protected void Start(object shape, Action?[] variants)
     {
-        _key = RoundRecorder.Key(GetType(), shape);
+        // The in-process toolchain runs an emitted subclass of the benchmark class: key by the declared class.
+        var type = GetType();
+        while (type.BaseType is { } b && b != typeof(InterleavedSuite)) type = b;
+        _key = RoundRecorder.Key(type, shape);
         RoundRecorder.Reset(_key);
         _variants = variants;
         _reps = Interleaved.Calibrate(variants, new InterleaveSettings(SliceMs: 2));

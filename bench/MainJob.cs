@@ -53,7 +53,7 @@ internal static class MainJob
         public List<(int M, int K, int N)> Shapes = [];
         public int[] Ranks = DefaultRanks;
         public double BudgetMs = 400;              // interleaved rounds per case: about this long, within [MinReps, MaxReps]
-        public int MinReps = 7, MaxReps = 25;      // rounds of the interleaved timing (unsharded GEMM, sharded Forward)
+        public int MinReps = 9, MaxReps = 31;      // rounds of the interleaved timing (unsharded GEMM, sharded Forward)
         public int PrecisionRounds = 5;            // rounds of the side-by-side bf16/fp32 comparison (0: skip it)
     }
 
@@ -102,7 +102,7 @@ internal static class MainJob
         w.WriteLine(indent + "  --kernel NAME   CPU GEMM micro-kernel: auto, avx512, avx2, generic (default: auto)");
         w.WriteLine(indent + "  --shape MxKxN   a shape to run instead of the default list (repeatable)");
         w.WriteLine(indent + "  --ranks LIST    rank counts, comma-separated (default 1,2,4,8)");
-        w.WriteLine(indent + "  --budget-ms MS  target time of the interleaved rounds of one case (default 400, --quick 100; 7..25 rounds)");
+        w.WriteLine(indent + "  --budget-ms MS  target time of the interleaved rounds of one case (default 400, --quick 100; 9..31 rounds)");
         w.WriteLine(indent + "  --precision-rounds N  rounds of the side-by-side CPU comparison: Shardwise bf16 vs oneDNN bf16 matmul and vs");
         w.WriteLine(indent + "                  Shardwise fp32, fp32 vs dnnl_sgemm and OpenBLAS (default 5, --quick 3; 0 skips it)");
     }
