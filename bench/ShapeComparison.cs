@@ -30,7 +30,7 @@ internal static unsafe class ShapeComparison
         public bool Quick;
         public int Threads = BenchSettings.Threads;
         public string OpenBlasMode = "auto";
-        public InterleaveSettings Settings = new(MinRounds: 15, MaxRounds: 41, BudgetMs: 1500, SliceMs: 2);
+        public InterleaveSettings Settings = new(MinRounds: 11, MaxRounds: 41, BudgetMs: 1500, SliceMs: 2);
         public int? Rounds;
     }
 
@@ -47,7 +47,7 @@ internal static unsafe class ShapeComparison
     {
         w.WriteLine(indent + "usage: Shardwise.Bench shapes [--quick] [--rounds N] [--threads N] [--openblas-core auto|own|env|NAME]");
         w.WriteLine(indent + "  --quick              smaller stand-ins for the large and skinny shapes, fewer rounds (~30 s)");
-        w.WriteLine(indent + "  --rounds N           interleaved rounds per comparison (default: 15..41 filling ~1.5 s; --quick 7..15, ~0.3 s)");
+        w.WriteLine(indent + "  --rounds N           interleaved rounds per comparison (default: 11..41 filling ~1.5 s; --quick 7..15, ~0.3 s)");
         w.WriteLine(indent + "  --threads N          threads of Shardwise, OpenBLAS and oneDNN (default SHARDWISE_BENCH_THREADS or 2)");
         w.WriteLine(indent + "  --openblas-core M    auto (default: OpenBLAS's own kernel with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset for this");
         w.WriteLine(indent + "                       process, or SkylakeX where its own choice is not AVX-512), own, env (as given) or a core name");
@@ -367,8 +367,12 @@ internal static unsafe class ShapeComparison
 
     private static string Name((int M, int K, int N) s) => s.M == s.K && s.K == s.N ? $"{s.M}³" : $"{s.M}×{s.K}×{s.N}";
 
-    private static string Ms(InterleavedResult r, int v) =>
-        r.Ran(v) ? r.Milliseconds(v).Median.ToString(r.Milliseconds(v).Median < 10 ? "0.000" : "0.0", CultureInfo.InvariantCulture) : "n/a";
+    private static string Ms(InterleavedResult r, int v)
+    {
+        if (!r.Ran(v)) return "n/a";
+        double ms = r.Milliseconds(v).Median;
+        return ms.ToString(ms < 0.1 ? "0.0000" : ms < 10 ? "0.000" : "0.0", CultureInfo.InvariantCulture);
+    }
 
     private static string Us(InterleavedResult r, int v) =>
         r.Ran(v) ? r.Microseconds(v).Median.ToString("0.00", CultureInfo.InvariantCulture) + " µs" : "n/a";
