@@ -6,6 +6,7 @@
 #include "core/dtype.h"
 #include "core/enum_arg.h"
 #include "core/gemm_args.h"
+#include "core/gemm_overlap.h"
 #include "core/index_math.h"
 #include "core/objects.h"
 
@@ -411,8 +412,9 @@ SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const 
         std::vector<GemmProblem> problems(static_cast<size_t>(count));
         std::vector<KeepAlive> keeps(static_cast<size_t>(count));
         for (int32_t i = 0; i < count; ++i) {
-            const std::string name = str("streams[", i, "]");
-            ss[i] = checked(streams[i], name.c_str());
+            ss[i] = streams[i];
+            if (!ss[i] || !is_live_handle(ss[i], HandleKind::Stream)) // the name is formatted only on failure
+                checked(streams[i], str("streams[", i, "]").c_str());
             if (ss[i]->device_impl != ss[0]->device_impl)
                 fail(SW_ERR_INVALID_ARGUMENT, "streams[", i, "] is on another device than streams[0]; expected every ",
                      "member's stream on one device");
@@ -424,7 +426,7 @@ SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const 
                 fail(e.status(), "descs[", i, "]: ", e.message());
             }
         }
-        // TODO(issue 15, part C): outputs must not overlap each other or any member's inputs.
+        check_grouped_outputs(problems.data(), count); // core/gemm_overlap.h
         ss[0]->device_impl->ops->gemm_grouped(ss.data(), problems.data(), keeps.data(), count);
     });
 }

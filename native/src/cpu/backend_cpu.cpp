@@ -6,6 +6,7 @@
 #include "core/dtype.h"
 #include "core/objects.h"
 #include "cpu/gemm.h"
+#include "cpu/gemm_grouped_submit.h"
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 #include "cpu/training_ops.h"
@@ -253,6 +254,12 @@ public:
         auto dev = s.device_impl;
         const auto kernel = static_cast<Kernel>(dev->kernel.load());
         s.impl->enqueue([problem, kernel, dev, keep = std::move(keep)] { cpu::gemm(problem, kernel, *dev->pool); });
+    }
+
+    // One job for the whole group (cpu/gemm_grouped_submit.h): a shared op(A) is packed once for every member.
+    void gemm_grouped(sw_stream_s* const* streams, const GemmProblem* problems, KeepAlive* keeps,
+                      int32_t count) override {
+        submit_gemm_grouped(streams, problems, keeps, count);
     }
 
     void check_activation_type(sw_dtype dtype) override {

@@ -88,6 +88,7 @@
 #include <cstring>
 #include <functional>
 #include <new>
+#include <vector>
 
 #include "cpu/gemm_kernels.h"
 #include "cpu/thread_pool.h"
@@ -412,29 +413,56 @@ enum class Path {
     Pairs,  // bf16 A and B packed as pairs for the vdpbf16ps kernel
 };
 
-struct Ctx {
-    const GemmProblem* g;
-    KernelInfo ki;
-    PackFn pack_a, pack_b;
-    PackPanelsFn pack_b_panels;  // null if not available for NR
-    KSplit kb;
-    int64_t mt, nt;   // task rectangle (rows, columns); tasks form a grid tm x tn
-    int64_t tm, tn;
-    bool b_inplace;   // read full-width B micro-panels in place (no packing)
-    Path path = Path::F32;
-    // fp32 operands (Path::F32) ...
-    const float* a = nullptr;
+// One member's columns (a column segment) of a driver run: everything that belongs to op(B) and C. gemm() runs one
+// segment; gemm_grouped() runs the members that share op(A) as the segments of one run, over concatenated
+// ("virtual") columns: segment s owns virtual columns [v0, v0 + n), and v0 is a multiple of NR (each segment is
+// padded to NR on its own), so no micro-panel ever holds columns of two segments.
+struct Seg {
+    const GemmProblem* g;   // the member (op(B), C, alpha, beta, bias, epilogue)
+    int64_t v0 = 0, n = 0;  // virtual columns [v0, v0 + n)
+    PackFn pack_b = nullptr;
+    bool b_inplace = false; // read full-width B micro-panels in place (no packing)
+    // fp32 operands ...
     const float* b = nullptr;
     float* c = nullptr;          // also an fp32 C of 16-bit inputs
     const float* bias = nullptr;
     // ... 16-bit ones
-    const uint16_t* a16 = nullptr;
     const uint16_t* b16 = nullptr;
     uint16_t* c16 = nullptr;     // a 16-bit C (computed in the fp32 workspace, rounded once)
     const uint16_t* bias16 = nullptr;
-    WidenFn widen_in = nullptr;  // A and B's type -> fp32 (Path::Widen)
     WidenFn widen_c = nullptr;   // C's and the bias's 16-bit type -> fp32
     NarrowFn narrow_c = nullptr; // fp32 -> C's 16-bit type
+    int64_t end() const { return v0 + n; }
+};
+
+// One driver run: op(A) (rows [0, m), k) times the segments' columns, cut into a tm x tn grid of tasks.
+struct Ctx {
+    const GemmProblem* g;        // op(A), m and k (the first member's; every member has the same)
+    KernelInfo ki;
+    PackFn pack_a;
+    PackPanelsFn pack_b_panels;  // null if not available for NR
+    KSplit kb;
+    int64_t mt = 0, nt = 0;      // task rectangle (rows, virtual columns); tasks form a grid tm x tn
+    int64_t tm = 1, tn = 1;
+    Path path = Path::F32;
+    const float* a = nullptr;
+    const uint16_t* a16 = nullptr;
+    WidenFn widen_in = nullptr;  // A and B's type -> fp32 (Path::Widen)
+    const Seg* segs = nullptr;   // nsegs >= 1, in order of v0
+    int nsegs = 0;
+    int64_t nv = 0;              // virtual columns: segs[nsegs - 1].end()
+    bool any_c16 = false, all_inplace = false;
+
+    // The segment holding virtual column vj (vj < nv).
+    const Seg& seg_at(int64_t vj) const {
+        if (nsegs == 1) return segs[0];
+        int lo = 0, hi = nsegs - 1;  // the last segment with v0 <= vj
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (segs[mid].v0 <= vj) lo = mid; else hi = mid - 1;
+        }
+        return segs[lo];
+    }
 };
 
 // Edge tile: run the full micro-kernel on a temporary MR x NR tile holding the valid part of C.
@@ -495,57 +523,72 @@ void pack_a_panel(const Ctx& cx, ThreadBuffers& tb, float* dst, int64_t i, int64
     }
 }
 
-// Packs the B panel op(B)[p0:p0+kc, jc:jc+nc] into NR-wide micro-panels of `steps` kernel k steps each (the
-// full-width panels of a B stored as is row by row, then the partial one). Micro-panels read in place are skipped.
-void pack_b_panel(const Ctx& cx, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0, int64_t kc,
-                  int64_t steps) {
-    const GemmProblem& g = *cx.g;
+// Packs op(B)[p0:p0+kc, j:j+nc] of one segment (member columns j.. of its own B) into NR-wide micro-panels of
+// `steps` kernel k steps each at bpack (the full-width panels of a B stored as is row by row, then the partial
+// one). Micro-panels read in place are skipped.
+void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0,
+                int64_t kc, int64_t steps) {
+    const GemmProblem& g = *s.g;
     const int NR = cx.ki.nr;
-    if (kc == 0) return;
     int64_t jr_done = 0;
-    if (cx.path == Path::F32 && !g.trans_b && !cx.b_inplace && cx.pack_b_panels) {
+    if (cx.path == Path::F32 && !g.trans_b && !s.b_inplace && cx.pack_b_panels) {
         jr_done = (nc / NR) * NR;
-        cx.pack_b_panels(bpack, cx.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
+        cx.pack_b_panels(bpack, s.b + p0 * g.ldb + jc, g.ldb, kc, nc / NR);
     } else if (cx.path == Path::Widen && !g.trans_b) {
         jr_done = (nc / NR) * NR;
         const int64_t panels = nc / NR;
         for (int64_t p = 0; p < kc; ++p) {
-            const uint16_t* s = cx.b16 + (p0 + p) * g.ldb + jc;
-            for (int64_t j = 0; j < panels; ++j) cx.widen_in(bpack + j * kc * NR + p * NR, s + j * NR, NR);
+            const uint16_t* src = s.b16 + (p0 + p) * g.ldb + jc;
+            for (int64_t j = 0; j < panels; ++j) cx.widen_in(bpack + j * kc * NR + p * NR, src + j * NR, NR);
         }
     }
     for (int64_t jr = jr_done; jr < nc; jr += NR) {
         const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-        if (cx.b_inplace && w == NR) continue;
+        if (s.b_inplace && w == NR) continue;
         float* dst = bpack + (jr / NR) * steps * NR;
         const int64_t j = jc + jr;
         switch (cx.path) {
         case Path::F32:
             if (g.trans_b)
-                cx.pack_b(dst, cx.b + j * g.ldb + p0, g.ldb, kc, w);
+                s.pack_b(dst, s.b + j * g.ldb + p0, g.ldb, kc, w);
             else
-                cx.pack_b(dst, cx.b + p0 * g.ldb + j, g.ldb, kc, w);
+                s.pack_b(dst, s.b + p0 * g.ldb + j, g.ldb, kc, w);
             break;
         case Path::Widen:
             if (g.trans_b) { // B stored n x k: widen the w rows, then the fp32 transposing pack
-                float* s = tb.widen.get(static_cast<size_t>(w * kc));
-                for (int c = 0; c < w; ++c) cx.widen_in(s + c * kc, cx.b16 + (j + c) * g.ldb + p0, kc);
-                cx.pack_b(dst, s, kc, kc, w);
+                float* t = tb.widen.get(static_cast<size_t>(w * kc));
+                for (int c = 0; c < w; ++c) cx.widen_in(t + c * kc, s.b16 + (j + c) * g.ldb + p0, kc);
+                s.pack_b(dst, t, kc, kc, w);
             } else {
                 for (int64_t p = 0; p < kc; ++p) {
                     float* d = dst + p * NR;
-                    cx.widen_in(d, cx.b16 + (p0 + p) * g.ldb + j, w);
+                    cx.widen_in(d, s.b16 + (p0 + p) * g.ldb + j, w);
                     for (int c = w; c < NR; ++c) d[c] = 0.0f;
                 }
             }
             break;
         case Path::Pairs:
             if (g.trans_b)
-                cx.ki.pack_pairs_cols_nr(reinterpret_cast<uint32_t*>(dst), cx.b16 + j * g.ldb + p0, g.ldb, kc, w);
+                cx.ki.pack_pairs_cols_nr(reinterpret_cast<uint32_t*>(dst), s.b16 + j * g.ldb + p0, g.ldb, kc, w);
             else
-                cx.ki.pack_pairs_rows_nr(reinterpret_cast<uint32_t*>(dst), cx.b16 + p0 * g.ldb + j, g.ldb, kc, w);
+                cx.ki.pack_pairs_rows_nr(reinterpret_cast<uint32_t*>(dst), s.b16 + p0 * g.ldb + j, g.ldb, kc, w);
             break;
         }
+    }
+}
+
+// Packs the B panel of virtual columns [jc, jc + nc) (jc a multiple of NR) and k elements [p0, p0 + kc): each
+// segment's part from its own B (micro-panel (vj - jc) / NR at bpack + that * steps * NR).
+void pack_b_panel(const Ctx& cx, ThreadBuffers& tb, float* bpack, int64_t jc, int64_t nc, int64_t p0, int64_t kc,
+                  int64_t steps) {
+    if (kc == 0) return;
+    const int NR = cx.ki.nr;
+    for (int64_t vj = jc; vj < jc + nc;) {
+        const Seg& s = cx.seg_at(vj);
+        const int64_t e = std::min(jc + nc, s.end());
+        if (vj < e)
+            pack_b_seg(cx, s, tb, bpack + ((vj - jc) / NR) * steps * NR, vj - s.v0, e - vj, p0, kc, steps);
+        vj = s.end() + (NR - s.n % NR) % NR;  // the next segment's v0
     }
 }
 
@@ -555,7 +598,7 @@ void run_task(const Ctx& cx, int64_t task) {
     const int64_t MC = cx.ki.mc, NC = cx.ki.nc;
     const int64_t ti = task / cx.tn, tj = task % cx.tn;
     const int64_t i0 = ti * cx.mt, i1 = std::min(g.m, i0 + cx.mt);
-    const int64_t j0 = tj * cx.nt, j1 = std::min(g.n, j0 + cx.nt);
+    const int64_t j0 = tj * cx.nt, j1 = std::min(cx.nv, j0 + cx.nt);  // virtual columns
     if (i0 >= i1 || j0 >= j1) return;
 
     ThreadBuffers& tb = thread_buffers();
@@ -569,29 +612,43 @@ void run_task(const Ctx& cx, int64_t task) {
     float* bpack = tb.b.get(static_cast<size_t>(kcmax * (stream_b ? NR : round_up(std::min(NC, j1 - j0), NR))));
     float* apack = tb.a.get(static_cast<size_t>(kcmax * round_up(std::min(MC, i1 - i0), MR)));
 
-    // A 16-bit C is computed in an fp32 workspace (the task's rows x one NC panel, row stride ldw): every k block
-    // accumulates there in fp32, and the panel is rounded once after the last one. A 16-bit bias is widened once.
-    const bool c16 = cx.c16 != nullptr;
-    const int64_t ldw = c16 ? round_up(std::min(NC, j1 - j0), 16) : 0;
-    float* ws = c16 ? tb.cw.get(static_cast<size_t>((i1 - i0) * ldw)) : nullptr;
-    const float* biasf = cx.bias;  // bias of column j at biasf + j - bias0
-    int64_t bias0 = 0;
-    if (cx.bias16) {
-        float* bw = tb.biasw.get(static_cast<size_t>(j1 - j0));
-        cx.widen_c(bw, cx.bias16 + j0, j1 - j0);
-        biasf = bw;
-        bias0 = j0;
+    // A 16-bit C is computed in an fp32 workspace (the task's rows x one NC panel of virtual columns, row stride
+    // ldw): every k block accumulates there in fp32, and the panel is rounded once after the last one. A 16-bit
+    // bias is widened once (into the task's virtual columns).
+    const int64_t ldw = cx.any_c16 ? round_up(std::min(NC, j1 - j0), 16) : 0;
+    float* ws = cx.any_c16 ? tb.cw.get(static_cast<size_t>((i1 - i0) * ldw)) : nullptr;
+    float* biasw = nullptr;  // bias of virtual column vj at biasw + vj - j0
+    for (int64_t vj = j0; vj < j1;) {
+        const Seg& s = cx.seg_at(vj);
+        const int64_t e = std::min(j1, s.end());
+        if (s.bias16 && vj < e) {
+            if (!biasw) biasw = tb.biasw.get(static_cast<size_t>(j1 - j0));
+            s.widen_c(biasw + (vj - j0), s.bias16 + (vj - s.v0), e - vj);
+        }
+        vj = s.end() + (NR - s.n % NR) % NR;
     }
+    // The same for every segment piece [vj, e) of the virtual columns [jc, jc + nc).
+    const auto for_pieces = [&](int64_t jc, int64_t nc, auto&& fn) {
+        for (int64_t vj = jc; vj < jc + nc;) {
+            const Seg& s = cx.seg_at(vj);
+            const int64_t e = std::min(jc + nc, s.end());
+            if (vj < e) fn(s, vj, e);
+            vj = s.end() + (NR - s.n % NR) % NR;
+        }
+    };
 
     for (int64_t jc = j0; jc < j1; jc += NC) {
         const int64_t nc = std::min(NC, j1 - jc);
-        // C(i, j): in C itself, or at ws + (i - i0) * ldw + (j - jc) for a 16-bit C.
-        float* cbase = c16 ? ws : cx.c;
-        const int64_t ldcw = c16 ? ldw : g.ldc;
-        const int64_t crow0 = c16 ? i0 : 0, ccol0 = c16 ? jc : 0;
-        const auto cat = [=](int64_t i, int64_t j) { return cbase + (i - crow0) * ldcw + (j - ccol0); };
-        if (c16 && g.beta != 0.0f)
-            for (int64_t i = i0; i < i1; ++i) cx.widen_c(ws + (i - i0) * ldw, cx.c16 + i * g.ldc + jc, nc);
+        // C(i, vj) of segment s: in its C, or at ws + (i - i0) * ldw + (vj - jc) for a 16-bit C.
+        const auto cat = [&](const Seg& s, int64_t i, int64_t vj) -> float* {
+            return s.c16 ? ws + (i - i0) * ldw + (vj - jc) : s.c + i * s.g->ldc + (vj - s.v0);
+        };
+        if (cx.any_c16)
+            for_pieces(jc, nc, [&](const Seg& s, int64_t vj, int64_t e) {
+                if (!s.c16 || s.g->beta == 0.0f) return;
+                for (int64_t i = i0; i < i1; ++i)
+                    s.widen_c(ws + (i - i0) * ldw + (vj - jc), s.c16 + i * s.g->ldc + (vj - s.v0), e - vj);
+            });
 
         for (int64_t kbi = 0; kbi < cx.kb.nb(); ++kbi) {
             const int64_t p0 = cx.kb.start(kbi), kc = cx.kb.size(kbi), kk = cx.kb.steps(kbi);
@@ -599,40 +656,47 @@ void run_task(const Ctx& cx, int64_t task) {
 
             if (!stream_b) pack_b_panel(cx, tb, bpack, jc, nc, p0, kc, kk);
 
-            Epilogue ep;
-            ep.alpha = g.alpha;
-            ep.beta = g.beta;
-            ep.mode = !first ? kEpiAccum : (g.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
-            ep.gelu = last && g.gelu();
-
             for (int64_t ic = i0; ic < i1; ic += MC) {
                 const int64_t mc = std::min(MC, i1 - ic);
-                // Pack the A block op(A)[ic:ic+mc, p0:p0+kc] into MR-tall micro-panels.
+                // Pack the A block op(A)[ic:ic+mc, p0:p0+kc] into MR-tall micro-panels (once for every segment).
                 if (kc > 0) {
                     for (int64_t ir = 0; ir < mc; ir += MR) {
                         const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
                         pack_a_panel(cx, tb, apack + (ir / MR) * kk * MR, ic + ir, p0, kc, h);
                     }
                 }
-                // Few rows with B in place: the wide few-row kernel where a full chunk remains.
-                const bool rows_path = cx.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max;
                 for (int64_t jr = 0; jr < nc; jr += NR) {
-                    const float* bias_j = (last && biasf) ? biasf + (jc + jr - bias0) : nullptr;
-                    if (rows_path && nc - jr >= cx.ki.rows_nr) {
+                    const int64_t vj = jc + jr;
+                    const Seg& s = cx.seg_at(vj);
+                    const GemmProblem& sg = *s.g;
+                    const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
+                    const int64_t ldcw = s.c16 ? ldw : sg.ldc;
+                    Epilogue ep;
+                    ep.alpha = sg.alpha;
+                    ep.beta = sg.beta;
+                    ep.mode = !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
+                    ep.gelu = last && sg.gelu();
+                    const float* bias_j = nullptr;
+                    if (last && s.bias16) bias_j = biasw + (vj - j0);
+                    else if (last && s.bias) bias_j = s.bias + (vj - s.v0);
+                    const int64_t bj = vj - s.v0;  // the member's own column
+                    // Few rows with B in place: the wide few-row kernel where a full chunk remains.
+                    if (s.b_inplace && kc > 0 && cx.ki.rows_fn && mc <= cx.ki.rows_max &&
+                        std::min(nc - jr, seg_left) >= cx.ki.rows_nr) {
                         ep.bias = bias_j;
-                        cx.ki.rows_fn(static_cast<int>(mc), kc, apack, cx.b + p0 * g.ldb + jc + jr, g.ldb,
-                                      cat(ic, jc + jr), ldcw, ep);
+                        cx.ki.rows_fn(static_cast<int>(mc), kc, apack, s.b + p0 * sg.ldb + bj, sg.ldb,
+                                      cat(s, ic, vj), ldcw, ep);
                         jr += cx.ki.rows_nr - NR;
                         continue;
                     }
-                    const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
+                    const int w = static_cast<int>(std::min<int64_t>(NR, seg_left));
                     const float* bp;
                     int64_t ldbp;
-                    if (cx.b_inplace && w == NR && kc > 0) {
-                        bp = cx.b + p0 * g.ldb + jc + jr;
-                        ldbp = g.ldb;
+                    if (s.b_inplace && w == NR && kc > 0) {
+                        bp = s.b + p0 * sg.ldb + bj;
+                        ldbp = sg.ldb;
                     } else if (stream_b) { // packed here, used by every row tile right away
-                        pack_b_panel(cx, tb, bpack, jc + jr, w, p0, kc, kk);
+                        pack_b_panel(cx, tb, bpack, vj, w, p0, kc, kk);
                         bp = bpack;
                         ldbp = NR;
                     } else {
@@ -642,7 +706,7 @@ void run_task(const Ctx& cx, int64_t task) {
                     ep.bias = bias_j;
                     // Prefetch hints: the packed B micro-panel used after this one (the next jr, or
                     // the first one again for the next ic block), an eighth of it per call; and
-                    // the C tile of the next call when that is a full tile.
+                    // the C tile of the next call when that is a full tile (of the same segment).
                     const float* bnext = nullptr;
                     if (ldbp == NR && kk > 0 && !stream_b)
                         bnext = (jr + NR < nc) ? bpack + (jr / NR + 1) * kk * NR : bpack;
@@ -650,14 +714,14 @@ void run_task(const Ctx& cx, int64_t task) {
                     for (int64_t ir = 0, call = 0; ir < mc; ir += MR, ++call) {
                         const int h = static_cast<int>(std::min<int64_t>(MR, mc - ir));
                         const float* ap = apack + (ir / MR) * kk * MR;
-                        float* cp = cat(ic + ir, jc + jr);
+                        float* cp = cat(s, ic + ir, vj);
                         if (h == MR && w == NR) {
                             const float* pf_b = bnext ? bnext + (call % 8) * pf_chunk : nullptr;
                             const float* pf_c = nullptr;
                             if (ir + 2 * MR <= mc)
                                 pf_c = cp + MR * ldcw;                   // tile below
-                            else if (jr + 2 * NR <= nc && mc >= MR)
-                                pf_c = cat(ic, jc + jr + NR);            // top of next column
+                            else if (jr + 2 * NR <= nc && seg_left >= 2 * NR && mc >= MR)
+                                pf_c = cat(s, ic, vj + NR);              // top of next column
                             cx.ki.fn(kk, ap, bp, ldbp, cp, ldcw, ep, pf_b, pf_c);
                         } else {
                             edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
@@ -666,9 +730,13 @@ void run_task(const Ctx& cx, int64_t task) {
                 }
             }
         }
-        // The 16-bit C panel: rounded once, after the last k block, bias and GeLU.
-        if (c16)
-            for (int64_t i = i0; i < i1; ++i) cx.narrow_c(cx.c16 + i * g.ldc + jc, ws + (i - i0) * ldw, nc);
+        // The 16-bit C panels: rounded once, after the last k block, bias and GeLU.
+        if (cx.any_c16)
+            for_pieces(jc, nc, [&](const Seg& s, int64_t vj, int64_t e) {
+                if (!s.c16) return;
+                for (int64_t i = i0; i < i1; ++i)
+                    s.narrow_c(s.c16 + i * s.g->ldc + (vj - s.v0), ws + (i - i0) * ldw + (vj - jc), e - vj);
+            });
     }
 }
 
@@ -690,12 +758,19 @@ constexpr double kStraggler = SW_GEMM_STRAGGLER; // expected lateness of the slo
 // the packing of its A rows and B columns (so tasks should be large and square-ish) plus a fixed
 // overhead (so tiny problems stay in one task). The straggler term favours a few more, smaller
 // tasks when they cost little extra packing: threads that share a machine do not all run at the same
-// speed. At most 4P tasks. Any split gives the same bits (determinism contract).
+// Chooses the task grid: tm x tn tasks of mt x nt (multiples of MR / NR). Minimises the estimated
+// makespan (ceil(T / P) + kStraggler) * cost(task), where a task's cost is its micro-kernel flops plus
+// the packing of its A rows and B columns (so tasks should be large and square-ish) plus a fixed
+// overhead (so tiny problems stay in one task). The straggler term favours a few more, smaller
+// tasks when they cost little extra packing: threads that share a machine do not all run at the same
+// speed. At most 4P tasks. Any split gives the same bits (determinism contract). The columns are the
+// virtual ones (cx.nv; a grouped run's segments are NR-aligned, so its NR tiles are ceil(nv / NR)).
 void plan_tasks(Ctx& cx, int P) {
     const GemmProblem& g = *cx.g;
     const int64_t MR = cx.ki.mr, NR = cx.ki.nr;
+    const int64_t n = cx.nv;
     const double kk = static_cast<double>(std::max<int64_t>(g.k, 1));
-    const int64_t mtiles = ceil_div(g.m, MR), ntiles = ceil_div(g.n, NR);
+    const int64_t mtiles = ceil_div(g.m, MR), ntiles = ceil_div(n, NR);
     const int64_t max_tasks = std::max<int64_t>(1, 4 * static_cast<int64_t>(P));
 
     double best = -1.0;
@@ -704,14 +779,14 @@ void plan_tasks(Ctx& cx, int P) {
         if (ceil_div(g.m, mt) != tm) continue;  // same split as a smaller tm
         for (int64_t tn = 1; tn <= std::min(ntiles, max_tasks / tm); ++tn) {
             const int64_t nt = ceil_div(ntiles, tn) * NR;
-            if (ceil_div(g.n, nt) != tn) continue;
+            if (ceil_div(n, nt) != tn) continue;
             const double T = static_cast<double>(tm * tn);
             const double task_flops = 2.0 * static_cast<double>(mt) * static_cast<double>(nt) * kk;
             if (T > 1 && task_flops < kMinTaskFlops) continue;  // not worth waking another thread
             const double rows = static_cast<double>(std::min(mt, g.m));
-            const double cols = static_cast<double>(std::min(nt, g.n));
-            const double a_packs = static_cast<double>(ceil_div(std::min(nt, g.n), cx.ki.nc));
-            const double b_pack = cx.b_inplace ? 0.1 : 1.0;
+            const double cols = static_cast<double>(std::min(nt, n));
+            const double a_packs = static_cast<double>(ceil_div(std::min(nt, n), cx.ki.nc));
+            const double b_pack = cx.all_inplace ? 0.1 : 1.0;
             const double cost = task_flops + kPackCost * (rows * a_packs + cols * b_pack) * kk + kTaskOverhead;
             const double makespan = (std::ceil(T / P) + (T > 1 ? kStraggler : 0.0)) * cost;
             // On (near) ties keep the fewer, larger tasks (less packing).
@@ -726,73 +801,125 @@ void plan_tasks(Ctx& cx, int P) {
     }
 }
 
+// The kernel a problem runs (a kernel this CPU cannot run is replaced by the best supported one) and its path.
+struct Choice {
+    KernelInfo ki;
+    Path path;
+};
+
+Choice choose(const GemmProblem& p, Kernel kernel) {
+    const Kernel k = resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto);
+    if (p.a_type == SW_DTYPE_F32) return {kernel_info(k), Path::F32};
+    const bool pairs = k == Kernel::Avx512Bf16 && p.a_type == SW_DTYPE_BF16;
+    return {pairs ? kernel_info_avx512bf16() : kernel_info(k), pairs ? Path::Pairs : Path::Widen};
+}
+
+// The run of members[0..count) (all sharing op(A), m and k) as the segments segs[0..count) (filled here).
+Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choice& ch) {
+    const GemmProblem& a = *members[0];
+    const KernelInfo& ki = ch.ki;
+    // op(A) = A and op(B) = B^T need transposing packs: the kernel's SIMD version where it has one. (Widened
+    // panels are packed from fp32 rows, copy or transposing pack, as for fp32 operands.)
+    PackFn pack_a = pack_fn(ki.mr, !a.trans_a);
+    if (!a.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
+    Ctx cx{&a, ki, pack_a, ch.path == Path::F32 ? pack_panels_fn(ki.nr) : nullptr,
+           KSplit(a.k, ki.kc, ch.path == Path::Pairs ? 2 : 1)};
+    cx.path = ch.path;
+    cx.a = static_cast<const float*>(a.a);
+    cx.a16 = static_cast<const uint16_t*>(a.a);
+    cx.widen_in = a.a_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
+    cx.segs = segs;
+    cx.nsegs = count;
+    cx.all_inplace = true;
+    int64_t v0 = 0;
+    for (int i = 0; i < count; ++i) {
+        const GemmProblem& p = *members[i];
+        Seg& s = segs[i];
+        s = Seg{};
+        s.g = &p;
+        s.v0 = v0;
+        s.n = p.n;
+        v0 += round_up(p.n, ki.nr);
+        s.pack_b = pack_fn(ki.nr, p.trans_b);
+        if (p.trans_b && ki.pack_trans_nr) s.pack_b = ki.pack_trans_nr;
+        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= ki.mr;
+        cx.all_inplace = cx.all_inplace && s.b_inplace;
+        if (ch.path == Path::F32) s.b = static_cast<const float*>(p.b);
+        else s.b16 = static_cast<const uint16_t*>(p.b);
+        if (p.c_type == SW_DTYPE_F32) {
+            s.c = static_cast<float*>(p.c);
+            s.bias = static_cast<const float*>(p.bias);
+        } else {
+            s.c16 = static_cast<uint16_t*>(p.c);
+            s.bias16 = static_cast<const uint16_t*>(p.bias);
+            s.widen_c = p.c_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
+            s.narrow_c = p.c_type == SW_DTYPE_BF16 ? ki.narrow_bf16 : ki.narrow_f16;
+            cx.any_c16 = true;
+        }
+    }
+    cx.nv = segs[count - 1].end();
+    return cx;
+}
+
 } // namespace
 
-// A kernel this CPU cannot run is replaced by the best supported one (resolve_kernel(Auto)); callers
-// are expected to have checked kernel_supported() when the choice matters.
-void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
+void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) { gemm(args, kernel, pool); }
+
+void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
     if (args.m <= 0 || args.n <= 0) return;
-    const KernelInfo ki = kernel_info(kernel_supported(kernel) ? kernel : Kernel::Auto);
-
-    // op(A) = A and op(B) = B^T need transposing packs: the kernel's SIMD version where it has one.
-    PackFn pack_a = pack_fn(ki.mr, !args.trans_a);
-    if (!args.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
-    PackFn pack_b = pack_fn(ki.nr, args.trans_b);
-    if (args.trans_b && ki.pack_trans_nr) pack_b = ki.pack_trans_nr;
-    Ctx cx{&args, ki, pack_a, pack_b, pack_panels_fn(ki.nr), KSplit(args.k, ki.kc, 1), 0, 0, 1, 1, false};
-    cx.b_inplace = !args.trans_b && args.k > 0 && args.m <= ki.mr;
-    cx.a = static_cast<const float*>(args.a);
-    cx.b = static_cast<const float*>(args.b);
-    cx.c = static_cast<float*>(args.c);
-    cx.bias = static_cast<const float*>(args.bias);
+    const GemmProblem* member = &args;
+    Seg seg;
+    Ctx cx = make_ctx(&member, 1, &seg, choose(args, kernel));
     plan_tasks(cx, pool.size());
-
     const int64_t ntasks = cx.tm * cx.tn;
     const Ctx* pcx = &cx;
     // The lambda captures one pointer: std::function stores it without allocating.
     pool.parallel_for(ntasks, [pcx](int64_t t) { run_task(*pcx, t); });
 }
 
-void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
-    const sw_dtype in = args.a_type;
-    if (in == SW_DTYPE_F32) {
-        sgemm(args, kernel, pool);
-        return;
-    }
-    if (args.m <= 0 || args.n <= 0) return;
-    const Kernel k = resolve_kernel(kernel_supported(kernel) ? kernel : Kernel::Auto);
-    const bool pairs = k == Kernel::Avx512Bf16 && in == SW_DTYPE_BF16;
-    const KernelInfo ki = pairs ? kernel_info_avx512bf16() : kernel_info(k);
-
-    // Widened panels are packed from fp32 rows (copy or transposing pack, as for fp32 operands).
-    PackFn pack_a = pack_fn(ki.mr, !args.trans_a);
-    if (!args.trans_a && ki.pack_trans_mr) pack_a = ki.pack_trans_mr;
-    PackFn pack_b = pack_fn(ki.nr, args.trans_b);
-    if (args.trans_b && ki.pack_trans_nr) pack_b = ki.pack_trans_nr;
-    Ctx cx{&args, ki, pack_a, pack_b, nullptr, KSplit(args.k, ki.kc, pairs ? 2 : 1), 0, 0, 1, 1, false};
-    cx.path = pairs ? Path::Pairs : Path::Widen;
-    cx.a16 = static_cast<const uint16_t*>(args.a);
-    cx.b16 = static_cast<const uint16_t*>(args.b);
-    cx.widen_in = in == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
-    if (args.c_type == SW_DTYPE_F32) {
-        cx.c = static_cast<float*>(args.c);
-        cx.bias = static_cast<const float*>(args.bias);
-    } else {
-        cx.c16 = static_cast<uint16_t*>(args.c);
-        cx.bias16 = static_cast<const uint16_t*>(args.bias);
-        cx.widen_c = args.c_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
-        cx.narrow_c = args.c_type == SW_DTYPE_BF16 ? ki.narrow_bf16 : ki.narrow_f16;
-    }
-    plan_tasks(cx, pool.size());
-
-    const int64_t ntasks = cx.tm * cx.tn;
-    const Ctx* pcx = &cx;
-    pool.parallel_for(ntasks, [pcx](int64_t t) { run_task(*pcx, t); });
-}
-
-// Contract stub (issue 15): the members one by one. Part B replaces it with the shared-packing driver.
+// Members that share op(A) (same pointer, type, transpose, lda, m and k: the same packed A blocks) form one run whose
+// segments are their columns; the runs' tasks go to the pool as one job. Each member's columns see exactly what
+// gemm() would give them (same kernel, path, k blocks, packed values and epilogue: determinism contract), so its C
+// is bit for bit gemm(problems[i])'s.
 void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, ThreadPool& pool) {
-    for (int32_t i = 0; i < count; ++i) gemm(problems[i], kernel, pool);
+    std::vector<const GemmProblem*> order;  // members grouped by op(A), each group in member order
+    std::vector<int> starts;                // group g: order[starts[g] .. starts[g + 1])
+    order.reserve(static_cast<size_t>(count));
+    std::vector<char> taken(static_cast<size_t>(count), 0);
+    const auto same_a = [](const GemmProblem& x, const GemmProblem& y) {
+        return x.a == y.a && x.a_type == y.a_type && x.trans_a == y.trans_a && x.lda == y.lda && x.m == y.m &&
+               x.k == y.k;
+    };
+    for (int32_t i = 0; i < count; ++i) {
+        if (taken[static_cast<size_t>(i)] || problems[i].m <= 0 || problems[i].n <= 0) continue;
+        starts.push_back(static_cast<int>(order.size()));
+        for (int32_t j = i; j < count; ++j) {
+            if (taken[static_cast<size_t>(j)] || problems[j].n <= 0 || !same_a(problems[i], problems[j])) continue;
+            taken[static_cast<size_t>(j)] = 1;
+            order.push_back(&problems[j]);
+        }
+    }
+    const int ngroups = static_cast<int>(starts.size());
+    if (ngroups == 0) return;
+    starts.push_back(static_cast<int>(order.size()));
+
+    std::vector<Seg> segs(order.size());
+    std::vector<Ctx> runs;
+    std::vector<int64_t> first_task(static_cast<size_t>(ngroups) + 1, 0);
+    runs.reserve(static_cast<size_t>(ngroups));
+    for (int gi = 0; gi < ngroups; ++gi) {
+        const int b = starts[static_cast<size_t>(gi)], e = starts[static_cast<size_t>(gi) + 1];
+        runs.push_back(make_ctx(order.data() + b, e - b, segs.data() + b, choose(*order[static_cast<size_t>(b)], kernel)));
+        plan_tasks(runs.back(), pool.size());
+        first_task[static_cast<size_t>(gi) + 1] = first_task[static_cast<size_t>(gi)] + runs.back().tm * runs.back().tn;
+    }
+    const std::vector<Ctx>* pruns = &runs;
+    const std::vector<int64_t>* pfirst = &first_task;
+    pool.parallel_for(first_task.back(), [pruns, pfirst](int64_t t) {
+        const auto it = std::upper_bound(pfirst->begin(), pfirst->end(), t);
+        const size_t gi = static_cast<size_t>(it - pfirst->begin()) - 1;
+        run_task((*pruns)[gi], t - (*pfirst)[gi]);
+    });
 }
 
 } // namespace sw::cpu

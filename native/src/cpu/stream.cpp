@@ -2,11 +2,35 @@
 
 #include "core/error.h"
 
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 namespace sw::cpu {
 
 namespace {
 thread_local bool t_on_stream_worker = false;
+
+// Runs fn; turns an exception into a status and message as the queue reports them.
+sw_status run_caught(const std::function<void()>& fn, std::string* message) {
+    try {
+        fn();
+        return SW_OK;
+    } catch (const Error& e) {
+        *message = e.message();
+        return e.status();
+    } catch (const std::bad_alloc&) {
+        *message = "out of memory while running queued work";
+        return SW_ERR_OUT_OF_MEMORY;
+    } catch (const std::exception& e) {
+        *message = str("internal error in queued work: ", e.what());
+        return SW_ERR_INTERNAL;
+    } catch (...) {
+        *message = "internal error in queued work: unknown exception";
+        return SW_ERR_INTERNAL;
+    }
 }
+} // namespace
 
 bool on_stream_worker() { return t_on_stream_worker; }
 
@@ -25,19 +49,32 @@ void Stream::enqueue(std::function<void()> fn, bool always) {
     {
         std::lock_guard<std::mutex> lock(mu_);
         queue_.push_back(Op{std::move(fn), always});
-        ++enqueued_;
+        enqueued_.store(enqueued_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     }
     cv_work_.notify_one();
 }
 
+bool Stream::idle() const {
+    // completed_ first: it never exceeds enqueued_, so equal counts mean nothing was pending at the second load.
+    const uint64_t done = completed_.load(std::memory_order_acquire);
+    return done == enqueued_.load(std::memory_order_acquire) && !error_flag_.load(std::memory_order_relaxed);
+}
+
 sw_status Stream::synchronize(std::string* message) {
+    // Fast path: everything queued before this call has completed (the acquire load of completed_ orders its work
+    // and its error before us) and no error is pending.
+    if (idle()) {
+        if (message) message->clear();
+        return SW_OK;
+    }
     std::unique_lock<std::mutex> lock(mu_);
-    const uint64_t target = enqueued_;
-    cv_done_.wait(lock, [&] { return completed_ >= target; });
+    const uint64_t target = enqueued_.load(std::memory_order_relaxed);
+    cv_done_.wait(lock, [&] { return completed_.load(std::memory_order_relaxed) >= target; });
     const sw_status status = error_;
     if (message) *message = error_message_;
     error_ = SW_OK;
     error_message_.clear();
+    error_flag_.store(false, std::memory_order_relaxed);
     return status;
 }
 
@@ -46,14 +83,112 @@ std::string Stream::pending_error() const {
     return error_ == SW_OK ? std::string() : error_message_;
 }
 
-// Contract stub (issue 15): never inline yet. Part A implements it.
-bool Stream::run_inline_if_idle(Stream* const*, int, const std::function<void()>&) { return false; }
+void Stream::complete_locked(sw_status status, std::string&& message) {
+    if (status != SW_OK && error_ == SW_OK) {
+        error_ = status;
+        error_message_ = std::move(message);
+        error_flag_.store(true, std::memory_order_relaxed);
+    }
+    completed_.store(completed_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+}
+
+bool Stream::run_inline_if_idle(Stream* const* streams, int count, const std::function<void()>& fn) {
+    if (count < 1 || t_on_stream_worker) return false;
+    // Lock-free pre-check: a busy stream is the common reason to say no.
+    for (int i = 0; i < count; ++i)
+        if (!streams[i]->idle()) return false;
+
+    // Distinct streams in address order (the lock order of every caller).
+    Stream* small[8];
+    std::vector<Stream*> big;
+    Stream** list = small;
+    if (count > 8) {
+        big.assign(streams, streams + count);
+        list = big.data();
+    } else {
+        std::copy(streams, streams + count, small);
+    }
+    std::sort(list, list + count);
+    const int n = static_cast<int>(std::unique(list, list + count) - list);
+
+    // Claim: every stream idle under its lock, then marked busy (one pseudo-operation each).
+    int locked = 0;
+    bool ok = true;
+    for (; locked < n; ++locked) {
+        Stream* s = list[locked];
+        s->mu_.lock();
+        if (s->stop_ || s->inline_busy_ || s->error_ != SW_OK ||
+            s->completed_.load(std::memory_order_relaxed) != s->enqueued_.load(std::memory_order_relaxed)) {
+            ok = false;
+            ++locked;
+            break;
+        }
+    }
+    if (ok)
+        for (int i = 0; i < n; ++i) {
+            list[i]->inline_busy_ = true;
+            list[i]->enqueued_.store(list[i]->enqueued_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        }
+    for (int i = locked - 1; i >= 0; --i) list[i]->mu_.unlock();
+    if (!ok) return false;
+
+    std::string message;
+    const sw_status status = run_caught(fn, &message);
+
+    for (int i = 0; i < n; ++i) {
+        Stream* s = list[i];
+        bool queued;
+        {
+            std::lock_guard<std::mutex> lock(s->mu_);
+            s->inline_busy_ = false;
+            s->complete_locked(status, std::string(message));
+            queued = !s->queue_.empty();
+        }
+        s->cv_done_.notify_all();
+        if (queued) s->cv_work_.notify_one(); // work queued meanwhile may start now
+    }
+    return true;
+}
+
+double Stream::measure_round_trip_ns(int rounds) {
+    if (rounds < 1) rounds = 1;
+    std::vector<double> ns;
+    ns.reserve(static_cast<size_t>(rounds));
+    std::mutex m;
+    std::condition_variable cv;
+    for (int r = 0; r < rounds; ++r) {
+        bool ran = false;
+        const auto t0 = std::chrono::steady_clock::now();
+        enqueue(
+            [&] {
+                std::lock_guard<std::mutex> g(m);
+                ran = true;
+                cv.notify_one();
+            },
+            /*always=*/true);
+        {
+            std::unique_lock<std::mutex> lk(m);
+            cv.wait(lk, [&] { return ran; });
+        }
+        ns.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count());
+    }
+    // The operation's completion is recorded right after it ran: wait for that too, so the stream is as idle as
+    // before (the caller may want to inline next).
+    {
+        std::unique_lock<std::mutex> lock(mu_);
+        const uint64_t target = enqueued_.load(std::memory_order_relaxed);
+        cv_done_.wait(lock, [&] { return completed_.load(std::memory_order_relaxed) >= target; });
+    }
+    std::nth_element(ns.begin(), ns.begin() + static_cast<std::ptrdiff_t>(ns.size() / 2), ns.end());
+    return ns[ns.size() / 2];
+}
 
 void Stream::run() {
     t_on_stream_worker = true;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-        cv_work_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        // Queued work waits while an inline operation holds the stream.
+        cv_work_.wait(lock, [&] { return (stop_ && !inline_busy_) || (!queue_.empty() && !inline_busy_); });
         if (queue_.empty()) {
             if (stop_) return; // drained
             continue;
@@ -64,30 +199,10 @@ void Stream::run() {
         lock.unlock();
         sw_status status = SW_OK;
         std::string message;
-        if (!skip) {
-            try {
-                op.fn();
-            } catch (const Error& e) {
-                status = e.status();
-                message = e.message();
-            } catch (const std::bad_alloc&) {
-                status = SW_ERR_OUT_OF_MEMORY;
-                message = "out of memory while running queued work";
-            } catch (const std::exception& e) {
-                status = SW_ERR_INTERNAL;
-                message = str("internal error in queued work: ", e.what());
-            } catch (...) {
-                status = SW_ERR_INTERNAL;
-                message = "internal error in queued work: unknown exception";
-            }
-        }
+        if (!skip) status = run_caught(op.fn, &message);
         op.fn = nullptr; // release captured references outside the lock's critical path
         lock.lock();
-        if (status != SW_OK && error_ == SW_OK) {
-            error_ = status;
-            error_message_ = std::move(message);
-        }
-        ++completed_;
+        complete_locked(status, std::move(message));
         cv_done_.notify_all();
     }
 }

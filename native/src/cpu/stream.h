@@ -1,9 +1,11 @@
 // In-order asynchronous work queue of the CPU backend: one worker thread per stream, like a CUDA stream.
 // Compute-heavy operations hand their tiles to the device's ThreadPool and wait, so the worker threads
-// of many streams do not oversubscribe the machine.
+// of many streams do not oversubscribe the machine. Small work may instead run on the caller's thread
+// when the stream is idle (run_inline_if_idle): the order and error rules are the same as for queued work.
 #pragma once
 #include "shardwise.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -31,22 +33,36 @@ public:
     void enqueue(std::function<void()> fn, bool always = false);
 
     // Blocks until everything queued before the call has run; returns the first error since the last
-    // report (SW_OK if none) with its message, and clears it.
+    // report (SW_OK if none) with its message, and clears it. An idle stream without an error answers from
+    // two atomic loads (no lock, no system call).
     sw_status synchronize(std::string* message);
+
+    // True when nothing is queued or running on the stream and no error is pending (a hint: another thread
+    // may queue work right after; lock-free).
+    bool idle() const;
 
     // Runs fn on the calling thread, now, when every stream in streams[0..count) is idle (nothing queued or running;
     // a stream may be listed twice), and returns true; otherwise runs nothing and returns false (the caller then
     // queues the work as usual). While fn runs the listed streams count as busy: work queued on them meanwhile waits
     // behind it and synchronize waits for it. fn is ordinary work: an exception it throws is recorded as the pending
     // error of every listed stream (reported by their next synchronize), exactly as if it had run queued. Streams
-    // with a pending error are not idle (false: the queued path applies the skip rule). Never from a stream worker.
+    // with a pending error are not idle (false: the queued path applies the skip rule). From a stream worker (where
+    // it must not be called) it returns false. The streams are locked in address order, so concurrent calls with
+    // overlapping lists cannot deadlock.
     static bool run_inline_if_idle(Stream* const* streams, int count, const std::function<void()>& fn);
 
     // Called from an operation running on this stream: the pending error's message, or empty.
     std::string pending_error() const;
 
+    // The median, over `rounds` trips, of the time (ns) from queueing an empty operation on this stream to the
+    // caller learning that it ran, the caller sleeping meanwhile: the cost of one hand-off to the worker and
+    // back. Leaves the stream's error state alone. For the CPU backend's choice between queueing and inlining.
+    double measure_round_trip_ns(int rounds);
+
 private:
     void run();
+    // Records an error (first one wins) and one completed operation; mu_ held.
+    void complete_locked(sw_status status, std::string&& message);
 
     struct Op {
         std::function<void()> fn;
@@ -55,7 +71,12 @@ private:
     mutable std::mutex mu_;
     std::condition_variable cv_work_, cv_done_;
     std::deque<Op> queue_;
-    uint64_t enqueued_ = 0, completed_ = 0;
+    // Operations queued (or running inline) / finished. Written under mu_; read without it by idle() and the
+    // fast path of synchronize. completed_ is stored (release) after error_flag_, so whoever sees the count
+    // sees the error too.
+    std::atomic<uint64_t> enqueued_{0}, completed_{0};
+    std::atomic<bool> error_flag_{false}; // error_ != SW_OK
+    bool inline_busy_ = false;            // fn of run_inline_if_idle is running: the worker must not start work
     sw_status error_ = SW_OK;
     std::string error_message_;
     bool stop_ = false;
