@@ -164,7 +164,8 @@ internal static unsafe class ShapeComparison
 
         Console.WriteLine(table);
         Console.WriteLine("  ours / other = median time per call (ms, or µs where marked); ratio = median over the rounds of the per-round");
-        Console.WriteLine("  ratio; IQR = its interquartile range; verdict = whether the median meets the issue's target on this machine.");
+        Console.WriteLine("  ratio (the µs/call lines: the time per call in µs itself); IQR = its interquartile range; verdict = whether the");
+        Console.WriteLine("  median meets the issue's target on this machine.");
         Console.WriteLine();
         Console.WriteLine($"targets met: {met}, not met: {notMet}; total time {total.Elapsed.TotalSeconds:0.0} s");
         if (failures.Count == 0)
@@ -283,8 +284,9 @@ internal static unsafe class ShapeComparison
             string blas = Us(r, 2);
             var gemm = r.Microseconds(0);
             var shard = r.Microseconds(1);
-            line("1×64×64", "Gemm.Multiply + Synchronize, µs/call (other: cblas_sgemm)", Us(r, 0), blas, r.Ratio(2, 0), "≤ 2 µs", gemm.Median <= 2);
-            line("1×64×64", "ShardedGemm.Forward p=4, µs/call (other: cblas_sgemm)", Us(r, 1), blas, r.Ratio(2, 1), "≤ 4 µs", shard.Median <= 4);
+            // Absolute targets: the ratio columns of these lines give the per-call time itself in µs (median, IQR, min..max).
+            line("1×64×64", "Gemm.Multiply + Synchronize: µs/call (other: cblas_sgemm)", Us(r, 0), blas, gemm, "≤ 2 µs", gemm.Median <= 2);
+            line("1×64×64", "ShardedGemm.Forward p=4: µs/call (other: cblas_sgemm)", Us(r, 1), blas, shard, "≤ 4 µs", shard.Median <= 4);
         }
         finally
         {
