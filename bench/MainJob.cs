@@ -12,7 +12,8 @@ namespace Shardwise.Bench;
 /// <para>
 /// For each shape M×K×N and each rank count p, W (K × N) is loaded shard by shard through a <see cref="WeightSource"/>
 /// into a <see cref="ShardedGemm"/> over <c>ProcessGroup.CreateLocal(device, p)</c>; Forward is warmed up and timed
-/// (median of several runs). Y is checked against a float64 reference (all rows for small shapes, a random sample of
+/// interleaved with the unsharded GEMM of the same shape (Support/Interleaved.cs: rounds of both in rotating order; "vs
+/// unsharded" is the median of the per-round ratios with its spread). Y is checked against a float64 reference (all rows for small shapes, a random sample of
 /// rows otherwise) with a tolerance scaled by K, and compared bit for bit with the unsharded
 /// <see cref="Gemm.Multiply"/> of the same shape. A <see cref="ColumnParallelLinear"/> layer (with bias, gathered
 /// output) then runs under <see cref="Spmd.Run"/> and is verified the same way on every rank.
