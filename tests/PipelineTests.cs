@@ -220,9 +220,10 @@ public class PipelineTests(Backend backend) : BackendTest(backend)
     {
         // Each stage's busy time is the sum of its forwards' and backwards' durations from the engine's own timeline; the
         // step's window lies between the barriers that frame it. Forward and backward take fixed times (the sleeping
-        // stage), 50 ms and 100 ms: a transfer's hand-over between the ranks' threads costs up to a few milliseconds on a
-        // busy 2-core machine, and lies on the step's critical path, so the stages' times must dwarf it.
-        const int tf = 50, tb = 100;
+        // stage), 100 ms and 200 ms: a transfer's hand-over between the ranks' threads costs up to a few milliseconds on a
+        // busy 2-core machine (tens under ASan with other jobs running: 50 / 100 ms once measured 0.24 for a plan of
+        // 0.20), and lies on the step's critical path, so the stages' times must dwarf it.
+        const int tf = 100, tb = 200;
         var x = RandomArray(NewRandom(), 2L * m * H);
         double expected = PipelineSchedules.IdleFraction(stages, m);
         var plan = MeshPlan.FeedForwardStack(stages, H, F, 2L * m, stages, 1, 1, m, schedule);
