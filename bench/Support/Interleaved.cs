@@ -48,7 +48,8 @@ internal static class Interleaved
 
     /// <summary>
     /// Calls per turn: each variant is called once (warm-up), then timed over at least 1 ms of calls; a call shorter
-    /// than the slice is repeated to about the slice. 0 for a null variant.
+    /// than the slice is repeated to about the slice. A warm-up call of 10 slices or more means one call per turn
+    /// without the timed calls. 0 for a null variant.
     /// </summary>
     public static int[] Calibrate(IReadOnlyList<Action?> variants, InterleaveSettings settings)
     {
@@ -56,7 +57,13 @@ internal static class Interleaved
         for (int v = 0; v < variants.Count; v++)
         {
             if (variants[v] is not { } run) continue;
+            long w0 = Stopwatch.GetTimestamp();
             run();
+            if (Stopwatch.GetElapsedTime(w0).TotalMilliseconds >= 10 * settings.SliceMs)
+            {
+                reps[v] = 1; // a call this long runs once per turn whatever its first-call overhead was
+                continue;
+            }
             int calls = 0;
             long t0 = Stopwatch.GetTimestamp();
             double elapsed;
