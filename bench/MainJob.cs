@@ -12,7 +12,8 @@ namespace Shardwise.Bench;
 /// <para>
 /// For each shape M×K×N and each rank count p, W (K × N) is loaded shard by shard through a <see cref="WeightSource"/>
 /// into a <see cref="ShardedGemm"/> over <c>ProcessGroup.CreateLocal(device, p)</c>; Forward is warmed up and timed
-/// (median of several runs). Y is checked against a float64 reference (all rows for small shapes, a random sample of
+/// interleaved with the unsharded GEMM of the same shape (Support/Interleaved.cs: rounds of both in rotating order; "vs
+/// unsharded" is the median of the per-round ratios with its spread). Y is checked against a float64 reference (all rows for small shapes, a random sample of
 /// rows otherwise) with a tolerance scaled by K, and compared bit for bit with the unsharded
 /// <see cref="Gemm.Multiply"/> of the same shape. A <see cref="ColumnParallelLinear"/> layer (with bias, gathered
 /// output) then runs under <see cref="Spmd.Run"/> and is verified the same way on every rank.
@@ -24,7 +25,7 @@ internal static class MainJob
     // Shapes (M, K, N). N = 1000 is not a multiple of any SIMD width (shards of 500/250/125 columns exercise the
     // kernels' edge tiles); N = 1030 gives truly uneven shards (515,515 / 258,258,257,257 / 129×6,128×2);
     // M = 1 is the GEMV-like decode step.
-    private static readonly (int M, int K, int N)[] FullShapes =
+    internal static readonly (int M, int K, int N)[] FullShapes =
     [
         (512, 1024, 1024),
         (1024, 2048, 2048),
@@ -34,7 +35,7 @@ internal static class MainJob
         (1, 4096, 4096),
     ];
 
-    private static readonly (int M, int K, int N)[] QuickShapes =
+    internal static readonly (int M, int K, int N)[] QuickShapes =
     [
         (128, 256, 256),
         (256, 512, 500),
@@ -52,8 +53,8 @@ internal static class MainJob
         public string? Kernel;                     // null: the device's default ("auto")
         public List<(int M, int K, int N)> Shapes = [];
         public int[] Ranks = DefaultRanks;
-        public double BudgetMs = 400;              // timed runs per case: about this long, within [MinReps, MaxReps]
-        public int MinReps = 3, MaxReps = 15;
+        public double BudgetMs = 400;              // interleaved rounds per case: about this long, within [MinReps, MaxReps]
+        public int MinReps = 9, MaxReps = 31;      // rounds of the interleaved timing (unsharded GEMM, sharded Forward)
         public int PrecisionRounds = 5;            // rounds of the side-by-side bf16/fp32 comparison (0: skip it)
     }
 
@@ -102,7 +103,7 @@ internal static class MainJob
         w.WriteLine(indent + "  --kernel NAME   CPU GEMM micro-kernel: auto, avx512, avx2, generic (default: auto)");
         w.WriteLine(indent + "  --shape MxKxN   a shape to run instead of the default list (repeatable)");
         w.WriteLine(indent + "  --ranks LIST    rank counts, comma-separated (default 1,2,4,8)");
-        w.WriteLine(indent + "  --budget-ms MS  target time of the timed repetitions of one case (default 400; 3..15 runs)");
+        w.WriteLine(indent + "  --budget-ms MS  target time of the interleaved rounds of one case (default 400, --quick 100; 9..31 rounds)");
         w.WriteLine(indent + "  --precision-rounds N  rounds of the side-by-side CPU comparison: Shardwise bf16 vs oneDNN bf16 matmul and vs");
         w.WriteLine(indent + "                  Shardwise fp32, fp32 vs dnnl_sgemm and OpenBLAS (default 5, --quick 3; 0 skips it)");
     }
@@ -168,7 +169,8 @@ internal static class MainJob
         Console.WriteLine($"  device    : {device.Name} ({device.Backend}, {device.NumThreads} compute threads, {device.TotalMemoryBytes / (1 << 20)} MiB)");
         if (device.Backend == Backend.Cpu) Console.WriteLine($"  kernel    : {device.Kernel}");
         Console.WriteLine($"  runtime   : {RuntimeInformation.FrameworkDescription}, {RuntimeInformation.OSDescription}, {Environment.ProcessorCount} logical processors");
-        Console.WriteLine($"  timing    : 1 warm-up, then the median of {o.MinReps}..{o.MaxReps} runs (~{o.BudgetMs:0} ms per case), Stopwatch around Forward (which synchronizes)");
+        Console.WriteLine($"  timing    : per rank count, the unsharded GEMM and Forward (which synchronizes) alternate in rotating order, {o.MinReps}..{o.MaxReps} rounds");
+        Console.WriteLine($"              (~{o.BudgetMs:0} ms per case; a turn repeats a short call to ~2 ms), after 1 warm-up call each");
         Console.WriteLine();
 
         var table = new TextTable(("shape (M×K×N)", false), ("ranks", true), ("shard widths", false), ("median ms", true),
@@ -196,7 +198,9 @@ internal static class MainJob
 
         Console.WriteLine(table);
         Console.WriteLine("  ranks GEMM = the unsharded Gemm.Multiply of the full shape on one stream (the baseline of 'vs unsharded' and of");
-        Console.WriteLine("  'bit-identical'); GFLOP/s = 2·M·N·K / median; max rel err = max |Y − Y₆₄| / Σ_k |X·W| over the verified rows;");
+        Console.WriteLine("  'bit-identical'); median ms = median time per call over the rounds; GFLOP/s = 2·M·N·K / median;");
+        Console.WriteLine("  vs unsharded = per round, unsharded time / sharded time (> 1: sharded faster): median [min..max] over the rounds;");
+        Console.WriteLine("  max rel err = max |Y − Y₆₄| / Σ_k |X·W| over the verified rows;");
         Console.WriteLine("  tol = 4·√K·2⁻²⁴; alloc B/call = managed bytes a steady-state Forward allocates on the calling thread (target 0).");
         Console.WriteLine();
 
@@ -270,27 +274,30 @@ internal static class MainJob
         var xView = xBuf.AsMatrix(m, k);
         var yView = yBuf.AsMatrix(m, n);
 
-        // Unsharded baseline: Gemm.Multiply of the whole shape on one stream (+ synchronize).
+        // Unsharded baseline: Gemm.Multiply of the whole shape on one stream (+ synchronize). Its result (on a Y filled
+        // with NaN) is the reference of 'bit-identical'; while timing, it writes into a Y of its own, so that it can
+        // never fill in a block the sharded forward left unwritten.
         var yBaseline = new float[(long)m * n];
-        double baselineMs;
-        using (var wFull = source.LoadBlock(stream, 0, 0, k, n)!)
+        using var wFull = source.LoadBlock(stream, 0, 0, k, n)!;
+        using var yUnshardedBuf = device.Allocate<float>((long)m * n);
+        var wView = wFull.AsMatrix(k, n);
+        var yUnsharded = yUnshardedBuf.AsMatrix(m, n);
+        yBuf.Fill(float.NaN, stream);
+        Gemm.Multiply(stream, xView, wView, yView);
+        stream.Synchronize();
+        yBuf.CopyTo(yBaseline, stream);
+        Action unsharded = () =>
         {
-            var wView = wFull.AsMatrix(k, n);
-            yBuf.Fill(float.NaN, stream);
-            baselineMs = Median(() =>
-            {
-                Gemm.Multiply(stream, xView, wView, yView);
-                stream.Synchronize();
-            }, o);
-            yBuf.CopyTo(yBaseline, stream);
-        }
+            Gemm.Multiply(stream, xView, wView, yUnsharded);
+            stream.Synchronize();
+        };
         double baseErr = reference.MaxRelativeError(yBaseline);
         bool baseOk = baseErr <= reference.Tolerance;
         if (!baseOk) failures.Add($"{shapeName} unsharded Gemm.Multiply: max rel err {baseErr:0.00e+0} > tol {reference.Tolerance:0.00e+0}{verified}");
-        table.Add(shapeName, "GEMM", n.ToString(CultureInfo.InvariantCulture), Ms(baselineMs), Gflops(flop, baselineMs), "1.00",
-            Err(baseErr) + verified, Err(reference.Tolerance), "(baseline)", "", baseOk ? "ok" : "FAIL");
 
         var y = new float[(long)m * n];
+        var rows = new List<string[]>();
+        var unshardedSeconds = new List<double>();
         foreach (int p in o.Ranks)
         {
             using var group = ProcessGroup.CreateLocal(device, p);
@@ -310,8 +317,12 @@ internal static class MainJob
             if (blocks.Any(b => Enumerable.Range(0, p).All(r => b.Col != plan.Offset(r) || b.Cols != plan.Size(r))))
                 problems.Add("the weight source served a block that is not exactly one shard's columns");
 
+            // Timing: the unsharded GEMM and this Forward alternate in rotating order, round by round; 'vs unsharded' is
+            // the median of the per-round ratios (unsharded time / sharded time) with its spread.
             yBuf.Fill(float.NaN, stream); // a column block that is never written shows up as NaN
-            double ms = Median(() => sharded.Forward(xView, yView), o);
+            var timing = Interleaved.Measure([unsharded, () => sharded.Forward(xView, yView)], Settings(o));
+            unshardedSeconds.AddRange(RoundStats.Column(timing.Seconds, 0));
+            double ms = timing.Milliseconds(1).Median;
             yBuf.CopyTo(y, stream);
 
             // Managed allocations of a steady-state Forward call on this thread (the target is 0).
@@ -326,12 +337,23 @@ internal static class MainJob
             if (!identical) problems.Add($"Y differs from the unsharded Gemm.Multiply in {CountDifferences(y, yBaseline)} elements");
             failures.AddRange(problems.Select(s => $"{shapeName} p={p}: {s}"));
 
-            table.Add(shapeName, p.ToString(CultureInfo.InvariantCulture), widths, Ms(ms), Gflops(flop, ms),
-                (baselineMs / ms).ToString("0.00", CultureInfo.InvariantCulture),
-                Err(err) + verified, Err(reference.Tolerance), identical ? "yes" : "NO",
-                allocated.ToString(CultureInfo.InvariantCulture), problems.Count == 0 ? "ok" : "FAIL");
+            rows.Add([shapeName, p.ToString(CultureInfo.InvariantCulture), widths, Ms(ms), Gflops(flop, ms),
+                timing.Ratio(0, 1).Format(), Err(err) + verified, Err(reference.Tolerance), identical ? "yes" : "NO",
+                allocated.ToString(CultureInfo.InvariantCulture), problems.Count == 0 ? "ok" : "FAIL"]);
         }
+
+        // The GEMM row: the unsharded call's median over every round above.
+        double baselineMs = RoundStats.Median([.. unshardedSeconds]) * 1e3;
+        table.Add(shapeName, "GEMM", n.ToString(CultureInfo.InvariantCulture), Ms(baselineMs), Gflops(flop, baselineMs), "1.00",
+            Err(baseErr) + verified, Err(reference.Tolerance), "(baseline)", "", baseOk ? "ok" : "FAIL");
+        foreach (var row in rows) table.Add(row);
     }
+
+    /// <summary>
+    /// The interleaving of one case: rounds of the unsharded GEMM and the sharded Forward, each turn ~2 ms or one call,
+    /// {MinReps}..{MaxReps} rounds filling about the budget.
+    /// </summary>
+    private static InterleaveSettings Settings(Options o) => new(o.MinReps, o.MaxReps, o.BudgetMs, SliceMs: 2);
 
     /// <summary>
     /// ColumnParallelLinear (with bias, gathered output) on p = 4 virtual ranks under Spmd.Run, one host thread per
@@ -425,23 +447,6 @@ internal static class MainJob
         {
             foreach (var buf in yRanks) buf.Dispose();
         }
-    }
-
-    /// <summary>One warm-up run, then the median of enough runs to fill the time budget (within the limits).</summary>
-    private static double Median(Action action, Options o)
-    {
-        long t0 = Stopwatch.GetTimestamp();
-        action();
-        double warm = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
-        int reps = (int)Math.Clamp(Math.Ceiling(o.BudgetMs / Math.Max(warm, 1e-3)), o.MinReps, o.MaxReps);
-        var samples = new double[reps];
-        for (int i = 0; i < reps; i++)
-        {
-            t0 = Stopwatch.GetTimestamp();
-            action();
-            samples[i] = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
-        }
-        return MedianOf(samples);
     }
 
     private static double MedianOf(double[] samples)

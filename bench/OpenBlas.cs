@@ -36,6 +36,9 @@ internal static unsafe partial class OpenBlas
     [LibraryImport(Lib)]
     private static partial nint openblas_get_corename();
 
+    /// <summary>The kernel family OpenBLAS runs (openblas_get_corename), e.g. "SkylakeX".</summary>
+    public static string CoreName() => Marshal.PtrToStringUTF8(openblas_get_corename()) ?? "?";
+
     /// <summary>e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64 (core SkylakeX)".</summary>
     public static string Describe() =>
         $"{Marshal.PtrToStringUTF8(openblas_get_config())} (core {Marshal.PtrToStringUTF8(openblas_get_corename())}, {openblas_get_num_threads()} threads)";

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 using Shardwise.Bench.Support;
@@ -123,30 +122,12 @@ internal static unsafe class PrecisionComparison
                 if (!dok) check += $"; oneDNN's {dcheck}";
             }
 
-            // Warm-up and repetitions per contender: a call shorter than budget/8 is repeated to about that long.
-            var reps = new int[run.Length];
-            for (int c = 0; c < run.Length; c++)
-            {
-                if (run[c] is not { } f) continue;
-                f();
-                var sw = Stopwatch.StartNew();
-                f();
-                double once = sw.Elapsed.TotalMilliseconds;
-                reps[c] = (int)Math.Clamp(Math.Ceiling(budgetMs / 8 / Math.Max(once, 1e-3)), 1, 1000);
-            }
-            var times = new double[rounds, run.Length];
-            for (int r = 0; r < rounds; r++)
-                for (int i = 0; i < run.Length; i++)
-                {
-                    int c = (i + r) % run.Length;
-                    if (run[c] is not { } f) continue;
-                    var sw = Stopwatch.StartNew();
-                    for (int q = 0; q < reps[c]; q++) f();
-                    times[r, c] = sw.Elapsed.TotalMilliseconds / reps[c];
-                }
+            // Warm-up, then rounds of every contender once in rotating order (a call shorter than budget/8 repeated
+            // to about that long), the ratios formed per round (Support/Interleaved.cs).
+            var result = Interleaved.Measure(run, InterleaveSettings.Fixed(rounds, budgetMs / 8) with { MaxReps = 1000 });
 
-            string Ms(int c) => run[c] is null ? "—" : Format(Median(Column(times, c)));
-            string Ratio(int other, int ours) => run[other] is null ? "—" : Summary(Enumerable.Range(0, rounds).Select(r => times[r, other] / times[r, ours]).ToArray());
+            string Ms(int c) => run[c] is null ? "—" : Format(result.Milliseconds(c).Median);
+            string Ratio(int other, int ours) => run[other] is null ? "—" : result.Ratio(other, ours).Format();
             table.Add($"{m}×{k}×{n}", Ms(Bf16Ours), Ms(Bf16OneDnn), Ms(Fp32Ours), Ms(Fp32OneDnn), Ms(Fp32OpenBlas),
                 Ratio(Fp32Ours, Bf16Ours), Ratio(Bf16OneDnn, Bf16Ours), Ratio(Fp32OneDnn, Fp32Ours), Ratio(Fp32OpenBlas, Fp32Ours), check);
         }
@@ -197,17 +178,6 @@ internal static unsafe class PrecisionComparison
         ok = true;
         return string.Create(CultureInfo.InvariantCulture, $"ok (worst {worst:0.0e+0} of the bound)");
     }
-
-    private static double[] Column(double[,] t, int c) => Enumerable.Range(0, t.GetLength(0)).Select(r => t[r, c]).ToArray();
-
-    private static double Median(double[] v)
-    {
-        var s = v.Order().ToArray();
-        return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
-    }
-
-    private static string Summary(double[] ratios) =>
-        string.Create(CultureInfo.InvariantCulture, $"{Median(ratios):0.00} [{ratios.Min():0.00}..{ratios.Max():0.00}]");
 
     private static string Format(double ms) => ms.ToString(ms < 10 ? "0.000" : "0.0", CultureInfo.InvariantCulture);
 }

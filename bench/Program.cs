@@ -26,6 +26,12 @@ public static class Program
             case "hybrid":
                 return HybridBenchmarks.Run(rest);
 
+            case "shapes":
+                return ShapeComparison.Run(rest);
+
+            case "openblas-core":
+                return OpenBlasCore.PrintCore();
+
             case "bench" when rest.Any(a => a is "--help" or "-h" or "-?" or "help"):
                 PrintUsage(Console.Out);
                 Console.Out.WriteLine();
@@ -54,9 +60,13 @@ public static class Program
 
     private static void PrintUsage(TextWriter writer)
     {
-        writer.WriteLine("usage: Shardwise.Bench [main [options...] | hybrid [options...] | bench [BenchmarkDotNet options...] | help]");
+        writer.WriteLine("usage: Shardwise.Bench [main [options...] | shapes [options...] | hybrid [options...] | bench [BenchmarkDotNet options...] | help]");
         writer.WriteLine("  main   run the main job (default); its options:");
         MainJob.PrintUsage(writer, indent: "    ");
+        writer.WriteLine("  shapes issue 15's comparisons in one interleaved run (small shapes and skinny M vs OpenBLAS/oneDNN, per-call cost,");
+        writer.WriteLine("         sharded vs unsharded, large shapes), each with its target: ShapeComparison.cs; its options:");
+        ShapeComparison.PrintUsage(writer, indent: "    ");
+        writer.WriteLine("  openblas-core  prints the OpenBLAS kernel (core) this environment selects");
         writer.WriteLine("  hybrid [--quick] [--shapes PPxDPxTP,...] [--threads N]  the end-to-end example's step time per mesh shape");
         writer.WriteLine("         (8 virtual ranks), with the communication time per dimension (tp, pp, dp): HybridBenchmarks.cs");
         writer.WriteLine("  bench  run BenchmarkDotNet benchmarks, e.g. bench --filter '*' (all), bench --filter '*Collective*',");
