@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "check_internal.h"
 #include "cpu/gemm.h"
 #include "cpu/thread_pool.h"
 #include "float16_ref.h"
@@ -34,36 +35,8 @@ using sw::cpu::ThreadPool;
 
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
 
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        ++g_checks;                                                         \
-        if (!(cond)) {                                                      \
-            ++g_failures;                                                   \
-            if (g_failures <= 60) {                                         \
-                std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-                std::printf(__VA_ARGS__);                                   \
-                std::printf("\n");                                          \
-            }                                                               \
-        }                                                                   \
-    } while (0)
 
-struct Rng {
-    uint64_t s;
-    explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-    uint64_t next() {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        return s;
-    }
-    float uniform(float lo, float hi) {
-        return lo + (hi - lo) * static_cast<float>((next() >> 40) * (1.0 / 16777216.0));
-    }
-    int64_t range(int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(next() % static_cast<uint64_t>(hi - lo + 1)); }
-};
 
 size_t esize(sw_dtype t) { return t == SW_DTYPE_F32 ? 4 : 2; }
 
