@@ -522,6 +522,7 @@ static int mpi_bootstrap() {
 }
 
 int main(int argc, char** argv) {
+    std::setvbuf(stdout, nullptr, _IOLBF, 0); // progress survives a kill (ctest's timeout) when stdout is a pipe
     g_seed = static_cast<unsigned>(std::random_device{}());
     std::printf("seed %u\n", g_seed);
     if (argc > 1 && std::strcmp(argv[1], "--real") == 0) return real_gpu();

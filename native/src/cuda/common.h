@@ -69,6 +69,12 @@ cudaError_t launch_convert(sw_dtype src_type, const void* src, sw_dtype dst_type
 // this with the GEMM's beta.
 cudaError_t launch_scale_bias_act(sw_dtype dtype, void* y, int64_t ld, int64_t rows, int64_t cols, float beta,
                                   const void* bias, bool gelu, cudaStream_t stream);
+// y[i][j] = act(w[i][j] + beta * y[i][j] + bias[j]), computed in fp32 and rounded once to dtype (F32, F16, BF16): the
+// epilogue of a 16-bit-C GEMM whose product w (fp32, leading dimension ldw) came from cuBLASLt with an fp32 D, since
+// cuBLASLt's own bias/GeLU epilogues with a 16-bit D round the product to 16 bits first (measured on an H200 with
+// cuBLASLt 13.1, docs/gpu-validation.md). bias may be null; rows, cols >= 1.
+cudaError_t launch_finish_f32(sw_dtype dtype, void* y, int64_t ld, const float* w, int64_t ldw, int64_t rows,
+                              int64_t cols, float beta, const void* bias, bool gelu, cudaStream_t stream);
 // dx[i] = dy[i] * gelu'(x[i]); dtype in F32, F64, F16, BF16; count >= 1; dx may alias dy.
 cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
                                  cudaStream_t stream);

@@ -295,6 +295,35 @@ void cublaslt_gemm(int32_t ordinal, const GemmProblem& d, cudaStream_t stream) {
     key.align_bias = has_bias ? pointer_alignment(d.bias) : 0;
     key.workspace = ws.bytes;
 
+    if ((d.c_type == SW_DTYPE_F16 || d.c_type == SW_DTYPE_BF16) && (has_bias || gelu)) {
+        // A 16-bit C with a bias or GeLU: cuBLASLt's epilogues (and the default epilogue followed by ours) round the
+        // product to 16 bits before the bias is added, which an H200 run showed (cuBLASLt 13.1: up to half an ulp of
+        // the product, many ulps of a result where product and bias nearly cancel). The contract is one rounding
+        // after an fp32 epilogue: so the product goes to an fp32 buffer (stream-ordered allocation, no device-wide
+        // synchronization) and one kernel computes act(product + beta * C + bias) in fp32 and rounds once.
+        const size_t bytes = static_cast<size_t>(d.m) * static_cast<size_t>(d.n) * sizeof(float);
+        void* w = nullptr;
+        check_cuda(cudaMallocAsync(&w, bytes, stream), "cudaMallocAsync (fp32 product for a 16-bit C epilogue)");
+        struct Free {
+            void* p;
+            cudaStream_t s;
+            ~Free() { (void)cudaFreeAsync(p, s); }
+        } free_w{w, stream};
+        GemmProblem f = d;
+        f.c = w;
+        f.ldc = d.n;
+        f.c_type = SW_DTYPE_F32;
+        f.bias_type = SW_DTYPE_F32;
+        f.bias = nullptr;
+        f.beta = 0.0f;
+        f.epilogue = SW_EPILOGUE_NONE;
+        cublaslt_gemm(ordinal, f, stream);
+        check_cuda(launch_finish_f32(d.c_type, d.c, d.ldc, static_cast<const float*>(w), d.n, d.m, d.n, d.beta, d.bias,
+                                     gelu, stream),
+                   "fp32 epilogue kernel launch");
+        return;
+    }
+
     // Fused epilogue first (when there is one to fuse and the bias is 16-byte aligned), else the default one
     // plus the bias/GeLU kernel.
     cublasLtEpilogue_t fused = CUBLASLT_EPILOGUE_DEFAULT;

@@ -284,11 +284,12 @@ cudaError_t convert_from(const void* src, sw_dtype dst_type, void* dst, uint64_t
 }
 
 // ================================================================================================ scale/bias/act
-// y = act(beta * y + bias[j]); y is not read when beta == 0. Computed in Compute<T> (float, or double for f64),
-// rounded once to T.
+// y = act(w + beta * y + bias[j]); y is not read when beta == 0; w (an fp32 rows x cols matrix, leading dimension
+// ldw) is optional and never given for f64. Computed in Compute<T> (float, or double for f64), rounded once to T.
 template <class T>
 __global__ void scale_bias_act_kernel(typename Storage<T>::type* y, int64_t ld, int64_t rows, int64_t cols,
-                                      float beta, const typename Storage<T>::type* __restrict__ bias, int gelu_on) {
+                                      float beta, const typename Storage<T>::type* __restrict__ bias, int gelu_on,
+                                      const float* __restrict__ w, int64_t ldw) {
     using C = typename Compute<T>::type;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         typename Storage<T>::type* row = y + r * ld;
@@ -301,7 +302,8 @@ __global__ void scale_bias_act_kernel(typename Storage<T>::type* y, int64_t ld, 
                 if (gelu_on) v = gelu(v);
                 row[j] = Elem<T>::from_double(v);
             } else {
-                v = beta == 0.0f ? 0.0f : beta * Elem<T>::to_float(row[j]);
+                v = w ? w[r * ldw + j] : 0.0f;
+                if (beta != 0.0f) v += beta * Elem<T>::to_float(row[j]);
                 if (bias) v += Elem<T>::to_float(bias[j]);
                 if (gelu_on) v = gelu(v);
                 row[j] = Elem<T>::from_float(v);
@@ -312,12 +314,12 @@ __global__ void scale_bias_act_kernel(typename Storage<T>::type* y, int64_t ld, 
 
 template <class T>
 cudaError_t scale_bias_act_as(void* y, int64_t ld, int64_t rows, int64_t cols, float beta, const void* bias,
-                              bool gelu_on, cudaStream_t stream) {
+                              bool gelu_on, const float* w, int64_t ldw, cudaStream_t stream) {
     using S = typename Storage<T>::type;
     const unsigned gx = blocks_for(static_cast<uint64_t>(cols));
     const unsigned gy = static_cast<unsigned>(std::min<int64_t>(rows, 65535));
     return launch_kernel(scale_bias_act_kernel<T>, dim3(gx, gy), dim3(kThreads), stream, static_cast<S*>(y), ld, rows, cols,
-                         beta, static_cast<const S*>(bias), gelu_on ? 1 : 0);
+                         beta, static_cast<const S*>(bias), gelu_on ? 1 : 0, w, ldw);
 }
 
 // ================================================================================================ gelu backward
@@ -420,10 +422,21 @@ cudaError_t launch_scale_bias_act(sw_dtype dtype, void* y, int64_t ld, int64_t r
                                   const void* bias, bool gelu_on, cudaStream_t stream) {
     (void)cudaGetLastError();
     switch (dtype) {
-    case SW_DTYPE_F32: return scale_bias_act_as<float>(y, ld, rows, cols, beta, bias, gelu_on, stream);
-    case SW_DTYPE_F64: return scale_bias_act_as<double>(y, ld, rows, cols, beta, bias, gelu_on, stream);
-    case SW_DTYPE_F16: return scale_bias_act_as<F16>(y, ld, rows, cols, beta, bias, gelu_on, stream);
-    case SW_DTYPE_BF16: return scale_bias_act_as<BF16>(y, ld, rows, cols, beta, bias, gelu_on, stream);
+    case SW_DTYPE_F32: return scale_bias_act_as<float>(y, ld, rows, cols, beta, bias, gelu_on, nullptr, 0, stream);
+    case SW_DTYPE_F64: return scale_bias_act_as<double>(y, ld, rows, cols, beta, bias, gelu_on, nullptr, 0, stream);
+    case SW_DTYPE_F16: return scale_bias_act_as<F16>(y, ld, rows, cols, beta, bias, gelu_on, nullptr, 0, stream);
+    case SW_DTYPE_BF16: return scale_bias_act_as<BF16>(y, ld, rows, cols, beta, bias, gelu_on, nullptr, 0, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_finish_f32(sw_dtype dtype, void* y, int64_t ld, const float* w, int64_t ldw, int64_t rows,
+                              int64_t cols, float beta, const void* bias, bool gelu_on, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    switch (dtype) {
+    case SW_DTYPE_F32: return scale_bias_act_as<float>(y, ld, rows, cols, beta, bias, gelu_on, w, ldw, stream);
+    case SW_DTYPE_F16: return scale_bias_act_as<F16>(y, ld, rows, cols, beta, bias, gelu_on, w, ldw, stream);
+    case SW_DTYPE_BF16: return scale_bias_act_as<BF16>(y, ld, rows, cols, beta, bias, gelu_on, w, ldw, stream);
     default: return cudaErrorInvalidValue;
     }
 }

@@ -7,14 +7,27 @@
 #include "core/index_math.h"
 #include "cuda/common.h"
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
 #include <new>
 #include <vector>
+
+// CUDA's lazy module loading (the default since CUDA 12.2) loads a kernel at its first launch, and loading may wait for
+// the whole context to be idle. A collective ordered into a CUDA stream parks that stream on the wait-flag kernel
+// until the collective's host side has run; a first launch of any other kernel meanwhile (the collective's own
+// reduce_sum or copy kernels, a GEMM of another virtual rank on the same GPU, cuBLASLt's kernels) then waits for the
+// parked kernel, which waits for it: a deadlock, seen on an H200 (CUDA 13.0) as hangs of the first collectives. So the
+// plugin asks for eager loading before the CUDA runtime starts, unless the process chose a mode itself
+// (CUDA_MODULE_LOADING set) or started CUDA before loading Shardwise, where the variable no longer matters; "versions"
+// reports the mode in force (docs/gpu-validation.md).
+__attribute__((constructor)) static void sw_cuda_prefer_eager_loading() { setenv("CUDA_MODULE_LOADING", "EAGER", 0); }
 
 namespace sw::cuda {
 
@@ -232,6 +245,19 @@ void require_peer_reachable(const void* p, int32_t ordinal, const char* what, in
 }
 
 // ------------------------------------------------------------------------------------------ versions
+// "eager", "lazy" or "unknown": cuModuleGetLoadingMode (CUDA 11.7+) from the driver that the runtime loaded.
+const char* module_loading_mode() {
+    void* drv = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (!drv) return "unknown";
+    using Fn = int (*)(int*);
+    const auto fn = reinterpret_cast<Fn>(dlsym(drv, "cuModuleGetLoadingMode"));
+    int mode = 0;
+    const int st = fn ? fn(&mode) : -1;
+    dlclose(drv);
+    if (st != 0) return "unknown";
+    return mode == 1 ? "eager" : mode == 2 ? "lazy" : "unknown"; // CU_MODULE_EAGER_LOADING 1, CU_MODULE_LAZY_LOADING 2
+}
+
 sw_status api_versions(std::string* out, std::string* err) {
     return run(err, "versions", [&] {
         need(out, "out");
@@ -249,6 +275,7 @@ sw_status api_versions(std::string* out, std::string* err) {
         }
         std::string s = str("CUDA runtime ", version_text(rt), ", driver ", drv ? version_text(drv) : "none", ", ",
                             cublaslt_version(), ", ", device_count(), " device(s)");
+        if (device_count() > 0) s += str(", module loading ", module_loading_mode());
         if (device_count() == 0) s += str(" (", no_device_reason(), ")");
         *out = std::move(s);
     });

@@ -371,6 +371,72 @@ void check_scale_bias_act() {
                     }
 }
 
+// launch_finish_f32: y = act(w + beta * y + bias) from an fp32 product w, rounded once to y's type. The data make w and
+// the bias nearly cancel, so that rounding w to 16 bits before adding the bias (what cuBLASLt's own 16-bit epilogues
+// do) misses the result by up to half a 16-bit ulp of w, many ulps of the result.
+void check_finish_f32() {
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F16, SW_DTYPE_BF16};
+    struct S { int64_t rows, cols, ld, ldw; };
+    const S shapes[] = {{1, 1, 1, 1}, {5, 37, 40, 37}, {3, 300, 301, 303}};
+    for (sw_dtype t : types)
+        for (const S& s : shapes)
+            for (float beta : {0.0f, 0.5f})
+                for (bool bias_on : {false, true})
+                    for (bool gelu_on : {false, true}) {
+                        const size_t es = dtype_size(t), n = static_cast<size_t>(s.rows * s.ld);
+                        Guarded gy(n * es, 0), gb(static_cast<size_t>(s.cols) * es, 0);
+                        std::vector<float> w(static_cast<size_t>(s.rows * s.ldw), NAN);
+                        std::uniform_real_distribution<double> uni(-0.02, 0.02), big(0.5, 1.0);
+                        std::vector<double> y0(n), b0(static_cast<size_t>(s.cols));
+                        for (int64_t j = 0; j < s.cols; ++j) {
+                            put(t, gb.as<void>(), static_cast<size_t>(j), -big(g_rng));
+                            b0[static_cast<size_t>(j)] = get(t, gb.as<void>(), static_cast<size_t>(j));
+                        }
+                        for (int64_t r = 0; r < s.rows; ++r)
+                            for (int64_t j = 0; j < s.cols; ++j) // w ~ -bias (+ a little): v is small
+                                w[static_cast<size_t>(r * s.ldw + j)] = static_cast<float>(
+                                    (bias_on ? -b0[static_cast<size_t>(j)] : big(g_rng)) + uni(g_rng));
+                        for (size_t i = 0; i < n; ++i) {
+                            const bool pad = static_cast<int64_t>(i % static_cast<size_t>(s.ld)) >= s.cols;
+                            put(t, gy.as<void>(), i, pad ? 7.0 : (beta == 0.0f ? NAN : uni(g_rng)));
+                            y0[i] = get(t, gy.as<void>(), i);
+                        }
+                        std::vector<std::string> problems;
+                        expect_launch(sw::cuda::launch_finish_f32(t, gy.as<void>(), s.ld, w.data(), s.ldw, s.rows, s.cols,
+                                                                  beta, bias_on ? gb.as<void>() : nullptr, gelu_on, nullptr),
+                                      problems);
+                        const double half_ulp = t == SW_DTYPE_F32 ? 0x1p-24 : t == SW_DTYPE_F16 ? 0x1p-11 : 0x1p-8;
+                        for (int64_t r = 0; r < s.rows; ++r)
+                            for (int64_t j = 0; j < s.ld; ++j) {
+                                const size_t i = static_cast<size_t>(r * s.ld + j);
+                                const double got = get(t, gy.as<void>(), i);
+                                if (j >= s.cols) {
+                                    if (got != 7.0 && problems.size() < 6) problems.push_back("padding written");
+                                    continue;
+                                }
+                                const double wv = w[static_cast<size_t>(r * s.ldw + j)];
+                                double v = wv, mag = std::fabs(wv);
+                                if (beta != 0.0f) { v += beta * y0[i]; mag += std::fabs(beta * y0[i]); }
+                                if (bias_on) { v += b0[static_cast<size_t>(j)]; mag += std::fabs(b0[static_cast<size_t>(j)]); }
+                                double tol = 3 * 0x1p-24 * mag; // the fp32 sums
+                                if (gelu_on) { tol = 1.2 * tol + 1e-6 * std::fabs(v) + 1e-7; v = gelu64(v); }
+                                tol += half_ulp * std::fabs(v) * 1.0001 + 1e-30;
+                                if (!(std::fabs(got - v) <= tol) && problems.size() < 6) {
+                                    char buf[120];
+                                    std::snprintf(buf, sizeof buf, "y(%lld, %lld) = %.9g, expected %.9g",
+                                                  static_cast<long long>(r), static_cast<long long>(j), got, v);
+                                    problems.push_back(buf);
+                                }
+                            }
+                        char what[160];
+                        std::snprintf(what, sizeof what, "finish_f32 %s %lldx%lld ld=%lld ldw=%lld beta=%g%s%s", name(t),
+                                      static_cast<long long>(s.rows), static_cast<long long>(s.cols),
+                                      static_cast<long long>(s.ld), static_cast<long long>(s.ldw), beta,
+                                      bias_on ? " +bias" : "", gelu_on ? " +gelu" : "");
+                        report(problems.empty(), what, problems);
+                    }
+}
+
 void check_gelu_backward() {
     const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_F16, SW_DTYPE_BF16};
     for (sw_dtype t : types)
@@ -481,6 +547,7 @@ int main() {
     check_reduce_sum();
     check_convert();
     check_scale_bias_act();
+    check_finish_f32();
     check_gelu_backward();
     check_wait_flag();
     check_training_kernels();
