@@ -153,6 +153,34 @@ int main() {
     CHECK(done == 2, "collectives completed: %llu", (unsigned long long)done);
     OK(sw_comm_destroy(comm));
 
+    // A buffer destroyed while a collective parks a stream of the device (rank 0 in, rank 1 not yet): cudaFree would wait
+    // for the whole device, i.e. for rank 1, which this very thread drives (the p = 8 hang of an H200 run). The core
+    // defers the free, and frees it once no flag is pending (here: at the next allocation).
+    {
+        auto unsafe = plugin ? reinterpret_cast<int64_t (*)()>(dlsym(plugin, "emulated_cuda_unsafe_frees")) : nullptr;
+        CHECK(unsafe != nullptr, "emulated plugin's unsafe-free counter");
+        const int64_t unsafe0 = unsafe ? unsafe() : 0;
+        sw_comm c3 = nullptr;
+        sw_device two3[2] = {dev, dev};
+        OK(sw_comm_create_local(2, two3, 5000, &c3));
+        sw_buffer doomed = nullptr, host_side = nullptr;
+        OK(sw_buffer_alloc(dev, 256, &doomed));
+        sw_stream extra = nullptr;
+        OK(sw_stream_create(dev, &extra));
+        OK(sw_all_reduce(c3, 0, rb[0], 0, rb[0], 0, n, SW_DTYPE_F32, SW_REDUCE_SUM, rs[0]));
+        OK(sw_buffer_destroy(doomed));       // rank 0's flag is pending: deferred
+        OK(sw_memset_async(rg[0], 0, 0, 4, extra));
+        OK(sw_stream_destroy(extra));        // its flag-free stream goes; nothing device-wide meanwhile
+        OK(sw_all_reduce(c3, 1, rb[1], 0, rb[1], 0, n, SW_DTYPE_F32, SW_REDUCE_SUM, rs[1]));
+        OK(sw_stream_synchronize(rs[0]));
+        OK(sw_stream_synchronize(rs[1]));
+        OK(sw_buffer_alloc(dev, 64, &host_side)); // no flag pending: the deferred free runs now
+        OK(sw_buffer_destroy(host_side));
+        OK(sw_comm_destroy(c3));
+        CHECK(unsafe && unsafe() == unsafe0, "%lld free(s) while a wait-flag was pending (a deadlock on a GPU)",
+              static_cast<long long>(unsafe ? unsafe() - unsafe0 : -1));
+    }
+
     // A rank that never joins: the others' streams fail with a timeout naming it, and are not left hanging.
     sw_comm c2 = nullptr;
     sw_device two[2] = {dev, dev};

@@ -45,10 +45,7 @@ CudaMover::CudaMover(std::vector<std::shared_ptr<DeviceImpl>> devices)
 
 CudaMover::~CudaMover() {
     for (size_t r = 0; r < spares_.size(); ++r)
-        for (auto& b : spares_[r]) {
-            std::string err;
-            devices_[r]->cuda->free_device(devices_[r]->ordinal, b.first, &err);
-        }
+        for (auto& b : spares_[r]) devices_[r]->free_cuda_memory(b.first, false); // gated (DeferredFrees)
     for (size_t r = 0; r < streams_.size(); ++r)
         if (streams_[r]) {
             std::string err;
@@ -169,6 +166,7 @@ void CudaMover::order_cancel(OrderTicket& t) noexcept {
 }
 
 void CudaMover::order_arm(sw_stream_s* s, OrderTicket* t) {
+    s->device_impl->deferred->flag_armed(); // pending until order_release: no cudaFree meanwhile (DeferredFrees)
     t->target = ++s->flag_target;
     t->flag = s->flag_host;
 }
@@ -179,7 +177,10 @@ sw_status CudaMover::order_wait(OrderTicket& t, std::string* err) noexcept {
     return waited;
 }
 
-void CudaMover::order_release(const OrderTicket& t) noexcept { __atomic_store_n(t.flag, t.target, __ATOMIC_RELEASE); }
+void CudaMover::order_release(const OrderTicket& t) noexcept {
+    __atomic_store_n(t.flag, t.target, __ATOMIC_RELEASE);
+    t.device->deferred->flag_released();
+}
 
 sw_status CudaMover::order_end(sw_stream_s* s, const OrderTicket& t, std::string* err) noexcept {
     return s->device_impl->cuda->stream_wait_flag(s->device_impl->ordinal, s->flag_device, t.target, s->cuda_stream, err);

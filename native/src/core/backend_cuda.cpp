@@ -89,13 +89,11 @@ public:
     }
 
     void free_storage(Storage& storage) noexcept override {
-        if (cpu::on_stream_worker() && storage.deferred) { // see DeferredFrees
-            std::lock_guard<std::mutex> lock(storage.deferred->mu);
-            storage.deferred->pointers.push_back(storage.ptr);
-            return;
-        }
+        // See DeferredFrees: freed now only off the stream workers and while no wait-flag of the device is pending.
+        if (!DeferredFrees::free_now_or_defer(storage.deferred.get(), storage.ptr, false)) return;
         std::string err;
         api_->free_device(storage.ordinal, storage.ptr, &err); // a destructor cannot report: the error is dropped
+        if (storage.deferred) storage.deferred->end_free();
     }
 
     void check_wrap(DeviceImpl& dev, void* ptr) override {
@@ -134,7 +132,7 @@ public:
                 api_->release_stream(dev.ordinal, s.cuda_stream, &err);
             }
         }
-        if (s.flag_host) api_->free_host(s.flag_host, &err);
+        if (s.flag_host) dev.free_cuda_memory(s.flag_host, true); // cudaFreeHost waits for the device: gated
     }
 
     sw_status stream_synchronize(sw_stream_s& s, std::string* message) override {

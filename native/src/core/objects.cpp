@@ -47,15 +47,45 @@ Storage::~Storage() {
     if (owned && ptr && ops) ops->free_storage(*this);
 }
 
-void DeviceImpl::drain_deferred_frees() {
+void DeviceImpl::drain_deferred_frees(bool force) {
     if (!cuda || !deferred) return;
-    std::vector<void*> pointers;
+    std::vector<void*> pointers, host_pointers;
+    bool gated = false;
     {
         std::lock_guard<std::mutex> lock(deferred->mu);
+        if (deferred->pointers.empty() && deferred->host_pointers.empty()) return;
+        if (!force) {
+            if (deferred->pending_flags > 0) return; // later: a free now could deadlock (DeferredFrees)
+            ++deferred->freeing;
+            gated = true;
+        }
         pointers.swap(deferred->pointers);
+        host_pointers.swap(deferred->host_pointers);
     }
     std::string err;
     for (void* p : pointers) cuda->free_device(ordinal, p, &err);
+    for (void* p : host_pointers) cuda->free_host(p, &err);
+    if (gated) deferred->end_free();
+}
+
+bool DeferredFrees::free_now_or_defer(DeferredFrees* gate, void* ptr, bool host) noexcept {
+    if (!gate) return true;
+    if (!cpu::on_stream_worker() && gate->begin_free()) return true;
+    try {
+        std::lock_guard<std::mutex> lock(gate->mu);
+        (host ? gate->host_pointers : gate->pointers).push_back(ptr);
+    } catch (...) { // no memory for the list: the block leaks rather than risk a deadlock
+    }
+    return false;
+}
+
+void DeviceImpl::free_cuda_memory(void* ptr, bool host) noexcept {
+    if (!ptr || !cuda) return;
+    if (!DeferredFrees::free_now_or_defer(deferred.get(), ptr, host)) return;
+    std::string err;
+    if (host) cuda->free_host(ptr, &err);
+    else cuda->free_device(ordinal, ptr, &err);
+    if (deferred) deferred->end_free();
 }
 
 char* buffer_span(sw_buffer_s* buf, uint64_t offset, uint64_t count, size_t elem_size, const char* name) {

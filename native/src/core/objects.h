@@ -32,12 +32,49 @@ void unregister_handle(const void* h);
 bool is_live_handle(const void* h, HandleKind kind);
 const char* handle_kind_name(HandleKind kind);
 
-// CUDA memory whose last owner went away on a stream worker thread. cudaFree waits for the whole device,
-// and a worker must never wait for the device: a later wait-flag kernel on its own stream may be waiting for
-// that very worker (a deadlock no timeout breaks). Such memory is freed later, from a caller's thread.
+// When CUDA memory may be freed. cudaFree and cudaFreeHost wait for the whole device while holding the driver's locks,
+// and a collective or point-to-point transfer ordered into a CUDA stream parks that stream on a wait-flag kernel until
+// its host side has run. So a free while some flag of the device is pending deadlocks whenever the host side needs
+// the freeing thread (its rank has yet to join: virtual ranks on one GPU, seen on an H200 as eight rank threads in
+// cudaFree and one blocked in cuLaunchKernel) or a CUDA call the held locks block; and a stream worker must never wait
+// for the device at all (a later flag on its own stream may wait for that very worker). Hence the gate: a flag counts
+// as pending from order_arm to order_release; memory is freed only while none is pending, and arming waits while a
+// free runs (the free then waits only for work that completes on its own); otherwise, and always on a stream worker,
+// the memory is left here and freed later from an API caller's thread (allocation, stream synchronization, device
+// destruction).
 struct DeferredFrees {
     std::mutex mu;
-    std::vector<void*> pointers;
+    std::condition_variable cv;
+    std::vector<void*> pointers;      // device memory (free_device)
+    std::vector<void*> host_pointers; // mapped pinned host memory (free_host)
+    int64_t pending_flags = 0;        // armed, not yet released
+    int freeing = 0;                  // frees running now (arming waits)
+
+    void flag_armed() {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return freeing == 0; });
+        ++pending_flags;
+    }
+    void flag_released() noexcept {
+        std::lock_guard<std::mutex> lock(mu);
+        --pending_flags;
+        cv.notify_all();
+    }
+    // True when no flag is pending: the caller may free, and must call end_free() after.
+    bool begin_free() {
+        std::lock_guard<std::mutex> lock(mu);
+        if (pending_flags > 0) return false;
+        ++freeing;
+        return true;
+    }
+    void end_free() noexcept {
+        std::lock_guard<std::mutex> lock(mu);
+        --freeing;
+        cv.notify_all();
+    }
+    // True: free `ptr` now, then call gate->end_free() (when gate is not null). False: it was left in the gate's
+    // lists (a stream worker, or a flag pending).
+    static bool free_now_or_defer(DeferredFrees* gate, void* ptr, bool host) noexcept;
 };
 
 struct DeviceImpl {
@@ -59,9 +96,13 @@ struct DeviceImpl {
     std::map<void*, int64_t> wrapped_streams;
 
     bool is_cuda() const { return backend == SW_BACKEND_CUDA; }
-    // Frees the CUDA memory deferred by workers. Call from an API caller's thread, never from a worker.
-    void drain_deferred_frees();
-    ~DeviceImpl() { drain_deferred_frees(); }
+    // Frees the CUDA memory left in `deferred` when no flag of the device is pending. Call from an API caller's thread,
+    // never from a worker. force: also with flags pending (device destruction: no stream of it is left).
+    void drain_deferred_frees(bool force = false);
+    // Frees device memory (host = false) or mapped pinned host memory (host = true) now when the gate allows it (see
+    // DeferredFrees), else leaves it in `deferred`. Errors are dropped (destructors call this).
+    void free_cuda_memory(void* ptr, bool host) noexcept;
+    ~DeviceImpl() { drain_deferred_frees(true); }
 };
 
 struct Storage {

@@ -111,6 +111,7 @@ struct AlgoEntry {
 struct Workspace {
     void* ptr = nullptr;
     size_t bytes = 0;
+    bool pooled = false; // from cudaMallocAsync on its stream (else cudaMalloc)
 };
 
 // Never destroyed (leaked on purpose at exit): destroying handles or freeing device memory from static
@@ -143,14 +144,23 @@ Workspace workspace_for(int32_t ordinal, cudaStream_t stream) {
     std::lock_guard<std::mutex> lock(s.mutex);
     auto it = s.workspaces.find({ordinal, stream});
     if (it != s.workspaces.end()) return it->second;
+    // Stream-ordered (cudaMallocAsync / cudaFreeAsync on the workspace's own stream): cudaFree would wait for the
+    // whole device, which deadlocks against a collective's wait-flag kernel pending on another stream (see
+    // core/objects.h, DeferredFrees). Devices without memory pools take cudaMalloc (and cudaFree) instead.
     void* p = nullptr;
-    const cudaError_t st = cudaMalloc(&p, kWorkspaceBytes);
+    bool pooled = true;
+    cudaError_t st = cudaMallocAsync(&p, kWorkspaceBytes, stream);
+    if (st == cudaErrorNotSupported) {
+        (void)cudaGetLastError();
+        pooled = false;
+        st = cudaMalloc(&p, kWorkspaceBytes);
+    }
     if (st != cudaSuccess) {
         (void)cudaGetLastError();
         if (st == cudaErrorMemoryAllocation) return Workspace{};
-        check_cuda(st, "cudaMalloc (cuBLASLt workspace)");
+        check_cuda(st, "cudaMallocAsync (cuBLASLt workspace)");
     }
-    Workspace w{p, kWorkspaceBytes};
+    Workspace w{p, kWorkspaceBytes, pooled};
     s.workspaces.emplace(std::make_pair(ordinal, stream), w);
     return w;
 }
@@ -262,7 +272,8 @@ void release_stream_resources(int32_t ordinal, cudaStream_t stream) {
         w = it->second;
         s.workspaces.erase(it);
     }
-    check_cuda(cudaFree(w.ptr), "cudaFree (cuBLASLt workspace)");
+    if (w.pooled) check_cuda(cudaFreeAsync(w.ptr, stream), "cudaFreeAsync (cuBLASLt workspace)");
+    else check_cuda(cudaFree(w.ptr), "cudaFree (cuBLASLt workspace)");
 }
 
 void cublaslt_gemm(int32_t ordinal, const GemmProblem& d, cudaStream_t stream) {

@@ -527,6 +527,21 @@ sw_status api_memcpy_async(int32_t ordinal, void* dst, const void* src, uint64_t
         need(src, "src");
         if (bytes > std::numeric_limits<size_t>::max()) fail(SW_ERR_INVALID_ARGUMENT, "bytes ", bytes, " is too large");
         set_device(ordinal);
+        // A copy from the device into pageable host memory waits for the stream's earlier work inside the driver,
+        // holding locks that other threads' CUDA calls need: if that work includes a wait-flag kernel (a collective
+        // ordered into the stream), the host side that would release it can block on those locks (seen on an H200:
+        // nccl_check's main thread in cuMemcpyAsync, the stream's worker in cuEventDestroy, for good). So wait for
+        // the stream first, outside the driver's locks; the copy is synchronous for pageable memory anyway.
+        cudaPointerAttributes da, sa;
+        std::memset(&da, 0, sizeof da);
+        std::memset(&sa, 0, sizeof sa);
+        const bool dst_pageable = cudaPointerGetAttributes(&da, dst) == cudaSuccess && da.type == cudaMemoryTypeUnregistered;
+        (void)cudaGetLastError();
+        const bool src_device = cudaPointerGetAttributes(&sa, src) == cudaSuccess &&
+                                (sa.type == cudaMemoryTypeDevice || sa.type == cudaMemoryTypeManaged);
+        (void)cudaGetLastError();
+        if (dst_pageable && src_device)
+            check_cuda(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize (before a copy into pageable memory)");
         check_cuda(cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes), cudaMemcpyDefault, as_stream(stream)),
                    "cudaMemcpyAsync");
     });

@@ -74,12 +74,29 @@ sw_status malloc_device(int32_t, uint64_t bytes, void** p, std::string* err) {
     *p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     return *p ? SW_OK : (err ? (*err = "emulated: out of memory", SW_ERR_OUT_OF_MEMORY) : SW_ERR_OUT_OF_MEMORY);
 }
-sw_status free_device(int32_t, void* p, std::string*) { std::free(p); return SW_OK; }
+// Wait-flag tasks queued and not yet past their flag, and frees made meanwhile: on a GPU, cudaFree and cudaFreeHost wait
+// for the whole device, so such a free waits for a wait-flag kernel whose host side may need the freeing thread (a
+// deadlock no timeout breaks). The core must defer them (core/objects.h, DeferredFrees); the checks read the count
+// through emulated_cuda_unsafe_frees.
+std::atomic<int64_t> g_pending_waits{0};
+std::atomic<int64_t> g_unsafe_frees{0};
+void note_free() {
+    if (g_pending_waits.load() > 0) g_unsafe_frees.fetch_add(1);
+}
+sw_status free_device(int32_t, void* p, std::string*) {
+    note_free();
+    std::free(p);
+    return SW_OK;
+}
 sw_status malloc_host(uint64_t bytes, void** host, void** device, std::string*) {
     *host = *device = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     return SW_OK;
 }
-sw_status free_host(void* p, std::string*) { std::free(p); return SW_OK; }
+sw_status free_host(void* p, std::string*) {
+    note_free();
+    std::free(p);
+    return SW_OK;
+}
 sw_status pointer_device(const void*, int32_t* ordinal, std::string*) { *ordinal = 0; return SW_OK; }
 sw_status stream_create(int32_t, void** s, std::string*) { *s = new Stream(); return SW_OK; }
 sw_status stream_destroy(int32_t, void* s, std::string*) { delete S(s); return SW_OK; }
@@ -216,9 +233,11 @@ sw_status bias_act(int32_t, sw_dtype, void*, int64_t, int64_t, int64_t, const vo
 }
 sw_status wait_flag(int32_t, volatile uint32_t* flag, uint32_t target, void* s, std::string*) {
     uint32_t* f = const_cast<uint32_t*>(flag);
+    g_pending_waits.fetch_add(1);
     S(s)->enqueue([f, target] {
         while (static_cast<int32_t>(__atomic_load_n(f, __ATOMIC_ACQUIRE) - target) < 0)
             std::this_thread::sleep_for(std::chrono::microseconds(50));
+        g_pending_waits.fetch_sub(1);
     }, true);
     return SW_OK;
 }
@@ -253,3 +272,4 @@ const sw::cuda::PluginApi kApi = {
 
 extern "C" SW_API const sw::cuda::PluginApi* sw_cuda_plugin_api(void) { return &kApi; }
 extern "C" SW_API int64_t emulated_cuda_released_streams(void) { return g_released_streams.load(); }
+extern "C" SW_API int64_t emulated_cuda_unsafe_frees(void) { return g_unsafe_frees.load(); }
