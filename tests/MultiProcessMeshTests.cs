@@ -92,14 +92,18 @@ public sealed partial class MultiProcessTests
     public void Mpi_ALateRankInOneSubGroupAbortsTheOther()
     {
         // The timeout also bounds the creation, where Open MPI's MPI_Init waits for every process: under ASan on a
-        // loaded 2-core machine 1.5 s is sometimes too short for the job to start (6 s made the scenario outlast
-        // mpirun's limits). A run whose MPI_Init timed out ("RESULT rank=?") never reached the split, so it says
-        // nothing about the property under test: it is run again, at most twice; a third such start fails the test.
-        const int timeoutMs = 1500;
+        // loaded 2-core machine 1.5 s is sometimes too short for the job to start (three times in a row in one CI
+        // run). A run whose MPI_Init timed out ("RESULT rank=?") never reached the split, so it says nothing about the
+        // property under test: it is run again with a longer timeout (3 s, then 4 s: the late rank sleeps 2.5 of
+        // them); a third such start fails the test. (A first group just to initialize MPI with a long timeout is no
+        // way out: a second MPI group of the process hangs in MPI_Comm_split when split; see the closing note.)
+        int[] timeouts = [1500, 3000, 4000];
+        int timeoutMs = timeouts[0];
         string output = "";
         TimeSpan took = TimeSpan.Zero;
         for (int attempt = 1; attempt <= 3; attempt++)
         {
+            timeoutMs = timeouts[attempt - 1];
             (_, output, took) = RunMpi(4, "split-late", timeoutMs: timeoutMs);
             if (!output.Contains("RESULT rank=?", StringComparison.Ordinal)) break;
             Assert.That(output, Does.Contain("MPI_Init_thread did not return before the timeout"),
