@@ -95,8 +95,7 @@ public sealed partial class MultiProcessTests
         // loaded 2-core machine 1.5 s is sometimes too short for the job to start (three times in a row in one CI
         // run). A run whose MPI_Init timed out ("RESULT rank=?") never reached the split, so it says nothing about the
         // property under test: it is run again with a longer timeout (3 s, then 4 s: the late rank sleeps 2.5 of
-        // them); a third such start fails the test. (A first group just to initialize MPI with a long timeout is no
-        // way out: a second MPI group of the process hangs in MPI_Comm_split when split; see the closing note.)
+        // them); a third such start fails the test.
         int[] timeouts = [1500, 3000, 4000];
         int timeoutMs = timeouts[0];
         string output = "";

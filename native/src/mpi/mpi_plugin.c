@@ -433,11 +433,12 @@ static void comm_release(void* handle) {
         /* After a failed exchange, sends that completed locally (small ones go out eagerly) may never have been
          * received: freeing the communicator would let a later one reuse its context and receive them as its own
          * data. Such a communicator is kept (a little memory per failed communicator). */
-        if (!c->leaked && !c->failed) {
-            MPI_Comm_free(&c->data);
-            MPI_Comm_free(&c->ctrl);
-            free_comm(c);
-        } /* else: requests may still reference the communicators (and c's buffers); keep them */
+        /* The MPI communicators themselves are never freed before MPI_Finalize: with Open MPI 4.1 (Debian 12), after
+         * MPI_Comm_free of a destroyed group's two communicators, the next group's MPI_Comm_split hung on every rank
+         * (a new group made by MPI_Comm_idup, then split: reproduced with 4 ranks; without the frees it completes).
+         * Two communicators per destroyed group stay allocated until MPI_Finalize. */
+        if (!c->leaked && !c->failed) free_comm(c);
+        /* else: requests may still reference c's buffers; keep them */
     }
     pthread_mutex_unlock(&g_mu);
 }
