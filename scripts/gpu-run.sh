@@ -12,14 +12,14 @@
 #   nunit      the whole NUnit suite from the bundle against this native build (CUDA fixtures included)
 #   main       the main job on the GPU
 #   ctest-cuda the CUDA checks alone (cuda_check, nccl_check_gpu, cuda_bench_emulated); run first on a short lease
-#   nunit-cuda the NUnit tests whose full names contain "Cuda" (the CUDA fixtures and a few more); ditto
+#   nunit-cuda the NUnit CUDA fixtures, in SW_GPU_NUNIT_BATCHES processes (default 3); ditto
 #
 # Environment: SW_GPU_DEADLINE=S stops the run S seconds after its start (the step in flight is killed, the steps left
 # are logged as skipped, and the results are copied out as usual), so that a lease with a hard limit still returns
 # them; SW_GPU_ARCHS overrides the plugin's architectures (default: the GPU's own, e.g. "90;90a" on a Hopper GPU with
 # nvcc >= 12, which halves the build; the project's default "80;90[;90a]" when the GPU is unknown).
 # SW_GPU_BENCH_TIMEOUT / SW_GPU_SANITIZER_TIMEOUT / SW_GPU_CTEST_TIMEOUT (seconds) cap cuda_bench, each sanitizer run
-# and ctest-cuda, SW_GPU_NUNIT_TIMEOUT nunit-cuda (30 s before such a cap, the stacks of the test processes still
+# and ctest-cuda, SW_GPU_NUNIT_BATCH_TIMEOUT each batch of nunit-cuda (30 s before such a cap, the stacks of the test processes still
 # running are written with cuda-gdb); SW_GPU_STACKS_AT=S writes the stacks of test processes still running at S seconds (cuda-gdb); SW_GPU_BENCH_ARGS
 # adds cuda_bench options (e.g. --quick).
 # summary.txt is copied to OUT_DIR after every step, so even a run killed from outside returns what it had.
@@ -213,14 +213,40 @@ step_nunit() {
     grep -E "total:|failed:|succeeded:|skipped:" "$WORK_DIR/tests.log" | tee -a "$WORK_DIR/summary.txt"
 }
 
+# The CUDA fixtures in SW_GPU_NUNIT_BATCHES processes (default 3; classes from tests/*.cs, in order), each capped at
+# SW_GPU_NUNIT_BATCH_TIMEOUT seconds (stacks 30 s before): a hang costs its batch, not the whole step.
 step_nunit-cuda() {
     log "bundle $(cat "$BUNDLE_DIR/COMMIT" 2>/dev/null || true)"
     unpack_app
-    (cd "$APP" && SHARDWISE_NATIVE_PATH="$BUILD/lib" run_capped "${SW_GPU_NUNIT_TIMEOUT:-0}" ./Shardwise.Tests \
-        --filter 'FullyQualifiedName~Cuda' --report-trx --report-trx-filename tests-cuda.trx --results-directory "$WORK_DIR" \
-        > "$WORK_DIR/tests-cuda.log" 2>&1) || rc_all=1
-    grep -E "total:|failed:|succeeded:|skipped:" "$WORK_DIR/tests-cuda.log" | tee -a "$WORK_DIR/summary.txt"
-    grep -E "^failed |  failed " "$WORK_DIR/tests-cuda.log" | head -40 | tee -a "$WORK_DIR/summary.txt"
+    local batches="${SW_GPU_NUNIT_BATCHES:-3}" i filter
+    mapfile -t classes < <(python3 - "$ROOT" <<'PY'
+import glob, os, re, sys
+names = []
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "tests", "*.cs"))):
+    s = open(f, encoding="utf-8").read()
+    for m in re.finditer(r"\[TestFixture\(Backend\.Cuda", s):
+        c = re.search(r"\bclass\s+(\w+)", s[m.end():])
+        if c and c.group(1) not in names: names.append(c.group(1))
+print("\n".join(names))
+PY
+)
+    log "nunit-cuda: ${#classes[@]} classes with a CUDA fixture, $batches batches"
+    for ((i = 0; i < batches; i++)); do
+        filter=""
+        local j
+        for ((j = i; j < ${#classes[@]}; j += batches)); do
+            filter+="${filter:+|}FullyQualifiedName~Shardwise.Tests.${classes[j]}"
+        done
+        [ -z "$filter" ] && continue
+        log "nunit-cuda batch $i: $(echo "$filter" | sed 's/FullyQualifiedName~Shardwise.Tests.//g')"
+        (cd "$APP" && SHARDWISE_NATIVE_PATH="$BUILD/lib" run_capped "${SW_GPU_NUNIT_BATCH_TIMEOUT:-0}" ./Shardwise.Tests \
+            --filter "($filter)&FullyQualifiedName~Cuda" --report-trx --report-trx-filename "tests-cuda-$i.trx" \
+            --results-directory "$WORK_DIR" > "$WORK_DIR/tests-cuda-$i.log" 2>&1) || rc_all=1
+        grep -E "total:|failed:|succeeded:|skipped:" "$WORK_DIR/tests-cuda-$i.log" | tr '\n' ' ' | tee -a "$WORK_DIR/summary.txt"
+        echo | tee -a "$WORK_DIR/summary.txt"
+        grep -E "^failed |  failed " "$WORK_DIR/tests-cuda-$i.log" | head -20 | tee -a "$WORK_DIR/summary.txt"
+        cp "$WORK_DIR/summary.txt" "$OUT_DIR/summary.txt" 2>/dev/null
+    done
 }
 
 step_main() {
