@@ -78,6 +78,9 @@ cudaError_t launch_finish_f32(sw_dtype dtype, void* y, int64_t ld, const float* 
 // dx[i] = dy[i] * gelu'(x[i]); dtype in F32, F64, F16, BF16; count >= 1; dx may alias dy.
 cudaError_t launch_gelu_backward(sw_dtype dtype, const void* x, const void* dy, void* dx, uint64_t count,
                                  cudaStream_t stream);
+// Loads the kernels a collective's host side and its ordering launch (wait_flag, copy_2d, reduce_sum) now: under lazy
+// module loading a first launch may wait for the whole context, i.e. for a stream parked on a wait-flag kernel.
+cudaError_t preload_collective_kernels();
 // One-thread kernel that spins (with __nanosleep back-off) until (int32_t)(*flag - target) >= 0.
 cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream);
 // Mixed-precision training (ABI 6). buf[i] = (dtype)(float(buf[i]) * inv_scale); *flag = 1.0f when some buf[i] was

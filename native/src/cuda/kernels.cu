@@ -441,6 +441,23 @@ cudaError_t launch_finish_f32(sw_dtype dtype, void* y, int64_t ld, const float* 
     }
 }
 
+cudaError_t preload_collective_kernels() {
+    const cudaError_t results[] = {
+        preload_kernel(wait_flag_kernel),
+        preload_kernel(copy_2d_kernel<uint4>), preload_kernel(copy_2d_kernel<uint2>),
+        preload_kernel(copy_2d_kernel<uint32_t>), preload_kernel(copy_2d_kernel<uint16_t>),
+        preload_kernel(copy_2d_kernel<uint8_t>),
+        preload_kernel(reduce_sum_kernel<float>), preload_kernel(reduce_sum_vec_kernel<float>),
+        preload_kernel(reduce_sum_kernel<double>), preload_kernel(reduce_sum_vec_kernel<double>),
+        preload_kernel(reduce_sum_kernel<int32_t>), preload_kernel(reduce_sum_vec_kernel<int32_t>),
+        preload_kernel(reduce_sum_kernel<F16>), preload_kernel(reduce_sum_vec_kernel<F16>),
+        preload_kernel(reduce_sum_kernel<BF16>), preload_kernel(reduce_sum_vec_kernel<BF16>),
+    };
+    for (cudaError_t r : results)
+        if (r != cudaSuccess) return r;
+    return cudaSuccess;
+}
+
 cudaError_t launch_wait_flag(volatile uint32_t* flag, uint32_t target, cudaStream_t stream) {
     (void)cudaGetLastError();
     return launch_kernel(wait_flag_kernel, dim3(1), dim3(1), stream, flag, target);

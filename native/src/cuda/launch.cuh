@@ -19,4 +19,17 @@ cudaError_t launch_kernel(void (*k)(P...), dim3 grid, dim3 block, cudaStream_t s
 #endif
 }
 
+// Loads kernel k now (under lazy module loading it would load at its first launch, which may wait for the whole
+// context; see plugin.cpp). The emulation has nothing to load.
+template <class... P>
+cudaError_t preload_kernel(void (*k)(P...)) {
+#if defined(SW_CUDA_HOST_EMULATION)
+    (void)k;
+    return cudaSuccess;
+#else
+    cudaFuncAttributes attributes;
+    return cudaFuncGetAttributes(&attributes, k);
+#endif
+}
+
 } // namespace sw::cuda

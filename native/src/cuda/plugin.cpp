@@ -673,6 +673,21 @@ sw_status api_bias_act(int32_t ordinal, sw_dtype dtype, void* y, int64_t ld, int
     });
 }
 
+// Under lazy module loading (a host that started CUDA before Shardwise could ask for eager loading), the kernels of the
+// collectives' host side are loaded before the device's first wait-flag kernel: the first one to get here loads them
+// while the others wait on the mutex, so no wait-flag kernel of ours runs on the device meanwhile. (cuBLASLt's own
+// kernels cannot be loaded ahead like this: docs/ARCHITECTURE.md, "Collectives on CUDA streams".)
+void preload_before_first_flag(int32_t ordinal) {
+    static std::mutex mutex;
+    static std::vector<char> done;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (done.size() <= static_cast<size_t>(ordinal)) done.resize(static_cast<size_t>(ordinal) + 1, 0);
+    if (done[static_cast<size_t>(ordinal)]) return;
+    if (std::strcmp(module_loading_mode(), "eager") != 0)
+        check_cuda(preload_collective_kernels(), "loading the collective kernels ahead (lazy module loading)");
+    done[static_cast<size_t>(ordinal)] = 1;
+}
+
 sw_status api_stream_wait_flag(int32_t ordinal, volatile uint32_t* device_flag, uint32_t target, void* stream,
                                std::string* err) {
     return run(err, "stream_wait_flag", [&] {
@@ -680,6 +695,7 @@ sw_status api_stream_wait_flag(int32_t ordinal, volatile uint32_t* device_flag, 
         if (reinterpret_cast<uintptr_t>(device_flag) % alignof(uint32_t) != 0)
             fail(SW_ERR_INVALID_ARGUMENT, "device_flag is not 4-byte aligned");
         set_device(ordinal);
+        preload_before_first_flag(ordinal);
         check_cuda(launch_wait_flag(device_flag, target, as_stream(stream)), "stream_wait_flag kernel launch");
     });
 }
