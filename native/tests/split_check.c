@@ -744,16 +744,19 @@ static int tcp_job(int p, const char* scenario) {
 }
 
 
-/* One rank of an mpirun job: the splits of mp_splits over MPI (every rank must generate the same data: rank 0's seed
- * is broadcast first). */
-static int mpi_rank(int late) {
+/* Whether the MPI plugin loads; prints why not ("skipped: ...", for exit code 77). */
+static int mpi_available(void) {
     char info[512] = {0};
     int32_t available = 0;
     sw_mpi_get_info(&available, info, sizeof info);
-    if (!available) {
-        printf("skipped: %s\n", info);
-        return 77;
-    }
+    if (!available) printf("skipped: %s\n", info);
+    return available != 0;
+}
+
+/* One rank of an mpirun job: the splits of mp_splits over MPI (every rank must generate the same data: rank 0's seed
+ * is broadcast first). */
+static int mpi_rank(int late) {
+    if (!mpi_available()) return 77;
     Proc x;
     memset(&x, 0, sizeof x);
     OK(sw_device_create(SW_BACKEND_CPU, 0, 1, &x.dev));
@@ -807,13 +810,7 @@ static int mpi_rank(int late) {
  * With Open MPI 4.1 this hung in MPI_Comm_split on every rank while a destroyed group's MPI communicators were freed
  * (the plugin now keeps them until MPI_Finalize); ctest's timeout catches the hang. */
 static int mpi_regroup(void) {
-    char info[512] = {0};
-    int32_t available = 0;
-    sw_mpi_get_info(&available, info, sizeof info);
-    if (!available) {
-        printf("skipped: %s\n", info);
-        return 77;
-    }
+    if (!mpi_available()) return 77;
     sw_device dev = NULL;
     sw_stream s = NULL;
     sw_comm first = NULL, again = NULL, half = NULL;
