@@ -22,6 +22,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -316,6 +317,29 @@ double tolerance(sw_dtype t, double ref, double scale) {
     return ulp * (std::fabs(ref) + scale) + 1e-300;
 }
 
+// Compares rows x cols of y (leading dimension ld, elements of type t) with want(r, j, i) = {expected, tolerance}; the
+// padding columns (j >= cols) must still hold 7.0. At most 6 problems are listed.
+template <class Want>
+void compare_rows(sw_dtype t, const void* y, int64_t rows, int64_t cols, int64_t ld, Want&& want,
+                  std::vector<std::string>& problems) {
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < ld; ++j) {
+            const size_t i = static_cast<size_t>(r * ld + j);
+            const double got = get(t, y, i);
+            if (j >= cols) {
+                if (got != 7.0 && problems.size() < 6) problems.push_back("padding written");
+                continue;
+            }
+            const auto [v, tol] = want(r, j, i);
+            if (!(std::fabs(got - v) <= tol) && problems.size() < 6) {
+                char buf[120];
+                std::snprintf(buf, sizeof buf, "y(%lld, %lld) = %.9g, expected %.9g", static_cast<long long>(r),
+                              static_cast<long long>(j), got, v);
+                problems.push_back(buf);
+            }
+        }
+}
+
 void check_scale_bias_act() {
     const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_F16, SW_DTYPE_BF16};
     struct S { int64_t rows, cols, ld; };
@@ -345,24 +369,12 @@ void check_scale_bias_act() {
                         expect_launch(sw::cuda::launch_scale_bias_act(t, gy.as<void>(), s.ld, s.rows, s.cols, beta,
                                                                       bias_on ? gb.as<void>() : nullptr, gelu_on, nullptr),
                                       problems);
-                        for (int64_t r = 0; r < s.rows; ++r)
-                            for (int64_t j = 0; j < s.ld; ++j) {
-                                const size_t i = static_cast<size_t>(r * s.ld + j);
-                                const double got = get(t, gy.as<void>(), i);
-                                if (j >= s.cols) {
-                                    if (got != 7.0 && problems.size() < 6) problems.push_back("padding written");
-                                    continue;
-                                }
-                                double v = beta == 0.0f ? 0.0 : beta * y0[i];
-                                if (bias_on) v += b0[static_cast<size_t>(j)];
-                                if (gelu_on) v = gelu64(v);
-                                if (!(std::fabs(got - v) <= tolerance(t, v, gelu_on ? 1.0 : 0.0)) && problems.size() < 6) {
-                                    char buf[120];
-                                    std::snprintf(buf, sizeof buf, "y(%lld, %lld) = %.9g, expected %.9g",
-                                                  static_cast<long long>(r), static_cast<long long>(j), got, v);
-                                    problems.push_back(buf);
-                                }
-                            }
+                        compare_rows(t, gy.as<void>(), s.rows, s.cols, s.ld, [&](int64_t, int64_t j, size_t i) {
+                            double v = beta == 0.0f ? 0.0 : beta * y0[i];
+                            if (bias_on) v += b0[static_cast<size_t>(j)];
+                            if (gelu_on) v = gelu64(v);
+                            return std::pair<double, double>{v, tolerance(t, v, gelu_on ? 1.0 : 0.0)};
+                        }, problems);
                         char what[160];
                         std::snprintf(what, sizeof what, "scale_bias_act %s %lldx%lld ld=%lld beta=%g%s%s", name(t),
                                       static_cast<long long>(s.rows), static_cast<long long>(s.cols),
@@ -406,28 +418,15 @@ void check_finish_f32() {
                                                                   beta, bias_on ? gb.as<void>() : nullptr, gelu_on, nullptr),
                                       problems);
                         const double half_ulp = t == SW_DTYPE_F32 ? 0x1p-24 : t == SW_DTYPE_F16 ? 0x1p-11 : 0x1p-8;
-                        for (int64_t r = 0; r < s.rows; ++r)
-                            for (int64_t j = 0; j < s.ld; ++j) {
-                                const size_t i = static_cast<size_t>(r * s.ld + j);
-                                const double got = get(t, gy.as<void>(), i);
-                                if (j >= s.cols) {
-                                    if (got != 7.0 && problems.size() < 6) problems.push_back("padding written");
-                                    continue;
-                                }
-                                const double wv = w[static_cast<size_t>(r * s.ldw + j)];
-                                double v = wv, mag = std::fabs(wv);
-                                if (beta != 0.0f) { v += beta * y0[i]; mag += std::fabs(beta * y0[i]); }
-                                if (bias_on) { v += b0[static_cast<size_t>(j)]; mag += std::fabs(b0[static_cast<size_t>(j)]); }
-                                double tol = 3 * 0x1p-24 * mag; // the fp32 sums
-                                if (gelu_on) { tol = 1.2 * tol + 1e-6 * std::fabs(v) + 1e-7; v = gelu64(v); }
-                                tol += half_ulp * std::fabs(v) * 1.0001 + 1e-30;
-                                if (!(std::fabs(got - v) <= tol) && problems.size() < 6) {
-                                    char buf[120];
-                                    std::snprintf(buf, sizeof buf, "y(%lld, %lld) = %.9g, expected %.9g",
-                                                  static_cast<long long>(r), static_cast<long long>(j), got, v);
-                                    problems.push_back(buf);
-                                }
-                            }
+                        compare_rows(t, gy.as<void>(), s.rows, s.cols, s.ld, [&](int64_t r, int64_t j, size_t i) {
+                            const double wv = w[static_cast<size_t>(r * s.ldw + j)];
+                            double v = wv, mag = std::fabs(wv);
+                            if (beta != 0.0f) { v += beta * y0[i]; mag += std::fabs(beta * y0[i]); }
+                            if (bias_on) { v += b0[static_cast<size_t>(j)]; mag += std::fabs(b0[static_cast<size_t>(j)]); }
+                            double tol = 3 * 0x1p-24 * mag; // the fp32 sums
+                            if (gelu_on) { tol = 1.2 * tol + 1e-6 * std::fabs(v) + 1e-7; v = gelu64(v); }
+                            return std::pair<double, double>{v, tol + half_ulp * std::fabs(v) * 1.0001 + 1e-30};
+                        }, problems);
                         char what[160];
                         std::snprintf(what, sizeof what, "finish_f32 %s %lldx%lld ld=%lld ldw=%lld beta=%g%s%s", name(t),
                                       static_cast<long long>(s.rows), static_cast<long long>(s.cols),
