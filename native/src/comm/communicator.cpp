@@ -51,30 +51,17 @@ void Communicator::submit(int32_t rank, Desc desc, sw_stream_s* s) {
         throw;
     }
     mv->order_arm(s, &ticket);
-    try {
-        stream->enqueue(
-            [self, rank, seq, desc = std::move(desc), stream, mv, ticket]() mutable {
-                struct Release { // let the device stream go on whatever happens below
-                    Mover* mv;
-                    const OrderTicket& t;
-                    ~Release() { mv->order_release(t); }
-                } release{mv, ticket};
-                std::string e;
-                const sw_status waited = mv->order_wait(ticket, &e);
-                if (waited != SW_OK) { // the peers must not wait for this rank until the timeout
-                    std::lock_guard<std::mutex> lock(self->mu);
-                    self->abort_locked(waited, str("rank ", rank, " could not join collective #", seq,
-                                                   ": waiting for its stream's earlier work failed: ", e));
-                    fail(waited, self->reason);
-                }
-                self->agreement->run(*self, rank, seq, desc, stream);
-            },
-            /*always=*/true);
-    } catch (...) { // not queued: nothing will release the stream, so release it here
-        mv->order_release(ticket);
-        mv->order_cancel(ticket);
-        throw;
-    }
+    mv->enqueue_host_side(stream, ticket, [self, rank, seq, desc = std::move(desc), stream, mv](OrderTicket& t) {
+        std::string e;
+        const sw_status waited = mv->order_wait(t, &e);
+        if (waited != SW_OK) { // the peers must not wait for this rank until the timeout
+            std::lock_guard<std::mutex> lock(self->mu);
+            self->abort_locked(waited, str("rank ", rank, " could not join collective #", seq,
+                                           ": waiting for its stream's earlier work failed: ", e));
+            fail(waited, self->reason);
+        }
+        self->agreement->run(*self, rank, seq, desc, stream);
+    });
     std::string err;
     const sw_status queued = mv->order_end(s, ticket, &err);
     if (queued != SW_OK) {

@@ -91,6 +91,29 @@ public:
     virtual void order_release(const OrderTicket&) noexcept {}
     // After queueing the host side: makes the device stream wait for it.
     virtual sw_status order_end(sw_stream_s*, const OrderTicket&, std::string* /*err*/) noexcept { return SW_OK; }
+    // Queues host_side(ticket) on the stream's worker (also after earlier errors) between order_arm and order_end, and
+    // releases the ticket exactly once: after host_side, whatever it threw, or here when it cannot be queued (a pending
+    // flag never released would hold every CUDA free of the device back, core/objects.h).
+    template <class F>
+    void enqueue_host_side(cpu::Stream* stream, const OrderTicket& ticket, F host_side) {
+        try {
+            stream->enqueue(
+                [mv = this, tk = OrderTicket(ticket), host_side = std::move(host_side)]() mutable {
+                    struct Release { // let the device stream go on whatever happens below
+                        Mover* mv;
+                        const OrderTicket& t;
+                        ~Release() { mv->order_release(t); }
+                    } release{mv, tk};
+                    host_side(tk);
+                },
+                /*always=*/true);
+        } catch (...) {
+            OrderTicket t = ticket;
+            order_release(t);
+            order_cancel(t);
+            throw;
+        }
+    }
 
     // ---- point-to-point transfers (p2p.h, p2p.cpp)
     // In-process: rank `rank` copies `bytes` from its peer's send region into its own receive region (CPU: memmove;

@@ -145,35 +145,22 @@ void submit(Communicator& c, Transfer t, sw_stream_s* s) {
     mv->order_arm(s, &ticket);
     const int32_t rank = t.rank;
     const char* call = t.call;
-    try {
-        stream->enqueue(
-            [self, t = std::move(t), stream, mv, ticket]() mutable {
-                struct Release {
-                    Mover* mv;
-                    const OrderTicket& t;
-                    ~Release() { mv->order_release(t); }
-                } release{mv, ticket};
-                std::string e;
-                const sw_status waited = mv->order_wait(ticket, &e);
-                if (waited != SW_OK) {
-                    std::string why;
-                    {
-                        std::lock_guard<std::mutex> lock(self->mu);
-                        self->abort_locked(waited, str("rank ", t.rank, " could not run ", t.call,
-                                                       ": waiting for its stream's earlier work failed: ", e));
-                        why = self->reason;
-                    }
-                    self->agreement->notify_abort(waited, why);
-                    fail(waited, why);
-                }
-                run(*self, t, stream);
-            },
-            /*always=*/true);
-    } catch (...) { // not queued: nothing will release the stream, so release it here
-        mv->order_release(ticket);
-        mv->order_cancel(ticket);
-        throw;
-    }
+    mv->enqueue_host_side(stream, ticket, [self, t = std::move(t), stream, mv](OrderTicket& ot) {
+        std::string e;
+        const sw_status waited = mv->order_wait(ot, &e);
+        if (waited != SW_OK) {
+            std::string why;
+            {
+                std::lock_guard<std::mutex> lock(self->mu);
+                self->abort_locked(waited, str("rank ", t.rank, " could not run ", t.call,
+                                               ": waiting for its stream's earlier work failed: ", e));
+                why = self->reason;
+            }
+            self->agreement->notify_abort(waited, why);
+            fail(waited, why);
+        }
+        run(*self, t, stream);
+    });
     std::string err;
     const sw_status queued = mv->order_end(s, ticket, &err);
     if (queued != SW_OK) {
