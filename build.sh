@@ -35,6 +35,7 @@
 #   ./build.sh fuzz [SECONDS]      libFuzzer over the C ABI (native/tests/fuzz/c_api_fuzz.c; clang-14 with
 #                                  -fsanitize=fuzzer,address,undefined) for SECONDS (default 60) into build/fuzz;
 #                                  the corpus is kept in build/fuzz/corpus, a failing input lands in build/fuzz/
+#                                  (inputs in native/tests/fuzz/regressions are replayed first)
 #   ./build.sh pack                deps, native build, NuGet packages Shardwise.Bindings, Shardwise.Parallel and
 #                                  the launcher tool Shardwise.Launcher into artifacts/packages (native library
 #                                  under runtimes/<rid>/native; the CUDA plugin as the build folder's SHARDWISE_CUDA
@@ -541,6 +542,10 @@ cmd_fuzz() {
     step "fuzz: build c_api_fuzz"
     cmake --build "$dir" --target c_api_fuzz -j "$JOBS"
     mkdir -p "$dir/corpus"
+    # Inputs that once broke an invariant (native/tests/fuzz/regressions) run first, once each.
+    step "fuzz: replay native/tests/fuzz/regressions"
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}" \
+        "$dir/bin/c_api_fuzz" "$ROOT"/native/tests/fuzz/regressions/*
     step "fuzz: c_api_fuzz for $seconds s (corpus ${dir#"$ROOT"/}/corpus)"
     # detect_leaks: LeakSanitizer runs at exit; every object a fuzz input makes is destroyed before the next.
     ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}" \

@@ -397,15 +397,18 @@ static void op_gemm(Reader* r) {
     sw_buffer C = ic >= 0 ? bufs[ic].h : (sw_buffer)bad_handle(r);
     sw_buffer BIAS = ibias >= 0 ? bufs[ibias].h : NULL;
 
-    int valid = dtype == SW_DTYPE_F32 && (ta == 0 || ta == 1) && (tb == 0 || tb == 1) && (epi == 0 || epi == 1) &&
-                m >= 1 && n >= 1 && k >= 0 && isfinite(alpha) && isfinite(beta);
+    /* The CPU backend computes sw_gemm in f32, f16 and bf16 (every operand, bias included, of that type). */
+    const uint64_t es = dtype == SW_DTYPE_F32 ? 4 : dtype == SW_DTYPE_F16 || dtype == SW_DTYPE_BF16 ? 2 : 0;
+    int valid = es != 0 && (ta == 0 || ta == 1) && (tb == 0 || tb == 1) && (epi == 0 || epi == 1) && m >= 1 &&
+                n >= 1 && k >= 0 && isfinite(alpha) && isfinite(beta);
     valid = valid && ic >= 0 && bufs[ic].dev == s->dev && ld[2] >= cmin &&
-            matrix_fits(bufs[ic].bytes / 4, co, m, n, ld[2]);
+            matrix_fits(bufs[ic].bytes / es, co, m, n, ld[2]);
     if (valid && k > 0)
         valid = ia >= 0 && ib >= 0 && bufs[ia].dev == s->dev && bufs[ib].dev == s->dev && ld[0] >= amin &&
-                ld[1] >= bmin && matrix_fits(bufs[ia].bytes / 4, ao, ta_t ? k : m, a_cols, ld[0]) &&
-                matrix_fits(bufs[ib].bytes / 4, bo, tb_t ? n : k, b_cols, ld[1]);
-    if (valid && ibias >= 0) valid = bufs[ibias].dev == s->dev && span_fits(bufs[ibias].bytes / 4, biaso, (uint64_t)n);
+                ld[1] >= bmin && matrix_fits(bufs[ia].bytes / es, ao, ta_t ? k : m, a_cols, ld[0]) &&
+                matrix_fits(bufs[ib].bytes / es, bo, tb_t ? n : k, b_cols, ld[1]);
+    if (valid && ibias >= 0)
+        valid = bufs[ibias].dev == s->dev && span_fits(bufs[ibias].bytes / es, biaso, (uint64_t)n);
     const sw_status st = sw_gemm(s->h, (sw_dtype)dtype, (sw_op)ta, (sw_op)tb, m, n, k, alpha, A, ao, ld[0], B, bo, ld[1],
                                  beta, C, co, ld[2], BIAS, biaso, (sw_epilogue)epi);
     expect(st, valid, "sw_gemm");
