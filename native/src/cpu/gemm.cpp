@@ -468,7 +468,8 @@ struct Seg {
     int64_t next = 0;       // the next segment's v0 (end() padded to NR, or end() when fused)
     bool fused = false;     // continues the previous segment (v0 == its end())
     PackFn pack_b = nullptr;
-    bool b_inplace = false; // read full-width B micro-panels in place (no packing)
+    bool b_inplace = false; // read B micro-panels in place (no packing): full-width ones, narrow ones too where the
+                            // kernel has the masked few-row kernel
     // fp32 operands ...
     const float* b = nullptr;
     float* c = nullptr;          // also an fp32 C of 16-bit inputs
@@ -594,7 +595,7 @@ void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, in
     }
     for (int64_t jr = jr_done; jr < nc; jr += NR) {
         const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-        if (s.b_inplace && w == NR) continue;
+        if (s.b_inplace && (w == NR || cx.ki.edge_rows_masked_fn)) continue; // read in place (run_task)
         float* dst = bpack + (jr / NR) * steps * NR;
         const int64_t j = jc + jr;
         switch (cx.path) {
@@ -797,7 +798,10 @@ void run_task(const Ctx& cx, int64_t task) {
                         const int w = static_cast<int>(std::min<int64_t>(NR, run_left));
                         const float* bp;
                         int64_t ldbp;
-                        if (s.b_inplace && w == NR && seg_left >= NR && kc > 0) {
+                        // In place: a full-width micro-panel, or (with the masked few-row kernel) a narrow one that
+                        // ends its segment.
+                        if (s.b_inplace && kc > 0 &&
+                            ((w == NR && seg_left >= NR) || (w < NR && w <= seg_left && cx.ki.edge_rows_masked_fn))) {
                             bp = s.b + p0 * sg.ldb + bj;
                             ldbp = sg.ldb;
                         } else {
@@ -827,6 +831,9 @@ void run_task(const Ctx& cx, int64_t task) {
                             } else if (w == NR && cx.ki.edge_rows_fn && h <= cx.ki.edge_rows_max) {
                                 ep.bias = bias_j;  // few rows of a full-width tile: straight into C
                                 cx.ki.edge_rows_fn(h, kk, ap, bp, ldbp, cp, ldcw, ep);
+                            } else if (w < NR && cx.ki.edge_rows_masked_fn && h <= cx.ki.edge_rows_max) {
+                                ep.bias = bias_j;  // few rows of a narrow tile: straight into C, B maybe in place
+                                cx.ki.edge_rows_masked_fn(h, w, kk, ap, bp, ldbp, cp, ldcw, ep);
                             } else {
                                 edge_tile(cx, tb, kk, ap, bp, ldbp, cp, ldcw, h, w, ep);
                             }
@@ -950,7 +957,11 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
         Seg& s = segs[i];
         s = Seg{};
         s.g = &p;
-        s.fused = i > 0 && continues(*members[i - 1], p);
+        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= inplace_rows(ki);
+        // Not fused where both read B in place with the masked few-row kernel: each member's narrow last micro-panel
+        // is then read in place too (a straddling one would be packed from both).
+        s.fused = i > 0 && continues(*members[i - 1], p) &&
+                  !(ki.edge_rows_masked_fn && s.b_inplace && segs[i - 1].b_inplace);
         if (s.fused) {
             v0 = segs[i - 1].end();
             segs[i - 1].next = v0;
@@ -962,7 +973,6 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
         v0 = s.next;
         s.pack_b = pack_fn(ki.nr, p.trans_b);
         if (p.trans_b && ki.pack_trans_nr) s.pack_b = ki.pack_trans_nr;
-        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= inplace_rows(ki);
         cx.all_inplace = cx.all_inplace && s.b_inplace;
         if (ch.path == Path::F32) s.b = static_cast<const float*>(p.b);
         else s.b16 = static_cast<const uint16_t*>(p.b);

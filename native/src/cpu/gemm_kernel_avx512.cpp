@@ -434,6 +434,92 @@ SW_TARGET_AVX512 void edge_rows_avx512(int h, int64_t kc, const float* a, const 
     }
 }
 
+// ---- Few-row masked edge kernel (fp32) --------------------------------------------------------------
+// h x w (h <= 13, 1 <= w < 32): edge_rows_t with B loaded and C, the bias written and read through lane masks, so a
+// narrow tile (a member of 16 columns, the last 10 columns of n = 74) needs neither a packed B micro-panel nor a
+// temporary tile: B may be read in place (masked-off lanes are not loaded: nothing past the w columns is touched),
+// and the result goes straight into C. Masked-off lanes hold zeros and are never stored. The FMA chain and the
+// epilogue of kernel_avx512 per element (finish16's operations, lane for lane), so the same bits.
+SW_TARGET_AVX512 inline void finish16_masked(float* cp, __m512 acc, int mode, __m512 valpha, __m512 vbeta,
+                                             const float* bias, bool gelu, __mmask16 mask) {
+    __m512 x;
+    if (bias && mode == kEpiBeta0) {
+        x = _mm512_fmadd_ps(valpha, acc, _mm512_maskz_loadu_ps(mask, bias));
+    } else {
+        if (mode == kEpiBeta0)
+            x = _mm512_mul_ps(valpha, acc);
+        else if (mode == kEpiBeta)
+            x = _mm512_fmadd_ps(valpha, acc, _mm512_mul_ps(vbeta, _mm512_maskz_loadu_ps(mask, cp)));
+        else
+            x = _mm512_fmadd_ps(valpha, acc, _mm512_maskz_loadu_ps(mask, cp));
+        if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mask, bias));
+    }
+    if (gelu) x = gelu16(x);
+    _mm512_mask_storeu_ps(cp, mask, x);
+}
+
+template <int H, int V>
+SW_TARGET_AVX512 void edge_rows_masked_t(int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                         int64_t ldc, const Epilogue& ep, __mmask16 m0, __mmask16 m1) {
+    __m512 acc[H][V];
+#pragma GCC unroll 16
+    for (int r = 0; r < H; ++r)
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kc; ++p) {
+        __m512 bv[V];
+        bv[0] = _mm512_maskz_loadu_ps(m0, b);
+        if constexpr (V == 2) bv[1] = _mm512_maskz_loadu_ps(m1, b + 16);
+#pragma GCC unroll 16
+        for (int r = 0; r < H; ++r) {
+            const __m512 av = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 2
+            for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+        a += kMR;
+        b += ldb;
+    }
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+#pragma GCC unroll 16
+    for (int r = 0; r < H; ++r)
+#pragma GCC unroll 2
+        for (int v = 0; v < V; ++v)
+            finish16_masked(c + r * ldc + 16 * v, acc[r][v], ep.mode, valpha, vbeta,
+                            ep.bias ? ep.bias + 16 * v : nullptr, ep.gelu, v == 0 ? m0 : m1);
+}
+
+template <int V>
+SW_TARGET_AVX512 void edge_rows_masked_v(int h, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                         int64_t ldc, const Epilogue& ep, __mmask16 m0, __mmask16 m1) {
+    switch (h) {
+    case 1: edge_rows_masked_t<1, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 2: edge_rows_masked_t<2, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 3: edge_rows_masked_t<3, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 4: edge_rows_masked_t<4, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 5: edge_rows_masked_t<5, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 6: edge_rows_masked_t<6, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 7: edge_rows_masked_t<7, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 8: edge_rows_masked_t<8, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 9: edge_rows_masked_t<9, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 10: edge_rows_masked_t<10, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 11: edge_rows_masked_t<11, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    case 12: edge_rows_masked_t<12, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    default: edge_rows_masked_t<13, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
+    }
+}
+
+SW_TARGET_AVX512 void edge_rows_masked_avx512(int h, int w, int64_t kc, const float* a, const float* b, int64_t ldb,
+                                              float* c, int64_t ldc, const Epilogue& ep) {
+    if (w <= 16) {
+        const auto m0 = static_cast<__mmask16>((1u << w) - 1u);
+        edge_rows_masked_v<1>(h, kc, a, b, ldb, c, ldc, ep, m0, 0);
+    } else {
+        const auto m1 = static_cast<__mmask16>((1u << (w - 16)) - 1u);
+        edge_rows_masked_v<2>(h, kc, a, b, ldb, c, ldc, ep, 0xFFFF, m1);
+    }
+}
+
 // ---- Transposing packs ------------------------------------------------------------------------------
 // dst[p*W + c] = src[c*ld + p] (c < w, zero for w <= c < W) for the MR = 14 wide A micro-panels
 // (op(A) = A) and the NR = 32 wide B micro-panels (op(B) = B^T): 16 source rows x 16 k steps are
@@ -691,6 +777,7 @@ KernelInfo kernel_info_avx512() {
     ki.rows_nr = kRowsCols;
     ki.edge_rows_fn = &edge_rows_avx512;
     ki.edge_rows_max = kMR - 1;
+    ki.edge_rows_masked_fn = &edge_rows_masked_avx512;
     ki.pack_trans_mr = &pack_trans_avx512<kMR>;
     ki.pack_trans_nr = &pack_trans_avx512<16 * kNV>;
     ki.pack_panels_nr = &pack_panels_avx512;
@@ -722,6 +809,7 @@ KernelInfo kernel_info_avx512bf16() {
     ki.pairs = true;
     ki.edge_rows_fn = &pairs_edge_rows;
     ki.edge_rows_max = 7;
+    ki.edge_rows_masked_fn = nullptr; // (fp32 arithmetic; the pair kernel's differs)
     ki.pack_pairs_rows_mr = &pack_pairs_rows_avx512<kMR>;
     ki.pack_pairs_cols_mr = &pack_pairs_cols_avx512<kMR>;
     ki.pack_pairs_rows_nr = &pack_pairs_rows_avx512<16 * kNV>;

@@ -39,6 +39,11 @@ using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, int64_t
 using RowsKernel = void (*)(int h, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                             int64_t ldc, const Epilogue& ep);
 
+// Few-row narrow variant: h rows x w columns (w < NR), otherwise as RowsKernel for a micro-panel of op(B) (packed,
+// ldb == NR, or in place); only the w columns of b, c and the bias are read or written.
+using MaskedRowsKernel = void (*)(int h, int w, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                  int64_t ldc, const Epilogue& ep);
+
 // Transposing pack of a micro-panel of width W (W = MR for op(A) = A, W = NR for op(B) = B^T):
 // dst[p*W + c] = src[c*ld + p] for p < kc, c < w (w <= W), zero for w <= c < W.
 using PackFn = void (*)(float* dst, const float* src, int64_t ld, int64_t kc, int w);
@@ -71,6 +76,9 @@ struct KernelInfo {
     // (a as for MicroKernel, b a packed micro-panel), the same per-element arithmetic as fn.
     RowsKernel edge_rows_fn = nullptr;
     int edge_rows_max = 0;
+    // optional: the same for h <= edge_rows_max rows and w < NR columns, b (packed, or read in place) loaded and c
+    // written only within the w columns (no temporary tile; nothing of b past the w columns is read).
+    MaskedRowsKernel edge_rows_masked_fn = nullptr;
     PackFn pack_trans_mr = nullptr;  // optional SIMD versions of the transposing packs
     PackFn pack_trans_nr = nullptr;
     PackPanelsFn pack_panels_nr = nullptr;  // optional SIMD version of the driver's row-by-row panel copy
