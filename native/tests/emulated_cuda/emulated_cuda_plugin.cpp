@@ -74,14 +74,28 @@ sw_status malloc_device(int32_t, uint64_t bytes, void** p, std::string* err) {
     *p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     return *p ? SW_OK : (err ? (*err = "emulated: out of memory", SW_ERR_OUT_OF_MEMORY) : SW_ERR_OUT_OF_MEMORY);
 }
-// Wait-flag tasks queued and not yet past their flag, and frees made meanwhile: on a GPU, cudaFree and cudaFreeHost wait
+// Wait-flag tasks whose flag has not been set yet, and frees made meanwhile: on a GPU, cudaFree and cudaFreeHost wait
 // for the whole device, so such a free waits for a wait-flag kernel whose host side may need the freeing thread (a
 // deadlock no timeout breaks). The core must defer them (core/objects.h, DeferredFrees); the checks read the count
-// through emulated_cuda_unsafe_frees.
-std::atomic<int64_t> g_pending_waits{0};
+// through emulated_cuda_unsafe_frees. A wait whose flag is already set but not yet seen by its task (it polls every
+// 50 us) does not count: that kernel finishes on its own, and the core's gate opens exactly when the flag is set.
+struct PendingWait {
+    const uint32_t* flag;
+    uint32_t target;
+};
+std::mutex g_waits_mu;
+std::vector<PendingWait> g_waits; // queued wait-flag tasks not yet finished
 std::atomic<int64_t> g_unsafe_frees{0};
+bool flag_reached(const uint32_t* f, uint32_t target) {
+    return static_cast<int32_t>(__atomic_load_n(f, __ATOMIC_ACQUIRE) - target) >= 0;
+}
 void note_free() {
-    if (g_pending_waits.load() > 0) g_unsafe_frees.fetch_add(1);
+    std::lock_guard<std::mutex> lock(g_waits_mu);
+    for (const PendingWait& w : g_waits)
+        if (!flag_reached(w.flag, w.target)) {
+            g_unsafe_frees.fetch_add(1);
+            return;
+        }
 }
 sw_status free_device(int32_t, void* p, std::string*) {
     note_free();
@@ -233,11 +247,18 @@ sw_status bias_act(int32_t, sw_dtype, void*, int64_t, int64_t, int64_t, const vo
 }
 sw_status wait_flag(int32_t, volatile uint32_t* flag, uint32_t target, void* s, std::string*) {
     uint32_t* f = const_cast<uint32_t*>(flag);
-    g_pending_waits.fetch_add(1);
+    {
+        std::lock_guard<std::mutex> lock(g_waits_mu);
+        g_waits.push_back({f, target});
+    }
     S(s)->enqueue([f, target] {
-        while (static_cast<int32_t>(__atomic_load_n(f, __ATOMIC_ACQUIRE) - target) < 0)
-            std::this_thread::sleep_for(std::chrono::microseconds(50));
-        g_pending_waits.fetch_sub(1);
+        while (!flag_reached(f, target)) std::this_thread::sleep_for(std::chrono::microseconds(50));
+        std::lock_guard<std::mutex> lock(g_waits_mu);
+        for (size_t i = 0; i < g_waits.size(); ++i)
+            if (g_waits[i].flag == f && g_waits[i].target == target) {
+                g_waits.erase(g_waits.begin() + static_cast<std::ptrdiff_t>(i));
+                break;
+            }
     }, true);
     return SW_OK;
 }
