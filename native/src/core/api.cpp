@@ -388,6 +388,13 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype_in, sw_op trans_a_in, 
                          uint64_t b_offset, int64_t ldb, float beta, sw_buffer c, uint64_t c_offset, int64_t ldc,
                          sw_buffer bias, uint64_t bias_offset, sw_epilogue epilogue_in) {
     return guard(__func__, [&] {
+        LiveBatch live; // every handle of the call: one registry lock
+        live.add(stream, HandleKind::Stream);
+        live.add(a, HandleKind::Buffer);
+        live.add(b, HandleKind::Buffer);
+        live.add(c, HandleKind::Buffer);
+        live.add(bias, HandleKind::Buffer);
+        live.verify();
         auto* s = checked(stream, "stream");
         GemmCall call = gemm_call_from_args(s, dtype_in, trans_a_in, trans_b_in, m, n, k, alpha, a, a_offset, lda, b,
                                             b_offset, ldb, beta, c, c_offset, ldc, bias, bias_offset, epilogue_in);
@@ -397,6 +404,15 @@ SW_API sw_status sw_gemm(sw_stream stream, sw_dtype dtype_in, sw_op trans_a_in, 
 
 SW_API sw_status sw_gemm_ex(sw_stream stream, const sw_gemm_desc* desc) {
     return guard(__func__, [&] {
+        LiveBatch live; // every handle of the call: one registry lock
+        live.add(stream, HandleKind::Stream);
+        if (desc && desc->size == sizeof(sw_gemm_desc)) {
+            live.add(desc->a, HandleKind::Buffer);
+            live.add(desc->b, HandleKind::Buffer);
+            live.add(desc->c, HandleKind::Buffer);
+            live.add(desc->bias, HandleKind::Buffer);
+        }
+        live.verify();
         auto* s = checked(stream, "stream");
         GemmCall call = gemm_call_from_desc(s, desc);
         s->device_impl->ops->gemm(*s, call.problem, std::move(call.keep));
@@ -414,10 +430,21 @@ SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const 
         SmallArray<sw_stream_s*, 16> ss(n);
         SmallArray<GemmProblem, 16> problems(n);
         SmallArray<KeepAlive, 16> keeps(n);
+        // Every handle of the first members (LiveBatch::kMax of them) under one registry lock.
+        LiveBatch live;
+        for (int32_t i = 0; i < count && i < LiveBatch::kMax / 5; ++i) {
+            live.add(streams[i], HandleKind::Stream);
+            if (descs[i].size != sizeof(sw_gemm_desc)) continue; // refused below
+            live.add(descs[i].a, HandleKind::Buffer);
+            live.add(descs[i].b, HandleKind::Buffer);
+            live.add(descs[i].c, HandleKind::Buffer);
+            live.add(descs[i].bias, HandleKind::Buffer);
+        }
+        live.verify();
         for (int32_t i = 0; i < count; ++i) {
             ss[i] = streams[i];
-            if (!ss[i] || !is_live_handle(ss[i], HandleKind::Stream)) // the name is formatted only on failure
-                checked(streams[i], str("streams[", i, "]").c_str());
+            if (!ss[i] || (!LiveBatch::contains(ss[i], HandleKind::Stream) && !is_live_handle(ss[i], HandleKind::Stream)))
+                checked(streams[i], str("streams[", i, "]").c_str()); // the name is formatted only on failure
             if (ss[i]->device_impl != ss[0]->device_impl)
                 fail(SW_ERR_INVALID_ARGUMENT, "streams[", i, "] is on another device than streams[0]; expected every ",
                      "member's stream on one device");

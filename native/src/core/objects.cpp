@@ -31,6 +31,42 @@ bool is_live_handle(const void* h, HandleKind kind) {
     return it != registry().end() && it->second == kind;
 }
 
+namespace {
+thread_local const LiveBatch* t_live_batch = nullptr;
+} // namespace
+
+void LiveBatch::verify() {
+    {
+        std::lock_guard<std::mutex> lock(g_registry_mu);
+        int kept = 0;
+        for (int i = 0; i < n_; ++i) {
+            auto it = registry().find(h_[i]);
+            if (it != registry().end() && it->second == k_[i]) {
+                h_[kept] = h_[i];
+                k_[kept] = k_[i];
+                ++kept;
+            }
+        }
+        n_ = kept;
+    }
+    if (!installed_) {
+        prev_ = t_live_batch;
+        t_live_batch = this;
+        installed_ = true;
+    }
+}
+
+LiveBatch::~LiveBatch() {
+    if (installed_) t_live_batch = prev_;
+}
+
+bool LiveBatch::contains(const void* h, HandleKind kind) {
+    for (const LiveBatch* b = t_live_batch; b; b = b->prev_)
+        for (int i = 0; i < b->n_; ++i)
+            if (b->h_[i] == h && b->k_[i] == kind) return true;
+    return false;
+}
+
 const char* handle_kind_name(HandleKind kind) {
     switch (kind) {
     case HandleKind::Device: return "sw_device";

@@ -32,6 +32,37 @@ void unregister_handle(const void* h);
 bool is_live_handle(const void* h, HandleKind kind);
 const char* handle_kind_name(HandleKind kind);
 
+// Handles found live together, under one lock of the registry, for the rest of one C ABI call on this thread:
+// checked() looks here before it locks the registry, so a call that takes many handles (sw_gemm_grouped: a stream and
+// four buffers per member) locks it once instead of once per handle. Only a shortcut: a handle not listed, or not
+// live, takes checked()'s usual path and message. (A handle destroyed by another thread meanwhile is the caller's
+// race, as it is between any check and the use that follows.)
+class LiveBatch {
+public:
+    static constexpr int kMax = 96;
+    LiveBatch() = default;
+    LiveBatch(const LiveBatch&) = delete;
+    LiveBatch& operator=(const LiveBatch&) = delete;
+    ~LiveBatch();
+    void add(const void* h, HandleKind kind) {
+        if (h && n_ < kMax) {
+            h_[n_] = h;
+            k_[n_] = kind;
+            ++n_;
+        }
+    }
+    // Keeps the listed handles that are live (one registry lock) and makes the batch this thread's until destroyed.
+    void verify();
+    static bool contains(const void* h, HandleKind kind);
+
+private:
+    const void* h_[kMax];
+    HandleKind k_[kMax];
+    int n_ = 0;
+    bool installed_ = false;
+    const LiveBatch* prev_ = nullptr;
+};
+
 // When CUDA memory may be freed. cudaFree and cudaFreeHost wait for the whole device while holding the driver's locks,
 // and a collective or point-to-point transfer ordered into a CUDA stream parks that stream on a wait-flag kernel until
 // its host side has run. So a free while some flag of the device is pending deadlocks whenever the host side needs
@@ -163,7 +194,7 @@ namespace sw {
 template <class T>
 T* checked(T* h, HandleKind kind, const char* name) {
     if (!h) fail(SW_ERR_NULL_HANDLE, name, " is NULL; expected a live ", handle_kind_name(kind), " handle");
-    if (!is_live_handle(h, kind))
+    if (!LiveBatch::contains(h, kind) && !is_live_handle(h, kind))
         fail(SW_ERR_INVALID_ARGUMENT, name, " is not a live ", handle_kind_name(kind),
              " handle (destroyed, or not a ", handle_kind_name(kind), ")");
     return h;
