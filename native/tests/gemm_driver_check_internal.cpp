@@ -476,6 +476,45 @@ void check_skinny(ThreadPool* pools[3]) {
     }
 }
 
+// Skinny M over a B too large for the caches (>= 4 MiB, stored as is): gemm() takes the row-walking kernel where the
+// kernel has one (walk_applies in gemm.cpp), gemm_grouped() with a second member that cannot walk the packed path;
+// every byte must agree, and match float64. (One case in four: the member alone, walking in both calls.)
+// Rows 1..16 (17: past the walking limit), several k blocks, n with a partial last vector, lda/ldb/ldc padded, alpha,
+// beta, bias and GeLU as make_group draws them.
+void check_walk(ThreadPool* pools[3]) {
+    Rng rng(2718);
+    const int64_t ms[] = {1, 2, 3, 5, 8, 12, 16, 17};
+    for (Kernel kern : kernels()) {
+        if (kern == Kernel::Generic) continue;
+        const int before = g_failures;
+        for (int c = 0; c < 16; ++c) {
+            const int64_t m = ms[c % 8];
+            const int64_t n = c % 3 == 0 ? 1024 + rng.range(1, 40) : c % 3 == 1 ? 2048 + rng.range(0, 15) : 1100;
+            const int64_t k = c % 4 == 0 ? 1024 : 1000 + rng.range(0, 300);
+            // Member 0 walks alone; member 1 (op(B) = B^T, small) never walks, so the group takes the packed path for
+            // both (a group walks only when every member would).
+            const bool pair = c % 4 != 3;
+            Group G = make_group(rng, SW_DTYPE_F32, m, k, pair ? std::vector<int64_t>{n, 40} : std::vector<int64_t>{n}, 1,
+                                 false, false, rng.range(0, 1) == 1);
+            Member& mb = G.ms[0];
+            mb.tb = false;
+            mb.ldb = n + rng.range(0, 3);
+            mb.b.init(SW_DTYPE_F32, k * mb.ldb);
+            mb.b.fill(rng, -1.0f, 1.0f);
+            if (pair) {
+                Member& m1 = G.ms[1];
+                m1.tb = true;
+                m1.ldb = k + rng.range(0, 3);
+                m1.b.init(SW_DTYPE_F32, m1.n * m1.ldb);
+                m1.b.fill(rng, -1.0f, 1.0f);
+            }
+            check_group(G, kern, *pools[c % 3], true);
+        }
+        std::printf("row-walking skinny M, kernel %s: %s\n", sw::cpu::kernel_name(kern),
+                    g_failures == before ? "ok" : "FAILED");
+    }
+}
+
 // ================================================================================================
 // --bench: by-hand measurements (never under ctest). Variants interleaved in one process: each round runs every
 // variant once in a rotating order (a few calls each, after a warm-up); the report is the median of the per-round
@@ -763,6 +802,7 @@ int main(int argc, char** argv) {
     check_grouped(pools);
     check_grouped_not_shared(*p2);
     check_skinny(pools);
+    check_walk(pools);
     std::printf("%d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

@@ -379,6 +379,7 @@ struct ThreadBuffers {
     AlignedBuffer biasw;   // the task's bias in virtual columns (a 16-bit one widened; fused segments' gathered)
     AlignedBuffer widen;   // 16-bit rows widened before a transposing pack (W x kc)
     AlignedBuffer straddle; // one segment's part of a micro-panel straddling fused segments (kc x NR)
+    AlignedBuffer walk;     // the row-walking kernel's accumulators (m rows x one column chunk)
     alignas(kAlign) float tile[64 * 64];  // edge tile (MR x NR <= 64 x 64)
     alignas(kAlign) float bias[64];       // zero-padded bias of an edge tile (NR <= 64)
 };
@@ -998,11 +999,73 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
 
 void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) { gemm(args, kernel, pool); }
 
+// Skinny M: the row-walking kernel (KernelInfo::walk_fn) where B is stored as is and too large for the caches, so that
+// reading it once at full speed is the whole cost. The columns are cut into one range per thread, each range into
+// chunks whose accumulators (m rows) stay in L1; every chunk runs the k blocks of the packed path (same KSplit, same
+// epilogue modes), so each element of C gets the bits of the packed path. (Measured on 1, 8 and 32 x 4096 x 4096 and
+// x 11008 against the packed path and oneDNN: README, "Performance"; kernel choices in gemm_kernel_avx512.cpp.)
+#ifndef SW_WALK_ROWS_MAX
+#define SW_WALK_ROWS_MAX 16
+#endif
+constexpr int64_t kWalkRowsMax = SW_WALK_ROWS_MAX;
+constexpr double kWalkMinBBytes = 4.0 * 1024 * 1024;
+
+bool walk_applies(const GemmProblem& p, const Choice& ch) {
+    return ch.path == Path::F32 && ch.ki.walk_fn && !p.trans_b && p.c_type == SW_DTYPE_F32 && p.m <= kWalkRowsMax &&
+           p.k > 0 && p.n >= 16 && 4.0 * static_cast<double>(p.k) * static_cast<double>(p.n) >= kWalkMinBBytes;
+}
+
+void walk_gemm(const GemmProblem& p, const KernelInfo& ki, ThreadPool& pool) {
+    struct Job {
+        const GemmProblem* p;
+        WalkKernel fn;
+        KSplit kb;
+        int64_t per, cw;
+    } job{&p, ki.walk_fn, KSplit(p.k, ki.kc, 1), 0, 0};
+    const int64_t threads = std::max(pool.size(), 1);
+    job.per = round_up(ceil_div(p.n, threads), 16);
+    // Columns per chunk: m rows of accumulators in about 32 KiB (L1), 64..2048 columns.
+    job.cw = std::clamp<int64_t>((8192 / p.m) / 16 * 16, 64, 2048);
+    const int64_t tasks = ceil_div(p.n, job.per);
+    const Job* pj = &job;
+    pool.parallel_for(tasks, [pj](int64_t t) {
+        const GemmProblem& g = *pj->p;
+        const int64_t j0 = t * pj->per, j1 = std::min(g.n, j0 + pj->per);
+        const auto* a = static_cast<const float*>(g.a);
+        const auto* b = static_cast<const float*>(g.b);
+        auto* c = static_cast<float*>(g.c);
+        const auto* bias = static_cast<const float*>(g.bias);
+        const int64_t a_rs = g.trans_a ? 1 : g.lda, a_ps = g.trans_a ? g.lda : 1;
+        float* acc = thread_buffers().walk.get(static_cast<size_t>(g.m * pj->cw));
+        const int h = static_cast<int>(g.m);
+        for (int64_t jc = j0; jc < j1; jc += pj->cw) {
+            const int64_t w = std::min(pj->cw, j1 - jc);
+            for (int64_t kbi = 0; kbi < pj->kb.nb(); ++kbi) {
+                const int64_t p0 = pj->kb.start(kbi), kc = pj->kb.size(kbi);
+                const bool first = kbi == 0, last = kbi == pj->kb.nb() - 1;
+                Epilogue ep;
+                ep.alpha = g.alpha;
+                ep.beta = g.beta;
+                ep.mode = !first ? kEpiAccum : (g.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
+                ep.gelu = last && g.gelu();
+                ep.bias = last && bias ? bias + jc : nullptr;
+                pj->fn(h, kc, a + p0 * a_ps, a_rs, a_ps, b + p0 * g.ldb + jc, g.ldb, w, acc, pj->cw, c + jc, g.ldc,
+                       ep);
+            }
+        }
+    });
+}
+
 void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
     if (args.m <= 0 || args.n <= 0) return;
+    const Choice ch = choose(args, kernel);
+    if (walk_applies(args, ch)) {
+        walk_gemm(args, ch.ki, pool);
+        return;
+    }
     const GemmProblem* member = &args;
     Seg seg;
-    Ctx cx = make_ctx(&member, 1, &seg, choose(args, kernel));
+    Ctx cx = make_ctx(&member, 1, &seg, ch);
     plan_tasks(cx, pool.size());
     const int64_t ntasks = cx.tm * cx.tn;
     const Ctx* pcx = &cx;
@@ -1015,6 +1078,15 @@ void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
 // gemm() would give them (same kernel, path, k blocks, packed values and epilogue: determinism contract), so its C
 // is bit for bit gemm(problems[i])'s.
 void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, ThreadPool& pool) {
+    // Every member a skinny GEMM over a large B stored as is (the virtual ranks' shards of a decode-size step): each
+    // walks its own B (walk_gemm, all threads), as gemm() would run it alone. Packing X once saves nothing there.
+    bool all_walk = count > 0;
+    for (int32_t i = 0; i < count && all_walk; ++i)
+        all_walk = problems[i].m > 0 && problems[i].n > 0 && walk_applies(problems[i], choose(problems[i], kernel));
+    if (all_walk) {
+        for (int32_t i = 0; i < count; ++i) walk_gemm(problems[i], choose(problems[i], kernel).ki, pool);
+        return;
+    }
     // Per-thread scratch, reused: steady-state calls do not allocate. (The pool threads read it through the
     // pointers below while this thread waits in parallel_for.)
     struct Scratch {

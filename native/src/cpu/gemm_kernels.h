@@ -44,6 +44,14 @@ using RowsKernel = void (*)(int h, int64_t kc, const float* a, const float* b, i
 using MaskedRowsKernel = void (*)(int h, int w, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
                                   int64_t ldc, const Epilogue& ep);
 
+// Row-walking few-row kernel: one k block (kc steps) of h rows x w columns with B read in place (b[p * ldb + j]) row
+// by row across all w columns, a(r, p) = a[r * a_rs + p * a_ps] read unpacked, the accumulators in acc (h rows of
+// ldacc >= round_up(w, 16) floats, 64-byte aligned), then the epilogue into C (w columns, bias: w entries). Every
+// element gets exactly MicroKernel's FMA chain and epilogue: the same bits.
+using WalkKernel = void (*)(int h, int64_t kc, const float* a, int64_t a_rs, int64_t a_ps, const float* b,
+                            int64_t ldb, int64_t w, float* acc, int64_t ldacc, float* c, int64_t ldc,
+                            const Epilogue& ep);
+
 // Transposing pack of a micro-panel of width W (W = MR for op(A) = A, W = NR for op(B) = B^T):
 // dst[p*W + c] = src[c*ld + p] for p < kc, c < w (w <= W), zero for w <= c < W.
 using PackFn = void (*)(float* dst, const float* src, int64_t ld, int64_t kc, int w);
@@ -79,6 +87,8 @@ struct KernelInfo {
     // optional: the same for h <= edge_rows_max rows and w < NR columns, b (packed, or read in place) loaded and c
     // written only within the w columns (no temporary tile; nothing of b past the w columns is read).
     MaskedRowsKernel edge_rows_masked_fn = nullptr;
+    // optional: the row-walking few-row kernel for op(B) = B stored as is (skinny M; see WalkKernel).
+    WalkKernel walk_fn = nullptr;
     PackFn pack_trans_mr = nullptr;  // optional SIMD versions of the transposing packs
     PackFn pack_trans_nr = nullptr;
     PackPanelsFn pack_panels_nr = nullptr;  // optional SIMD version of the driver's row-by-row panel copy
