@@ -32,7 +32,11 @@ internal static unsafe class ShapeComparison
         public string OpenBlasMode = "auto";
         public InterleaveSettings Settings = new(MinRounds: 11, MaxRounds: 41, BudgetMs: 1500, SliceMs: 2);
         public int? Rounds;
+        public string? Only;
     }
+
+    private static readonly string[] SectionNames =
+        ["small shapes vs OpenBLAS", "per-call cost of 1×64×64", "skinny M vs oneDNN", "sharded vs unsharded", "large shapes vs oneDNN"];
 
     private static readonly (int M, int K, int N)[] SmallShapes = [(64, 64, 64), (128, 128, 128)];
     private static readonly (int M, int K, int N)[] SkinnyFull = [(32, 4096, 11008), (8, 4096, 4096), (1, 4096, 4096)];
@@ -45,9 +49,10 @@ internal static unsafe class ShapeComparison
 
     public static void PrintUsage(TextWriter w, string indent = "")
     {
-        w.WriteLine(indent + "usage: Shardwise.Bench shapes [--quick] [--rounds N] [--threads N] [--openblas-core auto|own|env|NAME]");
+        w.WriteLine(indent + "usage: Shardwise.Bench shapes [--quick] [--only SECTION] [--rounds N] [--threads N] [--openblas-core auto|own|env|NAME]");
         w.WriteLine(indent + "  --quick              smaller stand-ins for the large and skinny shapes, fewer rounds (~30 s)");
         w.WriteLine(indent + "  --rounds N           interleaved rounds per comparison (default: 11..41 filling ~1.5 s; --quick 7..15, ~0.3 s)");
+        w.WriteLine(indent + "  --only SECTION       the sections whose name starts with SECTION: " + string.Join(", ", SectionNames));
         w.WriteLine(indent + "  --threads N          threads of Shardwise, OpenBLAS and oneDNN (default SHARDWISE_BENCH_THREADS or 2)");
         w.WriteLine(indent + "  --openblas-core M    auto (default: OpenBLAS's own kernel with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset for this");
         w.WriteLine(indent + "                       process, or SkylakeX where its own choice is not AVX-512), own, env (as given) or a core name");
@@ -109,6 +114,7 @@ internal static unsafe class ShapeComparison
 
         void Section(string name, Action body)
         {
+            if (o.Only is { } only && !name.StartsWith(only, StringComparison.Ordinal)) return;
             Console.Error.Write($"  {name} ...");
             var sw = Stopwatch.StartNew();
             try
@@ -122,7 +128,7 @@ internal static unsafe class ShapeComparison
             Console.Error.WriteLine($" {sw.Elapsed.TotalSeconds:0.0} s");
         }
 
-        Section("small shapes vs OpenBLAS", () =>
+        Section(SectionNames[0], () =>
         {
             foreach (var shape in SmallShapes)
             {
@@ -131,9 +137,9 @@ internal static unsafe class ShapeComparison
             }
         });
 
-        Section("per-call cost of 1×64×64", () => PerCall(device, stream, s, Line, failures));
+        Section(SectionNames[1], () => PerCall(device, stream, s, Line, failures));
 
-        Section("skinny M vs oneDNN", () =>
+        Section(SectionNames[2], () =>
         {
             foreach (var shape in o.Quick ? SkinnyQuick : SkinnyFull)
             {
@@ -144,13 +150,13 @@ internal static unsafe class ShapeComparison
             }
         });
 
-        Section("sharded vs unsharded", () =>
+        Section(SectionNames[3], () =>
         {
             foreach (var shape in o.Quick ? MainJob.QuickShapes : MainJob.FullShapes)
                 Sharded(device, stream, shape, s, Line, failures);
         });
 
-        Section("large shapes vs oneDNN", () =>
+        Section(SectionNames[4], () =>
         {
             foreach (var shape in o.Quick ? LargeQuick : LargeFull)
             {
@@ -196,6 +202,11 @@ internal static unsafe class ShapeComparison
                 case "--openblas-core":
                     o.OpenBlasMode = Value();
                     if (o.OpenBlasMode.Length == 0) throw new ArgumentException("--openblas-core expects auto, own, env or an OpenBLAS core name.");
+                    break;
+                case "--only":
+                    o.Only = Value();
+                    if (!SectionNames.Any(n => n.StartsWith(o.Only, StringComparison.Ordinal)))
+                        throw new ArgumentException($"--only expects the start of a section name ({string.Join(", ", SectionNames)}), got '{o.Only}'.");
                     break;
                 case "--help" or "-h":
                     PrintUsage(Console.Out);
