@@ -478,7 +478,7 @@ void check_skinny(ThreadPool* pools[3]) {
 
 // Skinny M over a B too large for the caches (>= 4 MiB, stored as is): gemm() takes the row-walking kernel where the
 // kernel has one (walk_applies in gemm.cpp), gemm_grouped() with a second member that cannot walk the packed path;
-// every byte must agree, and match float64. (One case in four: the member alone, walking in both calls.)
+// every byte must agree, and match float64.
 // Rows 1..16 (17: past the walking limit), several k blocks, n with a partial last vector, lda/ldb/ldc padded, alpha,
 // beta, bias and GeLU as make_group draws them.
 void check_walk(ThreadPool* pools[3]) {
@@ -493,14 +493,19 @@ void check_walk(ThreadPool* pools[3]) {
             const int64_t k = c % 4 == 0 ? 1024 : 1000 + rng.range(0, 300);
             // Member 0 walks alone; member 1 (op(B) = B^T, small) never walks, so the group takes the packed path for
             // both (a group walks only when every member would).
+            // Else (one case in four) three members that all walk, as one job whose per-thread column ranges span
+            // members (the sharded GEMM of virtual ranks at decode size), against each walking alone.
             const bool pair = c % 4 != 3;
-            Group G = make_group(rng, SW_DTYPE_F32, m, k, pair ? std::vector<int64_t>{n, 40} : std::vector<int64_t>{n}, 1,
-                                 false, false, rng.range(0, 1) == 1);
-            Member& mb = G.ms[0];
-            mb.tb = false;
-            mb.ldb = n + rng.range(0, 3);
-            mb.b.init(SW_DTYPE_F32, k * mb.ldb);
-            mb.b.fill(rng, -1.0f, 1.0f);
+            const std::vector<int64_t> ns =
+                pair ? std::vector<int64_t>{n, 40} : std::vector<int64_t>{n, 1024 + rng.range(0, 50), 1030};
+            Group G = make_group(rng, SW_DTYPE_F32, m, k, ns, 1, c % 8 == 7, false, rng.range(0, 1) == 1);
+            for (size_t q = 0; q < (pair ? 1 : ns.size()); ++q) {
+                Member& mb = G.ms[q];
+                mb.tb = false;
+                mb.ldb = mb.n + rng.range(0, 3);
+                mb.b.init(SW_DTYPE_F32, k * mb.ldb);
+                mb.b.fill(rng, -1.0f, 1.0f);
+            }
             if (pair) {
                 Member& m1 = G.ms[1];
                 m1.tb = true;
