@@ -12,6 +12,12 @@ public class ShardedGemmTests(Backend backend) : BackendTest(backend)
         foreach (var s in shapes)
             for (int p = 1; p <= 8; p++)
                 yield return new TestCaseData(s[0], s[1], s[2], p).SetArgDisplayNames($"{s[0]}x{s[1]}x{s[2]}", $"p={p}");
+        // Skinny M over a W of 4 MiB and more (the CPU's row-walking kernel; a shard below 4 MiB takes the packed
+        // path, so p = 3 compares the two paths bit for bit).
+        long[][] skinny = [[3, 2048, 1043], [1, 1100, 4000]];
+        foreach (var s in skinny)
+            foreach (int p in new[] { 1, 2, 3, 4 })
+                yield return new TestCaseData(s[0], s[1], s[2], p).SetArgDisplayNames($"{s[0]}x{s[1]}x{s[2]}", $"p={p}");
     }
 
     /// <summary>Column-parallel Y equals the float64 reference and the unsharded GEMM bit for bit, for even,
