@@ -236,7 +236,10 @@ internal static unsafe class ShapeComparison
         da.CopyFrom(a, stream);
         db.CopyFrom(b, stream);
         var (av, bv, cv) = (da.AsMatrix(m, k), db.AsMatrix(k, n), dc.AsMatrix(m, n));
-        float* ha = Host(a), hb = Host(b);
+        // Each variant reads its own copy of A and B: with one shared copy, a variant run right after another that
+        // read the same B found part of it still in the L3 cache (32 MiB here; up to half of a 64 MiB W), which favoured
+        // OpenBLAS and oneDNN (they shared one) over Shardwise (its own device buffer) on the skinny shapes.
+        float* ha = Host(a), hb = Host(b), ha2 = Host(a), hb2 = Host(b);
         float* hc1 = (float*)NativeMemory.AlignedAlloc((nuint)((long)m * n * sizeof(float)), 64);
         float* hc2 = (float*)NativeMemory.AlignedAlloc((nuint)((long)m * n * sizeof(float)), 64);
         try
@@ -246,7 +249,7 @@ internal static unsafe class ShapeComparison
             [
                 () => { Gemm.Multiply(stream, av, bv, cv); stream.Synchronize(); },
                 () => OpenBlas.Sgemm(m, n, k, ha, hb, hc1),
-                dnnl ? () => OneDnn.Sgemm(m, n, k, ha, hb, hc2) : null,
+                dnnl ? () => OneDnn.Sgemm(m, n, k, ha2, hb2, hc2) : null,
             ], settings);
             Check($"{Name(shape)} Gemm.Multiply", dc.ToArray(stream), a, b, m, k, n, failures);
             return result;
@@ -255,6 +258,8 @@ internal static unsafe class ShapeComparison
         {
             NativeMemory.AlignedFree(ha);
             NativeMemory.AlignedFree(hb);
+            NativeMemory.AlignedFree(ha2);
+            NativeMemory.AlignedFree(hb2);
             NativeMemory.AlignedFree(hc1);
             NativeMemory.AlignedFree(hc2);
         }

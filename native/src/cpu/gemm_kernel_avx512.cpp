@@ -530,8 +530,11 @@ SW_TARGET_AVX512 void edge_rows_masked_avx512(int h, int w, int64_t kc, const fl
 // acc buffer rather than in registers, and the next group's rows prefetched meanwhile. For skinny M, where reading B
 // is the whole cost. a(r, p) = a[r * a_rs + p * a_ps]; acc holds h rows of round_up(w, 16) floats (ldacc >= that).
 // (Both overridable at compile time for tuning experiments only. Measured interleaved against oneDNN on 1 x 4096 x
-// 4096, oneDNN's time / ours: 8 steps 1.25..1.34, 16 steps 0.73..0.88; the next group's rows prefetched into L2 (T1)
-// beat no prefetch (0.99..1.14) and L1 (T0: 0.60).)
+// 4096 with gemm_driver_check_internal --bench, oneDNN's time / ours: 8 steps 1.25..1.34, 16 steps 0.73..0.88; the
+// next group's rows prefetched into L2 (T1) beat no prefetch (0.99..1.14) and L1 (T0: 0.60). That bench shares one W
+// between the variants, part of it still in L3 from the variant before: the absolute ratios are flattering, the
+// ordering of these variants is what was used. With a W of its own per variant (Shardwise.Bench shapes) ours is
+// 0.87..0.94 of oneDNN at m = 1.)
 #ifndef SW_WALK_PF_HINT
 #define SW_WALK_PF_HINT _MM_HINT_T1
 #endif
