@@ -1010,9 +1010,14 @@ void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) { gemm(args
 constexpr int64_t kWalkRowsMax = SW_WALK_ROWS_MAX;
 constexpr double kWalkMinBBytes = 4.0 * 1024 * 1024;
 
-bool walk_applies(const GemmProblem& p, const Choice& ch) {
-    return ch.path == Path::F32 && ch.ki.walk_fn && !p.trans_b && p.c_type == SW_DTYPE_F32 && p.m <= kWalkRowsMax &&
+// The shape and types alone (cheap: tested before the kernel is chosen) ...
+bool walk_shape(const GemmProblem& p) {
+    return p.a_type == SW_DTYPE_F32 && !p.trans_b && p.c_type == SW_DTYPE_F32 && p.m >= 1 && p.m <= kWalkRowsMax &&
            p.k > 0 && p.n >= 16 && 4.0 * static_cast<double>(p.k) * static_cast<double>(p.n) >= kWalkMinBBytes;
+}
+// ... and with the chosen kernel.
+bool walk_applies(const GemmProblem& p, const Choice& ch) {
+    return walk_shape(p) && ch.path == Path::F32 && ch.ki.walk_fn;
 }
 
 // Walks the members' columns, concatenated, cut into one range per thread (a range may span members); every member
@@ -1093,11 +1098,11 @@ void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, Thr
     // Every member a skinny GEMM over a large B stored as is (the virtual ranks' shards of a decode-size step): the
     // members' columns walked as one job (walk_gemm), each as gemm() would walk it alone. Packing X once saves nothing.
     bool all_walk = count > 0 && count <= 64;
+    for (int32_t i = 0; i < count && all_walk; ++i) all_walk = walk_shape(problems[i]); // (small calls stop here)
     Choice walk_choice{};
-    for (int32_t i = 0; i < count && all_walk; ++i) {
-        const Choice ch = choose(problems[i], kernel);
-        all_walk = problems[i].m > 0 && problems[i].n > 0 && walk_applies(problems[i], ch);
-        if (i == 0) walk_choice = ch;
+    if (all_walk) {
+        walk_choice = choose(problems[0], kernel); // fp32: the same kernel for every member
+        all_walk = walk_applies(problems[0], walk_choice);
     }
     if (all_walk) {
         const GemmProblem* list[64];
