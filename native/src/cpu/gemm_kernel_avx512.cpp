@@ -384,63 +384,15 @@ SW_TARGET_AVX512 void rows_avx512(int h, int64_t kc, const float* a, const float
     }
 }
 
-// ---- Few-row edge kernel (fp32) ---------------------------------------------------------------------
-// h x 32 (h <= 13: a row tile of fewer than MR rows, e.g. the last 4 rows of m = 32, or all 8 of m = 8) from a packed
-// A micro-panel (MR floats per k step, rows h..13 not read) and a B micro-panel (ldb floats per k step): the FMA
-// chain and epilogue of kernel_avx512 per element, so the same bits, at h/14 of its work, written straight into C.
-// (At most 26 accumulators, 2 B vectors and a broadcast: intrinsics compile without spills here.)
-template <int H>
-SW_TARGET_AVX512 void edge_rows_t(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
-                                  const Epilogue& ep) {
-    __m512 acc[H][2];
-#pragma GCC unroll 16
-    for (int r = 0; r < H; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < kc; ++p) {
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-#pragma GCC unroll 16
-        for (int r = 0; r < H; ++r) {
-            const __m512 av = _mm512_set1_ps(a[r]);
-            acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
-        }
-        a += kMR;
-        b += ldb;
-    }
-    const __m512 valpha = _mm512_set1_ps(ep.alpha);
-    const __m512 vbeta = _mm512_set1_ps(ep.beta);
-#pragma GCC unroll 16
-    for (int r = 0; r < H; ++r)
-#pragma GCC unroll 2
-        for (int v = 0; v < 2; ++v)
-            finish16(c + r * ldc + 16 * v, acc[r][v], ep.mode, valpha, vbeta, ep.bias ? ep.bias + 16 * v : nullptr,
-                     ep.gelu);
-}
-
-SW_TARGET_AVX512 void edge_rows_avx512(int h, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
-                                       int64_t ldc, const Epilogue& ep) {
-    switch (h) {
-    case 1: edge_rows_t<1>(kc, a, b, ldb, c, ldc, ep); break;
-    case 2: edge_rows_t<2>(kc, a, b, ldb, c, ldc, ep); break;
-    case 3: edge_rows_t<3>(kc, a, b, ldb, c, ldc, ep); break;
-    case 4: edge_rows_t<4>(kc, a, b, ldb, c, ldc, ep); break;
-    case 5: edge_rows_t<5>(kc, a, b, ldb, c, ldc, ep); break;
-    case 6: edge_rows_t<6>(kc, a, b, ldb, c, ldc, ep); break;
-    case 7: edge_rows_t<7>(kc, a, b, ldb, c, ldc, ep); break;
-    case 8: edge_rows_t<8>(kc, a, b, ldb, c, ldc, ep); break;
-    case 9: edge_rows_t<9>(kc, a, b, ldb, c, ldc, ep); break;
-    case 10: edge_rows_t<10>(kc, a, b, ldb, c, ldc, ep); break;
-    case 11: edge_rows_t<11>(kc, a, b, ldb, c, ldc, ep); break;
-    case 12: edge_rows_t<12>(kc, a, b, ldb, c, ldc, ep); break;
-    default: edge_rows_t<13>(kc, a, b, ldb, c, ldc, ep); break;
-    }
-}
-
-// ---- Few-row masked edge kernel (fp32) --------------------------------------------------------------
-// h x w (h <= 13, 1 <= w < 32): edge_rows_t with B loaded and C, the bias written and read through lane masks, so a
+// ---- Few-row edge kernels (fp32) --------------------------------------------------------------------
+// h x w (h <= 13: a row tile of fewer than MR rows, e.g. the last 4 rows of m = 32, or all 8 of m = 8; 1 <= w <= 32)
+// from a packed A micro-panel (MR floats per k step, rows h..13 not read) and a B micro-panel (ldb floats per k step),
+// written straight into C: the FMA chain and epilogue of kernel_avx512 per element (finish16's operations, lane for
+// lane), so the same bits, at h/14 of its work. B is loaded, C and the bias read and written, through lane masks: a
 // narrow tile (a member of 16 columns, the last 10 columns of n = 74) needs neither a packed B micro-panel nor a
-// temporary tile: B may be read in place (masked-off lanes are not loaded: nothing past the w columns is touched),
-// and the result goes straight into C. Masked-off lanes hold zeros and are never stored. The FMA chain and the
-// epilogue of kernel_avx512 per element (finish16's operations, lane for lane), so the same bits.
+// temporary tile, and B may be read in place (masked-off lanes are not loaded: nothing past the w columns is
+// touched). Masked-off lanes hold zeros and are never stored. Full-width tiles (edge_rows_avx512) run the same code
+// with full masks. (At most 26 accumulators, 2 B vectors and a broadcast: intrinsics compile without spills here.)
 SW_TARGET_AVX512 inline void finish16_masked(float* cp, __m512 acc, int mode, __m512 valpha, __m512 vbeta,
                                              const float* bias, bool gelu, __mmask16 mask) {
     __m512 x;
@@ -508,6 +460,11 @@ SW_TARGET_AVX512 void edge_rows_masked_v(int h, int64_t kc, const float* a, cons
     case 12: edge_rows_masked_t<12, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
     default: edge_rows_masked_t<13, V>(kc, a, b, ldb, c, ldc, ep, m0, m1); break;
     }
+}
+
+SW_TARGET_AVX512 void edge_rows_avx512(int h, int64_t kc, const float* a, const float* b, int64_t ldb, float* c,
+                                       int64_t ldc, const Epilogue& ep) {
+    edge_rows_masked_v<2>(h, kc, a, b, ldb, c, ldc, ep, 0xFFFF, 0xFFFF);
 }
 
 SW_TARGET_AVX512 void edge_rows_masked_avx512(int h, int w, int64_t kc, const float* a, const float* b, int64_t ldb,
