@@ -443,7 +443,7 @@ SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const 
         live.verify();
         for (int32_t i = 0; i < count; ++i) {
             ss[i] = streams[i];
-            if (!ss[i] || (!LiveBatch::contains(ss[i], HandleKind::Stream) && !is_live_handle(ss[i], HandleKind::Stream)))
+            if (!ss[i] || !live_handle(ss[i], HandleKind::Stream))
                 checked(streams[i], str("streams[", i, "]").c_str()); // the name is formatted only on failure
             if (ss[i]->device_impl != ss[0]->device_impl)
                 fail(SW_ERR_INVALID_ARGUMENT, "streams[", i, "] is on another device than streams[0]; expected every ",

@@ -63,6 +63,9 @@ private:
     const LiveBatch* prev_ = nullptr;
 };
 
+// Live: found in this thread's LiveBatch, else in the registry.
+inline bool live_handle(const void* h, HandleKind kind) { return LiveBatch::contains(h, kind) || is_live_handle(h, kind); }
+
 // When CUDA memory may be freed. cudaFree and cudaFreeHost wait for the whole device while holding the driver's locks,
 // and a collective or point-to-point transfer ordered into a CUDA stream parks that stream on a wait-flag kernel until
 // its host side has run. So a free while some flag of the device is pending deadlocks whenever the host side needs
@@ -194,7 +197,7 @@ namespace sw {
 template <class T>
 T* checked(T* h, HandleKind kind, const char* name) {
     if (!h) fail(SW_ERR_NULL_HANDLE, name, " is NULL; expected a live ", handle_kind_name(kind), " handle");
-    if (!LiveBatch::contains(h, kind) && !is_live_handle(h, kind))
+    if (!live_handle(h, kind))
         fail(SW_ERR_INVALID_ARGUMENT, name, " is not a live ", handle_kind_name(kind),
              " handle (destroyed, or not a ", handle_kind_name(kind), ")");
     return h;
