@@ -24,6 +24,9 @@
 #include <string>
 #include <vector>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "check_internal.h"
 #include "cpu/gemm.h"
 #include "cpu/thread_pool.h"
@@ -476,6 +479,60 @@ void check_skinny(ThreadPool* pools[3]) {
     }
 }
 
+// A small B (k x n x 4 <= 32 KiB, stored as is) is read in place at any m (small_b_inplace in gemm.cpp), its narrow
+// last micro-panel packed where a tile has more rows than the masked kernel takes. B here is stored without padding
+// (ldb = n) and ends right before a page mapped PROT_NONE: a kernel that reads a row past column n faults. The
+// result must equal, every byte, the same GEMM with B^T stored (the packed path), and match float64.
+void check_small_b(ThreadPool* pools[3]) {
+    Rng rng(4242);
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    for (Kernel kern : kernels()) {
+        const int before = g_failures;
+        for (int c = 0; c < 24; ++c) {
+            const int64_t m = c < 4 ? 64 : rng.range(1, 90);
+            const int64_t n = c < 4 ? (c % 2 ? 64 : 33 + rng.range(0, 30)) : rng.range(1, 120);
+            const int64_t k = std::max<int64_t>(1, std::min<int64_t>(c < 4 ? 64 : rng.range(1, 130), 8192 / n));
+            Group G = make_group(rng, SW_DTYPE_F32, m, k, {n}, 1, false, false, c % 3 == 2);
+            Member& mb = G.ms[0];
+            mb.tb = false;
+            mb.ldb = n;
+            mb.b.init(SW_DTYPE_F32, k * n);
+            mb.b.fill(rng, -1.0f, 1.0f);
+            // B copied to the end of an anonymous mapping whose last page is PROT_NONE.
+            const size_t bytes = static_cast<size_t>(k * n) * 4, span = (bytes + page - 1) / page * page;
+            void* map = mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            CHECK(map != MAP_FAILED, "mmap");
+            if (map == MAP_FAILED) return;
+            mprotect(static_cast<char*>(map) + span, page, PROT_NONE);
+            float* bg = reinterpret_cast<float*>(static_cast<char*>(map) + span - bytes);
+            std::memcpy(bg, mb.b.data(), bytes);
+            std::vector<Mat> got{G.cs[0].c0}, packed{G.cs[0].c0};
+            ThreadPool& pool = *pools[c % 3];
+            GemmProblem g = G.problem(0, got);
+            g.b = bg;
+            sw::cpu::gemm(g, kern, pool);
+            // The packed path: B^T stored n x k.
+            std::vector<float> bt(static_cast<size_t>(n * k));
+            for (int64_t p = 0; p < k; ++p)
+                for (int64_t j = 0; j < n; ++j) bt[static_cast<size_t>(j * k + p)] = bg[p * n + j];
+            GemmProblem gt = G.problem(0, packed);
+            gt.trans_b = true;
+            gt.b = bt.data();
+            gt.ldb = k;
+            sw::cpu::gemm(gt, kern, pool);
+            munmap(map, span + page);
+            CHECK(got[0].bytes == packed[0].bytes, "small B in place: m=%lld n=%lld k=%lld differs from the packed "
+                  "path (%s, %d threads)", static_cast<long long>(m), static_cast<long long>(n),
+                  static_cast<long long>(k), sw::cpu::kernel_name(kern), pool.size());
+            CHECK(check_ref(G, 0, got[0], G.cs[0].c0, "small B"), "small B reference m=%lld n=%lld k=%lld (%s)",
+                  static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k),
+                  sw::cpu::kernel_name(kern));
+        }
+        std::printf("small B in place, kernel %s: %s\n", sw::cpu::kernel_name(kern),
+                    g_failures == before ? "ok" : "FAILED");
+    }
+}
+
 // Skinny M over a B too large for the caches (>= 4 MiB, stored as is): gemm() takes the row-walking kernel where the
 // kernel has one (walk_applies in gemm.cpp), gemm_grouped() with a second member that cannot walk the packed path;
 // every byte must agree, and match float64.
@@ -636,7 +693,7 @@ int bench_main(int argc, char** argv) {
     };
     // Plain shapes: ours vs the baselines (X m x k times W; W as k x n, and W^T stored n x k, nn.Linear).
     struct Shape { int64_t m, k, n; bool tb; };
-    const Shape shapes[] = {{1, 4096, 4096, false}, {8, 4096, 4096, false}, {32, 4096, 11008, false},
+    const Shape shapes[] = {{64, 64, 64, false}, {128, 128, 128, false}, {1, 4096, 4096, false}, {8, 4096, 4096, false}, {32, 4096, 11008, false},
                             {8, 4096, 4096, true}, {32, 4096, 11008, true}, {64, 4096, 4096, false},
                             {2048, 2048, 2048, false}, {4096, 1024, 4096, false}, {512, 4096, 11008, false}};
     for (const Shape& s : shapes) {
@@ -672,7 +729,7 @@ int bench_main(int argc, char** argv) {
                                       static_cast<int>(s.k), 1.0f, a.data(), static_cast<int>(s.k), b_blas.data(),
                                       static_cast<int>(g.ldb), 0.0f, c.data(), static_cast<int>(s.n));
                           }});
-        compare(title, vs, rounds, s.m * s.n * s.k > 1e9 ? 150.0 : 40.0);
+        compare(title, vs, rounds, s.m * s.n * s.k > 1e9 ? 150.0 : s.m * s.n * s.k < 1e7 ? 2.0 : 40.0);
     }
     // The sharded GEMM of virtual ranks (bench/MainJob.cs shapes): p column shards of W (k x n_r each, uneven),
     // C = column blocks of one Y (ldc = N): one gemm_grouped call, the p gemm calls one after the other, and the
@@ -809,6 +866,7 @@ int main(int argc, char** argv) {
     check_grouped(pools);
     check_grouped_not_shared(*p2);
     check_skinny(pools);
+    check_small_b(pools);
     check_walk(pools);
     std::printf("%d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;

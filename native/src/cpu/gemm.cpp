@@ -400,6 +400,17 @@ ThreadBuffers& thread_buffers() {
 // streamed, packed chunks run m = 7..14 faster than the in-place reads at a large stride: 8 x 4096 x 4096 about
 // 1.4x), else up to MR. (A build with SW_GEMM_TUNING reads both from variables that a tuning tool sets between
 // calls, 0 panels meaning no streaming; never the library.)
+// small_b_inplace: an fp32 op(B) = B of at most SW_GEMM_SMALL_B bytes (k x n x 4, an L1 data cache) is read in
+// place at any m: it stays in L1 across the row blocks, so packing it only adds a copy. Measured on the 2-core
+// AVX-512 machine, interleaved against OpenBLAS: 64^3 (16 KiB) 0.80 -> 0.84 of OpenBLAS's time; at 128^3 (64 KiB)
+// no difference showed through the noise, so the bound stays at one L1. Narrow micro-panels of such a B are still
+// packed where the member has more rows than the masked few-row kernel takes (Seg::b_inplace_narrow).
+#ifndef SW_GEMM_SMALL_B
+#define SW_GEMM_SMALL_B 32768
+#endif
+inline bool small_b_inplace(const GemmProblem& p) {
+    return static_cast<double>(p.k) * static_cast<double>(p.n) * 4.0 <= SW_GEMM_SMALL_B;
+}
 inline int64_t default_inplace_rows(const KernelInfo& ki) {
     return ki.rows_fn && ki.edge_rows_fn ? ki.rows_max : ki.mr;
 }
@@ -469,8 +480,9 @@ struct Seg {
     int64_t next = 0;       // the next segment's v0 (end() padded to NR, or end() when fused)
     bool fused = false;     // continues the previous segment (v0 == its end())
     PackFn pack_b = nullptr;
-    bool b_inplace = false; // read B micro-panels in place (no packing): full-width ones, narrow ones too where the
-                            // kernel has the masked few-row kernel
+    bool b_inplace = false; // read B's full-width micro-panels in place (no packing)
+    bool b_inplace_narrow = false; // also the narrow ones: every tile of the member has few enough rows for the
+                                   // masked few-row kernel (m <= edge_rows_max) and the kernel has it
     // fp32 operands ...
     const float* b = nullptr;
     float* c = nullptr;          // also an fp32 C of 16-bit inputs
@@ -596,7 +608,7 @@ void pack_b_seg(const Ctx& cx, const Seg& s, ThreadBuffers& tb, float* bpack, in
     }
     for (int64_t jr = jr_done; jr < nc; jr += NR) {
         const int w = static_cast<int>(std::min<int64_t>(NR, nc - jr));
-        if (s.b_inplace && (w == NR || cx.ki.edge_rows_masked_fn)) continue; // read in place (run_task)
+        if (s.b_inplace && (w == NR || s.b_inplace_narrow)) continue; // read in place (run_task)
         float* dst = bpack + (jr / NR) * steps * NR;
         const int64_t j = jc + jr;
         switch (cx.path) {
@@ -802,7 +814,7 @@ void run_task(const Ctx& cx, int64_t task) {
                         // In place: a full-width micro-panel, or (with the masked few-row kernel) a narrow one that
                         // ends its segment.
                         if (s.b_inplace && kc > 0 &&
-                            ((w == NR && seg_left >= NR) || (w < NR && w <= seg_left && cx.ki.edge_rows_masked_fn))) {
+                            ((w == NR && seg_left >= NR) || (w < NR && w <= seg_left && s.b_inplace_narrow))) {
                             bp = s.b + p0 * sg.ldb + bj;
                             ldbp = sg.ldb;
                         } else {
@@ -958,11 +970,12 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
         Seg& s = segs[i];
         s = Seg{};
         s.g = &p;
-        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 && p.m <= inplace_rows(ki);
-        // Not fused where both read B in place with the masked few-row kernel: each member's narrow last micro-panel
-        // is then read in place too (a straddling one would be packed from both).
-        s.fused = i > 0 && continues(*members[i - 1], p) &&
-                  !(ki.edge_rows_masked_fn && s.b_inplace && segs[i - 1].b_inplace);
+        s.b_inplace = ch.path == Path::F32 && !p.trans_b && p.k > 0 &&
+                      (p.m <= inplace_rows(ki) || small_b_inplace(p));
+        s.b_inplace_narrow = s.b_inplace && ki.edge_rows_masked_fn && p.m <= ki.edge_rows_max;
+        // Not fused where both read their narrow micro-panels in place with the masked few-row kernel: each
+        // member's narrow last micro-panel is then read in place too (a straddling one would be packed from both).
+        s.fused = i > 0 && continues(*members[i - 1], p) && !(s.b_inplace_narrow && segs[i - 1].b_inplace_narrow);
         if (s.fused) {
             v0 = segs[i - 1].end();
             segs[i - 1].next = v0;
