@@ -318,7 +318,7 @@ void check_group(const Group& G, Kernel kern, ThreadPool& pool, bool ref) {
             CHECK(same, "unreachable");
         }
     }
-    if (ref && G.in == SW_DTYPE_F32) {
+    if (ref) {  // (16-bit inputs: their exact values in float64; an fp32 C only)
         for (size_t i = 0; i < nm; ++i) {
             if (G.ms[i].c_type != SW_DTYPE_F32) continue;
             CHECK(check_ref(G, i, cg[static_cast<size_t>(G.ms[i].c_idx)], G.cs[static_cast<size_t>(G.ms[i].c_idx)].c0,
@@ -544,33 +544,40 @@ void check_walk(ThreadPool* pools[3]) {
     for (Kernel kern : kernels()) {
         if (kern == Kernel::Generic) continue;
         const int before = g_failures;
-        for (int c = 0; c < 16; ++c) {
-            const int64_t m = ms[c % 8];
-            const int64_t n = c % 3 == 0 ? 1024 + rng.range(1, 40) : c % 3 == 1 ? 2048 + rng.range(0, 15) : 1100;
-            const int64_t k = c % 4 == 0 ? 1024 : 1000 + rng.range(0, 300);
-            // Member 0 walks alone; member 1 (op(B) = B^T, small) never walks, so the group takes the packed path for
-            // both (a group walks only when every member would).
-            // Else (one case in four) three members that all walk, as one job whose per-thread column ranges span
-            // members (the sharded GEMM of virtual ranks at decode size), against each walking alone.
-            const bool pair = c % 4 != 3;
-            const std::vector<int64_t> ns =
-                pair ? std::vector<int64_t>{n, 40} : std::vector<int64_t>{n, 1024 + rng.range(0, 50), 1030};
-            Group G = make_group(rng, SW_DTYPE_F32, m, k, ns, 1, c % 8 == 7, false, rng.range(0, 1) == 1);
-            for (size_t q = 0; q < (pair ? 1 : ns.size()); ++q) {
-                Member& mb = G.ms[q];
-                mb.tb = false;
-                mb.ldb = mb.n + rng.range(0, 3);
-                mb.b.init(SW_DTYPE_F32, k * mb.ldb);
-                mb.b.fill(rng, -1.0f, 1.0f);
+        // fp32, and bf16 A and B (the pair kernel's walk; with the other kernels bf16 takes the widening path, which
+        // never walks): a B of >= 4 MiB, so bf16 takes twice the elements; k past the pair kernel's KC (1024), odd
+        // ones ending in a half pair; C fp32 or bf16 (mixed in a group).
+        for (sw_dtype in : {SW_DTYPE_F32, SW_DTYPE_BF16}) {
+            const bool f32 = in == SW_DTYPE_F32;
+            for (int c = 0; c < 16; ++c) {
+                const int64_t m = ms[c % 8];
+                const int64_t n = c % 3 == 0 ? 1024 + rng.range(1, 40) : c % 3 == 1 ? 2048 + rng.range(0, 15) : 1100;
+                int64_t k = c % 4 == 0 ? 1024 : 1000 + rng.range(0, 300);
+                if (!f32) k = c % 4 == 0 ? 2048 : 2 * k + rng.range(0, 1);
+                // Member 0 walks alone; member 1 (op(B) = B^T, small) never walks, so the group takes the packed path
+                // for both (a group walks only when every member would).
+                // Else (one case in four) three members that all walk, as one job whose per-thread column ranges span
+                // members (the sharded GEMM of virtual ranks at decode size), against each walking alone.
+                const bool pair = c % 4 != 3;
+                const std::vector<int64_t> ns =
+                    pair ? std::vector<int64_t>{n, 40} : std::vector<int64_t>{n, 1024 + rng.range(0, 50), 1030};
+                Group G = make_group(rng, in, m, k, ns, 1, c % 8 == 7, !f32 && c % 2 == 0, rng.range(0, 1) == 1);
+                for (size_t q = 0; q < (pair ? 1 : ns.size()); ++q) {
+                    Member& mb = G.ms[q];
+                    mb.tb = false;
+                    mb.ldb = mb.n + rng.range(0, 3);
+                    mb.b.init(in, k * mb.ldb);
+                    mb.b.fill(rng, -1.0f, 1.0f);
+                }
+                if (pair) {
+                    Member& m1 = G.ms[1];
+                    m1.tb = true;
+                    m1.ldb = k + rng.range(0, 3);
+                    m1.b.init(in, m1.n * m1.ldb);
+                    m1.b.fill(rng, -1.0f, 1.0f);
+                }
+                check_group(G, kern, *pools[c % 3], true);
             }
-            if (pair) {
-                Member& m1 = G.ms[1];
-                m1.tb = true;
-                m1.ldb = k + rng.range(0, 3);
-                m1.b.init(SW_DTYPE_F32, m1.n * m1.ldb);
-                m1.b.fill(rng, -1.0f, 1.0f);
-            }
-            check_group(G, kern, *pools[c % 3], true);
         }
         std::printf("row-walking skinny M, kernel %s: %s\n", sw::cpu::kernel_name(kern),
                     g_failures == before ? "ok" : "FAILED");

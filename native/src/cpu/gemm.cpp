@@ -1012,62 +1012,80 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
 
 void sgemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) { gemm(args, kernel, pool); }
 
-// Skinny M: the row-walking kernel (KernelInfo::walk_fn) where B is stored as is and too large for the caches, so that
-// reading it once at full speed is the whole cost. The columns are cut into one range per thread, each range into
-// chunks whose accumulators (m rows) stay in L1; every chunk runs the k blocks of the packed path (same KSplit, same
-// epilogue modes), so each element of C gets the bits of the packed path. (Measured on 1, 8 and 32 x 4096 x 4096 and
-// x 11008 against the packed path and oneDNN: README, "Performance"; kernel choices in gemm_kernel_avx512.cpp.)
+// Skinny M: the row-walking kernels (KernelInfo::walk_fn for fp32, walk_pairs_fn for the bf16 pair path) where B is
+// stored as is and too large for the caches, so that reading it once at full speed is the whole cost. The columns are
+// cut into one range per thread, each range into chunks whose accumulators (m rows) stay in L1; every chunk runs the k
+// blocks of the packed path (same KSplit, same epilogue modes; a 16-bit C accumulated in an fp32 chunk and rounded
+// once, as the packed path's workspace), so each element of C gets the bits of the packed path. (Measured on 1, 8 and
+// 32 x 4096 x 4096 and x 11008 against the packed path and oneDNN: README, "Performance"; kernel choices in
+// gemm_kernel_avx512.cpp.)
 #ifndef SW_WALK_ROWS_MAX
 #define SW_WALK_ROWS_MAX 16
 #endif
 constexpr int64_t kWalkRowsMax = SW_WALK_ROWS_MAX;
 constexpr double kWalkMinBBytes = 4.0 * 1024 * 1024;
 
-// The shape and types alone (cheap: tested before the kernel is chosen) ...
+// The shape and types alone (cheap: tested before the kernel is chosen): fp32 A, B and C, or bf16 A and B with any C
+// (fp32 or 16-bit) ...
 bool walk_shape(const GemmProblem& p) {
-    return p.a_type == SW_DTYPE_F32 && !p.trans_b && p.c_type == SW_DTYPE_F32 && p.m >= 1 && p.m <= kWalkRowsMax &&
-           p.k > 0 && p.n >= 16 && 4.0 * static_cast<double>(p.k) * static_cast<double>(p.n) >= kWalkMinBBytes;
+    const bool f32 = p.a_type == SW_DTYPE_F32 && p.b_type == SW_DTYPE_F32 && p.c_type == SW_DTYPE_F32;
+    const bool bf16 = p.a_type == SW_DTYPE_BF16 && p.b_type == SW_DTYPE_BF16;
+    const double es = f32 ? 4.0 : 2.0;
+    return (f32 || bf16) && !p.trans_b && p.m >= 1 && p.m <= kWalkRowsMax && p.k > 0 && p.n >= 16 &&
+           es * static_cast<double>(p.k) * static_cast<double>(p.n) >= kWalkMinBBytes;
 }
-// ... and with the chosen kernel.
+// ... and with the chosen kernel (a bf16 problem walks where its kernel is the pair kernel).
 bool walk_applies(const GemmProblem& p, const Choice& ch) {
-    return walk_shape(p) && ch.path == Path::F32 && ch.ki.walk_fn;
+    return walk_shape(p) && ((ch.path == Path::F32 && ch.ki.walk_fn) || (ch.path == Path::Pairs && ch.ki.walk_pairs_fn));
 }
 
 // Walks the members' columns, concatenated, cut into one range per thread (a range may span members); every member
 // with the k blocks and epilogue of its own packed path. (Measured on the p = 2..8 sharded 1 x 4096 x 4096 of virtual
 // ranks: 1.01..1.13x the unsharded time; cutting each member's columns into one range per thread instead, the threads
-// side by side on every shard's rows, 1.01..1.31x: shorter runs along the rows.)
-void walk_gemm(const GemmProblem* const* members, int32_t count, const KernelInfo& ki, ThreadPool& pool) {
+// side by side on every shard's rows, 1.01..1.31x: shorter runs along the rows.) Every member has ch's path.
+void walk_gemm(const GemmProblem* const* members, int32_t count, const Choice& ch, ThreadPool& pool) {
     struct Job {
         const GemmProblem* const* members;
         int32_t count;
-        WalkKernel fn;
-        int64_t kc_max, per, total;
-    } job{members, count, ki.walk_fn, ki.kc, 0, 0};
+        const KernelInfo* ki;
+        bool pairs;
+        int64_t per, total;
+    } job{members, count, &ch.ki, ch.path == Path::Pairs, 0, 0};
     for (int32_t i = 0; i < count; ++i) job.total += members[i]->n;
     const int64_t threads = std::max(pool.size(), 1);
-    job.per = round_up(ceil_div(job.total, threads), 16);
+    job.per = round_up(ceil_div(job.total, threads), 32);
     const int64_t tasks = ceil_div(job.total, job.per);
     const Job* pj = &job;
     pool.parallel_for(tasks, [pj](int64_t t) {
+        const KernelInfo& ki = *pj->ki;
         const int64_t v0 = t * pj->per, v1 = std::min(pj->total, v0 + pj->per);
+        ThreadBuffers& tb = thread_buffers();
         int64_t base = 0; // the member's first virtual column
         for (int32_t i = 0; i < pj->count && base < v1; base += pj->members[i]->n, ++i) {
             const GemmProblem& g = *pj->members[i];
             const int64_t j0 = std::max<int64_t>(v0 - base, 0), j1 = std::min(g.n, v1 - base);
             if (j0 >= j1) continue;
-            const KSplit kb(g.k, pj->kc_max, 1);
+            const KSplit kb(g.k, ki.kc, pj->pairs ? 2 : 1);
             // Columns per chunk: m rows of accumulators in about 32 KiB (L1), 64..2048 columns.
-            const int64_t cw = std::clamp<int64_t>((8192 / g.m) / 16 * 16, 64, 2048);
-            const auto* a = static_cast<const float*>(g.a);
-            const auto* b = static_cast<const float*>(g.b);
-            auto* c = static_cast<float*>(g.c);
-            const auto* bias = static_cast<const float*>(g.bias);
+            const int64_t cw = std::clamp<int64_t>((8192 / g.m) / 32 * 32, 64, 2048);
             const int64_t a_rs = g.trans_a ? 1 : g.lda, a_ps = g.trans_a ? g.lda : 1;
-            float* acc = thread_buffers().walk.get(static_cast<size_t>(g.m * cw));
+            const bool c16 = g.c_type != SW_DTYPE_F32;
+            const WidenFn widen_c = g.c_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
+            float* acc = tb.walk.get(static_cast<size_t>(g.m * cw));
+            // A 16-bit C: the chunk's rows in fp32 (ldw = cw), and its bias widened.
+            float* cwk = c16 ? tb.cw.get(static_cast<size_t>(g.m * cw)) : nullptr;
+            float* bw = c16 && g.bias ? tb.biasw.get(static_cast<size_t>(cw)) : nullptr;
+            // The pair path: the k block's pair words of A, m rows of steps words.
+            uint32_t* apairs = nullptr;
             const int h = static_cast<int>(g.m);
             for (int64_t jc = j0; jc < j1; jc += cw) {
                 const int64_t w = std::min(cw, j1 - jc);
+                if (c16) {
+                    if (g.beta != 0.0f)
+                        for (int64_t r = 0; r < g.m; ++r)
+                            widen_c(cwk + r * cw, static_cast<const uint16_t*>(g.c) + r * g.ldc + jc, w);
+                    if (bw) widen_c(bw, static_cast<const uint16_t*>(g.bias) + jc, w);
+                }
                 for (int64_t kbi = 0; kbi < kb.nb(); ++kbi) {
                     const int64_t p0 = kb.start(kbi), kc = kb.size(kbi);
                     const bool first = kbi == 0, last = kbi == kb.nb() - 1;
@@ -1076,9 +1094,41 @@ void walk_gemm(const GemmProblem* const* members, int32_t count, const KernelInf
                     ep.beta = g.beta;
                     ep.mode = !first ? kEpiAccum : (g.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
                     ep.gelu = last && g.gelu();
-                    ep.bias = last && bias ? bias + jc : nullptr;
-                    pj->fn(h, kc, a + p0 * a_ps, a_rs, a_ps, b + p0 * g.ldb + jc, g.ldb, w, acc, cw, c + jc, g.ldc,
-                           ep);
+                    float* c = c16 ? cwk : static_cast<float*>(g.c) + jc;
+                    const int64_t ldc = c16 ? cw : g.ldc;
+                    if (!pj->pairs) {
+                        const auto* a = static_cast<const float*>(g.a);
+                        const auto* bias = static_cast<const float*>(g.bias);
+                        ep.bias = last && bias ? bias + jc : nullptr;
+                        ki.walk_fn(h, kc, a + p0 * a_ps, a_rs, a_ps, static_cast<const float*>(g.b) + p0 * g.ldb + jc,
+                                   g.ldb, w, acc, cw, c, ldc, ep);
+                        continue;
+                    }
+                    // Pair words of A for this block (the pack's words: A(r, 2q) low, A(r, 2q + 1) high, zero past
+                    // kc); built once per block of the first chunk (cheap: m x kc), reused by the others.
+                    const int64_t steps = ceil_div(kc, 2);
+                    if (jc == j0 || kb.nb() > 1) {
+                        apairs = reinterpret_cast<uint32_t*>(tb.widen.get(static_cast<size_t>(g.m * steps)));
+                        const auto* a16 = static_cast<const uint16_t*>(g.a);
+                        for (int64_t r = 0; r < g.m; ++r)
+                            for (int64_t q = 0; q < steps; ++q) {
+                                const int64_t p = p0 + 2 * q;
+                                const uint32_t lo = a16[r * a_rs + p * a_ps];
+                                const uint32_t hi = 2 * q + 1 < kc ? a16[r * a_rs + (p + 1) * a_ps] : 0u;
+                                apairs[r * steps + q] = lo | hi << 16;
+                            }
+                    }
+                    if (c16)
+                        ep.bias = last ? bw : nullptr;
+                    else
+                        ep.bias = last && g.bias ? static_cast<const float*>(g.bias) + jc : nullptr;
+                    ki.walk_pairs_fn(h, kc, apairs, steps, static_cast<const uint16_t*>(g.b) + p0 * g.ldb + jc, g.ldb,
+                                     w, acc, cw, c, ldc, ep);
+                }
+                if (c16) {
+                    const NarrowFn narrow = g.c_type == SW_DTYPE_BF16 ? ki.narrow_bf16 : ki.narrow_f16;
+                    for (int64_t r = 0; r < g.m; ++r)
+                        narrow(static_cast<uint16_t*>(g.c) + r * g.ldc + jc, cwk + r * cw, w);
                 }
             }
         }
@@ -1090,7 +1140,7 @@ void gemm(const GemmProblem& args, Kernel kernel, ThreadPool& pool) {
     const Choice ch = choose(args, kernel);
     if (walk_applies(args, ch)) {
         const GemmProblem* one = &args;
-        walk_gemm(&one, 1, ch.ki, pool);
+        walk_gemm(&one, 1, ch, pool);
         return;
     }
     const GemmProblem* member = &args;
@@ -1111,16 +1161,17 @@ void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, Thr
     // Every member a skinny GEMM over a large B stored as is (the virtual ranks' shards of a decode-size step): the
     // members' columns walked as one job (walk_gemm), each as gemm() would walk it alone. Packing X once saves nothing.
     bool all_walk = count > 0 && count <= 64;
-    for (int32_t i = 0; i < count && all_walk; ++i) all_walk = walk_shape(problems[i]); // (small calls stop here)
+    for (int32_t i = 0; i < count && all_walk; ++i) // (small calls stop here)
+        all_walk = walk_shape(problems[i]) && problems[i].a_type == problems[0].a_type;
     Choice walk_choice{};
     if (all_walk) {
-        walk_choice = choose(problems[0], kernel); // fp32: the same kernel for every member
+        walk_choice = choose(problems[0], kernel); // one input type: the same kernel and path for every member
         all_walk = walk_applies(problems[0], walk_choice);
     }
     if (all_walk) {
         const GemmProblem* list[64];
         for (int32_t i = 0; i < count; ++i) list[i] = &problems[i];
-        walk_gemm(list, count, walk_choice.ki, pool);
+        walk_gemm(list, count, walk_choice, pool);
         return;
     }
     // Per-thread scratch, reused: steady-state calls do not allocate. (The pool threads read it through the

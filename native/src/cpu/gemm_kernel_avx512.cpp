@@ -500,6 +500,24 @@ SW_TARGET_AVX512 void edge_rows_masked_avx512(int h, int w, int64_t kc, const fl
 #endif
 constexpr int kWalkU = SW_WALK_U;
 
+// The walking kernels' epilogue: the h rows of w accumulators into C, finish16 per vector (masked on a partial last
+// one), as the packed kernels finish their tiles.
+SW_TARGET_AVX512 void walk_finish(int h, const float* acc, int64_t ldacc, int64_t w, float* c, int64_t ldc,
+                                  const Epilogue& ep) {
+    const __m512 valpha = _mm512_set1_ps(ep.alpha);
+    const __m512 vbeta = _mm512_set1_ps(ep.beta);
+    for (int r = 0; r < h; ++r) {
+        float* cr = c + r * ldc;
+        const float* ar = acc + r * ldacc;
+        int64_t j = 0;
+        for (; j + 16 <= w; j += 16)
+            finish16(cr + j, _mm512_load_ps(ar + j), ep.mode, valpha, vbeta, ep.bias ? ep.bias + j : nullptr, ep.gelu);
+        if (j < w)
+            finish16_masked(cr + j, _mm512_load_ps(ar + j), ep.mode, valpha, vbeta, ep.bias ? ep.bias + j : nullptr,
+                            ep.gelu, static_cast<__mmask16>((1u << (w - j)) - 1u));
+    }
+}
+
 template <int U>
 SW_TARGET_AVX512 inline void walk_group(int h, const float* a, int64_t a_rs, int64_t a_ps, const float* b,
                                         int64_t ldb, int64_t w, float* acc, int64_t ldacc, bool first,
@@ -531,18 +549,7 @@ SW_TARGET_AVX512 void walk_rows_avx512(int h, int64_t kc, const float* a, int64_
                            b + (p + kWalkU) * ldb, static_cast<int>(std::max<int64_t>(next, 0)));
     }
     for (; p < kc; ++p) walk_group<1>(h, a + p * a_ps, a_rs, a_ps, b + p * ldb, ldb, w, acc, ldacc, p == 0, nullptr, 0);
-    const __m512 valpha = _mm512_set1_ps(ep.alpha);
-    const __m512 vbeta = _mm512_set1_ps(ep.beta);
-    for (int r = 0; r < h; ++r) {
-        float* cr = c + r * ldc;
-        const float* ar = acc + r * ldacc;
-        int64_t j = 0;
-        for (; j + 16 <= w; j += 16)
-            finish16(cr + j, _mm512_load_ps(ar + j), ep.mode, valpha, vbeta, ep.bias ? ep.bias + j : nullptr, ep.gelu);
-        if (j < w)
-            finish16_masked(cr + j, _mm512_load_ps(ar + j), ep.mode, valpha, vbeta, ep.bias ? ep.bias + j : nullptr,
-                            ep.gelu, static_cast<__mmask16>((1u << (w - j)) - 1u));
-    }
+    walk_finish(h, acc, ldacc, w, c, ldc, ep);
 }
 
 // ---- Transposing packs ------------------------------------------------------------------------------
@@ -791,6 +798,68 @@ SW_TARGET_AVX512 void pack_pairs_cols_avx512(uint32_t* dst, const uint16_t* src,
         for (int c = 0; c < W; ++c) dst[full * W + c] = c < w ? static_cast<uint32_t>(src[c * ld + kc - 1]) : 0u;
 }
 
+// ---- Row-walking pair kernel (bf16 A and B, few rows, B stored as is) ------------------------------
+// walk_rows_avx512 for the bf16 pair path: the pairs of B's rows 2q and 2q + 1 are built in registers (each 32-column
+// segment of both rows loaded once, its 64-bit quarters put in the order 0 4 1 5 2 6 3 7 so that the in-lane word
+// interleave gives the pairs of columns 0..15 and 16..31), so W is read once, in place, at 2 bytes per element. Per
+// element: the vdpbf16ps chain over the block's pair steps from 0 (the last one half, its second element zero, when
+// the block has an odd number of k elements) and the same epilogue: exactly kernel_avx512bf16's arithmetic on the
+// words pack_pairs_rows_avx512 would have packed, so the same bits. a: the block's pair words of A,
+// a[r * a_rs + q] (built by the driver); kc: the block's k elements; acc: h rows of round_up(w, 32) floats.
+constexpr int kWalkPairsU = SW_WALK_U / 2;  // pair steps per group: the same 8 rows of B as the fp32 walk
+
+template <int U>
+SW_TARGET_AVX512BF16 inline void walk_pairs_group(int h, const uint32_t* a, int64_t a_rs, const uint16_t* b,
+                                                  int64_t ldb, int rows, int64_t w, float* acc, int64_t ldacc,
+                                                  bool first, const uint16_t* pf, int pf_rows) {
+    const __m512i order = _mm512_set_epi64(7, 3, 6, 2, 5, 1, 4, 0);  // (the maskz permute: gcc 12's plain one warns)
+    for (int64_t j = 0; j < w; j += 32) {
+        const __mmask32 m = w - j >= 32 ? static_cast<__mmask32>(0xFFFFFFFFu)
+                                        : static_cast<__mmask32>((1u << (w - j)) - 1u);
+        __m512i lo[U], hi[U];
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u) {
+            const __m512i r0 = _mm512_maskz_permutexvar_epi64(0xFF, order, _mm512_maskz_loadu_epi16(m, b + 2 * u * ldb + j));
+            const __m512i r1 = 2 * u + 1 < rows
+                                   ? _mm512_maskz_permutexvar_epi64(0xFF, order, _mm512_maskz_loadu_epi16(m, b + (2 * u + 1) * ldb + j))
+                                   : _mm512_setzero_si512();
+            lo[u] = _mm512_unpacklo_epi16(r0, r1);
+            hi[u] = _mm512_unpackhi_epi16(r0, r1);
+        }
+        for (int q = 0; q < pf_rows; ++q) _mm_prefetch(reinterpret_cast<const char*>(pf + q * ldb + j), SW_WALK_PF_HINT);
+        for (int r = 0; r < h; ++r) {
+            float* ap = acc + r * ldacc + j;
+            const uint32_t* ar = a + r * a_rs;
+            __m512 v0 = first ? _mm512_setzero_ps() : _mm512_load_ps(ap);
+            __m512 v1 = first ? _mm512_setzero_ps() : _mm512_load_ps(ap + 16);
+#pragma GCC unroll 8
+            for (int u = 0; u < U; ++u) {
+                const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(ar[u]));
+                v0 = _mm512_dpbf16_ps(v0, av, (__m512bh)lo[u]);
+                v1 = _mm512_dpbf16_ps(v1, av, (__m512bh)hi[u]);
+            }
+            _mm512_store_ps(ap, v0);
+            _mm512_store_ps(ap + 16, v1);
+        }
+    }
+}
+
+SW_TARGET_AVX512BF16 void walk_pairs_avx512bf16(int h, int64_t kc, const uint32_t* a, int64_t a_rs,
+                                                const uint16_t* b, int64_t ldb, int64_t w, float* acc,
+                                                int64_t ldacc, float* c, int64_t ldc, const Epilogue& ep) {
+    constexpr int U = kWalkPairsU;
+    int64_t q = 0;  // pair step; rows 2q, 2q + 1 of B
+    for (; 2 * (q + U) <= kc; q += U) {
+        const int64_t next = std::min<int64_t>(2 * U, kc - 2 * (q + U));
+        walk_pairs_group<U>(h, a + q, a_rs, b + 2 * q * ldb, ldb, 2 * U, w, acc, ldacc, q == 0,
+                            b + 2 * (q + U) * ldb, static_cast<int>(std::max<int64_t>(next, 0)));
+    }
+    for (; 2 * q < kc; ++q)
+        walk_pairs_group<1>(h, a + q, a_rs, b + 2 * q * ldb, ldb, static_cast<int>(std::min<int64_t>(2, kc - 2 * q)),
+                            w, acc, ldacc, q == 0, nullptr, 0);
+    walk_finish(h, acc, ldacc, w, c, ldc, ep);
+}
+
 } // namespace
 
 KernelInfo kernel_info_avx512() {
@@ -837,6 +906,7 @@ KernelInfo kernel_info_avx512bf16() {
     ki.edge_rows_max = 7;
     ki.edge_rows_masked_fn = nullptr; // (fp32 arithmetic; the pair kernel's differs)
     ki.walk_fn = nullptr;
+    ki.walk_pairs_fn = &walk_pairs_avx512bf16;
     ki.pack_pairs_rows_mr = &pack_pairs_rows_avx512<kMR>;
     ki.pack_pairs_cols_mr = &pack_pairs_cols_avx512<kMR>;
     ki.pack_pairs_rows_nr = &pack_pairs_rows_avx512<16 * kNV>;

@@ -52,6 +52,14 @@ using WalkKernel = void (*)(int h, int64_t kc, const float* a, int64_t a_rs, int
                             int64_t ldb, int64_t w, float* acc, int64_t ldacc, float* c, int64_t ldc,
                             const Epilogue& ep);
 
+// The row-walking kernel of the bf16 pair path: one k block of kc elements (kc / 2 pair steps rounded up, the last
+// one half when kc is odd) of h rows over w columns, B (bf16, op(B) = B) read in place two rows at a time, a the
+// block's pair words of A (a[r * a_rs + q] = A(r, 2q) | A(r, 2q + 1) << 16, the high half zero past kc), acc h rows
+// of ldacc >= round_up(w, 32) floats (64-byte aligned), then the epilogue into C (fp32, w columns). Every element
+// gets exactly the pair MicroKernel's vdpbf16ps chain and epilogue: the same bits.
+using WalkPairsKernel = void (*)(int h, int64_t kc, const uint32_t* a, int64_t a_rs, const uint16_t* b, int64_t ldb,
+                                 int64_t w, float* acc, int64_t ldacc, float* c, int64_t ldc, const Epilogue& ep);
+
 // Transposing pack of a micro-panel of width W (W = MR for op(A) = A, W = NR for op(B) = B^T):
 // dst[p*W + c] = src[c*ld + p] for p < kc, c < w (w <= W), zero for w <= c < W.
 using PackFn = void (*)(float* dst, const float* src, int64_t ld, int64_t kc, int w);
@@ -89,6 +97,8 @@ struct KernelInfo {
     MaskedRowsKernel edge_rows_masked_fn = nullptr;
     // optional: the row-walking few-row kernel for op(B) = B stored as is (skinny M; see WalkKernel).
     WalkKernel walk_fn = nullptr;
+    // optional (pair kernels): the same for bf16 A and B (see WalkPairsKernel).
+    WalkPairsKernel walk_pairs_fn = nullptr;
     PackFn pack_trans_mr = nullptr;  // optional SIMD versions of the transposing packs
     PackFn pack_trans_nr = nullptr;
     PackPanelsFn pack_panels_nr = nullptr;  // optional SIMD version of the driver's row-by-row panel copy
