@@ -536,21 +536,21 @@ void check_small_b(ThreadPool* pools[3]) {
 // Skinny M over a B too large for the caches (>= 4 MiB, stored as is): gemm() takes the row-walking kernel where the
 // kernel has one (walk_applies in gemm.cpp), gemm_grouped() with a second member that cannot walk the packed path;
 // every byte must agree, and match float64.
-// Rows 1..16 (17: past the walking limit), several k blocks, n with a partial last vector, lda/ldb/ldc padded, alpha,
+// Rows 1..16 for fp32 (17: past its walking limit), 1..32 for bf16 (33: past), several k blocks, n with a partial last vector, lda/ldb/ldc padded, alpha,
 // beta, bias and GeLU as make_group draws them.
 void check_walk(ThreadPool* pools[3]) {
     Rng rng(2718);
-    const int64_t ms[] = {1, 2, 3, 5, 8, 12, 16, 17};
+    const int64_t ms[] = {1, 2, 3, 5, 8, 12, 16, 17}, ms_bf16[] = {1, 3, 8, 16, 17, 24, 32, 33};
     for (Kernel kern : kernels()) {
         if (kern == Kernel::Generic) continue;
         const int before = g_failures;
-        // fp32, and bf16 A and B (the pair kernel's walk; with the other kernels bf16 takes the widening path, which
+        // fp32 (walks up to 16 rows), and bf16 A and B (the pair kernel's walk; with the other kernels bf16 takes the widening path, which
         // never walks): a B of >= 4 MiB, so bf16 takes twice the elements; k past the pair kernel's KC (1024), odd
         // ones ending in a half pair; C fp32 or bf16 (mixed in a group).
         for (sw_dtype in : {SW_DTYPE_F32, SW_DTYPE_BF16}) {
             const bool f32 = in == SW_DTYPE_F32;
             for (int c = 0; c < 16; ++c) {
-                const int64_t m = ms[c % 8];
+                const int64_t m = f32 ? ms[c % 8] : ms_bf16[c % 8];
                 const int64_t n = c % 3 == 0 ? 1024 + rng.range(1, 40) : c % 3 == 1 ? 2048 + rng.range(0, 15) : 1100;
                 int64_t k = c % 4 == 0 ? 1024 : 1000 + rng.range(0, 300);
                 if (!f32) k = c % 4 == 0 ? 2048 : 2 * k + rng.range(0, 1);
