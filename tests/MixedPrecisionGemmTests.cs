@@ -133,9 +133,10 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
 
     private static IEnumerable<TestCaseData> ShapeCases()
     {
-        // tile edges at small K; K across several cache blocks (1031, 1300 > KC); m above MC (171); n above NC (4111)
+        // tile edges at small K; K across several cache blocks (1031, 1300 > KC); m above MC (171); n above NC (4111);
+        // skinny M over a B of 4 MiB and more, stored as is (5x1031x2100 N,N: the row-walking kernels, fp32 and bf16)
         long[][] shapes = [[1, 1, 1], [1, 9, 3], [3, 17, 5], [37, 70, 45], [65, 129, 33], [7, 1031, 131], [19, 300, 257],
-            [171, 1300, 67], [3, 1031, 4111]];
+            [171, 1300, 67], [3, 1031, 4111], [5, 1031, 2100]];
         foreach (var (tin, tout) in Combinations)
             foreach (var s in shapes)
                 foreach (var (ta, tb) in new[] { (false, false), (true, false), (false, true), (true, true) })
@@ -210,12 +211,21 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
 
     [TestCase(typeof(Half))]
     [TestCase(typeof(BFloat16))]
-    public void ColumnAndRowBlocksEqualTheFullProductBitForBit(Type tin) => Invoke(nameof(RunBlocks), tin, tin);
+    public void ColumnAndRowBlocksEqualTheFullProductBitForBit(Type tin) =>
+        Invoke(nameof(RunBlocks), tin, tin, 45L, 1031L, new long[] { 0, 1, 18, 64, 65, 130, 131 });
 
-    private void RunBlocks<TIn, TOut>() where TIn : unmanaged where TOut : unmanaged
+    /// <summary>Skinny M over a B of 4 MiB and more: the full product walks B (CPU, bf16 with the pair kernel, fp32),
+    /// the blocks of fewer than 2048 columns take the packed path, the 2100-column one walks again: every bit the
+    /// same.</summary>
+    [TestCase(typeof(float))]
+    [TestCase(typeof(BFloat16))]
+    public void SkinnyColumnBlocksEqualTheFullProductBitForBit(Type tin) =>
+        Invoke(nameof(RunBlocks), tin, tin, 7L, 1031L, new long[] { 0, 1, 18, 64, 1100, 1107, 3207, 4111 });
+
+    private void RunBlocks<TIn, TOut>(long m, long k, long[] cuts) where TIn : unmanaged where TOut : unmanaged
     {
         var rng = NewRandom();
-        const long m = 45, k = 1031, n = 131;
+        long n = cuts[^1];
         var (a, _) = RandomRounded<TIn>(rng, m * k);
         var (b, _) = RandomRounded<TIn>(rng, k * n);
         using var da = UploadT(a);
@@ -224,7 +234,6 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
         Gemm.Multiply(Str, da.AsMatrix(m, k), db.AsMatrix(k, n), full.AsMatrix(m, n));
         Str.Synchronize();
         var want = full.ToArray(Str);
-        long[] cuts = [0, 1, 18, 64, 65, 130, 131];
         using var blocks = PoisonedT<float>(m * n);
         for (int i = 0; i + 1 < cuts.Length; i++)
             Gemm.Multiply(Str, da.AsMatrix(m, k), db.AsMatrix(k, n).Columns(cuts[i], cuts[i + 1] - cuts[i]),
