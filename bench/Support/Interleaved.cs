@@ -8,7 +8,11 @@ namespace Shardwise.Bench.Support;
 /// <param name="BudgetMs">Rounds are added (within the limits) until about this much time is spent.</param>
 /// <param name="SliceMs">A variant whose call is shorter runs repeatedly within its turn of a round, to about this long.</param>
 /// <param name="MaxReps">At most this many calls per turn.</param>
-internal sealed record InterleaveSettings(int MinRounds = 7, int MaxRounds = 25, double BudgetMs = 400, double SliceMs = 2, int MaxReps = 100_000)
+/// <param name="WarmupMs">A variant whose call is shorter than a slice is first called repeatedly for this long (the JIT
+/// moves its managed path to optimised code meanwhile: tier-up waits for 100 ms without new tier-0 compilations, then
+/// compiles in the background), so the rounds time the steady state, not the first tier.</param>
+internal sealed record InterleaveSettings(int MinRounds = 7, int MaxRounds = 25, double BudgetMs = 400, double SliceMs = 2, int MaxReps = 100_000,
+    double WarmupMs = 300)
 {
     /// <summary>Exactly <paramref name="rounds"/> rounds.</summary>
     public static InterleaveSettings Fixed(int rounds, double sliceMs = 2) => new(rounds, rounds, 0, sliceMs);
@@ -47,9 +51,10 @@ internal static class Interleaved
     }
 
     /// <summary>
-    /// Calls per turn: each variant is called once (warm-up), then timed over at least 1 ms of calls; a call shorter
-    /// than the slice is repeated to about the slice. A warm-up call of 10 slices or more means one call per turn
-    /// without the timed calls. 0 for a null variant.
+    /// Calls per turn: each variant is called once (warm-up), then, when that call is shorter than a slice, repeatedly
+    /// for <see cref="InterleaveSettings.WarmupMs"/> (JIT tier-up), then timed over at least 1 ms of calls; a call
+    /// shorter than the slice is repeated to about the slice. A warm-up call of 10 slices or more means one call per
+    /// turn without the timed calls. 0 for a null variant.
     /// </summary>
     public static int[] Calibrate(IReadOnlyList<Action?> variants, InterleaveSettings settings)
     {
@@ -59,10 +64,16 @@ internal static class Interleaved
             if (variants[v] is not { } run) continue;
             long w0 = Stopwatch.GetTimestamp();
             run();
-            if (Stopwatch.GetElapsedTime(w0).TotalMilliseconds >= 10 * settings.SliceMs)
+            double first = Stopwatch.GetElapsedTime(w0).TotalMilliseconds;
+            if (first >= 10 * settings.SliceMs)
             {
                 reps[v] = 1; // a call this long runs once per turn whatever its first-call overhead was
                 continue;
+            }
+            if (first < settings.SliceMs)
+            {
+                long wu = Stopwatch.GetTimestamp();
+                while (Stopwatch.GetElapsedTime(wu).TotalMilliseconds < settings.WarmupMs) run();
             }
             int calls = 0;
             long t0 = Stopwatch.GetTimestamp();

@@ -70,6 +70,7 @@ public static partial class Gemm
     /// member's A, B or bias.</exception>
     /// <exception cref="NotSupportedException">The element types are not a supported combination (as for
     /// <see cref="Multiply{TIn, TOut}"/>).</exception>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public static unsafe void MultiplyGrouped<TIn, TOut>(ReadOnlySpan<GemmGroupMember<TIn, TOut>> members)
         where TIn : unmanaged where TOut : unmanaged
     {
@@ -136,6 +137,7 @@ public static partial class Gemm
     }
 
     // The sw_gemm_desc of one validated GEMM, buffer handles left for the caller to fill in.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static SwGemmDesc Describe<TIn, TOut>(SwDtype inType, SwDtype outType, long m, long n, long k,
         MatrixView<TIn> a, MatrixView<TIn> b, MatrixView<TOut> c, float alpha, float beta, bool transA, bool transB,
         long biasOffset, Epilogue epilogue)
@@ -166,6 +168,7 @@ public static partial class Gemm
     // Add-refs every member's stream, A, B, C and bias handle (in that order) and fills in the raw handles; returns how
     // many were add-ref'ed. A disposed handle throws ObjectDisposedException after the earlier ones were counted: the
     // caller releases exactly those (ReleaseRefs walks the same order).
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static int AddRefs<TIn, TOut>(ReadOnlySpan<GemmGroupMember<TIn, TOut>> members, Span<SwGemmDesc> descs, Span<nint> streams)
         where TIn : unmanaged where TOut : unmanaged
     {
@@ -199,6 +202,7 @@ public static partial class Gemm
         return handle.DangerousGetHandle();
     }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static void ReleaseRefs<TIn, TOut>(ReadOnlySpan<GemmGroupMember<TIn, TOut>> members, int refs)
         where TIn : unmanaged where TOut : unmanaged
     {
@@ -221,6 +225,7 @@ public static partial class Gemm
 
     // The managed overlap check of the outputs (the native core checks again, on bytes, across buffers too): within one
     // buffer, member i's C may not share an element with member j's C (j != i) nor with any member's A, B or bias.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static void CheckOutputsApart<TIn, TOut>(ReadOnlySpan<GemmGroupMember<TIn, TOut>> members)
         where TIn : unmanaged where TOut : unmanaged
     {

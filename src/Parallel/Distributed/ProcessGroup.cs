@@ -165,6 +165,7 @@ public sealed partial class ProcessGroup : IDisposable
     }
 
     /// <summary>Waits for every rank's stream; throws the first error.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public void Synchronize()
     {
         List<Exception>? errors = null;

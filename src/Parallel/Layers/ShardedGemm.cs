@@ -66,6 +66,7 @@ public sealed class ShardedGemm : IDisposable
 
     /// <summary>Y = X · W (+ bias) on every rank in parallel, then waits for all ranks. X is M × K, Y is M × N,
     /// bias (optional) holds N elements; all on the group's device.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public void Forward(MatrixView<float> x, MatrixView<float> y, DeviceBuffer<float>? bias = null, Epilogue epilogue = Epilogue.None)
     {
         ThrowHelper.NotEmpty(x);
