@@ -32,10 +32,13 @@ public abstract class BackendTest(Backend backend)
         Dev?.Dispose();
     }
 
-    /// <summary>Fresh random data for every run; the seed is printed so a failure can be replayed.</summary>
+    /// <summary>Fresh random data for every run; the seed is printed so a failure can be replayed: the environment
+    /// variable SHARDWISE_TEST_SEED (an integer) makes every test's data come from that seed.</summary>
     protected Random NewRandom()
     {
-        int seed = TestContext.CurrentContext.Random.Next();
+        int seed = int.TryParse(Environment.GetEnvironmentVariable("SHARDWISE_TEST_SEED"), out int fixedSeed)
+            ? fixedSeed
+            : TestContext.CurrentContext.Random.Next();
         TestContext.Out.WriteLine($"seed {seed}");
         return new Random(seed);
     }

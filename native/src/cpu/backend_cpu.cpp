@@ -392,11 +392,13 @@ public:
                  ": the CPU backend computes activations in float32 only");
     }
 
+    // With the device's GEMM kernel's GeLU (cpu::gelu): the bits of the GEMMs' fused GeLU epilogue on this device.
     void gelu(sw_stream_s& s, sw_dtype, const void* x, void* y, uint64_t count, KeepAlive keep) override {
         auto* fx = static_cast<const float*>(x);
         auto* fy = static_cast<float*>(y);
-        enqueue_elementwise(s, count, std::move(keep), [fx, fy](uint64_t b, uint64_t e) {
-            for (uint64_t i = b; i < e; ++i) fy[i] = gelu_tanh(fx[i]);
+        const auto kernel = static_cast<Kernel>(s.device_impl->kernel.load());
+        enqueue_elementwise(s, count, std::move(keep), [fx, fy, kernel](uint64_t b, uint64_t e) {
+            cpu::gelu(fy + b, fx + b, static_cast<int64_t>(e - b), kernel);
         });
     }
 

@@ -235,6 +235,15 @@ float gelu_tanh(float x) {
     return 0.5f * x * (1.0f + std::tanh(u));
 }
 
+void gelu(float* y, const float* x, int64_t n, Kernel kernel) {
+    const KernelInfo ki = kernel_info(kernel_supported(kernel) ? kernel : Kernel::Auto);
+    if (ki.gelu) {
+        ki.gelu(y, x, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; ++i) y[i] = gelu_tanh(x[i]);
+}
+
 // ================================================================================================
 // Packing
 // ================================================================================================

@@ -55,4 +55,9 @@ void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, Thr
 // GeLU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 float gelu_tanh(float x);
 
+// y[i] = GeLU(x[i]), i < n (y may be x), with the arithmetic of `kernel`'s fused GeLU epilogue (the AVX-512 and AVX2
+// kernels evaluate x / (1 + exp(-2u)) with their own exp; the generic one gelu_tanh): the element-wise GeLU of a
+// device gives the bits its GEMMs' fused GeLU gives.
+void gelu(float* y, const float* x, int64_t n, Kernel kernel);
+
 } // namespace sw::cpu

@@ -57,6 +57,18 @@ SW_TARGET_AVX2 inline __m256 gelu8(__m256 x) {
     return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
 }
 
+// The element-wise GeLU with the epilogue's arithmetic (gelu8 lane-wise; the tail through a copy of 8 lanes).
+SW_TARGET_AVX2 void gelu_array_avx2(float* y, const float* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, gelu8(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        alignas(32) float t[8] = {};
+        for (int64_t j = i; j < n; ++j) t[j - i] = x[j];
+        _mm256_store_ps(t, gelu8(_mm256_load_ps(t)));
+        for (int64_t j = i; j < n; ++j) y[j] = t[j - i];
+    }
+}
+
 // Combines one accumulator vector with C according to the epilogue mode (C is read unless kEpiBeta0).
 SW_TARGET_AVX2 inline __m256 combine8(const float* cp, __m256 acc, int mode, __m256 valpha, __m256 vbeta) {
     if (mode == kEpiBeta0) return _mm256_mul_ps(valpha, acc);
@@ -330,6 +342,7 @@ KernelInfo kernel_info_avx2() {
     ki.widen_bf16 = &widen_bf16_avx2;
     ki.narrow_f16 = &narrow_f16_f16c;
     ki.narrow_bf16 = &narrow_bf16_avx2;
+    ki.gelu = &gelu_array_avx2;
     return ki;
 }
 

@@ -68,6 +68,16 @@ SW_TARGET_AVX512 inline __m512 gelu16(__m512 x) {
     return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
 }
 
+// The element-wise GeLU with the epilogue's arithmetic (gelu16 lane-wise; the tail through a masked load and store).
+SW_TARGET_AVX512 void gelu_array_avx512(float* y, const float* x, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, gelu16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, m, gelu16(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
 // Combines one accumulator vector with C according to the epilogue mode (C is read unless kEpiBeta0).
 SW_TARGET_AVX512 inline __m512 combine16(const float* cp, __m512 acc, int mode, __m512 valpha,
                                          __m512 vbeta) {
@@ -880,6 +890,7 @@ KernelInfo kernel_info_avx512() {
     ki.widen_bf16 = &widen_bf16_avx512;
     ki.narrow_f16 = &narrow_f16_avx512;
     ki.narrow_bf16 = &narrow_bf16_avx512;
+    ki.gelu = &gelu_array_avx512;
     return ki;
 }
 

@@ -72,6 +72,9 @@ using PackPanelsFn = void (*)(float* dst, const float* src, int64_t ld, int64_t 
 // Row conversions of 16-bit elements (n contiguous elements; see gemm_convert.h for the numerics, which every
 // version follows bit for bit).
 using WidenFn = void (*)(float* dst, const uint16_t* src, int64_t n);
+// y[i] = GeLU(x[i]) for i < n (y may be x): the element-wise GeLU with exactly the arithmetic of the kernel's fused
+// GeLU epilogue, so that a GeLU run apart gives the bits of the fused one.
+using GeluFn = void (*)(float* y, const float* x, int64_t n);
 using NarrowFn = void (*)(uint16_t* dst, const float* src, int64_t n);
 
 // bf16 pair packs for the vdpbf16ps kernel (kernel_info_avx512bf16). A packed pair step q holds, for each of the
@@ -105,6 +108,7 @@ struct KernelInfo {
     // 16-bit conversions (portable ones for the generic kernel, F16C / AVX-512 ones for the SIMD kernels).
     WidenFn widen_f16 = nullptr, widen_bf16 = nullptr;
     NarrowFn narrow_f16 = nullptr, narrow_bf16 = nullptr;
+    GeluFn gelu = nullptr;  // the epilogue's GeLU over an array (null: gelu_tanh element by element)
     // The bf16 pair kernel (vdpbf16ps): when pairs is set, fn and half_fn take kc = the number of pair steps and
     // a, b packed with the pair packs below (32-bit words, read through the float pointers), and kc above is the
     // maximum k block in elements (even). rows_fn is unused.
