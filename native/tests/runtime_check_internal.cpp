@@ -7,6 +7,8 @@
 //    a stream with a pending error or queued work is not inlined, and the skip rule still holds;
 //  - concurrent inline calls over overlapping stream lists in opposite orders finish (address-ordered locking);
 //  - stress: several threads mixing inline and queued work on their own and shared streams (~1 s), order checked;
+//  - synchronize runs queued work on the caller (order, exclusivity, skip and error rules, never past the call,
+//    never on a worker; none with the switch off);
 //  - destruction while idle, from a stream worker (refused), the round-trip measurement;
 //  - through the C ABI: sw_gemm and sw_gelu give the same bits whether they run inline (policy always), queued
 //    (never) or by the measured rule (auto), and match a float64 reference (fresh random data, NaN-poisoned outputs);
@@ -328,6 +330,138 @@ void check_inline_stress() {
     CHECK(total_inline.load() > 0, "stress: nothing was inlined");
 }
 
+// synchronize runs queued work the worker has not started on the calling thread (cpu/stream.h): it does (some of
+// 2000 tries; none with the switch off), one operation at a time in queue order beside the worker and other
+// synchronizing threads, with the skip and error rules, never past what was queued before the call, and never on a
+// stream worker.
+void check_sync_runs_work() {
+    const std::thread::id me = std::this_thread::get_id();
+    {
+        Stream s;
+        int on_caller = 0, tries = 0;
+        for (; tries < 2000 && on_caller < 5; ++tries) {
+            std::thread::id ran;
+            s.enqueue([&] { ran = std::this_thread::get_id(); });
+            bounded("synchronize", 5, [&] { sync(s); });
+            if (ran == me) ++on_caller;
+        }
+        // (bounded() runs the synchronize on a helper thread: compare with that thread instead)
+        on_caller = 0;
+        std::thread::id helper;
+        bounded("synchronize runs work", 20, [&] {
+            helper = std::this_thread::get_id();
+            for (int t = 0; t < 2000 && on_caller < 5; ++t) {
+                std::thread::id ran;
+                s.enqueue([&] { ran = std::this_thread::get_id(); });
+                sync(s);
+                if (ran == helper) ++on_caller;
+            }
+        });
+        CHECK(on_caller > 0, "synchronize never ran queued work on the caller in 2000 tries");
+        Stream::set_synchronize_runs_work(false);
+        int off_caller = 0;
+        bounded("synchronize (switch off)", 20, [&] {
+            helper = std::this_thread::get_id();
+            for (int t = 0; t < 300; ++t) {
+                std::thread::id ran;
+                s.enqueue([&] { ran = std::this_thread::get_id(); });
+                sync(s);
+                if (ran == helper) ++off_caller;
+            }
+        });
+        Stream::set_synchronize_runs_work(true);
+        CHECK(off_caller == 0, "with the switch off, synchronize ran %d operations on the caller", off_caller);
+    }
+    {   // order and exclusivity: one submitter, two more threads synchronizing all the time, and the worker
+        Stream s;
+        std::atomic<int> running{0}, overlap{0}, bad{0};
+        std::atomic<bool> done{false};
+        int64_t last = -1;
+        bounded("synchronize stress", 20, [&] {
+            std::vector<std::thread> th;
+            for (int t = 0; t < 2; ++t)
+                th.emplace_back([&] {
+                    while (!done.load()) sync(s);
+                });
+            uint32_t rng = 99u;
+            for (int64_t i = 0; i < 20000; ++i) {
+                s.enqueue([&, i] {
+                    if (running.fetch_add(1) != 0) overlap++;
+                    if (last != i - 1) bad++;
+                    last = i;
+                    running.fetch_sub(1);
+                });
+                rng = rng * 1664525u + 1013904223u;
+                if ((rng >> 29) == 0) sync(s);
+            }
+            sync(s);
+            done.store(true);
+            for (auto& t : th) t.join();
+        });
+        CHECK(overlap.load() == 0, "synchronize ran %d operations beside another one", overlap.load());
+        CHECK(bad.load() == 0 && last == 19999, "synchronize stress: %d out of order, last %lld", bad.load(),
+              static_cast<long long>(last));
+    }
+    {   // skip and error rules on the caller's path as on the worker's
+        int fails = 0;
+        for (int t = 0; t < 50; ++t) {
+            Stream s;
+            bool plain = false, always = false;
+            s.enqueue([] { throw sw::Error(SW_ERR_INVALID_ARGUMENT, "planted"); });
+            s.enqueue([&] { plain = true; });
+            s.enqueue([&] { always = true; }, /*always=*/true);
+            std::string msg;
+            sw_status st = SW_OK;
+            bounded("synchronize with an error", 5, [&] { st = sync(s, &msg); });
+            if (st != SW_ERR_INVALID_ARGUMENT || msg.find("planted") == std::string::npos || plain || !always) ++fails;
+            bounded("synchronize after the error", 5, [&] { st = sync(s); });
+            if (st != SW_OK) ++fails;
+        }
+        CHECK(fails == 0, "synchronize's skip and error rules broke in %d of 50 runs", fails);
+    }
+    {   // never past the call: an operation queued by an operation (after synchronize began) is not run by it
+        int late_on_caller = 0;
+        Stream s;
+        bounded("synchronize bound", 20, [&] {
+            const std::thread::id helper = std::this_thread::get_id();
+            for (int t = 0; t < 300; ++t) {
+                std::atomic<std::thread::id> late{};
+                Latch second;
+                s.enqueue([&] {
+                    s.enqueue([&] {
+                        late = std::this_thread::get_id();
+                        second.release();
+                    });
+                });
+                sync(s);
+                if (late.load() == helper) ++late_on_caller;
+                second.wait();
+                sync(s);
+            }
+        });
+        CHECK(late_on_caller == 0, "synchronize ran %d operations queued after it began", late_on_caller);
+    }
+    {   // from a stream worker: it waits, it does not take another stream's work
+        Stream a, b;
+        std::thread::id worker_a, ran_b;
+        for (int t = 0; t < 100; ++t) {
+            Latch finished; // waited on instead of a.synchronize (which could take the operation off a's worker)
+            a.enqueue([&] {
+                worker_a = std::this_thread::get_id();
+                b.enqueue([&] { ran_b = std::this_thread::get_id(); });
+                sync(b);
+                finished.release();
+            });
+            bounded("synchronize from a worker", 5, [&] {
+                finished.wait();
+                sync(a);
+            });
+            CHECK(ran_b != worker_a, "a stream worker ran another stream's work in synchronize");
+            if (ran_b == worker_a) break;
+        }
+    }
+}
+
 void check_destruction_and_round_trip() {
     bounded("destruction while idle", 5, [&] {
         for (int i = 0; i < 50; ++i) {
@@ -621,6 +755,7 @@ int main() {
     check_inline_errors();
     check_inline_lock_order();
     check_inline_stress();
+    check_sync_runs_work();
     check_destruction_and_round_trip();
     check_api_paths();
     check_pool_budget();

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace sw::cpu {
@@ -33,6 +35,21 @@ sw_status run_caught(const std::function<void()>& fn, std::string* message) {
 } // namespace
 
 bool on_stream_worker() { return t_on_stream_worker; }
+
+// (SW_SYNC_RUNS_WORK_DEFAULT=0: a build whose default is off, for side-by-side measurements in one process.)
+#ifndef SW_SYNC_RUNS_WORK_DEFAULT
+#define SW_SYNC_RUNS_WORK_DEFAULT 1
+#endif
+namespace {
+std::atomic<bool> g_sync_runs_work{[] {
+    const char* env = std::getenv("SHARDWISE_CPU_SYNC_RUNS_WORK");
+    if (env && (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0)) return env[0] == '1';
+    return SW_SYNC_RUNS_WORK_DEFAULT != 0;
+}()};
+} // namespace
+
+void Stream::set_synchronize_runs_work(bool on) { g_sync_runs_work.store(on); }
+bool Stream::synchronize_runs_work() { return g_sync_runs_work.load(); }
 
 Stream::Stream() : worker_([this] { run(); }) {}
 
@@ -69,7 +86,33 @@ sw_status Stream::synchronize(std::string* message) {
     }
     std::unique_lock<std::mutex> lock(mu_);
     const uint64_t target = enqueued_.load(std::memory_order_relaxed);
-    cv_done_.wait(lock, [&] { return completed_.load(std::memory_order_relaxed) >= target; });
+    const bool take = !t_on_stream_worker && g_sync_runs_work.load(std::memory_order_relaxed);
+    while (completed_.load(std::memory_order_relaxed) < target) {
+        // The front operation is the next one before `target` (nothing runs, so completed_ counts every earlier
+        // one): run it here instead of waking the worker and waiting for it.
+        if (take && !worker_busy_ && !inline_busy_ && !stop_ && !queue_.empty()) {
+            Op op = std::move(queue_.front());
+            queue_.pop_front();
+            inline_busy_ = true;
+            const bool skip = error_ != SW_OK && !op.always;
+            lock.unlock();
+            sw_status st = SW_OK;
+            std::string msg;
+            // It runs as it would on the worker: on_stream_worker() is true meanwhile (CUDA frees deferred, no
+            // inline work, no work taken by a nested synchronize).
+            t_on_stream_worker = true;
+            if (!skip) st = run_caught(op.fn, &msg);
+            op.fn = nullptr;
+            t_on_stream_worker = false;
+            lock.lock();
+            inline_busy_ = false;
+            complete_locked(st, std::move(msg));
+            cv_done_.notify_all(); // other threads synchronizing
+            if (!queue_.empty()) cv_work_.notify_one(); // the worker may take the rest (or this loop does)
+            continue;
+        }
+        cv_done_.wait(lock);
+    }
     const sw_status status = error_;
     if (message) *message = error_message_;
     error_ = SW_OK;
@@ -195,6 +238,7 @@ void Stream::run() {
         }
         Op op = std::move(queue_.front());
         queue_.pop_front();
+        worker_busy_ = true;
         const bool skip = error_ != SW_OK && !op.always;
         lock.unlock();
         sw_status status = SW_OK;
@@ -202,6 +246,7 @@ void Stream::run() {
         if (!skip) status = run_caught(op.fn, &message);
         op.fn = nullptr; // release captured references outside the lock's critical path
         lock.lock();
+        worker_busy_ = false;
         complete_locked(status, std::move(message));
         cv_done_.notify_all();
     }

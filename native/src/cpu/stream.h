@@ -16,8 +16,8 @@
 
 namespace sw::cpu {
 
-// True on a stream's worker thread (while it runs queued work). Code that must not block there — freeing
-// CUDA memory, which waits for the whole device — checks it.
+// True on a stream's worker thread (while it runs queued work), and on a thread whose synchronize runs queued work
+// (while it does). Code that must not block there — freeing CUDA memory, which waits for the whole device — checks it.
 bool on_stream_worker();
 
 class Stream {
@@ -34,8 +34,18 @@ public:
 
     // Blocks until everything queued before the call has run; returns the first error since the last
     // report (SW_OK if none) with its message, and clears it. An idle stream without an error answers from
-    // two atomic loads (no lock, no system call).
+    // two atomic loads (no lock, no system call). Queued work the worker has not started yet runs on the calling
+    // thread, which would only wait for it anyway (no hand-off to the worker and back): one operation at a time, in
+    // queue order, never beside the worker's (the stream counts as busy meanwhile, as for run_inline_if_idle), with
+    // the same skip and error rules, and never past what was queued before the call; on_stream_worker() is true
+    // while such an operation runs, as on the worker. Not from a stream worker (it waits there as before), and not
+    // while synchronize_runs_work() is off.
     sw_status synchronize(std::string* message);
+
+    // Whether synchronize runs queued work on the caller (default on; the environment variable
+    // SHARDWISE_CPU_SYNC_RUNS_WORK=0 turns it off at start-up). For tests and measurements of the hand-off path.
+    static void set_synchronize_runs_work(bool on);
+    static bool synchronize_runs_work();
 
     // True when nothing is queued or running on the stream and no error is pending (a hint: another thread
     // may queue work right after; lock-free).
@@ -76,7 +86,9 @@ private:
     // sees the error too.
     std::atomic<uint64_t> enqueued_{0}, completed_{0};
     std::atomic<bool> error_flag_{false}; // error_ != SW_OK
-    bool inline_busy_ = false;            // fn of run_inline_if_idle is running: the worker must not start work
+    bool inline_busy_ = false;            // fn of run_inline_if_idle, or an operation synchronize took from the
+                                          // queue, is running on a caller: the worker must not start work
+    bool worker_busy_ = false;            // the worker runs an operation: synchronize must not take the next one
     sw_status error_ = SW_OK;
     std::string error_message_;
     bool stop_ = false;
