@@ -18,7 +18,9 @@
 #                                  (default 2), one process each, over TCP (shardwise launch, default) or MPI
 #                                  (mpirun); all-reduce, all-gather, reduce-scatter, 8 B x4 up to 64 MiB (the
 #                                  last size is 32 MiB, as nccl-tests -b 8 -e 64M -f 4), with nccl-tests' size,
-#                                  count, time, algbw and busbw (docs/distributed.md);
+#                                  count, time, algbw and busbw (docs/distributed.md), then raw Open MPI's
+#                                  collectives timed the same way (native/bench/mpi_baseline.c) and both side by
+#                                  side (busbw ratio);
 #                                  SW_BW_MAX_BYTES (e.g. 1M), SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5),
 #                                  SW_BW_IN_PLACE (1: the all-reduce in place)
 #   ./build.sh native              deps and the native library (CMake configure + build) only
@@ -673,17 +675,40 @@ cmd_bench_mp() {
     worker="$out/Shardwise.MultiProcessWorker.dll"
     launcher="$out/launcher/shardwise.dll"
     [[ -f "$worker" ]] || die "bench-mp: worker not built: $worker"
-    step "collective bandwidth: $n ranks over $transport"
-    if [[ "$transport" == tcp ]]; then
-        [[ -f "$launcher" ]] || die "bench-mp: launcher not built: $launcher"
-        exec dotnet "$launcher" launch -n "$n" --no-prefix -- dotnet "$worker" bandwidth
-    fi
-    command -v mpirun >/dev/null 2>&1 || die "bench-mp: mpirun not found (Debian: apt-get install openmpi-bin libopenmpi-dev)"
+    local ours raw rc=0 baseline="$BUILD_DIR/bin/mpi_baseline"
+    ours="$(mktemp)"
+    raw="$(mktemp)"
     local forward=() var
     for var in SW_BW_MIN_BYTES SW_BW_MAX_BYTES SW_BW_ITERS SW_BW_WARMUP SW_BW_IN_PLACE SW_TEST_TIMEOUT_MS; do
         [[ -n "${!var:-}" ]] && forward+=(-x "$var")
     done
-    exec mpirun --allow-run-as-root --oversubscribe -n "$n" "${forward[@]}" dotnet "$worker" bandwidth
+    step "collective bandwidth: $n ranks over $transport"
+    if [[ "$transport" == tcp ]]; then
+        [[ -f "$launcher" ]] || die "bench-mp: launcher not built: $launcher"
+        dotnet "$launcher" launch -n "$n" --no-prefix -- dotnet "$worker" bandwidth | tee "$ours" || rc=$?
+    else
+        command -v mpirun >/dev/null 2>&1 || die "bench-mp: mpirun not found (Debian: apt-get install openmpi-bin libopenmpi-dev)"
+        mpirun --allow-run-as-root --oversubscribe -n "$n" "${forward[@]}" dotnet "$worker" bandwidth | tee "$ours" || rc=$?
+    fi
+    # The baseline: raw Open MPI's collectives, timed the same way, right after ours (same sizes and settings), then
+    # both side by side (ours / MPI's busbw, above 1: ours faster).
+    if [[ -x "$baseline" ]] && command -v mpirun >/dev/null 2>&1; then
+        step "baseline: raw MPI (native/bench/mpi_baseline.c), $n processes"
+        mpirun --allow-run-as-root --oversubscribe -n "$n" "${forward[@]}" "$baseline" | tee "$raw" || rc=$?
+        step "side by side: $n ranks, ours over $transport vs raw MPI (busbw ratio above 1: ours faster)"
+        awk '
+            /^# collective:/ { coll = $3; next }
+            /^#/ || NF < 8 { next }
+            FNR == NR { t[coll, $1] = $5; b[coll, $1] = $7; next }
+            (coll, $1) in t {
+                if (!head++) printf "%-15s %12s %12s %12s %12s %12s %8s\n", "collective", "size (B)", "ours (us)", "MPI (us)", "ours busbw", "MPI busbw", "ratio"
+                printf "%-15s %12s %12s %12s %12s %12s %8.2f\n", coll, $1, t[coll, $1], $5, b[coll, $1], $7, ($7 > 0 ? b[coll, $1] / $7 : 0)
+            }' "$ours" "$raw"
+    else
+        echo "bench-mp: no raw MPI baseline (mpi_baseline not built: no MPI found at configure time, or no mpirun)"
+    fi
+    rm -f "$ours" "$raw"
+    return "$rc"
 }
 
 # The builds and the suites write into build/test-results/logs/; the terminal gets one line per step, then the
