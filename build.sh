@@ -22,7 +22,8 @@
 #                                  collectives timed the same way (native/bench/mpi_baseline.c) and both side by
 #                                  side (busbw ratio);
 #                                  SW_BW_MAX_BYTES (e.g. 1M), SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5),
-#                                  SW_BW_IN_PLACE (1: the all-reduce in place)
+#                                  SW_BW_IN_PLACE (1: the all-reduce in place), SW_BW_AGREEMENT (off: no
+#                                  agreement check, sw_comm_set_agreement_check)
 #   ./build.sh native              deps and the native library (CMake configure + build) only
 #   ./build.sh fault-trials [N] [tcp|mpi...]  deps, native build, then scripts/fault-trials.sh: N (default 20)
 #                                  kill and N freeze trials per kind (TCP, MPI) of a 3-rank job running collectives,
@@ -679,7 +680,7 @@ cmd_bench_mp() {
     ours="$(mktemp)"
     raw="$(mktemp)"
     local forward=() var
-    for var in SW_BW_MIN_BYTES SW_BW_MAX_BYTES SW_BW_ITERS SW_BW_WARMUP SW_BW_IN_PLACE SW_TEST_TIMEOUT_MS; do
+    for var in SW_BW_MIN_BYTES SW_BW_MAX_BYTES SW_BW_ITERS SW_BW_WARMUP SW_BW_IN_PLACE SW_BW_AGREEMENT SW_TEST_TIMEOUT_MS; do
         [[ -n "${!var:-}" ]] && forward+=(-x "$var")
     done
     step "collective bandwidth: $n ranks over $transport"

@@ -92,9 +92,14 @@ public class HalfPrecisionCollectiveTests(Backend backend) : BackendTest(backend
         Invoke(this, nameof(RunAll), t, group, p);
     }
 
-    [TestCase(typeof(Half))]
-    [TestCase(typeof(BFloat16))]
-    public void TcpGroupGivesTheSameBits(Type t)
+    /// <summary>The TCP group gives the in-process group's bits, with the agreement check on (the default) and off
+    /// (<see cref="ProcessGroup.AgreementCheck"/>: no descriptor exchange for the all-reduce, all-gather and
+    /// reduce-scatter; the uneven variants still exchange).</summary>
+    [TestCase(typeof(Half), true)]
+    [TestCase(typeof(BFloat16), true)]
+    [TestCase(typeof(Half), false)]
+    [TestCase(typeof(BFloat16), false)]
+    public void TcpGroupGivesTheSameBits(Type t, bool agreementCheck)
     {
         if (Backend != Backend.Cpu) Assert.Ignore("the TCP group runs on CPU devices");
         const int p = 3;
@@ -121,6 +126,12 @@ public class HalfPrecisionCollectiveTests(Backend backend) : BackendTest(backend
             for (int r = 0; r < p; r++)
                 if (failures[r] is { } e) Assert.Fail($"rank {r} could not join the TCP group: {e}");
             Assert.That(groups[0].IsMultiProcess && groups[0].Backend == "tcp", $"backend {groups[0].Backend}");
+            foreach (var g in groups)
+            {
+                Assert.That(g.AgreementCheck, Is.True, "the agreement check is on by default");
+                g.AgreementCheck = agreementCheck;
+                Assert.That(g.AgreementCheck, Is.EqualTo(agreementCheck));
+            }
             Invoke(this, nameof(RunAllOnThreads), t, groups, p);
         }
         finally

@@ -10,7 +10,7 @@ namespace Shardwise.Tests;
 [TestFixture]
 public sealed unsafe class NativeLibrarySmokeTests
 {
-    private const int ExpectedAbiVersion = 4; // SW_ABI_VERSION of native/include/shardwise.h (2: sw_gemm_ex; 3: split, point-to-point; 4: sw_gemm_grouped)
+    private const int ExpectedAbiVersion = 5; // SW_ABI_VERSION of native/include/shardwise.h (2: sw_gemm_ex; 3: split, point-to-point; 4: sw_gemm_grouped; 5: agreement check)
 
     private nint _handle;
 

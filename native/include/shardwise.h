@@ -43,8 +43,8 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SW_ABI_VERSION 4 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
-                            4: sw_gemm_grouped */
+#define SW_ABI_VERSION 5 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
+                            4: sw_gemm_grouped; 5: sw_comm_set_agreement_check / sw_comm_get_agreement_check */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -404,6 +404,21 @@ SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64
  * communicator on every rank (a rank that fails tells the others, whose pending collectives then fail at once with
  * its reason instead of at their timeout); later collectives fail with SW_ERR_ABORTED. No call waits past its
  * timeout. Processes of one job must share the architecture (descriptors travel in native byte order). */
+
+/* The agreement check of a multi-process communicator (TCP, MPI, NCCL per process): before each collective the ranks
+ * exchange a description of their call and fail with SW_ERR_MISMATCH, all of them with the same message, when they
+ * differ. That costs one round trip per collective. enabled = 0 turns it off for the collectives called after this
+ * call (a documented mode for production runs whose calls are known to match; default 1, on): all-reduce,
+ * all-gather, reduce-scatter and broadcast then move data at once, each rank assuming the others called what it
+ * called. Without the check a mismatch that changes the bytes a rank sends still fails, with SW_ERR_MISMATCH naming
+ * the sizes (every message's size is checked by the TCP and MPI transports), and a broadcast with different roots
+ * ends at the timeout; one that keeps the sizes (another dtype of the same width, another reduction) goes unnoticed
+ * and gives wrong results. The uneven and column variants, the barrier, sw_comm_split and point-to-point transfers
+ * always exchange descriptors. Every rank must set the same (a rank with the check on and one without fail their next
+ * collective on the sizes). In-process communicators accept it and always check (their rendezvous is not a round
+ * trip). enabled must be 0 or 1. */
+SW_API sw_status sw_comm_set_agreement_check(sw_comm comm, int32_t enabled);
+SW_API sw_status sw_comm_get_agreement_check(sw_comm comm, int32_t* enabled);
 
 /* The rank of this process in a multi-process communicator, or -1 when every rank is in this process. */
 SW_API sw_status sw_comm_get_rank(sw_comm comm, int32_t* rank);

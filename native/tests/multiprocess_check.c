@@ -545,6 +545,20 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     if (strcmp(scenario, "collectives") == 0) {
         collectives(dev, s, comm, rank, p);
         collectives16(dev, s, comm, rank, p);
+    } else if (strcmp(scenario, "nocheck") == 0) {
+        /* the agreement check off: the same results (the uneven and column variants still exchange descriptors) */
+        CHECK(sw_comm_set_agreement_check(NULL, 0) == SW_ERR_NULL_HANDLE, "set_agreement_check(NULL) accepted");
+        CHECK(sw_comm_set_agreement_check(comm, 2) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "enabled"),
+              "set_agreement_check(2): '%s'", sw_last_error());
+        CHECK(sw_comm_get_agreement_check(comm, NULL) != SW_OK, "get_agreement_check(NULL out) accepted");
+        int32_t on = -1;
+        OK(sw_comm_get_agreement_check(comm, &on));
+        CHECK(on == 1, "the agreement check is %d by default, expected on", (int)on);
+        OK(sw_comm_set_agreement_check(comm, 0));
+        OK(sw_comm_get_agreement_check(comm, &on));
+        CHECK(on == 0, "the agreement check reads %d after turning it off", (int)on);
+        collectives(dev, s, comm, rank, p);
+        collectives16(dev, s, comm, rank, p);
     } else if (strcmp(scenario, "collectives16") == 0) {
         collectives16(dev, s, comm, rank, p);
     } else if (strncmp(scenario, "abort", 5) == 0 || strncmp(scenario, "exit-", 5) == 0 || strncmp(scenario, "kill", 4) == 0) {
@@ -608,7 +622,9 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
         clock_gettime(CLOCK_MONOTONIC, &t0);
         if (rank == victim && strcmp(scenario, "exit") == 0) _exit(0); /* gone without a word */
         if (rank == victim && strcmp(scenario, "late") == 0) sleep(4);  /* past the others' 1.5 s timeout */
-        const uint64_t count = strcmp(scenario, "mismatch") == 0 && rank == victim ? 32 : 64;
+        const int nocheck = strcmp(scenario, "mismatch-nocheck") == 0;
+        if (nocheck) OK(sw_comm_set_agreement_check(comm, 0));
+        const uint64_t count = (strcmp(scenario, "mismatch") == 0 || nocheck) && rank == victim ? 32 : 64;
         OK(sw_all_reduce(comm, rank, b, 0, b, 0, count, SW_DTYPE_F32, SW_REDUCE_SUM, s));
         const sw_status st = sw_stream_synchronize(s);
         const char* msg = sw_last_error();
@@ -632,6 +648,10 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
         } else if (strcmp(scenario, "mismatch") == 0) {
             CHECK(st == SW_ERR_MISMATCH && strstr(msg, "count 32") && strstr(msg, "count 64"),
                   "mismatch: status %d, message '%s'", (int)st, msg);
+        } else if (nocheck) { /* no descriptors: the transport's size check names the bytes, at once */
+            CHECK(st == SW_ERR_MISMATCH && strstr(msg, "bytes"), "mismatch without the check: status %d, message '%s'",
+                  (int)st, msg);
+            CHECK(took < 5.0, "the mismatch without the check took %.1f s to fail (timeout 20 s)", took);
         }
         /* the communicator stays aborted; the process stays usable */
         if (!(strcmp(scenario, "late") == 0 && rank == victim)) {
@@ -786,6 +806,26 @@ static int mpi_rank(void) {
     if (rank == 0) printf("seed %u\n", g_seed);
     collectives(dev, s, comm, rank, p);
     collectives16(dev, s, comm, rank, p);
+    /* the same with the agreement check off (sw_comm_set_agreement_check): the same results, no descriptor exchange
+     * for all-reduce, all-gather, reduce-scatter and broadcast; then on again for the mismatch below */
+    {
+        sw_comm nocheck = NULL;
+        OK(sw_comm_create_mpi(dev, 20000, &nocheck));
+        OK(sw_comm_set_agreement_check(nocheck, 0));
+        int32_t on = -1;
+        OK(sw_comm_get_agreement_check(nocheck, &on));
+        CHECK(on == 0, "mpi: agreement check reads %d after turning it off", (int)on);
+        /* the seed's broadcast again (collectives() counts it among the communicator's collectives), unchecked */
+        sw_buffer again = alloc_f32(dev, 1);
+        memcpy(ptr(again), &g_seed, 4);
+        OK(sw_broadcast(nocheck, rank, again, 0, 1, SW_DTYPE_I32, 0, s));
+        OK(sw_stream_synchronize(s));
+        CHECK(memcmp(ptr(again), &g_seed, 4) == 0, "mpi: the unchecked broadcast of the seed differs");
+        sw_buffer_destroy(again);
+        collectives(dev, s, nocheck, rank, p);
+        collectives16(dev, s, nocheck, rank, p);
+        sw_comm_destroy(nocheck);
+    }
     /* mismatch over MPI */
     sw_buffer b = alloc_f32(dev, 64);
     for (int i = 0; i < 64; ++i) ptr(b)[i] = value(6, rank, i);
@@ -801,6 +841,7 @@ static int mpi_rank(void) {
         root_mismatch(comm, &s, dev, &rank, 1, root_by_parity);
         sw_comm_destroy(comm);
     }
+
     /* A communicator still open when MPI is finalized: using it, aborting it or destroying it afterwards gives an
      * error or nothing, never an MPI call after MPI_Finalize (which makes Open MPI end the process). */
     sw_comm late = NULL;
@@ -854,6 +895,22 @@ static int mpi_fault_rank(void) {
               in_place ? "in place" : "out of place", (int)st, msg);
         sw_comm_destroy(comm);
     }
+    /* A count mismatch with the agreement check off: caught by the sizes of the messages (MPI completes a shorter
+     * message than its receive expects without an error, a longer one fails as truncated: the plugin reports both as
+     * a size mismatch), SW_ERR_MISMATCH on every rank. (Here because the failed communicator makes MPI_Finalize be
+     * skipped, as every failure in the plugin does.) */
+    {
+        OK(sw_comm_create_mpi(dev, 20000, &comm));
+        OK(sw_comm_set_agreement_check(comm, 0));
+        sw_buffer m = alloc_f32(dev, 3000);
+        for (int i = 0; i < 3000; ++i) ptr(m)[i] = value(6, rank, i);
+        OK(sw_all_reduce(comm, rank, m, 0, m, 0, rank == p - 1 ? 2000 : 3000, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+        const sw_status sm = sw_stream_synchronize(s);
+        CHECK(sm == SW_ERR_MISMATCH && strstr(sw_last_error(), "bytes"), "mpi mismatch without the check: status %d, '%s'",
+              (int)sm, sw_last_error());
+        sw_buffer_destroy(m);
+        sw_comm_destroy(comm);
+    }
     /* The verdict first (mpirun ends the other ranks as soon as one exits without MPI_Finalize, see below), then a
      * barrier on a fresh communicator so that no rank exits before every rank has printed it. */
     printf("[rank %d] mpi faults p=%d: %s\n", rank, p, g_failures ? "FAILED" : "ok");
@@ -892,6 +949,9 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "exit");
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
+    bad += tcp_job(2, "nocheck");
+    bad += tcp_job(3, "nocheck");
+    bad += tcp_job(3, "mismatch-nocheck");
     bad += tcp_job(3, "root");
     /* a failed all-reduce's outputs (the contract in shardwise.h) */
     bad += tcp_job(3, "abort-oop");

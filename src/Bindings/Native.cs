@@ -14,7 +14,7 @@ public static unsafe partial class Native
     private const string Lib = NativeLibraryLoader.LibraryName;
 
     /// <summary>The ABI version this binding was written against (SW_ABI_VERSION).</summary>
-    public const int AbiVersion = 4;
+    public const int AbiVersion = 5;
 
 #pragma warning disable CS1591 // one-to-one with shardwise.h, documented there
     // ---------------------------------------------------------------- library
@@ -83,6 +83,8 @@ public static unsafe partial class Native
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_comm_abort_with_reason(CommHandle comm, string? reason);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_state(CommHandle comm, out int aborted, byte* reason, ulong reasonCapacity);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_collective_count(CommHandle comm, int rank, out ulong count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_set_agreement_check(CommHandle comm, int enabled);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_agreement_check(CommHandle comm, out int enabled);
     [LibraryImport(Lib)] public static partial SwStatus sw_all_gather(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, BufferHandle recv, ulong recvOffset, ulong count, SwDtype dtype, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_all_gather_v(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, ulong count, BufferHandle recv, ulong recvOffset, ulong recvCapacity, SwDtype dtype, StreamHandle stream);
     [LibraryImport(Lib)] public static partial SwStatus sw_all_gather_columns(CommHandle comm, int rank, BufferHandle send, ulong sendOffset, long rows, long cols, long ldSend, BufferHandle recv, ulong recvOffset, long ldRecv, SwDtype dtype, StreamHandle stream);

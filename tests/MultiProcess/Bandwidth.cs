@@ -24,7 +24,8 @@ namespace Shardwise.MultiProcessWorker;
 /// </list>
 /// Settings from the environment: SW_BW_MIN_BYTES (default 8), SW_BW_MAX_BYTES (default 64M; K, M, G suffixes are
 /// powers of 1024), SW_BW_ITERS (timed iterations, default 20), SW_BW_WARMUP (default 5), SW_BW_IN_PLACE (1: the
-/// all-reduce in place; default 0). Every size gets the same number of iterations.
+/// all-reduce in place; default 0), SW_BW_AGREEMENT (off: <see cref="ProcessGroup.AgreementCheck"/> off, no descriptor
+/// exchange before each collective; default on). Every size gets the same number of iterations.
 /// </summary>
 public static class Bandwidth
 {
@@ -49,14 +50,15 @@ public static class Bandwidth
         collective == "all_reduce" ? Math.Max(nominal / 4, 1) * 4 : Math.Max(nominal / (4L * p), 1) * 4L * p;
 
     /// <summary>Run settings.</summary>
-    public sealed record Settings(long MinBytes, long MaxBytes, int Iterations, int Warmup, bool InPlace = false)
+    public sealed record Settings(long MinBytes, long MaxBytes, int Iterations, int Warmup, bool InPlace = false, bool AgreementCheck = true)
     {
         public static Settings FromEnvironment() => new(
             ParseBytes(Environment.GetEnvironmentVariable("SW_BW_MIN_BYTES"), 8, "SW_BW_MIN_BYTES"),
             ParseBytes(Environment.GetEnvironmentVariable("SW_BW_MAX_BYTES"), 64L << 20, "SW_BW_MAX_BYTES"),
             ParseCount(Environment.GetEnvironmentVariable("SW_BW_ITERS"), 20, 1, "SW_BW_ITERS"),
             ParseCount(Environment.GetEnvironmentVariable("SW_BW_WARMUP"), 5, 1, "SW_BW_WARMUP"),
-            Environment.GetEnvironmentVariable("SW_BW_IN_PLACE") == "1");
+            Environment.GetEnvironmentVariable("SW_BW_IN_PLACE") == "1",
+            Environment.GetEnvironmentVariable("SW_BW_AGREEMENT") != "off");
     }
 
     /// <summary>"65536", "64K", "64M", "1G" (powers of 1024).</summary>
@@ -97,10 +99,12 @@ public static class Bandwidth
         if (sizes.Count == 0)
             throw new ArgumentException($"no size between SW_BW_MIN_BYTES={settings.MinBytes} and SW_BW_MAX_BYTES={settings.MaxBytes}.");
         Sync(ctx); // every rank is here before rank 0 writes the header
+        ctx.Group.AgreementCheck = settings.AgreementCheck; // (every rank the same: read from the same environment)
         if (rank == 0)
         {
             output.WriteLine($"# Shardwise collective bandwidth, nccl-tests definitions: backend {ctx.Group.Backend}, {p} ranks (one process each), " +
-                             $"CPU device, float32, {(settings.InPlace ? "all-reduce in place, the others out-of-place" : "out-of-place")}");
+                             $"CPU device, float32, {(settings.InPlace ? "all-reduce in place, the others out-of-place" : "out-of-place")}, " +
+                             $"agreement check {(settings.AgreementCheck ? "on" : "off")}");
             output.WriteLine($"# sizes {sizes[0]} B to {sizes[^1]} B (x4 steps; max {settings.MaxBytes} B); {settings.Warmup} warm-up + " +
                              $"{settings.Iterations} timed iterations per size; time = mean per iteration on the slowest rank; GB = 1e9 B");
         }

@@ -8,6 +8,8 @@
 //     same descriptors and so all fail with the same SW_ERR_MISMATCH message (check_agreement, shared with the
 //     in-process rendezvous). This step is also the barrier.
 //  2. data movement: the communicator's Mover (mover_transport.cpp: the same transport's exchanges; mover_nccl.cpp).
+// With the agreement check off (sw_comm_set_agreement_check) step 1 is skipped for the collectives whose sizes follow
+// from the rank's own descriptor (agreement_skippable): one round trip less, mismatches caught only by size.
 // Any failure aborts the communicator locally and tells the peers (Transport::notify_abort), so their pending
 // collectives fail at once with the reason instead of waiting for the timeout.
 #include "comm/communicator.h"
@@ -165,7 +167,20 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
     std::optional<InPlaceBackup> backup; // NCCL (CUDA devices), in place: the input, restored on failure
     try {
         backup.emplace(*st->mover, rank, desc);
-        exchange_descriptors(*st, t, seq, desc, slot, deadline, what);
+        if (!desc.check && agreement_skippable(desc.op) && !desc.host) {
+            // The agreement check is off (sw_comm_set_agreement_check): every peer's descriptor is taken to be this
+            // rank's (its sizes only; the mover reads no peer's pointers), no round trip. A peer whose call differs
+            // in its byte counts fails the data exchange instead (the transports check every message's size).
+            Desc peer = desc;
+            peer.send = nullptr;
+            peer.recv = nullptr;
+            peer.keep_send.reset();
+            peer.keep_recv.reset();
+            slot.desc.assign(t.world(), peer);
+            slot.desc[t.rank()] = desc;
+        } else {
+            exchange_descriptors(*st, t, seq, desc, slot, deadline, what);
+        }
         moving = true;
         if (desc.host) desc.host(t, slot, deadline); // a host collective (sw_comm_split): no data of the mover's
         else st->mover->move(*st, rank, seq, slot, deadline);

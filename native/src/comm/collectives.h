@@ -51,10 +51,19 @@ struct Desc {
     uint64_t recv_capacity = 0; // elements available in recv from its offset
     uint64_t send_capacity = 0; // reduce-scatter-v: elements available in send from its offset
     std::shared_ptr<Storage> keep_send, keep_recv;
+    // The communicator's agreement check when the call was queued (sw_comm_set_agreement_check).
+    bool check = true;
     // A host collective (Coll::Split: root = color, rows = key): run by the transport agreement once every rank's
     // descriptor agrees, instead of the Mover. Throws sw::Error.
     std::function<void(Transport&, const Slot&, Clock::time_point)> host;
 };
+
+// The collectives whose descriptor exchange a multi-process communicator skips with its agreement check off: every
+// rank's data sizes follow from its own descriptor (the peers' are assumed equal to it). The others (uneven and
+// column variants: the peers' counts are needed; barrier and split: the exchange is the operation) always exchange.
+inline bool agreement_skippable(Coll c) {
+    return c == Coll::AllGather || c == Coll::AllReduce || c == Coll::ReduceScatter || c == Coll::Broadcast;
+}
 
 inline std::string describe(const Desc& d) {
     switch (d.op) {

@@ -167,6 +167,22 @@ SW_API sw_status sw_comm_get_state(sw_comm comm, int32_t* aborted, char* reason,
     });
 }
 
+SW_API sw_status sw_comm_set_agreement_check(sw_comm comm, int32_t enabled) {
+    return guard(__func__, [&] {
+        auto* c = checked_comm(comm);
+        if (enabled != 0 && enabled != 1) fail(SW_ERR_INVALID_ARGUMENT, "enabled = ", enabled, "; expected 0 or 1");
+        c->state->agreement_check.store(enabled == 1);
+    });
+}
+
+SW_API sw_status sw_comm_get_agreement_check(sw_comm comm, int32_t* enabled) {
+    return guard(__func__, [&] {
+        auto* c = checked_comm(comm);
+        require(enabled, "enabled");
+        *enabled = c->state->agreement_check.load() ? 1 : 0;
+    });
+}
+
 SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64_t* count) {
     return guard(__func__, [&] {
         auto* c = checked_comm(comm);

@@ -23,6 +23,7 @@ Communicator::~Communicator() {
 }
 
 void Communicator::submit(int32_t rank, Desc desc, sw_stream_s* s) {
+    desc.check = agreement_check.load();
     auto self = shared_from_this();
     cpu::Stream* stream = s->impl.get();
     Mover* mv = mover.get();

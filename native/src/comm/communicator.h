@@ -157,6 +157,9 @@ public:
     sw_status abort_status = SW_ERR_ABORTED;
     std::string reason;
     std::atomic<bool> abort_flag{false};  // mirrors `aborted` for transports polling without the lock
+    // sw_comm_set_agreement_check: whether multi-process collectives exchange descriptors first (copied into each
+    // collective's Desc when it is queued, so that a change applies to the collectives called after it).
+    std::atomic<bool> agreement_check{true};
     std::vector<uint64_t> next_seq;       // per rank, assigned when the call is queued
     std::vector<uint64_t> completed;      // per rank
     // Buffers a failed transport operation may still touch (an MPI request that could not be cancelled): kept

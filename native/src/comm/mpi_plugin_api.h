@@ -21,7 +21,8 @@ enum {
     SW_MPI_TIMEOUT = 1,     /* missing[] says which peers had pieces left: 1 silent (missing), 2 alive but waiting itself */
     SW_MPI_PEER_ABORT = 2,  /* err holds the peer's notice */
     SW_MPI_LOCAL_ABORT = 3, /* stop() returned non-zero */
-    SW_MPI_ERROR = 4        /* an MPI call failed; err says which and why */
+    SW_MPI_ERROR = 4,       /* an MPI call failed; err says which and why */
+    SW_MPI_SIZE_MISMATCH = 5 /* a peer's message had another size than its receive expected; err says which */
 };
 
 typedef struct sw_mpi_plugin_api {

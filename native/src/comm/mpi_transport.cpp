@@ -59,6 +59,7 @@ public:
             fail(known ? st : SW_ERR_ABORTED, what, ": ", err);
         }
         case SW_MPI_LOCAL_ABORT: fail(SW_ERR_ABORTED, what, ": ", err);
+        case SW_MPI_SIZE_MISMATCH: fail(SW_ERR_MISMATCH, what, ": ", err);
         default: fail(SW_ERR_BACKEND, what, ": MPI: ", err);
         }
     }

@@ -526,13 +526,15 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
     for (int i = 0; i < nrecvs; ++i) nreq += (int)((recvs[i].bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);
     MPI_Request* req = (MPI_Request*)calloc((size_t)nreq + 1, sizeof *req);
     int* peer = (int*)calloc((size_t)nreq + 1, sizeof *peer);
-    if (!req || !peer) {
+    int* lens = (int*)calloc((size_t)nreq + 1, sizeof *lens); /* bytes each receive expects */
+    if (!req || !peer || !lens) {
         free(req);
         free(peer);
+        free(lens);
         say(err, cap, "out of memory");
         return SW_MPI_ERROR;
     }
-    int rc = SW_MPI_OK, posted = 0;
+    int rc = SW_MPI_OK, posted = 0, recv_posted = 0;
     int wait_peer_scratch[64];
     pthread_mutex_lock(&g_mu);
     if (finalized_locked()) {
@@ -554,9 +556,11 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
                     rc = SW_MPI_ERROR;
                     break;
                 }
+                lens[posted] = len;
                 peer[posted++] = pieces[i].peer;
             }
         }
+        if (pass == 0) recv_posted = posted;
     }
     pthread_mutex_unlock(&g_mu);
     const double start = now_s(), deadline = start + (double)timeout_ms / 1000.0;
@@ -574,8 +578,26 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
             if (req[i] == MPI_REQUEST_NULL) continue;
             int done = 0;
             MPI_Status st;
-            if (mpi_failed(MPI_Test(&req[i], &done, &st), "MPI_Test", err, cap)) rc = SW_MPI_ERROR;
+            const int tr = MPI_Test(&req[i], &done, &st);
+            int cls = MPI_SUCCESS;
+            if (tr != MPI_SUCCESS) MPI_Error_class(tr, &cls);
+            if (cls == MPI_ERR_TRUNCATE && i < recv_posted) {
+                say(err, cap, "rank %d sent a message longer than the %d bytes expected (calls that do not match: "
+                              "another count or type on that rank?)", peer[i], lens[i]);
+                rc = SW_MPI_SIZE_MISMATCH;
+            } else if (mpi_failed(tr, "MPI_Test", err, cap)) rc = SW_MPI_ERROR;
             else if (!done) all = 0;
+            else if (i < recv_posted) {
+                /* A shorter message than the receive expected completes without an error in MPI (a longer one fails
+                 * as truncated): the sizes of the ranks' calls differ. */
+                int got = -1;
+                MPI_Get_count(&st, MPI_BYTE, &got);
+                if (got != lens[i]) {
+                    say(err, cap, "rank %d sent a message of %d bytes where %d bytes were expected (calls that do not "
+                                  "match: another count or type on that rank?)", peer[i], got, lens[i]);
+                    rc = SW_MPI_SIZE_MISMATCH;
+                }
+            }
         }
         if (rc == SW_MPI_OK && !all) {
             take_notices(c);
@@ -641,6 +663,7 @@ static int exchange(void* handle, uint64_t seq, const sw_mpi_piece* sends, int32
     pthread_mutex_unlock(&g_mu);
     free(req);
     free(peer);
+    free(lens);
     return rc;
 }
 

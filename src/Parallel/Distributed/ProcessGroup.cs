@@ -156,6 +156,26 @@ public sealed partial class ProcessGroup : IDisposable
         ThrowHelper.Check(Native.sw_comm_abort_with_reason(Comm, reason));
     }
 
+    /// <summary>
+    /// Whether the ranks of a multi-process group check, before every collective, that they called the same one with
+    /// compatible arguments (a descriptor exchange: one round trip per collective; default on). Turned off, all-reduce,
+    /// all-gather, reduce-scatter and broadcast move data at once, for production runs whose calls are known to match:
+    /// a mismatch that changes the bytes a rank sends still fails (<see cref="ShardwiseException"/> with Mismatch,
+    /// naming the sizes), one that keeps them (another reduction, a same-width type) gives wrong results, and a
+    /// broadcast with different roots ends at the timeout. The uneven and column variants, barriers, splits and
+    /// point-to-point transfers always check. Set the same on every rank; applies to collectives called afterwards.
+    /// An in-process group accepts it and always checks (shardwise.h, sw_comm_set_agreement_check).
+    /// </summary>
+    public bool AgreementCheck
+    {
+        get
+        {
+            ThrowHelper.Check(Native.sw_comm_get_agreement_check(Comm, out int on));
+            return on != 0;
+        }
+        set => ThrowHelper.Check(Native.sw_comm_set_agreement_check(Comm, value ? 1 : 0));
+    }
+
     /// <summary>Number of collectives rank <paramref name="rank"/> has completed.</summary>
     public ulong CollectiveCount(int rank)
     {
