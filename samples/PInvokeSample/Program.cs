@@ -146,7 +146,7 @@ static int Compare(float[] a, float[] b, float[] c)
 /// <summary>A failed C call: the status name and sw_last_error(), read on the calling thread right after the call.</summary>
 sealed class ShardwiseCallException(string message) : Exception(message);
 
-/// <summary>The subset of shardwise.h this sample uses (ABI 4; the declarations used here are unchanged since ABI 1). Handles are opaque pointers; enums are 32-bit ints.</summary>
+/// <summary>The subset of shardwise.h this sample uses (ABI 5; the declarations used here are unchanged since ABI 1). Handles are opaque pointers; enums are 32-bit ints.</summary>
 static unsafe partial class Sw
 {
     const string Lib = "shardwise"; // libshardwise.so, found next to the program by the runtime's default search
