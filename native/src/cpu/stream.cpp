@@ -91,23 +91,11 @@ sw_status Stream::synchronize(std::string* message) {
         // The front operation is the next one before `target` (nothing runs, so completed_ counts every earlier
         // one): run it here instead of waking the worker and waiting for it.
         if (take && !worker_busy_ && !inline_busy_ && !stop_ && !queue_.empty()) {
-            Op op = std::move(queue_.front());
-            queue_.pop_front();
-            inline_busy_ = true;
-            const bool skip = error_ != SW_OK && !op.always;
-            lock.unlock();
-            sw_status st = SW_OK;
-            std::string msg;
             // It runs as it would on the worker: on_stream_worker() is true meanwhile (CUDA frees deferred, no
             // inline work, no work taken by a nested synchronize).
             t_on_stream_worker = true;
-            if (!skip) st = run_caught(op.fn, &msg);
-            op.fn = nullptr;
+            run_front(lock, inline_busy_);
             t_on_stream_worker = false;
-            lock.lock();
-            inline_busy_ = false;
-            complete_locked(st, std::move(msg));
-            cv_done_.notify_all(); // other threads synchronizing
             if (!queue_.empty()) cv_work_.notify_one(); // the worker may take the rest (or this loop does)
             continue;
         }
@@ -226,6 +214,22 @@ double Stream::measure_round_trip_ns(int rounds) {
     return ns[ns.size() / 2];
 }
 
+void Stream::run_front(std::unique_lock<std::mutex>& lock, bool& busy) {
+    Op op = std::move(queue_.front());
+    queue_.pop_front();
+    busy = true;
+    const bool skip = error_ != SW_OK && !op.always;
+    lock.unlock();
+    sw_status status = SW_OK;
+    std::string message;
+    if (!skip) status = run_caught(op.fn, &message);
+    op.fn = nullptr; // release captured references outside the lock's critical path
+    lock.lock();
+    busy = false;
+    complete_locked(status, std::move(message));
+    cv_done_.notify_all();
+}
+
 void Stream::run() {
     t_on_stream_worker = true;
     std::unique_lock<std::mutex> lock(mu_);
@@ -236,19 +240,7 @@ void Stream::run() {
             if (stop_) return; // drained
             continue;
         }
-        Op op = std::move(queue_.front());
-        queue_.pop_front();
-        worker_busy_ = true;
-        const bool skip = error_ != SW_OK && !op.always;
-        lock.unlock();
-        sw_status status = SW_OK;
-        std::string message;
-        if (!skip) status = run_caught(op.fn, &message);
-        op.fn = nullptr; // release captured references outside the lock's critical path
-        lock.lock();
-        worker_busy_ = false;
-        complete_locked(status, std::move(message));
-        cv_done_.notify_all();
+        run_front(lock, worker_busy_);
     }
 }
 

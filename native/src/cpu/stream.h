@@ -71,6 +71,10 @@ public:
 
 private:
     void run();
+    // Pops the front operation and runs it (mu_ held by `lock` on entry and exit, released while it runs): the skip
+    // rule, the error record, the completion count and its notification; `busy` (worker_busy_ on the worker,
+    // inline_busy_ on a synchronizing caller) is set meanwhile.
+    void run_front(std::unique_lock<std::mutex>& lock, bool& busy);
     // Records an error (first one wins) and one completed operation; mu_ held.
     void complete_locked(sw_status status, std::string&& message);
 
