@@ -1039,6 +1039,7 @@ constexpr int64_t kWalkRowsMax = SW_WALK_ROWS_MAX;
 #define SW_WALK_PAIRS_ROWS_MAX 32
 #endif
 constexpr int64_t kWalkPairsRowsMax = SW_WALK_PAIRS_ROWS_MAX;
+static_assert(kWalkPairsRowsMax <= 32, "the pair walk packs A's rows as the columns of one NR = 32 pair micro-panel");
 constexpr double kWalkMinBBytes = 4.0 * 1024 * 1024;
 
 // The shape and types alone (cheap: tested before the kernel is chosen): fp32 A, B and C, or bf16 A and B with any C
@@ -1120,25 +1121,22 @@ void walk_gemm(const GemmProblem* const* members, int32_t count, const Choice& c
                                    g.ldb, w, acc, cw, c, ldc, ep);
                         continue;
                     }
-                    // Pair words of A for this block (the pack's words: A(r, 2q) low, A(r, 2q + 1) high, zero past
-                    // kc); built once per block of the first chunk (cheap: m x kc), reused by the others.
-                    const int64_t steps = ceil_div(kc, 2);
+                    // A's pair words for this block, packed as the packed path packs B's micro-panels (the NR-wide
+                    // pair pack, rows of A as its columns: a(r, q) at apairs[q * NR + r]); once per block of the
+                    // first chunk (cheap: m x kc), reused by the others.
                     if (jc == j0 || kb.nb() > 1) {
-                        apairs = reinterpret_cast<uint32_t*>(tb.widen.get(static_cast<size_t>(g.m * steps)));
+                        apairs = reinterpret_cast<uint32_t*>(tb.widen.get(static_cast<size_t>(ceil_div(kc, 2) * ki.nr)));
                         const auto* a16 = static_cast<const uint16_t*>(g.a);
-                        for (int64_t r = 0; r < g.m; ++r)
-                            for (int64_t q = 0; q < steps; ++q) {
-                                const int64_t p = p0 + 2 * q;
-                                const uint32_t lo = a16[r * a_rs + p * a_ps];
-                                const uint32_t hi = 2 * q + 1 < kc ? a16[r * a_rs + (p + 1) * a_ps] : 0u;
-                                apairs[r * steps + q] = lo | hi << 16;
-                            }
+                        if (g.trans_a) // A stored k x m: the k steps along its rows
+                            ki.pack_pairs_rows_nr(apairs, a16 + p0 * g.lda, g.lda, kc, h);
+                        else
+                            ki.pack_pairs_cols_nr(apairs, a16 + p0, g.lda, kc, h);
                     }
                     if (c16)
                         ep.bias = last ? bw : nullptr;
                     else
                         ep.bias = last && g.bias ? static_cast<const float*>(g.bias) + jc : nullptr;
-                    ki.walk_pairs_fn(h, kc, apairs, steps, static_cast<const uint16_t*>(g.b) + p0 * g.ldb + jc, g.ldb,
+                    ki.walk_pairs_fn(h, kc, apairs, ki.nr, static_cast<const uint16_t*>(g.b) + p0 * g.ldb + jc, g.ldb,
                                      w, acc, cw, c, ldc, ep);
                 }
                 if (c16) {

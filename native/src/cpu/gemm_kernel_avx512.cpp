@@ -814,12 +814,13 @@ SW_TARGET_AVX512 void pack_pairs_cols_avx512(uint32_t* dst, const uint16_t* src,
 // interleave gives the pairs of columns 0..15 and 16..31), so W is read once, in place, at 2 bytes per element. Per
 // element: the vdpbf16ps chain over the block's pair steps from 0 (the last one half, its second element zero, when
 // the block has an odd number of k elements) and the same epilogue: exactly kernel_avx512bf16's arithmetic on the
-// words pack_pairs_rows_avx512 would have packed, so the same bits. a: the block's pair words of A,
-// a[r * a_rs + q] (built by the driver); kc: the block's k elements; acc: h rows of round_up(w, 32) floats.
+// words pack_pairs_rows_avx512 would have packed, so the same bits. a: the block's pair words of A as the pair pack
+// lays them out, a[q * a_ps + r] (the driver packs them); kc: the block's k elements; acc: h rows of round_up(w, 32)
+// floats.
 constexpr int kWalkPairsU = SW_WALK_U / 2;  // pair steps per group: the same 8 rows of B as the fp32 walk
 
 template <int U>
-SW_TARGET_AVX512BF16 inline void walk_pairs_group(int h, const uint32_t* a, int64_t a_rs, const uint16_t* b,
+SW_TARGET_AVX512BF16 inline void walk_pairs_group(int h, const uint32_t* a, int64_t a_ps, const uint16_t* b,
                                                   int64_t ldb, int rows, int64_t w, float* acc, int64_t ldacc,
                                                   bool first, const uint16_t* pf, int pf_rows) {
     const __m512i order = _mm512_set_epi64(7, 3, 6, 2, 5, 1, 4, 0);  // (the maskz permute: gcc 12's plain one warns)
@@ -839,12 +840,12 @@ SW_TARGET_AVX512BF16 inline void walk_pairs_group(int h, const uint32_t* a, int6
         for (int q = 0; q < pf_rows; ++q) _mm_prefetch(reinterpret_cast<const char*>(pf + q * ldb + j), SW_WALK_PF_HINT);
         for (int r = 0; r < h; ++r) {
             float* ap = acc + r * ldacc + j;
-            const uint32_t* ar = a + r * a_rs;
+            const uint32_t* ar = a + r;
             __m512 v0 = first ? _mm512_setzero_ps() : _mm512_load_ps(ap);
             __m512 v1 = first ? _mm512_setzero_ps() : _mm512_load_ps(ap + 16);
 #pragma GCC unroll 8
             for (int u = 0; u < U; ++u) {
-                const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(ar[u]));
+                const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(ar[u * a_ps]));
                 v0 = _mm512_dpbf16_ps(v0, av, (__m512bh)lo[u]);
                 v1 = _mm512_dpbf16_ps(v1, av, (__m512bh)hi[u]);
             }
@@ -854,18 +855,18 @@ SW_TARGET_AVX512BF16 inline void walk_pairs_group(int h, const uint32_t* a, int6
     }
 }
 
-SW_TARGET_AVX512BF16 void walk_pairs_avx512bf16(int h, int64_t kc, const uint32_t* a, int64_t a_rs,
+SW_TARGET_AVX512BF16 void walk_pairs_avx512bf16(int h, int64_t kc, const uint32_t* a, int64_t a_ps,
                                                 const uint16_t* b, int64_t ldb, int64_t w, float* acc,
                                                 int64_t ldacc, float* c, int64_t ldc, const Epilogue& ep) {
     constexpr int U = kWalkPairsU;
     int64_t q = 0;  // pair step; rows 2q, 2q + 1 of B
     for (; 2 * (q + U) <= kc; q += U) {
         const int64_t next = std::min<int64_t>(2 * U, kc - 2 * (q + U));
-        walk_pairs_group<U>(h, a + q, a_rs, b + 2 * q * ldb, ldb, 2 * U, w, acc, ldacc, q == 0,
+        walk_pairs_group<U>(h, a + q * a_ps, a_ps, b + 2 * q * ldb, ldb, 2 * U, w, acc, ldacc, q == 0,
                             b + 2 * (q + U) * ldb, static_cast<int>(std::max<int64_t>(next, 0)));
     }
     for (; 2 * q < kc; ++q)
-        walk_pairs_group<1>(h, a + q, a_rs, b + 2 * q * ldb, ldb, static_cast<int>(std::min<int64_t>(2, kc - 2 * q)),
+        walk_pairs_group<1>(h, a + q * a_ps, a_ps, b + 2 * q * ldb, ldb, static_cast<int>(std::min<int64_t>(2, kc - 2 * q)),
                             w, acc, ldacc, q == 0, nullptr, 0);
     walk_finish(h, acc, ldacc, w, c, ldc, ep);
 }

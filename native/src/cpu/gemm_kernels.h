@@ -54,10 +54,11 @@ using WalkKernel = void (*)(int h, int64_t kc, const float* a, int64_t a_rs, int
 
 // The row-walking kernel of the bf16 pair path: one k block of kc elements (kc / 2 pair steps rounded up, the last
 // one half when kc is odd) of h rows over w columns, B (bf16, op(B) = B) read in place two rows at a time, a the
-// block's pair words of A (a[r * a_rs + q] = A(r, 2q) | A(r, 2q + 1) << 16, the high half zero past kc), acc h rows
-// of ldacc >= round_up(w, 32) floats (64-byte aligned), then the epilogue into C (fp32, w columns). Every element
-// gets exactly the pair MicroKernel's vdpbf16ps chain and epilogue: the same bits.
-using WalkPairsKernel = void (*)(int h, int64_t kc, const uint32_t* a, int64_t a_rs, const uint16_t* b, int64_t ldb,
+// block's pair words of A as a pair pack of W >= h lays them out (a[q * a_ps + r] = A(r, 2q) | A(r, 2q + 1) << 16,
+// the high half zero past kc; a_ps = W), acc h rows of ldacc >= round_up(w, 32) floats (64-byte aligned), then the
+// epilogue into C (fp32, w columns). Every element gets exactly the pair MicroKernel's vdpbf16ps chain and epilogue:
+// the same bits.
+using WalkPairsKernel = void (*)(int h, int64_t kc, const uint32_t* a, int64_t a_ps, const uint16_t* b, int64_t ldb,
                                  int64_t w, float* acc, int64_t ldacc, float* c, int64_t ldc, const Epilogue& ep);
 
 // Transposing pack of a micro-panel of width W (W = MR for op(A) = A, W = NR for op(B) = B^T):
