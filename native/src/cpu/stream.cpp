@@ -49,7 +49,6 @@ std::atomic<bool> g_sync_runs_work{[] {
 } // namespace
 
 void Stream::set_synchronize_runs_work(bool on) { g_sync_runs_work.store(on); }
-bool Stream::synchronize_runs_work() { return g_sync_runs_work.load(); }
 
 Stream::Stream() : worker_([this] { run(); }) {}
 

@@ -39,13 +39,12 @@ public:
     // queue order, never beside the worker's (the stream counts as busy meanwhile, as for run_inline_if_idle), with
     // the same skip and error rules, and never past what was queued before the call; on_stream_worker() is true
     // while such an operation runs, as on the worker. Not from a stream worker (it waits there as before), and not
-    // while synchronize_runs_work() is off.
+    // while it is switched off (set_synchronize_runs_work).
     sw_status synchronize(std::string* message);
 
     // Whether synchronize runs queued work on the caller (default on; the environment variable
     // SHARDWISE_CPU_SYNC_RUNS_WORK=0 turns it off at start-up). For tests and measurements of the hand-off path.
     static void set_synchronize_runs_work(bool on);
-    static bool synchronize_runs_work();
 
     // True when nothing is queued or running on the stream and no error is pending (a hint: another thread
     // may queue work right after; lock-free).
