@@ -14,9 +14,10 @@
 #   ./build.sh bench [args...]     deps, builds, then BenchmarkDotNet (bench exe `bench` + args),
 #                                  e.g. --filter '*Gemm*' --job short, or --list flat; --help lists Shardwise's
 #                                  benchmarks and the main job's options, then BenchmarkDotNet's options
-#   ./build.sh bench-mp [N] [tcp|mpi]  deps, builds, then the multi-process collective bandwidth report: N ranks
-#                                  (default 2), one process each, over TCP (shardwise launch, default) or MPI
-#                                  (mpirun); all-reduce, all-gather, reduce-scatter, 8 B x4 up to 64 MiB (the
+#   ./build.sh bench-mp [N] [shm|tcp|mpi]  deps, builds, then the multi-process collective bandwidth report: N
+#                                  ranks (default 2), one process each: a TCP group (shardwise launch) over
+#                                  shared memory (shm, default: SHARDWISE_TRANSPORT=shm) or its sockets (tcp:
+#                                  SHARDWISE_TRANSPORT=tcp), or an MPI group (mpi: mpirun); all-reduce, all-gather, reduce-scatter, 8 B x4 up to 64 MiB (the
 #                                  last size is 32 MiB, as nccl-tests -b 8 -e 64M -f 4), with nccl-tests' size,
 #                                  count, time, algbw and busbw (docs/distributed.md), then raw Open MPI's
 #                                  collectives timed the same way (native/bench/mpi_baseline.c) and both side by
@@ -664,10 +665,10 @@ cmd_fault_trials() {
 }
 
 cmd_bench_mp() {
-    local n="${1:-2}" transport="${2:-tcp}"
-    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "bench-mp: N must be a positive rank count, got '$n' (usage: ./build.sh bench-mp [N] [tcp|mpi])"
-    [[ "$transport" == tcp || "$transport" == mpi ]] || die "bench-mp: transport must be tcp or mpi, got '$transport'"
-    (($# <= 2)) || die "bench-mp: too many arguments (usage: ./build.sh bench-mp [N] [tcp|mpi])"
+    local n="${1:-2}" transport="${2:-shm}"
+    [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "bench-mp: N must be a positive rank count, got '$n' (usage: ./build.sh bench-mp [N] [shm|tcp|mpi])"
+    [[ "$transport" == shm || "$transport" == tcp || "$transport" == mpi ]] || die "bench-mp: transport must be shm, tcp or mpi, got '$transport'"
+    (($# <= 2)) || die "bench-mp: too many arguments (usage: ./build.sh bench-mp [N] [shm|tcp|mpi])"
     deps
     native_build
     dotnet_build
@@ -684,9 +685,9 @@ cmd_bench_mp() {
         [[ -n "${!var:-}" ]] && forward+=(-x "$var")
     done
     step "collective bandwidth: $n ranks over $transport"
-    if [[ "$transport" == tcp ]]; then
+    if [[ "$transport" != mpi ]]; then
         [[ -f "$launcher" ]] || die "bench-mp: launcher not built: $launcher"
-        dotnet "$launcher" launch -n "$n" --no-prefix -- dotnet "$worker" bandwidth | tee "$ours" || rc=$?
+        SHARDWISE_TRANSPORT="$transport" dotnet "$launcher" launch -n "$n" --no-prefix -- dotnet "$worker" bandwidth | tee "$ours" || rc=$?
     else
         command -v mpirun >/dev/null 2>&1 || die "bench-mp: mpirun not found (Debian: apt-get install openmpi-bin libopenmpi-dev)"
         mpirun --allow-run-as-root --oversubscribe -n "$n" "${forward[@]}" dotnet "$worker" bandwidth | tee "$ours" || rc=$?

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Fault trials: real 3-rank jobs over TCP and MPI in which one rank is SIGKILLed ("kill") or SIGSTOPped ("freeze")
+# Fault trials: real 3-rank jobs over TCP sockets, shared memory (a TCP communicator on one host) and MPI in which one rank is SIGKILLed ("kill") or SIGSTOPped ("freeze")
 # at a random moment while the ranks run collectives (all-reduce out of place and in place, all-gather,
 # reduce-scatter) in a loop on fresh random data (the rank program is native/tests/fault_check.c --trial).
 #
-#   scripts/fault-trials.sh [N] [KIND...]     N trials of each fault per kind (default 20); KIND tcp, mpi (default both)
+#   scripts/fault-trials.sh [N] [KIND...]     N trials of each fault per kind (default 20); KIND tcp (sockets:
+#                                             SHARDWISE_TRANSPORT=tcp), shm (shared memory: SHARDWISE_TRANSPORT=shm),
+#                                             mpi (default all three)
 #
 # Each trial checks that
 #   - no process hangs: every survivor exits within the collective timeout + a margin after the fault (else "hung",
@@ -30,10 +32,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 N="${1:-20}"
 shift || true
 KINDS=("$@")
-((${#KINDS[@]})) || KINDS=(tcp mpi)
+((${#KINDS[@]})) || KINDS=(tcp shm mpi)
 [[ "$N" =~ ^[0-9]+$ ]] || { echo "fault-trials: N must be a number of trials, got '$N'" >&2; exit 2; }
 for k in "${KINDS[@]}"; do
-    [[ "$k" == tcp || "$k" == mpi ]] || { echo "fault-trials: KIND must be tcp or mpi, got '$k'" >&2; exit 2; }
+    [[ "$k" == tcp || "$k" == shm || "$k" == mpi ]] || { echo "fault-trials: KIND must be tcp, shm or mpi, got '$k'" >&2; exit 2; }
 done
 BIN="${SW_FAULT_BIN:-build/native/bin/fault_check}"
 TIMEOUT_MS="${SW_FAULT_TIMEOUT_MS:-3000}"
@@ -62,10 +64,10 @@ run_trial() {
     dir="$(mktemp -d /tmp/sw_fault_trial.XXXXXX)"
     seed=$(( (RANDOM << 30) ^ (RANDOM << 15) ^ RANDOM ))
     victim=$((RANDOM % P))
-    if [[ $kind == tcp ]]; then
+    if [[ $kind == tcp || $kind == shm ]]; then
         port=$("$BIN" --free-port)
         for ((r = 0; r < P; r++)); do
-            timeout -s KILL "$HARD_S" "$BIN" --trial tcp "$r" "$P" "$port" "$TIMEOUT_MS" "$seed" "$dir" >"$dir/out.$r" 2>&1 &
+            SHARDWISE_TRANSPORT=$kind timeout -s KILL "$HARD_S" "$BIN" --trial tcp "$r" "$P" "$port" "$TIMEOUT_MS" "$seed" "$dir" >"$dir/out.$r" 2>&1 &
             pids+=($!)
             disown $! # no "Killed" job reports from bash: the checks below say what happened
         done
@@ -130,7 +132,7 @@ run_trial() {
     local wrong=0 noverdict=0 contract=0 byterm=0 notes="$hung_notes" line out
     for ((r = 0; r < P; r++)); do
         ((r == victim)) && continue
-        if [[ $kind == tcp ]]; then out="$dir/out.$r"; else out="$dir/out"; fi
+        if [[ $kind != mpi ]]; then out="$dir/out.$r"; else out="$dir/out"; fi
         line=$(grep -a "^VERDICT rank=$r " "$out" | head -1)
         if [[ -z $line ]] && grep -aq "^shardwise: rank $r (pid [0-9]*): ended by SIGTERM" "$out"; then
             # ended by mpirun: its last words name the ranks it was waiting for (outputs died with the process)

@@ -43,8 +43,9 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SW_ABI_VERSION 5 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
-                            4: sw_gemm_grouped; 5: sw_comm_set_agreement_check / sw_comm_get_agreement_check */
+#define SW_ABI_VERSION 6 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
+                            4: sw_gemm_grouped; 5: sw_comm_set_agreement_check / sw_comm_get_agreement_check;
+                            6: sw_comm_get_transport (TCP communicators over shared memory) */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -424,6 +425,13 @@ SW_API sw_status sw_comm_get_agreement_check(sw_comm comm, int32_t* enabled);
 SW_API sw_status sw_comm_get_rank(sw_comm comm, int32_t* rank);
 /* The communicator's kind: "local", "tcp", "mpi" or "nccl" (static storage). */
 SW_API sw_status sw_comm_get_backend(sw_comm comm, const char** name);
+/* What moves the communicator's data (static storage): "local" (in-process), "nccl", "mpi", and for a TCP
+ * communicator "tcp" (its sockets) or, when every rank runs on one host, "shm" (a shared-memory segment; the sockets
+ * stay for liveness, abort notices and splits) or "shm+cma" (shared memory, large pieces read in one copy straight
+ * from the sender's memory, Linux cross-memory attach). SHARDWISE_TRANSPORT=tcp (any rank) keeps a TCP communicator
+ * on its sockets; =shm makes sw_comm_create_tcp fail (SW_ERR_UNSUPPORTED, saying why) when the ranks cannot share
+ * memory; auto (default) picks. */
+SW_API sw_status sw_comm_get_transport(sw_comm comm, const char** name);
 
 /* A TCP store: the rendezvous of a job (torchrun's MASTER_ADDR:MASTER_PORT). The process with is_server != 0 (rank
  * 0) serves it on host:port (port 0: any free port, see sw_store_get_port) until its handle is destroyed; every

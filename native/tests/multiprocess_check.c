@@ -542,6 +542,17 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     OK(sw_comm_get_rank(comm, &r));
     OK(sw_comm_get_backend(comm, &kind));
     CHECK(r == rank && kind && strcmp(kind, "tcp") == 0, "rank %d backend %s", r, kind ? kind : "?");
+    /* one host: shared memory unless SHARDWISE_TRANSPORT=tcp (the ctest runs both) */
+    const char* path = NULL;
+    const char* forced = getenv("SHARDWISE_TRANSPORT");
+    OK(sw_comm_get_transport(comm, &path));
+    const int want_tcp = (forced && strcmp(forced, "tcp") == 0) || p == 1; /* one rank: no peers to share with */
+    CHECK(path && (want_tcp ? strcmp(path, "tcp") == 0 : strncmp(path, "shm", 3) == 0), "rank %d: transport '%s' with SHARDWISE_TRANSPORT=%s",
+          rank, path ? path : "?", forced ? forced : "(unset)");
+    if (rank == 0 && strcmp(scenario, "collectives") == 0) {
+        printf("%d ranks: transport %s\n", p, path ? path : "?");
+        fflush(stdout);
+    }
     if (strcmp(scenario, "collectives") == 0) {
         collectives(dev, s, comm, rank, p);
         collectives16(dev, s, comm, rank, p);
@@ -878,6 +889,8 @@ static int mpi_fault_rank(void) {
         return 77;
     }
     if (rank == p - 1) setenv("SHARDWISE_TEST_FAULT", "abort:2,3", 1);
+    /* the faults land between the two exchanges of a two-step all-reduce (a one-shot one has one) */
+    setenv("SHARDWISE_ALLREDUCE", "twostep", 1);
     sw_buffer seed = alloc_f32(dev, 1);
     memcpy(ptr(seed), &g_seed, 4);
     OK(sw_broadcast(comm, rank, seed, 0, 1, SW_DTYPE_I32, 0, s));

@@ -14,7 +14,7 @@ public static unsafe partial class Native
     private const string Lib = NativeLibraryLoader.LibraryName;
 
     /// <summary>The ABI version this binding was written against (SW_ABI_VERSION).</summary>
-    public const int AbiVersion = 5;
+    public const int AbiVersion = 6;
 
 #pragma warning disable CS1591 // one-to-one with shardwise.h, documented there
     // ---------------------------------------------------------------- library
@@ -97,6 +97,7 @@ public static unsafe partial class Native
     // ---------------------------------------------------------------- multi-process communicators
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_rank(CommHandle comm, out int rank);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_backend(CommHandle comm, out nint name);
+    [LibraryImport(Lib)] public static partial SwStatus sw_comm_get_transport(CommHandle comm, out nint name);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_store_create(string host, int port, int isServer, long timeoutMs, out StoreHandle store);
     [LibraryImport(Lib)] public static partial SwStatus sw_store_destroy(nint store);
     [LibraryImport(Lib)] public static partial SwStatus sw_store_get_port(StoreHandle store, out int port);

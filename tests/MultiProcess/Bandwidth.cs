@@ -102,7 +102,7 @@ public static class Bandwidth
         ctx.Group.AgreementCheck = settings.AgreementCheck; // (every rank the same: read from the same environment)
         if (rank == 0)
         {
-            output.WriteLine($"# Shardwise collective bandwidth, nccl-tests definitions: backend {ctx.Group.Backend}, {p} ranks (one process each), " +
+            output.WriteLine($"# Shardwise collective bandwidth, nccl-tests definitions: backend {ctx.Group.Backend} (transport {ctx.Group.Transport}), {p} ranks (one process each), " +
                              $"CPU device, float32, {(settings.InPlace ? "all-reduce in place, the others out-of-place" : "out-of-place")}, " +
                              $"agreement check {(settings.AgreementCheck ? "on" : "off")}");
             output.WriteLine($"# sizes {sizes[0]} B to {sizes[^1]} B (x4 steps; max {settings.MaxBytes} B); {settings.Warmup} warm-up + " +

@@ -53,7 +53,7 @@ using (group)
 {
     var ctx = group.Local;
     int rank = ctx.Rank, p = group.WorldSize;
-    Console.WriteLine($"READY rank={rank} world={p} backend={group.Backend}");
+    Console.WriteLine($"READY rank={rank} world={p} backend={group.Backend} transport={group.Transport}");
     var clock = Stopwatch.StartNew();
     try
     {

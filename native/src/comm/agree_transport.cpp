@@ -21,6 +21,23 @@
 
 using namespace sw;
 
+// A collective's first exchange timed out: who never joined it (communicator.h).
+void sw::fail_never_joined(const Communicator& st, const TimeoutError& e, const std::string& what) {
+    const int p = st.world;
+    if (e.missing.empty()) // the transport cannot tell who is late (NCCL)
+        fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: some of the ", p,
+             " ranks never joined (this transport cannot tell which); the communicator is aborted");
+    std::vector<int> present; // the waiting ranks are alive, held up by the missing ones: neither joined nor missing
+    for (int q = 0; q < p; ++q)
+        if (std::find(e.missing.begin(), e.missing.end(), q) == e.missing.end() &&
+            std::find(e.waiting.begin(), e.waiting.end(), q) == e.waiting.end())
+            present.push_back(q);
+    fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: rank(s) ", st.rank_names(e.missing), " of ", p,
+         " never joined (joined: ", rank_list(present),
+         e.waiting.empty() ? std::string() : str("; alive, still held up in an earlier collective: rank ", rank_list(e.waiting)),
+         "); the communicator is aborted");
+}
+
 namespace {
 
 constexpr uint32_t kWireMagic = 0x53574431; // "SWD1"
@@ -76,18 +93,7 @@ void exchange_descriptors(Communicator& st, Transport& t, uint64_t seq, const De
         t.all_gather_bytes(seq, reinterpret_cast<const char*>(&mine), sizeof(Wire), reinterpret_cast<char*>(theirs.data()),
                            deadline, st.abort_flag, what);
     } catch (const TimeoutError& e) {
-        if (e.missing.empty()) // the transport cannot tell who is late (NCCL)
-            fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: some of the ", p,
-                 " ranks never joined (this transport cannot tell which); the communicator is aborted");
-        std::vector<int> present; // the waiting ranks are alive, held up by the missing ones: neither joined nor missing
-        for (int q = 0; q < p; ++q)
-            if (std::find(e.missing.begin(), e.missing.end(), q) == e.missing.end() &&
-                std::find(e.waiting.begin(), e.waiting.end(), q) == e.waiting.end())
-                present.push_back(q);
-        fail(SW_ERR_TIMEOUT, what, " timed out after ", st.timeout_ms, " ms: rank(s) ", st.rank_names(e.missing), " of ", p,
-             " never joined (joined: ", rank_list(present),
-             e.waiting.empty() ? std::string() : str("; alive, still held up in an earlier collective: rank ", rank_list(e.waiting)),
-             "); the communicator is aborted");
+        fail_never_joined(st, e, what);
     }
     slot.desc.assign(p, Desc{});
     for (int q = 0; q < p; ++q) {
@@ -167,10 +173,15 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
     std::optional<InPlaceBackup> backup; // NCCL (CUDA devices), in place: the input, restored on failure
     try {
         backup.emplace(*st->mover, rank, desc);
-        if (!desc.check && agreement_skippable(desc.op) && !desc.host) {
-            // The agreement check is off (sw_comm_set_agreement_check): every peer's descriptor is taken to be this
-            // rank's (its sizes only; the mover reads no peer's pointers), no round trip. A peer whose call differs
-            // in its byte counts fails the data exchange instead (the transports check every message's size).
+        // The check carried in the data's frames (TCP, shared memory): all-reduce, all-gather and reduce-scatter,
+        // where every rank sends to and hears from every peer in the first exchange, need no round trip of their own.
+        const bool carried = desc.check && !desc.host && t.carries_tags() && st->mover->carries_tags() &&
+                             (desc.op == Coll::AllReduce || desc.op == Coll::AllGather || desc.op == Coll::ReduceScatter);
+        if ((!desc.check || carried) && agreement_skippable(desc.op) && !desc.host) {
+            // The agreement check is off (sw_comm_set_agreement_check), or carried: every peer's descriptor is taken
+            // to be this rank's (its sizes only; the mover reads no peer's pointers), no round trip. Check off: a peer
+            // whose call differs in its byte counts fails the data exchange instead (the transports check every
+            // message's size); carried: the frames' tags name both calls.
             Desc peer = desc;
             peer.send = nullptr;
             peer.recv = nullptr;
@@ -178,6 +189,7 @@ void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc
             peer.keep_recv.reset();
             slot.desc.assign(t.world(), peer);
             slot.desc[t.rank()] = desc;
+            slot.carried = carried;
         } else {
             exchange_descriptors(*st, t, seq, desc, slot, deadline, what);
         }

@@ -39,6 +39,34 @@ std::string sw::rank_list(const std::vector<int>& ranks) {
     return s;
 }
 
+AllReduceAlgo sw::all_reduce_algo() {
+    static const AllReduceAlgo algo = [] {
+        const char* v = std::getenv("SHARDWISE_ALLREDUCE");
+        if (v && std::strcmp(v, "oneshot") == 0) return AllReduceAlgo::OneShot;
+        if (v && std::strcmp(v, "twostep") == 0) return AllReduceAlgo::TwoStep;
+        if (v && *v && std::strcmp(v, "auto") != 0)
+            fail(SW_ERR_INVALID_ARGUMENT, "SHARDWISE_ALLREDUCE='", v, "': expected auto, oneshot or twostep");
+        return AllReduceAlgo::Auto;
+    }();
+    return algo;
+}
+
+void sw::check_tag(const CallTag* mine, const CallTag& theirs, int self, int q, uint64_t seq) {
+    if (!mine || mine->op < 0 || theirs.op < 0 || theirs == *mine) return;
+    auto call = [](const CallTag& t) {
+        if (t.op > static_cast<int32_t>(Coll::Split) || t.dtype < SW_DTYPE_F32 || t.dtype > SW_DTYPE_U8)
+            return std::string("an unknown call (another program or version?)");
+        Desc d;
+        d.op = static_cast<Coll>(t.op);
+        d.dtype = static_cast<sw_dtype>(t.dtype);
+        d.count = t.count;
+        d.root = t.root;
+        return describe(d);
+    };
+    fail(SW_ERR_MISMATCH, "collective #", seq, ": ranks disagree: rank ", std::min(self, q), " called ",
+         call(self < q ? *mine : theirs), " but rank ", std::max(self, q), " called ", call(self < q ? theirs : *mine));
+}
+
 std::string sw::check_agreement(const Slot& slot, int world) {
     const Desc& d0 = slot.desc[0];
     for (int r = 1; r < world; ++r) {

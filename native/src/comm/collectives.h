@@ -85,7 +85,30 @@ struct Slot {
     int arrived = 0, departed = 0, left = 0;
     bool ready = false;
     bool failed = false; // some rank's data movement failed (in-process communicators)
+    // Multi-process, agreement check on, descriptors not exchanged: the peers' descriptors are taken to be this rank's
+    // and the check travels in the data's frames (CallTag, agree_transport.cpp); the first data exchange then reaches
+    // every peer (empty pieces where there is no data), so every pair of ranks compares its calls.
+    bool carried = false;
 };
+
+// How a multi-process all-reduce moves its data (transport moves, mover_transport.cpp). Both give every rank the same
+// bits, the same as an in-process communicator's (every element summed in rank order 0..p-1):
+//  - two-step: reduce-scatter (rank q sums chunk q) then all-gather of the sums: 2 exchanges, each rank sends
+//    2 (p-1)/p of the buffer;
+//  - one-shot: every rank sends its whole buffer to every peer and sums all of them itself: 1 exchange (half the
+//    latency), each rank sends (p-1) buffers and sums p.
+// SHARDWISE_ALLREDUCE=auto (default: one-shot when (p-1) x bytes <= 32 KiB), oneshot or twostep (read once per
+// process; for benchmarks and tests).
+enum class AllReduceAlgo { Auto, OneShot, TwoStep };
+AllReduceAlgo all_reduce_algo();
+inline bool use_one_shot(uint64_t bytes, int p) {
+    switch (all_reduce_algo()) {
+    case AllReduceAlgo::OneShot: return true;
+    case AllReduceAlgo::TwoStep: return false;
+    case AllReduceAlgo::Auto: break;
+    }
+    return bytes * static_cast<uint64_t>(p - 1) <= (uint64_t{32} << 10);
+}
 
 // A communicator's timeout: timeout_ms, or for 0 the default (SHARDWISE_TIMEOUT_MS or 10 minutes); clamped (to ~31
 // years) so that now + timeout cannot overflow steady_clock: "practically forever".

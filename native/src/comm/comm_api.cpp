@@ -113,6 +113,13 @@ SW_API sw_status sw_comm_get_backend(sw_comm comm, const char** name) {
     });
 }
 
+SW_API sw_status sw_comm_get_transport(sw_comm comm, const char** name) {
+    return guard(__func__, [&] {
+        require(name, "name");
+        *name = checked_comm(comm)->state->transport_name;
+    });
+}
+
 SW_API sw_status sw_comm_create_local(int32_t world_size, const sw_device* devices, int64_t timeout_ms, sw_comm* out) {
     return guard(__func__, [&] {
         require(out, "out");
@@ -368,7 +375,11 @@ SW_API sw_status sw_comm_create_tcp(sw_device device, sw_store store, const char
         if (dev->impl->is_cuda())
             fail(SW_ERR_UNSUPPORTED, "device is a CUDA device; TCP communicators carry host memory (CPU devices): use NCCL for GPUs");
         const int64_t t = resolve_timeout(timeout_ms);
-        *out = register_comm(make_remote_comm(dev->impl, connect_tcp_mesh(*s->impl, prefix, rank, world_size, t), t));
+        static const std::atomic<bool> never{false};
+        auto mesh = connect_tcp_mesh(*s->impl, prefix, rank, world_size, t);
+        auto transport = with_shared_memory(std::move(mesh), Clock::now() + std::chrono::milliseconds(t), never,
+                                            "sw_comm_create_tcp");
+        *out = register_comm(make_remote_comm(dev->impl, std::move(transport), t, nullptr, "tcp"));
     });
 }
 

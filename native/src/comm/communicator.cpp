@@ -114,6 +114,7 @@ std::shared_ptr<Communicator> sw::make_local_comm(std::vector<std::shared_ptr<De
     c->world = static_cast<int32_t>(devices.size());
     c->timeout_ms = resolve_timeout(timeout_ms);
     c->backend_name = backend;
+    c->transport_name = backend;
     c->next_seq.assign(c->world, 0);
     c->completed.assign(c->world, 0);
     c->agreement = make_local_rendezvous(c->world);
@@ -130,6 +131,7 @@ std::shared_ptr<Communicator> sw::make_remote_comm(std::shared_ptr<DeviceImpl> d
     c->self = transport->rank();
     c->timeout_ms = resolve_timeout(timeout_ms);
     c->backend_name = backend ? backend : transport->name();
+    c->transport_name = mover ? c->backend_name : transport->name();
     c->devices.assign(c->world, std::move(device));
     c->next_seq.assign(c->world, 0);
     c->completed.assign(c->world, 0);

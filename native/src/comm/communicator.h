@@ -60,6 +60,9 @@ public:
     // Rank `rank`'s share of the data movement of collective #seq once every rank's descriptor is in `slot` and they
     // agree; every move is complete (or has failed, drained) when it returns. Throws sw::Error.
     virtual void move(Communicator& c, int rank, uint64_t seq, const Slot& slot, Clock::time_point deadline) = 0;
+    // True when move() sends the data through the communicator's Transport, carrying Slot::carried's check in its
+    // frames (mover_transport.cpp); false for movers with their own channel (NCCL), which need the descriptors first.
+    virtual bool carries_tags() const { return false; }
 
     // ---- the failed-collective contract (shardwise.h)
     // Whether an in-place all-reduce's input needs a backup before the rank joins (moves that can fail half way).
@@ -149,6 +152,7 @@ public:
     int64_t timeout_ms = 0;                          // resolved (resolve_timeout)
     int32_t self = -1;                               // this process's rank (multi-process); -1 in-process
     const char* backend_name = "local";              // "local", "tcp", "mpi", "nccl"
+    const char* transport_name = "local";            // what moves the data: "local", "tcp", "shm", "shm+cma", "mpi", "nccl"
     std::vector<std::shared_ptr<DeviceImpl>> devices; // per rank (multi-process: this process's device at every index)
 
     std::mutex mu;
@@ -213,6 +217,9 @@ std::shared_ptr<Communicator> make_remote_comm(std::shared_ptr<DeviceImpl> devic
                                                const char* backend = nullptr);
 // A new handle for a communicator (counted as a child of its devices).
 sw_comm register_comm(std::shared_ptr<Communicator> c);
+// The first exchange of a multi-process collective (the descriptors, or the data carrying them) timed out:
+// SW_ERR_TIMEOUT naming the ranks that never joined and those alive but held up (agree_transport.cpp).
+[[noreturn]] void fail_never_joined(const Communicator& st, const TimeoutError& e, const std::string& what);
 
 // The agreements and movers (their files).
 std::unique_ptr<Agreement> make_local_rendezvous(int32_t world);                               // agree_local.cpp

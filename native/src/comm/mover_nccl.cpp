@@ -479,7 +479,7 @@ public:
     int32_t world() const override { return world_; }
     const char* name() const override { return "nccl"; }
     void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs, Clock::time_point deadline,
-                  const std::atomic<bool>& local_abort, const std::string& what) override {
+                  const std::atomic<bool>& local_abort, const std::string& what, const CallTag* /*tag: not carried*/ = nullptr) override {
         if (seq == kP2PTag) return exchange_p2p(sends, recvs, deadline, local_abort, what);
         fail(SW_ERR_INTERNAL, what, ": point-to-point exchange is not available on an NCCL-only host side");
     }

@@ -1,15 +1,17 @@
 // Transport moves: the data of a multi-process communicator on CPU devices (TCP, MPI) moves through the same
 // transport's point-to-point exchanges, built from Transport::exchange:
 //  - all-gather (-v, -columns): each rank sends its block to every other rank;
-//  - all-reduce: reduce-scatter then all-gather over the same chunks as the in-process communicator (chunk q =
-//    shard q of the count); chunk q is summed by rank q in rank order 0..p-1, so every rank gets the same bits,
-//    and the same bits as an in-process communicator of the same size;
+//  - all-reduce: two-step (reduce-scatter then all-gather over the same chunks as the in-process communicator, chunk q
+//    = shard q of the count; chunk q is summed by rank q in rank order 0..p-1) or, for small buffers, one-shot (every
+//    rank's buffer to every rank, each sums all in rank order; collectives.h's use_one_shot): every rank gets the same
+//    bits, and the same bits as an in-process communicator of the same size;
 //  - reduce-scatter (-v): rank q receives block q of every rank and sums in rank order;
 //  - broadcast: the root sends to every rank.
 #include "comm/communicator.h"
 #include "comm/p2p.h"
 #include "core/index_math.h"
 
+#include <algorithm>
 #include <cstring>
 
 using namespace sw;
@@ -44,8 +46,31 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
     const Desc& me = slot.desc[self];
     const size_t esz = sw_dtype_size(me.dtype);
     std::vector<Piece> sends, recvs;
+    // The agreement check carried in the frames (Slot::carried): this rank's call in every frame; the first exchange
+    // reaches every peer, and a rank that never joins it is named as the descriptor exchange names it.
+    CallTag tag;
+    if (slot.carried) {
+        tag.op = static_cast<int32_t>(me.op);
+        tag.dtype = static_cast<int32_t>(me.dtype);
+        tag.root = me.root;
+        tag.count = me.count;
+    }
+    int exchanges = 0;
     auto run = [&] {
-        t.exchange(seq, sends, recvs, deadline, st.abort_flag, what);
+        if (slot.carried && exchanges == 0)
+            for (int q = 0; q < p; ++q) {
+                if (q == self) continue;
+                auto to_q = [q](const Piece& x) { return x.peer == q; };
+                if (std::none_of(sends.begin(), sends.end(), to_q)) sends.push_back({q, nullptr, 0});
+                if (std::none_of(recvs.begin(), recvs.end(), to_q)) recvs.push_back({q, nullptr, 0});
+            }
+        try {
+            t.exchange(seq, sends, recvs, deadline, st.abort_flag, what, slot.carried ? &tag : nullptr);
+        } catch (const TimeoutError& e) {
+            if (slot.carried && exchanges == 0) fail_never_joined(st, e, what);
+            throw;
+        }
+        ++exchanges;
         sends.clear();
         recvs.clear();
         if (test_fault_point()) { // test only (SHARDWISE_TEST_FAULT=abort:N): as sw_comm_abort at this moment
@@ -94,6 +119,22 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
         break;
     }
     case Coll::AllReduce: {
+        const uint64_t bytes = me.count * esz;
+        if (bytes && use_one_shot(bytes, p)) {
+            // One-shot: every rank's whole buffer to every peer, summed here in rank order (the same bits as two-step).
+            // Nothing is written into recv before the exchange succeeded (in place: the input is kept on failure).
+            char* all = scratch.get(p * bytes); // rank q's buffer at all + q * bytes
+            for (int q = 0; q < p; ++q) {
+                if (q == self) continue;
+                sends.push_back({q, send, bytes});
+                recvs.push_back({q, all + q * bytes, bytes});
+            }
+            run();
+            std::vector<const char*> src(p);
+            for (int q = 0; q < p; ++q) src[q] = q == self ? me.send : all + q * bytes;
+            reduce_sum(me.dtype, src, {me.recv}, me.count); // blockwise: every source read before recv is written
+            break;
+        }
         const int64_t total = static_cast<int64_t>(me.count);
         auto begin = [&](int q) { return static_cast<uint64_t>(shard_offset(total, p, q)); };
         auto size = [&](int q) { return static_cast<uint64_t>(shard_count(total, p, q)); };
@@ -158,6 +199,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
 class TransportMover final : public Mover {
 public:
     explicit TransportMover(Transport& t) : t_(t) {}
+    bool carries_tags() const override { return true; }
     void move(Communicator& c, int, uint64_t seq, const Slot& slot, Clock::time_point deadline) override {
         // "sw_all_reduce #7", the prefix of the transport's messages, built in place (no allocation once it has grown)
         what_.assign(coll_name(slot.desc[t_.rank()].op));

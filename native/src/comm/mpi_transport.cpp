@@ -32,7 +32,7 @@ public:
     const char* name() const override { return "mpi"; }
 
     void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs, Clock::time_point deadline,
-                  const std::atomic<bool>& local_abort, const std::string& what) override {
+                  const std::atomic<bool>& local_abort, const std::string& what, const CallTag* /*tag: not carried*/ = nullptr) override {
         std::vector<sw_mpi_piece> s, r;
         for (const auto& p : sends) s.push_back({p.peer, 0, p.data, p.bytes});
         for (const auto& p : recvs) r.push_back({p.peer, 0, p.data, p.bytes});

@@ -336,7 +336,8 @@ SW_API sw_status sw_comm_split(sw_comm comm, int32_t rank, int32_t color, int32_
         if (!made->transport) fail(SW_ERR_INTERNAL, "sw_comm_split: the transport made no sub-communicator");
         made->transport->set_parent_ranks(made->members);
         auto child = nccl ? nccl_split_comm(parent->devices[0], std::move(made->transport), parent->timeout_ms, made->nccl)
-                          : make_remote_comm(parent->devices[0], std::move(made->transport), parent->timeout_ms);
+                          : make_remote_comm(parent->devices[0], std::move(made->transport), parent->timeout_ms, nullptr,
+                                             parent->backend_name);
         child->parent_ranks = made->members;
         join(fam, child);
         *out = register_comm(child);

@@ -40,8 +40,9 @@ struct Header {
     uint32_t kind;
     uint64_t seq;
     uint64_t bytes;
+    CallTag tag; // kData: the sender's call (op -1: none)
 };
-static_assert(sizeof(Header) == 24, "Header has no padding");
+static_assert(sizeof(Header) == 48, "Header has no padding");
 
 class TcpTransport final : public Transport {
     struct Seg {
@@ -68,9 +69,10 @@ public:
     int32_t rank() const override { return rank_; }
     int32_t world() const override { return world_; }
     const char* name() const override { return "tcp"; }
+    bool carries_tags() const override { return true; }
 
     void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs, Clock::time_point deadline,
-                  const std::atomic<bool>& local_abort, const std::string& what) override {
+                  const std::atomic<bool>& local_abort, const std::string& what, const CallTag* tag = nullptr) override {
         std::unique_lock<std::mutex> lock(io_mu_);
         if (closed_) fail(SW_ERR_ABORTED, what, ": the communicator's connections are closed (it was aborted)");
         std::vector<Out> out(world_);
@@ -78,7 +80,7 @@ public:
         std::vector<Header> headers;
         headers.reserve(sends.size());
         for (const auto& s : sends) {
-            headers.push_back(Header{kFrameMagic, kData, seq, s.bytes});
+            headers.push_back(Header{kFrameMagic, kData, seq, s.bytes, tag ? *tag : CallTag{}});
             out[s.peer].segs.push_back({reinterpret_cast<const char*>(&headers.back()), sizeof(Header), s.bytes == 0});
             if (s.bytes) out[s.peer].segs.push_back({s.data, s.bytes, true});
         }
@@ -168,7 +170,7 @@ public:
                         if (ev & (POLLRDHUP | POLLHUP | POLLERR)) drain_unexpected(q, what);
                         continue;
                     }
-                    read_from(q, in[q], seq, what, lost);
+                    read_from(q, in[q], seq, what, tag, lost);
                 }
             }
         }
@@ -197,7 +199,7 @@ public:
         for (int q = 0; q < world_; ++q) {
             if (q == rank_ || peers_[q].fd < 0) continue;
             if (!dirty_[q] && !dead_[q]) {
-                Header h{kFrameMagic, kAbort, static_cast<uint64_t>(status), text.size()}; // seq carries the status
+                Header h{kFrameMagic, kAbort, static_cast<uint64_t>(status), text.size(), CallTag{}}; // seq carries the status
                 std::string err;
                 if (write_all(peers_[q].fd, reinterpret_cast<const char*>(&h), sizeof h, deadline, &err))
                     write_all(peers_[q].fd, text.data(), text.size(), deadline, &err);
@@ -208,7 +210,7 @@ public:
 
 private:
     template <class Lost>
-    void read_from(int q, In& st, uint64_t seq, const std::string& what, Lost&& lost) {
+    void read_from(int q, In& st, uint64_t seq, const std::string& what, const CallTag* tag, Lost&& lost) {
         const int fd = peers_[q].fd;
         while (!st.pieces.empty()) {
             if (!st.in_payload) {
@@ -224,6 +226,7 @@ private:
                         continue;
                     }
                     const Piece& piece = st.pieces.front();
+                    if (st.hdr.seq == seq) check_tag(tag, st.hdr.tag, rank_, q, seq); // before the sizes: names the calls
                     if (st.hdr.seq != seq || st.hdr.bytes != piece.bytes) {
                         // seq with the top bit: a point-to-point transfer (p2p.h's kP2PTag)
                         auto call = [](uint64_t s) { return s >> 63 ? std::string("a point-to-point transfer") : str("collective #", s); };
@@ -261,7 +264,7 @@ private:
     // A status frame to q (io_mu_ held; nothing partly sent to q). Whole or not at all in practice (24 bytes into
     // a socket with room); a partial write is completed within 200 ms or the connection counts as lost.
     void send_status(int q, uint64_t seq) {
-        const Header h{kFrameMagic, kStatus, seq, 0};
+        const Header h{kFrameMagic, kStatus, seq, 0, CallTag{}};
         const ssize_t w = ::send(peers_[q].fd, &h, sizeof h, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w <= 0 || w == static_cast<ssize_t>(sizeof h)) return; // sent, or no room now (the next one may go)
         std::string err;
@@ -366,7 +369,7 @@ std::unique_ptr<Transport> build_mesh(Fd listener, const std::function<std::stri
         if (space == std::string::npos) fail(SW_ERR_BACKEND, what, ": rank ", q, " published a bad address '", addr, "'");
         Fd s = connect_until(addr.substr(0, space), std::atoi(addr.c_str() + space + 1), deadline, abort,
                              str(what, ": rank ", rank, " connecting to rank ", q));
-        Header hello{kFrameMagic, kHello, static_cast<uint64_t>(rank), static_cast<uint64_t>(world)};
+        Header hello{kFrameMagic, kHello, static_cast<uint64_t>(rank), static_cast<uint64_t>(world), CallTag{}};
         std::string err;
         if (!write_all(s.fd, reinterpret_cast<const char*>(&hello), sizeof hello, deadline, &err))
             fail(SW_ERR_BACKEND, what, ": greeting rank ", q, " failed: ", err);

@@ -69,12 +69,29 @@ struct Piece {
 
 using Clock = std::chrono::steady_clock;
 
+// The call a collective's frames carry: its agreement check without a round trip (agree_transport.cpp). A transport
+// that carries it (Transport::carries_tags) puts the sender's tag into every frame of the exchange and checks each
+// arriving frame's tag against the receiver's before anything of its payload is written: different calls fail with
+// SW_ERR_MISMATCH naming both (fail_tag_mismatch).
+struct CallTag {
+    int32_t op = -1; // the Coll (collectives.h); -1: none carried
+    int32_t dtype = 0;
+    int32_t root = 0;
+    int32_t pad = 0;
+    uint64_t count = 0;
+    bool operator==(const CallTag& o) const { return op == o.op && dtype == o.dtype && root == o.root && count == o.count; }
+};
+static_assert(sizeof(CallTag) == 24, "CallTag has no padding");
+// The receiver's check of a frame's tag (`theirs`, from rank q) against its own (`mine`, may be null: nothing to
+// check; a frame without a tag, from a rank whose check is off, is not checked either). collectives.cpp.
+void check_tag(const CallTag* mine, const CallTag& theirs, int self, int q, uint64_t seq);
+
 class Transport {
 public:
     virtual ~Transport() = default;
     virtual int32_t rank() const = 0;
     virtual int32_t world() const = 0;
-    virtual const char* name() const = 0; // "tcp", "mpi"
+    virtual const char* name() const = 0; // "tcp", "shm", "shm+cma", "mpi", "nccl"
 
     // Sends every piece of `sends` to its peer and receives every piece of `recvs` from its peer; pieces of one
     // peer are matched in the order given. Returns when all have completed. Fails (sw::Error) with
@@ -84,8 +101,13 @@ public:
     //  - SW_ERR_ABORTED when `*local_abort` becomes true (sw_comm_abort / destroy in this process),
     //  - SW_ERR_BACKEND when the transport itself failed.
     // `what` ("sw_all_reduce #7") prefixes messages. seq tags the messages of one collective.
+    // `tag` (transports that carry tags, else ignored): this rank's call, put into every frame and checked against
+    // every arriving frame's (check_tag).
     virtual void exchange(uint64_t seq, const std::vector<Piece>& sends, const std::vector<Piece>& recvs,
-                          Clock::time_point deadline, const std::atomic<bool>& local_abort, const std::string& what) = 0;
+                          Clock::time_point deadline, const std::atomic<bool>& local_abort, const std::string& what,
+                          const CallTag* tag = nullptr) = 0;
+    // True when exchange() carries and checks CallTags (TCP, shared memory).
+    virtual bool carries_tags() const { return false; }
 
     // all[q * bytes ..] = rank q's `mine` for every q (all holds world * bytes; this rank's part is copied too). The
     // default sends `mine` to every peer through exchange(); a transport may do better. Fails as exchange() does
@@ -142,6 +164,12 @@ struct StoreImpl; // store.h
 // The TCP mesh between the ranks of a job, set up through the store under `prefix` (tcp_transport.cpp).
 std::unique_ptr<Transport> connect_tcp_mesh(StoreImpl& store, const std::string& prefix, int32_t rank, int32_t world,
                                             int64_t timeout_ms);
+// The transport a TCP communicator uses over its mesh `tcp` (shm_transport.cpp): a shared-memory transport (data
+// through a POSIX shared-memory segment, the mesh kept for liveness, abort notices and splits) when every rank runs on
+// this host and none set SHARDWISE_TRANSPORT=tcp, else `tcp` itself (SHARDWISE_TRANSPORT=shm: an error instead).
+// Collective over the mesh (every rank calls it); fails as exchange() does.
+std::unique_ptr<Transport> with_shared_memory(std::unique_ptr<Transport> tcp, Clock::time_point deadline,
+                                              const std::atomic<bool>& abort, const std::string& what);
 // A transport over MPI_COMM_WORLD, initializing MPI if needed (mpi_transport.cpp); bounded: SW_ERR_TIMEOUT after
 // timeout_ms (> 0).
 std::unique_ptr<Transport> create_mpi_transport(int64_t timeout_ms);

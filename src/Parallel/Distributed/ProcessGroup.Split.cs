@@ -21,6 +21,7 @@ public sealed partial class ProcessGroup
         _comm.SetParents(members.Select(m => (System.Runtime.InteropServices.SafeHandle)m.Device.Handle).Concat(members.Select(m => (System.Runtime.InteropServices.SafeHandle)m.Stream.Handle))
             .Distinct().ToArray());
         Backend = BackendOf(_comm);
+        Transport = TransportOf(_comm);
         _ranks = new RankContext[members.Length];
         for (int i = 0; i < members.Length; i++)
         {

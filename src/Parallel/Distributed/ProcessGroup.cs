@@ -50,6 +50,7 @@ public sealed partial class ProcessGroup : IDisposable
             }
         }
         Backend = BackendOf(_comm);
+        Transport = TransportOf(_comm);
         _comm.SetParents(devices.Select(d => (SafeHandle)d.Handle).Distinct().ToArray());
         GC.KeepAlive(devices);
         _ranks = new RankContext[devices.Length];
@@ -67,6 +68,7 @@ public sealed partial class ProcessGroup : IDisposable
         ThrowHelper.Check(Native.sw_comm_get_rank(_comm, out int rank));
         WorldSize = world;
         Backend = BackendOf(_comm);
+        Transport = TransportOf(_comm);
         IsMultiProcess = true;
         _ranks = [new RankContext(this, rank, device)];
     }
@@ -77,11 +79,23 @@ public sealed partial class ProcessGroup : IDisposable
         return Marshal.PtrToStringUTF8(name) ?? "?";
     }
 
+    private static string TransportOf(CommHandle comm)
+    {
+        ThrowHelper.Check(Native.sw_comm_get_transport(comm, out nint name));
+        return Marshal.PtrToStringUTF8(name) ?? "?";
+    }
+
     /// <summary>Number of ranks (in every process of a multi-process group).</summary>
     public int WorldSize { get; }
 
     /// <summary>The communicator's kind: "local" (in-process), "tcp", "mpi" or "nccl".</summary>
     public string Backend { get; }
+
+    /// <summary>What moves the group's data: "local" (in-process), "nccl", "mpi", and for a TCP group "tcp" (its
+    /// sockets) or, when every rank runs on one host, "shm" (a shared-memory segment) or "shm+cma" (shared memory, large
+    /// pieces read in one copy from the sender's memory). <c>SHARDWISE_TRANSPORT=tcp</c> keeps a TCP group on its
+    /// sockets; <c>shm</c> makes creating one fail when the ranks cannot share memory (docs/distributed.md).</summary>
+    public string Transport { get; }
 
     /// <summary>True for a group whose ranks are separate processes (TCP, MPI, NCCL across processes): this process runs
     /// <see cref="Local"/> only.</summary>
