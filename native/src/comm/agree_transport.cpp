@@ -133,7 +133,9 @@ private:
 void TransportAgreement::run(Communicator& c, int rank, uint64_t seq, const Desc& desc, cpu::Stream* stream) {
     Communicator* st = &c;
     Transport& t = *t_;
-    const std::string what = str(coll_name(desc.op), " #", seq);
+    std::string what = coll_name(desc.op); // "sw_all_reduce #7" (no stream formatting on the hot path)
+    what += " #";
+    what += std::to_string(seq);
     const auto deadline = Clock::now() + std::chrono::milliseconds(st->timeout_ms);
     std::string notify; // set when this rank aborts the communicator: the peers are told outside the lock
     {

@@ -143,6 +143,11 @@ public:
         : tcp_(std::move(tcp)), rank_(tcp_->rank()), world_(tcp_->world()), base_(base), bytes_(bytes), ring_(ring),
           cma_(cma), cma_min_(cma_min), layout_(world_, ring), acks_sent_(world_, 0), lost_(world_), reported_(world_, 0) {
         for (int q = 0; q < world_; ++q) pids_.push_back(block(q).pid);
+        // Spin (50 us) before yielding while there is a core for every rank; more ranks than cores yield at once.
+        cpu_set_t cpus;
+        CPU_ZERO(&cpus);
+        const int cores = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+        spin_ns_ = world_ <= cores ? 50000 : 0;
     }
     ~ShmTransport() override { ::munmap(base_, bytes_); }
 
@@ -156,8 +161,12 @@ public:
         std::unique_lock<std::mutex> lock(io_mu_);
         tag_ = tag;
         if (closed_) fail(SW_ERR_ABORTED, what, ": the communicator's connections are closed (it was aborted)");
-        out_.assign(world_, Side{});
-        in_.assign(world_, Side{});
+        out_.resize(world_); // kept from call to call: no allocation once grown
+        in_.resize(world_);
+        for (int q = 0; q < world_; ++q) {
+            out_[q].reset();
+            in_[q].reset();
+        }
         for (const auto& s : sends) out_[s.peer].pieces.push_back(&s);
         for (const auto& r : recvs) in_[r.peer].pieces.push_back(&r);
         const int64_t t0 = now_ns();
@@ -196,13 +205,13 @@ public:
                 idle = 0;
                 continue;
             }
-            // Nothing moved: check on the peers, then wait a little.
-            if (++idle < 64) {
+            // Nothing moved: check on the peers (every 32 rounds: reading the clock is not free), then wait a little.
+            if (++idle & 31) {
                 cpu_relax();
                 continue;
             }
             const int64_t now = now_ns();
-            if (idle == 64) idle_since = now;
+            if (idle == 32) idle_since = now;
             if (local_abort.load()) fail(SW_ERR_ABORTED, what, ": the communicator was aborted in this process");
             check_peers(what);
             if (now >= next_poll) {
@@ -215,8 +224,9 @@ public:
                 next_beat = now + std::chrono::duration_cast<std::chrono::nanoseconds>(kStatusEvery).count();
             }
             if (Clock::now() >= deadline) timeout(what);
-            if (idle < 256) cpu_relax();
-            else if (now - idle_since < 10000000) sched_yield();
+            const int64_t waited = now - idle_since;
+            if (waited < spin_ns_) cpu_relax();
+            else if (waited < 10000000) sched_yield();
             else std::this_thread::sleep_for(std::chrono::microseconds(50));
         }
     }
@@ -289,6 +299,12 @@ private:
         size_t next = 0;
         bool header = false; // the current piece's header is written / read
         uint64_t done = 0;   // payload bytes (padded) written / read
+        void reset() {
+            pieces.clear();
+            next = 0;
+            header = false;
+            done = 0;
+        }
     };
 
     RankBlock& block(int q) const { return reinterpret_cast<RankBlock*>(base_ + layout_.blocks)[q]; }
@@ -511,6 +527,7 @@ private:
     std::vector<char> reported_;      // poll_idle reported the peer already
     std::vector<Side> out_, in_;
     const CallTag* tag_ = nullptr; // the running exchange's
+    int64_t spin_ns_ = 0;          // how long a wait spins before it yields
     std::mutex io_mu_;
     bool closed_ = false;
     std::atomic<bool> notified_{false};

@@ -95,11 +95,12 @@ sw_status Stream::synchronize(std::string* message) {
             t_on_stream_worker = true;
             run_front(lock, inline_busy_);
             t_on_stream_worker = false;
-            if (!queue_.empty()) cv_work_.notify_one(); // the worker may take the rest (or this loop does)
-            continue;
+            continue; // the next one is this loop's too (the worker is not woken for work this caller waits for)
         }
+        wake_at_ = std::min(wake_at_, target);
         cv_done_.wait(lock);
     }
+    if (take && !queue_.empty()) cv_work_.notify_one(); // work queued after target: the worker's
     const sw_status status = error_;
     if (message) *message = error_message_;
     error_ = SW_OK;
@@ -119,7 +120,19 @@ void Stream::complete_locked(sw_status status, std::string&& message) {
         error_message_ = std::move(message);
         error_flag_.store(true, std::memory_order_relaxed);
     }
-    completed_.store(completed_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    const uint64_t done = completed_.load(std::memory_order_relaxed) + 1;
+    completed_.store(done, std::memory_order_release);
+    if (done >= wake_at_) {
+        wake_at_ = UINT64_MAX; // the woken re-register what they still wait for
+        cv_done_.notify_all();
+    }
+}
+
+void Stream::wait_done(std::unique_lock<std::mutex>& lock, uint64_t target) {
+    while (completed_.load(std::memory_order_relaxed) < target) {
+        wake_at_ = std::min(wake_at_, target);
+        cv_done_.wait(lock);
+    }
 }
 
 bool Stream::run_inline_if_idle(Stream* const* streams, int count, const std::function<void()>& fn) {
@@ -174,7 +187,6 @@ bool Stream::run_inline_if_idle(Stream* const* streams, int count, const std::fu
             s->complete_locked(status, std::string(message));
             queued = !s->queue_.empty();
         }
-        s->cv_done_.notify_all();
         if (queued) s->cv_work_.notify_one(); // work queued meanwhile may start now
     }
     return true;
@@ -206,8 +218,7 @@ double Stream::measure_round_trip_ns(int rounds) {
     // before (the caller may want to inline next).
     {
         std::unique_lock<std::mutex> lock(mu_);
-        const uint64_t target = enqueued_.load(std::memory_order_relaxed);
-        cv_done_.wait(lock, [&] { return completed_.load(std::memory_order_relaxed) >= target; });
+        wait_done(lock, enqueued_.load(std::memory_order_relaxed));
     }
     std::nth_element(ns.begin(), ns.begin() + static_cast<std::ptrdiff_t>(ns.size() / 2), ns.end());
     return ns[ns.size() / 2];
@@ -225,8 +236,7 @@ void Stream::run_front(std::unique_lock<std::mutex>& lock, bool& busy) {
     op.fn = nullptr; // release captured references outside the lock's critical path
     lock.lock();
     busy = false;
-    complete_locked(status, std::move(message));
-    cv_done_.notify_all();
+    complete_locked(status, std::move(message)); // wakes the waiters whose target this reached
 }
 
 void Stream::run() {

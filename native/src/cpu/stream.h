@@ -74,8 +74,12 @@ private:
     // rule, the error record, the completion count and its notification; `busy` (worker_busy_ on the worker,
     // inline_busy_ on a synchronizing caller) is set meanwhile.
     void run_front(std::unique_lock<std::mutex>& lock, bool& busy);
-    // Records an error (first one wins) and one completed operation; mu_ held.
+    // Records an error (first one wins) and one completed operation; mu_ held. Wakes the threads waiting in
+    // cv_done_ once the count reaches the lowest target one of them registered (wait_done), not at every operation:
+    // a caller waiting for 200 queued collectives is woken once, not 200 times.
     void complete_locked(sw_status status, std::string&& message);
+    // Waits (mu_ held through `lock`) until completed_ >= target.
+    void wait_done(std::unique_lock<std::mutex>& lock, uint64_t target);
 
     struct Op {
         std::function<void()> fn;
@@ -95,6 +99,7 @@ private:
     sw_status error_ = SW_OK;
     std::string error_message_;
     bool stop_ = false;
+    uint64_t wake_at_ = UINT64_MAX; // the lowest completed_ a thread in cv_done_ waits for (UINT64_MAX: none)
     std::thread worker_;
 };
 
