@@ -21,13 +21,16 @@
 #                                  last size is 32 MiB, as nccl-tests -b 8 -e 64M -f 4), with nccl-tests' size,
 #                                  count, time, algbw and busbw (docs/distributed.md), then raw Open MPI's
 #                                  collectives timed the same way (native/bench/mpi_baseline.c) and both side by
-#                                  side (busbw ratio);
+#                                  side (busbw ratio); last, ours and raw MPI in one mpirun job, interleaved
+#                                  rounds, median of per-round ratios [10th, 90th percentile]
+#                                  (native/bench/mpi_interleaved.c: the comparison that holds still);
 #                                  SW_BW_MAX_BYTES (e.g. 1M), SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5),
 #                                  SW_BW_IN_PLACE (1: the all-reduce in place), SW_BW_AGREEMENT (off: no
-#                                  agreement check, sw_comm_set_agreement_check)
+#                                  agreement check, sw_comm_set_agreement_check), SW_IL_ROUNDS (21), SW_IL_ITERS,
+#                                  SHARDWISE_ALLREDUCE (auto, oneshot, twostep)
 #   ./build.sh native              deps and the native library (CMake configure + build) only
-#   ./build.sh fault-trials [N] [tcp|mpi...]  deps, native build, then scripts/fault-trials.sh: N (default 20)
-#                                  kill and N freeze trials per kind (TCP, MPI) of a 3-rank job running collectives,
+#   ./build.sh fault-trials [N] [tcp|shm|mpi...]  deps, native build, then scripts/fault-trials.sh: N (default
+#                                  20) kill and N freeze trials per kind (TCP sockets, shared memory, MPI) of a 3-rank job running collectives,
 #                                  one rank SIGKILLed or SIGSTOPped at a random moment; checks no hang, the failed
 #                                  rank named (and no live one), the failed-collective output contract; prints a
 #                                  summary table (docs/testing.md); Linux only
@@ -708,6 +711,20 @@ cmd_bench_mp() {
             }' "$ours" "$raw"
     else
         echo "bench-mp: no raw MPI baseline (mpi_baseline not built: no MPI found at configure time, or no mpirun)"
+    fi
+    # The steady comparison: ours and raw MPI in one job, interleaved rounds in rotating order, the median of the
+    # per-round ratios with its spread (native/bench/mpi_interleaved.c). tcp: our group on its sockets against MPI on
+    # its TCP transport (--mca btl tcp,self); shm and mpi: both as they come on one host.
+    local interleaved="$BUILD_DIR/bin/mpi_interleaved"
+    if [[ -x "$interleaved" ]] && command -v mpirun >/dev/null 2>&1; then
+        local il_env=(-x SHARDWISE_TRANSPORT) il_mca=()
+        [[ "$transport" == tcp ]] && il_mca=(--mca btl tcp,self)
+        for var in SHARDWISE_ALLREDUCE SW_IL_ROUNDS SW_IL_ITERS; do
+            [[ -n "${!var:-}" ]] && il_env+=(-x "$var")
+        done
+        step "interleaved: $n processes, ours over $transport vs raw MPI${il_mca:+ (MPI over TCP)} in one job"
+        SHARDWISE_TRANSPORT="$([[ "$transport" == tcp ]] && echo tcp || echo auto)" \
+            mpirun --allow-run-as-root --oversubscribe "${il_mca[@]}" -n "$n" "${forward[@]}" "${il_env[@]}" "$interleaved" || rc=$?
     fi
     rm -f "$ours" "$raw"
     return "$rc"

@@ -179,16 +179,18 @@ public sealed partial class MultiProcessTests
     }
 
     [Test]
-    public void Tcp_Layers_EqualSingleProcess_BitForBit([Values(2, 3, 4)] int p)
+    public void Tcp_Layers_EqualSingleProcess_BitForBit([Values(2, 3, 4)] int p, [Values("shm", "tcp")] string transport)
     {
         int seed = TestContext.CurrentContext.Random.Next();
         TestContext.Out.WriteLine($"seed {seed}");
         string dir = NewOutDir();
         try
         {
-            var results = RunTcp(p, "layers", dir, seed);
+            // one host: shared memory (shm+cma where the ranks may read each other's memory), or the sockets
+            var results = RunTcp(p, "layers", dir, seed, extraEnv: new Dictionary<string, string> { ["SHARDWISE_TRANSPORT"] = transport });
             foreach (var r in results) Assert.That(r.Ok && r.ExitCode == 0, $"rank {r.Rank}: exit {r.ExitCode}, {r.Line}");
-            Assert.That(results.All(r => r.Output.Contains($"world={p} backend=tcp")), "every rank reports the TCP group of p ranks");
+            Assert.That(results.All(r => r.Output.Contains($"world={p} backend=tcp transport={transport}")),
+                $"every rank reports the TCP group of p ranks over {transport}: {string.Join(" | ", results.Select(r => r.Line))}");
             CheckLayers(p, seed, (name, r) => Path.Combine(dir, $"{name}.rank{r}.bin"));
         }
         finally { Directory.Delete(dir, true); }

@@ -406,18 +406,21 @@ SW_API sw_status sw_comm_get_collective_count(sw_comm comm, int32_t rank, uint64
  * its reason instead of at their timeout); later collectives fail with SW_ERR_ABORTED. No call waits past its
  * timeout. Processes of one job must share the architecture (descriptors travel in native byte order). */
 
-/* The agreement check of a multi-process communicator (TCP, MPI, NCCL per process): before each collective the ranks
- * exchange a description of their call and fail with SW_ERR_MISMATCH, all of them with the same message, when they
- * differ. That costs one round trip per collective. enabled = 0 turns it off for the collectives called after this
- * call (a documented mode for production runs whose calls are known to match; default 1, on): all-reduce,
- * all-gather, reduce-scatter and broadcast then move data at once, each rank assuming the others called what it
- * called. Without the check a mismatch that changes the bytes a rank sends still fails, with SW_ERR_MISMATCH naming
- * the sizes (every message's size is checked by the TCP and MPI transports), and a broadcast with different roots
- * ends at the timeout; one that keeps the sizes (another dtype of the same width, another reduction) goes unnoticed
- * and gives wrong results. The uneven and column variants, the barrier, sw_comm_split and point-to-point transfers
- * always exchange descriptors. Every rank must set the same (a rank with the check on and one without fail their next
- * collective on the sizes). In-process communicators accept it and always check (their rendezvous is not a round
- * trip). enabled must be 0 or 1. */
+/* The agreement check of a multi-process communicator (TCP, MPI, NCCL per process): the ranks compare a description
+ * of every call and fail with SW_ERR_MISMATCH, naming the calls, when they differ. Usually that is a descriptor
+ * exchange before the data: one round trip per collective. Over TCP and shared memory, all-reduce, all-gather and
+ * reduce-scatter carry the check in their data instead (every frame holds the sender's operation, dtype, count and
+ * root, compared before its payload is written; the first exchange reaches every peer): no round trip of its own;
+ * every rank fails with SW_ERR_MISMATCH, the messages naming the pair of ranks each saw. enabled = 0 turns the check
+ * off for the collectives called after this call (a documented mode for production runs whose calls are known to
+ * match; default 1, on): all-reduce, all-gather, reduce-scatter and broadcast then move data at once, each rank
+ * assuming the others called what it called. Without the check a mismatch that changes the bytes a rank sends still
+ * fails, with SW_ERR_MISMATCH naming the sizes (every message's size is checked by the TCP, shared-memory and MPI
+ * transports), and a broadcast with different roots ends at the timeout; one that keeps the sizes (another dtype of
+ * the same width, another reduction) goes unnoticed and gives wrong results. The uneven and column variants, the
+ * barrier, sw_comm_split and point-to-point transfers always check. Every rank must set the same (with mixed settings
+ * a mismatch may fail on the sizes or go unnoticed). In-process communicators accept it and always check (their
+ * rendezvous is not a round trip). enabled must be 0 or 1. */
 SW_API sw_status sw_comm_set_agreement_check(sw_comm comm, int32_t enabled);
 SW_API sw_status sw_comm_get_agreement_check(sw_comm comm, int32_t* enabled);
 
@@ -448,7 +451,10 @@ SW_API sw_status sw_store_get(sw_store store, const char* key, void* value, uint
 /* A TCP communicator: rank `rank` of world_size processes; every process calls it with the same store server and
  * prefix (1..1024 characters; distinct prefixes make distinct communicators, and a prefix must not be reused on the
  * same store: its keys would still hold the first communicator's addresses). The processes connect to each other directly (a full
- * mesh of TCP connections, addresses exchanged through the store). Blocks until every rank has connected or
+ * mesh of TCP connections, addresses exchanged through the store). When every rank runs on this host (same host name,
+ * boot, user, /dev/shm and IPC namespace) the data then moves through a POSIX shared-memory segment instead
+ * (sw_comm_get_transport; SHARDWISE_TRANSPORT=tcp keeps the sockets), with the same results and fault semantics; the
+ * segment's name is unlinked as soon as every rank has mapped it. Blocks until every rank has connected or
  * timeout_ms (0: default) passes; the timeout also bounds every collective. CPU devices only. Not available on
  * Windows builds (SW_ERR_UNSUPPORTED). */
 SW_API sw_status sw_comm_create_tcp(sw_device device, sw_store store, const char* prefix, int32_t rank,

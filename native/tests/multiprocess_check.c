@@ -636,7 +636,11 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
         const int nocheck = strcmp(scenario, "mismatch-nocheck") == 0;
         if (nocheck) OK(sw_comm_set_agreement_check(comm, 0));
         const uint64_t count = (strcmp(scenario, "mismatch") == 0 || nocheck) && rank == victim ? 32 : 64;
-        OK(sw_all_reduce(comm, rank, b, 0, b, 0, count, SW_DTYPE_F32, SW_REDUCE_SUM, s));
+        /* mismatch-dtype: the same bytes (i32 against f32): only the call carried in the frames tells them apart */
+        const sw_dtype dtype = strcmp(scenario, "mismatch-dtype") == 0 && rank == victim ? SW_DTYPE_I32 : SW_DTYPE_F32;
+        float kept[64];
+        memcpy(kept, ptr(b), sizeof kept);
+        OK(sw_all_reduce(comm, rank, b, 0, b, 0, count, dtype, SW_REDUCE_SUM, s));
         const sw_status st = sw_stream_synchronize(s);
         const char* msg = sw_last_error();
         const double took = elapsed_s(t0);
@@ -659,6 +663,11 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
         } else if (strcmp(scenario, "mismatch") == 0) {
             CHECK(st == SW_ERR_MISMATCH && strstr(msg, "count 32") && strstr(msg, "count 64"),
                   "mismatch: status %d, message '%s'", (int)st, msg);
+            CHECK(memcmp(kept, ptr(b), sizeof kept) == 0, "rank %d: an in-place all-reduce that failed on a mismatch changed its buffer", rank);
+        } else if (strcmp(scenario, "mismatch-dtype") == 0) {
+            CHECK(st == SW_ERR_MISMATCH && strstr(msg, "i32") && strstr(msg, "f32") && strstr(msg, "ranks disagree"),
+                  "mismatch of dtypes of one width: status %d, message '%s'", (int)st, msg);
+            CHECK(memcmp(kept, ptr(b), sizeof kept) == 0, "rank %d: an in-place all-reduce that failed on a mismatch changed its buffer", rank);
         } else if (nocheck) { /* no descriptors: the transport's size check names the bytes, at once */
             CHECK(st == SW_ERR_MISMATCH && strstr(msg, "bytes"), "mismatch without the check: status %d, message '%s'",
                   (int)st, msg);
@@ -962,6 +971,7 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "exit");
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
+    bad += tcp_job(3, "mismatch-dtype");
     bad += tcp_job(2, "nocheck");
     bad += tcp_job(3, "nocheck");
     bad += tcp_job(3, "mismatch-nocheck");

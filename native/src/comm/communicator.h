@@ -8,7 +8,8 @@
 // The kinds:   in-process CPU  = local rendezvous  + CPU copies        (sw_comm_create_local on CPU devices)
 //              in-process CUDA = local rendezvous  + CUDA copies       (sw_comm_create_local on CUDA devices)
 //              in-process NCCL = local rendezvous  + NCCL              (sw_comm_create_nccl_local)
-//              TCP / MPI       = transport agreement + transport moves (sw_comm_create_tcp / _mpi, CPU devices)
+//              TCP / MPI       = transport agreement + transport moves (sw_comm_create_tcp / _mpi, CPU devices; a TCP
+//                                communicator on one host moves its data through shared memory: shm_transport.cpp)
 //              NCCL per process= transport agreement (TCP, MPI, NCCL) + NCCL (sw_comm_create_nccl, _nccl_id, _nccl_mpi)
 //
 // Layers of comm/ (each file calls only files below it; virtual calls go down through the interfaces declared here):
@@ -18,8 +19,8 @@
 //   agree_local.cpp  agree_transport.cpp                                      (Agreement implementations)
 //   mover_nccl.cpp -> mover_cuda.cpp, mover_cpu.cpp, mover_transport.cpp      (Mover implementations; the only files
 //                                                         that touch a device's plugin table: mover_cuda, mover_nccl)
-//   tcp_transport.cpp -> store.cpp -> socket.cpp, mpi_transport.cpp, nccl_loader.cpp   (Transport implementations,
-//                                                         the store, the NCCL library)
+//   shm_transport.cpp -> tcp_transport.cpp -> store.cpp -> socket.cpp, mpi_transport.cpp, nccl_loader.cpp
+//                                                        (Transport implementations, the store, the NCCL library)
 //   collectives.cpp        shared algorithms and helpers (Desc, agreement check, reductions, shard math, poisoning,
 //                          the in-process creation's checks); transport.h: the Transport interface
 #pragma once
