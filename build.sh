@@ -27,7 +27,9 @@
 #                                  SW_BW_MAX_BYTES (e.g. 1M), SW_BW_MIN_BYTES, SW_BW_ITERS (20), SW_BW_WARMUP (5),
 #                                  SW_BW_IN_PLACE (1: the all-reduce in place), SW_BW_AGREEMENT (off: no
 #                                  agreement check, sw_comm_set_agreement_check), SW_IL_ROUNDS (21), SW_IL_ITERS,
-#                                  SHARDWISE_ALLREDUCE (auto, oneshot, twostep)
+#                                  SHARDWISE_ALLREDUCE (auto, oneshot, twostep); then the FFN forward's step time
+#                                  with and without ParallelFeedForward.OverlapChunks beside its all-reduce alone
+#                                  (SW_OV_H 1024, SW_OV_F 4096, SW_OV_M 8,64,256,1024, SW_OV_CHUNKS 4, SW_OV_ROUNDS 15)
 #   ./build.sh native              deps and the native library (CMake configure + build) only
 #   ./build.sh fault-trials [N] [tcp|shm|mpi...]  deps, native build, then scripts/fault-trials.sh: N (default
 #                                  20) kill and N freeze trials per kind (TCP sockets, shared memory, MPI) of a 3-rank job running collectives,
@@ -725,6 +727,17 @@ cmd_bench_mp() {
         step "interleaved: $n processes, ours over $transport vs raw MPI${il_mca:+ (MPI over TCP)} in one job"
         SHARDWISE_TRANSPORT="$([[ "$transport" == tcp ]] && echo tcp || echo auto)" \
             mpirun --allow-run-as-root --oversubscribe "${il_mca[@]}" -n "$n" "${forward[@]}" "${il_env[@]}" "$interleaved" || rc=$?
+    fi
+    # The layers' step: the FFN forward with and without overlap of its all-reduce (tests/MultiProcess/OverlapBench.cs).
+    step "FFN forward step time: $n ranks over $transport, with and without overlap (SW_OV_H, SW_OV_F, SW_OV_M, SW_OV_CHUNKS)"
+    if [[ "$transport" != mpi ]]; then
+        SHARDWISE_TRANSPORT="$transport" dotnet "$launcher" launch -n "$n" --no-prefix -- dotnet "$worker" overlap || rc=$?
+    else
+        local ov_env=()
+        for var in SW_OV_H SW_OV_F SW_OV_M SW_OV_CHUNKS SW_OV_ROUNDS; do
+            [[ -n "${!var:-}" ]] && ov_env+=(-x "$var")
+        done
+        mpirun --allow-run-as-root --oversubscribe -n "$n" "${ov_env[@]}" dotnet "$worker" overlap || rc=$?
     fi
     rm -f "$ours" "$raw"
     return "$rc"

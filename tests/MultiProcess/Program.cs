@@ -23,7 +23,7 @@ using Shardwise.Parallel;
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|bandwidth|nccl-info [OUTDIR]");
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|bandwidth|overlap|nccl-info [OUTDIR]");
     return 2;
 }
 string scenario = args[0];
@@ -79,6 +79,10 @@ using (group)
         else if (scenario == "bandwidth")
         {
             Bandwidth.Run(ctx, Bandwidth.Settings.FromEnvironment(), Console.Out);
+        }
+        else if (scenario == "overlap")
+        {
+            OverlapBench.Run(ctx, Console.Out);
         }
         else if (scenario == "spmd-throw")
         {

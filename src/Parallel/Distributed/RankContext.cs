@@ -49,8 +49,16 @@ public sealed class RankContext
 
     internal void DisposeStream()
     {
+        _commStream?.Dispose();
         if (_ownsStream) _stream.Dispose();
     }
+
+    private DeviceStream? _commStream;
+
+    /// <summary>This rank's second stream, for collectives that overlap the work of <see cref="Stream"/> (the layers'
+    /// <c>OverlapChunks</c>); created on first use, disposed with the group. Collectives on both streams still run one
+    /// at a time, in the order they were called.</summary>
+    internal DeviceStream CommunicationStream => _commStream ??= Device.CreateStream();
 
     /// <summary>Waits for this rank's queued work and throws its first error.</summary>
     public void Synchronize() => _stream.Synchronize();
@@ -131,11 +139,15 @@ public sealed class RankContext
 
     /// <summary>recv[i] = Σ over ranks of send[i] (summed in rank order, identical on every rank). send may be recv.</summary>
     public void AllReduce<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0, long recvOffset = 0)
-        where T : unmanaged
+        where T : unmanaged => AllReduceOn(_stream, send, recv, count, sendOffset, recvOffset);
+
+    // The all-reduce queued on `stream` (the rank's, or its communication stream).
+    internal void AllReduceOn<T>(DeviceStream stream, DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0,
+        long recvOffset = 0) where T : unmanaged
     {
         count = Prologue(send, recv, count, sendOffset, recvOffset, sendPerCount: 1, recvPerCount: 1);
         ThrowHelper.Check(Native.sw_all_reduce(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
-            (ulong)count, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
+            (ulong)count, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, stream.Handle));
     }
 
     /// <summary>In-place all-reduce (sum).</summary>

@@ -66,8 +66,29 @@ public sealed class ParallelFeedForward : IDisposable
         long m = x.Rows, fr = Up.LocalOutFeatures;
         ThrowHelper.Positive(x.Rows);
         var h = _hidden.Get<TIn>(0, _ctx.Device, m * fr).AsMatrix(m, fr, Math.Max(1, fr));
+        if (Down.OverlapChunks > 1 && m > 1)
+        {
+            // Chunks of rows through both projections: chunk i's all-reduce overlaps chunk i + 1's GEMMs.
+            Down.CheckOutput<TIn, TOut>(m, y);
+            Down.ForwardRows(m, (r0, rows) =>
+            {
+                var hRows = h.RowRange(r0, rows);
+                Up.Forward(x.RowRange(r0, rows), hRows);
+                return hRows;
+            }, y);
+            return;
+        }
         Up.Forward(x, h);
         Down.Forward(h, y);
+    }
+
+    /// <summary>Overlap of the forward's all-reduce with its GEMMs: the M rows in this many chunks, each through both
+    /// projections, its all-reduce on the rank's communication stream while the next chunk multiplies (see
+    /// <see cref="RowParallelLinear.OverlapChunks"/>). The same bits as 1 (default: no overlap).</summary>
+    public int OverlapChunks
+    {
+        get => Down.OverlapChunks;
+        set => Down.OverlapChunks = value;
     }
 
     /// <summary>

@@ -178,5 +178,9 @@ public abstract class ParallelLinear : IDisposable
         (_weight as IDisposable)?.Dispose();
         (_bias as IDisposable)?.Dispose();
         _scratch.Dispose();
+        DisposeMore();
     }
+
+    // What a derived layer holds besides the weights and scratch (events).
+    private protected virtual void DisposeMore() { }
 }
