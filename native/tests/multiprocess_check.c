@@ -533,6 +533,18 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     }
     struct timespec created;
     clock_gettime(CLOCK_MONOTONIC, &created);
+    if (strcmp(scenario, "bad-transport") == 0) {
+        /* a bad SHARDWISE_TRANSPORT fails the creation at once, naming the variable and what it takes */
+        setenv("SHARDWISE_TRANSPORT", "sharedmem", 1);
+        const sw_status bad = sw_comm_create_tcp(dev, store, "job", rank, p, timeout, &comm);
+        CHECK(bad == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "SHARDWISE_TRANSPORT='sharedmem'") &&
+                  strstr(sw_last_error(), "auto, tcp or shm") && comm == NULL,
+              "SHARDWISE_TRANSPORT=sharedmem: status %d, '%s'", (int)bad, sw_last_error());
+        sw_store_destroy(store);
+        sw_stream_destroy(s);
+        sw_device_destroy(dev);
+        return g_failures ? 1 : 0;
+    }
     OK(sw_comm_create_tcp(dev, store, "job", rank, p, timeout, &comm));
     if (strcmp(scenario, "stray") == 0)
         CHECK(elapsed_s(created) < 5.0, "a silent stray connection delayed sw_comm_create_tcp by %.1f s (timeout 20 s)", elapsed_s(created));
@@ -972,6 +984,7 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "late");
     bad += tcp_job(3, "mismatch");
     bad += tcp_job(3, "mismatch-dtype");
+    bad += tcp_job(2, "bad-transport");
     bad += tcp_job(2, "nocheck");
     bad += tcp_job(3, "nocheck");
     bad += tcp_job(3, "mismatch-nocheck");
