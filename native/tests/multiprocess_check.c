@@ -117,6 +117,32 @@ static void i32_wrap(sw_comm comm, const sw_stream* s, sw_device dev, const int*
     CHECK(p < 2 || overflowed > 0, "no i32 sum overflowed: the check proves nothing");
 }
 
+/* The float sum of v[0..p) in the order the algorithm the environment picks adds them (SHARDWISE_ALLREDUCE for an
+ * all-reduce, SHARDWISE_REDUCE_SCATTER for a reduce-scatter; collectives.h): rank order 0..p-1 (default); ring: chunk
+ * c's chain c+1, c+2, ..., c; rd (p a power of two): the halves, ((x0+x1)+(x2+x3)).... So the checks stay bit for bit
+ * whichever algorithm runs. */
+static float halves_sum(const float* v, int n) { return n == 1 ? v[0] : halves_sum(v, n / 2) + halves_sum(v + n / 2, n / 2); }
+static float algo_sum(const float* v, int p, const char* algo, int chunk) {
+    if (algo && strcmp(algo, "ring") == 0) {
+        float f = v[(chunk + 1) % p];
+        for (int k = 2; k <= p; ++k) f += v[(chunk + k) % p];
+        return f;
+    }
+    if (algo && strcmp(algo, "rd") == 0 && p > 1 && (p & (p - 1)) == 0) return halves_sum(v, p);
+    float f = v[0];
+    for (int q = 1; q < p; ++q) f += v[q];
+    return f;
+}
+/* The all-reduce's chunk of element i of n (the even split of the count over the ranks). */
+static int chunk_of(long i, long n, int p) {
+    const long base = n / p, rem = n % p;
+    for (int c = 0; c < p; ++c) {
+        const long begin = c * base + (c < rem ? c : rem), count = base + (c < rem ? 1 : 0);
+        if (i < begin + count) return c;
+    }
+    return p - 1;
+}
+
 /* The collectives on comm, checked against float64 sums in rank order. */
 static void collectives(sw_device dev, sw_stream s, sw_comm comm, int rank, int p) {
     const long n = 1000 + 37 * p; /* not a multiple of p */
@@ -129,11 +155,13 @@ static void collectives(sw_device dev, sw_stream s, sw_comm comm, int rank, int 
     OK(sw_stream_synchronize(s));
     for (long i = 0; i < n; ++i) {
         double ref = 0;
-        float f = 0;
+        float v[64];
         for (int q = 0; q < p; ++q) {
             ref += value(1, q, i);
-            f += value(1, q, i); /* rank order, in float: the bits every rank must get */
+            v[q] = value(1, q, i);
         }
+        /* rank order in float (or the chosen algorithm's order): the bits every rank must get */
+        const float f = algo_sum(v, p, getenv("SHARDWISE_ALLREDUCE"), chunk_of(i, n, p));
         CHECK(fabs(ptr(y)[i] - ref) <= 1e-5 * (1 + fabs(ref)), "all_reduce[%ld] = %g, expected %g", i, ptr(y)[i], ref);
         CHECK(memcmp(&ptr(y)[i], &f, 4) == 0, "all_reduce[%ld] = %.9g is not the rank-order float sum %.9g", i, ptr(y)[i], f);
         CHECK(memcmp(&ptr(x)[i], &f, 4) == 0, "in-place all_reduce[%ld] = %.9g, expected %.9g", i, ptr(x)[i], f);
@@ -240,11 +268,18 @@ static void poison16(sw_buffer b, long n) {
 
 /* The rank-order fp32 sum rounded once of element `at` of test t; *order_telling / *step_telling count the sums that
  * would differ if added in reverse rank order / rounded at every step. */
-static uint16_t ref_sum16(int bf16, int t, int p, long at, long* order_telling, long* step_telling) {
+static uint16_t ref_sum16(int bf16, int t, int p, long at, long* order_telling, long* step_telling, const char* algo, int chunk) {
     uint16_t v[64] = {0};
+    float fv[64];
     if (p > 64) p = 64; /* never: the jobs here have at most 8 ranks */
-    for (int q = 0; q < p; ++q) v[q] = value16(bf16, t, q, at, p);
-    const uint16_t want = sw_ref_sum16(bf16, v, p);
+    for (int q = 0; q < p; ++q) {
+        v[q] = value16(bf16, t, q, at, p);
+        fv[q] = sw_ref_to_float16(bf16, v[q]);
+    }
+    /* rank order: the reference's; another algorithm: its order, in fp32, rounded once */
+    const uint16_t want = algo && (strcmp(algo, "ring") == 0 || strcmp(algo, "rd") == 0)
+                              ? sw_ref_round16(bf16, algo_sum(fv, p, algo, chunk))
+                              : sw_ref_sum16(bf16, v, p);
     float rev = sw_ref_to_float16(bf16, v[p - 1]);
     for (int q = p - 2; q >= 0; --q) rev += sw_ref_to_float16(bf16, v[q]);
     uint16_t step = v[0];
@@ -270,7 +305,7 @@ static void collectives16(sw_device dev, sw_stream s, sw_comm comm, int rank, in
         OK(sw_stream_synchronize(s));
         long bad = 0, bad_in_place = 0, changed = 0;
         for (long i = 0; i < n; ++i) {
-            const uint16_t want = ref_sum16(bf16, 50, p, i, &order_telling, &step_telling);
+            const uint16_t want = ref_sum16(bf16, 50, p, i, &order_telling, &step_telling, getenv("SHARDWISE_ALLREDUCE"), chunk_of(i, n, p));
             bad += ptr16(y)[i] != want;
             bad_in_place += ptr16(z)[i] != want;
             changed += ptr16(x)[i] != value16(bf16, 50, rank, i, p);
@@ -290,7 +325,8 @@ static void collectives16(sw_device dev, sw_stream s, sw_comm comm, int rank, in
         OK(sw_reduce_scatter_v(comm, rank, v, 0, (uint64_t)total, y, 0, (uint64_t)(3 * rank + 2), dt, SW_REDUCE_SUM, s));
         OK(sw_stream_synchronize(s));
         bad = 0;
-        for (long i = 0; i < 3 * rank + 2; ++i) bad += ptr16(y)[i] != ref_sum16(bf16, 51, p, displ + i, &order_telling, &step_telling);
+        for (long i = 0; i < 3 * rank + 2; ++i) bad += ptr16(y)[i] != ref_sum16(bf16, 51, p, displ + i, &order_telling, &step_telling,
+                                                                          getenv("SHARDWISE_REDUCE_SCATTER"), rank);
         CHECK(bad == 0 && ptr16(y)[3 * rank + 2] == 0x7fff, "%s reduce_scatter_v p=%d: %ld of %d sums differ (or written past the count)",
               name, p, bad, 3 * rank + 2);
         /* even reduce-scatter (7 each) */
@@ -299,7 +335,8 @@ static void collectives16(sw_device dev, sw_stream s, sw_comm comm, int rank, in
         OK(sw_reduce_scatter(comm, rank, v, 0, y, 0, 7, dt, SW_REDUCE_SUM, s));
         OK(sw_stream_synchronize(s));
         bad = 0;
-        for (long i = 0; i < 7; ++i) bad += ptr16(y)[i] != ref_sum16(bf16, 52, p, 7L * rank + i, &order_telling, &step_telling);
+        for (long i = 0; i < 7; ++i) bad += ptr16(y)[i] != ref_sum16(bf16, 52, p, 7L * rank + i, &order_telling, &step_telling,
+                                                                   getenv("SHARDWISE_REDUCE_SCATTER"), rank);
         CHECK(bad == 0, "%s reduce_scatter p=%d: %ld of 7 sums differ", name, p, bad);
         /* uneven all-gather-v (q + 3 elements) and a broadcast from the last rank: the bits unchanged */
         long gtotal = 0;
@@ -368,8 +405,10 @@ static int fault_all_reduce(sw_comm comm, const sw_stream* s, sw_device dev, con
         if (status[k] == SW_OK) {
             long wrong = 0;
             for (long i = 0; i < n; ++i) {
-                float f = 0;
-                for (int q = 0; q < p; ++q) f += value(t, q, i);
+                float v[64];
+                for (int q = 0; q < p; ++q) v[q] = value(t, q, i);
+                /* (an in-process communicator, which passes every rank here, always sums in rank order) */
+                const float f = algo_sum(v, p, nranks == 1 ? getenv("SHARDWISE_ALLREDUCE") : NULL, chunk_of(i, n, p));
                 if (memcmp(&out[i], &f, 4) != 0) ++wrong;
             }
             CHECK(wrong == 0, "rank %d: all-reduce (%s) succeeded with %ld of %ld elements wrong", r,
@@ -419,9 +458,9 @@ static void tcp_fault(sw_device dev, sw_stream s, sw_comm comm, int rank, int p,
         float* before = (float*)malloc((size_t)n * 4);
         for (long i = 0; i < n; ++i) {
             input[i] = value(100, rank, i);
-            float f = 0;
-            for (int q = 0; q < p; ++q) f += value(100, q, i);
-            want[i] = f;
+            float v[64];
+            for (int q = 0; q < p; ++q) v[q] = value(100, q, i);
+            want[i] = algo_sum(v, p, getenv("SHARDWISE_ALLREDUCE"), chunk_of(i, n, p));
         }
         unsigned rng = g_seed ^ (unsigned)rank;
         float* out = in_place ? ptr(x) : ptr(y);

@@ -39,18 +39,6 @@ std::string sw::rank_list(const std::vector<int>& ranks) {
     return s;
 }
 
-AllReduceAlgo sw::all_reduce_algo() {
-    static const AllReduceAlgo algo = [] {
-        const char* v = std::getenv("SHARDWISE_ALLREDUCE");
-        if (v && std::strcmp(v, "oneshot") == 0) return AllReduceAlgo::OneShot;
-        if (v && std::strcmp(v, "twostep") == 0) return AllReduceAlgo::TwoStep;
-        if (v && *v && std::strcmp(v, "auto") != 0)
-            fail(SW_ERR_INVALID_ARGUMENT, "SHARDWISE_ALLREDUCE='", v, "': expected auto, oneshot or twostep");
-        return AllReduceAlgo::Auto;
-    }();
-    return algo;
-}
-
 void sw::check_tag(const CallTag* mine, const CallTag& theirs, int self, int q, uint64_t seq) {
     if (!mine || mine->op < 0 || theirs.op < 0 || theirs == *mine) return;
     auto call = [](const CallTag& t) {
@@ -156,6 +144,106 @@ void sw::reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::
     case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, n, half_to_float, float_to_half); break;
     case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, n, bf16_to_float, float_to_bf16); break;
     default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", sw::dtype_name(t), " is not supported");
+    }
+}
+
+namespace {
+// The accumulation passes of the ring and recursive-doubling algorithms over the accumulation type A of T.
+template <class T, class Load, class Store> struct AccOps {
+    using A = typename Acc<T>::type;
+    Load load;
+    Store store;
+    void to_acc(char* acc, const char* elems, uint64_t n) const {
+        auto* a = reinterpret_cast<A*>(acc);
+        auto* e = reinterpret_cast<const T*>(elems);
+        for (uint64_t i = 0; i < n; ++i) a[i] = load(e[i]);
+    }
+    void add(char* out, const char* acc, const char* elems, uint64_t n) const { // out = acc + elems (acc first)
+        auto* o = reinterpret_cast<A*>(out);
+        auto* a = reinterpret_cast<const A*>(acc);
+        auto* e = reinterpret_cast<const T*>(elems);
+        for (uint64_t i = 0; i < n; ++i) o[i] = a[i] + load(e[i]);
+    }
+    void add_store(char* out, const char* acc, const char* elems, uint64_t n) const { // out (elements) = acc + elems
+        auto* o = reinterpret_cast<T*>(out);
+        auto* a = reinterpret_cast<const A*>(acc);
+        auto* e = reinterpret_cast<const T*>(elems);
+        for (uint64_t i = 0; i < n; ++i) o[i] = store(a[i] + load(e[i]));
+    }
+    void sum2(char* out, const char* lo, const char* hi, uint64_t n) const { // out = lo + hi (accumulators)
+        auto* o = reinterpret_cast<A*>(out);
+        auto* l = reinterpret_cast<const A*>(lo);
+        auto* h = reinterpret_cast<const A*>(hi);
+        for (uint64_t i = 0; i < n; ++i) o[i] = l[i] + h[i];
+    }
+    void from_acc(char* elems, const char* acc, uint64_t n) const {
+        auto* e = reinterpret_cast<T*>(elems);
+        auto* a = reinterpret_cast<const A*>(acc);
+        for (uint64_t i = 0; i < n; ++i) e[i] = store(a[i]);
+    }
+};
+template <class T, class Load, class Store> AccOps<T, Load, Store> acc_ops(Load l, Store s) { return {l, s}; }
+
+template <class F> void with_acc_ops(sw_dtype t, F&& f) {
+    auto id = [](auto v) { return v; };
+    switch (t) {
+    case SW_DTYPE_F32: f(acc_ops<float>(id, id)); break;
+    case SW_DTYPE_F64: f(acc_ops<double>(id, id)); break;
+    case SW_DTYPE_I32:
+        f(acc_ops<int32_t>([](int32_t v) { return static_cast<uint32_t>(v); }, [](uint32_t v) { return static_cast<int32_t>(v); }));
+        break;
+    case SW_DTYPE_F16: f(acc_ops<uint16_t>(half_to_float, float_to_half)); break;
+    case SW_DTYPE_BF16: f(acc_ops<uint16_t>(bf16_to_float, float_to_bf16)); break;
+    default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", sw::dtype_name(t), " is not supported");
+    }
+}
+} // namespace
+
+size_t sw::acc_size(sw_dtype t) { return t == SW_DTYPE_F64 ? 8 : 4; }
+void sw::acc_load(sw_dtype t, char* acc, const char* elems, uint64_t n) {
+    with_acc_ops(t, [&](const auto& o) { o.to_acc(acc, elems, n); });
+}
+void sw::acc_add(sw_dtype t, char* out, const char* acc, const char* elems, uint64_t n) {
+    with_acc_ops(t, [&](const auto& o) { o.add(out, acc, elems, n); });
+}
+void sw::acc_add_store(sw_dtype t, char* out, const char* acc, const char* elems, uint64_t n) {
+    with_acc_ops(t, [&](const auto& o) { o.add_store(out, acc, elems, n); });
+}
+void sw::acc_sum2(sw_dtype t, char* out, const char* lo, const char* hi, uint64_t n) {
+    with_acc_ops(t, [&](const auto& o) { o.sum2(out, lo, hi, n); });
+}
+void sw::acc_store(sw_dtype t, char* elems, const char* acc, uint64_t n) {
+    with_acc_ops(t, [&](const auto& o) { o.from_acc(elems, acc, n); });
+}
+
+Algo sw::collective_algo(Coll op) {
+    auto parse = [](const char* name, std::initializer_list<std::pair<const char*, Algo>> names) {
+        const char* v = std::getenv(name);
+        if (!v || !*v || std::strcmp(v, "auto") == 0) return Algo::Auto;
+        std::string expected;
+        for (const auto& [text, algo] : names) {
+            if (std::strcmp(v, text) == 0) return algo;
+            expected += expected.empty() ? text : str(", ", text);
+        }
+        fail(SW_ERR_INVALID_ARGUMENT, name, "='", v, "': expected auto, ", expected);
+    };
+    switch (op) {
+    case Coll::AllReduce: {
+        static const Algo a = parse("SHARDWISE_ALLREDUCE", {{"oneshot", Algo::OneShot}, {"twostep", Algo::Direct},
+                                                              {"ring", Algo::Ring}, {"rd", Algo::RecursiveDoubling}});
+        return a;
+    }
+    case Coll::AllGather:
+    case Coll::AllGatherV: {
+        static const Algo a = parse("SHARDWISE_ALLGATHER", {{"direct", Algo::Direct}, {"ring", Algo::Ring}});
+        return a;
+    }
+    case Coll::ReduceScatter:
+    case Coll::ReduceScatterV: {
+        static const Algo a = parse("SHARDWISE_REDUCE_SCATTER", {{"direct", Algo::Direct}, {"ring", Algo::Ring}});
+        return a;
+    }
+    default: return Algo::Direct;
     }
 }
 

@@ -91,24 +91,37 @@ struct Slot {
     bool carried = false;
 };
 
-// How a multi-process all-reduce moves its data (transport moves, mover_transport.cpp). Both give every rank the same
-// bits, the same as an in-process communicator's (every element summed in rank order 0..p-1):
-//  - two-step: reduce-scatter (rank q sums chunk q) then all-gather of the sums: 2 exchanges, each rank sends
-//    2 (p-1)/p of the buffer;
-//  - one-shot: every rank sends its whole buffer to every peer and sums all of them itself: 1 exchange (half the
-//    latency), each rank sends (p-1) buffers and sums p.
-// SHARDWISE_ALLREDUCE=auto (default: one-shot when (p-1) x bytes <= 32 KiB), oneshot or twostep (read once per
-// process; for benchmarks and tests).
-enum class AllReduceAlgo { Auto, OneShot, TwoStep };
-AllReduceAlgo all_reduce_algo();
+// The algorithms of the multi-process collectives (transport moves, mover_transport.cpp), chosen per process from the
+// environment (read once; a bad value fails the collective with SW_ERR_INVALID_ARGUMENT naming it):
+//   SHARDWISE_ALLREDUCE      auto (default) | oneshot | twostep | ring | rd
+//   SHARDWISE_ALLGATHER      auto (default: direct) | direct | ring
+//   SHARDWISE_REDUCE_SCATTER auto (default: direct) | direct | ring
+// Bits: direct, two-step and one-shot sum every element in rank order 0..p-1, the in-process group's order, so every
+// rank and an in-process group of the same size get the same bits; ring all-gather moves bytes only (the same bits).
+// Ring reduce-scatter and all-reduce sum chunk c in the ring's order (ranks c+1, c+2, ..., p-1, 0, ..., c) and rd
+// (recursive doubling, power-of-two p; otherwise two-step) in pairs ((x0+x1)+(x2+x3))...: the same bits on every
+// rank (each sum is made once, or identically by both partners), but not the in-process group's bits, so auto never
+// picks them; 16-bit types accumulate in fp32 across the steps and round once, as the direct ones.
+//   direct / two-step: each rank sends every peer its block at once (reduce-scatter + all-gather for all-reduce);
+//   one-shot (all-reduce): every rank's whole buffer to every peer, each sums all: 1 exchange instead of 2;
+//   ring: p - 1 steps to the right-hand neighbour (2 (p - 1) for all-reduce), one message per step;
+//   rd: log2 p exchanges of the whole buffer with rank ^ 2^s.
+// auto: direct, and for all-reduce one-shot when (p - 1) x bytes <= 32 KiB, else two-step.
+enum class Algo { Auto, Direct, OneShot, Ring, RecursiveDoubling };
+Algo collective_algo(Coll op);
 inline bool use_one_shot(uint64_t bytes, int p) {
-    switch (all_reduce_algo()) {
-    case AllReduceAlgo::OneShot: return true;
-    case AllReduceAlgo::TwoStep: return false;
-    case AllReduceAlgo::Auto: break;
-    }
+    const Algo a = collective_algo(Coll::AllReduce);
+    if (a != Algo::Auto) return a == Algo::OneShot;
     return bytes * static_cast<uint64_t>(p - 1) <= (uint64_t{32} << 10);
 }
+
+// Accumulators of the ring and rd algorithms: f32 for f16/bf16, u32 (wrapping) for i32, else the type itself.
+size_t acc_size(sw_dtype t);
+void acc_load(sw_dtype t, char* acc, const char* elems, uint64_t n);                       // acc = elems
+void acc_add(sw_dtype t, char* out, const char* acc, const char* elems, uint64_t n);       // out = acc + elems
+void acc_add_store(sw_dtype t, char* out, const char* acc, const char* elems, uint64_t n); // out (elements) = acc + elems
+void acc_sum2(sw_dtype t, char* out, const char* lo, const char* hi, uint64_t n);          // out = lo + hi
+void acc_store(sw_dtype t, char* elems, const char* acc, uint64_t n);                      // elems = acc (rounded)
 
 // A communicator's timeout: timeout_ms, or for 0 the default (SHARDWISE_TIMEOUT_MS or 10 minutes); clamped (to ~31
 // years) so that now + timeout cannot overflow steady_clock: "practically forever".

@@ -6,6 +6,9 @@
 //    rank's buffer to every rank, each sums all in rank order; collectives.h's use_one_shot): every rank gets the same
 //    bits, and the same bits as an in-process communicator of the same size;
 //  - reduce-scatter (-v): rank q receives block q of every rank and sums in rank order;
+//  - or, chosen by name (collectives.h's collective_algo: SHARDWISE_ALLREDUCE / _ALLGATHER / _REDUCE_SCATTER), ring
+//    all-gather, reduce-scatter and all-reduce and recursive-doubling all-reduce, whose sums run in another order
+//    (the same bits on every rank, not the in-process group's; ring all-gather keeps them);
 //  - broadcast: the root sends to every rank.
 #include "comm/communicator.h"
 #include "comm/p2p.h"
@@ -79,16 +82,56 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
         }
     };
     char* send = const_cast<char*>(me.send);
+    const int right = (self + 1) % p, left = (self + p - 1) % p;
+    // Ring all-gather over `buf`, whose block q (cnt(q) elements at off(q)) is rank q's; this rank's block is in place:
+    // at step s this rank passes block self - s to the right and takes block self - s - 1 from the left.
+    auto ring_all_gather = [&](char* buf, auto off, auto cnt) {
+        for (int s = 0; s + 1 < p; ++s) {
+            const int out_q = (self - s + p) % p, in_q = (self - s - 1 + 2 * p) % p;
+            if (cnt(out_q)) sends.push_back({right, buf + off(out_q) * esz, cnt(out_q) * esz});
+            if (cnt(in_q)) recvs.push_back({left, buf + off(in_q) * esz, cnt(in_q) * esz});
+            run();
+        }
+    };
+    // Ring reduce-scatter of src's p chunks (chunk c: cnt(c) elements at off(c)) into out (chunk `self`, elements):
+    // partial sums travel to the right in the accumulation type; chunk c is summed in the order c+1, c+2, ..., c.
+    // `acc` holds 2 x the largest chunk in accumulators.
+    auto ring_reduce_scatter = [&](const char* src, auto off, auto cnt, char* out, char* acc, uint64_t max_chunk) {
+        const size_t asz = acc_size(me.dtype);
+        char* part = acc;                   // the partial this rank sends
+        char* got = acc + max_chunk * asz;  // the partial it receives
+        if (p == 1) {
+            if (cnt(0)) std::memmove(out, src + off(0) * esz, cnt(0) * esz);
+            return;
+        }
+        const int first = (self - 1 + p) % p;
+        acc_load(me.dtype, part, src + off(first) * esz, cnt(first));
+        for (int s = 0; s + 1 < p; ++s) {
+            const int out_c = (self - s - 1 + 2 * p) % p, in_c = (self - s - 2 + 2 * p) % p;
+            if (cnt(out_c)) sends.push_back({right, part, cnt(out_c) * asz});
+            if (cnt(in_c)) recvs.push_back({left, got, cnt(in_c) * asz});
+            run();
+            if (s + 2 < p) acc_add(me.dtype, part, got, src + off(in_c) * esz, cnt(in_c)); // the next partial
+            else acc_add_store(me.dtype, out, got, src + off(self) * esz, cnt(self));       // in_c == self: done
+        }
+    };
     switch (me.op) {
     case Coll::AllGather:
     case Coll::AllGatherV: {
         uint64_t at = 0, mine_at = 0;
+        std::vector<uint64_t> offs(p);
         for (int q = 0; q < p; ++q) {
-            const uint64_t c = slot.desc[q].count;
+            offs[q] = at;
             if (q == self) mine_at = at;
-            else if (c) recvs.push_back({q, me.recv + at * esz, c * esz});
-            at += c;
+            at += slot.desc[q].count;
         }
+        if (collective_algo(me.op) == Algo::Ring) {
+            if (me.count) std::memmove(me.recv + mine_at * esz, me.send, me.count * esz);
+            ring_all_gather(me.recv, [&](int q) { return offs[q]; }, [&](int q) { return slot.desc[q].count; });
+            break;
+        }
+        for (int q = 0; q < p; ++q)
+            if (q != self && slot.desc[q].count) recvs.push_back({q, me.recv + offs[q] * esz, slot.desc[q].count * esz});
         to_all(sends, p, self, send, me.count * esz);
         run();
         if (me.count) std::memmove(me.recv + mine_at * esz, me.send, me.count * esz);
@@ -142,6 +185,33 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
         // In place (send == recv), the result is built in the scratch and copied into recv only once nothing can
         // fail any more, so that a failed all-reduce keeps its input (the cost: one copy of the result).
         const bool in_place = in_place_all_reduce(me);
+        const Algo algo = collective_algo(Coll::AllReduce);
+        const size_t asz = acc_size(me.dtype);
+        if (algo == Algo::RecursiveDoubling && me.count && p > 1 && (p & (p - 1)) == 0) {
+            // log2 p exchanges of the whole buffer (accumulators) with rank ^ 2^s; both partners add lower + higher.
+            char* mine = scratch.get(2 * me.count * asz);
+            char* theirs = mine + me.count * asz;
+            acc_load(me.dtype, mine, me.send, me.count);
+            for (int bit = 1; bit < p; bit <<= 1) {
+                const int partner = self ^ bit;
+                sends.push_back({partner, mine, me.count * asz});
+                recvs.push_back({partner, theirs, me.count * asz});
+                run();
+                if (self < partner) acc_sum2(me.dtype, mine, mine, theirs, me.count);
+                else acc_sum2(me.dtype, mine, theirs, mine, me.count);
+            }
+            acc_store(me.dtype, me.recv, mine, me.count); // nothing written into recv before
+            break;
+        }
+        if (algo == Algo::Ring && me.count) {
+            const uint64_t max_chunk = size(0); // shard 0 is the largest
+            char* acc = scratch.get(2 * max_chunk * asz + (in_place ? me.count * esz : 0));
+            char* out = in_place ? acc + 2 * max_chunk * asz : me.recv;
+            ring_reduce_scatter(me.send, begin, size, out + b * esz, acc, max_chunk);
+            ring_all_gather(out, begin, size);
+            if (in_place) std::memcpy(me.recv, out, me.count * esz);
+            break;
+        }
         // Reduce-scatter: chunk q of this rank's send goes to rank q; chunk `self` of every rank comes here.
         char* part = scratch.get((p * n + (in_place ? me.count : 0)) * esz); // rank q's chunk at part + q * n
         char* out = in_place ? part + p * n * esz : me.recv; // where the result is gathered
@@ -168,6 +238,15 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
     }
     case Coll::ReduceScatter:
     case Coll::ReduceScatterV: {
+        if (collective_algo(me.op) == Algo::Ring) {
+            uint64_t max_chunk = 0;
+            for (int q = 0; q < p; ++q) max_chunk = std::max<uint64_t>(max_chunk, slot.desc[q].count);
+            if (!max_chunk) break;
+            char* acc = scratch.get(2 * max_chunk * acc_size(me.dtype));
+            ring_reduce_scatter(me.send, [&](int q) { return scatter_displacement(slot, q); },
+                                [&](int q) { return slot.desc[q].count; }, me.recv, acc, max_chunk);
+            break;
+        }
         char* part = scratch.get(p * me.count * esz); // rank q's block at part + q * count
         for (int q = 0; q < p; ++q) {
             if (q == self) continue;
