@@ -104,6 +104,53 @@ public class OverlapTests(Backend backend) : BackendTest(backend)
         }
     }
 
+    [TestCaseSource(nameof(Cases))]
+    public void ColumnParallelOverlapGivesTheSameBits(long m, int chunks, int p)
+    {
+        const long k = 29;
+        foreach (long n in new[] { 41L, 2L }) // 2 columns over 3 ranks: a rank with none still joins every all-gather
+        {
+            var rng = NewRandom();
+            var x = RandomArray(rng, m * k);
+            var w = RandomArray(rng, k * n);
+            var bias = RandomArray(rng, n);
+            var (want, mag) = Reference.Gemm(x, k, false, w, n, false, m, n, k, bias: bias);
+            using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30));
+            var plain = new float[p][];
+            var overlapped = new float[p][];
+            var counts = new ulong[p];
+            Spmd.Run(group, ctx =>
+            {
+                using var layer = new ColumnParallelLinear(ctx, WeightSource.FromArray(w, k, n), WeightSource.FromArray(bias, 1, n), gatherOutput: true);
+                using var dx = ctx.Device.Allocate<float>(m * k);
+                dx.CopyFrom(x, ctx.Stream);
+                long ld = n + ctx.Rank; // strided outputs on all but rank 0
+                using var y = ctx.Device.Allocate<float>(m * ld);
+                float[] Run()
+                {
+                    y.Fill(float.NaN, ctx.Stream);
+                    layer.Forward(dx.AsMatrix(m, k), y.AsMatrix(m, n, ld));
+                    ctx.Synchronize();
+                    var all = y.ToArray(ctx.Stream);
+                    var compact = new float[m * n];
+                    for (long i = 0; i < m; i++) Array.Copy(all, i * ld, compact, i * n, n);
+                    return compact;
+                }
+                plain[ctx.Rank] = Run();
+                ulong before = group.CollectiveCount(ctx.Rank);
+                layer.OverlapChunks = chunks;
+                overlapped[ctx.Rank] = Run();
+                counts[ctx.Rank] = group.CollectiveCount(ctx.Rank) - before;
+            });
+            for (int r = 0; r < p; r++)
+            {
+                Reference.AssertClose(plain[r], n, want, mag, m, n, k, $"N={n} rank {r} without overlap");
+                Reference.AssertBitwise(overlapped[r], plain[r], $"N={n} rank {r}: overlapped ({chunks} chunks) vs one all-gather");
+                Assert.That(counts[r], Is.EqualTo((ulong)Math.Min(chunks, m)), $"N={n} rank {r}: one all-gather per chunk");
+            }
+        }
+    }
+
     [Test]
     public void OverlapChunksOutOfRangeThrowsNamingIt()
     {
@@ -116,5 +163,8 @@ public class OverlapTests(Backend backend) : BackendTest(backend)
             Assert.That(e.Message, Does.Contain("OverlapChunks"));
         }
         Assert.That(layer.OverlapChunks, Is.EqualTo(1));
+        using var column = new ColumnParallelLinear(group[0], WeightSource.FromArray(w, 2, 3));
+        var ce = Assert.Throws<ArgumentOutOfRangeException>(() => column.OverlapChunks = 0)!;
+        Assert.That(ce.Message, Does.Contain("OverlapChunks"));
     }
 }

@@ -119,7 +119,10 @@ public sealed class RankContext
     /// (rows × Σcols) at column Σ_{q&lt;rank} cols_q. Blocks may differ in width (uneven shards, even 0). Any matrix
     /// element type (float, Half, BFloat16): the data moves as it is.
     /// </summary>
-    public void AllGatherColumns<T>(MatrixView<T> send, MatrixView<T> recv) where T : unmanaged
+    public void AllGatherColumns<T>(MatrixView<T> send, MatrixView<T> recv) where T : unmanaged => AllGatherColumnsOn(_stream, send, recv);
+
+    // The column all-gather queued on `stream` (the rank's, or its communication stream).
+    internal void AllGatherColumnsOn<T>(DeviceStream stream, MatrixView<T> send, MatrixView<T> recv) where T : unmanaged
     {
         ThrowHelper.NotEmpty(recv);
         Own(recv);
@@ -134,7 +137,7 @@ public sealed class RankContext
             throw new ArgumentException($"send has {cols} columns, more than the {recv.Cols} of recv.", nameof(send));
         var sendBuf = send.IsEmpty || cols == 0 ? recv.Buffer : send.Buffer; // a 0-column block reads nothing
         ThrowHelper.Check(Native.sw_all_gather_columns(Group.Comm, Rank, sendBuf.Handle, (ulong)(send.IsEmpty ? 0 : send.Offset), rows, cols,
-            send.IsEmpty ? Math.Max(cols, 1) : send.Ld, recv.Buffer.Handle, (ulong)recv.Offset, recv.Ld, DeviceBuffer<T>.Dtype, _stream.Handle));
+            send.IsEmpty ? Math.Max(cols, 1) : send.Ld, recv.Buffer.Handle, (ulong)recv.Offset, recv.Ld, DeviceBuffer<T>.Dtype, stream.Handle));
     }
 
     /// <summary>recv[i] = Σ over ranks of send[i] (summed in rank order, identical on every rank). send may be recv.</summary>

@@ -67,9 +67,10 @@ public sealed class RowParallelLinear : ParallelLinear
     /// rank's stream and its all-reduce on the rank's communication stream as soon as those rows are done (an event
     /// between the streams), so chunk i's all-reduce runs while chunk i + 1 multiplies; the rank's stream then waits
     /// for the last one. The same bits as c = 1 (each element's sums are unchanged; checked by the tests). Costs c
-    /// collectives instead of one: worth it where one chunk's GEMM and all-reduce take about as long and are long
-    /// against a collective's fixed cost. 1 (default): one GEMM, then one all-reduce. Also used by
-    /// <see cref="ParallelFeedForward"/>, whose chunks then run the up-projection too.
+    /// collectives instead of one, and each chunk's GEMM reads the weight shard again: worth it where one chunk's GEMM and
+    /// all-reduce take about as long and are long against a collective's fixed cost (measured on a 2-core CPU machine it
+    /// never paid: docs/distributed.md). Every rank must use the same value. 1 (default): one GEMM, then one all-reduce.
+    /// Also used by <see cref="ParallelFeedForward"/>, whose chunks then run the up-projection too.
     /// </summary>
     public int OverlapChunks
     {
@@ -83,11 +84,7 @@ public sealed class RowParallelLinear : ParallelLinear
     }
     private int _overlapChunks = 1;
 
-    private protected override void DisposeMore()
-    {
-        foreach (var e in _chunkEvents) e.Dispose();
-        _commDone?.Dispose();
-    }
+    private protected override void DisposeMore() => _overlap?.Dispose();
 
     // The output checks of Forward, for a caller that feeds ForwardRows itself (ParallelFeedForward).
     internal void CheckOutput<TIn, TOut>(long m, MatrixView<TOut> y) where TIn : unmanaged where TOut : unmanaged
@@ -96,8 +93,7 @@ public sealed class RowParallelLinear : ParallelLinear
         ThrowHelper.Shape(y, m, OutFeatures, "M x out-features");
         RequireTypes<TIn, TOut>("x", nameof(y));
     }
-    private Event[] _chunkEvents = [];
-    private Event? _commDone;
+    private ChunkOverlap? _overlap;
 
     // Y = Σ_ranks input(rows) · W_r (+ b), rows [0, m): `input(r0, rows)` gives (queuing whatever produces them on the
     // rank's stream) this rank's input rows [r0, r0 + rows); the all-reduce whole or in OverlapChunks pieces.
@@ -107,7 +103,7 @@ public sealed class RowParallelLinear : ParallelLinear
         long n = OutFeatures;
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
         var partial = y.Ld == n ? y : _scratch.Get<TOut>(SlotOutput, Context.Device, m * n).AsMatrix(m, n);
-        int chunks = (int)Math.Min(_overlapChunks, m);
+        int chunks = ChunkOverlap.Chunks(_overlapChunks, m);
         if (chunks <= 1)
         {
             QueuePartialProduct(input(0, m), partial);
@@ -115,25 +111,15 @@ public sealed class RowParallelLinear : ParallelLinear
         }
         else
         {
-            var comm = Context.CommunicationStream;
-            if (_chunkEvents.Length < chunks)
-            {
-                var more = new Event[chunks];
-                Array.Copy(_chunkEvents, more, _chunkEvents.Length);
-                for (int c = _chunkEvents.Length; c < chunks; c++) more[c] = new Event(Context.Device);
-                _chunkEvents = more;
-            }
-            _commDone ??= new Event(Context.Device);
+            var ov = _overlap ??= new ChunkOverlap(Context);
             for (int c = 0; c < chunks; c++)
             {
-                long r0 = m * c / chunks, rows = m * (c + 1) / chunks - r0;
+                var (r0, rows) = ChunkOverlap.Range(m, chunks, c);
                 QueuePartialProduct(input(r0, rows), partial.RowRange(r0, rows));
-                _chunkEvents[c].Record(Context.Stream);
-                comm.Wait(_chunkEvents[c]); // a wait takes the record made before it: the event may be recorded again
-                Context.AllReduceOn(comm, partial.Buffer, partial.Buffer, rows * n, partial.Offset + r0 * n, partial.Offset + r0 * n);
+                ov.Handoff(c);
+                Context.AllReduceOn(ov.Comm, partial.Buffer, partial.Buffer, rows * n, partial.Offset + r0 * n, partial.Offset + r0 * n);
             }
-            _commDone.Record(comm);
-            Context.Stream.Wait(_commDone);
+            ov.Join();
         }
         if (!ReferenceEquals(partial.Buffer, y.Buffer) || partial.Offset != y.Offset)
             for (long i = 0; i < m; i++) // strided y: copy the reduced rows into place
