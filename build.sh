@@ -588,7 +588,7 @@ asan_checks() {
     # Multi-process and NCCL checks: leaks not checked. Their processes exit or are killed mid-job on purpose, the NCCL
     # stand-in keeps every freed communicator (to catch a use after free), Open MPI leaks in its own libraries, and the
     # MPI plugin gives up (leaks) requests a dead peer will never complete. Every other report still fails them.
-    local leaky='^(multiprocess_check|multiprocess_check_mpi|nccl_check|nccl_check_blocking|nccl_check_mpi_bootstrap|nccl_check_gpu)$'
+    local leaky='^(multiprocess_check|multiprocess_check_(sockets|shm_ring|ring|rd)|multiprocess_check_mpi|nccl_check|nccl_check_blocking|nccl_check_mpi_bootstrap|nccl_check_gpu)$'
     step "asan: native checks (ctest; LeakSanitizer on)"
     ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1}" ctest --test-dir "$ASAN_BUILD_DIR" --output-on-failure \
         --timeout "${SHARDWISE_CTEST_TIMEOUT:-900}" -E "$exclude|$leaky" || rc=1
