@@ -70,12 +70,7 @@ public sealed class ParallelFeedForward : IDisposable
         {
             // Chunks of rows through both projections: chunk i's all-reduce overlaps chunk i + 1's GEMMs.
             Down.CheckOutput<TIn, TOut>(m, y);
-            Down.ForwardRows(m, (r0, rows) =>
-            {
-                var hRows = h.RowRange(r0, rows);
-                Up.Forward(x.RowRange(r0, rows), hRows);
-                return hRows;
-            }, y);
+            Down.ForwardRows<TIn, TOut, UpRows<TIn>>(m, new UpRows<TIn>(Up, x, h), y);
             return;
         }
         Up.Forward(x, h);
@@ -224,5 +219,16 @@ public sealed class ParallelFeedForward : IDisposable
         Up.Dispose();
         Down.Dispose();
         _hidden.Dispose();
+    }
+}
+
+/// <summary>The FFN's hidden rows of one chunk: the up-projection (and GeLU) of those rows of x, queued, into h.</summary>
+internal readonly struct UpRows<T>(ColumnParallelLinear up, MatrixView<T> x, MatrixView<T> h) : IRowSource<T> where T : unmanaged
+{
+    public MatrixView<T> Rows(long start, long count)
+    {
+        var rows = h.RowRange(start, count);
+        up.Forward(x.RowRange(start, count), rows);
+        return rows;
     }
 }

@@ -58,7 +58,7 @@ public sealed class RowParallelLinear : ParallelLinear
         ThrowHelper.Shape(y, m, n, "M x out-features");
         RequireTypes<TIn, TOut>(nameof(x), nameof(y));
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
-        ForwardRows(m, (r0, rows) => local.RowRange(r0, rows), y);
+        ForwardRows<TIn, TOut, ViewRows<TIn>>(m, new ViewRows<TIn>(local), y);
     }
 
     /// <summary>
@@ -95,10 +95,11 @@ public sealed class RowParallelLinear : ParallelLinear
     }
     private ChunkOverlap? _overlap;
 
-    // Y = Σ_ranks input(rows) · W_r (+ b), rows [0, m): `input(r0, rows)` gives (queuing whatever produces them on the
-    // rank's stream) this rank's input rows [r0, r0 + rows); the all-reduce whole or in OverlapChunks pieces.
-    internal void ForwardRows<TIn, TOut>(long m, Func<long, long, MatrixView<TIn>> input, MatrixView<TOut> y)
-        where TIn : unmanaged where TOut : unmanaged
+    // Y = Σ_ranks input(rows) · W_r (+ b), rows [0, m): `input.Rows(r0, rows)` gives (queuing whatever produces them on
+    // the rank's stream) this rank's input rows [r0, r0 + rows); the all-reduce whole or in OverlapChunks pieces.
+    // (A struct source, not a delegate: the forward allocates nothing managed.)
+    internal void ForwardRows<TIn, TOut, TRows>(long m, TRows input, MatrixView<TOut> y)
+        where TIn : unmanaged where TOut : unmanaged where TRows : struct, IRowSource<TIn>
     {
         long n = OutFeatures;
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
@@ -106,7 +107,7 @@ public sealed class RowParallelLinear : ParallelLinear
         int chunks = ChunkOverlap.Chunks(_overlapChunks, m);
         if (chunks <= 1)
         {
-            QueuePartialProduct(input(0, m), partial);
+            QueuePartialProduct(input.Rows(0, m), partial);
             Context.AllReduce(partial.Buffer, partial.Buffer, m * n, partial.Offset, partial.Offset);
         }
         else
@@ -115,7 +116,7 @@ public sealed class RowParallelLinear : ParallelLinear
             for (int c = 0; c < chunks; c++)
             {
                 var (r0, rows) = ChunkOverlap.Range(m, chunks, c);
-                QueuePartialProduct(input(r0, rows), partial.RowRange(r0, rows));
+                QueuePartialProduct(input.Rows(r0, rows), partial.RowRange(r0, rows));
                 ov.Handoff(c);
                 Context.AllReduceOn(ov.Comm, partial.Buffer, partial.Buffer, rows * n, partial.Offset + r0 * n, partial.Offset + r0 * n);
             }
@@ -219,4 +220,17 @@ public sealed class RowParallelLinear : ParallelLinear
         else
             partial.Buffer.Clear(Context.Stream, partial.Offset, partial.Rows * n); // contributes zeros to the sum
     }
+}
+
+/// <summary>Where <see cref="RowParallelLinear.ForwardRows{TIn, TOut, TRows}"/> takes a chunk of its input rows.</summary>
+internal interface IRowSource<T> where T : unmanaged
+{
+    /// <summary>Rows [start, start + count) of this rank's input, their producers queued on the rank's stream.</summary>
+    MatrixView<T> Rows(long start, long count);
+}
+
+/// <summary>Rows of a view that is already there.</summary>
+internal readonly struct ViewRows<T>(MatrixView<T> view) : IRowSource<T> where T : unmanaged
+{
+    public MatrixView<T> Rows(long start, long count) => view.RowRange(start, count);
 }
