@@ -10,6 +10,7 @@
 #include "comm/socket.h"
 
 #include <poll.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -65,7 +66,14 @@ class TcpTransport final : public Transport {
 public:
     TcpTransport(int32_t rank, int32_t world, std::vector<Fd> peers)
         : rank_(rank), world_(world), peers_(std::move(peers)), dirty_(world, 0), dead_(world, 0), notice_(world),
-          notice_status_(world, SW_ERR_ABORTED), heard_(world), closed_by_peer_(world, 0) {}
+          notice_status_(world, SW_ERR_ABORTED), heard_(world), closed_by_peer_(world, 0) {
+        // Busy-wait 50 us before a blocking poll while there is a core for every rank of this host (a bound: ranks
+        // on other hosts are counted too); more ranks than cores block at once.
+        cpu_set_t cpus;
+        CPU_ZERO(&cpus);
+        const int cores = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
+        spin_us_ = world <= cores ? 50 : 0;
+    }
     int32_t rank() const override { return rank_; }
     int32_t world() const override { return world_; }
     const char* name() const override { return "tcp"; }
@@ -134,7 +142,15 @@ public:
                 for (int q = 0; q < world_; ++q)
                     if (q != rank_ && !dead_[q] && !dirty_[q] && !pending_out(q)) send_status(q, seq);
             }
-            const int n = ::poll(p.data(), p.size(), ms);
+            // A short busy phase first (non-blocking polls, spin_us_ after the last progress, while every rank has a
+            // core): a reply on loopback often comes within microseconds, and a blocking poll's sleep and wake-up
+            // cost tens of them.
+            int n = ::poll(p.data(), p.size(), 0);
+            if (n == 0 && spin_us_ > 0) {
+                const auto spin_until = Clock::now() + std::chrono::microseconds(spin_us_);
+                while (n == 0 && Clock::now() < spin_until && !local_abort.load()) n = ::poll(p.data(), p.size(), 0);
+            }
+            if (n == 0) n = ::poll(p.data(), p.size(), ms);
             if (n < 0) {
                 if (errno == EINTR) continue;
                 fail(SW_ERR_BACKEND, what, ": poll failed: ", errno_text(errno));
@@ -338,6 +354,7 @@ private:
     std::vector<Clock::time_point> heard_; // when each peer's last status frame came
     std::mutex io_mu_;
     bool closed_ = false;
+    int spin_us_ = 0; // the busy phase of a wait (see exchange)
     // ---- sub-communicators (split, poll_idle)
     std::vector<char> closed_by_peer_; // the peer destroyed its communicator (its notice had status SW_OK)
 };
