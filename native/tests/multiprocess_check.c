@@ -572,6 +572,28 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     }
     struct timespec created;
     clock_gettime(CLOCK_MONOTONIC, &created);
+    if (strncmp(scenario, "no-room", 7) == 0) {
+        /* a segment that does not fit (SHARDWISE_SHM_MAX_BYTES, as a full /dev/shm): auto falls back to the sockets, every
+         * rank alike, and the collectives work; shm required fails the creation saying why */
+        setenv("SHARDWISE_SHM_MAX_BYTES", "65536", 1);
+        const int required = strcmp(scenario, "no-room-shm") == 0;
+        setenv("SHARDWISE_TRANSPORT", required ? "shm" : "auto", 1);
+        const sw_status st = sw_comm_create_tcp(dev, store, "job", rank, p, timeout, &comm);
+        if (required) {
+            CHECK(st == SW_ERR_UNSUPPORTED && strstr(sw_last_error(), "SHARDWISE_SHM_MAX_BYTES allows 65536") && comm == NULL,
+                  "rank %d: shm required without room: status %d, '%s'", rank, (int)st, sw_last_error());
+        } else {
+            const char* path = NULL;
+            CHECK(st == SW_OK && sw_comm_get_transport(comm, &path) == SW_OK && path && strcmp(path, "tcp") == 0,
+                  "rank %d: no room for the segment: status %d, transport %s, '%s'", rank, (int)st, path ? path : "?", sw_last_error());
+            if (st == SW_OK) collectives(dev, s, comm, rank, p);
+            sw_comm_destroy(comm);
+        }
+        sw_store_destroy(store);
+        sw_stream_destroy(s);
+        sw_device_destroy(dev);
+        return g_failures ? 1 : 0;
+    }
     if (strcmp(scenario, "bad-transport") == 0) {
         /* a bad SHARDWISE_TRANSPORT fails the creation at once, naming the variable and what it takes */
         setenv("SHARDWISE_TRANSPORT", "sharedmem", 1);
@@ -1024,6 +1046,8 @@ int main(int argc, char** argv) {
     bad += tcp_job(3, "mismatch");
     bad += tcp_job(3, "mismatch-dtype");
     bad += tcp_job(2, "bad-transport");
+    bad += tcp_job(3, "no-room");
+    bad += tcp_job(2, "no-room-shm");
     bad += tcp_job(2, "nocheck");
     bad += tcp_job(3, "nocheck");
     bad += tcp_job(3, "mismatch-nocheck");

@@ -14,7 +14,8 @@
 // Layout: a header, one block per rank (its pid, its heartbeat, its abort notice), and one single-producer
 // single-consumer ring per ordered pair of ranks (from -> to): a head (bytes written, advanced by `from`), a tail (bytes
 // read, advanced by `to`) and an ack counter, each on its own cache line, then the ring (SHARDWISE_SHM_RING_BYTES,
-// default 256 KiB, a multiple of 64). A piece travels as a 64-byte frame header (magic, kind, seq, bytes) and its
+// default 256 KiB, less for many ranks: the rings near 32 MiB in all, 16 KiB at least; a multiple of 64). Rank 0
+// reserves the segment's pages at creation (posix_fallocate): too little room in /dev/shm falls back to TCP. A piece travels as a 64-byte frame header (magic, kind, seq, bytes) and its
 // payload padded to 64 bytes, copied into the ring in chunks of at most 32 KiB and out of it as they arrive (so the two
 // copies overlap); pieces of one pair are read in the order they were written, as over a socket. Large pieces
 // (>= SHARDWISE_SHM_CMA_BYTES, default 64 KiB) go in one copy when the ranks can read each other's memory (Linux
@@ -37,6 +38,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -587,7 +589,10 @@ std::unique_ptr<Transport> ShmTransport::with_shared_memory(std::unique_ptr<Tran
                                                             const std::atomic<bool>& abort, const std::string& what) {
     const int p = tcp->world(), self = tcp->rank();
     const Mode mode = transport_mode();
-    const uint64_t ring = round_up(env_bytes("SHARDWISE_SHM_RING_BYTES", 256 << 10, 4096, uint64_t{1} << 30), 64);
+    // Default ring: 256 KiB, less for many ranks so that the p x p rings stay near 32 MiB (at least 16 KiB each).
+    const uint64_t fit = (uint64_t{32} << 20) / (static_cast<uint64_t>(p) * static_cast<uint64_t>(p)) / 4096 * 4096;
+    const uint64_t ring_default = std::min<uint64_t>(256 << 10, std::max<uint64_t>(16 << 10, fit));
+    const uint64_t ring = round_up(env_bytes("SHARDWISE_SHM_RING_BYTES", ring_default, 4096, uint64_t{1} << 30), 64);
     const uint64_t cma_min = env_bytes("SHARDWISE_SHM_CMA_BYTES", 64 << 10, 1, uint64_t{1} << 62);
     const char* cma_env = std::getenv("SHARDWISE_SHM_CMA");
     const bool cma_wanted = !(cma_env && std::strcmp(cma_env, "0") == 0);
@@ -638,8 +643,22 @@ std::unique_ptr<Transport> ShmTransport::with_shared_memory(std::unique_ptr<Tran
         if (fd < 0) {
             std::snprintf(offer.error, sizeof offer.error, "shm_open: %s", std::strerror(errno));
         } else {
-            if (::ftruncate(fd, static_cast<off_t>(layout.total)) != 0) {
+            // The pages are reserved now (posix_fallocate), so that a full /dev/shm (a container's 64 MiB, say) is an
+            // error here, answered by falling back to TCP, and never a SIGBUS at the first touch of a page later.
+            struct statvfs vfs {};
+            int e = 0;
+            const uint64_t cap = env_bytes("SHARDWISE_SHM_MAX_BYTES", UINT64_MAX, 1, UINT64_MAX);
+            if (layout.total > cap) {
+                std::snprintf(offer.error, sizeof offer.error, "the segment needs %zu bytes, SHARDWISE_SHM_MAX_BYTES allows %llu",
+                              layout.total, static_cast<unsigned long long>(cap));
+            } else if (::fstatvfs(fd, &vfs) == 0 && static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize < layout.total) {
+                std::snprintf(offer.error, sizeof offer.error, "/dev/shm has %llu MiB free, the segment needs %llu MiB",
+                              static_cast<unsigned long long>(static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize >> 20),
+                              static_cast<unsigned long long>((layout.total + (1 << 20) - 1) >> 20));
+            } else if (::ftruncate(fd, static_cast<off_t>(layout.total)) != 0) {
                 std::snprintf(offer.error, sizeof offer.error, "ftruncate(%zu): %s", layout.total, std::strerror(errno));
+            } else if ((e = ::posix_fallocate(fd, 0, static_cast<off_t>(layout.total))) != 0) {
+                std::snprintf(offer.error, sizeof offer.error, "reserving %zu bytes in /dev/shm: %s", layout.total, std::strerror(e));
             } else {
                 void* m = ::mmap(nullptr, layout.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
                 if (m == MAP_FAILED) std::snprintf(offer.error, sizeof offer.error, "mmap: %s", std::strerror(errno));
