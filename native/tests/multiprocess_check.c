@@ -575,12 +575,12 @@ static int tcp_rank(int rank, int p, int port, const char* scenario) {
     if (strncmp(scenario, "no-room", 7) == 0) {
         /* a segment that does not fit (SHARDWISE_SHM_MAX_BYTES, as a full /dev/shm): auto falls back to the sockets, every
          * rank alike, and the collectives work; shm required fails the creation saying why */
-        setenv("SHARDWISE_SHM_MAX_BYTES", "65536", 1);
+        setenv("SHARDWISE_SHM_MAX_BYTES", "4096", 1); /* smaller than any segment */
         const int required = strcmp(scenario, "no-room-shm") == 0;
         setenv("SHARDWISE_TRANSPORT", required ? "shm" : "auto", 1);
         const sw_status st = sw_comm_create_tcp(dev, store, "job", rank, p, timeout, &comm);
         if (required) {
-            CHECK(st == SW_ERR_UNSUPPORTED && strstr(sw_last_error(), "SHARDWISE_SHM_MAX_BYTES allows 65536") && comm == NULL,
+            CHECK(st == SW_ERR_UNSUPPORTED && strstr(sw_last_error(), "SHARDWISE_SHM_MAX_BYTES allows 4096") && comm == NULL,
                   "rank %d: shm required without room: status %d, '%s'", rank, (int)st, sw_last_error());
         } else {
             const char* path = NULL;
