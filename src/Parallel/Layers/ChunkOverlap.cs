@@ -1,8 +1,7 @@
 namespace Shardwise.Parallel;
 
 /// <summary>
-/// The stream plumbing of a layer's overlapped forward (<see cref="RowParallelLinear.OverlapChunks"/>,
-/// <see cref="ColumnParallelLinear.OverlapChunks"/>): after a chunk's GEMM is queued on the rank's stream,
+/// The stream plumbing of a layer's overlapped forward (<see cref="ParallelLinear.OverlapChunks"/>): after a chunk's GEMM is queued on the rank's stream,
 /// <see cref="Handoff"/> makes the rank's communication stream wait for it (an event), so the chunk's collective queued
 /// there next starts once those rows are done while the rank's stream goes on with the next chunk;
 /// <see cref="Join"/> makes the rank's stream wait for the last collective. Events are kept from call to call (a

@@ -55,11 +55,11 @@ public sealed class ColumnParallelLinear : ParallelLinear
             if (n > 0) Gemm.Multiply(Context.Stream, x, ComputeWeight<TIn>()!.AsMatrix(InFeatures, n), y, bias: GemmBias<TOut>(), epilogue: Epilogue);
             return;
         }
-        int chunks = ChunkOverlap.Chunks(_overlapChunks, m);
+        int chunks = ChunkOverlap.Chunks(OverlapChunks, m);
         if (chunks > 1)
         {
             // Overlap: chunk i's all-gather (on the communication stream) while chunk i + 1 multiplies.
-            var ov = _overlap ??= new ChunkOverlap(Context);
+            var ov = Overlap;
             var rowsOut = n == 0 ? default : _scratch.Get<TOut>(SlotOutput, Context.Device, m * n).AsMatrix(m, n);
             for (int c = 0; c < chunks; c++)
             {
@@ -83,26 +83,6 @@ public sealed class ColumnParallelLinear : ParallelLinear
         Context.AllGatherColumns(local, y);
     }
 
-    /// <summary>
-    /// Overlap of the gathered forward's all-gather with its GEMM (the async tensor-parallel decomposition): with
-    /// <c>OverlapChunks = c</c> &gt; 1 (and a gathered output) the M rows are cut into c chunks; chunk i's columns are
-    /// gathered on the rank's communication stream while chunk i + 1 multiplies. The same bits as c = 1; c collectives
-    /// instead of one; every rank must use the same value. 1 (default): one GEMM, then one all-gather. Not used without
-    /// a gathered output (no collective).
-    /// </summary>
-    public int OverlapChunks
-    {
-        get => _overlapChunks;
-        set
-        {
-            if (value < 1 || value > 1024)
-                throw new ArgumentOutOfRangeException(nameof(value), value, "OverlapChunks must be 1..1024 (1: no overlap).");
-            _overlapChunks = value;
-        }
-    }
-    private int _overlapChunks = 1;
-    private ChunkOverlap? _overlap;
-    private protected override void DisposeMore() => _overlap?.Dispose();
 
     /// <summary>
     /// Queues the backward pass on the rank's stream, as Megatron does it: dW_r = Xᵀ·dY_r and db_r = Σ_rows dY_r

@@ -79,7 +79,7 @@ public sealed class ParallelFeedForward : IDisposable
 
     /// <summary>Overlap of the forward's all-reduce with its GEMMs: the M rows in this many chunks, each through both
     /// projections, its all-reduce on the rank's communication stream while the next chunk multiplies (see
-    /// <see cref="RowParallelLinear.OverlapChunks"/>). The same bits as 1 (default: no overlap).</summary>
+    /// <see cref="ParallelLinear.OverlapChunks"/>). The same bits as 1 (default: no overlap).</summary>
     public int OverlapChunks
     {
         get => Down.OverlapChunks;

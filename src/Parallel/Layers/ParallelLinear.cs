@@ -181,6 +181,35 @@ public abstract class ParallelLinear : IDisposable
         DisposeMore();
     }
 
-    // What a derived layer holds besides the weights and scratch (events).
-    private protected virtual void DisposeMore() { }
+    /// <summary>
+    /// Overlap of the forward's collective with its GEMM (the async tensor-parallel decomposition): with
+    /// <c>OverlapChunks = c</c> &gt; 1 the M rows are cut into c chunks; each chunk's GEMM is queued on the rank's stream
+    /// and its collective — the row-parallel layer's all-reduce, the column-parallel layer's all-gather of a gathered
+    /// output (a sharded output has no collective: unused there) — on the rank's communication stream as soon as those
+    /// rows are done (an event between the streams), so chunk i's collective runs while chunk i + 1 multiplies; the
+    /// rank's stream then waits for the last one. The same bits as c = 1 (checked by the tests). Costs c collectives
+    /// instead of one, and each chunk's GEMM reads the weight shard again: worth it where one chunk's GEMM and collective
+    /// take about as long and are long against a collective's fixed cost (measured on a 2-core CPU machine it never
+    /// paid: docs/distributed.md). Every rank must use the same value. 1 (default): one GEMM, then one collective.
+    /// <see cref="ParallelFeedForward.OverlapChunks"/> sets its down-projection's, whose chunks then run the
+    /// up-projection too.
+    /// </summary>
+    public int OverlapChunks
+    {
+        get => _overlapChunks;
+        set
+        {
+            if (value < 1 || value > 1024)
+                throw new ArgumentOutOfRangeException(nameof(value), value, "OverlapChunks must be 1..1024 (1: no overlap).");
+            _overlapChunks = value;
+        }
+    }
+    private int _overlapChunks = 1;
+    private ChunkOverlap? _overlap;
+
+    // The events of an overlapped forward (made on first use).
+    private protected ChunkOverlap Overlap => _overlap ??= new ChunkOverlap(Context);
+
+    // What a derived layer holds besides the weights and scratch.
+    private protected virtual void DisposeMore() => _overlap?.Dispose();
 }

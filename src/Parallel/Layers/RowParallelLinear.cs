@@ -61,31 +61,6 @@ public sealed class RowParallelLinear : ParallelLinear
         ForwardRows<TIn, TOut, ViewRows<TIn>>(m, new ViewRows<TIn>(local), y);
     }
 
-    /// <summary>
-    /// Overlap of the forward's all-reduce with its GEMM (the async tensor-parallel decomposition): with
-    /// <c>OverlapChunks = c</c> &gt; 1 the M rows are cut into c chunks; each chunk's partial product is queued on the
-    /// rank's stream and its all-reduce on the rank's communication stream as soon as those rows are done (an event
-    /// between the streams), so chunk i's all-reduce runs while chunk i + 1 multiplies; the rank's stream then waits
-    /// for the last one. The same bits as c = 1 (each element's sums are unchanged; checked by the tests). Costs c
-    /// collectives instead of one, and each chunk's GEMM reads the weight shard again: worth it where one chunk's GEMM and
-    /// all-reduce take about as long and are long against a collective's fixed cost (measured on a 2-core CPU machine it
-    /// never paid: docs/distributed.md). Every rank must use the same value. 1 (default): one GEMM, then one all-reduce.
-    /// Also used by <see cref="ParallelFeedForward"/>, whose chunks then run the up-projection too.
-    /// </summary>
-    public int OverlapChunks
-    {
-        get => _overlapChunks;
-        set
-        {
-            if (value < 1 || value > 1024)
-                throw new ArgumentOutOfRangeException(nameof(value), value, "OverlapChunks must be 1..1024 (1: no overlap).");
-            _overlapChunks = value;
-        }
-    }
-    private int _overlapChunks = 1;
-
-    private protected override void DisposeMore() => _overlap?.Dispose();
-
     // The output checks of Forward, for a caller that feeds ForwardRows itself (ParallelFeedForward).
     internal void CheckOutput<TIn, TOut>(long m, MatrixView<TOut> y) where TIn : unmanaged where TOut : unmanaged
     {
@@ -93,7 +68,6 @@ public sealed class RowParallelLinear : ParallelLinear
         ThrowHelper.Shape(y, m, OutFeatures, "M x out-features");
         RequireTypes<TIn, TOut>("x", nameof(y));
     }
-    private ChunkOverlap? _overlap;
 
     // Y = Σ_ranks input(rows) · W_r (+ b), rows [0, m): `input.Rows(r0, rows)` gives (queuing whatever produces them on
     // the rank's stream) this rank's input rows [r0, r0 + rows); the all-reduce whole or in OverlapChunks pieces.
@@ -104,7 +78,7 @@ public sealed class RowParallelLinear : ParallelLinear
         long n = OutFeatures;
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
         var partial = y.Ld == n ? y : _scratch.Get<TOut>(SlotOutput, Context.Device, m * n).AsMatrix(m, n);
-        int chunks = ChunkOverlap.Chunks(_overlapChunks, m);
+        int chunks = ChunkOverlap.Chunks(OverlapChunks, m);
         if (chunks <= 1)
         {
             QueuePartialProduct(input.Rows(0, m), partial);
@@ -112,7 +86,7 @@ public sealed class RowParallelLinear : ParallelLinear
         }
         else
         {
-            var ov = _overlap ??= new ChunkOverlap(Context);
+            var ov = Overlap;
             for (int c = 0; c < chunks; c++)
             {
                 var (r0, rows) = ChunkOverlap.Range(m, chunks, c);
