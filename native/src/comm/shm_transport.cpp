@@ -14,8 +14,8 @@
 // Layout: a header, one block per rank (its pid, its heartbeat, its abort notice), and one single-producer
 // single-consumer ring per ordered pair of ranks (from -> to): a head (bytes written, advanced by `from`), a tail (bytes
 // read, advanced by `to`) and an ack counter, each on its own cache line, then the ring (SHARDWISE_SHM_RING_BYTES,
-// default 256 KiB, less for many ranks: the rings near 32 MiB in all, 16 KiB at least; a multiple of 64). Rank 0
-// reserves the segment's pages at creation (posix_fallocate): too little room in /dev/shm falls back to TCP. A piece travels as a 64-byte frame header (magic, kind, seq, bytes) and its
+// default 256 KiB, less for many ranks: the rings near 32 MiB in all, 16 KiB at least; a multiple of 64). Too little
+// room in /dev/shm at creation (statvfs; SHARDWISE_SHM_MAX_BYTES) falls back to TCP. A piece travels as a 64-byte frame header (magic, kind, seq, bytes) and its
 // payload padded to 64 bytes, copied into the ring in chunks of at most 32 KiB and out of it as they arrive (so the two
 // copies overlap); pieces of one pair are read in the order they were written, as over a socket. Large pieces
 // (>= SHARDWISE_SHM_CMA_BYTES, default 64 KiB) go in one copy when the ranks can read each other's memory (Linux
@@ -643,10 +643,11 @@ std::unique_ptr<Transport> ShmTransport::with_shared_memory(std::unique_ptr<Tran
         if (fd < 0) {
             std::snprintf(offer.error, sizeof offer.error, "shm_open: %s", std::strerror(errno));
         } else {
-            // The pages are reserved now (posix_fallocate), so that a full /dev/shm (a container's 64 MiB, say) is an
-            // error here, answered by falling back to TCP, and never a SIGBUS at the first touch of a page later.
+            // /dev/shm's free space is checked now, so that a segment that does not fit (a container's 64 MiB, say) is
+            // an error here, answered by falling back to TCP, not a SIGBUS at the first touch of a page later. (Another
+            // process filling /dev/shm afterwards still could: posix_fallocate would reserve the pages, but made the
+            // rings' copies about 3x slower on tmpfs here, measured, so the pages come as they are touched.)
             struct statvfs vfs {};
-            int e = 0;
             const uint64_t cap = env_bytes("SHARDWISE_SHM_MAX_BYTES", UINT64_MAX, 1, UINT64_MAX);
             if (layout.total > cap) {
                 std::snprintf(offer.error, sizeof offer.error, "the segment needs %zu bytes, SHARDWISE_SHM_MAX_BYTES allows %llu",
@@ -657,8 +658,6 @@ std::unique_ptr<Transport> ShmTransport::with_shared_memory(std::unique_ptr<Tran
                               static_cast<unsigned long long>((layout.total + (1 << 20) - 1) >> 20));
             } else if (::ftruncate(fd, static_cast<off_t>(layout.total)) != 0) {
                 std::snprintf(offer.error, sizeof offer.error, "ftruncate(%zu): %s", layout.total, std::strerror(errno));
-            } else if ((e = ::posix_fallocate(fd, 0, static_cast<off_t>(layout.total))) != 0) {
-                std::snprintf(offer.error, sizeof offer.error, "reserving %zu bytes in /dev/shm: %s", layout.total, std::strerror(e));
             } else {
                 void* m = ::mmap(nullptr, layout.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
                 if (m == MAP_FAILED) std::snprintf(offer.error, sizeof offer.error, "mmap: %s", std::strerror(errno));
