@@ -11,21 +11,12 @@
  * A baseline only: the library never links MPI (its MPI shim is loaded at run time). */
 #include <mpi.h>
 
+#include "bench_env.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static long long parse_bytes(const char* name, long long fallback) {
-    const char* v = getenv(name);
-    if (!v || !*v) return fallback;
-    char* end = NULL;
-    long long n = strtoll(v, &end, 10);
-    if (end && (*end == 'K' || *end == 'k')) n <<= 10;
-    else if (end && (*end == 'M' || *end == 'm')) n <<= 20;
-    else if (end && (*end == 'G' || *end == 'g')) n <<= 30;
-    return n > 0 ? n : fallback;
-}
 
 static int parse_count(const char* name, int fallback) {
     const char* v = getenv(name);
@@ -43,7 +34,7 @@ int main(int argc, char** argv) {
     int rank = 0, p = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &p);
-    const long long min_bytes = parse_bytes("SW_BW_MIN_BYTES", 8), max_bytes = parse_bytes("SW_BW_MAX_BYTES", 64LL << 20);
+    const long long min_bytes = sw_bench_bytes("SW_BW_MIN_BYTES", 8), max_bytes = sw_bench_bytes("SW_BW_MAX_BYTES", 64LL << 20);
     const int iters = parse_count("SW_BW_ITERS", 20), warmup = parse_count("SW_BW_WARMUP", 5);
     if (rank == 0) {
         char version[MPI_MAX_LIBRARY_VERSION_STRING] = {0};

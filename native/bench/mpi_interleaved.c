@@ -16,6 +16,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include <mpi.h>
 
+#include "bench_env.h"
+
 #include "shardwise.h"
 
 #include <stdint.h>
@@ -23,17 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static long long parse_bytes(const char* name, long long fallback) {
-    const char* v = getenv(name);
-    if (!v || !*v) return fallback;
-    char* end = NULL;
-    long long n = strtoll(v, &end, 10);
-    if (end && (*end == 'K' || *end == 'k')) n <<= 10;
-    else if (end && (*end == 'M' || *end == 'm')) n <<= 20;
-    else if (end && (*end == 'G' || *end == 'g')) n <<= 30;
-    return n > 0 ? n : fallback;
-}
 
 static double now_us(void) {
     struct timespec t;
@@ -99,8 +90,6 @@ static float value(int r, long long i) { return (float)((r * 7 + i * 3) % 13 - 6
 static long long check(int v, int coll, sw_comm comm, sw_buffer in, sw_buffer out, float* hin, float* hout, long long count,
                        long long out_count) {
     for (long long i = 0; i < out_count; ++i) hout[i] = 0.0f / 0.0f;
-    (void)in;
-    (void)out;
     run(v, coll, comm, in, out, hin, hout, count, 1);
     long long wrong = 0;
     for (long long i = 0; i < out_count; ++i) {
@@ -120,8 +109,8 @@ int main(int argc, char** argv) {
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &p);
-    const long long min_bytes = parse_bytes("SW_BW_MIN_BYTES", 1024), max_bytes = parse_bytes("SW_BW_MAX_BYTES", 16 << 20);
-    const long long rounds_env = parse_bytes("SW_IL_ROUNDS", 21), iters_env = parse_bytes("SW_IL_ITERS", 0);
+    const long long min_bytes = sw_bench_bytes("SW_BW_MIN_BYTES", 1024), max_bytes = sw_bench_bytes("SW_BW_MAX_BYTES", 16 << 20);
+    const long long rounds_env = sw_bench_bytes("SW_IL_ROUNDS", 21), iters_env = sw_bench_bytes("SW_IL_ITERS", 0);
     const int rounds = (int)(rounds_env < 3 ? 3 : rounds_env > 1001 ? 1001 : rounds_env);
 
     sw_device dev = NULL;
