@@ -43,9 +43,10 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SW_ABI_VERSION 6 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
+#define SW_ABI_VERSION 7 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
                             4: sw_gemm_grouped; 5: sw_comm_set_agreement_check / sw_comm_get_agreement_check;
-                            6: sw_comm_get_transport (TCP communicators over shared memory) */
+                            6: sw_comm_get_transport (TCP communicators over shared memory);
+                            7: sw_softmax / sw_softmax_backward, sw_norm / sw_norm_backward (attention, norms) */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -94,6 +95,12 @@ typedef enum sw_reduce_op {
     SW_REDUCE_SUM = 0,
     SW_REDUCE_MAX_ENUM = 0x7fffffff
 } sw_reduce_op;
+
+typedef enum sw_norm_kind {
+    SW_NORM_LAYER = 0, /* LayerNorm: (x - mean) / sqrt(var + eps) * gamma + beta */
+    SW_NORM_RMS = 1,   /* RMSNorm: x / sqrt(mean(x^2) + eps) * gamma */
+    SW_NORM_KIND_MAX_ENUM = 0x7fffffff
+} sw_norm_kind;
 
 typedef struct sw_device_s* sw_device;
 typedef struct sw_buffer_s* sw_buffer;
@@ -310,6 +317,50 @@ SW_API sw_status sw_gelu(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t
  * dx may be dy (in place). */
 SW_API sw_status sw_gelu_backward(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer dy,
                                   uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, uint64_t count);
+
+/* ---------------------------------------------------------------- attention and normalization
+ * The row-wise kernels of a transformer block, queued on a stream. dtype: F32 on every backend (the scores and the
+ * statistics are fp32 under every precision policy). Offsets and counts are in elements; a zero row count does
+ * nothing (offsets still checked). Row sums and statistics accumulate in fp32 or wider (the CPU backend and the CUDA
+ * parameter gradients in double); the CPU and CUDA backends may differ in the last bits. */
+
+/* Row-wise softmax of scaled scores. For each row r < rows of x (row r at x_offset + r*ld, cols >= 1 values,
+ * ld >= cols), with s_j = scale * x[r, j] over the kept columns j: y[r, j] = exp(s_j - max s) / sum exp(s - max s);
+ * columns not kept get y = 0. causal_period == 0 keeps every column. causal_period = T > 0 (T <= cols) is the causal
+ * mask of attention: row r is query q = r mod T of a block of T queries whose keys are the last T of the cols, and
+ * column j is kept when j <= q + (cols - T). Rows are independent, so the score matrices of several heads stacked as
+ * (heads * T) x cols take one call. The elements between cols and ld of each row are not touched. y may be x (the
+ * same offset); otherwise the ranges must not overlap. scale: finite. */
+SW_API sw_status sw_softmax(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer y, uint64_t y_offset,
+                            int64_t rows, int64_t cols, int64_t ld, float scale, int64_t causal_period);
+/* The backward of sw_softmax, y being its output: dx[r, j] = scale * y[r, j] * (dy[r, j] - sum_k dy[r, k] * y[r, k])
+ * (masked columns, where y = 0, give 0). dx may be dy (in place); y must not overlap dx otherwise. */
+SW_API sw_status sw_softmax_backward(sw_stream stream, sw_dtype dtype, sw_buffer y, uint64_t y_offset, sw_buffer dy,
+                                     uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, int64_t rows, int64_t cols,
+                                     int64_t ld, float scale);
+
+/* Normalizes each row r < rows of x (rows x cols, contiguous: row r at x_offset + r*cols), cols >= 1, eps > 0 finite:
+ *   SW_NORM_LAYER: mean = sum(x)/cols, var = sum((x - mean)^2)/cols, rstd = 1/sqrt(var + eps),
+ *                  y = (x - mean) * rstd * gamma + beta;
+ *   SW_NORM_RMS:   mean = 0, rstd = 1/sqrt(sum(x^2)/cols + eps), y = x * rstd * gamma.
+ * gamma and beta are vectors of cols elements; a NULL gamma means 1, a NULL beta 0 (beta must be NULL for RMS).
+ * stats, when not NULL, receives the fp32 statistics the backward needs: mean of row r at stats[stats_offset + 2r],
+ * rstd at stats[stats_offset + 2r + 1]. y may be x (in place); no other range may overlap y. */
+SW_API sw_status sw_norm(sw_stream stream, sw_norm_kind kind, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer gamma,
+                         uint64_t gamma_offset, sw_buffer beta, uint64_t beta_offset, sw_buffer y, uint64_t y_offset,
+                         sw_buffer stats, uint64_t stats_offset, int64_t rows, int64_t cols, float eps);
+/* The backward of sw_norm with the statistics it wrote (x its input, gamma as given to it, NULL meaning 1). With
+ * xhat = (x - mean) * rstd and g = dy * gamma:
+ *   dx = rstd * (g - mean_row(g) - xhat * mean_row(g * xhat))   (LAYER)
+ *   dx = rstd * (g - xhat * mean_row(g * xhat))                 (RMS)
+ *   dgamma[c] = sum_r dy[r, c] * xhat[r, c],  dbeta[c] = sum_r dy[r, c]  (LAYER only), summed over r in order.
+ * dgamma / dbeta may be NULL (not computed; dbeta must be NULL for RMS); accumulate != 0 adds to them instead of
+ * overwriting. dx may be dy (in place); the parameter gradients must not overlap anything else. */
+SW_API sw_status sw_norm_backward(sw_stream stream, sw_norm_kind kind, sw_dtype dtype, sw_buffer x, uint64_t x_offset,
+                                  sw_buffer gamma, uint64_t gamma_offset, sw_buffer stats, uint64_t stats_offset,
+                                  sw_buffer dy, uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, sw_buffer dgamma,
+                                  uint64_t dgamma_offset, sw_buffer dbeta, uint64_t dbeta_offset, int64_t rows,
+                                  int64_t cols, int32_t accumulate);
 
 /* ---------------------------------------------------------------- communicators */
 

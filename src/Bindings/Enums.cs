@@ -121,3 +121,12 @@ public unsafe struct SwDeviceInfo
     /// <summary>The GEMM micro-kernel name as a string.</summary>
     public readonly string KernelString { get { fixed (byte* p = Kernel) return Marshal.PtrToStringUTF8((nint)p) ?? ""; } }
 }
+
+/// <summary>The normalization of <c>sw_norm</c> (<c>sw_norm_kind</c>).</summary>
+public enum SwNormKind
+{
+    /// <summary>LayerNorm: (x − mean) / sqrt(var + eps) · gamma + beta.</summary>
+    Layer = 0,
+    /// <summary>RMSNorm: x / sqrt(mean(x²) + eps) · gamma.</summary>
+    Rms = 1,
+}

@@ -14,7 +14,7 @@ public static unsafe partial class Native
     private const string Lib = NativeLibraryLoader.LibraryName;
 
     /// <summary>The ABI version this binding was written against (SW_ABI_VERSION).</summary>
-    public const int AbiVersion = 6;
+    public const int AbiVersion = 7;
 
 #pragma warning disable CS1591 // one-to-one with shardwise.h, documented there
     // ---------------------------------------------------------------- library
@@ -74,6 +74,17 @@ public static unsafe partial class Native
     // ---------------------------------------------------------------- element-wise activations
     [LibraryImport(Lib)] public static partial SwStatus sw_gelu(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle y, ulong yOffset, ulong count);
     [LibraryImport(Lib)] public static partial SwStatus sw_gelu_backward(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle dy, ulong dyOffset, BufferHandle dx, ulong dxOffset, ulong count);
+
+    // ---------------------------------------------------------------- attention and normalization (ABI 7; optional buffers are raw handles, 0 for none)
+    [LibraryImport(Lib)] public static partial SwStatus sw_softmax(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle y, ulong yOffset,
+        long rows, long cols, long ld, float scale, long causalPeriod);
+    [LibraryImport(Lib)] public static partial SwStatus sw_softmax_backward(StreamHandle stream, SwDtype dtype, BufferHandle y, ulong yOffset, BufferHandle dy, ulong dyOffset,
+        BufferHandle dx, ulong dxOffset, long rows, long cols, long ld, float scale);
+    [LibraryImport(Lib)] public static partial SwStatus sw_norm(StreamHandle stream, SwNormKind kind, SwDtype dtype, BufferHandle x, ulong xOffset, nint gamma, ulong gammaOffset,
+        nint beta, ulong betaOffset, BufferHandle y, ulong yOffset, nint stats, ulong statsOffset, long rows, long cols, float eps);
+    [LibraryImport(Lib)] public static partial SwStatus sw_norm_backward(StreamHandle stream, SwNormKind kind, SwDtype dtype, BufferHandle x, ulong xOffset, nint gamma, ulong gammaOffset,
+        BufferHandle stats, ulong statsOffset, BufferHandle dy, ulong dyOffset, BufferHandle dx, ulong dxOffset, nint dgamma, ulong dgammaOffset,
+        nint dbeta, ulong dbetaOffset, long rows, long cols, int accumulate);
 
     // ---------------------------------------------------------------- communicators
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_local(int worldSize, nint* devices, long timeoutMs, out CommHandle comm);

@@ -586,3 +586,192 @@ SW_API sw_status sw_axpy(sw_stream stream, sw_dtype x_type_in, float alpha, sw_b
 }
 
 } // extern "C"
+
+// ---------------------------------------------------------------- attention and normalization (core/row_ops.h)
+// sw_softmax, sw_softmax_backward, sw_norm, sw_norm_backward: every check here (handles, devices, dtype, shapes, spans,
+// overlaps, scalars), fp32 on every backend; the backend queues the validated description.
+
+namespace {
+
+void require_f32_rows(const sw_dtype& dtype_in) {
+    const sw_dtype dtype = dtype_arg(dtype_in, "dtype");
+    if (dtype != SW_DTYPE_F32)
+        fail(SW_ERR_UNSUPPORTED, "dtype = ", dtype_name(dtype), "; the attention and normalization kernels take f32 ",
+             "(SW_DTYPE_F32) on every backend");
+}
+
+// Checks rows >= 0, cols >= 1, ld >= cols and that rows x cols with leading dimension ld fit in `buf` from `offset`;
+// returns the first element (bytes: the extent) — rows == 0 still checks the offset.
+float* rows_span(sw_buffer_s* buf, uint64_t offset, int64_t rows, int64_t cols, int64_t ld, const char* name,
+                 uint64_t* bytes) {
+    const uint64_t extent = rows == 0 ? 0 : static_cast<uint64_t>(rows - 1) * static_cast<uint64_t>(ld) + static_cast<uint64_t>(cols);
+    if (rows > 0 && static_cast<uint64_t>(rows - 1) > (~uint64_t{0} - static_cast<uint64_t>(cols)) / static_cast<uint64_t>(ld))
+        fail(SW_ERR_INVALID_ARGUMENT, name, ": rows = ", rows, " with ld = ", ld, " overflows 64 bits");
+    *bytes = extent * sizeof(float);
+    return reinterpret_cast<float*>(buffer_span(buf, offset, extent, sizeof(float), name));
+}
+
+void check_rows_shape(int64_t rows, int64_t cols, int64_t ld) {
+    if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+    if (cols < 1) fail(SW_ERR_INVALID_ARGUMENT, "cols = ", cols, "; expected >= 1");
+    if (ld < cols) fail(SW_ERR_INVALID_ARGUMENT, "ld = ", ld, "; expected >= cols (", cols, ")");
+}
+
+void require_apart(const float* a, uint64_t a_bytes, const char* a_name, const float* b, uint64_t b_bytes,
+                   const char* b_name, const char* or_else = nullptr) {
+    if (ranges_overlap(reinterpret_cast<const char*>(a), a_bytes, reinterpret_cast<const char*>(b), b_bytes))
+        fail(SW_ERR_INVALID_ARGUMENT, a_name, " and ", b_name, " overlap; expected separate ranges",
+             or_else ? or_else : "");
+}
+
+// An optional vector of n fp32 elements: nullptr for a null handle.
+float* optional_vector(sw_buffer buffer, uint64_t offset, int64_t n, sw_stream_s* s, const char* name,
+                       std::shared_ptr<Storage>* keep) {
+    if (!buffer) return nullptr;
+    auto* b = checked(buffer, name);
+    require_same_device(b, s, name);
+    *keep = b->storage;
+    return reinterpret_cast<float*>(buffer_span(b, offset, static_cast<uint64_t>(n), sizeof(float), name));
+}
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_softmax(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer y, uint64_t y_offset,
+                            int64_t rows, int64_t cols, int64_t ld, float scale, int64_t causal_period) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        auto* bx = checked(x, "x");
+        auto* by = checked(y, "y");
+        require_same_device(bx, s, "x");
+        require_same_device(by, s, "y");
+        check_rows_shape(rows, cols, ld);
+        if (!std::isfinite(scale)) fail(SW_ERR_INVALID_ARGUMENT, "scale = ", scale, "; expected a finite value");
+        if (causal_period < 0 || causal_period > cols)
+            fail(SW_ERR_INVALID_ARGUMENT, "causal_period = ", causal_period, "; expected 0 (no mask) or 1..cols (", cols,
+                 ": the number of queries, whose keys are the last causal_period of the cols)");
+        uint64_t xb = 0, yb = 0;
+        float* px = rows_span(bx, x_offset, rows, cols, ld, "x", &xb);
+        float* py = rows_span(by, y_offset, rows, cols, ld, "y", &yb);
+        if (px != py) require_apart(px, xb, "x", py, yb, "y", ", or y = x (the same offset: in place)");
+        if (rows == 0) return;
+        s->device_impl->ops->softmax(*s, SoftmaxRows{px, py, rows, cols, ld, scale, causal_period},
+                                     {{bx->storage, by->storage}});
+    });
+}
+
+SW_API sw_status sw_softmax_backward(sw_stream stream, sw_dtype dtype, sw_buffer y, uint64_t y_offset, sw_buffer dy,
+                                     uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, int64_t rows, int64_t cols,
+                                     int64_t ld, float scale) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        auto* by = checked(y, "y");
+        auto* bdy = checked(dy, "dy");
+        auto* bdx = checked(dx, "dx");
+        require_same_device(by, s, "y");
+        require_same_device(bdy, s, "dy");
+        require_same_device(bdx, s, "dx");
+        check_rows_shape(rows, cols, ld);
+        if (!std::isfinite(scale)) fail(SW_ERR_INVALID_ARGUMENT, "scale = ", scale, "; expected a finite value");
+        uint64_t yb = 0, dyb = 0, dxb = 0;
+        float* py = rows_span(by, y_offset, rows, cols, ld, "y", &yb);
+        float* pdy = rows_span(bdy, dy_offset, rows, cols, ld, "dy", &dyb);
+        float* pdx = rows_span(bdx, dx_offset, rows, cols, ld, "dx", &dxb);
+        require_apart(py, yb, "y", pdx, dxb, "dx");
+        if (pdx != pdy) require_apart(pdy, dyb, "dy", pdx, dxb, "dx", ", or dx = dy (the same offset: in place)");
+        if (rows == 0) return;
+        s->device_impl->ops->softmax_backward(*s, SoftmaxBackwardRows{py, pdy, pdx, rows, cols, ld, scale},
+                                              {{by->storage, bdy->storage, bdx->storage}});
+    });
+}
+
+SW_API sw_status sw_norm(sw_stream stream, sw_norm_kind kind_in, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer gamma,
+                         uint64_t gamma_offset, sw_buffer beta, uint64_t beta_offset, sw_buffer y, uint64_t y_offset,
+                         sw_buffer stats, uint64_t stats_offset, int64_t rows, int64_t cols, float eps) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_norm_kind kind = norm_kind_arg(kind_in, "kind");
+        require_f32_rows(dtype);
+        auto* bx = checked(x, "x");
+        auto* by = checked(y, "y");
+        require_same_device(bx, s, "x");
+        require_same_device(by, s, "y");
+        check_rows_shape(rows, cols, cols);
+        if (!(eps > 0.0f) || !std::isfinite(eps)) fail(SW_ERR_INVALID_ARGUMENT, "eps = ", eps, "; expected a finite value > 0");
+        if (kind == SW_NORM_RMS && beta)
+            fail(SW_ERR_INVALID_ARGUMENT, "beta: RMSNorm (SW_NORM_RMS) has no shift; expected NULL");
+        KeepAlive keep{{bx->storage, by->storage}};
+        uint64_t xb = 0, yb = 0;
+        float* px = rows_span(bx, x_offset, rows, cols, cols, "x", &xb);
+        float* py = rows_span(by, y_offset, rows, cols, cols, "y", &yb);
+        float* pg = optional_vector(gamma, gamma_offset, cols, s, "gamma", &keep.s[2]);
+        float* pb = optional_vector(beta, beta_offset, cols, s, "beta", &keep.s[3]);
+        float* pst = optional_vector(stats, stats_offset, 2 * rows, s, "stats", &keep.s[4]);
+        const uint64_t vb = static_cast<uint64_t>(cols) * sizeof(float);
+        if (px != py) require_apart(px, xb, "x", py, yb, "y", ", or y = x (the same offset: in place)");
+        if (pg) require_apart(pg, vb, "gamma", py, yb, "y");
+        if (pb) require_apart(pb, vb, "beta", py, yb, "y");
+        if (pst) {
+            const uint64_t sb = static_cast<uint64_t>(2 * rows) * sizeof(float);
+            require_apart(pst, sb, "stats", py, yb, "y");
+            require_apart(pst, sb, "stats", px, xb, "x");
+            if (pg) require_apart(pst, sb, "stats", pg, vb, "gamma");
+            if (pb) require_apart(pst, sb, "stats", pb, vb, "beta");
+        }
+        if (rows == 0) return;
+        s->device_impl->ops->norm(*s, NormRows{kind, px, pg, pb, py, pst, rows, cols, eps}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_norm_backward(sw_stream stream, sw_norm_kind kind_in, sw_dtype dtype, sw_buffer x, uint64_t x_offset,
+                                  sw_buffer gamma, uint64_t gamma_offset, sw_buffer stats, uint64_t stats_offset,
+                                  sw_buffer dy, uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, sw_buffer dgamma,
+                                  uint64_t dgamma_offset, sw_buffer dbeta, uint64_t dbeta_offset, int64_t rows,
+                                  int64_t cols, int32_t accumulate) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_norm_kind kind = norm_kind_arg(kind_in, "kind");
+        require_f32_rows(dtype);
+        auto* bx = checked(x, "x");
+        auto* bst = checked(stats, "stats");
+        auto* bdy = checked(dy, "dy");
+        auto* bdx = checked(dx, "dx");
+        require_same_device(bx, s, "x");
+        require_same_device(bst, s, "stats");
+        require_same_device(bdy, s, "dy");
+        require_same_device(bdx, s, "dx");
+        check_rows_shape(rows, cols, cols);
+        if (kind == SW_NORM_RMS && dbeta)
+            fail(SW_ERR_INVALID_ARGUMENT, "dbeta: RMSNorm (SW_NORM_RMS) has no shift; expected NULL");
+        KeepAlive keep{{bx->storage, bst->storage, bdy->storage, bdx->storage}};
+        uint64_t xb = 0, dyb = 0, dxb = 0, sb = 0;
+        float* px = rows_span(bx, x_offset, rows, cols, cols, "x", &xb);
+        float* pdy = rows_span(bdy, dy_offset, rows, cols, cols, "dy", &dyb);
+        float* pdx = rows_span(bdx, dx_offset, rows, cols, cols, "dx", &dxb);
+        float* pst = rows_span(bst, stats_offset, rows, 2, 2, "stats", &sb);
+        float* pg = optional_vector(gamma, gamma_offset, cols, s, "gamma", &keep.s[4]);
+        float* pdg = optional_vector(dgamma, dgamma_offset, cols, s, "dgamma", &keep.s[5]);
+        float* pdb = optional_vector(dbeta, dbeta_offset, cols, s, "dbeta", &keep.s[6]);
+        const uint64_t vb = static_cast<uint64_t>(cols) * sizeof(float);
+        require_apart(px, xb, "x", pdx, dxb, "dx");
+        require_apart(pst, sb, "stats", pdx, dxb, "dx");
+        if (pdx != pdy) require_apart(pdy, dyb, "dy", pdx, dxb, "dx", ", or dx = dy (the same offset: in place)");
+        if (pg) require_apart(pg, vb, "gamma", pdx, dxb, "dx");
+        const struct { const float* p; uint64_t b; const char* name; } inputs[] = {
+            {px, xb, "x"}, {pst, sb, "stats"}, {pdy, dyb, "dy"}, {pdx, dxb, "dx"}, {pg, pg ? vb : 0, "gamma"}};
+        for (float* pgrad : {pdg, pdb}) {
+            if (!pgrad) continue;
+            const char* gname = pgrad == pdg ? "dgamma" : "dbeta";
+            for (const auto& in : inputs) require_apart(in.p, in.b, in.name, pgrad, vb, gname);
+        }
+        if (pdg && pdb) require_apart(pdg, vb, "dgamma", pdb, vb, "dbeta");
+        if (rows == 0) return;
+        s->device_impl->ops->norm_backward(
+            *s, NormBackwardRows{kind, px, pg, pst, pdy, pdx, pdg, pdb, rows, cols, accumulate != 0}, std::move(keep));
+    });
+}
+
+} // extern "C"

@@ -13,6 +13,7 @@
 #pragma once
 #include "shardwise.h"
 #include "core/gemm_problem.h"
+#include "core/row_ops.h"
 
 #include <cstdint>
 #include <memory>
@@ -27,9 +28,9 @@ namespace sw {
 struct DeviceImpl;
 struct Storage;
 
-// The storages one queued operation touches (at most four: a GEMM's A, B, C and bias).
+// The storages one queued operation touches (at most seven: sw_norm_backward's x, gamma, stats, dy, dx, dgamma, dbeta).
 struct KeepAlive {
-    std::shared_ptr<Storage> s[4];
+    std::shared_ptr<Storage> s[7];
 };
 
 class Backend {
@@ -120,6 +121,13 @@ public:
     // y[i] = fmaf(alpha, float(x[i]), y[i]) with y fp32, count > 0.
     virtual void axpy(sw_stream_s& s, sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count,
                       KeepAlive keep) = 0;
+
+    // ------------------------------------------------------------------ attention and normalization (core/row_ops.h)
+    // Validated fp32 descriptions (rows >= 1); semantics in shardwise.h (sw_softmax, sw_norm and their backward).
+    virtual void softmax(sw_stream_s& s, const SoftmaxRows& args, KeepAlive keep) = 0;
+    virtual void softmax_backward(sw_stream_s& s, const SoftmaxBackwardRows& args, KeepAlive keep) = 0;
+    virtual void norm(sw_stream_s& s, const NormRows& args, KeepAlive keep) = 0;
+    virtual void norm_backward(sw_stream_s& s, const NormBackwardRows& args, KeepAlive keep) = 0;
 };
 
 // The CPU backend (cpu/backend_cpu.cpp).

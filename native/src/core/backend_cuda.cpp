@@ -303,6 +303,20 @@ public:
         call(&cuda::PluginApi::axpy, s.device_impl->ordinal, x_type, alpha, x, y, count, s.cuda_stream);
     }
 
+    // ------------------------------------------------------------------ attention and normalization (core/row_ops.h)
+    void softmax(sw_stream_s& s, const SoftmaxRows& a, KeepAlive) override {
+        call(&cuda::PluginApi::softmax, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void softmax_backward(sw_stream_s& s, const SoftmaxBackwardRows& a, KeepAlive) override {
+        call(&cuda::PluginApi::softmax_backward, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void norm(sw_stream_s& s, const NormRows& a, KeepAlive) override {
+        call(&cuda::PluginApi::norm, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void norm_backward(sw_stream_s& s, const NormBackwardRows& a, KeepAlive) override {
+        call(&cuda::PluginApi::norm_backward, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+
 private:
     // Every table call goes through here (cuda_call, core/cuda_loader.h): a failed status becomes sw::Error with
     // the plugin's message.

@@ -11,13 +11,15 @@
 #pragma once
 #include "shardwise.h"
 #include "core/gemm_problem.h"
+#include "core/row_ops.h"
 
 #include <cstdint>
 #include <string>
 
 namespace sw::cuda {
 
-constexpr int32_t kPluginAbi = 6; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy
+constexpr int32_t kPluginAbi = 7; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy;
+                                  // 7: softmax, softmax_backward, norm, norm_backward (core/row_ops.h)
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -117,6 +119,13 @@ struct PluginApi {
     // y[i] = fmaf(alpha, float(x[i]), y[i]) for i < count; y fp32, x_type F32, F16, BF16.
     sw_status (*axpy)(int32_t ordinal, sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count,
                       void* stream, std::string* err);
+
+    // ---- attention and normalization, fp32 (sw_softmax, sw_softmax_backward, sw_norm, sw_norm_backward; the
+    // descriptions in core/row_ops.h are validated, their pointers device memory). (ABI 7.)
+    sw_status (*softmax)(int32_t ordinal, const SoftmaxRows& args, void* stream, std::string* err);
+    sw_status (*softmax_backward)(int32_t ordinal, const SoftmaxBackwardRows& args, void* stream, std::string* err);
+    sw_status (*norm)(int32_t ordinal, const NormRows& args, void* stream, std::string* err);
+    sw_status (*norm_backward)(int32_t ordinal, const NormBackwardRows& args, void* stream, std::string* err);
 };
 
 } // namespace sw::cuda

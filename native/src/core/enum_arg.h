@@ -57,4 +57,9 @@ inline sw_reduce_op reduce_op_arg(const sw_reduce_op& arg, const char* name) {
     return enum_arg(arg, name, SW_REDUCE_SUM, SW_REDUCE_SUM, "a sw_reduce_op; expected SW_REDUCE_SUM (0)");
 }
 
+inline sw_norm_kind norm_kind_arg(const sw_norm_kind& arg, const char* name) {
+    return enum_arg(arg, name, SW_NORM_LAYER, SW_NORM_RMS,
+                    "a sw_norm_kind; expected SW_NORM_LAYER (0) or SW_NORM_RMS (1)");
+}
+
 } // namespace sw

@@ -12,6 +12,7 @@
 #include "cpu/stream.h"
 #include "cpu/thread_pool.h"
 #include "cpu/training_ops.h"
+#include "core/row_ops.h"
 
 #include <algorithm>
 #include <atomic>
@@ -191,6 +192,22 @@ void enqueue_elementwise(sw_stream_s& s, uint64_t count, KeepAlive keep, Fn fn) 
             dev->pool->parallel_for(chunks, [&](int64_t c) {
                 const uint64_t b = static_cast<uint64_t>(c) * kChunk;
                 fn(b, std::min<uint64_t>(count, b + kChunk));
+            });
+        });
+}
+
+// Row-wise work (core/row_ops.h) in blocks of whole rows, about 64 Ki elements each, on the device's pool; `weight`
+// scales the element-wise cost estimate (exp and the passes over a row cost more than one element-wise operation).
+template <class Fn>
+void enqueue_rows(sw_stream_s& s, int64_t rows, int64_t cols, int weight, KeepAlive keep, Fn fn) {
+    auto dev = s.device_impl;
+    const double elems = static_cast<double>(rows) * static_cast<double>(cols);
+    submit(
+        s, -1, [elems, weight] { return weight * elems * g_elementwise_ns.load(std::memory_order_relaxed); },
+        std::move(keep), [dev, rows, cols, fn] {
+            const int64_t block = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
+            dev->pool->parallel_for((rows + block - 1) / block, [&](int64_t c) {
+                fn(c * block, std::min(rows, (c + 1) * block));
             });
         });
 }
@@ -449,6 +466,37 @@ public:
         enqueue_elementwise(s, count, std::move(keep), [=](uint64_t b, uint64_t e) {
             axpy_range(x_type, alpha, x, y, b, e);
         });
+    }
+
+    // ------------------------------------------------------------------ attention and normalization (cpu/row_ops.cpp)
+    // Blocks of whole rows (about 64 Ki elements each) on the device's pool; a row's result never depends on the block.
+    void softmax(sw_stream_s& s, const SoftmaxRows& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 8, std::move(keep), [a](int64_t b, int64_t e) { softmax_rows(a, b, e); });
+    }
+    void softmax_backward(sw_stream_s& s, const SoftmaxBackwardRows& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 3, std::move(keep), [a](int64_t b, int64_t e) { softmax_backward_rows(a, b, e); });
+    }
+    void norm(sw_stream_s& s, const NormRows& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 4, std::move(keep), [a](int64_t b, int64_t e) { norm_rows(a, b, e); });
+    }
+    // The parameter gradients (column blocks, each summed over all rows in order) before dx, which may overwrite dy.
+    void norm_backward(sw_stream_s& s, const NormBackwardRows& a, KeepAlive keep) override {
+        auto dev = s.device_impl;
+        const double elems = static_cast<double>(a.rows) * static_cast<double>(a.cols);
+        submit(
+            s, -1, [elems] { return 8 * elems * g_elementwise_ns.load(std::memory_order_relaxed); }, std::move(keep),
+            [dev, a] {
+                if (a.dgamma || a.dbeta) {
+                    constexpr int64_t kCols = 256;
+                    dev->pool->parallel_for((a.cols + kCols - 1) / kCols, [&](int64_t c) {
+                        norm_backward_param_cols(a, c * kCols, std::min(a.cols, (c + 1) * kCols));
+                    });
+                }
+                const int64_t block = std::max<int64_t>(1, (int64_t{1} << 16) / a.cols);
+                dev->pool->parallel_for((a.rows + block - 1) / block, [&](int64_t c) {
+                    norm_backward_dx_rows(a, c * block, std::min(a.rows, (c + 1) * block));
+                });
+            });
     }
 };
 

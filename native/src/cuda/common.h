@@ -89,6 +89,14 @@ cudaError_t launch_unscale_check(sw_dtype dtype, void* buf, uint64_t count, floa
                                  cudaStream_t stream);
 // y[i] = fmaf(alpha, float(x[i]), y[i]); y fp32; x_type in F32, F16, BF16; count >= 1.
 cudaError_t launch_axpy(sw_dtype x_type, float alpha, const void* x, float* y, uint64_t count, cudaStream_t stream);
+// Attention and normalization (ABI 7), fp32, descriptions validated by the core (core/row_ops.h; rows, cols >= 1):
+// softmax (y may be x), its backward (dx may be dy), LayerNorm / RMSNorm (y may be x) and their backward (dx may be dy;
+// dgamma / dbeta, when not null, are computed by a kernel queued before the one writing dx). One block per row with
+// fixed-order block reductions: deterministic. cudaErrorInvalidValue for a malformed description.
+cudaError_t launch_softmax(const SoftmaxRows& args, cudaStream_t stream);
+cudaError_t launch_softmax_backward(const SoftmaxBackwardRows& args, cudaStream_t stream);
+cudaError_t launch_norm(const NormRows& args, cudaStream_t stream);
+cudaError_t launch_norm_backward(const NormBackwardRows& args, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ gemm_mma.cu
 // Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+; or, with wgmma = true, wgmma.mma_async, sm_90a code

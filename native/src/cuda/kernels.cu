@@ -537,4 +537,238 @@ cudaError_t launch_axpy(sw_dtype x_type, float alpha, const void* x, float* y, u
     }
 }
 
+// ================================================================================================ attention, normalization
+// The row-wise fp32 kernels of a transformer block (ABI 7; semantics in shardwise.h, descriptions in core/row_ops.h):
+// softmax with an optional causal mask and its backward, LayerNorm / RMSNorm and their backward.
+// Design: one block per row (a grid-stride loop over the rows: the row index depends on blockIdx only, so every
+// thread of a block takes the same path through the barriers), the threads of the block striding over the row's
+// columns, per-thread fp32 partial sums (or maxima) combined by a fixed tree in shared memory: the result depends on
+// the row and the block size only (deterministic, the same bits on every run). Every pass over a row that writes
+// reads the element it writes in the same thread, and all the passes that read the row for a reduction end at the
+// reduction's barriers before any write: so y may be x (softmax, norm) and dx may be dy (the backwards).
+// The norm's parameter gradients are sums over all rows: one thread per column, rows in order, in double (the CPU
+// backend's arithmetic), coalesced across the threads of a block; launched before the dx kernel, which may overwrite
+// dy in place.
+namespace {
+
+constexpr unsigned kRowThreadsMax = 512;
+constexpr unsigned kParamThreads = 64;
+constexpr int64_t kMaxRowBlocks = int64_t{1} << 20;
+
+// Threads of a row block: a power of two in [32, kRowThreadsMax], about two columns per thread for short rows.
+inline unsigned row_threads(int64_t cols) {
+    unsigned t = 32;
+    while (t < kRowThreadsMax && static_cast<int64_t>(t) * 2 < cols) t *= 2;
+    return t;
+}
+inline unsigned row_blocks(int64_t rows) {
+    return static_cast<unsigned>(std::max<int64_t>(1, std::min(rows, kMaxRowBlocks)));
+}
+
+struct SumOp {
+    __device__ float operator()(float a, float b) const { return a + b; }
+};
+struct MaxOp {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// op over v of every thread of the block, returned to all of them. blockDim.x: a power of two <= kRowThreadsMax; buf:
+// blockDim.x floats of shared memory. Ends with a barrier, so buf may be reused at once and every thread's reads of
+// global memory before the call are done (by every thread) when it returns.
+template <class Op>
+__device__ __forceinline__ float block_reduce(float v, float* buf, Op op) {
+    const unsigned t = threadIdx.x;
+    buf[t] = v;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) buf[t] = op(buf[t], buf[t + s]);
+        __syncthreads();
+    }
+    const float r = buf[0];
+    __syncthreads();
+    return r;
+}
+
+// Two sums at once; buf: 2 * blockDim.x floats.
+__device__ __forceinline__ void block_sum2(float& a, float& b, float* buf) {
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    buf[t] = a;
+    buf[n + t] = b;
+    __syncthreads();
+    for (unsigned s = n / 2; s > 0; s >>= 1) {
+        if (t < s) {
+            buf[t] += buf[t + s];
+            buf[n + t] += buf[n + t + s];
+        }
+        __syncthreads();
+    }
+    a = buf[0];
+    b = buf[n];
+    __syncthreads();
+}
+
+// y[r, j] = exp(s_j - max s) / sum exp(s - max s), s = scale * x[r, j], over the kept columns; the others get 0.
+// x and y may be the same (no __restrict__).
+__global__ void softmax_kernel(const float* x, float* y, int64_t rows, int64_t cols, int64_t ld, float scale,
+                               int64_t period) {
+    __shared__ float red[kRowThreadsMax];
+    const int64_t t0 = threadIdx.x, step = blockDim.x;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * ld;
+        float* yr = y + r * ld;
+        int64_t kept = cols;
+        if (period > 0) {
+            const int64_t k = r % period + (cols - period) + 1;
+            kept = k < cols ? k : cols;
+        }
+        float mx = -INFINITY;
+        for (int64_t j = t0; j < kept; j += step) mx = fmaxf(mx, scale * xr[j]);
+        mx = block_reduce(mx, red, MaxOp());
+        float sum = 0.0f;
+        for (int64_t j = t0; j < kept; j += step) sum += expf(scale * xr[j] - mx);
+        sum = block_reduce(sum, red, SumOp());
+        const float inv = 1.0f / sum;
+        for (int64_t j = t0; j < kept; j += step) yr[j] = expf(scale * xr[j] - mx) * inv;
+        for (int64_t j = kept + t0; j < cols; j += step) yr[j] = 0.0f;
+    }
+}
+
+// dx[r, j] = scale * y[r, j] * (dy[r, j] - sum_k dy[r, k] y[r, k]); dx may be dy.
+__global__ void softmax_backward_kernel(const float* __restrict__ y, const float* dy, float* dx, int64_t rows,
+                                        int64_t cols, int64_t ld, float scale) {
+    __shared__ float red[kRowThreadsMax];
+    const int64_t t0 = threadIdx.x, step = blockDim.x;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* yr = y + r * ld;
+        const float* dyr = dy + r * ld;
+        float* dxr = dx + r * ld;
+        float dot = 0.0f;
+        for (int64_t j = t0; j < cols; j += step) dot += dyr[j] * yr[j];
+        dot = block_reduce(dot, red, SumOp());
+        for (int64_t j = t0; j < cols; j += step) dxr[j] = scale * yr[j] * (dyr[j] - dot);
+    }
+}
+
+// LayerNorm (layer != 0) or RMSNorm of each contiguous row; stats (mean, rstd per row) written when not null.
+__global__ void norm_kernel(int layer, const float* x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                            float* y, float* __restrict__ stats, int64_t rows, int64_t cols, float eps) {
+    __shared__ float red[kRowThreadsMax];
+    const int64_t t0 = threadIdx.x, step = blockDim.x;
+    const float n = static_cast<float>(cols);
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * cols;
+        float* yr = y + r * cols;
+        float mean = 0.0f;
+        if (layer) {
+            float s = 0.0f;
+            for (int64_t j = t0; j < cols; j += step) s += xr[j];
+            mean = block_reduce(s, red, SumOp()) / n;
+        }
+        float sq = 0.0f;
+        for (int64_t j = t0; j < cols; j += step) {
+            const float d = xr[j] - mean;
+            sq += d * d;
+        }
+        sq = block_reduce(sq, red, SumOp());
+        const float rstd = 1.0f / sqrtf(sq / n + eps);
+        if (stats && t0 == 0) {
+            stats[2 * r] = mean;
+            stats[2 * r + 1] = rstd;
+        }
+        for (int64_t j = t0; j < cols; j += step) {
+            float v = (xr[j] - mean) * rstd;
+            if (gamma) v *= gamma[j];
+            if (beta) v += beta[j];
+            yr[j] = v;
+        }
+    }
+}
+
+// dx of the norm for each row: g = dy * gamma, xhat = (x - mean) * rstd,
+// dx = rstd * (g - mean(g) [LayerNorm only] - xhat * mean(g * xhat)); dx may be dy.
+__global__ void norm_backward_dx_kernel(int layer, const float* __restrict__ x, const float* __restrict__ gamma,
+                                        const float* __restrict__ stats, const float* dy, float* dx, int64_t rows,
+                                        int64_t cols) {
+    __shared__ float red[2 * kRowThreadsMax];
+    const int64_t t0 = threadIdx.x, step = blockDim.x;
+    const float n = static_cast<float>(cols);
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* xr = x + r * cols;
+        const float* dyr = dy + r * cols;
+        float* dxr = dx + r * cols;
+        const float m = stats[2 * r], rstd = stats[2 * r + 1];
+        float sg = 0.0f, sgx = 0.0f;
+        for (int64_t j = t0; j < cols; j += step) {
+            const float g = gamma ? dyr[j] * gamma[j] : dyr[j];
+            sg += g;
+            sgx += g * ((xr[j] - m) * rstd);
+        }
+        block_sum2(sg, sgx, red);
+        const float mg = layer ? sg / n : 0.0f;
+        const float mgx = sgx / n;
+        for (int64_t j = t0; j < cols; j += step) {
+            const float g = gamma ? dyr[j] * gamma[j] : dyr[j];
+            const float xhat = (xr[j] - m) * rstd;
+            dxr[j] = rstd * (g - mg - xhat * mgx);
+        }
+    }
+}
+
+// dgamma[c] (+)= sum_r dy[r, c] * xhat[r, c], dbeta[c] (+)= sum_r dy[r, c]: one thread per column, rows in order,
+// in double, rounded once to fp32 (with the old value when accumulating). dgamma or dbeta may be null.
+__global__ void norm_backward_param_kernel(const float* __restrict__ x, const float* __restrict__ stats,
+                                           const float* __restrict__ dy, float* __restrict__ dgamma,
+                                           float* __restrict__ dbeta, int64_t rows, int64_t cols, int accumulate) {
+    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        double sg = 0.0, sb = 0.0;
+        for (int64_t r = 0; r < rows; ++r) {
+            const float d = dy[r * cols + c];
+            const float xhat = (x[r * cols + c] - stats[2 * r]) * stats[2 * r + 1];
+            sg += static_cast<double>(d) * static_cast<double>(xhat);
+            sb += static_cast<double>(d);
+        }
+        if (dgamma) dgamma[c] = static_cast<float>(sg + (accumulate ? static_cast<double>(dgamma[c]) : 0.0));
+        if (dbeta) dbeta[c] = static_cast<float>(sb + (accumulate ? static_cast<double>(dbeta[c]) : 0.0));
+    }
+}
+
+} // namespace
+
+cudaError_t launch_softmax(const SoftmaxRows& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1 || a.ld < a.cols || a.causal_period < 0 || a.causal_period > a.cols)
+        return cudaErrorInvalidValue;
+    return launch_kernel(softmax_kernel, dim3(row_blocks(a.rows)), dim3(row_threads(a.cols)), stream, a.x, a.y, a.rows,
+                         a.cols, a.ld, a.scale, a.causal_period);
+}
+
+cudaError_t launch_softmax_backward(const SoftmaxBackwardRows& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1 || a.ld < a.cols) return cudaErrorInvalidValue;
+    return launch_kernel(softmax_backward_kernel, dim3(row_blocks(a.rows)), dim3(row_threads(a.cols)), stream, a.y,
+                         a.dy, a.dx, a.rows, a.cols, a.ld, a.scale);
+}
+
+cudaError_t launch_norm(const NormRows& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1) return cudaErrorInvalidValue;
+    return launch_kernel(norm_kernel, dim3(row_blocks(a.rows)), dim3(row_threads(a.cols)), stream,
+                         a.kind == SW_NORM_LAYER ? 1 : 0, a.x, a.gamma, a.beta, a.y, a.stats, a.rows, a.cols, a.eps);
+}
+
+cudaError_t launch_norm_backward(const NormBackwardRows& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1) return cudaErrorInvalidValue;
+    // The parameter gradients first: dx may be dy, which they read.
+    if (a.dgamma || a.dbeta) {
+        const dim3 grid(blocks_for(static_cast<uint64_t>(a.cols), kParamThreads));
+        const cudaError_t st = launch_kernel(norm_backward_param_kernel, grid, dim3(kParamThreads), stream, a.x, a.stats,
+                                             a.dy, a.dgamma, a.dbeta, a.rows, a.cols, a.accumulate ? 1 : 0);
+        if (st != cudaSuccess) return st;
+    }
+    return launch_kernel(norm_backward_dx_kernel, dim3(row_blocks(a.rows)), dim3(row_threads(a.cols)), stream,
+                         a.kind == SW_NORM_LAYER ? 1 : 0, a.x, a.gamma, a.stats, a.dy, a.dx, a.rows, a.cols);
+}
+
 } // namespace sw::cuda

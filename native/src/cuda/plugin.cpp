@@ -749,6 +749,73 @@ sw_status api_axpy(int32_t ordinal, sw_dtype x_type, float alpha, const void* x,
     });
 }
 
+// ------------------------------------------------------------------------------------------ attention and normalization (ABI 7)
+// The core validated the descriptions (core/api.cpp); the shape checks here only keep a malformed table call from
+// reaching a kernel.
+void require_rows_shape(int64_t rows, int64_t cols, int64_t ld) {
+    if (rows < 0 || cols < 1 || ld < cols)
+        fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, ", cols = ", cols, ", ld = ", ld,
+             "; expected rows >= 0, cols >= 1, ld >= cols");
+}
+void require_norm_kind(sw_norm_kind kind) {
+    if (kind != SW_NORM_LAYER && kind != SW_NORM_RMS)
+        fail(SW_ERR_INVALID_ARGUMENT, "norm kind ", static_cast<int>(kind), " is not SW_NORM_LAYER or SW_NORM_RMS");
+}
+
+sw_status api_softmax(int32_t ordinal, const SoftmaxRows& a, void* stream, std::string* err) {
+    return run(err, "softmax", [&] {
+        require_rows_shape(a.rows, a.cols, a.ld);
+        if (a.causal_period < 0 || a.causal_period > a.cols)
+            fail(SW_ERR_INVALID_ARGUMENT, "causal_period = ", a.causal_period, "; expected 0..cols (", a.cols, ")");
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.x, "x");
+        need(a.y, "y");
+        check_cuda(launch_softmax(a, as_stream(stream)), "softmax kernel launch");
+    });
+}
+
+sw_status api_softmax_backward(int32_t ordinal, const SoftmaxBackwardRows& a, void* stream, std::string* err) {
+    return run(err, "softmax_backward", [&] {
+        require_rows_shape(a.rows, a.cols, a.ld);
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.y, "y");
+        need(a.dy, "dy");
+        need(a.dx, "dx");
+        check_cuda(launch_softmax_backward(a, as_stream(stream)), "softmax_backward kernel launch");
+    });
+}
+
+sw_status api_norm(int32_t ordinal, const NormRows& a, void* stream, std::string* err) {
+    return run(err, "norm", [&] {
+        require_norm_kind(a.kind);
+        require_rows_shape(a.rows, a.cols, a.cols);
+        if (a.kind == SW_NORM_RMS && a.beta) fail(SW_ERR_INVALID_ARGUMENT, "beta must be NULL for RMSNorm");
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.x, "x");
+        need(a.y, "y");
+        check_cuda(launch_norm(a, as_stream(stream)), "norm kernel launch");
+    });
+}
+
+sw_status api_norm_backward(int32_t ordinal, const NormBackwardRows& a, void* stream, std::string* err) {
+    return run(err, "norm_backward", [&] {
+        require_norm_kind(a.kind);
+        require_rows_shape(a.rows, a.cols, a.cols);
+        if (a.kind == SW_NORM_RMS && a.dbeta) fail(SW_ERR_INVALID_ARGUMENT, "dbeta must be NULL for RMSNorm");
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.x, "x");
+        need(a.stats, "stats");
+        need(a.dy, "dy");
+        need(a.dx, "dx");
+        // One call queues the parameter-gradient kernel (when dgamma or dbeta is given) and then the dx kernel.
+        check_cuda(launch_norm_backward(a, as_stream(stream)), "norm_backward kernel launch");
+    });
+}
+
 // ------------------------------------------------------------------------------------------ gemm
 void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
     if (!gemm_types_defined(d.a_type, d.b_type, d.c_type) || d.bias_type != d.c_type || d.accum_type != SW_DTYPE_F32)
@@ -908,6 +975,10 @@ const PluginApi kApi = {
     api_release_stream,
     api_unscale_check,
     api_axpy,
+    api_softmax,
+    api_softmax_backward,
+    api_norm,
+    api_norm_backward,
 };
 
 } // namespace

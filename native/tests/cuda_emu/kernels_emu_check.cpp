@@ -3,12 +3,15 @@
 // independent references: the layout kernel copy_2d (all five access widths it picks, padding untouched), the
 // in-process all-reduce's reduce_sum (every dtype, scalar and 16-byte vector paths with tails, several sources and
 // destinations, in place), convert (all twelve dtype pairs, correctly rounded, including the double -> f16/bf16
-// ties that a double rounding would get wrong), the GEMM epilogue scale_bias_act, gelu_backward, wait_flag, and the training kernels unscale_check and axpy.
+// ties that a double rounding would get wrong), the GEMM epilogue scale_bias_act, gelu_backward, wait_flag, the training
+// kernels unscale_check and axpy, and the attention and normalization kernels softmax, softmax_backward, norm and
+// norm_backward (against float64 references, to a relative 1e-5: they sum in fp32).
 // Every buffer lies against a guard page; every launch must be a valid configuration with no emulator findings.
 //
 // This proves the kernels' index math, launch configurations and arithmetic on a machine without a GPU. The
 // device's own math library (tanhf) differs from the host's by an ulp or so: GeLU results are compared with a
-// tolerance, everything else exactly. It does not replace cuda_check on a GPU.
+// tolerance, and so are the row-wise kernels (fp32 sums and expf against float64), everything else exactly. It does not
+// replace cuda_check on a GPU.
 #define SW_CUDA_HOST_EMULATION 1
 #include "cuda_emu.h"
 
@@ -19,6 +22,7 @@
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -538,6 +542,376 @@ void check_training_kernels() {
             }
 }
 
+
+// ------------------------------------------------------------------------------------------ attention, norms (ABI 7)
+// softmax, softmax_backward, norm and norm_backward through their launchers (and once with a small grid and block
+// launched directly, so that the grid-stride loops over rows and columns and the multi-column threads run), against
+// float64 references on fresh random data. Outputs are NaN-poisoned before each run; the gap between cols and ld of
+// every row holds a sentinel that must keep its bits; every buffer ends at a guard page (the last row without gap);
+// in-place runs (y = x, dx = dy) included. Results agree with the references to a relative 1e-5 of the magnitudes
+// involved (the kernels sum in fp32); masked softmax columns must be exactly 0.
+constexpr double kRowRel = 1e-5;
+constexpr uint32_t kGapBits = 0xC4424242u; // -776.03..., never produced by these kernels
+float gap_value() { return __uint_as_float(kGapBits); }
+bool is_gap(float v) { return __float_as_uint(v) == kGapBits; }
+
+void expect_close(std::vector<std::string>& problems, const char* what, int64_t r, int64_t j, float got, double want,
+                  double mag) {
+    const double tol = kRowRel * mag + 1e-30;
+    if (!(std::fabs(static_cast<double>(got) - want) <= tol) && problems.size() < 8) {
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "%s[%lld, %lld] = %.9g, expected %.9g (tolerance %.3g)", what,
+                      static_cast<long long>(r), static_cast<long long>(j), static_cast<double>(got), want, tol);
+        problems.push_back(buf);
+    }
+}
+
+// A rows x cols matrix with leading dimension ld (the gap holding the sentinel), sized (rows - 1) * ld + cols so that
+// the end of the last row touches the guard page.
+struct RowMatrix {
+    int64_t rows, cols, ld;
+    Guarded g;
+    RowMatrix(int64_t r, int64_t c, int64_t l)
+        : rows(r), cols(c), ld(l), g(static_cast<size_t>((r - 1) * l + c) * sizeof(float), 0) {}
+    size_t size() const { return static_cast<size_t>((rows - 1) * ld + cols); }
+    float* p() const { return g.as<float>(); }
+    float& at(int64_t r, int64_t j) const { return p()[r * ld + j]; }
+    // Every element: gen(r, j) in the columns, the sentinel in the gap.
+    template <class Gen> void fill(Gen&& gen) {
+        for (size_t i = 0; i < size(); ++i) {
+            const auto r = static_cast<int64_t>(i) / ld, j = static_cast<int64_t>(i) % ld;
+            p()[i] = j < cols ? gen(r, j) : gap_value();
+        }
+    }
+    void check_gap(std::vector<std::string>& problems, const char* what) const {
+        for (size_t i = 0; i < size(); ++i)
+            if (static_cast<int64_t>(i) % ld >= cols && !is_gap(p()[i]) && problems.size() < 8)
+                problems.push_back(std::string(what) + ": gap element " + std::to_string(i) + " was written");
+    }
+};
+
+float nan_f() { return std::numeric_limits<float>::quiet_NaN(); }
+
+// How a case is launched: through the launcher, or directly with a 3-block grid of 32 threads (rows and columns
+// strided).
+enum class Launch { Launcher, SmallGrid };
+
+int64_t kept_cols(int64_t r, int64_t cols, int64_t period) {
+    return period <= 0 ? cols : std::min(cols, r % period + (cols - period) + 1);
+}
+
+void softmax_case(int64_t rows, int64_t cols, int64_t ld, int64_t period, bool in_place, float scale, Launch how) {
+    RowMatrix x(rows, cols, ld), yb(rows, cols, ld);
+    std::uniform_real_distribution<double> uni(-4.0, 4.0);
+    x.fill([&](int64_t, int64_t) { return static_cast<float>(uni(g_rng)); });
+    yb.fill([&](int64_t, int64_t) { return nan_f(); });
+    const std::vector<float> x0(x.p(), x.p() + x.size());
+    float* y = in_place ? x.p() : yb.p();
+    std::vector<std::string> problems;
+    const sw::SoftmaxRows a{x.p(), y, rows, cols, ld, scale, period};
+    if (how == Launch::Launcher) {
+        expect_launch(sw::cuda::launch_softmax(a, nullptr), problems);
+    } else {
+        expect_launch(sw::cuda::launch_kernel(sw::cuda::softmax_kernel, dim3(3), dim3(32), nullptr, a.x, a.y, a.rows,
+                                              a.cols, a.ld, a.scale, a.causal_period), problems);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t kept = kept_cols(r, cols, period);
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < kept; ++j) mx = std::max(mx, static_cast<double>(scale) * x0[r * ld + j]);
+        for (int64_t j = 0; j < kept; ++j) sum += std::exp(static_cast<double>(scale) * x0[r * ld + j] - mx);
+        for (int64_t j = 0; j < cols; ++j) {
+            const float got = y[r * ld + j];
+            if (j >= kept) {
+                if (got != 0.0f && problems.size() < 8)
+                    problems.push_back("y[" + std::to_string(r) + ", " + std::to_string(j) + "] (masked) = " +
+                                       std::to_string(got) + ", expected 0");
+                continue;
+            }
+            const double want = std::exp(static_cast<double>(scale) * x0[r * ld + j] - mx) / sum;
+            expect_close(problems, "y", r, j, got, want, want);
+        }
+    }
+    if (in_place) {
+        x.check_gap(problems, "y = x");
+    } else {
+        yb.check_gap(problems, "y");
+        if (std::memcmp(x0.data(), x.p(), x.size() * sizeof(float)) != 0) problems.push_back("x was written");
+    }
+    char what[200];
+    std::snprintf(what, sizeof what, "softmax %lldx%lld ld=%lld causal_period=%lld scale=%g%s%s",
+                  static_cast<long long>(rows), static_cast<long long>(cols), static_cast<long long>(ld),
+                  static_cast<long long>(period), scale, in_place ? " in place (y = x)" : "",
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void softmax_backward_case(int64_t rows, int64_t cols, int64_t ld, bool in_place, float scale, Launch how) {
+    RowMatrix y(rows, cols, ld), dy(rows, cols, ld), dxb(rows, cols, ld);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0), pos(0.0, 1.0);
+    // y: a softmax-like row, its last quarter 0 (masked columns, whose dx must be 0).
+    y.fill([&](int64_t, int64_t j) {
+        return j >= cols - cols / 4 && cols > 1 ? 0.0f : static_cast<float>(pos(g_rng));
+    });
+    dy.fill([&](int64_t, int64_t) { return static_cast<float>(uni(g_rng)); });
+    dxb.fill([&](int64_t, int64_t) { return nan_f(); });
+    const std::vector<float> y0(y.p(), y.p() + y.size()), dy0(dy.p(), dy.p() + dy.size());
+    float* dx = in_place ? dy.p() : dxb.p();
+    std::vector<std::string> problems;
+    const sw::SoftmaxBackwardRows a{y.p(), dy.p(), dx, rows, cols, ld, scale};
+    if (how == Launch::Launcher) {
+        expect_launch(sw::cuda::launch_softmax_backward(a, nullptr), problems);
+    } else {
+        expect_launch(sw::cuda::launch_kernel(sw::cuda::softmax_backward_kernel, dim3(3), dim3(32), nullptr, a.y, a.dy,
+                                              a.dx, a.rows, a.cols, a.ld, a.scale), problems);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        double dot = 0, dot_mag = 0;
+        for (int64_t j = 0; j < cols; ++j) {
+            dot += static_cast<double>(dy0[r * ld + j]) * y0[r * ld + j];
+            dot_mag += std::fabs(static_cast<double>(dy0[r * ld + j]) * y0[r * ld + j]);
+        }
+        for (int64_t j = 0; j < cols; ++j) {
+            const double yv = y0[r * ld + j], dyv = dy0[r * ld + j];
+            expect_close(problems, "dx", r, j, dx[r * ld + j], scale * yv * (dyv - dot),
+                         std::fabs(scale * yv) * (std::fabs(dyv) + dot_mag));
+        }
+    }
+    (in_place ? dy : dxb).check_gap(problems, in_place ? "dx = dy" : "dx");
+    if (std::memcmp(y0.data(), y.p(), y.size() * sizeof(float)) != 0) problems.push_back("y was written");
+    if (!in_place && std::memcmp(dy0.data(), dy.p(), dy.size() * sizeof(float)) != 0)
+        problems.push_back("dy was written");
+    char what[200];
+    std::snprintf(what, sizeof what, "softmax_backward %lldx%lld ld=%lld scale=%g%s%s", static_cast<long long>(rows),
+                  static_cast<long long>(cols), static_cast<long long>(ld), scale, in_place ? " in place (dx = dy)" : "",
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void check_softmax() {
+    struct S { int64_t rows, cols, ld, period; };
+    // cols = 1; cols not a multiple of 32; ld > cols; no mask, a causal mask with cols > T (several heads stacked) and
+    // with cols = T; rows with more columns than the block has threads (512).
+    const S shapes[] = {{1, 1, 1, 0},     {3, 1, 2, 1},     {5, 37, 40, 0},   {6, 37, 37, 3},   {14, 20, 23, 7},
+                        {18, 9, 11, 9},   {8, 300, 301, 8}, {3, 1100, 1103, 0}, {4, 1100, 1100, 2}};
+    int variant = 0;
+    for (const S& s : shapes)
+        for (bool in_place : {false, true}) {
+            const float scale = (++variant % 2) ? 0.125f * static_cast<float>(variant % 7 + 1) : -1.75f;
+            softmax_case(s.rows, s.cols, s.ld, s.period, in_place, scale, Launch::Launcher);
+            if (s.period == 0) softmax_backward_case(s.rows, s.cols, s.ld, in_place, scale, Launch::Launcher);
+        }
+    softmax_backward_case(6, 37, 40, false, 0.5f, Launch::Launcher);
+    softmax_backward_case(3, 300, 300, true, -2.0f, Launch::Launcher);
+    softmax_case(10, 70, 75, 5, true, 0.7f, Launch::SmallGrid);
+    softmax_case(10, 70, 70, 0, false, 1.3f, Launch::SmallGrid);
+    softmax_backward_case(10, 70, 75, true, 0.7f, Launch::SmallGrid);
+}
+
+// ---- norm
+struct NormData {
+    std::vector<float> x, gamma, beta;
+};
+
+void norm_case(sw_norm_kind kind, int64_t rows, int64_t cols, bool gamma_on, bool beta_on, bool stats_on, bool in_place,
+               Launch how) {
+    const size_t n = static_cast<size_t>(rows * cols);
+    Guarded gx(n * sizeof(float), 0), gy(n * sizeof(float), 0), gg(static_cast<size_t>(cols) * sizeof(float), 0),
+        gb(static_cast<size_t>(cols) * sizeof(float), 0), gs(static_cast<size_t>(2 * rows) * sizeof(float), 0);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0), around1(0.5, 1.5);
+    const double shift = kind == SW_NORM_LAYER ? 2.5 : 0.0; // a mean far from 0: the two-pass variance must handle it
+    for (size_t i = 0; i < n; ++i) gx.as<float>()[i] = static_cast<float>(shift + uni(g_rng));
+    for (int64_t j = 0; j < cols; ++j) {
+        gg.as<float>()[j] = static_cast<float>(around1(g_rng));
+        gb.as<float>()[j] = static_cast<float>(uni(g_rng));
+    }
+    for (size_t i = 0; i < n; ++i) gy.as<float>()[i] = nan_f();
+    for (int64_t i = 0; i < 2 * rows; ++i) gs.as<float>()[i] = nan_f();
+    const std::vector<float> x0(gx.as<float>(), gx.as<float>() + n);
+    float* y = in_place ? gx.as<float>() : gy.as<float>();
+    const float* gamma = gamma_on ? gg.as<float>() : nullptr;
+    const float* beta = beta_on ? gb.as<float>() : nullptr;
+    float* stats = stats_on ? gs.as<float>() : nullptr;
+    const float eps = 1e-5f;
+    std::vector<std::string> problems;
+    const sw::NormRows a{kind, gx.as<float>(), gamma, beta, y, stats, rows, cols, eps};
+    if (how == Launch::Launcher) {
+        expect_launch(sw::cuda::launch_norm(a, nullptr), problems);
+    } else {
+        expect_launch(sw::cuda::launch_kernel(sw::cuda::norm_kernel, dim3(3), dim3(32), nullptr,
+                                              kind == SW_NORM_LAYER ? 1 : 0, a.x, a.gamma, a.beta, a.y, a.stats, a.rows,
+                                              a.cols, a.eps), problems);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x0.data() + r * cols;
+        double mean = 0, abs_mean = 0, sq = 0;
+        if (kind == SW_NORM_LAYER) {
+            for (int64_t j = 0; j < cols; ++j) mean += xr[j];
+            mean /= static_cast<double>(cols);
+        }
+        for (int64_t j = 0; j < cols; ++j) {
+            sq += (xr[j] - mean) * (xr[j] - mean);
+            abs_mean += std::fabs(xr[j]);
+        }
+        abs_mean /= static_cast<double>(cols);
+        const double rstd = 1.0 / std::sqrt(sq / static_cast<double>(cols) + static_cast<double>(eps));
+        if (stats) {
+            if (kind == SW_NORM_RMS && stats[2 * r] != 0.0f && problems.size() < 8)
+                problems.push_back("RMS stats mean of row " + std::to_string(r) + " = " + std::to_string(stats[2 * r]));
+            expect_close(problems, "stats.mean", r, 0, stats[2 * r], mean, abs_mean);
+            expect_close(problems, "stats.rstd", r, 1, stats[2 * r + 1], rstd, rstd);
+        }
+        for (int64_t j = 0; j < cols; ++j) {
+            const double g = gamma ? gamma[j] : 1.0, b = beta ? beta[j] : 0.0;
+            const double want = (xr[j] - mean) * rstd * g + b;
+            const double mag = (std::fabs(xr[j] - mean) + std::fabs(mean)) * rstd * std::fabs(g) + std::fabs(b);
+            expect_close(problems, "y", r, j, y[r * cols + j], want, mag);
+        }
+    }
+    if (!in_place && std::memcmp(x0.data(), gx.as<float>(), n * sizeof(float)) != 0) problems.push_back("x was written");
+    if (!stats_on)
+        for (int64_t i = 0; i < 2 * rows; ++i)
+            if (!std::isnan(gs.as<float>()[i]) && problems.size() < 8) problems.push_back("stats written although NULL");
+    char what[200];
+    std::snprintf(what, sizeof what, "norm %s %lldx%lld%s%s%s%s%s", kind == SW_NORM_LAYER ? "layer" : "rms",
+                  static_cast<long long>(rows), static_cast<long long>(cols), gamma_on ? " +gamma" : "",
+                  beta_on ? " +beta" : "", stats_on ? " +stats" : "", in_place ? " in place (y = x)" : "",
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+// params: 0 none, 1 dgamma only, 2 dgamma and dbeta (dgamma only for RMS), 3 dbeta only (LAYER).
+void norm_backward_case(sw_norm_kind kind, int64_t rows, int64_t cols, bool gamma_on, int params, bool accumulate,
+                        bool in_place, Launch how) {
+    const bool layer = kind == SW_NORM_LAYER;
+    const size_t n = static_cast<size_t>(rows * cols), vb = static_cast<size_t>(cols) * sizeof(float);
+    Guarded gx(n * sizeof(float), 0), gdy(n * sizeof(float), 0), gdx(n * sizeof(float), 0), gg(vb, 0), gdg(vb, 0),
+        gdb(vb, 0), gs(static_cast<size_t>(2 * rows) * sizeof(float), 0);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0), around1(0.5, 1.5);
+    for (size_t i = 0; i < n; ++i) {
+        gx.as<float>()[i] = static_cast<float>((layer ? 1.5 : 0.0) + uni(g_rng));
+        gdy.as<float>()[i] = static_cast<float>(uni(g_rng));
+        gdx.as<float>()[i] = nan_f();
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+        gg.as<float>()[j] = static_cast<float>(around1(g_rng));
+        gdg.as<float>()[j] = accumulate ? static_cast<float>(uni(g_rng)) : nan_f();
+        gdb.as<float>()[j] = accumulate ? static_cast<float>(uni(g_rng)) : nan_f();
+    }
+    // The forward's statistics (fp32), computed here in double.
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = gx.as<float>() + r * cols;
+        double mean = 0, sq = 0;
+        if (layer) {
+            for (int64_t j = 0; j < cols; ++j) mean += xr[j];
+            mean /= static_cast<double>(cols);
+        }
+        for (int64_t j = 0; j < cols; ++j) sq += (xr[j] - mean) * (xr[j] - mean);
+        gs.as<float>()[2 * r] = static_cast<float>(mean);
+        gs.as<float>()[2 * r + 1] = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(cols) + 1e-5));
+    }
+    const std::vector<float> x0(gx.as<float>(), gx.as<float>() + n), dy0(gdy.as<float>(), gdy.as<float>() + n);
+    const std::vector<float> dg0(gdg.as<float>(), gdg.as<float>() + cols), db0(gdb.as<float>(), gdb.as<float>() + cols);
+    const float* gamma = gamma_on ? gg.as<float>() : nullptr;
+    const float* st = gs.as<float>();
+    float* dx = in_place ? gdy.as<float>() : gdx.as<float>();
+    float* dgamma = params == 1 || params == 2 ? gdg.as<float>() : nullptr;
+    float* dbeta = layer && (params == 2 || params == 3) ? gdb.as<float>() : nullptr;
+    std::vector<std::string> problems;
+    const sw::NormBackwardRows a{kind, gx.as<float>(), gamma, st, gdy.as<float>(), dx, dgamma, dbeta, rows, cols, accumulate};
+    if (how == Launch::Launcher) {
+        expect_launch(sw::cuda::launch_norm_backward(a, nullptr), problems);
+    } else {
+        // The launcher's order (parameter gradients, then dx), each kernel on a small grid.
+        if (dgamma || dbeta)
+            expect_launch(sw::cuda::launch_kernel(sw::cuda::norm_backward_param_kernel, dim3(2), dim3(32), nullptr, a.x,
+                                                  a.stats, a.dy, a.dgamma, a.dbeta, a.rows, a.cols, accumulate ? 1 : 0),
+                          problems);
+        expect_launch(sw::cuda::launch_kernel(sw::cuda::norm_backward_dx_kernel, dim3(3), dim3(32), nullptr, layer ? 1 : 0,
+                                              a.x, a.gamma, a.stats, a.dy, a.dx, a.rows, a.cols), problems);
+    }
+    std::vector<double> sg(static_cast<size_t>(cols), 0.0), sb(static_cast<size_t>(cols), 0.0),
+        sg_mag(static_cast<size_t>(cols), 0.0), sb_mag(static_cast<size_t>(cols), 0.0);
+    for (int64_t r = 0; r < rows; ++r) {
+        const double m = st[2 * r], rstd = st[2 * r + 1];
+        double mg = 0, mgx = 0, mg_mag = 0, mgx_mag = 0;
+        for (int64_t j = 0; j < cols; ++j) {
+            const double d = dy0[r * cols + j], g = d * (gamma ? gamma[j] : 1.0), xhat = (x0[r * cols + j] - m) * rstd;
+            mg += g;
+            mgx += g * xhat;
+            mg_mag += std::fabs(g);
+            mgx_mag += std::fabs(g * xhat);
+            sg[j] += d * xhat;
+            sb[j] += d;
+            sg_mag[j] += std::fabs(d * xhat);
+            sb_mag[j] += std::fabs(d);
+        }
+        mg = layer ? mg / static_cast<double>(cols) : 0.0;
+        mg_mag = layer ? mg_mag / static_cast<double>(cols) : 0.0;
+        mgx /= static_cast<double>(cols);
+        mgx_mag /= static_cast<double>(cols);
+        for (int64_t j = 0; j < cols; ++j) {
+            const double g = dy0[r * cols + j] * (gamma ? gamma[j] : 1.0), xhat = (x0[r * cols + j] - m) * rstd;
+            const double want = rstd * (g - mg - xhat * mgx);
+            const double mag = rstd * (std::fabs(g) + mg_mag + (std::fabs(xhat) + std::fabs(m) * rstd) * mgx_mag +
+                                       std::fabs(x0[r * cols + j]) * rstd * mgx_mag);
+            expect_close(problems, "dx", r, j, dx[r * cols + j], want, mag);
+        }
+    }
+    for (int64_t j = 0; j < cols; ++j) {
+        if (dgamma)
+            expect_close(problems, "dgamma", 0, j, dgamma[j], sg[j] + (accumulate ? dg0[j] : 0.0),
+                         sg_mag[j] + (accumulate ? std::fabs(dg0[j]) : 0.0));
+        else if (__float_as_uint(gdg.as<float>()[j]) != __float_as_uint(dg0[j]) && problems.size() < 8)
+            problems.push_back("dgamma written although NULL");
+        if (dbeta)
+            expect_close(problems, "dbeta", 0, j, dbeta[j], sb[j] + (accumulate ? db0[j] : 0.0),
+                         sb_mag[j] + (accumulate ? std::fabs(db0[j]) : 0.0));
+        else if (__float_as_uint(gdb.as<float>()[j]) != __float_as_uint(db0[j]) && problems.size() < 8)
+            problems.push_back("dbeta written although NULL");
+    }
+    if (std::memcmp(x0.data(), gx.as<float>(), n * sizeof(float)) != 0) problems.push_back("x was written");
+    if (!in_place && std::memcmp(dy0.data(), gdy.as<float>(), n * sizeof(float)) != 0) problems.push_back("dy was written");
+    char what[220];
+    std::snprintf(what, sizeof what, "norm_backward %s %lldx%lld%s%s%s%s%s%s", layer ? "layer" : "rms",
+                  static_cast<long long>(rows), static_cast<long long>(cols), gamma_on ? " +gamma" : "",
+                  dgamma ? " +dgamma" : "", dbeta ? " +dbeta" : "", (dgamma || dbeta) && accumulate ? " accumulate" : "",
+                  in_place ? " in place (dx = dy)" : "", how == Launch::SmallGrid ? " (small grids, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void check_norm() {
+    struct S { int64_t rows, cols; };
+    const S shapes[] = {{1, 1}, {3, 5}, {5, 37}, {3, 300}, {2, 1100}, {70, 3}};
+    int variant = 0;
+    for (const S& s : shapes)
+        for (sw_norm_kind kind : {SW_NORM_LAYER, SW_NORM_RMS})
+            for (bool gamma_on : {false, true})
+                for (bool in_place : {false, true}) {
+                    ++variant;
+                    for (bool beta_on : {false, true}) {
+                        if (beta_on && kind == SW_NORM_RMS) continue;
+                        norm_case(kind, s.rows, s.cols, gamma_on, beta_on, (variant + beta_on) % 3 != 0, in_place,
+                                  Launch::Launcher);
+                    }
+                    // Parameter gradients: none; dgamma overwritten; dgamma and dbeta (LAYER) overwritten and
+                    // accumulated; dgamma accumulated (RMS) or dbeta alone (LAYER).
+                    const bool layer = kind == SW_NORM_LAYER;
+                    norm_backward_case(kind, s.rows, s.cols, gamma_on, 0, false, in_place, Launch::Launcher);
+                    norm_backward_case(kind, s.rows, s.cols, gamma_on, 1, false, in_place, Launch::Launcher);
+                    norm_backward_case(kind, s.rows, s.cols, gamma_on, layer ? 3 : 1, variant % 2 != 0 || !layer, in_place,
+                                       Launch::Launcher);
+                    if (layer) {
+                        norm_backward_case(kind, s.rows, s.cols, gamma_on, 2, false, in_place, Launch::Launcher);
+                        norm_backward_case(kind, s.rows, s.cols, gamma_on, 2, true, in_place, Launch::Launcher);
+                    }
+                }
+    norm_case(SW_NORM_LAYER, 10, 70, true, true, true, true, Launch::SmallGrid);
+    norm_case(SW_NORM_RMS, 10, 70, true, false, true, false, Launch::SmallGrid);
+    norm_backward_case(SW_NORM_LAYER, 10, 70, true, 2, true, true, Launch::SmallGrid);
+    norm_backward_case(SW_NORM_RMS, 10, 70, false, 2, false, true, Launch::SmallGrid);
+}
+
 } // namespace
 
 int main() {
@@ -550,6 +924,8 @@ int main() {
     check_gelu_backward();
     check_wait_flag();
     check_training_kernels();
+    check_softmax();
+    check_norm();
     std::printf("kernels_emu_check: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

@@ -11,6 +11,7 @@
 // sums f32, f16 and bf16 in fp32 in source order and rounds once (the real kernel's arithmetic).
 #include "core/cuda_plugin_api.h"
 #include "core/dtype.h"
+#include "core/row_ops.h"
 #include "cpu/stream.h"
 #include "../float16_ref.h"
 
@@ -282,11 +283,38 @@ sw_status axpy(int32_t, sw_dtype, float, const void*, float*, uint64_t, void*, s
     return fail(err, "emulated: axpy not emulated");
 }
 
+// Attention and normalization (ABI 7): the CPU backend's loops (cpu/row_ops.cpp) over all rows, queued on the stream
+// with a copy of the (validated) description.
+sw_status softmax(int32_t, const sw::SoftmaxRows& args, void* s, std::string*) {
+    const sw::SoftmaxRows a = args;
+    S(s)->enqueue([a] { sw::cpu::softmax_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status softmax_backward(int32_t, const sw::SoftmaxBackwardRows& args, void* s, std::string*) {
+    const sw::SoftmaxBackwardRows a = args;
+    S(s)->enqueue([a] { sw::cpu::softmax_backward_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status norm(int32_t, const sw::NormRows& args, void* s, std::string*) {
+    const sw::NormRows a = args;
+    S(s)->enqueue([a] { sw::cpu::norm_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status norm_backward(int32_t, const sw::NormBackwardRows& args, void* s, std::string*) {
+    const sw::NormBackwardRows a = args;
+    S(s)->enqueue([a] {
+        sw::cpu::norm_backward_param_cols(a, 0, a.cols); // reads dy, which dx may overwrite in place: first
+        sw::cpu::norm_backward_dx_rows(a, 0, a.rows);
+    });
+    return SW_OK;
+}
+
 const sw::cuda::PluginApi kApi = {
     sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
     free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
     event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
     copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device, release_stream, unscale_check, axpy,
+    softmax, softmax_backward, norm, norm_backward,
 };
 
 } // namespace
