@@ -1,0 +1,407 @@
+using Shardwise.Bindings;
+
+namespace Shardwise.Parallel;
+
+/// <summary>
+/// Tensor-parallel multi-head self-attention for one rank (Megatron's split): the Q, K and V projections are
+/// column-parallel with whole heads per rank, attention runs on this rank's heads only, and the output projection is
+/// row-parallel over the same heads — one all-reduce per forward, one per backward (of dX).
+/// <para>
+/// Heads: <c>heads</c> query heads of width d = Wq.Cols / heads and <c>kvHeads</c> key/value heads (grouped-query
+/// attention when kvHeads &lt; heads; heads must be a multiple of kvHeads). Query head i uses key/value head
+/// i / (heads / kvHeads). The key/value heads are split over the ranks by a plan (uneven allowed, empty shards
+/// allowed: a rank with no head contributes zeros to the all-reduce), and every rank holds the query heads of its
+/// key/value heads, so a group never straddles two ranks.
+/// </para>
+/// <para>
+/// Tokens: x is M × H with M = B·T rows, B sequences of T tokens one after the other (rows [b·T, (b+1)·T) are sequence
+/// b). Per sequence and local head: S = Q_h·K_hᵀ (T × T), P = softmax(S / √d) in fp32 with the causal mask when
+/// <see cref="Causal"/>, O_h = P·V_h; the GEMMs are queued per head on strided views of Q, K, V and O (no copies, no
+/// host round trip) and the softmax of all heads is one kernel (<see cref="RowOps.Softmax"/>). fp32 throughout.
+/// </para>
+/// </summary>
+public sealed class ParallelSelfAttention : IDisposable
+{
+    private const int SlotQ = 0, SlotK = 1, SlotV = 2, SlotScores = 3, SlotO = 4, SlotGrad = 5, SlotOnes = 6, SlotCount = 7;
+    private readonly RankContext _ctx;
+    private readonly TypedScratch _scratch = new(SlotCount);
+
+    /// <summary>Loads this rank's heads of Wq (H × heads·d), Wk and Wv (H × kvHeads·d), Wo (heads·d × H) and of the
+    /// optional biases (bq, bk, bv per head column; bo, 1 × H, on rank 0). <paramref name="kvHeadPlan"/> splits the
+    /// key/value heads over the ranks (default: as even as possible).</summary>
+    public ParallelSelfAttention(RankContext context, int heads, int kvHeads, WeightSource wq, WeightSource wk, WeightSource wv, WeightSource wo,
+        WeightSource? bq = null, WeightSource? bk = null, WeightSource? bv = null, WeightSource? bo = null, bool causal = true,
+        ShardingPlan? kvHeadPlan = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        ArgumentNullException.ThrowIfNull(wq);
+        ArgumentNullException.ThrowIfNull(wk);
+        ArgumentNullException.ThrowIfNull(wv);
+        ArgumentNullException.ThrowIfNull(wo);
+        if (heads < 1) throw new ArgumentOutOfRangeException(nameof(heads), heads, "expected at least one query head.");
+        if (kvHeads < 1) throw new ArgumentOutOfRangeException(nameof(kvHeads), kvHeads, "expected at least one key/value head.");
+        if (heads % kvHeads != 0)
+            throw new ArgumentException($"heads = {heads} is not a multiple of kvHeads = {kvHeads}; grouped-query attention needs heads / kvHeads query heads per key/value head.", nameof(heads));
+        if (wq.Cols % heads != 0)
+            throw new ArgumentException($"wq is {wq.Rows} x {wq.Cols}; its {wq.Cols} columns do not split into {heads} heads of equal width.", nameof(wq));
+        long h = wq.Rows, d = wq.Cols / heads;
+        if (d < 1) throw new ArgumentException($"wq has {wq.Cols} columns for {heads} heads; expected at least one per head.", nameof(wq));
+        if (wk.Rows != h || wk.Cols != kvHeads * d)
+            throw new ArgumentException($"wk is {wk.Rows} x {wk.Cols}; expected H x kvHeads·d = {h} x {kvHeads * d}.", nameof(wk));
+        if (wv.Rows != h || wv.Cols != kvHeads * d)
+            throw new ArgumentException($"wv is {wv.Rows} x {wv.Cols}; expected H x kvHeads·d = {h} x {kvHeads * d}.", nameof(wv));
+        if (wo.Rows != heads * d || wo.Cols != h)
+            throw new ArgumentException($"wo is {wo.Rows} x {wo.Cols}; expected heads·d x H = {heads * d} x {h}.", nameof(wo));
+        var plan = kvHeadPlan ?? ShardingPlan.Even(kvHeads, context.WorldSize);
+        plan.Require(kvHeads, context.WorldSize, nameof(kvHeadPlan));
+        _ctx = context;
+        Heads = heads;
+        KvHeads = kvHeads;
+        HeadDim = d;
+        Causal = causal;
+        KvHeadPlan = plan;
+        int g = heads / kvHeads;
+        var sizes = Enumerable.Range(0, context.WorldSize).Select(r => plan.Size(r)).ToArray();
+        QueryPlan = ShardingPlan.FromSizes(sizes.Select(s => s * g * d).ToArray());
+        var kvPlan = ShardingPlan.FromSizes(sizes.Select(s => s * d).ToArray());
+        var made = new List<IDisposable>();
+        try
+        {
+            Query = new ColumnParallelLinear(context, wq, bq, gatherOutput: false, plan: QueryPlan); made.Add(Query);
+            Key = new ColumnParallelLinear(context, wk, bk, gatherOutput: false, plan: kvPlan); made.Add(Key);
+            Value = new ColumnParallelLinear(context, wv, bv, gatherOutput: false, plan: kvPlan); made.Add(Value);
+            Output = new RowParallelLinear(context, wo, bo, inputIsParallel: true, plan: QueryPlan);
+        }
+        catch
+        {
+            foreach (var m in made) m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Query heads (all ranks).</summary>
+    public int Heads { get; }
+    /// <summary>Key/value heads (all ranks).</summary>
+    public int KvHeads { get; }
+    /// <summary>d: the width of one head.</summary>
+    public long HeadDim { get; }
+    /// <summary>H: model width.</summary>
+    public long ModelFeatures => Query.InFeatures;
+    /// <summary>Whether query t sees only keys ≤ t of its sequence.</summary>
+    public bool Causal { get; }
+    /// <summary>The split of the key/value heads over the ranks.</summary>
+    public ShardingPlan KvHeadPlan { get; }
+    /// <summary>The split of the query columns (whole heads, heads / kvHeads per key/value head) — also the row split of Wo.</summary>
+    public ShardingPlan QueryPlan { get; }
+    /// <summary>This rank's query heads.</summary>
+    public int LocalHeads => (int)(QueryPlan.Size(_ctx.Rank) / HeadDim);
+    /// <summary>This rank's key/value heads.</summary>
+    public int LocalKvHeads => (int)KvHeadPlan.Size(_ctx.Rank);
+    /// <summary>The column-parallel query projection (this rank's heads).</summary>
+    public ColumnParallelLinear Query { get; }
+    /// <summary>The column-parallel key projection.</summary>
+    public ColumnParallelLinear Key { get; }
+    /// <summary>The column-parallel value projection.</summary>
+    public ColumnParallelLinear Value { get; }
+    /// <summary>The row-parallel output projection (the one all-reduce of the forward).</summary>
+    public RowParallelLinear Output { get; }
+    /// <summary>The softmax scale 1/√d.</summary>
+    public float Scale => (float)(1.0 / Math.Sqrt(HeadDim));
+
+    private long Qd => LocalHeads * HeadDim;
+    private long Kd => LocalKvHeads * HeadDim;
+
+    /// <summary>Queues Y = Attention(X) on the rank's stream: x and y are M × H on every rank, M a multiple of
+    /// <paramref name="sequenceLength"/>.</summary>
+    public void Forward(MatrixView<float> x, MatrixView<float> y, long sequenceLength)
+    {
+        long m = CheckInput(x, sequenceLength);
+        ThrowHelper.Shape(y, m, ModelFeatures, "M x model features");
+        var acts = Buffers(m, sequenceLength, keep: false);
+        ComputeHeads(x, acts);
+        Output.Forward(acts.O, y);
+    }
+
+    /// <summary>Training forward: as <see cref="Forward"/> (one all-reduce), returning what the backward needs. With
+    /// <paramref name="keepActivations"/> that is Q, K, V, the probabilities P and O (per rank
+    /// (2·heads_r + 2·kvHeads_r)·d·M + heads_r·B·T² floats); without, only the shape, and the backward recomputes them.</summary>
+    public AttentionActivations ForwardTraining(MatrixView<float> x, MatrixView<float> y, long sequenceLength, bool keepActivations = true)
+    {
+        long m = CheckInput(x, sequenceLength);
+        ThrowHelper.Shape(y, m, ModelFeatures, "M x model features");
+        var saved = new AttentionActivations(_ctx.Device, m, sequenceLength, Qd, Kd, LocalHeads);
+        try
+        {
+            var acts = saved.Views();
+            ComputeHeads(x, acts);
+            Output.Forward(acts.O, y);
+            if (!keepActivations) saved.Release();
+            return saved;
+        }
+        catch
+        {
+            saved.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Backward with one all-reduce (of dX): dO = dY·Wo_rᵀ, dWo_r = Oᵀ·dY, dbo = Σ dY (rank 0); per sequence and local
+    /// head dP = dO_h·V_hᵀ, dV_h += Pᵀ·dO_h, dS = softmax'(dP), dQ_h = dS·K_h, dK_h += dSᵀ·Q_h (the query heads of a group
+    /// add into their key/value head); then dWq,k,v = Xᵀ·dQ,K,V, the bias sums, and dX = Σ_r (dQ·Wqᵀ + dK·Wkᵀ + dV·Wvᵀ).
+    /// <paramref name="x"/> is the forward input, <paramref name="dy"/> the output gradient (M × H, the same on every rank),
+    /// <paramref name="dx"/> (M × H, contiguous rows) receives the input gradient; with <paramref name="accumulate"/> the
+    /// parameter gradients are added to.
+    /// </summary>
+    public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, AttentionGradients gradients,
+        AttentionActivations saved, bool accumulate = false)
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        ArgumentNullException.ThrowIfNull(saved);
+        long m = CheckInput(x, saved.SequenceLength);
+        if (saved.Rows != m || saved.QueryWidth != Qd || saved.KvWidth != Kd)
+            throw new ArgumentException($"saved activations are for {saved.Rows} rows of {saved.QueryWidth}/{saved.KvWidth} columns; expected {m} rows of {Qd}/{Kd}.", nameof(saved));
+        ThrowHelper.Shape(dy, m, ModelFeatures, "M x model features");
+        ThrowHelper.Shape(dx, m, ModelFeatures, "M x model features");
+        if (m > 1 && dx.Ld != ModelFeatures)
+            throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {ModelFeatures}).", nameof(dx));
+        gradients.Require(this);
+        if (!saved.IsKept) ComputeHeads(x, saved.Recreate().Views());
+        var a = saved.Views();
+        long t = saved.SequenceLength, b = m / t, hd = HeadDim;
+        int lh = LocalHeads, g = Heads / KvHeads;
+        var stream = _ctx.Stream;
+        var dq = saved.GradientQ;
+        var dk = saved.GradientK;
+        var dv = saved.GradientV;
+        Output.Backward(a.O, dy, dq, gradients.DWo, _ctx.Rank == 0 ? gradients.DBo : null, accumulate); // dO in dQ's room
+        if (lh > 0)
+        {
+            var dp = saved.GradientScores;
+            for (long s = 0; s < b; s++)
+                for (int hq = 0; hq < lh; hq++)
+                {
+                    int hk = hq / g;
+                    bool first = hq % g == 0;
+                    var doh = Head(dq, s, t, hq);
+                    var p = Scores(a.P, s, hq, t, lh);
+                    Gemm.Multiply(stream, doh, Head(a.V, s, t, hk), Scores(dp, s, hq, t, lh), transB: true);       // dP = dO_h·V_hᵀ
+                    Gemm.Multiply(stream, p, doh, Head(dv, s, t, hk), beta: first ? 0f : 1f, transA: true);        // dV_h (+)= Pᵀ·dO_h
+                }
+            var all = dp.Buffer.AsMatrix(b * lh * t, t, t, dp.Offset);
+            RowOps.SoftmaxBackward(stream, a.P.Buffer.AsMatrix(b * lh * t, t, t, a.P.Offset), all, all, Scale); // dS, in place
+            for (long s = 0; s < b; s++)
+                for (int hq = 0; hq < lh; hq++)
+                {
+                    int hk = hq / g;
+                    bool first = hq % g == 0;
+                    var ds = Scores(dp, s, hq, t, lh);
+                    Gemm.Multiply(stream, ds, Head(a.K, s, t, hk), Head(dq, s, t, hq));                             // dQ_h = dS·K_h (over dO_h, read above)
+                    Gemm.Multiply(stream, ds, Head(a.Q, s, t, hq), Head(dk, s, t, hk), beta: first ? 0f : 1f, transA: true); // dK_h (+)= dSᵀ·Q_h
+                }
+        }
+        // The projections' gradients, and dX's partial sum over this rank's heads; one all-reduce.
+        ProjectionBackward(Query, x, dq, gradients.DWq, gradients.DBq, accumulate);
+        ProjectionBackward(Key, x, dk, gradients.DWk, gradients.DBk, accumulate);
+        ProjectionBackward(Value, x, dv, gradients.DWv, gradients.DBv, accumulate);
+        if (lh > 0)
+        {
+            Gemm.Multiply(stream, dq, Query.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Qd), dx, transB: true);
+            Gemm.Multiply(stream, dk, Key.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Kd), dx, beta: 1f, transB: true);
+            Gemm.Multiply(stream, dv, Value.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Kd), dx, beta: 1f, transB: true);
+        }
+        else
+        {
+            dx.Buffer.Clear(stream, dx.Offset, m * ModelFeatures); // no heads here: this rank adds nothing to dX
+        }
+        _ctx.AllReduce(dx.Buffer, dx.Buffer, m * ModelFeatures, dx.Offset, dx.Offset);
+    }
+
+    private void ProjectionBackward(ColumnParallelLinear layer, MatrixView<float> x, MatrixView<float> dOut, DeviceBuffer<float>? dw,
+        DeviceBuffer<float>? db, bool accumulate)
+    {
+        if (layer.LocalOutFeatures == 0) return;
+        if (dw is not null) GradientHelpers.WeightGradient(_ctx, x, dOut, dw, accumulate);
+        if (db is not null) GradientHelpers.ColumnSums(_ctx, _scratch, SlotOnes, dOut, db, accumulate);
+    }
+
+    private long CheckInput(MatrixView<float> x, long sequenceLength)
+    {
+        ThrowHelper.NotEmpty(x);
+        if (sequenceLength < 1) throw new ArgumentOutOfRangeException(nameof(sequenceLength), sequenceLength, "expected at least one token per sequence.");
+        if (x.Cols != ModelFeatures)
+            throw new ArgumentException($"x is {x.Rows} x {x.Cols}; expected M x {ModelFeatures} (M x model features).", nameof(x));
+        if (x.Rows < 1 || x.Rows % sequenceLength != 0)
+            throw new ArgumentException($"x has {x.Rows} rows; expected a positive multiple of sequenceLength = {sequenceLength} (B sequences of T tokens).", nameof(x));
+        return x.Rows;
+    }
+
+    // Rows [s·T, (s+1)·T) and columns of head h of a token-major matrix of heads of width d.
+    private MatrixView<float> Head(MatrixView<float> all, long s, long t, int h) => all.RowRange(s * t, t).Columns(h * HeadDim, HeadDim);
+
+    // The T × T scores of sequence s, local head h (stacked sequence-major, then head).
+    private static MatrixView<float> Scores(MatrixView<float> p, long s, int h, long t, int lh) =>
+        p.Buffer.AsMatrix(t, t, t, p.Offset + (s * lh + h) * t * t);
+
+    private AttentionViews Buffers(long m, long t, bool keep)
+    {
+        long b = m / t, lh = LocalHeads;
+        var dev = _ctx.Device;
+        MatrixView<float> Mat(int slot, long rows, long cols) => _scratch.Get<float>(slot, dev, Math.Max(1, rows * cols)).AsMatrix(rows, cols, Math.Max(1, cols));
+        return new AttentionViews(Mat(SlotQ, m, Qd), Mat(SlotK, m, Kd), Mat(SlotV, m, Kd), Mat(SlotScores, b * lh * t, t), Mat(SlotO, m, Qd));
+    }
+
+    // Q, K, V, P and O of this rank's heads (no communication).
+    private void ComputeHeads(MatrixView<float> x, AttentionViews a)
+    {
+        int lh = LocalHeads, g = Heads / KvHeads;
+        if (lh == 0) return;
+        long m = x.Rows, t = a.P.Cols, b = m / t;
+        var stream = _ctx.Stream;
+        Query.Forward(x, a.Q);
+        Key.Forward(x, a.K);
+        Value.Forward(x, a.V);
+        for (long s = 0; s < b; s++)
+            for (int hq = 0; hq < lh; hq++)
+                Gemm.Multiply(stream, Head(a.Q, s, t, hq), Head(a.K, s, t, hq / g), Scores(a.P, s, hq, t, lh), transB: true);
+        RowOps.Softmax(stream, a.P, a.P, Scale, Causal ? t : 0);
+        for (long s = 0; s < b; s++)
+            for (int hq = 0; hq < lh; hq++)
+                Gemm.Multiply(stream, Scores(a.P, s, hq, t, lh), Head(a.V, s, t, hq / g), Head(a.O, s, t, hq));
+    }
+
+    /// <summary>Releases the projections and the scratch buffers.</summary>
+    public void Dispose()
+    {
+        Query.Dispose();
+        Key.Dispose();
+        Value.Dispose();
+        Output.Dispose();
+        _scratch.Dispose();
+    }
+}
+
+internal readonly record struct AttentionViews(MatrixView<float> Q, MatrixView<float> K, MatrixView<float> V, MatrixView<float> P, MatrixView<float> O);
+
+/// <summary>
+/// What <see cref="ParallelSelfAttention.ForwardTraining"/> keeps on one rank: Q (M × heads_r·d), K and V
+/// (M × kvHeads_r·d), the probabilities P (B·heads_r·T × T) and O (M × heads_r·d), and room for their gradients — or
+/// only the shape when the activations are recomputed in the backward.
+/// </summary>
+public sealed class AttentionActivations : IDisposable
+{
+    private readonly Device _device;
+    private DeviceBuffer<float>? _buffer;
+
+    internal AttentionActivations(Device device, long rows, long sequenceLength, long queryWidth, long kvWidth, int localHeads)
+    {
+        _device = device;
+        Rows = rows;
+        SequenceLength = sequenceLength;
+        QueryWidth = queryWidth;
+        KvWidth = kvWidth;
+        LocalHeads = localHeads;
+        Recreate();
+    }
+
+    /// <summary>M: token rows.</summary>
+    public long Rows { get; }
+    /// <summary>T: tokens per sequence.</summary>
+    public long SequenceLength { get; }
+    /// <summary>heads_r·d.</summary>
+    public long QueryWidth { get; }
+    /// <summary>kvHeads_r·d.</summary>
+    public long KvWidth { get; }
+    /// <summary>heads_r.</summary>
+    public int LocalHeads { get; }
+    /// <summary>True while the activations are held.</summary>
+    public bool IsKept => _buffer is not null;
+    /// <summary>fp32 elements held while kept (activations and the backward's room for their gradients).</summary>
+    public long Elements => 2 * (2 * Rows * QueryWidth + 2 * Rows * KvWidth + ScoreElements);
+    private long ScoreElements => Rows / SequenceLength * LocalHeads * SequenceLength * SequenceLength;
+
+    // Layout: Q, K, V, P, O, then dQ (dO first), dK, dV, dP.
+    private MatrixView<float> At(long offset, long rows, long cols) => _buffer!.AsMatrix(rows, cols, Math.Max(1, cols), offset);
+    internal AttentionViews Views()
+    {
+        long m = Rows, q = m * QueryWidth, k = m * KvWidth, t = SequenceLength;
+        return new AttentionViews(At(0, m, QueryWidth), At(q, m, KvWidth), At(q + k, m, KvWidth),
+            At(q + 2 * k, ScoreElements / t, t), At(q + 2 * k + ScoreElements, m, QueryWidth));
+    }
+    private long Half => 2 * Rows * QueryWidth + 2 * Rows * KvWidth + ScoreElements;
+    internal MatrixView<float> GradientQ => At(Half, Rows, QueryWidth);
+    internal MatrixView<float> GradientK => At(Half + Rows * QueryWidth, Rows, KvWidth);
+    internal MatrixView<float> GradientV => At(Half + Rows * (QueryWidth + KvWidth), Rows, KvWidth);
+    internal MatrixView<float> GradientScores => At(Half + Rows * (QueryWidth + 2 * KvWidth), ScoreElements / SequenceLength, SequenceLength);
+
+    internal AttentionActivations Recreate()
+    {
+        _buffer ??= _device.Allocate<float>(Math.Max(1, Elements));
+        return this;
+    }
+
+    internal void Release()
+    {
+        _buffer?.Dispose();
+        _buffer = null;
+    }
+
+    /// <summary>Frees the held activations.</summary>
+    public void Dispose() => Release();
+}
+
+/// <summary>The parameter gradients of one rank's <see cref="ParallelSelfAttention"/> (fp32): dWq (H × heads_r·d), dWk and
+/// dWv (H × kvHeads_r·d), dWo (heads_r·d × H), the bias gradients of the biases the layer has (dbo: H, written on rank 0).
+/// Null where this rank holds no head.</summary>
+public sealed class AttentionGradients : IDisposable
+{
+    private readonly ParallelSelfAttention _layer;
+
+    /// <summary>Allocates the gradients of <paramref name="layer"/>'s shards on <paramref name="device"/>.</summary>
+    public AttentionGradients(Device device, ParallelSelfAttention layer)
+    {
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(layer);
+        _layer = layer;
+        long h = layer.ModelFeatures, q = layer.Query.LocalOutFeatures, k = layer.Key.LocalOutFeatures;
+        DeviceBuffer<float>? Alloc(long n, bool want) => want && n > 0 ? device.Allocate<float>(n) : null;
+        DWq = Alloc(h * q, true);
+        DWk = Alloc(h * k, true);
+        DWv = Alloc(h * k, true);
+        DWo = Alloc(q * h, true);
+        DBq = Alloc(q, layer.Query.Bias is not null);
+        DBk = Alloc(k, layer.Key.Bias is not null);
+        DBv = Alloc(k, layer.Value.Bias is not null);
+        DBo = Alloc(h, layer.Output.Bias is not null);
+    }
+
+    /// <summary>dWq.</summary>
+    public DeviceBuffer<float>? DWq { get; }
+    /// <summary>dWk.</summary>
+    public DeviceBuffer<float>? DWk { get; }
+    /// <summary>dWv.</summary>
+    public DeviceBuffer<float>? DWv { get; }
+    /// <summary>dWo.</summary>
+    public DeviceBuffer<float>? DWo { get; }
+    /// <summary>dbq (when the layer has bq).</summary>
+    public DeviceBuffer<float>? DBq { get; }
+    /// <summary>dbk.</summary>
+    public DeviceBuffer<float>? DBk { get; }
+    /// <summary>dbv.</summary>
+    public DeviceBuffer<float>? DBv { get; }
+    /// <summary>dbo (rank 0 writes it: it owns bo).</summary>
+    public DeviceBuffer<float>? DBo { get; }
+
+    internal void Require(ParallelSelfAttention layer)
+    {
+        if (!ReferenceEquals(layer, _layer))
+            throw new ArgumentException("these gradients were allocated for another attention layer.", "gradients");
+    }
+
+    /// <summary>Frees the gradient buffers.</summary>
+    public void Dispose()
+    {
+        DWq?.Dispose(); DWk?.Dispose(); DWv?.Dispose(); DWo?.Dispose();
+        DBq?.Dispose(); DBk?.Dispose(); DBv?.Dispose(); DBo?.Dispose();
+    }
+}
