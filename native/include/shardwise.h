@@ -46,7 +46,8 @@ extern "C" {
 #define SW_ABI_VERSION 7 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
                             4: sw_gemm_grouped; 5: sw_comm_set_agreement_check / sw_comm_get_agreement_check;
                             6: sw_comm_get_transport (TCP communicators over shared memory);
-                            7: sw_softmax / sw_softmax_backward, sw_norm / sw_norm_backward (attention, norms) */
+                            7: the transformer block's kernels: sw_softmax, sw_norm, sw_activation, sw_glu, sw_dropout,
+                               sw_embedding, sw_cross_entropy_* (and their backward) */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -101,6 +102,13 @@ typedef enum sw_norm_kind {
     SW_NORM_RMS = 1,   /* RMSNorm: x / sqrt(mean(x^2) + eps) * gamma */
     SW_NORM_KIND_MAX_ENUM = 0x7fffffff
 } sw_norm_kind;
+
+typedef enum sw_activation {
+    SW_ACTIVATION_GELU = 0, /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as sw_gelu */
+    SW_ACTIVATION_RELU = 1, /* max(x, 0); derivative 0 at x <= 0 */
+    SW_ACTIVATION_SILU = 2, /* x * sigmoid(x) (Swish; the gate of SwiGLU) */
+    SW_ACTIVATION_MAX_ENUM = 0x7fffffff
+} sw_activation;
 
 typedef struct sw_device_s* sw_device;
 typedef struct sw_buffer_s* sw_buffer;
@@ -361,6 +369,68 @@ SW_API sw_status sw_norm_backward(sw_stream stream, sw_norm_kind kind, sw_dtype 
                                   sw_buffer dy, uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, sw_buffer dgamma,
                                   uint64_t dgamma_offset, sw_buffer dbeta, uint64_t dbeta_offset, int64_t rows,
                                   int64_t cols, int32_t accumulate);
+
+/* ---------------------------------------------------------------- activations, gated units, dropout (fp32) */
+
+/* y[i] = act(x[i]) for i < count; y may be x. The fp32 math of each activation is in sw_activation's comments. */
+SW_API sw_status sw_activation_forward(sw_stream stream, sw_activation act, sw_dtype dtype, sw_buffer x, uint64_t x_offset,
+                                       sw_buffer y, uint64_t y_offset, uint64_t count);
+/* dx[i] = dy[i] * act'(x[i]), x being the activation's input; dx may be dy. */
+SW_API sw_status sw_activation_backward(sw_stream stream, sw_activation act, sw_dtype dtype, sw_buffer x, uint64_t x_offset,
+                                        sw_buffer dy, uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, uint64_t count);
+/* A gated linear unit over rows (SwiGLU with SW_ACTIVATION_SILU, GeGLU with GELU): gu is rows x (2 cols), contiguous,
+ * each row holding the gate in its first cols columns and the up projection in the next cols; h (rows x cols,
+ * contiguous) receives h[r, j] = act(gu[r, j]) * gu[r, cols + j]. h must not overlap gu. */
+SW_API sw_status sw_glu(sw_stream stream, sw_activation act, sw_dtype dtype, sw_buffer gu, uint64_t gu_offset, sw_buffer h,
+                        uint64_t h_offset, int64_t rows, int64_t cols);
+/* The backward of sw_glu: dgu[r, j] = dh[r, j] * gu[r, cols + j] * act'(gu[r, j]) and dgu[r, cols + j] = dh[r, j] *
+ * act(gu[r, j]). dgu may be gu (in place); dh must not overlap either. */
+SW_API sw_status sw_glu_backward(sw_stream stream, sw_activation act, sw_dtype dtype, sw_buffer gu, uint64_t gu_offset,
+                                 sw_buffer dh, uint64_t dh_offset, sw_buffer dgu, uint64_t dgu_offset, int64_t rows,
+                                 int64_t cols);
+/* Inverted dropout with a counter-based generator: element i is kept when u(seed, counter + i) >= p, where u is a
+ * uniform 24-bit fraction computed from a 64-bit integer hash of (seed, counter + i) — the same bits on every backend
+ * and for any split of the range into calls (element i of a call with counter c equals element 0 of a call with
+ * counter c + i). y[i] = kept ? x[i] / (1 - p) : 0 (the quotient rounded once in fp32). The backward is the same call
+ * on dy with the same seed and counter. 0 <= p < 1; y may be x. */
+SW_API sw_status sw_dropout(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer y, uint64_t y_offset,
+                            uint64_t count, float p, uint64_t seed, uint64_t counter);
+
+/* ---------------------------------------------------------------- vocabulary-parallel embedding and cross-entropy
+ * A vocabulary of vocab_size rows split over ranks: this call's shard holds rows [vocab_offset, vocab_offset +
+ * shard_rows). Token ids are I32. fp32 values. */
+
+/* out[r, :] = table[ids[r] - vocab_offset, :] for r < rows when the id lies in the shard, else zeros (the rows of
+ * other shards, and ids outside every shard: an all-reduce of the shards' outputs then gives the embedding, and an
+ * out-of-range id a zero row). table: shard_rows x cols, out: rows x cols, both contiguous; out must not overlap. */
+SW_API sw_status sw_embedding(sw_stream stream, sw_dtype dtype, sw_buffer table, uint64_t table_offset, int64_t shard_rows,
+                              sw_buffer ids, uint64_t ids_offset, int64_t vocab_offset, sw_buffer out, uint64_t out_offset,
+                              int64_t rows, int64_t cols);
+/* dtable[ids[r] - vocab_offset, :] += dout[r, :] for every r < rows whose id lies in the shard, in order of r (the same
+ * bits for any thread count). accumulate == 0 first sets dtable to zero. dtable must not overlap dout. */
+SW_API sw_status sw_embedding_backward(sw_stream stream, sw_dtype dtype, sw_buffer dout, uint64_t dout_offset, sw_buffer ids,
+                                       uint64_t ids_offset, int64_t vocab_offset, sw_buffer dtable, uint64_t dtable_offset,
+                                       int64_t shard_rows, int64_t rows, int64_t cols, int32_t accumulate);
+/* The shard's statistics of the softmax over the vocabulary, for each row r < rows of logits (rows x cols, row r at
+ * logits_offset + r*ld; cols = the shard's vocabulary rows): stats[3r] = max_j z[r, j], stats[3r + 1] = sum_j
+ * exp(z[r, j] - stats[3r]), stats[3r + 2] = z[r, ids[r] - vocab_offset] when the id lies in the shard, else 0. */
+SW_API sw_status sw_cross_entropy_partial(sw_stream stream, sw_dtype dtype, sw_buffer logits, uint64_t logits_offset,
+                                          int64_t rows, int64_t cols, int64_t ld, sw_buffer ids, uint64_t ids_offset,
+                                          int64_t vocab_offset, sw_buffer stats, uint64_t stats_offset);
+/* Combines the statistics of `parts` shards (stats: parts blocks of 3*rows values, block k from shard k, e.g. as an
+ * all-gather leaves them): with M = max_k m_k, lse[r] = M + log(sum_k s_k exp(m_k - M)) (k in order) and loss[r] =
+ * lse[r] - sum_k t_k when 0 <= ids[r] < vocab_size, else loss[r] = 0 (an ignored row). */
+SW_API sw_status sw_cross_entropy_combine(sw_stream stream, sw_dtype dtype, sw_buffer stats, uint64_t stats_offset, int32_t parts,
+                                          int64_t rows, sw_buffer ids, uint64_t ids_offset, int64_t vocab_size, sw_buffer lse,
+                                          uint64_t lse_offset, sw_buffer loss, uint64_t loss_offset);
+/* The gradient of the loss with respect to this shard's logits: dlogits[r, j] = dloss[r] * (exp(z[r, j] - lse[r]) -
+ * [vocab_offset + j == ids[r]]) for rows with 0 <= ids[r] < vocab_size, 0 for ignored rows. dlogits (rows x cols, the
+ * logits' ld) may be the logits (in place). */
+SW_API sw_status sw_cross_entropy_backward(sw_stream stream, sw_dtype dtype, sw_buffer logits, uint64_t logits_offset,
+                                           int64_t rows, int64_t cols, int64_t ld, sw_buffer ids, uint64_t ids_offset,
+                                           int64_t vocab_offset, int64_t vocab_size, sw_buffer lse, uint64_t lse_offset,
+                                           sw_buffer dloss, uint64_t dloss_offset, sw_buffer dlogits,
+                                           uint64_t dlogits_offset);
 
 /* ---------------------------------------------------------------- communicators */
 

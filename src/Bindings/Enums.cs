@@ -130,3 +130,14 @@ public enum SwNormKind
     /// <summary>RMSNorm: x / sqrt(mean(x²) + eps) · gamma.</summary>
     Rms = 1,
 }
+
+/// <summary>The element-wise activations of <c>sw_activation_forward</c> and <c>sw_glu</c> (<c>sw_activation</c>).</summary>
+public enum SwActivation
+{
+    /// <summary>GeLU, tanh approximation.</summary>
+    Gelu = 0,
+    /// <summary>max(x, 0).</summary>
+    Relu = 1,
+    /// <summary>x · sigmoid(x) (Swish; the gate of SwiGLU).</summary>
+    Silu = 2,
+}

@@ -86,6 +86,28 @@ public static unsafe partial class Native
         BufferHandle stats, ulong statsOffset, BufferHandle dy, ulong dyOffset, BufferHandle dx, ulong dxOffset, nint dgamma, ulong dgammaOffset,
         nint dbeta, ulong dbetaOffset, long rows, long cols, int accumulate);
 
+    [LibraryImport(Lib)] public static partial SwStatus sw_activation_forward(StreamHandle stream, SwActivation act, SwDtype dtype, BufferHandle x, ulong xOffset,
+        BufferHandle y, ulong yOffset, ulong count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_activation_backward(StreamHandle stream, SwActivation act, SwDtype dtype, BufferHandle x, ulong xOffset,
+        BufferHandle dy, ulong dyOffset, BufferHandle dx, ulong dxOffset, ulong count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_glu(StreamHandle stream, SwActivation act, SwDtype dtype, BufferHandle gu, ulong guOffset, BufferHandle h, ulong hOffset,
+        long rows, long cols);
+    [LibraryImport(Lib)] public static partial SwStatus sw_glu_backward(StreamHandle stream, SwActivation act, SwDtype dtype, BufferHandle gu, ulong guOffset,
+        BufferHandle dh, ulong dhOffset, BufferHandle dgu, ulong dguOffset, long rows, long cols);
+    [LibraryImport(Lib)] public static partial SwStatus sw_dropout(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, BufferHandle y, ulong yOffset,
+        ulong count, float p, ulong seed, ulong counter);
+    [LibraryImport(Lib)] public static partial SwStatus sw_embedding(StreamHandle stream, SwDtype dtype, BufferHandle table, ulong tableOffset, long shardRows,
+        BufferHandle ids, ulong idsOffset, long vocabOffset, BufferHandle output, ulong outOffset, long rows, long cols);
+    [LibraryImport(Lib)] public static partial SwStatus sw_embedding_backward(StreamHandle stream, SwDtype dtype, BufferHandle dout, ulong doutOffset, BufferHandle ids,
+        ulong idsOffset, long vocabOffset, BufferHandle dtable, ulong dtableOffset, long shardRows, long rows, long cols, int accumulate);
+    [LibraryImport(Lib)] public static partial SwStatus sw_cross_entropy_partial(StreamHandle stream, SwDtype dtype, BufferHandle logits, ulong logitsOffset,
+        long rows, long cols, long ld, BufferHandle ids, ulong idsOffset, long vocabOffset, BufferHandle stats, ulong statsOffset);
+    [LibraryImport(Lib)] public static partial SwStatus sw_cross_entropy_combine(StreamHandle stream, SwDtype dtype, BufferHandle stats, ulong statsOffset, int parts,
+        long rows, BufferHandle ids, ulong idsOffset, long vocabSize, BufferHandle lse, ulong lseOffset, BufferHandle loss, ulong lossOffset);
+    [LibraryImport(Lib)] public static partial SwStatus sw_cross_entropy_backward(StreamHandle stream, SwDtype dtype, BufferHandle logits, ulong logitsOffset,
+        long rows, long cols, long ld, BufferHandle ids, ulong idsOffset, long vocabOffset, long vocabSize, BufferHandle lse, ulong lseOffset,
+        BufferHandle dloss, ulong dlossOffset, BufferHandle dlogits, ulong dlogitsOffset);
+
     // ---------------------------------------------------------------- communicators
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_local(int worldSize, nint* devices, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_destroy(nint comm);

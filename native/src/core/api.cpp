@@ -775,3 +775,257 @@ SW_API sw_status sw_norm_backward(sw_stream stream, sw_norm_kind kind_in, sw_dty
 }
 
 } // extern "C"
+
+// ---------------------------------------------------------------- activations, gated units, dropout, embedding and
+// cross-entropy (core/row_ops.h): the same checks for every backend; fp32 values, int32 token ids.
+
+namespace {
+
+float* f32_span(sw_buffer_s* b, uint64_t offset, uint64_t count, const char* name) {
+    return reinterpret_cast<float*>(buffer_span(b, offset, count, sizeof(float), name));
+}
+
+const int32_t* ids_span(sw_buffer ids, uint64_t offset, int64_t rows, sw_stream_s* s, KeepAlive& keep, int slot) {
+    auto* b = checked(ids, "ids");
+    require_same_device(b, s, "ids");
+    keep.s[slot] = b->storage;
+    return reinterpret_cast<const int32_t*>(buffer_span(b, offset, static_cast<uint64_t>(rows), sizeof(int32_t), "ids"));
+}
+
+// A buffer argument on the stream's device, kept alive by the queued work.
+sw_buffer_s* on_stream(sw_buffer buffer, sw_stream_s* s, const char* name, KeepAlive& keep, int slot) {
+    auto* b = checked(buffer, name);
+    require_same_device(b, s, name);
+    keep.s[slot] = b->storage;
+    return b;
+}
+
+void require_positive(int64_t v, const char* name) {
+    if (v < 1) fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v, "; expected >= 1");
+}
+
+// rows * cols elements, checked not to overflow.
+uint64_t elements(int64_t rows, int64_t cols, const char* what) {
+    if (rows < 0 || cols < 0) fail(SW_ERR_INVALID_ARGUMENT, what, ": negative size ", rows, " x ", cols);
+    if (cols != 0 && static_cast<uint64_t>(rows) > ~uint64_t{0} / 8 / static_cast<uint64_t>(cols))
+        fail(SW_ERR_INVALID_ARGUMENT, what, ": ", rows, " x ", cols, " elements overflow 64 bits");
+    return static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols);
+}
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_activation_forward(sw_stream stream, sw_activation act_in, sw_dtype dtype, sw_buffer x, uint64_t x_offset,
+                                       sw_buffer y, uint64_t y_offset, uint64_t count) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_activation act = activation_arg(act_in, "act");
+        require_f32_rows(dtype);
+        KeepAlive keep;
+        float* px = f32_span(on_stream(x, s, "x", keep, 0), x_offset, count, "x");
+        float* py = f32_span(on_stream(y, s, "y", keep, 1), y_offset, count, "y");
+        if (px != py) require_apart(px, count * 4, "x", py, count * 4, "y", ", or y = x (the same offset: in place)");
+        if (count == 0) return;
+        s->device_impl->ops->activation(*s, ActivationArgs{act, px, py, count}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_activation_backward(sw_stream stream, sw_activation act_in, sw_dtype dtype, sw_buffer x, uint64_t x_offset,
+                                        sw_buffer dy, uint64_t dy_offset, sw_buffer dx, uint64_t dx_offset, uint64_t count) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_activation act = activation_arg(act_in, "act");
+        require_f32_rows(dtype);
+        KeepAlive keep;
+        float* px = f32_span(on_stream(x, s, "x", keep, 0), x_offset, count, "x");
+        float* pdy = f32_span(on_stream(dy, s, "dy", keep, 1), dy_offset, count, "dy");
+        float* pdx = f32_span(on_stream(dx, s, "dx", keep, 2), dx_offset, count, "dx");
+        require_apart(px, count * 4, "x", pdx, count * 4, "dx");
+        if (pdx != pdy) require_apart(pdy, count * 4, "dy", pdx, count * 4, "dx", ", or dx = dy (the same offset: in place)");
+        if (count == 0) return;
+        s->device_impl->ops->activation_backward(*s, ActivationBackwardArgs{act, px, pdy, pdx, count}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_glu(sw_stream stream, sw_activation act_in, sw_dtype dtype, sw_buffer gu, uint64_t gu_offset, sw_buffer h,
+                        uint64_t h_offset, int64_t rows, int64_t cols) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_activation act = activation_arg(act_in, "act");
+        require_f32_rows(dtype);
+        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+        require_positive(cols, "cols");
+        KeepAlive keep;
+        const uint64_t n = elements(rows, cols, "h");
+        float* pg = f32_span(on_stream(gu, s, "gu", keep, 0), gu_offset, 2 * n, "gu");
+        float* ph = f32_span(on_stream(h, s, "h", keep, 1), h_offset, n, "h");
+        require_apart(pg, 8 * n, "gu", ph, 4 * n, "h");
+        if (rows == 0) return;
+        s->device_impl->ops->glu(*s, GluArgs{act, pg, ph, rows, cols}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_glu_backward(sw_stream stream, sw_activation act_in, sw_dtype dtype, sw_buffer gu, uint64_t gu_offset,
+                                 sw_buffer dh, uint64_t dh_offset, sw_buffer dgu, uint64_t dgu_offset, int64_t rows,
+                                 int64_t cols) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_activation act = activation_arg(act_in, "act");
+        require_f32_rows(dtype);
+        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+        require_positive(cols, "cols");
+        KeepAlive keep;
+        const uint64_t n = elements(rows, cols, "dh");
+        float* pg = f32_span(on_stream(gu, s, "gu", keep, 0), gu_offset, 2 * n, "gu");
+        float* pdh = f32_span(on_stream(dh, s, "dh", keep, 1), dh_offset, n, "dh");
+        float* pdg = f32_span(on_stream(dgu, s, "dgu", keep, 2), dgu_offset, 2 * n, "dgu");
+        require_apart(pdh, 4 * n, "dh", pdg, 8 * n, "dgu");
+        require_apart(pdh, 4 * n, "dh", pg, 8 * n, "gu");
+        if (pdg != pg) require_apart(pg, 8 * n, "gu", pdg, 8 * n, "dgu", ", or dgu = gu (the same offset: in place)");
+        if (rows == 0) return;
+        s->device_impl->ops->glu_backward(*s, GluBackwardArgs{act, pg, pdh, pdg, rows, cols}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_dropout(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, sw_buffer y, uint64_t y_offset,
+                            uint64_t count, float p, uint64_t seed, uint64_t counter) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        if (!(p >= 0.0f && p < 1.0f)) fail(SW_ERR_INVALID_ARGUMENT, "p = ", p, "; expected a drop probability in [0, 1)");
+        KeepAlive keep;
+        float* px = f32_span(on_stream(x, s, "x", keep, 0), x_offset, count, "x");
+        float* py = f32_span(on_stream(y, s, "y", keep, 1), y_offset, count, "y");
+        if (px != py) require_apart(px, count * 4, "x", py, count * 4, "y", ", or y = x (the same offset: in place)");
+        if (count == 0) return;
+        const auto threshold = static_cast<uint32_t>(std::ceil(static_cast<double>(p) * 16777216.0));
+        s->device_impl->ops->dropout(*s, DropoutArgs{px, py, count, threshold, 1.0f - p, seed, counter}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_embedding(sw_stream stream, sw_dtype dtype, sw_buffer table, uint64_t table_offset, int64_t shard_rows,
+                              sw_buffer ids, uint64_t ids_offset, int64_t vocab_offset, sw_buffer out, uint64_t out_offset,
+                              int64_t rows, int64_t cols) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        if (shard_rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "shard_rows = ", shard_rows, "; expected >= 0");
+        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+        require_positive(cols, "cols");
+        if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+        KeepAlive keep;
+        const uint64_t tn = elements(shard_rows, cols, "table"), on = elements(rows, cols, "out");
+        float* pt = f32_span(on_stream(table, s, "table", keep, 0), table_offset, tn, "table");
+        const int32_t* pi = ids_span(ids, ids_offset, rows, s, keep, 1);
+        float* po = f32_span(on_stream(out, s, "out", keep, 2), out_offset, on, "out");
+        require_apart(pt, 4 * tn, "table", po, 4 * on, "out");
+        require_apart(reinterpret_cast<const float*>(pi), 4 * static_cast<uint64_t>(rows), "ids", po, 4 * on, "out");
+        if (rows == 0) return;
+        s->device_impl->ops->embedding(*s, EmbeddingArgs{pt, shard_rows, pi, vocab_offset, po, rows, cols}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_embedding_backward(sw_stream stream, sw_dtype dtype, sw_buffer dout, uint64_t dout_offset, sw_buffer ids,
+                                       uint64_t ids_offset, int64_t vocab_offset, sw_buffer dtable, uint64_t dtable_offset,
+                                       int64_t shard_rows, int64_t rows, int64_t cols, int32_t accumulate) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        if (shard_rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "shard_rows = ", shard_rows, "; expected >= 0");
+        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+        require_positive(cols, "cols");
+        if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+        KeepAlive keep;
+        const uint64_t tn = elements(shard_rows, cols, "dtable"), dn = elements(rows, cols, "dout");
+        float* pd = f32_span(on_stream(dout, s, "dout", keep, 0), dout_offset, dn, "dout");
+        const int32_t* pi = ids_span(ids, ids_offset, rows, s, keep, 1);
+        float* pt = f32_span(on_stream(dtable, s, "dtable", keep, 2), dtable_offset, tn, "dtable");
+        require_apart(pt, 4 * tn, "dtable", pd, 4 * dn, "dout");
+        require_apart(pt, 4 * tn, "dtable", reinterpret_cast<const float*>(pi), 4 * static_cast<uint64_t>(rows), "ids");
+        if (shard_rows == 0 || (rows == 0 && accumulate)) return;
+        s->device_impl->ops->embedding_backward(
+            *s, EmbeddingBackwardArgs{pd, pi, vocab_offset, pt, shard_rows, rows, cols, accumulate != 0}, std::move(keep));
+    });
+}
+
+SW_API sw_status sw_cross_entropy_partial(sw_stream stream, sw_dtype dtype, sw_buffer logits, uint64_t logits_offset,
+                                          int64_t rows, int64_t cols, int64_t ld, sw_buffer ids, uint64_t ids_offset,
+                                          int64_t vocab_offset, sw_buffer stats, uint64_t stats_offset) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        check_rows_shape(rows, cols, ld);
+        if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+        KeepAlive keep;
+        uint64_t lb = 0;
+        float* pl = rows_span(on_stream(logits, s, "logits", keep, 0), logits_offset, rows, cols, ld, "logits", &lb);
+        const int32_t* pi = ids_span(ids, ids_offset, rows, s, keep, 1);
+        const uint64_t sn = elements(rows, 3, "stats");
+        float* ps = f32_span(on_stream(stats, s, "stats", keep, 2), stats_offset, sn, "stats");
+        require_apart(pl, lb, "logits", ps, 4 * sn, "stats");
+        require_apart(reinterpret_cast<const float*>(pi), 4 * static_cast<uint64_t>(rows), "ids", ps, 4 * sn, "stats");
+        if (rows == 0) return;
+        s->device_impl->ops->cross_entropy_partial(*s, CrossEntropyPartialArgs{pl, rows, cols, ld, pi, vocab_offset, ps},
+                                                   std::move(keep));
+    });
+}
+
+SW_API sw_status sw_cross_entropy_combine(sw_stream stream, sw_dtype dtype, sw_buffer stats, uint64_t stats_offset, int32_t parts,
+                                          int64_t rows, sw_buffer ids, uint64_t ids_offset, int64_t vocab_size, sw_buffer lse,
+                                          uint64_t lse_offset, sw_buffer loss, uint64_t loss_offset) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        require_positive(parts, "parts");
+        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+        require_positive(vocab_size, "vocab_size");
+        KeepAlive keep;
+        const uint64_t sn = elements(rows, 3 * static_cast<int64_t>(parts), "stats");
+        const uint64_t n = static_cast<uint64_t>(rows);
+        float* ps = f32_span(on_stream(stats, s, "stats", keep, 0), stats_offset, sn, "stats");
+        const int32_t* pi = ids_span(ids, ids_offset, rows, s, keep, 1);
+        float* pe = f32_span(on_stream(lse, s, "lse", keep, 2), lse_offset, n, "lse");
+        float* pl = f32_span(on_stream(loss, s, "loss", keep, 3), loss_offset, n, "loss");
+        require_apart(pe, 4 * n, "lse", pl, 4 * n, "loss");
+        for (float* out : {pe, pl}) {
+            const char* name = out == pe ? "lse" : "loss";
+            require_apart(ps, 4 * sn, "stats", out, 4 * n, name);
+            require_apart(reinterpret_cast<const float*>(pi), 4 * n, "ids", out, 4 * n, name);
+        }
+        if (rows == 0) return;
+        s->device_impl->ops->cross_entropy_combine(*s, CrossEntropyCombineArgs{ps, parts, rows, pi, vocab_size, pe, pl},
+                                                   std::move(keep));
+    });
+}
+
+SW_API sw_status sw_cross_entropy_backward(sw_stream stream, sw_dtype dtype, sw_buffer logits, uint64_t logits_offset,
+                                           int64_t rows, int64_t cols, int64_t ld, sw_buffer ids, uint64_t ids_offset,
+                                           int64_t vocab_offset, int64_t vocab_size, sw_buffer lse, uint64_t lse_offset,
+                                           sw_buffer dloss, uint64_t dloss_offset, sw_buffer dlogits,
+                                           uint64_t dlogits_offset) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        check_rows_shape(rows, cols, ld);
+        if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+        require_positive(vocab_size, "vocab_size");
+        KeepAlive keep;
+        uint64_t lb = 0, db = 0;
+        const uint64_t n = static_cast<uint64_t>(rows);
+        float* pz = rows_span(on_stream(logits, s, "logits", keep, 0), logits_offset, rows, cols, ld, "logits", &lb);
+        const int32_t* pi = ids_span(ids, ids_offset, rows, s, keep, 1);
+        float* pe = f32_span(on_stream(lse, s, "lse", keep, 2), lse_offset, n, "lse");
+        float* pg = f32_span(on_stream(dloss, s, "dloss", keep, 3), dloss_offset, n, "dloss");
+        float* pd = rows_span(on_stream(dlogits, s, "dlogits", keep, 4), dlogits_offset, rows, cols, ld, "dlogits", &db);
+        if (pd != pz) require_apart(pz, lb, "logits", pd, db, "dlogits", ", or dlogits = logits (the same offset: in place)");
+        require_apart(reinterpret_cast<const float*>(pi), 4 * n, "ids", pd, db, "dlogits");
+        require_apart(pe, 4 * n, "lse", pd, db, "dlogits");
+        require_apart(pg, 4 * n, "dloss", pd, db, "dlogits");
+        if (rows == 0) return;
+        s->device_impl->ops->cross_entropy_backward(
+            *s, CrossEntropyBackwardArgs{pz, rows, cols, ld, pi, vocab_offset, vocab_size, pe, pg, pd}, std::move(keep));
+    });
+}
+
+} // extern "C"

@@ -128,6 +128,18 @@ public:
     virtual void softmax_backward(sw_stream_s& s, const SoftmaxBackwardRows& args, KeepAlive keep) = 0;
     virtual void norm(sw_stream_s& s, const NormRows& args, KeepAlive keep) = 0;
     virtual void norm_backward(sw_stream_s& s, const NormBackwardRows& args, KeepAlive keep) = 0;
+    // Activations, gated units, dropout, vocabulary-parallel embedding and cross-entropy: validated fp32 descriptions
+    // (counts and rows >= 1); semantics in shardwise.h.
+    virtual void activation(sw_stream_s& s, const ActivationArgs& args, KeepAlive keep) = 0;
+    virtual void activation_backward(sw_stream_s& s, const ActivationBackwardArgs& args, KeepAlive keep) = 0;
+    virtual void glu(sw_stream_s& s, const GluArgs& args, KeepAlive keep) = 0;
+    virtual void glu_backward(sw_stream_s& s, const GluBackwardArgs& args, KeepAlive keep) = 0;
+    virtual void dropout(sw_stream_s& s, const DropoutArgs& args, KeepAlive keep) = 0;
+    virtual void embedding(sw_stream_s& s, const EmbeddingArgs& args, KeepAlive keep) = 0;
+    virtual void embedding_backward(sw_stream_s& s, const EmbeddingBackwardArgs& args, KeepAlive keep) = 0;
+    virtual void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& args, KeepAlive keep) = 0;
+    virtual void cross_entropy_combine(sw_stream_s& s, const CrossEntropyCombineArgs& args, KeepAlive keep) = 0;
+    virtual void cross_entropy_backward(sw_stream_s& s, const CrossEntropyBackwardArgs& args, KeepAlive keep) = 0;
 };
 
 // The CPU backend (cpu/backend_cpu.cpp).

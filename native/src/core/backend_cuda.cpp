@@ -316,6 +316,36 @@ public:
     void norm_backward(sw_stream_s& s, const NormBackwardRows& a, KeepAlive) override {
         call(&cuda::PluginApi::norm_backward, s.device_impl->ordinal, a, s.cuda_stream);
     }
+    void activation(sw_stream_s& s, const ActivationArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::activation, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void activation_backward(sw_stream_s& s, const ActivationBackwardArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::activation_backward, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void glu(sw_stream_s& s, const GluArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::glu, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void glu_backward(sw_stream_s& s, const GluBackwardArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::glu_backward, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void dropout(sw_stream_s& s, const DropoutArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::dropout, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void embedding(sw_stream_s& s, const EmbeddingArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::embedding, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void embedding_backward(sw_stream_s& s, const EmbeddingBackwardArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::embedding_backward, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::cross_entropy_partial, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void cross_entropy_combine(sw_stream_s& s, const CrossEntropyCombineArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::cross_entropy_combine, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void cross_entropy_backward(sw_stream_s& s, const CrossEntropyBackwardArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::cross_entropy_backward, s.device_impl->ordinal, a, s.cuda_stream);
+    }
 
 private:
     // Every table call goes through here (cuda_call, core/cuda_loader.h): a failed status becomes sw::Error with

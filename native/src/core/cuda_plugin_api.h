@@ -19,7 +19,7 @@
 namespace sw::cuda {
 
 constexpr int32_t kPluginAbi = 7; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy;
-                                  // 7: softmax, softmax_backward, norm, norm_backward (core/row_ops.h)
+                                  // 7: softmax, norm, activation, glu, dropout, embedding, cross_entropy_* (core/row_ops.h)
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -126,6 +126,18 @@ struct PluginApi {
     sw_status (*softmax_backward)(int32_t ordinal, const SoftmaxBackwardRows& args, void* stream, std::string* err);
     sw_status (*norm)(int32_t ordinal, const NormRows& args, void* stream, std::string* err);
     sw_status (*norm_backward)(int32_t ordinal, const NormBackwardRows& args, void* stream, std::string* err);
+    // Activations, gated units, dropout (the generator of core/row_ops.h), vocabulary-parallel embedding and
+    // cross-entropy, fp32 with int32 token ids. (ABI 7.)
+    sw_status (*activation)(int32_t ordinal, const ActivationArgs& args, void* stream, std::string* err);
+    sw_status (*activation_backward)(int32_t ordinal, const ActivationBackwardArgs& args, void* stream, std::string* err);
+    sw_status (*glu)(int32_t ordinal, const GluArgs& args, void* stream, std::string* err);
+    sw_status (*glu_backward)(int32_t ordinal, const GluBackwardArgs& args, void* stream, std::string* err);
+    sw_status (*dropout)(int32_t ordinal, const DropoutArgs& args, void* stream, std::string* err);
+    sw_status (*embedding)(int32_t ordinal, const EmbeddingArgs& args, void* stream, std::string* err);
+    sw_status (*embedding_backward)(int32_t ordinal, const EmbeddingBackwardArgs& args, void* stream, std::string* err);
+    sw_status (*cross_entropy_partial)(int32_t ordinal, const CrossEntropyPartialArgs& args, void* stream, std::string* err);
+    sw_status (*cross_entropy_combine)(int32_t ordinal, const CrossEntropyCombineArgs& args, void* stream, std::string* err);
+    sw_status (*cross_entropy_backward)(int32_t ordinal, const CrossEntropyBackwardArgs& args, void* stream, std::string* err);
 };
 
 } // namespace sw::cuda

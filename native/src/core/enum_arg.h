@@ -62,4 +62,9 @@ inline sw_norm_kind norm_kind_arg(const sw_norm_kind& arg, const char* name) {
                     "a sw_norm_kind; expected SW_NORM_LAYER (0) or SW_NORM_RMS (1)");
 }
 
+inline sw_activation activation_arg(const sw_activation& arg, const char* name) {
+    return enum_arg(arg, name, SW_ACTIVATION_GELU, SW_ACTIVATION_SILU,
+                    "a sw_activation; expected SW_ACTIVATION_GELU (0), SW_ACTIVATION_RELU (1) or SW_ACTIVATION_SILU (2)");
+}
+
 } // namespace sw

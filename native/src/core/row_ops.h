@@ -1,7 +1,9 @@
-// The row-wise operations of a transformer block (sw_softmax, sw_softmax_backward, sw_norm, sw_norm_backward): one
-// validated description each, from the C ABI (core/api.cpp) through a backend (core/backend.h) to the kernels — the
-// CPU's loops (cpu/row_ops.cpp) and the CUDA plugin's kernels (cuda/kernels.cu, through core/cuda_plugin_api.h).
-// Pointers are already offset and range-checked; every value is fp32. Semantics: native/include/shardwise.h.
+// The kernels of a transformer block beyond the GEMM (sw_softmax, sw_norm, sw_activation_*, sw_glu, sw_dropout,
+// sw_embedding, sw_cross_entropy_* and their backward): one validated description each, from the C ABI (core/api.cpp)
+// through a backend (core/backend.h) to the kernels — the CPU's loops (cpu/row_ops.cpp) and the CUDA plugin's kernels
+// (cuda/kernels.cu, through core/cuda_plugin_api.h). Pointers are already offset and range-checked; every value is
+// fp32, token ids int32. Semantics: native/include/shardwise.h. The scalar functions below (activations, the dropout
+// generator) are shared by both backends, so that dropout masks are the same bits everywhere.
 #pragma once
 #include "shardwise.h"
 
@@ -49,6 +51,107 @@ struct NormBackwardRows {
     bool accumulate;    // add to dgamma / dbeta
 };
 
+struct ActivationArgs {
+    sw_activation act;
+    const float* x;
+    float* y; // may equal x
+    uint64_t count;
+};
+
+struct ActivationBackwardArgs {
+    sw_activation act;
+    const float* x;
+    const float* dy;
+    float* dx; // may equal dy
+    uint64_t count;
+};
+
+struct GluArgs {
+    sw_activation act;
+    const float* gu; // rows x 2 cols: gate | up
+    float* h;        // rows x cols
+    int64_t rows, cols;
+};
+
+struct GluBackwardArgs {
+    sw_activation act;
+    const float* gu;
+    const float* dh;
+    float* dgu; // may equal gu
+    int64_t rows, cols;
+};
+
+struct DropoutArgs {
+    const float* x;
+    float* y; // may equal x
+    uint64_t count;
+    uint32_t threshold; // kept when the 24-bit fraction >= threshold (= ceil(p * 2^24))
+    float keep;         // 1 - p (fp32), the divisor of kept values
+    uint64_t seed, counter;
+};
+
+struct EmbeddingArgs {
+    const float* table; // shard_rows x cols
+    int64_t shard_rows;
+    const int32_t* ids;
+    int64_t vocab_offset;
+    float* out; // rows x cols
+    int64_t rows, cols;
+};
+
+struct EmbeddingBackwardArgs {
+    const float* dout;
+    const int32_t* ids;
+    int64_t vocab_offset;
+    float* dtable;
+    int64_t shard_rows, rows, cols;
+    bool accumulate;
+};
+
+struct CrossEntropyPartialArgs {
+    const float* logits;
+    int64_t rows, cols, ld;
+    const int32_t* ids;
+    int64_t vocab_offset;
+    float* stats; // 3 per row
+};
+
+struct CrossEntropyCombineArgs {
+    const float* stats; // parts x rows x 3
+    int32_t parts;
+    int64_t rows;
+    const int32_t* ids;
+    int64_t vocab_size;
+    float* lse;
+    float* loss;
+};
+
+struct CrossEntropyBackwardArgs {
+    const float* logits;
+    int64_t rows, cols, ld;
+    const int32_t* ids;
+    int64_t vocab_offset, vocab_size;
+    const float* lse;
+    const float* dloss;
+    float* dlogits; // may equal logits
+};
+
+#if defined(__CUDACC__)
+#define SW_HOST_DEVICE __host__ __device__
+#else
+#define SW_HOST_DEVICE
+#endif
+
+// The dropout generator: a 24-bit fraction of (seed, index) through the splitmix64 finalizer (integer arithmetic only:
+// the same bits on every backend).
+SW_HOST_DEVICE inline uint32_t dropout_bits(uint64_t seed, uint64_t index) {
+    uint64_t z = seed + (index + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return static_cast<uint32_t>(z >> 40);
+}
+
 namespace cpu {
 // Rows [r0, r1) of each operation (the CPU backend runs row blocks in parallel; the emulated CUDA plugin calls them
 // for all rows).
@@ -59,6 +162,22 @@ void norm_rows(const NormRows& a, int64_t r0, int64_t r1);
 void norm_backward_dx_rows(const NormBackwardRows& a, int64_t r0, int64_t r1);
 // dgamma / dbeta for columns [c0, c1), each a sum over every row in order; must run before dx overwrites dy in place.
 void norm_backward_param_cols(const NormBackwardRows& a, int64_t c0, int64_t c1);
+// Elements [b, e) / rows [r0, r1) / columns [c0, c1) of the other operations.
+float activation(sw_activation act, float x);
+float activation_grad(sw_activation act, float x);
+void activation_range(const ActivationArgs& a, uint64_t b, uint64_t e);
+void activation_backward_range(const ActivationBackwardArgs& a, uint64_t b, uint64_t e);
+void glu_rows(const GluArgs& a, int64_t r0, int64_t r1);
+void glu_backward_rows(const GluBackwardArgs& a, int64_t r0, int64_t r1);
+void dropout_range(const DropoutArgs& a, uint64_t b, uint64_t e);
+void embedding_rows(const EmbeddingArgs& a, int64_t r0, int64_t r1);
+// Clears rows [r0, r1) of dtable when not accumulating (run over all rows before the scatter).
+void embedding_backward_clear_rows(const EmbeddingBackwardArgs& a, int64_t r0, int64_t r1);
+// Adds the token rows into columns [c0, c1) of dtable, tokens in order.
+void embedding_backward_cols(const EmbeddingBackwardArgs& a, int64_t c0, int64_t c1);
+void cross_entropy_partial_rows(const CrossEntropyPartialArgs& a, int64_t r0, int64_t r1);
+void cross_entropy_combine_rows(const CrossEntropyCombineArgs& a, int64_t r0, int64_t r1);
+void cross_entropy_backward_rows(const CrossEntropyBackwardArgs& a, int64_t r0, int64_t r1);
 } // namespace cpu
 
 } // namespace sw

@@ -498,6 +498,53 @@ public:
                 });
             });
     }
+
+    void activation(sw_stream_s& s, const ActivationArgs& a, KeepAlive keep) override {
+        enqueue_elementwise(s, a.count, std::move(keep), [a](uint64_t b, uint64_t e) { activation_range(a, b, e); });
+    }
+    void activation_backward(sw_stream_s& s, const ActivationBackwardArgs& a, KeepAlive keep) override {
+        enqueue_elementwise(s, a.count, std::move(keep), [a](uint64_t b, uint64_t e) { activation_backward_range(a, b, e); });
+    }
+    void glu(sw_stream_s& s, const GluArgs& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 4, std::move(keep), [a](int64_t b, int64_t e) { glu_rows(a, b, e); });
+    }
+    void glu_backward(sw_stream_s& s, const GluBackwardArgs& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 6, std::move(keep), [a](int64_t b, int64_t e) { glu_backward_rows(a, b, e); });
+    }
+    void dropout(sw_stream_s& s, const DropoutArgs& a, KeepAlive keep) override {
+        enqueue_elementwise(s, a.count, std::move(keep), [a](uint64_t b, uint64_t e) { dropout_range(a, b, e); });
+    }
+    void embedding(sw_stream_s& s, const EmbeddingArgs& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 1, std::move(keep), [a](int64_t b, int64_t e) { embedding_rows(a, b, e); });
+    }
+    // Clear (unless accumulating), then column blocks each adding the tokens in order: the same bits for any pool size.
+    void embedding_backward(sw_stream_s& s, const EmbeddingBackwardArgs& a, KeepAlive keep) override {
+        auto dev = s.device_impl;
+        const double elems = static_cast<double>(a.rows + a.shard_rows) * static_cast<double>(a.cols);
+        submit(
+            s, -1, [elems] { return 2 * elems * g_elementwise_ns.load(std::memory_order_relaxed); }, std::move(keep),
+            [dev, a] {
+                if (!a.accumulate && a.shard_rows > 0) {
+                    const int64_t block = std::max<int64_t>(1, (int64_t{1} << 16) / a.cols);
+                    dev->pool->parallel_for((a.shard_rows + block - 1) / block, [&](int64_t c) {
+                        embedding_backward_clear_rows(a, c * block, std::min(a.shard_rows, (c + 1) * block));
+                    });
+                }
+                constexpr int64_t kCols = 64;
+                dev->pool->parallel_for((a.cols + kCols - 1) / kCols, [&](int64_t c) {
+                    embedding_backward_cols(a, c * kCols, std::min(a.cols, (c + 1) * kCols));
+                });
+            });
+    }
+    void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 6, std::move(keep), [a](int64_t b, int64_t e) { cross_entropy_partial_rows(a, b, e); });
+    }
+    void cross_entropy_combine(sw_stream_s& s, const CrossEntropyCombineArgs& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.parts, 8, std::move(keep), [a](int64_t b, int64_t e) { cross_entropy_combine_rows(a, b, e); });
+    }
+    void cross_entropy_backward(sw_stream_s& s, const CrossEntropyBackwardArgs& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols, 6, std::move(keep), [a](int64_t b, int64_t e) { cross_entropy_backward_rows(a, b, e); });
+    }
 };
 
 } // namespace

@@ -1,6 +1,7 @@
 // The CPU loops of the row-wise transformer operations (core/row_ops.h): softmax with an optional causal mask, its
 // backward, LayerNorm / RMSNorm and their backward. Row statistics and row sums accumulate in double and are rounded
-// once to fp32; each row's element-wise results are fp32. A row's result depends on that row only (and a parameter
+// once to fp32; each row's element-wise results are fp32. Also the activations, gated units, dropout, embedding and
+// vocabulary-parallel cross-entropy (core/row_ops.h). A row's result depends on that row only (and a parameter
 // gradient's column on its column only), so the row or column blocks the backend runs in parallel give the same bits
 // for any number of threads.
 #include "core/row_ops.h"
@@ -125,6 +126,149 @@ void norm_backward_param_cols(const NormBackwardRows& a, int64_t c0, int64_t c1)
             if (a.dgamma) a.dgamma[c] = static_cast<float>(sg[c - cb] + (a.accumulate ? a.dgamma[c] : 0.0));
             if (a.dbeta) a.dbeta[c] = static_cast<float>(sb[c - cb] + (a.accumulate ? a.dbeta[c] : 0.0));
         }
+    }
+}
+
+// ------------------------------------------------------------------ activations, gated units, dropout
+float activation(sw_activation act, float x) {
+    switch (act) {
+    case SW_ACTIVATION_RELU: return x > 0.0f ? x : 0.0f;
+    case SW_ACTIVATION_SILU: return x / (1.0f + std::exp(-x));
+    default: {
+        const float c = 0.7978845608028654f;
+        return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
+    }
+    }
+}
+
+float activation_grad(sw_activation act, float x) {
+    switch (act) {
+    case SW_ACTIVATION_RELU: return x > 0.0f ? 1.0f : 0.0f;
+    case SW_ACTIVATION_SILU: {
+        const float s = 1.0f / (1.0f + std::exp(-x));
+        return s * (1.0f + x * (1.0f - s));
+    }
+    default: {
+        const float c = 0.7978845608028654f;
+        const float t = std::tanh(c * (x + 0.044715f * x * x * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * c * (1.0f + 3.0f * 0.044715f * x * x);
+    }
+    }
+}
+
+void activation_range(const ActivationArgs& a, uint64_t b, uint64_t e) {
+    for (uint64_t i = b; i < e; ++i) a.y[i] = activation(a.act, a.x[i]);
+}
+
+void activation_backward_range(const ActivationBackwardArgs& a, uint64_t b, uint64_t e) {
+    for (uint64_t i = b; i < e; ++i) a.dx[i] = a.dy[i] * activation_grad(a.act, a.x[i]);
+}
+
+void glu_rows(const GluArgs& a, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* g = a.gu + r * 2 * a.cols;
+        float* h = a.h + r * a.cols;
+        for (int64_t j = 0; j < a.cols; ++j) h[j] = activation(a.act, g[j]) * g[a.cols + j];
+    }
+}
+
+void glu_backward_rows(const GluBackwardArgs& a, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* g = a.gu + r * 2 * a.cols;
+        const float* dh = a.dh + r * a.cols;
+        float* d = a.dgu + r * 2 * a.cols;
+        for (int64_t j = 0; j < a.cols; ++j) {
+            const float gate = g[j], up = g[a.cols + j];
+            d[j] = dh[j] * up * activation_grad(a.act, gate);
+            d[a.cols + j] = dh[j] * activation(a.act, gate);
+        }
+    }
+}
+
+void dropout_range(const DropoutArgs& a, uint64_t b, uint64_t e) {
+    for (uint64_t i = b; i < e; ++i)
+        a.y[i] = dropout_bits(a.seed, a.counter + i) >= a.threshold ? a.x[i] / a.keep : 0.0f;
+}
+
+// ------------------------------------------------------------------ vocabulary-parallel embedding and cross-entropy
+namespace {
+// The shard row of a token id, or -1 when the id is not in the shard.
+int64_t shard_row(int32_t id, int64_t vocab_offset, int64_t shard_rows) {
+    const int64_t row = static_cast<int64_t>(id) - vocab_offset;
+    return row >= 0 && row < shard_rows ? row : -1;
+}
+} // namespace
+
+void embedding_rows(const EmbeddingArgs& a, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        float* out = a.out + r * a.cols;
+        const int64_t row = shard_row(a.ids[r], a.vocab_offset, a.shard_rows);
+        if (row < 0) {
+            std::fill(out, out + a.cols, 0.0f);
+            continue;
+        }
+        const float* t = a.table + row * a.cols;
+        std::copy(t, t + a.cols, out);
+    }
+}
+
+void embedding_backward_clear_rows(const EmbeddingBackwardArgs& a, int64_t r0, int64_t r1) {
+    if (!a.accumulate) std::fill(a.dtable + r0 * a.cols, a.dtable + r1 * a.cols, 0.0f);
+}
+
+void embedding_backward_cols(const EmbeddingBackwardArgs& a, int64_t c0, int64_t c1) {
+    for (int64_t r = 0; r < a.rows; ++r) {
+        const int64_t row = shard_row(a.ids[r], a.vocab_offset, a.shard_rows);
+        if (row < 0) continue;
+        const float* d = a.dout + r * a.cols;
+        float* t = a.dtable + row * a.cols;
+        for (int64_t c = c0; c < c1; ++c) t[c] += d[c];
+    }
+}
+
+void cross_entropy_partial_rows(const CrossEntropyPartialArgs& a, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* z = a.logits + r * a.ld;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < a.cols; ++j) mx = std::max(mx, z[j]);
+        double sum = 0;
+        for (int64_t j = 0; j < a.cols; ++j) sum += std::exp(z[j] - mx);
+        const int64_t t = shard_row(a.ids[r], a.vocab_offset, a.cols);
+        a.stats[3 * r] = mx;
+        a.stats[3 * r + 1] = static_cast<float>(sum);
+        a.stats[3 * r + 2] = t >= 0 ? z[t] : 0.0f;
+    }
+}
+
+void cross_entropy_combine_rows(const CrossEntropyCombineArgs& a, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int32_t k = 0; k < a.parts; ++k) mx = std::max(mx, a.stats[(k * a.rows + r) * 3]);
+        double sum = 0, target = 0;
+        for (int32_t k = 0; k < a.parts; ++k) {
+            const float* st = a.stats + (k * a.rows + r) * 3;
+            sum += static_cast<double>(st[1]) * std::exp(static_cast<double>(st[0]) - mx);
+            target += st[2];
+        }
+        const double lse = mx + std::log(sum);
+        a.lse[r] = static_cast<float>(lse);
+        const int32_t id = a.ids[r];
+        a.loss[r] = id >= 0 && id < a.vocab_size ? static_cast<float>(lse - target) : 0.0f;
+    }
+}
+
+void cross_entropy_backward_rows(const CrossEntropyBackwardArgs& a, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+        const float* z = a.logits + r * a.ld;
+        float* d = a.dlogits + r * a.ld;
+        const int32_t id = a.ids[r];
+        if (id < 0 || id >= a.vocab_size) {
+            std::fill(d, d + a.cols, 0.0f);
+            continue;
+        }
+        const float lse = a.lse[r], g = a.dloss[r];
+        const int64_t t = shard_row(id, a.vocab_offset, a.cols);
+        for (int64_t j = 0; j < a.cols; ++j) d[j] = g * (std::exp(z[j] - lse) - (j == t ? 1.0f : 0.0f));
     }
 }
 

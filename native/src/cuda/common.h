@@ -97,6 +97,25 @@ cudaError_t launch_softmax(const SoftmaxRows& args, cudaStream_t stream);
 cudaError_t launch_softmax_backward(const SoftmaxBackwardRows& args, cudaStream_t stream);
 cudaError_t launch_norm(const NormRows& args, cudaStream_t stream);
 cudaError_t launch_norm_backward(const NormBackwardRows& args, cudaStream_t stream);
+// Activations, gated units, dropout, vocabulary-parallel embedding and cross-entropy (ABI 7), fp32 with int32 token ids,
+// descriptions validated by the core (core/row_ops.h). Element-wise grid-stride kernels where each thread reads an
+// element's inputs before writing its outputs: y may be x (activation, dropout), dx may be dy, dgu may be gu, dlogits
+// may be logits. dropout uses the generator of core/row_ops.h (dropout_bits): the CPU backend's very masks.
+// embedding_backward queues, when not accumulating, a kernel clearing dtable, then one thread per column adding the
+// tokens in order (the CPU's fp32 sum order: deterministic); nothing at all when shard_rows == 0.
+// cross_entropy_partial: one block per row with fixed-order block reductions; cross_entropy_combine: one thread per
+// row, parts in order, in double. Counts, rows, cols, parts >= 1 (embedding_backward: rows >= 0, shard_rows >= 0);
+// cudaErrorInvalidValue for a malformed description.
+cudaError_t launch_activation(const ActivationArgs& args, cudaStream_t stream);
+cudaError_t launch_activation_backward(const ActivationBackwardArgs& args, cudaStream_t stream);
+cudaError_t launch_glu(const GluArgs& args, cudaStream_t stream);
+cudaError_t launch_glu_backward(const GluBackwardArgs& args, cudaStream_t stream);
+cudaError_t launch_dropout(const DropoutArgs& args, cudaStream_t stream);
+cudaError_t launch_embedding(const EmbeddingArgs& args, cudaStream_t stream);
+cudaError_t launch_embedding_backward(const EmbeddingBackwardArgs& args, cudaStream_t stream);
+cudaError_t launch_cross_entropy_partial(const CrossEntropyPartialArgs& args, cudaStream_t stream);
+cudaError_t launch_cross_entropy_combine(const CrossEntropyCombineArgs& args, cudaStream_t stream);
+cudaError_t launch_cross_entropy_backward(const CrossEntropyBackwardArgs& args, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ gemm_mma.cu
 // Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+; or, with wgmma = true, wgmma.mma_async, sm_90a code

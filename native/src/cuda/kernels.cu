@@ -733,6 +733,186 @@ __global__ void norm_backward_param_kernel(const float* __restrict__ x, const fl
     }
 }
 
+// ------------------------------------------------------------------------------------------ activations, GLU, dropout,
+// embedding, cross-entropy (ABI 7)
+// Element-wise kernels (activations, GLU, dropout, embedding, the cross-entropy gradient) are grid-stride loops over
+// 64-bit indices in which each thread reads every input of an element before writing that element's outputs: so y
+// may be x, dx may be dy, dgu may be gu (the gate and up of (r, j) are read by the thread that writes both) and
+// dlogits may be logits. The activations are the fp32 formulas of the CPU backend (cpu/row_ops.cpp).
+
+// act(x) and act'(x) (act: an sw_activation; anything else is GeLU, as on the CPU).
+__device__ __forceinline__ float act_forward(int act, float x) {
+    if (act == SW_ACTIVATION_RELU) return x > 0.0f ? x : 0.0f;
+    if (act == SW_ACTIVATION_SILU) return x / (1.0f + expf(-x));
+    return gelu(x);
+}
+__device__ __forceinline__ float act_grad(int act, float x) {
+    if (act == SW_ACTIVATION_RELU) return x > 0.0f ? 1.0f : 0.0f;
+    if (act == SW_ACTIVATION_SILU) {
+        const float s = 1.0f / (1.0f + expf(-x));
+        return s * (1.0f + x * (1.0f - s));
+    }
+    return gelu_grad(x);
+}
+
+// y[i] = act(x[i]); y may be x.
+__global__ void activation_kernel(int act, const float* x, float* y, uint64_t count) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        y[i] = act_forward(act, x[i]);
+}
+
+// dx[i] = dy[i] * act'(x[i]); dx may be dy.
+__global__ void activation_backward_kernel(int act, const float* __restrict__ x, const float* dy, float* dx,
+                                           uint64_t count) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        dx[i] = dy[i] * act_grad(act, x[i]);
+}
+
+// h[r, j] = act(gu[r, j]) * gu[r, cols + j] over the rows * cols elements of h (gu: rows x 2 cols).
+__global__ void glu_kernel(int act, const float* __restrict__ gu, float* __restrict__ h, int64_t rows, int64_t cols) {
+    const int64_t n = rows * cols;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = i / cols, j = i - r * cols;
+        const float* g = gu + r * 2 * cols;
+        h[i] = act_forward(act, g[j]) * g[cols + j];
+    }
+}
+
+// dgu[r, j] = dh[r, j] * up * act'(gate), dgu[r, cols + j] = dh[r, j] * act(gate); gate and up read first (dgu may
+// be gu).
+__global__ void glu_backward_kernel(int act, const float* gu, const float* __restrict__ dh, float* dgu, int64_t rows,
+                                    int64_t cols) {
+    const int64_t n = rows * cols;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = i / cols, j = i - r * cols;
+        const int64_t base = r * 2 * cols;
+        const float gate = gu[base + j], up = gu[base + cols + j], d = dh[i];
+        dgu[base + j] = d * up * act_grad(act, gate);
+        dgu[base + cols + j] = d * act_forward(act, gate);
+    }
+}
+
+// y[i] = x[i] / keep when dropout_bits(seed, counter + i) >= threshold, else 0 (core/row_ops.h: the CPU's very bits;
+// a division, rounded once, as the CPU does). y may be x.
+__global__ void dropout_kernel(const float* x, float* y, uint64_t count, uint32_t threshold, float keep, uint64_t seed,
+                               uint64_t counter) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        y[i] = dropout_bits(seed, counter + i) >= threshold ? x[i] / keep : 0.0f;
+}
+
+// The shard row of a token id, or -1 when the id lies outside [vocab_offset, vocab_offset + shard_rows).
+__device__ __forceinline__ int64_t shard_row_of(int32_t id, int64_t vocab_offset, int64_t shard_rows) {
+    const int64_t row = static_cast<int64_t>(id) - vocab_offset;
+    return row >= 0 && row < shard_rows ? row : -1;
+}
+
+// out[r, c] = table[ids[r] - vocab_offset, c] for ids in the shard, else 0; over the rows * cols elements of out.
+__global__ void embedding_kernel(const float* __restrict__ table, int64_t shard_rows, const int32_t* __restrict__ ids,
+                                 int64_t vocab_offset, float* __restrict__ out, int64_t rows, int64_t cols) {
+    const int64_t n = rows * cols;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = i / cols, c = i - r * cols;
+        const int64_t row = shard_row_of(ids[r], vocab_offset, shard_rows);
+        out[i] = row >= 0 ? table[row * cols + c] : 0.0f;
+    }
+}
+
+// dtable[i] = 0 for i < count (the embedding backward without accumulation, queued before the scatter).
+__global__ void zero_kernel(float* p, uint64_t count) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        p[i] = 0.0f;
+}
+
+// dtable[ids[r] - vocab_offset, c] += dout[r, c] for the tokens r = 0..rows-1 in order whose id lies in the shard: one
+// thread per column, so every element of dtable is summed by one thread in token order, in fp32 (the CPU's order and
+// rounding: the same bits, no atomics), coalesced across the threads of a block.
+__global__ void embedding_backward_kernel(const float* __restrict__ dout, const int32_t* __restrict__ ids,
+                                          int64_t vocab_offset, float* __restrict__ dtable, int64_t shard_rows,
+                                          int64_t rows, int64_t cols) {
+    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t row = shard_row_of(ids[r], vocab_offset, shard_rows);
+            if (row >= 0) dtable[row * cols + c] += dout[r * cols + c];
+        }
+    }
+}
+
+// One block per row of the shard's logits (as softmax_kernel): stats[3r] = max_j z, stats[3r + 1] = sum_j exp(z - max)
+// (fp32, fixed-order block reduction), stats[3r + 2] = z[ids[r] - vocab_offset] when in the shard, else 0.
+__global__ void cross_entropy_partial_kernel(const float* __restrict__ logits, int64_t rows, int64_t cols, int64_t ld,
+                                             const int32_t* __restrict__ ids, int64_t vocab_offset,
+                                             float* __restrict__ stats) {
+    __shared__ float red[kRowThreadsMax];
+    const int64_t t0 = threadIdx.x, step = blockDim.x;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        const float* z = logits + r * ld;
+        float mx = -INFINITY;
+        for (int64_t j = t0; j < cols; j += step) mx = fmaxf(mx, z[j]);
+        mx = block_reduce(mx, red, MaxOp());
+        float sum = 0.0f;
+        for (int64_t j = t0; j < cols; j += step) sum += expf(z[j] - mx);
+        sum = block_reduce(sum, red, SumOp());
+        if (t0 == 0) {
+            const int64_t t = shard_row_of(ids[r], vocab_offset, cols);
+            stats[3 * r] = mx;
+            stats[3 * r + 1] = sum;
+            stats[3 * r + 2] = t >= 0 ? z[t] : 0.0f;
+        }
+    }
+}
+
+// One thread per row: the parts' statistics (stats[(k * rows + r) * 3 ...]) combined in order k = 0..parts-1 in
+// double (the CPU's arithmetic): lse = M + log(sum_k s_k exp(m_k - M)), loss = lse - sum_k t_k for 0 <= id <
+// vocab_size, else 0.
+__global__ void cross_entropy_combine_kernel(const float* __restrict__ stats, int32_t parts, int64_t rows,
+                                             const int32_t* __restrict__ ids, int64_t vocab_size, float* __restrict__ lse,
+                                             float* __restrict__ loss) {
+    for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < rows;
+         r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        float mx = -INFINITY;
+        for (int32_t k = 0; k < parts; ++k) mx = fmaxf(mx, stats[(k * rows + r) * 3]);
+        double sum = 0.0, target = 0.0;
+        for (int32_t k = 0; k < parts; ++k) {
+            const float* st = stats + (k * rows + r) * 3;
+            sum += static_cast<double>(st[1]) * exp(static_cast<double>(st[0]) - static_cast<double>(mx));
+            target += static_cast<double>(st[2]);
+        }
+        const double l = static_cast<double>(mx) + log(sum);
+        lse[r] = static_cast<float>(l);
+        const int32_t id = ids[r];
+        loss[r] = id >= 0 && id < vocab_size ? static_cast<float>(l - target) : 0.0f;
+    }
+}
+
+// dlogits[r, j] = dloss[r] * (exp(z[r, j] - lse[r]) - [vocab_offset + j == ids[r]]) for 0 <= ids[r] < vocab_size, else
+// 0; over the rows * cols elements (row r at r * ld: the gap between cols and ld untouched). dlogits may be logits.
+__global__ void cross_entropy_backward_kernel(const float* logits, int64_t rows, int64_t cols, int64_t ld,
+                                              const int32_t* __restrict__ ids, int64_t vocab_offset, int64_t vocab_size,
+                                              const float* __restrict__ lse, const float* __restrict__ dloss,
+                                              float* dlogits) {
+    const int64_t n = rows * cols;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int64_t r = i / cols, j = i - r * cols;
+        const int64_t e = r * ld + j;
+        const int32_t id = ids[r];
+        if (id < 0 || id >= vocab_size) {
+            dlogits[e] = 0.0f;
+            continue;
+        }
+        const float hit = vocab_offset + j == static_cast<int64_t>(id) ? 1.0f : 0.0f;
+        dlogits[e] = dloss[r] * (expf(logits[e] - lse[r]) - hit);
+    }
+}
+
 } // namespace
 
 cudaError_t launch_softmax(const SoftmaxRows& a, cudaStream_t stream) {
@@ -769,6 +949,88 @@ cudaError_t launch_norm_backward(const NormBackwardRows& a, cudaStream_t stream)
     }
     return launch_kernel(norm_backward_dx_kernel, dim3(row_blocks(a.rows)), dim3(row_threads(a.cols)), stream,
                          a.kind == SW_NORM_LAYER ? 1 : 0, a.x, a.gamma, a.stats, a.dy, a.dx, a.rows, a.cols);
+}
+
+cudaError_t launch_activation(const ActivationArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.count < 1) return cudaErrorInvalidValue;
+    return launch_kernel(activation_kernel, dim3(blocks_for(a.count)), dim3(kThreads), stream, static_cast<int>(a.act),
+                         a.x, a.y, a.count);
+}
+
+cudaError_t launch_activation_backward(const ActivationBackwardArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.count < 1) return cudaErrorInvalidValue;
+    return launch_kernel(activation_backward_kernel, dim3(blocks_for(a.count)), dim3(kThreads), stream,
+                         static_cast<int>(a.act), a.x, a.dy, a.dx, a.count);
+}
+
+cudaError_t launch_glu(const GluArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1) return cudaErrorInvalidValue;
+    const auto n = static_cast<uint64_t>(a.rows) * static_cast<uint64_t>(a.cols);
+    return launch_kernel(glu_kernel, dim3(blocks_for(n)), dim3(kThreads), stream, static_cast<int>(a.act), a.gu, a.h,
+                         a.rows, a.cols);
+}
+
+cudaError_t launch_glu_backward(const GluBackwardArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1) return cudaErrorInvalidValue;
+    const auto n = static_cast<uint64_t>(a.rows) * static_cast<uint64_t>(a.cols);
+    return launch_kernel(glu_backward_kernel, dim3(blocks_for(n)), dim3(kThreads), stream, static_cast<int>(a.act), a.gu,
+                         a.dh, a.dgu, a.rows, a.cols);
+}
+
+cudaError_t launch_dropout(const DropoutArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.count < 1) return cudaErrorInvalidValue;
+    return launch_kernel(dropout_kernel, dim3(blocks_for(a.count)), dim3(kThreads), stream, a.x, a.y, a.count,
+                         a.threshold, a.keep, a.seed, a.counter);
+}
+
+cudaError_t launch_embedding(const EmbeddingArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1 || a.shard_rows < 0) return cudaErrorInvalidValue;
+    const auto n = static_cast<uint64_t>(a.rows) * static_cast<uint64_t>(a.cols);
+    return launch_kernel(embedding_kernel, dim3(blocks_for(n)), dim3(kThreads), stream, a.table, a.shard_rows, a.ids,
+                         a.vocab_offset, a.out, a.rows, a.cols);
+}
+
+cudaError_t launch_embedding_backward(const EmbeddingBackwardArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 0 || a.cols < 1 || a.shard_rows < 0) return cudaErrorInvalidValue;
+    if (a.shard_rows == 0) return cudaSuccess; // no row of the table: nothing to clear or add
+    if (!a.accumulate) {
+        const auto n = static_cast<uint64_t>(a.shard_rows) * static_cast<uint64_t>(a.cols);
+        const cudaError_t st = launch_kernel(zero_kernel, dim3(blocks_for(n)), dim3(kThreads), stream, a.dtable, n);
+        if (st != cudaSuccess) return st;
+    }
+    if (a.rows == 0) return cudaSuccess;
+    const dim3 grid(blocks_for(static_cast<uint64_t>(a.cols), kParamThreads));
+    return launch_kernel(embedding_backward_kernel, grid, dim3(kParamThreads), stream, a.dout, a.ids, a.vocab_offset,
+                         a.dtable, a.shard_rows, a.rows, a.cols);
+}
+
+cudaError_t launch_cross_entropy_partial(const CrossEntropyPartialArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1 || a.ld < a.cols) return cudaErrorInvalidValue;
+    return launch_kernel(cross_entropy_partial_kernel, dim3(row_blocks(a.rows)), dim3(row_threads(a.cols)), stream,
+                         a.logits, a.rows, a.cols, a.ld, a.ids, a.vocab_offset, a.stats);
+}
+
+cudaError_t launch_cross_entropy_combine(const CrossEntropyCombineArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.parts < 1) return cudaErrorInvalidValue;
+    return launch_kernel(cross_entropy_combine_kernel, dim3(blocks_for(static_cast<uint64_t>(a.rows))), dim3(kThreads),
+                         stream, a.stats, a.parts, a.rows, a.ids, a.vocab_size, a.lse, a.loss);
+}
+
+cudaError_t launch_cross_entropy_backward(const CrossEntropyBackwardArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 1 || a.ld < a.cols) return cudaErrorInvalidValue;
+    const auto n = static_cast<uint64_t>(a.rows) * static_cast<uint64_t>(a.cols);
+    return launch_kernel(cross_entropy_backward_kernel, dim3(blocks_for(n)), dim3(kThreads), stream, a.logits, a.rows,
+                         a.cols, a.ld, a.ids, a.vocab_offset, a.vocab_size, a.lse, a.dloss, a.dlogits);
 }
 
 } // namespace sw::cuda

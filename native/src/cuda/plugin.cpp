@@ -816,6 +816,149 @@ sw_status api_norm_backward(int32_t ordinal, const NormBackwardRows& a, void* st
     });
 }
 
+// ------------------------------------------------------------------------------------------ activations, GLU, dropout,
+// embedding, cross-entropy (ABI 7)
+void require_activation(sw_activation act) {
+    if (act != SW_ACTIVATION_GELU && act != SW_ACTIVATION_RELU && act != SW_ACTIVATION_SILU)
+        fail(SW_ERR_INVALID_ARGUMENT, "activation ", static_cast<int>(act),
+             " is not SW_ACTIVATION_GELU, SW_ACTIVATION_RELU or SW_ACTIVATION_SILU");
+}
+void require_sizes(int64_t rows, int64_t cols) {
+    if (rows < 0 || cols < 1)
+        fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, ", cols = ", cols, "; expected rows >= 0, cols >= 1");
+}
+
+sw_status api_activation(int32_t ordinal, const ActivationArgs& a, void* stream, std::string* err) {
+    return run(err, "activation", [&] {
+        require_activation(a.act);
+        set_device(ordinal);
+        if (a.count == 0) return;
+        need(a.x, "x");
+        need(a.y, "y");
+        check_cuda(launch_activation(a, as_stream(stream)), "activation kernel launch");
+    });
+}
+
+sw_status api_activation_backward(int32_t ordinal, const ActivationBackwardArgs& a, void* stream, std::string* err) {
+    return run(err, "activation_backward", [&] {
+        require_activation(a.act);
+        set_device(ordinal);
+        if (a.count == 0) return;
+        need(a.x, "x");
+        need(a.dy, "dy");
+        need(a.dx, "dx");
+        check_cuda(launch_activation_backward(a, as_stream(stream)), "activation_backward kernel launch");
+    });
+}
+
+sw_status api_glu(int32_t ordinal, const GluArgs& a, void* stream, std::string* err) {
+    return run(err, "glu", [&] {
+        require_activation(a.act);
+        require_sizes(a.rows, a.cols);
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.gu, "gu");
+        need(a.h, "h");
+        check_cuda(launch_glu(a, as_stream(stream)), "glu kernel launch");
+    });
+}
+
+sw_status api_glu_backward(int32_t ordinal, const GluBackwardArgs& a, void* stream, std::string* err) {
+    return run(err, "glu_backward", [&] {
+        require_activation(a.act);
+        require_sizes(a.rows, a.cols);
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.gu, "gu");
+        need(a.dh, "dh");
+        need(a.dgu, "dgu");
+        check_cuda(launch_glu_backward(a, as_stream(stream)), "glu_backward kernel launch");
+    });
+}
+
+sw_status api_dropout(int32_t ordinal, const DropoutArgs& a, void* stream, std::string* err) {
+    return run(err, "dropout", [&] {
+        if (a.threshold > (1u << 24))
+            fail(SW_ERR_INVALID_ARGUMENT, "threshold = ", a.threshold, "; expected <= 2^24");
+        if (!(a.keep > 0.0f && a.keep <= 1.0f)) fail(SW_ERR_INVALID_ARGUMENT, "keep = ", a.keep, "; expected in (0, 1]");
+        set_device(ordinal);
+        if (a.count == 0) return;
+        need(a.x, "x");
+        need(a.y, "y");
+        check_cuda(launch_dropout(a, as_stream(stream)), "dropout kernel launch");
+    });
+}
+
+sw_status api_embedding(int32_t ordinal, const EmbeddingArgs& a, void* stream, std::string* err) {
+    return run(err, "embedding", [&] {
+        require_sizes(a.rows, a.cols);
+        if (a.shard_rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "shard_rows = ", a.shard_rows, "; expected >= 0");
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        if (a.shard_rows > 0) need(a.table, "table"); // an empty shard: every output row is zero, table unread
+        need(a.ids, "ids");
+        need(a.out, "out");
+        check_cuda(launch_embedding(a, as_stream(stream)), "embedding kernel launch");
+    });
+}
+
+sw_status api_embedding_backward(int32_t ordinal, const EmbeddingBackwardArgs& a, void* stream, std::string* err) {
+    return run(err, "embedding_backward", [&] {
+        require_sizes(a.rows, a.cols);
+        if (a.shard_rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "shard_rows = ", a.shard_rows, "; expected >= 0");
+        set_device(ordinal);
+        // Not accumulating clears dtable even with no token (rows == 0); an empty shard has nothing to write.
+        if (a.shard_rows == 0 || (a.rows == 0 && a.accumulate)) return;
+        need(a.dtable, "dtable");
+        if (a.rows > 0) {
+            need(a.dout, "dout");
+            need(a.ids, "ids");
+        }
+        // One call queues the clearing kernel (when not accumulating) and then the scatter.
+        check_cuda(launch_embedding_backward(a, as_stream(stream)), "embedding_backward kernel launch");
+    });
+}
+
+sw_status api_cross_entropy_partial(int32_t ordinal, const CrossEntropyPartialArgs& a, void* stream, std::string* err) {
+    return run(err, "cross_entropy_partial", [&] {
+        require_rows_shape(a.rows, a.cols, a.ld);
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.logits, "logits");
+        need(a.ids, "ids");
+        need(a.stats, "stats");
+        check_cuda(launch_cross_entropy_partial(a, as_stream(stream)), "cross_entropy_partial kernel launch");
+    });
+}
+
+sw_status api_cross_entropy_combine(int32_t ordinal, const CrossEntropyCombineArgs& a, void* stream, std::string* err) {
+    return run(err, "cross_entropy_combine", [&] {
+        if (a.parts < 1 || a.rows < 0)
+            fail(SW_ERR_INVALID_ARGUMENT, "parts = ", a.parts, ", rows = ", a.rows, "; expected parts >= 1, rows >= 0");
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.stats, "stats");
+        need(a.ids, "ids");
+        need(a.lse, "lse");
+        need(a.loss, "loss");
+        check_cuda(launch_cross_entropy_combine(a, as_stream(stream)), "cross_entropy_combine kernel launch");
+    });
+}
+
+sw_status api_cross_entropy_backward(int32_t ordinal, const CrossEntropyBackwardArgs& a, void* stream, std::string* err) {
+    return run(err, "cross_entropy_backward", [&] {
+        require_rows_shape(a.rows, a.cols, a.ld);
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        need(a.logits, "logits");
+        need(a.ids, "ids");
+        need(a.lse, "lse");
+        need(a.dloss, "dloss");
+        need(a.dlogits, "dlogits");
+        check_cuda(launch_cross_entropy_backward(a, as_stream(stream)), "cross_entropy_backward kernel launch");
+    });
+}
+
 // ------------------------------------------------------------------------------------------ gemm
 void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
     if (!gemm_types_defined(d.a_type, d.b_type, d.c_type) || d.bias_type != d.c_type || d.accum_type != SW_DTYPE_F32)
@@ -979,6 +1122,16 @@ const PluginApi kApi = {
     api_softmax_backward,
     api_norm,
     api_norm_backward,
+    api_activation,
+    api_activation_backward,
+    api_glu,
+    api_glu_backward,
+    api_dropout,
+    api_embedding,
+    api_embedding_backward,
+    api_cross_entropy_partial,
+    api_cross_entropy_combine,
+    api_cross_entropy_backward,
 };
 
 } // namespace

@@ -5,7 +5,9 @@
 // destinations, in place), convert (all twelve dtype pairs, correctly rounded, including the double -> f16/bf16
 // ties that a double rounding would get wrong), the GEMM epilogue scale_bias_act, gelu_backward, wait_flag, the training
 // kernels unscale_check and axpy, and the attention and normalization kernels softmax, softmax_backward, norm and
-// norm_backward (against float64 references, to a relative 1e-5: they sum in fp32).
+// norm_backward (against float64 references, to a relative 1e-5: they sum in fp32), and the activations, GLU, dropout
+// (masks bit for bit those of sw::dropout_bits on the host, for any split of the range into calls), the vocabulary-parallel
+// embedding and its backward, and the cross-entropy partial / combine / backward over shards of one logits matrix.
 // Every buffer lies against a guard page; every launch must be a valid configuration with no emulator findings.
 //
 // This proves the kernels' index math, launch configurations and arithmetic on a machine without a GPU. The
@@ -912,6 +914,642 @@ void check_norm() {
     norm_backward_case(SW_NORM_RMS, 10, 70, false, 2, false, true, Launch::SmallGrid);
 }
 
+// ------------------------------------------------------------------------------------------ activations, GLU, dropout,
+// embedding, cross-entropy (ABI 7)
+// Each launcher on fresh random data (and once launched directly on a small grid, so that the grid-stride loops run),
+// outputs NaN-poisoned, every buffer against a guard page, inputs checked unchanged, in-place runs included. Float64
+// references to a relative 1e-5 of the magnitudes involved, except where the kernels' results are exact: ReLU,
+// dropout (the mask of sw::dropout_bits on the host, kept values x / keep rounded once), embedding (copies and zeros)
+// and its backward (the fp32 sum in token order, also against a double sum), the partial max and target.
+double act64(sw_activation act, double x) {
+    switch (act) {
+    case SW_ACTIVATION_RELU: return x > 0.0 ? x : 0.0;
+    case SW_ACTIVATION_SILU: return x / (1.0 + std::exp(-x));
+    default: return gelu64(x);
+    }
+}
+double act_grad64(sw_activation act, double x) {
+    switch (act) {
+    case SW_ACTIVATION_RELU: return x > 0.0 ? 1.0 : 0.0;
+    case SW_ACTIVATION_SILU: {
+        const double s = 1.0 / (1.0 + std::exp(-x));
+        return s * (1.0 + x * (1.0 - s));
+    }
+    default: return gelu_grad64(x);
+    }
+}
+// The scale of the fp32 rounding errors of act(x) and act'(x) (cancellations included: 1 + tanh(u) and 1 - t^2 of GeLU
+// lose the absolute error of tanhf, 1 - s of SiLU that of the sigmoid).
+double act_mag(sw_activation act, double x) {
+    switch (act) {
+    case SW_ACTIVATION_RELU: return std::fabs(x);
+    case SW_ACTIVATION_SILU: return std::fabs(act64(act, x));
+    default: return std::fabs(gelu64(x)) + 0.05 * std::fabs(x);
+    }
+}
+double act_grad_mag(sw_activation act, double x) {
+    switch (act) {
+    case SW_ACTIVATION_RELU: return 1.0;
+    case SW_ACTIVATION_SILU: return 1.0 + std::fabs(x);
+    default: return 1.0 + 0.05 * std::fabs(x) * (1.0 + 0.134 * x * x);
+    }
+}
+const char* act_name(sw_activation act) {
+    return act == SW_ACTIVATION_RELU ? "relu" : act == SW_ACTIVATION_SILU ? "silu" : "gelu";
+}
+
+// Random inputs in [-6, 6]; with more than 8 elements the first ones are 0, -0 (ReLU's derivative there is 0), tiny
+// and saturated values.
+std::vector<float> activation_inputs(size_t count) {
+    std::uniform_real_distribution<double> uni(-6.0, 6.0);
+    const float special[] = {0.0f, -0.0f, 20.0f, -20.0f, 1e-3f, -1e-3f, 0.5f, -0.5f};
+    std::vector<float> v(count);
+    for (size_t i = 0; i < count; ++i) v[i] = count > 8 && i < 8 ? special[i] : static_cast<float>(uni(g_rng));
+    return v;
+}
+
+bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+const float kZero = 0.0f;
+
+void activation_case(sw_activation act, uint64_t count, bool backward, bool in_place, Launch how) {
+    const size_t n = static_cast<size_t>(count), bytes = n * sizeof(float);
+    Guarded gx(bytes, 0), gdy(bytes, 0), gout(bytes, 0);
+    const std::vector<float> x0 = activation_inputs(n);
+    std::vector<float> dy0(n);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0);
+    for (size_t i = 0; i < n; ++i) {
+        gx.as<float>()[i] = x0[i];
+        gdy.as<float>()[i] = dy0[i] = static_cast<float>(uni(g_rng));
+        gout.as<float>()[i] = nan_f();
+    }
+    float* out = in_place ? (backward ? gdy.as<float>() : gx.as<float>()) : gout.as<float>();
+    std::vector<std::string> problems;
+    if (!backward) {
+        const sw::ActivationArgs a{act, gx.as<float>(), out, count};
+        if (how == Launch::Launcher) expect_launch(sw::cuda::launch_activation(a, nullptr), problems);
+        else expect_launch(sw::cuda::launch_kernel(sw::cuda::activation_kernel, dim3(3), dim3(32), nullptr,
+                                                   static_cast<int>(act), a.x, a.y, a.count), problems);
+    } else {
+        const sw::ActivationBackwardArgs a{act, gx.as<float>(), gdy.as<float>(), out, count};
+        if (how == Launch::Launcher) expect_launch(sw::cuda::launch_activation_backward(a, nullptr), problems);
+        else expect_launch(sw::cuda::launch_kernel(sw::cuda::activation_backward_kernel, dim3(3), dim3(32), nullptr,
+                                                   static_cast<int>(act), a.x, a.dy, a.dx, a.count), problems);
+    }
+    for (size_t i = 0; i < n; ++i) {
+        const double want = backward ? dy0[i] * act_grad64(act, x0[i]) : act64(act, x0[i]);
+        const double mag = backward ? std::fabs(dy0[i]) * act_grad_mag(act, x0[i]) : act_mag(act, x0[i]);
+        expect_close(problems, backward ? "dx" : "y", 0, static_cast<int64_t>(i), out[i], want, mag);
+    }
+    if ((backward || !in_place) && !same_bits(x0.data(), gx.as<float>(), n)) problems.push_back("x was written");
+    if (!in_place && !same_bits(dy0.data(), gdy.as<float>(), n)) problems.push_back("dy was written");
+    char what[160];
+    std::snprintf(what, sizeof what, "activation%s %s count=%llu%s%s", backward ? "_backward" : "", act_name(act),
+                  static_cast<unsigned long long>(count),
+                  in_place ? (backward ? " in place (dx = dy)" : " in place (y = x)") : "",
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void glu_case(sw_activation act, int64_t rows, int64_t cols, Launch how) {
+    const size_t n = static_cast<size_t>(rows * cols);
+    Guarded ggu(2 * n * sizeof(float), 0), gh(n * sizeof(float), 0);
+    const std::vector<float> gates = activation_inputs(n);
+    std::uniform_real_distribution<double> uni(-2.0, 2.0);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) {
+            ggu.as<float>()[r * 2 * cols + j] = gates[static_cast<size_t>(r * cols + j)];
+            ggu.as<float>()[r * 2 * cols + cols + j] = static_cast<float>(uni(g_rng));
+        }
+    for (size_t i = 0; i < n; ++i) gh.as<float>()[i] = nan_f();
+    const std::vector<float> gu0(ggu.as<float>(), ggu.as<float>() + 2 * n);
+    std::vector<std::string> problems;
+    const sw::GluArgs a{act, ggu.as<float>(), gh.as<float>(), rows, cols};
+    if (how == Launch::Launcher) expect_launch(sw::cuda::launch_glu(a, nullptr), problems);
+    else expect_launch(sw::cuda::launch_kernel(sw::cuda::glu_kernel, dim3(3), dim3(32), nullptr, static_cast<int>(act), a.gu,
+                                               a.h, a.rows, a.cols), problems);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) {
+            const double gate = gu0[r * 2 * cols + j], up = gu0[r * 2 * cols + cols + j];
+            const double want = act64(act, gate) * up;
+            expect_close(problems, "h", r, j, gh.as<float>()[r * cols + j], want,
+                         act_mag(act, gate) * std::fabs(up) + std::fabs(want));
+        }
+    if (!same_bits(gu0.data(), ggu.as<float>(), 2 * n)) problems.push_back("gu was written");
+    char what[160];
+    std::snprintf(what, sizeof what, "glu %s %lldx%lld%s", act_name(act), static_cast<long long>(rows),
+                  static_cast<long long>(cols), how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void glu_backward_case(sw_activation act, int64_t rows, int64_t cols, bool in_place, Launch how) {
+    const size_t n = static_cast<size_t>(rows * cols);
+    Guarded ggu(2 * n * sizeof(float), 0), gdh(n * sizeof(float), 0), gdgu(2 * n * sizeof(float), 0);
+    const std::vector<float> gates = activation_inputs(n);
+    std::uniform_real_distribution<double> uni(-2.0, 2.0);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) {
+            ggu.as<float>()[r * 2 * cols + j] = gates[static_cast<size_t>(r * cols + j)];
+            ggu.as<float>()[r * 2 * cols + cols + j] = static_cast<float>(uni(g_rng));
+            gdh.as<float>()[r * cols + j] = static_cast<float>(uni(g_rng));
+        }
+    for (size_t i = 0; i < 2 * n; ++i) gdgu.as<float>()[i] = nan_f();
+    const std::vector<float> gu0(ggu.as<float>(), ggu.as<float>() + 2 * n), dh0(gdh.as<float>(), gdh.as<float>() + n);
+    float* dgu = in_place ? ggu.as<float>() : gdgu.as<float>();
+    std::vector<std::string> problems;
+    const sw::GluBackwardArgs a{act, ggu.as<float>(), gdh.as<float>(), dgu, rows, cols};
+    if (how == Launch::Launcher) expect_launch(sw::cuda::launch_glu_backward(a, nullptr), problems);
+    else expect_launch(sw::cuda::launch_kernel(sw::cuda::glu_backward_kernel, dim3(3), dim3(32), nullptr,
+                                               static_cast<int>(act), a.gu, a.dh, a.dgu, a.rows, a.cols), problems);
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j) {
+            const double gate = gu0[r * 2 * cols + j], up = gu0[r * 2 * cols + cols + j], d = dh0[r * cols + j];
+            const double dgate = d * up * act_grad64(act, gate), dup = d * act64(act, gate);
+            expect_close(problems, "dgate", r, j, dgu[r * 2 * cols + j], dgate,
+                         std::fabs(d * up) * act_grad_mag(act, gate) + std::fabs(dgate));
+            expect_close(problems, "dup", r, j, dgu[r * 2 * cols + cols + j], dup,
+                         std::fabs(d) * act_mag(act, gate) + std::fabs(dup));
+        }
+    if (!in_place && !same_bits(gu0.data(), ggu.as<float>(), 2 * n)) problems.push_back("gu was written");
+    if (!same_bits(dh0.data(), gdh.as<float>(), n)) problems.push_back("dh was written");
+    char what[160];
+    std::snprintf(what, sizeof what, "glu_backward %s %lldx%lld%s%s", act_name(act), static_cast<long long>(rows),
+                  static_cast<long long>(cols), in_place ? " in place (dgu = gu)" : "",
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void check_activations() {
+    for (sw_activation act : {SW_ACTIVATION_GELU, SW_ACTIVATION_RELU, SW_ACTIVATION_SILU}) {
+        for (uint64_t count : {uint64_t{1}, uint64_t{1000}})
+            for (bool backward : {false, true})
+                for (bool in_place : {false, true}) activation_case(act, count, backward, in_place, Launch::Launcher);
+        activation_case(act, 700, false, true, Launch::SmallGrid);
+        activation_case(act, 700, true, true, Launch::SmallGrid);
+    }
+    struct S { int64_t rows, cols; };
+    const S shapes[] = {{1, 1}, {3, 5}, {4, 37}, {2, 300}};
+    for (sw_activation act : {SW_ACTIVATION_SILU, SW_ACTIVATION_GELU, SW_ACTIVATION_RELU})
+        for (const S& s : shapes) {
+            glu_case(act, s.rows, s.cols, Launch::Launcher);
+            for (bool in_place : {false, true}) glu_backward_case(act, s.rows, s.cols, in_place, Launch::Launcher);
+        }
+    glu_case(SW_ACTIVATION_SILU, 10, 70, Launch::SmallGrid);
+    glu_backward_case(SW_ACTIVATION_SILU, 10, 70, true, Launch::SmallGrid);
+    glu_backward_case(SW_ACTIVATION_GELU, 10, 70, false, Launch::SmallGrid);
+}
+
+// ---- dropout
+// The threshold as core/api.cpp derives it from p.
+uint32_t dropout_threshold(float p) { return static_cast<uint32_t>(std::ceil(static_cast<double>(p) * 16777216.0)); }
+
+// Inputs never zero (a dropped element must be told from a kept one).
+std::vector<float> dropout_inputs(size_t count) {
+    std::uniform_real_distribution<double> mag(0.25, 4.0);
+    std::bernoulli_distribution neg(0.5);
+    std::vector<float> v(count);
+    for (float& e : v) e = static_cast<float>(neg(g_rng) ? -mag(g_rng) : mag(g_rng));
+    return v;
+}
+
+// Runs dropout over x0 (in place or into a fresh NaN-poisoned buffer) and compares every element bit for bit with the
+// host's rule: kept when sw::dropout_bits(seed, counter + i) >= threshold, then x / keep in fp32, else +0. Returns the
+// number of dropped elements.
+size_t dropout_run(const std::vector<float>& x0, uint32_t threshold, float keep, uint64_t seed, uint64_t counter,
+                   bool in_place, Launch how, std::vector<std::string>& problems, std::vector<float>* out = nullptr) {
+    const size_t n = x0.size();
+    Guarded gx(n * sizeof(float), 0), gy(n * sizeof(float), 0);
+    std::memcpy(gx.as<float>(), x0.data(), n * sizeof(float));
+    for (size_t i = 0; i < n; ++i) gy.as<float>()[i] = nan_f();
+    float* y = in_place ? gx.as<float>() : gy.as<float>();
+    const sw::DropoutArgs a{gx.as<float>(), y, n, threshold, keep, seed, counter};
+    if (how == Launch::Launcher) expect_launch(sw::cuda::launch_dropout(a, nullptr), problems);
+    else expect_launch(sw::cuda::launch_kernel(sw::cuda::dropout_kernel, dim3(3), dim3(32), nullptr, a.x, a.y, a.count,
+                                               a.threshold, a.keep, a.seed, a.counter), problems);
+    size_t dropped = 0;
+    for (size_t i = 0; i < n; ++i) {
+        const bool kept = sw::dropout_bits(seed, counter + i) >= threshold;
+        const float want = kept ? x0[i] / keep : 0.0f;
+        dropped += kept ? 0 : 1;
+        if (!same_bits(&y[i], &want, 1) && problems.size() < 8) {
+            char buf[160];
+            std::snprintf(buf, sizeof buf, "y[%zu] = %.9g, expected %.9g (%s, bits %u, threshold %u)", i,
+                          static_cast<double>(y[i]), static_cast<double>(want), kept ? "kept" : "dropped",
+                          sw::dropout_bits(seed, counter + i), threshold);
+            problems.push_back(buf);
+        }
+    }
+    if (!in_place && !same_bits(x0.data(), gx.as<float>(), n)) problems.push_back("x was written");
+    if (out) out->assign(y, y + n);
+    return dropped;
+}
+
+void dropout_case(float p, size_t count, bool in_place, Launch how) {
+    const std::vector<float> x0 = dropout_inputs(count);
+    const uint64_t seed = g_rng(), counter = g_rng();
+    std::vector<std::string> problems;
+    const size_t dropped = dropout_run(x0, dropout_threshold(p), 1.0f - p, seed, counter, in_place, how, problems);
+    const double frac = static_cast<double>(dropped) / static_cast<double>(count);
+    if (p == 0.0f && dropped != 0) problems.push_back("p = 0 dropped " + std::to_string(dropped) + " elements");
+    // p = 0.3 over >= 2000 elements: the standard deviation of the fraction is <= 0.0103; 0.06 is about 6 of them.
+    if (count >= 2000 && std::fabs(frac - p) > 0.06) problems.push_back("dropped fraction " + std::to_string(frac));
+    char what[200];
+    std::snprintf(what, sizeof what, "dropout p=%g count=%zu: mask = dropout_bits on the host, kept x/(1-p) exact, "
+                  "dropped fraction %.3f%s%s", static_cast<double>(p), count, frac, in_place ? " in place (y = x)" : "",
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+// An element whose generator bits equal the threshold is kept (>=), and dropped by threshold + 1.
+void dropout_boundary_case() {
+    const std::vector<float> x0 = dropout_inputs(64);
+    uint64_t seed = 0, counter = 0;
+    uint32_t bits = 0;
+    do {
+        seed = g_rng();
+        counter = g_rng();
+        bits = sw::dropout_bits(seed, counter + 17);
+    } while (bits == 0 || bits >= (1u << 24) - 1);
+    std::vector<std::string> problems;
+    for (uint32_t t : {bits, bits + 1}) {
+        std::vector<float> y;
+        dropout_run(x0, t, 0.75f, seed, counter, false, Launch::Launcher, problems, &y);
+        // dropout_run compared with the host rule; element 17 on its own (the rule is what is under test here).
+        const float want = t == bits ? x0[17] / 0.75f : 0.0f;
+        if (!same_bits(&y[17], &want, 1))
+            problems.push_back("threshold " + std::to_string(t) + " (element 17 has bits " + std::to_string(bits) +
+                               "): y[17] = " + std::to_string(y[17]) + ", expected " + std::to_string(want));
+    }
+    report(problems.empty(), "dropout keeps an element whose bits equal the threshold, drops it at threshold + 1",
+           problems);
+}
+
+// The range split into two calls (counter offset by the first call's count, pointers offset) gives the bits of one call.
+void dropout_split_case(size_t count, size_t split, bool in_place) {
+    const std::vector<float> x0 = dropout_inputs(count);
+    const uint64_t seed = g_rng(), counter = g_rng();
+    const float p = 0.3f, keep = 1.0f - p;
+    const uint32_t threshold = dropout_threshold(p);
+    std::vector<std::string> problems;
+    Guarded gx(count * sizeof(float), 0), gone(count * sizeof(float), 0), gtwo(count * sizeof(float), 0);
+    std::memcpy(gx.as<float>(), x0.data(), count * sizeof(float));
+    for (size_t i = 0; i < count; ++i) gone.as<float>()[i] = gtwo.as<float>()[i] = nan_f();
+    expect_launch(sw::cuda::launch_dropout(sw::DropoutArgs{gx.as<float>(), gone.as<float>(), count, threshold, keep, seed,
+                                                           counter}, nullptr), problems);
+    float* src = gx.as<float>();
+    float* dst = gtwo.as<float>();
+    if (in_place) {
+        std::memcpy(dst, x0.data(), count * sizeof(float));
+        src = dst;
+    }
+    expect_launch(sw::cuda::launch_dropout(sw::DropoutArgs{src, dst, split, threshold, keep, seed, counter}, nullptr),
+                  problems);
+    expect_launch(sw::cuda::launch_dropout(sw::DropoutArgs{src + split, dst + split, count - split, threshold, keep, seed,
+                                                           counter + split}, nullptr), problems);
+    for (size_t i = 0; i < count && problems.size() < 8; ++i)
+        if (!same_bits(&gone.as<float>()[i], &dst[i], 1))
+            problems.push_back("element " + std::to_string(i) + ": one call " + std::to_string(gone.as<float>()[i]) +
+                               ", two calls " + std::to_string(dst[i]));
+    size_t zeros = 0;
+    for (size_t i = 0; i < count; ++i) zeros += gone.as<float>()[i] == 0.0f ? 1 : 0;
+    if (zeros == 0 || zeros == count) problems.push_back("degenerate mask");
+    report(problems.empty(), "dropout count=" + std::to_string(count) + " split at " + std::to_string(split) +
+                                 " into two calls (counter + " + std::to_string(split) + ") = one call" +
+                                 (in_place ? ", in place" : ""), problems);
+}
+
+void check_dropout() {
+    for (bool in_place : {false, true}) {
+        dropout_case(0.0f, 1, in_place, Launch::Launcher);
+        dropout_case(0.0f, 3000, in_place, Launch::Launcher);
+        dropout_case(0.3f, 1, in_place, Launch::Launcher);
+        dropout_case(0.3f, 4000, in_place, Launch::Launcher);
+    }
+    dropout_case(0.5f, 2000, true, Launch::SmallGrid);
+    dropout_case(0.9f, 257, false, Launch::Launcher);
+    dropout_boundary_case();
+    dropout_split_case(1000, 333, false);
+    dropout_split_case(1000, 1, true);
+    dropout_split_case(777, 512, true);
+}
+
+// ---- embedding
+// Token ids of every kind for a shard [offset, offset + shard_rows) of a vocabulary of vocab rows: in the shard (its
+// first and last row, and random ones, repeated), in other shards, negative, >= vocab.
+std::vector<int32_t> token_ids(int64_t rows, int64_t shard_rows, int64_t offset, int64_t vocab) {
+    std::vector<int32_t> ids(static_cast<size_t>(rows));
+    std::uniform_int_distribution<int64_t> any(0, vocab - 1);
+    for (int64_t r = 0; r < rows; ++r) {
+        int64_t id = 0;
+        switch (r % 8) {
+        case 0: id = shard_rows > 0 ? offset : any(g_rng); break;                  // first row of the shard (repeated)
+        case 1: id = shard_rows > 0 ? offset + shard_rows - 1 : any(g_rng); break; // last row (repeated)
+        case 2: case 5:
+            id = shard_rows > 0 ? offset + std::uniform_int_distribution<int64_t>(0, shard_rows - 1)(g_rng) : any(g_rng);
+            break;
+        case 3: id = offset > 0 ? offset - 1 : offset + shard_rows; break;         // the neighbouring shards
+        case 4: id = (r / 8) % 2 ? -1 : std::numeric_limits<int32_t>::min(); break;
+        case 6: id = (r / 8) % 2 ? vocab : std::numeric_limits<int32_t>::max(); break;
+        default: id = any(g_rng); break;
+        }
+        ids[static_cast<size_t>(r)] = static_cast<int32_t>(id);
+    }
+    return ids;
+}
+
+void embedding_case(int64_t shard_rows, int64_t offset, int64_t rows, int64_t cols, Launch how) {
+    const int64_t vocab = offset + shard_rows + 40;
+    const size_t tn = static_cast<size_t>(shard_rows * cols), on = static_cast<size_t>(rows * cols);
+    Guarded gt(std::max<size_t>(tn, 1) * sizeof(float), 0), gi(static_cast<size_t>(rows) * sizeof(int32_t), 0),
+        go(on * sizeof(float), 0);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0);
+    for (size_t i = 0; i < tn; ++i) gt.as<float>()[i] = static_cast<float>(uni(g_rng));
+    const std::vector<int32_t> ids = token_ids(rows, shard_rows, offset, vocab);
+    std::memcpy(gi.as<int32_t>(), ids.data(), ids.size() * sizeof(int32_t));
+    for (size_t i = 0; i < on; ++i) go.as<float>()[i] = nan_f();
+    const std::vector<float> t0(gt.as<float>(), gt.as<float>() + tn);
+    // An empty shard passes no table at all: the kernel must not read it.
+    const float* table = shard_rows > 0 ? gt.as<float>() : nullptr;
+    std::vector<std::string> problems;
+    const sw::EmbeddingArgs a{table, shard_rows, gi.as<int32_t>(), offset, go.as<float>(), rows, cols};
+    if (how == Launch::Launcher) expect_launch(sw::cuda::launch_embedding(a, nullptr), problems);
+    else expect_launch(sw::cuda::launch_kernel(sw::cuda::embedding_kernel, dim3(3), dim3(32), nullptr, a.table,
+                                               a.shard_rows, a.ids, a.vocab_offset, a.out, a.rows, a.cols), problems);
+    int64_t in_shard = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t row = static_cast<int64_t>(ids[static_cast<size_t>(r)]) - offset;
+        const bool hit = row >= 0 && row < shard_rows;
+        in_shard += hit ? 1 : 0;
+        for (int64_t c = 0; c < cols; ++c) {
+            const float want = hit ? t0[static_cast<size_t>(row * cols + c)] : 0.0f;
+            if (!same_bits(&go.as<float>()[r * cols + c], &want, 1) && problems.size() < 8)
+                problems.push_back("out[" + std::to_string(r) + ", " + std::to_string(c) + "] = " +
+                                   std::to_string(go.as<float>()[r * cols + c]) + " (id " +
+                                   std::to_string(ids[static_cast<size_t>(r)]) + "), expected " + std::to_string(want));
+        }
+    }
+    if (!same_bits(t0.data(), gt.as<float>(), tn)) problems.push_back("table was written");
+    if (std::memcmp(ids.data(), gi.as<int32_t>(), ids.size() * sizeof(int32_t)) != 0) problems.push_back("ids were written");
+    char what[200];
+    std::snprintf(what, sizeof what, "embedding shard [%lld, %lld) %lld tokens (%lld in the shard) x %lld%s",
+                  static_cast<long long>(offset), static_cast<long long>(offset + shard_rows),
+                  static_cast<long long>(rows), static_cast<long long>(in_shard), static_cast<long long>(cols),
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void embedding_backward_case(int64_t shard_rows, int64_t offset, int64_t rows, int64_t cols, bool accumulate,
+                             Launch how) {
+    const int64_t vocab = offset + shard_rows + 40;
+    const size_t tn = static_cast<size_t>(shard_rows * cols), dn = static_cast<size_t>(rows * cols);
+    // An empty shard gets a 4-element dtable that must keep its sentinel.
+    const size_t tsize = shard_rows > 0 ? tn : 4;
+    Guarded gd(std::max<size_t>(dn, 1) * sizeof(float), 0), gi(std::max<int64_t>(rows, 1) * sizeof(int32_t), 0),
+        gt(tsize * sizeof(float), 0);
+    std::uniform_real_distribution<double> uni(-1.0, 1.0);
+    for (size_t i = 0; i < dn; ++i) gd.as<float>()[i] = static_cast<float>(uni(g_rng));
+    const std::vector<int32_t> ids = token_ids(rows, shard_rows, offset, vocab);
+    std::memcpy(gi.as<int32_t>(), ids.data(), ids.size() * sizeof(int32_t));
+    for (size_t i = 0; i < tsize; ++i)
+        gt.as<float>()[i] = shard_rows == 0 ? gap_value() : accumulate ? static_cast<float>(uni(g_rng)) : nan_f();
+    const std::vector<float> d0(gd.as<float>(), gd.as<float>() + dn), t0(gt.as<float>(), gt.as<float>() + tsize);
+    std::vector<std::string> problems;
+    const sw::EmbeddingBackwardArgs a{rows > 0 ? gd.as<float>() : nullptr, rows > 0 ? gi.as<int32_t>() : nullptr, offset,
+                                      gt.as<float>(), shard_rows, rows, cols, accumulate};
+    if (how == Launch::Launcher) {
+        expect_launch(sw::cuda::launch_embedding_backward(a, nullptr), problems);
+    } else { // the launcher's order on small grids: clear, then the column threads (several columns each)
+        if (!accumulate)
+            expect_launch(sw::cuda::launch_kernel(sw::cuda::zero_kernel, dim3(2), dim3(32), nullptr, a.dtable,
+                                                  static_cast<uint64_t>(tn)), problems);
+        expect_launch(sw::cuda::launch_kernel(sw::cuda::embedding_backward_kernel, dim3(2), dim3(32), nullptr, a.dout,
+                                              a.ids, a.vocab_offset, a.dtable, a.shard_rows, a.rows, a.cols), problems);
+    }
+    int64_t most = 0; // tokens on the most used row
+    if (shard_rows == 0) {
+        if (!same_bits(t0.data(), gt.as<float>(), tsize)) problems.push_back("dtable of an empty shard was written");
+    } else {
+        std::vector<int64_t> hits(static_cast<size_t>(shard_rows), 0);
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t row = static_cast<int64_t>(ids[static_cast<size_t>(r)]) - offset;
+            if (row >= 0 && row < shard_rows) most = std::max(most, ++hits[static_cast<size_t>(row)]);
+        }
+        for (int64_t row = 0; row < shard_rows; ++row)
+            for (int64_t c = 0; c < cols; ++c) {
+                const size_t e = static_cast<size_t>(row * cols + c);
+                const float init = accumulate ? t0[e] : 0.0f;
+                double sum = init, mag = std::fabs(init);
+                float seq = init; // the fp32 sum in token order (the CPU backend's bits)
+                for (int64_t r = 0; r < rows; ++r)
+                    if (static_cast<int64_t>(ids[static_cast<size_t>(r)]) - offset == row) {
+                        const float d = d0[static_cast<size_t>(r * cols + c)];
+                        sum += d;
+                        mag += std::fabs(d);
+                        seq += d;
+                    }
+                const float got = gt.as<float>()[e];
+                expect_close(problems, "dtable", row, c, got, sum, mag);
+                if (!same_bits(&got, &seq, 1) && problems.size() < 8) {
+                    char buf[160];
+                    std::snprintf(buf, sizeof buf, "dtable[%lld, %lld] = %.9g is not the fp32 sum in token order %.9g",
+                                  static_cast<long long>(row), static_cast<long long>(c), static_cast<double>(got),
+                                  static_cast<double>(seq));
+                    problems.push_back(buf);
+                }
+            }
+    }
+    if (!same_bits(d0.data(), gd.as<float>(), dn)) problems.push_back("dout was written");
+    char what[220];
+    std::snprintf(what, sizeof what, "embedding_backward shard [%lld, %lld) x %lld, %lld tokens (up to %lld on one row)%s%s",
+                  static_cast<long long>(offset), static_cast<long long>(offset + shard_rows),
+                  static_cast<long long>(cols), static_cast<long long>(rows), static_cast<long long>(most),
+                  accumulate ? " accumulate" : " overwrite", how == Launch::SmallGrid ? " (small grids, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+void check_embedding() {
+    embedding_case(7, 100, 20, 5, Launch::Launcher);
+    embedding_case(3, 0, 9, 37, Launch::Launcher);
+    embedding_case(1, 50, 3, 1, Launch::Launcher);
+    embedding_case(0, 10, 6, 4, Launch::Launcher); // an empty shard: zeros
+    embedding_case(5, 20, 12, 70, Launch::SmallGrid);
+    for (bool accumulate : {false, true}) {
+        embedding_backward_case(6, 30, 25, 5, accumulate, Launch::Launcher);
+        embedding_backward_case(4, 0, 40, 37, accumulate, Launch::Launcher);
+        embedding_backward_case(1, 7, 9, 3, accumulate, Launch::Launcher);
+        embedding_backward_case(0, 10, 8, 4, accumulate, Launch::Launcher); // an empty shard: nothing written
+        embedding_backward_case(5, 0, 0, 6, accumulate, Launch::Launcher);  // no token: cleared, or untouched
+        embedding_backward_case(6, 30, 25, 70, accumulate, Launch::SmallGrid);
+    }
+}
+
+// ---- cross-entropy
+// Logits rows x vocab (leading dimension ld, a sentinel in the gap) split into shards of the given widths: partial on
+// each shard's columns of the one matrix, combine over the parts, checked against a double log-sum-exp over the full
+// row; then the backward of every shard, into a separate matrix (ld > cols) and in place on a copy of the shard.
+// Row 0 has id -1 and row 1 id vocab (ignored: loss 0, gradient 0); rows % 3 == 2 have logits 20 times larger.
+void cross_entropy_case(int64_t rows, int64_t vocab, int64_t ld, const std::vector<int64_t>& widths, Launch how) {
+    const auto parts = static_cast<int32_t>(widths.size());
+    std::vector<int64_t> offs(widths.size(), 0);
+    for (size_t k = 1; k < widths.size(); ++k) offs[k] = offs[k - 1] + widths[k - 1];
+    RowMatrix z(rows, vocab, ld);
+    std::uniform_real_distribution<double> uni(-4.0, 4.0);
+    z.fill([&](int64_t r, int64_t) { return static_cast<float>(uni(g_rng) * (r % 3 == 2 ? 20.0 : 1.0)); });
+    const std::vector<float> z0(z.p(), z.p() + z.size());
+    std::vector<int32_t> ids(static_cast<size_t>(rows));
+    std::uniform_int_distribution<int64_t> any(0, vocab - 1);
+    for (int64_t r = 0; r < rows; ++r) {
+        int64_t id = any(g_rng);
+        if (r == 0) id = -1;
+        if (r == 1) id = vocab;
+        if (r == 2) id = 0;
+        if (r == 3) id = vocab - 1;
+        if (r == 4 && parts > 1) id = offs[1];     // the first column of shard 1
+        if (r == 5 && parts > 1) id = offs[1] - 1; // the last column of shard 0
+        ids[static_cast<size_t>(r)] = static_cast<int32_t>(id);
+    }
+    Guarded gi(static_cast<size_t>(rows) * sizeof(int32_t), 0);
+    std::memcpy(gi.as<int32_t>(), ids.data(), ids.size() * sizeof(int32_t));
+    const size_t sn = static_cast<size_t>(parts) * static_cast<size_t>(rows) * 3;
+    Guarded gs(sn * sizeof(float), 0), glse(static_cast<size_t>(rows) * sizeof(float), 0),
+        gloss(static_cast<size_t>(rows) * sizeof(float), 0);
+    for (size_t i = 0; i < sn; ++i) gs.as<float>()[i] = nan_f();
+    for (int64_t r = 0; r < rows; ++r) glse.as<float>()[r] = gloss.as<float>()[r] = nan_f();
+    const char* how_text = how == Launch::SmallGrid ? " (small grids, direct)" : "";
+    std::string shards;
+    for (int64_t w : widths) shards += (shards.empty() ? "" : "+") + std::to_string(w);
+
+    // partial, per shard
+    std::vector<std::string> problems;
+    for (int32_t k = 0; k < parts; ++k) {
+        const size_t ku = static_cast<size_t>(k);
+        float* st = gs.as<float>() + ku * static_cast<size_t>(rows) * 3;
+        const sw::CrossEntropyPartialArgs a{z.p() + offs[ku], rows, widths[ku], ld, gi.as<int32_t>(), offs[ku], st};
+        if (how == Launch::Launcher) expect_launch(sw::cuda::launch_cross_entropy_partial(a, nullptr), problems);
+        else expect_launch(sw::cuda::launch_kernel(sw::cuda::cross_entropy_partial_kernel, dim3(3), dim3(32), nullptr,
+                                                   a.logits, a.rows, a.cols, a.ld, a.ids, a.vocab_offset, a.stats),
+                           problems);
+        for (int64_t r = 0; r < rows; ++r) {
+            const float* zr = z0.data() + r * ld + offs[ku];
+            float mx = -INFINITY;
+            for (int64_t j = 0; j < widths[ku]; ++j) mx = std::max(mx, zr[j]);
+            double sum = 0, mag = 0;
+            for (int64_t j = 0; j < widths[ku]; ++j) {
+                const double arg = static_cast<double>(zr[j]) - mx, e = std::exp(arg);
+                sum += e;
+                mag += e * (1.0 + std::fabs(arg)); // the fp32 argument's rounding, amplified by exp
+            }
+            const int64_t t = static_cast<int64_t>(ids[static_cast<size_t>(r)]) - offs[ku];
+            const float target = t >= 0 && t < widths[ku] ? zr[t] : 0.0f;
+            if (!same_bits(&st[3 * r], &mx, 1) && problems.size() < 8)
+                problems.push_back("part " + std::to_string(k) + " row " + std::to_string(r) + ": max " +
+                                   std::to_string(st[3 * r]) + ", expected " + std::to_string(mx));
+            expect_close(problems, "sum", r, k, st[3 * r + 1], sum, mag);
+            if (!same_bits(&st[3 * r + 2], &target, 1) && problems.size() < 8)
+                problems.push_back("part " + std::to_string(k) + " row " + std::to_string(r) + " (id " +
+                                   std::to_string(ids[static_cast<size_t>(r)]) + "): target " +
+                                   std::to_string(st[3 * r + 2]) + ", expected " + std::to_string(target));
+        }
+    }
+    if (!same_bits(z0.data(), z.p(), z.size())) problems.push_back("logits were written");
+    char what[220];
+    std::snprintf(what, sizeof what, "cross_entropy_partial %lld rows, vocab %lld = shards %s, ld=%lld%s",
+                  static_cast<long long>(rows), static_cast<long long>(vocab), shards.c_str(), static_cast<long long>(ld),
+                  how_text);
+    report(problems.empty(), what, problems);
+
+    // combine
+    problems.clear();
+    const std::vector<float> s0(gs.as<float>(), gs.as<float>() + sn);
+    const sw::CrossEntropyCombineArgs c{gs.as<float>(), parts, rows, gi.as<int32_t>(), vocab, glse.as<float>(),
+                                        gloss.as<float>()};
+    if (how == Launch::Launcher) expect_launch(sw::cuda::launch_cross_entropy_combine(c, nullptr), problems);
+    else expect_launch(sw::cuda::launch_kernel(sw::cuda::cross_entropy_combine_kernel, dim3(2), dim3(4), nullptr, c.stats,
+                                               c.parts, c.rows, c.ids, c.vocab_size, c.lse, c.loss), problems);
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* zr = z0.data() + r * ld;
+        double mx = -INFINITY, sum = 0;
+        for (int64_t j = 0; j < vocab; ++j) mx = std::max(mx, static_cast<double>(zr[j]));
+        for (int64_t j = 0; j < vocab; ++j) sum += std::exp(zr[j] - mx);
+        const double lse = mx + std::log(sum);
+        expect_close(problems, "lse", r, 0, glse.as<float>()[r], lse, std::fabs(lse) + 1.0);
+        const int32_t id = ids[static_cast<size_t>(r)];
+        if (id < 0 || id >= vocab) {
+            if (!same_bits(&gloss.as<float>()[r], &kZero, 1) && problems.size() < 8)
+                problems.push_back("loss of ignored row " + std::to_string(r) + " (id " + std::to_string(id) + ") = " +
+                                   std::to_string(gloss.as<float>()[r]));
+            continue;
+        }
+        expect_close(problems, "loss", r, 0, gloss.as<float>()[r], lse - zr[id], std::fabs(lse) + std::fabs(zr[id]) + 1.0);
+    }
+    if (!same_bits(s0.data(), gs.as<float>(), sn)) problems.push_back("stats were written");
+    std::snprintf(what, sizeof what, "cross_entropy_combine parts=%d %lld rows (2 ignored) vs a double log-sum-exp over "
+                  "vocab %lld%s", parts, static_cast<long long>(rows), static_cast<long long>(vocab), how_text);
+    report(problems.empty(), what, problems);
+
+    // backward, per shard, into a separate matrix and in place
+    const std::vector<float> lse0(glse.as<float>(), glse.as<float>() + rows);
+    Guarded gdl(static_cast<size_t>(rows) * sizeof(float), 0);
+    std::uniform_real_distribution<double> dl(0.25, 2.0);
+    for (int64_t r = 0; r < rows; ++r) gdl.as<float>()[r] = static_cast<float>(r % 2 ? -dl(g_rng) : dl(g_rng));
+    const std::vector<float> dloss0(gdl.as<float>(), gdl.as<float>() + rows);
+    for (int32_t k = 0; k < parts; ++k)
+        for (bool in_place : {false, true}) {
+            problems.clear();
+            const size_t ku = static_cast<size_t>(k);
+            const int64_t w = widths[ku], off = offs[ku];
+            // Not in place: the shard's columns of the logits matrix, dlogits a NaN-poisoned matrix of the same ld (the
+            // kernel takes one ld for both) whose gap must keep its sentinel; in place: a copy of the shard with ld = w + 2.
+            RowMatrix zc(rows, w, w + 2), out(rows, w, ld);
+            zc.fill([&](int64_t r, int64_t j) { return z0[static_cast<size_t>(r * ld + off + j)]; });
+            out.fill([&](int64_t, int64_t) { return nan_f(); });
+            const float* logits = in_place ? zc.p() : z.p() + off;
+            const int64_t lld = in_place ? zc.ld : ld;
+            float* d = in_place ? zc.p() : out.p();
+            const sw::CrossEntropyBackwardArgs b{logits, rows, w, lld, gi.as<int32_t>(), off, vocab, glse.as<float>(),
+                                                 gdl.as<float>(), d};
+            if (how == Launch::Launcher) expect_launch(sw::cuda::launch_cross_entropy_backward(b, nullptr), problems);
+            else expect_launch(sw::cuda::launch_kernel(sw::cuda::cross_entropy_backward_kernel, dim3(3), dim3(32), nullptr,
+                                                       b.logits, b.rows, b.cols, b.ld, b.ids, b.vocab_offset, b.vocab_size,
+                                                       b.lse, b.dloss, b.dlogits), problems);
+            for (int64_t r = 0; r < rows; ++r) {
+                const int32_t id = ids[static_cast<size_t>(r)];
+                const bool ignored = id < 0 || id >= vocab;
+                for (int64_t j = 0; j < w; ++j) {
+                    const float got = d[r * lld + j];
+                    if (ignored) {
+                        if (!same_bits(&got, &kZero, 1) && problems.size() < 8)
+                            problems.push_back("dlogits[" + std::to_string(r) + ", " + std::to_string(j) +
+                                               "] of an ignored row = " + std::to_string(got));
+                        continue;
+                    }
+                    const double zv = z0[static_cast<size_t>(r * ld + off + j)], p = std::exp(zv - lse0[static_cast<size_t>(r)]);
+                    const double hit = off + j == id ? 1.0 : 0.0, g = dloss0[static_cast<size_t>(r)];
+                    expect_close(problems, "dlogits", r, j, got, g * (p - hit),
+                                 std::fabs(g) * (p * (1.0 + std::fabs(zv - lse0[static_cast<size_t>(r)])) + hit + 1e-30));
+                }
+            }
+            if (in_place) {
+                zc.check_gap(problems, "dlogits = logits");
+            } else {
+                out.check_gap(problems, "dlogits");
+                if (!same_bits(z0.data(), z.p(), z.size())) problems.push_back("logits were written");
+            }
+            if (!same_bits(lse0.data(), glse.as<float>(), static_cast<size_t>(rows))) problems.push_back("lse was written");
+            if (!same_bits(dloss0.data(), gdl.as<float>(), static_cast<size_t>(rows))) problems.push_back("dloss was written");
+            std::snprintf(what, sizeof what, "cross_entropy_backward shard %d of %s (columns %lld..%lld) %lld rows ld=%lld%s%s",
+                          k, shards.c_str(), static_cast<long long>(off), static_cast<long long>(off + w - 1),
+                          static_cast<long long>(rows), static_cast<long long>(lld), in_place ? " in place" : "", how_text);
+            report(problems.empty(), what, problems);
+        }
+}
+
+void check_cross_entropy() {
+    cross_entropy_case(8, 45, 48, {45}, Launch::Launcher);
+    cross_entropy_case(9, 100, 103, {40, 33, 27}, Launch::Launcher);
+    cross_entropy_case(6, 1200, 1200, {1100, 1, 99}, Launch::Launcher);
+    cross_entropy_case(10, 150, 153, {70, 80}, Launch::SmallGrid);
+}
+
 } // namespace
 
 int main() {
@@ -926,6 +1564,10 @@ int main() {
     check_training_kernels();
     check_softmax();
     check_norm();
+    check_activations();
+    check_dropout();
+    check_embedding();
+    check_cross_entropy();
     std::printf("kernels_emu_check: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

@@ -309,12 +309,68 @@ sw_status norm_backward(int32_t, const sw::NormBackwardRows& args, void* s, std:
     return SW_OK;
 }
 
+// Activations, gated units, dropout, embedding and cross-entropy (ABI 7): the CPU backend's loops over the whole range.
+sw_status activation(int32_t, const sw::ActivationArgs& args, void* s, std::string*) {
+    const sw::ActivationArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::activation_range(a, 0, a.count); });
+    return SW_OK;
+}
+sw_status activation_backward(int32_t, const sw::ActivationBackwardArgs& args, void* s, std::string*) {
+    const sw::ActivationBackwardArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::activation_backward_range(a, 0, a.count); });
+    return SW_OK;
+}
+sw_status glu(int32_t, const sw::GluArgs& args, void* s, std::string*) {
+    const sw::GluArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::glu_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status glu_backward(int32_t, const sw::GluBackwardArgs& args, void* s, std::string*) {
+    const sw::GluBackwardArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::glu_backward_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status dropout(int32_t, const sw::DropoutArgs& args, void* s, std::string*) {
+    const sw::DropoutArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::dropout_range(a, 0, a.count); });
+    return SW_OK;
+}
+sw_status embedding(int32_t, const sw::EmbeddingArgs& args, void* s, std::string*) {
+    const sw::EmbeddingArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::embedding_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status embedding_backward(int32_t, const sw::EmbeddingBackwardArgs& args, void* s, std::string*) {
+    const sw::EmbeddingBackwardArgs a = args;
+    S(s)->enqueue([a] {
+        sw::cpu::embedding_backward_clear_rows(a, 0, a.shard_rows); // when not accumulating: before the scatter
+        sw::cpu::embedding_backward_cols(a, 0, a.cols);
+    });
+    return SW_OK;
+}
+sw_status cross_entropy_partial(int32_t, const sw::CrossEntropyPartialArgs& args, void* s, std::string*) {
+    const sw::CrossEntropyPartialArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::cross_entropy_partial_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status cross_entropy_combine(int32_t, const sw::CrossEntropyCombineArgs& args, void* s, std::string*) {
+    const sw::CrossEntropyCombineArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::cross_entropy_combine_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+sw_status cross_entropy_backward(int32_t, const sw::CrossEntropyBackwardArgs& args, void* s, std::string*) {
+    const sw::CrossEntropyBackwardArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::cross_entropy_backward_rows(a, 0, a.rows); });
+    return SW_OK;
+}
+
 const sw::cuda::PluginApi kApi = {
     sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
     free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
     event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
     copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device, release_stream, unscale_check, axpy,
-    softmax, softmax_backward, norm, norm_backward,
+    softmax, softmax_backward, norm, norm_backward, activation, activation_backward, glu, glu_backward, dropout,
+    embedding, embedding_backward, cross_entropy_partial, cross_entropy_combine, cross_entropy_backward,
 };
 
 } // namespace

@@ -4,9 +4,11 @@ namespace Shardwise.Parallel;
 
 /// <summary>
 /// The row-wise kernels of a transformer block, queued on a stream (<c>sw_softmax</c>, <c>sw_softmax_backward</c>,
-/// <c>sw_norm</c>, <c>sw_norm_backward</c>): softmax of scaled attention scores with an optional causal mask, and
-/// LayerNorm / RMSNorm, each with its backward. fp32 on every backend (the scores and statistics of every precision
-/// policy); semantics in shardwise.h.
+/// <c>sw_norm</c>, <c>sw_norm_backward</c>, <c>sw_activation_*</c>, <c>sw_glu*</c>, <c>sw_dropout</c>,
+/// <c>sw_embedding*</c>, <c>sw_cross_entropy_*</c>): softmax of scaled attention scores with an optional causal mask,
+/// LayerNorm / RMSNorm, activations (GeLU, ReLU, SiLU) and gated units (SwiGLU, GeGLU), counter-based dropout, the
+/// rows of a vocabulary shard and the vocabulary-parallel cross-entropy, each with its backward. fp32 on every backend
+/// (the scores and statistics of every precision policy), token ids int32; semantics in shardwise.h.
 /// </summary>
 public static class RowOps
 {
@@ -86,6 +88,146 @@ public static class RowOps
         ThrowHelper.Check(Native.sw_norm_backward(stream.Handle, kind, SwDtype.F32, x.Buffer.Handle, (ulong)x.Offset, g.Handle, (ulong)gammaOffset,
             stats.Handle, (ulong)statsOffset, dy.Buffer.Handle, (ulong)dy.Offset, dx.Buffer.Handle, (ulong)dx.Offset,
             dg.Handle, (ulong)dGammaOffset, db.Handle, (ulong)dBetaOffset, x.Rows, x.Cols, accumulate ? 1 : 0));
+    }
+
+    /// <summary>y[i] = act(x[i]) for <paramref name="count"/> elements (y may be x).</summary>
+    public static void Activation(DeviceStream stream, SwActivation act, DeviceBuffer<float> x, DeviceBuffer<float> y, long count,
+        long xOffset = 0, long yOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(y);
+        ThrowHelper.NonNegative(count);
+        ThrowHelper.Check(Native.sw_activation_forward(stream.Handle, act, SwDtype.F32, x.Handle, (ulong)xOffset, y.Handle, (ulong)yOffset, (ulong)count));
+    }
+
+    /// <summary>dx[i] = dy[i] · act'(x[i]), x being the activation's input (dx may be dy).</summary>
+    public static void ActivationBackward(DeviceStream stream, SwActivation act, DeviceBuffer<float> x, DeviceBuffer<float> dy, DeviceBuffer<float> dx,
+        long count, long xOffset = 0, long dyOffset = 0, long dxOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(dy);
+        ArgumentNullException.ThrowIfNull(dx);
+        ThrowHelper.NonNegative(count);
+        ThrowHelper.Check(Native.sw_activation_backward(stream.Handle, act, SwDtype.F32, x.Handle, (ulong)xOffset, dy.Handle, (ulong)dyOffset,
+            dx.Handle, (ulong)dxOffset, (ulong)count));
+    }
+
+    /// <summary>Gated unit: h = act(gate) ∘ up, where each row of <paramref name="gu"/> (rows × 2·cols, contiguous) is
+    /// [gate | up] and <paramref name="h"/> is rows × cols (contiguous).</summary>
+    public static void Glu(DeviceStream stream, SwActivation act, MatrixView<float> gu, MatrixView<float> h)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ThrowHelper.NotEmpty(gu);
+        ThrowHelper.NotEmpty(h);
+        Contiguous(gu, nameof(gu));
+        Contiguous(h, nameof(h));
+        ThrowHelper.Shape(gu, h.Rows, 2 * h.Cols, "rows x 2·cols: [gate | up]");
+        ThrowHelper.Check(Native.sw_glu(stream.Handle, act, SwDtype.F32, gu.Buffer.Handle, (ulong)gu.Offset, h.Buffer.Handle, (ulong)h.Offset, h.Rows, h.Cols));
+    }
+
+    /// <summary>The backward of <see cref="Glu"/>: dgate = dh ∘ up ∘ act'(gate), dup = dh ∘ act(gate) into
+    /// <paramref name="dgu"/> (shaped like gu; may be gu).</summary>
+    public static void GluBackward(DeviceStream stream, SwActivation act, MatrixView<float> gu, MatrixView<float> dh, MatrixView<float> dgu)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ThrowHelper.NotEmpty(gu);
+        ThrowHelper.NotEmpty(dh);
+        ThrowHelper.NotEmpty(dgu);
+        Contiguous(gu, nameof(gu));
+        Contiguous(dh, nameof(dh));
+        Contiguous(dgu, nameof(dgu));
+        ThrowHelper.Shape(gu, dh.Rows, 2 * dh.Cols, "rows x 2·cols: [gate | up]");
+        ThrowHelper.Shape(dgu, dh.Rows, 2 * dh.Cols, "shaped like gu");
+        ThrowHelper.Check(Native.sw_glu_backward(stream.Handle, act, SwDtype.F32, gu.Buffer.Handle, (ulong)gu.Offset, dh.Buffer.Handle, (ulong)dh.Offset,
+            dgu.Buffer.Handle, (ulong)dgu.Offset, dh.Rows, dh.Cols));
+    }
+
+    /// <summary>Inverted dropout of <paramref name="count"/> elements (y may be x): element i kept with probability 1 − p
+    /// by the counter-based generator at (<paramref name="seed"/>, <paramref name="counter"/> + i), scaled by 1/(1 − p).
+    /// The backward is the same call on the gradient with the same seed and counter.</summary>
+    public static void Dropout(DeviceStream stream, DeviceBuffer<float> x, DeviceBuffer<float> y, long count, float p, ulong seed, ulong counter,
+        long xOffset = 0, long yOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(x);
+        ArgumentNullException.ThrowIfNull(y);
+        ThrowHelper.NonNegative(count);
+        if (!(p >= 0f && p < 1f)) throw new ArgumentOutOfRangeException(nameof(p), p, "expected a drop probability in [0, 1).");
+        ThrowHelper.Check(Native.sw_dropout(stream.Handle, SwDtype.F32, x.Handle, (ulong)xOffset, y.Handle, (ulong)yOffset, (ulong)count, p, seed, counter));
+    }
+
+    /// <summary>Rows of a vocabulary shard: out[r] = table[ids[r] − vocabOffset] for ids in the shard, zeros for every other
+    /// id (table: shardRows × cols; out: rows × cols; ids: rows int32 from <paramref name="idsOffset"/>).</summary>
+    public static void Embedding(DeviceStream stream, DeviceBuffer<float> table, long shardRows, DeviceBuffer<int> ids, long vocabOffset,
+        MatrixView<float> output, long idsOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(table);
+        ArgumentNullException.ThrowIfNull(ids);
+        ThrowHelper.NotEmpty(output);
+        Contiguous(output, nameof(output));
+        ThrowHelper.Check(Native.sw_embedding(stream.Handle, SwDtype.F32, table.Handle, 0, shardRows, ids.Handle, (ulong)idsOffset, vocabOffset,
+            output.Buffer.Handle, (ulong)output.Offset, output.Rows, output.Cols));
+    }
+
+    /// <summary>dtable[ids[r] − vocabOffset] += dout[r] for the ids in the shard, tokens in order; without
+    /// <paramref name="accumulate"/> dtable is zeroed first.</summary>
+    public static void EmbeddingBackward(DeviceStream stream, MatrixView<float> dout, DeviceBuffer<int> ids, long vocabOffset, DeviceBuffer<float> dtable,
+        long shardRows, bool accumulate, long idsOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(dtable);
+        ThrowHelper.NotEmpty(dout);
+        Contiguous(dout, nameof(dout));
+        ThrowHelper.Check(Native.sw_embedding_backward(stream.Handle, SwDtype.F32, dout.Buffer.Handle, (ulong)dout.Offset, ids.Handle, (ulong)idsOffset,
+            vocabOffset, dtable.Handle, 0, shardRows, dout.Rows, dout.Cols, accumulate ? 1 : 0));
+    }
+
+    /// <summary>Per row of a vocabulary shard's logits: (max, Σ exp(z − max), the target's logit or 0) into
+    /// <paramref name="stats"/> (3 per row, from <paramref name="statsOffset"/>).</summary>
+    public static void CrossEntropyPartial(DeviceStream stream, MatrixView<float> logits, DeviceBuffer<int> ids, long vocabOffset,
+        DeviceBuffer<float> stats, long statsOffset = 0, long idsOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(stats);
+        ThrowHelper.NotEmpty(logits);
+        ThrowHelper.Check(Native.sw_cross_entropy_partial(stream.Handle, SwDtype.F32, logits.Buffer.Handle, (ulong)logits.Offset, logits.Rows,
+            logits.Cols, logits.Ld, ids.Handle, (ulong)idsOffset, vocabOffset, stats.Handle, (ulong)statsOffset));
+    }
+
+    /// <summary>Combines <paramref name="parts"/> shards' statistics (blocks of 3·rows, in shard order) into the
+    /// log-sum-exp and the loss of each row (0 for ids outside [0, vocabSize): ignored rows).</summary>
+    public static void CrossEntropyCombine(DeviceStream stream, DeviceBuffer<float> stats, int parts, long rows, DeviceBuffer<int> ids, long vocabSize,
+        DeviceBuffer<float> lse, DeviceBuffer<float> loss, long statsOffset = 0, long lseOffset = 0, long lossOffset = 0, long idsOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(stats);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(lse);
+        ArgumentNullException.ThrowIfNull(loss);
+        ThrowHelper.Check(Native.sw_cross_entropy_combine(stream.Handle, SwDtype.F32, stats.Handle, (ulong)statsOffset, parts, rows, ids.Handle,
+            (ulong)idsOffset, vocabSize, lse.Handle, (ulong)lseOffset, loss.Handle, (ulong)lossOffset));
+    }
+
+    /// <summary>dlogits = dloss[r] · (softmax(z) − onehot(id)) for this shard's logits (0 for ignored rows); dlogits may be
+    /// the logits.</summary>
+    public static void CrossEntropyBackward(DeviceStream stream, MatrixView<float> logits, DeviceBuffer<int> ids, long vocabOffset, long vocabSize,
+        DeviceBuffer<float> lse, DeviceBuffer<float> dloss, MatrixView<float> dlogits, long lseOffset = 0, long dlossOffset = 0, long idsOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(lse);
+        ArgumentNullException.ThrowIfNull(dloss);
+        ThrowHelper.NotEmpty(logits);
+        ThrowHelper.NotEmpty(dlogits);
+        SameRows(logits, dlogits, nameof(dlogits));
+        ThrowHelper.Check(Native.sw_cross_entropy_backward(stream.Handle, SwDtype.F32, logits.Buffer.Handle, (ulong)logits.Offset, logits.Rows,
+            logits.Cols, logits.Ld, ids.Handle, (ulong)idsOffset, vocabOffset, vocabSize, lse.Handle, (ulong)lseOffset, dloss.Handle,
+            (ulong)dlossOffset, dlogits.Buffer.Handle, (ulong)dlogits.Offset));
     }
 
     private static void SameRows(MatrixView<float> a, MatrixView<float> b, string name)
