@@ -113,9 +113,12 @@ public sealed class ColumnParallelLinear : ParallelLinear
         LinearBackward(x, dy, dx, dWeight, dBias, accumulate);
     }
 
-    /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue).</summary>
+    /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue). With
+    /// <paramref name="scatter"/> (sequence parallelism) dX's partial sums are reduce-scattered instead of all-reduced:
+    /// <paramref name="dx"/> is then a full M × K work area and <paramref name="dxRows"/> receives this rank's block of rows.</summary>
     internal void LinearBackward<TIn, TOut, TGrad>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, DeviceBuffer<TGrad>? dWeight,
-        DeviceBuffer<TGrad>? dBias, bool accumulate) where TIn : unmanaged where TOut : unmanaged where TGrad : unmanaged
+        DeviceBuffer<TGrad>? dBias, bool accumulate, ShardingPlan? scatter = null, MatrixView<TIn> dxRows = default)
+        where TIn : unmanaged where TOut : unmanaged where TGrad : unmanaged
     {
         long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
         ThrowHelper.Shape(x, m, k, "M x in-features, the forward input");
@@ -136,6 +139,15 @@ public sealed class ColumnParallelLinear : ParallelLinear
         {
             dx.Buffer.Clear(Context.Stream, dx.Offset, m * k); // this rank contributes nothing to dX
         }
-        Context.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);
+        if (scatter is null)
+        {
+            Context.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);
+            return;
+        }
+        long mr = scatter.Size(Context.Rank);
+        ThrowHelper.Shape(dxRows, mr, k, "this rank's token rows x in-features");
+        if (mr > 1 && dxRows.Ld != k)
+            throw new ArgumentException($"dx has ld {dxRows.Ld}; the reduce-scatter needs contiguous rows (ld = {k}).", "dx");
+        Context.ReduceScatterV(dx.Buffer, dxRows.Buffer, mr * k, dx.Offset, dxRows.Offset);
     }
 }
