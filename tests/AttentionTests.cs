@@ -290,6 +290,48 @@ public class AttentionTests(Backend backend) : BackendTest(backend)
         }
     }
 
+    [TestCase(2, 4, 2)]
+    [TestCase(3, 6, 3)]
+    public void SequenceParallelMatchesFloat64(int p, int heads, int kv)
+    {
+        var rng = NewRandom();
+        const long b = 2, t = 5, h = 8, d = 3;
+        var (r, x, w, dy) = Problem(rng, heads, kv, b, t, h, d, causal: true);
+        long m = b * t, qd = heads * d, kd = kv * d;
+        var tokens = ShardingPlan.Even(m, p); // blocks that cut through sequences
+        var plan = ShardingPlan.Even(kv, p);
+        int g = heads / kv;
+        using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(60));
+        Spmd.Run(group, ctx =>
+        {
+            long r0 = tokens.Offset(ctx.Rank), mr = tokens.Size(ctx.Rank);
+            using var attn = new ParallelSelfAttention(ctx, heads, kv, WeightSource.FromArray(w[0], h, qd), WeightSource.FromArray(w[1], h, kd),
+                WeightSource.FromArray(w[2], h, kd), WeightSource.FromArray(w[3], qd, h), WeightSource.FromArray(w[4], 1, qd),
+                WeightSource.FromArray(w[5], 1, kd), WeightSource.FromArray(w[6], 1, kd), WeightSource.FromArray(w[7], 1, h));
+            using var grads = new AttentionGradients(ctx.Device, attn);
+            using var xb = Upload(x[(int)(r0 * h)..(int)((r0 + mr) * h)], ctx.Device, ctx.Stream);
+            using var dyb = Upload(dy[(int)(r0 * h)..(int)((r0 + mr) * h)], ctx.Device, ctx.Stream);
+            using var y = Poisoned(mr * h, ctx.Device, ctx.Stream);
+            using var y2 = Poisoned(mr * h, ctx.Device, ctx.Stream);
+            using var dx = Poisoned(mr * h, ctx.Device, ctx.Stream);
+            ulong c0 = group.CollectiveCount(ctx.Rank);
+            using var saved = attn.ForwardTrainingSequenceParallel(xb.AsMatrix(mr, h), y.AsMatrix(mr, h), t, tokens);
+            ctx.Synchronize();
+            ulong c1 = group.CollectiveCount(ctx.Rank);
+            attn.BackwardSequenceParallel(xb.AsMatrix(mr, h), dyb.AsMatrix(mr, h), dx.AsMatrix(mr, h), grads, saved, tokens);
+            ctx.Synchronize();
+            Assert.That(c1 - c0, Is.EqualTo(2UL), "collectives in the sequence-parallel forward");
+            Assert.That(group.CollectiveCount(ctx.Rank) - c1, Is.EqualTo(3UL), "collectives in the sequence-parallel backward");
+            attn.ForwardSequenceParallel(xb.AsMatrix(mr, h), y2.AsMatrix(mr, h), t, tokens);
+            Reference.AssertBitwise(y2.ToArray(ctx.Stream), y.ToArray(ctx.Stream), "inference vs training forward");
+            Close(y.ToArray(ctx.Stream), r.Y.Skip((int)(r0 * h)).Take((int)(mr * h)).ToArray(), $"rank {ctx.Rank} Y rows");
+            Close(dx.ToArray(ctx.Stream), r.DX.Skip((int)(r0 * h)).Take((int)(mr * h)).ToArray(), $"rank {ctx.Rank} dX rows");
+            long q0 = plan.Offset(ctx.Rank) * g * d, qn = plan.Size(ctx.Rank) * g * d;
+            Close(grads.DWq!.ToArray(ctx.Stream), Cols(r.DWq, h, qd, q0, qn), $"rank {ctx.Rank} dWq");
+            if (ctx.Rank == 0) Close(grads.DBo!.ToArray(ctx.Stream), r.DBo, "dbo");
+        });
+    }
+
     [Test]
     public void UnevenHeadPlanAndFiniteDifferencesOfTheLayer()
     {

@@ -22,7 +22,7 @@ namespace Shardwise.Parallel;
 /// </summary>
 public sealed class ParallelSelfAttention : IDisposable
 {
-    private const int SlotQ = 0, SlotK = 1, SlotV = 2, SlotScores = 3, SlotO = 4, SlotGrad = 5, SlotOnes = 6, SlotCount = 7;
+    private const int SlotQ = 0, SlotK = 1, SlotV = 2, SlotScores = 3, SlotO = 4, SlotGathered = 5, SlotOnes = 6, SlotCount = 7;
     private readonly RankContext _ctx;
     private readonly TypedScratch _scratch = new(SlotCount);
 
@@ -122,6 +122,74 @@ public sealed class ParallelSelfAttention : IDisposable
         Output.Forward(acts.O, y);
     }
 
+    /// <summary>Sequence-parallel forward: this rank's m_r × H token rows (a block of <paramref name="tokens"/>, whole
+    /// sequences or not) are all-gathered, attention runs over all M rows, and a reduce-scatter leaves this rank its rows
+    /// of Y (two collectives).</summary>
+    public void ForwardSequenceParallel(MatrixView<float> x, MatrixView<float> y, long sequenceLength, ShardingPlan tokens)
+    {
+        var full = Gather(x, tokens, 0);
+        long m = CheckInput(full, sequenceLength);
+        var acts = Buffers(m, sequenceLength, keep: false);
+        ComputeHeads(full, acts);
+        Output.ForwardScatter(acts.O, y, tokens);
+    }
+
+    /// <summary>Sequence-parallel training forward (x, y: this rank's rows); the activations cover all M rows.</summary>
+    public AttentionActivations ForwardTrainingSequenceParallel(MatrixView<float> x, MatrixView<float> y, long sequenceLength, ShardingPlan tokens,
+        bool keepActivations = true)
+    {
+        var full = Gather(x, tokens, 0);
+        long m = CheckInput(full, sequenceLength);
+        var saved = new AttentionActivations(_ctx.Device, m, sequenceLength, Qd, Kd, LocalHeads);
+        try
+        {
+            var acts = saved.Views();
+            ComputeHeads(full, acts);
+            Output.ForwardScatter(acts.O, y, tokens);
+            if (!keepActivations) saved.Release();
+            return saved;
+        }
+        catch
+        {
+            saved.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Sequence-parallel backward: x, dy and dx are this rank's rows; X and dY are all-gathered and dX's partial
+    /// sums reduce-scattered (three collectives).</summary>
+    public void BackwardSequenceParallel(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, AttentionGradients gradients,
+        AttentionActivations saved, ShardingPlan tokens, bool accumulate = false)
+    {
+        ArgumentNullException.ThrowIfNull(saved);
+        long m = tokens.Total, h = ModelFeatures, mr = tokens.Size(_ctx.Rank);
+        var full = Gather(x, tokens, 2 * m * h);
+        ThrowHelper.Shape(dy, mr, h, "this rank's token rows x model features");
+        ThrowHelper.Shape(dx, mr, h, "this rank's token rows x model features");
+        if (mr > 1 && dx.Ld != h) throw new ArgumentException($"dx has ld {dx.Ld}; the reduce-scatter needs contiguous rows (ld = {h}).", nameof(dx));
+        var dyFull = full.Buffer.AsMatrix(m, h, h, m * h);
+        _ctx.AllGatherV(dy.Buffer, mr * h, dyFull.Buffer, dy.Offset, m * h);
+        var dxFull = full.Buffer.AsMatrix(m, h, h, 2 * m * h);
+        BackwardCore(full, dyFull, dxFull, gradients, saved, accumulate);
+        _ctx.ReduceScatterV(dxFull.Buffer, dx.Buffer, mr * h, dxFull.Offset, dx.Offset);
+    }
+
+    // This rank's rows all-gathered into M × H (and `extra` elements of work area after them).
+    private MatrixView<float> Gather(MatrixView<float> x, ShardingPlan tokens, long extra)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Parts != _ctx.WorldSize)
+            throw new ArgumentException($"tokens splits over {tokens.Parts} ranks; expected {_ctx.WorldSize}.", nameof(tokens));
+        long m = tokens.Total, mr = tokens.Size(_ctx.Rank), h = ModelFeatures;
+        ThrowHelper.Positive(m);
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.Shape(x, mr, h, "this rank's token rows x model features");
+        if (mr > 1 && x.Ld != h) throw new ArgumentException($"x has ld {x.Ld}; the gather needs contiguous rows (ld = {h}).", nameof(x));
+        var buf = _scratch.Get<float>(SlotGathered, _ctx.Device, m * h + extra);
+        _ctx.AllGatherV(x.Buffer, mr * h, buf, x.Offset, 0);
+        return buf.AsMatrix(m, h);
+    }
+
     /// <summary>Training forward: as <see cref="Forward"/> (one all-reduce), returning what the backward needs. With
     /// <paramref name="keepActivations"/> that is Q, K, V, the probabilities P and O (per rank
     /// (2·heads_r + 2·kvHeads_r)·d·M + heads_r·B·T² floats); without, only the shape, and the backward recomputes them.</summary>
@@ -156,15 +224,24 @@ public sealed class ParallelSelfAttention : IDisposable
     public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, AttentionGradients gradients,
         AttentionActivations saved, bool accumulate = false)
     {
-        ArgumentNullException.ThrowIfNull(gradients);
         ArgumentNullException.ThrowIfNull(saved);
         long m = CheckInput(x, saved.SequenceLength);
-        if (saved.Rows != m || saved.QueryWidth != Qd || saved.KvWidth != Kd)
-            throw new ArgumentException($"saved activations are for {saved.Rows} rows of {saved.QueryWidth}/{saved.KvWidth} columns; expected {m} rows of {Qd}/{Kd}.", nameof(saved));
         ThrowHelper.Shape(dy, m, ModelFeatures, "M x model features");
         ThrowHelper.Shape(dx, m, ModelFeatures, "M x model features");
         if (m > 1 && dx.Ld != ModelFeatures)
             throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {ModelFeatures}).", nameof(dx));
+        BackwardCore(x, dy, dx, gradients, saved, accumulate);
+        _ctx.AllReduce(dx.Buffer, dx.Buffer, m * ModelFeatures, dx.Offset, dx.Offset);
+    }
+
+    // Everything but the reduction of dX (left as this rank's partial sum in dx, M × H contiguous).
+    private void BackwardCore(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, AttentionGradients gradients,
+        AttentionActivations saved, bool accumulate)
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        long m = CheckInput(x, saved.SequenceLength);
+        if (saved.Rows != m || saved.QueryWidth != Qd || saved.KvWidth != Kd)
+            throw new ArgumentException($"saved activations are for {saved.Rows} rows of {saved.QueryWidth}/{saved.KvWidth} columns; expected {m} rows of {Qd}/{Kd}.", nameof(saved));
         gradients.Require(this);
         if (!saved.IsKept) ComputeHeads(x, saved.Recreate().Views());
         var a = saved.Views();
@@ -214,7 +291,6 @@ public sealed class ParallelSelfAttention : IDisposable
         {
             dx.Buffer.Clear(stream, dx.Offset, m * ModelFeatures); // no heads here: this rank adds nothing to dX
         }
-        _ctx.AllReduce(dx.Buffer, dx.Buffer, m * ModelFeatures, dx.Offset, dx.Offset);
     }
 
     private void ProjectionBackward(ColumnParallelLinear layer, MatrixView<float> x, MatrixView<float> dOut, DeviceBuffer<float>? dw,
