@@ -145,4 +145,80 @@ public class FeedForwardBackwardTests(Backend backend) : BackendTest(backend)
         double yScale = kept[0].Y.Select((v, i) => Math.Abs((double)v * g[i])).Sum();
         Assert.That(fd, Is.EqualTo(analytic).Within(2e-3 * scale + 4e-6 * yScale / eps), "finite difference vs ⟨dW1, E⟩");
     }
+
+    // The sequence-parallel training path against the standard one at the same p: the parameter gradients come from the
+    // same GEMMs on the same gathered rows (bit for bit); Y's and dX's rows agree to rounding (reduce-scatter vs
+    // all-reduce); two collectives forward, three backward.
+    [TestCase(2, false)]
+    [TestCase(3, false)]
+    [TestCase(5, false)]
+    [TestCase(3, true)]
+    public void SequenceParallelBackwardMatchesTheStandardPath(int p, bool bf16)
+    {
+        var rng = NewRandom();
+        const long m = 7, h = 6, f = 11;
+        var x = RandomArray(rng, m * h);
+        var w1 = RandomArray(rng, h * f, 0.5f); var b1 = RandomArray(rng, f); var w2 = RandomArray(rng, f * h, 0.5f); var b2 = RandomArray(rng, h);
+        var g = RandomArray(rng, m * h);
+        var tokens = ShardingPlan.Even(m, p);
+        var precision = bf16 ? Precision.Bf16 : Precision.Fp32;
+        using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30));
+        Spmd.Run(group, ctx =>
+        {
+            long r0 = tokens.Offset(ctx.Rank), mr = tokens.Size(ctx.Rank);
+            using var ffn = new ParallelFeedForward(ctx, WeightSource.FromArray(w1, h, f), WeightSource.FromArray(b1, 1, f),
+                WeightSource.FromArray(w2, f, h), WeightSource.FromArray(b2, 1, h), precision: precision);
+            using var std = new FeedForwardGradients(ctx.Device, ffn);
+            using var sp = new FeedForwardGradients(ctx.Device, ffn);
+            using var xf = Upload(x, ctx.Device, ctx.Stream);
+            using var gf = Upload(g, ctx.Device, ctx.Stream);
+            if (bf16) Check<BFloat16>(); else Check<float>();
+
+            void Check<T>() where T : unmanaged
+            {
+                using var xa = ctx.Device.Allocate<T>(m * h);
+                using var ga = ctx.Device.Allocate<T>(m * h);
+                ElementwiseOps.Convert(ctx.Stream, xf, xa, m * h);
+                ElementwiseOps.Convert(ctx.Stream, gf, ga, m * h);
+                using var y = ctx.Device.Allocate<T>(m * h);
+                using var dx = ctx.Device.Allocate<T>(m * h);
+                using var yr = ctx.Device.Allocate<T>(mr * h);
+                using var dxr = ctx.Device.Allocate<T>(mr * h);
+                using (var nan = Poisoned(mr * h, ctx.Device, ctx.Stream)) // outputs poisoned: an unwritten element fails
+                {
+                    ElementwiseOps.Convert(ctx.Stream, nan, yr, mr * h);
+                    ElementwiseOps.Convert(ctx.Stream, nan, dxr, mr * h);
+                }
+                using var s1 = ffn.ForwardTraining(xa.AsMatrix(m, h), y.AsMatrix(m, h));
+                ffn.Backward(xa.AsMatrix(m, h), ga.AsMatrix(m, h), dx.AsMatrix(m, h), std, s1);
+                ctx.Synchronize();
+                ulong c0 = group.CollectiveCount(ctx.Rank);
+                using var s2 = ffn.ForwardTrainingSequenceParallel(xa.AsMatrix(mr, h, h, r0 * h), yr.AsMatrix(mr, h), tokens, keepActivations: false);
+                ctx.Synchronize();
+                ulong c1 = group.CollectiveCount(ctx.Rank);
+                ffn.BackwardSequenceParallel(xa.AsMatrix(mr, h, h, r0 * h), ga.AsMatrix(mr, h, h, r0 * h), dxr.AsMatrix(mr, h), sp, s2, tokens);
+                ctx.Synchronize();
+                Assert.That(c1 - c0, Is.EqualTo(2UL), "collectives in the sequence-parallel forward");
+                Assert.That(group.CollectiveCount(ctx.Rank) - c1, Is.EqualTo(3UL), "collectives in the sequence-parallel backward");
+                if (std.DW1 is not null) Reference.AssertBitwise(sp.DW1!.ToArray(ctx.Stream), std.DW1.ToArray(ctx.Stream), $"rank {ctx.Rank} dW1");
+                if (std.DW2 is not null) Reference.AssertBitwise(sp.DW2!.ToArray(ctx.Stream), std.DW2.ToArray(ctx.Stream), $"rank {ctx.Rank} dW2");
+                if (ctx.Rank == 0) Reference.AssertBitwise(sp.DB2.ToArray(ctx.Stream), std.DB2.ToArray(ctx.Stream), "db2");
+                using var y32 = ctx.Device.Allocate<float>(m * h);
+                using var dx32 = ctx.Device.Allocate<float>(m * h);
+                using var yr32 = ctx.Device.Allocate<float>(mr * h);
+                using var dxr32 = ctx.Device.Allocate<float>(mr * h);
+                ElementwiseOps.Convert(ctx.Stream, y, y32, m * h);
+                ElementwiseOps.Convert(ctx.Stream, dx, dx32, m * h);
+                ElementwiseOps.Convert(ctx.Stream, yr, yr32, mr * h);
+                ElementwiseOps.Convert(ctx.Stream, dxr, dxr32, mr * h);
+                var (ya, da, yb, db) = (y32.ToArray(ctx.Stream), dx32.ToArray(ctx.Stream), yr32.ToArray(ctx.Stream), dxr32.ToArray(ctx.Stream));
+                double tol = bf16 ? 2e-2 : 2e-5;
+                for (long i = 0; i < mr * h; i++)
+                {
+                    Assert.That(yb[i], Is.EqualTo(ya[r0 * h + i]).Within(tol * (1 + Math.Abs(ya[r0 * h + i]))), $"rank {ctx.Rank} Y row element {i}");
+                    Assert.That(db[i], Is.EqualTo(da[r0 * h + i]).Within(tol * (1 + Math.Abs(da[r0 * h + i]))), $"rank {ctx.Rank} dX row element {i}");
+                }
+            }
+        });
+    }
 }

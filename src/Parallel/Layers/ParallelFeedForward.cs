@@ -8,18 +8,30 @@ namespace Shardwise.Parallel;
 /// <c>GeLU(X·W1[:, f_r] + b1[f_r])·W2[f_r, :]</c> with no communication, and exactly one all-reduce combines them.
 /// Uneven splits of F (F % p ≠ 0, empty shards) are handled. Any <see cref="Precision"/> whose gradient accumulation
 /// type is f32: GeLU runs in fp32 (the first GEMM's epilogue, or on the fp32 pre-activation in training) and the hidden
-/// activation is stored in the compute type; the output has the output type.
+/// activation is stored in the compute type; the output has the output type. ReLU instead of GeLU
+/// (<see cref="Activation"/>, <see cref="SwActivation.Relu"/>) runs as a separate fp32 kernel after the first GEMM and
+/// takes the fp32 precision only; for SwiGLU see <see cref="ParallelGatedFeedForward"/>.
 /// </summary>
 public sealed class ParallelFeedForward : IDisposable
 {
     private readonly RankContext _ctx;
-    private readonly TypedScratch _hidden = new(1);
+    private readonly TypedScratch _hidden = new(3); // 0: hidden / gathered input; 1: the SP backward's X and dX; 2: its dY
 
     /// <summary>Loads this rank's shards of W1 (H × F), b1 (1 × F), W2 (F × H) and, on rank 0, b2 (1 × H), in the
     /// parameter type of <paramref name="precision"/> (null: fp32; its gradient accumulation type must be f32).</summary>
     public ParallelFeedForward(RankContext context, WeightSource w1, WeightSource? b1, WeightSource w2, WeightSource? b2,
-        ShardingPlan? plan = null, Precision? precision = null)
+        ShardingPlan? plan = null, Precision? precision = null) : this(context, w1, b1, w2, b2, plan, precision, SwActivation.Gelu) { }
+
+    /// <summary>As the other constructor, with the activation between the two layers: <see cref="SwActivation.Gelu"/> (any
+    /// precision) or <see cref="SwActivation.Relu"/> / <see cref="SwActivation.Silu"/> (fp32 precision only).</summary>
+    public ParallelFeedForward(RankContext context, WeightSource w1, WeightSource? b1, WeightSource w2, WeightSource? b2,
+        ShardingPlan? plan, Precision? precision, SwActivation activation)
     {
+        if (activation != SwActivation.Gelu && activation != SwActivation.Relu && activation != SwActivation.Silu)
+            throw new ArgumentOutOfRangeException(nameof(activation), activation, "expected SwActivation.Gelu, Relu or Silu.");
+        if (activation != SwActivation.Gelu && precision is not null && precision != Precision.Fp32)
+            throw new NotSupportedException($"ParallelFeedForward with {activation} takes the fp32 precision only (its activation is a separate fp32 kernel); got {precision}.");
+        Activation = activation;
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(w1);
         ArgumentNullException.ThrowIfNull(w2);
@@ -34,13 +46,17 @@ public sealed class ParallelFeedForward : IDisposable
         LayerPlan.FeedForward(w1.Rows, w1.Cols, context.WorldSize, split: Plan).EnsureFitsOn(context);
         // The hidden activation is stored in the compute type: the first layer's output type is the compute type.
         var up = new Precision(p.Parameter, p.Compute, p.Compute, SwDtype.F32);
-        Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan, epilogue: Epilogue.Gelu, precision: up);
+        Up = new ColumnParallelLinear(context, w1, b1, gatherOutput: false, plan: Plan,
+            epilogue: activation == SwActivation.Gelu ? Epilogue.Gelu : Epilogue.None, precision: up);
         try { Down = new RowParallelLinear(context, w2, b2, inputIsParallel: true, plan: Plan, precision: p); }
         catch { Up.Dispose(); throw; }
     }
 
     /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
     internal RankContext Context => _ctx;
+
+    /// <summary>The activation between the layers (GeLU, or ReLU / SiLU in fp32).</summary>
+    public SwActivation Activation { get; }
 
     /// <summary>The precision policy (the first layer's output type is its compute type).</summary>
     public Precision Precision { get; }
@@ -70,10 +86,11 @@ public sealed class ParallelFeedForward : IDisposable
         {
             // Chunks of rows through both projections: chunk i's all-reduce overlaps chunk i + 1's GEMMs.
             Down.CheckOutput<TIn, TOut>(m, y);
-            Down.ForwardRows<TIn, TOut, UpRows<TIn>>(m, new UpRows<TIn>(Up, x, h), y);
+            Down.ForwardRows<TIn, TOut, UpRows<TIn>>(m, new UpRows<TIn>(Up, x, h, Activation), y);
             return;
         }
         Up.Forward(x, h);
+        ApplySeparateActivation(_ctx, Activation, h);
         Down.Forward(h, y);
     }
 
@@ -116,6 +133,7 @@ public sealed class ParallelFeedForward : IDisposable
         var full = buffer.AsMatrix(m, hdim);
         var h = buffer.AsMatrix(m, fr, Math.Max(1, fr), m * hdim);
         Up.Forward(full, h);
+        ApplySeparateActivation(_ctx, Activation, h);
         Down.ForwardScatter(h, y, tokens);
     }
 
@@ -177,6 +195,86 @@ public sealed class ParallelFeedForward : IDisposable
             throw new ArgumentException($"saved activations are for {saved.Rows} x {saved.HiddenFeatures}; expected {m} x {fr}.", nameof(saved));
         ThrowHelper.Shape(dy, m, hdim, "M x model features");
         Precision.Require<TIn>(Precision.Compute, "compute", nameof(x));
+        BackwardCore(x, dy, dx, gradients, saved, accumulate, null, default);
+    }
+
+    /// <summary>
+    /// Sequence-parallel training forward: this rank's m_r × H rows (a block of <paramref name="tokens"/>) are all-gathered,
+    /// the hidden activations of all M rows are computed (and kept, or recomputed later), and a reduce-scatter leaves this
+    /// rank its rows of Y (two collectives).
+    /// </summary>
+    public FeedForwardActivations ForwardTrainingSequenceParallel<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> y, ShardingPlan tokens,
+        bool keepActivations = true) where TIn : unmanaged where TOut : unmanaged
+    {
+        var full = GatherRows(x, tokens, 0, 0);
+        Precision.Require<TOut>(Precision.Output, "output", nameof(y));
+        var saved = new FeedForwardActivations(_ctx.Device, full.Rows, Up.LocalOutFeatures, Precision.Compute);
+        try
+        {
+            ComputeHidden(full, saved);
+            Down.ForwardScatter(saved.HiddenAs<TIn>(), y, tokens);
+            if (!keepActivations) saved.Release();
+            return saved;
+        }
+        catch
+        {
+            saved.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Sequence-parallel backward: x, dy and dx are this rank's m_r × H rows. X and dY are all-gathered, the backward runs
+    /// on all M rows as <see cref="Backward{TIn, TOut}"/>, and dX's partial sums are reduce-scattered instead of
+    /// all-reduced (three collectives).
+    /// </summary>
+    public void BackwardSequenceParallel<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, FeedForwardGradients gradients,
+        FeedForwardActivations saved, ShardingPlan tokens, bool accumulate = false) where TIn : unmanaged where TOut : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        long m = tokens.Total, hdim = ModelFeatures;
+        var full = GatherRows(x, tokens, 1, m * hdim); // X, then the dX work area
+        var dyFull = GatherGradient(dy, tokens);
+        var dxFull = full.Buffer.AsMatrix(m, hdim, hdim, m * hdim);
+        BackwardCore(full, dyFull, dxFull, gradients, saved, accumulate, tokens, dx);
+    }
+
+    // This rank's rows of x all-gathered into slot `slot` (M × H, then `extra` elements).
+    private MatrixView<TIn> GatherRows<TIn>(MatrixView<TIn> x, ShardingPlan tokens, int slot, long extra) where TIn : unmanaged
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Parts != _ctx.WorldSize)
+            throw new ArgumentException($"tokens splits over {tokens.Parts} ranks; expected {_ctx.WorldSize}.", nameof(tokens));
+        long m = tokens.Total, mr = tokens.Size(_ctx.Rank), hdim = ModelFeatures;
+        ThrowHelper.Positive(tokens.Total);
+        ThrowHelper.NotEmpty(x);
+        ThrowHelper.Shape(x, mr, hdim, "this rank's token rows x model features");
+        if (mr > 1 && x.Ld != hdim) throw new ArgumentException($"x has ld {x.Ld}; the gather needs contiguous rows (ld = {hdim}).", nameof(x));
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(x));
+        var buffer = _hidden.Get<TIn>(slot, _ctx.Device, m * hdim + extra);
+        _ctx.AllGatherV(x.Buffer, mr * hdim, buffer, x.Offset, 0);
+        return buffer.AsMatrix(m, hdim);
+    }
+
+    // dY's rows (TOut) all-gathered into slot 2.
+    private MatrixView<TOut> GatherGradient<TOut>(MatrixView<TOut> dy, ShardingPlan tokens) where TOut : unmanaged
+    {
+        long m = tokens.Total, hdim = ModelFeatures, mr = tokens.Size(_ctx.Rank);
+        ThrowHelper.NotEmpty(dy);
+        ThrowHelper.Shape(dy, mr, hdim, "this rank's token rows x model features");
+        if (mr > 1 && dy.Ld != hdim) throw new ArgumentException($"dy has ld {dy.Ld}; the gather needs contiguous rows (ld = {hdim}).", nameof(dy));
+        Precision.Require<TOut>(Precision.Output, "output", nameof(dy));
+        var buffer = _hidden.Get<TOut>(2, _ctx.Device, m * hdim);
+        _ctx.AllGatherV(dy.Buffer, mr * hdim, buffer, dy.Offset, 0);
+        return buffer.AsMatrix(m, hdim);
+    }
+
+    private void BackwardCore<TIn, TOut>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, FeedForwardGradients gradients,
+        FeedForwardActivations saved, bool accumulate, ShardingPlan? scatter, MatrixView<TIn> dxRows) where TIn : unmanaged where TOut : unmanaged
+    {
+        long m = x.Rows, fr = Up.LocalOutFeatures;
+        if (saved.Rows != m || saved.HiddenFeatures != fr)
+            throw new ArgumentException($"saved activations are for {saved.Rows} x {saved.HiddenFeatures}; expected {m} x {fr}.", nameof(saved));
         if (!saved.IsKept) ComputeHidden(x, saved.Recreate());
         // dH (M × f_r) = dY · W2_rᵀ, dW2_r, db2 — the row-parallel layer's backward with a parallel input.
         var dh = saved.GradientAs<TIn>();
@@ -186,7 +284,10 @@ public sealed class ParallelFeedForward : IDisposable
             long span = m * fr;
             if (typeof(TIn) == typeof(float))
             {
-                Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, 2 * span, 2 * span);
+                if (Activation == SwActivation.Gelu) // sw_gelu_backward: the derivative of the GEMM epilogue's GeLU
+                    Activations.GeluBackward(_ctx.Stream, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, 2 * span, 2 * span);
+                else
+                    RowOps.ActivationBackward(_ctx.Stream, Activation, saved.Buffer!, saved.Buffer!, saved.Buffer!, span, 0, 2 * span, 2 * span);
             }
             else // dH widened to fp32 (the work area), GeLU' in fp32 against the fp32 Z, dZ rounded once to the compute type
             {
@@ -196,7 +297,7 @@ public sealed class ParallelFeedForward : IDisposable
                 ElementwiseOps.Convert(_ctx.Stream, saved.Buffer!, low, span, span, span);
             }
         }
-        Up.LinearBackward(x, dh, dx, gradients.DW1, gradients.DB1, accumulate);
+        Up.LinearBackward(x, dh, dx, gradients.DW1, gradients.DB1, accumulate, scatter, dxRows);
     }
 
     private void ComputeHidden<TC>(MatrixView<TC> x, FeedForwardActivations saved) where TC : unmanaged
@@ -206,11 +307,25 @@ public sealed class ParallelFeedForward : IDisposable
         Gemm.Multiply(_ctx.Stream, x, Up.ComputeWeight<TC>()!.AsMatrix(ModelFeatures, fr), saved.PreActivationView, bias: Up.GemmBias<float>());
         if (typeof(TC) == typeof(float))
         {
-            Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, span, 0, span);
+            if (Activation == SwActivation.Gelu) Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, span, 0, span); // the epilogue's bits
+            else RowOps.Activation(_ctx.Stream, Activation, saved.Buffer!, saved.Buffer!, span, 0, span);
             return;
         }
         Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, span, 0, span); // fp32 H in the work area
         ElementwiseOps.Convert(_ctx.Stream, saved.Buffer!, (DeviceBuffer<TC>)saved.Low!, span, span, 0);
+    }
+
+    // The activation when it is not the first GEMM's epilogue (ReLU, SiLU: fp32 only, in place on h).
+    internal static void ApplySeparateActivation<T>(RankContext ctx, SwActivation activation, MatrixView<T> h) where T : unmanaged
+    {
+        if (activation == SwActivation.Gelu || h.Cols == 0) return;
+        var f = (MatrixView<float>)(object)h;
+        if (f.Rows > 1 && f.Ld != f.Cols)
+        {
+            for (long i = 0; i < f.Rows; i++) RowOps.Activation(ctx.Stream, activation, f.Buffer, f.Buffer, f.Cols, f.Offset + i * f.Ld, f.Offset + i * f.Ld);
+            return;
+        }
+        RowOps.Activation(ctx.Stream, activation, f.Buffer, f.Buffer, f.Rows * f.Cols, f.Offset, f.Offset);
     }
 
     /// <summary>Releases both layers and the hidden activation buffer.</summary>
@@ -223,12 +338,14 @@ public sealed class ParallelFeedForward : IDisposable
 }
 
 /// <summary>The FFN's hidden rows of one chunk: the up-projection (and GeLU) of those rows of x, queued, into h.</summary>
-internal readonly struct UpRows<T>(ColumnParallelLinear up, MatrixView<T> x, MatrixView<T> h) : IRowSource<T> where T : unmanaged
+internal readonly struct UpRows<T>(ColumnParallelLinear up, MatrixView<T> x, MatrixView<T> h, SwActivation activation = SwActivation.Gelu)
+    : IRowSource<T> where T : unmanaged
 {
     public MatrixView<T> Rows(long start, long count)
     {
         var rows = h.RowRange(start, count);
         up.Forward(x.RowRange(start, count), rows);
+        ParallelFeedForward.ApplySeparateActivation(up.Context, activation, rows);
         return rows;
     }
 }
