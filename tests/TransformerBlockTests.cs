@@ -343,4 +343,51 @@ public class TransformerBlockTests(Backend backend) : BackendTest(backend)
         Assert.That(Assert.Throws<ArgumentException>(() => block.Forward(x.AsMatrix(3, 12), y.AsMatrix(3, 12), 2))!.ParamName, Is.EqualTo("sequenceLength"));
         Assert.That(Assert.Throws<ArgumentNullException>(() => block.ForwardTraining(x.AsMatrix(3, 12), y.AsMatrix(3, 12), 3))!.ParamName, Is.EqualTo("dropout"));
     }
+
+    // The planner's weight bytes are exactly what each rank's block loads (inference: no gradients), for every FFN kind;
+    // Explain shows both levels; a device too small fails at construction naming the fewest ranks that fit.
+    [TestCase(FeedForwardKind.Gelu, SwNormKind.Layer, 3)]
+    [TestCase(FeedForwardKind.SwiGlu, SwNormKind.Rms, 4)]
+    public void PlanCountsTheLoadedWeightsAndExplainsBothLevels(FeedForwardKind ffn, SwNormKind norm, int p)
+    {
+        var rng = NewRandom();
+        var o = new TransformerBlockOptions(12, 6, 3, 10, ffn, norm);
+        var pr = Make(rng, o, b: 1, t: 4);
+        var plan = LayerPlan.TransformerBlock(o, p, tokens: 8, sequenceLength: 4, training: true);
+        var inference = LayerPlan.TransformerBlock(o, p);
+        using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30));
+        var loaded = new long[p];
+        Spmd.Run(group, ctx =>
+        {
+            using var block = new ParallelTransformerBlock(ctx, o, Weights(pr));
+            long n = 0;
+            void Add(DeviceBuffer<float>? b) => n += b?.Length ?? 0;
+            foreach (var layer in new ParallelLinear[] { block.Attention.Query, block.Attention.Key, block.Attention.Value, block.Attention.Output })
+            {
+                Add(layer.Weight);
+                Add(layer.Bias);
+            }
+            if (block.Gated is { } gated) { Add(gated.Up.Weight); Add(gated.Down.Weight); Add(gated.Down.Bias); }
+            else { Add(block.Dense!.Up.Weight); Add(block.Dense.Up.Bias); Add(block.Dense.Down.Weight); Add(block.Dense.Down.Bias); }
+            n += 2 * (block.Norm1.ParameterCount + block.Norm2.ParameterCount); // parameters and the partial-gradient room
+            loaded[ctx.Rank] = n * sizeof(float);
+        });
+        for (int r = 0; r < p; r++)
+        {
+            Assert.That(inference.Ranks[r].WeightBytes, Is.EqualTo(loaded[r]), $"rank {r}: planned vs loaded weight bytes");
+            Assert.That(plan.Ranks[r].WeightBytes, Is.GreaterThan(loaded[r]), $"rank {r}: training adds the gradients");
+            Assert.That(plan.Ranks[r].ActivationBytes, Is.GreaterThan(0));
+        }
+        var text = plan.Explain(Dev);
+        Assert.That(text, Does.Contain("transformer block H 12, 6 heads / 3 key-value heads of 2"));
+        Assert.That(text, Does.Contain("level 1: key/value heads"));
+        Assert.That(text, Does.Contain("level 2: "));
+        Assert.That(plan.WithRanks(1).MaxBytesPerDevice, Is.GreaterThan(plan.MaxBytesPerDevice), "one rank holds more than one of p");
+        // Too little memory for one rank: the constructor names the fewest ranks that would hold the weights.
+        using var small = Device.Open(Backend);
+        small.MemoryLimitBytes = (ulong)(inference.WithRanks(2).MaxBytesPerDevice + 64);
+        using var one = ProcessGroup.CreateLocal(small, 1);
+        var ex = Assert.Throws<InsufficientDeviceMemoryException>(() => new ParallelTransformerBlock(one[0], o, Weights(pr)))!;
+        Assert.That(ex.FewestRanks, Is.EqualTo(2));
+    }
 }

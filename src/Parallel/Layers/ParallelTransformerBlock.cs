@@ -66,6 +66,10 @@ public sealed class ParallelTransformerBlock : IDisposable
         if (options.FeedForward != FeedForwardKind.SwiGlu && weights.W3 is not null)
             throw new ArgumentException($"W3 is only for SwiGLU; the {options.FeedForward} FFN has W1 and W2.", nameof(weights));
         weights.W1.Require(options.Hidden, options.FfnHidden, "weights.W1");
+        if (options.Heads % Math.Max(1, options.KvHeads) != 0)
+            throw new ArgumentException($"heads = {options.Heads} is not a multiple of kvHeads = {options.KvHeads}; grouped-query attention needs heads / kvHeads query heads per key/value head.", "heads");
+        // The whole block's weights must fit each device (the planner names the fewest ranks that would do otherwise).
+        LayerPlan.TransformerBlock(options, context.WorldSize, bias: weights.Bq is not null, kvHeadSplit: kvHeadPlan).EnsureFitsOn(context);
         _ctx = context;
         Options = options;
         var made = new List<IDisposable>();

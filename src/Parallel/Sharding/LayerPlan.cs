@@ -1,3 +1,4 @@
+using Shardwise.Bindings;
 using System.Globalization;
 using System.Text;
 
@@ -12,6 +13,9 @@ public enum LayerKind
     RowParallel,
     /// <summary>FFN: W1 (H × F) by columns, GeLU, W2 (F × H) by rows, one all-reduce.</summary>
     FeedForward,
+    /// <summary>A transformer block: attention with its key/value heads split (the level-1 split), the FFN's F split
+    /// evenly, norms replicated.</summary>
+    TransformerBlock,
 }
 
 /// <summary>One rank's memory in a <see cref="LayerPlan"/>, in bytes (float32 elements).</summary>
@@ -45,8 +49,8 @@ public sealed class LayerPlan
     private LayerPlan(LayerKind kind, long inFeatures, long outFeatures, long hiddenFeatures, long splitDim, int worldSize,
         long tokens, bool training, ShardingPlan? split, Func<int, LayerPlan> replan, Func<int, long, RankMemory> rankMemory)
     {
-        // The feed-forward plan reports H as inFeatures and F as outFeatures in the argument checks.
-        Check(inFeatures, kind == LayerKind.FeedForward ? hiddenFeatures : outFeatures, worldSize, tokens);
+        // The feed-forward and block plans report H as inFeatures and F as outFeatures in the argument checks.
+        Check(inFeatures, kind is LayerKind.FeedForward or LayerKind.TransformerBlock ? hiddenFeatures : outFeatures, worldSize, tokens);
         split ??= ShardingPlan.Even(splitDim, worldSize);
         split.Require(splitDim, worldSize, nameof(split));
         var ranks = new RankMemory[worldSize];
@@ -75,6 +79,61 @@ public sealed class LayerPlan
     public long MaxBytesPerDevice => Ranks.Max(r => r.TotalBytes);
     /// <summary>The largest per-device weight footprint (what must fit before any token is processed).</summary>
     public long MaxWeightBytesPerDevice => Ranks.Max(r => r.WeightBytes);
+    /// <summary>The block's options (transformer-block plans only).</summary>
+    public TransformerBlockOptions? Block { get; private init; }
+    /// <summary>T: tokens per sequence (transformer-block plans only; the attention scores grow with T²).</summary>
+    public long SequenceLength { get; private init; }
+    /// <summary>Whether the block's tokens are split over the ranks (sequence parallelism).</summary>
+    public bool SequenceParallel { get; private init; }
+
+    /// <summary>
+    /// Plans a <see cref="ParallelTransformerBlock"/>: level 1 splits the key/value heads (<paramref name="kvHeadSplit"/>,
+    /// default even; each rank holds the query heads of its key/value heads) and the FFN's F evenly. Weights: the shards
+    /// the block loads (attention with q/k/v/o biases when <paramref name="bias"/>, the FFN's, both norms); training
+    /// doubles them (gradients). Activations for <paramref name="tokens"/> rows of sequences of
+    /// <paramref name="sequenceLength"/> (0: one sequence of all the tokens): the block's residual and norm buffers, the
+    /// attention's Q, K, V, O and its heads' T × T probabilities, the FFN's hidden activations, and in training the room the
+    /// backward takes (the attention's and FFN's gradients of them); under sequence parallelism a rank's own rows plus
+    /// the sub-layers' gathered inputs. The collectives' staging is not counted.
+    /// </summary>
+    public static LayerPlan TransformerBlock(TransformerBlockOptions options, int worldSize, long tokens = 0, long sequenceLength = 0,
+        bool training = false, bool sequenceParallel = false, bool bias = true, ShardingPlan? kvHeadSplit = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ThrowHelper.Positive(options.Heads);
+        ThrowHelper.Positive(options.KvHeads);
+        if (options.Hidden % options.Heads != 0 || options.Heads % options.KvHeads != 0)
+            throw new ArgumentException($"Hidden = {options.Hidden}, Heads = {options.Heads}, KvHeads = {options.KvHeads}: expected Hidden a multiple of Heads and Heads a multiple of KvHeads.", nameof(options));
+        ThrowHelper.NonNegative(sequenceLength);
+        long t = sequenceLength == 0 ? tokens : sequenceLength;
+        if (tokens > 0 && tokens % t != 0)
+            throw new ArgumentException($"tokens = {tokens} is not a whole number of sequences of {t}.", nameof(sequenceLength));
+        long h = options.Hidden, f = options.FfnHidden, d = h / options.Heads, g = options.Heads / options.KvHeads;
+        var ffnSplit = ShardingPlan.Even(f, worldSize);
+        var tokenSplit = ShardingPlan.Even(Math.Max(tokens, 0), worldSize);
+        bool gated = options.FeedForward == FeedForwardKind.SwiGlu;
+        return new(LayerKind.TransformerBlock, h, h, f, options.KvHeads, worldSize, tokens, training, kvHeadSplit,
+            p => TransformerBlock(options, p, tokens, sequenceLength, training, sequenceParallel, bias), (r, kh) =>
+            {
+                long qd = g * kh * d, kd = kh * d, fr = ffnSplit.Size(r), m = tokens, rows = sequenceParallel ? tokenSplit.Size(r) : m;
+                long attnW = h * qd + 2 * h * kd + qd * h + (bias ? qd + 2 * kd + (r == 0 ? h : 0) : 0);
+                long ffnW = gated ? 3 * h * fr + (bias && r == 0 ? h : 0) : 2 * h * fr + (bias ? fr + (r == 0 ? h : 0) : 0);
+                long normW = (options.Norm == SwNormKind.Layer ? 2 : 1) * h * 2 * 2; // parameters and the partial-gradient room
+                long weights = (attnW + ffnW) * (training ? 2 : 1) + normW;
+                long seqs = t == 0 ? 0 : m / t;
+                long scores = seqs * g * kh * t * t;
+                long heads = m * (2 * qd + 2 * kd) + scores;                 // Q, K, V, O and P
+                long act = 2 * rows * h + 5 * rows * h;                       // x, y; the block's residual, norm and work rows
+                long sub = heads + (gated ? 3 * m * fr : m * fr);             // inference scratch
+                long work = sequenceParallel ? 3 * m * h : 0;                 // gathered inputs (and, training, dY and dX)
+                if (training)
+                {
+                    sub = 2 * heads + (gated ? 4 * m * fr : 3 * m * fr) + 4 * rows; // kept activations and their gradients; norm stats
+                    act += 2 * rows * h;                                      // dY, dX
+                }
+                return new RankMemory(r, kh, weights * F32, (act + sub) * F32, work * F32);
+            }) { Block = options, SequenceLength = t, SequenceParallel = sequenceParallel };
+    }
 
     /// <summary>Plans a column-parallel layer: W is <paramref name="inFeatures"/> × <paramref name="outFeatures"/>.</summary>
     public static LayerPlan ColumnParallel(long inFeatures, long outFeatures, int worldSize, long tokens = 0, bool bias = true,
@@ -183,7 +242,9 @@ public sealed class LayerPlan
     {
         var sb = new StringBuilder();
         sb.AppendLine($"{Describe()} on {Ranks.Count} ranks{(Tokens > 0 ? $", {Tokens} tokens" : "")}{(Training ? ", training" : "")}");
-        sb.AppendLine($"level 1: {Split}");
+        sb.AppendLine(Kind == LayerKind.TransformerBlock
+            ? $"level 1: key/value heads {Split} (query heads x{Block!.Heads / Block.KvHeads}); FFN F {ShardingPlan.Even(HiddenFeatures, Ranks.Count)}"
+            : $"level 1: {Split}");
         sb.AppendLine("  rank | shard | weights | activations | workspace | total");
         foreach (var r in Ranks)
             sb.AppendLine($"  {r.Rank,4} | {r.ShardWidth,5} | {Bytes(r.WeightBytes),7} | {Bytes(r.ActivationBytes),11} | {Bytes(r.WorkspaceBytes),9} | {Bytes(r.TotalBytes)}");
@@ -204,6 +265,8 @@ public sealed class LayerPlan
     {
         LayerKind.ColumnParallel => $"column-parallel {InFeatures} x {OutFeatures}",
         LayerKind.RowParallel => $"row-parallel {InFeatures} x {OutFeatures}",
+        LayerKind.TransformerBlock => $"transformer block H {InFeatures}, {Block!.Heads} heads / {Block.KvHeads} key-value heads of {InFeatures / Block.Heads}, " +
+            $"{Block.FeedForward} FFN F {HiddenFeatures}, {Block.Norm}Norm{(SequenceParallel ? ", sequence-parallel" : "")}{(SequenceLength > 0 ? $", sequences of {SequenceLength}" : "")}",
         _ => $"feed-forward H {InFeatures}, F {HiddenFeatures}",
     };
 
