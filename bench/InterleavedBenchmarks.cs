@@ -318,3 +318,54 @@ public class InterleavedShardedGemmBenchmarks : InterleavedSuite
     [Benchmark(Description = "round: unsharded, p=2, p=4, p=8")]
     public void InterleavedRound() => RecordRound();
 }
+
+/// <summary>Columns of <see cref="InterleavedTransformerBlockBenchmarks"/>: unsharded (0) / p = 2 (1), p = 4 (2).</summary>
+public sealed class InterleavedBlockConfig : InterleavedBenchConfig
+{
+    public InterleavedBlockConfig() => AddColumn(
+        new InterleavedRatioColumn("p=2", 0, 1, "Per round: unsharded block time / p=2 time (above 1: sharded faster); median [min..max]"),
+        new InterleavedRatioColumn("p=4", 0, 2, "Per round: unsharded block time / p=4 time; median [min..max]"));
+}
+
+/// <summary>
+/// The transformer block's inference forward (pre-norm LayerNorm, causal attention, GeLU FFN) unsharded (p = 1; variant
+/// 0) and on 2 and 4 virtual ranks of the CPU device, interleaved (<see cref="TransformerBlockBench"/>): issue 17's
+/// 2048 tokens (4 sequences of 512), hidden 1024, 16 heads, FFN 4096, and a small case.
+/// </summary>
+[Config(typeof(InterleavedBlockConfig))]
+public class InterleavedTransformerBlockBenchmarks : InterleavedSuite
+{
+    private Device? _device;
+    private TransformerBlockBench? _bench;
+
+    /// <summary>tokens × hidden × heads (sequence length 512, or 128 for the small case; FFN 4 × hidden).</summary>
+    public static IEnumerable<string> Shapes => ["256x256x4", "2048x1024x16"];
+
+    /// <summary>The case.</summary>
+    [ParamsSource(nameof(Shapes))]
+    public string Shape { get; set; } = "";
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var parts = Shape.Split('x').Select(long.Parse).ToArray();
+        long tokens = parts[0], hidden = parts[1];
+        int heads = (int)parts[2];
+        _device = Device.Cpu(BenchSettings.Threads);
+        Console.WriteLine($"// Shardwise: {_device.Name}, kernel {_device.Kernel}, {_device.NumThreads} threads");
+        _bench = new TransformerBlockBench(_device, new TransformerBlockOptions(hidden, heads, heads, 4 * hidden), tokens,
+            tokens >= 2048 ? 512 : 128, [1, 2, 4]);
+        Start(Shape, [.. _bench.Calls]);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _bench?.Dispose();
+        _device?.Dispose();
+        (_bench, _device) = (null, null);
+    }
+
+    [Benchmark(Description = "round: unsharded, p=2, p=4")]
+    public void InterleavedRound() => RecordRound();
+}

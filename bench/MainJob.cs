@@ -56,6 +56,7 @@ internal static class MainJob
         public double BudgetMs = 400;              // interleaved rounds per case: about this long, within [MinReps, MaxReps]
         public int MinReps = 9, MaxReps = 31;      // rounds of the interleaved timing (unsharded GEMM, sharded Forward)
         public int PrecisionRounds = 5;            // rounds of the side-by-side bf16/fp32 comparison (0: skip it)
+        public bool Block = true;                  // the transformer-block section (--no-block skips it)
     }
 
     public static int Run(string[] args)
@@ -96,7 +97,7 @@ internal static class MainJob
     /// <summary>The main job's options, each line after <paramref name="indent"/> (also shown by <c>bench --help</c>).</summary>
     internal static void PrintUsage(TextWriter w, string indent = "")
     {
-        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS] [--precision-rounds N]");
+        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS] [--precision-rounds N] [--no-block]");
         w.WriteLine(indent + "  --quick         small shapes only (a few seconds)");
         w.WriteLine(indent + "  --backend B     auto (default: CUDA device 0 when present, else the CPU), cpu or cuda");
         w.WriteLine(indent + "  --threads N     CPU compute threads of the device (default: SHARDWISE_NUM_THREADS or all cores)");
@@ -106,6 +107,7 @@ internal static class MainJob
         w.WriteLine(indent + "  --budget-ms MS  target time of the interleaved rounds of one case (default 400, --quick 100; 9..31 rounds)");
         w.WriteLine(indent + "  --precision-rounds N  rounds of the side-by-side CPU comparison: Shardwise bf16 vs oneDNN bf16 matmul and vs");
         w.WriteLine(indent + "                  Shardwise fp32, fp32 vs dnnl_sgemm and OpenBLAS (default 5, --quick 3; 0 skips it)");
+        w.WriteLine(indent + "  --no-block      skip the transformer-block section (2048 tokens, hidden 1024, 16 heads at p = 1, 2, 4; --quick: 256, 256, 4)");
     }
 
     /// <summary>Parses the options; returns null for --help.</summary>
@@ -141,6 +143,7 @@ internal static class MainJob
                     if (!int.TryParse(Value(), out o.PrecisionRounds) || o.PrecisionRounds < 0)
                         throw new ArgumentException("--precision-rounds expects an integer >= 0.");
                     break;
+                case "--no-block": o.Block = false; break;
                 case "--help" or "-h": return null;
                 default: throw new ArgumentException($"unknown option '{args[i]}'.");
             }
@@ -205,6 +208,22 @@ internal static class MainJob
         Console.WriteLine();
 
         RunColumnParallelLinear(device, o, failures);
+
+        if (o.Block)
+        {
+            Console.WriteLine();
+            Console.Error.Write("  transformer block ...");
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                TransformerBlockBench.RunMainJob(device, o.Quick, Settings(o) with { MinRounds = o.Quick ? 3 : 5, MaxRounds = o.Quick ? 5 : 9, BudgetMs = o.Quick ? 2000 : 30000 }, failures);
+            }
+            catch (Exception e) when (e is ShardwiseException or SpmdException or ArgumentException)
+            {
+                failures.Add($"transformer block: {e.GetType().Name}: {e.Message}");
+            }
+            Console.Error.WriteLine($" {sw.Elapsed.TotalSeconds:0.0} s");
+        }
 
         if (o.PrecisionRounds > 0)
         {

@@ -1,6 +1,6 @@
 // The CPU loops of the row-wise transformer operations (core/row_ops.h): softmax with an optional causal mask, its
-// backward, LayerNorm / RMSNorm and their backward. Row statistics and row sums accumulate in double and are rounded
-// once to fp32; each row's element-wise results are fp32. Also the activations, gated units, dropout, embedding and
+// backward, LayerNorm / RMSNorm and their backward. Row statistics and row sums accumulate in double (8 interleaved
+// partial sums in a fixed order) and are rounded once to fp32; each row's element-wise results are fp32. Also the activations, gated units, dropout, embedding and
 // vocabulary-parallel cross-entropy (core/row_ops.h). A row's result depends on that row only (and a parameter
 // gradient's column on its column only), so the row or column blocks the backend runs in parallel give the same bits
 // for any number of threads.
@@ -13,6 +13,31 @@
 namespace sw::cpu {
 
 namespace {
+// Sums f(0) + ... + f(n - 1) in double over 8 interleaved partial sums (element j into partial j mod 8, the partials
+// added in order at the end): a fixed order for a given n, and 8 independent chains the core overlaps.
+template <class F>
+double sum8(int64_t n, F f) {
+    double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; ++l) a[l] += f(j + l);
+    for (int l = 0; j < n; ++j, ++l) a[l] += f(j);
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// max over x[0..n) (exact whatever the order).
+float max8(const float* x, int64_t n, float scale) {
+    float a[8];
+    for (float& v : a) v = -std::numeric_limits<float>::infinity();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; ++l) a[l] = std::max(a[l], scale * x[j + l]);
+    for (int l = 0; j < n; ++j, ++l) a[l] = std::max(a[l], scale * x[j]);
+    float m = a[0];
+    for (int l = 1; l < 8; ++l) m = std::max(m, a[l]);
+    return m;
+}
+
 // Columns of row r that the causal mask keeps (all of them without a mask).
 int64_t kept_columns(int64_t r, int64_t cols, int64_t period) {
     if (period <= 0) return cols;
@@ -25,14 +50,9 @@ void softmax_rows(const SoftmaxRows& a, int64_t r0, int64_t r1) {
         const float* x = a.x + r * a.ld;
         float* y = a.y + r * a.ld;
         const int64_t kept = kept_columns(r, a.cols, a.causal_period);
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < kept; ++j) mx = std::max(mx, a.scale * x[j]);
-        double sum = 0;
-        for (int64_t j = 0; j < kept; ++j) {
-            const float e = std::exp(a.scale * x[j] - mx);
-            y[j] = e;
-            sum += e;
-        }
+        const float mx = max8(x, kept, a.scale);
+        for (int64_t j = 0; j < kept; ++j) y[j] = std::exp(a.scale * x[j] - mx); // y may be x: each element read, then written
+        const double sum = sum8(kept, [y](int64_t j) { return static_cast<double>(y[j]); });
         const float inv = static_cast<float>(1.0 / sum);
         for (int64_t j = 0; j < kept; ++j) y[j] *= inv;
         for (int64_t j = kept; j < a.cols; ++j) y[j] = 0.0f;
@@ -44,8 +64,7 @@ void softmax_backward_rows(const SoftmaxBackwardRows& a, int64_t r0, int64_t r1)
         const float* y = a.y + r * a.ld;
         const float* dy = a.dy + r * a.ld;
         float* dx = a.dx + r * a.ld;
-        double dot = 0;
-        for (int64_t j = 0; j < a.cols; ++j) dot += static_cast<double>(dy[j]) * y[j];
+        const double dot = sum8(a.cols, [y, dy](int64_t j) { return static_cast<double>(dy[j]) * y[j]; });
         const float d = static_cast<float>(dot);
         for (int64_t j = 0; j < a.cols; ++j) dx[j] = a.scale * y[j] * (dy[j] - d);
     }
@@ -56,17 +75,12 @@ void norm_rows(const NormRows& a, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
         const float* x = a.x + r * n;
         float* y = a.y + r * n;
-        double mean = 0, sq = 0;
-        if (a.kind == SW_NORM_LAYER) {
-            for (int64_t j = 0; j < n; ++j) mean += x[j];
-            mean /= static_cast<double>(n);
-            for (int64_t j = 0; j < n; ++j) {
-                const double d = x[j] - mean;
-                sq += d * d;
-            }
-        } else {
-            for (int64_t j = 0; j < n; ++j) sq += static_cast<double>(x[j]) * x[j];
-        }
+        double mean = 0;
+        if (a.kind == SW_NORM_LAYER) mean = sum8(n, [x](int64_t j) { return static_cast<double>(x[j]); }) / static_cast<double>(n);
+        const double sq = sum8(n, [x, mean](int64_t j) {
+            const double d = x[j] - mean;
+            return d * d;
+        });
         const float m = static_cast<float>(mean);
         const float rstd = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(n) + a.eps));
         if (a.stats) {
@@ -90,12 +104,10 @@ void norm_backward_dx_rows(const NormBackwardRows& a, int64_t r0, int64_t r1) {
         const float* dy = a.dy + r * n;
         float* dx = a.dx + r * n;
         const float m = a.stats[2 * r], rstd = a.stats[2 * r + 1];
-        double sg = 0, sgx = 0;
-        for (int64_t j = 0; j < n; ++j) {
-            const float g = a.gamma ? dy[j] * a.gamma[j] : dy[j];
-            sg += g;
-            sgx += static_cast<double>(g) * ((x[j] - m) * rstd);
-        }
+        const float* gamma = a.gamma;
+        auto g_at = [dy, gamma](int64_t j) { return gamma ? dy[j] * gamma[j] : dy[j]; };
+        const double sg = layer ? sum8(n, [&](int64_t j) { return static_cast<double>(g_at(j)); }) : 0.0;
+        const double sgx = sum8(n, [&](int64_t j) { return static_cast<double>(g_at(j)) * ((x[j] - m) * rstd); });
         const float mg = layer ? static_cast<float>(sg / static_cast<double>(n)) : 0.0f;
         const float mgx = static_cast<float>(sgx / static_cast<double>(n));
         for (int64_t j = 0; j < n; ++j) {
@@ -229,10 +241,8 @@ void embedding_backward_cols(const EmbeddingBackwardArgs& a, int64_t c0, int64_t
 void cross_entropy_partial_rows(const CrossEntropyPartialArgs& a, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
         const float* z = a.logits + r * a.ld;
-        float mx = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j < a.cols; ++j) mx = std::max(mx, z[j]);
-        double sum = 0;
-        for (int64_t j = 0; j < a.cols; ++j) sum += std::exp(z[j] - mx);
+        const float mx = max8(z, a.cols, 1.0f);
+        const double sum = sum8(a.cols, [z, mx](int64_t j) { return static_cast<double>(std::exp(z[j] - mx)); });
         const int64_t t = shard_row(a.ids[r], a.vocab_offset, a.cols);
         a.stats[3 * r] = mx;
         a.stats[3 * r + 1] = static_cast<float>(sum);

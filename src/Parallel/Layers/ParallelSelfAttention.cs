@@ -25,6 +25,7 @@ public sealed class ParallelSelfAttention : IDisposable
     private const int SlotQ = 0, SlotK = 1, SlotV = 2, SlotScores = 3, SlotO = 4, SlotGathered = 5, SlotOnes = 6, SlotCount = 7;
     private readonly RankContext _ctx;
     private readonly TypedScratch _scratch = new(SlotCount);
+    private GemmGroupMember<float, float>[] _members = [];
 
     /// <summary>Loads this rank's heads of Wq (H × heads·d), Wk and Wv (H × kvHeads·d), Wo (heads·d × H) and of the
     /// optional biases (bq, bk, bv per head column; bo, 1 × H, on rank 0). <paramref name="kvHeadPlan"/> splits the
@@ -334,12 +335,22 @@ public sealed class ParallelSelfAttention : IDisposable
         if (lh == 0) return;
         long m = x.Rows, t = a.P.Cols, b = m / t;
         var stream = _ctx.Stream;
-        Query.Forward(x, a.Q);
-        Key.Forward(x, a.K);
-        Value.Forward(x, a.V);
+        // Q, K and V as one group: X is packed once for the three projections (the same bits as three GEMMs).
+        long h = ModelFeatures;
+        Span<GemmGroupMember<float, float>> qkv =
+        [
+            new(stream, x, Query.ComputeWeight<float>()!.AsMatrix(h, Qd), a.Q, bias: Query.GemmBias<float>()),
+            new(stream, x, Key.ComputeWeight<float>()!.AsMatrix(h, Kd), a.K, bias: Key.GemmBias<float>()),
+            new(stream, x, Value.ComputeWeight<float>()!.AsMatrix(h, Kd), a.V, bias: Value.GemmBias<float>()),
+        ];
+        Gemm.MultiplyGrouped<float, float>(qkv);
+        // Every head's scores S = Q_h·K_hᵀ as one group (one job on the device instead of one per head).
+        int heads = (int)(b * lh);
+        if (_members.Length < heads) _members = new GemmGroupMember<float, float>[heads];
         for (long s = 0; s < b; s++)
             for (int hq = 0; hq < lh; hq++)
-                Gemm.Multiply(stream, Head(a.Q, s, t, hq), Head(a.K, s, t, hq / g), Scores(a.P, s, hq, t, lh), transB: true);
+                _members[s * lh + hq] = new(stream, Head(a.Q, s, t, hq), Head(a.K, s, t, hq / g), Scores(a.P, s, hq, t, lh), transB: true);
+        Gemm.MultiplyGrouped<float, float>(_members.AsSpan(0, heads));
         RowOps.Softmax(stream, a.P, a.P, Scale, Causal ? t : 0);
         for (long s = 0; s < b; s++)
             for (int hq = 0; hq < lh; hq++)

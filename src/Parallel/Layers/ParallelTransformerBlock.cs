@@ -48,6 +48,7 @@ public sealed record TransformerBlockWeights(WeightSource Wq, WeightSource Wk, W
 public sealed class ParallelTransformerBlock : IDisposable
 {
     private readonly RankContext _ctx;
+    private DeviceBuffer<float>? _inference; // the inference forward's rows (no allocation per call once warm)
 
     /// <summary>Loads this rank's shards. <paramref name="kvHeadPlan"/> splits the key/value heads and
     /// <paramref name="ffnPlan"/> the FFN's hidden units (defaults: even).</summary>
@@ -153,7 +154,9 @@ public sealed class ParallelTransformerBlock : IDisposable
         float p = Options.Dropout;
         if (training && p > 0 && dropout is null)
             throw new ArgumentNullException(nameof(dropout), $"the block drops with p = {p}: pass the rank's DropoutGenerator.");
-        var s = new TransformerBlockActivations(_ctx.Device, rows, H, t, tokens);
+        var s = training
+            ? new TransformerBlockActivations(_ctx.Device, rows, H, t, tokens)
+            : new TransformerBlockActivations(Scratch.Ensure(ref _inference, _ctx.Device, Math.Max(1, 5 * rows * H)), rows, H, t, tokens);
         try
         {
             var stream = _ctx.Stream;
@@ -274,6 +277,7 @@ public sealed class ParallelTransformerBlock : IDisposable
         Norm2.Dispose();
         Dense?.Dispose();
         Gated?.Dispose();
+        _inference?.Dispose();
     }
 }
 
@@ -283,13 +287,18 @@ public sealed class ParallelTransformerBlock : IDisposable
 public sealed class TransformerBlockActivations : IDisposable
 {
     private readonly DeviceBuffer<float> _buffer;
+    private readonly bool _owned;
 
     internal TransformerBlockActivations(Device device, long rows, long hidden, long sequenceLength, ShardingPlan? tokens)
+        : this(device.Allocate<float>(Math.Max(1, 5 * rows * hidden)), rows, hidden, sequenceLength, tokens) => _owned = true;
+
+    // Over a buffer of at least 5·rows·hidden floats that the caller owns (the block's inference scratch).
+    internal TransformerBlockActivations(DeviceBuffer<float> buffer, long rows, long hidden, long sequenceLength, ShardingPlan? tokens)
     {
         Rows = rows;
         SequenceLength = sequenceLength;
         Tokens = tokens;
-        _buffer = device.Allocate<float>(Math.Max(1, 5 * rows * hidden));
+        _buffer = buffer;
         long n = rows * hidden;
         N1 = _buffer.AsMatrix(rows, hidden, hidden, 0);
         H1 = _buffer.AsMatrix(rows, hidden, hidden, n);
@@ -321,7 +330,7 @@ public sealed class TransformerBlockActivations : IDisposable
     /// <summary>Frees everything held.</summary>
     public void Dispose()
     {
-        _buffer.Dispose();
+        if (_owned) _buffer.Dispose();
         Norm1?.Dispose();
         Norm2?.Dispose();
         Attention?.Dispose();
