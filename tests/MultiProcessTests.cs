@@ -139,13 +139,17 @@ public sealed partial class MultiProcessTests
     private static float[] ReadFloats(string path) => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(path)).ToArray();
 
     /// <summary>The same scenario with p virtual ranks in this process.</summary>
-    private static (float[] Column, float[] Row, float[] Ffn)[] InProcess(int p, int seed)
+    private static (float[] Column, float[] Row, float[] Ffn, float[] Block)[] InProcess(int p, int seed)
     {
         using var device = Device.Cpu(1);
         using var group = ProcessGroup.CreateLocal(device, p);
         var data = new Scenario.Data(seed);
-        var results = new (float[], float[], float[])[p];
-        Spmd.Run(group, ctx => results[ctx.Rank] = Scenario.Run(ctx, data));
+        var results = new (float[], float[], float[], float[])[p];
+        Spmd.Run(group, ctx =>
+        {
+            var (c, r, f) = Scenario.Run(ctx, data);
+            results[ctx.Rank] = (c, r, f, Scenario.Block(ctx, data));
+        });
         return results;
     }
 
@@ -168,6 +172,13 @@ public sealed partial class MultiProcessTests
                         $"{name} rank {r} element {i}: multi-process {multi[i]:R} differs from single-process {single[i]:R}");
                 }
             }
+            // The transformer block (training forward and backward, dropout on): the same bits as virtual ranks.
+            var block = ReadFloats(file("block", r));
+            Assert.That(block, Has.Length.EqualTo(local[r].Block.Length), $"block rank {r}: length");
+            Assert.That(block.Any(float.IsNaN), Is.False, $"block rank {r}: an output left unwritten (NaN)");
+            for (int i = 0; i < block.Length; i++)
+                Assert.That(BitConverter.SingleToInt32Bits(block[i]), Is.EqualTo(BitConverter.SingleToInt32Bits(local[r].Block[i])),
+                    $"block rank {r} element {i}: multi-process {block[i]:R} differs from single-process {local[r].Block[i]:R}");
         }
     }
 

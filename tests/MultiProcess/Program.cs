@@ -61,7 +61,8 @@ using (group)
         {
             string outDir = args.Length > 1 ? args[1] : throw new ArgumentException("layers needs OUTDIR");
             var (column, row, ffn) = Scenario.Run(ctx, new Scenario.Data(seed));
-            foreach (var (name, data) in new[] { ("column", column), ("row", row), ("ffn", ffn) })
+            var block = Scenario.Block(ctx, new Scenario.Data(seed));
+            foreach (var (name, data) in new[] { ("column", column), ("row", row), ("ffn", ffn), ("block", block) })
                 File.WriteAllBytes(Path.Combine(outDir, $"{name}.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
         }
         else if (scenario == "hybrid")

@@ -57,6 +57,41 @@ public static class Scenario
         return (column, rowOut, ffnOut);
     }
 
+    /// <summary>
+    /// A transformer block (RMSNorm, 4 query heads over 2 key/value heads of width 5, SwiGLU FFN of F, causal, residual
+    /// dropout 0.1) on the FFN's input: the training forward and the backward of one step. Returns Y, dX and the first
+    /// norm's dgamma, concatenated (every rank holds all of them). Outputs poisoned (NaN) first.
+    /// </summary>
+    public static float[] Block(RankContext ctx, Data d)
+    {
+        var dev = ctx.Device;
+        var s = ctx.Stream;
+        var rng = new Random(d.X.Length * 7919 + (int)(d.W1[0] * 1e6));
+        float[] R(long n, float scale) { var a = new float[n]; for (long i = 0; i < n; i++) a[i] = ((float)(rng.NextDouble() * 2 - 1) + 1e-3f) * scale; return a; }
+        const int heads = 4, kv = 2, hd = 5;
+        var options = new TransformerBlockOptions(H, heads, kv, F, FeedForwardKind.SwiGlu, Shardwise.Bindings.SwNormKind.Rms, Dropout: 0.1f);
+        WeightSource W(long r, long c) => WeightSource.FromArray(R(r * c, 0.4f), r, c);
+        var weights = new TransformerBlockWeights(W(H, heads * hd), W(H, kv * hd), W(H, kv * hd), W(heads * hd, H), W(H, F), W(F, H), W3: W(H, F),
+            B2: W(1, H), Norm1Gamma: W(1, H), Norm2Gamma: W(1, H));
+        using var block = new ParallelTransformerBlock(ctx, options, weights);
+        using var grads = new TransformerBlockGradients(dev, block);
+        using var x = dev.Allocate<float>(M * H);
+        using var dy = dev.Allocate<float>(M * H);
+        using var y = dev.Allocate<float>(M * H);
+        using var dx = dev.Allocate<float>(M * H);
+        x.CopyFrom(d.Xf, s);
+        dy.CopyFrom(R(M * H, 1f), s);
+        y.Fill(float.NaN, s);
+        dx.Fill(float.NaN, s);
+        grads.Norm1.Buffer.Fill(float.NaN, s);
+        var dropout = new DropoutGenerator(seed: 4242, tensorRank: ctx.Rank);
+        using var saved = block.ForwardTraining(x.AsMatrix(M, H), y.AsMatrix(M, H), sequenceLength: M, dropout);
+        block.Backward(x.AsMatrix(M, H), dy.AsMatrix(M, H), dx.AsMatrix(M, H), grads, saved);
+        var result = y.ToArray(s).Concat(dx.ToArray(s)).Concat(grads.Norm1.Buffer.ToArray(s)).ToArray();
+        ctx.Synchronize();
+        return result;
+    }
+
     /// <summary>float64 references of the three outputs.</summary>
     public static (double[] Column, double[] Row, double[] Ffn) Reference(Data d)
     {
