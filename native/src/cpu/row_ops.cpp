@@ -87,12 +87,17 @@ void norm_rows(const NormRows& a, int64_t r0, int64_t r1) {
             a.stats[2 * r] = m;
             a.stats[2 * r + 1] = rstd;
         }
-        for (int64_t j = 0; j < n; ++j) {
-            float v = (x[j] - m) * rstd;
-            if (a.gamma) v *= a.gamma[j];
-            if (a.beta) v += a.beta[j];
-            y[j] = v;
-        }
+        // One loop per case (no branch inside: each vectorizes); y may be x (element j read, then written).
+        const float* g = a.gamma;
+        const float* b = a.beta;
+        if (g && b)
+            for (int64_t j = 0; j < n; ++j) y[j] = (x[j] - m) * rstd * g[j] + b[j];
+        else if (g)
+            for (int64_t j = 0; j < n; ++j) y[j] = (x[j] - m) * rstd * g[j];
+        else if (b)
+            for (int64_t j = 0; j < n; ++j) y[j] = (x[j] - m) * rstd + b[j];
+        else
+            for (int64_t j = 0; j < n; ++j) y[j] = (x[j] - m) * rstd;
     }
 }
 
