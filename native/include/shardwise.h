@@ -47,7 +47,8 @@ extern "C" {
                             4: sw_gemm_grouped; 5: sw_comm_set_agreement_check / sw_comm_get_agreement_check;
                             6: sw_comm_get_transport (TCP communicators over shared memory);
                             7: the transformer block's kernels: sw_softmax, sw_norm, sw_activation, sw_glu, sw_dropout,
-                               sw_embedding, sw_cross_entropy_* (and their backward) */
+                               sw_embedding, sw_cross_entropy_* (and their backward); the optimizers' sw_sgd_step,
+                               sw_adamw_step, sw_sum_squares, sw_scale */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -431,6 +432,38 @@ SW_API sw_status sw_cross_entropy_backward(sw_stream stream, sw_dtype dtype, sw_
                                            int64_t vocab_offset, int64_t vocab_size, sw_buffer lse, uint64_t lse_offset,
                                            sw_buffer dloss, uint64_t dloss_offset, sw_buffer dlogits,
                                            uint64_t dlogits_offset);
+
+/* ---------------------------------------------------------------- optimizers (fp32 parameters and state)
+ * One step over count elements of a parameter shard, queued on a stream: param and the state buffers are F32 (master
+ * weights); grad_type is F32, F16 or BF16 (the gradient is widened exactly). Every buffer must lie apart from the
+ * others. Arithmetic in fp32, in the order written. count == 0 does nothing. */
+
+/* SGD with momentum and (L2, coupled) weight decay, as torch.optim.SGD with dampening 0:
+ *   g = grad + weight_decay * param;
+ *   with a momentum buffer: buf = momentum * buf + g; g = nesterov ? g + momentum * buf : buf;
+ *   param = param - lr * g.
+ * momentum_buf may be NULL (plain SGD; momentum must then be 0). A zeroed buffer gives torch's first step. lr >= 0,
+ * momentum in [0, 1), weight_decay >= 0, all finite. */
+SW_API sw_status sw_sgd_step(sw_stream stream, sw_dtype grad_type, sw_buffer param, uint64_t param_offset, sw_buffer grad,
+                             uint64_t grad_offset, sw_buffer momentum_buf, uint64_t momentum_offset, uint64_t count,
+                             float lr, float momentum, float weight_decay, int32_t nesterov);
+/* AdamW (decoupled weight decay, as torch.optim.AdamW), step t >= 1 (the step being taken):
+ *   param = param * (1 - lr * weight_decay);
+ *   m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g * g;
+ *   param = param - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps).
+ * The bias corrections 1 - beta^t are computed in double and rounded to fp32 once per call. m and v are F32 (zeroed
+ * before the first step). lr >= 0, beta1 and beta2 in [0, 1), eps > 0, weight_decay >= 0, all finite. */
+SW_API sw_status sw_adamw_step(sw_stream stream, sw_dtype grad_type, sw_buffer param, uint64_t param_offset, sw_buffer grad,
+                               uint64_t grad_offset, sw_buffer m, uint64_t m_offset, sw_buffer v, uint64_t v_offset,
+                               uint64_t count, float lr, float beta1, float beta2, float eps, float weight_decay,
+                               int64_t step);
+/* out[out_offset] (F64) = (accumulate ? out[out_offset] : 0) + sum_i x[i]^2 over count elements of x (F32, F16 or BF16),
+ * summed in double in a fixed order (fixed-size blocks in order; the same bits for any thread count on a backend):
+ * the squared norm of gradients, for clipping by the global norm. out must not overlap x. */
+SW_API sw_status sw_sum_squares(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, uint64_t count,
+                                sw_buffer out, uint64_t out_offset, int32_t accumulate);
+/* x[i] = (dtype)(float(x[i]) * alpha) for i < count (one rounding; F32, F16 or BF16); alpha finite. */
+SW_API sw_status sw_scale(sw_stream stream, sw_dtype dtype, sw_buffer x, uint64_t x_offset, uint64_t count, float alpha);
 
 /* ---------------------------------------------------------------- communicators */
 

@@ -108,6 +108,16 @@ public static unsafe partial class Native
         long rows, long cols, long ld, BufferHandle ids, ulong idsOffset, long vocabOffset, long vocabSize, BufferHandle lse, ulong lseOffset,
         BufferHandle dloss, ulong dlossOffset, BufferHandle dlogits, ulong dlogitsOffset);
 
+    // ---------------------------------------------------------------- optimizers (ABI 7; an optional buffer is a raw handle, 0 for none)
+    [LibraryImport(Lib)] public static partial SwStatus sw_sgd_step(StreamHandle stream, SwDtype gradType, BufferHandle param, ulong paramOffset,
+        BufferHandle grad, ulong gradOffset, nint momentumBuf, ulong momentumOffset, ulong count, float lr, float momentum, float weightDecay, int nesterov);
+    [LibraryImport(Lib)] public static partial SwStatus sw_adamw_step(StreamHandle stream, SwDtype gradType, BufferHandle param, ulong paramOffset,
+        BufferHandle grad, ulong gradOffset, BufferHandle m, ulong mOffset, BufferHandle v, ulong vOffset, ulong count, float lr, float beta1,
+        float beta2, float eps, float weightDecay, long step);
+    [LibraryImport(Lib)] public static partial SwStatus sw_sum_squares(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, ulong count,
+        BufferHandle output, ulong outOffset, int accumulate);
+    [LibraryImport(Lib)] public static partial SwStatus sw_scale(StreamHandle stream, SwDtype dtype, BufferHandle x, ulong xOffset, ulong count, float alpha);
+
     // ---------------------------------------------------------------- communicators
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_create_local(int worldSize, nint* devices, long timeoutMs, out CommHandle comm);
     [LibraryImport(Lib)] public static partial SwStatus sw_comm_destroy(nint comm);

@@ -1029,3 +1029,129 @@ SW_API sw_status sw_cross_entropy_backward(sw_stream stream, sw_dtype dtype, sw_
 }
 
 } // extern "C"
+
+// ---------------------------------------------------------------- optimizers (core/row_ops.h)
+
+namespace {
+
+// F32, F16 or BF16 (the gradient types of the optimizers, the dtypes of sw_sum_squares and sw_scale).
+sw_dtype float_type_arg(const sw_dtype& in, const char* name, const char* op) {
+    const sw_dtype t = dtype_arg(in, name);
+    if (t != SW_DTYPE_F32 && t != SW_DTYPE_F16 && t != SW_DTYPE_BF16)
+        fail(SW_ERR_UNSUPPORTED, name, " = ", dtype_name(t), ": ", op, " takes f32, f16 or bf16");
+    return t;
+}
+
+void require_finite_in(float v, float lo, float hi, bool hi_open, const char* name) {
+    if (!std::isfinite(v) || v < lo || (hi_open ? v >= hi : v > hi))
+        fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v, "; expected a finite value in [", lo, ", ", hi, hi_open ? ")" : "]");
+}
+
+// A span of `count` elements of `es` bytes on the stream's device, kept alive by the queued work.
+char* span_on(sw_buffer b, uint64_t offset, uint64_t count, size_t es, sw_stream_s* s, const char* name, KeepAlive& keep, int slot) {
+    auto* buf = on_stream(b, s, name, keep, slot);
+    return buffer_span(buf, offset, count, es, name);
+}
+
+void require_apart_bytes(const char* a, uint64_t ab, const char* an, const char* b, uint64_t bb, const char* bn) {
+    if (ranges_overlap(a, ab, b, bb)) fail(SW_ERR_INVALID_ARGUMENT, an, " and ", bn, " overlap; expected separate ranges");
+}
+
+} // namespace
+
+extern "C" {
+
+SW_API sw_status sw_sgd_step(sw_stream stream, sw_dtype grad_type_in, sw_buffer param, uint64_t param_offset, sw_buffer grad,
+                             uint64_t grad_offset, sw_buffer momentum_buf, uint64_t momentum_offset, uint64_t count,
+                             float lr, float momentum, float weight_decay, int32_t nesterov) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_dtype gt = float_type_arg(grad_type_in, "grad_type", "sw_sgd_step");
+        require_finite_in(lr, 0.0f, 3.4e38f, false, "lr");
+        require_finite_in(momentum, 0.0f, 1.0f, true, "momentum");
+        require_finite_in(weight_decay, 0.0f, 3.4e38f, false, "weight_decay");
+        if (!momentum_buf && (momentum != 0.0f || nesterov))
+            fail(SW_ERR_INVALID_ARGUMENT, "momentum_buf is NULL but momentum = ", momentum, nesterov ? " (nesterov)" : "",
+                 "; expected a momentum buffer, or momentum 0 without nesterov");
+        KeepAlive keep;
+        const size_t gs = sw_dtype_size(gt);
+        char* pp = span_on(param, param_offset, count, 4, s, "param", keep, 0);
+        char* pg = span_on(grad, grad_offset, count, gs, s, "grad", keep, 1);
+        char* pm = momentum_buf ? span_on(momentum_buf, momentum_offset, count, 4, s, "momentum_buf", keep, 2) : nullptr;
+        require_apart_bytes(pp, 4 * count, "param", pg, gs * count, "grad");
+        if (pm) {
+            require_apart_bytes(pm, 4 * count, "momentum_buf", pp, 4 * count, "param");
+            require_apart_bytes(pm, 4 * count, "momentum_buf", pg, gs * count, "grad");
+        }
+        if (count == 0) return;
+        s->device_impl->ops->sgd_step(*s, SgdArgs{gt, reinterpret_cast<float*>(pp), pg, reinterpret_cast<float*>(pm), count, lr,
+                                                  momentum, weight_decay, nesterov != 0},
+                                      std::move(keep));
+    });
+}
+
+SW_API sw_status sw_adamw_step(sw_stream stream, sw_dtype grad_type_in, sw_buffer param, uint64_t param_offset, sw_buffer grad,
+                               uint64_t grad_offset, sw_buffer m, uint64_t m_offset, sw_buffer v, uint64_t v_offset,
+                               uint64_t count, float lr, float beta1, float beta2, float eps, float weight_decay,
+                               int64_t step) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_dtype gt = float_type_arg(grad_type_in, "grad_type", "sw_adamw_step");
+        require_finite_in(lr, 0.0f, 3.4e38f, false, "lr");
+        require_finite_in(beta1, 0.0f, 1.0f, true, "beta1");
+        require_finite_in(beta2, 0.0f, 1.0f, true, "beta2");
+        if (!(eps > 0.0f) || !std::isfinite(eps)) fail(SW_ERR_INVALID_ARGUMENT, "eps = ", eps, "; expected a finite value > 0");
+        require_finite_in(weight_decay, 0.0f, 3.4e38f, false, "weight_decay");
+        if (step < 1) fail(SW_ERR_INVALID_ARGUMENT, "step = ", step, "; expected the step being taken, >= 1");
+        KeepAlive keep;
+        const size_t gs = sw_dtype_size(gt);
+        char* pp = span_on(param, param_offset, count, 4, s, "param", keep, 0);
+        char* pg = span_on(grad, grad_offset, count, gs, s, "grad", keep, 1);
+        char* pm = span_on(m, m_offset, count, 4, s, "m", keep, 2);
+        char* pv = span_on(v, v_offset, count, 4, s, "v", keep, 3);
+        const struct { const char* p; uint64_t b; const char* n; } all[] = {
+            {pp, 4 * count, "param"}, {pg, gs * count, "grad"}, {pm, 4 * count, "m"}, {pv, 4 * count, "v"}};
+        for (int i = 0; i < 4; ++i)
+            for (int j = i + 1; j < 4; ++j) require_apart_bytes(all[i].p, all[i].b, all[i].n, all[j].p, all[j].b, all[j].n);
+        if (count == 0) return;
+        const auto bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step)));
+        const auto bias2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step)));
+        if (!(bias1 > 0.0f) || !(bias2 > 0.0f))
+            fail(SW_ERR_INVALID_ARGUMENT, "beta1 = ", beta1, ", beta2 = ", beta2, ", step = ", step,
+                 ": a bias correction 1 - beta^step rounds to 0 in fp32; expected betas below 1");
+        s->device_impl->ops->adamw_step(*s, AdamWArgs{gt, reinterpret_cast<float*>(pp), pg, reinterpret_cast<float*>(pm),
+                                                      reinterpret_cast<float*>(pv), count, lr, beta1, beta2, eps,
+                                                      weight_decay, bias1, bias2},
+                                        std::move(keep));
+    });
+}
+
+SW_API sw_status sw_sum_squares(sw_stream stream, sw_dtype dtype_in, sw_buffer x, uint64_t x_offset, uint64_t count,
+                                sw_buffer out, uint64_t out_offset, int32_t accumulate) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_dtype t = float_type_arg(dtype_in, "dtype", "sw_sum_squares");
+        KeepAlive keep;
+        const size_t es = sw_dtype_size(t);
+        char* px = span_on(x, x_offset, count, es, s, "x", keep, 0);
+        char* po = span_on(out, out_offset, 1, sizeof(double), s, "out", keep, 1);
+        require_apart_bytes(px, es * count, "x", po, sizeof(double), "out");
+        if (count == 0 && accumulate) return;
+        s->device_impl->ops->sum_squares(*s, SumSquaresArgs{t, px, count, reinterpret_cast<double*>(po), accumulate != 0},
+                                         std::move(keep));
+    });
+}
+
+SW_API sw_status sw_scale(sw_stream stream, sw_dtype dtype_in, sw_buffer x, uint64_t x_offset, uint64_t count, float alpha) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        const sw_dtype t = float_type_arg(dtype_in, "dtype", "sw_scale");
+        if (!std::isfinite(alpha)) fail(SW_ERR_INVALID_ARGUMENT, "alpha = ", alpha, "; expected a finite value");
+        KeepAlive keep;
+        char* px = span_on(x, x_offset, count, sw_dtype_size(t), s, "x", keep, 0);
+        if (count == 0) return;
+        s->device_impl->ops->scale(*s, ScaleArgs{t, px, count, alpha}, std::move(keep));
+    });
+}
+
+} // extern "C"

@@ -140,6 +140,12 @@ public:
     virtual void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& args, KeepAlive keep) = 0;
     virtual void cross_entropy_combine(sw_stream_s& s, const CrossEntropyCombineArgs& args, KeepAlive keep) = 0;
     virtual void cross_entropy_backward(sw_stream_s& s, const CrossEntropyBackwardArgs& args, KeepAlive keep) = 0;
+    // Optimizers (sw_sgd_step, sw_adamw_step, sw_sum_squares, sw_scale): validated descriptions, count >= 1 (for
+    // sum_squares also 0: out becomes 0).
+    virtual void sgd_step(sw_stream_s& s, const SgdArgs& args, KeepAlive keep) = 0;
+    virtual void adamw_step(sw_stream_s& s, const AdamWArgs& args, KeepAlive keep) = 0;
+    virtual void sum_squares(sw_stream_s& s, const SumSquaresArgs& args, KeepAlive keep) = 0;
+    virtual void scale(sw_stream_s& s, const ScaleArgs& args, KeepAlive keep) = 0;
 };
 
 // The CPU backend (cpu/backend_cpu.cpp).

@@ -346,6 +346,18 @@ public:
     void cross_entropy_backward(sw_stream_s& s, const CrossEntropyBackwardArgs& a, KeepAlive) override {
         call(&cuda::PluginApi::cross_entropy_backward, s.device_impl->ordinal, a, s.cuda_stream);
     }
+    void sgd_step(sw_stream_s& s, const SgdArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::sgd_step, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void adamw_step(sw_stream_s& s, const AdamWArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::adamw_step, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void sum_squares(sw_stream_s& s, const SumSquaresArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::sum_squares, s.device_impl->ordinal, a, s.cuda_stream);
+    }
+    void scale(sw_stream_s& s, const ScaleArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::scale, s.device_impl->ordinal, a, s.cuda_stream);
+    }
 
 private:
     // Every table call goes through here (cuda_call, core/cuda_loader.h): a failed status becomes sw::Error with

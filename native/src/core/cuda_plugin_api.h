@@ -19,7 +19,7 @@
 namespace sw::cuda {
 
 constexpr int32_t kPluginAbi = 7; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy;
-                                  // 7: softmax, norm, activation, glu, dropout, embedding, cross_entropy_* (core/row_ops.h)
+                                  // 7: softmax, norm, activation, glu, dropout, embedding, cross_entropy_*, the optimizers (core/row_ops.h)
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -138,6 +138,11 @@ struct PluginApi {
     sw_status (*cross_entropy_partial)(int32_t ordinal, const CrossEntropyPartialArgs& args, void* stream, std::string* err);
     sw_status (*cross_entropy_combine)(int32_t ordinal, const CrossEntropyCombineArgs& args, void* stream, std::string* err);
     sw_status (*cross_entropy_backward)(int32_t ordinal, const CrossEntropyBackwardArgs& args, void* stream, std::string* err);
+    // Optimizers: SGD / AdamW steps, the sum of squares (into one F64 element, device memory), scaling. (ABI 7.)
+    sw_status (*sgd_step)(int32_t ordinal, const SgdArgs& args, void* stream, std::string* err);
+    sw_status (*adamw_step)(int32_t ordinal, const AdamWArgs& args, void* stream, std::string* err);
+    sw_status (*sum_squares)(int32_t ordinal, const SumSquaresArgs& args, void* stream, std::string* err);
+    sw_status (*scale)(int32_t ordinal, const ScaleArgs& args, void* stream, std::string* err);
 };
 
 } // namespace sw::cuda

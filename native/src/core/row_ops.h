@@ -136,6 +136,45 @@ struct CrossEntropyBackwardArgs {
     float* dlogits; // may equal logits
 };
 
+struct SgdArgs {
+    sw_dtype grad_type;
+    float* param;
+    const void* grad;
+    float* momentum_buf; // or null
+    uint64_t count;
+    float lr, momentum, weight_decay;
+    bool nesterov;
+};
+
+struct AdamWArgs {
+    sw_dtype grad_type;
+    float* param;
+    const void* grad;
+    float* m;
+    float* v;
+    uint64_t count;
+    float lr, beta1, beta2, eps, weight_decay;
+    float bias1, bias2; // 1 - beta1^t, 1 - beta2^t
+};
+
+struct SumSquaresArgs {
+    sw_dtype dtype;
+    const void* x;
+    uint64_t count;
+    double* out;
+    bool accumulate;
+};
+
+struct ScaleArgs {
+    sw_dtype dtype;
+    void* x;
+    uint64_t count;
+    float alpha;
+};
+
+// sw_sum_squares sums blocks of this many elements (each in order) and then the blocks' sums in order, on every backend.
+constexpr uint64_t kSumSquaresBlock = 4096;
+
 #if defined(__CUDACC__)
 #define SW_HOST_DEVICE __host__ __device__
 #else
@@ -178,6 +217,12 @@ void embedding_backward_cols(const EmbeddingBackwardArgs& a, int64_t c0, int64_t
 void cross_entropy_partial_rows(const CrossEntropyPartialArgs& a, int64_t r0, int64_t r1);
 void cross_entropy_combine_rows(const CrossEntropyCombineArgs& a, int64_t r0, int64_t r1);
 void cross_entropy_backward_rows(const CrossEntropyBackwardArgs& a, int64_t r0, int64_t r1);
+// Optimizers: elements [b, e).
+void sgd_range(const SgdArgs& a, uint64_t b, uint64_t e);
+void adamw_range(const AdamWArgs& a, uint64_t b, uint64_t e);
+// Σ x² over block k (elements [k·kSumSquaresBlock, ...)), in order, in double.
+double sum_squares_block(const SumSquaresArgs& a, uint64_t block);
+void scale_range(const ScaleArgs& a, uint64_t b, uint64_t e);
 } // namespace cpu
 
 } // namespace sw

@@ -545,6 +545,33 @@ public:
     void cross_entropy_backward(sw_stream_s& s, const CrossEntropyBackwardArgs& a, KeepAlive keep) override {
         enqueue_rows(s, a.rows, a.cols, 6, std::move(keep), [a](int64_t b, int64_t e) { cross_entropy_backward_rows(a, b, e); });
     }
+
+    // ------------------------------------------------------------------ optimizers (cpu/row_ops.cpp)
+    void sgd_step(sw_stream_s& s, const SgdArgs& a, KeepAlive keep) override {
+        enqueue_elementwise(s, a.count, std::move(keep), [a](uint64_t b, uint64_t e) { sgd_range(a, b, e); });
+    }
+    void adamw_step(sw_stream_s& s, const AdamWArgs& a, KeepAlive keep) override {
+        enqueue_elementwise(s, a.count, std::move(keep), [a](uint64_t b, uint64_t e) { adamw_range(a, b, e); });
+    }
+    void scale(sw_stream_s& s, const ScaleArgs& a, KeepAlive keep) override {
+        enqueue_elementwise(s, a.count, std::move(keep), [a](uint64_t b, uint64_t e) { scale_range(a, b, e); });
+    }
+    // Fixed blocks summed in parallel into a vector, then added in block order: the same bits for any pool size.
+    void sum_squares(sw_stream_s& s, const SumSquaresArgs& a, KeepAlive keep) override {
+        auto dev = s.device_impl;
+        submit(
+            s, -1, [a] { return 2 * static_cast<double>(a.count) * g_elementwise_ns.load(std::memory_order_relaxed); },
+            std::move(keep), [dev, a] {
+                const uint64_t blocks = (a.count + kSumSquaresBlock - 1) / kSumSquaresBlock;
+                std::vector<double> part(blocks);
+                dev->pool->parallel_for(static_cast<int64_t>(blocks), [&](int64_t k) {
+                    part[static_cast<size_t>(k)] = sum_squares_block(a, static_cast<uint64_t>(k));
+                });
+                double total = a.accumulate ? *a.out : 0.0;
+                for (double v : part) total += v;
+                *a.out = total;
+            });
+    }
 };
 
 } // namespace

@@ -5,6 +5,7 @@
 // gradient's column on its column only), so the row or column blocks the backend runs in parallel give the same bits
 // for any number of threads.
 #include "core/row_ops.h"
+#include "core/dtype.h"
 
 #include <algorithm>
 #include <cmath>
@@ -284,6 +285,70 @@ void cross_entropy_backward_rows(const CrossEntropyBackwardArgs& a, int64_t r0, 
         const float lse = a.lse[r], g = a.dloss[r];
         const int64_t t = shard_row(id, a.vocab_offset, a.cols);
         for (int64_t j = 0; j < a.cols; ++j) d[j] = g * (std::exp(z[j] - lse) - (j == t ? 1.0f : 0.0f));
+    }
+}
+
+// ------------------------------------------------------------------ optimizers
+namespace {
+float grad_at(sw_dtype t, const void* g, uint64_t i) {
+    switch (t) {
+    case SW_DTYPE_F16: return half_to_float(static_cast<const uint16_t*>(g)[i]);
+    case SW_DTYPE_BF16: return bf16_to_float(static_cast<const uint16_t*>(g)[i]);
+    default: return static_cast<const float*>(g)[i];
+    }
+}
+} // namespace
+
+void sgd_range(const SgdArgs& a, uint64_t b, uint64_t e) {
+    for (uint64_t i = b; i < e; ++i) {
+        float g = grad_at(a.grad_type, a.grad, i) + a.weight_decay * a.param[i];
+        if (a.momentum_buf) {
+            const float buf = a.momentum * a.momentum_buf[i] + g;
+            a.momentum_buf[i] = buf;
+            g = a.nesterov ? g + a.momentum * buf : buf;
+        }
+        a.param[i] = a.param[i] - a.lr * g;
+    }
+}
+
+void adamw_range(const AdamWArgs& a, uint64_t b, uint64_t e) {
+    const float decay = 1.0f - a.lr * a.weight_decay;
+    for (uint64_t i = b; i < e; ++i) {
+        const float g = grad_at(a.grad_type, a.grad, i);
+        const float m = a.beta1 * a.m[i] + (1.0f - a.beta1) * g;
+        const float v = a.beta2 * a.v[i] + (1.0f - a.beta2) * g * g;
+        a.m[i] = m;
+        a.v[i] = v;
+        const float p = a.param[i] * decay;
+        a.param[i] = p - a.lr * (m / a.bias1) / (std::sqrt(v / a.bias2) + a.eps);
+    }
+}
+
+double sum_squares_block(const SumSquaresArgs& a, uint64_t block) {
+    const uint64_t b = block * kSumSquaresBlock, e = std::min(a.count, b + kSumSquaresBlock);
+    double s = 0;
+    for (uint64_t i = b; i < e; ++i) {
+        const double v = grad_at(a.dtype, a.x, i);
+        s += v * v;
+    }
+    return s;
+}
+
+void scale_range(const ScaleArgs& a, uint64_t b, uint64_t e) {
+    for (uint64_t i = b; i < e; ++i) {
+        switch (a.dtype) {
+        case SW_DTYPE_F16: {
+            auto* x = static_cast<uint16_t*>(a.x);
+            x[i] = float_to_half(half_to_float(x[i]) * a.alpha);
+            break;
+        }
+        case SW_DTYPE_BF16: {
+            auto* x = static_cast<uint16_t*>(a.x);
+            x[i] = float_to_bf16(bf16_to_float(x[i]) * a.alpha);
+            break;
+        }
+        default: static_cast<float*>(a.x)[i] *= a.alpha; break;
+        }
     }
 }
 

@@ -116,6 +116,20 @@ cudaError_t launch_embedding_backward(const EmbeddingBackwardArgs& args, cudaStr
 cudaError_t launch_cross_entropy_partial(const CrossEntropyPartialArgs& args, cudaStream_t stream);
 cudaError_t launch_cross_entropy_combine(const CrossEntropyCombineArgs& args, cudaStream_t stream);
 cudaError_t launch_cross_entropy_backward(const CrossEntropyBackwardArgs& args, cudaStream_t stream);
+// Optimizers (ABI 7), descriptions validated by the core (core/row_ops.h): fp32 parameters and state, the gradient (or
+// scale's x) F32, F16 or BF16 widened exactly. sgd_step, adamw_step, scale: element-wise grid-stride kernels whose fp32
+// arithmetic is the CPU backend's (cpu/row_ops.cpp), operation for operation, each rounded (no FMA contraction, IEEE
+// division and square root): the same bits as the CPU. scale rounds once to the element type (nearest even).
+// sum_squares: *out = (accumulate ? *out : 0) + the kSumSquaresBlock-element blocks' sums of squares, each block summed
+// in order in double and the block sums added in block order, one thread per block: the CPU backend's bits. Up to
+// 256 blocks (2^20 elements), or on a device without stream-ordered allocation: one kernel of one block (shared
+// memory); beyond: the block sums in a cudaMallocAsync scratch (freed with cudaFreeAsync on the stream), then a
+// one-thread kernel adding them. count == 0 writes 0 (nothing when accumulating). Counts >= 1 for the others;
+// cudaErrorInvalidValue for a malformed description; an allocation failure returns cudaErrorMemoryAllocation.
+cudaError_t launch_sgd_step(const SgdArgs& args, cudaStream_t stream);
+cudaError_t launch_adamw_step(const AdamWArgs& args, cudaStream_t stream);
+cudaError_t launch_sum_squares(const SumSquaresArgs& args, cudaStream_t stream);
+cudaError_t launch_scale(const ScaleArgs& args, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ gemm_mma.cu
 // Hand-written tensor-core GEMM (mma.sync m16n8k16, sm_80+; or, with wgmma = true, wgmma.mma_async, sm_90a code

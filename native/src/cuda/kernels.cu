@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -1031,6 +1032,259 @@ cudaError_t launch_cross_entropy_backward(const CrossEntropyBackwardArgs& a, cud
     const auto n = static_cast<uint64_t>(a.rows) * static_cast<uint64_t>(a.cols);
     return launch_kernel(cross_entropy_backward_kernel, dim3(blocks_for(n)), dim3(kThreads), stream, a.logits, a.rows,
                          a.cols, a.ld, a.ids, a.vocab_offset, a.vocab_size, a.lse, a.dloss, a.dlogits);
+}
+
+
+// ================================================================================================ optimizers
+// SGD, AdamW, the sum of squares (global-norm clipping) and scaling (ABI 7; semantics in shardwise.h, descriptions in
+// core/row_ops.h). Parameters and state are fp32, the gradient F32, F16 or BF16 widened exactly (Elem<T>).
+// The element-wise kernels (grid-stride, each thread reading an element's inputs before writing its outputs) compute
+// the CPU backend's fp32 expressions (cpu/row_ops.cpp: sgd_range, adamw_range, scale_range) in the same order, each
+// operation rounded on its own: nvcc contracts a * b + c into an FMA by default and the CPU build does not, so the
+// products and sums go through the *_rn intrinsics, which are never contracted; division and square root are the
+// IEEE ones (__fdiv_rn, __fsqrt_rn), as std::sqrt on the host. The results are then the CPU's bits.
+// sum_squares: one thread per kSumSquaresBlock block summing its elements in order in double, the block sums added in
+// block order onto (accumulate ? *out : 0): the CPU backend's order (backend_cpu.cpp), hence its bits, deterministic.
+namespace {
+
+#if defined(SW_CUDA_HOST_EMULATION)
+// The emulation build compiles for the host, like the CPU backend: plain operators (no FMA contraction there).
+inline float mul_rn(float a, float b) { return a * b; }
+inline float add_rn(float a, float b) { return a + b; }
+inline float sub_rn(float a, float b) { return a - b; }
+inline float div_rn(float a, float b) { return a / b; }
+inline float sqrt_rn(float a) { return sqrtf(a); }
+inline double dmul_rn(double a, double b) { return a * b; }
+inline double dadd_rn(double a, double b) { return a + b; }
+#else
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ float sub_rn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ float sqrt_rn(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ double dmul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ double dadd_rn(double a, double b) { return __dadd_rn(a, b); }
+#endif
+
+// g = grad + weight_decay * param; with a momentum buffer: buf = momentum * buf + g, g = nesterov ? g + momentum * buf
+// : buf; param = param - lr * g.
+template <class T>
+__global__ void sgd_kernel(float* __restrict__ param, const typename Storage<T>::type* __restrict__ grad,
+                           float* __restrict__ buf, uint64_t count, float lr, float momentum, float weight_decay,
+                           int nesterov) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+        const float p = param[i];
+        float g = add_rn(Elem<T>::to_float(grad[i]), mul_rn(weight_decay, p));
+        if (buf) {
+            const float b = add_rn(mul_rn(momentum, buf[i]), g);
+            buf[i] = b;
+            g = nesterov ? add_rn(g, mul_rn(momentum, b)) : b;
+        }
+        param[i] = sub_rn(p, mul_rn(lr, g));
+    }
+}
+
+// param = param * (1 - lr * weight_decay); m = beta1 * m + (1 - beta1) * g; v = beta2 * v + (1 - beta2) * g * g;
+// param = param - lr * (m / bias1) / (sqrt(v / bias2) + eps).
+template <class T>
+__global__ void adamw_kernel(float* __restrict__ param, const typename Storage<T>::type* __restrict__ grad,
+                             float* __restrict__ m, float* __restrict__ v, uint64_t count, float lr, float beta1,
+                             float beta2, float eps, float weight_decay, float bias1, float bias2) {
+    const float decay = sub_rn(1.0f, mul_rn(lr, weight_decay));
+    const float c1 = sub_rn(1.0f, beta1), c2 = sub_rn(1.0f, beta2);
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
+        const float g = Elem<T>::to_float(grad[i]);
+        const float mi = add_rn(mul_rn(beta1, m[i]), mul_rn(c1, g));
+        const float vi = add_rn(mul_rn(beta2, v[i]), mul_rn(mul_rn(c2, g), g));
+        m[i] = mi;
+        v[i] = vi;
+        const float p = mul_rn(param[i], decay);
+        param[i] = sub_rn(p, div_rn(mul_rn(lr, div_rn(mi, bias1)), add_rn(sqrt_rn(div_rn(vi, bias2)), eps)));
+    }
+}
+
+// x[i] = (T)(float(x[i]) * alpha), one rounding to T.
+template <class T>
+__global__ void scale_kernel(typename Storage<T>::type* x, uint64_t count, float alpha) {
+    for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+         i += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        x[i] = Elem<T>::from_float(mul_rn(Elem<T>::to_float(x[i]), alpha));
+}
+
+// Sum of squares of block k: elements [k * kSumSquaresBlock, min(count, (k + 1) * kSumSquaresBlock)) in order, in
+// double (each square of a widened fp32 value is exact in double; the sum is rounded at every step).
+template <class T>
+__device__ __forceinline__ double block_sum_squares(const typename Storage<T>::type* x, uint64_t count, uint64_t k) {
+    const uint64_t b = k * kSumSquaresBlock;
+    const uint64_t e = count - b < kSumSquaresBlock ? count : b + kSumSquaresBlock;
+    double s = 0.0;
+    for (uint64_t i = b; i < e; ++i) {
+        const double d = Elem<T>::to_float(x[i]);
+        s = dadd_rn(s, dmul_rn(d, d));
+    }
+    return s;
+}
+
+// Pass 1 of the two-pass path: part[k] = block k's sum, one thread per block.
+template <class T>
+__global__ void sum_squares_blocks_kernel(const typename Storage<T>::type* __restrict__ x, uint64_t count,
+                                          uint64_t blocks, double* __restrict__ part) {
+    for (uint64_t k = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < blocks;
+         k += static_cast<uint64_t>(gridDim.x) * blockDim.x)
+        part[k] = block_sum_squares<T>(x, count, k);
+}
+
+// Pass 2 (one thread): *out = (accumulate ? *out : 0) + part[0] + part[1] + ... in block order. With blocks == 0 it
+// writes 0 (count == 0 without accumulation).
+__global__ void sum_squares_combine_kernel(const double* __restrict__ part, uint64_t blocks, double* __restrict__ out,
+                                           int accumulate) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double total = accumulate ? *out : 0.0;
+    for (uint64_t k = 0; k < blocks; ++k) total = dadd_rn(total, part[k]);
+    *out = total;
+}
+
+// The one-block path (no scratch): the threads of one block take blockDim.x consecutive blocks at a time, each
+// writing its block's sum to shared memory; thread 0 adds them in block order onto its running total.
+constexpr unsigned kSumSquaresThreads = 256;
+
+template <class T>
+__global__ void sum_squares_one_block_kernel(const typename Storage<T>::type* __restrict__ x, uint64_t count,
+                                             uint64_t blocks, double* __restrict__ out, int accumulate) {
+    __shared__ double part[kSumSquaresThreads];
+    if (blockIdx.x != 0) return; // launched with one block: the guard keeps every barrier reached by the whole block
+    const unsigned t = threadIdx.x, n = blockDim.x;
+    double total = 0.0;
+    if (t == 0) total = accumulate ? *out : 0.0;
+    for (uint64_t base = 0; base < blocks; base += n) {
+        const uint64_t k = base + t;
+        part[t] = k < blocks ? block_sum_squares<T>(x, count, k) : 0.0;
+        __syncthreads();
+        if (t == 0) {
+            const uint64_t here = blocks - base < n ? blocks - base : n;
+            for (uint64_t j = 0; j < here; ++j) total = dadd_rn(total, part[j]);
+        }
+        __syncthreads();
+    }
+    if (t == 0) *out = total;
+}
+
+// Stream-ordered scratch for the two-pass path. The emulation runs every kernel at its launch: host memory, freed at
+// once.
+#if defined(SW_CUDA_HOST_EMULATION)
+inline cudaError_t scratch_alloc(void** p, size_t bytes, cudaStream_t) {
+    *p = std::malloc(bytes);
+    return *p ? cudaSuccess : cudaErrorInvalidValue;
+}
+inline cudaError_t scratch_free(void* p, cudaStream_t) {
+    std::free(p);
+    return cudaSuccess;
+}
+inline bool scratch_unsupported(cudaError_t) { return false; }
+#else
+inline cudaError_t scratch_alloc(void** p, size_t bytes, cudaStream_t stream) { return cudaMallocAsync(p, bytes, stream); }
+inline cudaError_t scratch_free(void* p, cudaStream_t stream) { return cudaFreeAsync(p, stream); }
+// A device (or driver) without memory pools: the one-block path instead.
+inline bool scratch_unsupported(cudaError_t st) { return st == cudaErrorNotSupported; }
+#endif
+
+enum class SumSquaresPath { Auto, OneBlock, TwoPass };
+
+template <class T>
+cudaError_t sum_squares_as(const SumSquaresArgs& a, SumSquaresPath path, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    const auto* x = static_cast<const S*>(a.x);
+    const int acc = a.accumulate ? 1 : 0;
+    const uint64_t blocks = a.count / kSumSquaresBlock + (a.count % kSumSquaresBlock != 0 ? 1 : 0);
+    if (path == SumSquaresPath::Auto) path = blocks <= kSumSquaresThreads ? SumSquaresPath::OneBlock : SumSquaresPath::TwoPass;
+    if (path == SumSquaresPath::TwoPass && blocks > 0) { // no block (count == 0): nothing for a scratch to hold
+        void* scratch = nullptr;
+        const cudaError_t st = scratch_alloc(&scratch, blocks * sizeof(double), stream);
+        if (st == cudaSuccess) {
+            double* part = static_cast<double*>(scratch);
+            cudaError_t run = launch_kernel(sum_squares_blocks_kernel<T>, dim3(blocks_for(blocks, kParamThreads)),
+                                            dim3(kParamThreads), stream, x, a.count, blocks, part);
+            if (run == cudaSuccess)
+                run = launch_kernel(sum_squares_combine_kernel, dim3(1), dim3(1), stream, part, blocks, a.out, acc);
+            const cudaError_t freed = scratch_free(scratch, stream); // after the kernels in stream order
+            return run != cudaSuccess ? run : freed;
+        }
+        if (!scratch_unsupported(st)) return st;
+        (void)cudaGetLastError();
+    }
+    const unsigned threads = static_cast<unsigned>(std::min<uint64_t>(kSumSquaresThreads, std::max<uint64_t>(blocks, 32)));
+    return launch_kernel(sum_squares_one_block_kernel<T>, dim3(1), dim3(threads), stream, x, a.count, blocks, a.out, acc);
+}
+
+template <class T>
+cudaError_t sgd_as(const SgdArgs& a, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    return launch_kernel(sgd_kernel<T>, dim3(blocks_for(a.count)), dim3(kThreads), stream, a.param,
+                         static_cast<const S*>(a.grad), a.momentum_buf, a.count, a.lr, a.momentum, a.weight_decay,
+                         a.nesterov ? 1 : 0);
+}
+
+template <class T>
+cudaError_t adamw_as(const AdamWArgs& a, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    return launch_kernel(adamw_kernel<T>, dim3(blocks_for(a.count)), dim3(kThreads), stream, a.param,
+                         static_cast<const S*>(a.grad), a.m, a.v, a.count, a.lr, a.beta1, a.beta2, a.eps, a.weight_decay,
+                         a.bias1, a.bias2);
+}
+
+template <class T>
+cudaError_t scale_as(const ScaleArgs& a, cudaStream_t stream) {
+    using S = typename Storage<T>::type;
+    return launch_kernel(scale_kernel<T>, dim3(blocks_for(a.count)), dim3(kThreads), stream, static_cast<S*>(a.x), a.count,
+                         a.alpha);
+}
+
+} // namespace
+
+cudaError_t launch_sgd_step(const SgdArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.count < 1) return cudaErrorInvalidValue;
+    switch (a.grad_type) {
+    case SW_DTYPE_F32: return sgd_as<float>(a, stream);
+    case SW_DTYPE_F16: return sgd_as<F16>(a, stream);
+    case SW_DTYPE_BF16: return sgd_as<BF16>(a, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_adamw_step(const AdamWArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.count < 1) return cudaErrorInvalidValue;
+    switch (a.grad_type) {
+    case SW_DTYPE_F32: return adamw_as<float>(a, stream);
+    case SW_DTYPE_F16: return adamw_as<F16>(a, stream);
+    case SW_DTYPE_BF16: return adamw_as<BF16>(a, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_sum_squares(const SumSquaresArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.count == 0 && a.accumulate) return cudaSuccess; // adds nothing to *out
+    switch (a.dtype) {
+    case SW_DTYPE_F32: return sum_squares_as<float>(a, SumSquaresPath::Auto, stream);
+    case SW_DTYPE_F16: return sum_squares_as<F16>(a, SumSquaresPath::Auto, stream);
+    case SW_DTYPE_BF16: return sum_squares_as<BF16>(a, SumSquaresPath::Auto, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+cudaError_t launch_scale(const ScaleArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.count < 1) return cudaErrorInvalidValue;
+    switch (a.dtype) {
+    case SW_DTYPE_F32: return scale_as<float>(a, stream);
+    case SW_DTYPE_F16: return scale_as<F16>(a, stream);
+    case SW_DTYPE_BF16: return scale_as<BF16>(a, stream);
+    default: return cudaErrorInvalidValue;
+    }
 }
 
 } // namespace sw::cuda

@@ -959,6 +959,67 @@ sw_status api_cross_entropy_backward(int32_t ordinal, const CrossEntropyBackward
     });
 }
 
+// ------------------------------------------------------------------------------------------ optimizers (ABI 7)
+// The core validated the descriptions (core/api.cpp); the checks here keep a malformed table call from reaching a
+// kernel.
+sw_status api_sgd_step(int32_t ordinal, const SgdArgs& a, void* stream, std::string* err) {
+    return run(err, "sgd_step", [&] {
+        if (!training_type(a.grad_type))
+            fail(SW_ERR_UNSUPPORTED, "sgd_step with a gradient of dtype ", dtype_name(a.grad_type),
+                 " is not supported (f32, f16, bf16)");
+        if (!a.momentum_buf && (a.momentum != 0.0f || a.nesterov))
+            fail(SW_ERR_INVALID_ARGUMENT, "momentum = ", a.momentum, a.nesterov ? " (nesterov)" : "",
+                 " without a momentum buffer");
+        set_device(ordinal);
+        if (a.count == 0) return;
+        need(a.param, "param");
+        need(a.grad, "grad");
+        check_cuda(launch_sgd_step(a, as_stream(stream)), "sgd_step kernel launch");
+    });
+}
+
+sw_status api_adamw_step(int32_t ordinal, const AdamWArgs& a, void* stream, std::string* err) {
+    return run(err, "adamw_step", [&] {
+        if (!training_type(a.grad_type))
+            fail(SW_ERR_UNSUPPORTED, "adamw_step with a gradient of dtype ", dtype_name(a.grad_type),
+                 " is not supported (f32, f16, bf16)");
+        if (!(a.bias1 > 0.0f) || !(a.bias2 > 0.0f))
+            fail(SW_ERR_INVALID_ARGUMENT, "bias corrections ", a.bias1, ", ", a.bias2, "; expected > 0");
+        set_device(ordinal);
+        if (a.count == 0) return;
+        need(a.param, "param");
+        need(a.grad, "grad");
+        need(a.m, "m");
+        need(a.v, "v");
+        check_cuda(launch_adamw_step(a, as_stream(stream)), "adamw_step kernel launch");
+    });
+}
+
+sw_status api_sum_squares(int32_t ordinal, const SumSquaresArgs& a, void* stream, std::string* err) {
+    return run(err, "sum_squares", [&] {
+        if (!training_type(a.dtype))
+            fail(SW_ERR_UNSUPPORTED, "sum_squares of dtype ", dtype_name(a.dtype), " is not supported (f32, f16, bf16)");
+        set_device(ordinal);
+        if (a.count == 0 && a.accumulate) return; // adds nothing
+        need(a.out, "out");
+        if (a.count > 0) need(a.x, "x");
+        // Queues one kernel, or (large counts) a stream-ordered scratch allocation, two kernels and its free.
+        check_cuda(launch_sum_squares(a, as_stream(stream)), "sum_squares kernel launch (or its scratch allocation)");
+    });
+}
+
+sw_status api_scale(int32_t ordinal, const ScaleArgs& a, void* stream, std::string* err) {
+    return run(err, "scale", [&] {
+        if (!training_type(a.dtype))
+            fail(SW_ERR_UNSUPPORTED, "scale of dtype ", dtype_name(a.dtype), " is not supported (f32, f16, bf16)");
+        if (!std::isfinite(a.alpha)) fail(SW_ERR_INVALID_ARGUMENT, "alpha (", a.alpha, ") must be finite");
+        set_device(ordinal);
+        if (a.count == 0) return;
+        need(a.x, "x");
+        check_cuda(launch_scale(a, as_stream(stream)), "scale kernel launch");
+    });
+}
+
 // ------------------------------------------------------------------------------------------ gemm
 void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
     if (!gemm_types_defined(d.a_type, d.b_type, d.c_type) || d.bias_type != d.c_type || d.accum_type != SW_DTYPE_F32)
@@ -1132,6 +1193,10 @@ const PluginApi kApi = {
     api_cross_entropy_partial,
     api_cross_entropy_combine,
     api_cross_entropy_backward,
+    api_sgd_step,
+    api_adamw_step,
+    api_sum_squares,
+    api_scale,
 };
 
 } // namespace

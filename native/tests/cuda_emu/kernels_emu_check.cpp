@@ -7,7 +7,9 @@
 // kernels unscale_check and axpy, and the attention and normalization kernels softmax, softmax_backward, norm and
 // norm_backward (against float64 references, to a relative 1e-5: they sum in fp32), and the activations, GLU, dropout
 // (masks bit for bit those of sw::dropout_bits on the host, for any split of the range into calls), the vocabulary-parallel
-// embedding and its backward, and the cross-entropy partial / combine / backward over shards of one logits matrix.
+// embedding and its backward, the cross-entropy partial / combine / backward over shards of one logits matrix, and the
+// optimizers sgd_step, adamw_step, sum_squares and scale (bit for bit against the CPU backend's loops, cpu/row_ops.cpp,
+// included below, and against float64 references).
 // Every buffer lies against a guard page; every launch must be a valid configuration with no emulator findings.
 //
 // This proves the kernels' index math, launch configurations and arithmetic on a machine without a GPU. The
@@ -18,6 +20,7 @@
 #include "cuda_emu.h"
 
 #include "cuda/kernels.cu"
+#include "cpu/row_ops.cpp" // the CPU backend's loops: the optimizers' bit-for-bit references
 #include "emu_test_util.h"
 
 #include <cfloat>
@@ -1553,6 +1556,349 @@ void check_cross_entropy() {
     cross_entropy_case(10, 150, 153, {70, 80}, Launch::SmallGrid);
 }
 
+// ------------------------------------------------------------------------------------------ optimizers (ABI 7)
+// sgd_step, adamw_step, scale and sum_squares through their launchers (the element-wise ones also launched directly
+// with a 3-block grid of 32 threads, so that the grid-stride loops run; sum_squares through both of its paths), on
+// fresh random data, against two references each:
+//  - the CPU backend's own loops (cpu/row_ops.cpp: sgd_range, adamw_range, scale_range, sum_squares_block added in
+//    block order as backend_cpu.cpp does), compared BIT FOR BIT: the kernels compute the same fp32 (sum_squares:
+//    double) operations in the same order, each rounded once, so any difference is a different formula, order or
+//    rounding. (Here both sides are compiled by the host compiler, without FMA contraction; on a GPU the kernels' *_rn
+//    intrinsics keep nvcc from contracting, which this emulation cannot show: cuda_check does on a device.)
+//  - float64 references computed independently from the same inputs, to a relative 1e-6 of the magnitudes involved
+//    (sum_squares: 1e-10, a double sum; scale: half an ulp of the element type, plus its rounding of the fp32 product
+//    by the independent Format16 reference, bit for bit).
+// State buffers (momentum, m, v) are compared as well; AdamW runs 3 consecutive steps (t = 1, 2, 3) on the same buffers
+// with the bias corrections the core computes ((float)(1 - beta^t) in double). Every buffer ends at a guard page; the
+// gradient must keep its bits; sum_squares' output has a neighbour that must keep its bits.
+constexpr double kOptRel = 1e-6;
+
+// Calls f(tag) with tag a value of the kernels' element type for t (float, F16, BF16).
+template <class F>
+cudaError_t by_type(sw_dtype t, F&& f) {
+    switch (t) {
+    case SW_DTYPE_F32: return f(float{});
+    case SW_DTYPE_F16: return f(sw::cuda::F16{});
+    case SW_DTYPE_BF16: return f(sw::cuda::BF16{});
+    default: return cudaErrorInvalidValue;
+    }
+}
+
+void expect_near(std::vector<std::string>& problems, const char* what, size_t i, double got, double want, double tol) {
+    if (!(std::fabs(got - want) <= tol) && problems.size() < 8) {
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "%s[%zu] = %.17g, float64 reference %.17g (tolerance %.3g)", what, i, got, want, tol);
+        problems.push_back(buf);
+    }
+}
+void expect_same_floats(std::vector<std::string>& problems, const char* what, const float* got, const float* cpu,
+                        size_t n) {
+    for (size_t i = 0; i < n && problems.size() < 8; ++i)
+        if (std::memcmp(got + i, cpu + i, sizeof(float)) != 0) {
+            char buf[200];
+            std::snprintf(buf, sizeof buf, "%s[%zu] = %.9g (0x%08x), CPU backend %.9g (0x%08x)", what, i,
+                          static_cast<double>(got[i]), __float_as_uint(got[i]), static_cast<double>(cpu[i]),
+                          __float_as_uint(cpu[i]));
+            problems.push_back(buf);
+        }
+}
+
+// n random gradient values of type t in [-r, r] (rounded to t), returned widened (exact).
+std::vector<double> fill_random(sw_dtype t, void* p, size_t n, double r) {
+    std::uniform_real_distribution<double> uni(-r, r);
+    std::vector<double> v(n);
+    for (size_t i = 0; i < n; ++i) {
+        put(t, p, i, uni(g_rng));
+        v[i] = get(t, p, i);
+    }
+    return v;
+}
+
+// ---- SGD
+void sgd_case(sw_dtype t, uint64_t count, bool with_buf, float momentum, float wd, bool nesterov, Launch how) {
+    const size_t n = static_cast<size_t>(count), es = dtype_size(t);
+    Guarded gp(n * 4, 0), gg(n * es, 0), gb(n * 4, 0);
+    std::uniform_real_distribution<double> uni(-2.0, 2.0), unb(-1.0, 1.0);
+    std::vector<float> p0(n), b0(n);
+    for (size_t i = 0; i < n; ++i) {
+        gp.as<float>()[i] = p0[i] = static_cast<float>(uni(g_rng));
+        gb.as<float>()[i] = b0[i] = static_cast<float>(unb(g_rng));
+    }
+    const std::vector<double> g = fill_random(t, gg.as<void>(), n, 1.0);
+    const std::vector<char> g_bits(gg.as<char>(), gg.as<char>() + n * es);
+    const float lr = 0.05f;
+    const sw::SgdArgs a{t, gp.as<float>(), gg.as<void>(), with_buf ? gb.as<float>() : nullptr, count, lr, momentum, wd,
+                        nesterov};
+    std::vector<std::string> problems;
+    if (how == Launch::Launcher) {
+        expect_launch(sw::cuda::launch_sgd_step(a, nullptr), problems);
+    } else {
+        expect_launch(by_type(t, [&](auto tag) {
+            using T = decltype(tag);
+            using S = typename sw::cuda::Storage<T>::type;
+            return sw::cuda::launch_kernel(sw::cuda::sgd_kernel<T>, dim3(3), dim3(32), nullptr, a.param,
+                                           static_cast<const S*>(a.grad), a.momentum_buf, a.count, a.lr, a.momentum,
+                                           a.weight_decay, a.nesterov ? 1 : 0);
+        }), problems);
+    }
+    // The CPU backend's loop on copies of the same inputs.
+    std::vector<float> pc = p0, bc = b0;
+    sw::SgdArgs c = a;
+    c.param = pc.data();
+    c.momentum_buf = with_buf ? bc.data() : nullptr;
+    sw::cpu::sgd_range(c, 0, count);
+    expect_same_floats(problems, "param", gp.as<float>(), pc.data(), n);
+    if (with_buf) expect_same_floats(problems, "momentum_buf", gb.as<float>(), bc.data(), n);
+    // float64: the formula, with the magnitudes of its terms for the tolerance.
+    for (size_t i = 0; i < n; ++i) {
+        const double p = p0[i];
+        double gd = g[i] + static_cast<double>(wd) * p, gmag = std::fabs(g[i]) + wd * std::fabs(p);
+        if (with_buf) {
+            const double b = momentum * static_cast<double>(b0[i]) + gd;
+            const double bmag = momentum * std::fabs(static_cast<double>(b0[i])) + gmag;
+            expect_near(problems, "momentum_buf", i, gb.as<float>()[i], b, kOptRel * bmag + 1e-30);
+            gd = nesterov ? gd + momentum * b : b;
+            gmag = nesterov ? gmag + momentum * bmag : bmag;
+        }
+        expect_near(problems, "param", i, gp.as<float>()[i], p - lr * gd, kOptRel * (std::fabs(p) + lr * gmag) + 1e-30);
+    }
+    if (!with_buf && !same_bits(b0.data(), gb.as<float>(), n)) problems.push_back("the unused buffer was written");
+    if (std::memcmp(g_bits.data(), gg.as<char>(), n * es) != 0) problems.push_back("grad was written");
+    char mom[40] = "no momentum buffer", what[200];
+    if (with_buf) std::snprintf(mom, sizeof mom, "momentum=%g", static_cast<double>(momentum));
+    std::snprintf(what, sizeof what, "sgd_step grad %s count=%llu %s wd=%g%s%s: CPU bits, float64", name(t),
+                  static_cast<unsigned long long>(count), mom, static_cast<double>(wd), nesterov ? " nesterov" : "",
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+// ---- AdamW: three consecutive steps on the same buffers.
+void adamw_case(sw_dtype t, uint64_t count, float lr, float beta1, float beta2, float eps, float wd, bool zero_state,
+                Launch how) {
+    const size_t n = static_cast<size_t>(count), es = dtype_size(t);
+    Guarded gp(n * 4, 0), gg(n * es, 0), gm(n * 4, 0), gv(n * 4, 0);
+    std::uniform_real_distribution<double> uni(-2.0, 2.0), unm(-0.5, 0.5), unv(0.0, 0.5);
+    std::vector<float> pc(n), mc(n), vc(n);                   // the CPU backend's state
+    std::vector<double> pd(n), md(n), vd(n), pmag(n), mmag(n); // the float64 reference's, and magnitudes
+    for (size_t i = 0; i < n; ++i) {
+        gp.as<float>()[i] = pc[i] = static_cast<float>(uni(g_rng));
+        gm.as<float>()[i] = mc[i] = zero_state ? 0.0f : static_cast<float>(unm(g_rng));
+        gv.as<float>()[i] = vc[i] = zero_state ? 0.0f : static_cast<float>(unv(g_rng));
+        pd[i] = pc[i];
+        md[i] = mc[i];
+        vd[i] = vc[i];
+        pmag[i] = std::fabs(pd[i]);
+        mmag[i] = std::fabs(md[i]);
+    }
+    std::vector<std::string> problems;
+    for (int64_t step = 1; step <= 3; ++step) {
+        const std::vector<double> g = fill_random(t, gg.as<void>(), n, 1.0); // a fresh gradient every step
+        const std::vector<char> g_bits(gg.as<char>(), gg.as<char>() + n * es);
+        // As the core computes them (core/api.cpp).
+        const auto bias1 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step)));
+        const auto bias2 = static_cast<float>(1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step)));
+        const sw::AdamWArgs a{t, gp.as<float>(), gg.as<void>(), gm.as<float>(), gv.as<float>(), count, lr, beta1, beta2,
+                              eps, wd, bias1, bias2};
+        if (how == Launch::Launcher) {
+            expect_launch(sw::cuda::launch_adamw_step(a, nullptr), problems);
+        } else {
+            expect_launch(by_type(t, [&](auto tag) {
+                using T = decltype(tag);
+                using S = typename sw::cuda::Storage<T>::type;
+                return sw::cuda::launch_kernel(sw::cuda::adamw_kernel<T>, dim3(3), dim3(32), nullptr, a.param,
+                                               static_cast<const S*>(a.grad), a.m, a.v, a.count, a.lr, a.beta1, a.beta2,
+                                               a.eps, a.weight_decay, a.bias1, a.bias2);
+            }), problems);
+        }
+        sw::AdamWArgs c = a;
+        c.param = pc.data();
+        c.m = mc.data();
+        c.v = vc.data();
+        sw::cpu::adamw_range(c, 0, count);
+        const std::string s = " (step " + std::to_string(step) + ")";
+        expect_same_floats(problems, ("param" + s).c_str(), gp.as<float>(), pc.data(), n);
+        expect_same_floats(problems, ("m" + s).c_str(), gm.as<float>(), mc.data(), n);
+        expect_same_floats(problems, ("v" + s).c_str(), gv.as<float>(), vc.data(), n);
+        const double decay = 1.0 - static_cast<double>(lr) * wd;
+        for (size_t i = 0; i < n; ++i) {
+            md[i] = beta1 * md[i] + (1.0 - beta1) * g[i];
+            mmag[i] = beta1 * mmag[i] + (1.0 - beta1) * std::fabs(g[i]);
+            vd[i] = beta2 * vd[i] + (1.0 - beta2) * g[i] * g[i]; // no cancellation: its own magnitude
+            const double denom = std::sqrt(vd[i] / bias2) + eps;
+            pd[i] = pd[i] * decay - lr * (md[i] / bias1) / denom;
+            pmag[i] = pmag[i] * decay + lr * ((mmag[i] / bias1) / denom + 1.0);
+            expect_near(problems, ("m" + s).c_str(), i, gm.as<float>()[i], md[i], kOptRel * mmag[i] + 1e-30);
+            expect_near(problems, ("v" + s).c_str(), i, gv.as<float>()[i], vd[i], kOptRel * vd[i] + 1e-30);
+            expect_near(problems, ("param" + s).c_str(), i, gp.as<float>()[i], pd[i], kOptRel * pmag[i]);
+        }
+        if (std::memcmp(g_bits.data(), gg.as<char>(), n * es) != 0) problems.push_back("grad was written" + s);
+    }
+    char what[220];
+    std::snprintf(what, sizeof what, "adamw_step grad %s count=%llu lr=%g betas=(%g, %g) eps=%g wd=%g %s, steps 1-3%s", name(t),
+                  static_cast<unsigned long long>(count), static_cast<double>(lr), static_cast<double>(beta1),
+                  static_cast<double>(beta2), static_cast<double>(eps), static_cast<double>(wd),
+                  zero_state ? "zeroed m, v" : "random m, v", how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), std::string(what) + ": CPU bits, float64", problems);
+}
+
+// ---- scale
+void scale_case(sw_dtype t, uint64_t count, float alpha, Launch how) {
+    const size_t n = static_cast<size_t>(count), es = dtype_size(t);
+    Guarded gx(n * es, 0);
+    const std::vector<double> x0 = fill_random(t, gx.as<void>(), n, 100.0);
+    std::vector<char> cpu(gx.as<char>(), gx.as<char>() + n * es);
+    const sw::ScaleArgs a{t, gx.as<void>(), count, alpha};
+    std::vector<std::string> problems;
+    if (how == Launch::Launcher) {
+        expect_launch(sw::cuda::launch_scale(a, nullptr), problems);
+    } else {
+        expect_launch(by_type(t, [&](auto tag) {
+            using T = decltype(tag);
+            using S = typename sw::cuda::Storage<T>::type;
+            return sw::cuda::launch_kernel(sw::cuda::scale_kernel<T>, dim3(3), dim3(32), nullptr, static_cast<S*>(a.x),
+                                           a.count, a.alpha);
+        }), problems);
+    }
+    sw::ScaleArgs c = a;
+    c.x = cpu.data();
+    sw::cpu::scale_range(c, 0, count);
+    const double half_ulp = t == SW_DTYPE_F32 ? 0x1p-24 : t == SW_DTYPE_F16 ? 0x1p-11 : 0x1p-8;
+    const double floor = t == SW_DTYPE_F16 ? 0x1p-25 : 0.0; // f16 subnormals are 2^-24 apart
+    std::vector<char> want(es);
+    for (size_t i = 0; i < n && problems.size() < 8; ++i) {
+        if (std::memcmp(gx.as<char>() + i * es, cpu.data() + i * es, es) != 0)
+            problems.push_back("x[" + std::to_string(i) + "] = " + bits_of(t, gx.as<void>(), i) + ", CPU backend " +
+                               bits_of(t, cpu.data(), i));
+        // The fp32 product (exact in double, then rounded once to float), rounded to t by the independent reference.
+        put(t, want.data(), 0, static_cast<float>(x0[i] * static_cast<double>(alpha)));
+        if (std::memcmp(gx.as<char>() + i * es, want.data(), es) != 0)
+            problems.push_back("x[" + std::to_string(i) + "] = " + bits_of(t, gx.as<void>(), i) + ", reference " +
+                               bits_of(t, want.data(), 0));
+        const double exact = x0[i] * static_cast<double>(alpha);
+        // at most half an ulp of t, plus half an fp32 ulp for the product's own rounding first
+        expect_near(problems, "x", i, get(t, gx.as<void>(), i), exact, (half_ulp + 0x1p-24) * std::fabs(exact) + floor);
+    }
+    char what[160];
+    std::snprintf(what, sizeof what, "scale %s count=%llu alpha=%g%s: CPU bits, fp32 product rounded once, float64",
+                  name(t), static_cast<unsigned long long>(count), static_cast<double>(alpha),
+                  how == Launch::SmallGrid ? " (3 blocks x 32 threads, direct)" : "");
+    report(problems.empty(), what, problems);
+}
+
+// ---- sum_squares
+// How a case runs: the launcher (which picks the one-block path up to 256 blocks, else the two-pass one), a path
+// forced through sum_squares_as, or the one-block kernel launched directly with 32 threads (several rounds of blocks).
+enum class SumPath { Launcher, OneBlock, TwoPass, OneBlock32 };
+const char* sum_path_name(SumPath p) {
+    switch (p) {
+    case SumPath::Launcher: return "launcher";
+    case SumPath::OneBlock: return "one-block path";
+    case SumPath::TwoPass: return "two-pass path (scratch)";
+    default: return "one-block kernel, 32 threads (direct)";
+    }
+}
+
+// crafted: block 0 holds 1024 (square 2^20), blocks 1-3 each 2^-17 (square 2^-34, a quarter of an ulp of 2^20), the
+// rest 0: in block order the small squares vanish one by one (2^20 exactly); in any order that adds them together
+// first (reverse block order) they round the total up to 2^20 + 2^-32. Catches a wrong block order deterministically.
+void sum_squares_case(sw_dtype t, uint64_t count, bool accumulate, SumPath path, bool crafted = false) {
+    const size_t n = static_cast<size_t>(count), es = dtype_size(t);
+    Guarded gx(std::max<size_t>(n, 1) * es, 0), gout(2 * sizeof(double), 0);
+    std::vector<double> x0;
+    if (crafted) {
+        x0.assign(n, 0.0);
+        x0[0] = 1024.0;
+        for (size_t k = 1; k <= 3; ++k) x0[k * sw::kSumSquaresBlock + 17 * k] = 0x1p-17;
+        for (size_t i = 0; i < n; ++i) put(t, gx.as<void>(), i, x0[i]);
+    } else {
+        x0 = fill_random(t, gx.as<void>(), n, 3.0);
+    }
+    const std::vector<char> x_bits(gx.as<char>(), gx.as<char>() + n * es);
+    double* out = gout.as<double>() + 1;
+    gout.as<double>()[0] = 12345.678; // the neighbour
+    std::uniform_real_distribution<double> uni(1.0, 1000.0);
+    const double old = accumulate ? uni(g_rng) : std::numeric_limits<double>::quiet_NaN(); // NaN: must not be read
+    *out = old;
+    const sw::SumSquaresArgs a{t, gx.as<void>(), count, out, accumulate};
+    std::vector<std::string> problems;
+    switch (path) {
+    case SumPath::Launcher: expect_launch(sw::cuda::launch_sum_squares(a, nullptr), problems); break;
+    case SumPath::OneBlock:
+    case SumPath::TwoPass: {
+        const auto p = path == SumPath::OneBlock ? sw::cuda::SumSquaresPath::OneBlock : sw::cuda::SumSquaresPath::TwoPass;
+        expect_launch(by_type(t, [&](auto tag) { return sw::cuda::sum_squares_as<decltype(tag)>(a, p, nullptr); }),
+                      problems);
+        break;
+    }
+    case SumPath::OneBlock32: {
+        const uint64_t blocks = (count + sw::kSumSquaresBlock - 1) / sw::kSumSquaresBlock;
+        expect_launch(by_type(t, [&](auto tag) {
+            using T = decltype(tag);
+            using S = typename sw::cuda::Storage<T>::type;
+            return sw::cuda::launch_kernel(sw::cuda::sum_squares_one_block_kernel<T>, dim3(1), dim3(32), nullptr,
+                                           static_cast<const S*>(a.x), a.count, blocks, a.out, accumulate ? 1 : 0);
+        }), problems);
+        break;
+    }
+    }
+    // The CPU backend's order: the blocks' sums (sum_squares_block), added in block order onto (accumulate ? old : 0).
+    const uint64_t blocks = (count + sw::kSumSquaresBlock - 1) / sw::kSumSquaresBlock;
+    double cpu = accumulate ? old : 0.0;
+    for (uint64_t k = 0; k < blocks; ++k) cpu += sw::cpu::sum_squares_block(a, k);
+    if (std::memcmp(out, &cpu, sizeof cpu) != 0) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, "out = %.17g, CPU backend %.17g (bits differ)", *out, cpu);
+        problems.push_back(buf);
+    }
+    // float64 (long double) reference, any order.
+    long double exact = accumulate ? old : 0.0L;
+    for (double v : x0) exact += static_cast<long double>(v) * v;
+    expect_near(problems, "out", 0, *out, static_cast<double>(exact), 1e-10 * static_cast<double>(exact) + 1e-300);
+    if (gout.as<double>()[0] != 12345.678) problems.push_back("the element before out was written");
+    if (std::memcmp(x_bits.data(), gx.as<char>(), n * es) != 0) problems.push_back("x was written");
+    char what[200];
+    std::snprintf(what, sizeof what, "sum_squares %s count=%llu (%llu blocks)%s%s, %s: CPU bits, float64", name(t),
+                  static_cast<unsigned long long>(count), static_cast<unsigned long long>(blocks),
+                  accumulate ? " accumulate" : "", crafted ? " crafted order-sensitive data" : "", sum_path_name(path));
+    report(problems.empty(), what, problems);
+}
+
+void check_optimizers() {
+    const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F16, SW_DTYPE_BF16};
+    for (sw_dtype t : types) {
+        sgd_case(t, 1000, false, 0.0f, 0.01f, false, Launch::Launcher);  // plain SGD with weight decay
+        sgd_case(t, 1000, true, 0.9f, 0.0f, false, Launch::Launcher);    // momentum
+        sgd_case(t, 1000, true, 0.9f, 0.01f, true, Launch::Launcher);    // nesterov + weight decay
+        sgd_case(t, 1, true, 0.5f, 0.1f, false, Launch::Launcher);
+        sgd_case(t, 777, true, 0.8f, 0.05f, true, Launch::SmallGrid);
+        sgd_case(t, 300, false, 0.0f, 0.0f, false, Launch::SmallGrid);
+
+        adamw_case(t, 1000, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, true, Launch::Launcher);
+        adamw_case(t, 1000, 3e-3f, 0.8f, 0.95f, 1e-6f, 0.1f, false, Launch::Launcher);
+        adamw_case(t, 1, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, true, Launch::Launcher);
+        adamw_case(t, 500, 1e-2f, 0.9f, 0.99f, 1e-8f, 0.01f, false, Launch::SmallGrid);
+
+        scale_case(t, 1000, 1.0f / 3.0f, Launch::Launcher);
+        scale_case(t, 1000, -7.25f, Launch::Launcher);
+        scale_case(t, 999, 1e-3f, Launch::SmallGrid);
+
+        const uint64_t B = sw::kSumSquaresBlock;
+        for (uint64_t count : {uint64_t{0}, uint64_t{1}, B - 1, B, B + 1, 3 * B + 5})
+            for (bool acc : {false, true})
+                for (SumPath p : {SumPath::Launcher, SumPath::TwoPass}) sum_squares_case(t, count, acc, p);
+        for (SumPath p : {SumPath::Launcher, SumPath::TwoPass, SumPath::OneBlock32})
+            sum_squares_case(t, 4 * B, false, p, true);
+        sum_squares_case(t, 33 * B + 7, true, SumPath::OneBlock32);
+    }
+    // Past 256 blocks the launcher takes the two-pass path; the one-block path then loops over rounds of blocks.
+    const uint64_t big = 257 * sw::kSumSquaresBlock + 3;
+    sum_squares_case(SW_DTYPE_F32, big, true, SumPath::Launcher);
+    sum_squares_case(SW_DTYPE_BF16, big, false, SumPath::Launcher);
+    sum_squares_case(SW_DTYPE_F16, big, true, SumPath::OneBlock);
+    sum_squares_case(SW_DTYPE_F32, big, false, SumPath::OneBlock, true);
+    sum_squares_case(SW_DTYPE_F32, big, false, SumPath::Launcher, true);
+}
+
 } // namespace
 
 int main() {
@@ -1571,6 +1917,7 @@ int main() {
     check_dropout();
     check_embedding();
     check_cross_entropy();
+    check_optimizers();
     std::printf("kernels_emu_check: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

@@ -364,13 +364,42 @@ sw_status cross_entropy_backward(int32_t, const sw::CrossEntropyBackwardArgs& ar
     return SW_OK;
 }
 
+// Optimizers (ABI 7): the CPU backend's loops (cpu/row_ops.cpp) over the whole range; sum_squares sums the blocks in
+// order and adds them in block order onto (accumulate ? *out : 0), as the CPU backend does (backend_cpu.cpp).
+sw_status sgd_step(int32_t, const sw::SgdArgs& args, void* s, std::string*) {
+    const sw::SgdArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::sgd_range(a, 0, a.count); });
+    return SW_OK;
+}
+sw_status adamw_step(int32_t, const sw::AdamWArgs& args, void* s, std::string*) {
+    const sw::AdamWArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::adamw_range(a, 0, a.count); });
+    return SW_OK;
+}
+sw_status sum_squares(int32_t, const sw::SumSquaresArgs& args, void* s, std::string*) {
+    const sw::SumSquaresArgs a = args;
+    S(s)->enqueue([a] {
+        const uint64_t blocks = (a.count + sw::kSumSquaresBlock - 1) / sw::kSumSquaresBlock;
+        double total = a.accumulate ? *a.out : 0.0;
+        for (uint64_t k = 0; k < blocks; ++k) total += sw::cpu::sum_squares_block(a, k);
+        *a.out = total;
+    });
+    return SW_OK;
+}
+sw_status scale(int32_t, const sw::ScaleArgs& args, void* s, std::string*) {
+    const sw::ScaleArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::scale_range(a, 0, a.count); });
+    return SW_OK;
+}
+
 const sw::cuda::PluginApi kApi = {
     sw::cuda::kPluginAbi, versions, device_count, device_info, enable_peer, malloc_device, free_device, malloc_host,
     free_host, pointer_device, stream_create, stream_destroy, stream_synchronize, stream_wait_event, event_create,
     event_destroy, event_record, event_synchronize, event_query, event_elapsed, memcpy_async, memset_async, gemm,
     copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device, release_stream, unscale_check, axpy,
     softmax, softmax_backward, norm, norm_backward, activation, activation_backward, glu, glu_backward, dropout,
-    embedding, embedding_backward, cross_entropy_partial, cross_entropy_combine, cross_entropy_backward,
+    embedding, embedding_backward, cross_entropy_partial, cross_entropy_combine, cross_entropy_backward, sgd_step,
+    adamw_step, sum_squares, scale,
 };
 
 } // namespace

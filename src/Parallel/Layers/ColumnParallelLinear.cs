@@ -106,14 +106,15 @@ public sealed class ColumnParallelLinear : ParallelLinear
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(dy);
-        ThrowHelper.NotEmpty(dx);
         if (Epilogue != Epilogue.None)
             throw new NotSupportedException("Backward through a fused GeLU epilogue needs the pre-activation: use ParallelFeedForward.ForwardTraining / Backward, or a layer without epilogue.");
         RequireTypes<TIn, TOut>(nameof(x), nameof(dy));
         LinearBackward(x, dy, dx, dWeight, dBias, accumulate);
     }
 
-    /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue). With
+    /// <summary>The backward of the linear part alone (dy is the gradient of X·W + b, before any epilogue). An empty
+    /// <paramref name="dx"/> (<c>default</c>) skips dX and its all-reduce — the first layer of a model, whose input
+    /// gradient nobody reads; every rank must then leave it empty. With
     /// <paramref name="scatter"/> (sequence parallelism) dX's partial sums are reduce-scattered instead of all-reduced:
     /// <paramref name="dx"/> is then a full M × K work area and <paramref name="dxRows"/> receives this rank's block of rows.</summary>
     internal void LinearBackward<TIn, TOut, TGrad>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, DeviceBuffer<TGrad>? dWeight,
@@ -123,22 +124,25 @@ public sealed class ColumnParallelLinear : ParallelLinear
         long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
         ThrowHelper.Shape(x, m, k, "M x in-features, the forward input");
         ThrowHelper.Shape(dy, m, GatherOutput ? OutFeatures : n, GatherOutput ? "M x out-features" : "M x local out-features");
-        ThrowHelper.Shape(dx, m, k, "M x in-features");
-        Precision.Require<TIn>(Precision.Compute, "compute", nameof(dx));
+        bool wantDx = !dx.IsEmpty;
+        if (!wantDx && scatter is not null) throw new ArgumentException("the sequence-parallel backward needs dx.", nameof(dx));
+        if (wantDx) ThrowHelper.Shape(dx, m, k, "M x in-features");
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(x));
         RequireGradientType<TGrad>(dWeight is not null || dBias is not null);
-        if (dx.Ld != k && m > 1)
+        if (wantDx && dx.Ld != k && m > 1)
             throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {k}).", nameof(dx));
         if (n > 0)
         {
             var dyr = AsCompute<TIn, TOut>(GatherOutput ? dy.Columns(LocalOutOffset, n) : dy);
             if (dWeight is not null) GradientHelpers.WeightGradient(Context, x, dyr, dWeight, accumulate);
             if (dBias is not null) GradientHelpers.ColumnSums(Context, _scratch, SlotOnes, dyr, dBias, accumulate);
-            Gemm.Multiply(Context.Stream, dyr, ComputeWeight<TIn>()!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
+            if (wantDx) Gemm.Multiply(Context.Stream, dyr, ComputeWeight<TIn>()!.AsMatrix(k, n), dx, transB: true); // dY_r · W_rᵀ
         }
-        else
+        else if (wantDx)
         {
             dx.Buffer.Clear(Context.Stream, dx.Offset, m * k); // this rank contributes nothing to dX
         }
+        if (!wantDx) return;
         if (scatter is null)
         {
             Context.AllReduce(dx.Buffer, dx.Buffer, m * k, dx.Offset, dx.Offset);

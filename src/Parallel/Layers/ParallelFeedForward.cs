@@ -176,7 +176,8 @@ public sealed class ParallelFeedForward : IDisposable
     /// rank 0, which owns b2), dZ = dH ∘ GeLU'(Z), dW1_r = Xᵀ·dZ, db1_r = Σ dZ, dX = Σ_r dZ·W1_rᵀ.
     /// <paramref name="x"/> is the forward input (M × H), <paramref name="dy"/> the output gradient (M × H, the
     /// same on every rank), <paramref name="dx"/> receives the input gradient. <paramref name="saved"/> comes from
-    /// the training forward; when it kept no activations they are recomputed here.
+    /// the training forward; when it kept no activations they are recomputed here. An empty <paramref name="dx"/>
+    /// (<c>default</c>, on every rank) skips the input gradient and its all-reduce (the first layer of a model).
     /// </summary>
     public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, FeedForwardGradients gradients, FeedForwardActivations saved,
         bool accumulate = false) => Backward<float, float>(x, dy, dx, gradients, saved, accumulate);
@@ -313,6 +314,15 @@ public sealed class ParallelFeedForward : IDisposable
         }
         Activations.Gelu(_ctx.Stream, saved.Buffer!, saved.Buffer!, span, 0, span); // fp32 H in the work area
         ElementwiseOps.Convert(_ctx.Stream, saved.Buffer!, (DeviceBuffer<TC>)saved.Low!, span, span, 0);
+    }
+
+    /// <summary>This rank's parameters ("w1", "b1", "w2", "b2" on rank 0) with their gradients in
+    /// <paramref name="gradients"/> (fp32 layers).</summary>
+    public IReadOnlyList<ParameterShard> Parameters(FeedForwardGradients gradients, string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        return [.. Up.Parameters(gradients.DW1, gradients.DB1, prefix + "w1", prefix + "b1"),
+            .. Down.Parameters(gradients.DW2, gradients.DB2, prefix + "w2", prefix + "b2")];
     }
 
     // The activation when it is not the first GEMM's epilogue (ReLU, SiLU: fp32 only, in place on h).

@@ -208,6 +208,16 @@ public sealed class ParallelGatedFeedForward : IDisposable
         return buf.AsMatrix(m, h);
     }
 
+    /// <summary>This rank's parameters with their gradients: "w_gate_up" — the fused H × 2F weight whose column block of
+    /// rank r is [Wg[:, f_r] | Wu[:, f_r]] (so the fused layout depends on the split; element-wise optimizers do not
+    /// care) —, "w_down" (rows f_r of Wd) and "b_down" (rank 0).</summary>
+    public IReadOnlyList<ParameterShard> Parameters(GatedFeedForwardGradients gradients, string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        return [.. Up.Parameters(gradients.DGateUp, null, prefix + "w_gate_up", prefix + "b_gate_up"),
+            .. Down.Parameters(gradients.DDown, gradients.DBDown, prefix + "w_down", prefix + "b_down")];
+    }
+
     /// <summary>Releases the layers and scratch buffers.</summary>
     public void Dispose()
     {

@@ -25,6 +25,7 @@ public abstract class ParallelLinear : IDisposable
     private protected readonly TypedScratch _scratch = new(6);
     private readonly object? _weight; // DeviceBuffer<parameter type>
     private readonly object? _bias;
+    private readonly bool _splitRows;
 
     /// <summary>Checks the arguments and the memory, then loads this rank's shard of <paramref name="weight"/> (K × N)
     /// and of <paramref name="bias"/> (1 × N, optional).</summary>
@@ -48,6 +49,7 @@ public abstract class ParallelLinear : IDisposable
         OutFeatures = weight.Cols;
         ThrowHelper.Positive(weight.Rows);
         ThrowHelper.Positive(weight.Cols);
+        _splitRows = splitRows;
         long split = splitRows ? InFeatures : OutFeatures;
         Plan = plan ?? ShardingPlan.Even(split, context.WorldSize);
         Plan.Require(split, context.WorldSize, nameof(plan));
@@ -93,6 +95,33 @@ public abstract class ParallelLinear : IDisposable
     /// without bias, for an empty column shard, and on the other ranks of a row-parallel layer. f32 layers only (see
     /// <see cref="BiasAs{T}"/>).</summary>
     public DeviceBuffer<float>? Bias => BiasAs<float>();
+
+    /// <summary>
+    /// This rank's parameters for optimizers, clipping and checkpoints (fp32 layers): the weight (K × N; columns
+    /// [off, off + n_r) column-parallel, rows [off, off + k_r) row-parallel) with <paramref name="dWeight"/>, and the bias
+    /// (1 × N; its columns column-parallel; the whole of it on rank 0 alone row-parallel) with <paramref name="dBias"/>,
+    /// named <paramref name="weightName"/> and <paramref name="biasName"/>. Nothing for an empty shard; a gradient
+    /// missing for a held parameter is refused.
+    /// </summary>
+    public IReadOnlyList<ParameterShard> Parameters(DeviceBuffer<float>? dWeight, DeviceBuffer<float>? dBias, string weightName = "weight",
+        string biasName = "bias")
+    {
+        long off = Plan.Offset(Context.Rank), size = Plan.Size(Context.Rank);
+        var w = Weight; // throws NotSupportedException for a 16-bit parameter type
+        var b = Bias;
+        var list = new List<ParameterShard>();
+        if (_splitRows)
+        {
+            list.AddRange(ParameterShard.Of(weightName, InFeatures, OutFeatures, off, size, 0, OutFeatures, false, w, dWeight));
+            list.AddRange(ParameterShard.Of(biasName, 1, OutFeatures, 0, 1, 0, OutFeatures, false, b, dBias));
+        }
+        else
+        {
+            list.AddRange(ParameterShard.Of(weightName, InFeatures, OutFeatures, 0, InFeatures, off, size, false, w, dWeight));
+            list.AddRange(ParameterShard.Of(biasName, 1, OutFeatures, 0, 1, off, size, false, b, dBias));
+        }
+        return list;
+    }
 
     /// <summary>The weight shard as held, in the parameter type <typeparamref name="T"/> (the working copy a
     /// mixed-precision trainer refreshes).</summary>

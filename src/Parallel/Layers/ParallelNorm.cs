@@ -51,7 +51,7 @@ public sealed class ParallelNorm : IDisposable
     /// <summary>Number of parameters (H, or 2H for LayerNorm): the length of <see cref="NormGradients.Buffer"/>.</summary>
     public long ParameterCount => _params.Length;
     /// <summary>gamma, then beta (LayerNorm), on this rank's device.</summary>
-    public DeviceBuffer<float> Parameters => _params;
+    public DeviceBuffer<float> Values => _params;
     private DeviceBuffer<float>? Beta => Kind == SwNormKind.Layer ? _params : null;
 
     /// <summary>Queues y = norm(x) (M × H each, contiguous rows; y may be x).</summary>
@@ -111,6 +111,23 @@ public sealed class ParallelNorm : IDisposable
         {
             _ctx.AllReduce(_partial, gradients.Buffer);
         }
+    }
+
+    /// <summary>gamma ("gamma", 1 × H) and, for LayerNorm, beta ("beta") — replicated: every rank holds them whole — with
+    /// their gradients in <paramref name="gradients"/>. Both live in one buffer: beta's entry has offsets H.</summary>
+    public IReadOnlyList<ParameterShard> Parameters(NormGradients gradients, string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        if (gradients.Buffer.Length != ParameterCount)
+            throw new ArgumentException($"gradients hold {gradients.Buffer.Length} values; expected {ParameterCount}.", nameof(gradients));
+        var list = new List<ParameterShard>
+        {
+            new(prefix + "gamma", 1, Features, 0, 1, 0, Features, true, _params, gradients.Buffer),
+        };
+        if (Kind == SwNormKind.Layer)
+            list.Add(new ParameterShard(prefix + "beta", 1, Features, 0, 1, 0, Features, true, _params, gradients.Buffer)
+                { ValueOffset = Features, GradientOffset = Features });
+        return list;
     }
 
     /// <summary>Frees the parameters.</summary>

@@ -220,7 +220,8 @@ public sealed class ParallelSelfAttention : IDisposable
     /// add into their key/value head); then dWq,k,v = Xᵀ·dQ,K,V, the bias sums, and dX = Σ_r (dQ·Wqᵀ + dK·Wkᵀ + dV·Wvᵀ).
     /// <paramref name="x"/> is the forward input, <paramref name="dy"/> the output gradient (M × H, the same on every rank),
     /// <paramref name="dx"/> (M × H, contiguous rows) receives the input gradient; with <paramref name="accumulate"/> the
-    /// parameter gradients are added to.
+    /// parameter gradients are added to. An empty <paramref name="dx"/> (<c>default</c>, on every rank) skips the input
+    /// gradient and its all-reduce.
     /// </summary>
     public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, AttentionGradients gradients,
         AttentionActivations saved, bool accumulate = false)
@@ -228,6 +229,11 @@ public sealed class ParallelSelfAttention : IDisposable
         ArgumentNullException.ThrowIfNull(saved);
         long m = CheckInput(x, saved.SequenceLength);
         ThrowHelper.Shape(dy, m, ModelFeatures, "M x model features");
+        if (dx.IsEmpty)
+        {
+            BackwardCore(x, dy, dx, gradients, saved, accumulate); // no input gradient, no all-reduce (every rank alike)
+            return;
+        }
         ThrowHelper.Shape(dx, m, ModelFeatures, "M x model features");
         if (m > 1 && dx.Ld != ModelFeatures)
             throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {ModelFeatures}).", nameof(dx));
@@ -282,6 +288,7 @@ public sealed class ParallelSelfAttention : IDisposable
         ProjectionBackward(Query, x, dq, gradients.DWq, gradients.DBq, accumulate);
         ProjectionBackward(Key, x, dk, gradients.DWk, gradients.DBk, accumulate);
         ProjectionBackward(Value, x, dv, gradients.DWv, gradients.DBv, accumulate);
+        if (dx.IsEmpty) return;
         if (lh > 0)
         {
             Gemm.Multiply(stream, dq, Query.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Qd), dx, transB: true);
@@ -355,6 +362,18 @@ public sealed class ParallelSelfAttention : IDisposable
         for (long s = 0; s < b; s++)
             for (int hq = 0; hq < lh; hq++)
                 Gemm.Multiply(stream, Scores(a.P, s, hq, t, lh), Head(a.V, s, t, hq / g), Head(a.O, s, t, hq));
+    }
+
+    /// <summary>This rank's parameters ("wq", "wk", "wv", "wo" and the biases the layer has: "bq", "bk", "bv", "bo" on
+    /// rank 0) with their gradients in <paramref name="gradients"/>.</summary>
+    public IReadOnlyList<ParameterShard> Parameters(AttentionGradients gradients, string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        gradients.Require(this);
+        return [.. Query.Parameters(gradients.DWq, gradients.DBq, prefix + "wq", prefix + "bq"),
+            .. Key.Parameters(gradients.DWk, gradients.DBk, prefix + "wk", prefix + "bk"),
+            .. Value.Parameters(gradients.DWv, gradients.DBv, prefix + "wv", prefix + "bv"),
+            .. Output.Parameters(gradients.DWo, gradients.DBo, prefix + "wo", prefix + "bo")];
     }
 
     /// <summary>Releases the projections and the scratch buffers.</summary>

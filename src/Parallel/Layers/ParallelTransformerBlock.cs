@@ -269,6 +269,21 @@ public sealed class ParallelTransformerBlock : IDisposable
         ElementwiseOps.Axpy(stream, 1f, dn.Buffer, dx.Buffer, rows * H, dn.Offset, dx.Offset);
     }
 
+    /// <summary>Every parameter this rank holds, with its gradient in <paramref name="gradients"/>: "norm1.gamma",
+    /// "norm1.beta" (replicated), "attn.wq" ... "attn.bo", "norm2.*", and the FFN's ("ffn.w1", "ffn.b1", "ffn.w2",
+    /// "ffn.b2"; SwiGLU: "ffn.w_gate_up", "ffn.w_down", "ffn.b_down"), each name prefixed by <paramref name="prefix"/>.</summary>
+    public IReadOnlyList<ParameterShard> Parameters(TransformerBlockGradients gradients, string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(gradients);
+        var list = new List<ParameterShard>();
+        list.AddRange(Norm1.Parameters(gradients.Norm1, prefix + "norm1."));
+        list.AddRange(Attention.Parameters(gradients.Attention, prefix + "attn."));
+        list.AddRange(Norm2.Parameters(gradients.Norm2, prefix + "norm2."));
+        if (Gated is not null) list.AddRange(Gated.Parameters(gradients.Gated!, prefix + "ffn."));
+        else list.AddRange(Dense!.Parameters(gradients.Dense!, prefix + "ffn."));
+        return list;
+    }
+
     /// <summary>Releases every sub-layer.</summary>
     public void Dispose()
     {

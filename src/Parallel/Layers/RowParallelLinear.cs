@@ -144,7 +144,8 @@ public sealed class RowParallelLinear : ParallelLinear
     /// (as passed to the forward), <paramref name="dy"/> the M × N output gradient (the same on every
     /// rank), <paramref name="dx"/> the input gradient shaped like <paramref name="x"/>. <paramref name="dBias"/> (N,
     /// optional, typically on rank 0 which owns the bias) receives Σ_rows dY; <paramref name="dWeight"/> (k_r × N)
-    /// is optional. With <paramref name="accumulate"/> both are added to, else overwritten.
+    /// is optional. With <paramref name="accumulate"/> both are added to, else overwritten. An empty <paramref name="dx"/>
+    /// (<c>default</c>) skips the input gradient (and its gather), on every rank alike.
     /// </summary>
     public void Backward(MatrixView<float> x, MatrixView<float> dy, MatrixView<float> dx, DeviceBuffer<float>? dWeight = null,
         DeviceBuffer<float>? dBias = null, bool accumulate = false) =>
@@ -158,19 +159,20 @@ public sealed class RowParallelLinear : ParallelLinear
     {
         ThrowHelper.NotEmpty(x);
         ThrowHelper.NotEmpty(dy);
-        ThrowHelper.NotEmpty(dx);
         long m = x.Rows, kr = LocalInFeatures, n = OutFeatures;
         long cols = InputIsParallel ? kr : InFeatures;
         ThrowHelper.Shape(x, m, cols, "the forward input");
         ThrowHelper.Shape(dy, m, n, "M x out-features");
-        ThrowHelper.Shape(dx, m, cols, "shaped like the forward input");
+        bool wantDx = !dx.IsEmpty; // empty: dX is not computed (nor gathered; every rank alike)
+        if (wantDx) ThrowHelper.Shape(dx, m, cols, "shaped like the forward input");
         RequireTypes<TIn, TOut>(nameof(x), nameof(dy));
-        Precision.Require<TIn>(Precision.Compute, "compute", nameof(dx));
+        Precision.Require<TIn>(Precision.Compute, "compute", nameof(x));
         RequireGradientType<TGrad>(dWeight is not null || dBias is not null);
         var xr = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
         var dyc = AsCompute<TIn, TOut>(dy);
         if (dBias is not null) GradientHelpers.ColumnSums(Context, _scratch, SlotOnes, dyc, dBias, accumulate);
         if (kr > 0 && dWeight is not null) GradientHelpers.WeightGradient(Context, xr, dyc, dWeight, accumulate);
+        if (!wantDx) return;
         if (InputIsParallel)
         {
             if (kr > 0) Gemm.Multiply(Context.Stream, dyc, ComputeWeight<TIn>()!.AsMatrix(kr, n), dx, transB: true);

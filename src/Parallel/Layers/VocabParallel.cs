@@ -120,6 +120,11 @@ public sealed class VocabParallelEmbedding : IDisposable
         Backward(ids, full.AsMatrix(m, Features), dTable, accumulate);
     }
 
+    /// <summary>This rank's rows of the table ("table", V × H) with <paramref name="dTable"/> (n_r × H); nothing for an
+    /// empty shard.</summary>
+    public IReadOnlyList<ParameterShard> Parameters(DeviceBuffer<float>? dTable, string name = "table") =>
+        [.. ParameterShard.Of(name, VocabSize, Features, LocalOffset, LocalRows, 0, Features, false, _table, dTable)];
+
     /// <summary>Frees the table shard and scratch buffers.</summary>
     public void Dispose()
     {
