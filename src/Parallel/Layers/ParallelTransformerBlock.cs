@@ -33,7 +33,30 @@ public sealed record TransformerBlockOptions(long Hidden, int Heads, int KvHeads
 public sealed record TransformerBlockWeights(WeightSource Wq, WeightSource Wk, WeightSource Wv, WeightSource Wo, WeightSource W1, WeightSource W2,
     WeightSource? W3 = null, WeightSource? Bq = null, WeightSource? Bk = null, WeightSource? Bv = null, WeightSource? Bo = null,
     WeightSource? B1 = null, WeightSource? B2 = null, WeightSource? Norm1Gamma = null, WeightSource? Norm1Beta = null,
-    WeightSource? Norm2Gamma = null, WeightSource? Norm2Beta = null);
+    WeightSource? Norm2Gamma = null, WeightSource? Norm2Beta = null)
+{
+    /// <summary>The weights of a block saved with <see cref="Checkpoint.Save"/> from
+    /// <see cref="ParallelTransformerBlock.Parameters"/> (names under <paramref name="prefix"/>), at any rank count: each
+    /// source reads the blocks it is asked for from the saved shards (a SwiGLU FFN's fused gate/up weight is split back
+    /// into W1 and W3).</summary>
+    public static TransformerBlockWeights FromCheckpoint(CheckpointReader checkpoint, string prefix = "")
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        var names = checkpoint.Names.ToHashSet();
+        WeightSource? Opt(string n) => names.Contains(prefix + n) ? checkpoint.Source(prefix + n) : null;
+        WeightSource Req(string n) => checkpoint.Source(prefix + n);
+        if (names.Contains(prefix + "ffn.w_gate_up"))
+        {
+            var (gate, up) = checkpoint.GateUp(prefix + "ffn.w_gate_up");
+            return new TransformerBlockWeights(Req("attn.wq"), Req("attn.wk"), Req("attn.wv"), Req("attn.wo"), gate, Req("ffn.w_down"), up,
+                Opt("attn.bq"), Opt("attn.bk"), Opt("attn.bv"), Opt("attn.bo"), null, Opt("ffn.b_down"),
+                Opt("norm1.gamma"), Opt("norm1.beta"), Opt("norm2.gamma"), Opt("norm2.beta"));
+        }
+        return new TransformerBlockWeights(Req("attn.wq"), Req("attn.wk"), Req("attn.wv"), Req("attn.wo"), Req("ffn.w1"), Req("ffn.w2"), null,
+            Opt("attn.bq"), Opt("attn.bk"), Opt("attn.bv"), Opt("attn.bo"), Opt("ffn.b1"), Opt("ffn.b2"),
+            Opt("norm1.gamma"), Opt("norm1.beta"), Opt("norm2.gamma"), Opt("norm2.beta"));
+    }
+}
 
 /// <summary>
 /// One pre-norm transformer block for one rank of a tensor-parallel group:

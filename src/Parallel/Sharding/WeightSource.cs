@@ -58,6 +58,16 @@ public abstract class WeightSource
     /// <summary>A callback that produces any requested block (e.g. from a file or a checkpoint reader).</summary>
     public static WeightSource FromLoader(long rows, long cols, ShardLoader loader) => new LoaderSource(rows, cols, loader);
 
+    /// <summary>This matrix transposed (Cols × Rows): torch's Linear weights are out × in, Shardwise's in × out. Each
+    /// block is read from this source as the transposed block and transposed on the host.</summary>
+    public WeightSource Transposed() => new LoaderSource(Cols, Rows, (r0, c0, nr, nc, dest) =>
+    {
+        var block = new float[nr * nc];
+        Read(c0, r0, nc, nr, block); // nc × nr of the original
+        for (long i = 0; i < nr; i++)
+            for (long j = 0; j < nc; j++) dest[(int)(i * nc + j)] = block[j * nr + i];
+    });
+
     /// <summary>Checks that this source is <paramref name="rows"/> × <paramref name="cols"/>.</summary>
     public void Require(long rows, long cols, string argument)
     {
