@@ -54,7 +54,9 @@
 #   ./build.sh samples             pack, then the samples (each verifies its result, non-zero exit on mismatch):
 #                                  PackageSample (restores exactly the version just packed), AotSample
 #                                  (NativeAOT publish, zero trim/AOT warnings allowed, then runs the executable),
-#                                  PInvokeSample (the C ABI through its own LibraryImport declarations)
+#                                  PInvokeSample (the C ABI through its own LibraryImport declarations), and the
+#                                  end-to-end example examples/TrainTransformer (trains, checkpoints, reloads at
+#                                  another rank count, trains on; loss curve in artifacts/samples/train-loss.svg)
 #   ./build.sh gpu-bundle [OUT]    self-contained test + bench bundle for a CUDA machine without .NET
 #                                  (OUT/shardwise-gpu-bundle.tar.xz + OUT/gpu-run.sh; default OUT gpu-bundle/)
 #   ./build.sh cuda12-check        compile check of the CUDA plugin with CUDA 12 (Debian trixie's packages,
@@ -490,6 +492,18 @@ sample_aot() {
     run_sample "$out/AotSample" || die "AotSample failed (exit code $?)"
 }
 
+# The end-to-end example (examples/TrainTransformer): a fresh console project on the packed packages and OxyPlot from
+# the package feed, trained on 2 virtual ranks, checkpointed, reloaded on 3 and trained on; it exits non-zero unless
+# the loss fell below half and the reload kept the evaluation loss. Its loss curve: artifacts/samples/train-loss.svg.
+sample_train() {
+    local project="$ROOT/examples/TrainTransformer/TrainTransformer.csproj" out
+    step "example: TrainTransformer (Shardwise.Parallel $PACKAGE_VERSION from ${PACKAGES_DIR#"$ROOT"/}, OxyPlot from the feed)"
+    dotnet build "$project" -c "$CONFIGURATION" --force -nologo -nodeReuse:false -v:minimal "--property:ShardwiseVersion=$PACKAGE_VERSION"
+    out="$(dirname "$(target_path "$project")")"
+    mkdir -p "$SAMPLES_OUT"
+    run_sample dotnet "$out/TrainTransformer.dll" 60 "$SAMPLES_OUT/train-loss.svg" || die "TrainTransformer failed (exit code $?)"
+}
+
 sample_pinvoke() {
     local project="$ROOT/samples/PInvokeSample/PInvokeSample.csproj" out
     step "sample: PInvokeSample (the C ABI through its own LibraryImport declarations)"
@@ -789,6 +803,7 @@ cmd_samples() {
     sample_package
     sample_aot
     sample_pinvoke
+    sample_train
     step "samples: all passed"
 }
 
@@ -797,7 +812,7 @@ cmd_clean() {
     [[ "$BUILD_DIR" != "$ROOT" && "$BUILD_DIR" != / ]] || die "refusing to delete $BUILD_DIR"
     rm -rf "$BUILD_DIR" "$ROOT/build" "$ROOT/artifacts" "$ROOT/BenchmarkDotNet.Artifacts" "$ROOT/TestResults"
     local dir
-    for dir in src/Bindings src/Parallel src/Launcher tests tests/MultiProcess tests/TorchSharp bench samples/PackageSample samples/AotSample samples/PInvokeSample samples/TorchSharpInterop; do
+    for dir in src/Bindings src/Parallel src/Launcher tests tests/MultiProcess tests/TorchSharp bench samples/PackageSample samples/AotSample samples/PInvokeSample samples/TorchSharpInterop examples/TrainTransformer; do
         rm -rf "${ROOT:?}/$dir/bin" "${ROOT:?}/$dir/obj"
     done
 }
