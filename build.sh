@@ -658,7 +658,7 @@ cmd_run() {
     bench_dll="$(target_path "$BENCH_PROJECT")"
     step "main job"
     # exec: the main job's exit code is the script's.
-    exec dotnet "$bench_dll" main "$@"
+    exec dotnet "$bench_dll" main --chart-dir "$ROOT/artifacts/bench" "$@"
 }
 
 cmd_bench() {

@@ -51,6 +51,7 @@ public class BenchConfig : ManualConfig
                 new EnvironmentVariable("SHARDWISE_BENCH_THREADS", threads)));
         AddDiagnoser(MemoryDiagnoser.Default);
         AddColumn(StatisticColumn.Median);
+        AddExporter(SvgChartExporter.Default);
         AddFilter(new SimpleFilter(KernelFilter.IsRunnable));
         // Declared order (shape by shape, methods in source order) reads better than BenchmarkDotNet's default.
         WithOrderer(new BenchmarkDotNet.Order.DefaultOrderer(BenchmarkDotNet.Order.SummaryOrderPolicy.Declared));

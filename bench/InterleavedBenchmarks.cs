@@ -106,6 +106,7 @@ public class InterleavedBenchConfig : ManualConfig
             .WithIterationCount(8)
             .WithIterationTime(TimeInterval.FromMilliseconds(200)));
         AddColumn(InterleavedRatioColumn.Rounds);
+        AddExporter(SvgChartExporter.Default);
         WithOrderer(new BenchmarkDotNet.Order.DefaultOrderer(BenchmarkDotNet.Order.SummaryOrderPolicy.Declared));
         WithSummaryStyle(SummaryStyle.Default.WithMaxParameterColumnWidth(30));
     }

@@ -57,6 +57,7 @@ internal static class MainJob
         public int MinReps = 9, MaxReps = 31;      // rounds of the interleaved timing (unsharded GEMM, sharded Forward)
         public int PrecisionRounds = 5;            // rounds of the side-by-side bf16/fp32 comparison (0: skip it)
         public bool Block = true;                  // the transformer-block section (--no-block skips it)
+        public string ChartDir = Path.Combine("artifacts", "bench"); // SVG charts beside the tables ("" : none)
     }
 
     public static int Run(string[] args)
@@ -97,7 +98,7 @@ internal static class MainJob
     /// <summary>The main job's options, each line after <paramref name="indent"/> (also shown by <c>bench --help</c>).</summary>
     internal static void PrintUsage(TextWriter w, string indent = "")
     {
-        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS] [--precision-rounds N] [--no-block]");
+        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS] [--precision-rounds N] [--no-block] [--chart-dir DIR]");
         w.WriteLine(indent + "  --quick         small shapes only (a few seconds)");
         w.WriteLine(indent + "  --backend B     auto (default: CUDA device 0 when present, else the CPU), cpu or cuda");
         w.WriteLine(indent + "  --threads N     CPU compute threads of the device (default: SHARDWISE_NUM_THREADS or all cores)");
@@ -107,6 +108,7 @@ internal static class MainJob
         w.WriteLine(indent + "  --budget-ms MS  target time of the interleaved rounds of one case (default 400, --quick 100; 9..31 rounds)");
         w.WriteLine(indent + "  --precision-rounds N  rounds of the side-by-side CPU comparison: Shardwise bf16 vs oneDNN bf16 matmul and vs");
         w.WriteLine(indent + "                  Shardwise fp32, fp32 vs dnnl_sgemm and OpenBLAS (default 5, --quick 3; 0 skips it)");
+        w.WriteLine(indent + "  --chart-dir DIR SVG charts of the tables go here (default artifacts/bench; an empty string: none)");
         w.WriteLine(indent + "  --no-block      skip the transformer-block section (2048 tokens, hidden 1024, 16 heads at p = 1, 2, 4; --quick: 256, 256, 4)");
     }
 
@@ -144,6 +146,7 @@ internal static class MainJob
                         throw new ArgumentException("--precision-rounds expects an integer >= 0.");
                     break;
                 case "--no-block": o.Block = false; break;
+                case "--chart-dir": o.ChartDir = Value(); break;
                 case "--help" or "-h": return null;
                 default: throw new ArgumentException($"unknown option '{args[i]}'.");
             }
@@ -179,6 +182,7 @@ internal static class MainJob
         var table = new TextTable(("shape (M×K×N)", false), ("ranks", true), ("shard widths", false), ("median ms", true),
             ("GFLOP/s", true), ("vs unsharded", true), ("max rel err", true), ("tol", true), ("bit-identical", false), ("alloc B/call", true), ("verdict", false));
         var failures = new List<string>();
+        var points = new List<Charts.GemmPoint>();
 
         for (int i = 0; i < o.Shapes.Count; i++)
         {
@@ -187,7 +191,7 @@ internal static class MainJob
             var sw = Stopwatch.StartNew();
             try
             {
-                RunShape(device, m, k, n, o, table, failures);
+                RunShape(device, m, k, n, o, table, failures, points);
                 Console.Error.WriteLine($" {sw.Elapsed.TotalSeconds:0.0} s");
             }
             catch (Exception e) when (e is ShardwiseException or AggregateException or ArgumentException)
@@ -205,6 +209,7 @@ internal static class MainJob
         Console.WriteLine("  vs unsharded = per round, unsharded time / sharded time (> 1: sharded faster): median [min..max] over the rounds;");
         Console.WriteLine("  max rel err = max |Y − Y₆₄| / Σ_k |X·W| over the verified rows;");
         Console.WriteLine("  tol = 4·√K·2⁻²⁴; alloc B/call = managed bytes a steady-state Forward allocates on the calling thread (target 0).");
+        if (o.ChartDir.Length > 0 && points.Count > 0) Console.WriteLine($"  charts: {Charts.Gemm(o.ChartDir, points)}");
         Console.WriteLine();
 
         RunColumnParallelLinear(device, o, failures);
@@ -216,7 +221,8 @@ internal static class MainJob
             var sw = Stopwatch.StartNew();
             try
             {
-                TransformerBlockBench.RunMainJob(device, o.Quick, Settings(o) with { MinRounds = o.Quick ? 3 : 5, MaxRounds = o.Quick ? 5 : 9, BudgetMs = o.Quick ? 2000 : 30000 }, failures);
+                TransformerBlockBench.RunMainJob(device, o.Quick, Settings(o) with { MinRounds = o.Quick ? 3 : 5, MaxRounds = o.Quick ? 5 : 9, BudgetMs = o.Quick ? 2000 : 30000 },
+                    failures, o.ChartDir);
             }
             catch (Exception e) when (e is ShardwiseException or SpmdException or ArgumentException)
             {
@@ -266,7 +272,7 @@ internal static class MainJob
     }
 
     /// <summary>One shape: the unsharded baseline, then ShardedGemm for every rank count.</summary>
-    private static void RunShape(Device device, int m, int k, int n, Options o, TextTable table, List<string> failures)
+    private static void RunShape(Device device, int m, int k, int n, Options o, TextTable table, List<string> failures, List<Charts.GemmPoint> points)
     {
         string shapeName = $"{m}×{k}×{n}";
         double flop = 2.0 * m * n * k;
@@ -356,6 +362,7 @@ internal static class MainJob
             if (!identical) problems.Add($"Y differs from the unsharded Gemm.Multiply in {CountDifferences(y, yBaseline)} elements");
             failures.AddRange(problems.Select(s => $"{shapeName} p={p}: {s}"));
 
+            points.Add(new Charts.GemmPoint(shapeName, p, flop / (ms * 1e6), timing.Ratio(0, 1)));
             rows.Add([shapeName, p.ToString(CultureInfo.InvariantCulture), widths, Ms(ms), Gflops(flop, ms),
                 timing.Ratio(0, 1).Format(), Err(err) + verified, Err(reference.Tolerance), identical ? "yes" : "NO",
                 allocated.ToString(CultureInfo.InvariantCulture), problems.Count == 0 ? "ok" : "FAIL"]);

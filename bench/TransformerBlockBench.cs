@@ -110,7 +110,7 @@ internal sealed class TransformerBlockBench : IDisposable
 
     /// <summary>The main job's section: the rank counts interleaved, tokens/s, GFLOP/s, sharded / unsharded with its spread,
     /// and each sharded output against the unsharded one.</summary>
-    public static void RunMainJob(Device device, bool quick, InterleaveSettings settings, List<string> failures)
+    public static void RunMainJob(Device device, bool quick, InterleaveSettings settings, List<string> failures, string chartDir = "")
     {
         // Issue 17's target shape: 2048 tokens (4 sequences of 512), hidden 1024, 16 heads, FFN 4096.
         var (options, tokens, seq) = quick
@@ -124,12 +124,16 @@ internal sealed class TransformerBlockBench : IDisposable
         var result = Interleaved.Measure(bench.Calls, settings with { SliceMs = 2 });
         using var stream = device.CreateStream();
         var baseline = bench.Outputs[0].ToArray(stream);
+        var tokensPerSecond = new List<double>();
+        var ratios = new List<Spread>();
         var table = new TextTable(("ranks", false), ("median ms", true), ("tokens/s", true), ("GFLOP/s", true), ("vs unsharded", true),
             ("max rel diff", true), ("verdict", false));
         for (int i = 0; i < bench.Calls.Length; i++)
         {
             var ms = result.Milliseconds(i);
             var ratio = result.Ratio(0, i);
+            tokensPerSecond.Add(tokens / (ms.Median / 1e3));
+            ratios.Add(ratio);
             var y = bench.Outputs[i].ToArray(stream);
             double scale = baseline.Max(v => Math.Abs((double)v)), diff = 0;
             for (long j = 0; j < y.Length; j++) diff = Math.Max(diff, Math.Abs((double)y[j] - baseline[j]) / scale);
@@ -145,5 +149,6 @@ internal sealed class TransformerBlockBench : IDisposable
         Console.WriteLine(table);
         Console.WriteLine($"  {result.Rounds} rounds; vs unsharded = per round, p=1 time / p time (above 1: sharded faster), median [min..max];");
         Console.WriteLine("  max rel diff = max |Y_p − Y_1| / max |Y_1| (the all-reduce adds the heads' and FFN shards' partial sums in another order).");
+        if (chartDir.Length > 0) Console.WriteLine($"  chart: {Charts.Block(chartDir, bench.Labels, tokensPerSecond, ratios)}");
     }
 }
