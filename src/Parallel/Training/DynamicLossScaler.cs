@@ -2,7 +2,7 @@ namespace Shardwise.Parallel;
 
 /// <summary>
 /// Dynamic loss scaling for fp16 training (as PyTorch's GradScaler), for one rank. Multiply the loss's gradient
-/// seed by <see cref="Scale"/> before the backward pass; <see cref="MasterWeights.Step"/> then calls
+/// seed by <see cref="Scale"/> before the backward pass; <see cref="MasterWeights.Step(float, DynamicLossScaler?)"/> then calls
 /// <see cref="UnscaleAndCheck"/>: every gradient is multiplied by 1/<see cref="Scale"/> in fp32 and checked for
 /// infinities and NaN, and the ranks agree through ONE all-reduce of a flag, so they all take the same decision:
 /// on overflow the step is skipped and the scale multiplied by <see cref="BackoffFactor"/> (not below

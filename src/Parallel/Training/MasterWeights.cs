@@ -4,7 +4,7 @@ namespace Shardwise.Parallel;
 
 /// <summary>
 /// fp32 master weights for one rank's parameters, with working copies in any type (bf16, fp16, f32) that the layers
-/// compute with: <see cref="Step"/> applies plain SGD to the fp32 masters (<c>master += -lr · gradient</c>, the
+/// compute with: <see cref="Step(float, DynamicLossScaler?)"/> applies plain SGD to the fp32 masters (<c>master += -lr · gradient</c>, the
 /// gradient widened to fp32, one fused multiply-add per element) and then refreshes each working copy from its master
 /// (rounded to nearest even), all on the rank's stream. With a <see cref="DynamicLossScaler"/> the gradients are first
 /// unscaled and checked on every rank, and a step whose gradients hold an infinity or NaN on any rank is skipped on
@@ -53,6 +53,7 @@ public sealed class MasterWeights : IDisposable
         }
         _entries.Add(new Entry(
             master,
+            (object)gradient as DeviceBuffer<float>,
             (stream, scale, flag) => ElementwiseOps.UnscaleCheck(stream, gradient, count, scale, flag),
             (stream, lr) => ElementwiseOps.Axpy(stream, -lr, gradient, master, count),
             stream => ElementwiseOps.Convert(stream, master, working, count)));
@@ -106,6 +107,30 @@ public sealed class MasterWeights : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// One step of <paramref name="optimizer"/> (e.g. <see cref="AdamWOptimizer"/>) on the fp32 masters, then the working
+    /// copies refreshed from them — with <paramref name="scaler"/>, after the gradients are unscaled and checked as in
+    /// <see cref="Step(float, DynamicLossScaler?)"/> (skipped on every rank on overflow; false returned). The gradients
+    /// must be fp32 (the layers' gradient accumulation type; <see cref="NotSupportedException"/> otherwise). The
+    /// optimizer's state lives beside each master.
+    /// </summary>
+    public bool Step(Optimizer optimizer, DynamicLossScaler? scaler = null)
+    {
+        ArgumentNullException.ThrowIfNull(optimizer);
+        var shards = new List<ParameterShard>(_entries.Count);
+        for (int i = 0; i < _entries.Count; i++)
+        {
+            var e = _entries[i];
+            if (e.Gradient32 is null)
+                throw new NotSupportedException($"parameter {i}: its gradient is not fp32; an Optimizer steps fp32 gradients (use Step(learningRate) for SGD on 16-bit gradients).");
+            shards.Add(new ParameterShard($"master{i}", 1, e.Master.Length, 0, 1, 0, e.Master.Length, false, e.Master, e.Gradient32));
+        }
+        if (scaler is not null && !scaler.UnscaleAndCheck(this)) return false;
+        optimizer.Step(_ctx.Stream, shards);
+        foreach (var e in _entries) e.Refresh(_ctx.Stream);
+        return true;
+    }
+
     /// <summary>Queues the unscaling and check of every registered gradient into <paramref name="flag"/>.</summary>
     internal void UnscaleAll(float scale, DeviceBuffer<float> flag)
     {
@@ -119,6 +144,6 @@ public sealed class MasterWeights : IDisposable
         _entries.Clear();
     }
 
-    private sealed record Entry(DeviceBuffer<float> Master, Action<DeviceStream, float, DeviceBuffer<float>> Unscale,
+    private sealed record Entry(DeviceBuffer<float> Master, DeviceBuffer<float>? Gradient32, Action<DeviceStream, float, DeviceBuffer<float>> Unscale,
         Action<DeviceStream, float> Update, Action<DeviceStream> Refresh);
 }
