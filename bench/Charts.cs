@@ -73,8 +73,9 @@ internal static class Charts
 
 /// <summary>
 /// A BenchmarkDotNet exporter that draws each summary as an SVG chart beside the other reports
-/// (<c>BenchmarkDotNet.Artifacts/results/&lt;suite&gt;-report-chart.svg</c>): the mean time of every benchmark case
-/// (one bar each, in the order of the table), with the error of the mean; added to every suite's config.
+/// (<c>BenchmarkDotNet.Artifacts/results/&lt;suite&gt;-report-chart.svg</c>), one bar per benchmark case in the order of
+/// the table: the suite's own figure of merit when it has one (the "busbw GB/s" column of the collective sweep, the
+/// "GFLOP/s" column of the GEMM sweeps), else the mean time per operation; added to every suite's config.
 /// </summary>
 public sealed class SvgChartExporter : BenchmarkDotNet.Exporters.ExporterBase
 {
@@ -87,17 +88,24 @@ public sealed class SvgChartExporter : BenchmarkDotNet.Exporters.ExporterBase
     {
         var plot = new PlotModel { Title = summary.Title, TitleFontSize = 12 };
         var cat = new CategoryAxis { Position = AxisPosition.Left, Title = "benchmark" };
-        var bars = new BarSeries { Title = "mean (ms)", LabelFormatString = "{0:0.###}" };
+        var merit = summary.BenchmarksCases.FirstOrDefault()?.Config.GetColumnProviders()
+            .SelectMany(provider => provider.GetColumns(summary)).FirstOrDefault(c => c.ColumnName is "busbw GB/s" or "GFLOP/s");
+        string unit = merit?.ColumnName ?? "mean time per operation (ms)";
+        var bars = new BarSeries { Title = unit, LabelFormatString = "{0:0.###}" };
         foreach (var report in summary.Reports)
         {
             if (report.ResultStatistics is not { } stats) continue;
+            double value = stats.Mean / 1e6;
+            if (merit is not null && !double.TryParse(merit.GetValue(summary, report.BenchmarkCase), System.Globalization.NumberStyles.Float,
+                    System.Globalization.CultureInfo.InvariantCulture, out value))
+                continue; // a case without the figure (e.g. a baseline row): not drawn
             string name = report.BenchmarkCase.Descriptor.WorkloadMethodDisplayInfo;
             string parameters = report.BenchmarkCase.Parameters.DisplayInfo;
             cat.Labels.Add(parameters.Length > 0 ? $"{name} {parameters}" : name);
-            bars.Items.Add(new BarItem(stats.Mean / 1e6));
+            bars.Items.Add(new BarItem(value));
         }
         plot.Axes.Add(cat);
-        plot.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = "mean time per operation (ms)", Minimum = 0 });
+        plot.Axes.Add(new LinearAxis { Position = AxisPosition.Bottom, Title = unit, Minimum = 0 });
         plot.Series.Add(bars);
         double height = Math.Max(240, 28 * cat.Labels.Count + 120);
         logger.Write(BenchmarkDotNet.Loggers.LogKind.Default, SvgExporter.ExportToString(plot, 1000, height, isDocument: true));
