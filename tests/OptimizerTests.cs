@@ -153,10 +153,9 @@ public class OptimizerTests(Backend backend) : BackendTest(backend)
     {
         var rng = NewRandom();
         var o = new TransformerBlockOptions(8, 4, 2, 6, FeedForwardKind.Gelu, SwNormKind.Layer);
-        long h = o.Hidden, f = o.FfnHidden, d = 2, qd = 8, kd = 4;
+        long h = o.Hidden, f = o.FfnHidden, qd = 8, kd = 4;
         WeightSource W(long r, long c) => WeightSource.FromArray(RandomArray(rng, r * c), r, c);
         var weights = new TransformerBlockWeights(W(h, qd), W(h, kd), W(h, kd), W(qd, h), W(h, f), W(f, h), Bo: W(1, h), B1: W(1, f), B2: W(1, h));
-        _ = d;
         // Full gradients by parameter name, drawn once; each rank copies its block.
         var full = new Dictionary<string, float[]>();
         double sum = 0;
@@ -164,7 +163,7 @@ public class OptimizerTests(Backend backend) : BackendTest(backend)
         var after = new double[p];
         var gate = new object();
         using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30));
-        // Rank 0 lists every name (sharded tensors appear on every rank but rank 0 may hold empty shards: take full shapes).
+        // Every name any rank lists gets one full random gradient (full shapes from the shards' descriptions).
         Spmd.Run(group, ctx =>
         {
             using var block = new ParallelTransformerBlock(ctx, o, weights);
@@ -179,7 +178,6 @@ public class OptimizerTests(Backend backend) : BackendTest(backend)
                         sum += g.Sum(v => (double)v * v);
                     }
         });
-        // (Every parameter name appears on some rank; replicated ones identical on all.)
         double want = Math.Sqrt(sum);
         double maxNorm = want / 2;
         Spmd.Run(group, ctx =>
