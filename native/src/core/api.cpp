@@ -804,6 +804,14 @@ void require_positive(int64_t v, const char* name) {
     if (v < 1) fail(SW_ERR_INVALID_ARGUMENT, name, " = ", v, "; expected >= 1");
 }
 
+// The sizes of sw_embedding and its backward: a shard of shard_rows vocabulary rows from vocab_offset, rows tokens.
+void check_vocab_shard(int64_t shard_rows, int64_t rows, int64_t cols, int64_t vocab_offset) {
+    if (shard_rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "shard_rows = ", shard_rows, "; expected >= 0");
+    if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+    require_positive(cols, "cols");
+    if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+}
+
 // rows * cols elements, checked not to overflow.
 uint64_t elements(int64_t rows, int64_t cols, const char* what) {
     if (rows < 0 || cols < 0) fail(SW_ERR_INVALID_ARGUMENT, what, ": negative size ", rows, " x ", cols);
@@ -910,10 +918,7 @@ SW_API sw_status sw_embedding(sw_stream stream, sw_dtype dtype, sw_buffer table,
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
         require_f32_rows(dtype);
-        if (shard_rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "shard_rows = ", shard_rows, "; expected >= 0");
-        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
-        require_positive(cols, "cols");
-        if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+        check_vocab_shard(shard_rows, rows, cols, vocab_offset);
         KeepAlive keep;
         const uint64_t tn = elements(shard_rows, cols, "table"), on = elements(rows, cols, "out");
         float* pt = f32_span(on_stream(table, s, "table", keep, 0), table_offset, tn, "table");
@@ -932,10 +937,7 @@ SW_API sw_status sw_embedding_backward(sw_stream stream, sw_dtype dtype, sw_buff
     return guard(__func__, [&] {
         auto* s = checked(stream, "stream");
         require_f32_rows(dtype);
-        if (shard_rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "shard_rows = ", shard_rows, "; expected >= 0");
-        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
-        require_positive(cols, "cols");
-        if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+        check_vocab_shard(shard_rows, rows, cols, vocab_offset);
         KeepAlive keep;
         const uint64_t tn = elements(shard_rows, cols, "dtable"), dn = elements(rows, cols, "dout");
         float* pd = f32_span(on_stream(dout, s, "dout", keep, 0), dout_offset, dn, "dout");

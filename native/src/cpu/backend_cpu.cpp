@@ -196,20 +196,28 @@ void enqueue_elementwise(sw_stream_s& s, uint64_t count, KeepAlive keep, Fn fn) 
         });
 }
 
-// Row-wise work (core/row_ops.h) in blocks of whole rows, about 64 Ki elements each, on the device's pool; `weight`
-// scales the element-wise cost estimate (exp and the passes over a row cost more than one element-wise operation).
+// Blocks of whole rows, about 64 Ki elements each, fn(r0, r1), on the pool (a row's result never depends on the block).
+template <class Fn>
+void for_row_blocks(ThreadPool& pool, int64_t rows, int64_t cols, Fn&& fn) {
+    const int64_t block = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
+    pool.parallel_for((rows + block - 1) / block, [&](int64_t c) { fn(c * block, std::min(rows, (c + 1) * block)); });
+}
+
+// Blocks of `width` columns each, fn(c0, c1), on the pool (sums over all rows of a column block stay in row order).
+template <class Fn>
+void for_column_blocks(ThreadPool& pool, int64_t cols, int64_t width, Fn&& fn) {
+    pool.parallel_for((cols + width - 1) / width, [&](int64_t c) { fn(c * width, std::min(cols, (c + 1) * width)); });
+}
+
+// Row-wise work (core/row_ops.h) as one queued job in row blocks; `weight` scales the element-wise cost estimate (exp and
+// the passes over a row cost more than one element-wise operation).
 template <class Fn>
 void enqueue_rows(sw_stream_s& s, int64_t rows, int64_t cols, int weight, KeepAlive keep, Fn fn) {
     auto dev = s.device_impl;
     const double elems = static_cast<double>(rows) * static_cast<double>(cols);
     submit(
         s, -1, [elems, weight] { return weight * elems * g_elementwise_ns.load(std::memory_order_relaxed); },
-        std::move(keep), [dev, rows, cols, fn] {
-            const int64_t block = std::max<int64_t>(1, (int64_t{1} << 16) / cols);
-            dev->pool->parallel_for((rows + block - 1) / block, [&](int64_t c) {
-                fn(c * block, std::min(rows, (c + 1) * block));
-            });
-        });
+        std::move(keep), [dev, rows, cols, fn] { for_row_blocks(*dev->pool, rows, cols, fn); });
 }
 
 class CpuBackend final : public Backend {
@@ -486,16 +494,9 @@ public:
         submit(
             s, -1, [elems] { return 8 * elems * g_elementwise_ns.load(std::memory_order_relaxed); }, std::move(keep),
             [dev, a] {
-                if (a.dgamma || a.dbeta) {
-                    constexpr int64_t kCols = 256;
-                    dev->pool->parallel_for((a.cols + kCols - 1) / kCols, [&](int64_t c) {
-                        norm_backward_param_cols(a, c * kCols, std::min(a.cols, (c + 1) * kCols));
-                    });
-                }
-                const int64_t block = std::max<int64_t>(1, (int64_t{1} << 16) / a.cols);
-                dev->pool->parallel_for((a.rows + block - 1) / block, [&](int64_t c) {
-                    norm_backward_dx_rows(a, c * block, std::min(a.rows, (c + 1) * block));
-                });
+                if (a.dgamma || a.dbeta)
+                    for_column_blocks(*dev->pool, a.cols, 256, [&](int64_t c0, int64_t c1) { norm_backward_param_cols(a, c0, c1); });
+                for_row_blocks(*dev->pool, a.rows, a.cols, [&](int64_t r0, int64_t r1) { norm_backward_dx_rows(a, r0, r1); });
             });
     }
 
@@ -524,16 +525,10 @@ public:
         submit(
             s, -1, [elems] { return 2 * elems * g_elementwise_ns.load(std::memory_order_relaxed); }, std::move(keep),
             [dev, a] {
-                if (!a.accumulate && a.shard_rows > 0) {
-                    const int64_t block = std::max<int64_t>(1, (int64_t{1} << 16) / a.cols);
-                    dev->pool->parallel_for((a.shard_rows + block - 1) / block, [&](int64_t c) {
-                        embedding_backward_clear_rows(a, c * block, std::min(a.shard_rows, (c + 1) * block));
-                    });
-                }
-                constexpr int64_t kCols = 64;
-                dev->pool->parallel_for((a.cols + kCols - 1) / kCols, [&](int64_t c) {
-                    embedding_backward_cols(a, c * kCols, std::min(a.cols, (c + 1) * kCols));
-                });
+                if (!a.accumulate && a.shard_rows > 0)
+                    for_row_blocks(*dev->pool, a.shard_rows, a.cols,
+                                   [&](int64_t r0, int64_t r1) { embedding_backward_clear_rows(a, r0, r1); });
+                for_column_blocks(*dev->pool, a.cols, 64, [&](int64_t c0, int64_t c1) { embedding_backward_cols(a, c0, c1); });
             });
     }
     void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& a, KeepAlive keep) override {

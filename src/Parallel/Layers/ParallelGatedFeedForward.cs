@@ -197,7 +197,8 @@ public sealed class ParallelGatedFeedForward : IDisposable
     private MatrixView<float> Gather(MatrixView<float> x, ShardingPlan tokens, int slot, long extra = 0)
     {
         ArgumentNullException.ThrowIfNull(tokens);
-        tokens.Require(tokens.Total, _ctx.WorldSize, nameof(tokens));
+        if (tokens.Parts != _ctx.WorldSize)
+            throw new ArgumentException($"tokens splits over {tokens.Parts} ranks; expected {_ctx.WorldSize}.", nameof(tokens));
         long m = tokens.Total, mr = tokens.Size(_ctx.Rank), h = ModelFeatures;
         ThrowHelper.Positive(m);
         ThrowHelper.NotEmpty(x);
