@@ -49,7 +49,7 @@ public class VocabParallelTests(Backend backend) : BackendTest(backend)
                 acc[ctx.Rank] = dTable.ToArray(ctx.Stream);
             }
             else acc[ctx.Rank] = [];
-            Assert.That(group.CollectiveCount(ctx.Rank) - c0, Is.EqualTo(1UL), "the backward communicates");
+            Assert.That(group.CollectiveCount(ctx.Rank) - c0, Is.EqualTo(1UL), "the forward's all-reduce only: the backward communicates nothing");
         });
         var want = new double[v * h];
         for (long i = 0; i < m; i++) for (long c = 0; c < h; c++) want[ids[i] * h + c] += g[i * h + c];
