@@ -370,3 +370,46 @@ public class InterleavedTransformerBlockBenchmarks : InterleavedSuite
     [Benchmark(Description = "round: unsharded, p=2, p=4")]
     public void InterleavedRound() => RecordRound();
 }
+
+/// <summary>Columns of <see cref="InterleavedTpInvariantBenchmarks"/>: default order (0) / tree leaf 512 (1), 256 (2).</summary>
+public sealed class InterleavedTpInvariantConfig : InterleavedBenchConfig
+{
+    public InterleavedTpInvariantConfig() => AddColumn(
+        new InterleavedRatioColumn("leaf 512", 0, 1, "Per round: default-order time / TP-invariant (tree, leaf 512) time (above 1: the tree is faster); median [min..max]"),
+        new InterleavedRatioColumn("IQR 512", 0, 1, "Interquartile range of the per-round ratio, leaf 512", iqr: true),
+        new InterleavedRatioColumn("leaf 256", 0, 2, "Per round: default-order time / TP-invariant (tree, leaf 256) time; median [min..max]"));
+}
+
+/// <summary>
+/// The cost of TP-invariant numerics (issue 19): the fp32 GEMM on a device in the default k order (variant 0) and on
+/// devices with <see cref="Device.GemmReductionLeaf"/> = 512 (1) and 256 (2), interleaved (<see cref="TpInvariantBench"/>).
+/// </summary>
+[Config(typeof(InterleavedTpInvariantConfig))]
+public class InterleavedTpInvariantBenchmarks : InterleavedSuite
+{
+    private TpInvariantBench? _bench;
+
+    /// <summary>M×K×N: the issue's two shapes and a wide one.</summary>
+    public static IEnumerable<GemmShape> Shapes => [new(2048, 2048, 2048), new(512, 4096, 11008), new(4096, 1024, 4096)];
+
+    /// <summary>M×K×N.</summary>
+    [ParamsSource(nameof(Shapes))]
+    public GemmShape Shape { get; set; }
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        _bench = TpInvariantBench.Gemm(BenchSettings.Threads, Shape.M, Shape.K, Shape.N);
+        Start(Shape, [.. _bench.Calls]);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _bench?.Dispose();
+        _bench = null;
+    }
+
+    [Benchmark(Description = "round: default, leaf 512, leaf 256")]
+    public void InterleavedRound() => RecordRound();
+}

@@ -57,6 +57,7 @@ internal static class MainJob
         public int MinReps = 9, MaxReps = 31;      // rounds of the interleaved timing (unsharded GEMM, sharded Forward)
         public int PrecisionRounds = 5;            // rounds of the side-by-side bf16/fp32 comparison (0: skip it)
         public bool Block = true;                  // the transformer-block section (--no-block skips it)
+        public bool Invariant = true;              // the TP-invariant section (--no-invariant skips it)
         public string ChartDir = Path.Combine("artifacts", "bench"); // SVG charts beside the tables ("" : none)
     }
 
@@ -98,7 +99,7 @@ internal static class MainJob
     /// <summary>The main job's options, each line after <paramref name="indent"/> (also shown by <c>bench --help</c>).</summary>
     internal static void PrintUsage(TextWriter w, string indent = "")
     {
-        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS] [--precision-rounds N] [--no-block] [--chart-dir DIR]");
+        w.WriteLine(indent + "usage: Shardwise.Bench main [--quick] [--backend B] [--threads N] [--kernel NAME] [--shape MxKxN]... [--ranks 1,2,4,8] [--budget-ms MS] [--precision-rounds N] [--no-block] [--no-invariant] [--chart-dir DIR]");
         w.WriteLine(indent + "  --quick         small shapes only (a few seconds)");
         w.WriteLine(indent + "  --backend B     auto (default: CUDA device 0 when present, else the CPU), cpu or cuda");
         w.WriteLine(indent + "  --threads N     CPU compute threads of the device (default: SHARDWISE_NUM_THREADS or all cores)");
@@ -110,6 +111,7 @@ internal static class MainJob
         w.WriteLine(indent + "                  Shardwise fp32, fp32 vs dnnl_sgemm and OpenBLAS (default 5, --quick 3; 0 skips it)");
         w.WriteLine(indent + "  --chart-dir DIR SVG charts of the tables go here (default artifacts/bench; an empty string: none)");
         w.WriteLine(indent + "  --no-block      skip the transformer-block section (2048 tokens, hidden 1024, 16 heads at p = 1, 2, 4; --quick: 256, 256, 4)");
+        w.WriteLine(indent + "  --no-invariant  skip the TP-invariant section (tree vs default GEMM at 2048^3 and 512x4096x11008, FFN at p = 1, 4)");
     }
 
     /// <summary>Parses the options; returns null for --help.</summary>
@@ -146,6 +148,7 @@ internal static class MainJob
                         throw new ArgumentException("--precision-rounds expects an integer >= 0.");
                     break;
                 case "--no-block": o.Block = false; break;
+                case "--no-invariant": o.Invariant = false; break;
                 case "--chart-dir": o.ChartDir = Value(); break;
                 case "--help" or "-h": return null;
                 default: throw new ArgumentException($"unknown option '{args[i]}'.");
@@ -227,6 +230,23 @@ internal static class MainJob
             catch (Exception e) when (e is ShardwiseException or SpmdException or ArgumentException)
             {
                 failures.Add($"transformer block: {e.GetType().Name}: {e.Message}");
+            }
+            Console.Error.WriteLine($" {sw.Elapsed.TotalSeconds:0.0} s");
+        }
+
+        if (o.Invariant && device.Backend == Backend.Cpu)
+        {
+            Console.WriteLine();
+            Console.Error.Write("  TP-invariant ...");
+            var sw = Stopwatch.StartNew();
+            try
+            {
+                TpInvariantBench.RunMainJob(o.Threads, o.Quick,
+                    Settings(o) with { MinRounds = o.Quick ? 3 : 7, MaxRounds = o.Quick ? 5 : 11, BudgetMs = o.Quick ? 2000 : 30000 }, failures);
+            }
+            catch (Exception e) when (e is ShardwiseException or SpmdException or ArgumentException)
+            {
+                failures.Add($"TP-invariant: {e.GetType().Name}: {e.Message}");
             }
             Console.Error.WriteLine($" {sw.Elapsed.TotalSeconds:0.0} s");
         }

@@ -117,12 +117,15 @@ public sealed partial class MultiProcessTests
     }
 
     /// <summary>Runs an mpirun job of p workers; returns mpirun's exit code and output (ranks' lines are in it).</summary>
-    private static (int ExitCode, string Output, TimeSpan Took) RunMpi(int p, string scenario, string? outDir = null, int seed = 0, int timeoutMs = 30000)
+    private static (int ExitCode, string Output, TimeSpan Took) RunMpi(int p, string scenario, string? outDir = null, int seed = 0, int timeoutMs = 30000,
+        IReadOnlyDictionary<string, string>? extraEnv = null)
     {
         string mpirun = RequireMpi();
         var (file, prefix) = WorkerCommand();
         var args = new List<string> { "--allow-run-as-root", "--oversubscribe", "-n", $"{p}",
-            "-x", $"SW_TEST_SEED={seed}", "-x", $"SW_TEST_TIMEOUT_MS={timeoutMs}", file };
+            "-x", $"SW_TEST_SEED={seed}", "-x", $"SW_TEST_TIMEOUT_MS={timeoutMs}" };
+        foreach (var (key, value) in extraEnv ?? new Dictionary<string, string>()) args.AddRange(["-x", $"{key}={value}"]);
+        args.Add(file);
         args.AddRange(prefix);
         args.Add(scenario);
         if (outDir is not null) args.Add(outDir);

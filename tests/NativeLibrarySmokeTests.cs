@@ -10,7 +10,7 @@ namespace Shardwise.Tests;
 [TestFixture]
 public sealed unsafe class NativeLibrarySmokeTests
 {
-    private const int ExpectedAbiVersion = 7; // SW_ABI_VERSION of native/include/shardwise.h (2: sw_gemm_ex; 3: split, point-to-point; 4: sw_gemm_grouped; 5: agreement check; 6: sw_comm_get_transport; 7: softmax, norms)
+    private const int ExpectedAbiVersion = 8; // SW_ABI_VERSION of native/include/shardwise.h (2: sw_gemm_ex; 3: split, point-to-point; 4: sw_gemm_grouped; 5: agreement check; 6: sw_comm_get_transport; 7: softmax, norms; 8: tree reduction)
 
     private nint _handle;
 

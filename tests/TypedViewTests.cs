@@ -76,20 +76,20 @@ public class TypedViewTests
     }
 
     /// <summary>sw_gemm_desc on LP64 (shardwise.h): eight 4-byte fields, m/n/k (8 each), alpha/beta (4 each), three
-    /// (buffer, offset, ld) triples and (bias, bias_offset), naturally aligned without padding: 152 bytes.</summary>
+    /// (buffer, offset, ld) triples, (bias, bias_offset) and k_leaf (ABI 8), naturally aligned without padding: 160 bytes.</summary>
     [Test]
     public unsafe void GemmDescMirrorsTheCLayout()
     {
         Assume.That(IntPtr.Size, Is.EqualTo(8), "the documented layout is the 64-bit one");
-        Assert.That(sizeof(SwGemmDesc), Is.EqualTo(152));
-        Assert.That(Marshal.SizeOf<SwGemmDesc>(), Is.EqualTo(152));
-        Assert.That(SwGemmDesc.CurrentSize, Is.EqualTo(152u));
+        Assert.That(sizeof(SwGemmDesc), Is.EqualTo(160));
+        Assert.That(Marshal.SizeOf<SwGemmDesc>(), Is.EqualTo(160));
+        Assert.That(SwGemmDesc.CurrentSize, Is.EqualTo(160u));
         (string Field, int Offset)[] layout =
         [
             ("Size", 0), ("TransA", 4), ("TransB", 8), ("AType", 12), ("BType", 16), ("CType", 20), ("ComputeType", 24),
             ("Epilogue", 28), ("M", 32), ("N", 40), ("K", 48), ("Alpha", 56), ("Beta", 60),
             ("A", 64), ("AOffset", 72), ("Lda", 80), ("B", 88), ("BOffset", 96), ("Ldb", 104),
-            ("C", 112), ("COffset", 120), ("Ldc", 128), ("Bias", 136), ("BiasOffset", 144),
+            ("C", 112), ("COffset", 120), ("Ldc", 128), ("Bias", 136), ("BiasOffset", 144), ("KLeaf", 152),
         ];
         foreach (var (field, offset) in layout)
             Assert.That((int)Marshal.OffsetOf<SwGemmDesc>(field), Is.EqualTo(offset), field);

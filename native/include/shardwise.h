@@ -43,12 +43,15 @@ extern "C" {
 #endif
 
 /* Bumped whenever a signature or a struct layout in this header changes. */
-#define SW_ABI_VERSION 7 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
+#define SW_ABI_VERSION 8 /* 2: sw_gemm_desc and sw_gemm_ex; 3: sw_comm_split*, sw_send / sw_recv / sw_sendrecv;
                             4: sw_gemm_grouped; 5: sw_comm_set_agreement_check / sw_comm_get_agreement_check;
                             6: sw_comm_get_transport (TCP communicators over shared memory);
                             7: the transformer block's kernels: sw_softmax, sw_norm, sw_activation, sw_glu, sw_dropout,
                                sw_embedding, sw_cross_entropy_* (and their backward); the optimizers' sw_sgd_step,
-                               sw_adamw_step, sw_sum_squares, sw_scale */
+                               sw_adamw_step, sw_sum_squares, sw_scale;
+                            8: TP-invariant numerics: SW_REDUCE_SUM_TREE, sw_device_set_gemm_reduction /
+                               sw_device_get_gemm_reduction, sw_gemm_desc.k_leaf (appended; the ABI 2 size is still
+                               accepted) */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -94,7 +97,10 @@ typedef enum sw_epilogue {
 } sw_epilogue;
 
 typedef enum sw_reduce_op {
-    SW_REDUCE_SUM = 0,
+    SW_REDUCE_SUM = 0,      /* in rank order: ((x0 + x1) + x2) + ... */
+    SW_REDUCE_SUM_TREE = 1, /* ABI 8: in the fixed binary tree of sw_device_set_gemm_reduction over the ranks: the ranks
+                               [a, b) sum as sum[a, m) + sum[m, b) with m = a + ceil((b - a) / 2); for a power-of-two
+                               world size ((x0 + x1) + (x2 + x3)) + ...: the top of a TP-invariant GEMM's tree */
     SW_REDUCE_MAX_ENUM = 0x7fffffff
 } sw_reduce_op;
 
@@ -177,6 +183,28 @@ typedef struct sw_tile_shape {
     int32_t reserved;
 } sw_tile_shape;
 SW_API sw_status sw_device_get_tile_shape(sw_device device, sw_tile_shape* shape);
+
+/* TP-invariant numerics (ABI 8): how the GEMMs enqueued afterwards on this device sum over k (sw_gemm, sw_gemm_ex with
+ * k_leaf = 0, sw_gemm_grouped, and every layer built on them).
+ *  - leaf = 0 (the default): the backend's fastest order (CPU: k cut into ceil(k / KC) nearly equal blocks added into
+ *    C one after another).
+ *  - leaf > 0 (even, at most 2^24): the tree reduction. k is cut into N = ceil(k / leaf) leaves [l*leaf, (l+1)*leaf)
+ *    (the last one shorter when leaf does not divide k); each leaf's products are summed from 0 in k order in fp32;
+ *    the leaves are combined by a fixed binary tree: the leaves [a, b) sum as sum[a, m) + sum[m, b) with
+ *    m = a + ceil((b - a) / 2); then alpha, beta, the bias and the epilogue are applied once, C = alpha * T
+ *    (beta = 0) or fma(alpha, T, beta * C), plus bias, then GeLU, rounded once to C's type.
+ *    Why: the tree's top log2(p) levels split the leaves into p nodes, node r = leaves [s(r), s(r + 1)) (p a power of two;
+ *    some nodes empty when p > N). A row-parallel GEMM whose rank r holds the k range [s(r) * leaf, min(k, s(r + 1) * leaf))
+ *    computes node r's value with this same device setting (alpha 1, no bias), and an all-reduce / reduce-scatter
+ *    with SW_REDUCE_SUM_TREE combines the nodes with the tree's top: the result equals the unsharded GEMM bit for bit,
+ *    for every power-of-two p (an empty node's zeros add exactly: a tree sum is never -0). Other p cannot follow
+ *    the tree (Shardwise.Parallel refuses them in this mode).
+ *  - Costs speed where k has many leaves (the partial sums live in workspaces; README, "Performance"). CPU: the
+ *    results depend on the kernel (sw_device_set_kernel) as in the default mode, never on m, n or the threads.
+ *    CUDA: the hand-written tree kernel (fp32 FMA chains, 16-bit inputs widened), whatever sw_device_set_kernel says.
+ * SW_ERR_INVALID_ARGUMENT for a leaf that is negative, odd or above 2^24. */
+SW_API sw_status sw_device_set_gemm_reduction(sw_device device, int64_t leaf);
+SW_API sw_status sw_device_get_gemm_reduction(sw_device device, int64_t* leaf);
 
 /* ---------------------------------------------------------------- buffers */
 
@@ -296,6 +324,10 @@ typedef struct sw_gemm_desc {
     sw_buffer b; uint64_t b_offset; int64_t ldb;
     sw_buffer c; uint64_t c_offset; int64_t ldc;
     sw_buffer bias; uint64_t bias_offset;
+    /* ABI 8 (appended; a desc of the ABI 2 size, which ends before it, reads as k_leaf = 0): the k reduction of this
+     * GEMM: 0 = the device's (sw_device_set_gemm_reduction), > 0 = the tree reduction with this leaf (even, at most
+     * 2^24), -1 = the default order whatever the device's setting. */
+    int64_t k_leaf;
 } sw_gemm_desc;
 SW_API sw_status sw_gemm_ex(sw_stream stream, const sw_gemm_desc* desc);
 
@@ -521,8 +553,9 @@ SW_API sw_status sw_all_gather_columns(sw_comm comm, int32_t rank, sw_buffer sen
                                        int64_t rows, int64_t cols, int64_t ld_send,
                                        sw_buffer recv, uint64_t recv_offset, int64_t ld_recv,
                                        sw_dtype dtype, sw_stream stream);
-/* recv[i] = Σ_r send_r[i] for i < count, summed in rank order 0..p-1 on every rank (so every rank
- * gets bit-identical results). send == recv (same buffer and offset) is allowed. i32 sums wrap around (two's
+/* recv[i] = Σ_r send_r[i] for i < count, summed in rank order 0..p-1 (op SW_REDUCE_SUM) or in the tree order of
+ * SW_REDUCE_SUM_TREE on every rank (so every rank gets bit-identical results; the ranks must pass the same op, else
+ * SW_ERR_MISMATCH). The reductions of reduce-scatter (-v) take the same op. send == recv (same buffer and offset) is allowed. i32 sums wrap around (two's
  * complement: the sum modulo 2^32, as NCCL), never undefined; f16/bf16 are summed in float. */
 SW_API sw_status sw_all_reduce(sw_comm comm, int32_t rank, sw_buffer send, uint64_t send_offset,
                                sw_buffer recv, uint64_t recv_offset, uint64_t count, sw_dtype dtype,

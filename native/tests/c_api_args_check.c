@@ -272,8 +272,8 @@ static void check_collectives(sw_device dev, sw_stream s0, sw_stream s1) {
     REFUSED(sw_all_reduce(comm, 0, b0, 0, b0, 0, COUNT, (sw_dtype)-1, SW_REDUCE_SUM, s0), "dtype = -1", "SW_DTYPE_F32");
     REFUSED(sw_all_reduce(comm, 0, b0, 0, b0, 0, COUNT, (sw_dtype)6, SW_REDUCE_SUM, s0), "dtype = 6", NULL);
     REFUSED(sw_all_reduce(comm, 0, b0, 0, b0, 0, COUNT, SW_DTYPE_F32, (sw_reduce_op)-1, s0), "op = -1", "SW_REDUCE_SUM");
-    REFUSED(sw_all_reduce(comm, 0, b0, 0, b0, 0, COUNT, SW_DTYPE_F32, (sw_reduce_op)1, s0), "op = 1", NULL);
-    REFUSED(sw_reduce_scatter(comm, 0, b0, 0, b0, 0, COUNT, SW_DTYPE_F32, (sw_reduce_op)1, s0), "op = 1", NULL);
+    REFUSED(sw_all_reduce(comm, 0, b0, 0, b0, 0, COUNT, SW_DTYPE_F32, (sw_reduce_op)2, s0), "op = 2", "SW_REDUCE_SUM_TREE");
+    REFUSED(sw_reduce_scatter(comm, 0, b0, 0, b0, 0, COUNT, SW_DTYPE_F32, (sw_reduce_op)2, s0), "op = 2", NULL);
     REFUSED(sw_reduce_scatter_v(comm, 0, b0, 0, 2 * COUNT, b0, 0, COUNT, SW_DTYPE_F32, (sw_reduce_op)-1, s0), "op = -1",
             NULL);
     REFUSED(sw_all_gather(comm, 0, b0, 0, b0, 0, COUNT, (sw_dtype)-1, s0), "dtype = -1", NULL);

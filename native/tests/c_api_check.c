@@ -204,7 +204,7 @@ int main(void) {
         d.compute_type = (sw_dtype)77;
         CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "compute_type") != NULL,
               "bad compute_type: %s", sw_last_error());
-        d.compute_type = SW_DTYPE_F32; d.size = sizeof d - 8;
+        d.compute_type = SW_DTYPE_F32; d.size = sizeof d - 4;
         CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "desc->size") != NULL,
               "short size: %s", sw_last_error());
         CHECK(sw_gemm_ex(s0, NULL) == SW_ERR_NULL_HANDLE && strstr(sw_last_error(), "desc") != NULL,
@@ -219,6 +219,37 @@ int main(void) {
         d.a_offset = (uint64_t)(2 * M * K - 4);
         OK(sw_gemm_ex(s0, &d));
         OK(sw_stream_synchronize(s0));
+        /* ABI 8: k_leaf (a desc of the ABI 2 size, which ends before it, is still taken), the device's reduction. */
+        d.size = (uint32_t)offsetof(sw_gemm_desc, k_leaf);
+        OK(sw_gemm_ex(s0, &d));
+        d.size = sizeof d; d.k_leaf = 3;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "k_leaf = 3") != NULL,
+              "odd k_leaf: %s", sw_last_error());
+        d.k_leaf = -2;
+        CHECK(sw_gemm_ex(s0, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "k_leaf") != NULL,
+              "k_leaf -2: %s", sw_last_error());
+        d.k_leaf = 64;
+        OK(sw_gemm_ex(s0, &d));
+        d.k_leaf = -1;
+        OK(sw_gemm_ex(s0, &d));
+        OK(sw_stream_synchronize(s0));
+        sw_stream sg[1] = {s0};
+        d.size = (uint32_t)offsetof(sw_gemm_desc, k_leaf);
+        CHECK(sw_gemm_grouped(1, sg, &d) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "this ABI's") != NULL,
+              "grouped with ABI 2 descs: %s", sw_last_error());
+        int64_t leaf = -5;
+        OK(sw_device_get_gemm_reduction(dev, &leaf));
+        CHECK(leaf == 0, "default reduction: %lld", (long long)leaf);
+        CHECK(sw_device_set_gemm_reduction(dev, 7) == SW_ERR_INVALID_ARGUMENT && strstr(sw_last_error(), "leaf = 7") != NULL,
+              "odd leaf: %s", sw_last_error());
+        CHECK(sw_device_set_gemm_reduction(dev, -2) == SW_ERR_INVALID_ARGUMENT, "negative leaf");
+        CHECK(sw_device_set_gemm_reduction(dev, (INT64_C(1) << 24) + 2) == SW_ERR_INVALID_ARGUMENT, "leaf past 2^24");
+        CHECK(sw_device_set_gemm_reduction(NULL, 64) == SW_ERR_NULL_HANDLE, "null device");
+        CHECK(sw_device_get_gemm_reduction(dev, NULL) == SW_ERR_NULL_HANDLE, "null leaf");
+        OK(sw_device_set_gemm_reduction(dev, 64));
+        OK(sw_device_get_gemm_reduction(dev, &leaf));
+        CHECK(leaf == 64, "reduction after set: %lld", (long long)leaf);
+        OK(sw_device_set_gemm_reduction(dev, 0));
     }
     OK(sw_stream_synchronize(s0));
 

@@ -314,7 +314,7 @@ static void arguments(const char* be, sw_backend backend, sw_device dev, sw_stre
     REFUSED(sw_gemm_grouped(P, t, d), SW_ERR_INVALID_ARGUMENT, "descs[2]: ldb = 2", NULL);
     RESET();
     d[1].size = 8;
-    REFUSED(sw_gemm_grouped(P, t, d), SW_ERR_INVALID_ARGUMENT, "descs[1]: desc->size = 8", NULL);
+    REFUSED(sw_gemm_grouped(P, t, d), SW_ERR_INVALID_ARGUMENT, "descs[1].size = 8", NULL);
     RESET();
     d[3].m = 0;
     REFUSED(sw_gemm_grouped(P, t, d), SW_ERR_INVALID_ARGUMENT, "descs[3]: m = 0", NULL);

@@ -151,7 +151,7 @@ static unsafe partial class Sw
 {
     const string Lib = "shardwise"; // libshardwise.so, found next to the program by the runtime's default search
 
-    public const int AbiVersion = 7;
+    public const int AbiVersion = 8;
     public const int StatusOk = 0, StatusInvalidArgument = 1;
     public const int BackendCpu = 0, DtypeF32 = 0, OpN = 0, EpilogueNone = 0;
 

@@ -76,8 +76,12 @@ public enum SwEpilogue
 /// <summary>Reduction operator (<c>sw_reduce_op</c>).</summary>
 public enum SwReduceOp
 {
-    /// <summary>Element-wise sum.</summary>
+    /// <summary>Element-wise sum in rank order: ((x0 + x1) + x2) + ....</summary>
     Sum = 0,
+    /// <summary>Element-wise sum in the fixed binary tree over the ranks (ABI 8, <c>SW_REDUCE_SUM_TREE</c>): ranks [a, b)
+    /// sum as sum[a, m) + sum[m, b), m = a + ceil((b − a) / 2); for a power-of-two world size ((x0 + x1) + (x2 + x3)) + ...:
+    /// the top of a TP-invariant GEMM's reduction tree (<c>sw_device_set_gemm_reduction</c>).</summary>
+    SumTree = 1,
 }
 
 /// <summary>GEMM tile shape (<c>sw_tile_shape</c>): register tile Mr × Nr, cache blocks Mc × Kc × Nc.</summary>

@@ -14,7 +14,7 @@ public static unsafe partial class Native
     private const string Lib = NativeLibraryLoader.LibraryName;
 
     /// <summary>The ABI version this binding was written against (SW_ABI_VERSION).</summary>
-    public const int AbiVersion = 7;
+    public const int AbiVersion = 8;
 
 #pragma warning disable CS1591 // one-to-one with shardwise.h, documented there
     // ---------------------------------------------------------------- library
@@ -32,6 +32,8 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial SwStatus sw_device_get_info(DeviceHandle device, out SwDeviceInfo info);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)] public static partial SwStatus sw_device_set_kernel(DeviceHandle device, string kernel);
     [LibraryImport(Lib)] public static partial SwStatus sw_device_get_tile_shape(DeviceHandle device, out SwTileShape shape);
+    [LibraryImport(Lib)] public static partial SwStatus sw_device_set_gemm_reduction(DeviceHandle device, long leaf);
+    [LibraryImport(Lib)] public static partial SwStatus sw_device_get_gemm_reduction(DeviceHandle device, out long leaf);
 
     // ---------------------------------------------------------------- buffers
     [LibraryImport(Lib)] public static partial SwStatus sw_buffer_alloc(DeviceHandle device, ulong bytes, out BufferHandle buffer);

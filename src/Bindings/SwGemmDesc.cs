@@ -3,12 +3,13 @@ using System.Runtime.InteropServices;
 namespace Shardwise.Bindings;
 
 /// <summary>
-/// The one GEMM description of the C ABI (<c>sw_gemm_desc</c>, ABI 2), field for field in the order of shardwise.h:
+/// The one GEMM description of the C ABI (<c>sw_gemm_desc</c>, ABI 2; <see cref="KLeaf"/> appended in ABI 8), field for
+/// field in the order of shardwise.h:
 /// <c>C[m,n] = epilogue(alpha · op(A) · op(B) + beta · C + bias[n])</c> with an element type per operand and fp32
 /// accumulation (<see cref="ComputeType"/> = <see cref="SwDtype.F32"/>). On a 64-bit process the layout is 152 bytes:
 /// 8 four-byte fields (size, trans_a, trans_b, a_type, b_type, c_type, compute_type, epilogue) at 0..28, m, n, k at
 /// 32, 40, 48, alpha and beta at 56 and 60, then (buffer, offset, ld) for A at 64, B at 88, C at 112 and
-/// (bias, bias_offset) at 136 and 144. Buffers are raw handles (0 for no bias): the caller keeps the
+/// (bias, bias_offset) at 136 and 144, k_leaf at 152 (160 bytes in all). Buffers are raw handles (0 for no bias): the caller keeps the
 /// <see cref="BufferHandle"/>s alive (DangerousAddRef) for the call. <see cref="Size"/> must be
 /// <c>sizeof(SwGemmDesc)</c> (<see cref="CurrentSize"/>).
 /// </summary>
@@ -63,6 +64,9 @@ public struct SwGemmDesc
     public nint Bias;
     /// <summary>Element offset of the bias.</summary>
     public ulong BiasOffset;
+    /// <summary>The k reduction (ABI 8): 0 = the device's (<c>sw_device_set_gemm_reduction</c>), &gt; 0 = the TP-invariant
+    /// tree with leaves of this many k elements (even), −1 = the default order whatever the device's setting.</summary>
+    public long KLeaf;
 
     /// <summary>sizeof(SwGemmDesc): the value for <see cref="Size"/>.</summary>
     public static unsafe uint CurrentSize => (uint)sizeof(SwGemmDesc);

@@ -79,12 +79,14 @@ public static class HybridScenario
     }
 
     /// <summary>Puts the shards of one data-parallel replica together: full W1 (H × F), b1, W2 (F × H), b2 per layer.
-    /// <paramref name="shards"/>[worldRank] is what <see cref="Train"/> returned on that rank.</summary>
-    public static float[][][] Assemble(IReadOnlyList<(int Layer, float[] W1, float[] B1, float[] W2, float[] B2)[]> shards, int pp, int dp, int tp, int replica)
+    /// <paramref name="shards"/>[worldRank] is what <see cref="Train"/> returned on that rank; <paramref name="leaf"/>: the
+    /// devices' GemmReductionLeaf (F split by the TP-invariant tree when &gt; 0, else evenly).</summary>
+    public static float[][][] Assemble(IReadOnlyList<(int Layer, float[] W1, float[] B1, float[] W2, float[] B2)[]> shards, int pp, int dp, int tp, int replica,
+        long leaf = 0)
     {
         var full = Enumerable.Range(0, Layers).Select(_ => new[] { new float[H * F], new float[F], new float[F * H], new float[H] }).ToArray();
         foreach (var a in full) foreach (var v in a) Array.Fill(v, float.NaN);
-        var plan = ShardingPlan.Even(F, tp);
+        var plan = leaf > 0 ? TreeReduction.Plan(F, leaf, tp) : ShardingPlan.Even(F, tp);
         for (int p = 0; p < pp; p++)
             for (int r = 0; r < tp; r++)
                 foreach (var (layer, w1, b1, w2, b2) in shards[(p * dp + replica) * tp + r])

@@ -10,6 +10,8 @@ using Shardwise.Parallel;
 //   mismatch        rank p-1 passes another count to the second collective; every rank must fail with a mismatch
 //   spmd-throw OUTDIR  rank p-1's Spmd.Run body throws before the second collective; the others must fail at once
 //   hybrid OUTDIR   the end-to-end example on a 2 x 2 x 2 mesh (8 ranks, HybridScenario): writes OUTDIR/hybrid.rank{r}.bin
+//   invariant OUTDIR  TP-invariant numerics (InvariantScenario: the FFN's forward and backward, a sequence-parallel
+//                   row-parallel output, with GemmReductionLeaf = 8): writes OUTDIR/invariant.rank{r}.bin
 //   mesh            (4 ranks) a 2 x 2 DeviceMesh's groups, a dp all-reduce, a split with send / recv and a ring of
 //                   SendRecv steps (see MeshScenario in Scenario.cs); prints GROUP and SPLIT lines
 //   split-late      (4 ranks) rank 3 is late in its sub-group: rank 1 must time out naming it, 0 and 2 (the other
@@ -19,11 +21,12 @@ using Shardwise.Parallel;
 //                   algbw, busbw): rank 0 prints the tables (see Bandwidth.cs; SW_BW_MIN_BYTES, SW_BW_MAX_BYTES,
 //                   SW_BW_ITERS, SW_BW_WARMUP). `./build.sh bench-mp N tcp|mpi` runs it.
 // The group comes from the environment (ProcessGroup.FromEnvironment: torchrun variables, or mpirun). SW_TEST_SEED
-// seeds the data (the same on every rank), SW_TEST_TIMEOUT_MS the collective timeout (default 30000).
+// seeds the data (the same on every rank), SW_TEST_TIMEOUT_MS the collective timeout (default 30000),
+// SW_TEST_REDUCTION_LEAF the device's GemmReductionLeaf (default 0; "hybrid" with it trains TP-invariantly).
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|bandwidth|overlap|nccl-info [OUTDIR]");
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|invariant|bandwidth|overlap|nccl-info [OUTDIR]");
     return 2;
 }
 string scenario = args[0];
@@ -39,6 +42,7 @@ if (scenario == "nccl-info") // no group: reports how NCCL loads (SHARDWISE_NCCL
 }
 
 using var device = Device.Cpu(1);
+device.GemmReductionLeaf = long.Parse(Environment.GetEnvironmentVariable("SW_TEST_REDUCTION_LEAF") ?? "0", System.Globalization.CultureInfo.InvariantCulture);
 ProcessGroup group;
 try
 {
@@ -64,6 +68,13 @@ using (group)
             var block = Scenario.Block(ctx, new Scenario.Data(seed));
             foreach (var (name, data) in new[] { ("column", column), ("row", row), ("ffn", ffn), ("block", block) })
                 File.WriteAllBytes(Path.Combine(outDir, $"{name}.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
+        }
+        else if (scenario == "invariant")
+        {
+            string outDir = args.Length > 1 ? args[1] : throw new ArgumentException("invariant needs OUTDIR");
+            device.GemmReductionLeaf = InvariantScenario.Leaf;
+            var data = InvariantScenario.Run(ctx, new InvariantScenario.Data(seed));
+            File.WriteAllBytes(Path.Combine(outDir, $"invariant.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
         }
         else if (scenario == "hybrid")
         {

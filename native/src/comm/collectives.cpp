@@ -3,6 +3,7 @@
 
 #include "core/enum_arg.h"
 #include "core/index_math.h"
+#include "core/tree_reduction.h"
 
 #include <algorithm>
 #include <atomic>
@@ -62,9 +63,10 @@ std::string sw::check_agreement(const Slot& slot, int world) {
         bool same = d.op == d0.op && d.dtype == d0.dtype;
         if (same) {
             switch (d0.op) {
-            case Coll::AllGather:
+            case Coll::AllGather: same = d.count == d0.count; break;
             case Coll::AllReduce:
-            case Coll::ReduceScatter: same = d.count == d0.count; break;
+            case Coll::ReduceScatter: same = d.count == d0.count && d.root == d0.root; break;
+            case Coll::ReduceScatterV: same = d.root == d0.root; break;
             case Coll::Broadcast: same = d.count == d0.count && d.root == d0.root; break;
             case Coll::AllGatherColumns: same = d.rows == d0.rows; break;
             default: break;
@@ -108,19 +110,40 @@ template <> struct Acc<uint16_t> { using type = float; };
 // every compiler before).
 template <> struct Acc<int32_t> { using type = uint32_t; };
 
+// acc[0..len) = the sum of sources [a, b) at element i0.. in the tree's order (core/tree_reduction.h); tmp holds
+// (depth - 1) blocks of B accumulators for the right-hand subtrees.
+template <class T, class A, class Load>
+void tree_block(const std::vector<const char*>& src, size_t a, size_t b, uint64_t i0, uint64_t len, Load load, A* acc,
+                A* tmp, uint64_t B) {
+    if (b - a == 1) {
+        const T* s = reinterpret_cast<const T*>(src[a]) + i0;
+        for (uint64_t i = 0; i < len; ++i) acc[i] = load(s[i]);
+        return;
+    }
+    const size_t m = static_cast<size_t>(tree::split(static_cast<int64_t>(a), static_cast<int64_t>(b)));
+    tree_block<T>(src, a, m, i0, len, load, acc, tmp, B);
+    tree_block<T>(src, m, b, i0, len, load, tmp, tmp + B, B);
+    for (uint64_t i = 0; i < len; ++i) acc[i] = acc[i] + tmp[i];
+}
+
 template <class T, class Load, class Store>
 void reduce_block(const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t n,
-                  Load load, Store store) {
+                  Load load, Store store, bool tree) {
     using A = typename Acc<T>::type;
     constexpr uint64_t B = 1024;
     A acc[B];
+    std::vector<A> tmp(tree ? B * static_cast<size_t>(tree::depth(static_cast<int64_t>(src.size()))) : 0);
     for (uint64_t i0 = 0; i0 < n; i0 += B) {
         const uint64_t len = std::min<uint64_t>(B, n - i0);
-        const T* s0 = reinterpret_cast<const T*>(src[0]) + i0;
-        for (uint64_t i = 0; i < len; ++i) acc[i] = load(s0[i]);
-        for (size_t q = 1; q < src.size(); ++q) { // rank order 0..p-1: every rank gets the same bits
-            const T* sq = reinterpret_cast<const T*>(src[q]) + i0;
-            for (uint64_t i = 0; i < len; ++i) acc[i] += load(sq[i]);
+        if (tree) {
+            tree_block<T>(src, 0, src.size(), i0, len, load, acc, tmp.data(), B);
+        } else {
+            const T* s0 = reinterpret_cast<const T*>(src[0]) + i0;
+            for (uint64_t i = 0; i < len; ++i) acc[i] = load(s0[i]);
+            for (size_t q = 1; q < src.size(); ++q) { // rank order 0..p-1: every rank gets the same bits
+                const T* sq = reinterpret_cast<const T*>(src[q]) + i0;
+                for (uint64_t i = 0; i < len; ++i) acc[i] += load(sq[i]);
+            }
         }
         for (char* d : dst) {
             T* out = reinterpret_cast<T*>(d) + i0;
@@ -132,17 +155,17 @@ void reduce_block(const std::vector<const char*>& src, const std::vector<char*>&
 } // namespace
 
 void sw::reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst,
-                uint64_t n) {
+                uint64_t n, bool tree) {
     auto id = [](auto v) { return v; };
     switch (t) {
-    case SW_DTYPE_F32: reduce_block<float>(src, dst, n, id, id); break;
-    case SW_DTYPE_F64: reduce_block<double>(src, dst, n, id, id); break;
+    case SW_DTYPE_F32: reduce_block<float>(src, dst, n, id, id, tree); break;
+    case SW_DTYPE_F64: reduce_block<double>(src, dst, n, id, id, tree); break;
     case SW_DTYPE_I32:
         reduce_block<int32_t>(src, dst, n, [](int32_t v) { return static_cast<uint32_t>(v); },
-                              [](uint32_t v) { return static_cast<int32_t>(v); });
+                              [](uint32_t v) { return static_cast<int32_t>(v); }, tree);
         break;
-    case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, n, half_to_float, float_to_half); break;
-    case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, n, bf16_to_float, float_to_bf16); break;
+    case SW_DTYPE_F16: reduce_block<uint16_t>(src, dst, n, half_to_float, float_to_half, tree); break;
+    case SW_DTYPE_BF16: reduce_block<uint16_t>(src, dst, n, bf16_to_float, float_to_bf16, tree); break;
     default: fail(SW_ERR_UNSUPPORTED, "sum of dtype ", sw::dtype_name(t), " is not supported");
     }
 }
@@ -292,7 +315,7 @@ void sw::move_data(const Slot& slot, int world, int rank, Copier& mv) {
             src[q] = slot.desc[q].send + begin * esz;
             dst[q] = slot.desc[q].recv + begin * esz;
         }
-        mv.reduce(me.dtype, src, dst, n);
+        mv.reduce(me.dtype, src, dst, n, tree_sum(me));
         break;
     }
     case Coll::ReduceScatter:
@@ -301,7 +324,7 @@ void sw::move_data(const Slot& slot, int world, int rank, Copier& mv) {
         const uint64_t displ = scatter_displacement(slot, rank);
         std::vector<const char*> src(world);
         for (int q = 0; q < world; ++q) src[q] = slot.desc[q].send + displ * esz;
-        mv.reduce(me.dtype, src, {me.recv}, me.count);
+        mv.reduce(me.dtype, src, {me.recv}, me.count, tree_sum(me));
         break;
     }
     case Coll::Broadcast:

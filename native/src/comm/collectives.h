@@ -44,7 +44,8 @@ struct Desc {
     Coll op = Coll::Barrier;
     sw_dtype dtype = SW_DTYPE_F32;
     uint64_t count = 0;         // elements (all-gather: per rank; reduce-scatter: per rank's result)
-    int32_t root = 0;
+    int32_t root = 0;           // broadcast: the root; all-reduce, reduce-scatter (-v): the sw_reduce_op (so that the
+                                // descriptor exchange and the frames' CallTag carry and compare it)
     int64_t rows = 0, cols = 0, ld_send = 0, ld_recv = 0;
     const char* send = nullptr;
     char* recv = nullptr;
@@ -57,6 +58,13 @@ struct Desc {
     // descriptor agrees, instead of the Mover. Throws sw::Error.
     std::function<void(Transport&, const Slot&, Clock::time_point)> host;
 };
+
+// A reduction whose sums follow the fixed binary tree over the ranks (SW_REDUCE_SUM_TREE, core/tree_reduction.h)
+// instead of rank order.
+inline bool tree_sum(const Desc& d) {
+    return (d.op == Coll::AllReduce || d.op == Coll::ReduceScatter || d.op == Coll::ReduceScatterV) &&
+           d.root == SW_REDUCE_SUM_TREE;
+}
 
 // The collectives whose descriptor exchange a multi-process communicator skips with its agreement check off: every
 // rank's data sizes follow from its own descriptor (the peers' are assumed equal to it). The others (uneven and
@@ -73,6 +81,11 @@ inline std::string describe(const Desc& d) {
         return str(coll_name(d.op), "(count ", d.count, ", root ", d.root, ", ", sw::dtype_name(d.dtype), ")");
     case Coll::Barrier:
     case Coll::Split: return coll_name(d.op);
+    case Coll::AllReduce:
+    case Coll::ReduceScatter:
+    case Coll::ReduceScatterV:
+        return str(coll_name(d.op), "(count ", d.count, ", ", sw::dtype_name(d.dtype),
+                   d.root == SW_REDUCE_SUM_TREE ? ", SW_REDUCE_SUM_TREE" : d.root == SW_REDUCE_SUM ? "" : ", op ?", ")");
     default: return str(coll_name(d.op), "(count ", d.count, ", ", sw::dtype_name(d.dtype), ")");
     }
 }
@@ -159,8 +172,10 @@ std::vector<std::shared_ptr<DeviceImpl>> local_devices(int32_t world_size, const
 std::string rank_list(const std::vector<int>& ranks);
 // Checks that all ranks called the same collective with compatible arguments; returns "" or the problem.
 std::string check_agreement(const Slot& slot, int world);
-// Sums elements [0, n) of every src into every dst in source order (src[q] and dst[q] may be the same).
-void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t n);
+// Sums elements [0, n) of every src into every dst in source order, or with tree = true in the order of the fixed
+// binary tree over the sources (SW_REDUCE_SUM_TREE; f16/bf16 in fp32, rounded once) (src[q] and dst[q] may be the same).
+void reduce_sum(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t n,
+                bool tree = false);
 // Where rank `rank`'s block starts in every send buffer of a reduce-scatter (elements).
 uint64_t scatter_displacement(const Slot& slot, int rank);
 
@@ -219,8 +234,10 @@ public:
     // rows x cols elements of esz bytes, leading dimensions in elements.
     virtual void copy_2d(char* dst, int64_t ld_dst, const char* src, int64_t ld_src, int64_t rows, int64_t cols,
                          size_t esz) = 0;
-    // Every dst[d][i] = sum over s of src[s][i] (in source order), i < count; dst may alias src element-wise.
-    virtual void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) = 0;
+    // Every dst[d][i] = sum over s of src[s][i] (in source order, or the tree's order: reduce_sum), i < count; dst may
+    // alias src element-wise.
+    virtual void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count,
+                        bool tree) = 0;
     virtual void finish() {} // all moves complete when it returns
 };
 // The in-process algorithm: rank `rank`'s share of the data movement once every rank has arrived and agreed (all-gather:

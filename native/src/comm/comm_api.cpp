@@ -80,7 +80,7 @@ struct SpanArg {
 void submit_spans(sw_comm comm, int32_t rank, sw_stream stream, const sw_dtype& dtype, const sw_reduce_op* op, Desc d,
                   SpanArg send, SpanArg recv) {
     const CallArgs ctx = check_call(comm, rank, stream, dtype, op != nullptr);
-    if (op) reduce_op_arg(*op, "op"); // core/enum_arg.h: any int32 may arrive
+    if (op) d.root = reduce_op_arg(*op, "op"); // core/enum_arg.h: any int32 may arrive; carried as Desc::root
     const auto world = static_cast<uint64_t>(ctx.comm->state->world);
     auto elements = [&](const SpanArg& a) { return a.times_world ? saturating_mul(a.count, world) : a.count; };
     d.dtype = dtype;

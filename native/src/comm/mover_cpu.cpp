@@ -15,8 +15,9 @@ public:
                  size_t esz) override {
         for (int64_t i = 0; i < rows; ++i) std::memmove(dst + i * ld_dst * esz, src + i * ld_src * esz, cols * esz);
     }
-    void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) override {
-        reduce_sum(t, src, dst, count);
+    void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count,
+                bool tree) override {
+        reduce_sum(t, src, dst, count, tree);
     }
 };
 

@@ -24,11 +24,13 @@ public:
                  size_t esz) override {
         cuda_call(api, &cuda::PluginApi::copy_2d, ord, dst, ld_dst, src, ld_src, rows, cols, static_cast<int32_t>(esz), cs);
     }
-    void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count) override {
+    // The plugin's reduce_sum kernel: source order, or (tree, SW_REDUCE_SUM_TREE) the fixed binary tree over the sources.
+    void reduce(sw_dtype t, const std::vector<const char*>& src, const std::vector<char*>& dst, uint64_t count,
+                bool tree) override {
         std::vector<const void*> s(src.begin(), src.end());
         std::vector<void*> d(dst.begin(), dst.end());
         cuda_call(api, &cuda::PluginApi::reduce_sum, ord, t, s.data(), static_cast<int32_t>(s.size()), d.data(),
-                                   static_cast<int32_t>(d.size()), count, cs);
+                  static_cast<int32_t>(d.size()), count, static_cast<int32_t>(tree ? 1 : 0), cs);
     }
     void finish() override { cuda_call(api, &cuda::PluginApi::stream_synchronize, ord, cs); }
 

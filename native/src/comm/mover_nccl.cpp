@@ -11,11 +11,14 @@
 // all-gather) and grouped reduces (reduce-scatter-v) with the counts every rank learned in the descriptor exchange.
 //
 // 16-bit sums (f16, bf16: all-reduce, reduce-scatter, reduce-scatter-v) do not use NCCL's own reductions, whose
-// order and intermediate rounding NCCL does not promise (a ring rounds every partial sum to 16 bits). They are built
-// as the transport mover (mover_transport.cpp) builds them, over the same chunks: grouped ncclSend/ncclRecv bring
-// chunk `rank` of every rank into a device scratch, the CUDA plugin's reduce_sum kernel sums it in fp32 in rank order
-// 0..p-1 and rounds once, and (all-reduce) grouped ncclSend/ncclRecv of the reduced chunks gather the result: the wire
-// volume of a ring, and every rank gets the bits of the in-process and transport communicators.
+// order and intermediate rounding NCCL does not promise (a ring rounds every partial sum to 16 bits). Nor do tree sums
+// (SW_REDUCE_SUM_TREE, any dtype: f32, f64, f16, bf16, i32; Desc::root carries the reduce op, collectives.h tree_sum),
+// whose order is the fixed binary tree over the ranks (core/tree_reduction.h), which no NCCL algorithm follows. Both
+// are built as the transport mover (mover_transport.cpp) builds them, over the same chunks: grouped ncclSend/ncclRecv
+// bring chunk `rank` of every rank into a device scratch, the CUDA plugin's reduce_sum kernel sums it (in rank order
+// 0..p-1, or in the tree's order over the ranks; f16/bf16 in fp32, rounded once), and (all-reduce) grouped
+// ncclSend/ncclRecv of the reduced chunks gather the result: the wire volume of a ring, and every rank gets the bits
+// of the in-process and transport communicators. Other sums (SW_REDUCE_SUM of f32, f64, i32) are NCCL's.
 //
 // Communicators are made non-blocking when NCCL has ncclCommInitRankConfig (2.14+; comm_nccl.cpp creates them).
 // A non-blocking communicator stays non-blocking for its whole life (NCCL has no switch back), which changes what an
@@ -37,7 +40,7 @@ using namespace sw;
 
 namespace {
 
-// The most ranks of a 16-bit sum on NCCL: the sources of one reduce_sum call of the CUDA plugin
+// The most ranks of a 16-bit or tree sum on NCCL: the sources of one reduce_sum call of the CUDA plugin
 // (kMaxReducePointers in cuda/common.h, which the core cannot include).
 constexpr int kMaxSum16Ranks = 64;
 
@@ -255,23 +258,25 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
         call(n.GroupEnd(), "ncclGroupEnd"); // a non-blocking communicator's group may still be launching: settled
     };
     const int t = nccl_type(me.dtype);
-    void* scratch = nullptr; // column all-gather: every rank's block, packed; 16-bit sums: every rank's chunk
+    void* scratch = nullptr; // column all-gather: every rank's block, packed; chunked sums: every rank's chunk
     struct FreeScratch {
         DeviceImpl& dev;
         void*& scratch;
         ~FreeScratch() { free_later(dev, scratch); } // freed from a caller's thread, after the stream is past it
     } free_scratch{dev, scratch};
-    // 16-bit sums: NCCL moves the chunks, the plugin's reduce_sum kernel adds them (see the top of this file).
-    const bool sum16 = me.dtype == SW_DTYPE_F16 || me.dtype == SW_DTYPE_BF16;
-    if (sum16 && p > kMaxSum16Ranks &&
+    // 16-bit and tree sums: NCCL moves the chunks, the plugin's reduce_sum kernel adds them (see the top of this file).
+    const bool tree = tree_sum(me);
+    const bool chunked = me.dtype == SW_DTYPE_F16 || me.dtype == SW_DTYPE_BF16 || tree;
+    if (chunked && p > kMaxSum16Ranks &&
         (me.op == Coll::AllReduce || me.op == Coll::ReduceScatter || me.op == Coll::ReduceScatterV))
-        fail(SW_ERR_UNSUPPORTED, who, ": ", sw::dtype_name(me.dtype), " sums on NCCL take up to ", kMaxSum16Ranks,
-             " ranks (the reduction kernel's sources); this communicator has ", p);
-    // Sums chunk pieces srcs[0..p-1] (rank order) into dst on the communication stream, in fp32, rounded once.
+        fail(SW_ERR_UNSUPPORTED, who, ": ", sw::dtype_name(me.dtype), tree ? " tree" : "", " sums on NCCL take up to ",
+             kMaxSum16Ranks, " ranks (the reduction kernel's sources); this communicator has ", p);
+    // Sums chunk pieces srcs[0..p-1] (rank order) into dst on the communication stream: in rank order, or the tree's
+    // order over the ranks (SW_REDUCE_SUM_TREE); f16/bf16 in fp32, rounded once.
     auto sum_chunks = [&](const std::vector<const void*>& srcs, void* dst, uint64_t count) {
         void* dsts[1] = {dst};
         cuda_call(api, &cuda::PluginApi::reduce_sum, ord, me.dtype, srcs.data(), static_cast<int32_t>(srcs.size()), dsts, 1,
-                  count, cs);
+                  count, static_cast<int32_t>(tree ? 1 : 0), cs);
     };
     // One group of point-to-point moves: with[q] = what goes to and comes from peer q (pointers, elements); empty moves
     // and self are skipped.
@@ -294,7 +299,7 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
         }
         group_end(); // settled: the reduction kernel goes on the stream after NCCL's moves
     };
-    // 16-bit all-reduce: reduce-scatter by point-to-point chunks, reduce_sum, all-gather of the reduced chunks.
+    // 16-bit or tree all-reduce: reduce-scatter by point-to-point chunks, reduce_sum, all-gather of the reduced chunks.
     auto all_reduce16 = [&] {
         if (!me.count) return;
         // Chunk q = shard q of the count (the transport and in-process communicators' chunks).
@@ -316,7 +321,8 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
         for (int q = 0; q < p; ++q) with[q] = {me.recv + b * esz, mine, me.recv + begin(q) * esz, size(q)};
         exchange(with); // all-gather of the reduced chunks
     };
-    // 16-bit reduce-scatter (-v): block q of every rank's send goes to rank q (-v: the counts of the descriptor exchange).
+    // 16-bit or tree reduce-scatter (-v): block q of every rank's send goes to rank q (-v: the counts of the descriptor
+    // exchange).
     auto reduce_scatter16 = [&] {
         const uint64_t mine = me.count;
         if (p > 1 && mine) cuda_call(api, &cuda::PluginApi::malloc_device, ord, p * mine * esz, &scratch);
@@ -332,7 +338,7 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
             sum_chunks(srcs, me.recv, mine);
         }
     };
-    // Runs a 16-bit sum; on a failure the stream is drained before free_scratch hands the scratch back.
+    // Runs a chunked (16-bit or tree) sum; on a failure the stream is drained before free_scratch hands the scratch back.
     auto run16 = [&](auto&& body) {
         try {
             body();
@@ -389,15 +395,15 @@ void NcclMover::move(Communicator& st, int rank, uint64_t seq, const Slot& slot,
             break;
         }
         case Coll::AllReduce:
-            if (sum16) run16(all_reduce16);
+            if (chunked) run16(all_reduce16);
             else if (me.count) call(n.AllReduce(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclAllReduce");
             break;
         case Coll::ReduceScatter:
-            if (sum16) run16(reduce_scatter16);
+            if (chunked) run16(reduce_scatter16);
             else if (me.count) call(n.ReduceScatter(me.send, me.recv, me.count, t, kNcclSum, comm, cs), "ncclReduceScatter");
             break;
         case Coll::ReduceScatterV: {
-            if (sum16) {
+            if (chunked) {
                 run16(reduce_scatter16);
                 break;
             }

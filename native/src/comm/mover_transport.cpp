@@ -10,6 +10,9 @@
 //    all-gather, reduce-scatter and all-reduce and recursive-doubling all-reduce, whose sums run in another order
 //    (the same bits on every rank, not the in-process group's; ring all-gather keeps them);
 //  - broadcast: the root sends to every rank.
+// SW_REDUCE_SUM_TREE: the sums of one-shot, two-step and direct run in the tree's order over the ranks; recursive
+// doubling (power-of-two p) already adds in that order ((x0 + x1) + (x2 + x3)) ..., with the same fp32 accumulation of
+// 16-bit types; a ring named for a tree sum runs direct / two-step instead (its order is another).
 #include "comm/communicator.h"
 #include "comm/p2p.h"
 #include "core/index_math.h"
@@ -175,7 +178,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
             run();
             std::vector<const char*> src(p);
             for (int q = 0; q < p; ++q) src[q] = q == self ? me.send : all + q * bytes;
-            reduce_sum(me.dtype, src, {me.recv}, me.count); // blockwise: every source read before recv is written
+            reduce_sum(me.dtype, src, {me.recv}, me.count, tree_sum(me)); // blockwise: every source read before recv is written
             break;
         }
         const int64_t total = static_cast<int64_t>(me.count);
@@ -203,7 +206,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
             acc_store(me.dtype, me.recv, mine, me.count); // nothing written into recv before
             break;
         }
-        if (algo == Algo::Ring && me.count) {
+        if (algo == Algo::Ring && me.count && !tree_sum(me)) {
             const uint64_t max_chunk = size(0); // shard 0 is the largest
             char* acc = scratch.get(2 * max_chunk * asz + (in_place ? me.count * esz : 0));
             char* out = in_place ? acc + 2 * max_chunk * asz : me.recv;
@@ -224,7 +227,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
         if (n) {
             std::vector<const char*> src(p);
             for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + b * esz : part + q * n * esz;
-            reduce_sum(me.dtype, src, {out + b * esz}, n); // rank order 0..p-1
+            reduce_sum(me.dtype, src, {out + b * esz}, n, tree_sum(me)); // rank order 0..p-1 (or the tree's)
         }
         // All-gather of the reduced chunks.
         for (int q = 0; q < p; ++q) {
@@ -238,7 +241,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
     }
     case Coll::ReduceScatter:
     case Coll::ReduceScatterV: {
-        if (collective_algo(me.op) == Algo::Ring) {
+        if (collective_algo(me.op) == Algo::Ring && !tree_sum(me)) {
             uint64_t max_chunk = 0;
             for (int q = 0; q < p; ++q) max_chunk = std::max<uint64_t>(max_chunk, slot.desc[q].count);
             if (!max_chunk) break;
@@ -259,7 +262,7 @@ void move_remote(Communicator& st, Scratch& scratch, Transport& t, uint64_t seq,
             const uint64_t displ = scatter_displacement(slot, self);
             std::vector<const char*> src(p);
             for (int q = 0; q < p; ++q) src[q] = q == self ? me.send + displ * esz : part + q * me.count * esz;
-            reduce_sum(me.dtype, src, {me.recv}, me.count);
+            reduce_sum(me.dtype, src, {me.recv}, me.count, tree_sum(me));
         }
         break;
     }

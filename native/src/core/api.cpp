@@ -108,6 +108,24 @@ SW_API sw_status sw_device_set_kernel(sw_device device, const char* kernel) {
     });
 }
 
+SW_API sw_status sw_device_set_gemm_reduction(sw_device device, int64_t leaf) {
+    return guard(__func__, [&] {
+        auto* dev = checked(device, "device");
+        if (leaf < 0 || leaf > kMaxGemmLeaf || leaf % 2 != 0)
+            fail(SW_ERR_INVALID_ARGUMENT, "leaf = ", leaf, "; expected 0 (the default order) or an even leaf size 2..",
+                 kMaxGemmLeaf, " (the TP-invariant tree reduction)");
+        dev->impl->gemm_leaf = leaf;
+    });
+}
+
+SW_API sw_status sw_device_get_gemm_reduction(sw_device device, int64_t* leaf) {
+    return guard(__func__, [&] {
+        auto* dev = checked(device, "device");
+        require(leaf, "leaf");
+        *leaf = dev->impl->gemm_leaf.load();
+    });
+}
+
 SW_API sw_status sw_device_get_tile_shape(sw_device device, sw_tile_shape* shape) {
     return guard(__func__, [&] {
         auto* dev = checked(device, "device");
@@ -406,7 +424,7 @@ SW_API sw_status sw_gemm_ex(sw_stream stream, const sw_gemm_desc* desc) {
     return guard(__func__, [&] {
         LiveBatch live; // every handle of the call: one registry lock
         live.add(stream, HandleKind::Stream);
-        if (desc && desc->size == sizeof(sw_gemm_desc)) {
+        if (desc && gemm_desc_size_ok(desc->size)) {
             live.add(desc->a, HandleKind::Buffer);
             live.add(desc->b, HandleKind::Buffer);
             live.add(desc->c, HandleKind::Buffer);
@@ -425,6 +443,12 @@ SW_API sw_status sw_gemm_grouped(int32_t count, const sw_stream* streams, const 
             fail(SW_ERR_INVALID_ARGUMENT, "count = ", count, "; expected 1..1048576 members");
         if (!streams) fail(SW_ERR_INVALID_ARGUMENT, "streams is NULL; expected count = ", count, " stream handles");
         if (!descs) fail(SW_ERR_INVALID_ARGUMENT, "descs is NULL; expected count = ", count, " sw_gemm_desc");
+        // An array is indexed with this ABI's size: an older caller's smaller descs cannot be (sw_gemm_ex takes them).
+        for (int32_t i = 0; i < count; ++i)
+            if (descs[i].size != sizeof(sw_gemm_desc))
+                fail(SW_ERR_INVALID_ARGUMENT, "descs[", i, "].size = ", descs[i].size,
+                     "; expected sizeof(sw_gemm_desc) = ", sizeof(sw_gemm_desc), " (ABI version ", SW_ABI_VERSION,
+                     "): sw_gemm_grouped takes an array of this ABI's descs");
         // On the stack for up to 16 members (core/small_array.h): a small group allocates nothing here.
         const auto n = static_cast<size_t>(count);
         SmallArray<sw_stream_s*, 16> ss(n);

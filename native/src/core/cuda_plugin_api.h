@@ -18,8 +18,9 @@
 
 namespace sw::cuda {
 
-constexpr int32_t kPluginAbi = 7; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy;
+constexpr int32_t kPluginAbi = 8; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy;
                                   // 7: softmax, norm, activation, glu, dropout, embedding, cross_entropy_*, the optimizers (core/row_ops.h)
+                                  // 8: gemm's k_leaf tree reduction, reduce_sum's tree flag
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -72,21 +73,25 @@ struct PluginApi {
     sw_status (*memset_async)(int32_t ordinal, void* dst, uint8_t value, uint64_t bytes, void* stream,
                               std::string* err);
     // The problem as the core validated it (pointers are device memory of `ordinal`, or peer-accessible); the
-    // plugin checks it again against what its kernels take. (ABI 5.)
+    // plugin checks it again against what its kernels take. (ABI 5.) problem->k_leaf > 0 (even, at most 2^24; ABI 8):
+    // the TP-invariant tree reduction of sw_device_set_gemm_reduction, computed by the plugin's hand-written tree kernel
+    // whatever `algo` says (cuBLASLt and the tensor-core kernels do not follow the tree), k == 0 included.
     sw_status (*gemm)(int32_t ordinal, const GemmProblem* problem, GemmAlgo algo, void* stream, std::string* err);
 
     // Layout kernel: copies a rows x cols block (elem_size bytes per element) from src (leading dimension
     // ld_src elements) to dst (ld_dst). Used to place an all-gathered shard at its column offset.
     sw_status (*copy_2d)(int32_t ordinal, void* dst, int64_t ld_dst, const void* src, int64_t ld_src, int64_t rows,
                          int64_t cols, int32_t elem_size, void* stream, std::string* err);
-    // dst[d][i] = sum_{s < nsrc} src[s][i] (summed in order s = 0..nsrc-1, fp32 accumulation for f16/bf16)
-    // for i < count, written to every one of the ndst destinations. srcs/dsts are host arrays of device
-    // pointers (copied by the call). A destination may be one of the sources (in place): each element is
-    // read from every source before it is written. Used by the in-process all-reduce and reduce-scatter.
+    // dst[d][i] = sum_{s < nsrc} src[s][i] (summed in order s = 0..nsrc-1, or with tree = 1 (ABI 8) in the order of
+    // the fixed binary tree over the sources, core/tree_reduction.h: SW_REDUCE_SUM_TREE; fp32 accumulation for f16/bf16,
+    // rounded once; f32 in f32, f64 in f64, i32 modulo 2^32) for i < count, written to every one of the ndst
+    // destinations. srcs/dsts are host arrays of device pointers (copied by the call). A destination may be one of the
+    // sources (in place): each element is read from every source before it is written. Used by the in-process
+    // all-reduce and reduce-scatter, and by the NCCL mover's sums that NCCL's reductions cannot do (16-bit, tree).
     // Pointers into another device's memory: peer access to it is enabled by the call (SW_ERR_UNSUPPORTED when
     // the two devices cannot reach each other).
     sw_status (*reduce_sum)(int32_t ordinal, sw_dtype dtype, const void* const* srcs, int32_t nsrc,
-                            void* const* dsts, int32_t ndst, uint64_t count, void* stream, std::string* err);
+                            void* const* dsts, int32_t ndst, uint64_t count, int32_t tree, void* stream, std::string* err);
     // dst[i] = (dst_type) src[i]; round to nearest even.
     sw_status (*convert)(int32_t ordinal, sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst,
                          uint64_t count, void* stream, std::string* err);

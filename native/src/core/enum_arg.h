@@ -54,7 +54,8 @@ inline sw_epilogue epilogue_arg(const sw_epilogue& arg, const char* name) {
 }
 
 inline sw_reduce_op reduce_op_arg(const sw_reduce_op& arg, const char* name) {
-    return enum_arg(arg, name, SW_REDUCE_SUM, SW_REDUCE_SUM, "a sw_reduce_op; expected SW_REDUCE_SUM (0)");
+    return enum_arg(arg, name, SW_REDUCE_SUM, SW_REDUCE_SUM_TREE,
+                    "a sw_reduce_op; expected SW_REDUCE_SUM (0) or SW_REDUCE_SUM_TREE (1)");
 }
 
 inline sw_norm_kind norm_kind_arg(const sw_norm_kind& arg, const char* name) {

@@ -55,6 +55,7 @@ GemmCall build_call(sw_stream_s* s, sw_dtype a_type, sw_dtype b_type, sw_dtype c
     p.alpha = alpha;
     p.beta = beta;
     p.epilogue = epilogue;
+    p.k_leaf = s->device_impl->gemm_leaf.load(); // sw_device_set_gemm_reduction (a desc's k_leaf overrides it)
     if (k > 0) {
         auto* ba = checked(a, "a");
         auto* bb = checked(b, "b");
@@ -103,9 +104,13 @@ GemmCall gemm_call_from_args(sw_stream_s* s, const sw_dtype& dtype_in, const sw_
 
 GemmCall gemm_call_from_desc(sw_stream_s* s, const sw_gemm_desc* d) {
     if (!d) fail(SW_ERR_NULL_HANDLE, "desc is NULL; expected a sw_gemm_desc");
-    if (d->size != sizeof(sw_gemm_desc))
+    if (!gemm_desc_size_ok(d->size))
         fail(SW_ERR_INVALID_ARGUMENT, "desc->size = ", d->size, "; expected sizeof(sw_gemm_desc) = ",
-             sizeof(sw_gemm_desc), " (ABI version ", SW_ABI_VERSION, ")");
+             sizeof(sw_gemm_desc), " (ABI version ", SW_ABI_VERSION, ") or ", kGemmDescV2Size, " (ABI 2..7)");
+    const int64_t k_leaf = d->size >= sizeof(sw_gemm_desc) ? d->k_leaf : 0;
+    if (k_leaf < -1 || k_leaf > kMaxGemmLeaf || (k_leaf > 0 && k_leaf % 2 != 0))
+        fail(SW_ERR_INVALID_ARGUMENT, "desc->k_leaf = ", k_leaf,
+             "; expected 0 (the device's reduction), -1 (the default order) or an even leaf size 2..", kMaxGemmLeaf);
     const sw_dtype a_type = dtype_arg(d->a_type, "a_type");
     const sw_dtype b_type = dtype_arg(d->b_type, "b_type");
     const sw_dtype c_type = dtype_arg(d->c_type, "c_type");
@@ -119,9 +124,11 @@ GemmCall gemm_call_from_desc(sw_stream_s* s, const sw_gemm_desc* d) {
              ", compute = ", dtype_name(compute_type),
              ": sw_gemm_ex computes a = b in {f32, f16, bf16}, c = f32 or a's type, compute = f32");
     s->device_impl->ops->check_gemm_types(a_type, b_type, c_type);
-    return build_call(s, a_type, b_type, c_type, trans_a, trans_b, epilogue, d->m, d->n, d->k, d->alpha, d->a,
-                      d->a_offset, d->lda, d->b, d->b_offset, d->ldb, d->beta, d->c, d->c_offset, d->ldc, d->bias,
-                      d->bias_offset);
+    GemmCall call = build_call(s, a_type, b_type, c_type, trans_a, trans_b, epilogue, d->m, d->n, d->k, d->alpha, d->a,
+                               d->a_offset, d->lda, d->b, d->b_offset, d->ldb, d->beta, d->c, d->c_offset, d->ldc,
+                               d->bias, d->bias_offset);
+    if (k_leaf != 0) call.problem.k_leaf = k_leaf < 0 ? 0 : k_leaf;
+    return call;
 }
 
 } // namespace sw

@@ -5,9 +5,17 @@
 #include "core/backend.h"
 #include "core/gemm_problem.h"
 
+#include <cstddef>
+
 struct sw_stream_s;
 
 namespace sw {
+
+// sw_gemm_desc sizes accepted: this ABI's, and ABI 2..7's (which ends before k_leaf).
+constexpr uint32_t kGemmDescV2Size = static_cast<uint32_t>(offsetof(sw_gemm_desc, k_leaf));
+inline bool gemm_desc_size_ok(uint32_t size) { return size == sizeof(sw_gemm_desc) || size == kGemmDescV2Size; }
+// The largest leaf of the tree reduction (sw_device_set_gemm_reduction).
+constexpr int64_t kMaxGemmLeaf = int64_t{1} << 24;
 
 struct GemmCall {
     GemmProblem problem;

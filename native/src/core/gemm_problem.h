@@ -42,6 +42,11 @@ struct GemmProblem {
     // ---- epilogue, after alpha/beta and the bias
     sw_epilogue epilogue = SW_EPILOGUE_NONE;
 
+    // ---- the k reduction (sw_device_set_gemm_reduction): 0 = the backend's default order; > 0 (even) = the
+    // TP-invariant tree over leaves of k_leaf elements (core/tree_reduction.h), alpha/beta/bias/epilogue applied once
+    // to its root. The core resolves the device's setting and a desc's k_leaf = -1 before a backend sees it.
+    int64_t k_leaf = 0;
+
     bool gelu() const { return epilogue == SW_EPILOGUE_GELU; }
     // Rows x columns of A and B as stored.
     int64_t a_rows() const { return trans_a ? k : m; }

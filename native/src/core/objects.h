@@ -122,6 +122,8 @@ struct DeviceImpl {
                                             // it directly until it goes through `ops` too)
     // CPU: a cpu::Kernel; CUDA: a cuda::GemmAlgo.
     std::atomic<int> kernel{0};
+    // The k reduction of GEMMs enqueued from now on (sw_device_set_gemm_reduction): 0 = default order, > 0 = tree leaf.
+    std::atomic<int64_t> gemm_leaf{0};
     std::atomic<int64_t> children{0}; // buffers, streams, events, communicator memberships
     std::shared_ptr<DeferredFrees> deferred = std::make_shared<DeferredFrees>(); // CUDA
     // CUDA: how many sw_streams wrap each external cudaStream_t; the plugin's resources for one are released

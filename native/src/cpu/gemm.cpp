@@ -105,6 +105,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/tree_reduction.h"
 #include "cpu/gemm_kernels.h"
 #include "cpu/thread_pool.h"
 
@@ -389,6 +390,8 @@ struct ThreadBuffers {
     AlignedBuffer widen;   // 16-bit rows widened before a transposing pack (W x kc)
     AlignedBuffer straddle; // one segment's part of a micro-panel straddling fused segments (kc x NR)
     AlignedBuffer walk;     // the row-walking kernel's accumulators (m rows x one column chunk)
+    AlignedBuffer tree;     // the tree reduction's slots (depth x the task's rows x one NC panel)
+    AlignedBuffer row;      // one row of a 16-bit C widened (the tree reduction's final pass with beta != 0)
     alignas(kAlign) float tile[64 * 64];  // edge tile (MR x NR <= 64 x 64)
     alignas(kAlign) float bias[64];       // zero-padded bias of an edge tile (NR <= 64)
 };
@@ -466,6 +469,58 @@ struct KSplit {
     int64_t max_steps() const { return kb.max_size(); }
 };
 
+// The TP-invariant tree reduction (GemmProblem::k_leaf > 0; sw_device_set_gemm_reduction): k is cut into leaves of
+// k_leaf elements (the last one shorter), each leaf into kernel k blocks (KSplit of the leaf: one block where
+// k_leaf <= KC), and the leaves' sums are combined by the fixed binary tree of core/tree_reduction.h, evaluated in leaf
+// order on a stack of fp32 slots (each the task's rows x one NC panel): a leaf's value is pushed (its first block
+// C = acc, later blocks C = fma(1, acc, C) = acc + C), then tree::merges times the two top slots are replaced by their
+// sum. Where a leaf is one block and merges, its block adds straight into the top slot (fma(1, acc, top) = top + leaf:
+// the same one addition). Every block runs with alpha 1, beta 0, no bias, no GeLU; after the last one a final pass
+// applies, per element, v = alpha * T (beta == 0) or fma(alpha, T, beta * C), + bias, GeLU (the kernel's GeluFn), and
+// rounds to C's type. Each element's chain and additions depend on its row, column, k and k_leaf only.
+struct TreeStep {
+    int64_t p0, kc, kk;  // the k block (elements, kernel steps)
+    int32_t slot;        // the slot the block writes (mode kEpiBeta0) or adds into (kEpiAccum)
+    int32_t mode;
+    int32_t nmerge;      // merges after the block: slot[top - 1 - j] += slot[top - j] for j < nmerge
+    int32_t top;
+};
+
+struct TreePlan {
+    std::vector<TreeStep> steps;
+    int depth = 0;  // slots
+};
+
+TreePlan plan_tree(int64_t k, int64_t leaf, int64_t kc_max, int64_t unit) {
+    TreePlan tp;
+    const int64_t n = k == 0 ? 0 : ceil_div(k, leaf);
+    std::vector<int32_t> merges;
+    tree::merges(n, merges);
+    tp.depth = tree::depth(std::max<int64_t>(n, 1));
+    if (n == 0) {
+        tp.steps.push_back({0, 0, 0, 0, kEpiBeta0, 0, 0});
+        return tp;
+    }
+    int32_t d = 0;
+    for (int64_t l = 0; l < n; ++l) {
+        const int64_t a = l * leaf, len = std::min(k, a + leaf) - a;
+        const KSplit ks(len, kc_max, unit);
+        const int32_t m = merges[static_cast<size_t>(l)];
+        if (ks.nb() == 1 && m >= 1) {
+            tp.steps.push_back({a, len, ks.steps(0), d - 1, kEpiAccum, m - 1, d - 1});
+            d = d - m + 1;
+            continue;
+        }
+        for (int64_t b = 0; b < ks.nb(); ++b) {
+            const bool last = b == ks.nb() - 1;
+            tp.steps.push_back({a + ks.start(b), ks.size(b), ks.steps(b), d, b == 0 ? kEpiBeta0 : kEpiAccum,
+                                last ? m : 0, d});
+        }
+        d = d + 1 - m;
+    }
+    return tp;
+}
+
 // How the operands reach the micro-kernel.
 enum class Path {
     F32,    // fp32 operands, packed (or read in place) as they are
@@ -523,6 +578,7 @@ struct Ctx {
     int64_t nv = 0;              // virtual columns: segs[nsegs - 1].end()
     bool any_c16 = false, all_inplace = false;
     bool bias_virtual = false;   // tasks gather every bias into virtual columns (16-bit or fused segments' bias)
+    TreePlan tree{};             // the tree reduction's k blocks (g->k_leaf > 0), else empty
 
     // The segment holding virtual column vj (vj < nv).
     const Seg& seg_at(int64_t vj) const {
@@ -720,7 +776,11 @@ void run_task(const Ctx& cx, int64_t task) {
     if (i0 >= i1 || j0 >= j1) return;
 
     ThreadBuffers& tb = thread_buffers();
-    const int64_t kcmax = std::max<int64_t>(cx.kb.max_steps(), 1);
+    const bool tree = !cx.tree.steps.empty();  // the TP-invariant tree reduction (TreePlan)
+    const int64_t nsteps = tree ? static_cast<int64_t>(cx.tree.steps.size()) : cx.kb.nb();
+    int64_t kcmax = std::max<int64_t>(cx.kb.max_steps(), 1);
+    if (tree)
+        for (const TreeStep& ts : cx.tree.steps) kcmax = std::max(kcmax, ts.kk);
     // A task of one row block (skinny M: m <= MC) streams op(B): the NC panel is packed in chunks of a few
     // micro-panels (stream_panels()) right before every row tile uses them, so the packed chunk
     // stays in L2 instead of the whole panel going out to memory and being read back once per k block; a pack that
@@ -733,8 +793,12 @@ void run_task(const Ctx& cx, int64_t task) {
     // A 16-bit C is computed in an fp32 workspace (the task's rows x one NC panel of virtual columns, row stride
     // ldw): every k block accumulates there in fp32, and the panel is rounded once after the last one. A 16-bit
     // bias is widened once (into the task's virtual columns).
-    const int64_t ldw = cx.any_c16 ? round_up(std::min(NC, j1 - j0), 16) : 0;
-    float* ws = cx.any_c16 ? tb.cw.get(static_cast<size_t>((i1 - i0) * ldw)) : nullptr;
+    // The tree reduction's slots: the same layout, one plane per slot (slot 0 ends holding the root).
+    const int64_t ldw = cx.any_c16 || tree ? round_up(std::min(NC, j1 - j0), 16) : 0;
+    const int64_t plane = (i1 - i0) * ldw;
+    float* ws = tree ? tb.tree.get(static_cast<size_t>(cx.tree.depth * plane))
+                     : cx.any_c16 ? tb.cw.get(static_cast<size_t>(plane)) : nullptr;
+    int32_t cur_slot = 0;  // the slot the current tree step writes
     float* biasw = nullptr;  // bias of virtual column vj at biasw + vj - j0 (cx.bias_virtual)
     for (int64_t vj = j0; cx.bias_virtual && vj < j1;) {
         const Seg& s = cx.seg_at(vj);
@@ -760,20 +824,25 @@ void run_task(const Ctx& cx, int64_t task) {
 
     for (int64_t jc = j0; jc < j1; jc += NC) {
         const int64_t nc = std::min(NC, j1 - jc);
-        // C(i, vj) of segment s: in its C, or at ws + (i - i0) * ldw + (vj - jc) for a 16-bit C.
+        // C(i, vj) of segment s: in its C, or at ws + (i - i0) * ldw + (vj - jc) for a 16-bit C (in the current slot
+        // for the tree reduction).
         const auto cat = [&](const Seg& s, int64_t i, int64_t vj) -> float* {
+            if (tree) return ws + cur_slot * plane + (i - i0) * ldw + (vj - jc);
             return s.c16 ? ws + (i - i0) * ldw + (vj - jc) : s.c + i * s.g->ldc + (vj - s.v0);
         };
-        if (cx.any_c16)
+        if (cx.any_c16 && !tree)
             for_pieces(jc, nc, [&](const Seg& s, int64_t vj, int64_t e) {
                 if (!s.c16 || s.g->beta == 0.0f) return;
                 for (int64_t i = i0; i < i1; ++i)
                     s.widen_c(ws + (i - i0) * ldw + (vj - jc), s.c16 + i * s.g->ldc + (vj - s.v0), e - vj);
             });
 
-        for (int64_t kbi = 0; kbi < cx.kb.nb(); ++kbi) {
-            const int64_t p0 = cx.kb.start(kbi), kc = cx.kb.size(kbi), kk = cx.kb.steps(kbi);
-            const bool first = kbi == 0, last = kbi == cx.kb.nb() - 1;
+        for (int64_t kbi = 0; kbi < nsteps; ++kbi) {
+            const TreeStep* ts = tree ? &cx.tree.steps[static_cast<size_t>(kbi)] : nullptr;
+            const int64_t p0 = ts ? ts->p0 : cx.kb.start(kbi), kc = ts ? ts->kc : cx.kb.size(kbi),
+                          kk = ts ? ts->kk : cx.kb.steps(kbi);
+            const bool first = kbi == 0, last = !tree && kbi == cx.kb.nb() - 1;
+            if (ts) cur_slot = ts->slot;
 
             if (!stream_b) pack_b_panel(cx, tb, bpack, jc, nc, p0, kc, kk);
 
@@ -798,11 +867,11 @@ void run_task(const Ctx& cx, int64_t task) {
                         const GemmProblem& sg = *s.g;
                         const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
                         const int64_t run_left = s.run_end - vj; // this micro-panel's columns on (fused ones too)
-                        const int64_t ldcw = s.c16 ? ldw : sg.ldc;
+                        const int64_t ldcw = s.c16 || tree ? ldw : sg.ldc;
                         Epilogue ep;
-                        ep.alpha = sg.alpha;
-                        ep.beta = sg.beta;
-                        ep.mode = !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
+                        ep.alpha = tree ? 1.0f : sg.alpha;
+                        ep.beta = tree ? 0.0f : sg.beta;
+                        ep.mode = ts ? ts->mode : !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
                         ep.gelu = last && sg.gelu();
                         const float* bias_j = nullptr;
                         if (last && (s.bias16 || s.bias))
@@ -862,10 +931,44 @@ void run_task(const Ctx& cx, int64_t task) {
                         }
                     }
                 }
+                // Tree: the nodes that complete with this leaf, over the block's rows (just written, still cached).
+                for (int32_t j = 0; ts && j < ts->nmerge; ++j) {
+                    float* lo = ws + (ts->top - 1 - j) * plane + (ic - i0) * ldw;
+                    const float* hi = ws + (ts->top - j) * plane + (ic - i0) * ldw;
+                    for (int64_t r = 0; r < mc; ++r)
+                        for (int64_t c = 0; c < nc; ++c) lo[r * ldw + c] = lo[r * ldw + c] + hi[r * ldw + c];
+                }
             }
         }
+        // Tree: the root (slot 0) through alpha, beta, the bias and GeLU into C, rounded once to C's type.
+        if (tree)
+            for_pieces(jc, nc, [&](const Seg& s, int64_t vj, int64_t e) {
+                const GemmProblem& sg = *s.g;
+                const int64_t w = e - vj;
+                const float* bias = nullptr;
+                if (s.bias16 || s.bias) bias = cx.bias_virtual ? biasw + (vj - j0) : s.bias + (vj - s.v0);
+                const float alpha = sg.alpha, beta = sg.beta;
+                for (int64_t i = i0; i < i1; ++i) {
+                    const float* t = ws + (i - i0) * ldw + (vj - jc);
+                    uint16_t* c16 = s.c16 ? s.c16 + i * sg.ldc + (vj - s.v0) : nullptr;
+                    float* out = c16 ? tb.row.get(static_cast<size_t>(w)) : s.c + i * sg.ldc + (vj - s.v0);
+                    if (beta == 0.0f) {
+                        for (int64_t c = 0; c < w; ++c) out[c] = alpha * t[c];
+                    } else {
+                        if (c16) s.widen_c(out, c16, w);
+                        for (int64_t c = 0; c < w; ++c) out[c] = std::fma(alpha, t[c], beta * out[c]);
+                    }
+                    if (bias)
+                        for (int64_t c = 0; c < w; ++c) out[c] = out[c] + bias[c];
+                    if (sg.gelu()) {
+                        if (cx.ki.gelu) cx.ki.gelu(out, out, w);
+                        else for (int64_t c = 0; c < w; ++c) out[c] = gelu_tanh(out[c]);
+                    }
+                    if (c16) s.narrow_c(c16, out, w);
+                }
+            });
         // The 16-bit C panels: rounded once, after the last k block, bias and GeLU.
-        if (cx.any_c16)
+        else if (cx.any_c16)
             for_pieces(jc, nc, [&](const Seg& s, int64_t vj, int64_t e) {
                 if (!s.c16) return;
                 for (int64_t i = i0; i < i1; ++i)
@@ -960,6 +1063,7 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
     Ctx cx{&a, ki, pack_a, ch.path != Path::F32 ? nullptr : panels,
            KSplit(a.k, ki.kc, ch.path == Path::Pairs ? 2 : 1)};
     cx.path = ch.path;
+    if (a.k_leaf > 0) cx.tree = plan_tree(a.k, a.k_leaf, ki.kc, ch.path == Path::Pairs ? 2 : 1);
     cx.a = static_cast<const float*>(a.a);
     cx.a16 = static_cast<const uint16_t*>(a.a);
     cx.widen_in = a.a_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
@@ -1048,7 +1152,7 @@ bool walk_shape(const GemmProblem& p) {
     const bool f32 = p.a_type == SW_DTYPE_F32 && p.b_type == SW_DTYPE_F32 && p.c_type == SW_DTYPE_F32;
     const bool bf16 = p.a_type == SW_DTYPE_BF16 && p.b_type == SW_DTYPE_BF16;
     const double es = f32 ? 4.0 : 2.0;
-    return (f32 || bf16) && !p.trans_b && p.m >= 1 && p.m <= (bf16 ? kWalkPairsRowsMax : kWalkRowsMax) && p.k > 0 && p.n >= 16 &&
+    return (f32 || bf16) && p.k_leaf == 0 && !p.trans_b && p.m >= 1 && p.m <= (bf16 ? kWalkPairsRowsMax : kWalkRowsMax) && p.k > 0 && p.n >= 16 &&
            es * static_cast<double>(p.k) * static_cast<double>(p.n) >= kWalkMinBBytes;
 }
 // ... and with the chosen kernel (a bf16 problem walks where its kernel is the pair kernel).
@@ -1204,7 +1308,7 @@ void gemm_grouped(const GemmProblem* problems, int32_t count, Kernel kernel, Thr
     sc.taken.assign(static_cast<size_t>(count), 0);
     const auto same_a = [](const GemmProblem& x, const GemmProblem& y) {
         return x.a == y.a && x.a_type == y.a_type && x.trans_a == y.trans_a && x.lda == y.lda && x.m == y.m &&
-               x.k == y.k;
+               x.k == y.k && x.k_leaf == y.k_leaf;
     };
     for (int32_t i = 0; i < count; ++i) {
         if (sc.taken[static_cast<size_t>(i)] || problems[i].m <= 0 || problems[i].n <= 0) continue;

@@ -58,9 +58,10 @@ constexpr int32_t kMaxReducePointers = 64;
 // from the current device (device memory of it, or mapped host memory). rows, cols >= 1.
 cudaError_t launch_copy_2d(void* dst, int64_t ld_dst, const void* src, int64_t ld_src, int64_t rows, int64_t cols,
                            int32_t elem_size, cudaStream_t stream);
-// dtype one of F32, F64, I32, F16, BF16; 1 <= nsrc, ndst <= kMaxReducePointers; count >= 1.
+// dtype one of F32, F64, I32, F16, BF16; 1 <= nsrc, ndst <= kMaxReducePointers; count >= 1. Sums in source order, or
+// with tree = true in the order of the fixed binary tree over the sources (core/tree_reduction.h; SW_REDUCE_SUM_TREE).
 cudaError_t launch_reduce_sum(sw_dtype dtype, const void* const* srcs, int32_t nsrc, void* const* dsts, int32_t ndst,
-                              uint64_t count, cudaStream_t stream);
+                              uint64_t count, bool tree, cudaStream_t stream);
 // src_type, dst_type in F32, F64, F16, BF16 and different; count >= 1.
 cudaError_t launch_convert(sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst, uint64_t count,
                            cudaStream_t stream);
@@ -140,6 +141,16 @@ cudaError_t launch_mma_gemm(const GemmProblem& problem, bool wgmma, cudaStream_t
 cudaError_t launch_wgmma_probe(int* out, cudaStream_t stream);
 // Empty string when the kernel can take this shape, else why not.
 std::string mma_gemm_shape_problem(int64_t m, int64_t n);
+
+// ------------------------------------------------------------------------------------------ gemm_tree.cu
+// The TP-invariant tree GEMM (problem.k_leaf > 0, sw_device_set_gemm_reduction): for every element of C, k cut into
+// leaves of k_leaf elements (the last one shorter), each leaf an fp32 FMA chain from +0 in k order (16-bit inputs
+// widened exactly), the leaves combined by the fixed binary tree (core/tree_reduction.h), then once: alpha * T
+// (beta == 0, C not read) or fmaf(alpha, T, beta * C), + bias, GeLU (cuda/gelu.cuh), rounded to C's type. Plain fp32
+// FMAs on CUDA cores (no tensor cores): each element's bits depend on its row of op(A), its column of op(B), k, k_leaf,
+// alpha, beta, C and the bias only. problem validated (validate_gemm): any type combination of the plugin's GEMM,
+// k >= 0 (k == 0: T = 0), k_leaf even and >= 2. cudaErrorInvalidValue for a k_leaf that is not.
+cudaError_t launch_tree_gemm(const GemmProblem& problem, cudaStream_t stream);
 
 // ------------------------------------------------------------------------------------------ gemm_cublaslt.cpp
 // cuBLASLt GEMM; problem validated by the caller, k >= 1, current device = ordinal. Throws on failure;

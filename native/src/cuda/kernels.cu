@@ -1,11 +1,13 @@
-// Element-wise and data-movement kernels of the CUDA plugin: copy_2d (layout), reduce_sum, convert,
-// scale/bias/GeLU epilogue and the stream wait-flag kernel. Launchers return the launch status; their
+// Element-wise and data-movement kernels of the CUDA plugin: copy_2d (layout), reduce_sum (source or tree order),
+// convert, scale/bias/GeLU epilogue and the stream wait-flag kernel. Launchers return the launch status; their
 // arguments were validated by the caller (see common.h).
 // The whole file also compiles for the host emulation test (SW_CUDA_HOST_EMULATION: native/tests/cuda_emu/
 // kernels_emu_check.cpp), which runs these launchers and kernels on emulated threads.
 #include "cuda/common.h"
+#include "cuda/gelu.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/ptx.cuh"
+#include "cuda/tree_order.cuh"
 
 #include <algorithm>
 #include <cstdint>
@@ -65,17 +67,8 @@ template <> struct Elem<BF16> {
     __device__ static uint16_t from_float(float v) { return float_to_bf16_bits(v); }
 };
 
-// GeLU, tanh approximation, as the CPU backend: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-__device__ __forceinline__ float gelu(float x) {
-    const float kSqrt2OverPi = 0.7978845608028654f;
-    const float u = kSqrt2OverPi * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
-}
-__device__ __forceinline__ double gelu(double x) {
-    const double kSqrt2OverPi = 0.7978845608028654;
-    const double u = kSqrt2OverPi * (x + 0.044715 * x * x * x);
-    return 0.5 * x * (1.0 + tanh(u));
-}
+// GeLU, tanh approximation, as the CPU backend (cuda/gelu.cuh: shared with the tree GEMM's epilogue).
+using dev::gelu;
 
 // d/dx of the tanh-approximation GeLU: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
 __device__ __forceinline__ float gelu_grad(float x) {
@@ -120,10 +113,17 @@ struct ReducePointers {
     void* dst[kMaxReducePointers];
     int32_t nsrc;
     int32_t ndst;
+    // The tree order (SW_REDUCE_SUM_TREE): merges[s] = how many tree nodes complete with source s (sw::tree::merges
+    // over nsrc sources, made on the host by dev::tree_merges_at): after source s's value is pushed, that many times the
+    // two top values are replaced by their sum, left + right. Unused (zeros) in source order.
+    int8_t merges[kMaxReducePointers];
 };
 
+// Stack of the tree order: at most sw::tree::depth(kMaxReducePointers) = 7 values.
+constexpr int kReduceTreeDepth = 8;
+
 // Accumulator of one element: the storage type for f32/f64, uint32_t for i32 (wrap-around defined), float
-// for f16/bf16. Summed in source order 0..nsrc-1.
+// for f16/bf16. Summed in source order 0..nsrc-1, or (kTree) in the tree's order over the sources.
 template <class T> struct Acc;
 template <> struct Acc<float> {
     using S = float; using A = float;
@@ -152,16 +152,40 @@ template <> struct Acc<BF16> {
     __device__ static S store(A v) { return float_to_bf16_bits(v); }
 };
 
+// The tree order for one element: source s's value v joins the stack, then p.merges[s] merges (left + right).
+// The first merge adds v straight into the top (top + v: the same one addition as pushing v and merging).
+template <class A>
+__device__ __forceinline__ void tree_push(A (&stack)[kReduceTreeDepth], int& top, A v, int merges) {
+    if (merges == 0) {
+        stack[top++] = v;
+        return;
+    }
+    stack[top - 1] = stack[top - 1] + v;
+    for (int j = 1; j < merges; ++j) {
+        stack[top - 2] = stack[top - 2] + stack[top - 1];
+        --top;
+    }
+}
+
 // Scalar path: element i by one thread (reads every source at i, then writes every destination at i, so a
 // destination may be one of the sources).
-template <class T>
+template <class T, bool kTree>
 __global__ void reduce_sum_kernel(ReducePointers p, uint64_t begin, uint64_t count) {
     using S = typename Acc<T>::S;
     using A = typename Acc<T>::A;
     for (uint64_t i = begin + static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
          i += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
-        A acc = Acc<T>::load(static_cast<const S*>(p.src[0])[i]);
-        for (int32_t s = 1; s < p.nsrc; ++s) acc += Acc<T>::load(static_cast<const S*>(p.src[s])[i]);
+        A acc;
+        if constexpr (kTree) {
+            A stack[kReduceTreeDepth];
+            int top = 0;
+            for (int32_t s = 0; s < p.nsrc; ++s)
+                tree_push(stack, top, Acc<T>::load(static_cast<const S*>(p.src[s])[i]), p.merges[s]);
+            acc = stack[0];
+        } else {
+            acc = Acc<T>::load(static_cast<const S*>(p.src[0])[i]);
+            for (int32_t s = 1; s < p.nsrc; ++s) acc += Acc<T>::load(static_cast<const S*>(p.src[s])[i]);
+        }
         const S out = Acc<T>::store(acc);
         for (int32_t d = 0; d < p.ndst; ++d) static_cast<S*>(p.dst[d])[i] = out;
     }
@@ -169,7 +193,7 @@ __global__ void reduce_sum_kernel(ReducePointers p, uint64_t begin, uint64_t cou
 
 // Vector path (every pointer 16-byte aligned): 16 bytes per thread and step, same per-element arithmetic.
 // Elements [0, nvec * V) with V = 16 / sizeof(S); the caller runs the scalar kernel on the tail.
-template <class T>
+template <class T, bool kTree>
 __global__ void reduce_sum_vec_kernel(ReducePointers p, uint64_t nvec) {
     using S = typename Acc<T>::S;
     using A = typename Acc<T>::A;
@@ -179,15 +203,31 @@ __global__ void reduce_sum_vec_kernel(ReducePointers p, uint64_t nvec) {
          v += static_cast<uint64_t>(gridDim.x) * blockDim.x) {
         A acc[V];
         S e[V];
-        uint4 raw = static_cast<const uint4*>(p.src[0])[v];
-        memcpy(e, &raw, sizeof raw); // register-to-register; no type punning through a union
+        uint4 raw;
+        if constexpr (kTree) {
+            A stack[V][kReduceTreeDepth];
+            int top[V];
 #pragma unroll
-        for (int j = 0; j < V; ++j) acc[j] = Acc<T>::load(e[j]);
-        for (int32_t s = 1; s < p.nsrc; ++s) {
-            raw = static_cast<const uint4*>(p.src[s])[v];
-            memcpy(e, &raw, sizeof raw);
+            for (int j = 0; j < V; ++j) top[j] = 0;
+            for (int32_t s = 0; s < p.nsrc; ++s) {
+                raw = static_cast<const uint4*>(p.src[s])[v];
+                memcpy(e, &raw, sizeof raw);
 #pragma unroll
-            for (int j = 0; j < V; ++j) acc[j] += Acc<T>::load(e[j]);
+                for (int j = 0; j < V; ++j) tree_push(stack[j], top[j], Acc<T>::load(e[j]), p.merges[s]);
+            }
+#pragma unroll
+            for (int j = 0; j < V; ++j) acc[j] = stack[j][0];
+        } else {
+            raw = static_cast<const uint4*>(p.src[0])[v];
+            memcpy(e, &raw, sizeof raw); // register-to-register; no type punning through a union
+#pragma unroll
+            for (int j = 0; j < V; ++j) acc[j] = Acc<T>::load(e[j]);
+            for (int32_t s = 1; s < p.nsrc; ++s) {
+                raw = static_cast<const uint4*>(p.src[s])[v];
+                memcpy(e, &raw, sizeof raw);
+#pragma unroll
+                for (int j = 0; j < V; ++j) acc[j] += Acc<T>::load(e[j]);
+            }
         }
 #pragma unroll
         for (int j = 0; j < V; ++j) e[j] = Acc<T>::store(acc[j]);
@@ -196,7 +236,7 @@ __global__ void reduce_sum_vec_kernel(ReducePointers p, uint64_t nvec) {
     }
 }
 
-template <class T>
+template <class T, bool kTree>
 cudaError_t reduce_sum_as(const ReducePointers& p, uint64_t count, cudaStream_t stream) {
     using S = typename Acc<T>::S;
     bool aligned = true;
@@ -207,13 +247,15 @@ cudaError_t reduce_sum_as(const ReducePointers& p, uint64_t count, cudaStream_t 
         const uint64_t per = 16 / sizeof(S);
         const uint64_t nvec = count / per;
         if (nvec > 0) {
-            const cudaError_t st = launch_kernel(reduce_sum_vec_kernel<T>, dim3(blocks_for(nvec)), dim3(kThreads), stream, p, nvec);
+            const cudaError_t st =
+                launch_kernel(reduce_sum_vec_kernel<T, kTree>, dim3(blocks_for(nvec)), dim3(kThreads), stream, p, nvec);
             if (st != cudaSuccess) return st;
         }
         begin = nvec * per;
     }
     if (begin < count) {
-        return launch_kernel(reduce_sum_kernel<T>, dim3(blocks_for(count - begin)), dim3(kThreads), stream, p, begin, count);
+        return launch_kernel(reduce_sum_kernel<T, kTree>, dim3(blocks_for(count - begin)), dim3(kThreads), stream, p,
+                             begin, count);
     }
     return cudaSuccess;
 }
@@ -388,23 +430,31 @@ cudaError_t launch_copy_2d(void* dst, int64_t ld_dst, const void* src, int64_t l
     return copy_2d_as<uint8_t>(dst, dpitch, src, spitch, rows, width, stream);
 }
 
+template <bool kTree>
+cudaError_t reduce_sum_typed(sw_dtype dtype, const ReducePointers& p, uint64_t count, cudaStream_t stream) {
+    switch (dtype) {
+    case SW_DTYPE_F32: return reduce_sum_as<float, kTree>(p, count, stream);
+    case SW_DTYPE_F64: return reduce_sum_as<double, kTree>(p, count, stream);
+    case SW_DTYPE_I32: return reduce_sum_as<int32_t, kTree>(p, count, stream);
+    case SW_DTYPE_F16: return reduce_sum_as<F16, kTree>(p, count, stream);
+    case SW_DTYPE_BF16: return reduce_sum_as<BF16, kTree>(p, count, stream);
+    default: return cudaErrorInvalidValue;
+    }
+}
+
 cudaError_t launch_reduce_sum(sw_dtype dtype, const void* const* srcs, int32_t nsrc, void* const* dsts, int32_t ndst,
-                              uint64_t count, cudaStream_t stream) {
+                              uint64_t count, bool tree, cudaStream_t stream) {
     if (nsrc < 1 || nsrc > kMaxReducePointers || ndst < 1 || ndst > kMaxReducePointers) return cudaErrorInvalidValue;
     ReducePointers p{};
     for (int32_t s = 0; s < nsrc; ++s) p.src[s] = srcs[s];
     for (int32_t d = 0; d < ndst; ++d) p.dst[d] = dsts[d];
     p.nsrc = nsrc;
     p.ndst = ndst;
+    static_assert(kMaxReducePointers <= 64, "kReduceTreeDepth holds the tree over at most 64 sources");
+    if (tree)
+        for (int32_t s = 0; s < nsrc; ++s) p.merges[s] = static_cast<int8_t>(dev::tree_merges_at(nsrc, s));
     (void)cudaGetLastError();
-    switch (dtype) {
-    case SW_DTYPE_F32: return reduce_sum_as<float>(p, count, stream);
-    case SW_DTYPE_F64: return reduce_sum_as<double>(p, count, stream);
-    case SW_DTYPE_I32: return reduce_sum_as<int32_t>(p, count, stream);
-    case SW_DTYPE_F16: return reduce_sum_as<F16>(p, count, stream);
-    case SW_DTYPE_BF16: return reduce_sum_as<BF16>(p, count, stream);
-    default: return cudaErrorInvalidValue;
-    }
+    return tree ? reduce_sum_typed<true>(dtype, p, count, stream) : reduce_sum_typed<false>(dtype, p, count, stream);
 }
 
 cudaError_t launch_convert(sw_dtype src_type, const void* src, sw_dtype dst_type, void* dst, uint64_t count,
@@ -448,11 +498,16 @@ cudaError_t preload_collective_kernels() {
         preload_kernel(copy_2d_kernel<uint4>), preload_kernel(copy_2d_kernel<uint2>),
         preload_kernel(copy_2d_kernel<uint32_t>), preload_kernel(copy_2d_kernel<uint16_t>),
         preload_kernel(copy_2d_kernel<uint8_t>),
-        preload_kernel(reduce_sum_kernel<float>), preload_kernel(reduce_sum_vec_kernel<float>),
-        preload_kernel(reduce_sum_kernel<double>), preload_kernel(reduce_sum_vec_kernel<double>),
-        preload_kernel(reduce_sum_kernel<int32_t>), preload_kernel(reduce_sum_vec_kernel<int32_t>),
-        preload_kernel(reduce_sum_kernel<F16>), preload_kernel(reduce_sum_vec_kernel<F16>),
-        preload_kernel(reduce_sum_kernel<BF16>), preload_kernel(reduce_sum_vec_kernel<BF16>),
+        preload_kernel(reduce_sum_kernel<float, false>), preload_kernel(reduce_sum_vec_kernel<float, false>),
+        preload_kernel(reduce_sum_kernel<double, false>), preload_kernel(reduce_sum_vec_kernel<double, false>),
+        preload_kernel(reduce_sum_kernel<int32_t, false>), preload_kernel(reduce_sum_vec_kernel<int32_t, false>),
+        preload_kernel(reduce_sum_kernel<F16, false>), preload_kernel(reduce_sum_vec_kernel<F16, false>),
+        preload_kernel(reduce_sum_kernel<BF16, false>), preload_kernel(reduce_sum_vec_kernel<BF16, false>),
+        preload_kernel(reduce_sum_kernel<float, true>), preload_kernel(reduce_sum_vec_kernel<float, true>),
+        preload_kernel(reduce_sum_kernel<double, true>), preload_kernel(reduce_sum_vec_kernel<double, true>),
+        preload_kernel(reduce_sum_kernel<int32_t, true>), preload_kernel(reduce_sum_vec_kernel<int32_t, true>),
+        preload_kernel(reduce_sum_kernel<F16, true>), preload_kernel(reduce_sum_vec_kernel<F16, true>),
+        preload_kernel(reduce_sum_kernel<BF16, true>), preload_kernel(reduce_sum_vec_kernel<BF16, true>),
     };
     for (cudaError_t r : results)
         if (r != cudaSuccess) return r;

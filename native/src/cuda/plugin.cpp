@@ -607,10 +607,12 @@ bool float_type(sw_dtype t) {
 }
 
 sw_status api_reduce_sum(int32_t ordinal, sw_dtype dtype, const void* const* srcs, int32_t nsrc, void* const* dsts,
-                         int32_t ndst, uint64_t count, void* stream, std::string* err) {
+                         int32_t ndst, uint64_t count, int32_t tree, void* stream, std::string* err) {
     return run(err, "reduce_sum", [&] {
         if (!float_type(dtype) && dtype != SW_DTYPE_I32)
             fail(SW_ERR_UNSUPPORTED, "sum of dtype ", dtype_name(dtype), " is not supported");
+        if (tree != 0 && tree != 1)
+            fail(SW_ERR_INVALID_ARGUMENT, "tree is ", tree, "; expected 0 (source order) or 1 (the tree order)");
         if (nsrc < 1 || nsrc > kMaxReducePointers)
             fail(SW_ERR_INVALID_ARGUMENT, "nsrc is ", nsrc, "; expected 1..", kMaxReducePointers);
         if (ndst < 1 || ndst > kMaxReducePointers)
@@ -627,7 +629,8 @@ sw_status api_reduce_sum(int32_t ordinal, sw_dtype dtype, const void* const* src
         if (count == 0) return;
         for (int32_t i = 0; i < nsrc; ++i) require_peer_reachable(srcs[i], ordinal, "srcs", i);
         for (int32_t i = 0; i < ndst; ++i) require_peer_reachable(dsts[i], ordinal, "dsts", i);
-        check_cuda(launch_reduce_sum(dtype, srcs, nsrc, dsts, ndst, count, as_stream(stream)), "reduce_sum kernel launch");
+        check_cuda(launch_reduce_sum(dtype, srcs, nsrc, dsts, ndst, count, tree == 1, as_stream(stream)),
+                   "reduce_sum kernel launch");
     });
 }
 
@@ -1033,7 +1036,11 @@ void validate_gemm(const GemmProblem& d, GemmAlgo algo) {
     if (algo != GemmAlgo::Auto && algo != GemmAlgo::CublasLt && algo != GemmAlgo::HandWritten &&
         algo != GemmAlgo::Wgmma)
         fail(SW_ERR_INVALID_ARGUMENT, "algo ", static_cast<int>(algo), " is not a GemmAlgo");
-    if ((algo == GemmAlgo::HandWritten || algo == GemmAlgo::Wgmma) && d.a_type != SW_DTYPE_F16 &&
+    if (d.k_leaf < 0 || d.k_leaf % 2 != 0 || d.k_leaf > (int64_t{1} << 24))
+        fail(SW_ERR_INVALID_ARGUMENT, "k_leaf (", d.k_leaf, ") must be 0 (the default order) or even, 2..2^24 (the tree "
+             "reduction)");
+    // The tree reduction runs the tree kernel, which takes every type combination, whatever the algorithm.
+    if (d.k_leaf == 0 && (algo == GemmAlgo::HandWritten || algo == GemmAlgo::Wgmma) && d.a_type != SW_DTYPE_F16 &&
         d.a_type != SW_DTYPE_BF16)
         fail(SW_ERR_UNSUPPORTED, "the hand-written GEMM (\"", algo == GemmAlgo::Wgmma ? "wgmma" : "mma",
              "\") takes f16 or bf16 inputs: a = ", dtype_name(d.a_type), ", b = ", dtype_name(d.b_type), ", c = ",
@@ -1120,6 +1127,10 @@ sw_status api_gemm(int32_t ordinal, const GemmProblem* problem, GemmAlgo algo, v
         validate_gemm(d, algo);
         set_device(ordinal);
         const cudaStream_t s = as_stream(stream);
+        if (d.k_leaf > 0) { // TP-invariant numerics: the tree kernel, k == 0 included (T = 0 through the epilogue)
+            check_cuda(launch_tree_gemm(d, s), "tree GEMM kernel launch");
+            return;
+        }
         if (d.k == 0) { // C = act(beta * C + bias): no product
             check_cuda(launch_scale_bias_act(d.c_type, d.c, d.ldc, d.m, d.n, d.beta, d.bias,
                                              d.epilogue == SW_EPILOGUE_GELU, s),

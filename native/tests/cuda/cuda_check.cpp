@@ -252,7 +252,7 @@ void check_peer_reduce_sum() {
     upload(theirs, b.data(), count * 4, s.s); // cudaMemcpyDefault: the copy engines reach any device
     const void* srcs[2] = {mine.p, theirs};
     void* dsts[2] = {mine_out.p, theirs_out};
-    const sw_status st = STATUS(reduce_sum, dev, SW_DTYPE_F32, srcs, 2, dsts, 2, static_cast<uint64_t>(count), s.s);
+    const sw_status st = STATUS(reduce_sum, dev, SW_DTYPE_F32, srcs, 2, dsts, 2, static_cast<uint64_t>(count), 0, s.s);
     EXPECT(st == SW_OK || st == SW_ERR_UNSUPPORTED, "reduce_sum over two devices: " + g_err);
     if (st == SW_OK) {
         CALL(stream_synchronize, dev, s.s);
@@ -554,7 +554,7 @@ void check_reduce_sum() {
                             dptr.push_back(bufs.back()->at(off * es));
                         }
                     }
-                    CALL(reduce_sum, dev, t, sptr.data(), nsrc, dptr.data(), ndst, count, s.s);
+                    CALL(reduce_sum, dev, t, sptr.data(), nsrc, dptr.data(), ndst, count, 0, s.s);
                     CALL(stream_synchronize, dev, s.s);
                     for (int d = 0; d < ndst; ++d) {
                         HostArray out(t, count);
@@ -574,9 +574,9 @@ void check_reduce_sum() {
                 }
     const void* one = nullptr;
     void* none = nullptr;
-    EXPECT(STATUS(reduce_sum, dev, SW_DTYPE_F32, &one, 1, &none, 1, 10, s.s) == SW_ERR_NULL_HANDLE, "null pointers");
-    EXPECT(STATUS(reduce_sum, dev, SW_DTYPE_U8, &one, 1, &none, 1, 10, s.s) == SW_ERR_UNSUPPORTED, "u8");
-    EXPECT(STATUS(reduce_sum, dev, SW_DTYPE_F32, &one, 0, &none, 1, 10, s.s) == SW_ERR_INVALID_ARGUMENT, "nsrc 0");
+    EXPECT(STATUS(reduce_sum, dev, SW_DTYPE_F32, &one, 1, &none, 1, 10, 0, s.s) == SW_ERR_NULL_HANDLE, "null pointers");
+    EXPECT(STATUS(reduce_sum, dev, SW_DTYPE_U8, &one, 1, &none, 1, 10, 0, s.s) == SW_ERR_UNSUPPORTED, "u8");
+    EXPECT(STATUS(reduce_sum, dev, SW_DTYPE_F32, &one, 0, &none, 1, 10, 0, s.s) == SW_ERR_INVALID_ARGUMENT, "nsrc 0");
     std::printf("  reduce_sum: %d cases\n", cases);
 }
 

@@ -54,6 +54,10 @@ inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); retu
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline float __double2float_rn(double d) { return static_cast<float>(d); } // the host rounds to nearest even
 float __double2float_rz(double d);                                          // toward zero
+// Single-rounding float multiply and add (never contracted into an FMA on the device; the host build of the emulation
+// does not contract either: ISO C++ mode, no -mfma).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 inline void __nanosleep(unsigned) {}
 inline void __threadfence_system() {}
 

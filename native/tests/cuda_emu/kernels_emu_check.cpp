@@ -2,14 +2,20 @@
 // compiles, launchers included) on the host emulation of cuda_emu.h, and checks every result bit for bit against
 // independent references: the layout kernel copy_2d (all five access widths it picks, padding untouched), the
 // in-process all-reduce's reduce_sum (every dtype, scalar and 16-byte vector paths with tails, several sources and
-// destinations, in place), convert (all twelve dtype pairs, correctly rounded, including the double -> f16/bf16
+// destinations, in place; in source order and in the tree order of SW_REDUCE_SUM_TREE against sw::tree::sum, on data
+// whose sums depend on the order), convert (all twelve dtype pairs, correctly rounded, including the double -> f16/bf16
 // ties that a double rounding would get wrong), the GEMM epilogue scale_bias_act, gelu_backward, wait_flag, the training
 // kernels unscale_check and axpy, and the attention and normalization kernels softmax, softmax_backward, norm and
 // norm_backward (against float64 references, to a relative 1e-5: they sum in fp32), and the activations, GLU, dropout
 // (masks bit for bit those of sw::dropout_bits on the host, for any split of the range into calls), the vocabulary-parallel
 // embedding and its backward, the cross-entropy partial / combine / backward over shards of one logits matrix, and the
 // optimizers sgd_step, adamw_step, sum_squares and scale (bit for bit against the CPU backend's loops, cpu/row_ops.cpp,
-// included below, and against float64 references).
+// included below, and against float64 references), and the TP-invariant tree GEMM (cuda/gemm_tree.cu, included below):
+// its tree walk against core/tree_reduction.h, its results bit for bit against a host reference of the same arithmetic
+// (fmaf chains per leaf, sw::tree::sum, the epilogue with the plugin's own GeLU function) for every type combination,
+// transposes, padded leading dimensions, bias, GeLU, alpha and beta, k == 0, k < k_leaf, a shorter last leaf and a deep
+// tree, and its TP invariance: the nodes of sw::tree::nodes(N, p) computed as separate GEMMs (p = 2, 4, empty nodes
+// included) and combined by the tree over the ranks give the unsharded GEMM's bits.
 // Every buffer lies against a guard page; every launch must be a valid configuration with no emulator findings.
 //
 // This proves the kernels' index math, launch configurations and arithmetic on a machine without a GPU. The
@@ -20,6 +26,8 @@
 #include "cuda_emu.h"
 
 #include "cuda/kernels.cu"
+#include "cuda/gemm_tree.cu" // the TP-invariant tree GEMM (launch_tree_gemm)
+#include "core/tree_reduction.h"
 #include "cpu/row_ops.cpp" // the CPU backend's loops: the optimizers' bit-for-bit references
 #include "emu_test_util.h"
 
@@ -171,31 +179,53 @@ void check_copy_2d() {
 }
 
 // ------------------------------------------------------------------------------------------ reduce_sum
-// The reference sums in source order in the kernel's accumulator type: float (f32, f16, bf16: one rounding at the
-// end for the 16-bit types), double, or modulo 2^32 (i32).
-double reduce_reference(sw_dtype t, const std::vector<const void*>& srcs, size_t i) {
-    if (t == SW_DTYPE_F64) {
-        double acc = get(t, srcs[0], i);
-        for (size_t s = 1; s < srcs.size(); ++s) acc += get(t, srcs[s], i);
-        return acc;
-    }
-    if (t == SW_DTYPE_I32) {
-        uint32_t acc = static_cast<uint32_t>(static_cast<const int32_t*>(srcs[0])[i]);
-        for (size_t s = 1; s < srcs.size(); ++s) acc += static_cast<uint32_t>(static_cast<const int32_t*>(srcs[s])[i]);
-        return static_cast<int32_t>(acc);
-    }
-    auto acc = static_cast<float>(get(t, srcs[0], i));
-    for (size_t s = 1; s < srcs.size(); ++s) acc += static_cast<float>(get(t, srcs[s], i));
-    return acc; // put() rounds it once to f16 / bf16
+// The reference sums in the kernel's accumulator type: float (f32, f16, bf16: one rounding at the end for the 16-bit
+// types), double, or modulo 2^32 (i32); in source order, or (tree) with sw::tree::sum, the fixed binary tree of
+// SW_REDUCE_SUM_TREE (core/tree_reduction.h), written independently of the kernel's stack walk.
+template <class A, class Load> A reduce_in(size_t n, bool tree, Load load) {
+    std::vector<A> x(n);
+    for (size_t s = 0; s < n; ++s) x[s] = load(s);
+    if (tree) return sw::tree::sum(x.data(), static_cast<int64_t>(n), [](A l, A r) { return static_cast<A>(l + r); });
+    A acc = x[0];
+    for (size_t s = 1; s < n; ++s) acc = static_cast<A>(acc + x[s]);
+    return acc;
+}
+double reduce_reference(sw_dtype t, const std::vector<const void*>& srcs, size_t i, bool tree) {
+    if (t == SW_DTYPE_F64) return reduce_in<double>(srcs.size(), tree, [&](size_t s) { return get(t, srcs[s], i); });
+    if (t == SW_DTYPE_I32)
+        return static_cast<int32_t>(reduce_in<uint32_t>(srcs.size(), tree, [&](size_t s) {
+            return static_cast<uint32_t>(static_cast<const int32_t*>(srcs[s])[i]);
+        }));
+    return reduce_in<float>(srcs.size(), tree, [&](size_t s) { return static_cast<float>(get(t, srcs[s], i)); });
+    // put() rounds it once to f16 / bf16
 }
 
-void check_reduce_sum() {
+// A value whose sums depend on the order of the additions, even after a rounding to 16 bits: half the time +-B (a
+// large power of two), else a small value of random exponent that B absorbs (f16: subnormals and near). Sums where
+// two +-B meet cancel exactly, and whether a small value was added before or after that cancellation decides whether it
+// survives. (With values of one magnitude, fp32 sums of f16 / bf16 values are exact in any order: no check at all.)
+double order_sensitive_value(sw_dtype t) {
+    std::uniform_real_distribution<double> mant(1.0, 2.0);
+    const bool f16 = t == SW_DTYPE_F16, f64 = t == SW_DTYPE_F64;
+    double v;
+    if (g_rng() & 2u) {
+        v = std::ldexp(1.0, f16 ? 14 : f64 ? 60 : 30);
+    } else {
+        std::uniform_int_distribution<int> ex(f16 ? -24 : f64 ? -60 : -40, f16 ? -12 : f64 ? -40 : -20);
+        v = std::ldexp(mant(g_rng), ex(g_rng));
+    }
+    return (g_rng() & 1u) ? v : -v;
+}
+
+// tree = false: source order, nsrc 1, 3, 5. tree = true (SW_REDUCE_SUM_TREE): nsrc 1..5, 8, 13 and 64 (the most).
+void check_reduce_sum(bool tree) {
     const sw_dtype types[] = {SW_DTYPE_F32, SW_DTYPE_F64, SW_DTYPE_I32, SW_DTYPE_F16, SW_DTYPE_BF16};
     const uint64_t counts[] = {1, 7, 37, 1027};
+    const std::vector<int> nsrcs = tree ? std::vector<int>{1, 2, 3, 4, 5, 8, 13, 64} : std::vector<int>{1, 3, 5};
     int variant = 0;
     for (sw_dtype t : types)
         for (uint64_t count : counts)
-            for (int nsrc : {1, 3, 5})
+            for (int nsrc : nsrcs)
                 for (bool aligned : {true, false}) {
                     ++variant;
                     const int ndst = 1 + variant % 2;
@@ -214,6 +244,7 @@ void check_reduce_sum() {
                         void* p = bufs.back()->as<char>() + off;
                         for (uint64_t i = 0; i < count; ++i) {
                             if (t == SW_DTYPE_I32) static_cast<int32_t*>(p)[i] = big(g_rng); // wraps on purpose
+                            else if (tree) put(t, p, i, order_sensitive_value(t));
                             else put(t, p, i, uni(g_rng));
                         }
                         srcs.push_back(p);
@@ -232,21 +263,21 @@ void check_reduce_sum() {
                         dsts.push_back(bufs.back()->as<char>() + off);
                     }
                     std::vector<std::string> problems;
-                    expect_launch(sw::cuda::launch_reduce_sum(t, srcs.data(), nsrc, dsts.data(), ndst, count, nullptr),
+                    expect_launch(sw::cuda::launch_reduce_sum(t, srcs.data(), nsrc, dsts.data(), ndst, count, tree, nullptr),
                                   problems);
                     std::vector<const void*> orig;
                     for (const auto& v : saved) orig.push_back(v.data());
                     std::vector<char> want(es);
                     for (uint64_t i = 0; i < count; ++i) {
-                        put(t, want.data(), 0, reduce_reference(t, orig, i));
+                        put(t, want.data(), 0, reduce_reference(t, orig, i, tree));
                         for (int d = 0; d < ndst; ++d)
                             if (std::memcmp(static_cast<char*>(dsts[d]) + i * es, want.data(), es) != 0 && problems.size() < 6)
                                 problems.push_back("dst " + std::to_string(d) + "[" + std::to_string(i) + "] = " +
                                                    bits_of(t, dsts[d], i) + ", expected " + bits_of(t, want.data(), 0));
                     }
                     char what[160];
-                    std::snprintf(what, sizeof what, "reduce_sum %s count=%llu nsrc=%d ndst=%d %s%s", name(t),
-                                  static_cast<unsigned long long>(count), nsrc, ndst,
+                    std::snprintf(what, sizeof what, "reduce_sum%s %s count=%llu nsrc=%d ndst=%d %s%s", tree ? " (tree)" : "",
+                                  name(t), static_cast<unsigned long long>(count), nsrc, ndst,
                                   aligned ? "16-byte aligned (vector path + tail)" : "misaligned (scalar path)",
                                   in_place ? " in place" : "");
                     report(problems.empty(), what, problems);
@@ -1901,10 +1932,300 @@ void check_optimizers() {
 
 } // namespace
 
+// ------------------------------------------------------------------------------------------ tree GEMM
+// The TP-invariant tree GEMM (cuda/gemm_tree.cu, GemmProblem::k_leaf > 0) against a plain host reference of the same
+// arithmetic, bit for bit: per leaf an fp32 fmaf chain from +0 in k order, the leaves summed by sw::tree::sum, then
+// once alpha * T (beta == 0) or fmaf(alpha, T, beta * C), + bias, GeLU (the plugin's device function, compiled here
+// for the host: the same function on both sides), rounded once to C's type.
+
+// The walk the kernels use (dev::tree_merges_at, dev::tree_depth) against core/tree_reduction.h's tables.
+void check_tree_order() {
+    std::vector<std::string> problems;
+    std::vector<int64_t> ns;
+    for (int64_t n = 1; n <= 1100; ++n) ns.push_back(n);
+    for (int64_t n : {4095, 4096, 4097, 32767, 32768, 32769, 100000}) ns.push_back(n);
+    std::vector<int32_t> merges;
+    for (int64_t n : ns) {
+        sw::tree::merges(n, merges);
+        for (int64_t l = 0; l < n; ++l)
+            if (sw::cuda::dev::tree_merges_at(n, l) != merges[static_cast<size_t>(l)] && problems.size() < 6)
+                problems.push_back("tree_merges_at(" + std::to_string(n) + ", " + std::to_string(l) + ") = " +
+                                   std::to_string(sw::cuda::dev::tree_merges_at(n, l)) + ", expected " +
+                                   std::to_string(merges[static_cast<size_t>(l)]));
+        if (sw::cuda::dev::tree_depth(n) != sw::tree::depth(n) && problems.size() < 6)
+            problems.push_back("tree_depth(" + std::to_string(n) + ") differs");
+    }
+    report(problems.empty(), "tree order: dev::tree_merges_at / tree_depth equal sw::tree::merges / depth", problems);
+}
+
+// The GEMM's element types: a = b, c (the bias has c's type).
+struct TreeTypes {
+    sw_dtype a, c;
+};
+const TreeTypes kTreeTypes[] = {{SW_DTYPE_F32, SW_DTYPE_F32},
+                                {SW_DTYPE_F16, SW_DTYPE_F16},
+                                {SW_DTYPE_BF16, SW_DTYPE_BF16},
+                                {SW_DTYPE_F16, SW_DTYPE_F32},
+                                {SW_DTYPE_BF16, SW_DTYPE_F32}};
+
+// A value of type t, never zero: magnitude in [0.25, 2), either sign (exact in every type once rounded).
+double nonzero_value() {
+    std::uniform_real_distribution<double> mag(0.25, 2.0);
+    return (g_rng() & 1u) ? mag(g_rng) : -mag(g_rng);
+}
+
+// The epilogue on the root T, in fp32 as the kernel: (alpha, beta, C's old value, the bias or none, GeLU).
+float tree_epilogue(float root, float alpha, float beta, float c_old, const float* bias, bool gelu_on) {
+    float v;
+    if (beta == 0.0f) {
+        v = alpha * root;
+    } else {
+        const float scaled = beta * c_old;
+        v = std::fma(alpha, root, scaled);
+    }
+    if (bias) v = v + *bias;
+    if (gelu_on) v = sw::cuda::dev::gelu(v);
+    return v;
+}
+
+// op(A)[i][p] and op(B)[p][j] of a problem, widened exactly.
+float op_a(const sw::GemmProblem& g, int64_t i, int64_t p) {
+    return static_cast<float>(get(g.a_type, g.a, static_cast<size_t>(g.trans_a ? p * g.lda + i : i * g.lda + p)));
+}
+float op_b(const sw::GemmProblem& g, int64_t p, int64_t j) {
+    return static_cast<float>(get(g.b_type, g.b, static_cast<size_t>(g.trans_b ? j * g.ldb + p : p * g.ldb + j)));
+}
+
+// The reference for element (i, j): the root of the tree over the leaves' fmaf chains.
+float tree_root_reference(const sw::GemmProblem& g, int64_t i, int64_t j) {
+    const int64_t n = g.k == 0 ? 0 : (g.k - 1) / g.k_leaf + 1;
+    if (n == 0) return 0.0f;
+    std::vector<float> leaves(static_cast<size_t>(n));
+    for (int64_t l = 0; l < n; ++l) {
+        float acc = 0.0f;
+        for (int64_t p = l * g.k_leaf; p < std::min(g.k, (l + 1) * g.k_leaf); ++p)
+            acc = std::fma(op_a(g, i, p), op_b(g, p, j), acc);
+        leaves[static_cast<size_t>(l)] = acc;
+    }
+    return sw::tree::sum(leaves.data(), n, [](float x, float y) { return x + y; });
+}
+
+// Operands of one tree GEMM, each against a guard page; C keeps a copy of its contents before the run.
+struct TreeOperands {
+    std::unique_ptr<Guarded> a, b, c, bias;
+    std::vector<char> c_before;
+    sw::GemmProblem g;
+};
+
+// Random op(A) m x k and op(B) k x n (stored as trans_a / trans_b say, leading dimensions padded by 0..3), C m x ldc
+// (random old values when beta != 0, else 0xFF poison: NaN, never to be read), bias of C's type or none.
+TreeOperands make_tree_operands(int64_t m, int64_t n, int64_t k, int64_t leaf, TreeTypes ty, bool trans_a, bool trans_b,
+                                float alpha, float beta, bool bias_on, bool gelu_on) {
+    TreeOperands o;
+    sw::GemmProblem& g = o.g;
+    g.m = m;
+    g.n = n;
+    g.k = k;
+    g.trans_a = trans_a;
+    g.trans_b = trans_b;
+    g.a_type = g.b_type = ty.a;
+    g.c_type = g.bias_type = ty.c;
+    g.alpha = alpha;
+    g.beta = beta;
+    g.epilogue = gelu_on ? SW_EPILOGUE_GELU : SW_EPILOGUE_NONE;
+    g.k_leaf = leaf;
+    std::uniform_int_distribution<int64_t> pad(0, 3);
+    const size_t ea = dtype_size(ty.a), ec = dtype_size(ty.c);
+    const int64_t a_rows = trans_a ? k : m, a_cols = trans_a ? m : k;
+    const int64_t b_rows = trans_b ? n : k, b_cols = trans_b ? k : n;
+    g.lda = std::max<int64_t>(1, a_cols + pad(g_rng));
+    g.ldb = std::max<int64_t>(1, b_cols + pad(g_rng));
+    g.ldc = n + pad(g_rng);
+    const size_t na = static_cast<size_t>(std::max<int64_t>(1, a_rows * g.lda));
+    const size_t nb = static_cast<size_t>(std::max<int64_t>(1, b_rows * g.ldb));
+    const size_t nc = static_cast<size_t>(m * g.ldc);
+    o.a = std::make_unique<Guarded>(na * ea, 0);
+    o.b = std::make_unique<Guarded>(nb * ea, 0);
+    o.c = std::make_unique<Guarded>(nc * ec, 0);
+    for (size_t i = 0; i < na; ++i) put(ty.a, o.a->as<void>(), i, nonzero_value());
+    for (size_t i = 0; i < nb; ++i) put(ty.a, o.b->as<void>(), i, nonzero_value());
+    if (beta != 0.0f)
+        for (size_t i = 0; i < nc; ++i) put(ty.c, o.c->as<void>(), i, nonzero_value());
+    else
+        std::memset(o.c->as<void>(), 0xFF, nc * ec);
+    o.c_before.assign(o.c->as<char>(), o.c->as<char>() + nc * ec);
+    g.a = o.a->as<void>();
+    g.b = o.b->as<void>();
+    g.c = o.c->as<void>();
+    if (bias_on) {
+        o.bias = std::make_unique<Guarded>(static_cast<size_t>(n) * ec, 0);
+        for (int64_t j = 0; j < n; ++j) put(ty.c, o.bias->as<void>(), static_cast<size_t>(j), nonzero_value());
+        g.bias = o.bias->as<void>();
+    }
+    return o;
+}
+
+// C after the run against want(i, j) (the expected fp32 value before rounding to C's type), bit for bit; the padding
+// columns must hold what they held before.
+template <class Want>
+void compare_tree_c(const TreeOperands& o, Want&& want, std::vector<std::string>& problems) {
+    const sw::GemmProblem& g = o.g;
+    const size_t ec = dtype_size(g.c_type);
+    std::vector<char> expect(ec);
+    for (int64_t i = 0; i < g.m; ++i)
+        for (int64_t j = 0; j < g.ldc; ++j) {
+            const size_t e = static_cast<size_t>(i * g.ldc + j);
+            const char* got = o.c->as<char>() + e * ec;
+            if (j >= g.n) {
+                if (std::memcmp(got, o.c_before.data() + e * ec, ec) != 0 && problems.size() < 6)
+                    problems.push_back("padding C(" + std::to_string(i) + ", " + std::to_string(j) + ") written");
+                continue;
+            }
+            put(g.c_type, expect.data(), 0, want(i, j)); // float -> C's type: one rounding to nearest even
+            if (std::memcmp(got, expect.data(), ec) != 0 && problems.size() < 6)
+                problems.push_back("C(" + std::to_string(i) + ", " + std::to_string(j) + ") = " + bits_of(g.c_type, got, 0) +
+                                   ", expected " + bits_of(g.c_type, expect.data(), 0));
+        }
+}
+
+float bias_at(const sw::GemmProblem& g, int64_t j) {
+    return static_cast<float>(get(g.bias_type, g.bias, static_cast<size_t>(j)));
+}
+float c_old_at(const TreeOperands& o, int64_t i, int64_t j) {
+    return static_cast<float>(get(o.g.c_type, o.c_before.data(), static_cast<size_t>(i * o.g.ldc + j)));
+}
+
+std::string tree_case_name(const sw::GemmProblem& g) {
+    char buf[220];
+    std::snprintf(buf, sizeof buf, "m=%lld n=%lld k=%lld leaf=%lld a=%s c=%s%s%s alpha=%g beta=%g%s%s",
+                  static_cast<long long>(g.m), static_cast<long long>(g.n), static_cast<long long>(g.k),
+                  static_cast<long long>(g.k_leaf), name(g.a_type), name(g.c_type), g.trans_a ? " A^T" : "",
+                  g.trans_b ? " B^T" : "", g.alpha, g.beta, g.bias ? " +bias" : "", g.gelu() ? " +gelu" : "");
+    return buf;
+}
+
+// (a) The kernel against the reference, every type combination, transposes, bias, GeLU, alpha, beta, ragged shapes.
+void check_tree_gemm() {
+    struct Shape { int64_t m, n, k, leaf; };
+    const Shape shapes[] = {
+        {1, 1, 0, 2},     {4, 70, 0, 8},    // k == 0: T = 0 through the epilogue (two column tiles)
+        {3, 5, 1, 2},     {2, 3, 50, 64},   {17, 9, 7, 8},     // k < k_leaf: one leaf
+        {5, 67, 128, 64}, {3, 2, 96, 8},    // k a multiple of k_leaf
+        {33, 3, 200, 64}, {70, 66, 130, 8}, {65, 17, 37, 2},  // a shorter last leaf; leaves straddle the k slices
+    };
+    struct Epi { float alpha, beta; };
+    const Epi epis[] = {{1.0f, 0.0f}, {-0.75f, 0.0f}, {1.5f, 0.5f}};
+    int variant = 0;
+    for (const Shape& sh : shapes)
+        for (const TreeTypes& ty : kTreeTypes)
+            for (int tr = 0; tr < 4; ++tr) {
+                const int v = variant++ / 4; // the transposes cycle fastest; (bias, GeLU, alpha/beta): 12 combinations
+                const bool bias_on = v % 2 == 1, gelu_on = (v / 2) % 2 == 1;
+                const Epi ep = epis[(v / 4) % 3];
+                TreeOperands o = make_tree_operands(sh.m, sh.n, sh.k, sh.leaf, ty, tr & 1, tr & 2, ep.alpha, ep.beta,
+                                                    bias_on, gelu_on);
+                const sw::GemmProblem& g = o.g;
+                std::vector<std::string> problems;
+                expect_launch(sw::cuda::launch_tree_gemm(g, nullptr), problems);
+                compare_tree_c(o, [&](int64_t i, int64_t j) {
+                    const float b = g.bias ? bias_at(g, j) : 0.0f;
+                    return tree_epilogue(tree_root_reference(g, i, j), g.alpha, g.beta, c_old_at(o, i, j),
+                                         g.bias ? &b : nullptr, g.gelu());
+                }, problems);
+                report(problems.empty(), "tree GEMM " + tree_case_name(g), problems);
+            }
+    // A deep tree (N = 35001 leaves: depth 17, the kernel's 64-slot stack) on a single tile.
+    for (const TreeTypes& ty : {kTreeTypes[0], kTreeTypes[2]}) {
+        TreeOperands o = make_tree_operands(1, 3, 70001, 2, ty, false, true, 0.5f, 0.25f, true, true);
+        const sw::GemmProblem& g = o.g;
+        std::vector<std::string> problems;
+        expect_launch(sw::cuda::launch_tree_gemm(g, nullptr), problems);
+        compare_tree_c(o, [&](int64_t i, int64_t j) {
+            const float b = bias_at(g, j);
+            return tree_epilogue(tree_root_reference(g, i, j), g.alpha, g.beta, c_old_at(o, i, j), &b, g.gelu());
+        }, problems);
+        report(problems.empty(), "tree GEMM (deep tree) " + tree_case_name(g), problems);
+    }
+    // Refused: an odd or non-positive leaf.
+    {
+        TreeOperands o = make_tree_operands(2, 2, 4, 2, kTreeTypes[0], false, false, 1.0f, 0.0f, false, false);
+        sw::GemmProblem g = o.g;
+        bool ok = true;
+        for (int64_t bad : {0, -2, 3}) {
+            g.k_leaf = bad;
+            ok = ok && sw::cuda::launch_tree_gemm(g, nullptr) == cudaErrorInvalidValue;
+        }
+        (void)sw::emu::take_findings();
+        report(ok, "tree GEMM refuses k_leaf 0, -2, 3 (cudaErrorInvalidValue)");
+    }
+}
+
+// (b) TP invariance: for p = 2 and 4, rank r computes node r of the tree (sw::tree::nodes: leaves [s(r), s(r + 1)),
+// k range [s(r) * leaf, min(k, s(r + 1) * leaf))) with alpha 1, beta 0, no bias, an fp32 C; the p partial results
+// summed by sw::tree::sum over the ranks (SW_REDUCE_SUM_TREE) and put through the epilogue equal, bit for bit, the
+// unsharded kernel's C.
+void check_tree_gemm_invariance() {
+    struct Case { int64_t m, n, k, leaf; };
+    const Case cases[] = {
+        {9, 13, 100, 8},  // N = 13, a shorter last leaf
+        {5, 7, 24, 8},    // N = 3: with p = 4 one rank's node is empty (k = 0)
+        {4, 4, 2, 2},     // N = 1: p - 1 empty nodes
+        {3, 70, 300, 64}, // N = 5, two column tiles
+        {66, 5, 1000, 2}, // N = 500, two row tiles
+    };
+    int variant = 0;
+    for (const Case& cs : cases)
+        for (int p : {2, 4})
+            for (const TreeTypes& ty : kTreeTypes) {
+                const int v = variant++;
+                const bool trans_a = v % 2 == 1, trans_b = (v / 2) % 2 == 1;
+                const bool bias_on = (v / 3) % 2 == 0, gelu_on = (v / 5) % 2 == 0;
+                const float alpha = v % 3 == 0 ? 1.0f : -1.25f, beta = v % 4 == 1 ? 0.0f : 0.75f;
+                TreeOperands full = make_tree_operands(cs.m, cs.n, cs.k, cs.leaf, ty, trans_a, trans_b, alpha, beta,
+                                                       bias_on, gelu_on);
+                const sw::GemmProblem& g = full.g;
+                std::vector<std::string> problems;
+                expect_launch(sw::cuda::launch_tree_gemm(g, nullptr), problems);
+                // The ranks' partial products over their k ranges, into fp32 C's (poisoned first).
+                const int64_t n_leaves = (cs.k - 1) / cs.leaf + 1;
+                const std::vector<int64_t> first = sw::tree::nodes(n_leaves, p);
+                std::vector<std::unique_ptr<Guarded>> parts;
+                const size_t ea = dtype_size(ty.a);
+                for (int r = 0; r < p; ++r) {
+                    const int64_t k0 = std::min(cs.k, first[static_cast<size_t>(r)] * cs.leaf);
+                    const int64_t k1 = std::min(cs.k, first[static_cast<size_t>(r) + 1] * cs.leaf);
+                    parts.push_back(std::make_unique<Guarded>(static_cast<size_t>(cs.m * cs.n) * sizeof(float), 0));
+                    std::memset(parts.back()->as<void>(), 0xFF, static_cast<size_t>(cs.m * cs.n) * sizeof(float));
+                    sw::GemmProblem rg = g;
+                    rg.k = k1 - k0;
+                    rg.a = static_cast<const char*>(g.a) + static_cast<size_t>(g.trans_a ? k0 * g.lda : k0) * ea;
+                    rg.b = static_cast<const char*>(g.b) + static_cast<size_t>(g.trans_b ? k0 : k0 * g.ldb) * ea;
+                    rg.c = parts.back()->as<void>();
+                    rg.ldc = cs.n;
+                    rg.c_type = rg.bias_type = SW_DTYPE_F32;
+                    rg.alpha = 1.0f;
+                    rg.beta = 0.0f;
+                    rg.bias = nullptr;
+                    rg.epilogue = SW_EPILOGUE_NONE;
+                    expect_launch(sw::cuda::launch_tree_gemm(rg, nullptr), problems);
+                }
+                compare_tree_c(full, [&](int64_t i, int64_t j) {
+                    std::vector<float> x(static_cast<size_t>(p));
+                    for (int r = 0; r < p; ++r)
+                        x[static_cast<size_t>(r)] = parts[static_cast<size_t>(r)]->as<float>()[i * cs.n + j];
+                    const float root = sw::tree::sum(x.data(), p, [](float l, float rr) { return l + rr; });
+                    const float b = g.bias ? bias_at(g, j) : 0.0f;
+                    return tree_epilogue(root, g.alpha, g.beta, c_old_at(full, i, j), g.bias ? &b : nullptr, g.gelu());
+                }, problems);
+                report(problems.empty(), "tree GEMM invariance p=" + std::to_string(p) + " " + tree_case_name(g), problems);
+            }
+}
+
 int main() {
     check_emulated_conversions();
     check_copy_2d();
-    check_reduce_sum();
+    check_reduce_sum(false);
+    check_reduce_sum(true);
     check_convert();
     check_scale_bias_act();
     check_finish_f32();
@@ -1918,6 +2239,9 @@ int main() {
     check_embedding();
     check_cross_entropy();
     check_optimizers();
+    check_tree_order();
+    check_tree_gemm();
+    check_tree_gemm_invariance();
     std::printf("kernels_emu_check: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;
 }

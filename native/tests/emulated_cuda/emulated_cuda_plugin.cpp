@@ -7,14 +7,22 @@
 // an "event" is a marker with a generation counter; stream_wait_flag queues a task that polls the flag.
 // Its GEMM takes what the real plugin takes (A = B in f32, f16 or bf16; C in f32 or A's type; bias in C's type): the
 // inputs widened exactly, products summed in double (more exact than the kernels' fp32: a check's tolerance for fp32
-// accumulation covers both), alpha, beta, bias and GeLU in double, rounded to float and then to C's type; other combinations fail with SW_ERR_UNSUPPORTED naming them, as the real plugin does. Its reduce_sum
-// sums f32, f16 and bf16 in fp32 in source order and rounds once (the real kernel's arithmetic).
+// accumulation covers both), alpha, beta, bias and GeLU in double, rounded to float and then to C's type; other
+// combinations fail with SW_ERR_UNSUPPORTED naming them, as the real plugin does. With k_leaf > 0 (TP-invariant
+// numerics, ABI 8) it computes the real tree kernel's arithmetic instead (cuda/gemm_tree.cu), so that an emulated
+// device is TP-invariant too: per leaf of k_leaf elements an fp32 fmaf chain from +0 in k order, the leaves combined
+// by the fixed binary tree of core/tree_reduction.h in fp32, then once alpha * T (beta == 0) or fmaf(alpha, T,
+// beta * C), + bias, GeLU (the double GeLU above, rounded to float), rounded to C's type. Its reduce_sum sums f32, f16
+// and bf16 in fp32 (f64 in double, i32 modulo 2^32), in source order or (tree = 1, SW_REDUCE_SUM_TREE) in the tree's
+// order over the sources, and rounds once (the real kernel's arithmetic).
 #include "core/cuda_plugin_api.h"
 #include "core/dtype.h"
 #include "core/row_ops.h"
+#include "core/tree_reduction.h"
 #include "cpu/stream.h"
 #include "../float16_ref.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -193,6 +201,38 @@ void store(sw_dtype t, void* p, int64_t i, float v) {
 }
 bool gemm_type(sw_dtype t) { return t == SW_DTYPE_F32 || t == SW_DTYPE_F16 || t == SW_DTYPE_BF16; }
 
+double gelu64(double v) { return 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+
+// The tree kernel's arithmetic (cuda/gemm_tree.cu), element by element, in fp32. Separate statements, and this file is
+// compiled as ISO C++ without -mfma: no product and sum are contracted into an FMA beyond the explicit std::fma.
+void tree_gemm(const sw::GemmProblem& g) {
+    const int64_t nleaves = g.k == 0 ? 0 : (g.k - 1) / g.k_leaf + 1;
+    std::vector<float> leaves(static_cast<size_t>(nleaves));
+    for (int64_t i = 0; i < g.m; ++i)
+        for (int64_t j = 0; j < g.n; ++j) {
+            for (int64_t l = 0; l < nleaves; ++l) {
+                float acc = 0.0f;
+                const int64_t end = std::min(g.k, (l + 1) * g.k_leaf);
+                for (int64_t p = l * g.k_leaf; p < end; ++p)
+                    acc = std::fma(load(g.a_type, g.a, g.trans_a ? p * g.lda + i : i * g.lda + p),
+                                   load(g.b_type, g.b, g.trans_b ? j * g.ldb + p : p * g.ldb + j), acc);
+                leaves[static_cast<size_t>(l)] = acc;
+            }
+            const float root =
+                nleaves == 0 ? 0.0f : sw::tree::sum(leaves.data(), nleaves, [](float x, float y) { return x + y; });
+            float v;
+            if (g.beta == 0.0f) {
+                v = g.alpha * root; // C is never read
+            } else {
+                const float scaled_c = g.beta * load(g.c_type, g.c, i * g.ldc + j);
+                v = std::fma(g.alpha, root, scaled_c);
+            }
+            if (g.bias) v = v + load(g.c_type, g.bias, j);
+            if (g.epilogue == SW_EPILOGUE_GELU) v = static_cast<float>(gelu64(v));
+            store(g.c_type, g.c, i * g.ldc + j, v);
+        }
+}
+
 sw_status gemm(int32_t, const sw::GemmProblem* d, sw::cuda::GemmAlgo, void* s, std::string* err) {
     if (!gemm_type(d->a_type) || d->b_type != d->a_type || (d->c_type != SW_DTYPE_F32 && d->c_type != d->a_type) ||
         d->bias_type != d->c_type || d->accum_type != SW_DTYPE_F32) {
@@ -201,7 +241,12 @@ sw_status gemm(int32_t, const sw::GemmProblem* d, sw::cuda::GemmAlgo, void* s, s
                    ", c = " + sw::dtype_name(d->c_type) + " is not supported";
         return SW_ERR_UNSUPPORTED;
     }
+    if (d->k_leaf < 0 || d->k_leaf % 2 != 0) return fail(err, "emulated GEMM: k_leaf must be 0 or even and positive");
     const sw::GemmProblem g = *d;
+    if (g.k_leaf > 0) {
+        S(s)->enqueue([g] { tree_gemm(g); });
+        return SW_OK;
+    }
     S(s)->enqueue([g] {
         for (int64_t i = 0; i < g.m; ++i)
             for (int64_t j = 0; j < g.n; ++j) {
@@ -211,7 +256,7 @@ sw_status gemm(int32_t, const sw::GemmProblem* d, sw::cuda::GemmAlgo, void* s, s
                            double(load(g.b_type, g.b, g.trans_b ? j * g.ldb + p : p * g.ldb + j));
                 double v = g.alpha * acc + (g.beta != 0 ? g.beta * double(load(g.c_type, g.c, i * g.ldc + j)) : 0.0);
                 if (g.bias) v += load(g.c_type, g.bias, j);
-                if (g.epilogue == SW_EPILOGUE_GELU) v = 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+                if (g.epilogue == SW_EPILOGUE_GELU) v = gelu64(v);
                 store(g.c_type, g.c, i * g.ldc + j, static_cast<float>(v));
             }
     });
@@ -225,17 +270,43 @@ sw_status copy_2d(int32_t, void* dst, int64_t ldd, const void* src, int64_t lds,
     });
     return SW_OK;
 }
+// One element of every source summed in A (float, double or uint32_t), in source order or in the tree's order.
+template <class A, class Load>
+A sum_sources(size_t nsrc, bool tree, Load load_source) {
+    A x[64];
+    for (size_t q = 0; q < nsrc; ++q) x[q] = load_source(q);
+    if (tree) return sw::tree::sum(x, static_cast<int64_t>(nsrc), [](A l, A r) { return static_cast<A>(l + r); });
+    A acc = x[0];
+    for (size_t q = 1; q < nsrc; ++q) acc = static_cast<A>(acc + x[q]);
+    return acc;
+}
+
 sw_status reduce_sum(int32_t, sw_dtype t, const void* const* srcs, int32_t nsrc, void* const* dsts, int32_t ndst,
-                     uint64_t count, void* s, std::string* err) {
-    if (t != SW_DTYPE_F32 && t != SW_DTYPE_F16 && t != SW_DTYPE_BF16) return fail(err, "emulated reduce_sum: f32, f16, bf16 only");
+                     uint64_t count, int32_t tree, void* s, std::string* err) {
+    if (t != SW_DTYPE_F32 && t != SW_DTYPE_F16 && t != SW_DTYPE_BF16 && t != SW_DTYPE_F64 && t != SW_DTYPE_I32)
+        return fail(err, "emulated reduce_sum: f32, f64, f16, bf16, i32 only");
+    if (nsrc < 1 || nsrc > 64 || ndst < 1 || ndst > 64)
+        return fail(err, "emulated reduce_sum: 1..64 sources and destinations");
+    if (tree != 0 && tree != 1) return fail(err, "emulated reduce_sum: tree must be 0 or 1");
     std::vector<const void*> src(srcs, srcs + nsrc);
     std::vector<void*> dst(dsts, dsts + ndst);
+    const bool by_tree = tree == 1;
     S(s)->enqueue([=] {
         for (uint64_t i = 0; i < count; ++i) {
             const auto e = static_cast<int64_t>(i);
-            float acc = load(t, src[0], e); // fp32, sources in order, one rounding at the end
-            for (size_t q = 1; q < src.size(); ++q) acc += load(t, src[q], e);
-            for (void* d : dst) store(t, d, e, acc);
+            if (t == SW_DTYPE_F64) {
+                const double v = sum_sources<double>(src.size(), by_tree,
+                                                     [&](size_t q) { return static_cast<const double*>(src[q])[e]; });
+                for (void* d : dst) static_cast<double*>(d)[e] = v;
+            } else if (t == SW_DTYPE_I32) {
+                const uint32_t v = sum_sources<uint32_t>(src.size(), by_tree, [&](size_t q) {
+                    return static_cast<uint32_t>(static_cast<const int32_t*>(src[q])[e]);
+                });
+                for (void* d : dst) static_cast<int32_t*>(d)[e] = static_cast<int32_t>(v);
+            } else { // fp32, one rounding at the end
+                const float v = sum_sources<float>(src.size(), by_tree, [&](size_t q) { return load(t, src[q], e); });
+                for (void* d : dst) store(t, d, e, v);
+            }
         }
     });
     return SW_OK;

@@ -79,6 +79,31 @@ public sealed class Device : IDisposable
         }
     }
 
+    /// <summary>
+    /// TP-invariant numerics (<c>sw_device_set_gemm_reduction</c>; <see cref="TreeReduction"/>, docs/tp-invariance.md):
+    /// 0 (the default) lets every GEMM on this device sum k in its fastest order; an even L &gt; 0 makes every GEMM enqueued
+    /// afterwards sum k in leaves of L elements combined by a fixed binary tree, and every layer built afterwards on this
+    /// device split its reduction dimension by that tree and combine the ranks with <see cref="SwReduceOp.SumTree"/>: its
+    /// results are then bit-identical for every power-of-two tensor-parallel degree (other degrees are refused).
+    /// <see cref="TreeReduction.DefaultLeaf"/> (512) costs the least on the CPU. Set it on every rank's device alike before
+    /// building layers (a layer keeps the setting it was built with and refuses to run after it changed).
+    /// </summary>
+    public long GemmReductionLeaf
+    {
+        get
+        {
+            ThrowHelper.Check(Native.sw_device_get_gemm_reduction(Handle, out long leaf));
+            return leaf;
+        }
+        set
+        {
+            if (value < 0 || value % 2 != 0 || value > (1L << 24))
+                throw new ArgumentOutOfRangeException(nameof(value), value,
+                    "GemmReductionLeaf must be 0 (the default order) or an even leaf size 2..16777216 (the TP-invariant tree).");
+            ThrowHelper.Check(Native.sw_device_set_gemm_reduction(Handle, value));
+        }
+    }
+
     /// <summary>Number of devices of a backend (0 when it is not built in or has no device).</summary>
     public static int Count(Backend backend)
     {

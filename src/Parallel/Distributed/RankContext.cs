@@ -140,29 +140,31 @@ public sealed class RankContext
             send.IsEmpty ? Math.Max(cols, 1) : send.Ld, recv.Buffer.Handle, (ulong)recv.Offset, recv.Ld, DeviceBuffer<T>.Dtype, stream.Handle));
     }
 
-    /// <summary>recv[i] = Σ over ranks of send[i] (summed in rank order, identical on every rank). send may be recv.</summary>
-    public void AllReduce<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0, long recvOffset = 0)
-        where T : unmanaged => AllReduceOn(_stream, send, recv, count, sendOffset, recvOffset);
+    /// <summary>recv[i] = Σ over ranks of send[i] (summed in rank order, or in the tree's order for
+    /// <see cref="SwReduceOp.SumTree"/>; identical on every rank). send may be recv.</summary>
+    public void AllReduce<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0, long recvOffset = 0,
+        SwReduceOp op = SwReduceOp.Sum) where T : unmanaged => AllReduceOn(_stream, send, recv, count, sendOffset, recvOffset, op);
 
     // The all-reduce queued on `stream` (the rank's, or its communication stream).
     internal void AllReduceOn<T>(DeviceStream stream, DeviceBuffer<T> send, DeviceBuffer<T> recv, long count = -1, long sendOffset = 0,
-        long recvOffset = 0) where T : unmanaged
+        long recvOffset = 0, SwReduceOp op = SwReduceOp.Sum) where T : unmanaged
     {
         count = Prologue(send, recv, count, sendOffset, recvOffset, sendPerCount: 1, recvPerCount: 1);
         ThrowHelper.Check(Native.sw_all_reduce(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
-            (ulong)count, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, stream.Handle));
+            (ulong)count, DeviceBuffer<T>.Dtype, op, stream.Handle));
     }
 
     /// <summary>In-place all-reduce (sum).</summary>
     public void AllReduce<T>(DeviceBuffer<T> buffer) where T : unmanaged => AllReduce(buffer, buffer);
 
-    /// <summary>recv[i] = Σ over ranks q of send_q[rank·recvCount + i].</summary>
-    public void ReduceScatter<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount = -1, long sendOffset = 0, long recvOffset = 0)
-        where T : unmanaged
+    /// <summary>recv[i] = Σ over ranks q of send_q[rank·recvCount + i] (rank order, or the tree's for
+    /// <see cref="SwReduceOp.SumTree"/>).</summary>
+    public void ReduceScatter<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount = -1, long sendOffset = 0, long recvOffset = 0,
+        SwReduceOp op = SwReduceOp.Sum) where T : unmanaged
     {
         recvCount = Prologue(send, recv, recvCount, sendOffset, recvOffset, sendPerCount: WorldSize, recvPerCount: 1);
         ThrowHelper.Check(Native.sw_reduce_scatter(Group.Comm, Rank, send.Handle, (ulong)sendOffset, recv.Handle, (ulong)recvOffset,
-            (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
+            (ulong)recvCount, DeviceBuffer<T>.Dtype, op, _stream.Handle));
     }
 
     /// <summary>
@@ -170,8 +172,8 @@ public sealed class RankContext
     /// order, tile the start of every rank's <paramref name="send"/>, and recv[i] = Σ over ranks of send[displ + i]
     /// with displ = the counts of the ranks before this one.
     /// </summary>
-    public void ReduceScatterV<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount, long sendOffset = 0, long recvOffset = 0)
-        where T : unmanaged
+    public void ReduceScatterV<T>(DeviceBuffer<T> send, DeviceBuffer<T> recv, long recvCount, long sendOffset = 0, long recvOffset = 0,
+        SwReduceOp op = SwReduceOp.Sum) where T : unmanaged
     {
         Own(send);
         Own(recv);
@@ -179,7 +181,7 @@ public sealed class RankContext
         if (recvCount > 0) Fits(recv, recvOffset, recvCount);
         else ThrowHelper.NonNegative(recvCount);
         ThrowHelper.Check(Native.sw_reduce_scatter_v(Group.Comm, Rank, send.Handle, (ulong)sendOffset, (ulong)(send.Length - sendOffset),
-            recv.Handle, (ulong)recvOffset, (ulong)recvCount, DeviceBuffer<T>.Dtype, SwReduceOp.Sum, _stream.Handle));
+            recv.Handle, (ulong)recvOffset, (ulong)recvCount, DeviceBuffer<T>.Dtype, op, _stream.Handle));
     }
 
     /// <summary>Copies <paramref name="root"/>'s buffer into every rank's.</summary>

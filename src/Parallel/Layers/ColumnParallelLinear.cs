@@ -131,6 +131,12 @@ public sealed class ColumnParallelLinear : ParallelLinear
         RequireGradientType<TGrad>(dWeight is not null || dBias is not null);
         if (wantDx && dx.Ld != k && m > 1)
             throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {k}).", nameof(dx));
+        RequireReduction();
+        if (ReductionLeaf > 0)
+        {
+            TreeLinearBackward(x, dy, dx, dWeight, dBias, accumulate, scatter, dxRows, wantDx);
+            return;
+        }
         if (n > 0)
         {
             var dyr = AsCompute<TIn, TOut>(GatherOutput ? dy.Columns(LocalOutOffset, n) : dy);
@@ -153,5 +159,60 @@ public sealed class ColumnParallelLinear : ParallelLinear
         if (mr > 1 && dxRows.Ld != k)
             throw new ArgumentException($"dx has ld {dxRows.Ld}; the reduce-scatter needs contiguous rows (ld = {k}).", "dx");
         Context.ReduceScatterV(dx.Buffer, dxRows.Buffer, mr * k, dx.Offset, dxRows.Offset);
+    }
+
+    // TP-invariant mode: dX's partial sums (over this rank's node of out-features) in fp32, summed in the tree's order,
+    // rounded once to the compute type.
+    private void TreeLinearBackward<TIn, TOut, TGrad>(MatrixView<TIn> x, MatrixView<TOut> dy, MatrixView<TIn> dx, DeviceBuffer<TGrad>? dWeight,
+        DeviceBuffer<TGrad>? dBias, bool accumulate, ShardingPlan? scatter, MatrixView<TIn> dxRows, bool wantDx)
+        where TIn : unmanaged where TOut : unmanaged where TGrad : unmanaged
+    {
+        RequireReduction();
+        long m = x.Rows, k = InFeatures, n = LocalOutFeatures;
+        long mr = scatter?.Size(Context.Rank) ?? m;
+        if (scatter is not null)
+        {
+            ThrowHelper.Shape(dxRows, mr, k, "this rank's token rows x in-features");
+            if (mr > 1 && dxRows.Ld != k)
+                throw new ArgumentException($"dx has ld {dxRows.Ld}; the reduce-scatter needs contiguous rows (ld = {k}).", "dx");
+        }
+        var sums = wantDx ? _scratch.Get<float>(SlotTree, Context.Device, m * k + (scatter is null ? 0 : mr * k)) : null;
+        if (n > 0)
+        {
+            var dyr = AsCompute<TIn, TOut>(GatherOutput ? dy.Columns(LocalOutOffset, n) : dy);
+            if (dWeight is not null) GradientHelpers.WeightGradient(Context, x, dyr, dWeight, accumulate);
+            if (dBias is not null) GradientHelpers.ColumnSums(Context, _scratch, SlotOnes, dyr, dBias, accumulate);
+            if (sums is not null) Gemm.Multiply(Context.Stream, dyr, ComputeWeight<TIn>()!.AsMatrix(k, n), sums.AsMatrix(m, k), transB: true);
+        }
+        else if (sums is not null)
+        {
+            sums.Clear(Context.Stream, 0, m * k); // an empty node: zeros add exactly
+        }
+        if (sums is null) return;
+        if (scatter is null)
+        {
+            Context.AllReduce(sums, sums, m * k, 0, 0, ReduceOp);
+            StoreTreeSum(sums.AsMatrix(m, k), dx);
+            return;
+        }
+        Context.ReduceScatterV(sums, sums, mr * k, 0, m * k, ReduceOp);
+        if (mr > 0) StoreTreeSum(sums.AsMatrix(mr, k, k, m * k), dxRows);
+    }
+
+    // dst (compute type) = src (fp32), rounded once.
+    private void StoreTreeSum<TIn>(MatrixView<float> src, MatrixView<TIn> dst) where TIn : unmanaged
+    {
+        if (typeof(TIn) == typeof(float))
+        {
+            var d = (MatrixView<float>)(object)dst;
+            if (d.Ld == src.Cols && src.Ld == src.Cols)
+            {
+                src.Buffer.CopyTo(d.Buffer, Context.Stream, src.Offset, d.Offset, src.Rows * src.Cols);
+                return;
+            }
+            for (long i = 0; i < src.Rows; i++) src.Buffer.CopyTo(d.Buffer, Context.Stream, src.Offset + i * src.Ld, d.Offset + i * d.Ld, src.Cols);
+            return;
+        }
+        ElementwiseOps.Convert(Context.Stream, src, dst);
     }
 }

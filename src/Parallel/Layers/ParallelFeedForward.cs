@@ -42,7 +42,7 @@ public sealed class ParallelFeedForward : IDisposable
             throw new NotSupportedException($"ParallelFeedForward accumulates its gradients in f32 (FeedForwardGradients); the precision {p} asks for {Gemm.DtypeName(p.GradientAccumulation)}.");
         Precision = p;
         _ctx = context;
-        Plan = plan ?? ShardingPlan.Even(w1.Cols, context.WorldSize);
+        Plan = TreeReduction.PlanFor(context, w1.Cols, plan, nameof(plan)); // the tree's split of F in TP-invariant mode
         LayerPlan.FeedForward(w1.Rows, w1.Cols, context.WorldSize, split: Plan).EnsureFitsOn(context);
         // The hidden activation is stored in the compute type: the first layer's output type is the compute type.
         var up = new Precision(p.Parameter, p.Compute, p.Compute, SwDtype.F32);

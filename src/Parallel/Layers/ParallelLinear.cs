@@ -21,8 +21,9 @@ namespace Shardwise.Parallel;
 public abstract class ParallelLinear : IDisposable
 {
     // Scratch slots (TypedScratch): the element type of each follows the policy.
-    private protected const int SlotOutput = 0, SlotWeight = 1, SlotBias = 2, SlotGradient = 3, SlotOnes = 4, SlotEmpty = 5;
-    private protected readonly TypedScratch _scratch = new(6);
+    private protected const int SlotOutput = 0, SlotWeight = 1, SlotBias = 2, SlotGradient = 3, SlotOnes = 4, SlotEmpty = 5,
+        SlotTree = 6, SlotTreeEmpty = 7;
+    private protected readonly TypedScratch _scratch = new(8);
     private readonly object? _weight; // DeviceBuffer<parameter type>
     private readonly object? _bias;
     private readonly bool _splitRows;
@@ -51,7 +52,9 @@ public abstract class ParallelLinear : IDisposable
         ThrowHelper.Positive(weight.Cols);
         _splitRows = splitRows;
         long split = splitRows ? InFeatures : OutFeatures;
-        Plan = plan ?? ShardingPlan.Even(split, context.WorldSize);
+        ReductionLeaf = context.Device.GemmReductionLeaf;
+        HasBias = bias is not null;
+        Plan = TreeReduction.PlanFor(context, split, plan, nameof(plan)); // the tree's split in TP-invariant mode
         Plan.Require(split, context.WorldSize, nameof(plan));
         bias?.Require(1, OutFeatures, nameof(bias));
         memoryPlan(Plan).EnsureFitsOn(context);
@@ -63,6 +66,7 @@ public abstract class ParallelLinear : IDisposable
             : AnyBuffer.Load(weight, p, stream, 0, off, InFeatures, size);
         try
         {
+            // Row-parallel: rank 0 holds the bias (in TP-invariant mode it travels to the others with the sum).
             _bias = splitRows
                 ? (context.Rank == 0 && bias is not null ? AnyBuffer.Load(bias, p, stream, 0, 0, 1, OutFeatures) : null)
                 : (bias is null ? null : AnyBuffer.Load(bias, p, stream, 0, off, 1, size));
@@ -76,6 +80,63 @@ public abstract class ParallelLinear : IDisposable
 
     /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
     internal RankContext Context { get; }
+
+    /// <summary>The device's <see cref="Device.GemmReductionLeaf"/> when the layer was built: 0, or the leaf of the
+    /// TP-invariant tree (<see cref="TreeReduction"/>), whose split <see cref="Plan"/> then is and whose order the
+    /// layer's collectives then sum in.</summary>
+    public long ReductionLeaf { get; }
+
+    // Whether the layer has a bias (a row-parallel rank other than 0 holds none).
+    private protected bool HasBias { get; }
+
+    // The reduce op of the layer's sums over ranks.
+    private protected Shardwise.Bindings.SwReduceOp ReduceOp => TreeReduction.Op(ReductionLeaf);
+
+    // A TP-invariant layer runs only while its device keeps the setting it was built with (its GEMMs read the device's).
+    private protected void RequireReduction()
+    {
+        long now = Context.Device.GemmReductionLeaf;
+        if (now != ReductionLeaf)
+            throw new InvalidOperationException(
+                $"this layer was built with the device's GemmReductionLeaf = {ReductionLeaf} (its plan {Plan}) but the device now has {now}; " +
+                "set it back, or build the layer again.");
+    }
+
+    // In TP-invariant mode: y (m x n, output type) = sum (fp32, m x n contiguous, already reduced over the ranks) + bias,
+    // rounded once to the output type — what the unsharded tree GEMM's final pass does (a k = 0 GEMM with beta 1 adds
+    // the bias: C = 1·C + bias). The bias is the row after the sum's (it came with the sum from rank 0) when HasBias.
+    private protected void FinishTreeSum<TOut>(MatrixView<float> sum, MatrixView<TOut> y) where TOut : unmanaged
+    {
+        long m = sum.Rows, n = sum.Cols;
+        if (HasBias)
+            Gemm.Multiply(Context.Stream, _scratch.Get<float>(SlotTreeEmpty, Context.Device, 1).AsMatrix(m, 0, 1),
+                _scratch.Get<float>(SlotTreeEmpty, Context.Device, 1).AsMatrix(0, n, n), sum, beta: 1f, bias: sum.Buffer,
+                biasOffset: sum.Offset + m * sum.Ld);
+        if (typeof(TOut) == typeof(float))
+        {
+            var yf = (MatrixView<float>)(object)y;
+            if (ReferenceEquals(yf.Buffer, sum.Buffer) && yf.Offset == sum.Offset && yf.Ld == sum.Ld) return;
+            if (yf.Ld == n && sum.Ld == n)
+            {
+                sum.Buffer.CopyTo(yf.Buffer, Context.Stream, sum.Offset, yf.Offset, m * n);
+                return;
+            }
+            for (long i = 0; i < m; i++) sum.Buffer.CopyTo(yf.Buffer, Context.Stream, sum.Offset + i * sum.Ld, yf.Offset + i * yf.Ld, n);
+            return;
+        }
+        ElementwiseOps.Convert(Context.Stream, sum, y);
+    }
+
+    // In TP-invariant mode: the bias row that travels with the partial sums (at `offset` of `buffer`, n elements): rank 0's
+    // bias in fp32, zeros elsewhere (b + 0 + ... + 0 = b exactly; a zero partial never turns -0 into anything but +0, and
+    // T + (+0) = T + (-0) for every T a tree sum gives).
+    private protected void QueueBiasRow(DeviceBuffer<float> buffer, long offset)
+    {
+        long n = OutFeatures;
+        var bias = GemmBias<float>();
+        if (bias is not null) bias.CopyTo(buffer, Context.Stream, 0, offset, n);
+        else buffer.Clear(Context.Stream, offset, n);
+    }
 
     /// <summary>The precision policy: the element types of the weights, the GEMM inputs, the output and the gradients.</summary>
     public Precision Precision { get; }

@@ -7,6 +7,11 @@ namespace Shardwise.Parallel;
 /// input, X[:, rows_r], by its shard; an all-reduce sums the partial products into Y[M, N] on every rank.
 /// The bias is added once, by rank 0's GEMM, before the sum. Any <see cref="Precision"/>: each partial product is
 /// rounded to the output type, and a 16-bit all-reduce sums in fp32 in rank order and rounds once.
+/// <para>TP-invariant mode (the device's <see cref="Device.GemmReductionLeaf"/> &gt; 0 when the layer is built;
+/// <see cref="TreeReduction"/>): K is split by the reduction tree (a given plan must be that split; a rank count that
+/// is not a power of two is refused), the partial products stay fp32, the all-reduce (or reduce-scatter) sums them in
+/// the tree's order, and every rank then adds the bias and rounds once to the output type: Y is bit-identical to the
+/// unsharded layer's (p = 1) for every power-of-two p.</para>
 /// </summary>
 public sealed class RowParallelLinear : ParallelLinear
 {
@@ -76,6 +81,12 @@ public sealed class RowParallelLinear : ParallelLinear
         where TIn : unmanaged where TOut : unmanaged where TRows : struct, IRowSource<TIn>
     {
         long n = OutFeatures;
+        RequireReduction();
+        if (ReductionLeaf > 0)
+        {
+            ForwardRowsTree<TIn, TOut, TRows>(m, input, y);
+            return;
+        }
         // The all-reduce works on contiguous elements: reduce in y when it is contiguous, else in a scratch buffer.
         var partial = y.Ld == n ? y : _scratch.Get<TOut>(SlotOutput, Context.Device, m * n).AsMatrix(m, n);
         int chunks = ChunkOverlap.Chunks(OverlapChunks, m);
@@ -101,6 +112,46 @@ public sealed class RowParallelLinear : ParallelLinear
                 partial.Buffer.CopyTo(y.Buffer, Context.Stream, partial.Offset + i * n, y.Offset + i * y.Ld, n);
     }
 
+    // TP-invariant mode: fp32 partial products (alpha 1, no bias; the device's tree GEMM), summed over the ranks in the
+    // tree's order, then the bias and one rounding on every rank.
+    private void ForwardRowsTree<TIn, TOut, TRows>(long m, TRows input, MatrixView<TOut> y)
+        where TIn : unmanaged where TOut : unmanaged where TRows : struct, IRowSource<TIn>
+    {
+        long n = OutFeatures, extra = HasBias ? n : 0; // the bias row travels with the sum (QueueBiasRow)
+        var partial = typeof(TOut) == typeof(float) && y.Ld == n && !HasBias
+            ? (MatrixView<float>)(object)y
+            : _scratch.Get<float>(SlotTree, Context.Device, m * n + extra).AsMatrix(m, n);
+        if (HasBias) QueueBiasRow(partial.Buffer, partial.Offset + m * n);
+        int chunks = ChunkOverlap.Chunks(OverlapChunks, m);
+        if (chunks <= 1)
+        {
+            QueueTreePartial(input.Rows(0, m), partial);
+            Context.AllReduce(partial.Buffer, partial.Buffer, m * n + extra, partial.Offset, partial.Offset, ReduceOp);
+        }
+        else
+        {
+            var ov = Overlap;
+            for (int c = 0; c < chunks; c++)
+            {
+                var (r0, rows) = ChunkOverlap.Range(m, chunks, c);
+                QueueTreePartial(input.Rows(r0, rows), partial.RowRange(r0, rows));
+                ov.Handoff(c);
+                long last = c == chunks - 1 ? extra : 0; // the bias row with the last chunk
+                Context.AllReduceOn(ov.Comm, partial.Buffer, partial.Buffer, rows * n + last, partial.Offset + r0 * n, partial.Offset + r0 * n, ReduceOp);
+            }
+            ov.Join();
+        }
+        FinishTreeSum(partial, y);
+    }
+
+    // partial (fp32, contiguous) = X_r · W_r: this rank's node of the reduction tree (zeros for an empty node).
+    private void QueueTreePartial<TIn>(MatrixView<TIn> local, MatrixView<float> partial) where TIn : unmanaged
+    {
+        long kr = LocalInFeatures, n = OutFeatures;
+        if (kr > 0) Gemm.Multiply(Context.Stream, local, ComputeWeight<TIn>()!.AsMatrix(kr, n), partial);
+        else partial.Buffer.Clear(Context.Stream, partial.Offset, partial.Rows * n);
+    }
+
     /// <summary>
     /// Sequence-parallel output: queues the same product but leaves each rank only its block of token rows,
     /// combined by one reduce-scatter instead of an all-reduce. <paramref name="tokens"/> splits the M rows over the
@@ -124,6 +175,27 @@ public sealed class RowParallelLinear : ParallelLinear
         ThrowHelper.Shape(y, mr, n, "this rank's token rows x out-features");
         RequireTypes<TIn, TOut>(nameof(x), nameof(y));
         var local = InputIsParallel ? x : x.Columns(LocalInOffset, kr);
+        if (ReductionLeaf > 0)
+        {
+            // fp32 partials, the tree's reduce-scatter, then the bias and one rounding (see ForwardRowsTree). With a bias,
+            // each rank's block of rows is followed by a bias row (rank 0's bias, zeros elsewhere), so that every rank
+            // receives the bias with its rows: block r at rows [t_r + r, t_r + r + m_r], t_r its first token.
+            RequireReduction();
+            int p = Context.WorldSize;
+            long e = HasBias ? 1 : 0, total = (m + e * p) * n;
+            var sums = _scratch.Get<float>(SlotTree, Context.Device, total + (mr + e) * n);
+            if (!HasBias) QueueTreePartial(local, sums.AsMatrix(m, n));
+            else
+                for (int r = 0; r < p; r++)
+                {
+                    long t0 = tokens.Offset(r), tr = tokens.Size(r), at = (t0 + r) * n;
+                    if (tr > 0) QueueTreePartial(local.RowRange(t0, tr), sums.AsMatrix(tr, n, n, at));
+                    QueueBiasRow(sums, at + tr * n);
+                }
+            Context.ReduceScatterV(sums, sums, (mr + e) * n, 0, total, ReduceOp);
+            if (mr > 0) FinishTreeSum(sums.AsMatrix(mr, n, n, total), y);
+            return;
+        }
         bool direct = y.Ld == n || mr <= 1;
         var scratch = _scratch.Get<TOut>(SlotOutput, Context.Device, m * n + (direct ? 0 : mr * n));
         QueuePartialProduct(local, scratch.AsMatrix(m, n));

@@ -1,0 +1,488 @@
+using Shardwise.Bindings;
+using Shardwise.MultiProcessWorker;
+using Shardwise.Parallel;
+
+namespace Shardwise.Tests;
+
+/// <summary>
+/// TP-invariant numerics (issue 19, docs/tp-invariance.md): with the device's GemmReductionLeaf set, the row-parallel
+/// layer, the FFN (forward and every gradient) and the hybrid-parallel example give the same bits for p = 1, 2, 4 and 8
+/// tensor-parallel ranks; other p are refused; the tree's k split and the SumTree collectives are checked against
+/// independent references. Each test opens its own device (the setting is per device).
+/// </summary>
+[TestFixture(Backend.Cpu)]
+[TestFixture(Backend.Cuda)]
+public class TpInvariantTests(Backend backend) : BackendTest(backend)
+{
+    private static readonly int[] Degrees = [1, 2, 4, 8];
+
+    private Device OpenInvariant(long leaf)
+    {
+        var dev = Device.Open(Backend);
+        dev.GemmReductionLeaf = leaf;
+        return dev;
+    }
+
+    // The tree's nodes over n leaves for p ranks, written independently of TreeReduction (recursive halving, the left
+    // half one larger when odd; a single leaf stays whole on the left).
+    private static void Nodes(long a, long b, int p, List<(long, long)> into)
+    {
+        if (p == 1) { into.Add((a, b)); return; }
+        long mid = b - a > 1 ? a + (b - a + 1) / 2 : b;
+        Nodes(a, mid, p / 2, into);
+        Nodes(mid, b, p / 2, into);
+    }
+
+    private static float TreeSum(float[] x, int a, int b) =>
+        b - a == 1 ? x[a] : TreeSum(x, a, a + (b - a + 1) / 2) + TreeSum(x, a + (b - a + 1) / 2, b);
+
+    [TestCase(1000L, 64L)]
+    [TestCase(11008L, 512L)]
+    [TestCase(200L, 16L)]
+    [TestCase(7L, 16L)]
+    [TestCase(0L, 8L)]
+    public void PlanIsTheTreesSplit(long k, long leaf)
+    {
+        long n = k == 0 ? 0 : (k + leaf - 1) / leaf;
+        foreach (int p in Degrees)
+        {
+            var plan = TreeReduction.Plan(k, leaf, p);
+            var nodes = new List<(long, long)>();
+            Nodes(0, n, p, nodes);
+            Assert.That(plan.Parts, Is.EqualTo(p));
+            Assert.That(plan.Total, Is.EqualTo(k));
+            for (int r = 0; r < p; r++)
+            {
+                long k0 = Math.Min(k, nodes[r].Item1 * leaf), k1 = Math.Min(k, nodes[r].Item2 * leaf);
+                Assert.That((plan.Offset(r), plan.Size(r)), Is.EqualTo((k0, k1 - k0)), $"k = {k}, leaf = {leaf}, p = {p}, rank {r}");
+            }
+            if (n % p == 0 && n > 0 && k % leaf == 0)
+                Assert.That(plan.IsEven, Is.True, $"p = {p} divides the {n} leaves: equal shards");
+        }
+    }
+
+    [TestCase(3)]
+    [TestCase(6)]
+    public void RankCountsThatAreNotPowersOfTwoAreRefused(int p)
+    {
+        Assert.That(() => TreeReduction.Plan(1024, 64, p),
+            Throws.ArgumentException.With.Message.Contains("power-of-two").And.Message.Contains($"got {p}"));
+        using var dev = OpenInvariant(64);
+        using var group = ProcessGroup.CreateLocal(dev, p, TimeSpan.FromSeconds(30));
+        var errors = new Exception?[p];
+        Spmd.Run(group, ctx =>
+        {
+            try
+            {
+                using var layer = new RowParallelLinear(ctx, WeightSource.FromArray(new float[256 * 8], 256, 8));
+            }
+            catch (Exception e) { errors[ctx.Rank] = e; }
+        });
+        for (int r = 0; r < p; r++)
+        {
+            Assert.That(errors[r], Is.InstanceOf<ArgumentException>(), $"rank {r}");
+            Assert.That(errors[r]!.Message, Does.Contain("power-of-two").And.Contain("binary reduction tree"), $"rank {r}");
+        }
+    }
+
+    [Test]
+    public void APlanOtherThanTheTreesIsRefusedAndAChangedSettingStopsTheLayer()
+    {
+        using var dev = OpenInvariant(16);
+        using var group = ProcessGroup.CreateLocal(dev, 2, TimeSpan.FromSeconds(30));
+        Exception? planError = null, changed = null;
+        Spmd.Run(group, ctx =>
+        {
+            var w = WeightSource.FromArray(new float[100 * 4], 100, 4);
+            if (ctx.Rank == 0)
+                planError = Assert.Catch(() => new RowParallelLinear(ctx, w, plan: ShardingPlan.Even(100, 2)));
+            else
+                Assert.Catch(() => new RowParallelLinear(ctx, w, plan: ShardingPlan.Even(100, 2)));
+        });
+        Assert.That(planError, Is.InstanceOf<ArgumentException>());
+        Assert.That(planError!.Message, Does.Contain("plan").And.Contain("TreeReduction.Plan(100, 16, 2)"));
+        using var one = ProcessGroup.CreateLocal(dev, 1, TimeSpan.FromSeconds(30));
+        Spmd.Run(one, ctx =>
+        {
+            using var layer = new RowParallelLinear(ctx, WeightSource.FromArray(new float[32 * 4], 32, 4));
+            Assert.That(layer.ReductionLeaf, Is.EqualTo(16));
+            using var x = ctx.Device.Allocate<float>(2 * 32);
+            x.Fill(1f, ctx.Stream);
+            using var y = ctx.Device.Allocate<float>(2 * 4);
+            dev.GemmReductionLeaf = 32;
+            changed = Assert.Catch(() => layer.Forward(x.AsMatrix(2, 32), y.AsMatrix(2, 4)));
+            dev.GemmReductionLeaf = 16;
+        });
+        Assert.That(changed, Is.InstanceOf<InvalidOperationException>());
+        Assert.That(changed!.Message, Does.Contain("GemmReductionLeaf = 16").And.Contain("now has 32"));
+    }
+
+    private static IEnumerable<TestCaseData> RowCases()
+    {
+        yield return new TestCaseData(23L, 200L, 19L, 16L, true).SetArgDisplayNames("23x200x19", "leaf=16", "parallel-in");
+        yield return new TestCaseData(23L, 200L, 19L, 16L, false).SetArgDisplayNames("23x200x19", "leaf=16", "split-on-entry");
+        yield return new TestCaseData(7L, 64L, 33L, 64L, true).SetArgDisplayNames("7x64x33", "leaf=64 (one leaf: empty ranks)", "parallel-in");
+        yield return new TestCaseData(40L, 1030L, 50L, 128L, false).SetArgDisplayNames("40x1030x50", "leaf=128", "split-on-entry");
+    }
+
+    /// <summary>Row-parallel Y = X·W + b for p = 1, 2, 4, 8: every rank's Y equals p = 1's bit for bit, which equals the
+    /// device's unsharded tree GEMM with the bias, and is within the fp32 bound of the float64 product.</summary>
+    [TestCaseSource(nameof(RowCases))]
+    public void RowParallelIsBitIdenticalForEveryPowerOfTwo(long m, long k, long n, long leaf, bool parallelInput)
+    {
+        var rng = NewRandom();
+        var x = RandomArray(rng, m * k);
+        var w = RandomArray(rng, k * n);
+        var bias = RandomArray(rng, n);
+        var (want, mag) = Reference.Gemm(x, k, false, w, n, false, m, n, k, bias: bias);
+        using var dev = OpenInvariant(leaf);
+        float[]? first = null;
+        foreach (int p in Degrees)
+        {
+            using var group = ProcessGroup.CreateLocal(dev, p, TimeSpan.FromSeconds(30));
+            var results = new float[p][];
+            Spmd.Run(group, ctx =>
+            {
+                using var layer = new RowParallelLinear(ctx, WeightSource.FromArray(w, k, n), WeightSource.FromArray(bias, 1, n), parallelInput);
+                long kr = layer.LocalInFeatures, off = layer.LocalInOffset, cols = parallelInput ? kr : k;
+                var xr = new float[Math.Max(1, m * cols)];
+                for (long i = 0; i < m; i++) Array.Copy(x, i * k + (parallelInput ? off : 0), xr, i * cols, cols);
+                using var dx = ctx.Device.Allocate<float>(xr.Length);
+                dx.CopyFrom(xr, ctx.Stream);
+                long ld = ctx.Rank % 2 == 0 ? n : n + 3; // strided y on odd ranks
+                using var y = ctx.Device.Allocate<float>(m * ld);
+                y.Fill(float.NaN, ctx.Stream);
+                layer.Forward(dx.AsMatrix(m, cols, Math.Max(1, cols)), y.AsMatrix(m, n, ld));
+                ctx.Synchronize();
+                var all = y.ToArray(ctx.Stream);
+                results[ctx.Rank] = new float[m * n];
+                for (long i = 0; i < m; i++) Array.Copy(all, i * ld, results[ctx.Rank], i * n, n);
+            });
+            Assert.That(group.CollectiveCount(0), Is.EqualTo(1UL), $"p = {p}: one all-reduce per forward");
+            for (int r = 0; r < p; r++)
+                Reference.AssertBitwise(results[r], first ?? results[0], $"p = {p}, rank {r} vs p = 1");
+            first ??= results[0];
+        }
+        Reference.AssertClose(first!, n, want, mag, m, n, k, "p = 1 vs float64");
+        // The unsharded tree GEMM (the device's setting) with the bias gives the same bits.
+        using var s = dev.CreateStream();
+        using var dx1 = dev.Allocate<float>(m * k);
+        dx1.CopyFrom(x, s);
+        using var dw = dev.Allocate<float>(k * n);
+        dw.CopyFrom(w, s);
+        using var db = dev.Allocate<float>(n);
+        db.CopyFrom(bias, s);
+        using var dy = dev.Allocate<float>(m * n);
+        dy.Fill(float.NaN, s);
+        Gemm.Multiply(s, dx1.AsMatrix(m, k), dw.AsMatrix(k, n), dy.AsMatrix(m, n), bias: db);
+        s.Synchronize();
+        Reference.AssertBitwise(dy.ToArray(s), first!, "the unsharded tree GEMM with bias vs the layer");
+    }
+
+    /// <summary>The sequence-parallel row-parallel output (reduce-scatter in the tree's order): each rank's token rows equal
+    /// p = 1's rows bit for bit.</summary>
+    [Test]
+    public void SequenceParallelRowParallelIsBitIdentical()
+    {
+        const long m = 13, k = 96, n = 10, leaf = 8;
+        var rng = NewRandom();
+        var x = RandomArray(rng, m * k);
+        var w = RandomArray(rng, k * n);
+        var bias = RandomArray(rng, n);
+        using var dev = OpenInvariant(leaf);
+        float[]? full = null;
+        foreach (int p in Degrees)
+        {
+            var tokens = ShardingPlan.Even(m, p);
+            using var group = ProcessGroup.CreateLocal(dev, p, TimeSpan.FromSeconds(30));
+            var rows = new float[p][];
+            Spmd.Run(group, ctx =>
+            {
+                using var layer = new RowParallelLinear(ctx, WeightSource.FromArray(w, k, n), WeightSource.FromArray(bias, 1, n));
+                using var dx = ctx.Device.Allocate<float>(m * k);
+                dx.CopyFrom(x, ctx.Stream);
+                long mr = tokens.Size(ctx.Rank);
+                using var y = Poisoned(Math.Max(1, mr * (n + 2)), ctx.Device, ctx.Stream);
+                layer.ForwardScatter(dx.AsMatrix(m, k), y.AsMatrix(mr, n, n + 2), tokens);
+                ctx.Synchronize();
+                var all = y.ToArray(ctx.Stream);
+                rows[ctx.Rank] = new float[mr * n];
+                for (long i = 0; i < mr; i++) Array.Copy(all, i * (n + 2), rows[ctx.Rank], i * n, n);
+            });
+            var joined = rows.SelectMany(r => r).ToArray();
+            if (full is null) full = joined;
+            else Reference.AssertBitwise(joined, full, $"p = {p}: the ranks' rows vs p = 1");
+        }
+    }
+
+    private static IEnumerable<TestCaseData> FfnCases()
+    {
+        yield return new TestCaseData(9L, 24L, 100L, 8L, SwActivation.Gelu).SetArgDisplayNames("M=9", "H=24", "F=100", "leaf=8", "GeLU");
+        yield return new TestCaseData(16L, 32L, 48L, 16L, SwActivation.Relu).SetArgDisplayNames("M=16", "H=32", "F=48", "leaf=16", "ReLU");
+        yield return new TestCaseData(5L, 40L, 6L, 2L, SwActivation.Silu).SetArgDisplayNames("M=5", "H=40", "F=6", "leaf=2 (empty ranks at p=8)", "SiLU");
+    }
+
+    /// <summary>The FFN's training forward and backward: Y, dX, dW1, db1, dW2 and db2 (the ranks' shards put together by
+    /// the tree's plan) equal p = 1's bit for bit for p = 2, 4, 8; p = 1 is within the float64 bounds.</summary>
+    [TestCaseSource(nameof(FfnCases))]
+    public void FeedForwardForwardAndGradientsAreBitIdentical(long m, long h, long f, long leaf, SwActivation activation)
+    {
+        var rng = NewRandom();
+        var x = RandomArray(rng, m * h);
+        var w1 = RandomArray(rng, h * f, 0.5f);
+        var b1 = RandomArray(rng, f);
+        var w2 = RandomArray(rng, f * h, 0.5f);
+        var b2 = RandomArray(rng, h);
+        var g = RandomArray(rng, m * h);
+        using var dev = OpenInvariant(leaf);
+        float[][]? first = null;
+        foreach (int p in Degrees)
+        {
+            var plan = TreeReduction.Plan(f, leaf, p);
+            var y = new float[p][];
+            var dx = new float[p][];
+            var dw1 = new float[h * f];
+            var db1 = new float[f];
+            var dw2 = new float[f * h];
+            float[] db2 = [];
+            using var group = ProcessGroup.CreateLocal(dev, p, TimeSpan.FromSeconds(30));
+            Spmd.Run(group, ctx =>
+            {
+                using var ffn = new ParallelFeedForward(ctx, WeightSource.FromArray(w1, h, f), WeightSource.FromArray(b1, 1, f),
+                    WeightSource.FromArray(w2, f, h), WeightSource.FromArray(b2, 1, h), null, null, activation);
+                Assert.That(Enumerable.Range(0, p).Select(ffn.Plan.Size), Is.EqualTo(Enumerable.Range(0, p).Select(plan.Size)),
+                    "the FFN splits F by the tree");
+                using var xb = ctx.Device.Allocate<float>(m * h);
+                xb.CopyFrom(x, ctx.Stream);
+                using var gb = ctx.Device.Allocate<float>(m * h);
+                gb.CopyFrom(g, ctx.Stream);
+                using var yb = Poisoned(m * h, ctx.Device, ctx.Stream);
+                using var dxb = Poisoned(m * h, ctx.Device, ctx.Stream);
+                using var grads = new FeedForwardGradients(ctx.Device, ffn);
+                using var saved = ffn.ForwardTraining(xb.AsMatrix(m, h), yb.AsMatrix(m, h));
+                ffn.Backward(xb.AsMatrix(m, h), gb.AsMatrix(m, h), dxb.AsMatrix(m, h), grads, saved);
+                ctx.Synchronize();
+                y[ctx.Rank] = yb.ToArray(ctx.Stream);
+                dx[ctx.Rank] = dxb.ToArray(ctx.Stream);
+                long fr = plan.Size(ctx.Rank), off = plan.Offset(ctx.Rank);
+                if (fr > 0)
+                {
+                    var gw1 = grads.DW1!.ToArray(ctx.Stream);
+                    var gb1 = grads.DB1!.ToArray(ctx.Stream);
+                    var gw2 = grads.DW2!.ToArray(ctx.Stream);
+                    lock (dw1)
+                    {
+                        for (long c = 0; c < h; c++) Array.Copy(gw1, c * fr, dw1, c * f + off, fr);
+                        Array.Copy(gb1, 0, db1, off, fr);
+                        Array.Copy(gw2, 0, dw2, off * h, fr * h);
+                    }
+                }
+                if (ctx.Rank == 0) db2 = grads.DB2.ToArray(ctx.Stream);
+            });
+            for (int r = 1; r < p; r++)
+            {
+                Reference.AssertBitwise(y[r], y[0], $"p = {p}: Y on rank {r} vs rank 0");
+                Reference.AssertBitwise(dx[r], dx[0], $"p = {p}: dX on rank {r} vs rank 0");
+            }
+            var all = new[] { y[0], dx[0], dw1, db1, dw2, db2 };
+            if (first is null)
+            {
+                first = all;
+                if (activation == SwActivation.Gelu)
+                {
+                    var (want, tol) = Reference.FeedForward(x, w1, b1, w2, b2, m, h, f);
+                    for (long i = 0; i < m * h; i++)
+                        Assert.That(Math.Abs(y[0][i] - want[i]), Is.LessThanOrEqualTo(tol[i]), $"p = 1 Y[{i}] vs float64");
+                }
+                foreach (var a in all) Assert.That(a.All(float.IsFinite), Is.True, "every output written (no poison left)");
+                continue;
+            }
+            string[] names = ["Y", "dX", "dW1", "db1", "dW2", "db2"];
+            for (int q = 0; q < names.Length; q++)
+                Reference.AssertBitwise(all[q], first[q], $"p = {p}: {names[q]} vs p = 1");
+        }
+    }
+
+    /// <summary>bf16 (parameters, activations and output; fp32 accumulation and gradients): the FFN's Y, dX and gradients
+    /// are the same bits for p = 1, 2, 4, 8 — the partial sums stay fp32 across the ranks and are rounded once.</summary>
+    [Test]
+    public void Bf16FeedForwardIsBitIdentical()
+    {
+        const long m = 7, h = 32, f = 80, leaf = 8;
+        var rng = NewRandom();
+        BFloat16[] B(float[] a) => a.Select(v => (BFloat16)v).ToArray();
+        var x = RandomArray(rng, m * h);
+        var w1 = RandomArray(rng, h * f, 0.5f);
+        var b1 = RandomArray(rng, f);
+        var w2 = RandomArray(rng, f * h, 0.5f);
+        var b2 = RandomArray(rng, h);
+        var g = RandomArray(rng, m * h);
+        using var dev = OpenInvariant(leaf);
+        (ushort[] Y, ushort[] Dx, float[] Dw1, float[] Dw2, float[] Db2)? first = null;
+        foreach (int p in Degrees)
+        {
+            var plan = TreeReduction.Plan(f, leaf, p);
+            ushort[] y0 = [], dx0 = [];
+            var dw1 = new float[h * f];
+            var dw2 = new float[f * h];
+            float[] db2 = [];
+            using var group = ProcessGroup.CreateLocal(dev, p, TimeSpan.FromSeconds(30));
+            Spmd.Run(group, ctx =>
+            {
+                using var ffn = new ParallelFeedForward(ctx, WeightSource.FromArray(w1, h, f), WeightSource.FromArray(b1, 1, f),
+                    WeightSource.FromArray(w2, f, h), WeightSource.FromArray(b2, 1, h), null, Precision.Bf16);
+                using var xb = ctx.Device.Allocate<BFloat16>(m * h);
+                xb.CopyFrom(B(x), ctx.Stream);
+                using var gb = ctx.Device.Allocate<BFloat16>(m * h);
+                gb.CopyFrom(B(g), ctx.Stream);
+                using var yb = ctx.Device.Allocate<BFloat16>(m * h);
+                yb.Fill((BFloat16)float.NaN, ctx.Stream);
+                using var dxb = ctx.Device.Allocate<BFloat16>(m * h);
+                dxb.Fill((BFloat16)float.NaN, ctx.Stream);
+                using var grads = new FeedForwardGradients(ctx.Device, ffn);
+                using var saved = ffn.ForwardTraining(xb.AsMatrix(m, h), yb.AsMatrix(m, h));
+                ffn.Backward(xb.AsMatrix(m, h), gb.AsMatrix(m, h), dxb.AsMatrix(m, h), grads, saved);
+                ctx.Synchronize();
+                long fr = plan.Size(ctx.Rank), off = plan.Offset(ctx.Rank);
+                if (fr > 0)
+                {
+                    var gw1 = grads.DW1!.ToArray(ctx.Stream);
+                    var gw2 = grads.DW2!.ToArray(ctx.Stream);
+                    lock (dw1)
+                    {
+                        for (long c = 0; c < h; c++) Array.Copy(gw1, c * fr, dw1, c * f + off, fr);
+                        Array.Copy(gw2, 0, dw2, off * h, fr * h);
+                    }
+                }
+                if (ctx.Rank == 0)
+                {
+                    y0 = yb.ToArray(ctx.Stream).Select(BFloat16.ToBits).ToArray();
+                    dx0 = dxb.ToArray(ctx.Stream).Select(BFloat16.ToBits).ToArray();
+                    db2 = grads.DB2.ToArray(ctx.Stream);
+                }
+            });
+            if (first is null)
+            {
+                first = (y0, dx0, dw1, dw2, db2);
+                Assert.That(y0.Concat(dx0).All(bits => (bits & 0x7F80) != 0x7F80), Is.True, "Y and dX written and finite");
+                continue;
+            }
+            Assert.That(y0, Is.EqualTo(first.Value.Y), $"p = {p}: bf16 Y vs p = 1");
+            Assert.That(dx0, Is.EqualTo(first.Value.Dx), $"p = {p}: bf16 dX vs p = 1");
+            Reference.AssertBitwise(dw1, first.Value.Dw1, $"p = {p}: dW1 vs p = 1");
+            Reference.AssertBitwise(dw2, first.Value.Dw2, $"p = {p}: dW2 vs p = 1");
+            Reference.AssertBitwise(db2, first.Value.Db2, $"p = {p}: db2 vs p = 1");
+        }
+    }
+
+    /// <summary>The hybrid-parallel example (tests/MultiProcess/HybridScenario: 4 residual FFN blocks, 3 SGD steps, 1F1B over
+    /// 2 pipeline stages, 2 data-parallel replicas) on a 2 × 2 × tp mesh of virtual ranks: the trained weights and losses
+    /// are the same bits for tp = 1, 2, 4 and 8.</summary>
+    [Test]
+    public void HybridExampleTrainsBitIdenticallyAcrossTensorParallelDegrees()
+    {
+        const int pp = 2, dp = 2;
+        const long leaf = 2; // F = 12: 6 leaves (tp = 8 leaves two ranks of each stage without hidden features)
+        int seed = TestContext.CurrentContext.Random.Next();
+        TestContext.Out.WriteLine($"seed {seed}");
+        var d = new HybridScenario.Data(seed);
+        using var dev = OpenInvariant(leaf);
+        float[][][]? first = null;
+        double[]? firstLoss = null;
+        foreach (int tp in Degrees)
+        {
+            int world = pp * dp * tp;
+            var shards = new (int, float[], float[], float[], float[])[world][];
+            var losses = new double[world][];
+            using var group = ProcessGroup.CreateLocal(dev, world, TimeSpan.FromSeconds(60));
+            using (var mesh = HybridScenario.Mesh(group, pp, dp, tp))
+                Spmd.Run(group, ctx => shards[ctx.Rank] = HybridScenario.Train(mesh[ctx.Rank], d, out losses[ctx.Rank]));
+            var weights = HybridScenario.Assemble(shards, pp, dp, tp, 0, leaf);
+            var loss = losses[(1 * dp + 0) * tp]; // the last stage of replica 0
+            TestContext.Out.WriteLine($"tp = {tp}: losses {string.Join(", ", loss)}; W1[0] head {string.Join(", ", weights[0][0].Take(6))}");
+            if (first is null)
+            {
+                first = weights;
+                firstLoss = loss;
+                Assert.That(weights.SelectMany(l => l).SelectMany(v => v).All(float.IsFinite), Is.True, "every parameter assembled");
+                continue;
+            }
+            for (int l = 0; l < HybridScenario.Layers; l++)
+                for (int q = 0; q < 4; q++)
+                    Reference.AssertBitwise(weights[l][q], first[l][q], $"tp = {tp}: layer {l} parameter {q} vs tp = 1");
+            Assert.That(loss, Is.EqualTo(firstLoss), $"tp = {tp}: the losses vs tp = 1");
+        }
+    }
+
+    /// <summary>SumTree all-reduce and reduce-scatter on the in-process group: the tree's order (a C# reference), for any
+    /// world size, f32 and bf16 (summed in fp32, rounded once); the rank-order reference differs (the test can tell); ranks
+    /// passing different ops fail with a mismatch.</summary>
+    [Test]
+    public void SumTreeCollectivesAddInTheTreesOrder([Values(1, 2, 3, 4, 5, 8)] int p)
+    {
+        const int count = 1000;
+        var rng = NewRandom();
+        var inputs = Enumerable.Range(0, p).Select(_ => RandomArray(rng, count * p)).ToArray();
+        var want = new float[count * p];
+        var seq = new float[count * p];
+        var col = new float[p];
+        for (int i = 0; i < count * p; i++)
+        {
+            for (int q = 0; q < p; q++) col[q] = inputs[q][i];
+            want[i] = TreeSum(col, 0, p);
+            float s = col[0];
+            for (int q = 1; q < p; q++) s += col[q];
+            seq[i] = s;
+        }
+        if (p >= 4) Assert.That(want.Where((v, i) => v != seq[i]).Count(), Is.GreaterThan(0), "the tree order and rank order differ here");
+        using var group = ProcessGroup.CreateLocal(Dev, p, TimeSpan.FromSeconds(30));
+        var reduced = new float[p][];
+        var scattered = new float[p][];
+        var bf = new BFloat16[p][];
+        Spmd.Run(group, ctx =>
+        {
+            using var send = ctx.Device.Allocate<float>(count * p);
+            send.CopyFrom(inputs[ctx.Rank], ctx.Stream);
+            using var recv = Poisoned(count * p, ctx.Device, ctx.Stream);
+            ctx.AllReduce(send, recv, op: SwReduceOp.SumTree);
+            using var part = Poisoned(count, ctx.Device, ctx.Stream);
+            ctx.ReduceScatter(send, part, op: SwReduceOp.SumTree);
+            using var s16 = ctx.Device.Allocate<BFloat16>(count);
+            s16.CopyFrom(inputs[ctx.Rank].Take(count).Select(v => (BFloat16)v).ToArray(), ctx.Stream);
+            ctx.AllReduce(s16, s16, op: SwReduceOp.SumTree);
+            ctx.Synchronize();
+            reduced[ctx.Rank] = recv.ToArray(ctx.Stream);
+            scattered[ctx.Rank] = part.ToArray(ctx.Stream);
+            bf[ctx.Rank] = s16.ToArray(ctx.Stream);
+        });
+        for (int r = 0; r < p; r++)
+        {
+            Reference.AssertBitwise(reduced[r], want, $"all-reduce on rank {r}");
+            Reference.AssertBitwise(scattered[r], want.Skip(r * count).Take(count).ToArray(), $"reduce-scatter block of rank {r}");
+            for (int i = 0; i < count; i++)
+            {
+                for (int q = 0; q < p; q++) col[q] = (float)(BFloat16)inputs[q][i];
+                Assert.That(bf[r][i], Is.EqualTo((BFloat16)TreeSum(col, 0, p)), $"bf16 all-reduce [{i}] on rank {r}");
+            }
+        }
+        if (p < 2) return;
+        var errors = new Exception?[p];
+        Spmd.Run(group, ctx =>
+        {
+            using var b = ctx.Device.Allocate<float>(8);
+            b.Fill(1f, ctx.Stream);
+            try
+            {
+                ctx.AllReduce(b, b, op: ctx.Rank == 0 ? SwReduceOp.SumTree : SwReduceOp.Sum);
+                ctx.Synchronize();
+            }
+            catch (Exception e) { errors[ctx.Rank] = e; }
+        });
+        for (int r = 0; r < p; r++)
+        {
+            Assert.That(errors[r], Is.InstanceOf<ShardwiseException>(), $"rank {r}");
+            Assert.That(((ShardwiseException)errors[r]!).Status, Is.EqualTo(SwStatus.Mismatch), $"rank {r}");
+            Assert.That(errors[r]!.Message, Does.Contain("SW_REDUCE_SUM_TREE"), $"rank {r}");
+        }
+    }
+}
