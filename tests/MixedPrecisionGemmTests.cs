@@ -398,8 +398,10 @@ public class MixedPrecisionGemmTests(Backend backend, string kernel) : BackendTe
         // a desc of the wrong size is refused, not read past its end
         desc.CType = SwDtype.BF16;
         desc.C = ab.Handle.DangerousGetHandle();
-        desc.Size = SwGemmDesc.CurrentSize - 8;
+        desc.Size = SwGemmDesc.CurrentSize - 4;
         Assert.That(Native.sw_gemm_ex(Str.Handle, &desc), Is.EqualTo(SwStatus.InvalidArgument));
+        desc.Size = SwGemmDesc.CurrentSize - 8; // ABI 2..7's size (before k_leaf): still taken
+        Assert.That(Native.sw_gemm_ex(Str.Handle, &desc), Is.EqualTo(SwStatus.Ok));
         desc.Size = SwGemmDesc.CurrentSize;
         Assert.That(Native.sw_gemm_ex(Str.Handle, &desc), Is.EqualTo(SwStatus.Ok), "the same desc with its size (the C size equals the managed one)");
         Str.Synchronize();

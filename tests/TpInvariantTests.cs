@@ -303,6 +303,74 @@ public class TpInvariantTests(Backend backend) : BackendTest(backend)
         }
     }
 
+    /// <summary>The sequence-parallel FFN (all-gather in, the tree's reduce-scatter out; backward with dX reduce-scattered
+    /// by the tree): each rank's rows of Y and dX, and the gradient shards, equal p = 1's bit for bit.</summary>
+    [Test]
+    public void SequenceParallelFeedForwardIsBitIdentical()
+    {
+        const long m = 13, h = 16, f = 72, leaf = 8;
+        var rng = NewRandom();
+        var x = RandomArray(rng, m * h);
+        var w1 = RandomArray(rng, h * f, 0.5f);
+        var b1 = RandomArray(rng, f);
+        var w2 = RandomArray(rng, f * h, 0.5f);
+        var b2 = RandomArray(rng, h);
+        var g = RandomArray(rng, m * h);
+        using var dev = OpenInvariant(leaf);
+        float[][]? first = null;
+        foreach (int p in Degrees)
+        {
+            var tokens = ShardingPlan.Even(m, p);
+            var plan = TreeReduction.Plan(f, leaf, p);
+            var y = new float[m * h];
+            var dx = new float[m * h];
+            var dw1 = new float[h * f];
+            var dw2 = new float[f * h];
+            float[] db2 = [];
+            using var group = ProcessGroup.CreateLocal(dev, p, TimeSpan.FromSeconds(30));
+            Spmd.Run(group, ctx =>
+            {
+                long r0 = tokens.Offset(ctx.Rank), mr = tokens.Size(ctx.Rank);
+                using var ffn = new ParallelFeedForward(ctx, WeightSource.FromArray(w1, h, f), WeightSource.FromArray(b1, 1, f),
+                    WeightSource.FromArray(w2, f, h), WeightSource.FromArray(b2, 1, h));
+                using var xb = ctx.Device.Allocate<float>(Math.Max(1, mr * h));
+                using var gb = ctx.Device.Allocate<float>(Math.Max(1, mr * h));
+                if (mr > 0)
+                {
+                    xb.CopyFrom(x.AsSpan((int)(r0 * h), (int)(mr * h)), ctx.Stream);
+                    gb.CopyFrom(g.AsSpan((int)(r0 * h), (int)(mr * h)), ctx.Stream);
+                }
+                using var yb = Poisoned(Math.Max(1, mr * h), ctx.Device, ctx.Stream);
+                using var dxb = Poisoned(Math.Max(1, mr * h), ctx.Device, ctx.Stream);
+                using var grads = new FeedForwardGradients(ctx.Device, ffn);
+                using var saved = ffn.ForwardTrainingSequenceParallel(xb.AsMatrix(mr, h), yb.AsMatrix(mr, h), tokens);
+                ffn.BackwardSequenceParallel(xb.AsMatrix(mr, h), gb.AsMatrix(mr, h), dxb.AsMatrix(mr, h), grads, saved, tokens);
+                ctx.Synchronize();
+                long fr = plan.Size(ctx.Rank), off = plan.Offset(ctx.Rank);
+                lock (dw1)
+                {
+                    Array.Copy(yb.ToArray(ctx.Stream), 0, y, r0 * h, mr * h);
+                    Array.Copy(dxb.ToArray(ctx.Stream), 0, dx, r0 * h, mr * h);
+                    if (fr > 0)
+                    {
+                        PutCols(dw1, f, grads.DW1!.ToArray(ctx.Stream), h, off, fr);
+                        Array.Copy(grads.DW2!.ToArray(ctx.Stream), 0, dw2, off * h, fr * h);
+                    }
+                    if (ctx.Rank == 0) db2 = grads.DB2.ToArray(ctx.Stream);
+                }
+            });
+            var all = new[] { y, dx, dw1, dw2, db2 };
+            if (first is null)
+            {
+                first = all;
+                Assert.That(y.Concat(dx).All(float.IsFinite), Is.True, "p = 1: every row written");
+                continue;
+            }
+            string[] names = ["Y", "dX", "dW1", "dW2", "db2"];
+            for (int q = 0; q < names.Length; q++) Reference.AssertBitwise(all[q], first[q], $"p = {p}: {names[q]} vs p = 1");
+        }
+    }
+
     /// <summary>bf16 (parameters, activations and output; fp32 accumulation and gradients): the FFN's Y, dX and gradients
     /// are the same bits for p = 1, 2, 4, 8 — the partial sums stay fp32 across the ranks and are rounded once.</summary>
     [Test]
@@ -372,6 +440,144 @@ public class TpInvariantTests(Backend backend) : BackendTest(backend)
             Reference.AssertBitwise(dw1, first.Value.Dw1, $"p = {p}: dW1 vs p = 1");
             Reference.AssertBitwise(dw2, first.Value.Dw2, $"p = {p}: dW2 vs p = 1");
             Reference.AssertBitwise(db2, first.Value.Db2, $"p = {p}: db2 vs p = 1");
+        }
+    }
+
+    // Columns [c0, c0 + n) of a rows × cols matrix written from a rows × n shard.
+    private static void PutCols(float[] full, long cols, float[] shard, long rows, long c0, long n)
+    {
+        for (long i = 0; i < rows; i++) Array.Copy(shard, i * n, full, i * cols + c0, n);
+    }
+
+    private static IEnumerable<TestCaseData> BlockCases()
+    {
+        yield return new TestCaseData(FeedForwardKind.Gelu, SwNormKind.Layer, 8, 4, 0f, false).SetArgDisplayNames("GeLU", "LayerNorm", "8 heads / 4 kv", "standard");
+        yield return new TestCaseData(FeedForwardKind.SwiGlu, SwNormKind.Rms, 4, 2, 0.1f, false).SetArgDisplayNames("SwiGLU", "RMSNorm", "4 heads / 2 kv (empty ranks at p = 4, 8)", "dropout");
+        yield return new TestCaseData(FeedForwardKind.Relu, SwNormKind.Layer, 6, 6, 0f, false).SetArgDisplayNames("ReLU", "LayerNorm", "6 heads (MHA, uneven tree)", "standard");
+        yield return new TestCaseData(FeedForwardKind.Gelu, SwNormKind.Layer, 8, 4, 0.1f, true).SetArgDisplayNames("GeLU", "LayerNorm", "8 heads / 4 kv", "sequence-parallel, dropout");
+        yield return new TestCaseData(FeedForwardKind.SwiGlu, SwNormKind.Rms, 4, 2, 0f, true).SetArgDisplayNames("SwiGLU", "RMSNorm", "4 heads / 2 kv", "sequence-parallel");
+    }
+
+    /// <summary>The transformer block (attention with GQA, norms, residuals, dense or gated FFN, dropout) forward and backward:
+    /// Y, dX and every parameter's gradient (the ranks' shards put together) are the same bits for p = 1, 2, 4, 8; in the
+    /// sequence-parallel block too, but for the norms' gradients (each rank sums its own token rows: documented as not
+    /// invariant).</summary>
+    [TestCaseSource(nameof(BlockCases))]
+    public void TransformerBlockIsBitIdentical(FeedForwardKind ffnKind, SwNormKind norm, int heads, int kvHeads, float dropout, bool sequenceParallel)
+    {
+        const long t = 5, b = 2, m = b * t, d = 4, f = 40, leaf = 8;
+        long h = heads * d, qd = heads * d, kd = kvHeads * d;
+        var o = new TransformerBlockOptions(h, heads, kvHeads, f, ffnKind, norm, Causal: true, Dropout: dropout);
+        var rng = NewRandom();
+        float[] R(long n, float scale = 0.5f) => RandomArray(rng, n, scale);
+        var w = new Dictionary<string, float[]>
+        {
+            ["wq"] = R(h * qd), ["wk"] = R(h * kd), ["wv"] = R(h * kd), ["wo"] = R(qd * h), ["bq"] = R(qd, 0.2f), ["bk"] = R(kd, 0.2f),
+            ["bv"] = R(kd, 0.2f), ["bo"] = R(h, 0.2f), ["w1"] = R(h * f), ["w2"] = R(f * h), ["b2"] = R(h, 0.2f), ["w3"] = R(h * f),
+            ["b1"] = R(f, 0.2f), ["g1"] = R(h, 0.3f).Select(v => v + 1).ToArray(), ["g2"] = R(h, 0.3f).Select(v => v + 1).ToArray(),
+            ["n1b"] = R(h, 0.2f), ["n2b"] = R(h, 0.2f),
+        };
+        bool gated = ffnKind == FeedForwardKind.SwiGlu, layer = norm == SwNormKind.Layer;
+        WeightSource S(string n, long r, long c) => WeightSource.FromArray(w[n], r, c);
+        var weights = new TransformerBlockWeights(S("wq", h, qd), S("wk", h, kd), S("wv", h, kd), S("wo", qd, h), S("w1", h, f), S("w2", f, h),
+            gated ? S("w3", h, f) : null, S("bq", 1, qd), S("bk", 1, kd), S("bv", 1, kd), S("bo", 1, h), gated ? null : S("b1", 1, f), S("b2", 1, h),
+            S("g1", 1, h), layer ? S("n1b", 1, h) : null, S("g2", 1, h), layer ? S("n2b", 1, h) : null);
+        var x = R(m * h, 1f);
+        var g = R(m * h, 1f);
+        ulong seed = (ulong)rng.NextInt64();
+        using var dev = OpenInvariant(leaf);
+        Dictionary<string, float[]>? first = null;
+        foreach (int p in Degrees)
+        {
+            var tokens = ShardingPlan.Even(m, p);
+            var ys = new float[m * h];
+            var dxs = new float[m * h];
+            var all = new Dictionary<string, float[]>
+            {
+                ["dwq"] = new float[h * qd], ["dwk"] = new float[h * kd], ["dwv"] = new float[h * kd], ["dwo"] = new float[qd * h],
+                ["dbq"] = new float[qd], ["dbk"] = new float[kd], ["dbv"] = new float[kd], ["dw1"] = new float[h * f], ["dw3"] = new float[h * f],
+                ["db1"] = new float[f], ["dw2"] = new float[f * h],
+            };
+            using var group = ProcessGroup.CreateLocal(dev, p, TimeSpan.FromSeconds(60));
+            Spmd.Run(group, ctx =>
+            {
+                using var block = new ParallelTransformerBlock(ctx, o, weights);
+                using var grads = new TransformerBlockGradients(ctx.Device, block);
+                long r0 = sequenceParallel ? tokens.Offset(ctx.Rank) : 0, rows = sequenceParallel ? tokens.Size(ctx.Rank) : m;
+                using var xb = Upload(x[(int)(r0 * h)..(int)((r0 + rows) * h)], ctx.Device, ctx.Stream);
+                using var gb = Upload(g[(int)(r0 * h)..(int)((r0 + rows) * h)], ctx.Device, ctx.Stream);
+                using var y = Poisoned(Math.Max(1, rows * h), ctx.Device, ctx.Stream);
+                using var dx = Poisoned(Math.Max(1, rows * h), ctx.Device, ctx.Stream);
+                var gen = new DropoutGenerator(seed, ctx.Rank);
+                using var saved = sequenceParallel
+                    ? block.ForwardTrainingSequenceParallel(xb.AsMatrix(rows, h), y.AsMatrix(rows, h), t, tokens, gen)
+                    : block.ForwardTraining(xb.AsMatrix(m, h), y.AsMatrix(m, h), t, gen);
+                block.Backward(xb.AsMatrix(rows, h), gb.AsMatrix(rows, h), dx.AsMatrix(rows, h), grads, saved);
+                ctx.Synchronize();
+                float[] A(DeviceBuffer<float>? buf) => buf?.ToArray(ctx.Stream) ?? [];
+                var a = block.Attention;
+                long q0 = a.QueryPlan.Offset(ctx.Rank), qn = a.QueryPlan.Size(ctx.Rank);
+                long k0 = a.KvHeadPlan.Offset(ctx.Rank) * d, kn = a.KvHeadPlan.Size(ctx.Rank) * d;
+                var fp = gated ? block.Gated!.Plan : block.Dense!.Plan;
+                long f0 = fp.Offset(ctx.Rank), fn = fp.Size(ctx.Rank);
+                lock (all)
+                {
+                    Array.Copy(y.ToArray(ctx.Stream), 0, ys, r0 * h, rows * h);
+                    Array.Copy(dx.ToArray(ctx.Stream), 0, dxs, r0 * h, rows * h);
+                    if (ctx.Rank == 0)
+                    {
+                        if (!sequenceParallel)
+                        {
+                            all["n1"] = A(grads.Norm1.Buffer);
+                            all["n2"] = A(grads.Norm2.Buffer);
+                        }
+                        all["dbo"] = A(grads.Attention.DBo);
+                        all["db2"] = gated ? A(grads.Gated!.DBDown) : A(grads.Dense!.DB2);
+                    }
+                    if (qn > 0)
+                    {
+                        PutCols(all["dwq"], qd, A(grads.Attention.DWq), h, q0, qn);
+                        Array.Copy(A(grads.Attention.DWo), 0, all["dwo"], q0 * h, qn * h);
+                        Array.Copy(A(grads.Attention.DBq), 0, all["dbq"], q0, qn);
+                    }
+                    if (kn > 0)
+                    {
+                        PutCols(all["dwk"], kd, A(grads.Attention.DWk), h, k0, kn);
+                        PutCols(all["dwv"], kd, A(grads.Attention.DWv), h, k0, kn);
+                        Array.Copy(A(grads.Attention.DBk), 0, all["dbk"], k0, kn);
+                        Array.Copy(A(grads.Attention.DBv), 0, all["dbv"], k0, kn);
+                    }
+                    if (fn > 0)
+                    {
+                        if (gated)
+                        {
+                            var gu = A(grads.Gated!.DGateUp); // H × 2 f_r: [gate | up]
+                            for (long i = 0; i < h; i++)
+                            {
+                                Array.Copy(gu, i * 2 * fn, all["dw1"], i * f + f0, fn);
+                                Array.Copy(gu, i * 2 * fn + fn, all["dw3"], i * f + f0, fn);
+                            }
+                            Array.Copy(A(grads.Gated.DDown), 0, all["dw2"], f0 * h, fn * h);
+                        }
+                        else
+                        {
+                            PutCols(all["dw1"], f, A(grads.Dense!.DW1), h, f0, fn);
+                            Array.Copy(A(grads.Dense.DB1), 0, all["db1"], f0, fn);
+                            Array.Copy(A(grads.Dense.DW2), 0, all["dw2"], f0 * h, fn * h);
+                        }
+                    }
+                }
+            });
+            all["y"] = ys;
+            all["dx"] = dxs;
+            if (first is null)
+            {
+                first = all;
+                Assert.That(all["y"].Concat(all["dx"]).All(float.IsFinite), Is.True, "p = 1: Y and dX written");
+                continue;
+            }
+            foreach (var (name, want) in first)
+                Reference.AssertBitwise(all[name], want, $"p = {p}: {name} vs p = 1");
         }
     }
 

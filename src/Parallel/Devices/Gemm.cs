@@ -56,11 +56,21 @@ public static partial class Gemm
     /// </summary>
     /// <exception cref="NotSupportedException">The combination of types (e.g. "a = bf16, b = bf16, c = f16") is not
     /// one of the above, or the device's backend lacks it (the native message is the inner exception).</exception>
-    public static unsafe void Multiply<TIn, TOut>(DeviceStream stream, MatrixView<TIn> a, MatrixView<TIn> b, MatrixView<TOut> c,
+    public static void Multiply<TIn, TOut>(DeviceStream stream, MatrixView<TIn> a, MatrixView<TIn> b, MatrixView<TOut> c,
         float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
+        DeviceBuffer<TOut>? bias = null, long biasOffset = 0, Epilogue epilogue = Epilogue.None)
+        where TIn : unmanaged where TOut : unmanaged =>
+        MultiplyLeaf(stream, a, b, c, 0, alpha, beta, transA, transB, bias, biasOffset, epilogue);
+
+    // Multiply with the k reduction of sw_gemm_desc.k_leaf: 0 = the device's GemmReductionLeaf, > 0 = the TP-invariant tree
+    // with leaves of kLeaf k elements (even; a layer's own leaf, e.g. the attention's head group), -1 = the default order.
+    internal static unsafe void MultiplyLeaf<TIn, TOut>(DeviceStream stream, MatrixView<TIn> a, MatrixView<TIn> b, MatrixView<TOut> c,
+        long kLeaf, float alpha = 1f, float beta = 0f, bool transA = false, bool transB = false,
         DeviceBuffer<TOut>? bias = null, long biasOffset = 0, Epilogue epilogue = Epilogue.None)
         where TIn : unmanaged where TOut : unmanaged
     {
+        if (kLeaf < -1 || (kLeaf > 0 && kLeaf % 2 != 0))
+            throw new ArgumentOutOfRangeException(nameof(kLeaf), kLeaf, "kLeaf must be 0 (the device's reduction), -1 (the default order) or an even leaf size.");
         var (m, n, k) = Validate(stream, a, b, c, alpha, beta, transA, transB, bias, biasOffset);
         SwDtype inType = DeviceBuffer<TIn>.Dtype, outType = DeviceBuffer<TOut>.Dtype;
         if (outType != SwDtype.F32 && outType != inType)
@@ -68,6 +78,7 @@ public static partial class Gemm
                 $"Gemm.Multiply: {Combination(inType, outType)} is not supported; c (and the bias) must be f32 or the input type {DtypeName(inType)}.");
 
         var desc = Describe(inType, outType, m, n, k, a, b, c, alpha, beta, transA, transB, biasOffset, epilogue);
+        desc.KLeaf = kLeaf;
         BufferHandle ha = a.Buffer.Handle, hb = b.Buffer.Handle, hc = c.Buffer.Handle;
         BufferHandle? hbias = bias?.Handle;
         bool ra = false, rb = false, rc = false, rbias = false;

@@ -14,9 +14,14 @@ public sealed class ColumnParallelLinear : ParallelLinear
     /// in the parameter type of <paramref name="precision"/> (null: fp32).</summary>
     public ColumnParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
         bool gatherOutput = true, ShardingPlan? plan = null, Epilogue epilogue = Epilogue.None, Precision? precision = null)
+        : this(context, weight, bias, gatherOutput, plan, epilogue, precision, leaf: 0) { }
+
+    // leaf: the TP-invariant tree's leaf over the out-features when it is not the device's (the attention's projections).
+    internal ColumnParallelLinear(RankContext context, WeightSource weight, WeightSource? bias, bool gatherOutput, ShardingPlan? plan,
+        Epilogue epilogue, Precision? precision, long leaf)
         : base(context, weight, bias, plan, splitRows: false, split =>
             LayerPlan.ColumnParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, gatherOutput: gatherOutput, split: split),
-            precision)
+            precision, leaf)
     {
         GatherOutput = gatherOutput;
         Epilogue = epilogue;
@@ -182,7 +187,8 @@ public sealed class ColumnParallelLinear : ParallelLinear
             var dyr = AsCompute<TIn, TOut>(GatherOutput ? dy.Columns(LocalOutOffset, n) : dy);
             if (dWeight is not null) GradientHelpers.WeightGradient(Context, x, dyr, dWeight, accumulate);
             if (dBias is not null) GradientHelpers.ColumnSums(Context, _scratch, SlotOnes, dyr, dBias, accumulate);
-            if (sums is not null) Gemm.Multiply(Context.Stream, dyr, ComputeWeight<TIn>()!.AsMatrix(k, n), sums.AsMatrix(m, k), transB: true);
+            if (sums is not null)
+                Gemm.MultiplyLeaf(Context.Stream, dyr, ComputeWeight<TIn>()!.AsMatrix(k, n), sums.AsMatrix(m, k), ReductionLeaf, transB: true);
         }
         else if (sums is not null)
         {

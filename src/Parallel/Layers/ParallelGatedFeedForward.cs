@@ -12,7 +12,7 @@ namespace Shardwise.Parallel;
 /// </summary>
 public sealed class ParallelGatedFeedForward : IDisposable
 {
-    private const int SlotHidden = 0, SlotGathered = 1, SlotCount = 2;
+    private const int SlotHidden = 0, SlotGathered = 1, SlotTree = 2, SlotCount = 3;
     private readonly RankContext _ctx;
     private readonly TypedScratch _scratch = new(SlotCount);
 
@@ -32,10 +32,13 @@ public sealed class ParallelGatedFeedForward : IDisposable
             throw new ArgumentOutOfRangeException(nameof(activation), activation, "expected SwActivation.Silu (SwiGLU) or SwActivation.Gelu (GeGLU).");
         _ctx = context;
         Activation = activation;
-        Plan = plan ?? ShardingPlan.Even(wGate.Cols, context.WorldSize);
+        Plan = TreeReduction.PlanFor(context, wGate.Cols, plan, nameof(plan)); // the tree's split of F in TP-invariant mode
         Plan.Require(wGate.Cols, context.WorldSize, nameof(plan));
+        _treeLeaf = context.Device.GemmReductionLeaf;
         var fused = ShardingPlan.FromSizes(Enumerable.Range(0, context.WorldSize).Select(r => 2 * Plan.Size(r)).ToArray());
-        Up = new ColumnParallelLinear(context, FuseGateUp(wGate, wUp, Plan), null, gatherOutput: false, plan: fused);
+        // (TP-invariant mode: the fused [gate | up] columns are not one tree over F; dX is summed here, BackwardCore)
+        Up = new ColumnParallelLinear(context, FuseGateUp(wGate, wUp, Plan), null, false, fused, Epilogue.None, null,
+            leaf: _treeLeaf > 0 ? -1 : 0);
         try { Down = new RowParallelLinear(context, wDown, bDown, inputIsParallel: true, plan: Plan); }
         catch { Up.Dispose(); throw; }
     }
@@ -176,8 +179,47 @@ public sealed class ParallelGatedFeedForward : IDisposable
         var dh = saved.GradientHidden;
         Down.Backward(saved.Hidden, dy, dh, gradients.DDown, _ctx.Rank == 0 ? gradients.DBDown : null, accumulate);
         if (fr > 0) RowOps.GluBackward(_ctx.Stream, Activation, saved.GateUp, dh, saved.GateUp); // [dgate | dup] over [gate | up]
-        Up.LinearBackward(x, saved.GateUp, dx, gradients.DGateUp, (DeviceBuffer<float>?)null, accumulate, scatter, dxRows);
+        if (_treeLeaf == 0 || dx.IsEmpty)
+        {
+            Up.LinearBackward(x, saved.GateUp, dx, gradients.DGateUp, (DeviceBuffer<float>?)null, accumulate, scatter, dxRows);
+            return;
+        }
+        // TP-invariant: dX = S_gate + S_up, each summed over F by the tree (this rank's node: fp32, one all-reduce of both).
+        Up.LinearBackward(x, saved.GateUp, default, gradients.DGateUp, (DeviceBuffer<float>?)null, accumulate);
+        long mh = m * ModelFeatures;
+        if (dx.Ld != ModelFeatures && m > 1)
+            throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {ModelFeatures}).", nameof(dx));
+        var sums = _scratch.Get<float>(SlotTree, _ctx.Device, 2 * mh);
+        var stream = _ctx.Stream;
+        if (fr > 0)
+        {
+            var w = Up.ComputeWeight<float>()!.AsMatrix(ModelFeatures, 2 * fr);
+            Gemm.MultiplyLeaf(stream, saved.GateUp.Columns(0, fr), w.Columns(0, fr), sums.AsMatrix(m, ModelFeatures), _treeLeaf, transB: true);
+            Gemm.MultiplyLeaf(stream, saved.GateUp.Columns(fr, fr), w.Columns(fr, fr), sums.AsMatrix(m, ModelFeatures, ModelFeatures, mh),
+                _treeLeaf, transB: true);
+        }
+        else
+        {
+            sums.Clear(stream, 0, 2 * mh); // an empty node: zeros add exactly
+        }
+        _ctx.AllReduce(sums, sums, 2 * mh, 0, 0, Bindings.SwReduceOp.SumTree);
+        sums.CopyTo(dx.Buffer, stream, 0, dx.Offset, mh);
+        ElementwiseOps.Axpy(stream, 1f, sums, dx.Buffer, mh, mh, dx.Offset);
+        if (scatter is null) return;
+        long mr = scatter.Size(_ctx.Rank);
+        ThrowHelper.Shape(dxRows, mr, ModelFeatures, "this rank's token rows x model features");
+        long r0 = scatter.Offset(_ctx.Rank) * ModelFeatures;
+        if (dxRows.Ld == ModelFeatures || mr <= 1)
+        {
+            if (mr > 0) dx.Buffer.CopyTo(dxRows.Buffer, stream, dx.Offset + r0, dxRows.Offset, mr * ModelFeatures);
+            return;
+        }
+        for (long i = 0; i < mr; i++)
+            dx.Buffer.CopyTo(dxRows.Buffer, stream, dx.Offset + r0 + i * ModelFeatures, dxRows.Offset + i * dxRows.Ld, ModelFeatures);
     }
+
+    // The device's GemmReductionLeaf when built (TP-invariant mode when > 0).
+    private readonly long _treeLeaf;
 
     private void Hidden(MatrixView<float> x, MatrixView<float> gu, MatrixView<float> h)
     {

@@ -39,8 +39,10 @@ public abstract class ParallelLinear : IDisposable
     /// before the sum).</param>
     /// <param name="memoryPlan">The layer's memory plan for a given split (checked against the device).</param>
     /// <param name="precision">The precision policy (null: <see cref="Precision.Fp32"/>).</param>
+    /// <param name="leaf">TP-invariant mode only: the leaf of the layer's tree when it is not the device's
+    /// GemmReductionLeaf (0: the device's; -1: none, the caller sums the layer's reduction over ranks itself).</param>
     private protected ParallelLinear(RankContext context, WeightSource weight, WeightSource? bias, ShardingPlan? plan,
-        bool splitRows, Func<ShardingPlan, LayerPlan> memoryPlan, Precision? precision)
+        bool splitRows, Func<ShardingPlan, LayerPlan> memoryPlan, Precision? precision, long leaf = 0)
     {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(weight);
@@ -52,9 +54,12 @@ public abstract class ParallelLinear : IDisposable
         ThrowHelper.Positive(weight.Cols);
         _splitRows = splitRows;
         long split = splitRows ? InFeatures : OutFeatures;
-        ReductionLeaf = context.Device.GemmReductionLeaf;
+        _deviceLeaf = context.Device.GemmReductionLeaf;
+        // leaf < 0: a caller that sums this layer's reduction itself (the gated FFN's fused gate/up) takes the plan as given.
+        ReductionLeaf = leaf < 0 ? 0 : _deviceLeaf > 0 && leaf > 0 ? leaf : _deviceLeaf;
         HasBias = bias is not null;
-        Plan = TreeReduction.PlanFor(context, split, plan, nameof(plan)); // the tree's split in TP-invariant mode
+        Plan = leaf < 0 ? plan ?? ShardingPlan.Even(split, context.WorldSize)
+            : TreeReduction.PlanFor(context, split, plan, nameof(plan), ReductionLeaf); // the tree's split in TP-invariant mode
         Plan.Require(split, context.WorldSize, nameof(plan));
         bias?.Require(1, OutFeatures, nameof(bias));
         memoryPlan(Plan).EnsureFitsOn(context);
@@ -81,10 +86,12 @@ public abstract class ParallelLinear : IDisposable
     /// <summary>The rank this layer belongs to (its device and stream; used by the tensor interop).</summary>
     internal RankContext Context { get; }
 
-    /// <summary>The device's <see cref="Device.GemmReductionLeaf"/> when the layer was built: 0, or the leaf of the
-    /// TP-invariant tree (<see cref="TreeReduction"/>), whose split <see cref="Plan"/> then is and whose order the
-    /// layer's collectives then sum in.</summary>
+    /// <summary>0 when the device's <see cref="Device.GemmReductionLeaf"/> was 0 when the layer was built; else the leaf
+    /// of the layer's TP-invariant tree (<see cref="TreeReduction"/>: the device's, or one head group for the attention's
+    /// projections), whose split <see cref="Plan"/> then is, and whose order the layer's reductions over ranks follow.</summary>
     public long ReductionLeaf { get; }
+
+    private readonly long _deviceLeaf;
 
     // Whether the layer has a bias (a row-parallel rank other than 0 holds none).
     private protected bool HasBias { get; }
@@ -96,9 +103,9 @@ public abstract class ParallelLinear : IDisposable
     private protected void RequireReduction()
     {
         long now = Context.Device.GemmReductionLeaf;
-        if (now != ReductionLeaf)
+        if (now != _deviceLeaf)
             throw new InvalidOperationException(
-                $"this layer was built with the device's GemmReductionLeaf = {ReductionLeaf} (its plan {Plan}) but the device now has {now}; " +
+                $"this layer was built with the device's GemmReductionLeaf = {_deviceLeaf} (its plan {Plan}) but the device now has {now}; " +
                 "set it back, or build the layer again.");
     }
 

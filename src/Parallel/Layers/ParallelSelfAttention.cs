@@ -22,7 +22,7 @@ namespace Shardwise.Parallel;
 /// </summary>
 public sealed class ParallelSelfAttention : IDisposable
 {
-    private const int SlotQ = 0, SlotK = 1, SlotV = 2, SlotScores = 3, SlotO = 4, SlotGathered = 5, SlotOnes = 6, SlotCount = 7;
+    private const int SlotQ = 0, SlotK = 1, SlotV = 2, SlotScores = 3, SlotO = 4, SlotGathered = 5, SlotOnes = 6, SlotTree = 7, SlotCount = 8;
     private readonly RankContext _ctx;
     private readonly TypedScratch _scratch = new(SlotCount);
     private GemmGroupMember<float, float>[] _members = [];
@@ -53,8 +53,21 @@ public sealed class ParallelSelfAttention : IDisposable
             throw new ArgumentException($"wv is {wv.Rows} x {wv.Cols}; expected H x kvHeads·d = {h} x {kvHeads * d}.", nameof(wv));
         if (wo.Rows != heads * d || wo.Cols != h)
             throw new ArgumentException($"wo is {wo.Rows} x {wo.Cols}; expected heads·d x H = {heads * d} x {h}.", nameof(wo));
-        var plan = kvHeadPlan ?? ShardingPlan.Even(kvHeads, context.WorldSize);
+        // TP-invariant mode (the device's GemmReductionLeaf > 0): the key/value heads split by the reduction tree over them,
+        // one head group per leaf of the output projection (g·d) and of dX's three sums (g·d for Q, d for K and V).
+        bool tree = context.Device.GemmReductionLeaf > 0;
+        int group = heads / kvHeads;
+        if (tree && (d % 2 != 0))
+            throw new NotSupportedException(
+                $"TP-invariant attention sums one head (d = {d}) or one query group (g·d = {group * d}) per leaf of its reduction tree, and a leaf must be an even number of elements; d = {d} is odd.");
+        var plan = tree
+            ? TreeReduction.PlanFor(context, kvHeads * 2, kvHeadPlan is null ? null : ShardingPlan.FromSizes(
+                Enumerable.Range(0, kvHeadPlan.Parts).Select(r => 2 * kvHeadPlan.Size(r)).ToArray()), nameof(kvHeadPlan), 2) is var twice
+                ? ShardingPlan.FromSizes(Enumerable.Range(0, context.WorldSize).Select(r => twice.Size(r) / 2).ToArray())
+                : null!
+            : kvHeadPlan ?? ShardingPlan.Even(kvHeads, context.WorldSize);
         plan.Require(kvHeads, context.WorldSize, nameof(kvHeadPlan));
+        _treeLeaf = tree ? group * d : 0;
         _ctx = context;
         Heads = heads;
         KvHeads = kvHeads;
@@ -68,10 +81,10 @@ public sealed class ParallelSelfAttention : IDisposable
         var made = new List<IDisposable>();
         try
         {
-            Query = new ColumnParallelLinear(context, wq, bq, gatherOutput: false, plan: QueryPlan); made.Add(Query);
-            Key = new ColumnParallelLinear(context, wk, bk, gatherOutput: false, plan: kvPlan); made.Add(Key);
-            Value = new ColumnParallelLinear(context, wv, bv, gatherOutput: false, plan: kvPlan); made.Add(Value);
-            Output = new RowParallelLinear(context, wo, bo, inputIsParallel: true, plan: QueryPlan);
+            Query = new ColumnParallelLinear(context, wq, bq, false, QueryPlan, Epilogue.None, null, leaf: g * d); made.Add(Query);
+            Key = new ColumnParallelLinear(context, wk, bk, false, kvPlan, Epilogue.None, null, leaf: d); made.Add(Key);
+            Value = new ColumnParallelLinear(context, wv, bv, false, kvPlan, Epilogue.None, null, leaf: d); made.Add(Value);
+            Output = new RowParallelLinear(context, wo, bo, true, QueryPlan, null, leaf: g * d);
         }
         catch
         {
@@ -79,6 +92,9 @@ public sealed class ParallelSelfAttention : IDisposable
             throw;
         }
     }
+
+    // TP-invariant mode: the leaf of Q's part of dX (one query group, g·d); 0 otherwise.
+    private readonly long _treeLeaf;
 
     /// <summary>Query heads (all ranks).</summary>
     public int Heads { get; }
@@ -172,6 +188,13 @@ public sealed class ParallelSelfAttention : IDisposable
         _ctx.AllGatherV(dy.Buffer, mr * h, dyFull.Buffer, dy.Offset, m * h);
         var dxFull = full.Buffer.AsMatrix(m, h, h, 2 * m * h);
         BackwardCore(full, dyFull, dxFull, gradients, saved, accumulate);
+        if (_treeLeaf > 0)
+        {
+            // (TP-invariant: the whole dX summed by the tree on every rank, then this rank's rows taken)
+            CombineTreeDx(m, dxFull);
+            if (mr > 0) dxFull.Buffer.CopyTo(dx.Buffer, _ctx.Stream, dxFull.Offset + tokens.Offset(_ctx.Rank) * h, dx.Offset, mr * h);
+            return;
+        }
         _ctx.ReduceScatterV(dxFull.Buffer, dx.Buffer, mr * h, dxFull.Offset, dx.Offset);
     }
 
@@ -238,7 +261,25 @@ public sealed class ParallelSelfAttention : IDisposable
         if (m > 1 && dx.Ld != ModelFeatures)
             throw new ArgumentException($"dx has ld {dx.Ld}; the all-reduce needs contiguous rows (ld = {ModelFeatures}).", nameof(dx));
         BackwardCore(x, dy, dx, gradients, saved, accumulate);
+        if (_treeLeaf > 0)
+        {
+            CombineTreeDx(m, dx);
+            return;
+        }
         _ctx.AllReduce(dx.Buffer, dx.Buffer, m * ModelFeatures, dx.Offset, dx.Offset);
+    }
+
+    // TP-invariant mode: dX's three partial sums (Q, K, V parts, fp32, BackwardCore left them in SlotTree) summed over the
+    // ranks in the tree's order (one all-reduce), then dX = (S_Q + S_K) + S_V into dst (m × H, contiguous).
+    private void CombineTreeDx(long m, MatrixView<float> dst)
+    {
+        long mh = m * ModelFeatures;
+        var sums = _scratch.Get<float>(SlotTree, _ctx.Device, 3 * mh);
+        var stream = _ctx.Stream;
+        _ctx.AllReduce(sums, sums, 3 * mh, 0, 0, Bindings.SwReduceOp.SumTree);
+        sums.CopyTo(dst.Buffer, stream, 0, dst.Offset, mh);
+        ElementwiseOps.Axpy(stream, 1f, sums, dst.Buffer, mh, mh, dst.Offset);
+        ElementwiseOps.Axpy(stream, 1f, sums, dst.Buffer, mh, 2 * mh, dst.Offset);
     }
 
     // Everything but the reduction of dX (left as this rank's partial sum in dx, M × H contiguous).
@@ -289,6 +330,24 @@ public sealed class ParallelSelfAttention : IDisposable
         ProjectionBackward(Key, x, dk, gradients.DWk, gradients.DBk, accumulate);
         ProjectionBackward(Value, x, dv, gradients.DWv, gradients.DBv, accumulate);
         if (dx.IsEmpty) return;
+        if (_treeLeaf > 0)
+        {
+            // TP-invariant: the Q, K and V parts of dX's partial sum apart (fp32, each over its heads by the tree: a query
+            // group or a key/value head per leaf), combined after the tree all-reduce (CombineTreeDx).
+            long mh = m * ModelFeatures;
+            var sums = _scratch.Get<float>(SlotTree, _ctx.Device, 3 * mh);
+            if (lh > 0)
+            {
+                Gemm.MultiplyLeaf(stream, dq, Query.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Qd), sums.AsMatrix(m, ModelFeatures), _treeLeaf, transB: true);
+                Gemm.MultiplyLeaf(stream, dk, Key.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Kd), sums.AsMatrix(m, ModelFeatures, ModelFeatures, mh), HeadDim, transB: true);
+                Gemm.MultiplyLeaf(stream, dv, Value.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Kd), sums.AsMatrix(m, ModelFeatures, ModelFeatures, 2 * mh), HeadDim, transB: true);
+            }
+            else
+            {
+                sums.Clear(stream, 0, 3 * mh); // no heads here: zeros add exactly
+            }
+            return;
+        }
         if (lh > 0)
         {
             Gemm.Multiply(stream, dq, Query.ComputeWeight<float>()!.AsMatrix(ModelFeatures, Qd), dx, transB: true);

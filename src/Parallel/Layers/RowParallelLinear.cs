@@ -26,9 +26,14 @@ public sealed class RowParallelLinear : ParallelLinear
     /// <param name="precision">The precision policy (null: fp32).</param>
     public RowParallelLinear(RankContext context, WeightSource weight, WeightSource? bias = null,
         bool inputIsParallel = false, ShardingPlan? plan = null, Precision? precision = null)
+        : this(context, weight, bias, inputIsParallel, plan, precision, leaf: 0) { }
+
+    // leaf: the TP-invariant tree's leaf when it is not the device's (the attention's output projection: one head group).
+    internal RowParallelLinear(RankContext context, WeightSource weight, WeightSource? bias, bool inputIsParallel, ShardingPlan? plan,
+        Precision? precision, long leaf)
         : base(context, weight, bias, plan, splitRows: true, split =>
             LayerPlan.RowParallel(weight.Rows, weight.Cols, context.WorldSize, bias: bias is not null, inputIsParallel: inputIsParallel, split: split),
-            precision)
+            precision, leaf)
     {
         InputIsParallel = inputIsParallel;
     }
@@ -148,7 +153,7 @@ public sealed class RowParallelLinear : ParallelLinear
     private void QueueTreePartial<TIn>(MatrixView<TIn> local, MatrixView<float> partial) where TIn : unmanaged
     {
         long kr = LocalInFeatures, n = OutFeatures;
-        if (kr > 0) Gemm.Multiply(Context.Stream, local, ComputeWeight<TIn>()!.AsMatrix(kr, n), partial);
+        if (kr > 0) Gemm.MultiplyLeaf(Context.Stream, local, ComputeWeight<TIn>()!.AsMatrix(kr, n), partial, ReductionLeaf);
         else partial.Buffer.Clear(Context.Stream, partial.Offset, partial.Rows * n);
     }
 
@@ -189,7 +194,7 @@ public sealed class RowParallelLinear : ParallelLinear
                 for (int r = 0; r < p; r++)
                 {
                     long t0 = tokens.Offset(r), tr = tokens.Size(r), at = (t0 + r) * n;
-                    if (tr > 0) QueueTreePartial(local.RowRange(t0, tr), sums.AsMatrix(tr, n, n, at));
+                    if (tr > 0) QueueTreePartial(kr > 0 ? local.RowRange(t0, tr) : default, sums.AsMatrix(tr, n, n, at)); // (kr = 0: zeros)
                     QueueBiasRow(sums, at + tr * n);
                 }
             Context.ReduceScatterV(sums, sums, (mr + e) * n, 0, total, ReduceOp);

@@ -67,14 +67,16 @@ public static class TreeReduction
 
     // The layers' plan over their reduction dimension: the tree's in TP-invariant mode (a given plan must equal it),
     // else the given one or the even split.
-    internal static ShardingPlan PlanFor(RankContext context, long total, ShardingPlan? plan, string argument)
+    // `leaf` (0: the device's) is the layer's leaf where it differs (attention: one head group per leaf).
+    internal static ShardingPlan PlanFor(RankContext context, long total, ShardingPlan? plan, string argument, long leaf = 0)
     {
-        long leaf = context.Device.GemmReductionLeaf;
-        if (leaf == 0) return plan ?? ShardingPlan.Even(total, context.WorldSize);
+        long deviceLeaf = context.Device.GemmReductionLeaf;
+        if (deviceLeaf == 0) return plan ?? ShardingPlan.Even(total, context.WorldSize);
+        if (leaf == 0) leaf = deviceLeaf;
         var tree = Plan(total, leaf, context.WorldSize, argument);
         if (plan is not null && !SameSplit(plan, tree))
             throw new ArgumentException(
-                $"{argument} splits {plan}; TP-invariant mode (the device's GemmReductionLeaf = {leaf}) needs the reduction tree's split " +
+                $"{argument} splits {plan}; TP-invariant mode (the device's GemmReductionLeaf = {deviceLeaf}) needs the reduction tree's split " +
                 $"{tree} (TreeReduction.Plan({total}, {leaf}, {context.WorldSize})), or no plan.", argument);
         return tree;
     }
