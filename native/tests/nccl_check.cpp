@@ -60,6 +60,16 @@ static sw_buffer alloc(sw_device d, long n) {
     return b;
 }
 
+// The tree order of SW_REDUCE_SUM_TREE over sources [a, b) (written here, not taken from the library): sum[a, m) +
+// sum[m, b), m = a + ceil((b - a) / 2).
+static float tree_sum(const float* v, int a, int b) {
+    if (b - a == 1) return v[a];
+    const int m = a + (b - a + 1) / 2;
+    return tree_sum(v, a, m) + tree_sum(v, m, b);
+}
+// Rank r's element i of the tree checks: magnitudes spread over 2^-8..2^8 so that the order of the fp32 sums matters.
+static float tree_value(int t, int r, long i) { return value(t, r, i) * std::ldexp(1.0f, static_cast<int>((i * 7 + r * 5) % 17) - 8); }
+
 // Every collective on rank `rank` of comm; checked against float64 references.
 static void collectives(sw_comm comm, int rank, int p, sw_device dev) {
     sw_stream s = nullptr;
@@ -260,6 +270,47 @@ static long collectives16(sw_comm comm, int rank, int p, sw_device dev) {
     }
     sw_stream_destroy(s);
     return telling;
+}
+
+// SW_REDUCE_SUM_TREE (f32 all-reduce and reduce-scatter) on rank `rank`: the tree's order bit for bit (NCCL's own
+// reductions, whose order is NCCL's, must be bypassed); returns the elements whose rank-order sum differs (the check
+// can tell the orders apart there).
+static long tree_collectives(sw_comm comm, int rank, int p, sw_device dev) {
+    sw_stream s = nullptr;
+    OK(sw_stream_create(dev, &s));
+    const long n = 96;
+    sw_buffer x = alloc(dev, n * p), y = alloc(dev, n);
+    float col[8];
+    long telling = 0;
+    for (long i = 0; i < n; ++i) host(x)[i] = tree_value(8, rank, i);
+    OK(sw_all_reduce(comm, rank, x, 0, y, 0, n, SW_DTYPE_F32, SW_REDUCE_SUM_TREE, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < n; ++i) {
+        float seq = 0;
+        for (int q = 0; q < p; ++q) col[q] = tree_value(8, q, i), seq = q ? seq + col[q] : col[q];
+        const float ref = tree_sum(col, 0, p);
+        telling += std::memcmp(&seq, &ref, 4) != 0;
+        CHECK(std::memcmp(&host(y)[i], &ref, 4) == 0, "rank %d of %d: tree all_reduce[%ld] = %.9g, expected %.9g", rank, p, i, host(y)[i], ref);
+    }
+    for (long i = 0; i < n * p; ++i) host(x)[i] = tree_value(9, rank, i);
+    OK(sw_reduce_scatter(comm, rank, x, 0, y, 0, n, SW_DTYPE_F32, SW_REDUCE_SUM_TREE, s));
+    OK(sw_stream_synchronize(s));
+    for (long i = 0; i < n; ++i) {
+        for (int q = 0; q < p; ++q) col[q] = tree_value(9, q, n * rank + i);
+        const float ref = tree_sum(col, 0, p);
+        CHECK(std::memcmp(&host(y)[i], &ref, 4) == 0, "rank %d of %d: tree reduce_scatter[%ld] = %.9g, expected %.9g", rank, p, i, host(y)[i], ref);
+    }
+    for (sw_buffer b : {x, y}) sw_buffer_destroy(b);
+    sw_stream_destroy(s);
+    return telling;
+}
+
+static long tree_collectives_all(sw_comm comm, int p, sw_device* devs) {
+    std::vector<long> telling(p, 0);
+    std::vector<std::thread> th;
+    for (int r = 0; r < p; ++r) th.emplace_back([&, r] { telling[r] = tree_collectives(comm, r, p, devs[r]); });
+    for (auto& t : th) t.join();
+    return telling[0];
 }
 
 // collectives16 on every rank of an in-process communicator (one thread per rank); returns the telling elements.
@@ -556,13 +607,16 @@ int main(int argc, char** argv) {
     {
         sw_device dev8[8];
         for (int r = 0; r < 8; ++r) OK(sw_device_create(SW_BACKEND_CUDA, r, 0, &dev8[r]));
-        long telling = 0;
+        long telling = 0, tree_telling = 0;
         for (int q = 1; q <= 8; ++q) {
             sw_comm c = nullptr;
             OK(sw_comm_create_nccl_local(q, dev8, 20000, &c));
             if (c) telling += collectives16_all(c, q, dev8);
+            if (c) tree_telling += tree_collectives_all(c, q, dev8);
             sw_comm_destroy(c);
         }
+        CHECK(tree_telling > 0, "no f32 sum of the tree checks differs in rank order: the tree order is not checked");
+        std::printf("SW_REDUCE_SUM_TREE over NCCL, p = 1..8: checked (%ld sums would differ in rank order)\n", tree_telling);
         CHECK(telling > 0, "no 16-bit sum of the data differs when rounded at every step: the bit-for-bit checks prove nothing");
         CHECK(g_order_telling > 0, "no 16-bit sum of the data differs when summed in reverse rank order: the order is not checked");
         std::printf("16-bit collectives over NCCL, p = 1..8: checked (%ld sums would differ if rounded at every step, %ld if "

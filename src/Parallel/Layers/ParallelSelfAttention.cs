@@ -61,10 +61,7 @@ public sealed class ParallelSelfAttention : IDisposable
             throw new NotSupportedException(
                 $"TP-invariant attention sums one head (d = {d}) or one query group (g·d = {group * d}) per leaf of its reduction tree, and a leaf must be an even number of elements; d = {d} is odd.");
         var plan = tree
-            ? TreeReduction.PlanFor(context, kvHeads * 2, kvHeadPlan is null ? null : ShardingPlan.FromSizes(
-                Enumerable.Range(0, kvHeadPlan.Parts).Select(r => 2 * kvHeadPlan.Size(r)).ToArray()), nameof(kvHeadPlan), 2) is var twice
-                ? ShardingPlan.FromSizes(Enumerable.Range(0, context.WorldSize).Select(r => twice.Size(r) / 2).ToArray())
-                : null!
+            ? TreeReduction.ItemsPlanFor(context, kvHeads, kvHeadPlan, nameof(kvHeadPlan))
             : kvHeadPlan ?? ShardingPlan.Even(kvHeads, context.WorldSize);
         plan.Require(kvHeads, context.WorldSize, nameof(kvHeadPlan));
         _treeLeaf = tree ? group * d : 0;

@@ -81,6 +81,19 @@ public static class TreeReduction
         return tree;
     }
 
+    // TP-invariant mode: the tree's split of whole items, one leaf each (the attention's key/value heads); a given plan
+    // must equal it.
+    internal static ShardingPlan ItemsPlanFor(RankContext context, long items, ShardingPlan? plan, string argument)
+    {
+        var twice = Plan(2 * items, 2, context.WorldSize, argument); // (a leaf is even: two elements per item)
+        var tree = ShardingPlan.FromSizes(Enumerable.Range(0, context.WorldSize).Select(r => twice.Size(r) / 2).ToArray());
+        if (plan is not null && !SameSplit(plan, tree))
+            throw new ArgumentException(
+                $"{argument} splits {plan}; TP-invariant mode (the device's GemmReductionLeaf = {context.Device.GemmReductionLeaf}) needs " +
+                $"the reduction tree's split of the {items} heads, {tree}, or no plan.", argument);
+        return tree;
+    }
+
     internal static bool SameSplit(ShardingPlan a, ShardingPlan b)
     {
         if (a.Total != b.Total || a.Parts != b.Parts) return false;
