@@ -51,7 +51,7 @@ extern "C" {
                                sw_adamw_step, sw_sum_squares, sw_scale;
                             8: TP-invariant numerics: SW_REDUCE_SUM_TREE, sw_device_set_gemm_reduction /
                                sw_device_get_gemm_reduction, sw_gemm_desc.k_leaf (appended; the ABI 2 size is still
-                               accepted) */
+                               accepted by sw_gemm_ex), sw_cross_entropy_partial_tree */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -450,6 +450,26 @@ SW_API sw_status sw_embedding_backward(sw_stream stream, sw_dtype dtype, sw_buff
 SW_API sw_status sw_cross_entropy_partial(sw_stream stream, sw_dtype dtype, sw_buffer logits, uint64_t logits_offset,
                                           int64_t rows, int64_t cols, int64_t ld, sw_buffer ids, uint64_t ids_offset,
                                           int64_t vocab_offset, sw_buffer stats, uint64_t stats_offset);
+/* TP-invariant statistics of this shard (ABI 8); dtype, logits, rows, cols, ld, ids and vocab_offset as in
+ * sw_cross_entropy_partial, except that cols may be 0 (an empty shard: logits unread, S = 0, t = 0). gathered (F32):
+ * `parts` blocks of 3*rows values, block k = shard k's sw_cross_entropy_partial stats (as an all-gather leaves them);
+ * only their maxima are read: M[r] = max_k gathered[3*(k*rows + r)] (exact; NaN when one is NaN). With that M:
+ * S[r] = sum_j exp(z[r, j] - M[r]) over this shard's columns cut into leaves of `leaf` columns [l*leaf,
+ * min(cols, (l + 1)*leaf)), each leaf summed from +0 in column order in fp32 (plain adds), the leaves combined by the
+ * fixed binary tree of sw_device_set_gemm_reduction (one fp32 addition per node); t[r] as the target logit of
+ * sw_cross_entropy_partial. out (F32, 3*rows values): [include_max ? M : 0, S, t] per row. exp is one function for
+ * every element on a backend (CPU: the C library's expf; CUDA: expf), so a shard's S depends only on its row and M.
+ * Why: a rank whose vocabulary shard is node r of the tree over the vocabulary's leaves (sw_device_set_gemm_reduction's
+ * nodes for p ranks, p a power of two) computes that node's S; an all-reduce of `out` with SW_REDUCE_SUM_TREE
+ * (include_max = 1 on rank 0 only) gives every rank [M, S, t] with S the unsplit tree's bits, and
+ * sw_cross_entropy_combine with parts = 1 turns them into lse = M + log(S) and the loss: the same bits for every
+ * power-of-two number of ranks. parts >= 1, leaf >= 1, include_max 0 or 1; out must not overlap logits, ids or
+ * gathered. */
+SW_API sw_status sw_cross_entropy_partial_tree(sw_stream stream, sw_dtype dtype, sw_buffer logits, uint64_t logits_offset,
+                                               int64_t rows, int64_t cols, int64_t ld, sw_buffer ids, uint64_t ids_offset,
+                                               int64_t vocab_offset, sw_buffer gathered, uint64_t gathered_offset,
+                                               int32_t parts, int64_t leaf, int32_t include_max, sw_buffer out,
+                                               uint64_t out_offset);
 /* Combines the statistics of `parts` shards (stats: parts blocks of 3*rows values, block k from shard k, e.g. as an
  * all-gather leaves them): with M = max_k m_k, lse[r] = M + log(sum_k s_k exp(m_k - M)) (k in order) and loss[r] =
  * lse[r] - sum_k t_k when 0 <= ids[r] < vocab_size, else loss[r] = 0 (an ignored row). */

@@ -104,6 +104,9 @@ public static unsafe partial class Native
         ulong idsOffset, long vocabOffset, BufferHandle dtable, ulong dtableOffset, long shardRows, long rows, long cols, int accumulate);
     [LibraryImport(Lib)] public static partial SwStatus sw_cross_entropy_partial(StreamHandle stream, SwDtype dtype, BufferHandle logits, ulong logitsOffset,
         long rows, long cols, long ld, BufferHandle ids, ulong idsOffset, long vocabOffset, BufferHandle stats, ulong statsOffset);
+    [LibraryImport(Lib)] public static partial SwStatus sw_cross_entropy_partial_tree(StreamHandle stream, SwDtype dtype, BufferHandle logits,
+        ulong logitsOffset, long rows, long cols, long ld, BufferHandle ids, ulong idsOffset, long vocabOffset, BufferHandle gathered,
+        ulong gatheredOffset, int parts, long leaf, int includeMax, BufferHandle output, ulong outOffset);
     [LibraryImport(Lib)] public static partial SwStatus sw_cross_entropy_combine(StreamHandle stream, SwDtype dtype, BufferHandle stats, ulong statsOffset, int parts,
         long rows, BufferHandle ids, ulong idsOffset, long vocabSize, BufferHandle lse, ulong lseOffset, BufferHandle loss, ulong lossOffset);
     [LibraryImport(Lib)] public static partial SwStatus sw_cross_entropy_backward(StreamHandle stream, SwDtype dtype, BufferHandle logits, ulong logitsOffset,

@@ -997,6 +997,44 @@ SW_API sw_status sw_cross_entropy_partial(sw_stream stream, sw_dtype dtype, sw_b
     });
 }
 
+SW_API sw_status sw_cross_entropy_partial_tree(sw_stream stream, sw_dtype dtype, sw_buffer logits, uint64_t logits_offset,
+                                               int64_t rows, int64_t cols, int64_t ld, sw_buffer ids, uint64_t ids_offset,
+                                               int64_t vocab_offset, sw_buffer gathered, uint64_t gathered_offset,
+                                               int32_t parts, int64_t leaf, int32_t include_max, sw_buffer out,
+                                               uint64_t out_offset) {
+    return guard(__func__, [&] {
+        auto* s = checked(stream, "stream");
+        require_f32_rows(dtype);
+        // sw_cross_entropy_partial's shape checks, except that cols may be 0 (an empty shard, a tree node with no leaf).
+        if (rows < 0) fail(SW_ERR_INVALID_ARGUMENT, "rows = ", rows, "; expected >= 0");
+        if (cols < 0) fail(SW_ERR_INVALID_ARGUMENT, "cols = ", cols, "; expected >= 0 (0: an empty shard)");
+        if (ld < cols) fail(SW_ERR_INVALID_ARGUMENT, "ld = ", ld, "; expected >= cols (", cols, ")");
+        if (vocab_offset < 0) fail(SW_ERR_INVALID_ARGUMENT, "vocab_offset = ", vocab_offset, "; expected >= 0");
+        require_positive(parts, "parts");
+        require_positive(leaf, "leaf");
+        if (include_max != 0 && include_max != 1)
+            fail(SW_ERR_INVALID_ARGUMENT, "include_max = ", include_max, "; expected 0 or 1 (1 on one rank only)");
+        KeepAlive keep;
+        uint64_t lb = 0;
+        auto* bl = on_stream(logits, s, "logits", keep, 0);
+        float* pl = cols > 0 ? rows_span(bl, logits_offset, rows, cols, ld, "logits", &lb)
+                             : f32_span(bl, logits_offset, 0, "logits"); // an empty shard: only the offset is checked
+        const int32_t* pi = ids_span(ids, ids_offset, rows, s, keep, 1);
+        const uint64_t gn = elements(rows, 3 * static_cast<int64_t>(parts), "gathered");
+        const float* pg = f32_span(on_stream(gathered, s, "gathered", keep, 2), gathered_offset, gn, "gathered");
+        const uint64_t on = elements(rows, 3, "out");
+        float* po = f32_span(on_stream(out, s, "out", keep, 3), out_offset, on, "out");
+        require_apart(pl, lb, "logits", po, 4 * on, "out");
+        require_apart(reinterpret_cast<const float*>(pi), 4 * static_cast<uint64_t>(rows), "ids", po, 4 * on, "out");
+        require_apart(pg, 4 * gn, "gathered", po, 4 * on, "out");
+        if (rows == 0) return;
+        s->device_impl->ops->cross_entropy_partial_tree(
+            *s, CrossEntropyPartialTreeArgs{cols > 0 ? pl : nullptr, rows, cols, ld, pi, vocab_offset, pg, parts, leaf,
+                                            include_max != 0, po},
+            std::move(keep));
+    });
+}
+
 SW_API sw_status sw_cross_entropy_combine(sw_stream stream, sw_dtype dtype, sw_buffer stats, uint64_t stats_offset, int32_t parts,
                                           int64_t rows, sw_buffer ids, uint64_t ids_offset, int64_t vocab_size, sw_buffer lse,
                                           uint64_t lse_offset, sw_buffer loss, uint64_t loss_offset) {

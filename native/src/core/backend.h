@@ -138,6 +138,8 @@ public:
     virtual void embedding(sw_stream_s& s, const EmbeddingArgs& args, KeepAlive keep) = 0;
     virtual void embedding_backward(sw_stream_s& s, const EmbeddingBackwardArgs& args, KeepAlive keep) = 0;
     virtual void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& args, KeepAlive keep) = 0;
+    // (ABI 8) rows >= 1, cols >= 0 (logits unread when 0).
+    virtual void cross_entropy_partial_tree(sw_stream_s& s, const CrossEntropyPartialTreeArgs& args, KeepAlive keep) = 0;
     virtual void cross_entropy_combine(sw_stream_s& s, const CrossEntropyCombineArgs& args, KeepAlive keep) = 0;
     virtual void cross_entropy_backward(sw_stream_s& s, const CrossEntropyBackwardArgs& args, KeepAlive keep) = 0;
     // Optimizers (sw_sgd_step, sw_adamw_step, sw_sum_squares, sw_scale): validated descriptions, count >= 1 (for

@@ -340,6 +340,9 @@ public:
     void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& a, KeepAlive) override {
         call(&cuda::PluginApi::cross_entropy_partial, s.device_impl->ordinal, a, s.cuda_stream);
     }
+    void cross_entropy_partial_tree(sw_stream_s& s, const CrossEntropyPartialTreeArgs& a, KeepAlive) override {
+        call(&cuda::PluginApi::cross_entropy_partial_tree, s.device_impl->ordinal, a, s.cuda_stream);
+    }
     void cross_entropy_combine(sw_stream_s& s, const CrossEntropyCombineArgs& a, KeepAlive) override {
         call(&cuda::PluginApi::cross_entropy_combine, s.device_impl->ordinal, a, s.cuda_stream);
     }

@@ -20,7 +20,8 @@ namespace sw::cuda {
 
 constexpr int32_t kPluginAbi = 8; // 5: gemm takes a sw::GemmProblem and the algorithm; 6: unscale_check, axpy;
                                   // 7: softmax, norm, activation, glu, dropout, embedding, cross_entropy_*, the optimizers (core/row_ops.h)
-                                  // 8: gemm's k_leaf tree reduction, reduce_sum's tree flag
+                                  // 8: gemm's k_leaf tree reduction, reduce_sum's tree flag, cross_entropy_partial_tree
+                                  //    (appended at the end of the table)
 
 enum class GemmAlgo : int32_t {
     Auto = 0,        // cuBLASLt
@@ -148,6 +149,9 @@ struct PluginApi {
     sw_status (*adamw_step)(int32_t ordinal, const AdamWArgs& args, void* stream, std::string* err);
     sw_status (*sum_squares)(int32_t ordinal, const SumSquaresArgs& args, void* stream, std::string* err);
     sw_status (*scale)(int32_t ordinal, const ScaleArgs& args, void* stream, std::string* err);
+    // TP-invariant cross-entropy statistics of a shard (sw_cross_entropy_partial_tree; ABI 8): rows >= 0, cols >= 0.
+    sw_status (*cross_entropy_partial_tree)(int32_t ordinal, const CrossEntropyPartialTreeArgs& args, void* stream,
+                                            std::string* err);
 };
 
 } // namespace sw::cuda

@@ -116,6 +116,20 @@ struct CrossEntropyPartialArgs {
     float* stats; // 3 per row
 };
 
+// sw_cross_entropy_partial_tree (ABI 8): M = max over the parts' maxima (gathered[3 * (k * rows + r)], NaN-propagating),
+// S = exp(z - M) summed per leaf of `leaf` columns (fp32, column order, from +0) and the leaves by sw::tree's order.
+struct CrossEntropyPartialTreeArgs {
+    const float* logits;    // unread (may be null) when cols == 0
+    int64_t rows, cols, ld; // rows >= 1, cols >= 0, ld >= cols
+    const int32_t* ids;
+    int64_t vocab_offset;
+    const float* gathered; // parts x rows x 3
+    int32_t parts;         // >= 1
+    int64_t leaf;          // >= 1
+    bool include_max;
+    float* out; // 3 per row: [include_max ? M : 0, S, t]; apart from the inputs
+};
+
 struct CrossEntropyCombineArgs {
     const float* stats; // parts x rows x 3
     int32_t parts;
@@ -215,6 +229,7 @@ void embedding_backward_clear_rows(const EmbeddingBackwardArgs& a, int64_t r0, i
 // Adds the token rows into columns [c0, c1) of dtable, tokens in order.
 void embedding_backward_cols(const EmbeddingBackwardArgs& a, int64_t c0, int64_t c1);
 void cross_entropy_partial_rows(const CrossEntropyPartialArgs& a, int64_t r0, int64_t r1);
+void cross_entropy_partial_tree_rows(const CrossEntropyPartialTreeArgs& a, int64_t r0, int64_t r1);
 void cross_entropy_combine_rows(const CrossEntropyCombineArgs& a, int64_t r0, int64_t r1);
 void cross_entropy_backward_rows(const CrossEntropyBackwardArgs& a, int64_t r0, int64_t r1);
 // Optimizers: elements [b, e).

@@ -534,6 +534,10 @@ public:
     void cross_entropy_partial(sw_stream_s& s, const CrossEntropyPartialArgs& a, KeepAlive keep) override {
         enqueue_rows(s, a.rows, a.cols, 6, std::move(keep), [a](int64_t b, int64_t e) { cross_entropy_partial_rows(a, b, e); });
     }
+    void cross_entropy_partial_tree(sw_stream_s& s, const CrossEntropyPartialTreeArgs& a, KeepAlive keep) override {
+        enqueue_rows(s, a.rows, a.cols + a.parts, 6, std::move(keep),
+                     [a](int64_t b, int64_t e) { cross_entropy_partial_tree_rows(a, b, e); });
+    }
     void cross_entropy_combine(sw_stream_s& s, const CrossEntropyCombineArgs& a, KeepAlive keep) override {
         enqueue_rows(s, a.rows, a.parts, 8, std::move(keep), [a](int64_t b, int64_t e) { cross_entropy_combine_rows(a, b, e); });
     }

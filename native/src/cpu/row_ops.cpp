@@ -6,10 +6,12 @@
 // for any number of threads.
 #include "core/row_ops.h"
 #include "core/dtype.h"
+#include "core/tree_reduction.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 namespace sw::cpu {
 
@@ -253,6 +255,37 @@ void cross_entropy_partial_rows(const CrossEntropyPartialArgs& a, int64_t r0, in
         a.stats[3 * r] = mx;
         a.stats[3 * r + 1] = static_cast<float>(sum);
         a.stats[3 * r + 2] = t >= 0 ? z[t] : 0.0f;
+    }
+}
+
+// M: the parts' maxima, NaN when one is NaN (std::max would drop it); S: each leaf summed from +0 in column order in
+// fp32 with std::exp(float) (the C library's expf, the one of cross_entropy_partial_rows; never vectorized: the build
+// has no -ffast-math), the leaves combined by sw::tree::sum, one fp32 addition per node.
+void cross_entropy_partial_tree_rows(const CrossEntropyPartialTreeArgs& a, int64_t r0, int64_t r1) {
+    const int64_t nleaves = a.cols == 0 ? 0 : (a.cols - 1) / a.leaf + 1;
+    std::vector<float> leaves(static_cast<size_t>(nleaves));
+    for (int64_t r = r0; r < r1; ++r) {
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int32_t k = 0; k < a.parts; ++k) {
+            const float v = a.gathered[(static_cast<int64_t>(k) * a.rows + r) * 3];
+            if (std::isnan(v) || v > mx) mx = v;
+            if (std::isnan(mx)) break;
+        }
+        float sum = 0.0f;
+        if (nleaves > 0) {
+            const float* z = a.logits + r * a.ld;
+            for (int64_t l = 0; l < nleaves; ++l) {
+                const int64_t j1 = std::min(a.cols, (l + 1) * a.leaf);
+                float acc = 0.0f;
+                for (int64_t j = l * a.leaf; j < j1; ++j) acc = acc + std::exp(z[j] - mx);
+                leaves[static_cast<size_t>(l)] = acc;
+            }
+            sum = sw::tree::sum(leaves.data(), nleaves, [](float x, float y) { return x + y; });
+        }
+        const int64_t t = shard_row(a.ids[r], a.vocab_offset, a.cols);
+        a.out[3 * r] = a.include_max ? mx : 0.0f;
+        a.out[3 * r + 1] = sum;
+        a.out[3 * r + 2] = t >= 0 ? a.logits[r * a.ld + t] : 0.0f;
     }
 }
 

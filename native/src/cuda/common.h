@@ -115,6 +115,11 @@ cudaError_t launch_dropout(const DropoutArgs& args, cudaStream_t stream);
 cudaError_t launch_embedding(const EmbeddingArgs& args, cudaStream_t stream);
 cudaError_t launch_embedding_backward(const EmbeddingBackwardArgs& args, cudaStream_t stream);
 cudaError_t launch_cross_entropy_partial(const CrossEntropyPartialArgs& args, cudaStream_t stream);
+// cross_entropy_partial_tree (ABI 8): one block per row; M read by every thread from the parts' maxima (NaN-propagating);
+// the leaves' sums computed in parallel, blockDim.x leaves at a time, each leaf by one thread in column order from +0
+// (fp32 adds, expf), then combined by thread 0 in sw::tree's order (a stack walked with dev::tree_merges_at). rows,
+// parts, leaf >= 1, cols >= 0 (logits unread when 0); cudaErrorInvalidValue for a malformed description.
+cudaError_t launch_cross_entropy_partial_tree(const CrossEntropyPartialTreeArgs& args, cudaStream_t stream);
 cudaError_t launch_cross_entropy_combine(const CrossEntropyCombineArgs& args, cudaStream_t stream);
 cudaError_t launch_cross_entropy_backward(const CrossEntropyBackwardArgs& args, cudaStream_t stream);
 // Optimizers (ABI 7), descriptions validated by the core (core/row_ops.h): fp32 parameters and state, the gradient (or

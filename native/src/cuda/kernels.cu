@@ -925,6 +925,61 @@ __global__ void cross_entropy_partial_kernel(const float* __restrict__ logits, i
     }
 }
 
+// sw_cross_entropy_partial_tree (ABI 8), one block per row (grid-stride over rows): every thread finds M, the maximum
+// of the parts' maxima gathered[(k * rows + r) * 3] (NaN-propagating: fmaxf would drop a NaN); the leaves [l * leaf,
+// min(cols, (l + 1) * leaf)) are summed blockDim.x at a time, leaf c0 + t by thread t from +0 in column order
+// (acc = acc + expf(z - M): plain fp32 adds, the expf of cross_entropy_partial_kernel), into shared memory; thread 0
+// then pushes them in leaf order onto a stack in shared memory and, after leaf l, replaces the two top values by their
+// sum (left + right) tree_merges_at(nleaves, l) times: sw::tree::sum's order, whatever blockDim.x is. The stack holds
+// at most tree_depth(nleaves) <= 64 values. out[3r] = include_max ? M : 0, out[3r + 1] = S (0 with no leaf),
+// out[3r + 2] = the target logit when in the shard, else 0.
+constexpr int kTreeStackMax = 65;
+__global__ void cross_entropy_partial_tree_kernel(const float* __restrict__ logits, int64_t rows, int64_t cols,
+                                                  int64_t ld, const int32_t* __restrict__ ids, int64_t vocab_offset,
+                                                  const float* __restrict__ gathered, int32_t parts, int64_t leaf,
+                                                  int include_max, float* __restrict__ out) {
+    __shared__ float leaves[kRowThreadsMax];
+    __shared__ float stack[kTreeStackMax];
+    const int64_t t0 = threadIdx.x, step = blockDim.x;
+    const int64_t nleaves = cols == 0 ? 0 : (cols - 1) / leaf + 1;
+    for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+        float mx = -INFINITY;
+        for (int32_t k = 0; k < parts; ++k) {
+            const float v = gathered[(static_cast<int64_t>(k) * rows + r) * 3];
+            if (v != v || v > mx) mx = v; // a NaN stays: nothing compares greater than it
+        }
+        const float* z = nleaves > 0 ? logits + r * ld : nullptr; // an empty shard: logits unread (may be null)
+        int sp = 0; // thread 0's stack height
+        for (int64_t c0 = 0; c0 < nleaves; c0 += step) {
+            const int64_t l = c0 + t0;
+            if (l < nleaves) {
+                const int64_t j0 = l * leaf, j1 = cols - j0 > leaf ? j0 + leaf : cols;
+                float acc = 0.0f;
+                for (int64_t j = j0; j < j1; ++j) acc = acc + expf(z[j] - mx);
+                leaves[t0] = acc;
+            }
+            __syncthreads();
+            if (t0 == 0) {
+                const int64_t c1 = nleaves - c0 > step ? c0 + step : nleaves;
+                for (int64_t i = c0; i < c1; ++i) {
+                    stack[sp++] = leaves[i - c0];
+                    for (int m = dev::tree_merges_at(nleaves, i); m > 0; --m) {
+                        --sp;
+                        stack[sp - 1] = stack[sp - 1] + stack[sp];
+                    }
+                }
+            }
+            __syncthreads(); // leaves[] read before the next chunk (or row) writes it
+        }
+        if (t0 == 0) {
+            const int64_t t = shard_row_of(ids[r], vocab_offset, cols);
+            out[3 * r] = include_max ? mx : 0.0f;
+            out[3 * r + 1] = nleaves > 0 ? stack[0] : 0.0f;
+            out[3 * r + 2] = t >= 0 ? z[t] : 0.0f;
+        }
+    }
+}
+
 // One thread per row: the parts' statistics (stats[(k * rows + r) * 3 ...]) combined in order k = 0..parts-1 in
 // double (the CPU's arithmetic): lse = M + log(sum_k s_k exp(m_k - M)), loss = lse - sum_k t_k for 0 <= id <
 // vocab_size, else 0.
@@ -1072,6 +1127,17 @@ cudaError_t launch_cross_entropy_partial(const CrossEntropyPartialArgs& a, cudaS
     if (a.rows < 1 || a.cols < 1 || a.ld < a.cols) return cudaErrorInvalidValue;
     return launch_kernel(cross_entropy_partial_kernel, dim3(row_blocks(a.rows)), dim3(row_threads(a.cols)), stream,
                          a.logits, a.rows, a.cols, a.ld, a.ids, a.vocab_offset, a.stats);
+}
+
+cudaError_t launch_cross_entropy_partial_tree(const CrossEntropyPartialTreeArgs& a, cudaStream_t stream) {
+    (void)cudaGetLastError();
+    if (a.rows < 1 || a.cols < 0 || a.ld < a.cols || a.parts < 1 || a.leaf < 1) return cudaErrorInvalidValue;
+    const int64_t nleaves = a.cols == 0 ? 0 : (a.cols - 1) / a.leaf + 1;
+    // Threads: one per leaf (a power of two >= the leaves, at least 32), up to kRowThreadsMax leaves at a time.
+    const unsigned threads = row_threads(2 * std::min<int64_t>(nleaves, kRowThreadsMax));
+    return launch_kernel(cross_entropy_partial_tree_kernel, dim3(row_blocks(a.rows)), dim3(threads), stream,
+                         a.logits, a.rows, a.cols, a.ld, a.ids, a.vocab_offset, a.gathered, a.parts, a.leaf,
+                         a.include_max ? 1 : 0, a.out);
 }
 
 cudaError_t launch_cross_entropy_combine(const CrossEntropyCombineArgs& a, cudaStream_t stream) {

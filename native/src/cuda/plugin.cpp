@@ -934,6 +934,24 @@ sw_status api_cross_entropy_partial(int32_t ordinal, const CrossEntropyPartialAr
     });
 }
 
+sw_status api_cross_entropy_partial_tree(int32_t ordinal, const CrossEntropyPartialTreeArgs& a, void* stream,
+                                         std::string* err) {
+    return run(err, "cross_entropy_partial_tree", [&] {
+        if (a.rows < 0 || a.cols < 0 || a.ld < a.cols)
+            fail(SW_ERR_INVALID_ARGUMENT, "rows = ", a.rows, ", cols = ", a.cols, ", ld = ", a.ld,
+                 "; expected rows >= 0, cols >= 0, ld >= cols");
+        if (a.parts < 1 || a.leaf < 1)
+            fail(SW_ERR_INVALID_ARGUMENT, "parts = ", a.parts, ", leaf = ", a.leaf, "; expected parts >= 1, leaf >= 1");
+        set_device(ordinal);
+        if (a.rows == 0) return;
+        if (a.cols > 0) need(a.logits, "logits"); // an empty shard: logits unread
+        need(a.ids, "ids");
+        need(a.gathered, "gathered");
+        need(a.out, "out");
+        check_cuda(launch_cross_entropy_partial_tree(a, as_stream(stream)), "cross_entropy_partial_tree kernel launch");
+    });
+}
+
 sw_status api_cross_entropy_combine(int32_t ordinal, const CrossEntropyCombineArgs& a, void* stream, std::string* err) {
     return run(err, "cross_entropy_combine", [&] {
         if (a.parts < 1 || a.rows < 0)
@@ -1208,6 +1226,7 @@ const PluginApi kApi = {
     api_adamw_step,
     api_sum_squares,
     api_scale,
+    api_cross_entropy_partial_tree,
 };
 
 } // namespace

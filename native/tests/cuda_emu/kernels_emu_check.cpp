@@ -1587,6 +1587,191 @@ void check_cross_entropy() {
     cross_entropy_case(10, 150, 153, {70, 80}, Launch::SmallGrid);
 }
 
+// ---- TP-invariant cross-entropy statistics (sw_cross_entropy_partial_tree, ABI 8)
+// cross_entropy_partial_tree_kernel through its launcher and directly with a 3-block grid of 32 threads (rows strided,
+// the leaves taken 32 at a time), on fresh random logits (never 0; rows % 3 == 2 20 times larger), with `parts`
+// gathered blocks whose maxima put the row's maximum in block r % parts (row 1: 0.5 above it, another shard's logit)
+// and whose sums and targets are NaN (unread); the last row of a NaN case has a NaN maximum (M and S NaN). Checked:
+//  - bit for bit against a host reference of the same arithmetic: M the maximum of the maxima, each leaf summed from +0
+//    in column order in fp32 with expf (the kernel's; on this emulation the host's, so the comparison is exact: on a
+//    GPU its expf may differ by an ulp or two from the host's, which this cannot show), the leaves by sw::tree::sum;
+//    the target logit; include_max 0 and 1; and, bit for bit, the CPU backend's loop (cpu/row_ops.cpp);
+//  - S against a float64 sum of exp to a relative 2e-5;
+//  - TP invariance: the columns cut into sw::tree::nodes(leaves, p) for p = 2, 4 (empty nodes: cols = 0, logits
+//    null), one launch per node (include_max on node 0 only), the p outputs summed element-wise by sw::tree::sum over
+//    p: [M, S, t] equal the unsplit launch's bits;
+//  - out poisoned (NaN) before each launch, the inputs unwritten, the launcher refusing a malformed description.
+void cross_entropy_tree_case(int64_t rows, int64_t cols, int64_t leaf, int32_t parts, int64_t vocab_offset, bool nan_row,
+                             Launch how) {
+    const int64_t ld = cols + 3;
+    RowMatrix z(rows, ld, ld); // whole rows (the sentinel past cols), so that an empty shard still has a matrix
+    std::uniform_real_distribution<double> uni(-1.0, 1.0);
+    z.fill([&](int64_t r, int64_t j) {
+        if (j >= cols) return gap_value();
+        double v = 0;
+        while (v == 0) v = uni(g_rng);
+        return static_cast<float>(v * (r % 3 == 2 ? 160.0 : 8.0));
+    });
+    const std::vector<float> z0(z.p(), z.p() + z.size());
+    const size_t gn = static_cast<size_t>(parts) * static_cast<size_t>(rows) * 3, on = static_cast<size_t>(rows) * 3;
+    Guarded gg(gn * sizeof(float), 0), gi(static_cast<size_t>(rows) * sizeof(int32_t), 0);
+    float* g = gg.as<float>();
+    int32_t* ids = gi.as<int32_t>();
+    std::uniform_int_distribution<int64_t> any(-1, cols);
+    for (int64_t r = 0; r < rows; ++r) {
+        float mx = cols == 0 ? 3.25f : -INFINITY;
+        for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, z0[static_cast<size_t>(r * ld + j)]);
+        if (r == 1) mx += 0.5f;
+        for (int32_t k = 0; k < parts; ++k) {
+            float* b = g + (k * rows + r) * 3;
+            b[0] = k == r % parts ? mx : mx - 1.0f - static_cast<float>(4.0 * (uni(g_rng) + 1.0));
+            b[1] = b[2] = nan_f();
+        }
+        if (nan_row && r == rows - 1) g[((r + 1) % parts * rows + r) * 3] = nan_f();
+        int64_t id = vocab_offset + any(g_rng);
+        if (r % 5 == 0) id = vocab_offset;
+        if (r % 5 == 1) id = vocab_offset + cols - 1;
+        if (r % 5 == 2) id = vocab_offset + cols;
+        ids[r] = static_cast<int32_t>(id);
+    }
+    const std::vector<float> g0(g, g + gn);
+    const std::vector<int32_t> ids0(ids, ids + rows);
+    Guarded go(on * sizeof(float), 0), gp(4 * on * sizeof(float), 0);
+    const char* how_text = how == Launch::SmallGrid ? " (small grids, direct)" : "";
+    auto launch = [&](const sw::CrossEntropyPartialTreeArgs& a, std::vector<std::string>& problems) {
+        for (int64_t i = 0; i < 3 * a.rows; ++i) a.out[i] = nan_f();
+        if (how == Launch::Launcher) expect_launch(sw::cuda::launch_cross_entropy_partial_tree(a, nullptr), problems);
+        else expect_launch(sw::cuda::launch_kernel(sw::cuda::cross_entropy_partial_tree_kernel, dim3(3), dim3(32), nullptr,
+                                                   a.logits, a.rows, a.cols, a.ld, a.ids, a.vocab_offset, a.gathered,
+                                                   a.parts, a.leaf, a.include_max ? 1 : 0, a.out), problems);
+    };
+    // The reference: [include_max ? M : 0, S, t] of columns [c0, c1) (the node's vocab_offset: vocab_offset + c0).
+    auto reference = [&](int64_t c0, int64_t c1, bool include_max, std::vector<float>& out) {
+        out.assign(on, 0.0f);
+        const int64_t n = c1 == c0 ? 0 : (c1 - c0 - 1) / leaf + 1;
+        std::vector<float> leaves(static_cast<size_t>(std::max<int64_t>(n, 1)));
+        for (int64_t r = 0; r < rows; ++r) {
+            float mx = -INFINITY;
+            for (int32_t k = 0; k < parts; ++k) {
+                const float v = g0[static_cast<size_t>((k * rows + r) * 3)];
+                if (std::isnan(v)) { mx = v; break; }
+                mx = std::max(mx, v);
+            }
+            const float* zr = z0.data() + r * ld + c0;
+            for (int64_t l = 0; l < n; ++l) {
+                float acc = 0.0f;
+                for (int64_t j = l * leaf; j < std::min(c1 - c0, (l + 1) * leaf); ++j) acc = acc + std::exp(zr[j] - mx);
+                leaves[static_cast<size_t>(l)] = acc;
+            }
+            const int64_t t = static_cast<int64_t>(ids0[static_cast<size_t>(r)]) - (vocab_offset + c0);
+            out[static_cast<size_t>(3 * r)] = include_max ? mx : 0.0f;
+            out[static_cast<size_t>(3 * r + 1)] = n > 0 ? sw::tree::sum(leaves.data(), n, [](float a, float b) { return a + b; }) : 0.0f;
+            out[static_cast<size_t>(3 * r + 2)] = t >= 0 && t < c1 - c0 ? zr[t] : 0.0f;
+        }
+    };
+    auto compare = [&](const float* got, const std::vector<float>& want, const char* against,
+                       std::vector<std::string>& problems) {
+        for (size_t i = 0; i < on; ++i)
+            if (!same_bits(&got[i], &want[i], 1) && problems.size() < 8) {
+                char buf[200];
+                std::snprintf(buf, sizeof buf, "out[%zu] (row %zu, %s) = %.9g (0x%08x), %s %.9g (0x%08x)", i, i / 3,
+                              i % 3 == 0 ? "M" : i % 3 == 1 ? "S" : "t", static_cast<double>(got[i]),
+                              __float_as_uint(got[i]), against, static_cast<double>(want[i]), __float_as_uint(want[i]));
+                problems.push_back(buf);
+            }
+    };
+    std::string what_base = "cross_entropy_partial_tree " + std::to_string(rows) + " rows x " + std::to_string(cols) +
+                            " cols, leaf " + std::to_string(leaf) + ", parts " + std::to_string(parts) +
+                            (nan_row ? " (a NaN maximum)" : "");
+
+    // unsplit, include_max 0 and 1
+    std::vector<float> want, unsplit;
+    for (bool include_max : {false, true}) {
+        std::vector<std::string> problems;
+        const sw::CrossEntropyPartialTreeArgs a{cols > 0 ? z.p() : nullptr, rows, cols, ld, ids, vocab_offset, g, parts,
+                                                leaf, include_max, go.as<float>()};
+        launch(a, problems);
+        const float* got = go.as<float>();
+        reference(0, cols, include_max, want);
+        compare(got, want, "expected (host reference)", problems);
+        std::vector<float> cpu(on, nan_f());
+        sw::CrossEntropyPartialTreeArgs c = a;
+        c.out = cpu.data();
+        sw::cpu::cross_entropy_partial_tree_rows(c, 0, rows);
+        compare(got, cpu, "CPU backend", problems);
+        for (int64_t r = 0; r < rows; ++r) {
+            float m = -INFINITY;
+            for (int32_t k = 0; k < parts; ++k) m = std::max(m, g0[static_cast<size_t>((k * rows + r) * 3)]);
+            double s = 0;
+            for (int64_t j = 0; j < cols; ++j) s += std::exp(static_cast<double>(z0[static_cast<size_t>(r * ld + j)]) - m);
+            if (!(nan_row && r == rows - 1)) expect_close(problems, "S vs float64", r, 0, got[3 * r + 1], s, 2.0 * s);
+        }
+        if (!same_bits(z0.data(), z.p(), z.size())) problems.push_back("logits were written");
+        if (!same_bits(g0.data(), g, gn)) problems.push_back("gathered was written");
+        if (include_max) unsplit.assign(got, got + on);
+        report(problems.empty(), what_base + (include_max ? ", include_max" : ", no max") + how_text, problems);
+    }
+
+    // the tree's nodes, p = 2 and 4, against the unsplit launch
+    const int64_t n = cols == 0 ? 0 : (cols - 1) / leaf + 1;
+    for (int p : {2, 4}) {
+        std::vector<std::string> problems;
+        const std::vector<int64_t> first = sw::tree::nodes(n, p);
+        std::string split;
+        for (int k = 0; k < p; ++k) {
+            const int64_t c0 = std::min(cols, first[static_cast<size_t>(k)] * leaf);
+            const int64_t c1 = std::min(cols, first[static_cast<size_t>(k) + 1] * leaf);
+            split += (k ? "+" : "") + std::to_string(c1 - c0);
+            float* out = gp.as<float>() + static_cast<size_t>(k) * on;
+            const sw::CrossEntropyPartialTreeArgs a{c1 > c0 ? z.p() + c0 : nullptr, rows, c1 - c0, ld, ids,
+                                                    vocab_offset + c0, g, parts, leaf, k == 0, out};
+            launch(a, problems);
+            reference(c0, c1, k == 0, want);
+            compare(out, want, "expected (node reference)", problems);
+        }
+        std::vector<float> sum(on);
+        for (size_t i = 0; i < on; ++i) {
+            float x[4];
+            for (int k = 0; k < p; ++k) x[k] = gp.as<float>()[static_cast<size_t>(k) * on + i];
+            sum[i] = sw::tree::sum(x, p, [](float a, float b) { return a + b; });
+        }
+        compare(sum.data(), unsplit, "unsplit", problems);
+        report(problems.empty(), what_base + ": the tree sum of p=" + std::to_string(p) + " nodes (" + split +
+                                     " columns) = the unsplit bits" + how_text, problems);
+    }
+}
+
+void check_cross_entropy_tree() {
+    cross_entropy_tree_case(9, 1000, 7, 3, 100, false, Launch::Launcher); // 143 leaves, the last of 6 columns
+    cross_entropy_tree_case(9, 1000, 7, 3, 100, false, Launch::SmallGrid);
+    cross_entropy_tree_case(4, 3000, 1, 2, 0, false, Launch::Launcher);   // 3000 leaves: 6 chunks of 512
+    cross_entropy_tree_case(6, 1024, 64, 4, 5, false, Launch::Launcher);  // 16 full leaves
+    cross_entropy_tree_case(5, 20, 8, 3, 40, false, Launch::Launcher);    // 3 leaves: p = 4 has an empty node
+    cross_entropy_tree_case(5, 20, 8, 3, 40, false, Launch::SmallGrid);
+    cross_entropy_tree_case(4, 50, 500, 1, 7, false, Launch::Launcher);   // leaf > cols: one leaf
+    cross_entropy_tree_case(6, 0, 16, 2, 30, false, Launch::Launcher);    // an empty shard
+    cross_entropy_tree_case(8, 300, 16, 3, 0, true, Launch::Launcher);    // a NaN maximum
+    cross_entropy_tree_case(8, 300, 16, 3, 0, true, Launch::SmallGrid);
+
+    std::vector<std::string> problems;
+    float dummy[6] = {};
+    int32_t id = 0;
+    const sw::CrossEntropyPartialTreeArgs ok{dummy, 1, 1, 1, &id, 0, dummy, 1, 1, true, dummy + 3};
+    for (int bad = 0; bad < 5; ++bad) {
+        sw::CrossEntropyPartialTreeArgs a = ok;
+        if (bad == 0) a.rows = 0;
+        if (bad == 1) a.cols = -1;
+        if (bad == 2) a.ld = 0;
+        if (bad == 3) a.parts = 0;
+        if (bad == 4) a.leaf = 0;
+        if (sw::cuda::launch_cross_entropy_partial_tree(a, nullptr) != cudaErrorInvalidValue)
+            problems.push_back("malformed description " + std::to_string(bad) + " launched");
+        for (auto& f : sw::emu::take_findings()) problems.push_back("emulator: " + f);
+    }
+    report(problems.empty(), "cross_entropy_partial_tree launcher refuses rows, cols, ld, parts, leaf out of range",
+           problems);
+}
+
 // ------------------------------------------------------------------------------------------ optimizers (ABI 7)
 // sgd_step, adamw_step, scale and sum_squares through their launchers (the element-wise ones also launched directly
 // with a 3-block grid of 32 threads, so that the grid-stride loops run; sum_squares through both of its paths), on
@@ -2238,6 +2423,7 @@ int main() {
     check_dropout();
     check_embedding();
     check_cross_entropy();
+    check_cross_entropy_tree();
     check_optimizers();
     check_tree_order();
     check_tree_gemm();

@@ -424,6 +424,11 @@ sw_status cross_entropy_partial(int32_t, const sw::CrossEntropyPartialArgs& args
     S(s)->enqueue([a] { sw::cpu::cross_entropy_partial_rows(a, 0, a.rows); });
     return SW_OK;
 }
+sw_status cross_entropy_partial_tree(int32_t, const sw::CrossEntropyPartialTreeArgs& args, void* s, std::string*) {
+    const sw::CrossEntropyPartialTreeArgs a = args;
+    S(s)->enqueue([a] { sw::cpu::cross_entropy_partial_tree_rows(a, 0, a.rows); });
+    return SW_OK;
+}
 sw_status cross_entropy_combine(int32_t, const sw::CrossEntropyCombineArgs& args, void* s, std::string*) {
     const sw::CrossEntropyCombineArgs a = args;
     S(s)->enqueue([a] { sw::cpu::cross_entropy_combine_rows(a, 0, a.rows); });
@@ -470,7 +475,7 @@ const sw::cuda::PluginApi kApi = {
     copy_2d, reduce_sum, convert, bias_act, wait_flag, gelu_backward, set_device, release_stream, unscale_check, axpy,
     softmax, softmax_backward, norm, norm_backward, activation, activation_backward, glu, glu_backward, dropout,
     embedding, embedding_backward, cross_entropy_partial, cross_entropy_combine, cross_entropy_backward, sgd_step,
-    adamw_step, sum_squares, scale,
+    adamw_step, sum_squares, scale, cross_entropy_partial_tree,
 };
 
 } // namespace

@@ -609,7 +609,12 @@ static void op_collective(Reader* r) {
         if (q == victim) {
             switch (fault) {
             case 0: d = u8(r) & 1 ? -1 : 6; break;
-            case 1: op = u8(r) & 1 ? -1 : 1; break;
+            case 1: { /* an unknown op (refused), or SW_REDUCE_SUM_TREE against the others' SUM (a mismatch at run time) */
+                const uint8_t o = u8(r) % 3;
+                op = o == 0 ? -1 : o == 1 ? 2 : SW_REDUCE_SUM_TREE;
+                if (op == SW_REDUCE_SUM_TREE && sums) mismatch = 1;
+                break;
+            }
             case 2: rank = u8(r) & 1 ? world : -1; break;
             case 3: so = cap + 1; break;
             case 4: rt = world; break;
@@ -630,7 +635,7 @@ static void op_collective(Reader* r) {
             const uint64_t recv_n = kind == 1 ? c * (uint64_t)world : kind == 5 ? cap : c;
             valid = valid && span_fits(cap, so, send_n) && (kind == 3 || span_fits(cap, ro, recv_n));
         }
-        if (sums) valid = valid && op == SW_REDUCE_SUM;
+        if (sums) valid = valid && (op == SW_REDUCE_SUM || op == SW_REDUCE_SUM_TREE);
         if (kind == 3) valid = valid && rt >= 0 && rt < world;
         switch (kind) {
         case 0:

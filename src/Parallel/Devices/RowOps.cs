@@ -199,6 +199,24 @@ public static class RowOps
             logits.Cols, logits.Ld, ids.Handle, (ulong)idsOffset, vocabOffset, stats.Handle, (ulong)statsOffset));
     }
 
+    /// <summary>TP-invariant statistics of this shard (<c>sw_cross_entropy_partial_tree</c>): with M the maximum over the
+    /// <paramref name="parts"/> gathered partial statistics' maxima, writes per row [M or 0 (<paramref name="includeMax"/>),
+    /// Σ exp(z − M) over the shard's columns as the fixed tree over leaves of <paramref name="leaf"/> columns, the target's
+    /// logit when it is in the shard, else 0].</summary>
+    public static void CrossEntropyPartialTree(DeviceStream stream, MatrixView<float> logits, DeviceBuffer<int> ids, long vocabOffset,
+        DeviceBuffer<float> gathered, long gatheredOffset, int parts, long leaf, bool includeMax, DeviceBuffer<float> output, long outOffset,
+        long idsOffset = 0)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(ids);
+        ArgumentNullException.ThrowIfNull(gathered);
+        ArgumentNullException.ThrowIfNull(output);
+        ThrowHelper.NotEmpty(logits);
+        ThrowHelper.Check(Native.sw_cross_entropy_partial_tree(stream.Handle, SwDtype.F32, logits.Buffer.Handle, (ulong)logits.Offset, logits.Rows,
+            logits.Cols, logits.Ld, ids.Handle, (ulong)idsOffset, vocabOffset, gathered.Handle, (ulong)gatheredOffset, parts, leaf,
+            includeMax ? 1 : 0, output.Handle, (ulong)outOffset));
+    }
+
     /// <summary>Combines <paramref name="parts"/> shards' statistics (blocks of 3·rows, in shard order) into the
     /// log-sum-exp and the loss of each row (0 for ids outside [0, vocabSize): ignored rows).</summary>
     public static void CrossEntropyCombine(DeviceStream stream, DeviceBuffer<float> stats, int parts, long rows, DeviceBuffer<int> ids, long vocabSize,

@@ -26,7 +26,8 @@ public sealed class VocabParallelEmbedding : IDisposable
         ArgumentNullException.ThrowIfNull(table);
         if (table.Rows > int.MaxValue)
             throw new ArgumentException($"table has {table.Rows} rows; token ids are int32, so the vocabulary holds at most {int.MaxValue}.", nameof(table));
-        var plan = vocabPlan ?? ShardingPlan.Even(table.Rows, context.WorldSize);
+        // (TP-invariant mode: the tree's split, as VocabParallelCrossEntropy's, so that a tied table splits alike)
+        var plan = TreeReduction.PlanFor(context, table.Rows, vocabPlan, nameof(vocabPlan));
         plan.Require(table.Rows, context.WorldSize, nameof(vocabPlan));
         _ctx = context;
         VocabPlan = plan;
@@ -142,19 +143,26 @@ public sealed class VocabParallelEmbedding : IDisposable
 /// logits is local: dloss · (softmax − onehot). One collective per forward, none in the backward.
 /// <para>Targets from the host must lie in [0, V); from a device buffer an id outside [0, V) marks an ignored row
 /// (loss 0, gradient 0), like PyTorch's ignore_index.</para>
+/// <para>TP-invariant mode (the device's <see cref="Device.GemmReductionLeaf"/> = L &gt; 0 when built;
+/// docs/tp-invariance.md): the vocabulary is split by the tree over leaves of L entries, each rank sums exp(z − M) over
+/// its shard with M the global maximum (after the all-gather of the statistics) as its node of that tree, and a second
+/// collective, an all-reduce in the tree's order, gives every rank the same log-sum-exp for every power-of-two p (two
+/// collectives per forward instead of one).</para>
 /// </summary>
 public sealed class VocabParallelCrossEntropy : IDisposable
 {
     private readonly RankContext _ctx;
     private DeviceBuffer<float>? _stats;
     private DeviceBuffer<int>? _ids;
+    private readonly long _treeLeaf; // the device's GemmReductionLeaf when built (TP-invariant mode when > 0)
 
     /// <summary>Cross-entropy over a vocabulary of <paramref name="vocabSize"/> split by <paramref name="vocabPlan"/> (default even).</summary>
     public VocabParallelCrossEntropy(RankContext context, long vocabSize, ShardingPlan? vocabPlan = null)
     {
         ArgumentNullException.ThrowIfNull(context);
         ThrowHelper.Positive(vocabSize);
-        var plan = vocabPlan ?? ShardingPlan.Even(vocabSize, context.WorldSize);
+        _treeLeaf = context.Device.GemmReductionLeaf;
+        var plan = TreeReduction.PlanFor(context, vocabSize, vocabPlan, nameof(vocabPlan));
         plan.Require(vocabSize, context.WorldSize, nameof(vocabPlan));
         _ctx = context;
         VocabSize = vocabSize;
@@ -188,12 +196,26 @@ public sealed class VocabParallelCrossEntropy : IDisposable
         ArgumentNullException.ThrowIfNull(loss);
         long m = CheckLogits(logits);
         int p = _ctx.WorldSize;
-        // [0, 3M): this rank's statistics; [3M, 3M + 3pM): every rank's, gathered in rank order.
-        var stats = Scratch.Ensure(ref _stats, _ctx.Device, 3 * m * (p + 1));
+        // [0, 3M): this rank's statistics; [3M, 3M + 3pM): every rank's, gathered in rank order; TP-invariant mode:
+        // [3M + 3pM, 6M + 3pM): this rank's node of the tree ([M on rank 0, S, t] per row), then summed by the tree.
+        long tree = _treeLeaf > 0 ? 3 * m : 0;
+        if (_treeLeaf > 0 && _ctx.Device.GemmReductionLeaf != _treeLeaf)
+            throw new InvalidOperationException(
+                $"this layer was built with the device's GemmReductionLeaf = {_treeLeaf} but the device now has {_ctx.Device.GemmReductionLeaf}; set it back, or build the layer again.");
+        var stats = Scratch.Ensure(ref _stats, _ctx.Device, 3 * m * (p + 1) + tree);
         if (logits.Cols == 0) EmptyShard(stats, m);
         else RowOps.CrossEntropyPartial(_ctx.Stream, logits, targets, VocabPlan.Offset(_ctx.Rank), stats);
         _ctx.AllGather(stats, stats, 3 * m, 0, 3 * m);
-        RowOps.CrossEntropyCombine(_ctx.Stream, stats, p, m, targets, VocabSize, lse, loss, statsOffset: 3 * m);
+        if (_treeLeaf == 0)
+        {
+            RowOps.CrossEntropyCombine(_ctx.Stream, stats, p, m, targets, VocabSize, lse, loss, statsOffset: 3 * m);
+            return;
+        }
+        long at = 3 * m * (p + 1);
+        RowOps.CrossEntropyPartialTree(_ctx.Stream, logits, targets, VocabPlan.Offset(_ctx.Rank), stats, 3 * m, p, _treeLeaf,
+            includeMax: _ctx.Rank == 0, stats, at);
+        _ctx.AllReduce(stats, stats, 3 * m, at, at, Bindings.SwReduceOp.SumTree);
+        RowOps.CrossEntropyCombine(_ctx.Stream, stats, 1, m, targets, VocabSize, lse, loss, statsOffset: at);
     }
 
     // An empty shard's statistics: max -inf, sum 0, no target (exp(-inf - M) = 0 in the combine).
