@@ -6,7 +6,8 @@ namespace Shardwise.Tests;
 // TP-invariant numerics with real processes (issue 19): the worker's "invariant" scenario (the FFN's forward and every
 // gradient, a sequence-parallel row-parallel output; GemmReductionLeaf = 8) as p processes over the TCP group (shared
 // memory on one host) and over MPI must give every rank exactly the bits of one in-process rank (p = 1); and the
-// hybrid-parallel example as 8 processes (2 x 2 x tp = 2) the bits of the same mesh with tp = 1 in one process.
+// hybrid-parallel example as processes (2 x 2 x 2 and 1 x 1 x 8 under the launcher, 2 x 2 x 2 and 1 x 1 x 4 under
+// mpirun) the bits of the same mesh with tp = 1 in one process.
 public sealed partial class MultiProcessTests
 {
     private static float[] InvariantOneRank(int seed)
@@ -61,29 +62,31 @@ public sealed partial class MultiProcessTests
 
     private const long HybridLeaf = 2; // F = 12: 6 leaves
 
-    // The mesh 2 x 2 x tp = 1 in one process, TP-invariant: what 8 processes with tp = 2 must equal.
-    private static void CheckHybridInvariant(string dir, int seed)
+    // The mesh pp x dp x tp = 1 in one process, TP-invariant: what pp·dp·tp processes must equal.
+    private static void CheckHybridInvariant(string dir, int seed, int pp, int dp, int tp)
     {
         var d = new HybridScenario.Data(seed);
-        var fromFiles = Enumerable.Range(0, 8).Select(r => HybridWorker.Read(dir, r)).ToArray();
-        var local = new (int, float[], float[], float[], float[])[4][];
+        var fromFiles = Enumerable.Range(0, pp * dp * tp).Select(r => HybridWorker.Read(dir, r)).ToArray();
+        var local = new (int, float[], float[], float[], float[])[pp * dp][];
         using var device = Device.Cpu(1);
         device.GemmReductionLeaf = HybridLeaf;
-        using (var world = ProcessGroup.CreateLocal(device, 4, TimeSpan.FromSeconds(20)))
-        using (var mesh = HybridScenario.Mesh(world, HybridWorker.Pp, HybridWorker.Dp, 1))
+        using (var world = ProcessGroup.CreateLocal(device, pp * dp, TimeSpan.FromSeconds(20)))
+        using (var mesh = HybridScenario.Mesh(world, pp, dp, 1))
             Spmd.Run(world, ctx => local[ctx.Rank] = HybridScenario.Train(mesh[ctx.Rank], d, out _));
-        for (int replica = 0; replica < HybridWorker.Dp; replica++)
+        for (int replica = 0; replica < dp; replica++)
         {
-            var multi = HybridScenario.Assemble(fromFiles, HybridWorker.Pp, HybridWorker.Dp, HybridWorker.Tp, replica, HybridLeaf);
-            var single = HybridScenario.Assemble(local, HybridWorker.Pp, HybridWorker.Dp, 1, replica, HybridLeaf);
+            var multi = HybridScenario.Assemble(fromFiles, pp, dp, tp, replica, HybridLeaf);
+            var single = HybridScenario.Assemble(local, pp, dp, 1, replica, HybridLeaf);
             for (int l = 0; l < HybridScenario.Layers; l++)
                 for (int k = 0; k < 4; k++)
-                    Reference.AssertBitwise(multi[l][k], single[l][k], $"replica {replica} layer {l} param {k}: 8 processes (tp = 2) vs tp = 1");
+                    Reference.AssertBitwise(multi[l][k], single[l][k],
+                        $"replica {replica} layer {l} param {k}: {pp * dp * tp} processes ({pp} x {dp} x tp = {tp}) vs tp = 1");
         }
     }
 
-    [Test]
-    public void Launcher_HybridMesh_TpInvariant_EqualsTp1()
+    [TestCase(2, 2, 2)]
+    [TestCase(1, 1, 8)]
+    public void Launcher_HybridMesh_TpInvariant_EqualsTp1(int pp, int dp, int tp)
     {
         var (host, prefix) = WorkerCommand();
         string launcher = Path.Combine(AppContext.BaseDirectory, "launcher", "shardwise.dll");
@@ -93,27 +96,28 @@ public sealed partial class MultiProcessTests
         string dir = NewOutDir();
         try
         {
-            var job = Collect([Start(host, [launcher, "launch", "-n", "8", "--", host, .. prefix, "hybrid", dir],
+            var job = Collect([Start(host, [launcher, "launch", "-n", $"{pp * dp * tp}", "--", host, .. prefix, "hybrid", dir],
                 new Dictionary<string, string> { ["SW_TEST_SEED"] = $"{seed}", ["SW_TEST_TIMEOUT_MS"] = "20000",
-                    ["SW_TEST_REDUCTION_LEAF"] = $"{HybridLeaf}" })])[0];
+                    ["SW_TEST_REDUCTION_LEAF"] = $"{HybridLeaf}", ["SW_TEST_MESH"] = $"{pp}x{dp}x{tp}" })])[0];
             Assert.That(job.P.ExitCode, Is.EqualTo(0), job.Out);
-            CheckHybridInvariant(dir, seed);
+            CheckHybridInvariant(dir, seed, pp, dp, tp);
         }
         finally { Directory.Delete(dir, true); }
     }
 
-    [Test]
-    public void Mpi_HybridMesh_TpInvariant_EqualsTp1()
+    [TestCase(2, 2, 2)]
+    [TestCase(1, 1, 4)]
+    public void Mpi_HybridMesh_TpInvariant_EqualsTp1(int pp, int dp, int tp)
     {
         int seed = TestContext.CurrentContext.Random.Next();
         TestContext.Out.WriteLine($"seed {seed}");
         string dir = NewOutDir();
         try
         {
-            var (exit, output, _) = RunMpi(8, "hybrid", dir, seed, timeoutMs: 20000,
-                extraEnv: new Dictionary<string, string> { ["SW_TEST_REDUCTION_LEAF"] = $"{HybridLeaf}" });
+            var (exit, output, _) = RunMpi(pp * dp * tp, "hybrid", dir, seed, timeoutMs: 20000,
+                extraEnv: new Dictionary<string, string> { ["SW_TEST_REDUCTION_LEAF"] = $"{HybridLeaf}", ["SW_TEST_MESH"] = $"{pp}x{dp}x{tp}" });
             Assert.That(exit, Is.EqualTo(0), output);
-            CheckHybridInvariant(dir, seed);
+            CheckHybridInvariant(dir, seed, pp, dp, tp);
         }
         finally { Directory.Delete(dir, true); }
     }

@@ -107,12 +107,22 @@ public static class HybridWorker
 {
     public const int Pp = 2, Dp = 2, Tp = 2;
 
-    /// <summary>Splits <paramref name="world"/> (8 processes), trains this process's rank and writes its shards to
-    /// OUTDIR/hybrid.rank{r}.bin (per block: layer, then W1, b1, W2, b2 as a count and floats).</summary>
+    /// <summary>The mesh of a run: SW_TEST_MESH = "PPxDPxTP" (default 2x2x2; the product must be the world size).</summary>
+    public static (int Pp, int Dp, int Tp) MeshShape()
+    {
+        var text = Environment.GetEnvironmentVariable("SW_TEST_MESH");
+        if (string.IsNullOrEmpty(text)) return (Pp, Dp, Tp);
+        var parts = text.Split('x').Select(int.Parse).ToArray();
+        return (parts[0], parts[1], parts[2]);
+    }
+
+    /// <summary>Splits <paramref name="world"/> (8 processes, or the mesh of SW_TEST_MESH), trains this process's rank and
+    /// writes its shards to OUTDIR/hybrid.rank{r}.bin (per block: layer, then W1, b1, W2, b2 as a count and floats).</summary>
     public static void Run(ProcessGroup world, string outDir, int seed)
     {
         var d = new HybridScenario.Data(seed);
-        using var mesh = HybridScenario.Mesh(world, Pp, Dp, Tp);
+        var (pp, dp, tp) = MeshShape();
+        using var mesh = HybridScenario.Mesh(world, pp, dp, tp);
         {
             int r = world.Local.Rank;
             var shards = HybridScenario.Train(mesh[r], d, out _);

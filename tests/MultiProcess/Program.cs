@@ -22,7 +22,8 @@ using Shardwise.Parallel;
 //                   SW_BW_ITERS, SW_BW_WARMUP). `./build.sh bench-mp N tcp|mpi` runs it.
 // The group comes from the environment (ProcessGroup.FromEnvironment: torchrun variables, or mpirun). SW_TEST_SEED
 // seeds the data (the same on every rank), SW_TEST_TIMEOUT_MS the collective timeout (default 30000),
-// SW_TEST_REDUCTION_LEAF the device's GemmReductionLeaf (default 0; "hybrid" with it trains TP-invariantly).
+// SW_TEST_REDUCTION_LEAF the device's GemmReductionLeaf (default 0; "hybrid" with it trains TP-invariantly), SW_TEST_MESH
+// the "hybrid" mesh PPxDPxTP (default 2x2x2).
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {

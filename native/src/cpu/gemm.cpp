@@ -89,6 +89,10 @@
 //     the k blocks and each element's chain are functions of the element's own row, column and k as above; the
 //     one rounding of a 16-bit C happens after the last k block. The bf16 pair kernel's chains (vdpbf16ps, with
 //     its DAZ/FTZ) differ from the fp32 kernel's, so its results may differ from avx512's in the last bits.
+//  6. The TP-invariant tree reduction (k_leaf > 0, see TreeStep below) replaces rules 1 and 3: the k blocks are the
+//     leaves of k_leaf elements (each cut by KC as rule 1 cuts a k), combined by the fixed tree of
+//     core/tree_reduction.h, and alpha, beta, the bias and GeLU are applied once to the root; still a function of
+//     the element's own row, column, k and k_leaf (and the kernel) only.
 // ------------------------------------------------------------------------------------------------
 #include "cpu/gemm.h"
 

@@ -31,7 +31,9 @@ TileShape tile_shape(Kernel k);
 // every type F32 (a, b, c, bias and accumulation), m, n >= 1, k >= 0, leading dimensions large enough, pointers
 // non-null where used.
 // Determinism contract: C[i][j] depends only on row i of op(A), column j of op(B), k, alpha, beta,
-// C[i][j], bias[j] and the kernel — not on m, n, the position of (i, j), or the number of threads.
+// C[i][j], bias[j], the kernel and k_leaf — not on m, n, the position of (i, j), or the number of threads.
+// k_leaf > 0 (the TP-invariant tree, core/tree_reduction.h): the leaves' sums combined by the fixed tree, the epilogue
+// applied once to the root (gemm.cpp, "Determinism contract" rule 6).
 // beta == 0 never reads C.
 void sgemm(const GemmProblem& problem, Kernel kernel, ThreadPool& pool);
 
