@@ -342,6 +342,20 @@ int main() {
                     ++cases;
                     ++variant;
                 }
+                // alpha 1, beta 0, fp32 C: the root kept in C (the last block applying the bias and GeLU where it writes
+                // the root: one leaf, two leaves; else in place after the merges), with and without bias and GeLU.
+                if (out == SW_DTYPE_F32) {
+                    const struct { int64_t m, n, k, leaf; bool bias, gelu; } rootc[] = {
+                        {17, 45, 100, 128, true, true}, {9, 70, 130, 128, true, true},   {21, 33, 256, 128, true, false},
+                        {6, 40, 512, 128, false, true}, {30, 64, 1000, 128, false, false}, {5, 7, 0, 16, true, true},
+                        {13, 50, 1100, 600, true, true},
+                    };
+                    for (const auto& rc : rootc) {
+                        Case c{rc.m, rc.n, rc.k, rc.leaf, (cases & 1) != 0, (cases & 2) != 0, in, out, 1.0f, 0.0f, rc.bias, rc.gelu};
+                        check_case(c, kernel, pool);
+                        ++cases;
+                    }
+                }
             }
         }
     }

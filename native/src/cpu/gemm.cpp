@@ -583,6 +583,7 @@ struct Ctx {
     bool any_c16 = false, all_inplace = false;
     bool bias_virtual = false;   // tasks gather every bias into virtual columns (16-bit or fused segments' bias)
     TreePlan tree{};             // the tree reduction's k blocks (g->k_leaf > 0), else empty
+    bool tree_root_last = false; // the tree's last k block writes the root itself (no merge after it: one leaf, or two)
 
     // The segment holding virtual column vj (vj < nv).
     const Seg& seg_at(int64_t vj) const {
@@ -803,6 +804,11 @@ void run_task(const Ctx& cx, int64_t task) {
     float* ws = tree ? tb.tree.get(static_cast<size_t>(cx.tree.depth * plane))
                      : cx.any_c16 ? tb.cw.get(static_cast<size_t>(plane)) : nullptr;
     int32_t cur_slot = 0;  // the slot the current tree step writes
+    // Tree: a segment with an fp32 C, alpha 1 and beta 0 keeps slot 0 (the root) in C itself: the final pass is then
+    // only the bias and GeLU (in place), or nothing where the last k block writes the root and applies them in its
+    // epilogue (fma(1, acc, C) + bias, or fma(1, acc, bias): the final pass's T + bias, one rounding; the kernels'
+    // fused GeLU is their element-wise one).
+    const auto root_c = [&](const Seg& s) { return tree && !s.c16 && s.g->alpha == 1.0f && s.g->beta == 0.0f; };
     float* biasw = nullptr;  // bias of virtual column vj at biasw + vj - j0 (cx.bias_virtual)
     for (int64_t vj = j0; cx.bias_virtual && vj < j1;) {
         const Seg& s = cx.seg_at(vj);
@@ -831,6 +837,7 @@ void run_task(const Ctx& cx, int64_t task) {
         // C(i, vj) of segment s: in its C, or at ws + (i - i0) * ldw + (vj - jc) for a 16-bit C (in the current slot
         // for the tree reduction).
         const auto cat = [&](const Seg& s, int64_t i, int64_t vj) -> float* {
+            if (tree && cur_slot == 0 && root_c(s)) return s.c + i * s.g->ldc + (vj - s.v0);
             if (tree) return ws + cur_slot * plane + (i - i0) * ldw + (vj - jc);
             return s.c16 ? ws + (i - i0) * ldw + (vj - jc) : s.c + i * s.g->ldc + (vj - s.v0);
         };
@@ -846,6 +853,7 @@ void run_task(const Ctx& cx, int64_t task) {
             const int64_t p0 = ts ? ts->p0 : cx.kb.start(kbi), kc = ts ? ts->kc : cx.kb.size(kbi),
                           kk = ts ? ts->kk : cx.kb.steps(kbi);
             const bool first = kbi == 0, last = !tree && kbi == cx.kb.nb() - 1;
+            const bool fuse_root = tree && cx.tree_root_last && kbi == nsteps - 1; // (for root_c segments)
             if (ts) cur_slot = ts->slot;
 
             if (!stream_b) pack_b_panel(cx, tb, bpack, jc, nc, p0, kc, kk);
@@ -871,14 +879,16 @@ void run_task(const Ctx& cx, int64_t task) {
                         const GemmProblem& sg = *s.g;
                         const int64_t seg_left = s.end() - vj;  // > 0: no micro-panel is all padding
                         const int64_t run_left = s.run_end - vj; // this micro-panel's columns on (fused ones too)
-                        const int64_t ldcw = s.c16 || tree ? ldw : sg.ldc;
+                        const bool in_c = tree && cur_slot == 0 && root_c(s);
+                        const int64_t ldcw = in_c ? sg.ldc : s.c16 || tree ? ldw : sg.ldc;
+                        const bool last_s = last || (fuse_root && in_c);
                         Epilogue ep;
                         ep.alpha = tree ? 1.0f : sg.alpha;
                         ep.beta = tree ? 0.0f : sg.beta;
                         ep.mode = ts ? ts->mode : !first ? kEpiAccum : (sg.beta == 0.0f ? kEpiBeta0 : kEpiBeta);
-                        ep.gelu = last && sg.gelu();
+                        ep.gelu = last_s && sg.gelu();
                         const float* bias_j = nullptr;
-                        if (last && (s.bias16 || s.bias))
+                        if (last_s && (s.bias16 || s.bias))
                             bias_j = cx.bias_virtual ? biasw + (vj - j0) : s.bias + (vj - s.v0);
                         const int64_t bj = vj - s.v0;  // the member's own column
                         // Few rows with B in place: the wide few-row kernel where a full chunk remains.
@@ -937,8 +947,19 @@ void run_task(const Ctx& cx, int64_t task) {
                 }
                 // Tree: the nodes that complete with this leaf, over the block's rows (just written, still cached).
                 for (int32_t j = 0; ts && j < ts->nmerge; ++j) {
-                    float* lo = ws + (ts->top - 1 - j) * plane + (ic - i0) * ldw;
+                    const int32_t lo_slot = ts->top - 1 - j;
                     const float* hi = ws + (ts->top - j) * plane + (ic - i0) * ldw;
+                    if (lo_slot == 0) { // slot 0 lives in C for the root_c segments
+                        for_pieces(jc, nc, [&](const Seg& s, int64_t vj, int64_t e) {
+                            for (int64_t r = 0; r < mc; ++r) {
+                                float* lo = root_c(s) ? s.c + (ic + r) * s.g->ldc + (vj - s.v0) : ws + (ic - i0 + r) * ldw + (vj - jc);
+                                const float* h = hi + r * ldw + (vj - jc);
+                                for (int64_t c = 0; c < e - vj; ++c) lo[c] = lo[c] + h[c];
+                            }
+                        });
+                        continue;
+                    }
+                    float* lo = ws + lo_slot * plane + (ic - i0) * ldw;
                     for (int64_t r = 0; r < mc; ++r)
                         for (int64_t c = 0; c < nc; ++c) lo[r * ldw + c] = lo[r * ldw + c] + hi[r * ldw + c];
                 }
@@ -952,6 +973,19 @@ void run_task(const Ctx& cx, int64_t task) {
                 const float* bias = nullptr;
                 if (s.bias16 || s.bias) bias = cx.bias_virtual ? biasw + (vj - j0) : s.bias + (vj - s.v0);
                 const float alpha = sg.alpha, beta = sg.beta;
+                if (root_c(s)) { // the root is in C: the bias and GeLU in place, unless the last k block applied them
+                    if (cx.tree_root_last || (!bias && !sg.gelu())) return;
+                    for (int64_t i = i0; i < i1; ++i) {
+                        float* out = s.c + i * sg.ldc + (vj - s.v0);
+                        if (bias)
+                            for (int64_t c = 0; c < w; ++c) out[c] = out[c] + bias[c];
+                        if (sg.gelu()) {
+                            if (cx.ki.gelu) cx.ki.gelu(out, out, w);
+                            else for (int64_t c = 0; c < w; ++c) out[c] = gelu_tanh(out[c]);
+                        }
+                    }
+                    return;
+                }
                 for (int64_t i = i0; i < i1; ++i) {
                     const float* t = ws + (i - i0) * ldw + (vj - jc);
                     uint16_t* c16 = s.c16 ? s.c16 + i * sg.ldc + (vj - s.v0) : nullptr;
@@ -1067,7 +1101,10 @@ Ctx make_ctx(const GemmProblem* const* members, int count, Seg* segs, const Choi
     Ctx cx{&a, ki, pack_a, ch.path != Path::F32 ? nullptr : panels,
            KSplit(a.k, ki.kc, ch.path == Path::Pairs ? 2 : 1)};
     cx.path = ch.path;
-    if (a.k_leaf > 0) cx.tree = plan_tree(a.k, a.k_leaf, ki.kc, ch.path == Path::Pairs ? 2 : 1);
+    if (a.k_leaf > 0) {
+        cx.tree = plan_tree(a.k, a.k_leaf, ki.kc, ch.path == Path::Pairs ? 2 : 1);
+        cx.tree_root_last = cx.tree.steps.back().nmerge == 0 && cx.tree.steps.back().slot == 0;
+    }
     cx.a = static_cast<const float*>(a.a);
     cx.a16 = static_cast<const uint16_t*>(a.a);
     cx.widen_in = a.a_type == SW_DTYPE_BF16 ? ki.widen_bf16 : ki.widen_f16;
