@@ -204,21 +204,4 @@ public sealed class ColumnParallelLinear : ParallelLinear
         Context.ReduceScatterV(sums, sums, mr * k, 0, m * k, ReduceOp);
         if (mr > 0) StoreTreeSum(sums.AsMatrix(mr, k, k, m * k), dxRows);
     }
-
-    // dst (compute type) = src (fp32), rounded once.
-    private void StoreTreeSum<TIn>(MatrixView<float> src, MatrixView<TIn> dst) where TIn : unmanaged
-    {
-        if (typeof(TIn) == typeof(float))
-        {
-            var d = (MatrixView<float>)(object)dst;
-            if (d.Ld == src.Cols && src.Ld == src.Cols)
-            {
-                src.Buffer.CopyTo(d.Buffer, Context.Stream, src.Offset, d.Offset, src.Rows * src.Cols);
-                return;
-            }
-            for (long i = 0; i < src.Rows; i++) src.Buffer.CopyTo(d.Buffer, Context.Stream, src.Offset + i * src.Ld, d.Offset + i * d.Ld, src.Cols);
-            return;
-        }
-        ElementwiseOps.Convert(Context.Stream, src, dst);
-    }
 }

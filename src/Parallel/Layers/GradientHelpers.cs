@@ -33,6 +33,18 @@ internal static class GradientHelpers
         Gemm.Multiply(ctx.Stream, o.AsMatrix(1, dy.Rows), dy, db.AsMatrix(1, dy.Cols), beta: accumulate ? 1f : 0f);
     }
 
+    /// <summary>TP-invariant mode: <paramref name="parts"/> partial sums of one gradient, each <paramref name="count"/> fp32
+    /// values at sums[q·count] (a layer's dX as Q/K/V or gate/up parts, each summed over the rank's node of its own tree),
+    /// summed over the ranks in the tree's order (one all-reduce of all of them), then dst = ((S_0 + S_1) + S_2) ...
+    /// (contiguous count values at <paramref name="dstOffset"/>).</summary>
+    public static void TreeSumOfParts(RankContext ctx, DeviceBuffer<float> sums, int parts, long count, DeviceBuffer<float> dst, long dstOffset)
+    {
+        var stream = ctx.Stream;
+        ctx.AllReduce(sums, sums, parts * count, 0, 0, Bindings.SwReduceOp.SumTree);
+        sums.CopyTo(dst, stream, 0, dstOffset, count);
+        for (int q = 1; q < parts; q++) ElementwiseOps.Axpy(stream, 1f, sums, dst, count, q * count, dstOffset);
+    }
+
     /// <summary>Queues dW (+)= Xᵀ · dy for a k × n weight (x is M × k, dy is M × n).</summary>
     public static void WeightGradient<TIn, TGrad>(RankContext ctx, MatrixView<TIn> x, MatrixView<TIn> dy, DeviceBuffer<TGrad> dw,
         bool accumulate) where TIn : unmanaged where TGrad : unmanaged

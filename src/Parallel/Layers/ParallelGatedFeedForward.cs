@@ -202,9 +202,7 @@ public sealed class ParallelGatedFeedForward : IDisposable
         {
             sums.Clear(stream, 0, 2 * mh); // an empty node: zeros add exactly
         }
-        _ctx.AllReduce(sums, sums, 2 * mh, 0, 0, Bindings.SwReduceOp.SumTree);
-        sums.CopyTo(dx.Buffer, stream, 0, dx.Offset, mh);
-        ElementwiseOps.Axpy(stream, 1f, sums, dx.Buffer, mh, mh, dx.Offset);
+        GradientHelpers.TreeSumOfParts(_ctx, sums, 2, mh, dx.Buffer, dx.Offset);
         if (scatter is null) return;
         long mr = scatter.Size(_ctx.Rank);
         ThrowHelper.Shape(dxRows, mr, ModelFeatures, "this rank's token rows x model features");

@@ -119,19 +119,26 @@ public abstract class ParallelLinear : IDisposable
             Gemm.Multiply(Context.Stream, _scratch.Get<float>(SlotTreeEmpty, Context.Device, 1).AsMatrix(m, 0, 1),
                 _scratch.Get<float>(SlotTreeEmpty, Context.Device, 1).AsMatrix(0, n, n), sum, beta: 1f, bias: sum.Buffer,
                 biasOffset: sum.Offset + m * sum.Ld);
-        if (typeof(TOut) == typeof(float))
+        StoreTreeSum(sum, y);
+    }
+
+    // dst (float, Half or BFloat16) = src (fp32): a copy, or the one rounding to a 16-bit type.
+    private protected void StoreTreeSum<T>(MatrixView<float> src, MatrixView<T> dst) where T : unmanaged
+    {
+        long m = src.Rows, n = src.Cols;
+        if (typeof(T) != typeof(float))
         {
-            var yf = (MatrixView<float>)(object)y;
-            if (ReferenceEquals(yf.Buffer, sum.Buffer) && yf.Offset == sum.Offset && yf.Ld == sum.Ld) return;
-            if (yf.Ld == n && sum.Ld == n)
-            {
-                sum.Buffer.CopyTo(yf.Buffer, Context.Stream, sum.Offset, yf.Offset, m * n);
-                return;
-            }
-            for (long i = 0; i < m; i++) sum.Buffer.CopyTo(yf.Buffer, Context.Stream, sum.Offset + i * sum.Ld, yf.Offset + i * yf.Ld, n);
+            ElementwiseOps.Convert(Context.Stream, src, dst);
             return;
         }
-        ElementwiseOps.Convert(Context.Stream, sum, y);
+        var d = (MatrixView<float>)(object)dst;
+        if (ReferenceEquals(d.Buffer, src.Buffer) && d.Offset == src.Offset && d.Ld == src.Ld) return;
+        if (d.Ld == n && src.Ld == n)
+        {
+            src.Buffer.CopyTo(d.Buffer, Context.Stream, src.Offset, d.Offset, m * n);
+            return;
+        }
+        for (long i = 0; i < m; i++) src.Buffer.CopyTo(d.Buffer, Context.Stream, src.Offset + i * src.Ld, d.Offset + i * d.Ld, n);
     }
 
     // In TP-invariant mode: the bias row that travels with the partial sums (at `offset` of `buffer`, n elements): rank 0's

@@ -271,12 +271,7 @@ public sealed class ParallelSelfAttention : IDisposable
     private void CombineTreeDx(long m, MatrixView<float> dst)
     {
         long mh = m * ModelFeatures;
-        var sums = _scratch.Get<float>(SlotTree, _ctx.Device, 3 * mh);
-        var stream = _ctx.Stream;
-        _ctx.AllReduce(sums, sums, 3 * mh, 0, 0, Bindings.SwReduceOp.SumTree);
-        sums.CopyTo(dst.Buffer, stream, 0, dst.Offset, mh);
-        ElementwiseOps.Axpy(stream, 1f, sums, dst.Buffer, mh, mh, dst.Offset);
-        ElementwiseOps.Axpy(stream, 1f, sums, dst.Buffer, mh, 2 * mh, dst.Offset);
+        GradientHelpers.TreeSumOfParts(_ctx, _scratch.Get<float>(SlotTree, _ctx.Device, 3 * mh), 3, mh, dst.Buffer, dst.Offset);
     }
 
     // Everything but the reduction of dX (left as this rank's partial sum in dx, M × H contiguous).
