@@ -51,7 +51,7 @@ extern "C" {
                                sw_adamw_step, sw_sum_squares, sw_scale;
                             8: TP-invariant numerics: SW_REDUCE_SUM_TREE, sw_device_set_gemm_reduction /
                                sw_device_get_gemm_reduction, sw_gemm_desc.k_leaf (appended; the ABI 2 size is still
-                               accepted by sw_gemm_ex), sw_cross_entropy_partial_tree */
+                               accepted by sw_gemm_ex), sw_cross_entropy_partial_tree, sw_tree_range */
 
 typedef enum sw_status {
     SW_OK = 0,
@@ -142,6 +142,12 @@ SW_API size_t sw_dtype_size(sw_dtype dtype);
  * as evenly as possible, the first total % parts parts taking one extra. Writes part `index`'s first
  * item and count. parts >= 1, 0 <= index < parts, total >= 0. Parts may be empty when total < parts. */
 SW_API sw_status sw_shard_range(int64_t total, int32_t parts, int32_t index, int64_t* offset, int64_t* count);
+/* The split of TP-invariant numerics (ABI 8; see sw_device_set_gemm_reduction): `total` items cut into
+ * N = ceil(total / leaf) leaves (the last one shorter), node `index` of the tree's `parts` nodes at depth log2(parts)
+ * (leaves [a, b) split at a + ceil((b - a) / 2), a single leaf staying whole on the left). Writes the node's first item
+ * and count (0 for an empty node when parts > N). total >= 0, leaf >= 1, parts a power of two (1 .. 2^20),
+ * 0 <= index < parts. */
+SW_API sw_status sw_tree_range(int64_t total, int64_t leaf, int32_t parts, int32_t index, int64_t* offset, int64_t* count);
 
 /* ---------------------------------------------------------------- devices */
 

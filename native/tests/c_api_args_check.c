@@ -196,6 +196,51 @@ static void check_shard_range(void) {
     CHECK(off == -7 && cnt == -7, "a refused sw_shard_range must not write its outputs");
 }
 
+/* The tree's node [a, b) of leaves at depth log2(parts), written here by halving (not the library's code). */
+static void tree_node(int64_t a, int64_t b, int32_t parts, int32_t index, int64_t* lo, int64_t* hi) {
+    while (parts > 1) {
+        const int64_t mid = b - a > 1 ? a + (b - a + 1) / 2 : b;
+        parts /= 2;
+        if (index < parts) b = mid;
+        else { a = mid; index -= parts; }
+    }
+    *lo = a;
+    *hi = b;
+}
+
+static void check_tree_range(void) {
+    int64_t off = -7, cnt = -7;
+    /* Every node of every power-of-two split of small totals and leaves: contiguous, complete, whole leaves. */
+    for (int32_t parts = 1; parts <= 16; parts *= 2)
+        for (int64_t leaf = 1; leaf <= 7; ++leaf)
+            for (int64_t total = 0; total <= 60; ++total) {
+                const int64_t n = (total + leaf - 1) / leaf;
+                int64_t at = 0;
+                for (int32_t i = 0; i < parts; ++i) {
+                    OK(sw_tree_range(total, leaf, parts, i, &off, &cnt));
+                    int64_t lo, hi;
+                    tree_node(0, n, parts, i, &lo, &hi);
+                    const int64_t a = lo * leaf < total ? lo * leaf : total, b = hi * leaf < total ? hi * leaf : total;
+                    CHECK(off == a && cnt == b - a && off == at, "tree node %d of %lld (leaf %lld) over %d: [%lld, +%lld), expected [%lld, +%lld)",
+                          (int)i, (long long)total, (long long)leaf, (int)parts, (long long)off, (long long)cnt, (long long)a,
+                          (long long)(b - a));
+                    at += cnt;
+                }
+                CHECK(at == total, "tree nodes of %lld over %d cover %lld", (long long)total, (int)parts, (long long)at);
+            }
+    /* A leaf near INT64_MAX: no overflow in the node bounds. */
+    OK(sw_tree_range(INT64_MAX, INT64_MAX / 2 + 1, 2, 1, &off, &cnt));
+    CHECK(off == INT64_MAX / 2 + 1 && cnt == INT64_MAX - off, "a huge leaf: [%lld, +%lld)", (long long)off, (long long)cnt);
+    off = cnt = -7;
+    REFUSED(sw_tree_range(100, 8, 3, 0, &off, &cnt), "parts = 3", "power of two");
+    REFUSED(sw_tree_range(100, 8, 0, 0, &off, &cnt), "parts = 0", NULL);
+    REFUSED(sw_tree_range(100, 0, 2, 0, &off, &cnt), "leaf = 0", NULL);
+    REFUSED(sw_tree_range(100, 8, 4, 4, &off, &cnt), "index = 4", NULL);
+    REFUSED(sw_tree_range(-1, 8, 2, 0, &off, &cnt), "total = -1", NULL);
+    CHECK(off == -7 && cnt == -7, "a refused sw_tree_range must not write its outputs");
+    CHECK(sw_tree_range(100, 8, 2, 0, NULL, &cnt) == SW_ERR_NULL_HANDLE, "a NULL offset");
+}
+
 /* ------------------------------------------------------------------ buffers, copies, events */
 
 static void check_buffers(sw_device dev, sw_stream s) {
@@ -429,6 +474,7 @@ int main(void) {
     check_enums(dev, s0);
     check_gemm(dev, s0);
     check_shard_range();
+    check_tree_range();
     check_buffers(dev, s0);
     check_collectives(dev, s0, s1);
     check_training_ops(dev, s0);

@@ -24,6 +24,7 @@ public static unsafe partial class Native
     [LibraryImport(Lib)] public static partial nint sw_status_string(SwStatus status);
     [LibraryImport(Lib)] public static partial nuint sw_dtype_size(SwDtype dtype);
     [LibraryImport(Lib)] public static partial SwStatus sw_shard_range(long total, int parts, int index, out long offset, out long count);
+    [LibraryImport(Lib)] public static partial SwStatus sw_tree_range(long total, long leaf, int parts, int index, out long offset, out long count);
 
     // ---------------------------------------------------------------- devices
     [LibraryImport(Lib)] public static partial SwStatus sw_device_count(SwBackend backend, out int count);

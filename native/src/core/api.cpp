@@ -10,6 +10,7 @@
 #include "core/index_math.h"
 #include "core/objects.h"
 #include "core/small_array.h"
+#include "core/tree_reduction.h"
 
 #include <cmath>
 #include <cstring>
@@ -52,6 +53,27 @@ SW_API sw_status sw_shard_range(int64_t total, int32_t parts, int32_t index, int
             fail(SW_ERR_INVALID_ARGUMENT, "index = ", index, " is out of range; expected 0 <= index < ", parts);
         *offset = shard_offset(total, parts, index);
         *count = shard_count(total, parts, index);
+    });
+}
+
+SW_API sw_status sw_tree_range(int64_t total, int64_t leaf, int32_t parts, int32_t index, int64_t* offset, int64_t* count) {
+    return guard(__func__, [&] {
+        require(offset, "offset");
+        require(count, "count");
+        if (total < 0) fail(SW_ERR_INVALID_ARGUMENT, "total = ", total, "; expected total >= 0");
+        if (leaf < 1) fail(SW_ERR_INVALID_ARGUMENT, "leaf = ", leaf, "; expected leaf >= 1");
+        if (parts < 1 || parts > (1 << 20) || !tree::power_of_two(parts))
+            fail(SW_ERR_INVALID_ARGUMENT, "parts = ", parts,
+                 "; expected a power of two 1..1048576 (the tree's levels split the leaves in halves)");
+        if (index < 0 || index >= parts)
+            fail(SW_ERR_INVALID_ARGUMENT, "index = ", index, " is out of range; expected 0 <= index < ", parts);
+        const int64_t n = total == 0 ? 0 : (total - 1) / leaf + 1;
+        const std::vector<int64_t> first = tree::nodes(n, parts);
+        // (leaf f's first item: f * leaf < total for f < n, so the product cannot overflow)
+        const auto at = [&](int64_t f) { return f >= n ? total : f * leaf; };
+        const int64_t a = at(first[static_cast<size_t>(index)]), b = at(first[static_cast<size_t>(index) + 1]);
+        *offset = a;
+        *count = b - a;
     });
 }
 

@@ -34,23 +34,10 @@ public static class TreeReduction
         if (leaf <= 0 || leaf % 2 != 0)
             throw new ArgumentOutOfRangeException(nameof(leaf), leaf, "leaf must be a positive even number of k elements.");
         RequireRanks(ranks, leaf, argument);
-        long n = k == 0 ? 0 : (k + leaf - 1) / leaf;
-        var first = new List<long> { 0, n };
-        for (int w = 1; w < ranks; w *= 2)
-        {
-            var next = new List<long>(2 * first.Count);
-            for (int i = 0; i + 1 < first.Count; i++)
-            {
-                long a = first[i], b = first[i + 1];
-                next.Add(a);
-                next.Add(b - a > 1 ? a + (b - a + 1) / 2 : b);
-            }
-            next.Add(n);
-            first = next;
-        }
+        Native.EnsureCompatible();
         var sizes = new long[ranks];
-        for (int r = 0; r < ranks; r++)
-            sizes[r] = Math.Min(k, first[r + 1] * leaf) - Math.Min(k, first[r] * leaf);
+        for (int r = 0; r < ranks; r++) // the native core's split (sw_tree_range): one definition of the tree
+            ThrowHelper.Check(Native.sw_tree_range(k, leaf, ranks, r, out _, out sizes[r]));
         return ShardingPlan.FromSizes(sizes);
     }
 
