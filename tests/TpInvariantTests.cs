@@ -215,6 +215,11 @@ public class TpInvariantTests(Backend backend) : BackendTest(backend)
         }
     }
 
+    // An FFN problem on fresh data: X (M × H), W1, b1, W2, b2 and the output gradient G (M × H).
+    private static (float[] X, float[] W1, float[] B1, float[] W2, float[] B2, float[] G) RandomFfn(Random rng, long m, long h, long f) =>
+        (RandomArray(rng, m * h), RandomArray(rng, h * f, 0.5f), RandomArray(rng, f), RandomArray(rng, f * h, 0.5f), RandomArray(rng, h),
+            RandomArray(rng, m * h));
+
     private static IEnumerable<TestCaseData> FfnCases()
     {
         yield return new TestCaseData(9L, 24L, 100L, 8L, SwActivation.Gelu).SetArgDisplayNames("M=9", "H=24", "F=100", "leaf=8", "GeLU");
@@ -228,12 +233,7 @@ public class TpInvariantTests(Backend backend) : BackendTest(backend)
     public void FeedForwardForwardAndGradientsAreBitIdentical(long m, long h, long f, long leaf, SwActivation activation)
     {
         var rng = NewRandom();
-        var x = RandomArray(rng, m * h);
-        var w1 = RandomArray(rng, h * f, 0.5f);
-        var b1 = RandomArray(rng, f);
-        var w2 = RandomArray(rng, f * h, 0.5f);
-        var b2 = RandomArray(rng, h);
-        var g = RandomArray(rng, m * h);
+        var (x, w1, b1, w2, b2, g) = RandomFfn(rng, m, h, f);
         using var dev = OpenInvariant(leaf);
         float[][]? first = null;
         foreach (int p in Degrees)
@@ -310,12 +310,7 @@ public class TpInvariantTests(Backend backend) : BackendTest(backend)
     {
         const long m = 13, h = 16, f = 72, leaf = 8;
         var rng = NewRandom();
-        var x = RandomArray(rng, m * h);
-        var w1 = RandomArray(rng, h * f, 0.5f);
-        var b1 = RandomArray(rng, f);
-        var w2 = RandomArray(rng, f * h, 0.5f);
-        var b2 = RandomArray(rng, h);
-        var g = RandomArray(rng, m * h);
+        var (x, w1, b1, w2, b2, g) = RandomFfn(rng, m, h, f);
         using var dev = OpenInvariant(leaf);
         float[][]? first = null;
         foreach (int p in Degrees)
@@ -379,12 +374,7 @@ public class TpInvariantTests(Backend backend) : BackendTest(backend)
         const long m = 7, h = 32, f = 80, leaf = 8;
         var rng = NewRandom();
         BFloat16[] B(float[] a) => a.Select(v => (BFloat16)v).ToArray();
-        var x = RandomArray(rng, m * h);
-        var w1 = RandomArray(rng, h * f, 0.5f);
-        var b1 = RandomArray(rng, f);
-        var w2 = RandomArray(rng, f * h, 0.5f);
-        var b2 = RandomArray(rng, h);
-        var g = RandomArray(rng, m * h);
+        var (x, w1, b1, w2, b2, g) = RandomFfn(rng, m, h, f);
         using var dev = OpenInvariant(leaf);
         (ushort[] Y, ushort[] Dx, float[] Dw1, float[] Dw2, float[] Db2)? first = null;
         foreach (int p in Degrees)
