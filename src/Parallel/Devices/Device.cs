@@ -139,6 +139,29 @@ public sealed class Device : IDisposable
         ThrowHelper.Check(Native.sw_device_set_kernel(Handle, kernel));
     }
 
+    private long _allocatedBytes, _peakAllocatedBytes;
+
+    /// <summary>Bytes of the buffers allocated through <see cref="Allocate{T}"/> on this device (by every rank, layer and
+    /// trainer using it) and not yet disposed. Wrapped memory, the native core's own scratch (GEMM packing, collective
+    /// staging) and buffers left to the finalizer are not counted.</summary>
+    public long AllocatedBytes => Interlocked.Read(ref _allocatedBytes);
+
+    /// <summary>The most <see cref="AllocatedBytes"/> has been since the device was opened or
+    /// <see cref="ResetPeakAllocatedBytes"/>.</summary>
+    public long PeakAllocatedBytes => Interlocked.Read(ref _peakAllocatedBytes);
+
+    /// <summary>Starts a new peak of <see cref="PeakAllocatedBytes"/> at the current <see cref="AllocatedBytes"/>.</summary>
+    public void ResetPeakAllocatedBytes() => Interlocked.Exchange(ref _peakAllocatedBytes, AllocatedBytes);
+
+    internal void CountAllocation(long bytes)
+    {
+        long now = Interlocked.Add(ref _allocatedBytes, bytes);
+        if (bytes <= 0) return;
+        long peak;
+        while (now > (peak = Interlocked.Read(ref _peakAllocatedBytes)) &&
+               Interlocked.CompareExchange(ref _peakAllocatedBytes, now, peak) != peak) { }
+    }
+
     /// <summary>Allocates <paramref name="length"/> elements on this device (contents unspecified).</summary>
     public DeviceBuffer<T> Allocate<T>(long length) where T : unmanaged => DeviceBuffer<T>.Allocate(this, length);
 

@@ -58,7 +58,9 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
         ArgumentNullException.ThrowIfNull(device);
         CheckType();
         ThrowHelper.Check(Native.sw_buffer_alloc(device.Handle, ByteSize(length, long.MaxValue / sizeof(T)), out var h));
-        return new DeviceBuffer<T>(device, h, length, owned: true);
+        var buffer = new DeviceBuffer<T>(device, h, length, owned: true);
+        device.CountAllocation(length * sizeof(T));
+        return buffer;
     }
 
     internal static DeviceBuffer<T> Wrap(Device device, nint pointer, long length)
@@ -212,6 +214,12 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
     public MatrixView<T> AsMatrix(long rows, long cols, long ld = -1, long offset = 0) =>
         new(this, rows, cols, ld < 0 ? cols : ld, offset);
 
+    private int _uncounted;
+
     /// <summary>Releases the handle (and the memory, if owned) once no queued work uses it.</summary>
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        if (IsOwned && Interlocked.Exchange(ref _uncounted, 1) == 0) Device.CountAllocation(-Length * sizeof(T));
+        _handle.Dispose();
+    }
 }
