@@ -5,7 +5,7 @@
 
 .DESCRIPTION
     ./build.ps1 [command] [args...] runs ./build.sh [command] [args...] with bash: the same commands (run, test,
-    bench, bench-mp, native, fault-trials, asan, fuzz, pack, samples, gpu-bundle, cuda12-check, deps, clean, help),
+    bench, bench-mp, plan-validate, native, fault-trials, asan, fuzz, pack, samples, gpu-bundle, cuda12-check, deps, clean, help),
     the same arguments, the same environment variables (CONFIGURATION, SHARDWISE_*), the same output and the same
     exit code. build.sh is the one implementation of the commands; `./build.ps1 help` prints its list.
 

@@ -30,6 +30,12 @@
 #                                  SHARDWISE_ALLREDUCE (auto, oneshot, twostep); then the FFN forward's step time
 #                                  with and without ParallelFeedForward.OverlapChunks beside its all-reduce alone
 #                                  (SW_OV_H 1024, SW_OV_F 4096, SW_OV_M 8,64,256,1024, SW_OV_CHUNKS 4, SW_OV_ROUNDS 15)
+#   ./build.sh plan-validate [virtual|N...] [--quick] [--rounds R]  deps, builds, then the planner against the
+#                                  hybrid-parallel example (docs/planner.md): for each target, `calibrate` writes
+#                                  artifacts/cluster-cpu[-Np].json and `plan-validate` runs every mesh right after,
+#                                  interleaved, predicted beside measured step time and memory; virtual (default):
+#                                  8 virtual ranks in one process; N: N processes under `shardwise launch` (one rank
+#                                  each, shared memory); e.g. ./build.sh plan-validate virtual 2 4 8
 #   ./build.sh native              deps and the native library (CMake configure + build) only
 #   ./build.sh fault-trials [N] [tcp|shm|mpi...]  deps, native build, then scripts/fault-trials.sh: N (default
 #                                  20) kill and N freeze trials per kind (TCP sockets, shared memory, MPI) of a 3-rank job running collectives,
@@ -757,6 +763,43 @@ cmd_bench_mp() {
     return "$rc"
 }
 
+# The planner's calibration and validation (bench commands calibrate / plan-validate) on virtual ranks and on processes.
+cmd_plan_validate() {
+    local targets=() extra=() calibrate_extra=() rounds=()
+    while (($#)); do
+        case "$1" in
+            virtual) targets+=(virtual) ;;
+            --quick) extra+=(--quick); calibrate_extra+=(--quick) ;;
+            --rounds) (($# >= 2)) || die "plan-validate: --rounds needs a count"; rounds=(--rounds "$2"); shift ;;
+            *) [[ "$1" =~ ^[1-9][0-9]*$ ]] || die "plan-validate: expected virtual, a process count, --quick or --rounds R; got '$1'"
+               targets+=("$1") ;;
+        esac
+        shift
+    done
+    ((${#targets[@]})) || targets=(virtual)
+    deps
+    native_build
+    dotnet_build
+    local bench_dll launcher rc=0 t file
+    bench_dll="$(target_path "$BENCH_PROJECT")"
+    launcher="$(dirname "$(target_path "$TEST_PROJECT")")/launcher/shardwise.dll"
+    for t in "${targets[@]}"; do
+        if [[ "$t" == virtual ]]; then
+            file="$ROOT/artifacts/cluster-cpu.json"
+            step "planner: calibrate and validate on 8 virtual ranks"
+            dotnet "$bench_dll" calibrate --out "$file" "${calibrate_extra[@]}" || { rc=1; continue; }
+            dotnet "$bench_dll" plan-validate --cluster "$file" "${extra[@]}" "${rounds[@]}" || rc=1
+        else
+            [[ -f "$launcher" ]] || die "plan-validate: launcher not built: $launcher"
+            file="$ROOT/artifacts/cluster-cpu-${t}p.json"
+            step "planner: calibrate and validate on $t processes (shardwise launch)"
+            dotnet "$launcher" launch -n "$t" --no-prefix -- dotnet "$bench_dll" calibrate --processes --out "$file" "${calibrate_extra[@]}" || { rc=1; continue; }
+            dotnet "$launcher" launch -n "$t" --no-prefix -- dotnet "$bench_dll" plan-validate --processes --cluster "$file" "${extra[@]}" "${rounds[@]}" || rc=1
+        fi
+    done
+    return "$rc"
+}
+
 # The builds and the suites write into build/test-results/logs/; the terminal gets one line per step, then the
 # report: one line per suite, every failure in full, the skipped tests by reason (one line for those that need a
 # GPU) and, last, the totals line that CI reads.
@@ -824,6 +867,7 @@ case "$command" in
     test) cmd_test "$@" ;;
     bench) cmd_bench "$@" ;;
     bench-mp) cmd_bench_mp "$@" ;;
+    plan-validate) cmd_plan_validate "$@" ;;
     native) cmd_native ;;
     fault-trials) cmd_fault_trials "$@" ;;
     asan) cmd_asan "$@" ;;

@@ -78,12 +78,14 @@ public static class Program
         writer.WriteLine("  openblas-core  prints the OpenBLAS kernel (core) this environment selects");
         writer.WriteLine("  hybrid [--quick] [--shapes PPxDPxTP,...] [--threads N]  the end-to-end example's step time per mesh shape");
         writer.WriteLine("         (8 virtual ranks), with the communication time per dimension (tp, pp, dp): HybridBenchmarks.cs");
-        writer.WriteLine("  calibrate [--out FILE] [--ranks N] [--quick]  measures this machine (GEMM curve, per-operation cost, memory");
-        writer.WriteLine("         bandwidth, in-process collectives) and writes a cluster description for the planner: PlannerCommands.cs");
+        writer.WriteLine("  calibrate [--out FILE] [--ranks N] [--quick] [--processes]  measures this machine (GEMM curve, per-operation cost,");
+        writer.WriteLine("         memory bandwidth, collectives) and writes a cluster description for the planner: PlannerCommands.cs;");
+        writer.WriteLine("         --processes: under `shardwise launch -n N`, the job's processes are the node's devices");
         writer.WriteLine("  plan [--model 7b|70b|ffn:LxHxFxROWS] [--cluster h100[:NODES]|h200[:NODES]|FILE] [--roce] [--inter-bw SCALE]");
         writer.WriteLine("       [--devices N] [--rows N] [--fp32] [--sgd]  the planner's ranked meshes and why (docs/planner.md)");
-        writer.WriteLine("  plan-validate [--cluster FILE] [--rounds N] [--quick] [--shapes PPxDPxTP,...]  predicted vs measured step time and");
-        writer.WriteLine("         memory of the hybrid-parallel example on 8 virtual ranks, meshes interleaved");
+        writer.WriteLine("  plan-validate [--cluster FILE] [--rounds N] [--quick] [--processes] [--shapes PPxDPxTP,...]  predicted vs measured");
+        writer.WriteLine("         step time and memory of the hybrid-parallel example on 8 virtual ranks (--processes: every mesh of the");
+        writer.WriteLine("         launched job's processes), meshes interleaved; ./build.sh plan-validate [virtual|N...] does both steps");
         writer.WriteLine("  bench  run BenchmarkDotNet benchmarks, e.g. bench --filter '*' (all), bench --filter '*Collective*',");
         writer.WriteLine("         bench --job short --filter '*.ShardedGemmBenchmarks.*', bench --list flat (the names --filter matches)");
         writer.WriteLine();

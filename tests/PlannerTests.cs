@@ -297,4 +297,14 @@ public class PlannerTests
         Assert.That(report.Best!.StepSeconds, Is.GreaterThan(0).And.LessThan(1));
         Assert.That(string.Format(CultureInfo.InvariantCulture, "{0}", report.Explain()), Does.Contain("tp "));
     }
+
+    [Test]
+    public void TheProcessCalibrationRefusesAnInProcessGroupNamingIt()
+    {
+        using var device = Device.Cpu(1);
+        using var group = ProcessGroup.CreateLocal(device, 2);
+        var e = Assert.Throws<ArgumentException>(() => ClusterCalibration.Measure(group))!;
+        Assert.That(e.ParamName, Is.EqualTo("world"));
+        Assert.That(e.Message, Does.Contain("in-process group of 2 virtual ranks").And.Contain("Measure(device, virtualRanks)"));
+    }
 }

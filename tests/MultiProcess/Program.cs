@@ -16,6 +16,8 @@ using Shardwise.Parallel;
 //                   SendRecv steps (see MeshScenario in Scenario.cs); prints GROUP and SPLIT lines
 //   split-late      (4 ranks) rank 3 is late in its sub-group: rank 1 must time out naming it, 0 and 2 (the other
 //                   sub-group) must be aborted with it (SplitFaultScenario in Scenario.cs)
+//   calibrate OUTDIR  ClusterCalibration.Measure over the processes (a small grid, CalibrationScenario.Options):
+//                   writes OUTDIR/cluster.rank{r}.json
 //   nccl-info       prints ProcessGroup.NcclInfo() (no group)
 //   bandwidth       all-reduce, all-gather and reduce-scatter bandwidth in nccl-tests' terms (size, count, type, time,
 //                   algbw, busbw): rank 0 prints the tables (see Bandwidth.cs; SW_BW_MIN_BYTES, SW_BW_MAX_BYTES,
@@ -27,7 +29,7 @@ using Shardwise.Parallel;
 // Prints "RESULT rank=R ok" or "RESULT rank=R error=ExceptionType ms=ELAPSED message=..." and exits 0 or 3.
 if (args.Length < 1)
 {
-    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|invariant|bandwidth|overlap|nccl-info [OUTDIR]");
+    Console.Error.WriteLine("usage: Shardwise.MultiProcessWorker layers|kill|late|mismatch|spmd-throw|mesh|split-late|hybrid|invariant|calibrate|bandwidth|overlap|nccl-info [OUTDIR]");
     return 2;
 }
 string scenario = args[0];
@@ -76,6 +78,11 @@ using (group)
             device.GemmReductionLeaf = InvariantScenario.Leaf;
             var data = InvariantScenario.Run(ctx, new InvariantScenario.Data(seed));
             File.WriteAllBytes(Path.Combine(outDir, $"invariant.rank{rank}.bin"), System.Runtime.InteropServices.MemoryMarshal.AsBytes(data.AsSpan()).ToArray());
+        }
+        else if (scenario == "calibrate")
+        {
+            string outDir = args.Length > 1 ? args[1] : throw new ArgumentException("calibrate needs OUTDIR");
+            ClusterCalibration.Measure(group, CalibrationScenario.Options).Save(Path.Combine(outDir, $"cluster.rank{rank}.json"));
         }
         else if (scenario == "hybrid")
         {

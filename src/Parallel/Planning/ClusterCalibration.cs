@@ -2,7 +2,7 @@ using System.Diagnostics;
 
 namespace Shardwise.Parallel;
 
-/// <summary>What <see cref="ClusterCalibration.Measure"/> measures and for how long.</summary>
+/// <summary>What <c>ClusterCalibration.Measure</c> measures and for how long.</summary>
 public sealed record CalibrationOptions
 {
     /// <summary>The GEMM grid's M values.</summary>
@@ -40,7 +40,7 @@ public sealed record CalibrationOptions
 /// (all-reduce, all-gather, reduce-scatter, send/receive) on groups of 2, 4 and 8 ranks. <c>Shardwise.Bench calibrate</c>
 /// runs it and saves the JSON; the planner's predictions for this machine use it.
 /// </summary>
-public static class ClusterCalibration
+public static partial class ClusterCalibration
 {
     /// <summary>Measures (tens of seconds on a 2-core machine); <paramref name="log"/> receives a line per stage.</summary>
     public static ClusterSpec Measure(Device device, int virtualRanks, CalibrationOptions? options = null, Action<string>? log = null)
@@ -48,30 +48,45 @@ public static class ClusterCalibration
         ArgumentNullException.ThrowIfNull(device);
         ThrowHelper.Positive(virtualRanks);
         options ??= new CalibrationOptions();
-        log ??= _ => { };
-        using var stream = device.CreateStream();
         int sharedRanks = options.Shared ? virtualRanks : 0;
+        var timers = new Timers(
+            make => Alone(options.MinSeconds, make),
+            make => Shared(sharedRanks, options.MinSeconds, make),
+            measure => measure(),
+            (p, loaded) => CollectiveTimes(device, p, loaded ? Math.Max(1, virtualRanks / p) : 1, loaded, options));
+        return MeasureWith(device, $"{device} (measured, {virtualRanks} virtual ranks)", virtualRanks, sharedRanks, device.NumThreads,
+            options, log ?? (_ => { }), timers);
+    }
+
+    // How one calibration times: a call alone, the same call made by every rank at once (the node's time per call), a
+    // measurement of the device alone (its value for every rank), and collectives on groups of p ranks (alone or loaded).
+    private sealed record Timers(Func<Func<Call>, double> Alone, Func<Func<Call>, double> Shared, Func<Func<double>, double> Lead,
+        Func<int, bool, List<(CollectiveKind, List<(double Bytes, double Seconds)>)>> Collectives);
+
+    private static ClusterSpec MeasureWith(Device device, string name, int ranks, int sharedRanks, int cores, CalibrationOptions options,
+        Action<string> log, Timers timers)
+    {
+        using var stream = device.CreateStream();
         var samples = new List<GemmSample>();
         foreach (long m in options.GemmM)
             foreach (long n in options.GemmN)
                 foreach (long k in options.GemmK)
                 {
                     if (2.0 * m * n * k > options.MaxGemmFlops) continue;
-                    double t = Alone(options.MinSeconds, () => GemmCall(device, m, n, k));
-                    double t1 = sharedRanks > 1 && 2.0 * m * n * k <= options.MaxSharedFlops
-                        ? Shared(sharedRanks, options.MinSeconds, () => GemmCall(device, m, n, k)) : 0;
+                    double t = timers.Alone(() => GemmCall(device, m, n, k));
+                    double t1 = sharedRanks > 1 && 2.0 * m * n * k <= options.MaxSharedFlops ? timers.Shared(() => GemmCall(device, m, n, k)) : 0;
                     samples.Add(new GemmSample(m, n, k, t, t1));
                 }
         var curve = new GemmCurve(samples);
         double peak = samples.Max(s => s.Flops / s.Seconds);
         log($"GEMM: {samples.Count} shapes, best {peak / 1e9:0.#} GFLOP/s");
-        double latency = OpLatency(device, stream, options.MinSeconds);
+        double latency = timers.Lead(() => OpLatency(device, stream, options.MinSeconds));
         log($"per-operation cost {latency * 1e6:0.##} µs");
-        double bandwidth = CopyBandwidth(device, stream, options.MinSeconds);
+        double bandwidth = timers.Lead(() => CopyBandwidth(device, stream, options.MinSeconds));
         log($"memory bandwidth (copy) {bandwidth / 1e9:0.#} GB/s");
-        double activation = ActivationRate(device, stream, options.MinSeconds);
+        double activation = timers.Lead(() => ActivationRate(device, stream, options.MinSeconds));
         log($"activation kernels (GeLU backward) {activation / 1e9:0.##} GB/s");
-        double bf16Ratio = Bf16Ratio(device, stream, options.MinSeconds);
+        double bf16Ratio = timers.Lead(() => Bf16Ratio(device, stream, options.MinSeconds));
         log($"bf16 / fp32 GEMM rate at 1024^3: {bf16Ratio:0.##}");
         var blockSamples = new List<GemmSample>();
         foreach (long rows in options.BlockRows)
@@ -79,20 +94,18 @@ public static class ClusterCalibration
                 foreach (long h in options.BlockHidden)
                 {
                     if (12.0 * rows * fr * h > options.MaxGemmFlops) continue;
-                    double t = Alone(options.MinSeconds, () => BlockCall(device, rows, fr, h));
-                    double t1 = sharedRanks > 1 && 12.0 * rows * fr * h <= options.MaxSharedFlops
-                        ? Shared(sharedRanks, options.MinSeconds, () => BlockCall(device, rows, fr, h)) : 0;
+                    double t = timers.Alone(() => BlockCall(device, rows, fr, h));
+                    double t1 = sharedRanks > 1 && 12.0 * rows * fr * h <= options.MaxSharedFlops ? timers.Shared(() => BlockCall(device, rows, fr, h)) : 0;
                     blockSamples.Add(new GemmSample(rows, fr, h, t, t1));
                 }
         log($"FFN block training step: {blockSamples.Count} shapes");
         var fits = new List<CollectiveFit>();
-        foreach (int p in options.GroupSizes.Where(p => p >= 2 && p <= virtualRanks).Distinct())
+        foreach (int p in options.GroupSizes.Where(p => p >= 2 && p <= ranks).Distinct())
         {
             foreach (bool loaded in new[] { false, true })
             {
-                int groups = loaded ? Math.Max(1, virtualRanks / p) : 1;
-                var measured = CollectiveTimes(device, p, groups, loaded, options);
-                foreach (var (kind, points) in measured)
+                int groups = loaded ? Math.Max(1, ranks / p) : 1;
+                foreach (var (kind, points) in timers.Collectives(p, loaded))
                 {
                     var (alpha, beta) = Fit(points);
                     fits.Add(new CollectiveFit(kind, p, alpha, beta, Shared: loaded));
@@ -104,10 +117,10 @@ public static class ClusterCalibration
         long memory = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
         return new ClusterSpec
         {
-            Name = $"{device} (measured, {virtualRanks} virtual ranks)",
+            Name = name,
             Nodes = 1,
-            DevicesPerNode = virtualRanks,
-            MemoryBytesPerDevice = memory / virtualRanks,
+            DevicesPerNode = ranks,
+            MemoryBytesPerDevice = memory / ranks,
             Fp32FlopsPerSecond = peak,
             Bf16FlopsPerSecond = peak * bf16Ratio,
             MemoryBandwidthBytesPerSecond = bandwidth,
@@ -117,7 +130,7 @@ public static class ClusterCalibration
             GemmEfficiency = 1,
             OpLatencySeconds = latency,
             SharedCompute = true,
-            CoresPerNode = device.NumThreads,
+            CoresPerNode = cores,
             SharedRanks = Math.Max(1, sharedRanks),
             Gemm = curve,
             FeedForwardBlock = blockSamples.Count > 0 ? new GemmCurve(blockSamples) : null,
@@ -326,21 +339,7 @@ public static class ClusterCalibration
                         {
                             if (loaded)
                                 Gemm.Multiply(ctx.Stream, fa.AsMatrix(LoadRows, LoadCols), fb.AsMatrix(LoadCols, LoadCols), fc.AsMatrix(LoadRows, LoadCols));
-                            if (!collective) return;
-                            switch (kind)
-                            {
-                                case CollectiveKind.AllReduce: ctx.AllReduce(send, recv, n); break;
-                                case CollectiveKind.AllGather: ctx.AllGather(send, recv, n / p); break;
-                                case CollectiveKind.ReduceScatter: ctx.ReduceScatter(send, recv, n / p); break;
-                                case CollectiveKind.SendRecv:
-                                    int right = (ctx.Rank + 1) % p, left = (ctx.Rank + p - 1) % p;
-                                    ctx.SendRecv(send, right, recv, left, n, n);
-                                    break;
-                                default:
-                                    reducer!.MarkReady(0);
-                                    reducer.Finish();
-                                    break;
-                            }
+                            if (collective) Collective(ctx, kind, send, recv, reducer, n);
                         }
                         Call();
                         ctx.Synchronize();
@@ -391,6 +390,26 @@ public static class ClusterCalibration
     }
 
     private const long LoadRows = 32, LoadCols = 256; // the GEMM each busy rank runs between collectives (~4 MFLOP)
+
+    // One collective of `kind` on n floats (CollectiveKind's sizes) in ctx's group.
+    private static void Collective(RankContext ctx, CollectiveKind kind, DeviceBuffer<float> send, DeviceBuffer<float> recv, GradientReducer? reducer, long n)
+    {
+        int p = ctx.WorldSize;
+        switch (kind)
+        {
+            case CollectiveKind.AllReduce: ctx.AllReduce(send, recv, n); break;
+            case CollectiveKind.AllGather: ctx.AllGather(send, recv, n / p); break;
+            case CollectiveKind.ReduceScatter: ctx.ReduceScatter(send, recv, n / p); break;
+            case CollectiveKind.SendRecv:
+                int right = (ctx.Rank + 1) % p, left = (ctx.Rank + p - 1) % p;
+                ctx.SendRecv(send, right, recv, left, n, n);
+                break;
+            default:
+                reducer!.MarkReady(0);
+                reducer.Finish();
+                break;
+        }
+    }
 
     // t = α + β·n, least squares weighted by 1/t² (relative error), α and β clamped at zero.
     private static (double Alpha, double Beta) Fit(List<(double Bytes, double Seconds)> points)
