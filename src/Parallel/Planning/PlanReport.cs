@@ -37,7 +37,7 @@ public sealed class PlanReport
         {
             if (Best is { } b)
                 return string.Create(CultureInfo.InvariantCulture,
-                    $"{Model.Name} on {Devices} devices of {Cluster.Name}: {b.Mesh} — {b.StepSeconds:0.###} s per step, " +
+                    $"{Model.Name} on {Devices} devices of {Cluster.Name}: {b.Mesh} — {Duration(b.StepSeconds)} per step, " +
                     $"{b.TokensPerSecond:0} tokens/s, MFU {b.Mfu:P0}, {LayerPlan.Bytes(b.Memory.Total)} of {LayerPlan.Bytes(b.MemoryLimit)} per device.");
             var memory = Rejected.Where(p => p.Memory.Total > 0).MinBy(p => p.Memory.Total);
             if (memory is null)
@@ -84,16 +84,22 @@ public sealed class PlanReport
     public string Table(int rows = 10)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("  # | tp | pp |  dp | mb x size | sched | SP | recompute | prec | ovl |   step s | compute |   tp comm |  pp comm |   bubble |  dp comm |  optim | memory/device |  MFU");
+        // times in seconds, or in milliseconds when the best step is shorter than one
+        var (unit, scale) = Best is { StepSeconds: < 1 } ? ("ms", 1e3) : ("s", 1.0);
+        sb.AppendLine($"  # | tp | pp |  dp | mb x size | sched | SP | recompute | prec | ovl | {"step " + unit,8} | compute |   tp comm |  pp comm |   bubble |  dp comm |  optim | memory/device |  MFU");
         int i = 0;
         foreach (var p in Ranked.DistinctBy(p => (p.Mesh.Tp, p.Mesh.Pp, p.Mesh.Dp)).Take(rows))
         {
             var m = p.Mesh;
-            var t = p.Time;
+            var t = p.Time with
+            {
+                Compute = p.Time.Compute * scale, TensorParallel = p.Time.TensorParallel * scale, Pipeline = p.Time.Pipeline * scale,
+                Bubble = p.Time.Bubble * scale, DataParallel = p.Time.DataParallel * scale, Optimizer = p.Time.Optimizer * scale,
+            };
             sb.AppendLine(string.Create(CultureInfo.InvariantCulture,
                 $"{++i,3} | {m.Tp,2} | {m.Pp,2} | {m.Dp,3} | {$"{m.MicroBatches}x{m.MicroBatchSize}",9} | {(m.Schedule == PipelineSchedule.GPipe ? "GPipe" : "1F1B"),5} | " +
                 $"{(m.SequenceParallel ? "on" : "-"),2} | {m.Recompute.ToString().ToLowerInvariant(),9} | {m.Precision.ToString().ToLowerInvariant(),4} | {(m.Overlap ? "on" : "-"),3} | " +
-                $"{p.StepSeconds,8:0.####} | {t.Compute,7:0.####} | {t.TensorParallel,9:0.####} | {t.Pipeline,8:0.####} | {t.Bubble,8:0.####} | {t.DataParallel,8:0.####} | " +
+                $"{p.StepSeconds * scale,8:0.####} | {t.Compute,7:0.####} | {t.TensorParallel,9:0.####} | {t.Pipeline,8:0.####} | {t.Bubble,8:0.####} | {t.DataParallel,8:0.####} | " +
                 $"{t.Optimizer,6:0.####} | {LayerPlan.Bytes(p.Memory.Total),13} | {p.Mfu,4:P0}"));
         }
         return sb.ToString();
@@ -127,8 +133,14 @@ public sealed class PlanReport
             ("contention", r.Time.Contention - b.Time.Contention),
         }.OrderByDescending(d => Math.Abs(d.D)).Take(2);
         return string.Join(", ", diffs.Select(d => string.Create(CultureInfo.InvariantCulture,
-            $"{(d.D >= 0 ? "+" : "−")}{Math.Abs(d.D):0.####} s {d.Name}")));
+            $"{(d.D >= 0 ? "+" : "−")}{Duration(Math.Abs(d.D))} {d.Name}")));
     }
+
+    // A duration with a unit that keeps its digits: s, ms or µs.
+    private static string Duration(double seconds) =>
+        seconds >= 1 ? string.Create(CultureInfo.InvariantCulture, $"{seconds:0.###} s")
+        : seconds >= 1e-3 ? string.Create(CultureInfo.InvariantCulture, $"{seconds * 1e3:0.###} ms")
+        : string.Create(CultureInfo.InvariantCulture, $"{seconds * 1e6:0.#} µs");
 
     // The rejection's kind without its numbers (for grouping).
     private static string Reason(string rejection) =>
