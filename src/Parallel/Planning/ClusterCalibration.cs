@@ -67,16 +67,7 @@ public static partial class ClusterCalibration
         Action<string> log, Timers timers)
     {
         using var stream = device.CreateStream();
-        var samples = new List<GemmSample>();
-        foreach (long m in options.GemmM)
-            foreach (long n in options.GemmN)
-                foreach (long k in options.GemmK)
-                {
-                    if (2.0 * m * n * k > options.MaxGemmFlops) continue;
-                    double t = timers.Alone(() => GemmCall(device, m, n, k));
-                    double t1 = sharedRanks > 1 && 2.0 * m * n * k <= options.MaxSharedFlops ? timers.Shared(() => GemmCall(device, m, n, k)) : 0;
-                    samples.Add(new GemmSample(m, n, k, t, t1));
-                }
+        var samples = Grid(options.GemmM, options.GemmN, options.GemmK, 2, (m, n, k) => GemmCall(device, m, n, k), options, sharedRanks, timers);
         var curve = new GemmCurve(samples);
         double peak = samples.Max(s => s.Flops / s.Seconds);
         log($"GEMM: {samples.Count} shapes, best {peak / 1e9:0.#} GFLOP/s");
@@ -88,16 +79,8 @@ public static partial class ClusterCalibration
         log($"activation kernels (GeLU backward) {activation / 1e9:0.##} GB/s");
         double bf16Ratio = timers.Lead(() => Bf16Ratio(device, stream, options.MinSeconds));
         log($"bf16 / fp32 GEMM rate at 1024^3: {bf16Ratio:0.##}");
-        var blockSamples = new List<GemmSample>();
-        foreach (long rows in options.BlockRows)
-            foreach (long fr in options.BlockShare)
-                foreach (long h in options.BlockHidden)
-                {
-                    if (12.0 * rows * fr * h > options.MaxGemmFlops) continue;
-                    double t = timers.Alone(() => BlockCall(device, rows, fr, h));
-                    double t1 = sharedRanks > 1 && 12.0 * rows * fr * h <= options.MaxSharedFlops ? timers.Shared(() => BlockCall(device, rows, fr, h)) : 0;
-                    blockSamples.Add(new GemmSample(rows, fr, h, t, t1));
-                }
+        var blockSamples = Grid(options.BlockRows, options.BlockShare, options.BlockHidden, 12, (rows, fr, h) => BlockCall(device, rows, fr, h),
+            options, sharedRanks, timers);
         log($"FFN block training step: {blockSamples.Count} shapes");
         var fits = new List<CollectiveFit>();
         foreach (int p in options.GroupSizes.Where(p => p >= 2 && p <= ranks).Distinct())
@@ -136,6 +119,25 @@ public static partial class ClusterCalibration
             FeedForwardBlock = blockSamples.Count > 0 ? new GemmCurve(blockSamples) : null,
             Collectives = fits,
         };
+    }
+
+    // Every (m, n, k) of the grid whose flops (flopsPerPoint · m · n · k) are at most MaxGemmFlops, timed alone and, when
+    // ranks share the node and the flops are at most MaxSharedFlops, shared.
+    private static List<GemmSample> Grid(IReadOnlyList<long> ms, IReadOnlyList<long> ns, IReadOnlyList<long> ks, double flopsPerPoint,
+        Func<long, long, long, Call> make, CalibrationOptions options, int sharedRanks, Timers timers)
+    {
+        var samples = new List<GemmSample>();
+        foreach (long m in ms)
+            foreach (long n in ns)
+                foreach (long k in ks)
+                {
+                    double flops = flopsPerPoint * m * n * k;
+                    if (flops > options.MaxGemmFlops) continue;
+                    double t = timers.Alone(() => make(m, n, k));
+                    double t1 = sharedRanks > 1 && flops <= options.MaxSharedFlops ? timers.Shared(() => make(m, n, k)) : 0;
+                    samples.Add(new GemmSample(m, n, k, t, t1));
+                }
+        return samples;
     }
 
     // A call to time: its stream, the call, and what to dispose afterwards.

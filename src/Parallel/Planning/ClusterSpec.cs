@@ -295,30 +295,8 @@ public sealed record ClusterSpec
             w.WriteBoolean("sharedCompute", SharedCompute);
             w.WriteNumber("coresPerNode", CoresPerNode);
             w.WriteNumber("sharedRanks", SharedRanks);
-            if (Gemm is not null)
-            {
-                w.WriteStartArray("gemm");
-                foreach (var s in Gemm.Samples)
-                {
-                    w.WriteStartObject();
-                    w.WriteNumber("m", s.M); w.WriteNumber("n", s.N); w.WriteNumber("k", s.K);
-                    w.WriteNumber("seconds", s.Seconds); w.WriteNumber("sharedSeconds", s.SharedSeconds);
-                    w.WriteEndObject();
-                }
-                w.WriteEndArray();
-            }
-            if (FeedForwardBlock is not null)
-            {
-                w.WriteStartArray("feedForwardBlock");
-                foreach (var s in FeedForwardBlock.Samples)
-                {
-                    w.WriteStartObject();
-                    w.WriteNumber("m", s.M); w.WriteNumber("n", s.N); w.WriteNumber("k", s.K);
-                    w.WriteNumber("seconds", s.Seconds); w.WriteNumber("sharedSeconds", s.SharedSeconds);
-                    w.WriteEndObject();
-                }
-                w.WriteEndArray();
-            }
+            WriteCurve(w, "gemm", Gemm);
+            WriteCurve(w, "feedForwardBlock", FeedForwardBlock);
             w.WriteStartArray("collectives");
             foreach (var c in Collectives)
             {
@@ -399,6 +377,20 @@ public sealed record ClusterSpec
         if (Collectives.Count > 0) sb.Append(c, $"; {Collectives.Count} measured collective fits");
         if (SharedCompute) sb.Append(c, $"; the node's devices share {CoresPerNode} cores");
         return sb.ToString();
+    }
+
+    private static void WriteCurve(Utf8JsonWriter w, string name, GemmCurve? curve)
+    {
+        if (curve is null) return;
+        w.WriteStartArray(name);
+        foreach (var s in curve.Samples)
+        {
+            w.WriteStartObject();
+            w.WriteNumber("m", s.M); w.WriteNumber("n", s.N); w.WriteNumber("k", s.K);
+            w.WriteNumber("seconds", s.Seconds); w.WriteNumber("sharedSeconds", s.SharedSeconds);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
     }
 
     private static void WriteLink(Utf8JsonWriter w, string name, LinkSpec link)
