@@ -34,11 +34,13 @@ public sealed record CalibrationOptions
 
 /// <summary>
 /// Measures this machine's CPU backend and writes what it found as a <see cref="ClusterSpec"/>: one node whose devices
-/// are <c>virtualRanks</c> virtual ranks sharing the device's cores (<see cref="ClusterSpec.SharedCompute"/>): the fp32
-/// GEMM curve on a grid of shapes (all threads and one thread), the fixed cost of a queued operation, the memory
-/// bandwidth (a device-to-device copy), the bf16 GEMM rate relative to fp32, and α-β fits of the in-process collectives
-/// (all-reduce, all-gather, reduce-scatter, send/receive) on groups of 2, 4 and 8 ranks. <c>Shardwise.Bench calibrate</c>
-/// runs it and saves the JSON; the planner's predictions for this machine use it.
+/// are <c>virtualRanks</c> virtual ranks sharing one device's cores, or the processes of a multi-process group, one rank
+/// each (<see cref="ClusterSpec.SharedCompute"/> either way): the fp32 GEMM curve and the feed-forward block's training
+/// step on grids of shapes, each alone and made by every rank at once; the fixed cost of a queued operation, the memory
+/// bandwidth (a device-to-device copy), the GeLU backward's rate, the bf16 GEMM rate relative to fp32; and α-β fits of
+/// the collectives (all-reduce, all-gather, reduce-scatter, send/receive, the bucketed gradient average) on groups of
+/// 2, 4 and 8 ranks, alone and among busy ranks. <c>Shardwise.Bench calibrate</c> runs it and saves the JSON; the
+/// planner's predictions for this machine use it (docs/planner.md).
 /// </summary>
 public static partial class ClusterCalibration
 {

@@ -298,7 +298,6 @@ public static class Planner
 
     private static long Bpe(MeshChoice mesh) => mesh.Precision == TrainingPrecision.Bf16 ? 2 : 4;
 
-    // Parameters a device of stage s holds (the worst tensor-parallel rank: rank 0 with the output biases).
     // Parameters a device of stage s holds as tensor-parallel rank `rank` (rank 0 holds the output biases; the FFN's F is
     // split evenly, the first ranks taking the remainder).
     private static long StageParameters(ModelSpec model, MeshChoice mesh, int s, int layers, int rank = 0)
