@@ -46,12 +46,13 @@ public sealed partial class MultiProcessTests
         return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 
-    private static Process Start(string file, IEnumerable<string> args, IDictionary<string, string> env)
+    private static Process Start(string file, IEnumerable<string> args, IDictionary<string, string> env, string? without = null)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         foreach (var (k, v) in env) psi.Environment[k] = v;
         psi.Environment.Remove("RANK"); // only what the job sets
+        if (without is not null) psi.Environment.Remove(without);
         foreach (var (k, v) in env) psi.Environment[k] = v;
         return Process.Start(psi) ?? throw new InvalidOperationException($"could not start {file}");
     }
@@ -116,21 +117,32 @@ public sealed partial class MultiProcessTests
         return mpirun!;
     }
 
+    /// <summary>What RunMpi multiplies the workers' timeout by: 4 under ASan (the runtime preloaded), else 1. The timeout
+    /// also bounds Open MPI's MPI_Init, which ASan slows to about 5 s a process on a 2-core VM; the scenarios' behaviour
+    /// does not depend on the timeout's length, and a test that bounds a time by it multiplies too.</summary>
+    private static int MpiTimeoutScale =>
+        Environment.GetEnvironmentVariable("LD_PRELOAD")?.Contains("asan", StringComparison.Ordinal) == true ? 4 : 1;
+
     /// <summary>Runs an mpirun job of p workers; returns mpirun's exit code and output (ranks' lines are in it).</summary>
     private static (int ExitCode, string Output, TimeSpan Took) RunMpi(int p, string scenario, string? outDir = null, int seed = 0, int timeoutMs = 30000,
         IReadOnlyDictionary<string, string>? extraEnv = null)
     {
         string mpirun = RequireMpi();
         var (file, prefix) = WorkerCommand();
+        // A preloaded library (the ASan runtime of ./build.sh asan) goes to the ranks only: mpirun and its daemons under
+        // ASan took 5 s to start on a 2-core VM (`mpirun -n 1 /bin/true`: 5.3 s against 0.1 s, most of it in ASan's
+        // copying realloc and unmaps). The ranks' own MPI_Init takes as long there; see MpiTimeoutScale.
+        string? preload = Environment.GetEnvironmentVariable("LD_PRELOAD");
         var args = new List<string> { "--allow-run-as-root", "--oversubscribe", "-n", $"{p}",
-            "-x", $"SW_TEST_SEED={seed}", "-x", $"SW_TEST_TIMEOUT_MS={timeoutMs}" };
+            "-x", $"SW_TEST_SEED={seed}", "-x", $"SW_TEST_TIMEOUT_MS={timeoutMs * MpiTimeoutScale}" };
         foreach (var (key, value) in extraEnv ?? new Dictionary<string, string>()) args.AddRange(["-x", $"{key}={value}"]);
+        if (!string.IsNullOrEmpty(preload)) args.AddRange(["-x", $"LD_PRELOAD={preload}"]);
         args.Add(file);
         args.AddRange(prefix);
         args.Add(scenario);
         if (outDir is not null) args.Add(outDir);
         var clock = Stopwatch.StartNew();
-        var job = Collect([Start(mpirun, args, new Dictionary<string, string>())])[0];
+        var job = Collect([Start(mpirun, args, new Dictionary<string, string>(), without: "LD_PRELOAD")])[0];
         return (job.P.ExitCode, WithoutTerminalControls(job.Out), clock.Elapsed);
     }
 
