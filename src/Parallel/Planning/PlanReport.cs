@@ -43,7 +43,7 @@ public sealed class PlanReport
             if (memory is null)
                 return $"{Model.Name} on {Devices} devices of {Cluster.Name}: no mesh is valid — " +
                        (Rejected.Count > 0 ? Rejected[0].Rejection : "none was enumerated (check the options' lists)");
-            long fullModel = Model.Parameters * (memory.Mesh.Precision == TrainingPrecision.Bf16 ? 2 : 4 + 0) +
+            long fullModel = Model.Parameters * (memory.Mesh.Precision == TrainingPrecision.Bf16 ? 2 : 4) +
                              Model.Parameters * (4 + 4 + (Options.Optimizer == OptimizerKind.AdamW ? 8 : 0));
             return $"{Model.Name} fits on no mesh of {Devices} devices of {Cluster.Name}: the smallest need, {memory.Mesh}, " +
                    $"{memory.Rejection}. The parameters with their gradients, master copies and optimizer state alone take " +
